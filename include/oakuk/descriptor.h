@@ -1,0 +1,159 @@
+#ifndef OAKUK_DESCRIPTOR_H
+#define OAKUK_DESCRIPTOR_H
+
+#include <oakuk/error.h>
+
+OAKUK_BEGIN_DECLS
+
+/* Deployment descriptors (SLA), Oakestra v2.0 compatible plus extensions (DESIGN §3).
+ *
+ * A parsed document is an oakuk_descriptor holding applications, each holding microservices.
+ * Objects are reference counted; getters return borrowed pointers valid while the owning
+ * descriptor lives (applications and microservices keep their descriptor alive while referenced).
+ * Unknown keys are kept, round-tripped by *_to_json, and reported as warnings. */
+typedef struct oakuk_descriptor oakuk_descriptor;
+typedef struct oakuk_application oakuk_application;
+typedef struct oakuk_microservice oakuk_microservice;
+
+/* Limits enforced on every input document. */
+#define OAKUK_DESCRIPTOR_MAX_BYTES (1024 * 1024)
+#define OAKUK_DESCRIPTOR_MAX_DEPTH 64
+
+/* Emulation policy (extension "emulation"). */
+#define OAKUK_EMULATION_FORBID 0
+#define OAKUK_EMULATION_ALLOW 1
+
+/* Restart policy (extension "restart"). */
+#define OAKUK_RESTART_NEVER 0
+#define OAKUK_RESTART_ON_FAILURE 1
+#define OAKUK_RESTART_ALWAYS 2
+
+/* Unikernel networking (extension "unikernel.net"). */
+#define OAKUK_UKNET_DIRECT 0
+#define OAKUK_UKNET_NAT 1
+
+/* Port protocols. */
+#define OAKUK_PROTO_TCP 0
+#define OAKUK_PROTO_UDP 1
+
+/* Constraint types. */
+#define OAKUK_CONSTRAINT_DIRECT 0
+#define OAKUK_CONSTRAINT_CLUSTERS 1
+#define OAKUK_CONSTRAINT_ARCH 2
+#define OAKUK_CONSTRAINT_LATENCY 3
+#define OAKUK_CONSTRAINT_GEO 4
+
+/* Parses and validates a whole SLA document. len may be (size_t)-1 for a NUL-terminated string.
+ * On failure returns NULL and an OAKUK_EINVAL error listing every problem with its JSON path. */
+OAKUK_API oakuk_descriptor *oakuk_descriptor_parse(const char *json, size_t len, oakuk_error **error);
+/* Same, reading a file; I/O failures are OAKUK_EIO naming the file. */
+OAKUK_API oakuk_descriptor *oakuk_descriptor_parse_file(const char *path, oakuk_error **error);
+OAKUK_API oakuk_descriptor *oakuk_descriptor_ref(oakuk_descriptor *descriptor);
+OAKUK_API void oakuk_descriptor_unref(oakuk_descriptor *descriptor);
+
+OAKUK_API const char *oakuk_descriptor_sla_version(const oakuk_descriptor *descriptor);
+OAKUK_API const char *oakuk_descriptor_customer_id(const oakuk_descriptor *descriptor);
+OAKUK_API size_t oakuk_descriptor_application_count(const oakuk_descriptor *descriptor);
+OAKUK_API oakuk_application *oakuk_descriptor_application(const oakuk_descriptor *descriptor, size_t i);
+/* Warnings ("applications[0].microservices[0].images: unknown key kept") found while parsing. */
+OAKUK_API size_t oakuk_descriptor_warning_count(const oakuk_descriptor *descriptor);
+OAKUK_API const char *oakuk_descriptor_warning(const oakuk_descriptor *descriptor, size_t i);
+/* Serializes the document back to JSON (pretty when pretty is true); free with oakuk_free. */
+OAKUK_API char *oakuk_descriptor_to_json(const oakuk_descriptor *descriptor, bool pretty, oakuk_error **error);
+
+/* Applications. */
+OAKUK_API oakuk_application *oakuk_application_ref(oakuk_application *app);
+OAKUK_API void oakuk_application_unref(oakuk_application *app);
+OAKUK_API const char *oakuk_application_id(const oakuk_application *app);
+OAKUK_API int oakuk_application_set_id(oakuk_application *app, const char *id, oakuk_error **error);
+OAKUK_API const char *oakuk_application_name(const oakuk_application *app);
+OAKUK_API const char *oakuk_application_namespace(const oakuk_application *app);
+OAKUK_API const char *oakuk_application_desc(const oakuk_application *app);
+OAKUK_API size_t oakuk_application_microservice_count(const oakuk_application *app);
+OAKUK_API oakuk_microservice *oakuk_application_microservice(const oakuk_application *app, size_t i);
+OAKUK_API char *oakuk_application_to_json(const oakuk_application *app, bool pretty, oakuk_error **error);
+
+/* Parses and validates one microservice object on its own (a job as the cluster and node receive
+ * it). Paths in errors are relative to the object ("arch", "code"). Keys "app_name", "app_ns" and
+ * "job_name" (Oakestra job documents) give the service its application identity. */
+OAKUK_API oakuk_microservice *oakuk_microservice_parse(const char *json, size_t len, oakuk_error **error);
+OAKUK_API oakuk_microservice *oakuk_microservice_ref(oakuk_microservice *ms);
+OAKUK_API void oakuk_microservice_unref(oakuk_microservice *ms);
+OAKUK_API char *oakuk_microservice_to_json(const oakuk_microservice *ms, bool pretty, oakuk_error **error);
+
+OAKUK_API const char *oakuk_microservice_id(const oakuk_microservice *ms);
+OAKUK_API int oakuk_microservice_set_id(oakuk_microservice *ms, const char *id, oakuk_error **error);
+OAKUK_API const char *oakuk_microservice_name(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_namespace(const oakuk_microservice *ms);
+/* Application name/namespace this service belongs to (NULL when unknown). */
+OAKUK_API const char *oakuk_microservice_app_name(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_app_namespace(const oakuk_microservice *ms);
+/* "<app>.<appns>.<svc>.<svcns>" (Oakestra job_name); NULL when the application is unknown. */
+OAKUK_API const char *oakuk_microservice_service_name(const oakuk_microservice *ms);
+
+/* Virtualization variants in order of preference (1 for a plain string, more for an array). */
+OAKUK_API size_t oakuk_microservice_virt_count(const oakuk_microservice *ms);
+OAKUK_API int32_t oakuk_microservice_virt(const oakuk_microservice *ms, size_t i);
+OAKUK_API bool oakuk_microservice_has_virt(const oakuk_microservice *ms, int32_t virt);
+
+/* Architectures (GOARCH names) in descriptor order; 0 when arch[] is absent or empty. */
+OAKUK_API size_t oakuk_microservice_arch_count(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_arch(const oakuk_microservice *ms, size_t i);
+
+/* Code for a variant. For unikernels: the URL matched by position with arch i. For containers:
+ * the OCI reference (arch_index is ignored). NULL when the service has no such variant. */
+OAKUK_API const char *oakuk_microservice_code(const oakuk_microservice *ms, int32_t virt, size_t arch_index);
+/* Expected sha256 (64 lowercase hex digits) for the same variant/arch, or NULL. */
+OAKUK_API const char *oakuk_microservice_code_sha256(const oakuk_microservice *ms, int32_t virt, size_t arch_index);
+
+OAKUK_API int64_t oakuk_microservice_memory_mb(const oakuk_microservice *ms);
+OAKUK_API int64_t oakuk_microservice_vcpus(const oakuk_microservice *ms);
+OAKUK_API int64_t oakuk_microservice_vgpus(const oakuk_microservice *ms);
+OAKUK_API int64_t oakuk_microservice_vtpus(const oakuk_microservice *ms);
+OAKUK_API int64_t oakuk_microservice_bandwidth_in(const oakuk_microservice *ms);
+OAKUK_API int64_t oakuk_microservice_bandwidth_out(const oakuk_microservice *ms);
+OAKUK_API int64_t oakuk_microservice_storage(const oakuk_microservice *ms);
+
+OAKUK_API size_t oakuk_microservice_cmd_count(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_cmd(const oakuk_microservice *ms, size_t i);
+/* environment[] entries as given ("KEY=value"). */
+OAKUK_API size_t oakuk_microservice_env_count(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_env(const oakuk_microservice *ms, size_t i);
+
+/* Port mappings parsed from "port" ("host:guest[/proto];..."). */
+OAKUK_API size_t oakuk_microservice_port_count(const oakuk_microservice *ms);
+OAKUK_API int32_t oakuk_microservice_port_host(const oakuk_microservice *ms, size_t i);
+OAKUK_API int32_t oakuk_microservice_port_guest(const oakuk_microservice *ms, size_t i);
+OAKUK_API int32_t oakuk_microservice_port_proto(const oakuk_microservice *ms, size_t i);
+
+/* addresses{} — each NULL when absent. */
+OAKUK_API const char *oakuk_microservice_rr_ip(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_rr_ip_v6(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_closest_ip(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_closest_ip_v6(const oakuk_microservice *ms);
+
+OAKUK_API bool oakuk_microservice_one_shot(const oakuk_microservice *ms);
+OAKUK_API bool oakuk_microservice_privileged(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_target_node(const oakuk_microservice *ms);
+
+/* Constraints. For DIRECT: cluster (or NULL) and node names (split from "n1;n2").
+ * For CLUSTERS and ARCH: the allowed list. LATENCY/GEO are kept but carry no typed fields. */
+OAKUK_API size_t oakuk_microservice_constraint_count(const oakuk_microservice *ms);
+OAKUK_API int32_t oakuk_microservice_constraint_type(const oakuk_microservice *ms, size_t i);
+OAKUK_API const char *oakuk_microservice_constraint_cluster(const oakuk_microservice *ms, size_t i);
+OAKUK_API size_t oakuk_microservice_constraint_value_count(const oakuk_microservice *ms, size_t i);
+OAKUK_API const char *oakuk_microservice_constraint_value(const oakuk_microservice *ms, size_t i, size_t j);
+
+/* Extensions. */
+OAKUK_API int32_t oakuk_microservice_emulation(const oakuk_microservice *ms);
+OAKUK_API int32_t oakuk_microservice_restart(const oakuk_microservice *ms);
+/* unikernel{}: flavor "unikraft"|"linux" or NULL (detect), version "0.16.3" or NULL,
+ * net OAKUK_UKNET_*, graceful_stop_s (0 = no powerdown). */
+OAKUK_API const char *oakuk_microservice_uk_flavor(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_uk_version(const oakuk_microservice *ms);
+OAKUK_API int32_t oakuk_microservice_uk_net(const oakuk_microservice *ms);
+OAKUK_API int64_t oakuk_microservice_uk_graceful_stop_s(const oakuk_microservice *ms);
+
+OAKUK_END_DECLS
+
+#endif

@@ -1,0 +1,22 @@
+/* liboakuk — run microservices on heterogeneous edge clusters as containers or unikernels.
+ *
+ * This umbrella header is the only one applications include. Every declaration below uses C99
+ * types only, so the same API is usable from Python ctypes/cffi and other FFIs.
+ */
+#ifndef OAKUK_OAKUK_H
+#define OAKUK_OAKUK_H
+
+#define OAKUK_INSIDE_OAKUK_H
+#include <oakuk/common.h>
+#include <oakuk/error.h>
+#include <oakuk/descriptor.h>
+#include <oakuk/model.h>
+#include <oakuk/aggregate.h>
+#include <oakuk/sched.h>
+#include <oakuk/runtime.h>
+#include <oakuk/image.h>
+#include <oakuk/net.h>
+#include <oakuk/qemu.h>
+#undef OAKUK_INSIDE_OAKUK_H
+
+#endif

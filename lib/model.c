@@ -1,0 +1,1 @@
+#include "oakuk-private.h"

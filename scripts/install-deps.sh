@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every Debian package the build, the tests and the local edge need.
+# Usage: scripts/install-deps.sh [build|all]   (default: all)
+set -euo pipefail
+what=${1:-all}
+build_pkgs=(
+  meson ninja-build pkg-config gcc clang libclang-rt-14-dev binutils
+  libglib2.0-dev libjson-glib-dev libsoup-3.0-dev libpaho-mqtt-dev libarchive-dev
+  libnl-3-dev libnl-route-3-dev libnftables-dev libsqlite3-dev
+  python3
+)
+run_pkgs=(
+  qemu-system-x86 qemu-system-arm qemu-utils mosquitto mosquitto-clients runc nftables iproute2
+  busybox-static linux-image-amd64 cpio gzip ca-certificates
+  python3-requests docker-registry curl
+)
+pkgs=("${build_pkgs[@]}")
+[ "$what" = all ] && pkgs+=("${run_pkgs[@]}")
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"

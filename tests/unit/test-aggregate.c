@@ -1,0 +1,5 @@
+#include "oakuk-private.h"
+int main(int argc, char **argv) {
+  g_test_init(&argc, &argv, NULL);
+  return g_test_run();
+}
