@@ -38,6 +38,16 @@ guint oakuk_problems_count(const OakukProblems *p);
  * problem, or "<n> problems; first: <path>: <msg>" for several. Leaves p empty. */
 oakuk_error *oakuk_problems_to_error(OakukProblems *p);
 
+/* Limits on every JSON document the library parses (descriptors, node reports, aggregates). */
+#define OAKUK_JSON_MAX_BYTES (1024 * 1024)
+#define OAKUK_JSON_MAX_DEPTH 64
+
+/* Checks text[0..len) against the limits above before it reaches json-glib (whose recursive
+ * parser must never see hostile nesting): rejects documents over OAKUK_JSON_MAX_BYTES and
+ * arrays/objects nested deeper than OAKUK_JSON_MAX_DEPTH (brackets inside strings do not count).
+ * Sets an OAKUK_EINVAL GError and returns FALSE on failure. */
+gboolean oakuk_json_precheck(const char *text, size_t len, GError **error);
+
 G_END_DECLS
 
 #endif

@@ -26,17 +26,28 @@ OAKUK_API int32_t oakuk_instance_status_from_name(const char *name);
 /* "<service_name>.instance.<n>"; free with oakuk_free. NULL if service_name is NULL or n < 0. */
 OAKUK_API char *oakuk_instance_name(const char *service_name, int64_t n);
 
-/* A node report (DESIGN §6 keys): what a node publishes every report_interval. */
+/* A node report (DESIGN §6 keys): what a node publishes every report_interval.
+ * "vcpus" is the number of cores the node still has free for placement and "memory" the MB it
+ * still has available (not its totals: those are "memory_total" and the host's core count). */
 typedef struct oakuk_node_report oakuk_node_report;
 
 /* Parses and validates a report; unknown keys are ignored, missing required keys (id,
- * architecture, vcpus, memory) or wrong types are OAKUK_EINVAL errors naming the key. */
+ * architecture, vcpus, memory) or wrong types are OAKUK_EINVAL errors naming the key.
+ * len may be (size_t)-1 for a NUL-terminated string. Documents over 1 MiB or nested deeper than
+ * 64 levels are rejected. id must be a non-empty string, architecture a known GOARCH name,
+ * vcpus/memory/memory_total/instances[].memory_mb non-negative integers (12.0 is accepted),
+ * percentages finite and >= 0 (memory_percent at most 100), unikernel.accel "kvm" or "tcg",
+ * emulated_archs known names, instances[].status a known status name. Every problem is listed
+ * in the error with its path ("instances[2].status"); JSON null reads as "not given".
+ * to_json writes exactly the DESIGN §6 keys ("container" for "docker"; "unikernel" only when
+ * the input had it). */
 OAKUK_API oakuk_node_report *oakuk_node_report_from_json(const char *json, size_t len, oakuk_error **error);
 OAKUK_API char *oakuk_node_report_to_json(const oakuk_node_report *report, bool pretty, oakuk_error **error);
 OAKUK_API oakuk_node_report *oakuk_node_report_ref(oakuk_node_report *report);
 OAKUK_API void oakuk_node_report_unref(oakuk_node_report *report);
 
 OAKUK_API const char *oakuk_node_report_id(const oakuk_node_report *report);
+/* host and ip are "" when the report did not carry them. */
 OAKUK_API const char *oakuk_node_report_host(const oakuk_node_report *report);
 OAKUK_API const char *oakuk_node_report_ip(const oakuk_node_report *report);
 OAKUK_API const char *oakuk_node_report_architecture(const oakuk_node_report *report);
@@ -69,8 +80,13 @@ OAKUK_API void oakuk_node_report_set_received_at_ms(oakuk_node_report *report, i
 /* A cluster aggregate (DESIGN §6 keys, Oakestra-compatible), as the root receives it. */
 typedef struct oakuk_cluster_aggregate oakuk_cluster_aggregate;
 
-/* Parses an aggregate; extra keys (Oakestra's gpu_cores, more, ...) are kept for to_json.
- * "docker" in virtualization[] is read as "container". */
+/* Parses an aggregate; extra keys (Oakestra's gpu_cores, more, ...) are kept for to_json
+ * (also inside aggregation_per_architecture entries). "docker" in virtualization[] is read as
+ * "container" and written back as "container". Required: cpu_cores, cumulative_memory_in_mb,
+ * number_of_nodes (and cpu_cores, memory_in_mb in each per-arch entry, whose keys must be known
+ * GOARCH names). A missing active_nodes equals number_of_nodes. Same input limits and len
+ * convention as oakuk_node_report_from_json. "memory" in a per-arch entry is the used-memory
+ * percent, "memory_in_mb" the available MB. */
 OAKUK_API oakuk_cluster_aggregate *oakuk_cluster_aggregate_from_json(const char *json, size_t len, oakuk_error **error);
 OAKUK_API char *oakuk_cluster_aggregate_to_json(const oakuk_cluster_aggregate *agg, bool pretty, oakuk_error **error);
 OAKUK_API oakuk_cluster_aggregate *oakuk_cluster_aggregate_ref(oakuk_cluster_aggregate *agg);
@@ -92,11 +108,13 @@ OAKUK_API int64_t oakuk_cluster_aggregate_active_nodes(const oakuk_cluster_aggre
 OAKUK_API bool oakuk_cluster_aggregate_has_virt(const oakuk_cluster_aggregate *agg, int32_t virt);
 OAKUK_API size_t oakuk_cluster_aggregate_arch_count(const oakuk_cluster_aggregate *agg);
 OAKUK_API const char *oakuk_cluster_aggregate_arch(const oakuk_cluster_aggregate *agg, size_t i);
-/* aggregation_per_architecture: entries in key order. */
+/* aggregation_per_architecture: entries sorted by arch name. */
 OAKUK_API size_t oakuk_cluster_aggregate_per_arch_count(const oakuk_cluster_aggregate *agg);
 OAKUK_API const char *oakuk_cluster_aggregate_per_arch_name(const oakuk_cluster_aggregate *agg, size_t i);
 /* Lookup by arch name; return false (and leave outputs alone) when the arch has no entry.
- * Any output pointer may be NULL. */
+ * Any output pointer may be NULL. accel is OAKUK_ACCEL_NONE when the entry carried no "accel"
+ * (aggregates from Oakestra's unikernel extension, e.g. the thesis's Listing 4.8): those clusters
+ * only listed unikernel nodes with KVM, so the scheduler treats such an entry as "kvm". */
 OAKUK_API bool oakuk_cluster_aggregate_per_arch(const oakuk_cluster_aggregate *agg, const char *arch,
                                                 double *cpu_percent, int64_t *cpu_cores,
                                                 double *memory_percent, int64_t *memory_mb, int32_t *accel);
