@@ -61,7 +61,8 @@ OAKUK_API int32_t oakuk_placement_accel(const oakuk_placement *p);
  * When ok: OAKUK_STATUS_NODE_SCHEDULED or OAKUK_STATUS_CLUSTER_SCHEDULED. */
 OAKUK_API int32_t oakuk_placement_status(const oakuk_placement *p);
 /* One line per candidate, in input order: "node n3: arch arm64 has no kernel (service has amd64)",
- * "node n2: chosen (most-free: 2048 MB, 4 cores free, cpu 3.0%)". */
+ * "node n2: chosen (unikernel amd64 via kvm; most-free: 2048 MB, 4 vcpus free, cpu 3.0%)".
+ * Lines are formatted on first use (the decision itself does not pay for them). */
 OAKUK_API size_t oakuk_placement_explanation_count(const oakuk_placement *p);
 OAKUK_API const char *oakuk_placement_explanation(const oakuk_placement *p, size_t i);
 /* All lines joined by "\n"; free with oakuk_free. */
@@ -77,7 +78,8 @@ OAKUK_API int oakuk_sched_select_node(oakuk_placement **out, const oakuk_microse
                                       const oakuk_sched_options *opts, oakuk_error **error);
 
 /* Same over cluster aggregates (root level). Unikernel variants use aggregation_per_architecture
- * for every arch the service has a kernel for; candidates are named "cluster <name>". */
+ * for every arch the service has a kernel for; candidates are named "cluster <name>", and the
+ * target (and reservation target) is the aggregate's id, or its name when it has no id. */
 OAKUK_API int oakuk_sched_select_cluster(oakuk_placement **out, const oakuk_microservice *ms,
                                          oakuk_cluster_aggregate *const *clusters, size_t n,
                                          oakuk_reservations *reservations, const char *reserve_key,
