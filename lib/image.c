@@ -1,1 +1,1389 @@
+/* Image fetching, verification, safe unpacking and caching (DESIGN §8, §11). */
 #include "oakuk-private.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <gio/gio.h>
+#include <json-glib/json-glib.h>
+#include <libsoup/soup.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define IMAGE_CHUNK (64 * 1024)
+#define MANIFEST_MAX_BYTES (64 * 1024)
+#define PROGRESS_STEP_BYTES (256 * 1024)
+#define PROGRESS_STEP_US (100 * 1000)
+#define SCAN_MAX_BYTES (512 * 1024 * 1024)
+
+#define set_gerror(err, code, ...) g_set_error(err, OAKUK_ERROR, -(code), __VA_ARGS__)
+
+/* ---------------------------------------------------------------------------------------------- */
+/* oakuk_image */
+
+struct oakuk_image {
+  gatomicrefcount refcount;
+  char *dir;
+  char *kernel;
+  char *initrd;
+  char *files_dir;
+  char *flavor;
+  char *version;
+  char *cmdline_style;
+  char *cmdline_extra;
+  char *arch;
+  char *sha256;
+  char *url;
+};
+
+oakuk_image *oakuk_image_ref(oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  g_atomic_ref_count_inc(&image->refcount);
+  return image;
+}
+
+void oakuk_image_unref(oakuk_image *image) {
+  if (image == NULL || !g_atomic_ref_count_dec(&image->refcount))
+    return;
+  g_free(image->dir);
+  g_free(image->kernel);
+  g_free(image->initrd);
+  g_free(image->files_dir);
+  g_free(image->flavor);
+  g_free(image->version);
+  g_free(image->cmdline_style);
+  g_free(image->cmdline_extra);
+  g_free(image->arch);
+  g_free(image->sha256);
+  g_free(image->url);
+  g_free(image);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(oakuk_image, oakuk_image_unref)
+
+const char *oakuk_image_dir(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->dir;
+}
+const char *oakuk_image_kernel(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->kernel;
+}
+const char *oakuk_image_initrd(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->initrd;
+}
+const char *oakuk_image_files_dir(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->files_dir;
+}
+const char *oakuk_image_flavor(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->flavor;
+}
+const char *oakuk_image_version(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->version;
+}
+const char *oakuk_image_cmdline_style(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->cmdline_style;
+}
+const char *oakuk_image_cmdline_extra(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->cmdline_extra;
+}
+const char *oakuk_image_arch(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->arch;
+}
+const char *oakuk_image_sha256(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->sha256;
+}
+const char *oakuk_image_url(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->url;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Kernel inspection */
+
+static gssize read_head(const char *path, guint8 *buf, gsize len, GError **error) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    set_gerror(error, OAKUK_EIO, "open kernel %s: %s", path, g_strerror(e));
+    return -1;
+  }
+  gsize got = 0;
+  while (got < len) {
+    ssize_t n = read(fd, buf + got, len - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      set_gerror(error, OAKUK_EIO, "read kernel %s: %s", path, g_strerror(e));
+      return -1;
+    }
+    if (n == 0)
+      break;
+    got += (gsize)n;
+  }
+  close(fd);
+  return (gssize)got;
+}
+
+static guint16 rd16(const guint8 *p, gboolean big_endian) {
+  return big_endian ? (guint16)((p[0] << 8) | p[1]) : (guint16)(p[0] | (p[1] << 8));
+}
+
+/* GOARCH from the first bytes of a kernel, or NULL. */
+static const char *kernel_arch_from_head(const guint8 *b, gsize n, guint *elf_machine) {
+  *elf_machine = 0;
+  if (n >= 20 && memcmp(b, "\177ELF", 4) == 0) {
+    guint m = rd16(b + 18, b[5] == 2);
+    *elf_machine = m;
+    switch (m) {
+    case 62: /* EM_X86_64 */ return "amd64";
+    case 183: /* EM_AARCH64 */ return "arm64";
+    case 40: /* EM_ARM */ return "arm";
+    case 243: /* EM_RISCV: only the 64-bit class is a known GOARCH */ return b[4] == 2 ? "riscv64" : NULL;
+    default: return NULL;
+    }
+  }
+  if (n >= 64 && memcmp(b + 56, "ARM\x64", 4) == 0)
+    return "arm64";
+  if (n >= 64 && memcmp(b + 56, "RSC\x05", 4) == 0)
+    return "riscv64";
+  if (n >= 0x206 && memcmp(b + 0x202, "HdrS", 4) == 0)
+    return "amd64";
+  if (n >= 0x28 && b[0x24] == 0x18 && b[0x25] == 0x28 && b[0x26] == 0x6f && b[0x27] == 0x01)
+    return "arm"; /* zImage magic 0x016f2818 */
+  return NULL;
+}
+
+static const char *kernel_arch(const char *path, GError **error) {
+  guint8 head[1024];
+  gssize n = read_head(path, head, sizeof head, error);
+  if (n < 0)
+    return NULL;
+  guint machine;
+  const char *arch = kernel_arch_from_head(head, (gsize)n, &machine);
+  if (arch == NULL && machine != 0)
+    set_gerror(error, OAKUK_EINVAL, "kernel %s: ELF machine %u is not a supported architecture", path,
+               machine);
+  else if (arch == NULL)
+    set_gerror(error, OAKUK_EINVAL,
+               "kernel %s: not a recognised kernel (no ELF, arm64/riscv Image or bzImage header)", path);
+  return arch;
+}
+
+const char *oakuk_image_kernel_arch(const char *path, oakuk_error **error) {
+  g_return_val_if_fail(path != NULL, NULL);
+  GError *err = NULL;
+  const char *arch = kernel_arch(path, &err);
+  if (arch == NULL)
+    oakuk_propagate_gerror(error, err);
+  return arch;
+}
+
+/* Parses "<Codename> <x.y.z>" right after "Unikraft "; returns "x.y.z" or NULL. */
+static char *parse_unikraft_banner(const guint8 *p, gsize avail) {
+  gsize i = 0;
+  if (i >= avail || !g_ascii_isupper(p[i]))
+    return NULL;
+  while (i < avail && g_ascii_isalpha(p[i]))
+    i++;
+  if (i >= avail || p[i] != ' ')
+    return NULL;
+  gsize start = ++i;
+  for (int part = 0; part < 3; part++) {
+    gsize digits = 0;
+    while (i < avail && g_ascii_isdigit(p[i]) && digits < 6) {
+      i++;
+      digits++;
+    }
+    if (digits == 0)
+      return NULL;
+    if (part < 2) {
+      if (i >= avail || p[i] != '.')
+        return NULL;
+      i++;
+    }
+  }
+  return g_strndup((const char *)p + start, i - start);
+}
+
+/* The version token after "Linux version " (printable, up to a space). */
+static char *parse_token(const guint8 *p, gsize avail) {
+  gsize i = 0;
+  while (i < avail && i < 64 && g_ascii_isgraph(p[i]))
+    i++;
+  return i > 0 ? g_strndup((const char *)p, i) : NULL;
+}
+
+static char *bzimage_version(const char *path, const guint8 *head, gsize n) {
+  if (n < 0x210 || memcmp(head + 0x202, "HdrS", 4) != 0)
+    return NULL;
+  guint off = rd16(head + 0x20e, FALSE);
+  if (off == 0)
+    return NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return NULL;
+  guint8 buf[128];
+  ssize_t got = pread(fd, buf, sizeof buf, (off_t)off + 0x200);
+  close(fd);
+  return got > 0 ? parse_token(buf, (gsize)got) : NULL;
+}
+
+static int kernel_flavor(const char *path, const char **flavor, char **version, GError **error) {
+  *flavor = "unknown";
+  *version = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    set_gerror(error, OAKUK_EIO, "open kernel %s: %s", path, g_strerror(e));
+    return OAKUK_EIO;
+  }
+  const gsize overlap = 128;
+  g_autofree guint8 *buf = g_malloc(1024 * 1024 + overlap);
+  gsize keep = 0, total = 0;
+  gboolean linux_seen = FALSE, is_bzimage = FALSE;
+  g_autofree char *linux_version = NULL;
+  g_autofree guint8 *head = NULL;
+  gsize head_len = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + keep, 1024 * 1024);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      set_gerror(error, OAKUK_EIO, "read kernel %s: %s", path, g_strerror(e));
+      return OAKUK_EIO;
+    }
+    if (head == NULL) {
+      head_len = MIN((gsize)n, 1024);
+      head = g_memdup2(buf, head_len);
+      is_bzimage = head_len >= 0x206 && memcmp(head + 0x202, "HdrS", 4) == 0;
+    }
+    gsize len = keep + (gsize)n;
+    const guint8 *p = buf;
+    while ((p = memmem(p, len - (gsize)(p - buf), "Unikraft ", 9)) != NULL) {
+      gsize off = (gsize)(p - buf) + 9;
+      char *v = parse_unikraft_banner(buf + off, len - off);
+      if (v != NULL) {
+        close(fd);
+        *flavor = "unikraft";
+        *version = v;
+        return 0;
+      }
+      p += 9;
+    }
+    const guint8 *l = memmem(buf, len, "Linux version ", 14);
+    if (l != NULL && !linux_seen) {
+      gsize off = (gsize)(l - buf) + 14;
+      linux_seen = TRUE;
+      linux_version = parse_token(buf + off, len - off);
+    }
+    total += (gsize)n;
+    if (n == 0 || total >= SCAN_MAX_BYTES)
+      break;
+    keep = MIN(len, overlap);
+    memmove(buf, buf + len - keep, keep);
+  }
+  close(fd);
+  if (linux_seen || is_bzimage) {
+    *flavor = "linux";
+    *version = is_bzimage ? bzimage_version(path, head, head_len) : NULL;
+    if (*version == NULL)
+      *version = g_steal_pointer(&linux_version);
+  }
+  return 0;
+}
+
+int oakuk_image_kernel_unikraft_version(const char **flavor, char **version, const char *path,
+                                        oakuk_error **error) {
+  g_return_val_if_fail(flavor != NULL && version != NULL && path != NULL, OAKUK_EINVAL);
+  GError *err = NULL;
+  int rc = kernel_flavor(path, flavor, version, &err);
+  if (rc != 0)
+    return oakuk_propagate_gerror(error, err);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Options and cache object */
+
+int oakuk_image_cache_options_init(oakuk_image_cache_options *opts, unsigned int version) {
+  g_return_val_if_fail(opts != NULL, OAKUK_EINVAL);
+  if (version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION)
+    return OAKUK_EINVAL;
+  oakuk_image_cache_options def = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  *opts = def;
+  return 0;
+}
+
+/* A download in progress that other fetches of the same key wait for. Guarded by cache->lock. */
+typedef struct {
+  gboolean finished;
+  oakuk_image *image;
+  GError *error;
+  guint64 progress_seq;
+  gint64 bytes;
+  gint64 total;
+  guint waiters;
+} Inflight;
+
+struct oakuk_image_cache {
+  gatomicrefcount refcount;
+  char *dir;
+  oakuk_image_cache_options opts;
+  GMutex lock;
+  GCond cond;
+  GHashTable *inflight; /* key → Inflight* */
+};
+
+static void inflight_free(Inflight *in) {
+  oakuk_image_unref(in->image);
+  g_clear_error(&in->error);
+  g_free(in);
+}
+
+static int remove_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+static void remove_tree(const char *path) {
+  nftw(path, remove_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cache_options *opts,
+                                         oakuk_error **error) {
+  g_return_val_if_fail(dir != NULL, NULL);
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  if (opts != NULL) {
+    if (opts->version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION) {
+      oakuk_set_error(error, OAKUK_EINVAL, 0, "version", "image cache options: unknown version %u",
+                      opts->version);
+      return NULL;
+    }
+    o = *opts;
+  }
+  const char *zero = o.max_download_bytes == 0   ? "max_download_bytes"
+                     : o.max_unpacked_bytes == 0 ? "max_unpacked_bytes"
+                     : o.max_entries == 0        ? "max_entries"
+                                                 : NULL;
+  if (zero != NULL) {
+    oakuk_set_error(error, OAKUK_EINVAL, 0, zero, "image cache options: %s must be greater than 0", zero);
+    return NULL;
+  }
+  if (g_mkdir_with_parents(dir, 0755) != 0) {
+    int e = errno;
+    oakuk_set_error(error, OAKUK_EIO, e, NULL, "image cache %s: create: %s", dir, g_strerror(e));
+    return NULL;
+  }
+  /* The real path has no symlinks, so libarchive's SECURE_SYMLINKS check only sees the image's. */
+  g_autofree char *real = realpath(dir, NULL);
+  if (real == NULL) {
+    int e = errno;
+    oakuk_set_error(error, OAKUK_EIO, e, NULL, "image cache %s: %s", dir, g_strerror(e));
+    return NULL;
+  }
+  GDir *d = g_dir_open(real, 0, NULL);
+  if (d == NULL) {
+    oakuk_set_error(error, OAKUK_EIO, errno, NULL, "image cache %s: cannot list the directory", dir);
+    return NULL;
+  }
+  const char *name;
+  while ((name = g_dir_read_name(d)) != NULL) {
+    if (g_str_has_prefix(name, ".tmp-")) {
+      g_autofree char *p = g_build_filename(real, name, NULL);
+      remove_tree(p);
+    }
+  }
+  g_dir_close(d);
+  oakuk_image_cache *c = g_new0(oakuk_image_cache, 1);
+  g_atomic_ref_count_init(&c->refcount);
+  c->dir = g_steal_pointer(&real);
+  c->opts = o;
+  g_mutex_init(&c->lock);
+  g_cond_init(&c->cond);
+  c->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  return c;
+}
+
+oakuk_image_cache *oakuk_image_cache_ref(oakuk_image_cache *cache) {
+  g_return_val_if_fail(cache != NULL, NULL);
+  g_atomic_ref_count_inc(&cache->refcount);
+  return cache;
+}
+
+void oakuk_image_cache_unref(oakuk_image_cache *cache) {
+  if (cache == NULL || !g_atomic_ref_count_dec(&cache->refcount))
+    return;
+  g_hash_table_unref(cache->inflight);
+  g_mutex_clear(&cache->lock);
+  g_cond_clear(&cache->cond);
+  g_free(cache->dir);
+  g_free(cache);
+}
+
+const char *oakuk_image_cache_dir(const oakuk_image_cache *cache) {
+  g_return_val_if_fail(cache != NULL, NULL);
+  return cache->dir;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Manifest */
+
+static char *manifest_str(JsonObject *o, const char *key) {
+  JsonNode *n = json_object_get_member(o, key);
+  if (n == NULL || JSON_NODE_HOLDS_NULL(n) || json_node_get_value_type(n) != G_TYPE_STRING)
+    return NULL;
+  return g_strdup(json_node_get_string(n));
+}
+
+static char *tree_path(const char *dir, const char *rel) {
+  return rel ? g_build_filename(dir, "tree", rel, NULL) : NULL;
+}
+
+/* Loads <dir>/image.json of a finished entry; NULL (no error) when there is none. */
+static oakuk_image *manifest_load(const char *dir, GError **error) {
+  g_autofree char *path = g_build_filename(dir, "image.json", NULL);
+  g_autofree char *text = NULL;
+  gsize len = 0;
+  if (!g_file_test(path, G_FILE_TEST_IS_REGULAR))
+    return NULL;
+  g_autoptr(GError) err = NULL;
+  if (!g_file_get_contents(path, &text, &len, &err)) {
+    set_gerror(error, OAKUK_EIO, "read %s: %s", path, err->message);
+    return NULL;
+  }
+  g_autoptr(JsonParser) parser = json_parser_new();
+  if (!oakuk_json_precheck(text, len, &err) || !json_parser_load_from_data(parser, text, (gssize)len, &err)) {
+    set_gerror(error, OAKUK_EIO, "%s: %s", path, err->message);
+    return NULL;
+  }
+  JsonNode *root = json_parser_get_root(parser);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root)) {
+    set_gerror(error, OAKUK_EIO, "%s: not a JSON object", path);
+    return NULL;
+  }
+  JsonObject *o = json_node_get_object(root);
+  g_autofree char *kernel = manifest_str(o, "kernel");
+  g_autofree char *initrd = manifest_str(o, "initrd");
+  g_autofree char *files = manifest_str(o, "files");
+  oakuk_image *img = g_new0(oakuk_image, 1);
+  g_atomic_ref_count_init(&img->refcount);
+  img->dir = g_strdup(dir);
+  img->kernel = tree_path(dir, kernel);
+  img->initrd = tree_path(dir, initrd);
+  img->files_dir = tree_path(dir, files);
+  img->flavor = manifest_str(o, "flavor");
+  img->version = manifest_str(o, "version");
+  img->cmdline_style = manifest_str(o, "cmdline_style");
+  img->cmdline_extra = manifest_str(o, "cmdline_extra");
+  img->arch = manifest_str(o, "arch");
+  img->sha256 = manifest_str(o, "sha256");
+  img->url = manifest_str(o, "url");
+  if (img->kernel == NULL || img->flavor == NULL || img->sha256 == NULL || img->url == NULL ||
+      !g_file_test(img->kernel, G_FILE_TEST_IS_REGULAR)) {
+    set_gerror(error, OAKUK_EIO, "%s: incomplete manifest (kernel, flavor, sha256 and url are required)",
+               path);
+    oakuk_image_unref(img);
+    return NULL;
+  }
+  return img;
+}
+
+static void builder_add(JsonBuilder *b, const char *key, const char *value) {
+  json_builder_set_member_name(b, key);
+  if (value)
+    json_builder_add_string_value(b, value);
+  else
+    json_builder_add_null_value(b);
+}
+
+static gboolean manifest_write(const char *workdir, const char *url, const char *expected, const char *sha256,
+                               const char *initrd, gboolean files, const char *flavor, const char *version,
+                               const char *style, const char *extra, const char *arch, GError **error) {
+  g_autoptr(JsonBuilder) b = json_builder_new();
+  json_builder_begin_object(b);
+  builder_add(b, "url", url);
+  builder_add(b, "expected_sha256", expected);
+  builder_add(b, "sha256", sha256);
+  builder_add(b, "kernel", "kernel");
+  builder_add(b, "initrd", initrd);
+  builder_add(b, "files", files ? "files" : NULL);
+  builder_add(b, "flavor", flavor);
+  builder_add(b, "version", version);
+  builder_add(b, "cmdline_style", style);
+  builder_add(b, "cmdline_extra", extra);
+  builder_add(b, "arch", arch);
+  json_builder_end_object(b);
+  g_autoptr(JsonNode) root = json_builder_get_root(b);
+  g_autofree char *text = json_to_string(root, TRUE);
+  g_autofree char *path = g_build_filename(workdir, "image.json", NULL);
+  g_autoptr(GError) err = NULL;
+  if (!g_file_set_contents(path, text, -1, &err)) {
+    set_gerror(error, OAKUK_EIO, "write %s: %s", path, err->message);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Progress */
+
+/* How one participant in a fetch receives progress: directly (sync) or posted to a context. */
+typedef struct {
+  void (*emit)(void *data, gint64 bytes, gint64 total);
+  void *data;
+} Listener;
+
+typedef struct {
+  oakuk_image_cache *cache;
+  Inflight *inflight;
+  Listener *listener;
+  gint64 last_bytes;
+  gint64 last_us;
+} Progress;
+
+static void progress_report(Progress *p, gint64 bytes, gint64 total, gboolean force) {
+  gint64 now = g_get_monotonic_time();
+  if (!force && bytes - p->last_bytes < PROGRESS_STEP_BYTES && now - p->last_us < PROGRESS_STEP_US)
+    return;
+  p->last_bytes = bytes;
+  p->last_us = now;
+  g_mutex_lock(&p->cache->lock);
+  p->inflight->bytes = bytes;
+  p->inflight->total = total;
+  p->inflight->progress_seq++;
+  g_cond_broadcast(&p->cache->cond);
+  g_mutex_unlock(&p->cache->lock);
+  if (p->listener && p->listener->emit)
+    p->listener->emit(p->listener->data, bytes, total);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Download */
+
+typedef struct {
+  int fd;
+  GChecksum *sum;
+  guint64 bytes;
+  guint64 max;
+  const char *url;
+} Sink;
+
+static gboolean sink_write(Sink *s, const guint8 *buf, gsize n, GError **error) {
+  if (s->bytes + n > s->max) {
+    set_gerror(error, OAKUK_EINVAL, "fetch %s: download exceeds the limit of %" G_GUINT64_FORMAT " bytes",
+               s->url, s->max);
+    return FALSE;
+  }
+  g_checksum_update(s->sum, buf, n);
+  gsize off = 0;
+  while (off < n) {
+    ssize_t w = write(s->fd, buf + off, n - off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0) {
+      int e = errno;
+      set_gerror(error, OAKUK_EIO, "fetch %s: write to cache: %s", s->url, g_strerror(e));
+      return FALSE;
+    }
+    off += (gsize)w;
+  }
+  s->bytes += n;
+  return TRUE;
+}
+
+static int gio_code(const GError *e) {
+  if (e->domain == G_IO_ERROR) {
+    switch (e->code) {
+    case G_IO_ERROR_TIMED_OUT: return OAKUK_ETIMEOUT;
+    case G_IO_ERROR_NOT_FOUND: return OAKUK_ENOTFOUND;
+    case G_IO_ERROR_PERMISSION_DENIED: return OAKUK_EPERM;
+    case G_IO_ERROR_CANCELLED: return OAKUK_ECANCELLED;
+    default: break;
+    }
+  }
+  return OAKUK_EIO;
+}
+
+static gboolean copy_stream(GInputStream *in, Sink *s, gint64 total, Progress *prog, GError **error) {
+  g_autofree guint8 *buf = g_malloc(IMAGE_CHUNK);
+  progress_report(prog, 0, total, TRUE);
+  for (;;) {
+    g_autoptr(GError) err = NULL;
+    gssize n = g_input_stream_read(in, buf, IMAGE_CHUNK, NULL, &err);
+    if (n < 0) {
+      set_gerror(error, gio_code(err), "fetch %s: %s after %" G_GUINT64_FORMAT " bytes", s->url, err->message,
+                 s->bytes);
+      return FALSE;
+    }
+    if (n == 0)
+      break;
+    if (!sink_write(s, buf, (gsize)n, error))
+      return FALSE;
+    progress_report(prog, (gint64)s->bytes, total, FALSE);
+  }
+  if (total >= 0 && s->bytes != (guint64)total) {
+    set_gerror(error, OAKUK_EIO,
+               "fetch %s: truncated body: got %" G_GUINT64_FORMAT " of %" G_GINT64_FORMAT " bytes", s->url,
+               s->bytes, total);
+    return FALSE;
+  }
+  progress_report(prog, (gint64)s->bytes, total, TRUE);
+  return TRUE;
+}
+
+static gboolean download_file(const char *url, Sink *s, Progress *prog, GError **error) {
+  g_autoptr(GFile) f = g_file_new_for_uri(url);
+  g_autoptr(GError) err = NULL;
+  g_autoptr(GFileInputStream) in = g_file_read(f, NULL, &err);
+  if (in == NULL) {
+    set_gerror(error, gio_code(err), "fetch %s: %s", url, err->message);
+    return FALSE;
+  }
+  g_autoptr(GFileInfo) info = g_file_input_stream_query_info(in, G_FILE_ATTRIBUTE_STANDARD_SIZE, NULL, NULL);
+  gint64 total = info ? g_file_info_get_size(info) : -1;
+  if (total > 0 && (guint64)total > s->max) {
+    set_gerror(error, OAKUK_EINVAL,
+               "fetch %s: %" G_GINT64_FORMAT " bytes exceeds the limit of %" G_GUINT64_FORMAT " bytes", url,
+               total, s->max);
+    return FALSE;
+  }
+  return copy_stream(G_INPUT_STREAM(in), s, total, prog, error);
+}
+
+static int http_status_code(guint status) {
+  if (status == SOUP_STATUS_NOT_FOUND || status == SOUP_STATUS_GONE)
+    return OAKUK_ENOTFOUND;
+  if (status == SOUP_STATUS_UNAUTHORIZED || status == SOUP_STATUS_FORBIDDEN)
+    return OAKUK_EPERM;
+  return OAKUK_EIO;
+}
+
+static gboolean download_http(const char *url, const oakuk_image_cache_options *o, Sink *s, Progress *prog,
+                              GError **error) {
+  /* A session per download, used from this thread only; redirects are followed by hand so the
+   * limit is ours and every hop is checked for its scheme. */
+  g_autoptr(SoupSession) session =
+      soup_session_new_with_options("timeout", o->timeout_s, "user-agent", "liboakuk", NULL);
+  g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_ENCODED, NULL);
+  for (guint hops = 0;; hops++) {
+    g_autoptr(SoupMessage) msg = soup_message_new_from_uri("GET", uri);
+    soup_message_add_flags(msg, SOUP_MESSAGE_NO_REDIRECT);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInputStream) in = soup_session_send(session, msg, NULL, &err);
+    if (in == NULL) {
+      set_gerror(error, gio_code(err), "fetch %s: %s", url, err->message);
+      return FALSE;
+    }
+    guint status = soup_message_get_status(msg);
+    SoupMessageHeaders *h = soup_message_get_response_headers(msg);
+    if (SOUP_STATUS_IS_REDIRECTION(status) && soup_message_headers_get_one(h, "Location")) {
+      if (hops >= o->max_redirects) {
+        set_gerror(error, OAKUK_EIO, "fetch %s: too many redirects (more than %u)", url, o->max_redirects);
+        return FALSE;
+      }
+      g_autoptr(GUri) next =
+          g_uri_parse_relative(uri, soup_message_headers_get_one(h, "Location"), G_URI_FLAGS_ENCODED, &err);
+      const char *scheme = next ? g_uri_get_scheme(next) : NULL;
+      if (next == NULL || (g_strcmp0(scheme, "http") != 0 && g_strcmp0(scheme, "https") != 0)) {
+        set_gerror(error, OAKUK_EIO, "fetch %s: bad redirect to %s", url,
+                   soup_message_headers_get_one(h, "Location"));
+        return FALSE;
+      }
+      g_input_stream_close(in, NULL, NULL);
+      g_uri_unref(uri);
+      uri = g_steal_pointer(&next);
+      continue;
+    }
+    if (status != SOUP_STATUS_OK) {
+      set_gerror(error, http_status_code(status), "fetch %s: HTTP %u %s", url, status,
+                 soup_message_get_reason_phrase(msg) ? soup_message_get_reason_phrase(msg) : "");
+      return FALSE;
+    }
+    gint64 total = soup_message_headers_get_encoding(h) == SOUP_ENCODING_CONTENT_LENGTH
+                       ? soup_message_headers_get_content_length(h)
+                       : -1;
+    if (total > 0 && (guint64)total > s->max) {
+      set_gerror(error, OAKUK_EINVAL,
+                 "fetch %s: %" G_GINT64_FORMAT " bytes exceeds the limit of %" G_GUINT64_FORMAT " bytes", url,
+                 total, s->max);
+      return FALSE;
+    }
+    return copy_stream(in, s, total, prog, error);
+  }
+}
+
+/* Downloads url to path; returns the hex sha256 of what was written. */
+static char *download(const char *url, const char *path, const oakuk_image_cache_options *o, Progress *prog,
+                      GError **error) {
+  Sink s = {.fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600),
+            .max = o->max_download_bytes,
+            .url = url};
+  if (s.fd < 0) {
+    int e = errno;
+    set_gerror(error, OAKUK_EIO, "fetch %s: create %s: %s", url, path, g_strerror(e));
+    return NULL;
+  }
+  s.sum = g_checksum_new(G_CHECKSUM_SHA256);
+  gboolean ok = g_str_has_prefix(url, "file:") ? download_file(url, &s, prog, error)
+                                               : download_http(url, o, &s, prog, error);
+  if (close(s.fd) != 0 && ok) {
+    int e = errno;
+    set_gerror(error, OAKUK_EIO, "fetch %s: close %s: %s", url, path, g_strerror(e));
+    ok = FALSE;
+  }
+  char *hex = ok ? g_strdup(g_checksum_get_string(s.sum)) : NULL;
+  g_checksum_free(s.sum);
+  return hex;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Unpack */
+
+/* Normalises an archive path: drops "./" and empty components, trailing "/". Returns NULL with
+ * an OAKUK_EPERM error for absolute paths and ".." components; "" for the root itself. */
+static char *normalize_entry(const char *what, const char *name, const char *url, GError **error) {
+  if (name[0] == '/') {
+    set_gerror(error, OAKUK_EPERM, "image %s: %s %s is an absolute path", url, what, name);
+    return NULL;
+  }
+  g_auto(GStrv) parts = g_strsplit(name, "/", -1);
+  g_autoptr(GPtrArray) keep = g_ptr_array_new();
+  for (char **p = parts; *p; p++) {
+    if (**p == '\0' || strcmp(*p, ".") == 0)
+      continue;
+    if (strcmp(*p, "..") == 0) {
+      set_gerror(error, OAKUK_EPERM, "image %s: %s %s has a '..' component (path traversal)", url, what,
+                 name);
+      return NULL;
+    }
+    g_ptr_array_add(keep, *p);
+  }
+  g_ptr_array_add(keep, NULL);
+  return g_strjoinv("/", (char **)keep->pdata);
+}
+
+/* True when symlink `name` (normalised) → target stays inside the tree, resolved lexically. */
+static gboolean symlink_stays_inside(const char *name, const char *target) {
+  if (target[0] == '/' || target[0] == '\0')
+    return FALSE;
+  g_auto(GStrv) base = g_strsplit(name, "/", -1);
+  int depth = (int)g_strv_length(base) - 1; /* components of the link's directory */
+  g_auto(GStrv) parts = g_strsplit(target, "/", -1);
+  for (char **p = parts; *p; p++) {
+    if (**p == '\0' || strcmp(*p, ".") == 0)
+      continue;
+    if (strcmp(*p, "..") == 0) {
+      if (--depth < 0)
+        return FALSE;
+    } else {
+      depth++;
+    }
+  }
+  return TRUE;
+}
+
+typedef struct {
+  const char *url;
+  const char *tree;
+  const oakuk_image_cache_options *o;
+  struct archive *r;
+  struct archive *w;
+  GHashTable *files; /* normalised names of regular files extracted so far */
+  guint64 entries;
+  guint64 bytes;
+} Unpack;
+
+static gboolean check_entry(Unpack *u, struct archive_entry *e, const char *name, char **link_out,
+                            GError **error) {
+  const char *hardlink = archive_entry_hardlink(e);
+  if (hardlink != NULL) {
+    g_autofree char *what = g_strdup_printf("hard link %s: target", name);
+    g_autofree char *t = normalize_entry(what, hardlink, u->url, error);
+    if (t == NULL)
+      return FALSE;
+    if (!g_hash_table_contains(u->files, t)) {
+      set_gerror(error, OAKUK_EPERM,
+                 "image %s: hard link %s points to %s, which is not a regular file earlier in the "
+                 "archive",
+                 u->url, name, hardlink);
+      return FALSE;
+    }
+    *link_out = g_steal_pointer(&t);
+    return TRUE;
+  }
+  mode_t type = archive_entry_filetype(e);
+  if (type == AE_IFLNK) {
+    const char *target = archive_entry_symlink(e);
+    if (target == NULL || !symlink_stays_inside(name, target)) {
+      set_gerror(error, OAKUK_EPERM, "image %s: symlink %s -> %s leaves the image", u->url, name,
+                 target ? target : "");
+      return FALSE;
+    }
+    return TRUE;
+  }
+  if (type == AE_IFREG) {
+    gint64 size = archive_entry_size(e);
+    if (size > 0 && u->bytes + (guint64)size > u->o->max_unpacked_bytes) {
+      set_gerror(error, OAKUK_EINVAL, "image %s: unpacks to more than %" G_GUINT64_FORMAT " bytes (at %s)",
+                 u->url, u->o->max_unpacked_bytes, name);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  if (type == AE_IFDIR)
+    return TRUE;
+  const char *kind = type == AE_IFCHR    ? "a character device"
+                     : type == AE_IFBLK  ? "a block device"
+                     : type == AE_IFIFO  ? "a fifo"
+                     : type == AE_IFSOCK ? "a socket"
+                                         : "of an unsupported type";
+  set_gerror(error, OAKUK_EPERM, "image %s: %s is %s; images may hold only files, directories and links",
+             u->url, name, kind);
+  return FALSE;
+}
+
+static gboolean corrupt(Unpack *u, const char *at, GError **error) {
+  const char *msg = archive_error_string(u->r);
+  set_gerror(error, OAKUK_EINVAL, "image %s: corrupt or truncated archive%s%s: %s", u->url, at ? " at " : "",
+             at ? at : "", msg ? msg : "unknown error");
+  return FALSE;
+}
+
+static gboolean copy_data(Unpack *u, const char *name, GError **error) {
+  for (;;) {
+    const void *buf;
+    size_t size;
+    la_int64_t offset;
+    int r = archive_read_data_block(u->r, &buf, &size, &offset);
+    if (r == ARCHIVE_EOF)
+      return TRUE;
+    if (r < ARCHIVE_WARN)
+      return corrupt(u, name, error);
+    u->bytes += size;
+    if (u->bytes > u->o->max_unpacked_bytes) {
+      set_gerror(error, OAKUK_EINVAL, "image %s: unpacks to more than %" G_GUINT64_FORMAT " bytes (at %s)",
+                 u->url, u->o->max_unpacked_bytes, name);
+      return FALSE;
+    }
+    if (archive_write_data_block(u->w, buf, size, offset) < ARCHIVE_WARN) {
+      set_gerror(error, OAKUK_EIO, "image %s: write %s: %s", u->url, name, archive_error_string(u->w));
+      return FALSE;
+    }
+  }
+}
+
+static gboolean unpack_entry(Unpack *u, struct archive_entry *e, GError **error) {
+  g_autofree char *name = normalize_entry("entry", archive_entry_pathname(e), u->url, error);
+  if (name == NULL)
+    return FALSE;
+  if (++u->entries > u->o->max_entries) {
+    set_gerror(error, OAKUK_EINVAL, "image %s: more than %" G_GUINT64_FORMAT " entries (at %s)", u->url,
+               u->o->max_entries, name);
+    return FALSE;
+  }
+  if (name[0] == '\0')
+    return TRUE; /* the archive's root directory */
+  g_autofree char *hardlink = NULL;
+  if (!check_entry(u, e, name, &hardlink, error))
+    return FALSE;
+  mode_t type = archive_entry_filetype(e);
+  g_autofree char *dest = g_build_filename(u->tree, name, NULL);
+  archive_entry_set_pathname(e, dest);
+  if (hardlink != NULL) {
+    g_autofree char *hl = g_build_filename(u->tree, hardlink, NULL);
+    archive_entry_set_hardlink(e, hl);
+  } else if (type == AE_IFDIR) {
+    archive_entry_set_perm(e, (archive_entry_perm(e) & 0755) | 0700);
+  } else if (type == AE_IFREG) {
+    archive_entry_set_perm(e, (archive_entry_perm(e) & 0755) | 0600);
+  }
+  g_hash_table_remove(u->files, name);
+  if (archive_write_header(u->w, e) < ARCHIVE_WARN) {
+    set_gerror(error, OAKUK_EPERM, "image %s: extract %s: %s", u->url, name, archive_error_string(u->w));
+    return FALSE;
+  }
+  if (!copy_data(u, name, error))
+    return FALSE;
+  if (archive_write_finish_entry(u->w) < ARCHIVE_WARN) {
+    set_gerror(error, OAKUK_EIO, "image %s: extract %s: %s", u->url, name, archive_error_string(u->w));
+    return FALSE;
+  }
+  if (type == AE_IFREG && hardlink == NULL)
+    g_hash_table_add(u->files, g_steal_pointer(&name));
+  return TRUE;
+}
+
+static gboolean unpack_archive(const char *archive_path, const char *tree, const char *url,
+                               const oakuk_image_cache_options *o, GError **error) {
+  Unpack u = {.url = url, .tree = tree, .o = o};
+  u.r = archive_read_new();
+  archive_read_support_filter_gzip(u.r);
+  archive_read_support_filter_xz(u.r);
+  archive_read_support_filter_bzip2(u.r);
+  archive_read_support_filter_zstd(u.r);
+  archive_read_support_format_tar(u.r);
+  u.w = archive_write_disk_new();
+  /* No OWNER/PERM/XATTR/ACL/FFLAGS: nothing setuid, no ownership, no special metadata. */
+  archive_write_disk_set_options(u.w, ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_SYMLINKS);
+  u.files = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  gboolean ok = TRUE;
+  if (archive_read_open_filename(u.r, archive_path, IMAGE_CHUNK) != ARCHIVE_OK) {
+    ok = corrupt(&u, NULL, error);
+  } else {
+    for (;;) {
+      struct archive_entry *e;
+      int r = archive_read_next_header(u.r, &e);
+      if (r == ARCHIVE_EOF)
+        break;
+      if (r < ARCHIVE_WARN) {
+        ok = corrupt(&u, NULL, error);
+        break;
+      }
+      if (!unpack_entry(&u, e, error)) {
+        ok = FALSE;
+        break;
+      }
+    }
+  }
+  archive_read_free(u.r);
+  archive_write_free(u.w);
+  g_hash_table_unref(u.files);
+  return ok;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* oakuk.json */
+
+typedef struct {
+  char *flavor;
+  char *version;
+  char *cmdline_style;
+  char *cmdline_extra;
+} ImageMeta;
+
+static void image_meta_clear(ImageMeta *m) {
+  g_clear_pointer(&m->flavor, g_free);
+  g_clear_pointer(&m->version, g_free);
+  g_clear_pointer(&m->cmdline_style, g_free);
+  g_clear_pointer(&m->cmdline_extra, g_free);
+}
+
+static gboolean meta_string(JsonObject *o, const char *key, char **out, const char *url, GError **error) {
+  JsonNode *n = json_object_get_member(o, key);
+  if (n == NULL || JSON_NODE_HOLDS_NULL(n))
+    return TRUE;
+  if (json_node_get_value_type(n) != G_TYPE_STRING) {
+    set_gerror(error, OAKUK_EINVAL, "image %s: oakuk.json: %s: expected a string", url, key);
+    return FALSE;
+  }
+  const char *s = json_node_get_string(n);
+  for (const char *c = s; *c; c++) {
+    if ((unsigned char)*c < 0x20 || *c == '"' || *c == '\'' || *c == '\\' || *c == 0x7f) {
+      set_gerror(error, OAKUK_EINVAL,
+                 "image %s: oakuk.json: %s: control characters, quotes and backslashes are not "
+                 "allowed",
+                 url, key);
+      return FALSE;
+    }
+  }
+  *out = g_strdup(s);
+  return TRUE;
+}
+
+static gboolean read_meta(const char *tree, const char *url, ImageMeta *m, GError **error) {
+  g_autofree char *path = g_build_filename(tree, "oakuk.json", NULL);
+  struct stat st;
+  if (lstat(path, &st) != 0)
+    return TRUE;
+  if (!S_ISREG(st.st_mode) || st.st_size > MANIFEST_MAX_BYTES) {
+    set_gerror(error, OAKUK_EINVAL, "image %s: oakuk.json must be a regular file of at most %d bytes", url,
+               MANIFEST_MAX_BYTES);
+    return FALSE;
+  }
+  g_autofree char *text = NULL;
+  gsize len;
+  g_autoptr(GError) err = NULL;
+  g_autoptr(JsonParser) parser = json_parser_new();
+  if (!g_file_get_contents(path, &text, &len, &err) || !oakuk_json_precheck(text, len, &err) ||
+      !json_parser_load_from_data(parser, text, (gssize)len, &err)) {
+    set_gerror(error, OAKUK_EINVAL, "image %s: oakuk.json: %s", url, err->message);
+    return FALSE;
+  }
+  JsonNode *root = json_parser_get_root(parser);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root)) {
+    set_gerror(error, OAKUK_EINVAL, "image %s: oakuk.json: expected a JSON object", url);
+    return FALSE;
+  }
+  JsonObject *o = json_node_get_object(root);
+  if (!meta_string(o, "flavor", &m->flavor, url, error) ||
+      !meta_string(o, "version", &m->version, url, error) ||
+      !meta_string(o, "cmdline_style", &m->cmdline_style, url, error) ||
+      !meta_string(o, "cmdline_extra", &m->cmdline_extra, url, error))
+    return FALSE;
+  if (m->flavor && strcmp(m->flavor, "unikraft") != 0 && strcmp(m->flavor, "linux") != 0) {
+    set_gerror(error, OAKUK_EINVAL,
+               "image %s: oakuk.json: flavor: expected \"unikraft\" or \"linux\", got \"%s\"", url,
+               m->flavor);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* One fetch, start to finish, in a work dir */
+
+static gboolean is_regular(const char *path) {
+  struct stat st;
+  return lstat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static gboolean is_dir(const char *path) {
+  struct stat st;
+  return lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static gboolean place_artifact(const char *download_path, const char *tree, const char *url,
+                               const oakuk_image_cache_options *o, GError **error) {
+  guint8 head[1024];
+  gssize n = read_head(download_path, head, sizeof head, error);
+  if (n < 0)
+    return FALSE;
+  guint machine;
+  if (kernel_arch_from_head(head, (gsize)n, &machine) != NULL || machine != 0) {
+    g_autofree char *kernel = g_build_filename(tree, "kernel", NULL);
+    if (rename(download_path, kernel) != 0) {
+      int e = errno;
+      set_gerror(error, OAKUK_EIO, "image %s: move kernel into place: %s", url, g_strerror(e));
+      return FALSE;
+    }
+    return TRUE;
+  }
+  return unpack_archive(download_path, tree, url, o, error);
+}
+
+static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const char *url,
+                                const char *expected, Progress *prog, GError **error) {
+  g_autofree char *work = g_build_filename(cache->dir, ".tmp-XXXXXX", NULL);
+  if (g_mkdtemp(work) == NULL) {
+    int e = errno;
+    set_gerror(error, OAKUK_EIO, "image cache %s: create work dir: %s", cache->dir, g_strerror(e));
+    return NULL;
+  }
+  g_autofree char *dl = g_build_filename(work, "download", NULL);
+  g_autofree char *tree = g_build_filename(work, "tree", NULL);
+  g_autofree char *final = g_build_filename(cache->dir, key, NULL);
+  g_autofree char *sha = NULL;
+  g_autofree char *version = NULL;
+  g_autofree char *kernel = g_build_filename(tree, "kernel", NULL);
+  g_autofree char *p_initrd = g_build_filename(tree, "initrd", NULL);
+  g_autofree char *p_cpio = g_build_filename(tree, "initramfs.cpio", NULL);
+  g_autofree char *p_files = g_build_filename(tree, "files", NULL);
+  const char *initrd = NULL, *flavor = NULL, *arch = NULL;
+  ImageMeta meta = {0};
+  oakuk_image *img = NULL;
+
+  sha = download(url, dl, &cache->opts, prog, error);
+  if (sha == NULL)
+    goto out;
+  if (expected != NULL && strcmp(sha, expected) != 0) {
+    set_gerror(error, OAKUK_EVERIFY, "sha256 mismatch for %s: expected %s, got %s", url, expected, sha);
+    goto out;
+  }
+  if (mkdir(tree, 0755) != 0) {
+    int e = errno;
+    set_gerror(error, OAKUK_EIO, "image %s: create %s: %s", url, tree, g_strerror(e));
+    goto out;
+  }
+  if (!place_artifact(dl, tree, url, &cache->opts, error))
+    goto out;
+  unlink(dl);
+  if (!is_regular(kernel)) {
+    set_gerror(error, OAKUK_EINVAL, "image %s: no `kernel` file at the top of the archive", url);
+    goto out;
+  }
+  if (!read_meta(tree, url, &meta, error))
+    goto out;
+  initrd = is_regular(p_initrd) ? "initrd" : is_regular(p_cpio) ? "initramfs.cpio" : NULL;
+  arch = kernel_arch(kernel, NULL);
+  if (kernel_flavor(kernel, &flavor, &version, error) != 0)
+    goto out;
+  if (meta.flavor != NULL) {
+    flavor = meta.flavor;
+    g_free(version);
+    version = g_strdup(meta.version);
+  } else if (meta.version != NULL) {
+    g_free(version);
+    version = g_strdup(meta.version);
+  }
+  if (!manifest_write(work, url, expected, sha, initrd, is_dir(p_files), flavor, version, meta.cmdline_style,
+                      meta.cmdline_extra, arch, error))
+    goto out;
+  if (rename(work, final) != 0) {
+    int e = errno;
+    if (e != EEXIST && e != ENOTEMPTY) {
+      set_gerror(error, OAKUK_EIO, "image %s: move into cache %s: %s", url, final, g_strerror(e));
+      goto out;
+    }
+    /* Another process finished the same image first: use theirs. */
+  }
+  img = manifest_load(final, error);
+  if (img == NULL && error && *error == NULL)
+    set_gerror(error, OAKUK_EIO, "image %s: %s vanished from the cache", url, final);
+out:
+  image_meta_clear(&meta);
+  if (g_file_test(work, G_FILE_TEST_EXISTS))
+    remove_tree(work);
+  return img;
+}
+
+static char *cache_key(const char *url, const char *expected) {
+  g_autofree char *s = g_strconcat(url, "\n", expected ? expected : "", NULL);
+  return g_compute_checksum_for_string(G_CHECKSUM_SHA256, s, -1);
+}
+
+/* The whole fetch, blocking: a finished entry, or wait for a running download of the same key,
+ * or download it here. */
+static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const char *url, const char *expected,
+                                   Listener *l, GError **error) {
+  g_autofree char *key = cache_key(url, expected);
+  g_autofree char *dir = g_build_filename(cache->dir, key, NULL);
+  g_mutex_lock(&cache->lock);
+  Inflight *in = g_hash_table_lookup(cache->inflight, key);
+  if (in != NULL) {
+    guint64 seen = 0;
+    in->waiters++;
+    while (!in->finished) {
+      if (in->progress_seq != seen && l && l->emit) {
+        seen = in->progress_seq;
+        gint64 b = in->bytes, t = in->total;
+        g_mutex_unlock(&cache->lock);
+        l->emit(l->data, b, t);
+        g_mutex_lock(&cache->lock);
+        continue;
+      }
+      g_cond_wait(&cache->cond, &cache->lock);
+    }
+    oakuk_image *img = in->image ? oakuk_image_ref(in->image) : NULL;
+    if (img == NULL)
+      g_propagate_error(error, g_error_copy(in->error));
+    if (--in->waiters == 0)
+      inflight_free(in);
+    g_mutex_unlock(&cache->lock);
+    return img;
+  }
+  GError *err = NULL;
+  oakuk_image *img = manifest_load(dir, &err);
+  if (img != NULL || err != NULL) {
+    g_mutex_unlock(&cache->lock);
+    if (err != NULL) /* a damaged entry: drop it and fetch again */
+      g_clear_error(&err);
+    if (img != NULL)
+      return img;
+    remove_tree(dir);
+    g_mutex_lock(&cache->lock);
+  }
+  in = g_new0(Inflight, 1);
+  in->waiters = 1;
+  g_hash_table_insert(cache->inflight, g_strdup(key), in);
+  g_mutex_unlock(&cache->lock);
+
+  Progress prog = {.cache = cache, .inflight = in, .listener = l, .last_us = 0};
+  img = build_image(cache, key, url, expected, &prog, &err);
+
+  g_mutex_lock(&cache->lock);
+  in->finished = TRUE;
+  in->image = img ? oakuk_image_ref(img) : NULL;
+  in->error = err ? g_error_copy(err) : NULL;
+  gpointer stored_key = NULL;
+  g_hash_table_steal_extended(cache->inflight, key, &stored_key, NULL);
+  g_free(stored_key);
+  g_cond_broadcast(&cache->cond);
+  if (--in->waiters == 0)
+    inflight_free(in);
+  g_mutex_unlock(&cache->lock);
+  if (err)
+    g_propagate_error(error, err);
+  return img;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Public fetch API */
+
+static gboolean validate_request(const char *url, const char *sha256, char **expected, GError **error) {
+  g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_ENCODED, NULL);
+  const char *scheme = uri ? g_uri_get_scheme(uri) : NULL;
+  if (uri == NULL ||
+      (g_strcmp0(scheme, "http") != 0 && g_strcmp0(scheme, "https") != 0 && g_strcmp0(scheme, "file") != 0)) {
+    set_gerror(error, OAKUK_EINVAL, "image url %s: expected an http://, https:// or file:// URL", url);
+    return FALSE;
+  }
+  if (g_strcmp0(scheme, "file") != 0 && (g_uri_get_host(uri) == NULL || *g_uri_get_host(uri) == '\0')) {
+    set_gerror(error, OAKUK_EINVAL, "image url %s: no host", url);
+    return FALSE;
+  }
+  *expected = NULL;
+  if (sha256 != NULL && *sha256 != '\0') {
+    gsize n = strlen(sha256);
+    gboolean hex = n == 64;
+    for (gsize i = 0; hex && i < n; i++)
+      hex = g_ascii_isxdigit(sha256[i]);
+    if (!hex) {
+      set_gerror(error, OAKUK_EINVAL, "sha256 for %s: expected 64 hexadecimal digits, got \"%s\"", url,
+                 sha256);
+      return FALSE;
+    }
+    *expected = g_ascii_strdown(sha256, -1);
+  }
+  return TRUE;
+}
+
+typedef struct {
+  oakuk_image_progress_cb cb;
+  void *user_data;
+} SyncProgress;
+
+static void emit_sync(void *data, gint64 bytes, gint64 total) {
+  SyncProgress *sp = data;
+  sp->cb(bytes, total, sp->user_data);
+}
+
+oakuk_image *oakuk_image_cache_fetch_sync(oakuk_image_cache *cache, const char *url, const char *sha256,
+                                          oakuk_image_progress_cb progress, void *user_data,
+                                          oakuk_error **error) {
+  g_return_val_if_fail(cache != NULL && url != NULL, NULL);
+  GError *err = NULL;
+  g_autofree char *expected = NULL;
+  if (!validate_request(url, sha256, &expected, &err)) {
+    oakuk_propagate_gerror(error, err);
+    return NULL;
+  }
+  SyncProgress sp = {progress, user_data};
+  Listener l = {emit_sync, &sp};
+  oakuk_image *img = fetch_blocking(cache, url, expected, progress ? &l : NULL, &err);
+  if (img == NULL)
+    oakuk_propagate_gerror(error, err);
+  return img;
+}
+
+typedef struct {
+  oakuk_image_cache *cache;
+  char *url;
+  char *expected;
+  oakuk_image_progress_cb progress;
+  oakuk_image_done_cb done;
+  void *user_data;
+  GMainContext *context;
+  gboolean finished; /* touched only on context */
+} FetchOp;
+
+static void fetch_op_free(FetchOp *op) {
+  oakuk_image_cache_unref(op->cache);
+  g_free(op->url);
+  g_free(op->expected);
+  g_main_context_unref(op->context);
+}
+
+static void fetch_op_release(gpointer op) {
+  g_atomic_rc_box_release_full(op, (GDestroyNotify)fetch_op_free);
+}
+
+typedef struct {
+  FetchOp *op;
+  gint64 bytes;
+  gint64 total;
+} ProgressMsg;
+
+static void progress_msg_free(gpointer data) {
+  ProgressMsg *m = data;
+  fetch_op_release(m->op);
+  g_free(m);
+}
+
+static gboolean progress_dispatch(gpointer data) {
+  ProgressMsg *m = data;
+  if (!m->op->finished)
+    m->op->progress(m->bytes, m->total, m->op->user_data);
+  return G_SOURCE_REMOVE;
+}
+
+static void emit_async(void *data, gint64 bytes, gint64 total) {
+  FetchOp *op = data;
+  ProgressMsg *m = g_new0(ProgressMsg, 1);
+  m->op = g_atomic_rc_box_acquire(op);
+  m->bytes = bytes;
+  m->total = total;
+  GSource *src = g_idle_source_new();
+  g_source_set_priority(src, G_PRIORITY_DEFAULT);
+  g_source_set_callback(src, progress_dispatch, m, progress_msg_free);
+  g_source_attach(src, op->context);
+  g_source_unref(src);
+}
+
+static void fetch_thread(GTask *task, gpointer source, gpointer data, GCancellable *cancellable) {
+  FetchOp *op = data;
+  Listener l = {emit_async, op};
+  GError *err = NULL;
+  oakuk_image *img = fetch_blocking(op->cache, op->url, op->expected, op->progress ? &l : NULL, &err);
+  if (img)
+    g_task_return_pointer(task, img, (GDestroyNotify)oakuk_image_unref);
+  else
+    g_task_return_error(task, err);
+}
+
+static void fetch_done(GObject *source, GAsyncResult *res, gpointer data) {
+  FetchOp *op = g_task_get_task_data(G_TASK(res));
+  GError *err = NULL;
+  g_autoptr(oakuk_image) img = g_task_propagate_pointer(G_TASK(res), &err);
+  op->finished = TRUE;
+  if (img != NULL) {
+    op->done(img, NULL, op->user_data);
+  } else {
+    oakuk_error *e = NULL;
+    oakuk_propagate_gerror(&e, err);
+    op->done(NULL, e, op->user_data);
+    oakuk_error_free(e);
+  }
+}
+
+int oakuk_image_cache_fetch(oakuk_image_cache *cache, const char *url, const char *sha256,
+                            oakuk_image_progress_cb progress, oakuk_image_done_cb done, void *user_data,
+                            oakuk_error **error) {
+  g_return_val_if_fail(cache != NULL && url != NULL && done != NULL, OAKUK_EINVAL);
+  GError *err = NULL;
+  g_autofree char *expected = NULL;
+  if (!validate_request(url, sha256, &expected, &err))
+    return oakuk_propagate_gerror(error, err);
+  FetchOp *op = g_atomic_rc_box_new0(FetchOp);
+  op->cache = oakuk_image_cache_ref(cache);
+  op->url = g_strdup(url);
+  op->expected = g_steal_pointer(&expected);
+  op->progress = progress;
+  op->done = done;
+  op->user_data = user_data;
+  op->context = g_main_context_ref_thread_default();
+  g_autoptr(GTask) task = g_task_new(NULL, NULL, fetch_done, NULL);
+  g_task_set_source_tag(task, oakuk_image_cache_fetch);
+  g_task_set_task_data(task, op, fetch_op_release);
+  g_task_run_in_thread(task, fetch_thread);
+  return 0;
+}

@@ -5,6 +5,107 @@
 
 OAKUK_BEGIN_DECLS
 
+/* Unikernel images (DESIGN §8, §11): fetch over http/https/file, verify sha256, unpack safely,
+ * cache by URL + expected sha256.
+ *
+ * An image is an Oakestra tar or tar.gz holding `kernel`, optional `files/`, optional `initrd`
+ * (or `initramfs.cpio`) and optional `oakuk.json` ({flavor, version, cmdline_style, cmdline_extra}),
+ * or a bare kernel file (ELF, arm64 Image or x86 bzImage), which becomes an image holding only
+ * `kernel`. Unpacking refuses absolute paths, `..` components, links leaving the tree, device,
+ * fifo and socket files, and archives over the entry or size limits.
+ *
+ * Cache layout: <dir>/<sha256 of (url + "\n" + expected sha256 or "")>/ holds `image.json` (the
+ * manifest) and `tree/` (the unpacked image). Work happens in <dir>/.tmp-XXXXXX and is renamed
+ * into place when complete; a failed fetch leaves nothing behind. One process per cache dir. */
+
+typedef struct oakuk_image_cache_options {
+  unsigned int version;        /* OAKUK_IMAGE_CACHE_OPTIONS_VERSION */
+  uint64_t max_download_bytes; /* largest artifact accepted (default 1 GiB) */
+  uint64_t max_unpacked_bytes; /* largest total of unpacked file data (default 4 GiB) */
+  uint64_t max_entries;        /* most archive entries (default 100000) */
+  uint32_t timeout_s;          /* network inactivity timeout in seconds (default 300) */
+  uint32_t max_redirects;      /* most HTTP redirects followed (default 5) */
+} oakuk_image_cache_options;
+
+#define OAKUK_IMAGE_CACHE_OPTIONS_VERSION 1
+#define OAKUK_IMAGE_CACHE_OPTIONS_INIT                                                                       \
+  { OAKUK_IMAGE_CACHE_OPTIONS_VERSION, UINT64_C(1073741824), UINT64_C(4294967296), 100000, 300, 5 }
+/* Fills opts with defaults; returns OAKUK_EINVAL for an unknown version. */
+OAKUK_API int oakuk_image_cache_options_init(oakuk_image_cache_options *opts, unsigned int version);
+
+/* An unpacked image in the cache. Opaque, refcounted; getters' strings are borrowed while the
+ * image lives. */
+typedef struct oakuk_image oakuk_image;
+OAKUK_API oakuk_image *oakuk_image_ref(oakuk_image *image);
+OAKUK_API void oakuk_image_unref(oakuk_image *image);
+/* The image's cache directory (<dir>/<key>). */
+OAKUK_API const char *oakuk_image_dir(const oakuk_image *image);
+/* Absolute path of the kernel. */
+OAKUK_API const char *oakuk_image_kernel(const oakuk_image *image);
+/* Absolute path of `initrd` or `initramfs.cpio`, or NULL. */
+OAKUK_API const char *oakuk_image_initrd(const oakuk_image *image);
+/* Absolute path of the `files/` directory, or NULL. */
+OAKUK_API const char *oakuk_image_files_dir(const oakuk_image *image);
+/* "unikraft", "linux" or "unknown": from oakuk.json, else from the kernel's contents. */
+OAKUK_API const char *oakuk_image_flavor(const oakuk_image *image);
+/* Flavor version ("0.16.1", "6.1.0-56-amd64"), or NULL when unknown. */
+OAKUK_API const char *oakuk_image_version(const oakuk_image *image);
+/* oakuk.json's cmdline_style and cmdline_extra (extra kernel arguments placed before the network
+ * parameters, e.g. "console=ttyS0"), or NULL when absent. */
+OAKUK_API const char *oakuk_image_cmdline_style(const oakuk_image *image);
+OAKUK_API const char *oakuk_image_cmdline_extra(const oakuk_image *image);
+/* GOARCH of the kernel ("amd64", "arm64", "arm", "riscv64"), or NULL when not recognised. */
+OAKUK_API const char *oakuk_image_arch(const oakuk_image *image);
+/* Lower-case hex sha256 of the downloaded artifact. */
+OAKUK_API const char *oakuk_image_sha256(const oakuk_image *image);
+/* The URL the image was fetched from. */
+OAKUK_API const char *oakuk_image_url(const oakuk_image *image);
+
+/* A cache of images in a directory (created if missing). Stale .tmp-* work dirs are removed.
+ * opts may be NULL (defaults); zero max_download_bytes, max_unpacked_bytes or max_entries are
+ * OAKUK_EINVAL, timeout_s 0 means no timeout. The cache may be used from any thread. */
+typedef struct oakuk_image_cache oakuk_image_cache;
+OAKUK_API oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cache_options *opts,
+                                                   oakuk_error **error);
+OAKUK_API oakuk_image_cache *oakuk_image_cache_ref(oakuk_image_cache *cache);
+OAKUK_API void oakuk_image_cache_unref(oakuk_image_cache *cache);
+OAKUK_API const char *oakuk_image_cache_dir(const oakuk_image_cache *cache);
+
+/* Download progress: bytes received so far and the total (-1 when the server did not say). */
+typedef void (*oakuk_image_progress_cb)(int64_t bytes, int64_t total, void *user_data);
+/* Completion: exactly one of image and error is non-NULL. Both are borrowed for the duration of
+ * the call: oakuk_image_ref the image to keep it; the library frees the error afterwards. */
+typedef void (*oakuk_image_done_cb)(oakuk_image *image, oakuk_error *error, void *user_data);
+
+/* Fetches url (http://, https://, file://) into the cache, or reuses a finished entry. sha256
+ * (64 hex digits) may be NULL; when given, a mismatch fails with OAKUK_EVERIFY. Two fetches of the
+ * same url + sha256 at once download once; both get the result. The work runs in a thread;
+ * progress (may be NULL) and done are called on the GMainContext that is thread-default for the
+ * caller of this function, progress never after done. Returns 0, or OAKUK_EINVAL (bad url or
+ * sha256; done is then not called). */
+OAKUK_API int oakuk_image_cache_fetch(oakuk_image_cache *cache, const char *url, const char *sha256,
+                                      oakuk_image_progress_cb progress, oakuk_image_done_cb done,
+                                      void *user_data, oakuk_error **error);
+/* The same, blocking the calling thread; progress is called on the calling thread. Returns a new
+ * reference, or NULL with *error set: OAKUK_EINVAL (bad url/sha256, malformed or corrupt image,
+ * a size or entry limit exceeded), OAKUK_EVERIFY (sha256 mismatch), OAKUK_EPERM (unsafe archive
+ * entry, HTTP 401/403), OAKUK_ENOTFOUND (HTTP 404/410, missing file), OAKUK_ETIMEOUT, OAKUK_EIO
+ * (network or disk failure, too many redirects). */
+OAKUK_API oakuk_image *oakuk_image_cache_fetch_sync(oakuk_image_cache *cache, const char *url,
+                                                    const char *sha256, oakuk_image_progress_cb progress,
+                                                    void *user_data, oakuk_error **error);
+
+/* Kernel inspection (no cache involved). GOARCH of the kernel file at path from the ELF
+ * e_machine, the arm64 Image magic, or the x86 bzImage header; NULL with *error set when
+ * unreadable (OAKUK_EIO) or not recognised (OAKUK_EINVAL). Static string. */
+OAKUK_API const char *oakuk_image_kernel_arch(const char *path, oakuk_error **error);
+/* Scans the kernel file at path for "Unikraft <Codename> <x.y.z>". Sets *flavor to "unikraft"
+ * (and *version to "x.y.z"), else "linux" when it looks like a Linux kernel (*version from the
+ * bzImage header or "Linux version ", or NULL), else "unknown" (*version NULL). *flavor is static;
+ * free *version with oakuk_free. Returns 0 or OAKUK_EIO. */
+OAKUK_API int oakuk_image_kernel_unikraft_version(const char **flavor, char **version, const char *path,
+                                                  oakuk_error **error);
+
 OAKUK_END_DECLS
 
 #endif

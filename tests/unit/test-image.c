@@ -1,0 +1,683 @@
+/* Unit tests of the image module: offline (file:// URLs, archives crafted here with libarchive's
+ * writer), plus kernel inspection on crafted headers and the host's Debian kernel. */
+#include "oakuk-private.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <ftw.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+  char *tmp;   /* scratch dir for inputs */
+  char *cache; /* cache dir */
+} Fixture;
+
+static void fixture_setup(Fixture *f, gconstpointer data) {
+  f->tmp = g_dir_make_tmp("oakuk-image-XXXXXX", NULL);
+  g_assert_nonnull(f->tmp);
+  f->cache = g_build_filename(f->tmp, "cache", NULL);
+}
+
+static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  return remove(path);
+}
+
+static void fixture_teardown(Fixture *f, gconstpointer data) {
+  nftw(f->tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+  g_free(f->tmp);
+  g_free(f->cache);
+}
+
+/* A fake kernel: an ELF header for `machine` (64-bit little endian) followed by text. */
+static GBytes *fake_elf(guint16 machine, const char *text) {
+  GByteArray *b = g_byte_array_new();
+  guint8 h[64] = {0x7f, 'E', 'L', 'F', 2, 1, 1};
+  h[16] = 2; /* ET_EXEC */
+  h[18] = machine & 0xff;
+  h[19] = machine >> 8;
+  g_byte_array_append(b, h, sizeof h);
+  if (text)
+    g_byte_array_append(b, (const guint8 *)text, strlen(text));
+  return g_byte_array_free_to_bytes(b);
+}
+
+typedef enum { E_FILE, E_DIR, E_SYMLINK, E_HARDLINK, E_CHARDEV, E_FIFO } EntryType;
+
+typedef struct {
+  EntryType type;
+  const char *name;
+  const char *data; /* file content, symlink or hard link target */
+  GBytes *bytes;    /* file content when not text */
+} Entry;
+
+/* Writes entries as a tar (gzip when gz) to dir/name; returns a file:// URL. */
+static char *write_archive(const char *dir, const char *name, gboolean gz, const Entry *entries, size_t n) {
+  g_autofree char *path = g_build_filename(dir, name, NULL);
+  struct archive *a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  if (gz)
+    archive_write_add_filter_gzip(a);
+  g_assert_cmpint(archive_write_open_filename(a, path), ==, ARCHIVE_OK);
+  for (size_t i = 0; i < n; i++) {
+    const Entry *e = &entries[i];
+    struct archive_entry *ae = archive_entry_new();
+    archive_entry_set_pathname(ae, e->name);
+    gconstpointer content = NULL;
+    gsize len = 0;
+    switch (e->type) {
+    case E_FILE:
+      if (e->bytes)
+        content = g_bytes_get_data(e->bytes, &len);
+      else if (e->data)
+        content = e->data, len = strlen(e->data);
+      archive_entry_set_filetype(ae, AE_IFREG);
+      archive_entry_set_perm(ae, 0644);
+      archive_entry_set_size(ae, (la_int64_t)len);
+      break;
+    case E_DIR:
+      archive_entry_set_filetype(ae, AE_IFDIR);
+      archive_entry_set_perm(ae, 0755);
+      break;
+    case E_SYMLINK:
+      archive_entry_set_filetype(ae, AE_IFLNK);
+      archive_entry_set_perm(ae, 0777);
+      archive_entry_set_symlink(ae, e->data);
+      break;
+    case E_HARDLINK:
+      archive_entry_set_filetype(ae, AE_IFREG);
+      archive_entry_set_perm(ae, 0644);
+      archive_entry_set_hardlink(ae, e->data);
+      archive_entry_set_size(ae, 0);
+      break;
+    case E_CHARDEV:
+      archive_entry_set_filetype(ae, AE_IFCHR);
+      archive_entry_set_perm(ae, 0666);
+      archive_entry_set_rdevmajor(ae, 1);
+      archive_entry_set_rdevminor(ae, 3);
+      break;
+    case E_FIFO:
+      archive_entry_set_filetype(ae, AE_IFIFO);
+      archive_entry_set_perm(ae, 0644);
+      break;
+    }
+    g_assert_cmpint(archive_write_header(a, ae), ==, ARCHIVE_OK);
+    if (len)
+      g_assert_cmpint(archive_write_data(a, content, len), ==, (la_ssize_t)len);
+    archive_entry_free(ae);
+  }
+  g_assert_cmpint(archive_write_close(a), ==, ARCHIVE_OK);
+  archive_write_free(a);
+  return g_filename_to_uri(path, NULL, NULL);
+}
+
+static char *write_file(const char *dir, const char *name, GBytes *bytes) {
+  g_autofree char *path = g_build_filename(dir, name, NULL);
+  g_assert_true(
+      g_file_set_contents(path, g_bytes_get_data(bytes, NULL), (gssize)g_bytes_get_size(bytes), NULL));
+  return g_filename_to_uri(path, NULL, NULL);
+}
+
+static char *sha256_of_uri(const char *uri) {
+  g_autofree char *path = g_filename_from_uri(uri, NULL, NULL);
+  g_autofree char *data = NULL;
+  gsize len;
+  g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+  return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (const guchar *)data, len);
+}
+
+/* The cache dir holds nothing: a failed fetch left no work dir and no entry. */
+static void assert_cache_empty(const char *cache) {
+  GDir *d = g_dir_open(cache, 0, NULL);
+  g_assert_nonnull(d);
+  const char *name = g_dir_read_name(d);
+  if (name != NULL)
+    g_error("cache %s not empty after a failed fetch: %s", cache, name);
+  g_dir_close(d);
+}
+
+static oakuk_image_cache *new_cache(Fixture *f, const oakuk_image_cache_options *o) {
+  oakuk_error *err = NULL;
+  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, o, &err);
+  g_assert_null(err);
+  g_assert_nonnull(c);
+  return c;
+}
+
+/* Fetches url expecting failure with code and a message containing each of the needles. */
+static void expect_failure(Fixture *f, const oakuk_image_cache_options *o, const char *url, const char *sha,
+                           int32_t code, const char *needle1, const char *needle2) {
+  oakuk_image_cache *c = new_cache(f, o);
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, sha, NULL, NULL, &err);
+  g_assert_null(img);
+  g_assert_nonnull(err);
+  if (g_test_verbose())
+    g_test_message("%s", oakuk_error_message(err));
+  g_assert_cmpstr(oakuk_status_name(oakuk_error_code(err)), ==, oakuk_status_name(code));
+  if (needle1 && strstr(oakuk_error_message(err), needle1) == NULL)
+    g_error("message \"%s\" lacks \"%s\"", oakuk_error_message(err), needle1);
+  if (needle2 && strstr(oakuk_error_message(err), needle2) == NULL)
+    g_error("message \"%s\" lacks \"%s\"", oakuk_error_message(err), needle2);
+  oakuk_error_free(err);
+  assert_cache_empty(f->cache);
+  oakuk_image_cache_unref(c);
+}
+
+static char *read_text(const char *path) {
+  char *data = NULL;
+  g_assert_true(g_file_get_contents(path, &data, NULL, NULL));
+  return data;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static void test_good(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, "....Unikraft Helene 0.16.1 ....");
+  Entry e[] = {
+      {E_DIR, "./", NULL, NULL},
+      {E_FILE, "./kernel", NULL, kernel},
+      {E_FILE, "initrd", "INITRD", NULL},
+      {E_DIR, "files", NULL, NULL},
+      {E_FILE, "files/hello.txt", "hello\n", NULL},
+      {E_SYMLINK, "files/link", "hello.txt", NULL},
+      {E_SYMLINK, "files/up", "../initrd", NULL},
+      {E_HARDLINK, "files/again.txt", "files/hello.txt", NULL},
+      {E_FILE, "oakuk.json", "{\"cmdline_style\": \"new\", \"cmdline_extra\": \"console=ttyS0\"}", NULL},
+  };
+  g_autofree char *url = write_archive(f->tmp, "good.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  g_autofree char *sha = sha256_of_uri(url);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  g_assert_null(err);
+  g_assert_nonnull(img);
+  g_assert_true(g_str_has_prefix(oakuk_image_dir(img), oakuk_image_cache_dir(c)));
+  g_assert_cmpstr(oakuk_image_flavor(img), ==, "unikraft");
+  g_assert_cmpstr(oakuk_image_version(img), ==, "0.16.1");
+  g_assert_cmpstr(oakuk_image_arch(img), ==, "amd64");
+  g_assert_cmpstr(oakuk_image_sha256(img), ==, sha);
+  g_assert_cmpstr(oakuk_image_url(img), ==, url);
+  g_assert_cmpstr(oakuk_image_cmdline_style(img), ==, "new");
+  g_assert_cmpstr(oakuk_image_cmdline_extra(img), ==, "console=ttyS0");
+  g_autofree char *kdata = NULL;
+  gsize klen;
+  g_assert_true(g_file_get_contents(oakuk_image_kernel(img), &kdata, &klen, NULL));
+  g_assert_cmpmem(kdata, klen, g_bytes_get_data(kernel, NULL), g_bytes_get_size(kernel));
+  g_autofree char *initrd = read_text(oakuk_image_initrd(img));
+  g_assert_cmpstr(initrd, ==, "INITRD");
+  g_autofree char *hello = g_build_filename(oakuk_image_files_dir(img), "link", NULL);
+  g_autofree char *hello_text = read_text(hello);
+  g_assert_cmpstr(hello_text, ==, "hello\n");
+  g_autofree char *again = g_build_filename(oakuk_image_files_dir(img), "again.txt", NULL);
+  g_autofree char *again_text = read_text(again);
+  g_assert_cmpstr(again_text, ==, "hello\n");
+  g_autofree char *manifest = g_build_filename(oakuk_image_dir(img), "image.json", NULL);
+  g_assert_true(g_file_test(manifest, G_FILE_TEST_IS_REGULAR));
+  /* Nothing but the finished entry is left in the cache. */
+  GDir *d = g_dir_open(f->cache, 0, NULL);
+  g_assert_cmpstr(g_dir_read_name(d), ==, strrchr(oakuk_image_dir(img), '/') + 1);
+  g_assert_null(g_dir_read_name(d));
+  g_dir_close(d);
+  oakuk_image_unref(img);
+  oakuk_image_cache_unref(c);
+}
+
+static void test_oakuk_json(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(183, "Linux version 6.1.0-test (x) #1");
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel},
+               {E_FILE, "initramfs.cpio", "CPIO", NULL},
+               {E_FILE, "oakuk.json", "{\"flavor\": \"unikraft\", \"version\": \"0.15.0\"}", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "meta.tar", FALSE, e, G_N_ELEMENTS(e));
+  oakuk_image_cache *c = new_cache(f, NULL);
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  g_assert_null(err);
+  g_assert_cmpstr(oakuk_image_flavor(img), ==, "unikraft"); /* oakuk.json wins over the kernel scan */
+  g_assert_cmpstr(oakuk_image_version(img), ==, "0.15.0");
+  g_assert_cmpstr(oakuk_image_arch(img), ==, "arm64");
+  g_assert_true(g_str_has_suffix(oakuk_image_initrd(img), "/initramfs.cpio"));
+  g_assert_null(oakuk_image_files_dir(img));
+  g_assert_null(oakuk_image_cmdline_extra(img));
+  oakuk_image_unref(img);
+  oakuk_image_cache_unref(c);
+
+  nftw(f->cache, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+  Entry bad[] = {{E_FILE, "kernel", NULL, kernel}, {E_FILE, "oakuk.json", "{\"flavor\": \"windows\"}", NULL}};
+  g_autofree char *url2 = write_archive(f->tmp, "badmeta.tar", FALSE, bad, G_N_ELEMENTS(bad));
+  expect_failure(f, NULL, url2, NULL, OAKUK_EINVAL, "oakuk.json: flavor", "windows");
+}
+
+static void test_no_kernel(Fixture *f, gconstpointer data) {
+  Entry e[] = {{E_FILE, "initrd", "x", NULL}, {E_DIR, "kernel.d", NULL, NULL}};
+  g_autofree char *url = write_archive(f->tmp, "nokernel.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  expect_failure(f, NULL, url, NULL, OAKUK_EINVAL, "no `kernel`", url);
+}
+
+static void test_traversal(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}, {E_FILE, "files/../../evil", "x", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "trav.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  expect_failure(f, NULL, url, NULL, OAKUK_EPERM, "files/../../evil", "'..'");
+  g_autofree char *outside = g_build_filename(f->tmp, "..", "evil", NULL);
+  g_assert_false(g_file_test(outside, G_FILE_TEST_EXISTS));
+}
+
+static void test_absolute(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  g_autofree char *target = g_build_filename(f->tmp, "abs-evil", NULL);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}, {E_FILE, target, "x", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "abs.tar", FALSE, e, G_N_ELEMENTS(e));
+  expect_failure(f, NULL, url, NULL, OAKUK_EPERM, target, "absolute path");
+  g_assert_false(g_file_test(target, G_FILE_TEST_EXISTS));
+}
+
+static void test_symlink_escape(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry rel[] = {{E_FILE, "kernel", NULL, kernel}, {E_SYMLINK, "files/x", "../../etc/passwd", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "sym.tar", FALSE, rel, G_N_ELEMENTS(rel));
+  expect_failure(f, NULL, url, NULL, OAKUK_EPERM, "symlink files/x -> ../../etc/passwd", "leaves the image");
+  Entry abs[] = {{E_FILE, "kernel", NULL, kernel}, {E_SYMLINK, "etc", "/etc", NULL}};
+  g_autofree char *url2 = write_archive(f->tmp, "symabs.tar", FALSE, abs, G_N_ELEMENTS(abs));
+  expect_failure(f, NULL, url2, NULL, OAKUK_EPERM, "symlink etc -> /etc", NULL);
+  /* A link that stays inside is fine, but nothing may be written through it. */
+  Entry through[] = {{E_FILE, "kernel", NULL, kernel},
+                     {E_SYMLINK, "lnk", "files", NULL},
+                     {E_DIR, "files", NULL, NULL},
+                     {E_FILE, "lnk/x", "x", NULL}};
+  g_autofree char *url3 = write_archive(f->tmp, "through.tar", FALSE, through, G_N_ELEMENTS(through));
+  expect_failure(f, NULL, url3, NULL, OAKUK_EPERM, "extract lnk/x", NULL);
+}
+
+static void test_hardlink_escape(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry out[] = {{E_FILE, "kernel", NULL, kernel}, {E_HARDLINK, "files/h", "../../etc/shadow", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "hl.tar", FALSE, out, G_N_ELEMENTS(out));
+  expect_failure(f, NULL, url, NULL, OAKUK_EPERM, "hard link files/h: target ../../etc/shadow", "'..'");
+  Entry missing[] = {{E_FILE, "kernel", NULL, kernel}, {E_HARDLINK, "files/h", "nothere", NULL}};
+  g_autofree char *url2 = write_archive(f->tmp, "hl2.tar", FALSE, missing, G_N_ELEMENTS(missing));
+  expect_failure(f, NULL, url2, NULL, OAKUK_EPERM, "hard link files/h points to nothere", NULL);
+}
+
+static void test_device(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry dev[] = {{E_FILE, "kernel", NULL, kernel}, {E_CHARDEV, "files/null", NULL, NULL}};
+  g_autofree char *url = write_archive(f->tmp, "dev.tar", FALSE, dev, G_N_ELEMENTS(dev));
+  expect_failure(f, NULL, url, NULL, OAKUK_EPERM, "files/null is a character device", NULL);
+  Entry fifo[] = {{E_FILE, "kernel", NULL, kernel}, {E_FIFO, "files/pipe", NULL, NULL}};
+  g_autofree char *url2 = write_archive(f->tmp, "fifo.tar", FALSE, fifo, G_N_ELEMENTS(fifo));
+  expect_failure(f, NULL, url2, NULL, OAKUK_EPERM, "files/pipe is a fifo", NULL);
+}
+
+static void test_sha256(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}};
+  g_autofree char *url = write_archive(f->tmp, "sha.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  g_autofree char *sha = sha256_of_uri(url);
+  const char *wrong = "0000000000000000000000000000000000000000000000000000000000000000";
+  g_autofree char *msg = g_strdup_printf("sha256 mismatch for %s: expected %s, got %s", url, wrong, sha);
+  expect_failure(f, NULL, url, wrong, OAKUK_EVERIFY, msg, NULL);
+  expect_failure(f, NULL, url, "abc", OAKUK_EINVAL, "64 hexadecimal digits", NULL);
+
+  /* The right digest (any case) is accepted. */
+  g_autofree char *upper = g_ascii_strup(sha, -1);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, upper, NULL, NULL, &err);
+  g_assert_null(err);
+  g_assert_cmpstr(oakuk_image_sha256(img), ==, sha);
+  oakuk_image_unref(img);
+  oakuk_image_cache_unref(c);
+}
+
+static void test_oversize(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  g_autofree char *big = g_strnfill(10000, 'x');
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}, {E_FILE, "files/big", big, NULL}};
+  g_autofree char *url = write_archive(f->tmp, "big.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  o.max_unpacked_bytes = 5000;
+  expect_failure(f, &o, url, NULL, OAKUK_EINVAL, "more than 5000 bytes", "files/big");
+  oakuk_image_cache_options d = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  d.max_download_bytes = 100;
+  expect_failure(f, &d, url, NULL, OAKUK_EINVAL, "exceeds the limit of 100 bytes", url);
+}
+
+static void test_too_many_entries(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel},
+               {E_FILE, "a", "1", NULL},
+               {E_FILE, "b", "2", NULL},
+               {E_FILE, "c", "3", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "many.tar", FALSE, e, G_N_ELEMENTS(e));
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  o.max_entries = 3;
+  expect_failure(f, &o, url, NULL, OAKUK_EINVAL, "more than 3 entries", "(at c)");
+}
+
+static void test_truncated(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  /* Incompressible content so the gzip stream is long and cutting it loses data. */
+  GByteArray *noise = g_byte_array_new();
+  GRand *r = g_rand_new_with_seed(7);
+  for (int i = 0; i < 200000; i++) {
+    guint8 b = (guint8)g_rand_int(r);
+    g_byte_array_append(noise, &b, 1);
+  }
+  g_rand_free(r);
+  g_autoptr(GBytes) nb = g_byte_array_free_to_bytes(noise);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}, {E_FILE, "files/noise", NULL, nb}};
+  g_autofree char *url = write_archive(f->tmp, "trunc.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  g_autofree char *path = g_filename_from_uri(url, NULL, NULL);
+  struct stat st;
+  g_assert_cmpint(stat(path, &st), ==, 0);
+  g_assert_cmpint(truncate(path, st.st_size / 2), ==, 0);
+  expect_failure(f, NULL, url, NULL, OAKUK_EINVAL, "corrupt or truncated archive", "files/noise");
+
+  g_autoptr(GBytes) junk = g_bytes_new_static("this is not an image at all, just text\n", 39);
+  g_autofree char *url2 = write_file(f->tmp, "junk.bin", junk);
+  expect_failure(f, NULL, url2, NULL, OAKUK_EINVAL, "corrupt or truncated archive", url2);
+}
+
+static void test_bare_kernel(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(183, "xx Unikraft Telesto 0.15.0 xx");
+  g_autofree char *url = write_file(f->tmp, "kernel.elf", kernel);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  g_assert_null(err);
+  g_assert_cmpstr(oakuk_image_arch(img), ==, "arm64");
+  g_assert_cmpstr(oakuk_image_flavor(img), ==, "unikraft");
+  g_assert_cmpstr(oakuk_image_version(img), ==, "0.15.0");
+  g_assert_null(oakuk_image_initrd(img));
+  g_assert_null(oakuk_image_files_dir(img));
+  g_assert_true(g_str_has_suffix(oakuk_image_kernel(img), "/kernel"));
+  g_assert_true(g_file_test(oakuk_image_kernel(img), G_FILE_TEST_IS_REGULAR));
+  oakuk_image_unref(img);
+  oakuk_image_cache_unref(c);
+}
+
+static void test_missing_and_bad_url(Fixture *f, gconstpointer data) {
+  g_autofree char *url = g_strdup_printf("file://%s/does-not-exist.tar", f->tmp);
+  expect_failure(f, NULL, url, NULL, OAKUK_ENOTFOUND, url, NULL);
+  expect_failure(f, NULL, "ftp://example.org/x.tar", NULL, OAKUK_EINVAL, "ftp://example.org/x.tar",
+                 "http://");
+  expect_failure(f, NULL, "not a url", NULL, OAKUK_EINVAL, "not a url", NULL);
+}
+
+static void count_progress(int64_t bytes, int64_t total, void *user_data) {
+  int64_t *last = user_data;
+  g_assert_cmpint(bytes, >=, last[0]);
+  last[0] = bytes;
+  last[1] = total;
+  last[2]++;
+}
+
+static void test_reuse(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}, {E_FILE, "files/a", "a", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "reuse.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  g_autofree char *sha = sha256_of_uri(url);
+  g_autofree char *path = g_filename_from_uri(url, NULL, NULL);
+  struct stat st;
+  g_assert_cmpint(stat(path, &st), ==, 0);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  int64_t prog[3] = {0, 0, 0};
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, sha, count_progress, prog, &err);
+  g_assert_null(err);
+  g_assert_cmpint(prog[2], >=, 2);
+  g_assert_cmpint(prog[0], ==, st.st_size);
+  g_assert_cmpint(prog[1], ==, st.st_size);
+  g_autofree char *dir = g_strdup(oakuk_image_dir(img));
+  oakuk_image_unref(img);
+  oakuk_image_cache_unref(c);
+
+  /* A stale work dir from a crash is removed, the finished entry is reused without reading the
+   * source (now gone), and a different expected digest is a different entry. */
+  g_autofree char *stale = g_build_filename(f->cache, ".tmp-crashed", NULL);
+  g_assert_cmpint(g_mkdir(stale, 0700), ==, 0);
+  g_assert_cmpint(g_unlink(path), ==, 0);
+  c = new_cache(f, NULL);
+  g_assert_false(g_file_test(stale, G_FILE_TEST_EXISTS));
+  prog[2] = 0;
+  img = oakuk_image_cache_fetch_sync(c, url, sha, count_progress, prog, &err);
+  g_assert_null(err);
+  g_assert_cmpstr(oakuk_image_dir(img), ==, dir);
+  g_assert_cmpint(prog[2], ==, 0);
+  oakuk_image_unref(img);
+  img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  g_assert_null(img);
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_ENOTFOUND);
+  oakuk_error_free(err);
+  oakuk_image_cache_unref(c);
+}
+
+typedef struct {
+  GMainLoop *loop;
+  GThread *main_thread;
+  int progress_calls;
+  gboolean done_seen;
+  gboolean progress_after_done;
+  oakuk_image *image;
+  char *error;
+} AsyncState;
+
+static void async_progress(int64_t bytes, int64_t total, void *user_data) {
+  AsyncState *s = user_data;
+  g_assert_true(g_thread_self() == s->main_thread);
+  s->progress_calls++;
+  if (s->done_seen)
+    s->progress_after_done = TRUE;
+}
+
+static void async_done(oakuk_image *image, oakuk_error *error, void *user_data) {
+  AsyncState *s = user_data;
+  g_assert_true(g_thread_self() == s->main_thread);
+  s->done_seen = TRUE;
+  s->image = image ? oakuk_image_ref(image) : NULL;
+  s->error = error ? g_strdup(oakuk_error_message(error)) : NULL;
+  g_main_loop_quit(s->loop);
+}
+
+static void test_async(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_elf(62, NULL);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}};
+  g_autofree char *url = write_archive(f->tmp, "async.tar.gz", TRUE, e, G_N_ELEMENTS(e));
+  oakuk_image_cache *c = new_cache(f, NULL);
+  AsyncState s = {.loop = g_main_loop_new(NULL, FALSE), .main_thread = g_thread_self()};
+  oakuk_error *err = NULL;
+  g_assert_cmpint(oakuk_image_cache_fetch(c, url, NULL, async_progress, async_done, &s, &err), ==, 0);
+  g_main_loop_run(s.loop);
+  g_assert_null(s.error);
+  g_assert_nonnull(s.image);
+  g_assert_cmpint(s.progress_calls, >=, 1);
+  /* Let anything still queued run: no progress may follow done. */
+  while (g_main_context_iteration(NULL, FALSE))
+    ;
+  g_assert_false(s.progress_after_done);
+  oakuk_image_unref(s.image);
+
+  /* An invalid request fails at once and never calls done. */
+  g_assert_cmpint(oakuk_image_cache_fetch(c, "gopher://x/y", NULL, NULL, async_done, &s, &err), ==,
+                  OAKUK_EINVAL);
+  g_assert_nonnull(err);
+  oakuk_error_free(err);
+
+  /* A failing fetch reports through done with the error. */
+  s.done_seen = FALSE;
+  s.image = NULL;
+  g_autofree char *missing = g_strdup_printf("file://%s/missing.tar", f->tmp);
+  g_assert_cmpint(oakuk_image_cache_fetch(c, missing, NULL, NULL, async_done, &s, NULL), ==, 0);
+  g_main_loop_run(s.loop);
+  g_assert_null(s.image);
+  g_assert_nonnull(s.error);
+  g_assert_nonnull(strstr(s.error, missing));
+  g_free(s.error);
+  g_main_loop_unref(s.loop);
+  oakuk_image_cache_unref(c);
+}
+
+static void test_options(void) {
+  oakuk_image_cache_options o;
+  g_assert_cmpint(oakuk_image_cache_options_init(&o, 99), ==, OAKUK_EINVAL);
+  g_assert_cmpint(oakuk_image_cache_options_init(&o, OAKUK_IMAGE_CACHE_OPTIONS_VERSION), ==, 0);
+  g_assert_cmpuint(o.max_download_bytes, ==, G_GUINT64_CONSTANT(1) << 30);
+  g_assert_cmpuint(o.max_unpacked_bytes, ==, G_GUINT64_CONSTANT(4) << 30);
+  g_assert_cmpuint(o.max_entries, ==, 100000);
+  g_assert_cmpuint(o.timeout_s, ==, 300);
+  g_assert_cmpuint(o.max_redirects, ==, 5);
+  g_autofree char *tmp = g_dir_make_tmp("oakuk-image-opt-XXXXXX", NULL);
+  o.max_entries = 0;
+  oakuk_error *err = NULL;
+  g_assert_null(oakuk_image_cache_new(tmp, &o, &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EINVAL);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "max_entries"));
+  oakuk_error_free(err);
+  g_rmdir(tmp);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Kernel inspection */
+
+static void expect_arch(const char *dir, const char *name, GBytes *bytes, const char *arch,
+                        const char *needle) {
+  g_autofree char *uri = write_file(dir, name, bytes);
+  g_autofree char *path = g_filename_from_uri(uri, NULL, NULL);
+  oakuk_error *err = NULL;
+  const char *got = oakuk_image_kernel_arch(path, &err);
+  g_assert_cmpstr(got, ==, arch);
+  if (arch == NULL) {
+    g_assert_nonnull(err);
+    g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EINVAL);
+    g_assert_nonnull(strstr(oakuk_error_message(err), path));
+    if (needle)
+      g_assert_nonnull(strstr(oakuk_error_message(err), needle));
+    oakuk_error_free(err);
+  } else {
+    g_assert_null(err);
+  }
+}
+
+static GBytes *header_at(gsize size, gsize off, const char *magic, gsize mlen) {
+  guint8 *b = g_malloc0(size);
+  memcpy(b + off, magic, mlen);
+  return g_bytes_new_take(b, size);
+}
+
+static void test_kernel_arch_crafted(Fixture *f, gconstpointer data) {
+  struct {
+    guint16 machine;
+    const char *arch;
+  } elf[] = {{62, "amd64"}, {183, "arm64"}, {40, "arm"}, {243, "riscv64"}, {3, NULL}};
+  for (gsize i = 0; i < G_N_ELEMENTS(elf); i++) {
+    g_autoptr(GBytes) b = fake_elf(elf[i].machine, NULL);
+    g_autofree char *name = g_strdup_printf("elf-%u", elf[i].machine);
+    expect_arch(f->tmp, name, b, elf[i].arch, elf[i].arch ? NULL : "ELF machine 3");
+  }
+  g_autoptr(GBytes) image = header_at(4096, 56, "ARM\x64", 4);
+  expect_arch(f->tmp, "Image", image, "arm64", NULL);
+  g_autoptr(GBytes) bz = header_at(4096, 0x202, "HdrS", 4);
+  expect_arch(f->tmp, "bzImage", bz, "amd64", NULL);
+  g_autoptr(GBytes) junk = header_at(4096, 0, "MZ", 2);
+  expect_arch(f->tmp, "junk", junk, NULL, "not a recognised kernel");
+  oakuk_error *err = NULL;
+  g_autofree char *missing = g_build_filename(f->tmp, "missing", NULL);
+  g_assert_null(oakuk_image_kernel_arch(missing, &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EIO);
+  g_assert_nonnull(strstr(oakuk_error_message(err), missing));
+  oakuk_error_free(err);
+}
+
+static const char *host_vmlinuz(void) {
+  static char path[256];
+  GDir *d = g_dir_open("/boot", 0, NULL);
+  const char *name;
+  path[0] = '\0';
+  while (d && (name = g_dir_read_name(d)) != NULL)
+    if (g_str_has_prefix(name, "vmlinuz-") && g_str_has_suffix(name, "-amd64"))
+      g_snprintf(path, sizeof path, "/boot/%s", name);
+  if (d)
+    g_dir_close(d);
+  return path[0] && access(path, R_OK) == 0 ? path : NULL;
+}
+
+static void test_kernel_real(void) {
+  const char *path = host_vmlinuz();
+  if (path == NULL) {
+    g_test_skip("no readable /boot/vmlinuz-*-amd64 (Debian installs it mode 0600: run as root)");
+    return;
+  }
+  oakuk_error *err = NULL;
+  g_assert_cmpstr(oakuk_image_kernel_arch(path, &err), ==, "amd64");
+  const char *flavor = NULL;
+  char *version = NULL;
+  g_assert_cmpint(oakuk_image_kernel_unikraft_version(&flavor, &version, path, &err), ==, 0);
+  g_assert_cmpstr(flavor, ==, "linux");
+  /* The bzImage header's version string starts with the release in the file name. */
+  g_assert_nonnull(version);
+  g_assert_true(g_str_has_prefix(path + strlen("/boot/vmlinuz-"), version) ||
+                g_str_has_prefix(version, path + strlen("/boot/vmlinuz-")));
+  oakuk_free(version);
+}
+
+static void expect_flavor(const char *dir, GBytes *b, const char *flavor, const char *version) {
+  g_autofree char *uri = write_file(dir, "k", b);
+  g_autofree char *path = g_filename_from_uri(uri, NULL, NULL);
+  const char *fl = NULL;
+  char *ver = NULL;
+  g_assert_cmpint(oakuk_image_kernel_unikraft_version(&fl, &ver, path, NULL), ==, 0);
+  g_assert_cmpstr(fl, ==, flavor);
+  g_assert_cmpstr(ver, ==, version);
+  oakuk_free(ver);
+}
+
+static void test_unikraft_version(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) helene = fake_elf(62, "\nPowered by\nUnikraft Helene 0.16.1\n");
+  expect_flavor(f->tmp, helene, "unikraft", "0.16.1");
+  g_autoptr(GBytes) telesto = fake_elf(62, "Unikraft Telesto 0.15.0~5a3b1c");
+  expect_flavor(f->tmp, telesto, "unikraft", "0.15.0");
+  /* A mention without a release is not a version; a later banner is still found. */
+  g_autoptr(GBytes) two = fake_elf(62, "Unikraft build system; Unikraft Atlas 0.13.10 ");
+  expect_flavor(f->tmp, two, "unikraft", "0.13.10");
+  g_autoptr(GBytes) linux_elf = fake_elf(62, "Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)");
+  expect_flavor(f->tmp, linux_elf, "linux", "6.1.0-56-amd64");
+  g_autoptr(GBytes) plain = fake_elf(62, "Unikraft is great but says no version here");
+  expect_flavor(f->tmp, plain, "unknown", NULL);
+
+  /* A banner straddling the 1 MiB read boundary. */
+  gsize size = 1024 * 1024 + 4096;
+  guint8 *big = g_malloc0(size);
+  const char *banner = "Unikraft Helene 0.16.3";
+  memcpy(big + 1024 * 1024 - 10, banner, strlen(banner));
+  g_autoptr(GBytes) bb = g_bytes_new_take(big, size);
+  expect_flavor(f->tmp, bb, "unikraft", "0.16.3");
+}
+
+int main(int argc, char **argv) {
+  g_test_init(&argc, &argv, NULL);
+#define ADD(path, fn) g_test_add(path, Fixture, NULL, fixture_setup, fn, fixture_teardown)
+  ADD("/image/unpack/good", test_good);
+  ADD("/image/unpack/oakuk-json", test_oakuk_json);
+  ADD("/image/unpack/no-kernel", test_no_kernel);
+  ADD("/image/unpack/path-traversal", test_traversal);
+  ADD("/image/unpack/absolute-path", test_absolute);
+  ADD("/image/unpack/symlink-escape", test_symlink_escape);
+  ADD("/image/unpack/hardlink-escape", test_hardlink_escape);
+  ADD("/image/unpack/device-file", test_device);
+  ADD("/image/unpack/truncated-gzip", test_truncated);
+  ADD("/image/unpack/bare-kernel", test_bare_kernel);
+  ADD("/image/verify/sha256", test_sha256);
+  ADD("/image/limits/oversize", test_oversize);
+  ADD("/image/limits/too-many-entries", test_too_many_entries);
+  ADD("/image/fetch/missing-and-bad-url", test_missing_and_bad_url);
+  ADD("/image/fetch/async", test_async);
+  ADD("/image/cache/reuse", test_reuse);
+  ADD("/image/kernel/arch-crafted", test_kernel_arch_crafted);
+  ADD("/image/kernel/unikraft-version", test_unikraft_version);
+  g_test_add_func("/image/kernel/arch-real", test_kernel_real);
+  g_test_add_func("/image/options", test_options);
+  return g_test_run();
+}
