@@ -5,6 +5,138 @@
 
 OAKUK_BEGIN_DECLS
 
+/* The runtime interface (DESIGN §2, §8, §10): what the node asks of a unikernel (QEMU) or container
+ * runtime. A runtime runs named instances described by an oakuk_instance_spec and reports their
+ * status (OAKUK_STATUS_* from <oakuk/model.h>) through one callback, always invoked on the
+ * GMainContext that was the thread-default context when the runtime was created. */
+
+/* ---- instance spec ---- */
+
+/* What to run: identity, resources, payload and network. Opaque, reference-counted; every string
+ * is copied by the setters; getters return borrowed strings (NULL when unset). */
+typedef struct oakuk_instance_spec oakuk_instance_spec;
+
+/* name: the instance name (DESIGN §4). Allowed characters: A-Z a-z 0-9 . _ - (checked at deploy).
+ * Defaults: virt OAKUK_VIRT_UNIKERNEL, memory 64 MB, 1 vcpu, arch = the host's, accel TCG,
+ * not one-shot, graceful stop 0 s, flavor/version detected from the kernel. */
+OAKUK_API oakuk_instance_spec *oakuk_instance_spec_new(const char *name);
+OAKUK_API oakuk_instance_spec *oakuk_instance_spec_ref(oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_unref(oakuk_instance_spec *spec);
+
+OAKUK_API const char *oakuk_instance_spec_name(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_virt(oakuk_instance_spec *spec, int32_t virt);
+OAKUK_API int32_t oakuk_instance_spec_virt(const oakuk_instance_spec *spec);
+
+/* Unikernel payload: kernel image, optional initrd, optional directory shared by 9p (tag fs0;
+ * copied per instance). */
+OAKUK_API void oakuk_instance_spec_set_kernel(oakuk_instance_spec *spec, const char *path);
+OAKUK_API const char *oakuk_instance_spec_kernel(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_initrd(oakuk_instance_spec *spec, const char *path);
+OAKUK_API const char *oakuk_instance_spec_initrd(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_files_dir(oakuk_instance_spec *spec, const char *path);
+OAKUK_API const char *oakuk_instance_spec_files_dir(const oakuk_instance_spec *spec);
+/* Container payload: OCI bundle directory and its rootfs. */
+OAKUK_API void oakuk_instance_spec_set_bundle(oakuk_instance_spec *spec, const char *path);
+OAKUK_API const char *oakuk_instance_spec_bundle(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_rootfs(oakuk_instance_spec *spec, const char *path);
+OAKUK_API const char *oakuk_instance_spec_rootfs(const oakuk_instance_spec *spec);
+
+OAKUK_API void oakuk_instance_spec_set_memory_mb(oakuk_instance_spec *spec, int64_t memory_mb);
+OAKUK_API int64_t oakuk_instance_spec_memory_mb(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_vcpus(oakuk_instance_spec *spec, int32_t vcpus);
+OAKUK_API int32_t oakuk_instance_spec_vcpus(const oakuk_instance_spec *spec);
+/* GOARCH name of the guest ("amd64", "arm64", ...); NULL = the host's architecture. */
+OAKUK_API void oakuk_instance_spec_set_arch(oakuk_instance_spec *spec, const char *arch);
+OAKUK_API const char *oakuk_instance_spec_arch(const oakuk_instance_spec *spec);
+/* OAKUK_ACCEL_KVM or OAKUK_ACCEL_TCG. */
+OAKUK_API void oakuk_instance_spec_set_accel(oakuk_instance_spec *spec, int32_t accel);
+OAKUK_API int32_t oakuk_instance_spec_accel(const oakuk_instance_spec *spec);
+
+/* Arguments placed after "--" on the guest command line, and environment entries "KEY=VALUE". */
+OAKUK_API void oakuk_instance_spec_add_arg(oakuk_instance_spec *spec, const char *arg);
+OAKUK_API size_t oakuk_instance_spec_arg_count(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_arg(const oakuk_instance_spec *spec, size_t i);
+OAKUK_API void oakuk_instance_spec_add_env(oakuk_instance_spec *spec, const char *key_value);
+OAKUK_API size_t oakuk_instance_spec_env_count(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_env(const oakuk_instance_spec *spec, size_t i);
+
+/* A one-shot instance that exits cleanly is COMPLETED instead of DEAD. */
+OAKUK_API void oakuk_instance_spec_set_one_shot(oakuk_instance_spec *spec, bool one_shot);
+OAKUK_API bool oakuk_instance_spec_one_shot(const oakuk_instance_spec *spec);
+/* Seconds granted after an ACPI power-down request before the instance is stopped; 0 = none. */
+OAKUK_API void oakuk_instance_spec_set_graceful_stop_s(oakuk_instance_spec *spec, int32_t seconds);
+OAKUK_API int32_t oakuk_instance_spec_graceful_stop_s(const oakuk_instance_spec *spec);
+
+/* Unikernel flavor ("unikraft" | "linux") and version ("0.16.3"); NULL = detect from the kernel. */
+OAKUK_API void oakuk_instance_spec_set_flavor(oakuk_instance_spec *spec, const char *flavor);
+OAKUK_API const char *oakuk_instance_spec_flavor(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_version(oakuk_instance_spec *spec, const char *version);
+OAKUK_API const char *oakuk_instance_spec_version(const oakuk_instance_spec *spec);
+/* Extra kernel arguments placed before the network parameters (an image's oakuk.json
+ * "cmdline_extra", e.g. "console=ttyS0 quiet panic=-1"). */
+OAKUK_API void oakuk_instance_spec_set_cmdline_extra(oakuk_instance_spec *spec, const char *extra);
+OAKUK_API const char *oakuk_instance_spec_cmdline_extra(const oakuk_instance_spec *spec);
+
+/* Network: the instance runs inside the network namespace at netns_path (e.g. /run/netns/<name>)
+ * and its NIC is the tap device tap_name there. ip/gateway are dotted IPv4, prefix 0..32, mac
+ * "52:54:00:..". netns_path NULL = no network (the default). */
+OAKUK_API void oakuk_instance_spec_set_network(oakuk_instance_spec *spec, const char *netns_path,
+                                               const char *tap_name, const char *ip, int32_t prefix,
+                                               const char *gateway, const char *mac);
+OAKUK_API const char *oakuk_instance_spec_netns_path(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_tap_name(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_ip(const oakuk_instance_spec *spec);
+OAKUK_API int32_t oakuk_instance_spec_prefix(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_gateway(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_mac(const oakuk_instance_spec *spec);
+
+/* ---- runtime ---- */
+
+typedef struct oakuk_runtime oakuk_runtime;
+
+/* instance: the instance name; status: OAKUK_STATUS_*; detail: a sentence or NULL. */
+typedef void (*oakuk_runtime_status_cb)(const char *instance, int32_t status, const char *detail,
+                                        void *user_data);
+
+OAKUK_API oakuk_runtime *oakuk_runtime_ref(oakuk_runtime *rt);
+/* Dropping the last reference stops every instance (without waiting for status callbacks),
+ * unless oakuk_runtime_set_keep_instances(rt, true) was called: then the instances keep running
+ * and a later runtime on the same state directory can adopt them. */
+OAKUK_API void oakuk_runtime_unref(oakuk_runtime *rt);
+OAKUK_API void oakuk_runtime_set_keep_instances(oakuk_runtime *rt, bool keep);
+/* Virtualization this runtime runs (OAKUK_VIRT_*). */
+OAKUK_API int32_t oakuk_runtime_virt(const oakuk_runtime *rt);
+
+OAKUK_API void oakuk_runtime_set_status_callback(oakuk_runtime *rt, oakuk_runtime_status_cb cb,
+                                                 void *user_data);
+
+/* Validates spec, then starts the instance in the background and returns 0; statuses follow through
+ * the callback (CREATING, then RUNNING or FAILED). An invalid spec (bad name, missing kernel, kernel of
+ * another architecture, forbidden characters in args) fails here with OAKUK_EINVAL; a name already
+ * running with OAKUK_EEXISTS. */
+OAKUK_API int oakuk_runtime_deploy(oakuk_runtime *rt, const oakuk_instance_spec *spec, oakuk_error **error);
+/* Stops the instance (if running) and removes its state; UNDEPLOYED follows through the callback.
+ * OAKUK_ENOTFOUND when the runtime has no such instance. */
+OAKUK_API int oakuk_runtime_undeploy(oakuk_runtime *rt, const char *name, oakuk_error **error);
+/* CPU use in percent of one core since the previous call (or since start) and resident memory. */
+OAKUK_API int oakuk_runtime_stats(oakuk_runtime *rt, const char *name, double *cpu_percent, int64_t *rss_kb,
+                                  oakuk_error **error);
+/* Memory charged to the instance's cgroup (includes page cache), in kB. */
+OAKUK_API int oakuk_runtime_cgroup_memory_kb(oakuk_runtime *rt, const char *name, int64_t *kb,
+                                             oakuk_error **error);
+/* Re-adopts instances left in the state directory by a previous runtime (e.g. before a node restart).
+ * Live ones report RUNNING again; those that died meanwhile report DEAD/COMPLETED. Returns the number
+ * of live instances adopted, or a negative code. */
+OAKUK_API int oakuk_runtime_adopt(oakuk_runtime *rt, oakuk_error **error);
+
+/* Instances this runtime knows, sorted by name. */
+OAKUK_API size_t oakuk_runtime_instance_count(const oakuk_runtime *rt);
+OAKUK_API const char *oakuk_runtime_instance_name(const oakuk_runtime *rt, size_t i);
+/* Last reported status (OAKUK_STATUS_*), or -1 when unknown. */
+OAKUK_API int32_t oakuk_runtime_instance_status(const oakuk_runtime *rt, const char *name);
+/* Host process id of the instance (QEMU or the container's init), or 0 when not running. */
+OAKUK_API int64_t oakuk_runtime_instance_pid(const oakuk_runtime *rt, const char *name);
+
 OAKUK_END_DECLS
 
 #endif

@@ -1,0 +1,539 @@
+/* Integration tests of the unikernel runtime: real QEMU under TCG booting the project's Linux
+ * test guest (tests/guests, found through OAKUK_GUESTS_DIR), real cgroups, a scratch netns + tap.
+ * Needs root. */
+#include "qemu-private.h"
+
+#include <errno.h>
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+  char *name;
+  int32_t status;
+  char *detail;
+  gint64 at_us;
+} Event;
+
+typedef struct {
+  char *state;
+  GPtrArray *events; /* Event* */
+  oakuk_runtime *rt;
+  char *kernel, *initrd;
+} Fx;
+
+static void event_free(Event *e) {
+  g_free(e->name);
+  g_free(e->detail);
+  g_free(e);
+}
+
+static void on_status(const char *instance, int32_t status, const char *detail, void *data) {
+  Fx *f = data;
+  Event *e = g_new0(Event, 1);
+  e->name = g_strdup(instance);
+  e->status = status;
+  e->detail = g_strdup(detail);
+  e->at_us = g_get_monotonic_time();
+  g_ptr_array_add(f->events, e);
+  g_test_message("%s: %s%s%s", instance, oakuk_instance_status_name(status), detail ? ": " : "",
+                 detail ? detail : "");
+}
+
+static const char *guests_dir(void) {
+  return g_getenv("OAKUK_GUESTS_DIR");
+}
+
+static gboolean guest_paths(const char *arch, char **kernel, char **initrd) {
+  const char *d = guests_dir();
+  if (!d)
+    return FALSE;
+  g_autofree char *k = g_strdup_printf("%s/%s-kernel", d, arch);
+  g_autofree char *i = g_strdup_printf("%s/%s-initrd", d, arch);
+  if (!g_file_test(k, G_FILE_TEST_EXISTS) || !g_file_test(i, G_FILE_TEST_EXISTS))
+    return FALSE;
+  *kernel = g_steal_pointer(&k);
+  *initrd = g_steal_pointer(&i);
+  return TRUE;
+}
+
+static oakuk_runtime *new_runtime(Fx *f) {
+  oakuk_qemu_options opts = OAKUK_QEMU_OPTIONS_INIT;
+  opts.allow_emulation = true;
+  oakuk_error *err = NULL;
+  oakuk_runtime *rt = oakuk_qemu_runtime_new(f->state, &opts, &err);
+  if (!rt)
+    g_error("runtime: %s", oakuk_error_message(err));
+  oakuk_runtime_set_status_callback(rt, on_status, f);
+  return rt;
+}
+
+static void fx_setup(Fx *f, gconstpointer data) {
+  f->state = g_dir_make_tmp("oakuk-itest-qemu-XXXXXX", NULL);
+  f->events = g_ptr_array_new_with_free_func((GDestroyNotify)event_free);
+  if (getuid() != 0) {
+    g_test_skip("needs root (cgroups, netns, tap)");
+    return;
+  }
+  g_autofree char *q = g_find_program_in_path("qemu-system-x86_64");
+  if (!q || !guest_paths("amd64", &f->kernel, &f->initrd)) {
+    g_test_skip("needs qemu-system-x86_64 and the amd64 test guest (OAKUK_GUESTS_DIR)");
+    return;
+  }
+  f->rt = new_runtime(f);
+}
+
+static void rm_tree(const char *path) {
+  GDir *d = g_dir_open(path, 0, NULL);
+  const char *e;
+  while (d && (e = g_dir_read_name(d))) {
+    g_autofree char *c = g_build_filename(path, e, NULL);
+    if (g_file_test(c, G_FILE_TEST_IS_DIR) && !g_file_test(c, G_FILE_TEST_IS_SYMLINK))
+      rm_tree(c);
+    else
+      g_unlink(c);
+  }
+  if (d)
+    g_dir_close(d);
+  g_rmdir(path);
+}
+
+static void fx_teardown(Fx *f, gconstpointer data) {
+  /* Dropping the runtime kills whatever a failed test left running. */
+  oakuk_runtime_unref(f->rt);
+  rm_tree(f->state);
+  g_free(f->state);
+  g_ptr_array_unref(f->events);
+  g_free(f->kernel);
+  g_free(f->initrd);
+}
+
+static char *iname(const char *what) {
+  return g_strdup_printf("qt%d.%s.instance.0", (int)getpid(), what);
+}
+
+static oakuk_instance_spec *guest_spec(Fx *f, const char *name) {
+  oakuk_instance_spec *s = oakuk_instance_spec_new(name);
+  oakuk_instance_spec_set_arch(s, "amd64");
+  oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
+  oakuk_instance_spec_set_kernel(s, f->kernel);
+  oakuk_instance_spec_set_initrd(s, f->initrd);
+  oakuk_instance_spec_set_memory_mb(s, 96);
+  oakuk_instance_spec_set_cmdline_extra(s, "console=ttyS0 quiet panic=-1");
+  return s;
+}
+
+static void deploy(Fx *f, oakuk_runtime *rt, oakuk_instance_spec *s) {
+  oakuk_error *err = NULL;
+  if (oakuk_runtime_deploy(rt, s, &err) != 0)
+    g_error("deploy %s: %s", oakuk_instance_spec_name(s), oakuk_error_message(err));
+}
+
+static Event *find_event(Fx *f, const char *name, int32_t status) {
+  for (guint k = 0; k < f->events->len; k++) {
+    Event *e = f->events->pdata[k];
+    if (strcmp(e->name, name) == 0 && e->status == status)
+      return e;
+  }
+  return NULL;
+}
+
+static gboolean tick(gpointer data) {
+  return G_SOURCE_CONTINUE;
+}
+
+/* Runs the main context until the instance reported status (or any of the terminal statuses
+ * when status is -1); fails the test after timeout_s. */
+static Event *wait_status(Fx *f, const char *name, int32_t status, int timeout_s) {
+  gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_USEC_PER_SEC;
+  guint t = g_timeout_add(20, tick, NULL);
+  Event *e = NULL;
+  while (!(e = find_event(f, name, status)) && g_get_monotonic_time() < end)
+    g_main_context_iteration(NULL, TRUE);
+  g_source_remove(t);
+  if (!e)
+    g_error("%s: no %s within %d s", name, oakuk_instance_status_name(status), timeout_s);
+  return e;
+}
+
+static char *instance_dir(Fx *f, const char *name) {
+  return g_build_filename(f->state, "instances", name, NULL);
+}
+
+/* Runs the main context until the serial log holds needle. */
+static void wait_serial(Fx *f, const char *name, const char *needle, int timeout_s) {
+  g_autofree char *dir = instance_dir(f, name);
+  g_autofree char *log = g_build_filename(dir, "serial.log", NULL);
+  gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_USEC_PER_SEC;
+  guint t = g_timeout_add(100, tick, NULL);
+  for (;;) {
+    g_autofree char *text = NULL;
+    if (g_file_get_contents(log, &text, NULL, NULL) && strstr(text, needle))
+      break;
+    if (g_get_monotonic_time() > end)
+      g_error("%s: \"%s\" not in %s within %d s; log: %s", name, needle, log, timeout_s, text ? text : "(none)");
+    g_main_context_iteration(NULL, TRUE);
+  }
+  g_source_remove(t);
+}
+
+static char *cgroup_mem_dir(const char *name) {
+  if (g_file_test("/sys/fs/cgroup/cgroup.controllers", G_FILE_TEST_EXISTS))
+    return g_build_filename("/sys/fs/cgroup/oakuk", name, NULL);
+  return g_build_filename("/sys/fs/cgroup/memory/oakuk", name, NULL);
+}
+
+static gboolean pid_alive(int64_t pid) {
+  if (pid <= 0 || kill((pid_t)pid, 0) != 0)
+    return FALSE;
+  g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return FALSE;
+  const char *p = strrchr(text, ')');
+  return p && p[2] != 'Z';
+}
+
+static void test_deploy_undeploy(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  g_autofree char *name = iname("life");
+  oakuk_instance_spec *s = guest_spec(f, name);
+  oakuk_instance_spec_add_arg(s, "hello");
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  Event *running = wait_status(f, name, OAKUK_STATUS_RUNNING, 30);
+  Event *creating = find_event(f, name, OAKUK_STATUS_CREATING);
+  if (!creating)
+    g_error("%s: RUNNING without CREATING", name);
+  g_assert_cmpint(creating->at_us, <=, running->at_us);
+  g_assert_true(f->events->pdata[0] == creating);
+  g_assert_cmpint(oakuk_runtime_instance_status(f->rt, name), ==, OAKUK_STATUS_RUNNING);
+  int64_t pid = oakuk_runtime_instance_pid(f->rt, name);
+  g_assert_true(pid_alive(pid));
+  wait_serial(f, name, "oakuk-guest: ready ip=none files=no args=hello", 90);
+
+  /* The QEMU process is confined: memory limit = guest + overhead, and it is in the cgroup. */
+  g_autofree char *cg = cgroup_mem_dir(name);
+  g_autofree char *limit_path = g_build_filename(cg, g_str_has_prefix(cg, "/sys/fs/cgroup/oakuk") ? "memory.max"
+                                                                                                  : "memory.limit_in_bytes", NULL);
+  g_autofree char *limit = NULL;
+  g_assert_true(g_file_get_contents(limit_path, &limit, NULL, NULL));
+  g_assert_cmpint(g_ascii_strtoll(limit, NULL, 10), ==, oakuk_qemu_memory_limit_mb(96, OAKUK_ACCEL_TCG) * 1024 * 1024);
+  g_autofree char *procs_path = g_build_filename(cg, "cgroup.procs", NULL);
+  g_autofree char *procs = NULL;
+  g_assert_true(g_file_get_contents(procs_path, &procs, NULL, NULL));
+  g_autofree char *pidline = g_strdup_printf("%d\n", (int)pid);
+  g_assert_true(g_str_has_prefix(procs, pidline) || strstr(procs, pidline));
+
+  double cpu = -1;
+  int64_t rss = 0, cgkb = 0;
+  g_usleep(500000);
+  g_assert_cmpint(oakuk_runtime_stats(f->rt, name, &cpu, &rss, NULL), ==, 0);
+  g_assert_cmpfloat(cpu, >=, 0.0);
+  g_assert_cmpfloat(cpu, <=, 100.0 * g_get_num_processors() + 1);
+  g_assert_cmpint(rss, >, 96 * 1024 / 4); /* the guest touched part of its RAM */
+  g_assert_cmpint(oakuk_runtime_cgroup_memory_kb(f->rt, name, &cgkb, NULL), ==, 0);
+  g_assert_cmpint(cgkb, >=, rss / 2);
+  g_test_message("stats: cpu %.1f%%, rss %" G_GINT64_FORMAT " kB, cgroup %" G_GINT64_FORMAT " kB", cpu, rss, cgkb);
+
+  g_autofree char *dir = instance_dir(f, name);
+  g_autofree char *json = g_build_filename(dir, "instance.json", NULL);
+  g_assert_true(g_file_test(json, G_FILE_TEST_EXISTS));
+  gint64 t0 = g_get_monotonic_time();
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  Event *gone = wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
+  g_test_message("undeploy took %.2f s", (double)(gone->at_us - t0) / 1e6);
+  g_assert_false(pid_alive(pid));
+  g_assert_false(g_file_test(dir, G_FILE_TEST_EXISTS));
+  g_assert_false(g_file_test(cg, G_FILE_TEST_EXISTS));
+  g_assert_cmpuint(oakuk_runtime_instance_count(f->rt), ==, 0);
+  g_assert_null(find_event(f, name, OAKUK_STATUS_DEAD));
+}
+
+static void test_guest_exit(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  /* Two guests power off by themselves: the one-shot one COMPLETED, the service DEAD. */
+  g_autofree char *a = iname("oneshot");
+  g_autofree char *b = iname("service");
+  oakuk_instance_spec *s = guest_spec(f, a);
+  oakuk_instance_spec_add_arg(s, "exit");
+  oakuk_instance_spec_set_one_shot(s, true);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  s = guest_spec(f, b);
+  oakuk_instance_spec_add_arg(s, "exit");
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  Event *done = wait_status(f, a, OAKUK_STATUS_COMPLETED, 120);
+  Event *dead = wait_status(f, b, OAKUK_STATUS_DEAD, 120);
+  g_assert_nonnull(strstr(done->detail, "oakuk-guest: exiting"));
+  g_assert_nonnull(strstr(dead->detail, "oakuk-guest: exiting"));
+  g_assert_nonnull(strstr(dead->detail, "last serial lines"));
+  g_assert_null(find_event(f, a, OAKUK_STATUS_DEAD));
+  /* The dead instance keeps its logs until it is undeployed. */
+  g_autofree char *dir = instance_dir(f, b);
+  g_assert_true(g_file_test(dir, G_FILE_TEST_IS_DIR));
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, b, NULL), ==, 0);
+  wait_status(f, b, OAKUK_STATUS_UNDEPLOYED, 5);
+  g_assert_false(g_file_test(dir, G_FILE_TEST_EXISTS));
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, a, NULL), ==, 0);
+  wait_status(f, a, OAKUK_STATUS_UNDEPLOYED, 5);
+}
+
+static void test_kill9(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  g_autofree char *name = iname("kill");
+  oakuk_instance_spec *s = guest_spec(f, name);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  wait_status(f, name, OAKUK_STATUS_RUNNING, 30);
+  int64_t pid = oakuk_runtime_instance_pid(f->rt, name);
+  g_assert_cmpint(pid, >, 0);
+  gint64 t0 = g_get_monotonic_time();
+  g_assert_cmpint(kill((pid_t)pid, SIGKILL), ==, 0);
+  Event *dead = wait_status(f, name, OAKUK_STATUS_DEAD, 5);
+  double latency = (double)(dead->at_us - t0) / 1e6;
+  g_test_message("kill -9 -> DEAD in %.3f s", latency);
+  g_assert_cmpfloat(latency, <, 1.0);
+  g_assert_nonnull(strstr(dead->detail, "signal 9"));
+  g_autofree char *cg = cgroup_mem_dir(name);
+  g_assert_false(g_file_test(cg, G_FILE_TEST_EXISTS));
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 5);
+}
+
+static void test_adopt(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  g_autofree char *name = iname("adopt");
+  oakuk_instance_spec *s = guest_spec(f, name);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  wait_status(f, name, OAKUK_STATUS_RUNNING, 30);
+  int64_t pid = oakuk_runtime_instance_pid(f->rt, name);
+  /* Runtime A goes away (a node restart) and leaves the instance running. */
+  oakuk_runtime_set_keep_instances(f->rt, true);
+  oakuk_runtime_unref(f->rt);
+  f->rt = NULL;
+  g_usleep(200000);
+  g_assert_true(pid_alive(pid));
+  g_ptr_array_set_size(f->events, 0);
+
+  f->rt = new_runtime(f);
+  oakuk_error *err = NULL;
+  g_assert_cmpint(oakuk_runtime_adopt(f->rt, &err), ==, 1);
+  g_assert_null(err);
+  wait_status(f, name, OAKUK_STATUS_RUNNING, 10);
+  g_assert_cmpint(oakuk_runtime_instance_pid(f->rt, name), ==, pid);
+  g_assert_cmpuint(oakuk_runtime_instance_count(f->rt), ==, 1);
+  g_assert_cmpstr(oakuk_runtime_instance_name(f->rt, 0), ==, name);
+  double cpu;
+  int64_t rss;
+  g_assert_cmpint(oakuk_runtime_stats(f->rt, name, &cpu, &rss, NULL), ==, 0);
+  g_assert_cmpint(rss, >, 0);
+  /* Adopting again finds nothing new. */
+  g_assert_cmpint(oakuk_runtime_adopt(f->rt, NULL), ==, 0);
+
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
+  g_assert_false(pid_alive(pid));
+  g_autofree char *dir = instance_dir(f, name);
+  g_assert_false(g_file_test(dir, G_FILE_TEST_EXISTS));
+  g_autofree char *cg = cgroup_mem_dir(name);
+  g_assert_false(g_file_test(cg, G_FILE_TEST_EXISTS));
+}
+
+static void test_adopt_dead(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  /* The instance dies while no runtime watches it: adoption reports it DEAD with its logs. */
+  g_autofree char *name = iname("adoptdead");
+  oakuk_instance_spec *s = guest_spec(f, name);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  wait_status(f, name, OAKUK_STATUS_RUNNING, 30);
+  int64_t pid = oakuk_runtime_instance_pid(f->rt, name);
+  oakuk_runtime_set_keep_instances(f->rt, true);
+  oakuk_runtime_unref(f->rt);
+  f->rt = NULL;
+  kill((pid_t)pid, SIGKILL);
+  waitpid((pid_t)pid, NULL, 0); /* it was this process's child */
+  g_ptr_array_set_size(f->events, 0);
+  f->rt = new_runtime(f);
+  g_assert_cmpint(oakuk_runtime_adopt(f->rt, NULL), ==, 0);
+  Event *dead = wait_status(f, name, OAKUK_STATUS_DEAD, 5);
+  g_assert_nonnull(strstr(dead->detail, "QEMU exited"));
+  g_assert_null(find_event(f, name, OAKUK_STATUS_RUNNING));
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 5);
+}
+
+/* ---- network: scratch netns with bridge(tap0, veth peer), the other veth end here ---- */
+
+static gboolean run(const char *cmdline) {
+  g_auto(GStrv) argv = g_strsplit(cmdline, " ", -1);
+  int status = 0;
+  g_autofree char *err = NULL;
+  if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL, &err,
+                    &status, NULL) ||
+      !g_spawn_check_wait_status(status, NULL)) {
+    g_test_message("%s: %s", cmdline, err ? err : "failed");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void net_cleanup(const char *ns, const char *veth) {
+  g_autofree char *sys = g_strdup_printf("/sys/class/net/%s", veth);
+  g_autofree char *a = g_strdup_printf("ip link del %s", veth);
+  g_autofree char *b = g_strdup_printf("ip netns del %s", ns);
+  if (g_file_test(sys, G_FILE_TEST_EXISTS))
+    run(a);
+  run(b);
+}
+
+/* A plain HTTP/1.0 GET from this process (this netns); the body, or NULL. */
+static char *http_get(const char *ip, guint16 port, const char *path) {
+  g_autoptr(GSocketClient) c = g_socket_client_new();
+  g_socket_client_set_timeout(c, 5);
+  g_autoptr(GError) err = NULL;
+  g_autoptr(GSocketConnection) conn = g_socket_client_connect_to_host(c, ip, port, NULL, &err);
+  if (!conn) {
+    g_test_message("connect %s:%u: %s", ip, port, err->message);
+    g_usleep(500000);
+    return NULL;
+  }
+  g_autofree char *req = g_strdup_printf("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, ip);
+  if (!g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), req, strlen(req), NULL, NULL,
+                                 &err))
+    return NULL;
+  GString *resp = g_string_new(NULL);
+  char buf[4096];
+  gssize n;
+  while ((n = g_input_stream_read(g_io_stream_get_input_stream(G_IO_STREAM(conn)), buf, sizeof buf, NULL, NULL)) > 0)
+    g_string_append_len(resp, buf, n);
+  if (!strstr(resp->str, " 200 ")) {
+    g_test_message("GET %s: %s", path, resp->str);
+    g_string_free(resp, TRUE);
+    return NULL;
+  }
+  return g_string_free(resp, FALSE);
+}
+
+static void test_network_http(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  int id = (int)getpid() % 200 + 20;
+  g_autofree char *ns = g_strdup_printf("oakuk-qt%d", (int)getpid());
+  g_autofree char *veth = g_strdup_printf("qtv%d", (int)getpid());
+  g_autofree char *peer = g_strdup_printf("qtp%d", (int)getpid());
+  g_autofree char *host_ip = g_strdup_printf("10.213.%d.1", id);
+  g_autofree char *guest_ip = g_strdup_printf("10.213.%d.2", id);
+  const char *cmds[] = {
+      "ip netns add NS",
+      "ip link add VETH type veth peer name PEER",
+      "ip link set PEER netns NS",
+      "ip addr add HOSTIP/24 dev VETH",
+      "ip link set VETH up",
+      "ip -n NS link add br0 type bridge",
+      "ip -n NS tuntap add dev tap0 mode tap",
+      "ip -n NS link set tap0 master br0",
+      "ip -n NS link set PEER master br0",
+      "ip -n NS link set br0 up",
+      "ip -n NS link set tap0 up",
+      "ip -n NS link set PEER up",
+  };
+  for (size_t k = 0; k < G_N_ELEMENTS(cmds); k++) {
+    GString *cs = g_string_new(cmds[k]);
+    g_string_replace(cs, "NS", ns, 0);
+    g_string_replace(cs, "VETH", veth, 0);
+    g_string_replace(cs, "PEER", peer, 0);
+    g_string_replace(cs, "HOSTIP", host_ip, 0);
+    g_autofree char *c = g_string_free(cs, FALSE);
+    if (!run(c)) {
+      net_cleanup(ns, veth);
+      g_error("network setup failed at: %s", c);
+    }
+  }
+  g_autofree char *files = g_build_filename(f->state, "files-src", NULL);
+  g_mkdir(files, 0755);
+  g_autofree char *hello = g_build_filename(files, "hello.txt", NULL);
+  g_file_set_contents(hello, "greetings-from-9p", -1, NULL);
+
+  g_autofree char *name = iname("net");
+  g_autofree char *nspath = g_strdup_printf("/run/netns/%s", ns);
+  oakuk_instance_spec *s = guest_spec(f, name);
+  oakuk_instance_spec_set_network(s, nspath, "tap0", guest_ip, 24, host_ip, "52:54:00:12:34:77");
+  oakuk_instance_spec_set_files_dir(s, files);
+  oakuk_instance_spec_add_arg(s, "web");
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  wait_status(f, name, OAKUK_STATUS_RUNNING, 30);
+  g_autofree char *ready = g_strdup_printf("oakuk-guest: ready ip=%s files=yes", guest_ip);
+  wait_serial(f, name, ready, 120);
+
+  g_autofree char *out = NULL;
+  for (int attempt = 0; attempt < 10 && !out; attempt++)
+    out = http_get(guest_ip, 8080, "/cgi-bin/index.cgi");
+  gboolean ok = out != NULL;
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
+  net_cleanup(ns, veth);
+  g_assert_true(ok);
+  g_test_message("guest answered: %s", out);
+  g_autofree char *want_ip = g_strdup_printf("ip: %s", guest_ip);
+  g_assert_nonnull(strstr(out, want_ip));
+  g_assert_nonnull(strstr(out, "args: web"));
+  g_assert_nonnull(strstr(out, "hello.txt: greetings-from-9p"));
+}
+
+static void test_arm64(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  g_autofree char *q = g_find_program_in_path("qemu-system-aarch64");
+  g_autofree char *kernel = NULL, *initrd = NULL;
+  if (!q || !guest_paths("arm64", &kernel, &initrd)) {
+    g_test_skip("needs qemu-system-aarch64 and the arm64 test guest");
+    return;
+  }
+  g_autofree char *name = iname("arm64");
+  oakuk_instance_spec *s = oakuk_instance_spec_new(name);
+  oakuk_instance_spec_set_arch(s, "arm64");
+  oakuk_instance_spec_set_kernel(s, kernel);
+  oakuk_instance_spec_set_initrd(s, initrd);
+  oakuk_instance_spec_set_memory_mb(s, 128);
+  oakuk_instance_spec_set_cmdline_extra(s, "console=ttyAMA0 quiet panic=-1");
+  oakuk_instance_spec_add_arg(s, "arm");
+  /* An amd64 kernel for an arm64 guest is refused before QEMU starts. */
+  oakuk_instance_spec_set_kernel(s, f->kernel);
+  oakuk_error *err = NULL;
+  g_assert_cmpint(oakuk_runtime_deploy(f->rt, s, &err), ==, OAKUK_EINVAL);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "built for amd64 but the instance runs arm64"));
+  oakuk_error_free(err);
+  oakuk_instance_spec_set_kernel(s, kernel);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  wait_status(f, name, OAKUK_STATUS_RUNNING, 30);
+  wait_serial(f, name, "oakuk-guest: ready ip=none files=no args=arm", 240);
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
+}
+
+int main(int argc, char **argv) {
+  g_test_init(&argc, &argv, NULL);
+#define T(path, fn) g_test_add(path, Fx, NULL, fx_setup, fn, fx_teardown)
+  T("/qemu/lifecycle/deploy-undeploy", test_deploy_undeploy);
+  T("/qemu/lifecycle/guest-exit", test_guest_exit);
+  T("/qemu/lifecycle/kill9", test_kill9);
+  T("/qemu/lifecycle/adopt", test_adopt);
+  T("/qemu/lifecycle/adopt-dead", test_adopt_dead);
+  T("/qemu/net/http-9p", test_network_http);
+  T("/qemu/arm64/boot", test_arm64);
+  return g_test_run();
+}
