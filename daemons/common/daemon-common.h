@@ -1,0 +1,134 @@
+/* Code shared by the oakuk daemons: configuration and options, structured logging, JSON over
+ * HTTP on a SoupServer, HS256 JWTs, password hashing, randomness and SQLite helpers.
+ * Internal to the daemons; not part of liboakuk's ABI. */
+#ifndef OAKUK_DAEMON_COMMON_H
+#define OAKUK_DAEMON_COMMON_H
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+#include <libsoup/soup.h>
+#include <sqlite3.h>
+
+G_BEGIN_DECLS
+
+#define OD_ERROR (od_error_quark())
+GQuark od_error_quark(void);
+typedef enum {
+  OD_ERROR_INVALID,   /* malformed input */
+  OD_ERROR_AUTH,      /* authentication failed */
+  OD_ERROR_IO,        /* file or database I/O */
+} OdError;
+
+/* ---- options and configuration ---- */
+
+/* Common options every daemon accepts; filled by od_options_parse. */
+typedef struct {
+  char *config_path;  /* --config FILE */
+  char *log_format;   /* --log-format text|json (default text) */
+  gboolean verbose;   /* --verbose: debug messages too */
+} OdCommonOptions;
+
+/* Parses argv with the daemon's own entries plus the common ones; on success loads the config file
+ * (an empty key file when --config is absent). */
+gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GOptionEntry *entries,
+                          OdCommonOptions *common, GKeyFile **config, GError **error);
+void od_common_options_clear(OdCommonOptions *common);
+
+/* Typed reads from a key file, falling back to def when the key is absent; a present key with a
+ * bad value is an error naming "[group] key" and the file. */
+gboolean od_config_string(GKeyFile *kf, const char *group, const char *key, const char *def, char **out,
+                          GError **error);
+gboolean od_config_int(GKeyFile *kf, const char *group, const char *key, gint64 def, gint64 min, gint64 max,
+                       gint64 *out, GError **error);
+
+/* Parses "ADDR:PORT" (ADDR may be a bracketed IPv6 literal). */
+gboolean od_parse_listen(const char *text, char **addr, guint16 *port, GError **error);
+
+/* ---- logging ---- */
+
+/* Installs a structured log writer on stderr: one line per record, "key=value" pairs (text) or a
+ * JSON object (json), with the daemon name, level, message and any custom fields. */
+void od_log_init(const char *daemon, const char *format, gboolean verbose);
+
+/* Logs an event with extra fields: od_log(G_LOG_LEVEL_MESSAGE, "deploy", "service", id, NULL, "fmt", ...).
+ * The key/value list ends with NULL; values are strings. */
+void od_log(GLogLevelFlags level, const char *event, ...) G_GNUC_NULL_TERMINATED;
+void od_logf(GLogLevelFlags level, const char *event, const char *const *kv, const char *fmt, ...)
+    G_GNUC_PRINTF(4, 5);
+
+/* ---- randomness, ids, secrets, passwords ---- */
+
+/* Fills buf from the kernel's CSPRNG (getrandom); aborts only if the kernel has none. */
+void od_random_bytes(guint8 *buf, gsize len);
+/* len random bytes as 2*len lowercase hex digits. */
+char *od_random_hex(gsize len);
+/* A 24-hex-digit id like a MongoDB ObjectId: 4 bytes of seconds since the epoch, 8 random bytes. */
+char *od_object_id(void);
+gboolean od_is_object_id(const char *s);
+/* Reads a secret file of exactly len bytes, creating it (mode 0600) with random content when it
+ * does not exist. */
+gboolean od_secret_load_or_create(const char *path, guint8 *out, gsize len, gboolean *created, GError **error);
+/* PBKDF2-HMAC-SHA256 with a random salt: "pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>". */
+char *od_password_hash(const char *password);
+gboolean od_password_verify(const char *stored, const char *password);
+/* A random password of 20 characters from an unambiguous alphabet. */
+char *od_password_generate(void);
+/* Hex SHA-256 of a string. */
+char *od_sha256_hex(const char *s);
+/* Constant-time comparison of two NUL-terminated strings. */
+gboolean od_str_equal_ct(const char *a, const char *b);
+
+/* ---- JWT (HS256) ---- */
+
+/* Signs claims (a JSON object) with key; returns the compact token. */
+char *od_jwt_sign(const guint8 *key, gsize key_len, JsonObject *claims);
+/* Verifies alg HS256, the signature and "exp" (seconds since the epoch) against now_s; returns the
+ * claims (caller unrefs) or NULL with an OD_ERROR_AUTH error. */
+JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, gint64 now_s, GError **error);
+
+/* ---- JSON over HTTP ---- */
+
+#define OD_HTTP_MAX_BODY (1024 * 1024)
+
+/* Rejects request bodies announced larger than OD_HTTP_MAX_BODY before they are read (413). */
+void od_http_server_limit_bodies(SoupServer *server);
+void od_http_reply_json(SoupServerMessage *msg, guint status, JsonNode *node);
+/* Replies with a JSON string whose content is the serialized node (Oakestra's double encoding). */
+void od_http_reply_json_string(SoupServerMessage *msg, guint status, JsonNode *node);
+/* {"error": {"code": code, "message": message, "path": path}} */
+void od_http_reply_error(SoupServerMessage *msg, guint status, const char *code, const char *path,
+                         const char *fmt, ...) G_GNUC_PRINTF(5, 6);
+/* Parses the request body as JSON (size and nesting limits, must be non-empty). On failure
+ * replies 400/413 with the error object itself and returns NULL. */
+JsonNode *od_http_read_json(SoupServerMessage *msg);
+/* The token of "Authorization: Bearer <token>", or NULL. Borrowed from the headers. */
+char *od_http_bearer(SoupServerMessage *msg);
+/* Serializes a node to a new string. */
+char *od_json_to_string(JsonNode *node, gboolean pretty);
+/* Parses text (with the size/nesting limits) or returns NULL with an OD_ERROR_INVALID error. */
+JsonNode *od_json_parse(const char *text, gssize len, GError **error);
+/* Splits a URL path into its non-empty segments ("/api/service/x/" -> {"api","service","x"}). */
+char **od_path_split(const char *path);
+
+/* ---- SQLite ---- */
+
+/* Opens (creating) a database in WAL mode with synchronous=FULL, a busy timeout, foreign keys on
+ * and a small page cache. */
+sqlite3 *od_db_open(const char *path, GError **error);
+gboolean od_db_exec(sqlite3 *db, const char *sql, GError **error);
+sqlite3_stmt *od_db_prepare(sqlite3 *db, const char *sql, GError **error);
+/* Binds the text values (the list ends with NULL) to ?1..?n and steps once; TRUE for
+ * SQLITE_ROW/SQLITE_DONE, an error naming sqlite's message otherwise. */
+gboolean od_db_run(sqlite3 *db, GError **error, const char *sql, ...) G_GNUC_NULL_TERMINATED;
+/* Returns column 0 of the first row of sql bound with the text args, or NULL when there is none. */
+char *od_db_query_text(sqlite3 *db, const char *sql, ...) G_GNUC_NULL_TERMINATED;
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(sqlite3_stmt, sqlite3_finalize)
+
+/* Frees a string liboakuk handed out. liboakuk allocates with GLib (oakuk_free is g_free), and
+ * lib/liboakuk.sym does not export oakuk_free yet; switch to it once it does. */
+#define od_oakuk_free g_free
+
+G_END_DECLS
+
+#endif

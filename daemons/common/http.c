@@ -1,0 +1,157 @@
+/* JSON over HTTP on a SoupServer: body limits, parsing, replies and the error object. */
+#include "daemon-common.h"
+
+#include <string.h>
+
+static void got_headers(SoupServerMessage *msg, gpointer data) {
+  goffset len = soup_message_headers_get_content_length(soup_server_message_get_request_headers(msg));
+  if (len > OD_HTTP_MAX_BODY) {
+    /* A status set here makes SoupServer skip the body and every handler. */
+    od_http_reply_error(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, "too_large", "",
+                        "request body is %" G_GOFFSET_FORMAT " bytes; the limit is %d bytes", len, OD_HTTP_MAX_BODY);
+    soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Connection", "close");
+  }
+}
+
+static void request_started(SoupServer *server, SoupServerMessage *msg, gpointer data) {
+  g_signal_connect(msg, "got-headers", G_CALLBACK(got_headers), NULL);
+}
+
+void od_http_server_limit_bodies(SoupServer *server) {
+  g_signal_connect(server, "request-started", G_CALLBACK(request_started), NULL);
+}
+
+char *od_json_to_string(JsonNode *node, gboolean pretty) {
+  g_autoptr(JsonGenerator) gen = json_generator_new();
+  json_generator_set_root(gen, node);
+  json_generator_set_pretty(gen, pretty);
+  return json_generator_to_data(gen, NULL);
+}
+
+static void reply_text(SoupServerMessage *msg, guint status, char *body) {
+  soup_server_message_set_status(msg, status, NULL);
+  soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_TAKE, body, strlen(body));
+}
+
+void od_http_reply_json(SoupServerMessage *msg, guint status, JsonNode *node) {
+  reply_text(msg, status, od_json_to_string(node, FALSE));
+}
+
+void od_http_reply_json_string(SoupServerMessage *msg, guint status, JsonNode *node) {
+  g_autofree char *inner = od_json_to_string(node, FALSE);
+  g_autoptr(JsonNode) str = json_node_init_string(json_node_alloc(), inner);
+  od_http_reply_json(msg, status, str);
+}
+
+void od_http_reply_error(SoupServerMessage *msg, guint status, const char *code, const char *path,
+                         const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *message = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  g_autoptr(JsonBuilder) b = json_builder_new();
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "error");
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "code");
+  json_builder_add_string_value(b, code);
+  json_builder_set_member_name(b, "message");
+  json_builder_add_string_value(b, message);
+  json_builder_set_member_name(b, "path");
+  json_builder_add_string_value(b, path ? path : "");
+  json_builder_end_object(b);
+  json_builder_end_object(b);
+  g_autoptr(JsonNode) root = json_builder_get_root(b);
+  od_http_reply_json(msg, status, root);
+}
+
+/* Nesting is checked before json-glib's recursive parser sees the text. */
+static gboolean precheck(const char *text, gsize len, GError **error) {
+  gsize depth = 0;
+  gboolean in_string = FALSE;
+  for (gsize i = 0; i < len; i++) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        i++;
+      else if (c == '"')
+        in_string = FALSE;
+    } else if (c == '"') {
+      in_string = TRUE;
+    } else if (c == '[' || c == '{') {
+      if (++depth > 64) {
+        g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "JSON nests deeper than 64 levels (at byte %zu)", (size_t)i);
+        return FALSE;
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      depth--;
+    }
+  }
+  return TRUE;
+}
+
+JsonNode *od_json_parse(const char *text, gssize len, GError **error) {
+  gsize n = len < 0 ? strlen(text) : (gsize)len;
+  if (n > OD_HTTP_MAX_BODY) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "JSON document is %zu bytes; the limit is %d bytes", (size_t)n,
+                OD_HTTP_MAX_BODY);
+    return NULL;
+  }
+  if (!precheck(text, n, error))
+    return NULL;
+  g_autoptr(JsonParser) parser = json_parser_new_immutable();
+  g_autoptr(GError) local = NULL;
+  if (!json_parser_load_from_data(parser, text, (gssize)n, &local)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "malformed JSON: %s", local->message);
+    return NULL;
+  }
+  JsonNode *root = json_parser_get_root(parser);
+  if (root == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "malformed JSON: empty document");
+    return NULL;
+  }
+  return json_node_copy(root);
+}
+
+JsonNode *od_http_read_json(SoupServerMessage *msg) {
+  SoupMessageBody *body = soup_server_message_get_request_body(msg);
+  g_autoptr(GBytes) bytes = soup_message_body_flatten(body);
+  gsize len = 0;
+  const char *data = g_bytes_get_data(bytes, &len);
+  if (len > OD_HTTP_MAX_BODY) {
+    od_http_reply_error(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, "too_large", "",
+                        "request body is %zu bytes; the limit is %d bytes", (size_t)len, OD_HTTP_MAX_BODY);
+    return NULL;
+  }
+  if (len == 0) {
+    od_http_reply_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid_json", "", "request body is empty; a JSON document is required");
+    return NULL;
+  }
+  g_autoptr(GError) error = NULL;
+  JsonNode *node = od_json_parse(data, (gssize)len, &error);
+  if (node == NULL) {
+    od_http_reply_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid_json", "", "request body: %s", error->message);
+    return NULL;
+  }
+  return node;
+}
+
+char *od_http_bearer(SoupServerMessage *msg) {
+  const char *h = soup_message_headers_get_one(soup_server_message_get_request_headers(msg), "Authorization");
+  if (h == NULL || g_ascii_strncasecmp(h, "Bearer ", 7) != 0)
+    return NULL;
+  const char *t = h + 7;
+  while (*t == ' ')
+    t++;
+  return *t ? g_strstrip(g_strdup(t)) : NULL;
+}
+
+char **od_path_split(const char *path) {
+  g_auto(GStrv) raw = g_strsplit(path ? path : "", "/", 0);
+  GPtrArray *out = g_ptr_array_new();
+  for (char **p = raw; *p; p++)
+    if (**p != '\0')
+      g_ptr_array_add(out, g_uri_unescape_string(*p, NULL));
+  g_ptr_array_add(out, NULL);
+  return (char **)g_ptr_array_free(out, FALSE);
+}
