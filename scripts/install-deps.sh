@@ -3,6 +3,7 @@
 # Usage: scripts/install-deps.sh [build|all]   (default: all)
 set -euo pipefail
 what=${1:-all}
+updated=
 build_pkgs=(
   meson ninja-build pkg-config gcc clang libclang-rt-14-dev binutils
   libglib2.0-dev libjson-glib-dev libsoup-3.0-dev libpaho-mqtt-dev libarchive-dev
@@ -12,8 +13,19 @@ build_pkgs=(
 run_pkgs=(
   qemu-system-x86 qemu-system-arm qemu-utils mosquitto mosquitto-clients runc nftables iproute2
   busybox-static linux-image-amd64 cpio gzip ca-certificates
-  python3-requests docker-registry curl
+  python3-requests docker-registry curl iptables
 )
+# The arm64 test guest (tests/guests) is built from Debian's arm64 kernel and busybox-static,
+# fetched with apt-get download: the arm64 architecture must be known to apt.
+if [ "$what" = all ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: run as root to add the arm64 architecture (test guests)" >&2
+    exit 1
+  fi
+  dpkg --add-architecture arm64
+  apt-get update
+  updated=1
+fi
 pkgs=("${build_pkgs[@]}")
 [ "$what" = all ] && pkgs+=("${run_pkgs[@]}")
 missing=()
@@ -26,5 +38,5 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update
+[ -n "${updated:-}" ] || apt-get update
 apt-get install -y --no-install-recommends "${missing[@]}"

@@ -1,0 +1,99 @@
+/* Internals of the net module: pure helpers (unit-tested) and the kernel layer that runs on the
+ * plumbing thread. Not installed, not exported. */
+#ifndef OAKUK_NET_PRIVATE_H
+#define OAKUK_NET_PRIVATE_H
+
+#include "oakuk-private.h"
+
+#include <netlink/netlink.h>
+#include <nftables/libnftables.h>
+
+G_BEGIN_DECLS
+
+/* ---- pure helpers (net-util.c) ---- */
+/* IPv4 addresses are host-order guint32. */
+gboolean oakuk_net_parse_ip(const char *s, guint32 *out);
+/* "a.b.c.d/n" with no host bits set; field names the option in the error. */
+gboolean oakuk_net_parse_cidr(const char *s, const char *field, guint32 *net, guint *prefix, GError **error);
+char *oakuk_net_ip_str(guint32 ip);
+gboolean oakuk_net_in_cidr(guint32 ip, guint32 net, guint prefix);
+/* "HOST:GUEST[/tcp|/udp]"; proto is "tcp" or "udp" (static). */
+gboolean oakuk_net_parse_port_spec(const char *spec, guint *host, guint *guest, const char **proto,
+                                   GError **error);
+/* "oakuk-" + 6 hex digits of SHA-256(name). */
+char *oakuk_net_host_ifname(const char *name);
+/* eth0's MAC (02:6f:6b:…) and the NAT guest's MAC (52:54:00:…), both from SHA-256(name). */
+char *oakuk_net_eth_mac(const char *name);
+char *oakuk_net_guest_mac(const char *name);
+/* oakuk-vx's MAC from the node's underlay IP: 0e:6b:a:b:c:d, so peers can derive it. */
+void oakuk_net_vx_mac(guint32 underlay, guint8 mac[6]);
+gboolean oakuk_net_vx_mac_to_ip(const guint8 mac[6], guint32 *underlay);
+/* Instance names become /run/netns/<name> and nftables comments: 1..100 chars of
+ * [A-Za-z0-9._-], not starting with '.'. */
+gboolean oakuk_net_check_instance_name(const char *name, GError **error);
+/* Host veth alias "oakuk:<mode>:<ip>:<name>" and its parser. */
+char *oakuk_net_alias_format(gint mode, guint32 ip, const char *name);
+gboolean oakuk_net_alias_parse(const char *alias, gint *mode, guint32 *ip, char **name);
+const char *oakuk_net_mode_name(gint mode);
+/* nftables chain name of a service IP: "svc_10_30_0_1". */
+char *oakuk_net_service_chain(guint32 ip);
+
+/* ---- kernel layer (net-kernel.c); runs on a thread that may setns() ---- */
+#define OAKUK_NET_TAP "tap0"
+#define OAKUK_NET_ETH "eth0"
+#define OAKUK_NET_VX "oakuk-vx"
+#define OAKUK_NET_NAT_BRIDGE "virbr0"
+#define OAKUK_NET_NETNS_DIR "/run/netns"
+
+/* Sets error from a libnl code (negative NLE_*) or a negative errno (is_errno). Returns FALSE. */
+gboolean oakuk_net_fail_nl(GError **error, int nlerr, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+gboolean oakuk_net_fail_errno(GError **error, int errnum, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
+/* errno recorded by the last oakuk_net_fail_* on this thread; resets it. */
+int oakuk_net_take_errno(void);
+
+gboolean oakuk_net_enter_ns(int fd, const char *what, GError **error);
+struct nl_sock *oakuk_net_nl_open(GError **error);
+/* Creates /run/netns/<name> bound to a fresh namespace, runs inside() while the thread is in it,
+ * returns to host_fd and hands back an fd of the new namespace. Removes it again on failure. */
+typedef gboolean (*OakukNetInside)(gpointer data, GError **error);
+gboolean oakuk_net_ns_create(const char *name, int host_fd, OakukNetInside inside, gpointer data, int *ns_fd,
+                             GError **error);
+/* Unmounts and unlinks /run/netns/<name>; TRUE when it did not exist. */
+gboolean oakuk_net_ns_delete(const char *name, GError **error);
+int oakuk_net_ns_open(const char *name);
+gboolean oakuk_net_sysctl(const char *path, const char *value, GError **error);
+
+int oakuk_net_ifindex(struct nl_sock *sk, const char *name);
+gboolean oakuk_net_link_up(struct nl_sock *sk, int ifindex, const char *alias, int master, GError **error);
+/* IFLA_IFALIAS of link name, NULL when it has none or does not exist. */
+char *oakuk_net_link_alias(struct nl_sock *sk, const char *name);
+gboolean oakuk_net_link_set_alias(struct nl_sock *sk, const char *name, const char *alias, GError **error);
+gboolean oakuk_net_link_del(struct nl_sock *sk, const char *name, GError **error);
+gboolean oakuk_net_bridge_add(struct nl_sock *sk, const char *name, GError **error);
+gboolean oakuk_net_veth_add(struct nl_sock *sk, const char *host, int master, const char *alias,
+                            const char *peer, const char *peer_mac, int peer_ns_fd,
+                            const char *ns_name, GError **error);
+gboolean oakuk_net_vxlan_add(struct nl_sock *sk, guint32 vni, guint32 port, guint32 local, GError **error);
+gboolean oakuk_net_addr_add(struct nl_sock *sk, int ifindex, guint32 ip, guint prefix, const char *ifname,
+                            GError **error);
+/* dst/prefix 0/0 is the default route; gw 0 means a link route; onlink for gateways outside
+ * every local subnet. */
+gboolean oakuk_net_route_add(struct nl_sock *sk, guint32 dst, guint prefix, guint32 gw, int ifindex,
+                             gboolean onlink, GError **error);
+gboolean oakuk_net_route_del(struct nl_sock *sk, guint32 dst, guint prefix, int ifindex, GError **error);
+gboolean oakuk_net_neigh_set(struct nl_sock *sk, int ifindex, guint32 ip, const guint8 mac[6], gboolean add,
+                             GError **error);
+gboolean oakuk_net_fdb_set(struct nl_sock *sk, int ifindex, const guint8 mac[6], guint32 dst, gboolean add,
+                           GError **error);
+/* Creates a persistent tap in the current namespace, brings it up and returns its ifindex. */
+int oakuk_net_tap_create(const char *name, GError **error);
+/* ingress qdisc on from + u32 match-all filter with mirred egress redirect to `to`. */
+gboolean oakuk_net_redirect(struct nl_sock *sk, int from, int to, const char *what, GError **error);
+
+/* Runs an nftables command buffer in the current namespace; json_out gets JSON output if non-NULL. */
+gboolean oakuk_net_nft(struct nft_ctx *ctx, const char *cmds, char **json_out, GError **error);
+
+G_END_DECLS
+
+#endif
