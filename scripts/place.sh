@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh build
 builddir=${OAKUK_BUILDDIR:-build}
 [ -f "$builddir/build.ninja" ] || meson setup "$builddir" -Dwerror=true >/dev/null
-ninja -C "$builddir" examples/embed/place >/dev/null
-exec "$builddir/examples/embed/place" "${1:-examples/descriptors/mixed-app.json}" "${2:-examples/nodes/edge.json}"
+ninja -C "$builddir" examples/place >/dev/null
+exec "$builddir/examples/place" "${1:-examples/descriptors/mixed-app.json}" "${2:-examples/nodes/edge.json}"

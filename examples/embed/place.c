@@ -85,9 +85,10 @@ static bool place(const oakuk_microservice *ms, oakuk_node_report **nodes, size_
            arch, accel ? " via " : "", accel ? accel : "");
   } else {
     printf("%s: not placed (%s)\n", name, oakuk_instance_status_name(oakuk_placement_status(p)));
-    for (size_t i = 0; i < oakuk_placement_explanation_count(p); i++)
-      printf("    %s\n", oakuk_placement_explanation(p, i));
   }
+  /* Why: one line per candidate node, chosen or not. */
+  for (size_t i = 0; i < oakuk_placement_explanation_count(p); i++)
+    printf("    %s\n", oakuk_placement_explanation(p, i));
   oakuk_placement_unref(p);
   return rc == 0;
 }

@@ -52,8 +52,9 @@ def place(ms, nodes, reservations):
         print("%s: %s (%s %s%s)" % (name, p.target, p.virt, arch, via))
     else:
         print("%s: not placed (%s)" % (name, p.status))
-        for line in p.explanation:
-            print("    " + line)
+    # why: one line per candidate node, chosen or not
+    for line in p.explanation:
+        print("    " + line)
     return p.ok
 
 

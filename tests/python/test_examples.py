@@ -29,10 +29,17 @@ class Examples(unittest.TestCase):
         self.assertEqual(c.returncode, 0, c.stderr)
         self.assertEqual(py.returncode, 0, py.stderr)
         self.assertEqual(c.stdout, py.stdout)
-        self.assertEqual(c.stdout.splitlines(), [
+        lines = c.stdout.splitlines()
+        placed = [l for l in lines if not l.startswith("    ")]
+        self.assertEqual(placed, [
             "mixed.demo.web.demo: edge-kvm-1 (unikernel amd64 via kvm)",
             "mixed.demo.client.demo: edge-ctr-1 (container amd64)",
         ])
+        # every placement is explained, one line per candidate node
+        self.assertEqual(len(lines), 2 + 2 * 4)
+        self.assertIn("    node edge-kvm-1: chosen (unikernel amd64 via kvm;", c.stdout)
+        self.assertIn("    node edge-ctr-1: does not offer unikernel", c.stdout)
+        self.assertIn("    node edge-tcg-1: does not offer container", c.stdout)
 
     def test_every_thesis_descriptor_example(self):
         for name in ("aggregation-unikernel.json", "aggregation-container.json",
@@ -60,6 +67,7 @@ class Examples(unittest.TestCase):
         self.assertEqual(lines[0], "mixed.demo.web.demo: not placed (NO_QUALIFIED_WORKER_FOUND)")
         self.assertTrue(lines[1].startswith("    node edge-ctr-1: "), lines)
         self.assertEqual(lines[2], "mixed.demo.client.demo: edge-ctr-1 (container amd64)")
+        self.assertTrue(lines[3].startswith("    node edge-ctr-1: chosen ("), lines)
 
     def test_invalid_descriptor_prints_every_path(self):
         with self.assertRaises(oakuk.OakukError) as cm:
