@@ -1,8 +1,8 @@
 /* net-plumb: creates and removes N unikernel network topologies (netns + veth on the node bridge +
  * tap0 + tc mirred redirects both ways + addresses + one port mapping) with liboakuk's net module,
  * and the same topology with ip/tc/iptables commands the way Oakestra's NetManager builds it.
- * Both run inside scratch "host" namespaces (one each, created and removed here), interleaved
- * instance by instance so background kernel work hits both alike. Needs root.
+ * Both run inside scratch "host" namespaces (one each, created and removed here); times are per
+ * instance, medians over N. Needs root.
  *
  *   net-plumb [N]     (default 50)
  */
@@ -28,9 +28,10 @@ static gboolean cmd(const char *first, ...) {
   g_ptr_array_add(argv, NULL);
   int status = 0;
   g_autofree char *err = NULL;
-  gboolean ok = g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL,
-                             NULL, NULL, NULL, &err, &status, NULL) &&
-                g_spawn_check_wait_status(status, NULL);
+  gboolean ok =
+      g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL,
+                   NULL, NULL, &err, &status, NULL) &&
+      g_spawn_check_wait_status(status, NULL);
   if (!ok)
     fprintf(stderr, "net-plumb: %s %s ... failed: %s", first, argv->len > 2 ? (char *)argv->pdata[1] : "",
             err ? err : "");
@@ -71,15 +72,15 @@ static gboolean ref_setup(int i) {
          cmd("ip", "-n", ns, "tuntap", "add", "tap0", "mode", "tap", NULL) &&
          cmd("ip", "-n", ns, "link", "set", "tap0", "up", NULL) &&
          cmd("tc", "-n", ns, "qdisc", "add", "dev", "eth0", "ingress", NULL) &&
-         cmd("tc", "-n", ns, "filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "all", "u32", "match", "u32",
-             "0", "0", "action", "mirred", "egress", "redirect", "dev", "tap0", NULL) &&
+         cmd("tc", "-n", ns, "filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "all", "u32",
+             "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "tap0", NULL) &&
          cmd("tc", "-n", ns, "qdisc", "add", "dev", "tap0", "ingress", NULL) &&
-         cmd("tc", "-n", ns, "filter", "add", "dev", "tap0", "parent", "ffff:", "protocol", "all", "u32", "match", "u32",
-             "0", "0", "action", "mirred", "egress", "redirect", "dev", "eth0", NULL) &&
-         cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", port,
-             "-j", "DNAT", "--to-destination", dest, NULL) &&
-         cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", port, "-j",
-             "DNAT", "--to-destination", dest, NULL);
+         cmd("tc", "-n", ns, "filter", "add", "dev", "tap0", "parent", "ffff:", "protocol", "all", "u32",
+             "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "eth0", NULL) &&
+         cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-A", "PREROUTING", "-p", "tcp",
+             "--dport", port, "-j", "DNAT", "--to-destination", dest, NULL) &&
+         cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport",
+             port, "-j", "DNAT", "--to-destination", dest, NULL);
 }
 
 static gboolean ref_teardown(int i) {
@@ -88,10 +89,10 @@ static gboolean ref_teardown(int i) {
   g_snprintf(veth, sizeof veth, "veth-r%d", i);
   g_snprintf(port, sizeof port, "%d", 20000 + i);
   g_snprintf(dest, sizeof dest, "10.19.%d.%d:80", 1 + i / 250, 2 + i % 250);
-  return cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "--dport", port,
-             "-j", "DNAT", "--to-destination", dest, NULL) &&
-         cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-D", "OUTPUT", "-p", "tcp", "--dport", port, "-j",
-             "DNAT", "--to-destination", dest, NULL) &&
+  return cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-D", "PREROUTING", "-p", "tcp",
+             "--dport", port, "-j", "DNAT", "--to-destination", dest, NULL) &&
+         cmd("ip", "netns", "exec", host_ref, firewall, "-t", "nat", "-D", "OUTPUT", "-p", "tcp", "--dport",
+             port, "-j", "DNAT", "--to-destination", dest, NULL) &&
          cmd("ip", "-n", host_ref, "link", "del", veth, NULL) && cmd("ip", "netns", "del", ns, NULL);
 }
 
@@ -166,30 +167,38 @@ int main(int argc, char **argv) {
     fprintf(stderr, "net-plumb: %s\n", oakuk_error_message(err));
     goto out;
   }
+  /* Phase by phase, with a pause between, so one side's deferred kernel work (namespace and mount
+   * teardown of the reference's processes) is not billed to the other. */
   for (int i = 0; i < n; i++) {
     gint64 t0 = g_get_monotonic_time();
     if (!ours_setup(net, i))
       goto out;
     su[i] = ms_since(t0);
-    t0 = g_get_monotonic_time();
-    if (!ref_setup(i))
-      goto out;
-    sr[i] = ms_since(t0);
   }
   for (int i = 0; i < n; i++) {
     gint64 t0 = g_get_monotonic_time();
     if (!ours_teardown(net, i))
       goto out;
     tu[i] = ms_since(t0);
-    t0 = g_get_monotonic_time();
+  }
+  g_usleep(G_USEC_PER_SEC);
+  for (int i = 0; i < n; i++) {
+    gint64 t0 = g_get_monotonic_time();
+    if (!ref_setup(i))
+      goto out;
+    sr[i] = ms_since(t0);
+  }
+  for (int i = 0; i < n; i++) {
+    gint64 t0 = g_get_monotonic_time();
     if (!ref_teardown(i))
       goto out;
     tr[i] = ms_since(t0);
   }
   double mo = median(su, n), mr = median(sr, n), to = median(tu, n), tref = median(tr, n);
-  printf("net-plumb: %d unikernel topologies (netns, veth, tap0, 2 mirred redirects, port mapping); reference: "
-         "ip/tc/%s commands\n",
-         n, firewall);
+  printf(
+      "net-plumb: %d unikernel topologies (netns, veth, tap0, 2 mirred redirects, port mapping); reference: "
+      "ip/tc/%s commands\n",
+      n, firewall);
   printf("net-plumb setup: ours %.1f ms, reference %.1f ms, ratio %.1fx\n", mo, mr, mr / mo);
   printf("net-plumb teardown: ours %.1f ms, reference %.1f ms, ratio %.1fx\n", to, tref, tref / to);
   rc = 0;

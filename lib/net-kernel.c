@@ -63,9 +63,10 @@ int oakuk_net_take_errno(void) {
 static gboolean fail_v(GError **error, int errnum, const char *detail, const char *fmt, va_list ap) {
   g_autofree char *what = g_strdup_vprintf(fmt, ap);
   const char *ename = strerrorname_np(errnum);
-  int code = errnum == EEXIST ? OAKUK_EEXISTS : errnum == ENOENT || errnum == ENODEV ? OAKUK_ENOTFOUND
-                                                 : errnum == EPERM || errnum == EACCES ? OAKUK_EPERM
-                                                                                       : OAKUK_EIO;
+  int code = errnum == EEXIST                       ? OAKUK_EEXISTS
+             : errnum == ENOENT || errnum == ENODEV ? OAKUK_ENOTFOUND
+             : errnum == EPERM || errnum == EACCES  ? OAKUK_EPERM
+                                                    : OAKUK_EIO;
   GError *e = g_error_new(OAKUK_ERROR, -code, "%s: %s (%s)", what, ename ? ename : "E?", detail);
   g_propagate_error(error, e);
   last_errno = errnum;
@@ -255,8 +256,8 @@ static struct nl_addr *mac_addr(const char *mac) {
 }
 
 gboolean oakuk_net_veth_add(struct nl_sock *sk, const char *host, int master, const char *alias,
-                            const char *peer_name, const char *peer_mac, int peer_ns_fd,
-                            const char *ns_name, GError **error) {
+                            const char *peer_name, const char *peer_mac, int peer_ns_fd, const char *ns_name,
+                            GError **error) {
   struct rtnl_link *l = rtnl_link_veth_alloc();
   struct rtnl_link *peer = rtnl_link_veth_get_peer(l);
   rtnl_link_set_name(l, host);

@@ -5,6 +5,7 @@
 
 #include "oakuk-private.h"
 
+#include <json-glib/json-glib.h>
 #include <netlink/netlink.h>
 #include <nftables/libnftables.h>
 
@@ -72,8 +73,8 @@ gboolean oakuk_net_link_set_alias(struct nl_sock *sk, const char *name, const ch
 gboolean oakuk_net_link_del(struct nl_sock *sk, const char *name, GError **error);
 gboolean oakuk_net_bridge_add(struct nl_sock *sk, const char *name, GError **error);
 gboolean oakuk_net_veth_add(struct nl_sock *sk, const char *host, int master, const char *alias,
-                            const char *peer, const char *peer_mac, int peer_ns_fd,
-                            const char *ns_name, GError **error);
+                            const char *peer, const char *peer_mac, int peer_ns_fd, const char *ns_name,
+                            GError **error);
 gboolean oakuk_net_vxlan_add(struct nl_sock *sk, guint32 vni, guint32 port, guint32 local, GError **error);
 gboolean oakuk_net_addr_add(struct nl_sock *sk, int ifindex, guint32 ip, guint prefix, const char *ifname,
                             GError **error);
@@ -93,6 +94,59 @@ gboolean oakuk_net_redirect(struct nl_sock *sk, int from, int to, const char *wh
 
 /* Runs an nftables command buffer in the current namespace; json_out gets JSON output if non-NULL. */
 gboolean oakuk_net_nft(struct nft_ctx *ctx, const char *cmds, char **json_out, GError **error);
+
+/* ---- shared by net.c (object, jobs, operations) and net-state.c (reading the kernel) ---- */
+typedef struct {
+  char *name;
+  guint32 ip;
+  gint mode;
+} OakukNetInst;
+
+typedef struct {
+  char *instance;
+  const char *proto;
+  guint host, guest;
+  guint32 ip;
+} OakukNetPort;
+
+/* A peer node: routes over oakuk-vx via its bridge address gw, reached at underlay. */
+typedef struct {
+  guint32 underlay, subnet, gw;
+  guint prefix;
+} OakukNetPeer;
+
+struct oakuk_net {
+  gint refcount;
+  /* options, immutable after new() */
+  char *bridge, *netns_label;
+  guint32 subnet, overlay, service, underlay;
+  guint subnet_prefix, overlay_prefix, service_prefix;
+  guint32 vni, vport;
+  int host_fd;
+  GThread *thread;
+  GAsyncQueue *queue;
+  /* owned by the plumbing thread */
+  struct nl_sock *sk;
+  struct nft_ctx *nft;
+  GHashTable *instances; /* name -> OakukNetInst */
+  GHashTable *ports;     /* "tcp/8080" -> OakukNetPort */
+  gboolean loaded;
+};
+
+void oakuk_net_inst_free(gpointer p);
+void oakuk_net_port_free(gpointer p);
+/* JSON output of an nftables command in the node namespace, NULL on failure. */
+JsonNode *oakuk_net_nft_json(oakuk_net *net, const char *cmd);
+/* What the kernel holds, on the plumbing thread. */
+GHashTable *oakuk_net_scan_instances(oakuk_net *net, GError **error); /* name -> OakukNetInst */
+GHashTable *oakuk_net_scan_ports(oakuk_net *net);                     /* "tcp/8080" -> OakukNetPort */
+GPtrArray *oakuk_net_scan_services(oakuk_net *net);                   /* service IPs */
+GPtrArray *oakuk_net_scan_netns(oakuk_net *net);                      /* our /run/netns names */
+gboolean oakuk_net_netns_is_ours(oakuk_net *net, const char *name);
+GArray *oakuk_net_scan_peers(oakuk_net *net, int vx);  /* OakukNetPeer */
+GPtrArray *oakuk_net_scan_fdb(oakuk_net *net, int vx); /* underlay IPs */
+/* The document oakuk_net_list returns. */
+char *oakuk_net_state_json(oakuk_net *net, GError **error);
 
 G_END_DECLS
 

@@ -24,8 +24,7 @@ gboolean oakuk_net_in_cidr(guint32 ip, guint32 net, guint prefix) {
   return (ip & mask_of(prefix)) == net;
 }
 
-gboolean oakuk_net_parse_cidr(const char *s, const char *field, guint32 *net, guint *prefix,
-                              GError **error) {
+gboolean oakuk_net_parse_cidr(const char *s, const char *field, guint32 *net, guint *prefix, GError **error) {
   const char *slash = s ? strchr(s, '/') : NULL;
   if (slash == NULL) {
     g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "%s: \"%s\" is not an IPv4 CIDR (a.b.c.d/n)", field,
@@ -83,7 +82,8 @@ gboolean oakuk_net_parse_port_spec(const char *spec, guint *host, guint *guest, 
   return TRUE;
 bad:
   g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
-              "port mapping \"%s\": expected HOST:GUEST[/tcp|/udp] with ports 1-65535", spec ? spec : "(null)");
+              "port mapping \"%s\": expected HOST:GUEST[/tcp|/udp] with ports 1-65535",
+              spec ? spec : "(null)");
   return FALSE;
 }
 
@@ -147,14 +147,10 @@ gboolean oakuk_net_check_instance_name(const char *name, GError **error) {
 
 const char *oakuk_net_mode_name(gint mode) {
   switch (mode) {
-  case OAKUK_NET_CONTAINER:
-    return "container";
-  case OAKUK_NET_UK_DIRECT:
-    return "direct";
-  case OAKUK_NET_UK_NAT:
-    return "nat";
-  default:
-    return NULL;
+  case OAKUK_NET_CONTAINER: return "container";
+  case OAKUK_NET_UK_DIRECT: return "direct";
+  case OAKUK_NET_UK_NAT: return "nat";
+  default: return NULL;
   }
 }
 

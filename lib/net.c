@@ -6,48 +6,22 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-glib/json-glib.h>
+#include <linux/neighbour.h>
+#include <linux/rtnetlink.h>
 #include <netlink/route/link.h>
 #include <netlink/route/neighbour.h>
 #include <netlink/route/route.h>
-#include <linux/neighbour.h>
-#include <linux/rtnetlink.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define NAT_BRIDGE_IP 0xc0a80101u /* 192.168.1.1 */
 #define NAT_GUEST_IP 0xc0a80102u  /* 192.168.1.2 */
 
-typedef struct {
-  char *name;
-  guint32 ip;
-  gint mode;
-} Inst;
-
-typedef struct {
-  char *instance;
-  const char *proto;
-  guint host, guest;
-  guint32 ip;
-} Port;
-
-struct oakuk_net {
-  gint refcount;
-  /* options, immutable after new() */
-  char *bridge, *netns_label;
-  guint32 subnet, overlay, service, underlay;
-  guint subnet_prefix, overlay_prefix, service_prefix;
-  guint32 vni, vport;
-  int host_fd;
-  GThread *thread;
-  GAsyncQueue *queue;
-  /* owned by the plumbing thread */
-  struct nl_sock *sk;
-  struct nft_ctx *nft;
-  GHashTable *instances; /* name -> Inst */
-  GHashTable *ports;     /* "tcp/8080" -> Port */
-  gboolean loaded;
-};
+typedef OakukNetInst Inst;
+typedef OakukNetPort Port;
+typedef OakukNetPeer Peer;
 
 struct oakuk_net_instance_info {
   gint refcount;
@@ -80,18 +54,6 @@ struct Job {
   oakuk_net_instance_callback icb;
   void *user_data;
 };
-
-static void inst_free(gpointer p) {
-  Inst *i = p;
-  g_free(i->name);
-  g_free(i);
-}
-
-static void port_free(gpointer p) {
-  Port *x = p;
-  g_free(x->instance);
-  g_free(x);
-}
 
 static void job_free(Job *job) {
   g_free(job->name);
@@ -252,10 +214,10 @@ OAKUK_API void oakuk_net_instance_info_unref(oakuk_net_instance_info *info) {
   g_free(info);
 }
 
-#define INFO_GETTER(type, field, dflt)                                                               \
-  OAKUK_API type oakuk_net_instance_info_##field(const oakuk_net_instance_info *info) {               \
-    g_return_val_if_fail(info != NULL, dflt);                                                        \
-    return info->field;                                                                              \
+#define INFO_GETTER(type, field, dflt)                                                                       \
+  OAKUK_API type oakuk_net_instance_info_##field(const oakuk_net_instance_info *info) {                      \
+    g_return_val_if_fail(info != NULL, dflt);                                                                \
+    return info->field;                                                                                      \
   }
 INFO_GETTER(const char *, name, NULL)
 INFO_GETTER(int32_t, mode, -1)
@@ -292,7 +254,8 @@ static gboolean check_options(const oakuk_net_options *o, oakuk_net *net, GError
     return FALSE;
   }
   net->bridge = g_strdup(bridge);
-  if (!oakuk_net_parse_cidr(o->node_subnet, "options.node_subnet", &net->subnet, &net->subnet_prefix, error) ||
+  if (!oakuk_net_parse_cidr(o->node_subnet, "options.node_subnet", &net->subnet, &net->subnet_prefix,
+                            error) ||
       !oakuk_net_parse_cidr(o->overlay_cidr ? o->overlay_cidr : "10.18.0.0/15", "options.overlay_cidr",
                             &net->overlay, &net->overlay_prefix, error) ||
       !oakuk_net_parse_cidr(o->service_cidr ? o->service_cidr : "10.30.0.0/16", "options.service_cidr",
@@ -350,7 +313,11 @@ OAKUK_API oakuk_net *oakuk_net_new(const oakuk_net_options *opts, oakuk_error **
     return NULL;
   }
   g_autofree char *sub = oakuk_net_ip_str(net->subnet);
-  net->netns_label = g_strdup_printf("oakuk:%s/%u", sub, net->subnet_prefix);
+  /* Marks our instance namespaces (lo's alias). The node namespace's inode is part of it: other
+   * nodes on this machine (tests, or several nodes in namespaces) may use the same subnet. */
+  struct stat st;
+  net->netns_label = g_strdup_printf("oakuk:%s/%u:%llu", sub, net->subnet_prefix,
+                                     fstat(net->host_fd, &st) == 0 ? (unsigned long long)st.st_ino : 0ull);
   net->queue = g_async_queue_new();
   /* The thread reports its start-up (entering the node namespace) through the first job. */
   Job *start = job_new(NULL);
@@ -392,8 +359,8 @@ static gboolean worker_start(oakuk_net *net, GError **error) {
   net->nft = nft_ctx_new(NFT_CTX_DEFAULT);
   nft_ctx_buffer_output(net->nft);
   nft_ctx_buffer_error(net->nft);
-  net->instances = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, inst_free);
-  net->ports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, port_free);
+  net->instances = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, oakuk_net_inst_free);
+  net->ports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, oakuk_net_port_free);
   return TRUE;
 }
 
@@ -425,134 +392,18 @@ static gpointer worker_main(gpointer data) {
   return NULL;
 }
 
-/* ---------------------------------------------------------------- state from the kernel */
-
-static JsonNode *nft_json(oakuk_net *net, const char *cmd) {
-  g_autofree char *out = NULL;
-  if (!oakuk_net_nft(net->nft, cmd, &out, NULL))
-    return NULL;
-  return json_from_string(out, NULL);
-}
-
-/* The object of kind ("map", "rule", ...) in an nftables JSON listing, or each one via cb. */
-static void nft_each(JsonNode *root, const char *kind, void (*cb)(JsonObject *o, gpointer d), gpointer d) {
-  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root))
-    return;
-  JsonArray *arr = json_object_get_array_member(json_node_get_object(root), "nftables");
-  for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
-    JsonObject *o = json_array_get_object_element(arr, i);
-    if (o && json_object_has_member(o, kind))
-      cb(json_object_get_object_member(o, kind), d);
-  }
-}
-
-static void parse_ports_map(JsonObject *map, gpointer d) {
-  GHashTable *ports = d;
-  JsonArray *elems = json_object_has_member(map, "elem") ? json_object_get_array_member(map, "elem") : NULL;
-  for (guint i = 0; elems && i < json_array_get_length(elems); i++) {
-    JsonArray *kv = json_array_get_array_element(elems, i);
-    if (kv == NULL || json_array_get_length(kv) != 2)
-      continue;
-    JsonObject *key = json_array_get_object_element(kv, 0);
-    JsonObject *val = json_array_get_object_element(kv, 1);
-    const char *comment = NULL;
-    if (key && json_object_has_member(key, "elem")) {
-      JsonObject *e = json_object_get_object_member(key, "elem");
-      comment = json_object_get_string_member_with_default(e, "comment", NULL);
-      key = json_object_get_object_member(e, "val");
-    }
-    JsonArray *k = key ? json_object_get_array_member(key, "concat") : NULL;
-    JsonArray *v = val ? json_object_get_array_member(val, "concat") : NULL;
-    guint32 ip;
-    if (!k || !v || json_array_get_length(k) != 2 || json_array_get_length(v) != 2 ||
-        !oakuk_net_parse_ip(json_array_get_string_element(v, 0), &ip))
-      continue;
-    Port *p = g_new0(Port, 1);
-    p->instance = g_strdup(comment ? comment : "");
-    p->proto = g_strcmp0(json_array_get_string_element(k, 0), "udp") == 0 ? "udp" : "tcp";
-    p->host = (guint)json_array_get_int_element(k, 1);
-    p->guest = (guint)json_array_get_int_element(v, 1);
-    p->ip = ip;
-    g_hash_table_replace(ports, g_strdup_printf("%s/%u", p->proto, p->host), p);
-  }
-}
-
-static GHashTable *scan_ports(oakuk_net *net) {
-  GHashTable *ports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, port_free);
-  g_autoptr(JsonNode) root = nft_json(net, "list map ip oakuk ports");
-  nft_each(root, "map", parse_ports_map, ports);
-  return ports;
-}
-
-static GHashTable *scan_instances(oakuk_net *net, GError **error) {
-  struct nl_cache *cache = NULL;
-  int r = rtnl_link_alloc_cache(net->sk, AF_UNSPEC, &cache);
-  if (r < 0) {
-    oakuk_net_fail_nl(error, r, "list links");
-    return NULL;
-  }
-  GHashTable *out = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, inst_free);
-  for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
-    struct rtnl_link *l = (struct rtnl_link *)o;
-    Inst inst = {0};
-    const char *name = rtnl_link_get_name(l);
-    if (!g_str_has_prefix(name, "oakuk-") || !oakuk_net_alias_parse(rtnl_link_get_ifalias(l), &inst.mode, &inst.ip,
-                                                                     &inst.name))
-      continue;
-    g_autofree char *expect = oakuk_net_host_ifname(inst.name);
-    if (g_strcmp0(expect, name) != 0 || !oakuk_net_in_cidr(inst.ip, net->subnet, net->subnet_prefix)) {
-      g_free(inst.name);
-      continue;
-    }
-    g_hash_table_replace(out, inst.name, g_memdup2(&inst, sizeof inst));
-  }
-  nl_cache_free(cache);
-  return out;
-}
-
 static gboolean ensure_loaded(oakuk_net *net, GError **error) {
   if (net->loaded)
     return TRUE;
-  GHashTable *inst = scan_instances(net, error);
+  GHashTable *inst = oakuk_net_scan_instances(net, error);
   if (inst == NULL)
     return FALSE;
   g_hash_table_unref(net->instances);
   net->instances = inst;
   g_hash_table_unref(net->ports);
-  net->ports = scan_ports(net);
+  net->ports = oakuk_net_scan_ports(net);
   net->loaded = TRUE;
   return TRUE;
-}
-
-/* Whether /run/netns/<name> is an instance namespace of this node: its eth0 carries our label. */
-static gboolean netns_is_ours(oakuk_net *net, const char *name) {
-  int fd = oakuk_net_ns_open(name);
-  if (fd < 0)
-    return FALSE;
-  gboolean ours = FALSE;
-  if (setns(fd, CLONE_NEWNET) == 0) {
-    struct nl_sock *sk = oakuk_net_nl_open(NULL);
-    struct rtnl_link *l = NULL;
-    if (sk && rtnl_link_get_kernel(sk, 0, OAKUK_NET_ETH, &l) == 0) {
-      ours = g_strcmp0(rtnl_link_get_ifalias(l), net->netns_label) == 0;
-      rtnl_link_put(l);
-    }
-    if (sk)
-      nl_socket_free(sk);
-    if (setns(net->host_fd, CLONE_NEWNET) < 0)
-      g_error("net: cannot return to the node namespace: %s", g_strerror(errno));
-  }
-  close(fd);
-  return ours;
-}
-
-static GPtrArray *scan_netns(oakuk_net *net) {
-  GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
-  g_autoptr(GDir) dir = g_dir_open(OAKUK_NET_NETNS_DIR, 0, NULL);
-  for (const char *n; dir && (n = g_dir_read_name(dir)) != NULL;)
-    if (netns_is_ours(net, n))
-      g_ptr_array_add(names, g_strdup(n));
-  return names;
 }
 
 /* ---------------------------------------------------------------- node */
@@ -580,8 +431,8 @@ static gboolean nft_base(oakuk_net *net, GError **error) {
       "add rule ip oakuk postrouting ct status dnat oifname \"%s\" ip saddr %s/%u masquerade\n"
       "add rule ip oakuk postrouting ip saddr %s/%u ip daddr != %s/%u ip daddr != %s/%u oifname != \"%s\" "
       "masquerade\n",
-      net->bridge, net->bridge, sub, net->subnet_prefix, sub, net->subnet_prefix, ovl, net->overlay_prefix, svc,
-      net->service_prefix, net->bridge);
+      net->bridge, net->bridge, sub, net->subnet_prefix, sub, net->subnet_prefix, ovl, net->overlay_prefix,
+      svc, net->service_prefix, net->bridge);
   if (!oakuk_net_nft(net->nft, cmds, NULL, error)) {
     g_prefix_error(error, "create nftables table ip oakuk: ");
     return FALSE;
@@ -661,7 +512,9 @@ static gboolean setup_inside(gpointer data, GError **error) {
   /* IPv4 only: links made from now on get no IPv6 (no link-local chatter with the guest's MAC). */
   (void)oakuk_net_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1", &ignored);
   in->sk = oakuk_net_nl_open(error);
-  if (in->sk == NULL || !oakuk_net_link_up(in->sk, 1, NULL, 0, error))
+  /* lo's alias marks the namespace as ours from its first moment (reconcile finds it even when
+   * a crash left it without a veth). */
+  if (in->sk == NULL || !oakuk_net_link_up(in->sk, 1, in->net->netns_label, 0, error))
     return FALSE;
   if (inst->mode == OAKUK_NET_CONTAINER)
     return TRUE;
@@ -674,7 +527,8 @@ static gboolean setup_inside(gpointer data, GError **error) {
         (br = oakuk_net_ifindex(in->sk, OAKUK_NET_NAT_BRIDGE)) <= 0 ||
         !oakuk_net_addr_add(in->sk, br, NAT_BRIDGE_IP, 30, OAKUK_NET_NAT_BRIDGE, error) ||
         !oakuk_net_link_up(in->sk, in->tap, NULL, br, error) ||
-        !oakuk_net_sysctl("/proc/sys/net/ipv4/ip_forward", "1", error) || !nat_rules(inst->name, inst->ip, error))
+        !oakuk_net_sysctl("/proc/sys/net/ipv4/ip_forward", "1", error) ||
+        !nat_rules(inst->name, inst->ip, error))
       return FALSE;
   }
   return TRUE;
@@ -688,7 +542,7 @@ static gboolean setup_eth0(Inside *in, GError **error) {
   int eth = oakuk_net_ifindex(sk, OAKUK_NET_ETH);
   if (eth <= 0)
     return oakuk_net_fail_errno(error, ENODEV, "find %s", OAKUK_NET_ETH);
-  if (!oakuk_net_link_up(sk, eth, net->netns_label, 0, error))
+  if (!oakuk_net_link_up(sk, eth, NULL, 0, error))
     return FALSE;
   if (inst->mode == OAKUK_NET_UK_DIRECT) {
     /* eth0 has no address, so only the guest answers ARP/IP for the instance IP. */
@@ -753,6 +607,8 @@ static Inst *find_ip_owner(oakuk_net *net, guint32 ip) {
   return NULL;
 }
 
+static gboolean teardown_instance(oakuk_net *net, const char *name, GError **error);
+
 static gboolean op_instance_setup(oakuk_net *net, Job *job, GError **error) {
   if (!ensure_loaded(net, error))
     return FALSE;
@@ -761,7 +617,13 @@ static gboolean op_instance_setup(oakuk_net *net, Job *job, GError **error) {
     oakuk_net_parse_ip(job->ip, &want);
   Inst *have = g_hash_table_lookup(net->instances, job->name);
   g_autofree char *nspath = g_build_filename(OAKUK_NET_NETNS_DIR, job->name, NULL);
-  if (have && have->mode == job->mode && (want == 0 || want == have->ip) && g_file_test(nspath, G_FILE_TEST_EXISTS)) {
+  if (have && !g_file_test(nspath, G_FILE_TEST_EXISTS)) {
+    /* A veth whose namespace is gone (a crash half-way): clear it and start over. */
+    if (!teardown_instance(net, job->name, error))
+      return FALSE;
+    have = NULL;
+  }
+  if (have && have->mode == job->mode && (want == 0 || want == have->ip)) {
     job->info = info_new(net, have);
     return TRUE;
   }
@@ -779,7 +641,8 @@ static gboolean op_instance_setup(oakuk_net *net, Job *job, GError **error) {
   }
   Inst inst = {job->name, want ? want : allocate_ip(net), job->mode};
   if (inst.ip == 0) {
-    g_set_error(error, OAKUK_ERROR, -OAKUK_ENOCAPACITY, "instance %s: no free IP in the node subnet", job->name);
+    g_set_error(error, OAKUK_ERROR, -OAKUK_ENOCAPACITY, "instance %s: no free IP in the node subnet",
+                job->name);
     return FALSE;
   }
   if (!create_instance(net, &inst, error))
@@ -825,7 +688,7 @@ static gboolean teardown_instance(oakuk_net *net, const char *name, GError **err
   if (alias && oakuk_net_alias_parse(alias, &mode, &ip, &owner) && g_strcmp0(owner, name) == 0 &&
       !oakuk_net_link_del(net->sk, host, error))
     return FALSE;
-  if ((known || netns_is_ours(net, name)) && !oakuk_net_ns_delete(name, error))
+  if ((known || oakuk_net_netns_is_ours(net, name)) && !oakuk_net_ns_delete(name, error))
     return FALSE;
   g_hash_table_remove(net->instances, name);
   return TRUE;
@@ -839,20 +702,22 @@ static Job *instance_setup_job(oakuk_net *net, const char *name, const char *ip,
   Job *job = job_new(op_instance_setup);
   GError *err = NULL;
   guint32 v;
+  g_autofree char *sub = oakuk_net_ip_str(net->subnet);
   job->name = g_strdup(name);
   job->ip = g_strdup(ip);
   job->mode = mode;
   if (!oakuk_net_check_instance_name(name, &err))
     ;
   else if (oakuk_net_mode_name(mode) == NULL)
-    g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: mode %d is not OAKUK_NET_CONTAINER, _UK_DIRECT or _UK_NAT",
-                name, mode);
+    g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL,
+                "instance %s: mode %d is not OAKUK_NET_CONTAINER, _UK_DIRECT or _UK_NAT", name, mode);
   else if (ip && !oakuk_net_parse_ip(ip, &v))
     g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: IP \"%s\" is not an IPv4 address", name, ip);
   else if (ip && (!oakuk_net_in_cidr(v, net->subnet, net->subnet_prefix) || v == net->subnet ||
                   v == net->subnet + 1 || v == (net->subnet | ~(0xffffffffu << (32 - net->subnet_prefix)))))
-    g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: IP %s is not a free host address of %s", name, ip,
-                net->netns_label + 6);
+    g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL,
+                "instance %s: IP %s is not a host address of the node subnet %s/%u", name, ip, sub,
+                net->subnet_prefix);
   if (err) {
     job->fn = job_prefailed;
     job->error = err;
@@ -913,7 +778,8 @@ static gboolean op_port_add(oakuk_net *net, Job *job, GError **error) {
   oakuk_net_parse_port_spec(job->spec, &host, &guest, &proto, NULL);
   Inst *inst = g_hash_table_lookup(net->instances, job->name);
   if (inst == NULL) {
-    g_set_error(error, OAKUK_ERROR, -OAKUK_ENOTFOUND, "port mapping %s: unknown instance %s", job->spec, job->name);
+    g_set_error(error, OAKUK_ERROR, -OAKUK_ENOTFOUND, "port mapping %s: unknown instance %s", job->spec,
+                job->name);
     return FALSE;
   }
   g_autofree char *key = g_strdup_printf("%s/%u", proto, host);
@@ -927,8 +793,8 @@ static gboolean op_port_add(oakuk_net *net, Job *job, GError **error) {
     return FALSE;
   }
   g_autofree char *ip = oakuk_net_ip_str(inst->ip);
-  g_autofree char *cmd = g_strdup_printf("add element ip oakuk ports { %s . %u comment \"%s\" : %s . %u }", proto,
-                                         host, job->name, ip, guest);
+  g_autofree char *cmd = g_strdup_printf("add element ip oakuk ports { %s . %u comment \"%s\" : %s . %u }",
+                                         proto, host, job->name, ip, guest);
   if (!oakuk_net_nft(net->nft, cmd, NULL, error)) {
     g_prefix_error(error, "port mapping %s of instance %s: ", job->spec, job->name);
     return FALSE;
@@ -959,7 +825,8 @@ static int port_job(oakuk_net *net, JobFn fn, const char *instance, const char *
   guint h, g;
   const char *proto;
   GError *err = NULL;
-  if (!oakuk_net_check_instance_name(instance, &err) || !oakuk_net_parse_port_spec(spec, &h, &g, &proto, &err))
+  if (!oakuk_net_check_instance_name(instance, &err) ||
+      !oakuk_net_parse_port_spec(spec, &h, &g, &proto, &err))
     return oakuk_propagate_gerror(error, err);
   Job *job = job_new(fn);
   job->name = g_strdup(instance);
@@ -967,7 +834,8 @@ static int port_job(oakuk_net *net, JobFn fn, const char *instance, const char *
   return job_sync(net, job, NULL, NULL, error);
 }
 
-OAKUK_API int oakuk_net_port_map_add(oakuk_net *net, const char *instance, const char *spec, oakuk_error **error) {
+OAKUK_API int oakuk_net_port_map_add(oakuk_net *net, const char *instance, const char *spec,
+                                     oakuk_error **error) {
   g_return_val_if_fail(net != NULL, OAKUK_EINVAL);
   return port_job(net, op_port_add, instance, spec, error);
 }
@@ -1006,8 +874,8 @@ static gboolean op_service_set(oakuk_net *net, Job *job, GError **error) {
   GString *map = g_string_new(NULL);
   for (guint i = 0; i < b->len; i++)
     g_string_append_printf(map, "%s%u : %s", i ? ", " : "", i, (char *)b->pdata[i]);
-  g_autofree char *match = job->port ? g_strdup_printf("meta l4proto { tcp, udp } th dport %u ", job->port)
-                                     : g_strdup("");
+  g_autofree char *match =
+      job->port ? g_strdup_printf("meta l4proto { tcp, udp } th dport %u ", job->port) : g_strdup("");
   /* One buffer = one nftables transaction: readers see the old set or the new one. */
   g_autofree char *cmds = g_strdup_printf("add chain ip oakuk %s\n"
                                           "flush chain ip oakuk %s\n"
@@ -1022,7 +890,8 @@ static gboolean op_service_set(oakuk_net *net, Job *job, GError **error) {
   return TRUE;
 }
 
-static Job *service_job(oakuk_net *net, const char *rr_ip, uint32_t port, const char *const *backends, size_t n) {
+static Job *service_job(oakuk_net *net, const char *rr_ip, uint32_t port, const char *const *backends,
+                        size_t n) {
   Job *job = job_new(op_service_set);
   GError *err = NULL;
   guint32 v;
@@ -1036,8 +905,8 @@ static Job *service_job(oakuk_net *net, const char *rr_ip, uint32_t port, const 
     g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "service %s: port %u out of range", rr_ip, port);
   for (size_t i = 0; err == NULL && i < n; i++)
     if (!oakuk_net_parse_ip(backends[i], &v))
-      g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "service %s: backend[%zu] \"%s\" is not an IPv4 address", rr_ip,
-                  i, backends[i] ? backends[i] : "(null)");
+      g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "service %s: backend[%zu] \"%s\" is not an IPv4 address",
+                  rr_ip, i, backends[i] ? backends[i] : "(null)");
   if (err) {
     job->fn = job_prefailed;
     job->error = err;
@@ -1045,8 +914,8 @@ static Job *service_job(oakuk_net *net, const char *rr_ip, uint32_t port, const 
   return job;
 }
 
-OAKUK_API int oakuk_net_service_set(oakuk_net *net, const char *rr_ip, uint32_t port, const char *const *backends,
-                                    size_t n, oakuk_error **error) {
+OAKUK_API int oakuk_net_service_set(oakuk_net *net, const char *rr_ip, uint32_t port,
+                                    const char *const *backends, size_t n, oakuk_error **error) {
   g_return_val_if_fail(net != NULL && (backends != NULL || n == 0), OAKUK_EINVAL);
   return job_sync(net, service_job(net, rr_ip, port, backends, n), NULL, NULL, error);
 }
@@ -1067,68 +936,6 @@ OAKUK_API int oakuk_net_service_remove(oakuk_net *net, const char *rr_ip, oakuk_
 }
 
 /* ---------------------------------------------------------------- peers */
-
-typedef struct {
-  guint32 underlay, subnet, gw;
-  guint prefix;
-} Peer;
-
-static guint32 addr_ip(struct nl_addr *a) {
-  guint32 be = 0;
-  if (a && nl_addr_get_family(a) == AF_INET && nl_addr_get_len(a) == 4)
-    memcpy(&be, nl_addr_get_binary_addr(a), 4);
-  return ntohl(be);
-}
-
-/* Peers are routes over oakuk-vx whose gateway's neighbour MAC encodes the peer's underlay IP. */
-static GArray *scan_peers(oakuk_net *net, int vx) {
-  GArray *out = g_array_new(FALSE, TRUE, sizeof(Peer));
-  struct nl_cache *routes = NULL, *neigh = NULL;
-  if (vx <= 0 || rtnl_route_alloc_cache(net->sk, AF_INET, 0, &routes) < 0)
-    return out;
-  if (rtnl_neigh_alloc_cache(net->sk, &neigh) < 0) {
-    nl_cache_free(routes);
-    return out;
-  }
-  for (struct nl_object *o = nl_cache_get_first(routes); o; o = nl_cache_get_next(o)) {
-    struct rtnl_route *r = (struct rtnl_route *)o;
-    if (rtnl_route_get_table(r) != RT_TABLE_MAIN || rtnl_route_get_nnexthops(r) != 1)
-      continue;
-    struct rtnl_nexthop *nh = rtnl_route_nexthop_n(r, 0);
-    struct nl_addr *gwa = rtnl_route_nh_get_gateway(nh);
-    if (rtnl_route_nh_get_ifindex(nh) != vx || gwa == NULL)
-      continue;
-    Peer p = {0, addr_ip(rtnl_route_get_dst(r)), addr_ip(gwa), (guint)nl_addr_get_prefixlen(rtnl_route_get_dst(r))};
-    struct rtnl_neigh *n = rtnl_neigh_get(neigh, vx, gwa);
-    struct nl_addr *ll = n ? rtnl_neigh_get_lladdr(n) : NULL;
-    if (ll && nl_addr_get_len(ll) == 6)
-      oakuk_net_vx_mac_to_ip(nl_addr_get_binary_addr(ll), &p.underlay);
-    if (n)
-      rtnl_neigh_put(n);
-    g_array_append_val(out, p);
-  }
-  nl_cache_free(routes);
-  nl_cache_free(neigh);
-  return out;
-}
-
-/* Underlay IPs of the FDB entries on oakuk-vx (an AF_BRIDGE dump: AF_UNSPEC lists ARP only). */
-static GPtrArray *scan_fdb(oakuk_net *net, int vx) {
-  GPtrArray *out = g_ptr_array_new_with_free_func(g_free);
-  struct nl_cache *neigh = NULL;
-  struct ndmsg ndm = {.ndm_family = AF_BRIDGE};
-  if (vx <= 0 || nl_cache_alloc_name("route/neigh", &neigh) < 0)
-    return out;
-  if (nl_send_simple(net->sk, RTM_GETNEIGH, NLM_F_DUMP, &ndm, sizeof ndm) >= 0 && nl_cache_pickup(net->sk, neigh) >= 0) {
-    for (struct nl_object *o = nl_cache_get_first(neigh); o; o = nl_cache_get_next(o)) {
-      struct rtnl_neigh *n = (struct rtnl_neigh *)o;
-      if (rtnl_neigh_get_family(n) == AF_BRIDGE && rtnl_neigh_get_ifindex(n) == vx && rtnl_neigh_get_dst(n))
-        g_ptr_array_add(out, oakuk_net_ip_str(addr_ip(rtnl_neigh_get_dst(n))));
-    }
-  }
-  nl_cache_free(neigh);
-  return out;
-}
 
 static gboolean peer_remove(oakuk_net *net, int vx, const Peer *p, GError **error) {
   guint8 mac[6], zero[6] = {0};
@@ -1172,7 +979,7 @@ static gboolean op_peer_remove(oakuk_net *net, Job *job, GError **error) {
   if (job->subnet)
     oakuk_net_parse_cidr(job->subnet, "node_subnet", &subnet, &prefix, NULL);
   int vx = oakuk_net_ifindex(net->sk, OAKUK_NET_VX);
-  g_autoptr(GArray) peers = scan_peers(net, vx);
+  g_autoptr(GArray) peers = oakuk_net_scan_peers(net, vx);
   for (guint i = 0; i < peers->len; i++) {
     Peer *p = &g_array_index(peers, Peer, i);
     if (p->underlay == underlay && (job->subnet == NULL || (p->subnet == subnet && p->prefix == prefix)) &&
@@ -1198,10 +1005,11 @@ static Job *peer_job(oakuk_net *net, JobFn fn, const char *underlay_ip, const ch
   if (!oakuk_net_parse_ip(underlay_ip, &v))
     g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "peer underlay IP \"%s\": not an IPv4 address",
                 underlay_ip ? underlay_ip : "(null)");
-  else if ((node_subnet || fn == op_peer_add) && oakuk_net_parse_cidr(node_subnet, "peer node_subnet", &s, &prefix, &err) &&
+  else if ((node_subnet || fn == op_peer_add) &&
+           oakuk_net_parse_cidr(node_subnet, "peer node_subnet", &s, &prefix, &err) &&
            (prefix > 30 || s == net->subnet))
-    g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "peer node_subnet \"%s\": must be /30 or wider and not ours",
-                node_subnet);
+    g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL,
+                "peer node_subnet \"%s\": must be /30 or wider and not ours", node_subnet);
   if (err) {
     job->fn = job_prefailed;
     job->error = err;
@@ -1232,22 +1040,6 @@ OAKUK_API int oakuk_net_peer_remove(oakuk_net *net, const char *underlay_ip, con
 
 /* ---------------------------------------------------------------- reconcile, list, teardown */
 
-static void collect_service_ips(JsonObject *map, gpointer d) {
-  JsonArray *elems = json_object_has_member(map, "elem") ? json_object_get_array_member(map, "elem") : NULL;
-  for (guint i = 0; elems && i < json_array_get_length(elems); i++) {
-    JsonArray *kv = json_array_get_array_element(elems, i);
-    if (kv && json_array_get_length(kv) == 2 && JSON_NODE_HOLDS_VALUE(json_array_get_element(kv, 0)))
-      g_ptr_array_add(d, g_strdup(json_array_get_string_element(kv, 0)));
-  }
-}
-
-static GPtrArray *scan_services(oakuk_net *net) {
-  GPtrArray *ips = g_ptr_array_new_with_free_func(g_free);
-  g_autoptr(JsonNode) root = nft_json(net, "list map ip oakuk services");
-  nft_each(root, "map", collect_service_ips, ips);
-  return ips;
-}
-
 static gboolean op_reconcile(oakuk_net *net, Job *job, GError **error) {
   net->loaded = FALSE;
   if (!ensure_loaded(net, error))
@@ -1259,7 +1051,7 @@ static gboolean op_reconcile(oakuk_net *net, Job *job, GError **error) {
   while (g_hash_table_iter_next(&it, &k, NULL))
     if (!in_list(job->list[0], k))
       g_ptr_array_add(doomed, g_strdup(k));
-  g_autoptr(GPtrArray) spaces = scan_netns(net);
+  g_autoptr(GPtrArray) spaces = oakuk_net_scan_netns(net);
   for (guint i = 0; i < spaces->len; i++)
     if (!in_list(job->list[0], spaces->pdata[i]) && !in_list(doomed, spaces->pdata[i]))
       g_ptr_array_add(doomed, g_strdup(spaces->pdata[i]));
@@ -1274,7 +1066,7 @@ static gboolean op_reconcile(oakuk_net *net, Job *job, GError **error) {
   for (guint i = 0; i < doomed->len; i++)
     if (!port_delete(net, doomed->pdata[i], error))
       return FALSE;
-  g_autoptr(GPtrArray) services = scan_services(net);
+  g_autoptr(GPtrArray) services = oakuk_net_scan_services(net);
   for (guint i = 0; i < services->len; i++) {
     guint32 rr;
     if (!in_list(job->list[1], services->pdata[i]) && oakuk_net_parse_ip(services->pdata[i], &rr) &&
@@ -1282,7 +1074,7 @@ static gboolean op_reconcile(oakuk_net *net, Job *job, GError **error) {
       return FALSE;
   }
   int vx = oakuk_net_ifindex(net->sk, OAKUK_NET_VX);
-  g_autoptr(GArray) peers = scan_peers(net, vx);
+  g_autoptr(GArray) peers = oakuk_net_scan_peers(net, vx);
   for (guint i = 0; i < peers->len; i++) {
     Peer *p = &g_array_index(peers, Peer, i);
     g_autofree char *u = oakuk_net_ip_str(p->underlay);
@@ -1305,13 +1097,14 @@ OAKUK_API int oakuk_net_reconcile(oakuk_net *net, const char *const *instances, 
                                   const char *const *services, size_t n_services, const char *const *peers,
                                   size_t n_peers, oakuk_error **error) {
   g_return_val_if_fail(net != NULL, OAKUK_EINVAL);
-  return job_sync(net, reconcile_job(instances, n_instances, services, n_services, peers, n_peers), NULL, NULL,
-                  error);
+  return job_sync(net, reconcile_job(instances, n_instances, services, n_services, peers, n_peers), NULL,
+                  NULL, error);
 }
 
 OAKUK_API void oakuk_net_reconcile_async(oakuk_net *net, const char *const *instances, size_t n_instances,
-                                         const char *const *services, size_t n_services, const char *const *peers,
-                                         size_t n_peers, oakuk_net_callback cb, void *user_data) {
+                                         const char *const *services, size_t n_services,
+                                         const char *const *peers, size_t n_peers, oakuk_net_callback cb,
+                                         void *user_data) {
   g_return_if_fail(net != NULL);
   Job *job = reconcile_job(instances, n_instances, services, n_services, peers, n_peers);
   job->cb = cb;
@@ -1337,163 +1130,9 @@ OAKUK_API int oakuk_net_teardown_node(oakuk_net *net, oakuk_error **error) {
   return job_sync(net, job, NULL, NULL, error);
 }
 
-typedef struct {
-  gint64 port;
-  JsonBuilder *b;
-} SvcScan;
-
-static void service_rule(JsonObject *rule, gpointer d) {
-  SvcScan *s = d;
-  JsonArray *expr = json_object_get_array_member(rule, "expr");
-  for (guint i = 0; expr && i < json_array_get_length(expr); i++) {
-    JsonObject *e = json_array_get_object_element(expr, i);
-    if (e && json_object_has_member(e, "match")) {
-      JsonObject *m = json_object_get_object_member(e, "match");
-      JsonNode *right = json_object_get_member(m, "right");
-      if (right && JSON_NODE_HOLDS_VALUE(right) && json_node_get_value_type(right) == G_TYPE_INT64)
-        s->port = json_node_get_int(right);
-    } else if (e && json_object_has_member(e, "dnat")) {
-      JsonObject *addr = json_object_get_object_member(json_object_get_object_member(e, "dnat"), "addr");
-      JsonObject *map = addr && json_object_has_member(addr, "map") ? json_object_get_object_member(addr, "map") : NULL;
-      JsonObject *data = map ? json_object_get_object_member(map, "data") : NULL;
-      JsonArray *set = data && json_object_has_member(data, "set") ? json_object_get_array_member(data, "set") : NULL;
-      for (guint j = 0; set && j < json_array_get_length(set); j++) {
-        JsonArray *kv = json_array_get_array_element(set, j);
-        if (kv && json_array_get_length(kv) == 2)
-          json_builder_add_string_value(s->b, json_array_get_string_element(kv, 1));
-      }
-    }
-  }
-}
-
-static void list_services(oakuk_net *net, JsonBuilder *b) {
-  g_autoptr(GPtrArray) ips = scan_services(net);
-  json_builder_set_member_name(b, "services");
-  json_builder_begin_array(b);
-  for (guint i = 0; i < ips->len; i++) {
-    guint32 rr;
-    if (!oakuk_net_parse_ip(ips->pdata[i], &rr))
-      continue;
-    g_autofree char *chain = oakuk_net_service_chain(rr);
-    g_autofree char *cmd = g_strdup_printf("list chain ip oakuk %s", chain);
-    g_autoptr(JsonNode) root = nft_json(net, cmd);
-    SvcScan s = {0, b};
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "ip");
-    json_builder_add_string_value(b, ips->pdata[i]);
-    json_builder_set_member_name(b, "backends");
-    json_builder_begin_array(b);
-    nft_each(root, "rule", service_rule, &s);
-    json_builder_end_array(b);
-    json_builder_set_member_name(b, "port");
-    json_builder_add_int_value(b, s.port);
-    json_builder_end_object(b);
-  }
-  json_builder_end_array(b);
-}
-
-static void list_instances(oakuk_net *net, JsonBuilder *b, GHashTable *inst) {
-  json_builder_set_member_name(b, "instances");
-  json_builder_begin_array(b);
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, inst);
-  while (g_hash_table_iter_next(&it, NULL, &v)) {
-    Inst *i = v;
-    g_autofree char *ip = oakuk_net_ip_str(i->ip);
-    g_autofree char *host = oakuk_net_host_ifname(i->name);
-    g_autofree char *path = g_build_filename(OAKUK_NET_NETNS_DIR, i->name, NULL);
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "name");
-    json_builder_add_string_value(b, i->name);
-    json_builder_set_member_name(b, "ip");
-    json_builder_add_string_value(b, ip);
-    json_builder_set_member_name(b, "mode");
-    json_builder_add_string_value(b, oakuk_net_mode_name(i->mode));
-    json_builder_set_member_name(b, "host_ifname");
-    json_builder_add_string_value(b, host);
-    json_builder_set_member_name(b, "netns");
-    json_builder_add_boolean_value(b, g_file_test(path, G_FILE_TEST_EXISTS));
-    json_builder_end_object(b);
-  }
-  json_builder_end_array(b);
-  (void)net;
-}
-
-static void list_ports(JsonBuilder *b, GHashTable *ports) {
-  json_builder_set_member_name(b, "ports");
-  json_builder_begin_array(b);
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, ports);
-  while (g_hash_table_iter_next(&it, NULL, &v)) {
-    Port *p = v;
-    g_autofree char *ip = oakuk_net_ip_str(p->ip);
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "instance");
-    json_builder_add_string_value(b, p->instance);
-    json_builder_set_member_name(b, "proto");
-    json_builder_add_string_value(b, p->proto);
-    json_builder_set_member_name(b, "host");
-    json_builder_add_int_value(b, p->host);
-    json_builder_set_member_name(b, "ip");
-    json_builder_add_string_value(b, ip);
-    json_builder_set_member_name(b, "guest");
-    json_builder_add_int_value(b, p->guest);
-    json_builder_end_object(b);
-  }
-  json_builder_end_array(b);
-}
-
-static void add_strings(JsonBuilder *b, const char *member, GPtrArray *a) {
-  json_builder_set_member_name(b, member);
-  json_builder_begin_array(b);
-  for (guint i = 0; i < a->len; i++)
-    json_builder_add_string_value(b, a->pdata[i]);
-  json_builder_end_array(b);
-}
-
 static gboolean op_list(oakuk_net *net, Job *job, GError **error) {
-  g_autoptr(GHashTable) inst = scan_instances(net, error);
-  if (inst == NULL)
-    return FALSE;
-  g_autoptr(GHashTable) ports = scan_ports(net);
-  g_autoptr(GPtrArray) spaces = scan_netns(net);
-  int vx = oakuk_net_ifindex(net->sk, OAKUK_NET_VX);
-  g_autoptr(GArray) peers = scan_peers(net, vx);
-  g_autoptr(GPtrArray) fdb = scan_fdb(net, vx);
-  g_autoptr(JsonBuilder) b = json_builder_new();
-  json_builder_begin_object(b);
-  json_builder_set_member_name(b, "bridge");
-  json_builder_add_boolean_value(b, oakuk_net_ifindex(net->sk, net->bridge) > 0);
-  json_builder_set_member_name(b, "vxlan");
-  json_builder_add_boolean_value(b, vx > 0);
-  json_builder_set_member_name(b, "table");
-  json_builder_add_boolean_value(b, oakuk_net_nft(net->nft, "list table ip oakuk", NULL, NULL));
-  list_instances(net, b, inst);
-  add_strings(b, "netns", spaces);
-  list_ports(b, ports);
-  list_services(net, b);
-  json_builder_set_member_name(b, "peers");
-  json_builder_begin_array(b);
-  for (guint i = 0; i < peers->len; i++) {
-    Peer *p = &g_array_index(peers, Peer, i);
-    g_autofree char *u = oakuk_net_ip_str(p->underlay);
-    g_autofree char *sn = oakuk_net_ip_str(p->subnet);
-    g_autofree char *cidr = g_strdup_printf("%s/%u", sn, p->prefix);
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "underlay");
-    json_builder_add_string_value(b, u);
-    json_builder_set_member_name(b, "subnet");
-    json_builder_add_string_value(b, cidr);
-    json_builder_end_object(b);
-  }
-  json_builder_end_array(b);
-  add_strings(b, "fdb", fdb);
-  json_builder_end_object(b);
-  g_autoptr(JsonNode) root = json_builder_get_root(b);
-  job->json = json_to_string(root, FALSE);
-  return TRUE;
+  job->json = oakuk_net_state_json(net, error);
+  return job->json != NULL;
 }
 
 OAKUK_API char *oakuk_net_list(oakuk_net *net, oakuk_error **error) {

@@ -27,8 +27,8 @@ typedef struct oakuk_net_options {
 } oakuk_net_options;
 
 #define OAKUK_NET_OPTIONS_VERSION 1
-#define OAKUK_NET_OPTIONS_INIT                                                                       \
-  {OAKUK_NET_OPTIONS_VERSION, "oakuk0", NULL, "10.18.0.0/15", "10.30.0.0/16", NULL, 4242, 4789, NULL}
+#define OAKUK_NET_OPTIONS_INIT                                                                               \
+  { OAKUK_NET_OPTIONS_VERSION, "oakuk0", NULL, "10.18.0.0/15", "10.30.0.0/16", NULL, 4242, 4789, NULL }
 /* Fills opts with defaults; returns OAKUK_EINVAL for an unknown version. */
 OAKUK_API int oakuk_net_options_init(oakuk_net_options *opts, unsigned int version);
 
@@ -44,8 +44,8 @@ OAKUK_API void oakuk_net_unref(oakuk_net *net);
 
 typedef void (*oakuk_net_callback)(int status, oakuk_error *error, void *user_data);
 /* info and error are borrowed for the duration of the callback (ref info to keep it). */
-typedef void (*oakuk_net_instance_callback)(int status, oakuk_net_instance_info *info,
-                                            oakuk_error *error, void *user_data);
+typedef void (*oakuk_net_instance_callback)(int status, oakuk_net_instance_info *info, oakuk_error *error,
+                                            void *user_data);
 
 /* Bridge with the subnet's first address, forwarding, route_localnet, service route, nftables
  * table "oakuk" (NAT, port and service maps), oakuk-vx when underlay_ip is set. Idempotent; adopts
@@ -60,13 +60,12 @@ OAKUK_API int oakuk_net_teardown_node(oakuk_net *net, oakuk_error **error);
  * mode is one of OAKUK_NET_*. *out may be NULL. */
 OAKUK_API int oakuk_net_instance_setup(oakuk_net *net, const char *name, const char *ip, int32_t mode,
                                        oakuk_net_instance_info **out, oakuk_error **error);
-OAKUK_API void oakuk_net_instance_setup_async(oakuk_net *net, const char *name, const char *ip,
-                                              int32_t mode, oakuk_net_instance_callback cb,
-                                              void *user_data);
+OAKUK_API void oakuk_net_instance_setup_async(oakuk_net *net, const char *name, const char *ip, int32_t mode,
+                                              oakuk_net_instance_callback cb, void *user_data);
 /* Removes the netns, veth, tap and the instance's port mappings; succeeds when nothing exists. */
 OAKUK_API int oakuk_net_instance_teardown(oakuk_net *net, const char *name, oakuk_error **error);
-OAKUK_API void oakuk_net_instance_teardown_async(oakuk_net *net, const char *name,
-                                                 oakuk_net_callback cb, void *user_data);
+OAKUK_API void oakuk_net_instance_teardown_async(oakuk_net *net, const char *name, oakuk_net_callback cb,
+                                                 void *user_data);
 
 OAKUK_API oakuk_net_instance_info *oakuk_net_instance_info_ref(oakuk_net_instance_info *info);
 OAKUK_API void oakuk_net_instance_info_unref(oakuk_net_instance_info *info);
@@ -100,17 +99,16 @@ OAKUK_API int oakuk_net_port_map_remove(oakuk_net *net, const char *instance, co
 OAKUK_API int oakuk_net_service_set(oakuk_net *net, const char *rr_ip, uint32_t port,
                                     const char *const *backends, size_t n, oakuk_error **error);
 OAKUK_API void oakuk_net_service_set_async(oakuk_net *net, const char *rr_ip, uint32_t port,
-                                           const char *const *backends, size_t n,
-                                           oakuk_net_callback cb, void *user_data);
+                                           const char *const *backends, size_t n, oakuk_net_callback cb,
+                                           void *user_data);
 OAKUK_API int oakuk_net_service_remove(oakuk_net *net, const char *rr_ip, oakuk_error **error);
 
 /* A peer node: FDB (00:00:00:00:00:00 and its oakuk-vx MAC → underlay_ip), neighbour and an onlink
  * route of node_subnet via the peer bridge address over oakuk-vx. Needs underlay_ip set. */
 OAKUK_API int oakuk_net_peer_add(oakuk_net *net, const char *underlay_ip, const char *node_subnet,
                                  oakuk_error **error);
-OAKUK_API void oakuk_net_peer_add_async(oakuk_net *net, const char *underlay_ip,
-                                        const char *node_subnet, oakuk_net_callback cb,
-                                        void *user_data);
+OAKUK_API void oakuk_net_peer_add_async(oakuk_net *net, const char *underlay_ip, const char *node_subnet,
+                                        oakuk_net_callback cb, void *user_data);
 /* node_subnet may be NULL (found from the route). Succeeds when the peer is unknown. */
 OAKUK_API int oakuk_net_peer_remove(oakuk_net *net, const char *underlay_ip, const char *node_subnet,
                                     oakuk_error **error);
@@ -118,12 +116,12 @@ OAKUK_API int oakuk_net_peer_remove(oakuk_net *net, const char *underlay_ip, con
 /* Removes every instance (netns, veth, port mappings), service and peer of ours that is not in
  * the keep lists (instance names, service IPs, peer underlay IPs). */
 OAKUK_API int oakuk_net_reconcile(oakuk_net *net, const char *const *instances, size_t n_instances,
-                                  const char *const *services, size_t n_services,
-                                  const char *const *peers, size_t n_peers, oakuk_error **error);
-OAKUK_API void oakuk_net_reconcile_async(oakuk_net *net, const char *const *instances,
-                                         size_t n_instances, const char *const *services,
-                                         size_t n_services, const char *const *peers, size_t n_peers,
-                                         oakuk_net_callback cb, void *user_data);
+                                  const char *const *services, size_t n_services, const char *const *peers,
+                                  size_t n_peers, oakuk_error **error);
+OAKUK_API void oakuk_net_reconcile_async(oakuk_net *net, const char *const *instances, size_t n_instances,
+                                         const char *const *services, size_t n_services,
+                                         const char *const *peers, size_t n_peers, oakuk_net_callback cb,
+                                         void *user_data);
 
 /* What exists in the kernel with our naming, as JSON (free with oakuk_free):
  * {"bridge":bool,"vxlan":bool,"table":bool,

@@ -111,12 +111,12 @@ static oakuk_net *node_new(const char *host, const char *subnet, const char *und
   return net;
 }
 
-#define OK(call)                                                                                     \
-  do {                                                                                               \
-    oakuk_error *e_ = NULL;                                                                          \
-    int r_ = (call);                                                                                 \
-    if (r_ != 0)                                                                                     \
-      g_error("%s: %d %s", #call, r_, e_ ? oakuk_error_message(e_) : "");                            \
+#define OK(call)                                                                                             \
+  do {                                                                                                       \
+    oakuk_error *e_ = NULL;                                                                                  \
+    int r_ = (call);                                                                                         \
+    if (r_ != 0)                                                                                             \
+      g_error("%s: %d %s", #call, r_, e_ ? oakuk_error_message(e_) : "");                                    \
   } while (0)
 #define E (&e_)
 
@@ -327,8 +327,8 @@ static Guest *guest_start(const oakuk_net_instance_info *info) {
   Guest *g = g_new0(Guest, 1);
   unsigned int m[6];
   g->ns = g_strdup(oakuk_net_instance_info_name(info));
-  g_assert_cmpint(sscanf(oakuk_net_instance_info_guest_mac(info), "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2], &m[3],
-                         &m[4], &m[5]),
+  g_assert_cmpint(sscanf(oakuk_net_instance_info_guest_mac(info), "%x:%x:%x:%x:%x:%x", &m[0], &m[1], &m[2],
+                         &m[3], &m[4], &m[5]),
                   ==, 6);
   for (int i = 0; i < 6; i++)
     g->mac[i] = (guint8)m[i];
@@ -689,13 +689,18 @@ static void test_reconcile(void) {
   OK(oakuk_net_service_set(net, "10.30.0.2", 0, ips, 1, E));
   OK(oakuk_net_peer_add(net, "192.168.77.2", "10.18.4.0/24", E));
   OK(oakuk_net_peer_add(net, "192.168.77.3", "10.18.5.0/24", E));
-  /* The node "crashes": its object goes away without any teardown. */
+  /* The node "crashes": its object goes away without any teardown, and one instance lost its
+   * veth on the way (only the namespace is left of it). */
   oakuk_net_unref(net);
+  g_autofree char *lost_if = oakuk_net_host_ifname(P("leak.instance.1"));
+  runf("ip -n %s link del %s", P("h1"), lost_if);
+  g_assert_true(netns_exists(P("leak.instance.1")));
 
   net = node_new(P("h1"), "10.18.3.0/24", "192.168.77.1");
   g_autoptr(JsonNode) before = NULL;
   JsonObject *l = list_json(net, &before);
-  g_assert_cmpuint(json_array_get_length(json_object_get_array_member(l, "instances")), ==, 3);
+  g_assert_cmpuint(json_array_get_length(json_object_get_array_member(l, "instances")), ==, 2);
+  g_assert_cmpuint(json_array_get_length(json_object_get_array_member(l, "netns")), ==, 3);
   g_assert_cmpuint(json_array_get_length(json_object_get_array_member(l, "ports")), ==, 2);
   /* Adoption: the same setup returns the same addresses. */
   oakuk_net_instance_info *again = instance(net, P("keep.instance.0"), OAKUK_NET_UK_DIRECT);
@@ -716,7 +721,8 @@ static void test_reconcile(void) {
   g_assert_cmpint(json_object_get_int_member(json_array_get_object_element(ports, 0), "host"), ==, 8081);
   JsonArray *svc = json_object_get_array_member(l, "services");
   g_assert_cmpuint(json_array_get_length(svc), ==, 1);
-  g_assert_cmpstr(json_object_get_string_member(json_array_get_object_element(svc, 0), "ip"), ==, "10.30.0.2");
+  g_assert_cmpstr(json_object_get_string_member(json_array_get_object_element(svc, 0), "ip"), ==,
+                  "10.30.0.2");
   JsonArray *peers = json_object_get_array_member(l, "peers");
   g_assert_cmpuint(json_array_get_length(peers), ==, 1);
   g_assert_cmpstr(json_object_get_string_member(json_array_get_object_element(peers, 0), "underlay"), ==,
@@ -741,11 +747,11 @@ static void expect_fail(int r, oakuk_error *err, int code, const char *needle) {
   oakuk_error_free(err);
 }
 
-#define EXPECT_FAIL(call, code, needle)                                                              \
-  do {                                                                                               \
-    oakuk_error *err_ = NULL;                                                                        \
-    int r_ = (call);                                                                                 \
-    expect_fail(r_, err_, code, needle);                                                             \
+#define EXPECT_FAIL(call, code, needle)                                                                      \
+  do {                                                                                                       \
+    oakuk_error *err_ = NULL;                                                                                \
+    int r_ = (call);                                                                                         \
+    expect_fail(r_, err_, code, needle);                                                                     \
   } while (0)
 
 static void test_invalid(void) {
@@ -766,8 +772,9 @@ static void test_invalid(void) {
   g_autofree char *long_name = g_strnfill(120, 'x');
   EXPECT_FAIL(oakuk_net_instance_setup(net, long_name, NULL, OAKUK_NET_CONTAINER, NULL, &err_), OAKUK_EINVAL,
               "instance name");
-  EXPECT_FAIL(oakuk_net_instance_setup(net, P("bad.instance.0"), "10.99.0.5", OAKUK_NET_CONTAINER, NULL, &err_),
-              OAKUK_EINVAL, "10.99.0.5");
+  EXPECT_FAIL(
+      oakuk_net_instance_setup(net, P("bad.instance.0"), "10.99.0.5", OAKUK_NET_CONTAINER, NULL, &err_),
+      OAKUK_EINVAL, "10.99.0.5");
   EXPECT_FAIL(oakuk_net_instance_setup(net, P("bad.instance.0"), NULL, 7, NULL, &err_), OAKUK_EINVAL, "mode");
   EXPECT_FAIL(oakuk_net_instance_setup(net, P("ok.instance.0"), NULL, OAKUK_NET_UK_NAT, NULL, &err_),
               OAKUK_EEXISTS, "exists with mode container");
@@ -791,7 +798,8 @@ static void test_invalid(void) {
   g_autofree char *host_if = oakuk_net_host_ifname(P("clash.instance.0"));
   runf("ip -n %s link add %s type bridge", P("h1"), host_if);
   int r = oakuk_net_instance_setup(net, P("clash.instance.0"), NULL, OAKUK_NET_CONTAINER, NULL, &err);
-  g_autofree char *want = g_strdup_printf("create veth %s in netns %s: EEXIST", host_if, P("clash.instance.0"));
+  g_autofree char *want =
+      g_strdup_printf("create veth %s in netns %s: EEXIST", host_if, P("clash.instance.0"));
   g_assert_cmpint(oakuk_error_errno(err), ==, EEXIST);
   expect_fail(r, err, OAKUK_EEXISTS, want);
   err = NULL;
@@ -848,10 +856,23 @@ static void test_async(void) {
   g_main_loop_run(s.loop);
   g_assert_cmpint(s.status, ==, 0);
   g_assert_false(netns_exists(P("async.instance.0")));
+  const char *backend = "10.18.3.77";
+  oakuk_net_service_set_async(net, "10.30.0.3", 80, &backend, 1, on_done, &s);
+  g_main_loop_run(s.loop);
+  g_assert_cmpint(s.status, ==, 0);
+  oakuk_net_peer_add_async(net, "192.168.77.2", "10.18.4.0/24", on_done, &s);
+  g_main_loop_run(s.loop);
+  g_assert_cmpint(s.status, ==, OAKUK_ENOTFOUND); /* no underlay_ip, so no oakuk-vx */
+  oakuk_net_setup_node_async(net, on_done, &s);   /* again: idempotent */
+  g_main_loop_run(s.loop);
+  g_assert_cmpint(s.status, ==, 0);
   oakuk_net_reconcile_async(net, NULL, 0, NULL, 0, NULL, 0, on_done, &s);
   g_main_loop_run(s.loop);
   g_assert_cmpint(s.status, ==, 0);
-  g_assert_cmpint(s.calls, ==, 4);
+  g_assert_cmpint(s.calls, ==, 7);
+  g_autoptr(JsonNode) root = NULL;
+  JsonObject *l = list_json(net, &root);
+  g_assert_cmpuint(json_array_get_length(json_object_get_array_member(l, "services")), ==, 0);
   OK(oakuk_net_teardown_node(net, E));
   g_free(s.ip);
   g_main_loop_unref(s.loop);
