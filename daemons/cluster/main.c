@@ -1,0 +1,364 @@
+/* oakuk-cluster: options, state directory, SQLite schema, node join tokens, server and signals. */
+#include "cluster.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <glib/gstdio.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS join_tokens (hash TEXT PRIMARY KEY, created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, cred_hash TEXT NOT NULL, subnet_index INTEGER NOT NULL"
+    "  UNIQUE, subnet TEXT NOT NULL, ip TEXT NOT NULL DEFAULT '', report TEXT, registered_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT NULL,"
+    "  instance INTEGER NOT NULL, node TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '',"
+    "  status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', job TEXT NOT NULL, restart INTEGER NOT NULL,"
+    "  failures INTEGER NOT NULL DEFAULT 0, avoid TEXT NOT NULL DEFAULT '[]', UNIQUE (job_id, instance));"
+    "CREATE TABLE IF NOT EXISTS explanations (job_id TEXT PRIMARY KEY, job_name TEXT NOT NULL,"
+    "  instance INTEGER NOT NULL, lines TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,"
+    "  instance TEXT NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS status_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,"
+    "  instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL);";
+
+gint64 cluster_now_ms(void) {
+  return g_get_monotonic_time() / 1000;
+}
+
+gboolean cluster_begin(Cluster *c, GError **error) {
+  return od_db_exec(c->db, "BEGIN IMMEDIATE", error);
+}
+
+gboolean cluster_commit(Cluster *c, GError **error) {
+  return od_db_exec(c->db, "COMMIT", error);
+}
+
+void cluster_rollback(Cluster *c) {
+  if (!sqlite3_get_autocommit(c->db))
+    od_db_exec(c->db, "ROLLBACK", NULL);
+}
+
+char *cluster_kv_get(Cluster *c, const char *key) {
+  return od_db_query_text(c->db, "SELECT value FROM kv WHERE key = ?1", key, NULL);
+}
+
+gboolean cluster_kv_set(Cluster *c, const char *key, const char *value, GError **error) {
+  return od_db_run(c->db, error, "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)", key, value, NULL);
+}
+
+/* Node join tokens are shown once and stored as their SHA-256; they stay valid until removed. */
+static gboolean new_join_token(Cluster *c, GError **error) {
+  g_autofree char *token = od_random_hex(24);
+  g_autofree char *hash = od_sha256_hex(token);
+  g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / 1000000);
+  if (!od_db_run(c->db, error, "INSERT INTO join_tokens (hash, created) VALUES (?1, CAST(?2 AS INTEGER))", hash, now,
+                 NULL))
+    return FALSE;
+  /* Printed on purpose outside the structured log. */
+  fprintf(stderr, "node join token: %s\n", token);
+  fflush(stderr);
+  return TRUE;
+}
+
+static gboolean read_secret_option(const char *value, char **out, GError **error) {
+  if (value == NULL || value[0] != '@') {
+    *out = g_strdup(value);
+    return TRUE;
+  }
+  g_autoptr(GError) local = NULL;
+  if (!g_file_get_contents(value + 1, out, NULL, &local)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "--join-token file %s: %s", value + 1, local->message);
+    return FALSE;
+  }
+  g_strstrip(*out);
+  return TRUE;
+}
+
+static gboolean host_port(const char *text, const char *what, char **host, guint16 *port, GError **error) {
+  g_autoptr(GError) local = NULL;
+  if (!od_parse_listen(text, host, port, &local)) {
+    /* Host names are fine for a broker: split at the last colon. */
+    const char *colon = text ? strrchr(text, ':') : NULL;
+    guint64 p = 0;
+    if (colon == NULL || colon == text || !g_ascii_string_to_unsigned(colon + 1, 10, 1, 65535, &p, NULL)) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "%s '%s' is not HOST:PORT", what, text ? text : "");
+      return FALSE;
+    }
+    *host = g_strndup(text, colon - text);
+    *port = (guint16)p;
+  }
+  return TRUE;
+}
+
+typedef struct {
+  char *state_dir, *listen, *root_url, *join_token, *name, *location, *advertise_url, *mosquitto, *external;
+  gint mqtt_port, node_timeout, aggregate_interval;
+  gboolean new_token;
+} Args;
+
+static gboolean load_settings(Cluster *c, Args *a, GError **error) {
+  GKeyFile *kf = c->config;
+  gint64 v = 0;
+  g_autofree char *policy = NULL, *token = NULL, *pw_file = NULL;
+#define STR_SETTING(field, key, def)                                                                              \
+  if (a->field != NULL)                                                                                            \
+    c->field = g_strdup(a->field);                                                                                 \
+  else if (!od_config_string(kf, "cluster", key, def, &c->field, error))                                           \
+    return FALSE;
+  STR_SETTING(state_dir, "state_dir", "/var/lib/oakuk/cluster")
+  STR_SETTING(listen, "listen", "0.0.0.0:10100")
+  STR_SETTING(root_url, "root_url", NULL)
+  STR_SETTING(name, "name", NULL)
+  STR_SETTING(location, "location", "")
+  STR_SETTING(advertise_url, "advertise_url", NULL)
+#undef STR_SETTING
+  if (a->join_token == NULL && !od_config_string(kf, "cluster", "join_token", NULL, &token, error))
+    return FALSE;
+  if (!read_secret_option(a->join_token ? a->join_token : token, &c->join_token, error))
+    return FALSE;
+  if (c->name == NULL)
+    c->name = g_strdup(g_get_host_name());
+  if (!od_config_int(kf, "cluster", "mqtt_port", 10883, 1, 65535, &v, error))
+    return FALSE;
+  c->mqtt_port = a->mqtt_port > 0 ? (guint16)a->mqtt_port : (guint16)v;
+  if (!od_config_int(kf, "cluster", "node_timeout_s", 10, 1, 86400, &v, error))
+    return FALSE;
+  c->node_timeout_ms = (a->node_timeout > 0 ? a->node_timeout : v) * 1000;
+  if (!od_config_int(kf, "cluster", "aggregate_interval_s", 5, 1, 3600, &v, error))
+    return FALSE;
+  c->aggregate_interval_ms = (a->aggregate_interval > 0 ? a->aggregate_interval : v) * 1000;
+  if (!od_config_string(kf, "cluster", "policy", "most-free", &policy, error))
+    return FALSE;
+  if (strcmp(policy, "most-free") == 0 || strcmp(policy, "best-fit") == 0) {
+    c->policy = policy[0] == 'm' ? OAKUK_SCHED_MOST_FREE : OAKUK_SCHED_BEST_FIT;
+  } else {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [cluster] policy: '%s' is neither most-free nor best-fit",
+                policy);
+    return FALSE;
+  }
+  g_autofree char *external = NULL;
+  if (a->external == NULL && !od_config_string(kf, "cluster", "external_broker", NULL, &external, error))
+    return FALSE;
+  const char *ext = a->external ? a->external : external;
+  if (ext != NULL) {
+    if (a->mosquitto != NULL) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--mosquitto and --external-broker exclude each other");
+      return FALSE;
+    }
+    guint16 port = 0;
+    if (!host_port(ext, "--external-broker", &c->broker_host, &port, error))
+      return FALSE;
+    c->mqtt_port = port;
+    if (!od_config_string(kf, "cluster", "external_password_file", NULL, &c->password_file, error) ||
+        !od_config_string(kf, "cluster", "external_broker_pid_file", NULL, &c->broker_pid_file, error) ||
+        !od_config_string(kf, "cluster", "mqtt_username", CLUSTER_MQTT_USER, &c->mqtt_username, error) ||
+        !od_config_string(kf, "cluster", "mqtt_password", NULL, &c->mqtt_password, error))
+      return FALSE;
+    if (c->password_file == NULL || c->mqtt_password == NULL) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                  "--external-broker needs config [cluster] external_password_file and mqtt_password");
+      return FALSE;
+    }
+  } else {
+    if (a->mosquitto != NULL)
+      c->mosquitto_bin = g_strdup(a->mosquitto);
+    else if (!od_config_string(kf, "cluster", "mosquitto", "/usr/sbin/mosquitto", &c->mosquitto_bin, error))
+      return FALSE;
+    c->broker_host = g_strdup("127.0.0.1");
+    c->mqtt_username = g_strdup(CLUSTER_MQTT_USER);
+  }
+  if (!od_config_string(kf, "cluster", "mqtt_advertise_host", NULL, &c->mqtt_advertise_host, error))
+    return FALSE;
+  return TRUE;
+}
+
+/* The URL the root calls us at, and the host nodes use for the broker, default to our listen
+ * address (the host name when it is a wildcard). */
+static gboolean derive_urls(Cluster *c, GError **error) {
+  g_autofree char *addr = NULL;
+  guint16 port = 0;
+  if (!od_parse_listen(c->listen, &addr, &port, error))
+    return FALSE;
+  const char *host = strcmp(addr, "0.0.0.0") == 0 || strcmp(addr, "::") == 0 ? g_get_host_name() : addr;
+  if (c->advertise_url == NULL)
+    c->advertise_url = strchr(host, ':') ? g_strdup_printf("http://[%s]:%u", host, port)
+                                         : g_strdup_printf("http://%s:%u", host, port);
+  if (c->mqtt_advertise_host == NULL) {
+    g_autoptr(GUri) uri = g_uri_parse(c->advertise_url, G_URI_FLAGS_NONE, NULL);
+    if (uri == NULL || g_uri_get_host(uri) == NULL) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--advertise-url '%s' is not a URL with a host",
+                  c->advertise_url);
+      return FALSE;
+    }
+    c->mqtt_advertise_host = g_strdup(g_uri_get_host(uri));
+  }
+  return TRUE;
+}
+
+static gboolean open_state(Cluster *c, GError **error) {
+  if (g_mkdir_with_parents(c->state_dir, 0700) != 0) {
+    int e = errno;
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "state dir %s: %s", c->state_dir, g_strerror(e));
+    return FALSE;
+  }
+  g_autofree char *db_path = g_build_filename(c->state_dir, "cluster.db", NULL);
+  c->db = od_db_open(db_path, error);
+  return c->db != NULL && od_db_exec(c->db, schema, error);
+}
+
+static gboolean on_signal(gpointer data) {
+  Cluster *c = data;
+  od_log(G_LOG_LEVEL_MESSAGE, "shutdown", "msg", "signal received, shutting down", NULL);
+  g_main_loop_quit(c->loop);
+  return G_SOURCE_CONTINUE;
+}
+
+static void cluster_free(Cluster *c) {
+  c->stopping = TRUE;
+  g_clear_handle_id(&c->tick_source, g_source_remove);
+  g_clear_handle_id(&c->aggregate_source, g_source_remove);
+  g_clear_handle_id(&c->register_source, g_source_remove);
+  g_clear_pointer(&c->mqtt, od_mqtt_free);
+  broker_stop(c);
+  if (c->server != NULL)
+    soup_server_disconnect(c->server);
+  g_clear_object(&c->server);
+  if (c->session != NULL)
+    soup_session_abort(c->session);
+  g_clear_object(&c->session);
+  g_clear_pointer(&c->reports, g_hash_table_unref);
+  g_clear_pointer(&c->reachable, g_hash_table_unref);
+  g_clear_pointer(&c->inflight, g_hash_table_unref);
+  g_clear_pointer(&c->delete_sent, g_hash_table_unref);
+  g_clear_pointer(&c->http_counts, g_hash_table_unref);
+  g_clear_pointer(&c->reservations, oakuk_reservations_unref);
+  if (c->db != NULL)
+    sqlite3_close(c->db);
+  g_clear_pointer(&c->loop, g_main_loop_unref);
+  g_clear_pointer(&c->config, g_key_file_unref);
+  char **strs[] = {&c->state_dir, &c->listen, &c->root_url, &c->join_token, &c->name, &c->location,
+                   &c->advertise_url, &c->mqtt_advertise_host, &c->mosquitto_bin, &c->broker_host,
+                   &c->password_file, &c->broker_pid_file, &c->mqtt_username, &c->mqtt_password,
+                   &c->cluster_id, &c->token, &c->subnet};
+  for (gsize i = 0; i < G_N_ELEMENTS(strs); i++)
+    g_clear_pointer(strs[i], g_free);
+}
+
+static gboolean start_server(Cluster *c, GError **error) {
+  g_autofree char *addr = NULL;
+  guint16 port = 0;
+  if (!od_parse_listen(c->listen, &addr, &port, error))
+    return FALSE;
+  c->server = soup_server_new("server-header", "oakuk-cluster", NULL);
+  od_http_server_limit_bodies(c->server);
+  cluster_api_register(c);
+  g_autoptr(GSocketAddress) sa = g_inet_socket_address_new_from_string(addr, port);
+  g_autoptr(GError) local = NULL;
+  if (!soup_server_listen(c->server, sa, 0, &local)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "listen %s: %s", c->listen, local->message);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void load_registration(Cluster *c) {
+  c->cluster_id = cluster_kv_get(c, "cluster_id");
+  c->token = cluster_kv_get(c, "token");
+  c->subnet = cluster_kv_get(c, "subnet");
+}
+
+static void args_clear(Args *a) {
+  char **strs[] = {&a->state_dir, &a->listen, &a->root_url, &a->join_token, &a->name,
+                   &a->location, &a->advertise_url, &a->mosquitto, &a->external};
+  for (gsize i = 0; i < G_N_ELEMENTS(strs); i++)
+    g_clear_pointer(strs[i], g_free);
+}
+
+static int run(Cluster *c, Args *a) {
+  g_autoptr(GError) error = NULL;
+  g_autofree char *any = NULL;
+  if (!load_settings(c, a, &error) || !open_state(c, &error))
+    goto fail;
+  any = od_db_query_text(c->db, "SELECT hash FROM join_tokens LIMIT 1", NULL);
+  if (a->new_token || any == NULL) {
+    if (!new_join_token(c, &error))
+      goto fail;
+    if (a->new_token)
+      return 0;
+  }
+  if (c->root_url == NULL) {
+    g_set_error(&error, OD_ERROR, OD_ERROR_INVALID, "--root-url (or config [cluster] root_url) is required");
+    goto fail;
+  }
+  if (!derive_urls(c, &error))
+    goto fail;
+  load_registration(c);
+  c->loop = g_main_loop_new(NULL, FALSE);
+  c->session = soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-cluster", NULL);
+  if (!broker_prepare(c, &error) || !broker_start(c, &error))
+    goto fail;
+  jobs_load(c);
+  if (!start_server(c, &error))
+    goto fail;
+  g_unix_signal_add(SIGTERM, on_signal, c);
+  g_unix_signal_add(SIGINT, on_signal, c);
+  jobs_mqtt_start(c);
+  root_link_start(c);
+  c->tick_source = g_timeout_add(500, jobs_tick, c);
+  od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", c->listen, "state_dir", c->state_dir, "url", c->advertise_url,
+         "msg", "oakuk-cluster listening", NULL);
+  g_main_loop_run(c->loop);
+  return 0;
+fail:
+  od_log(G_LOG_LEVEL_WARNING, "fatal", "msg", error->message, NULL);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  Args a = {0};
+  OdCommonOptions common = {0};
+  Cluster c = {0};
+  const GOptionEntry entries[] = {
+      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir, "State directory (default /var/lib/oakuk/cluster)",
+       "DIR"},
+      {"listen", 'l', 0, G_OPTION_ARG_STRING, &a.listen, "HTTP address (default 0.0.0.0:10100)", "ADDR:PORT"},
+      {"root-url", 0, 0, G_OPTION_ARG_STRING, &a.root_url, "Base URL of oakuk-root", "URL"},
+      {"join-token", 0, 0, G_OPTION_ARG_STRING, &a.join_token,
+       "Root join token, or @FILE to read it from a file", "TOKEN"},
+      {"name", 0, 0, G_OPTION_ARG_STRING, &a.name, "Cluster name (default: host name)", "NAME"},
+      {"location", 0, 0, G_OPTION_ARG_STRING, &a.location, "Cluster location", "TEXT"},
+      {"advertise-url", 0, 0, G_OPTION_ARG_STRING, &a.advertise_url,
+       "URL the root reaches this cluster at (default from --listen)", "URL"},
+      {"mqtt-port", 0, 0, G_OPTION_ARG_INT, &a.mqtt_port, "Port of our own mosquitto (default 10883)", "PORT"},
+      {"mosquitto", 0, 0, G_OPTION_ARG_FILENAME, &a.mosquitto, "mosquitto binary (default /usr/sbin/mosquitto)",
+       "PATH"},
+      {"external-broker", 0, 0, G_OPTION_ARG_STRING, &a.external,
+       "Use a broker run elsewhere instead of our own mosquitto", "HOST:PORT"},
+      {"node-timeout", 0, 0, G_OPTION_ARG_INT, &a.node_timeout, "Seconds without a report before a node is lost "
+       "(default 10)", "S"},
+      {"aggregate-interval", 0, 0, G_OPTION_ARG_INT, &a.aggregate_interval,
+       "Seconds between aggregates sent to the root (default 5)", "S"},
+      {"new-join-token", 0, 0, G_OPTION_ARG_NONE, &a.new_token, "Print a new node join token and exit", NULL},
+      G_OPTION_ENTRY_NULL};
+  g_autoptr(GError) error = NULL;
+  if (!od_options_parse(&argc, &argv, "oakuk cluster orchestrator: runs the broker and picks nodes.", entries,
+                        &common, &c.config, &error)) {
+    fprintf(stderr, "oakuk-cluster: %s\n", error->message);
+    args_clear(&a);
+    return 2;
+  }
+  od_log_init("oakuk-cluster", common.log_format, common.verbose);
+  c.reports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_node_report_unref);
+  c.reachable = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  c.inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  c.delete_sent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  c.http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
+  c.reservations = oakuk_reservations_new();
+  int rc = run(&c, &a);
+  cluster_free(&c);
+  args_clear(&a);
+  od_common_options_clear(&common);
+  return rc;
+}

@@ -1,0 +1,270 @@
+/* The cluster's side of root <-> cluster: registration (retried with backoff, repeated when the
+ * root stops accepting our token), the aggregate every aggregate_interval, and status reports
+ * stored in an outbox and sent in batches. */
+#include "cluster.h"
+
+#include <string.h>
+
+typedef enum { CALL_REGISTER, CALL_AGGREGATE, CALL_STATUS } CallKind;
+
+typedef struct {
+  Cluster *c;
+  CallKind kind;
+  SoupMessage *msg;
+  gint64 last_id; /* CALL_STATUS: highest outbox id sent */
+} Call;
+
+static char *root_endpoint(Cluster *c, const char *path) {
+  g_autofree char *base = g_strdup(c->root_url);
+  while (g_str_has_suffix(base, "/"))
+    base[strlen(base) - 1] = '\0';
+  return g_strconcat(base, path, NULL);
+}
+
+static void schedule_register(Cluster *c);
+
+static void forget_token(Cluster *c) {
+  od_log(G_LOG_LEVEL_WARNING, "root", "msg", "root refused our token (401); registering again", NULL);
+  g_clear_pointer(&c->token, g_free);
+  schedule_register(c);
+}
+
+static void call_free(Call *call) {
+  g_clear_object(&call->msg);
+  g_free(call);
+}
+
+static gboolean store_registration(Cluster *c, JsonObject *o, GError **error) {
+  const char *keys[] = {"id", "token", "subnet"};
+  for (gsize i = 0; i < G_N_ELEMENTS(keys); i++) {
+    JsonNode *n = json_object_get_member(o, keys[i]);
+    if (n == NULL || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_STRING) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration answer: '%s' missing or not a string", keys[i]);
+      return FALSE;
+    }
+  }
+  const char *id = json_object_get_string_member(o, "id");
+  const char *token = json_object_get_string_member(o, "token");
+  const char *subnet = json_object_get_string_member(o, "subnet");
+  if (c->subnet != NULL && strcmp(c->subnet, subnet) != 0)
+    od_log(G_LOG_LEVEL_WARNING, "root", "old", c->subnet, "new", subnet, "msg",
+           "root gave a different subnet; nodes keep their /24 until they register again", NULL);
+  if (!cluster_begin(c, error) || !cluster_kv_set(c, "cluster_id", id, error) ||
+      !cluster_kv_set(c, "token", token, error) || !cluster_kv_set(c, "subnet", subnet, error) ||
+      !cluster_commit(c, error)) {
+    cluster_rollback(c);
+    return FALSE;
+  }
+  g_free(c->cluster_id);
+  g_free(c->token);
+  g_free(c->subnet);
+  c->cluster_id = g_strdup(id);
+  c->token = g_strdup(token);
+  c->subnet = g_strdup(subnet);
+  od_log(G_LOG_LEVEL_MESSAGE, "root", "cluster", id, "subnet", subnet, "msg", "registered with the root", NULL);
+  return TRUE;
+}
+
+static void register_done(Cluster *c, guint status, GBytes *body, const char *why) {
+  c->registering = FALSE;
+  g_autoptr(GError) error = NULL;
+  if (SOUP_STATUS_IS_SUCCESSFUL(status) && body != NULL) {
+    gsize len = 0;
+    const char *data = g_bytes_get_data(body, &len);
+    g_autoptr(JsonNode) node = od_json_parse(data, (gssize)len, &error);
+    if (node != NULL && JSON_NODE_HOLDS_OBJECT(node) && store_registration(c, json_node_get_object(node), &error)) {
+      c->register_backoff_s = 0;
+      root_status_pump(c);
+      return;
+    }
+  }
+  g_autofree char *st = g_strdup_printf("%u", status);
+  od_log(G_LOG_LEVEL_WARNING, "root", "status", st, "msg", "registration failed; retrying", "reason",
+         error ? error->message : why, NULL);
+  schedule_register(c);
+}
+
+static void call_done(GObject *source, GAsyncResult *res, gpointer data) {
+  Call *call = data;
+  Cluster *c = call->c;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) body = soup_session_send_and_read_finish(SOUP_SESSION(source), res, &error);
+  if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
+    call_free(call);
+    return;
+  }
+  guint status = error ? 0 : soup_message_get_status(call->msg);
+  g_autofree char *why = NULL;
+  if (error != NULL) {
+    why = g_strdup(error->message);
+  } else {
+    gsize len = 0;
+    const char *text = body ? g_bytes_get_data(body, &len) : "";
+    why = g_strdup_printf("HTTP %u: %.*s", status, (int)MIN(len, 300), text ? text : "");
+  }
+  switch (call->kind) {
+  case CALL_REGISTER:
+    register_done(c, status, body, why);
+    break;
+  case CALL_AGGREGATE:
+    c->aggregate_inflight = FALSE;
+    if (status == SOUP_STATUS_UNAUTHORIZED)
+      forget_token(c);
+    else if (!SOUP_STATUS_IS_SUCCESSFUL(status))
+      od_log(G_LOG_LEVEL_WARNING, "root", "msg", "aggregate not accepted", "reason", why, NULL);
+    break;
+  case CALL_STATUS:
+    c->status_inflight = FALSE;
+    if (SOUP_STATUS_IS_SUCCESSFUL(status)) {
+      g_autofree char *last = g_strdup_printf("%" G_GINT64_FORMAT, call->last_id);
+      od_db_run(c->db, NULL, "DELETE FROM status_outbox WHERE id <= CAST(?1 AS INTEGER)", last, NULL);
+    } else if (status == SOUP_STATUS_UNAUTHORIZED) {
+      forget_token(c);
+    } else if (status == SOUP_STATUS_BAD_REQUEST) {
+      /* The root will never take this batch: drop it rather than block every later report. */
+      g_autofree char *last = g_strdup_printf("%" G_GINT64_FORMAT, call->last_id);
+      od_log(G_LOG_LEVEL_WARNING, "root", "msg", "status batch refused; dropped", "reason", why, NULL);
+      od_db_run(c->db, NULL, "DELETE FROM status_outbox WHERE id <= CAST(?1 AS INTEGER)", last, NULL);
+    } else {
+      od_log(G_LOG_LEVEL_WARNING, "root", "msg", "status reports not delivered; retrying", "reason", why, NULL);
+    }
+    break;
+  }
+  call_free(call);
+}
+
+static void send_call(Cluster *c, CallKind kind, const char *path, const char *bearer, const char *body,
+                      gint64 last_id) {
+  g_autofree char *url = root_endpoint(c, path);
+  Call *call = g_new0(Call, 1);
+  call->c = c;
+  call->kind = kind;
+  call->last_id = last_id;
+  call->msg = soup_message_new("POST", url);
+  if (call->msg == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "root", "url", url, "msg", "root URL is not a valid http(s) URL", NULL);
+    g_free(call);
+    if (kind == CALL_REGISTER) {
+      c->registering = FALSE;
+      schedule_register(c);
+    }
+    return;
+  }
+  if (bearer != NULL) {
+    g_autofree char *auth = g_strconcat("Bearer ", bearer, NULL);
+    soup_message_headers_replace(soup_message_get_request_headers(call->msg), "Authorization", auth);
+  }
+  g_autoptr(GBytes) b = g_bytes_new(body, strlen(body));
+  soup_message_set_request_body_from_bytes(call->msg, "application/json", b);
+  switch (kind) {
+  case CALL_REGISTER:
+    c->registering = TRUE;
+    break;
+  case CALL_AGGREGATE:
+    c->aggregate_inflight = TRUE;
+    break;
+  case CALL_STATUS:
+    c->status_inflight = TRUE;
+    break;
+  }
+  soup_session_send_and_read_async(c->session, call->msg, G_PRIORITY_DEFAULT, NULL, call_done, call);
+}
+
+static gboolean do_register(gpointer data) {
+  Cluster *c = data;
+  c->register_source = 0;
+  if (c->registering || c->token != NULL)
+    return G_SOURCE_REMOVE;
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_string_member(o, "name", c->name);
+  json_object_set_string_member(o, "location", c->location ? c->location : "");
+  json_object_set_string_member(o, "url", c->advertise_url);
+  g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), o);
+  g_autofree char *body = od_json_to_string(node, FALSE);
+  if (c->join_token == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "root", "msg", "not registered and no --join-token given; cannot register", NULL);
+    return G_SOURCE_REMOVE;
+  }
+  send_call(c, CALL_REGISTER, "/api/v1/clusters/register", c->join_token, body, 0);
+  return G_SOURCE_REMOVE;
+}
+
+static void schedule_register(Cluster *c) {
+  if (c->register_source != 0 || c->registering || c->stopping)
+    return;
+  c->register_backoff_s = c->register_backoff_s == 0 ? 1 : MIN(c->register_backoff_s * 2, 60);
+  c->register_source = g_timeout_add_seconds((guint)c->register_backoff_s, do_register, c);
+}
+
+static gboolean send_aggregate(gpointer data) {
+  Cluster *c = data;
+  if (c->token == NULL || c->aggregate_inflight)
+    return G_SOURCE_CONTINUE;
+  g_autoptr(GPtrArray) reports = g_ptr_array_new();
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, c->reports);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    g_ptr_array_add(reports, v);
+  oakuk_error *err = NULL;
+  oakuk_cluster_aggregate *agg = oakuk_aggregate_fold((oakuk_node_report *const *)reports->pdata, reports->len,
+                                                      cluster_now_ms(), c->node_timeout_ms, &err);
+  char *json = agg ? oakuk_cluster_aggregate_to_json(agg, FALSE, &err) : NULL;
+  oakuk_cluster_aggregate_unref(agg);
+  if (json == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "aggregate", "msg", oakuk_error_message(err), NULL);
+    oakuk_error_free(err);
+    return G_SOURCE_CONTINUE;
+  }
+  g_autofree char *path = g_strdup_printf("/api/information/%s", c->cluster_id);
+  send_call(c, CALL_AGGREGATE, path, c->token, json, 0);
+  od_oakuk_free(json);
+  return G_SOURCE_CONTINUE;
+}
+
+gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, const char *status, const char *detail,
+                           const char *node, GError **error) {
+  g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, instance);
+  od_log(G_LOG_LEVEL_INFO, "status", "job", job_id, "instance", n, "status", status, "node", node ? node : "", NULL);
+  return od_db_run(c->db, error,
+                   "INSERT INTO status_outbox (job_id, instance, status, detail, node)"
+                   " VALUES (?1, CAST(?2 AS INTEGER), ?3, ?4, ?5)",
+                   job_id, n, status, detail ? detail : "", node ? node : "", NULL);
+}
+
+void root_status_pump(Cluster *c) {
+  if (c->token == NULL || c->status_inflight || c->stopping)
+    return;
+  g_autoptr(sqlite3_stmt) st = od_db_prepare(
+      c->db, "SELECT id, job_id, instance, status, detail, node FROM status_outbox ORDER BY id LIMIT 200", NULL);
+  g_autoptr(JsonArray) list = json_array_new();
+  gint64 last = 0;
+  while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
+    last = sqlite3_column_int64(st, 0);
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "job_id", (const char *)sqlite3_column_text(st, 1));
+    json_object_set_int_member(o, "instance", sqlite3_column_int64(st, 2));
+    json_object_set_string_member(o, "status", (const char *)sqlite3_column_text(st, 3));
+    json_object_set_string_member(o, "status_detail", (const char *)sqlite3_column_text(st, 4));
+    const char *node = (const char *)sqlite3_column_text(st, 5);
+    if (node != NULL && *node != '\0')
+      json_object_set_string_member(o, "node", node);
+    json_array_add_object_element(list, o);
+  }
+  if (json_array_get_length(list) == 0)
+    return;
+  g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), list);
+  g_autofree char *body = od_json_to_string(node, FALSE);
+  g_autofree char *path = g_strdup_printf("/api/v1/clusters/%s/status", c->cluster_id);
+  send_call(c, CALL_STATUS, path, c->token, body, last);
+}
+
+void root_link_start(Cluster *c) {
+  if (c->token == NULL)
+    g_idle_add(do_register, c);
+  c->aggregate_source = g_timeout_add((guint)c->aggregate_interval_ms, send_aggregate, c);
+}
+
+void root_send_aggregate_now(Cluster *c) {
+  send_aggregate(c);
+}

@@ -1,0 +1,50 @@
+/* MQTT glue shared by the daemons (oakuk-cluster, oakuk-node): a paho.mqtt.c async client whose
+ * callbacks run on the GMainContext that created it. paho calls back on its own threads; those
+ * callbacks only take ownership of what paho hands over and g_main_context_invoke_full it here.
+ * Internal to the daemons; not part of liboakuk's ABI. */
+#ifndef OAKUK_DAEMON_MQTT_H
+#define OAKUK_DAEMON_MQTT_H
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+typedef struct OdMqtt OdMqtt;
+
+/* A message arrived on a subscribed topic (payload is not NUL-terminated). */
+typedef void (*OdMqttMessageFunc)(const char *topic, GBytes *payload, gpointer user_data);
+/* The connection came up (connected TRUE; subscriptions are already requested) or went down
+ * (connected FALSE, reason says why). Reconnection is automatic. */
+typedef void (*OdMqttStateFunc)(gboolean connected, const char *reason, gpointer user_data);
+/* Outcome of one publish: ok is TRUE once the broker acknowledged it (QoS 1 PUBACK). */
+typedef void (*OdMqttDoneFunc)(gboolean ok, const char *reason, gpointer user_data);
+
+typedef struct {
+  const char *host;          /* broker host name or address */
+  guint16 port;              /* broker port */
+  const char *client_id;     /* stable id: the broker keeps the session (clean session off) */
+  const char *username;      /* may be NULL */
+  const char *password;      /* may be NULL */
+  const char *will_topic;    /* last will (QoS 1, not retained); NULL for none */
+  const char *will_payload;  /* last will payload ("" when NULL) */
+  const char *const *subscriptions; /* NULL-terminated topic filters, QoS 1, renewed on every connect */
+  guint keepalive_s;         /* 0: 10 s */
+} OdMqttOptions;
+
+/* Creates the client; nothing is sent until od_mqtt_start. The callbacks run on the thread-default
+ * main context of the caller. */
+OdMqtt *od_mqtt_new(const OdMqttOptions *opts, OdMqttMessageFunc on_message, OdMqttStateFunc on_state,
+                    gpointer user_data, GError **error);
+/* Connects, and keeps reconnecting (1 s .. 8 s apart) until od_mqtt_free. */
+void od_mqtt_start(OdMqtt *m);
+gboolean od_mqtt_is_connected(OdMqtt *m);
+/* Publishes with QoS 1. Fails at once (FALSE, error) when not connected; otherwise done (may be
+ * NULL) is called on the main context with the broker's acknowledgement or the failure. */
+gboolean od_mqtt_publish(OdMqtt *m, const char *topic, const void *payload, gsize len, gboolean retain,
+                         OdMqttDoneFunc done, gpointer done_data, GError **error);
+/* Disconnects (waiting at most 1 s for in-flight messages) and frees. No callback runs after. */
+void od_mqtt_free(OdMqtt *m);
+
+G_END_DECLS
+
+#endif
