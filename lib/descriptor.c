@@ -1164,14 +1164,16 @@ static int hex4(const char *s, size_t avail) {
   return v;
 }
 
-/* Checks the escape starting at s[i] == '\\'; returns how many bytes it covers, or 0 for a lone
- * UTF-16 surrogate (json-glib 1.6 leaks memory when it meets a high surrogate without its pair). */
+/* Checks the escape starting at s[i] == '\\'; returns how many bytes it covers, or 0 for a \u
+ * escape without 4 hex digits or a lone UTF-16 surrogate (json-glib 1.6 leaks memory on both). */
 static size_t escape_len(const char *s, size_t len, size_t i) {
   if (i + 1 >= len)
     return 1;
   if (s[i + 1] != 'u')
     return 2;
   int v = hex4(s + i + 2, len - i - 2);
+  if (v < 0)
+    return 0; /* json-glib would read past the closing quote and lose track of strings */
   if (v < 0xd800 || v > 0xdfff)
     return 2;
   if (v >= 0xdc00)
@@ -1185,7 +1187,7 @@ static size_t escape_len(const char *s, size_t len, size_t i) {
 typedef enum {
   SCAN_OK,
   SCAN_TOO_DEEP,
-  SCAN_SURROGATE,
+  SCAN_BAD_ESCAPE,
   SCAN_NOT_OBJECT,
   SCAN_BAD_CHAR,
   SCAN_TRAILING
@@ -1211,7 +1213,7 @@ static ScanResult prescan(const char *s, size_t len, size_t *where) {
       else if (c == '\\') {
         size_t n = escape_len(s, len, i);
         if (n == 0)
-          return SCAN_SURROGATE;
+          return SCAN_BAD_ESCAPE;
         i += n - 1;
       }
       continue;
@@ -1309,10 +1311,12 @@ static JsonNode *load_json(const char *json, size_t len, OakukProblems *p) {
     oakuk_problems_add(p, "", "document nests deeper than %d levels (at byte offset %zu)",
                        OAKUK_DESCRIPTOR_MAX_DEPTH, where);
     return NULL;
-  case SCAN_SURROGATE:
+  case SCAN_BAD_ESCAPE:
     line_col(json, where, &line, &col);
-    oakuk_problems_add(p, "", "malformed JSON: <data>:%u:%u: lone UTF-16 surrogate in a \\u escape", line,
-                       col);
+    oakuk_problems_add(
+        p, "",
+        "malformed JSON: <data>:%u:%u: invalid \\u escape (4 hex digits; a UTF-16 surrogate needs its pair)",
+        line, col);
     return NULL;
   case SCAN_NOT_OBJECT:
     oakuk_problems_add(p, "", "the document must be a JSON object (starting with '{')");

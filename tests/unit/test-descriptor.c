@@ -823,6 +823,11 @@ static void test_bytes(void) {
   g_assert_nonnull(strstr(oakuk_error_message(e), "surrogate"));
   g_assert_nonnull(strstr(oakuk_error_message(e), ":1:"));
   oakuk_error_free(e);
+  /* A \u escape needs 4 hex digits (json-glib would run past the closing quote). */
+  e = parse_fail("{\"sla_version\": \"v2.0\", \"applications\": [], \"x\": \"\\udF\"}");
+  g_assert_cmpstr(oakuk_error_item_path(e, 0), ==, "");
+  g_assert_nonnull(strstr(oakuk_error_message(e), "4 hex digits"));
+  oakuk_error_free(e);
   /* A proper pair and an escaped backslash before "ud800" are fine. */
   oakuk_descriptor *d =
       parse_ok("{\"sla_version\": \"v2.0\", \"applications\": [], \"x\": \"\\ud83d\\ude00 \\\\ud800\"}");
