@@ -34,6 +34,9 @@ int64_t oakuk_qemu_memory_limit_mb(int64_t guest_mb, int32_t accel);
 /* The last max_lines non-empty lines of a serial log, control characters dropped, joined by
  * '\n'; "" when the log is missing or empty. */
 char *oakuk_qemu_serial_tail(const char *path, guint max_lines);
+/* The line of a serial log that best names a crash: the last "Kernel panic" line, else the last
+ * line showing a crash; NULL when none (or no log). Looks at the last 64 KiB. */
+char *oakuk_qemu_serial_crash_line(const char *path);
 /* True when a serial log shows a crash (panic, Oops, CRIT, crash, segfault, ...). */
 gboolean oakuk_qemu_serial_shows_crash(const char *text);
 

@@ -374,9 +374,12 @@ static char *log_tail_detail(Instance *i, const char *what) {
   g_autofree char *qlog = g_build_filename(i->dir, "qemu.log", NULL);
   g_autofree char *tail = oakuk_qemu_serial_tail(serial, 10);
   g_autofree char *qtail = oakuk_qemu_serial_tail(qlog, 3);
+  g_autofree char *crash = oakuk_qemu_serial_crash_line(serial);
   GString *d = g_string_new(what);
   if (*qtail)
     g_string_append_printf(d, "; qemu: %s", qtail);
+  if (crash && !strstr(tail, crash))
+    g_string_append_printf(d, "; crash: %s", crash);
   if (*tail)
     g_string_append_printf(d, "; last serial lines:\n%s", tail);
   else
@@ -412,10 +415,9 @@ static void on_exited(Instance *i, int wait_status) {
   }
   g_autofree char *detail = log_tail_detail(i, what);
   g_autofree char *serial = g_build_filename(i->dir, "serial.log", NULL);
-  g_autofree char *tail = oakuk_qemu_serial_tail(serial, 10);
+  g_autofree char *crash = oakuk_qemu_serial_crash_line(serial);
   /* QEMU exits 0 even when the guest failed: the serial log is the judge. */
-  gboolean clean = (wait_status < 0 || (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0)) &&
-                   !oakuk_qemu_serial_shows_crash(tail);
+  gboolean clean = (wait_status < 0 || (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0)) && !crash;
   int32_t status = !i->running ? OAKUK_STATUS_FAILED
                    : (i->one_shot && clean) ? OAKUK_STATUS_COMPLETED
                                             : OAKUK_STATUS_DEAD;

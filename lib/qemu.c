@@ -595,6 +595,9 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
   add(a, "-nodefaults");
   add(a, "-no-user-config");
   add(a, "-nographic");
+  /* A guest that panics with panic=-1 (or triple-faults) would otherwise reboot forever and never
+   * be reported DEAD: make every guest reset end QEMU. */
+  add(a, "-no-reboot");
   add(a, "-serial");
   addf(a, "file:%s/serial.log", edir);
   add(a, "-kernel");
@@ -613,10 +616,12 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
     add(a, "-netdev");
     addf(a, "tap,id=n0,ifname=%s,script=no,downscript=no%s", s->tap_name, kvm ? ",vhost=on" : "");
     add(a, "-device");
+    /* romfile= (empty): no iPXE option ROM. Nobody network-boots a unikernel; SeaBIOS would
+     * still initialise iPXE (a few hundred ms under TCG) and print its banner on the console. */
     if (s->mac)
-      addf(a, "virtio-net-pci,netdev=n0,mac=%s", s->mac);
+      addf(a, "virtio-net-pci,netdev=n0,mac=%s,romfile=", s->mac);
     else
-      add(a, "virtio-net-pci,netdev=n0");
+      add(a, "virtio-net-pci,netdev=n0,romfile=");
   }
   if (s->files_dir) {
     add(a, "-fsdev");
@@ -666,13 +671,15 @@ GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const
 
 /* ---- serial log ---- */
 
-char *oakuk_qemu_serial_tail(const char *path, guint max_lines) {
+/* The lines of the last max_bytes of a serial log, escape sequences and control characters
+ * dropped; NULL when the log is missing. */
+static char **serial_lines(const char *path, gsize max_bytes) {
   g_autofree char *text = NULL;
   gsize len = 0;
   if (!g_file_get_contents(path, &text, &len, NULL))
-    return g_strdup("");
+    return NULL;
   /* Only the end matters; bound the work on a huge log. */
-  const char *start = len > 16384 ? text + len - 16384 : text;
+  const char *start = len > max_bytes ? text + len - max_bytes : text;
   GString *clean = g_string_new(NULL);
   for (const unsigned char *p = (const unsigned char *)start; p < (const unsigned char *)text + len; p++) {
     if (*p == 0x1b) { /* drop ANSI escape sequences (SeaBIOS clears the screen) */
@@ -691,16 +698,42 @@ char *oakuk_qemu_serial_tail(const char *path, guint max_lines) {
     if (*p == '\n' || *p == '\t' || (*p >= 0x20 && *p != 0x7f))
       g_string_append_c(clean, (char)*p);
   }
-  g_auto(GStrv) lines = g_strsplit(clean->str, "\n", -1);
+  char **lines = g_strsplit(clean->str, "\n", -1);
   g_string_free(clean, TRUE);
+  for (char **l = lines; *l; l++)
+    g_strstrip(*l);
+  return lines;
+}
+
+char *oakuk_qemu_serial_tail(const char *path, guint max_lines) {
+  g_auto(GStrv) lines = serial_lines(path, 16384);
+  if (!lines)
+    return g_strdup("");
   GPtrArray *keep = g_ptr_array_new();
   for (gint i = (gint)g_strv_length(lines) - 1; i >= 0 && keep->len < max_lines; i--)
-    if (*g_strstrip(lines[i]))
+    if (*lines[i])
       g_ptr_array_insert(keep, 0, lines[i]);
   g_ptr_array_add(keep, NULL);
   char *r = g_strjoinv("\n", (char **)keep->pdata);
   g_ptr_array_unref(keep);
   return r;
+}
+
+char *oakuk_qemu_serial_crash_line(const char *path) {
+  /* A Linux panic is followed by a register dump and call trace longer than any tail, and with
+   * panic=-1 the guest resets before the closing "---[ end Kernel panic" line. */
+  g_auto(GStrv) lines = serial_lines(path, 65536);
+  if (!lines)
+    return NULL;
+  for (gint i = (gint)g_strv_length(lines) - 1; i >= 0; i--) {
+    g_autofree char *lower = g_ascii_strdown(lines[i], -1);
+    if (strstr(lower, "kernel panic"))
+      return g_strdup(lines[i]);
+  }
+  for (gint i = (gint)g_strv_length(lines) - 1; i >= 0; i--)
+    if (oakuk_qemu_serial_shows_crash(lines[i]))
+      return g_strdup(lines[i]);
+  return NULL;
 }
 
 gboolean oakuk_qemu_serial_shows_crash(const char *text) {

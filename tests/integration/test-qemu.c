@@ -43,6 +43,11 @@ static void on_status(const char *instance, int32_t status, const char *detail, 
                  detail ? detail : "");
 }
 
+/* What the amd64 guest image's oakuk.json says (tests/guests/build-guest.py). */
+#define GUEST_CMDLINE                                                                                        \
+  "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check i8042.noaux i8042.nokbd 8250.nr_uarts=1 "     \
+  "mitigations=off"
+
 static const char *guests_dir(void) {
   return g_getenv("OAKUK_GUESTS_DIR");
 }
@@ -122,7 +127,7 @@ static oakuk_instance_spec *guest_spec(Fx *f, const char *name) {
   oakuk_instance_spec_set_kernel(s, f->kernel);
   oakuk_instance_spec_set_initrd(s, f->initrd);
   oakuk_instance_spec_set_memory_mb(s, 96);
-  oakuk_instance_spec_set_cmdline_extra(s, "console=ttyS0 quiet panic=-1");
+  oakuk_instance_spec_set_cmdline_extra(s, GUEST_CMDLINE);
   return s;
 }
 
@@ -283,6 +288,26 @@ static void test_guest_exit(Fx *f, gconstpointer data) {
   g_assert_false(g_file_test(dir, G_FILE_TEST_EXISTS));
   g_assert_cmpint(oakuk_runtime_undeploy(f->rt, a, NULL), ==, 0);
   wait_status(f, a, OAKUK_STATUS_UNDEPLOYED, 5);
+}
+
+static void test_guest_crash(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  /* The guest panics (panic=-1 asks for a reboot): with -no-reboot QEMU exits, and the instance is
+   * DEAD with the panic among the last serial lines instead of rebooting forever. */
+  g_autofree char *name = iname("crash");
+  oakuk_instance_spec *s = guest_spec(f, name);
+  oakuk_instance_spec_add_arg(s, "crash");
+  oakuk_instance_spec_set_one_shot(s, true); /* a crash is never COMPLETED, even one-shot */
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  Event *dead = wait_status(f, name, OAKUK_STATUS_DEAD, 120);
+  g_assert_nonnull(strstr(dead->detail, "last serial lines"));
+  g_assert_nonnull(strstr(dead->detail, "Kernel panic"));
+  g_assert_null(find_event(f, name, OAKUK_STATUS_COMPLETED));
+  g_assert_cmpint(oakuk_runtime_instance_pid(f->rt, name), ==, 0);
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 5);
 }
 
 static void test_kill9(Fx *f, gconstpointer data) {
@@ -530,6 +555,7 @@ int main(int argc, char **argv) {
 #define T(path, fn) g_test_add(path, Fx, NULL, fx_setup, fn, fx_teardown)
   T("/qemu/lifecycle/deploy-undeploy", test_deploy_undeploy);
   T("/qemu/lifecycle/guest-exit", test_guest_exit);
+  T("/qemu/lifecycle/guest-crash", test_guest_crash);
   T("/qemu/lifecycle/kill9", test_kill9);
   T("/qemu/lifecycle/adopt", test_adopt);
   T("/qemu/lifecycle/adopt-dead", test_adopt_dead);

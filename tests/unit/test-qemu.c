@@ -100,7 +100,7 @@ static void test_argv_x86_tcg(Fixture *f, gconstpointer data) {
   oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
   g_autofree char *got = build(s, NULL);
   g_autofree char *want = g_strdup_printf(
-      "qemu-system-x86_64|-name|i1|-machine|pc,accel=tcg|-cpu|max|-nodefaults|-no-user-config|-nographic|"
+      "qemu-system-x86_64|-name|i1|-machine|pc,accel=tcg|-cpu|max|-nodefaults|-no-user-config|-nographic|-no-reboot|"
       "-serial|file:/var/lib/oakuk/instances/i1/serial.log|-kernel|%s|-m|96|-smp|2|"
       "-qmp|unix:/var/lib/oakuk/instances/i1/qmp.sock,server=on,wait=off|-append|--",
       f->x86_kernel);
@@ -117,7 +117,7 @@ static void test_argv_x86_kvm_net(Fixture *f, gconstpointer data) {
   g_autofree char *got = build(s, NULL);
   g_assert_nonnull(strstr(got, "|-machine|pc,accel=kvm|-cpu|host|"));
   g_assert_nonnull(strstr(got, "|-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=on|"
-                               "-device|virtio-net-pci,netdev=n0,mac=52:54:00:aa:bb:cc|"));
+                               "-device|virtio-net-pci,netdev=n0,mac=52:54:00:aa:bb:cc,romfile=|"));
   /* The kernel says Unikraft 0.15.0: the old parameter names, then "--", then the args. */
   g_assert_true(g_str_has_suffix(got, "|-append|netdev.ipv4_addr=10.18.0.5 netdev.ipv4_gw_addr=10.18.0.1 "
                                       "netdev.ipv4_subnet_mask=255.255.255.0 -- -c /nginx/conf/nginx.conf"));
@@ -129,7 +129,7 @@ static void test_argv_tcg_no_vhost(Fixture *f, gconstpointer data) {
   oakuk_instance_spec *s = spec_x86(f);
   oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.0.5", 24, "10.18.0.1", NULL);
   g_autofree char *got = build(s, NULL);
-  g_assert_nonnull(strstr(got, "|-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0|"));
+  g_assert_nonnull(strstr(got, "|-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,romfile=|"));
   g_assert_null(strstr(got, "vhost"));
   oakuk_instance_spec_unref(s);
 }
@@ -146,9 +146,9 @@ static void test_argv_arm64_tcg(Fixture *f, gconstpointer data) {
   g_autofree char *got = build(s, NULL);
   g_autofree char *want = g_strdup_printf(
       "qemu-system-aarch64|-name|i1|-machine|virt,accel=tcg|-cpu|cortex-a57|-nodefaults|-no-user-config|"
-      "-nographic|-serial|file:/var/lib/oakuk/instances/i1/serial.log|-kernel|%s|-initrd|%s|-m|64|-smp|1|"
+      "-nographic|-no-reboot|-serial|file:/var/lib/oakuk/instances/i1/serial.log|-kernel|%s|-initrd|%s|-m|64|-smp|1|"
       "-qmp|unix:/var/lib/oakuk/instances/i1/qmp.sock,server=on,wait=off|"
-      "-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01|"
+      "-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,romfile=|"
       "-fsdev|local,id=fs0,path=/var/lib/oakuk/instances/i1/files,security_model=none|"
       "-device|virtio-9p-pci,fsdev=fs0,mount_tag=fs0|"
       "-append|console=ttyAMA0 quiet netdev.ip=10.18.1.7/20:10.18.0.1 --",
@@ -376,6 +376,34 @@ static void test_serial(Fixture *f, gconstpointer data) {
   g_assert_true(oakuk_qemu_serial_shows_crash("Kernel panic - not syncing: Attempted to kill init!"));
   g_assert_true(oakuk_qemu_serial_shows_crash("[    0.10] CRIT: [libkvmplat] Unhandled Trap 13"));
   g_assert_false(oakuk_qemu_serial_shows_crash("Command line: console=ttyS0 quiet panic=-1\nreboot: Power down"));
+  /* No crash in a clean log; none without a log. */
+  g_assert_null(oakuk_qemu_serial_crash_line(path));
+  g_assert_null(oakuk_qemu_serial_crash_line(missing));
+}
+
+static void test_serial_crash_line(Fixture *f, gconstpointer data) {
+  /* A Linux panic: the panic line, then a register dump and call trace longer than the tail (one
+   * line of which mentions "crash" too); the guest resets before "---[ end Kernel panic". */
+  g_autofree char *path = g_build_filename(f->tmp, "serial.log", NULL);
+  GString *s = g_string_new("oakuk-guest: ready ip=none files=no args=crash\r\n"
+                            "oakuk-guest: panic: crash requested\r\n"
+                            "[    5.40] sysrq: Trigger a crash\r\n"
+                            "[    5.41] Kernel panic - not syncing: sysrq triggered crash\r\n"
+                            "[    5.42] Call Trace:\r\n [    5.42]  sysrq_handle_crash+0x16/0x20\r\n");
+  for (int k = 0; k < 14; k++)
+    g_string_append_printf(s, "[    5.44] R%02d: 0000000000000000\r\n", k);
+  g_string_append(s, "[    5.45] Kernel Offset: disabled\r\n");
+  g_assert_true(g_file_set_contents(path, s->str, -1, NULL));
+  g_string_free(s, TRUE);
+  g_autofree char *tail = oakuk_qemu_serial_tail(path, 10);
+  g_assert_false(oakuk_qemu_serial_shows_crash(tail));
+  g_autofree char *line = oakuk_qemu_serial_crash_line(path);
+  g_assert_cmpstr(line, ==, "[    5.41] Kernel panic - not syncing: sysrq triggered crash");
+  /* Unikraft: no "Kernel panic", the last line with a crash marker. */
+  g_assert_true(g_file_set_contents(path, "Powered by Unikraft\n[ 0.1] CRIT: [libkvmplat] Unhandled Trap 13\n"
+                                          "[ 0.1] CRIT: RIP: 0008:0000000000100000\nregs done\n", -1, NULL));
+  g_autofree char *uk = oakuk_qemu_serial_crash_line(path);
+  g_assert_cmpstr(uk, ==, "[ 0.1] CRIT: RIP: 0008:0000000000100000");
 }
 
 static void test_memory_limit(void) {
@@ -471,6 +499,7 @@ int main(int argc, char **argv) {
   FT("/qemu/argv/bad-args", test_bad_args);
   FT("/qemu/argv/wrong-arch", test_wrong_arch);
   FT("/qemu/serial/tail-and-crash", test_serial);
+  FT("/qemu/serial/crash-line", test_serial_crash_line);
   FT("/qemu/runtime/validation", test_runtime_validation);
   g_test_add_func("/qemu/net/params", test_net_params);
   g_test_add_func("/qemu/net/prefix-mask", test_prefix_mask);

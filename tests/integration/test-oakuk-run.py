@@ -1,0 +1,256 @@
+#!/usr/bin/python3
+"""Integration test of `oakuk run`: the amd64 test guest under TCG on the local bridge, reached on
+127.0.0.1 through a port mapping, its console on stdout, and SIGINT removing everything the run
+made (netns, veth, tap, nftables mapping, bridge and table it created, QEMU, instance dir, cgroup).
+Also the refusals (wrong-arch bare kernel, no KVM, no QEMU) and a crashing guest (exit 3).
+
+The run happens inside a scratch network namespace acting as the node, so the bridge, nftables
+table and forwarding settings `oakuk run` makes never touch the machine's own network.
+
+Usage: test-oakuk-run.py <path to oakuk>   (guests from $OAKUK_GUESTS_DIR); needs root."""
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+OAKUK = None
+GUESTS = pathlib.Path(os.environ.get("OAKUK_GUESTS_DIR", "/nonexistent"))
+IMAGE = GUESTS / "guest-amd64.tar.gz"
+KERNEL = GUESTS / "amd64-kernel"
+HOSTNS = f"oakuk-trun-{os.getpid()}"
+NSENTER = ["/usr/bin/nsenter", f"--net=/run/netns/{HOSTNS}", "--"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(*argv):
+    """Runs a command inside the node namespace."""
+    return subprocess.run([*NSENTER, *argv], capture_output=True, text=True)
+
+
+def links():
+    out = sh("ip", "-o", "link", "show").stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+def nft_table_exists():
+    return sh("nft", "list", "table", "ip", "oakuk").returncode == 0
+
+
+def http_get(url):
+    """GET from inside the node namespace; returns the body or None."""
+    r = sh("curl", "-sf", "--max-time", "5", url)
+    return r.stdout if r.returncode == 0 else None
+
+
+def pids_of(needle):
+    """Processes whose command line contains needle (as a separate argument)."""
+    out = []
+    for p in pathlib.Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle.encode() in argv and b"-name" in argv:
+            out.append(int(p.name))
+    return out
+
+
+class Run:
+    """`oakuk run` in the background, stdout and stderr collected by threads."""
+
+    def __init__(self, *args, env=None):
+        self.out, self.err = [], []
+        self.p = subprocess.Popen([*NSENTER, OAKUK, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, env=env)
+        self.threads = [threading.Thread(target=self._pump, args=(s, b), daemon=True)
+                        for s, b in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream, buf):
+        for line in iter(stream.readline, b""):
+            buf.append(line.decode(errors="replace"))
+
+    def stdout(self):
+        return "".join(self.out)
+
+    def stderr(self):
+        return "".join(self.err)
+
+    def wait_for(self, pred, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = pred()
+            if m:
+                return m
+            if self.p.poll() is not None:
+                time.sleep(0.3)  # let the pumps finish
+                return pred()
+            time.sleep(0.2)
+        return None
+
+    def finish(self, timeout):
+        rc = self.p.wait(timeout=timeout)
+        for t in self.threads:
+            t.join(5)
+        return rc
+
+    def close(self):
+        for t in self.threads:
+            t.join(5)
+        self.p.stdout.close()
+        self.p.stderr.close()
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+class OakukRun(unittest.TestCase):
+    def setUp(self):
+        if os.getuid() != 0:
+            self.skipTest("needs root (netns, nftables, cgroups)")
+        if not IMAGE.exists() or not shutil.which("qemu-system-x86_64"):
+            self.skipTest("needs qemu-system-x86_64 and the amd64 test guest ($OAKUK_GUESTS_DIR)")
+        self.state = tempfile.mkdtemp(prefix="oakuk-itest-run-")
+        self.name = f"itrun{os.getpid()}-{self._testMethodName[5:13]}"
+        self.links_before = links()
+        self.table_before = nft_table_exists()
+        self.runs = []
+
+    def tearDown(self):
+        for r in self.runs:
+            r.kill()
+            r.close()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    def start(self, *args, env=None):
+        r = Run("--state-dir", self.state, "--name", self.name, *args, env=env)
+        self.runs.append(r)
+        return r
+
+    def assert_nothing_left(self, port=None):
+        self.assertFalse(os.path.exists(f"/run/netns/{self.name}"), "netns left behind")
+        # Links: other tests may add their own meanwhile, so only look for what a run makes.
+        new = {l for l in links() - self.links_before if l.startswith("oakuk")}
+        self.assertEqual(new, set(), "links left behind")
+        if not self.table_before:
+            self.assertFalse(nft_table_exists(), "nftables table oakuk left behind")
+        ruleset = sh("nft", "list", "ruleset").stdout
+        self.assertNotIn(self.name, ruleset)
+        if port:
+            self.assertIsNone(re.search(rf"\b{port}\b", ruleset), f"port {port} still mapped")
+        self.assertEqual(pids_of(self.name), [], "QEMU still running")
+        inst = pathlib.Path(self.state, "instances", self.name)
+        self.assertFalse(inst.exists(), f"{inst} left behind")
+        for cg in (f"/sys/fs/cgroup/oakuk/{self.name}", f"/sys/fs/cgroup/memory/oakuk/{self.name}"):
+            self.assertFalse(os.path.exists(cg), f"cgroup {cg} left behind")
+
+    def test_http_console_sigint(self):
+        port = free_port()
+        r = self.start("--allow-emulation", "-p", f"{port}:8080", str(IMAGE), "--", "hello")
+        line = r.wait_for(lambda: re.search(rf"oakuk: instance {self.name} at ([0-9.]+), ports {port}->8080",
+                                            r.stderr()), 60)
+        self.assertIsNotNone(line, f"no instance line; stderr: {r.stderr()}")
+        ip = line.group(1)
+        self.assertTrue(ip.startswith("10.18.255."), ip)  # the default subnet
+        ready = f"oakuk-guest: ready ip={ip} files=yes args=hello"
+        self.assertTrue(r.wait_for(lambda: ready in r.stdout(), 120),
+                        f"console never showed the ready line; stdout: {r.stdout()}; stderr: {r.stderr()}")
+        body = None
+        for _ in range(20):
+            body = http_get(f"http://127.0.0.1:{port}/cgi-bin/index.cgi")
+            if body is not None:
+                break
+            time.sleep(0.5)
+        self.assertIsNotNone(body, "127.0.0.1:%d never answered" % port)
+        self.assertIn(f"ip: {ip}", body)
+        self.assertIn("args: hello", body)
+        self.assertIn("hello.txt: hello from the oakuk test guest", body)  # the image's files/ by 9p
+        # While it runs, everything exists.
+        self.assertTrue(os.path.exists(f"/run/netns/{self.name}"))
+        self.assertEqual(len(pids_of(self.name)), 1)
+        self.assertIn(f"{port}", sh("nft", "list", "table", "ip", "oakuk").stdout)
+
+        r.p.send_signal(signal.SIGINT)
+        self.assertEqual(r.finish(30), 0, r.stderr())
+        self.assertIn(f"stopping instance {self.name}", r.stderr())
+        self.assert_nothing_left(port)
+
+    def test_wrong_arch_bare_kernel(self):
+        r = self.start("--allow-emulation", "--arch", "arm64", str(KERNEL))
+        rc = r.finish(60)
+        self.assertNotEqual(rc, 0)
+        err = r.stderr()
+        self.assertIn("built for amd64", err)
+        self.assertIn("arm64", err)
+        self.assert_nothing_left()
+
+    def test_no_kvm_refused(self):
+        kvm_flags = re.search(r"^flags\s*:.*\b(vmx|svm)\b", pathlib.Path("/proc/cpuinfo").read_text(), re.M)
+        if kvm_flags and os.path.exists("/dev/kvm"):
+            self.skipTest("KVM may be usable here")
+        r = self.start(str(KERNEL))
+        self.assertEqual(r.finish(60), 1)
+        self.assertRegex(r.stderr(), r"no KVM \(.+\); pass --allow-emulation to run under TCG")
+        self.assert_nothing_left()
+
+    def test_missing_qemu(self):
+        env = dict(os.environ, PATH="/nonexistent-oakuk-bin")
+        r = self.start("--allow-emulation", str(IMAGE), env=env)
+        self.assertEqual(r.finish(60), 1)
+        self.assertIn("no qemu-system-x86_64 found", r.stderr())
+        self.assert_nothing_left()
+
+    def test_bad_image(self):
+        bogus = pathlib.Path(self.state, "bogus.tar.gz")
+        bogus.write_bytes(b"not an image")
+        r = self.start("--allow-emulation", str(bogus))
+        self.assertEqual(r.finish(60), 1)
+        self.assertIn(f"image {bogus}", r.stderr())
+        self.assert_nothing_left()
+
+    def test_guest_crash(self):
+        r = self.start("--allow-emulation", str(IMAGE), "--", "crash")
+        rc = r.finish(180)
+        self.assertEqual(rc, 3, r.stderr())
+        err = r.stderr()
+        self.assertIn(f"instance {self.name} DEAD", err)
+        self.assertIn("Kernel panic", err)  # the panic line, although the register dump follows it
+        self.assertIn("last serial lines", err)
+        self.assertIn("oakuk-guest: panic: crash requested", r.stdout())  # the console was streamed
+        self.assert_nothing_left()
+
+
+if __name__ == "__main__":
+    OAKUK = sys.argv.pop(1)
+    if os.getuid() == 0:
+        subprocess.run(["ip", "netns", "add", HOSTNS], check=True)
+        subprocess.run(["ip", "-n", HOSTNS, "link", "set", "lo", "up"], check=True)
+    try:
+        prog = unittest.main(verbosity=2, exit=False)
+    finally:
+        if os.getuid() == 0:
+            subprocess.run(["ip", "netns", "del", HOSTNS])
+    sys.exit(0 if prog.result.wasSuccessful() else 1)

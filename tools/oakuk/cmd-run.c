@@ -1,0 +1,113 @@
+/* `oakuk run`: argument parsing only; run-session.c does the work. */
+#include "oakuk-cli.h"
+#include "run-session.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char summary[] =
+    "Fetches IMAGE (a URL, a local Oakestra tar(.gz) or a bare kernel file), gives it a network\n"
+    "namespace on the local bridge, runs it with QEMU in the foreground and shows its console.\n"
+    "Ctrl-C stops the guest and removes everything the run made. ARGS after -- go to the guest.\n"
+    "\n"
+    "Exit status: 0 when stopped by a signal or a one-shot guest completed, 1 on errors,\n"
+    "2 on a bad command line, 3 when the guest died (its last console lines are printed).";
+
+/* "--memory 128", positive, at most max. */
+static gboolean parse_positive(const char *opt, const char *text, int64_t max, int64_t *out) {
+  guint64 v = 0;
+  if (!text || !g_ascii_string_to_unsigned(text, 10, 1, (guint64)max, &v, NULL)) {
+    fprintf(stderr, "oakuk run: %s \"%s\": expected a number 1..%" G_GINT64_FORMAT "\n", opt,
+            text ? text : "", max);
+    return FALSE;
+  }
+  *out = (int64_t)v;
+  return TRUE;
+}
+
+int oakuk_cmd_run(int argc, char **argv) {
+  /* Everything after the first "--" belongs to the guest, untouched by option parsing. */
+  int sep = argc;
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--") == 0) {
+      sep = i;
+      break;
+    }
+  g_autofree char *arch = NULL, *memory = NULL, *vcpus = NULL, *flavor = NULL, *uk_version = NULL,
+                  *files = NULL, *state_dir = NULL, *subnet = NULL, *name = NULL;
+  g_auto(GStrv) ports = NULL;
+  gboolean allow_emulation = FALSE;
+  GOptionEntry entries[] = {
+      {"arch", 0, 0, G_OPTION_ARG_STRING, &arch, "Guest architecture (amd64, arm64; default: the kernel's)",
+       "A"},
+      {"memory", 'm', 0, G_OPTION_ARG_STRING, &memory, "Guest memory in MB (default 128)", "MB"},
+      {"vcpus", 0, 0, G_OPTION_ARG_STRING, &vcpus, "Virtual CPUs (default 1)", "N"},
+      {"port", 'p', 0, G_OPTION_ARG_STRING_ARRAY, &ports,
+       "Map 127.0.0.1/node port HOST to the guest's GUEST (repeatable)", "HOST:GUEST[/tcp|udp]"},
+      {"allow-emulation", 0, 0, G_OPTION_ARG_NONE, &allow_emulation,
+       "Run under TCG when KVM is unusable or the guest is of another architecture", NULL},
+      {"flavor", 0, 0, G_OPTION_ARG_STRING, &flavor, "unikraft or linux (default: detected)", "F"},
+      {"uk-version", 0, 0, G_OPTION_ARG_STRING, &uk_version,
+       "Unikraft version, selects the network parameter convention (default: detected)", "X.Y.Z"},
+      {"files", 0, 0, G_OPTION_ARG_FILENAME, &files,
+       "Directory shared with the guest as fs0 (default: the image's files/)", "DIR"},
+      {"state-dir", 0, 0, G_OPTION_ARG_FILENAME, &state_dir,
+       "Image cache and instance state (default /var/lib/oakuk/run, or $XDG_RUNTIME_DIR/oakuk/run)", "DIR"},
+      {"subnet", 0, 0, G_OPTION_ARG_STRING, &subnet,
+       "Subnet of the local bridge (default " OAKUK_RUN_DEFAULT_SUBNET ")", "CIDR"},
+      {"name", 0, 0, G_OPTION_ARG_STRING, &name, "Instance name (default run-<random>)", "NAME"},
+      {NULL, 0, 0, 0, NULL, NULL, NULL},
+  };
+  g_autoptr(GOptionContext) ctx = g_option_context_new("IMAGE [-- ARGS...]");
+  g_option_context_set_summary(ctx, "Run a unikernel image on this machine.");
+  g_option_context_set_description(ctx, summary);
+  g_option_context_add_main_entries(ctx, entries, NULL);
+  /* Parse a copy: GOption rearranges and frees what it consumes. */
+  int pargc = sep;
+  g_autofree char **pargv = g_new0(char *, sep + 1);
+  memcpy(pargv, argv, sizeof(char *) * (size_t)sep);
+  char **parse_v = pargv;
+  g_autoptr(GError) err = NULL;
+  g_autofree char *prgname = g_strdup("oakuk run");
+  pargv[0] = prgname;
+  if (!g_option_context_parse(ctx, &pargc, &parse_v, &err)) {
+    fprintf(stderr, "oakuk run: %s (see oakuk run --help)\n", err->message);
+    return OAKUK_CLI_USAGE;
+  }
+  if (pargc != 2) {
+    fprintf(stderr, "oakuk run: %s (see oakuk run --help)\n",
+            pargc < 2 ? "IMAGE is missing" : "exactly one IMAGE expected; guest arguments go after --");
+    return OAKUK_CLI_USAGE;
+  }
+  OakukRunOptions o = {
+      .image = parse_v[1],
+      .name = name,
+      .arch = arch,
+      .memory_mb = OAKUK_RUN_DEFAULT_MEMORY_MB,
+      .vcpus = 1,
+      .ports = ports,
+      .allow_emulation = allow_emulation,
+      .flavor = flavor,
+      .uk_version = uk_version,
+      .files_dir = files,
+      .state_dir = state_dir,
+      .subnet = subnet ? subnet : OAKUK_RUN_DEFAULT_SUBNET,
+      .args = sep < argc ? argv + sep + 1 : NULL,
+  };
+  int64_t v;
+  if (memory) {
+    if (!parse_positive("--memory", memory, 1024 * 1024, &v))
+      return OAKUK_CLI_USAGE;
+    o.memory_mb = v;
+  }
+  if (vcpus) {
+    if (!parse_positive("--vcpus", vcpus, 256, &v))
+      return OAKUK_CLI_USAGE;
+    o.vcpus = (int32_t)v;
+  }
+  if (flavor && strcmp(flavor, "unikraft") != 0 && strcmp(flavor, "linux") != 0) {
+    fprintf(stderr, "oakuk run: --flavor \"%s\": expected unikraft or linux\n", flavor);
+    return OAKUK_CLI_USAGE;
+  }
+  return oakuk_run_session(&o);
+}

@@ -1,0 +1,444 @@
+/* `oakuk run`: composes liboakuk's image cache, QEMU probe, network plumber and QEMU runtime
+ * into a foreground run, like `docker run` / `kraft run` without any control plane. */
+#include "run-session.h"
+
+#include "oakuk-cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib-unix.h>
+#include <json-glib/json-glib.h>
+#include <oakuk/oakuk.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CONSOLE_POLL_MS 100
+#define STOP_TIMEOUT_S 20 /* give up waiting for UNDEPLOYED after this (the runtime then kills) */
+
+typedef struct {
+  const OakukRunOptions *o;
+  GMainLoop *loop;
+  char *name, *state_dir, *image_desc;
+  oakuk_image *image;
+  oakuk_qemu_caps *caps;
+  char *arch;
+  int32_t accel;
+  oakuk_net *net;
+  bool made_bridge;
+  bool have_instance_net;
+  oakuk_net_instance_info *ninfo;
+  oakuk_runtime *rt;
+  bool deployed, stopping, undeployed;
+  int status;
+  /* console */
+  char *serial_path;
+  int serial_fd;
+  int esc; /* 0 text, 1 after ESC, 2 inside ESC [ ... */
+  guint console_timer, stop_timer, sigint, sigterm;
+} Run;
+
+static void say(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void say(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  fflush(stdout);
+  fprintf(stderr, "oakuk: %s\n", msg);
+}
+
+/* Prints "oakuk run: <context>: <error>" and returns OAKUK_CLI_FAILED. */
+static int fail(oakuk_error *err, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static int fail(oakuk_error *err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *ctx = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  fflush(stdout);
+  if (err)
+    fprintf(stderr, "oakuk run: %s: %s\n", ctx, oakuk_error_message(err));
+  else
+    fprintf(stderr, "oakuk run: %s\n", ctx);
+  oakuk_error_free(err);
+  return OAKUK_CLI_FAILED;
+}
+
+static const char *qemu_suffix(const char *goarch) {
+  static const char *map[][2] = {
+      {"amd64", "x86_64"}, {"arm64", "aarch64"}, {"arm", "arm"}, {"riscv64", "riscv64"}};
+  for (size_t i = 0; i < G_N_ELEMENTS(map); i++)
+    if (strcmp(map[i][0], goarch) == 0)
+      return map[i][1];
+  return NULL;
+}
+
+/* ---- console ---- */
+
+/* Copies what QEMU appended to serial.log to stdout, dropping terminal escape sequences (SeaBIOS
+ * clears the screen). */
+static void console_pump(Run *r) {
+  if (r->serial_fd < 0 && (r->serial_fd = open(r->serial_path, O_RDONLY | O_CLOEXEC)) < 0)
+    return;
+  char buf[8192], out[8192];
+  ssize_t n;
+  while ((n = read(r->serial_fd, buf, sizeof buf)) > 0) {
+    size_t m = 0;
+    for (ssize_t k = 0; k < n; k++) {
+      unsigned char c = (unsigned char)buf[k];
+      if (r->esc == 1) {
+        r->esc = c == '[' ? 2 : 0;
+      } else if (r->esc == 2) {
+        if (g_ascii_isalpha(c))
+          r->esc = 0;
+      } else if (c == 0x1b) {
+        r->esc = 1;
+      } else if (c != '\r') {
+        out[m++] = (char)c;
+      }
+    }
+    if (m > 0 && fwrite(out, 1, m, stdout) != m)
+      break;
+  }
+  fflush(stdout);
+}
+
+static gboolean on_console_tick(gpointer data) {
+  console_pump(data);
+  return G_SOURCE_CONTINUE;
+}
+
+/* ---- stopping ---- */
+
+static void quit(Run *r) {
+  if (g_main_loop_is_running(r->loop))
+    g_main_loop_quit(r->loop);
+}
+
+static gboolean on_stop_timeout(gpointer data) {
+  Run *r = data;
+  r->stop_timer = 0;
+  say("instance %s did not stop within %d s; killing it", r->name, STOP_TIMEOUT_S);
+  quit(r);
+  return G_SOURCE_REMOVE;
+}
+
+static void begin_stop(Run *r) {
+  if (r->stopping)
+    return;
+  r->stopping = true;
+  oakuk_error *err = NULL;
+  if (!r->deployed || oakuk_runtime_instance_status(r->rt, r->name) < 0) {
+    quit(r);
+    return;
+  }
+  if (oakuk_runtime_undeploy(r->rt, r->name, &err) != 0) {
+    fail(err, "stop instance %s", r->name);
+    quit(r);
+    return;
+  }
+  r->stop_timer = g_timeout_add_seconds(STOP_TIMEOUT_S, on_stop_timeout, r);
+}
+
+static gboolean on_signal(gpointer data) {
+  Run *r = data;
+  if (r->stopping) { /* a second Ctrl-C: stop waiting, the runtime kills QEMU on the way out */
+    quit(r);
+    return G_SOURCE_CONTINUE;
+  }
+  say("stopping instance %s", r->name);
+  begin_stop(r);
+  return G_SOURCE_CONTINUE;
+}
+
+static char *ports_text(const OakukRunOptions *o) {
+  if (!o->ports || !o->ports[0])
+    return g_strdup("no ports");
+  GString *s = g_string_new("ports ");
+  for (char **p = o->ports; *p; p++) {
+    const char *colon = strchr(*p, ':');
+    if (p != o->ports)
+      g_string_append(s, ", ");
+    if (colon)
+      g_string_append_printf(s, "%.*s->%s", (int)(colon - *p), *p, colon + 1);
+    else
+      g_string_append_printf(s, "%s->%s", *p, *p);
+  }
+  return g_string_free(s, FALSE);
+}
+
+static void on_status(const char *instance, int32_t status, const char *detail, void *data) {
+  Run *r = data;
+  if (strcmp(instance, r->name) != 0)
+    return;
+  switch (status) {
+  case OAKUK_STATUS_RUNNING: {
+    g_autofree char *ports = ports_text(r->o);
+    say("instance %s at %s, %s", r->name, oakuk_net_instance_info_ip(r->ninfo), ports);
+    break;
+  }
+  case OAKUK_STATUS_DEAD:
+  case OAKUK_STATUS_FAILED:
+  case OAKUK_STATUS_COMPLETED:
+    console_pump(r);
+    if (r->stopping)
+      break;
+    r->status = status == OAKUK_STATUS_COMPLETED ? OAKUK_CLI_OK : OAKUK_CLI_GUEST_DIED;
+    say("instance %s %s: %s", r->name, oakuk_instance_status_name(status), detail ? detail : "(no detail)");
+    begin_stop(r);
+    break;
+  case OAKUK_STATUS_UNDEPLOYED:
+    r->undeployed = true;
+    quit(r);
+    break;
+  default: break;
+  }
+}
+
+/* ---- setup steps; each returns OAKUK_CLI_OK or prints why and returns an exit status ---- */
+
+static int resolve_state_dir(Run *r) {
+  if (r->o->state_dir) {
+    r->state_dir = g_canonicalize_filename(r->o->state_dir, NULL);
+  } else if (getuid() == 0) {
+    r->state_dir = g_strdup("/var/lib/oakuk/run");
+  } else {
+    const char *xdg = g_getenv("XDG_RUNTIME_DIR");
+    if (!xdg)
+      return fail(NULL, "no --state-dir given, not root and XDG_RUNTIME_DIR unset");
+    r->state_dir = g_build_filename(xdg, "oakuk", "run", NULL);
+  }
+  if (g_mkdir_with_parents(r->state_dir, 0700) != 0)
+    return fail(NULL, "state dir %s: %s", r->state_dir, g_strerror(errno));
+  return OAKUK_CLI_OK;
+}
+
+static int fetch_image(Run *r) {
+  const char *image = r->o->image;
+  g_autofree char *url = NULL;
+  if (strstr(image, "://")) {
+    url = g_strdup(image);
+  } else {
+    g_autofree char *abs = g_canonicalize_filename(image, NULL);
+    if (!g_file_test(abs, G_FILE_TEST_IS_REGULAR))
+      return fail(NULL, "image %s: not a URL and no such file", image);
+    url = g_filename_to_uri(abs, NULL, NULL);
+  }
+  g_autofree char *cache_dir = g_build_filename(r->state_dir, "images", NULL);
+  oakuk_error *err = NULL;
+  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, NULL, &err);
+  if (!cache)
+    return fail(err, "image cache %s", cache_dir);
+  r->image = oakuk_image_cache_fetch_sync(cache, url, NULL, NULL, NULL, &err);
+  oakuk_image_cache_unref(cache);
+  if (!r->image)
+    return fail(err, "image %s", image);
+  return OAKUK_CLI_OK;
+}
+
+/* The guest architecture and acceleration; refuses what cannot run here before anything is made. */
+static int choose_accel(Run *r) {
+  const char *karch = oakuk_image_arch(r->image);
+  const char *kernel = oakuk_image_kernel(r->image);
+  oakuk_qemu_options qo = OAKUK_QEMU_OPTIONS_INIT;
+  qo.allow_emulation = r->o->allow_emulation;
+  oakuk_error *err = NULL;
+  if (oakuk_qemu_probe(&r->caps, &qo, &err) != 0)
+    return fail(err, "probe QEMU and KVM");
+  const char *host = oakuk_qemu_caps_host_arch(r->caps);
+  r->arch = g_strdup(r->o->arch ? r->o->arch : karch ? karch : host);
+  if (!karch)
+    return fail(NULL, "image %s: kernel %s is not an amd64, arm64, arm or riscv64 kernel", r->o->image,
+                kernel);
+  if (strcmp(karch, r->arch) != 0)
+    return fail(NULL, "image %s: kernel is built for %s but --arch asks for %s", r->o->image, karch, r->arch);
+  const char *suffix = qemu_suffix(r->arch);
+  if (!suffix)
+    return fail(NULL, "--arch %s: not one of amd64, arm64, arm, riscv64", r->arch);
+  if (!oakuk_qemu_caps_qemu_path(r->caps, r->arch))
+    return fail(NULL,
+                "no qemu-system-%s found in $PATH for %s guests (install the Debian package qemu-system-%s)",
+                suffix, r->arch,
+                strcmp(r->arch, "amd64") == 0     ? "x86"
+                : strcmp(r->arch, "riscv64") == 0 ? "misc"
+                                                  : "arm");
+  r->accel = oakuk_qemu_caps_accel_for_arch(r->caps, r->arch);
+  if (r->accel == OAKUK_ACCEL_NONE) {
+    if (strcmp(r->arch, host) == 0)
+      return fail(NULL, "no KVM (%s); pass --allow-emulation to run under TCG",
+                  oakuk_qemu_caps_kvm_reason(r->caps) ? oakuk_qemu_caps_kvm_reason(r->caps) : "unusable");
+    return fail(NULL, "%s guests on this %s machine need emulation; pass --allow-emulation to run under TCG",
+                r->arch, host);
+  }
+  return OAKUK_CLI_OK;
+}
+
+static gboolean json_bool(JsonObject *o, const char *key) {
+  return o && json_object_get_boolean_member_with_default(o, key, FALSE);
+}
+
+/* oakuk_net_list as a JSON object, or NULL. */
+static JsonNode *net_state(oakuk_net *net) {
+  oakuk_error *err = NULL;
+  char *text = oakuk_net_list(net, &err);
+  if (!text) {
+    fail(err, "list the network state");
+    return NULL;
+  }
+  JsonNode *n = json_from_string(text, NULL);
+  oakuk_free(text);
+  if (n && !JSON_NODE_HOLDS_OBJECT(n))
+    g_clear_pointer(&n, json_node_unref);
+  return n;
+}
+
+static guint array_len(JsonObject *o, const char *key) {
+  JsonArray *a = o && json_object_has_member(o, key) ? json_object_get_array_member(o, key) : NULL;
+  return a ? json_array_get_length(a) : 0;
+}
+
+static int setup_network(Run *r) {
+  oakuk_net_options no;
+  oakuk_net_options_init(&no, OAKUK_NET_OPTIONS_VERSION);
+  no.node_subnet = r->o->subnet;
+  oakuk_error *err = NULL;
+  r->net = oakuk_net_new(&no, &err);
+  if (!r->net)
+    return fail(err, "network (--subnet %s)", r->o->subnet);
+  g_autoptr(JsonNode) before = net_state(r->net);
+  if (!before)
+    return OAKUK_CLI_FAILED;
+  /* Whether this run makes the bridge decides whether it removes it (with the table) at the end. */
+  r->made_bridge = !json_bool(json_node_get_object(before), "bridge");
+  if (oakuk_net_setup_node(r->net, &err) != 0)
+    return fail(err, "set up the node network (bridge, nftables table oakuk)");
+  r->have_instance_net = true;
+  if (oakuk_net_instance_setup(r->net, r->name, NULL, OAKUK_NET_UK_DIRECT, &r->ninfo, &err) != 0)
+    return fail(err, "set up the network of instance %s", r->name);
+  for (char **p = r->o->ports; p && *p; p++)
+    if (oakuk_net_port_map_add(r->net, r->name, *p, &err) != 0)
+      return fail(err, "port mapping -p %s", *p);
+  return OAKUK_CLI_OK;
+}
+
+static void teardown_network(Run *r) {
+  if (!r->net)
+    return;
+  oakuk_error *err = NULL;
+  if (r->have_instance_net && oakuk_net_instance_teardown(r->net, r->name, &err) != 0)
+    fail(err, "remove the network of instance %s", r->name);
+  if (!r->made_bridge)
+    return;
+  g_autoptr(JsonNode) now = net_state(r->net);
+  JsonObject *o = now ? json_node_get_object(now) : NULL;
+  if (!o)
+    return;
+  /* Someone else started using the bridge meanwhile: leave it to them. */
+  if (array_len(o, "instances") || array_len(o, "ports") || array_len(o, "services") || array_len(o, "peers"))
+    return;
+  if (oakuk_net_teardown_node(r->net, &err) != 0)
+    fail(err, "remove the bridge and nftables table");
+}
+
+static oakuk_instance_spec *make_spec(Run *r) {
+  const OakukRunOptions *o = r->o;
+  oakuk_instance_spec *s = oakuk_instance_spec_new(r->name);
+  oakuk_instance_spec_set_arch(s, r->arch);
+  oakuk_instance_spec_set_accel(s, r->accel);
+  oakuk_instance_spec_set_kernel(s, oakuk_image_kernel(r->image));
+  oakuk_instance_spec_set_initrd(s, oakuk_image_initrd(r->image));
+  oakuk_instance_spec_set_files_dir(s, o->files_dir ? o->files_dir : oakuk_image_files_dir(r->image));
+  oakuk_instance_spec_set_memory_mb(s, o->memory_mb);
+  oakuk_instance_spec_set_vcpus(s, o->vcpus);
+  const char *flavor = o->flavor ? o->flavor : oakuk_image_flavor(r->image);
+  if (flavor && strcmp(flavor, "unknown") != 0)
+    oakuk_instance_spec_set_flavor(s, flavor);
+  /* Only a Unikraft version selects a network convention; a Linux one ("6.1.0-56-amd64") does not. */
+  if (o->uk_version)
+    oakuk_instance_spec_set_version(s, o->uk_version);
+  else if (g_strcmp0(flavor, "unikraft") == 0 && oakuk_image_version(r->image))
+    oakuk_instance_spec_set_version(s, oakuk_image_version(r->image));
+  oakuk_instance_spec_set_cmdline_extra(s, oakuk_image_cmdline_extra(r->image));
+  oakuk_net_instance_info *n = r->ninfo;
+  oakuk_instance_spec_set_network(
+      s, oakuk_net_instance_info_netns_path(n), oakuk_net_instance_info_tap(n),
+      oakuk_net_instance_info_guest_ip(n), (int32_t)oakuk_net_instance_info_guest_prefix(n),
+      oakuk_net_instance_info_guest_gateway(n), oakuk_net_instance_info_guest_mac(n));
+  for (char **a = o->args; a && *a; a++)
+    oakuk_instance_spec_add_arg(s, *a);
+  return s;
+}
+
+static int launch(Run *r) {
+  oakuk_qemu_options qo = OAKUK_QEMU_OPTIONS_INIT;
+  qo.allow_emulation = r->o->allow_emulation;
+  oakuk_error *err = NULL;
+  r->rt = oakuk_qemu_runtime_new(r->state_dir, &qo, &err);
+  if (!r->rt)
+    return fail(err, "QEMU runtime in %s", r->state_dir);
+  oakuk_runtime_set_status_callback(r->rt, on_status, r);
+  oakuk_instance_spec *s = make_spec(r);
+  int rc = oakuk_runtime_deploy(r->rt, s, &err);
+  oakuk_instance_spec_unref(s);
+  if (rc != 0)
+    return fail(err, "start instance %s", r->name);
+  r->deployed = true;
+  say("starting %s: %s guest under %s, %" G_GINT64_FORMAT " MB, %d vcpu%s, image %s", r->name, r->arch,
+      oakuk_accel_name(r->accel), r->o->memory_mb, r->o->vcpus, r->o->vcpus == 1 ? "" : "s", r->o->image);
+  g_autofree char *dir = g_build_filename(r->state_dir, "instances", r->name, NULL);
+  r->serial_path = g_build_filename(dir, "serial.log", NULL);
+  r->console_timer = g_timeout_add(CONSOLE_POLL_MS, on_console_tick, r);
+  return OAKUK_CLI_OK;
+}
+
+static void run_free(Run *r) {
+  if (r->console_timer)
+    g_source_remove(r->console_timer);
+  if (r->stop_timer)
+    g_source_remove(r->stop_timer);
+  if (r->sigint)
+    g_source_remove(r->sigint);
+  if (r->sigterm)
+    g_source_remove(r->sigterm);
+  if (r->serial_fd >= 0)
+    close(r->serial_fd);
+  /* Dropping the runtime kills an instance that did not stop in time and removes its files. */
+  oakuk_runtime_unref(r->rt);
+  teardown_network(r);
+  oakuk_net_instance_info_unref(r->ninfo);
+  oakuk_net_unref(r->net);
+  oakuk_qemu_caps_unref(r->caps);
+  oakuk_image_unref(r->image);
+  g_main_loop_unref(r->loop);
+  g_free(r->name);
+  g_free(r->state_dir);
+  g_free(r->arch);
+  g_free(r->serial_path);
+}
+
+int oakuk_run_session(const OakukRunOptions *o) {
+  Run r = {.o = o, .serial_fd = -1, .status = OAKUK_CLI_OK};
+  r.loop = g_main_loop_new(NULL, FALSE);
+  r.name = o->name ? g_strdup(o->name) : g_strdup_printf("run-%08x", g_random_int());
+  /* Signals are only dispatched from the main loop: one that arrives while the image is fetched or
+   * the network is built stops the instance as soon as the loop runs, and cleanup still happens. */
+  r.sigint = g_unix_signal_add(SIGINT, on_signal, &r);
+  r.sigterm = g_unix_signal_add(SIGTERM, on_signal, &r);
+  int rc = resolve_state_dir(&r);
+  if (rc == OAKUK_CLI_OK)
+    rc = fetch_image(&r);
+  if (rc == OAKUK_CLI_OK)
+    rc = choose_accel(&r);
+  if (rc == OAKUK_CLI_OK)
+    rc = setup_network(&r);
+  if (rc == OAKUK_CLI_OK)
+    rc = launch(&r);
+  if (rc == OAKUK_CLI_OK) {
+    g_main_loop_run(r.loop);
+    console_pump(&r);
+    rc = r.status;
+  }
+  run_free(&r);
+  return rc;
+}

@@ -1,0 +1,33 @@
+/* `oakuk run` without its argument parsing: fetch an image, build the instance's network, run
+ * it with the QEMU runtime in the foreground, stream its console, and remove everything it made
+ * when the guest ends or the user interrupts. */
+#ifndef OAKUK_RUN_SESSION_H
+#define OAKUK_RUN_SESSION_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct {
+  const char *image; /* URL, local tar(.gz) or bare kernel file */
+  const char *name;  /* instance name; NULL = "run-<random>" */
+  const char *arch;  /* GOARCH; NULL = the kernel's */
+  int64_t memory_mb;
+  int32_t vcpus;
+  char **ports; /* "HOST:GUEST[/tcp|udp]", NULL-terminated, may be NULL */
+  bool allow_emulation;
+  const char *flavor;     /* "unikraft" | "linux" | NULL (the image's) */
+  const char *uk_version; /* NULL = the image's */
+  const char *files_dir;  /* NULL = the image's files/ */
+  const char *state_dir;  /* NULL = /var/lib/oakuk/run (root) or $XDG_RUNTIME_DIR/oakuk/run */
+  const char *subnet;     /* the local bridge's subnet */
+  char **args;            /* guest arguments (after "--"), NULL-terminated, may be NULL */
+} OakukRunOptions;
+
+#define OAKUK_RUN_DEFAULT_SUBNET "10.18.255.0/24"
+#define OAKUK_RUN_DEFAULT_MEMORY_MB 128
+
+/* Runs until the guest ends or SIGINT/SIGTERM; returns the process exit status (OAKUK_CLI_*). */
+int oakuk_run_session(const OakukRunOptions *o);
+
+#endif
