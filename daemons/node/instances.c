@@ -1,0 +1,736 @@
+/* Instances on this node: control/deploy and control/delete, the deploy pipeline (image, network,
+ * port mappings, runtime), status events on nodes/<id>/job, the local restart policy and the
+ * job records (<state_dir>/jobs/<name>.json) that let a restarted node re-adopt what runs.
+ *
+ * Each instance moves through phases; every asynchronous step holds a reference and re-checks
+ * the instance when it returns, so a delete (or failure) arriving meanwhile is honoured there. */
+#include "node.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+static void start_deploy(Inst *i);
+static void cleanup(Inst *i, Then then);
+
+static Inst *inst_ref(Inst *i) {
+  g_atomic_int_inc(&i->refs);
+  return i;
+}
+
+void inst_unref(Inst *i) {
+  if (i == NULL || !g_atomic_int_dec_and_test(&i->refs))
+    return;
+  g_free(i->name);
+  g_free(i->job_name);
+  g_clear_pointer(&i->job, json_object_unref);
+  oakuk_microservice_unref(i->ms);
+  g_free(i->arch);
+  g_free(i->code);
+  g_free(i->code_sha256);
+  g_free(i->ip);
+  g_free(i->detail);
+  oakuk_image_unref(i->image);
+  oakuk_net_instance_info_unref(i->ninfo);
+  g_free(i);
+}
+
+void insts_init(Node *n) {
+  n->insts = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)inst_unref);
+}
+
+static const char *str_member(JsonObject *o, const char *key) {
+  JsonNode *m = o ? json_object_get_member(o, key) : NULL;
+  return m != NULL && JSON_NODE_HOLDS_VALUE(m) && json_node_get_value_type(m) == G_TYPE_STRING
+             ? json_node_get_string(m)
+             : NULL;
+}
+
+static gboolean int_member(JsonObject *o, const char *key, gint64 *out) {
+  JsonNode *m = o ? json_object_get_member(o, key) : NULL;
+  if (m == NULL || !JSON_NODE_HOLDS_VALUE(m) || json_node_get_value_type(m) != G_TYPE_INT64)
+    return FALSE;
+  *out = json_node_get_int(m);
+  return TRUE;
+}
+
+static JsonObject *parse_object(const char *topic, GBytes *payload) {
+  gsize len = 0;
+  const char *data = g_bytes_get_data(payload, &len);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(JsonNode) root = od_json_parse(data ? data : "", (gssize)len, &error);
+  if (root == NULL) {
+    node_reject(topic, error->message);
+    return NULL;
+  }
+  if (!JSON_NODE_HOLDS_OBJECT(root)) {
+    node_reject(topic, "expected a JSON object");
+    return NULL;
+  }
+  return json_object_ref(json_node_get_object(root));
+}
+
+/* ---- records ---- */
+
+static char *record_path(Node *n, const char *name) {
+  g_autofree char *leaf = g_strdup_printf("%s.json", name);
+  return g_build_filename(n->state_dir, "jobs", leaf, NULL);
+}
+
+static void record_write(Inst *i) {
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_object_member(o, "job", json_object_ref(i->job));
+  json_object_set_boolean_member(o, "failed", i->phase == PHASE_FAILED);
+  g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), o);
+  g_autofree char *text = od_json_to_string(root, TRUE);
+  g_autofree char *path = record_path(i->node, i->name);
+  g_autoptr(GError) error = NULL;
+  if (!g_file_set_contents(path, text, -1, &error))
+    od_log(G_LOG_LEVEL_WARNING, "state", "instance", i->name, "msg", error->message, NULL);
+}
+
+static void record_remove(Inst *i) {
+  g_autofree char *path = record_path(i->node, i->name);
+  if (g_unlink(path) != 0 && errno != ENOENT)
+    od_log(G_LOG_LEVEL_WARNING, "state", "file", path, "msg", g_strerror(errno), NULL);
+}
+
+/* ---- status events ---- */
+
+static void publish_status(Node *n, const char *job_name, gint64 number, int32_t status, const char *detail) {
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_string_member(o, "job_name", job_name);
+  json_object_set_int_member(o, "instance", number);
+  json_object_set_string_member(o, "status", oakuk_instance_status_name(status));
+  json_object_set_string_member(o, "status_detail", detail ? detail : "");
+  g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), o);
+  g_autofree char *text = od_json_to_string(root, FALSE);
+  node_publish(n, "job", text);
+}
+
+static void set_status(Inst *i, int32_t status, const char *detail) {
+  i->status = status;
+  g_free(i->detail);
+  i->detail = g_strdup(detail ? detail : "");
+  od_log(status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE,
+         "status", "instance", i->name, "status", oakuk_instance_status_name(status), "msg", i->detail, NULL);
+  publish_status(i->node, i->job_name, i->number, status, i->detail);
+}
+
+void insts_republish(Node *n) {
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->insts);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    Inst *i = v;
+    publish_status(n, i->job_name, i->number, i->status, i->detail);
+  }
+}
+
+/* ---- the job ---- */
+
+/* The architecture to run: the placement's, else the first of arch[] this node can run (its own
+ * first), else the node's. Sets *index to its position in arch[] (0 when absent). */
+static char *pick_arch(Node *n, const oakuk_microservice *ms, const char *placed, int32_t virt, size_t *index) {
+  size_t count = oakuk_microservice_arch_count(ms);
+  *index = 0;
+  const char *host = oakuk_qemu_caps_host_arch(n->caps);
+  for (size_t k = 0; placed != NULL && k < count; k++)
+    if (g_strcmp0(oakuk_microservice_arch(ms, k), placed) == 0)
+      *index = k;
+  if (placed != NULL)
+    return g_strdup(placed);
+  if (count == 0)
+    return g_strdup(host);
+  for (size_t k = 0; k < count; k++)
+    if (g_strcmp0(oakuk_microservice_arch(ms, k), host) == 0)
+      return *index = k, g_strdup(host);
+  for (size_t k = 0; virt == OAKUK_VIRT_UNIKERNEL && k < count; k++)
+    if (oakuk_qemu_caps_accel_for_arch(n->caps, oakuk_microservice_arch(ms, k)) != OAKUK_ACCEL_NONE)
+      return *index = k, g_strdup(oakuk_microservice_arch(ms, k));
+  return g_strdup(oakuk_microservice_arch(ms, 0));
+}
+
+/* Builds an instance from a deploy payload; NULL with *problem when the payload is not a job. */
+static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
+  gint64 number = -1;
+  if (!int_member(job, "instance_number", &number) || number < 0) {
+    *problem = g_strdup("instance_number: missing or not a non-negative integer");
+    return NULL;
+  }
+  JsonNode *pn = json_object_get_member(job, "placement");
+  if (pn != NULL && !JSON_NODE_HOLDS_OBJECT(pn) && !JSON_NODE_HOLDS_NULL(pn)) {
+    *problem = g_strdup("placement: not an object");
+    return NULL;
+  }
+  JsonObject *pl = pn && JSON_NODE_HOLDS_OBJECT(pn) ? json_node_get_object(pn) : NULL;
+  g_autoptr(JsonNode) jn = json_node_init_object(json_node_alloc(), job);
+  g_autofree char *text = od_json_to_string(jn, FALSE);
+  oakuk_error *err = NULL;
+  oakuk_microservice *ms = oakuk_microservice_parse(text, (size_t)-1, &err);
+  if (ms == NULL) {
+    *problem = g_strdup_printf("job: %s", oakuk_error_message(err));
+    oakuk_error_free(err);
+    return NULL;
+  }
+  if (oakuk_microservice_service_name(ms) == NULL) {
+    oakuk_microservice_unref(ms);
+    *problem = g_strdup("job_name: missing (need job_name, or app_name and app_ns)");
+    return NULL;
+  }
+  const char *pv = str_member(pl, "virtualization");
+  int32_t virt = pv ? oakuk_virt_from_name(pv) : oakuk_microservice_virt(ms, 0);
+  const char *parch = str_member(pl, "arch");
+  if (virt == OAKUK_VIRT_NONE || (parch != NULL && !oakuk_arch_is_known(parch))) {
+    oakuk_microservice_unref(ms);
+    *problem = g_strdup(virt == OAKUK_VIRT_NONE ? "placement.virtualization: not container or unikernel"
+                                                : "placement.arch: not a known architecture");
+    return NULL;
+  }
+  Inst *i = g_new0(Inst, 1);
+  i->refs = 1;
+  i->node = n;
+  i->ms = ms;
+  i->job = json_object_ref(job);
+  i->job_name = g_strdup(oakuk_microservice_service_name(ms));
+  i->number = number;
+  char *name = oakuk_instance_name(i->job_name, number);
+  i->name = g_strdup(name);
+  od_oakuk_free(name);
+  i->virt = virt;
+  size_t idx = 0;
+  i->arch = pick_arch(n, ms, parch, virt, &idx);
+  const char *code = str_member(pl, "code");
+  i->code = g_strdup(code && *code ? code : oakuk_microservice_code(ms, virt, idx));
+  const char *sha = str_member(pl, "code_sha256");
+  i->code_sha256 = g_strdup(sha && *sha ? sha : oakuk_microservice_code_sha256(ms, virt, idx));
+  const char *ip = str_member(job, "instance_ip");
+  struct in_addr a;
+  i->ip = ip && inet_pton(AF_INET, ip, &a) == 1 ? g_strdup(ip) : NULL;
+  i->restart = oakuk_microservice_restart(ms);
+  i->status = OAKUK_STATUS_NODE_SCHEDULED;
+  i->detail = g_strdup("");
+  return i;
+}
+
+/* ---- failure, cleanup, restart ---- */
+
+/* An instance failed (a deploy step, or the runtime said FAILED/DEAD). Restarts it here once
+ * (after a backoff) unless its policy is "never"; afterwards the failure is the cluster's to handle. */
+static void fail(Inst *i, int32_t status, const char *detail) {
+  if (i->delete_requested) {
+    cleanup(i, THEN_DELETE);
+    return;
+  }
+  if (i->restart != OAKUK_RESTART_NEVER && i->restarts < NODE_MAX_LOCAL_RESTARTS) {
+    i->restarts++;
+    g_autofree char *d = g_strdup_printf("%s; restarting on this node in %d s", detail, NODE_RESTART_BACKOFF_S);
+    set_status(i, status, d);
+    cleanup(i, THEN_RETRY);
+    return;
+  }
+  if (status == OAKUK_STATUS_DEAD && i->restart == OAKUK_RESTART_NEVER) {
+    set_status(i, status, detail); /* kept as it is (serial log, state) until deleted */
+    return;
+  }
+  g_autofree char *d = i->restarts > 0 ? g_strdup_printf("%s again after %u restart%s on this node: %s",
+                                                         oakuk_instance_status_name(status), i->restarts,
+                                                         i->restarts == 1 ? "" : "s", detail)
+                                       : g_strdup(detail);
+  set_status(i, OAKUK_STATUS_FAILED, d);
+  cleanup(i, THEN_FAILED);
+}
+
+static gboolean on_backoff(gpointer data) {
+  Inst *i = data;
+  i->timer = 0;
+  if (!i->gone && i->phase == PHASE_BACKOFF)
+    start_deploy(i);
+  return G_SOURCE_REMOVE;
+}
+
+static void cleanup_done(Inst *i) {
+  Node *n = i->node;
+  g_clear_pointer(&i->image, oakuk_image_unref);
+  g_clear_pointer(&i->ninfo, oakuk_net_instance_info_unref);
+  Then then = i->delete_requested ? THEN_DELETE : i->then;
+  switch (then) {
+  case THEN_RETRY:
+    i->phase = PHASE_BACKOFF;
+    i->timer = g_timeout_add_seconds_full(G_PRIORITY_DEFAULT, NODE_RESTART_BACKOFF_S, on_backoff, inst_ref(i),
+                                          (GDestroyNotify)inst_unref);
+    break;
+  case THEN_FAILED:
+    i->phase = PHASE_FAILED;
+    record_write(i);
+    break;
+  case THEN_DELETE:
+    i->gone = TRUE;
+    record_remove(i);
+    set_status(i, OAKUK_STATUS_UNDEPLOYED, "");
+    g_hash_table_remove(n->insts, i->name);
+    break;
+  }
+}
+
+static void on_net_teardown(int status, oakuk_error *error, void *data) {
+  Inst *i = data;
+  if (status != 0)
+    od_log(G_LOG_LEVEL_WARNING, "cleanup", "instance", i->name, "msg", oakuk_error_message(error), NULL);
+  if (!i->gone)
+    cleanup_done(i);
+  inst_unref(i);
+}
+
+static void cleanup_net(Inst *i) {
+  oakuk_net_instance_teardown_async(i->node->net, i->name, on_net_teardown, inst_ref(i));
+}
+
+/* Whether rt has the instance (an adopted one may not have reported a status yet). */
+static gboolean runtime_knows(oakuk_runtime *rt, const char *name) {
+  for (size_t k = 0; rt != NULL && k < oakuk_runtime_instance_count(rt); k++)
+    if (strcmp(oakuk_runtime_instance_name(rt, k), name) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+static oakuk_runtime *runtime_of(Inst *i) {
+  return i->virt == OAKUK_VIRT_CONTAINER ? i->node->ctr_rt : i->node->uk_rt;
+}
+
+/* Removes what the instance holds (runtime instance, then network), then does then. */
+static void cleanup(Inst *i, Then then) {
+  if (i->timer) {
+    g_source_remove(i->timer);
+    i->timer = 0;
+  }
+  i->then = then;
+  if (i->phase == PHASE_CLEANUP)
+    return; /* the cleanup in flight ends with the new then */
+  i->phase = PHASE_CLEANUP;
+  oakuk_runtime *rt = runtime_of(i);
+  if (i->runtime_owned && runtime_knows(rt, i->name)) {
+    oakuk_error *err = NULL;
+    if (oakuk_runtime_undeploy(rt, i->name, &err) == 0)
+      return; /* UNDEPLOYED from the runtime continues with the network */
+    od_log(G_LOG_LEVEL_WARNING, "cleanup", "instance", i->name, "msg", oakuk_error_message(err), NULL);
+    oakuk_error_free(err);
+  }
+  i->runtime_owned = FALSE;
+  cleanup_net(i);
+}
+
+/* ---- the deploy pipeline ---- */
+
+static oakuk_instance_spec *make_spec(Inst *i) {
+  const oakuk_microservice *ms = i->ms;
+  oakuk_instance_spec *s = oakuk_instance_spec_new(i->name);
+  oakuk_instance_spec_set_virt(s, i->virt);
+  if (oakuk_microservice_memory_mb(ms) > 0)
+    oakuk_instance_spec_set_memory_mb(s, oakuk_microservice_memory_mb(ms));
+  if (oakuk_microservice_vcpus(ms) > 0)
+    oakuk_instance_spec_set_vcpus(s, (int32_t)oakuk_microservice_vcpus(ms));
+  for (size_t k = 0; k < oakuk_microservice_cmd_count(ms); k++)
+    oakuk_instance_spec_add_arg(s, oakuk_microservice_cmd(ms, k));
+  for (size_t k = 0; k < oakuk_microservice_env_count(ms); k++)
+    oakuk_instance_spec_add_env(s, oakuk_microservice_env(ms, k));
+  oakuk_instance_spec_set_one_shot(s, oakuk_microservice_one_shot(ms));
+  oakuk_net_instance_info *ni = i->ninfo;
+  if (i->virt == OAKUK_VIRT_CONTAINER) {
+    oakuk_instance_spec_set_image(s, i->code);
+  } else {
+    oakuk_instance_spec_set_arch(s, i->arch);
+    oakuk_instance_spec_set_accel(s, i->accel);
+    oakuk_instance_spec_set_kernel(s, oakuk_image_kernel(i->image));
+    oakuk_instance_spec_set_initrd(s, oakuk_image_initrd(i->image));
+    oakuk_instance_spec_set_files_dir(s, oakuk_image_files_dir(i->image));
+    oakuk_instance_spec_set_graceful_stop_s(s, (int32_t)oakuk_microservice_uk_graceful_stop_s(ms));
+    const char *flavor = oakuk_microservice_uk_flavor(ms) ? oakuk_microservice_uk_flavor(ms)
+                                                          : oakuk_image_flavor(i->image);
+    if (flavor && strcmp(flavor, "unknown") != 0)
+      oakuk_instance_spec_set_flavor(s, flavor);
+    /* Only a Unikraft version selects a network convention; a Linux one does not. */
+    if (oakuk_microservice_uk_version(ms))
+      oakuk_instance_spec_set_version(s, oakuk_microservice_uk_version(ms));
+    else if (g_strcmp0(flavor, "unikraft") == 0 && oakuk_image_version(i->image))
+      oakuk_instance_spec_set_version(s, oakuk_image_version(i->image));
+    oakuk_instance_spec_set_cmdline_extra(s, oakuk_image_cmdline_extra(i->image));
+  }
+  oakuk_instance_spec_set_network(s, oakuk_net_instance_info_netns_path(ni), oakuk_net_instance_info_tap(ni),
+                                  oakuk_net_instance_info_guest_ip(ni),
+                                  (int32_t)oakuk_net_instance_info_guest_prefix(ni),
+                                  oakuk_net_instance_info_guest_gateway(ni), oakuk_net_instance_info_guest_mac(ni));
+  return s;
+}
+
+static void launch(Inst *i) {
+  const oakuk_microservice *ms = i->ms;
+  for (size_t k = 0; k < oakuk_microservice_port_count(ms); k++) {
+    g_autofree char *spec = g_strdup_printf("%d:%d/%s", oakuk_microservice_port_host(ms, k),
+                                            oakuk_microservice_port_guest(ms, k),
+                                            oakuk_microservice_port_proto(ms, k) == OAKUK_PROTO_UDP ? "udp" : "tcp");
+    oakuk_error *err = NULL;
+    if (oakuk_net_port_map_add(i->node->net, i->name, spec, &err) != 0) {
+      g_autofree char *d = g_strdup_printf("port mapping %s: %s", spec, oakuk_error_message(err));
+      oakuk_error_free(err);
+      fail(i, OAKUK_STATUS_FAILED, d);
+      return;
+    }
+  }
+  oakuk_instance_spec *s = make_spec(i);
+  oakuk_error *err = NULL;
+  i->phase = PHASE_RUNTIME;
+  int rc = oakuk_runtime_deploy(runtime_of(i), s, &err);
+  oakuk_instance_spec_unref(s);
+  if (rc != 0) {
+    g_autofree char *d = g_strdup_printf("%s runtime: %s", oakuk_virt_name(i->virt), oakuk_error_message(err));
+    oakuk_error_free(err);
+    fail(i, OAKUK_STATUS_FAILED, d);
+    return;
+  }
+  i->runtime_owned = TRUE;
+}
+
+static void on_net_setup(int status, oakuk_net_instance_info *info, oakuk_error *error, void *data) {
+  Inst *i = data;
+  if (i->gone) {
+    inst_unref(i);
+    return;
+  }
+  if (i->delete_requested) {
+    cleanup(i, THEN_DELETE);
+  } else if (status != 0) {
+    g_autofree char *d = g_strdup_printf("network: %s", oakuk_error_message(error));
+    fail(i, OAKUK_STATUS_FAILED, d);
+  } else {
+    i->ninfo = oakuk_net_instance_info_ref(info);
+    launch(i);
+  }
+  inst_unref(i);
+}
+
+static void setup_net(Inst *i) {
+  i->phase = PHASE_NET;
+  int32_t mode = i->virt == OAKUK_VIRT_CONTAINER                       ? OAKUK_NET_CONTAINER
+                 : oakuk_microservice_uk_net(i->ms) == OAKUK_UKNET_NAT ? OAKUK_NET_UK_NAT
+                                                                       : OAKUK_NET_UK_DIRECT;
+  oakuk_net_instance_setup_async(i->node->net, i->name, i->ip, mode, on_net_setup, inst_ref(i));
+}
+
+static void on_progress(int64_t bytes, int64_t total, void *data) {
+  Inst *i = data;
+  if (i->gone || i->phase != PHASE_FETCH)
+    return;
+  gint64 now = g_get_monotonic_time();
+  int pct = total > 0 ? (int)(bytes * 100 / total) : -1;
+  /* At most one event a second, or on every 10% step. */
+  if (now - i->last_progress_us < G_USEC_PER_SEC && (pct < 0 || pct - i->last_progress_pct < 10))
+    return;
+  i->last_progress_us = now;
+  i->last_progress_pct = pct;
+  g_autofree char *d = pct >= 0 ? g_strdup_printf("downloading %d%% of %.1f MB", pct, (double)total / 1e6)
+                                : g_strdup_printf("downloading %.1f MB", (double)bytes / 1e6);
+  set_status(i, OAKUK_STATUS_CREATING, d);
+}
+
+static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
+  Inst *i = data;
+  if (i->gone) {
+    inst_unref(i);
+    return;
+  }
+  const char *karch = image ? oakuk_image_arch(image) : NULL;
+  if (i->delete_requested) {
+    cleanup(i, THEN_DELETE);
+  } else if (image == NULL) {
+    g_autofree char *d = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(error));
+    fail(i, OAKUK_STATUS_FAILED, d);
+  } else if (g_strcmp0(karch, i->arch) != 0) {
+    i->restarts = NODE_MAX_LOCAL_RESTARTS; /* the same image will not change its architecture */
+    g_autofree char *d = g_strdup_printf("image %s: the kernel is built for %s, not for %s", i->code,
+                                         karch ? karch : "an unknown architecture", i->arch);
+    fail(i, OAKUK_STATUS_FAILED, d);
+  } else {
+    i->image = oakuk_image_ref(image);
+    set_status(i, OAKUK_STATUS_CREATING, "preparing the network");
+    setup_net(i);
+  }
+  inst_unref(i);
+}
+
+/* What this node refuses before making anything: no runtime for the virtualization, no way to
+ * run the architecture, no code. */
+static char *precheck(Inst *i) {
+  Node *n = i->node;
+  if (i->virt == OAKUK_VIRT_CONTAINER && n->ctr_rt == NULL)
+    return g_strdup("placement: this node has no container runtime (runc not found)");
+  if (i->code == NULL || *i->code == '\0')
+    return g_strdup_printf("placement: the job has no %s code for %s", oakuk_virt_name(i->virt), i->arch);
+  if (i->virt == OAKUK_VIRT_UNIKERNEL) {
+    i->accel = oakuk_qemu_caps_accel_for_arch(n->caps, i->arch);
+    if (i->accel == OAKUK_ACCEL_NONE)
+      return g_strdup_printf("placement: this %s node cannot run %s unikernels (%s)", oakuk_qemu_caps_host_arch(n->caps),
+                             i->arch, n->allow_emulation ? "no QEMU for that architecture"
+                                                         : "no usable KVM and emulation is not allowed here");
+  }
+  return NULL;
+}
+
+static void start_deploy(Inst *i) {
+  i->runtime_owned = FALSE;
+  i->last_progress_us = 0;
+  i->last_progress_pct = -100;
+  g_autofree char *problem = precheck(i);
+  if (problem != NULL) {
+    i->phase = PHASE_FETCH;
+    i->restarts = NODE_MAX_LOCAL_RESTARTS; /* retrying here cannot help */
+    fail(i, OAKUK_STATUS_FAILED, problem);
+    return;
+  }
+  if (i->virt == OAKUK_VIRT_CONTAINER) {
+    set_status(i, OAKUK_STATUS_CREATING, "preparing the network");
+    setup_net(i);
+    return;
+  }
+  i->phase = PHASE_FETCH;
+  g_autofree char *d = g_strdup_printf("fetching image %s", i->code);
+  set_status(i, OAKUK_STATUS_CREATING, d);
+  oakuk_error *err = NULL;
+  if (oakuk_image_cache_fetch(i->node->images, i->code, i->code_sha256, on_progress, on_fetched, inst_ref(i),
+                              &err) != 0) {
+    inst_unref(i);
+    g_autofree char *fd = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(err));
+    oakuk_error_free(err);
+    i->restarts = NODE_MAX_LOCAL_RESTARTS;
+    fail(i, OAKUK_STATUS_FAILED, fd);
+  }
+}
+
+/* ---- control topics ---- */
+
+void insts_on_deploy(Node *n, const char *topic, GBytes *payload) {
+  g_autoptr(JsonObject) job = parse_object(topic, payload);
+  if (job == NULL)
+    return;
+  g_autofree char *problem = NULL;
+  Inst *fresh = inst_from_job(n, job, &problem);
+  if (fresh == NULL) {
+    node_reject(topic, problem);
+    return;
+  }
+  Inst *old = g_hash_table_lookup(n->insts, fresh->name);
+  if (old != NULL && old->phase != PHASE_FAILED) {
+    od_log(G_LOG_LEVEL_INFO, "deploy", "instance", old->name, "msg", "already here; status re-published", NULL);
+    publish_status(n, old->job_name, old->number, old->status, old->detail);
+    inst_unref(fresh);
+    return;
+  }
+  if (old != NULL) {
+    old->gone = TRUE;
+    g_hash_table_remove(n->insts, old->name);
+  }
+  g_hash_table_replace(n->insts, fresh->name, fresh);
+  od_log(G_LOG_LEVEL_MESSAGE, "deploy", "instance", fresh->name, "virtualization", oakuk_virt_name(fresh->virt),
+         "arch", fresh->arch, "code", fresh->code ? fresh->code : "", NULL);
+  record_write(fresh);
+  start_deploy(fresh);
+}
+
+void insts_on_delete(Node *n, const char *topic, GBytes *payload) {
+  g_autoptr(JsonObject) o = parse_object(topic, payload);
+  if (o == NULL)
+    return;
+  const char *job_name = str_member(o, "job_name");
+  gint64 number = -1;
+  if (job_name == NULL || *job_name == '\0') {
+    node_reject(topic, "job_name: missing or not a string");
+    return;
+  }
+  if (!int_member(o, "instance_number", &number) || number < 0) {
+    node_reject(topic, "instance_number: missing or not a non-negative integer");
+    return;
+  }
+  char *iname = oakuk_instance_name(job_name, number);
+  g_autofree char *name = g_strdup(iname);
+  od_oakuk_free(iname);
+  Inst *i = g_hash_table_lookup(n->insts, name);
+  od_log(G_LOG_LEVEL_MESSAGE, "delete", "instance", name, "msg", i ? "undeploying" : "unknown here", NULL);
+  if (i == NULL) {
+    publish_status(n, job_name, number, OAKUK_STATUS_UNDEPLOYED, "");
+    return;
+  }
+  i->delete_requested = TRUE;
+  switch (i->phase) {
+  case PHASE_FETCH:
+  case PHASE_NET:
+    break; /* the step in flight ends in the cleanup */
+  case PHASE_CLEANUP:
+    i->then = THEN_DELETE;
+    break;
+  default:
+    cleanup(i, THEN_DELETE);
+  }
+}
+
+/* ---- runtime events ---- */
+
+void insts_on_runtime_status(const char *instance, int32_t status, const char *detail, void *user_data) {
+  Node *n = user_data;
+  Inst *i = g_hash_table_lookup(n->insts, instance);
+  if (i == NULL) {
+    if (status != OAKUK_STATUS_UNDEPLOYED)
+      od_log(G_LOG_LEVEL_INFO, "runtime", "instance", instance, "status", oakuk_instance_status_name(status), "msg",
+             "event for an instance without a job here; ignored", NULL);
+    return;
+  }
+  if (status == OAKUK_STATUS_UNDEPLOYED) {
+    i->runtime_owned = FALSE;
+    if (i->phase == PHASE_CLEANUP)
+      cleanup_net(i);
+    return;
+  }
+  if (i->phase != PHASE_RUNTIME)
+    return;
+  switch (status) {
+  case OAKUK_STATUS_FAILED:
+  case OAKUK_STATUS_DEAD:
+    fail(i, status, detail ? detail : "");
+    break;
+  default:
+    set_status(i, status, detail);
+  }
+}
+
+/* ---- startup ---- */
+
+static void drop_orphans(Node *n, oakuk_runtime *rt) {
+  if (rt == NULL)
+    return;
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+  for (size_t k = 0; k < oakuk_runtime_instance_count(rt); k++)
+    g_ptr_array_add(names, g_strdup(oakuk_runtime_instance_name(rt, k)));
+  for (guint k = 0; k < names->len; k++) {
+    if (g_hash_table_contains(n->insts, names->pdata[k]))
+      continue;
+    od_log(G_LOG_LEVEL_MESSAGE, "reconcile", "instance", (char *)names->pdata[k], "msg",
+           "running without a job record; removed", NULL);
+    oakuk_runtime_undeploy(rt, names->pdata[k], NULL);
+  }
+}
+
+static void adopt(Node *n, oakuk_runtime *rt) {
+  if (rt == NULL)
+    return;
+  oakuk_error *err = NULL;
+  int live = oakuk_runtime_adopt(rt, &err);
+  if (live < 0) {
+    od_log(G_LOG_LEVEL_WARNING, "adopt", "virtualization", oakuk_virt_name(oakuk_runtime_virt(rt)), "msg",
+           oakuk_error_message(err), NULL);
+    oakuk_error_free(err);
+    return;
+  }
+  g_autofree char *count = g_strdup_printf("%d", live);
+  od_log(G_LOG_LEVEL_MESSAGE, "adopt", "virtualization", oakuk_virt_name(oakuk_runtime_virt(rt)), "live", count,
+         NULL);
+}
+
+static void restore_record(Node *n, const char *path, GPtrArray *keep) {
+  g_autofree char *text = NULL;
+  g_autoptr(JsonNode) root = g_file_get_contents(path, &text, NULL, NULL) ? od_json_parse(text, -1, NULL) : NULL;
+  JsonObject *o = root && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
+  JsonNode *jn = o ? json_object_get_member(o, "job") : NULL;
+  g_autofree char *problem = NULL;
+  Inst *i = jn && JSON_NODE_HOLDS_OBJECT(jn) ? inst_from_job(n, json_node_get_object(jn), &problem) : NULL;
+  if (i == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "restore", "file", path, "msg", problem ? problem : "not a job record; removed", NULL);
+    g_unlink(path);
+    return;
+  }
+  g_hash_table_replace(n->insts, i->name, i);
+  g_ptr_array_add(keep, g_strdup(i->name));
+  oakuk_runtime *rt = runtime_of(i);
+  int32_t st = rt ? oakuk_runtime_instance_status(rt, i->name) : -1;
+  gboolean known = runtime_knows(rt, i->name);
+  if (json_object_get_boolean_member_with_default(o, "failed", FALSE)) {
+    i->phase = PHASE_FAILED;
+    i->status = OAKUK_STATUS_FAILED;
+    g_free(i->detail);
+    i->detail = g_strdup("failed before the node restarted");
+  } else if (known) {
+    /* Adopted: the runtime reports RUNNING (or how it ended) through the callback. */
+    i->phase = PHASE_RUNTIME;
+    i->runtime_owned = TRUE;
+    gboolean alive = rt != NULL && oakuk_runtime_instance_pid(rt, i->name) > 0;
+    i->status = st >= 0 ? st : alive ? OAKUK_STATUS_RUNNING : OAKUK_STATUS_CREATING;
+    od_log(G_LOG_LEVEL_MESSAGE, "restore", "instance", i->name, "msg", "re-adopted", NULL);
+  } else {
+    /* Lost while the node was down (or never started): deploy it again. */
+    od_log(G_LOG_LEVEL_MESSAGE, "restore", "instance", i->name, "msg", "not running; deploying again", NULL);
+    i->phase = PHASE_BACKOFF;
+    i->timer = g_timeout_add_seconds_full(G_PRIORITY_DEFAULT, 0, on_backoff, inst_ref(i), (GDestroyNotify)inst_unref);
+  }
+}
+
+void insts_restore(Node *n) {
+  adopt(n, n->uk_rt);
+  adopt(n, n->ctr_rt);
+  g_autofree char *dir = g_build_filename(n->state_dir, "jobs", NULL);
+  g_mkdir_with_parents(dir, 0700);
+  g_autoptr(GPtrArray) keep = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+  const char *e;
+  while (d != NULL && (e = g_dir_read_name(d)) != NULL) {
+    if (!g_str_has_suffix(e, ".json"))
+      continue;
+    g_autofree char *path = g_build_filename(dir, e, NULL);
+    restore_record(n, path, keep);
+  }
+  drop_orphans(n, n->uk_rt);
+  drop_orphans(n, n->ctr_rt);
+  g_autoptr(GPtrArray) services = netsync_saved_services(n);
+  g_autoptr(GPtrArray) peers = netsync_saved_peers(n);
+  oakuk_error *err = NULL;
+  if (oakuk_net_reconcile(n->net, (const char *const *)keep->pdata, keep->len,
+                          (const char *const *)services->pdata, services->len, (const char *const *)peers->pdata,
+                          peers->len, &err) != 0) {
+    od_log(G_LOG_LEVEL_WARNING, "reconcile", "msg", oakuk_error_message(err), NULL);
+    oakuk_error_free(err);
+  }
+}
+
+/* ---- shutdown ---- */
+
+void insts_shutdown(Node *n) {
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->insts);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    Inst *i = v;
+    i->gone = TRUE;
+    if (i->timer) {
+      g_source_remove(i->timer);
+      i->timer = 0;
+    }
+  }
+  gboolean keep = !n->stop_instances;
+  if (n->uk_rt)
+    oakuk_runtime_set_keep_instances(n->uk_rt, keep);
+  if (n->ctr_rt)
+    oakuk_runtime_set_keep_instances(n->ctr_rt, keep);
+}
+
+void insts_forget(Node *n) {
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->insts);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    Inst *i = v;
+    oakuk_error *err = NULL;
+    if (n->net && oakuk_net_instance_teardown(n->net, i->name, &err) != 0) {
+      od_log(G_LOG_LEVEL_WARNING, "shutdown", "instance", i->name, "msg", oakuk_error_message(err), NULL);
+      oakuk_error_free(err);
+    }
+    record_remove(i);
+  }
+}

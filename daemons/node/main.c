@@ -1,0 +1,558 @@
+/* oakuk-node: options, state (node.json), registration with the cluster, the node's network and
+ * runtimes, MQTT topics, periodic reports and signals. */
+#include "node.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <glib-unix.h>
+#include <glib/gstdio.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define REGISTER_BACKOFF_MAX_S 16
+
+char *node_state_path(Node *n, const char *leaf) {
+  return g_build_filename(n->state_dir, leaf, NULL);
+}
+
+void node_reject(const char *topic, const char *problem) {
+  od_log(G_LOG_LEVEL_WARNING, "mqtt-reject", "topic", topic, "msg", problem, NULL);
+}
+
+gboolean node_publish(Node *n, const char *leaf, const char *text) {
+  if (n->mqtt == NULL || !n->mqtt_up)
+    return FALSE;
+  g_autofree char *topic = g_strdup_printf("nodes/%s/%s", n->id, leaf);
+  g_autoptr(GError) error = NULL;
+  if (!od_mqtt_publish(n->mqtt, topic, text, strlen(text), FALSE, NULL, NULL, &error)) {
+    od_log(G_LOG_LEVEL_DEBUG, "publish", "topic", topic, "msg", error->message, NULL);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---- settings ---- */
+
+typedef struct {
+  char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip;
+  gboolean allow_emulation, stop_instances;
+  gint report_interval;
+} Args;
+
+static void args_clear(Args *a) {
+  char **strs[] = {&a->state_dir, &a->cluster_url, &a->join_token, &a->join_token_file, &a->name, &a->underlay_ip};
+  for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
+    g_clear_pointer(strs[k], g_free);
+}
+
+static gboolean config_bool(GKeyFile *kf, const char *key, gboolean *out, GError **error) {
+  if (!g_key_file_has_key(kf, "node", key, NULL))
+    return TRUE;
+  g_autoptr(GError) local = NULL;
+  gboolean v = g_key_file_get_boolean(kf, "node", key, &local);
+  if (local != NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "[node] %s: %s", key, local->message);
+    return FALSE;
+  }
+  *out = v;
+  return TRUE;
+}
+
+static gboolean read_token_file(const char *path, char **out, GError **error) {
+  g_autoptr(GError) local = NULL;
+  if (!g_file_get_contents(path, out, NULL, &local)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "join token file %s: %s", path, local->message);
+    return FALSE;
+  }
+  g_strstrip(*out);
+  return TRUE;
+}
+
+static gboolean load_settings(Node *n, Args *a, GError **error) {
+  GKeyFile *kf = n->config;
+  g_autofree char *token_file = NULL;
+#define STR_SETTING(field, arg, key, def)                                                                          \
+  if (a->arg != NULL)                                                                                              \
+    n->field = g_strdup(a->arg);                                                                                   \
+  else if (!od_config_string(kf, "node", key, def, &n->field, error))                                             \
+    return FALSE;
+  STR_SETTING(state_dir, state_dir, "state_dir", "/var/lib/oakuk/node")
+  STR_SETTING(cluster_url, cluster_url, "cluster_url", NULL)
+  STR_SETTING(join_token, join_token, "join_token", NULL)
+  STR_SETTING(name, name, "name", NULL)
+  STR_SETTING(underlay_ip, underlay_ip, "underlay_ip", NULL)
+#undef STR_SETTING
+  if (a->join_token_file == NULL && !od_config_string(kf, "node", "join_token_file", NULL, &token_file, error))
+    return FALSE;
+  const char *tf = a->join_token_file ? a->join_token_file : token_file;
+  if (n->join_token != NULL && n->join_token[0] == '@') {
+    g_autofree char *path = g_strdup(n->join_token + 1);
+    g_clear_pointer(&n->join_token, g_free);
+    if (!read_token_file(path, &n->join_token, error))
+      return FALSE;
+  } else if (n->join_token == NULL && tf != NULL && !read_token_file(tf, &n->join_token, error)) {
+    return FALSE;
+  }
+  gint64 interval = 0;
+  if (!od_config_int(kf, "node", "report_interval", 2, 1, 3600, &interval, error))
+    return FALSE;
+  if (a->report_interval != 0) {
+    if (a->report_interval < 1 || a->report_interval > 3600) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--report-interval %d: must be 1..3600 seconds",
+                  a->report_interval);
+      return FALSE;
+    }
+    interval = a->report_interval;
+  }
+  n->report_interval_ms = interval * 1000;
+  n->allow_emulation = FALSE;
+  n->stop_instances = FALSE;
+  if (!config_bool(kf, "allow_emulation", &n->allow_emulation, error) ||
+      !config_bool(kf, "stop_instances", &n->stop_instances, error))
+    return FALSE;
+  n->allow_emulation |= a->allow_emulation;
+  n->stop_instances |= a->stop_instances;
+  if (n->cluster_url == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--cluster-url (or config [node] cluster_url) is required");
+    return FALSE;
+  }
+  g_autoptr(GUri) uri = g_uri_parse(n->cluster_url, G_URI_FLAGS_NONE, NULL);
+  if (uri == NULL || g_uri_get_host(uri) == NULL ||
+      (g_strcmp0(g_uri_get_scheme(uri), "http") != 0 && g_strcmp0(g_uri_get_scheme(uri), "https") != 0)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--cluster-url '%s' is not an http(s) URL", n->cluster_url);
+    return FALSE;
+  }
+  struct in_addr ia;
+  if (n->underlay_ip != NULL && inet_pton(AF_INET, n->underlay_ip, &ia) != 1) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--underlay-ip '%s' is not an IPv4 address", n->underlay_ip);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* The source address of the route to the cluster: what other nodes reach us at by default. */
+static gboolean route_source(Node *n, GError **error) {
+  g_autoptr(GUri) uri = g_uri_parse(n->cluster_url, G_URI_FLAGS_NONE, NULL);
+  const char *host = g_uri_get_host(uri);
+  int port = g_uri_get_port(uri) > 0 ? g_uri_get_port(uri) : 80;
+  struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_DGRAM}, *res = NULL;
+  g_autofree char *ports = g_strdup_printf("%d", port);
+  int rc = getaddrinfo(host, ports, &hints, &res);
+  if (rc != 0) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "--cluster-url host %s: %s (give --underlay-ip)", host,
+                gai_strerror(rc));
+    return FALSE;
+  }
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in local = {0};
+  socklen_t len = sizeof local;
+  gboolean ok = fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+                getsockname(fd, (struct sockaddr *)&local, &len) == 0;
+  int saved = errno;
+  if (fd >= 0)
+    close(fd);
+  freeaddrinfo(res);
+  if (!ok) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "no route to the cluster host %s: %s (give --underlay-ip)", host,
+                g_strerror(saved));
+    return FALSE;
+  }
+  char buf[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf);
+  n->underlay_ip = g_strdup(buf);
+  return TRUE;
+}
+
+/* ---- node.json ---- */
+
+static void load_identity(Node *n) {
+  g_autofree char *path = node_state_path(n, "node.json");
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return;
+  g_autoptr(JsonNode) root = od_json_parse(text, -1, NULL);
+  JsonObject *o = root && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
+  if (o == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "state", "file", path, "msg", "not a JSON object; registering anew", NULL);
+    return;
+  }
+  n->id = g_strdup(json_object_get_string_member_with_default(o, "id", NULL));
+  n->mqtt_host = g_strdup(json_object_get_string_member_with_default(o, "mqtt_host", NULL));
+  n->mqtt_port = (guint16)json_object_get_int_member_with_default(o, "mqtt_port", 0);
+  n->mqtt_username = g_strdup(json_object_get_string_member_with_default(o, "mqtt_username", NULL));
+  n->mqtt_password = g_strdup(json_object_get_string_member_with_default(o, "mqtt_password", NULL));
+  n->subnet = g_strdup(json_object_get_string_member_with_default(o, "subnet", NULL));
+}
+
+static gboolean have_credentials(Node *n) {
+  return n->id && n->mqtt_host && n->mqtt_port && n->mqtt_username && n->mqtt_password && n->subnet;
+}
+
+static gboolean save_identity(Node *n, GError **error) {
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_string_member(o, "id", n->id);
+  json_object_set_string_member(o, "cluster_url", n->cluster_url);
+  json_object_set_string_member(o, "mqtt_host", n->mqtt_host);
+  json_object_set_int_member(o, "mqtt_port", n->mqtt_port);
+  json_object_set_string_member(o, "mqtt_username", n->mqtt_username);
+  json_object_set_string_member(o, "mqtt_password", n->mqtt_password);
+  json_object_set_string_member(o, "subnet", n->subnet);
+  g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), o);
+  g_autofree char *text = od_json_to_string(root, TRUE);
+  g_autofree char *path = node_state_path(n, "node.json");
+  g_autofree char *tmp = g_strdup_printf("%s.tmp", path);
+  int fd = g_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  gboolean ok = fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text) && fsync(fd) == 0;
+  int saved = errno;
+  if (fd >= 0)
+    close(fd);
+  if (!ok || g_rename(tmp, path) != 0) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "write %s: %s", path, g_strerror(ok ? errno : saved));
+    g_unlink(tmp);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---- MQTT and reports ---- */
+
+static gboolean on_report_tick(gpointer data) {
+  Node *n = data;
+  g_autofree char *text = node_report_json(n);
+  node_publish(n, "information", text);
+  return G_SOURCE_CONTINUE;
+}
+
+static void on_message(const char *topic, GBytes *payload, gpointer data) {
+  Node *n = data;
+  g_autofree char *prefix = g_strdup_printf("nodes/%s/", n->id);
+  const char *leaf = g_str_has_prefix(topic, prefix) ? topic + strlen(prefix) : "";
+  if (strcmp(leaf, "control/deploy") == 0)
+    insts_on_deploy(n, topic, payload);
+  else if (strcmp(leaf, "control/delete") == 0)
+    insts_on_delete(n, topic, payload);
+  else if (strcmp(leaf, "net/services") == 0)
+    netsync_on_services(n, topic, payload);
+  else if (strcmp(leaf, "net/peers") == 0)
+    netsync_on_peers(n, topic, payload);
+  else
+    node_reject(topic, "unexpected topic");
+}
+
+static void on_state(gboolean connected, const char *reason, gpointer data) {
+  Node *n = data;
+  n->mqtt_up = connected;
+  if (!connected) {
+    od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "broker connection lost; reconnecting", "reason", reason, NULL);
+    return;
+  }
+  od_log(G_LOG_LEVEL_MESSAGE, "mqtt", "msg", "connected to the broker", "broker", n->mqtt_host, NULL);
+  on_report_tick(n);
+  insts_republish(n);
+}
+
+static gboolean start_mqtt(Node *n, GError **error) {
+  g_autofree char *deploy = g_strdup_printf("nodes/%s/control/deploy", n->id);
+  g_autofree char *del = g_strdup_printf("nodes/%s/control/delete", n->id);
+  g_autofree char *services = g_strdup_printf("nodes/%s/net/services", n->id);
+  g_autofree char *peers = g_strdup_printf("nodes/%s/net/peers", n->id);
+  const char *subs[] = {deploy, del, services, peers, NULL};
+  g_autofree char *client_id = g_strdup_printf("oakuk-node-%s", n->id);
+  g_autofree char *will_topic = g_strdup_printf("nodes/%s/lwt", n->id);
+  g_autofree char *will = g_strdup_printf("{\"id\":\"%s\"}", n->id);
+  OdMqttOptions o = {.host = n->mqtt_host,
+                     .port = n->mqtt_port,
+                     .client_id = client_id,
+                     .username = n->mqtt_username,
+                     .password = n->mqtt_password,
+                     .will_topic = will_topic,
+                     .will_payload = will,
+                     .subscriptions = subs};
+  n->mqtt = od_mqtt_new(&o, on_message, on_state, n, error);
+  if (n->mqtt == NULL)
+    return FALSE;
+  od_mqtt_start(n->mqtt);
+  return TRUE;
+}
+
+/* ---- start ---- */
+
+static void fatal(Node *n, const char *msg) {
+  od_log(G_LOG_LEVEL_WARNING, "fatal", "msg", msg, NULL);
+  n->exit_code = 1;
+  g_main_loop_quit(n->loop);
+}
+
+/* After registration: the node network, re-adoption, MQTT and reports. */
+static void node_start(Node *n) {
+  g_autoptr(GError) error = NULL;
+  oakuk_net_options no;
+  oakuk_net_options_init(&no, OAKUK_NET_OPTIONS_VERSION);
+  no.node_subnet = n->subnet;
+  no.underlay_ip = n->underlay_ip;
+  oakuk_error *err = NULL;
+  n->net = oakuk_net_new(&no, &err);
+  if (n->net == NULL || oakuk_net_setup_node(n->net, &err) != 0) {
+    g_autofree char *m = g_strdup_printf("network (subnet %s): %s", n->subnet, oakuk_error_message(err));
+    oakuk_error_free(err);
+    fatal(n, m);
+    return;
+  }
+  insts_restore(n);
+  if (!start_mqtt(n, &error)) {
+    fatal(n, error->message);
+    return;
+  }
+  n->report_source = g_timeout_add(n->report_interval_ms, on_report_tick, n);
+  od_log(G_LOG_LEVEL_MESSAGE, "start", "node", n->id, "subnet", n->subnet, "ip", n->underlay_ip, "broker",
+         n->mqtt_host, "msg", "oakuk-node running", NULL);
+}
+
+static void register_schedule(Node *n);
+
+static gboolean apply_registration(Node *n, GBytes *body, GError **error) {
+  gsize len = 0;
+  const char *data = g_bytes_get_data(body, &len);
+  g_autoptr(JsonNode) root = od_json_parse(data ? data : "", (gssize)len, error);
+  if (root == NULL)
+    return FALSE;
+  JsonObject *o = JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
+  const char *keys[] = {"id", "mqtt_host", "mqtt_username", "mqtt_password", "subnet"};
+  for (gsize k = 0; k < G_N_ELEMENTS(keys); k++)
+    if (o == NULL || json_object_get_string_member_with_default(o, keys[k], NULL) == NULL) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration reply: %s missing or not a string", keys[k]);
+      return FALSE;
+    }
+  gint64 port = json_object_get_int_member_with_default(o, "mqtt_port", 0);
+  if (port < 1 || port > 65535) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration reply: mqtt_port missing or out of range");
+    return FALSE;
+  }
+  g_free(n->id);
+  n->id = g_strdup(json_object_get_string_member(o, "id"));
+  g_free(n->mqtt_host);
+  n->mqtt_host = g_strdup(json_object_get_string_member(o, "mqtt_host"));
+  n->mqtt_port = (guint16)port;
+  g_free(n->mqtt_username);
+  n->mqtt_username = g_strdup(json_object_get_string_member(o, "mqtt_username"));
+  g_free(n->mqtt_password);
+  n->mqtt_password = g_strdup(json_object_get_string_member(o, "mqtt_password"));
+  g_free(n->subnet);
+  n->subnet = g_strdup(json_object_get_string_member(o, "subnet"));
+  return save_identity(n, error);
+}
+
+static void on_registered(GObject *src, GAsyncResult *res, gpointer data) {
+  Node *n = data;
+  SoupMessage *msg = soup_session_get_async_result_message(SOUP_SESSION(src), res);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) body = soup_session_send_and_read_finish(SOUP_SESSION(src), res, &error);
+  guint status = body ? soup_message_get_status(msg) : 0;
+  g_autofree char *problem = NULL;
+  if (body != NULL && status == SOUP_STATUS_CREATED) {
+    if (apply_registration(n, body, &error)) {
+      od_log(G_LOG_LEVEL_MESSAGE, "register", "node", n->id, "subnet", n->subnet, "msg", "registered", NULL);
+      node_start(n);
+      return;
+    }
+    problem = g_strdup(error->message);
+  } else if (body != NULL) {
+    gsize len = 0;
+    const char *text = g_bytes_get_data(body, &len);
+    problem = g_strdup_printf("HTTP %u: %.*s", status, (int)MIN(len, 400), text ? text : "");
+  } else {
+    problem = g_strdup(error->message);
+  }
+  gboolean permanent = status >= 400 && status < 500;
+  if (have_credentials(n)) {
+    /* The cluster is away (or refuses a new registration): the last credentials may still work. */
+    od_log(G_LOG_LEVEL_WARNING, "register", "url", n->cluster_url, "msg", problem, "action",
+           "continuing with the credentials in node.json", NULL);
+    node_start(n);
+    return;
+  }
+  if (permanent) {
+    g_autofree char *m = g_strdup_printf("registration at %s refused: %s", n->cluster_url, problem);
+    fatal(n, m);
+    return;
+  }
+  g_autofree char *wait = g_strdup_printf("%" G_GINT64_FORMAT, n->register_backoff_s);
+  od_log(G_LOG_LEVEL_WARNING, "register", "url", n->cluster_url, "msg", problem, "retry_s", wait, NULL);
+  register_schedule(n);
+}
+
+static gboolean do_register(gpointer data) {
+  Node *n = data;
+  n->register_source = 0;
+  g_autofree char *report = node_report_json(n);
+  g_autoptr(JsonNode) caps = od_json_parse(report, -1, NULL);
+  g_autoptr(JsonObject) body = json_object_new();
+  json_object_set_member(body, "capabilities", json_node_copy(caps));
+  json_object_set_string_member(body, "join_token", n->join_token ? n->join_token : "");
+  g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), json_object_ref(body));
+  g_autofree char *text = od_json_to_string(root, FALSE);
+  g_autofree char *base = g_strdup(n->cluster_url);
+  while (g_str_has_suffix(base, "/"))
+    base[strlen(base) - 1] = '\0';
+  g_autofree char *url = g_strdup_printf("%s/api/node/register", base);
+  g_autoptr(SoupMessage) msg = soup_message_new("POST", url);
+  g_autoptr(GBytes) bytes = g_bytes_new(text, strlen(text));
+  soup_message_set_request_body_from_bytes(msg, "application/json", bytes);
+  soup_session_send_and_read_async(n->session, msg, G_PRIORITY_DEFAULT, NULL, on_registered, n);
+  return G_SOURCE_REMOVE;
+}
+
+static void register_schedule(Node *n) {
+  n->register_source = g_timeout_add_seconds((guint)n->register_backoff_s, do_register, n);
+  n->register_backoff_s = MIN(n->register_backoff_s * 2, REGISTER_BACKOFF_MAX_S);
+}
+
+/* ---- lifecycle ---- */
+
+static gboolean on_signal(gpointer data) {
+  Node *n = data;
+  od_log(G_LOG_LEVEL_MESSAGE, "stop", "msg", n->stop_instances ? "stopping instances" : "instances keep running",
+         NULL);
+  g_main_loop_quit(n->loop);
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean make_runtimes(Node *n, GError **error) {
+  oakuk_qemu_options qo;
+  oakuk_qemu_options_init(&qo, OAKUK_QEMU_OPTIONS_VERSION);
+  qo.allow_emulation = n->allow_emulation;
+  oakuk_error *err = NULL;
+  if (oakuk_qemu_probe(&n->caps, &qo, &err) != 0 ||
+      (n->uk_rt = oakuk_qemu_runtime_new(n->state_dir, &qo, &err)) == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "unikernel runtime in %s: %s", n->state_dir, oakuk_error_message(err));
+    oakuk_error_free(err);
+    return FALSE;
+  }
+  oakuk_runtime_set_status_callback(n->uk_rt, insts_on_runtime_status, n);
+  g_autofree char *ctr_dir = node_state_path(n, "container");
+  n->ctr_rt = oakuk_container_runtime_new(ctr_dir, NULL, &err);
+  if (n->ctr_rt == NULL) {
+    od_log(G_LOG_LEVEL_MESSAGE, "runtime", "virtualization", "container", "msg", oakuk_error_message(err),
+           "action", "containers are not offered", NULL);
+    oakuk_error_free(err);
+  } else {
+    oakuk_runtime_set_status_callback(n->ctr_rt, insts_on_runtime_status, n);
+  }
+  g_autofree char *images = node_state_path(n, "images");
+  n->images = oakuk_image_cache_new(images, NULL, &err);
+  if (n->images == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "image cache %s: %s", images, oakuk_error_message(err));
+    oakuk_error_free(err);
+    return FALSE;
+  }
+  const char *accel = oakuk_accel_name(oakuk_qemu_caps_accel(n->caps));
+  od_log(G_LOG_LEVEL_MESSAGE, "probe", "arch", oakuk_qemu_caps_host_arch(n->caps), "accel", accel ? accel : "none",
+         "kvm", oakuk_qemu_caps_kvm(n->caps) ? "yes" : "no", "container", n->ctr_rt ? "yes" : "no", NULL);
+  return TRUE;
+}
+
+static void node_free(Node *n) {
+  if (n->insts)
+    insts_shutdown(n);
+  if (n->report_source)
+    g_source_remove(n->report_source);
+  if (n->register_source)
+    g_source_remove(n->register_source);
+  g_clear_pointer(&n->mqtt, od_mqtt_free);
+  g_clear_pointer(&n->uk_rt, oakuk_runtime_unref);
+  g_clear_pointer(&n->ctr_rt, oakuk_runtime_unref);
+  if (n->insts && n->stop_instances)
+    insts_forget(n);
+  g_clear_pointer(&n->insts, g_hash_table_unref);
+  g_clear_pointer(&n->services, g_hash_table_unref);
+  g_clear_pointer(&n->peers, g_hash_table_unref);
+  g_clear_pointer(&n->net, oakuk_net_unref);
+  g_clear_pointer(&n->images, oakuk_image_cache_unref);
+  g_clear_pointer(&n->caps, oakuk_qemu_caps_unref);
+  g_clear_object(&n->session);
+  g_clear_pointer(&n->loop, g_main_loop_unref);
+  g_clear_pointer(&n->config, g_key_file_unref);
+  char **strs[] = {&n->state_dir, &n->cluster_url, &n->join_token, &n->name, &n->underlay_ip, &n->id,
+                   &n->mqtt_host, &n->mqtt_username, &n->mqtt_password, &n->subnet};
+  for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
+    g_clear_pointer(strs[k], g_free);
+}
+
+static int run(Node *n, Args *a) {
+  g_autoptr(GError) error = NULL;
+  if (!load_settings(n, a, &error))
+    goto fail;
+  if (g_mkdir_with_parents(n->state_dir, 0700) != 0) {
+    g_set_error(&error, OD_ERROR, OD_ERROR_IO, "--state-dir %s: %s", n->state_dir, g_strerror(errno));
+    goto fail;
+  }
+  load_identity(n);
+  if (n->name != NULL) {
+    g_free(n->id);
+    n->id = g_strdup(n->name);
+  } else if (n->id == NULL) {
+    n->id = g_strdup(g_get_host_name());
+  }
+  if (n->join_token == NULL && !have_credentials(n)) {
+    g_set_error(&error, OD_ERROR, OD_ERROR_INVALID,
+                "--join-token or --join-token-file is required for the first registration");
+    goto fail;
+  }
+  if (n->underlay_ip == NULL && !route_source(n, &error))
+    goto fail;
+  if (!make_runtimes(n, &error))
+    goto fail;
+  insts_init(n);
+  n->services = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  n->peers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  n->loop = g_main_loop_new(NULL, FALSE);
+  n->session = soup_session_new_with_options("timeout", 10, "user-agent", "oakuk-node", NULL);
+  g_unix_signal_add(SIGTERM, on_signal, n);
+  g_unix_signal_add(SIGINT, on_signal, n);
+  n->register_backoff_s = 1;
+  do_register(n);
+  g_main_loop_run(n->loop);
+  od_log(G_LOG_LEVEL_MESSAGE, "stop", "msg", "oakuk-node stopped", NULL);
+  return n->exit_code;
+fail:
+  od_log(G_LOG_LEVEL_WARNING, "fatal", "msg", error->message, NULL);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  Args a = {0};
+  OdCommonOptions common = {0};
+  Node n = {0};
+  const GOptionEntry entries[] = {
+      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir,
+       "State directory: images/, instances/, jobs/, node.json (default /var/lib/oakuk/node)", "DIR"},
+      {"cluster-url", 0, 0, G_OPTION_ARG_STRING, &a.cluster_url, "Base URL of oakuk-cluster", "URL"},
+      {"join-token", 0, 0, G_OPTION_ARG_STRING, &a.join_token, "Node join token of the cluster, or @FILE", "TOKEN"},
+      {"join-token-file", 0, 0, G_OPTION_ARG_FILENAME, &a.join_token_file, "Read the join token from FILE", "FILE"},
+      {"name", 0, 0, G_OPTION_ARG_STRING, &a.name, "Node id (default: the registered one, else the host name)",
+       "NAME"},
+      {"underlay-ip", 0, 0, G_OPTION_ARG_STRING, &a.underlay_ip,
+       "Address other nodes reach this one at (default: source address of the route to the cluster)", "IP"},
+      {"allow-emulation", 0, 0, G_OPTION_ARG_NONE, &a.allow_emulation,
+       "Run and advertise unikernels under TCG (no KVM, or foreign architectures)", NULL},
+      {"report-interval", 0, 0, G_OPTION_ARG_INT, &a.report_interval, "Seconds between reports (default 2)", "S"},
+      {"stop-instances", 0, 0, G_OPTION_ARG_NONE, &a.stop_instances,
+       "Stop the instances on SIGTERM (default: they keep running and are re-adopted)", NULL},
+      G_OPTION_ENTRY_NULL};
+  g_autoptr(GError) error = NULL;
+  if (!od_options_parse(&argc, &argv, "oakuk node: runs unikernels and containers for its cluster.", entries,
+                        &common, &n.config, &error)) {
+    fprintf(stderr, "oakuk-node: %s\n", error->message);
+    args_clear(&a);
+    return 2;
+  }
+  od_log_init("oakuk-node", common.log_format, common.verbose);
+  int rc = run(&n, &a);
+  node_free(&n);
+  args_clear(&a);
+  od_common_options_clear(&common);
+  return rc;
+}

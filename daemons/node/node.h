@@ -1,0 +1,138 @@
+/* oakuk-node: runs instances (QEMU unikernels, runc containers) for its cluster (DESIGN §4, §6-§11). */
+#ifndef OAKUK_NODE_H
+#define OAKUK_NODE_H
+
+#include "daemon-common.h"
+#include "mqtt.h"
+
+#include <oakuk/oakuk.h>
+
+G_BEGIN_DECLS
+
+/* Seconds before a failed or dead instance is started again on this node. */
+#define NODE_RESTART_BACKOFF_S 2
+/* Local restarts before the failure is left to the cluster (which reschedules). */
+#define NODE_MAX_LOCAL_RESTARTS 1
+
+typedef enum {
+  PHASE_FETCH,    /* image download in flight */
+  PHASE_NET,      /* network setup in flight */
+  PHASE_RUNTIME,  /* handed to the runtime (CREATING .. RUNNING, or ended) */
+  PHASE_CLEANUP,  /* runtime undeploy and/or network teardown in flight */
+  PHASE_BACKOFF,  /* waiting to be deployed again */
+  PHASE_FAILED,   /* gave up: nothing left but the record */
+} Phase;
+
+typedef enum { THEN_RETRY, THEN_FAILED, THEN_DELETE } Then;
+
+typedef struct Node Node;
+
+typedef struct {
+  gint refs;
+  Node *node;
+  char *name;            /* <job_name>.instance.<n> */
+  char *job_name;
+  gint64 number;
+  JsonObject *job;       /* the deploy payload as received */
+  oakuk_microservice *ms;
+  int32_t virt;
+  char *arch;
+  int32_t accel;
+  char *code;
+  char *code_sha256;
+  char *ip;              /* instance_ip from the cluster, or NULL (allocate) */
+  int32_t restart;
+  gboolean gone;         /* removed from the node's table: late async results are dropped */
+  Phase phase;
+  Then then;             /* what follows the cleanup in flight */
+  gboolean delete_requested;
+  gboolean runtime_owned;  /* the runtime knows this instance */
+  guint restarts;
+  int32_t status;        /* last status published (OAKUK_STATUS_*) */
+  char *detail;
+  guint timer;
+  gint64 last_progress_us;
+  int last_progress_pct;
+  oakuk_image *image;
+  oakuk_net_instance_info *ninfo;
+} Inst;
+
+struct Node {
+  GKeyFile *config;
+  GMainLoop *loop;
+  int exit_code;
+
+  /* settings */
+  char *state_dir;
+  char *cluster_url;
+  char *join_token;
+  char *name;
+  char *underlay_ip;
+  gboolean allow_emulation;
+  gboolean stop_instances;
+  gint64 report_interval_ms;
+
+  /* registration (node.json) */
+  char *id;
+  char *mqtt_host;
+  guint16 mqtt_port;
+  char *mqtt_username;
+  char *mqtt_password;
+  char *subnet;
+
+  /* machinery */
+  SoupSession *session;
+  guint register_source;
+  gint64 register_backoff_s;
+  oakuk_qemu_caps *caps;
+  oakuk_runtime *uk_rt;
+  oakuk_runtime *ctr_rt;  /* NULL when runc is missing */
+  oakuk_image_cache *images;
+  oakuk_net *net;
+  OdMqtt *mqtt;
+  gboolean mqtt_up;
+  guint report_source;
+  GHashTable *insts;      /* name -> Inst* */
+  GHashTable *services;   /* rr_ip -> 1: service IPs we programmed */
+  GHashTable *peers;      /* underlay ip -> subnet: peers we programmed */
+  guint64 prev_cpu_total, prev_cpu_idle;
+};
+
+/* main.c */
+char *node_state_path(Node *n, const char *leaf);
+
+/* report.c: the node report (DESIGN §6) as JSON text. */
+char *node_report_json(Node *n);
+
+/* instances.c */
+void insts_init(Node *n);
+/* Re-adopts instances from the job records and the runtimes, and removes network leftovers. */
+void insts_restore(Node *n);
+void insts_on_deploy(Node *n, const char *topic, GBytes *payload);
+void insts_on_delete(Node *n, const char *topic, GBytes *payload);
+/* Publishes the current status of every instance (after (re)connecting). */
+void insts_republish(Node *n);
+/* Runtime status callback. */
+void insts_on_runtime_status(const char *instance, int32_t status, const char *detail, void *user_data);
+void inst_unref(Inst *i);
+/* SIGTERM: cancels timers and tells the runtimes whether to keep the instances running (the
+ * default) or to stop them when they are dropped. */
+void insts_shutdown(Node *n);
+/* With --stop-instances, after the runtimes are gone: removes the networks and job records. */
+void insts_forget(Node *n);
+
+/* netsync.c: nodes/<id>/net/services and nodes/<id>/net/peers. */
+void netsync_on_services(Node *n, const char *topic, GBytes *payload);
+void netsync_on_peers(Node *n, const char *topic, GBytes *payload);
+/* Keep lists for the startup reconcile, from the tables saved by the last run. */
+GPtrArray *netsync_saved_services(Node *n);
+GPtrArray *netsync_saved_peers(Node *n);
+
+/* Logs a rejected MQTT payload: the topic and the problem. */
+void node_reject(const char *topic, const char *problem);
+/* Publishes on nodes/<id>/<leaf> (QoS 1) when connected; FALSE otherwise. */
+gboolean node_publish(Node *n, const char *leaf, const char *text);
+
+G_END_DECLS
+
+#endif

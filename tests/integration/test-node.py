@@ -1,0 +1,462 @@
+#!/usr/bin/python3
+"""Integration test of oakuk-node with a real oakuk-root and oakuk-cluster (and the cluster's own
+mosquitto). The node runs in its own network namespace ("host"), joined to the test's namespace by a
+veth on a private 172.31.<r>.0/24; it deploys the amd64 test guest under TCG, fetched over HTTP from
+this test. Events and reports are watched with mosquitto_sub using the node's own credentials.
+
+Usage: test-node.py <oakuk-root> <oakuk-cluster> <oakuk-node>  (as root)"""
+import functools
+import hashlib
+import http.server
+import json
+import os
+import pathlib
+import queue
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+import requests
+
+ROOT_BIN = CLUSTER_BIN = NODE_BIN = None
+MOSQUITTO = "/usr/sbin/mosquitto"
+GUESTS = pathlib.Path(os.environ.get("OAKUK_GUESTS_DIR", "/nonexistent"))
+IMAGE = GUESTS / "guest-amd64.tar.gz"
+PROCS = []
+FILES = []  # log files handed to daemons, closed at the end
+
+
+def log_file(path):
+    f = open(path, "ab")
+    FILES.append(f)
+    return f
+R = random.randrange(1, 250)
+NS = "oakuk-t-node-%04x" % random.randrange(0x10000)
+VETH_T, VETH_N = "otn%da" % R, "otn%db" % R
+TEST_IP, NODE_IP = "172.31.%d.1" % R, "172.31.%d.2" % R
+APP = "nt%04x" % random.randrange(0x10000)
+JOB = "%s.test.web.test" % APP
+
+
+def sh(*argv, check=True):
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError("%s failed: %s" % (" ".join(argv), p.stderr))
+    return p
+
+
+def ports(n):
+    base = random.randrange(30000, 60000 - n)
+    return list(range(base, base + n))
+
+
+def spawn(argv, **kw):
+    p = subprocess.Popen(argv, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, timeout=20):
+    if p is not None and p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_until(what, fn, timeout=30, interval=0.3):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except (requests.RequestException, OSError, KeyError, ValueError, IndexError) as e:
+            last = e
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def qemu_pids(instance):
+    out = []
+    for p in pathlib.Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                argv = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"-name" in argv and instance.encode() in argv:
+                out.append(int(p.name))
+    return out
+
+
+def in_node_ns(*argv, timeout=15):
+    return subprocess.run(["nsenter", "--net=/run/netns/" + NS, "--", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class Log:
+    def __init__(self, path):
+        self.path = path
+
+    def text(self):
+        with open(self.path, errors="replace") as f:
+            return f.read()
+
+    def grep(self, prefix, timeout=15):
+        return wait_until(prefix, lambda: next((l.split(prefix, 1)[1].strip() for l in self.text().splitlines()
+                                                if l.startswith(prefix)), None), timeout=timeout)
+
+
+class Watcher:
+    """mosquitto_sub on nodes/<id>/# with the node's credentials; keeps every message."""
+
+    def __init__(self, creds, node_id):
+        self.msgs = []
+        self.lock = threading.Lock()
+        self.q = queue.Queue()
+        self.id = node_id
+        self.creds = creds
+        self.sub = spawn(["mosquitto_sub", "-h", TEST_IP, "-p", str(creds["mqtt_port"]), "-u", creds["mqtt_username"],
+                          "-P", creds["mqtt_password"], "-q", "1", "-i", "watch-%d" % random.randrange(1 << 30),
+                          "-v", "-t", "nodes/%s/#" % node_id], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.sub.stdout:
+            topic, _, payload = line.rstrip("\n").partition(" ")
+            with self.lock:
+                self.msgs.append((time.time(), topic, payload))
+
+    def since(self, t0, leaf):
+        topic = "nodes/%s/%s" % (self.id, leaf)
+        out = []
+        with self.lock:
+            for t, tp, p in self.msgs:
+                if t >= t0 and tp == topic:
+                    try:
+                        out.append(json.loads(p))
+                    except ValueError:
+                        out.append(p)
+        return out
+
+    def wait(self, t0, leaf, pred, what, timeout=60):
+        return wait_until(what, lambda: next((m for m in self.since(t0, leaf) if isinstance(m, dict) and pred(m)),
+                                             None), timeout=timeout)
+
+    def publish(self, leaf, data):
+        return subprocess.run(["mosquitto_pub", "-h", TEST_IP, "-p", str(self.creds["mqtt_port"]),
+                               "-u", self.creds["mqtt_username"], "-P", self.creds["mqtt_password"], "-q", "1",
+                               "-t", "nodes/%s/%s" % (self.id, leaf), "-m", data],
+                              capture_output=True, timeout=10).returncode
+
+    def close(self):
+        stop(self.sub)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@unittest.skipUnless(os.geteuid() == 0, "needs root (network namespaces, QEMU, cgroups)")
+@unittest.skipUnless(IMAGE.exists(), "amd64 test guest not built (OAKUK_GUESTS_DIR)")
+class NodeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="oakuk-node-test-")
+        cls.node_state = os.path.join(cls.tmp, "node")
+        sh("ip", "netns", "add", NS)
+        sh("ip", "link", "add", VETH_T, "type", "veth", "peer", "name", VETH_N)
+        sh("ip", "link", "set", VETH_N, "netns", NS)
+        sh("ip", "addr", "add", TEST_IP + "/24", "dev", VETH_T)
+        sh("ip", "link", "set", VETH_T, "up")
+        sh("ip", "-n", NS, "addr", "add", NODE_IP + "/24", "dev", VETH_N)
+        sh("ip", "-n", NS, "link", "set", VETH_N, "up")
+        sh("ip", "-n", NS, "link", "set", "lo", "up")
+        # the guest image over HTTP, from the test side of the veth
+        cls.httpd = http.server.ThreadingHTTPServer((TEST_IP, 0), functools.partial(QuietHandler,
+                                                                                    directory=str(GUESTS)))
+        threading.Thread(target=cls.httpd.serve_forever, daemon=True).start()
+        cls.image_url = "http://%s:%d/%s" % (TEST_IP, cls.httpd.server_address[1], IMAGE.name)
+        cls.image_sha = hashlib.sha256(IMAGE.read_bytes()).hexdigest()
+        root_port, cls.cluster_port, cls.mqtt_port = ports(3)
+        cls.root_url = "http://127.0.0.1:%d" % root_port
+        cls.cluster_url = "http://%s:%d" % (TEST_IP, cls.cluster_port)
+        cls.root_log = Log(os.path.join(cls.tmp, "root.log"))
+        spawn([ROOT_BIN, "--state-dir", os.path.join(cls.tmp, "root"), "--listen", "127.0.0.1:%d" % root_port],
+              stdout=subprocess.DEVNULL, stderr=log_file(cls.root_log.path))
+        password = cls.root_log.grep("admin password:")
+        tok = wait_until("root login", lambda: requests.post(cls.root_url + "/api/auth/login", timeout=5, json={
+            "username": "Admin", "password": password}).json()["token"])
+        cls.h = {"Authorization": "Bearer " + tok}
+        join = requests.post(cls.root_url + "/api/v1/clusters/tokens", headers=cls.h, timeout=5).json()["token"]
+        cls.cluster_log = Log(os.path.join(cls.tmp, "cluster.log"))
+        spawn([CLUSTER_BIN, "--state-dir", os.path.join(cls.tmp, "cluster"), "--listen",
+               "%s:%d" % (TEST_IP, cls.cluster_port), "--root-url", cls.root_url, "--name", "edge-n",
+               "--mqtt-port", str(cls.mqtt_port), "--mosquitto", MOSQUITTO, "--node-timeout", "30",
+               "--aggregate-interval", "1", "--join-token", join],
+              stdout=subprocess.DEVNULL, stderr=log_file(cls.cluster_log.path))
+        cls.node_join = cls.cluster_log.grep("node join token:")
+        wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
+            requests.get(cls.cluster_url + "/healthz", timeout=5).json()))
+        cls.node_log = Log(os.path.join(cls.tmp, "node.log"))
+        cls.node = None
+        cls.start_node()
+        creds = wait_until("node registered", cls.node_identity)
+        cls.watch = Watcher(creds, "node-t")
+        r = requests.post(cls.root_url + "/api/application/", headers=cls.h, timeout=10, json=cls.sla())
+        assert r.status_code == 200, r.text
+        cls.sid = json.loads(r.json())[0]["microservices"][0]
+        cls.instance = None
+
+    @classmethod
+    def sla(cls):
+        return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+            "applicationID": "", "application_name": APP, "application_namespace": "test",
+            "application_desc": "node test", "microservices": [{
+                "microserviceID": "", "microservice_name": "web", "microservice_namespace": "test",
+                "virtualization": "unikernel", "cmd": ["hello"], "memory": 128, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+                "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": cls.image_url,
+                "code_sha256": cls.image_sha, "arch": ["amd64"], "emulation": "allow", "state": "",
+                "port": "", "added_files": []}]}]}
+
+    @classmethod
+    def start_node(cls, *extra):
+        cls.node = spawn(["nsenter", "--net=/run/netns/" + NS, "--", NODE_BIN, "--state-dir", cls.node_state,
+                          "--cluster-url", cls.cluster_url, "--join-token", cls.node_join, "--name", "node-t",
+                          "--allow-emulation", "--report-interval", "1", "--verbose", *extra],
+                         stdout=subprocess.DEVNULL, stderr=log_file(cls.node_log.path))
+
+    @classmethod
+    def node_identity(cls):
+        with open(os.path.join(cls.node_state, "node.json")) as f:
+            return json.load(f)
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "httpd", None):
+            cls.httpd.shutdown()
+        for p in reversed(PROCS):
+            stop(p)
+        for f in FILES:
+            f.close()
+        if getattr(cls, "httpd", None):
+            cls.httpd.server_close()
+        name = "%s.instance." % JOB
+        for entry in os.listdir("/run/netns"):
+            if entry.startswith(name):
+                sh("ip", "netns", "del", entry, check=False)
+        for pid in qemu_pids(name + "0"):
+            os.kill(pid, signal.SIGKILL)
+        sh("ip", "link", "del", VETH_T, check=False)
+        sh("ip", "netns", "del", NS, check=False)
+        for cg in pathlib.Path("/sys/fs/cgroup").glob("**/oakuk/%s*" % JOB):
+            try:
+                cg.rmdir()
+            except OSError:
+                pass
+        if os.environ.get("KEEP_TMP") is None:
+            subprocess.run(["rm", "-rf", cls.tmp])
+
+    # ---- helpers ----
+    def last_report(self, t0):
+        reports = [m for m in self.watch.since(t0, "information") if isinstance(m, dict)]
+        return reports[-1] if reports else None
+
+    def report_with(self, t0, pred, what, timeout=30):
+        return wait_until(what, lambda: (lambda r: r if r and pred(r) else None)(self.last_report(t0)),
+                          timeout=timeout)
+
+    def instance_state(self):
+        return {
+            "netns": sorted(e for e in os.listdir("/run/netns") if e.startswith(JOB)),
+            "qemu": qemu_pids(self.instance),
+            "dirs": sorted(os.listdir(os.path.join(self.node_state, "instances"))),
+            "jobs": sorted(os.listdir(os.path.join(self.node_state, "jobs"))),
+            "links": sorted(l for l in in_node_ns("ip", "-o", "link").stdout.split("\n") if "oakuk-" in l and "oakuk-vx" not in l),
+        }
+
+    def guest_http(self, ip, timeout=120):
+        url = "http://%s:8080/cgi-bin/index.cgi" % ip
+        code = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(%r, timeout=3).read().decode())" % url
+        return wait_until("guest HTTP at %s from the node host" % ip, lambda: (lambda p: p.stdout if p.returncode == 0
+                          else None)(in_node_ns(sys.executable, "-c", code)), timeout=timeout, interval=1)
+
+    # ---- tests, in order ----
+    def test_01_register_and_report(self):
+        ident = self.node_identity()
+        self.assertEqual(ident["id"], "node-t")
+        self.assertTrue(ident["subnet"].startswith("10.18.") and ident["subnet"].endswith("/24"), ident)
+        self.assertEqual(os.stat(os.path.join(self.node_state, "node.json")).st_mode & 0o077, 0)
+        rep = self.report_with(0, lambda r: True, "a node report")
+        self.assertEqual(rep["id"], "node-t")
+        self.assertEqual(rep["ip"], NODE_IP)  # default underlay: source of the route to the cluster
+        self.assertEqual(rep["architecture"], "amd64")
+        self.assertIn("unikernel", rep["virtualization"])
+        self.assertEqual(rep["unikernel"]["accel"], "tcg")
+        self.assertLessEqual(rep["vcpus"], os.cpu_count())
+        self.assertLessEqual(rep["memory"], rep["memory_total"])
+        # the cluster accepted it (it validates reports with liboakuk)
+        nodes = requests.get(self.cluster_url + "/api/v1/nodes", timeout=5).json()
+        self.assertIn("node-t", [n["id"] for n in nodes])
+        # the node built its bridge with the first address of its subnet, in its own namespace only
+        bridge_ip = ident["subnet"].rsplit(".", 1)[0] + ".1/24"
+        self.assertIn(bridge_ip, in_node_ns("ip", "-o", "addr", "show", "oakuk0").stdout)
+        self.assertNotIn("oakuk0", os.listdir("/sys/class/net"))
+
+    def test_02_deploy_runs_guest(self):
+        # the root places on clusters by their aggregates: wait until ours counts the node
+        cid = requests.get(self.root_url + "/api/v1/clusters", headers=self.h, timeout=5).json()[0]["id"]
+        wait_until("node active at the root", lambda: requests.get(
+            self.root_url + "/api/v1/clusters/" + cid, headers=self.h, timeout=5).json()["active_nodes"] == 1)
+        t0 = time.time()
+        r = requests.post(self.root_url + "/api/service/%s/instance" % self.sid, headers=self.h, timeout=10)
+        self.assertEqual(r.status_code, 200, r.text)
+        n = r.json()["instance_number"]
+        type(self).instance = "%s.instance.%d" % (JOB, n)
+        deploy = self.watch.wait(t0, "control/deploy", lambda m: m.get("instance_number") == n, "deploy message")
+        ip = deploy["instance_ip"]
+        type(self).ip = ip
+        self.watch.wait(t0, "job", lambda m: m["status"] == "CREATING" and m["instance"] == n, "CREATING")
+        running = self.watch.wait(t0, "job", lambda m: m["status"] == "RUNNING" and m["instance"] == n, "RUNNING",
+                                  timeout=120)
+        self.assertEqual(running["job_name"], JOB)
+        details = [m["status_detail"] for m in self.watch.since(t0, "job") if m["status"] == "CREATING"]
+        self.assertTrue(any(d.startswith("fetching image") or d.startswith("downloading") for d in details), details)
+        body = self.guest_http(ip)
+        self.assertIn("args: hello", body)
+        rep = self.report_with(t0, lambda r: any(i["name"] == self.instance and i["status"] == "RUNNING"
+                                                 for i in r["instances"]), "report listing the instance")
+        inst = next(i for i in rep["instances"] if i["name"] == self.instance)
+        self.assertGreater(inst["memory_mb"], 0)
+        st = self.instance_state()
+        self.assertEqual(st["netns"], [self.instance])
+        self.assertEqual(len(st["qemu"]), 1)
+        # the same deploy again is idempotent: its status is re-published, nothing new starts
+        t1 = time.time()
+        self.assertEqual(self.watch.publish("control/deploy", json.dumps(deploy)), 0)
+        self.watch.wait(t1, "job", lambda m: m["status"] == "RUNNING" and m["instance"] == n, "re-published status")
+        time.sleep(1)
+        self.assertEqual(self.instance_state()["qemu"], st["qemu"])
+
+    def test_03_malformed_payloads_are_ignored(self):
+        self.assertIsNotNone(self.instance)
+        before = self.instance_state()
+        bad = [("control/deploy", "not json"), ("control/deploy", "[1, 2]"),
+               ("control/deploy", json.dumps({"instance_number": "zero", "job_name": JOB})),
+               ("control/deploy", json.dumps({"instance_number": 3, "virtualization": "unikernel"})),
+               ("control/delete", "{"), ("control/delete", json.dumps({"job_name": 5, "instance_number": 0})),
+               ("control/delete", json.dumps({"job_name": JOB})),
+               ("net/services", "{]"), ("net/services", json.dumps([{"rr_ip": "not-an-ip", "instances": []}])),
+               ("net/peers", json.dumps({"id": "x"})), ("net/peers", json.dumps([{"id": "p", "ip": "1.2.3"}]))]
+        t0 = time.time()
+        for leaf, payload in bad:
+            self.assertEqual(self.watch.publish(leaf, payload), 0)
+        wait_until("a warning per malformed payload", lambda: sum(
+            1 for l in self.node_log.text().splitlines() if "mqtt-reject" in l and "topic=nodes/node-t/" in l)
+            >= len(bad), timeout=15)
+        log = self.node_log.text()
+        for leaf in ("control/deploy", "control/delete", "net/services", "net/peers"):
+            self.assertIn("topic=nodes/node-t/%s" % leaf, log)
+        self.assertIn("instance_number: missing or not a non-negative integer", log)
+        time.sleep(1.5)
+        self.assertEqual(self.instance_state(), before)
+        self.assertEqual([m for m in self.watch.since(t0, "job") if m.get("status") != "RUNNING"], [])
+        rep = self.report_with(time.time(), lambda r: True, "a report after the malformed payloads")
+        self.assertEqual([(i["name"], i["status"]) for i in rep["instances"]], [(self.instance, "RUNNING")])
+
+    def test_03b_wrong_arch_is_refused(self):
+        # A deploy whose placement asks for arm64 but whose code is the amd64 guest: FAILED naming
+        # the mismatch, and nothing of it is left behind.
+        name = "%s.instance.7" % JOB
+        job = {"job_name": JOB, "microservice_name": "web", "microservice_namespace": "test", "app_name": APP,
+               "app_ns": "test", "virtualization": "unikernel", "code": self.image_url + ",",
+               "arch": ["arm64"], "memory": 128, "vcpus": 1, "emulation": "allow", "instance_number": 7,
+               "placement": {"virtualization": "unikernel", "arch": "arm64", "code": self.image_url,
+                             "code_sha256": self.image_sha}}
+        t0 = time.time()
+        self.assertEqual(self.watch.publish("control/deploy", json.dumps(job)), 0)
+        failed = self.watch.wait(t0, "job", lambda m: m["status"] == "FAILED" and m["instance"] == 7, "FAILED")
+        self.assertIn("arm64", failed["status_detail"])
+        self.assertIn("built for amd64", failed["status_detail"])
+        self.assertNotIn("restarting", failed["status_detail"])
+        self.assertEqual(self.watch.publish("control/delete", json.dumps({"job_name": JOB, "instance_number": 7})), 0)
+        self.watch.wait(t0, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == 7, "UNDEPLOYED")
+        wait_until("no trace of the refused instance", lambda: not os.path.exists("/run/netns/" + name) and
+                   not os.path.exists(os.path.join(self.node_state, "jobs", name + ".json")), timeout=10)
+        self.assertEqual(self.instance_state()["netns"], [self.instance])
+
+    def test_04_restart_readopts(self):
+        self.assertIsNotNone(self.instance)
+        before = self.instance_state()
+        stop(self.node)
+        self.assertEqual(self.node.returncode, 0)
+        self.assertEqual(qemu_pids(self.instance), before["qemu"], "the instance kept running")
+        t0 = time.time()
+        self.start_node()
+        wait_until("node reconnected", lambda: "re-adopted" in self.node_log.text().split("oakuk-node stopped")[-1])
+        # new credentials after re-registration: reconnect the watcher
+        self.watch.close()
+        type(self).watch = Watcher(self.node_identity(), "node-t")
+        t0 = time.time()
+        self.report_with(t0, lambda r: [(i["name"], i["status"]) for i in r["instances"]] == [
+            (self.instance, "RUNNING")], "report after restart", timeout=40)
+        after = self.instance_state()
+        self.assertEqual(after, before)
+        self.assertIn("args: hello", self.guest_http(self.ip, timeout=30))
+
+    def test_04b_dead_instance_restarted_once_here(self):
+        # QEMU killed under the node: DEAD (saying it restarts here), then a fresh RUNNING instance
+        # with the same IP.
+        self.assertIsNotNone(self.instance)
+        n = int(self.instance.rsplit(".", 1)[1])
+        old = qemu_pids(self.instance)
+        self.assertEqual(len(old), 1)
+        t0 = time.time()
+        os.kill(old[0], signal.SIGKILL)
+        dead = self.watch.wait(t0, "job", lambda m: m["status"] == "DEAD" and m["instance"] == n, "DEAD")
+        self.assertIn("restarting on this node", dead["status_detail"])
+        self.watch.wait(t0, "job", lambda m: m["status"] == "RUNNING" and m["instance"] == n, "RUNNING again",
+                        timeout=60)
+        new = qemu_pids(self.instance)
+        self.assertEqual(len(new), 1)
+        self.assertNotEqual(new, old)
+        self.assertIn("args: hello", self.guest_http(self.ip, timeout=120))
+
+    def test_05_delete_removes_everything(self):
+        self.assertIsNotNone(self.instance)
+        n = int(self.instance.rsplit(".", 1)[1])
+        t0 = time.time()
+        r = requests.delete(self.root_url + "/api/service/%s/instance/%d" % (self.sid, n), headers=self.h, timeout=10)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.watch.wait(t0, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == n, "UNDEPLOYED",
+                        timeout=40)
+        self.assertEqual(self.instance_state(), {"netns": [], "qemu": [], "dirs": [], "jobs": [], "links": []})
+        self.assertFalse(os.path.exists("/run/netns/" + self.instance))
+        self.report_with(time.time(), lambda r: r["instances"] == [], "report without instances")
+        # deleting again (unknown instance) is idempotent
+        t1 = time.time()
+        self.assertEqual(self.watch.publish("control/delete", json.dumps({"job_name": JOB, "instance_number": n})), 0)
+        self.watch.wait(t1, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == n, "UNDEPLOYED again")
+
+    def test_06_sigterm_exits_cleanly(self):
+        stop(self.node)
+        self.assertEqual(self.node.returncode, 0)
+        self.assertIn("oakuk-node stopped", self.node_log.text())
+
+
+if __name__ == "__main__":
+    ROOT_BIN, CLUSTER_BIN, NODE_BIN = sys.argv[1:4]
+    del sys.argv[1:4]
+    unittest.main(verbosity=2)
