@@ -290,6 +290,26 @@ static void h_instances(Req *q) {
   od_http_reply_json(q->msg, SOUP_STATUS_OK, node);
 }
 
+/* GET /api/v1/instances/<name>/logs?lines=N (from the root): asks the instance's node. */
+static void h_logs(Req *q) {
+  gint64 lines = 100;
+  const char *query = g_uri_get_query(soup_server_message_get_uri(q->msg));
+  g_autoptr(GHashTable) params = query ? g_uri_parse_params(query, -1, "&", G_URI_PARAMS_NONE, NULL) : NULL;
+  const char *ltext = params ? g_hash_table_lookup(params, "lines") : NULL;
+  if (ltext != NULL && !g_ascii_string_to_signed(ltext, 10, 1, 10000, &lines, NULL)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "lines",
+                        "lines: '%s' is not a number of lines in [1, 10000]", ltext);
+    return;
+  }
+  g_autofree char *node = od_db_query_text(q->c->db, "SELECT node FROM instances WHERE name = ?1", q->cap[0], NULL);
+  if (node == NULL || *node == '\0') {
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path, "no instance %s placed on a node of this cluster",
+                        q->cap[0]);
+    return;
+  }
+  cluster_logs_request(q->c, q->msg, node, q->cap[0], lines);
+}
+
 static void h_healthz(Req *q) {
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "status", "ok");
@@ -361,6 +381,7 @@ static const Route routes[] = {
     {"GET", "api/v1/services/*/explain", AUTH_NONE, h_explain},
     {"GET", "api/v1/nodes", AUTH_NONE, h_nodes},
     {"GET", "api/v1/instances", AUTH_NONE, h_instances},
+    {"GET", "api/v1/instances/*/logs", AUTH_ROOT, h_logs},
 };
 
 static gboolean match(char **seg, const char *pattern, const char **cap) {

@@ -116,6 +116,12 @@ char *jobs_node_subnet(Cluster *c, gint64 index);
 /* api.c */
 void cluster_api_register(Cluster *c);
 
+/* logs.c: instance logs asked from nodes over MQTT (docs/cli.md). Publishes the request to the
+ * node and pauses msg until the node answers on nodes/<node>/logs (cluster_logs_on_reply) or
+ * 5 s pass (504); replies 503 at once when the node is not reachable. */
+void cluster_logs_request(Cluster *c, SoupServerMessage *msg, const char *node, const char *instance, gint64 lines);
+void cluster_logs_on_reply(Cluster *c, const char *node, const char *topic, GBytes *payload);
+
 G_END_DECLS
 
 #endif

@@ -611,6 +611,8 @@ static void on_message(const char *topic, GBytes *payload, gpointer data) {
     on_information(c, node, topic, payload);
   } else if (strcmp(parts[2], "job") == 0) {
     on_job_event(c, node, topic, payload);
+  } else if (strcmp(parts[2], "logs") == 0) {
+    cluster_logs_on_reply(c, node, topic, payload);
   } else if (strcmp(parts[2], "lwt") == 0) {
     g_hash_table_remove(c->reachable, node);
     od_log(G_LOG_LEVEL_WARNING, "node", "node", node, "msg",
@@ -633,7 +635,7 @@ static void on_state(gboolean connected, const char *reason, gpointer data) {
 }
 
 void jobs_mqtt_start(Cluster *c) {
-  const char *subs[] = {"nodes/+/information", "nodes/+/job", "nodes/+/lwt", NULL};
+  const char *subs[] = {"nodes/+/information", "nodes/+/job", "nodes/+/lwt", "nodes/+/logs", NULL};
   g_autofree char *client_id = g_strdup_printf("oakuk-cluster-%s", c->name);
   OdMqttOptions o = {.host = c->broker_host,
                      .port = c->mqtt_port,

@@ -196,6 +196,34 @@ static void schedule_register(Cluster *c) {
   c->register_source = g_timeout_add_seconds((guint)c->register_backoff_s, do_register, c);
 }
 
+/* The aggregate plus an extra key "nodes": one entry per node the cluster has a report of (its
+ * report's keys, "active" and "last_seen_ms" in wall-clock ms), for `oakuk nodes` at the root. */
+static char *aggregate_with_nodes(Cluster *c, const char *aggregate_json) {
+  g_autoptr(JsonNode) root = od_json_parse(aggregate_json, -1, NULL);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root))
+    return NULL;
+  JsonArray *nodes = json_array_new();
+  g_autoptr(GList) ids = g_hash_table_get_keys(c->reports);
+  ids = g_list_sort(ids, (GCompareFunc)strcmp);
+  gint64 now = cluster_now_ms(), wall = g_get_real_time() / 1000;
+  for (GList *l = ids; l != NULL; l = l->next) {
+    oakuk_node_report *rep = g_hash_table_lookup(c->reports, l->data);
+    char *text = oakuk_node_report_to_json(rep, FALSE, NULL);
+    g_autoptr(JsonNode) n = text ? od_json_parse(text, -1, NULL) : NULL;
+    od_oakuk_free(text);
+    if (n == NULL || !JSON_NODE_HOLDS_OBJECT(n))
+      continue;
+    JsonObject *o = json_node_get_object(n);
+    json_object_remove_member(o, "instances");
+    gint64 age = now - oakuk_node_report_received_at_ms(rep);
+    json_object_set_boolean_member(o, "active", age <= c->node_timeout_ms);
+    json_object_set_int_member(o, "last_seen_ms", wall - age);
+    json_array_add_object_element(nodes, json_object_ref(o));
+  }
+  json_object_set_array_member(json_node_get_object(root), "nodes", nodes);
+  return od_json_to_string(root, FALSE);
+}
+
 static gboolean send_aggregate(gpointer data) {
   Cluster *c = data;
   if (c->token == NULL || c->aggregate_inflight)
@@ -217,7 +245,8 @@ static gboolean send_aggregate(gpointer data) {
     return G_SOURCE_CONTINUE;
   }
   g_autofree char *path = g_strdup_printf("/api/information/%s", c->cluster_id);
-  send_call(c, CALL_AGGREGATE, path, c->token, json, 0);
+  g_autofree char *with_nodes = aggregate_with_nodes(c, json);
+  send_call(c, CALL_AGGREGATE, path, c->token, with_nodes ? with_nodes : json, 0);
   od_oakuk_free(json);
   return G_SOURCE_CONTINUE;
 }

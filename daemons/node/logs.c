@@ -84,7 +84,7 @@ static char *reply_text(const char *request_id, const char *instance, JsonArray 
   return od_json_to_string(n, FALSE);
 }
 
-char *node_logs_reply(const char *state_dir, const char *payload, gsize len, GError **error) {
+char *node_logs_reply(const char *const *state_dirs, const char *payload, gsize len, GError **error) {
   g_autoptr(JsonNode) root = od_json_parse(payload, (gssize)len, error);
   if (root == NULL)
     return NULL;
@@ -106,8 +106,15 @@ char *node_logs_reply(const char *state_dir, const char *payload, gsize len, GEr
       return reply_text(id, instance, NULL, "lines: not an integer in [1, 10000]");
     lines = json_node_get_int(ln);
   }
-  g_autofree char *dir = g_build_filename(state_dir, "instances", instance, NULL);
-  if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+  g_autofree char *dir = NULL;
+  for (gsize i = 0; dir == NULL && state_dirs[i] != NULL; i++) {
+    char *candidate = g_build_filename(state_dirs[i], "instances", instance, NULL);
+    if (g_file_test(candidate, G_FILE_TEST_IS_DIR))
+      dir = candidate;
+    else
+      g_free(candidate);
+  }
+  if (dir == NULL) {
     g_autofree char *m = g_strdup_printf("no instance %s on this node", instance);
     return reply_text(id, instance, NULL, m);
   }

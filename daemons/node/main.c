@@ -1,6 +1,7 @@
 /* oakuk-node: options, state (node.json), registration with the cluster, the node's network and
  * runtimes, MQTT topics, periodic reports and signals. */
 #include "node.h"
+#include "logs.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -226,6 +227,22 @@ static gboolean on_report_tick(gpointer data) {
   return G_SOURCE_CONTINUE;
 }
 
+/* `oakuk logs`: answer with the tail of the instance's serial console or container output. */
+static void on_logs_request(Node *n, const char *topic, GBytes *payload) {
+  g_autofree char *uk_dir = g_strdup(n->state_dir);
+  g_autofree char *ctr_dir = node_state_path(n, "container");
+  const char *const dirs[] = {uk_dir, ctr_dir, NULL};
+  gsize len = 0;
+  const char *data = g_bytes_get_data(payload, &len);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *reply = node_logs_reply(dirs, data ? data : "", len, &error);
+  if (reply == NULL) {
+    node_reject(topic, error->message);
+    return;
+  }
+  node_publish(n, "logs", reply);
+}
+
 static void on_message(const char *topic, GBytes *payload, gpointer data) {
   Node *n = data;
   g_autofree char *prefix = g_strdup_printf("nodes/%s/", n->id);
@@ -238,6 +255,8 @@ static void on_message(const char *topic, GBytes *payload, gpointer data) {
     netsync_on_services(n, topic, payload);
   else if (strcmp(leaf, "net/peers") == 0)
     netsync_on_peers(n, topic, payload);
+  else if (strcmp(leaf, "control/logs") == 0)
+    on_logs_request(n, topic, payload);
   else
     node_reject(topic, "unexpected topic");
 }
@@ -259,7 +278,8 @@ static gboolean start_mqtt(Node *n, GError **error) {
   g_autofree char *del = g_strdup_printf("nodes/%s/control/delete", n->id);
   g_autofree char *services = g_strdup_printf("nodes/%s/net/services", n->id);
   g_autofree char *peers = g_strdup_printf("nodes/%s/net/peers", n->id);
-  const char *subs[] = {deploy, del, services, peers, NULL};
+  g_autofree char *logs = g_strdup_printf("nodes/%s/control/logs", n->id);
+  const char *subs[] = {deploy, del, services, peers, logs, NULL};
   g_autofree char *client_id = g_strdup_printf("oakuk-node-%s", n->id);
   g_autofree char *will_topic = g_strdup_printf("nodes/%s/lwt", n->id);
   g_autofree char *will = g_strdup_printf("{\"id\":\"%s\"}", n->id);

@@ -588,20 +588,252 @@ static void h_svc_delete(Req *q) {
   reply_message(q, SOUP_STATUS_OK, m);
 }
 
+/* ---- views proxied to clusters (`oakuk explain`, `oakuk logs`) ---- */
+
+typedef void (*ClusterGetDone)(gpointer data, const char *cid, guint status, JsonNode *body, const char *why);
+
+typedef struct {
+  ClusterGetDone done;
+  gpointer data;
+  char *cid;
+  SoupMessage *msg;
+  GCancellable *cancel;
+  guint timer;
+  guint timeout_s;
+} ClusterGet;
+
+static gboolean cluster_get_timeout(gpointer data) {
+  ClusterGet *g = data;
+  g->timer = 0;
+  g_cancellable_cancel(g->cancel);
+  return G_SOURCE_REMOVE;
+}
+
+static void cluster_get_finish(GObject *src, GAsyncResult *res, gpointer data) {
+  ClusterGet *g = data;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GBytes) body = soup_session_send_and_read_finish(SOUP_SESSION(src), res, &error);
+  if (g->timer != 0)
+    g_source_remove(g->timer);
+  guint status = body != NULL ? soup_message_get_status(g->msg) : 0;
+  g_autoptr(JsonNode) node = NULL;
+  gsize len = 0;
+  const char *data_ = body ? g_bytes_get_data(body, &len) : NULL;
+  if (len > 0)
+    node = od_json_parse(data_, (gssize)len, NULL);
+  g_autofree char *why = NULL;
+  if (error != NULL)
+    why = g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)
+              ? g_strdup_printf("no answer within %u s", g->timeout_s)
+              : g_strdup(error->message);
+  g->done(g->data, g->cid, status, node, why);
+  g_free(g->cid);
+  g_object_unref(g->msg);
+  g_object_unref(g->cancel);
+  g_free(g);
+}
+
+/* GETs path (with query) from cluster cid with its token; done always runs, later, on the main
+ * context: status 0 and why when the cluster is unknown or unreachable. */
+static void cluster_get(Root *r, const char *cid, const char *path, guint timeout_s, ClusterGetDone done,
+                        gpointer data) {
+  g_autofree char *base = od_db_query_text(r->db, "SELECT url FROM clusters WHERE id = ?1", cid, NULL);
+  g_autofree char *token = od_db_query_text(r->db, "SELECT token FROM clusters WHERE id = ?1", cid, NULL);
+  while (base != NULL && g_str_has_suffix(base, "/"))
+    base[strlen(base) - 1] = '\0';
+  g_autofree char *url = base ? g_strconcat(base, path, NULL) : NULL;
+  SoupMessage *msg = url ? soup_message_new("GET", url) : NULL;
+  if (msg == NULL) {
+    done(data, cid, 0, NULL, base ? "the cluster's URL is not valid" : "the cluster is no longer registered");
+    return;
+  }
+  g_autofree char *auth = g_strconcat("Bearer ", token, NULL);
+  soup_message_headers_replace(soup_message_get_request_headers(msg), "Authorization", auth);
+  ClusterGet *g = g_new0(ClusterGet, 1);
+  g->done = done;
+  g->data = data;
+  g->cid = g_strdup(cid);
+  g->msg = msg;
+  g->cancel = g_cancellable_new();
+  g->timeout_s = timeout_s;
+  g->timer = g_timeout_add_seconds(timeout_s, cluster_get_timeout, g);
+  soup_session_send_and_read_async(r->session, msg, G_PRIORITY_DEFAULT, g->cancel, cluster_get_finish, g);
+}
+
+/* The message of a cluster's {"error": {...}} answer, or NULL. */
+static const char *cluster_error(JsonNode *body, const char *key) {
+  JsonObject *o = body && JSON_NODE_HOLDS_OBJECT(body) ? json_node_get_object(body) : NULL;
+  JsonNode *e = o ? json_object_get_member(o, "error") : NULL;
+  return e && JSON_NODE_HOLDS_OBJECT(e) ? str_member(json_node_get_object(e), key) : NULL;
+}
+
+static void hold(SoupServerMessage *msg) {
+  g_object_ref(msg);
+  soup_server_message_pause(msg);
+}
+
+static void release(SoupServerMessage *msg) {
+  soup_server_message_unpause(msg);
+  g_object_unref(msg);
+}
+
+typedef struct {
+  Root *r;
+  SoupServerMessage *msg;
+  JsonObject *out;
+  JsonArray *clusters;
+  guint pending;
+} ExplainCall;
+
+static void explain_reply(ExplainCall *e) {
+  g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), e->out);
+  od_http_reply_json(e->msg, SOUP_STATUS_OK, node);
+  release(e->msg);
+  json_object_unref(e->out);
+  g_free(e);
+}
+
+static void explain_cluster_done(gpointer data, const char *cid, guint status, JsonNode *body, const char *why) {
+  ExplainCall *e = data;
+  JsonObject *c = json_object_new();
+  g_autofree char *name = od_db_query_text(e->r->db, "SELECT name FROM clusters WHERE id = ?1", cid, NULL);
+  json_object_set_string_member(c, "cluster_id", cid);
+  json_object_set_string_member(c, "cluster_name", name ? name : cid);
+  JsonObject *o = body && JSON_NODE_HOLDS_OBJECT(body) ? json_node_get_object(body) : NULL;
+  if (status == SOUP_STATUS_OK && o != NULL && json_object_get_member(o, "lines") != NULL) {
+    json_object_set_int_member(c, "instance", json_object_get_int_member_with_default(o, "instance", 0));
+    json_object_set_member(c, "lines", json_node_copy(json_object_get_member(o, "lines")));
+  } else {
+    g_autofree char *err = status == 0 ? g_strdup_printf("cluster unreachable: %s", why ? why : "")
+                                       : g_strdup_printf("HTTP %u: %s", status,
+                                                         cluster_error(body, "message") ? cluster_error(body, "message")
+                                                                                        : "no explanation");
+    json_object_set_string_member(c, "error", err);
+  }
+  json_array_add_object_element(e->clusters, c);
+  if (--e->pending == 0)
+    explain_reply(e);
+}
+
+/* The root's cluster-level explanation, the instances' statuses and refusals, and the node-level
+ * explanation of every cluster that holds or refused an instance. */
 static void h_explain(Req *q) {
   g_autoptr(JsonObject) service = load_user_service(q, q->cap[0], NULL);
   if (service == NULL)
     return;
   g_autofree char *text = od_db_query_text(q->r->db, "SELECT explain FROM services WHERE id = ?1", q->cap[0], NULL);
-  g_autoptr(JsonObject) o = json_object_new();
+  JsonObject *o = json_object_new();
   JsonArray *lines = json_array_new();
   g_auto(GStrv) parts = g_strsplit(text ? text : "", "\n", 0);
   for (char **p = parts; *p; p++)
     if (**p)
       json_array_add_string_element(lines, *p);
   json_object_set_string_member(o, "service", q->cap[0]);
+  json_object_set_string_member(o, "job_name", str_member(service, "job_name"));
   json_object_set_array_member(o, "lines", lines);
-  reply_object(q, SOUP_STATUS_OK, o);
+  JsonArray *insts = json_array_new();
+  g_autoptr(GPtrArray) ask = g_ptr_array_new_with_free_func(g_free);
+  JsonArray *list = json_object_get_array_member(service, "instance_list");
+  for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
+    JsonObject *in = json_array_get_object_element(list, i);
+    JsonObject *s = json_object_new();
+    json_object_set_int_member(s, "instance_number", json_object_get_int_member_with_default(in, "instance_number", 0));
+    static const char *const keys[] = {"status", "status_detail", "cluster_id", "cluster_name", "node_id"};
+    for (gsize k = 0; k < G_N_ELEMENTS(keys); k++)
+      json_object_set_string_member(s, keys[k], str_member(in, keys[k]) ? str_member(in, keys[k]) : "");
+    JsonNode *rf = json_object_get_member(in, "cluster_refusals");
+    g_autoptr(GList) refused = rf && JSON_NODE_HOLDS_OBJECT(rf) ? json_object_get_members(json_node_get_object(rf)) : NULL;
+    if (rf != NULL)
+      json_object_set_member(s, "cluster_refusals", json_node_copy(rf));
+    json_array_add_object_element(insts, s);
+    const char *cid = str_member(in, "cluster_id");
+    if (cid != NULL && *cid && !g_ptr_array_find_with_equal_func(ask, cid, g_str_equal, NULL))
+      g_ptr_array_add(ask, g_strdup(cid));
+    for (GList *l = refused; l != NULL; l = l->next)
+      if (!g_ptr_array_find_with_equal_func(ask, l->data, g_str_equal, NULL))
+        g_ptr_array_add(ask, g_strdup(l->data));
+  }
+  json_object_set_array_member(o, "instances", insts);
+  ExplainCall *e = g_new0(ExplainCall, 1);
+  e->r = q->r;
+  e->msg = q->msg;
+  e->out = o;
+  e->clusters = json_array_new();
+  json_object_set_array_member(o, "clusters", e->clusters);
+  hold(q->msg);
+  g_autofree char *path = g_strdup_printf("/api/v1/services/%s/explain", q->cap[0]);
+  e->pending = ask->len + 1; /* one for this function, so no answer completes the call early */
+  for (guint i = 0; i < ask->len; i++) {
+    g_autofree char *known = od_db_query_text(q->r->db, "SELECT id FROM clusters WHERE id = ?1", ask->pdata[i], NULL);
+    if (known == NULL) {
+      e->pending--;
+      continue;
+    }
+    cluster_get(q->r, ask->pdata[i], path, 5, explain_cluster_done, e);
+  }
+  if (--e->pending == 0)
+    explain_reply(e);
+}
+
+static void logs_done(gpointer data, const char *cid, guint status, JsonNode *body, const char *why) {
+  SoupServerMessage *msg = data;
+  const char *path = g_uri_get_path(soup_server_message_get_uri(msg));
+  JsonObject *o = body && JSON_NODE_HOLDS_OBJECT(body) ? json_node_get_object(body) : NULL;
+  if (status == SOUP_STATUS_OK && o != NULL) {
+    od_http_reply_json(msg, SOUP_STATUS_OK, body);
+  } else if (status == 0) {
+    od_http_reply_error(msg, SOUP_STATUS_BAD_GATEWAY, "cluster_unreachable", path, "cluster %s: %s", cid,
+                        why ? why : "no answer");
+  } else {
+    const char *code = cluster_error(body, "code");
+    const char *message = cluster_error(body, "message");
+    od_http_reply_error(msg, status >= 400 && status < 600 ? status : SOUP_STATUS_BAD_GATEWAY,
+                        code ? code : "cluster_error", path, "cluster %s: %s", cid,
+                        message ? message : "unexpected answer");
+  }
+  release(msg);
+}
+
+/* Serial console or output of one instance: asked from its cluster, which asks its node. */
+static void h_inst_logs(Req *q) {
+  g_autoptr(JsonObject) service = load_user_service(q, q->cap[0], NULL);
+  if (service == NULL)
+    return;
+  gint64 n = -1, lines = 100;
+  if (!g_ascii_string_to_signed(q->cap[1], 10, 0, G_MAXINT32, &n, NULL)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", q->path,
+                        "instance number '%s' is not a non-negative integer", q->cap[1]);
+    return;
+  }
+  const char *query = g_uri_get_query(soup_server_message_get_uri(q->msg));
+  g_autoptr(GHashTable) params = query ? g_uri_parse_params(query, -1, "&", G_URI_PARAMS_NONE, NULL) : NULL;
+  const char *ltext = params ? g_hash_table_lookup(params, "lines") : NULL;
+  if (ltext != NULL && !g_ascii_string_to_signed(ltext, 10, 1, 10000, &lines, NULL)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "lines",
+                        "lines: '%s' is not a number of lines in [1, 10000]", ltext);
+    return;
+  }
+  JsonObject *inst = root_find_instance(service, n, NULL);
+  if (inst == NULL) {
+    g_autofree char *what = g_strdup_printf("%s/instance", q->cap[0]);
+    reply_not_found(q, what, q->cap[1]);
+    return;
+  }
+  const char *cid = str_member(inst, "cluster_id");
+  if (cid == NULL || *cid == '\0') {
+    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", q->path,
+                        "instance %s of %s is %s and not placed on a cluster: no logs", q->cap[1],
+                        str_member(service, "job_name"), str_member(inst, "status"));
+    return;
+  }
+  char *lib_name = oakuk_instance_name(str_member(service, "job_name"), n);
+  g_autofree char *name = g_strdup(lib_name);
+  od_oakuk_free(lib_name);
+  g_autofree char *path =
+      g_strdup_printf("/api/v1/instances/%s/logs?lines=%" G_GINT64_FORMAT, name, lines);
+  hold(q->msg);
+  /* The cluster waits up to 5 s for its node. */
+  cluster_get(q->r, cid, path, 8, logs_done, q->msg);
 }
 
 static void h_inst_list(Req *q) {
@@ -1048,6 +1280,7 @@ static const Route routes[] = {
     {"GET", "api/v1/services/*/instances", AUTH_USER, h_inst_list, FALSE},
     {"POST", "api/v1/services/*/instances", AUTH_USER, h_inst_create, FALSE},
     {"DELETE", "api/v1/services/*/instances/*", AUTH_USER, h_inst_delete, FALSE},
+    {"GET", "api/v1/services/*/instances/*/logs", AUTH_USER, h_inst_logs, FALSE},
     {"GET", "api/v1/clusters", AUTH_USER, h_clusters, FALSE},
     {"POST", "api/v1/clusters/tokens", AUTH_USER, h_cluster_token, FALSE},
     {"POST", "api/v1/clusters/register", AUTH_SELF, h_register, FALSE},

@@ -179,6 +179,12 @@ gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, 
   json_object_set_string_member(inst, "cluster_location", location ? location : "");
   json_object_set_string_member(inst, "cluster_name", cname ? cname : "");
   set_status(service, inst, OAKUK_STATUS_CLUSTER_SCHEDULED, "");
+  /* The chosen variant, shown by `oakuk status` (VIRT, ARCH). */
+  JsonObject *chosen = json_object_new();
+  json_object_set_string_member(chosen, "virtualization", oakuk_virt_name(oakuk_placement_virt(p)));
+  if (oakuk_placement_arch(p) != NULL)
+    json_object_set_string_member(chosen, "arch", oakuk_placement_arch(p));
+  json_object_set_object_member(inst, "placement", chosen);
   g_autofree char *body = job_body(service, n, p);
   g_autofree char *path = g_strdup_printf("/api/service/%s/%" G_GINT64_FORMAT, sid, n);
   oakuk_placement_unref(p);

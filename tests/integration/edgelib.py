@@ -1,0 +1,201 @@
+"""Shared helpers of the control-plane integration tests: start oakuk-root and oakuk-cluster as
+real processes, and play nodes with mosquitto_pub/mosquitto_sub (the credentials come from the
+cluster's node registration). Copied from test-cluster.py's helpers (which keeps its own)."""
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import requests
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+PROCS = []  # every process started here; stop_all() ends them
+
+
+def ports(n):
+    base = random.randrange(30000, 60000 - n)
+    return list(range(base, base + n))
+
+
+def spawn(argv, **kw):
+    p = subprocess.Popen(argv, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM):
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def stop_all():
+    for p in reversed(PROCS):
+        stop(p)
+
+
+def wait_until(what, fn, timeout=20, interval=0.2):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except (requests.RequestException, KeyError, ValueError, IndexError) as e:
+            last = e
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def report(node_id, memory, instances=(), ip="127.0.0.1", virtualization=("container",)):
+    return {"id": node_id, "host": node_id, "ip": ip, "architecture": "amd64", "cpu_percent": 25.0, "vcpus": 4,
+            "memory": memory, "memory_total": 8192, "memory_percent": 10.0, "virtualization": list(virtualization),
+            "instances": [{"name": n, "status": "RUNNING", "cpu_percent": 1.0, "memory_mb": 10} for n in instances]}
+
+
+class Daemon:
+    def __init__(self, argv, log_path):
+        self.argv, self.log_path = argv, log_path
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = spawn(self.argv, stdout=subprocess.DEVNULL, stderr=self.log)
+
+    def stop(self):
+        stop(self.proc)
+        self.log.close()
+
+    def text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def grep(self, prefix):
+        return wait_until(prefix, lambda: next((l.split(prefix, 1)[1].strip() for l in self.text().splitlines()
+                                                if l.startswith(prefix)), None), timeout=10)
+
+
+class ControlPlane:
+    """A root and one cluster (with its own mosquitto) in tmp; admin token in .headers."""
+
+    def __init__(self, tmp, root_bin, cluster_bin, cluster_name="edge1", node_timeout=5):
+        root_port, self.cluster_port, self.mqtt_port = ports(3)
+        self.root_url = "http://127.0.0.1:%d" % root_port
+        self.cluster_url = "http://127.0.0.1:%d" % self.cluster_port
+        self.root = Daemon([root_bin, "--state-dir", os.path.join(tmp, "root"), "--listen",
+                            "127.0.0.1:%d" % root_port], os.path.join(tmp, "root.log"))
+        self.root.start()
+        self.admin_password = self.root.grep("admin password:")
+        tok = wait_until("root login", lambda: requests.post(self.root_url + "/api/auth/login", timeout=5, json={
+            "username": "Admin", "password": self.admin_password}).json()["token"])
+        self.headers = {"Authorization": "Bearer " + tok}
+        join = requests.post(self.root_url + "/api/v1/clusters/tokens", headers=self.headers, timeout=5).json()["token"]
+        self.cluster = Daemon([cluster_bin, "--state-dir", os.path.join(tmp, "cluster"), "--listen",
+                               "127.0.0.1:%d" % self.cluster_port, "--root-url", self.root_url, "--name", cluster_name,
+                               "--location", "lab", "--mqtt-port", str(self.mqtt_port), "--mosquitto", MOSQUITTO,
+                               "--node-timeout", str(node_timeout), "--aggregate-interval", "1",
+                               "--join-token", join], os.path.join(tmp, "cluster.log"))
+        self.cluster.start()
+        self.node_join_token = self.cluster.grep("node join token:")
+        wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
+            requests.get(self.cluster_url + "/healthz", timeout=5).json()))
+
+
+class FakeNode:
+    """Registers over HTTP, listens on its control/net topics with mosquitto_sub, publishes a report
+    every second while alive and status events on demand. Answers control/logs requests from
+    .logs (instance name -> list of lines) unless .answer_logs is False."""
+
+    def __init__(self, cp, node_id, memory, virtualization=("container",)):
+        self.cp, self.id, self.memory, self.virtualization = cp, node_id, memory, virtualization
+        self.instances = set()
+        self.logs = {}
+        self.answer_logs = True
+        self.logs_requests = []
+        self.alive = False
+        self.msgs = queue.Queue()
+        self.seen = []
+        r = requests.post(cp.cluster_url + "/api/node/register",
+                          json={"join_token": cp.node_join_token,
+                                "capabilities": report(node_id, memory, virtualization=virtualization)}, timeout=10)
+        assert r.status_code == 201, r.text
+        self.creds = r.json()
+        self.sub = None
+        self.thread = None
+
+    def listen(self):
+        c = self.creds
+        self.sub = spawn(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-u", c["mqtt_username"],
+                          "-P", c["mqtt_password"], "-q", "1", "-c", "-i", "fake-" + self.id, "-v",
+                          "-t", "nodes/%s/control/#" % self.id, "-t", "nodes/%s/net/#" % self.id],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, args=(self.sub,), daemon=True).start()
+        self.alive = True
+        self.thread = threading.Thread(target=self._report_loop, daemon=True)
+        self.thread.start()
+
+    def _read(self, sub):
+        for line in sub.stdout:
+            topic, _, payload = line.rstrip("\n").partition(" ")
+            if topic == "nodes/%s/control/logs" % self.id:
+                self._answer_logs(json.loads(payload))
+            self.msgs.put((topic, payload))
+
+    def _answer_logs(self, req):
+        self.logs_requests.append(req)
+        if not self.answer_logs:
+            return
+        name = req["instance"]
+        if name in self.logs:
+            reply = {"request_id": req["request_id"], "instance": name, "lines": self.logs[name][-req["lines"]:]}
+        else:
+            reply = {"request_id": req["request_id"], "instance": name, "error": "no instance %s on this node" % name}
+        self.publish("logs", reply)
+
+    def _report_loop(self):
+        while self.alive:
+            self.publish("information", report(self.id, self.memory, sorted(self.instances),
+                                               virtualization=self.virtualization))
+            time.sleep(1)
+
+    def publish(self, leaf, payload):
+        c = self.creds
+        data = payload if isinstance(payload, str) else json.dumps(payload)
+        return subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]),
+                               "-u", c["mqtt_username"], "-P", c["mqtt_password"], "-q", "1",
+                               "-t", "nodes/%s/%s" % (self.id, leaf), "-m", data],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=10).returncode
+
+    def expect(self, leaf, pred=lambda m: True, timeout=20):
+        topic = "nodes/%s/%s" % (self.id, leaf)
+        for t, p in self.seen:
+            if t == topic and pred(json.loads(p)):
+                return json.loads(p)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                t, p = self.msgs.get(timeout=max(0.05, deadline - time.time()))
+            except queue.Empty:
+                break
+            self.seen.append((t, p))
+            if t == topic and pred(json.loads(p)):
+                return json.loads(p)
+        raise AssertionError("node %s never got %s; got %r" % (self.id, topic, [t for t, _ in self.seen]))
+
+    def status(self, job_name, n, status, detail=""):
+        rc = self.publish("job", {"job_name": job_name, "instance": n, "status": status, "status_detail": detail})
+        assert rc == 0
+
+    def silence(self):
+        self.alive = False
+        if self.thread:
+            self.thread.join()

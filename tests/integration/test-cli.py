@@ -1,0 +1,347 @@
+#!/usr/bin/python3
+"""Integration test of the `oakuk` control-plane commands against a real oakuk-root and
+oakuk-cluster (with its own mosquitto) and a fake node played by mosquitto_pub/mosquitto_sub.
+
+Usage: test-cli.py <oakuk> <oakuk-root> <oakuk-cluster>"""
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import edgelib  # noqa: E402
+
+OAKUK = ROOT_BIN = CLUSTER_BIN = None
+
+SLA = {
+    "sla_version": "v2.0", "customerID": "Admin",
+    "applications": [{
+        "applicationID": "", "application_name": "shop", "application_namespace": "test",
+        "application_desc": "cli test",
+        "microservices": [
+            {"microserviceID": "", "microservice_name": "web", "microservice_namespace": "test",
+             "virtualization": "container", "cmd": [], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+             "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/nginx:latest",
+             "arch": ["amd64"], "state": "", "port": "80:80", "added_files": []},
+            # No node can give it 500 GB: the scheduler must refuse it.
+            {"microserviceID": "", "microservice_name": "huge", "microservice_namespace": "test",
+             "virtualization": "container", "cmd": [], "memory": 500000, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+             "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/nginx:latest",
+             "arch": ["amd64"], "state": "", "port": "", "added_files": []},
+            # Only node-z may run it: the root sends it to the cluster, which finds no such node.
+            {"microserviceID": "", "microservice_name": "pinned", "microservice_namespace": "test",
+             "virtualization": "container", "cmd": [], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+             "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/nginx:latest",
+             "arch": ["amd64"], "state": "", "port": "", "added_files": [],
+             "constraints": [{"type": "direct", "node": "node-z"}]}]}]}
+WEB = "shop.test.web.test"
+
+
+class CliTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="oakuk-cli-test-")
+        cls.cp = edgelib.ControlPlane(cls.tmp, ROOT_BIN, CLUSTER_BIN)
+        cls.node = edgelib.FakeNode(cls.cp, "node-a", 4000)
+        cls.node.listen()
+        cls.env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(cls.tmp, "config"), OAKUK_URL=cls.cp.root_url,
+                       COLUMNS="100")
+        cls.creds = os.path.join(cls.tmp, "config", "oakuk", "credentials.json")
+        edgelib.wait_until("aggregate with node-a at the root", lambda: any(
+            n["id"] == "node-a" for c in edgelib.requests.get(cls.cp.root_url + "/api/v1/clusters",
+                                                             headers=cls.cp.headers, timeout=5).json()
+            for n in c.get("nodes", [])))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.alive = False
+        edgelib.stop_all()
+        if os.environ.get("KEEP_TMP") is None:
+            subprocess.run(["rm", "-rf", cls.tmp])
+
+    def oakuk(self, *args, stdin=None, env=None, timeout=60):
+        p = subprocess.run([OAKUK] + list(args), input=stdin, capture_output=True, text=True, timeout=timeout,
+                           env=env or self.env)
+        return p.returncode, p.stdout, p.stderr
+
+    def login(self):
+        rc, out, err = self.oakuk("login", "--password-stdin", stdin=self.cp.admin_password + "\n")
+        self.assertEqual(rc, 0, err)
+
+    def sla_file(self, doc, name):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        return path
+
+    def root_service(self, job):
+        svcs = edgelib.requests.get(self.cp.root_url + "/api/v1/services", headers=self.cp.headers, timeout=5).json()
+        return next(s for s in svcs if s["job_name"] == job)
+
+    # ---- tests, in order: they share the control plane's state ----
+
+    def test_01_not_logged_in(self):
+        rc, out, err = self.oakuk("status")
+        self.assertEqual(rc, 4, err)
+        self.assertIn("not logged in to " + self.cp.root_url, err)
+        self.assertFalse(os.path.exists(self.creds))
+
+    def test_02_login(self):
+        rc, out, err = self.oakuk("login", "--password-stdin", stdin="wrong-password\n")
+        self.assertEqual(rc, 4, err)
+        self.assertIn("invalid username or password", err)
+        self.assertFalse(os.path.exists(self.creds))
+        rc, out, err = self.oakuk("login", "--url", "http://127.0.0.1:1", "--password-stdin", stdin="x\n")
+        self.assertEqual(rc, 5, err)
+        self.assertIn("cannot reach the root at http://127.0.0.1:1", err)
+        # A password as an argument is refused: it would show in ps.
+        rc, out, err = self.oakuk("login", self.cp.admin_password)
+        self.assertEqual(rc, 2, err)
+        self.login()
+        self.assertEqual(stat.S_IMODE(os.stat(self.creds).st_mode), 0o600)
+        with open(self.creds) as f:
+            c = json.load(f)
+        self.assertEqual(c["url"], self.cp.root_url)
+        self.assertEqual(c["username"], "Admin")
+        self.assertTrue(c["token"] and c["refresh_token"])
+        self.assertNotIn(self.cp.admin_password, json.dumps(c))
+
+    def test_03_apply_invalid(self):
+        bad = json.loads(json.dumps(SLA))
+        app = bad["applications"][0]
+        app["application_namespace"] = "not valid!"
+        app["microservices"][0]["virtualization"] = "vm"
+        app["microservices"][1]["arch"] = ["amd64", "arm64"]
+        app["microservices"][1]["virtualization"] = "unikernel"
+        app["microservices"][1]["code"] = "http://x/kernel-amd64.tar.gz"
+        rc, out, err = self.oakuk("apply", self.sla_file(bad, "bad.json"))
+        self.assertEqual(rc, 2, err)
+        for path in ("applications[0].application_namespace: ", "applications[0].microservices[0].virtualization: ",
+                     "applications[0].microservices[1]."):
+            self.assertIn(path, err)
+        self.assertGreaterEqual(len([l for l in err.splitlines() if l.startswith("applications[0].")]), 3, err)
+        self.assertEqual(edgelib.requests.get(self.cp.root_url + "/api/v1/applications", headers=self.cp.headers,
+                                              timeout=5).json(), [])
+        rc, out, err = self.oakuk("apply", os.path.join(self.tmp, "missing.json"))
+        self.assertEqual(rc, 1, err)
+        self.assertIn("missing.json", err)
+
+    def test_04_apply(self):
+        rc, out, err = self.oakuk("apply", self.sla_file(SLA, "sla.json"))
+        self.assertEqual(rc, 0, err)
+        web = self.root_service(WEB)
+        self.assertRegex(out, r"application shop\.test [0-9a-f]{24}\n")
+        self.assertIn("service %s %s" % (WEB, web["microserviceID"]), out)
+        self.assertIn("service shop.test.huge.test ", out)
+        # Same application again: the root's conflict, exit 1.
+        rc, out, err = self.oakuk("apply", "--json", self.sla_file(SLA, "sla.json"))
+        self.assertEqual(rc, 1, err)
+        self.assertIn("exists already", err)
+
+    def test_05_deploy_wait_running(self):
+        p = subprocess.Popen([OAKUK, "deploy", "web", "--wait", "--timeout", "60"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        job = self.node.expect("control/deploy", lambda m: m["job_name"] == WEB and m["instance_number"] == 0)
+        self.assertEqual(job["instance_name"], WEB + ".instance.0")
+        time.sleep(1.2)
+        self.node.status(WEB, 0, "CREATING", "downloading image: 40%")
+        time.sleep(1.2)
+        self.node.status(WEB, 0, "CREATING", "downloading image: 100%")
+        time.sleep(1.2)
+        self.node.instances.add(WEB + ".instance.0")
+        self.node.status(WEB, 0, "RUNNING")
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, out + err)
+        lines = out.splitlines()
+        self.assertIn("instance 0 of %s requested: CLUSTER_SCHEDULED" % WEB, lines[0])
+        progress = [l for l in lines if l.startswith("[")]
+        statuses = [l.split()[2] for l in progress]
+        self.assertEqual(statuses[-1], "RUNNING", out)
+        self.assertIn("NODE_SCHEDULED", statuses, out)
+        self.assertTrue(any("downloading image: 40%" in l for l in progress), out)
+        self.assertTrue(any("downloading image: 100%" in l for l in progress), out)
+        self.assertTrue(all(s in statuses for s in ("CREATING", "RUNNING")), out)
+        # one line per change: no line repeats its predecessor's status and detail
+        changes = [l.split("]", 1)[1] for l in progress]
+        self.assertEqual(len(changes), len([c for i, c in enumerate(changes) if i == 0 or c != changes[i - 1]]))
+
+    def test_06_deploy_refused(self):
+        # refused by the root: no cluster has the memory
+        t0 = time.time()
+        rc, out, err = self.oakuk("deploy", "shop.test.huge.test", "--wait", "--timeout", "60")
+        self.assertEqual(rc, 1, out + err)
+        self.assertLess(time.time() - t0, 30)
+        self.assertIn("instance 0 of shop.test.huge.test: NoActiveClusterWithCapacity: cluster edge1: insufficient", err)
+        self.assertIn("shop.test.huge.test: cluster selection at the root:", out)
+        self.assertRegex(out, r"\n  cluster edge1: insufficient resources: needs 1 vcpus / 500000 MB")
+        # refused by the cluster: the root's explanation and the cluster's node-level one
+        rc, out, err = self.oakuk("deploy", "pinned", "--wait", "--timeout", "60")
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("NoActiveClusterWithCapacity", err)
+        self.assertIn("NO_QUALIFIED_WORKER_FOUND", out + err)
+        self.assertIn("refused by cluster ", out)
+        self.assertIn("cluster edge1: node selection for instance 0:", out)
+        self.assertRegex(out, r"\n  node node-a: .*")
+
+    def test_07_status(self):
+        rc, out, err = self.oakuk("status")
+        self.assertEqual(rc, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["APP", "SERVICE", "INSTANCE", "NODE", "VIRT", "ARCH", "STATUS", "DETAIL"])
+        web = [l.split() for l in lines if l.split()[1:2] == ["web"]]
+        self.assertEqual(web, [["shop", "web", "0", "node-a", "container", "amd64", "RUNNING", "-"]])
+        self.assertEqual(len([l for l in lines if l.split()[1] == "pinned"]), 1)
+        huge = next(l for l in lines if l.split()[1] == "huge")
+        self.assertIn("NoActiveClusterWithCapacity", huge)
+        self.assertTrue(huge.endswith("..."), huge)  # the long explanation is cut to COLUMNS=100
+        self.assertTrue(all(len(l) <= 100 for l in lines), out)
+        rc, out, err = self.oakuk("status", "--json")
+        self.assertEqual(rc, 0, err)
+        rows = json.loads(out)
+        web = next(r for r in rows if r["service"] == "web")
+        self.assertEqual((web["instance"], web["node"], web["cluster"], web["virtualization"], web["arch"],
+                          web["status"], web["job_name"]), (0, "node-a", "edge1", "container", "amd64", "RUNNING", WEB))
+        huge = next(r for r in rows if r["service"] == "huge")
+        self.assertGreater(len(huge["status_detail"]), 100)  # not cut in JSON
+
+    def test_08_status_watch(self):
+        p = subprocess.Popen([OAKUK, "status", "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=self.env)
+        time.sleep(3.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertGreaterEqual(out.count("Every 2s: oakuk status"), 2, out)
+        self.assertGreaterEqual(out.count("RUNNING"), 2, out)
+
+    def test_09_explain(self):
+        rc, out, err = self.oakuk("explain", WEB)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(WEB + ": cluster selection at the root:", out)
+        self.assertIn("instance 0: RUNNING on cluster edge1", out)
+        self.assertIn("cluster edge1: node selection for instance 0:", out)
+        self.assertRegex(out, r"\n  .*node-a")
+        rc, out, err = self.oakuk("explain", "--json", "web")
+        self.assertEqual(rc, 0, err)
+        doc = json.loads(out)
+        self.assertEqual(doc["job_name"], WEB)
+        self.assertTrue(doc["lines"])
+        self.assertEqual(doc["clusters"][0]["cluster_name"], "edge1")
+        self.assertTrue(any("node-a" in l for l in doc["clusters"][0]["lines"]))
+
+    def test_10_nodes_and_clusters(self):
+        rc, out, err = self.oakuk("nodes")
+        self.assertEqual(rc, 0, err)
+        rows = [l.split() for l in out.splitlines()]
+        self.assertEqual(rows[0][:4], ["CLUSTER", "NODE", "IP", "ARCH"])
+        row = next(r for r in rows if r[1] == "node-a")
+        self.assertEqual(row[:5], ["edge1", "node-a", "127.0.0.1", "amd64", "container"])
+        self.assertIn("3.0/4", row)  # 25 % of 4 cores busy
+        self.assertIn("yes", row)
+        rc, out, err = self.oakuk("nodes", "--json")
+        node = json.loads(out)[0]
+        self.assertEqual((node["id"], node["cluster_name"], node["active"], node["memory"]), ("node-a", "edge1", True, 4000))
+        self.assertLess(abs(time.time() * 1000 - node["last_seen_ms"]), 10000)
+        rc, out, err = self.oakuk("clusters")
+        self.assertEqual(rc, 0, err)
+        row = next(l.split() for l in out.splitlines() if "edge1" in l)
+        self.assertEqual(row[1:5], ["edge1", "lab", "yes", "1/1"])
+        rc, out, err = self.oakuk("clusters", "--json")
+        self.assertEqual(json.loads(out)[0]["cluster_name"], "edge1")
+
+    def test_11_logs(self):
+        self.node.logs[WEB + ".instance.0"] = ["booting", "listening on :80", "GET / 200"]
+        rc, out, err = self.oakuk("logs", "web", "0", "--lines", "2")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, "listening on :80\nGET / 200\n")
+        req = self.node.logs_requests[-1]
+        self.assertEqual((req["instance"], req["lines"]), (WEB + ".instance.0", 2))
+        rc, out, err = self.oakuk("logs", "--json", WEB)
+        self.assertEqual(json.loads(out)["lines"], ["booting", "listening on :80", "GET / 200"])
+        self.assertEqual(json.loads(out)["node"], "node-a")
+        # the node does not know the instance: its error comes back, exit 6
+        del self.node.logs[WEB + ".instance.0"]
+        rc, out, err = self.oakuk("logs", "web")
+        self.assertEqual(rc, 6, err)
+        self.assertIn("no instance %s.instance.0 on this node" % WEB, err)
+        rc, out, err = self.oakuk("logs", "web", "7")
+        self.assertEqual(rc, 6, err)
+        self.assertIn("has no instance 7", err)
+        # a silent node: the cluster gives up after 5 s
+        self.node.answer_logs = False
+        t0 = time.time()
+        rc, out, err = self.oakuk("logs", "web")
+        self.node.answer_logs = True
+        self.assertEqual(rc, 1, err)
+        self.assertIn("did not answer the logs request", err)
+        self.assertLess(time.time() - t0, 9)
+
+    def test_12_unknown_service_and_usage(self):
+        for cmd in (["deploy", "nosuch"], ["logs", "nosuch"], ["explain", "nosuch"], ["undeploy", "nosuch"]):
+            rc, out, err = self.oakuk(*cmd)
+            self.assertEqual(rc, 6, err)
+            self.assertIn('no service "nosuch"', err)
+        rc, out, err = self.oakuk("deploy")
+        self.assertEqual(rc, 2, err)
+        rc, out, err = self.oakuk("undeploy", "web", "x")
+        self.assertEqual(rc, 2, err)
+
+    def test_13_token_refresh(self):
+        with open(self.creds) as f:
+            c = json.load(f)
+        c["token"] = c["token"][:-4] + "AAAA"  # a bad signature: the root answers 401
+        with open(self.creds, "w") as f:
+            json.dump(c, f)
+        rc, out, err = self.oakuk("status")
+        self.assertEqual(rc, 0, err)
+        with open(self.creds) as f:
+            fresh = json.load(f)
+        self.assertNotEqual(fresh["token"], c["token"])
+        self.assertEqual(stat.S_IMODE(os.stat(self.creds).st_mode), 0o600)
+        # without a usable refresh token the user is told to log in again
+        fresh["token"] = fresh["refresh_token"] = "garbage"
+        with open(self.creds, "w") as f:
+            json.dump(fresh, f)
+        rc, out, err = self.oakuk("status")
+        self.assertEqual(rc, 4, err)
+        self.assertIn("run oakuk login", err)
+        self.login()
+
+    def test_14_root_unreachable(self):
+        dead = "http://127.0.0.1:%d" % edgelib.ports(1)[0]
+        env = dict(self.env, XDG_CONFIG_HOME=os.path.join(self.tmp, "config-dead"), OAKUK_URL=dead)
+        os.makedirs(os.path.join(self.tmp, "config-dead", "oakuk"))
+        with open(self.creds) as f:
+            c = json.load(f)
+        c["url"] = dead
+        with open(os.path.join(self.tmp, "config-dead", "oakuk", "credentials.json"), "w") as f:
+            json.dump(c, f)
+        rc, out, err = self.oakuk("status", env=env)
+        self.assertEqual(rc, 5, err)
+        self.assertIn("cannot reach the root at " + dead, err)
+
+    def test_15_undeploy(self):
+        rc, out, err = self.oakuk("undeploy", "web", "--wait", "--timeout", "30")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("instance 0:", out)
+        self.node.expect("control/delete", lambda m: m["job_name"] == WEB and m["instance_number"] == 0)
+        web = self.root_service(WEB)
+        self.assertEqual(web["instance_list"], [])
+        rc, out, err = self.oakuk("status", "--json")
+        row = next(r for r in json.loads(out) if r["service"] == "web")
+        self.assertIsNone(row["instance"])
+        rc, out, err = self.oakuk("undeploy", "web")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("has no instances", out)
+
+
+if __name__ == "__main__":
+    OAKUK, ROOT_BIN, CLUSTER_BIN = sys.argv[1:4]
+    del sys.argv[1:4]
+    unittest.main(verbosity=2)

@@ -1,0 +1,91 @@
+/* The `oakuk` client side of the root's native API (/api/v1/, docs/api.md): common options,
+ * stored credentials, JSON requests with automatic token refresh, tables. */
+#ifndef OAKUK_CLI_CLIENT_H
+#define OAKUK_CLI_CLIENT_H
+
+#include "oakuk-cli.h"
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+#include <libsoup/soup.h>
+#include <stdio.h>
+
+/* Exit statuses of the control-plane commands, beyond those of oakuk-cli.h. */
+#define OAKUK_CLI_INVALID 2     /* bad command line or invalid descriptor (same as OAKUK_CLI_USAGE) */
+#define OAKUK_CLI_AUTH 4        /* not logged in, or the root refused the credentials */
+#define OAKUK_CLI_UNREACHABLE 5 /* the root could not be reached */
+#define OAKUK_CLI_NOT_FOUND 6   /* unknown service, instance or cluster */
+
+#define OAKUK_CLI_DEFAULT_URL "http://127.0.0.1:10000"
+
+typedef struct {
+  char *cmd;           /* "oakuk status": prefix of every message */
+  char *url;           /* root base URL without trailing slash */
+  char *cred_path;     /* $XDG_CONFIG_HOME/oakuk/credentials.json */
+  char *token;         /* NULL until loaded */
+  char *refresh_token;
+  char *username;
+  gboolean json;       /* --json: machine-readable output */
+  SoupSession *session;
+} OakClient;
+
+/* Options every control-plane command takes; add them to a command's GOptionEntry list. */
+#define OAKUK_CLIENT_OPTIONS(url_var, json_var)                                                                  \
+  {"url", 0, 0, G_OPTION_ARG_STRING, &(url_var), "Root URL (default $OAKUK_URL, the URL of the last login, or " \
+                                                 OAKUK_CLI_DEFAULT_URL ")", "URL"},                               \
+      {"json", 0, 0, G_OPTION_ARG_NONE, &(json_var), "Print JSON instead of a table", NULL}
+
+/* Parses argv with entries (ending with a NULL entry) and the usage string; on failure prints the
+ * message and returns FALSE. *argc/argv then hold the positional arguments (argv[0] is the command). */
+gboolean oak_parse(const char *name, const char *params, const char *summary, GOptionEntry *entries, int *argc,
+                   char ***argv);
+
+/* Creates the client for command name ("status"): picks the URL and loads the credentials stored
+ * for that URL (when need_login, their absence is an error: returns NULL with *exit_code set). */
+OakClient *oak_client_new(const char *name, const char *url_option, gboolean json, gboolean need_login,
+                          int *exit_code);
+void oak_client_free(OakClient *cl);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakClient, oak_client_free)
+
+/* Writes token, refresh token, user and URL to the credentials file (mode 0600). */
+gboolean oak_client_save(OakClient *cl, GError **error);
+
+/* Sends method path (e.g. "/api/v1/services") with an optional JSON body (body_text, or NULL) and
+ * the bearer token; a 401 is retried once after refreshing the token. Returns the parsed answer
+ * (JSON null for an empty body) on 2xx. On failure prints "<cmd>: <reason>" and returns NULL with
+ * *exit_code set (unreachable, auth, not found, failed). *status gets the HTTP status (0 when the
+ * root was not reached); may be NULL. */
+JsonNode *oak_request(OakClient *cl, const char *method, const char *path, const char *body_text, guint *status,
+                      int *exit_code);
+/* Like oak_request without authentication or refresh (login). */
+JsonNode *oak_request_anon(OakClient *cl, const char *method, const char *path, const char *body_text,
+                           guint *status, int *exit_code);
+
+/* Finds a service by id, job name (app.appns.svc.svcns) or unique service name. Returns a new
+ * reference to its document, or NULL after printing why (*exit_code set). */
+JsonObject *oak_find_service(OakClient *cl, const char *what, int *exit_code);
+
+/* Small JSON readers that accept absent members. */
+const char *oak_str(JsonObject *o, const char *key, const char *def);
+gint64 oak_int(JsonObject *o, const char *key, gint64 def);
+double oak_num(JsonObject *o, const char *key, double def);
+const char *oak_service_id(JsonObject *service);
+void oak_print_json(JsonNode *node);
+
+/* A text table: columns sized to their content; the last column is cut to the terminal width. */
+typedef struct OakTable OakTable;
+OakTable *oak_table_new(const char *const *headers);
+void oak_table_add(OakTable *t, const char *const *cells);
+void oak_table_print(OakTable *t, FILE *to);
+void oak_table_free(OakTable *t);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakTable, oak_table_free)
+
+/* Width of the terminal on stdout ($COLUMNS when set), or 0 when unlimited (not a terminal). */
+guint oak_terminal_width(void);
+
+/* SIGINT/SIGTERM end waits instead of the process; oak_nap sleeps ms and returns FALSE once one
+ * arrived. */
+void oak_catch_interrupts(void);
+gboolean oak_nap(guint ms);
+
+#endif

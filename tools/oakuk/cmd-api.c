@@ -1,0 +1,617 @@
+/* Control-plane commands that change or inspect one service: login, apply, deploy, undeploy,
+ * explain, logs (the root's native API, docs/cli.md). */
+#include "client.h"
+
+#include <oakuk/oakuk.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define NO_ENTRY {NULL, 0, 0, 0, NULL, NULL, NULL}
+
+static char *json_text(JsonBuilder *b) {
+  g_autoptr(JsonNode) root = json_builder_get_root(b);
+  g_autoptr(JsonGenerator) gen = json_generator_new();
+  json_generator_set_root(gen, root);
+  return json_generator_to_data(gen, NULL);
+}
+
+/* ---- login ---- */
+
+static char *chomp_line(char *s) {
+  s[strcspn(s, "\r\n")] = '\0';
+  return s;
+}
+
+/* Reads one line from fp; NULL at end of file. */
+static char *read_line(FILE *fp) {
+  g_autoptr(GString) s = g_string_new(NULL);
+  int ch;
+  while ((ch = fgetc(fp)) != EOF && ch != '\n')
+    g_string_append_c(s, (char)ch);
+  if (ch == EOF && s->len == 0)
+    return NULL;
+  return chomp_line(g_string_free(g_steal_pointer(&s), FALSE));
+}
+
+/* Prompts on the terminal with echo off. */
+static char *prompt_password(const char *prompt) {
+  FILE *tty = fopen("/dev/tty", "r+");
+  if (tty == NULL)
+    return NULL;
+  struct termios old, quiet;
+  gboolean restore = tcgetattr(fileno(tty), &old) == 0;
+  if (restore) {
+    quiet = old;
+    quiet.c_lflag &= ~(tcflag_t)ECHO;
+    tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+  }
+  fprintf(tty, "%s", prompt);
+  fflush(tty);
+  char *line = read_line(tty);
+  if (restore)
+    tcsetattr(fileno(tty), TCSAFLUSH, &old);
+  fprintf(tty, "\n");
+  fclose(tty);
+  return line;
+}
+
+static char *get_password(const char *file, gboolean from_stdin, const char *user, const char *url, int *exit_code) {
+  char *pw = NULL;
+  if (file != NULL) {
+    g_autoptr(GError) error = NULL;
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents(file, &text, NULL, &error)) {
+      fprintf(stderr, "oakuk login: --password-file: %s\n", error->message);
+      *exit_code = OAKUK_CLI_FAILED;
+      return NULL;
+    }
+    pw = g_strdup(chomp_line(text));
+  } else if (from_stdin) {
+    pw = read_line(stdin);
+  } else if (isatty(STDIN_FILENO)) {
+    g_autofree char *prompt = g_strdup_printf("Password for %s at %s: ", user, url);
+    pw = prompt_password(prompt);
+  } else {
+    fprintf(stderr, "oakuk login: no terminal to ask the password on; use --password-stdin or --password-file\n");
+    *exit_code = OAKUK_CLI_USAGE;
+    return NULL;
+  }
+  if (pw == NULL || *pw == '\0') {
+    fprintf(stderr, "oakuk login: empty password%s\n", from_stdin ? " on stdin" : file ? " in --password-file" : "");
+    g_free(pw);
+    *exit_code = OAKUK_CLI_USAGE;
+    return NULL;
+  }
+  return pw;
+}
+
+int oakuk_cmd_login(int argc, char **argv) {
+  g_autofree char *url = NULL, *user = NULL, *pwfile = NULL;
+  gboolean json = FALSE, from_stdin = FALSE;
+  GOptionEntry entries[] = {
+      OAKUK_CLIENT_OPTIONS(url, json),
+      {"username", 'u', 0, G_OPTION_ARG_STRING, &user, "User name (default Admin)", "NAME"},
+      {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &pwfile, "Read the password from the first line of FILE", "FILE"},
+      {"password-stdin", 0, 0, G_OPTION_ARG_NONE, &from_stdin, "Read the password from the first line of stdin", NULL},
+      NO_ENTRY,
+  };
+  if (!oak_parse("login", "", "Log in to the root and store the tokens (mode 0600) for the other commands.", entries,
+                 &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 1 || (pwfile && from_stdin)) {
+    fprintf(stderr, "oakuk login: %s\n", argc != 1 ? "no positional arguments expected (the password is never one)"
+                                                   : "--password-file and --password-stdin exclude each other");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("login", url, json, FALSE, &rc);
+  if (cl == NULL)
+    return rc;
+  const char *username = user ? user : "Admin";
+  g_autofree char *pw = get_password(pwfile, from_stdin, username, cl->url, &rc);
+  if (pw == NULL)
+    return rc;
+  g_autoptr(JsonBuilder) b = json_builder_new();
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "username");
+  json_builder_add_string_value(b, username);
+  json_builder_set_member_name(b, "password");
+  json_builder_add_string_value(b, pw);
+  json_builder_end_object(b);
+  g_autofree char *body = json_text(b);
+  memset(pw, 0, strlen(pw));
+  g_autoptr(JsonNode) n = oak_request_anon(cl, "POST", "/api/auth/login", body, NULL, &rc);
+  if (n == NULL)
+    return rc;
+  JsonObject *o = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+  if (oak_str(o, "token", NULL) == NULL || oak_str(o, "refresh_token", NULL) == NULL) {
+    fprintf(stderr, "oakuk login: the root's answer has no token/refresh_token\n");
+    return OAKUK_CLI_FAILED;
+  }
+  cl->token = g_strdup(oak_str(o, "token", NULL));
+  cl->refresh_token = g_strdup(oak_str(o, "refresh_token", NULL));
+  cl->username = g_strdup(username);
+  g_autoptr(GError) error = NULL;
+  if (!oak_client_save(cl, &error)) {
+    fprintf(stderr, "oakuk login: store credentials: %s\n", error->message);
+    return OAKUK_CLI_FAILED;
+  }
+  if (!json)
+    printf("logged in to %s as %s (credentials in %s)\n", cl->url, username, cl->cred_path);
+  else {
+    g_autoptr(JsonObject) out = json_object_new();
+    json_object_set_string_member(out, "url", cl->url);
+    json_object_set_string_member(out, "username", username);
+    g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), out);
+    oak_print_json(node);
+  }
+  return OAKUK_CLI_OK;
+}
+
+/* ---- apply ---- */
+
+/* Validates path locally; prints every problem as "path: message". */
+static int validate_descriptor(const char *path) {
+  oakuk_error *err = NULL;
+  oakuk_descriptor *d = oakuk_descriptor_parse_file(path, &err);
+  if (d != NULL) {
+    for (size_t i = 0; i < oakuk_descriptor_warning_count(d); i++)
+      fprintf(stderr, "oakuk apply: warning: %s\n", oakuk_descriptor_warning(d, i));
+    oakuk_descriptor_unref(d);
+    return OAKUK_CLI_OK;
+  }
+  int rc = oakuk_error_code(err) == OAKUK_EIO ? OAKUK_CLI_FAILED : OAKUK_CLI_INVALID;
+  size_t n = oakuk_error_item_count(err);
+  if (n == 0) {
+    const char *p = oakuk_error_path(err);
+    fprintf(stderr, "%s%s%s\n", p && *p ? p : "", p && *p ? ": " : "", oakuk_error_message(err));
+  }
+  for (size_t i = 0; i < n; i++) {
+    const char *p = oakuk_error_item_path(err, i);
+    const char *m = oakuk_error_item_message(err, i);
+    fprintf(stderr, "%s: %s\n", p && *p ? p : "(document)", m ? m : "");
+  }
+  if (rc == OAKUK_CLI_INVALID)
+    fprintf(stderr, "oakuk apply: %s: invalid descriptor (%zu problem%s); nothing was sent\n", path, MAX(n, 1),
+            MAX(n, 1) == 1 ? "" : "s");
+  oakuk_error_free(err);
+  return rc;
+}
+
+int oakuk_cmd_apply(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
+  if (!oak_parse("apply", "SLA.json", "Register the applications of an SLA descriptor (validated locally first).",
+                 entries, &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 2) {
+    fprintf(stderr, "oakuk apply: exactly one descriptor file expected\n");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = validate_descriptor(argv[1]);
+  if (rc != OAKUK_CLI_OK)
+    return rc;
+  g_autoptr(OakClient) cl = oak_client_new("apply", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autofree char *text = NULL;
+  g_autoptr(GError) error = NULL;
+  if (!g_file_get_contents(argv[1], &text, NULL, &error)) {
+    fprintf(stderr, "oakuk apply: %s\n", error->message);
+    return OAKUK_CLI_FAILED;
+  }
+  g_autoptr(JsonNode) n = oak_request(cl, "POST", "/api/v1/applications", text, NULL, &rc);
+  if (n == NULL)
+    return rc;
+  JsonArray *apps = JSON_NODE_HOLDS_OBJECT(n) ? json_object_get_array_member(json_node_get_object(n), "applications")
+                                              : NULL;
+  g_autoptr(JsonArray) out = json_array_new();
+  for (guint i = 0; apps != NULL && i < json_array_get_length(apps); i++) {
+    JsonObject *app = json_array_get_object_element(apps, i);
+    const char *aid = oak_str(app, "applicationID", "");
+    g_autofree char *path = g_strdup_printf("/api/v1/applications/%s/services", aid);
+    g_autoptr(JsonNode) svcs = oak_request(cl, "GET", path, NULL, NULL, &rc);
+    if (svcs == NULL || !JSON_NODE_HOLDS_ARRAY(svcs))
+      return svcs == NULL ? rc : OAKUK_CLI_FAILED;
+    JsonObject *entry = json_object_new();
+    json_object_set_string_member(entry, "id", aid);
+    json_object_set_string_member(entry, "name", oak_str(app, "application_name", ""));
+    json_object_set_string_member(entry, "namespace", oak_str(app, "application_namespace", ""));
+    JsonArray *list = json_array_new();
+    if (!json)
+      printf("application %s.%s %s\n", oak_str(app, "application_name", ""), oak_str(app, "application_namespace", ""),
+             aid);
+    for (guint j = 0; j < json_array_get_length(json_node_get_array(svcs)); j++) {
+      JsonObject *s = json_array_get_object_element(json_node_get_array(svcs), j);
+      JsonObject *se = json_object_new();
+      json_object_set_string_member(se, "id", oak_service_id(s));
+      json_object_set_string_member(se, "job_name", oak_str(s, "job_name", ""));
+      json_array_add_object_element(list, se);
+      if (!json)
+        printf("  service %s %s\n", oak_str(s, "job_name", ""), oak_service_id(s));
+    }
+    json_object_set_array_member(entry, "services", list);
+    json_array_add_object_element(out, entry);
+  }
+  if (json) {
+    g_autoptr(JsonObject) o = json_object_new();
+    json_object_set_array_member(o, "applications", json_array_ref(out));
+    g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), o);
+    oak_print_json(node);
+  }
+  return OAKUK_CLI_OK;
+}
+
+/* ---- explain ---- */
+
+static void print_lines(JsonArray *lines, const char *indent) {
+  for (guint i = 0; lines != NULL && i < json_array_get_length(lines); i++) {
+    JsonNode *e = json_array_get_element(lines, i);
+    if (JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING)
+      printf("%s%s\n", indent, json_node_get_string(e));
+  }
+}
+
+static JsonArray *array_member(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n != NULL && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+}
+
+/* Prints the root's cluster-level explanation and each cluster's node-level one. */
+static int print_explanation(OakClient *cl, JsonObject *service, gboolean json) {
+  int rc = OAKUK_CLI_FAILED;
+  g_autofree char *path = g_strdup_printf("/api/v1/services/%s/explain", oak_service_id(service));
+  g_autoptr(JsonNode) n = oak_request(cl, "GET", path, NULL, NULL, &rc);
+  if (n == NULL)
+    return rc;
+  if (json) {
+    oak_print_json(n);
+    return OAKUK_CLI_OK;
+  }
+  JsonObject *o = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+  printf("%s: cluster selection at the root:\n", oak_str(service, "job_name", "?"));
+  JsonArray *lines = array_member(o, "lines");
+  if (lines == NULL || json_array_get_length(lines) == 0)
+    printf("  (no scheduling has happened yet)\n");
+  print_lines(lines, "  ");
+  JsonArray *insts = array_member(o, "instances");
+  for (guint i = 0; insts != NULL && i < json_array_get_length(insts); i++) {
+    JsonObject *in = json_array_get_object_element(insts, i);
+    const char *detail = oak_str(in, "status_detail", "");
+    printf("instance %" G_GINT64_FORMAT ": %s%s%s%s%s\n", oak_int(in, "instance_number", 0), oak_str(in, "status", "?"),
+           *oak_str(in, "cluster_name", "") ? " on cluster " : "", oak_str(in, "cluster_name", ""), *detail ? ": " : "",
+           detail);
+    JsonNode *rf = json_object_get_member(in, "cluster_refusals");
+    if (rf != NULL && JSON_NODE_HOLDS_OBJECT(rf)) {
+      g_autoptr(GList) ids = json_object_get_members(json_node_get_object(rf));
+      for (GList *l = ids; l != NULL; l = l->next)
+        printf("  refused by cluster %s: %s\n", (char *)l->data, oak_str(json_node_get_object(rf), l->data, ""));
+    }
+  }
+  JsonArray *cls = array_member(o, "clusters");
+  for (guint i = 0; cls != NULL && i < json_array_get_length(cls); i++) {
+    JsonObject *c = json_array_get_object_element(cls, i);
+    if (oak_str(c, "error", NULL) != NULL) {
+      printf("cluster %s: node selection unknown (%s)\n", oak_str(c, "cluster_name", "?"), oak_str(c, "error", ""));
+      continue;
+    }
+    printf("cluster %s: node selection for instance %" G_GINT64_FORMAT ":\n", oak_str(c, "cluster_name", "?"),
+           oak_int(c, "instance", 0));
+    print_lines(array_member(c, "lines"), "  ");
+  }
+  return OAKUK_CLI_OK;
+}
+
+int oakuk_cmd_explain(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
+  if (!oak_parse("explain", "SERVICE", "Show why the scheduler placed or refused a service's instances.", entries,
+                 &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 2) {
+    fprintf(stderr, "oakuk explain: exactly one SERVICE expected\n");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("explain", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  return service ? print_explanation(cl, service, json) : rc;
+}
+
+/* ---- deploy ---- */
+
+static gboolean status_failed(const char *status) {
+  int32_t s = oakuk_instance_status_from_name(status);
+  return s == OAKUK_STATUS_FAILED || s == OAKUK_STATUS_DEAD || s == OAKUK_STATUS_NO_ACTIVE_CLUSTER ||
+         s == OAKUK_STATUS_NO_QUALIFIED_WORKER || s == OAKUK_STATUS_NO_WORKER_CAPACITY ||
+         s == OAKUK_STATUS_UNDEPLOYED;
+}
+
+static gboolean status_done(const char *status) {
+  int32_t s = oakuk_instance_status_from_name(status);
+  return s == OAKUK_STATUS_RUNNING || s == OAKUK_STATUS_COMPLETED;
+}
+
+/* The instance_list entry n of the service now (a new reference), or NULL when it is gone. */
+static JsonObject *fetch_instance(OakClient *cl, const char *sid, gint64 n, int *rc) {
+  g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances", sid);
+  g_autoptr(JsonNode) list = oak_request(cl, "GET", path, NULL, NULL, rc);
+  if (list == NULL || !JSON_NODE_HOLDS_ARRAY(list))
+    return NULL;
+  for (guint i = 0; i < json_array_get_length(json_node_get_array(list)); i++) {
+    JsonObject *in = json_array_get_object_element(json_node_get_array(list), i);
+    if (in != NULL && oak_int(in, "instance_number", -1) == n)
+      return json_object_ref(in);
+  }
+  *rc = 0;
+  return NULL;
+}
+
+static void print_instance(OakClient *cl, JsonObject *in) {
+  g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), in);
+  if (cl->json)
+    oak_print_json(node);
+}
+
+static int report_failure(OakClient *cl, JsonObject *service, JsonObject *in) {
+  fprintf(stderr, "oakuk deploy: instance %" G_GINT64_FORMAT " of %s: %s%s%s\n", oak_int(in, "instance_number", 0),
+          oak_str(service, "job_name", "?"), oak_str(in, "status", "?"), *oak_str(in, "status_detail", "") ? ": " : "",
+          oak_str(in, "status_detail", ""));
+  if (!cl->json) {
+    fflush(stdout);
+    print_explanation(cl, service, FALSE);
+  }
+  return OAKUK_CLI_FAILED;
+}
+
+/* Polls the instance every 0.5 s, printing each change of status or detail. */
+static int wait_instance(OakClient *cl, JsonObject *service, gint64 n, gint64 timeout_s) {
+  oak_catch_interrupts();
+  gint64 start = g_get_monotonic_time();
+  g_autofree char *last = NULL;
+  const char *sid = oak_service_id(service);
+  while (TRUE) {
+    int rc = OAKUK_CLI_FAILED;
+    g_autoptr(JsonObject) in = fetch_instance(cl, sid, n, &rc);
+    if (in == NULL && rc != 0)
+      return rc;
+    double t = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
+    if (in == NULL) {
+      fprintf(stderr, "oakuk deploy: instance %" G_GINT64_FORMAT " of %s is gone (undeployed)\n", n,
+              oak_str(service, "job_name", "?"));
+      return OAKUK_CLI_FAILED;
+    }
+    const char *status = oak_str(in, "status", "?");
+    const char *detail = oak_str(in, "status_detail", "");
+    g_autofree char *now = g_strdup_printf("%s\n%s", status, detail);
+    if (g_strcmp0(now, last) != 0 && !cl->json) {
+      const char *where = oak_str(in, "node_id", "");
+      printf("[%6.1fs] %-28s%s%s%s%s\n", t, status, *where ? "node " : "", where, *where && *detail ? "  " : "",
+             detail);
+      fflush(stdout);
+    }
+    g_free(last);
+    last = g_steal_pointer(&now);
+    if (status_done(status)) {
+      print_instance(cl, in);
+      return OAKUK_CLI_OK;
+    }
+    if (status_failed(status))
+      return report_failure(cl, service, in);
+    if (t >= (double)timeout_s) {
+      fprintf(stderr, "oakuk deploy: timed out after %" G_GINT64_FORMAT " s; instance %" G_GINT64_FORMAT " is %s\n",
+              timeout_s, n, status);
+      return OAKUK_CLI_FAILED;
+    }
+    if (!oak_nap(500)) {
+      fprintf(stderr, "oakuk deploy: interrupted; instance %" G_GINT64_FORMAT " keeps deploying\n", n);
+      return OAKUK_CLI_FAILED;
+    }
+  }
+}
+
+int oakuk_cmd_deploy(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE, wait = FALSE;
+  gint timeout = 300;
+  GOptionEntry entries[] = {
+      OAKUK_CLIENT_OPTIONS(url, json),
+      {"wait", 'w', 0, G_OPTION_ARG_NONE, &wait, "Show progress until the instance runs (exit 0) or fails (exit 1)",
+       NULL},
+      {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout, "With --wait: give up after S seconds (default 300)", "S"},
+      NO_ENTRY,
+  };
+  if (!oak_parse("deploy", "SERVICE", "Deploy one more instance of a service (id, job name or unique name).", entries,
+                 &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 2 || timeout <= 0) {
+    fprintf(stderr, "oakuk deploy: %s\n", argc != 2 ? "exactly one SERVICE expected" : "--timeout must be positive");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("deploy", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  if (service == NULL)
+    return rc;
+  g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances", oak_service_id(service));
+  g_autoptr(JsonNode) n = oak_request(cl, "POST", path, "{}", NULL, &rc);
+  if (n == NULL)
+    return rc;
+  JsonObject *in = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+  gint64 num = oak_int(in, "instance_number", -1);
+  if (num < 0) {
+    fprintf(stderr, "oakuk deploy: the root's answer has no instance_number\n");
+    return OAKUK_CLI_FAILED;
+  }
+  if (!json)
+    printf("instance %" G_GINT64_FORMAT " of %s requested: %s\n", num, oak_str(service, "job_name", "?"),
+           oak_str(in, "status", "?"));
+  if (status_failed(oak_str(in, "status", "")))
+    return report_failure(cl, service, in);
+  if (!wait) {
+    print_instance(cl, in);
+    return OAKUK_CLI_OK;
+  }
+  return wait_instance(cl, service, num, timeout);
+}
+
+/* ---- undeploy ---- */
+
+static gboolean parse_instance_number(const char *cmd, const char *text, gint64 *n) {
+  if (!g_ascii_string_to_signed(text, 10, 0, G_MAXINT32, n, NULL)) {
+    fprintf(stderr, "oakuk %s: instance \"%s\" is not a non-negative integer\n", cmd, text);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* The instance numbers of the service (all, or just the one given, which must exist). */
+static GArray *pick_instances(const char *cmd, JsonObject *service, const char *which, int *rc) {
+  GArray *out = g_array_new(FALSE, FALSE, sizeof(gint64));
+  gint64 want = -1;
+  if (which != NULL && !parse_instance_number(cmd, which, &want)) {
+    *rc = OAKUK_CLI_USAGE;
+    g_array_unref(out);
+    return NULL;
+  }
+  JsonArray *list = json_object_get_array_member(service, "instance_list");
+  for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
+    gint64 n = oak_int(json_array_get_object_element(list, i), "instance_number", -1);
+    if (n >= 0 && (want < 0 || n == want))
+      g_array_append_val(out, n);
+  }
+  if (want >= 0 && out->len == 0) {
+    fprintf(stderr, "oakuk %s: service %s has no instance %" G_GINT64_FORMAT "\n", cmd,
+            oak_str(service, "job_name", "?"), want);
+    *rc = OAKUK_CLI_NOT_FOUND;
+    g_array_unref(out);
+    return NULL;
+  }
+  return out;
+}
+
+int oakuk_cmd_undeploy(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE, wait = FALSE;
+  gint timeout = 60;
+  GOptionEntry entries[] = {
+      OAKUK_CLIENT_OPTIONS(url, json),
+      {"wait", 'w', 0, G_OPTION_ARG_NONE, &wait, "Wait until the clusters confirmed the removal", NULL},
+      {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout, "With --wait: give up after S seconds (default 60)", "S"},
+      NO_ENTRY,
+  };
+  if (!oak_parse("undeploy", "SERVICE [INSTANCE]", "Remove one instance of a service, or all of them.", entries, &argc,
+                 &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc < 2 || argc > 3 || timeout <= 0) {
+    fprintf(stderr, "oakuk undeploy: %s\n", timeout <= 0 ? "--timeout must be positive" : "SERVICE [INSTANCE] expected");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("undeploy", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  if (service == NULL)
+    return rc;
+  g_autoptr(GArray) nums = pick_instances("undeploy", service, argc == 3 ? argv[2] : NULL, &rc);
+  if (nums == NULL)
+    return rc;
+  if (nums->len == 0 && !json)
+    printf("%s has no instances\n", oak_str(service, "job_name", "?"));
+  const char *sid = oak_service_id(service);
+  for (guint i = 0; i < nums->len; i++) {
+    gint64 n = g_array_index(nums, gint64, i);
+    g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances/%" G_GINT64_FORMAT, sid, n);
+    g_autoptr(JsonNode) a = oak_request(cl, "DELETE", path, NULL, NULL, &rc);
+    if (a == NULL)
+      return rc;
+    if (!json)
+      printf("instance %" G_GINT64_FORMAT ": %s\n", n,
+             oak_str(JSON_NODE_HOLDS_OBJECT(a) ? json_node_get_object(a) : NULL, "message", "undeploying"));
+  }
+  oak_catch_interrupts();
+  gint64 deadline = g_get_monotonic_time() + (gint64)timeout * G_USEC_PER_SEC;
+  for (guint i = 0; wait && i < nums->len; i++) {
+    gint64 n = g_array_index(nums, gint64, i);
+    while (TRUE) {
+      g_autoptr(JsonObject) in = fetch_instance(cl, sid, n, &rc);
+      if (in == NULL && rc != 0)
+        return rc;
+      if (in == NULL)
+        break;
+      if (g_get_monotonic_time() > deadline || !oak_nap(500)) {
+        fprintf(stderr, "oakuk undeploy: instance %" G_GINT64_FORMAT " still %s\n", n, oak_str(in, "status", "?"));
+        return OAKUK_CLI_FAILED;
+      }
+    }
+  }
+  if (json)
+    printf("{\"service\": \"%s\", \"undeployed\": %u}\n", sid, nums->len);
+  return OAKUK_CLI_OK;
+}
+
+/* ---- logs ---- */
+
+int oakuk_cmd_logs(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE;
+  gint lines = 100;
+  GOptionEntry entries[] = {
+      OAKUK_CLIENT_OPTIONS(url, json),
+      {"lines", 'n', 0, G_OPTION_ARG_INT, &lines, "Last N lines (default 100, at most 10000)", "N"},
+      NO_ENTRY,
+  };
+  if (!oak_parse("logs", "SERVICE [INSTANCE]",
+                 "Show the serial console (unikernel) or output (container) of a service's instances.", entries, &argc,
+                 &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc < 2 || argc > 3 || lines < 1 || lines > 10000) {
+    fprintf(stderr, "oakuk logs: %s\n", argc < 2 || argc > 3 ? "SERVICE [INSTANCE] expected" : "--lines must be 1..10000");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("logs", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  if (service == NULL)
+    return rc;
+  g_autoptr(GArray) nums = pick_instances("logs", service, argc == 3 ? argv[2] : NULL, &rc);
+  if (nums == NULL)
+    return rc;
+  if (nums->len == 0) {
+    fprintf(stderr, "oakuk logs: %s has no instances\n", oak_str(service, "job_name", "?"));
+    return OAKUK_CLI_NOT_FOUND;
+  }
+  int result = OAKUK_CLI_OK;
+  for (guint i = 0; i < nums->len; i++) {
+    gint64 n = g_array_index(nums, gint64, i);
+    g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances/%" G_GINT64_FORMAT "/logs?lines=%d",
+                                            oak_service_id(service), n, lines);
+    g_autoptr(JsonNode) a = oak_request(cl, "GET", path, NULL, NULL, &rc);
+    if (a == NULL) {
+      result = rc;
+      continue;
+    }
+    if (json) {
+      oak_print_json(a);
+      continue;
+    }
+    JsonObject *o = JSON_NODE_HOLDS_OBJECT(a) ? json_node_get_object(a) : NULL;
+    if (nums->len > 1)
+      printf("==> %s (node %s) <==\n", oak_str(o, "instance", "?"), oak_str(o, "node", "?"));
+    print_lines(array_member(o, "lines"), "");
+  }
+  return result;
+}

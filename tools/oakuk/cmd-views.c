@@ -1,0 +1,263 @@
+/* Read-only control-plane views: status (applications, services, instances), nodes, clusters. */
+#include "client.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NO_ENTRY {NULL, 0, 0, 0, NULL, NULL, NULL}
+
+static JsonArray *array_member(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n != NULL && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+}
+
+static JsonObject *object_member(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n != NULL && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+/* "a,b" of a string array member (or the member itself when it is a string). */
+static char *join_strings(JsonObject *o, const char *key) {
+  if (oak_str(o, key, NULL) != NULL)
+    return g_strdup(oak_str(o, key, NULL));
+  JsonArray *a = array_member(o, key);
+  g_autoptr(GString) s = g_string_new(NULL);
+  for (guint i = 0; a != NULL && i < json_array_get_length(a); i++) {
+    JsonNode *e = json_array_get_element(a, i);
+    if (JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING)
+      g_string_append_printf(s, "%s%s", s->len ? "," : "", json_node_get_string(e));
+  }
+  return g_string_free(g_steal_pointer(&s), FALSE);
+}
+
+static char *ago(gint64 ms) {
+  if (ms <= 0)
+    return g_strdup("never");
+  gint64 d = MAX(0, g_get_real_time() / 1000 - ms) / 1000;
+  return d < 120 ? g_strdup_printf("%" G_GINT64_FORMAT "s ago", d)
+         : d < 7200 ? g_strdup_printf("%" G_GINT64_FORMAT "m ago", d / 60)
+                    : g_strdup_printf("%" G_GINT64_FORMAT "h ago", d / 3600);
+}
+
+/* ---- status ---- */
+
+static void add_row(JsonArray *rows, JsonObject *s, JsonObject *in) {
+  JsonObject *r = json_object_new();
+  JsonObject *pl = object_member(in, "placement");
+  json_object_set_string_member(r, "app", oak_str(s, "app_name", ""));
+  json_object_set_string_member(r, "app_namespace", oak_str(s, "app_ns", ""));
+  json_object_set_string_member(r, "service", oak_str(s, "service_name", ""));
+  json_object_set_string_member(r, "service_id", oak_service_id(s));
+  json_object_set_string_member(r, "job_name", oak_str(s, "job_name", ""));
+  if (in != NULL)
+    json_object_set_int_member(r, "instance", oak_int(in, "instance_number", 0));
+  else
+    json_object_set_null_member(r, "instance");
+  json_object_set_string_member(r, "cluster", oak_str(in, "cluster_name", ""));
+  json_object_set_string_member(r, "node", oak_str(in, "node_id", ""));
+  json_object_set_string_member(r, "virtualization", oak_str(pl, "virtualization", ""));
+  json_object_set_string_member(r, "arch", oak_str(pl, "arch", ""));
+  json_object_set_string_member(r, "status", oak_str(in, "status", ""));
+  json_object_set_string_member(r, "status_detail", oak_str(in, "status_detail", ""));
+  json_array_add_object_element(rows, r);
+}
+
+/* One row per instance; a service without instances gets one row of its own. */
+static JsonArray *status_rows(OakClient *cl, int *rc) {
+  g_autoptr(JsonNode) all = oak_request(cl, "GET", "/api/v1/services", NULL, NULL, rc);
+  if (all == NULL || !JSON_NODE_HOLDS_ARRAY(all))
+    return NULL;
+  JsonArray *rows = json_array_new();
+  JsonArray *list = json_node_get_array(all);
+  for (guint i = 0; i < json_array_get_length(list); i++) {
+    JsonObject *s = json_array_get_object_element(list, i);
+    JsonArray *insts = array_member(s, "instance_list");
+    if (insts == NULL || json_array_get_length(insts) == 0)
+      add_row(rows, s, NULL);
+    for (guint j = 0; insts != NULL && j < json_array_get_length(insts); j++)
+      add_row(rows, s, json_array_get_object_element(insts, j));
+  }
+  return rows;
+}
+
+static void print_status(JsonArray *rows) {
+  static const char *const headers[] = {"APP", "SERVICE", "INSTANCE", "NODE", "VIRT", "ARCH", "STATUS", "DETAIL", NULL};
+  g_autoptr(OakTable) t = oak_table_new(headers);
+  for (guint i = 0; i < json_array_get_length(rows); i++) {
+    JsonObject *r = json_array_get_object_element(rows, i);
+    JsonNode *inst = json_object_get_member(r, "instance");
+    g_autofree char *n = JSON_NODE_HOLDS_NULL(inst) ? g_strdup("-") : g_strdup_printf("%" G_GINT64_FORMAT,
+                                                                                       json_node_get_int(inst));
+    const char *cells[] = {oak_str(r, "app", ""),  oak_str(r, "service", ""),        n,
+                           oak_str(r, "node", ""), oak_str(r, "virtualization", ""), oak_str(r, "arch", ""),
+                           oak_str(r, "status", ""), oak_str(r, "status_detail", "")};
+    oak_table_add(t, cells);
+  }
+  oak_table_print(t, stdout);
+}
+
+int oakuk_cmd_status(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE, watch = FALSE;
+  GOptionEntry entries[] = {
+      OAKUK_CLIENT_OPTIONS(url, json),
+      {"watch", 'w', 0, G_OPTION_ARG_NONE, &watch, "Redraw every 2 s until interrupted", NULL},
+      NO_ENTRY,
+  };
+  if (!oak_parse("status", "", "Show the applications, services and instances and where they run.", entries, &argc,
+                 &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 1) {
+    fprintf(stderr, "oakuk status: no positional arguments expected\n");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("status", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  if (watch)
+    oak_catch_interrupts();
+  gboolean tty = isatty(STDOUT_FILENO);
+  do {
+    g_autoptr(JsonArray) rows = status_rows(cl, &rc);
+    if (rows == NULL)
+      return rc;
+    if (watch) {
+      g_autoptr(GDateTime) now = g_date_time_new_now_local();
+      g_autofree char *stamp = g_date_time_format(now, "%H:%M:%S");
+      printf("%sEvery 2s: oakuk status (%s)  %s\n\n", tty ? "\033[H\033[2J" : "", cl->url, stamp);
+    }
+    if (json) {
+      g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), rows);
+      oak_print_json(n);
+    } else {
+      print_status(rows);
+    }
+    fflush(stdout);
+  } while (watch && oak_nap(2000));
+  return OAKUK_CLI_OK;
+}
+
+/* ---- clusters and nodes ---- */
+
+static JsonArray *get_clusters(OakClient *cl, int *rc) {
+  g_autoptr(JsonNode) n = oak_request(cl, "GET", "/api/v1/clusters", NULL, NULL, rc);
+  if (n == NULL)
+    return NULL;
+  if (!JSON_NODE_HOLDS_ARRAY(n)) {
+    fprintf(stderr, "%s: GET /api/v1/clusters: expected a list\n", cl->cmd);
+    *rc = OAKUK_CLI_FAILED;
+    return NULL;
+  }
+  return json_array_ref(json_node_get_array(n));
+}
+
+int oakuk_cmd_clusters(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
+  if (!oak_parse("clusters", "", "List the clusters registered with the root and their last aggregate.", entries,
+                 &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 1) {
+    fprintf(stderr, "oakuk clusters: no positional arguments expected\n");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("clusters", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonArray) list = get_clusters(cl, &rc);
+  if (list == NULL)
+    return rc;
+  if (json) {
+    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), json_array_ref(list));
+    oak_print_json(n);
+    return OAKUK_CLI_OK;
+  }
+  static const char *const headers[] = {"ID",   "NAME", "LOCATION", "ACTIVE", "NODES",        "CPU%",
+                                        "MEM-MB", "ARCH", "VIRT",   "SUBNET", "LAST-AGGREGATE", NULL};
+  g_autoptr(OakTable) t = oak_table_new(headers);
+  for (guint i = 0; i < json_array_get_length(list); i++) {
+    JsonObject *c = json_array_get_object_element(list, i);
+    JsonNode *act = json_object_get_member(c, "active");
+    gboolean active = act != NULL && JSON_NODE_HOLDS_VALUE(act) && json_node_get_boolean(act);
+    g_autofree char *nodes = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, oak_int(c, "active_nodes", 0),
+                                             oak_int(c, "number_of_nodes", 0));
+    g_autofree char *cpu = g_strdup_printf("%.1f", oak_num(c, "cpu_percent", 0));
+    g_autofree char *mem = g_strdup_printf("%" G_GINT64_FORMAT, oak_int(c, "cumulative_memory_in_mb", 0));
+    g_autofree char *arch = join_strings(c, "arch");
+    g_autofree char *virt = join_strings(c, "virtualization");
+    g_autofree char *last = ago(oak_int(c, "aggregate_received_at_ms", 0));
+    const char *cells[] = {oak_str(c, "id", ""), oak_str(c, "cluster_name", ""), oak_str(c, "cluster_location", ""),
+                           active ? "yes" : "no", nodes, cpu, mem, arch, virt, oak_str(c, "subnet", ""), last};
+    oak_table_add(t, cells);
+  }
+  oak_table_print(t, stdout);
+  return OAKUK_CLI_OK;
+}
+
+int oakuk_cmd_nodes(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
+  if (!oak_parse("nodes", "", "List the nodes of every cluster (as of each cluster's last aggregate).", entries, &argc,
+                 &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 1) {
+    fprintf(stderr, "oakuk nodes: no positional arguments expected\n");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("nodes", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonArray) list = get_clusters(cl, &rc);
+  if (list == NULL)
+    return rc;
+  g_autoptr(JsonArray) out = json_array_new();
+  for (guint i = 0; i < json_array_get_length(list); i++) {
+    JsonObject *c = json_array_get_object_element(list, i);
+    JsonArray *nodes = array_member(c, "nodes");
+    for (guint j = 0; nodes != NULL && j < json_array_get_length(nodes); j++) {
+      JsonObject *n = json_array_get_object_element(nodes, j);
+      if (n == NULL)
+        continue;
+      JsonObject *copy = json_object_new();
+      g_autoptr(GList) keys = json_object_get_members(n);
+      for (GList *l = keys; l != NULL; l = l->next)
+        json_object_set_member(copy, l->data, json_node_copy(json_object_get_member(n, l->data)));
+      json_object_set_string_member(copy, "cluster_id", oak_str(c, "id", ""));
+      json_object_set_string_member(copy, "cluster_name", oak_str(c, "cluster_name", ""));
+      json_array_add_object_element(out, copy);
+    }
+  }
+  if (json) {
+    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), json_array_ref(out));
+    oak_print_json(n);
+    return OAKUK_CLI_OK;
+  }
+  static const char *const headers[] = {"CLUSTER", "NODE",   "IP",     "ARCH",      "VIRT",  "ACCEL",
+                                        "CPU-FREE", "MEM-FREE", "ACTIVE", "LAST-SEEN", NULL};
+  g_autoptr(OakTable) t = oak_table_new(headers);
+  for (guint i = 0; i < json_array_get_length(out); i++) {
+    JsonObject *n = json_array_get_object_element(out, i);
+    JsonNode *act = json_object_get_member(n, "active");
+    gboolean active = act != NULL && JSON_NODE_HOLDS_VALUE(act) && json_node_get_boolean(act);
+    gint64 vcpus = oak_int(n, "vcpus", 0);
+    g_autofree char *cpu = g_strdup_printf("%.1f/%" G_GINT64_FORMAT,
+                                           (double)vcpus * (100.0 - oak_num(n, "cpu_percent", 0)) / 100.0, vcpus);
+    g_autofree char *mem = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " MB", oak_int(n, "memory", 0),
+                                           oak_int(n, "memory_total", 0));
+    g_autofree char *virt = join_strings(n, "virtualization");
+    g_autofree char *last = ago(oak_int(n, "last_seen_ms", 0));
+    const char *cells[] = {oak_str(n, "cluster_name", ""), oak_str(n, "id", ""), oak_str(n, "ip", ""),
+                           oak_str(n, "architecture", ""), virt, oak_str(object_member(n, "unikernel"), "accel", ""),
+                           cpu, mem, active ? "yes" : "no", last};
+    oak_table_add(t, cells);
+  }
+  oak_table_print(t, stdout);
+  return OAKUK_CLI_OK;
+}

@@ -1,0 +1,55 @@
+/* `oakuk`: dispatches to the subcommand named by the first argument. */
+#include "oakuk-cli.h"
+
+#include <glib.h>
+#include <locale.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+  const char *name;
+  oakuk_cli_command fn;
+  const char *summary;
+} Command;
+
+static const Command commands[] = {
+    {"run", oakuk_cmd_run, "run a unikernel image on this machine, without a control plane"},
+    {"login", oakuk_cmd_login, "log in to the root and store the credentials"},
+    {"apply", oakuk_cmd_apply, "validate and register an SLA descriptor"},
+    {"deploy", oakuk_cmd_deploy, "deploy an instance of a service (--wait: until it runs)"},
+    {"undeploy", oakuk_cmd_undeploy, "remove one or all instances of a service"},
+    {"status", oakuk_cmd_status, "applications, services and instances (--watch)"},
+    {"logs", oakuk_cmd_logs, "console or output of a service's instances"},
+    {"explain", oakuk_cmd_explain, "why the scheduler placed or refused a service"},
+    {"nodes", oakuk_cmd_nodes, "nodes of every cluster"},
+    {"clusters", oakuk_cmd_clusters, "clusters registered with the root"},
+};
+
+static void usage(FILE *to) {
+  fprintf(to, "Usage: oakuk COMMAND [OPTIONS...]\n\nCommands:\n");
+  for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+    fprintf(to, "  %-8s %s\n", commands[i].name, commands[i].summary);
+  fprintf(to, "\n`oakuk COMMAND --help` describes a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+  setlocale(LC_ALL, "");
+  if (argc < 2) {
+    usage(stderr);
+    return OAKUK_CLI_USAGE;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    usage(stdout);
+    return OAKUK_CLI_OK;
+  }
+  if (strcmp(argv[1], "--version") == 0) {
+    printf("oakuk %s\n", OAKUK_CLI_VERSION);
+    return OAKUK_CLI_OK;
+  }
+  for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+    if (strcmp(argv[1], commands[i].name) == 0)
+      return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "oakuk: unknown command \"%s\"\n\n", argv[1]);
+  usage(stderr);
+  return OAKUK_CLI_USAGE;
+}

@@ -1,0 +1,27 @@
+/* The `oakuk` command: shared declarations of the subcommands. */
+#ifndef OAKUK_CLI_H
+#define OAKUK_CLI_H
+
+/* Exit statuses of every subcommand. */
+#define OAKUK_CLI_OK 0
+#define OAKUK_CLI_FAILED 1     /* the operation failed (message on stderr) */
+#define OAKUK_CLI_USAGE 2      /* bad command line */
+#define OAKUK_CLI_GUEST_DIED 3 /* the instance died or failed after it was started */
+
+/* A subcommand: argv[0] is the subcommand's name. Returns the exit status. */
+typedef int (*oakuk_cli_command)(int argc, char **argv);
+
+int oakuk_cmd_run(int argc, char **argv);
+
+/* Control-plane commands (cmd-api.c, cmd-views.c; docs/cli.md). */
+int oakuk_cmd_login(int argc, char **argv);
+int oakuk_cmd_apply(int argc, char **argv);
+int oakuk_cmd_deploy(int argc, char **argv);
+int oakuk_cmd_undeploy(int argc, char **argv);
+int oakuk_cmd_status(int argc, char **argv);
+int oakuk_cmd_logs(int argc, char **argv);
+int oakuk_cmd_explain(int argc, char **argv);
+int oakuk_cmd_nodes(int argc, char **argv);
+int oakuk_cmd_clusters(int argc, char **argv);
+
+#endif
