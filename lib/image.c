@@ -1,5 +1,6 @@
 /* Image fetching, verification, safe unpacking and caching (DESIGN §8, §11). */
 #include "oakuk-private.h"
+#include "archive-safe.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -759,47 +760,15 @@ static char *download(const char *url, const char *path, const oakuk_image_cache
 /* ---------------------------------------------------------------------------------------------- */
 /* Unpack */
 
-/* Normalises an archive path: drops "./" and empty components, trailing "/". Returns NULL with
- * an OAKUK_EPERM error for absolute paths and ".." components; "" for the root itself. */
+/* Normalises an archive path (archive-safe.h); an OAKUK_EPERM error names the entry. */
 static char *normalize_entry(const char *what, const char *name, const char *url, GError **error) {
-  if (name[0] == '/') {
+  OakukArchivePathCheck why;
+  char *norm = oakuk_archive_normalize_path(name, &why);
+  if (why == OAKUK_ARCHIVE_PATH_ABSOLUTE)
     set_gerror(error, OAKUK_EPERM, "image %s: %s %s is an absolute path", url, what, name);
-    return NULL;
-  }
-  g_auto(GStrv) parts = g_strsplit(name, "/", -1);
-  g_autoptr(GPtrArray) keep = g_ptr_array_new();
-  for (char **p = parts; *p; p++) {
-    if (**p == '\0' || strcmp(*p, ".") == 0)
-      continue;
-    if (strcmp(*p, "..") == 0) {
-      set_gerror(error, OAKUK_EPERM, "image %s: %s %s has a '..' component (path traversal)", url, what,
-                 name);
-      return NULL;
-    }
-    g_ptr_array_add(keep, *p);
-  }
-  g_ptr_array_add(keep, NULL);
-  return g_strjoinv("/", (char **)keep->pdata);
-}
-
-/* True when symlink `name` (normalised) → target stays inside the tree, resolved lexically. */
-static gboolean symlink_stays_inside(const char *name, const char *target) {
-  if (target[0] == '/' || target[0] == '\0')
-    return FALSE;
-  g_auto(GStrv) base = g_strsplit(name, "/", -1);
-  int depth = (int)g_strv_length(base) - 1; /* components of the link's directory */
-  g_auto(GStrv) parts = g_strsplit(target, "/", -1);
-  for (char **p = parts; *p; p++) {
-    if (**p == '\0' || strcmp(*p, ".") == 0)
-      continue;
-    if (strcmp(*p, "..") == 0) {
-      if (--depth < 0)
-        return FALSE;
-    } else {
-      depth++;
-    }
-  }
-  return TRUE;
+  else if (why == OAKUK_ARCHIVE_PATH_DOTDOT)
+    set_gerror(error, OAKUK_EPERM, "image %s: %s %s has a '..' component (path traversal)", url, what, name);
+  return norm;
 }
 
 typedef struct {
@@ -834,7 +803,7 @@ static gboolean check_entry(Unpack *u, struct archive_entry *e, const char *name
   mode_t type = archive_entry_filetype(e);
   if (type == AE_IFLNK) {
     const char *target = archive_entry_symlink(e);
-    if (target == NULL || !symlink_stays_inside(name, target)) {
+    if (target == NULL || !oakuk_archive_symlink_stays_inside(name, target, FALSE)) {
       set_gerror(error, OAKUK_EPERM, "image %s: symlink %s -> %s leaves the image", u->url, name,
                  target ? target : "");
       return FALSE;

@@ -23,6 +23,8 @@ struct oakuk_instance_spec {
   char *flavor, *version, *cmdline_extra;
   char *netns_path, *tap_name, *ip, *gateway, *mac;
   int32_t prefix;
+  char *image, *registry_username, *registry_password, *workdir; /* container */
+  bool readonly_rootfs;
 };
 
 /* A deep copy (refcount 1). */

@@ -46,6 +46,10 @@ OAKUK_API void oakuk_instance_spec_unref(oakuk_instance_spec *s) {
   g_free(s->ip);
   g_free(s->gateway);
   g_free(s->mac);
+  g_free(s->image);
+  g_free(s->registry_username);
+  g_free(s->registry_password);
+  g_free(s->workdir);
   g_free(s);
 }
 
@@ -77,6 +81,10 @@ oakuk_instance_spec *oakuk_instance_spec_copy(const oakuk_instance_spec *s) {
   c->ip = g_strdup(s->ip);
   c->gateway = g_strdup(s->gateway);
   c->mac = g_strdup(s->mac);
+  c->image = g_strdup(s->image);
+  c->registry_username = g_strdup(s->registry_username);
+  c->registry_password = g_strdup(s->registry_password);
+  c->workdir = g_strdup(s->workdir);
   return c;
 }
 
@@ -110,12 +118,36 @@ STR_PROP(arch)
 STR_PROP(flavor)
 STR_PROP(version)
 STR_PROP(cmdline_extra)
+STR_PROP(image)
+STR_PROP(workdir)
 VAL_PROP(int32_t, virt)
 VAL_PROP(int64_t, memory_mb)
 VAL_PROP(int32_t, vcpus)
 VAL_PROP(int32_t, accel)
 VAL_PROP(bool, one_shot)
 VAL_PROP(int32_t, graceful_stop_s)
+VAL_PROP(bool, readonly_rootfs)
+
+OAKUK_API void oakuk_instance_spec_set_registry_auth(oakuk_instance_spec *spec, const char *username,
+                                                     const char *password) {
+  g_return_if_fail(spec != NULL);
+  g_free(spec->registry_username);
+  if (spec->registry_password)
+    memset(spec->registry_password, 0, strlen(spec->registry_password));
+  g_free(spec->registry_password);
+  spec->registry_username = g_strdup(username);
+  spec->registry_password = g_strdup(password);
+}
+
+OAKUK_API const char *oakuk_instance_spec_registry_username(const oakuk_instance_spec *s) {
+  g_return_val_if_fail(s != NULL, NULL);
+  return s->registry_username;
+}
+
+OAKUK_API const char *oakuk_instance_spec_registry_password(const oakuk_instance_spec *s) {
+  g_return_val_if_fail(s != NULL, NULL);
+  return s->registry_password;
+}
 
 OAKUK_API const char *oakuk_instance_spec_name(const oakuk_instance_spec *spec) {
   g_return_val_if_fail(spec != NULL, NULL);

@@ -17,6 +17,7 @@
 #include <oakuk/image.h>
 #include <oakuk/net.h>
 #include <oakuk/qemu.h>
+#include <oakuk/container.h>
 #undef OAKUK_INSIDE_OAKUK_H
 
 #endif

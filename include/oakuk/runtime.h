@@ -40,6 +40,23 @@ OAKUK_API void oakuk_instance_spec_set_bundle(oakuk_instance_spec *spec, const c
 OAKUK_API const char *oakuk_instance_spec_bundle(const oakuk_instance_spec *spec);
 OAKUK_API void oakuk_instance_spec_set_rootfs(oakuk_instance_spec *spec, const char *path);
 OAKUK_API const char *oakuk_instance_spec_rootfs(const oakuk_instance_spec *spec);
+/* Container image: an OCI reference ("registry/name:tag", "name@sha256:...") or "oci-archive:<url>"
+ * (an OCI image layout tarball over http/https/file). When set, the runtime pulls it and builds
+ * the bundle itself; bundle/rootfs are then ignored. */
+OAKUK_API void oakuk_instance_spec_set_image(oakuk_instance_spec *spec, const char *reference);
+OAKUK_API const char *oakuk_instance_spec_image(const oakuk_instance_spec *spec);
+/* Registry credentials for the image (basic auth, or the credentials sent to a bearer-token
+ * endpoint); NULL = anonymous. */
+OAKUK_API void oakuk_instance_spec_set_registry_auth(oakuk_instance_spec *spec, const char *username,
+                                                     const char *password);
+OAKUK_API const char *oakuk_instance_spec_registry_username(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_registry_password(const oakuk_instance_spec *spec);
+/* Mount the container's root filesystem read-only (default false). */
+OAKUK_API void oakuk_instance_spec_set_readonly_rootfs(oakuk_instance_spec *spec, bool readonly);
+OAKUK_API bool oakuk_instance_spec_readonly_rootfs(const oakuk_instance_spec *spec);
+/* Working directory of the container's process; NULL = the image's WorkingDir, else "/". */
+OAKUK_API void oakuk_instance_spec_set_workdir(oakuk_instance_spec *spec, const char *path);
+OAKUK_API const char *oakuk_instance_spec_workdir(const oakuk_instance_spec *spec);
 
 OAKUK_API void oakuk_instance_spec_set_memory_mb(oakuk_instance_spec *spec, int64_t memory_mb);
 OAKUK_API int64_t oakuk_instance_spec_memory_mb(const oakuk_instance_spec *spec);

@@ -1,0 +1,105 @@
+/* OCI images (DESIGN §10): references, the distribution API client (pull and push), layer
+ * unpacking with whiteouts, the shared blob cache and image building. Used by container.c and
+ * seen by the container tests. Not installed, not exported. */
+#ifndef OAKUK_OCI_PRIVATE_H
+#define OAKUK_OCI_PRIVATE_H
+
+#include "oakuk-private.h"
+
+#include <json-glib/json-glib.h>
+
+G_BEGIN_DECLS
+
+#define OAKUK_OCI_MEDIA_INDEX "application/vnd.oci.image.index.v1+json"
+#define OAKUK_OCI_MEDIA_MANIFEST "application/vnd.oci.image.manifest.v1+json"
+#define OAKUK_OCI_MEDIA_CONFIG "application/vnd.oci.image.config.v1+json"
+#define OAKUK_OCI_MEDIA_LAYER_GZIP "application/vnd.oci.image.layer.v1.tar+gzip"
+#define OAKUK_DOCKER_MEDIA_LIST "application/vnd.docker.distribution.manifest.list.v2+json"
+#define OAKUK_DOCKER_MEDIA_MANIFEST "application/vnd.docker.distribution.manifest.v2+json"
+
+/* A parsed reference "[registry/]repository[:tag][@sha256:hex]". Docker Hub names without a
+ * registry become registry-1.docker.io and library/<name>. */
+typedef struct {
+  char *registry;   /* "host" or "host:port" */
+  char *repository; /* "library/busybox" */
+  char *tag;        /* NULL when only a digest was given; "latest" when neither */
+  char *digest;     /* "sha256:<hex>" or NULL */
+} OakukOciRef;
+
+gboolean oakuk_oci_ref_parse(const char *text, OakukOciRef *out, GError **error);
+void oakuk_oci_ref_clear(OakukOciRef *ref);
+
+/* True when registry ("host[:port]") may be reached over http: listed in insecure (comma-separated
+ * host or host:port), or loopback when insecure is NULL. */
+gboolean oakuk_oci_registry_is_insecure(const char *registry, const char *insecure);
+
+/* WWW-Authenticate parsing: scheme ("Basic"/"Bearer") and its parameters (realm, service,
+ * scope). Returns NULL for a malformed header; free with g_hash_table_unref. */
+GHashTable *oakuk_oci_parse_challenge(const char *header, char **scheme);
+
+/* "sha256:<64 lower-case hex>" */
+gboolean oakuk_oci_digest_is_valid(const char *digest);
+
+/* ---- distribution API client (blocking; one per thread) ---- */
+
+typedef struct OakukOciClient OakukOciClient;
+
+OakukOciClient *oakuk_oci_client_new(const char *registry, const char *username, const char *password,
+                                     const oakuk_container_options *opts, GError **error);
+void oakuk_oci_client_free(OakukOciClient *c);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakukOciClient, oakuk_oci_client_free)
+
+/* GET /v2/<repo>/manifests/<ref>. Returns the body; *media_type and *digest (computed, and checked
+ * against ref when ref is a digest) are set. */
+GBytes *oakuk_oci_client_get_manifest(OakukOciClient *c, const char *repo, const char *ref, char **media_type,
+                                      char **digest, GError **error);
+/* Uploads a blob (skipped when HEAD finds it) and a manifest; returns the manifest's digest. */
+gboolean oakuk_oci_client_push_blob(OakukOciClient *c, const char *repo, const char *digest, GBytes *data,
+                                    GError **error);
+char *oakuk_oci_client_push_manifest(OakukOciClient *c, const char *repo, const char *tag, const char *media_type,
+                                     GBytes *body, GError **error);
+
+/* ---- images ---- */
+
+/* Progress while pulling: layer (1-based) of layers, percent of that layer. */
+typedef void (*OakukOciProgress)(guint layer, guint layers, int percent, gpointer data);
+
+typedef struct {
+  char *manifest_digest; /* "sha256:<hex>" of the platform manifest */
+  char *rootfs;          /* <images>/unpacked/<hex>/rootfs */
+  GPtrArray *entrypoint; /* char*, possibly empty */
+  GPtrArray *cmd;        /* char*, possibly empty */
+  GPtrArray *env;        /* char* "KEY=VALUE" */
+  char *workdir;         /* NULL when unset */
+  char *user;            /* NULL when unset */
+} OakukOciImage;
+
+void oakuk_oci_image_free(OakukOciImage *img);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakukOciImage, oakuk_oci_image_free)
+
+/* Pulls reference into images_dir (blobs/, unpacked/) for this platform. progress may be NULL
+ * and is called on the calling thread. */
+OakukOciImage *oakuk_oci_pull(const char *images_dir, const char *reference, const char *username,
+                              const char *password, const oakuk_container_options *opts, OakukOciProgress progress,
+                              gpointer data, GError **error);
+
+/* Applies the layer tarball at layer_path (any compression libarchive detects) onto rootfs,
+ * honouring whiteouts (.wh.<name>) and opaque whiteouts (.wh..wh..opq), with the path-safety rules
+ * of archive-safe.h (absolute symlink targets allowed: they resolve inside the rootfs), ownership
+ * and modes kept. what names the layer in errors. */
+gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const char *what, GError **error);
+
+/* Packs dir as a tar (+gzip) layer. *diff_id is the digest of the uncompressed tar. */
+GBytes *oakuk_oci_pack_layer(const char *dir, char **diff_id, GError **error);
+
+/* Builds a single-layer image of dir for arch and pushes it as repo:tag with client c; returns
+ * the manifest digest; *manifest_size (may be NULL) its size. */
+char *oakuk_oci_build_and_push(OakukOciClient *c, const char *dir, const char *repo, const char *tag,
+                               const char *arch, gint64 *manifest_size, GError **error);
+
+/* The sha256 digest "sha256:<hex>" of data. */
+char *oakuk_oci_digest_bytes(GBytes *data);
+
+G_END_DECLS
+
+#endif

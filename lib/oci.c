@@ -1,0 +1,1412 @@
+/* OCI images (DESIGN §10): references, the distribution API over libsoup (anonymous, basic and
+ * bearer-token auth; pull and push), the content-addressed blob cache, layer unpacking with
+ * whiteouts, and single-layer image building. Everything here blocks: callers run it in a thread. */
+#include "oci-private.h"
+#include "archive-safe.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+#include <libsoup/soup.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#define set_gerror(err, code, ...) g_set_error(err, OAKUK_ERROR, -(code), __VA_ARGS__)
+
+#define MANIFEST_MAX_BYTES (4 * 1024 * 1024)
+#define CONFIG_MAX_BYTES (4 * 1024 * 1024)
+#define LAYER_MAX_ENTRIES 1000000
+#define LAYER_MAX_BYTES (G_GUINT64_CONSTANT(16) * 1024 * 1024 * 1024)
+#define CHUNK (64 * 1024)
+
+/* ---------------------------------------------------------------------------------------------- */
+/* References */
+
+gboolean oakuk_oci_digest_is_valid(const char *d) {
+  if (!d || !g_str_has_prefix(d, "sha256:") || strlen(d) != 7 + 64)
+    return FALSE;
+  for (const char *p = d + 7; *p; p++)
+    if (!g_ascii_isdigit(*p) && !(*p >= 'a' && *p <= 'f'))
+      return FALSE;
+  return TRUE;
+}
+
+static gboolean repo_is_valid(const char *r) {
+  if (!*r || *r == '/' || g_str_has_suffix(r, "/") || strstr(r, "//"))
+    return FALSE;
+  for (const char *p = r; *p; p++)
+    if (!(g_ascii_islower(*p) || g_ascii_isdigit(*p) || strchr("._-/", *p)))
+      return FALSE;
+  return TRUE;
+}
+
+static gboolean tag_is_valid(const char *t) {
+  size_t n = strlen(t);
+  if (n == 0 || n > 128 || t[0] == '.' || t[0] == '-')
+    return FALSE;
+  for (const char *p = t; *p; p++)
+    if (!g_ascii_isalnum(*p) && !strchr("._-", *p))
+      return FALSE;
+  return TRUE;
+}
+
+void oakuk_oci_ref_clear(OakukOciRef *r) {
+  g_clear_pointer(&r->registry, g_free);
+  g_clear_pointer(&r->repository, g_free);
+  g_clear_pointer(&r->tag, g_free);
+  g_clear_pointer(&r->digest, g_free);
+}
+
+gboolean oakuk_oci_ref_parse(const char *text, OakukOciRef *out, GError **error) {
+  memset(out, 0, sizeof *out);
+  if (!text || !*text)
+    return set_gerror(error, OAKUK_EINVAL, "image reference is empty"), FALSE;
+  g_autofree char *rest = g_strdup(text);
+  char *at = strchr(rest, '@');
+  if (at) {
+    *at = '\0';
+    if (!oakuk_oci_digest_is_valid(at + 1))
+      return set_gerror(error, OAKUK_EINVAL, "image reference %s: digest %s is not sha256:<64 hex digits>", text,
+                        at + 1), FALSE;
+    out->digest = g_strdup(at + 1);
+  }
+  char *slash = strchr(rest, '/');
+  char *name = rest;
+  if (slash && (memchr(rest, '.', (size_t)(slash - rest)) || memchr(rest, ':', (size_t)(slash - rest)) ||
+                strncmp(rest, "localhost/", 10) == 0)) {
+    out->registry = g_strndup(rest, (size_t)(slash - rest));
+    name = slash + 1;
+  } else {
+    out->registry = g_strdup("registry-1.docker.io");
+  }
+  char *colon = strrchr(name, ':');
+  if (colon && !strchr(colon, '/')) {
+    *colon = '\0';
+    if (!tag_is_valid(colon + 1)) {
+      set_gerror(error, OAKUK_EINVAL, "image reference %s: tag \"%s\" is not valid", text, colon + 1);
+      oakuk_oci_ref_clear(out);
+      return FALSE;
+    }
+    out->tag = g_strdup(colon + 1);
+  } else if (!out->digest) {
+    out->tag = g_strdup("latest");
+  }
+  if (!repo_is_valid(name)) {
+    set_gerror(error, OAKUK_EINVAL, "image reference %s: repository \"%s\" is not valid (lower-case a-z 0-9 . _ - /)",
+               text, name);
+    oakuk_oci_ref_clear(out);
+    return FALSE;
+  }
+  out->repository = strcmp(out->registry, "registry-1.docker.io") == 0 && !strchr(name, '/')
+                        ? g_strconcat("library/", name, NULL)
+                        : g_strdup(name);
+  return TRUE;
+}
+
+static char *registry_host(const char *registry) {
+  if (registry[0] == '[') {
+    const char *e = strchr(registry, ']');
+    return e ? g_strndup(registry + 1, (size_t)(e - registry - 1)) : g_strdup(registry);
+  }
+  const char *c = strrchr(registry, ':');
+  return c ? g_strndup(registry, (size_t)(c - registry)) : g_strdup(registry);
+}
+
+gboolean oakuk_oci_registry_is_insecure(const char *registry, const char *insecure) {
+  g_autofree char *host = registry_host(registry);
+  if (!insecure)
+    return strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 || g_str_has_prefix(host, "127.");
+  g_auto(GStrv) list = g_strsplit(insecure, ",", -1);
+  for (char **l = list; *l; l++) {
+    g_strstrip(*l);
+    if (**l && (strcmp(*l, registry) == 0 || strcmp(*l, host) == 0))
+      return TRUE;
+  }
+  return FALSE;
+}
+
+GHashTable *oakuk_oci_parse_challenge(const char *header, char **scheme) {
+  while (*header == ' ')
+    header++;
+  const char *sp = strchr(header, ' ');
+  *scheme = sp ? g_strndup(header, (size_t)(sp - header)) : g_strdup(header);
+  GHashTable *params = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  const char *p = sp ? sp + 1 : header + strlen(header);
+  while (*p) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    if (!*p)
+      break;
+    const char *eq = strchr(p, '=');
+    if (!eq)
+      goto bad;
+    g_autofree char *key = g_ascii_strdown(p, eq - p);
+    g_strstrip(key);
+    p = eq + 1;
+    GString *v = g_string_new(NULL);
+    if (*p == '"') {
+      for (p++; *p && *p != '"'; p++) {
+        if (*p == '\\' && p[1])
+          p++;
+        g_string_append_c(v, *p);
+      }
+      if (*p != '"') {
+        g_string_free(v, TRUE);
+        goto bad;
+      }
+      p++;
+    } else {
+      while (*p && *p != ',')
+        g_string_append_c(v, *p++);
+    }
+    g_hash_table_replace(params, g_steal_pointer(&key), g_string_free(v, FALSE));
+  }
+  return params;
+bad:
+  g_hash_table_unref(params);
+  g_clear_pointer(scheme, g_free);
+  return NULL;
+}
+
+char *oakuk_oci_digest_bytes(GBytes *data) {
+  g_autofree char *hex = g_compute_checksum_for_bytes(G_CHECKSUM_SHA256, data);
+  return g_strconcat("sha256:", hex, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Client */
+
+struct OakukOciClient {
+  SoupSession *session;
+  char *registry;
+  char *base;          /* "http(s)://registry" */
+  char *basic;         /* "Basic ..." or NULL */
+  char *authorization; /* header value that worked, or NULL */
+  gboolean insecure;
+  const char *insecure_list;
+};
+
+OakukOciClient *oakuk_oci_client_new(const char *registry, const char *username, const char *password,
+                                     const oakuk_container_options *opts, GError **error) {
+  oakuk_container_options defaults = OAKUK_CONTAINER_OPTIONS_INIT;
+  const oakuk_container_options *o = opts ? opts : &defaults;
+  const char *host = registry;
+  gboolean want_http = FALSE;
+  if (g_str_has_prefix(registry, "http://")) {
+    host = registry + 7;
+    want_http = TRUE;
+  } else if (g_str_has_prefix(registry, "https://")) {
+    host = registry + 8;
+  }
+  g_autofree char *h = g_strdup(host);
+  if (g_str_has_suffix(h, "/"))
+    h[strlen(h) - 1] = '\0';
+  if (!*h || strchr(h, '/'))
+    return set_gerror(error, OAKUK_EINVAL, "registry \"%s\": expected host[:port]", registry), NULL;
+  gboolean insecure = oakuk_oci_registry_is_insecure(h, o->insecure_registries);
+  if (want_http && !insecure)
+    return set_gerror(error, OAKUK_EPERM,
+                      "registry %s: plain http is allowed only for registries marked insecure", h), NULL;
+  OakukOciClient *c = g_new0(OakukOciClient, 1);
+  c->session = soup_session_new_with_options("timeout", o->timeout_s, "idle-timeout", 60, "user-agent",
+                                             "liboakuk/" "0.1", NULL);
+  c->registry = g_steal_pointer(&h);
+  c->insecure = insecure;
+  c->insecure_list = o->insecure_registries;
+  c->base = g_strconcat(insecure ? "http://" : "https://", c->registry, NULL);
+  if (username && password) {
+    g_autofree char *up = g_strdup_printf("%s:%s", username, password);
+    g_autofree char *b64 = g_base64_encode((const guchar *)up, strlen(up));
+    c->basic = g_strconcat("Basic ", b64, NULL);
+    memset(up, 0, strlen(up));
+  }
+  return c;
+}
+
+void oakuk_oci_client_free(OakukOciClient *c) {
+  if (!c)
+    return;
+  g_object_unref(c->session);
+  g_free(c->registry);
+  g_free(c->base);
+  g_free(c->basic);
+  g_free(c->authorization);
+  g_free(c);
+}
+
+static int status_code(guint status) {
+  if (status == 401 || status == 403)
+    return OAKUK_EPERM;
+  if (status == 404 || status == 410)
+    return OAKUK_ENOTFOUND;
+  if (status == 400)
+    return OAKUK_EINVAL;
+  return OAKUK_EIO;
+}
+
+/* A transport failure (no HTTP status) as an error naming the registry. */
+static void transport_error(OakukOciClient *c, GError *err, const char *what, GError **error) {
+  int code = g_error_matches(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT) ? OAKUK_ETIMEOUT : OAKUK_EIO;
+  set_gerror(error, code, "registry %s unreachable (%s): %s", c->registry, what, err->message);
+}
+
+/* Fetches a bearer token for the challenge; returns "Bearer <token>". */
+static char *bearer_token(OakukOciClient *c, GHashTable *params, GError **error) {
+  const char *realm = g_hash_table_lookup(params, "realm");
+  if (!realm)
+    return set_gerror(error, OAKUK_EPERM, "registry %s: bearer challenge without a realm", c->registry), NULL;
+  g_autoptr(GUri) uri = g_uri_parse(realm, G_URI_FLAGS_NONE, NULL);
+  if (!uri || (g_strcmp0(g_uri_get_scheme(uri), "https") != 0 &&
+               !(g_strcmp0(g_uri_get_scheme(uri), "http") == 0 && g_uri_get_host(uri) &&
+                 oakuk_oci_registry_is_insecure(g_uri_get_host(uri), c->insecure_list))))
+    return set_gerror(error, OAKUK_EPERM, "registry %s: token realm %s is not https (nor an insecure registry)",
+                      c->registry, realm), NULL;
+  GString *url = g_string_new(realm);
+  char sep = strchr(realm, '?') ? '&' : '?';
+  const char *keys[] = {"service", "scope"};
+  for (size_t k = 0; k < G_N_ELEMENTS(keys); k++) {
+    const char *v = g_hash_table_lookup(params, keys[k]);
+    if (!v)
+      continue;
+    g_autofree char *e = g_uri_escape_string(v, NULL, FALSE);
+    g_string_append_printf(url, "%c%s=%s", sep, keys[k], e);
+    sep = '&';
+  }
+  g_autofree char *u = g_string_free(url, FALSE);
+  g_autoptr(SoupMessage) m = soup_message_new("GET", u);
+  if (!m)
+    return set_gerror(error, OAKUK_EPERM, "registry %s: bad token realm %s", c->registry, realm), NULL;
+  if (c->basic)
+    soup_message_headers_replace(soup_message_get_request_headers(m), "Authorization", c->basic);
+  GError *err = NULL;
+  g_autoptr(GBytes) body = soup_session_send_and_read(c->session, m, NULL, &err);
+  if (!body) {
+    transport_error(c, err, "token endpoint", error);
+    g_error_free(err);
+    return NULL;
+  }
+  guint st = soup_message_get_status(m);
+  if (st != 200)
+    return set_gerror(error, OAKUK_EPERM, "registry %s: authentication refused by token endpoint %s (HTTP %u)%s",
+                      c->registry, realm, st, c->basic ? "" : "; no credentials given"), NULL;
+  g_autoptr(JsonParser) p = json_parser_new();
+  gsize n;
+  const char *data = g_bytes_get_data(body, &n);
+  if (!oakuk_json_precheck(data, n, NULL) || !json_parser_load_from_data(p, data, (gssize)n, NULL) ||
+      !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
+    return set_gerror(error, OAKUK_EPERM, "registry %s: token endpoint %s answered no JSON object", c->registry,
+                      realm), NULL;
+  JsonObject *o = json_node_get_object(json_parser_get_root(p));
+  const char *tok = json_object_get_string_member_with_default(o, "token", NULL);
+  if (!tok)
+    tok = json_object_get_string_member_with_default(o, "access_token", NULL);
+  if (!tok || !*tok)
+    return set_gerror(error, OAKUK_EPERM, "registry %s: token endpoint %s answered no token", c->registry, realm),
+           NULL;
+  return g_strconcat("Bearer ", tok, NULL);
+}
+
+/* Answers a 401: picks the Authorization header for the retry. */
+static gboolean authenticate(OakukOciClient *c, SoupMessage *m, GError **error) {
+  const char *hdr = soup_message_headers_get_one(soup_message_get_response_headers(m), "WWW-Authenticate");
+  g_autofree char *scheme = NULL;
+  g_autoptr(GHashTable) params = hdr ? oakuk_oci_parse_challenge(hdr, &scheme) : NULL;
+  if (params && g_ascii_strcasecmp(scheme, "bearer") == 0) {
+    char *auth = bearer_token(c, params, error);
+    if (!auth)
+      return FALSE;
+    g_free(c->authorization);
+    c->authorization = auth;
+    return TRUE;
+  }
+  if (c->basic && !c->authorization) {
+    c->authorization = g_strdup(c->basic);
+    return TRUE;
+  }
+  return set_gerror(error, OAKUK_EPERM, "registry %s: authentication required (HTTP 401)%s", c->registry,
+                    c->basic ? ": credentials refused" : " and no credentials given"), FALSE;
+}
+
+/* Sends a request, authenticating once on 401. Returns the message (status may be any); body
+ * streamed into *in when in is not NULL, else read into *body. */
+static SoupMessage *request(OakukOciClient *c, const char *method, const char *url, const char *accept,
+                            const char *content_type, GBytes *payload, GInputStream **in, GBytes **body,
+                            const char *what, GError **error) {
+  for (int attempt = 0; attempt < 2; attempt++) {
+    SoupMessage *m = soup_message_new(method, url);
+    if (!m)
+      return set_gerror(error, OAKUK_EINVAL, "registry %s: bad URL %s", c->registry, url), NULL;
+    SoupMessageHeaders *h = soup_message_get_request_headers(m);
+    if (accept)
+      soup_message_headers_replace(h, "Accept", accept);
+    if (c->authorization)
+      soup_message_headers_replace(h, "Authorization", c->authorization);
+    if (payload)
+      soup_message_set_request_body_from_bytes(m, content_type ? content_type : "application/octet-stream",
+                                               payload);
+    GError *err = NULL;
+    GInputStream *stream = NULL;
+    GBytes *b = NULL;
+    if (in)
+      stream = soup_session_send(c->session, m, NULL, &err);
+    else
+      b = soup_session_send_and_read(c->session, m, NULL, &err);
+    if (!stream && !b) {
+      transport_error(c, err, what, error);
+      g_error_free(err);
+      g_object_unref(m);
+      return NULL;
+    }
+    if (soup_message_get_status(m) == 401 && attempt == 0) {
+      g_clear_object(&stream);
+      g_clear_pointer(&b, g_bytes_unref);
+      gboolean ok = authenticate(c, m, error);
+      g_object_unref(m);
+      if (!ok)
+        return NULL;
+      continue;
+    }
+    if (in)
+      *in = stream;
+    else
+      *body = b;
+    return m;
+  }
+  g_assert_not_reached();
+}
+
+static gboolean http_failed(OakukOciClient *c, SoupMessage *m, GBytes *body, const char *what, GError **error) {
+  guint st = soup_message_get_status(m);
+  /* Registry errors are {"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}. */
+  g_autofree char *detail = NULL;
+  if (body) {
+    gsize n;
+    const char *d = g_bytes_get_data(body, &n);
+    g_autoptr(JsonParser) p = json_parser_new();
+    if (n > 0 && n < 65536 && json_parser_load_from_data(p, d, (gssize)n, NULL) &&
+        JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
+      JsonObject *o = json_node_get_object(json_parser_get_root(p));
+      JsonArray *errs = json_object_has_member(o, "errors") ? json_object_get_array_member(o, "errors") : NULL;
+      if (errs && json_array_get_length(errs) > 0 && JSON_NODE_HOLDS_OBJECT(json_array_get_element(errs, 0)))
+        detail = g_strdup(json_object_get_string_member_with_default(
+            json_array_get_object_element(errs, 0), "message", NULL));
+    }
+  }
+  if (st == 401)
+    return set_gerror(error, OAKUK_EPERM, "registry %s: %s: authentication required (HTTP 401)%s", c->registry, what,
+                      c->basic ? ": credentials refused" : " and no credentials given"), FALSE;
+  return set_gerror(error, status_code(st), "registry %s: %s: HTTP %u %s%s%s", c->registry, what, st,
+                    soup_message_get_reason_phrase(m) ? soup_message_get_reason_phrase(m) : "", detail ? ": " : "",
+                    detail ? detail : ""), FALSE;
+}
+
+static const char *manifest_accept =
+    OAKUK_OCI_MEDIA_INDEX ", " OAKUK_OCI_MEDIA_MANIFEST ", " OAKUK_DOCKER_MEDIA_LIST ", " OAKUK_DOCKER_MEDIA_MANIFEST;
+
+GBytes *oakuk_oci_client_get_manifest(OakukOciClient *c, const char *repo, const char *ref, char **media_type,
+                                      char **digest, GError **error) {
+  g_autofree char *url = g_strdup_printf("%s/v2/%s/manifests/%s", c->base, repo, ref);
+  g_autofree char *what = g_strdup_printf("manifest %s:%s", repo, ref);
+  g_autoptr(GBytes) body = NULL;
+  g_autoptr(SoupMessage) m = request(c, "GET", url, manifest_accept, NULL, NULL, NULL, &body, what, error);
+  if (!m)
+    return NULL;
+  if (soup_message_get_status(m) != 200)
+    return http_failed(c, m, body, what, error), NULL;
+  if (g_bytes_get_size(body) > MANIFEST_MAX_BYTES)
+    return set_gerror(error, OAKUK_EINVAL, "registry %s: %s is larger than %d bytes", c->registry, what,
+                      MANIFEST_MAX_BYTES), NULL;
+  g_autofree char *d = oakuk_oci_digest_bytes(body);
+  if (oakuk_oci_digest_is_valid(ref) && strcmp(d, ref) != 0)
+    return set_gerror(error, OAKUK_EVERIFY, "registry %s: %s: digest mismatch (received %s)", c->registry, what, d),
+           NULL;
+  const char *ct = soup_message_headers_get_content_type(soup_message_get_response_headers(m), NULL);
+  *media_type = g_strdup(ct);
+  *digest = g_steal_pointer(&d);
+  return g_steal_pointer(&body);
+}
+
+gboolean oakuk_oci_client_push_blob(OakukOciClient *c, const char *repo, const char *digest, GBytes *data,
+                                    GError **error) {
+  g_autofree char *what = g_strdup_printf("blob %s in %s", digest, repo);
+  g_autofree char *url = g_strdup_printf("%s/v2/%s/blobs/%s", c->base, repo, digest);
+  g_autoptr(GBytes) body = NULL;
+  g_autoptr(SoupMessage) head = request(c, "HEAD", url, NULL, NULL, NULL, NULL, &body, what, error);
+  if (!head)
+    return FALSE;
+  if (soup_message_get_status(head) == 200)
+    return TRUE;
+  g_clear_pointer(&body, g_bytes_unref);
+  g_autofree char *post = g_strdup_printf("%s/v2/%s/blobs/uploads/", c->base, repo);
+  g_autoptr(SoupMessage) m = request(c, "POST", post, NULL, NULL, NULL, NULL, &body, what, error);
+  if (!m)
+    return FALSE;
+  if (soup_message_get_status(m) != 202)
+    return http_failed(c, m, body, what, error);
+  const char *loc = soup_message_headers_get_one(soup_message_get_response_headers(m), "Location");
+  g_autofree char *abs = loc ? g_uri_resolve_relative(post, loc, G_URI_FLAGS_NONE, NULL) : NULL;
+  if (!abs)
+    return set_gerror(error, OAKUK_EIO, "registry %s: %s: upload answer without a usable Location", c->registry,
+                      what), FALSE;
+  g_autofree char *esc = g_uri_escape_string(digest, NULL, FALSE);
+  g_autofree char *put = g_strdup_printf("%s%cdigest=%s", abs, strchr(abs, '?') ? '&' : '?', esc);
+  g_clear_pointer(&body, g_bytes_unref);
+  g_autoptr(SoupMessage) pm = request(c, "PUT", put, NULL, "application/octet-stream", data, NULL, &body, what, error);
+  if (!pm)
+    return FALSE;
+  if (soup_message_get_status(pm) != 201)
+    return http_failed(c, pm, body, what, error);
+  return TRUE;
+}
+
+char *oakuk_oci_client_push_manifest(OakukOciClient *c, const char *repo, const char *tag, const char *media_type,
+                                     GBytes *manifest, GError **error) {
+  g_autofree char *what = g_strdup_printf("manifest %s:%s", repo, tag);
+  g_autofree char *url = g_strdup_printf("%s/v2/%s/manifests/%s", c->base, repo, tag);
+  g_autoptr(GBytes) body = NULL;
+  g_autoptr(SoupMessage) m = request(c, "PUT", url, NULL, media_type, manifest, NULL, &body, what, error);
+  if (!m)
+    return NULL;
+  if (soup_message_get_status(m) != 201)
+    return http_failed(c, m, body, what, error), NULL;
+  return oakuk_oci_digest_bytes(manifest);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Platform */
+
+OAKUK_API const char *oakuk_container_platform_arch(void) {
+  struct utsname u;
+  if (uname(&u) != 0)
+    return "unknown";
+  const char *m = u.machine;
+  if (strcmp(m, "x86_64") == 0)
+    return "amd64";
+  if (strcmp(m, "aarch64") == 0 || strcmp(m, "arm64") == 0)
+    return "arm64";
+  if (g_str_has_prefix(m, "arm"))
+    return "arm";
+  if (strcmp(m, "riscv64") == 0)
+    return "riscv64";
+  if (strcmp(m, "i686") == 0 || strcmp(m, "i386") == 0)
+    return "386";
+  if (strcmp(m, "ppc64le") == 0)
+    return "ppc64le";
+  if (strcmp(m, "s390x") == 0)
+    return "s390x";
+  return "unknown";
+}
+
+OAKUK_API const char *oakuk_container_platform_variant(void) {
+  struct utsname u;
+  if (uname(&u) != 0 || !g_str_has_prefix(u.machine, "arm"))
+    return NULL;
+  if (g_str_has_prefix(u.machine, "armv6"))
+    return "v6";
+  if (g_str_has_prefix(u.machine, "armv5"))
+    return "v5";
+  return "v7";
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Image sources: a registry or an OCI layout (from oci-archive:) */
+
+typedef struct {
+  const char *reference;
+  OakukOciClient *client; /* registry source */
+  char *repo;
+  char *layout; /* directory of an unpacked OCI layout */
+} Source;
+
+static JsonObject *parse_object(GBytes *b, const char *what, GError **error, JsonParser **keep) {
+  gsize n;
+  const char *d = g_bytes_get_data(b, &n);
+  JsonParser *p = json_parser_new();
+  GError *err = NULL;
+  if (!oakuk_json_precheck(d, n, &err) || !json_parser_load_from_data(p, d, (gssize)n, &err) ||
+      !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
+    set_gerror(error, OAKUK_EINVAL, "%s: not a JSON object%s%s", what, err ? ": " : "", err ? err->message : "");
+    g_clear_error(&err);
+    g_object_unref(p);
+    return NULL;
+  }
+  *keep = p;
+  return json_node_get_object(json_parser_get_root(p));
+}
+
+static GBytes *layout_blob(Source *s, const char *digest, gsize max, GError **error) {
+  g_autofree char *path = g_build_filename(s->layout, "blobs", "sha256", digest + 7, NULL);
+  g_autofree char *data = NULL;
+  gsize n = 0;
+  GError *err = NULL;
+  if (!g_file_get_contents(path, &data, &n, &err)) {
+    set_gerror(error, OAKUK_ENOTFOUND, "image %s: blob %s is not in the archive", s->reference, digest);
+    g_error_free(err);
+    return NULL;
+  }
+  if (n > max)
+    return set_gerror(error, OAKUK_EINVAL, "image %s: blob %s is larger than %zu bytes", s->reference, digest, max),
+           NULL;
+  return g_bytes_new_take(g_steal_pointer(&data), n);
+}
+
+/* A manifest or index by digest (or the registry's tag). *media_type may come from the body. */
+static GBytes *source_manifest(Source *s, const char *ref, char **digest, GError **error) {
+  if (s->client) {
+    g_autofree char *mt = NULL;
+    return oakuk_oci_client_get_manifest(s->client, s->repo, ref, &mt, digest, error);
+  }
+  GBytes *b = layout_blob(s, ref, MANIFEST_MAX_BYTES, error);
+  if (!b)
+    return NULL;
+  *digest = oakuk_oci_digest_bytes(b);
+  if (strcmp(*digest, ref) != 0) {
+    set_gerror(error, OAKUK_EVERIFY, "image %s: manifest %s: digest mismatch (received %s)", s->reference, ref,
+               *digest);
+    g_clear_pointer(digest, g_free);
+    g_bytes_unref(b);
+    return NULL;
+  }
+  return b;
+}
+
+static const char *media_of(JsonObject *o) {
+  return json_object_get_string_member_with_default(o, "mediaType", "");
+}
+
+static gboolean is_index(JsonObject *o) {
+  const char *mt = media_of(o);
+  return strcmp(mt, OAKUK_OCI_MEDIA_INDEX) == 0 || strcmp(mt, OAKUK_DOCKER_MEDIA_LIST) == 0 ||
+         (!*mt && json_object_has_member(o, "manifests") && !json_object_has_member(o, "layers"));
+}
+
+/* The platform entry of an index matching this node, or NULL with a message listing what exists. */
+static const char *pick_platform(Source *s, JsonObject *index, GError **error) {
+  const char *arch = oakuk_container_platform_arch();
+  const char *variant = oakuk_container_platform_variant();
+  JsonArray *ms = json_object_has_member(index, "manifests") ? json_object_get_array_member(index, "manifests") : NULL;
+  g_autoptr(GString) seen = g_string_new(NULL);
+  const char *fallback = NULL;
+  for (guint k = 0; ms && k < json_array_get_length(ms); k++) {
+    JsonNode *n = json_array_get_element(ms, k);
+    if (!JSON_NODE_HOLDS_OBJECT(n))
+      continue;
+    JsonObject *e = json_node_get_object(n);
+    const char *d = json_object_get_string_member_with_default(e, "digest", NULL);
+    if (!oakuk_oci_digest_is_valid(d))
+      continue;
+    if (!json_object_has_member(e, "platform")) {
+      fallback = fallback ? fallback : d;
+      continue;
+    }
+    JsonObject *p = json_object_get_object_member(e, "platform");
+    if (!p)
+      continue;
+    const char *os = json_object_get_string_member_with_default(p, "os", "");
+    const char *a = json_object_get_string_member_with_default(p, "architecture", "");
+    const char *v = json_object_get_string_member_with_default(p, "variant", NULL);
+    g_string_append_printf(seen, "%s%s/%s%s%s", seen->len ? ", " : "", os, a, v ? "/" : "", v ? v : "");
+    if (strcmp(os, "linux") == 0 && strcmp(a, arch) == 0 &&
+        (!variant || !v || strcmp(v, variant) == 0 || (strcmp(arch, "arm64") == 0)))
+      return d;
+  }
+  if (fallback && seen->len == 0)
+    return fallback;
+  set_gerror(error, OAKUK_EUNSUPPORTED, "image %s: no manifest for this node's platform linux/%s%s%s (index has: %s)",
+             s->reference, arch, variant ? "/" : "", variant ? variant : "", seen->len ? seen->str : "nothing");
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Blob cache */
+
+typedef struct {
+  OakukOciProgress cb;
+  gpointer data;
+  guint layer, layers;
+  int last;
+} Progress;
+
+static void progress(Progress *p, gint64 got, gint64 total) {
+  if (!p || !p->cb)
+    return;
+  int pct = total > 0 ? (int)(got * 100 / total) : 0;
+  if (pct > 100)
+    pct = 100;
+  if (pct == p->last)
+    return;
+  if (pct != 100 && pct != 0 && pct - p->last < 5)
+    return;
+  p->last = pct;
+  p->cb(p->layer, p->layers, pct, p->data);
+}
+
+/* Streams in into a temporary file in blobs/, verifying digest and size; renames it into place. */
+static gboolean store_stream(const char *blobs, Source *s, GInputStream *in, const char *digest, gint64 size,
+                             Progress *prog, const char *what, GError **error) {
+  g_autofree char *tmpl = g_build_filename(blobs, ".tmp-XXXXXX", NULL);
+  int fd = g_mkstemp_full(tmpl, O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return set_gerror(error, OAKUK_EIO, "create %s: %s", tmpl, g_strerror(errno)), FALSE;
+  g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+  g_autofree guint8 *buf = g_malloc(CHUNK);
+  gint64 got = 0;
+  gboolean ok = TRUE;
+  GError *err = NULL;
+  for (;;) {
+    gssize n = g_input_stream_read(in, buf, CHUNK, NULL, &err);
+    if (n < 0) {
+      set_gerror(error, OAKUK_EIO, "image %s: %s: download interrupted: %s", s->reference, what, err->message);
+      g_clear_error(&err);
+      ok = FALSE;
+      break;
+    }
+    if (n == 0)
+      break;
+    got += n;
+    if (size >= 0 && got > size) {
+      set_gerror(error, OAKUK_EVERIFY, "image %s: %s: larger than the %" G_GINT64_FORMAT " bytes the manifest says",
+                 s->reference, what, size);
+      ok = FALSE;
+      break;
+    }
+    g_checksum_update(sum, buf, (gsize)n);
+    if (write(fd, buf, (size_t)n) != n) {
+      set_gerror(error, OAKUK_EIO, "write %s: %s", tmpl, g_strerror(errno));
+      ok = FALSE;
+      break;
+    }
+    progress(prog, got, size);
+  }
+  close(fd);
+  if (ok) {
+    g_autofree char *d = g_strconcat("sha256:", g_checksum_get_string(sum), NULL);
+    if (strcmp(d, digest) != 0) {
+      set_gerror(error, OAKUK_EVERIFY, "image %s: %s %s: digest mismatch (received %s)", s->reference, what, digest,
+                 d);
+      ok = FALSE;
+    } else if (size >= 0 && got != size) {
+      set_gerror(error, OAKUK_EVERIFY, "image %s: %s %s: %" G_GINT64_FORMAT " bytes instead of %" G_GINT64_FORMAT,
+                 s->reference, what, digest, got, size);
+      ok = FALSE;
+    }
+  }
+  g_autofree char *dest = g_build_filename(blobs, digest + 7, NULL);
+  if (ok && rename(tmpl, dest) != 0) {
+    set_gerror(error, OAKUK_EIO, "rename %s: %s", dest, g_strerror(errno));
+    ok = FALSE;
+  }
+  if (!ok)
+    unlink(tmpl);
+  return ok;
+}
+
+/* Makes blob digest present in blobs/ (downloading and verifying it when missing). */
+static gboolean fetch_blob(const char *blobs, Source *s, const char *digest, gint64 size, Progress *prog,
+                           const char *what, GError **error) {
+  g_autofree char *dest = g_build_filename(blobs, digest + 7, NULL);
+  if (g_file_test(dest, G_FILE_TEST_IS_REGULAR)) {
+    progress(prog, 1, 1);
+    return TRUE;
+  }
+  g_autoptr(GInputStream) in = NULL;
+  if (s->layout) {
+    g_autofree char *path = g_build_filename(s->layout, "blobs", "sha256", digest + 7, NULL);
+    g_autoptr(GFile) f = g_file_new_for_path(path);
+    in = G_INPUT_STREAM(g_file_read(f, NULL, NULL));
+    if (!in)
+      return set_gerror(error, OAKUK_ENOTFOUND, "image %s: %s %s is not in the archive", s->reference, what, digest),
+             FALSE;
+    return store_stream(blobs, s, in, digest, size, prog, what, error);
+  }
+  g_autofree char *url = g_strdup_printf("%s/v2/%s/blobs/%s", s->client->base, s->repo, digest);
+  g_autofree char *w = g_strdup_printf("%s %s", what, digest);
+  g_autoptr(SoupMessage) m = request(s->client, "GET", url, NULL, NULL, NULL, &in, NULL, w, error);
+  if (!m)
+    return FALSE;
+  if (soup_message_get_status(m) != 200) {
+    g_autoptr(GBytes) body = g_input_stream_read_bytes(in, 65536, NULL, NULL);
+    return http_failed(s->client, m, body, w, error);
+  }
+  return store_stream(blobs, s, in, digest, size, prog, what, error);
+}
+
+static GBytes *read_blob(const char *blobs, const char *digest, gsize max, GError **error) {
+  g_autofree char *path = g_build_filename(blobs, digest + 7, NULL);
+  g_autofree char *data = NULL;
+  gsize n = 0;
+  if (!g_file_get_contents(path, &data, &n, error))
+    return NULL;
+  if (n > max)
+    return set_gerror(error, OAKUK_EINVAL, "blob %s is larger than %zu bytes", digest, max), NULL;
+  return g_bytes_new_take(g_steal_pointer(&data), n);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Layers */
+
+typedef struct {
+  const char *rootfs;
+  const char *what;
+  struct archive *r, *w;
+  GHashTable *added; /* paths written by this layer (opaque whiteouts keep them) */
+  guint64 entries, bytes;
+} Layer;
+
+static gboolean remove_tree(const char *path, GError **error);
+
+/* No component of rel's parent may be a symlink: whiteouts and hard links must never act
+ * through one (it could point out of the rootfs on the host). */
+static gboolean parent_is_real(Layer *l, const char *rel, GError **error) {
+  g_auto(GStrv) parts = g_strsplit(rel, "/", -1);
+  guint n = g_strv_length(parts);
+  g_autoptr(GString) p = g_string_new(l->rootfs);
+  for (guint k = 0; k + 1 < n; k++) {
+    g_string_append_printf(p, "/%s", parts[k]);
+    struct stat st;
+    if (lstat(p->str, &st) != 0)
+      return TRUE; /* missing: nothing to act on */
+    if (S_ISLNK(st.st_mode))
+      return set_gerror(error, OAKUK_EPERM, "%s: entry %s goes through the symlink %s", l->what, rel,
+                        p->str + strlen(l->rootfs) + 1), FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean whiteout(Layer *l, const char *dir, const char *base, GError **error) {
+  if (strcmp(base, ".wh..wh..opq") == 0) {
+    g_autofree char *d = *dir ? g_build_filename(l->rootfs, dir, NULL) : g_strdup(l->rootfs);
+    g_autofree char *rel_probe = g_strconcat(dir, "/x", NULL);
+    if (!parent_is_real(l, rel_probe, error))
+      return FALSE;
+    g_autoptr(GDir) gd = g_dir_open(d, 0, NULL);
+    const char *e;
+    while (gd && (e = g_dir_read_name(gd))) {
+      g_autofree char *rel = *dir ? g_strconcat(dir, "/", e, NULL) : g_strdup(e);
+      if (g_hash_table_contains(l->added, rel))
+        continue;
+      g_autofree char *full = g_build_filename(l->rootfs, rel, NULL);
+      if (!remove_tree(full, error))
+        return FALSE;
+    }
+    return TRUE;
+  }
+  const char *target = base + strlen(".wh.");
+  if (!*target || strcmp(target, ".") == 0 || strcmp(target, "..") == 0)
+    return set_gerror(error, OAKUK_EPERM, "%s: whiteout %s/%s names no file", l->what, dir, base), FALSE;
+  g_autofree char *rel = *dir ? g_strconcat(dir, "/", target, NULL) : g_strdup(target);
+  if (!parent_is_real(l, rel, error))
+    return FALSE;
+  g_autofree char *full = g_build_filename(l->rootfs, rel, NULL);
+  return remove_tree(full, error);
+}
+
+static gboolean layer_corrupt(Layer *l, const char *at, GError **error) {
+  const char *msg = archive_error_string(l->r);
+  return set_gerror(error, OAKUK_EINVAL, "%s: corrupt or truncated layer%s%s: %s", l->what, at ? " at " : "",
+                    at ? at : "", msg ? msg : "unknown error"), FALSE;
+}
+
+static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
+  OakukArchivePathCheck why;
+  const char *raw = archive_entry_pathname(e);
+  g_autofree char *name = oakuk_archive_normalize_path(raw ? raw : "", &why);
+  if (!name)
+    return set_gerror(error, OAKUK_EPERM, "%s: entry %s %s", l->what, raw,
+                      why == OAKUK_ARCHIVE_PATH_ABSOLUTE ? "is an absolute path"
+                                                         : "has a '..' component (path traversal)"), FALSE;
+  if (++l->entries > LAYER_MAX_ENTRIES)
+    return set_gerror(error, OAKUK_EINVAL, "%s: more than %d entries", l->what, LAYER_MAX_ENTRIES), FALSE;
+  if (!*name)
+    return TRUE;
+  g_autofree char *base = g_path_get_basename(name);
+  g_autofree char *dir = g_path_get_dirname(name);
+  if (strcmp(dir, ".") == 0)
+    dir[0] = '\0';
+  if (g_str_has_prefix(base, ".wh."))
+    return whiteout(l, dir, base, error);
+  if (!parent_is_real(l, name, error))
+    return FALSE;
+  const char *hardlink = archive_entry_hardlink(e);
+  mode_t type = archive_entry_filetype(e);
+  g_autofree char *dest = g_build_filename(l->rootfs, name, NULL);
+  if (hardlink) {
+    g_autofree char *t = oakuk_archive_normalize_path(hardlink, &why);
+    if (!t || !*t)
+      return set_gerror(error, OAKUK_EPERM, "%s: hard link %s -> %s leaves the layer", l->what, name, hardlink),
+             FALSE;
+    if (!parent_is_real(l, t, error))
+      return FALSE;
+    g_autofree char *ht = g_build_filename(l->rootfs, t, NULL);
+    archive_entry_set_hardlink(e, ht);
+  } else if (type == AE_IFLNK) {
+    const char *target = archive_entry_symlink(e);
+    if (!target || !oakuk_archive_symlink_stays_inside(name, target, TRUE))
+      return set_gerror(error, OAKUK_EPERM, "%s: symlink %s -> %s leaves the image", l->what, name,
+                        target ? target : ""), FALSE;
+  } else if (type != AE_IFREG && type != AE_IFDIR) {
+    const char *kind = type == AE_IFCHR ? "a character device" : type == AE_IFBLK ? "a block device"
+                       : type == AE_IFIFO ? "a fifo" : "of an unsupported type";
+    return set_gerror(error, OAKUK_EPERM, "%s: %s is %s; layers may hold only files, directories and links",
+                      l->what, name, kind), FALSE;
+  }
+  /* A non-directory replaces whatever a lower layer had there; a directory merges. */
+  struct stat st;
+  if (lstat(dest, &st) == 0 && (type != AE_IFDIR || !S_ISDIR(st.st_mode)) && !remove_tree(dest, error))
+    return FALSE;
+  archive_entry_set_pathname(e, dest);
+  if (archive_write_header(l->w, e) < ARCHIVE_WARN)
+    return set_gerror(error, OAKUK_EPERM, "%s: extract %s: %s", l->what, name, archive_error_string(l->w)), FALSE;
+  for (;;) {
+    const void *buf;
+    size_t size;
+    la_int64_t off;
+    int r = archive_read_data_block(l->r, &buf, &size, &off);
+    if (r == ARCHIVE_EOF)
+      break;
+    if (r < ARCHIVE_WARN)
+      return layer_corrupt(l, name, error);
+    l->bytes += size;
+    if (l->bytes > LAYER_MAX_BYTES)
+      return set_gerror(error, OAKUK_EINVAL, "%s: unpacks to more than %" G_GUINT64_FORMAT " bytes", l->what,
+                        LAYER_MAX_BYTES), FALSE;
+    if (archive_write_data_block(l->w, buf, size, off) < ARCHIVE_WARN)
+      return set_gerror(error, OAKUK_EIO, "%s: write %s: %s", l->what, name, archive_error_string(l->w)), FALSE;
+  }
+  if (archive_write_finish_entry(l->w) < ARCHIVE_WARN)
+    return set_gerror(error, OAKUK_EIO, "%s: extract %s: %s", l->what, name, archive_error_string(l->w)), FALSE;
+  g_hash_table_add(l->added, g_steal_pointer(&name));
+  return TRUE;
+}
+
+gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const char *what, GError **error) {
+  Layer l = {.rootfs = rootfs, .what = what};
+  l.r = archive_read_new();
+  archive_read_support_filter_all(l.r);
+  archive_read_support_format_tar(l.r);
+  l.w = archive_write_disk_new();
+  archive_write_disk_set_options(l.w, ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_SYMLINKS |
+                                          ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME);
+  l.added = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  gboolean ok = TRUE;
+  if (archive_read_open_filename(l.r, layer_path, CHUNK) != ARCHIVE_OK) {
+    ok = layer_corrupt(&l, NULL, error);
+  } else {
+    for (;;) {
+      struct archive_entry *e;
+      int r = archive_read_next_header(l.r, &e);
+      if (r == ARCHIVE_EOF)
+        break;
+      if (r < ARCHIVE_WARN) {
+        ok = layer_corrupt(&l, NULL, error);
+        break;
+      }
+      if (!layer_entry(&l, e, error)) {
+        ok = FALSE;
+        break;
+      }
+    }
+  }
+  archive_read_free(l.r);
+  archive_write_free(l.w);
+  g_hash_table_unref(l.added);
+  return ok;
+}
+
+static gboolean remove_tree(const char *path, GError **error) {
+  struct stat st;
+  if (lstat(path, &st) != 0)
+    return errno == ENOENT ? TRUE : (set_gerror(error, OAKUK_EIO, "remove %s: %s", path, g_strerror(errno)), FALSE);
+  if (S_ISDIR(st.st_mode)) {
+    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+    const char *e;
+    while (d && (e = g_dir_read_name(d))) {
+      g_autofree char *c = g_build_filename(path, e, NULL);
+      if (!remove_tree(c, error))
+        return FALSE;
+    }
+    if (rmdir(path) != 0)
+      return set_gerror(error, OAKUK_EIO, "remove %s: %s", path, g_strerror(errno)), FALSE;
+  } else if (unlink(path) != 0) {
+    return set_gerror(error, OAKUK_EIO, "remove %s: %s", path, g_strerror(errno)), FALSE;
+  }
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Pull */
+
+void oakuk_oci_image_free(OakukOciImage *img) {
+  if (!img)
+    return;
+  g_free(img->manifest_digest);
+  g_free(img->rootfs);
+  g_ptr_array_unref(img->entrypoint);
+  g_ptr_array_unref(img->cmd);
+  g_ptr_array_unref(img->env);
+  g_free(img->workdir);
+  g_free(img->user);
+  g_free(img);
+}
+
+static GPtrArray *string_list(JsonObject *o, const char *key) {
+  GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  if (n && JSON_NODE_HOLDS_ARRAY(n)) {
+    JsonArray *arr = json_node_get_array(n);
+    for (guint k = 0; k < json_array_get_length(arr); k++) {
+      JsonNode *e = json_array_get_element(arr, k);
+      if (JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING)
+        g_ptr_array_add(a, g_strdup(json_node_get_string(e)));
+    }
+  }
+  return a;
+}
+
+/* Reads the image config blob into img. */
+static gboolean load_config(OakukOciImage *img, GBytes *config, const char *reference, GError **error) {
+  g_autoptr(JsonParser) p = NULL;
+  g_autofree char *what = g_strdup_printf("image %s: config", reference);
+  JsonObject *o = parse_object(config, what, error, &p);
+  if (!o)
+    return FALSE;
+  JsonObject *c = json_object_has_member(o, "config") && JSON_NODE_HOLDS_OBJECT(json_object_get_member(o, "config"))
+                      ? json_object_get_object_member(o, "config")
+                      : NULL;
+  img->entrypoint = string_list(c, "Entrypoint");
+  img->cmd = string_list(c, "Cmd");
+  img->env = string_list(c, "Env");
+  const char *wd = c ? json_object_get_string_member_with_default(c, "WorkingDir", NULL) : NULL;
+  img->workdir = wd && *wd ? g_strdup(wd) : NULL;
+  const char *user = c ? json_object_get_string_member_with_default(c, "User", NULL) : NULL;
+  img->user = user && *user ? g_strdup(user) : NULL;
+  return TRUE;
+}
+
+/* Flattens the manifest's layers (all in blobs/) into unpacked/<hex>/rootfs, atomically. */
+static gboolean unpack_image(const char *images, const char *blobs, JsonArray *layers, const char *mdigest,
+                             GBytes *config, const char *reference, GError **error) {
+  g_autofree char *unpacked = g_build_filename(images, "unpacked", NULL);
+  g_autofree char *final = g_build_filename(unpacked, mdigest + 7, NULL);
+  if (g_file_test(final, G_FILE_TEST_IS_DIR))
+    return TRUE;
+  if (g_mkdir_with_parents(unpacked, 0700) != 0)
+    return set_gerror(error, OAKUK_EIO, "create %s: %s", unpacked, g_strerror(errno)), FALSE;
+  g_autofree char *tmpl = g_build_filename(unpacked, ".tmp-XXXXXX", NULL);
+  if (!g_mkdtemp_full(tmpl, 0700))
+    return set_gerror(error, OAKUK_EIO, "create %s: %s", tmpl, g_strerror(errno)), FALSE;
+  g_autofree char *rootfs = g_build_filename(tmpl, "rootfs", NULL);
+  gboolean ok = mkdir(rootfs, 0755) == 0;
+  if (!ok)
+    set_gerror(error, OAKUK_EIO, "create %s: %s", rootfs, g_strerror(errno));
+  guint n = json_array_get_length(layers);
+  for (guint k = 0; ok && k < n; k++) {
+    const char *d = json_object_get_string_member(json_array_get_object_element(layers, k), "digest");
+    g_autofree char *path = g_build_filename(blobs, d + 7, NULL);
+    g_autofree char *what = g_strdup_printf("image %s: layer %u/%u (%s)", reference, k + 1, n, d);
+    ok = oakuk_oci_apply_layer(rootfs, path, what, error);
+  }
+  g_autofree char *cfg = g_build_filename(tmpl, "config.json", NULL);
+  if (ok)
+    ok = g_file_set_contents(cfg, g_bytes_get_data(config, NULL), (gssize)g_bytes_get_size(config), error);
+  if (ok && rename(tmpl, final) != 0 && !g_file_test(final, G_FILE_TEST_IS_DIR)) {
+    set_gerror(error, OAKUK_EIO, "rename %s: %s", final, g_strerror(errno));
+    ok = FALSE;
+  }
+  if (!ok || g_file_test(tmpl, G_FILE_TEST_EXISTS))
+    remove_tree(tmpl, NULL);
+  return ok;
+}
+
+/* Validates a descriptor (digest, size) inside a manifest. */
+static gboolean descriptor_ok(JsonNode *n, const char *reference, const char *what, GError **error) {
+  if (!n || !JSON_NODE_HOLDS_OBJECT(n))
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s is not an object", reference, what), FALSE;
+  JsonObject *o = json_node_get_object(n);
+  const char *d = json_object_get_string_member_with_default(o, "digest", NULL);
+  if (!oakuk_oci_digest_is_valid(d))
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.digest is not sha256:<64 hex>", reference, what),
+           FALSE;
+  if (json_object_get_int_member_with_default(o, "size", -1) < 0)
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.size is missing", reference, what), FALSE;
+  return TRUE;
+}
+
+/* Downloads (or reads from the layout) an oci-archive: tarball into dir, keeping only the layout's
+ * index.json and blobs/sha256/<hex> regular files. */
+static gboolean open_archive(const char *url, const char *dir, const oakuk_container_options *o, GError **error);
+
+static OakukOciImage *pull_from(Source *s, const char *images, const char *top_ref, OakukOciProgress cb,
+                                gpointer data, GError **error) {
+  g_autofree char *blobs = g_build_filename(images, "blobs", "sha256", NULL);
+  if (g_mkdir_with_parents(blobs, 0700) != 0)
+    return set_gerror(error, OAKUK_EIO, "create %s: %s", blobs, g_strerror(errno)), NULL;
+  g_autofree char *digest = NULL;
+  g_autoptr(GBytes) body = NULL;
+  g_autoptr(JsonParser) p = NULL;
+  JsonObject *m = NULL;
+  g_autofree char *what = g_strdup_printf("image %s: manifest", s->reference);
+  if (top_ref) {
+    body = source_manifest(s, top_ref, &digest, error);
+    if (!body || !(m = parse_object(body, what, error, &p)))
+      return NULL;
+  } else {
+    /* An OCI layout: its index.json is the top-level index. */
+    g_autofree char *path = g_build_filename(s->layout, "index.json", NULL);
+    g_autofree char *text = NULL;
+    gsize n;
+    if (!g_file_get_contents(path, &text, &n, NULL))
+      return set_gerror(error, OAKUK_EINVAL, "image %s: the archive has no index.json", s->reference), NULL;
+    body = g_bytes_new_take(g_steal_pointer(&text), n);
+    if (!(m = parse_object(body, what, error, &p)))
+      return NULL;
+  }
+  for (int depth = 0; is_index(m); depth++) {
+    if (depth > 2)
+      return set_gerror(error, OAKUK_EINVAL, "image %s: indexes nested too deeply", s->reference), NULL;
+    const char *d = pick_platform(s, m, error);
+    if (!d)
+      return NULL;
+    g_autofree char *dd = g_strdup(d);
+    g_clear_pointer(&digest, g_free);
+    g_clear_pointer(&body, g_bytes_unref);
+    g_clear_object(&p);
+    body = source_manifest(s, dd, &digest, error);
+    if (!body || !(m = parse_object(body, what, error, &p)))
+      return NULL;
+  }
+  JsonNode *layers_node = json_object_get_member(m, "layers");
+  if (!layers_node || !JSON_NODE_HOLDS_ARRAY(layers_node) ||
+      !descriptor_ok(json_object_get_member(m, "config"), s->reference, "config", error)) {
+    if (error && !*error)
+      set_gerror(error, OAKUK_EINVAL, "image %s: manifest %s has no layers array", s->reference, digest);
+    return NULL;
+  }
+  JsonArray *layers = json_node_get_array(layers_node);
+  guint n = json_array_get_length(layers);
+  for (guint k = 0; k < n; k++) {
+    g_autofree char *w = g_strdup_printf("layers[%u]", k);
+    if (!descriptor_ok(json_array_get_element(layers, k), s->reference, w, error))
+      return NULL;
+  }
+  JsonObject *cfg = json_object_get_object_member(m, "config");
+  const char *cdigest = json_object_get_string_member(cfg, "digest");
+  if (!fetch_blob(blobs, s, cdigest, json_object_get_int_member(cfg, "size"), NULL, "config", error))
+    return NULL;
+  for (guint k = 0; k < n; k++) {
+    JsonObject *l = json_array_get_object_element(layers, k);
+    Progress prog = {cb, data, k + 1, n, -1};
+    g_autofree char *w = g_strdup_printf("layer %u/%u", k + 1, n);
+    progress(&prog, 0, 1);
+    if (!fetch_blob(blobs, s, json_object_get_string_member(l, "digest"), json_object_get_int_member(l, "size"),
+                    &prog, w, error))
+      return NULL;
+  }
+  g_autoptr(GBytes) config = read_blob(blobs, cdigest, CONFIG_MAX_BYTES, error);
+  if (!config)
+    return NULL;
+  g_autoptr(OakukOciImage) img = g_new0(OakukOciImage, 1);
+  if (!load_config(img, config, s->reference, error) ||
+      !unpack_image(images, blobs, layers, digest, config, s->reference, error))
+    return NULL;
+  img->manifest_digest = g_steal_pointer(&digest);
+  img->rootfs = g_build_filename(images, "unpacked", img->manifest_digest + 7, "rootfs", NULL);
+  return g_steal_pointer(&img);
+}
+
+OakukOciImage *oakuk_oci_pull(const char *images_dir, const char *reference, const char *username,
+                              const char *password, const oakuk_container_options *opts, OakukOciProgress cb,
+                              gpointer data, GError **error) {
+  Source s = {.reference = reference};
+  OakukOciImage *img = NULL;
+  if (g_str_has_prefix(reference, "oci-archive:")) {
+    g_autofree char *tmpdir = g_build_filename(images_dir, ".archive-XXXXXX", NULL);
+    if (g_mkdir_with_parents(images_dir, 0700) != 0 || !g_mkdtemp_full(tmpdir, 0700))
+      return set_gerror(error, OAKUK_EIO, "create %s: %s", tmpdir, g_strerror(errno)), NULL;
+    s.layout = g_strdup(tmpdir);
+    if (open_archive(reference + strlen("oci-archive:"), tmpdir, opts, error))
+      img = pull_from(&s, images_dir, NULL, cb, data, error);
+    remove_tree(tmpdir, NULL);
+    g_free(s.layout);
+    return img;
+  }
+  OakukOciRef ref;
+  if (!oakuk_oci_ref_parse(reference, &ref, error))
+    return NULL;
+  s.client = oakuk_oci_client_new(ref.registry, username, password, opts, error);
+  s.repo = ref.repository;
+  if (s.client)
+    img = pull_from(&s, images_dir, ref.digest ? ref.digest : ref.tag, cb, data, error);
+  oakuk_oci_client_free(s.client);
+  oakuk_oci_ref_clear(&ref);
+  return img;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* oci-archive: */
+
+static gboolean layout_name_ok(const char *name) {
+  if (strcmp(name, "index.json") == 0 || strcmp(name, "oci-layout") == 0)
+    return TRUE;
+  if (!g_str_has_prefix(name, "blobs/sha256/"))
+    return FALSE;
+  g_autofree char *d = g_strconcat("sha256:", name + strlen("blobs/sha256/"), NULL);
+  return oakuk_oci_digest_is_valid(d);
+}
+
+static gboolean open_archive(const char *url, const char *dir, const oakuk_container_options *o, GError **error) {
+  g_autofree char *local = NULL;
+  g_autofree char *download = NULL;
+  if (g_str_has_prefix(url, "file://")) {
+    local = g_filename_from_uri(url, NULL, NULL);
+    if (!local)
+      return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: bad file URL", url), FALSE;
+  } else if (g_str_has_prefix(url, "http://") || g_str_has_prefix(url, "https://")) {
+    g_autoptr(GUri) u = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
+    if (!u || !g_uri_get_host(u))
+      return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: bad URL", url), FALSE;
+    g_autofree char *hostport = g_uri_get_port(u) > 0 ? g_strdup_printf("%s:%d", g_uri_get_host(u), g_uri_get_port(u))
+                                                      : g_strdup(g_uri_get_host(u));
+    g_autoptr(OakukOciClient) c = oakuk_oci_client_new(
+        g_str_has_prefix(url, "http://") ? g_strconcat("http://", hostport, NULL) : hostport, NULL, NULL, o, error);
+    if (!c)
+      return FALSE;
+    g_autoptr(GInputStream) in = NULL;
+    g_autoptr(SoupMessage) m = request(c, "GET", url, NULL, NULL, NULL, &in, NULL, "oci-archive", error);
+    if (!m)
+      return FALSE;
+    if (soup_message_get_status(m) != 200)
+      return http_failed(c, m, NULL, url, error);
+    download = g_build_filename(dir, "archive.tar", NULL);
+    g_autoptr(GFile) f = g_file_new_for_path(download);
+    g_autoptr(GFileOutputStream) out = g_file_replace(f, NULL, FALSE, G_FILE_CREATE_PRIVATE, NULL, error);
+    if (!out || g_output_stream_splice(G_OUTPUT_STREAM(out), in, G_OUTPUT_STREAM_SPLICE_CLOSE_TARGET, NULL, error) < 0)
+      return FALSE;
+  } else {
+    return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: use an http://, https:// or file:// URL", url), FALSE;
+  }
+  const char *path = local ? local : download;
+  struct archive *r = archive_read_new();
+  archive_read_support_filter_all(r);
+  archive_read_support_format_tar(r);
+  gboolean ok = TRUE;
+  if (archive_read_open_filename(r, path, CHUNK) != ARCHIVE_OK) {
+    ok = (set_gerror(error, archive_errno(r) == ENOENT ? OAKUK_ENOTFOUND : OAKUK_EINVAL, "oci-archive %s: %s", url,
+                     archive_error_string(r)), FALSE);
+  }
+  g_autofree char *blobs = g_build_filename(dir, "blobs", "sha256", NULL);
+  g_mkdir_with_parents(blobs, 0700);
+  struct archive_entry *e;
+  int rc;
+  while (ok && (rc = archive_read_next_header(r, &e)) != ARCHIVE_EOF) {
+    if (rc < ARCHIVE_WARN) {
+      ok = (set_gerror(error, OAKUK_EINVAL, "oci-archive %s: %s", url, archive_error_string(r)), FALSE);
+      break;
+    }
+    OakukArchivePathCheck why;
+    g_autofree char *name = oakuk_archive_normalize_path(archive_entry_pathname(e), &why);
+    if (!name || archive_entry_filetype(e) != AE_IFREG || !layout_name_ok(name))
+      continue; /* only the layout's own files are read; anything else is ignored */
+    g_autofree char *dest = g_build_filename(dir, name, NULL);
+    int fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 || archive_read_data_into_fd(r, fd) < ARCHIVE_WARN)
+      ok = (set_gerror(error, OAKUK_EIO, "oci-archive %s: extract %s: %s", url, name,
+                       fd < 0 ? g_strerror(errno) : archive_error_string(r)), FALSE);
+    if (fd >= 0)
+      close(fd);
+  }
+  archive_read_free(r);
+  if (download)
+    unlink(download);
+  return ok;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Building */
+
+typedef struct {
+  GChecksum *sum;
+  GOutputStream *out; /* gzip converter over memory */
+  GError *err;
+} PackSink;
+
+static la_ssize_t pack_write(struct archive *a, void *data, const void *buf, size_t n) {
+  PackSink *s = data;
+  g_checksum_update(s->sum, buf, n);
+  if (!g_output_stream_write_all(s->out, buf, n, NULL, NULL, s->err ? NULL : &s->err)) {
+    archive_set_error(a, EIO, "compress layer");
+    return -1;
+  }
+  return (la_ssize_t)n;
+}
+
+static gint cmp_names(gconstpointer a, gconstpointer b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static gboolean pack_tree(struct archive *w, const char *root, const char *rel, GError **error) {
+  g_autofree char *full = *rel ? g_build_filename(root, rel, NULL) : g_strdup(root);
+  g_autoptr(GDir) d = g_dir_open(full, 0, error);
+  if (!d)
+    return FALSE;
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+  const char *n;
+  while ((n = g_dir_read_name(d)))
+    g_ptr_array_add(names, g_strdup(n));
+  g_ptr_array_sort(names, cmp_names);
+  for (guint k = 0; k < names->len; k++) {
+    g_autofree char *r = *rel ? g_strconcat(rel, "/", names->pdata[k], NULL) : g_strdup(names->pdata[k]);
+    g_autofree char *p = g_build_filename(root, r, NULL);
+    struct stat st;
+    if (lstat(p, &st) != 0)
+      return set_gerror(error, OAKUK_EIO, "stat %s: %s", p, g_strerror(errno)), FALSE;
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode))
+      return set_gerror(error, OAKUK_EINVAL, "%s: only files, directories and symlinks can be packed", p), FALSE;
+    struct archive_entry *e = archive_entry_new();
+    archive_entry_copy_stat(e, &st);
+    archive_entry_set_pathname(e, r);
+    archive_entry_set_nlink(e, 1);
+    if (S_ISLNK(st.st_mode)) {
+      char target[4096];
+      ssize_t tn = readlink(p, target, sizeof target - 1);
+      if (tn < 0) {
+        archive_entry_free(e);
+        return set_gerror(error, OAKUK_EIO, "readlink %s: %s", p, g_strerror(errno)), FALSE;
+      }
+      target[tn] = '\0';
+      archive_entry_set_symlink(e, target);
+    }
+    gboolean ok = archive_write_header(w, e) == ARCHIVE_OK;
+    archive_entry_free(e);
+    if (!ok)
+      return set_gerror(error, OAKUK_EIO, "pack %s: %s", p, archive_error_string(w)), FALSE;
+    if (S_ISREG(st.st_mode)) {
+      g_autofree char *data = NULL;
+      gsize len;
+      if (!g_file_get_contents(p, &data, &len, error))
+        return FALSE;
+      if (archive_write_data(w, data, len) != (la_ssize_t)len)
+        return set_gerror(error, OAKUK_EIO, "pack %s: %s", p, archive_error_string(w)), FALSE;
+    } else if (S_ISDIR(st.st_mode) && !pack_tree(w, root, r, error)) {
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+GBytes *oakuk_oci_pack_layer(const char *dir, char **diff_id, GError **error) {
+  if (!g_file_test(dir, G_FILE_TEST_IS_DIR))
+    return set_gerror(error, OAKUK_ENOTFOUND, "rootfs directory %s does not exist", dir), NULL;
+  g_autoptr(GOutputStream) mem = g_memory_output_stream_new_resizable();
+  g_autoptr(GZlibCompressor) z = g_zlib_compressor_new(G_ZLIB_COMPRESSOR_FORMAT_GZIP, 6);
+  PackSink s = {.sum = g_checksum_new(G_CHECKSUM_SHA256)};
+  s.out = g_converter_output_stream_new(mem, G_CONVERTER(z));
+  struct archive *w = archive_write_new();
+  archive_write_set_format_pax_restricted(w);
+  archive_write_set_bytes_in_last_block(w, 1);
+  gboolean ok = archive_write_open(w, &s, NULL, pack_write, NULL) == ARCHIVE_OK;
+  if (!ok)
+    set_gerror(error, OAKUK_EIO, "pack %s: %s", dir, archive_error_string(w));
+  ok = ok && pack_tree(w, dir, "", error);
+  if (archive_write_close(w) != ARCHIVE_OK && ok)
+    ok = (set_gerror(error, OAKUK_EIO, "pack %s: %s", dir, archive_error_string(w)), FALSE);
+  archive_write_free(w);
+  if (ok && !g_output_stream_close(s.out, NULL, error))
+    ok = FALSE;
+  if (s.err) {
+    if (ok)
+      set_gerror(error, OAKUK_EIO, "pack %s: %s", dir, s.err->message);
+    ok = FALSE;
+    g_error_free(s.err);
+  }
+  g_object_unref(s.out);
+  if (ok)
+    *diff_id = g_strconcat("sha256:", g_checksum_get_string(s.sum), NULL);
+  g_checksum_free(s.sum);
+  if (!ok)
+    return NULL;
+  g_output_stream_close(mem, NULL, NULL);
+  return g_memory_output_stream_steal_as_bytes(G_MEMORY_OUTPUT_STREAM(mem));
+}
+
+static GBytes *json_bytes(JsonBuilder *b) {
+  g_autoptr(JsonNode) root = json_builder_get_root(b);
+  g_autoptr(JsonGenerator) g = json_generator_new();
+  json_generator_set_root(g, root);
+  gsize n;
+  char *text = json_generator_to_data(g, &n);
+  return g_bytes_new_take(text, n);
+}
+
+static void add_descriptor(JsonBuilder *b, const char *media, const char *digest, gsize size) {
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "mediaType");
+  json_builder_add_string_value(b, media);
+  json_builder_set_member_name(b, "digest");
+  json_builder_add_string_value(b, digest);
+  json_builder_set_member_name(b, "size");
+  json_builder_add_int_value(b, (gint64)size);
+  json_builder_end_object(b);
+}
+
+char *oakuk_oci_build_and_push(OakukOciClient *c, const char *dir, const char *repo, const char *tag,
+                               const char *arch, gint64 *manifest_size, GError **error) {
+  g_autofree char *diff_id = NULL;
+  g_autoptr(GBytes) layer = oakuk_oci_pack_layer(dir, &diff_id, error);
+  if (!layer)
+    return NULL;
+  g_autofree char *layer_digest = oakuk_oci_digest_bytes(layer);
+
+  g_autoptr(JsonBuilder) cb = json_builder_new();
+  json_builder_begin_object(cb);
+  json_builder_set_member_name(cb, "architecture");
+  json_builder_add_string_value(cb, arch);
+  json_builder_set_member_name(cb, "os");
+  json_builder_add_string_value(cb, "linux");
+  json_builder_set_member_name(cb, "config");
+  json_builder_begin_object(cb);
+  json_builder_set_member_name(cb, "Env");
+  json_builder_begin_array(cb);
+  json_builder_add_string_value(cb, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  json_builder_end_array(cb);
+  json_builder_end_object(cb);
+  json_builder_set_member_name(cb, "rootfs");
+  json_builder_begin_object(cb);
+  json_builder_set_member_name(cb, "type");
+  json_builder_add_string_value(cb, "layers");
+  json_builder_set_member_name(cb, "diff_ids");
+  json_builder_begin_array(cb);
+  json_builder_add_string_value(cb, diff_id);
+  json_builder_end_array(cb);
+  json_builder_end_object(cb);
+  json_builder_end_object(cb);
+  g_autoptr(GBytes) config = json_bytes(cb);
+  g_autofree char *config_digest = oakuk_oci_digest_bytes(config);
+
+  g_autoptr(JsonBuilder) mb = json_builder_new();
+  json_builder_begin_object(mb);
+  json_builder_set_member_name(mb, "schemaVersion");
+  json_builder_add_int_value(mb, 2);
+  json_builder_set_member_name(mb, "mediaType");
+  json_builder_add_string_value(mb, OAKUK_OCI_MEDIA_MANIFEST);
+  json_builder_set_member_name(mb, "config");
+  add_descriptor(mb, OAKUK_OCI_MEDIA_CONFIG, config_digest, g_bytes_get_size(config));
+  json_builder_set_member_name(mb, "layers");
+  json_builder_begin_array(mb);
+  add_descriptor(mb, OAKUK_OCI_MEDIA_LAYER_GZIP, layer_digest, g_bytes_get_size(layer));
+  json_builder_end_array(mb);
+  json_builder_end_object(mb);
+  g_autoptr(GBytes) manifest = json_bytes(mb);
+
+  if (!oakuk_oci_client_push_blob(c, repo, layer_digest, layer, error) ||
+      !oakuk_oci_client_push_blob(c, repo, config_digest, config, error))
+    return NULL;
+  if (manifest_size)
+    *manifest_size = (gint64)g_bytes_get_size(manifest);
+  return oakuk_oci_client_push_manifest(c, repo, tag, OAKUK_OCI_MEDIA_MANIFEST, manifest, error);
+}
