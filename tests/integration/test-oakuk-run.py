@@ -198,6 +198,32 @@ class OakukRun(unittest.TestCase):
         self.assertIn(f"stopping instance {self.name}", r.stderr())
         self.assert_nothing_left(port)
 
+    def test_nat_mode(self):
+        """The thesis layout with a real guest: the guest sits at 192.168.1.2 behind DNAT inside its
+        netns, reached by instance IP and through the port mapping."""
+        port = free_port()
+        r = self.start("--allow-emulation", "--net", "nat", "-p", f"{port}:8080", str(IMAGE), "--", "nat")
+        line = r.wait_for(lambda: re.search(rf"oakuk: instance {self.name} at ([0-9.]+), ports {port}->8080",
+                                            r.stderr()), 60)
+        self.assertIsNotNone(line, f"no instance line; stderr: {r.stderr()}")
+        ip = line.group(1)
+        ready = "oakuk-guest: ready ip=192.168.1.2 "
+        self.assertTrue(r.wait_for(lambda: ready in r.stdout(), 120),
+                        f"console never showed the ready line; stdout: {r.stdout()}; stderr: {r.stderr()}")
+        for url in (f"http://{ip}:8080/cgi-bin/index.cgi", f"http://127.0.0.1:{port}/cgi-bin/index.cgi"):
+            body = None
+            for _ in range(20):
+                body = http_get(url)
+                if body is not None:
+                    break
+                time.sleep(0.5)
+            self.assertIsNotNone(body, f"{url} never answered")
+            self.assertIn("ip: 192.168.1.2", body)
+            self.assertIn("args: nat", body)
+        r.p.send_signal(signal.SIGINT)
+        self.assertEqual(r.finish(30), 0, r.stderr())
+        self.assert_nothing_left(port)
+
     def test_wrong_arch_bare_kernel(self):
         r = self.start("--allow-emulation", "--arch", "arm64", str(KERNEL))
         rc = r.finish(60)

@@ -34,7 +34,7 @@ int oakuk_cmd_run(int argc, char **argv) {
       break;
     }
   g_autofree char *arch = NULL, *memory = NULL, *vcpus = NULL, *flavor = NULL, *uk_version = NULL,
-                  *files = NULL, *state_dir = NULL, *subnet = NULL, *name = NULL;
+                  *files = NULL, *state_dir = NULL, *subnet = NULL, *name = NULL, *net = NULL;
   g_auto(GStrv) ports = NULL;
   gboolean allow_emulation = FALSE;
   GOptionEntry entries[] = {
@@ -56,6 +56,8 @@ int oakuk_cmd_run(int argc, char **argv) {
       {"subnet", 0, 0, G_OPTION_ARG_STRING, &subnet,
        "Subnet of the local bridge (default " OAKUK_RUN_DEFAULT_SUBNET ")", "CIDR"},
       {"name", 0, 0, G_OPTION_ARG_STRING, &name, "Instance name (default run-<random>)", "NAME"},
+      {"net", 0, 0, G_OPTION_ARG_STRING, &net,
+       "direct (the guest owns the instance IP, default) or nat (guest 192.168.1.2 behind DNAT)", "MODE"},
       {NULL, 0, 0, 0, NULL, NULL, NULL},
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("IMAGE [-- ARGS...]");
@@ -92,6 +94,7 @@ int oakuk_cmd_run(int argc, char **argv) {
       .files_dir = files,
       .state_dir = state_dir,
       .subnet = subnet ? subnet : OAKUK_RUN_DEFAULT_SUBNET,
+      .net_nat = net != NULL && strcmp(net, "nat") == 0,
       .args = sep < argc ? argv + sep + 1 : NULL,
   };
   int64_t v;
@@ -107,6 +110,10 @@ int oakuk_cmd_run(int argc, char **argv) {
   }
   if (flavor && strcmp(flavor, "unikraft") != 0 && strcmp(flavor, "linux") != 0) {
     fprintf(stderr, "oakuk run: --flavor \"%s\": expected unikraft or linux\n", flavor);
+    return OAKUK_CLI_USAGE;
+  }
+  if (net && strcmp(net, "direct") != 0 && strcmp(net, "nat") != 0) {
+    fprintf(stderr, "oakuk run: --net \"%s\": expected direct or nat\n", net);
     return OAKUK_CLI_USAGE;
   }
   return oakuk_run_session(&o);

@@ -314,7 +314,8 @@ static int setup_network(Run *r) {
   if (oakuk_net_setup_node(r->net, &err) != 0)
     return fail(err, "set up the node network (bridge, nftables table oakuk)");
   r->have_instance_net = true;
-  if (oakuk_net_instance_setup(r->net, r->name, NULL, OAKUK_NET_UK_DIRECT, &r->ninfo, &err) != 0)
+  if (oakuk_net_instance_setup(r->net, r->name, NULL, r->o->net_nat ? OAKUK_NET_UK_NAT : OAKUK_NET_UK_DIRECT,
+                               &r->ninfo, &err) != 0)
     return fail(err, "set up the network of instance %s", r->name);
   for (char **p = r->o->ports; p && *p; p++)
     if (oakuk_net_port_map_add(r->net, r->name, *p, &err) != 0)

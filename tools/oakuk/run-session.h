@@ -21,6 +21,7 @@ typedef struct {
   const char *files_dir;  /* NULL = the image's files/ */
   const char *state_dir;  /* NULL = /var/lib/oakuk/run (root) or $XDG_RUNTIME_DIR/oakuk/run */
   const char *subnet;     /* the local bridge's subnet */
+  bool net_nat;           /* the thesis layout (virbr0 + DNAT in the netns) instead of direct */
   char **args;            /* guest arguments (after "--"), NULL-terminated, may be NULL */
 } OakukRunOptions;
 
