@@ -384,32 +384,15 @@ static const Route routes[] = {
     {"GET", "api/v1/instances/*/logs", AUTH_ROOT, h_logs},
 };
 
-static gboolean match(char **seg, const char *pattern, const char **cap) {
-  g_auto(GStrv) pat = g_strsplit(pattern, "/", 0);
-  guint c = 0;
-  for (guint i = 0;; i++) {
-    if (pat[i] == NULL || seg[i] == NULL)
-      return pat[i] == NULL && seg[i] == NULL;
-    if (strcmp(pat[i], "*") == 0) {
-      if (c < 3)
-        cap[c++] = seg[i];
-    } else if (strcmp(pat[i], seg[i]) != 0) {
-      return FALSE;
-    }
-  }
-}
-
 static void handle(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query, gpointer data) {
   Cluster *c = data;
   const char *method = soup_server_message_get_method(msg);
   g_auto(GStrv) seg = od_path_split(path);
-  gboolean path_known = FALSE;
   g_autoptr(GString) allow = g_string_new(NULL);
   for (gsize i = 0; i < G_N_ELEMENTS(routes); i++) {
     Req q = {.c = c, .msg = msg, .path = path};
-    if (!match(seg, routes[i].pattern, q.cap))
+    if (!od_path_match(seg, routes[i].pattern, q.cap, G_N_ELEMENTS(q.cap)))
       continue;
-    path_known = TRUE;
     if (strcmp(routes[i].method, method) != 0) {
       g_string_append_printf(allow, "%s%s", allow->len ? ", " : "", routes[i].method);
       continue;
@@ -418,23 +401,10 @@ static void handle(SoupServer *server, SoupServerMessage *msg, const char *path,
       routes[i].fn(&q);
     return;
   }
-  if (path_known) {
-    soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow", allow->str);
-    od_http_reply_error(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "method_not_allowed", path,
-                        "%s is not allowed on %s (allowed: %s)", method, path, allow->str);
-    return;
-  }
-  od_http_reply_error(msg, SOUP_STATUS_NOT_FOUND, "not_found", path, "no endpoint %s %s", method, path);
-}
-
-static void request_finished(SoupServer *server, SoupServerMessage *msg, gpointer data) {
-  Cluster *c = data;
-  gpointer code = GUINT_TO_POINTER(soup_server_message_get_status(msg));
-  g_hash_table_replace(c->http_counts, code,
-                       GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(c->http_counts, code)) + 1));
+  od_http_reply_no_route(msg, method, path, allow->str);
 }
 
 void cluster_api_register(Cluster *c) {
   soup_server_add_handler(c->server, NULL, handle, c, NULL);
-  g_signal_connect(c->server, "request-finished", G_CALLBACK(request_finished), c);
+  od_http_count_requests(c->server, c->http_counts);
 }

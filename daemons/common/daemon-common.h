@@ -109,6 +109,15 @@ char *od_json_to_string(JsonNode *node, gboolean pretty);
 JsonNode *od_json_parse(const char *text, gssize len, GError **error);
 /* Splits a URL path into its non-empty segments ("/api/service/x/" -> {"api","service","x"}). */
 char **od_path_split(const char *path);
+/* Matches path segments against a route pattern such as "api/service/<*>" (written without the
+ * angle brackets): each '*' matches one segment and
+ * is captured into cap[] (at most max_cap captures). */
+gboolean od_path_match(char **seg, const char *pattern, const char **cap, guint max_cap);
+/* Replies 405 with an Allow header when the path matched routes of other methods (allowed is their
+ * comma-separated list), else 404, both with the error object. */
+void od_http_reply_no_route(SoupServerMessage *msg, const char *method, const char *path, const char *allowed);
+/* Counts finished requests by status code into counts (guint code -> guint count), for /metrics. */
+void od_http_count_requests(SoupServer *server, GHashTable *counts);
 
 /* ---- SQLite ---- */
 

@@ -146,6 +146,41 @@ char *od_http_bearer(SoupServerMessage *msg) {
   return *t ? g_strstrip(g_strdup(t)) : NULL;
 }
 
+gboolean od_path_match(char **seg, const char *pattern, const char **cap, guint max_cap) {
+  g_auto(GStrv) pat = g_strsplit(pattern, "/", 0);
+  guint c = 0;
+  for (guint i = 0;; i++) {
+    if (pat[i] == NULL || seg[i] == NULL)
+      return pat[i] == NULL && seg[i] == NULL;
+    if (strcmp(pat[i], "*") == 0) {
+      if (c < max_cap)
+        cap[c++] = seg[i];
+    } else if (strcmp(pat[i], seg[i]) != 0) {
+      return FALSE;
+    }
+  }
+}
+
+void od_http_reply_no_route(SoupServerMessage *msg, const char *method, const char *path, const char *allowed) {
+  if (allowed != NULL && *allowed != '\0') {
+    soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow", allowed);
+    od_http_reply_error(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "method_not_allowed", path,
+                        "%s is not allowed on %s (allowed: %s)", method, path, allowed);
+    return;
+  }
+  od_http_reply_error(msg, SOUP_STATUS_NOT_FOUND, "not_found", path, "no endpoint %s %s", method, path);
+}
+
+static void count_request(SoupServer *server, SoupServerMessage *msg, gpointer data) {
+  GHashTable *counts = data;
+  gpointer code = GUINT_TO_POINTER(soup_server_message_get_status(msg));
+  g_hash_table_replace(counts, code, GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(counts, code)) + 1));
+}
+
+void od_http_count_requests(SoupServer *server, GHashTable *counts) {
+  g_signal_connect(server, "request-finished", G_CALLBACK(count_request), counts);
+}
+
 char **od_path_split(const char *path) {
   g_auto(GStrv) raw = g_strsplit(path ? path : "", "/", 0);
   GPtrArray *out = g_ptr_array_new();
