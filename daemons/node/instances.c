@@ -55,22 +55,6 @@ static gboolean int_member(JsonObject *o, const char *key, gint64 *out) {
   return TRUE;
 }
 
-static JsonObject *parse_object(const char *topic, GBytes *payload) {
-  gsize len = 0;
-  const char *data = g_bytes_get_data(payload, &len);
-  g_autoptr(GError) error = NULL;
-  g_autoptr(JsonNode) root = od_json_parse(data ? data : "", (gssize)len, &error);
-  if (root == NULL) {
-    node_reject(topic, error->message);
-    return NULL;
-  }
-  if (!JSON_NODE_HOLDS_OBJECT(root)) {
-    node_reject(topic, "expected a JSON object");
-    return NULL;
-  }
-  return json_object_ref(json_node_get_object(root));
-}
-
 /* ---- records ---- */
 
 static char *record_path(Node *n, const char *name) {
@@ -510,7 +494,8 @@ static void start_deploy(Inst *i) {
 /* ---- control topics ---- */
 
 void insts_on_deploy(Node *n, const char *topic, GBytes *payload) {
-  g_autoptr(JsonObject) job = parse_object(topic, payload);
+  g_autoptr(JsonNode) job_node = node_parse_payload(topic, payload, JSON_NODE_OBJECT);
+  JsonObject *job = job_node ? json_node_get_object(job_node) : NULL;
   if (job == NULL)
     return;
   g_autofree char *problem = NULL;
@@ -538,7 +523,8 @@ void insts_on_deploy(Node *n, const char *topic, GBytes *payload) {
 }
 
 void insts_on_delete(Node *n, const char *topic, GBytes *payload) {
-  g_autoptr(JsonObject) o = parse_object(topic, payload);
+  g_autoptr(JsonNode) o_node = node_parse_payload(topic, payload, JSON_NODE_OBJECT);
+  JsonObject *o = o_node ? json_node_get_object(o_node) : NULL;
   if (o == NULL)
     return;
   const char *job_name = str_member(o, "job_name");

@@ -23,6 +23,22 @@ void node_reject(const char *topic, const char *problem) {
   od_log(G_LOG_LEVEL_WARNING, "mqtt-reject", "topic", topic, "msg", problem, NULL);
 }
 
+JsonNode *node_parse_payload(const char *topic, GBytes *payload, JsonNodeType want) {
+  gsize len = 0;
+  const char *data = g_bytes_get_data(payload, &len);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(JsonNode) root = od_json_parse(data ? data : "", (gssize)len, &error);
+  if (root == NULL) {
+    node_reject(topic, error->message);
+    return NULL;
+  }
+  if (JSON_NODE_TYPE(root) != want) {
+    node_reject(topic, want == JSON_NODE_ARRAY ? "expected a JSON array" : "expected a JSON object");
+    return NULL;
+  }
+  return g_steal_pointer(&root);
+}
+
 gboolean node_publish(Node *n, const char *leaf, const char *text) {
   if (n->mqtt == NULL || !n->mqtt_up)
     return FALSE;

@@ -45,22 +45,6 @@ static gboolean service_port(JsonNode *pn, guint32 *port) {
   return TRUE;
 }
 
-static JsonArray *parse_array(const char *topic, GBytes *payload) {
-  gsize len = 0;
-  const char *data = g_bytes_get_data(payload, &len);
-  g_autoptr(GError) error = NULL;
-  g_autoptr(JsonNode) root = od_json_parse(data ? data : "", (gssize)len, &error);
-  if (root == NULL) {
-    node_reject(topic, error->message);
-    return NULL;
-  }
-  if (!JSON_NODE_HOLDS_ARRAY(root)) {
-    node_reject(topic, "expected a JSON array");
-    return NULL;
-  }
-  return json_array_ref(json_node_get_array(root));
-}
-
 static void save_table(Node *n, const char *leaf, GBytes *payload) {
   g_autofree char *path = node_state_path(n, leaf);
   gsize len = 0;
@@ -122,7 +106,8 @@ static GPtrArray *parse_services(JsonArray *a, char **problem) {
 }
 
 void netsync_on_services(Node *n, const char *topic, GBytes *payload) {
-  g_autoptr(JsonArray) a = parse_array(topic, payload);
+  g_autoptr(JsonNode) a_node = node_parse_payload(topic, payload, JSON_NODE_ARRAY);
+  JsonArray *a = a_node ? json_node_get_array(a_node) : NULL;
   if (a == NULL)
     return;
   g_autofree char *problem = NULL;
@@ -164,7 +149,8 @@ void netsync_on_services(Node *n, const char *topic, GBytes *payload) {
 }
 
 void netsync_on_peers(Node *n, const char *topic, GBytes *payload) {
-  g_autoptr(JsonArray) a = parse_array(topic, payload);
+  g_autoptr(JsonNode) a_node = node_parse_payload(topic, payload, JSON_NODE_ARRAY);
+  JsonArray *a = a_node ? json_node_get_array(a_node) : NULL;
   if (a == NULL)
     return;
   g_autoptr(GHashTable) want = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
