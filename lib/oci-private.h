@@ -77,8 +77,14 @@ typedef struct {
 void oakuk_oci_image_free(OakukOciImage *img);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakukOciImage, oakuk_oci_image_free)
 
-/* Pulls reference into images_dir (blobs/, unpacked/) for this platform. progress may be NULL
- * and is called on the calling thread. */
+/* Seconds a tag's resolution (tag -> manifest digest) is trusted without asking the registry. */
+#define OAKUK_OCI_TAG_TTL_S 30
+
+/* Pulls reference into images_dir (blobs/, unpacked/, refs/) for this platform. progress may be
+ * NULL and is called on the calling thread. A digest reference whose image is already unpacked,
+ * or a tag resolved by a pull less than OAKUK_OCI_TAG_TTL_S seconds ago, is served from the cache
+ * without contacting the registry, unless that pull needed credentials and others (or none) are
+ * given now. */
 OakukOciImage *oakuk_oci_pull(const char *images_dir, const char *reference, const char *username,
                               const char *password, const oakuk_container_options *opts, OakukOciProgress progress,
                               gpointer data, GError **error);

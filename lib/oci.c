@@ -1119,6 +1119,85 @@ static OakukOciImage *pull_from(Source *s, const char *images, const char *top_r
   return g_steal_pointer(&img);
 }
 
+/* Recent resolutions: images/refs/<sha256 of the reference> holds {"reference", "digest",
+ * "credentials"} after each registry pull. A digest reference whose image is unpacked, or a tag
+ * resolved less than OAKUK_OCI_TAG_TTL_S seconds ago, is used without asking the registry (the
+ * manifest round trip is most of a cached deploy's pull time). "credentials" is "" when the pull
+ * needed none, else the sha256 of the username and password that were accepted: a private image is
+ * only reused for the same credentials, anything else goes to the registry and its auth. */
+static char *resolution_path(const char *images, const char *reference) {
+  g_autofree char *h = g_compute_checksum_for_string(G_CHECKSUM_SHA256, reference, -1);
+  return g_build_filename(images, "refs", h, NULL);
+}
+
+static char *credentials_hash(const char *username, const char *password) {
+  if (!username || !password)
+    return g_strdup("");
+  g_autofree char *up = g_strdup_printf("%s\n%s", username, password);
+  char *h = g_compute_checksum_for_string(G_CHECKSUM_SHA256, up, -1);
+  memset(up, 0, strlen(up));
+  return h;
+}
+
+static OakukOciImage *resolution_lookup(const char *images, const char *reference, gboolean by_digest,
+                                        const char *username, const char *password) {
+  g_autofree char *path = resolution_path(images, reference);
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return NULL;
+  gint64 age = g_get_real_time() / G_USEC_PER_SEC - (gint64)st.st_mtime;
+  if (!by_digest && (age < 0 || age >= OAKUK_OCI_TAG_TTL_S))
+    return NULL;
+  g_autoptr(JsonParser) p = json_parser_new();
+  if (!json_parser_load_from_file(p, path, NULL) || !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
+    return NULL;
+  JsonObject *o = json_node_get_object(json_parser_get_root(p));
+  const char *digest = json_object_get_string_member_with_default(o, "digest", NULL);
+  const char *creds = json_object_get_string_member_with_default(o, "credentials", NULL);
+  if (g_strcmp0(json_object_get_string_member_with_default(o, "reference", NULL), reference) != 0 ||
+      !oakuk_oci_digest_is_valid(digest) || !creds)
+    return NULL;
+  g_autofree char *mine = credentials_hash(username, password);
+  if (*creds && strcmp(creds, mine) != 0)
+    return NULL;
+  g_autofree char *cfgpath = g_build_filename(images, "unpacked", digest + 7, "config.json", NULL);
+  g_autofree char *rootfs = g_build_filename(images, "unpacked", digest + 7, "rootfs", NULL);
+  g_autofree char *text = NULL;
+  gsize n;
+  if (!g_file_test(rootfs, G_FILE_TEST_IS_DIR) || !g_file_get_contents(cfgpath, &text, &n, NULL))
+    return NULL;
+  g_autoptr(GBytes) config = g_bytes_new_take(g_steal_pointer(&text), n);
+  g_autoptr(OakukOciImage) img = g_new0(OakukOciImage, 1);
+  if (!load_config(img, config, reference, NULL))
+    return NULL;
+  img->manifest_digest = g_strdup(digest);
+  img->rootfs = g_steal_pointer(&rootfs);
+  return g_steal_pointer(&img);
+}
+
+static void resolution_store(const char *images, const char *reference, const char *digest, gboolean authenticated,
+                             const char *username, const char *password) {
+  g_autofree char *dir = g_build_filename(images, "refs", NULL);
+  g_autofree char *path = resolution_path(images, reference);
+  g_autofree char *creds = authenticated ? credentials_hash(username, password) : g_strdup("");
+  g_autoptr(JsonBuilder) b = json_builder_new();
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "reference");
+  json_builder_add_string_value(b, reference);
+  json_builder_set_member_name(b, "digest");
+  json_builder_add_string_value(b, digest);
+  json_builder_set_member_name(b, "credentials");
+  json_builder_add_string_value(b, creds);
+  json_builder_end_object(b);
+  g_autoptr(JsonNode) root = json_builder_get_root(b);
+  g_autofree char *text = json_to_string(root, FALSE);
+  GError *err = NULL;
+  if (g_mkdir_with_parents(dir, 0700) != 0 || !g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_NONE,
+                                                                       0600, &err))
+    g_debug("image %s: resolution not recorded: %s", reference, err ? err->message : g_strerror(errno));
+  g_clear_error(&err);
+}
+
 OakukOciImage *oakuk_oci_pull(const char *images_dir, const char *reference, const char *username,
                               const char *password, const oakuk_container_options *opts, OakukOciProgress cb,
                               gpointer data, GError **error) {
@@ -1138,10 +1217,18 @@ OakukOciImage *oakuk_oci_pull(const char *images_dir, const char *reference, con
   OakukOciRef ref;
   if (!oakuk_oci_ref_parse(reference, &ref, error))
     return NULL;
+  img = resolution_lookup(images_dir, reference, ref.digest != NULL, username, password);
+  if (img) {
+    oakuk_oci_ref_clear(&ref);
+    return img;
+  }
   s.client = oakuk_oci_client_new(ref.registry, username, password, opts, error);
   s.repo = ref.repository;
   if (s.client)
     img = pull_from(&s, images_dir, ref.digest ? ref.digest : ref.tag, cb, data, error);
+  if (img)
+    resolution_store(images_dir, reference, img->manifest_digest, s.client->authorization != NULL, username,
+                     password);
   oakuk_oci_client_free(s.client);
   oakuk_oci_ref_clear(&ref);
   return img;

@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <gio/gio.h>
+#include <libsoup/soup.h>
 #include <glib/gstdio.h>
 #include <signal.h>
 #include <string.h>
@@ -25,6 +26,7 @@ typedef struct {
 } Registry;
 
 static Registry reg_open, reg_auth;
+static Registry reg_tmp; /* stopped by /container/pull/cached-resolution */
 static char *work;     /* scratch dir for rootfs trees */
 static char *ns_name;  /* scratch netns */
 static char *veth;     /* host end */
@@ -104,8 +106,15 @@ static void registry_start(Registry *r, gboolean auth) {
   g_assert_true(registry_answers(r->addr));
 }
 
+/* Whether pid is still a docker-registry (the reaper's copy of a pid may be stale). */
+static gboolean is_registry(GPid pid) {
+  g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", (int)pid);
+  g_autofree char *cmd = NULL;
+  return g_file_get_contents(path, &cmd, NULL, NULL) && strcmp(cmd, "/usr/bin/docker-registry") == 0;
+}
+
 static void registry_stop(Registry *r) {
-  if (r->pid > 0) {
+  if (r->pid > 0 && is_registry(r->pid)) {
     kill(r->pid, SIGTERM);
     waitpid(r->pid, NULL, 0); /* in the reaper: not its child, returns at once */
     for (int k = 0; k < 100 && kill(r->pid, 0) == 0; k++)
@@ -177,6 +186,7 @@ static void start_reaper(void) {
   reap_containers();
   registry_stop(&reg_open);
   registry_stop(&reg_auth);
+  registry_stop(&reg_tmp);
   g_autofree char *cmd = g_strdup_printf("rm -rf %s", work);
   run(cmd);
   _exit(0);
@@ -686,6 +696,229 @@ static void test_oci_archive(Fx *f, gconstpointer data) {
   undeploy_and_check_gone(f, name);
 }
 
+/* ---- bearer token auth: a fake registry front (SoupServer on its own thread) ---- */
+
+#define BEARER_TOKEN "tok-7f3a9c"
+
+typedef struct {
+  GThread *thread;
+  GMainContext *context;
+  GMainLoop *loop;
+  SoupServer *server;
+  SoupSession *upstream;
+  guint16 port;
+  GMutex lock;
+  GCond ready;
+  gboolean started;
+  /* counters, read after the pulls (the pulls are synchronous) */
+  gint challenges, token_ok, token_refused, authorized;
+  char *last_scope, *last_service;
+} BearerFront;
+
+static void front_challenge(BearerFront *b, SoupServerMessage *msg) {
+  g_autofree char *hdr = g_strdup_printf("Bearer realm=\"http://127.0.0.1:%u/token\",service=\"test\","
+                                         "scope=\"repository:oakuk/busybox:pull\"", b->port);
+  soup_message_headers_replace(soup_server_message_get_response_headers(msg), "WWW-Authenticate", hdr);
+  const char *body = "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication required\"}]}";
+  soup_server_message_set_status(msg, 401, NULL);
+  soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_COPY, body, strlen(body));
+  g_atomic_int_inc(&b->challenges);
+}
+
+static void front_handler(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+                          gpointer data) {
+  BearerFront *b = data;
+  SoupMessageHeaders *req = soup_server_message_get_request_headers(msg);
+  const char *auth = soup_message_headers_get_one(req, "Authorization");
+  if (strcmp(path, "/token") == 0) {
+    g_autofree char *up = g_strdup_printf("%s:%s", USER, PASS);
+    g_autofree char *b64 = g_base64_encode((const guchar *)up, strlen(up));
+    g_autofree char *want = g_strconcat("Basic ", b64, NULL);
+    g_free(b->last_scope);
+    g_free(b->last_service);
+    b->last_scope = g_strdup(query ? g_hash_table_lookup(query, "scope") : NULL);
+    b->last_service = g_strdup(query ? g_hash_table_lookup(query, "service") : NULL);
+    if (!auth || strcmp(auth, want) != 0) {
+      g_atomic_int_inc(&b->token_refused);
+      soup_server_message_set_status(msg, 401, NULL);
+      return;
+    }
+    g_atomic_int_inc(&b->token_ok);
+    const char *tok = "{\"token\":\"" BEARER_TOKEN "\",\"expires_in\":300}";
+    soup_server_message_set_status(msg, 200, NULL);
+    soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_COPY, tok, strlen(tok));
+    return;
+  }
+  if (!g_str_has_prefix(path, "/v2/oakuk/busybox/")) {
+    soup_server_message_set_status(msg, 404, NULL);
+    return;
+  }
+  if (!auth || strcmp(auth, "Bearer " BEARER_TOKEN) != 0) {
+    front_challenge(b, msg);
+    return;
+  }
+  g_atomic_int_inc(&b->authorized);
+  /* Proxied to the open registry's test/busybox. */
+  g_autofree char *url = g_strdup_printf("http://%s/v2/test/busybox/%s", reg_open.addr,
+                                         path + strlen("/v2/oakuk/busybox/"));
+  g_autoptr(SoupMessage) up = soup_message_new(soup_server_message_get_method(msg), url);
+  const char *accept = soup_message_headers_get_one(req, "Accept");
+  if (accept)
+    soup_message_headers_replace(soup_message_get_request_headers(up), "Accept", accept);
+  g_autoptr(GBytes) body = soup_session_send_and_read(b->upstream, up, NULL, NULL);
+  soup_server_message_set_status(msg, body ? soup_message_get_status(up) : 502, NULL);
+  if (!body)
+    return;
+  SoupMessageHeaders *uh = soup_message_get_response_headers(up);
+  const char *keep[] = {"Docker-Content-Digest", NULL};
+  for (const char *const *k = keep; *k; k++)
+    if (soup_message_headers_get_one(uh, *k))
+      soup_message_headers_replace(soup_server_message_get_response_headers(msg), *k,
+                                   soup_message_headers_get_one(uh, *k));
+  const char *ct = soup_message_headers_get_content_type(uh, NULL);
+  soup_server_message_set_response(msg, ct ? ct : "application/octet-stream", SOUP_MEMORY_COPY,
+                                   g_bytes_get_data(body, NULL), g_bytes_get_size(body));
+}
+
+static gpointer front_thread(gpointer data) {
+  BearerFront *b = data;
+  g_main_context_push_thread_default(b->context);
+  b->server = soup_server_new(NULL, NULL);
+  b->upstream = soup_session_new();
+  soup_server_add_handler(b->server, NULL, front_handler, b, NULL);
+  GError *err = NULL;
+  gboolean ok = soup_server_listen_local(b->server, 0, SOUP_SERVER_LISTEN_IPV4_ONLY, &err);
+  if (ok) {
+    GSList *uris = soup_server_get_uris(b->server);
+    b->port = (guint16)g_uri_get_port(uris->data);
+    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+  }
+  g_mutex_lock(&b->lock);
+  b->started = TRUE;
+  g_cond_signal(&b->ready);
+  g_mutex_unlock(&b->lock);
+  if (ok)
+    g_main_loop_run(b->loop);
+  g_clear_error(&err);
+  soup_server_disconnect(b->server);
+  g_object_unref(b->server);
+  g_object_unref(b->upstream);
+  g_main_context_pop_thread_default(b->context);
+  return NULL;
+}
+
+static void front_start(BearerFront *b) {
+  g_mutex_init(&b->lock);
+  g_cond_init(&b->ready);
+  b->context = g_main_context_new();
+  b->loop = g_main_loop_new(b->context, FALSE);
+  b->thread = g_thread_new("bearer-front", front_thread, b);
+  g_mutex_lock(&b->lock);
+  while (!b->started)
+    g_cond_wait(&b->ready, &b->lock);
+  g_mutex_unlock(&b->lock);
+  g_assert_cmpuint(b->port, >, 0);
+}
+
+static void front_stop(BearerFront *b) {
+  g_main_loop_quit(b->loop);
+  g_thread_join(b->thread);
+  g_main_loop_unref(b->loop);
+  g_main_context_unref(b->context);
+  g_free(b->last_scope);
+  g_free(b->last_service);
+  g_mutex_clear(&b->lock);
+  g_cond_clear(&b->ready);
+}
+
+static void test_bearer(Fx *f, gconstpointer data) {
+  BearerFront b = {0};
+  front_start(&b);
+  g_autofree char *img = g_strdup_printf("127.0.0.1:%u/oakuk/busybox:1", b.port);
+  oakuk_error *err = NULL;
+
+  /* Without credentials: the token endpoint refuses, the pull says so and caches nothing. */
+  int rc = oakuk_container_pull(f->state, img, NULL, NULL, NULL, NULL, &err);
+  g_assert_cmpint(rc, ==, OAKUK_EPERM);
+  g_test_message("anonymous: %s", oakuk_error_message(err));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "authentication refused by token endpoint"));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "no credentials given"));
+  oakuk_error_free(err);
+  err = NULL;
+  g_assert_cmpint(g_atomic_int_get(&b.challenges), ==, 1);
+  g_assert_cmpint(g_atomic_int_get(&b.token_refused), ==, 1);
+  g_assert_cmpint(g_atomic_int_get(&b.authorized), ==, 0);
+
+  /* A wrong password: refused as well. */
+  rc = oakuk_container_pull(f->state, img, USER, "wrong", NULL, NULL, &err);
+  g_assert_cmpint(rc, ==, OAKUK_EPERM);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "authentication refused by token endpoint"));
+  oakuk_error_free(err);
+  err = NULL;
+
+  /* With credentials: Basic at /token, then every manifest and blob request carries the token. */
+  char *digest = NULL;
+  rc = oakuk_container_pull(f->state, img, USER, PASS, NULL, &digest, &err);
+  if (rc)
+    g_error("bearer pull: %s", oakuk_error_message(err));
+  g_assert_cmpint(g_atomic_int_get(&b.token_ok), ==, 1);
+  g_assert_cmpstr(b.last_service, ==, "test");
+  g_assert_cmpstr(b.last_scope, ==, "repository:oakuk/busybox:pull");
+  g_assert_cmpint(g_atomic_int_get(&b.authorized), >=, 3); /* manifest, config, layer */
+  char *open_digest = NULL;
+  g_assert_cmpint(oakuk_container_pull(f->state, busybox, NULL, NULL, NULL, &open_digest, &err), ==, 0);
+  g_assert_cmpstr(digest, ==, open_digest);
+  g_autofree char *bb = g_build_filename(f->state, "images", "unpacked", digest + 7, "rootfs", "bin", "busybox", NULL);
+  g_assert_true(g_file_test(bb, G_FILE_TEST_IS_REGULAR));
+
+  /* The cached resolution of a private image is not handed to someone without the credentials. */
+  gint before = g_atomic_int_get(&b.challenges);
+  g_assert_cmpint(oakuk_container_pull(f->state, img, NULL, NULL, NULL, NULL, &err), ==, OAKUK_EPERM);
+  oakuk_error_free(err);
+  err = NULL;
+  g_assert_cmpint(g_atomic_int_get(&b.challenges), ==, before + 1);
+  oakuk_free(digest);
+  oakuk_free(open_digest);
+  front_stop(&b);
+}
+
+/* A deploy of a cached image skips the registry: always for a digest reference, within
+ * OAKUK_OCI_TAG_TTL_S for a tag; an unknown tag still goes to the registry. */
+static void test_cached_resolution(Fx *f, gconstpointer data) {
+  Registry r = reg_tmp;
+  g_autofree char *tree = make_rootfs("cachedroot", "amd64");
+  oakuk_error *err = NULL;
+  char *pushed = NULL;
+  if (oakuk_container_build_rootfs_image(tree, r.addr, "test/cached", "1", NULL, NULL, NULL, &pushed, &err))
+    g_error("push: %s", oakuk_error_message(err));
+  g_autofree char *by_tag = g_strdup_printf("%s/test/cached:1", r.addr);
+  g_autofree char *by_digest = g_strdup_printf("%s/test/cached@%s", r.addr, pushed);
+  g_autofree char *other_tag = g_strdup_printf("%s/test/cached:2", r.addr);
+  g_assert_cmpint(oakuk_container_pull(f->state, by_tag, NULL, NULL, NULL, NULL, &err), ==, 0);
+  g_assert_cmpint(oakuk_container_pull(f->state, by_digest, NULL, NULL, NULL, NULL, &err), ==, 0);
+  registry_stop(&reg_tmp);
+
+  g_autofree char *tag_name = iname("cached-tag");
+  g_autofree char *digest_name = iname("cached-digest");
+  const char *refs[] = {by_tag, by_digest};
+  const char *names[] = {tag_name, digest_name};
+  for (int k = 0; k < 2; k++) {
+    oakuk_instance_spec *s = ctr_spec(names[k], refs[k]);
+    oakuk_instance_spec_set_one_shot(s, true);
+    oakuk_instance_spec_add_arg(s, "cat");
+    oakuk_instance_spec_add_arg(s, "/arch");
+    deploy(f, s);
+    oakuk_instance_spec_unref(s);
+    Event *e = wait_status(f, names[k], OAKUK_STATUS_COMPLETED, 60);
+    g_assert_nonnull(strstr(e->detail, "amd64"));
+    undeploy_and_check_gone(f, names[k]);
+  }
+  g_assert_cmpint(oakuk_container_pull(f->state, other_tag, NULL, NULL, NULL, NULL, &err), ==, OAKUK_EIO);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "unreachable"));
+  oakuk_error_free(err);
+  oakuk_free(pushed);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   if (getuid() != 0) {
@@ -700,6 +933,7 @@ int main(int argc, char **argv) {
   work = g_dir_make_tmp("oakuk-itest-ctr-XXXXXX", NULL);
   registry_start(&reg_open, FALSE);
   registry_start(&reg_auth, TRUE);
+  registry_start(&reg_tmp, FALSE);
   start_reaper();
   g_autofree char *tree = make_rootfs("busybox", "amd64");
   oakuk_error *err = NULL;
@@ -717,5 +951,7 @@ int main(int argc, char **argv) {
   ADD("/container/pull/multi-arch", test_multi_arch);
   ADD("/container/pull/tampered-blob", test_tampered);
   ADD("/container/pull/oci-archive", test_oci_archive);
+  ADD("/container/pull/bearer-token", test_bearer);
+  ADD("/container/pull/cached-resolution", test_cached_resolution);
   return g_test_run();
 }
