@@ -5,6 +5,7 @@
  * lives in <state_dir>/instances/<name>/ (bundle/{config.json,rootfs}, upper/, work/, output.log,
  * instance.json); runc keeps its state in <state_dir>/runc. */
 #include "oci-private.h"
+#include "sysutil-private.h"
 #include "qemu-private.h"
 
 #include <errno.h>
@@ -102,22 +103,6 @@ static void inst_unref(Instance *i) {
   g_free(i);
 }
 
-static gboolean rm_rf(const char *path) {
-  struct stat st;
-  if (lstat(path, &st) != 0)
-    return errno == ENOENT;
-  if (S_ISDIR(st.st_mode)) {
-    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
-    const char *e;
-    while (d && (e = g_dir_read_name(d))) {
-      g_autofree char *child = g_build_filename(path, e, NULL);
-      rm_rf(child);
-    }
-    return rmdir(path) == 0;
-  }
-  return unlink(path) == 0;
-}
-
 /* ---- runc ---- */
 
 /* Runs runc with args (NULL-terminated) and waits; output goes to out_fd (or is captured into
@@ -182,35 +167,11 @@ static void runc_delete(const Env *c, const char *name) {
 
 /* ---- cgroups (runc creates them from cgroupsPath /oakuk/<name>) ---- */
 
-static char *cgroup_v1_mount(const char *controller) {
-  g_autofree char *text = NULL;
-  if (!g_file_get_contents("/proc/self/mountinfo", &text, NULL, NULL))
-    return NULL;
-  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
-  for (char **l = lines; *l; l++) {
-    const char *sep = strstr(*l, " - ");
-    if (!sep)
-      continue;
-    g_auto(GStrv) pre = g_strsplit(*l, " ", 6);
-    g_auto(GStrv) post = g_strsplit(sep + 3, " ", 3);
-    if (g_strv_length(pre) < 5 || g_strv_length(post) < 3 || strcmp(post[0], "cgroup") != 0)
-      continue;
-    g_auto(GStrv) opts = g_strsplit(post[2], ",", -1);
-    if (g_strv_contains((const char *const *)opts, controller))
-      return g_strdup(pre[4]);
-  }
-  return NULL;
-}
-
-static gboolean cgroup_v2(void) {
-  return g_file_test("/sys/fs/cgroup/cgroup.controllers", G_FILE_TEST_EXISTS);
-}
-
 /* The file of a cgroup controller for the instance, e.g. ("memory", "memory.usage_in_bytes"). */
 static char *cgroup_file(const char *name, const char *v1_controller, const char *v1_file, const char *v2_file) {
-  if (cgroup_v2())
+  if (oakuk_cgroup_v2())
     return g_build_filename("/sys/fs/cgroup/oakuk", name, v2_file, NULL);
-  g_autofree char *mnt = cgroup_v1_mount(v1_controller);
+  g_autofree char *mnt = oakuk_cgroup_v1_mount(v1_controller);
   return mnt ? g_build_filename(mnt, "oakuk", name, v1_file, NULL) : NULL;
 }
 
@@ -238,23 +199,6 @@ static gboolean read_stat_key(const char *path, const char *key, gint64 *out) {
 }
 
 /* ---- /proc ---- */
-
-static gboolean proc_start_time(GPid pid, char *state, guint64 *start_time) {
-  g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
-  g_autofree char *text = NULL;
-  if (!g_file_get_contents(path, &text, NULL, NULL))
-    return FALSE;
-  const char *p = strrchr(text, ')');
-  if (!p)
-    return FALSE;
-  g_auto(GStrv) f = g_strsplit(p + 2, " ", -1);
-  if (g_strv_length(f) < 20)
-    return FALSE;
-  if (state)
-    *state = f[0][0];
-  *start_time = g_ascii_strtoull(f[19], NULL, 10);
-  return TRUE;
-}
 
 /* ---- config.json ---- */
 
@@ -545,7 +489,7 @@ static void release(const Env *c, const char *name, const char *dir, gboolean re
   if (umount2(rootfs, MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
     g_warning("instance %s: unmount %s: %s", name, rootfs, g_strerror(errno));
   if (remove)
-    rm_rf(dir);
+    oakuk_rm_rf(dir, NULL);
 }
 
 static void release_thread(GTask *task, gpointer src, gpointer data, GCancellable *cancel) {
@@ -808,7 +752,7 @@ static gboolean runc_start(Instance *i, GError **error) {
   i->pid = (GPid)g_ascii_strtoll(pidtext, NULL, 10);
   if (i->pid <= 0)
     return set_gerror(error, OAKUK_EIO, "runc run: %s holds no pid", pidfile), FALSE;
-  proc_start_time(i->pid, NULL, &i->start_time);
+  oakuk_proc_stat(i->pid, NULL, NULL, &i->start_time);
   return TRUE;
 }
 
@@ -818,7 +762,7 @@ static void prepare_thread(GTask *task, gpointer src, gpointer data, GCancellabl
   const oakuk_instance_spec *s = i->spec;
   GError *err = NULL;
   gint64 t_start = g_get_monotonic_time();
-  rm_rf(i->dir);
+  oakuk_rm_rf(i->dir, NULL);
   if (g_mkdir_with_parents(i->dir, 0700) != 0) {
     set_gerror(&err, OAKUK_EIO, "create %s: %s", i->dir, g_strerror(errno));
     g_task_return_error(task, err);
@@ -967,13 +911,13 @@ static gboolean c_stats(oakuk_runtime *rt, const char *name, double *cpu, int64_
   if (!i)
     return FALSE;
   gint64 usage = 0, mem = 0;
-  g_autofree char *cpuf = cgroup_v2() ? cgroup_file(name, "cpuacct", NULL, "cpu.stat")
+  g_autofree char *cpuf = oakuk_cgroup_v2() ? cgroup_file(name, "cpuacct", NULL, "cpu.stat")
                                       : cgroup_file(name, "cpuacct", "cpuacct.usage", NULL);
   gboolean ok = !i->exited && i->pid > 0 &&
-                (cgroup_v2() ? read_stat_key(cpuf, "usage_usec", &usage) : read_int_file(cpuf, &usage));
+                (oakuk_cgroup_v2() ? read_stat_key(cpuf, "usage_usec", &usage) : read_int_file(cpuf, &usage));
   if (!ok)
     return set_gerror(error, OAKUK_ENOTFOUND, "instance %s: not running (no cgroup)", name), FALSE;
-  if (cgroup_v2())
+  if (oakuk_cgroup_v2())
     usage *= 1000;
   gint64 now = g_get_monotonic_time();
   double secs = (double)(now - i->last_time_us) / 1e6;
@@ -983,7 +927,7 @@ static gboolean c_stats(oakuk_runtime *rt, const char *name, double *cpu, int64_
   i->last_cpu_ns = (guint64)usage;
   i->last_time_us = now;
   g_autofree char *memf = cgroup_file(name, "memory", "memory.stat", "memory.stat");
-  if (!read_stat_key(memf, cgroup_v2() ? "anon" : "total_rss", &mem))
+  if (!read_stat_key(memf, oakuk_cgroup_v2() ? "anon" : "total_rss", &mem))
     mem = 0;
   *rss = mem / 1024;
   return TRUE;
@@ -1029,7 +973,7 @@ static gboolean adopt_one(ContainerRuntime *c, const char *name) {
   char state = 0;
   i->running = true;
   if (runc_state(&c->env, name, &status, &pid) && strcmp(status, "running") == 0 && pid > 0 &&
-      proc_start_time(pid, &state, &start) && start == i->start_time && state != 'Z') {
+      oakuk_proc_stat(pid, &state, NULL, &start) && start == i->start_time && state != 'Z') {
     i->pid = pid;
     if (watch_pidfd(i)) {
       emit(i, OAKUK_STATUS_RUNNING, NULL);

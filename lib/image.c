@@ -1,12 +1,12 @@
 /* Image fetching, verification, safe unpacking and caching (DESIGN §8, §11). */
 #include "oakuk-private.h"
+#include "sysutil-private.h"
 #include "archive-safe.h"
 
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <gio/gio.h>
 #include <json-glib/json-glib.h>
 #include <libsoup/soup.h>
@@ -358,18 +358,6 @@ static void inflight_free(Inflight *in) {
   g_free(in);
 }
 
-static int remove_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st;
-  (void)flag;
-  (void)ftw;
-  remove(path);
-  return 0;
-}
-
-static void remove_tree(const char *path) {
-  nftw(path, remove_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cache_options *opts,
                                          oakuk_error **error) {
   g_return_val_if_fail(dir != NULL, NULL);
@@ -411,7 +399,7 @@ oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cach
   while ((name = g_dir_read_name(d)) != NULL) {
     if (g_str_has_prefix(name, ".tmp-")) {
       g_autofree char *p = g_build_filename(real, name, NULL);
-      remove_tree(p);
+      oakuk_rm_rf(p, NULL);
     }
   }
   g_dir_close(d);
@@ -1121,7 +1109,7 @@ static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const
 out:
   image_meta_clear(&meta);
   if (g_file_test(work, G_FILE_TEST_EXISTS))
-    remove_tree(work);
+    oakuk_rm_rf(work, NULL);
   return img;
 }
 
@@ -1168,7 +1156,7 @@ static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const char *url, co
       g_clear_error(&err);
     if (img != NULL)
       return img;
-    remove_tree(dir);
+    oakuk_rm_rf(dir, NULL);
     g_mutex_lock(&cache->lock);
   }
   in = g_new0(Inflight, 1);

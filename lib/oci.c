@@ -2,6 +2,7 @@
  * bearer-token auth; pull and push), the content-addressed blob cache, layer unpacking with
  * whiteouts, and single-layer image building. Everything here blocks: callers run it in a thread. */
 #include "oci-private.h"
+#include "sysutil-private.h"
 #include "archive-safe.h"
 
 #include <archive.h>
@@ -758,7 +759,6 @@ typedef struct {
   guint64 entries, bytes;
 } Layer;
 
-static gboolean remove_tree(const char *path, GError **error);
 
 /* No component of rel's parent may be a symlink: whiteouts and hard links must never act
  * through one (it could point out of the rootfs on the host). */
@@ -791,7 +791,7 @@ static gboolean whiteout(Layer *l, const char *dir, const char *base, GError **e
       if (g_hash_table_contains(l->added, rel))
         continue;
       g_autofree char *full = g_build_filename(l->rootfs, rel, NULL);
-      if (!remove_tree(full, error))
+      if (!oakuk_rm_rf(full, error))
         return FALSE;
     }
     return TRUE;
@@ -803,7 +803,7 @@ static gboolean whiteout(Layer *l, const char *dir, const char *base, GError **e
   if (!parent_is_real(l, rel, error))
     return FALSE;
   g_autofree char *full = g_build_filename(l->rootfs, rel, NULL);
-  return remove_tree(full, error);
+  return oakuk_rm_rf(full, error);
 }
 
 static gboolean layer_corrupt(Layer *l, const char *at, GError **error) {
@@ -857,7 +857,7 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
   }
   /* A non-directory replaces whatever a lower layer had there; a directory merges. */
   struct stat st;
-  if (lstat(dest, &st) == 0 && (type != AE_IFDIR || !S_ISDIR(st.st_mode)) && !remove_tree(dest, error))
+  if (lstat(dest, &st) == 0 && (type != AE_IFDIR || !S_ISDIR(st.st_mode)) && !oakuk_rm_rf(dest, error))
     return FALSE;
   archive_entry_set_pathname(e, dest);
   if (archive_write_header(l->w, e) < ARCHIVE_WARN)
@@ -916,26 +916,6 @@ gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const
   archive_write_free(l.w);
   g_hash_table_unref(l.added);
   return ok;
-}
-
-static gboolean remove_tree(const char *path, GError **error) {
-  struct stat st;
-  if (lstat(path, &st) != 0)
-    return errno == ENOENT ? TRUE : (set_gerror(error, OAKUK_EIO, "remove %s: %s", path, g_strerror(errno)), FALSE);
-  if (S_ISDIR(st.st_mode)) {
-    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
-    const char *e;
-    while (d && (e = g_dir_read_name(d))) {
-      g_autofree char *c = g_build_filename(path, e, NULL);
-      if (!remove_tree(c, error))
-        return FALSE;
-    }
-    if (rmdir(path) != 0)
-      return set_gerror(error, OAKUK_EIO, "remove %s: %s", path, g_strerror(errno)), FALSE;
-  } else if (unlink(path) != 0) {
-    return set_gerror(error, OAKUK_EIO, "remove %s: %s", path, g_strerror(errno)), FALSE;
-  }
-  return TRUE;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1019,7 +999,7 @@ static gboolean unpack_image(const char *images, const char *blobs, JsonArray *l
     ok = FALSE;
   }
   if (!ok || g_file_test(tmpl, G_FILE_TEST_EXISTS))
-    remove_tree(tmpl, NULL);
+    oakuk_rm_rf(tmpl, NULL);
   return ok;
 }
 
@@ -1210,7 +1190,7 @@ OakukOciImage *oakuk_oci_pull(const char *images_dir, const char *reference, con
     s.layout = g_strdup(tmpdir);
     if (open_archive(reference + strlen("oci-archive:"), tmpdir, opts, error))
       img = pull_from(&s, images_dir, NULL, cb, data, error);
-    remove_tree(tmpdir, NULL);
+    oakuk_rm_rf(tmpdir, NULL);
     g_free(s.layout);
     return img;
   }

@@ -2,6 +2,7 @@
  * <state_dir>/instances/<name>/ (serial.log, qmp.sock, qemu.log, instance.json, files/), runs in
  * its netns (setns before exec) and in its own cgroups, and is driven over QMP. */
 #include "qemu-private.h"
+#include "sysutil-private.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -115,30 +116,6 @@ static gboolean write_file(const char *path, const char *value, GError **error) 
   return TRUE;
 }
 
-static gboolean rm_rf(const char *path, GError **error) {
-  struct stat st;
-  if (lstat(path, &st) != 0)
-    return errno == ENOENT ? TRUE : set_io_error(error, errno, "remove %s", path);
-  if (S_ISDIR(st.st_mode)) {
-    GDir *d = g_dir_open(path, 0, NULL);
-    const char *e;
-    while (d && (e = g_dir_read_name(d))) {
-      g_autofree char *child = g_build_filename(path, e, NULL);
-      if (!rm_rf(child, error)) {
-        g_dir_close(d);
-        return FALSE;
-      }
-    }
-    if (d)
-      g_dir_close(d);
-    if (rmdir(path) != 0)
-      return set_io_error(error, errno, "remove %s", path);
-  } else if (unlink(path) != 0) {
-    return set_io_error(error, errno, "remove %s", path);
-  }
-  return TRUE;
-}
-
 static gboolean copy_tree(const char *src, const char *dst, GError **error) {
   struct stat st;
   if (lstat(src, &st) != 0)
@@ -169,38 +146,14 @@ static gboolean copy_tree(const char *src, const char *dst, GError **error) {
 /* ---- cgroups ---- */
 
 /* Mount point of the v1 hierarchy carrying controller (from /proc/self/mountinfo). */
-static char *cgroup_v1_mount(const char *controller) {
-  g_autofree char *text = NULL;
-  if (!g_file_get_contents("/proc/self/mountinfo", &text, NULL, NULL))
-    return NULL;
-  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
-  for (char **l = lines; *l; l++) {
-    const char *sep = strstr(*l, " - ");
-    if (!sep)
-      continue;
-    g_auto(GStrv) pre = g_strsplit(*l, " ", 6);
-    g_auto(GStrv) post = g_strsplit(sep + 3, " ", 3);
-    if (g_strv_length(pre) < 5 || g_strv_length(post) < 3 || strcmp(post[0], "cgroup") != 0)
-      continue;
-    g_auto(GStrv) opts = g_strsplit(post[2], ",", -1);
-    if (g_strv_contains((const char *const *)opts, controller))
-      return g_strdup(pre[4]);
-  }
-  return NULL;
-}
-
-static gboolean cgroup_v2(void) {
-  return g_file_test("/sys/fs/cgroup/cgroup.controllers", G_FILE_TEST_EXISTS);
-}
-
 /* Fills cg with the instance's cgroup directories (not created). */
 static gboolean cgroup_paths(Cgroup *cg, const char *name, GError **error) {
-  if (cgroup_v2()) {
+  if (oakuk_cgroup_v2()) {
     cg->v2 = g_build_filename("/sys/fs/cgroup/oakuk", name, NULL);
     return TRUE;
   }
-  g_autofree char *mem = cgroup_v1_mount("memory");
-  g_autofree char *cpu = cgroup_v1_mount("cpu");
+  g_autofree char *mem = oakuk_cgroup_v1_mount("memory");
+  g_autofree char *cpu = oakuk_cgroup_v1_mount("cpu");
   if (!mem || !cpu)
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EUNSUPPORTED,
                        "instance %s: no cgroup v1 %s controller mounted (and no cgroup v2)", name,
@@ -274,26 +227,6 @@ static int64_t cgroup_memory_bytes(const Cgroup *cg) {
 /* ---- /proc ---- */
 
 /* Fields after the ")" of /proc/<pid>/stat: index 0 is field 3 (state). */
-static gboolean proc_stat(GPid pid, char *state, guint64 *ticks, guint64 *start_time) {
-  g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
-  g_autofree char *text = NULL;
-  if (!g_file_get_contents(path, &text, NULL, NULL))
-    return FALSE;
-  const char *p = strrchr(text, ')');
-  if (!p)
-    return FALSE;
-  g_auto(GStrv) f = g_strsplit(p + 2, " ", -1);
-  if (g_strv_length(f) < 20)
-    return FALSE;
-  if (state)
-    *state = f[0][0];
-  if (ticks)
-    *ticks = g_ascii_strtoull(f[11], NULL, 10) + g_ascii_strtoull(f[12], NULL, 10);
-  if (start_time)
-    *start_time = g_ascii_strtoull(f[19], NULL, 10);
-  return TRUE;
-}
-
 static int64_t proc_rss_kb(GPid pid) {
   g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)pid);
   g_autofree char *text = NULL;
@@ -358,7 +291,7 @@ static void detach(Instance *i) {
 static void finish_undeploy(Instance *i) {
   GError *err = NULL;
   cgroup_remove(&i->cg);
-  if (!rm_rf(i->dir, &err)) {
+  if (!oakuk_rm_rf(i->dir, &err)) {
     g_warning("instance %s: %s", i->name, err->message);
     g_clear_error(&err);
   }
@@ -450,7 +383,7 @@ static gboolean poll_alive(gpointer data) {
   Instance *i = data;
   guint64 start = 0;
   char state = 0;
-  if (proc_stat(i->pid, &state, NULL, &start) && start == i->start_time && state != 'Z')
+  if (oakuk_proc_stat(i->pid, &state, NULL, &start) && start == i->start_time && state != 'Z')
     return G_SOURCE_CONTINUE;
   int ws, st = -1;
   if (waitpid(i->pid, &ws, WNOHANG) == i->pid)
@@ -498,7 +431,7 @@ static void qmp_on_message(Instance *i, JsonObject *o) {
   }
   if (json_object_has_member(o, "return") && !i->running && !i->exited) {
     i->running = true;
-    proc_stat(i->pid, NULL, &i->last_ticks, NULL);
+    oakuk_proc_stat(i->pid, NULL, &i->last_ticks, NULL);
     i->last_time_us = g_get_monotonic_time();
     if (!i->stopping)
       emit(i, OAKUK_STATUS_RUNNING, NULL);
@@ -726,7 +659,7 @@ static gboolean spawn_qemu(Instance *i, GError **error) {
   if (!ok)
     return FALSE;
   i->pid = pid;
-  proc_stat(pid, NULL, NULL, &i->start_time);
+  oakuk_proc_stat(pid, NULL, NULL, &i->start_time);
   i->exit_source = g_child_watch_source_new(pid);
   g_source_set_callback(i->exit_source, G_SOURCE_FUNC(on_child_exit), inst_ref(i), (GDestroyNotify)inst_unref);
   g_source_attach(i->exit_source, i->q->rt->context);
@@ -737,7 +670,7 @@ static void prepare_thread(GTask *task, gpointer src, gpointer data, GCancellabl
   Instance *i = data;
   GError *err = NULL;
   g_autofree char *files = g_build_filename(i->dir, "files", NULL);
-  if (rm_rf(i->dir, &err) && g_mkdir_with_parents(i->dir, 0700) != 0)
+  if (oakuk_rm_rf(i->dir, &err) && g_mkdir_with_parents(i->dir, 0700) != 0)
     set_io_error(&err, errno, "create %s", i->dir);
   if (err || (i->spec->files_dir && !copy_tree(i->spec->files_dir, files, &err)) ||
       !cgroup_create(&i->cg, oakuk_qemu_memory_limit_mb(i->spec->memory_mb, i->spec->accel), i->spec->vcpus, &err)) {
@@ -861,7 +794,7 @@ static gboolean q_stats(oakuk_runtime *rt, const char *name, double *cpu, int64_
   if (!i)
     return FALSE;
   guint64 ticks = 0;
-  if (i->pid <= 0 || !proc_stat(i->pid, NULL, &ticks, NULL))
+  if (i->pid <= 0 || !oakuk_proc_stat(i->pid, NULL, &ticks, NULL))
     return g_set_error(error, OAKUK_ERROR, -OAKUK_ENOTFOUND, "instance %s: not running", name), FALSE;
   gint64 now = g_get_monotonic_time();
   double secs = (double)(now - i->last_time_us) / 1e6;
@@ -899,7 +832,7 @@ static gboolean adopt_one(QemuRuntime *q, const char *name) {
       !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
     /* A deploy interrupted before QEMU started, or foreign files: nothing to adopt. */
     g_debug("instances/%s: no usable instance.json, removed", name);
-    rm_rf(dir, NULL);
+    oakuk_rm_rf(dir, NULL);
     return FALSE;
   }
   JsonObject *o = json_node_get_object(json_parser_get_root(p));
@@ -913,7 +846,7 @@ static gboolean adopt_one(QemuRuntime *q, const char *name) {
   guint64 start = 0;
   char state = 0;
   /* The start time guards against a recycled pid now belonging to another process. */
-  if (i->pid > 0 && proc_stat(i->pid, &state, NULL, &start) && start == i->start_time && state != 'Z') {
+  if (i->pid > 0 && oakuk_proc_stat(i->pid, &state, NULL, &start) && start == i->start_time && state != 'Z') {
     i->running = false;
     watch_adopted(i);
     i->qmp_deadline = g_get_monotonic_time() + QMP_WAIT_MS * 1000;
@@ -959,7 +892,7 @@ static void q_finalize(oakuk_runtime *rt) {
     }
     if (!rt->keep_instances && !i->preparing) {
       cgroup_remove(&i->cg);
-      rm_rf(i->dir, NULL);
+      oakuk_rm_rf(i->dir, NULL);
     }
     inst_unref(i);
   }

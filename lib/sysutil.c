@@ -1,0 +1,81 @@
+#include "sysutil-private.h"
+
+#include "oakuk-private.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static gboolean remove_failed(GError **error, const char *path) {
+  int errnum = errno;
+  g_set_error(error, OAKUK_ERROR, -OAKUK_EIO, "remove %s: %s", path, g_strerror(errnum));
+  return FALSE;
+}
+
+gboolean oakuk_rm_rf(const char *path, GError **error) {
+  struct stat st;
+  if (lstat(path, &st) != 0)
+    return errno == ENOENT ? TRUE : remove_failed(error, path);
+  if (S_ISDIR(st.st_mode)) {
+    /* Removes as much as it can (cleanup paths rely on that) and reports the first failure. */
+    gboolean ok = TRUE;
+    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+    const char *e;
+    while (d != NULL && (e = g_dir_read_name(d)) != NULL) {
+      g_autofree char *child = g_build_filename(path, e, NULL);
+      ok = oakuk_rm_rf(child, ok ? error : NULL) && ok;
+    }
+    if (rmdir(path) != 0)
+      return ok ? remove_failed(error, path) : FALSE;
+    return ok;
+  } else if (unlink(path) != 0) {
+    return remove_failed(error, path);
+  }
+  return TRUE;
+}
+
+gboolean oakuk_cgroup_v2(void) {
+  return g_file_test("/sys/fs/cgroup/cgroup.controllers", G_FILE_TEST_EXISTS);
+}
+
+char *oakuk_cgroup_v1_mount(const char *controller) {
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents("/proc/self/mountinfo", &text, NULL, NULL))
+    return NULL;
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  for (char **l = lines; *l; l++) {
+    const char *sep = strstr(*l, " - ");
+    if (!sep)
+      continue;
+    g_auto(GStrv) pre = g_strsplit(*l, " ", 6);
+    g_auto(GStrv) post = g_strsplit(sep + 3, " ", 3);
+    if (g_strv_length(pre) < 5 || g_strv_length(post) < 3 || strcmp(post[0], "cgroup") != 0)
+      continue;
+    g_auto(GStrv) opts = g_strsplit(post[2], ",", -1);
+    if (g_strv_contains((const char *const *)opts, controller))
+      return g_strdup(pre[4]);
+  }
+  return NULL;
+}
+
+gboolean oakuk_proc_stat(GPid pid, char *state, guint64 *ticks, guint64 *start_time) {
+  g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return FALSE;
+  /* The command name may contain spaces and parentheses: fields start after the last ')'. */
+  const char *p = strrchr(text, ')');
+  if (!p || p[1] == '\0')
+    return FALSE;
+  g_auto(GStrv) f = g_strsplit(p + 2, " ", -1);
+  if (g_strv_length(f) < 20)
+    return FALSE;
+  if (state)
+    *state = f[0][0];
+  if (ticks)
+    *ticks = g_ascii_strtoull(f[11], NULL, 10) + g_ascii_strtoull(f[12], NULL, 10);
+  if (start_time)
+    *start_time = g_ascii_strtoull(f[19], NULL, 10);
+  return TRUE;
+}
