@@ -1,0 +1,118 @@
+#!/usr/bin/python3
+"""e2e-deploy: what root, cluster and node add to starting a unikernel.
+
+  ours       API request (POST /api/v1/services/<id>/instances at oakuk-root) -> the root reports
+             RUNNING, for the amd64 test guest (TCG) whose image the node has cached, through
+             oakuk-cluster (MQTT) and oakuk-node in its own "host" namespace (tests/e2e/e2elib.py);
+  reference  the runtime alone: bench/unikernel-deploy's "to-running" (net setup + oakuk_runtime_deploy
+             -> RUNNING), run in the same invocation.
+Then the idle RSS and CPU of each daemon over 10 s, from /proc. Needs root.
+
+Usage: e2e-deploy.py <build root> <unikernel-deploy binary>"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
+import e2elib  # noqa: E402
+from e2elib import UNDERLAY, wait_until  # noqa: E402
+
+RUNS = 5
+
+
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    build, uk_bench = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    e = e2elib.Edge(build, tag="eb%d" % (os.getpid() % 10000))
+    e.underlay()
+    ctl_ip = e.host("ctl", 1)[1]
+    e.host("n1", 11)
+    e.enter("ctl")
+    e.file_server(e.guests, ctl_ip, 8000)
+    e.start_root()
+    e.start_cluster(ctl_ip)
+    node = e.start_node("n1", "n1", ["--allow-emulation", "--stop-instances"])
+    e.wait_nodes(["n1"])
+    wait_until("node in the root's aggregate", lambda: e.api("GET", "/api/v1/clusters").json()[0]["active_nodes"] == 1)
+    sla = {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "applicationID": "", "application_name": "bench", "application_namespace": e.marker,
+        "application_desc": "e2e-deploy", "microservices": [{
+            "microserviceID": "", "microservice_name": "uk", "microservice_namespace": e.marker,
+            "virtualization": "unikernel", "cmd": ["bench"], "memory": 96, "vcpus": 1,
+            "code": "http://%s:8000/guest-amd64-nofiles.tar.gz" % ctl_ip, "arch": ["amd64"],
+            "emulation": "allow", "unikernel": {"flavor": "linux"}, "restart": "never"}]}]}
+    r = e.api("POST", "/api/v1/applications", json=sla)
+    r.raise_for_status()
+    sid = r.json()["applications"][0]["microservices"][0]
+
+    def status(n):
+        lst = e.api("GET", "/api/v1/services/%s/instances" % sid).json()
+        return next((i for i in lst if i["instance_number"] == n), None)
+
+    def one():
+        t0 = time.monotonic()
+        r = e.api("POST", "/api/v1/services/%s/instances" % sid)
+        r.raise_for_status()
+        n = r.json()["instance_number"]
+        while True:
+            i = status(n)
+            if i and i["status"] == "RUNNING":
+                dt = (time.monotonic() - t0) * 1000
+                break
+            if i and i["status"] in ("FAILED", "DEAD", "NO_QUALIFIED_WORKER_FOUND", "NoActiveClusterWithCapacity"):
+                raise SystemExit("e2e-deploy: instance %d %s: %s" % (n, i["status"], i.get("status_detail")))
+            if time.monotonic() - t0 > 120:
+                raise SystemExit("e2e-deploy: instance %d not RUNNING within 120 s" % n)
+            time.sleep(0.002)
+        e.api("DELETE", "/api/v1/services/%s/instances/%d" % (sid, n)).raise_for_status()
+        wait_until("instance %d gone" % n, lambda: status(n) is None, timeout=60, interval=0.05)
+        return dt
+
+    one()  # warm-up: the node downloads and caches the image
+    ours = [one() for _ in range(RUNS)]
+    # the runtime alone, same machine, same run
+    p = subprocess.run([uk_bench], capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        raise SystemExit("e2e-deploy: %s failed: %s" % (uk_bench, p.stderr[-500:]))
+    m = re.search(r"to-running: ours ([0-9.]+) ms", p.stdout)
+    if not m:
+        raise SystemExit("e2e-deploy: no to-running figure in: " + p.stdout)
+    ref = float(m.group(1))
+    med = statistics.median(ours)
+    print("e2e-deploy: ours %.1f ms, reference %.1f ms (runtime alone), ratio %.2f" % (med, ref, med / ref))
+    print("e2e-deploy: control plane adds %.1f ms (target < 50 ms); runs: %s" % (
+        med - ref, ", ".join("%.0f" % x for x in ours)))
+    # idle: nothing deployed, 10 s
+    time.sleep(2)
+    daemons = [("oakuk-root", e.root.pid), ("oakuk-cluster", e.cluster.pid), ("oakuk-node", node.pid),
+               ("mosquitto", e.broker_pid())]
+    hz = os.sysconf("SC_CLK_TCK")
+    before = {n: cpu_ticks(p) for n, p in daemons}
+    t0 = time.monotonic()
+    time.sleep(10)
+    wall = time.monotonic() - t0
+    for n, p in daemons:
+        cpu = (cpu_ticks(p) - before[n]) / hz / wall * 100
+        print("idle %s: rss %d kB, cpu %.2f%%%s" % (n, rss_kb(p), cpu, " (the cluster's broker)" if n == "mosquitto"
+                                                   else ""))
+    e.close()
+
+
+if __name__ == "__main__":
+    main()
