@@ -29,12 +29,15 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
+def memory_kb(pid):
+    """Rss, Pss (shared library pages divided among their users) and Anonymous, in kB."""
+    out = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            key = line.split(":")[0]
+            if key in ("Rss", "Pss", "Anonymous"):
+                out[key] = int(line.split()[1])
+    return out
 
 
 def main():
@@ -109,8 +112,10 @@ def main():
     wall = time.monotonic() - t0
     for n, p in daemons:
         cpu = (cpu_ticks(p) - before[n]) / hz / wall * 100
-        print("idle %s: rss %d kB, cpu %.2f%%%s" % (n, rss_kb(p), cpu, " (the cluster's broker)" if n == "mosquitto"
-                                                   else ""))
+        m = memory_kb(p)
+        print("idle %s: rss %d kB (pss %d kB, anonymous %d kB), cpu %.2f%%%s" % (
+            n, m.get("Rss", 0), m.get("Pss", 0), m.get("Anonymous", 0), cpu,
+            " (the cluster's broker)" if n == "mosquitto" else ""))
     e.close()
 
 

@@ -69,6 +69,7 @@ typedef struct {
   guint register_source;
   gint64 register_backoff_s;
   gboolean status_inflight;
+  guint status_pump_source; /* idle: send queued statuses at the end of this main-loop turn */
   gboolean aggregate_inflight;
   GHashTable *http_counts;      /* status code -> count */
   guint tick_source;

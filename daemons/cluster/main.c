@@ -218,6 +218,7 @@ static gboolean on_signal(gpointer data) {
 static void cluster_free(Cluster *c) {
   c->stopping = TRUE;
   g_clear_handle_id(&c->tick_source, g_source_remove);
+  g_clear_handle_id(&c->status_pump_source, g_source_remove);
   g_clear_handle_id(&c->aggregate_source, g_source_remove);
   g_clear_handle_id(&c->register_source, g_source_remove);
   g_clear_pointer(&c->mqtt, od_mqtt_free);

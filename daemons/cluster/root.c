@@ -118,6 +118,7 @@ static void call_done(GObject *source, GAsyncResult *res, gpointer data) {
     if (SOUP_STATUS_IS_SUCCESSFUL(status)) {
       g_autofree char *last = g_strdup_printf("%" G_GINT64_FORMAT, call->last_id);
       od_db_run(c->db, NULL, "DELETE FROM status_outbox WHERE id <= CAST(?1 AS INTEGER)", last, NULL);
+      root_status_pump(c); /* what was queued while this batch was in flight */
     } else if (status == SOUP_STATUS_UNAUTHORIZED) {
       forget_token(c);
     } else if (status == SOUP_STATUS_BAD_REQUEST) {
@@ -251,14 +252,27 @@ static gboolean send_aggregate(gpointer data) {
   return G_SOURCE_CONTINUE;
 }
 
+static gboolean status_pump_idle(gpointer data) {
+  Cluster *c = data;
+  c->status_pump_source = 0;
+  root_status_pump(c);
+  return G_SOURCE_REMOVE;
+}
+
 gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, const char *status, const char *detail,
                            const char *node, GError **error) {
   g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, instance);
   od_log(G_LOG_LEVEL_INFO, "status", "job", job_id, "instance", n, "status", status, "node", node ? node : "", NULL);
-  return od_db_run(c->db, error,
-                   "INSERT INTO status_outbox (job_id, instance, status, detail, node)"
-                   " VALUES (?1, CAST(?2 AS INTEGER), ?3, ?4, ?5)",
-                   job_id, n, status, detail ? detail : "", node ? node : "", NULL);
+  if (!od_db_run(c->db, error,
+                 "INSERT INTO status_outbox (job_id, instance, status, detail, node)"
+                 " VALUES (?1, CAST(?2 AS INTEGER), ?3, ?4, ?5)",
+                 job_id, n, status, detail ? detail : "", node ? node : "", NULL))
+    return FALSE;
+  /* Statuses go out at once (one batch per main-loop turn), not on the next 500 ms tick: a
+   * user waiting for RUNNING should not wait for a timer. */
+  if (c->status_pump_source == 0 && !c->stopping)
+    c->status_pump_source = g_idle_add(status_pump_idle, c);
+  return TRUE;
 }
 
 void root_status_pump(Cluster *c) {
