@@ -134,6 +134,53 @@ static oakuk_placement *select_cluster(Root *r, JsonObject *inst, const oakuk_mi
   return p;
 }
 
+/* When no cluster was chosen: runs node selection over the node lists the active clusters sent
+ * with their aggregates, adding one line per node. Returns TRUE when active nodes exist and not
+ * one of them qualifies (arch, virtualization, emulation, constraints) whatever its free
+ * resources: then the service cannot run anywhere now, which is NO_QUALIFIED_WORKER_FOUND rather
+ * than a shortage of capacity. */
+static gboolean no_qualified_node(Root *r, const oakuk_microservice *ms, GPtrArray *lines) {
+  gboolean any_node = FALSE, any_qualified = FALSE;
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init(&it, r->aggregates);
+  while (g_hash_table_iter_next(&it, &k, &v)) {
+    if (!root_cluster_active(r, k))
+      continue;
+    char *text = oakuk_cluster_aggregate_to_json(v, FALSE, NULL);
+    g_autoptr(JsonNode) agg = text ? od_json_parse(text, -1, NULL) : NULL;
+    od_oakuk_free(text);
+    JsonObject *ao = agg && JSON_NODE_HOLDS_OBJECT(agg) ? json_node_get_object(agg) : NULL;
+    JsonArray *nodes = ao && json_object_has_member(ao, "nodes") ? json_object_get_array_member(ao, "nodes") : NULL;
+    g_autoptr(GPtrArray) reports = g_ptr_array_new_with_free_func((GDestroyNotify)oakuk_node_report_unref);
+    for (guint i = 0; nodes != NULL && i < json_array_get_length(nodes); i++) {
+      JsonObject *no = json_array_get_object_element(nodes, i);
+      if (no == NULL || !json_object_get_boolean_member_with_default(no, "active", FALSE))
+        continue;
+      g_autoptr(JsonNode) nn = json_node_init_object(json_node_alloc(), no);
+      g_autofree char *nt = od_json_to_string(nn, FALSE);
+      oakuk_node_report *rep = oakuk_node_report_from_json(nt, (size_t)-1, NULL);
+      if (rep != NULL)
+        g_ptr_array_add(reports, rep);
+    }
+    if (reports->len == 0)
+      continue;
+    any_node = TRUE;
+    oakuk_placement *p = NULL;
+    oakuk_error *err = NULL;
+    int rc = oakuk_sched_select_node(&p, ms, (oakuk_node_report *const *)reports->pdata, reports->len, NULL, NULL,
+                                     NULL, &err);
+    oakuk_error_free(err);
+    if (p == NULL || rc == 0 || oakuk_placement_status(p) != OAKUK_STATUS_NO_QUALIFIED_WORKER)
+      any_qualified = TRUE;
+    for (size_t i = 0; p != NULL && i < oakuk_placement_explanation_count(p); i++)
+      g_ptr_array_add(lines, g_strdup_printf("cluster %s: %s", oakuk_cluster_aggregate_name(v),
+                                             oakuk_placement_explanation(p, i)));
+    oakuk_placement_unref(p);
+  }
+  return any_node && !any_qualified;
+}
+
 gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, JsonObject *inst, GError **error) {
   const char *sid = str_member(service, "microserviceID");
   gint64 n = json_object_get_int_member_with_default(inst, "instance_number", 0);
@@ -152,6 +199,7 @@ gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, 
   g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
   g_autoptr(GError) local = NULL;
   oakuk_placement *p = select_cluster(r, inst, ms, key, lines, &local);
+  gboolean unqualified = local == NULL && (p == NULL || !oakuk_placement_ok(p)) && no_qualified_node(r, ms, lines);
   oakuk_microservice_unref(ms);
   if (local != NULL) {
     g_propagate_error(error, g_steal_pointer(&local));
@@ -166,9 +214,10 @@ gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, 
   clear_cluster_fields(inst);
   if (p == NULL || !oakuk_placement_ok(p)) {
     g_autofree char *detail = g_strjoinv("; ", (char **)lines->pdata);
-    set_status(service, inst, OAKUK_STATUS_NO_ACTIVE_CLUSTER, detail);
-    od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", key, "status", "NoActiveClusterWithCapacity", "msg", detail,
-           NULL);
+    int32_t status = unqualified ? OAKUK_STATUS_NO_QUALIFIED_WORKER : OAKUK_STATUS_NO_ACTIVE_CLUSTER;
+    set_status(service, inst, status, detail);
+    od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", key, "status", oakuk_instance_status_name(status), "msg",
+           detail, NULL);
     oakuk_placement_unref(p);
     return TRUE;
   }

@@ -199,12 +199,16 @@ class E2E(unittest.TestCase):
         text = "\n".join(explain["lines"])
         for n in ("n2", "n3"):
             self.assertTrue(any(n in l and "cpu" in l.lower() for l in explain["lines"]), text)
-        # emulation forbidden: no node has KVM. The root already refuses from the cluster's aggregate...
+        # emulation forbidden: no node has KVM. The root refuses from the cluster's aggregate and the
+        # node list it carries: NO_QUALIFIED_WORKER_FOUND, naming each node's reason...
         self.deploy("forbid")
         bad = wait_until("forbid refused", lambda: (lambda i: i if i and i["status"] in (
             "NO_QUALIFIED_WORKER_FOUND", "NoActiveClusterWithCapacity") else None)(self.instance("forbid")),
             timeout=30)
-        self.assertRegex(bad["status_detail"], r"edge1: .*emulation")
+        self.assertEqual(bad["status"], "NO_QUALIFIED_WORKER_FOUND", bad["status_detail"])
+        self.assertRegex(bad["status_detail"], r"cluster edge1: .*emulation")
+        for n, why in (("n1", r"unikernel"), ("n2", r"emulation"), ("n3", r"emulation")):
+            self.assertRegex(bad["status_detail"], r"cluster edge1: node %s: [^;]*%s" % (n, why))
         # ...and the cluster, handed the same job as the root would send it, names each node's reason
         job = e.api("GET", "/api/v1/services/" + self.sid["forbid"]).json()
         job.pop("instance_list", None)

@@ -183,8 +183,9 @@ class CliTest(unittest.TestCase):
         # refused by the cluster: the root's explanation and the cluster's node-level one
         rc, out, err = self.oakuk("deploy", "pinned", "--wait", "--timeout", "60")
         self.assertEqual(rc, 1, out + err)
-        self.assertIn("NoActiveClusterWithCapacity", err)
-        self.assertIn("NO_QUALIFIED_WORKER_FOUND", out + err)
+        # no node anywhere qualifies (the pin names an unknown node): the root says so, node by node
+        self.assertIn("instance 0 of shop.test.pinned.test: NO_QUALIFIED_WORKER_FOUND", err)
+        self.assertIn("cluster edge1: node node-a: excluded by direct constraint (allowed nodes: node-z)", err)
         self.assertIn("refused by cluster ", out)
         self.assertIn("cluster edge1: node selection for instance 0:", out)
         self.assertRegex(out, r"\n  node node-a: .*")
