@@ -448,7 +448,10 @@ static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
 static char *precheck(Inst *i) {
   Node *n = i->node;
   if (i->virt == OAKUK_VIRT_CONTAINER && n->ctr_rt == NULL)
-    return g_strdup("placement: this node has no container runtime (runc not found)");
+    return g_strdup(n->offer_container ? "placement: this node has no container runtime (runc not found)"
+                                       : "placement: this node does not offer containers (--virtualization)");
+  if (i->virt == OAKUK_VIRT_UNIKERNEL && !n->offer_unikernel)
+    return g_strdup("placement: this node does not offer unikernels (--virtualization)");
   if (i->code == NULL || *i->code == '\0')
     return g_strdup_printf("placement: the job has no %s code for %s", oakuk_virt_name(i->virt), i->arch);
   if (i->virt == OAKUK_VIRT_UNIKERNEL) {

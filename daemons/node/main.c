@@ -54,15 +54,42 @@ gboolean node_publish(Node *n, const char *leaf, const char *text) {
 /* ---- settings ---- */
 
 typedef struct {
-  char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip;
+  char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip, *virtualization,
+      *insecure_registries;
   gboolean allow_emulation, stop_instances;
   gint report_interval;
 } Args;
 
 static void args_clear(Args *a) {
-  char **strs[] = {&a->state_dir, &a->cluster_url, &a->join_token, &a->join_token_file, &a->name, &a->underlay_ip};
+  char **strs[] = {&a->state_dir, &a->cluster_url, &a->join_token, &a->join_token_file, &a->name, &a->underlay_ip,
+                   &a->virtualization, &a->insecure_registries};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
+}
+
+/* "--virtualization container,unikernel" (config [node] virtualization): what this node offers.
+ * Default: both, each where the machine can (runc present; KVM, or emulation allowed). */
+static gboolean parse_virtualization(Node *n, GKeyFile *kf, const char *arg, GError **error) {
+  g_autofree char *conf = NULL;
+  if (arg == NULL && !od_config_string(kf, "node", "virtualization", NULL, &conf, error))
+    return FALSE;
+  const char *text = arg ? arg : conf;
+  n->offer_container = n->offer_unikernel = text == NULL;
+  if (text == NULL)
+    return TRUE;
+  g_auto(GStrv) parts = g_strsplit(text, ",", -1);
+  for (char **p = parts; *p; p++) {
+    int32_t v = oakuk_virt_from_name(g_strstrip(*p));
+    if (v == OAKUK_VIRT_CONTAINER)
+      n->offer_container = TRUE;
+    else if (v == OAKUK_VIRT_UNIKERNEL)
+      n->offer_unikernel = TRUE;
+    else {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "virtualization \"%s\": expected container and/or unikernel", *p);
+      return FALSE;
+    }
+  }
+  return TRUE;
 }
 
 static gboolean config_bool(GKeyFile *kf, const char *key, gboolean *out, GError **error) {
@@ -132,6 +159,14 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
     return FALSE;
   n->allow_emulation |= a->allow_emulation;
   n->stop_instances |= a->stop_instances;
+  if (!parse_virtualization(n, kf, a->virtualization, error))
+    return FALSE;
+  g_autofree char *insecure = NULL;
+  if (a->insecure_registries == NULL &&
+      !od_config_string(kf, "node", "insecure_registries", NULL, &insecure, error))
+    return FALSE;
+  g_free(n->insecure_registries);
+  n->insecure_registries = g_strdup(a->insecure_registries ? a->insecure_registries : insecure);
   if (n->cluster_url == NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--cluster-url (or config [node] cluster_url) is required");
     return FALSE;
@@ -469,8 +504,13 @@ static gboolean make_runtimes(Node *n, GError **error) {
   }
   oakuk_runtime_set_status_callback(n->uk_rt, insts_on_runtime_status, n);
   g_autofree char *ctr_dir = node_state_path(n, "container");
-  n->ctr_rt = oakuk_container_runtime_new(ctr_dir, NULL, &err);
-  if (n->ctr_rt == NULL) {
+  oakuk_container_options co;
+  oakuk_container_options_init(&co, OAKUK_CONTAINER_OPTIONS_VERSION);
+  co.insecure_registries = n->insecure_registries;
+  if (!n->offer_container) {
+    od_log(G_LOG_LEVEL_MESSAGE, "runtime", "virtualization", "container", "msg", "disabled by --virtualization",
+           "action", "containers are not offered", NULL);
+  } else if ((n->ctr_rt = oakuk_container_runtime_new(ctr_dir, &co, &err)) == NULL) {
     od_log(G_LOG_LEVEL_MESSAGE, "runtime", "virtualization", "container", "msg", oakuk_error_message(err),
            "action", "containers are not offered", NULL);
     oakuk_error_free(err);
@@ -512,7 +552,7 @@ static void node_free(Node *n) {
   g_clear_pointer(&n->loop, g_main_loop_unref);
   g_clear_pointer(&n->config, g_key_file_unref);
   char **strs[] = {&n->state_dir, &n->cluster_url, &n->join_token, &n->name, &n->underlay_ip, &n->id,
-                   &n->mqtt_host, &n->mqtt_username, &n->mqtt_password, &n->subnet};
+                   &n->mqtt_host, &n->mqtt_username, &n->mqtt_password, &n->subnet, &n->insecure_registries};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -572,6 +612,10 @@ int main(int argc, char **argv) {
        "NAME"},
       {"underlay-ip", 0, 0, G_OPTION_ARG_STRING, &a.underlay_ip,
        "Address other nodes reach this one at (default: source address of the route to the cluster)", "IP"},
+      {"virtualization", 0, 0, G_OPTION_ARG_STRING, &a.virtualization,
+       "What this node offers: container,unikernel (default: both, where the machine can)", "LIST"},
+      {"insecure-registries", 0, 0, G_OPTION_ARG_STRING, &a.insecure_registries,
+       "Registries pulled over plain http (default: loopback only)", "HOST[:PORT],..."},
       {"allow-emulation", 0, 0, G_OPTION_ARG_NONE, &a.allow_emulation,
        "Run and advertise unikernels under TCG (no KVM, or foreign architectures)", NULL},
       {"report-interval", 0, 0, G_OPTION_ARG_INT, &a.report_interval, "Seconds between reports (default 2)", "S"},

@@ -69,6 +69,8 @@ struct Node {
   char *name;
   char *underlay_ip;
   gboolean allow_emulation;
+  gboolean offer_container, offer_unikernel; /* --virtualization */
+  char *insecure_registries;                 /* container pulls over http: "host[:port],..." */
   gboolean stop_instances;
   gint64 report_interval_ms;
 

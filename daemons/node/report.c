@@ -104,7 +104,8 @@ char *node_report_json(Node *n) {
   JsonArray *virt = json_array_new();
   if (n->ctr_rt != NULL)
     json_array_add_string_element(virt, "container");
-  gboolean uk = oakuk_qemu_caps_accel(n->caps) != OAKUK_ACCEL_NONE || oakuk_qemu_caps_emulated_arch_count(n->caps) > 0;
+  gboolean uk = n->offer_unikernel && (oakuk_qemu_caps_accel(n->caps) != OAKUK_ACCEL_NONE ||
+                                       oakuk_qemu_caps_emulated_arch_count(n->caps) > 0);
   if (uk)
     json_array_add_string_element(virt, "unikernel");
   json_object_set_array_member(o, "virtualization", virt);

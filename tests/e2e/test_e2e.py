@@ -3,7 +3,7 @@
 "host" a network namespace on a test underlay bridge (tests/e2e/e2elib.py). Needs root.
 
   ctl  172.31.251.1   root, cluster, guest file server, registry (storage shared with the nodes')
-  n1   172.31.251.11  containers only (no --allow-emulation; this machine has no usable KVM)
+  n1   172.31.251.11  containers only (--virtualization container)
   n2   172.31.251.12  --allow-emulation, only qemu-system-x86_64 in PATH: amd64 unikernels (TCG)
   n3   172.31.251.13  --allow-emulation, every QEMU: amd64 (TCG) and emulated arm64 unikernels
 
@@ -72,7 +72,7 @@ class E2E(unittest.TestCase):
         e.start_root()
         e.start_cluster(CTL_IP, node_timeout=NODE_TIMEOUT, extra=["--mosquitto", wrapper])
         cls.nodes = {
-            "n1": e.start_node("n1", "n1", ["--stop-instances"]),
+            "n1": e.start_node("n1", "n1", ["--virtualization", "container", "--stop-instances"]),
             "n2": e.start_node("n2", "n2", ["--allow-emulation", "--stop-instances"],
                                env=e.path_without(["qemu-system-aarch64", "qemu-system-arm"], "n2")),
             "n3": e.start_node("n3", "n3", ["--allow-emulation", "--stop-instances"]),
