@@ -319,15 +319,6 @@ static void h_healthz(Req *q) {
   reply_object(q, SOUP_STATUS_OK, o);
 }
 
-static gint64 count(Cluster *c, const char *sql) {
-  g_autofree char *v = od_db_query_text(c->db, sql, NULL);
-  return v ? g_ascii_strtoll(v, NULL, 10) : 0;
-}
-
-static gint compare_codes(gconstpointer a, gconstpointer b) {
-  return (gint)GPOINTER_TO_UINT(a) - (gint)GPOINTER_TO_UINT(b);
-}
-
 static void h_metrics(Req *q) {
   Cluster *c = q->c;
   GString *out = g_string_new(NULL);
@@ -338,7 +329,7 @@ static void h_metrics(Req *q) {
   while (g_hash_table_iter_next(&it, NULL, &v))
     active += cluster_now_ms() - oakuk_node_report_received_at_ms(v) <= c->node_timeout_ms;
   g_string_append_printf(out, "# TYPE oakuk_cluster_nodes gauge\noakuk_cluster_nodes %" G_GINT64_FORMAT "\n",
-                         count(c, "SELECT COUNT(*) FROM nodes"));
+                         od_db_count(c->db, "SELECT COUNT(*) FROM nodes"));
   g_string_append_printf(out, "# TYPE oakuk_cluster_nodes_active gauge\noakuk_cluster_nodes_active %u\n", active);
   g_string_append(out, "# TYPE oakuk_cluster_instances gauge\n");
   g_autoptr(sqlite3_stmt) st =
@@ -347,9 +338,9 @@ static void h_metrics(Req *q) {
     g_string_append_printf(out, "oakuk_cluster_instances{status=\"%s\"} %lld\n", sqlite3_column_text(st, 0),
                            (long long)sqlite3_column_int64(st, 1));
   g_string_append_printf(out, "# TYPE oakuk_cluster_deliveries_pending gauge\noakuk_cluster_deliveries_pending %"
-                         G_GINT64_FORMAT "\n", count(c, "SELECT COUNT(*) FROM deliveries"));
+                         G_GINT64_FORMAT "\n", od_db_count(c->db, "SELECT COUNT(*) FROM deliveries"));
   g_string_append_printf(out, "# TYPE oakuk_cluster_status_pending gauge\noakuk_cluster_status_pending %"
-                         G_GINT64_FORMAT "\n", count(c, "SELECT COUNT(*) FROM status_outbox"));
+                         G_GINT64_FORMAT "\n", od_db_count(c->db, "SELECT COUNT(*) FROM status_outbox"));
   g_string_append_printf(out, "# TYPE oakuk_cluster_mqtt_connected gauge\noakuk_cluster_mqtt_connected %d\n",
                          c->mqtt_up ? 1 : 0);
   g_string_append_printf(out, "# TYPE oakuk_cluster_mqtt_rejected_total counter\noakuk_cluster_mqtt_rejected_total %"
@@ -358,16 +349,7 @@ static void h_metrics(Req *q) {
                          "oakuk_cluster_broker_restarts_total %u\n", c->broker_restarts);
   g_string_append_printf(out, "# TYPE oakuk_cluster_registered gauge\noakuk_cluster_registered %d\n",
                          c->token != NULL);
-  g_string_append(out, "# TYPE oakuk_cluster_http_requests_total counter\n");
-  g_autoptr(GList) codes = g_hash_table_get_keys(c->http_counts);
-  codes = g_list_sort(codes, compare_codes);
-  for (GList *l = codes; l != NULL; l = l->next)
-    g_string_append_printf(out, "oakuk_cluster_http_requests_total{code=\"%u\"} %u\n", GPOINTER_TO_UINT(l->data),
-                           GPOINTER_TO_UINT(g_hash_table_lookup(c->http_counts, l->data)));
-  soup_server_message_set_status(q->msg, SOUP_STATUS_OK, NULL);
-  gsize len = out->len;
-  soup_server_message_set_response(q->msg, "text/plain; version=0.0.4", SOUP_MEMORY_TAKE, g_string_free(out, FALSE),
-                                   len);
+  od_http_reply_metrics(q->msg, out, "oakuk_cluster", c->http_counts);
 }
 
 /* ---- routing ---- */

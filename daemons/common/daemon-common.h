@@ -118,6 +118,9 @@ gboolean od_path_match(char **seg, const char *pattern, const char **cap, guint 
 void od_http_reply_no_route(SoupServerMessage *msg, const char *method, const char *path, const char *allowed);
 /* Counts finished requests by status code into counts (guint code -> guint count), for /metrics. */
 void od_http_count_requests(SoupServer *server, GHashTable *counts);
+/* Replies to /metrics with the Prometheus text in out (taken) after appending the counter
+ * <prefix>_http_requests_total{code="..."} from counts. */
+void od_http_reply_metrics(SoupServerMessage *msg, GString *out, const char *prefix, GHashTable *counts);
 
 /* ---- SQLite ---- */
 
@@ -125,6 +128,8 @@ void od_http_count_requests(SoupServer *server, GHashTable *counts);
  * and a small page cache. */
 sqlite3 *od_db_open(const char *path, GError **error);
 gboolean od_db_exec(sqlite3 *db, const char *sql, GError **error);
+/* The integer a "SELECT COUNT(*) ..." without parameters answers; 0 on any failure. */
+gint64 od_db_count(sqlite3 *db, const char *sql);
 sqlite3_stmt *od_db_prepare(sqlite3 *db, const char *sql, GError **error);
 /* Binds the text values (the list ends with NULL) to ?1..?n and steps once; TRUE for
  * SQLITE_ROW/SQLITE_DONE, an error naming sqlite's message otherwise. */

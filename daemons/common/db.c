@@ -83,3 +83,8 @@ char *od_db_query_text(sqlite3 *db, const char *sql, ...) {
     return NULL;
   return g_strdup((const char *)sqlite3_column_text(st, 0));
 }
+
+gint64 od_db_count(sqlite3 *db, const char *sql) {
+  g_autofree char *v = od_db_query_text(db, sql, NULL);
+  return v ? g_ascii_strtoll(v, NULL, 10) : 0;
+}

@@ -181,6 +181,22 @@ void od_http_count_requests(SoupServer *server, GHashTable *counts) {
   g_signal_connect(server, "request-finished", G_CALLBACK(count_request), counts);
 }
 
+static gint compare_codes(gconstpointer a, gconstpointer b) {
+  return (gint)GPOINTER_TO_UINT(a) - (gint)GPOINTER_TO_UINT(b);
+}
+
+void od_http_reply_metrics(SoupServerMessage *msg, GString *out, const char *prefix, GHashTable *counts) {
+  g_string_append_printf(out, "# TYPE %s_http_requests_total counter\n", prefix);
+  g_autoptr(GList) codes = g_list_sort(g_hash_table_get_keys(counts), compare_codes);
+  for (GList *l = codes; l != NULL; l = l->next)
+    g_string_append_printf(out, "%s_http_requests_total{code=\"%u\"} %u\n", prefix, GPOINTER_TO_UINT(l->data),
+                           GPOINTER_TO_UINT(g_hash_table_lookup(counts, l->data)));
+  soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
+  gsize len = out->len;
+  soup_server_message_set_response(msg, "text/plain; version=0.0.4", SOUP_MEMORY_TAKE, g_string_free(out, FALSE),
+                                   len);
+}
+
 char **od_path_split(const char *path) {
   g_auto(GStrv) raw = g_strsplit(path ? path : "", "/", 0);
   GPtrArray *out = g_ptr_array_new();

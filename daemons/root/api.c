@@ -190,22 +190,13 @@ static void h_healthz(Req *q) {
   reply_object(q, SOUP_STATUS_OK, o);
 }
 
-static gint64 count(Root *r, const char *sql) {
-  g_autofree char *v = od_db_query_text(r->db, sql, NULL);
-  return v ? g_ascii_strtoll(v, NULL, 10) : 0;
-}
-
-static gint compare_codes(gconstpointer a, gconstpointer b) {
-  return (gint)GPOINTER_TO_UINT(a) - (gint)GPOINTER_TO_UINT(b);
-}
-
 static void h_metrics(Req *q) {
   Root *r = q->r;
   GString *out = g_string_new(NULL);
   g_string_append_printf(out, "# TYPE oakuk_root_applications gauge\noakuk_root_applications %" G_GINT64_FORMAT "\n",
-                         count(r, "SELECT COUNT(*) FROM applications"));
+                         od_db_count(r->db, "SELECT COUNT(*) FROM applications"));
   g_string_append_printf(out, "# TYPE oakuk_root_services gauge\noakuk_root_services %" G_GINT64_FORMAT "\n",
-                         count(r, "SELECT COUNT(*) FROM services"));
+                         od_db_count(r->db, "SELECT COUNT(*) FROM services"));
   g_string_append(out, "# TYPE oakuk_root_instances gauge\n");
   g_autoptr(sqlite3_stmt) st = od_db_prepare(
       r->db,
@@ -222,20 +213,11 @@ static void h_metrics(Req *q) {
   while (g_hash_table_iter_next(&it, &k, NULL))
     active += root_cluster_active(r, k);
   g_string_append_printf(out, "# TYPE oakuk_root_clusters gauge\noakuk_root_clusters %" G_GINT64_FORMAT "\n",
-                         count(r, "SELECT COUNT(*) FROM clusters"));
+                         od_db_count(r->db, "SELECT COUNT(*) FROM clusters"));
   g_string_append_printf(out, "# TYPE oakuk_root_clusters_active gauge\noakuk_root_clusters_active %u\n", active);
   g_string_append_printf(out, "# TYPE oakuk_root_forwards_pending gauge\noakuk_root_forwards_pending %" G_GINT64_FORMAT
-                         "\n", count(r, "SELECT COUNT(*) FROM forwards"));
-  g_string_append(out, "# TYPE oakuk_root_http_requests_total counter\n");
-  g_autoptr(GList) codes = g_hash_table_get_keys(r->http_counts);
-  codes = g_list_sort(codes, compare_codes);
-  for (GList *l = codes; l != NULL; l = l->next)
-    g_string_append_printf(out, "oakuk_root_http_requests_total{code=\"%u\"} %u\n", GPOINTER_TO_UINT(l->data),
-                           GPOINTER_TO_UINT(g_hash_table_lookup(r->http_counts, l->data)));
-  soup_server_message_set_status(q->msg, SOUP_STATUS_OK, NULL);
-  gsize len = out->len;
-  soup_server_message_set_response(q->msg, "text/plain; version=0.0.4", SOUP_MEMORY_TAKE,
-                                   g_string_free(out, FALSE), len);
+                         "\n", od_db_count(r->db, "SELECT COUNT(*) FROM forwards"));
+  od_http_reply_metrics(q->msg, out, "oakuk_root", r->http_counts);
 }
 
 static void reply_tokens(Req *q, const char *user) {
