@@ -19,72 +19,15 @@ import unittest
 
 import requests
 
+from edgelib import MOSQUITTO, PROCS, Daemon, ports, spawn, stop, wait_until  # noqa: E402
+
 ROOT_BIN = CLUSTER_BIN = None
-MOSQUITTO = "/usr/sbin/mosquitto"
-PROCS = []  # every process started here, killed at the end whatever happens
-
-
-def ports(n):
-    base = random.randrange(30000, 60000 - n)
-    return list(range(base, base + n))
-
-
-def spawn(argv, **kw):
-    p = subprocess.Popen(argv, **kw)
-    PROCS.append(p)
-    return p
-
-
-def stop(p, sig=signal.SIGTERM):
-    if p.poll() is None:
-        p.send_signal(sig)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def wait_until(what, fn, timeout=20, interval=0.2):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except (requests.RequestException, KeyError, ValueError, IndexError) as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
 
 
 def report(node_id, memory, instances=(), ip="127.0.0.1"):
     return {"id": node_id, "host": node_id, "ip": ip, "architecture": "amd64", "cpu_percent": 5.0, "vcpus": 4,
             "memory": memory, "memory_total": 8192, "memory_percent": 10.0, "virtualization": ["container"],
             "instances": [{"name": n, "status": "RUNNING", "cpu_percent": 1.0, "memory_mb": 10} for n in instances]}
-
-
-class Daemon:
-    def __init__(self, argv, log_path):
-        self.argv, self.log_path = argv, log_path
-        self.proc = None
-
-    def start(self):
-        self.log = open(self.log_path, "ab")
-        self.proc = spawn(self.argv, stdout=subprocess.DEVNULL, stderr=self.log)
-
-    def stop(self):
-        stop(self.proc)
-        self.log.close()
-
-    def text(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def grep(self, prefix):
-        return wait_until(prefix, lambda: next((l.split(prefix, 1)[1].strip() for l in self.text().splitlines()
-                                                if l.startswith(prefix)), None), timeout=10)
 
 
 class FakeNode:
