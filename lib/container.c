@@ -43,8 +43,7 @@ typedef struct {
   guint grace_s;
   GPid pid;
   guint64 start_time;
-  GSource *exit_source;
-  int pidfd;
+  OakukProcWatch watch;
   bool preparing, running, exited, stopping, cleaning;
   bool release_removes; /* the release in progress also removes the directory */
   GSource *timer;
@@ -456,21 +455,9 @@ static void clear_timer(Instance *i) {
   }
 }
 
-static void drop_exit_source(Instance *i) {
-  if (i->exit_source) {
-    g_source_destroy(i->exit_source);
-    g_source_unref(i->exit_source);
-    i->exit_source = NULL;
-  }
-  if (i->pidfd >= 0) {
-    close(i->pidfd);
-    i->pidfd = -1;
-  }
-}
-
 static void detach(Instance *i) {
   clear_timer(i);
-  drop_exit_source(i);
+  oakuk_proc_watch_clear(&i->watch);
   if (i->c)
     g_hash_table_remove(i->c->instances, i->name);
 }
@@ -532,7 +519,7 @@ static void on_exited(Instance *i, int wait_status) {
   i->exited = true;
   i->pid = 0;
   clear_timer(i);
-  drop_exit_source(i);
+  oakuk_proc_watch_clear(&i->watch);
   if (i->stopping) {
     start_release(i);
     return;
@@ -554,44 +541,12 @@ static void on_exited(Instance *i, int wait_status) {
   start_release(i); /* frees the cgroup and the overlay; the directory stays for the logs */
 }
 
-static void on_child_exit(GPid pid, gint wait_status, gpointer data) {
-  Instance *i = data;
-  g_spawn_close_pid(pid);
-  if (i->exit_source) {
-    g_source_unref(i->exit_source);
-    i->exit_source = NULL;
-  }
-  on_exited(i, wait_status);
-}
-
-static gboolean on_pidfd(gint fd, GIOCondition cond, gpointer data) {
-  Instance *i = data;
-  int ws, st = -1;
-  if (waitpid(i->pid, &ws, WNOHANG) == i->pid)
-    st = ws;
-  if (i->exit_source) {
-    g_source_unref(i->exit_source);
-    i->exit_source = NULL;
-  }
-  on_exited(i, st);
-  return G_SOURCE_REMOVE;
+static void exited_cb(int wait_status, gpointer data) {
+  on_exited(data, wait_status);
 }
 
 static void watch_child(Instance *i) {
-  i->exit_source = g_child_watch_source_new(i->pid);
-  g_source_set_callback(i->exit_source, G_SOURCE_FUNC(on_child_exit), inst_ref(i), (GDestroyNotify)inst_unref);
-  g_source_attach(i->exit_source, i->c->rt->context);
-}
-
-static gboolean watch_pidfd(Instance *i) {
-  int fd = (int)syscall(SYS_pidfd_open, i->pid, 0);
-  if (fd < 0)
-    return FALSE;
-  i->pidfd = fd;
-  i->exit_source = g_unix_fd_source_new(fd, G_IO_IN);
-  g_source_set_callback(i->exit_source, G_SOURCE_FUNC(on_pidfd), inst_ref(i), (GDestroyNotify)inst_unref);
-  g_source_attach(i->exit_source, i->c->rt->context);
-  return TRUE;
+  oakuk_proc_watch_child(&i->watch, i->pid, i->c->rt->context, exited_cb, inst_ref(i), (GDestroyNotify)inst_unref);
 }
 
 /* ---- stop ---- */
@@ -835,7 +790,7 @@ static Instance *instance_new(ContainerRuntime *c, const char *name) {
   i->c = c;
   i->name = g_strdup(name);
   i->dir = g_build_filename(c->instances_dir, name, NULL);
-  i->pidfd = -1;
+  i->watch = (OakukProcWatch)OAKUK_PROC_WATCH_INIT;
   i->grace_s = c->env.opts.stop_grace_s;
   env_copy(&i->env, &c->env);
   g_hash_table_insert(c->instances, i->name, i);
@@ -975,11 +930,10 @@ static gboolean adopt_one(ContainerRuntime *c, const char *name) {
   if (runc_state(&c->env, name, &status, &pid) && strcmp(status, "running") == 0 && pid > 0 &&
       oakuk_proc_stat(pid, &state, NULL, &start) && start == i->start_time && state != 'Z') {
     i->pid = pid;
-    if (watch_pidfd(i)) {
-      emit(i, OAKUK_STATUS_RUNNING, NULL);
-      return TRUE;
-    }
-    i->pid = 0;
+    oakuk_proc_watch_adopted(&i->watch, pid, start, c->rt->context, exited_cb, inst_ref(i),
+                             (GDestroyNotify)inst_unref);
+    emit(i, OAKUK_STATUS_RUNNING, NULL);
+    return TRUE;
   }
   on_exited(i, -1);
   return FALSE;
@@ -1005,7 +959,7 @@ static void c_finalize(oakuk_runtime *rt) {
     Instance *i = inst_ref(l->data);
     gboolean stop_it = !rt->keep_instances && !i->exited && i->pid > 0;
     GPid pid = i->pid;
-    gboolean own = i->exit_source && i->pidfd < 0;
+    gboolean own = oakuk_proc_watch_active(&i->watch) && i->watch.child;
     detach(i);
     i->c = NULL;
     if (stop_it) {

@@ -44,8 +44,7 @@ typedef struct {
   Cgroup cg;
   GPid pid;
   guint64 start_time;
-  GSource *exit_source;
-  int pidfd;
+  OakukProcWatch watch;
   bool preparing, running, exited, stopping;
   GCancellable *cancel;
   GSocketConnection *conn;
@@ -267,22 +266,10 @@ static void qmp_close(Instance *i) {
   g_clear_object(&i->conn);
 }
 
-static void drop_exit_source(Instance *i) {
-  if (i->exit_source) {
-    g_source_destroy(i->exit_source);
-    g_source_unref(i->exit_source);
-    i->exit_source = NULL;
-  }
-  if (i->pidfd >= 0) {
-    close(i->pidfd);
-    i->pidfd = -1;
-  }
-}
-
 /* Stops watching and forgets the instance (its process and files are left as they are). */
 static void detach(Instance *i) {
   clear_timer(i);
-  drop_exit_source(i);
+  oakuk_proc_watch_clear(&i->watch);
   qmp_close(i);
   if (i->q)
     g_hash_table_remove(i->q->instances, i->name); /* drops the table's reference */
@@ -327,7 +314,7 @@ static void on_exited(Instance *i, int wait_status) {
   i->exited = true;
   i->pid = 0;
   clear_timer(i);
-  drop_exit_source(i);
+  oakuk_proc_watch_clear(&i->watch);
   qmp_close(i);
   cgroup_remove(&i->cg);
   if (i->stopping) {
@@ -358,53 +345,8 @@ static void on_exited(Instance *i, int wait_status) {
   emit(i, status, detail);
 }
 
-static void on_child_exit(GPid pid, gint wait_status, gpointer data) {
-  Instance *i = data;
-  g_spawn_close_pid(pid);
-  if (i->exit_source) { /* the source is finishing: do not destroy it from its own callback */
-    g_source_unref(i->exit_source);
-    i->exit_source = NULL;
-  }
-  on_exited(i, wait_status);
-}
-
-static gboolean on_pidfd(gint fd, GIOCondition cond, gpointer data) {
-  Instance *i = data;
-  int st = -1, ws;
-  /* Reap it if it happens to be our child (a runtime of this process that let it run). */
-  if (waitpid(i->pid, &ws, WNOHANG) == i->pid)
-    st = ws;
-  on_exited(i, st);
-  return G_SOURCE_REMOVE;
-}
-
-/* Watches an adopted process: pidfd when the kernel has it, else a 100 ms liveness poll. */
-static gboolean poll_alive(gpointer data) {
-  Instance *i = data;
-  guint64 start = 0;
-  char state = 0;
-  if (oakuk_proc_stat(i->pid, &state, NULL, &start) && start == i->start_time && state != 'Z')
-    return G_SOURCE_CONTINUE;
-  int ws, st = -1;
-  if (waitpid(i->pid, &ws, WNOHANG) == i->pid)
-    st = ws;
-  g_source_unref(i->exit_source);
-  i->exit_source = NULL;
-  on_exited(i, st);
-  return G_SOURCE_REMOVE;
-}
-
-static void watch_adopted(Instance *i) {
-  int fd = (int)syscall(SYS_pidfd_open, i->pid, 0);
-  if (fd >= 0) {
-    i->pidfd = fd;
-    i->exit_source = g_unix_fd_source_new(fd, G_IO_IN);
-    g_source_set_callback(i->exit_source, G_SOURCE_FUNC(on_pidfd), inst_ref(i), (GDestroyNotify)inst_unref);
-  } else {
-    i->exit_source = g_timeout_source_new(100);
-    g_source_set_callback(i->exit_source, poll_alive, inst_ref(i), (GDestroyNotify)inst_unref);
-  }
-  g_source_attach(i->exit_source, i->q->rt->context);
+static void exited_cb(int wait_status, gpointer data) {
+  on_exited(data, wait_status);
 }
 
 /* ---- QMP ---- */
@@ -660,9 +602,7 @@ static gboolean spawn_qemu(Instance *i, GError **error) {
     return FALSE;
   i->pid = pid;
   oakuk_proc_stat(pid, NULL, NULL, &i->start_time);
-  i->exit_source = g_child_watch_source_new(pid);
-  g_source_set_callback(i->exit_source, G_SOURCE_FUNC(on_child_exit), inst_ref(i), (GDestroyNotify)inst_unref);
-  g_source_attach(i->exit_source, i->q->rt->context);
+  oakuk_proc_watch_child(&i->watch, pid, i->q->rt->context, exited_cb, inst_ref(i), (GDestroyNotify)inst_unref);
   return TRUE;
 }
 
@@ -717,7 +657,7 @@ static Instance *instance_new(QemuRuntime *q, const char *name) {
   i->q = q;
   i->name = g_strdup(name);
   i->dir = g_build_filename(q->instances_dir, name, NULL);
-  i->pidfd = -1;
+  i->watch = (OakukProcWatch)OAKUK_PROC_WATCH_INIT;
   i->cancel = g_cancellable_new();
   g_hash_table_insert(q->instances, i->name, i);
   return i;
@@ -848,7 +788,8 @@ static gboolean adopt_one(QemuRuntime *q, const char *name) {
   /* The start time guards against a recycled pid now belonging to another process. */
   if (i->pid > 0 && oakuk_proc_stat(i->pid, &state, NULL, &start) && start == i->start_time && state != 'Z') {
     i->running = false;
-    watch_adopted(i);
+    oakuk_proc_watch_adopted(&i->watch, i->pid, i->start_time, i->q->rt->context, exited_cb, inst_ref(i),
+                             (GDestroyNotify)inst_unref);
     i->qmp_deadline = g_get_monotonic_time() + QMP_WAIT_MS * 1000;
     qmp_connect(i);
     return TRUE;
@@ -879,7 +820,7 @@ static void q_finalize(oakuk_runtime *rt) {
     Instance *i = inst_ref(l->data);
     gboolean stop = !rt->keep_instances && !i->exited && i->pid > 0;
     GPid pid = i->pid;
-    gboolean own = i->exit_source && i->pidfd < 0;
+    gboolean own = oakuk_proc_watch_active(&i->watch) && i->watch.child;
     detach(i);
     i->q = NULL;
     if (stop) {

@@ -22,6 +22,32 @@ char *oakuk_cgroup_v1_mount(const char *controller);
  * boot (which, with the pid, names a process uniquely). Any output may be NULL. */
 gboolean oakuk_proc_stat(GPid pid, char *state, guint64 *ticks, guint64 *start_time);
 
+/* Watches one process for its end, on a GMainContext: a child of ours through g_child_watch (which
+ * reaps it and gives its wait status), a process we did not spawn through its pidfd, or where
+ * pidfd_open is missing a 100 ms liveness poll guarded by the start time (against pid reuse).
+ * fn runs once with the wait status (-1 when unknown); data is released with destroy afterwards.
+ * The struct is embedded in its owner and must stay at the same address while watched. */
+typedef void (*OakukExitFunc)(int wait_status, gpointer data);
+
+typedef struct {
+  GSource *source;
+  int pidfd;
+  GPid pid;
+  guint64 start_time;
+  gboolean child;
+} OakukProcWatch;
+
+#define OAKUK_PROC_WATCH_INIT {NULL, -1, 0, 0, FALSE}
+
+void oakuk_proc_watch_child(OakukProcWatch *w, GPid pid, GMainContext *ctx, OakukExitFunc fn, gpointer data,
+                            GDestroyNotify destroy);
+void oakuk_proc_watch_adopted(OakukProcWatch *w, GPid pid, guint64 start_time, GMainContext *ctx, OakukExitFunc fn,
+                              gpointer data, GDestroyNotify destroy);
+/* TRUE while a watch is attached and has not fired. */
+gboolean oakuk_proc_watch_active(const OakukProcWatch *w);
+/* Stops watching (fn will not run) and closes the pidfd. */
+void oakuk_proc_watch_clear(OakukProcWatch *w);
+
 G_END_DECLS
 
 #endif

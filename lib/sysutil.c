@@ -3,6 +3,9 @@
 #include "oakuk-private.h"
 
 #include <errno.h>
+#include <glib-unix.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -78,4 +81,102 @@ gboolean oakuk_proc_stat(GPid pid, char *state, guint64 *ticks, guint64 *start_t
   if (start_time)
     *start_time = g_ascii_strtoull(f[19], NULL, 10);
   return TRUE;
+}
+
+typedef struct {
+  OakukProcWatch *w;
+  OakukExitFunc fn;
+  gpointer data;
+  GDestroyNotify destroy;
+} Watcher;
+
+static void watcher_free(gpointer p) {
+  Watcher *x = p;
+  if (x->destroy)
+    x->destroy(x->data);
+  g_free(x);
+}
+
+static Watcher *watcher_new(OakukProcWatch *w, OakukExitFunc fn, gpointer data, GDestroyNotify destroy) {
+  Watcher *x = g_new0(Watcher, 1);
+  *x = (Watcher){w, fn, data, destroy};
+  return x;
+}
+
+static void attach(OakukProcWatch *w, GSource *source, GSourceFunc cb, Watcher *x, GMainContext *ctx) {
+  w->source = source;
+  g_source_set_callback(source, cb, x, watcher_free);
+  g_source_attach(source, ctx);
+}
+
+/* The source is finishing: drop our reference (destroying it from its own callback is wrong). */
+static void finish(Watcher *x, int wait_status) {
+  g_clear_pointer(&x->w->source, g_source_unref);
+  x->fn(wait_status, x->data);
+}
+
+/* An exited process that happens to be our child still needs reaping. */
+static int reap(GPid pid) {
+  int ws;
+  return waitpid(pid, &ws, WNOHANG) == pid ? ws : -1;
+}
+
+static void on_child(GPid pid, gint wait_status, gpointer p) {
+  g_spawn_close_pid(pid);
+  finish(p, wait_status);
+}
+
+static gboolean on_pidfd(gint fd, GIOCondition cond, gpointer p) {
+  Watcher *x = p;
+  finish(x, reap(x->w->pid));
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean on_poll(gpointer p) {
+  Watcher *x = p;
+  guint64 start = 0;
+  char state = 0;
+  if (oakuk_proc_stat(x->w->pid, &state, NULL, &start) && start == x->w->start_time && state != 'Z')
+    return G_SOURCE_CONTINUE;
+  finish(x, reap(x->w->pid));
+  return G_SOURCE_REMOVE;
+}
+
+void oakuk_proc_watch_child(OakukProcWatch *w, GPid pid, GMainContext *ctx, OakukExitFunc fn, gpointer data,
+                            GDestroyNotify destroy) {
+  oakuk_proc_watch_clear(w);
+  w->pid = pid;
+  w->child = TRUE;
+  attach(w, g_child_watch_source_new(pid), G_SOURCE_FUNC(on_child), watcher_new(w, fn, data, destroy), ctx);
+}
+
+void oakuk_proc_watch_adopted(OakukProcWatch *w, GPid pid, guint64 start_time, GMainContext *ctx, OakukExitFunc fn,
+                              gpointer data, GDestroyNotify destroy) {
+  oakuk_proc_watch_clear(w);
+  w->pid = pid;
+  w->start_time = start_time;
+  Watcher *x = watcher_new(w, fn, data, destroy);
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (fd >= 0) {
+    w->pidfd = fd;
+    attach(w, g_unix_fd_source_new(fd, G_IO_IN), G_SOURCE_FUNC(on_pidfd), x, ctx);
+  } else {
+    attach(w, g_timeout_source_new(100), on_poll, x, ctx);
+  }
+}
+
+gboolean oakuk_proc_watch_active(const OakukProcWatch *w) {
+  return w->source != NULL;
+}
+
+void oakuk_proc_watch_clear(OakukProcWatch *w) {
+  if (w->source) {
+    g_source_destroy(w->source);
+    g_clear_pointer(&w->source, g_source_unref);
+  }
+  if (w->pidfd >= 0) {
+    close(w->pidfd);
+    w->pidfd = -1;
+  }
+  w->child = FALSE;
 }
