@@ -905,7 +905,8 @@ static int64_t c_pid(oakuk_runtime *rt, const char *name) {
   return i && !i->exited ? i->pid : 0;
 }
 
-static gboolean adopt_one(ContainerRuntime *c, const char *name) {
+static gboolean adopt_one(gpointer impl, const char *name) {
+  ContainerRuntime *c = impl;
   g_autofree char *dir = g_build_filename(c->instances_dir, name, NULL);
   g_autofree char *path = g_build_filename(dir, "instance.json", NULL);
   g_autoptr(JsonParser) p = json_parser_new();
@@ -941,15 +942,7 @@ static gboolean adopt_one(ContainerRuntime *c, const char *name) {
 
 static int c_adopt(oakuk_runtime *rt, GError **error) {
   ContainerRuntime *c = rt->impl;
-  g_autoptr(GDir) d = g_dir_open(c->instances_dir, 0, error);
-  if (!d)
-    return -1;
-  int n = 0;
-  const char *e;
-  while ((e = g_dir_read_name(d)))
-    if (!g_hash_table_contains(c->instances, e) && adopt_one(c, e))
-      n++;
-  return n;
+  return oakuk_adopt_dir(c->instances_dir, c->instances, adopt_one, c, error);
 }
 
 static void c_finalize(oakuk_runtime *rt) {
@@ -962,14 +955,8 @@ static void c_finalize(oakuk_runtime *rt) {
     gboolean own = oakuk_proc_watch_active(&i->watch) && i->watch.child;
     detach(i);
     i->c = NULL;
-    if (stop_it) {
-      kill(pid, SIGKILL);
-      if (own)
-        waitpid(pid, NULL, 0);
-      else
-        for (int k = 0; k < 200 && kill(pid, 0) == 0; k++)
-          g_usleep(10000);
-    }
+    if (stop_it)
+      oakuk_proc_kill_wait(pid, own);
     if (!rt->keep_instances && !i->preparing)
       release(&c->env, i->name, i->dir, TRUE);
     inst_unref(i);

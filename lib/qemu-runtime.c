@@ -763,7 +763,8 @@ static int64_t q_pid(oakuk_runtime *rt, const char *name) {
 }
 
 /* Adopts the instance in dir; returns TRUE when its QEMU is still alive. */
-static gboolean adopt_one(QemuRuntime *q, const char *name) {
+static gboolean adopt_one(gpointer impl, const char *name) {
+  QemuRuntime *q = impl;
   g_autofree char *dir = g_build_filename(q->instances_dir, name, NULL);
   g_autofree char *path = g_build_filename(dir, "instance.json", NULL);
   g_autoptr(JsonParser) p = json_parser_new();
@@ -802,15 +803,7 @@ static gboolean adopt_one(QemuRuntime *q, const char *name) {
 
 static int q_adopt(oakuk_runtime *rt, GError **error) {
   QemuRuntime *q = rt->impl;
-  g_autoptr(GDir) d = g_dir_open(q->instances_dir, 0, error);
-  if (!d)
-    return -1;
-  int n = 0;
-  const char *e;
-  while ((e = g_dir_read_name(d)))
-    if (!g_hash_table_contains(q->instances, e) && adopt_one(q, e))
-      n++;
-  return n;
+  return oakuk_adopt_dir(q->instances_dir, q->instances, adopt_one, q, error);
 }
 
 static void q_finalize(oakuk_runtime *rt) {
@@ -823,14 +816,8 @@ static void q_finalize(oakuk_runtime *rt) {
     gboolean own = oakuk_proc_watch_active(&i->watch) && i->watch.child;
     detach(i);
     i->q = NULL;
-    if (stop) {
-      kill(pid, SIGKILL);
-      if (own)
-        waitpid(pid, NULL, 0);
-      else
-        for (int k = 0; k < 200 && kill(pid, 0) == 0; k++)
-          g_usleep(10000);
-    }
+    if (stop)
+      oakuk_proc_kill_wait(pid, own);
     if (!rt->keep_instances && !i->preparing) {
       cgroup_remove(&i->cg);
       oakuk_rm_rf(i->dir, NULL);

@@ -48,6 +48,15 @@ gboolean oakuk_proc_watch_active(const OakukProcWatch *w);
 /* Stops watching (fn will not run) and closes the pidfd. */
 void oakuk_proc_watch_clear(OakukProcWatch *w);
 
+/* SIGKILLs pid and waits for it to be gone: reaped when it is our child, else (not ours to reap)
+ * until it disappears, for at most 2 s. For shutdown paths that cannot return to a main loop. */
+void oakuk_proc_kill_wait(GPid pid, gboolean own_child);
+
+/* Calls adopt(impl, name) for every entry of dir not already in known (name -> anything); returns
+ * how many adopt calls returned TRUE, or -1 with error when dir cannot be read. */
+int oakuk_adopt_dir(const char *dir, GHashTable *known, gboolean (*adopt)(gpointer impl, const char *name),
+                    gpointer impl, GError **error);
+
 G_END_DECLS
 
 #endif

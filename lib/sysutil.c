@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <glib-unix.h>
 #include <sys/syscall.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -179,4 +180,26 @@ void oakuk_proc_watch_clear(OakukProcWatch *w) {
     w->pidfd = -1;
   }
   w->child = FALSE;
+}
+
+void oakuk_proc_kill_wait(GPid pid, gboolean own_child) {
+  kill(pid, SIGKILL);
+  if (own_child)
+    waitpid(pid, NULL, 0);
+  else
+    for (int k = 0; k < 200 && kill(pid, 0) == 0; k++)
+      g_usleep(10000);
+}
+
+int oakuk_adopt_dir(const char *dir, GHashTable *known, gboolean (*adopt)(gpointer impl, const char *name),
+                    gpointer impl, GError **error) {
+  g_autoptr(GDir) d = g_dir_open(dir, 0, error);
+  if (!d)
+    return -1;
+  int n = 0;
+  const char *e;
+  while ((e = g_dir_read_name(d)))
+    if (!g_hash_table_contains(known, e) && adopt(impl, e))
+      n++;
+  return n;
 }
