@@ -140,22 +140,32 @@ static char *avoid_add(const char *avoid_json, const char *node) {
   return od_json_to_string(n, FALSE);
 }
 
-/* The lowest host address of the node's /24 (.2 .. .254) no instance on it holds (.1 is the
- * node's bridge). */
+/* The next host address of the node's /24 (.2 .. .254; .1 is the node's bridge) that no instance
+ * on it holds, going round from the last one handed out: an address freed by an undeploy is reused
+ * last, so a new instance does not get it while the node may still be tearing the old one down. */
 static char *allocate_ip(Cluster *c, const char *node, const char *subnet) {
   g_auto(GStrv) parts = g_strsplit(subnet, "/", 2);
   guint32 addr = 0;
   if (parts[0] == NULL || inet_pton(AF_INET, parts[0], &addr) != 1)
     return g_strdup("");
   guint32 base = g_ntohl(addr);
-  for (guint32 h = 2; h < 255; h++) {
+  g_autofree char *key = g_strdup_printf("last_ip:%s", node);
+  g_autofree char *last_text = cluster_kv_get(c, key);
+  guint64 last = 1;
+  if (last_text == NULL || !g_ascii_string_to_unsigned(last_text, 10, 1, 254, &last, NULL))
+    last = 1;
+  for (guint32 k = 1; k <= 253; k++) {
+    guint32 h = 2 + (guint32)((last - 2 + k + 253) % 253);
     guint32 a = g_htonl(base + h);
     char buf[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a, buf, sizeof buf);
     g_autofree char *used = od_db_query_text(c->db, "SELECT name FROM instances WHERE node = ?1 AND ip = ?2", node,
                                              buf, NULL);
-    if (used == NULL)
+    if (used == NULL) {
+      g_autofree char *h_text = g_strdup_printf("%u", h);
+      cluster_kv_set(c, key, h_text, NULL);
       return g_strdup(buf);
+    }
   }
   return g_strdup("");
 }
