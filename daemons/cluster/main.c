@@ -298,6 +298,9 @@ static int run(Cluster *c, Args *a) {
   load_registration(c);
   c->loop = g_main_loop_new(NULL, FALSE);
   c->session = soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-cluster", NULL);
+  /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
+   * proxy modules and libproxy out of the daemon). */
+  soup_session_set_proxy_resolver(c->session, NULL);
   if (!broker_prepare(c, &error) || !broker_start(c, &error))
     goto fail;
   jobs_load(c);

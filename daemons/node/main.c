@@ -586,6 +586,9 @@ static int run(Node *n, Args *a) {
   n->peers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   n->loop = g_main_loop_new(NULL, FALSE);
   n->session = soup_session_new_with_options("timeout", 10, "user-agent", "oakuk-node", NULL);
+  /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
+   * proxy modules and libproxy out of the daemon). */
+  soup_session_set_proxy_resolver(n->session, NULL);
   g_unix_signal_add(SIGTERM, on_signal, n);
   g_unix_signal_add(SIGINT, on_signal, n);
   n->register_backoff_s = 1;

@@ -290,6 +290,9 @@ int main(int argc, char **argv) {
   load_aggregates(&r);
   root_rebuild_reservations(&r);
   r.session = soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-root", NULL);
+  /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
+   * proxy modules and libproxy out of the daemon). */
+  soup_session_set_proxy_resolver(r.session, NULL);
   r.loop = g_main_loop_new(NULL, FALSE);
   if (!start_server(&r, listen, &error))
     goto fail;
