@@ -1547,15 +1547,9 @@ OAKUK_API void oakuk_descriptor_unref(oakuk_descriptor *descriptor) {
     descriptor_free(descriptor);
 }
 
-OAKUK_API const char *oakuk_descriptor_sla_version(const oakuk_descriptor *descriptor) {
-  g_return_val_if_fail(descriptor != NULL, NULL);
-  return descriptor->sla_version;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_descriptor_sla_version, oakuk_descriptor, sla_version, NULL)
 
-OAKUK_API const char *oakuk_descriptor_customer_id(const oakuk_descriptor *descriptor) {
-  g_return_val_if_fail(descriptor != NULL, NULL);
-  return descriptor->customer_id;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_descriptor_customer_id, oakuk_descriptor, customer_id, NULL)
 
 OAKUK_API size_t oakuk_descriptor_application_count(const oakuk_descriptor *descriptor) {
   g_return_val_if_fail(descriptor != NULL, 0);
@@ -1596,10 +1590,7 @@ OAKUK_API void oakuk_application_unref(oakuk_application *app) {
     oakuk_descriptor_unref(app->owner);
 }
 
-OAKUK_API const char *oakuk_application_id(const oakuk_application *app) {
-  g_return_val_if_fail(app != NULL, NULL);
-  return app->id;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_application_id, oakuk_application, id, NULL)
 
 /* Checks a new id; returns false after setting the error. */
 static bool id_is_acceptable(const char *key, const char *id, oakuk_error **error) {
@@ -1629,20 +1620,11 @@ OAKUK_API int oakuk_application_set_id(oakuk_application *app, const char *id, o
   return OAKUK_OK;
 }
 
-OAKUK_API const char *oakuk_application_name(const oakuk_application *app) {
-  g_return_val_if_fail(app != NULL, NULL);
-  return app->name;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_application_name, oakuk_application, name, NULL)
 
-OAKUK_API const char *oakuk_application_namespace(const oakuk_application *app) {
-  g_return_val_if_fail(app != NULL, NULL);
-  return app->ns;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_application_namespace, oakuk_application, ns, NULL)
 
-OAKUK_API const char *oakuk_application_desc(const oakuk_application *app) {
-  g_return_val_if_fail(app != NULL, NULL);
-  return app->desc;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_application_desc, oakuk_application, desc, NULL)
 
 OAKUK_API size_t oakuk_application_microservice_count(const oakuk_application *app) {
   g_return_val_if_fail(app != NULL, 0);
@@ -1710,10 +1692,7 @@ OAKUK_API char *oakuk_microservice_to_json(const oakuk_microservice *ms, bool pr
   return object_to_json(ms->obj, pretty);
 }
 
-OAKUK_API const char *oakuk_microservice_id(const oakuk_microservice *ms) {
-  g_return_val_if_fail(ms != NULL, NULL);
-  return ms->id;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_microservice_id, oakuk_microservice, id, NULL)
 
 OAKUK_API int oakuk_microservice_set_id(oakuk_microservice *ms, const char *id, oakuk_error **error) {
   g_return_val_if_fail(ms != NULL, OAKUK_EINVAL);

@@ -91,25 +91,13 @@ oakuk_error *oakuk_problems_to_error(OakukProblems *p) {
   return e;
 }
 
-OAKUK_API int32_t oakuk_error_code(const oakuk_error *error) {
-  g_return_val_if_fail(error != NULL, OAKUK_EGENERIC);
-  return error->code;
-}
+OAKUK_DEFINE_GETTER(int32_t, oakuk_error_code, oakuk_error, code, OAKUK_EGENERIC)
 
-OAKUK_API int32_t oakuk_error_errno(const oakuk_error *error) {
-  g_return_val_if_fail(error != NULL, 0);
-  return error->errnum;
-}
+OAKUK_DEFINE_GETTER(int32_t, oakuk_error_errno, oakuk_error, errnum, 0)
 
-OAKUK_API const char *oakuk_error_message(const oakuk_error *error) {
-  g_return_val_if_fail(error != NULL, NULL);
-  return error->message;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_error_message, oakuk_error, message, NULL)
 
-OAKUK_API const char *oakuk_error_path(const oakuk_error *error) {
-  g_return_val_if_fail(error != NULL, NULL);
-  return error->path;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_error_path, oakuk_error, path, NULL)
 
 OAKUK_API size_t oakuk_error_item_count(const oakuk_error *error) {
   g_return_val_if_fail(error != NULL, 0);

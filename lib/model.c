@@ -528,10 +528,7 @@ OAKUK_API void oakuk_node_report_unref(oakuk_node_report *r) {
     node_report_free(r);
 }
 
-OAKUK_API const char *oakuk_node_report_id(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, NULL);
-  return r->id;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_node_report_id, oakuk_node_report, id, NULL)
 
 OAKUK_API const char *oakuk_node_report_host(const oakuk_node_report *r) {
   g_return_val_if_fail(r != NULL, NULL);
@@ -543,35 +540,17 @@ OAKUK_API const char *oakuk_node_report_ip(const oakuk_node_report *r) {
   return r->ip ? r->ip : "";
 }
 
-OAKUK_API const char *oakuk_node_report_architecture(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, NULL);
-  return r->arch;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_node_report_architecture, oakuk_node_report, arch, NULL)
 
-OAKUK_API double oakuk_node_report_cpu_percent(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, 0);
-  return r->cpu_percent;
-}
+OAKUK_DEFINE_GETTER(double, oakuk_node_report_cpu_percent, oakuk_node_report, cpu_percent, 0)
 
-OAKUK_API int64_t oakuk_node_report_vcpus(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, 0);
-  return r->vcpus;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_vcpus, oakuk_node_report, vcpus, 0)
 
-OAKUK_API int64_t oakuk_node_report_memory_mb(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, 0);
-  return r->memory_mb;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_memory_mb, oakuk_node_report, memory_mb, 0)
 
-OAKUK_API int64_t oakuk_node_report_memory_total_mb(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, 0);
-  return r->memory_total_mb;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_memory_total_mb, oakuk_node_report, memory_total_mb, 0)
 
-OAKUK_API double oakuk_node_report_memory_percent(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, 0);
-  return r->memory_percent;
-}
+OAKUK_DEFINE_GETTER(double, oakuk_node_report_memory_percent, oakuk_node_report, memory_percent, 0)
 
 OAKUK_API bool oakuk_node_report_has_virt(const oakuk_node_report *r, int32_t virt) {
   g_return_val_if_fail(r != NULL, false);
@@ -587,10 +566,7 @@ OAKUK_API int32_t oakuk_node_report_unikernel_accel(const oakuk_node_report *r) 
   return r->virt_unikernel ? r->uk_accel : OAKUK_ACCEL_NONE;
 }
 
-OAKUK_API const char *oakuk_node_report_qemu_version(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, NULL);
-  return r->qemu_version;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_node_report_qemu_version, oakuk_node_report, qemu_version, NULL)
 
 OAKUK_API size_t oakuk_node_report_emulated_arch_count(const oakuk_node_report *r) {
   g_return_val_if_fail(r != NULL, 0);
@@ -646,10 +622,7 @@ OAKUK_API int64_t oakuk_node_report_instance_memory_mb(const oakuk_node_report *
   return ir ? ir->memory_mb : 0;
 }
 
-OAKUK_API int64_t oakuk_node_report_received_at_ms(const oakuk_node_report *r) {
-  g_return_val_if_fail(r != NULL, 0);
-  return r->received_at_ms;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_received_at_ms, oakuk_node_report, received_at_ms, 0)
 
 OAKUK_API void oakuk_node_report_set_received_at_ms(oakuk_node_report *r, int64_t ms) {
   g_return_if_fail(r != NULL);
@@ -856,55 +829,28 @@ OAKUK_API void oakuk_cluster_aggregate_set_identity(oakuk_cluster_aggregate *agg
   agg->name = new_name;
 }
 
-OAKUK_API const char *oakuk_cluster_aggregate_id(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, NULL);
-  return agg->id;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_cluster_aggregate_id, oakuk_cluster_aggregate, id, NULL)
 
-OAKUK_API const char *oakuk_cluster_aggregate_name(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, NULL);
-  return agg->name;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_cluster_aggregate_name, oakuk_cluster_aggregate, name, NULL)
 
-OAKUK_API int64_t oakuk_cluster_aggregate_received_at_ms(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, 0);
-  return agg->received_at_ms;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_received_at_ms, oakuk_cluster_aggregate, received_at_ms, 0)
 
 OAKUK_API void oakuk_cluster_aggregate_set_received_at_ms(oakuk_cluster_aggregate *agg, int64_t ms) {
   g_return_if_fail(agg != NULL);
   agg->received_at_ms = ms;
 }
 
-OAKUK_API double oakuk_cluster_aggregate_cpu_percent(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, 0);
-  return agg->cpu_percent;
-}
+OAKUK_DEFINE_GETTER(double, oakuk_cluster_aggregate_cpu_percent, oakuk_cluster_aggregate, cpu_percent, 0)
 
-OAKUK_API double oakuk_cluster_aggregate_memory_percent(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, 0);
-  return agg->memory_percent;
-}
+OAKUK_DEFINE_GETTER(double, oakuk_cluster_aggregate_memory_percent, oakuk_cluster_aggregate, memory_percent, 0)
 
-OAKUK_API int64_t oakuk_cluster_aggregate_cpu_cores(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, 0);
-  return agg->cpu_cores;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_cpu_cores, oakuk_cluster_aggregate, cpu_cores, 0)
 
-OAKUK_API int64_t oakuk_cluster_aggregate_memory_mb(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, 0);
-  return agg->memory_mb;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_memory_mb, oakuk_cluster_aggregate, memory_mb, 0)
 
-OAKUK_API int64_t oakuk_cluster_aggregate_number_of_nodes(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, 0);
-  return agg->number_of_nodes;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_number_of_nodes, oakuk_cluster_aggregate, number_of_nodes, 0)
 
-OAKUK_API int64_t oakuk_cluster_aggregate_active_nodes(const oakuk_cluster_aggregate *agg) {
-  g_return_val_if_fail(agg != NULL, 0);
-  return agg->active_nodes;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_active_nodes, oakuk_cluster_aggregate, active_nodes, 0)
 
 OAKUK_API bool oakuk_cluster_aggregate_has_virt(const oakuk_cluster_aggregate *agg, int32_t virt) {
   g_return_val_if_fail(agg != NULL, false);

@@ -48,6 +48,14 @@ oakuk_error *oakuk_problems_to_error(OakukProblems *p);
  * Sets an OAKUK_EINVAL GError and returns FALSE on failure. */
 gboolean oakuk_json_precheck(const char *text, size_t len, GError **error);
 
+/* Defines an exported getter of an opaque object's field; a NULL object is a programmer error that
+ * returns fallback. */
+#define OAKUK_DEFINE_GETTER(rtype, name, otype, field, fallback)                                             \
+  OAKUK_API rtype name(const otype *obj) {                                                                   \
+    g_return_val_if_fail(obj != NULL, fallback);                                                             \
+    return obj->field;                                                                                       \
+  }
+
 G_END_DECLS
 
 #endif

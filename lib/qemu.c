@@ -192,20 +192,11 @@ OAKUK_API void oakuk_qemu_caps_unref(oakuk_qemu_caps *c) {
   g_free(c);
 }
 
-OAKUK_API const char *oakuk_qemu_caps_host_arch(const oakuk_qemu_caps *caps) {
-  g_return_val_if_fail(caps != NULL, NULL);
-  return caps->host_arch;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_qemu_caps_host_arch, oakuk_qemu_caps, host_arch, NULL)
 
-OAKUK_API bool oakuk_qemu_caps_kvm(const oakuk_qemu_caps *caps) {
-  g_return_val_if_fail(caps != NULL, false);
-  return caps->kvm;
-}
+OAKUK_DEFINE_GETTER(bool, oakuk_qemu_caps_kvm, oakuk_qemu_caps, kvm, false)
 
-OAKUK_API const char *oakuk_qemu_caps_kvm_reason(const oakuk_qemu_caps *caps) {
-  g_return_val_if_fail(caps != NULL, NULL);
-  return caps->kvm_reason;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_qemu_caps_kvm_reason, oakuk_qemu_caps, kvm_reason, NULL)
 
 OAKUK_API const char *oakuk_qemu_caps_qemu_path(const oakuk_qemu_caps *caps, const char *arch) {
   g_return_val_if_fail(caps != NULL && arch != NULL, NULL);

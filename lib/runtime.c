@@ -139,20 +139,11 @@ OAKUK_API void oakuk_instance_spec_set_registry_auth(oakuk_instance_spec *spec, 
   spec->registry_password = g_strdup(password);
 }
 
-OAKUK_API const char *oakuk_instance_spec_registry_username(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, NULL);
-  return s->registry_username;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_registry_username, oakuk_instance_spec, registry_username, NULL)
 
-OAKUK_API const char *oakuk_instance_spec_registry_password(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, NULL);
-  return s->registry_password;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_registry_password, oakuk_instance_spec, registry_password, NULL)
 
-OAKUK_API const char *oakuk_instance_spec_name(const oakuk_instance_spec *spec) {
-  g_return_val_if_fail(spec != NULL, NULL);
-  return spec->name;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_name, oakuk_instance_spec, name, NULL)
 
 OAKUK_API void oakuk_instance_spec_add_arg(oakuk_instance_spec *spec, const char *arg) {
   g_return_if_fail(spec != NULL && arg != NULL);
@@ -201,30 +192,12 @@ OAKUK_API void oakuk_instance_spec_set_network(oakuk_instance_spec *spec, const 
   spec->mac = g_strdup(mac);
 }
 
-OAKUK_API const char *oakuk_instance_spec_netns_path(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, NULL);
-  return s->netns_path;
-}
-OAKUK_API const char *oakuk_instance_spec_tap_name(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, NULL);
-  return s->tap_name;
-}
-OAKUK_API const char *oakuk_instance_spec_ip(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, NULL);
-  return s->ip;
-}
-OAKUK_API int32_t oakuk_instance_spec_prefix(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, 0);
-  return s->prefix;
-}
-OAKUK_API const char *oakuk_instance_spec_gateway(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, NULL);
-  return s->gateway;
-}
-OAKUK_API const char *oakuk_instance_spec_mac(const oakuk_instance_spec *s) {
-  g_return_val_if_fail(s != NULL, NULL);
-  return s->mac;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_netns_path, oakuk_instance_spec, netns_path, NULL)
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_tap_name, oakuk_instance_spec, tap_name, NULL)
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_ip, oakuk_instance_spec, ip, NULL)
+OAKUK_DEFINE_GETTER(int32_t, oakuk_instance_spec_prefix, oakuk_instance_spec, prefix, 0)
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_gateway, oakuk_instance_spec, gateway, NULL)
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_mac, oakuk_instance_spec, mac, NULL)
 
 gboolean oakuk_instance_name_is_valid(const char *name) {
   size_t n = name ? strlen(name) : 0;

@@ -755,50 +755,26 @@ OAKUK_API void oakuk_placement_unref(oakuk_placement *p) {
   g_free(p);
 }
 
-OAKUK_API bool oakuk_placement_ok(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, false);
-  return p->ok;
-}
+OAKUK_DEFINE_GETTER(bool, oakuk_placement_ok, oakuk_placement, ok, false)
 
-OAKUK_API const char *oakuk_placement_target(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, NULL);
-  return p->target;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_placement_target, oakuk_placement, target, NULL)
 
-OAKUK_API int64_t oakuk_placement_index(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, -1);
-  return p->index;
-}
+OAKUK_DEFINE_GETTER(int64_t, oakuk_placement_index, oakuk_placement, index, -1)
 
-OAKUK_API int32_t oakuk_placement_virt(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, OAKUK_VIRT_NONE);
-  return p->virt;
-}
+OAKUK_DEFINE_GETTER(int32_t, oakuk_placement_virt, oakuk_placement, virt, OAKUK_VIRT_NONE)
 
-OAKUK_API const char *oakuk_placement_arch(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, NULL);
-  return p->arch;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_placement_arch, oakuk_placement, arch, NULL)
 
-OAKUK_API const char *oakuk_placement_code(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, NULL);
-  return p->code;
-}
+OAKUK_DEFINE_GETTER(const char *, oakuk_placement_code, oakuk_placement, code, NULL)
 
 OAKUK_API const char *oakuk_placement_code_sha256(const oakuk_placement *p) {
   g_return_val_if_fail(p != NULL, NULL);
   return p->code_sha256;
 }
 
-OAKUK_API int32_t oakuk_placement_accel(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, OAKUK_ACCEL_NONE);
-  return p->accel;
-}
+OAKUK_DEFINE_GETTER(int32_t, oakuk_placement_accel, oakuk_placement, accel, OAKUK_ACCEL_NONE)
 
-OAKUK_API int32_t oakuk_placement_status(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, -1);
-  return p->status;
-}
+OAKUK_DEFINE_GETTER(int32_t, oakuk_placement_status, oakuk_placement, status, -1)
 
 static const char *cand_id(const oakuk_placement *p, size_t i) {
   if (p->cluster_level) {
@@ -991,10 +967,7 @@ static GPtrArray *placement_lines(const oakuk_placement *p) {
   return p->lines;
 }
 
-OAKUK_API size_t oakuk_placement_explanation_count(const oakuk_placement *p) {
-  g_return_val_if_fail(p != NULL, 0);
-  return p->n;
-}
+OAKUK_DEFINE_GETTER(size_t, oakuk_placement_explanation_count, oakuk_placement, n, 0)
 
 OAKUK_API const char *oakuk_placement_explanation(const oakuk_placement *p, size_t i) {
   g_return_val_if_fail(p != NULL, NULL);
