@@ -673,6 +673,7 @@ static gboolean download_http(const char *url, const oakuk_image_cache_options *
    * limit is ours and every hop is checked for its scheme. */
   g_autoptr(SoupSession) session =
       soup_session_new_with_options("timeout", o->timeout_s, "user-agent", "liboakuk", NULL);
+  oakuk_session_use_env_proxy(session);
   g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_ENCODED, NULL);
   for (guint hops = 0;; hops++) {
     g_autoptr(SoupMessage) msg = soup_message_new_from_uri("GET", uri);

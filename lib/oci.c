@@ -216,6 +216,7 @@ OakukOciClient *oakuk_oci_client_new(const char *registry, const char *username,
   OakukOciClient *c = g_new0(OakukOciClient, 1);
   c->session = soup_session_new_with_options("timeout", o->timeout_s, "idle-timeout", 60, "user-agent",
                                              "liboakuk/" "0.1", NULL);
+  oakuk_session_use_env_proxy(c->session);
   c->registry = g_steal_pointer(&h);
   c->insecure = insecure;
   c->insecure_list = o->insecure_registries;

@@ -12,6 +12,11 @@ G_BEGIN_DECLS
  * ("remove <path>: <strerror>"). */
 gboolean oakuk_rm_rf(const char *path, GError **error);
 
+/* Points a download session at the proxies the environment names (http_proxy, https_proxy,
+ * no_proxy, also upper case), or at none. GIO's default resolver would do the same through
+ * libproxy and its modules, which a node would then carry in memory for good. */
+void oakuk_session_use_env_proxy(gpointer soup_session);
+
 /* TRUE on a unified (v2) cgroup hierarchy. */
 gboolean oakuk_cgroup_v2(void);
 /* Mount point of the cgroup v1 hierarchy that holds controller ("memory", "cpu"), or NULL.

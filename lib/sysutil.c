@@ -2,6 +2,9 @@
 
 #include "oakuk-private.h"
 
+#include <gio/gio.h>
+#include <libsoup/soup.h>
+
 #include <errno.h>
 #include <glib-unix.h>
 #include <sys/syscall.h>
@@ -202,4 +205,28 @@ int oakuk_adopt_dir(const char *dir, GHashTable *known, gboolean (*adopt)(gpoint
     if (!g_hash_table_contains(known, e) && adopt(impl, e))
       n++;
   return n;
+}
+
+static const char *env_either(const char *lower, const char *upper) {
+  const char *v = g_getenv(lower);
+  return v && *v ? v : (g_getenv(upper) && *g_getenv(upper) ? g_getenv(upper) : NULL);
+}
+
+void oakuk_session_use_env_proxy(gpointer soup_session) {
+  const char *http = env_either("http_proxy", "HTTP_PROXY");
+  const char *https = env_either("https_proxy", "HTTPS_PROXY");
+  if (http == NULL && https == NULL) {
+    soup_session_set_proxy_resolver(soup_session, NULL);
+    return;
+  }
+  const char *no = env_either("no_proxy", "NO_PROXY");
+  g_auto(GStrv) ignore = no ? g_strsplit(no, ",", -1) : NULL;
+  for (char **p = ignore; p && *p; p++)
+    g_strstrip(*p);
+  g_autoptr(GProxyResolver) r = g_simple_proxy_resolver_new(NULL, ignore);
+  if (http)
+    g_simple_proxy_resolver_set_uri_proxy(G_SIMPLE_PROXY_RESOLVER(r), "http", http);
+  if (https)
+    g_simple_proxy_resolver_set_uri_proxy(G_SIMPLE_PROXY_RESOLVER(r), "https", https);
+  soup_session_set_proxy_resolver(soup_session, r);
 }
