@@ -1473,12 +1473,7 @@ OAKUK_API oakuk_descriptor *oakuk_descriptor_parse(const char *json, size_t len,
   oakuk_problems_init(&ctx.problems);
   JsonNode *root = load_json(json, len, &ctx.problems);
   if (root == NULL) {
-    oakuk_error *e = oakuk_problems_to_error(&ctx.problems);
-    oakuk_problems_clear(&ctx.problems);
-    if (error && *error == NULL)
-      *error = e;
-    else
-      oakuk_error_free(e);
+    oakuk_problems_finish(&ctx.problems, error);
     return NULL;
   }
   oakuk_descriptor *d = g_new0(oakuk_descriptor, 1);
@@ -1488,17 +1483,10 @@ OAKUK_API oakuk_descriptor *oakuk_descriptor_parse(const char *json, size_t len,
   d->warnings = g_ptr_array_new_with_free_func(g_free);
   ctx.warnings = d->warnings;
   descriptor_validate(&ctx, d);
-  if (oakuk_problems_count(&ctx.problems) > 0) {
-    oakuk_error *e = oakuk_problems_to_error(&ctx.problems);
-    oakuk_problems_clear(&ctx.problems);
+  if (!oakuk_problems_finish(&ctx.problems, error)) {
     descriptor_free(d);
-    if (error && *error == NULL)
-      *error = e;
-    else
-      oakuk_error_free(e);
     return NULL;
   }
-  oakuk_problems_clear(&ctx.problems);
   return d;
 }
 
@@ -1654,16 +1642,10 @@ OAKUK_API oakuk_microservice *oakuk_microservice_parse(const char *json, size_t 
     ms = ms_parse(&ctx, json_node_get_object(root), "", true);
     ms->root = root;
   }
-  if (oakuk_problems_count(&ctx.problems) > 0) {
-    oakuk_error *e = oakuk_problems_to_error(&ctx.problems);
+  if (!oakuk_problems_finish(&ctx.problems, error)) {
     ms_free(ms);
     ms = NULL;
-    if (error && *error == NULL)
-      *error = e;
-    else
-      oakuk_error_free(e);
   }
-  oakuk_problems_clear(&ctx.problems);
   return ms;
 }
 

@@ -147,3 +147,16 @@ OAKUK_API const char *oakuk_status_name(int32_t code) {
   default: return "OAKUK_EUNKNOWN";
   }
 }
+
+gboolean oakuk_problems_finish(OakukProblems *p, oakuk_error **error) {
+  gboolean ok = oakuk_problems_count(p) == 0;
+  if (!ok) {
+    oakuk_error *e = oakuk_problems_to_error(p);
+    if (error != NULL && *error == NULL)
+      *error = e;
+    else
+      oakuk_error_free(e);
+  }
+  oakuk_problems_clear(p);
+  return ok;
+}

@@ -422,17 +422,10 @@ OAKUK_API oakuk_node_report *oakuk_node_report_from_json(const char *json, size_
   OakukProblems pr;
   oakuk_problems_init(&pr);
   read_node_report(json_node_get_object(root), r, &pr);
-  if (oakuk_problems_count(&pr) > 0) {
-    oakuk_error *e = oakuk_problems_to_error(&pr);
-    if (error != NULL && *error == NULL)
-      *error = e;
-    else
-      oakuk_error_free(e);
-    oakuk_problems_clear(&pr);
+  if (!oakuk_problems_finish(&pr, error)) {
     node_report_free(r);
     return NULL;
   }
-  oakuk_problems_clear(&pr);
   return r;
 }
 
@@ -754,17 +747,10 @@ OAKUK_API oakuk_cluster_aggregate *oakuk_cluster_aggregate_from_json(const char 
   OakukProblems pr;
   oakuk_problems_init(&pr);
   read_aggregate(json_node_get_object(root), agg, &pr);
-  if (oakuk_problems_count(&pr) > 0) {
-    oakuk_error *e = oakuk_problems_to_error(&pr);
-    if (error != NULL && *error == NULL)
-      *error = e;
-    else
-      oakuk_error_free(e);
-    oakuk_problems_clear(&pr);
+  if (!oakuk_problems_finish(&pr, error)) {
     aggregate_free(agg);
     return NULL;
   }
-  oakuk_problems_clear(&pr);
   return agg;
 }
 

@@ -37,6 +37,9 @@ guint oakuk_problems_count(const OakukProblems *p);
 /* Moves the problems into an OAKUK_EINVAL error whose message is "<path>: <msg>" for a single
  * problem, or "<n> problems; first: <path>: <msg>" for several. Leaves p empty. */
 oakuk_error *oakuk_problems_to_error(OakukProblems *p);
+/* Ends a validation: TRUE when no problem was found; otherwise sets *error (if error is non-NULL
+ * and *error unset) from the problems and returns FALSE. Either way p is cleared. */
+gboolean oakuk_problems_finish(OakukProblems *p, oakuk_error **error);
 
 /* Limits on every JSON document the library parses (descriptors, node reports, aggregates). */
 #define OAKUK_JSON_MAX_BYTES (1024 * 1024)
