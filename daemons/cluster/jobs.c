@@ -36,11 +36,6 @@ static gboolean status_active(const char *status) {
          s == OAKUK_STATUS_RUNNING;
 }
 
-static gboolean status_in_flight(const char *status) {
-  int32_t s = oakuk_instance_status_from_name(status);
-  return s == OAKUK_STATUS_NODE_SCHEDULED || s == OAKUK_STATUS_CREATING;
-}
-
 char *jobs_node_subnet(Cluster *c, gint64 index) {
   if (c->subnet == NULL || index < 0)
     return NULL;
@@ -546,7 +541,9 @@ static gboolean apply_status(Cluster *c, const char *node, const char *name, int
   }
   g_autofree char *f = g_strdup_printf("%" G_GINT64_FORMAT,
                                        failures + (code == OAKUK_STATUS_FAILED || code == OAKUK_STATUS_DEAD));
-  if (!status_in_flight(status))
+  /* A RUNNING event can come before the node's next report counts the instance: the reservation
+   * stays until a report lists it (on_information); only an end of the instance frees it here. */
+  if (code == OAKUK_STATUS_FAILED || code == OAKUK_STATUS_DEAD || code == OAKUK_STATUS_COMPLETED)
     oakuk_reservations_remove(c->reservations, name);
   c->net_dirty = TRUE;
   return od_db_run(c->db, error,
