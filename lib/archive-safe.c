@@ -1,7 +1,15 @@
-/* Path-safety checks for archive entries (see archive-safe.h). */
+/* Compressions and path-safety checks for archive entries (see archive-safe.h). */
 #include "archive-safe.h"
 
+#include <archive.h>
 #include <string.h>
+
+void oakuk_archive_support_filters(struct archive *r) {
+  archive_read_support_filter_gzip(r);
+  archive_read_support_filter_zstd(r);
+  archive_read_support_filter_xz(r);
+  archive_read_support_filter_bzip2(r);
+}
 
 char *oakuk_archive_normalize_path(const char *name, OakukArchivePathCheck *why) {
   *why = OAKUK_ARCHIVE_PATH_OK;

@@ -1,11 +1,18 @@
-/* Path-safety checks for archive entries, shared by the unikernel image unpacker (image.c) and
- * the OCI layer unpacker (oci.c). Pure string functions; not installed, not exported. */
+/* What the unikernel image unpacker (image.c) and the OCI layer unpacker (oci.c) share: the
+ * compressions they read, and path-safety checks for archive entries. Not installed, not exported. */
 #ifndef OAKUK_ARCHIVE_SAFE_H
 #define OAKUK_ARCHIVE_SAFE_H
 
 #include <glib.h>
 
 G_BEGIN_DECLS
+
+struct archive;
+
+/* Enables the compressions images and layers come in: gzip, zstd, xz and bzip2 (and none). Named
+ * one by one, not archive_read_support_filter_all(): that one also enables filters run as external
+ * programs (lrzip, lzop, grzip) and links liblz4, for formats no registry serves. */
+void oakuk_archive_support_filters(struct archive *r);
 
 typedef enum {
   OAKUK_ARCHIVE_PATH_OK = 0,

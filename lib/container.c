@@ -1031,27 +1031,3 @@ OAKUK_API int oakuk_container_pull(const char *state_dir, const char *reference,
     *digest_out = g_strdup(img->manifest_digest);
   return 0;
 }
-
-OAKUK_API int oakuk_container_build_rootfs_image(const char *dir, const char *registry, const char *name,
-                                                 const char *tag, const char *username, const char *password,
-                                                 const oakuk_container_options *opts, char **digest_out,
-                                                 oakuk_error **error) {
-  g_return_val_if_fail(dir != NULL && registry != NULL && name != NULL && tag != NULL, OAKUK_EINVAL);
-  GError *err = NULL;
-  g_autofree char *ref = g_strdup_printf("%s/%s:%s", registry, name, tag);
-  OakukOciRef parsed;
-  if (!oakuk_oci_ref_parse(ref, &parsed, &err))
-    return oakuk_propagate_gerror(error, err);
-  oakuk_oci_ref_clear(&parsed);
-  g_autoptr(OakukOciClient) c = oakuk_oci_client_new(registry, username, password, opts, &err);
-  if (!c)
-    return oakuk_propagate_gerror(error, err);
-  char *digest = oakuk_oci_build_and_push(c, dir, name, tag, oakuk_container_platform_arch(), NULL, &err);
-  if (!digest)
-    return oakuk_propagate_gerror(error, err);
-  if (digest_out)
-    *digest_out = digest;
-  else
-    g_free(digest);
-  return 0;
-}

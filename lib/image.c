@@ -895,10 +895,7 @@ static gboolean unpack_archive(const char *archive_path, const char *tree, const
                                const oakuk_image_cache_options *o, GError **error) {
   Unpack u = {.url = url, .tree = tree, .o = o};
   u.r = archive_read_new();
-  archive_read_support_filter_gzip(u.r);
-  archive_read_support_filter_xz(u.r);
-  archive_read_support_filter_bzip2(u.r);
-  archive_read_support_filter_zstd(u.r);
+  oakuk_archive_support_filters(u.r);
   archive_read_support_format_tar(u.r);
   u.w = archive_write_disk_new();
   /* No OWNER/PERM/XATTR/ACL/FFLAGS: nothing setuid, no ownership, no special metadata. */

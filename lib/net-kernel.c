@@ -488,6 +488,13 @@ gboolean oakuk_net_redirect(struct nl_sock *sk, int from, int to, const char *wh
   return TRUE;
 }
 
+struct nft_ctx *oakuk_net_nft_new(void) {
+  struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+  nft_ctx_buffer_output(ctx);
+  nft_ctx_buffer_error(ctx);
+  return ctx;
+}
+
 gboolean oakuk_net_nft(struct nft_ctx *ctx, const char *cmds, char **json_out, GError **error) {
   nft_ctx_output_set_flags(ctx, json_out ? NFT_CTX_OUTPUT_JSON : 0);
   int r = nft_run_cmd_from_buffer(ctx, cmds);

@@ -93,6 +93,8 @@ int oakuk_net_tap_create(const char *name, GError **error);
 gboolean oakuk_net_redirect(struct nl_sock *sk, int from, int to, const char *what, GError **error);
 
 /* Runs an nftables command buffer in the current namespace; json_out gets JSON output if non-NULL. */
+/* A libnftables context with buffered output and errors. */
+struct nft_ctx *oakuk_net_nft_new(void);
 gboolean oakuk_net_nft(struct nft_ctx *ctx, const char *cmds, char **json_out, GError **error);
 
 /* ---- shared by net.c (object, jobs, operations) and net-state.c (reading the kernel) ---- */

@@ -29,7 +29,8 @@ typedef struct {
 } OdCommonOptions;
 
 /* Parses argv with the daemon's own entries plus the common ones; on success loads the config file
- * (an empty key file when --config is absent). */
+ * (an empty key file when --config is absent). Called first by every daemon, it also tunes malloc
+ * for a long-running process (config.c). */
 gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GOptionEntry *entries,
                           OdCommonOptions *common, GKeyFile **config, GError **error);
 void od_common_options_clear(OdCommonOptions *common);
