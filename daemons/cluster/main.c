@@ -248,20 +248,9 @@ static void cluster_free(Cluster *c) {
 }
 
 static gboolean start_server(Cluster *c, GError **error) {
-  g_autofree char *addr = NULL;
-  guint16 port = 0;
-  if (!od_parse_listen(c->listen, &addr, &port, error))
-    return FALSE;
   c->server = soup_server_new("server-header", "oakuk-cluster", NULL);
-  od_http_server_limit_bodies(c->server);
   cluster_api_register(c);
-  g_autoptr(GSocketAddress) sa = g_inet_socket_address_new_from_string(addr, port);
-  g_autoptr(GError) local = NULL;
-  if (!soup_server_listen(c->server, sa, 0, &local)) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "listen %s: %s", c->listen, local->message);
-    return FALSE;
-  }
-  return TRUE;
+  return od_http_server_listen(c->server, c->listen, error);
 }
 
 static void load_registration(Cluster *c) {

@@ -91,8 +91,10 @@ JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, g
 
 #define OD_HTTP_MAX_BODY (1024 * 1024)
 
-/* Rejects request bodies announced larger than OD_HTTP_MAX_BODY before they are read (413). */
-void od_http_server_limit_bodies(SoupServer *server);
+/* Makes server accept HTTP connections on listen ("ADDR:PORT", od_parse_listen) until it is
+ * finalised, rejecting request bodies announced larger than OD_HTTP_MAX_BODY before they are read
+ * (413). Handlers are added by the caller. */
+gboolean od_http_server_listen(SoupServer *server, const char *listen, GError **error);
 void od_http_reply_json(SoupServerMessage *msg, guint status, JsonNode *node);
 /* Replies with a JSON string whose content is the serialized node (Oakestra's double encoding). */
 void od_http_reply_json_string(SoupServerMessage *msg, guint status, JsonNode *node);

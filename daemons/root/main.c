@@ -236,20 +236,9 @@ static void root_free(Root *r) {
 }
 
 static gboolean start_server(Root *r, const char *listen, GError **error) {
-  g_autofree char *addr = NULL;
-  guint16 port = 0;
-  if (!od_parse_listen(listen, &addr, &port, error))
-    return FALSE;
   r->server = soup_server_new("server-header", "oakuk-root", NULL);
-  od_http_server_limit_bodies(r->server);
   root_api_register(r);
-  g_autoptr(GSocketAddress) sa = g_inet_socket_address_new_from_string(addr, port);
-  g_autoptr(GError) local = NULL;
-  if (!soup_server_listen(r->server, sa, 0, &local)) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "listen %s: %s", listen, local->message);
-    return FALSE;
-  }
-  return TRUE;
+  return od_http_server_listen(r->server, listen, error);
 }
 
 int main(int argc, char **argv) {

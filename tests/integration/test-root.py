@@ -435,6 +435,34 @@ class RootTest(unittest.TestCase):
         self.assert_error(self.call("GET", "/api/service/" + self.sid, token=token), 404)
         self.assertEqual(self.call("GET", "/api/applications", token=token).json(), [])
 
+    def test_05_connections_are_not_leaked(self):
+        """Connections that clients close, idle after a kept-alive response or at once, are freed:
+        libsoup 3.2's own listener lost 0.3-1.9 kB of each (daemons/common/http.c)."""
+        def rss_kb():
+            with open("/proc/%d/status" % self.root.proc.pid) as f:
+                return int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+
+        def one(close):
+            with socket.create_connection(("127.0.0.1", self.root.port), timeout=10) as c:
+                c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n%s\r\n" % (b"Connection: close\r\n" if close else b""))
+                data = b""
+                while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.assertTrue(data.startswith(b"HTTP/1.1 200"), data)
+
+        for k in range(300):  # warm-up: allocator, caches
+            one(k % 2 == 0)
+        before = rss_kb()
+        for k in range(3000):
+            one(k % 2 == 0)
+        time.sleep(0.5)
+        grown = rss_kb() - before
+        # 1500 idle-closed and 1500 closed connections leaked some 3.3 MB before; now nothing.
+        self.assertLess(grown, 512, "oakuk-root grew by %d kB over 3000 connections" % grown)
+
 
 class RescheduleTest(unittest.TestCase):
     """A cluster that stops sending aggregates loses its instances to another cluster."""
