@@ -226,12 +226,18 @@ class E2E(unittest.TestCase):
             self.assertRegex(line, why)
         self.assertEqual(self.instance("forbid", 7), None)
 
+    def wait_answers(self, what, t0, timeout):
+        """Waits for guest answers the client printed after t0; on failure shows the client's output
+        and the ends of the cluster's and the nodes' logs."""
+        try:
+            return wait_until(what, lambda: self.answers_since(t0), timeout=timeout)
+        except AssertionError as err:
+            logs = "\n".join("--- %s:\n%s" % (d.name, d.tail(15)) for d in [self.edge.cluster, *self.nodes.values()])
+            raise AssertionError("%s; client output ends: %s\n%s" % (err, self.client_log()[-600:], logs)) from None
+
     def test_02_container_reaches_unikernel_by_service_ip(self):
         t0 = int(time.time())
-        try:
-            wait_until("client answers from the unikernel", lambda: self.answers_since(t0), timeout=40)
-        except AssertionError as err:
-            raise AssertionError("%s; client output ends: %s" % (err, self.client_log()[-600:])) from None
+        self.wait_answers("client answers from the unikernel", t0, timeout=40)
         log = self.client_log()
         self.assertIn("oakuk-guest", log)
         self.assertIn("args: amd-e2e", log)
@@ -407,7 +413,7 @@ class E2E(unittest.TestCase):
             self.assertEqual((now["status"], now["node_id"]), ("RUNNING", i["node_id"]), s)
         for s, p in pids.items():
             self.assertEqual(self.qemu_pids(self.job(s) + ".instance.0"), p, "%s's QEMU was restarted" % s)
-        wait_until("client still gets answers", lambda: self.answers_since(t0), timeout=20)
+        self.wait_answers("client still gets answers", t0, timeout=30)
 
     def test_07_broker_restart_and_deploy_during_outage(self):
         e = self.edge

@@ -32,7 +32,12 @@ def report(node_id, memory, instances=(), ip="127.0.0.1"):
 
 class FakeNode:
     """Registers over HTTP, listens on its control/net topics with mosquitto_sub and publishes
-    reports (once a second while alive) and status events with mosquitto_pub."""
+    reports (once a second while alive and subscribed) and status events with mosquitto_pub.
+
+    Like oakuk-node, which subscribes before it reports on each connection, it reports only while
+    mosquitto_sub is subscribed: the cluster sends a node its deliveries once the node reported on
+    the cluster's current connection, and a report from mosquitto_pub proves nothing about the
+    subscriber, which may still be reconnecting after a broker restart."""
 
     def __init__(self, test, node_id, memory):
         self.t, self.id, self.memory = test, node_id, memory
@@ -47,11 +52,12 @@ class FakeNode:
         self.creds = r.json()
         self.sub = None
         self.thread = None
+        self.subscribed = threading.Event()
 
     def listen(self):
         c = self.creds
         self.sub = spawn(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-u", c["mqtt_username"],
-                          "-P", c["mqtt_password"], "-q", "1", "-c", "-i", "fake-" + self.id, "-v",
+                          "-P", c["mqtt_password"], "-q", "1", "-c", "-i", "fake-" + self.id, "-v", "-d",
                           "-t", "nodes/%s/control/#" % self.id, "-t", "nodes/%s/net/#" % self.id],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         threading.Thread(target=self._read, args=(self.sub,), daemon=True).start()
@@ -61,12 +67,22 @@ class FakeNode:
 
     def _read(self, sub):
         for line in sub.stdout:
+            # -d: the client's protocol trace ("Client fake-x sending CONNECT", "... received SUBACK")
+            if line.startswith("Client "):
+                if " sending CONNECT" in line:
+                    self.subscribed.clear()
+                elif " received SUBACK" in line:
+                    self.subscribed.set()
+                continue
+            if not line.startswith("nodes/"):
+                continue
             topic, _, payload = line.rstrip("\n").partition(" ")
             self.msgs.put((topic, payload))
 
     def _report_loop(self):
         while self.alive:
-            self.publish("information", report(self.id, self.memory, sorted(self.instances)))
+            if self.subscribed.is_set():
+                self.publish("information", report(self.id, self.memory, sorted(self.instances)))
             time.sleep(1)
 
     def publish(self, leaf, payload, user=None, password=None, topic=None):
