@@ -1,11 +1,12 @@
 """Shared helpers of the control-plane integration tests: start oakuk-root and oakuk-cluster as
 real processes, and play nodes with mosquitto_pub/mosquitto_sub (the credentials come from the
-cluster's node registration). Copied from test-cluster.py's helpers (which keeps its own)."""
+cluster's node registration), and the process and port helpers of the other integration tests."""
 import json
 import os
 import queue
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -16,9 +17,29 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 PROCS = []  # every process started here; stop_all() ends them
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def ports(n):
-    base = random.randrange(30000, 60000 - n)
-    return list(range(base, base + n))
+    """n consecutive TCP ports free on 127.0.0.1, below the kernel's ephemeral range: a port from
+    that range can become the source port of some parallel test's outgoing connection between this
+    choice and the daemon's bind (and then the daemon fails with EADDRINUSE)."""
+    hi = min(_ephemeral_low(), 32768)
+    for _ in range(200):
+        base = random.randrange(20000, hi - n)
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return list(range(base, base + n))
+    raise AssertionError("no %d free consecutive ports in 20000-%d" % (n, hi))
 
 
 def spawn(argv, **kw):
@@ -27,11 +48,11 @@ def spawn(argv, **kw):
     return p
 
 
-def stop(p, sig=signal.SIGTERM):
-    if p.poll() is None:
+def stop(p, sig=signal.SIGTERM, timeout=10):
+    if p is not None and p.poll() is None:
         p.send_signal(sig)
         try:
-            p.wait(10)
+            p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
@@ -50,7 +71,7 @@ def wait_until(what, fn, timeout=20, interval=0.2):
             last = fn()
             if last:
                 return last
-        except (requests.RequestException, KeyError, ValueError, IndexError) as e:
+        except (requests.RequestException, OSError, KeyError, ValueError, IndexError) as e:
             last = e
         time.sleep(interval)
     raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
@@ -112,8 +133,13 @@ class ControlPlane:
 
 class FakeNode:
     """Registers over HTTP, listens on its control/net topics with mosquitto_sub, publishes a report
-    every second while alive and status events on demand. Answers control/logs requests from
-    .logs (instance name -> list of lines) unless .answer_logs is False."""
+    every second while alive and subscribed, and status events on demand. Answers control/logs
+    requests from .logs (instance name -> list of lines) unless .answer_logs is False.
+
+    Like oakuk-node, which subscribes before it reports on each connection, it reports only while
+    mosquitto_sub is subscribed: the cluster sends a node its deliveries once the node reported on
+    the cluster's current connection, and a report from mosquitto_pub proves nothing about the
+    subscriber, which may still be reconnecting after a broker restart."""
 
     def __init__(self, cp, node_id, memory, virtualization=("container",)):
         self.cp, self.id, self.memory, self.virtualization = cp, node_id, memory, virtualization
@@ -131,11 +157,12 @@ class FakeNode:
         self.creds = r.json()
         self.sub = None
         self.thread = None
+        self.subscribed = threading.Event()
 
     def listen(self):
         c = self.creds
         self.sub = spawn(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-u", c["mqtt_username"],
-                          "-P", c["mqtt_password"], "-q", "1", "-c", "-i", "fake-" + self.id, "-v",
+                          "-P", c["mqtt_password"], "-q", "1", "-c", "-i", "fake-" + self.id, "-v", "-d",
                           "-t", "nodes/%s/control/#" % self.id, "-t", "nodes/%s/net/#" % self.id],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         threading.Thread(target=self._read, args=(self.sub,), daemon=True).start()
@@ -145,6 +172,15 @@ class FakeNode:
 
     def _read(self, sub):
         for line in sub.stdout:
+            # -d: the client's protocol trace ("Client fake-x sending CONNECT", "... received SUBACK")
+            if line.startswith("Client "):
+                if " sending CONNECT" in line:
+                    self.subscribed.clear()
+                elif " received SUBACK" in line:
+                    self.subscribed.set()
+                continue
+            if not line.startswith("nodes/"):
+                continue
             topic, _, payload = line.rstrip("\n").partition(" ")
             if topic == "nodes/%s/control/logs" % self.id:
                 self._answer_logs(json.loads(payload))
@@ -163,16 +199,19 @@ class FakeNode:
 
     def _report_loop(self):
         while self.alive:
-            self.publish("information", report(self.id, self.memory, sorted(self.instances),
-                                               virtualization=self.virtualization))
+            if self.subscribed.is_set():
+                self.publish("information", report(self.id, self.memory, sorted(self.instances),
+                                                   virtualization=self.virtualization))
             time.sleep(1)
 
-    def publish(self, leaf, payload):
+    def publish(self, leaf, payload, user=None, password=None, topic=None):
+        """Publishes on nodes/<id>/<leaf>, or on topic, as this node or as user/password; the exit
+        code of mosquitto_pub."""
         c = self.creds
         data = payload if isinstance(payload, str) else json.dumps(payload)
         return subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]),
-                               "-u", c["mqtt_username"], "-P", c["mqtt_password"], "-q", "1",
-                               "-t", "nodes/%s/%s" % (self.id, leaf), "-m", data],
+                               "-u", user or c["mqtt_username"], "-P", password or c["mqtt_password"], "-q", "1",
+                               "-t", topic or "nodes/%s/%s" % (self.id, leaf), "-m", data],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=10).returncode
 
     def expect(self, leaf, pred=lambda m: True, timeout=20):
@@ -190,6 +229,11 @@ class FakeNode:
             if t == topic and pred(json.loads(p)):
                 return json.loads(p)
         raise AssertionError("node %s never got %s; got %r" % (self.id, topic, [t for t, _ in self.seen]))
+
+    def got(self, leaf, pred):
+        while not self.msgs.empty():
+            self.seen.append(self.msgs.get())
+        return [json.loads(p) for t, p in self.seen if t == "nodes/%s/%s" % (self.id, leaf) and pred(json.loads(p))]
 
     def status(self, job_name, n, status, detail=""):
         rc = self.publish("job", {"job_name": job_name, "instance": n, "status": status, "status_detail": detail})

@@ -6,8 +6,6 @@ hands out at node registration.
 Usage: test-cluster.py <oakuk-root> <oakuk-cluster>"""
 import json
 import os
-import queue
-import random
 import signal
 import sqlite3
 import subprocess
@@ -19,109 +17,9 @@ import unittest
 
 import requests
 
-from edgelib import MOSQUITTO, PROCS, Daemon, ports, spawn, stop, wait_until  # noqa: E402
+from edgelib import MOSQUITTO, PROCS, Daemon, FakeNode, ports, report, spawn, stop, wait_until  # noqa: E402
 
 ROOT_BIN = CLUSTER_BIN = None
-
-
-def report(node_id, memory, instances=(), ip="127.0.0.1"):
-    return {"id": node_id, "host": node_id, "ip": ip, "architecture": "amd64", "cpu_percent": 5.0, "vcpus": 4,
-            "memory": memory, "memory_total": 8192, "memory_percent": 10.0, "virtualization": ["container"],
-            "instances": [{"name": n, "status": "RUNNING", "cpu_percent": 1.0, "memory_mb": 10} for n in instances]}
-
-
-class FakeNode:
-    """Registers over HTTP, listens on its control/net topics with mosquitto_sub and publishes
-    reports (once a second while alive and subscribed) and status events with mosquitto_pub.
-
-    Like oakuk-node, which subscribes before it reports on each connection, it reports only while
-    mosquitto_sub is subscribed: the cluster sends a node its deliveries once the node reported on
-    the cluster's current connection, and a report from mosquitto_pub proves nothing about the
-    subscriber, which may still be reconnecting after a broker restart."""
-
-    def __init__(self, test, node_id, memory):
-        self.t, self.id, self.memory = test, node_id, memory
-        self.instances = set()
-        self.alive = False
-        self.msgs = queue.Queue()
-        self.seen = []
-        r = requests.post(test.cluster_url + "/api/node/register",
-                          json={"join_token": test.node_join_token, "capabilities": report(node_id, memory)},
-                          timeout=10)
-        assert r.status_code == 201, r.text
-        self.creds = r.json()
-        self.sub = None
-        self.thread = None
-        self.subscribed = threading.Event()
-
-    def listen(self):
-        c = self.creds
-        self.sub = spawn(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-u", c["mqtt_username"],
-                          "-P", c["mqtt_password"], "-q", "1", "-c", "-i", "fake-" + self.id, "-v", "-d",
-                          "-t", "nodes/%s/control/#" % self.id, "-t", "nodes/%s/net/#" % self.id],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        threading.Thread(target=self._read, args=(self.sub,), daemon=True).start()
-        self.alive = True
-        self.thread = threading.Thread(target=self._report_loop, daemon=True)
-        self.thread.start()
-
-    def _read(self, sub):
-        for line in sub.stdout:
-            # -d: the client's protocol trace ("Client fake-x sending CONNECT", "... received SUBACK")
-            if line.startswith("Client "):
-                if " sending CONNECT" in line:
-                    self.subscribed.clear()
-                elif " received SUBACK" in line:
-                    self.subscribed.set()
-                continue
-            if not line.startswith("nodes/"):
-                continue
-            topic, _, payload = line.rstrip("\n").partition(" ")
-            self.msgs.put((topic, payload))
-
-    def _report_loop(self):
-        while self.alive:
-            if self.subscribed.is_set():
-                self.publish("information", report(self.id, self.memory, sorted(self.instances)))
-            time.sleep(1)
-
-    def publish(self, leaf, payload, user=None, password=None, topic=None):
-        c = self.creds
-        data = payload if isinstance(payload, str) else json.dumps(payload)
-        return subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]),
-                               "-u", user or c["mqtt_username"], "-P", password or c["mqtt_password"], "-q", "1",
-                               "-t", topic or "nodes/%s/%s" % (self.id, leaf), "-m", data],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=10).returncode
-
-    def expect(self, leaf, pred=lambda m: True, timeout=20):
-        topic = "nodes/%s/%s" % (self.id, leaf)
-        for t, p in self.seen:
-            if t == topic and pred(json.loads(p)):
-                return json.loads(p)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                t, p = self.msgs.get(timeout=max(0.05, deadline - time.time()))
-            except queue.Empty:
-                break
-            self.seen.append((t, p))
-            if t == topic and pred(json.loads(p)):
-                return json.loads(p)
-        raise AssertionError("node %s never got %s; got %r" % (self.id, topic, [t for t, _ in self.seen]))
-
-    def got(self, leaf, pred):
-        while not self.msgs.empty():
-            self.seen.append(self.msgs.get())
-        return [json.loads(p) for t, p in self.seen if t == "nodes/%s/%s" % (self.id, leaf) and pred(json.loads(p))]
-
-    def status(self, job_name, n, status, detail=""):
-        rc = self.publish("job", {"job_name": job_name, "instance": n, "status": status, "status_detail": detail})
-        assert rc == 0
-
-    def silence(self):
-        self.alive = False
-        if self.thread:
-            self.thread.join()
 
 
 SLA = {
@@ -168,8 +66,11 @@ class ClusterTest(unittest.TestCase):
         cls.cluster = Daemon(cls.cluster_args + ["--join-token", join], os.path.join(cls.tmp, "cluster.log"))
         cls.cluster.start()
         cls.node_join_token = cls.cluster.grep("node join token:")
-        wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
-            requests.get(cls.cluster_url + "/healthz", timeout=5).json()))
+        try:
+            wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
+                requests.get(cls.cluster_url + "/healthz", timeout=5).json()))
+        except AssertionError as err:
+            raise AssertionError("%s\n--- cluster log:\n%s" % (err, cls.cluster.text()[-3000:])) from None
         cls.cid = requests.get(cls.root_url + "/api/v1/clusters", headers=cls.h, timeout=5).json()[0]["id"]
         cls.a = FakeNode(cls, "node-a", 4000)
         cls.b = FakeNode(cls, "node-b", 2000)

@@ -24,11 +24,16 @@ import urllib.request
 
 import requests
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import edgelib  # noqa: E402
+from edgelib import MOSQUITTO, PROCS, ports, spawn  # noqa: E402
+
 ROOT_BIN = CLUSTER_BIN = NODE_BIN = None
-MOSQUITTO = "/usr/sbin/mosquitto"
+# Guest boots under TCG and daemons restarting: more patience than the control-plane tests.
+stop = functools.partial(edgelib.stop, timeout=20)
+wait_until = functools.partial(edgelib.wait_until, timeout=30, interval=0.3)
 GUESTS = pathlib.Path(os.environ.get("OAKUK_GUESTS_DIR", "/nonexistent"))
 IMAGE = GUESTS / "guest-amd64.tar.gz"
-PROCS = []
 FILES = []  # log files handed to daemons, closed at the end
 
 
@@ -49,41 +54,6 @@ def sh(*argv, check=True):
     if check and p.returncode != 0:
         raise AssertionError("%s failed: %s" % (" ".join(argv), p.stderr))
     return p
-
-
-def ports(n):
-    base = random.randrange(30000, 60000 - n)
-    return list(range(base, base + n))
-
-
-def spawn(argv, **kw):
-    p = subprocess.Popen(argv, **kw)
-    PROCS.append(p)
-    return p
-
-
-def stop(p, sig=signal.SIGTERM, timeout=20):
-    if p is not None and p.poll() is None:
-        p.send_signal(sig)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def wait_until(what, fn, timeout=30, interval=0.3):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except (requests.RequestException, OSError, KeyError, ValueError, IndexError) as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
 
 
 def qemu_pids(instance):

@@ -13,7 +13,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,18 +20,15 @@ import threading
 import time
 import unittest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from edgelib import ports  # noqa: E402
+
 OAKUK = None
 GUESTS = pathlib.Path(os.environ.get("OAKUK_GUESTS_DIR", "/nonexistent"))
 IMAGE = GUESTS / "guest-amd64.tar.gz"
 KERNEL = GUESTS / "amd64-kernel"
 HOSTNS = f"oakuk-trun-{os.getpid()}"
 NSENTER = ["/usr/bin/nsenter", f"--net=/run/netns/{HOSTNS}", "--"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sh(*argv):
@@ -168,7 +164,7 @@ class OakukRun(unittest.TestCase):
             self.assertFalse(os.path.exists(cg), f"cgroup {cg} left behind")
 
     def test_http_console_sigint(self):
-        port = free_port()
+        port = ports(1)[0]
         r = self.start("--allow-emulation", "-p", f"{port}:8080", str(IMAGE), "--", "hello")
         line = r.wait_for(lambda: re.search(rf"oakuk: instance {self.name} at ([0-9.]+), ports {port}->8080",
                                             r.stderr()), 60)
@@ -201,7 +197,7 @@ class OakukRun(unittest.TestCase):
     def test_nat_mode(self):
         """The thesis layout with a real guest: the guest sits at 192.168.1.2 behind DNAT inside its
         netns, reached by instance IP and through the port mapping."""
-        port = free_port()
+        port = ports(1)[0]
         r = self.start("--allow-emulation", "--net", "nat", "-p", f"{port}:8080", str(IMAGE), "--", "nat")
         line = r.wait_for(lambda: re.search(rf"oakuk: instance {self.name} at ([0-9.]+), ports {port}->8080",
                                             r.stderr()), 60)

@@ -20,17 +20,14 @@ import unittest
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from edgelib import ports  # noqa: E402
+
 ROOT_BIN = None
 FIXTURES = pathlib.Path(os.environ.get("OAKUK_FIXTURES", pathlib.Path(__file__).resolve().parents[1] / "fixtures"))
 SLA = (FIXTURES / "thesis" / "nginx-unikernel.json").read_bytes()
 AGGREGATE = (FIXTURES / "thesis" / "cluster-aggregate-listing-4.8.json").read_bytes()
 MALFORMED = b'{"applications": [ {"broken'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Response:
@@ -154,7 +151,7 @@ class RootTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="oakuk-root-test-")
-        cls.root = RootDaemon(os.path.join(cls.tmp, "state"), free_port())
+        cls.root = RootDaemon(os.path.join(cls.tmp, "state"), ports(1)[0])
         cls.root.start()
         lines = [l for l in cls.root.log().splitlines() if l.startswith("admin password: ")]
         assert len(lines) == 1, cls.root.log()
@@ -472,7 +469,7 @@ class RescheduleTest(unittest.TestCase):
         conf = os.path.join(self.tmp, "root.conf")
         with open(conf, "w") as f:
             f.write("[root]\ncluster_timeout_s=2\n")
-        self.root = RootDaemon(os.path.join(self.tmp, "state"), free_port())
+        self.root = RootDaemon(os.path.join(self.tmp, "state"), ports(1)[0])
         self.root.start(["--config", conf])
         self.password = [l for l in self.root.log().splitlines() if l.startswith("admin password: ")][0].split(": ")[1]
         self.clusters = [FakeCluster(), FakeCluster()]
