@@ -3,14 +3,17 @@
 oakuk-cluster (with its own mosquitto) and a fake node played by mosquitto_pub/mosquitto_sub.
 
 Usage: test-cli.py <oakuk> <oakuk-root> <oakuk-cluster>"""
+import fcntl
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import unittest
 
@@ -74,6 +77,36 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("login", "--password-stdin", stdin=self.cp.admin_password + "\n")
         self.assertEqual(rc, 0, err)
 
+    def oakuk_on_terminal(self, args, answer, env):
+        """Runs oakuk on a new pseudo-terminal that is its controlling terminal, answers the first
+        prompt with answer, and returns (exit code, everything the terminal showed, whether echo
+        was off while the prompt waited)."""
+        master, slave = os.openpty()
+        p = subprocess.Popen([OAKUK] + args, stdin=slave, stdout=slave, stderr=slave, env=env,
+                             start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        shown, echo_off, answered = b"", None, False
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the other side is closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if not answered and b"assword" in shown:
+                echo_off = not termios.tcgetattr(master)[3] & termios.ECHO
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+            if p.poll() is not None and not ready:
+                break
+        rc = p.wait(timeout=10)
+        os.close(master)
+        return rc, shown.decode(errors="replace"), echo_off
+
     def sla_file(self, doc, name):
         path = os.path.join(self.tmp, name)
         with open(path, "w") as f:
@@ -111,6 +144,17 @@ class CliTest(unittest.TestCase):
         self.assertEqual(c["username"], "Admin")
         self.assertTrue(c["token"] and c["refresh_token"])
         self.assertNotIn(self.cp.admin_password, json.dumps(c))
+        # Interactively: the password is asked on the terminal, without echo, and never shown.
+        env = dict(self.env, XDG_CONFIG_HOME=os.path.join(self.tmp, "config-tty"))
+        rc, shown, echo_off = self.oakuk_on_terminal(["login"], self.cp.admin_password, env)
+        self.assertEqual(rc, 0, shown)
+        self.assertIn("assword", shown)
+        self.assertTrue(echo_off, "echo was on while the password was typed")
+        self.assertNotIn(self.cp.admin_password, shown)
+        self.assertTrue(os.path.exists(os.path.join(self.tmp, "config-tty", "oakuk", "credentials.json")), shown)
+        rc, shown, _ = self.oakuk_on_terminal(["login"], "wrong-password", env)
+        self.assertEqual(rc, 4, shown)
+        self.assertIn("invalid username or password", shown)
 
     def test_03_apply_invalid(self):
         bad = json.loads(json.dumps(SLA))

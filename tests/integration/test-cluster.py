@@ -32,8 +32,13 @@ SLA = {
             "virtualization": "container", "cmd": [], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
             "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/nginx:latest",
             "arch": ["amd64"], "state": "", "port": "80:80", "addresses": {"rr_ip": "10.30.1.1"},
-            "added_files": [], "restart": "on-failure"}]}]}
+            "added_files": [], "restart": "on-failure"}, {
+            "microserviceID": "", "microservice_name": "once", "microservice_namespace": "test",
+            "virtualization": "container", "cmd": [], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+            "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/busybox:latest",
+            "arch": ["amd64"], "state": "", "added_files": [], "restart": "never"}]}]}
 JOB = "shop.test.web.test"
+JOB_ONCE = "shop.test.once.test"
 
 
 class ClusterTest(unittest.TestCase):
@@ -78,7 +83,7 @@ class ClusterTest(unittest.TestCase):
         cls.b.listen()
         r = requests.post(cls.root_url + "/api/application/", headers=cls.h, json=SLA, timeout=10)
         assert r.status_code == 200, r.text
-        cls.sid = json.loads(r.json())[0]["microservices"][0]
+        cls.sid, cls.sid_once = json.loads(r.json())[0]["microservices"]
 
     @classmethod
     def tearDownClass(cls):
@@ -98,12 +103,13 @@ class ClusterTest(unittest.TestCase):
         finally:
             db.close()
 
-    def root_instance(self, n):
-        doc = json.loads(requests.get(self.root_url + "/api/service/" + self.sid, headers=self.h, timeout=5).json())
+    def root_instance(self, n, sid=None):
+        doc = json.loads(requests.get(self.root_url + "/api/service/" + (sid or self.sid), headers=self.h,
+                                      timeout=5).json())
         return next((i for i in doc["instance_list"] if i["instance_number"] == n), None)
 
-    def new_instance(self):
-        r = requests.post(self.root_url + "/api/service/%s/instance" % self.sid, headers=self.h, timeout=5)
+    def new_instance(self, sid=None):
+        r = requests.post(self.root_url + "/api/service/%s/instance" % (sid or self.sid), headers=self.h, timeout=5)
         self.assertEqual(r.status_code, 200, r.text)
         return r.json()["instance_number"]
 
@@ -114,9 +120,9 @@ class ClusterTest(unittest.TestCase):
         text = requests.get(self.cluster_url + "/metrics", timeout=5).text
         return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
 
-    def wait_root_status(self, n, status, node=None, timeout=20):
+    def wait_root_status(self, n, status, node=None, timeout=20, sid=None):
         return wait_until("root instance %d %s" % (n, status), lambda: (lambda i: i if i and i["status"] == status and (
-            node is None or i["node_id"] == node) else None)(self.root_instance(n)), timeout=timeout)
+            node is None or i["node_id"] == node) else None)(self.root_instance(n, sid)), timeout=timeout)
 
     def broker_pid(self):
         """The cluster's child process: its mosquitto."""
@@ -367,6 +373,34 @@ class ClusterTest(unittest.TestCase):
         node.status(JOB, n, "RUNNING")
         self.wait_root_status(n, "RUNNING", placed["node"])
         self.assertEqual(self.metric("oakuk_cluster_deliveries_pending"), 0)
+
+    def test_10_silent_node_restart_never(self):
+        """restart: never: an instance whose node falls silent fails instead of moving, and the
+        node that comes back with it is told to drop it."""
+        self.wait_nodes_active()
+        n = self.new_instance(self.sid_once)
+        placed = wait_until("once placed", lambda: next(
+            (i for i in self.cluster_instances() if i["name"] == "%s.instance.%d" % (JOB_ONCE, n)
+             and i["status"] == "NODE_SCHEDULED"), None))
+        node, other = (self.a, self.b) if placed["node"] == "node-a" else (self.b, self.a)
+        node.expect("control/deploy", lambda m: m.get("job_name") == JOB_ONCE and m.get("instance_number") == n)
+        name = "%s.instance.%d" % (JOB_ONCE, n)
+        node.instances.add(name)
+        node.status(JOB_ONCE, n, "RUNNING")
+        self.wait_root_status(n, "RUNNING", placed["node"], sid=self.sid_once)
+        node.silence()
+        failed = self.wait_root_status(n, "FAILED", timeout=15, sid=self.sid_once)
+        self.assertIn("restart policy is never", failed.get("status_detail", ""), failed)
+        self.assertEqual(other.got("control/deploy", lambda m: m.get("job_name") == JOB_ONCE), [])
+        # it comes back still running it: it is told to drop it, and nothing moves
+        node.alive = True
+        node.thread = threading.Thread(target=node._report_loop, daemon=True)
+        node.thread.start()
+        node.expect("control/delete", lambda m: m.get("job_name") == JOB_ONCE and m.get("instance_number") == n)
+        node.instances.discard(name)
+        time.sleep(2)
+        self.assertEqual(self.root_instance(n, self.sid_once)["status"], "FAILED")
+        self.assertEqual(other.got("control/deploy", lambda m: m.get("job_name") == JOB_ONCE), [])
 
 
 if __name__ == "__main__":
