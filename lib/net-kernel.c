@@ -1,4 +1,4 @@
-/* Kernel layer of the net module: namespaces, netlink (libnl-route-3), TUNSETIFF and libnftables.
+/* Kernel layer of the net module: namespaces, netlink (libnl-route-3) and TUNSETIFF (nftables: net-nft.c).
  * Every function runs on the plumbing thread, which is allowed to setns(). */
 #include "net-private.h"
 
@@ -485,27 +485,5 @@ gboolean oakuk_net_redirect(struct nl_sock *sk, int from, int to, const char *wh
   rtnl_cls_put(c);
   if (r < 0)
     return oakuk_net_fail_nl(error, r, "add mirred redirect %s", what);
-  return TRUE;
-}
-
-struct nft_ctx *oakuk_net_nft_new(void) {
-  struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
-  nft_ctx_buffer_output(ctx);
-  nft_ctx_buffer_error(ctx);
-  return ctx;
-}
-
-gboolean oakuk_net_nft(struct nft_ctx *ctx, const char *cmds, char **json_out, GError **error) {
-  nft_ctx_output_set_flags(ctx, json_out ? NFT_CTX_OUTPUT_JSON : 0);
-  int r = nft_run_cmd_from_buffer(ctx, cmds);
-  if (r != 0) {
-    g_autofree char *msg = g_strchomp(g_strdup(nft_ctx_get_error_buffer(ctx)));
-    g_set_error(error, OAKUK_ERROR, -OAKUK_EIO, "nftables: %s", msg[0] ? msg : "command failed");
-    return FALSE;
-  }
-  if (json_out)
-    *json_out = g_strdup(nft_ctx_get_output_buffer(ctx));
-  else
-    (void)nft_ctx_get_output_buffer(ctx);
   return TRUE;
 }

@@ -7,7 +7,6 @@
 
 #include <json-glib/json-glib.h>
 #include <netlink/netlink.h>
-#include <nftables/libnftables.h>
 
 G_BEGIN_DECLS
 
@@ -92,10 +91,41 @@ int oakuk_net_tap_create(const char *name, GError **error);
 /* ingress qdisc on from + u32 match-all filter with mirred egress redirect to `to`. */
 gboolean oakuk_net_redirect(struct nl_sock *sk, int from, int to, const char *what, GError **error);
 
-/* Runs an nftables command buffer in the current namespace; json_out gets JSON output if non-NULL. */
-/* A libnftables context with buffered output and errors. */
-struct nft_ctx *oakuk_net_nft_new(void);
-gboolean oakuk_net_nft(struct nft_ctx *ctx, const char *cmds, char **json_out, GError **error);
+/* ---- nftables over netlink (net-nft.c): the table "ip oakuk" in the current namespace ---- */
+/* One transaction: what is added to it is applied by oakuk_nft_commit, all or nothing. */
+typedef struct OakukNft OakukNft;
+OakukNft *oakuk_nft_new(void);
+void oakuk_nft_free(OakukNft *t);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakukNft, oakuk_nft_free)
+gboolean oakuk_nft_commit(OakukNft *t, GError **error);
+void oakuk_nft_add_table(OakukNft *t);
+void oakuk_nft_delete_table(OakukNft *t);
+/* A base chain of type nat with policy accept. */
+void oakuk_nft_add_nat_chain(OakukNft *t, const char *name, int hook, int prio);
+void oakuk_nft_add_chain(OakukNft *t, const char *name);
+void oakuk_nft_flush_chain(OakukNft *t, const char *name);
+void oakuk_nft_delete_chain(OakukNft *t, const char *name);
+/* map ports { inet_proto . inet_service : ipv4_addr . inet_service } and
+ * map services { ipv4_addr : verdict } */
+void oakuk_nft_add_maps(OakukNft *t);
+void oakuk_nft_port_add(OakukNft *t, gboolean udp, guint host, const char *comment, guint32 ip, guint guest);
+void oakuk_nft_port_delete(OakukNft *t, gboolean udp, guint host);
+void oakuk_nft_service_add(OakukNft *t, guint32 ip, const char *chain); /* ip : jump chain */
+void oakuk_nft_service_delete(OakukNft *t, guint32 ip);
+/* The node's rules in prerouting, output and postrouting (net.c: nft_base). */
+void oakuk_nft_node_rules(OakukNft *t, const char *bridge, guint32 subnet, guint subnet_prefix, guint32 overlay,
+                          guint overlay_prefix, guint32 service, guint service_prefix);
+/* A NAT-mode instance namespace's DNAT of ip to guest and masquerade of guest_net, on eth. */
+void oakuk_nft_instance_nat_rules(OakukNft *t, const char *eth, guint32 ip, guint32 guest, guint32 guest_net,
+                                  guint guest_prefix);
+/* A service chain's rule: round robin over backends, only port (tcp or udp) unless port is 0. */
+void oakuk_nft_service_rule(OakukNft *t, const char *chain, guint port, const guint32 *backends, guint n);
+/* Reading: whether the table exists; the ports map (into "tcp/8080" -> Port); the service IPs of
+ * the services map; a service chain's port and backends (in round-robin order). */
+gboolean oakuk_nft_has_table(void);
+void oakuk_nft_scan_ports(GHashTable *ports);
+void oakuk_nft_scan_services(GPtrArray *ips);
+gboolean oakuk_nft_scan_service_chain(const char *chain, guint *port, GPtrArray *backends);
 
 /* ---- shared by net.c (object, jobs, operations) and net-state.c (reading the kernel) ---- */
 typedef struct {
@@ -129,7 +159,6 @@ struct oakuk_net {
   GAsyncQueue *queue;
   /* owned by the plumbing thread */
   struct nl_sock *sk;
-  struct nft_ctx *nft;
   GHashTable *instances; /* name -> OakukNetInst */
   GHashTable *ports;     /* "tcp/8080" -> OakukNetPort */
   gboolean loaded;
@@ -137,8 +166,6 @@ struct oakuk_net {
 
 void oakuk_net_inst_free(gpointer p);
 void oakuk_net_port_free(gpointer p);
-/* JSON output of an nftables command in the node namespace, NULL on failure. */
-JsonNode *oakuk_net_nft_json(oakuk_net *net, const char *cmd);
 /* What the kernel holds, on the plumbing thread. */
 GHashTable *oakuk_net_scan_instances(oakuk_net *net, GError **error); /* name -> OakukNetInst */
 GHashTable *oakuk_net_scan_ports(oakuk_net *net);                     /* "tcp/8080" -> OakukNetPort */

@@ -29,60 +29,9 @@ void oakuk_net_port_free(gpointer p) {
   g_free(x);
 }
 
-JsonNode *oakuk_net_nft_json(oakuk_net *net, const char *cmd) {
-  g_autofree char *out = NULL;
-  if (!oakuk_net_nft(net->nft, cmd, &out, NULL))
-    return NULL;
-  return json_from_string(out, NULL);
-}
-
-/* The object of kind ("map", "rule", ...) in an nftables JSON listing, or each one via cb. */
-static void nft_each(JsonNode *root, const char *kind, void (*cb)(JsonObject *o, gpointer d), gpointer d) {
-  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root))
-    return;
-  JsonArray *arr = json_object_get_array_member(json_node_get_object(root), "nftables");
-  for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
-    JsonObject *o = json_array_get_object_element(arr, i);
-    if (o && json_object_has_member(o, kind))
-      cb(json_object_get_object_member(o, kind), d);
-  }
-}
-
-static void parse_ports_map(JsonObject *map, gpointer d) {
-  GHashTable *ports = d;
-  JsonArray *elems = json_object_has_member(map, "elem") ? json_object_get_array_member(map, "elem") : NULL;
-  for (guint i = 0; elems && i < json_array_get_length(elems); i++) {
-    JsonArray *kv = json_array_get_array_element(elems, i);
-    if (kv == NULL || json_array_get_length(kv) != 2)
-      continue;
-    JsonObject *key = json_array_get_object_element(kv, 0);
-    JsonObject *val = json_array_get_object_element(kv, 1);
-    const char *comment = NULL;
-    if (key && json_object_has_member(key, "elem")) {
-      JsonObject *e = json_object_get_object_member(key, "elem");
-      comment = json_object_get_string_member_with_default(e, "comment", NULL);
-      key = json_object_get_object_member(e, "val");
-    }
-    JsonArray *k = key ? json_object_get_array_member(key, "concat") : NULL;
-    JsonArray *v = val ? json_object_get_array_member(val, "concat") : NULL;
-    guint32 ip;
-    if (!k || !v || json_array_get_length(k) != 2 || json_array_get_length(v) != 2 ||
-        !oakuk_net_parse_ip(json_array_get_string_element(v, 0), &ip))
-      continue;
-    Port *p = g_new0(Port, 1);
-    p->instance = g_strdup(comment ? comment : "");
-    p->proto = g_strcmp0(json_array_get_string_element(k, 0), "udp") == 0 ? "udp" : "tcp";
-    p->host = (guint)json_array_get_int_element(k, 1);
-    p->guest = (guint)json_array_get_int_element(v, 1);
-    p->ip = ip;
-    g_hash_table_replace(ports, g_strdup_printf("%s/%u", p->proto, p->host), p);
-  }
-}
-
 GHashTable *oakuk_net_scan_ports(oakuk_net *net) {
   GHashTable *ports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, oakuk_net_port_free);
-  g_autoptr(JsonNode) root = oakuk_net_nft_json(net, "list map ip oakuk ports");
-  nft_each(root, "map", parse_ports_map, ports);
+  oakuk_nft_scan_ports(ports);
   return ports;
 }
 
@@ -202,51 +151,10 @@ GPtrArray *oakuk_net_scan_fdb(oakuk_net *net, int vx) {
   return out;
 }
 
-static void collect_service_ips(JsonObject *map, gpointer d) {
-  JsonArray *elems = json_object_has_member(map, "elem") ? json_object_get_array_member(map, "elem") : NULL;
-  for (guint i = 0; elems && i < json_array_get_length(elems); i++) {
-    JsonArray *kv = json_array_get_array_element(elems, i);
-    if (kv && json_array_get_length(kv) == 2 && JSON_NODE_HOLDS_VALUE(json_array_get_element(kv, 0)))
-      g_ptr_array_add(d, g_strdup(json_array_get_string_element(kv, 0)));
-  }
-}
-
 GPtrArray *oakuk_net_scan_services(oakuk_net *net) {
   GPtrArray *ips = g_ptr_array_new_with_free_func(g_free);
-  g_autoptr(JsonNode) root = oakuk_net_nft_json(net, "list map ip oakuk services");
-  nft_each(root, "map", collect_service_ips, ips);
+  oakuk_nft_scan_services(ips);
   return ips;
-}
-
-typedef struct {
-  gint64 port;
-  JsonBuilder *b;
-} SvcScan;
-
-static void service_rule(JsonObject *rule, gpointer d) {
-  SvcScan *s = d;
-  JsonArray *expr = json_object_get_array_member(rule, "expr");
-  for (guint i = 0; expr && i < json_array_get_length(expr); i++) {
-    JsonObject *e = json_array_get_object_element(expr, i);
-    if (e && json_object_has_member(e, "match")) {
-      JsonObject *m = json_object_get_object_member(e, "match");
-      JsonNode *right = json_object_get_member(m, "right");
-      if (right && JSON_NODE_HOLDS_VALUE(right) && json_node_get_value_type(right) == G_TYPE_INT64)
-        s->port = json_node_get_int(right);
-    } else if (e && json_object_has_member(e, "dnat")) {
-      JsonObject *addr = json_object_get_object_member(json_object_get_object_member(e, "dnat"), "addr");
-      JsonObject *map =
-          addr && json_object_has_member(addr, "map") ? json_object_get_object_member(addr, "map") : NULL;
-      JsonObject *data = map ? json_object_get_object_member(map, "data") : NULL;
-      JsonArray *set =
-          data && json_object_has_member(data, "set") ? json_object_get_array_member(data, "set") : NULL;
-      for (guint j = 0; set && j < json_array_get_length(set); j++) {
-        JsonArray *kv = json_array_get_array_element(set, j);
-        if (kv && json_array_get_length(kv) == 2)
-          json_builder_add_string_value(s->b, json_array_get_string_element(kv, 1));
-      }
-    }
-  }
 }
 
 static void list_services(oakuk_net *net, JsonBuilder *b) {
@@ -258,18 +166,20 @@ static void list_services(oakuk_net *net, JsonBuilder *b) {
     if (!oakuk_net_parse_ip(ips->pdata[i], &rr))
       continue;
     g_autofree char *chain = oakuk_net_service_chain(rr);
-    g_autofree char *cmd = g_strdup_printf("list chain ip oakuk %s", chain);
-    g_autoptr(JsonNode) root = oakuk_net_nft_json(net, cmd);
-    SvcScan s = {0, b};
+    g_autoptr(GPtrArray) backends = g_ptr_array_new_with_free_func(g_free);
+    guint port = 0;
+    oakuk_nft_scan_service_chain(chain, &port, backends);
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "ip");
     json_builder_add_string_value(b, ips->pdata[i]);
     json_builder_set_member_name(b, "backends");
     json_builder_begin_array(b);
-    nft_each(root, "rule", service_rule, &s);
+    for (guint k = 0; k < backends->len; k++)
+      if (backends->pdata[k] != NULL)
+        json_builder_add_string_value(b, backends->pdata[k]);
     json_builder_end_array(b);
     json_builder_set_member_name(b, "port");
-    json_builder_add_int_value(b, s.port);
+    json_builder_add_int_value(b, port);
     json_builder_end_object(b);
   }
   json_builder_end_array(b);
@@ -352,7 +262,7 @@ char *oakuk_net_state_json(oakuk_net *net, GError **error) {
   json_builder_set_member_name(b, "vxlan");
   json_builder_add_boolean_value(b, vx > 0);
   json_builder_set_member_name(b, "table");
-  json_builder_add_boolean_value(b, oakuk_net_nft(net->nft, "list table ip oakuk", NULL, NULL));
+  json_builder_add_boolean_value(b, oakuk_nft_has_table());
   list_instances(net, b, inst);
   add_strings(b, "netns", spaces);
   list_ports(b, ports);

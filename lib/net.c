@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <json-glib/json-glib.h>
 #include <linux/neighbour.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter_ipv4.h>
 #include <linux/rtnetlink.h>
 #include <netlink/route/link.h>
 #include <netlink/route/neighbour.h>
@@ -376,16 +378,8 @@ static gpointer worker_main(gpointer data) {
       job_free(job);
       break;
     }
-    /* The nftables context lives while jobs keep coming: its cache (hash tables of some 130 kB per
-     * kind of object) is dropped when the queue runs dry, and a new context costs ~0.15 ms. */
-    if (net->nft == NULL)
-      net->nft = oakuk_net_nft_new();
     job_run(net, job);
-    if (g_async_queue_length(net->queue) <= 0)
-      g_clear_pointer(&net->nft, nft_ctx_free);
   }
-  if (net->nft)
-    nft_ctx_free(net->nft);
   if (net->sk)
     nl_socket_free(net->sk);
   if (net->instances)
@@ -411,32 +405,31 @@ static gboolean ensure_loaded(oakuk_net *net, GError **error) {
 
 /* ---------------------------------------------------------------- node */
 
+/* table ip oakuk {
+ *   map ports { type inet_proto . inet_service : ipv4_addr . inet_service; }   (kept on re-runs)
+ *   map services { type ipv4_addr : verdict; }                                 (kept on re-runs)
+ *   chain prerouting { type nat hook prerouting priority dstnat; policy accept;
+ *     ip daddr vmap @services
+ *     fib daddr type local dnat ip to meta l4proto . th dport map @ports }
+ *   chain output { type nat hook output priority -100; policy accept; (the same two rules) }
+ *   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+ *     ip saddr 127.0.0.0/8 oifname BRIDGE masquerade
+ *     ct status dnat oifname BRIDGE ip saddr SUBNET masquerade
+ *     ip saddr SUBNET ip daddr != SUBNET ip daddr != OVERLAY ip daddr != SERVICES oifname != BRIDGE masquerade }
+ * } -- base chains are flushed and rewritten, in one transaction. */
 static gboolean nft_base(oakuk_net *net, GError **error) {
-  g_autofree char *sub = oakuk_net_ip_str(net->subnet);
-  g_autofree char *ovl = oakuk_net_ip_str(net->overlay);
-  g_autofree char *svc = oakuk_net_ip_str(net->service);
-  /* Maps survive a re-run (adoption); base chains are rewritten. */
-  g_autofree char *cmds = g_strdup_printf(
-      "add table ip oakuk\n"
-      "add map ip oakuk ports { type inet_proto . inet_service : ipv4_addr . inet_service; }\n"
-      "add map ip oakuk services { type ipv4_addr : verdict; }\n"
-      "add chain ip oakuk prerouting { type nat hook prerouting priority dstnat; policy accept; }\n"
-      "add chain ip oakuk output { type nat hook output priority -100; policy accept; }\n"
-      "add chain ip oakuk postrouting { type nat hook postrouting priority srcnat; policy accept; }\n"
-      "flush chain ip oakuk prerouting\n"
-      "flush chain ip oakuk output\n"
-      "flush chain ip oakuk postrouting\n"
-      "add rule ip oakuk prerouting ip daddr vmap @services\n"
-      "add rule ip oakuk prerouting fib daddr type local dnat ip to meta l4proto . th dport map @ports\n"
-      "add rule ip oakuk output ip daddr vmap @services\n"
-      "add rule ip oakuk output fib daddr type local dnat ip to meta l4proto . th dport map @ports\n"
-      "add rule ip oakuk postrouting ip saddr 127.0.0.0/8 oifname \"%s\" masquerade\n"
-      "add rule ip oakuk postrouting ct status dnat oifname \"%s\" ip saddr %s/%u masquerade\n"
-      "add rule ip oakuk postrouting ip saddr %s/%u ip daddr != %s/%u ip daddr != %s/%u oifname != \"%s\" "
-      "masquerade\n",
-      net->bridge, net->bridge, sub, net->subnet_prefix, sub, net->subnet_prefix, ovl, net->overlay_prefix,
-      svc, net->service_prefix, net->bridge);
-  if (!oakuk_net_nft(net->nft, cmds, NULL, error)) {
+  g_autoptr(OakukNft) t = oakuk_nft_new();
+  oakuk_nft_add_table(t);
+  oakuk_nft_add_maps(t);
+  oakuk_nft_add_nat_chain(t, "prerouting", NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST);
+  oakuk_nft_add_nat_chain(t, "output", NF_INET_LOCAL_OUT, -100);
+  oakuk_nft_add_nat_chain(t, "postrouting", NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC);
+  oakuk_nft_flush_chain(t, "prerouting");
+  oakuk_nft_flush_chain(t, "output");
+  oakuk_nft_flush_chain(t, "postrouting");
+  oakuk_nft_node_rules(t, net->bridge, net->subnet, net->subnet_prefix, net->overlay, net->overlay_prefix,
+                       net->service, net->service_prefix);
+  if (!oakuk_nft_commit(t, error)) {
     g_prefix_error(error, "create nftables table ip oakuk: ");
     return FALSE;
   }
@@ -481,18 +474,17 @@ OAKUK_API void oakuk_net_setup_node_async(oakuk_net *net, oakuk_net_callback cb,
 
 /* ---------------------------------------------------------------- instances */
 
+/* table ip oakuk { chain prerouting { type nat hook prerouting priority dstnat; policy accept;
+ *   iifname eth0 ip daddr IP dnat to 192.168.1.2 }
+ * chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+ *   oifname eth0 ip saddr 192.168.1.0/30 masquerade } } in the instance namespace */
 static gboolean nat_rules(const char *name, guint32 ip, GError **error) {
-  g_autofree char *ips = oakuk_net_ip_str(ip);
-  g_autofree char *cmds = g_strdup_printf(
-      "add table ip oakuk\n"
-      "add chain ip oakuk prerouting { type nat hook prerouting priority dstnat; policy accept; }\n"
-      "add chain ip oakuk postrouting { type nat hook postrouting priority srcnat; policy accept; }\n"
-      "add rule ip oakuk prerouting iifname \"%s\" ip daddr %s dnat to 192.168.1.2\n"
-      "add rule ip oakuk postrouting oifname \"%s\" ip saddr 192.168.1.0/30 masquerade\n",
-      OAKUK_NET_ETH, ips, OAKUK_NET_ETH);
-  struct nft_ctx *ctx = oakuk_net_nft_new();
-  gboolean ok = oakuk_net_nft(ctx, cmds, NULL, error);
-  nft_ctx_free(ctx);
+  g_autoptr(OakukNft) t = oakuk_nft_new();
+  oakuk_nft_add_table(t);
+  oakuk_nft_add_nat_chain(t, "prerouting", NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST);
+  oakuk_nft_add_nat_chain(t, "postrouting", NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC);
+  oakuk_nft_instance_nat_rules(t, OAKUK_NET_ETH, ip, NAT_GUEST_IP, NAT_BRIDGE_IP & ~3u, 30);
+  gboolean ok = oakuk_nft_commit(t, error);
   if (!ok)
     g_prefix_error(error, "create NAT rules in netns %s: ", name);
   return ok;
@@ -659,8 +651,9 @@ static gboolean port_delete(oakuk_net *net, const char *key, GError **error) {
   Port *p = g_hash_table_lookup(net->ports, key);
   if (p == NULL)
     return TRUE;
-  g_autofree char *cmd = g_strdup_printf("delete element ip oakuk ports { %s . %u }", p->proto, p->host);
-  if (!oakuk_net_nft(net->nft, cmd, NULL, error)) {
+  g_autoptr(OakukNft) t = oakuk_nft_new();
+  oakuk_nft_port_delete(t, g_strcmp0(p->proto, "udp") == 0, p->host);
+  if (!oakuk_nft_commit(t, error)) {
     g_prefix_error(error, "remove port mapping %u/%s of %s: ", p->host, p->proto, p->instance);
     return FALSE;
   }
@@ -793,10 +786,9 @@ static gboolean op_port_add(oakuk_net *net, Job *job, GError **error) {
                 job->name, host, proto, have->instance);
     return FALSE;
   }
-  g_autofree char *ip = oakuk_net_ip_str(inst->ip);
-  g_autofree char *cmd = g_strdup_printf("add element ip oakuk ports { %s . %u comment \"%s\" : %s . %u }",
-                                         proto, host, job->name, ip, guest);
-  if (!oakuk_net_nft(net->nft, cmd, NULL, error)) {
+  g_autoptr(OakukNft) t = oakuk_nft_new();
+  oakuk_nft_port_add(t, g_strcmp0(proto, "udp") == 0, host, job->name, inst->ip, guest);
+  if (!oakuk_nft_commit(t, error)) {
     g_prefix_error(error, "port mapping %s of instance %s: ", job->spec, job->name);
     return FALSE;
   }
@@ -853,12 +845,12 @@ static gboolean service_delete(oakuk_net *net, guint32 rr, GError **error) {
   g_autofree char *ip = oakuk_net_ip_str(rr);
   g_autofree char *chain = oakuk_net_service_chain(rr);
   /* "add" first makes the deletes valid when the service does not exist: one transaction. */
-  g_autofree char *cmds = g_strdup_printf("add chain ip oakuk %s\n"
-                                          "add element ip oakuk services { %s : jump %s }\n"
-                                          "delete element ip oakuk services { %s }\n"
-                                          "delete chain ip oakuk %s\n",
-                                          chain, ip, chain, ip, chain);
-  if (!oakuk_net_nft(net->nft, cmds, NULL, error)) {
+  g_autoptr(OakukNft) t = oakuk_nft_new();
+  oakuk_nft_add_chain(t, chain);
+  oakuk_nft_service_add(t, rr, chain);
+  oakuk_nft_service_delete(t, rr);
+  oakuk_nft_delete_chain(t, chain);
+  if (!oakuk_nft_commit(t, error)) {
     g_prefix_error(error, "remove service %s: ", ip);
     return FALSE;
   }
@@ -872,19 +864,17 @@ static gboolean op_service_set(oakuk_net *net, Job *job, GError **error) {
   if (b->len == 0)
     return service_delete(net, rr, error);
   g_autofree char *chain = oakuk_net_service_chain(rr);
-  GString *map = g_string_new(NULL);
+  g_autofree guint32 *backends = g_new0(guint32, b->len);
   for (guint i = 0; i < b->len; i++)
-    g_string_append_printf(map, "%s%u : %s", i ? ", " : "", i, (char *)b->pdata[i]);
-  g_autofree char *match =
-      job->port ? g_strdup_printf("meta l4proto { tcp, udp } th dport %u ", job->port) : g_strdup("");
-  /* One buffer = one nftables transaction: readers see the old set or the new one. */
-  g_autofree char *cmds = g_strdup_printf("add chain ip oakuk %s\n"
-                                          "flush chain ip oakuk %s\n"
-                                          "add rule ip oakuk %s %sdnat ip to numgen inc mod %u map { %s }\n"
-                                          "add element ip oakuk services { %s : jump %s }\n",
-                                          chain, chain, chain, match, b->len, map->str, job->ip, chain);
-  g_string_free(map, TRUE);
-  if (!oakuk_net_nft(net->nft, cmds, NULL, error)) {
+    oakuk_net_parse_ip(b->pdata[i], &backends[i]);
+  /* chain CHAIN { [meta l4proto { tcp, udp } th dport PORT] dnat ip to numgen inc mod N map { 0 : B0, ... } }
+   * and services { RR : jump CHAIN }: one transaction, readers see the old set or the new one. */
+  g_autoptr(OakukNft) t = oakuk_nft_new();
+  oakuk_nft_add_chain(t, chain);
+  oakuk_nft_flush_chain(t, chain);
+  oakuk_nft_service_rule(t, chain, job->port, backends, b->len);
+  oakuk_nft_service_add(t, rr, chain);
+  if (!oakuk_nft_commit(t, error)) {
     g_prefix_error(error, "set service %s: ", job->ip);
     return FALSE;
   }
@@ -1116,7 +1106,10 @@ OAKUK_API void oakuk_net_reconcile_async(oakuk_net *net, const char *const *inst
 static gboolean op_teardown_node(oakuk_net *net, Job *job, GError **error) {
   if (!op_reconcile(net, job, error))
     return FALSE;
-  if (!oakuk_net_nft(net->nft, "add table ip oakuk\ndelete table ip oakuk\n", NULL, error)) {
+  g_autoptr(OakukNft) t = oakuk_nft_new();
+  oakuk_nft_add_table(t);
+  oakuk_nft_delete_table(t);
+  if (!oakuk_nft_commit(t, error)) {
     g_prefix_error(error, "delete nftables table ip oakuk: ");
     return FALSE;
   }

@@ -7,7 +7,7 @@ updated=
 build_pkgs=(
   meson ninja-build pkg-config gcc clang libclang-rt-14-dev binutils
   libglib2.0-dev libjson-glib-dev libsoup-3.0-dev libpaho-mqtt-dev libarchive-dev
-  libnl-3-dev libnl-route-3-dev libnftables-dev libsqlite3-dev libacl1-dev
+  libnl-3-dev libnl-route-3-dev libnftnl-dev libmnl-dev libsqlite3-dev libacl1-dev
   python3
 )
 run_pkgs=(
