@@ -114,23 +114,23 @@ gboolean oakuk_nft_commit(OakukNft *t, GError **error) {
     mnl_socket_close(nl);
     return ok;
   }
-  /* Every message asked for an ACK: one answer each, 0 or an errno; the first error is reported. */
+  /* Every message asked for an ACK: one answer each, 0 or an errno. The transaction is all or
+   * nothing, so the first error is its outcome. */
   guint answers = 0;
   g_autofree char *rbuf = g_malloc(RECV_SIZE);
-  while (answers < t->ops->len) {
+  while (ok && answers < t->ops->len) {
     ssize_t got = mnl_socket_recvfrom(nl, rbuf, RECV_SIZE);
     if (got < 0) {
-      if (ok)
-        ok = oakuk_net_fail_errno(error, errno, "nftables: %u of %u answers", answers, t->ops->len);
+      ok = oakuk_net_fail_errno(error, errno, "nftables: %u of %u answers", answers, t->ops->len);
       break;
     }
     int n = (int)got;
-    for (struct nlmsghdr *h = (struct nlmsghdr *)rbuf; mnl_nlmsg_ok(h, n); h = mnl_nlmsg_next(h, &n)) {
+    for (struct nlmsghdr *h = (struct nlmsghdr *)rbuf; ok && mnl_nlmsg_ok(h, n); h = mnl_nlmsg_next(h, &n)) {
       if (h->nlmsg_type != NLMSG_ERROR)
         continue;
       answers++;
       const struct nlmsgerr *e = mnl_nlmsg_get_payload(h);
-      if (e->error != 0 && ok)
+      if (e->error != 0)
         ok = oakuk_net_fail_errno(error, -e->error, "nftables: %s", op_what(t, h->nlmsg_seq));
     }
   }

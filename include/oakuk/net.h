@@ -6,9 +6,10 @@
 OAKUK_BEGIN_DECLS
 
 /* The node's network plumber (DESIGN §9): bridge, per-instance netns/veth/tap, port mappings,
- * service IPs and VXLAN peers, made with netlink, TUNSETIFF and libnftables (no ip/iptables/nft
- * processes). All kernel work runs on a thread the oakuk_net object owns; the synchronous calls
- * block until it is done, the _async ones call back on the caller's thread-default GMainContext. */
+ * service IPs and VXLAN peers, made with netlink (libnl-route-3, and libnftnl for nftables) and
+ * TUNSETIFF (no ip/iptables/nft processes). All kernel work runs on a thread the oakuk_net object
+ * owns; the synchronous calls block until it is done, the _async ones call back on the caller's
+ * thread-default GMainContext. */
 
 typedef struct oakuk_net oakuk_net;
 typedef struct oakuk_net_instance_info oakuk_net_instance_info;

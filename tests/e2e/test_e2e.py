@@ -226,13 +226,18 @@ class E2E(unittest.TestCase):
             self.assertRegex(line, why)
         self.assertEqual(self.instance("forbid", 7), None)
 
-    def wait_answers(self, what, t0, timeout):
-        """Waits for guest answers the client printed after t0; on failure shows the client's output
-        and the ends of the cluster's and the nodes' logs."""
+    def wait_answers(self, what, t0, timeout, pred=lambda answer: True):
+        """Waits for guest answers (pred true) the client printed after t0; on failure shows the
+        client's output and the ends of the cluster's and the nodes' logs."""
         try:
-            return wait_until(what, lambda: self.answers_since(t0), timeout=timeout)
+            return wait_until(what, lambda: [a for a in self.answers_since(t0) if pred(a)], timeout=timeout)
         except AssertionError as err:
             logs = "\n".join("--- %s:\n%s" % (d.name, d.tail(15)) for d in [self.edge.cluster, *self.nodes.values()])
+            for short in sorted(self.nodes):
+                ns = self.edge.hosts[short][0]
+                rules = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "oakuk"],
+                                       capture_output=True, text=True).stdout
+                logs += "\n--- nft in %s:\n%s" % (short, rules)
             raise AssertionError("%s; client output ends: %s\n%s" % (err, self.client_log()[-600:], logs)) from None
 
     def test_02_container_reaches_unikernel_by_service_ip(self):
@@ -444,8 +449,8 @@ class E2E(unittest.TestCase):
         self.assertEqual(moved["node_id"], "n3")
         n3_subnet = next(n["subnet"] for n in e.cluster_nodes() if n["id"] == "n3")
         t0 = int(time.time())
-        ans = wait_until("the service IP follows to n3", lambda: [a for a in self.answers_since(t0) if a.startswith(
-            n3_subnet.rsplit(".", 1)[0] + ".")], timeout=30)
+        ans = self.wait_answers("the service IP follows to n3", t0, timeout=30,
+                                pred=lambda a: a.startswith(n3_subnet.rsplit(".", 1)[0] + "."))
         self.assertTrue(ans)
         print("unikernel moved and RUNNING %.1f s after the kill" % t_moved, file=sys.stderr)
         ev = e.cluster.text()

@@ -509,6 +509,13 @@ static void test_ports(void) {
   g_assert_null(gone);
   OK(oakuk_net_port_map_add(net, P("web.instance.0"), "9090:80", E));
   assert_fetch(P("other"), "192.168.80.1", 9090, "web");
+  /* A mapping made behind the plumber's back: the kernel refuses ours, and the error names the
+   * nftables operation that failed. */
+  runf("ip netns exec %s nft add element ip oakuk ports '{ tcp . 7777 : 10.18.3.9 . 80 }'", P("h1"));
+  g_assert_cmpint(oakuk_net_port_map_add(net, P("web.instance.0"), "7777:80", &err), !=, 0);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "add element ports { tcp . 7777 }"));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "exists"));
+  oakuk_error_free(g_steal_pointer(&err));
   /* Teardown of the instance removes its mappings. */
   server_stop(srv);
   OK(oakuk_net_instance_teardown(net, P("web.instance.0"), E));
