@@ -33,7 +33,9 @@
 #define TYPE_INET_PROTOCOL 12
 #define TYPE_INET_SERVICE 13
 #define TYPE_BITS 6
-#define BUF_SIZE (64 * 1024)
+/* A transaction is at most BATCH_LIMIT bytes; the buffer is twice that, as libmnl requires (the
+ * message that crosses the limit is still written). OAKUK_NET_MAX_BACKENDS backends take ~50 kB. */
+#define BATCH_LIMIT (128 * 1024)
 #define RECV_SIZE (64 * 1024) /* dump messages may exceed MNL_SOCKET_BUFFER_SIZE (a page) */
 
 typedef struct {
@@ -46,12 +48,13 @@ struct OakukNft {
   struct mnl_nlmsg_batch *batch;
   guint32 seq, set_id;
   GArray *ops; /* Op */
+  gboolean full;
 };
 
 OakukNft *oakuk_nft_new(void) {
   OakukNft *t = g_new0(OakukNft, 1);
-  t->buf = g_malloc(BUF_SIZE);
-  t->batch = mnl_nlmsg_batch_start(t->buf, BUF_SIZE);
+  t->buf = g_malloc(2 * BATCH_LIMIT);
+  t->batch = mnl_nlmsg_batch_start(t->buf, BATCH_LIMIT);
   t->seq = (guint32)time(NULL);
   t->ops = g_array_new(FALSE, FALSE, sizeof(Op));
   nftnl_batch_begin(mnl_nlmsg_batch_current(t->batch), t->seq++);
@@ -78,7 +81,8 @@ static struct nlmsghdr *msg(OakukNft *t, guint16 type, guint16 flags, char *what
 }
 
 static void next(OakukNft *t) {
-  mnl_nlmsg_batch_next(t->batch);
+  if (!t->full && !mnl_nlmsg_batch_next(t->batch))
+    t->full = TRUE; /* later messages overwrite the last one; commit refuses the transaction */
 }
 
 static struct mnl_socket *nl_open(GError **error) {
@@ -103,6 +107,9 @@ static const char *op_what(OakukNft *t, guint32 seq) {
 }
 
 gboolean oakuk_nft_commit(OakukNft *t, GError **error) {
+  if (t->full)
+    return oakuk_net_fail_errno(error, E2BIG, "nftables: transaction of %u operations larger than %d kB",
+                                t->ops->len, BATCH_LIMIT / 1024);
   nftnl_batch_end(mnl_nlmsg_batch_current(t->batch), t->seq++);
   mnl_nlmsg_batch_next(t->batch);
   struct mnl_socket *nl = nl_open(error);

@@ -894,6 +894,9 @@ static Job *service_job(oakuk_net *net, const char *rr_ip, uint32_t port, const 
                 rr_ip ? rr_ip : "(null)");
   else if (port > 65535)
     g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "service %s: port %u out of range", rr_ip, port);
+  else if (n > OAKUK_NET_MAX_BACKENDS)
+    g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "service %s: %zu backends; at most %d", rr_ip, n,
+                OAKUK_NET_MAX_BACKENDS);
   for (size_t i = 0; err == NULL && i < n; i++)
     if (!oakuk_net_parse_ip(backends[i], &v))
       g_set_error(&err, OAKUK_ERROR, -OAKUK_EINVAL, "service %s: backend[%zu] \"%s\" is not an IPv4 address",

@@ -96,7 +96,9 @@ OAKUK_API int oakuk_net_port_map_remove(oakuk_net *net, const char *instance, co
                                         oakuk_error **error);
 
 /* Service IP rr_ip (inside service_cidr): new connections (tcp/udp to port, or any port when 0)
- * are spread over backend IPs with numgen. Replaces the previous set atomically; n == 0 removes. */
+ * are spread over backend IPs with numgen. Replaces the previous set atomically; n == 0 removes.
+ * At most OAKUK_NET_MAX_BACKENDS backends (one nftables transaction holds them). */
+#define OAKUK_NET_MAX_BACKENDS 1024
 OAKUK_API int oakuk_net_service_set(oakuk_net *net, const char *rr_ip, uint32_t port,
                                     const char *const *backends, size_t n, oakuk_error **error);
 OAKUK_API void oakuk_net_service_set_async(oakuk_net *net, const char *rr_ip, uint32_t port,

@@ -795,6 +795,11 @@ static void test_invalid(void) {
   const char *bad_backend[] = {"not-an-ip"};
   EXPECT_FAIL(oakuk_net_service_set(net, "10.30.0.1", 80, bad_backend, 1, &err_), OAKUK_EINVAL, "backend[0]");
   EXPECT_FAIL(oakuk_net_service_set(net, "10.18.3.77", 80, NULL, 0, &err_), OAKUK_EINVAL, "service CIDR");
+  g_autofree const char **many = g_new0(const char *, OAKUK_NET_MAX_BACKENDS + 1);
+  for (guint i = 0; i <= OAKUK_NET_MAX_BACKENDS; i++)
+    many[i] = "10.18.3.2";
+  EXPECT_FAIL(oakuk_net_service_set(net, "10.30.0.1", 80, many, OAKUK_NET_MAX_BACKENDS + 1, &err_), OAKUK_EINVAL,
+              "at most");
   EXPECT_FAIL(oakuk_net_peer_add(net, "192.168.77.2", "10.18.4.0/33", &err_), OAKUK_EINVAL, "node_subnet");
   EXPECT_FAIL(oakuk_net_peer_add(net, "192.168.77.2", "10.18.4.0/24", &err_), OAKUK_ENOTFOUND, "oakuk-vx");
   char *after = oakuk_net_list(net, NULL);
@@ -812,6 +817,18 @@ static void test_invalid(void) {
   err = NULL;
   g_assert_false(netns_exists(P("clash.instance.0")));
   runf("ip -n %s link del %s", P("h1"), host_if);
+  /* The largest service fits one transaction, and reads back whole. */
+  char *small = oakuk_net_list(net, NULL);
+  OK(oakuk_net_service_set(net, "10.30.0.1", 80, many, OAKUK_NET_MAX_BACKENDS, E));
+  char *big = oakuk_net_list(net, NULL);
+  guint seen = 0;
+  for (const char *p = big; (p = strstr(p, "\"10.18.3.2\"")) != NULL; p++)
+    seen++;
+  for (const char *p = small; (p = strstr(p, "\"10.18.3.2\"")) != NULL; p++)
+    seen--;
+  g_assert_cmpuint(seen, ==, OAKUK_NET_MAX_BACKENDS);
+  oakuk_free(small);
+  oakuk_free(big);
   OK(oakuk_net_teardown_node(net, E));
   oakuk_free(before);
   oakuk_free(mid);
