@@ -9,8 +9,9 @@
 A TCG boot varies by +-50 ms from one run to the next, more than the control plane costs, so a
 difference of two medians says little. The control plane's share is therefore also taken per deploy:
 the node logs when the deploy message arrived and when the instance became RUNNING (event=deploy,
-event=status), and everything else between the API request and the root's RUNNING is the control
-plane (API, cluster's placement, two MQTT hops each way, reports, the bench's 2 ms polling).
+event=status), the root when it learnt RUNNING (event=status), and everything else between the API
+request and the root's RUNNING is the control plane (API, cluster's placement, the MQTT hops, the
+status report to the root).
 Then the idle RSS (and PSS, anonymous) and CPU of each daemon over 10 s, from /proc. Needs root.
 
 Usage: e2e-deploy.py <build root> <unikernel-deploy binary>"""
@@ -30,9 +31,9 @@ RUNS = 15
 LOG_LINE = re.compile(r'^time=(\S+) .*? event=(deploy|status) instance=(\S+)(?: .*?status=(\S+))?')
 
 
-def node_times(log_path, n):
-    """(deploy received, RUNNING) wall-clock times of instance n (the bench's only service) from the
-    node's log, in seconds."""
+def log_times(log_path, n):
+    """(deploy received, RUNNING) wall-clock times of instance n (the bench's only service) in a
+    daemon's log, in seconds; deploy is None in the root's log, which has no such event."""
     instance_suffix = ".instance.%d" % n
     got, running = None, None
     with open(log_path, errors="replace") as f:
@@ -44,10 +45,10 @@ def node_times(log_path, n):
                 tzinfo=datetime.timezone.utc).timestamp()
             if m.group(2) == "deploy":
                 got, running = t, None
-            elif m.group(4) == "RUNNING" and got is not None and running is None:
+            elif m.group(4) == "RUNNING" and running is None:
                 running = t
-    if got is None or running is None:
-        raise SystemExit("e2e-deploy: no deploy/RUNNING lines for instance %d in %s" % (n, log_path))
+    if running is None:
+        raise SystemExit("e2e-deploy: no RUNNING line for instance %d in %s" % (n, log_path))
     return got, running
 
 
@@ -97,7 +98,9 @@ def main():
         return next((i for i in lst if i["instance_number"] == n), None)
 
     def one():
-        """(API request -> RUNNING at the root, the node's own deploy -> RUNNING), in ms."""
+        """(API request -> RUNNING at the root, the node's own deploy -> RUNNING), in ms. Both ends
+        come from the daemons' logs: the bench polls every 20 ms, and polling faster would take
+        CPU from the guest booting under TCG on this 2-core machine and slow down what it measures."""
         t0 = time.time()
         r = e.api("POST", "/api/v1/services/%s/instances" % sid)
         r.raise_for_status()
@@ -105,15 +108,17 @@ def main():
         while True:
             i = status(n)
             if i and i["status"] == "RUNNING":
-                t1 = time.time()
-                got, running = node_times(node.log_path, n)
-                dt = ((t1 - t0) * 1000, (running - got) * 1000)
+                _, at_root = log_times(e.root.log_path, n)
+                got, running = log_times(node.log_path, n)
+                if got is None:
+                    raise SystemExit("e2e-deploy: no deploy line for instance %d in the node's log" % n)
+                dt = ((at_root - t0) * 1000, (running - got) * 1000)
                 break
             if i and i["status"] in ("FAILED", "DEAD", "NO_QUALIFIED_WORKER_FOUND", "NoActiveClusterWithCapacity"):
                 raise SystemExit("e2e-deploy: instance %d %s: %s" % (n, i["status"], i.get("status_detail")))
             if time.time() - t0 > 120:
                 raise SystemExit("e2e-deploy: instance %d not RUNNING within 120 s" % n)
-            time.sleep(0.002)
+            time.sleep(0.02)
         e.api("DELETE", "/api/v1/services/%s/instances/%d" % (sid, n)).raise_for_status()
         wait_until("instance %d gone" % n, lambda: status(n) is None, timeout=60, interval=0.05)
         return dt
@@ -121,7 +126,7 @@ def main():
     one()  # warm-up: the node downloads and caches the image
     ours = [one() for _ in range(RUNS)]
     # the runtime alone, same machine, same run
-    p = subprocess.run([uk_bench], capture_output=True, text=True, timeout=900)
+    p = subprocess.run([uk_bench, str(RUNS)], capture_output=True, text=True, timeout=1800)
     if p.returncode != 0:
         raise SystemExit("e2e-deploy: %s failed: %s" % (uk_bench, p.stderr[-500:]))
     m = re.search(r"to-running: ours ([0-9.]+) ms", p.stdout)
@@ -130,7 +135,7 @@ def main():
     ref = float(m.group(1))
     med = statistics.median(t for t, _ in ours)
     share = [t - rt for t, rt in ours]
-    print("e2e-deploy: ours %.1f ms, reference %.1f ms (runtime alone), ratio %.2f (medians of %d and 5 runs)" % (
+    print("e2e-deploy: ours %.1f ms, reference %.1f ms (runtime alone), ratio %.2f (medians of %d runs each)" % (
         med, ref, med / ref, len(ours)))
     print("e2e-deploy: control plane per deploy (API -> RUNNING minus the node's deploy -> RUNNING): "
           "median %.1f ms, min %.1f, max %.1f (target < 50 ms)" % (statistics.median(share), min(share), max(share)))

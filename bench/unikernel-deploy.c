@@ -26,7 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define RUNS 5
+#define RUNS 5 /* default */
 #define BOOT_TIMEOUT_S 120
 #define SUBNET "10.18.254.0/24"
 
@@ -285,7 +285,11 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  /* Optional: the number of runs (bench/e2e-deploy asks for as many as it makes itself). */
+  int runs = argc > 1 ? atoi(argv[1]) : RUNS;
+  if (runs < 1 || runs > 100)
+    die("runs: %s is not 1..100", argv[1]);
   if (getuid() != 0)
     die("needs root (netns, tap, cgroups)");
   const char *gd = g_getenv("OAKUK_GUESTS_DIR") ? g_getenv("OAKUK_GUESTS_DIR") : GUESTS_DIR;
@@ -336,14 +340,14 @@ int main(void) {
     die("runtime: %s", oakuk_error_message(err));
   oakuk_runtime_set_status_callback(b.rt, on_status, &b);
 
-  double running[RUNS], ours[RUNS], ref[RUNS];
-  for (int k = 0; k < RUNS; k++) {
+  g_autofree double *running = g_new(double, runs), *ours = g_new(double, runs), *ref = g_new(double, runs);
+  for (int k = 0; k < runs; k++) {
     run_ours(&b, k, &running[k], &ours[k]);
     ref[k] = run_reference(&b, k);
     fprintf(stderr, "run %d: ours running %.0f ms, http %.0f ms; reference http %.0f ms\n", k + 1, running[k],
             ours[k], ref[k]);
   }
-  double mr = median(running, RUNS), mo = median(ours, RUNS), mf = median(ref, RUNS);
+  double mr = median(running, runs), mo = median(ours, runs), mf = median(ref, runs);
   printf("unikernel-deploy to-running: ours %.0f ms\n", mr);
   printf("unikernel-deploy to-http: ours %.0f ms, reference %.0f ms, ratio %.3f\n", mo, mf, mo / mf);
 

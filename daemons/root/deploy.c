@@ -480,6 +480,8 @@ gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, c
     return TRUE;
   const char *detail = str_member(entry, "status_detail");
   g_autofree char *key = instance_name(service, n);
+  od_log(G_LOG_LEVEL_INFO, "status", "instance", key, "cluster", cluster_id, "status", status, "msg",
+         detail ? detail : "", NULL);
   if (g_strcmp0(str_member(inst, "status"), "UNDEPLOYED") == 0) {
     if (code != OAKUK_STATUS_UNDEPLOYED)
       return TRUE;
