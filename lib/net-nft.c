@@ -319,21 +319,16 @@ void oakuk_nft_service_delete(OakukNft *t, guint32 ip) {
 #define REG1 NFT_REG_1
 #define REG9 NFT_REG32_01
 
-static void add_expr(struct nftnl_rule *r, const char *name, ...) G_GNUC_NULL_TERMINATED;
-
-/* add_expr(r, "payload", NFTNL_EXPR_PAYLOAD_BASE, value, ..., 0-terminated u32 attributes) */
-static void add_expr(struct nftnl_rule *r, const char *name, ...) {
+/* An expression with up to three u32 attributes (attr < 0: unused). */
+static void expr3(struct nftnl_rule *r, const char *name, int a1, guint32 v1, int a2, guint32 v2, int a3, guint32 v3) {
   struct nftnl_expr *e = nftnl_expr_alloc(name);
-  va_list ap;
-  va_start(ap, name);
-  for (gpointer attr; (attr = va_arg(ap, gpointer)) != NULL;) {
-    guint32 v = va_arg(ap, guint32);
-    nftnl_expr_set_u32(e, GPOINTER_TO_UINT(attr) - 1, v);
-  }
-  va_end(ap);
+  const int attr[] = {a1, a2, a3};
+  const guint32 val[] = {v1, v2, v3};
+  for (guint i = 0; i < G_N_ELEMENTS(attr); i++)
+    if (attr[i] >= 0)
+      nftnl_expr_set_u32(e, (guint16)attr[i], val[i]);
   nftnl_rule_add_expr(r, e);
 }
-#define A(x) GUINT_TO_POINTER((x) + 1)
 
 static void cmp(struct nftnl_rule *r, guint32 reg, guint32 op, const void *data, guint32 len) {
   struct nftnl_expr *e = nftnl_expr_alloc("cmp");
@@ -344,8 +339,28 @@ static void cmp(struct nftnl_rule *r, guint32 reg, guint32 op, const void *data,
 }
 
 static void load(struct nftnl_rule *r, guint32 base, guint32 offset, guint32 len, guint32 reg) {
-  add_expr(r, "payload", A(NFTNL_EXPR_PAYLOAD_BASE), base, A(NFTNL_EXPR_PAYLOAD_OFFSET), offset,
-           A(NFTNL_EXPR_PAYLOAD_LEN), len, A(NFTNL_EXPR_PAYLOAD_DREG), reg, NULL);
+  struct nftnl_expr *e = nftnl_expr_alloc("payload");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, base);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, len);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, reg);
+  nftnl_rule_add_expr(r, e);
+}
+
+static void load_meta(struct nftnl_rule *r, guint32 key) {
+  expr3(r, "meta", NFTNL_EXPR_META_KEY, key, NFTNL_EXPR_META_DREG, REG1, -1, 0);
+}
+
+/* reg1 &= mask (4 bytes, network order) */
+static void and_mask(struct nftnl_rule *r, guint32 mask) {
+  guint32 zero = 0;
+  struct nftnl_expr *e = nftnl_expr_alloc("bitwise");
+  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_SREG, REG1);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_DREG, REG1);
+  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_LEN, 4);
+  nftnl_expr_set(e, NFTNL_EXPR_BITWISE_MASK, &mask, 4);
+  nftnl_expr_set(e, NFTNL_EXPR_BITWISE_XOR, &zero, 4);
+  nftnl_rule_add_expr(r, e);
 }
 
 /* ip saddr/daddr (offset 12/16) [!=] net/prefix: whole bytes compared directly, as nft does. */
@@ -356,15 +371,8 @@ static void ip_in(struct nftnl_rule *r, guint32 offset, guint32 net, guint prefi
     cmp(r, REG1, neq ? NFT_CMP_NEQ : NFT_CMP_EQ, &a, prefix / 8);
     return;
   }
-  guint32 mask = htonl(prefix ? ~0u << (32 - prefix) : 0), zero = 0;
   load(r, NFT_PAYLOAD_NETWORK_HEADER, offset, 4, REG1);
-  struct nftnl_expr *e = nftnl_expr_alloc("bitwise");
-  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_SREG, REG1);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_DREG, REG1);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_LEN, 4);
-  nftnl_expr_set(e, NFTNL_EXPR_BITWISE_MASK, &mask, 4);
-  nftnl_expr_set(e, NFTNL_EXPR_BITWISE_XOR, &zero, 4);
-  nftnl_rule_add_expr(r, e);
+  and_mask(r, htonl(prefix ? ~0u << (32 - prefix) : 0));
   cmp(r, REG1, neq ? NFT_CMP_NEQ : NFT_CMP_EQ, &a, 4);
 }
 
@@ -372,7 +380,7 @@ static void ip_in(struct nftnl_rule *r, guint32 offset, guint32 net, guint prefi
 static void ifname(struct nftnl_rule *r, guint32 key, const char *name, gboolean neq) {
   char buf[IFNAMSIZ] = {0};
   g_strlcpy(buf, name, sizeof buf);
-  add_expr(r, "meta", A(NFTNL_EXPR_META_KEY), key, A(NFTNL_EXPR_META_DREG), REG1, NULL);
+  load_meta(r, key);
   cmp(r, REG1, neq ? NFT_CMP_NEQ : NFT_CMP_EQ, buf, sizeof buf);
 }
 
@@ -428,12 +436,11 @@ void oakuk_nft_node_rules(OakukNft *t, const char *bridge, guint32 subnet, guint
     rule_add(t, r, vchains[i]);
     /* fib daddr type local dnat ip to meta l4proto . th dport map @ports */
     r = rule_new(vchains[i]);
-    add_expr(r, "fib", A(NFTNL_EXPR_FIB_FLAGS), (guint32)NFTA_FIB_F_DADDR, A(NFTNL_EXPR_FIB_RESULT),
-             (guint32)NFT_FIB_RESULT_ADDRTYPE, A(NFTNL_EXPR_FIB_DREG), (guint32)REG1, NULL);
+    expr3(r, "fib", NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE,
+          NFTNL_EXPR_FIB_DREG, REG1);
     guint32 local = RTN_LOCAL;
     cmp(r, REG1, NFT_CMP_EQ, &local, 4);
-    add_expr(r, "meta", A(NFTNL_EXPR_META_KEY), (guint32)NFT_META_L4PROTO, A(NFTNL_EXPR_META_DREG), (guint32)REG1,
-             NULL);
+    load_meta(r, NFT_META_L4PROTO);
     load(r, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, REG9);
     lookup(r, REG1, REG1, "ports", 0);
     dnat(r, REG1, REG9);
@@ -447,15 +454,9 @@ void oakuk_nft_node_rules(OakukNft *t, const char *bridge, guint32 subnet, guint
   rule_add(t, r, "postrouting");
   /* ct status dnat oifname BRIDGE ip saddr SUBNET masquerade */
   r = rule_new("postrouting");
-  add_expr(r, "ct", A(NFTNL_EXPR_CT_KEY), (guint32)NFT_CT_STATUS, A(NFTNL_EXPR_CT_DREG), (guint32)REG1, NULL);
-  guint32 dnat_bit = IPS_DST_NAT, zero = 0;
-  struct nftnl_expr *e = nftnl_expr_alloc("bitwise");
-  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_SREG, REG1);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_DREG, REG1);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_LEN, 4);
-  nftnl_expr_set(e, NFTNL_EXPR_BITWISE_MASK, &dnat_bit, 4);
-  nftnl_expr_set(e, NFTNL_EXPR_BITWISE_XOR, &zero, 4);
-  nftnl_rule_add_expr(r, e);
+  expr3(r, "ct", NFTNL_EXPR_CT_KEY, NFT_CT_STATUS, NFTNL_EXPR_CT_DREG, REG1, -1, 0);
+  and_mask(r, IPS_DST_NAT); /* ct status is host order, as nft compiles it */
+  guint32 zero = 0;
   cmp(r, REG1, NFT_CMP_NEQ, &zero, 4);
   ifname(r, NFT_META_OIFNAME, bridge, FALSE);
   ip_in(r, 12, subnet, subnet_prefix, FALSE);
@@ -508,8 +509,7 @@ void oakuk_nft_service_rule(OakukNft *t, const char *chain, guint port, const gu
     }
     set_add(t, protos, g_strdup_printf("add set for %s", chain));
     elems_add(t, protos, NFT_MSG_NEWSETELEM, NLM_F_CREATE, g_strdup_printf("add elements for %s", chain));
-    add_expr(r, "meta", A(NFTNL_EXPR_META_KEY), (guint32)NFT_META_L4PROTO, A(NFTNL_EXPR_META_DREG), (guint32)REG1,
-             NULL);
+    load_meta(r, NFT_META_L4PROTO);
     lookup(r, REG1, -1, "__set%d", nftnl_set_get_u32(protos, NFTNL_SET_ID));
     nftnl_set_free(protos);
     guint16 p = htons((guint16)port);
@@ -534,8 +534,7 @@ void oakuk_nft_service_rule(OakukNft *t, const char *chain, guint port, const gu
   }
   set_add(t, map, g_strdup_printf("add map for %s", chain));
   elems_add(t, map, NFT_MSG_NEWSETELEM, NLM_F_CREATE, g_strdup_printf("add backends for %s", chain));
-  add_expr(r, "numgen", A(NFTNL_EXPR_NG_DREG), (guint32)REG1, A(NFTNL_EXPR_NG_MODULUS), n, A(NFTNL_EXPR_NG_TYPE),
-           (guint32)NFT_NG_INCREMENTAL, NULL);
+  expr3(r, "numgen", NFTNL_EXPR_NG_DREG, REG1, NFTNL_EXPR_NG_MODULUS, n, NFTNL_EXPR_NG_TYPE, NFT_NG_INCREMENTAL);
   lookup(r, REG1, REG1, "__map%d", nftnl_set_get_u32(map, NFTNL_SET_ID));
   nftnl_set_free(map);
   dnat(r, REG1, 0);
