@@ -254,7 +254,7 @@ static void h_explain(Req *q) {
 static void h_nodes(Req *q) {
   g_autoptr(JsonArray) a = json_array_new();
   g_autoptr(sqlite3_stmt) st = od_db_prepare(q->c->db, "SELECT id, subnet, ip FROM nodes ORDER BY id", NULL);
-  gint64 now = cluster_now_ms();
+  gint64 now = cluster_liveness_now_ms(q->c);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     const char *id = (const char *)sqlite3_column_text(st, 0);
     oakuk_node_report *rep = g_hash_table_lookup(q->c->reports, id);
@@ -327,7 +327,7 @@ static void h_metrics(Req *q) {
   gpointer v;
   g_hash_table_iter_init(&it, c->reports);
   while (g_hash_table_iter_next(&it, NULL, &v))
-    active += cluster_now_ms() - oakuk_node_report_received_at_ms(v) <= c->node_timeout_ms;
+    active += cluster_liveness_now_ms(c) - oakuk_node_report_received_at_ms(v) <= c->node_timeout_ms;
   g_string_append_printf(out, "# TYPE oakuk_cluster_nodes gauge\noakuk_cluster_nodes %" G_GINT64_FORMAT "\n",
                          od_db_count(c->db, "SELECT COUNT(*) FROM nodes"));
   g_string_append_printf(out, "# TYPE oakuk_cluster_nodes_active gauge\noakuk_cluster_nodes_active %u\n", active);

@@ -54,6 +54,7 @@ typedef struct {
   /* MQTT */
   OdMqtt *mqtt;
   gboolean mqtt_up;
+  gint64 mqtt_down_since_ms;    /* monotonic ms the broker connection was lost (or the start) */
   GHashTable *reachable;        /* node id -> 1: reported since our connection came up */
   GHashTable *inflight;         /* delivery id (gint64 as string) -> 1 */
   GHashTable *delete_sent;      /* "node/instance" -> gint64* monotonic ms of the last reconcile delete */
@@ -77,6 +78,9 @@ typedef struct {
 } Cluster;
 
 gint64 cluster_now_ms(void); /* monotonic ms: node liveness and reservations */
+/* The moment node liveness is judged at: now while the cluster hears the broker, the moment it
+ * lost it otherwise. Nodes report through the broker; while it is down their silence says nothing. */
+gint64 cluster_liveness_now_ms(Cluster *c);
 
 gboolean cluster_begin(Cluster *c, GError **error);
 gboolean cluster_commit(Cluster *c, GError **error);

@@ -196,7 +196,7 @@ static oakuk_placement *select_node(Cluster *c, const oakuk_microservice *ms, co
   }
   oakuk_sched_options opts = OAKUK_SCHED_OPTIONS_INIT;
   opts.policy = c->policy;
-  opts.now_ms = cluster_now_ms();
+  opts.now_ms = cluster_liveness_now_ms(c);
   opts.timeout_ms = c->node_timeout_ms;
   oakuk_placement *p = NULL;
   oakuk_error *err = NULL;
@@ -627,8 +627,25 @@ static void on_message(const char *topic, GBytes *payload, gpointer data) {
   }
 }
 
+/* Back on the broker after down_since: a node that was alive when the connection went gets a full
+ * node_timeout from now to report again; one that was already silent stays as silent as it was. */
+static void resume_liveness(Cluster *c, gint64 down_since) {
+  gint64 now = cluster_now_ms();
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, c->reports);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    gint64 at = oakuk_node_report_received_at_ms(v);
+    oakuk_node_report_set_received_at_ms(v, down_since - at <= c->node_timeout_ms ? now : at + (now - down_since));
+  }
+}
+
 static void on_state(gboolean connected, const char *reason, gpointer data) {
   Cluster *c = data;
+  if (connected && !c->mqtt_up)
+    resume_liveness(c, c->mqtt_down_since_ms);
+  else if (!connected && c->mqtt_up)
+    c->mqtt_down_since_ms = cluster_now_ms();
   c->mqtt_up = connected;
   if (connected) {
     /* Nodes count as reachable again only once they report on this connection. */
@@ -730,7 +747,9 @@ static void publish_net(Cluster *c) {
 
 /* Instances on nodes that stopped reporting move elsewhere (or fail, with restart "never"). */
 static void check_silent_nodes(Cluster *c) {
-  gint64 now = cluster_now_ms();
+  if (!c->mqtt_up)
+    return; /* nobody can report through a broker the cluster cannot reach either */
+  gint64 now = cluster_liveness_now_ms(c);
   g_autoptr(sqlite3_stmt) st = od_db_prepare(
       c->db, "SELECT name, node, status, restart, job_id, instance FROM instances WHERE node != ''", NULL);
   g_autoptr(GPtrArray) moves = g_ptr_array_new_with_free_func(g_free);
@@ -791,6 +810,7 @@ gboolean jobs_tick(gpointer data) {
  * reservations of instances still on their way to RUNNING. */
 void jobs_load(Cluster *c) {
   gint64 now = cluster_now_ms();
+  c->mqtt_down_since_ms = now; /* not connected yet: liveness waits for the broker */
   g_autoptr(sqlite3_stmt) st = od_db_prepare(c->db, "SELECT id, report FROM nodes WHERE report IS NOT NULL", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     oakuk_node_report *rep = oakuk_node_report_from_json((const char *)sqlite3_column_text(st, 1), (size_t)-1, NULL);

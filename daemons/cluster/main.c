@@ -27,6 +27,10 @@ gint64 cluster_now_ms(void) {
   return g_get_monotonic_time() / 1000;
 }
 
+gint64 cluster_liveness_now_ms(Cluster *c) {
+  return c->mqtt_up ? cluster_now_ms() : c->mqtt_down_since_ms;
+}
+
 gboolean cluster_begin(Cluster *c, GError **error) {
   return od_db_exec(c->db, "BEGIN IMMEDIATE", error);
 }

@@ -206,7 +206,7 @@ static char *aggregate_with_nodes(Cluster *c, const char *aggregate_json) {
   JsonArray *nodes = json_array_new();
   g_autoptr(GList) ids = g_hash_table_get_keys(c->reports);
   ids = g_list_sort(ids, (GCompareFunc)strcmp);
-  gint64 now = cluster_now_ms(), wall = g_get_real_time() / 1000;
+  gint64 now = cluster_liveness_now_ms(c), wall = g_get_real_time() / 1000 - (cluster_now_ms() - now);
   for (GList *l = ids; l != NULL; l = l->next) {
     oakuk_node_report *rep = g_hash_table_lookup(c->reports, l->data);
     char *text = oakuk_node_report_to_json(rep, FALSE, NULL);
@@ -237,7 +237,7 @@ static gboolean send_aggregate(gpointer data) {
     g_ptr_array_add(reports, v);
   oakuk_error *err = NULL;
   oakuk_cluster_aggregate *agg = oakuk_aggregate_fold((oakuk_node_report *const *)reports->pdata, reports->len,
-                                                      cluster_now_ms(), c->node_timeout_ms, &err);
+                                                      cluster_liveness_now_ms(c), c->node_timeout_ms, &err);
   char *json = agg ? oakuk_cluster_aggregate_to_json(agg, FALSE, &err) : NULL;
   oakuk_cluster_aggregate_unref(agg);
   if (json == NULL) {

@@ -364,6 +364,11 @@ class ClusterTest(unittest.TestCase):
         # The scheduler picks the node (most free memory after reservations), not the test.
         node = {"node-a": self.a, "node-b": self.b}[placed["node"]]
         self.assertGreaterEqual(self.metric("oakuk_cluster_deliveries_pending"), 1)
+        # Longer than node_timeout (3 s): no node can report through a broker that is down, and
+        # that must not count as the nodes falling silent.
+        time.sleep(5)
+        running = self.cluster_instances()
+        self.assertTrue(any(i["instance"] == self.moved and i["status"] == "RUNNING" for i in running), running)
         os.unlink(self.gate)
         wait_until("broker restarted", lambda: self.metric("oakuk_cluster_broker_restarts_total") == restarts + 1)
         wait_until("cluster reconnected", lambda: self.metric("oakuk_cluster_mqtt_connected") == 1)
@@ -373,6 +378,9 @@ class ClusterTest(unittest.TestCase):
         node.status(JOB, n, "RUNNING")
         self.wait_root_status(n, "RUNNING", placed["node"])
         self.assertEqual(self.metric("oakuk_cluster_deliveries_pending"), 0)
+        # What ran before the outage still runs where it ran, and its node was told nothing.
+        self.wait_root_status(self.moved, "RUNNING", "node-b")
+        self.assertEqual(self.b.got("control/delete", lambda m: m.get("instance_number") == self.moved), [])
 
     def test_10_silent_node_restart_never(self):
         """restart: never: an instance whose node falls silent fails instead of moving, and the
