@@ -236,6 +236,19 @@ gboolean oakuk_net_link_del(struct nl_sock *sk, const char *name, GError **error
   return TRUE;
 }
 
+gboolean oakuk_net_link_set_mac(struct nl_sock *sk, int ifindex, const guint8 mac[6], GError **error) {
+  struct rtnl_link *l = rtnl_link_alloc();
+  struct nl_addr *a = nl_addr_build(AF_LLC, mac, 6);
+  rtnl_link_set_ifindex(l, ifindex);
+  rtnl_link_set_addr(l, a);
+  int r = rtnl_link_change(sk, l, l, 0);
+  nl_addr_put(a);
+  rtnl_link_put(l);
+  if (r < 0)
+    return oakuk_net_fail_nl(error, r, "set the MAC of link %d", ifindex);
+  return TRUE;
+}
+
 gboolean oakuk_net_bridge_add(struct nl_sock *sk, const char *name, GError **error) {
   struct rtnl_link *l = rtnl_link_alloc();
   rtnl_link_set_type(l, "bridge");

@@ -27,6 +27,10 @@ char *oakuk_net_eth_mac(const char *name);
 char *oakuk_net_guest_mac(const char *name);
 /* oakuk-vx's MAC from the node's underlay IP: 0e:6b:a:b:c:d, so peers can derive it. */
 void oakuk_net_vx_mac(guint32 underlay, guint8 mac[6]);
+/* The node bridge's MAC from the node subnet: 0e:62:a:b:c:d. Set explicitly, it no longer follows
+ * the lowest MAC among the bridge's ports, which changed (and broke every instance's cached
+ * gateway MAC) whenever an instance's veth came or went. */
+void oakuk_net_bridge_mac(guint32 subnet, guint8 mac[6]);
 gboolean oakuk_net_vx_mac_to_ip(const guint8 mac[6], guint32 *underlay);
 /* Instance names become /run/netns/<name> and nftables comments: 1..100 chars of
  * [A-Za-z0-9._-], not starting with '.'. */
@@ -66,6 +70,7 @@ gboolean oakuk_net_sysctl(const char *path, const char *value, GError **error);
 
 int oakuk_net_ifindex(struct nl_sock *sk, const char *name);
 gboolean oakuk_net_link_up(struct nl_sock *sk, int ifindex, const char *alias, int master, GError **error);
+gboolean oakuk_net_link_set_mac(struct nl_sock *sk, int ifindex, const guint8 mac[6], GError **error);
 /* IFLA_IFALIAS of link name, NULL when it has none or does not exist. */
 char *oakuk_net_link_alias(struct nl_sock *sk, const char *name);
 gboolean oakuk_net_link_set_alias(struct nl_sock *sk, const char *name, const char *alias, GError **error);

@@ -112,13 +112,22 @@ char *oakuk_net_guest_mac(const char *name) {
   return g_strdup_printf("52:54:00:%02x:%02x:%02x", d[3], d[4], d[5]);
 }
 
-void oakuk_net_vx_mac(guint32 underlay, guint8 mac[6]) {
+/* 0e:KIND:a:b:c:d, locally administered unicast */
+static void mac_of_ip(guint8 kind, guint32 ip, guint8 mac[6]) {
   mac[0] = 0x0e;
-  mac[1] = 0x6b;
-  mac[2] = underlay >> 24;
-  mac[3] = (underlay >> 16) & 0xff;
-  mac[4] = (underlay >> 8) & 0xff;
-  mac[5] = underlay & 0xff;
+  mac[1] = kind;
+  mac[2] = ip >> 24;
+  mac[3] = (ip >> 16) & 0xff;
+  mac[4] = (ip >> 8) & 0xff;
+  mac[5] = ip & 0xff;
+}
+
+void oakuk_net_vx_mac(guint32 underlay, guint8 mac[6]) {
+  mac_of_ip(0x6b, underlay, mac);
+}
+
+void oakuk_net_bridge_mac(guint32 subnet, guint8 mac[6]) {
+  mac_of_ip(0x62, subnet, mac);
 }
 
 gboolean oakuk_net_vx_mac_to_ip(const guint8 mac[6], guint32 *underlay) {

@@ -448,7 +448,9 @@ static gboolean op_setup_node(oakuk_net *net, Job *job, GError **error) {
       !oakuk_net_sysctl("/proc/sys/net/ipv4/ip_forward", "1", error) || !oakuk_net_sysctl(fwd, "1", error) ||
       !oakuk_net_route_add(net->sk, net->service, net->service_prefix, 0, br, FALSE, error))
     return br > 0 ? FALSE : oakuk_net_fail_errno(error, ENODEV, "bridge %s", net->bridge);
-  if (!oakuk_net_link_up(net->sk, br, NULL, 0, error))
+  guint8 mac[6];
+  oakuk_net_bridge_mac(net->subnet, mac);
+  if (!oakuk_net_link_set_mac(net->sk, br, mac, error) || !oakuk_net_link_up(net->sk, br, NULL, 0, error))
     return FALSE;
   int vx = oakuk_net_ifindex(net->sk, OAKUK_NET_VX);
   if (net->underlay && vx <= 0 && !oakuk_net_vxlan_add(net->sk, net->vni, net->vport, net->underlay, error))

@@ -398,9 +398,19 @@ static JsonObject *list_json(oakuk_net *net, JsonNode **keep) {
 
 /* ------------------------------------------------------------------ tests */
 
+static char *bridge_sys(const char *host, const char *file) {
+  return g_strstrip(runo(g_strdup_printf("ip netns exec %s cat /sys/class/net/oakuk0/%s", host, file)));
+}
+
 static void test_two_instances(void) {
   host_new(P("h1"));
   oakuk_net *net = node_new(P("h1"), "10.18.3.0/24", NULL);
+  /* The bridge's MAC is set (addr_assign_type 3), from the subnet: it must not follow the lowest
+   * MAC of its ports, or every instance's cached gateway MAC breaks when a veth comes or goes. */
+  g_autofree char *mac = bridge_sys(P("h1"), "address");
+  g_autofree char *assign = bridge_sys(P("h1"), "addr_assign_type");
+  g_assert_cmpstr(mac, ==, "0e:62:0a:12:03:00");
+  g_assert_cmpstr(assign, ==, "3");
   oakuk_net_instance_info *a = instance(net, P("a.instance.0"), OAKUK_NET_CONTAINER);
   oakuk_net_instance_info *b = instance(net, P("b.instance.0"), OAKUK_NET_CONTAINER);
   g_autofree char *nspath = g_build_filename("/run/netns", P("a.instance.0"), NULL);
@@ -427,6 +437,8 @@ static void test_two_instances(void) {
 
   OK(oakuk_net_instance_teardown(net, P("a.instance.0"), E));
   OK(oakuk_net_instance_teardown(net, P("a.instance.0"), E)); /* idempotent */
+  g_autofree char *mac_after = bridge_sys(P("h1"), "address");
+  g_assert_cmpstr(mac_after, ==, mac);
   g_assert_false(netns_exists(P("a.instance.0")));
   OK(oakuk_net_teardown_node(net, E));
   g_assert_false(netns_exists(P("b.instance.0")));
