@@ -193,7 +193,7 @@ rootfs=$state/busybox-rootfs
 rm -rf "$rootfs"
 mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/proc" "$rootfs/sys" "$rootfs/dev" "$rootfs/etc"
 cp /bin/busybox "$rootfs/bin/busybox"
-for a in sh nc printf sleep echo cat; do ln -s busybox "$rootfs/bin/$a"; done
+for a in sh nc printf sleep echo cat timeout; do ln -s busybox "$rootfs/bin/$a"; done
 echo 'root:x:0:0:root:/:/bin/sh' >"$rootfs/etc/passwd"
 nsenter --net="/run/netns/$NS" env OAKUK_LIB="$lib" ROOTFS="$rootfs" python3 - <<'EOF' || fail "pushing the busybox image"
 import ctypes, os, sys

@@ -159,7 +159,7 @@ def make_busybox_rootfs(dest, loop_script=None):
         os.makedirs(os.path.join(dest, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(dest, "bin", "busybox"))
     os.chmod(os.path.join(dest, "bin", "busybox"), 0o755)
-    for a in ("sh", "wget", "httpd", "nc", "printf", "cat", "echo", "sleep", "ls", "date", "ip", "hostname"):
+    for a in ("sh", "wget", "httpd", "nc", "printf", "cat", "echo", "sleep", "ls", "date", "ip", "hostname", "timeout"):
         os.symlink("busybox", os.path.join(dest, "bin", a))
     with open(os.path.join(dest, "www", "index.html"), "w") as f:
         f.write("hello from the busybox container\n")

@@ -92,7 +92,9 @@ class E2E(unittest.TestCase):
             # 2 vcpus: only n1 has two free cores once n2 and n3 run a unikernel each
             ms("client", "container", IMAGE, vcpus=2, arch=["amd64"], addresses={"rr_ip": "10.30.0.21"},
                # busybox-static's wget crashes without the host's /etc; nc speaks HTTP/1.0 well enough
-               cmd=["sh", "-c", "while true; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 %s 8080 || "
+               # timeout: nc -w bounds the connect, not an answer that stops coming (a guest killed
+               # in the middle of one sends no reset)
+               cmd=["sh", "-c", "while true; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 3 %s 8080 || "
                                 "echo no-answer; date +stamp-%%s; sleep 1; done" % UK_IP]),
             ms("forbid", "unikernel", FILES + "/guest-amd64-nofiles.tar.gz", arch=["amd64"], memory=64,
                emulation="forbid", unikernel={"flavor": "linux"}),
@@ -274,7 +276,7 @@ class E2E(unittest.TestCase):
                 "application_desc": "reverse", "microservices": [dict(ms(
                     "caller", "container", IMAGE, constraints=[{"type": "direct", "node": "n2"}],
                     cmd=["sh", "-c", "while true; do printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | "
-                                     "nc -w 3 10.30.0.22 8080; sleep 1; done"]), microservice_namespace=e.marker)]}]})
+                                     "timeout 5 nc -w 3 10.30.0.22 8080; sleep 1; done"]), microservice_namespace=e.marker)]}]})
         self.assertEqual(r.status_code, 201, r.text)
         self.sid["caller"] = r.json()["applications"][0]["microservices"][0]
         self.deploy("caller")
