@@ -27,7 +27,6 @@
 #define TABLE "oakuk"
 #define FAMILY NFPROTO_IPV4
 /* nft's datatype ids (src/datatype.h), shown by `nft list` as the maps' types. */
-#define TYPE_VERDICT 1
 #define TYPE_INTEGER 4
 #define TYPE_IPADDR 7
 #define TYPE_INET_PROTOCOL 12

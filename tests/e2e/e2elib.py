@@ -11,12 +11,15 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 
 import requests
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+from edgelib import wait_until  # noqa: E402,F401  (one polling helper for every test suite)
 
 CLONE_NEWNET = 0x40000000
 UNDERLAY = "172.31.251"   # <UNDERLAY>.0/24: the test underlay
@@ -29,28 +32,6 @@ def sh(*argv, check=True):
     if check and r.returncode != 0:
         raise RuntimeError("%s: %s" % (" ".join(argv), r.stderr.strip()))
     return r
-
-
-def wait_until(what, fn, timeout=20, interval=0.2):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except (requests.RequestException, KeyError, ValueError, IndexError, TypeError, OSError) as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def setns(name):

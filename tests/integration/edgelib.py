@@ -71,10 +71,10 @@ def wait_until(what, fn, timeout=20, interval=0.2):
             last = fn()
             if last:
                 return last
-        except (requests.RequestException, OSError, KeyError, ValueError, IndexError) as e:
+        except (requests.RequestException, OSError, KeyError, ValueError, IndexError, TypeError) as e:
             last = e
         time.sleep(interval)
-    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+    raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
 
 
 def report(node_id, memory, instances=(), ip="127.0.0.1", virtualization=("container",)):
