@@ -1,7 +1,7 @@
 /* Image fetching, verification, safe unpacking and caching (DESIGN §8, §11). */
+#include "archive-safe.h"
 #include "oakuk-private.h"
 #include "sysutil-private.h"
-#include "archive-safe.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -144,45 +144,259 @@ static guint16 rd16(const guint8 *p, gboolean big_endian) {
   return big_endian ? (guint16)((p[0] << 8) | p[1]) : (guint16)(p[0] | (p[1] << 8));
 }
 
-/* GOARCH from the first bytes of a kernel, or NULL. */
-static const char *kernel_arch_from_head(const guint8 *b, gsize n, guint *elf_machine) {
-  *elf_machine = 0;
-  if (n >= 20 && memcmp(b, "\177ELF", 4) == 0) {
-    guint m = rd16(b + 18, b[5] == 2);
-    *elf_machine = m;
-    switch (m) {
-    case 62: /* EM_X86_64 */ return "amd64";
-    case 183: /* EM_AARCH64 */ return "arm64";
-    case 40: /* EM_ARM */ return "arm";
-    case 243: /* EM_RISCV: only the 64-bit class is a known GOARCH */ return b[4] == 2 ? "riscv64" : NULL;
-    default: return NULL;
+static guint32 rd32(const guint8 *p, gboolean big_endian) {
+  return big_endian ? ((guint32)p[0] << 24) | ((guint32)p[1] << 16) | ((guint32)p[2] << 8) | p[3]
+                    : ((guint32)p[3] << 24) | ((guint32)p[2] << 16) | ((guint32)p[1] << 8) | p[0];
+}
+
+static guint64 rd64(const guint8 *p, gboolean big_endian) {
+  guint64 a = rd32(p, big_endian), b = rd32(p + 4, big_endian);
+  return big_endian ? (a << 32) | b : (b << 32) | a;
+}
+
+/* How far into a kernel its boot headers may be: multiboot v1 within 8 KiB (4-byte aligned),
+ * multiboot2 within 32 KiB (8-byte aligned). */
+#define MULTIBOOT_SEARCH 8192
+#define MULTIBOOT2_SEARCH 32768
+#define KERNEL_HEAD (MULTIBOOT2_SEARCH + 64)
+#define MULTIBOOT_MAGIC 0x1BADB002u
+#define MULTIBOOT2_MAGIC 0xE85250D6u
+#define MULTIBOOT_AOUT_KLUDGE (1u << 16)
+#define XEN_ELFNOTE_PHYS32_ENTRY 18 /* the PVH entry point note */
+
+/* Offset of a valid multiboot v1 header (magic + flags + checksum == 0) and its flags; -1 if none. */
+static gssize find_multiboot(const guint8 *b, gsize n, guint32 *flags) {
+  for (gsize off = 0; off + 12 <= MIN(n, (gsize)MULTIBOOT_SEARCH); off += 4)
+    if (rd32(b + off, FALSE) == MULTIBOOT_MAGIC &&
+        (guint32)(MULTIBOOT_MAGIC + rd32(b + off + 4, FALSE) + rd32(b + off + 8, FALSE)) == 0) {
+      *flags = rd32(b + off + 4, FALSE);
+      return (gssize)off;
+    }
+  return -1;
+}
+
+/* A valid multiboot2 header: magic + architecture + header_length + checksum == 0. */
+static gboolean has_multiboot2(const guint8 *b, gsize n) {
+  for (gsize off = 0; off + 16 <= MIN(n, (gsize)MULTIBOOT2_SEARCH); off += 8)
+    if (rd32(b + off, FALSE) == MULTIBOOT2_MAGIC &&
+        (guint32)(MULTIBOOT2_MAGIC + rd32(b + off + 4, FALSE) + rd32(b + off + 8, FALSE) +
+                  rd32(b + off + 12, FALSE)) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+/* Whether the ELF file's PT_NOTE segments hold Xen's PHYS32_ENTRY note, which is how QEMU boots
+ * an uncompressed x86 kernel (PVH). Reads the program headers and notes with pread. */
+static gboolean elf_has_pvh_note(int fd, const guint8 *h, gsize n) {
+  gboolean is64 = h[4] == 2, be = h[5] == 2;
+  guint64 phoff = is64 ? rd64(h + 32, be) : rd32(h + 28, be);
+  guint phentsize = rd16(h + (is64 ? 54 : 42), be), phnum = rd16(h + (is64 ? 56 : 44), be);
+  if (n < (is64 ? 64u : 52u) || phnum == 0 || phnum > 128 || phentsize < (is64 ? 56u : 32u) ||
+      phentsize > 256)
+    return FALSE;
+  for (guint k = 0; k < phnum; k++) {
+    guint8 ph[256];
+    if (pread(fd, ph, phentsize, (off_t)(phoff + (guint64)k * phentsize)) != (ssize_t)phentsize)
+      return FALSE;
+    if (rd32(ph, be) != 4 /* PT_NOTE */)
+      continue;
+    guint64 off = is64 ? rd64(ph + 8, be) : rd32(ph + 4, be);
+    guint64 size = is64 ? rd64(ph + 32, be) : rd32(ph + 16, be);
+    if (size == 0 || size > 65536)
+      continue;
+    g_autofree guint8 *notes = g_malloc(size);
+    if (pread(fd, notes, size, (off_t)off) != (ssize_t)size)
+      continue;
+    /* Elf_Nhdr: namesz, descsz, type, then name and desc, each padded to 4 bytes. */
+    for (guint64 p = 0; p + 12 <= size;) {
+      guint32 namesz = rd32(notes + p, be), descsz = rd32(notes + p + 4, be), type = rd32(notes + p + 8, be);
+      guint64 next = p + 12 + (((guint64)namesz + 3) & ~3ull) + (((guint64)descsz + 3) & ~3ull);
+      if (next > size)
+        break;
+      if (type == XEN_ELFNOTE_PHYS32_ENTRY && namesz == 4 && memcmp(notes + p + 12, "Xen", 4) == 0)
+        return TRUE;
+      p = next;
     }
   }
-  if (n >= 64 && memcmp(b + 56, "ARM\x64", 4) == 0)
-    return "arm64";
-  if (n >= 64 && memcmp(b + 56, "RSC\x05", 4) == 0)
-    return "riscv64";
-  if (n >= 0x206 && memcmp(b + 0x202, "HdrS", 4) == 0)
-    return "amd64";
-  if (n >= 0x28 && b[0x24] == 0x18 && b[0x25] == 0x28 && b[0x26] == 0x6f && b[0x27] == 0x01)
-    return "arm"; /* zImage magic 0x016f2818 */
-  return NULL;
+  return FALSE;
+}
+
+typedef struct {
+  const char *arch;   /* GOARCH */
+  const char *format; /* what QEMU will boot it as */
+} KernelInfo;
+
+/* An x86 kernel that QEMU's -kernel can boot: multiboot v1 (32-bit ELF, or any file with the
+ * header's address fields), PVH (an ELF note), or a bzImage handled elsewhere. */
+static gboolean x86_elf(int fd, const guint8 *b, gsize n, KernelInfo *ki, const char *path, GError **error) {
+  gboolean is64 = b[4] == 2;
+  guint32 flags = 0;
+  if (elf_has_pvh_note(fd, b, n)) {
+    ki->format = is64 ? "PVH (64-bit ELF)" : "PVH (32-bit ELF)";
+    return TRUE;
+  }
+  if (find_multiboot(b, n, &flags) >= 0) {
+    if (!is64) {
+      ki->format = "multiboot (32-bit ELF)";
+      return TRUE;
+    }
+    if (flags & MULTIBOOT_AOUT_KLUDGE) {
+      ki->format = "multiboot (load addresses)";
+      return TRUE;
+    }
+    return set_gerror(error, OAKUK_EINVAL,
+                      "kernel %s: a 64-bit x86 ELF with a multiboot header but no load addresses: QEMU's "
+                      "multiboot loader takes 32-bit ELF files only",
+                      path),
+           FALSE;
+  }
+  if (has_multiboot2(b, n))
+    return set_gerror(error, OAKUK_EINVAL,
+                      "kernel %s: an x86 ELF with only a multiboot2 header: QEMU's -kernel boots multiboot "
+                      "(v1), PVH and Linux kernels",
+                      path),
+           FALSE;
+  if (is64)
+    return set_gerror(
+               error, OAKUK_EINVAL,
+               "kernel %s: a 64-bit x86 ELF with neither a PVH note nor a multiboot header: QEMU cannot "
+               "boot it (for Unikraft, use the *_qemu-x86_64 file, not the .dbg one)",
+               path),
+           FALSE;
+  return set_gerror(error, OAKUK_EINVAL,
+                    "kernel %s: a 32-bit x86 ELF with neither a multiboot header nor a PVH note: QEMU cannot "
+                    "boot it",
+                    path),
+         FALSE;
+}
+
+static gboolean inspect_elf(int fd, const guint8 *b, gsize n, KernelInfo *ki, const char *path,
+                            GError **error) {
+  guint m = rd16(b + 18, b[5] == 2);
+  switch (m) {
+  case 3: /* EM_386 */
+  case 62: /* EM_X86_64 */ ki->arch = "amd64"; return x86_elf(fd, b, n, ki, path, error);
+  case 183: /* EM_AARCH64 */
+    ki->arch = "arm64";
+    ki->format = "ELF (AArch64)";
+    return TRUE;
+  case 40: /* EM_ARM */
+    ki->arch = "arm";
+    ki->format = "ELF (ARM)";
+    return TRUE;
+  case 243: /* EM_RISCV: only the 64-bit class is a known GOARCH */
+    if (b[4] == 2) {
+      ki->arch = "riscv64";
+      ki->format = "ELF (RISC-V)";
+      return TRUE;
+    }
+    break;
+  default: break;
+  }
+  return set_gerror(error, OAKUK_EINVAL, "kernel %s: ELF machine %u is not a supported architecture", path,
+                    m),
+         FALSE;
+}
+
+/* Recognises a kernel by its content (never its name). */
+static gboolean inspect_head(int fd, const guint8 *b, gsize n, KernelInfo *ki, const char *path,
+                             GError **error) {
+  *ki = (KernelInfo){NULL, NULL};
+  if (n >= 20 && memcmp(b, "\177ELF", 4) == 0)
+    return inspect_elf(fd, b, n, ki, path, error);
+  if (n >= 64 && memcmp(b + 56, "ARM\x64", 4) == 0) {
+    *ki = (KernelInfo){"arm64", "arm64 Image"};
+    return TRUE;
+  }
+  if (n >= 64 && memcmp(b + 56, "RSC\x05", 4) == 0) {
+    *ki = (KernelInfo){"riscv64", "RISC-V Image"};
+    return TRUE;
+  }
+  if (n >= 0x206 && memcmp(b + 0x202, "HdrS", 4) == 0) {
+    *ki = (KernelInfo){"amd64", "bzImage"};
+    return TRUE;
+  }
+  if (n >= 0x28 && b[0x24] == 0x18 && b[0x25] == 0x28 && b[0x26] == 0x6f && b[0x27] == 0x01) {
+    *ki = (KernelInfo){"arm", "ARM zImage"}; /* magic 0x016f2818 */
+    return TRUE;
+  }
+  guint32 flags = 0;
+  if (find_multiboot(b, n, &flags) >= 0) {
+    if (flags & MULTIBOOT_AOUT_KLUDGE) {
+      *ki = (KernelInfo){"amd64", "multiboot (load addresses)"};
+      return TRUE;
+    }
+    return set_gerror(error, OAKUK_EINVAL,
+                      "kernel %s: a multiboot header without load addresses in a file that is not ELF: QEMU "
+                      "cannot place it",
+                      path),
+           FALSE;
+  }
+  if (has_multiboot2(b, n))
+    return set_gerror(
+               error, OAKUK_EINVAL,
+               "kernel %s: only a multiboot2 header: QEMU's -kernel boots multiboot (v1), PVH and Linux "
+               "kernels",
+               path),
+           FALSE;
+  return set_gerror(
+             error, OAKUK_EINVAL,
+             "kernel %s: not a recognised kernel (no ELF, multiboot, bzImage or arm64/riscv Image header)",
+             path),
+         FALSE;
+}
+
+/* The compressions and tar formats an image archive may come in. */
+static gboolean looks_like_archive(const guint8 *b, gsize n) {
+  return (n >= 2 && b[0] == 0x1f && b[1] == 0x8b) ||
+         (n >= 6 && memcmp(b,
+                           "\xfd"
+                           "7zXZ\0",
+                           6) == 0) ||
+         (n >= 4 && memcmp(b, "\x28\xb5\x2f\xfd", 4) == 0) || (n >= 3 && memcmp(b, "BZh", 3) == 0) ||
+         (n >= 262 && memcmp(b + 257, "ustar", 5) == 0);
+}
+
+/* Whether the first bytes of a download are a bare kernel (else: an archive), bootable or not.
+ * A tar is checked first: a kernel inside one puts its multiboot header in the first 8 KiB too. */
+static gboolean looks_like_kernel(const guint8 *b, gsize n) {
+  guint32 flags;
+  KernelInfo ki;
+  if (looks_like_archive(b, n))
+    return FALSE;
+  return (n >= 4 && memcmp(b, "\177ELF", 4) == 0) || inspect_head(-1, b, n, &ki, "", NULL) ||
+         find_multiboot(b, n, &flags) >= 0 || has_multiboot2(b, n);
+}
+
+static gboolean kernel_inspect(const char *path, KernelInfo *ki, GError **error) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    return set_gerror(error, OAKUK_EIO, "open kernel %s: %s", path, g_strerror(e)), FALSE;
+  }
+  g_autofree guint8 *head = g_malloc(KERNEL_HEAD);
+  gsize got = 0;
+  while (got < KERNEL_HEAD) {
+    ssize_t r = pread(fd, head + got, KERNEL_HEAD - got, (off_t)got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      int e = errno;
+      close(fd);
+      return set_gerror(error, OAKUK_EIO, "read kernel %s: %s", path, g_strerror(e)), FALSE;
+    }
+    if (r == 0)
+      break;
+    got += (gsize)r;
+  }
+  gboolean ok = inspect_head(fd, head, got, ki, path, error);
+  close(fd);
+  return ok;
 }
 
 static const char *kernel_arch(const char *path, GError **error) {
-  guint8 head[1024];
-  gssize n = read_head(path, head, sizeof head, error);
-  if (n < 0)
-    return NULL;
-  guint machine;
-  const char *arch = kernel_arch_from_head(head, (gsize)n, &machine);
-  if (arch == NULL && machine != 0)
-    set_gerror(error, OAKUK_EINVAL, "kernel %s: ELF machine %u is not a supported architecture", path,
-               machine);
-  else if (arch == NULL)
-    set_gerror(error, OAKUK_EINVAL,
-               "kernel %s: not a recognised kernel (no ELF, arm64/riscv Image or bzImage header)", path);
-  return arch;
+  KernelInfo ki;
+  return kernel_inspect(path, &ki, error) ? ki.arch : NULL;
 }
 
 const char *oakuk_image_kernel_arch(const char *path, oakuk_error **error) {
@@ -192,6 +406,17 @@ const char *oakuk_image_kernel_arch(const char *path, oakuk_error **error) {
   if (arch == NULL)
     oakuk_propagate_gerror(error, err);
   return arch;
+}
+
+const char *oakuk_image_kernel_format(const char *path, oakuk_error **error) {
+  g_return_val_if_fail(path != NULL, NULL);
+  GError *err = NULL;
+  KernelInfo ki;
+  if (!kernel_inspect(path, &ki, &err)) {
+    oakuk_propagate_gerror(error, err);
+    return NULL;
+  }
+  return ki.format;
 }
 
 /* Parses "<Codename> <x.y.z>" right after "Unikraft "; returns "x.y.z" or NULL. */
@@ -485,6 +710,8 @@ static oakuk_image *manifest_load(const char *dir, GError **error) {
   img->cmdline_style = manifest_str(o, "cmdline_style");
   img->cmdline_extra = manifest_str(o, "cmdline_extra");
   img->arch = manifest_str(o, "arch");
+  if (img->arch == NULL && img->kernel != NULL)
+    img->arch = g_strdup(kernel_arch(img->kernel, NULL)); /* cached before multiboot kernels were known */
   img->sha256 = manifest_str(o, "sha256");
   img->url = manifest_str(o, "url");
   if (img->kernel == NULL || img->flavor == NULL || img->sha256 == NULL || img->url == NULL ||
@@ -1019,12 +1246,11 @@ static gboolean is_dir(const char *path) {
 
 static gboolean place_artifact(const char *download_path, const char *tree, const char *url,
                                const oakuk_image_cache_options *o, GError **error) {
-  guint8 head[1024];
-  gssize n = read_head(download_path, head, sizeof head, error);
+  g_autofree guint8 *head = g_malloc(KERNEL_HEAD);
+  gssize n = read_head(download_path, head, KERNEL_HEAD, error);
   if (n < 0)
     return FALSE;
-  guint machine;
-  if (kernel_arch_from_head(head, (gsize)n, &machine) != NULL || machine != 0) {
+  if (looks_like_kernel(head, (gsize)n)) {
     g_autofree char *kernel = g_build_filename(tree, "kernel", NULL);
     if (rename(download_path, kernel) != 0) {
       int e = errno;
@@ -1079,7 +1305,12 @@ static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const
   if (!read_meta(tree, url, &meta, error))
     goto out;
   initrd = is_regular(p_initrd) ? "initrd" : is_regular(p_cpio) ? "initramfs.cpio" : NULL;
-  arch = kernel_arch(kernel, NULL);
+  /* An image whose kernel QEMU cannot boot is refused here, with the reason, not at every deploy. */
+  arch = kernel_arch(kernel, error);
+  if (arch == NULL) {
+    g_prefix_error(error, "image %s: ", url);
+    goto out;
+  }
   if (kernel_flavor(kernel, &flavor, &version, error) != 0)
     goto out;
   if (meta.flavor != NULL) {

@@ -22,13 +22,16 @@ OAKUK_API int oakuk_qemu_options_init(oakuk_qemu_options *opts, unsigned int ver
 
 /* ---- architecture names ---- */
 
+/* runs: the command builder knows a machine and cpu for guests of that architecture. The others
+ * are named here for the host's own architecture only: a node never advertises them. */
 static const struct {
   const char *goarch, *qemu, *machine1, *machine2;
+  gboolean runs;
 } arch_table[] = {
-    {"amd64", "x86_64", "x86_64", NULL},
-    {"arm64", "aarch64", "aarch64", "arm64"},
-    {"arm", "arm", "armv7l", "armv6l"},
-    {"riscv64", "riscv64", "riscv64", NULL},
+    {"amd64", "x86_64", "x86_64", NULL, TRUE},
+    {"arm64", "aarch64", "aarch64", "arm64", TRUE},
+    {"arm", "arm", "armv7l", "armv6l", FALSE},
+    {"riscv64", "riscv64", "riscv64", NULL, FALSE},
 };
 
 const char *oakuk_qemu_goarch_from_machine(const char *machine) {
@@ -87,7 +90,8 @@ static gboolean probe_kvm(const char *host_arch, char **reason) {
    * still open and answer, but its guests hang. */
   if (g_strcmp0(host_arch, "amd64") == 0) {
     g_autofree char *cpuinfo = NULL;
-    if (!g_file_get_contents("/proc/cpuinfo", &cpuinfo, NULL, NULL) || !oakuk_qemu_cpuinfo_has_virt(cpuinfo)) {
+    if (!g_file_get_contents("/proc/cpuinfo", &cpuinfo, NULL, NULL) ||
+        !oakuk_qemu_cpuinfo_has_virt(cpuinfo)) {
       *reason = g_strdup("/proc/cpuinfo flags have no vmx/svm: the cpu offers no hardware "
                          "virtualization (nested without VMX/SVM), KVM guests would hang");
       return FALSE;
@@ -129,7 +133,8 @@ static char *qemu_version_of(const char *path) {
   const char *argv[] = {path, "--version", NULL};
   g_autofree char *out = NULL;
   int status = 0;
-  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL, &status, NULL))
+  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL, &status,
+                    NULL))
     return NULL;
   const char *p = out ? strstr(out, "version ") : NULL;
   if (!p)
@@ -158,6 +163,8 @@ OAKUK_API int oakuk_qemu_probe(oakuk_qemu_caps **out, const oakuk_qemu_options *
   c->versions = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
   c->emulated = g_ptr_array_new();
   for (size_t i = 0; i < G_N_ELEMENTS(arch_table); i++) {
+    if (!arch_table[i].runs)
+      continue;
     g_autofree char *bin = g_strconcat("qemu-system-", arch_table[i].qemu, NULL);
     char *path = find_binary(bin, opts->search_path);
     if (!path)
@@ -394,20 +401,26 @@ static char *opt_escape(const char *s) {
 static gboolean check_network(const oakuk_instance_spec *s, GError **error) {
   guint32 ip, gw;
   if (!ifname_is_valid(s->tap_name))
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: tap name \"%s\" is not a valid interface name",
-                       s->name, s->tap_name ? s->tap_name : ""), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "instance %s: tap name \"%s\" is not a valid interface name", s->name,
+                       s->tap_name ? s->tap_name : ""),
+           FALSE;
   if (!parse_ipv4(s->ip, &ip))
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: guest ip \"%s\" is not an IPv4 address",
-                       s->name, s->ip ? s->ip : ""), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "instance %s: guest ip \"%s\" is not an IPv4 address", s->name, s->ip ? s->ip : ""),
+           FALSE;
   if (s->prefix < 1 || s->prefix > 32)
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: guest prefix %d is outside 1..32", s->name,
-                       s->prefix), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: guest prefix %d is outside 1..32",
+                       s->name, s->prefix),
+           FALSE;
   if (s->gateway && !parse_ipv4(s->gateway, &gw))
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: gateway \"%s\" is not an IPv4 address",
-                       s->name, s->gateway), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "instance %s: gateway \"%s\" is not an IPv4 address", s->name, s->gateway),
+           FALSE;
   if (s->mac && !mac_is_valid(s->mac))
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: mac \"%s\" is not xx:xx:xx:xx:xx:xx", s->name,
-                       s->mac), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: mac \"%s\" is not xx:xx:xx:xx:xx:xx",
+                       s->name, s->mac),
+           FALSE;
   return TRUE;
 }
 
@@ -418,7 +431,8 @@ static gboolean check_tokens(const oakuk_instance_spec *s, GError **error) {
       return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
                          "instance %s: cmd[%u] \"%s\" is empty or has a space, quote, backslash or control "
                          "character (the guest command line cannot carry it)",
-                         s->name, i, a), FALSE;
+                         s->name, i, a),
+             FALSE;
   }
   for (guint i = 0; i < s->env->len; i++) {
     const char *e = s->env->pdata[i];
@@ -427,7 +441,8 @@ static gboolean check_tokens(const oakuk_instance_spec *s, GError **error) {
       return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
                          "instance %s: environment[%u] \"%s\" is not KEY=VALUE without spaces, quotes, "
                          "backslashes or control characters",
-                         s->name, i, e), FALSE;
+                         s->name, i, e),
+             FALSE;
   }
   if (s->cmdline_extra) {
     g_auto(GStrv) toks = g_strsplit(s->cmdline_extra, " ", -1);
@@ -435,9 +450,11 @@ static gboolean check_tokens(const oakuk_instance_spec *s, GError **error) {
     for (char **t = toks; *t; t++)
       dashdash = dashdash || strcmp(*t, "--") == 0;
     if (!token_is_safe(s->cmdline_extra, TRUE) || dashdash)
-      return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
-                         "instance %s: cmdline_extra \"%s\" has a quote, backslash, control character or \"--\"",
-                         s->name, s->cmdline_extra), FALSE;
+      return g_set_error(
+                 error, OAKUK_ERROR, -OAKUK_EINVAL,
+                 "instance %s: cmdline_extra \"%s\" has a quote, backslash, control character or \"--\"",
+                 s->name, s->cmdline_extra),
+             FALSE;
   }
   return TRUE;
 }
@@ -446,36 +463,43 @@ static gboolean check_kernel(const oakuk_instance_spec *s, const char *arch, GEr
   if (!s->kernel)
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: no kernel given", s->name), FALSE;
   if (!g_file_test(s->kernel, G_FILE_TEST_IS_REGULAR))
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: kernel %s: not a regular file", s->name,
-                       s->kernel), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: kernel %s: not a regular file",
+                       s->name, s->kernel),
+           FALSE;
   if (s->initrd && !g_file_test(s->initrd, G_FILE_TEST_IS_REGULAR))
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: initrd %s: not a regular file", s->name,
-                       s->initrd), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: initrd %s: not a regular file",
+                       s->name, s->initrd),
+           FALSE;
   if (s->files_dir && !g_file_test(s->files_dir, G_FILE_TEST_IS_DIR))
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: files %s: not a directory", s->name,
-                       s->files_dir), FALSE;
+                       s->files_dir),
+           FALSE;
   oakuk_error *oe = NULL;
   const char *karch = oakuk_image_kernel_arch(s->kernel, &oe);
   if (!karch) {
-    g_set_error(error, OAKUK_ERROR, -oakuk_error_code(oe), "instance %s: %s", s->name, oakuk_error_message(oe));
+    g_set_error(error, OAKUK_ERROR, -oakuk_error_code(oe), "instance %s: %s", s->name,
+                oakuk_error_message(oe));
     oakuk_error_free(oe);
     return FALSE;
   }
   if (strcmp(karch, arch) != 0)
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
-                       "instance %s: kernel %s is built for %s but the instance runs %s guests", s->name, s->kernel,
-                       karch, arch), FALSE;
+                       "instance %s: kernel %s is built for %s but the instance runs %s guests", s->name,
+                       s->kernel, karch, arch),
+           FALSE;
   return TRUE;
 }
 
 /* Flavor and version from the spec, else from the kernel. */
 static gboolean resolve_flavor(const oakuk_instance_spec *s, char **flavor, char **version, GError **error) {
   if (s->flavor && strcmp(s->flavor, "unikraft") != 0 && strcmp(s->flavor, "linux") != 0)
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: flavor \"%s\" is not unikraft or linux",
-                       s->name, s->flavor), FALSE;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "instance %s: flavor \"%s\" is not unikraft or linux", s->name, s->flavor),
+           FALSE;
   if (s->version && !g_regex_match_simple("^[0-9]+(\\.[0-9]+){0,2}$", s->version, 0, 0))
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: version \"%s\" is not x.y.z", s->name,
-                       s->version), FALSE;
+                       s->version),
+           FALSE;
   *flavor = g_strdup(s->flavor);
   *version = g_strdup(s->version);
   if (*flavor && (*version || strcmp(*flavor, "linux") == 0))
@@ -484,7 +508,8 @@ static gboolean resolve_flavor(const oakuk_instance_spec *s, char **flavor, char
   char *dversion = NULL;
   oakuk_error *oe = NULL;
   if (oakuk_image_kernel_unikraft_version(&dflavor, &dversion, s->kernel, &oe) < 0) {
-    g_set_error(error, OAKUK_ERROR, -oakuk_error_code(oe), "instance %s: %s", s->name, oakuk_error_message(oe));
+    g_set_error(error, OAKUK_ERROR, -oakuk_error_code(oe), "instance %s: %s", s->name,
+                oakuk_error_message(oe));
     oakuk_error_free(oe);
     return FALSE;
   }
@@ -544,21 +569,27 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
                              GError **error) {
   if (!oakuk_instance_name_is_valid(s->name))
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
-                       "instance name \"%s\": use 1-200 characters of A-Z a-z 0-9 . _ -", s->name), NULL;
+                       "instance name \"%s\": use 1-200 characters of A-Z a-z 0-9 . _ -", s->name),
+           NULL;
   const char *arch = s->arch ? s->arch : host_goarch();
   const char *suffix = oakuk_qemu_arch_suffix(arch);
   if (!suffix || (strcmp(arch, "amd64") != 0 && strcmp(arch, "arm64") != 0))
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EUNSUPPORTED, "instance %s: arch \"%s\" is not amd64 or arm64",
-                       s->name, arch ? arch : "?"), NULL;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EUNSUPPORTED,
+                       "instance %s: arch \"%s\" is not amd64 or arm64", s->name, arch ? arch : "?"),
+           NULL;
   if (s->accel != OAKUK_ACCEL_KVM && s->accel != OAKUK_ACCEL_TCG)
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: accel %d is not KVM or TCG", s->name,
-                       s->accel), NULL;
+                       s->accel),
+           NULL;
   if (s->memory_mb < 16 || s->memory_mb > 1024 * 1024)
-    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: memory %" G_GINT64_FORMAT
-                       " MB is outside 16..1048576", s->name, s->memory_mb), NULL;
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "instance %s: memory %" G_GINT64_FORMAT " MB is outside 16..1048576", s->name,
+                       s->memory_mb),
+           NULL;
   if (s->vcpus < 1 || s->vcpus > 256)
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: vcpus %d is outside 1..256", s->name,
-                       s->vcpus), NULL;
+                       s->vcpus),
+           NULL;
   if (s->netns_path && !check_network(s, error))
     return NULL;
   if (!check_tokens(s, error) || !check_kernel(s, arch, error))
@@ -653,10 +684,10 @@ OAKUK_API void oakuk_qemu_argv_free(char **argv) {
 }
 
 /* Used by qemu-runtime.c: the same builder, GLib-typed. */
-GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir, const char *qemu_binary,
-                                          GError **error);
-GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir, const char *qemu_binary,
-                                          GError **error) {
+GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir,
+                                          const char *qemu_binary, GError **error);
+GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir,
+                                          const char *qemu_binary, GError **error) {
   return build_argv(spec, dir, qemu_binary, error);
 }
 
@@ -729,8 +760,16 @@ char *oakuk_qemu_serial_crash_line(const char *path) {
 
 gboolean oakuk_qemu_serial_shows_crash(const char *text) {
   /* "panic" alone would match a kernel command line echoing "panic=-1". */
-  static const char *markers[] = {"kernel panic", "panic:", "panic(", "oops", "crit:", "crash",
-                                  "segmentation fault", "segfault", "general protection", "unhandled",
+  static const char *markers[] = {"kernel panic",
+                                  "panic:",
+                                  "panic(",
+                                  "oops",
+                                  "crit:",
+                                  "crash",
+                                  "segmentation fault",
+                                  "segfault",
+                                  "general protection",
+                                  "unhandled",
                                   "assertion"};
   g_autofree char *lower = g_ascii_strdown(text ? text : "", -1);
   for (size_t i = 0; i < G_N_ELEMENTS(markers); i++)

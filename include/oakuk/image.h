@@ -95,10 +95,17 @@ OAKUK_API oakuk_image *oakuk_image_cache_fetch_sync(oakuk_image_cache *cache, co
                                                     const char *sha256, oakuk_image_progress_cb progress,
                                                     void *user_data, oakuk_error **error);
 
-/* Kernel inspection (no cache involved). GOARCH of the kernel file at path from the ELF
- * e_machine, the arm64 Image magic, or the x86 bzImage header; NULL with *error set when
- * unreadable (OAKUK_EIO) or not recognised (OAKUK_EINVAL). Static string. */
+/* Kernel inspection (no cache involved), by content, never by file name. Recognised: x86 kernels
+ * QEMU's -kernel boots (multiboot v1 headers in 32-bit ELF files, or with load addresses in any
+ * file; PVH ELF notes; bzImage), arm64 Image files and AArch64 ELF files, and (recognised, but not
+ * run by the unikernel runtime) ARM and RISC-V kernels. GOARCH of the kernel file at path; NULL
+ * with *error set when unreadable (OAKUK_EIO) or not a kernel QEMU can boot (OAKUK_EINVAL, with
+ * the reason: e.g. a 32-bit x86 ELF with neither a multiboot header nor a PVH note, a 64-bit x86
+ * ELF without a PVH note, only a multiboot2 header). Static string. */
 OAKUK_API const char *oakuk_image_kernel_arch(const char *path, oakuk_error **error);
+/* How QEMU boots the kernel at path: "multiboot (32-bit ELF)", "PVH (64-bit ELF)", "bzImage",
+ * "arm64 Image", "ELF (AArch64)", ...; NULL with *error set as for oakuk_image_kernel_arch. */
+OAKUK_API const char *oakuk_image_kernel_format(const char *path, oakuk_error **error);
 /* Scans the kernel file at path for "Unikraft <Codename> <x.y.z>". Sets *flavor to "unikraft"
  * (and *version to "x.y.z"), else "linux" when it looks like a Linux kernel (*version from the
  * bzImage header or "Linux version ", or NULL), else "unknown" (*version NULL). *flavor is static;

@@ -18,6 +18,7 @@
 #include <oakuk/net.h>
 #include <oakuk/qemu.h>
 #include <oakuk/container.h>
+#include <oakuk/console.h>
 #undef OAKUK_INSIDE_OAKUK_H
 
 #endif

@@ -46,7 +46,8 @@ OAKUK_API const char *oakuk_qemu_caps_qemu_version(const oakuk_qemu_caps *caps, 
 OAKUK_API int32_t oakuk_qemu_caps_accel_for_arch(const oakuk_qemu_caps *caps, const char *arch);
 /* The node's unikernel acceleration (that of the host arch), OAKUK_ACCEL_*. */
 OAKUK_API int32_t oakuk_qemu_caps_accel(const oakuk_qemu_caps *caps);
-/* Foreign architectures runnable under TCG (only with allow_emulation), sorted. */
+/* Foreign architectures runnable under TCG (only with allow_emulation), sorted. Only
+ * architectures the command builder runs (amd64, arm64) are probed and listed. */
 OAKUK_API size_t oakuk_qemu_caps_emulated_arch_count(const oakuk_qemu_caps *caps);
 OAKUK_API const char *oakuk_qemu_caps_emulated_arch(const oakuk_qemu_caps *caps, size_t i);
 /* The node report's "unikernel" object: {"accel": "kvm"|"tcg" (absent when none),

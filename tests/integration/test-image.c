@@ -20,13 +20,16 @@ static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *
   return remove(path);
 }
 
-/* A small valid image made by tar-ing a kernel with an ELF x86-64 header. */
+/* A small valid image made by tar-ing a multiboot kernel. */
 static GBytes *make_image(const char *dir, gsize padding) {
   g_autofree char *src = g_build_filename(dir, "src", NULL);
   g_autofree char *files = g_build_filename(src, "files", NULL);
   g_assert_cmpint(g_mkdir_with_parents(files, 0755), ==, 0);
   GByteArray *k = g_byte_array_new();
-  guint8 h[64] = {0x7f, 'E', 'L', 'F', 2, 1, 1, [16] = 2, [18] = 62};
+  /* A 32-bit ELF with a multiboot v1 header, as Unikraft's x86 kernels for QEMU. */
+  guint8 h[96] = {0x7f, 'E', 'L', 'F', 1, 1, 1, [16] = 2, [18] = 3};
+  guint32 mb[3] = {0x1BADB002u, 3, (guint32) - (0x1BADB002u + 3)};
+  memcpy(h + 64, mb, sizeof mb);
   g_byte_array_append(k, h, sizeof h);
   GRand *r = g_rand_new_with_seed(42); /* incompressible, so the download has a real size */
   for (gsize i = 0; i < padding; i++) {

@@ -16,13 +16,16 @@ typedef struct {
 static char *write_kernel(const char *dir, const char *name, const char *head_kind, const char *banner) {
   guint8 buf[4096];
   memset(buf, 0, sizeof buf);
-  if (strcmp(head_kind, "elf-x86_64") == 0) {
+  if (strcmp(head_kind, "multiboot") == 0) {
+    /* As Unikraft builds x86 kernels for QEMU: a 32-bit ELF with a multiboot v1 header. */
     memcpy(buf, "\177ELF", 4);
-    buf[4] = 2; /* 64-bit */
+    buf[4] = 1; /* 32-bit */
     buf[5] = 1; /* little endian */
     buf[6] = 1;
-    buf[16] = 2;  /* ET_EXEC */
-    buf[18] = 62; /* EM_X86_64 */
+    buf[16] = 2; /* ET_EXEC */
+    buf[18] = 3; /* EM_386 */
+    guint32 mb[3] = {0x1BADB002u, 3, (guint32) - (0x1BADB002u + 3)};
+    memcpy(buf + 64, mb, sizeof mb);
   } else if (strcmp(head_kind, "elf-aarch64") == 0) {
     memcpy(buf, "\177ELF", 4);
     buf[4] = 2;
@@ -43,8 +46,8 @@ static char *write_kernel(const char *dir, const char *name, const char *head_ki
 static void fixture_setup(Fixture *f, gconstpointer data) {
   f->tmp = g_dir_make_tmp("oakuk-test-qemu-XXXXXX", NULL);
   g_assert_nonnull(f->tmp);
-  f->x86_kernel = write_kernel(f->tmp, "kernel-x86", "elf-x86_64", "Unikraft Telesto 0.15.0~abc");
-  f->x86_kernel16 = write_kernel(f->tmp, "kernel-x86-16", "elf-x86_64", "Unikraft Pan 0.16.1");
+  f->x86_kernel = write_kernel(f->tmp, "kernel-x86", "multiboot", "Unikraft Telesto 0.15.0~abc");
+  f->x86_kernel16 = write_kernel(f->tmp, "kernel-x86-16", "multiboot", "Unikraft Pan 0.16.1");
   f->arm_kernel = write_kernel(f->tmp, "kernel-arm64", "arm64-image", NULL);
   f->initrd = g_build_filename(f->tmp, "initrd", NULL);
   g_assert_true(g_file_set_contents(f->initrd, "initrd", -1, NULL));
@@ -99,11 +102,12 @@ static void test_argv_x86_tcg(Fixture *f, gconstpointer data) {
   oakuk_instance_spec *s = spec_x86(f);
   oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
   g_autofree char *got = build(s, NULL);
-  g_autofree char *want = g_strdup_printf(
-      "qemu-system-x86_64|-name|i1|-machine|pc,accel=tcg|-cpu|max|-nodefaults|-no-user-config|-nographic|-no-reboot|"
-      "-serial|file:/var/lib/oakuk/instances/i1/serial.log|-kernel|%s|-m|96|-smp|2|"
-      "-qmp|unix:/var/lib/oakuk/instances/i1/qmp.sock,server=on,wait=off|-append|--",
-      f->x86_kernel);
+  g_autofree char *want =
+      g_strdup_printf("qemu-system-x86_64|-name|i1|-machine|pc,accel=tcg|-cpu|max|-nodefaults|-no-user-"
+                      "config|-nographic|-no-reboot|"
+                      "-serial|file:/var/lib/oakuk/instances/i1/serial.log|-kernel|%s|-m|96|-smp|2|"
+                      "-qmp|unix:/var/lib/oakuk/instances/i1/qmp.sock,server=on,wait=off|-append|--",
+                      f->x86_kernel);
   g_assert_cmpstr(got, ==, want);
   oakuk_instance_spec_unref(s);
 }
@@ -111,7 +115,8 @@ static void test_argv_x86_tcg(Fixture *f, gconstpointer data) {
 static void test_argv_x86_kvm_net(Fixture *f, gconstpointer data) {
   oakuk_instance_spec *s = spec_x86(f);
   oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_KVM);
-  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.0.5", 24, "10.18.0.1", "52:54:00:aa:bb:cc");
+  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.0.5", 24, "10.18.0.1",
+                                  "52:54:00:aa:bb:cc");
   oakuk_instance_spec_add_arg(s, "-c");
   oakuk_instance_spec_add_arg(s, "/nginx/conf/nginx.conf");
   g_autofree char *got = build(s, NULL);
@@ -129,7 +134,9 @@ static void test_argv_tcg_no_vhost(Fixture *f, gconstpointer data) {
   oakuk_instance_spec *s = spec_x86(f);
   oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.0.5", 24, "10.18.0.1", NULL);
   g_autofree char *got = build(s, NULL);
-  g_assert_nonnull(strstr(got, "|-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,romfile=|"));
+  g_assert_nonnull(strstr(
+      got,
+      "|-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,romfile=|"));
   g_assert_null(strstr(got, "vhost"));
   oakuk_instance_spec_unref(s);
 }
@@ -142,13 +149,16 @@ static void test_argv_arm64_tcg(Fixture *f, gconstpointer data) {
   oakuk_instance_spec_set_files_dir(s, f->tmp);
   oakuk_instance_spec_set_flavor(s, "linux");
   oakuk_instance_spec_set_cmdline_extra(s, " console=ttyAMA0 quiet ");
-  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.1.7", 20, "10.18.0.1", "52:54:00:00:00:01");
+  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.1.7", 20, "10.18.0.1",
+                                  "52:54:00:00:00:01");
   g_autofree char *got = build(s, NULL);
   g_autofree char *want = g_strdup_printf(
       "qemu-system-aarch64|-name|i1|-machine|virt,accel=tcg|-cpu|cortex-a57|-nodefaults|-no-user-config|"
-      "-nographic|-no-reboot|-serial|file:/var/lib/oakuk/instances/i1/serial.log|-kernel|%s|-initrd|%s|-m|64|-smp|1|"
+      "-nographic|-no-reboot|-serial|file:/var/lib/oakuk/instances/i1/"
+      "serial.log|-kernel|%s|-initrd|%s|-m|64|-smp|1|"
       "-qmp|unix:/var/lib/oakuk/instances/i1/qmp.sock,server=on,wait=off|"
-      "-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,romfile=|"
+      "-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,mac=52:54:00:"
+      "00:00:01,romfile=|"
       "-fsdev|local,id=fs0,path=/var/lib/oakuk/instances/i1/files,security_model=none|"
       "-device|virtio-9p-pci,fsdev=fs0,mount_tag=fs0|"
       "-append|console=ttyAMA0 quiet netdev.ip=10.18.1.7/20:10.18.0.1 --",
@@ -175,11 +185,13 @@ static void test_net_unikraft_new(Fixture *f, gconstpointer data) {
 
 static void test_net_params(void) {
   g_autofree char *a = oakuk_qemu_net_params("unikraft", "0.15.0", "10.0.0.2", 24, "10.0.0.1");
-  g_assert_cmpstr(a, ==, "netdev.ipv4_addr=10.0.0.2 netdev.ipv4_gw_addr=10.0.0.1 netdev.ipv4_subnet_mask=255.255.255.0");
+  g_assert_cmpstr(
+      a, ==, "netdev.ipv4_addr=10.0.0.2 netdev.ipv4_gw_addr=10.0.0.1 netdev.ipv4_subnet_mask=255.255.255.0");
   g_autofree char *b = oakuk_qemu_net_params("unikraft", "0.16.1", "10.0.0.2", 24, "10.0.0.1");
   g_assert_cmpstr(b, ==, "netdev.ip=10.0.0.2/24:10.0.0.1");
   g_autofree char *c = oakuk_qemu_net_params("unikraft", "0.16.0", "10.0.0.2", 16, "10.0.0.1");
-  g_assert_cmpstr(c, ==, "netdev.ipv4_addr=10.0.0.2 netdev.ipv4_gw_addr=10.0.0.1 netdev.ipv4_subnet_mask=255.255.0.0");
+  g_assert_cmpstr(
+      c, ==, "netdev.ipv4_addr=10.0.0.2 netdev.ipv4_gw_addr=10.0.0.1 netdev.ipv4_subnet_mask=255.255.0.0");
   g_autofree char *d = oakuk_qemu_net_params("linux", "6.1.0", "10.0.0.2", 24, "10.0.0.1");
   g_assert_cmpstr(d, ==, "netdev.ip=10.0.0.2/24:10.0.0.1");
   g_autofree char *e = oakuk_qemu_net_params("unikraft", "1.0.0", "10.0.0.2", 8, NULL);
@@ -225,7 +237,8 @@ static void test_dashdash_always(Fixture *f, gconstpointer data) {
   oakuk_instance_spec_set_flavor(s, "unikraft");
   oakuk_instance_spec_set_version(s, "0.16.3");
   g_autofree char *c = build(s, NULL);
-  g_assert_true(g_str_has_suffix(c, "|-append|console=ttyS0 quiet panic=-1 env.vars=[ GREETING=hi ] -- hello"));
+  g_assert_true(
+      g_str_has_suffix(c, "|-append|console=ttyS0 quiet panic=-1 env.vars=[ GREETING=hi ] -- hello"));
   oakuk_instance_spec_unref(s);
 }
 
@@ -260,9 +273,11 @@ static void test_bad_args(Fixture *f, gconstpointer data) {
   s = spec_x86(f);
   oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.0.0.300", 24, "10.0.0.1", NULL);
   expect_einval(s, "guest ip");
-  oakuk_instance_spec_set_network(s, "/run/netns/i1", "a-very-long-tap-name", "10.0.0.3", 24, "10.0.0.1", NULL);
+  oakuk_instance_spec_set_network(s, "/run/netns/i1", "a-very-long-tap-name", "10.0.0.3", 24, "10.0.0.1",
+                                  NULL);
   expect_einval(s, "tap name");
-  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.0.0.3", 24, "10.0.0.1", "52:54:00:zz:00:01");
+  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.0.0.3", 24, "10.0.0.1",
+                                  "52:54:00:zz:00:01");
   expect_einval(s, "mac");
   oakuk_instance_spec_unref(s);
   s = spec_x86(f);
@@ -336,7 +351,8 @@ static void test_probe_emulation(void) {
   g_assert_nonnull(v);
   g_assert_true(g_regex_match_simple("^[0-9]+\\.[0-9]+", v, 0, 0));
   g_autofree char *json = oakuk_qemu_caps_to_json(caps);
-  g_autofree char *want_accel = g_strdup_printf("\"accel\":\"%s\"", oakuk_qemu_caps_kvm(caps) ? "kvm" : "tcg");
+  g_autofree char *want_accel =
+      g_strdup_printf("\"accel\":\"%s\"", oakuk_qemu_caps_kvm(caps) ? "kvm" : "tcg");
   g_assert_nonnull(strstr(json, want_accel));
   g_autofree char *want_ver = g_strdup_printf("\"qemu_version\":\"%s\"", v);
   g_assert_nonnull(strstr(json, want_ver));
@@ -352,6 +368,32 @@ static void test_probe_emulation(void) {
   g_autofree char *none = oakuk_qemu_caps_to_json(caps);
   g_assert_cmpstr(none, ==, "{\"emulated_archs\":[]}");
   oakuk_qemu_caps_unref(caps);
+  /* QEMUs for architectures the command builder cannot run are never advertised: a service for
+   * them would be placed here and then fail. */
+  g_autofree char *dir = g_dir_make_tmp("oakuk-qemu-bins-XXXXXX", NULL);
+  const char *bins[] = {"qemu-system-arm", "qemu-system-riscv64", "qemu-system-aarch64",
+                        "qemu-system-x86_64"};
+  for (size_t k = 0; k < G_N_ELEMENTS(bins); k++) {
+    g_autofree char *p = g_build_filename(dir, bins[k], NULL);
+    g_assert_true(g_file_set_contents(p, "#!/bin/sh\necho 'QEMU emulator version 7.2.0'\n", -1, NULL));
+    g_assert_cmpint(g_chmod(p, 0755), ==, 0);
+  }
+  opts.search_path = dir;
+  g_assert_cmpint(oakuk_qemu_probe(&caps, &opts, NULL), ==, 0);
+  g_assert_cmpuint(oakuk_qemu_caps_emulated_arch_count(caps), ==, 1);
+  g_assert_cmpstr(oakuk_qemu_caps_emulated_arch(caps, 0), ==, foreign);
+  g_assert_cmpint(oakuk_qemu_caps_accel_for_arch(caps, "arm"), ==, OAKUK_ACCEL_NONE);
+  g_assert_cmpint(oakuk_qemu_caps_accel_for_arch(caps, "riscv64"), ==, OAKUK_ACCEL_NONE);
+  g_assert_null(oakuk_qemu_caps_qemu_path(caps, "arm"));
+  g_autofree char *only = oakuk_qemu_caps_to_json(caps);
+  g_assert_null(strstr(only, "riscv64"));
+  g_assert_null(strstr(only, "\"arm\""));
+  oakuk_qemu_caps_unref(caps);
+  for (size_t k = 0; k < G_N_ELEMENTS(bins); k++) {
+    g_autofree char *p = g_build_filename(dir, bins[k], NULL);
+    g_unlink(p);
+  }
+  g_rmdir(dir);
 }
 
 static void test_cpuinfo(void) {
@@ -362,20 +404,24 @@ static void test_cpuinfo(void) {
 
 static void test_serial(Fixture *f, gconstpointer data) {
   g_autofree char *path = g_build_filename(f->tmp, "serial.log", NULL);
-  GString *s = g_string_new("\x1b" "c\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16)\r\n");
+  GString *s = g_string_new("\x1b"
+                            "c\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16)\r\n");
   for (int k = 1; k <= 14; k++)
     g_string_append_printf(s, "line %d\r\n\r\n", k);
-  g_string_append(s, "\x1b" "c\x1b[?7l\x1b[2J\x1b[0mline 15\r\n");
+  g_string_append(s, "\x1b"
+                     "c\x1b[?7l\x1b[2J\x1b[0mline 15\r\n");
   g_assert_true(g_file_set_contents(path, s->str, -1, NULL));
   g_string_free(s, TRUE);
   g_autofree char *tail = oakuk_qemu_serial_tail(path, 10);
-  g_assert_cmpstr(tail, ==, "line 6\nline 7\nline 8\nline 9\nline 10\nline 11\nline 12\nline 13\nline 14\nline 15");
+  g_assert_cmpstr(tail, ==,
+                  "line 6\nline 7\nline 8\nline 9\nline 10\nline 11\nline 12\nline 13\nline 14\nline 15");
   g_autofree char *missing = g_build_filename(f->tmp, "none.log", NULL);
   g_autofree char *empty = oakuk_qemu_serial_tail(missing, 10);
   g_assert_cmpstr(empty, ==, "");
   g_assert_true(oakuk_qemu_serial_shows_crash("Kernel panic - not syncing: Attempted to kill init!"));
   g_assert_true(oakuk_qemu_serial_shows_crash("[    0.10] CRIT: [libkvmplat] Unhandled Trap 13"));
-  g_assert_false(oakuk_qemu_serial_shows_crash("Command line: console=ttyS0 quiet panic=-1\nreboot: Power down"));
+  g_assert_false(
+      oakuk_qemu_serial_shows_crash("Command line: console=ttyS0 quiet panic=-1\nreboot: Power down"));
   /* No crash in a clean log; none without a log. */
   g_assert_null(oakuk_qemu_serial_crash_line(path));
   g_assert_null(oakuk_qemu_serial_crash_line(missing));
@@ -400,8 +446,10 @@ static void test_serial_crash_line(Fixture *f, gconstpointer data) {
   g_autofree char *line = oakuk_qemu_serial_crash_line(path);
   g_assert_cmpstr(line, ==, "[    5.41] Kernel panic - not syncing: sysrq triggered crash");
   /* Unikraft: no "Kernel panic", the last line with a crash marker. */
-  g_assert_true(g_file_set_contents(path, "Powered by Unikraft\n[ 0.1] CRIT: [libkvmplat] Unhandled Trap 13\n"
-                                          "[ 0.1] CRIT: RIP: 0008:0000000000100000\nregs done\n", -1, NULL));
+  g_assert_true(g_file_set_contents(path,
+                                    "Powered by Unikraft\n[ 0.1] CRIT: [libkvmplat] Unhandled Trap 13\n"
+                                    "[ 0.1] CRIT: RIP: 0008:0000000000100000\nregs done\n",
+                                    -1, NULL));
   g_autofree char *uk = oakuk_qemu_serial_crash_line(path);
   g_assert_cmpstr(uk, ==, "[ 0.1] CRIT: RIP: 0008:0000000000100000");
 }
