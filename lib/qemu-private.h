@@ -31,14 +31,12 @@ gboolean oakuk_qemu_cpuinfo_has_virt(const char *cpuinfo);
  * (measured ~90 MB resident after a Linux boot) adds another 192 MB. */
 int64_t oakuk_qemu_memory_limit_mb(int64_t guest_mb, int32_t accel);
 
-/* The last max_lines non-empty lines of a serial log, control characters dropped, joined by
- * '\n'; "" when the log is missing or empty. */
-char *oakuk_qemu_serial_tail(const char *path, guint max_lines);
-/* The line of a serial log that best names a crash: the last "Kernel panic" line, else the last
- * line showing a crash; NULL when none (or no log). Looks at the last 64 KiB. */
-char *oakuk_qemu_serial_crash_line(const char *path);
-/* True when a serial log shows a crash (panic, Oops, CRIT, crash, segfault, ...). */
-gboolean oakuk_qemu_serial_shows_crash(const char *text);
+/* The command builder for the runtime: with paused, QEMU starts with -S (the runtime lets the
+ * guest run once QMP listens, so no event of a quick guest is missed); flavor and version are
+ * what the builder resolved (from the spec, else from the kernel); free both with g_free. */
+GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir,
+                                          const char *qemu_binary, gboolean paused, char **flavor,
+                                          char **version, GError **error);
 
 G_END_DECLS
 

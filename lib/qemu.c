@@ -566,7 +566,7 @@ static void addf(GPtrArray *a, const char *fmt, ...) {
 }
 
 static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, const char *qemu_binary,
-                             GError **error) {
+                             gboolean paused, char **flavor_out, char **version_out, GError **error) {
   if (!oakuk_instance_name_is_valid(s->name))
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
                        "instance name \"%s\": use 1-200 characters of A-Z a-z 0-9 . _ -", s->name),
@@ -620,6 +620,14 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
   /* A guest that panics with panic=-1 (or triple-faults) would otherwise reboot forever and never
    * be reported DEAD: make every guest reset end QEMU. */
   add(a, "-no-reboot");
+  if (paused)
+    add(a, "-S");
+  if (x86) {
+    /* Guests that know it (Unikraft >= 0.16 on a crash, Linux with its pvpanic driver) report a
+     * panic here, and QMP says so: QEMU exits 0 after a crash as after a clean power-off. */
+    add(a, "-device");
+    add(a, "pvpanic");
+  }
   add(a, "-serial");
   addf(a, "file:%s/serial.log", edir);
   add(a, "-kernel");
@@ -654,6 +662,10 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
   add(a, "-append");
   g_ptr_array_add(a, build_append(s, flavor, version));
   g_ptr_array_add(a, NULL);
+  if (flavor_out)
+    *flavor_out = g_steal_pointer(&flavor);
+  if (version_out)
+    *version_out = g_steal_pointer(&version);
   return a;
 }
 
@@ -661,7 +673,7 @@ OAKUK_API int oakuk_qemu_build_argv(char ***argv_out, size_t *argc_out, const oa
                                     const char *instance_dir, const char *qemu_binary, oakuk_error **error) {
   g_return_val_if_fail(argv_out != NULL && spec != NULL && instance_dir != NULL, OAKUK_EINVAL);
   GError *err = NULL;
-  GPtrArray *a = build_argv(spec, instance_dir, qemu_binary, &err);
+  GPtrArray *a = build_argv(spec, instance_dir, qemu_binary, FALSE, NULL, NULL, &err);
   if (!a)
     return oakuk_propagate_gerror(error, err);
   /* Copy into malloc'ed memory: callers free with oakuk_qemu_argv_free. */
@@ -683,97 +695,8 @@ OAKUK_API void oakuk_qemu_argv_free(char **argv) {
   free(argv);
 }
 
-/* Used by qemu-runtime.c: the same builder, GLib-typed. */
 GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir,
-                                          const char *qemu_binary, GError **error);
-GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir,
-                                          const char *qemu_binary, GError **error) {
-  return build_argv(spec, dir, qemu_binary, error);
-}
-
-/* ---- serial log ---- */
-
-/* The lines of the last max_bytes of a serial log, escape sequences and control characters
- * dropped; NULL when the log is missing. */
-static char **serial_lines(const char *path, gsize max_bytes) {
-  g_autofree char *text = NULL;
-  gsize len = 0;
-  if (!g_file_get_contents(path, &text, &len, NULL))
-    return NULL;
-  /* Only the end matters; bound the work on a huge log. */
-  const char *start = len > max_bytes ? text + len - max_bytes : text;
-  GString *clean = g_string_new(NULL);
-  for (const unsigned char *p = (const unsigned char *)start; p < (const unsigned char *)text + len; p++) {
-    if (*p == 0x1b) { /* drop ANSI escape sequences (SeaBIOS clears the screen) */
-      const unsigned char *end = (const unsigned char *)text + len;
-      if (p + 1 < end && p[1] == '[') {
-        p += 2;
-        while (p < end && !g_ascii_isalpha(*p))
-          p++;
-      } else {
-        p++; /* two-character sequence such as ESC c */
-      }
-      if (p >= end)
-        break;
-      continue;
-    }
-    if (*p == '\n' || *p == '\t' || (*p >= 0x20 && *p != 0x7f))
-      g_string_append_c(clean, (char)*p);
-  }
-  char **lines = g_strsplit(clean->str, "\n", -1);
-  g_string_free(clean, TRUE);
-  for (char **l = lines; *l; l++)
-    g_strstrip(*l);
-  return lines;
-}
-
-char *oakuk_qemu_serial_tail(const char *path, guint max_lines) {
-  g_auto(GStrv) lines = serial_lines(path, 16384);
-  if (!lines)
-    return g_strdup("");
-  GPtrArray *keep = g_ptr_array_new();
-  for (gint i = (gint)g_strv_length(lines) - 1; i >= 0 && keep->len < max_lines; i--)
-    if (*lines[i])
-      g_ptr_array_insert(keep, 0, lines[i]);
-  g_ptr_array_add(keep, NULL);
-  char *r = g_strjoinv("\n", (char **)keep->pdata);
-  g_ptr_array_unref(keep);
-  return r;
-}
-
-char *oakuk_qemu_serial_crash_line(const char *path) {
-  /* A Linux panic is followed by a register dump and call trace longer than any tail, and with
-   * panic=-1 the guest resets before the closing "---[ end Kernel panic" line. */
-  g_auto(GStrv) lines = serial_lines(path, 65536);
-  if (!lines)
-    return NULL;
-  for (gint i = (gint)g_strv_length(lines) - 1; i >= 0; i--) {
-    g_autofree char *lower = g_ascii_strdown(lines[i], -1);
-    if (strstr(lower, "kernel panic"))
-      return g_strdup(lines[i]);
-  }
-  for (gint i = (gint)g_strv_length(lines) - 1; i >= 0; i--)
-    if (oakuk_qemu_serial_shows_crash(lines[i]))
-      return g_strdup(lines[i]);
-  return NULL;
-}
-
-gboolean oakuk_qemu_serial_shows_crash(const char *text) {
-  /* "panic" alone would match a kernel command line echoing "panic=-1". */
-  static const char *markers[] = {"kernel panic",
-                                  "panic:",
-                                  "panic(",
-                                  "oops",
-                                  "crit:",
-                                  "crash",
-                                  "segmentation fault",
-                                  "segfault",
-                                  "general protection",
-                                  "unhandled",
-                                  "assertion"};
-  g_autofree char *lower = g_ascii_strdown(text ? text : "", -1);
-  for (size_t i = 0; i < G_N_ELEMENTS(markers); i++)
-    if (strstr(lower, markers[i]))
-      return TRUE;
-  return FALSE;
+                                          const char *qemu_binary, gboolean paused, char **flavor,
+                                          char **version, GError **error) {
+  return build_argv(spec, dir, qemu_binary, paused, flavor, version, error);
 }

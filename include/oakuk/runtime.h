@@ -107,9 +107,30 @@ OAKUK_API int32_t oakuk_instance_spec_prefix(const oakuk_instance_spec *spec);
 OAKUK_API const char *oakuk_instance_spec_gateway(const oakuk_instance_spec *spec);
 OAKUK_API const char *oakuk_instance_spec_mac(const oakuk_instance_spec *spec);
 
+/* Readiness: RUNNING says the process (QEMU, the container's init) is up; ready says the service
+ * answers. tcp: a guest port the runtime connects to, from its own network namespace, at the
+ * instance's IP (needs a network); 0 = no TCP probe (the default). serial: a text the console
+ * must show (cleaned as by <oakuk/console.h>); NULL = none. With neither, an instance is ready
+ * when it is RUNNING; with both, when both have succeeded. */
+OAKUK_API void oakuk_instance_spec_set_readiness_tcp(oakuk_instance_spec *spec, int32_t port);
+OAKUK_API int32_t oakuk_instance_spec_readiness_tcp(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_readiness_serial(oakuk_instance_spec *spec, const char *text);
+OAKUK_API const char *oakuk_instance_spec_readiness_serial(const oakuk_instance_spec *spec);
+
 /* ---- runtime ---- */
 
 typedef struct oakuk_runtime oakuk_runtime;
+
+/* How an instance's process ended (oakuk_runtime_instance_exit). */
+#define OAKUK_EXIT_NONE 0 /* it has not ended (or the runtime ended it on undeploy) */
+#define OAKUK_EXIT_CLEAN                                                                                     \
+  1 /* it ended by itself without a failure: exit code 0, or a guest that                                    \
+     * powered off with no crash on its console */
+#define OAKUK_EXIT_CRASH                                                                                     \
+  2                         /* it ended by itself with a failure: a non-zero exit code, a guest              \
+                             * panic or reset, crash lines on the console */
+#define OAKUK_EXIT_KILLED 3 /* a signal or someone else (not this runtime) ended it */
+#define OAKUK_EXIT_FAILED 4 /* it never ran: the start failed */
 
 /* instance: the instance name; status: OAKUK_STATUS_*; detail: a sentence or NULL. */
 typedef void (*oakuk_runtime_status_cb)(const char *instance, int32_t status, const char *detail,
@@ -126,6 +147,13 @@ OAKUK_API int32_t oakuk_runtime_virt(const oakuk_runtime *rt);
 
 OAKUK_API void oakuk_runtime_set_status_callback(oakuk_runtime *rt, oakuk_runtime_status_cb cb,
                                                  void *user_data);
+
+/* instance: the instance name; ready_ms: milliseconds from its deploy call to ready, or -1 for an
+ * adopted instance (deployed by an earlier runtime). Delivered in order with the statuses, after
+ * RUNNING, on the same context. */
+typedef void (*oakuk_runtime_ready_cb)(const char *instance, int64_t ready_ms, void *user_data);
+OAKUK_API void oakuk_runtime_set_ready_callback(oakuk_runtime *rt, oakuk_runtime_ready_cb cb,
+                                                void *user_data);
 
 /* Validates spec, then starts the instance in the background and returns 0; statuses follow through
  * the callback (CREATING, then RUNNING or FAILED). An invalid spec (bad name, missing kernel, kernel of
@@ -153,6 +181,15 @@ OAKUK_API const char *oakuk_runtime_instance_name(const oakuk_runtime *rt, size_
 OAKUK_API int32_t oakuk_runtime_instance_status(const oakuk_runtime *rt, const char *name);
 /* Host process id of the instance (QEMU or the container's init), or 0 when not running. */
 OAKUK_API int64_t oakuk_runtime_instance_pid(const oakuk_runtime *rt, const char *name);
+/* Whether the instance is ready, and the milliseconds from its deploy to ready (-1 when not ready
+ * or adopted). Readiness ends with RUNNING. */
+OAKUK_API bool oakuk_runtime_instance_ready(const oakuk_runtime *rt, const char *name);
+OAKUK_API int64_t oakuk_runtime_instance_ready_ms(const oakuk_runtime *rt, const char *name);
+/* How the instance's process ended: OAKUK_EXIT_*; OAKUK_EXIT_NONE for unknown names. */
+OAKUK_API int32_t oakuk_runtime_instance_exit(const oakuk_runtime *rt, const char *name);
+/* Path of the instance's console (a unikernel's serial log, a container's output), which the
+ * functions of <oakuk/console.h> read; NULL for unknown names. Free with oakuk_free. */
+OAKUK_API char *oakuk_runtime_instance_console_path(const oakuk_runtime *rt, const char *name);
 
 OAKUK_END_DECLS
 

@@ -187,6 +187,39 @@ static void test_crash(Fixture *f, gconstpointer data) {
   g_assert_cmpint(oakuk_console_line_crash("[ 0.1] CRIT: [lib] x"), ==, OAKUK_CONSOLE_CRASH_UNIKRAFT);
 }
 
+/* The tail of a serial log leaves out empty lines and escapes; a Linux panic is named by its
+ * panic line even when a register dump longer than any tail follows it. */
+static void test_serial_logs(Fixture *f, gconstpointer data) {
+  GString *s = g_string_new("\x1b"
+                            "c\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16)\r\n");
+  for (int k = 1; k <= 14; k++)
+    g_string_append_printf(s, "line %d\r\n\r\n", k);
+  g_string_append(s, "\x1b"
+                     "c\x1b[?7l\x1b[2J\x1b[0mline 15\r\n");
+  g_autofree char *path = write_file(f, "serial.log", s->str, (gssize)s->len);
+  g_string_free(s, TRUE);
+  g_autofree char *t = tail(path, 10, 16384, OAKUK_CONSOLE_SKIP_EMPTY | OAKUK_CONSOLE_STRIP);
+  g_assert_cmpstr(t, ==,
+                  "line 6\nline 7\nline 8\nline 9\nline 10\nline 11\nline 12\nline 13\nline 14\nline 15");
+  g_assert_cmpint(oakuk_console_crash(NULL, path), ==, OAKUK_CONSOLE_CRASH_NONE);
+  GString *p = g_string_new("oakuk-guest: ready ip=none files=no args=crash\r\n"
+                            "oakuk-guest: panic: crash requested\r\n"
+                            "[    5.40] sysrq: Trigger a crash\r\n"
+                            "[    5.41] Kernel panic - not syncing: sysrq triggered crash\r\n"
+                            "[    5.42] Call Trace:\r\n [    5.42]  sysrq_handle_crash+0x16/0x20\r\n");
+  for (int k = 0; k < 14; k++)
+    g_string_append_printf(p, "[    5.44] R%02d: 0000000000000000\r\n", k);
+  g_string_append(p, "[    5.45] Kernel Offset: disabled\r\n");
+  g_autofree char *panic = write_file(f, "panic.log", p->str, (gssize)p->len);
+  g_string_free(p, TRUE);
+  g_autofree char *ptail = tail(panic, 10, 16384, OAKUK_CONSOLE_SKIP_EMPTY);
+  g_assert_cmpint(oakuk_console_line_crash(ptail), ==, OAKUK_CONSOLE_CRASH_NONE);
+  char *line = NULL;
+  g_assert_cmpint(oakuk_console_crash(&line, panic), ==, OAKUK_CONSOLE_CRASH_LINUX);
+  g_assert_cmpstr(line, ==, "[    5.41] Kernel panic - not syncing: sysrq triggered crash");
+  oakuk_free(line);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/console/clean/whole", test_clean_whole);
@@ -195,5 +228,6 @@ int main(int argc, char **argv) {
   g_test_add_func("/console/clean/edges", test_clean_edges);
   g_test_add("/console/tail", Fixture, NULL, setup, test_tail, teardown);
   g_test_add("/console/crash", Fixture, NULL, setup, test_crash, teardown);
+  g_test_add("/console/serial-logs", Fixture, NULL, setup, test_serial_logs, teardown);
   return g_test_run();
 }
