@@ -51,6 +51,8 @@ struct oakuk_microservice {
   int32_t emulation, restart, uk_net;
   char *uk_flavor, *uk_version;
   int64_t uk_graceful;
+  int64_t ready_tcp; /* -1: not given (the first TCP port's guest side) */
+  char *ready_serial;
 };
 
 struct oakuk_application {
@@ -364,6 +366,7 @@ static const char *const ms_known_keys[] = {"microserviceID",
                                             "emulation",
                                             "restart",
                                             "unikernel",
+                                            "readiness",
                                             NULL};
 
 /* Keys of an Oakestra job document (a microservice as the cluster and node receive it). */
@@ -1012,6 +1015,33 @@ static void parse_unikernel_ext(Ctx *ctx, oakuk_microservice *ms, JsonObject *ob
   warn_unknown_keys(ctx, u, path, known, NULL);
 }
 
+#define READY_SERIAL_MAX 256
+
+/* readiness: {tcp: <guest port, 0 = no probe>, serial: "<text the console shows when ready>"}. */
+static void parse_readiness(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
+  static const char *const known[] = {"tcp", "serial", NULL};
+  ms->ready_tcp = -1;
+  JsonObject *r = get_object(ctx, obj, prefix, "readiness");
+  if (r == NULL)
+    return;
+  g_autofree char *path = path_key(prefix, "readiness");
+  if (json_object_has_member(r, "tcp"))
+    get_int(ctx, r, path, "tcp", false, 0, 65535, " (a guest port; 0 = no TCP probe)", &ms->ready_tcp);
+  const char *serial = get_string(ctx, r, path, "serial", false);
+  gboolean bad = serial && (!*serial || strlen(serial) > READY_SERIAL_MAX);
+  for (const char *p = serial; p && *p && !bad; p++)
+    bad = (unsigned char)*p < 0x20 || *p == 0x7f;
+  if (bad) {
+    g_autofree char *spath = path_key(path, "serial");
+    oakuk_problems_add(&ctx->problems, spath,
+                       "must be 1 to %d characters without control characters (a console line is matched)",
+                       READY_SERIAL_MAX);
+  } else if (serial) {
+    ms->ready_serial = g_strdup(serial);
+  }
+  warn_unknown_keys(ctx, r, path, known, NULL);
+}
+
 static void parse_extensions(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
   static const char *const emulations[] = {"forbid", "allow", NULL};
   static const char *const restarts[] = {"never", "on-failure", "always", NULL};
@@ -1021,6 +1051,7 @@ static void parse_extensions(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, 
                  OAKUK_RESTART_ON_FAILURE);
   ms->restart = v < 0 ? OAKUK_RESTART_ON_FAILURE : v;
   parse_unikernel_ext(ctx, ms, obj, prefix);
+  parse_readiness(ctx, ms, obj, prefix);
 }
 
 static void parse_resources(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
@@ -1089,6 +1120,7 @@ static oakuk_microservice *ms_new(void) {
   ms->emulation = OAKUK_EMULATION_FORBID;
   ms->restart = OAKUK_RESTART_ON_FAILURE;
   ms->uk_net = OAKUK_UKNET_DIRECT;
+  ms->ready_tcp = -1;
   return ms;
 }
 
@@ -1118,6 +1150,7 @@ static void ms_free(oakuk_microservice *ms) {
   g_ptr_array_unref(ms->constraints);
   g_free(ms->uk_flavor);
   g_free(ms->uk_version);
+  g_free(ms->ready_serial);
   if (ms->root)
     json_node_unref(ms->root);
   g_free(ms);
@@ -1783,6 +1816,18 @@ OAKUK_API int32_t oakuk_microservice_port_guest(const oakuk_microservice *ms, si
   const Port *p = port_at(ms, i);
   return p ? p->guest : 0;
 }
+
+OAKUK_API int32_t oakuk_microservice_readiness_tcp(const oakuk_microservice *ms) {
+  g_return_val_if_fail(ms != NULL, 0);
+  if (ms->ready_tcp >= 0)
+    return (int32_t)ms->ready_tcp;
+  for (guint i = 0; i < ms->ports->len; i++)
+    if (g_array_index(ms->ports, Port, i).proto == OAKUK_PROTO_TCP)
+      return g_array_index(ms->ports, Port, i).guest;
+  return 0;
+}
+
+MS_GETTER(const char *, readiness_serial, ms->ready_serial, NULL)
 
 OAKUK_API int32_t oakuk_microservice_port_proto(const oakuk_microservice *ms, size_t i) {
   g_return_val_if_fail(ms != NULL, OAKUK_PROTO_TCP);

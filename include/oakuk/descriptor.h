@@ -154,6 +154,13 @@ OAKUK_API const char *oakuk_microservice_uk_version(const oakuk_microservice *ms
 OAKUK_API int32_t oakuk_microservice_uk_net(const oakuk_microservice *ms);
 OAKUK_API int64_t oakuk_microservice_uk_graceful_stop_s(const oakuk_microservice *ms);
 
+/* Readiness (extension "readiness": {"tcp": <guest port>, "serial": "<text>"}): the guest port a
+ * node probes over TCP to call the instance ready, by default the guest side of the first TCP
+ * entry of "port" (0: no TCP probe, also when "tcp": 0); and the text its console shows when it is
+ * ready, or NULL. */
+OAKUK_API int32_t oakuk_microservice_readiness_tcp(const oakuk_microservice *ms);
+OAKUK_API const char *oakuk_microservice_readiness_serial(const oakuk_microservice *ms);
+
 OAKUK_END_DECLS
 
 #endif

@@ -52,6 +52,8 @@ class ThesisFixtures(unittest.TestCase):
         [ms] = oakuk.Descriptor.parse_file(thesis("nginx-unikernel.json")).microservices
         self.assertEqual(ms.ports, [(80, 80, "tcp")])
         self.assertEqual(ms.memory_mb, 1000)
+        # no readiness key: the node probes the first TCP port's guest side
+        self.assertEqual(ms.readiness, {"tcp": 80, "serial": None})
 
     def test_multiarch_codes_match_arch_by_position(self):
         [ms] = oakuk.Descriptor.parse_file(thesis("multiarch-unikernel.json")).microservices

@@ -966,6 +966,41 @@ static void test_invalid_fixtures(void) {
   g_assert_cmpuint(checked, >=, 3);
 }
 
+/* readiness: the first TCP port's guest side by default, an explicit port, none, a console text. */
+static void test_readiness(void) {
+  oakuk_descriptor *d = parse_ms_ok(base_container, "port", "\"53:5353/udp; 9080:80; 443\"");
+  g_assert_cmpint(oakuk_microservice_readiness_tcp(first_ms(d)), ==, 80);
+  g_assert_null(oakuk_microservice_readiness_serial(first_ms(d)));
+  oakuk_descriptor_unref(d);
+  d = parse_ms_ok(base_unikernel, NULL, NULL); /* no port: no TCP probe */
+  g_assert_cmpint(oakuk_microservice_readiness_tcp(first_ms(d)), ==, 0);
+  oakuk_descriptor_unref(d);
+  d = parse_ms_ok(base_container, "readiness", "{\"tcp\": 8443, \"serial\": \"Listening on port 80\"}");
+  g_assert_cmpint(oakuk_microservice_readiness_tcp(first_ms(d)), ==, 8443);
+  g_assert_cmpstr(oakuk_microservice_readiness_serial(first_ms(d)), ==, "Listening on port 80");
+  g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 0);
+  oakuk_descriptor_unref(d);
+  d = parse_ms_ok(base_container, "readiness", "{\"tcp\": 0, \"grace\": 1}");
+  g_assert_cmpint(oakuk_microservice_readiness_tcp(first_ms(d)), ==, 0);
+  g_assert_cmpstr(oakuk_descriptor_warning(d, 0), ==, MS ".readiness.grace: unknown key kept");
+  /* Kept as given through a round trip. */
+  g_autofree char *json = oakuk_descriptor_to_json(d, false, NULL);
+  g_assert_nonnull(strstr(json, "\"readiness\":{\"tcp\":0,\"grace\":1}"));
+  oakuk_descriptor_unref(d);
+  expect_ms(base_container, "readiness", "\"tcp\"", "readiness", "must be an object");
+  expect_ms(base_container, "readiness", "{\"tcp\": 70000}", "readiness.tcp", "between 0 and 65535");
+  expect_ms(base_container, "readiness", "{\"tcp\": \"80\"}", "readiness.tcp", "got a string");
+  expect_ms(base_container, "readiness", "{\"serial\": \"\"}", "readiness.serial", "1 to 256 characters");
+  expect_ms(base_container, "readiness", "{\"serial\": \"a\\nb\"}", "readiness.serial", "control characters");
+  expect_ms(base_container, "readiness", "{\"serial\": 5}", "readiness.serial", "must be a string");
+  GString *big = g_string_new("{\"serial\": \"");
+  for (int k = 0; k < 257; k++)
+    g_string_append_c(big, 'x');
+  g_string_append(big, "\"}");
+  expect_ms(base_container, "readiness", big->str, "readiness.serial", "1 to 256 characters");
+  g_string_free(big, TRUE);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/descriptor/thesis/all-parse", test_thesis_all_parse);
@@ -978,6 +1013,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/descriptor/parse-file", test_parse_file);
   g_test_add_func("/descriptor/defaults", test_defaults);
   g_test_add_func("/descriptor/extensions", test_extensions);
+  g_test_add_func("/descriptor/readiness", test_readiness);
   g_test_add_func("/descriptor/virt-array", test_virt_array);
   g_test_add_func("/descriptor/accept/numbers", test_numbers_accepted);
   g_test_add_func("/descriptor/accept/ports", test_ports_accepted);

@@ -241,6 +241,12 @@ class Microservice(Handle):
                 "net": _UKNET.get(lib.oakuk_microservice_uk_net(self)),
                 "graceful_stop_s": lib.oakuk_microservice_uk_graceful_stop_s(self)}
 
+    @property
+    def readiness(self):
+        """{"tcp": guest port probed (0: none), "serial": console text or None}"""
+        return {"tcp": lib.oakuk_microservice_readiness_tcp(self),
+                "serial": text(lib.oakuk_microservice_readiness_serial(self))}
+
     def __repr__(self):
         return "<oakuk.Microservice %s>" % (self.service_name or self.name)
 
