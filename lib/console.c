@@ -286,8 +286,9 @@ OAKUK_API int oakuk_console_tail(char **text_out, const char *path, uint32_t max
 
 OAKUK_API int32_t oakuk_console_line_crash(const char *line) {
   g_return_val_if_fail(line != NULL, OAKUK_CONSOLE_CRASH_NONE);
-  /* Unikraft prefixes every critical message with "CRIT:" (crashes, failed assertions, traps). */
-  static const char *const unikraft[] = {"CRIT:", "Unhandled Trap", "Assertion failure"};
+  /* Unikraft prefixes every critical message with "CRIT:" (crashes, failed assertions, traps); an
+   * error of libukboot ("Init function at 0x... returned error -1") ends the boot. */
+  static const char *const unikraft[] = {"CRIT:", "Unhandled Trap", "Assertion failure", "ERR:  [libukboot]"};
   /* "panic" alone would match a kernel command line echoing "panic=-1". */
   static const char *const linux_markers[] = {"Kernel panic", "Oops:", "BUG: ", "general protection fault",
                                               "Unable to handle kernel"};

@@ -50,6 +50,7 @@ OAKUK_API void oakuk_instance_spec_unref(oakuk_instance_spec *s) {
   g_free(s->registry_password);
   g_free(s->workdir);
   g_free(s->readiness_serial);
+  g_free(s->readiness_address);
   g_free(s);
 }
 
@@ -86,6 +87,7 @@ oakuk_instance_spec *oakuk_instance_spec_copy(const oakuk_instance_spec *s) {
   c->registry_password = g_strdup(s->registry_password);
   c->workdir = g_strdup(s->workdir);
   c->readiness_serial = g_strdup(s->readiness_serial);
+  c->readiness_address = g_strdup(s->readiness_address);
   return c;
 }
 
@@ -129,7 +131,6 @@ VAL_PROP(int32_t, accel)
 VAL_PROP(bool, one_shot)
 VAL_PROP(int32_t, graceful_stop_s)
 VAL_PROP(bool, readonly_rootfs)
-VAL_PROP(int32_t, readiness_tcp)
 
 OAKUK_API void oakuk_instance_spec_set_registry_auth(oakuk_instance_spec *spec, const char *username,
                                                      const char *password) {
@@ -203,3 +204,15 @@ OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_ip, oakuk_instance_spec, i
 OAKUK_DEFINE_GETTER(int32_t, oakuk_instance_spec_prefix, oakuk_instance_spec, prefix, 0)
 OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_gateway, oakuk_instance_spec, gateway, NULL)
 OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_mac, oakuk_instance_spec, mac, NULL)
+
+OAKUK_API void oakuk_instance_spec_set_readiness_tcp(oakuk_instance_spec *spec, const char *address,
+                                                     int32_t port) {
+  g_return_if_fail(spec != NULL);
+  g_free(spec->readiness_address);
+  spec->readiness_address = g_strdup(address);
+  spec->readiness_tcp = port;
+}
+
+OAKUK_DEFINE_GETTER(int32_t, oakuk_instance_spec_readiness_tcp_port, oakuk_instance_spec, readiness_tcp, 0)
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_readiness_tcp_address, oakuk_instance_spec,
+                    readiness_address, NULL)

@@ -32,7 +32,7 @@ struct oakuk_instance_spec {
   char *image, *registry_username, *registry_password, *workdir; /* container */
   bool readonly_rootfs;
   int32_t readiness_tcp;
-  char *readiness_serial;
+  char *readiness_address, *readiness_serial;
 };
 
 /* A deep copy (refcount 1). */

@@ -48,8 +48,10 @@ static gboolean ready_done(const struct OakukProbe *p) {
   return (!tcp_wanted(i) || p->tcp_ok) && (!i->ready_text || p->serial_ok);
 }
 
+/* The address is watched for only while the instance is not ready: an instance that answers has
+ * its address (musl-linked Unikraft images never show lwIP's line: their stdout is buffered). */
 static gboolean addr_pending(const struct OakukProbe *p) {
-  return p->i->uk_address && !p->addr_seen;
+  return p->i->uk_address && !p->addr_seen && !p->i->ready;
 }
 
 static void probe_free(struct OakukProbe *p) {
@@ -188,7 +190,7 @@ static gboolean tick(gpointer data) {
   check_address(p);
   if (!i->ready && ready_done(p))
     oakuk_instance_ready(i);
-  if (i->ready && !addr_pending(p)) {
+  if (i->ready) {
     oakuk_probe_stop(i);
     return G_SOURCE_REMOVE;
   }
@@ -199,7 +201,7 @@ static gboolean tick(gpointer data) {
 }
 
 static void schedule(struct OakukProbe *p) {
-  gboolean slow = g_get_monotonic_time() - p->started_us > PROBE_SLOW_AFTER_US || p->i->ready;
+  gboolean slow = g_get_monotonic_time() - p->started_us > PROBE_SLOW_AFTER_US;
   p->timer = g_timeout_source_new(slow ? PROBE_SLOW_MS : PROBE_FAST_MS);
   g_source_set_callback(p->timer, tick, p, NULL);
   g_source_attach(p->timer, p->i->context);
@@ -207,8 +209,8 @@ static void schedule(struct OakukProbe *p) {
 
 void oakuk_probe_start(OakukInstance *i) {
   oakuk_probe_stop(i);
-  if (!tcp_wanted(i) && !i->ready_text && !i->uk_address) {
-    oakuk_instance_ready(i);
+  if (!tcp_wanted(i) && !i->ready_text) {
+    oakuk_instance_ready(i); /* nothing to wait for (nor an address to watch: see addr_pending) */
     return;
   }
   struct OakukProbe *p = g_new0(struct OakukProbe, 1);
@@ -224,9 +226,7 @@ void oakuk_probe_start(OakukInstance *i) {
   p->cleaner = oakuk_console_new();
   p->line = g_string_new(NULL);
   i->probe = p;
-  if (!tcp_wanted(i) && !i->ready_text)
-    oakuk_instance_ready(i); /* only the address is watched */
-  if (!i->ready && tcp_wanted(i))
+  if (tcp_wanted(i))
     start_connect(p);
   schedule(p);
 }

@@ -272,15 +272,19 @@ static int32_t judge(OakukInstance *i, int ws, gboolean ran, char **what_out, ch
   } else if (i->panicked || strcmp(reason, "guest-panic") == 0) {
     kind = OAKUK_EXIT_CRASH;
     what = g_strdup("the guest panicked");
+  } else if (crash != OAKUK_CONSOLE_CRASH_NONE) {
+    kind = OAKUK_EXIT_CRASH; /* a Linux panic with panic=-1 ends in a reset: the panic names it */
+    what = g_strdup("the guest crashed");
   } else if (strcmp(reason, "guest-reset") == 0) {
     kind = OAKUK_EXIT_CRASH;
     what = g_strdup("the guest reset itself (a triple fault or a reboot; it runs with -no-reboot)");
-  } else if (crash != OAKUK_CONSOLE_CRASH_NONE) {
-    kind = OAKUK_EXIT_CRASH;
-    what = g_strdup("the guest crashed");
   } else if (g_str_has_prefix(reason, "host-")) {
     kind = OAKUK_EXIT_KILLED;
     what = g_strdup_printf("%s was ended from outside (%s)", proc, reason);
+  } else if (ws < 0 && i->klass->console_judges) {
+    /* QEMU says why it ends (SHUTDOWN) before it ends by itself: without a word, it was killed. */
+    kind = OAKUK_EXIT_KILLED;
+    what = g_strdup_printf("%s ended without a shutdown (killed?) while no runtime was its parent", proc);
   } else if (ws < 0) {
     kind = OAKUK_EXIT_CLEAN;
     what = g_strdup_printf("%s exited while no runtime watched it (exit code unknown)", proc);
@@ -569,10 +573,17 @@ static gboolean check_readiness(const oakuk_instance_spec *s, GError **error) {
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
                        "instance %s: readiness tcp port %d is outside 1..65535", s->name, s->readiness_tcp),
            FALSE;
-  if (s->readiness_tcp > 0 && !s->ip)
+  if (s->readiness_tcp > 0 && !s->ip && !s->readiness_address)
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
-                       "instance %s: readiness tcp port %d needs a network (the instance has no IP)", s->name,
-                       s->readiness_tcp),
+                       "instance %s: readiness tcp port %d needs an address (the instance has no network)",
+                       s->name, s->readiness_tcp),
+           FALSE;
+  g_autoptr(GInetAddress) a =
+      s->readiness_address ? g_inet_address_new_from_string(s->readiness_address) : NULL;
+  if (s->readiness_address && (!a || g_inet_address_get_family(a) != G_SOCKET_FAMILY_IPV4))
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "instance %s: readiness address \"%s\" is not an IPv4 address", s->name,
+                       s->readiness_address),
            FALSE;
   const char *t = s->readiness_serial;
   if (t && (!*t || strlen(t) > READY_TEXT_MAX || !g_utf8_validate(t, -1, NULL)))
@@ -613,7 +624,7 @@ OAKUK_API int oakuk_runtime_deploy(oakuk_runtime *rt, const oakuk_instance_spec 
   i->deploy_us = g_get_monotonic_time();
   i->ready_port = spec->readiness_tcp;
   i->ready_text = g_strdup(spec->readiness_serial);
-  i->ready_ip = g_strdup(spec->ip);
+  i->ready_ip = g_strdup(spec->readiness_address ? spec->readiness_address : spec->ip);
   if (!rt->klass->check(i, &err)) {
     oakuk_instance_unref(i);
     return oakuk_propagate_gerror(error, err);

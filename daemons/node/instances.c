@@ -82,12 +82,17 @@ static void record_remove(Inst *i) {
 
 /* ---- status events ---- */
 
-static void publish_status(Node *n, const char *job_name, gint64 number, int32_t status, const char *detail) {
+/* The instance status event (DESIGN §7, plus ready and ready_ms: docs/cluster.md). */
+static void publish_status(Node *n, const char *job_name, gint64 number, int32_t status, const char *detail,
+                           gboolean ready, gint64 ready_ms) {
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "job_name", job_name);
   json_object_set_int_member(o, "instance", number);
   json_object_set_string_member(o, "status", oakuk_instance_status_name(status));
   json_object_set_string_member(o, "status_detail", detail ? detail : "");
+  json_object_set_boolean_member(o, "ready", ready && status == OAKUK_STATUS_RUNNING);
+  if (ready && status == OAKUK_STATUS_RUNNING && ready_ms >= 0)
+    json_object_set_int_member(o, "ready_ms", ready_ms);
   g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), o);
   g_autofree char *text = od_json_to_string(root, FALSE);
   node_publish(n, "job", text);
@@ -95,11 +100,14 @@ static void publish_status(Node *n, const char *job_name, gint64 number, int32_t
 
 static void set_status(Inst *i, int32_t status, const char *detail) {
   i->status = status;
+  if (status != OAKUK_STATUS_RUNNING)
+    i->ready = FALSE;
   g_free(i->detail);
   i->detail = g_strdup(detail ? detail : "");
-  od_log(status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE,
+  od_log(status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD ? G_LOG_LEVEL_WARNING
+                                                                      : G_LOG_LEVEL_MESSAGE,
          "status", "instance", i->name, "status", oakuk_instance_status_name(status), "msg", i->detail, NULL);
-  publish_status(i->node, i->job_name, i->number, status, i->detail);
+  publish_status(i->node, i->job_name, i->number, status, i->detail, i->ready, i->ready_ms);
 }
 
 void insts_republish(Node *n) {
@@ -108,7 +116,7 @@ void insts_republish(Node *n) {
   g_hash_table_iter_init(&it, n->insts);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     Inst *i = v;
-    publish_status(n, i->job_name, i->number, i->status, i->detail);
+    publish_status(n, i->job_name, i->number, i->status, i->detail, i->ready, i->ready_ms);
   }
 }
 
@@ -116,7 +124,8 @@ void insts_republish(Node *n) {
 
 /* The architecture to run: the placement's, else the first of arch[] this node can run (its own
  * first), else the node's. Sets *index to its position in arch[] (0 when absent). */
-static char *pick_arch(Node *n, const oakuk_microservice *ms, const char *placed, int32_t virt, size_t *index) {
+static char *pick_arch(Node *n, const oakuk_microservice *ms, const char *placed, int32_t virt,
+                       size_t *index) {
   size_t count = oakuk_microservice_arch_count(ms);
   *index = 0;
   const char *host = oakuk_qemu_caps_host_arch(n->caps);
@@ -193,6 +202,7 @@ static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
   struct in_addr a;
   i->ip = ip && inet_pton(AF_INET, ip, &a) == 1 ? g_strdup(ip) : NULL;
   i->restart = oakuk_microservice_restart(ms);
+  i->ready_ms = -1;
   i->status = OAKUK_STATUS_NODE_SCHEDULED;
   i->detail = g_strdup("");
   return i;
@@ -207,9 +217,10 @@ static void fail(Inst *i, int32_t status, const char *detail) {
     cleanup(i, THEN_DELETE);
     return;
   }
-  if (i->restart != OAKUK_RESTART_NEVER && i->restarts < NODE_MAX_LOCAL_RESTARTS) {
+  if (i->restart != OAKUK_RESTART_NEVER && !i->no_retry && i->restarts < NODE_MAX_LOCAL_RESTARTS) {
     i->restarts++;
-    g_autofree char *d = g_strdup_printf("%s; restarting on this node in %d s", detail, NODE_RESTART_BACKOFF_S);
+    g_autofree char *d =
+        g_strdup_printf("%s; restarting on this node in %d s", detail, NODE_RESTART_BACKOFF_S);
     set_status(i, status, d);
     cleanup(i, THEN_RETRY);
     return;
@@ -330,8 +341,8 @@ static oakuk_instance_spec *make_spec(Inst *i) {
     oakuk_instance_spec_set_initrd(s, oakuk_image_initrd(i->image));
     oakuk_instance_spec_set_files_dir(s, oakuk_image_files_dir(i->image));
     oakuk_instance_spec_set_graceful_stop_s(s, (int32_t)oakuk_microservice_uk_graceful_stop_s(ms));
-    const char *flavor = oakuk_microservice_uk_flavor(ms) ? oakuk_microservice_uk_flavor(ms)
-                                                          : oakuk_image_flavor(i->image);
+    const char *flavor =
+        oakuk_microservice_uk_flavor(ms) ? oakuk_microservice_uk_flavor(ms) : oakuk_image_flavor(i->image);
     if (flavor && strcmp(flavor, "unknown") != 0)
       oakuk_instance_spec_set_flavor(s, flavor);
     /* Only a Unikraft version selects a network convention; a Linux one does not. */
@@ -341,19 +352,23 @@ static oakuk_instance_spec *make_spec(Inst *i) {
       oakuk_instance_spec_set_version(s, oakuk_image_version(i->image));
     oakuk_instance_spec_set_cmdline_extra(s, oakuk_image_cmdline_extra(i->image));
   }
-  oakuk_instance_spec_set_network(s, oakuk_net_instance_info_netns_path(ni), oakuk_net_instance_info_tap(ni),
-                                  oakuk_net_instance_info_guest_ip(ni),
-                                  (int32_t)oakuk_net_instance_info_guest_prefix(ni),
-                                  oakuk_net_instance_info_guest_gateway(ni), oakuk_net_instance_info_guest_mac(ni));
+  oakuk_instance_spec_set_network(
+      s, oakuk_net_instance_info_netns_path(ni), oakuk_net_instance_info_tap(ni),
+      oakuk_net_instance_info_guest_ip(ni), (int32_t)oakuk_net_instance_info_guest_prefix(ni),
+      oakuk_net_instance_info_guest_gateway(ni), oakuk_net_instance_info_guest_mac(ni));
+  /* The runtime probes the instance's IP on the guest port (the service port, by default). */
+  oakuk_instance_spec_set_readiness_tcp(s, oakuk_net_instance_info_ip(ni),
+                                        oakuk_microservice_readiness_tcp(ms));
+  oakuk_instance_spec_set_readiness_serial(s, oakuk_microservice_readiness_serial(ms));
   return s;
 }
 
 static void launch(Inst *i) {
   const oakuk_microservice *ms = i->ms;
   for (size_t k = 0; k < oakuk_microservice_port_count(ms); k++) {
-    g_autofree char *spec = g_strdup_printf("%d:%d/%s", oakuk_microservice_port_host(ms, k),
-                                            oakuk_microservice_port_guest(ms, k),
-                                            oakuk_microservice_port_proto(ms, k) == OAKUK_PROTO_UDP ? "udp" : "tcp");
+    g_autofree char *spec =
+        g_strdup_printf("%d:%d/%s", oakuk_microservice_port_host(ms, k), oakuk_microservice_port_guest(ms, k),
+                        oakuk_microservice_port_proto(ms, k) == OAKUK_PROTO_UDP ? "udp" : "tcp");
     oakuk_error *err = NULL;
     if (oakuk_net_port_map_add(i->node->net, i->name, spec, &err) != 0) {
       g_autofree char *d = g_strdup_printf("port mapping %s: %s", spec, oakuk_error_message(err));
@@ -368,7 +383,8 @@ static void launch(Inst *i) {
   int rc = oakuk_runtime_deploy(runtime_of(i), s, &err);
   oakuk_instance_spec_unref(s);
   if (rc != 0) {
-    g_autofree char *d = g_strdup_printf("%s runtime: %s", oakuk_virt_name(i->virt), oakuk_error_message(err));
+    g_autofree char *d =
+        g_strdup_printf("%s runtime: %s", oakuk_virt_name(i->virt), oakuk_error_message(err));
     oakuk_error_free(err);
     fail(i, OAKUK_STATUS_FAILED, d);
     return;
@@ -431,7 +447,7 @@ static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
     g_autofree char *d = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(error));
     fail(i, OAKUK_STATUS_FAILED, d);
   } else if (g_strcmp0(karch, i->arch) != 0) {
-    i->restarts = NODE_MAX_LOCAL_RESTARTS; /* the same image will not change its architecture */
+    i->no_retry = TRUE; /* the same image will not change its architecture */
     g_autofree char *d = g_strdup_printf("image %s: the kernel is built for %s, not for %s", i->code,
                                          karch ? karch : "an unknown architecture", i->arch);
     fail(i, OAKUK_STATUS_FAILED, d);
@@ -457,9 +473,10 @@ static char *precheck(Inst *i) {
   if (i->virt == OAKUK_VIRT_UNIKERNEL) {
     i->accel = oakuk_qemu_caps_accel_for_arch(n->caps, i->arch);
     if (i->accel == OAKUK_ACCEL_NONE)
-      return g_strdup_printf("placement: this %s node cannot run %s unikernels (%s)", oakuk_qemu_caps_host_arch(n->caps),
-                             i->arch, n->allow_emulation ? "no QEMU for that architecture"
-                                                         : "no usable KVM and emulation is not allowed here");
+      return g_strdup_printf("placement: this %s node cannot run %s unikernels (%s)",
+                             oakuk_qemu_caps_host_arch(n->caps), i->arch,
+                             n->allow_emulation ? "no QEMU for that architecture"
+                                                : "no usable KVM and emulation is not allowed here");
   }
   return NULL;
 }
@@ -471,7 +488,7 @@ static void start_deploy(Inst *i) {
   g_autofree char *problem = precheck(i);
   if (problem != NULL) {
     i->phase = PHASE_FETCH;
-    i->restarts = NODE_MAX_LOCAL_RESTARTS; /* retrying here cannot help */
+    i->no_retry = TRUE; /* retrying here cannot help */
     fail(i, OAKUK_STATUS_FAILED, problem);
     return;
   }
@@ -489,7 +506,7 @@ static void start_deploy(Inst *i) {
     inst_unref(i);
     g_autofree char *fd = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(err));
     oakuk_error_free(err);
-    i->restarts = NODE_MAX_LOCAL_RESTARTS;
+    i->no_retry = TRUE;
     fail(i, OAKUK_STATUS_FAILED, fd);
   }
 }
@@ -509,8 +526,9 @@ void insts_on_deploy(Node *n, const char *topic, GBytes *payload) {
   }
   Inst *old = g_hash_table_lookup(n->insts, fresh->name);
   if (old != NULL && old->phase != PHASE_FAILED) {
-    od_log(G_LOG_LEVEL_INFO, "deploy", "instance", old->name, "msg", "already here; status re-published", NULL);
-    publish_status(n, old->job_name, old->number, old->status, old->detail);
+    od_log(G_LOG_LEVEL_INFO, "deploy", "instance", old->name, "msg", "already here; status re-published",
+           NULL);
+    publish_status(n, old->job_name, old->number, old->status, old->detail, old->ready, old->ready_ms);
     inst_unref(fresh);
     return;
   }
@@ -518,9 +536,10 @@ void insts_on_deploy(Node *n, const char *topic, GBytes *payload) {
     old->gone = TRUE;
     g_hash_table_remove(n->insts, old->name);
   }
+  fresh->received_us = g_get_monotonic_time();
   g_hash_table_replace(n->insts, fresh->name, fresh);
-  od_log(G_LOG_LEVEL_MESSAGE, "deploy", "instance", fresh->name, "virtualization", oakuk_virt_name(fresh->virt),
-         "arch", fresh->arch, "code", fresh->code ? fresh->code : "", NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "deploy", "instance", fresh->name, "virtualization",
+         oakuk_virt_name(fresh->virt), "arch", fresh->arch, "code", fresh->code ? fresh->code : "", NULL);
   record_write(fresh);
   start_deploy(fresh);
 }
@@ -546,19 +565,15 @@ void insts_on_delete(Node *n, const char *topic, GBytes *payload) {
   Inst *i = g_hash_table_lookup(n->insts, name);
   od_log(G_LOG_LEVEL_MESSAGE, "delete", "instance", name, "msg", i ? "undeploying" : "unknown here", NULL);
   if (i == NULL) {
-    publish_status(n, job_name, number, OAKUK_STATUS_UNDEPLOYED, "");
+    publish_status(n, job_name, number, OAKUK_STATUS_UNDEPLOYED, "", FALSE, -1);
     return;
   }
   i->delete_requested = TRUE;
   switch (i->phase) {
   case PHASE_FETCH:
-  case PHASE_NET:
-    break; /* the step in flight ends in the cleanup */
-  case PHASE_CLEANUP:
-    i->then = THEN_DELETE;
-    break;
-  default:
-    cleanup(i, THEN_DELETE);
+  case PHASE_NET: break; /* the step in flight ends in the cleanup */
+  case PHASE_CLEANUP: i->then = THEN_DELETE; break;
+  default: cleanup(i, THEN_DELETE);
   }
 }
 
@@ -569,8 +584,8 @@ void insts_on_runtime_status(const char *instance, int32_t status, const char *d
   Inst *i = g_hash_table_lookup(n->insts, instance);
   if (i == NULL) {
     if (status != OAKUK_STATUS_UNDEPLOYED)
-      od_log(G_LOG_LEVEL_INFO, "runtime", "instance", instance, "status", oakuk_instance_status_name(status), "msg",
-             "event for an instance without a job here; ignored", NULL);
+      od_log(G_LOG_LEVEL_INFO, "runtime", "instance", instance, "status", oakuk_instance_status_name(status),
+             "msg", "event for an instance without a job here; ignored", NULL);
     return;
   }
   if (status == OAKUK_STATUS_UNDEPLOYED) {
@@ -581,14 +596,31 @@ void insts_on_runtime_status(const char *instance, int32_t status, const char *d
   }
   if (i->phase != PHASE_RUNTIME)
     return;
-  switch (status) {
-  case OAKUK_STATUS_FAILED:
-  case OAKUK_STATUS_DEAD:
+  /* A clean end (exit code 0, a guest that powered off) is no failure: "on-failure" leaves it as it
+   * is, "always" starts it again; a crash, a kill or a failed start is one for both. */
+  gboolean clean = status == OAKUK_STATUS_COMPLETED ||
+                   (status == OAKUK_STATUS_DEAD &&
+                    oakuk_runtime_instance_exit(runtime_of(i), instance) == OAKUK_EXIT_CLEAN);
+  gboolean ended =
+      status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD || status == OAKUK_STATUS_COMPLETED;
+  if (ended && (!clean || i->restart == OAKUK_RESTART_ALWAYS))
     fail(i, status, detail ? detail : "");
-    break;
-  default:
+  else
     set_status(i, status, detail);
-  }
+}
+
+void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_data) {
+  Node *n = user_data;
+  Inst *i = g_hash_table_lookup(n->insts, instance);
+  if (i == NULL || i->phase != PHASE_RUNTIME || i->status != OAKUK_STATUS_RUNNING)
+    return;
+  i->ready = TRUE;
+  /* From the deploy's arrival here: the image fetch and the network count too. */
+  i->ready_ms = i->received_us > 0 ? (g_get_monotonic_time() - i->received_us) / 1000 : -1;
+  g_autofree char *ms = g_strdup_printf("%" G_GINT64_FORMAT, i->ready_ms);
+  g_autofree char *rms = g_strdup_printf("%" G_GINT64_FORMAT, ready_ms);
+  od_log(G_LOG_LEVEL_MESSAGE, "ready", "instance", i->name, "ready_ms", ms, "runtime_ready_ms", rms, NULL);
+  publish_status(n, i->job_name, i->number, i->status, i->detail, TRUE, i->ready_ms);
 }
 
 /* ---- startup ---- */
@@ -620,19 +652,21 @@ static void adopt(Node *n, oakuk_runtime *rt) {
     return;
   }
   g_autofree char *count = g_strdup_printf("%d", live);
-  od_log(G_LOG_LEVEL_MESSAGE, "adopt", "virtualization", oakuk_virt_name(oakuk_runtime_virt(rt)), "live", count,
-         NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "adopt", "virtualization", oakuk_virt_name(oakuk_runtime_virt(rt)), "live",
+         count, NULL);
 }
 
 static void restore_record(Node *n, const char *path, GPtrArray *keep) {
   g_autofree char *text = NULL;
-  g_autoptr(JsonNode) root = g_file_get_contents(path, &text, NULL, NULL) ? od_json_parse(text, -1, NULL) : NULL;
+  g_autoptr(JsonNode) root =
+      g_file_get_contents(path, &text, NULL, NULL) ? od_json_parse(text, -1, NULL) : NULL;
   JsonObject *o = root && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
   JsonNode *jn = o ? json_object_get_member(o, "job") : NULL;
   g_autofree char *problem = NULL;
   Inst *i = jn && JSON_NODE_HOLDS_OBJECT(jn) ? inst_from_job(n, json_node_get_object(jn), &problem) : NULL;
   if (i == NULL) {
-    od_log(G_LOG_LEVEL_WARNING, "restore", "file", path, "msg", problem ? problem : "not a job record; removed", NULL);
+    od_log(G_LOG_LEVEL_WARNING, "restore", "file", path, "msg",
+           problem ? problem : "not a job record; removed", NULL);
     g_unlink(path);
     return;
   }
@@ -657,7 +691,8 @@ static void restore_record(Node *n, const char *path, GPtrArray *keep) {
     /* Lost while the node was down (or never started): deploy it again. */
     od_log(G_LOG_LEVEL_MESSAGE, "restore", "instance", i->name, "msg", "not running; deploying again", NULL);
     i->phase = PHASE_BACKOFF;
-    i->timer = g_timeout_add_seconds_full(G_PRIORITY_DEFAULT, 0, on_backoff, inst_ref(i), (GDestroyNotify)inst_unref);
+    i->timer = g_timeout_add_seconds_full(G_PRIORITY_DEFAULT, 0, on_backoff, inst_ref(i),
+                                          (GDestroyNotify)inst_unref);
   }
 }
 
@@ -681,8 +716,8 @@ void insts_restore(Node *n) {
   g_autoptr(GPtrArray) peers = netsync_saved_peers(n);
   oakuk_error *err = NULL;
   if (oakuk_net_reconcile(n->net, (const char *const *)keep->pdata, keep->len,
-                          (const char *const *)services->pdata, services->len, (const char *const *)peers->pdata,
-                          peers->len, &err) != 0) {
+                          (const char *const *)services->pdata, services->len,
+                          (const char *const *)peers->pdata, peers->len, &err) != 0) {
     od_log(G_LOG_LEVEL_WARNING, "reconcile", "msg", oakuk_error_message(err), NULL);
     oakuk_error_free(err);
   }

@@ -1,14 +1,12 @@
-/* Instance logs for `oakuk logs`: the tail of an instance's serial console or container output,
- * read from the node's state directory on request of the cluster. */
+/* Instance logs for `oakuk logs`: the tail of an instance's console (a unikernel's serial log, a
+ * container's output), where its runtime keeps it, on request of the cluster. */
 #include "logs.h"
 
 #include "daemon-common.h"
 
-#include <errno.h>
-#include <fcntl.h>
+#include <oakuk/oakuk.h>
+
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* How much of a log's end is read at most, and how much text a reply carries at most (MQTT). */
 #define TAIL_BYTES (512 * 1024)
@@ -30,45 +28,24 @@ static const char *str_member(JsonObject *o, const char *key) {
              : NULL;
 }
 
-/* The last max_lines lines of the file's last TAIL_BYTES, as valid UTF-8 without CRs. */
+/* The last max_lines lines of the console's last TAIL_BYTES, as liboakuk's console module cleans
+ * them: no escape sequences, NULs or other control bytes, valid UTF-8. */
 static gboolean tail_file(const char *path, gint64 max_lines, JsonArray *out, GError **error) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) {
-    int e = errno;
-    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "open %s: %s", path, g_strerror(e));
-    return FALSE;
+  char *text = NULL;
+  oakuk_error *err = NULL;
+  if (oakuk_console_tail(&text, path, (uint32_t)max_lines, TAIL_BYTES, 0, &err) != 0) {
+    gboolean missing = oakuk_error_code(err) == OAKUK_ENOTFOUND;
+    if (!missing)
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "%s", oakuk_error_message(err));
+    oakuk_error_free(err);
+    return missing; /* no console yet: no lines */
   }
-  struct stat st;
-  off_t start = fstat(fd, &st) == 0 && st.st_size > TAIL_BYTES ? st.st_size - TAIL_BYTES : 0;
-  g_autofree char *buf = g_malloc(TAIL_BYTES + 1);
-  ssize_t got = pread(fd, buf, TAIL_BYTES, start);
-  int e = errno;
-  close(fd);
-  if (got < 0) {
-    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "read %s: %s", path, g_strerror(e));
-    return FALSE;
+  if (*text) {
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    for (char **l = lines; *l; l++)
+      json_array_add_string_element(out, *l);
   }
-  /* CRLF and lone CR end lines too; NULs would cut the JSON string. */
-  gsize w = 0;
-  for (ssize_t i = 0; i < got; i++) {
-    if (buf[i] == '\r' && i + 1 < got && buf[i + 1] == '\n')
-      continue;
-    buf[w++] = buf[i] == '\r' ? '\n' : buf[i] == '\0' ? ' ' : buf[i];
-  }
-  buf[w] = '\0';
-  g_auto(GStrv) parts = g_strsplit(buf, "\n", -1);
-  guint n = g_strv_length(parts);
-  /* Drop the empty piece after a final newline and a partial first line of a cut file. */
-  guint end = n > 0 && parts[n - 1][0] == '\0' ? n - 1 : n;
-  guint first = start > 0 && end > 0 ? 1 : 0;
-  g_autoptr(GPtrArray) kept = g_ptr_array_new();
-  for (guint i = first; i < end; i++)
-    g_ptr_array_add(kept, parts[i]);
-  guint from = kept->len > (guint)max_lines ? kept->len - (guint)max_lines : 0;
-  for (guint i = from; i < kept->len; i++) {
-    g_autofree char *valid = g_utf8_make_valid(kept->pdata[i], -1);
-    json_array_add_string_element(out, valid);
-  }
+  oakuk_free(text);
   return TRUE;
 }
 
@@ -84,7 +61,8 @@ static char *reply_text(const char *request_id, const char *instance, JsonArray 
   return od_json_to_string(n, FALSE);
 }
 
-char *node_logs_reply(const char *const *state_dirs, const char *payload, gsize len, GError **error) {
+char *node_logs_reply(NodeConsoleLookup lookup, gpointer lookup_data, const char *payload, gsize len,
+                      GError **error) {
   g_autoptr(JsonNode) root = od_json_parse(payload, (gssize)len, error);
   if (root == NULL)
     return NULL;
@@ -101,33 +79,19 @@ char *node_logs_reply(const char *const *state_dirs, const char *payload, gsize 
   gint64 lines = NODE_LOGS_DEFAULT_LINES;
   JsonNode *ln = json_object_get_member(o, "lines");
   if (ln != NULL) {
-    if (!JSON_NODE_HOLDS_VALUE(ln) || json_node_get_value_type(ln) != G_TYPE_INT64 || json_node_get_int(ln) < 1 ||
-        json_node_get_int(ln) > NODE_LOGS_MAX_LINES)
+    if (!JSON_NODE_HOLDS_VALUE(ln) || json_node_get_value_type(ln) != G_TYPE_INT64 ||
+        json_node_get_int(ln) < 1 || json_node_get_int(ln) > NODE_LOGS_MAX_LINES)
       return reply_text(id, instance, NULL, "lines: not an integer in [1, 10000]");
     lines = json_node_get_int(ln);
   }
-  g_autofree char *dir = NULL;
-  for (gsize i = 0; dir == NULL && state_dirs[i] != NULL; i++) {
-    char *candidate = g_build_filename(state_dirs[i], "instances", instance, NULL);
-    if (g_file_test(candidate, G_FILE_TEST_IS_DIR))
-      dir = candidate;
-    else
-      g_free(candidate);
-  }
-  if (dir == NULL) {
+  g_autofree char *path = lookup(instance, lookup_data);
+  if (path == NULL) {
     g_autofree char *m = g_strdup_printf("no instance %s on this node", instance);
     return reply_text(id, instance, NULL, m);
   }
   g_autoptr(JsonArray) out = json_array_new();
-  static const char *const names[] = {"serial.log", "output.log"};
-  for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
-    g_autofree char *path = g_build_filename(dir, names[i], NULL);
-    if (!g_file_test(path, G_FILE_TEST_EXISTS))
-      continue;
-    g_autoptr(GError) local = NULL;
-    if (!tail_file(path, lines, out, &local))
-      return reply_text(id, instance, NULL, local->message);
-    break;
-  }
+  g_autoptr(GError) local = NULL;
+  if (!tail_file(path, lines, out, &local))
+    return reply_text(id, instance, NULL, local->message);
   return reply_text(id, instance, out, NULL);
 }

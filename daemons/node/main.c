@@ -1,7 +1,7 @@
 /* oakuk-node: options, state (node.json), registration with the cluster, the node's network and
  * runtimes, MQTT topics, periodic reports and signals. */
-#include "node.h"
 #include "logs.h"
+#include "node.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -61,8 +61,8 @@ typedef struct {
 } Args;
 
 static void args_clear(Args *a) {
-  char **strs[] = {&a->state_dir, &a->cluster_url, &a->join_token, &a->join_token_file, &a->name, &a->underlay_ip,
-                   &a->virtualization, &a->insecure_registries};
+  char **strs[] = {&a->state_dir, &a->cluster_url, &a->join_token,     &a->join_token_file,
+                   &a->name,      &a->underlay_ip, &a->virtualization, &a->insecure_registries};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -85,7 +85,8 @@ static gboolean parse_virtualization(Node *n, GKeyFile *kf, const char *arg, GEr
     else if (v == OAKUK_VIRT_UNIKERNEL)
       n->offer_unikernel = TRUE;
     else {
-      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "virtualization \"%s\": expected container and/or unikernel", *p);
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                  "virtualization \"%s\": expected container and/or unikernel", *p);
       return FALSE;
     }
   }
@@ -118,10 +119,10 @@ static gboolean read_token_file(const char *path, char **out, GError **error) {
 static gboolean load_settings(Node *n, Args *a, GError **error) {
   GKeyFile *kf = n->config;
   g_autofree char *token_file = NULL;
-#define STR_SETTING(field, arg, key, def)                                                                          \
-  if (a->arg != NULL)                                                                                              \
-    n->field = g_strdup(a->arg);                                                                                   \
-  else if (!od_config_string(kf, "node", key, def, &n->field, error))                                             \
+#define STR_SETTING(field, arg, key, def)                                                                    \
+  if (a->arg != NULL)                                                                                        \
+    n->field = g_strdup(a->arg);                                                                             \
+  else if (!od_config_string(kf, "node", key, def, &n->field, error))                                        \
     return FALSE;
   STR_SETTING(state_dir, state_dir, "state_dir", "/var/lib/oakuk/node")
   STR_SETTING(cluster_url, cluster_url, "cluster_url", NULL)
@@ -129,7 +130,8 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
   STR_SETTING(name, name, "name", NULL)
   STR_SETTING(underlay_ip, underlay_ip, "underlay_ip", NULL)
 #undef STR_SETTING
-  if (a->join_token_file == NULL && !od_config_string(kf, "node", "join_token_file", NULL, &token_file, error))
+  if (a->join_token_file == NULL &&
+      !od_config_string(kf, "node", "join_token_file", NULL, &token_file, error))
     return FALSE;
   const char *tf = a->join_token_file ? a->join_token_file : token_file;
   if (n->join_token != NULL && n->join_token[0] == '@') {
@@ -168,18 +170,21 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
   g_free(n->insecure_registries);
   n->insecure_registries = g_strdup(a->insecure_registries ? a->insecure_registries : insecure);
   if (n->cluster_url == NULL) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--cluster-url (or config [node] cluster_url) is required");
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "--cluster-url (or config [node] cluster_url) is required");
     return FALSE;
   }
   g_autoptr(GUri) uri = g_uri_parse(n->cluster_url, G_URI_FLAGS_NONE, NULL);
   if (uri == NULL || g_uri_get_host(uri) == NULL ||
       (g_strcmp0(g_uri_get_scheme(uri), "http") != 0 && g_strcmp0(g_uri_get_scheme(uri), "https") != 0)) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--cluster-url '%s' is not an http(s) URL", n->cluster_url);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--cluster-url '%s' is not an http(s) URL",
+                n->cluster_url);
     return FALSE;
   }
   struct in_addr ia;
   if (n->underlay_ip != NULL && inet_pton(AF_INET, n->underlay_ip, &ia) != 1) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--underlay-ip '%s' is not an IPv4 address", n->underlay_ip);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--underlay-ip '%s' is not an IPv4 address",
+                n->underlay_ip);
     return FALSE;
   }
   return TRUE;
@@ -208,8 +213,8 @@ static gboolean route_source(Node *n, GError **error) {
     close(fd);
   freeaddrinfo(res);
   if (!ok) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "no route to the cluster host %s: %s (give --underlay-ip)", host,
-                g_strerror(saved));
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "no route to the cluster host %s: %s (give --underlay-ip)",
+                host, g_strerror(saved));
     return FALSE;
   }
   char buf[INET_ADDRSTRLEN];
@@ -278,15 +283,27 @@ static gboolean on_report_tick(gpointer data) {
   return G_SOURCE_CONTINUE;
 }
 
+/* Where the runtime that has the instance keeps its console. */
+static char *console_lookup(const char *instance, gpointer data) {
+  Node *n = data;
+  oakuk_runtime *rts[] = {n->uk_rt, n->ctr_rt};
+  for (size_t k = 0; k < G_N_ELEMENTS(rts); k++) {
+    char *p = rts[k] ? oakuk_runtime_instance_console_path(rts[k], instance) : NULL;
+    if (p) {
+      char *r = g_strdup(p);
+      od_oakuk_free(p);
+      return r;
+    }
+  }
+  return NULL;
+}
+
 /* `oakuk logs`: answer with the tail of the instance's serial console or container output. */
 static void on_logs_request(Node *n, const char *topic, GBytes *payload) {
-  g_autofree char *uk_dir = g_strdup(n->state_dir);
-  g_autofree char *ctr_dir = node_state_path(n, "container");
-  const char *const dirs[] = {uk_dir, ctr_dir, NULL};
   gsize len = 0;
   const char *data = g_bytes_get_data(payload, &len);
   g_autoptr(GError) error = NULL;
-  g_autofree char *reply = node_logs_reply(dirs, data ? data : "", len, &error);
+  g_autofree char *reply = node_logs_reply(console_lookup, n, data ? data : "", len, &error);
   if (reply == NULL) {
     node_reject(topic, error->message);
     return;
@@ -316,7 +333,8 @@ static void on_state(gboolean connected, const char *reason, gpointer data) {
   Node *n = data;
   n->mqtt_up = connected;
   if (!connected) {
-    od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "broker connection lost; reconnecting", "reason", reason, NULL);
+    od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "broker connection lost; reconnecting", "reason", reason,
+           NULL);
     return;
   }
   od_log(G_LOG_LEVEL_MESSAGE, "mqtt", "msg", "connected to the broker", "broker", n->mqtt_host, NULL);
@@ -394,7 +412,8 @@ static gboolean apply_registration(Node *n, GBytes *body, GError **error) {
   const char *keys[] = {"id", "mqtt_host", "mqtt_username", "mqtt_password", "subnet"};
   for (gsize k = 0; k < G_N_ELEMENTS(keys); k++)
     if (o == NULL || json_object_get_string_member_with_default(o, keys[k], NULL) == NULL) {
-      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration reply: %s missing or not a string", keys[k]);
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration reply: %s missing or not a string",
+                  keys[k]);
       return FALSE;
     }
   gint64 port = json_object_get_int_member_with_default(o, "mqtt_port", 0);
@@ -485,8 +504,8 @@ static void register_schedule(Node *n) {
 
 static gboolean on_signal(gpointer data) {
   Node *n = data;
-  od_log(G_LOG_LEVEL_MESSAGE, "stop", "msg", n->stop_instances ? "stopping instances" : "instances keep running",
-         NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "stop", "msg",
+         n->stop_instances ? "stopping instances" : "instances keep running", NULL);
   g_main_loop_quit(n->loop);
   return G_SOURCE_CONTINUE;
 }
@@ -498,24 +517,27 @@ static gboolean make_runtimes(Node *n, GError **error) {
   oakuk_error *err = NULL;
   if (oakuk_qemu_probe(&n->caps, &qo, &err) != 0 ||
       (n->uk_rt = oakuk_qemu_runtime_new(n->state_dir, &qo, &err)) == NULL) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "unikernel runtime in %s: %s", n->state_dir, oakuk_error_message(err));
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "unikernel runtime in %s: %s", n->state_dir,
+                oakuk_error_message(err));
     oakuk_error_free(err);
     return FALSE;
   }
   oakuk_runtime_set_status_callback(n->uk_rt, insts_on_runtime_status, n);
+  oakuk_runtime_set_ready_callback(n->uk_rt, insts_on_runtime_ready, n);
   g_autofree char *ctr_dir = node_state_path(n, "container");
   oakuk_container_options co;
   oakuk_container_options_init(&co, OAKUK_CONTAINER_OPTIONS_VERSION);
   co.insecure_registries = n->insecure_registries;
   if (!n->offer_container) {
-    od_log(G_LOG_LEVEL_MESSAGE, "runtime", "virtualization", "container", "msg", "disabled by --virtualization",
-           "action", "containers are not offered", NULL);
+    od_log(G_LOG_LEVEL_MESSAGE, "runtime", "virtualization", "container", "msg",
+           "disabled by --virtualization", "action", "containers are not offered", NULL);
   } else if ((n->ctr_rt = oakuk_container_runtime_new(ctr_dir, &co, &err)) == NULL) {
     od_log(G_LOG_LEVEL_MESSAGE, "runtime", "virtualization", "container", "msg", oakuk_error_message(err),
            "action", "containers are not offered", NULL);
     oakuk_error_free(err);
   } else {
     oakuk_runtime_set_status_callback(n->ctr_rt, insts_on_runtime_status, n);
+    oakuk_runtime_set_ready_callback(n->ctr_rt, insts_on_runtime_ready, n);
   }
   g_autofree char *images = node_state_path(n, "images");
   n->images = oakuk_image_cache_new(images, NULL, &err);
@@ -525,8 +547,9 @@ static gboolean make_runtimes(Node *n, GError **error) {
     return FALSE;
   }
   const char *accel = oakuk_accel_name(oakuk_qemu_caps_accel(n->caps));
-  od_log(G_LOG_LEVEL_MESSAGE, "probe", "arch", oakuk_qemu_caps_host_arch(n->caps), "accel", accel ? accel : "none",
-         "kvm", oakuk_qemu_caps_kvm(n->caps) ? "yes" : "no", "container", n->ctr_rt ? "yes" : "no", NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "probe", "arch", oakuk_qemu_caps_host_arch(n->caps), "accel",
+         accel ? accel : "none", "kvm", oakuk_qemu_caps_kvm(n->caps) ? "yes" : "no", "container",
+         n->ctr_rt ? "yes" : "no", NULL);
   return TRUE;
 }
 
@@ -551,8 +574,9 @@ static void node_free(Node *n) {
   g_clear_object(&n->session);
   g_clear_pointer(&n->loop, g_main_loop_unref);
   g_clear_pointer(&n->config, g_key_file_unref);
-  char **strs[] = {&n->state_dir, &n->cluster_url, &n->join_token, &n->name, &n->underlay_ip, &n->id,
-                   &n->mqtt_host, &n->mqtt_username, &n->mqtt_password, &n->subnet, &n->insecure_registries};
+  char **strs[] = {&n->state_dir,     &n->cluster_url, &n->join_token,         &n->name,
+                   &n->underlay_ip,   &n->id,          &n->mqtt_host,          &n->mqtt_username,
+                   &n->mqtt_password, &n->subnet,      &n->insecure_registries};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -609,10 +633,12 @@ int main(int argc, char **argv) {
       {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir,
        "State directory: images/, instances/, jobs/, node.json (default /var/lib/oakuk/node)", "DIR"},
       {"cluster-url", 0, 0, G_OPTION_ARG_STRING, &a.cluster_url, "Base URL of oakuk-cluster", "URL"},
-      {"join-token", 0, 0, G_OPTION_ARG_STRING, &a.join_token, "Node join token of the cluster, or @FILE", "TOKEN"},
-      {"join-token-file", 0, 0, G_OPTION_ARG_FILENAME, &a.join_token_file, "Read the join token from FILE", "FILE"},
-      {"name", 0, 0, G_OPTION_ARG_STRING, &a.name, "Node id (default: the registered one, else the host name)",
-       "NAME"},
+      {"join-token", 0, 0, G_OPTION_ARG_STRING, &a.join_token, "Node join token of the cluster, or @FILE",
+       "TOKEN"},
+      {"join-token-file", 0, 0, G_OPTION_ARG_FILENAME, &a.join_token_file, "Read the join token from FILE",
+       "FILE"},
+      {"name", 0, 0, G_OPTION_ARG_STRING, &a.name,
+       "Node id (default: the registered one, else the host name)", "NAME"},
       {"underlay-ip", 0, 0, G_OPTION_ARG_STRING, &a.underlay_ip,
        "Address other nodes reach this one at (default: source address of the route to the cluster)", "IP"},
       {"virtualization", 0, 0, G_OPTION_ARG_STRING, &a.virtualization,
@@ -621,7 +647,8 @@ int main(int argc, char **argv) {
        "Registries pulled over plain http (default: loopback only)", "HOST[:PORT],..."},
       {"allow-emulation", 0, 0, G_OPTION_ARG_NONE, &a.allow_emulation,
        "Run and advertise unikernels under TCG (no KVM, or foreign architectures)", NULL},
-      {"report-interval", 0, 0, G_OPTION_ARG_INT, &a.report_interval, "Seconds between reports (default 2)", "S"},
+      {"report-interval", 0, 0, G_OPTION_ARG_INT, &a.report_interval, "Seconds between reports (default 2)",
+       "S"},
       {"stop-instances", 0, 0, G_OPTION_ARG_NONE, &a.stop_instances,
        "Stop the instances on SIGTERM (default: they keep running and are re-adopted)", NULL},
       G_OPTION_ENTRY_NULL};

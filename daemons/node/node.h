@@ -47,7 +47,11 @@ typedef struct {
   Then then;             /* what follows the cleanup in flight */
   gboolean delete_requested;
   gboolean runtime_owned;  /* the runtime knows this instance */
-  guint restarts;
+  gboolean no_retry;       /* a failure that a restart here cannot mend (placement, image) */
+  guint restarts;          /* restarts done on this node */
+  gboolean ready;          /* RUNNING and answering its readiness probe */
+  gint64 ready_ms;         /* from the deploy's arrival here to ready; -1 when not known */
+  gint64 received_us;      /* monotonic time the deploy arrived here; 0 for restored ones */
   int32_t status;        /* last status published (OAKUK_STATUS_*) */
   char *detail;
   guint timer;
@@ -116,6 +120,8 @@ void insts_on_delete(Node *n, const char *topic, GBytes *payload);
 void insts_republish(Node *n);
 /* Runtime status callback. */
 void insts_on_runtime_status(const char *instance, int32_t status, const char *detail, void *user_data);
+/* Runtime ready callback: the instance answers its readiness probe. */
+void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_data);
 void inst_unref(Inst *i);
 /* SIGTERM: cancels timers and tells the runtimes whether to keep the instances running (the
  * default) or to stop them when they are dropped. */

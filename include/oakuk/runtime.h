@@ -108,12 +108,13 @@ OAKUK_API const char *oakuk_instance_spec_gateway(const oakuk_instance_spec *spe
 OAKUK_API const char *oakuk_instance_spec_mac(const oakuk_instance_spec *spec);
 
 /* Readiness: RUNNING says the process (QEMU, the container's init) is up; ready says the service
- * answers. tcp: a guest port the runtime connects to, from its own network namespace, at the
- * instance's IP (needs a network); 0 = no TCP probe (the default). serial: a text the console
+ * answers. tcp: the runtime connects to address:port from its own network namespace; address NULL
+ * = the guest's ip (set_network); port 0 = no TCP probe (the default). serial: a text the console
  * must show (cleaned as by <oakuk/console.h>); NULL = none. With neither, an instance is ready
  * when it is RUNNING; with both, when both have succeeded. */
-OAKUK_API void oakuk_instance_spec_set_readiness_tcp(oakuk_instance_spec *spec, int32_t port);
-OAKUK_API int32_t oakuk_instance_spec_readiness_tcp(const oakuk_instance_spec *spec);
+OAKUK_API void oakuk_instance_spec_set_readiness_tcp(oakuk_instance_spec *spec, const char *address, int32_t port);
+OAKUK_API int32_t oakuk_instance_spec_readiness_tcp_port(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_readiness_tcp_address(const oakuk_instance_spec *spec);
 OAKUK_API void oakuk_instance_spec_set_readiness_serial(oakuk_instance_spec *spec, const char *text);
 OAKUK_API const char *oakuk_instance_spec_readiness_serial(const oakuk_instance_spec *spec);
 

@@ -2,7 +2,10 @@
 """Integration test of `oakuk run`: the amd64 test guest under TCG on the local bridge, reached on
 127.0.0.1 through a port mapping, its console on stdout, and SIGINT removing everything the run
 made (netns, veth, tap, nftables mapping, bridge and table it created, QEMU, instance dir, cgroup).
-Also the refusals (wrong-arch bare kernel, no KVM, no QEMU) and a crashing guest (exit 3).
+Also the refusals (wrong-arch bare kernel, no KVM, no QEMU) and a crashing guest (exit 3), readiness
+(exit 4 when it does not come), and the project's multiboot test kernel in Unikraft's x86 format
+(tests/guests/ukguest): both netdev conventions, a clean power-off (exit 0), a crash and a reset (exit 3),
+a guest given the wrong convention (the runtime says so).
 
 The run happens inside a scratch network namespace acting as the node, so the bridge, nftables
 table and forwarding settings `oakuk run` makes never touch the machine's own network.
@@ -27,6 +30,7 @@ OAKUK = None
 GUESTS = pathlib.Path(os.environ.get("OAKUK_GUESTS_DIR", "/nonexistent"))
 IMAGE = GUESTS / "guest-amd64.tar.gz"
 KERNEL = GUESTS / "amd64-kernel"
+UKGUEST = {v: GUESTS / f"ukguest-{v}.kernel" for v in ("0.16.3", "0.15.0")}
 HOSTNS = f"oakuk-trun-{os.getpid()}"
 NSENTER = ["/usr/bin/nsenter", f"--net=/run/netns/{HOSTNS}", "--"]
 
@@ -123,7 +127,7 @@ class Run:
                 self.p.wait()
 
 
-class OakukRun(unittest.TestCase):
+class RunBase(unittest.TestCase):
     def setUp(self):
         if os.getuid() != 0:
             self.skipTest("needs root (netns, nftables, cgroups)")
@@ -163,6 +167,8 @@ class OakukRun(unittest.TestCase):
         for cg in (f"/sys/fs/cgroup/oakuk/{self.name}", f"/sys/fs/cgroup/memory/oakuk/{self.name}"):
             self.assertFalse(os.path.exists(cg), f"cgroup {cg} left behind")
 
+
+class OakukRun(RunBase):
     def test_http_console_sigint(self):
         port = ports(1)[0]
         r = self.start("--allow-emulation", "-p", f"{port}:8080", str(IMAGE), "--", "hello")
@@ -258,10 +264,91 @@ class OakukRun(unittest.TestCase):
         rc = r.finish(180)
         self.assertEqual(rc, 3, r.stderr())
         err = r.stderr()
-        self.assertIn(f"instance {self.name} DEAD", err)
+        self.assertIn(f"instance {self.name} crashed (DEAD): the guest crashed", err)
         self.assertIn("Kernel panic", err)  # the panic line, although the register dump follows it
         self.assertIn("last serial lines", err)
         self.assertIn("oakuk-guest: panic: crash requested", r.stdout())  # the console was streamed
+        self.assert_nothing_left()
+
+
+class UkGuestRun(RunBase):
+    """`oakuk run` with the multiboot test kernel (a 32-bit ELF with a multiboot header, as Unikraft's
+    x86 QEMU images): recognised, its Unikraft version detected from its content, its console clean."""
+
+    def setUp(self):
+        super().setUp()
+        if not all(k.exists() for k in UKGUEST.values()):
+            self.skipTest("the multiboot test kernel was not built (tests/guests/meson.build)")
+
+    def assert_clean_console(self, r):
+        out = r.stdout()
+        for bad in ("\x1b", "\x00", "\r"):
+            self.assertNotIn(bad, out, f"console on stdout holds {bad!r}")
+
+    def test_clean_exit_new_convention(self):
+        r = self.start("--allow-emulation", str(UKGUEST["0.16.3"]), "--", "a", "b")
+        self.assertEqual(r.finish(120), 0, r.stderr())
+        out, err = r.stdout(), r.stderr()
+        ip = re.search(rf"oakuk: instance {self.name} at ([0-9.]+)", err).group(1)
+        self.assertIn("Telesto 0.16.3~oakuktest", out)  # the banner, its escapes gone
+        self.assertIn(f"ukguest: netdev.ip={ip}/24:10.18.255.1", out)
+        self.assertIn(f"en1: Set IPv4 address {ip} mask 255.255.255.0 gw 10.18.255.1", out)
+        self.assertIn('ukguest: argv: "a" "b"', out)
+        self.assertIn(f"instance {self.name} DEAD: exited cleanly: the guest powered off", err)
+        self.assert_clean_console(r)
+        self.assert_nothing_left()
+
+    def test_old_convention_by_version(self):
+        r = self.start("--allow-emulation", str(UKGUEST["0.15.0"]))
+        self.assertEqual(r.finish(120), 0, r.stderr())
+        out = r.stdout()
+        ip = re.search(rf"oakuk: instance {self.name} at ([0-9.]+)", r.stderr()).group(1)
+        self.assertIn(f"ukguest: netdev.ipv4_addr={ip} netdev.ipv4_gw_addr=10.18.255.1 "
+                      "netdev.ipv4_subnet_mask=255.255.255.0", out)
+        self.assertIn("ukguest: netdev.ip=(none)", out)
+        self.assertIn(f"en1: Set IPv4 address {ip} mask 255.255.255.0", out)
+        self.assert_nothing_left()
+
+    def test_crash(self):
+        r = self.start("--allow-emulation", str(UKGUEST["0.16.3"]), "--", "crash")
+        self.assertEqual(r.finish(120), 3, r.stderr())
+        err = r.stderr()
+        self.assertIn(f"instance {self.name} crashed (DEAD): the guest panicked", err)
+        self.assertIn("CRIT: [libkvmplat]", err)  # the console's crash lines in the detail
+        self.assertIn("Unhandled Trap 14", r.stdout())
+        self.assert_clean_console(r)
+        self.assert_nothing_left()
+
+    def test_reset(self):
+        r = self.start("--allow-emulation", str(UKGUEST["0.16.3"]), "--", "reset")
+        self.assertEqual(r.finish(120), 3, r.stderr())
+        self.assertIn(f"instance {self.name} crashed (DEAD): the guest reset itself", r.stderr())
+        self.assert_nothing_left()
+
+    def test_wrong_convention_is_named(self):
+        """0.15-style parameters given to a 0.16.3 guest: it boots, never configures its address, never
+        answers; the runtime says why, and the run ends after --ready-timeout (exit 4)."""
+        port = ports(1)[0]
+        r = self.start("--allow-emulation", "--uk-version", "0.15.0", "-p", f"{port}:8080", "--ready-timeout", "8",
+                       str(UKGUEST["0.16.3"]), "--", "stay")
+        self.assertEqual(r.finish(120), 4, r.stderr())
+        err = r.stderr()
+        ip = re.search(rf"oakuk: instance {self.name} at ([0-9.]+)", err).group(1)
+        self.assertIn("waiting until it is ready: tcp port 8080", err)
+        self.assertIn(f"guest did not configure {ip} (wrong netdev parameters for Unikraft 0.15.0?)", err)
+        self.assertIn(f"not ready after 8 s", err)
+        self.assertNotIn("Set IPv4 address", r.stdout())
+        self.assert_nothing_left(port)
+
+    def test_ready_on_console(self):
+        r = self.start("--allow-emulation", "--ready-serial", "Hello from the oakuk test kernel", str(UKGUEST["0.16.3"]),
+                       "--", "stay")
+        line = r.wait_for(lambda: re.search(rf"instance {self.name} ready (\d+) ms after its start \(\"Hello from",
+                                            r.stderr()), 120)
+        self.assertIsNotNone(line, r.stderr())
+        self.assertNotIn("did not configure", r.stderr())  # it did: en1's line came before the text
+        r.p.send_signal(signal.SIGINT)
+        self.assertEqual(r.finish(30), 0, r.stderr())
         self.assert_nothing_left()
 
 

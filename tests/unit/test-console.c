@@ -185,6 +185,16 @@ static void test_crash(Fixture *f, gconstpointer data) {
   g_assert_cmpint(oakuk_console_crash(NULL, missing), ==, OAKUK_CONSOLE_CRASH_NONE);
   g_assert_cmpint(oakuk_console_line_crash("all good, no crash here"), ==, OAKUK_CONSOLE_CRASH_NONE);
   g_assert_cmpint(oakuk_console_line_crash("[ 0.1] CRIT: [lib] x"), ==, OAKUK_CONSOLE_CRASH_UNIKRAFT);
+  /* As real Unikraft 0.16.3 and 0.15.0 print them (a 9p image without its share). */
+  g_assert_cmpint(
+      oakuk_console_line_crash(
+          "[    0.1] ERR:  [libukboot] <boot.c @  405> Init function at 0x1234 returned error -1"),
+      ==, OAKUK_CONSOLE_CRASH_UNIKRAFT);
+  g_assert_cmpint(
+      oakuk_console_line_crash("CRIT: [libvfscore] <automount.c @  262> Failed to mount fs0 (9pfs) at /: -1"),
+      ==, OAKUK_CONSOLE_CRASH_UNIKRAFT);
+  g_assert_cmpint(oakuk_console_line_crash("[    0.2] ERR:  [appx] <main.c @ 3> could not open a file"), ==,
+                  OAKUK_CONSOLE_CRASH_NONE);
 }
 
 /* The tail of a serial log leaves out empty lines and escapes; a Linux panic is named by its

@@ -10,8 +10,12 @@ static const char summary[] =
     "namespace on the local bridge, runs it with QEMU in the foreground and shows its console.\n"
     "Ctrl-C stops the guest and removes everything the run made. ARGS after -- go to the guest.\n"
     "\n"
-    "Exit status: 0 when stopped by a signal or a one-shot guest completed, 1 on errors,\n"
-    "2 on a bad command line, 3 when the guest died (its last console lines are printed).";
+    "The guest is ready when it answers on the guest side of the first TCP -p mapping (or\n"
+    "--ready-port), and/or shows --ready-serial TEXT on its console.\n"
+    "\n"
+    "Exit status: 0 when stopped by a signal or when the guest powered off cleanly, 1 on errors,\n"
+    "2 on a bad command line, 3 when the guest crashed, was killed or failed to start (its last\n"
+    "console lines are printed), 4 when it was not ready within --ready-timeout (it is stopped).";
 
 /* "--memory 128", positive, at most max. */
 static gboolean parse_positive(const char *opt, const char *text, int64_t max, int64_t *out) {
@@ -34,7 +38,8 @@ int oakuk_cmd_run(int argc, char **argv) {
       break;
     }
   g_autofree char *arch = NULL, *memory = NULL, *vcpus = NULL, *flavor = NULL, *uk_version = NULL,
-                  *files = NULL, *state_dir = NULL, *subnet = NULL, *name = NULL, *net = NULL;
+                  *files = NULL, *state_dir = NULL, *subnet = NULL, *name = NULL, *net = NULL,
+                  *ready_port = NULL, *ready_serial = NULL, *ready_timeout = NULL;
   g_auto(GStrv) ports = NULL;
   gboolean allow_emulation = FALSE;
   GOptionEntry entries[] = {
@@ -58,6 +63,13 @@ int oakuk_cmd_run(int argc, char **argv) {
       {"name", 0, 0, G_OPTION_ARG_STRING, &name, "Instance name (default run-<random>)", "NAME"},
       {"net", 0, 0, G_OPTION_ARG_STRING, &net,
        "direct (the guest owns the instance IP, default) or nat (guest 192.168.1.2 behind DNAT)", "MODE"},
+      {"ready-port", 0, 0, G_OPTION_ARG_STRING, &ready_port,
+       "Guest TCP port that answers once the guest is ready (default: the first -p's guest port; 0: none)",
+       "PORT"},
+      {"ready-serial", 0, 0, G_OPTION_ARG_STRING, &ready_serial,
+       "Text the guest prints on its console once it is ready", "TEXT"},
+      {"ready-timeout", 0, 0, G_OPTION_ARG_STRING, &ready_timeout,
+       "Stop the guest (exit 4) when it is not ready after S seconds (default 120; 0: wait for good)", "S"},
       {NULL, 0, 0, 0, NULL, NULL, NULL},
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("IMAGE [-- ARGS...]");
@@ -96,6 +108,9 @@ int oakuk_cmd_run(int argc, char **argv) {
       .subnet = subnet ? subnet : OAKUK_RUN_DEFAULT_SUBNET,
       .net_nat = net != NULL && strcmp(net, "nat") == 0,
       .args = sep < argc ? argv + sep + 1 : NULL,
+      .ready_port = -1,
+      .ready_serial = ready_serial,
+      .ready_timeout_s = OAKUK_RUN_DEFAULT_READY_TIMEOUT_S,
   };
   int64_t v;
   if (memory) {
@@ -107,6 +122,26 @@ int oakuk_cmd_run(int argc, char **argv) {
     if (!parse_positive("--vcpus", vcpus, 256, &v))
       return OAKUK_CLI_USAGE;
     o.vcpus = (int32_t)v;
+  }
+  if (ready_port) {
+    guint64 p = 0;
+    if (!g_ascii_string_to_unsigned(ready_port, 10, 0, 65535, &p, NULL)) {
+      fprintf(stderr, "oakuk run: --ready-port \"%s\": expected a port 0..65535\n", ready_port);
+      return OAKUK_CLI_USAGE;
+    }
+    o.ready_port = (int32_t)p;
+  }
+  if (ready_timeout) {
+    guint64 t = 0;
+    if (!g_ascii_string_to_unsigned(ready_timeout, 10, 0, 86400, &t, NULL)) {
+      fprintf(stderr, "oakuk run: --ready-timeout \"%s\": expected seconds 0..86400\n", ready_timeout);
+      return OAKUK_CLI_USAGE;
+    }
+    o.ready_timeout_s = (int64_t)t;
+  }
+  if (ready_serial && (!*ready_serial || strlen(ready_serial) > 256)) {
+    fprintf(stderr, "oakuk run: --ready-serial: expected 1 to 256 characters\n");
+    return OAKUK_CLI_USAGE;
   }
   if (flavor && strcmp(flavor, "unikraft") != 0 && strcmp(flavor, "linux") != 0) {
     fprintf(stderr, "oakuk run: --flavor \"%s\": expected unikraft or linux\n", flavor);

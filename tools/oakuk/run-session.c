@@ -30,13 +30,16 @@ typedef struct {
   bool have_instance_net;
   oakuk_net_instance_info *ninfo;
   oakuk_runtime *rt;
-  bool deployed, stopping, undeployed;
+  bool deployed, stopping, undeployed, running;
   int status;
+  int32_t ready_port;
+  gint64 started_us;
+  char *last_detail; /* of RUNNING: what the runtime noticed (e.g. an address the guest did not take) */
   /* console */
-  char *serial_path;
-  int serial_fd;
-  int esc; /* 0 text, 1 after ESC, 2 inside ESC [ ... */
-  guint console_timer, stop_timer, sigint, sigterm;
+  char *console_path;
+  int console_fd;
+  oakuk_console *cleaner;
+  guint console_timer, stop_timer, ready_timer, sigint, sigterm;
 } Run;
 
 static void say(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
@@ -76,29 +79,21 @@ static const char *qemu_suffix(const char *goarch) {
 
 /* ---- console ---- */
 
-/* Copies what QEMU appended to serial.log to stdout, dropping terminal escape sequences (SeaBIOS
- * clears the screen). */
+/* Copies what the guest added to its console to stdout, as text: liboakuk's console module drops
+ * escape sequences (SeaBIOS clears the screen), NULs and other control bytes. */
 static void console_pump(Run *r) {
-  if (r->serial_fd < 0 && (r->serial_fd = open(r->serial_path, O_RDONLY | O_CLOEXEC)) < 0)
+  if (!r->console_path)
     return;
-  char buf[8192], out[8192];
+  if (r->console_fd < 0 && (r->console_fd = open(r->console_path, O_RDONLY | O_CLOEXEC)) < 0)
+    return;
+  char buf[8192];
   ssize_t n;
-  while ((n = read(r->serial_fd, buf, sizeof buf)) > 0) {
-    size_t m = 0;
-    for (ssize_t k = 0; k < n; k++) {
-      unsigned char c = (unsigned char)buf[k];
-      if (r->esc == 1) {
-        r->esc = c == '[' ? 2 : 0;
-      } else if (r->esc == 2) {
-        if (g_ascii_isalpha(c))
-          r->esc = 0;
-      } else if (c == 0x1b) {
-        r->esc = 1;
-      } else if (c != '\r') {
-        out[m++] = (char)c;
-      }
-    }
-    if (m > 0 && fwrite(out, 1, m, stdout) != m)
+  while ((n = read(r->console_fd, buf, sizeof buf)) > 0) {
+    char *text = oakuk_console_feed(r->cleaner, buf, (size_t)n);
+    size_t len = strlen(text);
+    gboolean ok = fwrite(text, 1, len, stdout) == len;
+    oakuk_free(text);
+    if (!ok)
       break;
   }
   fflush(stdout);
@@ -168,25 +163,92 @@ static char *ports_text(const OakukRunOptions *o) {
   return g_string_free(s, FALSE);
 }
 
+static char *ready_text(Run *r) {
+  GString *s = g_string_new(NULL);
+  if (r->ready_port > 0)
+    g_string_append_printf(s, "tcp port %d", r->ready_port);
+  if (r->o->ready_serial)
+    g_string_append_printf(s, "%s\"%s\" on the console", s->len ? " and " : "", r->o->ready_serial);
+  return g_string_free(s, FALSE);
+}
+
+static gboolean on_ready_timeout(gpointer data) {
+  Run *r = data;
+  r->ready_timer = 0;
+  console_pump(r);
+  g_autofree char *what = ready_text(r);
+  say("instance %s not ready after %" G_GINT64_FORMAT " s (no answer from %s)%s%s; stopping it", r->name,
+      r->o->ready_timeout_s, what, r->last_detail ? ": " : "", r->last_detail ? r->last_detail : "");
+  r->status = OAKUK_CLI_NOT_READY;
+  begin_stop(r);
+  return G_SOURCE_REMOVE;
+}
+
+static void on_ready(const char *instance, int64_t ready_ms, void *data) {
+  Run *r = data;
+  if (strcmp(instance, r->name) != 0 || r->stopping)
+    return;
+  if (r->ready_timer) {
+    g_source_remove(r->ready_timer);
+    r->ready_timer = 0;
+  }
+  console_pump(r);
+  g_autofree char *what = ready_text(r);
+  if (*what) /* without a probe, ready is RUNNING, said already */
+    say("instance %s ready %" G_GINT64_FORMAT " ms after its start (%s)", r->name, ready_ms, what);
+}
+
+/* How the guest ended decides the exit status: 0 for a clean power-off, 3 for a crash or a kill. */
+static void on_end(Run *r, int32_t status, const char *detail) {
+  int32_t kind = oakuk_runtime_instance_exit(r->rt, r->name);
+  const char *how = kind == OAKUK_EXIT_CLEAN    ? "exited cleanly"
+                    : kind == OAKUK_EXIT_CRASH  ? "crashed"
+                    : kind == OAKUK_EXIT_KILLED ? "was killed"
+                                                : "failed to start";
+  r->status = kind == OAKUK_EXIT_CLEAN ? OAKUK_CLI_OK : OAKUK_CLI_GUEST_DIED;
+  if (kind == OAKUK_EXIT_CLEAN) /* the detail says so: "exited cleanly: the guest powered off; ..." */
+    say("instance %s %s: %s", r->name, oakuk_instance_status_name(status),
+        detail ? detail : "exited cleanly");
+  else
+    say("instance %s %s (%s): %s", r->name, how, oakuk_instance_status_name(status),
+        detail ? detail : "(no detail)");
+  begin_stop(r);
+}
+
 static void on_status(const char *instance, int32_t status, const char *detail, void *data) {
   Run *r = data;
   if (strcmp(instance, r->name) != 0)
     return;
   switch (status) {
   case OAKUK_STATUS_RUNNING: {
+    if (r->running) { /* a note from the runtime while it runs */
+      g_free(r->last_detail);
+      r->last_detail = g_strdup(detail);
+      if (detail) {
+        console_pump(r);
+        say("instance %s: %s", r->name, detail);
+      }
+      break;
+    }
+    r->running = true;
     g_autofree char *ports = ports_text(r->o);
-    say("instance %s at %s, %s", r->name, oakuk_net_instance_info_ip(r->ninfo), ports);
+    g_autofree char *what = ready_text(r);
+    say("instance %s at %s, %s%s%s", r->name, oakuk_net_instance_info_ip(r->ninfo), ports,
+        *what ? "; waiting until it is ready: " : "", what);
+    if (*what && r->o->ready_timeout_s > 0)
+      r->ready_timer = g_timeout_add_seconds((guint)r->o->ready_timeout_s, on_ready_timeout, r);
     break;
   }
   case OAKUK_STATUS_DEAD:
   case OAKUK_STATUS_FAILED:
   case OAKUK_STATUS_COMPLETED:
     console_pump(r);
-    if (r->stopping)
-      break;
-    r->status = status == OAKUK_STATUS_COMPLETED ? OAKUK_CLI_OK : OAKUK_CLI_GUEST_DIED;
-    say("instance %s %s: %s", r->name, oakuk_instance_status_name(status), detail ? detail : "(no detail)");
-    begin_stop(r);
+    if (r->ready_timer) {
+      g_source_remove(r->ready_timer);
+      r->ready_timer = 0;
+    }
+    if (!r->stopping)
+      on_end(r, status, detail);
     break;
   case OAKUK_STATUS_UNDEPLOYED:
     r->undeployed = true;
@@ -248,9 +310,11 @@ static int choose_accel(Run *r) {
     return fail(err, "probe QEMU and KVM");
   const char *host = oakuk_qemu_caps_host_arch(r->caps);
   r->arch = g_strdup(r->o->arch ? r->o->arch : karch ? karch : host);
-  if (!karch)
-    return fail(NULL, "image %s: kernel %s is not an amd64, arm64, arm or riscv64 kernel", r->o->image,
-                kernel);
+  if (!karch) {
+    oakuk_error *why = NULL;
+    oakuk_image_kernel_arch(kernel, &why);
+    return fail(why, "image %s", r->o->image);
+  }
   if (strcmp(karch, r->arch) != 0)
     return fail(NULL, "image %s: kernel is built for %s but --arch asks for %s", r->o->image, karch, r->arch);
   const char *suffix = qemu_suffix(r->arch);
@@ -368,7 +432,22 @@ static oakuk_instance_spec *make_spec(Run *r) {
       oakuk_net_instance_info_guest_gateway(n), oakuk_net_instance_info_guest_mac(n));
   for (char **a = o->args; a && *a; a++)
     oakuk_instance_spec_add_arg(s, *a);
+  oakuk_instance_spec_set_readiness_tcp(s, oakuk_net_instance_info_ip(n), r->ready_port);
+  oakuk_instance_spec_set_readiness_serial(s, o->ready_serial);
   return s;
+}
+
+/* The guest side of the first TCP port mapping ("8080:80" -> 80), or 0. */
+static int32_t first_tcp_guest_port(char **ports) {
+  for (char **p = ports; p && *p; p++) {
+    if (g_str_has_suffix(*p, "/udp"))
+      continue;
+    const char *colon = strchr(*p, ':');
+    gint64 v = g_ascii_strtoll(colon ? colon + 1 : *p, NULL, 10);
+    if (v > 0 && v < 65536)
+      return (int32_t)v;
+  }
+  return 0;
 }
 
 static int launch(Run *r) {
@@ -379,6 +458,8 @@ static int launch(Run *r) {
   if (!r->rt)
     return fail(err, "QEMU runtime in %s", r->state_dir);
   oakuk_runtime_set_status_callback(r->rt, on_status, r);
+  oakuk_runtime_set_ready_callback(r->rt, on_ready, r);
+  r->ready_port = r->o->ready_port >= 0 ? r->o->ready_port : first_tcp_guest_port(r->o->ports);
   oakuk_instance_spec *s = make_spec(r);
   int rc = oakuk_runtime_deploy(r->rt, s, &err);
   oakuk_instance_spec_unref(s);
@@ -387,8 +468,9 @@ static int launch(Run *r) {
   r->deployed = true;
   say("starting %s: %s guest under %s, %" G_GINT64_FORMAT " MB, %d vcpu%s, image %s", r->name, r->arch,
       oakuk_accel_name(r->accel), r->o->memory_mb, r->o->vcpus, r->o->vcpus == 1 ? "" : "s", r->o->image);
-  g_autofree char *dir = g_build_filename(r->state_dir, "instances", r->name, NULL);
-  r->serial_path = g_build_filename(dir, "serial.log", NULL);
+  char *console = oakuk_runtime_instance_console_path(r->rt, r->name);
+  r->console_path = g_strdup(console);
+  oakuk_free(console);
   r->console_timer = g_timeout_add(CONSOLE_POLL_MS, on_console_tick, r);
   return OAKUK_CLI_OK;
 }
@@ -398,12 +480,15 @@ static void run_free(Run *r) {
     g_source_remove(r->console_timer);
   if (r->stop_timer)
     g_source_remove(r->stop_timer);
+  if (r->ready_timer)
+    g_source_remove(r->ready_timer);
   if (r->sigint)
     g_source_remove(r->sigint);
   if (r->sigterm)
     g_source_remove(r->sigterm);
-  if (r->serial_fd >= 0)
-    close(r->serial_fd);
+  if (r->console_fd >= 0)
+    close(r->console_fd);
+  oakuk_console_free(r->cleaner);
   /* Dropping the runtime kills an instance that did not stop in time and removes its files. */
   oakuk_runtime_unref(r->rt);
   teardown_network(r);
@@ -415,11 +500,13 @@ static void run_free(Run *r) {
   g_free(r->name);
   g_free(r->state_dir);
   g_free(r->arch);
-  g_free(r->serial_path);
+  g_free(r->console_path);
+  g_free(r->last_detail);
 }
 
 int oakuk_run_session(const OakukRunOptions *o) {
-  Run r = {.o = o, .serial_fd = -1, .status = OAKUK_CLI_OK};
+  Run r = {.o = o, .console_fd = -1, .status = OAKUK_CLI_OK};
+  r.cleaner = oakuk_console_new();
   r.loop = g_main_loop_new(NULL, FALSE);
   r.name = o->name ? g_strdup(o->name) : g_strdup_printf("run-%08x", g_random_int());
   /* Signals are only dispatched from the main loop: one that arrives while the image is fetched or
@@ -438,6 +525,10 @@ int oakuk_run_session(const OakukRunOptions *o) {
   if (rc == OAKUK_CLI_OK) {
     g_main_loop_run(r.loop);
     console_pump(&r);
+    char *rest = oakuk_console_finish(r.cleaner);
+    fputs(rest, stdout);
+    fflush(stdout);
+    oakuk_free(rest);
     rc = r.status;
   }
   run_free(&r);

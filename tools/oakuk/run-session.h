@@ -23,10 +23,15 @@ typedef struct {
   const char *subnet;     /* the local bridge's subnet */
   bool net_nat;           /* the thesis layout (virbr0 + DNAT in the netns) instead of direct */
   char **args;            /* guest arguments (after "--"), NULL-terminated, may be NULL */
+  int32_t ready_port;     /* guest port probed for readiness; -1 = the guest side of the first TCP
+                           * port mapping (none without one); 0 = no TCP probe */
+  const char *ready_serial; /* console text that says ready; NULL = none */
+  int64_t ready_timeout_s;  /* stop the guest when it is not ready after this; 0 = wait for good */
 } OakukRunOptions;
 
 #define OAKUK_RUN_DEFAULT_SUBNET "10.18.255.0/24"
 #define OAKUK_RUN_DEFAULT_MEMORY_MB 128
+#define OAKUK_RUN_DEFAULT_READY_TIMEOUT_S 120
 
 /* Runs until the guest ends or SIGINT/SIGTERM; returns the process exit status (OAKUK_CLI_*). */
 int oakuk_run_session(const OakukRunOptions *o);
