@@ -367,6 +367,111 @@ class NodeTest(unittest.TestCase):
                    not os.path.exists(os.path.join(self.node_state, "jobs", name + ".json")), timeout=10)
         self.assertEqual(self.instance_state()["netns"], [self.instance])
 
+    # ---- the multiboot test kernel (Unikraft's x86 QEMU format), deployed straight over MQTT ----
+    def uk_job(self, number, args, version_image="0.16.3", **extra):
+        image = GUESTS / ("ukguest-%s.tar.gz" % version_image)
+        if not image.exists():
+            self.skipTest("the multiboot test kernel was not built")
+        url = "http://%s:%d/%s" % (TEST_IP, self.httpd.server_address[1], image.name)
+        job = {"job_name": JOB, "microservice_name": "web", "microservice_namespace": "test", "app_name": APP,
+               "app_ns": "test", "virtualization": "unikernel", "code": url, "arch": ["amd64"], "memory": 32,
+               "vcpus": 1, "emulation": "allow", "cmd": args, "instance_number": number,
+               "instance_ip": self.ip.rsplit(".", 1)[0] + ".%d" % (100 + number)}
+        job.update(extra)
+        return job
+
+    def run_uk(self, job):
+        n = job["instance_number"]
+        t0 = time.time()
+        self.assertEqual(self.watch.publish("control/deploy", json.dumps(job)), 0)
+        return t0, n
+
+    def remove_uk(self, t0, n):
+        self.assertEqual(self.watch.publish("control/delete", json.dumps({"job_name": JOB, "instance_number": n})), 0)
+        self.watch.wait(t0, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == n, "UNDEPLOYED")
+        name = "%s.instance.%d" % (JOB, n)
+        wait_until("no trace of %s" % name, lambda: not os.path.exists("/run/netns/" + name) and not qemu_pids(name),
+                   timeout=15)
+
+    def assert_text(self, detail):
+        for bad in ("\x1b", "\x00", "\r"):
+            self.assertNotIn(bad, detail)
+
+    def test_03c_multiboot_kernel_completes(self):
+        """A one-shot multiboot guest that powers off: ready once RUNNING (no port), then COMPLETED with
+        "exited cleanly" and a clean console tail; its Unikraft version (0.16.3) picked netdev.ip=."""
+        job = self.uk_job(8, ["a", "b"], one_shot=True)
+        t0, n = self.run_uk(job)
+        # nothing to probe: ready as soon as RUNNING
+        self.watch.wait(t0, "job", lambda m: m["status"] == "RUNNING" and m["instance"] == n and m["ready"] is True,
+                        "RUNNING and ready", timeout=120)
+        done = self.watch.wait(t0, "job", lambda m: m["status"] == "COMPLETED" and m["instance"] == n, "COMPLETED",
+                               timeout=120)
+        d = done["status_detail"]
+        self.assertIn("exited cleanly: the guest powered off", d)
+        self.assertIn("en1: Set IPv4 address %s mask 255.255.255.0" % job["instance_ip"], d)
+        self.assertIn('ukguest: argv: "a" "b"', d)
+        self.assertIs(done["ready"], False)
+        self.assert_text(d)
+        self.assertNotIn("restarting", d)
+        # the node's logs of it, as `oakuk logs` gets them: the whole console as clean text
+        self.assertEqual(self.watch.publish("control/logs", json.dumps({
+            "instance": "%s.instance.%d" % (JOB, n), "lines": 100, "request_id": "uk8"})), 0)
+        logs = self.watch.wait(t0, "logs", lambda m: m.get("request_id") == "uk8", "logs reply")
+        self.assertIn("                  Telesto 0.16.3~oakuktest", logs["lines"])
+        self.assertIn("Hello from the oakuk test kernel", logs["lines"])
+        for line in logs["lines"]:
+            self.assert_text(line)
+        self.remove_uk(t0, n)
+
+    def test_03d_multiboot_crash(self):
+        job = self.uk_job(9, ["crash"], restart="never")
+        t0, n = self.run_uk(job)
+        dead = self.watch.wait(t0, "job", lambda m: m["status"] == "DEAD" and m["instance"] == n, "DEAD", timeout=120)
+        d = dead["status_detail"]
+        self.assertTrue(d.startswith("the guest panicked"), d)
+        self.assertIn("CRIT: [libkvmplat]", d)
+        self.assertNotIn("restart", d)  # restart: never, and no claim of one
+        self.assert_text(d)
+        self.remove_uk(t0, n)
+
+    def test_03e_wrong_convention_named(self):
+        """The descriptor says Unikraft 0.15.0 for a 0.16.3 kernel: the guest gets old-style parameters,
+        never configures its address, never answers its port: RUNNING, not ready, and a detail why.
+        Deployed through the root (the cluster removes instances it did not place)."""
+        image = GUESTS / "ukguest-0.16.3.tar.gz"
+        if not image.exists():
+            self.skipTest("the multiboot test kernel was not built")
+        app = APP + "u"
+        sla = self.sla()
+        sla["applications"][0]["application_name"] = app
+        ms = sla["applications"][0]["microservices"][0]
+        ms.update({"microservice_name": "ukw", "code": "http://%s:%d/%s" % (TEST_IP, self.httpd.server_address[1],
+                                                                            image.name),
+                   "code_sha256": hashlib.sha256(image.read_bytes()).hexdigest(), "cmd": ["stay"], "memory": 32,
+                   "port": "18080:8080", "unikernel": {"version": "0.15.0"}})
+        r = requests.post(self.root_url + "/api/application/", headers=self.h, timeout=10, json=sla)
+        self.assertEqual(r.status_code, 200, r.text)
+        sid = next(a for a in json.loads(r.json()) if a["application_name"] == app)["microservices"][0]
+        t0 = time.time()
+        r = requests.post(self.root_url + "/api/service/%s/instance" % sid, headers=self.h, timeout=10)
+        self.assertEqual(r.status_code, 200, r.text)
+        job = "%s.test.ukw.test" % app
+        note = self.watch.wait(t0, "job", lambda m: m["job_name"] == job and m["status"] == "RUNNING" and
+                               "did not configure" in m["status_detail"], "RUNNING with the address detail",
+                               timeout=120)
+        deploy = next(m for m in self.watch.since(t0, "control/deploy") if isinstance(m, dict) and m["job_name"] == job)
+        self.assertEqual(note["status_detail"], "guest did not configure %s (wrong netdev parameters for "
+                                                "Unikraft 0.15.0?)" % deploy["instance_ip"])
+        self.assertIs(note["ready"], False)
+        self.assertEqual([m for m in self.watch.since(t0, "job") if m.get("job_name") == job and m.get("ready")], [])
+        r = requests.delete(self.root_url + "/api/service/%s" % sid, headers=self.h, timeout=10)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.watch.wait(t0, "job", lambda m: m["job_name"] == job and m["status"] == "UNDEPLOYED", "UNDEPLOYED")
+        name = job + ".instance.0"
+        wait_until("no trace of %s" % name, lambda: not os.path.exists("/run/netns/" + name) and not qemu_pids(name),
+                   timeout=15)
+
     def test_04_restart_readopts(self):
         self.assertIsNotNone(self.instance)
         before = self.instance_state()
