@@ -1,13 +1,20 @@
-/* unikernel-deploy: what the orchestration adds to starting a unikernel. On the same cached image
- * (the amd64 test guest, TCG), N times each, interleaved:
- *   ours      — net instance setup (netns, veth, tap, mirred) + oakuk_runtime_deploy, timed to
- *               RUNNING (QMP handshake done) and to the first HTTP 200 from the guest;
- *   reference — the very QEMU command oakuk_qemu_build_argv produces, spawned directly (setns into
- *               an already prepared netns, no cgroup, no QMP client), timed to the first HTTP 200.
+/* unikernel-deploy: what the orchestration adds to starting a unikernel, up to the moment it serves.
+ * The two test guests under TCG, N times each, interleaved:
+ *   the Linux test guest (cached image; HTTP on 8080):
+ *     ours      — net instance setup (netns, veth, tap, mirred) + oakuk_runtime_deploy, timed to
+ *                 RUNNING (QMP handshake done), to ready (the runtime's own TCP probe of port 8080)
+ *                 and to the first HTTP 200 from the guest (this program's probe);
+ *     reference — the very QEMU command oakuk_qemu_build_argv produces, spawned directly (setns into
+ *                 an already prepared netns, no cgroup, no QMP client), timed to the first HTTP 200;
+ *   the multiboot test kernel (Unikraft's x86 format; "ukguest: staying up" on its console):
+ *     ours      — the same, timed to ready (the runtime's console probe for that line);
+ *     reference — its QEMU command spawned directly, timed to the line in its serial log.
  * Everything happens inside a scratch "host" namespace, so the machine's own network is untouched.
  * Needs root. Prints medians:
  *   unikernel-deploy to-running: ours X ms
- *   unikernel-deploy to-http: ours X ms, reference Y ms, ratio Z */
+ *   unikernel-deploy to-http: ours X ms, reference Y ms, ratio Z
+ *   unikernel-deploy to-ready linux-guest: ours X ms, reference Y ms, ratio Z
+ *   unikernel-deploy to-ready multiboot-guest: ours X ms, reference Y ms, ratio Z */
 #include <oakuk/oakuk.h>
 
 #include <arpa/inet.h>
@@ -29,6 +36,7 @@
 #define RUNS 5 /* default */
 #define BOOT_TIMEOUT_S 120
 #define SUBNET "10.18.254.0/24"
+#define UK_READY_LINE "ukguest: staying up"
 
 static char host_ns[64], host_ns_path[128];
 
@@ -140,12 +148,19 @@ typedef struct {
   oakuk_image *image;
   oakuk_runtime *rt;
   const char *qemu;
+  char *ukkernel; /* the multiboot test kernel, or NULL when not built */
   /* last statuses from the runtime */
   char *want;
   int32_t last_status;
-  gint64 running_us;
+  gint64 running_us, ready_us;
   char *detail;
 } Bench;
+
+static void on_ready(const char *instance, int64_t ready_ms, void *data) {
+  Bench *b = data;
+  if (b->want && strcmp(instance, b->want) == 0)
+    b->ready_us = g_get_monotonic_time();
+}
 
 static void on_status(const char *instance, int32_t status, const char *detail, void *data) {
   Bench *b = data;
@@ -160,19 +175,27 @@ static void on_status(const char *instance, int32_t status, const char *detail, 
   }
 }
 
-static oakuk_instance_spec *spec_for(Bench *b, const char *name, oakuk_net_instance_info *n) {
+/* uk: the multiboot test kernel (ready by its console) instead of the Linux guest (ready on 8080). */
+static oakuk_instance_spec *spec_for(Bench *b, const char *name, oakuk_net_instance_info *n, gboolean uk) {
   oakuk_instance_spec *s = oakuk_instance_spec_new(name);
   oakuk_instance_spec_set_arch(s, "amd64");
   oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
-  oakuk_instance_spec_set_kernel(s, oakuk_image_kernel(b->image));
-  oakuk_instance_spec_set_initrd(s, oakuk_image_initrd(b->image));
-  oakuk_instance_spec_set_flavor(s, oakuk_image_flavor(b->image));
-  oakuk_instance_spec_set_cmdline_extra(s, oakuk_image_cmdline_extra(b->image));
   oakuk_instance_spec_set_memory_mb(s, 128);
   oakuk_instance_spec_set_network(
       s, oakuk_net_instance_info_netns_path(n), oakuk_net_instance_info_tap(n),
       oakuk_net_instance_info_guest_ip(n), (int32_t)oakuk_net_instance_info_guest_prefix(n),
       oakuk_net_instance_info_guest_gateway(n), oakuk_net_instance_info_guest_mac(n));
+  if (uk) {
+    oakuk_instance_spec_set_kernel(s, b->ukkernel);
+    oakuk_instance_spec_set_readiness_serial(s, UK_READY_LINE);
+    oakuk_instance_spec_add_arg(s, "stay");
+    return s;
+  }
+  oakuk_instance_spec_set_kernel(s, oakuk_image_kernel(b->image));
+  oakuk_instance_spec_set_initrd(s, oakuk_image_initrd(b->image));
+  oakuk_instance_spec_set_flavor(s, oakuk_image_flavor(b->image));
+  oakuk_instance_spec_set_cmdline_extra(s, oakuk_image_cmdline_extra(b->image));
+  oakuk_instance_spec_set_readiness_tcp(s, NULL, 8080);
   oakuk_instance_spec_add_arg(s, "bench");
   return s;
 }
@@ -191,42 +214,61 @@ static void net_instance_remove(Bench *b, const char *name) {
     die("net teardown %s: %s", name, oakuk_error_message(err));
 }
 
-static void iterate_until(Bench *b, int32_t status, Probe *p) {
+static void iterate_until(Bench *b, int32_t status, Probe *p, gboolean ready) {
   gint64 end = g_get_monotonic_time() + (gint64)BOOT_TIMEOUT_S * G_USEC_PER_SEC;
-  while ((b->last_status != status || (p && !g_atomic_int_get(&p->finished))) &&
+  while ((b->last_status != status || (p && !g_atomic_int_get(&p->finished)) || (ready && !b->ready_us)) &&
          g_get_monotonic_time() < end) {
     if (b->last_status == OAKUK_STATUS_FAILED || b->last_status == OAKUK_STATUS_DEAD)
       die("%s: %s", b->want, b->detail ? b->detail : "failed");
     g_main_context_iteration(NULL, FALSE);
     g_usleep(2000);
   }
-  if (b->last_status != status)
-    die("%s: no %s within %d s", b->want, oakuk_instance_status_name(status), BOOT_TIMEOUT_S);
+  if (b->last_status != status || (ready && !b->ready_us))
+    die("%s: no %s within %d s", b->want, ready ? "ready" : oakuk_instance_status_name(status),
+        BOOT_TIMEOUT_S);
 }
 
-/* ours: net setup + deploy; returns ms to RUNNING and to HTTP 200. */
-static void run_ours(Bench *b, int k, double *to_running, double *to_http) {
-  g_autofree char *name = g_strdup_printf("ukb%d-ours-%d", (int)getpid(), k);
+/* ours: net setup + deploy; ms to RUNNING, to ready and (Linux guest) to HTTP 200. */
+static void run_ours(Bench *b, int k, gboolean uk, double *to_running, double *to_ready, double *to_http) {
+  g_autofree char *name = g_strdup_printf("ukb%d-ours-%s%d", (int)getpid(), uk ? "mb" : "", k);
   g_free(b->want);
   b->want = g_strdup(name);
   b->last_status = -1;
+  b->ready_us = 0;
   gint64 t0 = g_get_monotonic_time();
   oakuk_net_instance_info *n = net_instance(b, name);
-  oakuk_instance_spec *s = spec_for(b, name, n);
+  oakuk_instance_spec *s = spec_for(b, name, n, uk);
   Probe p;
-  probe_start(&p, oakuk_net_instance_info_guest_ip(n), t0);
+  if (!uk)
+    probe_start(&p, oakuk_net_instance_info_guest_ip(n), t0);
   oakuk_error *err = NULL;
   if (oakuk_runtime_deploy(b->rt, s, &err) != 0)
     die("deploy %s: %s", name, oakuk_error_message(err));
   oakuk_instance_spec_unref(s);
-  iterate_until(b, OAKUK_STATUS_RUNNING, &p);
+  iterate_until(b, OAKUK_STATUS_RUNNING, uk ? NULL : &p, TRUE);
   *to_running = (double)(b->running_us - t0) / 1000.0;
-  *to_http = probe_finish(&p);
+  *to_ready = (double)(b->ready_us - t0) / 1000.0;
+  if (!uk)
+    *to_http = probe_finish(&p);
   if (oakuk_runtime_undeploy(b->rt, name, &err) != 0)
     die("undeploy %s: %s", name, oakuk_error_message(err));
-  iterate_until(b, OAKUK_STATUS_UNDEPLOYED, NULL);
+  iterate_until(b, OAKUK_STATUS_UNDEPLOYED, NULL, FALSE);
   net_instance_remove(b, name);
   oakuk_net_instance_info_unref(n);
+}
+
+/* Polls the serial log of a QEMU started by hand for the ready line; ms from t0, -1 on timeout. */
+static double wait_serial(const char *path, gint64 t0) {
+  gint64 end = t0 + (gint64)BOOT_TIMEOUT_S * G_USEC_PER_SEC;
+  while (g_get_monotonic_time() < end) {
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    if (g_file_get_contents(path, &text, &len, NULL) &&
+        memmem(text, len, UK_READY_LINE, strlen(UK_READY_LINE)))
+      return (double)(g_get_monotonic_time() - t0) / 1000.0;
+    g_usleep(5000);
+  }
+  return -1;
 }
 
 static void enter_netns(gpointer data) {
@@ -235,11 +277,12 @@ static void enter_netns(gpointer data) {
     _exit(127);
 }
 
-/* reference: the same argv spawned directly in a prepared netns; ms to HTTP 200. */
-static double run_reference(Bench *b, int k) {
-  g_autofree char *name = g_strdup_printf("ukb%d-ref-%d", (int)getpid(), k);
+/* reference: the same argv spawned directly in a prepared netns; ms to HTTP 200 (Linux guest) or to
+ * the ready line in the serial log (multiboot guest). */
+static double run_reference(Bench *b, int k, gboolean uk) {
+  g_autofree char *name = g_strdup_printf("ukb%d-ref-%s%d", (int)getpid(), uk ? "mb" : "", k);
   oakuk_net_instance_info *n = net_instance(b, name);
-  oakuk_instance_spec *s = spec_for(b, name, n);
+  oakuk_instance_spec *s = spec_for(b, name, n, uk);
   g_autofree char *dir = g_build_filename(b->state, "reference", name, NULL);
   if (g_mkdir_with_parents(dir, 0700) != 0)
     die("create %s: %s", dir, g_strerror(errno));
@@ -253,19 +296,22 @@ static double run_reference(Bench *b, int k) {
   Probe p;
   GPid pid = 0;
   GError *gerr = NULL;
+  g_autofree char *serial = g_build_filename(dir, "serial.log", NULL);
   gint64 t0 = g_get_monotonic_time();
-  probe_start(&p, oakuk_net_instance_info_guest_ip(n), t0);
+  if (!uk)
+    probe_start(&p, oakuk_net_instance_info_guest_ip(n), t0);
   if (!g_spawn_async(NULL, argv, NULL,
                      G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDIN_FROM_DEV_NULL,
                      enter_netns, GINT_TO_POINTER(nsfd), &pid, &gerr))
     die("spawn %s: %s", argv[0], gerr->message);
-  double ms = probe_finish(&p);
+  double ms = uk ? wait_serial(serial, t0) : probe_finish(&p);
+  if (ms < 0)
+    die("%s: no \"%s\" in %s within %d s", name, UK_READY_LINE, serial, BOOT_TIMEOUT_S);
   kill(pid, SIGKILL);
   waitpid(pid, NULL, 0);
   close(nsfd);
   oakuk_qemu_argv_free(argv);
   oakuk_instance_spec_unref(s);
-  g_autofree char *serial = g_build_filename(dir, "serial.log", NULL);
   g_autofree char *qmp = g_build_filename(dir, "qmp.sock", NULL);
   g_unlink(serial);
   g_unlink(qmp);
@@ -300,13 +346,9 @@ int main(int argc, char **argv) {
   b.state = g_dir_make_tmp("oakuk-bench-ukdeploy-XXXXXX", NULL);
   oakuk_error *err = NULL;
 
-  /* Same cached image for every run. */
-  g_autofree char *cache_dir = g_build_filename(b.state, "images", NULL);
-  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, NULL, &err);
-  g_autofree char *url = g_filename_to_uri(tarball, NULL, NULL);
-  if (!cache || !(b.image = oakuk_image_cache_fetch_sync(cache, url, NULL, NULL, NULL, &err)))
-    die("image %s: %s", tarball, oakuk_error_message(err));
-
+  /* The whole bench lives in a scratch "host" namespace: the node network, the runtime (whose
+   * readiness probes connect from its own namespace) and the probes. The machine's own network is
+   * never touched, and no probe can leave it. */
   g_snprintf(host_ns, sizeof host_ns, "ukbench-%d", (int)getpid());
   g_snprintf(host_ns_path, sizeof host_ns_path, "/run/netns/%s", host_ns);
   const char *add[] = {"ip", "netns", "add", host_ns, NULL};
@@ -316,6 +358,18 @@ int main(int argc, char **argv) {
     die("cannot create the scratch host namespace %s", host_ns);
   }
   atexit(host_ns_remove);
+  int hostfd = open(host_ns_path, O_RDONLY | O_CLOEXEC);
+  if (hostfd < 0 || setns(hostfd, CLONE_NEWNET) != 0)
+    die("enter %s: %s", host_ns_path, g_strerror(errno));
+  close(hostfd);
+
+  /* Same cached image for every run. */
+  g_autofree char *cache_dir = g_build_filename(b.state, "images", NULL);
+  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, NULL, &err);
+  g_autofree char *url = g_filename_to_uri(tarball, NULL, NULL);
+  if (!cache || !(b.image = oakuk_image_cache_fetch_sync(cache, url, NULL, NULL, NULL, &err)))
+    die("image %s: %s", tarball, oakuk_error_message(err));
+
   oakuk_net_options no;
   oakuk_net_options_init(&no, OAKUK_NET_OPTIONS_VERSION);
   no.node_subnet = SUBNET;
@@ -339,17 +393,39 @@ int main(int argc, char **argv) {
   if (!(b.rt = oakuk_qemu_runtime_new(b.state, &qo, &err)))
     die("runtime: %s", oakuk_error_message(err));
   oakuk_runtime_set_status_callback(b.rt, on_status, &b);
+  oakuk_runtime_set_ready_callback(b.rt, on_ready, &b);
+  g_autofree char *uk = g_build_filename(gd, "ukguest-0.16.3.kernel", NULL);
+  b.ukkernel = g_file_test(uk, G_FILE_TEST_EXISTS) ? g_strdup(uk) : NULL;
 
-  g_autofree double *running = g_new(double, runs), *ours = g_new(double, runs), *ref = g_new(double, runs);
+  g_autofree double *running = g_new(double, runs), *ours = g_new(double, runs), *ref = g_new(double, runs),
+                    *ready = g_new(double, runs), *ukready = g_new(double, runs),
+                    *ukref = g_new(double, runs);
   for (int k = 0; k < runs; k++) {
-    run_ours(&b, k, &running[k], &ours[k]);
-    ref[k] = run_reference(&b, k);
-    fprintf(stderr, "run %d: ours running %.0f ms, http %.0f ms; reference http %.0f ms\n", k + 1, running[k],
-            ours[k], ref[k]);
+    run_ours(&b, k, FALSE, &running[k], &ready[k], &ours[k]);
+    ref[k] = run_reference(&b, k, FALSE);
+    fprintf(stderr, "run %d: ours running %.0f ms, ready %.0f ms, http %.0f ms; reference http %.0f ms\n",
+            k + 1, running[k], ready[k], ours[k], ref[k]);
+    if (b.ukkernel) {
+      double unused;
+      run_ours(&b, k, TRUE, &unused, &ukready[k], &unused);
+      ukref[k] = run_reference(&b, k, TRUE);
+      fprintf(stderr, "run %d: multiboot guest: ours ready %.0f ms; reference %.0f ms\n", k + 1, ukready[k],
+              ukref[k]);
+    }
   }
-  double mr = median(running, runs), mo = median(ours, runs), mf = median(ref, runs);
+  double mr = median(running, runs), mo = median(ours, runs), mf = median(ref, runs),
+         md = median(ready, runs);
   printf("unikernel-deploy to-running: ours %.0f ms\n", mr);
   printf("unikernel-deploy to-http: ours %.0f ms, reference %.0f ms, ratio %.3f\n", mo, mf, mo / mf);
+  printf("unikernel-deploy to-ready linux-guest: ours %.0f ms, reference %.0f ms, ratio %.3f\n", md, mf,
+         md / mf);
+  if (b.ukkernel) {
+    double mu = median(ukready, runs), mur = median(ukref, runs);
+    printf("unikernel-deploy to-ready multiboot-guest: ours %.0f ms, reference %.0f ms, ratio %.3f\n", mu,
+           mur, mu / mur);
+  } else {
+    printf("unikernel-deploy to-ready multiboot-guest: not measured (%s missing)\n", uk);
+  }
 
   oakuk_runtime_unref(b.rt);
   if (oakuk_net_teardown_node(b.net, &err) != 0)
@@ -364,5 +440,6 @@ int main(int argc, char **argv) {
   g_free(b.state);
   g_free(b.want);
   g_free(b.detail);
+  g_free(b.ukkernel);
   return 0;
 }

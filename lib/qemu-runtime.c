@@ -15,7 +15,8 @@
 #include <unistd.h>
 
 #define QMP_WAIT_MS 30000 /* QEMU that opens no QMP socket within this is considered failed */
-#define QMP_RETRY_MS 20
+/* QEMU makes its QMP socket within a few ms of its start: look often, RUNNING waits for it. */
+#define QMP_RETRY_MS 5
 
 typedef struct {
   oakuk_qemu_caps *caps;
@@ -248,13 +249,12 @@ static void qmp_on_event(OakukInstance *i, JsonObject *o) {
   }
 }
 
-/* The handshake: the greeting, qmp_capabilities, then "cont" for a guest that starts paused. */
+/* The handshake: qmp_capabilities, then "cont" for a guest that starts paused, both sent as soon as
+ * the socket connects (QEMU reads them after its greeting, in order): one round trip, not three. */
 static void qmp_on_message(OakukInstance *i, JsonObject *o) {
   QemuData *d = qd(i);
-  if (json_object_has_member(o, "QMP")) {
-    qmp_send(i, "qmp_capabilities");
+  if (json_object_has_member(o, "QMP"))
     return;
-  }
   if (json_object_has_member(o, "event")) {
     qmp_on_event(i, o);
     return;
@@ -264,11 +264,8 @@ static void qmp_on_message(OakukInstance *i, JsonObject *o) {
     g_debug("instance %s: QMP %s failed", i->name, id);
     return;
   }
-  if (strcmp(id, "qmp_capabilities") == 0) {
-    if (d->adopted)
-      oakuk_instance_running(i);
-    else if (!qmp_send(i, "cont"))
-      oakuk_instance_fail(i, "QMP: could not let the guest run (cont)");
+  if (strcmp(id, "qmp_capabilities") == 0 && d->adopted) {
+    oakuk_instance_running(i);
   } else if (strcmp(id, "cont") == 0) {
     oakuk_proc_stat(i->pid, NULL, &d->last_ticks, NULL);
     d->last_time_us = g_get_monotonic_time();
@@ -347,6 +344,8 @@ static void qmp_on_connected(GObject *src, GAsyncResult *res, gpointer data) {
   d->conn = conn;
   d->in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(conn)));
   g_data_input_stream_set_newline_type(d->in, G_DATA_STREAM_NEWLINE_TYPE_ANY);
+  if (!qmp_send(i, "qmp_capabilities") || (!d->adopted && !qmp_send(i, "cont")))
+    oakuk_instance_fail(i, "QMP: could not negotiate and let the guest run (cont)");
   qmp_read_next(i);
   oakuk_instance_unref(i);
 }

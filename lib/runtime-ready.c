@@ -9,8 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#define PROBE_FAST_MS 50  /* between probes at first */
-#define PROBE_SLOW_MS 500 /* once an instance has not been ready for PROBE_SLOW_AFTER_US */
+/* Between probes: a unikernel is often ready within a few hundred ms of RUNNING (Unikraft under
+ * TCG: 0.1-0.5 s), so the first seconds are probed closely; a slow one is not probed for long so. */
+#define PROBE_FASTEST_MS 10
+#define PROBE_FAST_MS 50
+#define PROBE_SLOW_MS 500
+#define PROBE_FAST_AFTER_US (2 * G_USEC_PER_SEC)
 #define PROBE_SLOW_AFTER_US (30 * G_USEC_PER_SEC)
 #define CONNECT_TIMEOUT_S 1
 #define CONSOLE_CHUNK 16384
@@ -201,8 +205,10 @@ static gboolean tick(gpointer data) {
 }
 
 static void schedule(struct OakukProbe *p) {
-  gboolean slow = g_get_monotonic_time() - p->started_us > PROBE_SLOW_AFTER_US;
-  p->timer = g_timeout_source_new(slow ? PROBE_SLOW_MS : PROBE_FAST_MS);
+  gint64 age = g_get_monotonic_time() - p->started_us;
+  p->timer = g_timeout_source_new(age > PROBE_SLOW_AFTER_US   ? PROBE_SLOW_MS
+                                  : age > PROBE_FAST_AFTER_US ? PROBE_FAST_MS
+                                                              : PROBE_FASTEST_MS);
   g_source_set_callback(p->timer, tick, p, NULL);
   g_source_attach(p->timer, p->i->context);
 }
