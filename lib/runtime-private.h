@@ -83,6 +83,7 @@ struct OakukInstance {
   /* What the backend saw of the end (QEMU: QMP SHUTDOWN's reason, GUEST_PANICKED). */
   char *shutdown_reason;
   gboolean panicked;
+  gboolean ended_unwatched; /* found ended at adoption: how it ended is unknown */
   int32_t exit_kind;
   char *end_detail; /* the end's status and detail, reported once its release is done */
   int32_t end_status;

@@ -281,6 +281,9 @@ static int32_t judge(OakukInstance *i, int ws, gboolean ran, char **what_out, ch
   } else if (g_str_has_prefix(reason, "host-")) {
     kind = OAKUK_EXIT_KILLED;
     what = g_strdup_printf("%s was ended from outside (%s)", proc, reason);
+  } else if (i->ended_unwatched && i->klass->console_judges) {
+    kind = OAKUK_EXIT_KILLED; /* for the restart policy: not a clean end, as far as anyone knows */
+    what = g_strdup_printf("%s exited while no runtime watched it (how is unknown)", proc);
   } else if (ws < 0 && i->klass->console_judges) {
     /* QEMU says why it ends (SHUTDOWN) before it ends by itself: without a word, it was killed. */
     kind = OAKUK_EXIT_KILLED;
@@ -703,6 +706,7 @@ static gboolean adopt_one(oakuk_runtime *rt, const char *name) {
     return TRUE;
   }
   i->state = OAKUK_INST_RUNNING; /* it ran: judge its end like any other */
+  i->ended_unwatched = TRUE;
   on_exited(i, -1);
   return FALSE;
 }

@@ -393,7 +393,8 @@ static void test_adopt_dead(Fx *f, gconstpointer data) {
   f->rt = new_runtime(f);
   g_assert_cmpint(oakuk_runtime_adopt(f->rt, NULL), ==, 0);
   Event *dead = wait_status(f, name, OAKUK_STATUS_DEAD, 5);
-  g_assert_nonnull(strstr(dead->detail, "QEMU exited"));
+  g_assert_nonnull(strstr(dead->detail, "QEMU exited while no runtime watched it"));
+  g_assert_cmpint(oakuk_runtime_instance_exit(f->rt, name), ==, OAKUK_EXIT_KILLED);
   g_assert_null(find_event(f, name, OAKUK_STATUS_RUNNING));
   g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
   wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 5);
