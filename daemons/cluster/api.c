@@ -44,7 +44,8 @@ static JsonObject *body_object(Req *q) {
   if (node == NULL)
     return NULL;
   if (!JSON_NODE_HOLDS_OBJECT(node)) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_json", "", "request body: expected a JSON object");
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_json", "",
+                        "request body: expected a JSON object");
     return NULL;
   }
   return json_object_ref(json_node_get_object(node));
@@ -104,8 +105,8 @@ static void h_undeploy(Req *q) {
   g_autoptr(GError) error = NULL;
   guint status = jobs_delete(q->c, q->cap[0], n, &error);
   if (status == SOUP_STATUS_NOT_FOUND) {
-    od_http_reply_error(q->msg, status, "not_found", q->path, "no instance %s of job %s on this cluster", q->cap[1],
-                        q->cap[0]);
+    od_http_reply_error(q->msg, status, "not_found", q->path, "no instance %s of job %s on this cluster",
+                        q->cap[1], q->cap[0]);
   } else if (status >= 500) {
     reply_internal(q, error);
   } else {
@@ -154,7 +155,8 @@ static gboolean join_token_ok(Cluster *c, const char *token) {
   if (token == NULL)
     return FALSE;
   g_autofree char *hash = od_sha256_hex(token);
-  g_autofree char *found = od_db_query_text(c->db, "SELECT hash FROM join_tokens WHERE hash = ?1", hash, NULL);
+  g_autofree char *found =
+      od_db_query_text(c->db, "SELECT hash FROM join_tokens WHERE hash = ?1", hash, NULL);
   return found != NULL;
 }
 
@@ -177,7 +179,8 @@ static void h_node_register(Req *q) {
   oakuk_error *err = NULL;
   oakuk_node_report *rep = oakuk_node_report_from_json(caps_text, (size_t)-1, &err);
   if (rep == NULL) {
-    g_autofree char *path = g_strdup_printf("capabilities.%s", oakuk_error_path(err) ? oakuk_error_path(err) : "");
+    g_autofree char *path =
+        g_strdup_printf("capabilities.%s", oakuk_error_path(err) ? oakuk_error_path(err) : "");
     od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", path, "capabilities: %s",
                         oakuk_error_message(err));
     oakuk_error_free(err);
@@ -187,9 +190,11 @@ static void h_node_register(Req *q) {
   g_autofree char *ip = g_strdup(oakuk_node_report_ip(rep));
   oakuk_node_report_unref(rep);
   if (!valid_node_id(id)) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "capabilities.id",
-                        "capabilities.id: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.' (and not "
-                        "'%s')", id, CLUSTER_MQTT_USER);
+    od_http_reply_error(
+        q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "capabilities.id",
+        "capabilities.id: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.' (and not "
+        "'%s')",
+        id, CLUSTER_MQTT_USER);
     return;
   }
   if (q->c->subnet == NULL) {
@@ -235,11 +240,12 @@ static void h_node_register(Req *q) {
 
 static void h_explain(Req *q) {
   g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      q->c->db, "SELECT job_id, job_name, instance, lines FROM explanations WHERE job_id = ?1 OR job_name = ?1", NULL);
+      q->c->db,
+      "SELECT job_id, job_name, instance, lines FROM explanations WHERE job_id = ?1 OR job_name = ?1", NULL);
   sqlite3_bind_text(st, 1, q->cap[0], -1, SQLITE_TRANSIENT);
   if (st == NULL || sqlite3_step(st) != SQLITE_ROW) {
-    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path, "no scheduling explanation for job %s",
-                        q->cap[0]);
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path,
+                        "no scheduling explanation for job %s", q->cap[0]);
     return;
   }
   g_autoptr(JsonObject) o = json_object_new();
@@ -262,8 +268,8 @@ static void h_nodes(Req *q) {
     json_object_set_string_member(o, "id", id);
     json_object_set_string_member(o, "subnet", (const char *)sqlite3_column_text(st, 1));
     json_object_set_string_member(o, "ip", (const char *)sqlite3_column_text(st, 2));
-    json_object_set_boolean_member(o, "active",
-                                   rep != NULL && now - oakuk_node_report_received_at_ms(rep) <= q->c->node_timeout_ms);
+    json_object_set_boolean_member(
+        o, "active", rep != NULL && now - oakuk_node_report_received_at_ms(rep) <= q->c->node_timeout_ms);
     json_object_set_boolean_member(o, "reachable", g_hash_table_contains(q->c->reachable, id));
     json_array_add_object_element(a, o);
   }
@@ -273,8 +279,11 @@ static void h_nodes(Req *q) {
 
 static void h_instances(Req *q) {
   g_autoptr(JsonArray) a = json_array_new();
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      q->c->db, "SELECT name, job_id, job_name, instance, node, ip, status, detail FROM instances ORDER BY name", NULL);
+  g_autoptr(sqlite3_stmt) st =
+      od_db_prepare(q->c->db,
+                    "SELECT name, job_id, job_name, instance, node, ip, status, detail, ready,"
+                    " ready_ms FROM instances ORDER BY name",
+                    NULL);
   const char *keys[] = {"name", "job_id", "job_name", "instance", "node", "ip", "status", "status_detail"};
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     JsonObject *o = json_object_new();
@@ -284,6 +293,10 @@ static void h_instances(Req *q) {
       else
         json_object_set_string_member(o, keys[i], (const char *)sqlite3_column_text(st, i));
     }
+    /* ready_ms: the node's own measure, present only while ready (and only when the node sent one) */
+    json_object_set_boolean_member(o, "ready", sqlite3_column_int64(st, 8) != 0);
+    if (sqlite3_column_int64(st, 8) != 0 && sqlite3_column_type(st, 9) != SQLITE_NULL)
+      json_object_set_int_member(o, "ready_ms", sqlite3_column_int64(st, 9));
     json_array_add_object_element(a, o);
   }
   g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), a);
@@ -301,10 +314,11 @@ static void h_logs(Req *q) {
                         "lines: '%s' is not a number of lines in [1, 10000]", ltext);
     return;
   }
-  g_autofree char *node = od_db_query_text(q->c->db, "SELECT node FROM instances WHERE name = ?1", q->cap[0], NULL);
+  g_autofree char *node =
+      od_db_query_text(q->c->db, "SELECT node FROM instances WHERE name = ?1", q->cap[0], NULL);
   if (node == NULL || *node == '\0') {
-    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path, "no instance %s placed on a node of this cluster",
-                        q->cap[0]);
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path,
+                        "no instance %s placed on a node of this cluster", q->cap[0]);
     return;
   }
   cluster_logs_request(q->c, q->msg, node, q->cap[0], lines);
@@ -330,23 +344,36 @@ static void h_metrics(Req *q) {
     active += cluster_liveness_now_ms(c) - oakuk_node_report_received_at_ms(v) <= c->node_timeout_ms;
   g_string_append_printf(out, "# TYPE oakuk_cluster_nodes gauge\noakuk_cluster_nodes %" G_GINT64_FORMAT "\n",
                          od_db_count(c->db, "SELECT COUNT(*) FROM nodes"));
-  g_string_append_printf(out, "# TYPE oakuk_cluster_nodes_active gauge\noakuk_cluster_nodes_active %u\n", active);
+  g_string_append_printf(out, "# TYPE oakuk_cluster_nodes_active gauge\noakuk_cluster_nodes_active %u\n",
+                         active);
   g_string_append(out, "# TYPE oakuk_cluster_instances gauge\n");
   g_autoptr(sqlite3_stmt) st =
       od_db_prepare(c->db, "SELECT status, COUNT(*) FROM instances GROUP BY status ORDER BY status", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW)
     g_string_append_printf(out, "oakuk_cluster_instances{status=\"%s\"} %lld\n", sqlite3_column_text(st, 0),
                            (long long)sqlite3_column_int64(st, 1));
-  g_string_append_printf(out, "# TYPE oakuk_cluster_deliveries_pending gauge\noakuk_cluster_deliveries_pending %"
-                         G_GINT64_FORMAT "\n", od_db_count(c->db, "SELECT COUNT(*) FROM deliveries"));
-  g_string_append_printf(out, "# TYPE oakuk_cluster_status_pending gauge\noakuk_cluster_status_pending %"
-                         G_GINT64_FORMAT "\n", od_db_count(c->db, "SELECT COUNT(*) FROM status_outbox"));
+  g_string_append_printf(
+      out, "# TYPE oakuk_cluster_instances_ready gauge\noakuk_cluster_instances_ready %" G_GINT64_FORMAT "\n",
+      od_db_count(c->db, "SELECT COUNT(*) FROM instances WHERE ready != 0"));
+  g_string_append_printf(
+      out,
+      "# TYPE oakuk_cluster_deliveries_pending gauge\noakuk_cluster_deliveries_pending %" G_GINT64_FORMAT
+      "\n",
+      od_db_count(c->db, "SELECT COUNT(*) FROM deliveries"));
+  g_string_append_printf(
+      out, "# TYPE oakuk_cluster_status_pending gauge\noakuk_cluster_status_pending %" G_GINT64_FORMAT "\n",
+      od_db_count(c->db, "SELECT COUNT(*) FROM status_outbox"));
   g_string_append_printf(out, "# TYPE oakuk_cluster_mqtt_connected gauge\noakuk_cluster_mqtt_connected %d\n",
                          c->mqtt_up ? 1 : 0);
-  g_string_append_printf(out, "# TYPE oakuk_cluster_mqtt_rejected_total counter\noakuk_cluster_mqtt_rejected_total %"
-                         G_GUINT64_FORMAT "\n", c->mqtt_rejected);
-  g_string_append_printf(out, "# TYPE oakuk_cluster_broker_restarts_total counter\n"
-                         "oakuk_cluster_broker_restarts_total %u\n", c->broker_restarts);
+  g_string_append_printf(
+      out,
+      "# TYPE oakuk_cluster_mqtt_rejected_total counter\noakuk_cluster_mqtt_rejected_total %" G_GUINT64_FORMAT
+      "\n",
+      c->mqtt_rejected);
+  g_string_append_printf(out,
+                         "# TYPE oakuk_cluster_broker_restarts_total counter\n"
+                         "oakuk_cluster_broker_restarts_total %u\n",
+                         c->broker_restarts);
   g_string_append_printf(out, "# TYPE oakuk_cluster_registered gauge\noakuk_cluster_registered %d\n",
                          c->token != NULL);
   od_http_reply_metrics(q->msg, out, "oakuk_cluster", c->http_counts);
@@ -366,7 +393,8 @@ static const Route routes[] = {
     {"GET", "api/v1/instances/*/logs", AUTH_ROOT, h_logs},
 };
 
-static void handle(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query, gpointer data) {
+static void handle(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+                   gpointer data) {
   Cluster *c = data;
   const char *method = soup_server_message_get_method(msg);
   g_auto(GStrv) seg = od_path_split(path);

@@ -34,8 +34,8 @@ static gboolean write_config(Cluster *c, GError **error) {
   g_autofree char *acl = broker_path(c, "acl");
   g_autofree char *conf = broker_path(c, "mosquitto.conf");
   g_autofree char *log = broker_path(c, "mosquitto.log");
-  g_autofree char *acl_text = g_strdup_printf("user %s\ntopic readwrite nodes/#\n\npattern readwrite nodes/%%u/#\n",
-                                              CLUSTER_MQTT_USER);
+  g_autofree char *acl_text = g_strdup_printf(
+      "user %s\ntopic readwrite nodes/#\n\npattern readwrite nodes/%%u/#\n", CLUSTER_MQTT_USER);
   GString *cf = g_string_new("# Written by oakuk-cluster on every start; edits are lost.\n");
   g_string_append(cf, "per_listener_settings false\n");
   g_string_append_printf(cf, "listener %u 0.0.0.0\n", c->mqtt_port);
@@ -59,8 +59,8 @@ static gboolean run_passwd(Cluster *c, const char *user, const char *password, G
   g_autofree char *err = NULL;
   gint status = 0;
   g_autoptr(GError) local = NULL;
-  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
-                    &err, &status, &local)) {
+  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
+                    NULL, &err, &status, &local)) {
     g_set_error(error, OD_ERROR, OD_ERROR_IO, "mosquitto_passwd %s: %s", c->password_file, local->message);
     return FALSE;
   }
@@ -109,7 +109,8 @@ static void broker_exited(GPid pid, gint status, gpointer data) {
     return;
   g_autofree char *st = g_strdup_printf("%d", status);
   g_autofree char *log = broker_path(c, "mosquitto.log");
-  od_log(G_LOG_LEVEL_WARNING, "broker", "status", st, "log", log, "msg", "mosquitto exited; restarting it", NULL);
+  od_log(G_LOG_LEVEL_WARNING, "broker", "status", st, "log", log, "msg", "mosquitto exited; restarting it",
+         NULL);
   c->broker_restarts++;
   /* A broker that dies right after starting is restarted more slowly. */
   guint delay = cluster_now_ms() - c->broker_started_ms < 2000 ? 2000 : 200;
@@ -128,8 +129,8 @@ gboolean broker_start(Cluster *c, GError **error) {
   const char *argv[] = {c->mosquitto_bin, "-c", conf, NULL};
   g_autoptr(GError) local = NULL;
   if (!g_spawn_async(NULL, (char **)argv, NULL,
-                     G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, child_setup,
-                     NULL, &c->broker_pid, &local)) {
+                     G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                     child_setup, NULL, &c->broker_pid, &local)) {
     g_set_error(error, OD_ERROR, OD_ERROR_IO, "start %s -c %s: %s", c->mosquitto_bin, conf, local->message);
     return FALSE;
   }

@@ -22,16 +22,16 @@ typedef struct {
   /* settings */
   char *listen;
   char *root_url;
-  char *join_token;       /* for the root; NULL when none was given */
+  char *join_token; /* for the root; NULL when none was given */
   char *name;
   char *location;
   char *advertise_url;
   char *mqtt_advertise_host; /* host nodes connect to */
   guint16 mqtt_port;
-  char *mosquitto_bin;    /* NULL with an external broker */
-  char *broker_host;      /* where the cluster itself connects */
+  char *mosquitto_bin; /* NULL with an external broker */
+  char *broker_host;   /* where the cluster itself connects */
   char *password_file;
-  char *broker_pid_file;  /* external broker: where its pid is (for SIGHUP), or NULL */
+  char *broker_pid_file; /* external broker: where its pid is (for SIGHUP), or NULL */
   char *mqtt_username;
   char *mqtt_password;
   gint64 node_timeout_ms;
@@ -54,15 +54,15 @@ typedef struct {
   /* MQTT */
   OdMqtt *mqtt;
   gboolean mqtt_up;
-  gint64 mqtt_down_since_ms;    /* monotonic ms the broker connection was lost (or the start) */
-  GHashTable *reachable;        /* node id -> 1: reported since our connection came up */
-  GHashTable *inflight;         /* delivery id (gint64 as string) -> 1 */
-  GHashTable *delete_sent;      /* "node/instance" -> gint64* monotonic ms of the last reconcile delete */
+  gint64 mqtt_down_since_ms; /* monotonic ms the broker connection was lost (or the start) */
+  GHashTable *reachable;     /* node id -> 1: reported since our connection came up */
+  GHashTable *inflight;      /* delivery id (gint64 as string) -> 1 */
+  GHashTable *delete_sent;   /* "node/instance" -> gint64* monotonic ms of the last reconcile delete */
   guint64 mqtt_rejected;
   gboolean net_dirty;
 
   /* nodes */
-  GHashTable *reports;          /* node id -> oakuk_node_report* (received_at: monotonic ms) */
+  GHashTable *reports;              /* node id -> oakuk_node_report* (received_at: monotonic ms) */
   oakuk_reservations *reservations; /* key: instance name */
 
   /* root */
@@ -72,7 +72,7 @@ typedef struct {
   gboolean status_inflight;
   guint status_pump_source; /* idle: send queued statuses at the end of this main-loop turn */
   gboolean aggregate_inflight;
-  GHashTable *http_counts;      /* status code -> count */
+  GHashTable *http_counts; /* status code -> count */
   guint tick_source;
   guint aggregate_source;
 } Cluster;
@@ -99,9 +99,11 @@ void broker_reload(Cluster *c);
 
 /* root.c: registration, aggregates and status reports to the root. */
 void root_link_start(Cluster *c);
-/* Queues a status report for the root (inside a transaction). */
-gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, const char *status, const char *detail,
-                           const char *node, GError **error);
+/* Queues a status report for the root (inside a transaction). ready: the node found the instance
+ * ready (only ever with RUNNING); ready_ms: the node's measure of it, or -1 when unknown. */
+gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, const char *status,
+                           const char *detail, const char *node, gboolean ready, gint64 ready_ms,
+                           GError **error);
 void root_status_pump(Cluster *c);
 /* Sends the aggregate now (also done every aggregate_interval). */
 void root_send_aggregate_now(Cluster *c);
@@ -110,7 +112,8 @@ void root_send_aggregate_now(Cluster *c);
 void jobs_mqtt_start(Cluster *c);
 void jobs_load(Cluster *c);
 /* Accepts a deploy forwarded by the root; returns the HTTP status and fills *reply. */
-guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *job, JsonObject **reply, GError **error);
+guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *job, JsonObject **reply,
+                  GError **error);
 /* Removes an instance; 404 when unknown. */
 guint jobs_delete(Cluster *c, const char *job_id, gint64 n, GError **error);
 void jobs_delivery_pump(Cluster *c);
@@ -124,7 +127,8 @@ void cluster_api_register(Cluster *c);
 /* logs.c: instance logs asked from nodes over MQTT (docs/cli.md). Publishes the request to the
  * node and pauses msg until the node answers on nodes/<node>/logs (cluster_logs_on_reply) or
  * 5 s pass (504); replies 503 at once when the node is not reachable. */
-void cluster_logs_request(Cluster *c, SoupServerMessage *msg, const char *node, const char *instance, gint64 lines);
+void cluster_logs_request(Cluster *c, SoupServerMessage *msg, const char *node, const char *instance,
+                          gint64 lines);
 void cluster_logs_on_reply(Cluster *c, const char *node, const char *topic, GBytes *payload);
 
 G_END_DECLS

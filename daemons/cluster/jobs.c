@@ -32,8 +32,8 @@ static char *object_text(JsonObject *o) {
 
 static gboolean status_active(const char *status) {
   int32_t s = oakuk_instance_status_from_name(status);
-  return s == OAKUK_STATUS_CLUSTER_SCHEDULED || s == OAKUK_STATUS_NODE_SCHEDULED || s == OAKUK_STATUS_CREATING ||
-         s == OAKUK_STATUS_RUNNING;
+  return s == OAKUK_STATUS_CLUSTER_SCHEDULED || s == OAKUK_STATUS_NODE_SCHEDULED ||
+         s == OAKUK_STATUS_CREATING || s == OAKUK_STATUS_RUNNING;
 }
 
 char *jobs_node_subnet(Cluster *c, gint64 index) {
@@ -58,8 +58,9 @@ static gboolean queue_delivery(Cluster *c, const char *node, const char *instanc
                                JsonObject *payload, GError **error) {
   g_autofree char *topic = g_strdup_printf("nodes/%s/control/%s", node, kind);
   g_autofree char *text = object_text(payload);
-  return od_db_run(c->db, error, "INSERT INTO deliveries (node, instance, topic, payload) VALUES (?1, ?2, ?3, ?4)",
-                   node, instance, topic, text, NULL);
+  return od_db_run(c->db, error,
+                   "INSERT INTO deliveries (node, instance, topic, payload) VALUES (?1, ?2, ?3, ?4)", node,
+                   instance, topic, text, NULL);
 }
 
 static gboolean queue_delete(Cluster *c, const char *node, const char *job_name, gint64 n, const char *name,
@@ -78,7 +79,8 @@ static void delivery_done(gboolean ok, const char *reason, gpointer data) {
   if (ok)
     od_db_run(c->db, NULL, "DELETE FROM deliveries WHERE id = CAST(?1 AS INTEGER)", id, NULL);
   else
-    od_log(G_LOG_LEVEL_WARNING, "delivery", "id", id, "msg", "not acknowledged; will retry", "reason", reason, NULL);
+    od_log(G_LOG_LEVEL_WARNING, "delivery", "id", id, "msg", "not acknowledged; will retry", "reason", reason,
+           NULL);
   g_free(d);
 }
 
@@ -154,8 +156,8 @@ static char *allocate_ip(Cluster *c, const char *node, const char *subnet) {
     guint32 a = g_htonl(base + h);
     char buf[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a, buf, sizeof buf);
-    g_autofree char *used = od_db_query_text(c->db, "SELECT name FROM instances WHERE node = ?1 AND ip = ?2", node,
-                                             buf, NULL);
+    g_autofree char *used =
+        od_db_query_text(c->db, "SELECT name FROM instances WHERE node = ?1 AND ip = ?2", node, buf, NULL);
     if (used == NULL) {
       g_autofree char *h_text = g_strdup_printf("%u", h);
       cluster_kv_set(c, key, h_text, NULL);
@@ -165,8 +167,8 @@ static char *allocate_ip(Cluster *c, const char *node, const char *subnet) {
   return g_strdup("");
 }
 
-static gboolean store_explanation(Cluster *c, const char *job_id, const char *job_name, gint64 n, GPtrArray *lines,
-                                  GError **error) {
+static gboolean store_explanation(Cluster *c, const char *job_id, const char *job_name, gint64 n,
+                                  GPtrArray *lines, GError **error) {
   g_autoptr(JsonArray) a = json_array_new();
   for (guint i = 0; i < lines->len; i++)
     json_array_add_string_element(a, lines->pdata[i]);
@@ -181,16 +183,16 @@ static gboolean store_explanation(Cluster *c, const char *job_id, const char *jo
 
 /* Runs node selection over the active nodes the instance may use. Returns the placement (NULL
  * only on an internal error) and the explanation lines. */
-static oakuk_placement *select_node(Cluster *c, const oakuk_microservice *ms, const char *name, const char *avoid,
-                                    GPtrArray *lines, GError **error) {
+static oakuk_placement *select_node(Cluster *c, const oakuk_microservice *ms, const char *name,
+                                    const char *avoid, GPtrArray *lines, GError **error) {
   g_autoptr(GPtrArray) cands = g_ptr_array_new();
   GHashTableIter it;
   gpointer k, v;
   g_hash_table_iter_init(&it, c->reports);
   while (g_hash_table_iter_next(&it, &k, &v)) {
     if (node_in(avoid, k))
-      g_ptr_array_add(lines, g_strdup_printf("node %s: not retried (the instance failed or was lost there)",
-                                             (char *)k));
+      g_ptr_array_add(
+          lines, g_strdup_printf("node %s: not retried (the instance failed or was lost there)", (char *)k));
     else
       g_ptr_array_add(cands, v);
   }
@@ -200,10 +202,11 @@ static oakuk_placement *select_node(Cluster *c, const oakuk_microservice *ms, co
   opts.timeout_ms = c->node_timeout_ms;
   oakuk_placement *p = NULL;
   oakuk_error *err = NULL;
-  int rc = oakuk_sched_select_node(&p, ms, (oakuk_node_report *const *)cands->pdata, cands->len, c->reservations,
-                                   name, &opts, &err);
+  int rc = oakuk_sched_select_node(&p, ms, (oakuk_node_report *const *)cands->pdata, cands->len,
+                                   c->reservations, name, &opts, &err);
   if (rc != 0 && rc != OAKUK_ENOCAPACITY) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "node selection for %s: %s", name, oakuk_error_message(err));
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "node selection for %s: %s", name,
+                oakuk_error_message(err));
     oakuk_error_free(err);
     oakuk_placement_unref(p);
     return NULL;
@@ -239,7 +242,8 @@ static gboolean place_instance(Cluster *c, const char *name, const char *prefix,
   oakuk_error *err = NULL;
   oakuk_microservice *ms = oakuk_microservice_parse(job_text, (size_t)-1, &err);
   if (ms == NULL) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "instance %s: stored job: %s", name, oakuk_error_message(err));
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "instance %s: stored job: %s", name,
+                oakuk_error_message(err));
     oakuk_error_free(err);
     return FALSE;
   }
@@ -259,9 +263,10 @@ static gboolean place_instance(Cluster *c, const char *name, const char *prefix,
     g_ptr_array_add(lines, NULL);
     g_autofree char *joined = g_strjoinv("; ", (char **)lines->pdata);
     g_autofree char *detail = prefix ? g_strdup_printf("%s; %s", prefix, joined) : g_strdup(joined);
-    od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", name, "status", oakuk_instance_status_name(code), "msg",
-           detail, NULL);
-    return root_queue_status(c, job_id, n, oakuk_instance_status_name(code), detail, NULL, error) &&
+    od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", name, "status", oakuk_instance_status_name(code),
+           "msg", detail, NULL);
+    return root_queue_status(c, job_id, n, oakuk_instance_status_name(code), detail, NULL, FALSE, -1,
+                             error) &&
            od_db_run(c->db, error, "DELETE FROM instances WHERE name = ?1", name, NULL);
   }
   g_autofree char *node = g_strdup(oakuk_placement_target(p));
@@ -272,13 +277,15 @@ static gboolean place_instance(Cluster *c, const char *name, const char *prefix,
   json_object_set_string_member(job, "instance_name", name);
   json_object_set_string_member(job, "instance_ip", ip);
   json_object_set_string_member(job, "node_subnet", subnet ? subnet : "");
-  od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", name, "node", node, "ip", ip, "status", "NODE_SCHEDULED", NULL);
-  return od_db_run(c->db, error,
-                   "UPDATE instances SET node = ?2, ip = ?3, status = 'NODE_SCHEDULED', detail = '', failures = 0"
-                   " WHERE name = ?1",
-                   name, node, ip, NULL) &&
+  od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", name, "node", node, "ip", ip, "status",
+         "NODE_SCHEDULED", NULL);
+  return od_db_run(
+             c->db, error,
+             "UPDATE instances SET node = ?2, ip = ?3, status = 'NODE_SCHEDULED', detail = '', failures = 0,"
+             " ready = 0, ready_ms = NULL WHERE name = ?1",
+             name, node, ip, NULL) &&
          queue_delivery(c, node, name, "deploy", job, error) &&
-         root_queue_status(c, job_id, n, "NODE_SCHEDULED", "", node, error);
+         root_queue_status(c, job_id, n, "NODE_SCHEDULED", "", node, FALSE, -1, error);
 }
 
 /* Moves an instance off its node (lost or failing there): tells that node to drop it (delivered
@@ -286,18 +293,20 @@ static gboolean place_instance(Cluster *c, const char *name, const char *prefix,
 static gboolean reschedule(Cluster *c, const char *name, const char *reason, GError **error) {
   g_autofree char *node = od_db_query_text(c->db, "SELECT node FROM instances WHERE name = ?1", name, NULL);
   g_autofree char *avoid = od_db_query_text(c->db, "SELECT avoid FROM instances WHERE name = ?1", name, NULL);
-  g_autofree char *job_name = od_db_query_text(c->db, "SELECT job_name FROM instances WHERE name = ?1", name, NULL);
+  g_autofree char *job_name =
+      od_db_query_text(c->db, "SELECT job_name FROM instances WHERE name = ?1", name, NULL);
   g_autofree char *ns = od_db_query_text(c->db, "SELECT instance FROM instances WHERE name = ?1", name, NULL);
   if (node == NULL)
     return TRUE;
   od_log(G_LOG_LEVEL_MESSAGE, "reschedule", "instance", name, "node", node, "msg", reason, NULL);
   if (*node != '\0') {
     g_autofree char *avoid2 = avoid_add(avoid, node);
-    if (!od_db_run(c->db, error, "DELETE FROM deliveries WHERE instance = ?1 AND topic LIKE '%/control/deploy'", name,
+    if (!od_db_run(c->db, error,
+                   "DELETE FROM deliveries WHERE instance = ?1 AND topic LIKE '%/control/deploy'", name,
                    NULL) ||
         !queue_delete(c, node, job_name, g_ascii_strtoll(ns, NULL, 10), name, error) ||
-        !od_db_run(c->db, error, "UPDATE instances SET avoid = ?2, node = '', ip = '' WHERE name = ?1", name, avoid2,
-                   NULL))
+        !od_db_run(c->db, error, "UPDATE instances SET avoid = ?2, node = '', ip = '' WHERE name = ?1", name,
+                   avoid2, NULL))
       return FALSE;
   }
   return place_instance(c, name, reason, error);
@@ -315,8 +324,8 @@ static gboolean restrict_to_placement(JsonObject *job, GError **error) {
   JsonObject *pl = json_node_get_object(pn);
   const char *virt = str_member(pl, "virtualization");
   if (virt == NULL || oakuk_virt_from_name(virt) == OAKUK_VIRT_NONE) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "placement.virtualization: '%s' is not container or unikernel",
-                virt ? virt : "(missing)");
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "placement.virtualization: '%s' is not container or unikernel", virt ? virt : "(missing)");
     return FALSE;
   }
   const char *arch = str_member(pl, "arch");
@@ -342,11 +351,12 @@ static gboolean restrict_to_placement(JsonObject *job, GError **error) {
   return TRUE;
 }
 
-guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *body, JsonObject **reply, GError **error) {
+guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *body, JsonObject **reply,
+                  GError **error) {
   g_autofree char *existing = g_strdup_printf("%" G_GINT64_FORMAT, n);
   g_autofree char *known = od_db_query_text(
-      c->db, "SELECT status FROM instances WHERE job_id = ?1 AND instance = CAST(?2 AS INTEGER)", job_id, existing,
-      NULL);
+      c->db, "SELECT status FROM instances WHERE job_id = ?1 AND instance = CAST(?2 AS INTEGER)", job_id,
+      existing, NULL);
   *reply = json_object_new();
   if (known != NULL) {
     json_object_set_string_member(*reply, "message", "instance already deployed here");
@@ -356,8 +366,8 @@ guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *body, Js
   JsonNode *in = json_object_get_member(body, "instance_number");
   if (in != NULL && (!JSON_NODE_HOLDS_VALUE(in) || json_node_get_value_type(in) != G_TYPE_INT64 ||
                      json_node_get_int(in) != n)) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "instance_number: must equal the instance in the path (%s)",
-                existing);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "instance_number: must equal the instance in the path (%s)", existing);
     return SOUP_STATUS_BAD_REQUEST;
   }
   g_autofree char *text = object_text(body);
@@ -377,7 +387,8 @@ guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *body, Js
   gint64 restart = oakuk_microservice_restart(ms);
   oakuk_microservice_unref(ms);
   if (job_name == NULL) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "job_name: missing (need job_name or app_name and app_ns)");
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "job_name: missing (need job_name or app_name and app_ns)");
     return SOUP_STATUS_BAD_REQUEST;
   }
   json_object_set_string_member(job, "job_name", job_name);
@@ -395,7 +406,8 @@ guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *body, Js
     cluster_rollback(c);
     return SOUP_STATUS_INTERNAL_SERVER_ERROR;
   }
-  g_autofree char *status = od_db_query_text(c->db, "SELECT status FROM instances WHERE name = ?1", name, NULL);
+  g_autofree char *status =
+      od_db_query_text(c->db, "SELECT status FROM instances WHERE name = ?1", name, NULL);
   g_autofree char *node = od_db_query_text(c->db, "SELECT node FROM instances WHERE name = ?1", name, NULL);
   json_object_set_string_member(*reply, "instance", name);
   json_object_set_string_member(*reply, "status", status ? status : "NO_QUALIFIED_WORKER_FOUND");
@@ -408,17 +420,20 @@ guint jobs_deploy(Cluster *c, const char *job_id, gint64 n, JsonObject *body, Js
 guint jobs_delete(Cluster *c, const char *job_id, gint64 n, GError **error) {
   g_autofree char *ns = g_strdup_printf("%" G_GINT64_FORMAT, n);
   g_autofree char *name = od_db_query_text(
-      c->db, "SELECT name FROM instances WHERE (job_id = ?1 OR job_name = ?1) AND instance = CAST(?2 AS INTEGER)",
+      c->db,
+      "SELECT name FROM instances WHERE (job_id = ?1 OR job_name = ?1) AND instance = CAST(?2 AS INTEGER)",
       job_id, ns, NULL);
   if (name == NULL)
     return SOUP_STATUS_NOT_FOUND;
   g_autofree char *node = od_db_query_text(c->db, "SELECT node FROM instances WHERE name = ?1", name, NULL);
-  g_autofree char *job_name = od_db_query_text(c->db, "SELECT job_name FROM instances WHERE name = ?1", name, NULL);
+  g_autofree char *job_name =
+      od_db_query_text(c->db, "SELECT job_name FROM instances WHERE name = ?1", name, NULL);
   if (!cluster_begin(c, error) ||
-      !od_db_run(c->db, error, "DELETE FROM deliveries WHERE instance = ?1 AND topic LIKE '%/control/deploy'", name,
-                 NULL) ||
+      !od_db_run(c->db, error, "DELETE FROM deliveries WHERE instance = ?1 AND topic LIKE '%/control/deploy'",
+                 name, NULL) ||
       (*node != '\0' && !queue_delete(c, node, job_name, n, name, error)) ||
-      !od_db_run(c->db, error, "DELETE FROM instances WHERE name = ?1", name, NULL) || !cluster_commit(c, error)) {
+      !od_db_run(c->db, error, "DELETE FROM instances WHERE name = ?1", name, NULL) ||
+      !cluster_commit(c, error)) {
     cluster_rollback(c);
     return SOUP_STATUS_INTERNAL_SERVER_ERROR;
   }
@@ -479,7 +494,8 @@ static void on_information(Cluster *c, const char *node, const char *topic, GByt
     return;
   }
   if (strcmp(oakuk_node_report_id(rep), node) != 0) {
-    g_autofree char *m = g_strdup_printf("id: report is for node '%s', not the topic's node", oakuk_node_report_id(rep));
+    g_autofree char *m =
+        g_strdup_printf("id: report is for node '%s', not the topic's node", oakuk_node_report_id(rep));
     oakuk_node_report_unref(rep);
     reject(c, node, topic, m);
     return;
@@ -507,19 +523,34 @@ static void on_information(Cluster *c, const char *node, const char *topic, GByt
   }
 }
 
-static gboolean apply_status(Cluster *c, const char *node, const char *name, int32_t code, const char *detail,
+/* A node's status event, validated: ready only ever with RUNNING, ready_ms -1 when unknown. */
+typedef struct {
+  int32_t code;
+  const char *detail;
+  gboolean ready;
+  gint64 ready_ms;
+} JobEvent;
+
+static gboolean apply_status(Cluster *c, const char *node, const char *name, const JobEvent *ev,
                              GError **error) {
   g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      c->db, "SELECT job_id, instance, status, detail, restart, failures FROM instances WHERE name = ?1", error);
+      c->db,
+      "SELECT job_id, instance, status, detail, restart, failures, ready, IFNULL(ready_ms, -1) FROM instances"
+      " WHERE name = ?1",
+      error);
   if (st == NULL)
     return FALSE;
   sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
   if (sqlite3_step(st) != SQLITE_ROW)
     return TRUE;
+  int32_t code = ev->code;
+  const char *detail = ev->detail;
   g_autofree char *job_id = g_strdup((const char *)sqlite3_column_text(st, 0));
   gint64 n = sqlite3_column_int64(st, 1);
-  gboolean same = g_strcmp0((const char *)sqlite3_column_text(st, 2), oakuk_instance_status_name(code)) == 0 &&
-                  g_strcmp0((const char *)sqlite3_column_text(st, 3), detail) == 0;
+  gboolean same =
+      g_strcmp0((const char *)sqlite3_column_text(st, 2), oakuk_instance_status_name(code)) == 0 &&
+      g_strcmp0((const char *)sqlite3_column_text(st, 3), detail) == 0 &&
+      (sqlite3_column_int64(st, 6) != 0) == ev->ready && sqlite3_column_int64(st, 7) == ev->ready_ms;
   gint64 restart = sqlite3_column_int64(st, 4);
   gint64 failures = sqlite3_column_int64(st, 5);
   g_clear_pointer(&st, sqlite3_finalize);
@@ -530,7 +561,7 @@ static gboolean apply_status(Cluster *c, const char *node, const char *name, int
     /* The node dropped it on its own: the root takes the instance out of its list. */
     oakuk_reservations_remove(c->reservations, name);
     c->net_dirty = TRUE;
-    return root_queue_status(c, job_id, n, status, detail, node, error) &&
+    return root_queue_status(c, job_id, n, status, detail, node, FALSE, -1, error) &&
            od_db_run(c->db, error, "DELETE FROM instances WHERE name = ?1", name, NULL);
   }
   if ((code == OAKUK_STATUS_FAILED || code == OAKUK_STATUS_DEAD) && restart != OAKUK_RESTART_NEVER &&
@@ -541,15 +572,53 @@ static gboolean apply_status(Cluster *c, const char *node, const char *name, int
   }
   g_autofree char *f = g_strdup_printf("%" G_GINT64_FORMAT,
                                        failures + (code == OAKUK_STATUS_FAILED || code == OAKUK_STATUS_DEAD));
+  g_autofree char *ms = ev->ready_ms >= 0 ? g_strdup_printf("%" G_GINT64_FORMAT, ev->ready_ms) : g_strdup("");
   /* A RUNNING event can come before the node's next report counts the instance: the reservation
    * stays until a report lists it (on_information); only an end of the instance frees it here. */
   if (code == OAKUK_STATUS_FAILED || code == OAKUK_STATUS_DEAD || code == OAKUK_STATUS_COMPLETED)
     oakuk_reservations_remove(c->reservations, name);
   c->net_dirty = TRUE;
   return od_db_run(c->db, error,
-                   "UPDATE instances SET status = ?2, detail = ?3, failures = CAST(?4 AS INTEGER) WHERE name = ?1",
-                   name, status, detail, f, NULL) &&
-         root_queue_status(c, job_id, n, status, detail, node, error);
+                   "UPDATE instances SET status = ?2, detail = ?3, failures = CAST(?4 AS INTEGER),"
+                   " ready = CAST(?5 AS INTEGER), ready_ms = CAST(NULLIF(?6, '') AS INTEGER) WHERE name = ?1",
+                   name, status, detail, f, ev->ready ? "1" : "0", ms, NULL) &&
+         root_queue_status(c, job_id, n, status, detail, node, ev->ready, ev->ready_ms, error);
+}
+
+static gboolean holds(JsonNode *n, GType type) {
+  return n != NULL && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == type;
+}
+
+/* Validates a nodes/<id>/job payload into ev; returns the problem ("field: why") or NULL. A
+ * missing (or null) ready means false (nodes older than readiness send none); ready with a status
+ * other than RUNNING is taken as false. */
+static const char *parse_job_event(JsonObject *o, JobEvent *ev) {
+  if (o == NULL)
+    return "expected a JSON object";
+  if (str_member(o, "job_name") == NULL)
+    return "job_name: missing or not a string";
+  JsonNode *in = json_object_get_member(o, "instance");
+  if (!holds(in, G_TYPE_INT64) || json_node_get_int(in) < 0)
+    return "instance: missing or not a non-negative integer";
+  const char *status = str_member(o, "status");
+  if (status == NULL)
+    return "status: missing or not a string";
+  ev->code = oakuk_instance_status_from_name(status);
+  if (ev->code < 0)
+    return "status: not an instance status name";
+  JsonNode *dn = json_object_get_member(o, "status_detail");
+  if (dn != NULL && !JSON_NODE_HOLDS_NULL(dn) && !holds(dn, G_TYPE_STRING))
+    return "status_detail: not a string";
+  ev->detail = str_member(o, "status_detail") ? str_member(o, "status_detail") : "";
+  JsonNode *rn = json_object_get_member(o, "ready");
+  if (rn != NULL && !JSON_NODE_HOLDS_NULL(rn) && !holds(rn, G_TYPE_BOOLEAN))
+    return "ready: not a boolean";
+  JsonNode *mn = json_object_get_member(o, "ready_ms");
+  if (mn != NULL && !JSON_NODE_HOLDS_NULL(mn) && (!holds(mn, G_TYPE_INT64) || json_node_get_int(mn) < 0))
+    return "ready_ms: not a non-negative integer";
+  ev->ready = holds(rn, G_TYPE_BOOLEAN) && json_node_get_boolean(rn) && ev->code == OAKUK_STATUS_RUNNING;
+  ev->ready_ms = ev->ready && holds(mn, G_TYPE_INT64) ? json_node_get_int(mn) : -1;
+  return NULL;
 }
 
 static void on_job_event(Cluster *c, const char *node, const char *topic, GBytes *payload) {
@@ -562,26 +631,13 @@ static void on_job_event(Cluster *c, const char *node, const char *topic, GBytes
     return;
   }
   JsonObject *o = JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
-  const char *job_name = str_member(o, "job_name");
-  const char *status = str_member(o, "status");
-  JsonNode *in = o ? json_object_get_member(o, "instance") : NULL;
-  JsonNode *dn = o ? json_object_get_member(o, "status_detail") : NULL;
-  const char *problem = o == NULL                                                               ? "expected a JSON object"
-                        : job_name == NULL                                                      ? "job_name: missing or not a string"
-                        : in == NULL || !JSON_NODE_HOLDS_VALUE(in) ||
-                                json_node_get_value_type(in) != G_TYPE_INT64 || json_node_get_int(in) < 0
-                            ? "instance: missing or not a non-negative integer"
-                        : status == NULL ? "status: missing or not a string"
-                        : oakuk_instance_status_from_name(status) < 0 ? "status: not an instance status name"
-                        : dn != NULL && !JSON_NODE_HOLDS_NULL(dn) &&
-                                (!JSON_NODE_HOLDS_VALUE(dn) || json_node_get_value_type(dn) != G_TYPE_STRING)
-                            ? "status_detail: not a string"
-                            : NULL;
+  JobEvent ev = {0};
+  const char *problem = parse_job_event(o, &ev);
   if (problem != NULL) {
     reject(c, node, topic, problem);
     return;
   }
-  char *iname = oakuk_instance_name(job_name, json_node_get_int(in));
+  char *iname = oakuk_instance_name(str_member(o, "job_name"), json_object_get_int_member(o, "instance"));
   g_autofree char *name = g_strdup(iname);
   od_oakuk_free(iname);
   g_autofree char *placed = od_db_query_text(c->db, "SELECT node FROM instances WHERE name = ?1", name, NULL);
@@ -590,10 +646,7 @@ static void on_job_event(Cluster *c, const char *node, const char *topic, GBytes
            "status event for an instance not placed on this node; ignored", NULL);
     return;
   }
-  const char *detail = str_member(o, "status_detail");
-  if (!cluster_begin(c, &error) ||
-      !apply_status(c, node, name, oakuk_instance_status_from_name(status), detail ? detail : "", &error) ||
-      !cluster_commit(c, &error)) {
+  if (!cluster_begin(c, &error) || !apply_status(c, node, name, &ev, &error) || !cluster_commit(c, &error)) {
     cluster_rollback(c);
     od_log(G_LOG_LEVEL_WARNING, "status", "node", node, "instance", name, "msg", error->message, NULL);
     return;
@@ -636,7 +689,8 @@ static void resume_liveness(Cluster *c, gint64 down_since) {
   g_hash_table_iter_init(&it, c->reports);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     gint64 at = oakuk_node_report_received_at_ms(v);
-    oakuk_node_report_set_received_at_ms(v, down_since - at <= c->node_timeout_ms ? now : at + (now - down_since));
+    oakuk_node_report_set_received_at_ms(v, down_since - at <= c->node_timeout_ms ? now
+                                                                                  : at + (now - down_since));
   }
 }
 
@@ -654,7 +708,8 @@ static void on_state(gboolean connected, const char *reason, gpointer data) {
     c->net_dirty = TRUE;
     od_log(G_LOG_LEVEL_MESSAGE, "mqtt", "msg", "connected to the broker", NULL);
   } else {
-    od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "broker connection lost; reconnecting", "reason", reason, NULL);
+    od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "broker connection lost; reconnecting", "reason", reason,
+           NULL);
   }
 }
 
@@ -693,13 +748,14 @@ static JsonArray *peers_table(Cluster *c) {
 
 static JsonArray *services_table(Cluster *c) {
   JsonArray *a = json_array_new();
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      c->db,
-      "SELECT i.job_name, json_extract(i.job, '$.addresses.rr_ip'), json_extract(i.job, '$.port'), i.instance,"
-      " i.ip, i.node, n.ip, n.subnet FROM instances i JOIN nodes n ON n.id = i.node"
-      " WHERE i.status = 'RUNNING' AND json_extract(i.job, '$.addresses.rr_ip') IS NOT NULL"
-      " ORDER BY i.job_name, i.instance",
-      NULL);
+  g_autoptr(sqlite3_stmt) st =
+      od_db_prepare(c->db,
+                    "SELECT i.job_name, json_extract(i.job, '$.addresses.rr_ip'), json_extract(i.job, "
+                    "'$.port'), i.instance,"
+                    " i.ip, i.node, n.ip, n.subnet FROM instances i JOIN nodes n ON n.id = i.node"
+                    " WHERE i.status = 'RUNNING' AND json_extract(i.job, '$.addresses.rr_ip') IS NOT NULL"
+                    " ORDER BY i.job_name, i.instance",
+                    NULL);
   JsonObject *cur = NULL;
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     const char *job = (const char *)sqlite3_column_text(st, 0);
@@ -770,24 +826,31 @@ static void check_silent_nodes(Cluster *c) {
   if (!cluster_begin(c, &error))
     goto fail;
   for (guint i = 0; i < moves->len; i++) {
-    g_autofree char *node = od_db_query_text(c->db, "SELECT node FROM instances WHERE name = ?1",
-                                             (char *)moves->pdata[i], NULL);
-    g_autofree char *reason = g_strdup_printf("node %s sent no report for more than %" G_GINT64_FORMAT " s", node,
-                                              c->node_timeout_ms / 1000);
+    g_autofree char *node =
+        od_db_query_text(c->db, "SELECT node FROM instances WHERE name = ?1", (char *)moves->pdata[i], NULL);
+    g_autofree char *reason = g_strdup_printf("node %s sent no report for more than %" G_GINT64_FORMAT " s",
+                                              node, c->node_timeout_ms / 1000);
     if (!reschedule(c, moves->pdata[i], reason, &error))
       goto fail;
   }
   for (guint i = 0; i < fails->len; i++) {
     const char *name = fails->pdata[i];
     g_autofree char *node = od_db_query_text(c->db, "SELECT node FROM instances WHERE name = ?1", name, NULL);
-    g_autofree char *job_id = od_db_query_text(c->db, "SELECT job_id FROM instances WHERE name = ?1", name, NULL);
-    g_autofree char *ns = od_db_query_text(c->db, "SELECT instance FROM instances WHERE name = ?1", name, NULL);
+    g_autofree char *job_id =
+        od_db_query_text(c->db, "SELECT job_id FROM instances WHERE name = ?1", name, NULL);
+    g_autofree char *ns =
+        od_db_query_text(c->db, "SELECT instance FROM instances WHERE name = ?1", name, NULL);
     g_autofree char *detail = g_strdup_printf("node %s sent no report for more than %" G_GINT64_FORMAT
-                                              " s; restart policy is never", node, c->node_timeout_ms / 1000);
+                                              " s; restart policy is never",
+                                              node, c->node_timeout_ms / 1000);
     od_log(G_LOG_LEVEL_MESSAGE, "node-lost", "instance", name, "node", node, "msg", detail, NULL);
-    if (!od_db_run(c->db, &error, "UPDATE instances SET status = 'FAILED', detail = ?2, node = '' WHERE name = ?1",
-                   name, detail, NULL) ||
-        !root_queue_status(c, job_id, g_ascii_strtoll(ns, NULL, 10), "FAILED", detail, node, &error))
+    if (!od_db_run(
+            c->db, &error,
+            "UPDATE instances SET status = 'FAILED', detail = ?2, node = '', ready = 0, ready_ms = NULL"
+            " WHERE name = ?1",
+            name, detail, NULL) ||
+        !root_queue_status(c, job_id, g_ascii_strtoll(ns, NULL, 10), "FAILED", detail, node, FALSE, -1,
+                           &error))
       goto fail;
   }
   if (cluster_commit(c, &error))
@@ -811,9 +874,11 @@ gboolean jobs_tick(gpointer data) {
 void jobs_load(Cluster *c) {
   gint64 now = cluster_now_ms();
   c->mqtt_down_since_ms = now; /* not connected yet: liveness waits for the broker */
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(c->db, "SELECT id, report FROM nodes WHERE report IS NOT NULL", NULL);
+  g_autoptr(sqlite3_stmt) st =
+      od_db_prepare(c->db, "SELECT id, report FROM nodes WHERE report IS NOT NULL", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
-    oakuk_node_report *rep = oakuk_node_report_from_json((const char *)sqlite3_column_text(st, 1), (size_t)-1, NULL);
+    oakuk_node_report *rep =
+        oakuk_node_report_from_json((const char *)sqlite3_column_text(st, 1), (size_t)-1, NULL);
     if (rep == NULL)
       continue;
     oakuk_node_report_set_received_at_ms(rep, now);

@@ -41,7 +41,8 @@ static gboolean wait_timeout(gpointer data) {
   return G_SOURCE_REMOVE;
 }
 
-void cluster_logs_request(Cluster *c, SoupServerMessage *msg, const char *node, const char *instance, gint64 lines) {
+void cluster_logs_request(Cluster *c, SoupServerMessage *msg, const char *node, const char *instance,
+                          gint64 lines) {
   const char *path = g_uri_get_path(soup_server_message_get_uri(msg));
   if (c->mqtt == NULL || !c->mqtt_up || !g_hash_table_contains(c->reachable, node)) {
     od_http_reply_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "not_ready", path,
@@ -108,15 +109,17 @@ void cluster_logs_on_reply(Cluster *c, const char *node, const char *topic, GByt
   const char *id = rid && JSON_NODE_HOLDS_VALUE(rid) && json_node_get_value_type(rid) == G_TYPE_STRING
                        ? json_node_get_string(rid)
                        : NULL;
-  gboolean has_error = err != NULL && JSON_NODE_HOLDS_VALUE(err) && json_node_get_value_type(err) == G_TYPE_STRING;
+  gboolean has_error =
+      err != NULL && JSON_NODE_HOLDS_VALUE(err) && json_node_get_value_type(err) == G_TYPE_STRING;
   if (id == NULL || (!has_error && !lines_ok(json_object_get_member(o, "lines")))) {
-    reject(c, node, topic, id == NULL ? "request_id: missing or not a string" : "lines: missing or not a list of strings");
+    reject(c, node, topic,
+           id == NULL ? "request_id: missing or not a string" : "lines: missing or not a list of strings");
     return;
   }
   LogsWait *w = waits ? g_hash_table_lookup(waits, id) : NULL;
   if (w == NULL || strcmp(w->node, node) != 0) {
-    od_log(G_LOG_LEVEL_INFO, "logs", "node", node, "request", id, "msg", "logs reply for no pending request; ignored",
-           NULL);
+    od_log(G_LOG_LEVEL_INFO, "logs", "node", node, "request", id, "msg",
+           "logs reply for no pending request; ignored", NULL);
     return;
   }
   const char *path = g_uri_get_path(soup_server_message_get_uri(w->msg));

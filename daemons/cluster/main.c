@@ -10,18 +10,34 @@
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS join_tokens (hash TEXT PRIMARY KEY, created INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, cred_hash TEXT NOT NULL, subnet_index INTEGER NOT NULL"
-    "  UNIQUE, subnet TEXT NOT NULL, ip TEXT NOT NULL DEFAULT '', report TEXT, registered_at INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, cred_hash TEXT NOT NULL, subnet_index INTEGER "
+    "NOT NULL"
+    "  UNIQUE, subnet TEXT NOT NULL, ip TEXT NOT NULL DEFAULT '', report TEXT, registered_at INTEGER NOT "
+    "NULL);"
+    "CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT "
+    "NULL,"
     "  instance INTEGER NOT NULL, node TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '',"
     "  status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', job TEXT NOT NULL, restart INTEGER NOT NULL,"
-    "  failures INTEGER NOT NULL DEFAULT 0, avoid TEXT NOT NULL DEFAULT '[]', UNIQUE (job_id, instance));"
+    "  failures INTEGER NOT NULL DEFAULT 0, avoid TEXT NOT NULL DEFAULT '[]',"
+    "  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER, UNIQUE (job_id, instance));"
     "CREATE TABLE IF NOT EXISTS explanations (job_id TEXT PRIMARY KEY, job_name TEXT NOT NULL,"
     "  instance INTEGER NOT NULL, lines TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,"
     "  instance TEXT NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS status_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,"
-    "  instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL);";
+    "  instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL,"
+    "  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER);";
+
+/* Columns added after the first release: a cluster.db made by an older oakuk-cluster gets them on
+ * its next start (the CREATE TABLEs above already have them for a new one). */
+static const struct {
+  const char *table, *column, *decl;
+} added_columns[] = {
+    {"instances", "ready", "INTEGER NOT NULL DEFAULT 0"},
+    {"instances", "ready_ms", "INTEGER"},
+    {"status_outbox", "ready", "INTEGER NOT NULL DEFAULT 0"},
+    {"status_outbox", "ready_ms", "INTEGER"},
+};
 
 gint64 cluster_now_ms(void) {
   return g_get_monotonic_time() / 1000;
@@ -57,8 +73,8 @@ static gboolean new_join_token(Cluster *c, GError **error) {
   g_autofree char *token = od_random_hex(24);
   g_autofree char *hash = od_sha256_hex(token);
   g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / 1000000);
-  if (!od_db_run(c->db, error, "INSERT INTO join_tokens (hash, created) VALUES (?1, CAST(?2 AS INTEGER))", hash, now,
-                 NULL))
+  if (!od_db_run(c->db, error, "INSERT INTO join_tokens (hash, created) VALUES (?1, CAST(?2 AS INTEGER))",
+                 hash, now, NULL))
     return FALSE;
   /* Printed on purpose outside the structured log. */
   fprintf(stderr, "node join token: %s\n", token);
@@ -106,10 +122,10 @@ static gboolean load_settings(Cluster *c, Args *a, GError **error) {
   GKeyFile *kf = c->config;
   gint64 v = 0;
   g_autofree char *policy = NULL, *token = NULL, *pw_file = NULL;
-#define STR_SETTING(field, key, def)                                                                              \
-  if (a->field != NULL)                                                                                            \
-    c->field = g_strdup(a->field);                                                                                 \
-  else if (!od_config_string(kf, "cluster", key, def, &c->field, error))                                           \
+#define STR_SETTING(field, key, def)                                                                         \
+  if (a->field != NULL)                                                                                      \
+    c->field = g_strdup(a->field);                                                                           \
+  else if (!od_config_string(kf, "cluster", key, def, &c->field, error))                                     \
     return FALSE;
   STR_SETTING(state_dir, "state_dir", "/var/lib/oakuk/cluster")
   STR_SETTING(listen, "listen", "0.0.0.0:10100")
@@ -138,8 +154,8 @@ static gboolean load_settings(Cluster *c, Args *a, GError **error) {
   if (strcmp(policy, "most-free") == 0 || strcmp(policy, "best-fit") == 0) {
     c->policy = policy[0] == 'm' ? OAKUK_SCHED_MOST_FREE : OAKUK_SCHED_BEST_FIT;
   } else {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [cluster] policy: '%s' is neither most-free nor best-fit",
-                policy);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "config [cluster] policy: '%s' is neither most-free nor best-fit", policy);
     return FALSE;
   }
   g_autofree char *external = NULL;
@@ -201,6 +217,25 @@ static gboolean derive_urls(Cluster *c, GError **error) {
   return TRUE;
 }
 
+/* ALTER TABLE ... ADD COLUMN fails for a column that exists, so each is added only when
+ * table_info lacks it: running this on every start is harmless. */
+static gboolean migrate(Cluster *c, GError **error) {
+  for (gsize i = 0; i < G_N_ELEMENTS(added_columns); i++) {
+    g_autofree char *have = od_db_query_text(c->db, "SELECT name FROM pragma_table_info(?1) WHERE name = ?2",
+                                             added_columns[i].table, added_columns[i].column, NULL);
+    if (have != NULL)
+      continue;
+    /* Table and column names cannot be bound: these come from the constant list above. */
+    g_autofree char *sql = g_strdup_printf("ALTER TABLE %s ADD COLUMN %s %s", added_columns[i].table,
+                                           added_columns[i].column, added_columns[i].decl);
+    if (!od_db_exec(c->db, sql, error))
+      return FALSE;
+    od_log(G_LOG_LEVEL_MESSAGE, "migrate", "table", added_columns[i].table, "column", added_columns[i].column,
+           "msg", "column added to an existing cluster.db", NULL);
+  }
+  return TRUE;
+}
+
 static gboolean open_state(Cluster *c, GError **error) {
   if (g_mkdir_with_parents(c->state_dir, 0700) != 0) {
     int e = errno;
@@ -209,7 +244,7 @@ static gboolean open_state(Cluster *c, GError **error) {
   }
   g_autofree char *db_path = g_build_filename(c->state_dir, "cluster.db", NULL);
   c->db = od_db_open(db_path, error);
-  return c->db != NULL && od_db_exec(c->db, schema, error);
+  return c->db != NULL && od_db_exec(c->db, schema, error) && migrate(c, error);
 }
 
 static gboolean on_signal(gpointer data) {
@@ -243,10 +278,11 @@ static void cluster_free(Cluster *c) {
     sqlite3_close(c->db);
   g_clear_pointer(&c->loop, g_main_loop_unref);
   g_clear_pointer(&c->config, g_key_file_unref);
-  char **strs[] = {&c->state_dir, &c->listen, &c->root_url, &c->join_token, &c->name, &c->location,
-                   &c->advertise_url, &c->mqtt_advertise_host, &c->mosquitto_bin, &c->broker_host,
-                   &c->password_file, &c->broker_pid_file, &c->mqtt_username, &c->mqtt_password,
-                   &c->cluster_id, &c->token, &c->subnet};
+  char **strs[] = {&c->state_dir,     &c->listen,        &c->root_url,      &c->join_token,
+                   &c->name,          &c->location,      &c->advertise_url, &c->mqtt_advertise_host,
+                   &c->mosquitto_bin, &c->broker_host,   &c->password_file, &c->broker_pid_file,
+                   &c->mqtt_username, &c->mqtt_password, &c->cluster_id,    &c->token,
+                   &c->subnet};
   for (gsize i = 0; i < G_N_ELEMENTS(strs); i++)
     g_clear_pointer(strs[i], g_free);
 }
@@ -264,8 +300,8 @@ static void load_registration(Cluster *c) {
 }
 
 static void args_clear(Args *a) {
-  char **strs[] = {&a->state_dir, &a->listen, &a->root_url, &a->join_token, &a->name,
-                   &a->location, &a->advertise_url, &a->mosquitto, &a->external};
+  char **strs[] = {&a->state_dir, &a->listen,        &a->root_url,  &a->join_token, &a->name,
+                   &a->location,  &a->advertise_url, &a->mosquitto, &a->external};
   for (gsize i = 0; i < G_N_ELEMENTS(strs); i++)
     g_clear_pointer(strs[i], g_free);
 }
@@ -290,7 +326,8 @@ static int run(Cluster *c, Args *a) {
     goto fail;
   load_registration(c);
   c->loop = g_main_loop_new(NULL, FALSE);
-  c->session = soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-cluster", NULL);
+  c->session =
+      soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-cluster", NULL);
   /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
    * proxy modules and libproxy out of the daemon). */
   soup_session_set_proxy_resolver(c->session, NULL);
@@ -304,8 +341,8 @@ static int run(Cluster *c, Args *a) {
   jobs_mqtt_start(c);
   root_link_start(c);
   c->tick_source = g_timeout_add(500, jobs_tick, c);
-  od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", c->listen, "state_dir", c->state_dir, "url", c->advertise_url,
-         "msg", "oakuk-cluster listening", NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", c->listen, "state_dir", c->state_dir, "url",
+         c->advertise_url, "msg", "oakuk-cluster listening", NULL);
   g_main_loop_run(c->loop);
   return 0;
 fail:
@@ -318,8 +355,8 @@ int main(int argc, char **argv) {
   OdCommonOptions common = {0};
   Cluster c = {0};
   const GOptionEntry entries[] = {
-      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir, "State directory (default /var/lib/oakuk/cluster)",
-       "DIR"},
+      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir,
+       "State directory (default /var/lib/oakuk/cluster)", "DIR"},
       {"listen", 'l', 0, G_OPTION_ARG_STRING, &a.listen, "HTTP address (default 0.0.0.0:10100)", "ADDR:PORT"},
       {"root-url", 0, 0, G_OPTION_ARG_STRING, &a.root_url, "Base URL of oakuk-root", "URL"},
       {"join-token", 0, 0, G_OPTION_ARG_STRING, &a.join_token,
@@ -328,13 +365,16 @@ int main(int argc, char **argv) {
       {"location", 0, 0, G_OPTION_ARG_STRING, &a.location, "Cluster location", "TEXT"},
       {"advertise-url", 0, 0, G_OPTION_ARG_STRING, &a.advertise_url,
        "URL the root reaches this cluster at (default from --listen)", "URL"},
-      {"mqtt-port", 0, 0, G_OPTION_ARG_INT, &a.mqtt_port, "Port of our own mosquitto (default 10883)", "PORT"},
-      {"mosquitto", 0, 0, G_OPTION_ARG_FILENAME, &a.mosquitto, "mosquitto binary (default /usr/sbin/mosquitto)",
-       "PATH"},
+      {"mqtt-port", 0, 0, G_OPTION_ARG_INT, &a.mqtt_port, "Port of our own mosquitto (default 10883)",
+       "PORT"},
+      {"mosquitto", 0, 0, G_OPTION_ARG_FILENAME, &a.mosquitto,
+       "mosquitto binary (default /usr/sbin/mosquitto)", "PATH"},
       {"external-broker", 0, 0, G_OPTION_ARG_STRING, &a.external,
        "Use a broker run elsewhere instead of our own mosquitto", "HOST:PORT"},
-      {"node-timeout", 0, 0, G_OPTION_ARG_INT, &a.node_timeout, "Seconds without a report before a node is lost "
-       "(default 10)", "S"},
+      {"node-timeout", 0, 0, G_OPTION_ARG_INT, &a.node_timeout,
+       "Seconds without a report before a node is lost "
+       "(default 10)",
+       "S"},
       {"aggregate-interval", 0, 0, G_OPTION_ARG_INT, &a.aggregate_interval,
        "Seconds between aggregates sent to the root (default 5)", "S"},
       {"new-join-token", 0, 0, G_OPTION_ARG_NONE, &a.new_token, "Print a new node join token and exit", NULL},

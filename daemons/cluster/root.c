@@ -39,7 +39,8 @@ static gboolean store_registration(Cluster *c, JsonObject *o, GError **error) {
   for (gsize i = 0; i < G_N_ELEMENTS(keys); i++) {
     JsonNode *n = json_object_get_member(o, keys[i]);
     if (n == NULL || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_STRING) {
-      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration answer: '%s' missing or not a string", keys[i]);
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration answer: '%s' missing or not a string",
+                  keys[i]);
       return FALSE;
     }
   }
@@ -61,7 +62,8 @@ static gboolean store_registration(Cluster *c, JsonObject *o, GError **error) {
   c->cluster_id = g_strdup(id);
   c->token = g_strdup(token);
   c->subnet = g_strdup(subnet);
-  od_log(G_LOG_LEVEL_MESSAGE, "root", "cluster", id, "subnet", subnet, "msg", "registered with the root", NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "root", "cluster", id, "subnet", subnet, "msg", "registered with the root",
+         NULL);
   return TRUE;
 }
 
@@ -72,7 +74,8 @@ static void register_done(Cluster *c, guint status, GBytes *body, const char *wh
     gsize len = 0;
     const char *data = g_bytes_get_data(body, &len);
     g_autoptr(JsonNode) node = od_json_parse(data, (gssize)len, &error);
-    if (node != NULL && JSON_NODE_HOLDS_OBJECT(node) && store_registration(c, json_node_get_object(node), &error)) {
+    if (node != NULL && JSON_NODE_HOLDS_OBJECT(node) &&
+        store_registration(c, json_node_get_object(node), &error)) {
       c->register_backoff_s = 0;
       root_status_pump(c);
       return;
@@ -103,9 +106,7 @@ static void call_done(GObject *source, GAsyncResult *res, gpointer data) {
     why = g_strdup_printf("HTTP %u: %.*s", status, (int)MIN(len, 300), text ? text : "");
   }
   switch (call->kind) {
-  case CALL_REGISTER:
-    register_done(c, status, body, why);
-    break;
+  case CALL_REGISTER: register_done(c, status, body, why); break;
   case CALL_AGGREGATE:
     c->aggregate_inflight = FALSE;
     if (status == SOUP_STATUS_UNAUTHORIZED)
@@ -127,7 +128,8 @@ static void call_done(GObject *source, GAsyncResult *res, gpointer data) {
       od_log(G_LOG_LEVEL_WARNING, "root", "msg", "status batch refused; dropped", "reason", why, NULL);
       od_db_run(c->db, NULL, "DELETE FROM status_outbox WHERE id <= CAST(?1 AS INTEGER)", last, NULL);
     } else {
-      od_log(G_LOG_LEVEL_WARNING, "root", "msg", "status reports not delivered; retrying", "reason", why, NULL);
+      od_log(G_LOG_LEVEL_WARNING, "root", "msg", "status reports not delivered; retrying", "reason", why,
+             NULL);
     }
     break;
   }
@@ -158,15 +160,9 @@ static void send_call(Cluster *c, CallKind kind, const char *path, const char *b
   g_autoptr(GBytes) b = g_bytes_new(body, strlen(body));
   soup_message_set_request_body_from_bytes(call->msg, "application/json", b);
   switch (kind) {
-  case CALL_REGISTER:
-    c->registering = TRUE;
-    break;
-  case CALL_AGGREGATE:
-    c->aggregate_inflight = TRUE;
-    break;
-  case CALL_STATUS:
-    c->status_inflight = TRUE;
-    break;
+  case CALL_REGISTER: c->registering = TRUE; break;
+  case CALL_AGGREGATE: c->aggregate_inflight = TRUE; break;
+  case CALL_STATUS: c->status_inflight = TRUE; break;
   }
   soup_session_send_and_read_async(c->session, call->msg, G_PRIORITY_DEFAULT, NULL, call_done, call);
 }
@@ -183,7 +179,8 @@ static gboolean do_register(gpointer data) {
   g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), o);
   g_autofree char *body = od_json_to_string(node, FALSE);
   if (c->join_token == NULL) {
-    od_log(G_LOG_LEVEL_WARNING, "root", "msg", "not registered and no --join-token given; cannot register", NULL);
+    od_log(G_LOG_LEVEL_WARNING, "root", "msg", "not registered and no --join-token given; cannot register",
+           NULL);
     return G_SOURCE_REMOVE;
   }
   send_call(c, CALL_REGISTER, "/api/v1/clusters/register", c->join_token, body, 0);
@@ -236,8 +233,9 @@ static gboolean send_aggregate(gpointer data) {
   while (g_hash_table_iter_next(&it, NULL, &v))
     g_ptr_array_add(reports, v);
   oakuk_error *err = NULL;
-  oakuk_cluster_aggregate *agg = oakuk_aggregate_fold((oakuk_node_report *const *)reports->pdata, reports->len,
-                                                      cluster_liveness_now_ms(c), c->node_timeout_ms, &err);
+  oakuk_cluster_aggregate *agg =
+      oakuk_aggregate_fold((oakuk_node_report *const *)reports->pdata, reports->len,
+                           cluster_liveness_now_ms(c), c->node_timeout_ms, &err);
   char *json = agg ? oakuk_cluster_aggregate_to_json(agg, FALSE, &err) : NULL;
   oakuk_cluster_aggregate_unref(agg);
   if (json == NULL) {
@@ -259,14 +257,20 @@ static gboolean status_pump_idle(gpointer data) {
   return G_SOURCE_REMOVE;
 }
 
-gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, const char *status, const char *detail,
-                           const char *node, GError **error) {
+gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, const char *status,
+                           const char *detail, const char *node, gboolean ready, gint64 ready_ms,
+                           GError **error) {
   g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, instance);
-  od_log(G_LOG_LEVEL_INFO, "status", "job", job_id, "instance", n, "status", status, "node", node ? node : "", NULL);
+  g_autofree char *ms =
+      ready && ready_ms >= 0 ? g_strdup_printf("%" G_GINT64_FORMAT, ready_ms) : g_strdup("");
+  /* ready_ms goes last: without a figure its key ends the list. */
+  od_log(G_LOG_LEVEL_INFO, "status", "job", job_id, "instance", n, "status", status, "node", node ? node : "",
+         "ready", ready ? "true" : "false", *ms ? "ready_ms" : NULL, ms, NULL);
   if (!od_db_run(c->db, error,
-                 "INSERT INTO status_outbox (job_id, instance, status, detail, node)"
-                 " VALUES (?1, CAST(?2 AS INTEGER), ?3, ?4, ?5)",
-                 job_id, n, status, detail ? detail : "", node ? node : "", NULL))
+                 "INSERT INTO status_outbox (job_id, instance, status, detail, node, ready, ready_ms)"
+                 " VALUES (?1, CAST(?2 AS INTEGER), ?3, ?4, ?5, CAST(?6 AS INTEGER),"
+                 " CAST(NULLIF(?7, '') AS INTEGER))",
+                 job_id, n, status, detail ? detail : "", node ? node : "", ready ? "1" : "0", ms, NULL))
     return FALSE;
   /* Statuses go out at once (one batch per main-loop turn), not on the next 500 ms tick: a
    * user waiting for RUNNING should not wait for a timer. */
@@ -278,8 +282,10 @@ gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, cons
 void root_status_pump(Cluster *c) {
   if (c->token == NULL || c->status_inflight || c->stopping)
     return;
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      c->db, "SELECT id, job_id, instance, status, detail, node FROM status_outbox ORDER BY id LIMIT 200", NULL);
+  g_autoptr(sqlite3_stmt) st = od_db_prepare(c->db,
+                                             "SELECT id, job_id, instance, status, detail, node, ready,"
+                                             " ready_ms FROM status_outbox ORDER BY id LIMIT 200",
+                                             NULL);
   g_autoptr(JsonArray) list = json_array_new();
   gint64 last = 0;
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
@@ -292,6 +298,10 @@ void root_status_pump(Cluster *c) {
     const char *node = (const char *)sqlite3_column_text(st, 5);
     if (node != NULL && *node != '\0')
       json_object_set_string_member(o, "node", node);
+    gboolean ready = sqlite3_column_int64(st, 6) != 0;
+    json_object_set_boolean_member(o, "ready", ready);
+    if (ready && sqlite3_column_type(st, 7) != SQLITE_NULL)
+      json_object_set_int_member(o, "ready_ms", sqlite3_column_int64(st, 7));
     json_array_add_object_element(list, o);
   }
   if (json_array_get_length(list) == 0)

@@ -74,7 +74,8 @@ static JsonObject *body_object(Req *q, gboolean optional) {
   if (node == NULL)
     return NULL;
   if (!JSON_NODE_HOLDS_OBJECT(node)) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_json", "", "request body: expected a JSON object");
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_json", "",
+                        "request body: expected a JSON object");
     return NULL;
   }
   return json_object_ref(json_node_get_object(node));
@@ -83,7 +84,8 @@ static JsonObject *body_object(Req *q, gboolean optional) {
 static gboolean require_string(Req *q, JsonObject *o, const char *key, const char **out) {
   *out = str_member(o, key);
   if (*out == NULL) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", key, "%s: a string is required", key);
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", key, "%s: a string is required",
+                        key);
     return FALSE;
   }
   return TRUE;
@@ -104,6 +106,36 @@ static JsonArray *query_docs(Root *r, const char *sql, const char *arg) {
     if (o != NULL)
       json_array_add_object_element(out, o);
   }
+  return out;
+}
+
+/* What the API shows of a stored service document. Every instance entry has "ready" (entries
+ * stored before readiness existed lack it). The Oakestra-compatible view leaves out the instances
+ * being removed (UNDEPLOYED, waiting for their cluster to confirm): Oakestra drops an instance from
+ * instance_list as soon as its DELETE is accepted, and its clients (the thesis's Appendix A) expect
+ * the next GET not to list it. The native view keeps them until the cluster confirms. */
+static void service_view(JsonObject *service, gboolean compat) {
+  JsonArray *list = service && json_object_has_member(service, "instance_list")
+                        ? json_object_get_array_member(service, "instance_list")
+                        : NULL;
+  for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
+    JsonObject *inst = json_array_get_object_element(list, i);
+    if (inst == NULL)
+      continue;
+    if (compat && g_strcmp0(str_member(inst, "status"), "UNDEPLOYED") == 0) {
+      json_array_remove_element(list, i--);
+      continue;
+    }
+    if (!json_object_has_member(inst, "ready"))
+      json_object_set_boolean_member(inst, "ready", FALSE);
+  }
+}
+
+/* Service documents of a query (its first column), as the API shows them. */
+static JsonArray *query_services(Root *r, const char *sql, const char *arg, gboolean compat) {
+  JsonArray *out = query_docs(r, sql, arg);
+  for (guint i = 0; i < json_array_get_length(out); i++)
+    service_view(json_array_get_object_element(out, i), compat);
   return out;
 }
 
@@ -131,7 +163,8 @@ static char *issue_token(Root *r, const char *sub, const char *typ, gint64 ttl_s
 /* Verifies a JWT of kind typ; returns its subject or NULL with a message in *why. */
 static char *verify_token(Root *r, const char *token, const char *typ, char **why) {
   g_autoptr(GError) error = NULL;
-  g_autoptr(JsonObject) claims = od_jwt_verify(r->secret, sizeof r->secret, token, root_now_ms() / 1000, &error);
+  g_autoptr(JsonObject) claims =
+      od_jwt_verify(r->secret, sizeof r->secret, token, root_now_ms() / 1000, &error);
   if (claims == NULL) {
     *why = g_strdup(error->message);
     return NULL;
@@ -193,16 +226,17 @@ static void h_healthz(Req *q) {
 static void h_metrics(Req *q) {
   Root *r = q->r;
   GString *out = g_string_new(NULL);
-  g_string_append_printf(out, "# TYPE oakuk_root_applications gauge\noakuk_root_applications %" G_GINT64_FORMAT "\n",
-                         od_db_count(r->db, "SELECT COUNT(*) FROM applications"));
+  g_string_append_printf(
+      out, "# TYPE oakuk_root_applications gauge\noakuk_root_applications %" G_GINT64_FORMAT "\n",
+      od_db_count(r->db, "SELECT COUNT(*) FROM applications"));
   g_string_append_printf(out, "# TYPE oakuk_root_services gauge\noakuk_root_services %" G_GINT64_FORMAT "\n",
                          od_db_count(r->db, "SELECT COUNT(*) FROM services"));
   g_string_append(out, "# TYPE oakuk_root_instances gauge\n");
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      r->db,
-      "SELECT json_extract(i.value, '$.status'), COUNT(*) FROM services s, json_each(s.doc, '$.instance_list') i"
-      " GROUP BY 1 ORDER BY 1",
-      NULL);
+  g_autoptr(sqlite3_stmt) st = od_db_prepare(r->db,
+                                             "SELECT json_extract(i.value, '$.status'), COUNT(*) FROM "
+                                             "services s, json_each(s.doc, '$.instance_list') i"
+                                             " GROUP BY 1 ORDER BY 1",
+                                             NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW)
     g_string_append_printf(out, "oakuk_root_instances{status=\"%s\"} %lld\n", sqlite3_column_text(st, 0),
                            (long long)sqlite3_column_int64(st, 1));
@@ -214,9 +248,11 @@ static void h_metrics(Req *q) {
     active += root_cluster_active(r, k);
   g_string_append_printf(out, "# TYPE oakuk_root_clusters gauge\noakuk_root_clusters %" G_GINT64_FORMAT "\n",
                          od_db_count(r->db, "SELECT COUNT(*) FROM clusters"));
-  g_string_append_printf(out, "# TYPE oakuk_root_clusters_active gauge\noakuk_root_clusters_active %u\n", active);
-  g_string_append_printf(out, "# TYPE oakuk_root_forwards_pending gauge\noakuk_root_forwards_pending %" G_GINT64_FORMAT
-                         "\n", od_db_count(r->db, "SELECT COUNT(*) FROM forwards"));
+  g_string_append_printf(out, "# TYPE oakuk_root_clusters_active gauge\noakuk_root_clusters_active %u\n",
+                         active);
+  g_string_append_printf(
+      out, "# TYPE oakuk_root_forwards_pending gauge\noakuk_root_forwards_pending %" G_GINT64_FORMAT "\n",
+      od_db_count(r->db, "SELECT COUNT(*) FROM forwards"));
   od_http_reply_metrics(q->msg, out, "oakuk_root", r->http_counts);
 }
 
@@ -233,12 +269,15 @@ static void reply_tokens(Req *q, const char *user) {
 static void h_login(Req *q) {
   g_autoptr(JsonObject) body = body_object(q, FALSE);
   const char *user, *password;
-  if (body == NULL || !require_string(q, body, "username", &user) || !require_string(q, body, "password", &password))
+  if (body == NULL || !require_string(q, body, "username", &user) ||
+      !require_string(q, body, "password", &password))
     return;
-  g_autofree char *stored = od_db_query_text(q->r->db, "SELECT password FROM users WHERE name = ?1", user, NULL);
+  g_autofree char *stored =
+      od_db_query_text(q->r->db, "SELECT password FROM users WHERE name = ?1", user, NULL);
   if (!od_password_verify(stored, password)) {
     od_log(G_LOG_LEVEL_MESSAGE, "login", "user", user, "result", "denied", NULL);
-    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "invalid username or password");
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
+                        "invalid username or password");
     return;
   }
   reply_tokens(q, user);
@@ -255,13 +294,15 @@ static void h_refresh(Req *q) {
   if (token == NULL)
     token = od_http_bearer(q->msg);
   if (token == NULL) {
-    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
-                        "missing refresh token ('Authorization: Bearer <refresh_token>' or {\"refresh_token\": ...})");
+    od_http_reply_error(
+        q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
+        "missing refresh token ('Authorization: Bearer <refresh_token>' or {\"refresh_token\": ...})");
     return;
   }
   g_autofree char *why = NULL;
   g_autofree char *user = verify_token(q->r, token, "refresh", &why);
-  g_autofree char *known = user ? od_db_query_text(q->r->db, "SELECT name FROM users WHERE name = ?1", user, NULL) : NULL;
+  g_autofree char *known =
+      user ? od_db_query_text(q->r->db, "SELECT name FROM users WHERE name = ?1", user, NULL) : NULL;
   if (known == NULL) {
     od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s",
                         why ? why : "token user no longer exists");
@@ -314,8 +355,9 @@ static gboolean insert_service(Req *q, oakuk_microservice *ms, const char *app_i
   json_object_set_array_member(doc, "instance_list", json_array_new());
   g_autoptr(JsonNode) docnode = json_node_init_object(json_node_alloc(), doc);
   g_autofree char *doc_json = od_json_to_string(docnode, FALSE);
-  return od_db_run(q->r->db, error, "INSERT INTO services (id, app_id, user, doc, ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                   sid, app_id, q->user, doc_json, ms_json, NULL);
+  return od_db_run(q->r->db, error,
+                   "INSERT INTO services (id, app_id, user, doc, ms) VALUES (?1, ?2, ?3, ?4, ?5)", sid,
+                   app_id, q->user, doc_json, ms_json, NULL);
 }
 
 static JsonObject *lib_error(oakuk_error *err, GError **error) {
@@ -328,10 +370,12 @@ static JsonObject *lib_error(oakuk_error *err, GError **error) {
 static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean *conflict, GError **error) {
   const char *name = oakuk_application_name(app), *ns = oakuk_application_namespace(app);
   g_autofree char *taken = od_db_query_text(
-      q->r->db, "SELECT id FROM applications WHERE user = ?1 AND name = ?2 AND namespace = ?3", q->user, name, ns, NULL);
+      q->r->db, "SELECT id FROM applications WHERE user = ?1 AND name = ?2 AND namespace = ?3", q->user, name,
+      ns, NULL);
   if (taken != NULL) {
     *conflict = TRUE;
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "application %s.%s exists already (id %s)", name, ns, taken);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "application %s.%s exists already (id %s)", name, ns,
+                taken);
     return NULL;
   }
   g_autofree char *app_id = od_object_id();
@@ -344,7 +388,8 @@ static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean *
   json_object_set_string_member(doc, "applicationID", app_id);
   json_object_set_string_member(doc, "application_name", name);
   json_object_set_string_member(doc, "application_namespace", ns);
-  json_object_set_string_member(doc, "application_desc", oakuk_application_desc(app) ? oakuk_application_desc(app) : "");
+  json_object_set_string_member(doc, "application_desc",
+                                oakuk_application_desc(app) ? oakuk_application_desc(app) : "");
   json_object_set_string_member(doc, "userId", q->user);
   json_object_set_array_member(doc, "microservices", ids);
   for (size_t i = 0; i < oakuk_application_microservice_count(app); i++) {
@@ -359,10 +404,11 @@ static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean *
   g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), doc);
   g_autofree char *text = od_json_to_string(node, FALSE);
   g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, root_now_ms());
-  if (!od_db_run(q->r->db, error,
-                 "INSERT INTO applications (id, user, name, namespace, doc, created) VALUES (?1, ?2, ?3, ?4, ?5,"
-                 " CAST(?6 AS INTEGER))",
-                 app_id, q->user, name, ns, text, now, NULL)) {
+  if (!od_db_run(
+          q->r->db, error,
+          "INSERT INTO applications (id, user, name, namespace, doc, created) VALUES (?1, ?2, ?3, ?4, ?5,"
+          " CAST(?6 AS INTEGER))",
+          app_id, q->user, name, ns, text, now, NULL)) {
     json_object_unref(doc);
     return NULL;
   }
@@ -425,7 +471,8 @@ static void h_app_create(Req *q) {
 }
 
 static JsonObject *load_user_app(Req *q, const char *id) {
-  g_autofree char *owner = od_db_query_text(q->r->db, "SELECT user FROM applications WHERE id = ?1", id, NULL);
+  g_autofree char *owner =
+      od_db_query_text(q->r->db, "SELECT user FROM applications WHERE id = ?1", id, NULL);
   if (g_strcmp0(owner, q->user) != 0) {
     reply_not_found(q, "application", id);
     return NULL;
@@ -465,7 +512,8 @@ static void h_app_put(Req *q) {
     JsonNode *n = json_object_get_member(body, fixed[i]);
     if (n != NULL && g_strcmp0(str_member(body, fixed[i]), str_member(app, fixed[i])) != 0) {
       od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", fixed[i],
-                          "%s: renaming an application is not supported (services are named after it)", fixed[i]);
+                          "%s: renaming an application is not supported (services are named after it)",
+                          fixed[i]);
       return;
     }
   }
@@ -526,6 +574,7 @@ static void h_svc_get(Req *q) {
   g_autoptr(JsonObject) service = load_user_service(q, q->cap[0], NULL);
   if (service == NULL)
     return;
+  service_view(service, q->compat);
   g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), service);
   if (q->compat)
     od_http_reply_json_string(q->msg, SOUP_STATUS_OK, node);
@@ -537,12 +586,14 @@ static void h_svc_list_app(Req *q) {
   g_autoptr(JsonObject) app = load_user_app(q, q->cap[0]);
   if (app == NULL)
     return;
-  g_autoptr(JsonArray) list = query_docs(q->r, "SELECT doc FROM services WHERE app_id = ?1 ORDER BY rowid", q->cap[0]);
+  g_autoptr(JsonArray) list =
+      query_services(q->r, "SELECT doc FROM services WHERE app_id = ?1 ORDER BY rowid", q->cap[0], q->compat);
   reply_array(q, SOUP_STATUS_OK, list);
 }
 
 static void h_svc_list_all(Req *q) {
-  g_autoptr(JsonArray) list = query_docs(q->r, "SELECT doc FROM services WHERE user = ?1 ORDER BY rowid", q->user);
+  g_autoptr(JsonArray) list =
+      query_services(q->r, "SELECT doc FROM services WHERE user = ?1 ORDER BY rowid", q->user, q->compat);
   reply_array(q, SOUP_STATUS_OK, list);
 }
 
@@ -675,7 +726,8 @@ static void explain_reply(ExplainCall *e) {
   g_free(e);
 }
 
-static void explain_cluster_done(gpointer data, const char *cid, guint status, JsonNode *body, const char *why) {
+static void explain_cluster_done(gpointer data, const char *cid, guint status, JsonNode *body,
+                                 const char *why) {
   ExplainCall *e = data;
   JsonObject *c = json_object_new();
   g_autofree char *name = od_db_query_text(e->r->db, "SELECT name FROM clusters WHERE id = ?1", cid, NULL);
@@ -686,10 +738,11 @@ static void explain_cluster_done(gpointer data, const char *cid, guint status, J
     json_object_set_int_member(c, "instance", json_object_get_int_member_with_default(o, "instance", 0));
     json_object_set_member(c, "lines", json_node_copy(json_object_get_member(o, "lines")));
   } else {
-    g_autofree char *err = status == 0 ? g_strdup_printf("cluster unreachable: %s", why ? why : "")
-                                       : g_strdup_printf("HTTP %u: %s", status,
-                                                         cluster_error(body, "message") ? cluster_error(body, "message")
-                                                                                        : "no explanation");
+    g_autofree char *err =
+        status == 0 ? g_strdup_printf("cluster unreachable: %s", why ? why : "")
+                    : g_strdup_printf("HTTP %u: %s", status,
+                                      cluster_error(body, "message") ? cluster_error(body, "message")
+                                                                     : "no explanation");
     json_object_set_string_member(c, "error", err);
   }
   json_array_add_object_element(e->clusters, c);
@@ -703,7 +756,8 @@ static void h_explain(Req *q) {
   g_autoptr(JsonObject) service = load_user_service(q, q->cap[0], NULL);
   if (service == NULL)
     return;
-  g_autofree char *text = od_db_query_text(q->r->db, "SELECT explain FROM services WHERE id = ?1", q->cap[0], NULL);
+  g_autofree char *text =
+      od_db_query_text(q->r->db, "SELECT explain FROM services WHERE id = ?1", q->cap[0], NULL);
   JsonObject *o = json_object_new();
   JsonArray *lines = json_array_new();
   g_auto(GStrv) parts = g_strsplit(text ? text : "", "\n", 0);
@@ -719,12 +773,18 @@ static void h_explain(Req *q) {
   for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
     JsonObject *in = json_array_get_object_element(list, i);
     JsonObject *s = json_object_new();
-    json_object_set_int_member(s, "instance_number", json_object_get_int_member_with_default(in, "instance_number", 0));
+    json_object_set_int_member(s, "instance_number",
+                               json_object_get_int_member_with_default(in, "instance_number", 0));
     static const char *const keys[] = {"status", "status_detail", "cluster_id", "cluster_name", "node_id"};
     for (gsize k = 0; k < G_N_ELEMENTS(keys); k++)
       json_object_set_string_member(s, keys[k], str_member(in, keys[k]) ? str_member(in, keys[k]) : "");
+    json_object_set_boolean_member(s, "ready",
+                                   json_object_get_boolean_member_with_default(in, "ready", FALSE));
+    if (json_object_has_member(in, "ready_ms"))
+      json_object_set_int_member(s, "ready_ms", json_object_get_int_member(in, "ready_ms"));
     JsonNode *rf = json_object_get_member(in, "cluster_refusals");
-    g_autoptr(GList) refused = rf && JSON_NODE_HOLDS_OBJECT(rf) ? json_object_get_members(json_node_get_object(rf)) : NULL;
+    g_autoptr(GList) refused =
+        rf && JSON_NODE_HOLDS_OBJECT(rf) ? json_object_get_members(json_node_get_object(rf)) : NULL;
     if (rf != NULL)
       json_object_set_member(s, "cluster_refusals", json_node_copy(rf));
     json_array_add_object_element(insts, s);
@@ -746,7 +806,8 @@ static void h_explain(Req *q) {
   g_autofree char *path = g_strdup_printf("/api/v1/services/%s/explain", q->cap[0]);
   e->pending = ask->len + 1; /* one for this function, so no answer completes the call early */
   for (guint i = 0; i < ask->len; i++) {
-    g_autofree char *known = od_db_query_text(q->r->db, "SELECT id FROM clusters WHERE id = ?1", ask->pdata[i], NULL);
+    g_autofree char *known =
+        od_db_query_text(q->r->db, "SELECT id FROM clusters WHERE id = ?1", ask->pdata[i], NULL);
     if (known == NULL) {
       e->pending--;
       continue;
@@ -811,8 +872,7 @@ static void h_inst_logs(Req *q) {
   char *lib_name = oakuk_instance_name(str_member(service, "job_name"), n);
   g_autofree char *name = g_strdup(lib_name);
   od_oakuk_free(lib_name);
-  g_autofree char *path =
-      g_strdup_printf("/api/v1/instances/%s/logs?lines=%" G_GINT64_FORMAT, name, lines);
+  g_autofree char *path = g_strdup_printf("/api/v1/instances/%s/logs?lines=%" G_GINT64_FORMAT, name, lines);
   hold(q->msg);
   /* The cluster waits up to 5 s for its node. */
   cluster_get(q->r, cid, path, 8, logs_done, q->msg);
@@ -822,6 +882,7 @@ static void h_inst_list(Req *q) {
   g_autoptr(JsonObject) service = load_user_service(q, q->cap[0], NULL);
   if (service == NULL)
     return;
+  service_view(service, q->compat);
   JsonArray *list = json_object_get_array_member(service, "instance_list");
   g_autoptr(JsonArray) copy = list ? json_array_ref(list) : json_array_new();
   reply_array(q, SOUP_STATUS_OK, copy);
@@ -846,6 +907,9 @@ static void h_inst_create(Req *q) {
   json_object_set_double_member(inst, "memory", 0);
   json_object_set_string_member(inst, "status", "REQUESTED");
   json_object_set_string_member(inst, "status_detail", "");
+  /* ready_ms is measured from this moment, also across reschedules and restarts of the instance */
+  json_object_set_int_member(inst, "requested_at", root_now_ms());
+  json_object_set_boolean_member(inst, "ready", FALSE);
   json_array_add_object_element(json_object_get_array_member(service, "instance_list"), inst);
   json_object_set_int_member(service, "next_instance_progressive_number", n + 1);
   g_autoptr(GError) error = NULL;
@@ -922,11 +986,13 @@ static JsonObject *cluster_doc(Root *r, sqlite3_stmt *st) {
   return o;
 }
 
-#define CLUSTER_COLUMNS "SELECT id, name, location, url, subnet, aggregate, received_at, registered_at FROM clusters"
+#define CLUSTER_COLUMNS                                                                                      \
+  "SELECT id, name, location, url, subnet, aggregate, received_at, registered_at FROM clusters"
 
 static void list_clusters(Req *q, gboolean only_active) {
   g_autoptr(JsonArray) out = json_array_new();
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(q->r->db, CLUSTER_COLUMNS " ORDER BY registered_at, rowid", NULL);
+  g_autoptr(sqlite3_stmt) st =
+      od_db_prepare(q->r->db, CLUSTER_COLUMNS " ORDER BY registered_at, rowid", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     if (only_active && !root_cluster_active(q->r, (const char *)sqlite3_column_text(st, 0)))
       continue;
@@ -955,7 +1021,8 @@ static void h_cluster_get(Req *q) {
 }
 
 static void h_cluster_delete(Req *q) {
-  g_autofree char *known = od_db_query_text(q->r->db, "SELECT id FROM clusters WHERE id = ?1", q->cap[0], NULL);
+  g_autofree char *known =
+      od_db_query_text(q->r->db, "SELECT id FROM clusters WHERE id = ?1", q->cap[0], NULL);
   if (known == NULL) {
     reply_not_found(q, "cluster", q->cap[0]);
     return;
@@ -980,8 +1047,8 @@ static void h_cluster_token(Req *q) {
   gint64 ttl = q->r->join_token_ttl_s;
   JsonNode *n = json_object_get_member(body, "ttl_s");
   if (n != NULL) {
-    if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64 || json_node_get_int(n) < 10 ||
-        json_node_get_int(n) > 365 * 86400) {
+    if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64 ||
+        json_node_get_int(n) < 10 || json_node_get_int(n) > 365 * 86400) {
       od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "ttl_s",
                           "ttl_s: an integer number of seconds in [10, 31536000] is required");
       return;
@@ -994,8 +1061,9 @@ static void h_cluster_token(Req *q) {
   g_autofree char *exp = g_strdup_printf("%" G_GINT64_FORMAT, expires);
   g_autoptr(GError) error = NULL;
   if (!root_begin(q->r, &error) ||
-      !od_db_run(q->r->db, &error, "INSERT INTO join_tokens (hash, expires_at) VALUES (?1, CAST(?2 AS INTEGER))", hash,
-                 exp, NULL) ||
+      !od_db_run(q->r->db, &error,
+                 "INSERT INTO join_tokens (hash, expires_at) VALUES (?1, CAST(?2 AS INTEGER))", hash, exp,
+                 NULL) ||
       !root_commit(q->r, &error)) {
     reply_internal(q, error);
     return;
@@ -1028,8 +1096,8 @@ static gint64 free_subnet(Root *r, char **cidr) {
   guint64 slots = (guint64)1 << (r->cluster_prefix - r->pool_prefix);
   for (guint64 i = 0; i < slots; i++) {
     g_autofree char *idx = g_strdup_printf("%" G_GUINT64_FORMAT, i);
-    g_autofree char *used =
-        od_db_query_text(r->db, "SELECT id FROM clusters WHERE subnet_index = CAST(?1 AS INTEGER)", idx, NULL);
+    g_autofree char *used = od_db_query_text(
+        r->db, "SELECT id FROM clusters WHERE subnet_index = CAST(?1 AS INTEGER)", idx, NULL);
     if (used != NULL)
       continue;
     guint32 net = g_htonl(r->pool_base + (guint32)(i << (32 - r->cluster_prefix)));
@@ -1050,7 +1118,8 @@ static gboolean registration_allowed(Req *q, const char *secret, char **consumed
     return TRUE;
   g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, root_now_ms() / 1000);
   g_autofree char *found = od_db_query_text(
-      q->r->db, "SELECT hash FROM join_tokens WHERE hash = ?1 AND expires_at >= CAST(?2 AS INTEGER)", hash, now, NULL);
+      q->r->db, "SELECT hash FROM join_tokens WHERE hash = ?1 AND expires_at >= CAST(?2 AS INTEGER)", hash,
+      now, NULL);
   if (found == NULL)
     return FALSE;
   *consumed_hash = g_steal_pointer(&found);
@@ -1058,32 +1127,35 @@ static gboolean registration_allowed(Req *q, const char *secret, char **consumed
 }
 
 /* A cluster that registers again under its name keeps its id and subnet; its old token dies. */
-static gboolean store_cluster(Req *q, const char *name, const char *location, const char *url, const char *consumed,
-                              char **id, char **subnet, char **token, gboolean *exhausted, GError **error) {
+static gboolean store_cluster(Req *q, const char *name, const char *location, const char *url,
+                              const char *consumed, char **id, char **subnet, char **token,
+                              gboolean *exhausted, GError **error) {
   *id = od_db_query_text(q->r->db, "SELECT id FROM clusters WHERE name = ?1", name, NULL);
   if (*id == NULL) {
     *id = od_object_id();
     gint64 idx = free_subnet(q->r, subnet);
     if (idx < 0) {
       *exhausted = TRUE;
-      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "every /%u of the node pool is taken; remove a cluster first",
-                  q->r->cluster_prefix);
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                  "every /%u of the node pool is taken; remove a cluster first", q->r->cluster_prefix);
       return FALSE;
     }
     g_autofree char *idxs = g_strdup_printf("%" G_GINT64_FORMAT, idx);
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, root_now_ms());
-    if (!od_db_run(q->r->db, error,
-                   "INSERT INTO clusters (id, name, location, url, token, subnet_index, subnet, registered_at)"
-                   " VALUES (?1, ?2, ?3, ?4, '', CAST(?5 AS INTEGER), ?6, CAST(?7 AS INTEGER))",
-                   *id, name, location, url, idxs, *subnet, now, NULL))
+    if (!od_db_run(
+            q->r->db, error,
+            "INSERT INTO clusters (id, name, location, url, token, subnet_index, subnet, registered_at)"
+            " VALUES (?1, ?2, ?3, ?4, '', CAST(?5 AS INTEGER), ?6, CAST(?7 AS INTEGER))",
+            *id, name, location, url, idxs, *subnet, now, NULL))
       return FALSE;
   } else {
     *subnet = od_db_query_text(q->r->db, "SELECT subnet FROM clusters WHERE id = ?1", *id, NULL);
   }
   *token = issue_token(q->r, *id, "cluster", 0);
-  return od_db_run(q->r->db, error, "UPDATE clusters SET token = ?2, url = ?3, location = ?4 WHERE id = ?1", *id,
-                   *token, url, location, NULL) &&
-         (consumed == NULL || od_db_run(q->r->db, error, "DELETE FROM join_tokens WHERE hash = ?1", consumed, NULL)) &&
+  return od_db_run(q->r->db, error, "UPDATE clusters SET token = ?2, url = ?3, location = ?4 WHERE id = ?1",
+                   *id, *token, url, location, NULL) &&
+         (consumed == NULL ||
+          od_db_run(q->r->db, error, "DELETE FROM join_tokens WHERE hash = ?1", consumed, NULL)) &&
          root_commit(q->r, error);
 }
 
@@ -1101,13 +1173,14 @@ static void h_register(Req *q) {
   g_autofree char *consumed = NULL;
   if (!registration_allowed(q, secret, &consumed)) {
     od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
-                        secret ? "join token is unknown, used or expired" : "missing join token (Authorization: Bearer <join token>)");
+                        secret ? "join token is unknown, used or expired"
+                               : "missing join token (Authorization: Bearer <join token>)");
     return;
   }
   body = body_object(q, FALSE);
   const char *name, *location, *url;
-  if (body == NULL || !require_string(q, body, "name", &name) || !require_string(q, body, "location", &location) ||
-      !require_string(q, body, "url", &url))
+  if (body == NULL || !require_string(q, body, "name", &name) ||
+      !require_string(q, body, "location", &location) || !require_string(q, body, "url", &url))
     return;
   if (!valid_cluster_name(name)) {
     od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "name",
@@ -1132,7 +1205,8 @@ static void h_register(Req *q) {
     od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "pool_exhausted", "name", "%s", error->message);
     return;
   }
-  od_log(G_LOG_LEVEL_MESSAGE, "cluster-register", "cluster", id, "name", name, "url", url, "subnet", subnet, NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "cluster-register", "cluster", id, "name", name, "url", url, "subnet", subnet,
+         NULL);
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "id", id);
   json_object_set_string_member(o, "name", name);
@@ -1160,12 +1234,13 @@ static void h_information(Req *q) {
   gint64 now = root_now_ms();
   g_autofree char *text = g_strndup(data, len);
   g_autofree char *nows = g_strdup_printf("%" G_GINT64_FORMAT, now);
-  g_autofree char *name = od_db_query_text(q->r->db, "SELECT name FROM clusters WHERE id = ?1", q->cap[0], NULL);
+  g_autofree char *name =
+      od_db_query_text(q->r->db, "SELECT name FROM clusters WHERE id = ?1", q->cap[0], NULL);
   g_autoptr(GError) error = NULL;
   if (!root_begin(q->r, &error) ||
       !od_db_run(q->r->db, &error,
-                 "UPDATE clusters SET aggregate = ?2, received_at = CAST(?3 AS INTEGER) WHERE id = ?1", q->cap[0],
-                 text, nows, NULL) ||
+                 "UPDATE clusters SET aggregate = ?2, received_at = CAST(?3 AS INTEGER) WHERE id = ?1",
+                 q->cap[0], text, nows, NULL) ||
       !root_commit(q->r, &error)) {
     oakuk_cluster_aggregate_unref(agg);
     reply_internal(q, error);
@@ -1202,7 +1277,8 @@ static void h_status(Req *q) {
     JsonNode *e = json_array_get_element(list, i);
     if (!JSON_NODE_HOLDS_OBJECT(e)) {
       root_rollback(q->r);
-      od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", path, "%s: expected an object", path);
+      od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", path, "%s: expected an object",
+                          path);
       return;
     }
     if (!root_apply_status(q->r, q->cap[0], json_node_get_object(e), path, &error)) {
@@ -1272,7 +1348,8 @@ static const Route routes[] = {
     {"POST", "api/v1/clusters/*/information", AUTH_CLUSTER, h_information, FALSE},
 };
 
-static void handle(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query, gpointer data) {
+static void handle(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+                   gpointer data) {
   Root *r = data;
   const char *method = soup_server_message_get_method(msg);
   g_auto(GStrv) seg = od_path_split(path);

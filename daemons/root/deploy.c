@@ -28,14 +28,26 @@ static char *instance_name(JsonObject *service, gint64 n) {
 
 static gboolean status_in_flight(const char *status) {
   int32_t s = oakuk_instance_status_from_name(status);
-  return s == OAKUK_STATUS_CLUSTER_SCHEDULED || s == OAKUK_STATUS_NODE_SCHEDULED || s == OAKUK_STATUS_CREATING;
+  return s == OAKUK_STATUS_CLUSTER_SCHEDULED || s == OAKUK_STATUS_NODE_SCHEDULED ||
+         s == OAKUK_STATUS_CREATING;
 }
 
 static gboolean status_holds_cluster(const char *status) {
   return status_in_flight(status) || oakuk_instance_status_from_name(status) == OAKUK_STATUS_RUNNING;
 }
 
+/* Readiness belongs to one RUNNING stretch: it goes, with both measures, when the instance leaves
+ * RUNNING or its cluster says it is not ready (any more). ready_ms is measured again, from the same
+ * requested_at, when it is ready next time. */
+static void clear_ready(JsonObject *inst) {
+  json_object_set_boolean_member(inst, "ready", FALSE);
+  json_object_remove_member(inst, "ready_ms");
+  json_object_remove_member(inst, "node_ready_ms");
+}
+
 static void set_status(JsonObject *service, JsonObject *inst, int32_t status, const char *detail) {
+  if (status != OAKUK_STATUS_RUNNING)
+    clear_ready(inst);
   json_object_set_string_member(inst, "status", oakuk_instance_status_name(status));
   json_object_set_string_member(inst, "status_detail", detail ? detail : "");
   json_object_set_string_member(service, "status", oakuk_instance_status_name(status));
@@ -58,9 +70,10 @@ gboolean root_enqueue_forward(Root *r, const char *cluster_id, const char *metho
 
 static gboolean drop_pending_deploys(Root *r, const char *sid, gint64 n, GError **error) {
   g_autofree char *num = g_strdup_printf("%" G_GINT64_FORMAT, n);
-  return od_db_run(r->db, error,
-                   "DELETE FROM forwards WHERE service_id = ?1 AND instance = CAST(?2 AS INTEGER) AND method = 'POST'",
-                   sid, num, NULL);
+  return od_db_run(
+      r->db, error,
+      "DELETE FROM forwards WHERE service_id = ?1 AND instance = CAST(?2 AS INTEGER) AND method = 'POST'",
+      sid, num, NULL);
 }
 
 static char *job_body(JsonObject *service, gint64 n, oakuk_placement *p) {
@@ -94,8 +107,8 @@ static void clear_cluster_fields(JsonObject *inst) {
 }
 
 /* Runs cluster selection over every stored aggregate except the clusters that refused inst. */
-static oakuk_placement *select_cluster(Root *r, JsonObject *inst, const oakuk_microservice *ms, const char *key,
-                                       GPtrArray *lines, GError **error) {
+static oakuk_placement *select_cluster(Root *r, JsonObject *inst, const oakuk_microservice *ms,
+                                       const char *key, GPtrArray *lines, GError **error) {
   JsonObject *refused = refusals(inst);
   g_autoptr(GPtrArray) cands = g_ptr_array_new();
   GHashTableIter it;
@@ -151,7 +164,8 @@ static gboolean no_qualified_node(Root *r, const oakuk_microservice *ms, GPtrArr
     g_autoptr(JsonNode) agg = text ? od_json_parse(text, -1, NULL) : NULL;
     od_oakuk_free(text);
     JsonObject *ao = agg && JSON_NODE_HOLDS_OBJECT(agg) ? json_node_get_object(agg) : NULL;
-    JsonArray *nodes = ao && json_object_has_member(ao, "nodes") ? json_object_get_array_member(ao, "nodes") : NULL;
+    JsonArray *nodes =
+        ao && json_object_has_member(ao, "nodes") ? json_object_get_array_member(ao, "nodes") : NULL;
     g_autoptr(GPtrArray) reports = g_ptr_array_new_with_free_func((GDestroyNotify)oakuk_node_report_unref);
     for (guint i = 0; nodes != NULL && i < json_array_get_length(nodes); i++) {
       JsonObject *no = json_array_get_object_element(nodes, i);
@@ -168,8 +182,8 @@ static gboolean no_qualified_node(Root *r, const oakuk_microservice *ms, GPtrArr
     any_node = TRUE;
     oakuk_placement *p = NULL;
     oakuk_error *err = NULL;
-    int rc = oakuk_sched_select_node(&p, ms, (oakuk_node_report *const *)reports->pdata, reports->len, NULL, NULL,
-                                     NULL, &err);
+    int rc = oakuk_sched_select_node(&p, ms, (oakuk_node_report *const *)reports->pdata, reports->len, NULL,
+                                     NULL, NULL, &err);
     oakuk_error_free(err);
     if (p == NULL || rc == 0 || oakuk_placement_status(p) != OAKUK_STATUS_NO_QUALIFIED_WORKER)
       any_qualified = TRUE;
@@ -181,7 +195,8 @@ static gboolean no_qualified_node(Root *r, const oakuk_microservice *ms, GPtrArr
   return any_node && !any_qualified;
 }
 
-gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, JsonObject *inst, GError **error) {
+gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, JsonObject *inst,
+                             GError **error) {
   const char *sid = str_member(service, "microserviceID");
   gint64 n = json_object_get_int_member_with_default(inst, "instance_number", 0);
   g_autofree char *key = instance_name(service, n);
@@ -199,7 +214,8 @@ gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, 
   g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
   g_autoptr(GError) local = NULL;
   oakuk_placement *p = select_cluster(r, inst, ms, key, lines, &local);
-  gboolean unqualified = local == NULL && (p == NULL || !oakuk_placement_ok(p)) && no_qualified_node(r, ms, lines);
+  gboolean unqualified =
+      local == NULL && (p == NULL || !oakuk_placement_ok(p)) && no_qualified_node(r, ms, lines);
   oakuk_microservice_unref(ms);
   if (local != NULL) {
     g_propagate_error(error, g_steal_pointer(&local));
@@ -216,13 +232,14 @@ gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, 
     g_autofree char *detail = g_strjoinv("; ", (char **)lines->pdata);
     int32_t status = unqualified ? OAKUK_STATUS_NO_QUALIFIED_WORKER : OAKUK_STATUS_NO_ACTIVE_CLUSTER;
     set_status(service, inst, status, detail);
-    od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", key, "status", oakuk_instance_status_name(status), "msg",
-           detail, NULL);
+    od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", key, "status", oakuk_instance_status_name(status),
+           "msg", detail, NULL);
     oakuk_placement_unref(p);
     return TRUE;
   }
   g_autofree char *cid = g_strdup(oakuk_placement_target(p));
-  g_autofree char *location = od_db_query_text(r->db, "SELECT location FROM clusters WHERE id = ?1", cid, NULL);
+  g_autofree char *location =
+      od_db_query_text(r->db, "SELECT location FROM clusters WHERE id = ?1", cid, NULL);
   g_autofree char *cname = od_db_query_text(r->db, "SELECT name FROM clusters WHERE id = ?1", cid, NULL);
   json_object_set_string_member(inst, "cluster_id", cid);
   json_object_set_string_member(inst, "cluster_location", location ? location : "");
@@ -237,8 +254,8 @@ gboolean root_place_instance(Root *r, JsonObject *service, const char *ms_json, 
   g_autofree char *body = job_body(service, n, p);
   g_autofree char *path = g_strdup_printf("/api/service/%s/%" G_GINT64_FORMAT, sid, n);
   oakuk_placement_unref(p);
-  od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", key, "cluster", cid, "status", "CLUSTER_SCHEDULED", "msg",
-         "cluster chosen", NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "schedule", "instance", key, "cluster", cid, "status", "CLUSTER_SCHEDULED",
+         "msg", "cluster chosen", NULL);
   return root_enqueue_forward(r, cid, "POST", path, body, sid, n, error);
 }
 
@@ -274,11 +291,11 @@ static void remove_instance(JsonObject *service, gint64 n) {
 }
 
 /* Moves inst away from cluster cid after a refusal or a timeout. */
-static gboolean reschedule(Root *r, JsonObject *service, const char *ms_json, JsonObject *inst, const char *cid,
-                           const char *reason, GError **error) {
+static gboolean reschedule(Root *r, JsonObject *service, const char *ms_json, JsonObject *inst,
+                           const char *cid, const char *reason, GError **error) {
   json_object_set_string_member(refusals(inst), cid, reason);
-  od_log(G_LOG_LEVEL_MESSAGE, "reschedule", "service", str_member(service, "microserviceID"), "cluster", cid, "msg",
-         reason, NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "reschedule", "service", str_member(service, "microserviceID"), "cluster", cid,
+         "msg", reason, NULL);
   return root_place_instance(r, service, ms_json, inst, error);
 }
 
@@ -317,7 +334,8 @@ static gboolean forward_record(Root *r, Forward *f, gboolean ok, gboolean perman
                                GError **error) {
   g_autofree char *idtext = g_strdup_printf("%" G_GINT64_FORMAT, f->id);
   g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      r->db, "SELECT cluster_id, service_id, instance, attempts FROM forwards WHERE id = CAST(?1 AS INTEGER)", error);
+      r->db, "SELECT cluster_id, service_id, instance, attempts FROM forwards WHERE id = CAST(?1 AS INTEGER)",
+      error);
   if (st == NULL)
     return FALSE;
   sqlite3_bind_text(st, 1, idtext, -1, SQLITE_TRANSIENT);
@@ -329,8 +347,12 @@ static gboolean forward_record(Root *r, Forward *f, gboolean ok, gboolean perman
   gint64 attempts = sqlite3_column_int64(st, 3) + 1;
   g_clear_pointer(&st, sqlite3_finalize);
   gboolean give_up = !ok && (permanent || attempts >= r->forward_max_attempts);
-  od_log(ok ? G_LOG_LEVEL_INFO : G_LOG_LEVEL_WARNING, "forward", "method", f->method, "cluster", cid, "result",
-         ok ? "delivered" : give_up ? "abandoned" : "retrying", "msg", why, NULL);
+  od_log(ok ? G_LOG_LEVEL_INFO : G_LOG_LEVEL_WARNING, "forward", "method", f->method, "cluster", cid,
+         "result",
+         ok        ? "delivered"
+         : give_up ? "abandoned"
+                   : "retrying",
+         "msg", why, NULL);
   if (ok || give_up)
     return od_db_run(r->db, error, "DELETE FROM forwards WHERE id = CAST(?1 AS INTEGER)", idtext, NULL) &&
            (*sid == '\0' || finish_instance(r, f->method, sid, n, cid, ok, why, error));
@@ -430,15 +452,16 @@ void root_forward_pump(Root *r) {
     while (g_str_has_suffix(base, "/"))
       base[strlen(base) - 1] = '\0';
     g_autofree char *url = g_strconcat(base, (const char *)sqlite3_column_text(st, 2), NULL);
-    send_forward(r, id, key, (const char *)sqlite3_column_text(st, 1), url, (const char *)sqlite3_column_text(st, 8),
-                 (const char *)sqlite3_column_text(st, 3));
+    send_forward(r, id, key, (const char *)sqlite3_column_text(st, 1), url,
+                 (const char *)sqlite3_column_text(st, 8), (const char *)sqlite3_column_text(st, 3));
   }
   g_clear_pointer(&st, sqlite3_finalize);
   for (guint i = 0; i < orphans->len; i++) {
     Forward f = {.root = r, .method = (char *)"", .key = (char *)""};
     f.id = g_ascii_strtoll(orphans->pdata[i], NULL, 10);
-    g_autofree char *method = od_db_query_text(r->db, "SELECT method FROM forwards WHERE id = CAST(?1 AS INTEGER)",
-                                               (const char *)orphans->pdata[i], NULL);
+    g_autofree char *method =
+        od_db_query_text(r->db, "SELECT method FROM forwards WHERE id = CAST(?1 AS INTEGER)",
+                         (const char *)orphans->pdata[i], NULL);
     f.method = method ? method : (char *)"";
     forward_finish(r, &f, FALSE, TRUE, "cluster is no longer registered");
   }
@@ -449,17 +472,78 @@ void root_forward_pump(Root *r) {
 static gboolean find_service_id(Root *r, const char *job_id, char **sid) {
   *sid = od_db_query_text(r->db, "SELECT id FROM services WHERE id = ?1", job_id, NULL);
   if (*sid == NULL)
-    *sid = od_db_query_text(r->db, "SELECT id FROM services WHERE json_extract(doc, '$.job_name') = ?1", job_id, NULL);
+    *sid = od_db_query_text(r->db, "SELECT id FROM services WHERE json_extract(doc, '$.job_name') = ?1",
+                            job_id, NULL);
   return *sid != NULL;
 }
 
-gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, const char *path, GError **error) {
+static gboolean holds(JsonNode *n, GType type) {
+  return n != NULL && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == type;
+}
+
+/* The readiness a cluster reported in entry: ready (absent or null: false) and the node's
+ * ready_ms (-1 when absent). FALSE with an error naming the field when either has the wrong type. */
+static gboolean entry_ready(JsonObject *entry, const char *path, gboolean *ready, gint64 *node_ms,
+                            GError **error) {
+  JsonNode *rn = json_object_get_member(entry, "ready");
+  JsonNode *mn = json_object_get_member(entry, "ready_ms");
+  if (rn != NULL && !JSON_NODE_HOLDS_NULL(rn) && !holds(rn, G_TYPE_BOOLEAN)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "%s.ready: not a boolean", path);
+    return FALSE;
+  }
+  if (mn != NULL && !JSON_NODE_HOLDS_NULL(mn) && (!holds(mn, G_TYPE_INT64) || json_node_get_int(mn) < 0)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "%s.ready_ms: not a non-negative integer", path);
+    return FALSE;
+  }
+  *ready = holds(rn, G_TYPE_BOOLEAN) && json_node_get_boolean(rn);
+  *node_ms = holds(mn, G_TYPE_INT64) ? json_node_get_int(mn) : -1;
+  return TRUE;
+}
+
+/* Applies a RUNNING report's readiness to inst. The first ready=true of a RUNNING stretch sets
+ * ready_ms, measured by the root: from requested_at (the API call that created the instance) to
+ * now; it is absent for instances created before requested_at was recorded. Returns TRUE when
+ * the instance became ready with this report. */
+static gboolean update_ready(JsonObject *inst, gboolean ready, gint64 node_ms, gint64 now) {
+  gboolean was = json_object_get_boolean_member_with_default(inst, "ready", FALSE);
+  if (!ready) {
+    clear_ready(inst);
+    return FALSE;
+  }
+  if (was)
+    return FALSE;
+  json_object_set_boolean_member(inst, "ready", TRUE);
+  JsonNode *at = json_object_get_member(inst, "requested_at");
+  if (holds(at, G_TYPE_INT64))
+    json_object_set_int_member(inst, "ready_ms", MAX(0, now - json_node_get_int(at)));
+  if (node_ms >= 0)
+    json_object_set_int_member(inst, "node_ready_ms", node_ms);
+  return TRUE;
+}
+
+static void log_status(const char *key, const char *cluster_id, const char *status, const char *detail,
+                       JsonObject *ready_inst) {
+  if (ready_inst == NULL) {
+    od_log(G_LOG_LEVEL_INFO, "status", "instance", key, "cluster", cluster_id, "status", status, "msg",
+           detail, NULL);
+    return;
+  }
+  gint64 ms = json_object_get_int_member_with_default(ready_inst, "ready_ms", -1);
+  gint64 node_ms = json_object_get_int_member_with_default(ready_inst, "node_ready_ms", -1);
+  g_autofree char *ms_text = ms >= 0 ? g_strdup_printf("%" G_GINT64_FORMAT, ms) : g_strdup("unknown");
+  g_autofree char *node_text =
+      node_ms >= 0 ? g_strdup_printf("%" G_GINT64_FORMAT, node_ms) : g_strdup("unknown");
+  od_log(G_LOG_LEVEL_INFO, "status", "instance", key, "cluster", cluster_id, "status", status, "ready",
+         "true", "ready_ms", ms_text, "node_ready_ms", node_text, "msg", detail, NULL);
+}
+
+gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, const char *path,
+                           GError **error) {
   const char *job_id = str_member(entry, "job_id");
   const char *status = str_member(entry, "status");
   JsonNode *inst_node = json_object_get_member(entry, "instance");
   const char *bad = job_id == NULL ? "job_id" : status == NULL ? "status" : NULL;
-  if (bad == NULL && (inst_node == NULL || !JSON_NODE_HOLDS_VALUE(inst_node) ||
-                      json_node_get_value_type(inst_node) != G_TYPE_INT64 || json_node_get_int(inst_node) < 0))
+  if (bad == NULL && (!holds(inst_node, G_TYPE_INT64) || json_node_get_int(inst_node) < 0))
     bad = "instance";
   if (bad != NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "%s.%s: missing or of the wrong type", path, bad);
@@ -470,6 +554,11 @@ gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, c
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "%s.status: unknown instance status '%s'", path, status);
     return FALSE;
   }
+  gboolean ready = FALSE;
+  gint64 node_ms = -1;
+  if (!entry_ready(entry, path, &ready, &node_ms, error))
+    return FALSE;
+  ready = ready && code == OAKUK_STATUS_RUNNING; /* only a running instance can be ready */
   gint64 n = json_node_get_int(inst_node);
   g_autofree char *sid = NULL, *ms_json = NULL;
   if (!find_service_id(r, job_id, &sid))
@@ -480,9 +569,12 @@ gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, c
     return TRUE;
   const char *detail = str_member(entry, "status_detail");
   g_autofree char *key = instance_name(service, n);
-  od_log(G_LOG_LEVEL_INFO, "status", "instance", key, "cluster", cluster_id, "status", status, "msg",
-         detail ? detail : "", NULL);
-  if (g_strcmp0(str_member(inst, "status"), "UNDEPLOYED") == 0) {
+  gboolean terminating = g_strcmp0(str_member(inst, "status"), "UNDEPLOYED") == 0;
+  gboolean plain = !terminating && code != OAKUK_STATUS_UNDEPLOYED &&
+                   code != OAKUK_STATUS_NO_QUALIFIED_WORKER && code != OAKUK_STATUS_NO_WORKER_CAPACITY;
+  gboolean became_ready = plain && update_ready(inst, ready, node_ms, root_now_ms());
+  log_status(key, cluster_id, status, detail ? detail : "", became_ready ? inst : NULL);
+  if (terminating) {
     if (code != OAKUK_STATUS_UNDEPLOYED)
       return TRUE;
     remove_instance(service, n);
@@ -490,7 +582,8 @@ gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, c
     oakuk_reservations_remove(r->reservations, key);
     remove_instance(service, n);
   } else if (code == OAKUK_STATUS_NO_QUALIFIED_WORKER || code == OAKUK_STATUS_NO_WORKER_CAPACITY) {
-    g_autofree char *reason = g_strdup_printf("%s%s%s", status, detail && *detail ? ": " : "", detail ? detail : "");
+    g_autofree char *reason =
+        g_strdup_printf("%s%s%s", status, detail && *detail ? ": " : "", detail ? detail : "");
     if (!reschedule(r, service, ms_json, inst, cluster_id, reason, error))
       return FALSE;
   } else {
@@ -504,7 +597,8 @@ gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, c
     if (json_object_has_member(entry, "cpu"))
       json_object_set_double_member(inst, "cpu", json_object_get_double_member_with_default(entry, "cpu", 0));
     if (json_object_has_member(entry, "memory"))
-      json_object_set_double_member(inst, "memory", json_object_get_double_member_with_default(entry, "memory", 0));
+      json_object_set_double_member(inst, "memory",
+                                    json_object_get_double_member_with_default(entry, "memory", 0));
     if (!status_in_flight(status))
       oakuk_reservations_remove(r->reservations, key);
   }
@@ -514,11 +608,11 @@ gboolean root_apply_status(Root *r, const char *cluster_id, JsonObject *entry, c
 /* ---- periodic work ---- */
 
 gboolean root_move_off_cluster(Root *r, const char *cid, GError **error) {
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(
-      r->db,
-      "SELECT DISTINCT s.id FROM services s, json_each(s.doc, '$.instance_list') i"
-      " WHERE json_extract(i.value, '$.cluster_id') = ?1",
-      error);
+  g_autoptr(sqlite3_stmt) st =
+      od_db_prepare(r->db,
+                    "SELECT DISTINCT s.id FROM services s, json_each(s.doc, '$.instance_list') i"
+                    " WHERE json_extract(i.value, '$.cluster_id') = ?1",
+                    error);
   if (st == NULL)
     return FALSE;
   sqlite3_bind_text(st, 1, cid, -1, SQLITE_TRANSIENT);
@@ -544,8 +638,8 @@ gboolean root_move_off_cluster(Root *r, const char *cid, GError **error) {
       }
       if (!status_holds_cluster(str_member(inst, "status")))
         continue;
-      g_autofree char *reason =
-          g_strdup_printf("stopped sending aggregates for more than %" G_GINT64_FORMAT " s", r->cluster_timeout_ms / 1000);
+      g_autofree char *reason = g_strdup_printf(
+          "stopped sending aggregates for more than %" G_GINT64_FORMAT " s", r->cluster_timeout_ms / 1000);
       if (!drop_pending_deploys(r, ids->pdata[i], n, error) ||
           !root_enqueue_forward(r, cid, "DELETE", path, NULL, NULL, n, error) ||
           !reschedule(r, service, ms_json, inst, cid, reason, error))
@@ -569,9 +663,11 @@ gboolean root_tick(gpointer data) {
       g_ptr_array_add(gone, g_strdup(k));
   for (guint i = 0; i < gone->len; i++) {
     g_autoptr(GError) error = NULL;
-    if (!root_begin(r, &error) || !root_move_off_cluster(r, gone->pdata[i], &error) || !root_commit(r, &error)) {
+    if (!root_begin(r, &error) || !root_move_off_cluster(r, gone->pdata[i], &error) ||
+        !root_commit(r, &error)) {
       root_rollback(r);
-      od_log(G_LOG_LEVEL_WARNING, "reschedule", "cluster", (char *)gone->pdata[i], "msg", error->message, NULL);
+      od_log(G_LOG_LEVEL_WARNING, "reschedule", "cluster", (char *)gone->pdata[i], "msg", error->message,
+             NULL);
     }
   }
   g_autofree char *now_s = g_strdup_printf("%" G_GINT64_FORMAT, root_now_ms() / 1000);
@@ -590,7 +686,8 @@ void root_rebuild_reservations(Root *r) {
       JsonObject *inst = json_array_get_object_element(list, j);
       if (!status_in_flight(str_member(inst, "status")))
         continue;
-      g_autofree char *key = instance_name(service, json_object_get_int_member_with_default(inst, "instance_number", 0));
+      g_autofree char *key =
+          instance_name(service, json_object_get_int_member_with_default(inst, "instance_number", 0));
       oakuk_reservations_add(r->reservations, key, str_member(inst, "cluster_id"),
                              json_object_get_int_member_with_default(service, "vcpus", 0),
                              json_object_get_int_member_with_default(service, "memory", 0));

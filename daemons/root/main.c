@@ -13,15 +13,19 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, password TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS applications (id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,"
     "  namespace TEXT NOT NULL, doc TEXT NOT NULL, created INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES applications(id)"
-    "  ON DELETE CASCADE, user TEXT NOT NULL, doc TEXT NOT NULL, ms TEXT NOT NULL, explain TEXT NOT NULL DEFAULT '',"
+    "CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES "
+    "applications(id)"
+    "  ON DELETE CASCADE, user TEXT NOT NULL, doc TEXT NOT NULL, ms TEXT NOT NULL, explain TEXT NOT NULL "
+    "DEFAULT '',"
     "  seq INTEGER NOT NULL DEFAULT 0);"
-    "CREATE TABLE IF NOT EXISTS clusters (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, location TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS clusters (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, location TEXT NOT "
+    "NULL,"
     "  url TEXT NOT NULL, token TEXT NOT NULL, subnet_index INTEGER NOT NULL UNIQUE, subnet TEXT NOT NULL,"
     "  aggregate TEXT, received_at INTEGER NOT NULL DEFAULT 0, registered_at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS join_tokens (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS forwards (id INTEGER PRIMARY KEY AUTOINCREMENT, cluster_id TEXT NOT NULL,"
-    "  method TEXT NOT NULL, path TEXT NOT NULL, body TEXT, service_id TEXT, instance INTEGER NOT NULL DEFAULT -1,"
+    "  method TEXT NOT NULL, path TEXT NOT NULL, body TEXT, service_id TEXT, instance INTEGER NOT NULL "
+    "DEFAULT -1,"
     "  attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0, last_error TEXT);";
 
 gint64 root_now_ms(void) {
@@ -98,8 +102,8 @@ gboolean root_cluster_active(Root *r, const char *cluster_id) {
 /* Loads the stored aggregates. A restarted root gives every cluster one timeout from its own
  * start before declaring it gone, so a root restart alone never moves instances. */
 static void load_aggregates(Root *r) {
-  g_autoptr(sqlite3_stmt) st =
-      od_db_prepare(r->db, "SELECT id, name, aggregate, received_at FROM clusters WHERE aggregate IS NOT NULL", NULL);
+  g_autoptr(sqlite3_stmt) st = od_db_prepare(
+      r->db, "SELECT id, name, aggregate, received_at FROM clusters WHERE aggregate IS NOT NULL", NULL);
   while (sqlite3_step(st) == SQLITE_ROW) {
     const char *id = (const char *)sqlite3_column_text(st, 0);
     const char *text = (const char *)sqlite3_column_text(st, 2);
@@ -119,7 +123,8 @@ static void load_aggregates(Root *r) {
 static gboolean set_admin_password(Root *r, GError **error) {
   g_autofree char *password = od_password_generate();
   g_autofree char *hash = od_password_hash(password);
-  if (!od_db_run(r->db, error, "INSERT OR REPLACE INTO users (name, password) VALUES ('Admin', ?1)", hash, NULL))
+  if (!od_db_run(r->db, error, "INSERT OR REPLACE INTO users (name, password) VALUES ('Admin', ?1)", hash,
+                 NULL))
     return FALSE;
   /* Printed once, on purpose outside the structured log. */
   fprintf(stderr, "admin password: %s\n", password);
@@ -135,7 +140,8 @@ static gboolean parse_pool(Root *r, const char *pool, gint64 prefix, GError **er
       inet_pton(AF_INET, parts[0], &addr) != 1 || prefix < (gint64)plen) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
                 "config [root] node_pool '%s' / cluster_prefix %" G_GINT64_FORMAT
-                ": need an IPv4 CIDR whose prefix is at most the cluster prefix", pool, prefix);
+                ": need an IPv4 CIDR whose prefix is at most the cluster prefix",
+                pool, prefix);
     return FALSE;
   }
   r->pool_base = g_ntohl(addr) & (plen ? ~0u << (32 - plen) : 0);
@@ -149,9 +155,12 @@ static gboolean load_config(Root *r, GError **error) {
   g_autofree char *policy = NULL, *pool = NULL, *secret_file = NULL;
   if (!od_config_int(r->config, "root", "cluster_timeout_s", 15, 1, 86400, &timeout_s, error) ||
       !od_config_int(r->config, "root", "token_ttl_s", 3600, 60, 31 * 86400, &r->token_ttl_s, error) ||
-      !od_config_int(r->config, "root", "refresh_ttl_s", 7 * 86400, 60, 365 * 86400, &r->refresh_ttl_s, error) ||
-      !od_config_int(r->config, "root", "join_token_ttl_s", 3600, 10, 365 * 86400, &r->join_token_ttl_s, error) ||
-      !od_config_int(r->config, "root", "forward_max_attempts", 10, 1, 1000, &r->forward_max_attempts, error) ||
+      !od_config_int(r->config, "root", "refresh_ttl_s", 7 * 86400, 60, 365 * 86400, &r->refresh_ttl_s,
+                     error) ||
+      !od_config_int(r->config, "root", "join_token_ttl_s", 3600, 10, 365 * 86400, &r->join_token_ttl_s,
+                     error) ||
+      !od_config_int(r->config, "root", "forward_max_attempts", 10, 1, 1000, &r->forward_max_attempts,
+                     error) ||
       !od_config_int(r->config, "root", "cluster_prefix", 20, 16, 30, &prefix, error) ||
       !od_config_string(r->config, "root", "policy", "most-free", &policy, error) ||
       !od_config_string(r->config, "root", "node_pool", "10.18.0.0/15", &pool, error) ||
@@ -163,8 +172,8 @@ static gboolean load_config(Root *r, GError **error) {
   } else if (strcmp(policy, "best-fit") == 0) {
     r->policy = OAKUK_SCHED_BEST_FIT;
   } else {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [root] policy: '%s' is neither most-free nor best-fit",
-                policy);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "config [root] policy: '%s' is neither most-free nor best-fit", policy);
     return FALSE;
   }
   if (!parse_pool(r, pool, prefix, error))
@@ -177,7 +186,8 @@ static gboolean load_config(Root *r, GError **error) {
   if (g_file_get_contents(secret_file, &secret, NULL, &local)) {
     g_strstrip(secret);
     if (strlen(secret) < 16) {
-      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "cluster secret %s: shorter than 16 characters", secret_file);
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "cluster secret %s: shorter than 16 characters",
+                  secret_file);
       return FALSE;
     }
     r->cluster_secret_hash = od_sha256_hex(secret);
@@ -246,12 +256,13 @@ int main(int argc, char **argv) {
   gboolean reset_admin = FALSE;
   OdCommonOptions common = {0};
   Root r = {0};
-  const GOptionEntry entries[] = {
-      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &state_dir, "State directory (default /var/lib/oakuk/root)",
-       "DIR"},
-      {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen, "Address to listen on (default 0.0.0.0:10000)", "ADDR:PORT"},
-      {"reset-admin", 0, 0, G_OPTION_ARG_NONE, &reset_admin, "Print a new password for user Admin and exit", NULL},
-      G_OPTION_ENTRY_NULL};
+  const GOptionEntry entries[] = {{"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &state_dir,
+                                   "State directory (default /var/lib/oakuk/root)", "DIR"},
+                                  {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen,
+                                   "Address to listen on (default 0.0.0.0:10000)", "ADDR:PORT"},
+                                  {"reset-admin", 0, 0, G_OPTION_ARG_NONE, &reset_admin,
+                                   "Print a new password for user Admin and exit", NULL},
+                                  G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
   if (!od_options_parse(&argc, &argv, "oakuk root orchestrator: accepts applications and picks clusters.",
                         entries, &common, &r.config, &error)) {
@@ -259,13 +270,15 @@ int main(int argc, char **argv) {
     return 2;
   }
   od_log_init("oakuk-root", common.log_format, common.verbose);
-  if (state_dir == NULL && !od_config_string(r.config, "root", "state_dir", "/var/lib/oakuk/root", &state_dir, &error))
+  if (state_dir == NULL &&
+      !od_config_string(r.config, "root", "state_dir", "/var/lib/oakuk/root", &state_dir, &error))
     goto fail;
   if (listen == NULL && !od_config_string(r.config, "root", "listen", "0.0.0.0:10000", &listen, &error))
     goto fail;
   r.state_dir = g_strdup(state_dir);
   r.started_ms = root_now_ms();
-  r.aggregates = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_cluster_aggregate_unref);
+  r.aggregates =
+      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_cluster_aggregate_unref);
   r.reservations = oakuk_reservations_new();
   r.http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
   r.inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -278,7 +291,8 @@ int main(int argc, char **argv) {
   }
   load_aggregates(&r);
   root_rebuild_reservations(&r);
-  r.session = soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-root", NULL);
+  r.session =
+      soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-root", NULL);
   /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
    * proxy modules and libproxy out of the daemon). */
   soup_session_set_proxy_resolver(r.session, NULL);
@@ -288,7 +302,8 @@ int main(int argc, char **argv) {
   g_unix_signal_add(SIGTERM, on_signal, &r);
   g_unix_signal_add(SIGINT, on_signal, &r);
   r.tick_source = g_timeout_add_seconds(1, root_tick, &r);
-  od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", listen, "state_dir", state_dir, "msg", "oakuk-root listening", NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", listen, "state_dir", state_dir, "msg",
+         "oakuk-root listening", NULL);
   root_forward_pump(&r);
   g_main_loop_run(r.loop);
   root_free(&r);

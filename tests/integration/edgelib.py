@@ -235,8 +235,15 @@ class FakeNode:
             self.seen.append(self.msgs.get())
         return [json.loads(p) for t, p in self.seen if t == "nodes/%s/%s" % (self.id, leaf) and pred(json.loads(p))]
 
-    def status(self, job_name, n, status, detail=""):
-        rc = self.publish("job", {"job_name": job_name, "instance": n, "status": status, "status_detail": detail})
+    def status(self, job_name, n, status, detail="", ready=None, ready_ms=None):
+        """Publishes a status event; ready and ready_ms are left out unless given (a node older than
+        readiness sends neither)."""
+        event = {"job_name": job_name, "instance": n, "status": status, "status_detail": detail}
+        if ready is not None:
+            event["ready"] = ready
+        if ready_ms is not None:
+            event["ready_ms"] = ready_ms
+        rc = self.publish("job", event)
         assert rc == 0
 
     def silence(self):

@@ -54,7 +54,7 @@ class CliTest(unittest.TestCase):
         cls.node = edgelib.FakeNode(cls.cp, "node-a", 4000)
         cls.node.listen()
         cls.env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(cls.tmp, "config"), OAKUK_URL=cls.cp.root_url,
-                       COLUMNS="100")
+                       COLUMNS="110")
         cls.creds = os.path.join(cls.tmp, "config", "oakuk", "credentials.json")
         edgelib.wait_until("aggregate with node-a at the root", lambda: any(
             n["id"] == "node-a" for c in edgelib.requests.get(cls.cp.root_url + "/api/v1/clusters",
@@ -199,7 +199,12 @@ class CliTest(unittest.TestCase):
         self.node.status(WEB, 0, "CREATING", "downloading image: 100%")
         time.sleep(1.2)
         self.node.instances.add(WEB + ".instance.0")
+        # RUNNING says only that the runtime is up: the wait goes on until the node finds it ready
+        # (a node older than readiness sends no "ready": not ready)
         self.node.status(WEB, 0, "RUNNING")
+        time.sleep(2)
+        self.assertIsNone(p.poll(), "deploy --wait returned on RUNNING before the instance was ready")
+        self.node.status(WEB, 0, "RUNNING", ready=True, ready_ms=2800)
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 0, out + err)
         lines = out.splitlines()
@@ -207,6 +212,10 @@ class CliTest(unittest.TestCase):
         progress = [l for l in lines if l.startswith("[")]
         statuses = [l.split()[2] for l in progress]
         self.assertEqual(statuses[-1], "RUNNING", out)
+        waiting = [i for i, l in enumerate(progress) if "RUNNING" in l and "running, waiting for readiness" in l]
+        self.assertEqual(len(waiting), 1, out)
+        self.assertEqual(waiting[0], len(progress) - 2, out)  # then the ready line, the last one
+        self.assertRegex(progress[-1], r"RUNNING +node node-a  ready \d+ ms after the request$")
         self.assertIn("NODE_SCHEDULED", statuses, out)
         self.assertTrue(any("downloading image: 40%" in l for l in progress), out)
         self.assertTrue(any("downloading image: 100%" in l for l in progress), out)
@@ -214,6 +223,35 @@ class CliTest(unittest.TestCase):
         # one line per change: no line repeats its predecessor's status and detail
         changes = [l.split("]", 1)[1] for l in progress]
         self.assertEqual(len(changes), len([c for i, c in enumerate(changes) if i == 0 or c != changes[i - 1]]))
+
+    def test_05b_deploy_wait_ends_without_readiness(self):
+        # instance 1 runs but never becomes ready: --timeout ends the wait, exit 1 with the detail
+        p = subprocess.Popen([OAKUK, "deploy", "web", "--wait", "--timeout", "6"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        self.node.expect("control/deploy", lambda m: m["job_name"] == WEB and m["instance_number"] == 1)
+        self.node.instances.add(WEB + ".instance.1")
+        self.node.status(WEB, 1, "RUNNING", "probe: connection refused", ready=False)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 1, out + err)
+        self.assertIn("running, waiting for readiness; probe: connection refused", out)
+        self.assertIn("timed out after 6 s; instance 1 is RUNNING, not ready yet: probe: connection refused", err)
+        # instance 2 dies while its readiness is awaited: exit 1 with the status and its detail
+        p = subprocess.Popen([OAKUK, "deploy", "web", "--wait", "--timeout", "60"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        self.node.expect("control/deploy", lambda m: m["job_name"] == WEB and m["instance_number"] == 2)
+        self.node.instances.add(WEB + ".instance.2")
+        self.node.status(WEB, 2, "RUNNING", ready=False)
+        time.sleep(1.5)
+        self.node.status(WEB, 2, "DEAD", "guest exited: kernel panic")
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 1, out + err)
+        self.assertIn("running, waiting for readiness", out)
+        self.assertIn("instance 2 of %s: DEAD: guest exited: kernel panic" % WEB, err)
+        for n in (1, 2):
+            rc, out, err = self.oakuk("undeploy", "web", str(n), "--wait", "--timeout", "30")
+            self.assertEqual(rc, 0, out + err)
+            self.node.expect("control/delete", lambda m: m["job_name"] == WEB and m["instance_number"] == n)
+            self.node.instances.discard(WEB + ".instance.%d" % n)
 
     def test_06_deploy_refused(self):
         # refused by the root: no cluster has the memory
@@ -238,21 +276,33 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("status")
         self.assertEqual(rc, 0, err)
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["APP", "SERVICE", "INSTANCE", "NODE", "VIRT", "ARCH", "STATUS", "DETAIL"])
+        self.assertEqual(lines[0].split(), ["APP", "SERVICE", "INSTANCE", "NODE", "VIRT", "ARCH", "STATUS", "READY",
+                                            "READY-MS", "DETAIL"])
+        rc, doc, err = self.oakuk("status", "--json")
+        ready_ms = next(r for r in json.loads(doc) if r["service"] == "web")["ready_ms"]
         web = [l.split() for l in lines if l.split()[1:2] == ["web"]]
-        self.assertEqual(web, [["shop", "web", "0", "node-a", "container", "amd64", "RUNNING", "-"]])
+        self.assertEqual(web, [["shop", "web", "0", "node-a", "container", "amd64", "RUNNING", "yes", str(ready_ms),
+                                "-"]])
         self.assertEqual(len([l for l in lines if l.split()[1] == "pinned"]), 1)
         huge = next(l for l in lines if l.split()[1] == "huge")
         self.assertIn("NoActiveClusterWithCapacity", huge)
-        self.assertTrue(huge.endswith("..."), huge)  # the long explanation is cut to COLUMNS=100
-        self.assertTrue(all(len(l) <= 100 for l in lines), out)
+        self.assertEqual(huge.split()[7:9], ["no", "-"])
+        self.assertTrue(huge.endswith("..."), huge)  # the long explanation is cut to COLUMNS=110
+        self.assertTrue(all(len(l) <= 110 for l in lines), out)
         rc, out, err = self.oakuk("status", "--json")
         self.assertEqual(rc, 0, err)
         rows = json.loads(out)
         web = next(r for r in rows if r["service"] == "web")
         self.assertEqual((web["instance"], web["node"], web["cluster"], web["virtualization"], web["arch"],
                           web["status"], web["job_name"]), (0, "node-a", "edge1", "container", "amd64", "RUNNING", WEB))
+        # the root's own measure (from the deploy request to its learning of readiness), not the node's
+        self.assertIs(web["ready"], True)
+        self.assertIsInstance(web["ready_ms"], int)
+        self.assertNotEqual(web["ready_ms"], 2800)
+        self.assertGreater(web["ready_ms"], 2000)  # test_05 waited > 5 s before the node said ready
         huge = next(r for r in rows if r["service"] == "huge")
+        self.assertIs(huge["ready"], False)
+        self.assertNotIn("ready_ms", huge)
         self.assertGreater(len(huge["status_detail"]), 100)  # not cut in JSON
 
     def test_08_status_watch(self):
@@ -270,7 +320,8 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn(WEB + ": cluster selection at the root:", out)
         self.assertIn("instance 0: RUNNING on cluster edge1", out)
-        self.assertIn("cluster edge1: node selection for instance 0:", out)
+        # the cluster keeps the last node selection of the service: test_05b's instance 2
+        self.assertIn("cluster edge1: node selection for instance 2:", out)
         self.assertRegex(out, r"\n  .*node-a")
         rc, out, err = self.oakuk("explain", "--json", "web")
         self.assertEqual(rc, 0, err)
@@ -381,6 +432,7 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("status", "--json")
         row = next(r for r in json.loads(out) if r["service"] == "web")
         self.assertIsNone(row["instance"])
+        self.assertIsNone(row["ready"])
         rc, out, err = self.oakuk("undeploy", "web")
         self.assertEqual(rc, 0, err)
         self.assertIn("has no instances", out)

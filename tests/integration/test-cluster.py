@@ -108,6 +108,15 @@ class ClusterTest(unittest.TestCase):
                                       timeout=5).json())
         return next((i for i in doc["instance_list"] if i["instance_number"] == n), None)
 
+    def native_instance(self, n, sid=None):
+        """Instance n as the root's native API shows it (it keeps instances being removed)."""
+        lst = requests.get(self.root_url + "/api/v1/services/%s/instances" % (sid or self.sid), headers=self.h,
+                           timeout=5).json()
+        return next((i for i in lst if i["instance_number"] == n), None)
+
+    def cluster_instance(self, name):
+        return next((i for i in self.cluster_instances() if i["name"] == name), None)
+
     def new_instance(self, sid=None):
         r = requests.post(self.root_url + "/api/service/%s/instance" % (sid or self.sid), headers=self.h, timeout=5)
         self.assertEqual(r.status_code, 200, r.text)
@@ -241,8 +250,78 @@ class ClusterTest(unittest.TestCase):
         rm = self.a.expect("control/delete", lambda m: m.get("instance_number") == n)
         self.assertEqual(rm["job_name"], JOB)
         self.a.instances.discard("%s.instance.%d" % (JOB, n))
-        wait_until("instance gone at the root", lambda: self.root_instance(n) is None)
+        self.assertIsNone(self.root_instance(n), "the compatible API still lists the removed instance")
+        # the native API drops it once the cluster confirmed the removal
+        wait_until("instance gone at the root", lambda: self.native_instance(n) is None)
         self.assertEqual(len(before) - 1, len(self.cluster_instances()))
+
+    def test_04b_readiness_reported_and_forwarded(self):
+        """The node's ready/ready_ms on nodes/<id>/job: stored per instance by the cluster, shown in
+        its instance view, forwarded to the root; malformed ones refused; reset off RUNNING."""
+        self.wait_nodes_active()
+        n = self.new_instance()
+        name = "%s.instance.%d" % (JOB, n)
+        self.a.expect("control/deploy", lambda m: m.get("instance_number") == n)
+        self.a.instances.add(name)
+        # ready with a status other than RUNNING is not readiness
+        self.a.status(JOB, n, "CREATING", "booting", ready=True, ready_ms=5)
+        inst = wait_until("CREATING at the root", lambda: (lambda i: i if i and i["status"] == "CREATING" else None)(
+            self.native_instance(n)))
+        self.assertIs(inst["ready"], False, inst)
+        here = self.cluster_instance(name)
+        self.assertEqual((here["status"], here["ready"]), ("CREATING", False), here)
+        self.assertNotIn("ready_ms", here)
+        # RUNNING is not ready yet
+        self.a.status(JOB, n, "RUNNING", ready=False)
+        inst = wait_until("RUNNING at the root", lambda: (lambda i: i if i and i["status"] == "RUNNING" else None)(
+            self.native_instance(n)))
+        self.assertIs(inst["ready"], False, inst)
+        self.assertNotIn("ready_ms", inst)
+        here = self.cluster_instance(name)
+        self.assertEqual((here["status"], here["ready"]), ("RUNNING", False), here)
+        self.assertNotIn("ready_ms", here)
+        # ready, with the node's measure
+        self.a.status(JOB, n, "RUNNING", ready=True, ready_ms=850)
+        inst = wait_until("ready at the root", lambda: (lambda i: i if i and i["ready"] is True else None)(
+            self.native_instance(n)))
+        self.assertEqual(inst["node_ready_ms"], 850, inst)
+        self.assertIsInstance(inst["ready_ms"], int)  # the root's own measure from the request
+        here = self.cluster_instance(name)
+        self.assertEqual((here["status"], here["ready"], here["ready_ms"]), ("RUNNING", True, 850), here)
+        self.assertEqual(self.metric("oakuk_cluster_instances_ready"), 1)
+        # malformed readiness is refused, naming the field, and changes nothing
+        rejected = self.metric("oakuk_cluster_mqtt_rejected_total")
+        bad = [{"ready": "yes"}, {"ready": 1}, {"ready": True, "ready_ms": -1}, {"ready": True, "ready_ms": 2.5},
+               {"ready": True, "ready_ms": "12"}, {"ready": False, "ready_ms": -3}]
+        for extra in bad:
+            event = dict({"job_name": JOB, "instance": n, "status": "FAILED", "status_detail": "must not apply"},
+                         **extra)
+            self.assertEqual(self.a.publish("job", event), 0)
+        wait_until("rejections counted", lambda: self.metric("oakuk_cluster_mqtt_rejected_total") >=
+                   rejected + len(bad))
+        log = self.cluster.text()
+        self.assertIn("ready: not a boolean", log)
+        self.assertIn("ready_ms: not a non-negative integer", log)
+        time.sleep(1)
+        here = self.cluster_instance(name)
+        self.assertEqual((here["status"], here["ready"], here["ready_ms"]), ("RUNNING", True, 850), here)
+        self.assertEqual(self.native_instance(n), inst)
+        # leaving RUNNING resets readiness, here and at the root
+        self.a.status(JOB, n, "FAILED", "exit 1")
+        gone = wait_until("FAILED at the root", lambda: (lambda i: i if i and i["status"] == "FAILED" else None)(
+            self.native_instance(n)))
+        self.assertIs(gone["ready"], False, gone)
+        self.assertNotIn("ready_ms", gone)
+        self.assertNotIn("node_ready_ms", gone)
+        here = self.cluster_instance(name)
+        self.assertEqual((here["status"], here["ready"]), ("FAILED", False), here)
+        self.assertNotIn("ready_ms", here)
+        self.assertEqual(self.metric("oakuk_cluster_instances_ready"), 0)
+        r = requests.delete(self.root_url + "/api/service/%s/instance/%d" % (self.sid, n), headers=self.h, timeout=5)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.a.expect("control/delete", lambda m: m.get("instance_number") == n)
+        self.a.instances.discard(name)
+        wait_until("instance gone at the root", lambda: self.native_instance(n) is None)
 
     def test_05_malformed_input_rejected(self):
         self.wait_nodes_active()
@@ -409,6 +488,59 @@ class ClusterTest(unittest.TestCase):
         time.sleep(2)
         self.assertEqual(self.root_instance(n, self.sid_once)["status"], "FAILED")
         self.assertEqual(other.got("control/deploy", lambda m: m.get("job_name") == JOB_ONCE), [])
+
+    def test_11_cluster_db_of_an_older_version(self):
+        """A cluster.db made before readiness (no ready columns) is migrated on start, twice
+        without harm, and its rows survive."""
+        state = tempfile.mkdtemp(dir=self.tmp, prefix="old-state-")
+        db = sqlite3.connect(os.path.join(state, "cluster.db"))
+        db.executescript(OLD_TABLES)
+        db.execute("INSERT INTO instances (name, job_id, job_name, instance, node, ip, status, job, restart)"
+                   " VALUES ('old.a.b.c.instance.0', 'j1', 'old.a.b.c', 0, 'node-x', '10.18.0.2', 'RUNNING', '{}', 1)")
+        db.execute("INSERT INTO status_outbox (job_id, instance, status, detail, node)"
+                   " VALUES ('j1', 0, 'RUNNING', '', 'node-x')")
+        db.commit()
+        db.close()
+        p = subprocess.run([CLUSTER_BIN, "--state-dir", state, "--new-join-token"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stderr.count("event=migrate"), 4, p.stderr)
+        # the daemon itself on the migrated database (its second start: nothing to add)
+        http_port, mqtt_port = ports(2)
+        log = os.path.join(self.tmp, "old-cluster.log")
+        d = Daemon([CLUSTER_BIN, "--state-dir", state, "--listen", "127.0.0.1:%d" % http_port, "--root-url",
+                    "http://127.0.0.1:1", "--name", "old", "--mqtt-port", str(mqtt_port), "--mosquitto", MOSQUITTO],
+                   log)
+        d.start()
+        try:
+            rows = wait_until("the old cluster's instances", lambda: requests.get(
+                "http://127.0.0.1:%d/api/v1/instances" % http_port, timeout=5).json())
+        finally:
+            d.stop()
+        self.assertEqual([(i["name"], i["status"], i["ready"]) for i in rows],
+                         [("old.a.b.c.instance.0", "RUNNING", False)])
+        self.assertNotIn("ready_ms", rows[0])
+        self.assertNotIn("event=migrate", d.text())
+        db = sqlite3.connect(os.path.join(state, "cluster.db"))
+        try:
+            for table in ("instances", "status_outbox"):
+                cols = {r[1] for r in db.execute("PRAGMA table_info(%s)" % table)}
+                self.assertLessEqual({"ready", "ready_ms"}, cols, table)
+            self.assertEqual(db.execute("SELECT job_id, status, ready, ready_ms FROM status_outbox").fetchall(),
+                             [("j1", "RUNNING", 0, None)])
+        finally:
+            db.close()
+
+
+# The two tables as oakuk-cluster made them before instances had readiness.
+OLD_TABLES = """
+CREATE TABLE instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT NULL,
+  instance INTEGER NOT NULL, node TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', job TEXT NOT NULL, restart INTEGER NOT NULL,
+  failures INTEGER NOT NULL DEFAULT 0, avoid TEXT NOT NULL DEFAULT '[]', UNIQUE (job_id, instance));
+CREATE TABLE status_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
+  instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL);
+"""
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -55,10 +56,11 @@ def request(base, method, path, body=None, token=None, raw=False):
 
 
 class FakeCluster:
-    """Records every request the root forwards and answers 200."""
+    """Records every request the root forwards and answers 200 (DELETEs: delete_status)."""
 
     def __init__(self):
         self.requests = []
+        self.delete_status = 200
         self.cond = threading.Condition()
         outer = self
 
@@ -72,7 +74,7 @@ class FakeCluster:
                 with outer.cond:
                     outer.requests.append((self.command, self.path, self.headers.get("Authorization"), body))
                     outer.cond.notify_all()
-                self.send_response(200)
+                self.send_response(outer.delete_status if self.command == "DELETE" else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -182,6 +184,14 @@ class RootTest(unittest.TestCase):
 
     def instance(self, svc, n):
         return next((i for i in svc["instance_list"] if i["instance_number"] == n), None)
+
+    def native_instances(self, token, sid):
+        r = self.call("GET", "/api/v1/services/%s/instances" % sid, token=token)
+        self.assertEqual(r.status, 200, r.body)
+        return r.json()
+
+    def native_instance(self, token, sid, n):
+        return next((i for i in self.native_instances(token, sid) if i["instance_number"] == n), None)
 
     def wait_service(self, token, sid, pred, what, timeout=10):
         deadline = time.time() + timeout
@@ -337,11 +347,15 @@ class RootTest(unittest.TestCase):
         self.assertIn("cluster1", inst["status_detail"])
         self.assertIn("NO_QUALIFIED_WORKER_FOUND", inst["status_detail"])
 
-        # Undeploy: forwarded, and the instance disappears once the cluster confirmed.
+        # Undeploy: forwarded, and the instance disappears once the cluster confirmed (the native
+        # API shows it until then; the compatible one drops it at once, see test_02a).
         r = self.call("DELETE", "/api/service/%s/instance/1" % sid, token=token)
         self.assertEqual(r.status, 200, r.body)
         self.cluster.wait_for("DELETE", "/api/service/%s/1" % sid)
-        self.wait_service(token, sid, lambda s: self.instance(s, 1) is None, "instance 1 to be removed")
+        deadline = time.time() + 10
+        while self.native_instance(token, sid, 1) is not None:
+            self.assertLess(time.time(), deadline, "instance 1 was never removed")
+            time.sleep(0.1)
         # Never-placed instances go at once.
         self.assertEqual(self.call("DELETE", "/api/service/%s/instance/2" % sid, token=token).status, 200)
         self.assertIsNone(self.instance(self.service(token, sid), 2))
@@ -354,6 +368,117 @@ class RootTest(unittest.TestCase):
                       token=cl["token"])
         self.assertEqual(r.status, 200, r.body)
         self.assertEqual(self.instance(self.service(token, sid), 3)["status"], "RUNNING")
+
+    def test_02a_readiness_and_compat_delete(self):
+        """ready/ready_ms from the cluster's status reports, the root's own ready_ms, and DELETE:
+        gone at once from the compatible service document, terminating in the native API until the
+        cluster confirms."""
+        token = self.login()
+        cid, ctok = self.cluster_id, self.cluster_token
+        sla = json.loads(SLA)
+        sla["applications"][0]["application_name"] = "ready"
+        r = self.call("POST", "/api/v1/applications", sla, token=token)
+        self.assertEqual(r.status, 201, r.body)
+        app = r.json()["applications"][0]
+        sid = app["microservices"][0]
+        self.assertEqual(self.call("POST", "/api/information/" + cid, AGGREGATE, token=ctok).status, 200)
+        t0 = int(time.time() * 1000)
+        r = self.call("POST", "/api/v1/services/%s/instances" % sid, token=token)
+        t1 = int(time.time() * 1000)
+        self.assertEqual(r.status, 201, r.body)
+        inst = r.json()
+        n = inst["instance_number"]
+        self.assertIs(inst["ready"], False)
+        self.assertNotIn("ready_ms", inst)
+        self.assertTrue(t0 <= inst["requested_at"] <= t1, (t0, inst["requested_at"], t1))
+        self.cluster.wait_for("POST", "/api/service/%s/%d" % (sid, n))
+
+        def report(**entry):
+            return self.call("POST", "/api/v1/clusters/%s/status" % cid,
+                             [dict({"job_id": sid, "instance": n, "node": "node-a"}, **entry)], token=ctok)
+
+        def now():
+            return self.native_instance(token, sid, n)
+
+        # A cluster older than readiness sends no "ready": RUNNING, not ready.
+        self.assertEqual(report(status="RUNNING").status, 200)
+        self.assertEqual((now()["status"], now()["ready"]), ("RUNNING", False))
+        # "ready" with another status is no readiness.
+        self.assertEqual(report(status="CREATING", ready=True, ready_ms=7).status, 200)
+        self.assertEqual((now()["status"], now()["ready"]), ("CREATING", False))
+        self.assertNotIn("ready_ms", now())
+        # Malformed readiness rejects the batch, naming the field; nothing changes.
+        before = self.native_instances(token, sid)
+        for bad, field in (({"ready": "yes"}, "ready"), ({"ready": 1}, "ready"),
+                           ({"ready": True, "ready_ms": -1}, "ready_ms"), ({"ready": True, "ready_ms": 1.5}, "ready_ms"),
+                           ({"ready": True, "ready_ms": "9"}, "ready_ms")):
+            with self.subTest(bad=bad):
+                err = self.assert_error(report(status="RUNNING", **bad), 400)
+                self.assertEqual(err["path"], "[0]." + field)
+        self.assertEqual(self.native_instances(token, sid), before)
+        self.assertEqual(report(status="RUNNING", ready=False).status, 200)
+        self.assertEqual((now()["status"], now()["ready"]), ("RUNNING", False))
+        # Ready: the root measures ready_ms from the deploy request to this report itself and keeps
+        # the node's figure as node_ready_ms.
+        time.sleep(0.4)
+        t2 = int(time.time() * 1000)
+        self.assertEqual(report(status="RUNNING", ready=True, ready_ms=1234).status, 200)
+        t3 = int(time.time() * 1000)
+        inst = now()
+        self.assertIs(inst["ready"], True)
+        self.assertEqual(inst["node_ready_ms"], 1234)
+        first = inst["ready_ms"]
+        self.assertTrue(t2 - t1 <= first <= t3 - t0, (t2 - t1, first, t3 - t0))
+        self.assertRegex(self.root.log(), r"event=status instance=ready\.test\.testaggr\.test\.instance\.%d .*"
+                         r"status=RUNNING ready=true ready_ms=%d node_ready_ms=1234" % (n, first))
+        doc = self.service(token, sid)
+        self.assertEqual((self.instance(doc, n)["ready"], self.instance(doc, n)["ready_ms"]), (True, first))
+        explained = self.call("GET", "/api/v1/services/%s/explain" % sid, token=token).json()["instances"]
+        self.assertEqual([(i["ready"], i["ready_ms"]) for i in explained], [(True, first)])
+        # A repeated ready keeps the first measure.
+        time.sleep(0.05)
+        self.assertEqual(report(status="RUNNING", ready=True, ready_ms=99).status, 200)
+        self.assertEqual((now()["ready_ms"], now()["node_ready_ms"]), (first, 1234))
+        # Leaving RUNNING drops readiness and both measures...
+        self.assertEqual(report(status="FAILED", status_detail="probe failed").status, 200)
+        inst = now()
+        self.assertEqual((inst["status"], inst["ready"]), ("FAILED", False))
+        self.assertNotIn("ready_ms", inst)
+        self.assertNotIn("node_ready_ms", inst)
+        # ...and the next readiness is measured afresh, still from the original request.
+        time.sleep(0.05)
+        self.assertEqual(report(status="RUNNING", ready=True, ready_ms=50).status, 200)
+        inst = now()
+        self.assertEqual((inst["ready"], inst["node_ready_ms"]), (True, 50))
+        self.assertGreater(inst["ready_ms"], first)
+
+        # DELETE while the cluster does not confirm (it answers 503: the root retries).
+        self.cluster.delete_status = 503
+        try:
+            r = self.call("DELETE", "/api/service/%s/instance/%d" % (sid, n), token=token)
+            self.assertEqual(r.status, 200, r.body)
+            # The very next compatible GET no longer lists it (Oakestra, the thesis's Appendix A)...
+            self.assertEqual(self.service(token, sid)["instance_list"], [])
+            listed = self.call("GET", "/api/services/" + app["applicationID"], token=token).json()
+            self.assertEqual([s["instance_list"] for s in listed], [[]])
+            # ...while the native API shows it terminating.
+            for entry in (now(), self.instance(self.call("GET", "/api/v1/services/" + sid, token=token).json(), n),
+                          self.instance(self.call("GET", "/api/v1/applications/%s/services" % app["applicationID"],
+                                                  token=token).json()[0], n)):
+                self.assertIsNotNone(entry)
+                self.assertEqual(entry["status"], "UNDEPLOYED")
+                self.assertIn("waiting for cluster %s to confirm the removal" % cid, entry["status_detail"])
+                self.assertIs(entry["ready"], False)
+            self.cluster.wait_for("DELETE", "/api/service/%s/%d" % (sid, n))
+            time.sleep(0.5)
+            self.assertEqual(now()["status"], "UNDEPLOYED")  # a 503 is no confirmation
+            # The cluster confirms with a status report: the native API drops it too.
+            self.assertEqual(report(status="UNDEPLOYED").status, 200)
+            self.assertIsNone(now())
+            self.assertEqual(self.service(token, sid)["instance_list"], [])
+        finally:
+            self.cluster.delete_status = 200
+        self.assertEqual(self.call("DELETE", "/api/application/" + app["applicationID"], token=token).status, 200)
 
     def test_03_validation(self):
         token = self.login()

@@ -9,14 +9,15 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-gboolean oak_parse(const char *name, const char *params, const char *summary, GOptionEntry *entries, int *argc,
-                   char ***argv) {
+gboolean oak_parse(const char *name, const char *params, const char *summary, GOptionEntry *entries,
+                   int *argc, char ***argv) {
   g_autofree char *prg = g_strdup_printf("oakuk %s", name);
   g_autoptr(GOptionContext) ctx = g_option_context_new(params);
   g_option_context_set_summary(ctx, summary);
-  g_option_context_set_description(ctx, "Exit status: 0 success, 1 the operation failed, 2 bad command line or invalid\n"
-                                         "descriptor, 4 not logged in / credentials refused, 5 root unreachable,\n"
-                                         "6 unknown service, instance or cluster.");
+  g_option_context_set_description(
+      ctx, "Exit status: 0 success, 1 the operation failed, 2 bad command line or invalid\n"
+           "descriptor, 4 not logged in / credentials refused, 5 root unreachable,\n"
+           "6 unknown service, instance or cluster.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   (*argv)[0] = prg;
   g_autoptr(GError) error = NULL;
@@ -43,7 +44,9 @@ gint64 oak_int(JsonObject *o, const char *key, gint64 def) {
   if (n == NULL || !JSON_NODE_HOLDS_VALUE(n))
     return def;
   GType t = json_node_get_value_type(n);
-  return t == G_TYPE_INT64 ? json_node_get_int(n) : t == G_TYPE_DOUBLE ? (gint64)json_node_get_double(n) : def;
+  return t == G_TYPE_INT64    ? json_node_get_int(n)
+         : t == G_TYPE_DOUBLE ? (gint64)json_node_get_double(n)
+                              : def;
 }
 
 double oak_num(JsonObject *o, const char *key, double def) {
@@ -51,7 +54,16 @@ double oak_num(JsonObject *o, const char *key, double def) {
   if (n == NULL || !JSON_NODE_HOLDS_VALUE(n))
     return def;
   GType t = json_node_get_value_type(n);
-  return t == G_TYPE_INT64 ? (double)json_node_get_int(n) : t == G_TYPE_DOUBLE ? json_node_get_double(n) : def;
+  return t == G_TYPE_INT64    ? (double)json_node_get_int(n)
+         : t == G_TYPE_DOUBLE ? json_node_get_double(n)
+                              : def;
+}
+
+gboolean oak_bool(JsonObject *o, const char *key, gboolean def) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n != NULL && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_BOOLEAN
+             ? json_node_get_boolean(n)
+             : def;
 }
 
 const char *oak_service_id(JsonObject *service) {
@@ -82,7 +94,8 @@ static void load_credentials(OakClient *cl) {
   if (!g_file_get_contents(cl->cred_path, &text, &len, NULL))
     return;
   g_autoptr(JsonParser) p = json_parser_new();
-  if (!json_parser_load_from_data(p, text, (gssize)len, NULL) || !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
+  if (!json_parser_load_from_data(p, text, (gssize)len, NULL) ||
+      !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
     fprintf(stderr, "%s: %s is not a JSON object; ignored (run oakuk login again)\n", cl->cmd, cl->cred_path);
     return;
   }
@@ -143,7 +156,8 @@ OakClient *oak_client_new(const char *name, const char *url_option, gboolean jso
   const char *env = g_getenv("OAKUK_URL");
   const char *url = url_option ? url_option : env && *env ? env : stored ? stored : OAKUK_CLI_DEFAULT_URL;
   g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
-  if (uri == NULL || (g_strcmp0(g_uri_get_scheme(uri), "http") != 0 && g_strcmp0(g_uri_get_scheme(uri), "https") != 0) ||
+  if (uri == NULL ||
+      (g_strcmp0(g_uri_get_scheme(uri), "http") != 0 && g_strcmp0(g_uri_get_scheme(uri), "https") != 0) ||
       g_uri_get_host(uri) == NULL || !*g_uri_get_host(uri)) {
     fprintf(stderr, "%s: --url \"%s\" is not an http(s) URL with a host\n", cl->cmd, url);
     *exit_code = OAKUK_CLI_USAGE;
@@ -188,8 +202,8 @@ static void answer_clear(Answer *a) {
   g_clear_pointer(&a->transport_error, g_free);
 }
 
-static void send_raw(OakClient *cl, const char *method, const char *path, const char *body, const char *bearer,
-                     Answer *a) {
+static void send_raw(OakClient *cl, const char *method, const char *path, const char *body,
+                     const char *bearer, Answer *a) {
   g_autofree char *full = g_strconcat(cl->url, path, NULL);
   g_autoptr(SoupMessage) msg = soup_message_new(method, full);
   if (msg == NULL) {
@@ -276,7 +290,8 @@ static JsonNode *request(OakClient *cl, gboolean auth, const char *method, const
   if (!SOUP_STATUS_IS_SUCCESSFUL(a.status)) {
     g_autofree char *m = error_message(&a);
     if (a.status == SOUP_STATUS_UNAUTHORIZED && auth) {
-      fprintf(stderr, "%s: the root at %s refused the stored credentials (%s); run oakuk login\n", cl->cmd, cl->url, m);
+      fprintf(stderr, "%s: the root at %s refused the stored credentials (%s); run oakuk login\n", cl->cmd,
+              cl->url, m);
       *exit_code = OAKUK_CLI_AUTH;
     } else {
       fprintf(stderr, "%s: %s\n", cl->cmd, m);
@@ -291,14 +306,15 @@ static JsonNode *request(OakClient *cl, gboolean auth, const char *method, const
   JsonNode *n = parse_bytes(a.body, &error);
   answer_clear(&a);
   if (n == NULL) {
-    fprintf(stderr, "%s: %s %s: the root answered malformed JSON: %s\n", cl->cmd, method, path, error->message);
+    fprintf(stderr, "%s: %s %s: the root answered malformed JSON: %s\n", cl->cmd, method, path,
+            error->message);
     *exit_code = OAKUK_CLI_FAILED;
   }
   return n;
 }
 
-JsonNode *oak_request(OakClient *cl, const char *method, const char *path, const char *body_text, guint *status,
-                      int *exit_code) {
+JsonNode *oak_request(OakClient *cl, const char *method, const char *path, const char *body_text,
+                      guint *status, int *exit_code) {
   return request(cl, TRUE, method, path, body_text, status, exit_code);
 }
 
@@ -337,8 +353,8 @@ JsonObject *oak_find_service(OakClient *cl, const char *what, int *exit_code) {
     *exit_code = OAKUK_CLI_USAGE;
     return NULL;
   }
-  fprintf(stderr, "%s: no service \"%s\" (give its id, its job name app.appns.svc.svcns or its name)\n", cl->cmd,
-          what);
+  fprintf(stderr, "%s: no service \"%s\" (give its id, its job name app.appns.svc.svcns or its name)\n",
+          cl->cmd, what);
   *exit_code = OAKUK_CLI_NOT_FOUND;
   return NULL;
 }

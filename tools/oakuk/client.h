@@ -19,26 +19,30 @@
 #define OAKUK_CLI_DEFAULT_URL "http://127.0.0.1:10000"
 
 typedef struct {
-  char *cmd;           /* "oakuk status": prefix of every message */
-  char *url;           /* root base URL without trailing slash */
-  char *cred_path;     /* $XDG_CONFIG_HOME/oakuk/credentials.json */
-  char *token;         /* NULL until loaded */
+  char *cmd;       /* "oakuk status": prefix of every message */
+  char *url;       /* root base URL without trailing slash */
+  char *cred_path; /* $XDG_CONFIG_HOME/oakuk/credentials.json */
+  char *token;     /* NULL until loaded */
   char *refresh_token;
   char *username;
-  gboolean json;       /* --json: machine-readable output */
+  gboolean json; /* --json: machine-readable output */
   SoupSession *session;
 } OakClient;
 
 /* Options every control-plane command takes; add them to a command's GOptionEntry list. */
-#define OAKUK_CLIENT_OPTIONS(url_var, json_var)                                                                  \
-  {"url", 0, 0, G_OPTION_ARG_STRING, &(url_var), "Root URL (default $OAKUK_URL, the URL of the last login, or " \
-                                                 OAKUK_CLI_DEFAULT_URL ")", "URL"},                               \
-      {"json", 0, 0, G_OPTION_ARG_NONE, &(json_var), "Print JSON instead of a table", NULL}
+#define OAKUK_CLIENT_OPTIONS(url_var, json_var)                                                              \
+  {"url",      0,                                                                                            \
+   0,          G_OPTION_ARG_STRING,                                                                          \
+   &(url_var), "Root URL (default $OAKUK_URL, the URL of the last login, or " OAKUK_CLI_DEFAULT_URL ")",     \
+   "URL"},                                                                                                   \
+  {                                                                                                          \
+    "json", 0, 0, G_OPTION_ARG_NONE, &(json_var), "Print JSON instead of a table", NULL                      \
+  }
 
 /* Parses argv with entries (ending with a NULL entry) and the usage string; on failure prints the
  * message and returns FALSE. *argc/argv then hold the positional arguments (argv[0] is the command). */
-gboolean oak_parse(const char *name, const char *params, const char *summary, GOptionEntry *entries, int *argc,
-                   char ***argv);
+gboolean oak_parse(const char *name, const char *params, const char *summary, GOptionEntry *entries,
+                   int *argc, char ***argv);
 
 /* Creates the client for command name ("status"): picks the URL and loads the credentials stored
  * for that URL (when need_login, their absence is an error: returns NULL with *exit_code set). */
@@ -55,8 +59,8 @@ gboolean oak_client_save(OakClient *cl, GError **error);
  * (JSON null for an empty body) on 2xx. On failure prints "<cmd>: <reason>" and returns NULL with
  * *exit_code set (unreachable, auth, not found, failed). *status gets the HTTP status (0 when the
  * root was not reached); may be NULL. */
-JsonNode *oak_request(OakClient *cl, const char *method, const char *path, const char *body_text, guint *status,
-                      int *exit_code);
+JsonNode *oak_request(OakClient *cl, const char *method, const char *path, const char *body_text,
+                      guint *status, int *exit_code);
 /* Like oak_request without authentication or refresh (login). */
 JsonNode *oak_request_anon(OakClient *cl, const char *method, const char *path, const char *body_text,
                            guint *status, int *exit_code);
@@ -69,6 +73,7 @@ JsonObject *oak_find_service(OakClient *cl, const char *what, int *exit_code);
 const char *oak_str(JsonObject *o, const char *key, const char *def);
 gint64 oak_int(JsonObject *o, const char *key, gint64 def);
 double oak_num(JsonObject *o, const char *key, double def);
+gboolean oak_bool(JsonObject *o, const char *key, gboolean def);
 const char *oak_service_id(JsonObject *service);
 void oak_print_json(JsonNode *node);
 

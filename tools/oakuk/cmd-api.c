@@ -10,7 +10,8 @@
 #include <termios.h>
 #include <unistd.h>
 
-#define NO_ENTRY {NULL, 0, 0, 0, NULL, NULL, NULL}
+#define NO_ENTRY                                                                                             \
+  { NULL, 0, 0, 0, NULL, NULL, NULL }
 
 static char *json_text(JsonBuilder *b) {
   g_autoptr(JsonNode) root = json_builder_get_root(b);
@@ -59,7 +60,8 @@ static char *prompt_password(const char *prompt) {
   return line;
 }
 
-static char *get_password(const char *file, gboolean from_stdin, const char *user, const char *url, int *exit_code) {
+static char *get_password(const char *file, gboolean from_stdin, const char *user, const char *url,
+                          int *exit_code) {
   char *pw = NULL;
   if (file != NULL) {
     g_autoptr(GError) error = NULL;
@@ -76,12 +78,16 @@ static char *get_password(const char *file, gboolean from_stdin, const char *use
     g_autofree char *prompt = g_strdup_printf("Password for %s at %s: ", user, url);
     pw = prompt_password(prompt);
   } else {
-    fprintf(stderr, "oakuk login: no terminal to ask the password on; use --password-stdin or --password-file\n");
+    fprintf(stderr,
+            "oakuk login: no terminal to ask the password on; use --password-stdin or --password-file\n");
     *exit_code = OAKUK_CLI_USAGE;
     return NULL;
   }
   if (pw == NULL || *pw == '\0') {
-    fprintf(stderr, "oakuk login: empty password%s\n", from_stdin ? " on stdin" : file ? " in --password-file" : "");
+    fprintf(stderr, "oakuk login: empty password%s\n",
+            from_stdin ? " on stdin"
+            : file     ? " in --password-file"
+                       : "");
     g_free(pw);
     *exit_code = OAKUK_CLI_USAGE;
     return NULL;
@@ -95,16 +101,19 @@ int oakuk_cmd_login(int argc, char **argv) {
   GOptionEntry entries[] = {
       OAKUK_CLIENT_OPTIONS(url, json),
       {"username", 'u', 0, G_OPTION_ARG_STRING, &user, "User name (default Admin)", "NAME"},
-      {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &pwfile, "Read the password from the first line of FILE", "FILE"},
-      {"password-stdin", 0, 0, G_OPTION_ARG_NONE, &from_stdin, "Read the password from the first line of stdin", NULL},
+      {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &pwfile, "Read the password from the first line of FILE",
+       "FILE"},
+      {"password-stdin", 0, 0, G_OPTION_ARG_NONE, &from_stdin,
+       "Read the password from the first line of stdin", NULL},
       NO_ENTRY,
   };
-  if (!oak_parse("login", "", "Log in to the root and store the tokens (mode 0600) for the other commands.", entries,
-                 &argc, &argv))
+  if (!oak_parse("login", "", "Log in to the root and store the tokens (mode 0600) for the other commands.",
+                 entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc != 1 || (pwfile && from_stdin)) {
-    fprintf(stderr, "oakuk login: %s\n", argc != 1 ? "no positional arguments expected (the password is never one)"
-                                                   : "--password-file and --password-stdin exclude each other");
+    fprintf(stderr, "oakuk login: %s\n",
+            argc != 1 ? "no positional arguments expected (the password is never one)"
+                      : "--password-file and --password-stdin exclude each other");
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
@@ -176,8 +185,8 @@ static int validate_descriptor(const char *path) {
     fprintf(stderr, "%s: %s\n", p && *p ? p : "(document)", m ? m : "");
   }
   if (rc == OAKUK_CLI_INVALID)
-    fprintf(stderr, "oakuk apply: %s: invalid descriptor (%zu problem%s); nothing was sent\n", path, MAX(n, 1),
-            MAX(n, 1) == 1 ? "" : "s");
+    fprintf(stderr, "oakuk apply: %s: invalid descriptor (%zu problem%s); nothing was sent\n", path,
+            MAX(n, 1), MAX(n, 1) == 1 ? "" : "s");
   oakuk_error_free(err);
   return rc;
 }
@@ -186,8 +195,9 @@ int oakuk_cmd_apply(int argc, char **argv) {
   g_autofree char *url = NULL;
   gboolean json = FALSE;
   GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
-  if (!oak_parse("apply", "SLA.json", "Register the applications of an SLA descriptor (validated locally first).",
-                 entries, &argc, &argv))
+  if (!oak_parse("apply", "SLA.json",
+                 "Register the applications of an SLA descriptor (validated locally first).", entries, &argc,
+                 &argv))
     return OAKUK_CLI_USAGE;
   if (argc != 2) {
     fprintf(stderr, "oakuk apply: exactly one descriptor file expected\n");
@@ -208,8 +218,9 @@ int oakuk_cmd_apply(int argc, char **argv) {
   g_autoptr(JsonNode) n = oak_request(cl, "POST", "/api/v1/applications", text, NULL, &rc);
   if (n == NULL)
     return rc;
-  JsonArray *apps = JSON_NODE_HOLDS_OBJECT(n) ? json_object_get_array_member(json_node_get_object(n), "applications")
-                                              : NULL;
+  JsonArray *apps = JSON_NODE_HOLDS_OBJECT(n)
+                        ? json_object_get_array_member(json_node_get_object(n), "applications")
+                        : NULL;
   g_autoptr(JsonArray) out = json_array_new();
   for (guint i = 0; apps != NULL && i < json_array_get_length(apps); i++) {
     JsonObject *app = json_array_get_object_element(apps, i);
@@ -224,8 +235,8 @@ int oakuk_cmd_apply(int argc, char **argv) {
     json_object_set_string_member(entry, "namespace", oak_str(app, "application_namespace", ""));
     JsonArray *list = json_array_new();
     if (!json)
-      printf("application %s.%s %s\n", oak_str(app, "application_name", ""), oak_str(app, "application_namespace", ""),
-             aid);
+      printf("application %s.%s %s\n", oak_str(app, "application_name", ""),
+             oak_str(app, "application_namespace", ""), aid);
     for (guint j = 0; j < json_array_get_length(json_node_get_array(svcs)); j++) {
       JsonObject *s = json_array_get_object_element(json_node_get_array(svcs), j);
       JsonObject *se = json_object_new();
@@ -283,21 +294,23 @@ static int print_explanation(OakClient *cl, JsonObject *service, gboolean json) 
   for (guint i = 0; insts != NULL && i < json_array_get_length(insts); i++) {
     JsonObject *in = json_array_get_object_element(insts, i);
     const char *detail = oak_str(in, "status_detail", "");
-    printf("instance %" G_GINT64_FORMAT ": %s%s%s%s%s\n", oak_int(in, "instance_number", 0), oak_str(in, "status", "?"),
-           *oak_str(in, "cluster_name", "") ? " on cluster " : "", oak_str(in, "cluster_name", ""), *detail ? ": " : "",
-           detail);
+    printf("instance %" G_GINT64_FORMAT ": %s%s%s%s%s\n", oak_int(in, "instance_number", 0),
+           oak_str(in, "status", "?"), *oak_str(in, "cluster_name", "") ? " on cluster " : "",
+           oak_str(in, "cluster_name", ""), *detail ? ": " : "", detail);
     JsonNode *rf = json_object_get_member(in, "cluster_refusals");
     if (rf != NULL && JSON_NODE_HOLDS_OBJECT(rf)) {
       g_autoptr(GList) ids = json_object_get_members(json_node_get_object(rf));
       for (GList *l = ids; l != NULL; l = l->next)
-        printf("  refused by cluster %s: %s\n", (char *)l->data, oak_str(json_node_get_object(rf), l->data, ""));
+        printf("  refused by cluster %s: %s\n", (char *)l->data,
+               oak_str(json_node_get_object(rf), l->data, ""));
     }
   }
   JsonArray *cls = array_member(o, "clusters");
   for (guint i = 0; cls != NULL && i < json_array_get_length(cls); i++) {
     JsonObject *c = json_array_get_object_element(cls, i);
     if (oak_str(c, "error", NULL) != NULL) {
-      printf("cluster %s: node selection unknown (%s)\n", oak_str(c, "cluster_name", "?"), oak_str(c, "error", ""));
+      printf("cluster %s: node selection unknown (%s)\n", oak_str(c, "cluster_name", "?"),
+             oak_str(c, "error", ""));
       continue;
     }
     printf("cluster %s: node selection for instance %" G_GINT64_FORMAT ":\n", oak_str(c, "cluster_name", "?"),
@@ -311,8 +324,8 @@ int oakuk_cmd_explain(int argc, char **argv) {
   g_autofree char *url = NULL;
   gboolean json = FALSE;
   GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
-  if (!oak_parse("explain", "SERVICE", "Show why the scheduler placed or refused a service's instances.", entries,
-                 &argc, &argv))
+  if (!oak_parse("explain", "SERVICE", "Show why the scheduler placed or refused a service's instances.",
+                 entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc != 2) {
     fprintf(stderr, "oakuk explain: exactly one SERVICE expected\n");
@@ -335,9 +348,30 @@ static gboolean status_failed(const char *status) {
          s == OAKUK_STATUS_UNDEPLOYED;
 }
 
-static gboolean status_done(const char *status) {
-  int32_t s = oakuk_instance_status_from_name(status);
-  return s == OAKUK_STATUS_RUNNING || s == OAKUK_STATUS_COMPLETED;
+static gboolean status_running(JsonObject *in) {
+  return oakuk_instance_status_from_name(oak_str(in, "status", "")) == OAKUK_STATUS_RUNNING;
+}
+
+/* Done waiting: the instance runs and its node found it ready (RUNNING alone says only that QEMU
+ * or runc is up), or a one-shot instance completed. */
+static gboolean instance_done(JsonObject *in) {
+  return (status_running(in) && oak_bool(in, "ready", FALSE)) ||
+         oakuk_instance_status_from_name(oak_str(in, "status", "")) == OAKUK_STATUS_COMPLETED;
+}
+
+/* What a progress line says after the status: the readiness of a running instance, then the detail. */
+static char *progress_note(JsonObject *in) {
+  const char *detail = oak_str(in, "status_detail", "");
+  g_autofree char *ready = NULL;
+  if (status_running(in) && !oak_bool(in, "ready", FALSE))
+    ready = g_strdup("running, waiting for readiness");
+  else if (status_running(in) && oak_int(in, "ready_ms", -1) >= 0)
+    ready = g_strdup_printf("ready %" G_GINT64_FORMAT " ms after the request", oak_int(in, "ready_ms", -1));
+  else if (status_running(in))
+    ready = g_strdup("ready");
+  if (ready == NULL)
+    return g_strdup(detail);
+  return *detail ? g_strdup_printf("%s; %s", ready, detail) : g_steal_pointer(&ready);
 }
 
 /* The instance_list entry n of the service now (a new reference), or NULL when it is gone. */
@@ -362,9 +396,9 @@ static void print_instance(OakClient *cl, JsonObject *in) {
 }
 
 static int report_failure(OakClient *cl, JsonObject *service, JsonObject *in) {
-  fprintf(stderr, "oakuk deploy: instance %" G_GINT64_FORMAT " of %s: %s%s%s\n", oak_int(in, "instance_number", 0),
-          oak_str(service, "job_name", "?"), oak_str(in, "status", "?"), *oak_str(in, "status_detail", "") ? ": " : "",
-          oak_str(in, "status_detail", ""));
+  fprintf(stderr, "oakuk deploy: instance %" G_GINT64_FORMAT " of %s: %s%s%s\n",
+          oak_int(in, "instance_number", 0), oak_str(service, "job_name", "?"), oak_str(in, "status", "?"),
+          *oak_str(in, "status_detail", "") ? ": " : "", oak_str(in, "status_detail", ""));
   if (!cl->json) {
     fflush(stdout);
     print_explanation(cl, service, FALSE);
@@ -372,7 +406,7 @@ static int report_failure(OakClient *cl, JsonObject *service, JsonObject *in) {
   return OAKUK_CLI_FAILED;
 }
 
-/* Polls the instance every 0.5 s, printing each change of status or detail. */
+/* Polls the instance every 0.5 s, printing each change of status, readiness or detail. */
 static int wait_instance(OakClient *cl, JsonObject *service, gint64 n, gint64 timeout_s) {
   oak_catch_interrupts();
   gint64 start = g_get_monotonic_time();
@@ -390,25 +424,28 @@ static int wait_instance(OakClient *cl, JsonObject *service, gint64 n, gint64 ti
       return OAKUK_CLI_FAILED;
     }
     const char *status = oak_str(in, "status", "?");
-    const char *detail = oak_str(in, "status_detail", "");
-    g_autofree char *now = g_strdup_printf("%s\n%s", status, detail);
+    g_autofree char *note = progress_note(in);
+    g_autofree char *now = g_strdup_printf("%s\n%s", status, note);
     if (g_strcmp0(now, last) != 0 && !cl->json) {
       const char *where = oak_str(in, "node_id", "");
-      printf("[%6.1fs] %-28s%s%s%s%s\n", t, status, *where ? "node " : "", where, *where && *detail ? "  " : "",
-             detail);
+      printf("[%6.1fs] %-28s%s%s%s%s\n", t, status, *where ? "node " : "", where, *where && *note ? "  " : "",
+             note);
       fflush(stdout);
     }
     g_free(last);
     last = g_steal_pointer(&now);
-    if (status_done(status)) {
+    if (instance_done(in)) {
       print_instance(cl, in);
       return OAKUK_CLI_OK;
     }
     if (status_failed(status))
       return report_failure(cl, service, in);
     if (t >= (double)timeout_s) {
-      fprintf(stderr, "oakuk deploy: timed out after %" G_GINT64_FORMAT " s; instance %" G_GINT64_FORMAT " is %s\n",
-              timeout_s, n, status);
+      const char *detail = oak_str(in, "status_detail", "");
+      fprintf(stderr,
+              "oakuk deploy: timed out after %" G_GINT64_FORMAT " s; instance %" G_GINT64_FORMAT
+              " is %s%s%s%s\n",
+              timeout_s, n, status, status_running(in) ? ", not ready yet" : "", *detail ? ": " : "", detail);
       return OAKUK_CLI_FAILED;
     }
     if (!oak_nap(500)) {
@@ -424,16 +461,18 @@ int oakuk_cmd_deploy(int argc, char **argv) {
   gint timeout = 300;
   GOptionEntry entries[] = {
       OAKUK_CLIENT_OPTIONS(url, json),
-      {"wait", 'w', 0, G_OPTION_ARG_NONE, &wait, "Show progress until the instance runs (exit 0) or fails (exit 1)",
-       NULL},
-      {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout, "With --wait: give up after S seconds (default 300)", "S"},
+      {"wait", 'w', 0, G_OPTION_ARG_NONE, &wait,
+       "Show progress until the instance is running and ready (exit 0) or fails (exit 1)", NULL},
+      {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout, "With --wait: give up after S seconds (default 300)",
+       "S"},
       NO_ENTRY,
   };
-  if (!oak_parse("deploy", "SERVICE", "Deploy one more instance of a service (id, job name or unique name).", entries,
-                 &argc, &argv))
+  if (!oak_parse("deploy", "SERVICE", "Deploy one more instance of a service (id, job name or unique name).",
+                 entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc != 2 || timeout <= 0) {
-    fprintf(stderr, "oakuk deploy: %s\n", argc != 2 ? "exactly one SERVICE expected" : "--timeout must be positive");
+    fprintf(stderr, "oakuk deploy: %s\n",
+            argc != 2 ? "exactly one SERVICE expected" : "--timeout must be positive");
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
@@ -510,11 +549,12 @@ int oakuk_cmd_undeploy(int argc, char **argv) {
       {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout, "With --wait: give up after S seconds (default 60)", "S"},
       NO_ENTRY,
   };
-  if (!oak_parse("undeploy", "SERVICE [INSTANCE]", "Remove one instance of a service, or all of them.", entries, &argc,
-                 &argv))
+  if (!oak_parse("undeploy", "SERVICE [INSTANCE]", "Remove one instance of a service, or all of them.",
+                 entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc < 2 || argc > 3 || timeout <= 0) {
-    fprintf(stderr, "oakuk undeploy: %s\n", timeout <= 0 ? "--timeout must be positive" : "SERVICE [INSTANCE] expected");
+    fprintf(stderr, "oakuk undeploy: %s\n",
+            timeout <= 0 ? "--timeout must be positive" : "SERVICE [INSTANCE] expected");
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
@@ -551,7 +591,8 @@ int oakuk_cmd_undeploy(int argc, char **argv) {
       if (in == NULL)
         break;
       if (g_get_monotonic_time() > deadline || !oak_nap(500)) {
-        fprintf(stderr, "oakuk undeploy: instance %" G_GINT64_FORMAT " still %s\n", n, oak_str(in, "status", "?"));
+        fprintf(stderr, "oakuk undeploy: instance %" G_GINT64_FORMAT " still %s\n", n,
+                oak_str(in, "status", "?"));
         return OAKUK_CLI_FAILED;
       }
     }
@@ -573,11 +614,12 @@ int oakuk_cmd_logs(int argc, char **argv) {
       NO_ENTRY,
   };
   if (!oak_parse("logs", "SERVICE [INSTANCE]",
-                 "Show the serial console (unikernel) or output (container) of a service's instances.", entries, &argc,
-                 &argv))
+                 "Show the serial console (unikernel) or output (container) of a service's instances.",
+                 entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc < 2 || argc > 3 || lines < 1 || lines > 10000) {
-    fprintf(stderr, "oakuk logs: %s\n", argc < 2 || argc > 3 ? "SERVICE [INSTANCE] expected" : "--lines must be 1..10000");
+    fprintf(stderr, "oakuk logs: %s\n",
+            argc < 2 || argc > 3 ? "SERVICE [INSTANCE] expected" : "--lines must be 1..10000");
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
@@ -597,8 +639,9 @@ int oakuk_cmd_logs(int argc, char **argv) {
   int result = OAKUK_CLI_OK;
   for (guint i = 0; i < nums->len; i++) {
     gint64 n = g_array_index(nums, gint64, i);
-    g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances/%" G_GINT64_FORMAT "/logs?lines=%d",
-                                            oak_service_id(service), n, lines);
+    g_autofree char *path =
+        g_strdup_printf("/api/v1/services/%s/instances/%" G_GINT64_FORMAT "/logs?lines=%d",
+                        oak_service_id(service), n, lines);
     g_autoptr(JsonNode) a = oak_request(cl, "GET", path, NULL, NULL, &rc);
     if (a == NULL) {
       result = rc;

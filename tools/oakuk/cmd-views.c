@@ -6,7 +6,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NO_ENTRY {NULL, 0, 0, 0, NULL, NULL, NULL}
+#define NO_ENTRY                                                                                             \
+  { NULL, 0, 0, 0, NULL, NULL, NULL }
 
 static JsonArray *array_member(JsonObject *o, const char *key) {
   JsonNode *n = o ? json_object_get_member(o, key) : NULL;
@@ -36,7 +37,7 @@ static char *ago(gint64 ms) {
   if (ms <= 0)
     return g_strdup("never");
   gint64 d = MAX(0, g_get_real_time() / 1000 - ms) / 1000;
-  return d < 120 ? g_strdup_printf("%" G_GINT64_FORMAT "s ago", d)
+  return d < 120    ? g_strdup_printf("%" G_GINT64_FORMAT "s ago", d)
          : d < 7200 ? g_strdup_printf("%" G_GINT64_FORMAT "m ago", d / 60)
                     : g_strdup_printf("%" G_GINT64_FORMAT "h ago", d / 3600);
 }
@@ -61,6 +62,13 @@ static void add_row(JsonArray *rows, JsonObject *s, JsonObject *in) {
   json_object_set_string_member(r, "arch", oak_str(pl, "arch", ""));
   json_object_set_string_member(r, "status", oak_str(in, "status", ""));
   json_object_set_string_member(r, "status_detail", oak_str(in, "status_detail", ""));
+  /* as the root gives them: ready always, ready_ms once the instance is ready */
+  if (in != NULL)
+    json_object_set_boolean_member(r, "ready", oak_bool(in, "ready", FALSE));
+  else
+    json_object_set_null_member(r, "ready");
+  if (oak_int(in, "ready_ms", -1) >= 0)
+    json_object_set_int_member(r, "ready_ms", oak_int(in, "ready_ms", -1));
   json_array_add_object_element(rows, r);
 }
 
@@ -83,16 +91,29 @@ static JsonArray *status_rows(OakClient *cl, int *rc) {
 }
 
 static void print_status(JsonArray *rows) {
-  static const char *const headers[] = {"APP", "SERVICE", "INSTANCE", "NODE", "VIRT", "ARCH", "STATUS", "DETAIL", NULL};
+  static const char *const headers[] = {"APP",    "SERVICE", "INSTANCE", "NODE",   "VIRT", "ARCH",
+                                        "STATUS", "READY",   "READY-MS", "DETAIL", NULL};
   g_autoptr(OakTable) t = oak_table_new(headers);
   for (guint i = 0; i < json_array_get_length(rows); i++) {
     JsonObject *r = json_array_get_object_element(rows, i);
     JsonNode *inst = json_object_get_member(r, "instance");
-    g_autofree char *n = JSON_NODE_HOLDS_NULL(inst) ? g_strdup("-") : g_strdup_printf("%" G_GINT64_FORMAT,
-                                                                                       json_node_get_int(inst));
-    const char *cells[] = {oak_str(r, "app", ""),  oak_str(r, "service", ""),        n,
-                           oak_str(r, "node", ""), oak_str(r, "virtualization", ""), oak_str(r, "arch", ""),
-                           oak_str(r, "status", ""), oak_str(r, "status_detail", "")};
+    g_autofree char *n = JSON_NODE_HOLDS_NULL(inst)
+                             ? g_strdup("-")
+                             : g_strdup_printf("%" G_GINT64_FORMAT, json_node_get_int(inst));
+    const char *ready = JSON_NODE_HOLDS_NULL(inst) ? "-" : oak_bool(r, "ready", FALSE) ? "yes" : "no";
+    g_autofree char *ready_ms = oak_int(r, "ready_ms", -1) >= 0
+                                    ? g_strdup_printf("%" G_GINT64_FORMAT, oak_int(r, "ready_ms", -1))
+                                    : NULL;
+    const char *cells[] = {oak_str(r, "app", ""),
+                           oak_str(r, "service", ""),
+                           n,
+                           oak_str(r, "node", ""),
+                           oak_str(r, "virtualization", ""),
+                           oak_str(r, "arch", ""),
+                           oak_str(r, "status", ""),
+                           ready,
+                           ready_ms,
+                           oak_str(r, "status_detail", "")};
     oak_table_add(t, cells);
   }
   oak_table_print(t, stdout);
@@ -106,8 +127,8 @@ int oakuk_cmd_status(int argc, char **argv) {
       {"watch", 'w', 0, G_OPTION_ARG_NONE, &watch, "Redraw every 2 s until interrupted", NULL},
       NO_ENTRY,
   };
-  if (!oak_parse("status", "", "Show the applications, services and instances and where they run.", entries, &argc,
-                 &argv))
+  if (!oak_parse("status", "", "Show the applications, services and instances and where they run.", entries,
+                 &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc != 1) {
     fprintf(stderr, "oakuk status: no positional arguments expected\n");
@@ -158,8 +179,8 @@ int oakuk_cmd_clusters(int argc, char **argv) {
   g_autofree char *url = NULL;
   gboolean json = FALSE;
   GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
-  if (!oak_parse("clusters", "", "List the clusters registered with the root and their last aggregate.", entries,
-                 &argc, &argv))
+  if (!oak_parse("clusters", "", "List the clusters registered with the root and their last aggregate.",
+                 entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc != 1) {
     fprintf(stderr, "oakuk clusters: no positional arguments expected\n");
@@ -177,22 +198,31 @@ int oakuk_cmd_clusters(int argc, char **argv) {
     oak_print_json(n);
     return OAKUK_CLI_OK;
   }
-  static const char *const headers[] = {"ID",   "NAME", "LOCATION", "ACTIVE", "NODES",        "CPU%",
-                                        "MEM-MB", "ARCH", "VIRT",   "SUBNET", "LAST-AGGREGATE", NULL};
+  static const char *const headers[] = {"ID",     "NAME", "LOCATION", "ACTIVE", "NODES",          "CPU%",
+                                        "MEM-MB", "ARCH", "VIRT",     "SUBNET", "LAST-AGGREGATE", NULL};
   g_autoptr(OakTable) t = oak_table_new(headers);
   for (guint i = 0; i < json_array_get_length(list); i++) {
     JsonObject *c = json_array_get_object_element(list, i);
     JsonNode *act = json_object_get_member(c, "active");
     gboolean active = act != NULL && JSON_NODE_HOLDS_VALUE(act) && json_node_get_boolean(act);
-    g_autofree char *nodes = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, oak_int(c, "active_nodes", 0),
-                                             oak_int(c, "number_of_nodes", 0));
+    g_autofree char *nodes = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT,
+                                             oak_int(c, "active_nodes", 0), oak_int(c, "number_of_nodes", 0));
     g_autofree char *cpu = g_strdup_printf("%.1f", oak_num(c, "cpu_percent", 0));
     g_autofree char *mem = g_strdup_printf("%" G_GINT64_FORMAT, oak_int(c, "cumulative_memory_in_mb", 0));
     g_autofree char *arch = join_strings(c, "arch");
     g_autofree char *virt = join_strings(c, "virtualization");
     g_autofree char *last = ago(oak_int(c, "aggregate_received_at_ms", 0));
-    const char *cells[] = {oak_str(c, "id", ""), oak_str(c, "cluster_name", ""), oak_str(c, "cluster_location", ""),
-                           active ? "yes" : "no", nodes, cpu, mem, arch, virt, oak_str(c, "subnet", ""), last};
+    const char *cells[] = {oak_str(c, "id", ""),
+                           oak_str(c, "cluster_name", ""),
+                           oak_str(c, "cluster_location", ""),
+                           active ? "yes" : "no",
+                           nodes,
+                           cpu,
+                           mem,
+                           arch,
+                           virt,
+                           oak_str(c, "subnet", ""),
+                           last};
     oak_table_add(t, cells);
   }
   oak_table_print(t, stdout);
@@ -203,8 +233,8 @@ int oakuk_cmd_nodes(int argc, char **argv) {
   g_autofree char *url = NULL;
   gboolean json = FALSE;
   GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
-  if (!oak_parse("nodes", "", "List the nodes of every cluster (as of each cluster's last aggregate).", entries, &argc,
-                 &argv))
+  if (!oak_parse("nodes", "", "List the nodes of every cluster (as of each cluster's last aggregate).",
+                 entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   if (argc != 1) {
     fprintf(stderr, "oakuk nodes: no positional arguments expected\n");
@@ -239,7 +269,7 @@ int oakuk_cmd_nodes(int argc, char **argv) {
     oak_print_json(n);
     return OAKUK_CLI_OK;
   }
-  static const char *const headers[] = {"CLUSTER", "NODE",   "IP",     "ARCH",      "VIRT",  "ACCEL",
+  static const char *const headers[] = {"CLUSTER",  "NODE",     "IP",     "ARCH",      "VIRT", "ACCEL",
                                         "CPU-FREE", "MEM-FREE", "ACTIVE", "LAST-SEEN", NULL};
   g_autoptr(OakTable) t = oak_table_new(headers);
   for (guint i = 0; i < json_array_get_length(out); i++) {
@@ -247,15 +277,22 @@ int oakuk_cmd_nodes(int argc, char **argv) {
     JsonNode *act = json_object_get_member(n, "active");
     gboolean active = act != NULL && JSON_NODE_HOLDS_VALUE(act) && json_node_get_boolean(act);
     gint64 vcpus = oak_int(n, "vcpus", 0);
-    g_autofree char *cpu = g_strdup_printf("%.1f/%" G_GINT64_FORMAT,
-                                           (double)vcpus * (100.0 - oak_num(n, "cpu_percent", 0)) / 100.0, vcpus);
-    g_autofree char *mem = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " MB", oak_int(n, "memory", 0),
-                                           oak_int(n, "memory_total", 0));
+    g_autofree char *cpu = g_strdup_printf(
+        "%.1f/%" G_GINT64_FORMAT, (double)vcpus * (100.0 - oak_num(n, "cpu_percent", 0)) / 100.0, vcpus);
+    g_autofree char *mem = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " MB",
+                                           oak_int(n, "memory", 0), oak_int(n, "memory_total", 0));
     g_autofree char *virt = join_strings(n, "virtualization");
     g_autofree char *last = ago(oak_int(n, "last_seen_ms", 0));
-    const char *cells[] = {oak_str(n, "cluster_name", ""), oak_str(n, "id", ""), oak_str(n, "ip", ""),
-                           oak_str(n, "architecture", ""), virt, oak_str(object_member(n, "unikernel"), "accel", ""),
-                           cpu, mem, active ? "yes" : "no", last};
+    const char *cells[] = {oak_str(n, "cluster_name", ""),
+                           oak_str(n, "id", ""),
+                           oak_str(n, "ip", ""),
+                           oak_str(n, "architecture", ""),
+                           virt,
+                           oak_str(object_member(n, "unikernel"), "accel", ""),
+                           cpu,
+                           mem,
+                           active ? "yes" : "no",
+                           last};
     oak_table_add(t, cells);
   }
   oak_table_print(t, stdout);
