@@ -327,11 +327,11 @@ class UkGuestRun(RunBase):
 
     def test_wrong_convention_is_named(self):
         """0.15-style parameters given to a 0.16.3 guest: it boots, never configures its address, never
-        answers; the runtime says why, and the run ends after --ready-timeout (exit 4)."""
+        answers; the runtime says why, and the run ends after --ready-timeout (exit 7)."""
         port = ports(1)[0]
         r = self.start("--allow-emulation", "--uk-version", "0.15.0", "-p", f"{port}:8080", "--ready-timeout", "8",
                        str(UKGUEST["0.16.3"]), "--", "stay")
-        self.assertEqual(r.finish(120), 4, r.stderr())
+        self.assertEqual(r.finish(120), 7, r.stderr())
         err = r.stderr()
         ip = re.search(rf"oakuk: instance {self.name} at ([0-9.]+)", err).group(1)
         self.assertIn("waiting until it is ready: tcp port 8080", err)

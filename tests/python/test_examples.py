@@ -52,6 +52,21 @@ class Examples(unittest.TestCase):
                                 c.stdout.startswith("aggr.aggr.testaggr.aggr: ") or
                                 c.stdout.startswith("multi.arch.web.edge: "), c.stdout)
 
+    def test_unikraft_examples(self):
+        """The Unikraft descriptors of docs/unikernels.md parse, without warnings, and place by arch."""
+        for name, rr_ip in (("unikraft-httpreply.json", "10.30.0.40"), ("unikraft-nginx.json", "10.30.0.41")):
+            with self.subTest(name=name):
+                d = oakuk.Descriptor.parse_file(example("descriptors", name))
+                self.assertEqual(d.warnings, [])
+                [ms] = d.microservices
+                self.assertEqual(ms.arch, ["amd64", "arm64"])
+                self.assertEqual(ms.unikernel["flavor"], "unikraft")
+                self.assertEqual(ms.rr_ip, rr_ip)
+                self.assertGreater(ms.readiness["tcp"], 0)
+                c, py = run_both(example("descriptors", name), EDGE)
+                self.assertEqual((c.returncode, c.stdout), (py.returncode, py.stdout))
+                self.assertIn(c.returncode, (0, 1), c.stderr)
+
     def test_not_placed_prints_status_and_explanation(self):
         with open(EDGE, encoding="utf-8") as f:
             container_only = [n for n in json.load(f) if n["id"] == "edge-ctr-1"]

@@ -15,7 +15,7 @@ static const char summary[] =
     "\n"
     "Exit status: 0 when stopped by a signal or when the guest powered off cleanly, 1 on errors,\n"
     "2 on a bad command line, 3 when the guest crashed, was killed or failed to start (its last\n"
-    "console lines are printed), 4 when it was not ready within --ready-timeout (it is stopped).";
+    "console lines are printed), 7 when it was not ready within --ready-timeout (it is stopped).";
 
 /* "--memory 128", positive, at most max. */
 static gboolean parse_positive(const char *opt, const char *text, int64_t max, int64_t *out) {
@@ -69,7 +69,7 @@ int oakuk_cmd_run(int argc, char **argv) {
       {"ready-serial", 0, 0, G_OPTION_ARG_STRING, &ready_serial,
        "Text the guest prints on its console once it is ready", "TEXT"},
       {"ready-timeout", 0, 0, G_OPTION_ARG_STRING, &ready_timeout,
-       "Stop the guest (exit 4) when it is not ready after S seconds (default 120; 0: wait for good)", "S"},
+       "Stop the guest (exit 7) when it is not ready after S seconds (default 120; 0: wait for good)", "S"},
       {NULL, 0, 0, 0, NULL, NULL, NULL},
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("IMAGE [-- ARGS...]");

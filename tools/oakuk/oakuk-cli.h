@@ -7,7 +7,7 @@
 #define OAKUK_CLI_FAILED 1     /* the operation failed (message on stderr) */
 #define OAKUK_CLI_USAGE 2      /* bad command line */
 #define OAKUK_CLI_GUEST_DIED 3 /* the instance crashed, was killed or failed after it was started */
-#define OAKUK_CLI_NOT_READY 4  /* the instance was not ready within the timeout (and was stopped) */
+#define OAKUK_CLI_NOT_READY 7  /* oakuk run: the guest was not ready within the timeout (and was stopped) */
 
 /* A subcommand: argv[0] is the subcommand's name. Returns the exit status. */
 typedef int (*oakuk_cli_command)(int argc, char **argv);
