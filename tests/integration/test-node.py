@@ -361,6 +361,7 @@ class NodeTest(unittest.TestCase):
         self.assertIn("arm64", failed["status_detail"])
         self.assertIn("built for amd64", failed["status_detail"])
         self.assertNotIn("restarting", failed["status_detail"])
+        self.assertNotIn("again after", failed["status_detail"])  # no restart happened, none is claimed
         self.assertEqual(self.watch.publish("control/delete", json.dumps({"job_name": JOB, "instance_number": 7})), 0)
         self.watch.wait(t0, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == 7, "UNDEPLOYED")
         wait_until("no trace of the refused instance", lambda: not os.path.exists("/run/netns/" + name) and
