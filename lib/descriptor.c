@@ -52,6 +52,7 @@ struct oakuk_microservice {
   char *uk_flavor, *uk_version;
   int64_t uk_graceful;
   int64_t ready_tcp; /* -1: not given (the first TCP port's guest side) */
+  int64_t reschedule_after_s;
   char *ready_serial;
 };
 
@@ -367,6 +368,7 @@ static const char *const ms_known_keys[] = {"microserviceID",
                                             "restart",
                                             "unikernel",
                                             "readiness",
+                                            "reschedule_after_s",
                                             NULL};
 
 /* Keys of an Oakestra job document (a microservice as the cluster and node receive it). */
@@ -1052,6 +1054,9 @@ static void parse_extensions(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, 
   ms->restart = v < 0 ? OAKUK_RESTART_ON_FAILURE : v;
   parse_unikernel_ext(ctx, ms, obj, prefix);
   parse_readiness(ctx, ms, obj, prefix);
+  ms->reschedule_after_s = OAKUK_RESCHEDULE_AFTER_S_DEFAULT;
+  if (json_object_has_member(obj, "reschedule_after_s"))
+    get_int(ctx, obj, prefix, "reschedule_after_s", false, 0, 86400, " (seconds)", &ms->reschedule_after_s);
 }
 
 static void parse_resources(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
@@ -1121,6 +1126,7 @@ static oakuk_microservice *ms_new(void) {
   ms->restart = OAKUK_RESTART_ON_FAILURE;
   ms->uk_net = OAKUK_UKNET_DIRECT;
   ms->ready_tcp = -1;
+  ms->reschedule_after_s = OAKUK_RESCHEDULE_AFTER_S_DEFAULT;
   return ms;
 }
 
@@ -1828,6 +1834,7 @@ OAKUK_API int32_t oakuk_microservice_readiness_tcp(const oakuk_microservice *ms)
 }
 
 MS_GETTER(const char *, readiness_serial, ms->ready_serial, NULL)
+MS_GETTER(int64_t, reschedule_after_s, ms->reschedule_after_s, OAKUK_RESCHEDULE_AFTER_S_DEFAULT)
 
 OAKUK_API int32_t oakuk_microservice_port_proto(const oakuk_microservice *ms, size_t i) {
   g_return_val_if_fail(ms != NULL, OAKUK_PROTO_TCP);

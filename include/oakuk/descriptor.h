@@ -161,6 +161,11 @@ OAKUK_API int64_t oakuk_microservice_uk_graceful_stop_s(const oakuk_microservice
 OAKUK_API int32_t oakuk_microservice_readiness_tcp(const oakuk_microservice *ms);
 OAKUK_API const char *oakuk_microservice_readiness_serial(const oakuk_microservice *ms);
 
+/* Extension "reschedule_after_s" (0..86400): how long a silent node or cluster keeps the service's
+ * instances before a copy is started elsewhere (docs/reconcile.md). */
+#define OAKUK_RESCHEDULE_AFTER_S_DEFAULT 60
+OAKUK_API int64_t oakuk_microservice_reschedule_after_s(const oakuk_microservice *ms);
+
 OAKUK_END_DECLS
 
 #endif

@@ -54,6 +54,7 @@ class ThesisFixtures(unittest.TestCase):
         self.assertEqual(ms.memory_mb, 1000)
         # no readiness key: the node probes the first TCP port's guest side
         self.assertEqual(ms.readiness, {"tcp": 80, "serial": None})
+        self.assertEqual(ms.reschedule_after_s, 60)
 
     def test_multiarch_codes_match_arch_by_position(self):
         [ms] = oakuk.Descriptor.parse_file(thesis("multiarch-unikernel.json")).microservices

@@ -1001,6 +1001,22 @@ static void test_readiness(void) {
   g_string_free(big, TRUE);
 }
 
+static void test_reschedule_after(void) {
+  oakuk_descriptor *d = parse_ms_ok(base_container, NULL, NULL);
+  g_assert_cmpint(oakuk_microservice_reschedule_after_s(first_ms(d)), ==, 60);
+  oakuk_descriptor_unref(d);
+  d = parse_ms_ok(base_container, "reschedule_after_s", "0");
+  g_assert_cmpint(oakuk_microservice_reschedule_after_s(first_ms(d)), ==, 0);
+  g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 0);
+  oakuk_descriptor_unref(d);
+  d = parse_ms_ok(base_container, "reschedule_after_s", "300");
+  g_assert_cmpint(oakuk_microservice_reschedule_after_s(first_ms(d)), ==, 300);
+  oakuk_descriptor_unref(d);
+  expect_ms(base_container, "reschedule_after_s", "-1", "reschedule_after_s", "between 0 and 86400");
+  expect_ms(base_container, "reschedule_after_s", "86401", "reschedule_after_s", "between 0 and 86400");
+  expect_ms(base_container, "reschedule_after_s", "\"60\"", "reschedule_after_s", "got a string");
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/descriptor/thesis/all-parse", test_thesis_all_parse);
@@ -1014,6 +1030,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/descriptor/defaults", test_defaults);
   g_test_add_func("/descriptor/extensions", test_extensions);
   g_test_add_func("/descriptor/readiness", test_readiness);
+  g_test_add_func("/descriptor/reschedule-after", test_reschedule_after);
   g_test_add_func("/descriptor/virt-array", test_virt_array);
   g_test_add_func("/descriptor/accept/numbers", test_numbers_accepted);
   g_test_add_func("/descriptor/accept/ports", test_ports_accepted);

@@ -136,6 +136,7 @@ _PROTOTYPES = {
     "oakuk_microservice_uk_graceful_stop_s": (c_int64, [_vp]),
     "oakuk_microservice_readiness_tcp": (c_int32, [_vp]),
     "oakuk_microservice_readiness_serial": (c_char_p, [_vp]),
+    "oakuk_microservice_reschedule_after_s": (c_int64, [_vp]),
     # model
     "oakuk_instance_status_name": (c_char_p, [c_int32]),
     "oakuk_instance_status_from_name": (c_int32, [c_char_p]),

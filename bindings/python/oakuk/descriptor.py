@@ -247,6 +247,9 @@ class Microservice(Handle):
         return {"tcp": lib.oakuk_microservice_readiness_tcp(self),
                 "serial": text(lib.oakuk_microservice_readiness_serial(self))}
 
+    reschedule_after_s = property(lambda self: lib.oakuk_microservice_reschedule_after_s(self),
+                                  doc="seconds a silent node or cluster keeps the instances (docs/reconcile.md)")
+
     def __repr__(self):
         return "<oakuk.Microservice %s>" % (self.service_name or self.name)
 
