@@ -131,7 +131,8 @@ static bool read_number(JsonObject *o, const char *key, const char *prefix, bool
     oakuk_problems_add(pr, path, "must be a number");
     return false;
   }
-  double d = json_node_get_value_type(n) == G_TYPE_INT64 ? (double)json_node_get_int(n) : json_node_get_double(n);
+  double d =
+      json_node_get_value_type(n) == G_TYPE_INT64 ? (double)json_node_get_int(n) : json_node_get_double(n);
   if (!isfinite(d) || d < min || d > max) {
     if (isinf(max))
       oakuk_problems_add(pr, path, "must be a finite number >= %g, not %g", min, d);
@@ -306,6 +307,7 @@ typedef struct {
   int32_t status;
   double cpu_percent;
   int64_t memory_mb;
+  int64_t generation;
 } InstanceReport;
 
 struct oakuk_node_report {
@@ -377,7 +379,7 @@ static void read_instances(JsonObject *o, oakuk_node_report *r, OakukProblems *p
       continue;
     }
     JsonObject *io = json_node_get_object(n);
-    InstanceReport ir = {NULL, -1, 0, 0};
+    InstanceReport ir = {NULL, -1, 0, 0, 0};
     g_autofree char *status = NULL;
     bool ok = read_string(io, "name", prefix, true, true, &ir.name, pr);
     if (read_string(io, "status", prefix, true, false, &status, pr)) {
@@ -390,6 +392,7 @@ static void read_instances(JsonObject *o, oakuk_node_report *r, OakukProblems *p
     ok = ok && ir.status >= 0;
     read_number(io, "cpu_percent", prefix, false, 0, INFINITY, &ir.cpu_percent, pr);
     read_count(io, "memory_mb", prefix, false, &ir.memory_mb, pr);
+    read_count(io, "generation", prefix, false, &ir.generation, pr);
     if (ok)
       g_array_append_val(r->instances, ir);
     else
@@ -483,6 +486,7 @@ static void add_instances(JsonBuilder *b, const oakuk_node_report *r) {
     add_string_member(b, "status", oakuk_instance_status_name(ir->status));
     add_double_member(b, "cpu_percent", ir->cpu_percent);
     add_int_member(b, "memory_mb", ir->memory_mb);
+    add_int_member(b, "generation", ir->generation);
     json_builder_end_object(b);
   }
   json_builder_end_array(b);
@@ -615,6 +619,12 @@ OAKUK_API int64_t oakuk_node_report_instance_memory_mb(const oakuk_node_report *
   return ir ? ir->memory_mb : 0;
 }
 
+OAKUK_API int64_t oakuk_node_report_instance_generation(const oakuk_node_report *r, size_t i) {
+  g_return_val_if_fail(r != NULL, 0);
+  const InstanceReport *ir = instance_at(r, i);
+  return ir ? ir->generation : 0;
+}
+
 OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_received_at_ms, oakuk_node_report, received_at_ms, 0)
 
 OAKUK_API void oakuk_node_report_set_received_at_ms(oakuk_node_report *r, int64_t ms) {
@@ -669,7 +679,8 @@ static void aggregate_free(oakuk_cluster_aggregate *agg) {
   g_free(agg);
 }
 
-static const char *const per_arch_keys[] = {"cpu_percent", "cpu_cores", "memory", "memory_in_mb", "accel", NULL};
+static const char *const per_arch_keys[] = {"cpu_percent",  "cpu_cores", "memory",
+                                            "memory_in_mb", "accel",     NULL};
 
 static void read_per_arch(JsonObject *o, oakuk_cluster_aggregate *agg, OakukProblems *pr) {
   JsonObject *pa = read_object(o, "aggregation_per_architecture", NULL, pr);
@@ -712,10 +723,17 @@ static void read_jobs(JsonObject *o, oakuk_cluster_aggregate *agg, OakukProblems
   }
 }
 
-static const char *const aggregate_keys[] = {"cpu_percent", "memory_percent", "cpu_cores",
-                                             "cumulative_memory_in_mb", "number_of_nodes", "active_nodes",
-                                             "virtualization", "arch", "aggregation_per_architecture",
-                                             "jobs", NULL};
+static const char *const aggregate_keys[] = {"cpu_percent",
+                                             "memory_percent",
+                                             "cpu_cores",
+                                             "cumulative_memory_in_mb",
+                                             "number_of_nodes",
+                                             "active_nodes",
+                                             "virtualization",
+                                             "arch",
+                                             "aggregation_per_architecture",
+                                             "jobs",
+                                             NULL};
 
 static void read_aggregate(JsonObject *o, oakuk_cluster_aggregate *agg, OakukProblems *pr) {
   read_number(o, "cpu_percent", NULL, false, 0, INFINITY, &agg->cpu_percent, pr);
@@ -726,7 +744,8 @@ static void read_aggregate(JsonObject *o, oakuk_cluster_aggregate *agg, OakukPro
   if (!read_count(o, "active_nodes", NULL, false, &agg->active_nodes, pr))
     agg->active_nodes = agg->number_of_nodes;
   else if (have_total && agg->active_nodes > agg->number_of_nodes)
-    oakuk_problems_add(pr, "active_nodes", "%" G_GINT64_FORMAT " exceeds number_of_nodes (%" G_GINT64_FORMAT ")",
+    oakuk_problems_add(pr, "active_nodes",
+                       "%" G_GINT64_FORMAT " exceeds number_of_nodes (%" G_GINT64_FORMAT ")",
                        agg->active_nodes, agg->number_of_nodes);
   read_virtualization(o, &agg->virt_container, &agg->virt_unikernel, pr);
   JsonArray *archs = read_array(o, "arch", NULL, pr);
@@ -805,7 +824,8 @@ OAKUK_API void oakuk_cluster_aggregate_unref(oakuk_cluster_aggregate *agg) {
     aggregate_free(agg);
 }
 
-OAKUK_API void oakuk_cluster_aggregate_set_identity(oakuk_cluster_aggregate *agg, const char *id, const char *name) {
+OAKUK_API void oakuk_cluster_aggregate_set_identity(oakuk_cluster_aggregate *agg, const char *id,
+                                                    const char *name) {
   g_return_if_fail(agg != NULL);
   char *new_id = g_strdup(id);
   char *new_name = g_strdup(name);
@@ -819,7 +839,8 @@ OAKUK_DEFINE_GETTER(const char *, oakuk_cluster_aggregate_id, oakuk_cluster_aggr
 
 OAKUK_DEFINE_GETTER(const char *, oakuk_cluster_aggregate_name, oakuk_cluster_aggregate, name, NULL)
 
-OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_received_at_ms, oakuk_cluster_aggregate, received_at_ms, 0)
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_received_at_ms, oakuk_cluster_aggregate, received_at_ms,
+                    0)
 
 OAKUK_API void oakuk_cluster_aggregate_set_received_at_ms(oakuk_cluster_aggregate *agg, int64_t ms) {
   g_return_if_fail(agg != NULL);
@@ -828,13 +849,15 @@ OAKUK_API void oakuk_cluster_aggregate_set_received_at_ms(oakuk_cluster_aggregat
 
 OAKUK_DEFINE_GETTER(double, oakuk_cluster_aggregate_cpu_percent, oakuk_cluster_aggregate, cpu_percent, 0)
 
-OAKUK_DEFINE_GETTER(double, oakuk_cluster_aggregate_memory_percent, oakuk_cluster_aggregate, memory_percent, 0)
+OAKUK_DEFINE_GETTER(double, oakuk_cluster_aggregate_memory_percent, oakuk_cluster_aggregate, memory_percent,
+                    0)
 
 OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_cpu_cores, oakuk_cluster_aggregate, cpu_cores, 0)
 
 OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_memory_mb, oakuk_cluster_aggregate, memory_mb, 0)
 
-OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_number_of_nodes, oakuk_cluster_aggregate, number_of_nodes, 0)
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_number_of_nodes, oakuk_cluster_aggregate,
+                    number_of_nodes, 0)
 
 OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_active_nodes, oakuk_cluster_aggregate, active_nodes, 0)
 
@@ -870,8 +893,8 @@ OAKUK_API const char *oakuk_cluster_aggregate_per_arch_name(const oakuk_cluster_
 }
 
 OAKUK_API bool oakuk_cluster_aggregate_per_arch(const oakuk_cluster_aggregate *agg, const char *arch,
-                                                double *cpu_percent, int64_t *cpu_cores, double *memory_percent,
-                                                int64_t *memory_mb, int32_t *accel) {
+                                                double *cpu_percent, int64_t *cpu_cores,
+                                                double *memory_percent, int64_t *memory_mb, int32_t *accel) {
   g_return_val_if_fail(agg != NULL, false);
   if (arch == NULL)
     return false;

@@ -33,6 +33,8 @@ void inst_unref(Inst *i) {
   g_free(i->detail);
   oakuk_image_unref(i->image);
   oakuk_net_instance_info_unref(i->ninfo);
+  if (i->replacement)
+    inst_unref(i->replacement);
   g_free(i);
 }
 
@@ -83,11 +85,12 @@ static void record_remove(Inst *i) {
 /* ---- status events ---- */
 
 /* The instance status event (DESIGN §7, plus ready and ready_ms: docs/cluster.md). */
-static void publish_status(Node *n, const char *job_name, gint64 number, int32_t status, const char *detail,
-                           gboolean ready, gint64 ready_ms) {
+static void publish_status(Node *n, const char *job_name, gint64 number, gint64 generation, int32_t status,
+                           const char *detail, gboolean ready, gint64 ready_ms) {
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "job_name", job_name);
   json_object_set_int_member(o, "instance", number);
+  json_object_set_int_member(o, "generation", generation);
   json_object_set_string_member(o, "status", oakuk_instance_status_name(status));
   json_object_set_string_member(o, "status_detail", detail ? detail : "");
   json_object_set_boolean_member(o, "ready", ready && status == OAKUK_STATUS_RUNNING);
@@ -107,7 +110,7 @@ static void set_status(Inst *i, int32_t status, const char *detail) {
   od_log(status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD ? G_LOG_LEVEL_WARNING
                                                                       : G_LOG_LEVEL_MESSAGE,
          "status", "instance", i->name, "status", oakuk_instance_status_name(status), "msg", i->detail, NULL);
-  publish_status(i->node, i->job_name, i->number, status, i->detail, i->ready, i->ready_ms);
+  publish_status(i->node, i->job_name, i->number, i->generation, status, i->detail, i->ready, i->ready_ms);
 }
 
 void insts_republish(Node *n) {
@@ -116,7 +119,7 @@ void insts_republish(Node *n) {
   g_hash_table_iter_init(&it, n->insts);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     Inst *i = v;
-    publish_status(n, i->job_name, i->number, i->status, i->detail, i->ready, i->ready_ms);
+    publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, i->ready, i->ready_ms);
   }
 }
 
@@ -147,9 +150,15 @@ static char *pick_arch(Node *n, const oakuk_microservice *ms, const char *placed
 
 /* Builds an instance from a deploy payload; NULL with *problem when the payload is not a job. */
 static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
-  gint64 number = -1;
+  gint64 number = -1, generation = 0;
   if (!int_member(job, "instance_number", &number) || number < 0) {
     *problem = g_strdup("instance_number: missing or not a non-negative integer");
+    return NULL;
+  }
+  /* Absent: a cluster from before generations (docs/reconcile.md), generation 0. */
+  if (json_object_has_member(job, "generation") &&
+      (!int_member(job, "generation", &generation) || generation < 0)) {
+    *problem = g_strdup("generation: not a non-negative integer");
     return NULL;
   }
   JsonNode *pn = json_object_get_member(job, "placement");
@@ -202,6 +211,7 @@ static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
   struct in_addr a;
   i->ip = ip && inet_pton(AF_INET, ip, &a) == 1 ? g_strdup(ip) : NULL;
   i->restart = oakuk_microservice_restart(ms);
+  i->generation = generation;
   i->ready_ms = -1;
   i->status = OAKUK_STATUS_NODE_SCHEDULED;
   i->detail = g_strdup("");
@@ -210,17 +220,25 @@ static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
 
 /* ---- failure, cleanup, restart ---- */
 
-/* An instance failed (a deploy step, or the runtime said FAILED/DEAD). Restarts it here once
- * (after a backoff) unless its policy is "never"; afterwards the failure is the cluster's to handle. */
+/* An instance ended or its deploy failed, and its restart policy restarts it: here, after a
+ * delay that doubles with every restart (CrashLoopBackOff) and starts over once it ran for
+ * NODE_STABLE_S. A failure a restart cannot mend here (no_retry) ends FAILED: the cluster moves it. */
 static void fail(Inst *i, int32_t status, const char *detail) {
   if (i->delete_requested) {
     cleanup(i, THEN_DELETE);
     return;
   }
-  if (i->restart != OAKUK_RESTART_NEVER && !i->no_retry && i->restarts < NODE_MAX_LOCAL_RESTARTS) {
+  gint64 now = g_get_monotonic_time();
+  if (i->running_since_us > 0 && now - i->running_since_us >= NODE_STABLE_S * G_USEC_PER_SEC) {
+    i->restarts = 0;
+    i->backoff_s = 0;
+  }
+  i->running_since_us = 0;
+  if (i->restart != OAKUK_RESTART_NEVER && !i->no_retry) {
     i->restarts++;
+    i->backoff_s = i->backoff_s == 0 ? NODE_BACKOFF_FIRST_S : MIN(i->backoff_s * 2, NODE_BACKOFF_MAX_S);
     g_autofree char *d =
-        g_strdup_printf("%s; restarting on this node in %d s", detail, NODE_RESTART_BACKOFF_S);
+        g_strdup_printf("%s; restart %u in %u s (backoff)", detail, i->restarts, i->backoff_s);
     set_status(i, status, d);
     cleanup(i, THEN_RETRY);
     return;
@@ -229,11 +247,7 @@ static void fail(Inst *i, int32_t status, const char *detail) {
     set_status(i, status, detail); /* kept as it is (serial log, state) until deleted */
     return;
   }
-  g_autofree char *d = i->restarts > 0 ? g_strdup_printf("%s again after %u restart%s on this node: %s",
-                                                         oakuk_instance_status_name(status), i->restarts,
-                                                         i->restarts == 1 ? "" : "s", detail)
-                                       : g_strdup(detail);
-  set_status(i, OAKUK_STATUS_FAILED, d);
+  set_status(i, OAKUK_STATUS_FAILED, detail);
   cleanup(i, THEN_FAILED);
 }
 
@@ -253,7 +267,7 @@ static void cleanup_done(Inst *i) {
   switch (then) {
   case THEN_RETRY:
     i->phase = PHASE_BACKOFF;
-    i->timer = g_timeout_add_seconds_full(G_PRIORITY_DEFAULT, NODE_RESTART_BACKOFF_S, on_backoff, inst_ref(i),
+    i->timer = g_timeout_add_seconds_full(G_PRIORITY_DEFAULT, MAX(i->backoff_s, 1), on_backoff, inst_ref(i),
                                           (GDestroyNotify)inst_unref);
     break;
   case THEN_FAILED:
@@ -262,6 +276,13 @@ static void cleanup_done(Inst *i) {
     break;
   case THEN_DELETE:
     i->gone = TRUE;
+    if (i->replacement != NULL) { /* a newer generation of another variant takes the name over */
+      Inst *fresh = g_steal_pointer(&i->replacement);
+      g_hash_table_replace(n->insts, fresh->name, fresh);
+      record_write(fresh);
+      start_deploy(fresh);
+      break;
+    }
     record_remove(i);
     set_status(i, OAKUK_STATUS_UNDEPLOYED, "");
     g_hash_table_remove(n->insts, i->name);
@@ -513,6 +534,57 @@ static void start_deploy(Inst *i) {
 
 /* ---- control topics ---- */
 
+/* What runs, and how: a newer generation with the same of these is the same instance. */
+static gboolean same_instance(const Inst *a, const Inst *b) {
+  return a->virt == b->virt && g_strcmp0(a->arch, b->arch) == 0 && g_strcmp0(a->code, b->code) == 0 &&
+         g_strcmp0(a->code_sha256, b->code_sha256) == 0 && g_strcmp0(a->ip, b->ip) == 0;
+}
+
+/* A deploy for an instance this node has (docs/reconcile.md): an older generation is stale; the
+ * same one re-publishes the status; a newer one of the same instance is adopted without a restart
+ * (the cluster placed it here again after a partition); a newer one of another variant replaces it
+ * once the old one is cleaned up. Takes fresh; returns TRUE when the deploy is dealt with. */
+static gboolean on_deploy_of_known(Inst *old, Inst *fresh) {
+  Node *n = old->node;
+  g_autofree char *gens =
+      g_strdup_printf("%" G_GINT64_FORMAT " -> %" G_GINT64_FORMAT, old->generation, fresh->generation);
+  if (fresh->generation < old->generation || old->delete_requested) {
+    od_log(G_LOG_LEVEL_INFO, "deploy", "instance", old->name, "generation", gens, "msg",
+           old->delete_requested ? "being deleted; deploy ignored"
+                                 : "stale deploy (older generation) ignored",
+           NULL);
+    inst_unref(fresh);
+    return TRUE;
+  }
+  if (fresh->generation > old->generation && same_instance(old, fresh)) {
+    old->generation = fresh->generation;
+    g_clear_pointer(&old->job, json_object_unref);
+    old->job = json_object_ref(fresh->job);
+    old->restart = fresh->restart;
+    record_write(old);
+    od_log(G_LOG_LEVEL_MESSAGE, "deploy", "instance", old->name, "generation", gens, "msg",
+           "adopted the new generation (no restart)", NULL);
+  } else if (fresh->generation > old->generation) {
+    od_log(G_LOG_LEVEL_MESSAGE, "deploy", "instance", old->name, "generation", gens, "msg",
+           "another variant: replacing the instance", NULL);
+    if (old->replacement)
+      inst_unref(old->replacement);
+    old->replacement = fresh;
+    if (old->phase != PHASE_FETCH && old->phase != PHASE_NET)
+      cleanup(old, THEN_DELETE);
+    else
+      old->delete_requested = TRUE; /* the step in flight ends in the cleanup */
+    return TRUE;
+  } else {
+    od_log(G_LOG_LEVEL_INFO, "deploy", "instance", old->name, "msg", "already here; status re-published",
+           NULL);
+  }
+  publish_status(n, old->job_name, old->number, old->generation, old->status, old->detail, old->ready,
+                 old->ready_ms);
+  inst_unref(fresh);
+  return TRUE;
+}
+
 void insts_on_deploy(Node *n, const char *topic, GBytes *payload) {
   g_autoptr(JsonNode) job_node = node_parse_payload(topic, payload, JSON_NODE_OBJECT);
   JsonObject *job = job_node ? json_node_get_object(job_node) : NULL;
@@ -525,13 +597,8 @@ void insts_on_deploy(Node *n, const char *topic, GBytes *payload) {
     return;
   }
   Inst *old = g_hash_table_lookup(n->insts, fresh->name);
-  if (old != NULL && old->phase != PHASE_FAILED) {
-    od_log(G_LOG_LEVEL_INFO, "deploy", "instance", old->name, "msg", "already here; status re-published",
-           NULL);
-    publish_status(n, old->job_name, old->number, old->status, old->detail, old->ready, old->ready_ms);
-    inst_unref(fresh);
+  if (old != NULL && old->phase != PHASE_FAILED && on_deploy_of_known(old, fresh))
     return;
-  }
   if (old != NULL) {
     old->gone = TRUE;
     g_hash_table_remove(n->insts, old->name);
@@ -559,13 +626,28 @@ void insts_on_delete(Node *n, const char *topic, GBytes *payload) {
     node_reject(topic, "instance_number: missing or not a non-negative integer");
     return;
   }
+  gint64 generation = G_MAXINT64; /* absent: any generation */
+  if (json_object_has_member(o, "generation") &&
+      (!int_member(o, "generation", &generation) || generation < 0)) {
+    node_reject(topic, "generation: not a non-negative integer");
+    return;
+  }
   char *iname = oakuk_instance_name(job_name, number);
   g_autofree char *name = g_strdup(iname);
   od_oakuk_free(iname);
   Inst *i = g_hash_table_lookup(n->insts, name);
   od_log(G_LOG_LEVEL_MESSAGE, "delete", "instance", name, "msg", i ? "undeploying" : "unknown here", NULL);
   if (i == NULL) {
-    publish_status(n, job_name, number, OAKUK_STATUS_UNDEPLOYED, "", FALSE, -1);
+    publish_status(n, job_name, number, generation == G_MAXINT64 ? 0 : generation, OAKUK_STATUS_UNDEPLOYED,
+                   "", FALSE, -1);
+    return;
+  }
+  if (i->generation > generation) {
+    g_autofree char *gens =
+        g_strdup_printf("%" G_GINT64_FORMAT " < %" G_GINT64_FORMAT, generation, i->generation);
+    od_log(G_LOG_LEVEL_INFO, "delete", "instance", name, "generation", gens, "msg",
+           "stale delete (older generation) ignored", NULL);
+    publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, i->ready, i->ready_ms);
     return;
   }
   i->delete_requested = TRUE;
@@ -603,6 +685,8 @@ void insts_on_runtime_status(const char *instance, int32_t status, const char *d
                     oakuk_runtime_instance_exit(runtime_of(i), instance) == OAKUK_EXIT_CLEAN);
   gboolean ended =
       status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD || status == OAKUK_STATUS_COMPLETED;
+  if (status == OAKUK_STATUS_RUNNING && i->running_since_us == 0)
+    i->running_since_us = g_get_monotonic_time();
   if (ended && (!clean || i->restart == OAKUK_RESTART_ALWAYS))
     fail(i, status, detail ? detail : "");
   else
@@ -620,7 +704,7 @@ void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_d
   g_autofree char *ms = g_strdup_printf("%" G_GINT64_FORMAT, i->ready_ms);
   g_autofree char *rms = g_strdup_printf("%" G_GINT64_FORMAT, ready_ms);
   od_log(G_LOG_LEVEL_MESSAGE, "ready", "instance", i->name, "ready_ms", ms, "runtime_ready_ms", rms, NULL);
-  publish_status(n, i->job_name, i->number, i->status, i->detail, TRUE, i->ready_ms);
+  publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, TRUE, i->ready_ms);
 }
 
 /* ---- startup ---- */

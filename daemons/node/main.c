@@ -56,7 +56,7 @@ gboolean node_publish(Node *n, const char *leaf, const char *text) {
 typedef struct {
   char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip, *virtualization,
       *insecure_registries;
-  gboolean allow_emulation, stop_instances;
+  gboolean allow_emulation, stop_instances, leave;
   gint report_interval;
 } Args;
 
@@ -156,11 +156,14 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
   n->report_interval_ms = interval * 1000;
   n->allow_emulation = FALSE;
   n->stop_instances = FALSE;
+  n->leave = FALSE;
   if (!config_bool(kf, "allow_emulation", &n->allow_emulation, error) ||
-      !config_bool(kf, "stop_instances", &n->stop_instances, error))
+      !config_bool(kf, "stop_instances", &n->stop_instances, error) ||
+      !config_bool(kf, "leave", &n->leave, error))
     return FALSE;
   n->allow_emulation |= a->allow_emulation;
-  n->stop_instances |= a->stop_instances;
+  n->leave |= a->leave;
+  n->stop_instances |= a->stop_instances || n->leave; /* leaving takes what runs here along */
   if (!parse_virtualization(n, kf, a->virtualization, error))
     return FALSE;
   g_autofree char *insecure = NULL;
@@ -505,7 +508,10 @@ static void register_schedule(Node *n) {
 static gboolean on_signal(gpointer data) {
   Node *n = data;
   od_log(G_LOG_LEVEL_MESSAGE, "stop", "msg",
-         n->stop_instances ? "stopping instances" : "instances keep running", NULL);
+         n->leave            ? "stopping instances and removing the node network (--leave)"
+         : n->stop_instances ? "stopping instances"
+                             : "instances keep running",
+         NULL);
   g_main_loop_quit(n->loop);
   return G_SOURCE_CONTINUE;
 }
@@ -565,6 +571,17 @@ static void node_free(Node *n) {
   g_clear_pointer(&n->ctr_rt, oakuk_runtime_unref);
   if (n->insts && n->stop_instances)
     insts_forget(n);
+  if (n->leave && n->net) {
+    /* Nothing of the node stays: its bridge, VXLAN device and nftables table go too. */
+    oakuk_error *err = NULL;
+    if (oakuk_net_teardown_node(n->net, &err) != 0) {
+      od_log(G_LOG_LEVEL_WARNING, "leave", "msg", oakuk_error_message(err), NULL);
+      oakuk_error_free(err);
+    } else {
+      od_log(G_LOG_LEVEL_MESSAGE, "leave", "msg",
+             "node network removed (bridge, VXLAN device, nftables table)", NULL);
+    }
+  }
   g_clear_pointer(&n->insts, g_hash_table_unref);
   g_clear_pointer(&n->services, g_hash_table_unref);
   g_clear_pointer(&n->peers, g_hash_table_unref);
@@ -651,6 +668,8 @@ int main(int argc, char **argv) {
        "S"},
       {"stop-instances", 0, 0, G_OPTION_ARG_NONE, &a.stop_instances,
        "Stop the instances on SIGTERM (default: they keep running and are re-adopted)", NULL},
+      {"leave", 0, 0, G_OPTION_ARG_NONE, &a.leave,
+       "On SIGTERM stop the instances and remove the node's bridge, VXLAN device and nftables table", NULL},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
   if (!od_options_parse(&argc, &argv, "oakuk node: runs unikernels and containers for its cluster.", entries,

@@ -120,8 +120,8 @@ void netsync_on_services(Node *n, const char *topic, GBytes *payload) {
   for (guint k = 0; k < services->len; k++) {
     Service *s = services->pdata[k];
     oakuk_error *err = NULL;
-    if (oakuk_net_service_set(n->net, s->rr_ip, s->port, (const char *const *)s->backends->pdata, s->backends->len,
-                              &err) != 0) {
+    if (oakuk_net_service_set(n->net, s->rr_ip, s->port, (const char *const *)s->backends->pdata,
+                              s->backends->len, &err) != 0) {
       od_log(G_LOG_LEVEL_WARNING, "service", "rr_ip", s->rr_ip, "msg", oakuk_error_message(err), NULL);
       oakuk_error_free(err);
       continue;
@@ -199,7 +199,8 @@ void netsync_on_peers(Node *n, const char *topic, GBytes *payload) {
       continue;
     }
     g_hash_table_replace(n->peers, g_strdup(key), g_strdup(value));
-    od_log(G_LOG_LEVEL_INFO, "peer", "underlay", (char *)key, "subnet", (char *)value, "msg", "peer added", NULL);
+    od_log(G_LOG_LEVEL_INFO, "peer", "underlay", (char *)key, "subnet", (char *)value, "msg", "peer added",
+           NULL);
   }
   save_table(n, "net-peers.json", payload);
 }
@@ -233,7 +234,8 @@ GPtrArray *netsync_saved_peers(Node *n) {
     JsonNode *en = json_array_get_element(a, k);
     JsonObject *e = JSON_NODE_HOLDS_OBJECT(en) ? json_node_get_object(en) : NULL;
     const char *ip = str_member(e, "ip"), *subnet = str_member(e, "subnet");
-    if (is_ipv4(ip) && subnet && g_strcmp0(str_member(e, "id"), n->id) != 0 && g_strcmp0(ip, n->underlay_ip) != 0) {
+    if (is_ipv4(ip) && subnet && g_strcmp0(str_member(e, "id"), n->id) != 0 &&
+        g_strcmp0(ip, n->underlay_ip) != 0) {
       g_ptr_array_add(out, g_strdup(ip));
       g_hash_table_replace(n->peers, g_strdup(ip), g_strdup(subnet));
     }

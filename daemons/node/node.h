@@ -9,50 +9,55 @@
 
 G_BEGIN_DECLS
 
-/* Seconds before a failed or dead instance is started again on this node. */
-#define NODE_RESTART_BACKOFF_S 2
-/* Local restarts before the failure is left to the cluster (which reschedules). */
-#define NODE_MAX_LOCAL_RESTARTS 1
+/* Restarts back off exponentially (CrashLoopBackOff, docs/reconcile.md): the first after 1 s, each
+ * next one after twice the last, at most 5 min; an instance that ran for NODE_STABLE_S starts over. */
+#define NODE_BACKOFF_FIRST_S 1
+#define NODE_BACKOFF_MAX_S 300
+#define NODE_STABLE_S 60
 
 typedef enum {
-  PHASE_FETCH,    /* image download in flight */
-  PHASE_NET,      /* network setup in flight */
-  PHASE_RUNTIME,  /* handed to the runtime (CREATING .. RUNNING, or ended) */
-  PHASE_CLEANUP,  /* runtime undeploy and/or network teardown in flight */
-  PHASE_BACKOFF,  /* waiting to be deployed again */
-  PHASE_FAILED,   /* gave up: nothing left but the record */
+  PHASE_FETCH,   /* image download in flight */
+  PHASE_NET,     /* network setup in flight */
+  PHASE_RUNTIME, /* handed to the runtime (CREATING .. RUNNING, or ended) */
+  PHASE_CLEANUP, /* runtime undeploy and/or network teardown in flight */
+  PHASE_BACKOFF, /* waiting to be deployed again */
+  PHASE_FAILED,  /* gave up: nothing left but the record */
 } Phase;
 
 typedef enum { THEN_RETRY, THEN_FAILED, THEN_DELETE } Then;
 
 typedef struct Node Node;
 
-typedef struct {
+typedef struct Inst {
   gint refs;
   Node *node;
-  char *name;            /* <job_name>.instance.<n> */
+  char *name; /* <job_name>.instance.<n> */
   char *job_name;
   gint64 number;
-  JsonObject *job;       /* the deploy payload as received */
+  JsonObject *job; /* the deploy payload as received */
   oakuk_microservice *ms;
   int32_t virt;
   char *arch;
   int32_t accel;
   char *code;
   char *code_sha256;
-  char *ip;              /* instance_ip from the cluster, or NULL (allocate) */
+  char *ip; /* instance_ip from the cluster, or NULL (allocate) */
   int32_t restart;
-  gboolean gone;         /* removed from the node's table: late async results are dropped */
+  gboolean gone; /* removed from the node's table: late async results are dropped */
   Phase phase;
-  Then then;             /* what follows the cleanup in flight */
+  Then then; /* what follows the cleanup in flight */
   gboolean delete_requested;
-  gboolean runtime_owned;  /* the runtime knows this instance */
-  gboolean no_retry;       /* a failure that a restart here cannot mend (placement, image) */
-  guint restarts;          /* restarts done on this node */
-  gboolean ready;          /* RUNNING and answering its readiness probe */
-  gint64 ready_ms;         /* from the deploy's arrival here to ready; -1 when not known */
-  gint64 received_us;      /* monotonic time the deploy arrived here; 0 for restored ones */
-  int32_t status;        /* last status published (OAKUK_STATUS_*) */
+  gboolean runtime_owned;   /* the runtime knows this instance */
+  gboolean no_retry;        /* a failure that a restart here cannot mend (placement, image) */
+  guint restarts;           /* restarts since the instance last ran stably */
+  guint backoff_s;          /* the delay of the last restart */
+  gint64 running_since_us;  /* monotonic time it became RUNNING; 0 while not */
+  gint64 generation;        /* the cluster's generation of this placement (docs/reconcile.md) */
+  struct Inst *replacement; /* a deploy of a newer generation waiting for this one's cleanup */
+  gboolean ready;           /* RUNNING and answering its readiness probe */
+  gint64 ready_ms;          /* from the deploy's arrival here to ready; -1 when not known */
+  gint64 received_us;       /* monotonic time the deploy arrived here; 0 for restored ones */
+  int32_t status;           /* last status published (OAKUK_STATUS_*) */
   char *detail;
   guint timer;
   gint64 last_progress_us;
@@ -76,6 +81,7 @@ struct Node {
   gboolean offer_container, offer_unikernel; /* --virtualization */
   char *insecure_registries;                 /* container pulls over http: "host[:port],..." */
   gboolean stop_instances;
+  gboolean leave; /* --leave: on stop, also remove the bridge, VXLAN device and nftables table */
   gint64 report_interval_ms;
 
   /* registration (node.json) */
@@ -92,15 +98,15 @@ struct Node {
   gint64 register_backoff_s;
   oakuk_qemu_caps *caps;
   oakuk_runtime *uk_rt;
-  oakuk_runtime *ctr_rt;  /* NULL when runc is missing */
+  oakuk_runtime *ctr_rt; /* NULL when runc is missing */
   oakuk_image_cache *images;
   oakuk_net *net;
   OdMqtt *mqtt;
   gboolean mqtt_up;
   guint report_source;
-  GHashTable *insts;      /* name -> Inst* */
-  GHashTable *services;   /* rr_ip -> 1: service IPs we programmed */
-  GHashTable *peers;      /* underlay ip -> subnet: peers we programmed */
+  GHashTable *insts;    /* name -> Inst* */
+  GHashTable *services; /* rr_ip -> 1: service IPs we programmed */
+  GHashTable *peers;    /* underlay ip -> subnet: peers we programmed */
   guint64 prev_cpu_total, prev_cpu_idle;
 };
 

@@ -12,8 +12,9 @@ static double cpu_percent(Node *n) {
   if (!g_file_get_contents("/proc/stat", &text, NULL, NULL))
     return 0.0;
   guint64 v[8] = {0};
-  if (sscanf(text, "cpu %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT
-                   " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT,
+  if (sscanf(text,
+             "cpu %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT
+             " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT,
              &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) < 4)
     return 0.0;
   guint64 total = 0;
@@ -77,6 +78,7 @@ static JsonArray *instances_array(Node *n, gint64 *used_vcpus, gint64 *used_mb) 
     JsonObject *o = json_object_new();
     json_object_set_string_member(o, "name", i->name);
     json_object_set_string_member(o, "status", oakuk_instance_status_name(i->status));
+    json_object_set_int_member(o, "generation", i->generation);
     json_object_set_double_member(o, "cpu_percent", cpu);
     json_object_set_int_member(o, "memory_mb", rss_kb / 1024);
     json_array_add_object_element(arr, o);
@@ -98,9 +100,9 @@ char *node_report_json(Node *n) {
   json_object_set_int_member(o, "vcpus", MAX((gint64)(cores > 0 ? cores : 1) - used_vcpus, 0));
   json_object_set_int_member(o, "memory", MAX(avail_mb - used_mb, 0));
   json_object_set_int_member(o, "memory_total", total_mb);
-  json_object_set_double_member(o, "memory_percent",
-                                total_mb > 0 ? CLAMP(100.0 * (double)(total_mb - avail_mb) / (double)total_mb, 0, 100)
-                                             : 0.0);
+  json_object_set_double_member(
+      o, "memory_percent",
+      total_mb > 0 ? CLAMP(100.0 * (double)(total_mb - avail_mb) / (double)total_mb, 0, 100) : 0.0);
   JsonArray *virt = json_array_new();
   if (n->ctr_rt != NULL)
     json_array_add_string_element(virt, "container");

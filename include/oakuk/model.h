@@ -72,6 +72,9 @@ OAKUK_API const char *oakuk_node_report_instance_name(const oakuk_node_report *r
 OAKUK_API int32_t oakuk_node_report_instance_status(const oakuk_node_report *report, size_t i);
 OAKUK_API double oakuk_node_report_instance_cpu_percent(const oakuk_node_report *report, size_t i);
 OAKUK_API int64_t oakuk_node_report_instance_memory_mb(const oakuk_node_report *report, size_t i);
+/* The placement generation the node holds for the instance (docs/reconcile.md); 0 when the node
+ * sent none. */
+OAKUK_API int64_t oakuk_node_report_instance_generation(const oakuk_node_report *report, size_t i);
 /* When the report was received, in milliseconds on the caller's clock (not part of the JSON);
  * 0 means "unknown" and such a report is always considered active. */
 OAKUK_API int64_t oakuk_node_report_received_at_ms(const oakuk_node_report *report);

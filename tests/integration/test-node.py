@@ -473,6 +473,65 @@ class NodeTest(unittest.TestCase):
         wait_until("no trace of %s" % name, lambda: not os.path.exists("/run/netns/" + name) and not qemu_pids(name),
                    timeout=15)
 
+    def test_03f_generations(self):
+        """docs/reconcile.md at the node: a deploy or delete of an older generation is ignored, the same
+        generation re-publishes, a newer one of the same instance is adopted without a restart, a newer
+        one of another variant replaces it; events and reports carry the generation. The cluster is
+        held (SIGSTOP) meanwhile: the node alone is tested, over its broker."""
+        image = GUESTS / "ukguest-0.16.3.tar.gz"
+        if not image.exists():
+            self.skipTest("the multiboot test kernel was not built")
+        name = "%s.instance.11" % JOB
+        cluster = next(p for p in PROCS if p.args and CLUSTER_BIN in p.args)
+        os.kill(cluster.pid, signal.SIGSTOP)
+        try:
+            job = self.uk_job(11, ["stay"], generation=5)
+            t0, n = self.run_uk(job)
+            self.watch.wait(t0, "job", lambda m: m["instance"] == n and m["status"] == "RUNNING" and
+                            m["generation"] == 5, "RUNNING, generation 5", timeout=120)
+            pid = qemu_pids(name)
+            self.assertEqual(len(pid), 1)
+            rep = self.report_with(t0, lambda r: any(i["name"] == name for i in r["instances"]), "report")
+            self.assertEqual(next(i for i in rep["instances"] if i["name"] == name)["generation"], 5)
+            for gen, what in ((5, "the same generation"), (4, "an older generation")):
+                t1 = time.time()
+                self.assertEqual(self.watch.publish("control/deploy", json.dumps(dict(job, generation=gen))), 0)
+                if gen == 5:
+                    self.watch.wait(t1, "job", lambda m: m["instance"] == n and m["generation"] == 5, what)
+                else:
+                    wait_until("stale deploy logged", lambda: "stale deploy (older generation) ignored" in
+                               self.node_log.text())
+                self.assertEqual(qemu_pids(name), pid, what)
+            t1 = time.time()
+            self.assertEqual(self.watch.publish("control/deploy", json.dumps(dict(job, generation=6))), 0)
+            self.watch.wait(t1, "job", lambda m: m["instance"] == n and m["status"] == "RUNNING" and
+                            m["generation"] == 6, "adopted generation 6")
+            self.assertEqual(qemu_pids(name), pid, "a newer generation of the same instance restarts nothing")
+            other = dict(self.uk_job(11, ["stay"], version_image="0.15.0"), generation=7)
+            t1 = time.time()
+            self.assertEqual(self.watch.publish("control/deploy", json.dumps(other)), 0)
+            self.watch.wait(t1, "job", lambda m: m["instance"] == n and m["status"] == "RUNNING" and
+                            m["generation"] == 7, "the other variant RUNNING, generation 7", timeout=120)
+            new = qemu_pids(name)
+            self.assertEqual(len(new), 1)
+            self.assertNotEqual(new, pid)
+            t1 = time.time()
+            self.assertEqual(self.watch.publish("control/delete", json.dumps(
+                {"job_name": JOB, "instance_number": n, "generation": 6})), 0)
+            wait_until("stale delete logged", lambda: "stale delete (older generation) ignored" in self.node_log.text())
+            self.assertEqual(qemu_pids(name), new)
+            self.assertEqual([m for m in self.watch.since(t1, "job") if m.get("instance") == n and
+                              m["status"] == "UNDEPLOYED"], [])
+            for bad in ({"job_name": JOB, "instance_number": n, "generation": -1},
+                        {"job_name": JOB, "instance_number": n, "generation": "7"}):
+                self.assertEqual(self.watch.publish("control/delete", json.dumps(bad)), 0)
+            wait_until("bad generations rejected", lambda: self.node_log.text().count(
+                "generation: not a non-negative integer") >= 2)
+            self.assertEqual(qemu_pids(name), new)
+            self.remove_uk(t1, n)
+        finally:
+            os.kill(cluster.pid, signal.SIGCONT)
+
     def test_04_restart_readopts(self):
         self.assertIsNotNone(self.instance)
         before = self.instance_state()
@@ -492,9 +551,9 @@ class NodeTest(unittest.TestCase):
         self.assertEqual(after, before)
         self.assertIn("args: hello", self.guest_http(self.ip, timeout=30))
 
-    def test_04b_dead_instance_restarted_once_here(self):
-        # QEMU killed under the node: DEAD (saying it restarts here), then a fresh RUNNING instance
-        # with the same IP.
+    def test_04b_dead_instance_restarted_here(self):
+        # QEMU killed under the node: DEAD (saying when it restarts here: CrashLoopBackOff), then a
+        # fresh RUNNING instance with the same IP.
         self.assertIsNotNone(self.instance)
         n = int(self.instance.rsplit(".", 1)[1])
         old = qemu_pids(self.instance)
@@ -502,7 +561,7 @@ class NodeTest(unittest.TestCase):
         t0 = time.time()
         os.kill(old[0], signal.SIGKILL)
         dead = self.watch.wait(t0, "job", lambda m: m["status"] == "DEAD" and m["instance"] == n, "DEAD")
-        self.assertIn("restarting on this node", dead["status_detail"])
+        self.assertIn("restart 1 in 1 s (backoff)", dead["status_detail"])
         self.watch.wait(t0, "job", lambda m: m["status"] == "RUNNING" and m["instance"] == n, "RUNNING again",
                         timeout=60)
         new = qemu_pids(self.instance)

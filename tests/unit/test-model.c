@@ -184,12 +184,14 @@ static void assert_same_report(const oakuk_node_report *a, const oakuk_node_repo
     g_assert_cmpint(oakuk_node_report_instance_status(a, i), ==, oakuk_node_report_instance_status(b, i));
     g_assert_cmpfloat(oakuk_node_report_instance_cpu_percent(a, i), ==,
                       oakuk_node_report_instance_cpu_percent(b, i));
-    g_assert_cmpint(oakuk_node_report_instance_memory_mb(a, i), ==, oakuk_node_report_instance_memory_mb(b, i));
+    g_assert_cmpint(oakuk_node_report_instance_memory_mb(a, i), ==,
+                    oakuk_node_report_instance_memory_mb(b, i));
   }
 }
 
 static void test_report_round_trip(void) {
-  static const char *const names[] = {"amd64-kvm", "amd64-container", "arm64-kvm", "amd64-tcg-emulates-arm64"};
+  static const char *const names[] = {"amd64-kvm", "amd64-container", "arm64-kvm",
+                                      "amd64-tcg-emulates-arm64"};
   for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
     g_autoptr(oakuk_node_report) a = report_fixture(names[i]);
     oakuk_error *e = NULL;
@@ -223,7 +225,8 @@ static void test_report_to_json_keys(void) {
   g_assert_cmpint(json_object_get_int_member(o, "vcpus"), ==, 2);
   g_assert_cmpint(json_object_get_int_member(o, "memory"), ==, 1024);
 
-  /* "docker" comes back as "container"; instance entries carry exactly their four keys */
+  /* "docker" comes back as "container"; instance entries carry exactly their five keys (generation
+   * 0 when the report had none: docs/reconcile.md) */
   g_autoptr(oakuk_node_report) c = report_fixture("amd64-container");
   g_autofree char *cjson = oakuk_node_report_to_json(c, false, NULL);
   g_autoptr(JsonNode) ckeep = NULL;
@@ -234,8 +237,22 @@ static void test_report_to_json_keys(void) {
   g_assert_cmpstr(json_array_get_string_element(virt, 0), ==, "container");
   JsonObject *inst = json_array_get_object_element(json_object_get_array_member(co, "instances"), 0);
   g_autofree char *inst_keys = sorted_keys(inst);
-  g_assert_cmpstr(inst_keys, ==, "cpu_percent,memory_mb,name,status");
+  g_assert_cmpstr(inst_keys, ==, "cpu_percent,generation,memory_mb,name,status");
   g_assert_cmpstr(json_object_get_string_member(inst, "status"), ==, "RUNNING");
+  g_assert_cmpint(json_object_get_int_member(inst, "generation"), ==, 0);
+  g_assert_cmpint(oakuk_node_report_instance_generation(c, 0), ==, 0);
+  /* a generation comes back as given; a negative one is refused with its path */
+  g_autofree char *with_gen = g_strdup(cjson);
+  g_autoptr(GRegex) re = g_regex_new("\"generation\":0", 0, 0, NULL);
+  g_autofree char *gen7 = g_regex_replace_literal(re, with_gen, -1, 0, "\"generation\":7", 0, NULL);
+  g_autoptr(oakuk_node_report) r7 = oakuk_node_report_from_json(gen7, (size_t)-1, NULL);
+  g_assert_nonnull(r7);
+  g_assert_cmpint(oakuk_node_report_instance_generation(r7, 0), ==, 7);
+  g_autofree char *genneg = g_regex_replace_literal(re, with_gen, -1, 0, "\"generation\":-1", 0, NULL);
+  oakuk_error *err = NULL;
+  g_assert_null(oakuk_node_report_from_json(genneg, (size_t)-1, &err));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "instances[0].generation"));
+  oakuk_error_free(err);
 }
 
 static void test_report_accel(void) {
@@ -283,11 +300,16 @@ static void test_report_invalid(void) {
       {"{\"id\":\"n\",\"architecture\":\"x86_64\",\"vcpus\":1,\"memory\":1}", "architecture",
        "unknown architecture \"x86_64\""},
       {"{\"id\":\"n\",\"architecture\":\"amd64\",\"memory\":1}", "vcpus", "is required"},
-      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":-1,\"memory\":1}", "vcpus", "must not be negative"},
-      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":1.5,\"memory\":1}", "vcpus", "non-negative integer"},
-      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":\"4\",\"memory\":1}", "vcpus", "non-negative integer"},
-      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":true,\"memory\":1}", "vcpus", "non-negative integer"},
-      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":1e300,\"memory\":1}", "vcpus", "non-negative integer"},
+      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":-1,\"memory\":1}", "vcpus",
+       "must not be negative"},
+      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":1.5,\"memory\":1}", "vcpus",
+       "non-negative integer"},
+      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":\"4\",\"memory\":1}", "vcpus",
+       "non-negative integer"},
+      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":true,\"memory\":1}", "vcpus",
+       "non-negative integer"},
+      {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":1e300,\"memory\":1}", "vcpus",
+       "non-negative integer"},
       {"{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":1}", "memory", "is required"},
       {"{" BASE ",\"memory_total\":-5}", "memory_total", "must not be negative"},
       {"{" BASE ",\"memory_percent\":150}", "memory_percent", "between 0 and 100"},
@@ -295,7 +317,8 @@ static void test_report_invalid(void) {
       {"{" BASE ",\"cpu_percent\":\"high\"}", "cpu_percent", "must be a number"},
       {"{" BASE ",\"host\":[]}", "host", "must be a string"},
       {"{" BASE ",\"virtualization\":\"container\"}", "virtualization", "must be an array"},
-      {"{" BASE ",\"virtualization\":[\"container\",\"vm\"]}", "virtualization[1]", "unknown virtualization \"vm\""},
+      {"{" BASE ",\"virtualization\":[\"container\",\"vm\"]}", "virtualization[1]",
+       "unknown virtualization \"vm\""},
       {"{" BASE ",\"virtualization\":[1]}", "virtualization[0]", "must be a string"},
       {"{" BASE ",\"unikernel\":\"kvm\"}", "unikernel", "must be an object"},
       {"{" BASE ",\"unikernel\":{\"accel\":\"hvf\"}}", "unikernel.accel", "unknown accel \"hvf\""},
@@ -303,12 +326,14 @@ static void test_report_invalid(void) {
       {"{" BASE ",\"unikernel\":{\"emulated_archs\":[\"arm64\",\"mips\"]}}", "unikernel.emulated_archs[1]",
        "unknown architecture \"mips\""},
       {"{" BASE ",\"instances\":{}}", "instances", "must be an array"},
-      {"{" BASE ",\"instances\":[{\"name\":\"a\",\"status\":\"RUNNING\"},{\"name\":\"b\",\"status\":\"DEAD\"},"
+      {"{" BASE
+       ",\"instances\":[{\"name\":\"a\",\"status\":\"RUNNING\"},{\"name\":\"b\",\"status\":\"DEAD\"},"
        "{\"name\":\"c\",\"status\":\"BOGUS\"}]}",
        "instances[2].status", "unknown instance status \"BOGUS\""},
       {"{" BASE ",\"instances\":[{\"status\":\"RUNNING\"}]}", "instances[0].name", "is required"},
       {"{" BASE ",\"instances\":[{\"name\":\"a\"}]}", "instances[0].status", "is required"},
-      {"{" BASE ",\"instances\":[{\"name\":\"a\",\"status\":\"RUNNING\"},3]}", "instances[1]", "must be an object"},
+      {"{" BASE ",\"instances\":[{\"name\":\"a\",\"status\":\"RUNNING\"},3]}", "instances[1]",
+       "must be an object"},
       {"{" BASE ",\"instances\":[{\"name\":\"a\",\"status\":\"RUNNING\",\"memory_mb\":1.5}]}",
        "instances[0].memory_mb", "non-negative integer"},
       {"{" BASE ",\"instances\":[{\"name\":\"a\",\"status\":\"RUNNING\",\"cpu_percent\":-1}]}",
@@ -327,9 +352,8 @@ static void test_report_invalid(void) {
 }
 
 static void test_report_problems_collected(void) {
-  g_autoptr(oakuk_error) e = report_error(
-      "{\"architecture\":\"amd64\",\"vcpus\":-2,\"memory\":1,"
-      "\"instances\":[{\"name\":\"a\",\"status\":\"running\"}]}");
+  g_autoptr(oakuk_error) e = report_error("{\"architecture\":\"amd64\",\"vcpus\":-2,\"memory\":1,"
+                                          "\"instances\":[{\"name\":\"a\",\"status\":\"running\"}]}");
   g_assert_cmpuint(oakuk_error_item_count(e), ==, 3);
   g_assert_cmpstr(oakuk_error_item_path(e, 0), ==, "id");
   g_assert_cmpstr(oakuk_error_item_path(e, 1), ==, "vcpus");
@@ -458,8 +482,8 @@ static void test_aggregate_thesis_round_trip(void) {
   g_assert_cmpuint(json_array_get_length(virt), ==, 2);
   g_assert_cmpstr(json_array_get_string_element(virt, 0), ==, "container");
   g_assert_cmpstr(json_array_get_string_element(virt, 1), ==, "unikernel");
-  JsonObject *amd64 =
-      json_object_get_object_member(json_object_get_object_member(o, "aggregation_per_architecture"), "amd64");
+  JsonObject *amd64 = json_object_get_object_member(
+      json_object_get_object_member(o, "aggregation_per_architecture"), "amd64");
   g_autofree char *keys = sorted_keys(amd64);
   g_assert_cmpstr(keys, ==, "cpu_cores,cpu_percent,memory,memory_in_mb");
 
@@ -471,13 +495,14 @@ static void test_aggregate_thesis_round_trip(void) {
 }
 
 static void test_aggregate_per_arch(void) {
-  const char *json = "{\"cpu_cores\":10,\"cumulative_memory_in_mb\":3000,\"number_of_nodes\":3,\"active_nodes\":2,"
-                     "\"virtualization\":[\"unikernel\"],\"arch\":[\"arm64\",\"amd64\",\"arm64\"],"
-                     "\"aggregation_per_architecture\":{"
-                     "\"arm64\":{\"cpu_percent\":5,\"cpu_cores\":8,\"memory\":70,\"memory_in_mb\":2000,\"accel\":\"tcg\"},"
-                     "\"amd64\":{\"cpu_percent\":12.5,\"cpu_cores\":2,\"memory\":10,\"memory_in_mb\":1000,"
-                     "\"accel\":\"kvm\",\"gpu_cores\":1}},"
-                     "\"jobs\":[\"a.b.c.d.instance.0\"]}";
+  const char *json =
+      "{\"cpu_cores\":10,\"cumulative_memory_in_mb\":3000,\"number_of_nodes\":3,\"active_nodes\":2,"
+      "\"virtualization\":[\"unikernel\"],\"arch\":[\"arm64\",\"amd64\",\"arm64\"],"
+      "\"aggregation_per_architecture\":{"
+      "\"arm64\":{\"cpu_percent\":5,\"cpu_cores\":8,\"memory\":70,\"memory_in_mb\":2000,\"accel\":\"tcg\"},"
+      "\"amd64\":{\"cpu_percent\":12.5,\"cpu_cores\":2,\"memory\":10,\"memory_in_mb\":1000,"
+      "\"accel\":\"kvm\",\"gpu_cores\":1}},"
+      "\"jobs\":[\"a.b.c.d.instance.0\"]}";
   oakuk_error *e = NULL;
   g_autoptr(oakuk_cluster_aggregate) agg = oakuk_cluster_aggregate_from_json(json, (size_t)-1, &e);
   g_assert_null(e);
@@ -514,9 +539,10 @@ static void test_aggregate_per_arch(void) {
   g_assert_cmpuint(json_array_get_length(jobs), ==, 1);
   g_assert_cmpstr(json_array_get_string_element(jobs, 0), ==, "a.b.c.d.instance.0");
   g_autofree char *keys = sorted_keys(o);
-  g_assert_cmpstr(keys, ==,
-                  "active_nodes,aggregation_per_architecture,arch,cpu_cores,cpu_percent,cumulative_memory_in_mb,"
-                  "jobs,memory_percent,number_of_nodes,virtualization");
+  g_assert_cmpstr(
+      keys, ==,
+      "active_nodes,aggregation_per_architecture,arch,cpu_cores,cpu_percent,cumulative_memory_in_mb,"
+      "jobs,memory_percent,number_of_nodes,virtualization");
 }
 
 static void test_aggregate_identity(void) {
@@ -527,7 +553,8 @@ static void test_aggregate_identity(void) {
   g_assert_cmpstr(oakuk_cluster_aggregate_id(agg), ==, "c-17");
   g_assert_cmpstr(oakuk_cluster_aggregate_name(agg), ==, "munich");
   /* setting it from its own strings must not read freed memory */
-  oakuk_cluster_aggregate_set_identity(agg, oakuk_cluster_aggregate_name(agg), oakuk_cluster_aggregate_id(agg));
+  oakuk_cluster_aggregate_set_identity(agg, oakuk_cluster_aggregate_name(agg),
+                                       oakuk_cluster_aggregate_id(agg));
   g_assert_cmpstr(oakuk_cluster_aggregate_id(agg), ==, "munich");
   g_assert_cmpstr(oakuk_cluster_aggregate_name(agg), ==, "c-17");
   g_autofree char *json = oakuk_cluster_aggregate_to_json(agg, false, NULL);
@@ -553,9 +580,11 @@ static void test_aggregate_invalid(void) {
       {"{\"cpu_cores\":1,\"cumulative_memory_in_mb\":1}", "number_of_nodes", "is required"},
       {"{" AGG_BASE ",\"active_nodes\":2}", "active_nodes", "exceeds number_of_nodes"},
       {"{" AGG_BASE ",\"memory_percent\":101}", "memory_percent", "between 0 and 100"},
-      {"{" AGG_BASE ",\"virtualization\":[\"docker\",\"kvm\"]}", "virtualization[1]", "unknown virtualization"},
+      {"{" AGG_BASE ",\"virtualization\":[\"docker\",\"kvm\"]}", "virtualization[1]",
+       "unknown virtualization"},
       {"{" AGG_BASE ",\"arch\":[\"mips\"]}", "arch[0]", "unknown architecture \"mips\""},
-      {"{" AGG_BASE ",\"aggregation_per_architecture\":[]}", "aggregation_per_architecture", "must be an object"},
+      {"{" AGG_BASE ",\"aggregation_per_architecture\":[]}", "aggregation_per_architecture",
+       "must be an object"},
       {"{" AGG_BASE ",\"aggregation_per_architecture\":{\"x86\":{\"cpu_cores\":1,\"memory_in_mb\":1}}}",
        "aggregation_per_architecture.x86", "unknown architecture \"x86\""},
       {"{" AGG_BASE ",\"aggregation_per_architecture\":{\"amd64\":{\"memory_in_mb\":1}}}",
