@@ -298,3 +298,49 @@ int oakuk_cmd_nodes(int argc, char **argv) {
   oak_table_print(t, stdout);
   return OAKUK_CLI_OK;
 }
+
+/* `oakuk node drain|undrain|remove NODE` (docs/reconcile.md, "Drain and removal"). */
+int oakuk_cmd_node(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
+  if (!oak_parse(
+          "node", "drain|undrain|remove NODE",
+          "drain: move the node's instances to other nodes (each new copy runs before the old one goes) "
+          "and place nothing new there; undrain: end that; remove: move its instances and forget the node "
+          "(its subnet is released).",
+          entries, &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  static const struct {
+    const char *verb, *method, *suffix, *done;
+  } verbs[] = {{"drain", "POST", "/drain", "draining: its instances move to other nodes"},
+               {"undrain", "DELETE", "/drain", "takes instances again"},
+               {"remove", "DELETE", "", "removed: its instances move to other nodes"}};
+  size_t v = G_N_ELEMENTS(verbs);
+  for (size_t k = 0; argc == 3 && k < G_N_ELEMENTS(verbs); k++)
+    if (strcmp(argv[1], verbs[k].verb) == 0)
+      v = k;
+  if (v == G_N_ELEMENTS(verbs)) {
+    fprintf(stderr, "oakuk node: expected drain, undrain or remove and one NODE\n");
+    return OAKUK_CLI_USAGE;
+  }
+  const char *node = argv[2];
+  for (const char *p = node; *p; p++)
+    if (!g_ascii_isalnum(*p) && !strchr("-_.", *p)) {
+      fprintf(stderr, "oakuk node: \"%s\" is not a node id (letters, digits, -_.)\n", node);
+      return OAKUK_CLI_USAGE;
+    }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("node", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autofree char *path = g_strdup_printf("/api/v1/nodes/%s%s", node, verbs[v].suffix);
+  g_autoptr(JsonNode) answer = oak_request(cl, verbs[v].method, path, NULL, NULL, &rc);
+  if (answer == NULL)
+    return rc;
+  if (json)
+    oak_print_json(answer);
+  else
+    printf("node %s %s\n", node, verbs[v].done);
+  return OAKUK_CLI_OK;
+}

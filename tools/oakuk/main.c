@@ -22,6 +22,7 @@ static const Command commands[] = {
     {"logs", oakuk_cmd_logs, "console or output of a service's instances"},
     {"explain", oakuk_cmd_explain, "why the scheduler placed or refused a service"},
     {"nodes", oakuk_cmd_nodes, "nodes of every cluster"},
+    {"node", oakuk_cmd_node, "drain, undrain or remove a node"},
     {"clusters", oakuk_cmd_clusters, "clusters registered with the root"},
 };
 

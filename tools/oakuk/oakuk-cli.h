@@ -23,6 +23,7 @@ int oakuk_cmd_status(int argc, char **argv);
 int oakuk_cmd_logs(int argc, char **argv);
 int oakuk_cmd_explain(int argc, char **argv);
 int oakuk_cmd_nodes(int argc, char **argv);
+int oakuk_cmd_node(int argc, char **argv);
 int oakuk_cmd_clusters(int argc, char **argv);
 
 #endif
