@@ -7,7 +7,8 @@ OAKUK_API void oakuk_free(void *ptr) {
 }
 
 OAKUK_API const char *oakuk_version(void) {
-  return G_STRINGIFY(OAKUK_VERSION_MAJOR) "." G_STRINGIFY(OAKUK_VERSION_MINOR) "." G_STRINGIFY(OAKUK_VERSION_MICRO);
+  return G_STRINGIFY(OAKUK_VERSION_MAJOR) "." G_STRINGIFY(OAKUK_VERSION_MINOR) "." G_STRINGIFY(
+      OAKUK_VERSION_MICRO);
 }
 
 OAKUK_API const char *oakuk_virt_name(int32_t virt) {
@@ -54,37 +55,4 @@ OAKUK_API bool oakuk_arch_is_known(const char *name) {
     if (strcmp(name, known[i]) == 0)
       return true;
   return false;
-}
-
-gboolean oakuk_json_precheck(const char *text, size_t len, GError **error) {
-  g_return_val_if_fail(text != NULL || len == 0, FALSE);
-  if (len > OAKUK_JSON_MAX_BYTES) {
-    g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "document is %zu bytes; the limit is %d bytes", len,
-                OAKUK_JSON_MAX_BYTES);
-    return FALSE;
-  }
-  size_t depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < len; i++) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        i++;
-      else if (c == '"')
-        in_string = false;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > OAKUK_JSON_MAX_DEPTH) {
-        g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
-                    "document nests arrays/objects deeper than %d levels (at byte %zu)", OAKUK_JSON_MAX_DEPTH, i);
-        return FALSE;
-      }
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      depth--;
-    }
-  }
-  return TRUE;
 }

@@ -130,10 +130,10 @@ static gboolean runc_state(const Env *c, const char *name, char **status, GPid *
   int st = runc_run(c, args, -1, &out, NULL);
   if (st != 0 || !out)
     return FALSE;
-  g_autoptr(JsonParser) p = json_parser_new();
-  if (!json_parser_load_from_data(p, out, -1, NULL) || !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
+  g_autoptr(JsonNode) root = oakuk_json_parse(out, strlen(out), NULL);
+  if (!root || !JSON_NODE_HOLDS_OBJECT(root))
     return FALSE;
-  JsonObject *o = json_node_get_object(json_parser_get_root(p));
+  JsonObject *o = json_node_get_object(root);
   *status = g_strdup(json_object_get_string_member_with_default(o, "status", ""));
   *pid = (GPid)json_object_get_int_member_with_default(o, "pid", 0);
   return TRUE;
@@ -423,7 +423,7 @@ static char *build_config(const oakuk_instance_spec *spec, const OakukOciImage *
   json_builder_end_object(b); /* linux */
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  return json_to_string(root, TRUE);
+  return oakuk_json_node_to_string(root, TRUE);
 }
 
 static gboolean mount_overlay(const char *lower, const char *dir, GError **error) {

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #define NAME_MAX_LEN 30
-#define MAX_WALK_PROBLEMS 20
 
 typedef struct {
   int32_t host;
@@ -1190,142 +1189,8 @@ static oakuk_microservice *ms_parse(Ctx *ctx, JsonObject *obj, const char *prefi
 /* ---------------------------------------------------------------------------------------------
  * Loading raw text */
 
-static int hex4(const char *s, size_t avail) {
-  int v = 0;
-  if (avail < 4)
-    return -1;
-  for (int i = 0; i < 4; i++) {
-    int d = g_ascii_xdigit_value(s[i]);
-    if (d < 0)
-      return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
-/* Checks the escape starting at s[i] == '\\'; returns how many bytes it covers, or 0 for a \u
- * escape without 4 hex digits or a lone UTF-16 surrogate (json-glib 1.6 leaks memory on both). */
-static size_t escape_len(const char *s, size_t len, size_t i) {
-  if (i + 1 >= len)
-    return 1;
-  if (s[i + 1] != 'u')
-    return 2;
-  int v = hex4(s + i + 2, len - i - 2);
-  if (v < 0)
-    return 0; /* json-glib would read past the closing quote and lose track of strings */
-  if (v < 0xd800 || v > 0xdfff)
-    return 2;
-  if (v >= 0xdc00)
-    return 0;
-  if (i + 12 > len || s[i + 6] != '\\' || s[i + 7] != 'u')
-    return 0;
-  int low = hex4(s + i + 8, len - i - 8);
-  return (low >= 0xdc00 && low <= 0xdfff) ? 12 : 0;
-}
-
-typedef enum {
-  SCAN_OK,
-  SCAN_TOO_DEEP,
-  SCAN_BAD_ESCAPE,
-  SCAN_NOT_OBJECT,
-  SCAN_BAD_CHAR,
-  SCAN_TRAILING
-} ScanResult;
-
-static bool is_json_space(char c) {
-  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-/* Checks the raw text before json-glib sees it, for what json-glib 1.6 handles badly: nesting
- * (its parser recurses), lone surrogate escapes and data after the top-level value (both leak
- * memory), and its non-JSON extensions (single-quoted strings, comments) that would fool this
- * scan. Brackets inside strings do not count. *where is the offending byte offset. */
-static ScanResult prescan(const char *s, size_t len, size_t *where) {
-  int depth = 0;
-  bool in_string = false, started = false;
-  for (size_t i = 0; i < len; i++) {
-    char c = s[i];
-    *where = i;
-    if (in_string) {
-      if (c == '"')
-        in_string = false;
-      else if (c == '\\') {
-        size_t n = escape_len(s, len, i);
-        if (n == 0)
-          return SCAN_BAD_ESCAPE;
-        i += n - 1;
-      }
-      continue;
-    }
-    if (is_json_space(c))
-      continue;
-    if (!started && c != '{')
-      return SCAN_NOT_OBJECT;
-    if (started && depth == 0)
-      return SCAN_TRAILING;
-    started = true;
-    if (c == '"')
-      in_string = true;
-    else if (c == '\'' || c == '/' || c == '#')
-      return SCAN_BAD_CHAR;
-    else if (c == '[' || c == '{') {
-      if (++depth > OAKUK_DESCRIPTOR_MAX_DEPTH)
-        return SCAN_TOO_DEEP;
-    } else if ((c == ']' || c == '}') && depth > 0)
-      depth--;
-  }
-  return SCAN_OK;
-}
-
-static void line_col(const char *s, size_t offset, guint *line, guint *col) {
-  *line = 1;
-  *col = 1;
-  for (size_t i = 0; i < offset; i++) {
-    if (s[i] == '\n') {
-      (*line)++;
-      *col = 1;
-    } else {
-      (*col)++;
-    }
-  }
-}
-
-/* Rejects what cannot be written back as JSON: non-finite numbers and strings that are not UTF-8
- * (json-glib turns a lone \ud800 escape into such bytes). */
-static void walk_tree(JsonNode *n, GString *path, OakukProblems *p) {
-  if (oakuk_problems_count(p) >= MAX_WALK_PROBLEMS)
-    return;
-  gsize mark = path->len;
-  if (JSON_NODE_HOLDS_OBJECT(n)) {
-    JsonObject *o = json_node_get_object(n);
-    GList *members = json_object_get_members(o);
-    for (GList *l = members; l; l = l->next) {
-      const char *key = l->data;
-      if (!g_utf8_validate(key, -1, NULL)) {
-        oakuk_problems_add(p, path->str, "a key is not valid UTF-8 (lone \\u surrogate escape?)");
-        continue;
-      }
-      g_string_append_printf(path, "%s%s", path->len ? "." : "", key);
-      walk_tree(json_object_get_member(o, key), path, p);
-      g_string_truncate(path, mark);
-    }
-    g_list_free(members);
-  } else if (JSON_NODE_HOLDS_ARRAY(n)) {
-    JsonArray *a = json_node_get_array(n);
-    for (guint i = 0; i < json_array_get_length(a); i++) {
-      g_string_append_printf(path, "[%u]", i);
-      walk_tree(json_array_get_element(a, i), path, p);
-      g_string_truncate(path, mark);
-    }
-  } else if (JSON_NODE_HOLDS_VALUE(n)) {
-    GType t = json_node_get_value_type(n);
-    if (t == G_TYPE_DOUBLE && !isfinite(json_node_get_double(n)))
-      oakuk_problems_add(p, path->str, "number out of range");
-    else if (t == G_TYPE_STRING && !g_utf8_validate(json_node_get_string(n), -1, NULL))
-      oakuk_problems_add(p, path->str, "string is not valid UTF-8 (lone \\u surrogate escape?)");
-  }
-}
-
+/* Every document passes oakuk_json_scan before json-glib sees it; a fault is a problem at the JSON
+ * path where it was found. */
 static JsonNode *load_json(const char *json, size_t len, OakukProblems *p) {
   if (len == (size_t)-1)
     len = strlen(json);
@@ -1333,42 +1198,19 @@ static JsonNode *load_json(const char *json, size_t len, OakukProblems *p) {
     oakuk_problems_add(p, "", "document is %zu bytes, the limit is %d", len, OAKUK_DESCRIPTOR_MAX_BYTES);
     return NULL;
   }
-  const char *nul = memchr(json, '\0', len);
-  if (nul) {
-    oakuk_problems_add(p, "", "document contains a NUL byte at offset %zu", (size_t)(nul - json));
-    return NULL;
-  }
-  const char *end = NULL;
-  if (!g_utf8_validate_len(json, len, &end)) {
-    oakuk_problems_add(p, "", "document is not valid UTF-8 (at byte offset %zu)", (size_t)(end - json));
-    return NULL;
-  }
-  size_t where = 0;
-  guint line, col;
-  switch (prescan(json, len, &where)) {
-  case SCAN_TOO_DEEP:
-    oakuk_problems_add(p, "", "document nests deeper than %d levels (at byte offset %zu)",
-                       OAKUK_DESCRIPTOR_MAX_DEPTH, where);
-    return NULL;
-  case SCAN_BAD_ESCAPE:
-    line_col(json, where, &line, &col);
-    oakuk_problems_add(
-        p, "",
-        "malformed JSON: <data>:%u:%u: invalid \\u escape (4 hex digits; a UTF-16 surrogate needs its pair)",
-        line, col);
-    return NULL;
-  case SCAN_NOT_OBJECT:
+  size_t first = 0;
+  while (first < len && strchr(" \t\r\n", json[first]) != NULL && json[first] != '\0')
+    first++;
+  if (first < len && json[first] != '{') {
     oakuk_problems_add(p, "", "the document must be a JSON object (starting with '{')");
     return NULL;
-  case SCAN_BAD_CHAR:
-  case SCAN_TRAILING:
-    line_col(json, where, &line, &col);
-    oakuk_problems_add(p, "", "malformed JSON: <data>:%u:%u: %s", line, col,
-                       json[where] == '/' || json[where] == '#' ? "comments are not JSON"
-                       : json[where] == '\''                    ? "single quotes are not JSON"
-                                             : "unexpected data after the top-level object");
+  }
+  OakukJsonFault fault;
+  if (!oakuk_json_scan(json, len, OAKUK_DESCRIPTOR_MAX_DEPTH, &fault)) {
+    oakuk_problems_add(p, fault.path, "malformed JSON: <data>:%u:%u: %s", fault.line, fault.column,
+                       fault.what);
+    oakuk_json_fault_clear(&fault);
     return NULL;
-  case SCAN_OK: break;
   }
   g_autoptr(JsonParser) parser = json_parser_new();
   g_autoptr(GError) err = NULL;
@@ -1376,31 +1218,11 @@ static JsonNode *load_json(const char *json, size_t len, OakukProblems *p) {
     oakuk_problems_add(p, "", "malformed JSON: %s", err->message);
     return NULL;
   }
-  JsonNode *root = json_parser_steal_root(parser);
-  if (root == NULL) {
-    oakuk_problems_add(p, "", "empty document (expected a JSON object)");
-    return NULL;
-  }
-  if (!JSON_NODE_HOLDS_OBJECT(root)) {
-    oakuk_problems_add(p, "", "the document must be a JSON object, got %s", node_type_name(root));
-    json_node_unref(root);
-    return NULL;
-  }
-  g_autoptr(GString) path = g_string_new("");
-  walk_tree(root, path, p);
-  if (oakuk_problems_count(p) > 0) {
-    json_node_unref(root);
-    return NULL;
-  }
-  return root;
+  return json_parser_steal_root(parser);
 }
 
 static char *node_to_json(JsonNode *node, bool pretty) {
-  g_autoptr(JsonGenerator) gen = json_generator_new();
-  json_generator_set_pretty(gen, pretty);
-  json_generator_set_indent(gen, 2);
-  json_generator_set_root(gen, node);
-  return json_generator_to_data(gen, NULL);
+  return oakuk_json_node_to_string(node, pretty);
 }
 
 static char *object_to_json(JsonObject *obj, bool pretty) {

@@ -750,7 +750,7 @@ static gboolean manifest_write(const char *workdir, const char *url, const char 
   builder_add(b, "arch", arch);
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  g_autofree char *text = json_to_string(root, TRUE);
+  g_autofree char *text = oakuk_json_node_to_string(root, TRUE);
   g_autofree char *path = g_build_filename(workdir, "image.json", NULL);
   g_autoptr(GError) err = NULL;
   if (!g_file_set_contents(path, text, -1, &err)) {

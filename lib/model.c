@@ -245,13 +245,9 @@ static JsonNode *parse_object(const char *text, size_t len, const char *what, oa
     g_error_free(gerr);
     return NULL;
   }
-  if (memchr(text, '\0', len) != NULL) {
-    oakuk_set_error(error, OAKUK_EINVAL, 0, NULL, "%s: invalid JSON: contains a NUL byte", what);
-    return NULL;
-  }
   g_autoptr(JsonParser) parser = json_parser_new_immutable();
   if (!json_parser_load_from_data(parser, text, (gssize)len, &gerr)) {
-    oakuk_set_error(error, OAKUK_EINVAL, 0, NULL, "%s: invalid JSON: %s", what, gerr->message);
+    oakuk_set_error(error, OAKUK_EINVAL, 0, NULL, "%s: malformed JSON: %s", what, gerr->message);
     g_error_free(gerr);
     return NULL;
   }
@@ -264,10 +260,7 @@ static JsonNode *parse_object(const char *text, size_t len, const char *what, oa
 }
 
 static char *generate(JsonNode *root, bool pretty) {
-  g_autoptr(JsonGenerator) gen = json_generator_new();
-  json_generator_set_pretty(gen, pretty);
-  json_generator_set_root(gen, root);
-  return json_generator_to_data(gen, NULL);
+  return oakuk_json_node_to_string(root, pretty);
 }
 
 /* Copies the members of src whose names are not in known[] into a new object (NULL if none). */

@@ -285,5 +285,5 @@ char *oakuk_net_state_json(oakuk_net *net, GError **error) {
   add_strings(b, "fdb", fdb);
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  return json_to_string(root, FALSE);
+  return oakuk_json_node_to_string(root, FALSE);
 }

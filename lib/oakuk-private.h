@@ -4,6 +4,7 @@
 #define OAKUK_PRIVATE_H
 
 #include <glib.h>
+#include <json-glib/json-glib.h>
 #include <oakuk/oakuk.h>
 
 G_BEGIN_DECLS
@@ -43,13 +44,36 @@ gboolean oakuk_problems_finish(OakukProblems *p, oakuk_error **error);
 
 /* Limits on every JSON document the library parses (descriptors, node reports, aggregates). */
 #define OAKUK_JSON_MAX_BYTES (1024 * 1024)
-#define OAKUK_JSON_MAX_DEPTH 64
+#define OAKUK_JSON_MAX_DEPTH OAKUK_JSON_DEPTH_DEFAULT
 
-/* Checks text[0..len) against the limits above before it reaches json-glib (whose recursive
- * parser must never see hostile nesting): rejects documents over OAKUK_JSON_MAX_BYTES and
- * arrays/objects nested deeper than OAKUK_JSON_MAX_DEPTH (brackets inside strings do not count).
- * Sets an OAKUK_EINVAL GError and returns FALSE on failure. */
+/* The first fault oakuk_json_scan found: where (byte offset, 1-based line and column in characters),
+ * the JSON path of the value it is in ("a.b[2]", "" at the top) and what is wrong. */
+typedef struct {
+  size_t offset;
+  guint line;
+  guint column;
+  char *path;
+  char *what;
+} OakukJsonFault;
+
+/* The strict check behind oakuk_json_check (lib/json-check.c); on failure fills *fault, which the
+ * caller clears with oakuk_json_fault_clear. */
+gboolean oakuk_json_scan(const char *text, size_t len, guint max_depth, OakukJsonFault *fault);
+void oakuk_json_fault_clear(OakukJsonFault *fault);
+/* "<data>:LINE:COLUMN: what" with " (at PATH)" when the fault is inside a value. */
+char *oakuk_json_fault_message(const OakukJsonFault *fault);
+
+/* Every JSON document the library parses passes here first (json-glib's recursive, lenient parser
+ * must never see hostile text): over OAKUK_JSON_MAX_BYTES or failing oakuk_json_scan at
+ * OAKUK_JSON_MAX_DEPTH sets an OAKUK_EINVAL GError "malformed JSON: <fault message>". */
 gboolean oakuk_json_precheck(const char *text, size_t len, GError **error);
+
+/* oakuk_json_precheck, then json-glib: the document's root (owned), or NULL with error set. */
+JsonNode *oakuk_json_parse(const char *text, size_t len, GError **error);
+
+/* json-glib's generator followed by oakuk_json_escape_controls: what the library writes is valid
+ * JSON whatever its strings hold. */
+char *oakuk_json_node_to_string(JsonNode *node, gboolean pretty);
 
 /* Defines an exported getter of an opaque object's field; a NULL object is a programmer error that
  * returns fallback. */

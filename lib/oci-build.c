@@ -2,8 +2,8 @@
  * with its config and manifest. Kept apart from oci.c so that programs which only pull and run
  * images (oakuk-node) do not link libarchive's writers: one writer pulls in every archive format,
  * xar's among them, and with it libxml2, ICU and libstdc++. */
-#include "oci-private.h"
 #include "oakuk-private.h"
+#include "oci-private.h"
 
 #include "oakuk/container.h"
 
@@ -55,7 +55,8 @@ static gboolean pack_tree(struct archive *w, const char *root, const char *rel, 
     if (lstat(p, &st) != 0)
       return set_gerror(error, OAKUK_EIO, "stat %s: %s", p, g_strerror(errno)), FALSE;
     if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode))
-      return set_gerror(error, OAKUK_EINVAL, "%s: only files, directories and symlinks can be packed", p), FALSE;
+      return set_gerror(error, OAKUK_EINVAL, "%s: only files, directories and symlinks can be packed", p),
+             FALSE;
     struct archive_entry *e = archive_entry_new();
     archive_entry_copy_stat(e, &st);
     archive_entry_set_pathname(e, r);
@@ -125,11 +126,8 @@ GBytes *oakuk_oci_pack_layer(const char *dir, char **diff_id, GError **error) {
 
 static GBytes *json_bytes(JsonBuilder *b) {
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  g_autoptr(JsonGenerator) g = json_generator_new();
-  json_generator_set_root(g, root);
-  gsize n;
-  char *text = json_generator_to_data(g, &n);
-  return g_bytes_new_take(text, n);
+  char *text = oakuk_json_node_to_string(root, FALSE);
+  return g_bytes_new_take(text, strlen(text));
 }
 
 static void add_descriptor(JsonBuilder *b, const char *media, const char *digest, gsize size) {

@@ -1,9 +1,9 @@
 /* OCI images (DESIGN §10): references, the distribution API over libsoup (anonymous, basic and
  * bearer-token auth; pull and push), the content-addressed blob cache, layer unpacking with
  * whiteouts, and single-layer image building. Everything here blocks: callers run it in a thread. */
+#include "archive-safe.h"
 #include "oci-private.h"
 #include "sysutil-private.h"
-#include "archive-safe.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -72,8 +72,9 @@ gboolean oakuk_oci_ref_parse(const char *text, OakukOciRef *out, GError **error)
   if (at) {
     *at = '\0';
     if (!oakuk_oci_digest_is_valid(at + 1))
-      return set_gerror(error, OAKUK_EINVAL, "image reference %s: digest %s is not sha256:<64 hex digits>", text,
-                        at + 1), FALSE;
+      return set_gerror(error, OAKUK_EINVAL, "image reference %s: digest %s is not sha256:<64 hex digits>",
+                        text, at + 1),
+             FALSE;
     out->digest = g_strdup(at + 1);
   }
   char *slash = strchr(rest, '/');
@@ -98,8 +99,8 @@ gboolean oakuk_oci_ref_parse(const char *text, OakukOciRef *out, GError **error)
     out->tag = g_strdup("latest");
   }
   if (!repo_is_valid(name)) {
-    set_gerror(error, OAKUK_EINVAL, "image reference %s: repository \"%s\" is not valid (lower-case a-z 0-9 . _ - /)",
-               text, name);
+    set_gerror(error, OAKUK_EINVAL,
+               "image reference %s: repository \"%s\" is not valid (lower-case a-z 0-9 . _ - /)", text, name);
     oakuk_oci_ref_clear(out);
     return FALSE;
   }
@@ -212,10 +213,13 @@ OakukOciClient *oakuk_oci_client_new(const char *registry, const char *username,
   gboolean insecure = oakuk_oci_registry_is_insecure(h, o->insecure_registries);
   if (want_http && !insecure)
     return set_gerror(error, OAKUK_EPERM,
-                      "registry %s: plain http is allowed only for registries marked insecure", h), NULL;
+                      "registry %s: plain http is allowed only for registries marked insecure", h),
+           NULL;
   OakukOciClient *c = g_new0(OakukOciClient, 1);
   c->session = soup_session_new_with_options("timeout", o->timeout_s, "idle-timeout", 60, "user-agent",
-                                             "liboakuk/" "0.1", NULL);
+                                             "liboakuk/"
+                                             "0.1",
+                                             NULL);
   oakuk_session_use_env_proxy(c->session);
   c->registry = g_steal_pointer(&h);
   c->insecure = insecure;
@@ -266,8 +270,10 @@ static char *bearer_token(OakukOciClient *c, GHashTable *params, GError **error)
   if (!uri || (g_strcmp0(g_uri_get_scheme(uri), "https") != 0 &&
                !(g_strcmp0(g_uri_get_scheme(uri), "http") == 0 && g_uri_get_host(uri) &&
                  oakuk_oci_registry_is_insecure(g_uri_get_host(uri), c->insecure_list))))
-    return set_gerror(error, OAKUK_EPERM, "registry %s: token realm %s is not https (nor an insecure registry)",
-                      c->registry, realm), NULL;
+    return set_gerror(error, OAKUK_EPERM,
+                      "registry %s: token realm %s is not https (nor an insecure registry)", c->registry,
+                      realm),
+           NULL;
   GString *url = g_string_new(realm);
   char sep = strchr(realm, '?') ? '&' : '?';
   const char *keys[] = {"service", "scope"};
@@ -294,21 +300,25 @@ static char *bearer_token(OakukOciClient *c, GHashTable *params, GError **error)
   }
   guint st = soup_message_get_status(m);
   if (st != 200)
-    return set_gerror(error, OAKUK_EPERM, "registry %s: authentication refused by token endpoint %s (HTTP %u)%s",
-                      c->registry, realm, st, c->basic ? "" : "; no credentials given"), NULL;
+    return set_gerror(error, OAKUK_EPERM,
+                      "registry %s: authentication refused by token endpoint %s (HTTP %u)%s", c->registry,
+                      realm, st, c->basic ? "" : "; no credentials given"),
+           NULL;
   g_autoptr(JsonParser) p = json_parser_new();
   gsize n;
   const char *data = g_bytes_get_data(body, &n);
   if (!oakuk_json_precheck(data, n, NULL) || !json_parser_load_from_data(p, data, (gssize)n, NULL) ||
       !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
-    return set_gerror(error, OAKUK_EPERM, "registry %s: token endpoint %s answered no JSON object", c->registry,
-                      realm), NULL;
+    return set_gerror(error, OAKUK_EPERM, "registry %s: token endpoint %s answered no JSON object",
+                      c->registry, realm),
+           NULL;
   JsonObject *o = json_node_get_object(json_parser_get_root(p));
   const char *tok = json_object_get_string_member_with_default(o, "token", NULL);
   if (!tok)
     tok = json_object_get_string_member_with_default(o, "access_token", NULL);
   if (!tok || !*tok)
-    return set_gerror(error, OAKUK_EPERM, "registry %s: token endpoint %s answered no token", c->registry, realm),
+    return set_gerror(error, OAKUK_EPERM, "registry %s: token endpoint %s answered no token", c->registry,
+                      realm),
            NULL;
   return g_strconcat("Bearer ", tok, NULL);
 }
@@ -331,7 +341,8 @@ static gboolean authenticate(OakukOciClient *c, SoupMessage *m, GError **error) 
     return TRUE;
   }
   return set_gerror(error, OAKUK_EPERM, "registry %s: authentication required (HTTP 401)%s", c->registry,
-                    c->basic ? ": credentials refused" : " and no credentials given"), FALSE;
+                    c->basic ? ": credentials refused" : " and no credentials given"),
+         FALSE;
 }
 
 /* Sends a request, authenticating once on 401. Returns the message (status may be any); body
@@ -382,33 +393,36 @@ static SoupMessage *request(OakukOciClient *c, const char *method, const char *u
   g_assert_not_reached();
 }
 
-static gboolean http_failed(OakukOciClient *c, SoupMessage *m, GBytes *body, const char *what, GError **error) {
+static gboolean http_failed(OakukOciClient *c, SoupMessage *m, GBytes *body, const char *what,
+                            GError **error) {
   guint st = soup_message_get_status(m);
   /* Registry errors are {"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}. */
   g_autofree char *detail = NULL;
   if (body) {
     gsize n;
     const char *d = g_bytes_get_data(body, &n);
-    g_autoptr(JsonParser) p = json_parser_new();
-    if (n > 0 && n < 65536 && json_parser_load_from_data(p, d, (gssize)n, NULL) &&
-        JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
-      JsonObject *o = json_node_get_object(json_parser_get_root(p));
-      JsonArray *errs = json_object_has_member(o, "errors") ? json_object_get_array_member(o, "errors") : NULL;
+    g_autoptr(JsonNode) root = n > 0 && n < 65536 ? oakuk_json_parse(d, n, NULL) : NULL;
+    if (root && JSON_NODE_HOLDS_OBJECT(root)) {
+      JsonObject *o = json_node_get_object(root);
+      JsonArray *errs =
+          json_object_has_member(o, "errors") ? json_object_get_array_member(o, "errors") : NULL;
       if (errs && json_array_get_length(errs) > 0 && JSON_NODE_HOLDS_OBJECT(json_array_get_element(errs, 0)))
-        detail = g_strdup(json_object_get_string_member_with_default(
-            json_array_get_object_element(errs, 0), "message", NULL));
+        detail = g_strdup(json_object_get_string_member_with_default(json_array_get_object_element(errs, 0),
+                                                                     "message", NULL));
     }
   }
   if (st == 401)
-    return set_gerror(error, OAKUK_EPERM, "registry %s: %s: authentication required (HTTP 401)%s", c->registry, what,
-                      c->basic ? ": credentials refused" : " and no credentials given"), FALSE;
+    return set_gerror(error, OAKUK_EPERM, "registry %s: %s: authentication required (HTTP 401)%s",
+                      c->registry, what, c->basic ? ": credentials refused" : " and no credentials given"),
+           FALSE;
   return set_gerror(error, status_code(st), "registry %s: %s: HTTP %u %s%s%s", c->registry, what, st,
-                    soup_message_get_reason_phrase(m) ? soup_message_get_reason_phrase(m) : "", detail ? ": " : "",
-                    detail ? detail : ""), FALSE;
+                    soup_message_get_reason_phrase(m) ? soup_message_get_reason_phrase(m) : "",
+                    detail ? ": " : "", detail ? detail : ""),
+         FALSE;
 }
 
-static const char *manifest_accept =
-    OAKUK_OCI_MEDIA_INDEX ", " OAKUK_OCI_MEDIA_MANIFEST ", " OAKUK_DOCKER_MEDIA_LIST ", " OAKUK_DOCKER_MEDIA_MANIFEST;
+static const char *manifest_accept = OAKUK_OCI_MEDIA_INDEX
+    ", " OAKUK_OCI_MEDIA_MANIFEST ", " OAKUK_DOCKER_MEDIA_LIST ", " OAKUK_DOCKER_MEDIA_MANIFEST;
 
 GBytes *oakuk_oci_client_get_manifest(OakukOciClient *c, const char *repo, const char *ref, char **media_type,
                                       char **digest, GError **error) {
@@ -422,10 +436,12 @@ GBytes *oakuk_oci_client_get_manifest(OakukOciClient *c, const char *repo, const
     return http_failed(c, m, body, what, error), NULL;
   if (g_bytes_get_size(body) > MANIFEST_MAX_BYTES)
     return set_gerror(error, OAKUK_EINVAL, "registry %s: %s is larger than %d bytes", c->registry, what,
-                      MANIFEST_MAX_BYTES), NULL;
+                      MANIFEST_MAX_BYTES),
+           NULL;
   g_autofree char *d = oakuk_oci_digest_bytes(body);
   if (oakuk_oci_digest_is_valid(ref) && strcmp(d, ref) != 0)
-    return set_gerror(error, OAKUK_EVERIFY, "registry %s: %s: digest mismatch (received %s)", c->registry, what, d),
+    return set_gerror(error, OAKUK_EVERIFY, "registry %s: %s: digest mismatch (received %s)", c->registry,
+                      what, d),
            NULL;
   const char *ct = soup_message_headers_get_content_type(soup_message_get_response_headers(m), NULL);
   *media_type = g_strdup(ct);
@@ -453,12 +469,14 @@ gboolean oakuk_oci_client_push_blob(OakukOciClient *c, const char *repo, const c
   const char *loc = soup_message_headers_get_one(soup_message_get_response_headers(m), "Location");
   g_autofree char *abs = loc ? g_uri_resolve_relative(post, loc, G_URI_FLAGS_NONE, NULL) : NULL;
   if (!abs)
-    return set_gerror(error, OAKUK_EIO, "registry %s: %s: upload answer without a usable Location", c->registry,
-                      what), FALSE;
+    return set_gerror(error, OAKUK_EIO, "registry %s: %s: upload answer without a usable Location",
+                      c->registry, what),
+           FALSE;
   g_autofree char *esc = g_uri_escape_string(digest, NULL, FALSE);
   g_autofree char *put = g_strdup_printf("%s%cdigest=%s", abs, strchr(abs, '?') ? '&' : '?', esc);
   g_clear_pointer(&body, g_bytes_unref);
-  g_autoptr(SoupMessage) pm = request(c, "PUT", put, NULL, "application/octet-stream", data, NULL, &body, what, error);
+  g_autoptr(SoupMessage) pm =
+      request(c, "PUT", put, NULL, "application/octet-stream", data, NULL, &body, what, error);
   if (!pm)
     return FALSE;
   if (soup_message_get_status(pm) != 201)
@@ -466,8 +484,8 @@ gboolean oakuk_oci_client_push_blob(OakukOciClient *c, const char *repo, const c
   return TRUE;
 }
 
-char *oakuk_oci_client_push_manifest(OakukOciClient *c, const char *repo, const char *tag, const char *media_type,
-                                     GBytes *manifest, GError **error) {
+char *oakuk_oci_client_push_manifest(OakukOciClient *c, const char *repo, const char *tag,
+                                     const char *media_type, GBytes *manifest, GError **error) {
   g_autofree char *what = g_strdup_printf("manifest %s:%s", repo, tag);
   g_autofree char *url = g_strdup_printf("%s/v2/%s/manifests/%s", c->base, repo, tag);
   g_autoptr(GBytes) body = NULL;
@@ -532,7 +550,8 @@ static JsonObject *parse_object(GBytes *b, const char *what, GError **error, Jso
   GError *err = NULL;
   if (!oakuk_json_precheck(d, n, &err) || !json_parser_load_from_data(p, d, (gssize)n, &err) ||
       !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
-    set_gerror(error, OAKUK_EINVAL, "%s: not a JSON object%s%s", what, err ? ": " : "", err ? err->message : "");
+    set_gerror(error, OAKUK_EINVAL, "%s: not a JSON object%s%s", what, err ? ": " : "",
+               err ? err->message : "");
     g_clear_error(&err);
     g_object_unref(p);
     return NULL;
@@ -552,7 +571,8 @@ static GBytes *layout_blob(Source *s, const char *digest, gsize max, GError **er
     return NULL;
   }
   if (n > max)
-    return set_gerror(error, OAKUK_EINVAL, "image %s: blob %s is larger than %zu bytes", s->reference, digest, max),
+    return set_gerror(error, OAKUK_EINVAL, "image %s: blob %s is larger than %zu bytes", s->reference, digest,
+                      max),
            NULL;
   return g_bytes_new_take(g_steal_pointer(&data), n);
 }
@@ -568,8 +588,8 @@ static GBytes *source_manifest(Source *s, const char *ref, char **digest, GError
     return NULL;
   *digest = oakuk_oci_digest_bytes(b);
   if (strcmp(*digest, ref) != 0) {
-    set_gerror(error, OAKUK_EVERIFY, "image %s: manifest %s: digest mismatch (received %s)", s->reference, ref,
-               *digest);
+    set_gerror(error, OAKUK_EVERIFY, "image %s: manifest %s: digest mismatch (received %s)", s->reference,
+               ref, *digest);
     g_clear_pointer(digest, g_free);
     g_bytes_unref(b);
     return NULL;
@@ -591,7 +611,8 @@ static gboolean is_index(JsonObject *o) {
 static const char *pick_platform(Source *s, JsonObject *index, GError **error) {
   const char *arch = oakuk_container_platform_arch();
   const char *variant = oakuk_container_platform_variant();
-  JsonArray *ms = json_object_has_member(index, "manifests") ? json_object_get_array_member(index, "manifests") : NULL;
+  JsonArray *ms =
+      json_object_has_member(index, "manifests") ? json_object_get_array_member(index, "manifests") : NULL;
   g_autoptr(GString) seen = g_string_new(NULL);
   const char *fallback = NULL;
   for (guint k = 0; ms && k < json_array_get_length(ms); k++) {
@@ -619,8 +640,9 @@ static const char *pick_platform(Source *s, JsonObject *index, GError **error) {
   }
   if (fallback && seen->len == 0)
     return fallback;
-  set_gerror(error, OAKUK_EUNSUPPORTED, "image %s: no manifest for this node's platform linux/%s%s%s (index has: %s)",
-             s->reference, arch, variant ? "/" : "", variant ? variant : "", seen->len ? seen->str : "nothing");
+  set_gerror(error, OAKUK_EUNSUPPORTED,
+             "image %s: no manifest for this node's platform linux/%s%s%s (index has: %s)", s->reference,
+             arch, variant ? "/" : "", variant ? variant : "", seen->len ? seen->str : "nothing");
   return NULL;
 }
 
@@ -663,7 +685,8 @@ static gboolean store_stream(const char *blobs, Source *s, GInputStream *in, con
   for (;;) {
     gssize n = g_input_stream_read(in, buf, CHUNK, NULL, &err);
     if (n < 0) {
-      set_gerror(error, OAKUK_EIO, "image %s: %s: download interrupted: %s", s->reference, what, err->message);
+      set_gerror(error, OAKUK_EIO, "image %s: %s: download interrupted: %s", s->reference, what,
+                 err->message);
       g_clear_error(&err);
       ok = FALSE;
       break;
@@ -672,8 +695,9 @@ static gboolean store_stream(const char *blobs, Source *s, GInputStream *in, con
       break;
     got += n;
     if (size >= 0 && got > size) {
-      set_gerror(error, OAKUK_EVERIFY, "image %s: %s: larger than the %" G_GINT64_FORMAT " bytes the manifest says",
-                 s->reference, what, size);
+      set_gerror(error, OAKUK_EVERIFY,
+                 "image %s: %s: larger than the %" G_GINT64_FORMAT " bytes the manifest says", s->reference,
+                 what, size);
       ok = FALSE;
       break;
     }
@@ -689,12 +713,13 @@ static gboolean store_stream(const char *blobs, Source *s, GInputStream *in, con
   if (ok) {
     g_autofree char *d = g_strconcat("sha256:", g_checksum_get_string(sum), NULL);
     if (strcmp(d, digest) != 0) {
-      set_gerror(error, OAKUK_EVERIFY, "image %s: %s %s: digest mismatch (received %s)", s->reference, what, digest,
-                 d);
+      set_gerror(error, OAKUK_EVERIFY, "image %s: %s %s: digest mismatch (received %s)", s->reference, what,
+                 digest, d);
       ok = FALSE;
     } else if (size >= 0 && got != size) {
-      set_gerror(error, OAKUK_EVERIFY, "image %s: %s %s: %" G_GINT64_FORMAT " bytes instead of %" G_GINT64_FORMAT,
-                 s->reference, what, digest, got, size);
+      set_gerror(error, OAKUK_EVERIFY,
+                 "image %s: %s %s: %" G_GINT64_FORMAT " bytes instead of %" G_GINT64_FORMAT, s->reference,
+                 what, digest, got, size);
       ok = FALSE;
     }
   }
@@ -722,7 +747,8 @@ static gboolean fetch_blob(const char *blobs, Source *s, const char *digest, gin
     g_autoptr(GFile) f = g_file_new_for_path(path);
     in = G_INPUT_STREAM(g_file_read(f, NULL, NULL));
     if (!in)
-      return set_gerror(error, OAKUK_ENOTFOUND, "image %s: %s %s is not in the archive", s->reference, what, digest),
+      return set_gerror(error, OAKUK_ENOTFOUND, "image %s: %s %s is not in the archive", s->reference, what,
+                        digest),
              FALSE;
     return store_stream(blobs, s, in, digest, size, prog, what, error);
   }
@@ -760,7 +786,6 @@ typedef struct {
   guint64 entries, bytes;
 } Layer;
 
-
 /* No component of rel's parent may be a symlink: whiteouts and hard links must never act
  * through one (it could point out of the rootfs on the host). */
 static gboolean parent_is_real(Layer *l, const char *rel, GError **error) {
@@ -774,7 +799,8 @@ static gboolean parent_is_real(Layer *l, const char *rel, GError **error) {
       return TRUE; /* missing: nothing to act on */
     if (S_ISLNK(st.st_mode))
       return set_gerror(error, OAKUK_EPERM, "%s: entry %s goes through the symlink %s", l->what, rel,
-                        p->str + strlen(l->rootfs) + 1), FALSE;
+                        p->str + strlen(l->rootfs) + 1),
+             FALSE;
   }
   return TRUE;
 }
@@ -810,7 +836,8 @@ static gboolean whiteout(Layer *l, const char *dir, const char *base, GError **e
 static gboolean layer_corrupt(Layer *l, const char *at, GError **error) {
   const char *msg = archive_error_string(l->r);
   return set_gerror(error, OAKUK_EINVAL, "%s: corrupt or truncated layer%s%s: %s", l->what, at ? " at " : "",
-                    at ? at : "", msg ? msg : "unknown error"), FALSE;
+                    at ? at : "", msg ? msg : "unknown error"),
+         FALSE;
 }
 
 static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
@@ -820,7 +847,8 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
   if (!name)
     return set_gerror(error, OAKUK_EPERM, "%s: entry %s %s", l->what, raw,
                       why == OAKUK_ARCHIVE_PATH_ABSOLUTE ? "is an absolute path"
-                                                         : "has a '..' component (path traversal)"), FALSE;
+                                                         : "has a '..' component (path traversal)"),
+           FALSE;
   if (++l->entries > LAYER_MAX_ENTRIES)
     return set_gerror(error, OAKUK_EINVAL, "%s: more than %d entries", l->what, LAYER_MAX_ENTRIES), FALSE;
   if (!*name)
@@ -839,7 +867,8 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
   if (hardlink) {
     g_autofree char *t = oakuk_archive_normalize_path(hardlink, &why);
     if (!t || !*t)
-      return set_gerror(error, OAKUK_EPERM, "%s: hard link %s -> %s leaves the layer", l->what, name, hardlink),
+      return set_gerror(error, OAKUK_EPERM, "%s: hard link %s -> %s leaves the layer", l->what, name,
+                        hardlink),
              FALSE;
     if (!parent_is_real(l, t, error))
       return FALSE;
@@ -849,12 +878,16 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
     const char *target = archive_entry_symlink(e);
     if (!target || !oakuk_archive_symlink_stays_inside(name, target, TRUE))
       return set_gerror(error, OAKUK_EPERM, "%s: symlink %s -> %s leaves the image", l->what, name,
-                        target ? target : ""), FALSE;
+                        target ? target : ""),
+             FALSE;
   } else if (type != AE_IFREG && type != AE_IFDIR) {
-    const char *kind = type == AE_IFCHR ? "a character device" : type == AE_IFBLK ? "a block device"
-                       : type == AE_IFIFO ? "a fifo" : "of an unsupported type";
+    const char *kind = type == AE_IFCHR   ? "a character device"
+                       : type == AE_IFBLK ? "a block device"
+                       : type == AE_IFIFO ? "a fifo"
+                                          : "of an unsupported type";
     return set_gerror(error, OAKUK_EPERM, "%s: %s is %s; layers may hold only files, directories and links",
-                      l->what, name, kind), FALSE;
+                      l->what, name, kind),
+           FALSE;
   }
   /* A non-directory replaces whatever a lower layer had there; a directory merges. */
   struct stat st;
@@ -862,7 +895,8 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
     return FALSE;
   archive_entry_set_pathname(e, dest);
   if (archive_write_header(l->w, e) < ARCHIVE_WARN)
-    return set_gerror(error, OAKUK_EPERM, "%s: extract %s: %s", l->what, name, archive_error_string(l->w)), FALSE;
+    return set_gerror(error, OAKUK_EPERM, "%s: extract %s: %s", l->what, name, archive_error_string(l->w)),
+           FALSE;
   for (;;) {
     const void *buf;
     size_t size;
@@ -875,12 +909,15 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
     l->bytes += size;
     if (l->bytes > LAYER_MAX_BYTES)
       return set_gerror(error, OAKUK_EINVAL, "%s: unpacks to more than %" G_GUINT64_FORMAT " bytes", l->what,
-                        LAYER_MAX_BYTES), FALSE;
+                        LAYER_MAX_BYTES),
+             FALSE;
     if (archive_write_data_block(l->w, buf, size, off) < ARCHIVE_WARN)
-      return set_gerror(error, OAKUK_EIO, "%s: write %s: %s", l->what, name, archive_error_string(l->w)), FALSE;
+      return set_gerror(error, OAKUK_EIO, "%s: write %s: %s", l->what, name, archive_error_string(l->w)),
+             FALSE;
   }
   if (archive_write_finish_entry(l->w) < ARCHIVE_WARN)
-    return set_gerror(error, OAKUK_EIO, "%s: extract %s: %s", l->what, name, archive_error_string(l->w)), FALSE;
+    return set_gerror(error, OAKUK_EIO, "%s: extract %s: %s", l->what, name, archive_error_string(l->w)),
+           FALSE;
   g_hash_table_add(l->added, g_steal_pointer(&name));
   return TRUE;
 }
@@ -892,7 +929,8 @@ gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const
   archive_read_support_format_tar(l.r);
   l.w = archive_write_disk_new();
   archive_write_disk_set_options(l.w, ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-                                          ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME);
+                                          ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM |
+                                          ARCHIVE_EXTRACT_TIME);
   l.added = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   gboolean ok = TRUE;
   if (archive_read_open_filename(l.r, layer_path, CHUNK) != ARCHIVE_OK) {
@@ -956,9 +994,10 @@ static gboolean load_config(OakukOciImage *img, GBytes *config, const char *refe
   JsonObject *o = parse_object(config, what, error, &p);
   if (!o)
     return FALSE;
-  JsonObject *c = json_object_has_member(o, "config") && JSON_NODE_HOLDS_OBJECT(json_object_get_member(o, "config"))
-                      ? json_object_get_object_member(o, "config")
-                      : NULL;
+  JsonObject *c =
+      json_object_has_member(o, "config") && JSON_NODE_HOLDS_OBJECT(json_object_get_member(o, "config"))
+          ? json_object_get_object_member(o, "config")
+          : NULL;
   img->entrypoint = string_list(c, "Entrypoint");
   img->cmd = string_list(c, "Cmd");
   img->env = string_list(c, "Env");
@@ -1011,7 +1050,8 @@ static gboolean descriptor_ok(JsonNode *n, const char *reference, const char *wh
   JsonObject *o = json_node_get_object(n);
   const char *d = json_object_get_string_member_with_default(o, "digest", NULL);
   if (!oakuk_oci_digest_is_valid(d))
-    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.digest is not sha256:<64 hex>", reference, what),
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.digest is not sha256:<64 hex>", reference,
+                      what),
            FALSE;
   if (json_object_get_int_member_with_default(o, "size", -1) < 0)
     return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.size is missing", reference, what), FALSE;
@@ -1020,7 +1060,8 @@ static gboolean descriptor_ok(JsonNode *n, const char *reference, const char *wh
 
 /* Downloads (or reads from the layout) an oci-archive: tarball into dir, keeping only the layout's
  * index.json and blobs/sha256/<hex> regular files. */
-static gboolean open_archive(const char *url, const char *dir, const oakuk_container_options *o, GError **error);
+static gboolean open_archive(const char *url, const char *dir, const oakuk_container_options *o,
+                             GError **error);
 
 static OakukOciImage *pull_from(Source *s, const char *images, const char *top_ref, OakukOciProgress cb,
                                 gpointer data, GError **error) {
@@ -1084,8 +1125,8 @@ static OakukOciImage *pull_from(Source *s, const char *images, const char *top_r
     Progress prog = {cb, data, k + 1, n, -1};
     g_autofree char *w = g_strdup_printf("layer %u/%u", k + 1, n);
     progress(&prog, 0, 1);
-    if (!fetch_blob(blobs, s, json_object_get_string_member(l, "digest"), json_object_get_int_member(l, "size"),
-                    &prog, w, error))
+    if (!fetch_blob(blobs, s, json_object_get_string_member(l, "digest"),
+                    json_object_get_int_member(l, "size"), &prog, w, error))
       return NULL;
   }
   g_autoptr(GBytes) config = read_blob(blobs, cdigest, CONFIG_MAX_BYTES, error);
@@ -1156,8 +1197,8 @@ static OakukOciImage *resolution_lookup(const char *images, const char *referenc
   return g_steal_pointer(&img);
 }
 
-static void resolution_store(const char *images, const char *reference, const char *digest, gboolean authenticated,
-                             const char *username, const char *password) {
+static void resolution_store(const char *images, const char *reference, const char *digest,
+                             gboolean authenticated, const char *username, const char *password) {
   g_autofree char *dir = g_build_filename(images, "refs", NULL);
   g_autofree char *path = resolution_path(images, reference);
   g_autofree char *creds = authenticated ? credentials_hash(username, password) : g_strdup("");
@@ -1171,10 +1212,10 @@ static void resolution_store(const char *images, const char *reference, const ch
   json_builder_add_string_value(b, creds);
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  g_autofree char *text = json_to_string(root, FALSE);
+  g_autofree char *text = oakuk_json_node_to_string(root, FALSE);
   GError *err = NULL;
-  if (g_mkdir_with_parents(dir, 0700) != 0 || !g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_NONE,
-                                                                       0600, &err))
+  if (g_mkdir_with_parents(dir, 0700) != 0 ||
+      !g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_NONE, 0600, &err))
     g_debug("image %s: resolution not recorded: %s", reference, err ? err->message : g_strerror(errno));
   g_clear_error(&err);
 }
@@ -1227,7 +1268,8 @@ static gboolean layout_name_ok(const char *name) {
   return oakuk_oci_digest_is_valid(d);
 }
 
-static gboolean open_archive(const char *url, const char *dir, const oakuk_container_options *o, GError **error) {
+static gboolean open_archive(const char *url, const char *dir, const oakuk_container_options *o,
+                             GError **error) {
   g_autofree char *local = NULL;
   g_autofree char *download = NULL;
   if (g_str_has_prefix(url, "file://")) {
@@ -1238,10 +1280,12 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
     g_autoptr(GUri) u = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
     if (!u || !g_uri_get_host(u))
       return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: bad URL", url), FALSE;
-    g_autofree char *hostport = g_uri_get_port(u) > 0 ? g_strdup_printf("%s:%d", g_uri_get_host(u), g_uri_get_port(u))
-                                                      : g_strdup(g_uri_get_host(u));
+    g_autofree char *hostport = g_uri_get_port(u) > 0
+                                    ? g_strdup_printf("%s:%d", g_uri_get_host(u), g_uri_get_port(u))
+                                    : g_strdup(g_uri_get_host(u));
     g_autoptr(OakukOciClient) c = oakuk_oci_client_new(
-        g_str_has_prefix(url, "http://") ? g_strconcat("http://", hostport, NULL) : hostport, NULL, NULL, o, error);
+        g_str_has_prefix(url, "http://") ? g_strconcat("http://", hostport, NULL) : hostport, NULL, NULL, o,
+        error);
     if (!c)
       return FALSE;
     g_autoptr(GInputStream) in = NULL;
@@ -1253,10 +1297,12 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
     download = g_build_filename(dir, "archive.tar", NULL);
     g_autoptr(GFile) f = g_file_new_for_path(download);
     g_autoptr(GFileOutputStream) out = g_file_replace(f, NULL, FALSE, G_FILE_CREATE_PRIVATE, NULL, error);
-    if (!out || g_output_stream_splice(G_OUTPUT_STREAM(out), in, G_OUTPUT_STREAM_SPLICE_CLOSE_TARGET, NULL, error) < 0)
+    if (!out || g_output_stream_splice(G_OUTPUT_STREAM(out), in, G_OUTPUT_STREAM_SPLICE_CLOSE_TARGET, NULL,
+                                       error) < 0)
       return FALSE;
   } else {
-    return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: use an http://, https:// or file:// URL", url), FALSE;
+    return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: use an http://, https:// or file:// URL", url),
+           FALSE;
   }
   const char *path = local ? local : download;
   struct archive *r = archive_read_new();
@@ -1264,8 +1310,9 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
   archive_read_support_format_tar(r);
   gboolean ok = TRUE;
   if (archive_read_open_filename(r, path, CHUNK) != ARCHIVE_OK) {
-    ok = (set_gerror(error, archive_errno(r) == ENOENT ? OAKUK_ENOTFOUND : OAKUK_EINVAL, "oci-archive %s: %s", url,
-                     archive_error_string(r)), FALSE);
+    ok = (set_gerror(error, archive_errno(r) == ENOENT ? OAKUK_ENOTFOUND : OAKUK_EINVAL, "oci-archive %s: %s",
+                     url, archive_error_string(r)),
+          FALSE);
   }
   g_autofree char *blobs = g_build_filename(dir, "blobs", "sha256", NULL);
   g_mkdir_with_parents(blobs, 0700);
@@ -1284,7 +1331,8 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
     int fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0 || archive_read_data_into_fd(r, fd) < ARCHIVE_WARN)
       ok = (set_gerror(error, OAKUK_EIO, "oci-archive %s: extract %s: %s", url, name,
-                       fd < 0 ? g_strerror(errno) : archive_error_string(r)), FALSE);
+                       fd < 0 ? g_strerror(errno) : archive_error_string(r)),
+            FALSE);
     if (fd >= 0)
       close(fd);
   }

@@ -290,10 +290,9 @@ static void qmp_on_line(GObject *src, GAsyncResult *res, gpointer data) {
     oakuk_instance_unref(i);
     return;
   }
-  g_autoptr(JsonParser) p = json_parser_new();
-  if (len <= 65536 && json_parser_load_from_data(p, line, (gssize)len, NULL) &&
-      JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
-    qmp_on_message(i, json_node_get_object(json_parser_get_root(p)));
+  g_autoptr(JsonNode) msg = len <= 65536 ? oakuk_json_parse(line, len, NULL) : NULL;
+  if (msg && JSON_NODE_HOLDS_OBJECT(msg))
+    qmp_on_message(i, json_node_get_object(msg));
   else
     g_debug("instance %s: unparsable QMP line ignored", i->name);
   qmp_read_next(i);

@@ -265,7 +265,7 @@ OAKUK_API char *oakuk_qemu_caps_to_json(const oakuk_qemu_caps *caps) {
   json_builder_end_array(b);
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  g_autofree char *s = json_to_string(root, FALSE);
+  g_autofree char *s = oakuk_json_node_to_string(root, FALSE);
   char *r = malloc(strlen(s) + 1);
   if (r)
     strcpy(r, s);

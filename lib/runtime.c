@@ -210,7 +210,7 @@ static gboolean write_record(OakukInstance *i, GError **error) {
     i->klass->record(i, b);
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  g_autofree char *text = json_to_string(root, TRUE);
+  g_autofree char *text = oakuk_json_node_to_string(root, TRUE);
   g_autofree char *path = g_build_filename(i->dir, "instance.json", NULL);
   return g_file_set_contents(path, text, -1, error);
 }

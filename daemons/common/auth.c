@@ -233,7 +233,7 @@ static guint8 *b64url_decode(const char *s, gsize len, gsize *out_len) {
 char *od_jwt_sign(const guint8 *key, gsize key_len, JsonObject *claims) {
   static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
   g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), claims);
-  g_autofree char *payload = json_to_string(node, FALSE);
+  g_autofree char *payload = od_json_to_string(node, FALSE);
   g_autofree char *h64 = b64url_encode((const guint8 *)header, strlen(header));
   g_autofree char *p64 = b64url_encode((const guint8 *)payload, strlen(payload));
   g_autofree char *signing = g_strconcat(h64, ".", p64, NULL);

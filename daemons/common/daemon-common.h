@@ -7,6 +7,7 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 #include <libsoup/soup.h>
+#include <oakuk/oakuk.h>
 #include <sqlite3.h>
 
 G_BEGIN_DECLS
@@ -14,18 +15,18 @@ G_BEGIN_DECLS
 #define OD_ERROR (od_error_quark())
 GQuark od_error_quark(void);
 typedef enum {
-  OD_ERROR_INVALID,   /* malformed input */
-  OD_ERROR_AUTH,      /* authentication failed */
-  OD_ERROR_IO,        /* file or database I/O */
+  OD_ERROR_INVALID, /* malformed input */
+  OD_ERROR_AUTH,    /* authentication failed */
+  OD_ERROR_IO,      /* file or database I/O */
 } OdError;
 
 /* ---- options and configuration ---- */
 
 /* Common options every daemon accepts; filled by od_options_parse. */
 typedef struct {
-  char *config_path;  /* --config FILE */
-  char *log_format;   /* --log-format text|json (default text) */
-  gboolean verbose;   /* --verbose: debug messages too */
+  char *config_path; /* --config FILE */
+  char *log_format;  /* --log-format text|json (default text) */
+  gboolean verbose;  /* --verbose: debug messages too */
 } OdCommonOptions;
 
 /* Parses argv with the daemon's own entries plus the common ones; on success loads the config file
@@ -68,7 +69,8 @@ char *od_object_id(void);
 gboolean od_is_object_id(const char *s);
 /* Reads a secret file of exactly len bytes, creating it (mode 0600) with random content when it
  * does not exist. */
-gboolean od_secret_load_or_create(const char *path, guint8 *out, gsize len, gboolean *created, GError **error);
+gboolean od_secret_load_or_create(const char *path, guint8 *out, gsize len, gboolean *created,
+                                  GError **error);
 /* PBKDF2-HMAC-SHA256 with a random salt: "pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>". */
 char *od_password_hash(const char *password);
 gboolean od_password_verify(const char *stored, const char *password);
@@ -118,7 +120,8 @@ char **od_path_split(const char *path);
 gboolean od_path_match(char **seg, const char *pattern, const char **cap, guint max_cap);
 /* Replies 405 with an Allow header when the path matched routes of other methods (allowed is their
  * comma-separated list), else 404, both with the error object. */
-void od_http_reply_no_route(SoupServerMessage *msg, const char *method, const char *path, const char *allowed);
+void od_http_reply_no_route(SoupServerMessage *msg, const char *method, const char *path,
+                            const char *allowed);
 /* Counts finished requests by status code into counts (guint code -> guint count), for /metrics. */
 void od_http_count_requests(SoupServer *server, GHashTable *counts);
 /* Replies to /metrics with the Prometheus text in out (taken) after appending the counter

@@ -27,23 +27,29 @@ static const char *level_name(GLogLevelFlags level) {
 static void append_kv(GString *out, const char *key, const char *value) {
   if (log_json) {
     g_autoptr(JsonNode) node = json_node_init_string(json_node_alloc(), value);
-    g_autofree char *escaped = json_to_string(node, FALSE);
+    g_autofree char *escaped = od_json_to_string(node, FALSE);
     g_string_append_printf(out, "%s\"%s\":%s", out->len > 1 ? "," : "", key, escaped);
     return;
   }
   if (out->len > 0)
     g_string_append_c(out, ' ');
   g_string_append_printf(out, "%s=", key);
-  if (*value != '\0' && strpbrk(value, " \t\n\"=") == NULL) {
+  gboolean plain = *value != '\0';
+  for (const char *p = value; *p && plain; p++)
+    plain = (guchar)*p > ' ' && *p != '"' && *p != '=' && *p != 0x7f;
+  if (plain) {
     g_string_append(out, value);
     return;
   }
+  /* Control characters are escaped so that no value can forge a log line or a terminal sequence. */
   g_string_append_c(out, '"');
   for (const char *p = value; *p; p++) {
     if (*p == '"' || *p == '\\')
       g_string_append_c(out, '\\');
     if (*p == '\n')
       g_string_append(out, "\\n");
+    else if ((guchar)*p < ' ' || *p == 0x7f)
+      g_string_append_printf(out, "\\x%02x", (guchar)*p);
     else
       g_string_append_c(out, *p);
   }

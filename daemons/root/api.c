@@ -1371,8 +1371,10 @@ static void handle(SoupServer *server, SoupServerMessage *msg, const char *path,
 }
 
 static void log_request(SoupServer *server, SoupServerMessage *msg, gpointer data) {
+  /* A request libsoup refused before parsing its line has no URI. */
+  GUri *uri = soup_server_message_get_uri(msg);
   od_log(G_LOG_LEVEL_DEBUG, "http", "method", soup_server_message_get_method(msg), "path",
-         g_uri_get_path(soup_server_message_get_uri(msg)), "status",
+         uri ? g_uri_get_path(uri) : "(unparsed)", "status",
          soup_status_get_phrase(soup_server_message_get_status(msg)), NULL);
 }
 

@@ -9,6 +9,7 @@
 #define OAKUK_INSIDE_OAKUK_H
 #include <oakuk/common.h>
 #include <oakuk/error.h>
+#include <oakuk/json.h>
 #include <oakuk/descriptor.h>
 #include <oakuk/model.h>
 #include <oakuk/aggregate.h>

@@ -363,7 +363,8 @@ static void test_report_problems_collected(void) {
 
 static void test_report_malformed(void) {
   g_autoptr(oakuk_error) e1 = report_error("{\"id\": ");
-  g_assert_true(g_str_has_prefix(oakuk_error_message(e1), "node report: invalid JSON"));
+  g_assert_cmpstr(oakuk_error_message(e1), ==,
+                  "node report: malformed JSON: <data>:1:8: document ends inside an object (at id)");
   g_autoptr(oakuk_error) e2 = report_error("[1, 2]");
   g_assert_cmpstr(oakuk_error_message(e2), ==, "node report: the document must be a JSON object");
   g_autoptr(oakuk_error) e3 = report_error("");
@@ -374,6 +375,21 @@ static void test_report_malformed(void) {
   g_assert_null(oakuk_node_report_from_json(with_nul, sizeof with_nul - 1, &e4));
   g_assert_nonnull(e4);
   g_assert_cmpint(oakuk_error_code(e4), ==, OAKUK_EINVAL);
+  g_assert_nonnull(strstr(oakuk_error_message(e4), "NUL byte at offset"));
+  oakuk_error_free(e4);
+  /* An escaped NUL would end the C string: refused with the value's path. */
+  e4 = NULL;
+  g_assert_null(oakuk_node_report_from_json("{" BASE ",\"host\":\"a\\u0000b\"}", (size_t)-1, &e4));
+  g_assert_nonnull(strstr(oakuk_error_message(e4), "\\u0000 (NUL) in a string is refused"));
+  g_assert_nonnull(strstr(oakuk_error_message(e4), "(at host)"));
+  oakuk_error_free(e4);
+  /* Single quotes hide nesting from a naive bracket count; the strict check refuses them first. */
+  g_autoptr(GString) sq = g_string_new("{\"a\":'\"',\"b\":");
+  for (int i = 0; i < 100000; i++)
+    g_string_append_c(sq, '[');
+  e4 = NULL;
+  g_assert_null(oakuk_node_report_from_json(sq->str, sq->len, &e4));
+  g_assert_nonnull(strstr(oakuk_error_message(e4), "<data>:1:6: single quotes are not JSON"));
   oakuk_error_free(e4);
 
   /* a NULL error pointer is allowed */
@@ -608,7 +624,7 @@ static void test_aggregate_invalid(void) {
   }
   oakuk_error *e = NULL;
   g_assert_null(oakuk_cluster_aggregate_from_json("{\"cpu_cores\":", (size_t)-1, &e));
-  g_assert_true(g_str_has_prefix(oakuk_error_message(e), "cluster aggregate: invalid JSON"));
+  g_assert_true(g_str_has_prefix(oakuk_error_message(e), "cluster aggregate: malformed JSON"));
   oakuk_error_free(e);
 }
 

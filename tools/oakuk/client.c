@@ -70,11 +70,30 @@ const char *oak_service_id(JsonObject *service) {
   return oak_str(service, "microserviceID", "");
 }
 
-void oak_print_json(JsonNode *node) {
+char *oak_json_text(JsonNode *node, gboolean pretty) {
   g_autoptr(JsonGenerator) gen = json_generator_new();
-  json_generator_set_pretty(gen, TRUE);
+  json_generator_set_pretty(gen, pretty);
   json_generator_set_root(gen, node);
-  g_autofree char *text = json_generator_to_data(gen, NULL);
+  gsize len = 0;
+  g_autofree char *raw = json_generator_to_data(gen, &len);
+  return oakuk_json_escape_controls(raw, len);
+}
+
+JsonNode *oak_json_parse(const char *text, gsize len, GError **error) {
+  oakuk_error *e = NULL;
+  if (oakuk_json_check(text, len, OAKUK_JSON_DEPTH_DEFAULT, &e) != OAKUK_OK) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "%s", oakuk_error_message(e));
+    oakuk_error_free(e);
+    return NULL;
+  }
+  g_autoptr(JsonParser) p = json_parser_new_immutable();
+  if (!json_parser_load_from_data(p, text, (gssize)len, error))
+    return NULL;
+  return json_parser_steal_root(p);
+}
+
+void oak_print_json(JsonNode *node) {
+  g_autofree char *text = oak_json_text(node, TRUE);
   printf("%s\n", text);
 }
 
@@ -93,13 +112,12 @@ static void load_credentials(OakClient *cl) {
   gsize len = 0;
   if (!g_file_get_contents(cl->cred_path, &text, &len, NULL))
     return;
-  g_autoptr(JsonParser) p = json_parser_new();
-  if (!json_parser_load_from_data(p, text, (gssize)len, NULL) ||
-      !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
+  g_autoptr(JsonNode) root = oak_json_parse(text, len, NULL);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root)) {
     fprintf(stderr, "%s: %s is not a JSON object; ignored (run oakuk login again)\n", cl->cmd, cl->cred_path);
     return;
   }
-  JsonObject *o = json_node_get_object(json_parser_get_root(p));
+  JsonObject *o = json_node_get_object(root);
   g_autofree char *url = strip_slashes(oak_str(o, "url", ""));
   if (strcmp(url, cl->url) != 0)
     return; /* credentials of another root */
@@ -110,12 +128,13 @@ static void load_credentials(OakClient *cl) {
 
 static char *stored_url(const char *path) {
   g_autofree char *text = NULL;
-  if (!g_file_get_contents(path, &text, NULL, NULL))
+  gsize len = 0;
+  if (!g_file_get_contents(path, &text, &len, NULL))
     return NULL;
-  g_autoptr(JsonParser) p = json_parser_new();
-  if (!json_parser_load_from_data(p, text, -1, NULL) || !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
+  g_autoptr(JsonNode) root = oak_json_parse(text, len, NULL);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root))
     return NULL;
-  const char *url = oak_str(json_node_get_object(json_parser_get_root(p)), "url", NULL);
+  const char *url = oak_str(json_node_get_object(root), "url", NULL);
   return url && *url ? g_strdup(url) : NULL;
 }
 
@@ -138,10 +157,7 @@ gboolean oak_client_save(OakClient *cl, GError **error) {
   json_builder_add_string_value(b, cl->refresh_token ? cl->refresh_token : "");
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  g_autoptr(JsonGenerator) gen = json_generator_new();
-  json_generator_set_pretty(gen, TRUE);
-  json_generator_set_root(gen, root);
-  g_autofree char *text = json_generator_to_data(gen, NULL);
+  g_autofree char *text = oak_json_text(root, TRUE);
   /* Written to a temporary file created 0600 and renamed: the tokens are never world-readable. */
   return g_file_set_contents_full(cl->cred_path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error);
 }
@@ -232,10 +248,7 @@ static JsonNode *parse_bytes(GBytes *body, GError **error) {
   const char *data = body ? g_bytes_get_data(body, &len) : NULL;
   if (len == 0)
     return json_node_new(JSON_NODE_NULL);
-  g_autoptr(JsonParser) p = json_parser_new();
-  if (!json_parser_load_from_data(p, data, (gssize)len, error))
-    return NULL;
-  return json_node_copy(json_parser_get_root(p));
+  return oak_json_parse(data, len, error);
 }
 
 /* The message of the root's {"error": {...}} object, or the start of the body. */

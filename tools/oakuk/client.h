@@ -8,6 +8,7 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 #include <libsoup/soup.h>
+#include <oakuk/oakuk.h>
 #include <stdio.h>
 
 /* Exit statuses of the control-plane commands, beyond those of oakuk-cli.h. */
@@ -76,6 +77,10 @@ double oak_num(JsonObject *o, const char *key, double def);
 gboolean oak_bool(JsonObject *o, const char *key, gboolean def);
 const char *oak_service_id(JsonObject *service);
 void oak_print_json(JsonNode *node);
+/* Serializes node as valid JSON whatever its strings hold (control characters escaped). */
+char *oak_json_text(JsonNode *node, gboolean pretty);
+/* The strict check (oakuk_json_check), then json-glib: the root, or NULL with error set. */
+JsonNode *oak_json_parse(const char *text, gsize len, GError **error);
 
 /* A text table: columns sized to their content; the last column is cut to the terminal width. */
 typedef struct OakTable OakTable;

@@ -15,9 +15,7 @@
 
 static char *json_text(JsonBuilder *b) {
   g_autoptr(JsonNode) root = json_builder_get_root(b);
-  g_autoptr(JsonGenerator) gen = json_generator_new();
-  json_generator_set_root(gen, root);
-  return json_generator_to_data(gen, NULL);
+  return oak_json_text(root, FALSE);
 }
 
 /* ---- login ---- */
