@@ -7,13 +7,13 @@ updated=
 build_pkgs=(
   meson ninja-build pkg-config gcc clang libclang-rt-14-dev binutils
   libglib2.0-dev libjson-glib-dev libsoup-3.0-dev libpaho-mqtt-dev libarchive-dev
-  libnl-3-dev libnl-route-3-dev libnftnl-dev libmnl-dev libsqlite3-dev libacl1-dev
+  libnl-3-dev libnl-route-3-dev libnftnl-dev libmnl-dev libsqlite3-dev libacl1-dev libgnutls28-dev
   python3
 )
 run_pkgs=(
   qemu-system-x86 qemu-system-arm qemu-utils mosquitto mosquitto-clients runc nftables iproute2
   busybox-static linux-image-amd64 cpio gzip ca-certificates
-  python3-requests docker-registry curl iptables
+  python3-requests docker-registry curl iptables glib-networking
 )
 # The arm64 test guest (tests/guests) is built from Debian's arm64 kernel and busybox-static,
 # fetched with apt-get download: the arm64 architecture must be known to apt.

@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +76,8 @@ gboolean od_is_object_id(const char *s) {
   return TRUE;
 }
 
-gboolean od_secret_load_or_create(const char *path, guint8 *out, gsize len, gboolean *created, GError **error) {
+gboolean od_secret_load_or_create(const char *path, guint8 *out, gsize len, gboolean *created,
+                                  GError **error) {
   *created = FALSE;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT) {
@@ -269,7 +272,8 @@ JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, g
   }
   g_autoptr(JsonNode) h = od_json_parse((const char *)hdr, hlen, NULL);
   if (h == NULL || !JSON_NODE_HOLDS_OBJECT(h) ||
-      g_strcmp0(json_object_get_string_member_with_default(json_node_get_object(h), "alg", ""), "HS256") != 0) {
+      g_strcmp0(json_object_get_string_member_with_default(json_node_get_object(h), "alg", ""), "HS256") !=
+          0) {
     g_set_error(error, OD_ERROR, OD_ERROR_AUTH, "token algorithm is not HS256");
     return NULL;
   }
@@ -285,4 +289,21 @@ JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, g
     return NULL;
   }
   return json_object_ref(claims);
+}
+
+/* mosquitto 2.0's password file format ($7$: PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte hash,
+ * both base64). The passwords are random secrets of ours, so mosquitto's own 101 iterations are
+ * enough, and they keep a flood of wrong logins cheap for the broker. */
+#define MOSQ_ITERATIONS 101
+
+char *od_mosquitto_password_line(const char *username, const char *password) {
+  guint8 salt[12], hash[64];
+  od_random_bytes(salt, sizeof salt);
+  gnutls_datum_t key = {(unsigned char *)password, (unsigned int)strlen(password)};
+  gnutls_datum_t s = {salt, sizeof salt};
+  if (gnutls_pbkdf2(GNUTLS_MAC_SHA512, &key, &s, MOSQ_ITERATIONS, hash, sizeof hash) != 0)
+    return NULL;
+  g_autofree char *salt64 = g_base64_encode(salt, sizeof salt);
+  g_autofree char *hash64 = g_base64_encode(hash, sizeof hash);
+  return g_strdup_printf("%s:$7$%d$%s$%s", username, MOSQ_ITERATIONS, salt64, hash64);
 }

@@ -62,6 +62,9 @@ void od_logf(GLogLevelFlags level, const char *event, const char *const *kv, con
 
 /* Fills buf from the kernel's CSPRNG (getrandom); aborts only if the kernel has none. */
 void od_random_bytes(guint8 *buf, gsize len);
+/* "username:$7$..." for mosquitto's password_file (its own hash format): written by the daemon
+ * itself, so no password ever appears on a command line. NULL if hashing failed. */
+char *od_mosquitto_password_line(const char *username, const char *password);
 /* len random bytes as 2*len lowercase hex digits. */
 char *od_random_hex(gsize len);
 /* A 24-hex-digit id like a MongoDB ObjectId: 4 bytes of seconds since the epoch, 8 random bytes. */
@@ -97,6 +100,8 @@ JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, g
  * finalised, rejecting request bodies announced larger than OD_HTTP_MAX_BODY before they are read
  * (413). Handlers are added by the caller. */
 gboolean od_http_server_listen(SoupServer *server, const char *listen, GError **error);
+/* Serves HTTPS with cert (its chain included) on the connections accepted from now on; NULL: plain. */
+void od_http_server_set_tls(SoupServer *server, GTlsCertificate *cert);
 void od_http_reply_json(SoupServerMessage *msg, guint status, JsonNode *node);
 /* Replies with a JSON string whose content is the serialized node (Oakestra's double encoding). */
 void od_http_reply_json_string(SoupServerMessage *msg, guint status, JsonNode *node);
@@ -127,6 +132,44 @@ void od_http_count_requests(SoupServer *server, GHashTable *counts);
 /* Replies to /metrics with the Prometheus text in out (taken) after appending the counter
  * <prefix>_http_requests_total{code="..."} from counts. */
 void od_http_reply_metrics(SoupServerMessage *msg, GString *out, const char *prefix, GHashTable *counts);
+
+/* ---- TLS and the PKI (common/tls.c) ---- */
+
+/* A new private key (ECDSA P-256, PKCS#8 PEM). */
+char *od_tls_key_new(GError **error);
+/* A self-signed CA certificate (PEM, 10 years) for key_pem, named cn. */
+char *od_tls_ca_new(const char *key_pem, const char *cn, GError **error);
+/* Loads <dir>/ca.crt and <dir>/ca.key, or creates both (the key 0600, dir 0700) when neither exists. */
+gboolean od_tls_ensure_ca(const char *dir, const char *cn, char **cert_pem, char **key_pem, GError **error);
+/* A certificate for key_pem named cn with the subject alternative names sans (IP addresses or DNS
+ * names, at most 16), valid for days, for TLS servers and clients, signed by the CA. */
+char *od_tls_issue(const char *ca_cert_pem, const char *ca_key_pem, const char *key_pem, const char *cn,
+                   const char *const *sans, guint days, GError **error);
+/* A certificate request for key_pem (name cn, the alternative names sans). */
+char *od_tls_csr_new(const char *key_pem, const char *cn, const char *const *sans, GError **error);
+/* Signs a request after checking its own signature: only its key and alternative names are taken;
+ * the name is cn and nothing else it asks for (a CA flag) is granted. */
+char *od_tls_sign_csr(const char *ca_cert_pem, const char *ca_key_pem, const char *csr_pem, const char *cn,
+                      guint days, GError **error);
+/* The SHA-256 fingerprint (64 lower-case hex digits) of the first certificate in cert_pem. */
+char *od_tls_fingerprint(const char *cert_pem, GError **error);
+char *od_tls_fingerprint_der(const guint8 *der, gsize len);
+char *od_tls_certificate_fingerprint(GTlsCertificate *cert);
+gboolean od_tls_dns_name_valid(const char *name);
+/* The certificate in peer's chain whose fingerprint is fingerprint, when peer verifies against it;
+ * NULL otherwise. Borrowed from peer. */
+GTlsCertificate *od_tls_pinned_ca(GTlsCertificate *peer, const char *fingerprint);
+/* Writes text to path 0600, atomically. */
+gboolean od_tls_write_secret(const char *path, const char *text, GError **error);
+GTlsCertificate *od_tls_certificate_from_pem(const char *pem, GError **error);
+/* A session that trusts no CA by itself: each message says what it trusts (od_tls_pin_message). */
+SoupSession *od_tls_session_new(void);
+/* msg accepts a server certificate only when it chains to ca (or, when ca is NULL, to the certificate
+ * with this fingerprint in the server's own chain: a join token's first contact) and names the URL's
+ * host. */
+void od_tls_pin_message(SoupMessage *msg, GTlsCertificate *ca, const char *fingerprint);
+/* After a fingerprint-pinned exchange: the CA found (PEM), or NULL. */
+char *od_tls_message_found_ca(SoupMessage *msg);
 
 /* ---- SQLite ---- */
 

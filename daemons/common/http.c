@@ -195,7 +195,30 @@ static void request_started(SoupServer *server, SoupServerMessage *msg, gpointer
 
 static void connection_gone(gpointer data, GObject *where) {
   Conn *c = data;
-  g_hash_table_remove(conns, c->peer);
+  if (g_hash_table_lookup(conns, c->peer) == c)
+    g_hash_table_remove(conns, c->peer);
+  conn_free(c);
+}
+
+static void handshake_done(GObject *source, GAsyncResult *res, gpointer data) {
+  SoupServer *server = data;
+  GTlsConnection *tls = G_TLS_CONNECTION(source);
+  GSocketConnection *base = NULL;
+  g_object_get(tls, "base-io-stream", &base, NULL);
+  g_autoptr(GSocketConnection) conn = base;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GSocketAddress) local = g_socket_connection_get_local_address(conn, NULL);
+  g_autoptr(GSocketAddress) remote = g_socket_connection_get_remote_address(conn, NULL);
+  if (!g_tls_connection_handshake_finish(tls, res, &error)) {
+    g_autofree char *peer = peer_key(remote);
+    od_log(G_LOG_LEVEL_INFO, "http", "msg", "TLS handshake failed", "peer", peer ? peer : "?", "reason",
+           error->message, NULL);
+  } else if (local && remote &&
+             !soup_server_accept_iostream(server, G_IO_STREAM(tls), local, remote, &error)) {
+    od_log(G_LOG_LEVEL_WARNING, "http", "msg", error->message, NULL);
+  }
+  g_object_unref(tls);
+  g_object_unref(server);
 }
 
 static gboolean on_incoming(GSocketService *service, GSocketConnection *conn, GObject *source,
@@ -205,7 +228,7 @@ static gboolean on_incoming(GSocketService *service, GSocketConnection *conn, GO
   g_autoptr(GSocketAddress) remote = g_socket_connection_get_remote_address(conn, NULL);
   g_autofree char *peer = peer_key(remote);
   if (conns == NULL)
-    conns = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, conn_free);
+    conns = g_hash_table_new(g_str_hash, g_str_equal);
   if (g_hash_table_size(conns) >= MAX_CONNECTIONS || local == NULL || peer == NULL) {
     od_log(G_LOG_LEVEL_WARNING, "http", "msg",
            peer ? "connection refused: too many open connections" : "connection without addresses", NULL);
@@ -217,11 +240,23 @@ static gboolean on_incoming(GSocketService *service, GSocketConnection *conn, GO
   c->peer = g_steal_pointer(&peer);
   g_hash_table_replace(conns, c->peer, c);
   g_object_weak_ref(G_OBJECT(conn), connection_gone, c);
-  /* Until its first request's headers are in. */
+  /* Until its first request's headers are in (the TLS handshake included). */
   conn_arm(c, "headers", HEADER_TIMEOUT_S);
   g_autoptr(GError) error = NULL;
-  if (!soup_server_accept_iostream(server, G_IO_STREAM(conn), local, remote, &error))
-    od_log(G_LOG_LEVEL_WARNING, "http", "msg", error->message, NULL);
+  GTlsCertificate *cert = g_object_get_data(G_OBJECT(server), "od-tls-certificate");
+  if (cert == NULL) {
+    if (!soup_server_accept_iostream(server, G_IO_STREAM(conn), local, remote, &error))
+      od_log(G_LOG_LEVEL_WARNING, "http", "msg", error->message, NULL);
+    return TRUE;
+  }
+  GIOStream *tls = g_tls_server_connection_new(G_IO_STREAM(conn), cert, &error);
+  if (tls == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "http", "msg", "TLS unavailable", "reason", error->message, NULL);
+    g_io_stream_close(G_IO_STREAM(conn), NULL, NULL);
+    return TRUE;
+  }
+  g_tls_connection_handshake_async(G_TLS_CONNECTION(tls), G_PRIORITY_DEFAULT, NULL, handshake_done,
+                                   g_object_ref(server));
   return TRUE;
 }
 
@@ -236,6 +271,11 @@ static void service_free(gpointer data) {
  * kept-alive one that the client closes while idle whole, 1.9 kB (fixed upstream in 3.3, commit
  * d20c6601). A client that does not reuse connections, such as Python requests without a Session,
  * grew oakuk-root by 1 MB per 500 requests; accepted this way nothing is lost. */
+void od_http_server_set_tls(SoupServer *server, GTlsCertificate *cert) {
+  g_object_set_data_full(G_OBJECT(server), "od-tls-certificate", cert ? g_object_ref(cert) : NULL,
+                         g_object_unref);
+}
+
 gboolean od_http_server_listen(SoupServer *server, const char *listen, GError **error) {
   g_autofree char *addr = NULL;
   guint16 port = 0;

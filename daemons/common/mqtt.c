@@ -12,11 +12,12 @@
 
 struct OdMqtt {
   gint refs;
-  gint closed;      /* atomic: set by od_mqtt_free; queued events are then dropped */
-  gint connected;   /* atomic */
+  gint closed;    /* atomic: set by od_mqtt_free; queued events are then dropped */
+  gint connected; /* atomic */
   MQTTAsync client;
   GMainContext *context;
   char *username, *password, *will_topic, *will_payload;
+  char *ca_file; /* TLS: the only CA the broker's certificate may chain to; NULL: plain TCP */
   char **subscriptions;
   guint keepalive_s;
   guint16 port; /* the broker's */
@@ -56,6 +57,7 @@ static void mqtt_unref(OdMqtt *m) {
   g_main_context_unref(m->context);
   g_free(m->username);
   g_free(m->password);
+  g_free(m->ca_file);
   g_free(m->will_topic);
   g_free(m->will_payload);
   g_strfreev(m->subscriptions);
@@ -101,9 +103,7 @@ static gboolean dispatch(gpointer data) {
   if (g_atomic_int_get(&m->closed))
     return G_SOURCE_REMOVE;
   switch (e->kind) {
-  case EV_MESSAGE:
-    m->on_message(e->topic, e->payload, m->user_data);
-    break;
+  case EV_MESSAGE: m->on_message(e->topic, e->payload, m->user_data); break;
   case EV_UP:
     subscribe_all(m);
     if (m->on_state)
@@ -228,6 +228,15 @@ static void do_connect(OdMqtt *m) {
   co.connectTimeout = 5;
   co.username = m->username;
   co.password = m->password;
+  MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+  if (m->ca_file != NULL) {
+    ssl.trustStore = m->ca_file;
+    ssl.disableDefaultTrustStore = 1; /* our CA only, never the system's */
+    ssl.enableServerCertAuth = 1;
+    ssl.verify = 1; /* and the certificate must name the host we dial */
+    ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
+    co.ssl = &ssl;
+  }
   if (m->will_topic != NULL) {
     will.topicName = m->will_topic;
     will.message = m->will_payload;
@@ -239,20 +248,22 @@ static void do_connect(OdMqtt *m) {
   co.context = m;
   int rc = MQTTAsync_connect(m->client, &co);
   if (rc != MQTTASYNC_SUCCESS && m->retry_source == 0) {
-    od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "connect request refused, retrying", "code", MQTTAsync_strerror(rc),
-           NULL);
+    od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "connect request refused, retrying", "code",
+           MQTTAsync_strerror(rc), NULL);
     m->retry_source = g_timeout_add_seconds(1, retry_connect, m);
   }
 }
 
 OdMqtt *od_mqtt_new(const OdMqttOptions *opts, OdMqttMessageFunc on_message, OdMqttStateFunc on_state,
                     gpointer user_data, GError **error) {
-  g_return_val_if_fail(opts != NULL && opts->host != NULL && opts->client_id != NULL && on_message != NULL, NULL);
+  g_return_val_if_fail(opts != NULL && opts->host != NULL && opts->client_id != NULL && on_message != NULL,
+                       NULL);
   OdMqtt *m = g_new0(OdMqtt, 1);
   m->refs = 1;
   m->context = g_main_context_ref_thread_default();
   m->username = g_strdup(opts->username);
   m->password = g_strdup(opts->password);
+  m->ca_file = g_strdup(opts->ca_file);
   m->will_topic = g_strdup(opts->will_topic);
   m->will_payload = g_strdup(opts->will_payload ? opts->will_payload : "");
   m->subscriptions = g_strdupv((char **)opts->subscriptions);
@@ -261,18 +272,21 @@ OdMqtt *od_mqtt_new(const OdMqttOptions *opts, OdMqttMessageFunc on_message, OdM
   m->on_message = on_message;
   m->on_state = on_state;
   m->user_data = user_data;
-  g_autofree char *uri = strchr(opts->host, ':') ? g_strdup_printf("tcp://[%s]:%u", opts->host, opts->port)
-                                                 : g_strdup_printf("tcp://%s:%u", opts->host, opts->port);
+  const char *scheme = opts->ca_file ? "ssl" : "tcp";
+  g_autofree char *uri = strchr(opts->host, ':')
+                             ? g_strdup_printf("%s://[%s]:%u", scheme, opts->host, opts->port)
+                             : g_strdup_printf("%s://%s:%u", scheme, opts->host, opts->port);
   MQTTAsync_createOptions cr = MQTTAsync_createOptions_initializer;
   cr.MQTTVersion = MQTTVERSION_3_1_1;
-  int rc = MQTTAsync_createWithOptions(&m->client, uri, opts->client_id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cr);
+  int rc =
+      MQTTAsync_createWithOptions(&m->client, uri, opts->client_id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &cr);
   if (rc == MQTTASYNC_SUCCESS)
     rc = MQTTAsync_setCallbacks(m->client, m, on_lost, on_arrived, NULL);
   if (rc == MQTTASYNC_SUCCESS)
     rc = MQTTAsync_setConnected(m->client, m, on_connected);
   if (rc != MQTTASYNC_SUCCESS) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "mqtt client for %s (client id %s): %s", uri, opts->client_id,
-                MQTTAsync_strerror(rc));
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "mqtt client for %s (client id %s): %s", uri,
+                opts->client_id, MQTTAsync_strerror(rc));
     if (m->client != NULL)
       MQTTAsync_destroy(&m->client);
     mqtt_unref(m);

@@ -20,15 +20,16 @@ typedef void (*OdMqttStateFunc)(gboolean connected, const char *reason, gpointer
 typedef void (*OdMqttDoneFunc)(gboolean ok, const char *reason, gpointer user_data);
 
 typedef struct {
-  const char *host;          /* broker host name or address */
-  guint16 port;              /* broker port */
-  const char *client_id;     /* stable id: the broker keeps the session (clean session off) */
-  const char *username;      /* may be NULL */
-  const char *password;      /* may be NULL */
-  const char *will_topic;    /* last will (QoS 1, not retained); NULL for none */
-  const char *will_payload;  /* last will payload ("" when NULL) */
+  const char *host;                 /* broker host name or address */
+  guint16 port;                     /* broker port */
+  const char *client_id;            /* stable id: the broker keeps the session (clean session off) */
+  const char *username;             /* may be NULL */
+  const char *password;             /* may be NULL */
+  const char *will_topic;           /* last will (QoS 1, not retained); NULL for none */
+  const char *will_payload;         /* last will payload ("" when NULL) */
   const char *const *subscriptions; /* NULL-terminated topic filters, QoS 1, renewed on every connect */
-  guint keepalive_s;         /* 0: 10 s */
+  guint keepalive_s;                /* 0: 10 s */
+  const char *ca_file; /* TLS against this CA (PEM file) with the host name checked; NULL: plain TCP */
 } OdMqttOptions;
 
 /* Creates the client; nothing is sent until od_mqtt_start. The callbacks run on the thread-default
