@@ -418,21 +418,38 @@ OAKUK_API int oakuk_json_check(const char *text, size_t len, uint32_t max_depth,
   return rc;
 }
 
-OAKUK_API char *oakuk_json_escape_controls(const char *json, size_t len) {
+OAKUK_API char *oakuk_json_repair(const char *json, size_t len) {
   g_return_val_if_fail(json != NULL || len == 0, NULL);
   GString *out = g_string_sized_new(len + 1);
-  gboolean in_string = FALSE;
+  gboolean in_string = FALSE, in_exponent = FALSE;
   for (size_t i = 0; i < len; i++) {
     guchar c = (guchar)json[i];
-    if (in_string && c < 0x20) {
-      g_string_append_printf(out, "\\u%04x", c);
+    if (in_string) {
+      if (c < 0x20) {
+        g_string_append_printf(out, "\\u%04x", c);
+        continue;
+      }
+      g_string_append_c(out, (char)c);
+      if (c == '"')
+        in_string = FALSE;
+      else if (c == '\\' && i + 1 < len)
+        g_string_append_c(out, json[++i]);
       continue;
     }
+    if (c == '"') {
+      in_string = TRUE;
+    } else if ((c == 'e' || c == 'E') && out->len > 0 && g_ascii_isdigit(out->str[out->len - 1])) {
+      in_exponent = TRUE;
+    } else if (in_exponent && c == '.' && i + 1 < len && json[i + 1] == '0' &&
+               (i + 2 == len || !g_ascii_isdigit(json[i + 2]))) {
+      /* json-glib's "1e+308.0": a fraction cannot follow an exponent. */
+      i++;
+      in_exponent = FALSE;
+      continue;
+    } else if (!g_ascii_isdigit(c) && c != '+' && c != '-') {
+      in_exponent = FALSE;
+    }
     g_string_append_c(out, (char)c);
-    if (c == '"')
-      in_string = !in_string;
-    else if (in_string && c == '\\' && i + 1 < len)
-      g_string_append_c(out, json[++i]);
   }
   return g_string_free(out, FALSE);
 }
@@ -443,7 +460,7 @@ char *oakuk_json_node_to_string(JsonNode *node, gboolean pretty) {
   json_generator_set_root(gen, node);
   gsize len = 0;
   g_autofree char *raw = json_generator_to_data(gen, &len);
-  return oakuk_json_escape_controls(raw, len);
+  return oakuk_json_repair(raw, len);
 }
 
 JsonNode *oakuk_json_parse(const char *text, size_t len, GError **error) {

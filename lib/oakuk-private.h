@@ -71,7 +71,7 @@ gboolean oakuk_json_precheck(const char *text, size_t len, GError **error);
 /* oakuk_json_precheck, then json-glib: the document's root (owned), or NULL with error set. */
 JsonNode *oakuk_json_parse(const char *text, size_t len, GError **error);
 
-/* json-glib's generator followed by oakuk_json_escape_controls: what the library writes is valid
+/* json-glib's generator followed by oakuk_json_repair: what the library writes is valid
  * JSON whatever its strings hold. */
 char *oakuk_json_node_to_string(JsonNode *node, gboolean pretty);
 

@@ -176,6 +176,8 @@ char *od_tls_message_found_ca(SoupMessage *msg);
 /* Opens (creating) a database in WAL mode with synchronous=FULL, a busy timeout, foreign keys on
  * and a small page cache. */
 sqlite3 *od_db_open(const char *path, GError **error);
+/* Creates dir (and its parents) and makes it 0700 even when it existed: state is private. */
+gboolean od_state_dir_prepare(const char *dir, GError **error);
 gboolean od_db_exec(sqlite3 *db, const char *sql, GError **error);
 /* The integer a "SELECT COUNT(*) ..." without parameters answers; 0 on any failure. */
 gint64 od_db_count(sqlite3 *db, const char *sql);

@@ -1,13 +1,49 @@
 /* SQLite helpers: WAL, durable commits, text-bound statements. */
 #include "daemon-common.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The database holds password hashes, join tokens and node credentials: it is created 0600 and an
+ * existing one is made 0600 (SQLite gives its -wal and -shm files the database's permissions). */
+static gboolean make_private(const char *path, GError **error) {
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 || fchmod(fd, 0600) != 0) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "database %s: %s", path, g_strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    return FALSE;
+  }
+  close(fd);
+  for (const char *suffix = "-wal"; suffix; suffix = strcmp(suffix, "-wal") == 0 ? "-shm" : NULL) {
+    g_autofree char *side = g_strconcat(path, suffix, NULL);
+    if (chmod(side, 0600) != 0 && errno != ENOENT) {
+      g_set_error(error, OD_ERROR, OD_ERROR_IO, "database %s: %s", side, g_strerror(errno));
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+gboolean od_state_dir_prepare(const char *dir, GError **error) {
+  if (g_mkdir_with_parents(dir, 0700) != 0 || chmod(dir, 0700) != 0) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "state directory %s: %s", dir, g_strerror(errno));
+    return FALSE;
+  }
+  return TRUE;
+}
 
 sqlite3 *od_db_open(const char *path, GError **error) {
   sqlite3 *db = NULL;
+  if (!make_private(path, error))
+    return NULL;
   int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "database %s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "database %s: %s", path,
+                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     sqlite3_close(db);
     return NULL;
   }

@@ -306,7 +306,7 @@ char *od_json_to_string(JsonNode *node, gboolean pretty) {
   json_generator_set_pretty(gen, pretty);
   gsize len = 0;
   g_autofree char *raw = json_generator_to_data(gen, &len);
-  char *text = oakuk_json_escape_controls(raw, len);
+  char *text = oakuk_json_repair(raw, len);
   /* oakuk_free and g_free are the same allocator; hand out a GLib string. */
   return text;
 }

@@ -23,10 +23,11 @@ OAKUK_BEGIN_DECLS
  * naming the value ("a.b[2]", "" at the top). */
 OAKUK_API int oakuk_json_check(const char *text, size_t len, uint32_t max_depth, oakuk_error **error);
 
-/* Returns a copy of the JSON text json[0..len) with every raw control character (0x00-0x1F) inside
- * a string written as \u00XX, so the text is valid JSON whatever the strings held (json-glib 1.6
- * writes 0x1F raw). Text outside strings is copied unchanged. Free with oakuk_free. */
-OAKUK_API char *oakuk_json_escape_controls(const char *json, size_t len);
+/* Returns a copy of JSON text written by json-glib's generator, repaired where json-glib 1.6 writes
+ * invalid JSON: every raw control character (0x00-0x1F) inside a string is written \u00XX (it
+ * writes 0x1F raw) and the ".0" it appends to a number with an exponent is dropped ("1e+308.0").
+ * Text that is valid JSON comes back unchanged. Free with oakuk_free. */
+OAKUK_API char *oakuk_json_repair(const char *json, size_t len);
 
 OAKUK_END_DECLS
 

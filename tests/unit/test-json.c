@@ -192,7 +192,7 @@ static void test_precheck(void) {
   g_assert_true(oakuk_json_precheck(big, OAKUK_JSON_MAX_BYTES, NULL));
 }
 
-static void test_escape_controls(void) {
+static void test_repair(void) {
   /* json-glib 1.6 writes 0x1f raw: a reply holding it would not be JSON. */
   g_autoptr(JsonNode) n =
       json_from_string("{\"a\":\"x\\u001fy\\u0001\\n\\\"\\\\\",\"b\":[\"\\u001f\"]}", NULL);
@@ -213,12 +213,22 @@ static void test_escape_controls(void) {
   /* Every control character, through the public function. */
   for (int c = 1; c < 0x20; c++) {
     char in[8] = {'[', '"', (char)c, '"', ']', '\0'};
-    g_autofree char *esc = oakuk_json_escape_controls(in, 5);
+    g_autofree char *esc = oakuk_json_repair(in, 5);
     g_autofree char *want = g_strdup_printf("[\"\\u%04x\"]", c);
     g_assert_cmpstr(esc, ==, want);
   }
-  g_autofree char *empty = oakuk_json_escape_controls("", 0);
+  g_autofree char *empty = oakuk_json_repair("", 0);
   g_assert_cmpstr(empty, ==, "");
+  /* json-glib 1.6 writes 1e308 as "1e+308.0" (found by tests/fuzz/fuzz-json.c). */
+  g_autoptr(JsonNode) big = json_from_string("[1e308,-2.5E-7,1e5,10.0,\"1e5.0\"]", NULL);
+  g_autofree char *big_raw = json_to_string(big, FALSE);
+  g_assert_nonnull(strstr(big_raw, "e+308.0"));
+  g_autofree char *big_out = oakuk_json_node_to_string(big, FALSE);
+  g_assert_cmpint(oakuk_json_check(big_out, strlen(big_out), 0, NULL), ==, OAKUK_OK);
+  g_assert_null(strstr(big_out, "e+308.0"));
+  g_assert_nonnull(strstr(big_out, "\"1e5.0\"")); /* strings are left alone */
+  g_autoptr(JsonNode) back_big = json_from_string(big_out, NULL);
+  g_assert_cmpfloat(json_array_get_double_element(json_node_get_array(back_big), 0), ==, 1e308);
 }
 
 int main(int argc, char **argv) {
@@ -230,6 +240,6 @@ int main(int argc, char **argv) {
   g_test_add_func("/json/bytes", test_bytes);
   g_test_add_func("/json/depth", test_depth);
   g_test_add_func("/json/precheck", test_precheck);
-  g_test_add_func("/json/escape-controls", test_escape_controls);
+  g_test_add_func("/json/repair", test_repair);
   return g_test_run();
 }

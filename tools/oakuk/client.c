@@ -76,7 +76,7 @@ char *oak_json_text(JsonNode *node, gboolean pretty) {
   json_generator_set_root(gen, node);
   gsize len = 0;
   g_autofree char *raw = json_generator_to_data(gen, &len);
-  return oakuk_json_escape_controls(raw, len);
+  return oakuk_json_repair(raw, len);
 }
 
 JsonNode *oak_json_parse(const char *text, gsize len, GError **error) {
