@@ -4,6 +4,7 @@
  * PR_SET_CHILD_SUBREAPER, stop with `runc kill TERM`, the grace period, `runc kill KILL`, then
  * `runc delete`. Each instance lives in <state_dir>/instances/<name>/ (bundle/{config.json,rootfs},
  * upper/, work/, output.log, instance.json); runc keeps its state in <state_dir>/runc. */
+#include "archive-safe.h"
 #include "oci-private.h"
 #include "runtime-private.h"
 
@@ -25,7 +26,7 @@
 /* What threads need of the runtime, copied per instance so that they never touch the runtime
  * (which may be finalized while they run). */
 typedef struct {
-  char *runc, *root, *images_dir, *insecure;
+  char *runc, *root, *images_dir, *insecure, *file_allowed;
   oakuk_container_options opts;
 } Env;
 
@@ -45,8 +46,10 @@ static void env_copy(Env *dst, const Env *src) {
   dst->root = g_strdup(src->root);
   dst->images_dir = g_strdup(src->images_dir);
   dst->insecure = g_strdup(src->insecure);
+  dst->file_allowed = g_strdup(src->file_allowed);
   dst->opts = src->opts;
   dst->opts.insecure_registries = dst->insecure;
+  dst->opts.file_allowed_dirs = dst->file_allowed;
 }
 
 static void env_clear(Env *e) {
@@ -54,14 +57,45 @@ static void env_clear(Env *e) {
   g_free(e->root);
   g_free(e->images_dir);
   g_free(e->insecure);
+  g_free(e->file_allowed);
 }
+
+/* How many bytes of the options struct version 1 has. */
+#define OPTIONS_V1_SIZE G_STRUCT_OFFSET(oakuk_container_options, file_allowed_dirs)
 
 OAKUK_API int oakuk_container_options_init(oakuk_container_options *opts, unsigned int version) {
   g_return_val_if_fail(opts != NULL, OAKUK_EINVAL);
-  if (version != OAKUK_CONTAINER_OPTIONS_VERSION)
+  if (version != OAKUK_CONTAINER_OPTIONS_VERSION && version != OAKUK_CONTAINER_OPTIONS_VERSION_1)
     return OAKUK_EINVAL;
   oakuk_container_options d = OAKUK_CONTAINER_OPTIONS_INIT;
-  *opts = d;
+  d.version = version;
+  /* A version-1 caller's struct ends before file_allowed_dirs: write only its part. */
+  memcpy(opts, &d, version == OAKUK_CONTAINER_OPTIONS_VERSION_1 ? OPTIONS_V1_SIZE : sizeof d);
+  return 0;
+}
+
+/* Reads opts of any known version (NULL: defaults) into a current-version *o; the strings stay
+ * the caller's. */
+static int options_read(oakuk_container_options *o, const oakuk_container_options *opts,
+                        oakuk_error **error) {
+  oakuk_container_options d = OAKUK_CONTAINER_OPTIONS_INIT;
+  *o = d;
+  if (!opts)
+    return 0;
+  if (opts->version == OAKUK_CONTAINER_OPTIONS_VERSION_1) {
+    memcpy(o, opts, OPTIONS_V1_SIZE);
+    o->version = OAKUK_CONTAINER_OPTIONS_VERSION;
+    return 0;
+  }
+  if (opts->version != OAKUK_CONTAINER_OPTIONS_VERSION)
+    return oakuk_set_error(error, OAKUK_EINVAL, 0, "version", "container options version %u is not %d or %d",
+                           opts->version, OAKUK_CONTAINER_OPTIONS_VERSION_1, OAKUK_CONTAINER_OPTIONS_VERSION);
+  *o = *opts;
+  g_autofree char *bad = NULL;
+  g_auto(GStrv) dirs = oakuk_archive_local_dirs(o->file_allowed_dirs, &bad);
+  if (bad)
+    return oakuk_set_error(error, OAKUK_EINVAL, 0, "file_allowed_dirs",
+                           "container options: file_allowed_dirs: \"%s\" is not an absolute directory", bad);
   return 0;
 }
 
@@ -256,6 +290,110 @@ static gboolean resolve_user(const char *rootfs, const char *user, gint64 *uid, 
   return TRUE;
 }
 
+/* ---- seccomp ---- */
+
+/* The system calls a container never needs; they fail with EPERM. Names unknown on an
+ * architecture are skipped by runc. */
+static const char *const seccomp_denied[] = {
+    /* kernel code and the machine */
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "create_module",
+    "query_module", "get_kernel_syms", "reboot", "swapon", "swapoff", "iopl", "ioperm", "syslog", "acct",
+    "quotactl", "quotactl_fd", "lookup_dcookie", "nfsservctl", "uselib", "_sysctl", "ustat", "vm86",
+    "vm86old", "vhangup",
+    /* mounts and namespaces (clone with namespace flags: below) */
+    "mount", "umount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount",
+    "open_tree", "mount_setattr", "unshare", "setns",
+    /* the kernel's attack surface */
+    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "keyctl", "add_key", "request_key",
+    /* other processes and file handles */
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp", "open_by_handle_at",
+    /* the clocks */
+    "settimeofday", "stime", "clock_settime", "clock_settime64", "clock_adjtime", "clock_adjtime64",
+    "adjtimex", NULL};
+
+/* clone flags that make namespaces: clone with any of them fails with EPERM like unshare. */
+static const guint64 seccomp_clone_ns_flags[] = {0x00020000 /* CLONE_NEWNS */,
+                                                 0x02000000 /* CLONE_NEWCGROUP */,
+                                                 0x04000000 /* CLONE_NEWUTS */,
+                                                 0x08000000 /* CLONE_NEWIPC */,
+                                                 0x10000000 /* CLONE_NEWUSER */,
+                                                 0x20000000 /* CLONE_NEWPID */,
+                                                 0x40000000 /* CLONE_NEWNET */};
+
+/* libseccomp's names for the host's architectures: the native one and those its kernel also
+ * runs (32-bit x86 and x32 on amd64, arm on arm64), so that the rules hold for their system
+ * calls too. NULL when unknown (runc then filters the native one only). */
+static const char *const *seccomp_arches(const char *goarch) {
+  static const char *const amd64[] = {"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", NULL};
+  static const char *const arm64[] = {"SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", NULL};
+  static const char *const arm[] = {"SCMP_ARCH_ARM", NULL};
+  static const char *const i386[] = {"SCMP_ARCH_X86", NULL};
+  static const char *const riscv64[] = {"SCMP_ARCH_RISCV64", NULL};
+  static const char *const ppc64le[] = {"SCMP_ARCH_PPC64LE", NULL};
+  static const char *const s390x[] = {"SCMP_ARCH_S390X", "SCMP_ARCH_S390", NULL};
+  const struct {
+    const char *goarch;
+    const char *const *arches;
+  } table[] = {{"amd64", amd64},     {"arm64", arm64},     {"arm", arm},    {"386", i386},
+               {"riscv64", riscv64}, {"ppc64le", ppc64le}, {"s390x", s390x}};
+  for (size_t k = 0; k < G_N_ELEMENTS(table); k++)
+    if (g_strcmp0(goarch, table[k].goarch) == 0)
+      return table[k].arches;
+  return NULL;
+}
+
+static void seccomp_rule(JsonBuilder *b, const char *const *names, int errno_ret) {
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "names");
+  add_strings(b, names);
+  json_builder_set_member_name(b, "action");
+  json_builder_add_string_value(b, "SCMP_ACT_ERRNO");
+  json_builder_set_member_name(b, "errnoRet");
+  json_builder_add_int_value(b, errno_ret);
+}
+
+JsonNode *oakuk_container_seccomp_profile(const char *goarch) {
+  g_autoptr(JsonBuilder) b = json_builder_new();
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "defaultAction");
+  json_builder_add_string_value(b, "SCMP_ACT_ALLOW");
+  const char *const *arches = seccomp_arches(goarch);
+  if (arches) {
+    json_builder_set_member_name(b, "architectures");
+    add_strings(b, arches);
+  }
+  json_builder_set_member_name(b, "syscalls");
+  json_builder_begin_array(b);
+  seccomp_rule(b, seccomp_denied, EPERM);
+  json_builder_end_object(b);
+  /* s390 passes clone's flags second. */
+  int flags_arg = g_strcmp0(goarch, "s390x") == 0 ? 1 : 0;
+  for (size_t k = 0; k < G_N_ELEMENTS(seccomp_clone_ns_flags); k++) {
+    seccomp_rule(b, (const char *const[]){"clone", NULL}, EPERM);
+    json_builder_set_member_name(b, "args");
+    json_builder_begin_array(b);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "index");
+    json_builder_add_int_value(b, flags_arg);
+    json_builder_set_member_name(b, "value");
+    json_builder_add_int_value(b, (gint64)seccomp_clone_ns_flags[k]);
+    json_builder_set_member_name(b, "valueTwo");
+    json_builder_add_int_value(b, (gint64)seccomp_clone_ns_flags[k]);
+    json_builder_set_member_name(b, "op");
+    json_builder_add_string_value(b, "SCMP_CMP_MASKED_EQ");
+    json_builder_end_object(b);
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+  }
+  /* clone3 passes its flags in memory, out of a filter's reach: ENOSYS makes libcs use clone. */
+  seccomp_rule(b, (const char *const[]){"clone3", NULL}, ENOSYS);
+  json_builder_end_object(b);
+  json_builder_end_array(b);
+  json_builder_end_object(b);
+  return json_builder_get_root(b);
+}
+
 static char *build_config(const oakuk_instance_spec *spec, const OakukOciImage *img, const char *rootfs,
                           GError **error) {
   g_autoptr(GPtrArray) args = g_ptr_array_new();
@@ -413,6 +551,8 @@ static char *build_config(const oakuk_instance_spec *spec, const OakukOciImage *
   json_builder_add_int_value(b, 100000);
   json_builder_end_object(b);
   json_builder_end_object(b); /* resources */
+  json_builder_set_member_name(b, "seccomp");
+  json_builder_add_value(b, oakuk_container_seccomp_profile(oakuk_container_platform_arch()));
   json_builder_set_member_name(b, "maskedPaths");
   add_strings(b, (const char *const[]){"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                                        "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
@@ -693,19 +833,19 @@ static const OakukRuntimeClass container_class = {
 OAKUK_API oakuk_runtime *
 oakuk_container_runtime_new(const char *state_dir, const oakuk_container_options *opts, oakuk_error **error) {
   g_return_val_if_fail(state_dir != NULL, NULL);
-  if (opts && opts->version != OAKUK_CONTAINER_OPTIONS_VERSION)
-    return oakuk_set_error(error, OAKUK_EINVAL, 0, "opts.version", "container options version %u is not %d",
-                           opts->version, OAKUK_CONTAINER_OPTIONS_VERSION),
-           NULL;
-  const char *runc_name = opts && opts->runc_path ? opts->runc_path : "runc";
+  oakuk_container_options o;
+  if (options_read(&o, opts, error) < 0)
+    return NULL;
+  const char *runc_name = o.runc_path ? o.runc_path : "runc";
   g_autofree char *runc = g_find_program_in_path(runc_name);
   if (!runc)
     return oakuk_set_error(error, OAKUK_EUNSUPPORTED, 0, "runc_path", "runc (%s) not found", runc_name), NULL;
   ContainerRuntime *c = g_new0(ContainerRuntime, 1);
-  oakuk_container_options d = OAKUK_CONTAINER_OPTIONS_INIT;
-  c->env.opts = opts ? *opts : d;
+  c->env.opts = o;
   c->env.insecure = g_strdup(c->env.opts.insecure_registries);
   c->env.opts.insecure_registries = c->env.insecure;
+  c->env.file_allowed = g_strdup(c->env.opts.file_allowed_dirs);
+  c->env.opts.file_allowed_dirs = c->env.file_allowed;
   c->env.opts.runc_path = NULL;
   c->env.runc = g_steal_pointer(&runc);
   g_autofree char *instances = g_build_filename(state_dir, "instances", NULL);
@@ -739,9 +879,12 @@ OAKUK_API int oakuk_container_pull(const char *state_dir, const char *reference,
                                    char **digest_out, oakuk_error **error) {
   g_return_val_if_fail(state_dir != NULL && reference != NULL, OAKUK_EINVAL);
   GError *err = NULL;
+  oakuk_container_options o;
+  int rc = options_read(&o, opts, error);
+  if (rc < 0)
+    return rc;
   g_autofree char *images = g_build_filename(state_dir, "images", NULL);
-  g_autoptr(OakukOciImage) img =
-      oakuk_oci_pull(images, reference, username, password, opts, NULL, NULL, &err);
+  g_autoptr(OakukOciImage) img = oakuk_oci_pull(images, reference, username, password, &o, NULL, NULL, &err);
   if (!img)
     return oakuk_propagate_gerror(error, err);
   if (digest_out)

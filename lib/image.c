@@ -548,59 +548,102 @@ int oakuk_image_kernel_unikraft_version(const char **flavor, char **version, con
 /* ---------------------------------------------------------------------------------------------- */
 /* Options and cache object */
 
+/* How many bytes of the options struct each version has. */
+#define OPTIONS_V1_SIZE G_STRUCT_OFFSET(oakuk_image_cache_options, connect_timeout_s)
+
 int oakuk_image_cache_options_init(oakuk_image_cache_options *opts, unsigned int version) {
   g_return_val_if_fail(opts != NULL, OAKUK_EINVAL);
-  if (version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION)
+  if (version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION && version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1)
     return OAKUK_EINVAL;
   oakuk_image_cache_options def = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
-  *opts = def;
+  def.version = version;
+  /* A version-1 caller's struct ends before the version-2 fields: write only its part. */
+  memcpy(opts, &def, version == OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1 ? OPTIONS_V1_SIZE : sizeof def);
   return 0;
 }
 
-/* A download in progress that other fetches of the same key wait for. Guarded by cache->lock. */
+/* A download in progress that fetches of the same key wait for. Guarded by cache->lock. It lives
+ * as long as its owner (the thread downloading) or a waiter holds a reference. */
 typedef struct {
+  char *key;
   gboolean finished;
   oakuk_image *image;
   GError *error;
   guint64 progress_seq;
   gint64 bytes;
   gint64 total;
-  guint waiters;
+  guint refs;           /* the owner and the waiters still looking at it */
+  guint active;         /* fetches (owner's included) not cancelled: at 0 the download stops */
+  GCancellable *cancel; /* stops the download: every fetch was cancelled, or a timeout */
 } Inflight;
+
+/* One fetch's part in a download, for cancellation. Guarded by cache->lock. */
+typedef struct {
+  gboolean cancelled;
+  Inflight *inflight; /* the download it waits for, or NULL */
+} Waiter;
 
 struct oakuk_image_cache {
   gatomicrefcount refcount;
   char *dir;
   oakuk_image_cache_options opts;
+  char **allowed; /* file_allowed_dirs, canonical, or NULL */
+  char *allowed_text;
   GMutex lock;
   GCond cond;
   GHashTable *inflight; /* key → Inflight* */
 };
 
-static void inflight_free(Inflight *in) {
+static void inflight_release(Inflight *in) {
+  if (--in->refs > 0)
+    return;
   oakuk_image_unref(in->image);
   g_clear_error(&in->error);
+  g_clear_object(&in->cancel);
+  g_free(in->key);
   g_free(in);
+}
+
+/* Reads opts of any known version into *o (defaults for the fields its version lacks). */
+static gboolean options_read(oakuk_image_cache_options *o, const oakuk_image_cache_options *opts,
+                             oakuk_error **error) {
+  oakuk_image_cache_options def = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  *o = def;
+  if (opts == NULL)
+    return TRUE;
+  if (opts->version == OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1) {
+    memcpy(o, opts, OPTIONS_V1_SIZE);
+    o->version = OAKUK_IMAGE_CACHE_OPTIONS_VERSION;
+    return TRUE;
+  }
+  if (opts->version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION) {
+    oakuk_set_error(error, OAKUK_EINVAL, 0, "version", "image cache options: unknown version %u",
+                    opts->version);
+    return FALSE;
+  }
+  *o = *opts;
+  return TRUE;
 }
 
 oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cache_options *opts,
                                          oakuk_error **error) {
   g_return_val_if_fail(dir != NULL, NULL);
-  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
-  if (opts != NULL) {
-    if (opts->version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION) {
-      oakuk_set_error(error, OAKUK_EINVAL, 0, "version", "image cache options: unknown version %u",
-                      opts->version);
-      return NULL;
-    }
-    o = *opts;
-  }
+  oakuk_image_cache_options o;
+  if (!options_read(&o, opts, error))
+    return NULL;
   const char *zero = o.max_download_bytes == 0   ? "max_download_bytes"
                      : o.max_unpacked_bytes == 0 ? "max_unpacked_bytes"
                      : o.max_entries == 0        ? "max_entries"
                                                  : NULL;
   if (zero != NULL) {
     oakuk_set_error(error, OAKUK_EINVAL, 0, zero, "image cache options: %s must be greater than 0", zero);
+    return NULL;
+  }
+  g_autofree char *bad = NULL;
+  g_auto(GStrv) allowed = oakuk_archive_local_dirs(o.file_allowed_dirs, &bad);
+  if (bad != NULL) {
+    oakuk_set_error(error, OAKUK_EINVAL, 0, "file_allowed_dirs",
+                    "image cache options: file_allowed_dirs: \"%s\" is not an absolute directory", bad);
     return NULL;
   }
   if (g_mkdir_with_parents(dir, 0755) != 0) {
@@ -632,6 +675,9 @@ oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cach
   g_atomic_ref_count_init(&c->refcount);
   c->dir = g_steal_pointer(&real);
   c->opts = o;
+  c->allowed = g_steal_pointer(&allowed);
+  c->allowed_text = c->allowed ? g_strjoinv(":", c->allowed) : NULL;
+  c->opts.file_allowed_dirs = c->allowed_text;
   g_mutex_init(&c->lock);
   g_cond_init(&c->cond);
   c->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -650,6 +696,8 @@ void oakuk_image_cache_unref(oakuk_image_cache *cache) {
   g_hash_table_unref(cache->inflight);
   g_mutex_clear(&cache->lock);
   g_cond_clear(&cache->cond);
+  g_strfreev(cache->allowed);
+  g_free(cache->allowed_text);
   g_free(cache->dir);
   g_free(cache);
 }
@@ -671,6 +719,13 @@ static char *manifest_str(JsonObject *o, const char *key) {
 
 static char *tree_path(const char *dir, const char *rel) {
   return rel ? g_build_filename(dir, "tree", rel, NULL) : NULL;
+}
+
+/* Makes a boot file readable by every user (QEMU may run as an unprivileged one). */
+static void readable_by_all(const char *path) {
+  struct stat st;
+  if (path && lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0444) != 0444)
+    chmod(path, (st.st_mode & 07777 & ~(mode_t)(S_ISUID | S_ISGID)) | 0444);
 }
 
 /* Loads <dir>/image.json of a finished entry; NULL (no error) when there is none. */
@@ -714,6 +769,9 @@ static oakuk_image *manifest_load(const char *dir, GError **error) {
     img->arch = g_strdup(kernel_arch(img->kernel, NULL)); /* cached before multiboot kernels were known */
   img->sha256 = manifest_str(o, "sha256");
   img->url = manifest_str(o, "url");
+  /* Entries cached before the boot files were made readable by all (a bare kernel was 0600). */
+  readable_by_all(img->kernel);
+  readable_by_all(img->initrd);
   if (img->kernel == NULL || img->flavor == NULL || img->sha256 == NULL || img->url == NULL ||
       !g_file_test(img->kernel, G_FILE_TEST_IS_REGULAR)) {
     set_gerror(error, OAKUK_EIO, "%s: incomplete manifest (kernel, flavor, sha256 and url are required)",
@@ -796,12 +854,109 @@ static void progress_report(Progress *p, gint64 bytes, gint64 total, gboolean fo
 /* ---------------------------------------------------------------------------------------------- */
 /* Download */
 
+/* Why a download was stopped from outside. */
+typedef enum { STOP_NONE, STOP_CONNECT, STOP_STALL, STOP_TOTAL } StopReason;
+
+/* Bounds one download in time: a thread that cancels it (through the download's GCancellable,
+ * which the blocking reads honour) once a connection takes longer than connect_timeout_s, no byte
+ * arrives for stall_timeout_s, or the whole download passes timeout_s. */
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  GCancellable *cancel;
+  const oakuk_image_cache_options *o;
+  gint64 start_us;
+  gint64 since_us;    /* connecting since, or the last byte's time once connected */
+  gboolean connected; /* else establishing a connection */
+  gboolean done;
+  StopReason reason;
+  GThread *thread;
+} Watchdog;
+
+static gpointer watchdog_main(gpointer data) {
+  Watchdog *w = data;
+  g_mutex_lock(&w->lock);
+  while (!w->done) {
+    gint64 now = g_get_monotonic_time(), next = G_MAXINT64;
+    StopReason r = STOP_NONE;
+    if (w->o->timeout_s > 0) {
+      gint64 d = w->start_us + (gint64)w->o->timeout_s * G_USEC_PER_SEC;
+      r = now >= d ? STOP_TOTAL : r;
+      next = MIN(next, d);
+    }
+    guint32 phase_s = w->connected ? w->o->stall_timeout_s : w->o->connect_timeout_s;
+    if (r == STOP_NONE && phase_s > 0) {
+      gint64 d = w->since_us + (gint64)phase_s * G_USEC_PER_SEC;
+      r = now >= d ? (w->connected ? STOP_STALL : STOP_CONNECT) : r;
+      next = MIN(next, d);
+    }
+    if (r != STOP_NONE) {
+      w->reason = r;
+      g_mutex_unlock(&w->lock);
+      g_cancellable_cancel(w->cancel);
+      return NULL;
+    }
+    if (next == G_MAXINT64)
+      g_cond_wait(&w->cond, &w->lock);
+    else
+      g_cond_wait_until(&w->cond, &w->lock, next);
+  }
+  g_mutex_unlock(&w->lock);
+  return NULL;
+}
+
+static void watchdog_start(Watchdog *w, const oakuk_image_cache_options *o, GCancellable *cancel,
+                           gboolean connected) {
+  g_mutex_init(&w->lock);
+  g_cond_init(&w->cond);
+  w->cancel = cancel;
+  w->o = o;
+  w->start_us = w->since_us = g_get_monotonic_time();
+  w->connected = connected;
+  w->done = FALSE;
+  w->reason = STOP_NONE;
+  w->thread = o->timeout_s || o->stall_timeout_s || o->connect_timeout_s
+                  ? g_thread_new("oakuk-fetch-watchdog", watchdog_main, w)
+                  : NULL;
+}
+
+static StopReason watchdog_stop(Watchdog *w) {
+  g_mutex_lock(&w->lock);
+  w->done = TRUE;
+  g_cond_signal(&w->cond);
+  g_mutex_unlock(&w->lock);
+  if (w->thread)
+    g_thread_join(w->thread);
+  g_mutex_clear(&w->lock);
+  g_cond_clear(&w->cond);
+  return w->reason;
+}
+
+/* A byte arrived, or a connection is made (connected) or begun (!connected). */
+static void watchdog_note(Watchdog *w, gboolean connected) {
+  g_mutex_lock(&w->lock);
+  /* A new phase has another timeout, maybe shorter than the one the watchdog sleeps for. */
+  if (w->connected != connected)
+    g_cond_signal(&w->cond);
+  w->connected = connected;
+  w->since_us = g_get_monotonic_time();
+  g_mutex_unlock(&w->lock);
+}
+
+static StopReason watchdog_reason(Watchdog *w) {
+  g_mutex_lock(&w->lock);
+  StopReason r = w->reason;
+  g_mutex_unlock(&w->lock);
+  return r;
+}
+
 typedef struct {
   int fd;
   GChecksum *sum;
   guint64 bytes;
   guint64 max;
   const char *url;
+  Watchdog *watch;
 } Sink;
 
 static gboolean sink_write(Sink *s, const guint8 *buf, gsize n, GError **error) {
@@ -824,6 +979,7 @@ static gboolean sink_write(Sink *s, const guint8 *buf, gsize n, GError **error) 
     off += (gsize)w;
   }
   s->bytes += n;
+  watchdog_note(s->watch, TRUE);
   return TRUE;
 }
 
@@ -840,15 +996,44 @@ static int gio_code(const GError *e) {
   return OAKUK_EIO;
 }
 
+/* The error of a transfer that failed with err (NULL: stopped between reads): a timeout of the
+ * watchdog, a cancellation, or err itself. */
+static void transfer_failed(Sink *s, const GError *err, GError **error) {
+  const oakuk_image_cache_options *o = s->watch->o;
+  switch (watchdog_reason(s->watch)) {
+  case STOP_CONNECT:
+    set_gerror(error, OAKUK_ETIMEOUT, "fetch %s: no connection within %u s (connect_timeout_s)", s->url,
+               o->connect_timeout_s);
+    return;
+  case STOP_STALL:
+    set_gerror(error, OAKUK_ETIMEOUT,
+               "fetch %s: no data for %u s after %" G_GUINT64_FORMAT " bytes (stall_timeout_s)", s->url,
+               o->stall_timeout_s, s->bytes);
+    return;
+  case STOP_TOTAL:
+    set_gerror(error, OAKUK_ETIMEOUT,
+               "fetch %s: not complete within %u s (timeout_s), %" G_GUINT64_FORMAT " bytes received", s->url,
+               o->timeout_s, s->bytes);
+    return;
+  case STOP_NONE: break;
+  }
+  if (err == NULL || g_error_matches(err, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    set_gerror(error, OAKUK_ECANCELLED, "fetch %s: cancelled", s->url);
+  else if (s->bytes == 0)
+    set_gerror(error, gio_code(err), "fetch %s: %s", s->url, err->message);
+  else
+    set_gerror(error, gio_code(err), "fetch %s: %s after %" G_GUINT64_FORMAT " bytes", s->url, err->message,
+               s->bytes);
+}
+
 static gboolean copy_stream(GInputStream *in, Sink *s, gint64 total, Progress *prog, GError **error) {
   g_autofree guint8 *buf = g_malloc(IMAGE_CHUNK);
   progress_report(prog, 0, total, TRUE);
   for (;;) {
     g_autoptr(GError) err = NULL;
-    gssize n = g_input_stream_read(in, buf, IMAGE_CHUNK, NULL, &err);
+    gssize n = g_input_stream_read(in, buf, IMAGE_CHUNK, s->watch->cancel, &err);
     if (n < 0) {
-      set_gerror(error, gio_code(err), "fetch %s: %s after %" G_GUINT64_FORMAT " bytes", s->url, err->message,
-                 s->bytes);
+      transfer_failed(s, err, error);
       return FALSE;
     }
     if (n == 0)
@@ -867,23 +1052,54 @@ static gboolean copy_stream(GInputStream *in, Sink *s, gint64 total, Progress *p
   return TRUE;
 }
 
-static gboolean download_file(const char *url, Sink *s, Progress *prog, GError **error) {
-  g_autoptr(GFile) f = g_file_new_for_uri(url);
-  g_autoptr(GError) err = NULL;
-  g_autoptr(GFileInputStream) in = g_file_read(f, NULL, &err);
-  if (in == NULL) {
-    set_gerror(error, gio_code(err), "fetch %s: %s", url, err->message);
+/* A file:// download (archive-safe.h): a regular file inside file_allowed_dirs once its symlinks
+ * are resolved, never blocking on a fifo, never opening a device. */
+static gboolean download_file(const char *url, oakuk_image_cache *cache, Sink *s, Progress *prog,
+                              GError **error) {
+  g_autofree char *path = NULL;
+  gint64 size = 0;
+  int fd = -1;
+  if (oakuk_archive_local_check(url, cache->allowed, "file_allowed_dirs", &path, error))
+    fd = oakuk_archive_local_open(url, path, cache->allowed, "file_allowed_dirs", &size, error);
+  if (fd < 0) {
+    g_prefix_error(error, "fetch ");
     return FALSE;
   }
-  g_autoptr(GFileInfo) info = g_file_input_stream_query_info(in, G_FILE_ATTRIBUTE_STANDARD_SIZE, NULL, NULL);
-  gint64 total = info ? g_file_info_get_size(info) : -1;
-  if (total > 0 && (guint64)total > s->max) {
+  gboolean ok = TRUE;
+  if ((guint64)size > s->max) {
     set_gerror(error, OAKUK_EINVAL,
                "fetch %s: %" G_GINT64_FORMAT " bytes exceeds the limit of %" G_GUINT64_FORMAT " bytes", url,
-               total, s->max);
-    return FALSE;
+               size, s->max);
+    ok = FALSE;
   }
-  return copy_stream(G_INPUT_STREAM(in), s, total, prog, error);
+  g_autofree guint8 *buf = g_malloc(IMAGE_CHUNK);
+  if (ok)
+    progress_report(prog, 0, size, TRUE);
+  while (ok) {
+    if (g_cancellable_is_cancelled(s->watch->cancel)) {
+      transfer_failed(s, NULL, error);
+      ok = FALSE;
+      break;
+    }
+    ssize_t n = read(fd, buf, IMAGE_CHUNK);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      int e = errno;
+      set_gerror(error, OAKUK_EIO, "fetch %s: read %s: %s", url, path, g_strerror(e));
+      ok = FALSE;
+    } else if (n == 0) {
+      break;
+    } else if (!sink_write(s, buf, (gsize)n, error)) {
+      ok = FALSE;
+    } else {
+      progress_report(prog, (gint64)s->bytes, size, FALSE);
+    }
+  }
+  close(fd);
+  if (ok)
+    progress_report(prog, (gint64)s->bytes, (gint64)s->bytes, TRUE);
+  return ok;
 }
 
 static int http_status_code(guint status) {
@@ -894,23 +1110,40 @@ static int http_status_code(guint status) {
   return OAKUK_EIO;
 }
 
+/* Connection progress of a request, for the connect timeout: TCP (and TLS) done is "connected". */
+static void on_network_event(SoupMessage *msg, GSocketClientEvent event, GIOStream *connection,
+                             gpointer data) {
+  if (event == G_SOCKET_CLIENT_RESOLVING)
+    watchdog_note(data, FALSE);
+  else if (event == G_SOCKET_CLIENT_COMPLETE)
+    watchdog_note(data, TRUE);
+}
+
+static void on_wrote_headers(SoupMessage *msg, gpointer data) {
+  watchdog_note(data, TRUE);
+}
+
 static gboolean download_http(const char *url, const oakuk_image_cache_options *o, Sink *s, Progress *prog,
                               GError **error) {
   /* A session per download, used from this thread only; redirects are followed by hand so the
-   * limit is ours and every hop is checked for its scheme. */
+   * limit is ours and every hop is checked for its scheme. The watchdog bounds time, not libsoup. */
   g_autoptr(SoupSession) session =
-      soup_session_new_with_options("timeout", o->timeout_s, "user-agent", "liboakuk", NULL);
+      soup_session_new_with_options("timeout", 0, "user-agent", "liboakuk", NULL);
   oakuk_session_use_env_proxy(session);
   g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_ENCODED, NULL);
   for (guint hops = 0;; hops++) {
     g_autoptr(SoupMessage) msg = soup_message_new_from_uri("GET", uri);
     soup_message_add_flags(msg, SOUP_MESSAGE_NO_REDIRECT);
+    g_signal_connect(msg, "network-event", G_CALLBACK(on_network_event), s->watch);
+    g_signal_connect(msg, "wrote-headers", G_CALLBACK(on_wrote_headers), s->watch);
+    watchdog_note(s->watch, FALSE);
     g_autoptr(GError) err = NULL;
-    g_autoptr(GInputStream) in = soup_session_send(session, msg, NULL, &err);
+    g_autoptr(GInputStream) in = soup_session_send(session, msg, s->watch->cancel, &err);
     if (in == NULL) {
-      set_gerror(error, gio_code(err), "fetch %s: %s", url, err->message);
+      transfer_failed(s, err, error);
       return FALSE;
     }
+    watchdog_note(s->watch, TRUE);
     guint status = soup_message_get_status(msg);
     SoupMessageHeaders *h = soup_message_get_response_headers(msg);
     if (SOUP_STATUS_IS_REDIRECTION(status) && soup_message_headers_get_one(h, "Location")) {
@@ -949,20 +1182,26 @@ static gboolean download_http(const char *url, const oakuk_image_cache_options *
   }
 }
 
-/* Downloads url to path; returns the hex sha256 of what was written. */
-static char *download(const char *url, const char *path, const oakuk_image_cache_options *o, Progress *prog,
-                      GError **error) {
+/* Downloads url to path; returns the hex sha256 of what was written. cancel stops it (the
+ * watchdog cancels it too, for a timeout). */
+static char *download(oakuk_image_cache *cache, const char *url, const char *path, Progress *prog,
+                      GCancellable *cancel, GError **error) {
+  const oakuk_image_cache_options *o = &cache->opts;
+  Watchdog watch;
   Sink s = {.fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600),
             .max = o->max_download_bytes,
-            .url = url};
+            .url = url,
+            .watch = &watch};
   if (s.fd < 0) {
     int e = errno;
     set_gerror(error, OAKUK_EIO, "fetch %s: create %s: %s", url, path, g_strerror(e));
     return NULL;
   }
+  gboolean is_file = g_str_has_prefix(url, "file:");
+  watchdog_start(&watch, o, cancel, is_file);
   s.sum = g_checksum_new(G_CHECKSUM_SHA256);
-  gboolean ok = g_str_has_prefix(url, "file:") ? download_file(url, &s, prog, error)
-                                               : download_http(url, o, &s, prog, error);
+  gboolean ok = is_file ? download_file(url, cache, &s, prog, error) : download_http(url, o, &s, prog, error);
+  watchdog_stop(&watch);
   if (close(s.fd) != 0 && ok) {
     int e = errno;
     set_gerror(error, OAKUK_EIO, "fetch %s: close %s: %s", url, path, g_strerror(e));
@@ -991,6 +1230,7 @@ typedef struct {
   const char *url;
   const char *tree;
   const oakuk_image_cache_options *o;
+  GCancellable *cancel;
   struct archive *r;
   struct archive *w;
   GHashTable *files; /* normalised names of regular files extracted so far */
@@ -998,30 +1238,58 @@ typedef struct {
   guint64 bytes;
 } Unpack;
 
-static gboolean check_entry(Unpack *u, struct archive_entry *e, const char *name, char **link_out,
-                            GError **error) {
+/* Resolves the normalised entry name through the symlinks already extracted (the last component is
+ * not followed: the entry replaces it). */
+static char *resolve_entry(Unpack *u, const char *what, const char *name, GError **error) {
+  g_autofree char *via = NULL;
+  char *resolved = NULL;
+  OakukArchiveResolve r = oakuk_archive_resolve("", name, FALSE, FALSE, oakuk_archive_readlink_disk,
+                                                (gpointer)u->tree, &resolved, &via);
+  if (r != OAKUK_ARCHIVE_RESOLVE_OK) {
+    g_autofree char *why = oakuk_archive_resolve_describe(r, via);
+    set_gerror(error, OAKUK_EPERM, "image %s: %s %s %s", u->url, what, name, why);
+  }
+  return resolved;
+}
+
+/* Checks entry e (normalised name, resolved to rname) and returns, for a hard link, the resolved
+ * path of its target. */
+static gboolean check_entry(Unpack *u, struct archive_entry *e, const char *name, const char *rname,
+                            char **link_out, GError **error) {
   const char *hardlink = archive_entry_hardlink(e);
   if (hardlink != NULL) {
     g_autofree char *what = g_strdup_printf("hard link %s: target", name);
     g_autofree char *t = normalize_entry(what, hardlink, u->url, error);
     if (t == NULL)
       return FALSE;
-    if (!g_hash_table_contains(u->files, t)) {
+    g_autofree char *rt = resolve_entry(u, what, t, error);
+    if (rt == NULL)
+      return FALSE;
+    if (!g_hash_table_contains(u->files, rt)) {
       set_gerror(error, OAKUK_EPERM,
                  "image %s: hard link %s points to %s, which is not a regular file earlier in the "
                  "archive",
                  u->url, name, hardlink);
       return FALSE;
     }
-    *link_out = g_steal_pointer(&t);
+    *link_out = g_steal_pointer(&rt);
     return TRUE;
   }
   mode_t type = archive_entry_filetype(e);
   if (type == AE_IFLNK) {
+    /* The target is resolved from the link's own (resolved) directory, through the links so far. */
     const char *target = archive_entry_symlink(e);
-    if (target == NULL || !oakuk_archive_symlink_stays_inside(name, target, FALSE)) {
-      set_gerror(error, OAKUK_EPERM, "image %s: symlink %s -> %s leaves the image", u->url, name,
-                 target ? target : "");
+    g_autofree char *dir = g_path_get_dirname(rname);
+    g_autofree char *via = NULL;
+    OakukArchiveResolve r =
+        target == NULL || *target == '\0'
+            ? OAKUK_ARCHIVE_RESOLVE_ESCAPES
+            : oakuk_archive_resolve(strcmp(dir, ".") == 0 ? "" : dir, target, TRUE, FALSE,
+                                    oakuk_archive_readlink_disk, (gpointer)u->tree, NULL, &via);
+    if (r != OAKUK_ARCHIVE_RESOLVE_OK) {
+      g_autofree char *why = oakuk_archive_resolve_describe(r, via);
+      set_gerror(error, OAKUK_EPERM, "image %s: symlink %s -> %s leaves the image (it %s)", u->url, name,
+                 target ? target : "", why);
       return FALSE;
     }
     return TRUE;
@@ -1088,11 +1356,21 @@ static gboolean unpack_entry(Unpack *u, struct archive_entry *e, GError **error)
   }
   if (name[0] == '\0')
     return TRUE; /* the archive's root directory */
+  /* Written where the kernel would put it: through the links extracted so far, never outside. */
+  g_autofree char *rname = resolve_entry(u, "entry", name, error);
+  if (rname == NULL)
+    return FALSE;
   g_autofree char *hardlink = NULL;
-  if (!check_entry(u, e, name, &hardlink, error))
+  if (!check_entry(u, e, name, rname, &hardlink, error))
     return FALSE;
   mode_t type = archive_entry_filetype(e);
-  g_autofree char *dest = g_build_filename(u->tree, name, NULL);
+  g_autofree char *dest = g_build_filename(u->tree, rname, NULL);
+  struct stat st;
+  if (lstat(dest, &st) == 0 && S_ISLNK(st.st_mode) && unlink(dest) != 0) {
+    int en = errno;
+    set_gerror(error, OAKUK_EIO, "image %s: replace the link %s: %s", u->url, name, g_strerror(en));
+    return FALSE;
+  }
   archive_entry_set_pathname(e, dest);
   if (hardlink != NULL) {
     g_autofree char *hl = g_build_filename(u->tree, hardlink, NULL);
@@ -1102,7 +1380,7 @@ static gboolean unpack_entry(Unpack *u, struct archive_entry *e, GError **error)
   } else if (type == AE_IFREG) {
     archive_entry_set_perm(e, (archive_entry_perm(e) & 0755) | 0600);
   }
-  g_hash_table_remove(u->files, name);
+  g_hash_table_remove(u->files, rname);
   if (archive_write_header(u->w, e) < ARCHIVE_WARN) {
     set_gerror(error, OAKUK_EPERM, "image %s: extract %s: %s", u->url, name, archive_error_string(u->w));
     return FALSE;
@@ -1114,13 +1392,30 @@ static gboolean unpack_entry(Unpack *u, struct archive_entry *e, GError **error)
     return FALSE;
   }
   if (type == AE_IFREG && hardlink == NULL)
-    g_hash_table_add(u->files, g_steal_pointer(&name));
+    g_hash_table_add(u->files, g_steal_pointer(&rname));
   return TRUE;
 }
 
+/* Every link of the finished tree still resolves inside it: a later link can change where an
+ * earlier one leads (x -> a/b/../.. is harmless until a/b -> .. arrives). */
+static gboolean check_links(Unpack *u, GError **error) {
+  g_autofree char *link = NULL, *target = NULL, *via = NULL;
+  OakukArchiveResolve why;
+  if (oakuk_archive_check_tree(u->tree, FALSE, &link, &target, &why, &via))
+    return TRUE;
+  if (link == NULL) {
+    set_gerror(error, OAKUK_EIO, "image %s: check the unpacked tree: %s", u->url, target);
+    return FALSE;
+  }
+  g_autofree char *desc = oakuk_archive_resolve_describe(why, via);
+  set_gerror(error, OAKUK_EPERM, "image %s: symlink %s -> %s leaves the image (it %s)", u->url, link, target,
+             desc);
+  return FALSE;
+}
+
 static gboolean unpack_archive(const char *archive_path, const char *tree, const char *url,
-                               const oakuk_image_cache_options *o, GError **error) {
-  Unpack u = {.url = url, .tree = tree, .o = o};
+                               const oakuk_image_cache_options *o, GCancellable *cancel, GError **error) {
+  Unpack u = {.url = url, .tree = tree, .o = o, .cancel = cancel};
   u.r = archive_read_new();
   oakuk_archive_support_filters(u.r);
   archive_read_support_format_tar(u.r);
@@ -1141,6 +1436,11 @@ static gboolean unpack_archive(const char *archive_path, const char *tree, const
         ok = corrupt(&u, NULL, error);
         break;
       }
+      if (g_cancellable_is_cancelled(cancel)) {
+        ok = FALSE;
+        set_gerror(error, OAKUK_ECANCELLED, "image %s: cancelled", url);
+        break;
+      }
       if (!unpack_entry(&u, e, error)) {
         ok = FALSE;
         break;
@@ -1150,7 +1450,7 @@ static gboolean unpack_archive(const char *archive_path, const char *tree, const
   archive_read_free(u.r);
   archive_write_free(u.w);
   g_hash_table_unref(u.files);
-  return ok;
+  return ok && check_links(&u, error);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1245,7 +1545,7 @@ static gboolean is_dir(const char *path) {
 }
 
 static gboolean place_artifact(const char *download_path, const char *tree, const char *url,
-                               const oakuk_image_cache_options *o, GError **error) {
+                               const oakuk_image_cache_options *o, GCancellable *cancel, GError **error) {
   g_autofree guint8 *head = g_malloc(KERNEL_HEAD);
   gssize n = read_head(download_path, head, KERNEL_HEAD, error);
   if (n < 0)
@@ -1259,11 +1559,11 @@ static gboolean place_artifact(const char *download_path, const char *tree, cons
     }
     return TRUE;
   }
-  return unpack_archive(download_path, tree, url, o, error);
+  return unpack_archive(download_path, tree, url, o, cancel, error);
 }
 
 static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const char *url,
-                                const char *expected, Progress *prog, GError **error) {
+                                const char *expected, Progress *prog, GCancellable *cancel, GError **error) {
   g_autofree char *work = g_build_filename(cache->dir, ".tmp-XXXXXX", NULL);
   if (g_mkdtemp(work) == NULL) {
     int e = errno;
@@ -1283,7 +1583,7 @@ static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const
   ImageMeta meta = {0};
   oakuk_image *img = NULL;
 
-  sha = download(url, dl, &cache->opts, prog, error);
+  sha = download(cache, url, dl, prog, cancel, error);
   if (sha == NULL)
     goto out;
   if (expected != NULL && strcmp(sha, expected) != 0) {
@@ -1295,7 +1595,7 @@ static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const
     set_gerror(error, OAKUK_EIO, "image %s: create %s: %s", url, tree, g_strerror(e));
     goto out;
   }
-  if (!place_artifact(dl, tree, url, &cache->opts, error))
+  if (!place_artifact(dl, tree, url, &cache->opts, cancel, error))
     goto out;
   unlink(dl);
   if (!is_regular(kernel)) {
@@ -1305,6 +1605,10 @@ static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const
   if (!read_meta(tree, url, &meta, error))
     goto out;
   initrd = is_regular(p_initrd) ? "initrd" : is_regular(p_cpio) ? "initramfs.cpio" : NULL;
+  /* QEMU may run as an unprivileged user (oakuk_qemu_options.run_as) and reads them through a
+   * descriptor: the boot files are readable by everyone, whatever the archive said. */
+  readable_by_all(kernel);
+  readable_by_all(initrd ? (strcmp(initrd, "initrd") == 0 ? p_initrd : p_cpio) : NULL);
   /* An image whose kernel QEMU cannot boot is refused here, with the reason, not at every deploy. */
   arch = kernel_arch(kernel, error);
   if (arch == NULL) {
@@ -1347,36 +1651,84 @@ static char *cache_key(const char *url, const char *expected) {
   return g_compute_checksum_for_string(G_CHECKSUM_SHA256, s, -1);
 }
 
+/* Stops w's interest in its download (under cache->lock): the download stops when no fetch is
+ * interested any more, and is then no longer found by new fetches of the key. Returns the
+ * download's cancellable to cancel (outside the lock), or NULL. */
+static GCancellable *waiter_leave(oakuk_image_cache *cache, Waiter *w) {
+  Inflight *in = w->inflight;
+  if (in == NULL || in->finished || --in->active > 0)
+    return NULL;
+  if (g_hash_table_lookup(cache->inflight, in->key) == in)
+    g_hash_table_remove(cache->inflight, in->key);
+  return g_object_ref(in->cancel);
+}
+
+/* Cancels w's fetch; FALSE when it already was. */
+static gboolean waiter_cancel(oakuk_image_cache *cache, Waiter *w) {
+  g_mutex_lock(&cache->lock);
+  if (w->cancelled) {
+    g_mutex_unlock(&cache->lock);
+    return FALSE;
+  }
+  w->cancelled = TRUE;
+  g_autoptr(GCancellable) stop = waiter_leave(cache, w);
+  g_cond_broadcast(&cache->cond);
+  g_mutex_unlock(&cache->lock);
+  if (stop)
+    g_cancellable_cancel(stop);
+  return TRUE;
+}
+
+static void set_cancelled(const char *url, GError **error) {
+  set_gerror(error, OAKUK_ECANCELLED, "fetch %s: cancelled", url);
+}
+
+/* Waits (cache->lock held) for a download another fetch runs, relaying its progress. */
+static oakuk_image *wait_inflight(oakuk_image_cache *cache, Inflight *in, const char *url, Listener *l,
+                                  Waiter *w, GError **error) {
+  guint64 seen = 0;
+  in->refs++;
+  in->active++;
+  w->inflight = in;
+  while (!in->finished && !w->cancelled) {
+    if (in->progress_seq != seen && l && l->emit) {
+      seen = in->progress_seq;
+      gint64 b = in->bytes, t = in->total;
+      g_mutex_unlock(&cache->lock);
+      l->emit(l->data, b, t);
+      g_mutex_lock(&cache->lock);
+      continue;
+    }
+    g_cond_wait(&cache->cond, &cache->lock);
+  }
+  oakuk_image *img = NULL;
+  if (w->cancelled)
+    set_cancelled(url, error);
+  else if (in->image)
+    img = oakuk_image_ref(in->image);
+  else
+    g_propagate_error(error, g_error_copy(in->error));
+  w->inflight = NULL;
+  inflight_release(in);
+  g_mutex_unlock(&cache->lock);
+  return img;
+}
+
 /* The whole fetch, blocking: a finished entry, or wait for a running download of the same key,
- * or download it here. */
+ * or download it here. w (never NULL) is this fetch's part, for cancellation. */
 static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const char *url, const char *expected,
-                                   Listener *l, GError **error) {
+                                   Listener *l, Waiter *w, GError **error) {
   g_autofree char *key = cache_key(url, expected);
   g_autofree char *dir = g_build_filename(cache->dir, key, NULL);
   g_mutex_lock(&cache->lock);
-  Inflight *in = g_hash_table_lookup(cache->inflight, key);
-  if (in != NULL) {
-    guint64 seen = 0;
-    in->waiters++;
-    while (!in->finished) {
-      if (in->progress_seq != seen && l && l->emit) {
-        seen = in->progress_seq;
-        gint64 b = in->bytes, t = in->total;
-        g_mutex_unlock(&cache->lock);
-        l->emit(l->data, b, t);
-        g_mutex_lock(&cache->lock);
-        continue;
-      }
-      g_cond_wait(&cache->cond, &cache->lock);
-    }
-    oakuk_image *img = in->image ? oakuk_image_ref(in->image) : NULL;
-    if (img == NULL)
-      g_propagate_error(error, g_error_copy(in->error));
-    if (--in->waiters == 0)
-      inflight_free(in);
+  if (w->cancelled) {
     g_mutex_unlock(&cache->lock);
-    return img;
+    set_cancelled(url, error);
+    return NULL;
   }
+  Inflight *in = g_hash_table_lookup(cache->inflight, key);
+  if (in != NULL)
+    return wait_inflight(cache, in, url, l, w, error);
   GError *err = NULL;
   oakuk_image *img = manifest_load(dir, &err);
   if (img != NULL || err != NULL) {
@@ -1387,26 +1739,38 @@ static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const char *url, co
       return img;
     oakuk_rm_rf(dir, NULL);
     g_mutex_lock(&cache->lock);
+    if ((in = g_hash_table_lookup(cache->inflight, key)) != NULL)
+      return wait_inflight(cache, in, url, l, w, error);
   }
   in = g_new0(Inflight, 1);
-  in->waiters = 1;
+  in->key = g_strdup(key);
+  in->refs = 1;
+  in->active = 1;
+  in->cancel = g_cancellable_new();
+  w->inflight = in;
   g_hash_table_insert(cache->inflight, g_strdup(key), in);
   g_mutex_unlock(&cache->lock);
 
   Progress prog = {.cache = cache, .inflight = in, .listener = l, .last_us = 0};
-  img = build_image(cache, key, url, expected, &prog, &err);
+  img = build_image(cache, key, url, expected, &prog, in->cancel, &err);
 
   g_mutex_lock(&cache->lock);
   in->finished = TRUE;
   in->image = img ? oakuk_image_ref(img) : NULL;
   in->error = err ? g_error_copy(err) : NULL;
-  gpointer stored_key = NULL;
-  g_hash_table_steal_extended(cache->inflight, key, &stored_key, NULL);
-  g_free(stored_key);
+  if (g_hash_table_lookup(cache->inflight, key) == in)
+    g_hash_table_remove(cache->inflight, key);
   g_cond_broadcast(&cache->cond);
-  if (--in->waiters == 0)
-    inflight_free(in);
+  w->inflight = NULL;
+  gboolean cancelled = w->cancelled;
+  inflight_release(in);
   g_mutex_unlock(&cache->lock);
+  if (cancelled) {
+    /* The others waiting still got the result; this fetch's caller was told it was cancelled. */
+    g_clear_pointer(&img, oakuk_image_unref);
+    g_clear_error(&err);
+    set_cancelled(url, &err);
+  }
   if (err)
     g_propagate_error(error, err);
   return img;
@@ -1415,7 +1779,8 @@ static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const char *url, co
 /* ---------------------------------------------------------------------------------------------- */
 /* Public fetch API */
 
-static gboolean validate_request(const char *url, const char *sha256, char **expected, GError **error) {
+static gboolean validate_request(oakuk_image_cache *cache, const char *url, const char *sha256,
+                                 char **expected, GError **error) {
   g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_ENCODED, NULL);
   const char *scheme = uri ? g_uri_get_scheme(uri) : NULL;
   if (uri == NULL ||
@@ -1425,6 +1790,12 @@ static gboolean validate_request(const char *url, const char *sha256, char **exp
   }
   if (g_strcmp0(scheme, "file") != 0 && (g_uri_get_host(uri) == NULL || *g_uri_get_host(uri) == '\0')) {
     set_gerror(error, OAKUK_EINVAL, "image url %s: no host", url);
+    return FALSE;
+  }
+  /* file:// is checked before the cache is looked at: a cached image does not outlive the policy. */
+  if (g_strcmp0(scheme, "file") == 0 &&
+      !oakuk_archive_local_check(url, cache->allowed, "file_allowed_dirs", NULL, error)) {
+    g_prefix_error(error, "image url ");
     return FALSE;
   }
   *expected = NULL;
@@ -1459,19 +1830,22 @@ oakuk_image *oakuk_image_cache_fetch_sync(oakuk_image_cache *cache, const char *
   g_return_val_if_fail(cache != NULL && url != NULL, NULL);
   GError *err = NULL;
   g_autofree char *expected = NULL;
-  if (!validate_request(url, sha256, &expected, &err)) {
+  if (!validate_request(cache, url, sha256, &expected, &err)) {
     oakuk_propagate_gerror(error, err);
     return NULL;
   }
   SyncProgress sp = {progress, user_data};
   Listener l = {emit_sync, &sp};
-  oakuk_image *img = fetch_blocking(cache, url, expected, progress ? &l : NULL, &err);
+  Waiter w = {FALSE, NULL};
+  oakuk_image *img = fetch_blocking(cache, url, expected, progress ? &l : NULL, &w, &err);
   if (img == NULL)
     oakuk_propagate_gerror(error, err);
   return img;
 }
 
-typedef struct {
+/* An asynchronous fetch; the public oakuk_image_fetch handle. An atomic rc box: the caller's
+ * handle, the worker task and each queued message hold references. */
+struct oakuk_image_fetch {
   oakuk_image_cache *cache;
   char *url;
   char *expected;
@@ -1479,8 +1853,12 @@ typedef struct {
   oakuk_image_done_cb done;
   void *user_data;
   GMainContext *context;
-  gboolean finished; /* touched only on context */
-} FetchOp;
+  Waiter waiter;         /* guarded by cache->lock */
+  gint cancel_requested; /* atomic */
+  gboolean finished;     /* touched only on context: done was called */
+};
+
+typedef struct oakuk_image_fetch FetchOp;
 
 static void fetch_op_free(FetchOp *op) {
   oakuk_image_cache_unref(op->cache);
@@ -1491,6 +1869,40 @@ static void fetch_op_free(FetchOp *op) {
 
 static void fetch_op_release(gpointer op) {
   g_atomic_rc_box_release_full(op, (GDestroyNotify)fetch_op_free);
+}
+
+oakuk_image_fetch *oakuk_image_fetch_ref(oakuk_image_fetch *fetch) {
+  g_return_val_if_fail(fetch != NULL, NULL);
+  return g_atomic_rc_box_acquire(fetch);
+}
+
+void oakuk_image_fetch_unref(oakuk_image_fetch *fetch) {
+  if (fetch != NULL)
+    fetch_op_release(fetch);
+}
+
+/* Calls op's done once, on its context; nothing after it. */
+static void op_finish(FetchOp *op, oakuk_image *img, GError *err) {
+  if (op->finished)
+    return;
+  op->finished = TRUE;
+  if (img != NULL) {
+    op->done(img, NULL, op->user_data);
+  } else {
+    oakuk_error *e = NULL;
+    oakuk_propagate_gerror(&e, g_error_copy(err));
+    op->done(NULL, e, op->user_data);
+    oakuk_error_free(e);
+  }
+}
+
+/* Runs fn(op) on op's context, holding a reference until then. */
+static void op_post(FetchOp *op, GSourceFunc fn, gpointer data, GDestroyNotify free_data) {
+  GSource *src = g_idle_source_new();
+  g_source_set_priority(src, G_PRIORITY_DEFAULT);
+  g_source_set_callback(src, fn, data, free_data);
+  g_source_attach(src, op->context);
+  g_source_unref(src);
 }
 
 typedef struct {
@@ -1507,7 +1919,7 @@ static void progress_msg_free(gpointer data) {
 
 static gboolean progress_dispatch(gpointer data) {
   ProgressMsg *m = data;
-  if (!m->op->finished)
+  if (!m->op->finished && !g_atomic_int_get(&m->op->cancel_requested))
     m->op->progress(m->bytes, m->total, m->op->user_data);
   return G_SOURCE_REMOVE;
 }
@@ -1518,18 +1930,32 @@ static void emit_async(void *data, gint64 bytes, gint64 total) {
   m->op = g_atomic_rc_box_acquire(op);
   m->bytes = bytes;
   m->total = total;
-  GSource *src = g_idle_source_new();
-  g_source_set_priority(src, G_PRIORITY_DEFAULT);
-  g_source_set_callback(src, progress_dispatch, m, progress_msg_free);
-  g_source_attach(src, op->context);
-  g_source_unref(src);
+  op_post(op, progress_dispatch, m, progress_msg_free);
+}
+
+static gboolean cancel_dispatch(gpointer data) {
+  FetchOp *op = data;
+  g_autoptr(GError) err = NULL;
+  set_cancelled(op->url, &err);
+  op_finish(op, NULL, err);
+  return G_SOURCE_REMOVE;
+}
+
+void oakuk_image_fetch_cancel(oakuk_image_fetch *op) {
+  if (op == NULL)
+    return;
+  g_atomic_int_set(&op->cancel_requested, 1);
+  /* done comes now, from the context, not when the worker thread gets to notice. */
+  if (waiter_cancel(op->cache, &op->waiter))
+    op_post(op, cancel_dispatch, g_atomic_rc_box_acquire(op), fetch_op_release);
 }
 
 static void fetch_thread(GTask *task, gpointer source, gpointer data, GCancellable *cancellable) {
   FetchOp *op = data;
   Listener l = {emit_async, op};
   GError *err = NULL;
-  oakuk_image *img = fetch_blocking(op->cache, op->url, op->expected, op->progress ? &l : NULL, &err);
+  oakuk_image *img =
+      fetch_blocking(op->cache, op->url, op->expected, op->progress ? &l : NULL, &op->waiter, &err);
   if (img)
     g_task_return_pointer(task, img, (GDestroyNotify)oakuk_image_unref);
   else
@@ -1538,26 +1964,22 @@ static void fetch_thread(GTask *task, gpointer source, gpointer data, GCancellab
 
 static void fetch_done(GObject *source, GAsyncResult *res, gpointer data) {
   FetchOp *op = g_task_get_task_data(G_TASK(res));
-  GError *err = NULL;
+  g_autoptr(GError) err = NULL;
   g_autoptr(oakuk_image) img = g_task_propagate_pointer(G_TASK(res), &err);
-  op->finished = TRUE;
-  if (img != NULL) {
-    op->done(img, NULL, op->user_data);
-  } else {
-    oakuk_error *e = NULL;
-    oakuk_propagate_gerror(&e, err);
-    op->done(NULL, e, op->user_data);
-    oakuk_error_free(e);
-  }
+  /* A cancelled fetch reports through cancel_dispatch, never with an image. */
+  if (!g_atomic_int_get(&op->cancel_requested))
+    op_finish(op, img, err);
 }
 
-int oakuk_image_cache_fetch(oakuk_image_cache *cache, const char *url, const char *sha256,
-                            oakuk_image_progress_cb progress, oakuk_image_done_cb done, void *user_data,
-                            oakuk_error **error) {
+int oakuk_image_cache_fetch_start(oakuk_image_fetch **fetch_out, oakuk_image_cache *cache, const char *url,
+                                  const char *sha256, oakuk_image_progress_cb progress,
+                                  oakuk_image_done_cb done, void *user_data, oakuk_error **error) {
   g_return_val_if_fail(cache != NULL && url != NULL && done != NULL, OAKUK_EINVAL);
+  if (fetch_out)
+    *fetch_out = NULL;
   GError *err = NULL;
   g_autofree char *expected = NULL;
-  if (!validate_request(url, sha256, &expected, &err))
+  if (!validate_request(cache, url, sha256, &expected, &err))
     return oakuk_propagate_gerror(error, err);
   FetchOp *op = g_atomic_rc_box_new0(FetchOp);
   op->cache = oakuk_image_cache_ref(cache);
@@ -1567,9 +1989,17 @@ int oakuk_image_cache_fetch(oakuk_image_cache *cache, const char *url, const cha
   op->done = done;
   op->user_data = user_data;
   op->context = g_main_context_ref_thread_default();
+  if (fetch_out)
+    *fetch_out = g_atomic_rc_box_acquire(op);
   g_autoptr(GTask) task = g_task_new(NULL, NULL, fetch_done, NULL);
-  g_task_set_source_tag(task, oakuk_image_cache_fetch);
+  g_task_set_source_tag(task, oakuk_image_cache_fetch_start);
   g_task_set_task_data(task, op, fetch_op_release);
   g_task_run_in_thread(task, fetch_thread);
   return 0;
+}
+
+int oakuk_image_cache_fetch(oakuk_image_cache *cache, const char *url, const char *sha256,
+                            oakuk_image_progress_cb progress, oakuk_image_done_cb done, void *user_data,
+                            oakuk_error **error) {
+  return oakuk_image_cache_fetch_start(NULL, cache, url, sha256, progress, done, user_data, error);
 }

@@ -56,8 +56,8 @@ GBytes *oakuk_oci_client_get_manifest(OakukOciClient *c, const char *repo, const
 /* Uploads a blob (skipped when HEAD finds it) and a manifest; returns the manifest's digest. */
 gboolean oakuk_oci_client_push_blob(OakukOciClient *c, const char *repo, const char *digest, GBytes *data,
                                     GError **error);
-char *oakuk_oci_client_push_manifest(OakukOciClient *c, const char *repo, const char *tag, const char *media_type,
-                                     GBytes *body, GError **error);
+char *oakuk_oci_client_push_manifest(OakukOciClient *c, const char *repo, const char *tag,
+                                     const char *media_type, GBytes *body, GError **error);
 
 /* ---- images ---- */
 
@@ -80,14 +80,15 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakukOciImage, oakuk_oci_image_free)
 /* Seconds a tag's resolution (tag -> manifest digest) is trusted without asking the registry. */
 #define OAKUK_OCI_TAG_TTL_S 30
 
-/* Pulls reference into images_dir (blobs/, unpacked/, refs/) for this platform. progress may be
- * NULL and is called on the calling thread. A digest reference whose image is already unpacked,
- * or a tag resolved by a pull less than OAKUK_OCI_TAG_TTL_S seconds ago, is served from the cache
- * without contacting the registry, unless that pull needed credentials and others (or none) are
- * given now. */
+/* Pulls reference into images_dir (blobs/, unpacked/, refs/) for this platform. opts is NULL or
+ * a version-2 struct (callers convert older ones); an oci-archive:file:// reference reads only
+ * inside its file_allowed_dirs. progress may be NULL and is called on the calling thread. A digest reference
+ * whose image is already unpacked, or a tag resolved by a pull less than OAKUK_OCI_TAG_TTL_S seconds ago, is
+ * served from the cache without contacting the registry, unless that pull needed credentials and others (or
+ * none) are given now. */
 OakukOciImage *oakuk_oci_pull(const char *images_dir, const char *reference, const char *username,
-                              const char *password, const oakuk_container_options *opts, OakukOciProgress progress,
-                              gpointer data, GError **error);
+                              const char *password, const oakuk_container_options *opts,
+                              OakukOciProgress progress, gpointer data, GError **error);
 
 /* Applies the layer tarball at layer_path (any compression libarchive detects) onto rootfs,
  * honouring whiteouts (.wh.<name>) and opaque whiteouts (.wh..wh..opq), with the path-safety rules
@@ -102,6 +103,11 @@ GBytes *oakuk_oci_pack_layer(const char *dir, char **diff_id, GError **error);
  * the manifest digest; *manifest_size (may be NULL) its size. */
 char *oakuk_oci_build_and_push(OakukOciClient *c, const char *dir, const char *repo, const char *tag,
                                const char *arch, gint64 *manifest_size, GError **error);
+
+/* The seccomp object of a container's config.json for a host of GOARCH goarch (container.c): the
+ * default allows, a list of system calls fails with EPERM, clone with namespace flags too, clone3
+ * with ENOSYS. */
+JsonNode *oakuk_container_seccomp_profile(const char *goarch);
 
 /* The sha256 digest "sha256:<hex>" of data. */
 char *oakuk_oci_digest_bytes(GBytes *data);

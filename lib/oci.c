@@ -7,11 +7,13 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <gio/gio.h>
 #include <glib/gstdio.h>
 #include <libsoup/soup.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -37,18 +39,106 @@ gboolean oakuk_oci_digest_is_valid(const char *d) {
   return TRUE;
 }
 
-static gboolean repo_is_valid(const char *r) {
-  if (!*r || *r == '/' || g_str_has_suffix(r, "/") || strstr(r, "//"))
+/* The reference grammar of the distribution spec (docker/distribution's reference package):
+ *   reference := name [":" tag] ["@" digest]
+ *   name      := [domain "/"] path-component ["/" path-component]*
+ *   domain    := host [":" port]; host := domain-name | IPv4 | "[" IPv6 "]"
+ *   domain-component := [a-zA-Z0-9] | [a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]
+ *   path-component   := [a-z0-9]+ ((\.|_|__|-+) [a-z0-9]+)*
+ *   tag       := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+ *   digest    := "sha256:" 64 lower-case hex digits (the only algorithm pulled here)
+ * The first component is the domain when it has a '.' or a ':' or is "localhost"; a name is at
+ * most 255 characters. Anything else is refused before a registry is asked. */
+#define REF_NAME_MAX 255
+
+static gboolean path_component_ok(const char *c) {
+  const char *p = c;
+  if (!g_ascii_islower(*p) && !g_ascii_isdigit(*p))
     return FALSE;
-  for (const char *p = r; *p; p++)
-    if (!(g_ascii_islower(*p) || g_ascii_isdigit(*p) || strchr("._-/", *p)))
+  while (*p) {
+    while (g_ascii_islower(*p) || g_ascii_isdigit(*p))
+      p++;
+    if (!*p)
+      return TRUE;
+    /* A separator: ".", "_", "__" or a run of '-', then alphanumerics again. */
+    if (*p == '.')
+      p++;
+    else if (p[0] == '_' && p[1] == '_')
+      p += 2;
+    else if (*p == '_')
+      p++;
+    else if (*p == '-')
+      while (*p == '-')
+        p++;
+    else
       return FALSE;
+    if (!g_ascii_islower(*p) && !g_ascii_isdigit(*p))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean domain_component_ok(const char *c, size_t n) {
+  if (n == 0 || !g_ascii_isalnum(c[0]) || !g_ascii_isalnum(c[n - 1]))
+    return FALSE;
+  for (size_t k = 0; k < n; k++)
+    if (!g_ascii_isalnum(c[k]) && c[k] != '-')
+      return FALSE;
+  return TRUE;
+}
+
+/* host[:port]; *why says what is wrong. */
+static gboolean domain_ok(const char *d, const char **why) {
+  const char *host_end;
+  if (d[0] == '[') {
+    const char *close = strchr(d, ']');
+    if (!close) {
+      *why = "an IPv6 address needs its closing ']'";
+      return FALSE;
+    }
+    g_autofree char *v6 = g_strndup(d + 1, (size_t)(close - d - 1));
+    struct in6_addr a;
+    if (inet_pton(AF_INET6, v6, &a) != 1) {
+      *why = "is not an IPv6 address in brackets";
+      return FALSE;
+    }
+    host_end = close + 1;
+  } else {
+    host_end = d + strcspn(d, ":");
+    if (host_end == d) {
+      *why = "has no host";
+      return FALSE;
+    }
+    for (const char *c = d; c < host_end;) {
+      const char *dot = memchr(c, '.', (size_t)(host_end - c));
+      size_t n = dot ? (size_t)(dot - c) : (size_t)(host_end - c);
+      if (!domain_component_ok(c, n)) {
+        *why = "has a host name part that is not letters, digits and inner '-'";
+        return FALSE;
+      }
+      c += n + (dot ? 1 : 0);
+      if (dot && c == host_end) {
+        *why = "ends its host name with '.'";
+        return FALSE;
+      }
+    }
+  }
+  if (*host_end == '\0')
+    return TRUE;
+  const char *port = host_end + 1;
+  gboolean digits = *host_end == ':' && *port;
+  for (const char *c = port; digits && *c; c++)
+    digits = g_ascii_isdigit(*c);
+  if (!digits || strlen(port) > 5 || atoi(port) < 1 || atoi(port) > 65535) {
+    *why = "has a port that is not a number from 1 to 65535";
+    return FALSE;
+  }
   return TRUE;
 }
 
 static gboolean tag_is_valid(const char *t) {
   size_t n = strlen(t);
-  if (n == 0 || n > 128 || t[0] == '.' || t[0] == '-')
+  if (n == 0 || n > 128 || !(g_ascii_isalnum(t[0]) || t[0] == '_'))
     return FALSE;
   for (const char *p = t; *p; p++)
     if (!g_ascii_isalnum(*p) && !strchr("._-", *p))
@@ -63,47 +153,78 @@ void oakuk_oci_ref_clear(OakukOciRef *r) {
   g_clear_pointer(&r->digest, g_free);
 }
 
+static gboolean ref_fail(OakukOciRef *out, GError **error, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static gboolean ref_fail(OakukOciRef *out, GError **error, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  oakuk_oci_ref_clear(out);
+  g_set_error_literal(error, OAKUK_ERROR, -OAKUK_EINVAL, msg);
+  return FALSE;
+}
+
 gboolean oakuk_oci_ref_parse(const char *text, OakukOciRef *out, GError **error) {
   memset(out, 0, sizeof *out);
   if (!text || !*text)
-    return set_gerror(error, OAKUK_EINVAL, "image reference is empty"), FALSE;
+    return ref_fail(out, error, "image reference is empty");
+  for (const char *c = text; *c; c++)
+    if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
+      return ref_fail(out, error, "image reference %s: has a space, control or non-ASCII character", text);
   g_autofree char *rest = g_strdup(text);
   char *at = strchr(rest, '@');
   if (at) {
     *at = '\0';
-    if (!oakuk_oci_digest_is_valid(at + 1))
-      return set_gerror(error, OAKUK_EINVAL, "image reference %s: digest %s is not sha256:<64 hex digits>",
-                        text, at + 1),
-             FALSE;
-    out->digest = g_strdup(at + 1);
+    const char *d = at + 1;
+    if (!g_str_has_prefix(d, "sha256:"))
+      return ref_fail(out, error,
+                      "image reference %s: digest %s: only sha256:<64 hex digits> digests are pulled", text,
+                      d);
+    if (!oakuk_oci_digest_is_valid(d))
+      return ref_fail(out, error, "image reference %s: digest %s is not sha256:<64 lower-case hex digits>",
+                      text, d);
+    out->digest = g_strdup(d);
   }
-  char *slash = strchr(rest, '/');
+  /* The domain: a first component with '.' or ':', or "localhost". */
   char *name = rest;
+  char *slash = strchr(rest, '/');
   if (slash && (memchr(rest, '.', (size_t)(slash - rest)) || memchr(rest, ':', (size_t)(slash - rest)) ||
-                strncmp(rest, "localhost/", 10) == 0)) {
-    out->registry = g_strndup(rest, (size_t)(slash - rest));
+                ((size_t)(slash - rest) == strlen("localhost") && strncmp(rest, "localhost", 9) == 0))) {
+    *slash = '\0';
+    const char *why = NULL;
+    if (!domain_ok(rest, &why))
+      return ref_fail(out, error, "image reference %s: registry \"%s\" %s", text, rest, why);
+    out->registry = g_strdup(rest);
     name = slash + 1;
   } else {
     out->registry = g_strdup("registry-1.docker.io");
   }
+  /* The tag: after the last ':' of the path (a ':' before it was the domain's port). */
   char *colon = strrchr(name, ':');
-  if (colon && !strchr(colon, '/')) {
+  if (colon) {
     *colon = '\0';
-    if (!tag_is_valid(colon + 1)) {
-      set_gerror(error, OAKUK_EINVAL, "image reference %s: tag \"%s\" is not valid", text, colon + 1);
-      oakuk_oci_ref_clear(out);
-      return FALSE;
-    }
+    if (!tag_is_valid(colon + 1))
+      return ref_fail(
+          out, error,
+          "image reference %s: tag \"%s\" is not valid (1 to 128 of A-Z a-z 0-9 _ . -, not starting "
+          "with . or -)",
+          text, colon + 1);
     out->tag = g_strdup(colon + 1);
   } else if (!out->digest) {
     out->tag = g_strdup("latest");
   }
-  if (!repo_is_valid(name)) {
-    set_gerror(error, OAKUK_EINVAL,
-               "image reference %s: repository \"%s\" is not valid (lower-case a-z 0-9 . _ - /)", text, name);
-    oakuk_oci_ref_clear(out);
-    return FALSE;
-  }
+  if (!*name)
+    return ref_fail(out, error, "image reference %s: no repository name", text);
+  g_auto(GStrv) parts = g_strsplit(name, "/", -1);
+  for (char **p = parts; *p; p++)
+    if (!path_component_ok(*p))
+      return ref_fail(out, error,
+                      "image reference %s: repository \"%s\": path component \"%s\" is not valid (lower-case "
+                      "a-z 0-9, separated inside by one '.', one or two '_' or '-'s)",
+                      text, name, *p);
+  if (strlen(name) + (name == rest ? 0 : strlen(rest) + 1) > REF_NAME_MAX)
+    return ref_fail(out, error, "image reference %s: the name is longer than %d characters", text,
+                    REF_NAME_MAX);
   out->repository = strcmp(out->registry, "registry-1.docker.io") == 0 && !strchr(name, '/')
                         ? g_strconcat("library/", name, NULL)
                         : g_strdup(name);
@@ -840,6 +961,21 @@ static gboolean layer_corrupt(Layer *l, const char *at, GError **error) {
          FALSE;
 }
 
+/* Resolves the normalised path through the rootfs's symlinks (lower layers' and this one's), with
+ * "/" as the rootfs (the container's view); the last component is followed with follow_last. */
+static char *layer_resolve(Layer *l, const char *what, const char *dir, const char *path,
+                           gboolean follow_last, GError **error) {
+  g_autofree char *via = NULL;
+  char *resolved = NULL;
+  OakukArchiveResolve r = oakuk_archive_resolve(dir, path, follow_last, TRUE, oakuk_archive_readlink_disk,
+                                                (gpointer)l->rootfs, &resolved, &via);
+  if (r != OAKUK_ARCHIVE_RESOLVE_OK) {
+    g_autofree char *why = oakuk_archive_resolve_describe(r, via);
+    set_gerror(error, OAKUK_EPERM, "%s: %s %s", l->what, what, why);
+  }
+  return resolved;
+}
+
 static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
   OakukArchivePathCheck why;
   const char *raw = archive_entry_pathname(e);
@@ -857,29 +993,43 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
   g_autofree char *dir = g_path_get_dirname(name);
   if (strcmp(dir, ".") == 0)
     dir[0] = '\0';
+  /* Whiteouts never act through a symlink: they name paths of the layer's own directories. */
   if (g_str_has_prefix(base, ".wh."))
     return whiteout(l, dir, base, error);
-  if (!parent_is_real(l, name, error))
+  /* Everything else is written where the kernel would put it in the rootfs (through the links of
+   * the lower layers and of this one), and never outside. */
+  g_autofree char *ewhat = g_strdup_printf("entry %s", name);
+  g_autofree char *rname = layer_resolve(l, ewhat, "", name, FALSE, error);
+  if (!rname)
     return FALSE;
   const char *hardlink = archive_entry_hardlink(e);
   mode_t type = archive_entry_filetype(e);
-  g_autofree char *dest = g_build_filename(l->rootfs, name, NULL);
+  g_autofree char *dest = g_build_filename(l->rootfs, rname, NULL);
   if (hardlink) {
     g_autofree char *t = oakuk_archive_normalize_path(hardlink, &why);
     if (!t || !*t)
       return set_gerror(error, OAKUK_EPERM, "%s: hard link %s -> %s leaves the layer", l->what, name,
                         hardlink),
              FALSE;
-    if (!parent_is_real(l, t, error))
+    g_autofree char *hwhat = g_strdup_printf("hard link %s -> %s", name, hardlink);
+    g_autofree char *rt = layer_resolve(l, hwhat, "", t, FALSE, error);
+    if (!rt)
       return FALSE;
-    g_autofree char *ht = g_build_filename(l->rootfs, t, NULL);
+    g_autofree char *ht = g_build_filename(l->rootfs, rt, NULL);
     archive_entry_set_hardlink(e, ht);
   } else if (type == AE_IFLNK) {
     const char *target = archive_entry_symlink(e);
-    if (!target || !oakuk_archive_symlink_stays_inside(name, target, TRUE))
-      return set_gerror(error, OAKUK_EPERM, "%s: symlink %s -> %s leaves the image", l->what, name,
-                        target ? target : ""),
-             FALSE;
+    g_autofree char *rdir = g_path_get_dirname(rname);
+    g_autofree char *swhat =
+        g_strdup_printf("symlink %s -> %s leaves the image: it", name, target ? target : "");
+    g_autofree char *rt =
+        target && *target ? layer_resolve(l, swhat, strcmp(rdir, ".") == 0 ? "" : rdir, target, TRUE, error)
+                          : NULL;
+    if (!rt) {
+      if (error && !*error)
+        set_gerror(error, OAKUK_EPERM, "%s: symlink %s has an empty target", l->what, name);
+      return FALSE;
+    }
   } else if (type != AE_IFREG && type != AE_IFDIR) {
     const char *kind = type == AE_IFCHR   ? "a character device"
                        : type == AE_IFBLK ? "a block device"
@@ -918,8 +1068,23 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
   if (archive_write_finish_entry(l->w) < ARCHIVE_WARN)
     return set_gerror(error, OAKUK_EIO, "%s: extract %s: %s", l->what, name, archive_error_string(l->w)),
            FALSE;
-  g_hash_table_add(l->added, g_steal_pointer(&name));
+  g_hash_table_add(l->added, g_steal_pointer(&rname));
   return TRUE;
+}
+
+/* Every link of the rootfs still resolves inside it once the layer is applied: a link of this
+ * layer can change where a lower layer's link leads. */
+static gboolean layer_check_links(Layer *l, GError **error) {
+  g_autofree char *link = NULL, *target = NULL, *via = NULL;
+  OakukArchiveResolve why;
+  if (oakuk_archive_check_tree(l->rootfs, TRUE, &link, &target, &why, &via))
+    return TRUE;
+  if (!link)
+    return set_gerror(error, OAKUK_EIO, "%s: check the rootfs: %s", l->what, target), FALSE;
+  g_autofree char *desc = oakuk_archive_resolve_describe(why, via);
+  return set_gerror(error, OAKUK_EPERM, "%s: symlink %s -> %s leaves the image: it %s", l->what, link, target,
+                    desc),
+         FALSE;
 }
 
 gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const char *what, GError **error) {
@@ -954,7 +1119,7 @@ gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const
   archive_read_free(l.r);
   archive_write_free(l.w);
   g_hash_table_unref(l.added);
-  return ok;
+  return ok && layer_check_links(&l, error);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1272,10 +1437,18 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
                              GError **error) {
   g_autofree char *local = NULL;
   g_autofree char *download = NULL;
-  if (g_str_has_prefix(url, "file://")) {
-    local = g_filename_from_uri(url, NULL, NULL);
-    if (!local)
-      return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: bad file URL", url), FALSE;
+  int local_fd = -1;
+  if (g_str_has_prefix(url, "file:")) {
+    /* Only a regular file inside file_allowed_dirs (archive-safe.h): never any host path. */
+    g_autofree char *bad = NULL;
+    g_auto(GStrv) dirs = oakuk_archive_local_dirs(o ? o->file_allowed_dirs : NULL, &bad);
+    if (bad)
+      return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: file_allowed_dirs: \"%s\" is not absolute", url,
+                        bad),
+             FALSE;
+    if (!oakuk_archive_local_check(url, dirs, "file_allowed_dirs", &local, error) ||
+        (local_fd = oakuk_archive_local_open(url, local, dirs, "file_allowed_dirs", NULL, error)) < 0)
+      return g_prefix_error(error, "oci-archive "), FALSE;
   } else if (g_str_has_prefix(url, "http://") || g_str_has_prefix(url, "https://")) {
     g_autoptr(GUri) u = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
     if (!u || !g_uri_get_host(u))
@@ -1304,12 +1477,12 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
     return set_gerror(error, OAKUK_EINVAL, "oci-archive %s: use an http://, https:// or file:// URL", url),
            FALSE;
   }
-  const char *path = local ? local : download;
   struct archive *r = archive_read_new();
   oakuk_archive_support_filters(r);
   archive_read_support_format_tar(r);
   gboolean ok = TRUE;
-  if (archive_read_open_filename(r, path, CHUNK) != ARCHIVE_OK) {
+  if ((local_fd >= 0 ? archive_read_open_fd(r, local_fd, CHUNK)
+                     : archive_read_open_filename(r, download, CHUNK)) != ARCHIVE_OK) {
     ok = (set_gerror(error, archive_errno(r) == ENOENT ? OAKUK_ENOTFOUND : OAKUK_EINVAL, "oci-archive %s: %s",
                      url, archive_error_string(r)),
           FALSE);
@@ -1337,6 +1510,8 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
       close(fd);
   }
   archive_read_free(r);
+  if (local_fd >= 0)
+    close(local_fd);
   if (download)
     unlink(download);
   return ok;

@@ -5,6 +5,9 @@
 
 #include "runtime-private.h"
 
+#include <sys/stat.h>
+#include <sys/types.h>
+
 G_BEGIN_DECLS
 
 /* "x86_64" -> "amd64", "aarch64" -> "arm64", ...; NULL when unknown. Static strings. */
@@ -31,12 +34,41 @@ gboolean oakuk_qemu_cpuinfo_has_virt(const char *cpuinfo);
  * (measured ~90 MB resident after a Linux boot) adds another 192 MB. */
 int64_t oakuk_qemu_memory_limit_mb(int64_t guest_mb, int32_t accel);
 
+/* The seccomp sandbox every QEMU runs under (-sandbox). */
+#define OAKUK_QEMU_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+/* The descriptors the runtime opens and passes, with the numbers QEMU sees them under: QEMU then
+ * opens nothing by path that its (unprivileged) user could not. */
+#define OAKUK_QEMU_FD_KERNEL 3 /* read-only: -kernel /proc/self/fd/3 */
+#define OAKUK_QEMU_FD_INITRD 4 /* read-only: -initrd /proc/self/fd/4 */
+#define OAKUK_QEMU_FD_SERIAL 5 /* serial.log, write-only: -add-fd fd=5,set=1 -serial file:/dev/fdset/1 */
+#define OAKUK_QEMU_FD_QMP 6    /* qmp.sock, bound and listening: -chardev socket,fd=6,server=on */
+#define OAKUK_QEMU_FD_TAP 7    /* the tap, attached in the instance's netns: -netdev tap,fd=7 */
+#define OAKUK_QEMU_FD_VHOST 8  /* /dev/vhost-net (KVM): vhostfd=8 */
+#define OAKUK_QEMU_FD_FILES 9  /* the files/ copy, a directory: -fsdev local,path=/proc/self/fd/9 */
+
 /* The command builder for the runtime: with paused, QEMU starts with -S (the runtime lets the
- * guest run once QMP listens, so no event of a quick guest is missed); flavor and version are
- * what the builder resolved (from the spec, else from the kernel); free both with g_free. */
+ * guest run once QMP listens, so no event of a quick guest is missed); with pass_fds, the
+ * command takes the OAKUK_QEMU_FD_* descriptors instead of paths; flavor and version are what the
+ * builder resolved (from the spec, else from the kernel); free both with g_free. */
 GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir,
-                                          const char *qemu_binary, gboolean paused, char **flavor,
-                                          char **version, GError **error);
+                                          const char *qemu_binary, gboolean paused, gboolean pass_fds,
+                                          char **flavor, char **version, GError **error);
+
+/* The identity QEMU takes: a user's uid, primary gid and supplementary groups. */
+typedef struct {
+  uid_t uid;
+  gid_t gid;
+  GArray *groups; /* gid_t */
+  char *name;
+} OakukQemuUser;
+
+/* Looks up run_as (a user name or a numeric uid with a passwd entry) into *user; refuses a
+ * missing user and root (uid 0) with OAKUK_EINVAL naming the option "run_as". */
+gboolean oakuk_qemu_user_lookup(const char *run_as, OakukQemuUser *user, GError **error);
+void oakuk_qemu_user_clear(OakukQemuUser *user);
+/* Whether the file st describes can be read by user (owner, group or other bits). */
+gboolean oakuk_qemu_user_can_read(const OakukQemuUser *user, const struct stat *st);
 
 G_END_DECLS
 

@@ -1,25 +1,43 @@
 /* Unikernel runtime, part 2 (DESIGN §8, §11): the QEMU backend of the instance lifecycle in
  * runtime.c. Each instance lives in <state_dir>/instances/<name>/ (serial.log, qmp.sock, qemu.log,
  * instance.json, files/), runs in its netns (setns before exec) and in its own cgroups, starts
- * paused and is driven over QMP. */
+ * paused and is driven over QMP.
+ *
+ * Sandbox: QEMU runs under -sandbox (qemu-private.h) and, with run_as, as that unprivileged user
+ * from its first instruction. QEMU 7.2 installs its seccomp filter before -runas would change the
+ * uid, and elevateprivileges=deny then kills that change (SIGSYS); so the forked child takes the
+ * user's identity itself, after joining the cgroups and the netns, and the runtime opens what
+ * QEMU needs beforehand and passes descriptors (the kernel, initrd and files/ by /proc/self/fd,
+ * the serial log by -add-fd, the QMP socket listening, the tap attached in the netns, vhost-net). */
 #include "qemu-private.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <gio/gunixsocketaddress.h>
 #include <glib/gstdio.h>
+#include <grp.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <pwd.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
-#define QMP_WAIT_MS 30000 /* QEMU that opens no QMP socket within this is considered failed */
+#define QMP_WAIT_MS 30000 /* QEMU that has not let its guest run (QMP) within this is considered failed */
 /* QEMU makes its QMP socket within a few ms of its start: look often, RUNNING waits for it. */
 #define QMP_RETRY_MS 5
 
 typedef struct {
   oakuk_qemu_caps *caps;
+  char *run_as; /* NULL: QEMU keeps the runtime's uid */
 } QemuRuntime;
 
 typedef struct {
@@ -31,12 +49,15 @@ typedef struct {
 typedef struct {
   GPtrArray *argv;
   Cgroup cg;
-  gboolean adopted; /* already running: no "cont" */
+  gboolean drop;      /* QEMU takes user's identity */
+  OakukQemuUser user; /* with drop */
+  gboolean adopted;   /* already running: no "cont" */
   GCancellable *cancel;
   GSocketConnection *conn;
   GDataInputStream *in;
   gint64 qmp_deadline;
   GSource *qmp_timer;
+  GSource *handshake_timer; /* fails a QEMU that never lets its guest run */
   guint64 last_ticks;
   gint64 last_time_us;
 } QemuData;
@@ -55,6 +76,7 @@ static void data_free(void *data) {
   QemuData *d = data;
   if (d->argv)
     g_ptr_array_unref(d->argv);
+  oakuk_qemu_user_clear(&d->user);
   cgroup_clear(&d->cg);
   g_clear_object(&d->cancel);
   g_free(d);
@@ -118,6 +140,102 @@ static gboolean copy_tree(const char *src, const char *dst, GError **error) {
   g_autoptr(GFile) fd = g_file_new_for_path(dst);
   return g_file_copy(fs, fd, G_FILE_COPY_NOFOLLOW_SYMLINKS | G_FILE_COPY_ALL_METADATA, NULL, NULL, NULL,
                      error);
+}
+
+/* ---- the user QEMU runs as ---- */
+
+gboolean oakuk_qemu_user_lookup(const char *run_as, OakukQemuUser *user, GError **error) {
+  memset(user, 0, sizeof *user);
+  long size = sysconf(_SC_GETPW_R_SIZE_MAX);
+  g_autofree char *buf = g_malloc(size > 0 ? (gsize)size * 4 : 65536);
+  gsize buflen = size > 0 ? (gsize)size * 4 : 65536;
+  struct passwd pw, *found = NULL;
+  char *end = NULL;
+  guint64 num = g_ascii_strtoull(run_as, &end, 10);
+  int rc = *run_as && end && *end == '\0' && num <= G_MAXUINT32
+               ? getpwuid_r((uid_t)num, &pw, buf, buflen, &found)
+               : getpwnam_r(run_as, &pw, buf, buflen, &found);
+  if (rc != 0 || found == NULL)
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "run_as: no user \"%s\" on this node: create an unprivileged one for QEMU (e.g. "
+                       "useradd --system --no-create-home --shell /usr/sbin/nologin %s); QEMU never "
+                       "falls back to root",
+                       run_as, *run_as ? run_as : "oakuk-qemu"),
+           FALSE;
+  if (pw.pw_uid == 0)
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "run_as: \"%s\" is root (uid 0): QEMU must run as an unprivileged user", run_as),
+           FALSE;
+  user->uid = pw.pw_uid;
+  user->gid = pw.pw_gid;
+  user->name = g_strdup(pw.pw_name);
+  user->groups = g_array_new(FALSE, FALSE, sizeof(gid_t));
+  int n = 32;
+  for (;;) {
+    g_array_set_size(user->groups, (guint)n);
+    int got = n;
+    if (getgrouplist(pw.pw_name, pw.pw_gid, (gid_t *)(void *)user->groups->data, &got) >= 0) {
+      g_array_set_size(user->groups, (guint)got);
+      break;
+    }
+    n = got > n ? got : n * 2;
+  }
+  return TRUE;
+}
+
+void oakuk_qemu_user_clear(OakukQemuUser *user) {
+  g_clear_pointer(&user->groups, g_array_unref);
+  g_clear_pointer(&user->name, g_free);
+}
+
+gboolean oakuk_qemu_user_can_read(const OakukQemuUser *user, const struct stat *st) {
+  if (st->st_uid == user->uid)
+    return (st->st_mode & S_IRUSR) != 0;
+  gboolean member = st->st_gid == user->gid;
+  for (guint k = 0; !member && user->groups && k < user->groups->len; k++)
+    member = g_array_index(user->groups, gid_t, k) == st->st_gid;
+  return (st->st_mode & (member ? S_IRGRP : S_IROTH)) != 0;
+}
+
+/* The files QEMU reads through /proc/self/fd must be readable by its user there. */
+static gboolean check_readable(const char *name, const OakukQemuUser *user, const char *what,
+                               const char *path, GError **error) {
+  struct stat st;
+  if (path == NULL)
+    return TRUE;
+  if (stat(path, &st) != 0)
+    return set_io_error(error, errno, "instance %s: %s %s", name, what, path);
+  if (!oakuk_qemu_user_can_read(user, &st))
+    return g_set_error(
+               error, OAKUK_ERROR, -OAKUK_EPERM,
+               "instance %s: %s %s is not readable by user %s (run_as), as whom QEMU runs (mode %04o, "
+               "owner %u:%u)",
+               name, what, path, user->name, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid,
+               (unsigned)st.st_gid),
+           FALSE;
+  return TRUE;
+}
+
+static uid_t chown_uid;
+static gid_t chown_gid;
+
+static int chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  return lchown(path, chown_uid, chown_gid) == 0 ? 0 : -1;
+}
+
+/* The per-instance files/ copy belongs to QEMU's user: 9p with security_model=none reads and
+ * writes it with QEMU's own uid. */
+static gboolean chown_tree(const char *dir, const OakukQemuUser *user, GError **error) {
+  static GMutex lock; /* nftw has no user data: the ids go through statics */
+  g_mutex_lock(&lock);
+  chown_uid = user->uid;
+  chown_gid = user->gid;
+  int rc = nftw(dir, chown_one, 32, FTW_PHYS);
+  int e = errno;
+  g_mutex_unlock(&lock);
+  if (rc != 0)
+    return set_io_error(error, e, "give %s to user %s", dir, user->name);
+  return TRUE;
 }
 
 /* ---- cgroups ---- */
@@ -225,10 +343,13 @@ static void qmp_close(OakukInstance *i) {
   if (!d)
     return;
   g_cancellable_cancel(d->cancel);
-  if (d->qmp_timer) {
-    g_source_destroy(d->qmp_timer);
-    g_source_unref(d->qmp_timer);
-    d->qmp_timer = NULL;
+  GSource **timers[] = {&d->qmp_timer, &d->handshake_timer};
+  for (size_t k = 0; k < G_N_ELEMENTS(timers); k++) {
+    if (*timers[k]) {
+      g_source_destroy(*timers[k]);
+      g_source_unref(*timers[k]);
+      *timers[k] = NULL;
+    }
   }
   if (d->conn)
     g_io_stream_close(G_IO_STREAM(d->conn), NULL, NULL);
@@ -264,13 +385,20 @@ static void qmp_on_message(OakukInstance *i, JsonObject *o) {
     g_debug("instance %s: QMP %s failed", i->name, id);
     return;
   }
+  gboolean running = FALSE;
   if (strcmp(id, "qmp_capabilities") == 0 && d->adopted) {
-    oakuk_instance_running(i);
+    running = TRUE;
   } else if (strcmp(id, "cont") == 0) {
     oakuk_proc_stat(i->pid, NULL, &d->last_ticks, NULL);
     d->last_time_us = g_get_monotonic_time();
-    oakuk_instance_running(i);
+    running = TRUE;
   }
+  if (running && d->handshake_timer) {
+    g_source_destroy(d->handshake_timer);
+    g_clear_pointer(&d->handshake_timer, g_source_unref);
+  }
+  if (running)
+    oakuk_instance_running(i);
 }
 
 static void qmp_read_next(OakukInstance *i);
@@ -382,11 +510,21 @@ static gboolean q_check(OakukInstance *i, GError **error) {
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "instance %s: network namespace %s does not exist",
                        spec->name, spec->netns_path),
            FALSE;
+  QemuData *d = qd(i);
+  if (q->run_as) {
+    /* Looked up at every deploy: the user may have been removed since the runtime started. */
+    oakuk_qemu_user_clear(&d->user);
+    if (!oakuk_qemu_user_lookup(q->run_as, &d->user, error))
+      return g_prefix_error(error, "instance %s: ", spec->name), FALSE;
+    d->drop = TRUE;
+    if (!check_readable(spec->name, &d->user, "kernel", spec->kernel, error) ||
+        !check_readable(spec->name, &d->user, "initrd", spec->initrd, error))
+      return FALSE;
+  }
   g_autofree char *flavor = NULL, *version = NULL;
-  GPtrArray *argv = oakuk_qemu_build_argv_internal(spec, i->dir, path, TRUE, &flavor, &version, error);
+  GPtrArray *argv = oakuk_qemu_build_argv_internal(spec, i->dir, path, TRUE, TRUE, &flavor, &version, error);
   if (!argv)
     return FALSE;
-  QemuData *d = qd(i);
   d->argv = argv;
   if (!d->cg.v2 && !d->cg.mem && !cgroup_paths(&d->cg, i->name, error))
     return FALSE;
@@ -408,6 +546,8 @@ static gboolean q_prepare(OakukInstance *i, GError **error) {
     return set_io_error(error, errno, "create %s", i->dir);
   if (i->spec->files_dir && !copy_tree(i->spec->files_dir, files, error))
     return FALSE;
+  if (i->spec->files_dir && d->drop && !chown_tree(files, &d->user, error))
+    return FALSE;
   return cgroup_create(&d->cg, oakuk_qemu_memory_limit_mb(i->spec->memory_mb, i->spec->accel), i->spec->vcpus,
                        error);
 }
@@ -416,23 +556,36 @@ typedef struct {
   int procs[3];
   int nprocs;
   int netns;
+  gboolean drop;
+  uid_t uid;
+  gid_t gid;
+  const gid_t *groups;
+  size_t ngroups;
 } ChildSetup;
 
+static void child_fail(const char *msg, size_t len) {
+  (void)!write(2, msg, len);
+  _exit(127);
+}
+#define CHILD_FAIL(m) child_fail(m, sizeof m - 1)
+
 /* Runs in the child between fork and exec: only async-signal-safe calls. Joins the cgroups
- * first so no QEMU thread ever runs outside them, then the network namespace. */
+ * first so no QEMU thread ever runs outside them, then the network namespace, then takes the
+ * unprivileged user's identity (raw system calls: only this thread exists here, and glibc's
+ * wrappers would try to signal the parent's others), and no_new_privs. */
 static void child_setup(gpointer data) {
   ChildSetup *c = data;
   for (int k = 0; k < c->nprocs; k++)
-    if (write(c->procs[k], "0", 1) != 1) {
-      static const char msg[] = "oakuk: cannot join the instance cgroup\n";
-      (void)!write(2, msg, sizeof msg - 1);
-      _exit(127);
-    }
-  if (c->netns >= 0 && setns(c->netns, CLONE_NEWNET) != 0) {
-    static const char msg[] = "oakuk: setns into the instance network namespace failed\n";
-    (void)!write(2, msg, sizeof msg - 1);
-    _exit(127);
-  }
+    if (write(c->procs[k], "0", 1) != 1)
+      CHILD_FAIL("oakuk: cannot join the instance cgroup\n");
+  if (c->netns >= 0 && setns(c->netns, CLONE_NEWNET) != 0)
+    CHILD_FAIL("oakuk: setns into the instance network namespace failed\n");
+  if (c->drop && (syscall(SYS_setgroups, c->ngroups, c->groups) != 0 ||
+                  syscall(SYS_setresgid, c->gid, c->gid, c->gid) != 0 ||
+                  syscall(SYS_setresuid, c->uid, c->uid, c->uid) != 0))
+    CHILD_FAIL("oakuk: cannot take the run_as user's identity\n");
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    CHILD_FAIL("oakuk: cannot set no_new_privs\n");
 }
 
 static void close_setup(ChildSetup *c) {
@@ -442,16 +595,28 @@ static void close_setup(ChildSetup *c) {
     close(c->netns);
 }
 
-static gboolean open_setup(OakukInstance *i, ChildSetup *c, GError **error) {
+/* The child's setup runs after GLib has put QEMU's descriptors in place (OAKUK_QEMU_FD_*, 3..9):
+ * the descriptors it still uses must be above them. */
+static int above_qemu_fds(int fd) {
+  if (fd < 0 || fd > OAKUK_QEMU_FD_FILES)
+    return fd;
+  int high = fcntl(fd, F_DUPFD_CLOEXEC, OAKUK_QEMU_FD_FILES + 1);
+  int e = errno;
+  close(fd);
+  errno = e;
+  return high;
+}
+
+static gboolean open_setup(OakukInstance *i, ChildSetup *c, GArray *groups, GError **error) {
   QemuData *d = qd(i);
-  c->nprocs = 0;
+  memset(c, 0, sizeof *c);
   c->netns = -1;
   const char *dirs[] = {d->cg.v2, d->cg.mem, d->cg.cpu};
   for (size_t k = 0; k < G_N_ELEMENTS(dirs); k++) {
     if (!dirs[k])
       continue;
     g_autofree char *p = g_build_filename(dirs[k], "cgroup.procs", NULL);
-    int fd = open(p, O_WRONLY | O_CLOEXEC);
+    int fd = above_qemu_fds(open(p, O_WRONLY | O_CLOEXEC));
     if (fd < 0) {
       close_setup(c);
       return set_io_error(error, errno, "open %s", p);
@@ -459,21 +624,156 @@ static gboolean open_setup(OakukInstance *i, ChildSetup *c, GError **error) {
     c->procs[c->nprocs++] = fd;
   }
   const char *ns = i->spec->netns_path;
-  if (ns && (c->netns = open(ns, O_RDONLY | O_CLOEXEC)) < 0) {
+  if (ns && (c->netns = above_qemu_fds(open(ns, O_RDONLY | O_CLOEXEC))) < 0) {
     int e = errno;
     close_setup(c);
     return set_io_error(error, e, "open network namespace %s", ns);
   }
+  if (d->drop) {
+    c->drop = TRUE;
+    c->uid = d->user.uid;
+    c->gid = d->user.gid;
+    g_array_append_vals(groups, d->user.groups->data, d->user.groups->len);
+    /* A KVM guest's QEMU opens /dev/kvm itself (QEMU 7.2 takes no descriptor for it). */
+    struct stat st;
+    if (i->spec->accel == OAKUK_ACCEL_KVM && stat("/dev/kvm", &st) == 0)
+      g_array_append_val(groups, st.st_gid);
+    c->groups = (const gid_t *)(const void *)groups->data;
+    c->ngroups = groups->len;
+  }
   return TRUE;
+}
+
+/* ---- descriptors QEMU gets instead of paths ---- */
+
+typedef struct {
+  int src[8];
+  int dst[8];
+  int n;
+} FdMap;
+
+static void fdmap_close(FdMap *m) {
+  for (int k = 0; k < m->n; k++)
+    close(m->src[k]);
+  m->n = 0;
+}
+
+static gboolean fdmap_open(FdMap *m, int target, const char *path, int flags, mode_t mode, const char *what,
+                           GError **error) {
+  int fd = open(path, flags | O_CLOEXEC, mode);
+  if (fd < 0)
+    return set_io_error(error, errno, "open %s %s", what, path);
+  m->src[m->n] = fd;
+  m->dst[m->n++] = target;
+  return TRUE;
+}
+
+typedef struct {
+  int netns;
+  const char *name;
+  int fd;
+  int err;
+  const char *what;
+} TapJob;
+
+/* Attaches to the instance's tap from inside its network namespace: a thread of its own, since
+ * setns changes the calling thread's namespace, and this thread ends afterwards. */
+static gpointer tap_thread(gpointer data) {
+  TapJob *t = data;
+  t->fd = -1;
+  if (setns(t->netns, CLONE_NEWNET) != 0) {
+    t->err = errno;
+    t->what = "setns into the instance network namespace";
+    return NULL;
+  }
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    t->err = errno;
+    t->what = "open /dev/net/tun";
+    return NULL;
+  }
+  /* The flags QEMU uses when it opens a tap by name itself. */
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  g_strlcpy(ifr.ifr_name, t->name, IFNAMSIZ);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+    t->err = errno;
+    t->what = "attach to the tap (TUNSETIFF)";
+    close(fd);
+    return NULL;
+  }
+  t->fd = fd;
+  return NULL;
+}
+
+static gboolean fdmap_tap(FdMap *m, int netns, const char *name, GError **error) {
+  TapJob t = {.netns = netns, .name = name};
+  g_thread_join(g_thread_new("oakuk-tap", tap_thread, &t));
+  if (t.fd < 0)
+    return set_io_error(error, t.err, "tap %s: %s", name, t.what);
+  m->src[m->n] = t.fd;
+  m->dst[m->n++] = OAKUK_QEMU_FD_TAP;
+  return TRUE;
+}
+
+/* The QMP socket, bound and listening before QEMU starts (QEMU's user could not create it in the
+ * instance directory). */
+static gboolean fdmap_qmp(FdMap *m, const char *dir, GError **error) {
+  g_autofree char *path = g_build_filename(dir, "qmp.sock", NULL);
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof a.sun_path)
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL, "QMP socket path %s is longer than %zu bytes", path,
+                       sizeof a.sun_path - 1),
+           FALSE;
+  g_strlcpy(a.sun_path, path, sizeof a.sun_path);
+  unlink(path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 4) != 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    return set_io_error(error, e, "QMP socket %s", path);
+  }
+  m->src[m->n] = fd;
+  m->dst[m->n++] = OAKUK_QEMU_FD_QMP;
+  return TRUE;
+}
+
+static gboolean open_fds(OakukInstance *i, FdMap *m, int netns, GError **error) {
+  const oakuk_instance_spec *s = i->spec;
+  g_autofree char *serial = g_build_filename(i->dir, "serial.log", NULL);
+  g_autofree char *files = g_build_filename(i->dir, "files", NULL);
+  m->n = 0;
+  gboolean ok =
+      fdmap_open(m, OAKUK_QEMU_FD_KERNEL, s->kernel, O_RDONLY, 0, "kernel", error) &&
+      (!s->initrd || fdmap_open(m, OAKUK_QEMU_FD_INITRD, s->initrd, O_RDONLY, 0, "initrd", error)) &&
+      fdmap_open(m, OAKUK_QEMU_FD_SERIAL, serial, O_WRONLY | O_CREAT | O_TRUNC, 0600, "serial log", error) &&
+      fdmap_qmp(m, i->dir, error) &&
+      (!s->files_dir ||
+       fdmap_open(m, OAKUK_QEMU_FD_FILES, files, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, "files", error)) &&
+      (!s->netns_path || fdmap_tap(m, netns, s->tap_name, error)) &&
+      (!s->netns_path || s->accel != OAKUK_ACCEL_KVM ||
+       fdmap_open(m, OAKUK_QEMU_FD_VHOST, "/dev/vhost-net", O_RDWR, 0, "vhost-net", error));
+  if (!ok)
+    fdmap_close(m);
+  return ok;
 }
 
 static gboolean q_spawn(OakukInstance *i, GError **error) {
   ChildSetup cs;
-  if (!open_setup(i, &cs, error))
+  g_autoptr(GArray) groups = g_array_new(FALSE, FALSE, sizeof(gid_t));
+  if (!open_setup(i, &cs, groups, error))
     return FALSE;
+  FdMap m;
+  if (!open_fds(i, &m, cs.netns, error)) {
+    close_setup(&cs);
+    return g_prefix_error(error, "instance %s: ", i->name), FALSE;
+  }
   g_autofree char *logpath = g_build_filename(i->dir, "qemu.log", NULL);
   int logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (logfd < 0) {
+    fdmap_close(&m);
     close_setup(&cs);
     return set_io_error(error, errno, "create %s", logpath);
   }
@@ -481,16 +781,36 @@ static gboolean q_spawn(OakukInstance *i, GError **error) {
   gboolean ok = g_spawn_async_with_pipes_and_fds(
       NULL, (const char *const *)qd(i)->argv->pdata, NULL,
       G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL | G_SPAWN_STDOUT_TO_DEV_NULL, child_setup, &cs,
-      -1, -1, logfd, NULL, NULL, 0, &pid, NULL, NULL, NULL, error);
+      -1, -1, logfd, m.src, m.dst, (gsize)m.n, &pid, NULL, NULL, NULL, error);
   close(logfd);
+  /* QEMU holds its own copies now; ours would keep the QMP socket listening after QEMU died. */
+  fdmap_close(&m);
   close_setup(&cs);
   if (ok)
     i->pid = pid;
   return ok;
 }
 
+static gboolean handshake_timeout(gpointer data) {
+  OakukInstance *i = data;
+  QemuData *d = qd(i);
+  g_clear_pointer(&d->handshake_timer, g_source_unref);
+  if (i->state == OAKUK_INST_STARTING) {
+    g_autofree char *why =
+        g_strdup_printf("QEMU did not let the guest run (QMP) within %d s", QMP_WAIT_MS / 1000);
+    oakuk_instance_fail(i, why);
+  }
+  return G_SOURCE_REMOVE;
+}
+
 static gboolean q_started(OakukInstance *i) {
-  qd(i)->qmp_deadline = g_get_monotonic_time() + QMP_WAIT_MS * 1000;
+  QemuData *d = qd(i);
+  d->qmp_deadline = g_get_monotonic_time() + QMP_WAIT_MS * 1000;
+  /* The socket listens from the start (the runtime made it): the deadline is for the answer. */
+  d->handshake_timer = g_timeout_source_new(QMP_WAIT_MS);
+  g_source_set_callback(d->handshake_timer, handshake_timeout, oakuk_instance_ref(i),
+                        (GDestroyNotify)oakuk_instance_unref);
+  g_source_attach(d->handshake_timer, i->context);
   qmp_connect(i);
   return FALSE; /* RUNNING once QMP has let the guest run */
 }
@@ -575,6 +895,7 @@ static gboolean q_cgroup_memory(OakukInstance *i, int64_t *kb, GError **error) {
 static void q_finalize(oakuk_runtime *rt) {
   QemuRuntime *q = rt->impl;
   oakuk_qemu_caps_unref(q->caps);
+  g_free(q->run_as);
   g_free(q);
 }
 
@@ -606,8 +927,24 @@ OAKUK_API oakuk_runtime *oakuk_qemu_runtime_new(const char *state_dir, const oak
   oakuk_qemu_caps *caps = NULL;
   if (oakuk_qemu_probe(&caps, opts, error) < 0)
     return NULL;
+  /* The probe accepted opts' version; run_as exists from version 2 on. */
+  const char *run_as = opts && opts->version >= OAKUK_QEMU_OPTIONS_VERSION ? opts->run_as : NULL;
+  if (run_as) {
+    OakukQemuUser user;
+    GError *uerr = NULL;
+    if (!oakuk_qemu_user_lookup(run_as, &user, &uerr)) {
+      oakuk_set_error(error, OAKUK_EINVAL, 0, "run_as", "unikernel runtime: %s", uerr->message);
+      g_error_free(uerr);
+      oakuk_qemu_caps_unref(caps);
+      return NULL;
+    }
+    oakuk_qemu_user_clear(&user);
+  } else if (geteuid() == 0) {
+    g_message("unikernel runtime: QEMU runs as root: set oakuk_qemu_options.run_as to an unprivileged user");
+  }
   QemuRuntime *q = g_new0(QemuRuntime, 1);
   q->caps = caps;
+  q->run_as = g_strdup(run_as);
   g_autofree char *dir = g_build_filename(state_dir, "instances", NULL);
   GError *err = NULL;
   oakuk_runtime *rt = oakuk_runtime_alloc(&qemu_class, q, dir, &err);

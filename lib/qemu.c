@@ -11,12 +11,36 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+/* How many bytes of the options struct version 1 has. */
+#define OPTIONS_V1_SIZE G_STRUCT_OFFSET(oakuk_qemu_options, run_as)
+
 OAKUK_API int oakuk_qemu_options_init(oakuk_qemu_options *opts, unsigned int version) {
   g_return_val_if_fail(opts != NULL, OAKUK_EINVAL);
-  if (version != OAKUK_QEMU_OPTIONS_VERSION)
+  if (version != OAKUK_QEMU_OPTIONS_VERSION && version != OAKUK_QEMU_OPTIONS_VERSION_1)
     return OAKUK_EINVAL;
   oakuk_qemu_options init = OAKUK_QEMU_OPTIONS_INIT;
-  *opts = init;
+  init.version = version;
+  /* A version-1 caller's struct ends before run_as: write only its part. */
+  memcpy(opts, &init, version == OAKUK_QEMU_OPTIONS_VERSION_1 ? OPTIONS_V1_SIZE : sizeof init);
+  return 0;
+}
+
+/* Reads opts of any known version (NULL: defaults) into a current-version *o. */
+static int options_read(oakuk_qemu_options *o, const oakuk_qemu_options *opts, oakuk_error **error) {
+  oakuk_qemu_options init = OAKUK_QEMU_OPTIONS_INIT;
+  *o = init;
+  if (!opts)
+    return 0;
+  if (opts->version == OAKUK_QEMU_OPTIONS_VERSION_1) {
+    memcpy(o, opts, OPTIONS_V1_SIZE);
+    o->version = OAKUK_QEMU_OPTIONS_VERSION;
+    return 0;
+  }
+  if (opts->version != OAKUK_QEMU_OPTIONS_VERSION)
+    return oakuk_set_error(error, OAKUK_EINVAL, 0, "version",
+                           "oakuk_qemu_options: version %u, expected %u or %u", opts->version,
+                           OAKUK_QEMU_OPTIONS_VERSION_1, OAKUK_QEMU_OPTIONS_VERSION);
+  *o = *opts;
   return 0;
 }
 
@@ -146,12 +170,11 @@ static char *qemu_version_of(const char *path) {
 
 OAKUK_API int oakuk_qemu_probe(oakuk_qemu_caps **out, const oakuk_qemu_options *opts, oakuk_error **error) {
   g_return_val_if_fail(out != NULL, OAKUK_EINVAL);
-  oakuk_qemu_options defaults = OAKUK_QEMU_OPTIONS_INIT;
-  if (!opts)
-    opts = &defaults;
-  if (opts->version != OAKUK_QEMU_OPTIONS_VERSION)
-    return oakuk_set_error(error, OAKUK_EINVAL, 0, "version", "oakuk_qemu_options: version %u, expected %u",
-                           opts->version, OAKUK_QEMU_OPTIONS_VERSION);
+  oakuk_qemu_options o;
+  int rc = options_read(&o, opts, error);
+  if (rc < 0)
+    return rc;
+  opts = &o;
   const char *host = host_goarch();
   if (!host)
     return oakuk_set_error(error, OAKUK_EUNSUPPORTED, 0, NULL, "probe: unknown host machine architecture");
@@ -566,7 +589,8 @@ static void addf(GPtrArray *a, const char *fmt, ...) {
 }
 
 static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, const char *qemu_binary,
-                             gboolean paused, char **flavor_out, char **version_out, GError **error) {
+                             gboolean paused, gboolean fds, char **flavor_out, char **version_out,
+                             GError **error) {
   if (!oakuk_instance_name_is_valid(s->name))
     return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
                        "instance name \"%s\": use 1-200 characters of A-Z a-z 0-9 . _ -", s->name),
@@ -620,6 +644,10 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
   /* A guest that panics with panic=-1 (or triple-faults) would otherwise reboot forever and never
    * be reported DEAD: make every guest reset end QEMU. */
   add(a, "-no-reboot");
+  /* A seccomp filter from QEMU's start: no set*uid/gid, no fork/exec/clone of processes or
+   * namespaces, no scheduling changes, no obsolete calls. */
+  add(a, "-sandbox");
+  add(a, OAKUK_QEMU_SANDBOX);
   if (paused)
     add(a, "-S");
   if (x86) {
@@ -628,23 +656,53 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
     add(a, "-device");
     add(a, "pvpanic");
   }
-  add(a, "-serial");
-  addf(a, "file:%s/serial.log", edir);
+  /* With fds, every file comes as a descriptor the runtime opened (qemu-private.h): QEMU runs as
+   * an unprivileged user that may not even reach the instance directory. */
+  if (fds) {
+    add(a, "-add-fd");
+    addf(a, "fd=%d,set=1", OAKUK_QEMU_FD_SERIAL);
+    add(a, "-serial");
+    add(a, "file:/dev/fdset/1");
+  } else {
+    add(a, "-serial");
+    addf(a, "file:%s/serial.log", edir);
+  }
   add(a, "-kernel");
-  add(a, s->kernel);
+  if (fds)
+    addf(a, "/proc/self/fd/%d", OAKUK_QEMU_FD_KERNEL);
+  else
+    add(a, s->kernel);
   if (s->initrd) {
     add(a, "-initrd");
-    add(a, s->initrd);
+    if (fds)
+      addf(a, "/proc/self/fd/%d", OAKUK_QEMU_FD_INITRD);
+    else
+      add(a, s->initrd);
   }
   add(a, "-m");
   addf(a, "%" G_GINT64_FORMAT, s->memory_mb);
   add(a, "-smp");
   addf(a, "%d", s->vcpus);
-  add(a, "-qmp");
-  addf(a, "unix:%s/qmp.sock,server=on,wait=off", edir);
-  if (s->netns_path) {
+  if (fds) {
+    add(a, "-chardev");
+    addf(a, "socket,id=qmp,fd=%d,server=on,wait=off", OAKUK_QEMU_FD_QMP);
+    add(a, "-mon");
+    add(a, "chardev=qmp,mode=control");
+  } else {
+    add(a, "-qmp");
+    addf(a, "unix:%s/qmp.sock,server=on,wait=off", edir);
+  }
+  if (s->netns_path && fds) {
+    add(a, "-netdev");
+    if (kvm)
+      addf(a, "tap,id=n0,fd=%d,vhost=on,vhostfd=%d", OAKUK_QEMU_FD_TAP, OAKUK_QEMU_FD_VHOST);
+    else
+      addf(a, "tap,id=n0,fd=%d", OAKUK_QEMU_FD_TAP);
+  } else if (s->netns_path) {
     add(a, "-netdev");
     addf(a, "tap,id=n0,ifname=%s,script=no,downscript=no%s", s->tap_name, kvm ? ",vhost=on" : "");
+  }
+  if (s->netns_path) {
     add(a, "-device");
     /* romfile= (empty): no iPXE option ROM. Nobody network-boots a unikernel; SeaBIOS would
      * still initialise iPXE (a few hundred ms under TCG) and print its banner on the console. */
@@ -655,7 +713,10 @@ static GPtrArray *build_argv(const oakuk_instance_spec *s, const char *dir, cons
   }
   if (s->files_dir) {
     add(a, "-fsdev");
-    addf(a, "local,id=fs0,path=%s/files,security_model=none", edir);
+    if (fds)
+      addf(a, "local,id=fs0,path=/proc/self/fd/%d,security_model=none", OAKUK_QEMU_FD_FILES);
+    else
+      addf(a, "local,id=fs0,path=%s/files,security_model=none", edir);
     add(a, "-device");
     add(a, "virtio-9p-pci,fsdev=fs0,mount_tag=fs0");
   }
@@ -673,7 +734,7 @@ OAKUK_API int oakuk_qemu_build_argv(char ***argv_out, size_t *argc_out, const oa
                                     const char *instance_dir, const char *qemu_binary, oakuk_error **error) {
   g_return_val_if_fail(argv_out != NULL && spec != NULL && instance_dir != NULL, OAKUK_EINVAL);
   GError *err = NULL;
-  GPtrArray *a = build_argv(spec, instance_dir, qemu_binary, FALSE, NULL, NULL, &err);
+  GPtrArray *a = build_argv(spec, instance_dir, qemu_binary, FALSE, FALSE, NULL, NULL, &err);
   if (!a)
     return oakuk_propagate_gerror(error, err);
   /* Copy into malloc'ed memory: callers free with oakuk_qemu_argv_free. */
@@ -696,7 +757,7 @@ OAKUK_API void oakuk_qemu_argv_free(char **argv) {
 }
 
 GPtrArray *oakuk_qemu_build_argv_internal(const oakuk_instance_spec *spec, const char *dir,
-                                          const char *qemu_binary, gboolean paused, char **flavor,
-                                          char **version, GError **error) {
-  return build_argv(spec, dir, qemu_binary, paused, flavor, version, error);
+                                          const char *qemu_binary, gboolean paused, gboolean pass_fds,
+                                          char **flavor, char **version, GError **error) {
+  return build_argv(spec, dir, qemu_binary, paused, pass_fds, flavor, version, error);
 }

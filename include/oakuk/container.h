@@ -28,11 +28,21 @@ typedef struct {
   uint32_t timeout_s;
   /* Seconds between SIGTERM and SIGKILL when an instance's graceful_stop_s is 0 (default 3). */
   uint32_t stop_grace_s;
+  /* ---- version 2 ---- */
+  /* The directories `oci-archive:file://` references may read: absolute paths separated by ':'
+   * (copied). A tarball is read only when its path, symlinks resolved, lies inside one of them and
+   * it is a regular file (a fifo or device is refused without blocking). NULL or "" (the default)
+   * refuses every oci-archive:file:// reference; oci-archive:http(s):// is not affected. */
+  const char *file_allowed_dirs;
 } oakuk_container_options;
 
-#define OAKUK_CONTAINER_OPTIONS_VERSION 1
-#define OAKUK_CONTAINER_OPTIONS_INIT {OAKUK_CONTAINER_OPTIONS_VERSION, NULL, NULL, 300, 3}
-/* Fills opts with defaults; OAKUK_EINVAL for an unknown version. */
+/* Version 1 ends at stop_grace_s: a version-1 caller's shorter struct is read (and filled by
+ * oakuk_container_options_init) only up to there; file_allowed_dirs then takes its default. */
+#define OAKUK_CONTAINER_OPTIONS_VERSION_1 1
+#define OAKUK_CONTAINER_OPTIONS_VERSION 2
+#define OAKUK_CONTAINER_OPTIONS_INIT                                                                         \
+  { OAKUK_CONTAINER_OPTIONS_VERSION, NULL, NULL, 300, 3, NULL }
+/* Fills opts (a struct of that version's size) with defaults; OAKUK_EINVAL for an unknown version. */
 OAKUK_API int oakuk_container_options_init(oakuk_container_options *opts, unsigned int version);
 
 /* A container runtime keeping its state under state_dir (created if missing). opts may be NULL.
@@ -45,9 +55,20 @@ OAKUK_API int oakuk_container_options_init(oakuk_container_options *opts, unsign
  * unknown", "authentication required", "digest mismatch", "unreachable"). Arguments come from the
  * spec's args (else the image's Entrypoint + Cmd), environment from the image's Env plus the
  * spec's env, working directory from the spec (else the image's WorkingDir). stdout and stderr go
- * to <state_dir>/instances/<name>/output.log; its last lines are the detail of DEAD/COMPLETED. */
-OAKUK_API oakuk_runtime *oakuk_container_runtime_new(const char *state_dir, const oakuk_container_options *opts,
-                                                     oakuk_error **error);
+ * to <state_dir>/instances/<name>/output.log; its last lines are the detail of DEAD/COMPLETED.
+ *
+ * Confinement (config.json): namespaces pid, ipc, uts, mount and the given network; capabilities
+ * AUDIT_WRITE, KILL and NET_BIND_SERVICE only; noNewPrivileges; no devices; masked and read-only
+ * /proc and /sys paths; and a seccomp profile (default allow, for the host's architectures and
+ * their 32-bit compat ones) under which the system calls a container never needs fail with EPERM:
+ * module and kexec loading, mount and the new mount API, pivot_root, swap, reboot, bpf,
+ * perf_event_open, the kernel keyring, ptrace and cross-process memory access, open_by_handle_at,
+ * userfaultfd, unshare, setns and clone with namespace flags (clone3 fails with ENOSYS, so libcs
+ * fall back to clone), io_uring, acct, quotactl, lookup_dcookie, iopl/ioperm, syslog, clock
+ * and time setting, and obsolete ones (the full list: oakuk_container_seccomp_syscalls in
+ * lib/container.c). */
+OAKUK_API oakuk_runtime *
+oakuk_container_runtime_new(const char *state_dir, const oakuk_container_options *opts, oakuk_error **error);
 
 /* Pulls reference (as oakuk_instance_spec_set_image) into <state_dir>/images for this node's
  * platform, blocking. username/password may be NULL (anonymous). On success *digest_out (may be
@@ -57,8 +78,8 @@ OAKUK_API oakuk_runtime *oakuk_container_runtime_new(const char *state_dir, cons
  * registry not marked insecure), OAKUK_EVERIFY (digest mismatch; nothing is cached),
  * OAKUK_EUNSUPPORTED (no manifest for this platform), OAKUK_EIO (unreachable, I/O). */
 OAKUK_API int oakuk_container_pull(const char *state_dir, const char *reference, const char *username,
-                                   const char *password, const oakuk_container_options *opts, char **digest_out,
-                                   oakuk_error **error);
+                                   const char *password, const oakuk_container_options *opts,
+                                   char **digest_out, oakuk_error **error);
 
 /* Packs directory dir as a single-layer OCI image for this node's platform (tar+gzip layer keeping
  * modes, owners and links; image config with PATH in Env; OCI manifest) and pushes it to the

@@ -11,8 +11,11 @@ OAKUK_BEGIN_DECLS
  * An image is an Oakestra tar or tar.gz holding `kernel`, optional `files/`, optional `initrd`
  * (or `initramfs.cpio`) and optional `oakuk.json` ({flavor, version, cmdline_style, cmdline_extra}),
  * or a bare kernel file (ELF, arm64 Image or x86 bzImage), which becomes an image holding only
- * `kernel`. Unpacking refuses absolute paths, `..` components, links leaving the tree, device,
- * fifo and socket files, and archives over the entry or size limits.
+ * `kernel`. Unpacking refuses absolute paths, `..` components, device, fifo and socket files,
+ * archives over the entry or size limits, and links leaving the tree: every entry's path and every
+ * link's target is resolved like the kernel would, through the links already extracted, and the
+ * links of the finished tree are checked again (a later link can redirect an earlier one). An
+ * entry whose path goes through a link that stays inside is written where the link leads.
  *
  * Cache layout: <dir>/<sha256 of (url + "\n" + expected sha256 or "")>/ holds `image.json` (the
  * manifest) and `tree/` (the unpacked image). Work happens in <dir>/.tmp-XXXXXX and is renamed
@@ -23,14 +26,35 @@ typedef struct oakuk_image_cache_options {
   uint64_t max_download_bytes; /* largest artifact accepted (default 1 GiB) */
   uint64_t max_unpacked_bytes; /* largest total of unpacked file data (default 4 GiB) */
   uint64_t max_entries;        /* most archive entries (default 100000) */
-  uint32_t timeout_s;          /* network inactivity timeout in seconds (default 300) */
-  uint32_t max_redirects;      /* most HTTP redirects followed (default 5) */
+  /* Deadline of one download, start to last byte, in seconds (default 300; 0 = none). Version 1
+   * documented it as an inactivity timeout: stall_timeout_s is that now. */
+  uint32_t timeout_s;
+  uint32_t max_redirects; /* most HTTP redirects followed (default 5) */
+  /* ---- version 2 ---- */
+  /* Seconds to establish each connection (TCP and TLS) of an http(s) download (default 10;
+   * 0 = none). */
+  uint32_t connect_timeout_s;
+  /* Seconds a download may go without receiving a byte, once connected (default 30; 0 = none). */
+  uint32_t stall_timeout_s;
+  /* The directories file:// URLs may read from: absolute paths separated by ':', copied by
+   * oakuk_image_cache_new. A file:// URL is fetched only when its path (after resolving symlinks)
+   * lies inside one of them, and only when it is a regular file (a fifo, socket or device is
+   * refused without blocking). NULL or "" (the default) refuses every file:// URL. */
+  const char *file_allowed_dirs;
 } oakuk_image_cache_options;
 
-#define OAKUK_IMAGE_CACHE_OPTIONS_VERSION 1
+/* Version 1 ends at max_redirects: callers built against it pass a struct of that size, which
+ * the library reads (and oakuk_image_cache_options_init fills) only up to there; version-2 fields
+ * then take their defaults. */
+#define OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1 1
+#define OAKUK_IMAGE_CACHE_OPTIONS_VERSION 2
 #define OAKUK_IMAGE_CACHE_OPTIONS_INIT                                                                       \
-  { OAKUK_IMAGE_CACHE_OPTIONS_VERSION, UINT64_C(1073741824), UINT64_C(4294967296), 100000, 300, 5 }
-/* Fills opts with defaults; returns OAKUK_EINVAL for an unknown version. */
+  {                                                                                                          \
+    OAKUK_IMAGE_CACHE_OPTIONS_VERSION, UINT64_C(1073741824), UINT64_C(4294967296), 100000, 300, 5, 10, 30,   \
+        NULL                                                                                                 \
+  }
+/* Fills opts (a struct of that version's size) with defaults; returns OAKUK_EINVAL for an unknown
+ * version. */
 OAKUK_API int oakuk_image_cache_options_init(oakuk_image_cache_options *opts, unsigned int version);
 
 /* An unpacked image in the cache. Opaque, refcounted; getters' strings are borrowed while the
@@ -40,7 +64,8 @@ OAKUK_API oakuk_image *oakuk_image_ref(oakuk_image *image);
 OAKUK_API void oakuk_image_unref(oakuk_image *image);
 /* The image's cache directory (<dir>/<key>). */
 OAKUK_API const char *oakuk_image_dir(const oakuk_image *image);
-/* Absolute path of the kernel. */
+/* Absolute path of the kernel. The kernel and the initrd are readable by every user: a QEMU
+ * running as an unprivileged user (oakuk_qemu_options.run_as) reads them. */
 OAKUK_API const char *oakuk_image_kernel(const oakuk_image *image);
 /* Absolute path of `initrd` or `initramfs.cpio`, or NULL. */
 OAKUK_API const char *oakuk_image_initrd(const oakuk_image *image);
@@ -62,8 +87,9 @@ OAKUK_API const char *oakuk_image_sha256(const oakuk_image *image);
 OAKUK_API const char *oakuk_image_url(const oakuk_image *image);
 
 /* A cache of images in a directory (created if missing). Stale .tmp-* work dirs are removed.
- * opts may be NULL (defaults); zero max_download_bytes, max_unpacked_bytes or max_entries are
- * OAKUK_EINVAL, timeout_s 0 means no timeout. The cache may be used from any thread. */
+ * opts may be NULL (defaults: file:// refused); zero max_download_bytes, max_unpacked_bytes or
+ * max_entries, and a file_allowed_dirs entry that is not an absolute path, are OAKUK_EINVAL (the
+ * error names the field). The cache may be used from any thread. */
 typedef struct oakuk_image_cache oakuk_image_cache;
 OAKUK_API oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cache_options *opts,
                                                    oakuk_error **error);
@@ -82,15 +108,38 @@ typedef void (*oakuk_image_done_cb)(oakuk_image *image, oakuk_error *error, void
  * same url + sha256 at once download once; both get the result. The work runs in a thread;
  * progress (may be NULL) and done are called on the GMainContext that is thread-default for the
  * caller of this function, progress never after done. Returns 0, or OAKUK_EINVAL (bad url or
- * sha256; done is then not called). */
+ * sha256) or OAKUK_EPERM (a file:// URL outside file_allowed_dirs); done is then not called.
+ * Downloads are bounded by connect_timeout_s, stall_timeout_s and timeout_s (OAKUK_ETIMEOUT,
+ * naming the option). */
 OAKUK_API int oakuk_image_cache_fetch(oakuk_image_cache *cache, const char *url, const char *sha256,
                                       oakuk_image_progress_cb progress, oakuk_image_done_cb done,
                                       void *user_data, oakuk_error **error);
-/* The same, blocking the calling thread; progress is called on the calling thread. Returns a new
- * reference, or NULL with *error set: OAKUK_EINVAL (bad url/sha256, malformed or corrupt image,
- * a size or entry limit exceeded), OAKUK_EVERIFY (sha256 mismatch), OAKUK_EPERM (unsafe archive
- * entry, HTTP 401/403), OAKUK_ENOTFOUND (HTTP 404/410, missing file), OAKUK_ETIMEOUT, OAKUK_EIO
- * (network or disk failure, too many redirects). */
+
+/* One fetch in flight, which its caller may cancel. Opaque, refcounted. */
+typedef struct oakuk_image_fetch oakuk_image_fetch;
+/* oakuk_image_cache_fetch that also returns a handle to the fetch in *fetch_out (a reference
+ * for the caller: oakuk_image_fetch_unref it, done called or not; unref does not cancel). On
+ * failure (as for oakuk_image_cache_fetch) *fetch_out is NULL. */
+OAKUK_API int oakuk_image_cache_fetch_start(oakuk_image_fetch **fetch_out, oakuk_image_cache *cache,
+                                            const char *url, const char *sha256,
+                                            oakuk_image_progress_cb progress, oakuk_image_done_cb done,
+                                            void *user_data, oakuk_error **error);
+/* Cancels the fetch, from any thread: unless done has already been called, it is called with
+ * OAKUK_ECANCELLED on the fetch's context at the context's next iteration, whatever the server
+ * or the file does, and never with an image; progress is not called any more. Other fetches of
+ * the same image are not affected; the shared download itself stops once every fetch waiting for
+ * it has been cancelled, and leaves nothing in the cache. A second cancel, or one after done, does
+ * nothing. NULL is a no-op. */
+OAKUK_API void oakuk_image_fetch_cancel(oakuk_image_fetch *fetch);
+OAKUK_API oakuk_image_fetch *oakuk_image_fetch_ref(oakuk_image_fetch *fetch);
+OAKUK_API void oakuk_image_fetch_unref(oakuk_image_fetch *fetch);
+
+/* The same as oakuk_image_cache_fetch, blocking the calling thread; progress is called on the
+ * calling thread. Returns a new reference, or NULL with *error set: OAKUK_EINVAL (bad url/sha256,
+ * malformed or corrupt image, a size or entry limit exceeded), OAKUK_EVERIFY (sha256 mismatch),
+ * OAKUK_EPERM (unsafe archive entry, HTTP 401/403, a file:// URL outside file_allowed_dirs or not
+ * a regular file), OAKUK_ENOTFOUND (HTTP 404/410, missing file), OAKUK_ETIMEOUT (connect, stall or
+ * total deadline), OAKUK_EIO (network or disk failure, too many redirects). */
 OAKUK_API oakuk_image *oakuk_image_cache_fetch_sync(oakuk_image_cache *cache, const char *url,
                                                     const char *sha256, oakuk_image_progress_cb progress,
                                                     void *user_data, oakuk_error **error);

@@ -16,10 +16,28 @@ typedef struct {
   bool allow_emulation;
   /* Directories searched for qemu-system-<arch>, ':'-separated; NULL = $PATH. */
   const char *search_path;
+  /* ---- version 2 ---- */
+  /* The unprivileged user every QEMU of the runtime runs as: a name or a numeric uid (copied).
+   * The runtime opens what QEMU needs itself (kernel, initrd, serial log, QMP socket, tap,
+   * vhost-net, the files/ copy, which it gives to the user) and passes the descriptors; the forked
+   * child joins the cgroups and the network namespace, takes the user's uid, gid and groups (plus
+   * /dev/kvm's group for KVM guests) and sets no_new_privs before it executes QEMU, so QEMU never
+   * runs with privileges, not even while it parses the kernel. The kernel and initrd must be
+   * readable by the user (the image cache makes them world-readable). oakuk_qemu_runtime_new
+   * fails (OAKUK_EINVAL, path "run_as") when the user does not exist or is root, and a deploy fails
+   * when it has gone. NULL (the default) keeps the caller's uid: only for callers that are not root
+   * themselves; a root caller then gets a logged message. Every QEMU also runs under
+   * -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny. */
+  const char *run_as;
 } oakuk_qemu_options;
 
-#define OAKUK_QEMU_OPTIONS_VERSION 1
-#define OAKUK_QEMU_OPTIONS_INIT {OAKUK_QEMU_OPTIONS_VERSION, false, NULL}
+/* Version 1 ends at search_path: a version-1 caller's shorter struct is read (and filled by
+ * oakuk_qemu_options_init) only up to there; run_as then takes its default. */
+#define OAKUK_QEMU_OPTIONS_VERSION_1 1
+#define OAKUK_QEMU_OPTIONS_VERSION 2
+#define OAKUK_QEMU_OPTIONS_INIT                                                                              \
+  { OAKUK_QEMU_OPTIONS_VERSION, false, NULL, NULL }
+/* Fills opts (a struct of that version's size) with defaults; OAKUK_EINVAL for an unknown version. */
 OAKUK_API int oakuk_qemu_options_init(oakuk_qemu_options *opts, unsigned int version);
 
 /* ---- probe ---- */
@@ -60,7 +78,10 @@ OAKUK_API char *oakuk_qemu_caps_to_json(const oakuk_qemu_caps *caps);
  * (serial.log, qmp.sock, files/). qemu_binary NULL = "qemu-system-<arch>". Checks the kernel
  * exists and matches the spec's architecture, detects flavor/version when unset, refuses
  * arguments with spaces, quotes, backslashes or control characters. On success *argv_out is a
- * NULL-terminated array (free with oakuk_qemu_argv_free) and *argc_out its length. */
+ * NULL-terminated array (free with oakuk_qemu_argv_free) and *argc_out its length. The command
+ * names its files by path, for a caller that runs it as it is; it carries the runtime's -sandbox
+ * option but not the runtime's privilege drop (no -runas: QEMU 7.2 installs its seccomp filter
+ * before -runas changes the uid, so with elevateprivileges=deny the change is killed). */
 OAKUK_API int oakuk_qemu_build_argv(char ***argv_out, size_t *argc_out, const oakuk_instance_spec *spec,
                                     const char *instance_dir, const char *qemu_binary, oakuk_error **error);
 OAKUK_API void oakuk_qemu_argv_free(char **argv);

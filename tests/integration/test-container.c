@@ -6,13 +6,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
 #include <gio/gio.h>
-#include <libsoup/soup.h>
 #include <glib/gstdio.h>
+#include <libsoup/soup.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,10 +27,10 @@ typedef struct {
 
 static Registry reg_open, reg_auth;
 static Registry reg_tmp; /* stopped by /container/pull/cached-resolution */
-static char *work;     /* scratch dir for rootfs trees */
-static char *ns_name;  /* scratch netns */
-static char *veth;     /* host end */
-static char *busybox;  /* "<reg_open>/test/busybox:1" */
+static char *work;       /* scratch dir for rootfs trees */
+static char *ns_name;    /* scratch netns */
+static char *veth;       /* host end */
+static char *busybox;    /* "<reg_open>/test/busybox:1" */
 
 /* ---- process helpers ---- */
 
@@ -38,8 +38,8 @@ static gboolean run(const char *cmdline) {
   g_auto(GStrv) argv = g_strsplit(cmdline, " ", -1);
   int status = 0;
   g_autofree char *err = NULL;
-  if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL, &err,
-                    &status, NULL) ||
+  if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
+                    &err, &status, NULL) ||
       !g_spawn_check_wait_status(status, NULL)) {
     g_test_message("%s: %s", cmdline, err ? err : "failed");
     return FALSE;
@@ -48,7 +48,8 @@ static gboolean run(const char *cmdline) {
 }
 
 static guint16 free_port(void) {
-  g_autoptr(GSocket) s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr(GSocket) s =
+      g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
   g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
   g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, 0);
   g_assert_true(g_socket_bind(s, a, FALSE, NULL));
@@ -58,13 +59,17 @@ static guint16 free_port(void) {
 
 /* A bcrypt htpasswd line made with python3's crypt module (libxcrypt). */
 static char *htpasswd_line(void) {
-  const char *argv[] = {"python3", "-W", "ignore", "-c",
+  const char *argv[] = {"python3",
+                        "-W",
+                        "ignore",
+                        "-c",
                         "import crypt,sys; print('" USER ":' + crypt.crypt('" PASS
                         "', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
                         NULL};
   g_autofree char *out = NULL;
   int status;
-  g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, NULL, &status, NULL));
+  g_assert_true(
+      g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, NULL, &status, NULL));
   g_assert_true(g_spawn_check_wait_status(status, NULL));
   g_assert_true(strstr(out, ":$2"));
   return g_steal_pointer(&out);
@@ -95,9 +100,9 @@ static void registry_start(Registry *r, gboolean auth) {
   int logfd = open(logp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   const char *argv[] = {"/usr/bin/docker-registry", "serve", cfg, NULL};
   GError *err = NULL;
-  gboolean ok = g_spawn_async_with_pipes_and_fds(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL,
-                                                 NULL, NULL, -1, logfd, logfd, NULL, NULL, 0, &r->pid, NULL, NULL,
-                                                 NULL, &err);
+  gboolean ok = g_spawn_async_with_pipes_and_fds(
+      NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL, NULL, NULL, -1, logfd, logfd,
+      NULL, NULL, 0, &r->pid, NULL, NULL, NULL, &err);
   close(logfd);
   g_assert_no_error(err);
   g_assert_true(ok);
@@ -339,13 +344,14 @@ static char *http_get(const char *ip, guint16 port) {
   if (!conn)
     return NULL;
   const char *req = "GET /index.html HTTP/1.0\r\n\r\n";
-  if (!g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), req, strlen(req), NULL, NULL,
-                                 NULL))
+  if (!g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), req, strlen(req), NULL,
+                                 NULL, NULL))
     return NULL;
   GString *resp = g_string_new(NULL);
   char buf[4096];
   gssize n;
-  while ((n = g_input_stream_read(g_io_stream_get_input_stream(G_IO_STREAM(conn)), buf, sizeof buf, NULL, NULL)) > 0)
+  while ((n = g_input_stream_read(g_io_stream_get_input_stream(G_IO_STREAM(conn)), buf, sizeof buf, NULL,
+                                  NULL)) > 0)
     g_string_append_len(resp, buf, n);
   return g_string_free(resp, FALSE);
 }
@@ -419,7 +425,8 @@ static void test_httpd_in_netns(Fx *f, gconstpointer data) {
   g_assert_cmpint(kb, <, 64 * 1024);
   g_assert_cmpint(oakuk_runtime_stats(f->rt, name, &cpu, &rss, NULL), ==, 0);
   g_assert_cmpfloat(cpu, >=, 0);
-  g_autofree char *limit_path = g_build_filename("/sys/fs/cgroup/memory/oakuk", name, "memory.limit_in_bytes", NULL);
+  g_autofree char *limit_path =
+      g_build_filename("/sys/fs/cgroup/memory/oakuk", name, "memory.limit_in_bytes", NULL);
   g_autofree char *limit = NULL;
   if (g_file_get_contents(limit_path, &limit, NULL, NULL))
     g_assert_cmpint(g_ascii_strtoll(limit, NULL, 10), ==, 64 * 1024 * 1024);
@@ -520,15 +527,15 @@ static void test_auth(Fx *f, gconstpointer data) {
   g_autofree char *tree = make_rootfs("authroot", "amd64");
   oakuk_error *err = NULL;
   /* Pushing without credentials is refused; with them it works. */
-  g_assert_cmpint(oakuk_container_build_rootfs_image(tree, reg_auth.addr, "test/private", "1", NULL, NULL, NULL, NULL,
-                                                     &err),
+  g_assert_cmpint(oakuk_container_build_rootfs_image(tree, reg_auth.addr, "test/private", "1", NULL, NULL,
+                                                     NULL, NULL, &err),
                   ==, OAKUK_EPERM);
   g_assert_nonnull(strstr(oakuk_error_message(err), "authentication required"));
   oakuk_error_free(err);
   err = NULL;
   char *digest = NULL;
-  int rc = oakuk_container_build_rootfs_image(tree, reg_auth.addr, "test/private", "1", USER, PASS, NULL, &digest,
-                                              &err);
+  int rc = oakuk_container_build_rootfs_image(tree, reg_auth.addr, "test/private", "1", USER, PASS, NULL,
+                                              &digest, &err);
   if (rc)
     g_error("push with credentials: %s", oakuk_error_message(err));
   g_autofree char *img = g_strdup_printf("%s/test/private:1", reg_auth.addr);
@@ -563,7 +570,8 @@ static void test_multi_arch(Fx *f, gconstpointer data) {
       ",\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}}]}",
       arm_d, arm_size, amd_d, amd_size);
   g_autoptr(GBytes) ib = g_bytes_new(index, strlen(index));
-  g_autofree char *index_d = oakuk_oci_client_push_manifest(c, "test/multi", "multi", OAKUK_OCI_MEDIA_INDEX, ib, &gerr);
+  g_autofree char *index_d =
+      oakuk_oci_client_push_manifest(c, "test/multi", "multi", OAKUK_OCI_MEDIA_INDEX, ib, &gerr);
   g_assert_no_error(gerr);
 
   g_autofree char *ref = g_strdup_printf("%s/test/multi:multi", reg_open.addr);
@@ -574,7 +582,8 @@ static void test_multi_arch(Fx *f, gconstpointer data) {
     g_error("pull %s: %s", ref, oakuk_error_message(err));
   g_assert_cmpstr(oakuk_container_platform_arch(), ==, "amd64");
   g_assert_cmpstr(digest, ==, amd_d);
-  g_autofree char *archf = g_build_filename(f->state, "images", "unpacked", digest + 7, "rootfs", "arch", NULL);
+  g_autofree char *archf =
+      g_build_filename(f->state, "images", "unpacked", digest + 7, "rootfs", "arch", NULL);
   g_autofree char *text = NULL;
   g_assert_true(g_file_get_contents(archf, &text, NULL, NULL));
   g_assert_cmpstr(text, ==, "amd64");
@@ -587,7 +596,8 @@ static void test_multi_arch(Fx *f, gconstpointer data) {
       ",\"platform\":{\"architecture\":\"arm64\",\"os\":\"linux\"}}]}",
       arm_d, arm_size);
   g_autoptr(GBytes) ob = g_bytes_new(only_arm, strlen(only_arm));
-  g_autofree char *od = oakuk_oci_client_push_manifest(c, "test/multi", "armonly", OAKUK_OCI_MEDIA_INDEX, ob, &gerr);
+  g_autofree char *od =
+      oakuk_oci_client_push_manifest(c, "test/multi", "armonly", OAKUK_OCI_MEDIA_INDEX, ob, &gerr);
   g_assert_no_error(gerr);
   g_autofree char *ref2 = g_strdup_printf("%s/test/multi:armonly", reg_open.addr);
   g_assert_cmpint(oakuk_container_pull(f->state, ref2, NULL, NULL, NULL, NULL, &err), ==, OAKUK_EUNSUPPORTED);
@@ -598,8 +608,8 @@ static void test_multi_arch(Fx *f, gconstpointer data) {
 
 /* Replaces the registry's stored copy of a blob with other bytes. */
 static void tamper_blob(Registry *r, const char *digest) {
-  g_autofree char *path = g_strdup_printf("%s/data/docker/registry/v2/blobs/sha256/%.2s/%s/data", r->dir, digest + 7,
-                                          digest + 7);
+  g_autofree char *path =
+      g_strdup_printf("%s/data/docker/registry/v2/blobs/sha256/%.2s/%s/data", r->dir, digest + 7, digest + 7);
   g_autofree char *data = NULL;
   gsize n;
   g_assert_true(g_file_get_contents(path, &data, &n, NULL));
@@ -617,7 +627,8 @@ static void test_tampered(Fx *f, gconstpointer data) {
   g_autoptr(GBytes) mb = oakuk_oci_client_get_manifest(c, "test/tamper", "1", &mt, &d, &gerr);
   g_assert_no_error(gerr);
   g_autoptr(JsonParser) p = json_parser_new();
-  g_assert_true(json_parser_load_from_data(p, g_bytes_get_data(mb, NULL), (gssize)g_bytes_get_size(mb), NULL));
+  g_assert_true(
+      json_parser_load_from_data(p, g_bytes_get_data(mb, NULL), (gssize)g_bytes_get_size(mb), NULL));
   JsonObject *m = json_node_get_object(json_parser_get_root(p));
   const char *layer = json_object_get_string_member(
       json_array_get_object_element(json_object_get_array_member(m, "layers"), 0), "digest");
@@ -679,9 +690,19 @@ static void test_oci_archive(Fx *f, gconstpointer data) {
   g_assert_true(run(cmd));
   g_free(mt);
 
-  /* A fresh runtime state: everything comes from the archive. */
-  g_autofree char *name = iname("archive");
+  /* By default no oci-archive:file:// is read: the deploy fails naming the option. */
   g_autofree char *ref = g_strdup_printf("oci-archive:file://%s", tarball);
+  expect_failed(f, "archive-refused", ref, NULL, NULL, "file_allowed_dirs names no directory");
+  /* A runtime whose file_allowed_dirs holds the tarball: everything comes from the archive. */
+  oakuk_runtime_unref(f->rt);
+  oakuk_container_options o = OAKUK_CONTAINER_OPTIONS_INIT;
+  o.file_allowed_dirs = work;
+  oakuk_error *oerr = NULL;
+  f->rt = oakuk_container_runtime_new(f->state, &o, &oerr);
+  if (!f->rt)
+    g_error("runtime: %s", oakuk_error_message(oerr));
+  oakuk_runtime_set_status_callback(f->rt, on_status, f);
+  g_autofree char *name = iname("archive");
   oakuk_instance_spec *s = ctr_spec(name, ref);
   oakuk_instance_spec_set_one_shot(s, true);
   oakuk_instance_spec_add_arg(s, "cat");
@@ -693,6 +714,34 @@ static void test_oci_archive(Fx *f, gconstpointer data) {
   g_assert_cmpstr(md, ==, digest);
   g_free(md);
   oakuk_free(digest);
+  undeploy_and_check_gone(f, name);
+}
+
+/* The seccomp profile holds in a real container: unshare(CLONE_NEWUSER), which an unprivileged
+ * process may otherwise call (and does succeed in a runc container without the profile), fails
+ * with EPERM; the process runs in seccomp filter mode; ordinary work goes on. */
+static void test_seccomp(Fx *f, gconstpointer data) {
+  g_autofree char *name = iname("seccomp");
+  oakuk_instance_spec *s = ctr_spec(name, busybox);
+  oakuk_instance_spec_set_one_shot(s, true);
+  oakuk_instance_spec_add_arg(s, "sh");
+  oakuk_instance_spec_add_arg(s, "-c");
+  oakuk_instance_spec_add_arg(s, "m=$(busybox unshare -U echo inside 2>&1); u=$?; "
+                                 "s=$(busybox awk '/^Seccomp:/ {print $2}' /proc/self/status); "
+                                 "w=$(echo ok | cat); echo \"result unshare=$u seccomp=$s pipe=$w [$m]\"");
+  deploy(f, s);
+  oakuk_instance_spec_unref(s);
+  Event *e = wait_status(f, name, OAKUK_STATUS_COMPLETED, 60);
+  g_test_message("%s", e->detail);
+  g_assert_nonnull(strstr(e->detail, "result unshare=1 seccomp=2 pipe=ok"));
+  g_assert_nonnull(strstr(e->detail, "Operation not permitted"));
+  g_assert_null(strstr(e->detail, "[inside]"));
+  g_autofree char *cfg = g_build_filename(f->state, "instances", name, "bundle", "config.json", NULL);
+  g_autofree char *text = NULL;
+  g_assert_true(g_file_get_contents(cfg, &text, NULL, NULL));
+  const char *native = strcmp(oakuk_container_platform_arch(), "arm64") == 0 ? "\"SCMP_ARCH_AARCH64\""
+                                                                             : "\"SCMP_ARCH_X86_64\"";
+  g_assert_nonnull(strstr(text, native));
   undeploy_and_check_gone(f, name);
 }
 
@@ -717,7 +766,8 @@ typedef struct {
 
 static void front_challenge(BearerFront *b, SoupServerMessage *msg) {
   g_autofree char *hdr = g_strdup_printf("Bearer realm=\"http://127.0.0.1:%u/token\",service=\"test\","
-                                         "scope=\"repository:oakuk/busybox:pull\"", b->port);
+                                         "scope=\"repository:oakuk/busybox:pull\"",
+                                         b->port);
   soup_message_headers_replace(soup_server_message_get_response_headers(msg), "WWW-Authenticate", hdr);
   const char *body = "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication required\"}]}";
   soup_server_message_set_status(msg, 401, NULL);
@@ -759,8 +809,8 @@ static void front_handler(SoupServer *server, SoupServerMessage *msg, const char
   }
   g_atomic_int_inc(&b->authorized);
   /* Proxied to the open registry's test/busybox. */
-  g_autofree char *url = g_strdup_printf("http://%s/v2/test/busybox/%s", reg_open.addr,
-                                         path + strlen("/v2/oakuk/busybox/"));
+  g_autofree char *url =
+      g_strdup_printf("http://%s/v2/test/busybox/%s", reg_open.addr, path + strlen("/v2/oakuk/busybox/"));
   g_autoptr(SoupMessage) up = soup_message_new(soup_server_message_get_method(msg), url);
   const char *accept = soup_message_headers_get_one(req, "Accept");
   if (accept)
@@ -868,7 +918,8 @@ static void test_bearer(Fx *f, gconstpointer data) {
   char *open_digest = NULL;
   g_assert_cmpint(oakuk_container_pull(f->state, busybox, NULL, NULL, NULL, &open_digest, &err), ==, 0);
   g_assert_cmpstr(digest, ==, open_digest);
-  g_autofree char *bb = g_build_filename(f->state, "images", "unpacked", digest + 7, "rootfs", "bin", "busybox", NULL);
+  g_autofree char *bb =
+      g_build_filename(f->state, "images", "unpacked", digest + 7, "rootfs", "bin", "busybox", NULL);
   g_assert_true(g_file_test(bb, G_FILE_TEST_IS_REGULAR));
 
   /* The cached resolution of a private image is not handed to someone without the credentials. */
@@ -937,7 +988,8 @@ int main(int argc, char **argv) {
   start_reaper();
   g_autofree char *tree = make_rootfs("busybox", "amd64");
   oakuk_error *err = NULL;
-  if (oakuk_container_build_rootfs_image(tree, reg_open.addr, "test/busybox", "1", NULL, NULL, NULL, NULL, &err))
+  if (oakuk_container_build_rootfs_image(tree, reg_open.addr, "test/busybox", "1", NULL, NULL, NULL, NULL,
+                                         &err))
     g_error("push busybox: %s", oakuk_error_message(err));
   busybox = g_strdup_printf("%s/test/busybox:1", reg_open.addr);
 
@@ -945,6 +997,7 @@ int main(int argc, char **argv) {
   ADD("/container/run/httpd-in-netns", test_httpd_in_netns);
   ADD("/container/run/one-shot", test_one_shot);
   ADD("/container/run/stop-and-adopt", test_stop_and_adopt);
+  ADD("/container/run/seccomp", test_seccomp);
   ADD("/container/pull/missing-tag", test_missing_tag);
   ADD("/container/pull/unreachable", test_unreachable);
   ADD("/container/pull/auth", test_auth);

@@ -4,9 +4,16 @@
 #include "oakuk-private.h"
 #include "test-http-server.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
   char *root;  /* files the server serves */
@@ -74,9 +81,18 @@ static void fixture_teardown(Fixture *f, gconstpointer data) {
   g_free(f->image_sha);
 }
 
-static oakuk_image_cache *new_cache(Fixture *f, const oakuk_image_cache_options *o) {
+/* A cache with opts (NULL: defaults) whose file:// URLs may read the fixture's root and the test
+ * guests unless opts names its own file_allowed_dirs. */
+static oakuk_image_cache *new_cache(Fixture *f, const oakuk_image_cache_options *opts) {
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  if (opts)
+    o = *opts;
+  g_autofree char *allowed = g_strdup_printf(
+      "%s:%s", f->root, g_getenv("OAKUK_GUESTS_DIR") ? g_getenv("OAKUK_GUESTS_DIR") : "/nonexistent");
+  if (o.file_allowed_dirs == NULL)
+    o.file_allowed_dirs = allowed;
   oakuk_error *err = NULL;
-  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, o, &err);
+  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, &o, &err);
   g_assert_null(err);
   return c;
 }
@@ -254,6 +270,406 @@ static void test_cache_reuse(Fixture *f, gconstpointer data) {
   oakuk_image_cache_unref(c);
 }
 
+/* ---- a raw TCP server that misbehaves on purpose, in its own threads ---- */
+
+typedef enum {
+  RAW_TRICKLE, /* answers 200 with a Content-Length, then one byte per interval */
+  RAW_SILENT,  /* reads the request, never answers */
+  RAW_MUTE,    /* accepts, never reads nor writes (a TLS client waits for the handshake forever) */
+} RawMode;
+
+typedef struct {
+  int listen_fd;
+  int port;
+  RawMode mode;
+  guint interval_ms;
+  guint64 length;
+  int stop[2];
+  GThread *thread;
+  GPtrArray *handlers; /* GThread*, joined at the end; guarded by lock */
+  GMutex lock;
+  gint accepted;    /* connections accepted (atomic) */
+  gint peer_closed; /* connections the client closed (atomic) */
+} RawServer;
+
+typedef struct {
+  RawServer *s;
+  int fd;
+} RawConn;
+
+/* Waits for fd to be readable, the stop pipe, or timeout_ms: 1 readable, 0 timeout, -1 stop. */
+static int raw_wait(RawServer *s, int fd, int timeout_ms) {
+  struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = s->stop[0], .events = POLLIN}};
+  int n = poll(p, 2, timeout_ms);
+  if (n > 0 && p[1].revents)
+    return -1;
+  return n > 0 ? 1 : 0;
+}
+
+static gpointer raw_conn_main(gpointer data) {
+  RawConn *c = data;
+  RawServer *s = c->s;
+  char buf[4096];
+  gsize got = 0;
+  gboolean closed = FALSE;
+  if (s->mode != RAW_MUTE) {
+    /* The request, up to its blank line. */
+    while (!closed && !g_strstr_len(buf, (gssize)got, "\r\n\r\n") && got < sizeof buf - 1) {
+      int w = raw_wait(s, c->fd, -1);
+      if (w < 0)
+        goto out;
+      ssize_t n = read(c->fd, buf + got, sizeof buf - 1 - got);
+      closed = n <= 0;
+      got += n > 0 ? (gsize)n : 0;
+    }
+  }
+  if (!closed && s->mode == RAW_TRICKLE) {
+    g_autofree char *head = g_strdup_printf("HTTP/1.1 200 OK\r\nContent-Length: %" G_GUINT64_FORMAT
+                                            "\r\nContent-Type: application/octet-stream\r\n\r\n",
+                                            s->length);
+    closed = send(c->fd, head, strlen(head), MSG_NOSIGNAL) < 0;
+  }
+  while (!closed) {
+    int w = raw_wait(s, c->fd, s->mode == RAW_TRICKLE ? (int)s->interval_ms : -1);
+    if (w < 0)
+      goto out;
+    if (w > 0) {
+      closed = read(c->fd, buf, sizeof buf) <= 0;
+    } else if (send(c->fd, "x", 1, MSG_NOSIGNAL) < 0) {
+      closed = TRUE;
+    }
+  }
+  g_atomic_int_inc(&s->peer_closed);
+out:
+  close(c->fd);
+  g_free(c);
+  return NULL;
+}
+
+static gpointer raw_accept_main(gpointer data) {
+  RawServer *s = data;
+  for (;;) {
+    if (raw_wait(s, s->listen_fd, -1) < 0)
+      return NULL;
+    int fd = accept(s->listen_fd, NULL, NULL);
+    if (fd < 0)
+      continue;
+    g_atomic_int_inc(&s->accepted);
+    RawConn *c = g_new0(RawConn, 1);
+    c->s = s;
+    c->fd = fd;
+    g_mutex_lock(&s->lock);
+    g_ptr_array_add(s->handlers, g_thread_new("raw-conn", raw_conn_main, c));
+    g_mutex_unlock(&s->lock);
+  }
+}
+
+static RawServer *raw_server_new(RawMode mode, guint interval_ms, guint64 length) {
+  RawServer *s = g_new0(RawServer, 1);
+  s->mode = mode;
+  s->interval_ms = interval_ms;
+  s->length = length;
+  s->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  g_assert_cmpint(bind(s->listen_fd, (struct sockaddr *)&a, sizeof a), ==, 0);
+  g_assert_cmpint(listen(s->listen_fd, 16), ==, 0);
+  g_assert_cmpint(getsockname(s->listen_fd, (struct sockaddr *)&a, &len), ==, 0);
+  s->port = ntohs(a.sin_port);
+  g_assert_cmpint(pipe2(s->stop, O_CLOEXEC), ==, 0);
+  g_mutex_init(&s->lock);
+  s->handlers = g_ptr_array_new();
+  s->thread = g_thread_new("raw-accept", raw_accept_main, s);
+  return s;
+}
+
+static void raw_server_free(RawServer *s) {
+  g_assert_cmpint(write(s->stop[1], "x", 1), ==, 1);
+  g_thread_join(s->thread);
+  for (guint k = 0; k < s->handlers->len; k++)
+    g_thread_join(s->handlers->pdata[k]);
+  g_ptr_array_unref(s->handlers);
+  close(s->listen_fd);
+  close(s->stop[0]);
+  close(s->stop[1]);
+  g_mutex_clear(&s->lock);
+  g_free(s);
+}
+
+static char *raw_url(RawServer *s, const char *scheme) {
+  return g_strdup_printf("%s://127.0.0.1:%d/image.tar.gz", scheme, s->port);
+}
+
+/* Fetches url expecting OAKUK_ETIMEOUT naming option, between min_s and max_s seconds. */
+static void expect_timeout(Fixture *f, const oakuk_image_cache_options *o, const char *url,
+                           const char *option, double min_s, double max_s) {
+  oakuk_image_cache *c = new_cache(f, o);
+  oakuk_error *err = NULL;
+  gint64 t0 = g_get_monotonic_time();
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  double took = (double)(g_get_monotonic_time() - t0) / 1e6;
+  g_assert_null(img);
+  g_assert_nonnull(err);
+  g_test_message("%s after %.2f s: %s", option, took, oakuk_error_message(err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_ETIMEOUT);
+  g_autofree char *needle = g_strdup_printf("(%s)", option);
+  if (!strstr(oakuk_error_message(err), needle) || !strstr(oakuk_error_message(err), url))
+    g_error("\"%s\" lacks \"%s\" or the URL", oakuk_error_message(err), needle);
+  g_assert_cmpfloat(took, >=, min_s);
+  g_assert_cmpfloat(took, <=, max_s);
+  oakuk_error_free(err);
+  assert_cache_empty(f->cache);
+  oakuk_image_cache_unref(c);
+}
+
+/* The server: one byte every 2 s. The stall timeout ends it, not a 300 s inactivity wait. */
+static void test_stall_timeout(Fixture *f, gconstpointer data) {
+  RawServer *s = raw_server_new(RAW_TRICKLE, 2000, 1000);
+  g_autofree char *url = raw_url(s, "http");
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  o.stall_timeout_s = 1;
+  expect_timeout(f, &o, url, "stall_timeout_s", 0.9, 4.0);
+  /* A server that takes the request and never answers stalls too. */
+  RawServer *silent = raw_server_new(RAW_SILENT, 0, 0);
+  g_autofree char *url2 = raw_url(silent, "http");
+  expect_timeout(f, &o, url2, "stall_timeout_s", 0.9, 4.0);
+  raw_server_free(silent);
+  raw_server_free(s);
+}
+
+/* A byte every 300 ms never stalls for a second, but the whole download has a deadline. */
+static void test_total_deadline(Fixture *f, gconstpointer data) {
+  RawServer *s = raw_server_new(RAW_TRICKLE, 300, 100000);
+  g_autofree char *url = raw_url(s, "http");
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  o.stall_timeout_s = 1;
+  o.timeout_s = 2;
+  expect_timeout(f, &o, url, "timeout_s", 1.9, 5.0);
+  raw_server_free(s);
+}
+
+/* https to a server that accepts and never speaks TLS: the connection is never established. */
+static void test_connect_timeout(Fixture *f, gconstpointer data) {
+  RawServer *s = raw_server_new(RAW_MUTE, 0, 0);
+  g_autofree char *url = raw_url(s, "https");
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  o.connect_timeout_s = 1;
+  o.stall_timeout_s = 20;
+  expect_timeout(f, &o, url, "connect_timeout_s", 0.9, 4.0);
+  raw_server_free(s);
+}
+
+typedef struct {
+  gboolean done;
+  gint64 done_us;
+  int32_t code;
+  char *message;
+  oakuk_image *image;
+  int progress;
+} FetchResult;
+
+static void result_done(oakuk_image *image, oakuk_error *error, void *user_data) {
+  FetchResult *r = user_data;
+  g_assert_false(r->done);
+  r->done = TRUE;
+  r->done_us = g_get_monotonic_time();
+  r->code = error ? oakuk_error_code(error) : 0;
+  r->message = error ? g_strdup(oakuk_error_message(error)) : NULL;
+  r->image = image ? oakuk_image_ref(image) : NULL;
+}
+
+static void result_progress(int64_t bytes, int64_t total, void *user_data) {
+  FetchResult *r = user_data;
+  g_assert_false(r->done);
+  r->progress++;
+}
+
+static void result_clear(FetchResult *r) {
+  g_free(r->message);
+  oakuk_image_unref(r->image);
+  memset(r, 0, sizeof *r);
+}
+
+static gboolean tick(gpointer data) {
+  return G_SOURCE_CONTINUE;
+}
+
+/* Runs the default context until cond(data) or timeout_s; returns whether cond held. */
+static gboolean run_until(gboolean (*cond)(gpointer), gpointer data, double timeout_s) {
+  gint64 end = g_get_monotonic_time() + (gint64)(timeout_s * 1e6);
+  guint t = g_timeout_add(10, tick, NULL);
+  while (!cond(data) && g_get_monotonic_time() < end)
+    g_main_context_iteration(NULL, TRUE);
+  g_source_remove(t);
+  return cond(data);
+}
+
+static gboolean is_done(gpointer data) {
+  return ((FetchResult *)data)->done;
+}
+
+static gboolean peer_closed(gpointer data) {
+  return g_atomic_int_get(&((RawServer *)data)->peer_closed) > 0;
+}
+
+static gboolean accepted_one(gpointer data) {
+  return g_atomic_int_get(&((RawServer *)data)->accepted) > 0;
+}
+
+static gboolean cache_is_empty(gpointer data) {
+  GDir *d = g_dir_open(data, 0, NULL);
+  gboolean empty = d && g_dir_read_name(d) == NULL;
+  if (d)
+    g_dir_close(d);
+  return empty;
+}
+
+static gboolean no_work_dirs(gpointer data) {
+  GDir *d = g_dir_open(data, 0, NULL);
+  const char *name;
+  gboolean none = d != NULL;
+  while (d && (name = g_dir_read_name(d)))
+    none = none && !g_str_has_prefix(name, ".tmp-");
+  if (d)
+    g_dir_close(d);
+  return none;
+}
+
+static gboolean nothing(gpointer data) {
+  return FALSE;
+}
+
+/* Cancelling a fetch stuck on a slow server: done says OAKUK_ECANCELLED within a second, the
+ * connection is dropped and nothing stays in the cache. */
+static void test_cancel(Fixture *f, gconstpointer data) {
+  RawServer *s = raw_server_new(RAW_TRICKLE, 2000, 1000);
+  g_autofree char *url = raw_url(s, "http");
+  oakuk_image_cache *c = new_cache(f, NULL);
+  FetchResult r = {0};
+  oakuk_image_fetch *fetch = NULL;
+  g_assert_cmpint(oakuk_image_cache_fetch_start(&fetch, c, url, NULL, result_progress, result_done, &r, NULL),
+                  ==, 0);
+  g_assert_nonnull(fetch);
+  g_assert_true(run_until(accepted_one, s, 5));
+  run_until(nothing, NULL, 0.3);
+  g_assert_false(r.done);
+  gint64 t0 = g_get_monotonic_time();
+  oakuk_image_fetch_cancel(fetch);
+  g_assert_true(run_until(is_done, &r, 1.0));
+  g_test_message("cancelled: done after %.3f s: %s", (double)(r.done_us - t0) / 1e6, r.message);
+  g_assert_cmpint(r.code, ==, OAKUK_ECANCELLED);
+  g_assert_nonnull(strstr(r.message, url));
+  g_assert_null(r.image);
+  /* The download stops: the server sees its connection closed; the work dir goes. */
+  g_assert_true(run_until(peer_closed, s, 3.0));
+  g_assert_true(run_until(cache_is_empty, f->cache, 3.0));
+  /* Cancelling again, or after done, does nothing. */
+  oakuk_image_fetch_cancel(fetch);
+  run_until(nothing, NULL, 0.2);
+  oakuk_image_fetch_unref(fetch);
+  result_clear(&r);
+  oakuk_image_cache_unref(c);
+  raw_server_free(s);
+}
+
+/* Two fetches share one download: cancelling one leaves the other's intact (here it completes);
+ * cancelling both stops the download; a fetch after that starts a new download. */
+static void test_cancel_shared(Fixture *f, gconstpointer data) {
+  oakuk_test_http_server_set_slow(f->server, 256 * 1024, 150);
+  g_autofree char *slow = oakuk_test_http_server_url_for(f->server, "/slow/image.tar.gz");
+  oakuk_image_cache *c = new_cache(f, NULL);
+  FetchResult a = {0}, b = {0};
+  oakuk_image_fetch *fa = NULL, *fb = NULL;
+  g_assert_cmpint(
+      oakuk_image_cache_fetch_start(&fa, c, slow, f->image_sha, result_progress, result_done, &a, NULL), ==,
+      0);
+  g_assert_cmpint(
+      oakuk_image_cache_fetch_start(&fb, c, slow, f->image_sha, result_progress, result_done, &b, NULL), ==,
+      0);
+  run_until(nothing, NULL, 0.3);
+  gint64 t0 = g_get_monotonic_time();
+  oakuk_image_fetch_cancel(fa);
+  g_assert_true(run_until(is_done, &a, 1.0));
+  g_assert_cmpint(a.code, ==, OAKUK_ECANCELLED);
+  g_test_message("first cancelled after %.3f s", (double)(a.done_us - t0) / 1e6);
+  g_assert_true(run_until(is_done, &b, 20));
+  if (b.message)
+    g_error("the other fetch failed: %s", b.message);
+  g_assert_nonnull(b.image);
+  g_assert_cmpuint(oakuk_test_http_server_request_count(f->server, "/slow/image.tar.gz"), ==, 1);
+  oakuk_image_fetch_unref(fa);
+  oakuk_image_fetch_unref(fb);
+  result_clear(&a);
+  result_clear(&b);
+
+  RawServer *s = raw_server_new(RAW_TRICKLE, 500, 1000);
+  g_autofree char *url = raw_url(s, "http");
+  g_assert_cmpint(oakuk_image_cache_fetch_start(&fa, c, url, NULL, result_progress, result_done, &a, NULL),
+                  ==, 0);
+  g_assert_cmpint(oakuk_image_cache_fetch_start(&fb, c, url, NULL, result_progress, result_done, &b, NULL),
+                  ==, 0);
+  g_assert_true(run_until(accepted_one, s, 5));
+  oakuk_image_fetch_cancel(fa);
+  g_assert_true(run_until(is_done, &a, 1.0));
+  g_assert_cmpint(a.code, ==, OAKUK_ECANCELLED);
+  /* One fetch still wants it: the download goes on. */
+  run_until(nothing, NULL, 1.5);
+  g_assert_false(b.done);
+  g_assert_cmpint(g_atomic_int_get(&s->peer_closed), ==, 0);
+  g_assert_cmpint(b.progress, >, 0);
+  t0 = g_get_monotonic_time();
+  oakuk_image_fetch_cancel(fb);
+  g_assert_true(run_until(is_done, &b, 1.0));
+  g_assert_cmpint(b.code, ==, OAKUK_ECANCELLED);
+  g_assert_true(run_until(peer_closed, s, 3.0));
+  g_test_message("last cancelled: download dropped after %.3f s",
+                 (double)(g_get_monotonic_time() - t0) / 1e6);
+  /* A new fetch of the same URL is not handed the cancelled download. */
+  FetchResult n = {0};
+  oakuk_image_fetch *fn = NULL;
+  g_assert_cmpint(oakuk_image_cache_fetch_start(&fn, c, url, NULL, NULL, result_done, &n, NULL), ==, 0);
+  run_until(nothing, NULL, 0.7);
+  g_assert_false(n.done);
+  g_assert_cmpint(g_atomic_int_get(&s->accepted), ==, 2);
+  oakuk_image_fetch_cancel(fn);
+  g_assert_true(run_until(is_done, &n, 1.0));
+  g_assert_cmpint(n.code, ==, OAKUK_ECANCELLED);
+  g_assert_true(run_until(no_work_dirs, f->cache, 3.0));
+  oakuk_image_fetch_unref(fa);
+  oakuk_image_fetch_unref(fb);
+  oakuk_image_fetch_unref(fn);
+  result_clear(&a);
+  result_clear(&b);
+  result_clear(&n);
+  oakuk_image_cache_unref(c);
+  raw_server_free(s);
+}
+
+/* A fifo behind file:// (in an allowed directory) is refused without blocking: no writer ever
+ * comes. */
+static void test_file_fifo(Fixture *f, gconstpointer data) {
+  g_autofree char *fifo = g_build_filename(f->root, "image.fifo", NULL);
+  g_assert_cmpint(mkfifo(fifo, 0644), ==, 0);
+  g_autofree char *url = g_filename_to_uri(fifo, NULL, NULL);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  FetchResult r = {0};
+  g_assert_cmpint(oakuk_image_cache_fetch(c, url, NULL, NULL, result_done, &r, NULL), ==, 0);
+  g_assert_true(run_until(is_done, &r, 2.0));
+  g_assert_cmpint(r.code, ==, OAKUK_EPERM);
+  g_assert_nonnull(strstr(r.message, "is a fifo"));
+  result_clear(&r);
+  /* Outside file_allowed_dirs, refused before anything is opened. */
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  o.file_allowed_dirs = "/nonexistent-oakuk";
+  oakuk_image_cache *c2 = new_cache(f, &o);
+  oakuk_error *err = NULL;
+  g_assert_cmpint(oakuk_image_cache_fetch(c2, url, NULL, NULL, result_done, &r, &err), ==, OAKUK_EPERM);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "file_allowed_dirs"));
+  oakuk_error_free(err);
+  oakuk_image_cache_unref(c2);
+  oakuk_image_cache_unref(c);
+}
+
 /* The guests built by tests/guests are valid images for this module. */
 static void test_guests(Fixture *f, gconstpointer data) {
   const char *dir = g_getenv("OAKUK_GUESTS_DIR");
@@ -290,6 +706,12 @@ int main(int argc, char **argv) {
   ADD("/image/http/timeout-and-limit", test_timeout_and_limit);
   ADD("/image/http/concurrent-and-progress", test_concurrent_and_progress);
   ADD("/image/http/cache-reuse", test_cache_reuse);
+  ADD("/image/http/stall-timeout", test_stall_timeout);
+  ADD("/image/http/total-deadline", test_total_deadline);
+  ADD("/image/http/connect-timeout", test_connect_timeout);
+  ADD("/image/cancel/prompt", test_cancel);
+  ADD("/image/cancel/shared-download", test_cancel_shared);
+  ADD("/image/file/fifo", test_file_fifo);
   ADD("/image/guests", test_guests);
   return g_test_run();
 }

@@ -1,15 +1,23 @@
 /* Integration tests of the unikernel runtime: real QEMU under TCG booting the project's Linux
- * test guest (tests/guests, found through OAKUK_GUESTS_DIR), real cgroups, a scratch netns + tap.
- * Needs root. */
+ * test guest and multiboot test kernel (tests/guests, found through OAKUK_GUESTS_DIR), real
+ * cgroups, a scratch netns + tap. QEMU runs sandboxed as a system user this program creates (and
+ * a reaper process removes when it ends, even after a failure). Needs root. */
 #include "qemu-private.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <glib/gstdio.h>
+#include <pwd.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+/* The unprivileged user QEMU runs as (run_as), made by main(). */
+static char *qemu_user;
+static uid_t qemu_uid;
 
 typedef struct {
   char *name;
@@ -45,7 +53,7 @@ static void on_status(const char *instance, int32_t status, const char *detail, 
 
 /* What the amd64 guest image's oakuk.json says (tests/guests/build-guest.py). */
 #define GUEST_CMDLINE                                                                                        \
-  "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check i8042.noaux i8042.nokbd 8250.nr_uarts=1 "     \
+  "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check i8042.noaux i8042.nokbd 8250.nr_uarts=1 "        \
   "mitigations=off"
 
 static const char *guests_dir(void) {
@@ -68,6 +76,7 @@ static gboolean guest_paths(const char *arch, char **kernel, char **initrd) {
 static oakuk_runtime *new_runtime(Fx *f) {
   oakuk_qemu_options opts = OAKUK_QEMU_OPTIONS_INIT;
   opts.allow_emulation = true;
+  opts.run_as = qemu_user;
   oakuk_error *err = NULL;
   oakuk_runtime *rt = oakuk_qemu_runtime_new(f->state, &opts, &err);
   if (!rt)
@@ -86,6 +95,10 @@ static void fx_setup(Fx *f, gconstpointer data) {
   g_autofree char *q = g_find_program_in_path("qemu-system-x86_64");
   if (!q || !guest_paths("amd64", &f->kernel, &f->initrd)) {
     g_test_skip("needs qemu-system-x86_64 and the amd64 test guest (OAKUK_GUESTS_DIR)");
+    return;
+  }
+  if (!qemu_user) {
+    g_test_skip("no user for QEMU could be created (useradd)");
     return;
   }
   f->rt = new_runtime(f);
@@ -179,7 +192,8 @@ static void wait_serial(Fx *f, const char *name, const char *needle, int timeout
     if (g_file_get_contents(log, &text, NULL, NULL) && strstr(text, needle))
       break;
     if (g_get_monotonic_time() > end)
-      g_error("%s: \"%s\" not in %s within %d s; log: %s", name, needle, log, timeout_s, text ? text : "(none)");
+      g_error("%s: \"%s\" not in %s within %d s; log: %s", name, needle, log, timeout_s,
+              text ? text : "(none)");
     g_main_context_iteration(NULL, TRUE);
   }
   g_source_remove(t);
@@ -223,16 +237,40 @@ static void test_deploy_undeploy(Fx *f, gconstpointer data) {
 
   /* The QEMU process is confined: memory limit = guest + overhead, and it is in the cgroup. */
   g_autofree char *cg = cgroup_mem_dir(name);
-  g_autofree char *limit_path = g_build_filename(cg, g_str_has_prefix(cg, "/sys/fs/cgroup/oakuk") ? "memory.max"
-                                                                                                  : "memory.limit_in_bytes", NULL);
+  g_autofree char *limit_path = g_build_filename(
+      cg, g_str_has_prefix(cg, "/sys/fs/cgroup/oakuk") ? "memory.max" : "memory.limit_in_bytes", NULL);
   g_autofree char *limit = NULL;
   g_assert_true(g_file_get_contents(limit_path, &limit, NULL, NULL));
-  g_assert_cmpint(g_ascii_strtoll(limit, NULL, 10), ==, oakuk_qemu_memory_limit_mb(96, OAKUK_ACCEL_TCG) * 1024 * 1024);
+  g_assert_cmpint(g_ascii_strtoll(limit, NULL, 10), ==,
+                  oakuk_qemu_memory_limit_mb(96, OAKUK_ACCEL_TCG) * 1024 * 1024);
   g_autofree char *procs_path = g_build_filename(cg, "cgroup.procs", NULL);
   g_autofree char *procs = NULL;
   g_assert_true(g_file_get_contents(procs_path, &procs, NULL, NULL));
   g_autofree char *pidline = g_strdup_printf("%d\n", (int)pid);
   g_assert_true(g_str_has_prefix(procs, pidline) || strstr(procs, pidline));
+
+  /* Sandboxed: QEMU runs as the run_as user (every id), under its seccomp filter, with
+   * no_new_privs; it was never asked to change its uid itself, and names no host path. */
+  g_autofree char *status_path = g_strdup_printf("/proc/%d/status", (int)pid);
+  g_autofree char *status = NULL;
+  g_assert_true(g_file_get_contents(status_path, &status, NULL, NULL));
+  g_autofree char *uids = g_strdup_printf("\nUid:\t%u\t%u\t%u\t%u\n", (unsigned)qemu_uid, (unsigned)qemu_uid,
+                                          (unsigned)qemu_uid, (unsigned)qemu_uid);
+  if (!strstr(status, uids) || !strstr(status, "\nSeccomp:\t2\n") || !strstr(status, "\nNoNewPrivs:\t1\n"))
+    g_error("QEMU is not sandboxed as %s (uid %u): %s", qemu_user, (unsigned)qemu_uid, status);
+  g_assert_null(strstr(status, "\nCapEff:\t0000003fffffffff"));
+  g_assert_nonnull(strstr(status, "\nCapEff:\t0000000000000000\n"));
+  g_autofree char *cmdline_path = g_strdup_printf("/proc/%d/cmdline", (int)pid);
+  g_autofree char *cmdline = NULL;
+  gsize cmdlen = 0;
+  g_assert_true(g_file_get_contents(cmdline_path, &cmdline, &cmdlen, NULL));
+  for (gsize k = 0; k + 1 < cmdlen; k++)
+    if (cmdline[k] == '\0')
+      cmdline[k] = ' ';
+  g_assert_nonnull(strstr(cmdline, " -sandbox " OAKUK_QEMU_SANDBOX " "));
+  g_assert_nonnull(strstr(cmdline, " -kernel /proc/self/fd/3 "));
+  g_assert_null(strstr(cmdline, "-runas"));
+  g_assert_null(strstr(cmdline, f->state));
 
   double cpu = -1;
   int64_t rss = 0, cgkb = 0;
@@ -243,7 +281,8 @@ static void test_deploy_undeploy(Fx *f, gconstpointer data) {
   g_assert_cmpint(rss, >, 96 * 1024 / 4); /* the guest touched part of its RAM */
   g_assert_cmpint(oakuk_runtime_cgroup_memory_kb(f->rt, name, &cgkb, NULL), ==, 0);
   g_assert_cmpint(cgkb, >=, rss / 2);
-  g_test_message("stats: cpu %.1f%%, rss %" G_GINT64_FORMAT " kB, cgroup %" G_GINT64_FORMAT " kB", cpu, rss, cgkb);
+  g_test_message("stats: cpu %.1f%%, rss %" G_GINT64_FORMAT " kB, cgroup %" G_GINT64_FORMAT " kB", cpu, rss,
+                 cgkb);
 
   g_autofree char *dir = instance_dir(f, name);
   g_autofree char *json = g_build_filename(dir, "instance.json", NULL);
@@ -406,8 +445,8 @@ static gboolean run(const char *cmdline) {
   g_auto(GStrv) argv = g_strsplit(cmdline, " ", -1);
   int status = 0;
   g_autofree char *err = NULL;
-  if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL, &err,
-                    &status, NULL) ||
+  if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
+                    &err, &status, NULL) ||
       !g_spawn_check_wait_status(status, NULL)) {
     g_test_message("%s: %s", cmdline, err ? err : "failed");
     return FALSE;
@@ -436,13 +475,14 @@ static char *http_get(const char *ip, guint16 port, const char *path) {
     return NULL;
   }
   g_autofree char *req = g_strdup_printf("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, ip);
-  if (!g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), req, strlen(req), NULL, NULL,
-                                 &err))
+  if (!g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), req, strlen(req), NULL,
+                                 NULL, &err))
     return NULL;
   GString *resp = g_string_new(NULL);
   char buf[4096];
   gssize n;
-  while ((n = g_input_stream_read(g_io_stream_get_input_stream(G_IO_STREAM(conn)), buf, sizeof buf, NULL, NULL)) > 0)
+  while ((n = g_input_stream_read(g_io_stream_get_input_stream(G_IO_STREAM(conn)), buf, sizeof buf, NULL,
+                                  NULL)) > 0)
     g_string_append_len(resp, buf, n);
   if (!strstr(resp->str, " 200 ")) {
     g_test_message("GET %s: %s", path, resp->str);
@@ -487,10 +527,13 @@ static void test_network_http(Fx *f, gconstpointer data) {
       g_error("network setup failed at: %s", c);
     }
   }
+  /* Readable by root only: the guest reads it (9p, security_model=none, as QEMU's user) only
+   * because the runtime gives the per-instance copy to that user. */
   g_autofree char *files = g_build_filename(f->state, "files-src", NULL);
-  g_mkdir(files, 0755);
+  g_mkdir(files, 0700);
   g_autofree char *hello = g_build_filename(files, "hello.txt", NULL);
   g_file_set_contents(hello, "greetings-from-9p", -1, NULL);
+  g_assert_cmpint(g_chmod(hello, 0600), ==, 0);
 
   g_autofree char *name = iname("net");
   g_autofree char *nspath = g_strdup_printf("/run/netns/%s", ns);
@@ -504,6 +547,10 @@ static void test_network_http(Fx *f, gconstpointer data) {
   g_autofree char *ready = g_strdup_printf("oakuk-guest: ready ip=%s files=yes", guest_ip);
   wait_serial(f, name, ready, 120);
 
+  g_autofree char *copy = g_build_filename(f->state, "instances", name, "files", "hello.txt", NULL);
+  struct stat cst;
+  g_assert_cmpint(stat(copy, &cst), ==, 0);
+  g_assert_cmpuint(cst.st_uid, ==, qemu_uid);
   g_autofree char *out = NULL;
   for (int attempt = 0; attempt < 10 && !out; attempt++)
     out = http_get(guest_ip, 8080, "/cgi-bin/index.cgi");
@@ -517,6 +564,51 @@ static void test_network_http(Fx *f, gconstpointer data) {
   g_assert_nonnull(strstr(out, want_ip));
   g_assert_nonnull(strstr(out, "args: web"));
   g_assert_nonnull(strstr(out, "hello.txt: greetings-from-9p"));
+}
+
+/* The multiboot test kernel that imitates Unikraft 0.16.3, sandboxed, on a tap in a scratch
+ * netns: it reads its netdev.ip parameter, configures its address, prints its arguments and
+ * powers off (one-shot: COMPLETED). */
+static void test_ukguest(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  g_autofree char *kernel = g_strdup_printf("%s/ukguest-0.16.3.kernel", guests_dir());
+  if (!g_file_test(kernel, G_FILE_TEST_EXISTS)) {
+    g_test_skip("needs the multiboot test kernel (tests/guests/ukguest, gcc -m32)");
+    return;
+  }
+  g_autofree char *ns = g_strdup_printf("oakuk-qu%d", (int)getpid());
+  g_autofree char *add = g_strdup_printf("ip netns add %s", ns);
+  g_autofree char *tap = g_strdup_printf("ip -n %s tuntap add dev tap0 mode tap", ns);
+  g_autofree char *up = g_strdup_printf("ip -n %s link set tap0 up", ns);
+  g_autofree char *del = g_strdup_printf("ip netns del %s", ns);
+  if (!run(add) || !run(tap) || !run(up)) {
+    run(del);
+    g_error("scratch netns %s: setup failed", ns);
+  }
+  g_autofree char *name = iname("ukguest");
+  g_autofree char *nspath = g_strdup_printf("/run/netns/%s", ns);
+  oakuk_instance_spec *s = oakuk_instance_spec_new(name);
+  oakuk_instance_spec_set_arch(s, "amd64");
+  oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
+  oakuk_instance_spec_set_kernel(s, kernel);
+  oakuk_instance_spec_set_memory_mb(s, 32);
+  oakuk_instance_spec_set_one_shot(s, true);
+  oakuk_instance_spec_set_network(s, nspath, "tap0", "10.215.0.2", 24, "10.215.0.1", "52:54:00:21:50:02");
+  oakuk_instance_spec_add_arg(s, "a");
+  oakuk_instance_spec_add_arg(s, "b");
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  Event *done = wait_status(f, name, OAKUK_STATUS_COMPLETED, 90);
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
+  run(del);
+  /* The detail holds the console's last lines, as text. */
+  const char *text = done->detail;
+  g_assert_nonnull(strstr(text, "ukguest: netdev.ip=10.215.0.2/24:10.215.0.1"));
+  g_assert_nonnull(strstr(text, "en1: Set IPv4 address 10.215.0.2"));
+  g_assert_nonnull(strstr(text, "ukguest: argv: \"a\" \"b\""));
+  g_assert_nonnull(strstr(text, "ukguest: powering off"));
 }
 
 static void test_arm64(Fx *f, gconstpointer data) {
@@ -551,8 +643,46 @@ static void test_arm64(Fx *f, gconstpointer data) {
   wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
 }
 
+/* Removes the test's user once this process ends, however it ends (a separate process waiting
+ * for the end of a pipe only this process holds). */
+static void start_user_reaper(const char *user) {
+  int fds[2];
+  g_assert_cmpint(pipe2(fds, O_CLOEXEC), ==, 0);
+  pid_t child = fork();
+  g_assert_cmpint(child, >=, 0);
+  if (child > 0) {
+    close(fds[0]);
+    return;
+  }
+  close(fds[1]);
+  setsid();
+  char b;
+  while (read(fds[0], &b, 1) < 0 && errno == EINTR)
+    ;
+  g_autofree char *cmd = g_strdup_printf("userdel --force %s", user);
+  run(cmd);
+  _exit(0);
+}
+
+/* A system user for QEMU, as the node daemon makes one. */
+static void make_qemu_user(void) {
+  if (getuid() != 0)
+    return;
+  g_autofree char *name = g_strdup_printf("oakuk-qt%d", (int)getpid());
+  g_autofree char *cmd =
+      g_strdup_printf("useradd --system --no-create-home --shell /usr/sbin/nologin %s", name);
+  if (!run(cmd))
+    return;
+  start_user_reaper(name);
+  struct passwd *pw = getpwnam(name);
+  g_assert_nonnull(pw);
+  qemu_uid = pw->pw_uid;
+  qemu_user = g_steal_pointer(&name);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
+  make_qemu_user();
 #define T(path, fn) g_test_add(path, Fx, NULL, fx_setup, fn, fx_teardown)
   T("/qemu/lifecycle/deploy-undeploy", test_deploy_undeploy);
   T("/qemu/lifecycle/guest-exit", test_guest_exit);
@@ -561,6 +691,7 @@ int main(int argc, char **argv) {
   T("/qemu/lifecycle/adopt", test_adopt);
   T("/qemu/lifecycle/adopt-dead", test_adopt_dead);
   T("/qemu/net/http-9p", test_network_http);
+  T("/qemu/sandbox/ukguest-0.16.3", test_ukguest);
   T("/qemu/arm64/boot", test_arm64);
   return g_test_run();
 }

@@ -1,5 +1,6 @@
 /* Unit tests of the image module: offline (file:// URLs, archives crafted here with libarchive's
  * writer), plus kernel inspection on crafted headers and the host's Debian kernel. */
+#include "archive-safe.h"
 #include "oakuk-private.h"
 
 #include <archive.h>
@@ -161,9 +162,16 @@ static void assert_cache_empty(const char *cache) {
   g_dir_close(d);
 }
 
-static oakuk_image_cache *new_cache(Fixture *f, const oakuk_image_cache_options *o) {
+/* A cache with opts (NULL: defaults) whose file:// URLs may read the fixture's scratch dir unless
+ * opts names its own file_allowed_dirs. */
+static oakuk_image_cache *new_cache(Fixture *f, const oakuk_image_cache_options *opts) {
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  if (opts)
+    o = *opts;
+  if (o.file_allowed_dirs == NULL)
+    o.file_allowed_dirs = f->tmp;
   oakuk_error *err = NULL;
-  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, o, &err);
+  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, &o, &err);
   g_assert_null(err);
   g_assert_nonnull(c);
   return c;
@@ -316,13 +324,120 @@ static void test_symlink_escape(Fixture *f, gconstpointer data) {
   Entry abs[] = {{E_FILE, "kernel", NULL, kernel}, {E_SYMLINK, "etc", "/etc", NULL}};
   g_autofree char *url2 = write_archive(f->tmp, "symabs.tar", FALSE, abs, G_N_ELEMENTS(abs));
   expect_failure(f, NULL, url2, NULL, OAKUK_EPERM, "symlink etc -> /etc", NULL);
-  /* A link that stays inside is fine, but nothing may be written through it. */
-  Entry through[] = {{E_FILE, "kernel", NULL, kernel},
-                     {E_SYMLINK, "lnk", "files", NULL},
-                     {E_DIR, "files", NULL, NULL},
-                     {E_FILE, "lnk/x", "x", NULL}};
-  g_autofree char *url3 = write_archive(f->tmp, "through.tar", FALSE, through, G_N_ELEMENTS(through));
-  expect_failure(f, NULL, url3, NULL, OAKUK_EPERM, "extract lnk/x", NULL);
+}
+
+/* Links are resolved against the tree as it is on disk, through the links already extracted:
+ * each one checked alone would pass (a/b/c/d -> ../../.. is the root; x -> a/b/c/d/../../.. reads
+ * as "a"), but the kernel follows a/b/c/d first, and x then names a directory three levels above
+ * the image. */
+static void test_symlink_chain(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_multiboot(NULL);
+  Entry chain[] = {{E_FILE, "kernel", NULL, kernel},
+                   {E_DIR, "a/b/c", NULL, NULL},
+                   {E_SYMLINK, "a/b/c/d", "../../..", NULL},
+                   {E_SYMLINK, "x", "a/b/c/d/../../..", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "chain.tar", FALSE, chain, G_N_ELEMENTS(chain));
+  expect_failure(f, NULL, url, NULL, OAKUK_EPERM, "symlink x -> a/b/c/d/../../.. leaves the image",
+                 "through the link a/b/c/d");
+  /* The same links the other way round: x is harmless when it arrives, and the later link makes it
+   * leave the tree; the check of the finished tree names it. */
+  Entry later[] = {{E_FILE, "kernel", NULL, kernel},
+                   {E_SYMLINK, "x", "a/b/c/d/../../..", NULL},
+                   {E_DIR, "a/b/c", NULL, NULL},
+                   {E_SYMLINK, "a/b/c/d", "../../..", NULL}};
+  g_autofree char *url2 = write_archive(f->tmp, "later.tar", FALSE, later, G_N_ELEMENTS(later));
+  expect_failure(f, NULL, url2, NULL, OAKUK_EPERM, "symlink x -> a/b/c/d/../../.. leaves the image", NULL);
+  /* An entry written through such a link is refused before anything is written. */
+  Entry write[] = {{E_FILE, "kernel", NULL, kernel},
+                   {E_SYMLINK, "x", "a/b/c/d/../../..", NULL},
+                   {E_DIR, "a/b/c", NULL, NULL},
+                   {E_SYMLINK, "a/b/c/d", "../../..", NULL},
+                   {E_FILE, "x/evil", "x", NULL}};
+  g_autofree char *url3 = write_archive(f->tmp, "write.tar", FALSE, write, G_N_ELEMENTS(write));
+  expect_failure(f, NULL, url3, NULL, OAKUK_EPERM, "entry x/evil leads out of the tree",
+                 "through the link a/b/c/d");
+  g_autofree char *evil = g_build_filename(f->tmp, "evil", NULL);
+  g_assert_false(g_file_test(evil, G_FILE_TEST_EXISTS));
+  /* Loops are refused too (the kernel gives up after 40 links). */
+  Entry loop[] = {{E_FILE, "kernel", NULL, kernel}, {E_SYMLINK, "p", "q", NULL}, {E_SYMLINK, "q", "p", NULL}};
+  g_autofree char *url4 = write_archive(f->tmp, "loop.tar", FALSE, loop, G_N_ELEMENTS(loop));
+  expect_failure(f, NULL, url4, NULL, OAKUK_EPERM, "levels of symbolic links", NULL);
+}
+
+/* Entries and hard links through a link that stays inside land where the kernel would put them. */
+static void test_through_link(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_multiboot(NULL);
+  Entry through[] = {{E_FILE, "kernel", NULL, kernel},       {E_SYMLINK, "lnk", "files", NULL},
+                     {E_DIR, "files", NULL, NULL},           {E_FILE, "lnk/x", "x", NULL},
+                     {E_DIR, "a/b/c", NULL, NULL},           {E_SYMLINK, "a/b/c/d", "../../..", NULL},
+                     {E_FILE, "a/b/c/d/files/y", "y", NULL}, {E_HARDLINK, "files/h", "lnk/x", NULL}};
+  g_autofree char *url = write_archive(f->tmp, "through.tar", FALSE, through, G_N_ELEMENTS(through));
+  oakuk_image_cache *c = new_cache(f, NULL);
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  if (err)
+    g_error("%s", oakuk_error_message(err));
+  const char *files = oakuk_image_files_dir(img);
+  g_autofree char *x = g_build_filename(files, "x", NULL);
+  g_autofree char *y = g_build_filename(files, "y", NULL);
+  g_autofree char *h = g_build_filename(files, "h", NULL);
+  struct stat sx, sh, sl;
+  g_assert_cmpint(lstat(x, &sx), ==, 0);
+  g_assert_true(S_ISREG(sx.st_mode));
+  g_assert_cmpint(lstat(h, &sh), ==, 0);
+  g_assert_cmpint(sx.st_ino, ==, sh.st_ino);
+  g_assert_true(g_file_test(y, G_FILE_TEST_IS_REGULAR));
+  g_autofree char *lnk = g_build_filename(oakuk_image_dir(img), "tree", "lnk", NULL);
+  g_assert_cmpint(lstat(lnk, &sl), ==, 0);
+  g_assert_true(S_ISLNK(sl.st_mode));
+  oakuk_image_unref(img);
+  oakuk_image_cache_unref(c);
+}
+
+static gboolean table_has(GHashTable *t, const char *k) {
+  return g_hash_table_contains(t, k);
+}
+
+static char *table_readlink(const char *rel, gpointer data) {
+  return table_has(data, rel) ? g_strdup(g_hash_table_lookup(data, rel)) : NULL;
+}
+
+static void expect_resolve(GHashTable *links, const char *dir, const char *path, gboolean follow,
+                           gboolean abs_inside, OakukArchiveResolve want, const char *want_path,
+                           const char *want_via) {
+  g_autofree char *got = NULL, *via = NULL;
+  OakukArchiveResolve r =
+      oakuk_archive_resolve(dir, path, follow, abs_inside, table_readlink, links, &got, &via);
+  if (r != want || g_strcmp0(got, want_path) != 0 || g_strcmp0(via, want_via) != 0)
+    g_error("resolve %s in \"%s\": got %d \"%s\" via %s, want %d \"%s\" via %s", path, dir, r, got, via, want,
+            want_path, want_via);
+}
+
+/* The resolver alone, against a table of links: the kernel's walk, component by component. */
+static void test_resolve(void) {
+  g_autoptr(GHashTable) l = g_hash_table_new(g_str_hash, g_str_equal);
+  g_hash_table_insert(l, "a/b", "..");
+  g_hash_table_insert(l, "lib", "usr/lib");
+  g_hash_table_insert(l, "abs", "/etc");
+  g_hash_table_insert(l, "self", ".");
+  g_hash_table_insert(l, "p", "q");
+  g_hash_table_insert(l, "q", "p");
+  g_hash_table_insert(l, "deep/up", "../..");
+  expect_resolve(l, "", "a/b/c", FALSE, FALSE, OAKUK_ARCHIVE_RESOLVE_OK, "c", NULL);
+  expect_resolve(l, "", "a/b/..", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_ESCAPES, NULL, "a/b");
+  expect_resolve(l, "x", "../lib/libc.so", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_OK, "usr/lib/libc.so", NULL);
+  expect_resolve(l, "x/y", "../lib/libc.so", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_OK, "x/lib/libc.so", NULL);
+  expect_resolve(l, "", "lib", FALSE, FALSE, OAKUK_ARCHIVE_RESOLVE_OK, "lib", NULL);
+  expect_resolve(l, "", "lib", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_OK, "usr/lib", NULL);
+  expect_resolve(l, "", "abs/passwd", FALSE, FALSE, OAKUK_ARCHIVE_RESOLVE_ABSOLUTE, NULL, "abs");
+  expect_resolve(l, "", "abs/passwd", FALSE, TRUE, OAKUK_ARCHIVE_RESOLVE_OK, "etc/passwd", NULL);
+  expect_resolve(l, "", "/x", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_ABSOLUTE, NULL, NULL);
+  expect_resolve(l, "", "/../x", TRUE, TRUE, OAKUK_ARCHIVE_RESOLVE_ESCAPES, NULL, NULL);
+  expect_resolve(l, "", "self/self/a", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_OK, "a", NULL);
+  expect_resolve(l, "", "p", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_LOOP, NULL, "p");
+  expect_resolve(l, "", "p", FALSE, FALSE, OAKUK_ARCHIVE_RESOLVE_OK, "p", NULL);
+  expect_resolve(l, "", "deep/up", TRUE, FALSE, OAKUK_ARCHIVE_RESOLVE_ESCAPES, NULL, "deep/up");
+  expect_resolve(l, "", "deep/x/../up/..", FALSE, FALSE, OAKUK_ARCHIVE_RESOLVE_ESCAPES, NULL, "deep/up");
 }
 
 static void test_hardlink_escape(Fixture *f, gconstpointer data) {
@@ -429,6 +544,10 @@ static void test_bare_kernel(Fixture *f, gconstpointer data) {
   g_assert_null(oakuk_image_files_dir(img));
   g_assert_true(g_str_has_suffix(oakuk_image_kernel(img), "/kernel"));
   g_assert_true(g_file_test(oakuk_image_kernel(img), G_FILE_TEST_IS_REGULAR));
+  /* Readable by QEMU's unprivileged user (the download itself was private). */
+  struct stat st;
+  g_assert_cmpint(stat(oakuk_image_kernel(img), &st), ==, 0);
+  g_assert_cmpuint(st.st_mode & 0444, ==, 0444);
   oakuk_image_unref(img);
   oakuk_image_cache_unref(c);
 }
@@ -516,6 +635,10 @@ static void async_done(oakuk_image *image, oakuk_error *error, void *user_data) 
   g_main_loop_quit(s->loop);
 }
 
+static void async_never(oakuk_image *image, oakuk_error *error, void *user_data) {
+  g_error("done called for a refused request");
+}
+
 static void test_async(Fixture *f, gconstpointer data) {
   g_autoptr(GBytes) kernel = fake_multiboot(NULL);
   Entry e[] = {{E_FILE, "kernel", NULL, kernel}};
@@ -554,6 +677,121 @@ static void test_async(Fixture *f, gconstpointer data) {
   oakuk_image_cache_unref(c);
 }
 
+/* file:// is off unless file_allowed_dirs names directories; inside them, only regular files are
+ * read, after resolving symlinks, and a fifo never blocks the fetch. */
+static void test_file_policy(Fixture *f, gconstpointer data) {
+  g_autoptr(GBytes) kernel = fake_multiboot(NULL);
+  g_autofree char *allowed = g_build_filename(f->tmp, "allowed", NULL);
+  g_autofree char *elsewhere = g_build_filename(f->tmp, "elsewhere", NULL);
+  g_assert_cmpint(g_mkdir(allowed, 0755), ==, 0);
+  g_assert_cmpint(g_mkdir(elsewhere, 0755), ==, 0);
+  g_autofree char *inside = write_file(allowed, "kernel", kernel);
+  g_autofree char *outside = write_file(elsewhere, "kernel", kernel);
+
+  /* The default: every file:// URL refused, at once, naming the option; done is never called. */
+  oakuk_error *err = NULL;
+  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, NULL, &err);
+  g_assert_nonnull(c);
+  g_assert_null(oakuk_image_cache_fetch_sync(c, inside, NULL, NULL, NULL, &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EPERM);
+  g_assert_nonnull(strstr(oakuk_error_message(err), inside));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "file_allowed_dirs"));
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_cmpint(oakuk_image_cache_fetch(c, inside, NULL, NULL, async_never, NULL, &err), ==, OAKUK_EPERM);
+  g_clear_pointer(&err, oakuk_error_free);
+  oakuk_image_cache_unref(c);
+
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  g_autofree char *list = g_strdup_printf("/nonexistent-oakuk:%s", allowed);
+  o.file_allowed_dirs = list;
+  c = new_cache(f, &o);
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, inside, NULL, NULL, NULL, &err);
+  g_assert_null(err);
+  oakuk_image_unref(img);
+  struct {
+    const char *url_or_name;
+    const char *needle;
+    int32_t code;
+  } refused[] = {
+      {"outside", "outside the directories file_allowed_dirs allows", OAKUK_EPERM},
+      {"dotdot", "outside the directories", OAKUK_EPERM},
+      {"symlink", "resolves to", OAKUK_EPERM},
+      {"fifo", "is a fifo", OAKUK_EPERM},
+      {"dir", "is a directory", OAKUK_EPERM},
+      {"host", "a local file", OAKUK_EINVAL},
+  };
+  g_autofree char *fifo = g_build_filename(allowed, "pipe", NULL);
+  g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+  g_autofree char *link = g_build_filename(allowed, "link", NULL);
+  g_autofree char *outside_path = g_filename_from_uri(outside, NULL, NULL);
+  g_assert_cmpint(symlink(outside_path, link), ==, 0);
+  g_autofree char *sub = g_build_filename(allowed, "sub", NULL);
+  g_assert_cmpint(g_mkdir(sub, 0755), ==, 0);
+  for (gsize k = 0; k < G_N_ELEMENTS(refused); k++) {
+    g_autofree char *url = NULL;
+    const char *what = refused[k].url_or_name;
+    if (strcmp(what, "outside") == 0)
+      url = g_strdup(outside);
+    else if (strcmp(what, "dotdot") == 0)
+      url = g_strdup_printf("file://%s/../elsewhere/kernel", allowed);
+    else if (strcmp(what, "symlink") == 0)
+      url = g_filename_to_uri(link, NULL, NULL);
+    else if (strcmp(what, "fifo") == 0)
+      url = g_filename_to_uri(fifo, NULL, NULL);
+    else if (strcmp(what, "dir") == 0)
+      url = g_filename_to_uri(sub, NULL, NULL);
+    else
+      url = g_strdup_printf("file://otherhost%s/kernel", allowed);
+    gint64 t0 = g_get_monotonic_time();
+    g_assert_null(oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err));
+    if (oakuk_error_code(err) != refused[k].code || !strstr(oakuk_error_message(err), refused[k].needle))
+      g_error("%s: got %d \"%s\", want %d \"%s\"", what, oakuk_error_code(err), oakuk_error_message(err),
+              refused[k].code, refused[k].needle);
+    /* Refused at once: nothing waits for a writer on the fifo. */
+    g_assert_cmpint(g_get_monotonic_time() - t0, <, G_USEC_PER_SEC);
+    g_clear_pointer(&err, oakuk_error_free);
+  }
+  oakuk_image_cache_unref(c);
+
+  o.file_allowed_dirs = "relative/dir";
+  g_assert_null(oakuk_image_cache_new(f->cache, &o, &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "file_allowed_dirs");
+  oakuk_error_free(err);
+}
+
+/* A version-1 caller's struct is shorter: init fills only that much, and the cache reads only
+ * that much (the version-2 fields take their defaults: file:// refused). */
+typedef struct {
+  unsigned int version;
+  uint64_t max_download_bytes, max_unpacked_bytes, max_entries;
+  uint32_t timeout_s, max_redirects;
+} OptionsV1;
+
+static void test_options_v1(Fixture *f, gconstpointer data) {
+  struct {
+    OptionsV1 o;
+    guint8 guard[64];
+  } v1;
+  memset(&v1, 0xa5, sizeof v1);
+  g_assert_cmpint(oakuk_image_cache_options_init((oakuk_image_cache_options *)&v1.o, 1), ==, 0);
+  g_assert_cmpuint(v1.o.version, ==, 1);
+  g_assert_cmpuint(v1.o.timeout_s, ==, 300);
+  g_assert_cmpuint(v1.o.max_redirects, ==, 5);
+  for (gsize k = 0; k < sizeof v1.guard; k++)
+    g_assert_cmpuint(v1.guard[k], ==, 0xa5);
+  v1.o.max_entries = 7;
+  oakuk_error *err = NULL;
+  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, (oakuk_image_cache_options *)&v1.o, &err);
+  g_assert_null(err);
+  g_autoptr(GBytes) kernel = fake_multiboot(NULL);
+  g_autofree char *url = write_file(f->tmp, "kernel", kernel);
+  g_assert_null(oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EPERM);
+  oakuk_error_free(err);
+  oakuk_image_cache_unref(c);
+}
+
 static void test_options(void) {
   oakuk_image_cache_options o;
   g_assert_cmpint(oakuk_image_cache_options_init(&o, 99), ==, OAKUK_EINVAL);
@@ -563,6 +801,9 @@ static void test_options(void) {
   g_assert_cmpuint(o.max_entries, ==, 100000);
   g_assert_cmpuint(o.timeout_s, ==, 300);
   g_assert_cmpuint(o.max_redirects, ==, 5);
+  g_assert_cmpuint(o.connect_timeout_s, ==, 10);
+  g_assert_cmpuint(o.stall_timeout_s, ==, 30);
+  g_assert_null(o.file_allowed_dirs);
   g_autofree char *tmp = g_dir_make_tmp("oakuk-image-opt-XXXXXX", NULL);
   o.max_entries = 0;
   oakuk_error *err = NULL;
@@ -802,6 +1043,8 @@ int main(int argc, char **argv) {
   ADD("/image/unpack/path-traversal", test_traversal);
   ADD("/image/unpack/absolute-path", test_absolute);
   ADD("/image/unpack/symlink-escape", test_symlink_escape);
+  ADD("/image/unpack/symlink-chain", test_symlink_chain);
+  ADD("/image/unpack/through-link", test_through_link);
   ADD("/image/unpack/hardlink-escape", test_hardlink_escape);
   ADD("/image/unpack/device-file", test_device);
   ADD("/image/unpack/truncated-gzip", test_truncated);
@@ -812,9 +1055,12 @@ int main(int argc, char **argv) {
   ADD("/image/fetch/missing-and-bad-url", test_missing_and_bad_url);
   ADD("/image/fetch/async", test_async);
   ADD("/image/cache/reuse", test_reuse);
+  ADD("/image/fetch/file-policy", test_file_policy);
+  ADD("/image/options-v1", test_options_v1);
   ADD("/image/kernel/arch-crafted", test_kernel_arch_crafted);
   ADD("/image/kernel/unikraft-version", test_unikraft_version);
   g_test_add_func("/image/kernel/arch-real", test_kernel_real);
   g_test_add_func("/image/options", test_options);
+  g_test_add_func("/image/unpack/resolve", test_resolve);
   return g_test_run();
 }

@@ -104,7 +104,7 @@ static void test_argv_x86_tcg(Fixture *f, gconstpointer data) {
   g_autofree char *got = build(s, NULL);
   g_autofree char *want =
       g_strdup_printf("qemu-system-x86_64|-name|i1|-machine|pc,accel=tcg|-cpu|max|-nodefaults|-no-user-"
-                      "config|-nographic|-no-reboot|-device|pvpanic|"
+                      "config|-nographic|-no-reboot|-sandbox|" OAKUK_QEMU_SANDBOX "|-device|pvpanic|"
                       "-serial|file:/var/lib/oakuk/instances/i1/serial.log|-kernel|%s|-m|96|-smp|2|"
                       "-qmp|unix:/var/lib/oakuk/instances/i1/qmp.sock,server=on,wait=off|-append|--",
                       f->x86_kernel);
@@ -154,7 +154,9 @@ static void test_argv_arm64_tcg(Fixture *f, gconstpointer data) {
   g_autofree char *got = build(s, NULL);
   g_autofree char *want = g_strdup_printf(
       "qemu-system-aarch64|-name|i1|-machine|virt,accel=tcg|-cpu|cortex-a57|-nodefaults|-no-user-config|"
-      "-nographic|-no-reboot|-serial|file:/var/lib/oakuk/instances/i1/"
+      "-nographic|-no-reboot|-sandbox|on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol="
+      "deny|"
+      "-serial|file:/var/lib/oakuk/instances/i1/"
       "serial.log|-kernel|%s|-initrd|%s|-m|64|-smp|1|"
       "-qmp|unix:/var/lib/oakuk/instances/i1/qmp.sock,server=on,wait=off|"
       "-netdev|tap,id=n0,ifname=tap0,script=no,downscript=no|-device|virtio-net-pci,netdev=n0,mac=52:54:00:"
@@ -165,6 +167,160 @@ static void test_argv_arm64_tcg(Fixture *f, gconstpointer data) {
       f->arm_kernel, f->initrd);
   g_assert_cmpstr(got, ==, want);
   oakuk_instance_spec_unref(s);
+}
+
+static gboolean have_program(const char *name) {
+  g_autofree char *p = g_find_program_in_path(name);
+  return p != NULL;
+}
+
+/* The runtime's command: every file a descriptor (QEMU runs as an unprivileged user that may not
+ * reach the instance directory), the sandbox, no -runas (the child takes the user's identity
+ * before exec: QEMU 7.2's -runas would be killed by elevateprivileges=deny). KVM's path is only
+ * checked here: KVM guests hang on the project's machine. */
+static char *build_runtime(const oakuk_instance_spec *s) {
+  GError *err = NULL;
+  GPtrArray *a = oakuk_qemu_build_argv_internal(s, "/var/lib/oakuk/instances/i1",
+                                                "/usr/bin/qemu-system-x86_64", TRUE, TRUE, NULL, NULL, &err);
+  g_assert_no_error(err);
+  char *r = g_strjoinv("|", (char **)a->pdata);
+  g_ptr_array_unref(a);
+  return r;
+}
+
+static void test_argv_runtime_kvm(Fixture *f, gconstpointer data) {
+  oakuk_instance_spec *s = spec_x86(f);
+  oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_KVM);
+  oakuk_instance_spec_set_initrd(s, f->initrd);
+  oakuk_instance_spec_set_files_dir(s, f->tmp);
+  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.0.5", 24, "10.18.0.1",
+                                  "52:54:00:aa:bb:cc");
+  g_autofree char *got = build_runtime(s);
+  const char *want =
+      "/usr/bin/"
+      "qemu-system-x86_64|-name|i1|-machine|pc,accel=kvm|-cpu|host|-nodefaults|-no-user-config|-nographic|"
+      "-no-reboot|-sandbox|on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny|-S|"
+      "-device|pvpanic|-add-fd|fd=5,set=1|-serial|file:/dev/fdset/1|-kernel|/proc/self/fd/3|"
+      "-initrd|/proc/self/fd/4|-m|96|-smp|2|-chardev|socket,id=qmp,fd=6,server=on,wait=off|"
+      "-mon|chardev=qmp,mode=control|-netdev|tap,id=n0,fd=7,vhost=on,vhostfd=8|"
+      "-device|virtio-net-pci,netdev=n0,mac=52:54:00:aa:bb:cc,romfile=|"
+      "-fsdev|local,id=fs0,path=/proc/self/fd/"
+      "9,security_model=none|-device|virtio-9p-pci,fsdev=fs0,mount_tag=fs0|"
+      "-append|netdev.ipv4_addr=10.18.0.5 netdev.ipv4_gw_addr=10.18.0.1 "
+      "netdev.ipv4_subnet_mask=255.255.255.0 --";
+  g_assert_cmpstr(got, ==, want);
+  /* Nothing names a host path any more, and QEMU is not asked to change its uid. */
+  g_assert_null(strstr(got, "/var/lib/oakuk"));
+  g_assert_null(strstr(got, f->tmp));
+  g_assert_null(strstr(got, "-runas"));
+  g_assert_null(strstr(got, "ifname="));
+  oakuk_instance_spec_unref(s);
+}
+
+static void test_argv_runtime_tcg(Fixture *f, gconstpointer data) {
+  oakuk_instance_spec *s = spec_x86(f);
+  oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
+  oakuk_instance_spec_set_network(s, "/run/netns/i1", "tap0", "10.18.0.5", 24, "10.18.0.1", NULL);
+  g_autofree char *got = build_runtime(s);
+  g_assert_nonnull(strstr(got, "|-machine|pc,accel=tcg|-cpu|max|"));
+  g_assert_nonnull(strstr(got, "|-netdev|tap,id=n0,fd=7|-device|virtio-net-pci,netdev=n0,romfile=|"));
+  g_assert_null(strstr(got, "vhost"));
+  g_assert_null(strstr(got, "-initrd"));
+  g_assert_null(strstr(got, "-fsdev"));
+  g_assert_nonnull(strstr(got, "|-sandbox|" OAKUK_QEMU_SANDBOX "|"));
+  oakuk_instance_spec_unref(s);
+}
+
+/* run_as: an unprivileged user that exists; never root; checked when the runtime is made. */
+static void test_run_as(Fixture *f, gconstpointer data) {
+  OakukQemuUser u;
+  GError *err = NULL;
+  g_assert_false(oakuk_qemu_user_lookup("oakuk-no-such-user-x", &u, &err));
+  g_assert_error(err, OAKUK_ERROR, -OAKUK_EINVAL);
+  g_assert_nonnull(strstr(err->message, "run_as: no user \"oakuk-no-such-user-x\""));
+  g_clear_error(&err);
+  g_assert_false(oakuk_qemu_user_lookup("root", &u, &err));
+  g_assert_nonnull(strstr(err->message, "is root"));
+  g_clear_error(&err);
+  g_assert_false(oakuk_qemu_user_lookup("0", &u, &err));
+  g_assert_nonnull(strstr(err->message, "is root"));
+  g_clear_error(&err);
+  g_assert_true(oakuk_qemu_user_lookup("nobody", &u, &err));
+  g_assert_cmpuint(u.uid, !=, 0);
+  g_assert_cmpstr(u.name, ==, "nobody");
+  g_autofree char *num = g_strdup_printf("%u", (unsigned)u.uid);
+  OakukQemuUser by_uid;
+  g_assert_true(oakuk_qemu_user_lookup(num, &by_uid, &err));
+  g_assert_cmpstr(by_uid.name, ==, "nobody");
+  oakuk_qemu_user_clear(&by_uid);
+  /* Who may read what: owner, group and other bits, by the user's ids. */
+  struct stat st = {.st_uid = 0, .st_gid = 0, .st_mode = S_IFREG | 0600};
+  g_assert_false(oakuk_qemu_user_can_read(&u, &st));
+  st.st_mode = S_IFREG | 0644;
+  g_assert_true(oakuk_qemu_user_can_read(&u, &st));
+  st.st_mode = S_IFREG | 0640;
+  st.st_gid = u.gid;
+  g_assert_true(oakuk_qemu_user_can_read(&u, &st));
+  st.st_uid = u.uid;
+  st.st_mode = S_IFREG | 0044; /* the owner class decides for the owner */
+  g_assert_false(oakuk_qemu_user_can_read(&u, &st));
+  oakuk_qemu_user_clear(&u);
+
+  if (!have_program("qemu-system-x86_64")) {
+    g_test_skip("needs qemu-system-x86_64 for the runtime part");
+    return;
+  }
+  g_autofree char *state = g_build_filename(f->tmp, "state", NULL);
+  oakuk_qemu_options o = OAKUK_QEMU_OPTIONS_INIT;
+  g_assert_null(o.run_as);
+  o.allow_emulation = true;
+  o.run_as = "oakuk-no-such-user-x";
+  oakuk_error *oerr = NULL;
+  g_assert_null(oakuk_qemu_runtime_new(state, &o, &oerr));
+  g_assert_cmpint(oakuk_error_code(oerr), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(oerr), ==, "run_as");
+  g_assert_nonnull(strstr(oakuk_error_message(oerr), "oakuk-no-such-user-x"));
+  g_clear_pointer(&oerr, oakuk_error_free);
+  o.run_as = "root";
+  g_assert_null(oakuk_qemu_runtime_new(state, &o, &oerr));
+  g_assert_nonnull(strstr(oakuk_error_message(oerr), "is root"));
+  g_clear_pointer(&oerr, oakuk_error_free);
+  /* A kernel the user cannot read is refused at deploy, before QEMU starts. */
+  o.run_as = "nobody";
+  oakuk_runtime *rt = oakuk_qemu_runtime_new(state, &o, &oerr);
+  g_assert_nonnull(rt);
+  g_assert_cmpint(g_chmod(f->x86_kernel, 0600), ==, 0);
+  oakuk_instance_spec *s = spec_x86(f);
+  oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
+  g_assert_cmpint(oakuk_runtime_deploy(rt, s, &oerr), ==, OAKUK_EPERM);
+  g_assert_nonnull(strstr(oakuk_error_message(oerr), "is not readable by user nobody (run_as)"));
+  g_clear_pointer(&oerr, oakuk_error_free);
+  g_assert_cmpuint(oakuk_runtime_instance_count(rt), ==, 0);
+  oakuk_instance_spec_unref(s);
+  oakuk_runtime_unref(rt);
+}
+
+/* A version-1 options struct is shorter: init fills only its part, the probe reads only that. */
+static void test_options_v1(void) {
+  struct {
+    unsigned int version;
+    bool allow_emulation;
+    const char *search_path;
+    guint8 guard[16];
+  } v1;
+  memset(&v1, 0x33, sizeof v1);
+  g_assert_cmpint(oakuk_qemu_options_init((oakuk_qemu_options *)&v1, 1), ==, 0);
+  g_assert_cmpuint(v1.version, ==, 1);
+  g_assert_null(v1.search_path);
+  for (gsize k = 0; k < sizeof v1.guard; k++)
+    g_assert_cmpuint(v1.guard[k], ==, 0x33);
+  oakuk_qemu_caps *caps = NULL;
+  g_assert_cmpint(oakuk_qemu_probe(&caps, (oakuk_qemu_options *)&v1, NULL), ==, 0);
+  oakuk_qemu_caps_unref(caps);
+  oakuk_qemu_options o;
+  g_assert_cmpint(oakuk_qemu_options_init(&o, 3), ==, OAKUK_EINVAL);
+  g_assert_cmpint(oakuk_qemu_options_init(&o, OAKUK_QEMU_OPTIONS_VERSION), ==, 0);
+  g_assert_null(o.run_as);
 }
 
 static void test_net_unikraft_new(Fixture *f, gconstpointer data) {
@@ -327,11 +483,6 @@ static void test_probe(void) {
   oakuk_qemu_caps_unref(caps);
 }
 
-static gboolean have_program(const char *name) {
-  g_autofree char *p = g_find_program_in_path(name);
-  return p != NULL;
-}
-
 static void test_probe_emulation(void) {
   if (!have_program("qemu-system-x86_64") || !have_program("qemu-system-aarch64")) {
     g_test_skip("needs qemu-system-x86_64 and qemu-system-aarch64");
@@ -491,6 +642,9 @@ int main(int argc, char **argv) {
   FT("/qemu/argv/tcg-no-vhost", test_argv_tcg_no_vhost);
   FT("/qemu/argv/arm64-tcg-initrd-9p", test_argv_arm64_tcg);
   FT("/qemu/argv/unikraft-version-detect", test_net_unikraft_new);
+  FT("/qemu/argv/runtime-kvm-fds", test_argv_runtime_kvm);
+  FT("/qemu/argv/runtime-tcg-fds", test_argv_runtime_tcg);
+  FT("/qemu/runtime/run-as", test_run_as);
   FT("/qemu/argv/dashdash-always", test_dashdash_always);
   FT("/qemu/argv/bad-args", test_bad_args);
   FT("/qemu/argv/wrong-arch", test_wrong_arch);
@@ -503,5 +657,6 @@ int main(int argc, char **argv) {
   g_test_add_func("/qemu/probe/cpuinfo", test_cpuinfo);
   g_test_add_func("/qemu/memory-limit", test_memory_limit);
   g_test_add_func("/qemu/spec", test_spec);
+  g_test_add_func("/qemu/options-v1", test_options_v1);
   return g_test_run();
 }

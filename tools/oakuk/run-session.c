@@ -279,17 +279,25 @@ static int resolve_state_dir(Run *r) {
 static int fetch_image(Run *r) {
   const char *image = r->o->image;
   g_autofree char *url = NULL;
+  g_autofree char *local = NULL;
   if (strstr(image, "://")) {
     url = g_strdup(image);
+    local = g_filename_from_uri(image, NULL, NULL);
   } else {
-    g_autofree char *abs = g_canonicalize_filename(image, NULL);
-    if (!g_file_test(abs, G_FILE_TEST_IS_REGULAR))
+    local = g_canonicalize_filename(image, NULL);
+    if (!g_file_test(local, G_FILE_TEST_IS_REGULAR))
       return fail(NULL, "image %s: not a URL and no such file", image);
-    url = g_filename_to_uri(abs, NULL, NULL);
+    url = g_filename_to_uri(local, NULL, NULL);
   }
+  /* The library refuses file:// by default; the file the user named on the command line is theirs
+   * to run, so its directory (and only that) is allowed. */
+  g_autofree char *allowed = local ? g_path_get_dirname(local) : NULL;
+  oakuk_image_cache_options opts;
+  oakuk_image_cache_options_init(&opts, OAKUK_IMAGE_CACHE_OPTIONS_VERSION);
+  opts.file_allowed_dirs = allowed;
   g_autofree char *cache_dir = g_build_filename(r->state_dir, "images", NULL);
   oakuk_error *err = NULL;
-  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, NULL, &err);
+  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, &opts, &err);
   if (!cache)
     return fail(err, "image cache %s", cache_dir);
   r->image = oakuk_image_cache_fetch_sync(cache, url, NULL, NULL, NULL, &err);
