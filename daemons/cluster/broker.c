@@ -54,8 +54,11 @@ static gboolean write_config(Cluster *c, GError **error) {
   return write_file(acl, acl_text, error) && write_file(conf, cf_text, error);
 }
 
+/* mosquitto_passwd -b FILE USER PASSWORD (set), or -D FILE USER (delete) when password is NULL. */
 static gboolean run_passwd(Cluster *c, const char *user, const char *password, GError **error) {
-  const char *argv[] = {"mosquitto_passwd", "-b", c->password_file, user, password, NULL};
+  const char *set[] = {"mosquitto_passwd", "-b", c->password_file, user, password, NULL};
+  const char *del[] = {"mosquitto_passwd", "-D", c->password_file, user, NULL};
+  const char *const *argv = password ? set : del;
   g_autofree char *err = NULL;
   gint status = 0;
   g_autoptr(GError) local = NULL;
@@ -80,10 +83,10 @@ gboolean broker_prepare(Cluster *c, GError **error) {
     return FALSE;
   if (!g_file_test(c->password_file, G_FILE_TEST_EXISTS) && !write_file(c->password_file, "", error))
     return FALSE;
-  c->mqtt_password = cluster_kv_get(c, "mqtt_password");
+  c->mqtt_password = store_kv_get(c->store, "mqtt_password");
   if (c->mqtt_password == NULL) {
     c->mqtt_password = od_password_generate();
-    if (!cluster_kv_set(c, "mqtt_password", c->mqtt_password, error))
+    if (!store_kv_set(c->store, "mqtt_password", c->mqtt_password, error))
       return FALSE;
   }
   return run_passwd(c, CLUSTER_MQTT_USER, c->mqtt_password, error);
@@ -176,6 +179,13 @@ void broker_reload(Cluster *c) {
 
 gboolean broker_set_password(Cluster *c, const char *user, const char *password, GError **error) {
   if (!run_passwd(c, user, password, error))
+    return FALSE;
+  broker_reload(c);
+  return TRUE;
+}
+
+gboolean broker_remove_login(Cluster *c, const char *user, GError **error) {
+  if (!run_passwd(c, user, NULL, error))
     return FALSE;
   broker_reload(c);
   return TRUE;

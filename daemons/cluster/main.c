@@ -1,43 +1,12 @@
-/* oakuk-cluster: options, state directory, SQLite schema, node join tokens, server and signals. */
-#include "cluster.h"
+/* oakuk-cluster: options, state directory, node join tokens; wires the store, the loop and the
+ * adapters (HTTP server, node topics, root link, broker) together, and handles signals. */
+#include "loop.h"
 
 #include <errno.h>
 #include <glib-unix.h>
 #include <glib/gstdio.h>
 #include <stdio.h>
 #include <string.h>
-
-static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS join_tokens (hash TEXT PRIMARY KEY, created INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, cred_hash TEXT NOT NULL, subnet_index INTEGER "
-    "NOT NULL"
-    "  UNIQUE, subnet TEXT NOT NULL, ip TEXT NOT NULL DEFAULT '', report TEXT, registered_at INTEGER NOT "
-    "NULL);"
-    "CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT "
-    "NULL,"
-    "  instance INTEGER NOT NULL, node TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '',"
-    "  status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', job TEXT NOT NULL, restart INTEGER NOT NULL,"
-    "  failures INTEGER NOT NULL DEFAULT 0, avoid TEXT NOT NULL DEFAULT '[]',"
-    "  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER, UNIQUE (job_id, instance));"
-    "CREATE TABLE IF NOT EXISTS explanations (job_id TEXT PRIMARY KEY, job_name TEXT NOT NULL,"
-    "  instance INTEGER NOT NULL, lines TEXT NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,"
-    "  instance TEXT NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS status_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,"
-    "  instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL,"
-    "  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER);";
-
-/* Columns added after the first release: a cluster.db made by an older oakuk-cluster gets them on
- * its next start (the CREATE TABLEs above already have them for a new one). */
-static const struct {
-  const char *table, *column, *decl;
-} added_columns[] = {
-    {"instances", "ready", "INTEGER NOT NULL DEFAULT 0"},
-    {"instances", "ready_ms", "INTEGER"},
-    {"status_outbox", "ready", "INTEGER NOT NULL DEFAULT 0"},
-    {"status_outbox", "ready_ms", "INTEGER"},
-};
 
 gint64 cluster_now_ms(void) {
   return g_get_monotonic_time() / 1000;
@@ -47,34 +16,21 @@ gint64 cluster_liveness_now_ms(Cluster *c) {
   return c->mqtt_up ? cluster_now_ms() : c->mqtt_down_since_ms;
 }
 
-gboolean cluster_begin(Cluster *c, GError **error) {
-  return od_db_exec(c->db, "BEGIN IMMEDIATE", error);
+gint64 cluster_wall_ms(void) {
+  return g_get_real_time() / 1000;
 }
 
-gboolean cluster_commit(Cluster *c, GError **error) {
-  return od_db_exec(c->db, "COMMIT", error);
-}
-
-void cluster_rollback(Cluster *c) {
-  if (!sqlite3_get_autocommit(c->db))
-    od_db_exec(c->db, "ROLLBACK", NULL);
-}
-
-char *cluster_kv_get(Cluster *c, const char *key) {
-  return od_db_query_text(c->db, "SELECT value FROM kv WHERE key = ?1", key, NULL);
-}
-
-gboolean cluster_kv_set(Cluster *c, const char *key, const char *value, GError **error) {
-  return od_db_run(c->db, error, "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)", key, value, NULL);
+gboolean cluster_node_active(Cluster *c, const char *node) {
+  oakuk_node_report *rep = g_hash_table_lookup(c->reports, node);
+  return rep != NULL &&
+         cluster_liveness_now_ms(c) - oakuk_node_report_received_at_ms(rep) <= c->node_timeout_ms;
 }
 
 /* Node join tokens are shown once and stored as their SHA-256; they stay valid until removed. */
 static gboolean new_join_token(Cluster *c, GError **error) {
   g_autofree char *token = od_random_hex(24);
   g_autofree char *hash = od_sha256_hex(token);
-  g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / 1000000);
-  if (!od_db_run(c->db, error, "INSERT INTO join_tokens (hash, created) VALUES (?1, CAST(?2 AS INTEGER))",
-                 hash, now, NULL))
+  if (!store_join_token_add(c->store, hash, g_get_real_time() / G_USEC_PER_SEC, error))
     return FALSE;
   /* Printed on purpose outside the structured log. */
   fprintf(stderr, "node join token: %s\n", token);
@@ -149,6 +105,9 @@ static gboolean load_settings(Cluster *c, Args *a, GError **error) {
   if (!od_config_int(kf, "cluster", "aggregate_interval_s", 5, 1, 3600, &v, error))
     return FALSE;
   c->aggregate_interval_ms = (a->aggregate_interval > 0 ? a->aggregate_interval : v) * 1000;
+  if (!od_config_int(kf, "cluster", "avoid_s", 30, 1, 86400, &v, error))
+    return FALSE;
+  c->avoid_ms = v * 1000;
   if (!od_config_string(kf, "cluster", "policy", "most-free", &policy, error))
     return FALSE;
   if (strcmp(policy, "most-free") == 0 || strcmp(policy, "best-fit") == 0) {
@@ -217,25 +176,6 @@ static gboolean derive_urls(Cluster *c, GError **error) {
   return TRUE;
 }
 
-/* ALTER TABLE ... ADD COLUMN fails for a column that exists, so each is added only when
- * table_info lacks it: running this on every start is harmless. */
-static gboolean migrate(Cluster *c, GError **error) {
-  for (gsize i = 0; i < G_N_ELEMENTS(added_columns); i++) {
-    g_autofree char *have = od_db_query_text(c->db, "SELECT name FROM pragma_table_info(?1) WHERE name = ?2",
-                                             added_columns[i].table, added_columns[i].column, NULL);
-    if (have != NULL)
-      continue;
-    /* Table and column names cannot be bound: these come from the constant list above. */
-    g_autofree char *sql = g_strdup_printf("ALTER TABLE %s ADD COLUMN %s %s", added_columns[i].table,
-                                           added_columns[i].column, added_columns[i].decl);
-    if (!od_db_exec(c->db, sql, error))
-      return FALSE;
-    od_log(G_LOG_LEVEL_MESSAGE, "migrate", "table", added_columns[i].table, "column", added_columns[i].column,
-           "msg", "column added to an existing cluster.db", NULL);
-  }
-  return TRUE;
-}
-
 static gboolean open_state(Cluster *c, GError **error) {
   if (g_mkdir_with_parents(c->state_dir, 0700) != 0) {
     int e = errno;
@@ -243,8 +183,8 @@ static gboolean open_state(Cluster *c, GError **error) {
     return FALSE;
   }
   g_autofree char *db_path = g_build_filename(c->state_dir, "cluster.db", NULL);
-  c->db = od_db_open(db_path, error);
-  return c->db != NULL && od_db_exec(c->db, schema, error) && migrate(c, error);
+  c->store = store_open(db_path, cluster_wall_ms(), c->avoid_ms, error);
+  return c->store != NULL;
 }
 
 static gboolean on_signal(gpointer data) {
@@ -256,11 +196,12 @@ static gboolean on_signal(gpointer data) {
 
 static void cluster_free(Cluster *c) {
   c->stopping = TRUE;
-  g_clear_handle_id(&c->tick_source, g_source_remove);
+  loop_stop(c);
   g_clear_handle_id(&c->status_pump_source, g_source_remove);
   g_clear_handle_id(&c->aggregate_source, g_source_remove);
   g_clear_handle_id(&c->register_source, g_source_remove);
-  g_clear_pointer(&c->mqtt, od_mqtt_free);
+  if (c->inflight != NULL)
+    nodelink_stop(c);
   broker_stop(c);
   if (c->server != NULL)
     soup_server_disconnect(c->server);
@@ -270,12 +211,13 @@ static void cluster_free(Cluster *c) {
   g_clear_object(&c->session);
   g_clear_pointer(&c->reports, g_hash_table_unref);
   g_clear_pointer(&c->reachable, g_hash_table_unref);
+  g_clear_pointer(&c->silent, g_hash_table_unref);
   g_clear_pointer(&c->inflight, g_hash_table_unref);
   g_clear_pointer(&c->delete_sent, g_hash_table_unref);
+  g_clear_pointer(&c->retry, g_hash_table_unref);
   g_clear_pointer(&c->http_counts, g_hash_table_unref);
   g_clear_pointer(&c->reservations, oakuk_reservations_unref);
-  if (c->db != NULL)
-    sqlite3_close(c->db);
+  g_clear_pointer(&c->store, store_close);
   g_clear_pointer(&c->loop, g_main_loop_unref);
   g_clear_pointer(&c->config, g_key_file_unref);
   char **strs[] = {&c->state_dir,     &c->listen,        &c->root_url,      &c->join_token,
@@ -294,9 +236,9 @@ static gboolean start_server(Cluster *c, GError **error) {
 }
 
 static void load_registration(Cluster *c) {
-  c->cluster_id = cluster_kv_get(c, "cluster_id");
-  c->token = cluster_kv_get(c, "token");
-  c->subnet = cluster_kv_get(c, "subnet");
+  c->cluster_id = store_kv_get(c->store, "cluster_id");
+  c->token = store_kv_get(c->store, "token");
+  c->subnet = store_kv_get(c->store, "subnet");
 }
 
 static void args_clear(Args *a) {
@@ -308,11 +250,9 @@ static void args_clear(Args *a) {
 
 static int run(Cluster *c, Args *a) {
   g_autoptr(GError) error = NULL;
-  g_autofree char *any = NULL;
   if (!load_settings(c, a, &error) || !open_state(c, &error))
     goto fail;
-  any = od_db_query_text(c->db, "SELECT hash FROM join_tokens LIMIT 1", NULL);
-  if (a->new_token || any == NULL) {
+  if (a->new_token || !store_join_token_any(c->store)) {
     if (!new_join_token(c, &error))
       goto fail;
     if (a->new_token)
@@ -333,14 +273,13 @@ static int run(Cluster *c, Args *a) {
   soup_session_set_proxy_resolver(c->session, NULL);
   if (!broker_prepare(c, &error) || !broker_start(c, &error))
     goto fail;
-  jobs_load(c);
+  loop_start(c);
   if (!start_server(c, &error))
     goto fail;
   g_unix_signal_add(SIGTERM, on_signal, c);
   g_unix_signal_add(SIGINT, on_signal, c);
-  jobs_mqtt_start(c);
+  nodelink_start(c);
   root_link_start(c);
-  c->tick_source = g_timeout_add(500, jobs_tick, c);
   od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", c->listen, "state_dir", c->state_dir, "url",
          c->advertise_url, "msg", "oakuk-cluster listening", NULL);
   g_main_loop_run(c->loop);
@@ -372,8 +311,8 @@ int main(int argc, char **argv) {
       {"external-broker", 0, 0, G_OPTION_ARG_STRING, &a.external,
        "Use a broker run elsewhere instead of our own mosquitto", "HOST:PORT"},
       {"node-timeout", 0, 0, G_OPTION_ARG_INT, &a.node_timeout,
-       "Seconds without a report before a node is lost "
-       "(default 10)",
+       "Seconds without a report before a node is silent (default 10); its instances move after "
+       "their reschedule_after_s",
        "S"},
       {"aggregate-interval", 0, 0, G_OPTION_ARG_INT, &a.aggregate_interval,
        "Seconds between aggregates sent to the root (default 5)", "S"},
@@ -389,8 +328,10 @@ int main(int argc, char **argv) {
   od_log_init("oakuk-cluster", common.log_format, common.verbose);
   c.reports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_node_report_unref);
   c.reachable = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  c.silent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   c.inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   c.delete_sent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  c.retry = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   c.http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
   c.reservations = oakuk_reservations_new();
   int rc = run(&c, &a);

@@ -50,10 +50,10 @@ static gboolean store_registration(Cluster *c, JsonObject *o, GError **error) {
   if (c->subnet != NULL && strcmp(c->subnet, subnet) != 0)
     od_log(G_LOG_LEVEL_WARNING, "root", "old", c->subnet, "new", subnet, "msg",
            "root gave a different subnet; nodes keep their /24 until they register again", NULL);
-  if (!cluster_begin(c, error) || !cluster_kv_set(c, "cluster_id", id, error) ||
-      !cluster_kv_set(c, "token", token, error) || !cluster_kv_set(c, "subnet", subnet, error) ||
-      !cluster_commit(c, error)) {
-    cluster_rollback(c);
+  if (!store_begin(c->store, error) || !store_kv_set(c->store, "cluster_id", id, error) ||
+      !store_kv_set(c->store, "token", token, error) || !store_kv_set(c->store, "subnet", subnet, error) ||
+      !store_commit(c->store, error)) {
+    store_rollback(c->store);
     return FALSE;
   }
   g_free(c->cluster_id);
@@ -117,16 +117,14 @@ static void call_done(GObject *source, GAsyncResult *res, gpointer data) {
   case CALL_STATUS:
     c->status_inflight = FALSE;
     if (SOUP_STATUS_IS_SUCCESSFUL(status)) {
-      g_autofree char *last = g_strdup_printf("%" G_GINT64_FORMAT, call->last_id);
-      od_db_run(c->db, NULL, "DELETE FROM status_outbox WHERE id <= CAST(?1 AS INTEGER)", last, NULL);
+      store_outbox_drop_upto(c->store, call->last_id);
       root_status_pump(c); /* what was queued while this batch was in flight */
     } else if (status == SOUP_STATUS_UNAUTHORIZED) {
       forget_token(c);
     } else if (status == SOUP_STATUS_BAD_REQUEST) {
       /* The root will never take this batch: drop it rather than block every later report. */
-      g_autofree char *last = g_strdup_printf("%" G_GINT64_FORMAT, call->last_id);
       od_log(G_LOG_LEVEL_WARNING, "root", "msg", "status batch refused; dropped", "reason", why, NULL);
-      od_db_run(c->db, NULL, "DELETE FROM status_outbox WHERE id <= CAST(?1 AS INTEGER)", last, NULL);
+      store_outbox_drop_upto(c->store, call->last_id);
     } else {
       od_log(G_LOG_LEVEL_WARNING, "root", "msg", "status reports not delivered; retrying", "reason", why,
              NULL);
@@ -194,12 +192,11 @@ static void schedule_register(Cluster *c) {
   c->register_source = g_timeout_add_seconds((guint)c->register_backoff_s, do_register, c);
 }
 
-/* The aggregate plus an extra key "nodes": one entry per node the cluster has a report of (its
- * report's keys, "active" and "last_seen_ms" in wall-clock ms), for `oakuk nodes` at the root. */
-static char *aggregate_with_nodes(Cluster *c, const char *aggregate_json) {
-  g_autoptr(JsonNode) root = od_json_parse(aggregate_json, -1, NULL);
-  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root))
-    return NULL;
+/* The aggregate plus two extra keys: "nodes", one entry per node the cluster has a report of (its
+ * report's keys, "active", "drained" and "last_seen_ms" in wall-clock ms), for `oakuk nodes` at
+ * the root; and "instances", every instance the cluster holds (docs/reconcile.md: its full state,
+ * which the root compares with what it wants here). */
+static void add_nodes(Cluster *c, JsonObject *agg, GHashTable *drained) {
   JsonArray *nodes = json_array_new();
   g_autoptr(GList) ids = g_hash_table_get_keys(c->reports);
   ids = g_list_sort(ids, (GCompareFunc)strcmp);
@@ -215,38 +212,66 @@ static char *aggregate_with_nodes(Cluster *c, const char *aggregate_json) {
     json_object_remove_member(o, "instances");
     gint64 age = now - oakuk_node_report_received_at_ms(rep);
     json_object_set_boolean_member(o, "active", age <= c->node_timeout_ms);
+    json_object_set_boolean_member(o, "drained", g_hash_table_contains(drained, l->data));
     json_object_set_int_member(o, "last_seen_ms", wall - age);
     json_array_add_object_element(nodes, json_object_ref(o));
   }
-  json_object_set_array_member(json_node_get_object(root), "nodes", nodes);
-  return od_json_to_string(root, FALSE);
+  json_object_set_array_member(agg, "nodes", nodes);
+}
+
+static void add_instances(Cluster *c, JsonObject *agg) {
+  JsonArray *a = json_array_new();
+  g_autoptr(GPtrArray) list = store_instance_list(c->store);
+  for (guint k = 0; k < list->len; k++) {
+    StoreInstance *i = list->pdata[k];
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "job_id", i->job_id);
+    json_object_set_int_member(o, "instance", i->number);
+    json_object_set_int_member(o, "generation", i->generation);
+    json_object_set_string_member(o, "status", oakuk_instance_status_name(i->status));
+    json_object_set_string_member(o, "status_detail", i->detail);
+    json_object_set_string_member(o, "node", i->node);
+    json_object_set_boolean_member(o, "ready", i->ready);
+    json_array_add_object_element(a, o);
+  }
+  json_object_set_array_member(agg, "instances", a);
 }
 
 static gboolean send_aggregate(gpointer data) {
   Cluster *c = data;
   if (c->token == NULL || c->aggregate_inflight)
     return G_SOURCE_CONTINUE;
+  /* A drained node takes nothing new: its resources are not offered to the root. */
+  g_autoptr(GHashTable) drained = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_autoptr(GPtrArray) nodes = store_node_list(c->store);
+  for (guint k = 0; k < nodes->len; k++)
+    if (((StoreNode *)nodes->pdata[k])->drained)
+      g_hash_table_add(drained, g_strdup(((StoreNode *)nodes->pdata[k])->id));
   g_autoptr(GPtrArray) reports = g_ptr_array_new();
   GHashTableIter it;
-  gpointer v;
+  gpointer k, v;
   g_hash_table_iter_init(&it, c->reports);
-  while (g_hash_table_iter_next(&it, NULL, &v))
-    g_ptr_array_add(reports, v);
+  while (g_hash_table_iter_next(&it, &k, &v))
+    if (!g_hash_table_contains(drained, k))
+      g_ptr_array_add(reports, v);
   oakuk_error *err = NULL;
   oakuk_cluster_aggregate *agg =
       oakuk_aggregate_fold((oakuk_node_report *const *)reports->pdata, reports->len,
                            cluster_liveness_now_ms(c), c->node_timeout_ms, &err);
   char *json = agg ? oakuk_cluster_aggregate_to_json(agg, FALSE, &err) : NULL;
   oakuk_cluster_aggregate_unref(agg);
-  if (json == NULL) {
-    od_log(G_LOG_LEVEL_WARNING, "aggregate", "msg", oakuk_error_message(err), NULL);
+  g_autoptr(JsonNode) root = json ? od_json_parse(json, -1, NULL) : NULL;
+  od_oakuk_free(json);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root)) {
+    od_log(G_LOG_LEVEL_WARNING, "aggregate", "msg", err ? oakuk_error_message(err) : "not an object", NULL);
     oakuk_error_free(err);
     return G_SOURCE_CONTINUE;
   }
+  add_nodes(c, json_node_get_object(root), drained);
+  add_instances(c, json_node_get_object(root));
+  g_autofree char *body = od_json_to_string(root, FALSE);
   g_autofree char *path = g_strdup_printf("/api/information/%s", c->cluster_id);
-  g_autofree char *with_nodes = aggregate_with_nodes(c, json);
-  send_call(c, CALL_AGGREGATE, path, c->token, with_nodes ? with_nodes : json, 0);
-  od_oakuk_free(json);
+  send_call(c, CALL_AGGREGATE, path, c->token, body, 0);
   return G_SOURCE_CONTINUE;
 }
 
@@ -257,55 +282,75 @@ static gboolean status_pump_idle(gpointer data) {
   return G_SOURCE_REMOVE;
 }
 
-gboolean root_queue_status(Cluster *c, const char *job_id, gint64 instance, const char *status,
-                           const char *detail, const char *node, gboolean ready, gint64 ready_ms,
-                           GError **error) {
-  g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, instance);
+static gboolean queue(Cluster *c, const StoreStatus *e, GError **error) {
+  g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, e->number);
+  g_autofree char *gen = g_strdup_printf("%" G_GINT64_FORMAT, e->generation);
   g_autofree char *ms =
-      ready && ready_ms >= 0 ? g_strdup_printf("%" G_GINT64_FORMAT, ready_ms) : g_strdup("");
+      e->ready && e->ready_ms >= 0 ? g_strdup_printf("%" G_GINT64_FORMAT, e->ready_ms) : g_strdup("");
   /* ready_ms goes last: without a figure its key ends the list. */
-  od_log(G_LOG_LEVEL_INFO, "status", "job", job_id, "instance", n, "status", status, "node", node ? node : "",
-         "ready", ready ? "true" : "false", *ms ? "ready_ms" : NULL, ms, NULL);
-  if (!od_db_run(c->db, error,
-                 "INSERT INTO status_outbox (job_id, instance, status, detail, node, ready, ready_ms)"
-                 " VALUES (?1, CAST(?2 AS INTEGER), ?3, ?4, ?5, CAST(?6 AS INTEGER),"
-                 " CAST(NULLIF(?7, '') AS INTEGER))",
-                 job_id, n, status, detail ? detail : "", node ? node : "", ready ? "1" : "0", ms, NULL))
+  od_log(G_LOG_LEVEL_INFO, "status", "job", e->job_id, "instance", n, "generation", gen, "status", e->status,
+         "node", e->node ? e->node : "", "ready", e->ready ? "true" : "false", *ms ? "ready_ms" : NULL, ms,
+         NULL);
+  if (!store_outbox_add(c->store, e, error))
     return FALSE;
-  /* Statuses go out at once (one batch per main-loop turn), not on the next 500 ms tick: a
-   * user waiting for RUNNING should not wait for a timer. */
+  /* Statuses go out at once (one batch per main-loop turn), not on the next tick: a user waiting
+   * for RUNNING should not wait for a timer. */
   if (c->status_pump_source == 0 && !c->stopping)
     c->status_pump_source = g_idle_add(status_pump_idle, c);
   return TRUE;
 }
 
+gboolean root_queue_status(Cluster *c, const StoreInstance *i, GError **error) {
+  gboolean ready = i->ready && i->status == OAKUK_STATUS_RUNNING;
+  StoreStatus e = {.job_id = i->job_id,
+                   .number = i->number,
+                   .generation = i->generation,
+                   .status = (char *)oakuk_instance_status_name(i->status),
+                   .detail = i->detail,
+                   .node = i->node,
+                   .ready = ready,
+                   .ready_ms = ready ? i->ready_ms : -1};
+  return queue(c, &e, error);
+}
+
+gboolean root_queue_refusal(Cluster *c, const char *job_id, gint64 number, gint64 generation, int32_t status,
+                            const char *detail, GError **error) {
+  StoreStatus e = {.job_id = (char *)job_id,
+                   .number = number,
+                   .generation = generation,
+                   .status = (char *)oakuk_instance_status_name(status),
+                   .detail = (char *)detail,
+                   .node = "",
+                   .ready_ms = -1};
+  return queue(c, &e, error);
+}
+
+/* Sends up to 200 queued reports, oldest first: [{job_id, instance, generation, status,
+ * status_detail, node?, ready, ready_ms?}]. */
 void root_status_pump(Cluster *c) {
   if (c->token == NULL || c->status_inflight || c->stopping)
     return;
-  g_autoptr(sqlite3_stmt) st = od_db_prepare(c->db,
-                                             "SELECT id, job_id, instance, status, detail, node, ready,"
-                                             " ready_ms FROM status_outbox ORDER BY id LIMIT 200",
-                                             NULL);
+  g_autoptr(GPtrArray) batch = store_outbox_batch(c->store, 200);
+  if (batch->len == 0)
+    return;
   g_autoptr(JsonArray) list = json_array_new();
   gint64 last = 0;
-  while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
-    last = sqlite3_column_int64(st, 0);
+  for (guint k = 0; k < batch->len; k++) {
+    StoreStatus *e = batch->pdata[k];
+    last = e->id;
     JsonObject *o = json_object_new();
-    json_object_set_string_member(o, "job_id", (const char *)sqlite3_column_text(st, 1));
-    json_object_set_int_member(o, "instance", sqlite3_column_int64(st, 2));
-    json_object_set_string_member(o, "status", (const char *)sqlite3_column_text(st, 3));
-    json_object_set_string_member(o, "status_detail", (const char *)sqlite3_column_text(st, 4));
-    const char *node = (const char *)sqlite3_column_text(st, 5);
-    if (node != NULL && *node != '\0')
-      json_object_set_string_member(o, "node", node);
-    gboolean ready = sqlite3_column_int64(st, 6) != 0;
-    json_object_set_boolean_member(o, "ready", ready);
-    if (ready && sqlite3_column_type(st, 7) != SQLITE_NULL)
-      json_object_set_int_member(o, "ready_ms", sqlite3_column_int64(st, 7));
+    json_object_set_string_member(o, "job_id", e->job_id);
+    json_object_set_int_member(o, "instance", e->number);
+    json_object_set_int_member(o, "generation", e->generation);
+    json_object_set_string_member(o, "status", e->status);
+    json_object_set_string_member(o, "status_detail", e->detail);
+    if (e->node != NULL && *e->node != '\0')
+      json_object_set_string_member(o, "node", e->node);
+    json_object_set_boolean_member(o, "ready", e->ready);
+    if (e->ready && e->ready_ms >= 0)
+      json_object_set_int_member(o, "ready_ms", e->ready_ms);
     json_array_add_object_element(list, o);
   }
-  if (json_array_get_length(list) == 0)
-    return;
   g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), list);
   g_autofree char *body = od_json_to_string(node, FALSE);
   g_autofree char *path = g_strdup_printf("/api/v1/clusters/%s/status", c->cluster_id);
@@ -316,8 +361,4 @@ void root_link_start(Cluster *c) {
   if (c->token == NULL)
     g_idle_add(do_register, c);
   c->aggregate_source = g_timeout_add((guint)c->aggregate_interval_ms, send_aggregate, c);
-}
-
-void root_send_aggregate_now(Cluster *c) {
-  send_aggregate(c);
 }

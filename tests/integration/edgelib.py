@@ -77,10 +77,19 @@ def wait_until(what, fn, timeout=20, interval=0.2):
     raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
 
 
-def report(node_id, memory, instances=(), ip="127.0.0.1", virtualization=("container",)):
-    return {"id": node_id, "host": node_id, "ip": ip, "architecture": "amd64", "cpu_percent": 25.0, "vcpus": 4,
-            "memory": memory, "memory_total": 8192, "memory_percent": 10.0, "virtualization": list(virtualization),
-            "instances": [{"name": n, "status": "RUNNING", "cpu_percent": 1.0, "memory_mb": 10} for n in instances]}
+def report(node_id, memory, instances=(), ip="127.0.0.1", virtualization=("container",), unikernel=None,
+           generations=None, statuses=None):
+    """A node report. unikernel: the report's unikernel object (e.g. {"accel": "kvm"}); generations and
+    statuses: instance name -> the generation / status the node reports for it (docs/reconcile.md; an
+    instance without a generation is reported without one, as nodes before generations do)."""
+    generations, statuses = generations or {}, statuses or {}
+    rep = {"id": node_id, "host": node_id, "ip": ip, "architecture": "amd64", "cpu_percent": 25.0, "vcpus": 4,
+           "memory": memory, "memory_total": 8192, "memory_percent": 10.0, "virtualization": list(virtualization),
+           "instances": [dict({"name": n, "status": statuses.get(n, "RUNNING"), "cpu_percent": 1.0, "memory_mb": 10},
+                              **({"generation": generations[n]} if n in generations else {})) for n in instances]}
+    if unikernel is not None:
+        rep["unikernel"] = unikernel
+    return rep
 
 
 class Daemon:
@@ -141,9 +150,12 @@ class FakeNode:
     the cluster's current connection, and a report from mosquitto_pub proves nothing about the
     subscriber, which may still be reconnecting after a broker restart."""
 
-    def __init__(self, cp, node_id, memory, virtualization=("container",)):
+    def __init__(self, cp, node_id, memory, virtualization=("container",), unikernel=None):
         self.cp, self.id, self.memory, self.virtualization = cp, node_id, memory, virtualization
+        self.unikernel = unikernel
         self.instances = set()
+        self.generations = {}  # instance name -> generation it reports (none: no "generation" key)
+        self.statuses = {}  # instance name -> status it reports (default RUNNING)
         self.logs = {}
         self.answer_logs = True
         self.logs_requests = []
@@ -152,7 +164,8 @@ class FakeNode:
         self.seen = []
         r = requests.post(cp.cluster_url + "/api/node/register",
                           json={"join_token": cp.node_join_token,
-                                "capabilities": report(node_id, memory, virtualization=virtualization)}, timeout=10)
+                                "capabilities": report(node_id, memory, virtualization=virtualization,
+                                                       unikernel=unikernel)}, timeout=10)
         assert r.status_code == 201, r.text
         self.creds = r.json()
         self.sub = None
@@ -201,7 +214,8 @@ class FakeNode:
         while self.alive:
             if self.subscribed.is_set():
                 self.publish("information", report(self.id, self.memory, sorted(self.instances),
-                                                   virtualization=self.virtualization))
+                                                   virtualization=self.virtualization, unikernel=self.unikernel,
+                                                   generations=self.generations, statuses=self.statuses))
             time.sleep(1)
 
     def publish(self, leaf, payload, user=None, password=None, topic=None):
@@ -235,10 +249,14 @@ class FakeNode:
             self.seen.append(self.msgs.get())
         return [json.loads(p) for t, p in self.seen if t == "nodes/%s/%s" % (self.id, leaf) and pred(json.loads(p))]
 
-    def status(self, job_name, n, status, detail="", ready=None, ready_ms=None):
-        """Publishes a status event; ready and ready_ms are left out unless given (a node older than
-        readiness sends neither)."""
+    def status(self, job_name, n, status, detail="", ready=None, ready_ms=None, generation=None, restarting=None):
+        """Publishes a status event; ready, ready_ms, generation and restarting are left out unless
+        given (a node older than readiness or generations sends none)."""
         event = {"job_name": job_name, "instance": n, "status": status, "status_detail": detail}
+        if restarting is not None:
+            event["restarting"] = restarting
+        if generation is not None:
+            event["generation"] = generation
         if ready is not None:
             event["ready"] = ready
         if ready_ms is not None:
@@ -250,3 +268,9 @@ class FakeNode:
         self.alive = False
         if self.thread:
             self.thread.join()
+
+    def resume(self):
+        """Reports again after silence()."""
+        self.alive = True
+        self.thread = threading.Thread(target=self._report_loop, daemon=True)
+        self.thread.start()

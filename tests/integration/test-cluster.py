@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import unittest
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
@@ -32,7 +33,7 @@ SLA = {
             "virtualization": "container", "cmd": [], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
             "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/nginx:latest",
             "arch": ["amd64"], "state": "", "port": "80:80", "addresses": {"rr_ip": "10.30.1.1"},
-            "added_files": [], "restart": "on-failure"}, {
+            "added_files": [], "restart": "on-failure", "reschedule_after_s": 3}, {
             "microserviceID": "", "microservice_name": "once", "microservice_namespace": "test",
             "virtualization": "container", "cmd": [], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
             "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/busybox:latest",
@@ -306,15 +307,16 @@ class ClusterTest(unittest.TestCase):
         here = self.cluster_instance(name)
         self.assertEqual((here["status"], here["ready"], here["ready_ms"]), ("RUNNING", True, 850), here)
         self.assertEqual(self.native_instance(n), inst)
-        # leaving RUNNING resets readiness, here and at the root
-        self.a.status(JOB, n, "FAILED", "exit 1")
-        gone = wait_until("FAILED at the root", lambda: (lambda i: i if i and i["status"] == "FAILED" else None)(
+        # leaving RUNNING resets readiness, here and at the root (DEAD: the cluster only reports it; a
+        # FAILED would move the instance, docs/reconcile.md)
+        self.a.status(JOB, n, "DEAD", "exit 1")
+        gone = wait_until("DEAD at the root", lambda: (lambda i: i if i and i["status"] == "DEAD" else None)(
             self.native_instance(n)))
         self.assertIs(gone["ready"], False, gone)
         self.assertNotIn("ready_ms", gone)
         self.assertNotIn("node_ready_ms", gone)
         here = self.cluster_instance(name)
-        self.assertEqual((here["status"], here["ready"]), ("FAILED", False), here)
+        self.assertEqual((here["status"], here["ready"]), ("DEAD", False), here)
         self.assertNotIn("ready_ms", here)
         self.assertEqual(self.metric("oakuk_cluster_instances_ready"), 0)
         r = requests.delete(self.root_url + "/api/service/%s/instance/%d" % (self.sid, n), headers=self.h, timeout=5)
@@ -379,18 +381,22 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual(self.root_instance(n)["status"], "RUNNING")
         self.__class__.running = n
 
-    def test_06_failed_twice_moves_to_other_node(self):
+    def test_06_failed_moves_to_other_node(self):
+        """FAILED from a node (a failure its restarts cannot mend, docs/reconcile.md): the instance
+        moves to another node at once, and the node it failed on is told to drop its copy."""
         n = self.running
-        self.a.status(JOB, n, "FAILED", "exit 1")
-        self.wait_root_status(n, "FAILED", "node-a")
-        self.a.status(JOB, n, "RUNNING")
-        self.wait_root_status(n, "RUNNING", "node-a")
-        self.a.status(JOB, n, "FAILED", "exit 1 again")
-        self.a.expect("control/delete", lambda m: m.get("instance_number") == n)
-        self.a.instances.discard("%s.instance.%d" % (JOB, n))
-        self.b.expect("control/deploy", lambda m: m.get("instance_number") == n)
+        name = "%s.instance.%d" % (JOB, n)
+        before = self.cluster_instance(name)
+        self.a.status(JOB, n, "FAILED", "image cannot be fetched")
+        rm = self.a.expect("control/delete", lambda m: m.get("instance_number") == n)
+        self.assertEqual(rm["generation"], before["node_generation"])
+        self.a.instances.discard(name)
+        dep = self.b.expect("control/deploy", lambda m: m.get("instance_number") == n)
+        self.assertEqual(dep["generation"], before["node_generation"] + 1)
         self.wait_root_status(n, "NODE_SCHEDULED", "node-b")
-        self.b.instances.add("%s.instance.%d" % (JOB, n))
+        self.assertIn("FAILED on node node-a", self.root_instance(n)["status_detail"])
+        self.assertIn("node-a", self.cluster_instance(name)["avoid"])
+        self.b.instances.add(name)
         self.b.status(JOB, n, "RUNNING")
         self.wait_root_status(n, "RUNNING", "node-b")
 
@@ -402,17 +408,18 @@ class ClusterTest(unittest.TestCase):
         self.a.status(JOB, n, "RUNNING")
         self.wait_root_status(n, "RUNNING", "node-a")
         self.a.silence()
+        # the service's reschedule_after_s (3 s, as node_timeout here): then a copy on B
         self.b.expect("control/deploy", lambda m: m.get("instance_number") == n, timeout=15)
         self.wait_root_status(n, "NODE_SCHEDULED", "node-b")
         self.b.instances.add("%s.instance.%d" % (JOB, n))
         self.b.status(JOB, n, "RUNNING")
         self.wait_root_status(n, "RUNNING", "node-b")
-        # A comes back still running it: it is told to drop it.
-        self.a.alive = True
-        self.a.thread = threading.Thread(target=self.a._report_loop, daemon=True)
-        self.a.thread.start()
+        # A comes back still running it, and the moved copy RUNs: A is told to drop it.
+        self.a.resume()
         self.a.expect("control/delete", lambda m: m.get("instance_number") == n)
         self.a.instances.discard("%s.instance.%d" % (JOB, n))
+        # the old copy is forgotten once A no longer reports it
+        wait_until("old copy gone", lambda: self.cluster_instance("%s.instance.%d" % (JOB, n))["old_copies"] == [])
         self.__class__.moved = n
 
     def test_08_cluster_restart_keeps_state(self):
@@ -425,8 +432,8 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual(self.cluster_instances(), before)
         self.wait_nodes_active()
         n = self.moved
-        self.b.status(JOB, n, "FAILED", "after restart")
-        self.wait_root_status(n, "FAILED", "node-b")
+        self.b.status(JOB, n, "DEAD", "after restart")  # DEAD: reported only (FAILED would move it)
+        self.wait_root_status(n, "DEAD", "node-b")
         self.b.status(JOB, n, "RUNNING")
         self.wait_root_status(n, "RUNNING", "node-b")
 
@@ -462,8 +469,8 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual(self.b.got("control/delete", lambda m: m.get("instance_number") == self.moved), [])
 
     def test_10_silent_node_restart_never(self):
-        """restart: never: an instance whose node falls silent fails instead of moving, and the
-        node that comes back with it is told to drop it."""
+        """restart: never: an instance whose node falls silent stays there (silence is not death, and
+        a copy elsewhere would be a restart), says so, and is re-adopted when the node is back."""
         self.wait_nodes_active()
         n = self.new_instance(self.sid_once)
         placed = wait_until("once placed", lambda: next(
@@ -476,17 +483,19 @@ class ClusterTest(unittest.TestCase):
         node.status(JOB_ONCE, n, "RUNNING")
         self.wait_root_status(n, "RUNNING", placed["node"], sid=self.sid_once)
         node.silence()
-        failed = self.wait_root_status(n, "FAILED", timeout=15, sid=self.sid_once)
-        self.assertIn("restart policy is never", failed.get("status_detail", ""), failed)
+        kept = wait_until("silence noted", lambda: (lambda i: i if "restart policy is never" in i.get(
+            "status_detail", "") else None)(self.root_instance(n, self.sid_once)), timeout=15)
+        self.assertEqual((kept["status"], kept["node_id"]), ("RUNNING", placed["node"]), kept)
+        time.sleep(4)  # past node_timeout and the default reschedule_after_s would not matter: never moves
+        self.assertEqual(self.root_instance(n, self.sid_once)["status"], "RUNNING")
         self.assertEqual(other.got("control/deploy", lambda m: m.get("job_name") == JOB_ONCE), [])
-        # it comes back still running it: it is told to drop it, and nothing moves
-        node.alive = True
-        node.thread = threading.Thread(target=node._report_loop, daemon=True)
-        node.thread.start()
-        node.expect("control/delete", lambda m: m.get("job_name") == JOB_ONCE and m.get("instance_number") == n)
-        node.instances.discard(name)
+        # it comes back still running it: re-adopted, nothing is deleted or moved
+        node.resume()
+        back = wait_until("re-adopted", lambda: (lambda i: i if i["status_detail"] == "" else None)(
+            self.root_instance(n, self.sid_once)))
+        self.assertEqual((back["status"], back["node_id"]), ("RUNNING", placed["node"]), back)
         time.sleep(2)
-        self.assertEqual(self.root_instance(n, self.sid_once)["status"], "FAILED")
+        self.assertEqual(node.got("control/delete", lambda m: m.get("job_name") == JOB_ONCE), [])
         self.assertEqual(other.got("control/deploy", lambda m: m.get("job_name") == JOB_ONCE), [])
 
     def test_11_cluster_db_of_an_older_version(self):
@@ -504,7 +513,8 @@ class ClusterTest(unittest.TestCase):
         p = subprocess.run([CLUSTER_BIN, "--state-dir", state, "--new-join-token"], capture_output=True, text=True,
                            timeout=30)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(p.stderr.count("event=migrate"), 4, p.stderr)
+        # the four ready columns (version 1), then version 1 -> 2 (generations, docs/reconcile.md)
+        self.assertEqual(p.stderr.count("event=migrate"), 5, p.stderr)
         # the daemon itself on the migrated database (its second start: nothing to add)
         http_port, mqtt_port = ports(2)
         log = os.path.join(self.tmp, "old-cluster.log")
@@ -517,8 +527,8 @@ class ClusterTest(unittest.TestCase):
                 "http://127.0.0.1:%d/api/v1/instances" % http_port, timeout=5).json())
         finally:
             d.stop()
-        self.assertEqual([(i["name"], i["status"], i["ready"]) for i in rows],
-                         [("old.a.b.c.instance.0", "RUNNING", False)])
+        self.assertEqual([(i["name"], i["status"], i["ready"], i["generation"], i["node_generation"]) for i in rows],
+                         [("old.a.b.c.instance.0", "RUNNING", False, 0, 0)])
         self.assertNotIn("ready_ms", rows[0])
         self.assertNotIn("event=migrate", d.text())
         db = sqlite3.connect(os.path.join(state, "cluster.db"))
@@ -530,6 +540,593 @@ class ClusterTest(unittest.TestCase):
                              [("j1", "RUNNING", 0, None)])
         finally:
             db.close()
+
+
+class FakeRoot:
+    """Plays oakuk-root for one cluster: registers it, and keeps every aggregate and status report
+    it sends. Deploys and deletes are the test's own HTTP calls to the cluster (as the root makes
+    them, docs/reconcile.md), so these tests do not depend on what the real root decides."""
+    TOKEN = "root-issued-token"
+
+    def __init__(self):
+        self.port = ports(1)[0]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.statuses, self.aggregates = [], []
+        root = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+                code, reply = 200, {}
+                if self.path == "/api/v1/clusters/register":
+                    code, reply = 201, {"id": "c1", "token": FakeRoot.TOKEN, "subnet": "10.18.0.0/20"}
+                elif self.headers.get("Authorization") != "Bearer " + FakeRoot.TOKEN:
+                    code = 401
+                elif self.path == "/api/information/c1":
+                    root.aggregates.append(body)
+                elif self.path == "/api/v1/clusters/c1/status":
+                    root.statuses.extend(body)
+                else:
+                    code = 404
+                data = json.dumps(reply).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def job(name, memory=100, **extra):
+    """A job as the root sends it to a cluster: the service document, every variant."""
+    j = {"microserviceID": "", "microservice_name": name, "microservice_namespace": "test", "app_name": "rec",
+         "app_ns": "test", "job_name": "rec.test.%s.test" % name, "virtualization": "container", "cmd": [],
+         "memory": memory, "vcpus": 1, "code": "docker.io/library/nginx:latest", "arch": ["amd64"],
+         "restart": "on-failure"}
+    j.update(extra)
+    return j
+
+
+class Site:
+    """One oakuk-cluster with its own mosquitto, registered with a FakeRoot; nodes are FakeNodes."""
+
+    def __init__(self, tmp, name, node_timeout=2, config=None):
+        self.root = FakeRoot()
+        http_port, self.mqtt_port = ports(2)
+        self.cluster_url = "http://127.0.0.1:%d" % http_port
+        args = [CLUSTER_BIN, "--state-dir", os.path.join(tmp, name), "--listen", "127.0.0.1:%d" % http_port,
+                "--root-url", self.root.url, "--name", name, "--mqtt-port", str(self.mqtt_port),
+                "--mosquitto", MOSQUITTO, "--node-timeout", str(node_timeout), "--aggregate-interval", "1",
+                "--join-token", "unused"]
+        if config is not None:
+            path = os.path.join(tmp, name + ".conf")
+            with open(path, "w") as f:
+                f.write(config)
+            args += ["--config", path]
+        self.nodes = []
+        self.cluster = Daemon(args, os.path.join(tmp, name + ".log"))
+        self.cluster.start()
+        self.node_join_token = self.cluster.grep("node join token:")
+        wait_until("cluster %s registered and connected" % name, lambda: (
+            lambda j: j["registered"] and j["mqtt_connected"])(requests.get(self.cluster_url + "/healthz",
+                                                                             timeout=5).json()))
+        self.auth = {"Authorization": "Bearer " + FakeRoot.TOKEN}
+
+    def node(self, node_id, memory, **kw):
+        """A FakeNode, once the cluster has its first report (it can be placed on)."""
+        n = FakeNode(self, node_id, memory, **kw)
+        n.listen()
+        self.nodes.append(n)
+        wait_until("%s reported" % node_id, lambda: self.nodes_view()[node_id]["reachable"])
+        return n
+
+    def close(self):
+        for n in self.nodes:
+            n.alive = False
+            stop(n.sub)
+        self.cluster.stop()
+        self.root.close()
+
+    def deploy(self, body, n, generation=None, job_id=None):
+        body = dict(body, instance_number=n)
+        if generation is not None:
+            body["generation"] = generation
+        job_id = job_id or "svc-" + body["microservice_name"]
+        return requests.post(self.cluster_url + "/api/service/%s/%d" % (job_id, n),
+                             json=body, headers=self.auth, timeout=10)
+
+    def delete(self, job_id, n, generation=None):
+        q = "" if generation is None else "?generation=%s" % generation
+        return requests.delete(self.cluster_url + "/api/service/%s/%d%s" % (job_id, n, q), headers=self.auth,
+                               timeout=10)
+
+    def instance(self, name):
+        return next((i for i in requests.get(self.cluster_url + "/api/v1/instances", timeout=5).json()
+                     if i["name"] == name), None)
+
+    def nodes_view(self):
+        return {n["id"]: n for n in requests.get(self.cluster_url + "/api/v1/nodes", timeout=5).json()}
+
+    def statuses(self, job_id, n):
+        return [e for e in list(self.root.statuses) if e["job_id"] == job_id and e["instance"] == n]
+
+    def wait_status(self, job_id, n, status, node=None, generation=None, detail="", timeout=20):
+        """The latest status report about job_id/n with status (or one of a tuple of them), and
+        node, generation and a detail containing detail when given."""
+        statuses = status if isinstance(status, tuple) else (status,)
+        return wait_until("%s/%d %s at the root" % (job_id, n, status), lambda: next(
+            (e for e in reversed(self.statuses(job_id, n)) if e["status"] in statuses and
+             (node is None or e.get("node") == node) and (generation is None or e["generation"] == generation)
+             and detail in e["status_detail"]), None), timeout=timeout)
+
+    def metric(self, name):
+        text = requests.get(self.cluster_url + "/metrics", timeout=5).text
+        return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
+
+
+UNIKERNEL_CAPS = {"accel": "kvm", "qemu_version": "7.2.0", "emulated_archs": []}
+
+
+class ReconcileTest(unittest.TestCase):
+    """docs/reconcile.md at the cluster: generations, partitions that are not deaths, re-adoption,
+    the variant chosen per node, FAILED and its expiring avoid entry, drain, removal; each test with
+    its own cluster (and mosquitto) registered with a fake root."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="oakuk-reconcile-test-")
+
+    @classmethod
+    def tearDownClass(cls):
+        if os.environ.get("KEEP_TMP") is None:
+            subprocess.run(["rm", "-rf", cls.tmp])
+
+    def site(self, name, **kw):
+        s = Site(self.tmp, name, **kw)
+        self.addCleanup(s.close)
+        return s
+
+    def placed(self, site, node, n, name, generation=None):
+        """node acknowledges the deploy of instance n: it holds it and reports it RUNNING."""
+        dep = node.expect("control/deploy", lambda m: m.get("instance_number") == n and m.get("job_name") == name and
+                          (generation is None or m.get("generation") == generation))
+        inst = "%s.instance.%d" % (name, n)
+        node.instances.add(inst)
+        node.generations[inst] = dep["generation"]
+        node.status(name, n, "RUNNING", generation=dep["generation"])
+        return dep
+
+    # ---- the tests ----
+    def test_01_cluster_db_of_the_current_version(self):
+        """A cluster.db of the schema before generations (version 1, with the ready columns) is
+        upgraded on start to version 2 and keeps every row; a second start changes nothing."""
+        state = os.path.join(self.tmp, "v1-state")
+        os.makedirs(state)
+        db = sqlite3.connect(os.path.join(state, "cluster.db"))
+        db.executescript(CURRENT_TABLES)
+        placement = {"virtualization": "container", "arch": "amd64", "code": "docker.io/library/nginx:latest"}
+        stored = dict(job("web"), placement=placement, reschedule_after_s=7, instance_number=0)
+        report_x = report("node-x", 1000, ["rec.test.web.test.instance.0"])
+        db.executescript("""
+            INSERT INTO kv VALUES ('cluster_id', 'c9'), ('token', 't9'), ('subnet', '10.18.0.0/20');
+            INSERT INTO join_tokens VALUES ('abc', 1);
+            INSERT INTO explanations VALUES ('svc-web', 'rec.test.web.test', 0, '["node node-x: chosen"]');
+            INSERT INTO deliveries (node, instance, topic, payload) VALUES ('node-x', 'gone.a.b.c.instance.1',
+              'nodes/node-x/control/delete', '{"job_name": "gone.a.b.c", "instance_number": 1}');""")
+        db.execute("INSERT INTO nodes VALUES ('node-x', 'hash', 0, '10.18.0.0/24', '127.0.0.1', ?, 5)",
+                   (json.dumps(report_x),))
+        db.execute("INSERT INTO instances (name, job_id, job_name, instance, node, ip, status, detail, job, restart,"
+                   " failures, avoid, ready, ready_ms) VALUES ('rec.test.web.test.instance.0', 'svc-web',"
+                   " 'rec.test.web.test', 0, 'node-x', '10.18.0.2', 'RUNNING', '', ?, 1, 1, '[\"node-y\"]', 1, 420)",
+                   (json.dumps(stored),))
+        db.execute("INSERT INTO status_outbox (job_id, instance, status, detail, node, ready, ready_ms)"
+                   " VALUES ('svc-web', 0, 'RUNNING', '', 'node-x', 1, 420)")
+        db.commit()
+        db.close()
+        before_ms = time.time() * 1000
+        p = subprocess.run([CLUSTER_BIN, "--state-dir", state, "--new-join-token"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stderr.count("event=migrate"), 1, p.stderr)
+        self.assertIn("from=1 to=2", p.stderr)
+        db = sqlite3.connect(os.path.join(state, "cluster.db"))
+        try:
+            self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 2)
+            cols = {r[1] for r in db.execute("PRAGMA table_info(instances)")}
+            self.assertLessEqual({"generation", "node_generation", "placement", "reschedule_after_s", "ready",
+                                  "ready_ms"}, cols)
+            self.assertFalse({"avoid", "failures"} & cols, cols)
+            row = db.execute("SELECT node, ip, status, generation, node_generation, placement, reschedule_after_s,"
+                             " ready, ready_ms, job FROM instances").fetchall()
+            self.assertEqual(len(row), 1)
+            node, ip, status, gen, node_gen, pl, after, ready, ready_ms, job_text = row[0]
+            self.assertEqual((node, ip, status, gen, node_gen, json.loads(pl), after, ready, ready_ms),
+                             ("node-x", "10.18.0.2", "RUNNING", 0, 0, placement, 7, 1, 420))
+            self.assertNotIn("placement", json.loads(job_text))
+            self.assertEqual(json.loads(job_text)["code"], stored["code"])
+            avoid = db.execute("SELECT name, node, until_ms FROM avoid").fetchall()
+            self.assertEqual([(a[0], a[1]) for a in avoid], [("rec.test.web.test.instance.0", "node-y")])
+            self.assertGreater(avoid[0][2], before_ms)  # entries without expiry now expire
+            self.assertEqual(db.execute("SELECT job_id, status, ready, ready_ms, generation FROM status_outbox")
+                             .fetchall(), [("svc-web", "RUNNING", 1, 420, 0)])
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0], 1)
+            self.assertEqual(db.execute("SELECT id, drained, subnet FROM nodes").fetchall(),
+                             [("node-x", 0, "10.18.0.0/24")])
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM join_tokens").fetchone()[0], 2)
+            self.assertEqual(db.execute("SELECT value FROM kv WHERE key = 'token'").fetchone()[0], "t9")
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM old_copies").fetchone()[0], 0)
+        finally:
+            db.close()
+        http_port, mqtt_port = ports(2)
+        d = Daemon([CLUSTER_BIN, "--state-dir", state, "--listen", "127.0.0.1:%d" % http_port, "--root-url",
+                    "http://127.0.0.1:1", "--name", "v1", "--mqtt-port", str(mqtt_port), "--mosquitto", MOSQUITTO],
+                   os.path.join(self.tmp, "v1-cluster.log"))
+        d.start()
+        try:
+            url = "http://127.0.0.1:%d" % http_port
+            rows = wait_until("the upgraded cluster's instances", lambda: requests.get(url + "/api/v1/instances",
+                                                                                        timeout=5).json())
+            nodes = requests.get(url + "/api/v1/nodes", timeout=5).json()
+        finally:
+            d.stop()
+        i = rows[0]
+        self.assertEqual((i["name"], i["node"], i["status"], i["ready"], i["ready_ms"], i["generation"],
+                          i["node_generation"], i["placement"], i["avoid"]),
+                         ("rec.test.web.test.instance.0", "node-x", "RUNNING", True, 420, 0, 0, placement, ["node-y"]))
+        self.assertEqual([(n["id"], n["drained"]) for n in nodes], [("node-x", False)])
+        self.assertNotIn("event=migrate", d.text())
+
+    def test_02_generations(self):
+        """The root's generation on deploy, status reports, aggregates and delete; the node generation
+        on deploy and delete; a deploy of the same or an older generation changes nothing, a newer
+        one of a running instance is adopted where it runs; a status of another generation and a
+        delete of an older one are ignored."""
+        site = self.site("gen")
+        a = site.node("node-a", 4000)
+        r = site.deploy(job("web"), 0, generation=5)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual((r.json()["status"], r.json()["node"], r.json()["generation"]),
+                         ("NODE_SCHEDULED", "node-a", 5), r.text)
+        dep = self.placed(site, a, 0, "rec.test.web.test")
+        self.assertEqual(dep["generation"], 1)
+        self.assertEqual(dep["placement"]["virtualization"], "container")
+        self.assertEqual(dep["instance_name"], "rec.test.web.test.instance.0")
+        self.assertEqual(site.wait_status("svc-web", 0, "NODE_SCHEDULED")["generation"], 5)
+        self.assertEqual(site.wait_status("svc-web", 0, "RUNNING", "node-a")["generation"], 5)
+        name = "rec.test.web.test.instance.0"
+        # a status of a generation the cluster did not place there is ignored
+        a.status("rec.test.web.test", 0, "FAILED", "from another generation", generation=7)
+        wait_until("ignored", lambda: "status event of another generation" in site.cluster.text())
+        self.assertEqual(site.instance(name)["status"], "RUNNING")
+        # the same or an older generation: 200, nothing changes, nothing is sent
+        for g in (5, 4):
+            r = site.deploy(job("web"), 0, generation=g)
+            self.assertEqual((r.status_code, r.json()["generation"], r.json()["status"]), (200, 5, "RUNNING"), r.text)
+            self.assertEqual(r.json()["message"], "instance already deployed here")
+        # a newer one of a running instance: adopted where it runs, reported with the new generation
+        r = site.deploy(job("web"), 0, generation=6)
+        self.assertEqual((r.status_code, r.json()["generation"], r.json()["node"]), (200, 6, "node-a"), r.text)
+        site.wait_status("svc-web", 0, "RUNNING", "node-a", generation=6)
+        time.sleep(1)
+        self.assertEqual(len(a.got("control/deploy", lambda m: True)), 1)
+        self.assertEqual((site.instance(name)["generation"], site.instance(name)["node_generation"]), (6, 1))
+        # the aggregate lists every instance, with its generation
+        entry = wait_until("instances in the aggregate", lambda: next(
+            (e for e in site.root.aggregates[-1].get("instances", []) if e["generation"] == 6), None))
+        self.assertEqual(entry, {"job_id": "svc-web", "instance": 0, "generation": 6, "status": "RUNNING",
+                                 "status_detail": "", "node": "node-a", "ready": False})
+        # a delete of an older generation is stale
+        r = site.delete("svc-web", 0, generation=5)
+        self.assertEqual((r.status_code, r.json()["error"]["code"]), (409, "stale"), r.text)
+        self.assertIsNotNone(site.instance(name))
+        r = site.delete("svc-web", 0, generation=6)
+        self.assertEqual(r.status_code, 200, r.text)
+        rm = a.expect("control/delete", lambda m: m.get("instance_number") == 0)
+        self.assertEqual((rm["job_name"], rm["generation"]), ("rec.test.web.test", 1))
+        self.assertEqual(site.delete("svc-web", 0, generation=6).status_code, 404)
+        a.instances.discard(name)
+        wait_until("old copy forgotten", lambda: site.metric("oakuk_cluster_old_copies_pending") == 0)
+
+    def test_03_single_node_outage_keeps_the_instance(self):
+        """A single-node site whose node is silent for 3x node_timeout (and past the service's
+        reschedule_after_s) keeps the instance there (no delete, no FAILED) and re-adopts it when
+        the node reports again."""
+        site = self.site("single", node_timeout=2)
+        a = site.node("node-a", 4000)
+        self.assertEqual(site.deploy(job("web", reschedule_after_s=1), 0, generation=1).status_code, 200)
+        self.placed(site, a, 0, "rec.test.web.test")
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        name = "rec.test.web.test.instance.0"
+        a.silence()
+        time.sleep(6.5)
+        here = site.instance(name)
+        self.assertEqual((here["node"], here["status"]), ("node-a", "RUNNING"), here)
+        self.assertIn("node node-a sent no report", here["status_detail"])
+        self.assertIn("kept there, no other node can take it", here["status_detail"])
+        self.assertEqual(a.got("control/delete", lambda m: True), [])
+        self.assertEqual([e["status"] for e in site.statuses("svc-web", 0)
+                          if e["status"] not in ("NODE_SCHEDULED", "RUNNING")], [])
+        self.assertFalse(site.nodes_view()["node-a"]["active"])
+        a.resume()
+        back = wait_until("re-adopted", lambda: (lambda i: i if i["status_detail"] == "" else None)(
+            site.instance(name)))
+        self.assertEqual((back["node"], back["status"], back["node_generation"]), ("node-a", "RUNNING", 1))
+        wait_until("the root told", lambda: site.statuses("svc-web", 0)[-1]["status_detail"] == "")
+        time.sleep(1)
+        self.assertEqual(a.got("control/delete", lambda m: True), [])
+        self.assertEqual(len(a.got("control/deploy", lambda m: True)), 1)
+
+    def moved_site(self, name):
+        """Two nodes; instance 0 RUNNING on A (the most free), reschedule_after_s 8; A falls silent
+        and, after reschedule_after_s, B gets a copy while A's copy waits for its delete."""
+        site = self.site(name, node_timeout=3)
+        a, b = site.node("node-a", 4000), site.node("node-b", 2000)
+        self.assertEqual(site.deploy(job("web", reschedule_after_s=8), 0, generation=1).status_code, 200)
+        first = self.placed(site, a, 0, "rec.test.web.test")
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        name = "rec.test.web.test.instance.0"
+        t0 = time.time()
+        a.silence()
+        wait_until("silence noted", lambda: "sent no report" in site.instance(name)["status_detail"], timeout=10)
+        self.assertEqual(b.got("control/deploy", lambda m: True), [], "moved before reschedule_after_s")
+        dep = b.expect("control/deploy", lambda m: m.get("instance_number") == 0, timeout=20)
+        self.assertGreater(time.time() - t0, 6.5, "moved before reschedule_after_s")
+        self.assertEqual(dep["generation"], first["generation"] + 1)
+        here = site.instance(name)
+        self.assertEqual((here["node"], here["status"]), ("node-b", "NODE_SCHEDULED"), here)
+        self.assertEqual(here["old_copies"], [{"node": "node-a", "generation": first["generation"],
+                                               "reason": "moved", "delete": "pending"}])
+        self.assertEqual(site.metric("oakuk_cluster_old_copies_pending"), 1)
+        time.sleep(1)
+        self.assertEqual(a.got("control/delete", lambda m: True), [], "a silent node's delete waits")
+        return site, a, b, first, dep
+
+    def test_04_moved_copy_running_old_one_deleted(self):
+        """Rule 4 when the moved copy RUNs: the returning node is told to delete its old copy."""
+        site, a, b, first, dep = self.moved_site("move-running")
+        name = "rec.test.web.test.instance.0"
+        b.instances.add(name)
+        b.generations[name] = dep["generation"]
+        b.status("rec.test.web.test", 0, "RUNNING", generation=dep["generation"])
+        self.assertEqual(site.wait_status("svc-web", 0, "RUNNING", "node-b")["generation"], 1)
+        a.resume()
+        rm = a.expect("control/delete", lambda m: m.get("instance_number") == 0)
+        self.assertEqual(rm["generation"], first["generation"])
+        a.instances.discard(name)
+        wait_until("old copy forgotten", lambda: site.instance(name)["old_copies"] == [])
+        here = site.instance(name)
+        self.assertEqual((here["node"], here["status"], here["node_generation"]),
+                         ("node-b", "RUNNING", dep["generation"]))
+        self.assertEqual(b.got("control/delete", lambda m: True), [])
+
+    def test_05_moved_copy_not_running_old_one_readopted(self):
+        """Rule 4 when the moved copy is not RUNNING yet: the returning node's copy is placed back
+        (generation + 1, same variant and address: the node adopts it without a restart) and the
+        moved copy is deleted."""
+        site, a, b, first, dep = self.moved_site("move-back")
+        name = "rec.test.web.test.instance.0"
+        b.instances.add(name)
+        b.generations[name] = dep["generation"]
+        b.statuses[name] = "CREATING"
+        a.resume()
+        back = a.expect("control/deploy", lambda m: m.get("instance_number") == 0 and
+                        m.get("generation") == dep["generation"] + 1)
+        self.assertEqual((back["instance_ip"], back["placement"]), (first["instance_ip"], first["placement"]))
+        rm = b.expect("control/delete", lambda m: m.get("instance_number") == 0)
+        self.assertEqual(rm["generation"], dep["generation"])
+        here = site.instance(name)
+        self.assertEqual((here["node"], here["status"], here["node_generation"]),
+                         ("node-a", "RUNNING", dep["generation"] + 1), here)
+        self.assertIn("re-adopted on node node-a", here["status_detail"])
+        self.assertEqual(site.wait_status("svc-web", 0, "RUNNING", "node-a")["generation"], 1)
+        self.assertEqual(a.got("control/delete", lambda m: True), [])
+        b.instances.discard(name)
+        a.generations[name] = back["generation"]
+        wait_until("moved copy forgotten", lambda: site.instance(name)["old_copies"] == [])
+
+    def test_06_variant_chosen_per_node(self):
+        """A job with virtualization ["unikernel", "container"]: a unikernel on the unikernel-capable
+        node while it has room, a container on the container-only node once it is full."""
+        site = self.site("variants")
+        u = site.node("node-u", 1000, virtualization=("container", "unikernel"), unikernel=UNIKERNEL_CAPS)
+        c = site.node("node-c", 3000)
+        kernel = "http://127.0.0.1:1/kernel-amd64.tar.gz"
+        image = "docker.io/library/nginx:latest"
+        dual = job("dual", memory=200, virtualization=["unikernel", "container"],
+                   code={"unikernel": kernel, "container": image})
+        r = site.deploy(dual, 0, generation=1)
+        self.assertEqual((r.status_code, r.json()["node"]), (200, "node-u"), r.text)
+        dep = u.expect("control/deploy", lambda m: m.get("instance_number") == 0)
+        self.assertEqual((dep["placement"]["virtualization"], dep["placement"]["code"], dep["placement"]["arch"]),
+                         ("unikernel", kernel, "amd64"))
+        self.assertEqual((dep["virtualization"], dep["code"]), ("unikernel", kernel))
+        u.memory = 100  # full
+        wait_until("node-u full", lambda: site.root.aggregates[-1]["cumulative_memory_in_mb"] == 3100)
+        # a root's own choice of variant (roots before docs/reconcile.md sent one) does not bind
+        r = site.deploy(dict(dual, placement={"virtualization": "unikernel", "arch": "amd64", "code": kernel}), 1,
+                        generation=1)
+        self.assertEqual((r.status_code, r.json()["node"]), (200, "node-c"), r.text)
+        dep = c.expect("control/deploy", lambda m: m.get("instance_number") == 1)
+        self.assertEqual((dep["placement"]["virtualization"], dep["placement"]["code"]), ("container", image))
+        self.assertEqual((dep["virtualization"], dep["code"]), ("container", image))
+        self.assertEqual(u.got("control/deploy", lambda m: m.get("instance_number") == 1), [])
+
+    def test_07_failed_moves_and_avoid_expires(self):
+        """FAILED: the node is avoided for avoid_s and another one gets the instance; with none
+        left the root hears FAILED; once the avoid entry expired the node is chosen again."""
+        site = self.site("failed", config="[cluster]\navoid_s=8\n")
+        a, b = site.node("node-a", 4000), site.node("node-b", 2000)
+        name = "rec.test.web.test.instance.0"
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        first = self.placed(site, a, 0, "rec.test.web.test")
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        # a FAILED the node restarts itself (CrashLoopBackOff, "restarting": true) is only reported
+        a.status("rec.test.web.test", 0, "FAILED", "exit 1; restart 1 in 1 s (backoff)", generation=first["generation"],
+                 restarting=True)
+        site.wait_status("svc-web", 0, "FAILED", "node-a")
+        a.status("rec.test.web.test", 0, "RUNNING", generation=first["generation"])
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        self.assertEqual(b.got("control/deploy", lambda m: True), [])
+        self.assertEqual(site.instance(name)["avoid"], [])
+        a.status("rec.test.web.test", 0, "FAILED", "image of another architecture", generation=first["generation"])
+        t_a = time.time()
+        dep = b.expect("control/deploy", lambda m: m.get("instance_number") == 0)
+        self.assertEqual(dep["generation"], first["generation"] + 1)
+        rm = a.expect("control/delete", lambda m: m.get("instance_number") == 0)
+        self.assertEqual(rm["generation"], first["generation"])
+        self.assertEqual(site.instance(name)["avoid"], ["node-a"])
+        # statuses of the old copy, or of an older generation, are ignored
+        a.status("rec.test.web.test", 0, "RUNNING", generation=first["generation"])
+        b.status("rec.test.web.test", 0, "CREATING", "stale", generation=first["generation"])
+        wait_until("stale status ignored", lambda: "status event of another generation" in site.cluster.text())
+        time.sleep(0.5)
+        self.assertEqual(site.instance(name)["status"], "NODE_SCHEDULED")
+        # B fails too while A is avoided: nowhere left, the root hears FAILED
+        b.status("rec.test.web.test", 0, "FAILED", "network conflict", generation=dep["generation"])
+        failed = site.wait_status("svc-web", 0, "FAILED", detail="network conflict")
+        self.assertLess(time.time() - t_a, 8, "too slow to test the avoid entry of node-a")
+        self.assertIn("no other node can take it", failed["status_detail"])
+        self.assertIn("node node-a: avoided", failed["status_detail"])
+        self.assertEqual(site.instance(name)["avoid"], ["node-a", "node-b"])
+        # A's entry expires first: the root's next deploy (a newer generation) lands there
+        wait_until("avoid entry of node-a expired", lambda: site.instance(name)["avoid"] == ["node-b"], timeout=15)
+        r = site.deploy(job("web"), 0, generation=2)
+        self.assertEqual((r.status_code, r.json()["node"], r.json()["status"]), (200, "node-a", "NODE_SCHEDULED"),
+                         r.text)
+        self.assertEqual(a.expect("control/deploy", lambda m: m.get("generation") == dep["generation"] + 1)
+                         ["instance_number"], 0)
+        self.assertEqual(b.expect("control/delete", lambda m: m.get("instance_number") == 0)["generation"],
+                         dep["generation"])
+
+    def test_08_drain(self):
+        """A drained node's instances get a copy elsewhere first; its own copy is deleted once the new
+        one RUNs; it takes nothing new; with nowhere to go the copy is deleted at once and the root
+        hears why."""
+        site = self.site("drain")
+        a, b = site.node("node-a", 4000), site.node("node-b", 2000)
+        name = "rec.test.web.test.instance.0"
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        first = self.placed(site, a, 0, "rec.test.web.test")
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        url = site.cluster_url + "/api/v1/nodes/%s/drain"
+        self.assertEqual(requests.post(url % "node-a", timeout=5).status_code, 401)
+        self.assertEqual(requests.post(url % "node-z", headers=site.auth, timeout=5).status_code, 404)
+        r = requests.post(url % "node-a", headers=site.auth, timeout=5)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertTrue(site.nodes_view()["node-a"]["drained"])
+        dep = b.expect("control/deploy", lambda m: m.get("instance_number") == 0)
+        self.assertEqual(dep["generation"], first["generation"] + 1)
+        self.assertEqual(site.instance(name)["old_copies"][0]["delete"], "when the instance runs elsewhere")
+        # something new goes to B although A has more room
+        r = site.deploy(job("web"), 1, generation=1)
+        self.assertEqual(r.json()["node"], "node-b", r.text)
+        time.sleep(1)
+        self.assertEqual(a.got("control/delete", lambda m: True), [], "deleted before the new copy ran")
+        b.instances.add(name)
+        b.status("rec.test.web.test", 0, "RUNNING", generation=dep["generation"])
+        rm = a.expect("control/delete", lambda m: m.get("instance_number") == 0)
+        self.assertEqual(rm["generation"], first["generation"])
+        a.instances.discard(name)
+        # B drained too: nowhere to go, B's copies are deleted at once and the root told why
+        self.assertEqual(requests.post(url % "node-b", headers=site.auth, timeout=5).status_code, 200)
+        for n in (0, 1):
+            b.expect("control/delete", lambda m, n=n: m.get("instance_number") == n)
+            refused = site.wait_status("svc-web", n, ("NO_WORKER_CAPACITY", "NO_QUALIFIED_WORKER_FOUND"))
+            self.assertIn("node node-b drained", refused["status_detail"])
+        wait_until("nothing kept", lambda: requests.get(site.cluster_url + "/api/v1/instances", timeout=5).json() == [])
+        r = requests.delete(url % "node-a", headers=site.auth, timeout=5)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertFalse(site.nodes_view()["node-a"]["drained"])
+        self.assertTrue(site.nodes_view()["node-b"]["drained"])
+
+    def test_09_remove_node(self):
+        """A removed node's instances move, its login stops working and its subnet goes to the next
+        node that registers."""
+        site = self.site("remove")
+        a, b = site.node("node-a", 4000), site.node("node-b", 2000)
+        self.assertEqual(a.creds["subnet"], "10.18.0.0/24")
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        self.placed(site, a, 0, "rec.test.web.test")
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        url = site.cluster_url + "/api/v1/nodes/%s"
+        self.assertEqual(requests.delete(url % "node-z", headers=site.auth, timeout=5).status_code, 404)
+        self.assertEqual(requests.delete(url % "node-a", timeout=5).status_code, 401)
+        r = requests.delete(url % "node-a", headers=site.auth, timeout=5)
+        self.assertEqual(r.status_code, 200, r.text)
+        a.alive = False
+        b.expect("control/deploy", lambda m: m.get("instance_number") == 0)
+        here = site.instance("rec.test.web.test.instance.0")
+        self.assertEqual(here["node"], "node-b")
+        self.assertIn("moved off node node-a (removed)", here["status_detail"])
+        self.assertEqual(list(site.nodes_view()), ["node-b"])
+        time.sleep(0.5)  # mosquitto rereads its password file on SIGHUP
+        self.assertNotEqual(a.publish("information", report("node-a", 4000)), 0, "a removed node's login works")
+        c = FakeNode(site, "node-c", 1000)
+        self.assertEqual(c.creds["subnet"], "10.18.0.0/24")
+
+    def test_10_new_fields_validated(self):
+        """Every new input field is validated where it enters; a rejection names the field in the
+        log and changes nothing."""
+        site = self.site("validate")
+        a = site.node("node-a", 4000)
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        dep = self.placed(site, a, 0, "rec.test.web.test")
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        state = requests.get(site.cluster_url + "/api/v1/instances", timeout=5).json()
+        for bad in ("1", -1, 1.5, True):
+            r = site.deploy(job("web"), 1, generation=bad)
+            self.assertEqual((r.status_code, r.json()["error"]["path"]), (400, "generation"), (bad, r.text))
+        for bad in ("x", "-1", "1.5"):
+            r = site.delete("svc-web", 0, generation=bad)
+            self.assertEqual((r.status_code, r.json()["error"]["path"]), (400, "generation"), (bad, r.text))
+        self.assertIn("event=http-reject", site.cluster.text())
+        self.assertIn("field=generation", site.cluster.text())
+        rejected = site.metric("oakuk_cluster_mqtt_rejected_total")
+        base = {"job_name": "rec.test.web.test", "instance": 0, "status": "FAILED", "status_detail": "must not apply"}
+        for bad in ("1", -1, 2.5):
+            self.assertEqual(a.publish("job", dict(base, generation=bad)), 0)
+        rep = report("node-a", 4000, ["rec.test.web.test.instance.0"])
+        rep["instances"][0]["generation"] = "x"
+        self.assertEqual(a.publish("information", rep), 0)
+        wait_until("rejections counted", lambda: site.metric("oakuk_cluster_mqtt_rejected_total") >= rejected + 4)
+        log = site.cluster.text()
+        self.assertEqual(log.count('topic=nodes/node-a/job msg="generation: not a non-negative integer"'), 3,
+                         log[-3000:])
+        self.assertIn("instances[0].generation", log)
+        time.sleep(1)
+        self.assertEqual(requests.get(site.cluster_url + "/api/v1/instances", timeout=5).json(), state)
+        self.assertEqual(a.got("control/delete", lambda m: True), [])
+        self.assertEqual(dep["generation"], 1)
+
+
+# The tables of oakuk-cluster before generations (schema version 1, with the ready columns).
+CURRENT_TABLES = """
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, created INTEGER NOT NULL);
+CREATE TABLE nodes (id TEXT PRIMARY KEY, cred_hash TEXT NOT NULL, subnet_index INTEGER NOT NULL
+  UNIQUE, subnet TEXT NOT NULL, ip TEXT NOT NULL DEFAULT '', report TEXT, registered_at INTEGER NOT NULL);
+CREATE TABLE instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT NULL,
+  instance INTEGER NOT NULL, node TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', job TEXT NOT NULL, restart INTEGER NOT NULL,
+  failures INTEGER NOT NULL DEFAULT 0, avoid TEXT NOT NULL DEFAULT '[]',
+  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER, UNIQUE (job_id, instance));
+CREATE TABLE explanations (job_id TEXT PRIMARY KEY, job_name TEXT NOT NULL,
+  instance INTEGER NOT NULL, lines TEXT NOT NULL);
+CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,
+  instance TEXT NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE TABLE status_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
+  instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL,
+  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER);
+"""
 
 
 # The two tables as oakuk-cluster made them before instances had readiness.

@@ -1,9 +1,16 @@
 #!/usr/bin/python3
 """Integration test of oakuk-root: the thesis deployment flow over the Oakestra-compatible API,
 a fake cluster (a local HTTP server) that registers, reports and receives forwarded deploys,
-authentication, input validation and a restart that keeps everything acknowledged.
+authentication, input validation and a restart that keeps everything acknowledged; and the root's
+side of docs/reconcile.md with fake clusters: silent clusters keeping and then moving instances, a
+cluster coming back, refusals that expire, placement when capacity appears, generations, deletes of
+unwanted copies, a restart in the middle of a deploy, drains and cluster removal, and the upgrade of
+a root.db of the schema before versions.
 
 Usage: test-root.py <path to oakuk-root>   (fixtures from $OAKUK_FIXTURES)"""
+import base64
+import hashlib
+import hmac
 import http.server
 import json
 import os
@@ -12,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -56,11 +64,14 @@ def request(base, method, path, body=None, token=None, raw=False):
 
 
 class FakeCluster:
-    """Records every request the root forwards and answers 200 (DELETEs: delete_status)."""
+    """Records every request the root forwards and answers 200 {} (DELETEs: delete_status, deploys:
+    deploy_status and deploy_body; answers[(method, path)] = (status, body) for other paths)."""
 
     def __init__(self):
         self.requests = []
         self.delete_status = 200
+        self.deploy_status, self.deploy_body = 200, {}
+        self.answers = {}
         self.cond = threading.Condition()
         outer = self
 
@@ -74,11 +85,21 @@ class FakeCluster:
                 with outer.cond:
                     outer.requests.append((self.command, self.path, self.headers.get("Authorization"), body))
                     outer.cond.notify_all()
-                self.send_response(outer.delete_status if self.command == "DELETE" else 200)
+                path = self.path.split("?")[0]
+                if (self.command, path) in outer.answers:
+                    status, answer = outer.answers[(self.command, path)]
+                elif self.command == "DELETE" and path.startswith("/api/service/"):
+                    status, answer = outer.delete_status, {}
+                elif self.command == "POST" and path.startswith("/api/service/"):
+                    status, answer = outer.deploy_status, outer.deploy_body
+                else:
+                    status, answer = 200, {}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(b"{}")
+                self.wfile.write(data)
 
             do_POST = do_DELETE = _record
 
@@ -87,12 +108,18 @@ class FakeCluster:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def wait_for(self, method, path, timeout=10):
+    def got(self, method, path, pred=lambda r: True):
+        """The requests of method on path (with or without its query) that pred accepts."""
+        with self.cond:
+            return [r for r in self.requests if r[0] == method and path in (r[1], r[1].split("?")[0]) and pred(r)]
+
+    def wait_for(self, method, path, timeout=10, pred=lambda r: True):
+        """The first request of method on path (with or without its query) that pred accepts."""
         deadline = time.time() + timeout
         with self.cond:
             while True:
                 for r in self.requests:
-                    if r[0] == method and r[1] == path:
+                    if r[0] == method and path in (r[1], r[1].split("?")[0]) and pred(r):
                         return r
                 left = deadline - time.time()
                 if left <= 0:
@@ -319,9 +346,13 @@ class RootTest(unittest.TestCase):
         job = json.loads(body)
         self.assertEqual(job["job_name"], "testing.test.testaggr.test")
         self.assertEqual(job["instance_number"], 1)
-        self.assertEqual(job["placement"]["virtualization"], "unikernel")
-        self.assertEqual(job["placement"]["arch"], "amd64")
-        self.assertEqual(job["placement"]["code"], "http://192.168.1.173:8001/nginxx86.tar.gz")
+        # docs/reconcile.md: the job carries its generation, and no chosen variant (the cluster picks
+        # one per node among every variant of the job)
+        self.assertEqual(job["generation"], 1)
+        self.assertNotIn("placement", job)
+        self.assertEqual(job["code"], "http://192.168.1.173:8001/nginxx86.tar.gz")
+        self.assertEqual(self.instance(svc, 1)["generation"], 1)
+        self.assertEqual(self.instance(svc, 1)["placement"], {"virtualization": "unikernel", "arch": "amd64"})
         lines = self.call("GET", "/api/v1/services/%s/explain" % sid, token=token).json()["lines"]
         self.assertTrue(any("cluster1" in l for l in lines), lines)
 
@@ -351,7 +382,7 @@ class RootTest(unittest.TestCase):
         # API shows it until then; the compatible one drops it at once, see test_02a).
         r = self.call("DELETE", "/api/service/%s/instance/1" % sid, token=token)
         self.assertEqual(r.status, 200, r.body)
-        self.cluster.wait_for("DELETE", "/api/service/%s/1" % sid)
+        self.cluster.wait_for("DELETE", "/api/service/%s/1?generation=1" % sid)
         deadline = time.time() + 10
         while self.native_instance(token, sid, 1) is not None:
             self.assertLess(time.time(), deadline, "instance 1 was never removed")
@@ -586,61 +617,605 @@ class RootTest(unittest.TestCase):
         self.assertLess(grown, 512, "oakuk-root grew by %d kB over 3000 connections" % grown)
 
 
-class RescheduleTest(unittest.TestCase):
-    """A cluster that stops sending aggregates loses its instances to another cluster."""
+def aggregate(memory=7627, cores=12, nodes=None, instances=None):
+    """The thesis's aggregate with memory MB and cores free (also for amd64 unikernels), and the
+    node list and instances list oakuk-cluster adds when given."""
+    a = json.loads(AGGREGATE)
+    a["cumulative_memory_in_mb"] = a["aggregation_per_architecture"]["amd64"]["memory_in_mb"] = memory
+    a["cpu_cores"] = a["aggregation_per_architecture"]["amd64"]["cpu_cores"] = cores
+    if nodes is not None:
+        a["nodes"] = nodes
+    if instances is not None:
+        a["instances"] = instances
+    return a
+
+
+def node(node_id, memory=4000, vcpus=4, active=True):
+    """An entry of an aggregate's node list: an amd64 node with KVM for unikernels."""
+    return {"id": node_id, "host": node_id, "ip": "10.0.0.1", "architecture": "amd64", "cpu_percent": 1.0,
+            "vcpus": vcpus, "memory": memory, "memory_total": 8192, "memory_percent": 10.0,
+            "virtualization": ["unikernel"], "unikernel": {"accel": "kvm", "qemu_version": "7.2.0"},
+            "active": active, "last_seen_ms": int(time.time() * 1000)}
+
+
+def sla(name="testing", **extra):
+    doc = json.loads(SLA)
+    doc["applications"][0]["application_name"] = name
+    doc["applications"][0]["microservices"][0].update(extra)
+    return doc
+
+
+class Edge:
+    """One oakuk-root (config lines in [root]) and fake clusters registered with it."""
+
+    def __init__(self, test, conf="", state=None):
+        self.tmp = tempfile.mkdtemp(prefix="oakuk-root-edge-")
+        test.addCleanup(shutil.rmtree, self.tmp, True)
+        path = os.path.join(self.tmp, "root.conf")
+        with open(path, "w") as f:
+            f.write("[root]\n" + conf)
+        self.conf = path
+        self.root = RootDaemon(state or os.path.join(self.tmp, "state"), ports(1)[0])
+        self.root.start(["--config", path])
+        test.addCleanup(self.root.stop)
+        self.test = test
+        self.password = None
+        lines = [l for l in self.root.log().splitlines() if l.startswith("admin password: ")]
+        if lines:
+            self.password = lines[0].split(": ", 1)[1].strip()
+            self.login()
+
+    def login(self, password=None):
+        self.password = password or self.password
+        r = request(self.root.base, "POST", "/api/auth/login", {"username": "Admin", "password": self.password})
+        self.test.assertEqual(r.status, 200, r.body)
+        self.token = r.json()["token"]
+
+    def call(self, method, path, body=None, token=None):
+        return request(self.root.base, method, path, body, token or self.token)
+
+    def register(self, name, url=None):
+        fake = None
+        if url is None:
+            fake = FakeCluster()
+            self.test.addCleanup(fake.close)
+            url = fake.url
+        join = self.call("POST", "/api/v1/clusters/tokens").json()["token"]
+        r = self.call("POST", "/api/v1/clusters/register", {"name": name, "location": "lab", "url": url}, token=join)
+        self.test.assertEqual(r.status, 201, r.body)
+        c = dict(r.json(), fake=fake)
+        return c
+
+    def aggregate(self, c, **kw):
+        r = self.call("POST", "/api/information/" + c["id"], aggregate(**kw), token=c["token"])
+        self.test.assertEqual(r.status, 200, r.body)
+
+    def status(self, c, sid, n, status, generation=None, **extra):
+        entry = dict({"job_id": sid, "instance": n, "status": status}, **extra)
+        if generation is not None:
+            entry["generation"] = generation
+        r = self.call("POST", "/api/v1/clusters/%s/status" % c["id"], [entry], token=c["token"])
+        self.test.assertEqual(r.status, 200, r.body)
+
+    def apply(self, doc):
+        r = self.call("POST", "/api/v1/applications", doc)
+        self.test.assertEqual(r.status, 201, r.body)
+        return r.json()["applications"][0]["microservices"][0]
+
+    def deploy(self, sid):
+        r = self.call("POST", "/api/v1/services/%s/instances" % sid)
+        self.test.assertEqual(r.status, 201, r.body)
+        return r.json()
+
+    def instance(self, sid, n):
+        r = self.call("GET", "/api/v1/services/%s/instances" % sid)
+        self.test.assertEqual(r.status, 200, r.body)
+        return next((i for i in r.json() if i["instance_number"] == n), None)
+
+    def wait(self, what, pred, timeout=10, interval=0.1):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            last = pred()
+            if last:
+                return last
+            time.sleep(interval)
+        self.test.fail("timed out after %s s waiting for %s (last: %r)\n%s" % (timeout, what, last, self.root.log()))
+
+
+def job_of(req):
+    return json.loads(req[3])
+
+
+class PartitionTest(unittest.TestCase):
+    """docs/reconcile.md rules 3 and 4: a silent cluster keeps its instance for reschedule_after_s,
+    then a copy starts elsewhere with generation + 1; when the cluster is back its aggregate's
+    instances decide which copy stays."""
+
+    RESCHEDULE_S = 4
 
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="oakuk-root-resched-")
-        conf = os.path.join(self.tmp, "root.conf")
-        with open(conf, "w") as f:
-            f.write("[root]\ncluster_timeout_s=2\n")
-        self.root = RootDaemon(os.path.join(self.tmp, "state"), ports(1)[0])
-        self.root.start(["--config", conf])
-        self.password = [l for l in self.root.log().splitlines() if l.startswith("admin password: ")][0].split(": ")[1]
-        self.clusters = [FakeCluster(), FakeCluster()]
+        self.e = Edge(self, "cluster_timeout_s=2\n")
+        self.a, self.b = self.e.register("c0"), self.e.register("c1")
+        for c in (self.a, self.b):
+            self.e.aggregate(c)
+        self.sid = self.e.apply(sla(reschedule_after_s=self.RESCHEDULE_S))
+        inst = self.e.deploy(self.sid)
+        self.assertEqual(inst["generation"], 1)
+        # x: the cluster that goes silent, y: the one that stays
+        self.x, self.y = (self.a, self.b) if inst["cluster_id"] == self.a["id"] else (self.b, self.a)
+        self.assertEqual(job_of(self.x["fake"].wait_for("POST", "/api/service/%s/0" % self.sid))["generation"], 1)
+        self.e.status(self.x, self.sid, 0, "RUNNING", generation=1, node="n1", ready=True, ready_ms=10)
+        self.x_last = time.time()
 
-    def tearDown(self):
-        self.root.stop()
-        for c in self.clusters:
-            c.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def test_cluster_timeout_moves_instance(self):
-        base = self.root.base
-        token = request(base, "POST", "/api/auth/login", {"username": "Admin", "password": self.password}).json()["token"]
-        regs = []
-        for i, c in enumerate(self.clusters):
-            join = request(base, "POST", "/api/v1/clusters/tokens", token=token).json()["token"]
-            r = request(base, "POST", "/api/v1/clusters/register",
-                        {"name": "c%d" % i, "location": "lab", "url": c.url}, token=join)
-            self.assertEqual(r.status, 201, r.body)
-            regs.append(r.json())
-            self.assertEqual(request(base, "POST", "/api/information/" + r.json()["id"], AGGREGATE,
-                                     token=r.json()["token"]).status, 200)
-        self.assertEqual([r["subnet"] for r in regs], ["10.18.0.0/20", "10.18.16.0/20"])
-        apps = json.loads(request(base, "POST", "/api/application", SLA, token=token).json())
-        sid = apps[0]["microservices"][0]
-        self.assertEqual(request(base, "POST", "/api/service/%s/instance" % sid, token=token).status, 200)
-        svc = json.loads(request(base, "GET", "/api/service/" + sid, token=token).json())
-        first = svc["instance_list"][0]["cluster_id"]
-        idx = [r["id"] for r in regs].index(first)
-        other = regs[1 - idx]
-        self.clusters[idx].wait_for("POST", "/api/service/%s/0" % sid)
-        # Only the other cluster keeps reporting; the first one goes silent.
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            request(base, "POST", "/api/information/" + other["id"], AGGREGATE, token=other["token"])
-            svc = json.loads(request(base, "GET", "/api/service/" + sid, token=token).json())
-            if svc["instance_list"][0]["cluster_id"] == other["id"]:
+    def move(self):
+        """x goes silent while y keeps reporting: the instance stays on x with its status for
+        reschedule_after_s, then moves to y with generation 2."""
+        e, sid, x, y = self.e, self.sid, self.x, self.y
+        checked = False
+        while True:
+            e.aggregate(y)
+            inst = e.instance(sid, 0)
+            silent = time.time() - self.x_last
+            if inst["cluster_id"] == y["id"]:
                 break
+            self.assertLess(silent, self.RESCHEDULE_S + 6, "never moved: %s\n%s" % (inst, e.root.log()))
+            if 2.8 < silent < self.RESCHEDULE_S - 0.5 and not checked:
+                self.assertEqual((inst["cluster_id"], inst["status"], inst["generation"], inst["ready"]),
+                                 (x["id"], "RUNNING", 1, True), inst)
+                self.assertRegex(inst["status_detail"], r"cluster c\d silent for \d+ s")
+                self.assertIn("cluster %s silent for" % ("c0" if x is self.a else "c1"), inst["status_detail"])
+                checked = True
             time.sleep(0.3)
-        inst = svc["instance_list"][0]
-        self.assertEqual(inst["cluster_id"], other["id"], self.root.log())
-        self.assertEqual(inst["status"], "CLUSTER_SCHEDULED")
-        self.assertIn(first, inst["cluster_refusals"])
-        self.clusters[1 - idx].wait_for("POST", "/api/service/%s/0" % sid)
-        # The silent cluster is told to drop its copy (best effort) should it come back.
-        self.clusters[idx].wait_for("DELETE", "/api/service/%s/0" % sid)
+        self.assertTrue(checked, "never saw the instance kept on the silent cluster")
+        self.assertGreaterEqual(silent, self.RESCHEDULE_S - 0.2, "moved before reschedule_after_s: %s" % inst)
+        self.assertEqual(inst["generation"], 2, inst)
+        self.assertIn("moved from cluster", inst["status_detail"])
+        job = job_of(y["fake"].wait_for("POST", "/api/service/%s/0" % sid))
+        self.assertEqual((job["instance_number"], job["generation"]), (0, 2))
+        time.sleep(1)
+        self.assertEqual(x["fake"].got("DELETE", "/api/service/%s/0" % sid), [], "a DELETE reached the silent cluster")
+        return inst
+
+    def test_silent_cluster_moves_after_reschedule_after_s(self):
+        e, sid, x, y = self.e, self.sid, self.x, self.y
+        self.move()
+        # the moved copy runs; then x is back and lists its old copy: that one goes
+        e.status(y, sid, 0, "RUNNING", generation=2, node="m1", ready=True)
+        e.aggregate(x, instances=[{"job_id": sid, "instance": 0, "generation": 1, "status": "RUNNING",
+                                   "status_detail": "", "node": "n1", "ready": True}])
+        x["fake"].wait_for("DELETE", "/api/service/%s/0?generation=1" % sid, timeout=5)
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["cluster_id"], inst["generation"], inst["status"], inst["node_id"]),
+                         (y["id"], 2, "RUNNING", "m1"), inst)
+        self.assertEqual(y["fake"].got("DELETE", "/api/service/%s/0" % sid), [])
+        # x confirmed: it lists nothing any more, and nothing more is sent
+        e.aggregate(x, instances=[])
+        time.sleep(1.5)
+        self.assertEqual(len(x["fake"].got("DELETE", "/api/service/%s/0" % sid)), 1)
+        self.assertEqual(len(x["fake"].got("POST", "/api/service/%s/0" % sid)), 1)
+
+    def test_back_before_the_moved_copy_runs(self):
+        e, sid, x, y = self.e, self.sid, self.x, self.y
+        self.move()
+        e.status(y, sid, 0, "NODE_SCHEDULED", generation=2, node="m1")
+        # x is back with its copy still running: the instance goes back to it (generation 3, adopted
+        # there without a restart) and the moved copy, not running yet, is deleted
+        e.aggregate(x, instances=[{"job_id": sid, "instance": 0, "generation": 1, "status": "RUNNING",
+                                   "status_detail": "", "node": "n1", "ready": True}])
+        back = x["fake"].wait_for("POST", "/api/service/%s/0" % sid, timeout=5,
+                                  pred=lambda r: job_of(r)["generation"] == 3)
+        self.assertEqual(job_of(back)["instance_number"], 0)
+        y["fake"].wait_for("DELETE", "/api/service/%s/0?generation=2" % sid, timeout=5)
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["cluster_id"], inst["generation"], inst["status"], inst["node_id"]),
+                         (x["id"], 3, "RUNNING", "n1"), inst)
+        self.assertIn("kept on cluster", inst["status_detail"])
+        e.aggregate(x, instances=[{"job_id": sid, "instance": 0, "generation": 3, "status": "RUNNING",
+                                   "node": "n1", "ready": True}])
+        time.sleep(1)
+        self.assertEqual(x["fake"].got("DELETE", "/api/service/%s/0" % sid), [], "the kept copy was deleted")
+        # y's late report about the deleted copy changes nothing
+        e.status(y, sid, 0, "RUNNING", generation=2, node="m1")
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["cluster_id"], inst["generation"], inst["node_id"]), (x["id"], 3, "n1"), inst)
+
+
+    def test_restart_never_is_not_moved(self):
+        """restart: never: neither a silent cluster nor a FAILED starts the instance again elsewhere."""
+        e = self.e
+        sid = e.apply(sla("once", reschedule_after_s=0, restart="never"))
+        inst = e.deploy(sid)
+        x, y = (self.a, self.b) if inst["cluster_id"] == self.a["id"] else (self.b, self.a)
+        e.status(x, sid, 0, "RUNNING", generation=1, node="n1")
+        t0 = time.time()
+        while time.time() - t0 < 4.5:
+            e.aggregate(y)
+            time.sleep(0.3)
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["cluster_id"], inst["generation"], inst["status"]), (x["id"], 1, "RUNNING"), inst)
+        self.assertIn("silent for", inst["status_detail"])
+        self.assertIn("not moved: restart policy is never", inst["status_detail"])
+        self.assertEqual(y["fake"].got("POST", "/api/service/%s/0" % sid), [])
+        e.aggregate(x)
+        e.status(x, sid, 0, "FAILED", generation=1, status_detail="exit 1")
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["cluster_id"], inst["status"], inst["status_detail"]), (x["id"], "FAILED", "exit 1"))
+        self.assertNotIn("cluster_refusals", inst)
+
+
+class ReconcileTest(unittest.TestCase):
+    """Placement retried when capacity appears, refusals that expire, generations on status reports,
+    deletes for unwanted copies, a restart in the middle of a deploy, validation of the new fields,
+    drains and cluster removal."""
+
+    def test_unplaceable_placed_when_capacity_arrives(self):
+        e = Edge(self, "cluster_timeout_s=60\n")
+        c = e.register("c0")
+        e.aggregate(c, memory=500)
+        sid = e.apply(sla())
+        inst = e.deploy(sid)
+        self.assertEqual(inst["status"], "NoActiveClusterWithCapacity", inst)
+        self.assertIn("cluster c0: insufficient", inst["status_detail"])
+        # retries after 1, 2, 4, 8 s (on the 1 s timer): from 10 s on the next one is due at 15 s at
+        # the earliest, so only "at once when an aggregate arrives" places it within the bound
+        time.sleep(10.5)
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["status"], inst["cluster_id"], inst["generation"]),
+                         ("NoActiveClusterWithCapacity", "", 0))
+        self.assertEqual(c["fake"].got("POST", "/api/service/%s/0" % sid), [])
+        t0 = time.time()
+        e.aggregate(c, memory=4000)
+        req = c["fake"].wait_for("POST", "/api/service/%s/0" % sid, timeout=3)
+        self.assertLess(time.time() - t0, 3)
+        self.assertEqual(job_of(req)["generation"], 1)
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["status"], inst["cluster_id"]), ("CLUSTER_SCHEDULED", c["id"]), inst)
+
+    def test_refusals_expire(self):
+        e = Edge(self, "cluster_timeout_s=60\n")
+        c = e.register("c0")
+        e.aggregate(c, nodes=[node("n1")])
+        # a: pinned to a node the cluster does not have (the root cannot know: it sends it), refused
+        # as not qualified in the deploy's answer: retried after 30 s, not before
+        a = e.apply(sla("refa", constraints=[{"type": "direct", "node": "nz"}]))
+        c["fake"].deploy_body = {"status": "NO_QUALIFIED_WORKER_FOUND", "status_detail": "node n1: excluded"}
+        e.deploy(a)
+        c["fake"].wait_for("POST", "/api/service/%s/0" % a)
+        inst = e.wait("a refused",
+                      lambda: (lambda i: i if i["status"] != "CLUSTER_SCHEDULED" else None)(e.instance(a, 0)))
+        t_refused = time.time()
+        # every reason: the refusal, and the node-level one from the cluster's node list
+        self.assertEqual(inst["status"], "NO_QUALIFIED_WORKER_FOUND", inst)
+        self.assertIn("NO_QUALIFIED_WORKER_FOUND: node n1: excluded", inst["cluster_refusals"][c["id"]])
+        self.assertIn("cluster c0: refused it, not retried for", inst["status_detail"])
+        self.assertIn("cluster c0: node n1: excluded by direct constraint", inst["status_detail"])
+        c["fake"].deploy_body = {}
+        # b: refused for capacity in a status report; the next aggregate shows a node with room
+        b = e.apply(sla("refb"))
+        e.deploy(b)
+        c["fake"].wait_for("POST", "/api/service/%s/0" % b)
+        e.status(c, b, 0, "NO_WORKER_CAPACITY", generation=1, status_detail="node n1: 500 MB free")
+        inst = e.instance(b, 0)
+        self.assertEqual(inst["status"], "NoActiveClusterWithCapacity", inst)
+        self.assertIn(c["id"], inst["cluster_refusals"])
+        e.aggregate(c, nodes=[node("n1", memory=300)])  # still no room: the refusal stays
+        time.sleep(1.5)
+        self.assertEqual(len(c["fake"].got("POST", "/api/service/%s/0" % b)), 1)
+        e.aggregate(c, nodes=[node("n1", memory=4000)])
+        req = c["fake"].wait_for("POST", "/api/service/%s/0" % b, timeout=3,
+                                 pred=lambda r: job_of(r)["generation"] == 2)
+        self.assertEqual(job_of(req)["instance_number"], 0)
+        self.assertNotIn("cluster_refusals", e.instance(b, 0))
+        # a's refusal outlives aggregates with room (its node is not qualified), until its 30 s end
+        while time.time() - t_refused < 25:
+            e.aggregate(c, nodes=[node("n1")])
+            self.assertEqual(len(c["fake"].got("POST", "/api/service/%s/0" % a)), 1, "retried within 30 s")
+            time.sleep(1)
+        deadline = t_refused + 40
+        while not c["fake"].got("POST", "/api/service/%s/0" % a, lambda r: job_of(r)["generation"] == 2):
+            self.assertLess(time.time(), deadline, "a was never retried:\n" + e.root.log())
+            e.aggregate(c, nodes=[node("n1")])
+            time.sleep(0.5)
+        self.assertGreaterEqual(time.time() - t_refused, 29)
+        self.assertEqual(e.instance(a, 0)["status"], "CLUSTER_SCHEDULED")
+
+    def test_generations_on_status_reports(self):
+        e = Edge(self, "cluster_timeout_s=60\n")
+        c = e.register("c0")
+        e.aggregate(c)
+        sid = e.apply(sla())
+        e.deploy(sid)
+        c["fake"].wait_for("POST", "/api/service/%s/0" % sid)
+        # refused for capacity, then placed again on the same cluster by its next aggregate: generation 2
+        e.status(c, sid, 0, "NO_WORKER_CAPACITY", generation=1)
+        e.aggregate(c)
+        c["fake"].wait_for("POST", "/api/service/%s/0" % sid, timeout=5, pred=lambda r: job_of(r)["generation"] == 2)
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["generation"], inst["status"]), (2, "CLUSTER_SCHEDULED"), inst)
+        # a report about generation 1 (from before) is ignored, and is no reason to delete
+        e.status(c, sid, 0, "RUNNING", generation=1, node="old")
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["status"], inst["node_id"]), ("CLUSTER_SCHEDULED", ""), inst)
+        e.status(c, sid, 0, "RUNNING", generation=2, node="n1")
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["status"], inst["node_id"]), ("RUNNING", "n1"), inst)
+        # copies the root does not want there get a DELETE with the reported generation
+        e.status(c, sid, 7, "RUNNING", generation=3)
+        e.status(c, "0123456789abcdef01234567", 2, "CREATING", generation=5)
+        c["fake"].wait_for("DELETE", "/api/service/%s/7?generation=3" % sid, timeout=5)
+        c["fake"].wait_for("DELETE", "/api/service/0123456789abcdef01234567/2?generation=5", timeout=5)
+        time.sleep(1)
+        self.assertEqual(c["fake"].got("DELETE", "/api/service/%s/0" % sid), [])
+        # a full-state aggregate that lacks the wanted copy gets its deploy sent again (same generation)
+        e.aggregate(c, instances=[{"job_id": sid, "instance": 0, "generation": 2, "status": "RUNNING"}])
+        time.sleep(5.5)  # the deploy's answer is older than the aggregate grace now
+        before = len(c["fake"].got("POST", "/api/service/%s/0" % sid))
+        e.aggregate(c, instances=[])
+        req = c["fake"].wait_for("POST", "/api/service/%s/0" % sid, timeout=5,
+                                 pred=lambda r: len(c["fake"].got("POST", "/api/service/%s/0" % sid)) > before)
+        self.assertEqual(job_of(c["fake"].got("POST", "/api/service/%s/0" % sid)[-1])["generation"], 2)
+        self.assertTrue(req)
+        # FAILED with a generation (the cluster gave up on every node): a refusal of 30 s, a DELETE
+        # of that copy, and a placement elsewhere (here: nowhere else)
+        e.status(c, sid, 0, "FAILED", generation=2, status_detail="image: 404")
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["status"], inst["cluster_id"]), ("NoActiveClusterWithCapacity", ""), inst)
+        self.assertEqual(inst["cluster_refusals"], {c["id"]: "FAILED: image: 404"})
+        self.assertIn("not retried for", inst["status_detail"])
+        c["fake"].wait_for("DELETE", "/api/service/%s/0?generation=2" % sid, timeout=5)
+        # an aggregate with room does not end a refusal after FAILED
+        e.aggregate(c)
+        time.sleep(1)
+        self.assertEqual(e.instance(sid, 0)["cluster_id"], "")
+
+    def test_restart_in_the_middle_of_a_deploy(self):
+        e = Edge(self, "cluster_timeout_s=60\n")
+        c = e.register("c0")
+        e.aggregate(c)
+        sid = e.apply(sla())
+        c["fake"].deploy_status = 503
+        e.deploy(sid)
+        # the first attempt failed and a retry is under way (backoff 1 s): the root stops
+        c["fake"].wait_for("POST", "/api/service/%s/0" % sid, timeout=10,
+                           pred=lambda r: len(c["fake"].got("POST", "/api/service/%s/0" % sid)) >= 2)
+        self.assertEqual(e.root.stop(), 0)
+        c["fake"].deploy_status = 200
+        failed = len(c["fake"].got("POST", "/api/service/%s/0" % sid))
+        e.root.start(["--config", e.conf])
+        e.login()
+        c["fake"].wait_for("POST", "/api/service/%s/0" % sid, timeout=10,
+                           pred=lambda r: len(c["fake"].got("POST", "/api/service/%s/0" % sid)) > failed)
+        time.sleep(3)
+        posts = c["fake"].got("POST", "/api/service/%s/0" % sid)
+        self.assertEqual(len(posts), failed + 1, "the deploy was sent again after it was accepted")
+        self.assertEqual({job_of(r)["generation"] for r in posts}, {1})
+        self.assertEqual(c["fake"].got("POST", "/api/service/%s/1" % sid), [])
+        insts = e.call("GET", "/api/v1/services/%s/instances" % sid).json()
+        self.assertEqual([(i["instance_number"], i["generation"], i["status"]) for i in insts],
+                         [(0, 1, "CLUSTER_SCHEDULED")])
+        svc = json.loads(e.call("GET", "/api/service/" + sid).json())
+        self.assertEqual(svc["next_instance_progressive_number"], 1)
+
+    def test_new_fields_validated(self):
+        e = Edge(self, "cluster_timeout_s=60\n")
+        c = e.register("c0")
+        e.aggregate(c, nodes=[node("n1")])
+        sid = e.apply(sla())
+        e.deploy(sid)
+        c["fake"].wait_for("POST", "/api/service/%s/0" % sid)
+        before = (e.call("GET", "/api/v1/services/%s/instances" % sid).body, e.call("GET", "/api/v1/clusters").body)
+        good = {"job_id": sid, "instance": 0, "generation": 1, "status": "RUNNING"}
+        bad_status = [("generation", "1"), ("generation", 0), ("generation", -1), ("generation", 1.5),
+                      ("generation", True)]
+        for field, value in bad_status:
+            with self.subTest(status=field, value=value):
+                r = e.call("POST", "/api/v1/clusters/%s/status" % c["id"], [good, dict(good, **{field: value})],
+                           token=c["token"])
+                err = r.json()["error"]
+                self.assertEqual((r.status, err["path"]), (400, "[1]." + field), r.body)
+                self.assertIn("generation", err["message"])
+        bad_instances = [(None, "x", "instances"), ("generation", None, "instances[0].generation"),
+                         ("generation", 0, "instances[0].generation"), ("status", "SLEEPING", "instances[0].status"),
+                         ("instance", -1, "instances[0].instance"), ("job_id", 5, "instances[0].job_id"),
+                         ("ready", "yes", "instances[0].ready"), ("node", 5, "instances[0].node"),
+                         ("status_detail", [], "instances[0].status_detail"), ("ready_ms", -2, "instances[0].ready_ms")]
+        for field, value, path in bad_instances:
+            with self.subTest(aggregate=path, value=value):
+                if field is None:
+                    agg = aggregate(instances=value)
+                else:
+                    entry = dict(good)
+                    if value is None:
+                        del entry[field]
+                    else:
+                        entry[field] = value
+                    agg = aggregate(instances=[entry])
+                r = e.call("POST", "/api/information/" + c["id"], agg, token=c["token"])
+                err = r.json()["error"]
+                self.assertEqual((r.status, err["path"]), (400, path), r.body)
+        after = (e.call("GET", "/api/v1/services/%s/instances" % sid).body, e.call("GET", "/api/v1/clusters").body)
+        self.assertEqual(json.loads(after[0]), json.loads(before[0]))
+        self.assertEqual([x["aggregate_received_at_ms"] for x in json.loads(after[1])],
+                         [x["aggregate_received_at_ms"] for x in json.loads(before[1])])
+
+    def test_drain_and_removal(self):
+        e = Edge(self, "cluster_timeout_s=2\n")
+        a, b = e.register("c0"), e.register("c1")
+        dead = e.register("c2", url="http://127.0.0.1:%d" % ports(1)[0])
+        e.aggregate(a, nodes=[node("n1"), node("n2", active=False)])
+        e.aggregate(b, nodes=[node("m1")])
+        e.aggregate(dead, memory=100, nodes=[node("d1")])  # never a candidate: it cannot be reached
+        a["fake"].answers[("POST", "/api/v1/nodes/n1/drain")] = (200, {"message": "node n1 drained", "node": "n1"})
+        a["fake"].answers[("DELETE", "/api/v1/nodes/n2")] = (409, {"error": {"code": "conflict", "message": "busy",
+                                                                             "path": ""}})
+        r = e.call("POST", "/api/v1/nodes/n1/drain")
+        self.assertEqual((r.status, r.json()), (200, {"message": "node n1 drained", "node": "n1"}))
+        a["fake"].wait_for("POST", "/api/v1/nodes/n1/drain")
+        self.assertEqual(e.call("DELETE", "/api/v1/nodes/n1/drain").status, 200)
+        a["fake"].wait_for("DELETE", "/api/v1/nodes/n1/drain")
+        r = e.call("DELETE", "/api/v1/nodes/n2")
+        self.assertEqual((r.status, r.json()["error"]["code"]), (409, "conflict"), r.body)
+        self.assertEqual(b["fake"].got("POST", "/api/v1/nodes/n1/drain"), [])
+        for method, path in (("POST", "/api/v1/nodes/nosuch/drain"), ("DELETE", "/api/v1/nodes/nosuch")):
+            r = e.call(method, path)
+            self.assertEqual((r.status, r.json()["error"]["code"]), (404, "not_found"), r.body)
+        r = e.call("POST", "/api/v1/nodes/d1/drain")
+        self.assertEqual((r.status, r.json()["error"]["code"]), (502, "cluster_unreachable"), r.body)
+        self.assertEqual(request(e.root.base, "POST", "/api/v1/nodes/n1/drain").status, 401)
+        # removing a cluster moves its instances (generation + 1) and frees its subnet share
+        sid = e.apply(sla())
+        e.aggregate(a, memory=7627, nodes=[node("n1")])
+        e.aggregate(b, memory=100, nodes=[node("m1", memory=100)])
+        inst = e.deploy(sid)
+        self.assertEqual(inst["cluster_id"], a["id"], inst)
+        e.aggregate(b, memory=7627, nodes=[node("m1")])
+        r = e.call("DELETE", "/api/v1/clusters/" + a["id"])
+        self.assertEqual(r.status, 200, r.body)
+        inst = e.instance(sid, 0)
+        self.assertEqual((inst["cluster_id"], inst["generation"]), (b["id"], 2), inst)
+        b["fake"].wait_for("POST", "/api/service/%s/0" % sid, timeout=5)
+        again = e.register("c3")
+        self.assertEqual(again["subnet"], a["subnet"])
+        # a node of a silent cluster: 503
+        time.sleep(2.5)
+        e.aggregate(again, nodes=[node("z1")])
+        r = e.call("POST", "/api/v1/nodes/m1/drain")
+        self.assertEqual((r.status, r.json()["error"]["code"]), (503, "cluster_unavailable"), r.body)
+
+
+V1_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, password TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS applications (id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,"
+    "  namespace TEXT NOT NULL, doc TEXT NOT NULL, created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES "
+    "applications(id)"
+    "  ON DELETE CASCADE, user TEXT NOT NULL, doc TEXT NOT NULL, ms TEXT NOT NULL, explain TEXT NOT NULL "
+    "DEFAULT '',"
+    "  seq INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS clusters (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, location TEXT NOT "
+    "NULL,"
+    "  url TEXT NOT NULL, token TEXT NOT NULL, subnet_index INTEGER NOT NULL UNIQUE, subnet TEXT NOT NULL,"
+    "  aggregate TEXT, received_at INTEGER NOT NULL DEFAULT 0, registered_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS join_tokens (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS forwards (id INTEGER PRIMARY KEY AUTOINCREMENT, cluster_id TEXT NOT NULL,"
+    "  method TEXT NOT NULL, path TEXT NOT NULL, body TEXT, service_id TEXT, instance INTEGER NOT NULL "
+    "DEFAULT -1,"
+    "  attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0, last_error TEXT);")
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt(secret, claims):
+    signing = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64url(json.dumps(claims).encode())
+    return signing + "." + b64url(hmac.new(secret, signing.encode(), hashlib.sha256).digest())
+
+
+class MigrationTest(unittest.TestCase):
+    """A root.db of the schema before versions (instances inside the service documents, a forwards
+    table) is upgraded on start: applications, services, instances, refusals, clusters and their
+    tokens kept; the pending forwards resumed as a deploy and a delete with generation 1."""
+
+    def test_v1_database_upgraded(self):
+        tmp = tempfile.mkdtemp(prefix="oakuk-root-migrate-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        state = os.path.join(tmp, "state")
+        os.makedirs(state, mode=0o700)
+        secret = os.urandom(32)
+        with open(os.path.join(state, "jwt-secret"), "wb") as f:
+            f.write(secret)
+        os.chmod(os.path.join(state, "jwt-secret"), 0o600)
+        fake = FakeCluster()
+        self.addCleanup(fake.close)
+        cid, other, app_id, sid = "6a0000000000000000000001", "6a0000000000000000000009", "6a00000000000000000000a1", \
+            "6a00000000000000000000b1"
+        ctoken = jwt(secret, {"sub": cid, "typ": "cluster", "iat": int(time.time()), "jti": "0123456789abcdef"})
+        now = int(time.time() * 1000)
+        ms = json.loads(SLA)["applications"][0]["microservices"][0]
+        ms.update(microserviceID=sid, app_name="testing", app_ns="test", job_name="testing.test.testaggr.test")
+        base = {"instance_number": 0, "cluster_id": cid, "cluster_location": "lab", "cluster_name": "old",
+                "node_id": "n1", "publicip": "", "cpu": 0.5, "memory": 12.0, "status": "RUNNING", "status_detail": "",
+                "requested_at": now - 9000, "ready": True, "ready_ms": 4200, "node_ready_ms": 1100,
+                "placement": {"virtualization": "unikernel", "arch": "amd64"}, "custom_key": "kept"}
+        entries = [base,
+                   {"instance_number": 1, "cluster_id": "", "cluster_location": "", "node_id": "", "publicip": "",
+                    "cpu": 0, "memory": 0, "status": "NoActiveClusterWithCapacity", "status_detail": "no room",
+                    "cluster_refusals": {cid: "NO_WORKER_CAPACITY: full", other: "gone"}, "requested_at": now,
+                    "ready": False},
+                   dict(base, instance_number=2, status="UNDEPLOYED", ready=False,
+                        status_detail="waiting for cluster %s to confirm the removal" % cid),
+                   dict(base, instance_number=3, status="CLUSTER_SCHEDULED", ready=False, node_id="")]
+        for k in ("ready_ms", "node_ready_ms", "custom_key"):
+            for entry in entries[2:]:
+                entry.pop(k, None)
+        doc = dict(ms, _id={"$oid": sid}, applicationID=app_id, service_name="testaggr", service_ns="test",
+                   image=ms["code"], next_instance_progressive_number=5, status="RUNNING", instance_list=entries)
+        app = {"_id": {"$oid": app_id}, "applicationID": app_id, "application_name": "testing",
+               "application_namespace": "test", "application_desc": "Testing", "userId": "Admin",
+               "microservices": [sid]}
+        db = sqlite3.connect(os.path.join(state, "root.db"))
+        db.executescript(V1_SCHEMA)
+        db.execute("INSERT INTO users VALUES ('Admin', 'pbkdf2-sha256$1$00$00')")
+        db.execute("INSERT INTO applications VALUES (?, 'Admin', 'testing', 'test', ?, ?)",
+                   (app_id, json.dumps(app), now))
+        db.execute("INSERT INTO services (id, app_id, user, doc, ms, explain)"
+                   " VALUES (?, ?, 'Admin', ?, ?, 'cluster old: chosen')",
+                   (sid, app_id, json.dumps(doc), json.dumps(ms)))
+        db.execute("INSERT INTO clusters VALUES (?, 'old', 'lab', ?, ?, 0, '10.18.0.0/20', ?, ?, ?)",
+                   (cid, fake.url, ctoken, json.dumps(aggregate(memory=7627)), now - 1000, now - 100000))
+        db.execute("INSERT INTO forwards (cluster_id, method, path, body, service_id, instance, attempts)"
+                   " VALUES (?, 'DELETE', ?, NULL, ?, 2, 3)", (cid, "/api/service/%s/2" % sid, sid))
+        db.execute("INSERT INTO forwards (cluster_id, method, path, body, service_id, instance)"
+                   " VALUES (?, 'POST', ?, '{}', ?, 3)", (cid, "/api/service/%s/3" % sid, sid))
+        db.commit()
+        db.close()
+        # --reset-admin upgrades the database too, and gives a password to log in with
+        p = subprocess.run([ROOT_BIN, "--state-dir", state, "--reset-admin"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        password = next(l for l in p.stderr.splitlines() if l.startswith("admin password: ")).split(": ", 1)[1]
+        db = sqlite3.connect(os.path.join(state, "root.db"))
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 2)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self.assertTrue({"instances", "refusals", "deletes"} <= tables, tables)
+        self.assertNotIn("forwards", tables)
+        stored = json.loads(db.execute("SELECT doc FROM services").fetchone()[0])
+        self.assertNotIn("instance_list", stored)
+        db.close()
+        e = Edge(self, "cluster_timeout_s=60\n", state=state)
+        e.login(password)
+        # the cluster's token still works
+        e.aggregate({"id": cid, "token": ctoken}, memory=100)
+        svc = json.loads(e.call("GET", "/api/service/" + sid).json())
+        self.assertEqual((svc["next_instance_progressive_number"], svc["job_name"], svc["memory"]),
+                         (5, "testing.test.testaggr.test", 1000))
+        listed = {i["instance_number"]: i for i in svc["instance_list"]}
+        self.assertEqual(sorted(listed), [0, 1, 3])  # 2 is being removed: not in Oakestra's view
+        i0 = listed[0]
+        self.assertEqual((i0["status"], i0["cluster_id"], i0["cluster_name"], i0["node_id"], i0["generation"],
+                          i0["ready"], i0["ready_ms"], i0["node_ready_ms"], i0["requested_at"], i0["placement"],
+                          i0["custom_key"], i0["memory"]),
+                         ("RUNNING", cid, "old", "n1", 1, True, 4200, 1100, now - 9000,
+                          {"virtualization": "unikernel", "arch": "amd64"}, "kept", 12.0))
+        i1 = listed[1]
+        self.assertEqual((i1["cluster_id"], i1["generation"]), ("", 0))
+        self.assertEqual(set(i1["cluster_refusals"]), {cid, other})  # they expire 30 s after the upgrade
+        # the pending forwards: a deploy of generation 1 and a delete of generation 1
+        job = job_of(fake.wait_for("POST", "/api/service/%s/3" % sid))
+        self.assertEqual((job["instance_number"], job["generation"]), (3, 1))
+        fake.wait_for("DELETE", "/api/service/%s/2?generation=1" % sid)
+        e.wait("instance 2 removed once confirmed", lambda: e.instance(sid, 2) is None)
+        self.assertEqual(e.instance(sid, 0)["status"], "RUNNING")
+        # instance 1 was tried again at once (its refusals expire): the explanation is fresh
+        self.assertIn("cluster old: ", " ".join(e.call("GET", "/api/v1/services/%s/explain" % sid).json()["lines"]))
+        # a second start finds version 2 and changes nothing
+        e.root.stop()
+        e.root.start(["--config", e.conf])
+        self.assertNotIn("event=migrate", e.root.log())
+        e.login(password)
+        self.assertEqual(e.instance(sid, 0)["generation"], 1)
 
 
 if __name__ == "__main__":

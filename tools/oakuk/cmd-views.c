@@ -291,7 +291,7 @@ int oakuk_cmd_nodes(int argc, char **argv) {
                            oak_str(object_member(n, "unikernel"), "accel", ""),
                            cpu,
                            mem,
-                           active ? "yes" : "no",
+                           active ? (oak_bool(n, "drained", FALSE) ? "drained" : "yes") : "no",
                            last};
     oak_table_add(t, cells);
   }
