@@ -32,6 +32,8 @@ void inst_unref(Inst *i) {
   g_free(i->ip);
   g_free(i->detail);
   oakuk_image_unref(i->image);
+  oakuk_image_fetch_cancel(i->fetch);
+  oakuk_image_fetch_unref(i->fetch);
   oakuk_net_instance_info_unref(i->ninfo);
   if (i->replacement)
     inst_unref(i->replacement);
@@ -86,7 +88,7 @@ static void record_remove(Inst *i) {
 
 /* The instance status event (DESIGN §7, plus ready and ready_ms: docs/cluster.md). */
 static void publish_status(Node *n, const char *job_name, gint64 number, gint64 generation, int32_t status,
-                           const char *detail, gboolean ready, gint64 ready_ms) {
+                           const char *detail, gboolean ready, gint64 ready_ms, gboolean restarting) {
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "job_name", job_name);
   json_object_set_int_member(o, "instance", number);
@@ -96,6 +98,8 @@ static void publish_status(Node *n, const char *job_name, gint64 number, gint64 
   json_object_set_boolean_member(o, "ready", ready && status == OAKUK_STATUS_RUNNING);
   if (ready && status == OAKUK_STATUS_RUNNING && ready_ms >= 0)
     json_object_set_int_member(o, "ready_ms", ready_ms);
+  /* The node restarts it itself (CrashLoopBackOff): a FAILED or DEAD then is not for the cluster to move. */
+  json_object_set_boolean_member(o, "restarting", restarting);
   g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), o);
   g_autofree char *text = od_json_to_string(root, FALSE);
   node_publish(n, "job", text);
@@ -110,7 +114,8 @@ static void set_status(Inst *i, int32_t status, const char *detail) {
   od_log(status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD ? G_LOG_LEVEL_WARNING
                                                                       : G_LOG_LEVEL_MESSAGE,
          "status", "instance", i->name, "status", oakuk_instance_status_name(status), "msg", i->detail, NULL);
-  publish_status(i->node, i->job_name, i->number, i->generation, status, i->detail, i->ready, i->ready_ms);
+  publish_status(i->node, i->job_name, i->number, i->generation, status, i->detail, i->ready, i->ready_ms,
+                 i->restarting);
 }
 
 void insts_republish(Node *n) {
@@ -119,7 +124,8 @@ void insts_republish(Node *n) {
   g_hash_table_iter_init(&it, n->insts);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     Inst *i = v;
-    publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, i->ready, i->ready_ms);
+    publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, i->ready, i->ready_ms,
+                   i->restarting);
   }
 }
 
@@ -234,7 +240,8 @@ static void fail(Inst *i, int32_t status, const char *detail) {
     i->backoff_s = 0;
   }
   i->running_since_us = 0;
-  if (i->restart != OAKUK_RESTART_NEVER && !i->no_retry) {
+  i->restarting = i->restart != OAKUK_RESTART_NEVER && !i->no_retry;
+  if (i->restarting) {
     i->restarts++;
     i->backoff_s = i->backoff_s == 0 ? NODE_BACKOFF_FIRST_S : MIN(i->backoff_s * 2, NODE_BACKOFF_MAX_S);
     g_autofree char *d =
@@ -457,6 +464,7 @@ static void on_progress(int64_t bytes, int64_t total, void *data) {
 
 static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
   Inst *i = data;
+  g_clear_pointer(&i->fetch, oakuk_image_fetch_unref);
   if (i->gone) {
     inst_unref(i);
     return;
@@ -465,6 +473,9 @@ static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
   if (i->delete_requested) {
     cleanup(i, THEN_DELETE);
   } else if (image == NULL) {
+    /* A refusal by policy (file:// outside --image-file-dirs or not a regular file, an unsafe
+     * archive) does not change by retrying here. */
+    i->no_retry = oakuk_error_code(error) == OAKUK_EPERM;
     g_autofree char *d = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(error));
     fail(i, OAKUK_STATUS_FAILED, d);
   } else if (g_strcmp0(karch, i->arch) != 0) {
@@ -503,6 +514,7 @@ static char *precheck(Inst *i) {
 }
 
 static void start_deploy(Inst *i) {
+  i->restarting = FALSE;
   i->runtime_owned = FALSE;
   i->last_progress_us = 0;
   i->last_progress_pct = -100;
@@ -522,8 +534,8 @@ static void start_deploy(Inst *i) {
   g_autofree char *d = g_strdup_printf("fetching image %s", i->code);
   set_status(i, OAKUK_STATUS_CREATING, d);
   oakuk_error *err = NULL;
-  if (oakuk_image_cache_fetch(i->node->images, i->code, i->code_sha256, on_progress, on_fetched, inst_ref(i),
-                              &err) != 0) {
+  if (oakuk_image_cache_fetch_start(&i->fetch, i->node->images, i->code, i->code_sha256, on_progress,
+                                    on_fetched, inst_ref(i), &err) != 0) {
     inst_unref(i);
     g_autofree char *fd = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(err));
     oakuk_error_free(err);
@@ -580,7 +592,7 @@ static gboolean on_deploy_of_known(Inst *old, Inst *fresh) {
            NULL);
   }
   publish_status(n, old->job_name, old->number, old->generation, old->status, old->detail, old->ready,
-                 old->ready_ms);
+                 old->ready_ms, old->restarting);
   inst_unref(fresh);
   return TRUE;
 }
@@ -639,7 +651,7 @@ void insts_on_delete(Node *n, const char *topic, GBytes *payload) {
   od_log(G_LOG_LEVEL_MESSAGE, "delete", "instance", name, "msg", i ? "undeploying" : "unknown here", NULL);
   if (i == NULL) {
     publish_status(n, job_name, number, generation == G_MAXINT64 ? 0 : generation, OAKUK_STATUS_UNDEPLOYED,
-                   "", FALSE, -1);
+                   "", FALSE, -1, FALSE);
     return;
   }
   if (i->generation > generation) {
@@ -647,12 +659,17 @@ void insts_on_delete(Node *n, const char *topic, GBytes *payload) {
         g_strdup_printf("%" G_GINT64_FORMAT " < %" G_GINT64_FORMAT, generation, i->generation);
     od_log(G_LOG_LEVEL_INFO, "delete", "instance", name, "generation", gens, "msg",
            "stale delete (older generation) ignored", NULL);
-    publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, i->ready, i->ready_ms);
+    publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, i->ready, i->ready_ms,
+                   i->restarting);
     return;
   }
   i->delete_requested = TRUE;
   switch (i->phase) {
   case PHASE_FETCH:
+    /* A slow or stuck download must not hold the instance (and its place on this node): cancelled,
+     * on_fetched runs at once and cleans up. */
+    oakuk_image_fetch_cancel(i->fetch);
+    break;
   case PHASE_NET: break; /* the step in flight ends in the cleanup */
   case PHASE_CLEANUP: i->then = THEN_DELETE; break;
   default: cleanup(i, THEN_DELETE);
@@ -704,7 +721,7 @@ void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_d
   g_autofree char *ms = g_strdup_printf("%" G_GINT64_FORMAT, i->ready_ms);
   g_autofree char *rms = g_strdup_printf("%" G_GINT64_FORMAT, ready_ms);
   od_log(G_LOG_LEVEL_MESSAGE, "ready", "instance", i->name, "ready_ms", ms, "runtime_ready_ms", rms, NULL);
-  publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, TRUE, i->ready_ms);
+  publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, TRUE, i->ready_ms, FALSE);
 }
 
 /* ---- startup ---- */

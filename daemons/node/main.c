@@ -8,6 +8,7 @@
 #include <glib-unix.h>
 #include <glib/gstdio.h>
 #include <netdb.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -55,14 +56,15 @@ gboolean node_publish(Node *n, const char *leaf, const char *text) {
 
 typedef struct {
   char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip, *virtualization,
-      *insecure_registries;
+      *insecure_registries, *qemu_user, *image_file_dirs;
   gboolean allow_emulation, stop_instances, leave;
   gint report_interval;
 } Args;
 
 static void args_clear(Args *a) {
-  char **strs[] = {&a->state_dir, &a->cluster_url, &a->join_token,     &a->join_token_file,
-                   &a->name,      &a->underlay_ip, &a->virtualization, &a->insecure_registries};
+  char **strs[] = {&a->state_dir, &a->cluster_url,    &a->join_token,     &a->join_token_file,
+                   &a->name,      &a->underlay_ip,    &a->virtualization, &a->insecure_registries,
+                   &a->qemu_user, &a->image_file_dirs};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -113,6 +115,29 @@ static gboolean read_token_file(const char *path, char **out, GError **error) {
     return FALSE;
   }
   g_strstrip(*out);
+  return TRUE;
+}
+
+/* --qemu-user (config qemu_user, default oakuk-qemu): the unprivileged user QEMU runs as; "" runs it
+ * as root, which is said at every start. --image-file-dirs (config image_file_dirs): the only
+ * directories file:// images and oci-archive:file:// containers may come from (default: none). */
+static gboolean load_sandbox_settings(Node *n, GKeyFile *kf, Args *a, GError **error) {
+  g_autofree char *user = NULL, *dirs = NULL;
+  if ((a->qemu_user == NULL && !od_config_string(kf, "node", "qemu_user", NODE_QEMU_USER, &user, error)) ||
+      (a->image_file_dirs == NULL && !od_config_string(kf, "node", "image_file_dirs", NULL, &dirs, error)))
+    return FALSE;
+  g_free(n->qemu_user);
+  n->qemu_user = g_strdup(a->qemu_user ? a->qemu_user : user);
+  g_free(n->image_file_dirs);
+  n->image_file_dirs = g_strdup(a->image_file_dirs ? a->image_file_dirs : dirs);
+  if (n->image_file_dirs && *n->image_file_dirs) {
+    g_auto(GStrv) list = g_strsplit(n->image_file_dirs, ":", -1);
+    for (char **d = list; *d; d++)
+      if (!g_path_is_absolute(*d)) {
+        g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--image-file-dirs: '%s' is not an absolute path", *d);
+        return FALSE;
+      }
+  }
   return TRUE;
 }
 
@@ -172,6 +197,8 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
     return FALSE;
   g_free(n->insecure_registries);
   n->insecure_registries = g_strdup(a->insecure_registries ? a->insecure_registries : insecure);
+  if (!load_sandbox_settings(n, kf, a, error))
+    return FALSE;
   if (n->cluster_url == NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
                 "--cluster-url (or config [node] cluster_url) is required");
@@ -516,10 +543,40 @@ static gboolean on_signal(gpointer data) {
   return G_SOURCE_CONTINUE;
 }
 
+/* The user QEMU runs as exists, or is created (a system user without home or shell). */
+static gboolean ensure_qemu_user(const char *user, GError **error) {
+  if (getpwnam(user) != NULL)
+    return TRUE;
+  const char *argv[] = {
+      "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", user, NULL};
+  g_autofree char *err_out = NULL;
+  gint status = 0;
+  g_autoptr(GError) local = NULL;
+  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
+                    NULL, &err_out, &status, &local) ||
+      !g_spawn_check_wait_status(status, NULL) || getpwnam(user) == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "--qemu-user %s: no such user, and useradd failed: %s", user,
+                local     ? local->message
+                : err_out ? g_strstrip(err_out)
+                          : "");
+    return FALSE;
+  }
+  od_log(G_LOG_LEVEL_MESSAGE, "sandbox", "user", user, "msg", "created the user QEMU runs as", NULL);
+  return TRUE;
+}
+
 static gboolean make_runtimes(Node *n, GError **error) {
   oakuk_qemu_options qo;
   oakuk_qemu_options_init(&qo, OAKUK_QEMU_OPTIONS_VERSION);
   qo.allow_emulation = n->allow_emulation;
+  if (n->qemu_user && *n->qemu_user) {
+    if (!ensure_qemu_user(n->qemu_user, error))
+      return FALSE;
+    qo.run_as = n->qemu_user;
+  } else {
+    od_log(G_LOG_LEVEL_WARNING, "sandbox", "msg",
+           "--qemu-user is empty: QEMU runs as root (still under -sandbox)", NULL);
+  }
   oakuk_error *err = NULL;
   if (oakuk_qemu_probe(&n->caps, &qo, &err) != 0 ||
       (n->uk_rt = oakuk_qemu_runtime_new(n->state_dir, &qo, &err)) == NULL) {
@@ -534,6 +591,7 @@ static gboolean make_runtimes(Node *n, GError **error) {
   oakuk_container_options co;
   oakuk_container_options_init(&co, OAKUK_CONTAINER_OPTIONS_VERSION);
   co.insecure_registries = n->insecure_registries;
+  co.file_allowed_dirs = n->image_file_dirs;
   if (!n->offer_container) {
     od_log(G_LOG_LEVEL_MESSAGE, "runtime", "virtualization", "container", "msg",
            "disabled by --virtualization", "action", "containers are not offered", NULL);
@@ -546,7 +604,10 @@ static gboolean make_runtimes(Node *n, GError **error) {
     oakuk_runtime_set_ready_callback(n->ctr_rt, insts_on_runtime_ready, n);
   }
   g_autofree char *images = node_state_path(n, "images");
-  n->images = oakuk_image_cache_new(images, NULL, &err);
+  oakuk_image_cache_options io;
+  oakuk_image_cache_options_init(&io, OAKUK_IMAGE_CACHE_OPTIONS_VERSION);
+  io.file_allowed_dirs = n->image_file_dirs;
+  n->images = oakuk_image_cache_new(images, &io, &err);
   if (n->images == NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_IO, "image cache %s: %s", images, oakuk_error_message(err));
     oakuk_error_free(err);
@@ -591,9 +652,10 @@ static void node_free(Node *n) {
   g_clear_object(&n->session);
   g_clear_pointer(&n->loop, g_main_loop_unref);
   g_clear_pointer(&n->config, g_key_file_unref);
-  char **strs[] = {&n->state_dir,     &n->cluster_url, &n->join_token,         &n->name,
-                   &n->underlay_ip,   &n->id,          &n->mqtt_host,          &n->mqtt_username,
-                   &n->mqtt_password, &n->subnet,      &n->insecure_registries};
+  char **strs[] = {&n->state_dir,      &n->cluster_url, &n->join_token,          &n->name,
+                   &n->underlay_ip,    &n->id,          &n->mqtt_host,           &n->mqtt_username,
+                   &n->mqtt_password,  &n->subnet,      &n->insecure_registries, &n->qemu_user,
+                   &n->image_file_dirs};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -602,10 +664,8 @@ static int run(Node *n, Args *a) {
   g_autoptr(GError) error = NULL;
   if (!load_settings(n, a, &error))
     goto fail;
-  if (g_mkdir_with_parents(n->state_dir, 0700) != 0) {
-    g_set_error(&error, OD_ERROR, OD_ERROR_IO, "--state-dir %s: %s", n->state_dir, g_strerror(errno));
+  if (!od_state_dir_prepare(n->state_dir, &error))
     goto fail;
-  }
   load_identity(n);
   if (n->name != NULL) {
     g_free(n->id);
@@ -662,6 +722,10 @@ int main(int argc, char **argv) {
        "What this node offers: container,unikernel (default: both, where the machine can)", "LIST"},
       {"insecure-registries", 0, 0, G_OPTION_ARG_STRING, &a.insecure_registries,
        "Registries pulled over plain http (default: loopback only)", "HOST[:PORT],..."},
+      {"qemu-user", 0, 0, G_OPTION_ARG_STRING, &a.qemu_user,
+       "Unprivileged user QEMU runs as, created if missing (default " NODE_QEMU_USER "; \"\": root)", "USER"},
+      {"image-file-dirs", 0, 0, G_OPTION_ARG_STRING, &a.image_file_dirs,
+       "Directories file:// images may come from (default: none, file:// is refused)", "DIR[:DIR...]"},
       {"allow-emulation", 0, 0, G_OPTION_ARG_NONE, &a.allow_emulation,
        "Run and advertise unikernels under TCG (no KVM, or foreign architectures)", NULL},
       {"report-interval", 0, 0, G_OPTION_ARG_INT, &a.report_interval, "Seconds between reports (default 2)",

@@ -49,6 +49,7 @@ typedef struct Inst {
   gboolean delete_requested;
   gboolean runtime_owned;   /* the runtime knows this instance */
   gboolean no_retry;        /* a failure that a restart here cannot mend (placement, image) */
+  gboolean restarting;      /* ended, and restarted here after a backoff (published as "restarting") */
   guint restarts;           /* restarts since the instance last ran stably */
   guint backoff_s;          /* the delay of the last restart */
   gint64 running_since_us;  /* monotonic time it became RUNNING; 0 while not */
@@ -63,8 +64,12 @@ typedef struct Inst {
   gint64 last_progress_us;
   int last_progress_pct;
   oakuk_image *image;
+  oakuk_image_fetch *fetch; /* the image fetch in flight (PHASE_FETCH), cancelled by a delete */
   oakuk_net_instance_info *ninfo;
 } Inst;
+
+/* The default unprivileged user QEMU runs as (--qemu-user). */
+#define NODE_QEMU_USER "oakuk-qemu"
 
 struct Node {
   GKeyFile *config;
@@ -80,6 +85,8 @@ struct Node {
   gboolean allow_emulation;
   gboolean offer_container, offer_unikernel; /* --virtualization */
   char *insecure_registries;                 /* container pulls over http: "host[:port],..." */
+  char *qemu_user;                           /* QEMU runs as this user; "" or NULL: as root */
+  char *image_file_dirs;                     /* file:// images only from these ("DIR:DIR"); NULL: none */
   gboolean stop_instances;
   gboolean leave; /* --leave: on stop, also remove the bridge, VXLAN device and nftables table */
   gint64 report_interval_ms;

@@ -79,6 +79,7 @@ static JsonArray *instances_array(Node *n, gint64 *used_vcpus, gint64 *used_mb) 
     json_object_set_string_member(o, "name", i->name);
     json_object_set_string_member(o, "status", oakuk_instance_status_name(i->status));
     json_object_set_int_member(o, "generation", i->generation);
+    json_object_set_boolean_member(o, "restarting", i->restarting);
     json_object_set_double_member(o, "cpu_percent", cpu);
     json_object_set_int_member(o, "memory_mb", rss_kb / 1024);
     json_array_add_object_element(arr, o);

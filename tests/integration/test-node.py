@@ -12,9 +12,12 @@ import http.server
 import json
 import os
 import pathlib
+import pwd
 import queue
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +50,7 @@ NS = "oakuk-t-node-%04x" % random.randrange(0x10000)
 VETH_T, VETH_N = "otn%da" % R, "otn%db" % R
 TEST_IP, NODE_IP = "172.31.%d.1" % R, "172.31.%d.2" % R
 APP = "nt%04x" % random.randrange(0x10000)
+QEMU_USER = "oakuk-tq%04x" % random.randrange(0x10000)  # the node creates it; the test removes it
 JOB = "%s.test.web.test" % APP
 
 
@@ -147,6 +151,8 @@ class NodeTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="oakuk-node-test-")
         cls.node_state = os.path.join(cls.tmp, "node")
+        cls.file_dir = os.path.join(cls.tmp, "files")  # the only directory file:// images may come from
+        os.mkdir(cls.file_dir)
         sh("ip", "netns", "add", NS)
         sh("ip", "link", "add", VETH_T, "type", "veth", "peer", "name", VETH_N)
         sh("ip", "link", "set", VETH_N, "netns", NS)
@@ -206,7 +212,8 @@ class NodeTest(unittest.TestCase):
     def start_node(cls, *extra):
         cls.node = spawn(["nsenter", "--net=/run/netns/" + NS, "--", NODE_BIN, "--state-dir", cls.node_state,
                           "--cluster-url", cls.cluster_url, "--join-token", cls.node_join, "--name", "node-t",
-                          "--allow-emulation", "--report-interval", "1", "--verbose", *extra],
+                          "--allow-emulation", "--report-interval", "1", "--verbose", "--qemu-user", QEMU_USER,
+                          "--image-file-dirs", cls.file_dir, *extra],
                          stdout=subprocess.DEVNULL, stderr=log_file(cls.node_log.path))
 
     @classmethod
@@ -232,6 +239,8 @@ class NodeTest(unittest.TestCase):
             os.kill(pid, signal.SIGKILL)
         sh("ip", "link", "del", VETH_T, check=False)
         sh("ip", "netns", "del", NS, check=False)
+        sh("userdel", QEMU_USER, check=False)
+        sh("groupdel", QEMU_USER, check=False)
         for cg in pathlib.Path("/sys/fs/cgroup").glob("**/oakuk/%s*" % JOB):
             try:
                 cg.rmdir()
@@ -314,6 +323,14 @@ class NodeTest(unittest.TestCase):
         st = self.instance_state()
         self.assertEqual(st["netns"], [self.instance])
         self.assertEqual(len(st["qemu"]), 1)
+        # QEMU runs as the unprivileged user the node created, confined by seccomp, without privileges
+        self.assertIn("created the user QEMU runs as", self.node_log.text())
+        uid = pwd.getpwnam(QEMU_USER).pw_uid
+        status = dict(l.split(":", 1) for l in pathlib.Path("/proc/%d/status" % st["qemu"][0]).read_text().splitlines())
+        self.assertEqual(status["Uid"].split(), [str(uid)] * 4)
+        self.assertEqual(status["Seccomp"].strip(), "2")
+        self.assertEqual(status["NoNewPrivs"].strip(), "1")
+        self.assertEqual(int(status["CapEff"].strip(), 16), 0)
         # the same deploy again is idempotent: its status is re-published, nothing new starts
         t1 = time.time()
         self.assertEqual(self.watch.publish("control/deploy", json.dumps(deploy)), 0)
@@ -409,6 +426,70 @@ class NodeTest(unittest.TestCase):
     def assert_text(self, detail):
         for bad in ("\x1b", "\x00", "\r"):
             self.assertNotIn(bad, detail)
+
+    def test_03g_stuck_fetch_cancelled_by_delete(self):
+        """A download that stalls (one byte every 2 s) is cancelled by the delete: the instance is gone
+        at once and no longer reported, instead of holding its place until the server gives up."""
+        slow = socket.socket()
+        slow.bind((TEST_IP, 0))
+        slow.listen(4)
+        stop_slow = threading.Event()
+
+        def dribble():
+            while not stop_slow.is_set():
+                try:
+                    slow.settimeout(0.5)
+                    c, _ = slow.accept()
+                except OSError:
+                    continue
+                with c:
+                    c.recv(4096)
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+                    while not stop_slow.wait(2):
+                        try:
+                            c.sendall(b"x")
+                        except OSError:
+                            break
+
+        threading.Thread(target=dribble, daemon=True).start()
+        try:
+            with self.cluster_held():
+                job = self.uk_job(21, [], code="http://%s:%d/slow.tar.gz" % (TEST_IP, slow.getsockname()[1]))
+                t0, n = self.run_uk(job)
+                self.watch.wait(t0, "job", lambda m: m["instance"] == n and m["status"] == "CREATING" and
+                                "fetching image" in m["status_detail"], "fetching")
+                time.sleep(1)
+                t1 = time.time()
+                self.assertEqual(self.watch.publish("control/delete", json.dumps({"job_name": JOB,
+                                                                                    "instance_number": n})), 0)
+                self.watch.wait(t1, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == n, "UNDEPLOYED",
+                                timeout=5)
+                self.assertLess(time.time() - t1, 5)
+                name = "%s.instance.%d" % (JOB, n)
+                self.report_with(t1, lambda r: name not in [i["name"] for i in r["instances"]],
+                                 "a report without the cancelled instance", timeout=5)
+        finally:
+            stop_slow.set()
+            slow.close()
+
+    def test_03h_file_images_only_from_allowed_dirs(self):
+        """file:// images come only from --image-file-dirs, only as regular files: a FIFO there is
+        refused at once instead of blocking the fetch, and a path outside is refused naming the option."""
+        fifo = os.path.join(self.file_dir, "fifo.tar.gz")
+        os.mkfifo(fifo)
+        outside = os.path.join(self.tmp, "outside.tar.gz")
+        shutil.copy(GUESTS / "ukguest-0.16.3.tar.gz", outside)
+        with self.cluster_held():
+            for number, url, want in ((22, "file://" + fifo, "file:// reads regular files only"),
+                                      (23, "file://" + outside, "file_allowed_dirs")):
+                job = self.uk_job(number, [], code=url)
+                t0, n = self.run_uk(job)
+                failed = self.watch.wait(t0, "job", lambda m: m["instance"] == n and m["status"] == "FAILED", "FAILED",
+                                         timeout=10)
+                self.assertIn(want, failed["status_detail"])
+                self.assertNotIn("(backoff)", failed["status_detail"])  # a policy refusal is not retried
+                self.assertLess(time.time() - t0, 10)
+                self.remove_uk(t0, n)
 
     def test_03c_multiboot_kernel_completes(self):
         """A one-shot multiboot guest that powers off: ready once RUNNING (no port), then COMPLETED with
