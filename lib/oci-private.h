@@ -109,6 +109,33 @@ char *oakuk_oci_build_and_push(OakukOciClient *c, const char *dir, const char *r
  * with ENOSYS. */
 JsonNode *oakuk_container_seccomp_profile(const char *goarch);
 
+/* ---- manifests and indexes (checked, typed) ---- */
+
+#define OAKUK_OCI_MAX_LAYERS 256
+
+typedef struct {
+  char *digest; /* "sha256:<64 hex>" */
+  gint64 size;
+} OakukOciBlob;
+
+typedef struct {
+  OakukOciBlob config;
+  OakukOciBlob *layers;
+  guint n_layers;
+} OakukOciManifest;
+
+void oakuk_oci_manifest_free(OakukOciManifest *m);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakukOciManifest, oakuk_oci_manifest_free)
+/* An image manifest's config and layers, each with a sha256 digest and a size; OAKUK_EINVAL naming
+ * the first bad one (path "layers[2].digest"). reference names the image in messages. */
+OakukOciManifest *oakuk_oci_manifest_parse(JsonObject *manifest, const char *reference, GError **error);
+/* TRUE for an OCI index or a Docker manifest list (or a document with manifests and no layers). */
+gboolean oakuk_oci_is_index(JsonObject *o);
+/* The digest of the index entry for linux/arch[/variant] (or the only entry without a platform);
+ * OAKUK_EUNSUPPORTED listing what the index has otherwise. */
+char *oakuk_oci_index_pick(JsonObject *index, const char *arch, const char *variant, const char *reference,
+                           GError **error);
+
 /* The sha256 digest "sha256:<hex>" of data. */
 char *oakuk_oci_digest_bytes(GBytes *data);
 

@@ -30,6 +30,25 @@
 /* ---------------------------------------------------------------------------------------------- */
 /* References */
 
+/* Members of JSON from outside, by type: NULL when absent or of another type (json-glib's own
+ * getters emit criticals on a type mismatch). */
+static const char *str_of(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
+             ? json_node_get_string(n)
+             : NULL;
+}
+
+static JsonObject *object_of(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+static JsonArray *array_of(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+}
+
 gboolean oakuk_oci_digest_is_valid(const char *d) {
   if (!d || !g_str_has_prefix(d, "sha256:") || strlen(d) != 7 + 64)
     return FALSE;
@@ -434,9 +453,9 @@ static char *bearer_token(OakukOciClient *c, GHashTable *params, GError **error)
                       c->registry, realm),
            NULL;
   JsonObject *o = json_node_get_object(json_parser_get_root(p));
-  const char *tok = json_object_get_string_member_with_default(o, "token", NULL);
+  const char *tok = str_of(o, "token");
   if (!tok)
-    tok = json_object_get_string_member_with_default(o, "access_token", NULL);
+    tok = str_of(o, "access_token");
   if (!tok || !*tok)
     return set_gerror(error, OAKUK_EPERM, "registry %s: token endpoint %s answered no token", c->registry,
                       realm),
@@ -525,11 +544,9 @@ static gboolean http_failed(OakukOciClient *c, SoupMessage *m, GBytes *body, con
     g_autoptr(JsonNode) root = n > 0 && n < 65536 ? oakuk_json_parse(d, n, NULL) : NULL;
     if (root && JSON_NODE_HOLDS_OBJECT(root)) {
       JsonObject *o = json_node_get_object(root);
-      JsonArray *errs =
-          json_object_has_member(o, "errors") ? json_object_get_array_member(o, "errors") : NULL;
+      JsonArray *errs = array_of(o, "errors");
       if (errs && json_array_get_length(errs) > 0 && JSON_NODE_HOLDS_OBJECT(json_array_get_element(errs, 0)))
-        detail = g_strdup(json_object_get_string_member_with_default(json_array_get_object_element(errs, 0),
-                                                                     "message", NULL));
+        detail = g_strdup(str_of(json_array_get_object_element(errs, 0), "message"));
     }
   }
   if (st == 401)
@@ -719,21 +736,21 @@ static GBytes *source_manifest(Source *s, const char *ref, char **digest, GError
 }
 
 static const char *media_of(JsonObject *o) {
-  return json_object_get_string_member_with_default(o, "mediaType", "");
+  JsonNode *n = json_object_get_member(o, "mediaType");
+  return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
+             ? json_node_get_string(n)
+             : "";
 }
 
-static gboolean is_index(JsonObject *o) {
+gboolean oakuk_oci_is_index(JsonObject *o) {
   const char *mt = media_of(o);
   return strcmp(mt, OAKUK_OCI_MEDIA_INDEX) == 0 || strcmp(mt, OAKUK_DOCKER_MEDIA_LIST) == 0 ||
          (!*mt && json_object_has_member(o, "manifests") && !json_object_has_member(o, "layers"));
 }
 
-/* The platform entry of an index matching this node, or NULL with a message listing what exists. */
-static const char *pick_platform(Source *s, JsonObject *index, GError **error) {
-  const char *arch = oakuk_container_platform_arch();
-  const char *variant = oakuk_container_platform_variant();
-  JsonArray *ms =
-      json_object_has_member(index, "manifests") ? json_object_get_array_member(index, "manifests") : NULL;
+char *oakuk_oci_index_pick(JsonObject *index, const char *arch, const char *variant, const char *reference,
+                           GError **error) {
+  JsonArray *ms = array_of(index, "manifests");
   g_autoptr(GString) seen = g_string_new(NULL);
   const char *fallback = NULL;
   for (guint k = 0; ms && k < json_array_get_length(ms); k++) {
@@ -741,30 +758,37 @@ static const char *pick_platform(Source *s, JsonObject *index, GError **error) {
     if (!JSON_NODE_HOLDS_OBJECT(n))
       continue;
     JsonObject *e = json_node_get_object(n);
-    const char *d = json_object_get_string_member_with_default(e, "digest", NULL);
+    const char *d = str_of(e, "digest");
     if (!oakuk_oci_digest_is_valid(d))
       continue;
     if (!json_object_has_member(e, "platform")) {
       fallback = fallback ? fallback : d;
       continue;
     }
-    JsonObject *p = json_object_get_object_member(e, "platform");
+    JsonObject *p = object_of(e, "platform");
     if (!p)
       continue;
-    const char *os = json_object_get_string_member_with_default(p, "os", "");
-    const char *a = json_object_get_string_member_with_default(p, "architecture", "");
-    const char *v = json_object_get_string_member_with_default(p, "variant", NULL);
-    g_string_append_printf(seen, "%s%s/%s%s%s", seen->len ? ", " : "", os, a, v ? "/" : "", v ? v : "");
+    const char *os = str_of(p, "os") ? str_of(p, "os") : "";
+    const char *a = str_of(p, "architecture") ? str_of(p, "architecture") : "";
+    const char *v = str_of(p, "variant");
+    if (seen->len < 1024)
+      g_string_append_printf(seen, "%s%.32s/%.32s%s%.32s", seen->len ? ", " : "", os, a, v ? "/" : "",
+                             v ? v : "");
     if (strcmp(os, "linux") == 0 && strcmp(a, arch) == 0 &&
         (!variant || !v || strcmp(v, variant) == 0 || (strcmp(arch, "arm64") == 0)))
-      return d;
+      return g_strdup(d);
   }
   if (fallback && seen->len == 0)
-    return fallback;
+    return g_strdup(fallback);
   set_gerror(error, OAKUK_EUNSUPPORTED,
-             "image %s: no manifest for this node's platform linux/%s%s%s (index has: %s)", s->reference,
-             arch, variant ? "/" : "", variant ? variant : "", seen->len ? seen->str : "nothing");
+             "image %s: no manifest for this node's platform linux/%s%s%s (index has: %s)", reference, arch,
+             variant ? "/" : "", variant ? variant : "", seen->len ? seen->str : "nothing");
   return NULL;
+}
+
+static char *pick_platform(Source *s, JsonObject *index, GError **error) {
+  return oakuk_oci_index_pick(index, oakuk_container_platform_arch(), oakuk_container_platform_variant(),
+                              s->reference, error);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1159,23 +1183,20 @@ static gboolean load_config(OakukOciImage *img, GBytes *config, const char *refe
   JsonObject *o = parse_object(config, what, error, &p);
   if (!o)
     return FALSE;
-  JsonObject *c =
-      json_object_has_member(o, "config") && JSON_NODE_HOLDS_OBJECT(json_object_get_member(o, "config"))
-          ? json_object_get_object_member(o, "config")
-          : NULL;
+  JsonObject *c = object_of(o, "config");
   img->entrypoint = string_list(c, "Entrypoint");
   img->cmd = string_list(c, "Cmd");
   img->env = string_list(c, "Env");
-  const char *wd = c ? json_object_get_string_member_with_default(c, "WorkingDir", NULL) : NULL;
+  const char *wd = str_of(c, "WorkingDir");
   img->workdir = wd && *wd ? g_strdup(wd) : NULL;
-  const char *user = c ? json_object_get_string_member_with_default(c, "User", NULL) : NULL;
+  const char *user = str_of(c, "User");
   img->user = user && *user ? g_strdup(user) : NULL;
   return TRUE;
 }
 
 /* Flattens the manifest's layers (all in blobs/) into unpacked/<hex>/rootfs, atomically. */
-static gboolean unpack_image(const char *images, const char *blobs, JsonArray *layers, const char *mdigest,
-                             GBytes *config, const char *reference, GError **error) {
+static gboolean unpack_image(const char *images, const char *blobs, const OakukOciManifest *man,
+                             const char *mdigest, GBytes *config, const char *reference, GError **error) {
   g_autofree char *unpacked = g_build_filename(images, "unpacked", NULL);
   g_autofree char *final = g_build_filename(unpacked, mdigest + 7, NULL);
   if (g_file_test(final, G_FILE_TEST_IS_DIR))
@@ -1189,9 +1210,9 @@ static gboolean unpack_image(const char *images, const char *blobs, JsonArray *l
   gboolean ok = mkdir(rootfs, 0755) == 0;
   if (!ok)
     set_gerror(error, OAKUK_EIO, "create %s: %s", rootfs, g_strerror(errno));
-  guint n = json_array_get_length(layers);
+  guint n = man->n_layers;
   for (guint k = 0; ok && k < n; k++) {
-    const char *d = json_object_get_string_member(json_array_get_object_element(layers, k), "digest");
+    const char *d = man->layers[k].digest;
     g_autofree char *path = g_build_filename(blobs, d + 7, NULL);
     g_autofree char *what = g_strdup_printf("image %s: layer %u/%u (%s)", reference, k + 1, n, d);
     ok = oakuk_oci_apply_layer(rootfs, path, what, error);
@@ -1208,19 +1229,58 @@ static gboolean unpack_image(const char *images, const char *blobs, JsonArray *l
   return ok;
 }
 
-/* Validates a descriptor (digest, size) inside a manifest. */
-static gboolean descriptor_ok(JsonNode *n, const char *reference, const char *what, GError **error) {
+/* A descriptor (digest, size) inside a manifest: path names it in errors ("config", "layers[2]"). */
+static gboolean descriptor_parse(JsonNode *n, const char *reference, const char *path, OakukOciBlob *out,
+                                 GError **error) {
   if (!n || !JSON_NODE_HOLDS_OBJECT(n))
-    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s is not an object", reference, what), FALSE;
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s is not an object", reference, path), FALSE;
   JsonObject *o = json_node_get_object(n);
-  const char *d = json_object_get_string_member_with_default(o, "digest", NULL);
+  const char *d = str_of(o, "digest");
   if (!oakuk_oci_digest_is_valid(d))
     return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.digest is not sha256:<64 hex>", reference,
-                      what),
+                      path),
            FALSE;
-  if (json_object_get_int_member_with_default(o, "size", -1) < 0)
-    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.size is missing", reference, what), FALSE;
+  JsonNode *sz = json_object_get_member(o, "size");
+  if (!sz || !JSON_NODE_HOLDS_VALUE(sz) || json_node_get_value_type(sz) != G_TYPE_INT64 ||
+      json_node_get_int(sz) < 0)
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest: %s.size is not a non-negative integer",
+                      reference, path),
+           FALSE;
+  out->digest = g_strdup(d);
+  out->size = json_node_get_int(sz);
   return TRUE;
+}
+
+void oakuk_oci_manifest_free(OakukOciManifest *m) {
+  if (!m)
+    return;
+  g_free(m->config.digest);
+  for (guint k = 0; k < m->n_layers; k++)
+    g_free(m->layers[k].digest);
+  g_free(m->layers);
+  g_free(m);
+}
+
+OakukOciManifest *oakuk_oci_manifest_parse(JsonObject *m, const char *reference, GError **error) {
+  JsonArray *layers = array_of(m, "layers");
+  if (!layers)
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest has no layers array", reference), NULL;
+  guint n = json_array_get_length(layers);
+  if (n > OAKUK_OCI_MAX_LAYERS)
+    return set_gerror(error, OAKUK_EINVAL, "image %s: manifest has %u layers; the limit is %d", reference, n,
+                      OAKUK_OCI_MAX_LAYERS),
+           NULL;
+  g_autoptr(OakukOciManifest) out = g_new0(OakukOciManifest, 1);
+  out->layers = g_new0(OakukOciBlob, MAX(n, 1));
+  if (!descriptor_parse(json_object_get_member(m, "config"), reference, "config", &out->config, error))
+    return NULL;
+  for (guint k = 0; k < n; k++) {
+    g_autofree char *path = g_strdup_printf("layers[%u]", k);
+    if (!descriptor_parse(json_array_get_element(layers, k), reference, path, &out->layers[k], error))
+      return NULL;
+    out->n_layers = k + 1;
+  }
+  return g_steal_pointer(&out);
 }
 
 /* Downloads (or reads from the layout) an oci-archive: tarball into dir, keeping only the layout's
@@ -1253,13 +1313,12 @@ static OakukOciImage *pull_from(Source *s, const char *images, const char *top_r
     if (!(m = parse_object(body, what, error, &p)))
       return NULL;
   }
-  for (int depth = 0; is_index(m); depth++) {
+  for (int depth = 0; oakuk_oci_is_index(m); depth++) {
     if (depth > 2)
       return set_gerror(error, OAKUK_EINVAL, "image %s: indexes nested too deeply", s->reference), NULL;
-    const char *d = pick_platform(s, m, error);
-    if (!d)
+    g_autofree char *dd = pick_platform(s, m, error);
+    if (!dd)
       return NULL;
-    g_autofree char *dd = g_strdup(d);
     g_clear_pointer(&digest, g_free);
     g_clear_pointer(&body, g_bytes_unref);
     g_clear_object(&p);
@@ -1267,31 +1326,18 @@ static OakukOciImage *pull_from(Source *s, const char *images, const char *top_r
     if (!body || !(m = parse_object(body, what, error, &p)))
       return NULL;
   }
-  JsonNode *layers_node = json_object_get_member(m, "layers");
-  if (!layers_node || !JSON_NODE_HOLDS_ARRAY(layers_node) ||
-      !descriptor_ok(json_object_get_member(m, "config"), s->reference, "config", error)) {
-    if (error && !*error)
-      set_gerror(error, OAKUK_EINVAL, "image %s: manifest %s has no layers array", s->reference, digest);
+  g_autoptr(OakukOciManifest) man = oakuk_oci_manifest_parse(m, s->reference, error);
+  if (!man)
     return NULL;
-  }
-  JsonArray *layers = json_node_get_array(layers_node);
-  guint n = json_array_get_length(layers);
-  for (guint k = 0; k < n; k++) {
-    g_autofree char *w = g_strdup_printf("layers[%u]", k);
-    if (!descriptor_ok(json_array_get_element(layers, k), s->reference, w, error))
-      return NULL;
-  }
-  JsonObject *cfg = json_object_get_object_member(m, "config");
-  const char *cdigest = json_object_get_string_member(cfg, "digest");
-  if (!fetch_blob(blobs, s, cdigest, json_object_get_int_member(cfg, "size"), NULL, "config", error))
+  const char *cdigest = man->config.digest;
+  if (!fetch_blob(blobs, s, cdigest, man->config.size, NULL, "config", error))
     return NULL;
+  guint n = man->n_layers;
   for (guint k = 0; k < n; k++) {
-    JsonObject *l = json_array_get_object_element(layers, k);
     Progress prog = {cb, data, k + 1, n, -1};
     g_autofree char *w = g_strdup_printf("layer %u/%u", k + 1, n);
     progress(&prog, 0, 1);
-    if (!fetch_blob(blobs, s, json_object_get_string_member(l, "digest"),
-                    json_object_get_int_member(l, "size"), &prog, w, error))
+    if (!fetch_blob(blobs, s, man->layers[k].digest, man->layers[k].size, &prog, w, error))
       return NULL;
   }
   g_autoptr(GBytes) config = read_blob(blobs, cdigest, CONFIG_MAX_BYTES, error);
@@ -1299,7 +1345,7 @@ static OakukOciImage *pull_from(Source *s, const char *images, const char *top_r
     return NULL;
   g_autoptr(OakukOciImage) img = g_new0(OakukOciImage, 1);
   if (!load_config(img, config, s->reference, error) ||
-      !unpack_image(images, blobs, layers, digest, config, s->reference, error))
+      !unpack_image(images, blobs, man, digest, config, s->reference, error))
     return NULL;
   img->manifest_digest = g_steal_pointer(&digest);
   img->rootfs = g_build_filename(images, "unpacked", img->manifest_digest + 7, "rootfs", NULL);
@@ -1339,10 +1385,9 @@ static OakukOciImage *resolution_lookup(const char *images, const char *referenc
   if (!json_parser_load_from_file(p, path, NULL) || !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
     return NULL;
   JsonObject *o = json_node_get_object(json_parser_get_root(p));
-  const char *digest = json_object_get_string_member_with_default(o, "digest", NULL);
-  const char *creds = json_object_get_string_member_with_default(o, "credentials", NULL);
-  if (g_strcmp0(json_object_get_string_member_with_default(o, "reference", NULL), reference) != 0 ||
-      !oakuk_oci_digest_is_valid(digest) || !creds)
+  const char *digest = str_of(o, "digest");
+  const char *creds = str_of(o, "credentials");
+  if (g_strcmp0(str_of(o, "reference"), reference) != 0 || !oakuk_oci_digest_is_valid(digest) || !creds)
     return NULL;
   g_autofree char *mine = credentials_hash(username, password);
   if (*creds && strcmp(creds, mine) != 0)

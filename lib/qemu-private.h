@@ -70,6 +70,24 @@ void oakuk_qemu_user_clear(OakukQemuUser *user);
 /* Whether the file st describes can be read by user (owner, group or other bits). */
 gboolean oakuk_qemu_user_can_read(const OakukQemuUser *user, const struct stat *st);
 
+/* One QMP line from QEMU, classified; strings borrowed from the JSON object. */
+typedef enum {
+  OAKUK_QMP_UNKNOWN,
+  OAKUK_QMP_GREETING,
+  OAKUK_QMP_EVENT,
+  OAKUK_QMP_RETURN,
+  OAKUK_QMP_ERROR
+} OakukQmpKind;
+
+typedef struct {
+  OakukQmpKind kind;
+  const char *id;              /* the command's id, or NULL */
+  const char *event;           /* EVENT: its name, or NULL */
+  const char *shutdown_reason; /* SHUTDOWN: data.reason, or NULL */
+} OakukQmpMessage;
+
+void oakuk_qmp_message_parse(JsonObject *o, OakukQmpMessage *out);
+
 G_END_DECLS
 
 #endif

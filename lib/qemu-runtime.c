@@ -357,15 +357,40 @@ static void qmp_close(OakukInstance *i) {
   g_clear_object(&d->conn);
 }
 
-static void qmp_on_event(OakukInstance *i, JsonObject *o) {
-  const char *event = json_object_get_string_member_with_default(o, "event", "?");
-  g_debug("instance %s: QMP event %s", i->name, event);
-  JsonNode *dn = json_object_get_member(o, "data");
-  JsonObject *data = dn && JSON_NODE_HOLDS_OBJECT(dn) ? json_node_get_object(dn) : NULL;
-  if (strcmp(event, "SHUTDOWN") == 0 && data) {
+static const char *qmp_str(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
+             ? json_node_get_string(n)
+             : NULL;
+}
+
+void oakuk_qmp_message_parse(JsonObject *o, OakukQmpMessage *out) {
+  memset(out, 0, sizeof *out);
+  out->id = qmp_str(o, "id");
+  if (json_object_has_member(o, "QMP")) {
+    out->kind = OAKUK_QMP_GREETING;
+  } else if (json_object_has_member(o, "event")) {
+    out->kind = OAKUK_QMP_EVENT;
+    out->event = qmp_str(o, "event");
+    JsonNode *dn = json_object_get_member(o, "data");
+    JsonObject *data = dn && JSON_NODE_HOLDS_OBJECT(dn) ? json_node_get_object(dn) : NULL;
+    if (g_strcmp0(out->event, "SHUTDOWN") == 0)
+      out->shutdown_reason = qmp_str(data, "reason");
+  } else if (json_object_has_member(o, "error")) {
+    out->kind = OAKUK_QMP_ERROR;
+  } else if (json_object_has_member(o, "return")) {
+    out->kind = OAKUK_QMP_RETURN;
+  } else {
+    out->kind = OAKUK_QMP_UNKNOWN;
+  }
+}
+
+static void qmp_on_event(OakukInstance *i, const OakukQmpMessage *m) {
+  g_debug("instance %s: QMP event %s", i->name, m->event ? m->event : "?");
+  if (g_strcmp0(m->event, "SHUTDOWN") == 0) {
     g_free(i->shutdown_reason);
-    i->shutdown_reason = g_strdup(json_object_get_string_member_with_default(data, "reason", ""));
-  } else if (strcmp(event, "GUEST_PANICKED") == 0) {
+    i->shutdown_reason = g_strdup(m->shutdown_reason ? m->shutdown_reason : "");
+  } else if (g_strcmp0(m->event, "GUEST_PANICKED") == 0) {
     i->panicked = TRUE;
   }
 }
@@ -374,21 +399,22 @@ static void qmp_on_event(OakukInstance *i, JsonObject *o) {
  * the socket connects (QEMU reads them after its greeting, in order): one round trip, not three. */
 static void qmp_on_message(OakukInstance *i, JsonObject *o) {
   QemuData *d = qd(i);
-  if (json_object_has_member(o, "QMP"))
-    return;
-  if (json_object_has_member(o, "event")) {
-    qmp_on_event(i, o);
-    return;
-  }
-  const char *id = json_object_get_string_member_with_default(o, "id", "");
-  if (json_object_has_member(o, "error")) {
-    g_debug("instance %s: QMP %s failed", i->name, id);
+  OakukQmpMessage m;
+  oakuk_qmp_message_parse(o, &m);
+  if (m.kind == OAKUK_QMP_EVENT) {
+    qmp_on_event(i, &m);
     return;
   }
+  if (m.kind == OAKUK_QMP_ERROR) {
+    g_debug("instance %s: QMP %s failed", i->name, m.id ? m.id : "?");
+    return;
+  }
+  if (m.kind != OAKUK_QMP_RETURN || m.id == NULL)
+    return;
   gboolean running = FALSE;
-  if (strcmp(id, "qmp_capabilities") == 0 && d->adopted) {
+  if (strcmp(m.id, "qmp_capabilities") == 0 && d->adopted) {
     running = TRUE;
-  } else if (strcmp(id, "cont") == 0) {
+  } else if (strcmp(m.id, "cont") == 0) {
     oakuk_proc_stat(i->pid, NULL, &d->last_ticks, NULL);
     d->last_time_us = g_get_monotonic_time();
     running = TRUE;
