@@ -3,7 +3,9 @@
 #ifndef OAKUK_ARCHIVE_SAFE_H
 #define OAKUK_ARCHIVE_SAFE_H
 
+#include <gio/gio.h>
 #include <glib.h>
+#include <oakuk/oakuk.h>
 
 G_BEGIN_DECLS
 
@@ -98,6 +100,12 @@ gboolean oakuk_archive_local_check(const char *url, char **dirs, const char *opt
  * *size), or -1 with OAKUK_ENOTFOUND, OAKUK_EPERM or OAKUK_EIO. */
 int oakuk_archive_local_open(const char *url, const char *path, char **dirs, const char *option, gint64 *size,
                              GError **error);
+
+/* Unpacks the image tarball at archive_path into the existing empty directory tree (image.c) with
+ * every rule above: entries and links resolved through the tree, the finished tree checked, no
+ * special files, limits of o. Exposed for its fuzzer. */
+gboolean oakuk_image_unpack_archive(const char *archive_path, const char *tree, const char *url,
+                                    const oakuk_image_cache_options *o, GCancellable *cancel, GError **error);
 
 G_END_DECLS
 

@@ -1413,8 +1413,9 @@ static gboolean check_links(Unpack *u, GError **error) {
   return FALSE;
 }
 
-static gboolean unpack_archive(const char *archive_path, const char *tree, const char *url,
-                               const oakuk_image_cache_options *o, GCancellable *cancel, GError **error) {
+gboolean oakuk_image_unpack_archive(const char *archive_path, const char *tree, const char *url,
+                                    const oakuk_image_cache_options *o, GCancellable *cancel,
+                                    GError **error) {
   Unpack u = {.url = url, .tree = tree, .o = o, .cancel = cancel};
   u.r = archive_read_new();
   oakuk_archive_support_filters(u.r);
@@ -1559,7 +1560,7 @@ static gboolean place_artifact(const char *download_path, const char *tree, cons
     }
     return TRUE;
   }
-  return unpack_archive(download_path, tree, url, o, cancel, error);
+  return oakuk_image_unpack_archive(download_path, tree, url, o, cancel, error);
 }
 
 static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const char *url,
