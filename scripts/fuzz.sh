@@ -22,8 +22,9 @@ for n in "${names[@]}"; do
   echo "== fuzz-$n: ${seconds}s"
   (cd "$work" && "$OLDPWD/$builddir/tests/fuzz/fuzz-$n" -max_total_time="$seconds" -rss_limit_mb=2048 \
       -print_final_stats=1 corpus 2>&1 | grep -E '^(stat::|SUMMARY|==[0-9]+==|Done)' ) || true
-  if ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* >/dev/null 2>&1; then
-    echo "fuzz-$n: finding kept in $work" >&2
+  found=$(find "$work" -maxdepth 1 \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) -print)
+  if [ -n "$found" ]; then
+    echo "fuzz-$n: finding kept in $work: $found" >&2
     exit 1
   fi
   if [ -n "$merge" ]; then
