@@ -19,6 +19,10 @@ void oakuk_archive_support_filters(struct archive *r) {
 
 char *oakuk_archive_normalize_path(const char *name, OakukArchivePathCheck *why) {
   *why = OAKUK_ARCHIVE_PATH_OK;
+  if (!name) {
+    *why = OAKUK_ARCHIVE_PATH_MISSING;
+    return NULL;
+  }
   if (name[0] == '/') {
     *why = OAKUK_ARCHIVE_PATH_ABSOLUTE;
     return NULL;

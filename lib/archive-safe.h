@@ -20,6 +20,7 @@ typedef enum {
   OAKUK_ARCHIVE_PATH_OK = 0,
   OAKUK_ARCHIVE_PATH_ABSOLUTE, /* starts with '/' */
   OAKUK_ARCHIVE_PATH_DOTDOT,   /* has a ".." component */
+  OAKUK_ARCHIVE_PATH_MISSING,  /* the entry has no name (a corrupt header) */
 } OakukArchivePathCheck;
 
 /* Normalises an archive path: drops "./" and empty components and a trailing "/". Returns the

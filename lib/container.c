@@ -76,8 +76,8 @@ OAKUK_API int oakuk_container_options_init(oakuk_container_options *opts, unsign
 
 /* Reads opts of any known version (NULL: defaults) into a current-version *o; the strings stay
  * the caller's. */
-static int options_read(oakuk_container_options *o, const oakuk_container_options *opts,
-                        oakuk_error **error) {
+int oakuk_container_options_read(oakuk_container_options *o, const oakuk_container_options *opts,
+                                 oakuk_error **error) {
   oakuk_container_options d = OAKUK_CONTAINER_OPTIONS_INIT;
   *o = d;
   if (!opts)
@@ -834,7 +834,7 @@ OAKUK_API oakuk_runtime *
 oakuk_container_runtime_new(const char *state_dir, const oakuk_container_options *opts, oakuk_error **error) {
   g_return_val_if_fail(state_dir != NULL, NULL);
   oakuk_container_options o;
-  if (options_read(&o, opts, error) < 0)
+  if (oakuk_container_options_read(&o, opts, error) < 0)
     return NULL;
   const char *runc_name = o.runc_path ? o.runc_path : "runc";
   g_autofree char *runc = g_find_program_in_path(runc_name);
@@ -880,7 +880,7 @@ OAKUK_API int oakuk_container_pull(const char *state_dir, const char *reference,
   g_return_val_if_fail(state_dir != NULL && reference != NULL, OAKUK_EINVAL);
   GError *err = NULL;
   oakuk_container_options o;
-  int rc = options_read(&o, opts, error);
+  int rc = oakuk_container_options_read(&o, opts, error);
   if (rc < 0)
     return rc;
   g_autofree char *images = g_build_filename(state_dir, "images", NULL);

@@ -4,6 +4,7 @@
  * in its original order; typed copies of the known fields feed the getters. Validation collects every
  * problem with its JSON path before failing. */
 #include "oakuk-private.h"
+#include "oci-private.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,7 +38,8 @@ struct oakuk_microservice {
   int32_t virt[2];
   size_t n_virt;
   GPtrArray *arch;    /* char* */
-  GPtrArray *uk_code; /* char*, one per architecture */
+  GPtrArray *uk_code; /* char*, one per architecture (or one OCI reference, uk_oci) */
+  bool uk_oci;        /* the unikernel code is an OCI reference serving every architecture */
   GPtrArray *uk_sha;  /* char*, one per architecture, or NULL */
   char *ctr_code, *ctr_sha;
   int64_t memory, vcpus, vgpus, vtpus, bw_in, bw_out, storage;
@@ -482,8 +484,56 @@ static guint parse_arch(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const
   return len;
 }
 
+/* A unikernel's code that is one OCI reference (a registry reference or oci-archive:<url>) rather
+ * than URLs: no comma, no "://" of its own. */
+static bool uk_code_is_oci(const char *code) {
+  return g_str_has_prefix(code, "oci-archive:") || (*code && !strchr(code, ',') && !strstr(code, "://"));
+}
+
+/* One OCI reference for every architecture: arch[] may be omitted (the root resolves the reference's
+ * platforms), and restricts them when given. */
+static void parse_uk_oci(Ctx *ctx, oakuk_microservice *ms, const char *code, const char *cpath) {
+  g_autofree char *q = quote(code);
+  if (has_control_or_space(code)) {
+    oakuk_problems_add(&ctx->problems, cpath,
+                       "OCI reference %s must not contain whitespace or control characters", q);
+    return;
+  }
+  if (g_str_has_prefix(code, "oci-archive:")) {
+    const char *u = code + strlen("oci-archive:");
+    const char *rest = g_str_has_prefix(u, "http://") || g_str_has_prefix(u, "file://") ? u + 7
+                       : g_str_has_prefix(u, "https://")                                ? u + 8
+                                                                                        : NULL;
+    if (rest == NULL || *rest == '\0') {
+      oakuk_problems_add(
+          &ctx->problems, cpath,
+          "%s: oci-archive: needs an http://, https:// or file:// URL of an OCI layout tarball "
+          "after it",
+          q);
+      return;
+    }
+  } else {
+    OakukOciRef ref;
+    g_autoptr(GError) err = NULL;
+    if (!oakuk_oci_ref_parse(code, &ref, &err)) {
+      oakuk_problems_add(&ctx->problems, cpath,
+                         "%s (expected an OCI reference \"registry/name:tag\" or \"name@sha256:<digest>\", "
+                         "\"oci-archive:<url>\", or one kernel image URL per architecture)",
+                         err->message);
+      return;
+    }
+    oakuk_oci_ref_clear(&ref);
+  }
+  ms->uk_oci = true;
+  g_ptr_array_add(ms->uk_code, g_strdup(code));
+}
+
 static void parse_uk_code(Ctx *ctx, oakuk_microservice *ms, const char *code, const char *cpath,
                           const char *prefix, guint n_arch) {
+  if (uk_code_is_oci(code)) {
+    parse_uk_oci(ctx, ms, code, cpath);
+    return;
+  }
   g_autoptr(GPtrArray) urls = split_list(code, ',');
   g_autofree char *apath = path_key(prefix, "arch");
   if (urls->len == 0)
@@ -631,6 +681,11 @@ static void parse_sha_for(Ctx *ctx, oakuk_microservice *ms, int32_t virt, const 
   if (virt == OAKUK_VIRT_CONTAINER) {
     if (check_digest(ctx, path, s, 0))
       ms->ctr_sha = g_ascii_strdown(s, -1);
+    return;
+  }
+  if (ms->uk_oci) {
+    oakuk_problems_add(&ctx->problems, path,
+                       "does not apply to an OCI reference: pin the image in code with name@sha256:<digest>");
     return;
   }
   g_autoptr(GPtrArray) list = split_list(s, ',');
@@ -1606,7 +1661,16 @@ OAKUK_API const char *oakuk_microservice_code(const oakuk_microservice *ms, int3
     return NULL;
   if (virt == OAKUK_VIRT_CONTAINER)
     return ms->ctr_code;
+  if (ms->uk_oci)
+    return ms->uk_code->len ? g_ptr_array_index(ms->uk_code, 0) : NULL;
   return arch_index < ms->uk_code->len ? g_ptr_array_index(ms->uk_code, arch_index) : NULL;
+}
+
+OAKUK_API bool oakuk_microservice_code_is_oci(const oakuk_microservice *ms, int32_t virt) {
+  g_return_val_if_fail(ms != NULL, false);
+  if (!ms_has_virt(ms, virt))
+    return false;
+  return virt == OAKUK_VIRT_CONTAINER ? ms->ctr_code != NULL : ms->uk_oci;
 }
 
 OAKUK_API const char *oakuk_microservice_code_sha256(const oakuk_microservice *ms, int32_t virt,

@@ -1,6 +1,9 @@
-/* Image fetching, verification, safe unpacking and caching (DESIGN §8, §11). */
+/* Image fetching, verification, safe unpacking and caching (DESIGN §8, §11): tarballs and bare
+ * kernels over http(s)/file, OCI images through oci.c and oci-unikernel.c, revalidation, and the
+ * cache's housekeeping (sizes, least-recently-used eviction of images no one uses, pruning). */
 #include "archive-safe.h"
 #include "oakuk-private.h"
+#include "oci-private.h"
 #include "sysutil-private.h"
 
 #include <archive.h>
@@ -13,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define IMAGE_CHUNK (64 * 1024)
@@ -39,7 +43,14 @@ struct oakuk_image {
   char *arch;
   char *sha256;
   char *url;
+  char *digest;           /* OCI: the platform manifest's digest */
+  GPtrArray *args;        /* char*, never NULL */
+  GPtrArray *env;         /* char*, never NULL */
+  oakuk_image_cache *use; /* the cache counting this image as in use, or NULL */
+  char *key;              /* its entry's name in that cache */
 };
+
+static void use_release(oakuk_image_cache *cache, const char *key);
 
 oakuk_image *oakuk_image_ref(oakuk_image *image) {
   g_return_val_if_fail(image != NULL, NULL);
@@ -50,6 +61,14 @@ oakuk_image *oakuk_image_ref(oakuk_image *image) {
 void oakuk_image_unref(oakuk_image *image) {
   if (image == NULL || !g_atomic_ref_count_dec(&image->refcount))
     return;
+  if (image->use != NULL) {
+    use_release(image->use, image->key);
+    oakuk_image_cache_unref(image->use);
+  }
+  g_free(image->key);
+  g_free(image->digest);
+  g_ptr_array_unref(image->args);
+  g_ptr_array_unref(image->env);
   g_free(image->dir);
   g_free(image->kernel);
   g_free(image->initrd);
@@ -109,6 +128,26 @@ const char *oakuk_image_sha256(const oakuk_image *image) {
 const char *oakuk_image_url(const oakuk_image *image) {
   g_return_val_if_fail(image != NULL, NULL);
   return image->url;
+}
+const char *oakuk_image_digest(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return image->digest;
+}
+size_t oakuk_image_arg_count(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, 0);
+  return image->args->len;
+}
+const char *oakuk_image_arg(const oakuk_image *image, size_t i) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return i < image->args->len ? g_ptr_array_index(image->args, i) : NULL;
+}
+size_t oakuk_image_env_count(const oakuk_image *image) {
+  g_return_val_if_fail(image != NULL, 0);
+  return image->env->len;
+}
+const char *oakuk_image_env(const oakuk_image *image, size_t i) {
+  g_return_val_if_fail(image != NULL, NULL);
+  return i < image->env->len ? g_ptr_array_index(image->env, i) : NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -550,15 +589,26 @@ int oakuk_image_kernel_unikraft_version(const char **flavor, char **version, con
 
 /* How many bytes of the options struct each version has. */
 #define OPTIONS_V1_SIZE G_STRUCT_OFFSET(oakuk_image_cache_options, connect_timeout_s)
+#define OPTIONS_V2_SIZE G_STRUCT_OFFSET(oakuk_image_cache_options, max_cache_bytes)
+
+static gsize options_size(unsigned int version) {
+  switch (version) {
+  case OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1: return OPTIONS_V1_SIZE;
+  case OAKUK_IMAGE_CACHE_OPTIONS_VERSION_2: return OPTIONS_V2_SIZE;
+  case OAKUK_IMAGE_CACHE_OPTIONS_VERSION: return sizeof(oakuk_image_cache_options);
+  default: return 0;
+  }
+}
 
 int oakuk_image_cache_options_init(oakuk_image_cache_options *opts, unsigned int version) {
   g_return_val_if_fail(opts != NULL, OAKUK_EINVAL);
-  if (version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION && version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1)
+  gsize size = options_size(version);
+  if (size == 0)
     return OAKUK_EINVAL;
   oakuk_image_cache_options def = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
   def.version = version;
-  /* A version-1 caller's struct ends before the version-2 fields: write only its part. */
-  memcpy(opts, &def, version == OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1 ? OPTIONS_V1_SIZE : sizeof def);
+  /* An older caller's struct ends before the newer fields: write only its part. */
+  memcpy(opts, &def, size);
   return 0;
 }
 
@@ -586,12 +636,20 @@ typedef struct {
 struct oakuk_image_cache {
   gatomicrefcount refcount;
   char *dir;
+  char *refs_dir; /* <dir>/.refs: what a URL without sha256 or an OCI reference led to */
+  char *oci_dir;  /* <dir>/.oci: the OCI client's work area and blobs */
+  char *blobs_dir;
   oakuk_image_cache_options opts;
   char **allowed; /* file_allowed_dirs, canonical, or NULL */
   char *allowed_text;
+  char *insecure_text;
+  /* Entries are created, opened and removed only under lock (eviction must not remove an entry
+   * between its rename into place and its first use). */
   GMutex lock;
   GCond cond;
   GHashTable *inflight; /* key → Inflight* */
+  GMutex use_lock;      /* taken alone, or inside lock; never the other way round */
+  GHashTable *uses;     /* entry key → number of live oakuk_image objects (GUINT_TO_POINTER) */
 };
 
 static void inflight_release(Inflight *in) {
@@ -611,18 +669,28 @@ static gboolean options_read(oakuk_image_cache_options *o, const oakuk_image_cac
   *o = def;
   if (opts == NULL)
     return TRUE;
-  if (opts->version == OAKUK_IMAGE_CACHE_OPTIONS_VERSION_1) {
-    memcpy(o, opts, OPTIONS_V1_SIZE);
-    o->version = OAKUK_IMAGE_CACHE_OPTIONS_VERSION;
-    return TRUE;
-  }
-  if (opts->version != OAKUK_IMAGE_CACHE_OPTIONS_VERSION) {
+  gsize size = options_size(opts->version);
+  if (size == 0) {
     oakuk_set_error(error, OAKUK_EINVAL, 0, "version", "image cache options: unknown version %u",
                     opts->version);
     return FALSE;
   }
-  *o = *opts;
+  memcpy(o, opts, size);
+  o->version = OAKUK_IMAGE_CACHE_OPTIONS_VERSION;
   return TRUE;
+}
+
+/* Leftovers of an interrupted process: work dirs, evicted entries not yet removed, unpacked OCI
+ * archives and partial blobs. */
+static void remove_leftovers(const char *dir, const char *const *prefixes) {
+  g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL)
+    for (const char *const *p = prefixes; *p; p++)
+      if (g_str_has_prefix(name, *p)) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        oakuk_rm_rf(path, NULL);
+      }
 }
 
 oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cache_options *opts,
@@ -658,29 +726,32 @@ oakuk_image_cache *oakuk_image_cache_new(const char *dir, const oakuk_image_cach
     oakuk_set_error(error, OAKUK_EIO, e, NULL, "image cache %s: %s", dir, g_strerror(e));
     return NULL;
   }
-  GDir *d = g_dir_open(real, 0, NULL);
-  if (d == NULL) {
+  if (access(real, R_OK | W_OK | X_OK) != 0) {
     oakuk_set_error(error, OAKUK_EIO, errno, NULL, "image cache %s: cannot list the directory", dir);
     return NULL;
   }
-  const char *name;
-  while ((name = g_dir_read_name(d)) != NULL) {
-    if (g_str_has_prefix(name, ".tmp-")) {
-      g_autofree char *p = g_build_filename(real, name, NULL);
-      oakuk_rm_rf(p, NULL);
-    }
-  }
-  g_dir_close(d);
+  static const char *const top[] = {".tmp-", ".evict-", NULL};
+  static const char *const oci[] = {".archive-", ".tmp-", NULL};
+  remove_leftovers(real, top);
   oakuk_image_cache *c = g_new0(oakuk_image_cache, 1);
   g_atomic_ref_count_init(&c->refcount);
   c->dir = g_steal_pointer(&real);
+  c->refs_dir = g_build_filename(c->dir, ".refs", NULL);
+  c->oci_dir = g_build_filename(c->dir, ".oci", NULL);
+  c->blobs_dir = g_build_filename(c->oci_dir, "blobs", "sha256", NULL);
+  remove_leftovers(c->oci_dir, oci);
+  remove_leftovers(c->blobs_dir, oci);
   c->opts = o;
   c->allowed = g_steal_pointer(&allowed);
   c->allowed_text = c->allowed ? g_strjoinv(":", c->allowed) : NULL;
   c->opts.file_allowed_dirs = c->allowed_text;
+  c->insecure_text = g_strdup(o.insecure_registries);
+  c->opts.insecure_registries = c->insecure_text;
   g_mutex_init(&c->lock);
   g_cond_init(&c->cond);
   c->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_mutex_init(&c->use_lock);
+  c->uses = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   return c;
 }
 
@@ -694,10 +765,16 @@ void oakuk_image_cache_unref(oakuk_image_cache *cache) {
   if (cache == NULL || !g_atomic_ref_count_dec(&cache->refcount))
     return;
   g_hash_table_unref(cache->inflight);
+  g_hash_table_unref(cache->uses);
   g_mutex_clear(&cache->lock);
+  g_mutex_clear(&cache->use_lock);
   g_cond_clear(&cache->cond);
   g_strfreev(cache->allowed);
   g_free(cache->allowed_text);
+  g_free(cache->insecure_text);
+  g_free(cache->refs_dir);
+  g_free(cache->oci_dir);
+  g_free(cache->blobs_dir);
   g_free(cache->dir);
   g_free(cache);
 }
@@ -708,13 +785,71 @@ const char *oakuk_image_cache_dir(const oakuk_image_cache *cache) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Images in use, and when each entry was last used */
+
+/* Marks the entry as used now: <entry>/used's mtime orders eviction. */
+static void touch_used(const char *entry_dir) {
+  g_autofree char *path = g_build_filename(entry_dir, "used", NULL);
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd >= 0) {
+    futimens(fd, NULL);
+    close(fd);
+  }
+}
+
+/* One more live image of entry key (cache->use_lock not held). */
+static void use_take(oakuk_image_cache *cache, oakuk_image *img, const char *key) {
+  g_mutex_lock(&cache->use_lock);
+  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(cache->uses, key));
+  g_hash_table_replace(cache->uses, g_strdup(key), GUINT_TO_POINTER(n + 1));
+  g_mutex_unlock(&cache->use_lock);
+  img->use = oakuk_image_cache_ref(cache);
+  img->key = g_strdup(key);
+}
+
+static void use_release(oakuk_image_cache *cache, const char *key) {
+  g_mutex_lock(&cache->use_lock);
+  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(cache->uses, key));
+  if (n <= 1)
+    g_hash_table_remove(cache->uses, key);
+  else
+    g_hash_table_replace(cache->uses, g_strdup(key), GUINT_TO_POINTER(n - 1));
+  g_mutex_unlock(&cache->use_lock);
+  if (n <= 1) {
+    /* The end of a use is a use: an image that ran until now is recent. */
+    g_autofree char *dir = g_build_filename(cache->dir, key, NULL);
+    touch_used(dir);
+  }
+}
+
+static gboolean in_use(oakuk_image_cache *cache, const char *key) {
+  g_mutex_lock(&cache->use_lock);
+  gboolean used = g_hash_table_contains(cache->uses, key);
+  g_mutex_unlock(&cache->use_lock);
+  return used;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Manifest */
 
 static char *manifest_str(JsonObject *o, const char *key) {
   JsonNode *n = json_object_get_member(o, key);
-  if (n == NULL || JSON_NODE_HOLDS_NULL(n) || json_node_get_value_type(n) != G_TYPE_STRING)
+  if (n == NULL || JSON_NODE_HOLDS_NULL(n) || !JSON_NODE_HOLDS_VALUE(n) ||
+      json_node_get_value_type(n) != G_TYPE_STRING)
     return NULL;
   return g_strdup(json_node_get_string(n));
+}
+
+static GPtrArray *manifest_list(JsonObject *o, const char *key) {
+  GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
+  JsonNode *n = json_object_get_member(o, key);
+  JsonArray *arr = n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+  for (guint k = 0; arr && k < json_array_get_length(arr); k++) {
+    JsonNode *e = json_array_get_element(arr, k);
+    if (JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING)
+      g_ptr_array_add(a, g_strdup(json_node_get_string(e)));
+  }
+  return a;
 }
 
 static char *tree_path(const char *dir, const char *rel) {
@@ -728,8 +863,9 @@ static void readable_by_all(const char *path) {
     chmod(path, (st.st_mode & 07777 & ~(mode_t)(S_ISUID | S_ISGID)) | 0444);
 }
 
-/* Loads <dir>/image.json of a finished entry; NULL (no error) when there is none. */
-static oakuk_image *manifest_load(const char *dir, GError **error) {
+/* Reads <dir>/image.json: the parser owning its object goes to *keep. NULL without error when there
+ * is none. */
+static JsonObject *manifest_read(const char *dir, JsonParser **keep, GError **error) {
   g_autofree char *path = g_build_filename(dir, "image.json", NULL);
   g_autofree char *text = NULL;
   gsize len = 0;
@@ -750,7 +886,16 @@ static oakuk_image *manifest_load(const char *dir, GError **error) {
     set_gerror(error, OAKUK_EIO, "%s: not a JSON object", path);
     return NULL;
   }
-  JsonObject *o = json_node_get_object(root);
+  *keep = g_steal_pointer(&parser);
+  return json_node_get_object(root);
+}
+
+/* Loads <dir>/image.json of a finished entry; NULL (no error) when there is none. */
+static oakuk_image *manifest_load(const char *dir, GError **error) {
+  g_autoptr(JsonParser) parser = NULL;
+  JsonObject *o = manifest_read(dir, &parser, error);
+  if (o == NULL)
+    return NULL;
   g_autofree char *kernel = manifest_str(o, "kernel");
   g_autofree char *initrd = manifest_str(o, "initrd");
   g_autofree char *files = manifest_str(o, "files");
@@ -769,13 +914,16 @@ static oakuk_image *manifest_load(const char *dir, GError **error) {
     img->arch = g_strdup(kernel_arch(img->kernel, NULL)); /* cached before multiboot kernels were known */
   img->sha256 = manifest_str(o, "sha256");
   img->url = manifest_str(o, "url");
+  img->digest = manifest_str(o, "digest");
+  img->args = manifest_list(o, "args");
+  img->env = manifest_list(o, "env");
   /* Entries cached before the boot files were made readable by all (a bare kernel was 0600). */
   readable_by_all(img->kernel);
   readable_by_all(img->initrd);
   if (img->kernel == NULL || img->flavor == NULL || img->sha256 == NULL || img->url == NULL ||
       !g_file_test(img->kernel, G_FILE_TEST_IS_REGULAR)) {
-    set_gerror(error, OAKUK_EIO, "%s: incomplete manifest (kernel, flavor, sha256 and url are required)",
-               path);
+    set_gerror(error, OAKUK_EIO,
+               "%s/image.json: incomplete manifest (kernel, flavor, sha256 and url are required)", dir);
     oakuk_image_unref(img);
     return NULL;
   }
@@ -790,22 +938,65 @@ static void builder_add(JsonBuilder *b, const char *key, const char *value) {
     json_builder_add_null_value(b);
 }
 
-static gboolean manifest_write(const char *workdir, const char *url, const char *expected, const char *sha256,
-                               const char *initrd, gboolean files, const char *flavor, const char *version,
-                               const char *style, const char *extra, const char *arch, GError **error) {
+static void builder_add_list(JsonBuilder *b, const char *key, GPtrArray *list) {
+  json_builder_set_member_name(b, key);
+  json_builder_begin_array(b);
+  for (guint k = 0; list && k < list->len; k++)
+    json_builder_add_string_value(b, list->pdata[k]);
+  json_builder_end_array(b);
+}
+
+/* What image.json says about an entry. */
+typedef struct {
+  const char *url;      /* the URL, or the OCI reference */
+  const char *expected; /* the sha256 asked for, or NULL */
+  const char *sha256;   /* of the artifact (an OCI image: of its platform manifest) */
+  const char *digest;   /* OCI: "sha256:<hex>" of the platform manifest */
+  const char *initrd;   /* "initrd", "initramfs.cpio" or NULL */
+  gboolean files;
+  const char *flavor, *version, *style, *extra, *arch;
+  GPtrArray *args, *env; /* OCI: may be NULL */
+  GPtrArray *blobs;      /* OCI: the blobs it came from ("sha256:<hex>"), may be NULL */
+} Manifest;
+
+/* Bytes of regular files below path (without following links). */
+static guint64 tree_bytes(const char *path) {
+  struct stat st;
+  if (lstat(path, &st) != 0)
+    return 0;
+  if (!S_ISDIR(st.st_mode))
+    return S_ISREG(st.st_mode) ? (guint64)st.st_size : 0;
+  guint64 total = 0;
+  g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+    g_autofree char *p = g_build_filename(path, name, NULL);
+    total += tree_bytes(p);
+  }
+  return total;
+}
+
+static gboolean manifest_write(const char *workdir, const Manifest *m, GError **error) {
+  g_autofree char *tree = g_build_filename(workdir, "tree", NULL);
   g_autoptr(JsonBuilder) b = json_builder_new();
   json_builder_begin_object(b);
-  builder_add(b, "url", url);
-  builder_add(b, "expected_sha256", expected);
-  builder_add(b, "sha256", sha256);
+  builder_add(b, "url", m->url);
+  builder_add(b, "expected_sha256", m->expected);
+  builder_add(b, "sha256", m->sha256);
+  builder_add(b, "digest", m->digest);
   builder_add(b, "kernel", "kernel");
-  builder_add(b, "initrd", initrd);
-  builder_add(b, "files", files ? "files" : NULL);
-  builder_add(b, "flavor", flavor);
-  builder_add(b, "version", version);
-  builder_add(b, "cmdline_style", style);
-  builder_add(b, "cmdline_extra", extra);
-  builder_add(b, "arch", arch);
+  builder_add(b, "initrd", m->initrd);
+  builder_add(b, "files", m->files ? "files" : NULL);
+  builder_add(b, "flavor", m->flavor);
+  builder_add(b, "version", m->version);
+  builder_add(b, "cmdline_style", m->style);
+  builder_add(b, "cmdline_extra", m->extra);
+  builder_add(b, "arch", m->arch);
+  builder_add_list(b, "args", m->args);
+  builder_add_list(b, "env", m->env);
+  builder_add_list(b, "blobs", m->blobs);
+  json_builder_set_member_name(b, "bytes");
+  json_builder_add_int_value(b, (gint64)tree_bytes(tree));
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
   g_autofree char *text = oakuk_json_node_to_string(root, TRUE);
@@ -815,7 +1006,87 @@ static gboolean manifest_write(const char *workdir, const char *url, const char 
     set_gerror(error, OAKUK_EIO, "write %s: %s", path, err->message);
     return FALSE;
   }
+  touch_used(workdir);
   return TRUE;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Resolutions: what a URL without sha256, or an OCI reference, last led to */
+
+typedef struct {
+  char *dir;         /* the entry's name */
+  char *credentials; /* OCI: "" (anonymous) or the sha256 of the credentials that were accepted */
+  char *etag;        /* http(s): the validators the entry's download came with */
+  char *last_modified;
+  char *file_stat; /* file://: "size:mtime:inode" of the file read */
+} Record;
+
+static void record_clear(Record *r) {
+  g_clear_pointer(&r->dir, g_free);
+  g_clear_pointer(&r->credentials, g_free);
+  g_clear_pointer(&r->etag, g_free);
+  g_clear_pointer(&r->last_modified, g_free);
+  g_clear_pointer(&r->file_stat, g_free);
+}
+
+static char *record_path(oakuk_image_cache *cache, const char *slot) {
+  g_autofree char *name = g_strconcat(slot, ".json", NULL);
+  return g_build_filename(cache->refs_dir, name, NULL);
+}
+
+static gboolean is_entry_name(const char *name) {
+  if (strlen(name) != 64)
+    return FALSE;
+  for (const char *p = name; *p; p++)
+    if (!g_ascii_isdigit(*p) && !(*p >= 'a' && *p <= 'f'))
+      return FALSE;
+  return TRUE;
+}
+
+static gboolean record_load(oakuk_image_cache *cache, const char *slot, Record *r) {
+  memset(r, 0, sizeof *r);
+  g_autofree char *path = record_path(cache, slot);
+  g_autofree char *text = NULL;
+  gsize len;
+  if (!g_file_get_contents(path, &text, &len, NULL))
+    return FALSE;
+  g_autoptr(JsonNode) root = oakuk_json_parse(text, len, NULL);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root))
+    return FALSE;
+  JsonObject *o = json_node_get_object(root);
+  r->dir = manifest_str(o, "dir");
+  r->credentials = manifest_str(o, "credentials");
+  r->etag = manifest_str(o, "etag");
+  r->last_modified = manifest_str(o, "last_modified");
+  r->file_stat = manifest_str(o, "file_stat");
+  if (r->dir == NULL || !is_entry_name(r->dir)) {
+    record_clear(r);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void record_store(oakuk_image_cache *cache, const char *slot, const char *source, const char *arch,
+                         const Record *r) {
+  g_autoptr(JsonBuilder) b = json_builder_new();
+  json_builder_begin_object(b);
+  builder_add(b, "source", source);
+  builder_add(b, "arch", arch);
+  builder_add(b, "dir", r->dir);
+  builder_add(b, "credentials", r->credentials);
+  builder_add(b, "etag", r->etag);
+  builder_add(b, "last_modified", r->last_modified);
+  builder_add(b, "file_stat", r->file_stat);
+  json_builder_end_object(b);
+  g_autoptr(JsonNode) root = json_builder_get_root(b);
+  g_autofree char *text = oakuk_json_node_to_string(root, FALSE);
+  g_autofree char *path = record_path(cache, slot);
+  GError *err = NULL;
+  if (g_mkdir_with_parents(cache->refs_dir, 0700) != 0 ||
+      !g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &err))
+    g_debug("image cache %s: resolution of %s not recorded: %s", cache->dir, source,
+            err ? err->message : g_strerror(errno));
+  g_clear_error(&err);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1052,10 +1323,32 @@ static gboolean copy_stream(GInputStream *in, Sink *s, gint64 total, Progress *p
   return TRUE;
 }
 
+/* Revalidation of what a URL led to before: the request's conditions and the answer's validators. */
+typedef struct {
+  const char *etag_in;          /* If-None-Match, or NULL */
+  const char *last_modified_in; /* If-Modified-Since, or NULL */
+  gboolean not_modified;        /* the server answered 304: nothing was written */
+  char *etag;                   /* the answer's ETag and Last-Modified, or NULL */
+  char *last_modified;
+  char *file_stat; /* file://: "size:mtime:inode" of the file read */
+} Validators;
+
+static void validators_clear(Validators *v) {
+  g_clear_pointer(&v->etag, g_free);
+  g_clear_pointer(&v->last_modified, g_free);
+  g_clear_pointer(&v->file_stat, g_free);
+}
+
+static char *stat_text(const struct stat *st) {
+  return g_strdup_printf("%" G_GINT64_FORMAT ":%" G_GINT64_FORMAT ".%09ld:%" G_GUINT64_FORMAT,
+                         (gint64)st->st_size, (gint64)st->st_mtim.tv_sec, (long)st->st_mtim.tv_nsec,
+                         (guint64)st->st_ino);
+}
+
 /* A file:// download (archive-safe.h): a regular file inside file_allowed_dirs once its symlinks
  * are resolved, never blocking on a fifo, never opening a device. */
 static gboolean download_file(const char *url, oakuk_image_cache *cache, Sink *s, Progress *prog,
-                              GError **error) {
+                              Validators *v, GError **error) {
   g_autofree char *path = NULL;
   gint64 size = 0;
   int fd = -1;
@@ -1066,6 +1359,9 @@ static gboolean download_file(const char *url, oakuk_image_cache *cache, Sink *s
     return FALSE;
   }
   gboolean ok = TRUE;
+  struct stat st;
+  if (v != NULL && fstat(fd, &st) == 0)
+    v->file_stat = stat_text(&st);
   if ((guint64)size > s->max) {
     set_gerror(error, OAKUK_EINVAL,
                "fetch %s: %" G_GINT64_FORMAT " bytes exceeds the limit of %" G_GUINT64_FORMAT " bytes", url,
@@ -1124,7 +1420,7 @@ static void on_wrote_headers(SoupMessage *msg, gpointer data) {
 }
 
 static gboolean download_http(const char *url, const oakuk_image_cache_options *o, Sink *s, Progress *prog,
-                              GError **error) {
+                              Validators *v, GError **error) {
   /* A session per download, used from this thread only; redirects are followed by hand so the
    * limit is ours and every hop is checked for its scheme. The watchdog bounds time, not libsoup. */
   g_autoptr(SoupSession) session =
@@ -1136,6 +1432,11 @@ static gboolean download_http(const char *url, const oakuk_image_cache_options *
     soup_message_add_flags(msg, SOUP_MESSAGE_NO_REDIRECT);
     g_signal_connect(msg, "network-event", G_CALLBACK(on_network_event), s->watch);
     g_signal_connect(msg, "wrote-headers", G_CALLBACK(on_wrote_headers), s->watch);
+    if (v != NULL && v->etag_in != NULL)
+      soup_message_headers_replace(soup_message_get_request_headers(msg), "If-None-Match", v->etag_in);
+    if (v != NULL && v->last_modified_in != NULL)
+      soup_message_headers_replace(soup_message_get_request_headers(msg), "If-Modified-Since",
+                                   v->last_modified_in);
     watchdog_note(s->watch, FALSE);
     g_autoptr(GError) err = NULL;
     g_autoptr(GInputStream) in = soup_session_send(session, msg, s->watch->cancel, &err);
@@ -1164,6 +1465,15 @@ static gboolean download_http(const char *url, const oakuk_image_cache_options *
       uri = g_steal_pointer(&next);
       continue;
     }
+    if (status == SOUP_STATUS_NOT_MODIFIED && v != NULL &&
+        (v->etag_in != NULL || v->last_modified_in != NULL)) {
+      v->not_modified = TRUE;
+      return TRUE;
+    }
+    if (status == SOUP_STATUS_OK && v != NULL) {
+      v->etag = g_strdup(soup_message_headers_get_one(h, "ETag"));
+      v->last_modified = g_strdup(soup_message_headers_get_one(h, "Last-Modified"));
+    }
     if (status != SOUP_STATUS_OK) {
       set_gerror(error, http_status_code(status), "fetch %s: HTTP %u %s", url, status,
                  soup_message_get_reason_phrase(msg) ? soup_message_get_reason_phrase(msg) : "");
@@ -1183,9 +1493,10 @@ static gboolean download_http(const char *url, const oakuk_image_cache_options *
 }
 
 /* Downloads url to path; returns the hex sha256 of what was written. cancel stops it (the
- * watchdog cancels it too, for a timeout). */
+ * watchdog cancels it too, for a timeout). v (may be NULL) makes an http(s) download conditional:
+ * NULL without error and v->not_modified when the server says nothing changed. */
 static char *download(oakuk_image_cache *cache, const char *url, const char *path, Progress *prog,
-                      GCancellable *cancel, GError **error) {
+                      GCancellable *cancel, Validators *v, GError **error) {
   const oakuk_image_cache_options *o = &cache->opts;
   Watchdog watch;
   Sink s = {.fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600),
@@ -1200,14 +1511,15 @@ static char *download(oakuk_image_cache *cache, const char *url, const char *pat
   gboolean is_file = g_str_has_prefix(url, "file:");
   watchdog_start(&watch, o, cancel, is_file);
   s.sum = g_checksum_new(G_CHECKSUM_SHA256);
-  gboolean ok = is_file ? download_file(url, cache, &s, prog, error) : download_http(url, o, &s, prog, error);
+  gboolean ok =
+      is_file ? download_file(url, cache, &s, prog, v, error) : download_http(url, o, &s, prog, v, error);
   watchdog_stop(&watch);
   if (close(s.fd) != 0 && ok) {
     int e = errno;
     set_gerror(error, OAKUK_EIO, "fetch %s: close %s: %s", url, path, g_strerror(e));
     ok = FALSE;
   }
-  char *hex = ok ? g_strdup(g_checksum_get_string(s.sum)) : NULL;
+  char *hex = ok && !(v != NULL && v->not_modified) ? g_strdup(g_checksum_get_string(s.sum)) : NULL;
   g_checksum_free(s.sum);
   return hex;
 }
@@ -1223,6 +1535,8 @@ static char *normalize_entry(const char *what, const char *name, const char *url
     set_gerror(error, OAKUK_EPERM, "image %s: %s %s is an absolute path", url, what, name);
   else if (why == OAKUK_ARCHIVE_PATH_DOTDOT)
     set_gerror(error, OAKUK_EPERM, "image %s: %s %s has a '..' component (path traversal)", url, what, name);
+  else if (why == OAKUK_ARCHIVE_PATH_MISSING)
+    set_gerror(error, OAKUK_EINVAL, "image %s: an archive %s has no name (corrupt archive)", url, what);
   return norm;
 }
 
@@ -1563,17 +1877,126 @@ static gboolean place_artifact(const char *download_path, const char *tree, cons
   return oakuk_image_unpack_archive(download_path, tree, url, o, cancel, error);
 }
 
-static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const char *url,
-                                const char *expected, Progress *prog, GCancellable *cancel, GError **error) {
-  g_autofree char *work = g_build_filename(cache->dir, ".tmp-XXXXXX", NULL);
+/* A fetch: a URL (with the sha256 expected, or not) or an OCI reference for an architecture. */
+typedef struct {
+  gboolean oci;
+  char *url;                 /* the URL, or the OCI reference */
+  char *expected;            /* URL: lower-case hex sha256, or NULL */
+  char *arch;                /* OCI: GOARCH */
+  char *username, *password; /* OCI: NULL = anonymous */
+} Request;
+
+static void request_clear(Request *r) {
+  g_clear_pointer(&r->url, g_free);
+  g_clear_pointer(&r->expected, g_free);
+  g_clear_pointer(&r->arch, g_free);
+  g_clear_pointer(&r->username, g_free);
+  if (r->password)
+    memset(r->password, 0, strlen(r->password));
+  g_clear_pointer(&r->password, g_free);
+}
+
+static char *cache_key(const char *url, const char *expected) {
+  g_autofree char *s = g_strconcat(url, "\n", expected ? expected : "", NULL);
+  return g_compute_checksum_for_string(G_CHECKSUM_SHA256, s, -1);
+}
+
+/* The entry of an OCI image: its platform manifest, whatever reference led to it. */
+static char *oci_key(const char *manifest_digest) {
+  g_autofree char *s = g_strconcat("oci\n", manifest_digest, NULL);
+  return g_compute_checksum_for_string(G_CHECKSUM_SHA256, s, -1);
+}
+
+/* Fetches of one slot share a download and a resolution record: a URL and its sha256; an OCI
+ * reference, its architecture and its credentials (a fetch never gets what others' credentials
+ * opened). */
+static char *request_slot(const Request *r) {
+  if (!r->oci)
+    return cache_key(r->url, r->expected);
+  g_autofree char *creds = NULL;
+  if (r->username && r->password) {
+    g_autofree char *up = g_strdup_printf("%s\n%s", r->username, r->password);
+    creds = g_compute_checksum_for_string(G_CHECKSUM_SHA256, up, -1);
+    memset(up, 0, strlen(up));
+  }
+  g_autofree char *s = g_strconcat("oci\n", r->url, "\n", r->arch, "\n", creds ? creds : "", NULL);
+  return g_compute_checksum_for_string(G_CHECKSUM_SHA256, s, -1);
+}
+
+/* The entry named key, opened and counted in use (cache->lock held); NULL without error when there
+ * is none. A damaged entry no one uses is removed. */
+static oakuk_image *entry_open_locked(oakuk_image_cache *cache, const char *key) {
+  g_autofree char *dir = g_build_filename(cache->dir, key, NULL);
+  GError *err = NULL;
+  oakuk_image *img = manifest_load(dir, &err);
+  if (err != NULL) {
+    g_debug("image cache: dropping a damaged entry: %s", err->message);
+    g_error_free(err);
+    if (!in_use(cache, key))
+      oakuk_rm_rf(dir, NULL);
+    return NULL;
+  }
+  if (img != NULL) {
+    use_take(cache, img, key);
+    touch_used(dir);
+  }
+  return img;
+}
+
+static oakuk_image *entry_open(oakuk_image_cache *cache, const char *key) {
+  g_mutex_lock(&cache->lock);
+  oakuk_image *img = entry_open_locked(cache, key);
+  g_mutex_unlock(&cache->lock);
+  return img;
+}
+
+/* Moves the finished work dir into place as entry key (unless another process finished the same
+ * entry first: then theirs is used) and opens it. */
+static oakuk_image *entry_commit(oakuk_image_cache *cache, const char *work, const char *key,
+                                 const char *what, GError **error) {
+  g_autofree char *final = g_build_filename(cache->dir, key, NULL);
+  g_mutex_lock(&cache->lock);
+  if (rename(work, final) != 0 && errno != EEXIST && errno != ENOTEMPTY) {
+    int e = errno;
+    g_mutex_unlock(&cache->lock);
+    set_gerror(error, OAKUK_EIO, "image %s: move into cache %s: %s", what, final, g_strerror(e));
+    return NULL;
+  }
+  oakuk_image *img = entry_open_locked(cache, key);
+  g_mutex_unlock(&cache->lock);
+  if (img == NULL)
+    set_gerror(error, OAKUK_EIO, "image %s: %s vanished from the cache", what, final);
+  return img;
+}
+
+static void remove_work(const char *work) {
+  if (work != NULL && g_file_test(work, G_FILE_TEST_EXISTS))
+    oakuk_rm_rf(work, NULL);
+}
+
+static char *make_work(oakuk_image_cache *cache, GError **error) {
+  char *work = g_build_filename(cache->dir, ".tmp-XXXXXX", NULL);
   if (g_mkdtemp(work) == NULL) {
     int e = errno;
     set_gerror(error, OAKUK_EIO, "image cache %s: create work dir: %s", cache->dir, g_strerror(e));
+    g_free(work);
     return NULL;
   }
+  return work;
+}
+
+/* Downloads url into a new work dir and unpacks it there (tree/, image.json); *work_out names the
+ * work dir and *key_out the entry it becomes. With v, an http(s) download is conditional: when the
+ * server says nothing changed, TRUE with *work_out NULL. */
+static gboolean build_url(oakuk_image_cache *cache, const char *url, const char *expected, Validators *v,
+                          Progress *prog, GCancellable *cancel, char **work_out, char **key_out,
+                          GError **error) {
+  *work_out = *key_out = NULL;
+  g_autofree char *work = make_work(cache, error);
+  if (work == NULL)
+    return FALSE;
   g_autofree char *dl = g_build_filename(work, "download", NULL);
   g_autofree char *tree = g_build_filename(work, "tree", NULL);
-  g_autofree char *final = g_build_filename(cache->dir, key, NULL);
   g_autofree char *sha = NULL;
   g_autofree char *version = NULL;
   g_autofree char *kernel = g_build_filename(tree, "kernel", NULL);
@@ -1582,11 +2005,14 @@ static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const
   g_autofree char *p_files = g_build_filename(tree, "files", NULL);
   const char *initrd = NULL, *flavor = NULL, *arch = NULL;
   ImageMeta meta = {0};
-  oakuk_image *img = NULL;
+  gboolean ok = FALSE;
+  Manifest m = {0};
 
-  sha = download(cache, url, dl, prog, cancel, error);
-  if (sha == NULL)
+  sha = download(cache, url, dl, prog, cancel, v, error);
+  if (sha == NULL) {
+    ok = v != NULL && v->not_modified;
     goto out;
+  }
   if (expected != NULL && strcmp(sha, expected) != 0) {
     set_gerror(error, OAKUK_EVERIFY, "sha256 mismatch for %s: expected %s, got %s", url, expected, sha);
     goto out;
@@ -1626,31 +2052,478 @@ static oakuk_image *build_image(oakuk_image_cache *cache, const char *key, const
     g_free(version);
     version = g_strdup(meta.version);
   }
-  if (!manifest_write(work, url, expected, sha, initrd, is_dir(p_files), flavor, version, meta.cmdline_style,
-                      meta.cmdline_extra, arch, error))
+  m = (Manifest){.url = url,
+                 .expected = expected,
+                 .sha256 = sha,
+                 .initrd = initrd,
+                 .files = is_dir(p_files),
+                 .flavor = flavor,
+                 .version = version,
+                 .style = meta.cmdline_style,
+                 .extra = meta.cmdline_extra,
+                 .arch = arch};
+  if (!manifest_write(work, &m, error))
     goto out;
-  if (rename(work, final) != 0) {
-    int e = errno;
-    if (e != EEXIST && e != ENOTEMPTY) {
-      set_gerror(error, OAKUK_EIO, "image %s: move into cache %s: %s", url, final, g_strerror(e));
-      goto out;
-    }
-    /* Another process finished the same image first: use theirs. */
-  }
-  img = manifest_load(final, error);
-  if (img == NULL && error && *error == NULL)
-    set_gerror(error, OAKUK_EIO, "image %s: %s vanished from the cache", url, final);
+  *key_out = cache_key(url, expected ? expected : sha);
+  *work_out = g_steal_pointer(&work);
+  ok = TRUE;
 out:
   image_meta_clear(&meta);
-  if (g_file_test(work, G_FILE_TEST_EXISTS))
-    oakuk_rm_rf(work, NULL);
+  remove_work(work);
+  return ok;
+}
+
+/* "size:mtime:inode" of a file:// URL's file as it is now (NULL when it cannot be read). */
+static char *file_stat_now(oakuk_image_cache *cache, const char *url) {
+  g_autofree char *path = NULL;
+  struct stat st;
+  if (!oakuk_archive_local_check(url, cache->allowed, "file_allowed_dirs", &path, NULL) ||
+      stat(path, &st) != 0)
+    return NULL;
+  return stat_text(&st);
+}
+
+/* A cached copy is kept when the source cannot be asked: an unreachable server or registry. */
+static gboolean source_unreachable(const GError *err) {
+  return err != NULL && err->domain == OAKUK_ERROR &&
+         (err->code == -OAKUK_EIO || err->code == -OAKUK_ETIMEOUT);
+}
+
+/* A URL without the sha256 expected: what it led to last time is revalidated (http(s): conditional
+ * GET; file://: size, mtime and inode), then kept or replaced. With the sha256, the entry is
+ * content-addressed and needs no revalidation. */
+static oakuk_image *fetch_url(oakuk_image_cache *cache, const Request *req, const char *slot, Progress *prog,
+                              GCancellable *cancel, GError **error) {
+  g_autofree char *work = NULL, *key = NULL;
+  if (req->expected != NULL) {
+    if (!build_url(cache, req->url, req->expected, NULL, prog, cancel, &work, &key, error))
+      return NULL;
+    oakuk_image *img = entry_commit(cache, work, key, req->url, error);
+    remove_work(work);
+    return img;
+  }
+  Record rec;
+  gboolean have = record_load(cache, slot, &rec);
+  oakuk_image *old = have ? entry_open(cache, rec.dir) : NULL;
+  gboolean legacy = FALSE;
+  if (old == NULL && (old = entry_open(cache, slot)) != NULL) /* an entry of a version before 0.3 */
+    legacy = TRUE;
+  gboolean is_file = g_str_has_prefix(req->url, "file:");
+  if (old != NULL && is_file && have && !legacy) {
+    g_autofree char *now = file_stat_now(cache, req->url);
+    if (now != NULL && g_strcmp0(now, rec.file_stat) == 0) {
+      record_clear(&rec);
+      return old;
+    }
+  }
+  Validators v = {0};
+  if (old != NULL && !is_file && have && !legacy) {
+    v.etag_in = rec.etag;
+    v.last_modified_in = rec.last_modified;
+  }
+  GError *err = NULL;
+  oakuk_image *img = NULL;
+  if (!build_url(cache, req->url, NULL, &v, prog, cancel, &work, &key, &err)) {
+    if (old != NULL && !is_file && source_unreachable(err)) {
+      g_message("image %s: could not revalidate the cached image, using it: %s", req->url, err->message);
+      g_clear_error(&err);
+      img = g_steal_pointer(&old);
+    }
+  } else if (work == NULL) {
+    img = g_steal_pointer(&old); /* 304 Not Modified */
+  } else if ((img = entry_commit(cache, work, key, req->url, &err)) != NULL) {
+    Record nr = {.dir = key, .etag = v.etag, .last_modified = v.last_modified, .file_stat = v.file_stat};
+    record_store(cache, slot, req->url, NULL, &nr);
+  }
+  if (err != NULL)
+    g_propagate_error(error, err);
+  remove_work(work);
+  validators_clear(&v);
+  record_clear(&rec);
+  oakuk_image_unref(old);
   return img;
 }
 
-static char *cache_key(const char *url, const char *expected) {
-  g_autofree char *s = g_strconcat(url, "\n", expected ? expected : "", NULL);
-  return g_compute_checksum_for_string(G_CHECKSUM_SHA256, s, -1);
+/* ---- OCI images ---- */
+
+static void oci_progress(gint64 bytes, gint64 total, gpointer data) {
+  progress_report(data, bytes, total, bytes == total);
 }
+
+/* Pulls choice's platform manifest into a work dir, checks its kernel against the platform and
+ * commits it as entry key. */
+static oakuk_image *build_oci(oakuk_image_cache *cache, const Request *req, OakukOciSession *s,
+                              const OakukOciUkChoice *choice, const char *key, Progress *prog,
+                              GError **error) {
+  g_autofree char *work = make_work(cache, error);
+  if (work == NULL)
+    return NULL;
+  g_autofree char *tree = g_build_filename(work, "tree", NULL);
+  g_autofree char *kernel = g_build_filename(tree, "kernel", NULL);
+  g_autofree char *initrd = g_build_filename(tree, "initrd", NULL);
+  g_autofree char *cversion = NULL;
+  g_autoptr(OakukOciManifest) man = NULL;
+  g_autoptr(GPtrArray) blobs = g_ptr_array_new_with_free_func(g_free);
+  const char *cflavor = NULL, *arch = NULL, *flavor = NULL, *version = NULL;
+  const char *what = req->url;
+  OakukOciUkMeta meta = {0};
+  oakuk_image *img = NULL;
+  OakukOciUkLimits lim = {cache->blobs_dir,
+                          cache->opts.max_download_bytes,
+                          cache->opts.max_unpacked_bytes,
+                          cache->opts.max_entries,
+                          oci_progress,
+                          prog};
+  if (!oakuk_oci_uk_pull(s, req->url, choice, req->arch, &lim, work, tree, &meta, error))
+    goto out;
+  readable_by_all(kernel);
+  readable_by_all(meta.initrd ? initrd : NULL);
+  if ((arch = kernel_arch(kernel, error)) == NULL) {
+    g_prefix_error(error, "image %s: ", what);
+    goto out;
+  }
+  if (strcmp(arch, req->arch) != 0) {
+    KernelInfo ki;
+    kernel_inspect(kernel, &ki, NULL);
+    set_gerror(error, OAKUK_EINVAL, "image %s: its platform is %s, but its kernel is an %s kernel (%s)", what,
+               req->arch, arch, ki.format ? ki.format : "?");
+    goto out;
+  }
+  if (kernel_flavor(kernel, &cflavor, &cversion, error) != 0)
+    goto out;
+  /* The image's word first (urunc's unikernelType; KraftKit packs Unikraft), then the kernel's. */
+  flavor = meta.flavor                       ? meta.flavor
+           : strcmp(cflavor, "unknown") != 0 ? cflavor
+           : meta.layout[0] == 'k'           ? "unikraft"
+                                             : cflavor;
+  version = meta.version ? meta.version : strcmp(flavor, cflavor) == 0 ? cversion : NULL;
+  {
+    g_autofree char *mwhat = g_strdup_printf("image %s: manifest", what);
+    g_autoptr(JsonParser) p = NULL;
+    JsonObject *mo = oakuk_oci_parse_object(choice->manifest, mwhat, &p, error);
+    if (mo == NULL || (man = oakuk_oci_manifest_parse(mo, what, error)) == NULL)
+      goto out;
+    g_ptr_array_add(blobs, g_strdup(man->config.digest));
+    for (guint k = 0; k < man->n_layers; k++)
+      g_ptr_array_add(blobs, g_strdup(man->layers[k].digest));
+  }
+  Manifest m = {.url = req->url,
+                .sha256 = choice->manifest_digest + strlen("sha256:"),
+                .digest = choice->manifest_digest,
+                .initrd = meta.initrd ? "initrd" : NULL,
+                .files = meta.files,
+                .flavor = flavor,
+                .version = version,
+                .extra = meta.cmdline_extra,
+                .arch = arch,
+                .args = meta.args,
+                .env = meta.env,
+                .blobs = blobs};
+  if (manifest_write(work, &m, error))
+    img = entry_commit(cache, work, key, what, error);
+out:
+  oakuk_oci_uk_meta_clear(&meta);
+  remove_work(work);
+  return img;
+}
+
+static gboolean is_pinned(const char *reference) {
+  return !g_str_has_prefix(reference, "oci-archive:") && strstr(reference, "@sha256:") != NULL;
+}
+
+/* The container options the OCI client takes, from the cache's. */
+static oakuk_container_options oci_options(oakuk_image_cache *cache) {
+  oakuk_container_options o = OAKUK_CONTAINER_OPTIONS_INIT;
+  o.insecure_registries = cache->opts.insecure_registries;
+  o.file_allowed_dirs = cache->opts.file_allowed_dirs;
+  o.timeout_s = cache->opts.stall_timeout_s;
+  return o;
+}
+
+static oakuk_image *fetch_oci_inner(oakuk_image_cache *cache, const Request *req, const char *slot,
+                                    Progress *prog, GCancellable *cancel, GError **error) {
+  Record rec;
+  gboolean have = record_load(cache, slot, &rec);
+  const char *archive_file =
+      g_str_has_prefix(req->url, "oci-archive:file:") ? req->url + strlen("oci-archive:") : NULL;
+  g_autofree char *stat_now = archive_file ? file_stat_now(cache, archive_file) : NULL;
+  oakuk_image *img = NULL;
+  /* A digest names the same content forever; an archive file that did not change, too. */
+  if (have && (is_pinned(req->url) || (stat_now && g_strcmp0(stat_now, rec.file_stat) == 0)) &&
+      (img = entry_open(cache, rec.dir)) != NULL) {
+    record_clear(&rec);
+    return img;
+  }
+  oakuk_container_options copts = oci_options(cache);
+  GError *err = NULL;
+  g_autoptr(OakukOciSession) s =
+      oakuk_oci_session_open(cache->oci_dir, req->url, req->username, req->password, &copts, cancel, &err);
+  g_autoptr(OakukOciUkChoice) choice = s ? oakuk_oci_uk_choose(s, req->url, req->arch, &err) : NULL;
+  if (choice == NULL) {
+    if (have && source_unreachable(err) && (img = entry_open(cache, rec.dir)) != NULL) {
+      g_message("image %s: the registry cannot be asked, using its last resolution: %s", req->url,
+                err->message);
+      g_clear_error(&err);
+    }
+    if (err != NULL)
+      g_propagate_error(error, err);
+    record_clear(&rec);
+    return img;
+  }
+  g_autofree char *key = oci_key(choice->manifest_digest);
+  img = entry_open(cache, key);
+  /* A manifest without an index around it is the same entry whatever arch was asked for. */
+  if (img != NULL && g_strcmp0(oakuk_image_arch(img), req->arch) != 0) {
+    set_gerror(error, OAKUK_EUNSUPPORTED, "image %s: its only platform is %s (manifest %s), not %s", req->url,
+               oakuk_image_arch(img), choice->manifest_digest, req->arch);
+    g_clear_pointer(&img, oakuk_image_unref);
+    record_clear(&rec);
+    return NULL;
+  }
+  if (img == NULL)
+    img = build_oci(cache, req, s, choice, key, prog, error);
+  if (img != NULL) {
+    Record nr = {.dir = key, .file_stat = stat_now};
+    record_store(cache, slot, req->url, req->arch, &nr);
+  }
+  record_clear(&rec);
+  return img;
+}
+
+/* An OCI reference, bounded by timeout_s as a whole (stall_timeout_s bounds each request's silence
+ * in the registry client). */
+static oakuk_image *fetch_oci(oakuk_image_cache *cache, const Request *req, const char *slot, Progress *prog,
+                              GCancellable *cancel, GError **error) {
+  oakuk_image_cache_options total = {.timeout_s = cache->opts.timeout_s};
+  Watchdog watch;
+  watchdog_start(&watch, &total, cancel, TRUE);
+  GError *err = NULL;
+  oakuk_image *img = fetch_oci_inner(cache, req, slot, prog, cancel, &err);
+  if (watchdog_stop(&watch) == STOP_TOTAL && img == NULL) {
+    g_clear_error(&err);
+    set_gerror(&err, OAKUK_ETIMEOUT, "fetch %s: not complete within %u s (timeout_s)", req->url,
+               cache->opts.timeout_s);
+  }
+  if (err != NULL)
+    g_propagate_error(error, err);
+  return img;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Housekeeping: sizes, eviction, pruning */
+
+typedef struct {
+  char *key;
+  guint64 bytes;
+  struct timespec used;
+  GPtrArray *blobs; /* "sha256:<hex>" */
+} EntryInfo;
+
+static void entry_info_free(gpointer p) {
+  EntryInfo *e = p;
+  g_free(e->key);
+  g_ptr_array_unref(e->blobs);
+  g_free(e);
+}
+
+static gint entry_info_cmp(gconstpointer a, gconstpointer b) {
+  const EntryInfo *x = *(EntryInfo *const *)a, *y = *(EntryInfo *const *)b;
+  if (x->used.tv_sec != y->used.tv_sec)
+    return x->used.tv_sec < y->used.tv_sec ? -1 : 1;
+  if (x->used.tv_nsec != y->used.tv_nsec)
+    return x->used.tv_nsec < y->used.tv_nsec ? -1 : 1;
+  return strcmp(x->key, y->key);
+}
+
+/* The finished entries, least recently used first. */
+static GPtrArray *entries_list(oakuk_image_cache *cache) {
+  GPtrArray *list = g_ptr_array_new_with_free_func(entry_info_free);
+  g_autoptr(GDir) d = g_dir_open(cache->dir, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+    if (!is_entry_name(name))
+      continue;
+    g_autofree char *dir = g_build_filename(cache->dir, name, NULL);
+    g_autofree char *used = g_build_filename(dir, "used", NULL);
+    g_autofree char *json = g_build_filename(dir, "image.json", NULL);
+    struct stat st;
+    if (!is_dir(dir))
+      continue;
+    EntryInfo *e = g_new0(EntryInfo, 1);
+    e->key = g_strdup(name);
+    if (stat(used, &st) == 0 || stat(json, &st) == 0 || stat(dir, &st) == 0)
+      e->used = st.st_mtim;
+    g_autoptr(JsonParser) p = NULL;
+    JsonObject *o = manifest_read(dir, &p, NULL);
+    JsonNode *bn = o ? json_object_get_member(o, "bytes") : NULL;
+    if (bn != NULL && JSON_NODE_HOLDS_VALUE(bn) && json_node_get_value_type(bn) == G_TYPE_INT64 &&
+        json_node_get_int(bn) >= 0) {
+      e->bytes = (guint64)json_node_get_int(bn);
+    } else {
+      g_autofree char *tree = g_build_filename(dir, "tree", NULL);
+      e->bytes = tree_bytes(tree);
+    }
+    e->blobs = o ? manifest_list(o, "blobs") : g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(list, e);
+  }
+  g_ptr_array_sort(list, entry_info_cmp);
+  return list;
+}
+
+/* The OCI blobs present: "sha256:<hex>" -> size (GUINT64 in a heap gint64). */
+static GHashTable *blobs_list(oakuk_image_cache *cache, guint64 *total) {
+  GHashTable *t = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  *total = 0;
+  g_autoptr(GDir) d = g_dir_open(cache->blobs_dir, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+    if (!is_entry_name(name))
+      continue;
+    g_autofree char *path = g_build_filename(cache->blobs_dir, name, NULL);
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    guint64 *size = g_new(guint64, 1);
+    *size = (guint64)st.st_size;
+    *total += *size;
+    g_hash_table_insert(t, g_strconcat("sha256:", name, NULL), size);
+  }
+  return t;
+}
+
+static guint64 cache_bytes_locked(oakuk_image_cache *cache) {
+  g_autoptr(GPtrArray) entries = entries_list(cache);
+  guint64 total = 0;
+  g_autoptr(GHashTable) blobs = blobs_list(cache, &total);
+  for (guint k = 0; k < entries->len; k++)
+    total += ((EntryInfo *)entries->pdata[k])->bytes;
+  return total;
+}
+
+uint64_t oakuk_image_cache_size(oakuk_image_cache *cache) {
+  g_return_val_if_fail(cache != NULL, 0);
+  g_mutex_lock(&cache->lock);
+  guint64 total = cache_bytes_locked(cache);
+  g_mutex_unlock(&cache->lock);
+  return total;
+}
+
+/* Under cache->lock: moves unused entries aside (into trash, to be removed outside the lock), least
+ * recently used first, until the cache holds at most target bytes; then, unless a fetch is running
+ * (it may be using blobs no entry names yet), removes the blobs no remaining entry came from.
+ * Returns the bytes freed; *left the bytes that stay. */
+static guint64 shrink_locked(oakuk_image_cache *cache, guint64 target, GPtrArray *trash, guint64 *left) {
+  g_autoptr(GPtrArray) entries = entries_list(cache);
+  guint64 blob_total = 0, total = 0, freed = 0;
+  g_autoptr(GHashTable) blobs = blobs_list(cache, &blob_total);
+  g_autoptr(GHashTable) needed = g_hash_table_new(g_str_hash, g_str_equal);
+  total = blob_total;
+  for (guint k = 0; k < entries->len; k++)
+    total += ((EntryInfo *)entries->pdata[k])->bytes;
+  for (guint k = 0; k < entries->len && total > target; k++) {
+    EntryInfo *e = entries->pdata[k];
+    if (in_use(cache, e->key))
+      continue;
+    g_autofree char *dir = g_build_filename(cache->dir, e->key, NULL);
+    g_autofree char *aside =
+        g_strdup_printf("%s/.evict-%s-%" G_GINT64_FORMAT, cache->dir, e->key, g_get_monotonic_time());
+    if (rename(dir, aside) != 0)
+      continue;
+    g_ptr_array_add(trash, g_steal_pointer(&aside));
+    total -= e->bytes;
+    freed += e->bytes;
+    e->bytes = G_MAXUINT64; /* gone */
+  }
+  for (guint k = 0; k < entries->len; k++) {
+    EntryInfo *e = entries->pdata[k];
+    for (guint b = 0; e->bytes != G_MAXUINT64 && b < e->blobs->len; b++)
+      g_hash_table_add(needed, e->blobs->pdata[b]);
+  }
+  if (g_hash_table_size(cache->inflight) == 0) {
+    GHashTableIter it;
+    gpointer digest, size;
+    g_hash_table_iter_init(&it, blobs);
+    while (g_hash_table_iter_next(&it, &digest, &size)) {
+      if (g_hash_table_contains(needed, digest))
+        continue;
+      g_autofree char *path =
+          g_build_filename(cache->blobs_dir, (const char *)digest + strlen("sha256:"), NULL);
+      if (unlink(path) == 0) {
+        total -= *(guint64 *)size;
+        freed += *(guint64 *)size;
+      }
+    }
+  }
+  if (left != NULL)
+    *left = total;
+  return freed;
+}
+
+/* Removes resolution records whose entry is gone. */
+static void prune_records(oakuk_image_cache *cache) {
+  g_autoptr(GDir) d = g_dir_open(cache->refs_dir, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+    if (!g_str_has_suffix(name, ".json"))
+      continue;
+    g_autofree char *slot = g_strndup(name, strlen(name) - strlen(".json"));
+    Record r;
+    gboolean keep = FALSE;
+    if (record_load(cache, slot, &r)) {
+      g_autofree char *dir = g_build_filename(cache->dir, r.dir, NULL);
+      keep = is_dir(dir);
+      record_clear(&r);
+    }
+    if (!keep) {
+      g_autofree char *path = g_build_filename(cache->refs_dir, name, NULL);
+      unlink(path);
+    }
+  }
+}
+
+static void empty_trash(GPtrArray *trash) {
+  for (guint k = 0; k < trash->len; k++)
+    oakuk_rm_rf(trash->pdata[k], NULL);
+}
+
+/* After a fetch: back under max_cache_bytes, as far as images in use allow. */
+static void shrink_to_limit(oakuk_image_cache *cache) {
+  guint64 max = cache->opts.max_cache_bytes;
+  if (max == 0)
+    return;
+  g_autoptr(GPtrArray) trash = g_ptr_array_new_with_free_func(g_free);
+  guint64 left = 0;
+  g_mutex_lock(&cache->lock);
+  if (cache_bytes_locked(cache) > max)
+    shrink_locked(cache, max, trash, &left);
+  g_mutex_unlock(&cache->lock);
+  empty_trash(trash);
+  if (left > max)
+    g_message("image cache %s: %" G_GUINT64_FORMAT " bytes, over max_cache_bytes (%" G_GUINT64_FORMAT
+              "): the rest is in use",
+              cache->dir, left, max);
+}
+
+int oakuk_image_cache_prune(uint64_t *freed_out, oakuk_image_cache *cache, uint64_t keep_bytes,
+                            oakuk_error **error) {
+  g_return_val_if_fail(cache != NULL, OAKUK_EINVAL);
+  g_autoptr(GPtrArray) trash = g_ptr_array_new_with_free_func(g_free);
+  g_mutex_lock(&cache->lock);
+  guint64 freed = shrink_locked(cache, keep_bytes, trash, NULL);
+  prune_records(cache);
+  g_mutex_unlock(&cache->lock);
+  empty_trash(trash);
+  for (guint k = 0; k < trash->len; k++)
+    if (g_file_test(trash->pdata[k], G_FILE_TEST_EXISTS))
+      return oakuk_set_error(error, OAKUK_EIO, 0, NULL, "image cache %s: could not remove %s", cache->dir,
+                             (const char *)trash->pdata[k]);
+  if (freed_out != NULL)
+    *freed_out = freed;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Fetches in flight */
 
 /* Stops w's interest in its download (under cache->lock): the download stops when no fetch is
  * interested any more, and is then no longer found by new fetches of the key. Returns the
@@ -1715,62 +2588,58 @@ static oakuk_image *wait_inflight(oakuk_image_cache *cache, Inflight *in, const 
   return img;
 }
 
-/* The whole fetch, blocking: a finished entry, or wait for a running download of the same key,
+/* The whole fetch, blocking: a finished entry, or wait for a running download of the same slot,
  * or download it here. w (never NULL) is this fetch's part, for cancellation. */
-static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const char *url, const char *expected,
-                                   Listener *l, Waiter *w, GError **error) {
-  g_autofree char *key = cache_key(url, expected);
-  g_autofree char *dir = g_build_filename(cache->dir, key, NULL);
+static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const Request *req, Listener *l, Waiter *w,
+                                   GError **error) {
+  g_autofree char *slot = request_slot(req);
   g_mutex_lock(&cache->lock);
   if (w->cancelled) {
     g_mutex_unlock(&cache->lock);
-    set_cancelled(url, error);
+    set_cancelled(req->url, error);
     return NULL;
   }
-  Inflight *in = g_hash_table_lookup(cache->inflight, key);
+  Inflight *in = g_hash_table_lookup(cache->inflight, slot);
   if (in != NULL)
-    return wait_inflight(cache, in, url, l, w, error);
-  GError *err = NULL;
-  oakuk_image *img = manifest_load(dir, &err);
-  if (img != NULL || err != NULL) {
+    return wait_inflight(cache, in, req->url, l, w, error);
+  /* A URL with its sha256 is content-addressed: a finished entry needs no one asked. */
+  oakuk_image *img = !req->oci && req->expected ? entry_open_locked(cache, slot) : NULL;
+  if (img != NULL) {
     g_mutex_unlock(&cache->lock);
-    if (err != NULL) /* a damaged entry: drop it and fetch again */
-      g_clear_error(&err);
-    if (img != NULL)
-      return img;
-    oakuk_rm_rf(dir, NULL);
-    g_mutex_lock(&cache->lock);
-    if ((in = g_hash_table_lookup(cache->inflight, key)) != NULL)
-      return wait_inflight(cache, in, url, l, w, error);
+    return img;
   }
   in = g_new0(Inflight, 1);
-  in->key = g_strdup(key);
+  in->key = g_strdup(slot);
   in->refs = 1;
   in->active = 1;
   in->cancel = g_cancellable_new();
   w->inflight = in;
-  g_hash_table_insert(cache->inflight, g_strdup(key), in);
+  g_hash_table_insert(cache->inflight, g_strdup(slot), in);
   g_mutex_unlock(&cache->lock);
 
   Progress prog = {.cache = cache, .inflight = in, .listener = l, .last_us = 0};
-  img = build_image(cache, key, url, expected, &prog, in->cancel, &err);
+  GError *err = NULL;
+  img = req->oci ? fetch_oci(cache, req, slot, &prog, in->cancel, &err)
+                 : fetch_url(cache, req, slot, &prog, in->cancel, &err);
 
   g_mutex_lock(&cache->lock);
   in->finished = TRUE;
   in->image = img ? oakuk_image_ref(img) : NULL;
   in->error = err ? g_error_copy(err) : NULL;
-  if (g_hash_table_lookup(cache->inflight, key) == in)
-    g_hash_table_remove(cache->inflight, key);
+  if (g_hash_table_lookup(cache->inflight, slot) == in)
+    g_hash_table_remove(cache->inflight, slot);
   g_cond_broadcast(&cache->cond);
   w->inflight = NULL;
   gboolean cancelled = w->cancelled;
   inflight_release(in);
   g_mutex_unlock(&cache->lock);
+  if (img != NULL)
+    shrink_to_limit(cache);
   if (cancelled) {
     /* The others waiting still got the result; this fetch's caller was told it was cancelled. */
     g_clear_pointer(&img, oakuk_image_unref);
     g_clear_error(&err);
-    set_cancelled(url, &err);
+    set_cancelled(req->url, &err);
   }
   if (err)
     g_propagate_error(error, err);
@@ -1780,8 +2649,27 @@ static oakuk_image *fetch_blocking(oakuk_image_cache *cache, const char *url, co
 /* ---------------------------------------------------------------------------------------------- */
 /* Public fetch API */
 
-static gboolean validate_request(oakuk_image_cache *cache, const char *url, const char *sha256,
-                                 char **expected, GError **error) {
+bool oakuk_image_code_is_oci(const char *code) {
+  if (code == NULL || *code == '\0')
+    return false;
+  if (g_str_has_prefix(code, "oci-archive:"))
+    return true;
+  if (strstr(code, "://") != NULL)
+    return false;
+  OakukOciRef ref;
+  if (!oakuk_oci_ref_parse(code, &ref, NULL))
+    return false;
+  oakuk_oci_ref_clear(&ref);
+  return true;
+}
+
+static gboolean validate_request(oakuk_image_cache *cache, const char *url, const char *sha256, Request *req,
+                                 GError **error) {
+  if (oakuk_image_code_is_oci(url)) {
+    set_gerror(error, OAKUK_EINVAL,
+               "image url %s: an OCI reference, not a URL: fetch it with oakuk_image_cache_fetch_oci", url);
+    return FALSE;
+  }
   g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_ENCODED, NULL);
   const char *scheme = uri ? g_uri_get_scheme(uri) : NULL;
   if (uri == NULL ||
@@ -1799,7 +2687,7 @@ static gboolean validate_request(oakuk_image_cache *cache, const char *url, cons
     g_prefix_error(error, "image url ");
     return FALSE;
   }
-  *expected = NULL;
+  memset(req, 0, sizeof *req);
   if (sha256 != NULL && *sha256 != '\0') {
     gsize n = strlen(sha256);
     gboolean hex = n == 64;
@@ -1810,7 +2698,54 @@ static gboolean validate_request(oakuk_image_cache *cache, const char *url, cons
                  sha256);
       return FALSE;
     }
-    *expected = g_ascii_strdown(sha256, -1);
+    req->expected = g_ascii_strdown(sha256, -1);
+  }
+  req->url = g_strdup(url);
+  return TRUE;
+}
+
+static gboolean validate_oci(oakuk_image_cache *cache, const char *reference, const char *arch,
+                             const char *username, const char *password, Request *req, GError **error) {
+  memset(req, 0, sizeof *req);
+  for (const char *c = reference; *c; c++)
+    if ((unsigned char)*c <= 0x20 || (unsigned char)*c == 0x7f) {
+      set_gerror(error, OAKUK_EINVAL, "image reference \"%s\": has a space or control character", reference);
+      return FALSE;
+    }
+  if (g_str_has_prefix(reference, "oci-archive:")) {
+    const char *u = reference + strlen("oci-archive:");
+    g_autoptr(GUri) uri = g_uri_parse(u, G_URI_FLAGS_ENCODED, NULL);
+    const char *scheme = uri ? g_uri_get_scheme(uri) : NULL;
+    if (g_strcmp0(scheme, "file") == 0) {
+      if (!oakuk_archive_local_check(u, cache->allowed, "file_allowed_dirs", NULL, error)) {
+        g_prefix_error(error, "image reference oci-archive:");
+        return FALSE;
+      }
+    } else if ((g_strcmp0(scheme, "http") != 0 && g_strcmp0(scheme, "https") != 0) || !g_uri_get_host(uri) ||
+               !*g_uri_get_host(uri)) {
+      set_gerror(error, OAKUK_EINVAL,
+                 "image reference %s: oci-archive: needs an http://, https:// or file:// URL", reference);
+      return FALSE;
+    }
+  } else {
+    OakukOciRef ref;
+    if (!oakuk_oci_ref_parse(reference, &ref, error))
+      return FALSE;
+    oakuk_oci_ref_clear(&ref);
+  }
+  const char *a = arch ? arch : oakuk_container_platform_arch();
+  if (!oakuk_arch_is_known(a)) {
+    set_gerror(error, OAKUK_EINVAL,
+               "image %s: arch \"%s\" is not a known architecture (amd64, arm64, arm, riscv64)", reference,
+               a);
+    return FALSE;
+  }
+  req->oci = TRUE;
+  req->url = g_strdup(reference);
+  req->arch = g_strdup(a);
+  if (username != NULL && password != NULL) {
+    req->username = g_strdup(username);
+    req->password = g_strdup(password);
   }
   return TRUE;
 }
@@ -1825,31 +2760,51 @@ static void emit_sync(void *data, gint64 bytes, gint64 total) {
   sp->cb(bytes, total, sp->user_data);
 }
 
+static oakuk_image *fetch_sync(oakuk_image_cache *cache, Request *req, oakuk_image_progress_cb progress,
+                               void *user_data, oakuk_error **error) {
+  SyncProgress sp = {progress, user_data};
+  Listener l = {emit_sync, &sp};
+  Waiter w = {FALSE, NULL};
+  GError *err = NULL;
+  oakuk_image *img = fetch_blocking(cache, req, progress ? &l : NULL, &w, &err);
+  request_clear(req);
+  if (img == NULL)
+    oakuk_propagate_gerror(error, err);
+  return img;
+}
+
 oakuk_image *oakuk_image_cache_fetch_sync(oakuk_image_cache *cache, const char *url, const char *sha256,
                                           oakuk_image_progress_cb progress, void *user_data,
                                           oakuk_error **error) {
   g_return_val_if_fail(cache != NULL && url != NULL, NULL);
   GError *err = NULL;
-  g_autofree char *expected = NULL;
-  if (!validate_request(cache, url, sha256, &expected, &err)) {
+  Request req;
+  if (!validate_request(cache, url, sha256, &req, &err)) {
     oakuk_propagate_gerror(error, err);
     return NULL;
   }
-  SyncProgress sp = {progress, user_data};
-  Listener l = {emit_sync, &sp};
-  Waiter w = {FALSE, NULL};
-  oakuk_image *img = fetch_blocking(cache, url, expected, progress ? &l : NULL, &w, &err);
-  if (img == NULL)
+  return fetch_sync(cache, &req, progress, user_data, error);
+}
+
+oakuk_image *oakuk_image_cache_fetch_oci_sync(oakuk_image_cache *cache, const char *reference,
+                                              const char *arch, const char *username, const char *password,
+                                              oakuk_image_progress_cb progress, void *user_data,
+                                              oakuk_error **error) {
+  g_return_val_if_fail(cache != NULL && reference != NULL, NULL);
+  GError *err = NULL;
+  Request req;
+  if (!validate_oci(cache, reference, arch, username, password, &req, &err)) {
     oakuk_propagate_gerror(error, err);
-  return img;
+    return NULL;
+  }
+  return fetch_sync(cache, &req, progress, user_data, error);
 }
 
 /* An asynchronous fetch; the public oakuk_image_fetch handle. An atomic rc box: the caller's
  * handle, the worker task and each queued message hold references. */
 struct oakuk_image_fetch {
   oakuk_image_cache *cache;
-  char *url;
-  char *expected;
+  Request req;
   oakuk_image_progress_cb progress;
   oakuk_image_done_cb done;
   void *user_data;
@@ -1863,8 +2818,7 @@ typedef struct oakuk_image_fetch FetchOp;
 
 static void fetch_op_free(FetchOp *op) {
   oakuk_image_cache_unref(op->cache);
-  g_free(op->url);
-  g_free(op->expected);
+  request_clear(&op->req);
   g_main_context_unref(op->context);
 }
 
@@ -1937,7 +2891,7 @@ static void emit_async(void *data, gint64 bytes, gint64 total) {
 static gboolean cancel_dispatch(gpointer data) {
   FetchOp *op = data;
   g_autoptr(GError) err = NULL;
-  set_cancelled(op->url, &err);
+  set_cancelled(op->req.url, &err);
   op_finish(op, NULL, err);
   return G_SOURCE_REMOVE;
 }
@@ -1955,8 +2909,7 @@ static void fetch_thread(GTask *task, gpointer source, gpointer data, GCancellab
   FetchOp *op = data;
   Listener l = {emit_async, op};
   GError *err = NULL;
-  oakuk_image *img =
-      fetch_blocking(op->cache, op->url, op->expected, op->progress ? &l : NULL, &op->waiter, &err);
+  oakuk_image *img = fetch_blocking(op->cache, &op->req, op->progress ? &l : NULL, &op->waiter, &err);
   if (img)
     g_task_return_pointer(task, img, (GDestroyNotify)oakuk_image_unref);
   else
@@ -1972,20 +2925,13 @@ static void fetch_done(GObject *source, GAsyncResult *res, gpointer data) {
     op_finish(op, img, err);
 }
 
-int oakuk_image_cache_fetch_start(oakuk_image_fetch **fetch_out, oakuk_image_cache *cache, const char *url,
-                                  const char *sha256, oakuk_image_progress_cb progress,
-                                  oakuk_image_done_cb done, void *user_data, oakuk_error **error) {
-  g_return_val_if_fail(cache != NULL && url != NULL && done != NULL, OAKUK_EINVAL);
-  if (fetch_out)
-    *fetch_out = NULL;
-  GError *err = NULL;
-  g_autofree char *expected = NULL;
-  if (!validate_request(cache, url, sha256, &expected, &err))
-    return oakuk_propagate_gerror(error, err);
+/* Starts the fetch of req (taken over) in a thread. */
+static void fetch_start(oakuk_image_fetch **fetch_out, oakuk_image_cache *cache, Request *req,
+                        oakuk_image_progress_cb progress, oakuk_image_done_cb done, void *user_data) {
   FetchOp *op = g_atomic_rc_box_new0(FetchOp);
   op->cache = oakuk_image_cache_ref(cache);
-  op->url = g_strdup(url);
-  op->expected = g_steal_pointer(&expected);
+  op->req = *req;
+  memset(req, 0, sizeof *req);
   op->progress = progress;
   op->done = done;
   op->user_data = user_data;
@@ -1993,9 +2939,37 @@ int oakuk_image_cache_fetch_start(oakuk_image_fetch **fetch_out, oakuk_image_cac
   if (fetch_out)
     *fetch_out = g_atomic_rc_box_acquire(op);
   g_autoptr(GTask) task = g_task_new(NULL, NULL, fetch_done, NULL);
-  g_task_set_source_tag(task, oakuk_image_cache_fetch_start);
+  g_task_set_source_tag(task, fetch_start);
   g_task_set_task_data(task, op, fetch_op_release);
   g_task_run_in_thread(task, fetch_thread);
+}
+
+int oakuk_image_cache_fetch_start(oakuk_image_fetch **fetch_out, oakuk_image_cache *cache, const char *url,
+                                  const char *sha256, oakuk_image_progress_cb progress,
+                                  oakuk_image_done_cb done, void *user_data, oakuk_error **error) {
+  g_return_val_if_fail(cache != NULL && url != NULL && done != NULL, OAKUK_EINVAL);
+  if (fetch_out)
+    *fetch_out = NULL;
+  GError *err = NULL;
+  Request req;
+  if (!validate_request(cache, url, sha256, &req, &err))
+    return oakuk_propagate_gerror(error, err);
+  fetch_start(fetch_out, cache, &req, progress, done, user_data);
+  return 0;
+}
+
+int oakuk_image_cache_fetch_oci_start(oakuk_image_fetch **fetch_out, oakuk_image_cache *cache,
+                                      const char *reference, const char *arch, const char *username,
+                                      const char *password, oakuk_image_progress_cb progress,
+                                      oakuk_image_done_cb done, void *user_data, oakuk_error **error) {
+  g_return_val_if_fail(cache != NULL && reference != NULL && done != NULL, OAKUK_EINVAL);
+  if (fetch_out)
+    *fetch_out = NULL;
+  GError *err = NULL;
+  Request req;
+  if (!validate_oci(cache, reference, arch, username, password, &req, &err))
+    return oakuk_propagate_gerror(error, err);
+  fetch_start(fetch_out, cache, &req, progress, done, user_data);
   return 0;
 }
 

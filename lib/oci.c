@@ -331,6 +331,7 @@ struct OakukOciClient {
   char *authorization; /* header value that worked, or NULL */
   gboolean insecure;
   const char *insecure_list;
+  GCancellable *cancel; /* stops every request and body read; NULL = none */
 };
 
 OakukOciClient *oakuk_oci_client_new(const char *registry, const char *username, const char *password,
@@ -382,7 +383,12 @@ void oakuk_oci_client_free(OakukOciClient *c) {
   g_free(c->base);
   g_free(c->basic);
   g_free(c->authorization);
+  g_clear_object(&c->cancel);
   g_free(c);
+}
+
+void oakuk_oci_client_set_cancellable(OakukOciClient *c, GCancellable *cancel) {
+  g_set_object(&c->cancel, cancel);
 }
 
 static int status_code(guint status) {
@@ -397,6 +403,10 @@ static int status_code(guint status) {
 
 /* A transport failure (no HTTP status) as an error naming the registry. */
 static void transport_error(OakukOciClient *c, GError *err, const char *what, GError **error) {
+  if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
+    set_gerror(error, OAKUK_ECANCELLED, "registry %s: %s: cancelled", c->registry, what);
+    return;
+  }
   int code = g_error_matches(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT) ? OAKUK_ETIMEOUT : OAKUK_EIO;
   set_gerror(error, code, "registry %s unreachable (%s): %s", c->registry, what, err->message);
 }
@@ -432,7 +442,7 @@ static char *bearer_token(OakukOciClient *c, GHashTable *params, GError **error)
   if (c->basic)
     soup_message_headers_replace(soup_message_get_request_headers(m), "Authorization", c->basic);
   GError *err = NULL;
-  g_autoptr(GBytes) body = soup_session_send_and_read(c->session, m, NULL, &err);
+  g_autoptr(GBytes) body = soup_session_send_and_read(c->session, m, c->cancel, &err);
   if (!body) {
     transport_error(c, err, "token endpoint", error);
     g_error_free(err);
@@ -506,9 +516,9 @@ static SoupMessage *request(OakukOciClient *c, const char *method, const char *u
     GInputStream *stream = NULL;
     GBytes *b = NULL;
     if (in)
-      stream = soup_session_send(c->session, m, NULL, &err);
+      stream = soup_session_send(c->session, m, c->cancel, &err);
     else
-      b = soup_session_send_and_read(c->session, m, NULL, &err);
+      b = soup_session_send_and_read(c->session, m, c->cancel, &err);
     if (!stream && !b) {
       transport_error(c, err, what, error);
       g_error_free(err);
@@ -678,7 +688,8 @@ typedef struct {
   const char *reference;
   OakukOciClient *client; /* registry source */
   char *repo;
-  char *layout; /* directory of an unpacked OCI layout */
+  char *layout;         /* directory of an unpacked OCI layout */
+  GCancellable *cancel; /* NULL, or stops blob downloads and copies */
 } Source;
 
 static JsonObject *parse_object(GBytes *b, const char *what, GError **error, JsonParser **keep) {
@@ -828,10 +839,13 @@ static gboolean store_stream(const char *blobs, Source *s, GInputStream *in, con
   gboolean ok = TRUE;
   GError *err = NULL;
   for (;;) {
-    gssize n = g_input_stream_read(in, buf, CHUNK, NULL, &err);
+    gssize n = g_input_stream_read(in, buf, CHUNK, s->cancel, &err);
     if (n < 0) {
-      set_gerror(error, OAKUK_EIO, "image %s: %s: download interrupted: %s", s->reference, what,
-                 err->message);
+      if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        set_gerror(error, OAKUK_ECANCELLED, "image %s: %s: cancelled", s->reference, what);
+      else
+        set_gerror(error, OAKUK_EIO, "image %s: %s: download interrupted: %s", s->reference, what,
+                   err->message);
       g_clear_error(&err);
       ok = FALSE;
       break;
@@ -929,6 +943,7 @@ typedef struct {
   struct archive *r, *w;
   GHashTable *added; /* paths written by this layer (opaque whiteouts keep them) */
   guint64 entries, bytes;
+  guint64 max_entries, max_bytes; /* for all the layers applied so far */
 } Layer;
 
 /* No component of rel's parent may be a symlink: whiteouts and hard links must never act
@@ -1003,14 +1018,18 @@ static char *layer_resolve(Layer *l, const char *what, const char *dir, const ch
 static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
   OakukArchivePathCheck why;
   const char *raw = archive_entry_pathname(e);
-  g_autofree char *name = oakuk_archive_normalize_path(raw ? raw : "", &why);
+  g_autofree char *name = oakuk_archive_normalize_path(raw, &why);
+  if (why == OAKUK_ARCHIVE_PATH_MISSING)
+    return set_gerror(error, OAKUK_EINVAL, "%s: an entry has no name (corrupt layer)", l->what), FALSE;
   if (!name)
     return set_gerror(error, OAKUK_EPERM, "%s: entry %s %s", l->what, raw,
                       why == OAKUK_ARCHIVE_PATH_ABSOLUTE ? "is an absolute path"
                                                          : "has a '..' component (path traversal)"),
            FALSE;
-  if (++l->entries > LAYER_MAX_ENTRIES)
-    return set_gerror(error, OAKUK_EINVAL, "%s: more than %d entries", l->what, LAYER_MAX_ENTRIES), FALSE;
+  if (++l->entries > l->max_entries)
+    return set_gerror(error, OAKUK_EINVAL, "%s: more than %" G_GUINT64_FORMAT " entries", l->what,
+                      l->max_entries),
+           FALSE;
   if (!*name)
     return TRUE;
   g_autofree char *base = g_path_get_basename(name);
@@ -1081,9 +1100,9 @@ static gboolean layer_entry(Layer *l, struct archive_entry *e, GError **error) {
     if (r < ARCHIVE_WARN)
       return layer_corrupt(l, name, error);
     l->bytes += size;
-    if (l->bytes > LAYER_MAX_BYTES)
+    if (l->bytes > l->max_bytes)
       return set_gerror(error, OAKUK_EINVAL, "%s: unpacks to more than %" G_GUINT64_FORMAT " bytes", l->what,
-                        LAYER_MAX_BYTES),
+                        l->max_bytes),
              FALSE;
     if (archive_write_data_block(l->w, buf, size, off) < ARCHIVE_WARN)
       return set_gerror(error, OAKUK_EIO, "%s: write %s: %s", l->what, name, archive_error_string(l->w)),
@@ -1112,7 +1131,20 @@ static gboolean layer_check_links(Layer *l, GError **error) {
 }
 
 gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const char *what, GError **error) {
-  Layer l = {.rootfs = rootfs, .what = what};
+  guint64 entries = 0, bytes = 0;
+  return oakuk_oci_apply_layer_limited(rootfs, layer_path, what, &entries, LAYER_MAX_ENTRIES, &bytes,
+                                       LAYER_MAX_BYTES, error);
+}
+
+gboolean oakuk_oci_apply_layer_limited(const char *rootfs, const char *layer_path, const char *what,
+                                       guint64 *entries, guint64 max_entries, guint64 *bytes,
+                                       guint64 max_bytes, GError **error) {
+  Layer l = {.rootfs = rootfs,
+             .what = what,
+             .entries = *entries,
+             .bytes = *bytes,
+             .max_entries = max_entries,
+             .max_bytes = max_bytes};
   l.r = archive_read_new();
   oakuk_archive_support_filters(l.r);
   archive_read_support_format_tar(l.r);
@@ -1143,6 +1175,8 @@ gboolean oakuk_oci_apply_layer(const char *rootfs, const char *layer_path, const
   archive_read_free(l.r);
   archive_write_free(l.w);
   g_hash_table_unref(l.added);
+  *entries = l.entries;
+  *bytes = l.bytes;
   return ok && layer_check_links(&l, error);
 }
 
@@ -1560,4 +1594,223 @@ static gboolean open_archive(const char *url, const char *dir, const oakuk_conta
   if (download)
     unlink(download);
   return ok;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Sessions: one image source, read document by document (unikernel images, resolution) */
+
+struct OakukOciSession {
+  Source s;
+  OakukOciRef ref; /* registry sources */
+  char *reference;
+  char *tmpdir; /* the unpacked layout of an oci-archive:, removed with the session */
+};
+
+void oakuk_oci_session_free(OakukOciSession *ss) {
+  if (!ss)
+    return;
+  oakuk_oci_client_free(ss->s.client);
+  g_clear_object(&ss->s.cancel);
+  if (ss->tmpdir)
+    oakuk_rm_rf(ss->tmpdir, NULL);
+  g_free(ss->tmpdir);
+  oakuk_oci_ref_clear(&ss->ref);
+  g_free(ss->reference);
+  g_free(ss);
+}
+
+OakukOciSession *oakuk_oci_session_open(const char *work_dir, const char *reference, const char *username,
+                                        const char *password, const oakuk_container_options *opts,
+                                        GCancellable *cancel, GError **error) {
+  g_autoptr(OakukOciSession) ss = g_new0(OakukOciSession, 1);
+  ss->reference = g_strdup(reference);
+  ss->s.reference = ss->reference;
+  ss->s.cancel = cancel ? g_object_ref(cancel) : NULL;
+  if (g_str_has_prefix(reference, "oci-archive:")) {
+    g_autofree char *tmpdir = g_build_filename(work_dir, ".archive-XXXXXX", NULL);
+    if (g_mkdir_with_parents(work_dir, 0700) != 0 || !g_mkdtemp_full(tmpdir, 0700))
+      return set_gerror(error, OAKUK_EIO, "create %s: %s", tmpdir, g_strerror(errno)), NULL;
+    ss->tmpdir = g_steal_pointer(&tmpdir);
+    ss->s.layout = ss->tmpdir;
+    if (!open_archive(reference + strlen("oci-archive:"), ss->tmpdir, opts, error))
+      return NULL;
+    return g_steal_pointer(&ss);
+  }
+  if (!oakuk_oci_ref_parse(reference, &ss->ref, error))
+    return NULL;
+  ss->s.client = oakuk_oci_client_new(ss->ref.registry, username, password, opts, error);
+  if (!ss->s.client)
+    return NULL;
+  oakuk_oci_client_set_cancellable(ss->s.client, cancel);
+  ss->s.repo = ss->ref.repository;
+  return g_steal_pointer(&ss);
+}
+
+const char *oakuk_oci_session_registry(OakukOciSession *ss) {
+  return ss->s.client ? ss->ref.registry : NULL;
+}
+
+const char *oakuk_oci_session_repository(OakukOciSession *ss) {
+  return ss->s.client ? ss->ref.repository : NULL;
+}
+
+gboolean oakuk_oci_session_authenticated(OakukOciSession *ss) {
+  return ss->s.client && ss->s.client->authorization;
+}
+
+GBytes *oakuk_oci_session_top(OakukOciSession *ss, char **digest, GError **error) {
+  if (ss->s.client)
+    return source_manifest(&ss->s, ss->ref.digest ? ss->ref.digest : ss->ref.tag, digest, error);
+  g_autofree char *path = g_build_filename(ss->s.layout, "index.json", NULL);
+  g_autofree char *text = NULL;
+  gsize n;
+  if (!g_file_get_contents(path, &text, &n, NULL))
+    return set_gerror(error, OAKUK_EINVAL, "image %s: the archive has no index.json", ss->reference), NULL;
+  if (n > MANIFEST_MAX_BYTES)
+    return set_gerror(error, OAKUK_EINVAL, "image %s: index.json is larger than %d bytes", ss->reference,
+                      MANIFEST_MAX_BYTES),
+           NULL;
+  GBytes *b = g_bytes_new_take(g_steal_pointer(&text), n);
+  *digest = oakuk_oci_digest_bytes(b);
+  return b;
+}
+
+GBytes *oakuk_oci_session_manifest(OakukOciSession *ss, const char *digest, GError **error) {
+  g_autofree char *got = NULL;
+  return source_manifest(&ss->s, digest, &got, error);
+}
+
+GBytes *oakuk_oci_session_blob(OakukOciSession *ss, const char *digest, gint64 size, gsize max,
+                               GError **error) {
+  if (size > (gint64)max)
+    return set_gerror(error, OAKUK_EINVAL, "image %s: blob %s is larger than %zu bytes", ss->reference,
+                      digest, max),
+           NULL;
+  g_autoptr(GBytes) b = NULL;
+  if (ss->s.layout) {
+    b = layout_blob(&ss->s, digest, max, error);
+  } else {
+    g_autofree char *url = g_strdup_printf("%s/v2/%s/blobs/%s", ss->s.client->base, ss->s.repo, digest);
+    g_autofree char *what = g_strdup_printf("blob %s", digest);
+    g_autoptr(SoupMessage) m = request(ss->s.client, "GET", url, NULL, NULL, NULL, NULL, &b, what, error);
+    if (!m)
+      return NULL;
+    if (soup_message_get_status(m) != 200)
+      return http_failed(ss->s.client, m, b, what, error), NULL;
+    if (g_bytes_get_size(b) > max)
+      return set_gerror(error, OAKUK_EINVAL, "image %s: blob %s is larger than %zu bytes", ss->reference,
+                        digest, max),
+             NULL;
+  }
+  if (!b)
+    return NULL;
+  g_autofree char *d = oakuk_oci_digest_bytes(b);
+  if (strcmp(d, digest) != 0 || (size >= 0 && (gint64)g_bytes_get_size(b) != size))
+    return set_gerror(error, OAKUK_EVERIFY,
+                      "image %s: blob %s: digest or size mismatch (received %s, %zu bytes)", ss->reference,
+                      digest, d, g_bytes_get_size(b)),
+           NULL;
+  return g_steal_pointer(&b);
+}
+
+gboolean oakuk_oci_session_fetch_blob(OakukOciSession *ss, const char *blobs_dir, const char *digest,
+                                      gint64 size, OakukOciProgress cb, gpointer data, guint layer,
+                                      guint layers, const char *what, GError **error) {
+  if (g_cancellable_set_error_if_cancelled(ss->s.cancel, NULL))
+    return set_gerror(error, OAKUK_ECANCELLED, "image %s: cancelled", ss->reference), FALSE;
+  if (g_mkdir_with_parents(blobs_dir, 0700) != 0)
+    return set_gerror(error, OAKUK_EIO, "create %s: %s", blobs_dir, g_strerror(errno)), FALSE;
+  Progress prog = {cb, data, layer, layers, -1};
+  progress(&prog, 0, 1);
+  return fetch_blob(blobs_dir, &ss->s, digest, size, cb ? &prog : NULL, what, error);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Unikernel platforms */
+
+const char *oakuk_oci_unikernel_goarch(const char *architecture) {
+  if (!architecture)
+    return NULL;
+  if (strcmp(architecture, "x86_64") == 0 || strcmp(architecture, "amd64") == 0)
+    return "amd64";
+  if (strcmp(architecture, "arm64") == 0 || strcmp(architecture, "aarch64") == 0)
+    return "arm64";
+  if (strcmp(architecture, "arm") == 0)
+    return "arm";
+  if (strcmp(architecture, "riscv64") == 0)
+    return "riscv64";
+  return NULL;
+}
+
+const char *oakuk_oci_unikernel_os_refusal(const char *os) {
+  if (!os || strcmp(os, "qemu") == 0 || strcmp(os, "linux") == 0)
+    return NULL;
+  if (strcmp(os, "fc") == 0 || strcmp(os, "firecracker") == 0)
+    return "a Firecracker image (platform fc)";
+  if (strcmp(os, "xen") == 0)
+    return "a Xen image (platform xen)";
+  return "a platform other than qemu";
+}
+
+char *oakuk_oci_index_pick_unikernel(JsonObject *index, const char *arch, const char *reference,
+                                     JsonObject **entry_out, GError **error) {
+  JsonArray *ms = array_of(index, "manifests");
+  g_autoptr(GString) seen = g_string_new(NULL);
+  g_autoptr(GString) refused = g_string_new(NULL);
+  JsonObject *qemu = NULL, *linux_ = NULL, *fallback = NULL;
+  guint with_platform = 0;
+  if (entry_out)
+    *entry_out = NULL;
+  for (guint k = 0; ms && k < json_array_get_length(ms); k++) {
+    JsonNode *n = json_array_get_element(ms, k);
+    if (!JSON_NODE_HOLDS_OBJECT(n))
+      continue;
+    JsonObject *e = json_node_get_object(n);
+    if (!oakuk_oci_digest_is_valid(str_of(e, "digest")))
+      continue;
+    if (!json_object_has_member(e, "platform")) {
+      fallback = fallback ? fallback : e;
+      continue;
+    }
+    JsonObject *p = object_of(e, "platform");
+    if (!p)
+      continue;
+    with_platform++;
+    const char *os = str_of(p, "os") ? str_of(p, "os") : "";
+    const char *a = str_of(p, "architecture") ? str_of(p, "architecture") : "";
+    if (seen->len < 1024)
+      g_string_append_printf(seen, "%s%.32s/%.32s", seen->len ? ", " : "", os, a);
+    if (g_strcmp0(oakuk_oci_unikernel_goarch(a), arch) != 0)
+      continue;
+    const char *why = oakuk_oci_unikernel_os_refusal(os);
+    if (!why) {
+      if (strcmp(os, "qemu") == 0)
+        qemu = qemu ? qemu : e;
+      else if (strcmp(os, "linux") == 0)
+        linux_ = linux_ ? linux_ : e;
+    } else if (refused->len < 1024) {
+      g_string_append_printf(refused, "%s%.32s/%.32s (%s)", refused->len ? ", " : "", os, a, why);
+    }
+  }
+  JsonObject *chosen = qemu ? qemu : linux_;
+  if (!chosen && fallback && with_platform == 0)
+    chosen = fallback;
+  if (chosen) {
+    if (entry_out)
+      *entry_out = chosen;
+    return g_strdup(str_of(chosen, "digest"));
+  }
+  if (refused->len)
+    set_gerror(error, OAKUK_EUNSUPPORTED,
+               "image %s: no kernel for QEMU on %s: the index has only %s; oakuk runs unikernels under QEMU "
+               "(platform os \"qemu\", or \"linux\" for urunc images)",
+               reference, arch, refused->str);
+  else
+    set_gerror(error, OAKUK_EUNSUPPORTED, "image %s has no kernel for %s (the index has: %s)", reference,
+               arch, seen->len ? seen->str : "nothing");
+  return NULL;
+}
+
+JsonObject *oakuk_oci_parse_object(GBytes *b, const char *what, JsonParser **keep, GError **error) {
+  return parse_object(b, what, error, keep);
 }

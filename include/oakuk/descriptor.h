@@ -59,7 +59,8 @@ OAKUK_API oakuk_application *oakuk_descriptor_application(const oakuk_descriptor
 OAKUK_API size_t oakuk_descriptor_warning_count(const oakuk_descriptor *descriptor);
 OAKUK_API const char *oakuk_descriptor_warning(const oakuk_descriptor *descriptor, size_t i);
 /* Serializes the document back to JSON (pretty when pretty is true); free with oakuk_free. */
-OAKUK_API char *oakuk_descriptor_to_json(const oakuk_descriptor *descriptor, bool pretty, oakuk_error **error);
+OAKUK_API char *oakuk_descriptor_to_json(const oakuk_descriptor *descriptor, bool pretty,
+                                         oakuk_error **error);
 
 /* Applications. */
 OAKUK_API oakuk_application *oakuk_application_ref(oakuk_application *app);
@@ -100,11 +101,21 @@ OAKUK_API bool oakuk_microservice_has_virt(const oakuk_microservice *ms, int32_t
 OAKUK_API size_t oakuk_microservice_arch_count(const oakuk_microservice *ms);
 OAKUK_API const char *oakuk_microservice_arch(const oakuk_microservice *ms, size_t i);
 
-/* Code for a variant. For unikernels: the URL matched by position with arch i. For containers:
- * the OCI reference (arch_index is ignored). NULL when the service has no such variant. */
+/* Code for a variant. For unikernels: the URL matched by position with arch i, or the one OCI
+ * reference that serves every architecture (arch_index is then ignored). For containers: the OCI
+ * reference (arch_index is ignored). NULL when the service has no such variant.
+ *
+ * A unikernel's code is an OCI reference when it is "oci-archive:<url>" or one string without a
+ * comma or "://" ("registry/name:tag", "name@sha256:<hex>"): arch may then be omitted (the
+ * reference's platforms decide; see oakuk_oci_resolve), and restricts the architectures when given;
+ * code_sha256 does not apply (pin with @sha256:). Comma-separated http(s)/file URLs, one per
+ * architecture, are tarballs or bare kernels as before. */
 OAKUK_API const char *oakuk_microservice_code(const oakuk_microservice *ms, int32_t virt, size_t arch_index);
+/* Whether the variant's code is an OCI reference (always, for a container variant). */
+OAKUK_API bool oakuk_microservice_code_is_oci(const oakuk_microservice *ms, int32_t virt);
 /* Expected sha256 (64 lowercase hex digits) for the same variant/arch, or NULL. */
-OAKUK_API const char *oakuk_microservice_code_sha256(const oakuk_microservice *ms, int32_t virt, size_t arch_index);
+OAKUK_API const char *oakuk_microservice_code_sha256(const oakuk_microservice *ms, int32_t virt,
+                                                     size_t arch_index);
 
 OAKUK_API int64_t oakuk_microservice_memory_mb(const oakuk_microservice *ms);
 OAKUK_API int64_t oakuk_microservice_vcpus(const oakuk_microservice *ms);

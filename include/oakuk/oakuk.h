@@ -20,6 +20,7 @@
 #include <oakuk/qemu.h>
 #include <oakuk/container.h>
 #include <oakuk/console.h>
+#include <oakuk/oci.h>
 #undef OAKUK_INSIDE_OAKUK_H
 
 #endif

@@ -4,12 +4,15 @@
 #include "oakuk-private.h"
 #include "test-http-server.h"
 
+#include <libsoup/soup.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -696,6 +699,186 @@ static void test_guests(Fixture *f, gconstpointer data) {
   oakuk_image_cache_unref(c);
 }
 
+/* ---- revalidation: a server with validators (ETag, Last-Modified) ---- */
+
+typedef struct {
+  GMainContext *ctx;
+  GMainLoop *loop;
+  GThread *thread;
+  char *url;
+  GMutex lock;
+  GCond cond;
+  gboolean started;
+  GBytes *body;  /* guarded by lock */
+  char *version; /* the body's ETag and Last-Modified derive from it */
+  gboolean gone; /* answer 404 */
+  guint full, not_modified;
+} ValServer;
+
+static void val_handler(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+                        gpointer data) {
+  ValServer *v = data;
+  SoupMessageHeaders *req = soup_server_message_get_request_headers(msg);
+  SoupMessageHeaders *resp = soup_server_message_get_response_headers(msg);
+  g_mutex_lock(&v->lock);
+  gboolean by_etag = g_str_has_prefix(path, "/etag/");
+  g_autofree char *etag = g_strdup_printf("\"v-%s\"", v->version);
+  /* Version n was last modified on day n of 2024. */
+  g_autofree char *lm = g_strdup_printf("Mon, %02d Jan 2024 10:00:00 GMT", atoi(v->version));
+  const char *inm = soup_message_headers_get_one(req, "If-None-Match");
+  const char *ims = soup_message_headers_get_one(req, "If-Modified-Since");
+  if (v->gone) {
+    soup_server_message_set_status(msg, SOUP_STATUS_NOT_FOUND, NULL);
+  } else if (by_etag ? g_strcmp0(inm, etag) == 0 : g_strcmp0(ims, lm) == 0) {
+    v->not_modified++;
+    soup_server_message_set_status(msg, SOUP_STATUS_NOT_MODIFIED, NULL);
+  } else {
+    v->full++;
+    soup_message_headers_replace(resp, by_etag ? "ETag" : "Last-Modified", by_etag ? etag : lm);
+    soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
+    soup_server_message_set_response(msg, "application/octet-stream", SOUP_MEMORY_COPY,
+                                     g_bytes_get_data(v->body, NULL), g_bytes_get_size(v->body));
+  }
+  g_mutex_unlock(&v->lock);
+}
+
+static gpointer val_thread(gpointer data) {
+  ValServer *v = data;
+  g_main_context_push_thread_default(v->ctx);
+  g_autoptr(SoupServer) server = soup_server_new(NULL, NULL);
+  soup_server_add_handler(server, NULL, val_handler, v, NULL);
+  g_autoptr(GError) err = NULL;
+  if (!soup_server_listen_local(server, 0, SOUP_SERVER_LISTEN_IPV4_ONLY, &err))
+    g_error("validator server: %s", err->message);
+  GSList *uris = soup_server_get_uris(server);
+  g_mutex_lock(&v->lock);
+  v->url = g_strdup_printf("http://127.0.0.1:%d", g_uri_get_port(uris->data));
+  v->started = TRUE;
+  g_cond_signal(&v->cond);
+  g_mutex_unlock(&v->lock);
+  g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+  g_main_loop_run(v->loop);
+  soup_server_disconnect(server);
+  g_main_context_pop_thread_default(v->ctx);
+  return NULL;
+}
+
+static ValServer *val_server_new(GBytes *body) {
+  ValServer *v = g_new0(ValServer, 1);
+  v->ctx = g_main_context_new();
+  v->loop = g_main_loop_new(v->ctx, FALSE);
+  v->body = g_bytes_ref(body);
+  v->version = g_strdup("1");
+  g_mutex_init(&v->lock);
+  g_cond_init(&v->cond);
+  v->thread = g_thread_new("val-server", val_thread, v);
+  g_mutex_lock(&v->lock);
+  while (!v->started)
+    g_cond_wait(&v->cond, &v->lock);
+  g_mutex_unlock(&v->lock);
+  return v;
+}
+
+static gboolean val_quit(gpointer loop) {
+  g_main_loop_quit(loop);
+  return G_SOURCE_REMOVE;
+}
+
+static void val_server_stop(ValServer *v) {
+  if (v->thread == NULL)
+    return;
+  g_main_context_invoke(v->ctx, val_quit, v->loop);
+  g_thread_join(v->thread);
+  v->thread = NULL;
+}
+
+static void val_server_free(ValServer *v) {
+  val_server_stop(v);
+  g_main_loop_unref(v->loop);
+  g_main_context_unref(v->ctx);
+  g_bytes_unref(v->body);
+  g_free(v->version);
+  g_free(v->url);
+  g_mutex_clear(&v->lock);
+  g_cond_clear(&v->cond);
+  g_free(v);
+}
+
+static void val_set(ValServer *v, GBytes *body, const char *version, gboolean gone) {
+  g_mutex_lock(&v->lock);
+  if (body) {
+    g_bytes_unref(v->body);
+    v->body = g_bytes_ref(body);
+  }
+  if (version) {
+    g_free(v->version);
+    v->version = g_strdup(version);
+  }
+  v->gone = gone;
+  g_mutex_unlock(&v->lock);
+}
+
+static void val_counts(ValServer *v, guint full, guint not_modified) {
+  g_mutex_lock(&v->lock);
+  guint a = v->full, b = v->not_modified;
+  g_mutex_unlock(&v->lock);
+  g_assert_cmpuint(a, ==, full);
+  g_assert_cmpuint(b, ==, not_modified);
+}
+
+/* Without a sha256, a cached http(s) image is revalidated at every fetch: a 304 keeps it, a new body
+ * replaces it (the old one stays while in use), an unreachable server keeps it, a 404 fails. */
+static void test_revalidate(Fixture *f, gconstpointer data) {
+  g_autofree char *other_dir = g_build_filename(f->root, "other", NULL);
+  g_assert_cmpint(g_mkdir_with_parents(other_dir, 0755), ==, 0);
+  g_autoptr(GBytes) other = make_image(other_dir, 4096);
+  ValServer *v = val_server_new(f->image);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  const char *modes[] = {"etag", "lm"};
+  for (int m = 0; m < 2; m++) {
+    val_set(v, f->image, "1", FALSE);
+    g_mutex_lock(&v->lock);
+    v->full = v->not_modified = 0;
+    g_mutex_unlock(&v->lock);
+    g_autofree char *url = g_strdup_printf("%s/%s/image.tar.gz", v->url, modes[m]);
+    oakuk_error *err = NULL;
+    oakuk_image *one = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+    g_assert_null(err);
+    g_assert_cmpstr(oakuk_image_sha256(one), ==, f->image_sha);
+    val_counts(v, 1, 0);
+    oakuk_image *same = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+    g_assert_null(err);
+    g_assert_cmpstr(oakuk_image_dir(same), ==, oakuk_image_dir(one));
+    val_counts(v, 1, 1);
+    oakuk_image_unref(same);
+    val_set(v, other, "2", FALSE);
+    oakuk_image *changed = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+    g_assert_null(err);
+    val_counts(v, 2, 1);
+    g_assert_cmpstr(oakuk_image_dir(changed), !=, oakuk_image_dir(one));
+    g_assert_true(g_file_test(oakuk_image_kernel(one), G_FILE_TEST_IS_REGULAR)); /* still in use */
+    /* Gone (404): refused, not served from the cache. */
+    val_set(v, NULL, NULL, TRUE);
+    g_assert_null(oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err));
+    g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_ENOTFOUND);
+    g_clear_pointer(&err, oakuk_error_free);
+    val_set(v, NULL, NULL, FALSE);
+    oakuk_image_unref(changed);
+    oakuk_image_unref(one);
+  }
+  /* The server down: the last image is kept. */
+  g_autofree char *url = g_strdup_printf("%s/etag/image.tar.gz", v->url);
+  val_server_stop(v);
+  oakuk_error *err = NULL;
+  oakuk_image *kept = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  g_assert_null(err);
+  g_autofree char *other_sha = g_compute_checksum_for_bytes(G_CHECKSUM_SHA256, other);
+  g_assert_cmpstr(oakuk_image_sha256(kept), ==, other_sha);
+  oakuk_image_unref(kept);
+  oakuk_image_cache_unref(c);
+  val_server_free(v);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
 #define ADD(path, fn) g_test_add(path, Fixture, NULL, fixture_setup, fn, fixture_teardown)
@@ -713,5 +896,6 @@ int main(int argc, char **argv) {
   ADD("/image/cancel/shared-download", test_cancel_shared);
   ADD("/image/file/fifo", test_file_fifo);
   ADD("/image/guests", test_guests);
+  ADD("/image/http/revalidate", test_revalidate);
   return g_test_run();
 }

@@ -1018,6 +1018,96 @@ static void test_reschedule_after(void) {
   expect_ms(base_container, "reschedule_after_s", "\"60\"", "reschedule_after_s", "got a string");
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Unikernels as OCI references */
+
+static const char *const base_uk_oci =
+    "{\"microserviceID\": \"\", \"microservice_name\": \"uk\", \"microservice_namespace\": \"edge\","
+    " \"virtualization\": \"unikernel\", \"cmd\": [\"-p\", \"80\"], \"memory\": 64, \"vcpus\": 1,"
+    " \"code\": \"registry.example:5000/apps/httpreply:0.16\"}";
+
+#define DIGEST64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static void test_uk_oci_ok(void) {
+  /* arch may be omitted: the reference's platforms decide. */
+  oakuk_descriptor *d = parse_ms_ok(base_uk_oci, NULL, NULL);
+  oakuk_microservice *ms = first_ms(d);
+  g_assert_cmpuint(oakuk_microservice_arch_count(ms), ==, 0);
+  g_assert_true(oakuk_microservice_code_is_oci(ms, OAKUK_VIRT_UNIKERNEL));
+  g_assert_false(oakuk_microservice_code_is_oci(ms, OAKUK_VIRT_CONTAINER));
+  g_assert_cmpstr(oakuk_microservice_code(ms, OAKUK_VIRT_UNIKERNEL, 0), ==,
+                  "registry.example:5000/apps/httpreply:0.16");
+  g_assert_cmpstr(oakuk_microservice_code(ms, OAKUK_VIRT_UNIKERNEL, 3), ==,
+                  "registry.example:5000/apps/httpreply:0.16");
+  g_assert_null(oakuk_microservice_code_sha256(ms, OAKUK_VIRT_UNIKERNEL, 0));
+  oakuk_descriptor_unref(d);
+  /* With arch, the same reference serves each listed architecture. */
+  d = parse_ms_ok(base_uk_oci, "arch", "[\"amd64\", \"arm64\"]");
+  ms = first_ms(d);
+  g_assert_cmpuint(oakuk_microservice_arch_count(ms), ==, 2);
+  g_assert_cmpstr(oakuk_microservice_code(ms, OAKUK_VIRT_UNIKERNEL, 1), ==,
+                  "registry.example:5000/apps/httpreply:0.16");
+  oakuk_descriptor_unref(d);
+  const char *good[] = {"\"httpreply@sha256:" DIGEST64 "\"",
+                        "\"localhost/uk/x\"",
+                        "\"nginx\"",
+                        "\"oci-archive:file:///srv/images/x.tar\"",
+                        "\"oci-archive:https://h/x.tar\"",
+                        "\"[::1]:5000/a:b\""};
+  for (size_t k = 0; k < G_N_ELEMENTS(good); k++) {
+    d = parse_ms_ok(base_uk_oci, "code", good[k]);
+    g_assert_true(oakuk_microservice_code_is_oci(first_ms(d), OAKUK_VIRT_UNIKERNEL));
+    oakuk_descriptor_unref(d);
+  }
+  /* A container variant's code is always an OCI reference; the unikernel's may be one too. */
+  g_autofree char *both = NULL;
+  {
+    g_autoptr(JsonNode) n = json_from_string(base_uk_oci, NULL);
+    JsonObject *o = json_node_get_object(n);
+    json_object_set_member(o, "virtualization", json_from_string("[\"unikernel\", \"container\"]", NULL));
+    json_object_set_member(o, "code",
+                           json_from_string("{\"unikernel\": \"r.example/uk:1\", \"container\": "
+                                            "\"r.example/ctr:1\"}",
+                                            NULL));
+    both = json_to_string(n, false);
+  }
+  d = parse_ms_ok(both, NULL, NULL);
+  ms = first_ms(d);
+  g_assert_true(oakuk_microservice_code_is_oci(ms, OAKUK_VIRT_UNIKERNEL));
+  g_assert_true(oakuk_microservice_code_is_oci(ms, OAKUK_VIRT_CONTAINER));
+  g_assert_cmpstr(oakuk_microservice_code(ms, OAKUK_VIRT_UNIKERNEL, 0), ==, "r.example/uk:1");
+  oakuk_descriptor_unref(d);
+  /* Comma-separated URLs stay tarball URLs, one per architecture. */
+  d = parse_ms_ok(base_unikernel, NULL, NULL);
+  g_assert_false(oakuk_microservice_code_is_oci(first_ms(d), OAKUK_VIRT_UNIKERNEL));
+  g_assert_cmpstr(oakuk_microservice_code(first_ms(d), OAKUK_VIRT_UNIKERNEL, 1), ==,
+                  "http://127.0.0.1/k-arm64.tar.gz");
+  oakuk_descriptor_unref(d);
+}
+
+/* Every class of bad reference, with the field named. */
+static void test_uk_oci_bad(void) {
+  expect_ms(base_uk_oci, "code", "\"registry.example/Apps/x:1\"", "code", "path component \"Apps\"");
+  expect_ms(base_uk_oci, "code", "\"x@sha256:abc\"", "code", "64 lower-case hex");
+  expect_ms(base_uk_oci, "code", "\"x@md5:" DIGEST64 "\"", "code", "only sha256");
+  expect_ms(base_uk_oci, "code", "\"x:-bad\"", "code", "tag \"-bad\" is not valid");
+  expect_ms(base_uk_oci, "code", "\"badhost:99999/x\"", "code", "port");
+  expect_ms(base_uk_oci, "code", "\"registry.example/\"", "code", "no repository name");
+  expect_ms(base_uk_oci, "code", "\"a//b\"", "code", "path component \"\"");
+  expect_ms(base_uk_oci, "code", "\"nginx \\u0001\"", "code", "whitespace or control");
+  expect_ms(base_uk_oci, "code", "\"oci-archive:\"", "code", "oci-archive: needs");
+  expect_ms(base_uk_oci, "code", "\"oci-archive:ftp://h/x.tar\"", "code", "oci-archive: needs");
+  expect_ms(base_uk_oci, "code", "\"oci-archive:file://\"", "code", "oci-archive: needs");
+  g_autofree char *long_name = g_strdup_printf("\"r.example/%s:1\"", g_strnfill(260, 'a'));
+  expect_ms(base_uk_oci, "code", long_name, "code", "longer than 255");
+  /* The message says what else code could have been. */
+  expect_ms(base_uk_oci, "code", "\"UPPER\"", "code", "one kernel image URL per architecture");
+  /* code_sha256 does not apply: the digest pins an OCI reference. */
+  expect_ms(base_uk_oci, "code_sha256", "\"" DIGEST64 "\"", "code_sha256", "name@sha256:<digest>");
+  /* An arch list still has to be valid. */
+  expect_ms(base_uk_oci, "arch", "[\"x86\"]", "arch[0]", "unknown architecture");
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/descriptor/thesis/all-parse", test_thesis_all_parse);
@@ -1066,5 +1156,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/descriptor/microservice/standalone", test_standalone);
   g_test_add_func("/descriptor/microservice/job-name", test_standalone_job_name);
   g_test_add_func("/descriptor/microservice/paths", test_standalone_paths);
+  g_test_add_func("/descriptor/unikernel/oci", test_uk_oci_ok);
+  g_test_add_func("/descriptor/unikernel/oci-bad", test_uk_oci_bad);
   return g_test_run();
 }

@@ -2,6 +2,7 @@
  * writer), plus kernel inspection on crafted headers and the host's Debian kernel. */
 #include "archive-safe.h"
 #include "oakuk-private.h"
+#include "oci-private.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -247,10 +248,17 @@ static void test_good(Fixture *f, gconstpointer data) {
   g_assert_cmpstr(again_text, ==, "hello\n");
   g_autofree char *manifest = g_build_filename(oakuk_image_dir(img), "image.json", NULL);
   g_assert_true(g_file_test(manifest, G_FILE_TEST_IS_REGULAR));
-  /* Nothing but the finished entry is left in the cache. */
+  /* Nothing but the finished entry (and the record of what the URL led to) is left in the cache. */
   GDir *d = g_dir_open(f->cache, 0, NULL);
-  g_assert_cmpstr(g_dir_read_name(d), ==, strrchr(oakuk_image_dir(img), '/') + 1);
-  g_assert_null(g_dir_read_name(d));
+  const char *name;
+  guint entries = 0;
+  while ((name = g_dir_read_name(d)) != NULL) {
+    if (strcmp(name, ".refs") == 0)
+      continue;
+    g_assert_cmpstr(name, ==, strrchr(oakuk_image_dir(img), '/') + 1);
+    entries++;
+  }
+  g_assert_cmpuint(entries, ==, 1);
   g_dir_close(d);
   oakuk_image_unref(img);
   oakuk_image_cache_unref(c);
@@ -815,6 +823,387 @@ static void test_options(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Options: version 2 */
+
+/* A version-2 caller's struct ends at file_allowed_dirs: the version-3 fields take their defaults. */
+typedef struct {
+  unsigned int version;
+  uint64_t max_download_bytes, max_unpacked_bytes, max_entries;
+  uint32_t timeout_s, max_redirects, connect_timeout_s, stall_timeout_s;
+  const char *file_allowed_dirs;
+} OptionsV2;
+
+static void test_options_v2(Fixture *f, gconstpointer data) {
+  struct {
+    OptionsV2 o;
+    guint8 guard[64];
+  } v2;
+  memset(&v2, 0xa5, sizeof v2);
+  g_assert_cmpint(oakuk_image_cache_options_init((oakuk_image_cache_options *)&v2.o, 2), ==, 0);
+  g_assert_cmpuint(v2.o.version, ==, 2);
+  g_assert_cmpuint(v2.o.stall_timeout_s, ==, 30);
+  g_assert_null(v2.o.file_allowed_dirs);
+  for (gsize k = 0; k < sizeof v2.guard; k++)
+    g_assert_cmpuint(v2.guard[k], ==, 0xa5);
+  v2.o.file_allowed_dirs = f->tmp;
+  oakuk_error *err = NULL;
+  oakuk_image_cache *c = oakuk_image_cache_new(f->cache, (oakuk_image_cache_options *)&v2.o, &err);
+  g_assert_null(err);
+  g_autoptr(GBytes) kernel = fake_multiboot(NULL);
+  g_autofree char *url = write_file(f->tmp, "kernel", kernel);
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  g_assert_null(err);
+  oakuk_image_unref(img);
+  oakuk_image_cache_unref(c);
+  oakuk_image_cache_options o;
+  g_assert_cmpint(oakuk_image_cache_options_init(&o, OAKUK_IMAGE_CACHE_OPTIONS_VERSION), ==, 0);
+  g_assert_cmpuint(o.max_cache_bytes, ==, 0);
+  g_assert_null(o.insecure_registries);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Housekeeping */
+
+/* An image of about size bytes of incompressible files, different for every seed. */
+static char *sized_image(Fixture *f, const char *name, guint32 seed, gsize size) {
+  g_autoptr(GBytes) kernel = fake_multiboot(NULL);
+  GByteArray *b = g_byte_array_sized_new((guint)size);
+  GRand *r = g_rand_new_with_seed(seed);
+  for (gsize k = 0; k < size; k++) {
+    guint8 v = (guint8)g_rand_int(r);
+    g_byte_array_append(b, &v, 1);
+  }
+  g_rand_free(r);
+  g_autoptr(GBytes) blob = g_byte_array_free_to_bytes(b);
+  Entry e[] = {{E_FILE, "kernel", NULL, kernel}, {E_FILE, "files/blob", NULL, blob}};
+  return write_archive(f->tmp, name, FALSE, e, G_N_ELEMENTS(e));
+}
+
+static oakuk_image *fetch_ok(oakuk_image_cache *c, const char *url) {
+  oakuk_error *err = NULL;
+  oakuk_image *img = oakuk_image_cache_fetch_sync(c, url, NULL, NULL, NULL, &err);
+  if (err)
+    g_error("fetch %s: %s", url, oakuk_error_message(err));
+  return img;
+}
+
+/* An image no one uses is evicted least recently used first; one in use never is; the end of a use
+ * counts as a use. */
+static void test_eviction(Fixture *f, gconstpointer data) {
+  const gsize size = 100 * 1024;
+  oakuk_image_cache_options o = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  o.max_cache_bytes = 5 * size / 2; /* two images fit, three do not */
+  oakuk_image_cache *c = new_cache(f, &o);
+  g_autofree char *ua = sized_image(f, "a.tar", 1, size), *ub = sized_image(f, "b.tar", 2, size);
+  g_autofree char *uc = sized_image(f, "c.tar", 3, size), *ud = sized_image(f, "d.tar", 4, size);
+  oakuk_image *a = fetch_ok(c, ua); /* held: in use */
+  oakuk_image *b = fetch_ok(c, ub);
+  g_autofree char *bdir = g_strdup(oakuk_image_dir(b));
+  oakuk_image_unref(b);
+  g_usleep(20000);
+  oakuk_image *cc = fetch_ok(c, uc);
+  g_autofree char *cdir = g_strdup(oakuk_image_dir(cc));
+  /* A is the least recently used, but in use: B goes. */
+  g_assert_false(g_file_test(bdir, G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(oakuk_image_dir(a), G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(cdir, G_FILE_TEST_EXISTS));
+  g_assert_cmpuint(oakuk_image_cache_size(c), <=, o.max_cache_bytes);
+  oakuk_image_unref(cc);
+  g_usleep(20000);
+  g_autofree char *adir = g_strdup(oakuk_image_dir(a));
+  oakuk_image_unref(a); /* A's use ends after C's: C is now the least recently used */
+  g_usleep(20000);
+  oakuk_image *d = fetch_ok(c, ud);
+  g_assert_false(g_file_test(cdir, G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(adir, G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(oakuk_image_dir(d), G_FILE_TEST_EXISTS));
+  /* Over the limit with everything in use: nothing is evicted, the fetch still succeeds. */
+  oakuk_image *a2 = fetch_ok(c, ua);
+  oakuk_image *b2 = fetch_ok(c, ub);
+  g_assert_true(g_file_test(oakuk_image_dir(d), G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(adir, G_FILE_TEST_EXISTS));
+  g_assert_cmpuint(oakuk_image_cache_size(c), >, o.max_cache_bytes);
+  /* prune: every unused image, not the ones in use. */
+  oakuk_image_unref(b2);
+  uint64_t freed = 0;
+  oakuk_error *err = NULL;
+  g_assert_cmpint(oakuk_image_cache_prune(&freed, c, 0, &err), ==, 0);
+  g_assert_null(err);
+  g_assert_cmpuint(freed, >=, size);
+  g_assert_true(g_file_test(oakuk_image_dir(d), G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(oakuk_image_dir(a2), G_FILE_TEST_EXISTS));
+  g_assert_cmpuint(oakuk_image_cache_size(c), <, 5 * size / 2);
+  g_autofree char *ddir = g_strdup(oakuk_image_dir(d));
+  oakuk_image_unref(d);
+  oakuk_image_unref(a2);
+  g_assert_cmpint(oakuk_image_cache_prune(NULL, c, 0, &err), ==, 0);
+  g_assert_false(g_file_test(ddir, G_FILE_TEST_EXISTS));
+  g_assert_cmpuint(oakuk_image_cache_size(c), ==, 0);
+  oakuk_image_cache_unref(c);
+}
+
+/* A file:// image without sha256 is read again when the file changed, and only then. */
+static void test_revalidate_file(Fixture *f, gconstpointer data) {
+  g_autofree char *url = sized_image(f, "x.tar", 7, 1000);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  int64_t prog[3] = {0, 0, 0};
+  oakuk_error *err = NULL;
+  oakuk_image *one = oakuk_image_cache_fetch_sync(c, url, NULL, count_progress, prog, &err);
+  g_assert_null(err);
+  g_assert_cmpint(prog[2], >, 0);
+  memset(prog, 0, sizeof prog);
+  oakuk_image *same = oakuk_image_cache_fetch_sync(c, url, NULL, count_progress, prog, &err);
+  g_assert_null(err);
+  g_assert_cmpint(prog[2], ==, 0); /* not read */
+  g_assert_cmpstr(oakuk_image_dir(same), ==, oakuk_image_dir(one));
+  oakuk_image_unref(same);
+  g_autofree char *again = sized_image(f, "x.tar", 8, 1000);
+  oakuk_image *changed = oakuk_image_cache_fetch_sync(c, url, NULL, count_progress, prog, &err);
+  g_assert_null(err);
+  g_assert_cmpint(prog[2], >, 0);
+  g_assert_cmpstr(oakuk_image_dir(changed), !=, oakuk_image_dir(one));
+  g_assert_cmpstr(oakuk_image_sha256(changed), ==, sha256_of_uri(url));
+  /* The old image, still in use, is still there. */
+  g_assert_true(g_file_test(oakuk_image_kernel(one), G_FILE_TEST_IS_REGULAR));
+  oakuk_image_unref(changed);
+  oakuk_image_unref(one);
+  oakuk_image_cache_unref(c);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* OCI images from oci-archive: tarballs written by the packer */
+
+static char *write_bytes(const char *dir, const char *name, GBytes *b) {
+  g_autofree char *uri = write_file(dir, name, b);
+  return g_filename_from_uri(uri, NULL, NULL);
+}
+
+static oakuk_oci_package *test_package(Fixture *f) {
+  g_autoptr(GBytes) kx = fake_multiboot("Unikraft Telesto 0.16.3 ... ");
+  g_autoptr(GBytes) ka = fake_elf(183, "Linux version 6.1.0-test (x) #1");
+  g_autoptr(GBytes) ir = g_bytes_new_static("INITRD", 6);
+  g_autofree char *kxp = write_bytes(f->tmp, "k-x86", kx);
+  g_autofree char *kap = write_bytes(f->tmp, "k-arm", ka);
+  g_autofree char *irp = write_bytes(f->tmp, "initrd-x86", ir);
+  g_autofree char *files = g_build_filename(f->tmp, "files", "sub", NULL);
+  g_assert_cmpint(g_mkdir_with_parents(files, 0755), ==, 0);
+  g_autofree char *hello = g_build_filename(files, "hello.txt", NULL);
+  g_assert_true(g_file_set_contents(hello, "hello\n", -1, NULL));
+  g_autofree char *link = g_build_filename(f->tmp, "files", "link", NULL);
+  g_assert_cmpint(symlink("sub/hello.txt", link), ==, 0);
+  oakuk_oci_package *p = oakuk_oci_package_new();
+  oakuk_error *err = NULL;
+  g_assert_cmpint(oakuk_oci_package_add_kernel(p, "amd64", kxp, irp, &err), ==, 0);
+  g_assert_cmpint(oakuk_oci_package_add_kernel(p, NULL, kap, NULL, &err), ==, 0);
+  g_autofree char *fdir = g_build_filename(f->tmp, "files", NULL);
+  g_assert_cmpint(oakuk_oci_package_set_files_dir(p, fdir, &err), ==, 0);
+  g_assert_cmpint(oakuk_oci_package_add_arg(p, "-c", &err), ==, 0);
+  g_assert_cmpint(oakuk_oci_package_add_arg(p, "/etc/app.conf", &err), ==, 0);
+  g_assert_cmpint(oakuk_oci_package_add_env(p, "MODE=fast", &err), ==, 0);
+  g_assert_cmpint(oakuk_oci_package_set_cmdline_extra(p, "console=ttyS0", &err), ==, 0);
+  /* Refusals, each naming the field. */
+  g_assert_cmpint(oakuk_oci_package_add_kernel(p, "amd64", kxp, NULL, &err), ==, OAKUK_EINVAL);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "second kernel for amd64"));
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_cmpint(oakuk_oci_package_add_kernel(p, "arm64", kxp, NULL, &err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "arch");
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_cmpint(oakuk_oci_package_add_kernel(p, NULL, irp, NULL, &err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "kernel");
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_cmpint(oakuk_oci_package_add_arg(p, "a b", &err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "args");
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_cmpint(oakuk_oci_package_add_env(p, "1X=2", &err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "env");
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_cmpint(oakuk_oci_package_set_version(p, "latest", &err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "version");
+  g_clear_pointer(&err, oakuk_error_free);
+  return p;
+}
+
+static oakuk_image *fetch_oci(oakuk_image_cache *c, const char *ref, const char *arch, oakuk_error **err) {
+  return oakuk_image_cache_fetch_oci_sync(c, ref, arch, NULL, NULL, NULL, NULL, err);
+}
+
+static void test_oci_archive(Fixture *f, gconstpointer data) {
+  oakuk_oci_package *p = test_package(f);
+  g_autofree char *path = g_build_filename(f->tmp, "pkg.tar", NULL);
+  g_autofree char *digest = NULL, *digest2 = NULL;
+  oakuk_error *err = NULL;
+  g_assert_cmpint(oakuk_oci_package_write_archive(&digest, p, "example.org/apps/app:1.0", path, &err), ==, 0);
+  g_assert_null(err);
+  g_assert_true(g_str_has_prefix(digest, "sha256:"));
+  g_assert_cmpuint(oakuk_oci_package_manifest_count(p), ==, 2);
+  g_assert_cmpstr(oakuk_oci_package_manifest_arch(p, 0), ==, "amd64");
+  g_assert_cmpstr(oakuk_oci_package_manifest_arch(p, 1), ==, "arm64");
+  g_autofree char *amd64 = g_strdup(oakuk_oci_package_manifest_digest(p, 0));
+  /* Reproducible: the same inputs, the same digests. */
+  g_assert_cmpint(oakuk_oci_package_write_archive(&digest2, p, "example.org/apps/app:1.0", path, &err), ==,
+                  0);
+  g_assert_cmpstr(digest, ==, digest2);
+  oakuk_oci_package_unref(p);
+
+  g_autofree char *ref = g_strconcat("oci-archive:file://", path, NULL);
+  oakuk_image_cache *c = new_cache(f, NULL);
+  oakuk_image *x = fetch_oci(c, ref, "amd64", &err);
+  if (err)
+    g_error("%s", oakuk_error_message(err));
+  g_assert_cmpstr(oakuk_image_arch(x), ==, "amd64");
+  g_assert_cmpstr(oakuk_image_flavor(x), ==, "unikraft");
+  g_assert_cmpstr(oakuk_image_version(x), ==, "0.16.3");
+  g_assert_cmpstr(oakuk_image_digest(x), ==, amd64);
+  g_assert_cmpstr(oakuk_image_sha256(x), ==, amd64 + 7);
+  g_assert_cmpstr(oakuk_image_url(x), ==, ref);
+  g_assert_cmpstr(oakuk_image_cmdline_extra(x), ==, "console=ttyS0");
+  g_assert_cmpuint(oakuk_image_arg_count(x), ==, 2);
+  g_assert_cmpstr(oakuk_image_arg(x, 0), ==, "-c");
+  g_assert_cmpstr(oakuk_image_arg(x, 1), ==, "/etc/app.conf");
+  g_assert_null(oakuk_image_arg(x, 2));
+  g_assert_cmpuint(oakuk_image_env_count(x), ==, 1);
+  g_assert_cmpstr(oakuk_image_env(x, 0), ==, "MODE=fast");
+  g_autofree char *ird = read_text(oakuk_image_initrd(x));
+  g_assert_cmpstr(ird, ==, "INITRD");
+  g_autofree char *hello = g_build_filename(oakuk_image_files_dir(x), "link", NULL);
+  g_autofree char *hello_text = read_text(hello);
+  g_assert_cmpstr(hello_text, ==, "hello\n");
+  /* urunc's description of the image is not a file for the guest; neither is KraftKit's tree. */
+  g_autofree char *uj = g_build_filename(oakuk_image_files_dir(x), "urunc.json", NULL);
+  g_autofree char *uk = g_build_filename(oakuk_image_files_dir(x), "unikraft", NULL);
+  g_assert_false(g_file_test(uj, G_FILE_TEST_EXISTS));
+  g_assert_false(g_file_test(uk, G_FILE_TEST_EXISTS));
+
+  oakuk_image *a = fetch_oci(c, ref, "arm64", &err);
+  g_assert_null(err);
+  g_assert_cmpstr(oakuk_image_arch(a), ==, "arm64");
+  g_assert_cmpstr(oakuk_image_flavor(a), ==, "linux");
+  g_assert_null(oakuk_image_initrd(a));
+  g_assert_cmpstr(oakuk_image_dir(a), !=, oakuk_image_dir(x));
+
+  /* The archive unchanged: the same entry without reading it; a platform it lacks: refused. */
+  oakuk_image *x2 = fetch_oci(c, ref, "amd64", &err);
+  g_assert_cmpstr(oakuk_image_dir(x2), ==, oakuk_image_dir(x));
+  oakuk_image_unref(x2);
+  g_assert_null(fetch_oci(c, ref, "riscv64", &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EUNSUPPORTED);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "no kernel for riscv64"));
+  g_clear_pointer(&err, oakuk_error_free);
+  oakuk_image_unref(a);
+  oakuk_image_unref(x);
+  oakuk_image_cache_unref(c);
+}
+
+static void test_oci_refused(Fixture *f, gconstpointer data) {
+  oakuk_image_cache *c = new_cache(f, NULL);
+  oakuk_error *err = NULL;
+  /* A URL to the OCI fetch and a reference to the URL fetch, each told which to use. */
+  g_assert_null(oakuk_image_cache_fetch_sync(c, "example.org/app:1", NULL, NULL, NULL, &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EINVAL);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "oakuk_image_cache_fetch_oci"));
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_null(fetch_oci(c, "http://example.org/k.tar.gz", "amd64", &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EINVAL);
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_null(fetch_oci(c, "example.org/App:1", "amd64", &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EINVAL);
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_null(fetch_oci(c, "example.org/app:1", "x86", &err));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "\"x86\""));
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_null(fetch_oci(c, "oci-archive:ftp://x/y.tar", "amd64", &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EINVAL);
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_null(fetch_oci(c, "oci-archive:file:///etc/passwd", "amd64", &err));
+  g_assert_cmpint(oakuk_error_code(err), ==, OAKUK_EPERM);
+  g_assert_nonnull(strstr(oakuk_error_message(err), "file_allowed_dirs"));
+  g_clear_pointer(&err, oakuk_error_free);
+  assert_cache_empty(f->cache);
+  g_assert_true(oakuk_image_code_is_oci("registry.example:5000/a/b:c"));
+  g_assert_true(oakuk_image_code_is_oci("busybox"));
+  g_assert_true(oakuk_image_code_is_oci("oci-archive:file:///x.tar"));
+  g_assert_false(oakuk_image_code_is_oci("https://x/k.tar.gz"));
+  g_assert_false(oakuk_image_code_is_oci("Not A Reference"));
+  g_assert_false(oakuk_image_code_is_oci(""));
+  oakuk_image_cache_unref(c);
+}
+
+/* The platform chosen in an index: QEMU's (KraftKit's "qemu") first, then urunc's "linux"; fc and xen
+ * refused by name. */
+static char *pick(const char *json, const char *arch, GError **error) {
+  g_autoptr(JsonNode) n = oakuk_json_parse(json, strlen(json), NULL);
+  g_assert_nonnull(n);
+  return oakuk_oci_index_pick_unikernel(json_node_get_object(n), arch, "test", NULL, error);
+}
+
+#define D(c)                                                                                                 \
+  "\"sha256:" c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c  \
+      c c c c c c c c c c c c c c c c c "\""
+
+static void test_oci_pick(void) {
+  const char *kk =
+      "{\"manifests\": ["
+      "{\"digest\": " D(
+          "1") ", \"size\": 1, \"platform\": {\"os\": \"linux\", \"architecture\": \"amd64\"}},"
+               "{\"digest\": " D(
+                   "2") ", \"size\": 1, \"platform\": {\"os\": \"qemu\", \"architecture\": \"x86_64\"}},"
+                        "{\"digest\": " D("3") ", \"size\": 1, \"platform\": {\"os\": \"fc\", "
+                                               "\"architecture\": \"arm64\"}},"
+                                               "{\"digest\": " D(
+                                                   "4") ", \"size\": 1, \"platform\": {\"os\": \"xen\", "
+                                                        "\"architecture\": \"arm64\"}}]}";
+  GError *err = NULL;
+  g_autofree char *x = pick(kk, "amd64", &err);
+  g_assert_no_error(err);
+  g_assert_true(g_str_has_prefix(x, "sha256:2222"));
+  g_assert_null(pick(kk, "arm64", &err));
+  g_assert_error(err, OAKUK_ERROR, -OAKUK_EUNSUPPORTED);
+  g_assert_nonnull(strstr(err->message, "Firecracker"));
+  g_assert_nonnull(strstr(err->message, "Xen"));
+  g_clear_error(&err);
+  g_assert_null(pick(kk, "riscv64", &err));
+  g_assert_nonnull(strstr(err->message, "qemu/x86_64"));
+  g_clear_error(&err);
+  const char *urunc = "{\"manifests\": [{\"digest\": " D(
+      "5") ", \"size\": 1, \"platform\": {\"os\": \"linux\", \"architecture\": \"arm64\"}}]}";
+  g_autofree char *u = pick(urunc, "arm64", &err);
+  g_assert_true(g_str_has_prefix(u, "sha256:5555"));
+  const char *wrapper = "{\"manifests\": [{\"digest\": " D("6") ", \"size\": 1}]}";
+  g_autofree char *w = pick(wrapper, "amd64", &err);
+  g_assert_true(g_str_has_prefix(w, "sha256:6666"));
+  /* The fuzz seeds of registries' documents (tests/fuzz/corpus/oci) through the unikernel choice:
+   * a digest or an error, never a critical (fatal here) nor neither. */
+  const char *root = g_getenv("OAKUK_SOURCE_ROOT");
+  g_autofree char *corpus = root ? g_build_filename(root, "tests", "fuzz", "corpus", "oci", NULL) : NULL;
+  g_autoptr(GDir) d = corpus ? g_dir_open(corpus, 0, NULL) : NULL;
+  const char *name;
+  guint seeds = 0;
+  while (d && (name = g_dir_read_name(d))) {
+    g_autofree char *path = g_build_filename(corpus, name, NULL);
+    g_autofree char *text = NULL;
+    gsize len;
+    g_assert_true(g_file_get_contents(path, &text, &len, NULL));
+    g_autoptr(JsonNode) n = oakuk_json_parse(text, len, NULL);
+    if (!n || !JSON_NODE_HOLDS_OBJECT(n))
+      continue;
+    for (int k = 0; k < 2; k++) {
+      GError *e = NULL;
+      g_autofree char *got =
+          oakuk_oci_index_pick_unikernel(json_node_get_object(n), k ? "arm64" : "amd64", name, NULL, &e);
+      g_assert_true((got != NULL) != (e != NULL));
+      g_assert_true(got == NULL || oakuk_oci_digest_is_valid(got));
+      g_clear_error(&e);
+    }
+    seeds++;
+  }
+  if (corpus)
+    g_assert_cmpuint(seeds, >=, 10);
+  g_assert_cmpstr(oakuk_oci_unikernel_goarch("x86_64"), ==, "amd64");
+  g_assert_cmpstr(oakuk_oci_unikernel_goarch("aarch64"), ==, "arm64");
+  g_assert_null(oakuk_oci_unikernel_goarch("mips"));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Kernel inspection */
 
 static void expect_arch(const char *dir, const char *name, GBytes *bytes, const char *arch,
@@ -1057,6 +1446,12 @@ int main(int argc, char **argv) {
   ADD("/image/cache/reuse", test_reuse);
   ADD("/image/fetch/file-policy", test_file_policy);
   ADD("/image/options-v1", test_options_v1);
+  ADD("/image/options-v2", test_options_v2);
+  ADD("/image/cache/eviction", test_eviction);
+  ADD("/image/cache/revalidate-file", test_revalidate_file);
+  ADD("/image/oci/archive", test_oci_archive);
+  ADD("/image/oci/refused", test_oci_refused);
+  g_test_add_func("/image/oci/pick", test_oci_pick);
   ADD("/image/kernel/arch-crafted", test_kernel_arch_crafted);
   ADD("/image/kernel/unikraft-version", test_unikraft_version);
   g_test_add_func("/image/kernel/arch-real", test_kernel_real);

@@ -101,6 +101,7 @@ _PROTOTYPES = {
     "oakuk_microservice_arch": (c_char_p, [_vp, c_size_t]),
     "oakuk_microservice_code": (c_char_p, [_vp, c_int32, c_size_t]),
     "oakuk_microservice_code_sha256": (c_char_p, [_vp, c_int32, c_size_t]),
+    "oakuk_microservice_code_is_oci": (c_bool, [_vp, c_int32]),
     "oakuk_microservice_memory_mb": (c_int64, [_vp]),
     "oakuk_microservice_vcpus": (c_int64, [_vp]),
     "oakuk_microservice_vgpus": (c_int64, [_vp]),

@@ -173,8 +173,13 @@ class Microservice(Handle):
         return _list(lib.oakuk_microservice_arch_count, lib.oakuk_microservice_arch, self)
 
     def code(self, virt, arch_index=0):
-        """Unikernel URL for arch[arch_index], or the container reference; None if absent."""
+        """Unikernel URL for arch[arch_index] (or the unikernel's one OCI reference, whatever
+        arch_index), or the container reference; None if absent."""
         return text(lib.oakuk_microservice_code(self, virt_code(virt), arch_index))
+
+    def code_is_oci(self, virt):
+        """Whether the variant's code is an OCI reference (a unikernel's may be; a container's is)."""
+        return bool(lib.oakuk_microservice_code_is_oci(self, virt_code(virt)))
 
     def code_sha256(self, virt, arch_index=0):
         return text(lib.oakuk_microservice_code_sha256(self, virt_code(virt), arch_index))
