@@ -284,7 +284,12 @@ JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, g
   }
   JsonObject *claims = json_node_get_object(p);
   JsonNode *exp = json_object_get_member(claims, "exp");
-  if (exp != NULL && (!JSON_NODE_HOLDS_VALUE(exp) || json_node_get_int(exp) < now_s)) {
+  /* A token without an expiry would be valid for as long as the key lives: none is accepted. */
+  if (exp == NULL || !JSON_NODE_HOLDS_VALUE(exp) || json_node_get_value_type(exp) != G_TYPE_INT64) {
+    g_set_error(error, OD_ERROR, OD_ERROR_AUTH, "token has no expiry");
+    return NULL;
+  }
+  if (json_node_get_int(exp) < now_s) {
     g_set_error(error, OD_ERROR, OD_ERROR_AUTH, "token has expired");
     return NULL;
   }

@@ -88,8 +88,9 @@ gboolean od_str_equal_ct(const char *a, const char *b);
 
 /* Signs claims (a JSON object) with key; returns the compact token. */
 char *od_jwt_sign(const guint8 *key, gsize key_len, JsonObject *claims);
-/* Verifies alg HS256, the signature and "exp" (seconds since the epoch) against now_s; returns the
- * claims (caller unrefs) or NULL with an OD_ERROR_AUTH error. */
+/* Verifies alg HS256, the signature and "exp" (an integer, seconds since the epoch: required) against
+ * now_s; returns the claims (caller unrefs) or NULL with an OD_ERROR_AUTH error ("token has no
+ * expiry", "token has expired", ...). */
 JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, gint64 now_s, GError **error);
 
 /* ---- JSON over HTTP ---- */

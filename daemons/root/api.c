@@ -4,6 +4,7 @@
 #include "api.h"
 
 #include "link.h"
+#include "pki.h"
 #include "store.h"
 #include "views.h"
 
@@ -72,6 +73,23 @@ gboolean api_require_string(Req *q, JsonObject *o, const char *key, const char *
   return TRUE;
 }
 
+gboolean api_optional_int(Req *q, JsonObject *o, const char *key, gint64 min, gint64 max, gint64 def,
+                          gint64 *out) {
+  JsonNode *n = json_object_get_member(o, key);
+  *out = def;
+  if (n == NULL)
+    return TRUE;
+  if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64 ||
+      json_node_get_int(n) < min || json_node_get_int(n) > max) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", key,
+                        "%s: an integer in [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT "] is required", key,
+                        min, max);
+    return FALSE;
+  }
+  *out = json_node_get_int(n);
+  return TRUE;
+}
+
 static gboolean parse_number(Req *q, const char *text, gint64 *n) {
   if (g_ascii_string_to_signed(text, 10, 0, G_MAXINT32, n, NULL))
     return TRUE;
@@ -86,78 +104,13 @@ static JsonObject *oid(const char *id) {
   return o;
 }
 
-/* ---- tokens ---- */
-
-char *api_issue_token(Root *r, const char *sub, const char *typ, gint64 ttl_s) {
-  g_autoptr(JsonObject) claims = json_object_new();
-  gint64 now = root_now_ms() / 1000;
-  g_autofree char *jti = od_random_hex(8);
-  json_object_set_string_member(claims, "sub", sub);
-  json_object_set_string_member(claims, "typ", typ);
-  json_object_set_int_member(claims, "iat", now);
-  if (ttl_s > 0)
-    json_object_set_int_member(claims, "exp", now + ttl_s);
-  json_object_set_string_member(claims, "jti", jti);
-  return od_jwt_sign(r->secret, sizeof r->secret, claims);
-}
-
-/* Verifies a JWT of kind typ; returns its subject or NULL with a message in *why. */
-static char *verify_token(Root *r, const char *token, const char *typ, char **why) {
-  g_autoptr(GError) error = NULL;
-  g_autoptr(JsonObject) claims =
-      od_jwt_verify(r->secret, sizeof r->secret, token, root_now_ms() / 1000, &error);
-  if (claims == NULL) {
-    *why = g_strdup(error->message);
-    return NULL;
-  }
-  if (g_strcmp0(api_str(claims, "typ"), typ) != 0 || api_str(claims, "sub") == NULL) {
-    *why = g_strdup_printf("token is not a%s %s token", typ[0] == 'a' ? "n" : "", typ);
-    return NULL;
-  }
-  return g_strdup(api_str(claims, "sub"));
-}
-
-static gboolean authenticate(Req *q, Auth auth) {
-  if (auth == AUTH_NONE || auth == AUTH_SELF)
-    return TRUE;
-  g_autofree char *token = od_http_bearer(q->msg);
-  g_autofree char *why = NULL;
-  if (token == NULL) {
-    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
-                        "missing 'Authorization: Bearer <token>'");
-    return FALSE;
-  }
-  if (auth == AUTH_USER) {
-    q->user = verify_token(q->r, token, "access", &why);
-    if (q->user == NULL || !store_user_exists(q->r->store, q->user)) {
-      od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s",
-                          why ? why : "token user no longer exists");
-      return FALSE;
-    }
-    return TRUE;
-  }
-  /* Cluster endpoints: the token the root issued to this very cluster at registration. */
-  g_autofree char *sub = verify_token(q->r, token, "cluster", &why);
-  g_autoptr(StoreCluster) cl = sub ? store_cluster_get(q->r->store, sub) : NULL;
-  if (cl == NULL || !od_str_equal_ct(cl->token, token)) {
-    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s",
-                        why ? why : "cluster token was revoked or the cluster is unknown");
-    return FALSE;
-  }
-  if (g_strcmp0(sub, q->cap[0]) != 0) {
-    od_http_reply_error(q->msg, SOUP_STATUS_FORBIDDEN, "forbidden", q->path,
-                        "token belongs to cluster %s, not %s", sub, q->cap[0]);
-    return FALSE;
-  }
-  return TRUE;
-}
-
-/* ---- health, metrics, auth ---- */
+/* ---- health, metrics ---- */
 
 static void h_healthz(Req *q) {
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "status", "ok");
   json_object_set_string_member(o, "version", OAKUK_ROOT_VERSION);
+  json_object_set_boolean_member(o, "tls", !q->r->insecure);
   api_reply_object(q, SOUP_STATUS_OK, o);
 }
 
@@ -185,60 +138,19 @@ static void h_metrics(Req *q) {
   od_http_reply_metrics(q->msg, out, "oakuk_root", q->r->http_counts);
 }
 
-static void reply_tokens(Req *q, const char *user) {
-  g_autoptr(JsonObject) o = json_object_new();
-  g_autofree char *token = api_issue_token(q->r, user, "access", q->r->cfg.token_ttl_s);
-  g_autofree char *refresh = api_issue_token(q->r, user, "refresh", q->r->cfg.refresh_ttl_s);
-  json_object_set_string_member(o, "message", "logged in");
-  json_object_set_string_member(o, "token", token);
-  json_object_set_string_member(o, "refresh_token", refresh);
-  api_reply_object(q, SOUP_STATUS_OK, o);
-}
-
-static void h_login(Req *q) {
-  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
-  const char *user, *password;
-  if (body == NULL || !api_require_string(q, body, "username", &user) ||
-      !api_require_string(q, body, "password", &password))
-    return;
-  g_autofree char *stored = store_user_password(q->r->store, user);
-  if (!od_password_verify(stored, password)) {
-    od_log(G_LOG_LEVEL_MESSAGE, "login", "user", user, "result", "denied", NULL);
-    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
-                        "invalid username or password");
-    return;
-  }
-  reply_tokens(q, user);
-}
-
-static void h_refresh(Req *q) {
-  g_autofree char *token = NULL;
-  if (!api_body_empty(q)) {
-    g_autoptr(JsonObject) body = api_body_object(q, FALSE);
-    if (body == NULL)
-      return;
-    token = g_strdup(api_str(body, "refresh_token"));
-  }
-  if (token == NULL)
-    token = od_http_bearer(q->msg);
-  if (token == NULL) {
-    od_http_reply_error(
-        q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
-        "missing refresh token ('Authorization: Bearer <refresh_token>' or {\"refresh_token\": ...})");
-    return;
-  }
-  g_autofree char *why = NULL;
-  g_autofree char *user = verify_token(q->r, token, "refresh", &why);
-  if (user == NULL || !store_user_exists(q->r->store, user)) {
-    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s",
-                        why ? why : "token user no longer exists");
-    return;
-  }
-  reply_tokens(q, user);
-}
-
 /* ---- applications ---- */
 
+/* An Application_Provider sees and changes its own applications; Admins and Infrastructure_Providers
+ * see everyone's (and only Admins reach the routes that change them). */
+static gboolean sees_all(Req *q) {
+  return (q->role & (ROLE_ADMIN | ROLE_INFRASTRUCTURE)) != 0;
+}
+
+static gboolean may_see(Req *q, const char *owner) {
+  return sees_all(q) || g_strcmp0(owner, q->user) == 0;
+}
+
+/* The applications the user created (the compatible API's answer to a new application). */
 static JsonArray *user_applications(Req *q) {
   JsonArray *out = json_array_new();
   g_autoptr(GPtrArray) apps = store_applications_of_user(q->r->store, q->user);
@@ -388,7 +300,7 @@ static void h_app_create(Req *q) {
 
 static StoreApplication *load_user_app(Req *q, const char *id) {
   StoreApplication *a = store_application_get(q->r->store, id);
-  if (a == NULL || g_strcmp0(a->user, q->user) != 0) {
+  if (a == NULL || !may_see(q, a->user)) {
     store_application_free(a);
     reply_not_found(q, "application", id);
     return NULL;
@@ -398,7 +310,7 @@ static StoreApplication *load_user_app(Req *q, const char *id) {
 
 static StoreService *load_user_service(Req *q, const char *id) {
   StoreService *sv = store_service_get(q->r->store, id);
-  if (sv == NULL || g_strcmp0(sv->user, q->user) != 0) {
+  if (sv == NULL || !may_see(q, sv->user)) {
     store_service_free(sv);
     reply_not_found(q, "service", id);
     return NULL;
@@ -407,8 +319,16 @@ static StoreService *load_user_service(Req *q, const char *id) {
 }
 
 static void h_app_list(Req *q) {
-  g_autoptr(JsonArray) all = user_applications(q);
-  reply_array(q, SOUP_STATUS_OK, all);
+  if (!sees_all(q)) {
+    g_autoptr(JsonArray) own = user_applications(q);
+    reply_array(q, SOUP_STATUS_OK, own);
+    return;
+  }
+  g_autoptr(JsonArray) out = json_array_new();
+  g_autoptr(GPtrArray) apps = store_applications_all(q->r->store);
+  for (guint k = 0; k < apps->len; k++)
+    json_array_add_object_element(out, view_application(apps->pdata[k]));
+  reply_array(q, SOUP_STATUS_OK, out);
 }
 
 static void h_app_get(Req *q) {
@@ -499,7 +419,8 @@ static void h_svc_list_app(Req *q) {
 }
 
 static void h_svc_list_all(Req *q) {
-  g_autoptr(GPtrArray) services = store_services_of_user(q->r->store, q->user);
+  g_autoptr(GPtrArray) services =
+      sees_all(q) ? store_services_all(q->r->store) : store_services_of_user(q->r->store, q->user);
   reply_services(q, services);
 }
 
@@ -524,17 +445,15 @@ static const char *cluster_error(JsonNode *body, const char *key) {
   return e && JSON_NODE_HOLDS_OBJECT(e) ? api_str(json_node_get_object(e), key) : NULL;
 }
 
-static void hold(SoupServerMessage *msg) {
+void api_hold(SoupServerMessage *msg) {
   g_object_ref(msg);
   soup_server_message_pause(msg);
 }
 
-static void release(SoupServerMessage *msg) {
+void api_release(SoupServerMessage *msg) {
   soup_server_message_unpause(msg);
   g_object_unref(msg);
 }
-
-typedef void (*ClusterReply)(gpointer data, const char *cid, guint status, JsonNode *body, const char *why);
 
 typedef struct {
   ClusterReply done;
@@ -549,10 +468,8 @@ static void cluster_call_done(gpointer data, guint status, JsonNode *body, const
   g_free(c);
 }
 
-/* Sends a request to cluster cid with its token; done always runs, later: status 0 and why when the
- * cluster is unknown or unreachable. */
-static void cluster_call(Root *r, const char *cid, const char *method, const char *path, guint timeout_s,
-                         ClusterReply done, gpointer data) {
+void api_cluster_call(Root *r, const char *cid, const char *method, const char *path, JsonNode *body,
+                      guint timeout_s, ClusterReply done, gpointer data) {
   g_autoptr(StoreCluster) cl = store_cluster_get(r->store, cid);
   if (cl == NULL) {
     done(data, cid, 0, NULL, "the cluster is no longer registered");
@@ -562,7 +479,8 @@ static void cluster_call(Root *r, const char *cid, const char *method, const cha
   c->done = done;
   c->data = data;
   c->cid = g_strdup(cid);
-  link_request(r->link, cl->url, cl->token, method, path, NULL, timeout_s, cluster_call_done, c);
+  g_autofree char *bearer = pki_cluster_bearer(r, cl);
+  link_request(r->link, cl->url, bearer, method, path, body, timeout_s, cluster_call_done, c);
 }
 
 typedef struct {
@@ -576,7 +494,7 @@ typedef struct {
 static void explain_reply(ExplainCall *e) {
   g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), e->out);
   od_http_reply_json(e->msg, SOUP_STATUS_OK, node);
-  release(e->msg);
+  api_release(e->msg);
   json_object_unref(e->out);
   g_free(e);
 }
@@ -665,7 +583,7 @@ static void h_explain(Req *q) {
   e->out = o;
   e->clusters = json_array_new();
   json_object_set_array_member(o, "clusters", e->clusters);
-  hold(q->msg);
+  api_hold(q->msg);
   g_autofree char *path = g_strdup_printf("/api/v1/services/%s/explain", q->cap[0]);
   e->pending = ask->len + 1; /* one for this function, so no answer completes the call early */
   for (guint i = 0; i < ask->len; i++) {
@@ -674,7 +592,7 @@ static void h_explain(Req *q) {
       e->pending--;
       continue;
     }
-    cluster_call(q->r, ask->pdata[i], "GET", path, 5, explain_cluster_done, e);
+    api_cluster_call(q->r, ask->pdata[i], "GET", path, NULL, 5, explain_cluster_done, e);
   }
   if (--e->pending == 0)
     explain_reply(e);
@@ -682,7 +600,7 @@ static void h_explain(Req *q) {
 
 /* Passes a cluster's answer on: its 2xx body, its error with its status, or 502 when it could not
  * be reached. */
-static void pass_on(gpointer data, const char *cid, guint status, JsonNode *body, const char *why) {
+void api_pass_on(gpointer data, const char *cid, guint status, JsonNode *body, const char *why) {
   SoupServerMessage *msg = data;
   const char *path = g_uri_get_path(soup_server_message_get_uri(msg));
   if (SOUP_STATUS_IS_SUCCESSFUL(status) && body != NULL) {
@@ -702,7 +620,7 @@ static void pass_on(gpointer data, const char *cid, guint status, JsonNode *body
                         code ? code : "cluster_error", path, "cluster %s: %s", cid,
                         message ? message : "unexpected answer");
   }
-  release(msg);
+  api_release(msg);
 }
 
 /* Serial console or output of one instance: asked from its cluster, which asks its node. */
@@ -736,9 +654,9 @@ static void h_inst_logs(Req *q) {
   g_autofree char *name = g_strdup(lib_name);
   od_oakuk_free(lib_name);
   g_autofree char *path = g_strdup_printf("/api/v1/instances/%s/logs?lines=%" G_GINT64_FORMAT, name, lines);
-  hold(q->msg);
+  api_hold(q->msg);
   /* The cluster waits up to 5 s for its node. */
-  cluster_call(q->r, inst->cluster_id, "GET", path, 8, pass_on, q->msg);
+  api_cluster_call(q->r, inst->cluster_id, "GET", path, NULL, 8, api_pass_on, q->msg);
 }
 
 /* ---- instances ---- */
@@ -844,40 +762,9 @@ static void h_cluster_delete(Req *q) {
     return;
   }
   g_autofree char *m = g_strdup_printf(
-      "cluster %s removed; its token is revoked, its subnet %s released and its instances moved", q->cap[0],
-      c->subnet);
+      "cluster %s removed; its credential is revoked, its subnet %s released and its instances moved",
+      q->cap[0], c->subnet);
   api_reply_message(q, SOUP_STATUS_OK, m);
-}
-
-static void h_cluster_token(Req *q) {
-  g_autoptr(JsonObject) body = api_body_object(q, TRUE);
-  if (body == NULL)
-    return;
-  gint64 ttl = q->r->cfg.join_token_ttl_s;
-  JsonNode *n = json_object_get_member(body, "ttl_s");
-  if (n != NULL) {
-    if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64 ||
-        json_node_get_int(n) < 10 || json_node_get_int(n) > 365 * 86400) {
-      od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "ttl_s",
-                          "ttl_s: an integer number of seconds in [10, 31536000] is required");
-      return;
-    }
-    ttl = json_node_get_int(n);
-  }
-  g_autofree char *token = od_random_hex(24);
-  g_autofree char *hash = od_sha256_hex(token);
-  gint64 expires = root_now_ms() / 1000 + ttl;
-  g_autoptr(GError) error = NULL;
-  if (!store_begin(q->r->store, &error) || !store_join_token_add(q->r->store, hash, expires, &error) ||
-      !store_commit(q->r->store, &error)) {
-    store_rollback(q->r->store);
-    api_reply_internal(q, error);
-    return;
-  }
-  g_autoptr(JsonObject) o = json_object_new();
-  json_object_set_string_member(o, "token", token);
-  json_object_set_int_member(o, "expires_at", expires);
-  api_reply_object(q, SOUP_STATUS_CREATED, o);
 }
 
 /* ---- nodes: drain and removal, done by the cluster that holds the node ---- */
@@ -918,8 +805,8 @@ static void node_request(Req *q, const char *method, gboolean drain) {
   g_autofree char *path = g_strdup_printf("/api/v1/nodes/%s%s", escaped, drain ? "/drain" : "");
   od_log(G_LOG_LEVEL_MESSAGE, drain ? "node-drain" : "node-remove", "node", node, "cluster", cid, "method",
          method, NULL);
-  hold(q->msg);
-  cluster_call(q->r, cid, method, path, 10, pass_on, q->msg);
+  api_hold(q->msg);
+  api_cluster_call(q->r, cid, method, path, NULL, 10, api_pass_on, q->msg);
 }
 
 static void h_node_drain(Req *q) {
@@ -936,44 +823,43 @@ static void h_node_remove(Req *q) {
 
 /* ---- routing ---- */
 
+/* Roles: reads are everyone's, applications are changed by Admins and Application_Providers,
+ * clusters and nodes by Admins and Infrastructure_Providers (docs/security.md "Root API"). */
 static const Route routes[] = {
-    {"GET", "healthz", AUTH_NONE, h_healthz, FALSE},
-    {"GET", "metrics", AUTH_NONE, h_metrics, FALSE},
-    {"POST", "api/auth/login", AUTH_NONE, h_login, TRUE},
-    {"POST", "api/auth/refresh", AUTH_SELF, h_refresh, TRUE},
-    {"POST", "api/application", AUTH_USER, h_app_create, TRUE},
-    {"GET", "api/application/*", AUTH_USER, h_app_get, TRUE},
-    {"PUT", "api/application/*", AUTH_USER, h_app_put, TRUE},
-    {"DELETE", "api/application/*", AUTH_USER, h_app_delete, TRUE},
-    {"GET", "api/applications", AUTH_USER, h_app_list, TRUE},
-    {"GET", "api/service/*", AUTH_USER, h_svc_get, TRUE},
-    {"DELETE", "api/service/*", AUTH_USER, h_svc_delete, TRUE},
-    {"GET", "api/services/*", AUTH_USER, h_svc_list_app, TRUE},
-    {"POST", "api/service/*/instance", AUTH_USER, h_inst_create, TRUE},
-    {"DELETE", "api/service/*/instance/*", AUTH_USER, h_inst_delete, TRUE},
-    {"GET", "api/clusters", AUTH_USER, h_clusters, TRUE},
-    {"GET", "api/clusters/active", AUTH_USER, h_clusters_active, TRUE},
-    {"GET", "api/v1/applications", AUTH_USER, h_app_list, FALSE},
-    {"POST", "api/v1/applications", AUTH_USER, h_app_create, FALSE},
-    {"GET", "api/v1/applications/*", AUTH_USER, h_app_get, FALSE},
-    {"PUT", "api/v1/applications/*", AUTH_USER, h_app_put, FALSE},
-    {"DELETE", "api/v1/applications/*", AUTH_USER, h_app_delete, FALSE},
-    {"GET", "api/v1/applications/*/services", AUTH_USER, h_svc_list_app, FALSE},
-    {"GET", "api/v1/services", AUTH_USER, h_svc_list_all, FALSE},
-    {"GET", "api/v1/services/*", AUTH_USER, h_svc_get, FALSE},
-    {"DELETE", "api/v1/services/*", AUTH_USER, h_svc_delete, FALSE},
-    {"GET", "api/v1/services/*/explain", AUTH_USER, h_explain, FALSE},
-    {"GET", "api/v1/services/*/instances", AUTH_USER, h_inst_list, FALSE},
-    {"POST", "api/v1/services/*/instances", AUTH_USER, h_inst_create, FALSE},
-    {"DELETE", "api/v1/services/*/instances/*", AUTH_USER, h_inst_delete, FALSE},
-    {"GET", "api/v1/services/*/instances/*/logs", AUTH_USER, h_inst_logs, FALSE},
-    {"GET", "api/v1/clusters", AUTH_USER, h_clusters, FALSE},
-    {"POST", "api/v1/clusters/tokens", AUTH_USER, h_cluster_token, FALSE},
-    {"GET", "api/v1/clusters/*", AUTH_USER, h_cluster_get, FALSE},
-    {"DELETE", "api/v1/clusters/*", AUTH_USER, h_cluster_delete, FALSE},
-    {"POST", "api/v1/nodes/*/drain", AUTH_USER, h_node_drain, FALSE},
-    {"DELETE", "api/v1/nodes/*/drain", AUTH_USER, h_node_undrain, FALSE},
-    {"DELETE", "api/v1/nodes/*", AUTH_USER, h_node_remove, FALSE},
+    {"GET", "healthz", AUTH_NONE, h_healthz, FALSE, 0},
+    {"GET", "metrics", AUTH_NONE, h_metrics, FALSE, 0},
+    {"POST", "api/application", AUTH_USER, h_app_create, TRUE, ROLES_APPS},
+    {"GET", "api/application/*", AUTH_USER, h_app_get, TRUE, ROLES_ALL},
+    {"PUT", "api/application/*", AUTH_USER, h_app_put, TRUE, ROLES_APPS},
+    {"DELETE", "api/application/*", AUTH_USER, h_app_delete, TRUE, ROLES_APPS},
+    {"GET", "api/applications", AUTH_USER, h_app_list, TRUE, ROLES_ALL},
+    {"GET", "api/service/*", AUTH_USER, h_svc_get, TRUE, ROLES_ALL},
+    {"DELETE", "api/service/*", AUTH_USER, h_svc_delete, TRUE, ROLES_APPS},
+    {"GET", "api/services/*", AUTH_USER, h_svc_list_app, TRUE, ROLES_ALL},
+    {"POST", "api/service/*/instance", AUTH_USER, h_inst_create, TRUE, ROLES_APPS},
+    {"DELETE", "api/service/*/instance/*", AUTH_USER, h_inst_delete, TRUE, ROLES_APPS},
+    {"GET", "api/clusters", AUTH_USER, h_clusters, TRUE, ROLES_ALL},
+    {"GET", "api/clusters/active", AUTH_USER, h_clusters_active, TRUE, ROLES_ALL},
+    {"GET", "api/v1/applications", AUTH_USER, h_app_list, FALSE, ROLES_ALL},
+    {"POST", "api/v1/applications", AUTH_USER, h_app_create, FALSE, ROLES_APPS},
+    {"GET", "api/v1/applications/*", AUTH_USER, h_app_get, FALSE, ROLES_ALL},
+    {"PUT", "api/v1/applications/*", AUTH_USER, h_app_put, FALSE, ROLES_APPS},
+    {"DELETE", "api/v1/applications/*", AUTH_USER, h_app_delete, FALSE, ROLES_APPS},
+    {"GET", "api/v1/applications/*/services", AUTH_USER, h_svc_list_app, FALSE, ROLES_ALL},
+    {"GET", "api/v1/services", AUTH_USER, h_svc_list_all, FALSE, ROLES_ALL},
+    {"GET", "api/v1/services/*", AUTH_USER, h_svc_get, FALSE, ROLES_ALL},
+    {"DELETE", "api/v1/services/*", AUTH_USER, h_svc_delete, FALSE, ROLES_APPS},
+    {"GET", "api/v1/services/*/explain", AUTH_USER, h_explain, FALSE, ROLES_ALL},
+    {"GET", "api/v1/services/*/instances", AUTH_USER, h_inst_list, FALSE, ROLES_ALL},
+    {"POST", "api/v1/services/*/instances", AUTH_USER, h_inst_create, FALSE, ROLES_APPS},
+    {"DELETE", "api/v1/services/*/instances/*", AUTH_USER, h_inst_delete, FALSE, ROLES_APPS},
+    {"GET", "api/v1/services/*/instances/*/logs", AUTH_USER, h_inst_logs, FALSE, ROLES_APPS},
+    {"GET", "api/v1/clusters", AUTH_USER, h_clusters, FALSE, ROLES_ALL},
+    {"GET", "api/v1/clusters/*", AUTH_USER, h_cluster_get, FALSE, ROLES_ALL},
+    {"DELETE", "api/v1/clusters/*", AUTH_USER, h_cluster_delete, FALSE, ROLES_INFRA},
+    {"POST", "api/v1/nodes/*/drain", AUTH_USER, h_node_drain, FALSE, ROLES_INFRA},
+    {"DELETE", "api/v1/nodes/*/drain", AUTH_USER, h_node_undrain, FALSE, ROLES_INFRA},
+    {"DELETE", "api/v1/nodes/*", AUTH_USER, h_node_remove, FALSE, ROLES_INFRA},
 };
 
 /* Tries one route; TRUE when it answered the request. */
@@ -986,7 +872,7 @@ static gboolean try_route(Root *r, const Route *route, SoupServerMessage *msg, c
     g_string_append_printf(allow, "%s%s", allow->len ? ", " : "", route->method);
     return FALSE;
   }
-  if (authenticate(&q, route->auth))
+  if (api_authenticate(&q, route))
     route->fn(&q);
   g_free(q.user);
   return TRUE;
@@ -1000,6 +886,9 @@ static void handle(SoupServer *server, SoupServerMessage *msg, const char *path,
   g_autoptr(GString) allow = g_string_new(NULL);
   for (gsize i = 0; i < G_N_ELEMENTS(routes); i++)
     if (try_route(r, &routes[i], msg, method, path, seg, allow))
+      return;
+  for (gsize i = 0; i < root_auth_route_count; i++)
+    if (try_route(r, &root_auth_routes[i], msg, method, path, seg, allow))
       return;
   for (gsize i = 0; i < root_cluster_route_count; i++)
     if (try_route(r, &root_cluster_routes[i], msg, method, path, seg, allow))

@@ -2,6 +2,8 @@
  * registration, aggregates with their full instances list, status reports. Every field is checked
  * here and turned into typed values; the loop decides what they mean. */
 #include "api.h"
+#include "pki.h"
+#include "store.h"
 
 #include <string.h>
 
@@ -270,16 +272,20 @@ static gboolean valid_cluster_url(const char *url) {
          g_uri_get_query(uri) == NULL;
 }
 
-/* Registration needs a one-time join token or the static cluster secret, as bearer or in the body. */
-static gboolean registration_allowed(Req *q, const char *secret, char **consumed_hash) {
-  if (secret == NULL)
-    return FALSE;
-  g_autofree char *hash = od_sha256_hex(secret);
-  if (q->r->cfg.cluster_secret_hash != NULL && od_str_equal_ct(hash, q->r->cfg.cluster_secret_hash))
+/* A join token (its secret's hash in *join_hash, to be used up) or the static cluster secret; else
+ * why not. */
+static gboolean join_allowed(Req *q, const char *bearer, char **join_hash, char **why) {
+  g_autofree char *whole = od_sha256_hex(bearer);
+  if (q->r->cfg.cluster_secret_hash != NULL && od_str_equal_ct(whole, q->r->cfg.cluster_secret_hash))
     return TRUE;
-  if (!store_join_token_valid(q->r->store, hash, root_now_ms() / 1000))
+  g_autofree char *hash = pki_join_token_hash(q->r, bearer, why);
+  if (hash == NULL)
     return FALSE;
-  *consumed_hash = g_steal_pointer(&hash);
+  if (!store_join_token_valid(q->r->store, hash, root_now_ms() / 1000)) {
+    *why = g_strdup("join token is unknown, used up or expired");
+    return FALSE;
+  }
+  *join_hash = g_steal_pointer(&hash);
   return TRUE;
 }
 
@@ -296,39 +302,109 @@ static char *join_secret(Req *q) {
              : NULL;
 }
 
-static void h_register(Req *q) {
-  g_autofree char *secret = join_secret(q);
-  g_autofree char *consumed = NULL;
-  if (!registration_allowed(q, secret, &consumed)) {
+/* Who registers: a cluster with its credential (*cluster_id), or a newcomer with a join token
+ * (*join_hash, NULL for the static secret). Replies 401 itself. */
+static gboolean registrant(Req *q, char **cluster_id, char **join_hash) {
+  g_autofree char *bearer = join_secret(q);
+  g_autofree char *why = NULL;
+  if (bearer == NULL) {
     od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
-                        secret ? "join token is unknown, used or expired"
-                               : "missing join token (Authorization: Bearer <join token>)");
-    return;
+                        "missing join token or cluster credential (Authorization: Bearer ...)");
+    return FALSE;
   }
+  *cluster_id = api_cluster_of_bearer(q->r, bearer);
+  if (*cluster_id != NULL)
+    return TRUE;
+  if (g_str_has_prefix(bearer, "oakukc.")) {
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
+                        "cluster credential is unknown or revoked (was the cluster removed?)");
+    return FALSE;
+  }
+  if (!join_allowed(q, bearer, join_hash, &why)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s", why);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* name may be registered only by a newcomer when it is free, and by a cluster only as its own name. */
+static gboolean name_allowed(Req *q, const char *name, const char *cluster_id, const char *registered) {
+  if (cluster_id != NULL && g_strcmp0(cluster_id, registered) != 0) {
+    g_autoptr(StoreCluster) own = store_cluster_get(q->r->store, cluster_id);
+    od_http_reply_error(q->msg, SOUP_STATUS_FORBIDDEN, "forbidden", "name",
+                        "name: the credential belongs to cluster %s (%s); it cannot register %s",
+                        own ? own->name : "?", cluster_id, name);
+    return FALSE;
+  }
+  if (cluster_id == NULL && registered != NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "name_taken", "name",
+                        "cluster %s is registered; re-register with its credential, or remove it first",
+                        name);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* The registration's fields, checked; NULL after a 400. */
+static JsonObject *registration_body(Req *q, const char **name, const char **location, const char **url,
+                                     const char **csr) {
   g_autoptr(JsonObject) body = api_body_object(q, FALSE);
-  const char *name, *location, *url;
-  if (body == NULL || !api_require_string(q, body, "name", &name) ||
-      !api_require_string(q, body, "location", &location) || !api_require_string(q, body, "url", &url))
-    return;
-  if (!valid_cluster_name(name)) {
+  if (body == NULL || !api_require_string(q, body, "name", name) ||
+      !api_require_string(q, body, "location", location) || !api_require_string(q, body, "url", url))
+    return NULL;
+  if (!valid_cluster_name(*name)) {
     od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "name",
-                        "name: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.'", name);
-    return;
+                        "name: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.'", *name);
+    return NULL;
   }
-  if (!valid_cluster_url(url)) {
+  if (!valid_cluster_url(*url)) {
     od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "url",
-                        "url: '%s' is not an http(s) URL with a host", url);
+                        "url: '%s' is not an http(s) URL with a host", *url);
+    return NULL;
+  }
+  JsonNode *cn = json_object_get_member(body, "csr");
+  *csr = api_str(body, "csr");
+  if ((cn != NULL && *csr == NULL) || (*csr == NULL && !q->r->insecure)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "csr",
+                        "csr: a PEM certificate request (od_tls_csr_new) is required");
+    return NULL;
+  }
+  return g_steal_pointer(&body);
+}
+
+static void h_register(Req *q) {
+  g_autofree char *cluster_id = NULL, *join_hash = NULL;
+  if (!registrant(q, &cluster_id, &join_hash))
+    return;
+  const char *name, *location, *url, *csr;
+  g_autoptr(JsonObject) body = registration_body(q, &name, &location, &url, &csr);
+  if (body == NULL)
+    return;
+  g_autofree char *registered = store_cluster_id_by_name(q->r->store, name);
+  if (!name_allowed(q, name, cluster_id, registered))
+    return;
+  /* A cluster that registers again keeps its id, subnet and credential; one registered before
+   * credentials existed gets one now. */
+  g_autofree char *id = registered ? g_strdup(registered) : od_object_id();
+  g_autoptr(StoreCluster) known = registered ? store_cluster_get(q->r->store, id) : NULL;
+  g_autofree char *salt = NULL, *hash = NULL, *credential = NULL;
+  if (known != NULL && *known->cred_hash) {
+    salt = g_strdup(known->cred_salt);
+    hash = g_strdup(known->cred_hash);
+    credential = pki_credential(q->r, id, salt);
+  } else {
+    credential = pki_credential_new(q->r, id, &salt, &hash);
+  }
+  g_autoptr(GError) error = NULL;
+  g_autofree char *cert =
+      csr ? od_tls_sign_csr(q->r->ca_pem, q->r->ca_key_pem, csr, id, PKI_CLUSTER_DAYS, &error) : NULL;
+  if (csr != NULL && cert == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "csr", "csr: %s", error->message);
     return;
   }
-  /* A cluster that registers again under its name keeps its id and subnet; its old token dies. */
-  g_autofree char *id = store_cluster_id_by_name(q->r->store, name);
-  if (id == NULL)
-    id = od_object_id();
-  g_autofree char *token = api_issue_token(q->r, id, "cluster", 0);
   g_autofree char *subnet = NULL;
   gboolean exhausted = FALSE;
-  g_autoptr(GError) error = NULL;
-  if (!loop_cluster_register(q->r->loop, id, name, location, url, token, consumed, &subnet, &exhausted,
+  if (!loop_cluster_register(q->r->loop, id, name, location, url, salt, hash, join_hash, &subnet, &exhausted,
                              &error)) {
     if (exhausted)
       od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "pool_exhausted", "name", "%s", error->message);
@@ -337,19 +413,25 @@ static void h_register(Req *q) {
     return;
   }
   od_log(G_LOG_LEVEL_MESSAGE, "cluster-register", "cluster", id, "name", name, "url", url, "subnet", subnet,
-         NULL);
+         "again", known ? "true" : "false", "certificate", cert ? "signed" : "none", NULL);
+  if (g_str_has_prefix(url, "http:") && !q->r->insecure)
+    od_log(G_LOG_LEVEL_WARNING, "cluster-register", "cluster", id, "url", url, "msg",
+           "the cluster's URL is plain http: what the root sends it travels unencrypted", NULL);
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "id", id);
   json_object_set_string_member(o, "name", name);
-  json_object_set_string_member(o, "token", token);
+  json_object_set_string_member(o, "token", credential);
   json_object_set_string_member(o, "subnet", subnet);
+  if (cert != NULL)
+    json_object_set_string_member(o, "certificate", cert);
+  json_object_set_string_member(o, "ca", q->r->ca_pem);
   api_reply_object(q, SOUP_STATUS_CREATED, o);
 }
 
 const Route root_cluster_routes[] = {
-    {"POST", "api/information/*", AUTH_CLUSTER, h_information, TRUE},
-    {"POST", "api/v1/clusters/register", AUTH_SELF, h_register, FALSE},
-    {"POST", "api/v1/clusters/*/status", AUTH_CLUSTER, h_status, FALSE},
-    {"POST", "api/v1/clusters/*/information", AUTH_CLUSTER, h_information, FALSE},
+    {"POST", "api/information/*", AUTH_CLUSTER, h_information, TRUE, 0},
+    {"POST", "api/v1/clusters/register", AUTH_SELF, h_register, FALSE, 0},
+    {"POST", "api/v1/clusters/*/status", AUTH_CLUSTER, h_status, FALSE, 0},
+    {"POST", "api/v1/clusters/*/information", AUTH_CLUSTER, h_information, FALSE, 0},
 };
 const gsize root_cluster_route_count = G_N_ELEMENTS(root_cluster_routes);

@@ -1,11 +1,13 @@
 /* Root -> cluster HTTP: the deploys and deletes the loop sends, and the requests the user API
- * passes on. Answers become LinkResult outcomes; what to do about them is the loop's business. */
+ * passes on; over https only to a certificate the root's CA signed for the host dialled. Answers
+ * become LinkResult outcomes; what to do about them is the loop's business. */
 #include "link.h"
 
 #include <string.h>
 
 struct Link {
-  SoupSession *session;
+  SoupSession *session; /* trusts no CA by itself: each https message trusts only ca */
+  GTlsCertificate *ca;
   GCancellable *cancel; /* cancelled by link_free: no callback runs after it */
 };
 
@@ -22,10 +24,11 @@ typedef struct {
   guint timer, timeout_s;
 } Call;
 
-Link *link_new(void) {
+Link *link_new(GTlsCertificate *ca) {
   Link *l = g_new0(Link, 1);
-  l->session =
-      soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-root", NULL);
+  l->session = od_tls_session_new();
+  g_object_set(l->session, "timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-root", NULL);
+  l->ca = g_object_ref(ca);
   /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's proxy
    * modules and libproxy out of the daemon). */
   soup_session_set_proxy_resolver(l->session, NULL);
@@ -39,6 +42,7 @@ void link_free(Link *l) {
   g_cancellable_cancel(l->cancel);
   soup_session_abort(l->session);
   g_object_unref(l->session);
+  g_object_unref(l->ca);
   g_object_unref(l->cancel);
   g_free(l);
 }
@@ -161,6 +165,8 @@ static void call_start(Link *l, Call *c, const char *base, const char *token, co
     c->invalid_url = TRUE;
     g_cancellable_cancel(c->cancel);
   }
+  if (!c->invalid_url && g_strcmp0(g_uri_get_scheme(uri), "https") == 0)
+    od_tls_pin_message(c->msg, l->ca, NULL); /* the cluster's certificate is the one our CA signed */
   g_autofree char *auth = g_strconcat("Bearer ", token ? token : "", NULL);
   soup_message_headers_replace(soup_message_get_request_headers(c->msg), "Authorization", auth);
   if (body != NULL && *body != '\0') {

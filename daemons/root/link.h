@@ -1,4 +1,4 @@
-/* The root's link to its clusters (HTTP, the cluster's bearer token): deploys and deletes, whose
+/* The root's link to its clusters (HTTP(S), the cluster's credential as bearer): deploys and deletes, whose
  * answers it turns into typed outcomes for the loop, and the requests the user API passes on
  * (explain, logs, drain and removal of nodes). It decides nothing. */
 #ifndef OAKUK_ROOT_LINK_H
@@ -30,7 +30,8 @@ typedef void (*LinkDone)(gpointer data, const LinkResult *res);
 /* status 0 and why when the cluster could not be reached; body is the parsed answer or NULL. */
 typedef void (*LinkReplyDone)(gpointer data, guint status, JsonNode *body, const char *why);
 
-Link *link_new(void);
+/* Requests to https URLs trust only ca (the root's CA, which signs the clusters' certificates). */
+Link *link_new(GTlsCertificate *ca);
 /* Cancels what is in flight; their callbacks are not called any more. */
 void link_free(Link *l);
 

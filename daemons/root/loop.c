@@ -4,6 +4,7 @@
 #include "loop.h"
 
 #include "link.h"
+#include "pki.h"
 #include "views.h"
 
 #include <arpa/inet.h>
@@ -789,7 +790,8 @@ static void send_deploys(Loop *l, gint64 now) {
     g_autofree char *job = view_job(l->r, sv, i->number, i->generation);
     Call *call = call_new(l, i->cluster_id, i->service_id, i->number);
     call->generation = i->generation;
-    link_deploy(l->r->link, cl->url, cl->token, i->service_id, i->number, job, deploy_done, call);
+    g_autofree char *bearer = pki_cluster_bearer(l->r, cl);
+    link_deploy(l->r->link, cl->url, bearer, i->service_id, i->number, job, deploy_done, call);
   }
 }
 
@@ -808,7 +810,8 @@ static void send_deletes(Loop *l, gint64 now) {
     Call *call = call_new(l, d->cluster_id, d->service_id, d->number);
     call->generation = d->generation;
     call->delete_id = d->id;
-    link_delete(l->r->link, cl->url, cl->token, d->service_id, d->number, d->generation, delete_done, call);
+    g_autofree char *bearer = pki_cluster_bearer(l->r, cl);
+    link_delete(l->r->link, cl->url, bearer, d->service_id, d->number, d->generation, delete_done, call);
   }
 }
 
@@ -1159,7 +1162,7 @@ gboolean loop_cluster_remove(Loop *l, const char *cid, GError **error) {
 /* ---- what clusters send ---- */
 
 typedef struct {
-  const char *id, *name, *location, *url, *token, *consumed;
+  const char *id, *name, *location, *url, *cred_salt, *cred_hash, *consumed;
   char *subnet;
   gboolean exhausted;
 } Registration;
@@ -1183,7 +1186,8 @@ static gboolean new_cluster(Ctx *c, Registration *g, GError **error) {
                       .name = (char *)g->name,
                       .location = (char *)g->location,
                       .url = (char *)g->url,
-                      .token = (char *)g->token,
+                      .cred_salt = (char *)g->cred_salt,
+                      .cred_hash = (char *)g->cred_hash,
                       .subnet = g->subnet,
                       .subnet_index = idx,
                       .registered_at = c->now};
@@ -1197,7 +1201,8 @@ static gboolean register_fn(Ctx *c, gpointer data, GError **error) {
     return FALSE;
   if (known != NULL)
     g->subnet = g_strdup(known->subnet);
-  if (!store_cluster_update_link(c->l->store, g->id, g->token, g->url, g->location, error) ||
+  if (!store_cluster_update_link(c->l->store, g->id, g->url, g->location, g->cred_salt, g->cred_hash,
+                                 error) ||
       (g->consumed != NULL && !store_join_token_consume(c->l->store, g->consumed, error)))
     return FALSE;
   if (view_of(c->l, g->id) == NULL) {
@@ -1211,9 +1216,9 @@ static gboolean register_fn(Ctx *c, gpointer data, GError **error) {
 }
 
 gboolean loop_cluster_register(Loop *l, const char *id, const char *name, const char *location,
-                               const char *url, const char *token, const char *consumed, char **subnet,
-                               gboolean *exhausted, GError **error) {
-  Registration g = {id, name, location, url, token, consumed, NULL, FALSE};
+                               const char *url, const char *cred_salt, const char *cred_hash,
+                               const char *consumed, char **subnet, gboolean *exhausted, GError **error) {
+  Registration g = {id, name, location, url, cred_salt, cred_hash, consumed, NULL, FALSE};
   gboolean ok = in_transaction(l, register_fn, &g, error);
   *exhausted = g.exhausted;
   *subnet = g.subnet;

@@ -70,11 +70,13 @@ gboolean loop_cluster_remove(Loop *l, const char *cluster_id, GError **error);
 
 /* ---- what clusters send ---- */
 
-/* A cluster registers (again, under its name: same id and subnet). *exhausted when no subnet is
- * left; consumed_join_hash (or NULL) is the one-time token to use up. */
+/* A cluster registers (again, under its name: same id and subnet) with its credential (the salt that
+ * derives it and the hash of its secret). *exhausted when no subnet is left; consumed_join_hash (or
+ * NULL) is the join token to use once. */
 gboolean loop_cluster_register(Loop *l, const char *id, const char *name, const char *location,
-                               const char *url, const char *token, const char *consumed_join_hash,
-                               char **subnet, gboolean *exhausted, GError **error);
+                               const char *url, const char *cred_salt, const char *cred_hash,
+                               const char *consumed_join_hash, char **subnet, gboolean *exhausted,
+                               GError **error);
 gboolean loop_status_report(Loop *l, const char *cluster_id, const LoopObservation *obs, guint n,
                             GError **error);
 /* agg is taken. instances[0..n_instances) is the cluster's full state; n_instances < 0 when the

@@ -1,8 +1,10 @@
-/* oakuk-root: options and configuration, the state directory, then the store, the loop, the link
- * to clusters and the HTTP adapters wired together; signals. */
+/* oakuk-root: options and configuration, the state directory and the PKI, then the store, the loop,
+ * the link to clusters, the login guard and the HTTP adapters wired together; signals. */
 #include "api.h"
+#include "guard.h"
 #include "link.h"
 #include "loop.h"
+#include "pki.h"
 #include "store.h"
 
 #include <arpa/inet.h>
@@ -58,9 +60,9 @@ static gboolean load_config(GKeyFile *kf, RootConfig *cfg, const char *state_dir
   g_autofree char *policy = NULL, *pool = NULL;
   char *secret_file = NULL;
   if (!od_config_int(kf, "root", "cluster_timeout_s", 15, 1, 86400, &timeout_s, error) ||
-      !od_config_int(kf, "root", "token_ttl_s", 3600, 60, 31 * 86400, &cfg->token_ttl_s, error) ||
+      !od_config_int(kf, "root", "token_ttl_s", 900, 60, 86400, &cfg->token_ttl_s, error) ||
       !od_config_int(kf, "root", "refresh_ttl_s", 7 * 86400, 60, 365 * 86400, &cfg->refresh_ttl_s, error) ||
-      !od_config_int(kf, "root", "join_token_ttl_s", 3600, 10, 365 * 86400, &cfg->join_token_ttl_s, error) ||
+      !od_config_int(kf, "root", "join_token_ttl_s", 3600, 60, 365 * 86400, &cfg->join_token_ttl_s, error) ||
       !od_config_int(kf, "root", "forward_max_attempts", 10, 1, 1000, &cfg->forward_max_attempts, error) ||
       !od_config_int(kf, "root", "cluster_prefix", 20, 16, 30, &prefix, error) ||
       !od_config_string(kf, "root", "policy", "most-free", &policy, error) ||
@@ -85,26 +87,25 @@ static gboolean load_config(GKeyFile *kf, RootConfig *cfg, const char *state_dir
   return load_cluster_secret(cfg, state_dir, secret_file, error);
 }
 
-static gboolean set_admin_password(Store *s, GError **error) {
+/* A new password for Admin, written to <state>/admin-password (0600) and never to the log. */
+static gboolean set_admin_password(Root *r, GError **error) {
   g_autofree char *password = od_password_generate();
   g_autofree char *hash = od_password_hash(password);
-  if (!store_begin(s, error) || !store_user_set_password(s, "Admin", hash, error) ||
-      !store_commit(s, error)) {
-    store_rollback(s);
+  g_autofree char *path = g_build_filename(r->state_dir, "admin-password", NULL);
+  g_autofree char *line = g_strconcat(password, "\n", NULL);
+  if (!store_begin(r->store, error) || !store_user_set_password(r->store, "Admin", hash, error) ||
+      !od_tls_write_secret(path, line, error) || !store_commit(r->store, error)) {
+    store_rollback(r->store);
     return FALSE;
   }
-  /* Printed once, on purpose outside the structured log. */
-  fprintf(stderr, "admin password: %s\n", password);
-  fflush(stderr);
+  od_log(G_LOG_LEVEL_MESSAGE, "admin-password", "user", "Admin", "file", path, "msg",
+         "the password of user Admin is in the file (mode 0600)", NULL);
   return TRUE;
 }
 
 static gboolean open_state(Root *r, gboolean reset_admin, GError **error) {
-  if (g_mkdir_with_parents(r->state_dir, 0700) != 0) {
-    int e = errno;
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "state dir %s: %s", r->state_dir, g_strerror(e));
+  if (!od_state_dir_prepare(r->state_dir, error))
     return FALSE;
-  }
   g_autofree char *secret_path = g_build_filename(r->state_dir, "jwt-secret", NULL);
   gboolean created = FALSE;
   if (!od_secret_load_or_create(secret_path, r->secret, sizeof r->secret, &created, error))
@@ -114,7 +115,7 @@ static gboolean open_state(Root *r, gboolean reset_admin, GError **error) {
   if (r->store == NULL)
     return FALSE;
   if (!store_user_exists(r->store, "Admin") || reset_admin)
-    return set_admin_password(r->store, error);
+    return set_admin_password(r, error);
   return TRUE;
 }
 
@@ -144,26 +145,116 @@ static void root_free(Root *r) {
     soup_server_disconnect(r->server);
   g_clear_object(&r->server);
   g_clear_pointer(&r->link, link_free); /* what was in flight is resumed on the next start */
+  g_clear_pointer(&r->guard, guard_free);
   g_clear_pointer(&r->loop, loop_free);
   g_clear_pointer(&r->store, store_free);
   g_clear_pointer(&r->http_counts, g_hash_table_unref);
+  g_clear_object(&r->ca);
+  g_free(r->ca_pem);
+  if (r->ca_key_pem != NULL)
+    memset(r->ca_key_pem, 0, strlen(r->ca_key_pem));
+  g_free(r->ca_key_pem);
+  g_free(r->ca_fingerprint);
   g_free(r->state_dir);
   g_free(r->cfg.cluster_secret_hash);
+}
+
+/* The TLS options: each from the command line, else from [root] in the config file. */
+typedef struct {
+  char *ca_cert, *ca_key, *tls_cert, *tls_key;
+  char **tls_san;
+  gboolean insecure;
+} TlsArgs;
+
+static void tls_args_clear(TlsArgs *t) {
+  g_free(t->ca_cert);
+  g_free(t->ca_key);
+  g_free(t->tls_cert);
+  g_free(t->tls_key);
+  g_strfreev(t->tls_san);
+}
+
+static gboolean tls_config(GKeyFile *kf, TlsArgs *t, GError **error) {
+  struct {
+    const char *key;
+    char **value;
+  } files[] = {
+      {"ca_cert", &t->ca_cert}, {"ca_key", &t->ca_key}, {"tls_cert", &t->tls_cert}, {"tls_key", &t->tls_key}};
+  for (gsize k = 0; k < G_N_ELEMENTS(files); k++)
+    if (*files[k].value == NULL && !od_config_string(kf, "root", files[k].key, NULL, files[k].value, error))
+      return FALSE;
+  if (t->tls_san == NULL) {
+    g_autofree char *list = NULL;
+    if (!od_config_string(kf, "root", "tls_san", NULL, &list, error))
+      return FALSE;
+    g_auto(GStrv) parts = list ? g_strsplit(list, ",", 0) : NULL;
+    g_autoptr(GPtrArray) names = g_ptr_array_new();
+    for (char **p = parts; p && *p; p++)
+      if (*g_strstrip(*p) != '\0')
+        g_ptr_array_add(names, g_strdup(*p));
+    g_ptr_array_add(names, NULL);
+    t->tls_san = (char **)g_ptr_array_free(g_steal_pointer(&names), FALSE);
+  }
+  if (!t->insecure && g_key_file_has_key(kf, "root", "insecure", NULL)) {
+    g_autoptr(GError) local = NULL;
+    t->insecure = g_key_file_get_boolean(kf, "root", "insecure", &local);
+    if (local != NULL) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [root] insecure: %s", local->message);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+/* The CA, and unless --insecure the certificate the server presents. */
+static gboolean setup_tls(Root *r, TlsArgs *t, const char *listen, GError **error) {
+  PkiOptions o = {.ca_cert = t->ca_cert,
+                  .ca_key = t->ca_key,
+                  .tls_cert = t->tls_cert,
+                  .tls_key = t->tls_key,
+                  .sans = (const char *const *)t->tls_san,
+                  .listen = listen};
+  r->insecure = t->insecure;
+  if (!pki_load_ca(r, &o, error))
+    return FALSE;
+  if (r->insecure) {
+    od_log(G_LOG_LEVEL_WARNING, "insecure", "msg",
+           "--insecure: serving plain HTTP; passwords, tokens and credentials cross the network unencrypted",
+           NULL);
+    return TRUE;
+  }
+  g_autoptr(GTlsCertificate) cert = pki_server_certificate(r, &o, error);
+  if (cert == NULL)
+    return FALSE;
+  od_http_server_set_tls(r->server, cert);
+  return TRUE;
 }
 
 int main(int argc, char **argv) {
   g_autofree char *state_dir = NULL, *listen = NULL;
   gboolean reset_admin = FALSE;
   OdCommonOptions common = {0};
+  TlsArgs tls = {0};
   g_autoptr(GKeyFile) config = NULL;
   Root r = {0};
-  const GOptionEntry entries[] = {{"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &state_dir,
-                                   "State directory (default /var/lib/oakuk/root)", "DIR"},
-                                  {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen,
-                                   "Address to listen on (default 0.0.0.0:10000)", "ADDR:PORT"},
-                                  {"reset-admin", 0, 0, G_OPTION_ARG_NONE, &reset_admin,
-                                   "Print a new password for user Admin and exit", NULL},
-                                  G_OPTION_ENTRY_NULL};
+  const GOptionEntry entries[] = {
+      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &state_dir,
+       "State directory (default /var/lib/oakuk/root)", "DIR"},
+      {"listen", 'l', 0, G_OPTION_ARG_STRING, &listen, "Address to listen on (default 0.0.0.0:10000)",
+       "ADDR:PORT"},
+      {"reset-admin", 0, 0, G_OPTION_ARG_NONE, &reset_admin,
+       "Write a new password for user Admin to <state>/admin-password and exit", NULL},
+      {"ca-cert", 0, 0, G_OPTION_ARG_FILENAME, &tls.ca_cert,
+       "The CA certificate (default <state>/pki/ca.crt)", "FILE"},
+      {"ca-key", 0, 0, G_OPTION_ARG_FILENAME, &tls.ca_key, "The CA's key (default <state>/pki/ca.key)",
+       "FILE"},
+      {"tls-cert", 0, 0, G_OPTION_ARG_FILENAME, &tls.tls_cert,
+       "Serve this certificate (default: <state>/pki/server.crt, issued by the CA)", "FILE"},
+      {"tls-key", 0, 0, G_OPTION_ARG_FILENAME, &tls.tls_key, "The key of --tls-cert", "FILE"},
+      {"tls-san", 0, 0, G_OPTION_ARG_STRING_ARRAY, &tls.tls_san,
+       "A name (DNS or IP) of the server certificate; repeatable", "NAME"},
+      {"insecure", 0, 0, G_OPTION_ARG_NONE, &tls.insecure, "Serve plain HTTP (no TLS)", NULL},
+      G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
   g_autoptr(GMainLoop) main_loop = NULL;
   if (!od_options_parse(&argc, &argv, "oakuk root orchestrator: accepts applications and picks clusters.",
@@ -175,7 +266,8 @@ int main(int argc, char **argv) {
   int rc = 1;
   if ((state_dir == NULL &&
        !od_config_string(config, "root", "state_dir", "/var/lib/oakuk/root", &state_dir, &error)) ||
-      (listen == NULL && !od_config_string(config, "root", "listen", "0.0.0.0:10000", &listen, &error)))
+      (listen == NULL && !od_config_string(config, "root", "listen", "0.0.0.0:10000", &listen, &error)) ||
+      !tls_config(config, &tls, &error))
     goto out;
   r.state_dir = g_strdup(state_dir);
   r.started_ms = root_now_ms();
@@ -186,18 +278,22 @@ int main(int argc, char **argv) {
     rc = 0;
     goto out;
   }
-  r.link = link_new();
+  r.server = soup_server_new("server-header", "oakuk-root", NULL);
+  if (!setup_tls(&r, &tls, listen, &error))
+    goto out;
+  r.link = link_new(r.ca);
+  r.guard = guard_new();
   r.loop = loop_new(&r);
   load_clusters(&r);
-  r.server = soup_server_new("server-header", "oakuk-root", NULL);
   root_api_register(&r);
   if (!od_http_server_listen(r.server, listen, &error))
     goto out;
   main_loop = g_main_loop_new(NULL, FALSE);
   g_unix_signal_add(SIGTERM, on_signal, main_loop);
   g_unix_signal_add(SIGINT, on_signal, main_loop);
-  od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", listen, "state_dir", state_dir, "msg",
-         "oakuk-root listening", NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", listen, "state_dir", state_dir, "tls",
+         r.insecure ? "false" : "true", "ca_fingerprint", r.ca_fingerprint, "msg", "oakuk-root listening",
+         NULL);
   loop_start(r.loop);
   g_main_loop_run(main_loop);
   rc = 0;
@@ -205,6 +301,7 @@ out:
   if (error != NULL)
     od_log(G_LOG_LEVEL_WARNING, "fatal", "msg", error->message, NULL);
   root_free(&r);
+  tls_args_clear(&tls);
   od_common_options_clear(&common);
   return rc;
 }

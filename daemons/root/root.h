@@ -1,9 +1,12 @@
 /* oakuk-root: the root orchestrator (DESIGN §4, §5, §7, §11; docs/reconcile.md).
  *
  * Read top-down: store.c owns SQLite (schema, migrations, every statement); loop.c owns every
- * decision (placement, retries, refusals, partitions, moves, deletes); api.c (user API) and
- * cluster-api.c (what clusters send) translate HTTP into loop calls and views.c turns stored rows
- * into the documents users see; link.c carries the root's requests to clusters. main.c wires them. */
+ * decision (placement, retries, refusals, partitions, moves, deletes); api.c (user API),
+ * auth-api.c (logins, users, roles, tokens) and cluster-api.c (what clusters send) translate HTTP
+ * into loop calls and views.c turns stored rows into the documents users see; link.c carries the
+ * root's requests to clusters; pki.c holds the root's identities (CA, server certificate, join
+ * tokens, cluster credentials) and guard.c the login workers and per-source limits. main.c wires
+ * them. */
 #ifndef OAKUK_ROOT_H
 #define OAKUK_ROOT_H
 
@@ -16,6 +19,7 @@ G_BEGIN_DECLS
 typedef struct Store Store;
 typedef struct Loop Loop;
 typedef struct Link Link;
+typedef struct Guard Guard;
 
 typedef struct {
   gint64 cluster_timeout_ms;
@@ -33,11 +37,16 @@ typedef struct {
 typedef struct {
   RootConfig cfg;
   char *state_dir;
-  guint8 secret[32];
+  guint8 secret[32]; /* signs JWTs and derives cluster credentials (pki.c) */
   gint64 started_ms;
+  gboolean insecure;         /* --insecure: plain HTTP */
+  char *ca_pem, *ca_key_pem; /* the root CA (docs/security.md "TLS and identities") */
+  char *ca_fingerprint;      /* SHA-256 of its DER, 64 hex digits: what join tokens carry */
+  GTlsCertificate *ca;
   Store *store;
   Loop *loop;
   Link *link;
+  Guard *guard; /* login hashing off the main loop, failed logins per source (guard.c) */
   SoupServer *server;
   GHashTable *http_counts; /* status code -> count */
 } Root;

@@ -145,6 +145,42 @@ void store_rollback(Store *s) {
 
 /* ---- users, join tokens ---- */
 
+void store_user_free(StoreUser *u) {
+  if (u == NULL)
+    return;
+  g_free(u->name);
+  g_free(u->role);
+  g_free(u->password);
+  g_free(u);
+}
+
+static GPtrArray *users_query(Store *s, const char *sql, const char *arg) {
+  GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)store_user_free);
+  sqlite3_stmt *st = stmt(s, sql, NULL);
+  if (st == NULL)
+    return out;
+  if (arg != NULL)
+    bind_text(st, 1, arg);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    StoreUser *u = g_new0(StoreUser, 1);
+    u->name = col_str(st, 0);
+    u->role = col_str(st, 1);
+    u->password = col_str(st, 2);
+    g_ptr_array_add(out, u);
+  }
+  sqlite3_reset(st);
+  return out;
+}
+
+StoreUser *store_user_get(Store *s, const char *name) {
+  g_autoptr(GPtrArray) one = users_query(s, "SELECT name, role, password FROM users WHERE name = ?1", name);
+  return one->len ? g_ptr_array_steal_index(one, 0) : NULL;
+}
+
+GPtrArray *store_users_all(Store *s) {
+  return users_query(s, "SELECT name, role, password FROM users ORDER BY rowid", NULL);
+}
+
 char *store_user_password(Store *s, const char *name) {
   sqlite3_stmt *st = stmt(s, "SELECT password FROM users WHERE name = ?1", NULL);
   if (st == NULL)
@@ -159,7 +195,10 @@ gboolean store_user_exists(Store *s, const char *name) {
 }
 
 gboolean store_user_set_password(Store *s, const char *name, const char *hash, GError **error) {
-  sqlite3_stmt *st = stmt(s, "INSERT OR REPLACE INTO users (name, password) VALUES (?1, ?2)", error);
+  sqlite3_stmt *st = stmt(s,
+                          "INSERT INTO users (name, password, role) VALUES (?1, ?2, 'Admin')"
+                          " ON CONFLICT (name) DO UPDATE SET password = excluded.password",
+                          error);
   if (st == NULL)
     return FALSE;
   bind_text(st, 1, name);
@@ -167,17 +206,45 @@ gboolean store_user_set_password(Store *s, const char *name, const char *hash, G
   return run(s, st, error);
 }
 
-gboolean store_join_token_add(Store *s, const char *hash, gint64 expires_at_s, GError **error) {
-  sqlite3_stmt *st = stmt(s, "INSERT INTO join_tokens (hash, expires_at) VALUES (?1, ?2)", error);
+gboolean store_user_insert(Store *s, const char *name, const char *hash, const char *role, GError **error) {
+  sqlite3_stmt *st = stmt(s, "INSERT INTO users (name, password, role) VALUES (?1, ?2, ?3)", error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, name);
+  bind_text(st, 2, hash);
+  bind_text(st, 3, role);
+  return run(s, st, error);
+}
+
+gboolean store_user_delete(Store *s, const char *name, GError **error) {
+  sqlite3_stmt *st = stmt(s, "DELETE FROM users WHERE name = ?1", error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, name);
+  return run(s, st, error);
+}
+
+gint64 store_user_count_role(Store *s, const char *role) {
+  sqlite3_stmt *st = stmt(s, "SELECT COUNT(*) FROM users WHERE role = ?1", NULL);
+  if (st == NULL)
+    return 0;
+  bind_text(st, 1, role);
+  return first_int(st, 0);
+}
+
+gboolean store_join_token_add(Store *s, const char *hash, gint64 expires_at_s, gint64 uses, GError **error) {
+  sqlite3_stmt *st = stmt(s, "INSERT INTO join_tokens (hash, expires_at, uses) VALUES (?1, ?2, ?3)", error);
   if (st == NULL)
     return FALSE;
   bind_text(st, 1, hash);
   sqlite3_bind_int64(st, 2, expires_at_s);
+  sqlite3_bind_int64(st, 3, uses);
   return run(s, st, error);
 }
 
 gboolean store_join_token_valid(Store *s, const char *hash, gint64 now_s) {
-  sqlite3_stmt *st = stmt(s, "SELECT hash FROM join_tokens WHERE hash = ?1 AND expires_at >= ?2", NULL);
+  sqlite3_stmt *st =
+      stmt(s, "SELECT hash FROM join_tokens WHERE hash = ?1 AND expires_at >= ?2 AND uses > 0", NULL);
   if (st == NULL)
     return FALSE;
   bind_text(st, 1, hash);
@@ -187,7 +254,13 @@ gboolean store_join_token_valid(Store *s, const char *hash, gint64 now_s) {
 }
 
 gboolean store_join_token_consume(Store *s, const char *hash, GError **error) {
-  sqlite3_stmt *st = stmt(s, "DELETE FROM join_tokens WHERE hash = ?1", error);
+  sqlite3_stmt *st = stmt(s, "UPDATE join_tokens SET uses = uses - 1 WHERE hash = ?1", error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, hash);
+  if (!run(s, st, error))
+    return FALSE;
+  st = stmt(s, "DELETE FROM join_tokens WHERE hash = ?1 AND uses <= 0", error);
   if (st == NULL)
     return FALSE;
   bind_text(st, 1, hash);
@@ -243,6 +316,17 @@ GPtrArray *store_applications_of_user(Store *s, const char *user) {
   if (st == NULL)
     return out;
   bind_text(st, 1, user);
+  while (sqlite3_step(st) == SQLITE_ROW)
+    g_ptr_array_add(out, app_row(st));
+  sqlite3_reset(st);
+  return out;
+}
+
+GPtrArray *store_applications_all(Store *s) {
+  GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)store_application_free);
+  sqlite3_stmt *st = stmt(s, APP_COLUMNS " ORDER BY created, rowid", NULL);
+  if (st == NULL)
+    return out;
   while (sqlite3_step(st) == SQLITE_ROW)
     g_ptr_array_add(out, app_row(st));
   sqlite3_reset(st);
@@ -332,7 +416,8 @@ static GPtrArray *services_query(Store *s, const char *sql, const char *arg) {
   sqlite3_stmt *st = stmt(s, sql, NULL);
   if (st == NULL)
     return out;
-  bind_text(st, 1, arg);
+  if (arg != NULL)
+    bind_text(st, 1, arg);
   while (sqlite3_step(st) == SQLITE_ROW)
     g_ptr_array_add(out, service_row(st));
   sqlite3_reset(st);
@@ -365,6 +450,10 @@ GPtrArray *store_services_of_app(Store *s, const char *app_id) {
 
 GPtrArray *store_services_of_user(Store *s, const char *user) {
   return services_query(s, SERVICE_COLUMNS " WHERE user = ?1 ORDER BY rowid", user);
+}
+
+GPtrArray *store_services_all(Store *s) {
+  return services_query(s, SERVICE_COLUMNS " ORDER BY rowid", NULL);
 }
 
 gboolean store_service_insert(Store *s, const StoreService *sv, GError **error) {
@@ -856,14 +945,16 @@ void store_cluster_free(StoreCluster *c) {
   g_free(c->location);
   g_free(c->url);
   g_free(c->token);
+  g_free(c->cred_salt);
+  g_free(c->cred_hash);
   g_free(c->subnet);
   g_free(c->aggregate);
   g_free(c);
 }
 
 #define CLUSTER_SELECT                                                                                       \
-  "SELECT id, name, location, url, token, subnet_index, subnet, aggregate, received_at, registered_at"       \
-  " FROM clusters"
+  "SELECT id, name, location, url, token, subnet_index, subnet, aggregate, received_at, registered_at,"      \
+  " cred_salt, cred_hash FROM clusters"
 
 static GPtrArray *clusters_query(Store *s, const char *sql, const char *arg) {
   GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)store_cluster_free);
@@ -884,6 +975,8 @@ static GPtrArray *clusters_query(Store *s, const char *sql, const char *arg) {
     c->aggregate = col_dup(st, 7);
     c->received_at = sqlite3_column_int64(st, 8);
     c->registered_at = sqlite3_column_int64(st, 9);
+    c->cred_salt = col_str(st, 10);
+    c->cred_hash = col_str(st, 11);
     g_ptr_array_add(out, c);
   }
   sqlite3_reset(st);
@@ -907,6 +1000,10 @@ GPtrArray *store_clusters_all(Store *s) {
   return clusters_query(s, CLUSTER_SELECT " ORDER BY registered_at, rowid", NULL);
 }
 
+GPtrArray *store_clusters_with_jwt(Store *s) {
+  return clusters_query(s, CLUSTER_SELECT " WHERE token != '' ORDER BY rowid", NULL);
+}
+
 gint64 store_cluster_count(Store *s) {
   return first_int(stmt(s, "SELECT COUNT(*) FROM clusters", NULL), 0);
 }
@@ -928,10 +1025,11 @@ gint64 store_cluster_free_subnet_index(Store *s, gint64 slots) {
 }
 
 gboolean store_cluster_insert(Store *s, const StoreCluster *c, GError **error) {
-  sqlite3_stmt *st = stmt(s,
-                          "INSERT INTO clusters (id, name, location, url, token, subnet_index, subnet,"
-                          " registered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                          error);
+  sqlite3_stmt *st =
+      stmt(s,
+           "INSERT INTO clusters (id, name, location, url, token, subnet_index, subnet,"
+           " registered_at, cred_salt, cred_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+           error);
   if (st == NULL)
     return FALSE;
   bind_text(st, 1, c->id);
@@ -942,18 +1040,24 @@ gboolean store_cluster_insert(Store *s, const StoreCluster *c, GError **error) {
   sqlite3_bind_int64(st, 6, c->subnet_index);
   bind_text(st, 7, c->subnet);
   sqlite3_bind_int64(st, 8, c->registered_at);
+  bind_text(st, 9, c->cred_salt ? c->cred_salt : "");
+  bind_text(st, 10, c->cred_hash ? c->cred_hash : "");
   return run(s, st, error);
 }
 
-gboolean store_cluster_update_link(Store *s, const char *id, const char *token, const char *url,
-                                   const char *location, GError **error) {
-  sqlite3_stmt *st = stmt(s, "UPDATE clusters SET token = ?2, url = ?3, location = ?4 WHERE id = ?1", error);
+gboolean store_cluster_update_link(Store *s, const char *id, const char *url, const char *location,
+                                   const char *cred_salt, const char *cred_hash, GError **error) {
+  sqlite3_stmt *st = stmt(s,
+                          "UPDATE clusters SET token = '', url = ?2, location = ?3, cred_salt = ?4,"
+                          " cred_hash = ?5 WHERE id = ?1",
+                          error);
   if (st == NULL)
     return FALSE;
   bind_text(st, 1, id);
-  bind_text(st, 2, token);
-  bind_text(st, 3, url);
-  bind_text(st, 4, location);
+  bind_text(st, 2, url);
+  bind_text(st, 3, location);
+  bind_text(st, 4, cred_salt);
+  bind_text(st, 5, cred_hash);
   return run(s, st, error);
 }
 
@@ -1220,6 +1324,19 @@ static gboolean migrate_1_to_2(Store *s, gint64 now_ms, GError **error) {
   return TRUE;
 }
 
+/* Version 2 -> 3: users get roles (the existing ones are Admins), join tokens a number of uses
+ * (those of version 2 were single-use), clusters a credential (the salt it is derived with and the
+ * SHA-256 of its secret). A cluster of version 2 keeps its JWT in `token` and is accepted with it
+ * until it registers again, which gives it a credential and empties `token`. */
+static gboolean migrate_2_to_3(Store *s, GError **error) {
+  return od_db_exec(s->db,
+                    "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'Admin';"
+                    "ALTER TABLE join_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 1;"
+                    "ALTER TABLE clusters ADD COLUMN cred_salt TEXT NOT NULL DEFAULT '';"
+                    "ALTER TABLE clusters ADD COLUMN cred_hash TEXT NOT NULL DEFAULT '';",
+                    error);
+}
+
 static gboolean set_version(Store *s, gint64 v, GError **error) {
   g_autofree char *sql = g_strdup_printf("PRAGMA user_version = %" G_GINT64_FORMAT, v);
   return od_db_exec(s->db, sql, error);
@@ -1246,6 +1363,12 @@ static gboolean migrate(Store *s, gint64 now_ms, GError **error) {
     ok = od_db_exec(s->db, schema_v2, error) && od_db_exec(s->db, instances_v2, error);
   else if (v == 1)
     ok = migrate_1_to_2(s, now_ms, error);
+  if (ok && v > 0 && v < 3)
+    od_log(G_LOG_LEVEL_MESSAGE, "migrate", "to", "3", "msg",
+           "users get roles, join tokens uses, clusters credentials (registered clusters keep their token "
+           "until they register again)",
+           NULL);
+  ok = ok && migrate_2_to_3(s, error);
   if (!ok || !set_version(s, STORE_SCHEMA_VERSION, error) || !store_commit(s, error)) {
     store_rollback(s);
     return FALSE;

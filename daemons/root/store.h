@@ -10,8 +10,9 @@ G_BEGIN_DECLS
 
 /* Schema version kept in PRAGMA user_version: 1 was the schema without a version (instances as
  * instance_list inside the service documents, a forwards table); 2 keeps instances in their own
- * table with desired and observed state. */
-#define STORE_SCHEMA_VERSION 2
+ * table with desired and observed state; 3 adds users' roles, join tokens' uses and clusters'
+ * credentials. */
+#define STORE_SCHEMA_VERSION 3
 
 typedef struct Store Store;
 
@@ -26,11 +27,26 @@ void store_rollback(Store *s);
 
 /* ---- users, join tokens ---- */
 
+typedef struct {
+  char *name, *role, *password; /* password: the stored hash */
+} StoreUser;
+
+void store_user_free(StoreUser *u);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreUser, store_user_free)
+
+StoreUser *store_user_get(Store *s, const char *name); /* NULL when unknown */
+GPtrArray *store_users_all(Store *s);                  /* StoreUser*, in creation order */
 char *store_user_password(Store *s, const char *name); /* the stored hash, or NULL */
 gboolean store_user_exists(Store *s, const char *name);
+/* Sets the password of name, creating it as an Admin when it does not exist. */
 gboolean store_user_set_password(Store *s, const char *name, const char *hash, GError **error);
-gboolean store_join_token_add(Store *s, const char *hash, gint64 expires_at_s, GError **error);
+gboolean store_user_insert(Store *s, const char *name, const char *hash, const char *role, GError **error);
+gboolean store_user_delete(Store *s, const char *name, GError **error);
+gint64 store_user_count_role(Store *s, const char *role);
+/* Join tokens by the SHA-256 of their secret: valid until expires_at_s while uses are left. */
+gboolean store_join_token_add(Store *s, const char *hash, gint64 expires_at_s, gint64 uses, GError **error);
 gboolean store_join_token_valid(Store *s, const char *hash, gint64 now_s);
+/* Uses the token once; the last use removes it. */
 gboolean store_join_token_consume(Store *s, const char *hash, GError **error);
 gboolean store_join_tokens_expire(Store *s, gint64 now_s, GError **error);
 
@@ -58,6 +74,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreService, store_service_free)
 StoreApplication *store_application_get(Store *s, const char *id);
 /* The user's applications in creation order (StoreApplication*). */
 GPtrArray *store_applications_of_user(Store *s, const char *user);
+GPtrArray *store_applications_all(Store *s); /* every user's */
 char *store_application_find(Store *s, const char *user, const char *name, const char *namespace_);
 gboolean store_application_insert(Store *s, const StoreApplication *a, gint64 created_ms, GError **error);
 gboolean store_application_set_doc(Store *s, const char *id, const char *doc, GError **error);
@@ -69,6 +86,7 @@ StoreService *store_service_get(Store *s, const char *id);
 char *store_service_resolve(Store *s, const char *job_id);
 GPtrArray *store_services_of_app(Store *s, const char *app_id);
 GPtrArray *store_services_of_user(Store *s, const char *user);
+GPtrArray *store_services_all(Store *s); /* every user's */
 gboolean store_service_insert(Store *s, const StoreService *sv, GError **error);
 gboolean store_service_set_explain(Store *s, const char *id, const char *explain, GError **error);
 gboolean store_service_set_status(Store *s, const char *id, const char *status, GError **error);
@@ -182,7 +200,10 @@ gint64 store_delete_count(Store *s);
 /* ---- clusters ---- */
 
 typedef struct {
-  char *id, *name, *location, *url, *token, *subnet;
+  char *id, *name, *location, *url, *subnet;
+  char
+      *token; /* the JWT of a cluster registered before schema version 3, until it registers again; else "" */
+  char *cred_salt, *cred_hash; /* its credential: what derives it, and the SHA-256 of its secret */
   gint64 subnet_index;
   char *aggregate; /* the last aggregate as stored (JSON) or NULL */
   gint64 received_at, registered_at;
@@ -194,12 +215,15 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreCluster, store_cluster_free)
 StoreCluster *store_cluster_get(Store *s, const char *id);
 char *store_cluster_id_by_name(Store *s, const char *name);
 GPtrArray *store_clusters_all(Store *s); /* in registration order */
+/* The clusters registered before schema version 3 that still have their JWT. */
+GPtrArray *store_clusters_with_jwt(Store *s);
 gint64 store_cluster_count(Store *s);
 /* The lowest subnet index in [0, slots) no cluster holds, or -1. */
 gint64 store_cluster_free_subnet_index(Store *s, gint64 slots);
 gboolean store_cluster_insert(Store *s, const StoreCluster *c, GError **error);
-gboolean store_cluster_update_link(Store *s, const char *id, const char *token, const char *url,
-                                   const char *location, GError **error);
+/* A registration: the URL, location and credential; the JWT of before version 3 is forgotten. */
+gboolean store_cluster_update_link(Store *s, const char *id, const char *url, const char *location,
+                                   const char *cred_salt, const char *cred_hash, GError **error);
 gboolean store_cluster_set_aggregate(Store *s, const char *id, const char *aggregate, gint64 received_at,
                                      GError **error);
 /* Removes the cluster row (its subnet index becomes free) and its pending deletes. */

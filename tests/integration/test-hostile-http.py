@@ -8,6 +8,7 @@ Usage: test-hostile-http.py <oakuk-root> <oakuk-cluster>"""
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,10 +40,22 @@ def host_port(url):
     return host, int(port)
 
 
+CA_FILE = None  # the root's CA: it signed both daemons' certificates
+
+
+def connect(url, timeout):
+    """A new connection to url's daemon, over TLS for an https URL."""
+    s = socket.create_connection(host_port(url), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not url.startswith("https:"):
+        return s
+    return ssl.create_default_context(cafile=CA_FILE).wrap_socket(s, server_hostname=host_port(url)[0])
+
+
 def raw(url, data, timeout=10):
     """Sends data on a new connection and returns (everything answered until close, seconds)."""
     t0 = time.time()
-    with socket.create_connection(host_port(url), timeout=timeout) as s:
+    with connect(url, timeout) as s:
         s.sendall(data)
         out = b""
         try:
@@ -75,6 +88,8 @@ class Hostile(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="oakuk-hostile-")
         cls.cp = ControlPlane(cls.tmp.name, ROOT_BIN, CLUSTER_BIN)
+        global CA_FILE
+        CA_FILE = cls.cp.ca_file
         cls.targets = {"root": (cls.cp.root_url, cls.cp.root.proc.pid, "/api/auth/login"),
                        "cluster": (cls.cp.cluster_url, cls.cp.cluster.proc.pid, "/api/node/register")}
 
@@ -107,7 +122,8 @@ class Hostile(unittest.TestCase):
         c = node.creds
         # From stdin: 200 kB does not fit a command line.
         pub = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-u", c["mqtt_username"],
-                              "-P", c["mqtt_password"], "-q", "1", "-t", "nodes/%s/information" % node.id, "-s"],
+                              "-P", c["mqtt_password"], "--cafile", self.cp.ca_file, "-q", "1",
+                              "-t", "nodes/%s/information" % node.id, "-s"],
                              input=quote_bomb(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=10)
         self.assertEqual(pub.returncode, 0, pub.stderr)
         wait_until("the cluster names the refused report",
@@ -139,7 +155,7 @@ class Hostile(unittest.TestCase):
                 hwm = proc_status(pid, "VmHWM")
                 sent, reply = 0, b""
                 chunk = b"a" * 65536
-                with socket.create_connection(host_port(url), timeout=10) as s:
+                with connect(url, 10) as s:
                     s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                               b"Transfer-Encoding: chunked\r\n\r\n" % path.encode())
                     try:

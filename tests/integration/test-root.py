@@ -5,7 +5,8 @@ authentication, input validation and a restart that keeps everything acknowledge
 side of docs/reconcile.md with fake clusters: silent clusters keeping and then moving instances, a
 cluster coming back, refusals that expire, placement when capacity appears, generations, deletes of
 unwanted copies, a restart in the middle of a deploy, drains and cluster removal, and the upgrade of
-a root.db of the schema before versions.
+a root.db of the schema before versions. The root serves HTTPS (its own CA, trusted here) and the
+fake clusters serve HTTPS with the certificate the root signs from their registration's request.
 
 Usage: test-root.py <path to oakuk-root>   (fixtures from $OAKUK_FIXTURES)"""
 import base64
@@ -20,6 +21,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,23 @@ FIXTURES = pathlib.Path(os.environ.get("OAKUK_FIXTURES", pathlib.Path(__file__).
 SLA = (FIXTURES / "thesis" / "nginx-unikernel.json").read_bytes()
 AGGREGATE = (FIXTURES / "thesis" / "cluster-aggregate-listing-4.8.json").read_bytes()
 MALFORMED = b'{"applications": [ {"broken'
+
+
+TRUST = {}  # base URL -> ssl.SSLContext trusting that root's CA only
+
+
+def trust(base, ca_path):
+    TRUST[base] = ssl.create_default_context(cafile=ca_path)
+
+
+def make_csr(tmp, name, sans=("127.0.0.1", "localhost")):
+    """A key (its path) and a certificate request (PEM) made by openssl, as a cluster makes them."""
+    key = os.path.join(tmp, "%s-%d.key" % (name, time.monotonic_ns()))
+    alt = ",".join(("IP:" if re.fullmatch(r"[0-9.]+", n) else "DNS:") + n for n in sans)
+    csr = subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                          "-nodes", "-keyout", key, "-subj", "/CN=" + name, "-addext", "subjectAltName=" + alt],
+                         capture_output=True, check=True, text=True).stdout
+    return key, csr
 
 
 class Response:
@@ -57,7 +76,7 @@ def request(base, method, path, body=None, token=None, raw=False):
     if token:
         req.add_header("Authorization", "Bearer " + token)
     try:
-        with urllib.request.urlopen(req, timeout=15) as r:
+        with urllib.request.urlopen(req, timeout=15, context=TRUST.get(base)) as r:
             return Response(r.status, r.read(), r.headers)
     except urllib.error.HTTPError as e:
         return Response(e.code, e.read(), e.headers)
@@ -65,9 +84,10 @@ def request(base, method, path, body=None, token=None, raw=False):
 
 class FakeCluster:
     """Records every request the root forwards and answers 200 {} (DELETEs: delete_status, deploys:
-    deploy_status and deploy_body; answers[(method, path)] = (status, body) for other paths)."""
+    deploy_status and deploy_body; answers[(method, path)] = (status, body) for other paths). With
+    tls, its URL is https and it serves once serve_tls() got the certificate of its registration."""
 
-    def __init__(self):
+    def __init__(self, tls=False):
         self.requests = []
         self.delete_status = 200
         self.deploy_status, self.deploy_body = 200, {}
@@ -104,9 +124,24 @@ class FakeCluster:
             do_POST = do_DELETE = _record
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.server.server_address[1])
+        self.thread = None
+        if not tls:
+            self._serve()
+
+    def _serve(self):
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def serve_tls(self, chain_pem, key_path):
+        """Serves HTTPS with chain_pem (the certificate the root signed, then its CA) and the key."""
+        chain = key_path + ".chain.pem"
+        with open(chain, "w") as f:
+            f.write(chain_pem)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(chain, key_path)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self._serve()
 
     def got(self, method, path, pred=lambda r: True):
         """The requests of method on path (with or without its query) that pred accepts."""
@@ -128,16 +163,24 @@ class FakeCluster:
                 self.cond.wait(left)
 
     def close(self):
-        self.server.shutdown()
+        if self.thread is not None:
+            self.server.shutdown()
         self.server.server_close()
 
 
 class RootDaemon:
-    def __init__(self, state_dir, port):
+    def __init__(self, state_dir, port, insecure=False, ca=None):
         self.state_dir, self.port = state_dir, port
-        self.base = "http://127.0.0.1:%d" % port
+        self.base = "%s://127.0.0.1:%d" % ("http" if insecure else "https", port)
+        self.ca = ca or os.path.join(state_dir, "pki", "ca.crt")
+        self.insecure = insecure
         self.proc = None
         self.stderr_path = None
+
+    def admin_password(self):
+        """Written by the root at its first start (and by --reset-admin), never logged."""
+        with open(os.path.join(self.state_dir, "admin-password")) as f:
+            return f.read().strip()
 
     def start(self, extra=()):
         self.stderr_path = os.path.join(os.path.dirname(self.state_dir), "stderr-%d.log" % time.monotonic_ns())
@@ -150,9 +193,11 @@ class RootDaemon:
             if self.proc.poll() is not None:
                 raise AssertionError("oakuk-root exited: " + self.log())
             try:
+                if not self.insecure:
+                    trust(self.base, self.ca)
                 if request(self.base, "GET", "/healthz").status == 200:
                     return
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, FileNotFoundError, ssl.SSLError):
                 pass
             time.sleep(0.05)
         raise AssertionError("oakuk-root did not answer /healthz: " + self.log())
@@ -182,10 +227,9 @@ class RootTest(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="oakuk-root-test-")
         cls.root = RootDaemon(os.path.join(cls.tmp, "state"), ports(1)[0])
         cls.root.start()
-        lines = [l for l in cls.root.log().splitlines() if l.startswith("admin password: ")]
-        assert len(lines) == 1, cls.root.log()
-        cls.password = lines[0].split(": ", 1)[1].strip()
-        cls.cluster = FakeCluster()
+        cls.password = cls.root.admin_password()
+        assert cls.password not in cls.root.log(), "the admin password was logged"
+        cls.cluster = FakeCluster(tls=True)
 
     @classmethod
     def tearDownClass(cls):
@@ -308,17 +352,26 @@ class RootTest(unittest.TestCase):
         for key in ("cluster_id", "cluster_location", "node_id", "publicip", "cpu", "memory", "status_detail"):
             self.assertIn(key, inst)
 
-        # A cluster joins with a one-time join token.
+        # A cluster joins with a one-time join token carrying the CA's fingerprint, and gets its
+        # certificate request signed: it serves HTTPS with that certificate from then on.
         r = self.call("POST", "/api/v1/clusters/tokens", token=token)
         self.assertEqual(r.status, 201, r.body)
         join = r.json()["token"]
-        reg = {"name": "cluster1", "location": "lab", "url": self.cluster.url}
+        with open(self.root.ca) as f:
+            ca_pem = f.read()
+        fp = hashlib.sha256(ssl.PEM_cert_to_DER_cert(ca_pem)).hexdigest()
+        self.assertRegex(join, r"^oakuk1\.%s\.[0-9a-f]{48}$" % fp)
+        key, csr = make_csr(self.tmp, "cluster1")
+        reg = {"name": "cluster1", "location": "lab", "url": self.cluster.url, "csr": csr}
         self.assert_error(self.call("POST", "/api/v1/clusters/register", reg, token="wrong-join-token"), 401)
         r = self.call("POST", "/api/v1/clusters/register", reg, token=join)
         self.assertEqual(r.status, 201, r.body)
         cl = r.json()
         self.assertRegex(cl["id"], r"^[0-9a-f]{24}$")
         self.assertEqual(cl["subnet"], "10.18.0.0/20")
+        self.assertRegex(cl["token"], r"^oakukc\.%s\.[0-9a-f]{48}$" % cl["id"])
+        self.assertEqual(cl["ca"], ca_pem)
+        self.cluster.serve_tls(cl["certificate"] + cl["ca"], key)
         type(self).cluster_id, type(self).cluster_token = cl["id"], cl["token"]
         self.assert_error(self.call("POST", "/api/v1/clusters/register", reg, token=join), 401)  # one-time
         # Cluster endpoints take only this cluster's token.
@@ -547,7 +600,7 @@ class RootTest(unittest.TestCase):
         try:
             r = self.call("POST", "/api/application", big, token=token)
             self.assertEqual(r.status, 413, r.body)
-        except (ConnectionError, urllib.error.URLError):
+        except (ConnectionError, urllib.error.URLError, ssl.SSLError):
             pass  # the server may close the connection while the client still sends
         self.assertEqual(self.snapshot(token), before)
         # Unknown ids are 404 with the error object.
@@ -564,7 +617,8 @@ class RootTest(unittest.TestCase):
         svc_before = self.service(token, self.sid)
         self.assertEqual(self.root.stop(), 0)
         self.root.start()
-        self.assertNotIn("admin password", self.root.log())
+        self.assertNotIn("event=admin-password", self.root.log())  # no new password
+        self.assertEqual(self.root.admin_password(), self.password)
         token = self.login()  # same password, same JWT secret
         self.assertEqual(self.snapshot(token)[:2], before[:2])
         svc = self.service(token, self.sid)
@@ -595,8 +649,12 @@ class RootTest(unittest.TestCase):
             with open("/proc/%d/status" % self.root.proc.pid) as f:
                 return int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
 
+        ctx = TRUST[self.root.base]
+
         def one(close):
-            with socket.create_connection(("127.0.0.1", self.root.port), timeout=10) as c:
+            raw = socket.create_connection(("127.0.0.1", self.root.port), timeout=10)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as HTTP clients do
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as c:
                 c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n%s\r\n" % (b"Connection: close\r\n" if close else b""))
                 data = b""
                 while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
@@ -660,9 +718,8 @@ class Edge:
         test.addCleanup(self.root.stop)
         self.test = test
         self.password = None
-        lines = [l for l in self.root.log().splitlines() if l.startswith("admin password: ")]
-        if lines:
-            self.password = lines[0].split(": ", 1)[1].strip()
+        if os.path.exists(os.path.join(self.root.state_dir, "admin-password")):
+            self.password = self.root.admin_password()
             self.login()
 
     def login(self, password=None):
@@ -675,14 +732,19 @@ class Edge:
         return request(self.root.base, method, path, body, token or self.token)
 
     def register(self, name, url=None):
+        """A fake cluster serving HTTPS with the certificate of its registration (or url, unserved)."""
         fake = None
         if url is None:
-            fake = FakeCluster()
+            fake = FakeCluster(tls=True)
             self.test.addCleanup(fake.close)
             url = fake.url
-        join = self.call("POST", "/api/v1/clusters/tokens").json()["token"]
-        r = self.call("POST", "/api/v1/clusters/register", {"name": name, "location": "lab", "url": url}, token=join)
+        key, csr = make_csr(self.tmp, name)
+        join = self.call("POST", "/api/v1/tokens", {"kind": "cluster"}).json()["token"]
+        r = self.call("POST", "/api/v1/clusters/register", {"name": name, "location": "lab", "url": url, "csr": csr},
+                      token=join)
         self.test.assertEqual(r.status, 201, r.body)
+        if fake is not None:
+            fake.serve_tls(r.json()["certificate"] + r.json()["ca"], key)
         c = dict(r.json(), fake=fake)
         return c
 
@@ -1171,13 +1233,19 @@ class MigrationTest(unittest.TestCase):
                    " VALUES (?, 'POST', ?, '{}', ?, 3)", (cid, "/api/service/%s/3" % sid, sid))
         db.commit()
         db.close()
-        # --reset-admin upgrades the database too, and gives a password to log in with
+        # --reset-admin upgrades the database too, and writes a password to log in with to a file
         p = subprocess.run([ROOT_BIN, "--state-dir", state, "--reset-admin"], capture_output=True, text=True,
                            timeout=30)
         self.assertEqual(p.returncode, 0, p.stderr)
-        password = next(l for l in p.stderr.splitlines() if l.startswith("admin password: ")).split(": ", 1)[1]
+        pw_file = os.path.join(state, "admin-password")
+        self.assertEqual(os.stat(pw_file).st_mode & 0o777, 0o600)
+        with open(pw_file) as f:
+            password = f.read().strip()
+        self.assertNotIn(password, p.stdout + p.stderr)
+        self.assertIn(pw_file, p.stderr)  # the log says where it is
         db = sqlite3.connect(os.path.join(state, "root.db"))
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
+        self.assertEqual(db.execute("SELECT role FROM users WHERE name = 'Admin'").fetchone()[0], "Admin")
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertTrue({"instances", "refusals", "deletes"} <= tables, tables)
         self.assertNotIn("forwards", tables)
@@ -1202,20 +1270,44 @@ class MigrationTest(unittest.TestCase):
         i1 = listed[1]
         self.assertEqual((i1["cluster_id"], i1["generation"]), ("", 0))
         self.assertEqual(set(i1["cluster_refusals"]), {cid, other})  # they expire 30 s after the upgrade
-        # the pending forwards: a deploy of generation 1 and a delete of generation 1
-        job = job_of(fake.wait_for("POST", "/api/service/%s/3" % sid))
+        # the pending forwards: a deploy of generation 1 and a delete of generation 1, sent with the
+        # cluster's token of before credentials
+        req = fake.wait_for("POST", "/api/service/%s/3" % sid)
+        job = job_of(req)
         self.assertEqual((job["instance_number"], job["generation"]), (3, 1))
+        self.assertEqual(req[2], "Bearer " + ctoken)
         fake.wait_for("DELETE", "/api/service/%s/2?generation=1" % sid)
         e.wait("instance 2 removed once confirmed", lambda: e.instance(sid, 2) is None)
         self.assertEqual(e.instance(sid, 0)["status"], "RUNNING")
         # instance 1 was tried again at once (its refusals expire): the explanation is fresh
         self.assertIn("cluster old: ", " ".join(e.call("GET", "/api/v1/services/%s/explain" % sid).json()["lines"]))
-        # a second start finds version 2 and changes nothing
+        # The cluster registers again with that token (no join token) and gets a credential: same id
+        # and subnet, a certificate; the old token no longer works, the root sends the credential.
+        key, csr = make_csr(tmp, "old")
+        reg = {"name": "old", "location": "lab", "url": fake.url, "csr": csr}
+        r = e.call("POST", "/api/v1/clusters/register", dict(reg, name="other-name"), token=ctoken)
+        self.assertEqual(r.status, 403, r.body)
+        r = e.call("POST", "/api/v1/clusters/register", reg, token=ctoken)
+        self.assertEqual(r.status, 201, r.body)
+        cred = r.json()["token"]
+        self.assertEqual((r.json()["id"], r.json()["subnet"]), (cid, "10.18.0.0/20"))
+        self.assertRegex(cred, r"^oakukc\.%s\.[0-9a-f]{48}$" % cid)
+        self.assertIn("BEGIN CERTIFICATE", r.json()["certificate"])
+        self.assertEqual(e.call("POST", "/api/information/" + cid, aggregate(memory=7627), token=ctoken).status, 401)
+        e.aggregate({"id": cid, "token": cred}, memory=7627)
+        n = e.deploy(sid)["instance_number"]
+        fake.wait_for("POST", "/api/service/%s/%d" % (sid, n), pred=lambda q: q[2] == "Bearer " + cred)
+        db = sqlite3.connect(os.path.join(state, "root.db"))
+        self.assertEqual(db.execute("SELECT token FROM clusters").fetchone()[0], "")
+        self.assertNotIn(cred.split(".")[2], json.dumps(db.execute("SELECT * FROM clusters").fetchall()))
+        db.close()
+        # a second start finds version 3 and changes nothing
         e.root.stop()
         e.root.start(["--config", e.conf])
         self.assertNotIn("event=migrate", e.root.log())
         e.login(password)
         self.assertEqual(e.instance(sid, 0)["generation"], 1)
+        e.aggregate({"id": cid, "token": cred}, memory=7627)  # the credential survives the restart
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-/* Pieces of daemons/common that guard secrets at rest: private state directories and databases,
- * and mosquitto password lines. */
+/* Pieces of daemons/common that guard secrets at rest and credentials: private state directories
+ * and databases, mosquitto password lines, JWTs that always expire. */
 #include "daemon-common.h"
 
 #include <glib/gstdio.h>
@@ -57,9 +57,58 @@ static void test_mosquitto_password_line(void) {
   g_assert_cmpuint(n, ==, 64);
 }
 
+/* Every JWT must carry an integer "exp": one without never expires and is refused. */
+static void test_jwt_needs_exp(void) {
+  guint8 key[32];
+  od_random_bytes(key, sizeof key);
+  const gint64 now = 1800000000;
+  struct {
+    const char *exp_json; /* the "exp" member as JSON, or NULL for none */
+    const char *error;    /* NULL: accepted */
+  } cases[] = {
+      {NULL, "token has no expiry"},
+      {"\"1800000060\"", "token has no expiry"},
+      {"1800000060.5", "token has no expiry"},
+      {"null", "token has no expiry"},
+      {"true", "token has no expiry"},
+      {"{}", "token has no expiry"},
+      {"1799999999", "token has expired"},
+      {"1800000000", NULL},
+      {"1800000060", NULL},
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autofree char *text =
+        g_strdup_printf("{\"sub\":\"Admin\",\"typ\":\"access\"%s%s}", cases[i].exp_json ? ",\"exp\":" : "",
+                        cases[i].exp_json ? cases[i].exp_json : "");
+    g_autoptr(JsonNode) node = od_json_parse(text, -1, NULL);
+    g_assert_nonnull(node);
+    g_autofree char *token = od_jwt_sign(key, sizeof key, json_node_get_object(node));
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonObject) claims = od_jwt_verify(key, sizeof key, token, now, &err);
+    if (cases[i].error == NULL) {
+      g_assert_no_error(err);
+      g_assert_nonnull(claims);
+      g_assert_cmpstr(json_object_get_string_member(claims, "sub"), ==, "Admin");
+    } else {
+      g_assert_null(claims);
+      g_assert_error(err, OD_ERROR, OD_ERROR_AUTH);
+      g_assert_cmpstr(err->message, ==, cases[i].error);
+    }
+  }
+  /* Another key's signature is refused before the claims are looked at. */
+  g_autoptr(JsonObject) c = json_object_new();
+  json_object_set_int_member(c, "exp", now + 60);
+  g_autofree char *token = od_jwt_sign(key, sizeof key, c);
+  guint8 other[32] = {0};
+  g_autoptr(GError) err = NULL;
+  g_assert_null(od_jwt_verify(other, sizeof other, token, now, &err));
+  g_assert_cmpstr(err->message, ==, "token signature is invalid");
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/daemon-common/state-private", test_state_private);
   g_test_add_func("/daemon-common/mosquitto-password-line", test_mosquitto_password_line);
+  g_test_add_func("/daemon-common/jwt-needs-exp", test_jwt_needs_exp);
   return g_test_run();
 }

@@ -1,0 +1,578 @@
+/* Who is calling (docs/security.md "Root API"): access and refresh tokens (HS256 JWTs that always
+ * expire), roles, cluster credentials; logins hashed on the guard's workers with per-source limits;
+ * users; join tokens (a node token is made by its cluster); the CA certificate. Handlers check
+ * input and translate; the guard and the store do the rest. */
+#include "api.h"
+#include "guard.h"
+#include "loop.h"
+#include "pki.h"
+#include "store.h"
+
+#include <string.h>
+
+#define PASSWORD_MIN 12
+#define PASSWORD_MAX 1024
+
+/* A hash of no password: unknown users cost a login as much as known ones. */
+static const char no_user_hash[] = "pbkdf2-sha256$100000$00000000000000000000000000000000$"
+                                   "0000000000000000000000000000000000000000000000000000000000000000";
+
+/* ---- roles ---- */
+
+static const struct {
+  guint role;
+  const char *name;
+} role_names[] = {
+    {ROLE_ADMIN, "Admin"},
+    {ROLE_APPLICATION, "Application_Provider"},
+    {ROLE_INFRASTRUCTURE, "Infrastructure_Provider"},
+};
+
+const char *api_role_name(guint role) {
+  for (gsize k = 0; k < G_N_ELEMENTS(role_names); k++)
+    if (role_names[k].role == role)
+      return role_names[k].name;
+  return "none";
+}
+
+guint api_role_parse(const char *name) {
+  for (gsize k = 0; k < G_N_ELEMENTS(role_names); k++)
+    if (g_strcmp0(role_names[k].name, name) == 0)
+      return role_names[k].role;
+  return 0;
+}
+
+/* "Admin or Infrastructure_Provider" */
+static char *roles_text(guint roles) {
+  GString *s = g_string_new(NULL);
+  for (gsize k = 0; k < G_N_ELEMENTS(role_names); k++)
+    if (roles & role_names[k].role)
+      g_string_append_printf(s, "%s%s", s->len ? " or " : "", role_names[k].name);
+  return g_string_free(s, FALSE);
+}
+
+/* ---- JWTs of users ---- */
+
+static char *issue_token(Root *r, const char *user, const char *role, const char *typ, gint64 ttl_s) {
+  g_autoptr(JsonObject) claims = json_object_new();
+  gint64 now = root_now_ms() / 1000;
+  g_autofree char *jti = od_random_hex(8);
+  json_object_set_string_member(claims, "sub", user);
+  json_object_set_string_member(claims, "typ", typ);
+  json_object_set_string_member(claims, "role", role);
+  json_object_set_int_member(claims, "iat", now);
+  json_object_set_int_member(claims, "exp", now + ttl_s);
+  json_object_set_string_member(claims, "jti", jti);
+  return od_jwt_sign(r->secret, sizeof r->secret, claims);
+}
+
+/* The user of a valid JWT of kind typ whose user still exists, or NULL with why. */
+static StoreUser *verify_token(Root *r, const char *token, const char *typ, char **why) {
+  g_autoptr(GError) error = NULL;
+  g_autoptr(JsonObject) claims =
+      od_jwt_verify(r->secret, sizeof r->secret, token, root_now_ms() / 1000, &error);
+  if (claims == NULL) {
+    *why = g_strdup(error->message);
+    return NULL;
+  }
+  if (g_strcmp0(api_str(claims, "typ"), typ) != 0 || api_str(claims, "sub") == NULL) {
+    *why = g_strdup_printf("token is not a%s %s token", typ[0] == 'a' ? "n" : "", typ);
+    return NULL;
+  }
+  /* The role is the stored one: a user removed or demoted loses access at once. */
+  StoreUser *u = store_user_get(r->store, api_str(claims, "sub"));
+  if (u == NULL)
+    *why = g_strdup("token user no longer exists");
+  return u;
+}
+
+/* ---- clusters ---- */
+
+char *api_cluster_of_bearer(Root *r, const char *bearer) {
+  g_autofree char *id = NULL, *secret = NULL;
+  if (bearer == NULL)
+    return NULL;
+  if (pki_credential_parse(bearer, &id, &secret)) {
+    g_autoptr(StoreCluster) cl = store_cluster_get(r->store, id);
+    g_autofree char *hash = od_sha256_hex(secret);
+    return cl != NULL && *cl->cred_hash && od_str_equal_ct(hash, cl->cred_hash) ? g_steal_pointer(&id) : NULL;
+  }
+  /* A cluster registered before credentials existed still sends the JWT it got then. */
+  g_autoptr(GPtrArray) all = store_clusters_with_jwt(r->store);
+  for (guint k = 0; k < all->len; k++) {
+    StoreCluster *cl = all->pdata[k];
+    if (*cl->token && od_str_equal_ct(cl->token, bearer))
+      return g_strdup(cl->id);
+  }
+  return NULL;
+}
+
+static gboolean authenticate_user(Req *q, const Route *route, const char *token) {
+  g_autofree char *why = NULL;
+  g_autoptr(StoreUser) u = verify_token(q->r, token, "access", &why);
+  if (u == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s", why);
+    return FALSE;
+  }
+  q->user = g_strdup(u->name);
+  q->role = api_role_parse(u->role);
+  if ((q->role & route->roles) == 0) {
+    g_autofree char *needed = roles_text(route->roles);
+    od_http_reply_error(q->msg, SOUP_STATUS_FORBIDDEN, "forbidden", q->path,
+                        "%s %s needs the role %s; user %s is %s", route->method, q->path, needed, u->name,
+                        u->role);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean api_authenticate(Req *q, const Route *route) {
+  if (route->auth == AUTH_NONE || route->auth == AUTH_SELF)
+    return TRUE;
+  g_autofree char *token = od_http_bearer(q->msg);
+  if (token == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
+                        "missing 'Authorization: Bearer <token>'");
+    return FALSE;
+  }
+  if (route->auth == AUTH_USER)
+    return authenticate_user(q, route, token);
+  /* Cluster endpoints: the credential of this very cluster. */
+  g_autofree char *id = api_cluster_of_bearer(q->r, token);
+  if (id == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
+                        "not the credential of a registered cluster (revoked when the cluster was removed)");
+    return FALSE;
+  }
+  if (g_strcmp0(id, q->cap[0]) != 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_FORBIDDEN, "forbidden", q->path,
+                        "credential belongs to cluster %s, not %s", id, q->cap[0]);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---- login and refresh ---- */
+
+static void reply_tokens(Req *q, const char *user, const char *role) {
+  g_autoptr(JsonObject) o = json_object_new();
+  g_autofree char *token = issue_token(q->r, user, role, "access", q->r->cfg.token_ttl_s);
+  g_autofree char *refresh = issue_token(q->r, user, role, "refresh", q->r->cfg.refresh_ttl_s);
+  json_object_set_string_member(o, "message", "logged in");
+  json_object_set_string_member(o, "token", token);
+  json_object_set_string_member(o, "refresh_token", refresh);
+  json_object_set_string_member(o, "role", role);
+  api_reply_object(q, SOUP_STATUS_OK, o);
+}
+
+static void reply_busy(SoupServerMessage *msg, const char *path) {
+  soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Retry-After", "1");
+  od_http_reply_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "busy", path,
+                      "%d password checks are under way or waiting: try again in 1 s",
+                      GUARD_THREADS + GUARD_QUEUE);
+}
+
+static void reply_blocked(SoupServerMessage *msg, const char *path, const char *source, gint64 ms) {
+  g_autofree char *secs = g_strdup_printf("%" G_GINT64_FORMAT, (ms + 999) / 1000);
+  soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Retry-After", secs);
+  od_http_reply_error(msg, 429, "too_many_requests", path,
+                      "too many failed logins from %s: try again in %s s", source, secs);
+  soup_server_message_set_status(msg, 429, "Too Many Requests"); /* libsoup 3.2 knows no phrase for it */
+}
+
+typedef struct {
+  Root *r;
+  SoupServerMessage *msg;
+  char *path, *source, *user, *password, *stored;
+  gint gone; /* atomic: the client left, nothing to check */
+  gulong disconnected;
+  gboolean ok;
+} Login;
+
+static void login_gone(SoupServerMessage *msg, gpointer data) {
+  Login *l = data;
+  g_atomic_int_set(&l->gone, 1);
+}
+
+static void wipe(char *s) {
+  if (s != NULL)
+    memset(s, 0, strlen(s));
+  g_free(s);
+}
+
+static void login_free(Login *l) {
+  g_free(l->path);
+  g_free(l->source);
+  g_free(l->user);
+  wipe(l->password);
+  g_free(l->stored);
+  g_free(l);
+}
+
+static void login_work(gpointer data) {
+  Login *l = data;
+  if (!g_atomic_int_get(&l->gone))
+    l->ok = od_password_verify(l->stored, l->password);
+}
+
+static void login_done(gpointer data) {
+  Login *l = data;
+  g_signal_handler_disconnect(l->msg, l->disconnected);
+  gint64 now = root_now_ms();
+  g_autoptr(StoreUser) u = l->ok ? store_user_get(l->r->store, l->user) : NULL;
+  if (g_atomic_int_get(&l->gone)) {
+    /* not checked: neither a success nor a failure */
+  } else if (u != NULL) {
+    guard_success(l->r->guard, l->source);
+    Req q = {.r = l->r, .msg = l->msg, .path = l->path};
+    reply_tokens(&q, u->name, u->role);
+  } else {
+    gint64 block = guard_failure(l->r->guard, l->source, now);
+    g_autofree char *blocked = block ? g_strdup_printf("%" G_GINT64_FORMAT, block / 1000) : NULL;
+    od_log(G_LOG_LEVEL_MESSAGE, "login", "user", l->user, "source", l->source, "result", "denied", "msg",
+           blocked ? "wrong username or password: the source is refused for a while"
+                   : "wrong username or password",
+           blocked ? "blocked_s" : NULL, blocked, NULL);
+    od_http_reply_error(l->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", l->path,
+                        "invalid username or password");
+  }
+  api_release(l->msg);
+  login_free(l);
+}
+
+static void h_login(Req *q) {
+  const char *source = soup_server_message_get_remote_host(q->msg);
+  source = source ? source : "unknown";
+  gint64 wait_ms = guard_blocked_ms(q->r->guard, source, root_now_ms());
+  if (wait_ms > 0) {
+    reply_blocked(q->msg, q->path, source, wait_ms);
+    return;
+  }
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  const char *user, *password;
+  if (body == NULL || !api_require_string(q, body, "username", &user) ||
+      !api_require_string(q, body, "password", &password))
+    return;
+  Login *l = g_new0(Login, 1);
+  l->r = q->r;
+  l->msg = q->msg;
+  l->path = g_strdup(q->path);
+  l->source = g_strdup(source);
+  l->user = g_strdup(user);
+  l->password = g_strdup(password);
+  l->stored = store_user_password(q->r->store, user);
+  if (l->stored == NULL)
+    l->stored = g_strdup(no_user_hash);
+  if (!guard_run(q->r->guard, login_work, login_done, l)) {
+    login_free(l);
+    reply_busy(q->msg, q->path);
+    return;
+  }
+  api_hold(q->msg);
+  l->disconnected = g_signal_connect(q->msg, "disconnected", G_CALLBACK(login_gone), l);
+}
+
+static void h_refresh(Req *q) {
+  g_autofree char *token = NULL;
+  if (!api_body_empty(q)) {
+    g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+    if (body == NULL)
+      return;
+    token = g_strdup(api_str(body, "refresh_token"));
+  }
+  if (token == NULL)
+    token = od_http_bearer(q->msg);
+  if (token == NULL) {
+    od_http_reply_error(
+        q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path,
+        "missing refresh token ('Authorization: Bearer <refresh_token>' or {\"refresh_token\": ...})");
+    return;
+  }
+  g_autofree char *why = NULL;
+  g_autoptr(StoreUser) u = verify_token(q->r, token, "refresh", &why);
+  if (u == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s", why);
+    return;
+  }
+  reply_tokens(q, u->name, u->role);
+}
+
+/* ---- users ---- */
+
+static gboolean valid_user_name(const char *s) {
+  gsize len = strlen(s);
+  if (len == 0 || len > 64)
+    return FALSE;
+  for (const char *p = s; *p; p++)
+    if (!g_ascii_isalnum(*p) && *p != '-' && *p != '_' && *p != '.')
+      return FALSE;
+  return TRUE;
+}
+
+static JsonObject *user_object(const char *name, const char *role) {
+  JsonObject *o = json_object_new();
+  json_object_set_string_member(o, "username", name);
+  json_object_set_string_member(o, "role", role);
+  return o;
+}
+
+static void h_users(Req *q) {
+  g_autoptr(JsonArray) out = json_array_new();
+  g_autoptr(GPtrArray) all = store_users_all(q->r->store);
+  for (guint k = 0; k < all->len; k++) {
+    StoreUser *u = all->pdata[k];
+    json_array_add_object_element(out, user_object(u->name, u->role));
+  }
+  g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), out);
+  od_http_reply_json(q->msg, SOUP_STATUS_OK, node);
+}
+
+typedef struct {
+  Root *r;
+  SoupServerMessage *msg;
+  char *path, *by, *name, *role, *password, *hash;
+} NewUser;
+
+static void new_user_work(gpointer data) {
+  NewUser *n = data;
+  n->hash = od_password_hash(n->password);
+}
+
+static void new_user_free(NewUser *n) {
+  g_free(n->path);
+  g_free(n->by);
+  g_free(n->name);
+  g_free(n->role);
+  wipe(n->password);
+  g_free(n->hash);
+  g_free(n);
+}
+
+static void new_user_done(gpointer data) {
+  NewUser *n = data;
+  Store *s = n->r->store;
+  g_autoptr(GError) error = NULL;
+  if (store_user_exists(s, n->name)) { /* created while this one was hashed */
+    od_http_reply_error(n->msg, SOUP_STATUS_CONFLICT, "conflict", "username", "username: user %s exists",
+                        n->name);
+  } else if (!store_begin(s, &error) || !store_user_insert(s, n->name, n->hash, n->role, &error) ||
+             !store_commit(s, &error)) {
+    store_rollback(s);
+    Req q = {.r = n->r, .msg = n->msg, .path = n->path};
+    api_reply_internal(&q, error);
+  } else {
+    od_log(G_LOG_LEVEL_MESSAGE, "user", "user", n->name, "role", n->role, "by", n->by, "msg", "user created",
+           NULL);
+    g_autoptr(JsonObject) o = user_object(n->name, n->role);
+    g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), o);
+    od_http_reply_json(n->msg, SOUP_STATUS_CREATED, node);
+  }
+  api_release(n->msg);
+  new_user_free(n);
+}
+
+static void h_user_create(Req *q) {
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  const char *name, *password, *role;
+  if (body == NULL || !api_require_string(q, body, "username", &name) ||
+      !api_require_string(q, body, "password", &password) || !api_require_string(q, body, "role", &role))
+    return;
+  if (!valid_user_name(name)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "username",
+                        "username: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.'", name);
+    return;
+  }
+  glong len = g_utf8_strlen(password, -1);
+  if (len < PASSWORD_MIN || strlen(password) > PASSWORD_MAX) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "password",
+                        "password: %d to %d characters are required, it has %ld", PASSWORD_MIN, PASSWORD_MAX,
+                        len);
+    return;
+  }
+  if (api_role_parse(role) == 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "role",
+                        "role: '%s' is none of Admin, Application_Provider, Infrastructure_Provider", role);
+    return;
+  }
+  if (store_user_exists(q->r->store, name)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", "username", "username: user %s exists",
+                        name);
+    return;
+  }
+  NewUser *n = g_new0(NewUser, 1);
+  n->r = q->r;
+  n->msg = q->msg;
+  n->path = g_strdup(q->path);
+  n->by = g_strdup(q->user);
+  n->name = g_strdup(name);
+  n->role = g_strdup(role);
+  n->password = g_strdup(password);
+  if (!guard_run(q->r->guard, new_user_work, new_user_done, n)) {
+    new_user_free(n);
+    reply_busy(q->msg, q->path);
+    return;
+  }
+  api_hold(q->msg);
+}
+
+static void h_user_delete(Req *q) {
+  const char *name = q->cap[0];
+  g_autoptr(StoreUser) u = store_user_get(q->r->store, name);
+  if (u == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path, "user %s not found", name);
+    return;
+  }
+  if (strcmp(u->role, "Admin") == 0 && store_user_count_role(q->r->store, "Admin") <= 1) {
+    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", q->path,
+                        "user %s is the last Admin: create another Admin first", name);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  if (!store_begin(q->r->store, &error) || !store_user_delete(q->r->store, name, &error) ||
+      !store_commit(q->r->store, &error)) {
+    store_rollback(q->r->store);
+    api_reply_internal(q, error);
+    return;
+  }
+  od_log(G_LOG_LEVEL_MESSAGE, "user", "user", name, "by", q->user, "msg", "user removed", NULL);
+  g_autofree char *m = g_strdup_printf("user %s removed; its tokens no longer work", name);
+  api_reply_message(q, SOUP_STATUS_OK, m);
+}
+
+/* ---- join tokens ---- */
+
+static void cluster_token(Req *q, gint64 ttl, gint64 uses) {
+  g_autofree char *hash = NULL;
+  g_autofree char *token = pki_join_token_new(q->r, &hash);
+  gint64 expires = root_now_ms() / 1000 + ttl;
+  g_autoptr(GError) error = NULL;
+  if (!store_begin(q->r->store, &error) || !store_join_token_add(q->r->store, hash, expires, uses, &error) ||
+      !store_commit(q->r->store, &error)) {
+    store_rollback(q->r->store);
+    api_reply_internal(q, error);
+    return;
+  }
+  g_autofree char *uses_text = g_strdup_printf("%" G_GINT64_FORMAT, uses);
+  od_log(G_LOG_LEVEL_MESSAGE, "token", "kind", "cluster", "uses", uses_text, "by", q->user, "msg",
+         "cluster join token created", NULL);
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_string_member(o, "token", token);
+  json_object_set_string_member(o, "kind", "cluster");
+  json_object_set_int_member(o, "expires_at", expires * 1000);
+  json_object_set_int_member(o, "uses", uses);
+  api_reply_object(q, SOUP_STATUS_CREATED, o);
+}
+
+static void node_token_done(gpointer data, const char *cid, guint status, JsonNode *body, const char *why) {
+  SoupServerMessage *msg = data;
+  JsonObject *o = body && JSON_NODE_HOLDS_OBJECT(body) ? json_node_get_object(body) : NULL;
+  if (!SOUP_STATUS_IS_SUCCESSFUL(status)) {
+    api_pass_on(msg, cid, status, body, why);
+    return;
+  }
+  if (api_str(o, "token") == NULL) {
+    od_http_reply_error(msg, SOUP_STATUS_BAD_GATEWAY, "cluster_error", "token",
+                        "cluster %s answered HTTP %u without a token", cid, status);
+  } else {
+    json_object_set_string_member(o, "kind", "node");
+    od_http_reply_json(msg, status, body);
+  }
+  api_release(msg);
+}
+
+static void node_token(Req *q, const char *cluster, gint64 ttl, gint64 uses) {
+  g_autofree char *cid = store_cluster_id_by_name(q->r->store, cluster);
+  g_autoptr(StoreCluster) by_id = cid == NULL ? store_cluster_get(q->r->store, cluster) : NULL;
+  if (cid == NULL && by_id != NULL)
+    cid = g_strdup(by_id->id);
+  if (cid == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", "cluster", "cluster: %s not found",
+                        cluster);
+    return;
+  }
+  if (!loop_cluster_active(q->r->loop, cid)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "cluster_unavailable", "cluster",
+                        "cluster: %s sends no aggregates: try again when it is back", cluster);
+    return;
+  }
+  g_autoptr(JsonObject) ask = json_object_new();
+  json_object_set_int_member(ask, "ttl_s", ttl);
+  json_object_set_int_member(ask, "uses", uses);
+  g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), ask);
+  g_autofree char *uses_text = g_strdup_printf("%" G_GINT64_FORMAT, uses);
+  od_log(G_LOG_LEVEL_MESSAGE, "token", "kind", "node", "cluster", cid, "uses", uses_text, "by", q->user,
+         "msg", "node join token asked from the cluster", NULL);
+  api_hold(q->msg);
+  api_cluster_call(q->r, cid, "POST", "/api/v1/tokens", node, 10, node_token_done, q->msg);
+}
+
+/* kind: the body's, or fixed (the old name of the cluster kind). */
+static void make_token(Req *q, JsonObject *body, const char *fixed_kind) {
+  const char *kind = fixed_kind;
+  if (kind == NULL && !api_require_string(q, body, "kind", &kind))
+    return;
+  if (fixed_kind != NULL && json_object_has_member(body, "kind") &&
+      g_strcmp0(api_str(body, "kind"), fixed_kind) != 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "kind",
+                        "kind: this path makes cluster tokens only (POST /api/v1/tokens makes node tokens)");
+    return;
+  }
+  if (strcmp(kind, "cluster") != 0 && strcmp(kind, "node") != 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "kind",
+                        "kind: '%s' is neither cluster nor node", kind);
+    return;
+  }
+  gint64 ttl, uses;
+  if (!api_optional_int(q, body, "ttl_s", 60, 365 * 86400, q->r->cfg.join_token_ttl_s, &ttl) ||
+      !api_optional_int(q, body, "uses", 1, 1000, 1, &uses))
+    return;
+  JsonNode *cn = json_object_get_member(body, "cluster");
+  if (strcmp(kind, "cluster") == 0) {
+    if (cn != NULL) {
+      od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "cluster",
+                          "cluster: only a node token names a cluster");
+      return;
+    }
+    cluster_token(q, ttl, uses);
+    return;
+  }
+  const char *cluster = api_str(body, "cluster");
+  if (cluster == NULL || *cluster == '\0') {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "cluster",
+                        "cluster: the name of the cluster the node joins is required");
+    return;
+  }
+  node_token(q, cluster, ttl, uses);
+}
+
+static void h_tokens(Req *q) {
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  if (body != NULL)
+    make_token(q, body, NULL);
+}
+
+static void h_cluster_tokens(Req *q) {
+  g_autoptr(JsonObject) body = api_body_object(q, TRUE);
+  if (body != NULL)
+    make_token(q, body, "cluster");
+}
+
+/* ---- the CA ---- */
+
+static void h_pki_ca(Req *q) {
+  soup_server_message_set_status(q->msg, SOUP_STATUS_OK, NULL);
+  soup_server_message_set_response(q->msg, "application/x-pem-file", SOUP_MEMORY_COPY, q->r->ca_pem,
+                                   strlen(q->r->ca_pem));
+}
+
+const Route root_auth_routes[] = {
+    {"POST", "api/auth/login", AUTH_NONE, h_login, TRUE, 0},
+    {"POST", "api/auth/refresh", AUTH_SELF, h_refresh, TRUE, 0},
+    {"GET", "api/v1/pki/ca", AUTH_NONE, h_pki_ca, FALSE, 0},
+    {"GET", "api/v1/users", AUTH_USER, h_users, FALSE, ROLE_ADMIN},
+    {"POST", "api/v1/users", AUTH_USER, h_user_create, FALSE, ROLE_ADMIN},
+    {"DELETE", "api/v1/users/*", AUTH_USER, h_user_delete, FALSE, ROLE_ADMIN},
+    {"POST", "api/v1/tokens", AUTH_USER, h_tokens, FALSE, ROLES_INFRA},
+    {"POST", "api/v1/clusters/tokens", AUTH_USER, h_cluster_tokens, FALSE, ROLES_INFRA},
+};
+const gsize root_auth_route_count = G_N_ELEMENTS(root_auth_routes);
