@@ -68,7 +68,7 @@ static gboolean authenticate(Req *q, Auth auth) {
   if (token == NULL || q->c->token == NULL || !od_str_equal_ct(token, q->c->token)) {
     od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s",
                         token == NULL ? "missing 'Authorization: Bearer <token>'"
-                                      : "token is not the one the root issued to this cluster");
+                                      : "token is not the credential the root issued to this cluster");
     return FALSE;
   }
   return TRUE;
@@ -229,20 +229,129 @@ static gboolean valid_node_id(const char *s) {
   return TRUE;
 }
 
-static gboolean join_token_ok(Cluster *c, const char *token) {
-  if (token == NULL)
-    return FALSE;
-  g_autofree char *hash = od_sha256_hex(token);
-  return store_join_token_known(c->store, hash);
+char *cluster_node_credential_hash(const char *password) {
+  /* A node's password is 20 random characters (> 110 bits): one SHA-256 is enough, as for tokens,
+   * and keeps registrations off the slow path. */
+  g_autofree char *hex = od_sha256_hex(password);
+  return g_strconcat("sha256$", hex, NULL);
+}
+
+/* A node registration on its way: validated here, its credential checked (off the main loop when
+ * the stored hash is a PBKDF2 one of a cluster from before), then handed to the loop. */
+typedef struct {
+  Cluster *c;
+  SoupServerMessage *msg;
+  char *path;
+  char *id, *ip, *token_hash, *credential, *stored;
+  gboolean credential_ok;
+} NodeReg;
+
+static void node_reg_free(NodeReg *r) {
+  g_object_unref(r->msg);
+  char **strs[] = {&r->path, &r->id, &r->ip, &r->token_hash, &r->credential, &r->stored};
+  for (gsize i = 0; i < G_N_ELEMENTS(strs); i++)
+    g_free(*strs[i]);
+  g_free(r);
+}
+
+static void reply_token_refused(SoupServerMessage *msg) {
+  od_http_reply_error(msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", "join_token",
+                      "join_token: missing, expired, used up or not a node join token of this cluster");
+}
+
+static void node_reg_answer(NodeReg *r) {
+  Cluster *c = r->c;
+  LoopNodeRegistration lr = {.id = r->id,
+                             .ip = r->ip,
+                             .token_hash = r->token_hash,
+                             .credential = r->credential_ok ? r->credential : NULL};
+  g_autofree char *password = NULL, *subnet = NULL;
+  g_autoptr(GError) error = NULL;
+  switch (loop_node_register(c, &lr, &password, &subnet, &error)) {
+  case LOOP_NODE_NOT_READY:
+    od_http_reply_error(r->msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "not_ready", r->path,
+                        "cluster is not registered with the root yet (no subnet to hand out); retry later");
+    return;
+  case LOOP_NODE_BAD_TOKEN: reply_token_refused(r->msg); return;
+  case LOOP_NODE_NAME_TAKEN:
+    od_log(G_LOG_LEVEL_WARNING, "node-register", "node", r->id, "msg",
+           "refused: the id is registered and no credential of it was given", NULL);
+    od_http_reply_error(r->msg, SOUP_STATUS_CONFLICT, "name_taken", "capabilities.id",
+                        "node %s is registered; register again with its credential, or remove it first",
+                        r->id);
+    return;
+  case LOOP_NODE_POOL_EXHAUSTED:
+    od_http_reply_error(r->msg, SOUP_STATUS_CONFLICT, "pool_exhausted", "capabilities.id",
+                        "every /24 of the cluster subnet %s is taken", c->subnet);
+    return;
+  case LOOP_NODE_FAILED:
+    od_log(G_LOG_LEVEL_WARNING, "http", "path", r->path, "msg", error ? error->message : "unknown", NULL);
+    od_http_reply_error(r->msg, SOUP_STATUS_INTERNAL_SERVER_ERROR, "internal", r->path, "%s",
+                        error ? error->message : "internal error");
+    return;
+  case LOOP_NODE_CREATED:
+  case LOOP_NODE_RENEWED: break;
+  }
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_string_member(o, "id", r->id);
+  json_object_set_string_member(o, "mqtt_host", c->mqtt_advertise_host);
+  json_object_set_int_member(o, "mqtt_port", c->mqtt_port);
+  json_object_set_string_member(o, "mqtt_username", r->id);
+  json_object_set_string_member(o, "mqtt_password", password);
+  json_object_set_string_member(o, "subnet", subnet);
+  json_object_set_boolean_member(o, "mqtt_tls", !c->insecure);
+  if (!c->insecure && c->ca_pem != NULL)
+    json_object_set_string_member(o, "ca", c->ca_pem);
+  g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), o);
+  od_http_reply_json(r->msg, SOUP_STATUS_CREATED, node);
+}
+
+static void verify_thread(GTask *task, gpointer source, gpointer data, GCancellable *cancel) {
+  NodeReg *r = data;
+  g_task_return_boolean(task, od_password_verify(r->stored, r->credential));
+}
+
+static void verify_done(GObject *source, GAsyncResult *res, gpointer data) {
+  NodeReg *r = g_task_get_task_data(G_TASK(res));
+  r->credential_ok = g_task_propagate_boolean(G_TASK(res), NULL);
+  node_reg_answer(r);
+  soup_server_message_unpause(r->msg);
+}
+
+/* Checks r->credential against the node's stored hash, then answers. */
+static void node_reg_check(NodeReg *r) {
+  r->stored = r->credential ? store_node_cred_hash(r->c->store, r->id) : NULL;
+  if (r->stored == NULL || g_str_has_prefix(r->stored, "sha256$")) {
+    g_autofree char *hash = r->stored ? cluster_node_credential_hash(r->credential) : NULL;
+    r->credential_ok = hash != NULL && od_str_equal_ct(hash, r->stored);
+    node_reg_answer(r);
+    node_reg_free(r);
+    return;
+  }
+  /* PBKDF2 (100 000 rounds) of a node registered by an older cluster: not on the main loop. */
+  soup_server_message_pause(r->msg);
+  GTask *task = g_task_new(NULL, NULL, verify_done, NULL);
+  g_task_set_task_data(task, r, (GDestroyNotify)node_reg_free);
+  g_task_run_in_thread(task, verify_thread);
+  g_object_unref(task);
 }
 
 static void h_node_register(Req *q) {
   g_autoptr(JsonObject) body = body_object(q);
   if (body == NULL)
     return;
-  if (!join_token_ok(q->c, str_member(body, "join_token"))) {
-    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", "join_token",
-                        "join_token: missing or not a node join token of this cluster");
+  JsonNode *cred = json_object_get_member(body, "credential");
+  if (cred != NULL && !JSON_NODE_HOLDS_NULL(cred) && str_member(body, "credential") == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "credential",
+                        "credential: not a string (the node's MQTT password)");
+    return;
+  }
+  const char *credential = str_member(body, "credential");
+  g_autofree char *token_hash = loop_join_token_hash(str_member(body, "join_token"));
+  /* Without a credential only a join token lets anyone in: refused before anything else is read. */
+  if (credential == NULL &&
+      (token_hash == NULL || !store_join_token_usable(q->c->store, token_hash, cluster_wall_ms() / 1000))) {
+    reply_token_refused(q->msg);
     return;
   }
   JsonNode *caps = json_object_get_member(body, "capabilities");
@@ -262,38 +371,71 @@ static void h_node_register(Req *q) {
     oakuk_error_free(err);
     return;
   }
-  g_autofree char *id = g_strdup(oakuk_node_report_id(rep));
-  g_autofree char *ip = g_strdup(oakuk_node_report_ip(rep) ? oakuk_node_report_ip(rep) : "");
+  NodeReg *r = g_new0(NodeReg, 1);
+  r->c = q->c;
+  r->msg = g_object_ref(q->msg);
+  r->path = g_strdup(q->path);
+  r->id = g_strdup(oakuk_node_report_id(rep));
+  r->ip = g_strdup(oakuk_node_report_ip(rep) ? oakuk_node_report_ip(rep) : "");
+  r->token_hash = g_steal_pointer(&token_hash);
+  r->credential = g_strdup(credential);
   oakuk_node_report_unref(rep);
-  if (!valid_node_id(id)) {
+  if (!valid_node_id(r->id)) {
     od_http_reply_error(
         q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "capabilities.id",
         "capabilities.id: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.' (and not "
         "'%s')",
-        id, CLUSTER_MQTT_USER);
+        r->id, CLUSTER_MQTT_USER);
+    node_reg_free(r);
     return;
   }
-  g_autofree char *password = NULL, *subnet = NULL;
-  g_autoptr(GError) error = NULL;
-  guint status = loop_node_register(q->c, id, ip, &password, &subnet, &error);
-  if (status == SOUP_STATUS_SERVICE_UNAVAILABLE) {
-    od_http_reply_error(q->msg, status, "not_ready", q->path,
-                        "cluster is not registered with the root yet (no subnet to hand out); retry later");
-  } else if (status == SOUP_STATUS_CONFLICT) {
-    od_http_reply_error(q->msg, status, "pool_exhausted", "capabilities.id",
-                        "every /24 of the cluster subnet %s is taken", q->c->subnet);
-  } else if (status != SOUP_STATUS_CREATED) {
-    reply_internal(q, error);
-  } else {
-    g_autoptr(JsonObject) o = json_object_new();
-    json_object_set_string_member(o, "id", id);
-    json_object_set_string_member(o, "mqtt_host", q->c->mqtt_advertise_host);
-    json_object_set_int_member(o, "mqtt_port", q->c->mqtt_port);
-    json_object_set_string_member(o, "mqtt_username", id);
-    json_object_set_string_member(o, "mqtt_password", password);
-    json_object_set_string_member(o, "subnet", subnet);
-    reply_object(q, SOUP_STATUS_CREATED, o);
+  node_reg_check(r);
+}
+
+/* ---- node join tokens (from the root) ---- */
+
+static gboolean int_field(Req *q, JsonObject *body, const char *key, gint64 def, gint64 min, gint64 max,
+                          gint64 *out) {
+  JsonNode *n = body ? json_object_get_member(body, key) : NULL;
+  *out = def;
+  if (n == NULL || JSON_NODE_HOLDS_NULL(n))
+    return TRUE;
+  if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64 ||
+      json_node_get_int(n) < min || json_node_get_int(n) > max) {
+    reject_field(q, key, "%s: not an integer from %" G_GINT64_FORMAT " to %" G_GINT64_FORMAT, key, min, max);
+    return FALSE;
   }
+  *out = json_node_get_int(n);
+  return TRUE;
+}
+
+/* POST /api/v1/tokens {"ttl_s"?, "uses"?} -> 201 {"token", "expires_at", "uses"} */
+static void h_tokens(Req *q) {
+  g_autoptr(JsonObject) body = NULL;
+  /* An empty body asks for the defaults. */
+  if (soup_server_message_get_request_body(q->msg)->length > 0 && (body = body_object(q)) == NULL)
+    return;
+  gint64 ttl_s = 0, uses = 0;
+  if (!int_field(q, body, "ttl_s", 3600, 60, 31536000, &ttl_s) ||
+      !int_field(q, body, "uses", 1, 1, 1000, &uses))
+    return;
+  g_autofree char *token = NULL;
+  gint64 expires_ms = 0;
+  g_autoptr(GError) error = NULL;
+  guint status = loop_join_token_new(q->c, ttl_s, uses, &token, &expires_ms, &error);
+  if (status == SOUP_STATUS_SERVICE_UNAVAILABLE) {
+    od_http_reply_error(q->msg, status, "not_ready", q->path, "%s", error->message);
+    return;
+  }
+  if (status != SOUP_STATUS_CREATED) {
+    reply_internal(q, error);
+    return;
+  }
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_string_member(o, "token", token);
+  json_object_set_int_member(o, "expires_at", expires_ms);
+  json_object_set_int_member(o, "uses", uses);
+  reply_object(q, SOUP_STATUS_CREATED, o);
 }
 
 /* POST|DELETE /api/v1/nodes/<id>/drain and DELETE /api/v1/nodes/<id> (forwarded by the root). */
@@ -436,6 +578,7 @@ static void h_healthz(Req *q) {
   json_object_set_string_member(o, "version", OAKUK_CLUSTER_VERSION);
   json_object_set_boolean_member(o, "registered", q->c->token != NULL);
   json_object_set_boolean_member(o, "mqtt_connected", q->c->mqtt_up);
+  json_object_set_boolean_member(o, "tls", !q->c->insecure);
   reply_object(q, SOUP_STATUS_OK, o);
 }
 
@@ -472,11 +615,13 @@ static void h_metrics(Req *q) {
                            store_count(c->store, gauges[j].what));
   g_string_append_printf(out, "# TYPE oakuk_cluster_mqtt_connected gauge\noakuk_cluster_mqtt_connected %d\n",
                          c->mqtt_up ? 1 : 0);
-  g_string_append_printf(
-      out,
-      "# TYPE oakuk_cluster_mqtt_rejected_total counter\noakuk_cluster_mqtt_rejected_total %" G_GUINT64_FORMAT
-      "\n",
-      c->mqtt_rejected);
+  /* Without a label: malformed payloads (as before the rate limit, so older dashboards keep their
+   * series); reason="rate": messages over a node's rate. */
+  g_string_append_printf(out,
+                         "# TYPE oakuk_cluster_mqtt_rejected_total counter\n"
+                         "oakuk_cluster_mqtt_rejected_total %" G_GUINT64_FORMAT "\n"
+                         "oakuk_cluster_mqtt_rejected_total{reason=\"rate\"} %" G_GUINT64_FORMAT "\n",
+                         c->mqtt_rejected, c->mqtt_rate_rejected);
   g_string_append_printf(out,
                          "# TYPE oakuk_cluster_broker_restarts_total counter\n"
                          "oakuk_cluster_broker_restarts_total %u\n",
@@ -494,6 +639,7 @@ static const Route routes[] = {
     {"POST", "api/service/*/*", AUTH_ROOT, h_deploy},
     {"DELETE", "api/service/*/*", AUTH_ROOT, h_undeploy},
     {"POST", "api/node/register", AUTH_NONE, h_node_register},
+    {"POST", "api/v1/tokens", AUTH_ROOT, h_tokens},
     {"GET", "api/v1/services/*/explain", AUTH_NONE, h_explain},
     {"GET", "api/v1/nodes", AUTH_NONE, h_nodes},
     {"DELETE", "api/v1/nodes/*", AUTH_ROOT, h_node_remove},

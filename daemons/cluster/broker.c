@@ -1,5 +1,7 @@
 /* The cluster's mosquitto: configuration in the state dir, spawned with an argv array, restarted
- * when it dies; logins kept with mosquitto_passwd and picked up with SIGHUP. */
+ * when it dies. With TLS (docs/security.md) its only listener serves the cluster's certificate; the
+ * password file is written here (od_mosquitto_password_line: no password on any command line) and
+ * picked up, with the certificate and the ACL, on SIGHUP. */
 #include "cluster.h"
 
 #include <errno.h>
@@ -10,8 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define MQTT_MAX_PACKET (1024 * 1024)
+
 static char *broker_path(Cluster *c, const char *file) {
-  return g_build_filename(c->state_dir, "mosquitto", file, NULL);
+  return cluster_path(c, "mosquitto", file);
 }
 
 static gboolean write_file(const char *path, const char *text, GError **error) {
@@ -23,14 +27,13 @@ static gboolean write_file(const char *path, const char *text, GError **error) {
   return TRUE;
 }
 
-/* A node may touch only nodes/<its user name>/#; the cluster's user may touch every node's topics. */
+/* A node may touch only nodes/<its user name>/#; the cluster's user may touch every node's topics.
+ * Client ids are the user names (use_username_as_clientid): no login can take over another's
+ * session, the cluster's included. */
 static gboolean write_config(Cluster *c, GError **error) {
   g_autofree char *dir = g_build_filename(c->state_dir, "mosquitto", NULL);
-  if (g_mkdir_with_parents(dir, 0700) != 0) {
-    int e = errno;
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "broker dir %s: %s", dir, g_strerror(e));
+  if (!od_state_dir_prepare(dir, error))
     return FALSE;
-  }
   g_autofree char *acl = broker_path(c, "acl");
   g_autofree char *conf = broker_path(c, "mosquitto.conf");
   g_autofree char *log = broker_path(c, "mosquitto.log");
@@ -38,10 +41,10 @@ static gboolean write_config(Cluster *c, GError **error) {
       "user %s\ntopic readwrite nodes/#\n\npattern readwrite nodes/%%u/#\n", CLUSTER_MQTT_USER);
   GString *cf = g_string_new("# Written by oakuk-cluster on every start; edits are lost.\n");
   g_string_append(cf, "per_listener_settings false\n");
-  g_string_append_printf(cf, "listener %u 0.0.0.0\n", c->mqtt_port);
   g_string_append(cf, "allow_anonymous false\n");
   g_string_append_printf(cf, "password_file %s\n", c->password_file);
   g_string_append_printf(cf, "acl_file %s\n", acl);
+  g_string_append_printf(cf, "max_packet_size %d\n", MQTT_MAX_PACKET);
   g_string_append_printf(cf, "persistence true\npersistence_location %s/\nautosave_interval 5\n", dir);
   g_string_append_printf(cf, "log_dest file %s\nlog_type error\nlog_type warning\nlog_type notice\n", log);
   g_string_append(cf, "max_queued_messages 10000\n");
@@ -50,38 +53,55 @@ static gboolean write_config(Cluster *c, GError **error) {
   /* Run as root, mosquitto would switch to user "mosquitto", which cannot read a 0700 state dir. */
   if (geteuid() == 0)
     g_string_append(cf, "user root\n");
+  /* Listener options after the listener line: before it, mosquitto would also open a default
+   * plaintext listener on 1883. */
+  g_string_append_printf(cf, "listener %u 0.0.0.0\n", c->mqtt_port);
+  if (!c->insecure) {
+    g_autofree char *ca = cluster_path(c, "pki", "ca.crt");
+    g_autofree char *cert = cluster_path(c, "pki", "cluster.crt");
+    g_autofree char *key = cluster_path(c, "pki", "cluster.key");
+    g_string_append_printf(cf, "cafile %s\ncertfile %s\nkeyfile %s\ntls_version tlsv1.2\n", ca, cert, key);
+  }
+  g_string_append(cf, "use_username_as_clientid true\n");
   g_autofree char *cf_text = g_string_free(cf, FALSE);
   return write_file(acl, acl_text, error) && write_file(conf, cf_text, error);
 }
 
-/* mosquitto_passwd -b FILE USER PASSWORD (set), or -D FILE USER (delete) when password is NULL. */
-static gboolean run_passwd(Cluster *c, const char *user, const char *password, GError **error) {
-  const char *set[] = {"mosquitto_passwd", "-b", c->password_file, user, password, NULL};
-  const char *del[] = {"mosquitto_passwd", "-D", c->password_file, user, NULL};
-  const char *const *argv = password ? set : del;
-  g_autofree char *err = NULL;
-  gint status = 0;
+/* Sets user's line of the password file (password NULL: removes it), keeping every other line. */
+static gboolean passwd_edit(Cluster *c, const char *user, const char *password, GError **error) {
+  g_autofree char *text = NULL;
   g_autoptr(GError) local = NULL;
-  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
-                    NULL, &err, &status, &local)) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "mosquitto_passwd %s: %s", c->password_file, local->message);
+  if (!g_file_get_contents(c->password_file, &text, NULL, &local) &&
+      !g_error_matches(local, G_FILE_ERROR, G_FILE_ERROR_NOENT)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "password file %s: %s", c->password_file, local->message);
     return FALSE;
   }
-  if (!g_spawn_check_wait_status(status, NULL)) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "mosquitto_passwd %s (user %s): %s", c->password_file, user,
-                err && *err ? g_strstrip(err) : "failed");
-    return FALSE;
+  g_autofree char *prefix = g_strconcat(user, ":", NULL);
+  g_auto(GStrv) lines = g_strsplit(text ? text : "", "\n", -1);
+  GString *out = g_string_new(NULL);
+  for (char **l = lines; *l; l++)
+    if (**l != '\0' && !g_str_has_prefix(*l, prefix))
+      g_string_append_printf(out, "%s\n", *l);
+  if (password != NULL) {
+    g_autofree char *line = od_mosquitto_password_line(user, password);
+    if (line == NULL) {
+      g_string_free(out, TRUE);
+      g_set_error(error, OD_ERROR, OD_ERROR_IO, "password file %s: cannot hash the password of %s",
+                  c->password_file, user);
+      return FALSE;
+    }
+    g_string_append_printf(out, "%s\n", line);
   }
-  return TRUE;
+  g_autofree char *new_text = g_string_free(out, FALSE);
+  return write_file(c->password_file, new_text, error);
 }
 
 gboolean broker_prepare(Cluster *c, GError **error) {
   if (c->mosquitto_bin == NULL)
     return TRUE; /* external broker: its files and our login come from the config */
   c->password_file = broker_path(c, "passwd");
-  if (!write_config(c, error))
-    return FALSE;
-  if (!g_file_test(c->password_file, G_FILE_TEST_EXISTS) && !write_file(c->password_file, "", error))
+  g_autofree char *dir = g_build_filename(c->state_dir, "mosquitto", NULL);
+  if (!od_state_dir_prepare(dir, error))
     return FALSE;
   c->mqtt_password = store_kv_get(c->store, "mqtt_password");
   if (c->mqtt_password == NULL) {
@@ -89,7 +109,12 @@ gboolean broker_prepare(Cluster *c, GError **error) {
     if (!store_kv_set(c->store, "mqtt_password", c->mqtt_password, error))
       return FALSE;
   }
-  return run_passwd(c, CLUSTER_MQTT_USER, c->mqtt_password, error);
+  /* A password file of an older cluster (mosquitto_passwd's lines) is kept: the same format. */
+  return passwd_edit(c, CLUSTER_MQTT_USER, c->mqtt_password, error);
+}
+
+gboolean broker_ready(Cluster *c) {
+  return c->insecure || c->cert_pem != NULL;
 }
 
 static gboolean restart_broker(gpointer data) {
@@ -126,8 +151,10 @@ static void child_setup(gpointer data) {
 }
 
 gboolean broker_start(Cluster *c, GError **error) {
-  if (c->mosquitto_bin == NULL)
+  if (c->mosquitto_bin == NULL || !broker_ready(c))
     return TRUE;
+  if (!write_config(c, error))
+    return FALSE;
   g_autofree char *conf = broker_path(c, "mosquitto.conf");
   const char *argv[] = {c->mosquitto_bin, "-c", conf, NULL};
   g_autoptr(GError) local = NULL;
@@ -178,15 +205,27 @@ void broker_reload(Cluster *c) {
 }
 
 gboolean broker_set_password(Cluster *c, const char *user, const char *password, GError **error) {
-  if (!run_passwd(c, user, password, error))
+  if (!passwd_edit(c, user, password, error))
     return FALSE;
   broker_reload(c);
   return TRUE;
 }
 
 gboolean broker_remove_login(Cluster *c, const char *user, GError **error) {
-  if (!run_passwd(c, user, NULL, error))
+  if (!passwd_edit(c, user, NULL, error))
     return FALSE;
   broker_reload(c);
   return TRUE;
+}
+
+void broker_certificate_changed(Cluster *c) {
+  g_autoptr(GError) error = NULL;
+  if (c->mosquitto_bin != NULL && c->broker_pid > 0)
+    broker_reload(c); /* mosquitto rereads its certificate files on SIGHUP */
+  else if (c->mosquitto_bin != NULL && c->broker_restart_source == 0 && !broker_start(c, &error)) {
+    od_log(G_LOG_LEVEL_WARNING, "broker", "msg", error->message, NULL);
+    c->broker_restart_source = g_timeout_add_seconds(2, restart_broker, c);
+  }
+  if (c->mqtt == NULL)
+    nodelink_start(c);
 }

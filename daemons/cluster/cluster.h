@@ -32,7 +32,8 @@ typedef struct {
   char *name;
   char *location;
   char *advertise_url;
-  char *mqtt_advertise_host; /* host nodes connect to */
+  char *mqtt_advertise_host; /* host nodes connect to (--mqtt-host) */
+  gboolean insecure;         /* --insecure: plain HTTP and MQTT */
   guint16 mqtt_port;
   char *mosquitto_bin; /* NULL with an external broker */
   char *broker_host;   /* where the cluster itself connects */
@@ -44,6 +45,17 @@ typedef struct {
   gint64 aggregate_interval_ms;
   gint64 avoid_ms; /* how long a node an instance FAILED on is avoided for it */
   int32_t policy;
+  gint64 renew_check_ms; /* how often the certificate's remaining validity is checked */
+
+  /* TLS (root.c; docs/security.md). key_pem: <state>/pki/cluster.key. ca_pem/ca: the root's CA
+   * (<state>/pki/ca.crt), pinned in every call to the root; NULL until the first registration.
+   * cert_pem: the certificate the root signed (<state>/pki/cluster.crt, the CA after it); NULL
+   * while the cluster serves its throwaway bootstrap certificate. */
+  char *key_pem;
+  char *ca_pem;
+  GTlsCertificate *ca;
+  char *cert_pem;
+  guint renew_source;
 
   /* registration with the root (NULL until registered) */
   char *cluster_id;
@@ -61,9 +73,11 @@ typedef struct {
   /* MQTT (nodelink.c) */
   OdMqtt *mqtt;
   gboolean mqtt_up;
-  gint64 mqtt_down_since_ms; /* monotonic ms the broker connection was lost (or the start) */
-  GHashTable *reachable;     /* node id -> 1: reported since our connection came up */
-  GHashTable *inflight;      /* delivery id (gint64 as string) -> its publish's context */
+  GHashTable *rate;           /* node id -> RateBucket*: what it may still publish */
+  guint64 mqtt_rate_rejected; /* messages dropped over a node's rate */
+  gint64 mqtt_down_since_ms;  /* monotonic ms the broker connection was lost (or the start) */
+  GHashTable *reachable;      /* node id -> 1: reported since our connection came up */
+  GHashTable *inflight;       /* delivery id (gint64 as string) -> its publish's context */
   guint64 mqtt_rejected;
   gboolean net_dirty;
 
@@ -77,6 +91,8 @@ typedef struct {
   guint loop_idle;
 
   /* root */
+  gboolean register_wanted;    /* a (re-)registration is due: at start, to renew, after a 401 */
+  gboolean credential_refused; /* the root answered 401 to our credential: try the join token */
   gboolean registering;
   guint register_source;
   gint64 register_backoff_s;
@@ -95,9 +111,18 @@ gint64 cluster_liveness_now_ms(Cluster *c);
 /* A node with a report no older than node_timeout (on the liveness clock). */
 gboolean cluster_node_active(Cluster *c, const char *node);
 
+/* Paths in the state directory: <state>/<dir>/<file>. */
+char *cluster_path(Cluster *c, const char *dir, const char *file);
+
 /* broker.c: our own mosquitto (or an external one) and its credentials. */
 gboolean broker_prepare(Cluster *c, GError **error);
+/* Whether the broker can serve: always with --insecure, else once the cluster holds the
+ * certificate the root signed (its TLS listener serves it). */
+gboolean broker_ready(Cluster *c);
 gboolean broker_start(Cluster *c, GError **error);
+/* The cluster's certificate changed (root.c wrote the new files): the running broker reloads it,
+ * one waiting for its first certificate starts, and the cluster's own client connects. */
+void broker_certificate_changed(Cluster *c);
 void broker_stop(Cluster *c);
 /* Sets (adds or replaces) a broker login and makes the broker reload its password file. */
 gboolean broker_set_password(Cluster *c, const char *user, const char *password, GError **error);
@@ -105,7 +130,12 @@ gboolean broker_set_password(Cluster *c, const char *user, const char *password,
 gboolean broker_remove_login(Cluster *c, const char *user, GError **error);
 void broker_reload(Cluster *c);
 
-/* root.c: registration, aggregates and status reports to the root. */
+/* root.c: the cluster's key and certificates, registration (and renewal), aggregates and status
+ * reports to the root. */
+/* Creates <state>/pki/cluster.key on the first start; loads the root's CA and the signed
+ * certificate when the cluster has them, else makes the bootstrap certificate; installs the one to
+ * serve on c->server. */
+gboolean root_tls_prepare(Cluster *c, GError **error);
 void root_link_start(Cluster *c);
 /* Queues the instance's status for the root (inside a transaction). */
 gboolean root_queue_status(Cluster *c, const StoreInstance *i, GError **error);
@@ -132,6 +162,8 @@ char *nodelink_delete_payload_for(const char *instance_name, gint64 generation);
 
 /* api.c */
 void cluster_api_register(Cluster *c);
+/* What cluster.db keeps of a node's MQTT password (its credential): "sha256$<hex>". */
+char *cluster_node_credential_hash(const char *password);
 
 /* logs.c: instance logs asked from nodes over MQTT (docs/cli.md). Publishes the request to the
  * node and pauses msg until the node answers on nodes/<node>/logs (cluster_logs_on_reply) or

@@ -428,24 +428,86 @@ static gboolean node_subnet(Cluster *c, const char *id, char **subnet, gint64 *i
   }
 }
 
-guint loop_node_register(Cluster *c, const char *id, const char *ip, char **password, char **subnet,
-                         GError **error) {
+/* A registered node that proved its password keeps it (and its subnet); a new one needs a join
+ * token, which it uses up once. Nothing changes for a taken id or a bad token. */
+LoopNodeOutcome loop_node_register(Cluster *c, const LoopNodeRegistration *r, char **password, char **subnet,
+                                   GError **error) {
   if (c->subnet == NULL)
-    return SOUP_STATUS_SERVICE_UNAVAILABLE;
+    return LOOP_NODE_NOT_READY;
+  g_autoptr(StoreNode) known = store_node_get(c->store, r->id);
+  gint64 now_s = cluster_wall_ms() / 1000;
+  gboolean renew = known != NULL && r->credential != NULL;
+  if (!renew && (r->token_hash == NULL || !store_join_token_usable(c->store, r->token_hash, now_s)))
+    return LOOP_NODE_BAD_TOKEN;
+  if (!renew && known != NULL)
+    return LOOP_NODE_NAME_TAKEN;
   gint64 index = 0;
-  if (!node_subnet(c, id, subnet, &index))
-    return SOUP_STATUS_CONFLICT;
-  *password = od_password_generate();
-  g_autofree char *hash = od_password_hash(*password);
+  if (!node_subnet(c, r->id, subnet, &index))
+    return LOOP_NODE_POOL_EXHAUSTED;
+  *password = renew ? g_strdup(r->credential) : od_password_generate();
+  g_autofree char *hash = cluster_node_credential_hash(*password);
   if (!store_begin(c->store, error) ||
-      !store_node_register(c->store, id, hash, index, *subnet, ip, cluster_wall_ms(), error) ||
-      !broker_set_password(c, id, *password, error) || !store_commit(c->store, error)) {
+      (!renew && !store_join_token_use(c->store, r->token_hash, now_s, error)) ||
+      !store_node_register(c->store, r->id, hash, index, *subnet, r->ip, cluster_wall_ms(), error) ||
+      !broker_set_password(c, r->id, *password, error) || !store_commit(c->store, error)) {
     store_rollback(c->store);
-    return SOUP_STATUS_INTERNAL_SERVER_ERROR;
+    g_clear_pointer(password, g_free);
+    g_clear_pointer(subnet, g_free);
+    /* Another registration used the token up meanwhile. */
+    return error && g_error_matches(*error, OD_ERROR, OD_ERROR_AUTH) ? LOOP_NODE_BAD_TOKEN : LOOP_NODE_FAILED;
   }
   c->net_dirty = TRUE;
-  od_log(G_LOG_LEVEL_MESSAGE, "node-register", "node", id, "subnet", *subnet, "ip", ip, NULL);
+  od_log(G_LOG_LEVEL_MESSAGE, "node-register", "node", r->id, "subnet", *subnet, "ip", r->ip, "msg",
+         renew ? "node registered again with its credential" : "new node registered", NULL);
   loop_kick(c);
+  return renew ? LOOP_NODE_RENEWED : LOOP_NODE_CREATED;
+}
+
+/* ---- node join tokens ---- */
+
+char *loop_join_token_hash(const char *token) {
+  if (token == NULL)
+    return NULL;
+  const char *secret = token;
+  if (g_str_has_prefix(token, "oakuk1.")) {
+    /* oakuk1.<64 hex>.<secret>: only the secret is ours to check; the fingerprint is for the node,
+     * which pins our CA with it. */
+    const char *fp = token + strlen("oakuk1."), *dot = strchr(fp, '.');
+    if (dot == NULL || dot - fp != 64)
+      return NULL;
+    secret = dot + 1;
+  }
+  gsize len = strlen(secret);
+  if (len < 16 || len > 128)
+    return NULL;
+  for (const char *p = secret; *p; p++)
+    if (!g_ascii_isalnum(*p))
+      return NULL;
+  return od_sha256_hex(secret);
+}
+
+guint loop_join_token_new(Cluster *c, gint64 ttl_s, gint64 uses, char **token, gint64 *expires_ms,
+                          GError **error) {
+  g_autofree char *fp = NULL;
+  if (c->ca_pem != NULL && (fp = od_tls_fingerprint(c->ca_pem, error)) == NULL)
+    return SOUP_STATUS_INTERNAL_SERVER_ERROR;
+  if (fp == NULL && !c->insecure) {
+    g_set_error(
+        error, OD_ERROR, OD_ERROR_INVALID,
+        "the cluster has not registered with the root yet: no root CA (<state>/pki/ca.crt) to name in "
+        "a node join token");
+    return SOUP_STATUS_SERVICE_UNAVAILABLE;
+  }
+  g_autofree char *secret = od_random_hex(24);
+  g_autofree char *hash = od_sha256_hex(secret);
+  gint64 now_s = cluster_wall_ms() / 1000;
+  if (!store_join_token_add(c->store, hash, now_s, now_s + ttl_s, uses, error))
+    return SOUP_STATUS_INTERNAL_SERVER_ERROR;
+  *token = fp ? g_strdup_printf("oakuk1.%s.%s", fp, secret) : g_steal_pointer(&secret);
+  *expires_ms = (now_s + ttl_s) * 1000;
+  g_autofree char *ttl = g_strdup_printf("%" G_GINT64_FORMAT, ttl_s);
+  g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, uses);
+  od_log(G_LOG_LEVEL_MESSAGE, "join-token", "ttl_s", ttl, "uses", n, "msg", "node join token made", NULL);
   return SOUP_STATUS_CREATED;
 }
 

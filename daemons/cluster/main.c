@@ -26,15 +26,25 @@ gboolean cluster_node_active(Cluster *c, const char *node) {
          cluster_liveness_now_ms(c) - oakuk_node_report_received_at_ms(rep) <= c->node_timeout_ms;
 }
 
-/* Node join tokens are shown once and stored as their SHA-256; they stay valid until removed. */
-static gboolean new_join_token(Cluster *c, GError **error) {
-  g_autofree char *token = od_random_hex(24);
-  g_autofree char *hash = od_sha256_hex(token);
-  if (!store_join_token_add(c->store, hash, g_get_real_time() / G_USEC_PER_SEC, error))
+char *cluster_path(Cluster *c, const char *dir, const char *file) {
+  return g_build_filename(c->state_dir, dir, file, NULL);
+}
+
+/* --new-join-token: the token goes to stdout for scripts, and nowhere else. */
+static gboolean print_join_token(Cluster *c, gint64 ttl_s, gint64 uses, GError **error) {
+  g_autofree char *ca_path = cluster_path(c, "pki", "ca.crt");
+  g_autoptr(GError) local = NULL;
+  if (!g_file_get_contents(ca_path, &c->ca_pem, NULL, &local) &&
+      !g_error_matches(local, G_FILE_ERROR, G_FILE_ERROR_NOENT)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "%s: %s", ca_path, local->message);
     return FALSE;
-  /* Printed on purpose outside the structured log. */
-  fprintf(stderr, "node join token: %s\n", token);
-  fflush(stderr);
+  }
+  g_autofree char *token = NULL;
+  gint64 expires_ms = 0;
+  if (loop_join_token_new(c, ttl_s, uses, &token, &expires_ms, error) != SOUP_STATUS_CREATED)
+    return FALSE;
+  printf("%s\n", token);
+  fflush(stdout);
   return TRUE;
 }
 
@@ -69,9 +79,10 @@ static gboolean host_port(const char *text, const char *what, char **host, guint
 }
 
 typedef struct {
-  char *state_dir, *listen, *root_url, *join_token, *name, *location, *advertise_url, *mosquitto, *external;
-  gint mqtt_port, node_timeout, aggregate_interval;
-  gboolean new_token;
+  char *state_dir, *listen, *root_url, *join_token, *name, *location, *advertise_url, *mosquitto, *external,
+      *mqtt_host;
+  gint mqtt_port, node_timeout, aggregate_interval, ttl, uses;
+  gboolean new_token, insecure;
 } Args;
 
 static gboolean load_settings(Cluster *c, Args *a, GError **error) {
@@ -148,8 +159,26 @@ static gboolean load_settings(Cluster *c, Args *a, GError **error) {
     c->broker_host = g_strdup("127.0.0.1");
     c->mqtt_username = g_strdup(CLUSTER_MQTT_USER);
   }
-  if (!od_config_string(kf, "cluster", "mqtt_advertise_host", NULL, &c->mqtt_advertise_host, error))
+  /* mqtt_advertise_host: the key's name before --mqtt-host. */
+  g_autofree char *old_host = NULL;
+  if (a->mqtt_host != NULL)
+    c->mqtt_advertise_host = g_strdup(a->mqtt_host);
+  else if (!od_config_string(kf, "cluster", "mqtt_advertise_host", NULL, &old_host, error) ||
+           !od_config_string(kf, "cluster", "mqtt_host", old_host, &c->mqtt_advertise_host, error))
     return FALSE;
+  gboolean insecure = FALSE;
+  g_autoptr(GError) local = NULL;
+  if (g_key_file_has_key(kf, "cluster", "insecure", NULL)) {
+    insecure = g_key_file_get_boolean(kf, "cluster", "insecure", &local);
+    if (local != NULL) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [cluster] insecure: %s", local->message);
+      return FALSE;
+    }
+  }
+  c->insecure = a->insecure || insecure;
+  if (!od_config_int(kf, "cluster", "renew_check_s", 3600, 1, 86400, &v, error))
+    return FALSE;
+  c->renew_check_ms = v * 1000;
   return TRUE;
 }
 
@@ -161,9 +190,10 @@ static gboolean derive_urls(Cluster *c, GError **error) {
   if (!od_parse_listen(c->listen, &addr, &port, error))
     return FALSE;
   const char *host = strcmp(addr, "0.0.0.0") == 0 || strcmp(addr, "::") == 0 ? g_get_host_name() : addr;
+  const char *scheme = c->insecure ? "http" : "https";
   if (c->advertise_url == NULL)
-    c->advertise_url = strchr(host, ':') ? g_strdup_printf("http://[%s]:%u", host, port)
-                                         : g_strdup_printf("http://%s:%u", host, port);
+    c->advertise_url = strchr(host, ':') ? g_strdup_printf("%s://[%s]:%u", scheme, host, port)
+                                         : g_strdup_printf("%s://%s:%u", scheme, host, port);
   if (c->mqtt_advertise_host == NULL) {
     g_autoptr(GUri) uri = g_uri_parse(c->advertise_url, G_URI_FLAGS_NONE, NULL);
     if (uri == NULL || g_uri_get_host(uri) == NULL) {
@@ -176,12 +206,28 @@ static gboolean derive_urls(Cluster *c, GError **error) {
   return TRUE;
 }
 
-static gboolean open_state(Cluster *c, GError **error) {
-  if (g_mkdir_with_parents(c->state_dir, 0700) != 0) {
-    int e = errno;
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "state dir %s: %s", c->state_dir, g_strerror(e));
+/* Plain HTTP to the root or from the root and nodes only on purpose (docs/security.md). */
+static gboolean check_schemes(Cluster *c, GError **error) {
+  const char *urls[][2] = {{"--root-url", c->root_url}, {"--advertise-url", c->advertise_url}};
+  for (gsize i = 0; i < G_N_ELEMENTS(urls); i++) {
+    if (g_ascii_strncasecmp(urls[i][1], "https://", 8) == 0 ||
+        (c->insecure && g_ascii_strncasecmp(urls[i][1], "http://", 7) == 0))
+      continue;
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "%s '%s': %s", urls[i][0], urls[i][1],
+                c->insecure ? "not an http(s) URL" : "not an https URL (plain HTTP needs --insecure)");
     return FALSE;
   }
+  if (c->insecure)
+    od_log(
+        G_LOG_LEVEL_WARNING, "insecure", "msg",
+        "--insecure: plain HTTP and MQTT; credentials, tokens and node passwords cross the network in clear",
+        NULL);
+  return TRUE;
+}
+
+static gboolean open_state(Cluster *c, GError **error) {
+  if (!od_state_dir_prepare(c->state_dir, error))
+    return FALSE;
   g_autofree char *db_path = g_build_filename(c->state_dir, "cluster.db", NULL);
   c->store = store_open(db_path, cluster_wall_ms(), c->avoid_ms, error);
   return c->store != NULL;
@@ -216,6 +262,9 @@ static void cluster_free(Cluster *c) {
   g_clear_pointer(&c->delete_sent, g_hash_table_unref);
   g_clear_pointer(&c->retry, g_hash_table_unref);
   g_clear_pointer(&c->http_counts, g_hash_table_unref);
+  g_clear_pointer(&c->rate, g_hash_table_unref);
+  g_clear_handle_id(&c->renew_source, g_source_remove);
+  g_clear_object(&c->ca);
   g_clear_pointer(&c->reservations, oakuk_reservations_unref);
   g_clear_pointer(&c->store, store_close);
   g_clear_pointer(&c->loop, g_main_loop_unref);
@@ -224,15 +273,17 @@ static void cluster_free(Cluster *c) {
                    &c->name,          &c->location,      &c->advertise_url, &c->mqtt_advertise_host,
                    &c->mosquitto_bin, &c->broker_host,   &c->password_file, &c->broker_pid_file,
                    &c->mqtt_username, &c->mqtt_password, &c->cluster_id,    &c->token,
-                   &c->subnet};
+                   &c->subnet,        &c->key_pem,       &c->ca_pem,        &c->cert_pem};
   for (gsize i = 0; i < G_N_ELEMENTS(strs); i++)
     g_clear_pointer(strs[i], g_free);
 }
 
+/* HTTPS from the first connection on: the certificate (the bootstrap one until the root signs
+ * ours) is in place before the server listens. */
 static gboolean start_server(Cluster *c, GError **error) {
   c->server = soup_server_new("server-header", "oakuk-cluster", NULL);
   cluster_api_register(c);
-  return od_http_server_listen(c->server, c->listen, error);
+  return root_tls_prepare(c, error) && od_http_server_listen(c->server, c->listen, error);
 }
 
 static void load_registration(Cluster *c) {
@@ -243,7 +294,7 @@ static void load_registration(Cluster *c) {
 
 static void args_clear(Args *a) {
   char **strs[] = {&a->state_dir, &a->listen,        &a->root_url,  &a->join_token, &a->name,
-                   &a->location,  &a->advertise_url, &a->mosquitto, &a->external};
+                   &a->location,  &a->advertise_url, &a->mosquitto, &a->external,   &a->mqtt_host};
   for (gsize i = 0; i < G_N_ELEMENTS(strs); i++)
     g_clear_pointer(strs[i], g_free);
 }
@@ -252,36 +303,43 @@ static int run(Cluster *c, Args *a) {
   g_autoptr(GError) error = NULL;
   if (!load_settings(c, a, &error) || !open_state(c, &error))
     goto fail;
-  if (a->new_token || !store_join_token_any(c->store)) {
-    if (!new_join_token(c, &error))
+  if (a->new_token) {
+    gint64 ttl = a->ttl != 0 ? a->ttl : 3600, uses = a->uses != 0 ? a->uses : 1;
+    if (ttl < 60 || ttl > 31536000)
+      g_set_error(&error, OD_ERROR, OD_ERROR_INVALID, "--ttl %" G_GINT64_FORMAT ": not from 60 to 31536000 s",
+                  ttl);
+    else if (uses < 1 || uses > 1000)
+      g_set_error(&error, OD_ERROR, OD_ERROR_INVALID, "--uses %" G_GINT64_FORMAT ": not from 1 to 1000",
+                  uses);
+    if (error != NULL || !print_join_token(c, ttl, uses, &error))
       goto fail;
-    if (a->new_token)
-      return 0;
+    return 0;
   }
   if (c->root_url == NULL) {
     g_set_error(&error, OD_ERROR, OD_ERROR_INVALID, "--root-url (or config [cluster] root_url) is required");
     goto fail;
   }
-  if (!derive_urls(c, &error))
+  if (!derive_urls(c, &error) || !check_schemes(c, &error))
     goto fail;
   load_registration(c);
   c->loop = g_main_loop_new(NULL, FALSE);
-  c->session =
-      soup_session_new_with_options("timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-cluster", NULL);
+  /* Trusts no CA by itself: every call to the root pins the root's CA (root.c). */
+  c->session = od_tls_session_new();
+  g_object_set(c->session, "timeout", 10, "idle-timeout", 30, "user-agent", "oakuk-cluster", NULL);
   /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
    * proxy modules and libproxy out of the daemon). */
   soup_session_set_proxy_resolver(c->session, NULL);
-  if (!broker_prepare(c, &error) || !broker_start(c, &error))
+  if (!start_server(c, &error) || !broker_prepare(c, &error) || !broker_start(c, &error))
     goto fail;
   loop_start(c);
-  if (!start_server(c, &error))
-    goto fail;
   g_unix_signal_add(SIGTERM, on_signal, c);
   g_unix_signal_add(SIGINT, on_signal, c);
-  nodelink_start(c);
+  /* With TLS the broker and our client wait for the certificate the root signs (root.c). */
+  if (broker_ready(c))
+    nodelink_start(c);
   root_link_start(c);
   od_log(G_LOG_LEVEL_MESSAGE, "start", "listen", c->listen, "state_dir", c->state_dir, "url",
-         c->advertise_url, "msg", "oakuk-cluster listening", NULL);
+         c->advertise_url, "tls", c->insecure ? "false" : "true", "msg", "oakuk-cluster listening", NULL);
   g_main_loop_run(c->loop);
   return 0;
 fail:
@@ -316,7 +374,17 @@ int main(int argc, char **argv) {
        "S"},
       {"aggregate-interval", 0, 0, G_OPTION_ARG_INT, &a.aggregate_interval,
        "Seconds between aggregates sent to the root (default 5)", "S"},
-      {"new-join-token", 0, 0, G_OPTION_ARG_NONE, &a.new_token, "Print a new node join token and exit", NULL},
+      {"mqtt-host", 0, 0, G_OPTION_ARG_STRING, &a.mqtt_host,
+       "Host nodes reach the broker at, also named in the certificate (default: the host of --advertise-url)",
+       "HOST"},
+      {"insecure", 0, 0, G_OPTION_ARG_NONE, &a.insecure,
+       "Plain HTTP and MQTT, no certificates (only on purpose: everything crosses the network in clear)",
+       NULL},
+      {"new-join-token", 0, 0, G_OPTION_ARG_NONE, &a.new_token,
+       "Write a new node join token to stdout and exit", NULL},
+      {"ttl", 0, 0, G_OPTION_ARG_INT, &a.ttl, "With --new-join-token: seconds it is valid (default 3600)",
+       "S"},
+      {"uses", 0, 0, G_OPTION_ARG_INT, &a.uses, "With --new-join-token: nodes it registers (default 1)", "N"},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
   if (!od_options_parse(&argc, &argv, "oakuk cluster orchestrator: runs the broker and picks nodes.", entries,
@@ -333,6 +401,7 @@ int main(int argc, char **argv) {
   c.delete_sent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   c.retry = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   c.http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
+  c.rate = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   c.reservations = oakuk_reservations_new();
   int rc = run(&c, &a);
   cluster_free(&c);

@@ -164,6 +164,7 @@ void nodelink_publish_net(Cluster *c) {
 }
 
 void nodelink_forget(Cluster *c, const char *node) {
+  g_hash_table_remove(c->rate, node);
   if (c->mqtt == NULL || !c->mqtt_up)
     return;
   const char *leaves[] = {"net/peers", "net/services"};
@@ -274,6 +275,34 @@ static void on_job_event(Cluster *c, const char *node, const char *topic, GBytes
   nodelink_pump(c);
 }
 
+/* A node may publish RATE_PER_S messages a second, RATE_BURST at once (a token bucket per node):
+ * a node that floods the broker cannot make the cluster parse, store and decide on every message.
+ * Only the node itself publishes under nodes/<id>/ (the ACL), so the topic names the sender. */
+#define RATE_PER_S 20.0
+#define RATE_BURST 100.0
+
+typedef struct {
+  double tokens;
+  gint64 at_ms;
+} RateBucket;
+
+static gboolean within_rate(Cluster *c, const char *node) {
+  gint64 now = cluster_now_ms();
+  RateBucket *b = g_hash_table_lookup(c->rate, node);
+  if (b == NULL) {
+    b = g_new0(RateBucket, 1);
+    b->tokens = RATE_BURST;
+    b->at_ms = now;
+    g_hash_table_insert(c->rate, g_strdup(node), b);
+  }
+  b->tokens = MIN(RATE_BURST, b->tokens + (double)(now - b->at_ms) * RATE_PER_S / 1000.0);
+  b->at_ms = now;
+  if (b->tokens < 1.0)
+    return FALSE;
+  b->tokens -= 1.0;
+  return TRUE;
+}
+
 static void on_message(const char *topic, GBytes *payload, gpointer data) {
   Cluster *c = data;
   g_auto(GStrv) parts = g_strsplit(topic, "/", 0);
@@ -282,6 +311,13 @@ static void on_message(const char *topic, GBytes *payload, gpointer data) {
     return;
   }
   const char *node = parts[1];
+  if (!within_rate(c, node)) {
+    /* Logged once per 20 dropped messages: the log must not grow with the flood. */
+    if (c->mqtt_rate_rejected++ % (guint64)RATE_PER_S == 0)
+      od_log(G_LOG_LEVEL_WARNING, "mqtt-reject", "node", node, "topic", topic, "reason", "rate", "msg",
+             "node publishes faster than 20 messages/s (burst 100); message dropped", NULL);
+    return;
+  }
   g_autoptr(StoreNode) known = store_node_get(c->store, node);
   if (known == NULL) {
     reject(c, node, topic, "node is not registered");
@@ -319,7 +355,9 @@ static void on_state(gboolean connected, const char *reason, gpointer data) {
 void nodelink_start(Cluster *c) {
   const char *subs[] = {"nodes/+/information", "nodes/+/job", "nodes/+/lwt", "nodes/+/logs", NULL};
   g_autofree char *client_id = g_strdup_printf("oakuk-cluster-%s", c->name);
-  OdMqttOptions o = {.host = c->broker_host,
+  g_autofree char *ca_file = c->insecure ? NULL : cluster_path(c, "pki", "ca.crt");
+  OdMqttOptions o = {.ca_file = ca_file,
+                     .host = c->broker_host,
                      .port = c->mqtt_port,
                      .client_id = client_id,
                      .username = c->mqtt_username,

@@ -43,11 +43,12 @@ static const struct {
     {"status_outbox", "ready_ms", "INTEGER"},
 };
 
-/* Version 2 (docs/reconcile.md): generations, the chosen variant, old copies, expiring avoid
- * entries, drained nodes. */
-static const char schema_v2[] =
+/* Version 3 (docs/security.md): version 2 (docs/reconcile.md: generations, the chosen variant, old
+ * copies, expiring avoid entries, drained nodes) with node join tokens that expire and are used up. */
+static const char schema_v3[] =
     "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-    "CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, created INTEGER NOT NULL);"
+    "CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, created INTEGER NOT NULL,"
+    "  expires_at INTEGER NOT NULL DEFAULT 0, uses INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE nodes (id TEXT PRIMARY KEY, cred_hash TEXT NOT NULL, subnet_index INTEGER NOT NULL UNIQUE,"
     "  subnet TEXT NOT NULL, ip TEXT NOT NULL DEFAULT '', report TEXT, registered_at INTEGER NOT NULL,"
     "  drained INTEGER NOT NULL DEFAULT 0);"
@@ -100,6 +101,13 @@ static const char migrate_v1_v2_avoid[] =
 
 static const char migrate_v1_v2_drop[] = "ALTER TABLE instances DROP COLUMN avoid;"
                                          "ALTER TABLE instances DROP COLUMN failures;";
+
+/* From version 2 to 3. The node join tokens of before never expired and were printed in the log:
+ * they come out expired (expires_at 0) and are deleted; new ones are made with their expiry. */
+static const char migrate_v2_v3[] =
+    "ALTER TABLE join_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE join_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;"
+    "DELETE FROM join_tokens;";
 
 /* ---- statements ---- */
 
@@ -223,6 +231,18 @@ static gboolean migrate_to_v2(Store *s, gint64 now_ms, gint64 avoid_ms, GError *
   return TRUE;
 }
 
+static gboolean migrate_to_v3(Store *s, GError **error) {
+  g_autofree char *n =
+      g_strdup_printf("%" G_GINT64_FORMAT, query_int(s, 0, "SELECT COUNT(*) FROM join_tokens", NULL));
+  if (!od_db_exec(s->db, migrate_v2_v3, error))
+    return FALSE;
+  od_log(G_LOG_LEVEL_MESSAGE, "migrate", "from", "2", "to", "3", "join_tokens_dropped", n, "msg",
+         "cluster.db upgraded: node join tokens expire and are used up (the old ones, which never expired, "
+         "are dropped)",
+         NULL);
+  return TRUE;
+}
+
 static gboolean migrate(Store *s, gint64 now_ms, gint64 avoid_ms, GError **error) {
   gint64 v = user_version(s);
   if (v > STORE_SCHEMA_VERSION) {
@@ -237,11 +257,12 @@ static gboolean migrate(Store *s, gint64 now_ms, gint64 avoid_ms, GError **error
     return FALSE;
   gboolean ok;
   if (v == 0 && !has_table(s, "instances") && !has_table(s, "nodes") && !has_table(s, "kv")) {
-    ok = od_db_exec(s->db, schema_v2, error); /* a new cluster.db */
+    ok = od_db_exec(s->db, schema_v3, error); /* a new cluster.db */
   } else {
     /* Version 1 (user_version 0), possibly partial: its tables first, then each step. */
-    ok = od_db_exec(s->db, schema_v1, error) && migrate_v1_columns(s, error) &&
-         migrate_to_v2(s, now_ms, avoid_ms, error);
+    ok = (v >= 2 || (od_db_exec(s->db, schema_v1, error) && migrate_v1_columns(s, error) &&
+                     migrate_to_v2(s, now_ms, avoid_ms, error))) &&
+         migrate_to_v3(s, error);
   }
   if (!ok || !set_user_version(s, STORE_SCHEMA_VERSION, error) || !store_commit(s, error)) {
     store_rollback(s);
@@ -296,16 +317,29 @@ gboolean store_kv_set(Store *s, const char *key, const char *value, GError **err
   return run(s, error, "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)", "ss", key, value);
 }
 
-gboolean store_join_token_add(Store *s, const char *hash, gint64 created_s, GError **error) {
-  return run(s, error, "INSERT INTO join_tokens (hash, created) VALUES (?1, ?2)", "si", hash, created_s);
+gboolean store_join_token_add(Store *s, const char *hash, gint64 now_s, gint64 expires_s, gint64 uses,
+                              GError **error) {
+  /* Expired and used-up tokens are of no use to anyone: they go when a new one comes. */
+  return run(s, error, "DELETE FROM join_tokens WHERE expires_at < ?1 OR uses <= 0", "i", now_s) &&
+         run(s, error, "INSERT INTO join_tokens (hash, created, expires_at, uses) VALUES (?1, ?2, ?3, ?4)",
+             "siii", hash, now_s, expires_s, uses);
 }
 
-gboolean store_join_token_any(Store *s) {
-  return query_int(s, 0, "SELECT COUNT(*) FROM join_tokens", NULL) > 0;
+gboolean store_join_token_usable(Store *s, const char *hash, gint64 now_s) {
+  return query_int(s, 0, "SELECT COUNT(*) FROM join_tokens WHERE hash = ?1 AND expires_at >= ?2 AND uses > 0",
+                   "si", hash, now_s) > 0;
 }
 
-gboolean store_join_token_known(Store *s, const char *hash) {
-  return query_int(s, 0, "SELECT COUNT(*) FROM join_tokens WHERE hash = ?1", "s", hash) > 0;
+gboolean store_join_token_use(Store *s, const char *hash, gint64 now_s, GError **error) {
+  if (!run(s, error,
+           "UPDATE join_tokens SET uses = uses - 1 WHERE hash = ?1 AND expires_at >= ?2 AND uses > 0", "si",
+           hash, now_s))
+    return FALSE;
+  if (sqlite3_changes(s->db) != 1) {
+    g_set_error(error, OD_ERROR, OD_ERROR_AUTH, "join_token: expired or used up");
+    return FALSE;
+  }
+  return TRUE;
 }
 
 /* ---- nodes ---- */
@@ -329,6 +363,11 @@ static StoreNode *node_row(sqlite3_stmt *st) {
   n->ip = col_text(st, 3);
   n->drained = sqlite3_column_int64(st, 4) != 0;
   return n;
+}
+
+char *store_node_cred_hash(Store *s, const char *id) {
+  g_autoptr(sqlite3_stmt) st = query(s, "SELECT cred_hash FROM nodes WHERE id = ?1", "s", id);
+  return st != NULL && sqlite3_step(st) == SQLITE_ROW ? col_text(st, 0) : NULL;
 }
 
 StoreNode *store_node_get(Store *s, const char *id) {

@@ -1,5 +1,5 @@
 /* oakuk-cluster's state store: the one owner of cluster.db (SQLite). Every SQL statement of the
- * daemon is in store.c; callers see typed rows. Schema version 2 (PRAGMA user_version); a
+ * daemon is in store.c; callers see typed rows. Schema version 3 (PRAGMA user_version); a
  * cluster.db of an older oakuk-cluster is brought up to date by store_open. */
 #ifndef OAKUK_CLUSTER_STORE_H
 #define OAKUK_CLUSTER_STORE_H
@@ -10,7 +10,7 @@
 
 G_BEGIN_DECLS
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 typedef struct Store Store;
 
@@ -105,13 +105,19 @@ void store_rollback(Store *s);
 char *store_kv_get(Store *s, const char *key);
 gboolean store_kv_set(Store *s, const char *key, const char *value, GError **error);
 
-/* ---- node join tokens (their SHA-256) ---- */
-gboolean store_join_token_add(Store *s, const char *hash, gint64 created_s, GError **error);
-gboolean store_join_token_any(Store *s);
-gboolean store_join_token_known(Store *s, const char *hash);
+/* ---- node join tokens (the SHA-256 of their secret), with an expiry (s) and uses left ---- */
+gboolean store_join_token_add(Store *s, const char *hash, gint64 now_s, gint64 expires_s, gint64 uses,
+                              GError **error);
+/* Known, not expired at now_s and not used up. */
+gboolean store_join_token_usable(Store *s, const char *hash, gint64 now_s);
+/* Uses the token once (inside the registration's transaction); an OD_ERROR_AUTH error when it is
+ * expired or used up by now. */
+gboolean store_join_token_use(Store *s, const char *hash, gint64 now_s, GError **error);
 
 /* ---- nodes ---- */
 StoreNode *store_node_get(Store *s, const char *id);
+/* The stored hash of a node's MQTT password (its credential), or NULL for an unknown node. */
+char *store_node_cred_hash(Store *s, const char *id);
 GPtrArray *store_node_list(Store *s); /* of StoreNode*, by id */
 gboolean store_node_subnet_index_used(Store *s, gint64 index);
 /* Inserts a node, or gives a registered one new credentials and address (subnet kept). */

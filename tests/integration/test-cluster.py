@@ -4,10 +4,15 @@ Fake nodes are played by mosquitto_pub/mosquitto_sub processes using the credent
 hands out at node registration.
 
 Usage: test-cluster.py <oakuk-root> <oakuk-cluster>"""
+import hashlib
 import json
 import os
+import secrets
 import signal
+import socket
 import sqlite3
+import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,9 +23,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from edgelib import MOSQUITTO, PROCS, Daemon, FakeNode, ports, report, spawn, stop, wait_until  # noqa: E402
+import warnings
+
+from edgelib import (MOSQUITTO, PROCS, Ca, Daemon, FakeNode, MqttConn, cert_info, mqtt_env,  # noqa: E402
+                     new_node_join_token, ports, read_text, report, served_certificate, stop, wait_until, write_secret)
+
+def get_unverified(url):
+    """GET from a server whose certificate nothing trusts (the bootstrap one): the JSON answer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return requests.get(url, timeout=5, verify=False).json()
 
 ROOT_BIN = CLUSTER_BIN = None
+FAKE_CA = Ca("fake root CA")  # the CA of every FakeRoot
+FAKE_CA_FILE = None  # FAKE_CA's certificate, written by the first test class
 
 
 SLA = {
@@ -42,22 +58,55 @@ JOB = "shop.test.web.test"
 JOB_ONCE = "shop.test.once.test"
 
 
+class ProcWatch:
+    """Samples the command line of every process until stopped."""
+
+    def __init__(self):
+        self.seen, self.running = set(), True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while self.running:
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open("/proc/%s/cmdline" % pid, "rb") as f:
+                            self.seen.add(f.read())
+                    except OSError:
+                        pass
+            time.sleep(0.02)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        return self.seen
+
+
 class ClusterTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
+        cls.watch = ProcWatch()  # every command line from now on (test_12)
         cls.tmp = tempfile.mkdtemp(prefix="oakuk-cluster-test-")
         root_port, cls.cluster_port, cls.mqtt_port = ports(3)
-        cls.root_url = "http://127.0.0.1:%d" % root_port
-        cls.cluster_url = "http://127.0.0.1:%d" % cls.cluster_port
-        cls.root = Daemon([ROOT_BIN, "--state-dir", os.path.join(cls.tmp, "root"), "--listen",
-                           "127.0.0.1:%d" % root_port], os.path.join(cls.tmp, "root.log"))
+        cls.root_url = "https://127.0.0.1:%d" % root_port
+        cls.cluster_url = "https://127.0.0.1:%d" % cls.cluster_port
+        root_state = os.path.join(cls.tmp, "root")
+        cls.root = Daemon([ROOT_BIN, "--state-dir", root_state, "--listen", "127.0.0.1:%d" % root_port],
+                          os.path.join(cls.tmp, "root.log"))
         cls.root.start()
-        password = cls.root.grep("admin password:")
+        # The root's CA signs the cluster's certificate too: it verifies both.
+        cls.ca_file = os.path.join(root_state, "pki", "ca.crt")
+        wait_until("the root's CA", lambda: os.path.exists(cls.ca_file), timeout=10)
+        os.environ["REQUESTS_CA_BUNDLE"] = cls.ca_file
+        pw_file = os.path.join(root_state, "admin-password")
+        cls.admin_password = wait_until("the admin password", lambda: read_text(pw_file), timeout=10)
         tok = wait_until("root login", lambda: requests.post(cls.root_url + "/api/auth/login", timeout=5, json={
-            "username": "Admin", "password": password}).json()["token"])
+            "username": "Admin", "password": cls.admin_password}).json()["token"])
         cls.h = {"Authorization": "Bearer " + tok}
         r = requests.post(cls.root_url + "/api/v1/clusters/tokens", headers=cls.h, timeout=5)
-        join = r.json()["token"]
+        cls.join = r.json()["token"]
+        join_file = write_secret(os.path.join(cls.tmp, "cluster-join-token"), cls.join)
         # mosquitto through a wrapper that waits while the gate file exists: lets the test keep the
         # broker down for as long as it needs after killing it.
         cls.gate = os.path.join(cls.tmp, "broker-gate")
@@ -65,18 +114,28 @@ class ClusterTest(unittest.TestCase):
         with open(cls.wrapper, "w") as f:
             f.write('#!/bin/sh\nwhile [ -e "%s" ]; do sleep 0.1; done\nexec %s "$@"\n' % (cls.gate, MOSQUITTO))
         os.chmod(cls.wrapper, 0o755)
-        cls.cluster_args = [CLUSTER_BIN, "--state-dir", os.path.join(cls.tmp, "cluster"), "--listen",
+        # A mosquitto_passwd first in the cluster's PATH that only records that it ran: the cluster
+        # writes the password file itself, and no password is ever on a command line.
+        bin_dir = os.path.join(cls.tmp, "bin")
+        os.makedirs(bin_dir)
+        cls.passwd_marker = os.path.join(cls.tmp, "mosquitto_passwd-ran")
+        with open(os.path.join(bin_dir, "mosquitto_passwd"), "w") as f:
+            f.write('#!/bin/sh\necho "$@" >>%s\nexit 1\n' % cls.passwd_marker)
+        os.chmod(os.path.join(bin_dir, "mosquitto_passwd"), 0o755)
+        cls.env = dict(os.environ, PATH=bin_dir + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+        cls.state = os.path.join(cls.tmp, "cluster")
+        cls.cluster_args = [CLUSTER_BIN, "--state-dir", cls.state, "--listen",
                             "127.0.0.1:%d" % cls.cluster_port, "--root-url", cls.root_url, "--name", "edge1",
                             "--location", "lab", "--mqtt-port", str(cls.mqtt_port), "--mosquitto", cls.wrapper,
-                            "--node-timeout", "3", "--aggregate-interval", "1"]
-        cls.cluster = Daemon(cls.cluster_args + ["--join-token", join], os.path.join(cls.tmp, "cluster.log"))
+                            "--node-timeout", "3", "--aggregate-interval", "1", "--join-token", "@" + join_file]
+        cls.cluster = Daemon(cls.cluster_args, os.path.join(cls.tmp, "cluster.log"), env=cls.env)
         cls.cluster.start()
-        cls.node_join_token = cls.cluster.grep("node join token:")
         try:
             wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
                 requests.get(cls.cluster_url + "/healthz", timeout=5).json()))
         except AssertionError as err:
             raise AssertionError("%s\n--- cluster log:\n%s" % (err, cls.cluster.text()[-3000:])) from None
+        cls.node_join_token = new_node_join_token(CLUSTER_BIN, cls.state)
         cls.cid = requests.get(cls.root_url + "/api/v1/clusters", headers=cls.h, timeout=5).json()[0]["id"]
         cls.a = FakeNode(cls, "node-a", 4000)
         cls.b = FakeNode(cls, "node-b", 2000)
@@ -90,7 +149,7 @@ class ClusterTest(unittest.TestCase):
     def tearDownClass(cls):
         for n in (getattr(cls, "a", None), getattr(cls, "b", None)):
             if n:
-                n.alive = False
+                n.close()
         for p in reversed(PROCS):
             stop(p)
         if os.environ.get("KEEP_TMP") is None:
@@ -126,9 +185,9 @@ class ClusterTest(unittest.TestCase):
     def cluster_instances(self):
         return requests.get(self.cluster_url + "/api/v1/instances", timeout=5).json()
 
-    def metric(self, name):
+    def metric(self, name, labels=""):
         text = requests.get(self.cluster_url + "/metrics", timeout=5).text
-        return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
+        return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + labels + " ")))
 
     def wait_root_status(self, n, status, node=None, timeout=20, sid=None):
         return wait_until("root instance %d %s" % (n, status), lambda: (lambda i: i if i and i["status"] == status and (
@@ -160,23 +219,59 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual(self.a.creds["subnet"], "10.18.0.0/24")
         self.assertEqual(self.b.creds["subnet"], "10.18.1.0/24")
         self.assertEqual(self.a.creds["mqtt_port"], self.mqtt_port)
-        # Re-registering keeps id and subnet; the new password works, the old one no longer does.
-        old = dict(self.a.creds)
-        r = requests.post(self.cluster_url + "/api/node/register", timeout=10, json={
-            "join_token": self.node_join_token, "capabilities": report("node-a", 4000)})
+        with open(self.ca_file) as f:
+            ca_pem = f.read()
+        self.assertEqual((self.a.creds["mqtt_tls"], self.a.creds["ca"]), (True, ca_pem))
+        # The certificate the root signed, on HTTPS and on the broker's TLS listener.
+        for port in (self.cluster_port, self.mqtt_port):
+            cn, names, left, _ = cert_info(served_certificate("127.0.0.1", port))
+            self.assertEqual(cn, self.cid)
+            self.assertLessEqual({"127.0.0.1", "localhost"}, set(names), names)
+            self.assertGreater(left, 300 * 86400)
+        # The node join token of the first start: in a 0600 file, naming the root's CA, for one node.
+        path = os.path.join(self.state, "node-join-token")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            file_token = f.read().strip()
+        fp = hashlib.sha256(ssl.PEM_cert_to_DER_cert(ca_pem)).hexdigest()
+        self.assertRegex(file_token, r"^oakuk1\.%s\.[0-9a-f]{48}$" % fp)
+        # node-a's name with a valid token and no (or a wrong) credential: 409, nothing changes and the
+        # token is not used up
+        for cred in (None, "not-its-password"):
+            r = self.a.register(token=file_token, credential=cred)
+            self.assertEqual((r.status_code, r.json()["error"]["code"], r.json()["error"]["path"]),
+                             (409, "name_taken", "capabilities.id"), r.text)
+        self.assertIn("event=node-register node=node-a", self.cluster.text())
+        self.assertEqual(self.a.publish("information", report("node-a", 4000)), 0)
+        r = self.a.register(token=file_token, node_id="node-c")
         self.assertEqual(r.status_code, 201, r.text)
-        new = r.json()
-        self.assertEqual((new["id"], new["subnet"]), ("node-a", old["subnet"]))
-        self.assertNotEqual(new["mqtt_password"], old["mqtt_password"])
-        self.a.creds = new
-        time.sleep(0.5)  # mosquitto reloads its password file on SIGHUP
-        self.assertEqual(self.a.publish("information", report("node-a", 4000), password=new["mqtt_password"]), 0)
-        self.assertNotEqual(self.a.publish("information", report("node-a", 4000), password=old["mqtt_password"]), 0)
-        # the fake node's listener keeps its session, reconnecting with the new password
-        stop(self.a.sub)
-        self.a.alive = False
-        self.a.thread.join()
-        self.a.listen()
+        c_creds = r.json()
+        r = self.a.register(token=file_token, node_id="node-d")
+        self.assertEqual((r.status_code, r.json()["error"]["path"]), (401, "join_token"), r.text)
+        # Registering again with the credential (a restarted node) keeps id, subnet and password; no
+        # join token is needed for it.
+        old = dict(self.a.creds)
+        r = self.a.register(credential=old["mqtt_password"], token="spent")
+        self.assertEqual(r.status_code, 201, r.text)
+        self.assertEqual({k: r.json()[k] for k in ("id", "subnet", "mqtt_password", "mqtt_username")},
+                         {"id": "node-a", "subnet": old["subnet"], "mqtt_password": old["mqtt_password"],
+                          "mqtt_username": "node-a"})
+        # A node the admin removed registers as new: its old credential no longer counts.
+        auth = {"Authorization": "Bearer " + self.cluster_token()}
+        r = requests.delete(self.cluster_url + "/api/v1/nodes/node-c", headers=auth, timeout=5)
+        self.assertEqual(r.status_code, 200, r.text)
+        r = self.a.register(credential=c_creds["mqtt_password"], token=file_token, node_id="node-c")
+        self.assertEqual(r.status_code, 401, r.text)
+        r = self.a.register(credential=c_creds["mqtt_password"], node_id="node-c")
+        self.assertEqual(r.status_code, 201, r.text)
+        self.assertNotEqual(r.json()["mqtt_password"], c_creds["mqtt_password"])
+        self.assertEqual(requests.delete(self.cluster_url + "/api/v1/nodes/node-c", headers=auth,
+                                         timeout=5).status_code, 200)
+        self.assertEqual([n["id"] for n in requests.get(self.cluster_url + "/api/v1/nodes", timeout=5).json()],
+                         ["node-a", "node-b"])
+        # node-a's own connection was never disturbed
+        self.assertEqual(self.a.conn.connects, 1)
+        self.assertEqual(self.a.publish("information", report("node-a", 4000)), 0)
 
     def test_02_aggregate_reaches_root(self):
         self.wait_nodes_active()
@@ -189,33 +284,31 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual([(n["id"], n["active"]) for n in nodes], [("node-a", True), ("node-b", True)])
 
     def test_03_anonymous_and_foreign_topics_refused(self):
-        c = self.a.creds
-        anon = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-q", "1",
-                               "-t", "nodes/node-a/information", "-m", "{}"], capture_output=True, timeout=10)
+        empty = tempfile.mkdtemp(dir=self.tmp)  # no option files: no login
+        anon = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.mqtt_port), "--cafile", self.ca_file,
+                               "-q", "1", "-t", "nodes/node-a/information", "-m", "{}"], capture_output=True,
+                              timeout=10, env=dict(os.environ, XDG_CONFIG_HOME=empty))
         self.assertNotEqual(anon.returncode, 0, "anonymous publish was accepted")
-        # B listens on its own topics; A publishes there and subscribes there: nothing crosses.
-        spy_b = spawn(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-u", "node-b",
-                       "-P", self.b.creds["mqtt_password"], "-q", "1", "-t", "nodes/node-b/information",
-                       "-t", "nodes/node-b/job", "-W", "4", "-v"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                      text=True)
-        spy_a = spawn(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(c["mqtt_port"]), "-u", "node-a",
-                       "-P", c["mqtt_password"], "-q", "1", "-t", "nodes/node-b/#", "-W", "4", "-v"],
-                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # A listens on B's topics, B on its own report and event topics; A publishes there: nothing
+        # crosses, while B's own message reaches B.
+        self.b.silence()  # B's own reports would show up in its listener
+        self.a.conn.subscribe(["nodes/node-b/#"])
+        self.b.conn.subscribe(["nodes/node-b/information", "nodes/node-b/job"])
         time.sleep(0.7)
-        self.b.silence()  # B's own reports would show up in its spy
         spoof = report("node-b", 99999)
         self.a.publish(None, spoof, topic="nodes/node-b/information")
         self.a.publish(None, {"job_name": JOB, "instance": 0, "status": "FAILED"}, topic="nodes/node-b/job")
-        self.b.publish(None, {"x": 1}, topic="nodes/node-b/job")  # B's own message must reach A's spy if A could read
-        out_b, _ = spy_b.communicate(timeout=10)
-        out_a, _ = spy_a.communicate(timeout=10)
-        self.assertNotIn("99999", out_b, "node A published on node B's topic")
-        self.assertNotIn("FAILED", out_b)
-        self.assertEqual(out_a.strip(), "", "node A read node B's topics")
-        self.assertIn('{"x": 1}', out_b)  # B's spy worked
-        self.b.thread = threading.Thread(target=self.b._report_loop, daemon=True)
-        self.b.alive = True
-        self.b.thread.start()
+        self.assertEqual(self.b.publish(None, {"x": 1}, topic="nodes/node-b/job"), 0)
+        self.b.expect("job", lambda m: m == {"x": 1}, timeout=5)  # B's listener works
+        time.sleep(1)
+        self.assertEqual(self.b.got("information", lambda m: m.get("memory") == 99999), [],
+                         "node A published on node B's topic")
+        self.assertEqual(self.b.got("job", lambda m: m.get("status") == "FAILED"), [])
+        self.a.got("information", lambda m: True)  # drains A's queue into A's seen list
+        self.assertEqual([t for t, _ in self.a.seen if t.startswith("nodes/node-b/")], [], "node A read node B's topics")
+        self.a.conn.unsubscribe(["nodes/node-b/#"])
+        self.b.conn.unsubscribe(["nodes/node-b/information", "nodes/node-b/job"])
+        self.b.resume()
         self.wait_nodes_active()
         c2 = requests.get(self.root_url + "/api/v1/clusters/" + self.cid, headers=self.h, timeout=5).json()
         self.assertEqual(c2["cumulative_memory_in_mb"], 6000)
@@ -425,10 +518,14 @@ class ClusterTest(unittest.TestCase):
     def test_08_cluster_restart_keeps_state(self):
         before = self.cluster_instances()
         self.cluster.stop()
-        self.__class__.cluster = Daemon(self.cluster_args, self.cluster.log_path)
+        registered = self.cluster.text().count("registered again with the root (credential)")
+        self.__class__.cluster = Daemon(self.cluster_args, self.cluster.log_path, env=self.env)
         self.cluster.start()
         wait_until("cluster back", lambda: requests.get(self.cluster_url + "/healthz", timeout=5).json()[
             "mqtt_connected"])
+        # it registers again with its credential (its join token was for one use)
+        wait_until("registered again", lambda: self.cluster.text().count(
+            "registered again with the root (credential)") == registered + 1)
         self.assertEqual(self.cluster_instances(), before)
         self.wait_nodes_active()
         n = self.moved
@@ -510,21 +607,24 @@ class ClusterTest(unittest.TestCase):
                    " VALUES ('j1', 0, 'RUNNING', '', 'node-x')")
         db.commit()
         db.close()
+        # a cluster that never registered has no CA to name in a node join token: refused, after the
+        # migration (which needs nothing from the root)
         p = subprocess.run([CLUSTER_BIN, "--state-dir", state, "--new-join-token"], capture_output=True, text=True,
                            timeout=30)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        # the four ready columns (version 1), then version 1 -> 2 (generations, docs/reconcile.md)
-        self.assertEqual(p.stderr.count("event=migrate"), 5, p.stderr)
+        self.assertEqual((p.returncode, p.stdout), (1, ""), p.stderr)
+        self.assertIn("has not registered with the root yet", p.stderr)
+        # the four ready columns (version 1), then version 1 -> 2 (generations, docs/reconcile.md), 2 -> 3
+        self.assertEqual(p.stderr.count("event=migrate"), 6, p.stderr)
         # the daemon itself on the migrated database (its second start: nothing to add)
         http_port, mqtt_port = ports(2)
         log = os.path.join(self.tmp, "old-cluster.log")
         d = Daemon([CLUSTER_BIN, "--state-dir", state, "--listen", "127.0.0.1:%d" % http_port, "--root-url",
-                    "http://127.0.0.1:1", "--name", "old", "--mqtt-port", str(mqtt_port), "--mosquitto", MOSQUITTO],
+                    "https://127.0.0.1:1", "--name", "old", "--mqtt-port", str(mqtt_port), "--mosquitto", MOSQUITTO],
                    log)
         d.start()
         try:
-            rows = wait_until("the old cluster's instances", lambda: requests.get(
-                "http://127.0.0.1:%d/api/v1/instances" % http_port, timeout=5).json())
+            rows = wait_until("the old cluster's instances", lambda: get_unverified(
+                "https://127.0.0.1:%d/api/v1/instances" % http_port))
         finally:
             d.stop()
         self.assertEqual([(i["name"], i["status"], i["ready"], i["generation"], i["node_generation"]) for i in rows],
@@ -541,16 +641,72 @@ class ClusterTest(unittest.TestCase):
         finally:
             db.close()
 
+    def test_12_no_secret_on_a_command_line_or_in_the_log(self):
+        """Every process's command line was sampled since before the root started (registrations,
+        re-registrations, removals and broker restarts happened meanwhile): no password or token
+        was ever on one; the cluster never ran mosquitto_passwd; its log holds none of them."""
+        seen = self.watch.stop()
+        db = sqlite3.connect(os.path.join(self.state, "cluster.db"))
+        try:
+            kv = dict(db.execute("SELECT key, value FROM kv").fetchall())
+        finally:
+            db.close()
+        with open(os.path.join(self.state, "node-join-token")) as f:
+            file_token = f.read().strip()
+        secrets_ = {"admin password": self.admin_password, "cluster join token": self.join,
+                    "node join token": self.node_join_token, "first node join token": file_token,
+                    "cluster credential": kv["token"], "broker password": kv["mqtt_password"],
+                    "node-a password": self.a.creds["mqtt_password"], "node-b password": self.b.creds["mqtt_password"]}
+        # the secret part of a token alone must not show either
+        secrets_.update({what + " (secret)": value.rsplit(".", 1)[1] for what, value in list(secrets_.items())
+                         if value.count(".") >= 2})
+        self.assertTrue(any(b"mosquitto" in c and b"-c" in c for c in seen), "the sampler never saw the broker")
+        for what, value in secrets_.items():
+            self.assertGreaterEqual(len(value), 12, what)
+            hits = [c.replace(b"\0", b" ").decode(errors="replace") for c in seen if value.encode() in c]
+            self.assertEqual(hits, [], "%s on a command line" % what)
+        self.assertFalse(os.path.exists(self.passwd_marker), "the cluster ran mosquitto_passwd")
+        log = self.cluster.text()
+        self.assertNotIn("node join token:", log)
+        self.assertIn("node-join-token", log)  # the log says where the first one is
+        for what, value in secrets_.items():
+            self.assertNotIn(value, log, "%s in the cluster log" % what)
+
+    def test_13_state_is_private(self):
+        modes = {"": 0o700, "pki": 0o700, "mosquitto": 0o700, "pki/cluster.key": 0o600, "pki/ca.crt": 0o600,
+                 "pki/cluster.crt": 0o600, "mosquitto/passwd": 0o600, "node-join-token": 0o600, "cluster.db": 0o600}
+        self.assertEqual({p: stat.S_IMODE(os.stat(os.path.join(self.state, p)).st_mode) for p in modes}, modes)
+        # the password file is mosquitto's own format, one line per login
+        with open(os.path.join(self.state, "mosquitto", "passwd")) as f:
+            users = sorted(line.split(":", 1)[0] for line in f.read().splitlines())
+        self.assertEqual(users, ["node-a", "node-b", "oakuk-cluster"])
+        with open(os.path.join(self.state, "mosquitto", "mosquitto.conf")) as f:
+            conf = f.read().splitlines()
+        listener = conf.index(next(l for l in conf if l.startswith("listener ")))
+        self.assertLess(listener, conf.index("use_username_as_clientid true"))
+        self.assertIn("tls_version tlsv1.2", conf[listener:])
+        self.assertIn("max_packet_size 1048576", conf)
+
 
 class FakeRoot:
-    """Plays oakuk-root for one cluster: registers it, and keeps every aggregate and status report
-    it sends. Deploys and deletes are the test's own HTTP calls to the cluster (as the root makes
-    them, docs/reconcile.md), so these tests do not depend on what the real root decides."""
-    TOKEN = "root-issued-token"
+    """Plays oakuk-root for one cluster, over HTTPS with its own CA (FAKE_CA, which the join token
+    names) unless insecure: registers it (signing its certificate request for cert_days[k] days at
+    the k-th registration, the last entry for any later one), and keeps every registration, aggregate
+    and status report it sends. Deploys and deletes are the test's own HTTP calls to the cluster (as
+    the root makes them, docs/reconcile.md), so these tests do not depend on what the real root
+    decides."""
 
-    def __init__(self):
+    def __init__(self, tmp, insecure=False, cert_days=(365,), hold=False):
         self.port = ports(1)[0]
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.insecure = insecure
+        self.url = "%s://127.0.0.1:%d" % ("http" if insecure else "https", self.port)
+        self.credential = "oakukc.c1." + secrets.token_hex(24)
+        self.join_token = ("" if insecure else "oakuk1.%s." % FAKE_CA.fingerprint) + secrets.token_hex(24)
+        self.cert_days = list(cert_days)
+        self.held = threading.Event()
+        if not hold:
+            self.held.set()
+        self.registrations = []  # {"bearer": "join token" | "credential" | other, "body", "code", "names"}
         self.statuses, self.aggregates = [], []
         root = self
 
@@ -561,9 +717,10 @@ class FakeRoot:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
                 code, reply = 200, {}
+                bearer = self.headers.get("Authorization", "")[len("Bearer "):]
                 if self.path == "/api/v1/clusters/register":
-                    code, reply = 201, {"id": "c1", "token": FakeRoot.TOKEN, "subnet": "10.18.0.0/20"}
-                elif self.headers.get("Authorization") != "Bearer " + FakeRoot.TOKEN:
+                    code, reply = root.register(bearer, body)
+                elif bearer != root.credential:
                     code = 401
                 elif self.path == "/api/information/c1":
                     root.aggregates.append(body)
@@ -579,7 +736,36 @@ class FakeRoot:
                 self.wfile.write(data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if not insecure:
+            cert, key = FAKE_CA.issue("fake root", ["127.0.0.1", "localhost"])
+            d = tempfile.mkdtemp(dir=tmp, prefix="fake-root-")
+            write_secret(os.path.join(d, "server.pem"), cert + FAKE_CA.pem)
+            write_secret(os.path.join(d, "server.key"), key)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def register(self, bearer, body):
+        entry = {"bearer": {self.join_token: "join token", self.credential: "credential"}.get(bearer, bearer),
+                 "body": body}
+        self.registrations.append(entry)
+        registered = any(e["code"] == 201 for e in self.registrations[:-1])
+        if not self.held.is_set():
+            entry["code"] = 503
+        elif entry["bearer"] == "credential" or (entry["bearer"] == "join token" and not registered):
+            entry["code"] = 201
+        else:
+            entry["code"] = 409 if entry["bearer"] == "join token" else 401
+        if entry["code"] != 201:
+            return entry["code"], {"error": {"code": "refused", "message": "refused", "path": ""}}
+        reply = {"id": "c1", "token": self.credential, "subnet": "10.18.0.0/20"}
+        if not self.insecure:
+            k = sum(1 for e in self.registrations if e["code"] == 201) - 1
+            days = self.cert_days[min(k, len(self.cert_days) - 1)]
+            reply["certificate"], entry["names"] = FAKE_CA.sign_csr(body["csr"], "c1", days)
+            reply["ca"] = FAKE_CA.pem
+        return 201, reply
 
     def close(self):
         self.server.shutdown()
@@ -597,29 +783,49 @@ def job(name, memory=100, **extra):
 
 
 class Site:
-    """One oakuk-cluster with its own mosquitto, registered with a FakeRoot; nodes are FakeNodes."""
+    """One oakuk-cluster with its own mosquitto, registered with a FakeRoot; nodes are FakeNodes.
+    root: FakeRoot keyword arguments; args: more arguments for the cluster."""
 
-    def __init__(self, tmp, name, node_timeout=2, config=None):
-        self.root = FakeRoot()
+    def __init__(self, tmp, name, node_timeout=2, config=None, root=None, args=(), wait=True):
+        self.tmp, self.name = tmp, name
+        self.root = FakeRoot(tmp, **(root or {}))
         http_port, self.mqtt_port = ports(2)
-        self.cluster_url = "http://127.0.0.1:%d" % http_port
-        args = [CLUSTER_BIN, "--state-dir", os.path.join(tmp, name), "--listen", "127.0.0.1:%d" % http_port,
-                "--root-url", self.root.url, "--name", name, "--mqtt-port", str(self.mqtt_port),
-                "--mosquitto", MOSQUITTO, "--node-timeout", str(node_timeout), "--aggregate-interval", "1",
-                "--join-token", "unused"]
+        scheme = "http" if self.root.insecure else "https"
+        self.cluster_url = "%s://127.0.0.1:%d" % (scheme, http_port)
+        self.state = os.path.join(tmp, name)
+        self.ca_file = FAKE_CA_FILE
+        join_file = write_secret(os.path.join(tmp, name + "-join-token"), self.root.join_token)
+        self.args = [CLUSTER_BIN, "--state-dir", self.state, "--listen", "127.0.0.1:%d" % http_port,
+                     "--root-url", self.root.url, "--name", name, "--mqtt-port", str(self.mqtt_port),
+                     "--mosquitto", MOSQUITTO, "--node-timeout", str(node_timeout), "--aggregate-interval", "1",
+                     "--join-token", "@" + join_file] + list(args)
         if config is not None:
             path = os.path.join(tmp, name + ".conf")
             with open(path, "w") as f:
                 f.write(config)
-            args += ["--config", path]
+            self.args += ["--config", path]
         self.nodes = []
-        self.cluster = Daemon(args, os.path.join(tmp, name + ".log"))
+        self.cluster = Daemon(self.args, os.path.join(tmp, name + ".log"))
         self.cluster.start()
-        self.node_join_token = self.cluster.grep("node join token:")
-        wait_until("cluster %s registered and connected" % name, lambda: (
-            lambda j: j["registered"] and j["mqtt_connected"])(requests.get(self.cluster_url + "/healthz",
-                                                                             timeout=5).json()))
-        self.auth = {"Authorization": "Bearer " + FakeRoot.TOKEN}
+        self.auth = {"Authorization": "Bearer " + self.root.credential}
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Registered (so serving the certificate the root signed) and connected to its broker."""
+        try:
+            wait_until("cluster %s registered and connected" % self.name, lambda: (
+                lambda j: j["registered"] and j["mqtt_connected"])(requests.get(self.cluster_url + "/healthz",
+                                                                                 timeout=5).json()))
+        except AssertionError as err:
+            raise AssertionError("%s\n--- cluster log:\n%s" % (err, self.cluster.text()[-3000:])) from None
+        self.node_join_token = new_node_join_token(CLUSTER_BIN, self.state,
+                                                   extra=["--insecure"] if self.root.insecure else [])
+
+    def restart(self):
+        self.cluster.stop()
+        self.cluster = Daemon(self.args, self.cluster.log_path)
+        self.cluster.start()
 
     def node(self, node_id, memory, **kw):
         """A FakeNode, once the cluster has its first report (it can be placed on)."""
@@ -631,10 +837,13 @@ class Site:
 
     def close(self):
         for n in self.nodes:
-            n.alive = False
-            stop(n.sub)
+            n.close()
         self.cluster.stop()
         self.root.close()
+
+    def metric(self, name, labels=""):
+        text = requests.get(self.cluster_url + "/metrics", timeout=5).text
+        return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + labels + " ")))
 
     def deploy(self, body, n, generation=None, job_id=None):
         body = dict(body, instance_number=n)
@@ -668,9 +877,12 @@ class Site:
              (node is None or e.get("node") == node) and (generation is None or e["generation"] == generation)
              and detail in e["status_detail"]), None), timeout=timeout)
 
-    def metric(self, name):
-        text = requests.get(self.cluster_url + "/metrics", timeout=5).text
-        return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
+
+def use_fake_ca(tmp):
+    """Writes FAKE_CA's certificate and makes requests trust it (every site's certificate chains to it)."""
+    global FAKE_CA_FILE
+    FAKE_CA_FILE = FAKE_CA.write(os.path.join(tmp, "fake-ca.crt"))
+    os.environ["REQUESTS_CA_BUNDLE"] = FAKE_CA_FILE
 
 
 UNIKERNEL_CAPS = {"accel": "kvm", "qemu_version": "7.2.0", "emulated_archs": []}
@@ -684,6 +896,7 @@ class ReconcileTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="oakuk-reconcile-test-")
+        use_fake_ca(cls.tmp)
 
     @classmethod
     def tearDownClass(cls):
@@ -733,14 +946,20 @@ class ReconcileTest(unittest.TestCase):
         db.commit()
         db.close()
         before_ms = time.time() * 1000
+        # the root's CA, as a registration stores it: node join tokens name it
+        os.makedirs(os.path.join(state, "pki"))
+        FAKE_CA.write(os.path.join(state, "pki", "ca.crt"))
         p = subprocess.run([CLUSTER_BIN, "--state-dir", state, "--new-join-token"], capture_output=True, text=True,
                            timeout=30)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(p.stderr.count("event=migrate"), 1, p.stderr)
+        self.assertRegex(p.stdout.strip(), r"^oakuk1\.%s\.[0-9a-f]{48}$" % FAKE_CA.fingerprint)
+        self.assertNotIn(p.stdout.strip(), p.stderr)
+        self.assertEqual(p.stderr.count("event=migrate"), 2, p.stderr)
         self.assertIn("from=1 to=2", p.stderr)
+        self.assertIn("from=2 to=3 join_tokens_dropped=1", p.stderr)
         db = sqlite3.connect(os.path.join(state, "cluster.db"))
         try:
-            self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 2)
+            self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
             cols = {r[1] for r in db.execute("PRAGMA table_info(instances)")}
             self.assertLessEqual({"generation", "node_generation", "placement", "reschedule_after_s", "ready",
                                   "ready_ms"}, cols)
@@ -761,21 +980,25 @@ class ReconcileTest(unittest.TestCase):
             self.assertEqual(db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0], 1)
             self.assertEqual(db.execute("SELECT id, drained, subnet FROM nodes").fetchall(),
                              [("node-x", 0, "10.18.0.0/24")])
-            self.assertEqual(db.execute("SELECT COUNT(*) FROM join_tokens").fetchone()[0], 2)
+            # the token of before (it never expired) is gone; the new one has its expiry and uses
+            tokens = db.execute("SELECT hash, expires_at, uses FROM join_tokens").fetchall()
+            secret = p.stdout.strip().rsplit(".", 1)[1]
+            self.assertEqual([(t[0], t[2]) for t in tokens], [(hashlib.sha256(secret.encode()).hexdigest(), 1)])
+            self.assertAlmostEqual(tokens[0][1], before_ms / 1000 + 3600, delta=60)
             self.assertEqual(db.execute("SELECT value FROM kv WHERE key = 'token'").fetchone()[0], "t9")
             self.assertEqual(db.execute("SELECT COUNT(*) FROM old_copies").fetchone()[0], 0)
         finally:
             db.close()
         http_port, mqtt_port = ports(2)
         d = Daemon([CLUSTER_BIN, "--state-dir", state, "--listen", "127.0.0.1:%d" % http_port, "--root-url",
-                    "http://127.0.0.1:1", "--name", "v1", "--mqtt-port", str(mqtt_port), "--mosquitto", MOSQUITTO],
+                    "https://127.0.0.1:1", "--name", "v1", "--mqtt-port", str(mqtt_port), "--mosquitto", MOSQUITTO],
                    os.path.join(self.tmp, "v1-cluster.log"))
         d.start()
         try:
-            url = "http://127.0.0.1:%d" % http_port
-            rows = wait_until("the upgraded cluster's instances", lambda: requests.get(url + "/api/v1/instances",
-                                                                                        timeout=5).json())
-            nodes = requests.get(url + "/api/v1/nodes", timeout=5).json()
+            # no certificate from the root yet: the bootstrap one, which nothing trusts
+            url = "https://127.0.0.1:%d" % http_port
+            rows = wait_until("the upgraded cluster's instances", lambda: get_unverified(url + "/api/v1/instances"))
+            nodes = get_unverified(url + "/api/v1/nodes")
         finally:
             d.stop()
         i = rows[0]
@@ -1106,6 +1329,314 @@ class ReconcileTest(unittest.TestCase):
         self.assertEqual(requests.get(site.cluster_url + "/api/v1/instances", timeout=5).json(), state)
         self.assertEqual(a.got("control/delete", lambda m: True), [])
         self.assertEqual(dep["generation"], 1)
+
+
+class SecurityTest(unittest.TestCase):
+    """docs/security.md at the cluster, each test with its own cluster (and mosquitto) registered
+    with a fake root over HTTPS: the bootstrap certificate, the certificate from the root and its
+    renewal, re-registration with the credential, node join tokens, names bound to credentials,
+    mosquitto refusing plain clients, foreign CAs, oversize messages and client-id takeovers, the
+    per-node rate limit, --insecure."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="oakuk-cluster-security-")
+        use_fake_ca(cls.tmp)
+        cls.other_ca_file = Ca("someone else's CA").write(os.path.join(cls.tmp, "other-ca.crt"))
+
+    @classmethod
+    def tearDownClass(cls):
+        if os.environ.get("KEEP_TMP") is None:
+            subprocess.run(["rm", "-rf", cls.tmp])
+
+    def site(self, name, **kw):
+        s = Site(self.tmp, name, **kw)
+        self.addCleanup(s.close)
+        return s
+
+    def pub(self, site, node, cafile, payload="{}", port=None):
+        """mosquitto_pub as node (its login from option files) trusting cafile (None: plain TCP)."""
+        env = mqtt_env(tempfile.mkdtemp(dir=self.tmp), node.creds["mqtt_username"], node.creds["mqtt_password"],
+                       cafile)
+        return subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port or site.mqtt_port), "-q", "1",
+                               "-t", "nodes/%s/logs" % node.id, "-m", payload], capture_output=True, text=True,
+                              timeout=20, env=env)
+
+    def test_01_bootstrap_certificate_then_the_roots(self):
+        """Before the root signs its certificate the cluster serves HTTPS with a throwaway one that
+        nodes refuse, and runs no broker; then it serves the root's, with the names it asked for,
+        on HTTPS and MQTT; after a restart it registers again with its credential."""
+        site = self.site("boot", root={"hold": True}, wait=False, args=["--mqtt-host", "mqtt.edge.test"])
+        port = int(site.cluster_url.rsplit(":", 1)[1])
+        pem = wait_until("HTTPS served", lambda: served_certificate("127.0.0.1", port))
+        self.assertEqual(cert_info(pem)[3], "oakuk-cluster bootstrap (trusted by nobody)")
+        with self.assertRaises(requests.exceptions.SSLError):
+            requests.get(site.cluster_url + "/healthz", timeout=5)
+        health = get_unverified(site.cluster_url + "/healthz")
+        self.assertEqual((health["registered"], health["mqtt_connected"], health["tls"]), (False, False, True))
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", site.mqtt_port), timeout=2).close()
+        wait_until("a registration tried", lambda: site.root.registrations)
+        self.assertEqual(site.root.registrations[0]["bearer"], "join token")
+        site.root.held.set()
+        site.wait_ready()
+        for p in (port, site.mqtt_port):
+            cn, names, left, issuer = cert_info(served_certificate("127.0.0.1", p))
+            self.assertEqual((cn, issuer), ("c1", "fake root CA"))
+            self.assertEqual(sorted(names), sorted(["127.0.0.1", "localhost", "mqtt.edge.test"]))
+            self.assertGreater(left, 300 * 86400)
+        done = [e for e in site.root.registrations if e["code"] == 201]
+        self.assertEqual([e["bearer"] for e in done], ["join token"])
+        self.assertEqual(done[0]["body"]["url"], site.cluster_url)
+        self.assertEqual(sorted(done[0]["names"]), sorted(["127.0.0.1", "localhost", "mqtt.edge.test"]))
+        with open(os.path.join(site.state, "pki", "ca.crt")) as f:
+            self.assertEqual(f.read(), FAKE_CA.pem)
+        node = site.node("node-a", 1000)
+        self.assertEqual((node.creds["mqtt_host"], node.creds["mqtt_tls"], node.creds["ca"]),
+                         ("mqtt.edge.test", True, FAKE_CA.pem))
+        # a restart: the credential, not the (used) join token; nodes come back
+        site.restart()
+        wait_until("registered again", lambda: len([e for e in site.root.registrations if e["code"] == 201]) == 2)
+        self.assertEqual(site.root.registrations[-1]["bearer"], "credential")
+        site.wait_ready()
+        wait_until("node-a reachable again", lambda: site.nodes_view()["node-a"]["reachable"])
+
+    def test_02_certificate_renewed(self):
+        """A certificate with less than 30 days left is renewed by registering again with the
+        credential; HTTPS and the broker serve the new one."""
+        site = self.site("renew", root={"cert_days": (10, 365)}, config="[cluster]\nrenew_check_s=1\n")
+        node = site.node("node-a", 1000)
+        wait_until("renewed", lambda: len([e for e in site.root.registrations if e["code"] == 201]) == 2)
+        self.assertEqual([e["bearer"] for e in site.root.registrations], ["join token", "credential"])
+        port = int(site.cluster_url.rsplit(":", 1)[1])
+        for p in (port, site.mqtt_port):
+            wait_until("the renewed certificate on port %d" % p, lambda: cert_info(
+                served_certificate("127.0.0.1", p))[2] > 300 * 86400)
+        self.assertIn("renewing the certificate", site.cluster.text())
+        time.sleep(3)  # renewed once: 365 days are enough
+        self.assertEqual(len(site.root.registrations), 2)
+        self.assertEqual(node.conn.connects, 1)  # the broker reloaded its certificate without dropping anyone
+        self.assertEqual(self.pub(site, site.node("node-b", 1000), FAKE_CA_FILE).returncode, 0)
+
+    def test_03_broker_refuses_plain_foreign_ca_and_oversize(self):
+        site = self.site("refuse")
+        a = site.node("node-a", 1000)
+        spare = FakeNode(site, "node-spare", 1000)  # a login of its own, never connected otherwise
+        self.assertEqual(self.pub(site, spare, FAKE_CA_FILE).returncode, 0)
+        plain = self.pub(site, spare, None)
+        self.assertNotEqual(plain.returncode, 0, "a plaintext client was served")
+        foreign = self.pub(site, spare, self.other_ca_file)
+        self.assertNotEqual(foreign.returncode, 0, "a client trusting another CA connected")
+        self.assertIn("TLS", foreign.stderr + foreign.stdout)
+        conn = MqttConn("127.0.0.1", site.mqtt_port, "node-spare", spare.creds["mqtt_password"], cafile=None)
+        time.sleep(3)
+        conn.close()
+        self.assertEqual(conn.connects, 0, "a plaintext MQTT session was accepted")
+        with self.assertRaises(requests.exceptions.ConnectionError):
+            requests.get(site.cluster_url.replace("https:", "http:") + "/healthz", timeout=5)
+        # more than max_packet_size (1 MiB): the broker drops the connection, nothing is delivered
+        a.conn.subscribe(["nodes/node-a/logs"])
+        time.sleep(0.5)
+        self.assertFalse(a.conn.publish("nodes/node-a/logs", "x" * (1024 * 1024 + 100), timeout=5))
+        wait_until("node-a back", lambda: a.conn.connected.is_set() and a.conn.connects == 2)
+        self.assertEqual(a.publish(None, '{"small": 1}', topic="nodes/node-a/logs"), 0)
+        a.expect("logs", lambda m: m == {"small": 1}, timeout=5)
+        self.assertEqual(a.got("logs", lambda m: "small" not in m), [])
+        with open(os.path.join(site.state, "mosquitto", "mosquitto.log")) as f:
+            self.assertRegex(f.read(), r"node-a.*(packet|too large|exceed)")
+        self.assertTrue(requests.get(site.cluster_url + "/healthz", timeout=5).json()["mqtt_connected"])
+
+    def test_04_client_id_takeover_refused(self):
+        """A node login connecting with the cluster's client id (or another node's) gets its own user
+        name as client id: nobody is knocked off."""
+        site = self.site("takeover")
+        a = site.node("node-a", 1000)
+        spare = FakeNode(site, "node-spare", 1000)
+        lost = site.cluster.text().count("broker connection lost")
+        conns = [MqttConn("127.0.0.1", site.mqtt_port, "node-spare", spare.creds["mqtt_password"], client_id=cid,
+                          cafile=spare.cafile) for cid in ("oakuk-cluster-takeover", "oakuk-cluster", "node-a")]
+        for conn in conns:
+            wait_until("the attacker connected", lambda: conn.connects >= 1, timeout=10)
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            self.assertTrue(requests.get(site.cluster_url + "/healthz", timeout=5).json()["mqtt_connected"])
+            time.sleep(0.2)
+        for conn in conns:
+            conn.close()
+        self.assertEqual(site.cluster.text().count("broker connection lost"), lost, "the cluster was knocked off")
+        self.assertEqual(a.conn.connects, 1, "node-a was knocked off")
+        with open(os.path.join(site.state, "mosquitto", "mosquitto.log")) as f:
+            log = f.read()
+        self.assertIn("as node-spare", log)
+        self.assertNotIn("as oakuk-cluster-takeover", log)
+        # and the cluster still delivers
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        a.expect("control/deploy", lambda m: m.get("instance_number") == 0)
+
+    def test_05_name_of_another_node_refused(self):
+        """A node registering under another node's id without its credential: 409 name_taken, the
+        token is not used up, and the real node keeps its login and its work."""
+        site = self.site("names")
+        a = site.node("node-a", 1000)
+        r = requests.post(site.cluster_url + "/api/v1/tokens", headers=site.auth, json={"uses": 1}, timeout=5)
+        self.assertEqual(r.status_code, 201, r.text)
+        token = r.json()["token"]
+        intruder = dict(report("node-a", 99999), ip="192.0.2.66")
+        r = requests.post(site.cluster_url + "/api/node/register", timeout=5,
+                          json={"join_token": token, "capabilities": intruder})
+        self.assertEqual((r.status_code, r.json()["error"]["code"]), (409, "name_taken"), r.text)
+        self.assertIn("node node-a is registered", r.json()["error"]["message"])
+        r = requests.post(site.cluster_url + "/api/node/register", timeout=5,
+                          json={"join_token": token, "capabilities": intruder, "credential": "guess"})
+        self.assertEqual(r.status_code, 409, r.text)
+        self.assertEqual(site.nodes_view()["node-a"]["ip"], "127.0.0.1")
+        self.assertEqual(self.pub(site, a, FAKE_CA_FILE).returncode, 0)  # its password is unchanged
+        wait_until("node-a back", lambda: a.conn.connected.is_set())
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        a.expect("control/deploy", lambda m: m.get("instance_number") == 0)
+        # the token was not used up by the refusals
+        r = requests.post(site.cluster_url + "/api/node/register", timeout=5,
+                          json={"join_token": token, "capabilities": report("node-b", 1000)})
+        self.assertEqual(r.status_code, 201, r.text)
+        r = requests.post(site.cluster_url + "/api/node/register", timeout=5,
+                          json={"join_token": token, "capabilities": report("node-c", 1000)})
+        self.assertEqual(r.status_code, 401, r.text)
+
+    def test_06_node_join_tokens(self):
+        """POST /api/v1/tokens (the root's credential): tokens naming the root's CA, with their uses
+        and expiry; --new-join-token writes one to stdout only."""
+        site = self.site("tokens")
+        url = site.cluster_url + "/api/v1/tokens"
+        self.assertEqual(requests.post(url, json={}, timeout=5).status_code, 401)
+        self.assertEqual(requests.post(url, json={}, headers={"Authorization": "Bearer " + site.root.join_token},
+                                       timeout=5).status_code, 401)
+        for body, field in (({"ttl_s": 59}, "ttl_s"), ({"ttl_s": "3600"}, "ttl_s"), ({"ttl_s": 31536001}, "ttl_s"),
+                            ({"uses": 0}, "uses"), ({"uses": 1001}, "uses"), ({"uses": 1.5}, "uses")):
+            r = requests.post(url, json=body, headers=site.auth, timeout=5)
+            self.assertEqual((r.status_code, r.json()["error"]["path"]), (400, field), (body, r.text))
+        r = requests.post(url, headers=site.auth, timeout=5)  # no body: the defaults
+        self.assertEqual((r.status_code, r.json()["uses"]), (201, 1), r.text)
+        self.assertAlmostEqual(r.json()["expires_at"] / 1000, time.time() + 3600, delta=30)
+        r = requests.post(url, json={"ttl_s": 600, "uses": 2}, headers=site.auth, timeout=5)
+        self.assertEqual(r.status_code, 201, r.text)
+        token = r.json()["token"]
+        self.assertRegex(token, r"^oakuk1\.%s\.[0-9a-f]{48}$" % FAKE_CA.fingerprint)
+        self.assertAlmostEqual(r.json()["expires_at"] / 1000, time.time() + 600, delta=30)
+        codes = [requests.post(site.cluster_url + "/api/node/register", timeout=5, json={
+            "join_token": token, "capabilities": report("node-%d" % k, 1000)}).status_code for k in range(3)]
+        self.assertEqual(codes, [201, 201, 401])
+        # an expired one is refused
+        r = requests.post(url, json={"uses": 5}, headers=site.auth, timeout=5)
+        expired = r.json()["token"]
+        db = sqlite3.connect(os.path.join(site.state, "cluster.db"))
+        try:
+            db.execute("UPDATE join_tokens SET expires_at = 1 WHERE hash = ?",
+                       (hashlib.sha256(expired.rsplit(".", 1)[1].encode()).hexdigest(),))
+            db.commit()
+        finally:
+            db.close()
+        r = requests.post(site.cluster_url + "/api/node/register", timeout=5, json={
+            "join_token": expired, "capabilities": report("node-x", 1000)})
+        self.assertEqual((r.status_code, r.json()["error"]["path"]), (401, "join_token"), r.text)
+        # the command line tool
+        p = subprocess.run([CLUSTER_BIN, "--state-dir", site.state, "--new-join-token", "--ttl", "120", "--uses", "3"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"^oakuk1\.%s\.[0-9a-f]{48}\n$" % FAKE_CA.fingerprint)
+        self.assertNotIn(p.stdout.strip().rsplit(".", 1)[1], p.stderr)
+        for bad in (["--ttl", "59"], ["--uses", "1001"]):
+            p = subprocess.run([CLUSTER_BIN, "--state-dir", site.state, "--new-join-token"] + bad, capture_output=True,
+                               text=True, timeout=30)
+            self.assertEqual((p.returncode, p.stdout), (1, ""), p.stderr)
+            self.assertIn(bad[0], p.stderr)
+        for t in (token, expired):
+            self.assertNotIn(t.rsplit(".", 1)[1], site.cluster.text())
+
+    def test_07_rate_limit(self):
+        """A node publishing faster than 20 messages/s beyond a burst of 100: the excess is dropped and
+        counted, the log does not grow with the flood, and the node is served again afterwards."""
+        site = self.site("rate")
+        a = site.node("node-a", 1000)
+        before = site.metric("oakuk_cluster_mqtt_rejected_total", '{reason="rate"}')
+        self.assertEqual(before, 0)
+        flood = json.dumps(report("node-a", 1000))
+        t0 = time.time()
+        for _ in range(400):
+            self.assertTrue(a.conn.publish("nodes/node-a/information", flood, qos=0))
+        self.assertTrue(a.conn.publish("nodes/node-a/information", flood, qos=1))  # all of it reached the broker
+        elapsed = time.time() - t0
+        allowed = 100 + 20 * (elapsed + 1)
+        dropped = wait_until("drops counted", lambda: (lambda n: n if n >= 401 - allowed else None)(
+            site.metric("oakuk_cluster_mqtt_rejected_total", '{reason="rate"}')), timeout=10)
+        self.assertLessEqual(dropped, 401 - 100)
+        self.assertEqual(site.metric("oakuk_cluster_mqtt_rejected_total"), 0)  # none was malformed
+        lines = site.cluster.text().count("reason=rate")
+        self.assertGreaterEqual(lines, 1)
+        self.assertLessEqual(lines, dropped / 20 + 1)
+        # after a pause its messages are taken again
+        time.sleep(2)
+        gone = site.metric("oakuk_cluster_mqtt_rejected_total", '{reason="rate"}')
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        site.root.statuses.clear()
+        a.status("rec.test.web.test", 0, "RUNNING", generation=1)
+        site.wait_status("svc-web", 0, "RUNNING", "node-a")
+        self.assertEqual(site.metric("oakuk_cluster_mqtt_rejected_total", '{reason="rate"}'), gone)
+
+    def test_08_insecure(self):
+        """--insecure: plain HTTP and MQTT on purpose, a warning at every start, /healthz says so; a
+        TLS cluster refuses an http root."""
+        site = self.site("plain", root={"insecure": True}, args=["--insecure"])
+        self.assertTrue(site.cluster_url.startswith("http://"))
+        health = requests.get(site.cluster_url + "/healthz", timeout=5).json()
+        self.assertEqual(health["tls"], False)
+        a = site.node("node-a", 1000)
+        self.assertEqual(a.creds["mqtt_tls"], False)
+        self.assertNotIn("ca", a.creds)
+        self.assertEqual(site.deploy(job("web"), 0, generation=1).status_code, 200)
+        a.expect("control/deploy", lambda m: m.get("instance_number") == 0)
+        site.restart()
+        wait_until("two starts", lambda: site.cluster.text().count("event=insecure") == 2)
+        self.assertIn("level=warning", next(l for l in site.cluster.text().splitlines() if "event=insecure" in l))
+        self.assertFalse(os.path.exists(os.path.join(site.state, "pki", "cluster.crt")))
+        http_port, mqtt_port = ports(2)
+        p = subprocess.run([CLUSTER_BIN, "--state-dir", os.path.join(self.tmp, "refuses-http"), "--listen",
+                            "127.0.0.1:%d" % http_port, "--root-url", site.root.url, "--mqtt-port", str(mqtt_port),
+                            "--mosquitto", MOSQUITTO], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("--root-url '%s': not an https URL (plain HTTP needs --insecure)" % site.root.url, p.stderr)
+
+    def test_09_state_is_private(self):
+        site = self.site("private")
+        site.node("node-a", 1000)
+        modes = {"": 0o700, "pki": 0o700, "mosquitto": 0o700, "pki/cluster.key": 0o600, "pki/cluster.crt": 0o600,
+                 "mosquitto/passwd": 0o600, "mosquitto/mosquitto.conf": 0o600, "node-join-token": 0o600}
+        self.assertEqual({p: stat.S_IMODE(os.stat(os.path.join(site.state, p)).st_mode) for p in modes}, modes)
+        # a state directory made wider by someone is made private again at the next start
+        os.chmod(site.state, 0o755)
+        site.restart()
+        site.wait_ready()
+        self.assertEqual(stat.S_IMODE(os.stat(site.state).st_mode), 0o700)
+
+    def test_10_credential_of_an_older_cluster(self):
+        """A node registered by a cluster from before TLS has a PBKDF2 hash of its password: its
+        credential is still checked (off the main loop), and stored in the new form once it passed."""
+        site = self.site("legacy")
+        a = site.node("node-a", 1000)
+        password = a.creds["mqtt_password"]
+        salt = os.urandom(16)
+        legacy = "pbkdf2-sha256$100000$%s$%s" % (salt.hex(), hashlib.pbkdf2_hmac("sha256", password.encode(), salt,
+                                                                                   100000).hex())
+        db = sqlite3.connect(os.path.join(site.state, "cluster.db"))
+        try:
+            db.execute("UPDATE nodes SET cred_hash = ? WHERE id = 'node-a'", (legacy,))
+            db.commit()
+            self.assertEqual(a.register(credential="wrong-password").status_code, 409)
+            r = a.register(credential=password, token="none")
+            self.assertEqual((r.status_code, r.json()["mqtt_password"]), (201, password), r.text)
+            stored = db.execute("SELECT cred_hash FROM nodes WHERE id = 'node-a'").fetchone()[0]
+        finally:
+            db.close()
+        self.assertEqual(stored, "sha256$" + hashlib.sha256(password.encode()).hexdigest())
 
 
 # The tables of oakuk-cluster before generations (schema version 1, with the ready columns).
