@@ -4,17 +4,22 @@
 #
 #   scripts/edge.sh [--once] [--state-dir DIR]
 #
-# Installs the Debian dependencies, builds into build/ ($OAKUK_BUILDDIR), then starts
-#   - in this network namespace: oakuk-root (127.0.0.1:10000), oakuk-cluster (172.31.250.1:10100,
-#     with its own mosquitto), an HTTP server on 172.31.250.1:8000 serving the unikernel test guest;
+# Installs the Debian dependencies, builds into build/ ($OAKUK_BUILDDIR), then starts, with TLS on
+# every hop of the control plane (the root's CA, pinned everywhere; no --insecure):
+#   - in this network namespace: oakuk-root (https://127.0.0.1:10000), oakuk-cluster
+#     (https://172.31.250.1:10100, with its own mosquitto, TLS on 10883), an HTTP server on
+#     172.31.250.1:8000 serving the unikernel test guest;
 #   - in a dedicated network namespace "oakuk-edge-node" (veth 172.31.250.1 <-> 172.31.250.2, no route
 #     anywhere else, so the machine's network is untouched): oakuk-node --allow-emulation and a
 #     docker-registry on that host's 127.0.0.1:5000 holding the busybox client image, pushed there
 #     with liboakuk's oakuk_container_build_rootfs_image.
-# Then logs in with `oakuk login`, `oakuk apply`, `oakuk deploy --wait` both services, prints
-# `oakuk status` and the client's output. Without --once it keeps running until Ctrl-C; with --once
-# it checks that the client got the unikernel's answer (exit 0, else 1 with what failed). Either way
-# everything it started or made is stopped and removed at the end. Needs root.
+# The admin password is the one the root wrote to <state>/root/admin-password; `oakuk login` pins the
+# root's CA from <state>/root/pki/ca.crt; the cluster's and the node's join tokens come from
+# `oakuk token create` and are passed as files (0600). Then `oakuk apply`, `oakuk deploy --wait`
+# both services, `oakuk status` and the client's output. Without --once it keeps running until
+# Ctrl-C; with --once it checks that the client got the unikernel's answer (exit 0, else 1 with
+# what failed). Either way everything it started or made is stopped and removed at the end. State
+# directories are 0700, logs and tokens 0600. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
@@ -25,7 +30,7 @@ while [ $# -gt 0 ]; do
   --once) once=1 ;;
   --state-dir) state=${2:?--state-dir needs a directory}; shift ;;
   --state-dir=*) state=${1#*=} ;;
-  -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "edge.sh: unknown argument '$1' (usage: scripts/edge.sh [--once] [--state-dir DIR])" >&2; exit 2 ;;
   esac
   shift
@@ -67,13 +72,14 @@ if [ -z "$state" ]; then
 fi
 mkdir -p "$state"
 state=$(cd "$state" && pwd)
-chmod 0755 "$state"
+chmod 0700 "$state"   # tokens, the CLI's credentials and the daemons' secrets live below
 NS=oakuk-edge-node
 HOST_IF=oakuk-edge0
 HOST_IP=172.31.250.1
 NODE_IP=172.31.250.2
-ROOT_URL=http://127.0.0.1:10000
-CLUSTER_URL=http://$HOST_IP:10100
+ROOT_URL=https://127.0.0.1:10000
+CLUSTER_URL=https://$HOST_IP:10100
+ROOT_CA=$state/root/pki/ca.crt
 export XDG_CONFIG_HOME=$state/config   # the CLI's stored credentials stay in the state dir
 export OAKUK_URL=$ROOT_URL
 pids=()
@@ -111,23 +117,22 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start NAME CMD...: runs CMD in its own process group, output to $state/NAME.log
+# start NAME CMD...: runs CMD in its own process group, output to $state/NAME.log (0600)
 start() {
   local name=$1
   shift
+  (umask 077 && : >>"$state/$name.log")
   setsid "$@" >"$state/$name.log" 2>&1 </dev/null &
   pids+=($!)
 }
-log_value() { # log_value FILE PREFIX: waits for "PREFIX value" in FILE, prints value
+wait_file() { # wait_file FILE WHAT LOG
   for _ in $(seq 1 150); do
-    local v
-    v=$(grep -m1 -o "$2.*" "$1" 2>/dev/null | sed "s/^$2 *//") || true
-    [ -n "$v" ] && { echo "$v"; return 0; }
+    [ -s "$1" ] && return 0
     sleep 0.1
   done
-  fail "no '$2' in $1: $(tail -5 "$1")"
+  fail "$2 ($1) never appeared: $(tail -5 "$3")"
 }
-wait_http() { # wait_http URL WHAT [netns]
+wait_http() { # wait_http URL WHAT [netns]: plain HTTP
   local end=$((SECONDS + 30))
   while [ $SECONDS -lt $end ]; do
     if [ -n "${3:-}" ]; then
@@ -138,6 +143,17 @@ wait_http() { # wait_http URL WHAT [netns]
     sleep 0.2
   done
   fail "$2 does not answer at $1"
+}
+wait_https() { # wait_https URL WHAT: answers with a certificate from the root's CA, for that host
+  local end=$((SECONDS + 30))
+  while [ $SECONDS -lt $end ]; do
+    python3 -c "
+import ssl, sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=2, context=ssl.create_default_context(cafile=sys.argv[2]))" \
+      "$1" "$ROOT_CA" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  fail "$2 does not answer at $1 with a certificate of the root's CA"
 }
 
 # ---- KVM or emulation ----
@@ -217,26 +233,24 @@ wait_http "http://$HOST_IP:8000/guest-amd64.tar.gz" "the guest file server"
 # ---- root, cluster, node ----
 say "oakuk-root on $ROOT_URL"
 start root "$bin_root" --state-dir "$state/root" --listen 127.0.0.1:10000
-password=$(log_value "$state/root.log" "admin password:")
-printf '%s\n' "$password" >"$state/admin-password"
-chmod 0600 "$state/admin-password"
-wait_http "$ROOT_URL/healthz" "oakuk-root"
-"$oakuk" login --url "$ROOT_URL" --password-file "$state/admin-password" || fail "oakuk login"
-python3 - "$ROOT_URL" "$XDG_CONFIG_HOME/oakuk/credentials.json" >"$state/cluster-join-token" <<'EOF' || fail "cluster join token"
-import json, sys, urllib.request
-tok = json.load(open(sys.argv[2]))["token"]
-req = urllib.request.Request(sys.argv[1] + "/api/v1/clusters/tokens", data=b"{}", method="POST",
-                             headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
-print(json.load(urllib.request.urlopen(req, timeout=10))["token"])
-EOF
+wait_file "$ROOT_CA" "the root's CA" "$state/root.log"
+wait_file "$state/root/admin-password" "the root's admin password" "$state/root.log"
+wait_https "$ROOT_URL/healthz" "oakuk-root"
+"$oakuk" login "$ROOT_URL" --ca-file "$ROOT_CA" --password-file "$state/root/admin-password" || fail "oakuk login"
+(umask 077 && "$oakuk" token create cluster --ttl 10m >"$state/cluster-join-token") || fail "oakuk token create cluster"
 
-say "oakuk-cluster on $CLUSTER_URL (its own mosquitto on port 10883)"
+say "oakuk-cluster on $CLUSTER_URL (its own mosquitto, TLS on port 10883)"
 start cluster "$bin_cluster" --state-dir "$state/cluster" --listen "$HOST_IP:10100" --root-url "$ROOT_URL" \
-  --join-token "@$state/cluster-join-token" --name edge --location this-machine --mqtt-port 10883
-node_token=$(log_value "$state/cluster.log" "node join token:")
-printf '%s\n' "$node_token" >"$state/node-join-token"
-chmod 0600 "$state/node-join-token"
-wait_http "$CLUSTER_URL/healthz" "oakuk-cluster"
+  --advertise-url "$CLUSTER_URL" --join-token "@$state/cluster-join-token" --name edge --location this-machine \
+  --mqtt-port 10883
+wait_https "$CLUSTER_URL/healthz" "oakuk-cluster"   # once the root signed its certificate
+# the node's join token: made by the cluster when the root asks it (it is registered by now)
+for i in $(seq 1 30); do
+  (umask 077 && "$oakuk" token create node --cluster edge --ttl 10m >"$state/node-join-token" 2>"$state/token.err") && break
+  [ "$i" -eq 30 ] && fail "oakuk token create node: $(cat "$state/token.err")"
+  sleep 1
+done
+rm -f "$state/token.err"
 
 say "oakuk-node 'edge-node' in $NS (--allow-emulation)"
 start node nsenter --net="/run/netns/$NS" "$bin_node" --state-dir "$state/node" --cluster-url "$CLUSTER_URL" \

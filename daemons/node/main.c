@@ -57,7 +57,7 @@ gboolean node_publish(Node *n, const char *leaf, const char *text) {
 typedef struct {
   char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip, *virtualization,
       *insecure_registries, *qemu_user, *image_file_dirs;
-  gboolean allow_emulation, stop_instances, leave;
+  gboolean allow_emulation, stop_instances, leave, insecure;
   gint report_interval;
 } Args;
 
@@ -182,11 +182,13 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
   n->allow_emulation = FALSE;
   n->stop_instances = FALSE;
   n->leave = FALSE;
+  n->insecure = FALSE;
   if (!config_bool(kf, "allow_emulation", &n->allow_emulation, error) ||
       !config_bool(kf, "stop_instances", &n->stop_instances, error) ||
-      !config_bool(kf, "leave", &n->leave, error))
+      !config_bool(kf, "leave", &n->leave, error) || !config_bool(kf, "insecure", &n->insecure, error))
     return FALSE;
   n->allow_emulation |= a->allow_emulation;
+  n->insecure |= a->insecure;
   n->leave |= a->leave;
   n->stop_instances |= a->stop_instances || n->leave; /* leaving takes what runs here along */
   if (!parse_virtualization(n, kf, a->virtualization, error))
@@ -209,6 +211,11 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
       (g_strcmp0(g_uri_get_scheme(uri), "http") != 0 && g_strcmp0(g_uri_get_scheme(uri), "https") != 0)) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--cluster-url '%s' is not an http(s) URL",
                 n->cluster_url);
+    return FALSE;
+  }
+  if (!n->insecure && g_strcmp0(g_uri_get_scheme(uri), "http") == 0) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "--cluster-url %s: plain HTTP needs --insecure (the cluster serves https)", n->cluster_url);
     return FALSE;
   }
   struct in_addr ia;
@@ -253,6 +260,145 @@ static gboolean route_source(Node *n, GError **error) {
   return TRUE;
 }
 
+/* ---- trust: the root CA (docs/security.md, "TLS and identities") ---- */
+
+#define JOIN_TOKEN_PREFIX "oakuk1."
+#define FINGERPRINT_LEN 64
+
+static gboolean is_hex(const char *s) {
+  for (; *s; s++)
+    if (!g_ascii_isxdigit(*s))
+      return FALSE;
+  return TRUE;
+}
+
+static gboolean cluster_is_https(Node *n) {
+  return g_ascii_strncasecmp(n->cluster_url, "https:", 6) == 0;
+}
+
+static char *ca_path(Node *n) {
+  return g_build_filename(n->state_dir, "pki", "ca.crt", NULL);
+}
+
+/* A join token is oakuk1.<SHA-256 of the root CA, 64 hex>.<secret, hex>; the fingerprint is what the
+ * first contact trusts. A plain secret (no CA to pin) only with --insecure. The token itself is
+ * never part of a message. */
+static gboolean parse_join_token(Node *n, GError **error) {
+  if (n->join_token == NULL)
+    return TRUE;
+  if (g_str_has_prefix(n->join_token, JOIN_TOKEN_PREFIX)) {
+    g_auto(GStrv) parts = g_strsplit(n->join_token + strlen(JOIN_TOKEN_PREFIX), ".", -1);
+    if (g_strv_length(parts) == 2 && strlen(parts[0]) == FINGERPRINT_LEN && is_hex(parts[0]) &&
+        *parts[1] != '\0' && is_hex(parts[1])) {
+      n->ca_fingerprint = g_ascii_strdown(parts[0], -1);
+      return TRUE;
+    }
+  } else if (n->insecure) {
+    return TRUE;
+  }
+  g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+              "the join token is not oakuk1.<64 hex digits: the root CA's SHA-256>.<hex secret>%s",
+              n->insecure ? "" : " (a plain secret is accepted only with --insecure)");
+  return FALSE;
+}
+
+/* Loads <state>/pki/ca.crt when a first contact stored it. A join token naming another CA is
+ * refused: joining another control plane means removing the old one's CA on purpose. */
+static gboolean load_trust(Node *n, GError **error) {
+  g_autofree char *path = ca_path(n);
+  if (g_file_test(path, G_FILE_TEST_EXISTS)) {
+    g_autofree char *pem = NULL;
+    g_autoptr(GError) local = NULL;
+    if (!g_file_get_contents(path, &pem, NULL, &local) ||
+        (n->ca = od_tls_certificate_from_pem(pem, &local)) == NULL) {
+      g_set_error(error, OD_ERROR, OD_ERROR_IO, "%s: %s", path, local->message);
+      return FALSE;
+    }
+    g_autofree char *fp = od_tls_certificate_fingerprint(n->ca);
+    if (n->ca_fingerprint != NULL && g_strcmp0(fp, n->ca_fingerprint) != 0) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                  "the join token names the CA %s, but this node trusts the CA %s (%s); remove that file "
+                  "(and node.json) to join another control plane",
+                  n->ca_fingerprint, fp, path);
+      return FALSE;
+    }
+  }
+  if (cluster_is_https(n) && n->ca == NULL && n->ca_fingerprint == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "%s is https, and nothing says which CA to trust: give a join token oakuk1.<CA "
+                "fingerprint>.<secret> (or %s from an earlier registration)",
+                n->cluster_url, path);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* Notes the fingerprint of the top of the chain the server presented (for the log when it is
+ * refused); decides nothing: the pin's own handler, connected after this one, does. */
+static gboolean note_presented_ca(SoupMessage *msg, GTlsCertificate *peer, GTlsCertificateFlags errors,
+                                  gpointer data) {
+  (void)errors;
+  (void)data;
+  GTlsCertificate *top = peer;
+  for (int depth = 0; depth < 16 && g_tls_certificate_get_issuer(top) != NULL; depth++)
+    top = g_tls_certificate_get_issuer(top);
+  g_object_set_data_full(G_OBJECT(msg), "node-presented-ca", od_tls_certificate_fingerprint(top), g_free);
+  return FALSE;
+}
+
+/* Every request to the cluster trusts the stored CA, or at the first contact the certificate with
+ * the join token's fingerprint in the server's own chain. */
+static void pin(Node *n, SoupMessage *msg) {
+  if (!cluster_is_https(n))
+    return;
+  g_signal_connect(msg, "accept-certificate", G_CALLBACK(note_presented_ca), NULL);
+  od_tls_pin_message(msg, n->ca, n->ca ? NULL : n->ca_fingerprint);
+}
+
+/* Why a TLS handshake with the cluster failed, naming what we trust and what it presented. */
+static char *refused_certificate(Node *n, SoupMessage *msg, const GError *error) {
+  const char *presented = g_object_get_data(G_OBJECT(msg), "node-presented-ca");
+  g_autofree char *trusted = n->ca ? od_tls_certificate_fingerprint(n->ca) : g_strdup(n->ca_fingerprint);
+  g_autofree char *where = n->ca ? ca_path(n) : NULL;
+  GUri *uri = soup_message_get_uri(msg);
+  return g_strdup_printf("%s: the cluster's certificate is not from the CA %s (%s) or does not name %s; its "
+                         "chain ends at %s",
+                         error->message, trusted, where ? where : "the join token's", g_uri_get_host(uri),
+                         presented ? presented : "(no certificate)");
+}
+
+/* After a registration: the CA the connection was verified with becomes <state>/pki/ca.crt (at the
+ * first contact), and the answer's "ca" must be that same CA. */
+static gboolean adopt_ca(Node *n, SoupMessage *msg, const char *reply_ca, GError **error) {
+  g_autofree char *found = n->ca == NULL && cluster_is_https(n) ? od_tls_message_found_ca(msg) : NULL;
+  if (found == NULL && n->ca == NULL && reply_ca != NULL && n->insecure) {
+    od_log(G_LOG_LEVEL_WARNING, "trust", "msg",
+           "trusting the CA of a plain-HTTP registration answer for MQTT over TLS (--insecure)", NULL);
+    found = g_strdup(reply_ca);
+  }
+  if (found != NULL) {
+    g_autofree char *dir = g_build_filename(n->state_dir, "pki", NULL);
+    g_autofree char *path = ca_path(n);
+    g_autoptr(GTlsCertificate) ca = od_tls_certificate_from_pem(found, error);
+    if (ca == NULL || !od_state_dir_prepare(dir, error) || !od_tls_write_secret(path, found, error))
+      return FALSE;
+    n->ca = g_steal_pointer(&ca);
+    g_autofree char *fp = od_tls_certificate_fingerprint(n->ca);
+    od_log(G_LOG_LEVEL_MESSAGE, "trust", "fingerprint", fp, "file", path, "msg", "stored the root CA", NULL);
+  }
+  if (reply_ca != NULL && n->ca != NULL) {
+    g_autofree char *want = od_tls_certificate_fingerprint(n->ca);
+    g_autofree char *got = od_tls_fingerprint(reply_ca, NULL);
+    if (g_strcmp0(want, got) != 0) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                  "registration reply: \"ca\" (%s) is not the CA this node trusts (%s)",
+                  got ? got : "unreadable", want);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
 /* ---- node.json ---- */
 
 static void load_identity(Node *n) {
@@ -272,10 +418,14 @@ static void load_identity(Node *n) {
   n->mqtt_username = g_strdup(json_object_get_string_member_with_default(o, "mqtt_username", NULL));
   n->mqtt_password = g_strdup(json_object_get_string_member_with_default(o, "mqtt_password", NULL));
   n->subnet = g_strdup(json_object_get_string_member_with_default(o, "subnet", NULL));
+  n->mqtt_tls = json_object_get_boolean_member_with_default(o, "mqtt_tls", FALSE);
+  n->registered_id = g_strdup(n->id);
 }
 
+/* Credentials in node.json, issued for the id this node runs as (not for an earlier --name). */
 static gboolean have_credentials(Node *n) {
-  return n->id && n->mqtt_host && n->mqtt_port && n->mqtt_username && n->mqtt_password && n->subnet;
+  return n->id && g_strcmp0(n->registered_id, n->id) == 0 && n->mqtt_host && n->mqtt_port &&
+         n->mqtt_username && n->mqtt_password && n->subnet;
 }
 
 static gboolean save_identity(Node *n, GError **error) {
@@ -287,6 +437,7 @@ static gboolean save_identity(Node *n, GError **error) {
   json_object_set_string_member(o, "mqtt_username", n->mqtt_username);
   json_object_set_string_member(o, "mqtt_password", n->mqtt_password);
   json_object_set_string_member(o, "subnet", n->subnet);
+  json_object_set_boolean_member(o, "mqtt_tls", n->mqtt_tls);
   g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), o);
   g_autofree char *text = od_json_to_string(root, TRUE);
   g_autofree char *path = node_state_path(n, "node.json");
@@ -382,6 +533,7 @@ static gboolean start_mqtt(Node *n, GError **error) {
   g_autofree char *client_id = g_strdup_printf("oakuk-node-%s", n->id);
   g_autofree char *will_topic = g_strdup_printf("nodes/%s/lwt", n->id);
   g_autofree char *will = g_strdup_printf("{\"id\":\"%s\"}", n->id);
+  g_autofree char *ca_file = n->mqtt_tls ? ca_path(n) : NULL;
   OdMqttOptions o = {.host = n->mqtt_host,
                      .port = n->mqtt_port,
                      .client_id = client_id,
@@ -389,7 +541,8 @@ static gboolean start_mqtt(Node *n, GError **error) {
                      .password = n->mqtt_password,
                      .will_topic = will_topic,
                      .will_payload = will,
-                     .subscriptions = subs};
+                     .subscriptions = subs,
+                     .ca_file = ca_file};
   n->mqtt = od_mqtt_new(&o, on_message, on_state, n, error);
   if (n->mqtt == NULL)
     return FALSE;
@@ -408,6 +561,11 @@ static void fatal(Node *n, const char *msg) {
 /* After registration: the node network, re-adoption, MQTT and reports. */
 static void node_start(Node *n) {
   g_autoptr(GError) error = NULL;
+  if (!n->mqtt_tls && !n->insecure) {
+    fatal(n, "the cluster's broker is reached without TLS (node.json has no \"mqtt_tls\": true); that needs "
+             "--insecure");
+    return;
+  }
   oakuk_net_options no;
   oakuk_net_options_init(&no, OAKUK_NET_OPTIONS_VERSION);
   no.node_subnet = n->subnet;
@@ -426,13 +584,15 @@ static void node_start(Node *n) {
     return;
   }
   n->report_source = g_timeout_add(n->report_interval_ms, on_report_tick, n);
+  g_autofree char *broker =
+      g_strdup_printf("%s://%s:%u", n->mqtt_tls ? "ssl" : "tcp", n->mqtt_host, n->mqtt_port);
   od_log(G_LOG_LEVEL_MESSAGE, "start", "node", n->id, "subnet", n->subnet, "ip", n->underlay_ip, "broker",
-         n->mqtt_host, "msg", "oakuk-node running", NULL);
+         broker, "msg", "oakuk-node running", NULL);
 }
 
 static void register_schedule(Node *n);
 
-static gboolean apply_registration(Node *n, GBytes *body, GError **error) {
+static gboolean apply_registration(Node *n, SoupMessage *msg, GBytes *body, GError **error) {
   gsize len = 0;
   const char *data = g_bytes_get_data(body, &len);
   g_autoptr(JsonNode) root = od_json_parse(data ? data : "", (gssize)len, error);
@@ -451,6 +611,31 @@ static gboolean apply_registration(Node *n, GBytes *body, GError **error) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration reply: mqtt_port missing or out of range");
     return FALSE;
   }
+  JsonNode *tls_node = json_object_get_member(o, "mqtt_tls");
+  JsonNode *ca_node = json_object_get_member(o, "ca");
+  if ((tls_node && !JSON_NODE_HOLDS_NULL(tls_node) &&
+       (!JSON_NODE_HOLDS_VALUE(tls_node) || json_node_get_value_type(tls_node) != G_TYPE_BOOLEAN)) ||
+      (ca_node && !JSON_NODE_HOLDS_NULL(ca_node) &&
+       (!JSON_NODE_HOLDS_VALUE(ca_node) || json_node_get_value_type(ca_node) != G_TYPE_STRING))) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "registration reply: mqtt_tls not a boolean or ca not a string");
+    return FALSE;
+  }
+  gboolean tls = tls_node && JSON_NODE_HOLDS_VALUE(tls_node) && json_node_get_boolean(tls_node);
+  const char *reply_ca = ca_node && JSON_NODE_HOLDS_VALUE(ca_node) ? json_node_get_string(ca_node) : NULL;
+  if (!tls && !n->insecure) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "the cluster offers its broker without TLS (no \"mqtt_tls\": true in its registration "
+                "answer); plain MQTT needs --insecure");
+    return FALSE;
+  }
+  if (!adopt_ca(n, msg, reply_ca, error))
+    return FALSE;
+  if (tls && n->ca == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "registration reply: \"mqtt_tls\" without a CA to trust");
+    return FALSE;
+  }
+  n->mqtt_tls = tls;
   g_free(n->id);
   n->id = g_strdup(json_object_get_string_member(o, "id"));
   g_free(n->mqtt_host);
@@ -462,7 +647,25 @@ static gboolean apply_registration(Node *n, GBytes *body, GError **error) {
   n->mqtt_password = g_strdup(json_object_get_string_member(o, "mqtt_password"));
   g_free(n->subnet);
   n->subnet = g_strdup(json_object_get_string_member(o, "subnet"));
+  g_free(n->registered_id);
+  n->registered_id = g_strdup(n->id);
   return save_identity(n, error);
+}
+
+/* "HTTP 409 name_taken: <message>" from the {"error": {"code", "message"}} of an answer, else the
+ * start of its body. */
+static char *http_problem(guint status, GBytes *body) {
+  gsize len = 0;
+  const char *text = g_bytes_get_data(body, &len);
+  g_autoptr(JsonNode) root = od_json_parse(text ? text : "", (gssize)len, NULL);
+  JsonObject *o = root && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
+  JsonNode *e = o ? json_object_get_member(o, "error") : NULL;
+  JsonObject *eo = e && JSON_NODE_HOLDS_OBJECT(e) ? json_node_get_object(e) : NULL;
+  const char *code = eo ? json_object_get_string_member_with_default(eo, "code", NULL) : NULL;
+  const char *message = eo ? json_object_get_string_member_with_default(eo, "message", NULL) : NULL;
+  if (code != NULL && message != NULL)
+    return g_strdup_printf("HTTP %u %s: %s", status, code, message);
+  return g_strdup_printf("HTTP %u: %.*s", status, (int)MIN(len, 400), text ? text : "");
 }
 
 static void on_registered(GObject *src, GAsyncResult *res, gpointer data) {
@@ -473,18 +676,29 @@ static void on_registered(GObject *src, GAsyncResult *res, gpointer data) {
   guint status = body ? soup_message_get_status(msg) : 0;
   g_autofree char *problem = NULL;
   if (body != NULL && status == SOUP_STATUS_CREATED) {
-    if (apply_registration(n, body, &error)) {
-      od_log(G_LOG_LEVEL_MESSAGE, "register", "node", n->id, "subnet", n->subnet, "msg", "registered", NULL);
+    if (apply_registration(n, msg, body, &error)) {
+      od_log(G_LOG_LEVEL_MESSAGE, "register", "node", n->id, "subnet", n->subnet, "broker",
+             n->mqtt_tls ? "tls" : "plain", "msg", "registered", NULL);
       node_start(n);
       return;
     }
     problem = g_strdup(error->message);
   } else if (body != NULL) {
-    gsize len = 0;
-    const char *text = g_bytes_get_data(body, &len);
-    problem = g_strdup_printf("HTTP %u: %.*s", status, (int)MIN(len, 400), text ? text : "");
+    problem = http_problem(status, body);
+  } else if (g_error_matches(error, G_TLS_ERROR, G_TLS_ERROR_BAD_CERTIFICATE)) {
+    problem = refused_certificate(n, msg, error);
   } else {
     problem = g_strdup(error->message);
+  }
+  if (status == SOUP_STATUS_CONFLICT) {
+    /* The name belongs to a registered node, and this one has not its credential: running under it
+     * would take that node's place. */
+    g_autofree char *m = g_strdup_printf(
+        "the cluster at %s has another node registered as %s (%s): start this node with another --name, or "
+        "remove that node first (oakuk node remove %s)",
+        n->cluster_url, n->id, problem, n->id);
+    fatal(n, m);
+    return;
   }
   gboolean permanent = status >= 400 && status < 500;
   if (have_credentials(n)) {
@@ -512,6 +726,9 @@ static gboolean do_register(gpointer data) {
   g_autoptr(JsonObject) body = json_object_new();
   json_object_set_member(body, "capabilities", json_node_copy(caps));
   json_object_set_string_member(body, "join_token", n->join_token ? n->join_token : "");
+  /* A node registered before proves it is that node with its current MQTT password. */
+  if (n->mqtt_password != NULL && g_strcmp0(n->registered_id, n->id) == 0)
+    json_object_set_string_member(body, "credential", n->mqtt_password);
   g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), json_object_ref(body));
   g_autofree char *text = od_json_to_string(root, FALSE);
   g_autofree char *base = g_strdup(n->cluster_url);
@@ -521,6 +738,7 @@ static gboolean do_register(gpointer data) {
   g_autoptr(SoupMessage) msg = soup_message_new("POST", url);
   g_autoptr(GBytes) bytes = g_bytes_new(text, strlen(text));
   soup_message_set_request_body_from_bytes(msg, "application/json", bytes);
+  pin(n, msg);
   soup_session_send_and_read_async(n->session, msg, G_PRIORITY_DEFAULT, NULL, on_registered, n);
   return G_SOURCE_REMOVE;
 }
@@ -650,12 +868,17 @@ static void node_free(Node *n) {
   g_clear_pointer(&n->images, oakuk_image_cache_unref);
   g_clear_pointer(&n->caps, oakuk_qemu_caps_unref);
   g_clear_object(&n->session);
+  g_clear_object(&n->ca);
   g_clear_pointer(&n->loop, g_main_loop_unref);
   g_clear_pointer(&n->config, g_key_file_unref);
-  char **strs[] = {&n->state_dir,      &n->cluster_url, &n->join_token,          &n->name,
-                   &n->underlay_ip,    &n->id,          &n->mqtt_host,           &n->mqtt_username,
-                   &n->mqtt_password,  &n->subnet,      &n->insecure_registries, &n->qemu_user,
-                   &n->image_file_dirs};
+  char **strs[] = {&n->state_dir,           &n->cluster_url,
+                   &n->join_token,          &n->name,
+                   &n->underlay_ip,         &n->id,
+                   &n->mqtt_host,           &n->mqtt_username,
+                   &n->mqtt_password,       &n->subnet,
+                   &n->insecure_registries, &n->qemu_user,
+                   &n->image_file_dirs,     &n->ca_fingerprint,
+                   &n->registered_id};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -664,7 +887,13 @@ static int run(Node *n, Args *a) {
   g_autoptr(GError) error = NULL;
   if (!load_settings(n, a, &error))
     goto fail;
-  if (!od_state_dir_prepare(n->state_dir, &error))
+  if (n->insecure)
+    od_log(G_LOG_LEVEL_WARNING, "insecure", "msg",
+           "--insecure: plain HTTP to the cluster and plain MQTT are allowed; whoever is on the path can "
+           "read and "
+           "change what this node and its cluster say",
+           NULL);
+  if (!od_state_dir_prepare(n->state_dir, &error) || !parse_join_token(n, &error) || !load_trust(n, &error))
     goto fail;
   load_identity(n);
   if (n->name != NULL) {
@@ -686,7 +915,9 @@ static int run(Node *n, Args *a) {
   n->services = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   n->peers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   n->loop = g_main_loop_new(NULL, FALSE);
-  n->session = soup_session_new_with_options("timeout", 10, "user-agent", "oakuk-node", NULL);
+  /* Trusts no CA by itself: each request pins the root CA (pin()). */
+  n->session = od_tls_session_new();
+  g_object_set(n->session, "timeout", 10, "user-agent", "oakuk-node", NULL);
   /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
    * proxy modules and libproxy out of the daemon). */
   soup_session_set_proxy_resolver(n->session, NULL);
@@ -710,8 +941,8 @@ int main(int argc, char **argv) {
       {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir,
        "State directory: images/, instances/, jobs/, node.json (default /var/lib/oakuk/node)", "DIR"},
       {"cluster-url", 0, 0, G_OPTION_ARG_STRING, &a.cluster_url, "Base URL of oakuk-cluster", "URL"},
-      {"join-token", 0, 0, G_OPTION_ARG_STRING, &a.join_token, "Node join token of the cluster, or @FILE",
-       "TOKEN"},
+      {"join-token", 0, 0, G_OPTION_ARG_STRING, &a.join_token,
+       "Node join token oakuk1.<CA fingerprint>.<secret> (oakuk token create node), or @FILE", "TOKEN"},
       {"join-token-file", 0, 0, G_OPTION_ARG_FILENAME, &a.join_token_file, "Read the join token from FILE",
        "FILE"},
       {"name", 0, 0, G_OPTION_ARG_STRING, &a.name,
@@ -734,6 +965,8 @@ int main(int argc, char **argv) {
        "Stop the instances on SIGTERM (default: they keep running and are re-adopted)", NULL},
       {"leave", 0, 0, G_OPTION_ARG_NONE, &a.leave,
        "On SIGTERM stop the instances and remove the node's bridge, VXLAN device and nftables table", NULL},
+      {"insecure", 0, 0, G_OPTION_ARG_NONE, &a.insecure,
+       "Allow plain HTTP to the cluster and plain MQTT (warned at every start)", NULL},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
   if (!od_options_parse(&argc, &argv, "oakuk node: runs unikernels and containers for its cluster.", entries,

@@ -88,11 +88,19 @@ struct Node {
   char *qemu_user;                           /* QEMU runs as this user; "" or NULL: as root */
   char *image_file_dirs;                     /* file:// images only from these ("DIR:DIR"); NULL: none */
   gboolean stop_instances;
-  gboolean leave; /* --leave: on stop, also remove the bridge, VXLAN device and nftables table */
+  gboolean leave;    /* --leave: on stop, also remove the bridge, VXLAN device and nftables table */
+  gboolean insecure; /* --insecure: plain HTTP to the cluster and plain MQTT allowed */
   gint64 report_interval_ms;
+
+  /* trust (docs/security.md): the root CA, pinned by the join token's fingerprint at the first
+   * contact and by <state>/pki/ca.crt from then on */
+  char *ca_fingerprint; /* from an oakuk1.<fingerprint>.<secret> join token; NULL for a plain one */
+  GTlsCertificate *ca;  /* <state>/pki/ca.crt, once known */
 
   /* registration (node.json) */
   char *id;
+  char *registered_id; /* the id node.json's credentials were issued for */
+  gboolean mqtt_tls;   /* the broker is reached over TLS (the registration answer's "mqtt_tls") */
   char *mqtt_host;
   guint16 mqtt_port;
   char *mqtt_username;

@@ -1,14 +1,18 @@
 #!/usr/bin/python3
 """Integration test of the `oakuk` control-plane commands against a real oakuk-root and
-oakuk-cluster (with its own mosquitto) and a fake node played by mosquitto_pub/mosquitto_sub.
+oakuk-cluster (with its own mosquitto), both with TLS, and a fake node played by
+mosquitto_pub/mosquitto_sub: login pinning the root's CA like ssh, tokens, users and the commands.
 
 Usage: test-cli.py <oakuk> <oakuk-root> <oakuk-cluster>"""
 import fcntl
+import hashlib
 import json
 import os
 import re
 import select
+import shutil
 import signal
+import ssl
 import stat
 import subprocess
 import sys
@@ -44,6 +48,12 @@ SLA = {
              "arch": ["amd64"], "state": "", "port": "", "added_files": [],
              "constraints": [{"type": "direct", "node": "node-z"}]}]}]}
 WEB = "shop.test.web.test"
+PASSWORD = "correct horse battery staple"  # for the users made here: 12 characters or more
+
+
+def fingerprint(pem_path):
+    with open(pem_path) as f:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
 
 
 class CliTest(unittest.TestCase):
@@ -56,6 +66,9 @@ class CliTest(unittest.TestCase):
         cls.env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(cls.tmp, "config"), OAKUK_URL=cls.cp.root_url,
                        COLUMNS="110")
         cls.creds = os.path.join(cls.tmp, "config", "oakuk", "credentials.json")
+        cls.fp = fingerprint(cls.cp.ca_file)
+        cls.port = int(cls.cp.root_url.rsplit(":", 1)[1])
+        cls.pwfile = edgelib.write_secret(os.path.join(cls.tmp, "user-password"), PASSWORD)
         edgelib.wait_until("aggregate with node-a at the root", lambda: any(
             n["id"] == "node-a" for c in edgelib.requests.get(cls.cp.root_url + "/api/v1/clusters",
                                                              headers=cls.cp.headers, timeout=5).json()
@@ -69,23 +82,32 @@ class CliTest(unittest.TestCase):
             subprocess.run(["rm", "-rf", cls.tmp])
 
     def oakuk(self, *args, stdin=None, env=None, timeout=60):
+        # a session of its own: no controlling terminal to ask on, as in CI
         p = subprocess.run([OAKUK] + list(args), input=stdin, capture_output=True, text=True, timeout=timeout,
-                           env=env or self.env)
+                           env=env or self.env, start_new_session=True)
         return p.returncode, p.stdout, p.stderr
 
-    def login(self):
-        rc, out, err = self.oakuk("login", "--password-stdin", stdin=self.cp.admin_password + "\n")
+    def login(self, env=None):
+        rc, out, err = self.oakuk("login", "--ca-file", self.cp.ca_file, "--password-stdin",
+                                  stdin=self.cp.admin_password + "\n", env=env)
         self.assertEqual(rc, 0, err)
 
-    def oakuk_on_terminal(self, args, answer, env):
-        """Runs oakuk on a new pseudo-terminal that is its controlling terminal, answers the first
-        prompt with answer, and returns (exit code, everything the terminal showed, whether echo
-        was off while the prompt waited)."""
+    def config_env(self, name):
+        """An environment with a fresh configuration directory (no credentials, no CA)."""
+        return dict(self.env, XDG_CONFIG_HOME=os.path.join(self.tmp, name))
+
+    def stored_ca(self, env):
+        return os.path.join(env["XDG_CONFIG_HOME"], "oakuk", "ca-127.0.0.1-%d.crt" % self.port)
+
+    def oakuk_on_terminal(self, args, answers, env):
+        """Runs oakuk on a new pseudo-terminal that is its controlling terminal and answers its
+        prompts: answers is a list of (text of the prompt, answer). Returns (exit code, everything
+        the terminal showed, for each answered prompt whether echo was off while it waited)."""
         master, slave = os.openpty()
         p = subprocess.Popen([OAKUK] + args, stdin=slave, stdout=slave, stderr=slave, env=env,
                              start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         os.close(slave)
-        shown, echo_off, answered = b"", None, False
+        shown, echo_off, pending, seen_upto = b"", [], list(answers), 0
         deadline = time.time() + 30
         while time.time() < deadline:
             ready, _, _ = select.select([master], [], [], 0.2)
@@ -97,10 +119,11 @@ class CliTest(unittest.TestCase):
                 if not chunk:
                     break
                 shown += chunk
-            if not answered and b"assword" in shown:
-                echo_off = not termios.tcgetattr(master)[3] & termios.ECHO
-                os.write(master, answer.encode() + b"\n")
-                answered = True
+            if pending and pending[0][0].encode() in shown[seen_upto:]:
+                seen_upto = shown.index(pending[0][0].encode(), seen_upto) + len(pending[0][0])
+                time.sleep(0.1)  # the prompt is written before echo is turned off: let it settle
+                echo_off.append(not termios.tcgetattr(master)[3] & termios.ECHO)
+                os.write(master, pending.pop(0)[1].encode() + b"\n")
             if p.poll() is not None and not ready:
                 break
         rc = p.wait(timeout=10)
@@ -126,16 +149,18 @@ class CliTest(unittest.TestCase):
         self.assertFalse(os.path.exists(self.creds))
 
     def test_02_login(self):
-        rc, out, err = self.oakuk("login", "--password-stdin", stdin="wrong-password\n")
+        rc, out, err = self.oakuk("login", "--ca-file", self.cp.ca_file, "--password-stdin", stdin="wrong-password\n")
         self.assertEqual(rc, 4, err)
         self.assertIn("invalid username or password", err)
         self.assertFalse(os.path.exists(self.creds))
-        rc, out, err = self.oakuk("login", "--url", "http://127.0.0.1:1", "--password-stdin", stdin="x\n")
+        rc, out, err = self.oakuk("login", "https://127.0.0.1:1", "--ca-fingerprint", self.fp, "--password-stdin",
+                                  stdin="x\n")
         self.assertEqual(rc, 5, err)
-        self.assertIn("cannot reach the root at http://127.0.0.1:1", err)
+        self.assertIn("cannot reach the root at https://127.0.0.1:1", err)
         # A password as an argument is refused: it would show in ps.
         rc, out, err = self.oakuk("login", self.cp.admin_password)
         self.assertEqual(rc, 2, err)
+        self.assertIn("the password is never an argument", err)
         self.login()
         self.assertEqual(stat.S_IMODE(os.stat(self.creds).st_mode), 0o600)
         with open(self.creds) as f:
@@ -144,17 +169,96 @@ class CliTest(unittest.TestCase):
         self.assertEqual(c["username"], "Admin")
         self.assertTrue(c["token"] and c["refresh_token"])
         self.assertNotIn(self.cp.admin_password, json.dumps(c))
-        # Interactively: the password is asked on the terminal, without echo, and never shown.
-        env = dict(self.env, XDG_CONFIG_HOME=os.path.join(self.tmp, "config-tty"))
-        rc, shown, echo_off = self.oakuk_on_terminal(["login"], self.cp.admin_password, env)
+        self.assertNotIn("insecure", c)
+        # the root's CA is kept beside the credentials, private, and pinned from now on
+        ca = self.stored_ca(self.env)
+        self.assertEqual(fingerprint(ca), self.fp)
+        self.assertEqual(stat.S_IMODE(os.stat(ca).st_mode), 0o600)
+        # Interactively: the CA's fingerprint is shown and confirmed, then the password is asked on
+        # the terminal, without echo, and never shown.
+        env = self.config_env("config-tty")
+        rc, shown, echo_off = self.oakuk_on_terminal(["login", self.cp.root_url], [
+            ("Trust it? [y/N]", "y"), ("assword", self.cp.admin_password)], env)
         self.assertEqual(rc, 0, shown)
-        self.assertIn("assword", shown)
-        self.assertTrue(echo_off, "echo was on while the password was typed")
+        self.assertIn("SHA-256 fingerprint " + self.fp, shown)
+        self.assertEqual(echo_off, [False, True], "echo was on while the password was typed")
         self.assertNotIn(self.cp.admin_password, shown)
         self.assertTrue(os.path.exists(os.path.join(self.tmp, "config-tty", "oakuk", "credentials.json")), shown)
-        rc, shown, _ = self.oakuk_on_terminal(["login"], "wrong-password", env)
+        self.assertEqual(fingerprint(self.stored_ca(env)), self.fp)
+        # the CA is stored now: no question about it, only the password
+        rc, shown, _ = self.oakuk_on_terminal(["login"], [("assword", "wrong-password")], env)
         self.assertEqual(rc, 4, shown)
+        self.assertNotIn("Trust it?", shown)
         self.assertIn("invalid username or password", shown)
+        # answering no (or nothing) trusts nothing and stores nothing
+        env = self.config_env("config-tty-no")
+        rc, shown, _ = self.oakuk_on_terminal(["login", self.cp.root_url], [("Trust it? [y/N]", "")], env)
+        self.assertEqual(rc, 1, shown)
+        self.assertIn("is not trusted; nothing was stored", shown)
+        self.assertNotIn("assword", shown)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "config-tty-no", "oakuk")))
+
+    def test_02b_login_pins_the_ca(self):
+        url = self.cp.root_url
+        # the fingerprint as openssl prints it (upper case, colons) is accepted; later commands pin it
+        env = self.config_env("config-fp")
+        openssl_fp = ":".join(self.fp[i:i + 2] for i in range(0, 64, 2)).upper()
+        rc, out, err = self.oakuk("login", url, "--ca-fingerprint", openssl_fp, "--password-stdin",
+                                  stdin=self.cp.admin_password + "\n", env=env)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("the root's CA %s is pinned" % self.fp, out)
+        self.assertEqual(fingerprint(self.stored_ca(env)), self.fp)
+        rc, out, err = self.oakuk("clusters", env=env)
+        self.assertEqual(rc, 0, err)
+        # a wrong fingerprint: refused, naming both; nothing is stored and no password was sent
+        env = self.config_env("config-wrong")
+        wrong = "0f" * 32
+        rc, out, err = self.oakuk("login", url, "--ca-fingerprint", wrong, "--password-stdin",
+                                  stdin=self.cp.admin_password + "\n", env=env)
+        self.assertEqual(rc, 4, err)
+        self.assertIn("presents a certificate from the CA %s, not from the CA %s" % (self.fp, wrong), err)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "config-wrong", "oakuk")))
+        # a CA file of someone else: the same
+        other = edgelib.Ca("someone else's CA")
+        other_file = other.write(os.path.join(self.tmp, "other-ca.crt"))
+        rc, out, err = self.oakuk("login", url, "--ca-file", other_file, "--password-stdin",
+                                  stdin=self.cp.admin_password + "\n", env=env)
+        self.assertEqual(rc, 4, err)
+        self.assertIn("not from the CA %s you gave" % other.fingerprint, err)
+        # no terminal and nothing to pin: refused before anything is sent
+        rc, out, err = self.oakuk("login", url, "--password-stdin", stdin=self.cp.admin_password + "\n", env=env)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("no terminal to confirm", err)
+        self.assertIn("--ca-fingerprint", err)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "config-wrong", "oakuk")))
+        # plain http only with --insecure
+        rc, out, err = self.oakuk("login", "http://127.0.0.1:%d" % self.port, "--password-stdin",
+                                  stdin=self.cp.admin_password + "\n", env=env)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("is plain HTTP", err)
+        self.assertIn("--insecure", err)
+        # a stored CA that is not the one the root presents (the root's CA changed, or another
+        # server answers there): every command is refused, naming both
+        env = self.config_env("config-fp")
+        shutil.copy(self.stored_ca(env), os.path.join(self.tmp, "real-ca.crt"))
+        other.write(self.stored_ca(env))
+        rc, out, err = self.oakuk("status", env=env)
+        self.assertEqual(rc, 4, err)
+        self.assertIn("presents a certificate from the CA %s, not from the CA %s trusted for it (%s)"
+                      % (self.fp, other.fingerprint, self.stored_ca(env)), err)
+        self.assertIn("remove %s and log in again" % self.stored_ca(env), err)
+        # and a login naming another CA than the stored one too
+        shutil.copy(os.path.join(self.tmp, "real-ca.crt"), self.stored_ca(env))
+        rc, out, err = self.oakuk("login", url, "--ca-file", other_file, "--password-stdin",
+                                  stdin=self.cp.admin_password + "\n", env=env)
+        self.assertEqual(rc, 4, err)
+        self.assertIn("the CA trusted for %s is %s" % (url, self.fp), err)
+        self.assertIn(other.fingerprint, err)
+        # without a stored CA, a logged-in command refuses to guess
+        os.unlink(self.stored_ca(env))
+        rc, out, err = self.oakuk("status", env=env)
+        self.assertEqual(rc, 4, err)
+        self.assertIn("no CA is stored for " + url, err)
 
     def test_03_apply_invalid(self):
         bad = json.loads(json.dumps(SLA))
@@ -410,7 +514,7 @@ class CliTest(unittest.TestCase):
         self.login()
 
     def test_14_root_unreachable(self):
-        dead = "http://127.0.0.1:%d" % edgelib.ports(1)[0]
+        dead = "https://127.0.0.1:%d" % edgelib.ports(1)[0]
         env = dict(self.env, XDG_CONFIG_HOME=os.path.join(self.tmp, "config-dead"), OAKUK_URL=dead)
         os.makedirs(os.path.join(self.tmp, "config-dead", "oakuk"))
         with open(self.creds) as f:
@@ -418,6 +522,8 @@ class CliTest(unittest.TestCase):
         c["url"] = dead
         with open(os.path.join(self.tmp, "config-dead", "oakuk", "credentials.json"), "w") as f:
             json.dump(c, f)
+        shutil.copy(self.cp.ca_file, os.path.join(self.tmp, "config-dead", "oakuk",
+                                                  "ca-127.0.0.1-%s.crt" % dead.rsplit(":", 1)[1]))
         rc, out, err = self.oakuk("status", env=env)
         self.assertEqual(rc, 5, err)
         self.assertIn("cannot reach the root at " + dead, err)
@@ -436,6 +542,91 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("undeploy", "web")
         self.assertEqual(rc, 0, err)
         self.assertIn("has no instances", out)
+
+    def test_16_token_create(self):
+        rc, out, err = self.oakuk("token", "create", "cluster")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^oakuk1\.%s\.[0-9a-f]{48}\n$" % self.fp)
+        t0 = time.time()
+        rc, out, err = self.oakuk("token", "create", "cluster", "--ttl", "2h", "--uses", "3", "--json")
+        self.assertEqual(rc, 0, err)
+        doc = json.loads(out)
+        self.assertEqual((doc["kind"], doc["uses"]), ("cluster", 3))
+        self.assertLess(abs(doc["expires_at"] / 1000 - (t0 + 7200)), 60)
+        # a node token, made by the cluster: a node registers with it
+        rc, out, err = self.oakuk("token", "create", "node", "--cluster", "edge1", "--ttl", "90s")
+        self.assertEqual(rc, 0, err)
+        token = out.strip()
+        self.assertTrue(token.startswith("oakuk1.%s." % self.fp), token)
+        r = edgelib.requests.post(self.cp.cluster_url + "/api/node/register", timeout=10, verify=self.cp.ca_file,
+                                  json={"join_token": token, "capabilities": edgelib.report("node-tok", 1000)})
+        self.assertEqual(r.status_code, 201, r.text)
+        for args, want in ((["node"], "give --cluster NAME"), (["cluster", "--cluster", "edge1"], "node tokens only"),
+                           (["cluster", "--ttl", "10x"], "--ttl"), (["cluster", "--ttl", "30s"], "--ttl"),
+                           (["cluster", "--uses", "0"], "--uses"), (["vm"], "expected cluster or node")):
+            rc, out, err = self.oakuk("token", "create", *args)
+            self.assertEqual(rc, 2, (args, err))
+            self.assertIn(want, err)
+            self.assertEqual(out, "")
+        rc, out, err = self.oakuk("token", "create", "node", "--cluster", "nosuch")
+        self.assertEqual(rc, 6, err)
+
+    def test_17_users(self):
+        rc, out, err = self.oakuk("user", "create", "alice", "--role", "Application_Provider", "--password-file",
+                                  self.pwfile)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("user alice created (Application_Provider)", out)
+        # asked twice on the terminal, without echo
+        rc, shown, echo_off = self.oakuk_on_terminal(
+            ["user", "create", "bob", "--role", "Infrastructure_Provider"],
+            [("Password for the new user bob", PASSWORD), ("The same again", PASSWORD)], self.env)
+        self.assertEqual(rc, 0, shown)
+        self.assertEqual(echo_off, [True, True])
+        self.assertNotIn(PASSWORD, shown)
+        rc, out, err = self.oakuk("user", "list")
+        self.assertEqual(rc, 0, err)
+        rows = [l.split() for l in out.splitlines()]
+        self.assertEqual(rows[0], ["USER", "ROLE"])
+        for row in (["Admin", "Admin"], ["alice", "Application_Provider"], ["bob", "Infrastructure_Provider"]):
+            self.assertIn(row, rows)
+        rc, out, err = self.oakuk("user", "list", "--json")
+        self.assertIn({"username": "alice", "role": "Application_Provider"}, json.loads(out))
+        self.assertNotIn(PASSWORD, out)
+        # refusals: an unknown role, no password source without a terminal, a short password
+        rc, out, err = self.oakuk("user", "create", "carol", "--role", "Root", "--password-file", self.pwfile)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("Application_Provider", err)
+        rc, out, err = self.oakuk("user", "create", "carol", "--role", "Admin")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("--password-file", err)
+        short = edgelib.write_secret(os.path.join(self.tmp, "short-password"), "short")
+        rc, out, err = self.oakuk("user", "create", "carol", "--role", "Admin", "--password-file", short)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("12", err)
+        # each role's CLI: an Application_Provider may not make tokens (403, exit 1), an
+        # Infrastructure_Provider may
+        for user, want in (("alice", 1), ("bob", 0)):
+            env = self.config_env("config-" + user)
+            rc, out, err = self.oakuk("login", "--ca-file", self.cp.ca_file, "--username", user, "--password-file",
+                                      self.pwfile, env=env)
+            self.assertEqual(rc, 0, err)
+            rc, out, err = self.oakuk("token", "create", "cluster", env=env)
+            self.assertEqual(rc, want, err)
+            if want:
+                self.assertIn("forbidden (HTTP 403)", err)
+                self.assertIn("needs the role", err)
+                self.assertEqual(out, "")
+                rc, out, err = self.oakuk("user", "list", env=env)
+                self.assertEqual(rc, 1, err)
+        rc, out, err = self.oakuk("user", "remove", "alice")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("user alice removed", out)
+        rc, out, err = self.oakuk("user", "list", "--json")
+        self.assertNotIn("alice", [u["username"] for u in json.loads(out)])
+        rc, out, err = self.oakuk("user", "remove", "alice")
+        self.assertEqual(rc, 6, err)
+        rc, out, err = self.oakuk("user", "remove", "bob")
+        self.assertEqual(rc, 0, err)
 
 
 if __name__ == "__main__":

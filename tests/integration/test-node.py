@@ -1,10 +1,14 @@
 #!/usr/bin/python3
 """Integration test of oakuk-node with a real oakuk-root and oakuk-cluster (and the cluster's own
-mosquitto). The node runs in its own network namespace ("host"), joined to the test's namespace by a
-veth on a private 172.31.<r>.0/24; it deploys the amd64 test guest under TCG, fetched over HTTP from
-this test. Events and reports are watched with mosquitto_sub using the node's own credentials.
+mosquitto), every hop over TLS under the root's CA (docs/security.md). The node runs in its own
+network namespace ("host"), joined to the test's namespace by a veth on a private 172.31.<r>.0/24;
+it deploys the amd64 test guest under TCG, fetched over HTTP from this test. Events and reports are
+watched with mosquitto_sub over TLS as an observer the test adds to the broker (the broker binds
+client ids to user names: a second login as the node would take its place). Nodes that must not get in
+(another CA, another node's name) run in a second namespace, 172.30.<r>.0/30.
 
 Usage: test-node.py <oakuk-root> <oakuk-cluster> <oakuk-node>  (as root)"""
+import base64
 import contextlib
 import functools
 import hashlib
@@ -18,6 +22,8 @@ import random
 import shutil
 import signal
 import socket
+import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,6 +39,9 @@ import edgelib  # noqa: E402
 from edgelib import MOSQUITTO, PROCS, ports, spawn  # noqa: E402
 
 ROOT_BIN = CLUSTER_BIN = NODE_BIN = None
+HTTP = requests.Session()  # verify= the root's CA once it exists (setUpClass)
+HTTP.trust_env = False  # neither $REQUESTS_CA_BUNDLE (it would replace .verify) nor proxies
+CA = None  # the root's CA certificate (<root state>/pki/ca.crt)
 # Guest boots under TCG and daemons restarting: more patience than the control-plane tests.
 stop = functools.partial(edgelib.stop, timeout=20)
 wait_until = functools.partial(edgelib.wait_until, timeout=30, interval=0.3)
@@ -49,6 +58,9 @@ R = random.randrange(1, 250)
 NS = "oakuk-t-node-%04x" % random.randrange(0x10000)
 VETH_T, VETH_N = "otn%da" % R, "otn%db" % R
 TEST_IP, NODE_IP = "172.31.%d.1" % R, "172.31.%d.2" % R
+NS2 = NS + "-x"  # where nodes that must be refused run
+VETH2_T, VETH2_N = "otx%da" % R, "otx%db" % R
+TEST2_IP, NODE2_IP = "172.30.%d.1" % R, "172.30.%d.2" % R
 APP = "nt%04x" % random.randrange(0x10000)
 QEMU_USER = "oakuk-tq%04x" % random.randrange(0x10000)  # the node creates it; the test removes it
 JOB = "%s.test.web.test" % APP
@@ -61,7 +73,8 @@ def sh(*argv, check=True):
     return p
 
 
-def qemu_pids(instance):
+def qemu_pids(instance, prefix=False):
+    """QEMUs named instance (or, with prefix, any name starting with it)."""
     out = []
     for p in pathlib.Path("/proc").iterdir():
         if p.name.isdigit():
@@ -69,7 +82,8 @@ def qemu_pids(instance):
                 argv = (p / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"-name" in argv and instance.encode() in argv:
+            if b"-name" in argv and any(a == instance.encode() or (prefix and a.startswith(instance.encode()))
+                                        for a in argv):
                 out.append(int(p.name))
     return out
 
@@ -77,6 +91,65 @@ def qemu_pids(instance):
 def in_node_ns(*argv, timeout=15):
     return subprocess.run(["nsenter", "--net=/run/netns/" + NS, "--", *argv], capture_output=True, text=True,
                           timeout=timeout)
+
+
+def fingerprint(pem_path):
+    with open(pem_path) as f:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
+
+
+def secret_file(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return path
+
+
+class ForeignTlsServer:
+    """An HTTPS server on TEST_IP with a certificate of another CA, naming TEST_IP: it counts handshakes
+    and would answer a registration as a cluster does, if anyone got that far."""
+
+    def __init__(self, tmp):
+        other = edgelib.Ca("someone else's CA")
+        self.ca = other.write(os.path.join(tmp, "foreign-ca.crt"))
+        cert, key_pem = other.issue("not-a-cluster", [TEST_IP])
+        self.cert, key = os.path.join(tmp, "foreign.crt"), os.path.join(tmp, "foreign.key")
+        with open(self.cert, "w") as f:
+            f.write(cert + other.pem)  # the chain, as the daemons serve it
+        secret_file(key, key_pem)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(self.cert, key)
+        self.sock = socket.socket()
+        self.sock.bind((TEST_IP, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = self.requests = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        self.sock.settimeout(0.3)
+        while not self.stopped.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.handshakes += 1
+            try:
+                c.settimeout(5)
+                with self.ctx.wrap_socket(c, server_side=True) as t:
+                    if t.recv(65536):
+                        self.requests += 1
+                        body = json.dumps({"id": "x", "mqtt_host": TEST_IP, "mqtt_port": 1883, "mqtt_username": "x",
+                                           "mqtt_password": "x", "subnet": "10.18.99.0/24", "mqtt_tls": True})
+                        t.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                                  b"\r\n%s" % (len(body), body.encode()))
+            except (OSError, ssl.SSLError):
+                pass
+
+    def close(self):
+        self.stopped.set()
+        self.sock.close()
 
 
 class Log:
@@ -92,19 +165,48 @@ class Log:
                                                 if l.startswith(prefix)), None), timeout=timeout)
 
 
-class Watcher:
-    """mosquitto_sub on nodes/<id>/# with the node's credentials; keeps every message."""
+def add_observers(cluster_state, users):
+    """Adds broker users (name -> password) that may read and write every node's topics, as the
+    cluster's own user may: lines in the password file (mosquitto's $7$ format, as
+    od_mosquitto_password_line writes them; the cluster keeps lines it did not write) and in the ACL,
+    then SIGHUP to mosquitto, which reloads both. The cluster rewrites the ACL only when it restarts
+    mosquitto, which this test does not make it do."""
+    d = os.path.join(cluster_state, "mosquitto")
+    for user, password in users.items():
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+        with open(os.path.join(d, "passwd"), "a") as f:
+            f.write("%s:$7$101$%s$%s\n" % (user, base64.b64encode(salt).decode(), base64.b64encode(digest).decode()))
+        with open(os.path.join(d, "acl"), "a") as f:
+            f.write("\nuser %s\ntopic readwrite nodes/#\n" % user)
+    conf = os.path.join(d, "mosquitto.conf").encode()
+    pids = []
+    for p in pathlib.Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if p.name.isdigit() and conf in (p / "cmdline").read_bytes().split(b"\0"):
+                pids.append(int(p.name))
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGHUP)
 
-    def __init__(self, creds, node_id):
+
+class Watcher:
+    """mosquitto_sub on nodes/<id>/# as one observer, mosquitto_pub as another (a client id is its
+    user name: one login per user at a time), over TLS trusting the root's CA (the logins and the CA
+    in the clients' option files, not on a command line); keeps every message."""
+
+    def __init__(self, creds, node_id, tmp, observers):
         self.msgs = []
         self.lock = threading.Lock()
         self.q = queue.Queue()
         self.id = node_id
         self.creds = creds
-        self.sub = spawn(["mosquitto_sub", "-h", TEST_IP, "-p", str(creds["mqtt_port"]), "-u", creds["mqtt_username"],
-                          "-P", creds["mqtt_password"], "-q", "1", "-i", "watch-%d" % random.randrange(1 << 30),
-                          "-v", "-t", "nodes/%s/#" % node_id], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         text=True)
+        (sub_user, sub_pw), (pub_user, pub_pw) = sorted(observers.items())
+        sub_env = edgelib.mqtt_env(os.path.join(tmp, "mqtt-sub"), sub_user, sub_pw, CA)
+        self.env = edgelib.mqtt_env(os.path.join(tmp, "mqtt-pub"), pub_user, pub_pw, CA)
+        self.plain_env = edgelib.mqtt_env(os.path.join(tmp, "mqtt-plain"), pub_user, pub_pw)
+        self.sub = spawn(["mosquitto_sub", "-h", TEST_IP, "-p", str(creds["mqtt_port"]), "-q", "1",
+                          "-v", "-t", "nodes/%s/#" % node_id],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=sub_env)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -129,11 +231,10 @@ class Watcher:
         return wait_until(what, lambda: next((m for m in self.since(t0, leaf) if isinstance(m, dict) and pred(m)),
                                              None), timeout=timeout)
 
-    def publish(self, leaf, data):
-        return subprocess.run(["mosquitto_pub", "-h", TEST_IP, "-p", str(self.creds["mqtt_port"]),
-                               "-u", self.creds["mqtt_username"], "-P", self.creds["mqtt_password"], "-q", "1",
-                               "-t", "nodes/%s/%s" % (self.id, leaf), "-m", data],
-                              capture_output=True, timeout=10).returncode
+    def publish(self, leaf, data, tls=True):
+        return subprocess.run(["mosquitto_pub", "-h", TEST_IP, "-p", str(self.creds["mqtt_port"]), "-q", "1",
+                               "-t", "nodes/%s/%s" % (self.id, leaf), "-m", data], capture_output=True, timeout=10,
+                              env=self.env if tls else self.plain_env).returncode
 
     def close(self):
         stop(self.sub)
@@ -149,6 +250,17 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 class NodeTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
+        # Everything made is removed when the setup fails, and when a runner's timeout ends the test
+        # with SIGTERM: namespaces, links, users and daemons must not outlive it.
+        signal.signal(signal.SIGTERM, lambda *_: (cls.tearDownClass(), os._exit(1)))
+        try:
+            cls.set_up()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def set_up(cls):
         cls.tmp = tempfile.mkdtemp(prefix="oakuk-node-test-")
         cls.node_state = os.path.join(cls.tmp, "node")
         cls.file_dir = os.path.join(cls.tmp, "files")  # the only directory file:// images may come from
@@ -167,32 +279,53 @@ class NodeTest(unittest.TestCase):
         threading.Thread(target=cls.httpd.serve_forever, daemon=True).start()
         cls.image_url = "http://%s:%d/%s" % (TEST_IP, cls.httpd.server_address[1], IMAGE.name)
         cls.image_sha = hashlib.sha256(IMAGE.read_bytes()).hexdigest()
+        # the second namespace, for nodes that must be refused: 172.30.<r>.0/30, its default route to us
+        sh("ip", "netns", "add", NS2)
+        sh("ip", "link", "add", VETH2_T, "type", "veth", "peer", "name", VETH2_N)
+        sh("ip", "link", "set", VETH2_N, "netns", NS2)
+        sh("ip", "addr", "add", TEST2_IP + "/30", "dev", VETH2_T)
+        sh("ip", "link", "set", VETH2_T, "up")
+        sh("ip", "-n", NS2, "addr", "add", NODE2_IP + "/30", "dev", VETH2_N)
+        sh("ip", "-n", NS2, "link", "set", VETH2_N, "up")
+        sh("ip", "-n", NS2, "link", "set", "lo", "up")
+        sh("ip", "-n", NS2, "route", "add", "default", "via", TEST2_IP)
+        global CA
         root_port, cls.cluster_port, cls.mqtt_port = ports(3)
-        cls.root_url = "http://127.0.0.1:%d" % root_port
-        cls.cluster_url = "http://%s:%d" % (TEST_IP, cls.cluster_port)
+        cls.root_url = "https://127.0.0.1:%d" % root_port
+        cls.cluster_url = "https://%s:%d" % (TEST_IP, cls.cluster_port)
         cls.root_log = Log(os.path.join(cls.tmp, "root.log"))
-        spawn([ROOT_BIN, "--state-dir", os.path.join(cls.tmp, "root"), "--listen", "127.0.0.1:%d" % root_port],
+        root_state = os.path.join(cls.tmp, "root")
+        spawn([ROOT_BIN, "--state-dir", root_state, "--listen", "127.0.0.1:%d" % root_port],
               stdout=subprocess.DEVNULL, stderr=log_file(cls.root_log.path))
-        password = cls.root_log.grep("admin password:")
-        tok = wait_until("root login", lambda: requests.post(cls.root_url + "/api/auth/login", timeout=5, json={
+        CA = os.path.join(root_state, "pki", "ca.crt")
+        password = wait_until("the root's admin password",
+                              lambda: pathlib.Path(root_state, "admin-password").read_text().strip())
+        HTTP.verify = CA
+        tok = wait_until("root login", lambda: HTTP.post(cls.root_url + "/api/auth/login", timeout=5, json={
             "username": "Admin", "password": password}).json()["token"])
         cls.h = {"Authorization": "Bearer " + tok}
-        join = requests.post(cls.root_url + "/api/v1/clusters/tokens", headers=cls.h, timeout=5).json()["token"]
+        r = HTTP.post(cls.root_url + "/api/v1/tokens", headers=cls.h, timeout=5, json={"kind": "cluster"})
+        assert r.status_code == 201, r.text
+        join = secret_file(os.path.join(cls.tmp, "cluster-join-token"), r.json()["token"])
         cls.cluster_log = Log(os.path.join(cls.tmp, "cluster.log"))
         spawn([CLUSTER_BIN, "--state-dir", os.path.join(cls.tmp, "cluster"), "--listen",
                "%s:%d" % (TEST_IP, cls.cluster_port), "--root-url", cls.root_url, "--name", "edge-n",
                "--mqtt-port", str(cls.mqtt_port), "--mosquitto", MOSQUITTO, "--node-timeout", "30",
-               "--aggregate-interval", "1", "--join-token", join],
+               "--aggregate-interval", "1", "--join-token", "@" + join],
               stdout=subprocess.DEVNULL, stderr=log_file(cls.cluster_log.path))
-        cls.node_join = cls.cluster_log.grep("node join token:")
         wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
-            requests.get(cls.cluster_url + "/healthz", timeout=5).json()))
+            HTTP.get(cls.cluster_url + "/healthz", timeout=5).json()))
+        cls.observers = {u: base64.b32encode(os.urandom(15)).decode() for u in ("test-pub", "test-sub")}
+        add_observers(os.path.join(cls.tmp, "cluster"), cls.observers)
+        # one use: the restarts later register with the node's credential, not with it
+        cls.node_join = secret_file(os.path.join(cls.tmp, "node-join-token"), cls.node_token())
         cls.node_log = Log(os.path.join(cls.tmp, "node.log"))
         cls.node = None
         cls.start_node()
         creds = wait_until("node registered", cls.node_identity)
-        cls.watch = Watcher(creds, "node-t")
-        r = requests.post(cls.root_url + "/api/application/", headers=cls.h, timeout=10, json=cls.sla())
+        cls.first_identity = creds
+        cls.watch = Watcher(creds, "node-t", cls.tmp, cls.observers)
+        r = HTTP.post(cls.root_url + "/api/application/", headers=cls.h, timeout=10, json=cls.sla())
         assert r.status_code == 200, r.text
         cls.sid = json.loads(r.json())[0]["microservices"][0]
         cls.instance = None
@@ -209,9 +342,19 @@ class NodeTest(unittest.TestCase):
                 "port": "", "added_files": []}]}]}
 
     @classmethod
+    def node_token(cls, uses=1):
+        """A node join token for our cluster, made by it when the root asks (oakuk token create node)."""
+        r = wait_until("a node join token", lambda: (lambda r: r if r.status_code == 201 else None)(HTTP.post(
+            cls.root_url + "/api/v1/tokens", headers=cls.h, timeout=10,
+            json={"kind": "node", "cluster": "edge-n", "uses": uses})))
+        tok = r.json()["token"]
+        assert tok.startswith("oakuk1.%s." % fingerprint(CA)), tok
+        return tok
+
+    @classmethod
     def start_node(cls, *extra):
         cls.node = spawn(["nsenter", "--net=/run/netns/" + NS, "--", NODE_BIN, "--state-dir", cls.node_state,
-                          "--cluster-url", cls.cluster_url, "--join-token", cls.node_join, "--name", "node-t",
+                          "--cluster-url", cls.cluster_url, "--join-token", "@" + cls.node_join, "--name", "node-t",
                           "--allow-emulation", "--report-interval", "1", "--verbose", "--qemu-user", QEMU_USER,
                           "--image-file-dirs", cls.file_dir, *extra],
                          stdout=subprocess.DEVNULL, stderr=log_file(cls.node_log.path))
@@ -223,6 +366,9 @@ class NodeTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        if getattr(cls, "torn_down", False):
+            return
+        cls.torn_down = True
         if getattr(cls, "httpd", None):
             cls.httpd.shutdown()
         for p in reversed(PROCS):
@@ -235,10 +381,12 @@ class NodeTest(unittest.TestCase):
         for entry in os.listdir("/run/netns"):
             if entry.startswith(name):
                 sh("ip", "netns", "del", entry, check=False)
-        for pid in qemu_pids(name + "0"):
+        for pid in qemu_pids(name, prefix=True):
             os.kill(pid, signal.SIGKILL)
         sh("ip", "link", "del", VETH_T, check=False)
         sh("ip", "netns", "del", NS, check=False)
+        sh("ip", "link", "del", VETH2_T, check=False)
+        sh("ip", "netns", "del", NS2, check=False)
         sh("userdel", QEMU_USER, check=False)
         sh("groupdel", QEMU_USER, check=False)
         for cg in pathlib.Path("/sys/fs/cgroup").glob("**/oakuk/%s*" % JOB):
@@ -246,7 +394,7 @@ class NodeTest(unittest.TestCase):
                 cg.rmdir()
             except OSError:
                 pass
-        if os.environ.get("KEEP_TMP") is None:
+        if os.environ.get("KEEP_TMP") is None and getattr(cls, "tmp", None):
             subprocess.run(["rm", "-rf", cls.tmp])
 
     # ---- helpers ----
@@ -273,12 +421,61 @@ class NodeTest(unittest.TestCase):
         return wait_until("guest HTTP at %s from the node host" % ip, lambda: (lambda p: p.stdout if p.returncode == 0
                           else None)(in_node_ns(sys.executable, "-c", code)), timeout=timeout, interval=1)
 
+    def other_node(self, name, state, *args, ns=NS2):
+        """Starts another oakuk-node in NS2 (it must not get in); returns (process, its Log)."""
+        log = Log(os.path.join(self.tmp, name + ".log"))
+        p = spawn(["nsenter", "--net=/run/netns/" + ns, "--", NODE_BIN, "--state-dir", os.path.join(self.tmp, state),
+                   "--name", name, "--allow-emulation", "--qemu-user", QEMU_USER, "--verbose", *args],
+                  stdout=subprocess.DEVNULL, stderr=log_file(log.path))
+        return p, log
+
     # ---- tests, in order ----
+    def test_00_plain_only_on_purpose(self):
+        """Without --insecure: an http:// cluster URL and a join token without the CA's fingerprint are
+        refused at start; a token naming another CA than the one stored is refused naming both."""
+        cases = [(["--cluster-url", "http://%s:%d" % (TEST_IP, self.cluster_port), "--join-token", "@" + self.node_join],
+                  "plain HTTP needs --insecure"),
+                 (["--cluster-url", self.cluster_url, "--join-token", "0123456789abcdef"],
+                  "a plain secret is accepted only with --insecure")]
+        # a state that trusts another CA than the token names
+        other = os.path.join(self.tmp, "other-ca-state")
+        os.makedirs(os.path.join(other, "pki"))
+        fake_fp = "ab" * 32
+        shutil.copy(CA, os.path.join(other, "pki", "ca.crt"))
+        cases.append((["--state-dir", other, "--cluster-url", self.cluster_url, "--join-token",
+                       "oakuk1.%s.%s" % (fake_fp, "00" * 24)], "the join token names the CA %s, but this node "
+                      "trusts the CA %s" % (fake_fp, fingerprint(CA))))
+        for args, want in cases:
+            p = subprocess.run([NODE_BIN, "--state-dir", os.path.join(self.tmp, "refused-state"), *args],
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn(want, p.stderr)
+            self.assertNotIn("0123456789abcdef", p.stderr)  # a token is never logged
+        # --insecure is said at every start
+        p, log = self.other_node("node-plain", "plain-state", "--insecure", "--cluster-url",
+                                 "http://%s:%d" % (TEST_IP, self.cluster_port), "--join-token", "@" + self.node_join)
+        try:
+            wait_until("the --insecure warning", lambda: "event=insecure" in log.text() and
+                       "plain HTTP to the cluster and plain MQTT are allowed" in log.text())
+            # the cluster speaks TLS only: a plain registration never gets through
+            wait_until("a failed plain registration", lambda: "event=register" in log.text())
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, "plain-state", "node.json")))
+        finally:
+            stop(p)
+
     def test_01_register_and_report(self):
         ident = self.node_identity()
         self.assertEqual(ident["id"], "node-t")
         self.assertTrue(ident["subnet"].startswith("10.18.") and ident["subnet"].endswith("/24"), ident)
         self.assertEqual(os.stat(os.path.join(self.node_state, "node.json")).st_mode & 0o077, 0)
+        # the CA found at the first contact (by the token's fingerprint) is the root's, kept private
+        pki = os.path.join(self.node_state, "pki")
+        self.assertEqual(fingerprint(os.path.join(pki, "ca.crt")), fingerprint(CA))
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(pki, "ca.crt")).st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(pki).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(self.node_state).st_mode), 0o700)
+        self.assertIs(ident["mqtt_tls"], True)
+        self.assertNotIn(pathlib.Path(self.node_join).read_text().strip(), self.node_log.text())
         rep = self.report_with(0, lambda r: True, "a node report")
         self.assertEqual(rep["id"], "node-t")
         self.assertEqual(rep["ip"], NODE_IP)  # default underlay: source of the route to the cluster
@@ -288,20 +485,74 @@ class NodeTest(unittest.TestCase):
         self.assertLessEqual(rep["vcpus"], os.cpu_count())
         self.assertLessEqual(rep["memory"], rep["memory_total"])
         # the cluster accepted it (it validates reports with liboakuk)
-        nodes = requests.get(self.cluster_url + "/api/v1/nodes", timeout=5).json()
+        nodes = HTTP.get(self.cluster_url + "/api/v1/nodes", timeout=5).json()
         self.assertIn("node-t", [n["id"] for n in nodes])
         # the node built its bridge with the first address of its subnet, in its own namespace only
         bridge_ip = ident["subnet"].rsplit(".", 1)[0] + ".1/24"
         self.assertIn(bridge_ip, in_node_ns("ip", "-o", "addr", "show", "oakuk0").stdout)
         self.assertNotIn("oakuk0", os.listdir("/sys/class/net"))
 
+    def test_01a_mqtt_over_tls(self):
+        """The node's one MQTT connection goes to the broker's port, where only TLS is spoken: a plain
+        client with the node's own credentials is refused there, the same client over TLS gets in."""
+        ident = self.node_identity()
+        self.assertEqual(ident["mqtt_port"], self.mqtt_port)
+        peer = "%s:%d" % (TEST_IP, self.mqtt_port)
+        conns = wait_until("the node's MQTT connection", lambda: [l for l in in_node_ns(
+            "ss", "-tnpH", "state", "established").stdout.splitlines() if peer in l and "oakuk-node" in l])
+        self.assertEqual(len(conns), 1, conns)
+        self.assertIn("broker=ssl://%s:%d" % (TEST_IP, self.mqtt_port), self.node_log.text())
+        self.assertNotEqual(self.watch.publish("information", "{}", tls=False), 0)
+        self.assertEqual(self.watch.publish("tls-probe", "{}"), 0)
+
+    def test_01b_foreign_ca_refused(self):
+        """A server whose chain does not hold the token's CA (another CA, naming the right address) is
+        refused at the handshake: nothing is sent, nothing stored, and the node keeps retrying."""
+        srv = ForeignTlsServer(self.tmp)
+        p, log = self.other_node("node-evil", "evil-state", "--cluster-url", "https://%s:%d" % (TEST_IP, srv.port),
+                                 "--join-token", "@" + self.node_join)
+        try:
+            wait_until("three refused handshakes", lambda: srv.handshakes >= 3, timeout=30)
+            self.assertIsNone(p.poll(), "the node gave up instead of retrying")
+            self.assertEqual(srv.requests, 0)
+            text = log.text()
+            self.assertIn("not from the CA %s (the join token's)" % fingerprint(CA), text)
+            self.assertIn("chain ends at %s" % fingerprint(srv.ca), text)
+            self.assertIn("retry_s=", text)
+            state = os.path.join(self.tmp, "evil-state")
+            self.assertFalse(os.path.exists(os.path.join(state, "node.json")))
+            self.assertFalse(os.path.exists(os.path.join(state, "pki", "ca.crt")))
+        finally:
+            stop(p)
+            srv.close()
+
+    def test_01c_name_taken(self):
+        """A second node under the registered node's name, with a valid token but without its
+        credential, is refused 409 and stops, naming the name; the registered node keeps working."""
+        before = self.node_identity()
+        tok = secret_file(os.path.join(self.tmp, "impostor-token"), self.node_token())
+        p, log = self.other_node("node-t", "impostor-state", "--cluster-url", self.cluster_url,
+                                 "--join-token", "@" + tok)
+        p.wait(60)
+        self.assertEqual(p.returncode, 1, log.text()[-2000:])
+        text = log.text()
+        self.assertIn("has another node registered as node-t", text)
+        self.assertIn("409 name_taken", text)
+        self.assertIn("oakuk node remove node-t", text)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "impostor-state", "node.json")))
+        self.assertEqual(self.node_identity(), before)
+        self.assertIsNone(self.node.poll())
+        self.report_with(time.time(), lambda r: r["id"] == "node-t", "a report of the registered node")
+        nodes = HTTP.get(self.cluster_url + "/api/v1/nodes", timeout=5).json()
+        self.assertEqual(next(n for n in nodes if n["id"] == "node-t")["ip"], NODE_IP)
+
     def test_02_deploy_runs_guest(self):
         # the root places on clusters by their aggregates: wait until ours counts the node
-        cid = requests.get(self.root_url + "/api/v1/clusters", headers=self.h, timeout=5).json()[0]["id"]
-        wait_until("node active at the root", lambda: requests.get(
+        cid = HTTP.get(self.root_url + "/api/v1/clusters", headers=self.h, timeout=5).json()[0]["id"]
+        wait_until("node active at the root", lambda: HTTP.get(
             self.root_url + "/api/v1/clusters/" + cid, headers=self.h, timeout=5).json()["active_nodes"] == 1)
         t0 = time.time()
-        r = requests.post(self.root_url + "/api/service/%s/instance" % self.sid, headers=self.h, timeout=10)
+        r = HTTP.post(self.root_url + "/api/service/%s/instance" % self.sid, headers=self.h, timeout=10)
         self.assertEqual(r.status_code, 200, r.text)
         n = r.json()["instance_number"]
         type(self).instance = "%s.instance.%d" % (JOB, n)
@@ -546,11 +797,11 @@ class NodeTest(unittest.TestCase):
                                                                             image.name),
                    "code_sha256": hashlib.sha256(image.read_bytes()).hexdigest(), "cmd": ["stay"], "memory": 32,
                    "port": "18080:8080", "unikernel": {"version": "0.15.0"}})
-        r = requests.post(self.root_url + "/api/application/", headers=self.h, timeout=10, json=sla)
+        r = HTTP.post(self.root_url + "/api/application/", headers=self.h, timeout=10, json=sla)
         self.assertEqual(r.status_code, 200, r.text)
         sid = next(a for a in json.loads(r.json()) if a["application_name"] == app)["microservices"][0]
         t0 = time.time()
-        r = requests.post(self.root_url + "/api/service/%s/instance" % sid, headers=self.h, timeout=10)
+        r = HTTP.post(self.root_url + "/api/service/%s/instance" % sid, headers=self.h, timeout=10)
         self.assertEqual(r.status_code, 200, r.text)
         job = "%s.test.ukw.test" % app
         note = self.watch.wait(t0, "job", lambda m: m["job_name"] == job and m["status"] == "RUNNING" and
@@ -561,7 +812,7 @@ class NodeTest(unittest.TestCase):
                                                 "Unikraft 0.15.0?)" % deploy["instance_ip"])
         self.assertIs(note["ready"], False)
         self.assertEqual([m for m in self.watch.since(t0, "job") if m.get("job_name") == job and m.get("ready")], [])
-        r = requests.delete(self.root_url + "/api/service/%s" % sid, headers=self.h, timeout=10)
+        r = HTTP.delete(self.root_url + "/api/service/%s" % sid, headers=self.h, timeout=10)
         self.assertEqual(r.status_code, 200, r.text)
         self.watch.wait(t0, "job", lambda m: m["job_name"] == job and m["status"] == "UNDEPLOYED", "UNDEPLOYED")
         name = job + ".instance.0"
@@ -632,9 +883,11 @@ class NodeTest(unittest.TestCase):
         t0 = time.time()
         self.start_node()
         wait_until("node reconnected", lambda: "re-adopted" in self.node_log.text().split("oakuk-node stopped")[-1])
-        # new credentials after re-registration: reconnect the watcher
-        self.watch.close()
-        type(self).watch = Watcher(self.node_identity(), "node-t")
+        # registered again with its credential (the one-use token is used up): the password is kept
+        since = self.node_log.text().split("oakuk-node stopped")[-1]
+        self.assertIn("msg=registered", since)
+        self.assertNotIn("continuing with the credentials", since)
+        self.assertEqual(self.node_identity()["mqtt_password"], self.first_identity["mqtt_password"])
         t0 = time.time()
         self.report_with(t0, lambda r: [(i["name"], i["status"]) for i in r["instances"]] == [
             (self.instance, "RUNNING")], "report after restart", timeout=40)
@@ -664,7 +917,7 @@ class NodeTest(unittest.TestCase):
         self.assertIsNotNone(self.instance)
         n = int(self.instance.rsplit(".", 1)[1])
         t0 = time.time()
-        r = requests.delete(self.root_url + "/api/service/%s/instance/%d" % (self.sid, n), headers=self.h, timeout=10)
+        r = HTTP.delete(self.root_url + "/api/service/%s/instance/%d" % (self.sid, n), headers=self.h, timeout=10)
         self.assertEqual(r.status_code, 200, r.text)
         self.watch.wait(t0, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == n, "UNDEPLOYED",
                         timeout=40)

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 gboolean oak_parse(const char *name, const char *params, const char *summary, GOptionEntry *entries,
@@ -16,8 +17,8 @@ gboolean oak_parse(const char *name, const char *params, const char *summary, GO
   g_option_context_set_summary(ctx, summary);
   g_option_context_set_description(
       ctx, "Exit status: 0 success, 1 the operation failed, 2 bad command line or invalid\n"
-           "descriptor, 4 not logged in / credentials refused, 5 root unreachable,\n"
-           "6 unknown service, instance or cluster.");
+           "descriptor, 4 not logged in / credentials or the root's certificate refused,\n"
+           "5 root unreachable, 6 unknown service, instance, cluster or user.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   (*argv)[0] = prg;
   g_autoptr(GError) error = NULL;
@@ -124,6 +125,7 @@ static void load_credentials(OakClient *cl) {
   cl->token = g_strdup(oak_str(o, "token", NULL));
   cl->refresh_token = g_strdup(oak_str(o, "refresh_token", NULL));
   cl->username = g_strdup(oak_str(o, "username", NULL));
+  cl->insecure = oak_bool(o, "insecure", FALSE);
 }
 
 static char *stored_url(const char *path) {
@@ -155,11 +157,55 @@ gboolean oak_client_save(OakClient *cl, GError **error) {
   json_builder_add_string_value(b, cl->token ? cl->token : "");
   json_builder_set_member_name(b, "refresh_token");
   json_builder_add_string_value(b, cl->refresh_token ? cl->refresh_token : "");
+  if (cl->insecure) {
+    json_builder_set_member_name(b, "insecure");
+    json_builder_add_boolean_value(b, TRUE);
+  }
   json_builder_end_object(b);
   g_autoptr(JsonNode) root = json_builder_get_root(b);
   g_autofree char *text = oak_json_text(root, TRUE);
   /* Written to a temporary file created 0600 and renamed: the tokens are never world-readable. */
   return g_file_set_contents_full(cl->cred_path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error);
+}
+
+static gboolean is_https(OakClient *cl) {
+  return g_ascii_strncasecmp(cl->url, "https:", 6) == 0;
+}
+
+/* https: the CA stored for the URL, which a logged-in command needs. http: only with credentials
+ * that oakuk login --insecure made. */
+static gboolean load_trust(OakClient *cl, gboolean need_login, int *exit_code) {
+  if (!is_https(cl)) {
+    if (need_login && !cl->insecure) {
+      fprintf(stderr,
+              "%s: %s is plain HTTP and the credentials for it were not made with --insecure; use https, or "
+              "run: oakuk login %s --insecure\n",
+              cl->cmd, cl->url, cl->url);
+      *exit_code = OAKUK_CLI_AUTH;
+      return FALSE;
+    }
+    return TRUE;
+  }
+  cl->ca_path = oak_ca_path(cl->url);
+  if (!g_file_test(cl->ca_path, G_FILE_TEST_EXISTS)) {
+    if (need_login) {
+      fprintf(stderr, "%s: no CA is stored for %s (%s); run: oakuk login %s\n", cl->cmd, cl->url, cl->ca_path,
+              cl->url);
+      *exit_code = OAKUK_CLI_AUTH;
+      return FALSE;
+    }
+    return TRUE;
+  }
+  g_autoptr(GError) error = NULL;
+  cl->pin.ca = oak_ca_load(cl->ca_path, &error);
+  if (cl->pin.ca == NULL) {
+    fprintf(stderr, "%s: the CA stored for %s: %s (remove it and log in again)\n", cl->cmd, cl->url,
+            error->message);
+    *exit_code = OAKUK_CLI_FAILED;
+    return FALSE;
+  }
+  cl->ca_stored = TRUE;
+  return TRUE;
 }
 
 OakClient *oak_client_new(const char *name, const char *url_option, gboolean json, gboolean need_login,
@@ -183,12 +229,19 @@ OakClient *oak_client_new(const char *name, const char *url_option, gboolean jso
   cl->url = strip_slashes(url);
   load_credentials(cl);
   if (need_login && (cl->token == NULL || !*cl->token)) {
-    fprintf(stderr, "%s: not logged in to %s (run: oakuk login --url %s)\n", cl->cmd, cl->url, cl->url);
+    fprintf(stderr, "%s: not logged in to %s (run: oakuk login %s)\n", cl->cmd, cl->url, cl->url);
     *exit_code = OAKUK_CLI_AUTH;
     oak_client_free(cl);
     return NULL;
   }
+  if (!load_trust(cl, need_login, exit_code)) {
+    oak_client_free(cl);
+    return NULL;
+  }
+  /* No CA database: every server certificate goes to the message's pin (oak_pin_message), which
+   * trusts only the root's CA, never the system's. */
   cl->session = soup_session_new_with_options("timeout", 30, "user-agent", "oakuk/" OAKUK_CLI_VERSION, NULL);
+  soup_session_set_tls_database(cl->session, NULL);
   return cl;
 }
 
@@ -201,6 +254,8 @@ void oak_client_free(OakClient *cl) {
   g_free(cl->token);
   g_free(cl->refresh_token);
   g_free(cl->username);
+  g_free(cl->ca_path);
+  oak_pin_clear(&cl->pin);
   g_clear_object(&cl->session);
   g_free(cl);
 }
@@ -211,6 +266,7 @@ typedef struct {
   guint status;
   GBytes *body;
   char *transport_error;
+  gboolean refused; /* the server's certificate was refused */
 } Answer;
 
 static void answer_clear(Answer *a) {
@@ -234,9 +290,12 @@ static void send_raw(OakClient *cl, const char *method, const char *path, const 
     g_autoptr(GBytes) b = g_bytes_new(body, strlen(body));
     soup_message_set_request_body_from_bytes(msg, "application/json", b);
   }
+  if (is_https(cl))
+    oak_pin_message(&cl->pin, msg);
   g_autoptr(GError) error = NULL;
   a->body = soup_session_send_and_read(cl->session, msg, NULL, &error);
   if (a->body == NULL) {
+    a->refused = is_https(cl) && cl->pin.refused;
     a->transport_error = g_strdup(error->message);
     return;
   }
@@ -256,8 +315,13 @@ static char *error_message(Answer *a) {
   g_autoptr(JsonNode) n = parse_bytes(a->body, NULL);
   JsonObject *o = n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
   JsonNode *e = o ? json_object_get_member(o, "error") : NULL;
-  if (e != NULL && JSON_NODE_HOLDS_OBJECT(e) && oak_str(json_node_get_object(e), "message", NULL) != NULL)
-    return g_strdup(oak_str(json_node_get_object(e), "message", NULL));
+  const char *message =
+      e && JSON_NODE_HOLDS_OBJECT(e) ? oak_str(json_node_get_object(e), "message", NULL) : NULL;
+  /* A refusal by role says so: the message alone names the role, not that it was a refusal. */
+  if (message != NULL && a->status == SOUP_STATUS_FORBIDDEN)
+    return g_strdup_printf("forbidden (HTTP 403): %s", message);
+  if (message != NULL)
+    return g_strdup(message);
   gsize len = 0;
   const char *data = a->body ? g_bytes_get_data(a->body, &len) : "";
   g_autofree char *start = g_strndup(data ? data : "", MIN(len, 200));
@@ -294,6 +358,13 @@ static JsonNode *request(OakClient *cl, gboolean auth, const char *method, const
   }
   if (status != NULL)
     *status = a.status;
+  if (a.refused) {
+    g_autofree char *why = oak_pin_refusal(&cl->pin, cl->url, cl->ca_stored ? cl->ca_path : NULL);
+    fprintf(stderr, "%s: refused: %s\n", cl->cmd, why);
+    *exit_code = OAKUK_CLI_AUTH;
+    answer_clear(&a);
+    return NULL;
+  }
   if (a.transport_error != NULL) {
     fprintf(stderr, "%s: cannot reach the root at %s: %s\n", cl->cmd, cl->url, a.transport_error);
     *exit_code = OAKUK_CLI_UNREACHABLE;
@@ -336,6 +407,20 @@ JsonNode *oak_request_anon(OakClient *cl, const char *method, const char *path, 
   return request(cl, FALSE, method, path, body_text, status, exit_code);
 }
 
+GTlsCertificate *oak_client_probe_ca(OakClient *cl, int *exit_code) {
+  Answer a = {0};
+  cl->pin.probe = TRUE;
+  send_raw(cl, "GET", "/healthz", NULL, NULL, &a);
+  cl->pin.probe = FALSE;
+  if (cl->pin.presented == NULL) {
+    fprintf(stderr, "%s: cannot reach the root at %s: %s\n", cl->cmd, cl->url,
+            a.transport_error ? a.transport_error : "it presented no certificate");
+    *exit_code = OAKUK_CLI_UNREACHABLE;
+  }
+  answer_clear(&a);
+  return cl->pin.presented ? g_object_ref(cl->pin.presented) : NULL;
+}
+
 JsonObject *oak_find_service(OakClient *cl, const char *what, int *exit_code) {
   g_autoptr(JsonNode) all = oak_request(cl, "GET", "/api/v1/services", NULL, NULL, exit_code);
   if (all == NULL)
@@ -370,6 +455,50 @@ JsonObject *oak_find_service(OakClient *cl, const char *what, int *exit_code) {
           cl->cmd, what);
   *exit_code = OAKUK_CLI_NOT_FOUND;
   return NULL;
+}
+
+/* ---- the terminal ---- */
+
+FILE *oak_tty_open(void) {
+  return fopen("/dev/tty", "r+");
+}
+
+/* Reads one line from fp without its line end; NULL at end of file. */
+static char *read_line(FILE *fp) {
+  g_autoptr(GString) s = g_string_new(NULL);
+  int ch;
+  while ((ch = fgetc(fp)) != EOF && ch != '\n')
+    if (ch != '\r')
+      g_string_append_c(s, (char)ch);
+  if (ch == EOF && s->len == 0)
+    return NULL;
+  return g_string_free(g_steal_pointer(&s), FALSE);
+}
+
+char *oak_tty_ask(FILE *tty, const char *prompt, gboolean secret) {
+  struct termios old, quiet;
+  gboolean restore = secret && tcgetattr(fileno(tty), &old) == 0;
+  if (restore) {
+    quiet = old;
+    quiet.c_lflag &= ~(tcflag_t)ECHO;
+    tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+  }
+  fprintf(tty, "%s", prompt);
+  fflush(tty);
+  char *line = read_line(tty);
+  if (restore) {
+    tcsetattr(fileno(tty), TCSAFLUSH, &old);
+    fprintf(tty, "\n");
+  }
+  return line;
+}
+
+char *oak_read_first_line(const char *path, GError **error) {
+  g_autofree char *text = NULL;
+  if (!g_file_get_contents(path, &text, NULL, error))
+    return NULL;
+  text[strcspn(text, "\r\n")] = '\0';
+  return g_strdup(text);
 }
 
 /* ---- tables ---- */

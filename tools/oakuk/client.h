@@ -4,6 +4,7 @@
 #define OAKUK_CLI_CLIENT_H
 
 #include "oakuk-cli.h"
+#include "trust.h"
 
 #include <glib.h>
 #include <json-glib/json-glib.h>
@@ -12,12 +13,13 @@
 #include <stdio.h>
 
 /* Exit statuses of the control-plane commands, beyond those of oakuk-cli.h. */
-#define OAKUK_CLI_INVALID 2     /* bad command line or invalid descriptor (same as OAKUK_CLI_USAGE) */
-#define OAKUK_CLI_AUTH 4        /* not logged in, or the root refused the credentials */
+#define OAKUK_CLI_INVALID 2 /* bad command line or invalid descriptor (same as OAKUK_CLI_USAGE) */
+#define OAKUK_CLI_AUTH 4 /* not logged in, the root refused the credentials, or its certificate was refused  \
+                          */
 #define OAKUK_CLI_UNREACHABLE 5 /* the root could not be reached */
-#define OAKUK_CLI_NOT_FOUND 6   /* unknown service, instance or cluster */
+#define OAKUK_CLI_NOT_FOUND 6   /* unknown service, instance, cluster or user */
 
-#define OAKUK_CLI_DEFAULT_URL "http://127.0.0.1:10000"
+#define OAKUK_CLI_DEFAULT_URL "https://127.0.0.1:10000"
 
 typedef struct {
   char *cmd;       /* "oakuk status": prefix of every message */
@@ -26,7 +28,11 @@ typedef struct {
   char *token;     /* NULL until loaded */
   char *refresh_token;
   char *username;
-  gboolean json; /* --json: machine-readable output */
+  gboolean insecure;  /* the credentials were made by oakuk login --insecure (plain http) */
+  gboolean json;      /* --json: machine-readable output */
+  char *ca_path;      /* <config>/oakuk/ca-<host>-<port>.crt: the CA trusted for url */
+  gboolean ca_stored; /* pin.ca came from ca_path */
+  OakPin pin;         /* what an https request trusts */
   SoupSession *session;
 } OakClient;
 
@@ -45,14 +51,15 @@ typedef struct {
 gboolean oak_parse(const char *name, const char *params, const char *summary, GOptionEntry *entries,
                    int *argc, char ***argv);
 
-/* Creates the client for command name ("status"): picks the URL and loads the credentials stored
- * for that URL (when need_login, their absence is an error: returns NULL with *exit_code set). */
+/* Creates the client for command name ("status"): picks the URL and loads the credentials and the
+ * CA stored for that URL (when need_login, the absence of either is an error, and so is an http URL
+ * whose credentials were not made with --insecure: returns NULL with *exit_code set). */
 OakClient *oak_client_new(const char *name, const char *url_option, gboolean json, gboolean need_login,
                           int *exit_code);
 void oak_client_free(OakClient *cl);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakClient, oak_client_free)
 
-/* Writes token, refresh token, user and URL to the credentials file (mode 0600). */
+/* Writes token, refresh token, user, URL and the insecure mark to the credentials file (mode 0600). */
 gboolean oak_client_save(OakClient *cl, GError **error);
 
 /* Sends method path (e.g. "/api/v1/services") with an optional JSON body (body_text, or NULL) and
@@ -65,6 +72,10 @@ JsonNode *oak_request(OakClient *cl, const char *method, const char *path, const
 /* Like oak_request without authentication or refresh (login). */
 JsonNode *oak_request_anon(OakClient *cl, const char *method, const char *path, const char *body_text,
                            guint *status, int *exit_code);
+
+/* https: the top of the certificate chain the root presents, from a handshake alone (the request
+ * is refused before anything is sent); NULL after printing why (*exit_code set). */
+GTlsCertificate *oak_client_probe_ca(OakClient *cl, int *exit_code);
 
 /* Finds a service by id, job name (app.appns.svc.svcns) or unique service name. Returns a new
  * reference to its document, or NULL after printing why (*exit_code set). */
@@ -89,6 +100,13 @@ void oak_table_add(OakTable *t, const char *const *cells);
 void oak_table_print(OakTable *t, FILE *to);
 void oak_table_free(OakTable *t);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakTable, oak_table_free)
+
+/* Opens the controlling terminal for a question, or returns NULL when there is none. */
+FILE *oak_tty_open(void);
+/* Asks on the terminal (echo off when secret); NULL at end of input. */
+char *oak_tty_ask(FILE *tty, const char *prompt, gboolean secret);
+/* The first line of a file (a password file); NULL with error. */
+char *oak_read_first_line(const char *path, GError **error);
 
 /* Width of the terminal on stdout ($COLUMNS when set), or 0 when unlimited (not a terminal). */
 guint oak_terminal_width(void);

@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <termios.h>
 #include <unistd.h>
 
 #define NO_ENTRY                                                                                             \
@@ -36,45 +35,26 @@ static char *read_line(FILE *fp) {
   return chomp_line(g_string_free(g_steal_pointer(&s), FALSE));
 }
 
-/* Prompts on the terminal with echo off. */
-static char *prompt_password(const char *prompt) {
-  FILE *tty = fopen("/dev/tty", "r+");
-  if (tty == NULL)
-    return NULL;
-  struct termios old, quiet;
-  gboolean restore = tcgetattr(fileno(tty), &old) == 0;
-  if (restore) {
-    quiet = old;
-    quiet.c_lflag &= ~(tcflag_t)ECHO;
-    tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
-  }
-  fprintf(tty, "%s", prompt);
-  fflush(tty);
-  char *line = read_line(tty);
-  if (restore)
-    tcsetattr(fileno(tty), TCSAFLUSH, &old);
-  fprintf(tty, "\n");
-  fclose(tty);
-  return line;
-}
-
 static char *get_password(const char *file, gboolean from_stdin, const char *user, const char *url,
                           int *exit_code) {
   char *pw = NULL;
   if (file != NULL) {
     g_autoptr(GError) error = NULL;
-    g_autofree char *text = NULL;
-    if (!g_file_get_contents(file, &text, NULL, &error)) {
+    pw = oak_read_first_line(file, &error);
+    if (pw == NULL) {
       fprintf(stderr, "oakuk login: --password-file: %s\n", error->message);
       *exit_code = OAKUK_CLI_FAILED;
       return NULL;
     }
-    pw = g_strdup(chomp_line(text));
   } else if (from_stdin) {
     pw = read_line(stdin);
   } else if (isatty(STDIN_FILENO)) {
     g_autofree char *prompt = g_strdup_printf("Password for %s at %s: ", user, url);
-    pw = prompt_password(prompt);
+    FILE *tty = oak_tty_open();
+    if (tty != NULL) {
+      pw = oak_tty_ask(tty, prompt, TRUE);
+      fclose(tty);
+    }
   } else {
     fprintf(stderr,
             "oakuk login: no terminal to ask the password on; use --password-stdin or --password-file\n");
@@ -93,9 +73,121 @@ static char *get_password(const char *file, gboolean from_stdin, const char *use
   return pw;
 }
 
+/* The CA the login trusts, from --ca-file, --ca-fingerprint, the one stored for the URL, or the one
+ * the server presents, confirmed on the terminal. A CA other than the stored one is refused. */
+static int choose_trust(OakClient *cl, const char *ca_file, const char *ca_fp) {
+  g_autofree char *stored = cl->pin.ca ? oak_tls_fingerprint(cl->pin.ca) : NULL;
+  g_autofree char *given = NULL;
+  g_autoptr(GTlsCertificate) given_ca = NULL;
+  if (ca_file != NULL) {
+    g_autoptr(GError) error = NULL;
+    given_ca = oak_ca_load(ca_file, &error);
+    if (given_ca == NULL) {
+      fprintf(stderr, "oakuk login: --ca-file %s\n", error->message);
+      return OAKUK_CLI_USAGE;
+    }
+    given = oak_tls_fingerprint(given_ca);
+  } else if (ca_fp != NULL && (given = oak_fingerprint_normalize(ca_fp)) == NULL) {
+    fprintf(stderr, "oakuk login: --ca-fingerprint \"%s\" is not a SHA-256 fingerprint (64 hex digits)\n",
+            ca_fp);
+    return OAKUK_CLI_USAGE;
+  }
+  if (stored != NULL) {
+    if (given != NULL && strcmp(given, stored) != 0) {
+      fprintf(stderr,
+              "oakuk login: refused: the CA trusted for %s is %s (%s), not %s; if its CA really changed, "
+              "remove %s and log in again\n",
+              cl->url, stored, cl->ca_path, given, cl->ca_path);
+      return OAKUK_CLI_AUTH;
+    }
+    return OAKUK_CLI_OK; /* pin.ca: the stored one */
+  }
+  if (given_ca != NULL) {
+    cl->pin.ca = g_steal_pointer(&given_ca);
+    return OAKUK_CLI_OK;
+  }
+  if (given != NULL) {
+    cl->pin.fingerprint = g_steal_pointer(&given);
+    return OAKUK_CLI_OK;
+  }
+  FILE *tty = oak_tty_open();
+  if (tty == NULL) {
+    fprintf(
+        stderr,
+        "oakuk login: no CA is stored for %s and there is no terminal to confirm the one it presents; give "
+        "--ca-fingerprint FP or --ca-file FILE (the root's <state>/pki/ca.crt)\n",
+        cl->url);
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(GTlsCertificate) presented = oak_client_probe_ca(cl, &rc);
+  if (presented == NULL) {
+    fclose(tty);
+    return rc;
+  }
+  g_autofree char *fp = oak_tls_fingerprint(presented);
+  g_autofree char *subject = NULL;
+  g_object_get(presented, "subject-name", &subject, NULL);
+  fprintf(tty,
+          "The root at %s presents a certificate from the CA\n  %s\nSHA-256 fingerprint %s\n"
+          "Compare it with the fingerprint in a join token (oakuk1.<fingerprint>.<secret>) or, on the root,\n"
+          "openssl x509 -in <state>/pki/ca.crt -outform DER | sha256sum\n",
+          cl->url, subject ? subject : "(no name)", fp);
+  g_autofree char *answer = oak_tty_ask(tty, "Trust it? [y/N] ", FALSE);
+  fclose(tty);
+  if (answer == NULL ||
+      (g_ascii_strcasecmp(g_strstrip(answer), "y") != 0 && g_ascii_strcasecmp(answer, "yes") != 0)) {
+    fprintf(stderr, "oakuk login: the CA %s of %s is not trusted; nothing was stored\n", fp, cl->url);
+    return OAKUK_CLI_FAILED;
+  }
+  cl->pin.fingerprint = g_steal_pointer(&fp);
+  return OAKUK_CLI_OK;
+}
+
+/* After a successful login: the CA the exchange was verified with is kept for the later commands. */
+static gboolean keep_ca(OakClient *cl) {
+  if (cl->ca_stored || cl->ca_path == NULL)
+    return TRUE;
+  GTlsCertificate *ca = cl->pin.ca ? cl->pin.ca : cl->pin.found;
+  g_autoptr(GError) error = NULL;
+  if (ca == NULL || !oak_ca_store(cl->ca_path, ca, &error)) {
+    fprintf(stderr, "oakuk login: store the CA: %s\n", error ? error->message : "no CA was found");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void print_login(OakClient *cl, const char *username, gboolean json) {
+  g_autofree char *fp = NULL;
+  GTlsCertificate *ca = cl->pin.ca ? cl->pin.ca : cl->pin.found;
+  if (ca != NULL)
+    fp = oak_tls_fingerprint(ca);
+  if (!json) {
+    printf("logged in to %s as %s (credentials in %s)\n", cl->url, username, cl->cred_path);
+    if (fp != NULL)
+      printf("the root's CA %s is pinned in %s\n", fp, cl->ca_path);
+    return;
+  }
+  g_autoptr(JsonObject) out = json_object_new();
+  json_object_set_string_member(out, "url", cl->url);
+  json_object_set_string_member(out, "username", username);
+  if (fp != NULL) {
+    json_object_set_string_member(out, "ca_fingerprint", fp);
+    json_object_set_string_member(out, "ca_file", cl->ca_path);
+  }
+  g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), out);
+  oak_print_json(node);
+}
+
+static gboolean is_http_url(const char *s) {
+  g_autoptr(GUri) uri = g_uri_parse(s, G_URI_FLAGS_NONE, NULL);
+  return uri != NULL &&
+         (g_strcmp0(g_uri_get_scheme(uri), "http") == 0 || g_strcmp0(g_uri_get_scheme(uri), "https") == 0);
+}
+
 int oakuk_cmd_login(int argc, char **argv) {
-  g_autofree char *url = NULL, *user = NULL, *pwfile = NULL;
-  gboolean json = FALSE, from_stdin = FALSE;
+  g_autofree char *url = NULL, *user = NULL, *pwfile = NULL, *ca_file = NULL, *ca_fp = NULL;
+  gboolean json = FALSE, from_stdin = FALSE, insecure = FALSE;
   GOptionEntry entries[] = {
       OAKUK_CLIENT_OPTIONS(url, json),
       {"username", 'u', 0, G_OPTION_ARG_STRING, &user, "User name (default Admin)", "NAME"},
@@ -103,21 +195,52 @@ int oakuk_cmd_login(int argc, char **argv) {
        "FILE"},
       {"password-stdin", 0, 0, G_OPTION_ARG_NONE, &from_stdin,
        "Read the password from the first line of stdin", NULL},
+      {"ca-fingerprint", 0, 0, G_OPTION_ARG_STRING, &ca_fp,
+       "Trust the root's CA with this SHA-256 fingerprint (hex, colons allowed)", "FP"},
+      {"ca-file", 0, 0, G_OPTION_ARG_FILENAME, &ca_file,
+       "Trust the CA in FILE (the root's <state>/pki/ca.crt)", "FILE"},
+      {"insecure", 0, 0, G_OPTION_ARG_NONE, &insecure,
+       "Allow a plain http:// URL (a root run with --insecure)", NULL},
       NO_ENTRY,
   };
-  if (!oak_parse("login", "", "Log in to the root and store the tokens (mode 0600) for the other commands.",
-                 entries, &argc, &argv))
+  if (!oak_parse(
+          "login", "[URL]",
+          "Log in to the root and store the tokens (mode 0600) for the other commands. An https root's CA "
+          "is pinned at the first login (--ca-file, --ca-fingerprint, or confirmed on the terminal) and "
+          "trusted alone from then on.",
+          entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
-  if (argc != 1 || (pwfile && from_stdin)) {
+  if (argc > 2 || (argc == 2 && !is_http_url(argv[1]))) {
     fprintf(stderr, "oakuk login: %s\n",
-            argc != 1 ? "no positional arguments expected (the password is never one)"
-                      : "--password-file and --password-stdin exclude each other");
+            argc > 2 ? "at most one argument, the root's URL, is expected"
+                     : "the argument is not an http(s) URL (the password is never an argument)");
+    return OAKUK_CLI_USAGE;
+  }
+  const char *problem = pwfile && from_stdin ? "--password-file and --password-stdin exclude each other"
+                        : ca_file && ca_fp   ? "--ca-file and --ca-fingerprint exclude each other"
+                        : argc == 2 && url && strcmp(argv[1], url) != 0
+                            ? "the URL is given twice (argument and --url)"
+                            : NULL;
+  if (problem != NULL) {
+    fprintf(stderr, "oakuk login: %s\n", problem);
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("login", url, json, FALSE, &rc);
+  g_autoptr(OakClient) cl = oak_client_new("login", argc == 2 ? argv[1] : url, json, FALSE, &rc);
   if (cl == NULL)
     return rc;
+  if (cl->ca_path == NULL) { /* http */
+    if (!insecure) {
+      fprintf(stderr,
+              "oakuk login: %s is plain HTTP: the password and tokens would cross the network readable; use "
+              "https, or --insecure if the root runs --insecure on purpose\n",
+              cl->url);
+      return OAKUK_CLI_USAGE;
+    }
+    fprintf(stderr, "oakuk login: warning: %s is plain HTTP (--insecure)\n", cl->url);
+  } else if ((rc = choose_trust(cl, ca_file, ca_fp)) != OAKUK_CLI_OK) {
+    return rc;
+  }
   const char *username = user ? user : "Admin";
   g_autofree char *pw = get_password(pwfile, from_stdin, username, cl->url, &rc);
   if (pw == NULL)
@@ -139,23 +262,21 @@ int oakuk_cmd_login(int argc, char **argv) {
     fprintf(stderr, "oakuk login: the root's answer has no token/refresh_token\n");
     return OAKUK_CLI_FAILED;
   }
+  if (!keep_ca(cl))
+    return OAKUK_CLI_FAILED;
+  g_free(cl->token);
+  g_free(cl->refresh_token);
+  g_free(cl->username);
   cl->token = g_strdup(oak_str(o, "token", NULL));
   cl->refresh_token = g_strdup(oak_str(o, "refresh_token", NULL));
   cl->username = g_strdup(username);
+  cl->insecure = cl->ca_path == NULL;
   g_autoptr(GError) error = NULL;
   if (!oak_client_save(cl, &error)) {
     fprintf(stderr, "oakuk login: store credentials: %s\n", error->message);
     return OAKUK_CLI_FAILED;
   }
-  if (!json)
-    printf("logged in to %s as %s (credentials in %s)\n", cl->url, username, cl->cred_path);
-  else {
-    g_autoptr(JsonObject) out = json_object_new();
-    json_object_set_string_member(out, "url", cl->url);
-    json_object_set_string_member(out, "username", username);
-    g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), out);
-    oak_print_json(node);
-  }
+  print_login(cl, username, json);
   return OAKUK_CLI_OK;
 }
 

@@ -24,6 +24,8 @@ static const Command commands[] = {
     {"nodes", oakuk_cmd_nodes, "nodes of every cluster"},
     {"node", oakuk_cmd_node, "drain, undrain or remove a node"},
     {"clusters", oakuk_cmd_clusters, "clusters registered with the root"},
+    {"token", oakuk_cmd_token, "create a join token for a cluster or a node"},
+    {"user", oakuk_cmd_user, "create, list or remove the root's users"},
 };
 
 static void usage(FILE *to) {

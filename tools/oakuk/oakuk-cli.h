@@ -25,5 +25,8 @@ int oakuk_cmd_explain(int argc, char **argv);
 int oakuk_cmd_nodes(int argc, char **argv);
 int oakuk_cmd_node(int argc, char **argv);
 int oakuk_cmd_clusters(int argc, char **argv);
+/* Administration (cmd-admin.c): join tokens and users. */
+int oakuk_cmd_token(int argc, char **argv);
+int oakuk_cmd_user(int argc, char **argv);
 
 #endif
