@@ -12,7 +12,9 @@ the node logs when the deploy message arrived and when the instance became RUNNI
 event=status), the root when it learnt RUNNING (event=status), and everything else between the API
 request and the root's RUNNING is the control plane (API, cluster's placement, the MQTT hops, the
 status report to the root).
-Then the idle RSS (and PSS, anonymous) and CPU of each daemon over 10 s, from /proc. Needs root.
+The whole run is done twice, with TLS on every hop (the default) and with --insecure on every
+daemon, to price TLS. Then the idle RSS (and PSS, anonymous) and CPU of each daemon of the TLS edge
+over 10 s, from /proc. Needs root.
 
 Usage: e2e-deploy.py <build root> <unikernel-deploy binary>"""
 import datetime
@@ -69,19 +71,29 @@ def memory_kb(pid):
     return out
 
 
-def main():
-    build, uk_bench = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    e = e2elib.Edge(build, tag="eb%d" % (os.getpid() % 10000))
-    e.underlay()
-    ctl_ip = e.host("ctl", 1)[1]
-    e.host("n1", 11)
-    e.enter("ctl")
-    e.file_server(e.guests, ctl_ip, 8000)
-    e.start_root()
-    e.start_cluster(ctl_ip)
-    node = e.start_node("n1", "n1", ["--allow-emulation", "--stop-instances"])
-    e.wait_nodes(["n1"])
-    wait_until("node in the root's aggregate", lambda: e.api("GET", "/api/v1/clusters").json()[0]["active_nodes"] == 1)
+def deploys(build, insecure):
+    """One edge (root, cluster, one node), TLS on every hop or, insecure, none: RUNS deploys of the
+    cached image after a warm-up; returns [(API -> RUNNING, node's deploy -> RUNNING)] in ms and, for
+    the TLS edge only, the idle figures of each daemon (printed), then tears the edge down."""
+    e = e2elib.Edge(build, tag="eb%d%s" % (os.getpid() % 10000, "p" if insecure else "t"), insecure=insecure)
+    try:
+        e.underlay()
+        ctl_ip = e.host("ctl", 1)[1]
+        e.host("n1", 11)
+        e.enter("ctl")
+        e.file_server(e.guests, ctl_ip, 8000)
+        e.start_root()
+        e.start_cluster(ctl_ip)
+        node = e.start_node("n1", "n1", ["--allow-emulation", "--stop-instances"])
+        e.wait_nodes(["n1"])
+        wait_until("node in the root's aggregate",
+                   lambda: e.api("GET", "/api/v1/clusters").json()[0]["active_nodes"] == 1)
+        return measure(e, node, ctl_ip, idle=not insecure)
+    finally:
+        e.close()
+
+
+def measure(e, node, ctl_ip, idle):
     sla = {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
         "applicationID": "", "application_name": "bench", "application_namespace": e.marker,
         "application_desc": "e2e-deploy", "microservices": [{
@@ -125,22 +137,13 @@ def main():
 
     one()  # warm-up: the node downloads and caches the image
     ours = [one() for _ in range(RUNS)]
-    # the runtime alone, same machine, same run
-    p = subprocess.run([uk_bench, str(RUNS)], capture_output=True, text=True, timeout=1800)
-    if p.returncode != 0:
-        raise SystemExit("e2e-deploy: %s failed: %s" % (uk_bench, p.stderr[-500:]))
-    m = re.search(r"to-running: ours ([0-9.]+) ms", p.stdout)
-    if not m:
-        raise SystemExit("e2e-deploy: no to-running figure in: " + p.stdout)
-    ref = float(m.group(1))
-    med = statistics.median(t for t, _ in ours)
-    share = [t - rt for t, rt in ours]
-    print("e2e-deploy: ours %.1f ms, reference %.1f ms (runtime alone), ratio %.2f (medians of %d runs each)" % (
-        med, ref, med / ref, len(ours)))
-    print("e2e-deploy: control plane per deploy (API -> RUNNING minus the node's deploy -> RUNNING): "
-          "median %.1f ms, min %.1f, max %.1f (target < 50 ms)" % (statistics.median(share), min(share), max(share)))
-    print("e2e-deploy: runs (total/node ms): %s" % ", ".join("%.0f/%.0f" % x for x in ours))
-    # idle: nothing deployed, 10 s
+    if idle:
+        idle_figures(e, node)
+    return ours
+
+
+def idle_figures(e, node):
+    """Idle (nothing deployed) RSS, PSS, anonymous memory and CPU of each daemon over 10 s."""
     time.sleep(2)
     daemons = [("oakuk-root", e.root.pid), ("oakuk-cluster", e.cluster.pid), ("oakuk-node", node.pid),
                ("mosquitto", e.broker_pid())]
@@ -152,10 +155,36 @@ def main():
     for n, p in daemons:
         cpu = (cpu_ticks(p) - before[n]) / hz / wall * 100
         m = memory_kb(p)
-        print("idle %s: rss %d kB (pss %d kB, anonymous %d kB), cpu %.2f%%%s" % (
+        print("idle %s (TLS): rss %d kB (pss %d kB, anonymous %d kB), cpu %.2f%%%s" % (
             n, m.get("Rss", 0), m.get("Pss", 0), m.get("Anonymous", 0), cpu,
             " (the cluster's broker)" if n == "mosquitto" else ""))
-    e.close()
+
+
+def main():
+    build, uk_bench = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    tls = deploys(build, insecure=False)
+    plain = deploys(build, insecure=True)
+    # the runtime alone, same machine, same run
+    p = subprocess.run([uk_bench, str(RUNS)], capture_output=True, text=True, timeout=1800)
+    if p.returncode != 0:
+        raise SystemExit("e2e-deploy: %s failed: %s" % (uk_bench, p.stderr[-500:]))
+    m = re.search(r"to-running: ours ([0-9.]+) ms", p.stdout)
+    if not m:
+        raise SystemExit("e2e-deploy: no to-running figure in: " + p.stdout)
+    ref = float(m.group(1))
+    for name, ours in (("TLS", tls), ("--insecure", plain)):
+        med = statistics.median(t for t, _ in ours)
+        share = [t - rt for t, rt in ours]
+        print("e2e-deploy (%s): ours %.1f ms, reference %.1f ms (runtime alone), ratio %.2f (medians of %d runs "
+              "each)" % (name, med, ref, med / ref, len(ours)))
+        print("e2e-deploy (%s): control plane per deploy (API -> RUNNING minus the node's deploy -> RUNNING): "
+              "median %.1f ms, min %.1f, max %.1f (target < 50 ms)" % (
+                  name, statistics.median(share), min(share), max(share)))
+        print("e2e-deploy (%s): runs (total/node ms): %s" % (name, ", ".join("%.0f/%.0f" % x for x in ours)))
+    tls_share = statistics.median(t - rt for t, rt in tls)
+    plain_share = statistics.median(t - rt for t, rt in plain)
+    print("e2e-deploy: TLS costs %.1f ms per deploy on the control plane (median share %.1f ms with TLS, "
+          "%.1f ms without)" % (tls_share - plain_share, tls_share, plain_share))
 
 
 if __name__ == "__main__":
