@@ -163,6 +163,9 @@ GTlsCertificate *od_tls_pinned_ca(GTlsCertificate *peer, const char *fingerprint
 /* Writes text to path 0600, atomically. */
 gboolean od_tls_write_secret(const char *path, const char *text, GError **error);
 GTlsCertificate *od_tls_certificate_from_pem(const char *pem, GError **error);
+/* Makes a database that trusts nothing the TLS backend's default, once: the system's trust store
+ * is never loaded (od_tls_session_new does it). */
+void od_tls_no_system_trust(void);
 /* A session that trusts no CA by itself: each message says what it trusts (od_tls_pin_message). */
 SoupSession *od_tls_session_new(void);
 /* msg accepts a server certificate only when it chains to ca (or, when ca is NULL, to the certificate

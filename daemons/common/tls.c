@@ -366,9 +366,71 @@ char *od_tls_message_found_ca(SoupMessage *msg) {
   return pem;
 }
 
+/* A TLS database that trusts nothing and finds nothing: the default database of every daemon. A
+ * client connection of glib-networking asks for the default database while it is made even when
+ * libsoup then uses none, and the backend's own default loads the system's whole trust store
+ * (about 8 MB that stay for good, and trust we never want). With this one every server certificate
+ * reaches the accept-certificate handler of its message, where only our CA is trusted. */
+G_DECLARE_FINAL_TYPE(OdNoTrust, od_no_trust, OD, NO_TRUST, GTlsDatabase)
+struct _OdNoTrust {
+  GTlsDatabase parent;
+};
+G_DEFINE_TYPE(OdNoTrust, od_no_trust, G_TYPE_TLS_DATABASE)
+
+static GTlsCertificateFlags no_trust_verify_chain(GTlsDatabase *db, GTlsCertificate *chain, const gchar *purpose,
+                                                  GSocketConnectable *identity, GTlsInteraction *interaction,
+                                                  GTlsDatabaseVerifyFlags flags, GCancellable *cancellable,
+                                                  GError **error) {
+  return G_TLS_CERTIFICATE_UNKNOWN_CA;
+}
+
+static gchar *no_trust_create_handle(GTlsDatabase *db, GTlsCertificate *certificate) {
+  return NULL;
+}
+
+static GTlsCertificate *no_trust_lookup_for_handle(GTlsDatabase *db, const gchar *handle,
+                                                   GTlsInteraction *interaction, GTlsDatabaseLookupFlags flags,
+                                                   GCancellable *cancellable, GError **error) {
+  return NULL;
+}
+
+static GTlsCertificate *no_trust_lookup_issuer(GTlsDatabase *db, GTlsCertificate *certificate,
+                                               GTlsInteraction *interaction, GTlsDatabaseLookupFlags flags,
+                                               GCancellable *cancellable, GError **error) {
+  return NULL;
+}
+
+static GList *no_trust_lookup_issued_by(GTlsDatabase *db, GByteArray *issuer_raw_dn, GTlsInteraction *interaction,
+                                        GTlsDatabaseLookupFlags flags, GCancellable *cancellable,
+                                        GError **error) {
+  return NULL;
+}
+
+static void od_no_trust_class_init(OdNoTrustClass *klass) {
+  GTlsDatabaseClass *d = G_TLS_DATABASE_CLASS(klass);
+  d->verify_chain = no_trust_verify_chain;
+  d->create_certificate_handle = no_trust_create_handle;
+  d->lookup_certificate_for_handle = no_trust_lookup_for_handle;
+  d->lookup_certificate_issuer = no_trust_lookup_issuer;
+  d->lookup_certificates_issued_by = no_trust_lookup_issued_by;
+}
+
+static void od_no_trust_init(OdNoTrust *self) {
+}
+
+void od_tls_no_system_trust(void) {
+  static gsize done;
+  if (g_once_init_enter(&done)) {
+    g_autoptr(GTlsDatabase) db = g_object_new(od_no_trust_get_type(), NULL);
+    g_tls_backend_set_default_database(g_tls_backend_get_default(), db);
+    g_once_init_leave(&done, 1);
+  }
+}
+
 SoupSession *od_tls_session_new(void) {
   /* No database: every server certificate reaches the message's accept-certificate handler, where
    * only our CA is trusted (never the system's). */
+  od_tls_no_system_trust();
   SoupSession *s = soup_session_new();
   soup_session_set_tls_database(s, NULL);
   return s;

@@ -252,6 +252,30 @@ static void test_https_wrong_host(void) {
   pki_clear(&p);
 }
 
+/* A daemon's TLS clients never load the system's trust store (8 MB, and trust we never want): the
+ * backend's default database, which glib-networking consults for every client connection, is one
+ * that trusts nothing, even a CA of the system's store. */
+static void test_no_system_trust(void) {
+  g_autoptr(SoupSession) session = od_tls_session_new();
+  GTlsDatabase *db = g_tls_backend_get_default_database(g_tls_backend_get_default());
+  g_assert_nonnull(db);
+  Pki p;
+  pki_init(&p);
+  g_autoptr(GTlsCertificate) ca = od_tls_certificate_from_pem(p.ca, NULL);
+  g_assert_cmpint(g_tls_database_verify_chain(db, ca, G_TLS_DATABASE_PURPOSE_AUTHENTICATE_SERVER, NULL, NULL,
+                                              G_TLS_DATABASE_VERIFY_NONE, NULL, NULL),
+                  ==, G_TLS_CERTIFICATE_UNKNOWN_CA);
+  g_assert_null(g_tls_database_lookup_certificate_issuer(db, ca, NULL, G_TLS_DATABASE_LOOKUP_NONE, NULL, NULL));
+  /* A CA of the system's store, where there is one (Debian's ca-certificates), is not trusted either. */
+  g_autoptr(GTlsCertificate) sys = g_tls_certificate_new_from_file("/etc/ssl/certs/ca-certificates.crt", NULL);
+  if (sys != NULL)
+    g_assert_cmpint(g_tls_database_verify_chain(db, sys, G_TLS_DATABASE_PURPOSE_AUTHENTICATE_SERVER, NULL,
+                                                NULL, G_TLS_DATABASE_VERIFY_NONE, NULL, NULL),
+                    ==, G_TLS_CERTIFICATE_UNKNOWN_CA);
+  g_object_unref(db);
+  pki_clear(&p);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/tls/ca-and-fingerprint", test_ca_and_fingerprint);
@@ -259,5 +283,6 @@ int main(int argc, char **argv) {
   g_test_add_func("/tls/csr", test_csr_grants_only_key_and_names);
   g_test_add_func("/tls/https", test_https);
   g_test_add_func("/tls/https-wrong-host", test_https_wrong_host);
+  g_test_add_func("/tls/no-system-trust", test_no_system_trust);
   return g_test_run();
 }
