@@ -13,7 +13,7 @@ event=status), the root when it learnt RUNNING (event=status), and everything el
 request and the root's RUNNING is the control plane (API, cluster's placement, the MQTT hops, the
 status report to the root).
 The whole run is done twice, with TLS on every hop (the default) and with --insecure on every
-daemon, to price TLS. Then the idle RSS (and PSS, anonymous) and CPU of each daemon of the TLS edge
+daemon, to price TLS. After the deploys of each, the idle RSS (and PSS, anonymous) and CPU of each daemon
 over 10 s, from /proc. Needs root.
 
 Usage: e2e-deploy.py <build root> <unikernel-deploy binary>"""
@@ -73,8 +73,8 @@ def memory_kb(pid):
 
 def deploys(build, insecure):
     """One edge (root, cluster, one node), TLS on every hop or, insecure, none: RUNS deploys of the
-    cached image after a warm-up; returns [(API -> RUNNING, node's deploy -> RUNNING)] in ms and, for
-    the TLS edge only, the idle figures of each daemon (printed), then tears the edge down."""
+    cached image after a warm-up; returns [(API -> RUNNING, node's deploy -> RUNNING)] in ms after
+    printing the idle figures of each daemon, then tears the edge down."""
     e = e2elib.Edge(build, tag="eb%d%s" % (os.getpid() % 10000, "p" if insecure else "t"), insecure=insecure)
     try:
         e.underlay()
@@ -88,12 +88,12 @@ def deploys(build, insecure):
         e.wait_nodes(["n1"])
         wait_until("node in the root's aggregate",
                    lambda: e.api("GET", "/api/v1/clusters").json()[0]["active_nodes"] == 1)
-        return measure(e, node, ctl_ip, idle=not insecure)
+        return measure(e, node, ctl_ip, "--insecure" if insecure else "TLS")
     finally:
         e.close()
 
 
-def measure(e, node, ctl_ip, idle):
+def measure(e, node, ctl_ip, label):
     sla = {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
         "applicationID": "", "application_name": "bench", "application_namespace": e.marker,
         "application_desc": "e2e-deploy", "microservices": [{
@@ -137,12 +137,11 @@ def measure(e, node, ctl_ip, idle):
 
     one()  # warm-up: the node downloads and caches the image
     ours = [one() for _ in range(RUNS)]
-    if idle:
-        idle_figures(e, node)
+    idle_figures(e, node, label)
     return ours
 
 
-def idle_figures(e, node):
+def idle_figures(e, node, label):
     """Idle (nothing deployed) RSS, PSS, anonymous memory and CPU of each daemon over 10 s."""
     time.sleep(2)
     daemons = [("oakuk-root", e.root.pid), ("oakuk-cluster", e.cluster.pid), ("oakuk-node", node.pid),
@@ -155,8 +154,8 @@ def idle_figures(e, node):
     for n, p in daemons:
         cpu = (cpu_ticks(p) - before[n]) / hz / wall * 100
         m = memory_kb(p)
-        print("idle %s (TLS): rss %d kB (pss %d kB, anonymous %d kB), cpu %.2f%%%s" % (
-            n, m.get("Rss", 0), m.get("Pss", 0), m.get("Anonymous", 0), cpu,
+        print("idle %s (%s): rss %d kB (pss %d kB, anonymous %d kB), cpu %.2f%%%s" % (
+            n, label, m.get("Rss", 0), m.get("Pss", 0), m.get("Anonymous", 0), cpu,
             " (the cluster's broker)" if n == "mosquitto" else ""))
 
 

@@ -365,7 +365,11 @@ int main(int argc, char **argv) {
 
   /* Same cached image for every run. */
   g_autofree char *cache_dir = g_build_filename(b.state, "images", NULL);
-  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, NULL, &err);
+  /* file:// only from the tarball's own directory (the cache refuses every file:// URL by default). */
+  g_autofree char *tarball_dir = g_path_get_dirname(tarball);
+  oakuk_image_cache_options copts = OAKUK_IMAGE_CACHE_OPTIONS_INIT;
+  copts.file_allowed_dirs = tarball_dir;
+  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, &copts, &err);
   g_autofree char *url = g_filename_to_uri(tarball, NULL, NULL);
   if (!cache || !(b.image = oakuk_image_cache_fetch_sync(cache, url, NULL, NULL, NULL, &err)))
     die("image %s: %s", tarball, oakuk_error_message(err));

@@ -315,7 +315,8 @@ class Edge:
         self.cluster = Daemon(self, "cluster", self.cluster_args + ["--join-token", "@" + join_file]).start()
         wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
             requests.get(self.cluster_url + "/healthz", timeout=5).json()))
-        self.node_join_token = new_node_join_token(self.cluster_bin, os.path.join(self.tmp, "cluster"))
+        self.node_join_token = new_node_join_token(self.cluster_bin, os.path.join(self.tmp, "cluster"),
+                                                   extra=["--insecure"] if self.insecure else [])
 
     def restart_cluster(self):
         self.cluster.stop()
@@ -687,7 +688,8 @@ class Cluster:
                              netns=self.ns).start()
         wait_until("cluster %s registered and connected" % self.name, lambda: (
             lambda j: j["registered"] and j["mqtt_connected"])(self.healthz()), timeout=30)
-        self.join_token = new_node_join_token(self.edge.cluster_bin, self.state)
+        self.join_token = new_node_join_token(self.edge.cluster_bin, self.state,
+                                              extra=["--insecure"] if self.edge.insecure else [])
         return self
 
     def start_again(self, wait=True):
