@@ -6,7 +6,6 @@
  * the instance when it returns, so a delete (or failure) arriving meanwhile is honoured there. */
 #include "node.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <glib/gstdio.h>
 #include <string.h>
@@ -131,93 +130,28 @@ void insts_republish(Node *n) {
 
 /* ---- the job ---- */
 
-/* The architecture to run: the placement's, else the first of arch[] this node can run (its own
- * first), else the node's. Sets *index to its position in arch[] (0 when absent). */
-static char *pick_arch(Node *n, const oakuk_microservice *ms, const char *placed, int32_t virt,
-                       size_t *index) {
-  size_t count = oakuk_microservice_arch_count(ms);
-  *index = 0;
-  const char *host = oakuk_qemu_caps_host_arch(n->caps);
-  for (size_t k = 0; placed != NULL && k < count; k++)
-    if (g_strcmp0(oakuk_microservice_arch(ms, k), placed) == 0)
-      *index = k;
-  if (placed != NULL)
-    return g_strdup(placed);
-  if (count == 0)
-    return g_strdup(host);
-  for (size_t k = 0; k < count; k++)
-    if (g_strcmp0(oakuk_microservice_arch(ms, k), host) == 0)
-      return *index = k, g_strdup(host);
-  for (size_t k = 0; virt == OAKUK_VIRT_UNIKERNEL && k < count; k++)
-    if (oakuk_qemu_caps_accel_for_arch(n->caps, oakuk_microservice_arch(ms, k)) != OAKUK_ACCEL_NONE)
-      return *index = k, g_strdup(oakuk_microservice_arch(ms, k));
-  return g_strdup(oakuk_microservice_arch(ms, 0));
-}
-
 /* Builds an instance from a deploy payload; NULL with *problem when the payload is not a job. */
 static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
-  gint64 number = -1, generation = 0;
-  if (!int_member(job, "instance_number", &number) || number < 0) {
-    *problem = g_strdup("instance_number: missing or not a non-negative integer");
+  g_autoptr(NodeJob) j = node_job_parse(job, n->caps, problem);
+  if (j == NULL)
     return NULL;
-  }
-  /* Absent: a cluster from before generations (docs/reconcile.md), generation 0. */
-  if (json_object_has_member(job, "generation") &&
-      (!int_member(job, "generation", &generation) || generation < 0)) {
-    *problem = g_strdup("generation: not a non-negative integer");
-    return NULL;
-  }
-  JsonNode *pn = json_object_get_member(job, "placement");
-  if (pn != NULL && !JSON_NODE_HOLDS_OBJECT(pn) && !JSON_NODE_HOLDS_NULL(pn)) {
-    *problem = g_strdup("placement: not an object");
-    return NULL;
-  }
-  JsonObject *pl = pn && JSON_NODE_HOLDS_OBJECT(pn) ? json_node_get_object(pn) : NULL;
-  g_autoptr(JsonNode) jn = json_node_init_object(json_node_alloc(), job);
-  g_autofree char *text = od_json_to_string(jn, FALSE);
-  oakuk_error *err = NULL;
-  oakuk_microservice *ms = oakuk_microservice_parse(text, (size_t)-1, &err);
-  if (ms == NULL) {
-    *problem = g_strdup_printf("job: %s", oakuk_error_message(err));
-    oakuk_error_free(err);
-    return NULL;
-  }
-  if (oakuk_microservice_service_name(ms) == NULL) {
-    oakuk_microservice_unref(ms);
-    *problem = g_strdup("job_name: missing (need job_name, or app_name and app_ns)");
-    return NULL;
-  }
-  const char *pv = str_member(pl, "virtualization");
-  int32_t virt = pv ? oakuk_virt_from_name(pv) : oakuk_microservice_virt(ms, 0);
-  const char *parch = str_member(pl, "arch");
-  if (virt == OAKUK_VIRT_NONE || (parch != NULL && !oakuk_arch_is_known(parch))) {
-    oakuk_microservice_unref(ms);
-    *problem = g_strdup(virt == OAKUK_VIRT_NONE ? "placement.virtualization: not container or unikernel"
-                                                : "placement.arch: not a known architecture");
-    return NULL;
-  }
   Inst *i = g_new0(Inst, 1);
   i->refs = 1;
   i->node = n;
-  i->ms = ms;
-  i->job = json_object_ref(job);
-  i->job_name = g_strdup(oakuk_microservice_service_name(ms));
-  i->number = number;
-  char *name = oakuk_instance_name(i->job_name, number);
+  i->ms = g_steal_pointer(&j->ms);
+  i->job = g_steal_pointer(&j->job);
+  i->job_name = g_steal_pointer(&j->job_name);
+  i->number = j->number;
+  char *name = oakuk_instance_name(i->job_name, i->number);
   i->name = g_strdup(name);
   od_oakuk_free(name);
-  i->virt = virt;
-  size_t idx = 0;
-  i->arch = pick_arch(n, ms, parch, virt, &idx);
-  const char *code = str_member(pl, "code");
-  i->code = g_strdup(code && *code ? code : oakuk_microservice_code(ms, virt, idx));
-  const char *sha = str_member(pl, "code_sha256");
-  i->code_sha256 = g_strdup(sha && *sha ? sha : oakuk_microservice_code_sha256(ms, virt, idx));
-  const char *ip = str_member(job, "instance_ip");
-  struct in_addr a;
-  i->ip = ip && inet_pton(AF_INET, ip, &a) == 1 ? g_strdup(ip) : NULL;
-  i->restart = oakuk_microservice_restart(ms);
-  i->generation = generation;
+  i->virt = j->virt;
+  i->arch = g_steal_pointer(&j->arch);
+  i->code = g_steal_pointer(&j->code);
+  i->code_sha256 = g_steal_pointer(&j->code_sha256);
+  i->ip = g_steal_pointer(&j->ip);
+  i->restart = j->restart;
+  i->generation = j->generation;
   i->ready_ms = -1;
   i->status = OAKUK_STATUS_NODE_SCHEDULED;
   i->detail = g_strdup("");

@@ -27,17 +27,11 @@ void node_reject(const char *topic, const char *problem) {
 JsonNode *node_parse_payload(const char *topic, GBytes *payload, JsonNodeType want) {
   gsize len = 0;
   const char *data = g_bytes_get_data(payload, &len);
-  g_autoptr(GError) error = NULL;
-  g_autoptr(JsonNode) root = od_json_parse(data ? data : "", (gssize)len, &error);
-  if (root == NULL) {
-    node_reject(topic, error->message);
-    return NULL;
-  }
-  if (JSON_NODE_TYPE(root) != want) {
-    node_reject(topic, want == JSON_NODE_ARRAY ? "expected a JSON array" : "expected a JSON object");
-    return NULL;
-  }
-  return g_steal_pointer(&root);
+  g_autofree char *problem = NULL;
+  JsonNode *root = node_payload_parse(data, len, want, &problem);
+  if (root == NULL)
+    node_reject(topic, problem);
+  return root;
 }
 
 gboolean node_publish(Node *n, const char *leaf, const char *text) {

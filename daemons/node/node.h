@@ -3,6 +3,7 @@
 #define OAKUK_NODE_H
 
 #include "daemon-common.h"
+#include "job.h"
 #include "mqtt.h"
 
 #include <oakuk/oakuk.h>
@@ -159,8 +160,8 @@ GPtrArray *netsync_saved_peers(Node *n);
 
 /* Logs a rejected MQTT payload: the topic and the problem. */
 void node_reject(const char *topic, const char *problem);
-/* Parses an MQTT payload that must be a JSON object or array (want); on failure logs the rejection
- * naming the topic and returns NULL. */
+/* Parses an MQTT payload that must be a JSON object or array (want, node_payload_parse); on failure
+ * logs the rejection naming the topic and returns NULL. */
 JsonNode *node_parse_payload(const char *topic, GBytes *payload, JsonNodeType want);
 /* Publishes on nodes/<id>/<leaf> (QoS 1) when connected; FALSE otherwise. */
 gboolean node_publish(Node *n, const char *leaf, const char *text);
