@@ -377,10 +377,10 @@ struct _OdNoTrust {
 };
 G_DEFINE_TYPE(OdNoTrust, od_no_trust, G_TYPE_TLS_DATABASE)
 
-static GTlsCertificateFlags no_trust_verify_chain(GTlsDatabase *db, GTlsCertificate *chain, const gchar *purpose,
-                                                  GSocketConnectable *identity, GTlsInteraction *interaction,
-                                                  GTlsDatabaseVerifyFlags flags, GCancellable *cancellable,
-                                                  GError **error) {
+static GTlsCertificateFlags no_trust_verify_chain(GTlsDatabase *db, GTlsCertificate *chain,
+                                                  const gchar *purpose, GSocketConnectable *identity,
+                                                  GTlsInteraction *interaction, GTlsDatabaseVerifyFlags flags,
+                                                  GCancellable *cancellable, GError **error) {
   return G_TLS_CERTIFICATE_UNKNOWN_CA;
 }
 
@@ -389,8 +389,9 @@ static gchar *no_trust_create_handle(GTlsDatabase *db, GTlsCertificate *certific
 }
 
 static GTlsCertificate *no_trust_lookup_for_handle(GTlsDatabase *db, const gchar *handle,
-                                                   GTlsInteraction *interaction, GTlsDatabaseLookupFlags flags,
-                                                   GCancellable *cancellable, GError **error) {
+                                                   GTlsInteraction *interaction,
+                                                   GTlsDatabaseLookupFlags flags, GCancellable *cancellable,
+                                                   GError **error) {
   return NULL;
 }
 
@@ -400,9 +401,9 @@ static GTlsCertificate *no_trust_lookup_issuer(GTlsDatabase *db, GTlsCertificate
   return NULL;
 }
 
-static GList *no_trust_lookup_issued_by(GTlsDatabase *db, GByteArray *issuer_raw_dn, GTlsInteraction *interaction,
-                                        GTlsDatabaseLookupFlags flags, GCancellable *cancellable,
-                                        GError **error) {
+static GList *no_trust_lookup_issued_by(GTlsDatabase *db, GByteArray *issuer_raw_dn,
+                                        GTlsInteraction *interaction, GTlsDatabaseLookupFlags flags,
+                                        GCancellable *cancellable, GError **error) {
   return NULL;
 }
 
@@ -415,8 +416,7 @@ static void od_no_trust_class_init(OdNoTrustClass *klass) {
   d->lookup_certificates_issued_by = no_trust_lookup_issued_by;
 }
 
-static void od_no_trust_init(OdNoTrust *self) {
-}
+static void od_no_trust_init(OdNoTrust *self) {}
 
 void od_tls_no_system_trust(void) {
   static gsize done;

@@ -265,9 +265,11 @@ static void test_no_system_trust(void) {
   g_assert_cmpint(g_tls_database_verify_chain(db, ca, G_TLS_DATABASE_PURPOSE_AUTHENTICATE_SERVER, NULL, NULL,
                                               G_TLS_DATABASE_VERIFY_NONE, NULL, NULL),
                   ==, G_TLS_CERTIFICATE_UNKNOWN_CA);
-  g_assert_null(g_tls_database_lookup_certificate_issuer(db, ca, NULL, G_TLS_DATABASE_LOOKUP_NONE, NULL, NULL));
+  g_assert_null(
+      g_tls_database_lookup_certificate_issuer(db, ca, NULL, G_TLS_DATABASE_LOOKUP_NONE, NULL, NULL));
   /* A CA of the system's store, where there is one (Debian's ca-certificates), is not trusted either. */
-  g_autoptr(GTlsCertificate) sys = g_tls_certificate_new_from_file("/etc/ssl/certs/ca-certificates.crt", NULL);
+  g_autoptr(GTlsCertificate) sys =
+      g_tls_certificate_new_from_file("/etc/ssl/certs/ca-certificates.crt", NULL);
   if (sys != NULL)
     g_assert_cmpint(g_tls_database_verify_chain(db, sys, G_TLS_DATABASE_PURPOSE_AUTHENTICATE_SERVER, NULL,
                                                 NULL, G_TLS_DATABASE_VERIFY_NONE, NULL, NULL),
