@@ -8,6 +8,25 @@
 
 #include <json-glib/json-glib.h>
 
+/* Members of JSON from outside, by type: NULL when absent or of another type (json-glib's own
+ * getters emit criticals on a type mismatch). Shared by oci.c and oci-unikernel.c. */
+static inline const char *str_of(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
+             ? json_node_get_string(n)
+             : NULL;
+}
+
+static inline JsonObject *object_of(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+static inline JsonArray *array_of(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+}
+
 G_BEGIN_DECLS
 
 #define OAKUK_OCI_MEDIA_INDEX "application/vnd.oci.image.index.v1+json"

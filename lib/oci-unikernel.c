@@ -35,22 +35,6 @@
 /* ---------------------------------------------------------------------------------------------- */
 /* JSON from outside, by type */
 
-static const char *str_of(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
-             ? json_node_get_string(n)
-             : NULL;
-}
-
-static JsonObject *object_of(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
-}
-
-static JsonArray *array_of(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
-}
 
 /* The string members of o's object member key (annotations, Labels) added to t, the first value of
  * a key winning; at most ANNOTATIONS_MAX. */

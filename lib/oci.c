@@ -32,22 +32,6 @@
 
 /* Members of JSON from outside, by type: NULL when absent or of another type (json-glib's own
  * getters emit criticals on a type mismatch). */
-static const char *str_of(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
-             ? json_node_get_string(n)
-             : NULL;
-}
-
-static JsonObject *object_of(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
-}
-
-static JsonArray *array_of(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
-}
 
 gboolean oakuk_oci_digest_is_valid(const char *d) {
   if (!d || !g_str_has_prefix(d, "sha256:") || strlen(d) != 7 + 64)

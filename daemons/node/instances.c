@@ -43,20 +43,6 @@ void insts_init(Node *n) {
   n->insts = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)inst_unref);
 }
 
-static const char *str_member(JsonObject *o, const char *key) {
-  JsonNode *m = o ? json_object_get_member(o, key) : NULL;
-  return m != NULL && JSON_NODE_HOLDS_VALUE(m) && json_node_get_value_type(m) == G_TYPE_STRING
-             ? json_node_get_string(m)
-             : NULL;
-}
-
-static gboolean int_member(JsonObject *o, const char *key, gint64 *out) {
-  JsonNode *m = o ? json_object_get_member(o, key) : NULL;
-  if (m == NULL || !JSON_NODE_HOLDS_VALUE(m) || json_node_get_value_type(m) != G_TYPE_INT64)
-    return FALSE;
-  *out = json_node_get_int(m);
-  return TRUE;
-}
 
 /* ---- records ---- */
 
@@ -562,19 +548,19 @@ void insts_on_delete(Node *n, const char *topic, GBytes *payload) {
   JsonObject *o = o_node ? json_node_get_object(o_node) : NULL;
   if (o == NULL)
     return;
-  const char *job_name = str_member(o, "job_name");
+  const char *job_name = node_str_member(o, "job_name");
   gint64 number = -1;
   if (job_name == NULL || *job_name == '\0') {
     node_reject(topic, "job_name: missing or not a string");
     return;
   }
-  if (!int_member(o, "instance_number", &number) || number < 0) {
+  if (!node_int_member(o, "instance_number", &number) || number < 0) {
     node_reject(topic, "instance_number: missing or not a non-negative integer");
     return;
   }
   gint64 generation = G_MAXINT64; /* absent: any generation */
   if (json_object_has_member(o, "generation") &&
-      (!int_member(o, "generation", &generation) || generation < 0)) {
+      (!node_int_member(o, "generation", &generation) || generation < 0)) {
     node_reject(topic, "generation: not a non-negative integer");
     return;
   }

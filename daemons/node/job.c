@@ -3,14 +3,14 @@
 
 #include <arpa/inet.h>
 
-static const char *str_member(JsonObject *o, const char *key) {
+const char *node_str_member(JsonObject *o, const char *key) {
   JsonNode *m = o ? json_object_get_member(o, key) : NULL;
   return m != NULL && JSON_NODE_HOLDS_VALUE(m) && json_node_get_value_type(m) == G_TYPE_STRING
              ? json_node_get_string(m)
              : NULL;
 }
 
-static gboolean int_member(JsonObject *o, const char *key, gint64 *out) {
+gboolean node_int_member(JsonObject *o, const char *key, gint64 *out) {
   JsonNode *m = o ? json_object_get_member(o, key) : NULL;
   if (m == NULL || !JSON_NODE_HOLDS_VALUE(m) || json_node_get_value_type(m) != G_TYPE_INT64)
     return FALSE;
@@ -70,13 +70,13 @@ static char *pick_arch(const oakuk_qemu_caps *caps, const oakuk_microservice *ms
 
 NodeJob *node_job_parse(JsonObject *job, const oakuk_qemu_caps *caps, char **problem) {
   gint64 number = -1, generation = 0;
-  if (!int_member(job, "instance_number", &number) || number < 0) {
+  if (!node_int_member(job, "instance_number", &number) || number < 0) {
     *problem = g_strdup("instance_number: missing or not a non-negative integer");
     return NULL;
   }
   /* Absent: a cluster from before generations (docs/reconcile.md), generation 0. */
   if (json_object_has_member(job, "generation") &&
-      (!int_member(job, "generation", &generation) || generation < 0)) {
+      (!node_int_member(job, "generation", &generation) || generation < 0)) {
     *problem = g_strdup("generation: not a non-negative integer");
     return NULL;
   }
@@ -100,9 +100,9 @@ NodeJob *node_job_parse(JsonObject *job, const oakuk_qemu_caps *caps, char **pro
     *problem = g_strdup("job_name: missing (need job_name, or app_name and app_ns)");
     return NULL;
   }
-  const char *pv = str_member(pl, "virtualization");
+  const char *pv = node_str_member(pl, "virtualization");
   int32_t virt = pv ? oakuk_virt_from_name(pv) : oakuk_microservice_virt(ms, 0);
-  const char *parch = str_member(pl, "arch");
+  const char *parch = node_str_member(pl, "arch");
   if (virt == OAKUK_VIRT_NONE || (parch != NULL && !oakuk_arch_is_known(parch))) {
     oakuk_microservice_unref(ms);
     *problem = g_strdup(virt == OAKUK_VIRT_NONE ? "placement.virtualization: not container or unikernel"
@@ -118,11 +118,11 @@ NodeJob *node_job_parse(JsonObject *job, const oakuk_qemu_caps *caps, char **pro
   j->virt = virt;
   size_t idx = 0;
   j->arch = pick_arch(caps, ms, parch, virt, &idx);
-  const char *code = str_member(pl, "code");
+  const char *code = node_str_member(pl, "code");
   j->code = g_strdup(code && *code ? code : oakuk_microservice_code(ms, virt, idx));
-  const char *sha = str_member(pl, "code_sha256");
+  const char *sha = node_str_member(pl, "code_sha256");
   j->code_sha256 = g_strdup(sha && *sha ? sha : oakuk_microservice_code_sha256(ms, virt, idx));
-  const char *ip = str_member(job, "instance_ip");
+  const char *ip = node_str_member(job, "instance_ip");
   struct in_addr a;
   j->ip = ip && inet_pton(AF_INET, ip, &a) == 1 ? g_strdup(ip) : NULL;
   j->restart = oakuk_microservice_restart(ms);

@@ -26,6 +26,11 @@ typedef struct {
 
 /* Parses an MQTT payload that must be a JSON value of type want (object or array); NULL with *problem
  * (the parser's message, or "expected a JSON object"/"expected a JSON array") otherwise. */
+/* Members of JSON from outside, by type: the string, or NULL when absent or of another type; an
+ * integer into *out, FALSE when absent or of another type. o may be NULL. */
+const char *node_str_member(JsonObject *o, const char *key);
+gboolean node_int_member(JsonObject *o, const char *key, gint64 *out);
+
 JsonNode *node_payload_parse(const void *data, gsize len, JsonNodeType want, char **problem);
 /* Reads a deploy payload into a job for a node with caps (its host architecture and what it can run);
  * NULL with *problem ("instance_number: missing or not a non-negative integer", ...) when it is not one. */
