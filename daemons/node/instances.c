@@ -43,7 +43,6 @@ void insts_init(Node *n) {
   n->insts = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)inst_unref);
 }
 
-
 /* ---- records ---- */
 
 static char *record_path(Node *n, const char *name) {
