@@ -14,6 +14,7 @@ typedef struct {
 
 static const Command commands[] = {
     {"run", oakuk_cmd_run, "run a unikernel image on this machine, without a control plane"},
+    {"pkg", oakuk_cmd_pkg, "package unikernels as a multi-architecture OCI image (as kraft pkg)"},
     {"login", oakuk_cmd_login, "log in to the root and store the credentials"},
     {"apply", oakuk_cmd_apply, "validate and register an SLA descriptor"},
     {"deploy", oakuk_cmd_deploy, "deploy an instance of a service (--wait: until it runs)"},

@@ -13,6 +13,8 @@
 typedef int (*oakuk_cli_command)(int argc, char **argv);
 
 int oakuk_cmd_run(int argc, char **argv);
+/* `oakuk pkg` (cmd-pkg.c): unikernels packaged as an OCI image. */
+int oakuk_cmd_pkg(int argc, char **argv);
 
 /* Control-plane commands (cmd-api.c, cmd-views.c; docs/cli.md). */
 int oakuk_cmd_login(int argc, char **argv);
