@@ -27,10 +27,11 @@
 #define INITRD_PATH "/unikraft/bin/initrd"
 
 typedef struct {
-  char *arch;   /* GOARCH */
-  char *kernel; /* path */
-  char *initrd; /* path or NULL */
-  char *digest; /* of its manifest, once written */
+  char *arch;          /* GOARCH */
+  char *kernel;        /* path */
+  char *initrd;        /* path or NULL */
+  char *digest;        /* of its manifest, once written */
+  char *cmdline_extra; /* this kernel's own, over the package's; or NULL */
 } PkgKernel;
 
 struct oakuk_oci_package {
@@ -48,6 +49,7 @@ static void pkg_kernel_free(gpointer p) {
   g_free(k->kernel);
   g_free(k->initrd);
   g_free(k->digest);
+  g_free(k->cmdline_extra);
   g_free(k);
 }
 
@@ -174,17 +176,41 @@ OAKUK_API int oakuk_oci_package_set_version(oakuk_oci_package *pkg, const char *
   return 0;
 }
 
+static gboolean cmdline_extra_ok(const char *extra, oakuk_error **error) {
+  for (const unsigned char *p = (const unsigned char *)extra; p && *p; p++)
+    if (*p < 0x20 || *p == 0x7f || *p == '"' || *p == '\'' || *p == '\\') {
+      oakuk_set_error(error, OAKUK_EINVAL, 0, "cmdline_extra",
+                      "package: cmdline_extra: control characters, quotes and backslashes are not allowed");
+      return FALSE;
+    }
+  return TRUE;
+}
+
 OAKUK_API int oakuk_oci_package_set_cmdline_extra(oakuk_oci_package *pkg, const char *extra,
                                                   oakuk_error **error) {
   g_return_val_if_fail(pkg != NULL, OAKUK_EINVAL);
-  for (const unsigned char *p = (const unsigned char *)extra; p && *p; p++)
-    if (*p < 0x20 || *p == 0x7f || *p == '"' || *p == '\'' || *p == '\\')
-      return oakuk_set_error(error, OAKUK_EINVAL, 0, "cmdline_extra",
-                             "package: cmdline_extra: control characters, quotes and backslashes are not "
-                             "allowed");
+  if (!cmdline_extra_ok(extra, error))
+    return OAKUK_EINVAL;
   g_free(pkg->cmdline_extra);
   pkg->cmdline_extra = extra && *extra ? g_strdup(extra) : NULL;
   return 0;
+}
+
+OAKUK_API int oakuk_oci_package_set_kernel_cmdline_extra(oakuk_oci_package *pkg, const char *arch,
+                                                         const char *extra, oakuk_error **error) {
+  g_return_val_if_fail(pkg != NULL && arch != NULL, OAKUK_EINVAL);
+  if (!cmdline_extra_ok(extra, error))
+    return OAKUK_EINVAL;
+  for (guint i = 0; i < pkg->kernels->len; i++) {
+    PkgKernel *k = pkg->kernels->pdata[i];
+    if (strcmp(k->arch, arch) == 0) {
+      g_free(k->cmdline_extra);
+      k->cmdline_extra = extra && *extra ? g_strdup(extra) : NULL;
+      return 0;
+    }
+  }
+  return oakuk_set_error(error, OAKUK_EINVAL, 0, "arch", "package: cmdline_extra for %s: no %s kernel added",
+                         arch, arch);
 }
 
 OAKUK_API size_t oakuk_oci_package_manifest_count(const oakuk_oci_package *pkg) {
@@ -550,7 +576,7 @@ static GBytes *build_manifest(const oakuk_oci_package *pkg, PkgKernel *k, const 
                                "com.urunc.unikernel.mountRootfs",
                                pkg->files_dir ? "true" : NULL,
                                "org.oakestra.oakuk.cmdline-extra",
-                               pkg->cmdline_extra,
+                               k->cmdline_extra ? k->cmdline_extra : pkg->cmdline_extra,
                                NULL};
 
   g_autoptr(JsonBuilder) mb = json_builder_new();

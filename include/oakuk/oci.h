@@ -78,6 +78,10 @@ OAKUK_API int oakuk_oci_package_set_version(oakuk_oci_package *pkg, const char *
  * cmdline_extra; NULL for none. */
 OAKUK_API int oakuk_oci_package_set_cmdline_extra(oakuk_oci_package *pkg, const char *extra,
                                                   oakuk_error **error);
+/* The same for the kernel of one architecture (added before; else OAKUK_EINVAL), over the package's:
+ * a Linux guest's console differs by architecture (ttyS0, ttyAMA0). */
+OAKUK_API int oakuk_oci_package_set_kernel_cmdline_extra(oakuk_oci_package *pkg, const char *arch,
+                                                         const char *extra, oakuk_error **error);
 /* Writes the package as an OCI layout tarball (for "oci-archive:file://<path>") at path, replacing it;
  * name ("registry/name:tag" or "name:tag") goes into the annotations and index.json's ref.name.
  * *digest_out (may be NULL) receives the index's digest "sha256:<hex>" (free with oakuk_free). */

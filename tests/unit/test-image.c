@@ -1001,7 +1001,14 @@ static oakuk_oci_package *test_package(Fixture *f) {
   g_assert_cmpint(oakuk_oci_package_add_arg(p, "/etc/app.conf", &err), ==, 0);
   g_assert_cmpint(oakuk_oci_package_add_env(p, "MODE=fast", &err), ==, 0);
   g_assert_cmpint(oakuk_oci_package_set_cmdline_extra(p, "console=ttyS0", &err), ==, 0);
+  g_assert_cmpint(oakuk_oci_package_set_kernel_cmdline_extra(p, "arm64", "console=ttyAMA0", &err), ==, 0);
   /* Refusals, each naming the field. */
+  g_assert_cmpint(oakuk_oci_package_set_kernel_cmdline_extra(p, "riscv64", "x", &err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "arch");
+  g_clear_pointer(&err, oakuk_error_free);
+  g_assert_cmpint(oakuk_oci_package_set_kernel_cmdline_extra(p, "amd64", "a\"b", &err), ==, OAKUK_EINVAL);
+  g_assert_cmpstr(oakuk_error_path(err), ==, "cmdline_extra");
+  g_clear_pointer(&err, oakuk_error_free);
   g_assert_cmpint(oakuk_oci_package_add_kernel(p, "amd64", kxp, NULL, &err), ==, OAKUK_EINVAL);
   g_assert_nonnull(strstr(oakuk_error_message(err), "second kernel for amd64"));
   g_clear_pointer(&err, oakuk_error_free);
@@ -1078,6 +1085,7 @@ static void test_oci_archive(Fixture *f, gconstpointer data) {
   g_assert_null(err);
   g_assert_cmpstr(oakuk_image_arch(a), ==, "arm64");
   g_assert_cmpstr(oakuk_image_flavor(a), ==, "linux");
+  g_assert_cmpstr(oakuk_image_cmdline_extra(a), ==, "console=ttyAMA0"); /* its own, over the package's */
   g_assert_null(oakuk_image_initrd(a));
   g_assert_cmpstr(oakuk_image_dir(a), !=, oakuk_image_dir(x));
 

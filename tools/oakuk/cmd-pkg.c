@@ -30,6 +30,7 @@ typedef struct {
   GHashTable *initrds; /* arch → path, from --initrd, taken by the kernel of that arch */
   char *files_dir;     /* from --files, or the first --from-tar's files/ */
   char *tmp;           /* a scratch image cache for --from-tar, removed at the end */
+  char *version;       /* the Unikraft version of the first --from-tar that has one */
 } Pkg;
 
 static int usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
@@ -118,7 +119,8 @@ static int add_kernel(Pkg *p, const char *opt, const char *value, const char *ar
 
 /* --from-tar: the tarball is unpacked by liboakuk's image cache (the same checks a node makes) into
  * a scratch cache; its kernel, initrd and files then go into the package like --kernel's. */
-static int add_tarball(Pkg *p, const char *value, const char *arch, const char *path, gboolean use_files) {
+static int add_tarball(Pkg *p, const char *value, const char *arch, const char *path, gboolean use_files,
+                       gboolean uk_version_given) {
   g_autofree char *abs = g_canonicalize_filename(path, NULL);
   g_autofree char *dir = g_path_get_dirname(abs);
   g_autofree char *url = g_filename_to_uri(abs, NULL, NULL);
@@ -144,9 +146,22 @@ static int add_tarball(Pkg *p, const char *value, const char *arch, const char *
   const char *version = oakuk_image_version(img);
   const char *extra = oakuk_image_cmdline_extra(img);
   int rc = add_kernel(p, "--from-tar", value, arch, oakuk_image_kernel(img), oakuk_image_initrd(img));
+  /* The package's version says "Unikraft" (it marks every kernel as one): only a Unikraft tarball's
+   * is taken, a Linux guest's kernel release is not. */
+  if (g_strcmp0(oakuk_image_flavor(img), "unikraft") != 0 || uk_version_given)
+    version = NULL;
+  if (rc == OAKUK_CLI_OK && version && p->version && strcmp(version, p->version) != 0)
+    rc = usage_error("--from-tar %s: Unikraft %s, but an earlier tarball is Unikraft %s (--uk-version X.Y.Z "
+                     "chooses)",
+                     value, version, p->version);
   if (rc == OAKUK_CLI_OK && version && oakuk_oci_package_set_version(p->pkg, version, &err) != 0)
     rc = lib_error(err, "--from-tar %s: oakuk.json version", value);
-  if (rc == OAKUK_CLI_OK && extra && oakuk_oci_package_set_cmdline_extra(p->pkg, extra, &err) != 0)
+  if (rc == OAKUK_CLI_OK && version && !p->version)
+    p->version = g_strdup(version);
+  /* Per kernel: the guests' consoles differ by architecture. */
+  const char *karch = oakuk_image_arch(img);
+  if (rc == OAKUK_CLI_OK && extra && karch &&
+      oakuk_oci_package_set_kernel_cmdline_extra(p->pkg, karch, extra, &err) != 0)
     rc = lib_error(err, "--from-tar %s: oakuk.json cmdline_extra", value);
   const char *files = oakuk_image_files_dir(img);
   if (rc == OAKUK_CLI_OK && files && use_files) {
@@ -210,7 +225,7 @@ static int package(Pkg *p, char **kernels, char **initrds, char **tars, const ch
     g_autofree char *arch = NULL, *path = NULL;
     if (!split_arch("--from-tar", *t, &arch, &path) || !regular_file("--from-tar", *t, path))
       return OAKUK_CLI_USAGE;
-    int rc = add_tarball(p, *t, arch, path, files == NULL);
+    int rc = add_tarball(p, *t, arch, path, files == NULL, uk_version != NULL);
     if (rc != OAKUK_CLI_OK)
       return rc;
   }
@@ -360,6 +375,7 @@ int oakuk_cmd_pkg(int argc, char **argv) {
   rm_tree(p.tmp);
   g_free(p.tmp);
   g_free(p.files_dir);
+  g_free(p.version);
   g_hash_table_unref(p.initrds);
   oakuk_oci_package_unref(p.pkg);
   return rc;
