@@ -271,6 +271,95 @@ class OakukRun(RunBase):
         self.assert_nothing_left()
 
 
+class OciRun(RunBase):
+    """`oakuk run` with OCI images made by `oakuk pkg` from the test guests' tarballs: a reference
+    in a docker-registry (on loopback inside the node namespace) and an oci-archive:, the host's
+    platform picked from a two-architecture index, the image's Cmd as the guest's arguments unless
+    ARGS are given, the tarball's files/ shared, and a platform the image lacks refused by name."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.reg = None
+        if os.getuid() != 0 or not os.access("/usr/bin/docker-registry", os.X_OK) \
+                or not (GUESTS / "guest-arm64-nofiles.tar.gz").exists():
+            return
+        cls.tmp = tempfile.mkdtemp(prefix="oakuk-itest-runoci-")
+        cls.addr = f"127.0.0.1:{ports(1)[0]}"
+        cfg = os.path.join(cls.tmp, "config.yml")
+        with open(cfg, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {cls.tmp}/data\n"
+                    f"http:\n  addr: {cls.addr}\n")
+        cls.reg = subprocess.Popen([*NSENTER, "/usr/bin/docker-registry", "serve", cfg], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        for _ in range(100):
+            if sh("curl", "-sf", f"http://{cls.addr}/v2/").returncode == 0:
+                break
+            time.sleep(0.1)
+        tars = ["--from-tar", f"amd64={GUESTS / 'guest-amd64.tar.gz'}",
+                "--from-tar", f"arm64={GUESTS / 'guest-arm64-nofiles.tar.gz'}", "--cmd", "fromimage"]
+        cls.ref = f"{cls.addr}/guests/hello:1"
+        cls.archive = os.path.join(cls.tmp, "hello.oci.tar")
+        cls.amd64_only = os.path.join(cls.tmp, "ukguest.oci.tar")
+        for args in (["--push", cls.ref], ["--output", cls.archive],
+                     ["--kernel", str(UKGUEST["0.16.3"]), "--output", cls.amd64_only]):
+            p = subprocess.run([*NSENTER, OAKUK, "pkg", *(tars if args[0] != "--kernel" else []), *args],
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, p.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.reg:
+            cls.reg.terminate()
+            cls.reg.wait(10)
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        super().setUp()
+        if not self.reg:
+            self.skipTest("needs /usr/bin/docker-registry and the arm64 test guest")
+
+    def run_until_ready(self, image, *args, want_args):
+        port = ports(1)[0]
+        r = self.start("--allow-emulation", "-p", f"{port}:8080", image, *args)
+        line = r.wait_for(lambda: re.search(rf"oakuk: instance {self.name} at ([0-9.]+)", r.stderr()), 120)
+        self.assertIsNotNone(line, f"no instance line; stderr: {r.stderr()}")
+        ip = line.group(1)
+        ready = f"oakuk-guest: ready ip={ip} files=yes args={want_args}"
+        self.assertTrue(r.wait_for(lambda: ready in r.stdout(), 120),
+                        f"console never showed {ready!r}; stdout: {r.stdout()}; stderr: {r.stderr()}")
+        body = None
+        for _ in range(20):
+            body = http_get(f"http://127.0.0.1:{port}/cgi-bin/index.cgi")
+            if body is not None:
+                break
+            time.sleep(0.5)
+        self.assertIsNotNone(body, "127.0.0.1:%d never answered" % port)
+        self.assertIn("hello.txt: hello from the oakuk test guest", body)  # the image's files by 9p
+        r.p.send_signal(signal.SIGINT)
+        self.assertEqual(r.finish(30), 0, r.stderr())
+        self.assert_nothing_left(port)
+
+    def test_registry_reference_host_platform(self):
+        self.run_until_ready(self.ref, want_args="fromimage")
+
+    def test_oci_archive_with_args(self):
+        self.run_until_ready("oci-archive:" + self.archive, "--arch", "amd64", "--", "given", want_args="given")
+
+    def test_platform_missing(self):
+        r = self.start("--allow-emulation", "--arch", "arm64", "oci-archive:" + self.amd64_only)
+        self.assertEqual(r.finish(60), 1, r.stderr())
+        self.assertIn(f"image oci-archive:{self.amd64_only}", r.stderr())
+        self.assertIn("arm64", r.stderr())
+        self.assert_nothing_left()
+
+    def test_unreachable_registry(self):
+        ref = f"127.0.0.1:{ports(1)[0]}/guests/hello:1"
+        r = self.start("--allow-emulation", ref)
+        self.assertEqual(r.finish(60), 1, r.stderr())
+        self.assertIn(f"image {ref}", r.stderr())
+        self.assert_nothing_left()
+
+
 class UkGuestRun(RunBase):
     """`oakuk run` with the multiboot test kernel (a 32-bit ELF with a multiboot header, as Unikraft's
     x86 QEMU images): recognised, its Unikraft version detected from its content, its console clean."""

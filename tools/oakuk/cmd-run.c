@@ -1,4 +1,5 @@
 /* `oakuk run`: argument parsing only; run-session.c does the work. */
+#include "client.h"
 #include "oakuk-cli.h"
 #include "run-session.h"
 
@@ -6,8 +7,10 @@
 #include <string.h>
 
 static const char summary[] =
-    "Fetches IMAGE (a URL, a local Oakestra tar(.gz) or a bare kernel file), gives it a network\n"
-    "namespace on the local bridge, runs it with QEMU in the foreground and shows its console.\n"
+    "Fetches IMAGE (a URL, a local Oakestra tar(.gz) or a bare kernel file, an OCI reference\n"
+    "REGISTRY/NAME:TAG or NAME@sha256:..., or oci-archive:PATH|URL, whose platform for --arch or\n"
+    "this machine is run), gives it a network namespace on the local bridge, runs it with QEMU in\n"
+    "the foreground and shows its console.\n"
     "Ctrl-C stops the guest and removes everything the run made. ARGS after -- go to the guest.\n"
     "\n"
     "The guest is ready when it answers on the guest side of the first TCP -p mapping (or\n"
@@ -39,7 +42,8 @@ int oakuk_cmd_run(int argc, char **argv) {
     }
   g_autofree char *arch = NULL, *memory = NULL, *vcpus = NULL, *flavor = NULL, *uk_version = NULL,
                   *files = NULL, *state_dir = NULL, *subnet = NULL, *name = NULL, *net = NULL,
-                  *ready_port = NULL, *ready_serial = NULL, *ready_timeout = NULL;
+                  *ready_port = NULL, *ready_serial = NULL, *ready_timeout = NULL, *insecure = NULL,
+                  *username = NULL, *password_file = NULL;
   g_auto(GStrv) ports = NULL;
   gboolean allow_emulation = FALSE;
   GOptionEntry entries[] = {
@@ -70,6 +74,12 @@ int oakuk_cmd_run(int argc, char **argv) {
        "Text the guest prints on its console once it is ready", "TEXT"},
       {"ready-timeout", 0, 0, G_OPTION_ARG_STRING, &ready_timeout,
        "Stop the guest (exit 7) when it is not ready after S seconds (default 120; 0: wait for good)", "S"},
+      {"insecure-registry", 0, 0, G_OPTION_ARG_STRING, &insecure,
+       "OCI registries reached over plain http, comma-separated HOST[:PORT] (default: loopback only)",
+       "LIST"},
+      {"username", 'u', 0, G_OPTION_ARG_STRING, &username, "OCI registry user", "USER"},
+      {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &password_file,
+       "With --username: the registry password is the first line of FILE", "FILE"},
       {NULL, 0, 0, 0, NULL, NULL, NULL},
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("IMAGE [-- ARGS...]");
@@ -93,6 +103,15 @@ int oakuk_cmd_run(int argc, char **argv) {
             pargc < 2 ? "IMAGE is missing" : "exactly one IMAGE expected; guest arguments go after --");
     return OAKUK_CLI_USAGE;
   }
+  if ((username != NULL) != (password_file != NULL)) {
+    fprintf(stderr, "oakuk run: --username and --password-file go together\n");
+    return OAKUK_CLI_USAGE;
+  }
+  g_autofree char *password = NULL;
+  if (password_file && !(password = oak_read_first_line(password_file, &err))) {
+    fprintf(stderr, "oakuk run: --password-file %s: %s\n", password_file, err->message);
+    return OAKUK_CLI_USAGE;
+  }
   OakukRunOptions o = {
       .image = parse_v[1],
       .name = name,
@@ -111,6 +130,9 @@ int oakuk_cmd_run(int argc, char **argv) {
       .ready_port = -1,
       .ready_serial = ready_serial,
       .ready_timeout_s = OAKUK_RUN_DEFAULT_READY_TIMEOUT_S,
+      .insecure_registries = insecure,
+      .username = username,
+      .password = password,
   };
   int64_t v;
   if (memory) {

@@ -276,8 +276,62 @@ static int resolve_state_dir(Run *r) {
   return OAKUK_CLI_OK;
 }
 
+static oakuk_image_cache *open_cache(Run *r, const char *allowed) {
+  oakuk_image_cache_options opts;
+  oakuk_image_cache_options_init(&opts, OAKUK_IMAGE_CACHE_OPTIONS_VERSION);
+  opts.file_allowed_dirs = allowed;
+  opts.insecure_registries = r->o->insecure_registries;
+  g_autofree char *cache_dir = g_build_filename(r->state_dir, "images", NULL);
+  oakuk_error *err = NULL;
+  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, &opts, &err);
+  if (!cache)
+    fail(err, "image cache %s", cache_dir);
+  return cache;
+}
+
+/* An OCI reference or oci-archive: (docs/unikernels.md, "OCI images"): the platform of --arch, else
+ * of this machine. "oci-archive:PATH" (no URL) names a local file, as IMAGE does. */
+static int fetch_oci_image(Run *r) {
+  const char *image = r->o->image;
+  g_autofree char *reference = NULL, *allowed = NULL;
+  if (g_str_has_prefix(image, "oci-archive:")) {
+    const char *rest = image + strlen("oci-archive:");
+    g_autofree char *local = NULL;
+    if (strstr(rest, "://")) {
+      reference = g_strdup(image);
+      local = g_filename_from_uri(rest, NULL, NULL);
+    } else {
+      local = g_canonicalize_filename(rest, NULL);
+      if (!g_file_test(local, G_FILE_TEST_IS_REGULAR))
+        return fail(NULL, "image %s: no such file %s", image, local);
+      g_autofree char *uri = g_filename_to_uri(local, NULL, NULL);
+      reference = g_strconcat("oci-archive:", uri, NULL);
+    }
+    /* As for a local tarball: the file the user named is theirs to run, its directory only. */
+    allowed = local ? g_path_get_dirname(local) : NULL;
+  } else {
+    reference = g_strdup(image);
+  }
+  oakuk_image_cache *cache = open_cache(r, allowed);
+  if (!cache)
+    return OAKUK_CLI_FAILED;
+  oakuk_error *err = NULL;
+  r->image = oakuk_image_cache_fetch_oci_sync(cache, reference, r->o->arch, r->o->username, r->o->password,
+                                              NULL, NULL, &err);
+  oakuk_image_cache_unref(cache);
+  if (!r->image)
+    return fail(err, "image %s", image);
+  return OAKUK_CLI_OK;
+}
+
 static int fetch_image(Run *r) {
   const char *image = r->o->image;
+  /* A bare word ("guest.tar.gz") is a file name here, not an image on Docker Hub: a reference names
+   * its registry, repository path, tag or digest. */
+  if (oakuk_image_code_is_oci(image) && !g_file_test(image, G_FILE_TEST_EXISTS) && strpbrk(image, "/:@"))
+    return fetch_oci_image(r);
+  if (r->o->username)
+    return fail(NULL, "--username goes with an OCI reference as IMAGE, not %s", image);
   g_autofree char *url = NULL;
   g_autofree char *local = NULL;
   if (strstr(image, "://")) {
@@ -286,20 +340,16 @@ static int fetch_image(Run *r) {
   } else {
     local = g_canonicalize_filename(image, NULL);
     if (!g_file_test(local, G_FILE_TEST_IS_REGULAR))
-      return fail(NULL, "image %s: not a URL and no such file", image);
+      return fail(NULL, "image %s: not a URL, an OCI reference or a file", image);
     url = g_filename_to_uri(local, NULL, NULL);
   }
   /* The library refuses file:// by default; the file the user named on the command line is theirs
    * to run, so its directory (and only that) is allowed. */
   g_autofree char *allowed = local ? g_path_get_dirname(local) : NULL;
-  oakuk_image_cache_options opts;
-  oakuk_image_cache_options_init(&opts, OAKUK_IMAGE_CACHE_OPTIONS_VERSION);
-  opts.file_allowed_dirs = allowed;
-  g_autofree char *cache_dir = g_build_filename(r->state_dir, "images", NULL);
-  oakuk_error *err = NULL;
-  oakuk_image_cache *cache = oakuk_image_cache_new(cache_dir, &opts, &err);
+  oakuk_image_cache *cache = open_cache(r, allowed);
   if (!cache)
-    return fail(err, "image cache %s", cache_dir);
+    return OAKUK_CLI_FAILED;
+  oakuk_error *err = NULL;
   r->image = oakuk_image_cache_fetch_sync(cache, url, NULL, NULL, NULL, &err);
   oakuk_image_cache_unref(cache);
   if (!r->image)
@@ -440,6 +490,12 @@ static oakuk_instance_spec *make_spec(Run *r) {
       oakuk_net_instance_info_guest_gateway(n), oakuk_net_instance_info_guest_mac(n));
   for (char **a = o->args; a && *a; a++)
     oakuk_instance_spec_add_arg(s, *a);
+  /* An OCI image's Cmd and Env (KraftKit's config, urunc's cmdline): the arguments when none are
+   * given, as `kraft run` and `docker run` do. */
+  for (size_t i = 0; !(o->args && *o->args) && i < oakuk_image_arg_count(r->image); i++)
+    oakuk_instance_spec_add_arg(s, oakuk_image_arg(r->image, i));
+  for (size_t i = 0; i < oakuk_image_env_count(r->image); i++)
+    oakuk_instance_spec_add_env(s, oakuk_image_env(r->image, i));
   oakuk_instance_spec_set_readiness_tcp(s, oakuk_net_instance_info_ip(n), r->ready_port);
   oakuk_instance_spec_set_readiness_serial(s, o->ready_serial);
   return s;

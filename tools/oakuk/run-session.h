@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 typedef struct {
-  const char *image; /* URL, local tar(.gz) or bare kernel file */
+  const char *image; /* URL, local tar(.gz) or bare kernel file, OCI reference or oci-archive: */
   const char *name;  /* instance name; NULL = "run-<random>" */
   const char *arch;  /* GOARCH; NULL = the kernel's */
   int64_t memory_mb;
@@ -27,6 +27,8 @@ typedef struct {
                              * port mapping (none without one); 0 = no TCP probe */
   const char *ready_serial; /* console text that says ready; NULL = none */
   int64_t ready_timeout_s;  /* stop the guest when it is not ready after this; 0 = wait for good */
+  const char *insecure_registries; /* OCI registries reached over plain http; NULL = loopback only */
+  const char *username, *password; /* OCI registry credentials; NULL = anonymous */
 } OakukRunOptions;
 
 #define OAKUK_RUN_DEFAULT_SUBNET "10.18.255.0/24"
