@@ -281,7 +281,15 @@ static oakuk_instance_spec *make_spec(Inst *i) {
   oakuk_net_instance_info *ni = i->ninfo;
   if (i->virt == OAKUK_VIRT_CONTAINER) {
     oakuk_instance_spec_set_image(s, i->code);
+    const NodeRegistryAuth *ra = node_registry_auth(i->node, i->code);
+    if (ra)
+      oakuk_instance_spec_set_registry_auth(s, ra->username, ra->password);
   } else {
+    /* An OCI image's Cmd and Env (docs/unikernels.md): the arguments when the service has no cmd. */
+    for (size_t k = 0; oakuk_microservice_cmd_count(ms) == 0 && k < oakuk_image_arg_count(i->image); k++)
+      oakuk_instance_spec_add_arg(s, oakuk_image_arg(i->image, k));
+    for (size_t k = 0; k < oakuk_image_env_count(i->image); k++)
+      oakuk_instance_spec_add_env(s, oakuk_image_env(i->image, k));
     oakuk_instance_spec_set_arch(s, i->arch);
     oakuk_instance_spec_set_accel(s, i->accel);
     oakuk_instance_spec_set_kernel(s, oakuk_image_kernel(i->image));
@@ -394,7 +402,8 @@ static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
   } else if (image == NULL) {
     /* A refusal by policy (file:// outside --image-file-dirs or not a regular file, an unsafe
      * archive) does not change by retrying here. */
-    i->no_retry = oakuk_error_code(error) == OAKUK_EPERM;
+    i->no_retry = oakuk_error_code(error) == OAKUK_EPERM ||
+                  oakuk_error_code(error) == OAKUK_EUNSUPPORTED; /* an OCI image without our platform */
     g_autofree char *d = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(error));
     fail(i, OAKUK_STATUS_FAILED, d);
   } else if (g_strcmp0(karch, i->arch) != 0) {
@@ -453,8 +462,19 @@ static void start_deploy(Inst *i) {
   g_autofree char *d = g_strdup_printf("fetching image %s", i->code);
   set_status(i, OAKUK_STATUS_CREATING, d);
   oakuk_error *err = NULL;
-  if (oakuk_image_cache_fetch_start(&i->fetch, i->node->images, i->code, i->code_sha256, on_progress,
-                                    on_fetched, inst_ref(i), &err) != 0) {
+  int rc;
+  if (oakuk_image_code_is_oci(i->code)) {
+    /* The reference as the cluster forwarded it (pinned to a digest by the root when it could
+     * resolve it), the platform of the architecture placed here. */
+    const NodeRegistryAuth *ra = node_registry_auth(i->node, i->code);
+    rc = oakuk_image_cache_fetch_oci_start(&i->fetch, i->node->images, i->code, i->arch,
+                                           ra ? ra->username : NULL, ra ? ra->password : NULL, on_progress,
+                                           on_fetched, inst_ref(i), &err);
+  } else {
+    rc = oakuk_image_cache_fetch_start(&i->fetch, i->node->images, i->code, i->code_sha256, on_progress,
+                                       on_fetched, inst_ref(i), &err);
+  }
+  if (rc != 0) {
     inst_unref(i);
     g_autofree char *fd = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(err));
     oakuk_error_free(err);

@@ -115,6 +115,74 @@ static gboolean read_token_file(const char *path, char **out, GError **error) {
 /* --qemu-user (config qemu_user, default oakuk-qemu): the unprivileged user QEMU runs as; "" runs it
  * as root, which is said at every start. --image-file-dirs (config image_file_dirs): the only
  * directories file:// images and oci-archive:file:// containers may come from (default: none). */
+static void registry_auth_free(gpointer p) {
+  NodeRegistryAuth *a = p;
+  g_free(a->username);
+  if (a->password)
+    memset(a->password, 0, strlen(a->password));
+  g_free(a->password);
+  g_free(a);
+}
+
+/* [registry HOST[:PORT]] groups: username and password_file (its first line; the password itself
+ * never sits in the configuration). Every group is checked at start, naming it when wrong. */
+static gboolean load_registry_auth(Node *n, GKeyFile *kf, GError **error) {
+  g_clear_pointer(&n->registry_auth, g_hash_table_unref);
+  n->registry_auth = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, registry_auth_free);
+  g_auto(GStrv) groups = kf ? g_key_file_get_groups(kf, NULL) : NULL;
+  for (char **g = groups; g && *g; g++) {
+    if (!g_str_has_prefix(*g, "registry "))
+      continue;
+    const char *host = *g + strlen("registry ");
+    if (!*host || strpbrk(host, "/@ ")) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [%s]: expected [registry HOST[:PORT]]", *g);
+      return FALSE;
+    }
+    g_autofree char *user = NULL, *pwfile = NULL;
+    if (!od_config_string(kf, *g, "username", NULL, &user, error) ||
+        !od_config_string(kf, *g, "password_file", NULL, &pwfile, error))
+      return FALSE;
+    if (!user || !*user || !pwfile) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [%s]: needs username and password_file", *g);
+      return FALSE;
+    }
+    g_autofree char *text = NULL;
+    g_autoptr(GError) local = NULL;
+    if (!g_file_get_contents(pwfile, &text, NULL, &local)) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [%s] password_file: %s", *g, local->message);
+      return FALSE;
+    }
+    text[strcspn(text, "\r\n")] = '\0';
+    if (!*text) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [%s] password_file %s: its first line is empty",
+                  *g, pwfile);
+      return FALSE;
+    }
+    NodeRegistryAuth *ra = g_new0(NodeRegistryAuth, 1);
+    ra->username = g_steal_pointer(&user);
+    ra->password = g_strdup(text);
+    memset(text, 0, strlen(text));
+    g_hash_table_replace(n->registry_auth, g_ascii_strdown(host, -1), ra);
+  }
+  return TRUE;
+}
+
+/* The registry a reference names: its first component when that looks like a host (a dot, a port
+ * or localhost), else Docker Hub (the distribution spec's rule). */
+const NodeRegistryAuth *node_registry_auth(Node *n, const char *reference) {
+  if (!n->registry_auth || !reference || g_str_has_prefix(reference, "oci-archive:"))
+    return NULL;
+  const char *slash = strchr(reference, '/');
+  g_autofree char *first = slash ? g_ascii_strdown(reference, slash - reference) : NULL;
+  gboolean is_host = first && (strpbrk(first, ".:") || strcmp(first, "localhost") == 0);
+  if (is_host) {
+    const NodeRegistryAuth *a = g_hash_table_lookup(n->registry_auth, first);
+    if (a || (strcmp(first, "registry-1.docker.io") != 0 && strcmp(first, "index.docker.io") != 0))
+      return a;
+  }
+  return g_hash_table_lookup(n->registry_auth, "docker.io");
+}
+
 static gboolean load_sandbox_settings(Node *n, GKeyFile *kf, Args *a, GError **error) {
   g_autofree char *user = NULL, *dirs = NULL;
   if ((a->qemu_user == NULL && !od_config_string(kf, "node", "qemu_user", NODE_QEMU_USER, &user, error)) ||
@@ -193,7 +261,7 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
     return FALSE;
   g_free(n->insecure_registries);
   n->insecure_registries = g_strdup(a->insecure_registries ? a->insecure_registries : insecure);
-  if (!load_sandbox_settings(n, kf, a, error))
+  if (!load_sandbox_settings(n, kf, a, error) || !load_registry_auth(n, kf, error))
     return FALSE;
   if (n->cluster_url == NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
@@ -819,6 +887,7 @@ static gboolean make_runtimes(Node *n, GError **error) {
   oakuk_image_cache_options io;
   oakuk_image_cache_options_init(&io, OAKUK_IMAGE_CACHE_OPTIONS_VERSION);
   io.file_allowed_dirs = n->image_file_dirs;
+  io.insecure_registries = n->insecure_registries;
   n->images = oakuk_image_cache_new(images, &io, &err);
   if (n->images == NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_IO, "image cache %s: %s", images, oakuk_error_message(err));
@@ -833,6 +902,7 @@ static gboolean make_runtimes(Node *n, GError **error) {
 }
 
 static void node_free(Node *n) {
+  g_clear_pointer(&n->registry_auth, g_hash_table_unref);
   if (n->insts)
     insts_shutdown(n);
   if (n->report_source)

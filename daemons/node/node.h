@@ -29,6 +29,12 @@ typedef enum { THEN_RETRY, THEN_FAILED, THEN_DELETE } Then;
 
 typedef struct Node Node;
 
+/* Credentials for one registry, from a [registry HOST[:PORT]] group of the configuration. */
+typedef struct {
+  char *username;
+  char *password;
+} NodeRegistryAuth;
+
 typedef struct Inst {
   gint refs;
   Node *node;
@@ -88,6 +94,7 @@ struct Node {
   char *insecure_registries;                 /* container pulls over http: "host[:port],..." */
   char *qemu_user;                           /* QEMU runs as this user; "" or NULL: as root */
   char *image_file_dirs;                     /* file:// images only from these ("DIR:DIR"); NULL: none */
+  GHashTable *registry_auth;                 /* "host[:port]" -> NodeRegistryAuth*, from the config */
   gboolean stop_instances;
   gboolean leave;    /* --leave: on stop, also remove the bridge, VXLAN device and nftables table */
   gboolean insecure; /* --insecure: plain HTTP to the cluster and plain MQTT allowed */
@@ -128,6 +135,8 @@ struct Node {
 
 /* main.c */
 char *node_state_path(Node *n, const char *leaf);
+/* The credentials configured for the registry of an OCI reference; NULL: anonymous. */
+const NodeRegistryAuth *node_registry_auth(Node *n, const char *reference);
 
 /* report.c: the node report (DESIGN §6) as JSON text. */
 char *node_report_json(Node *n);

@@ -38,7 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import edgelib  # noqa: E402
 from edgelib import MOSQUITTO, PROCS, ports, spawn  # noqa: E402
 
-ROOT_BIN = CLUSTER_BIN = NODE_BIN = None
+ROOT_BIN = CLUSTER_BIN = NODE_BIN = OAKUK = None
+REGISTRY_BIN = "/usr/bin/docker-registry"
+REG_USER, REG_PASS = "nodetest", "registry secret 42"
 HTTP = requests.Session()  # verify= the root's CA once it exists (setUpClass)
 HTTP.trust_env = False  # neither $REQUESTS_CA_BUNDLE (it would replace .verify) nor proxies
 CA = None  # the root's CA certificate (<root state>/pki/ca.crt)
@@ -319,6 +321,7 @@ class NodeTest(unittest.TestCase):
         add_observers(os.path.join(cls.tmp, "cluster"), cls.observers)
         # one use: the restarts later register with the node's credential, not with it
         cls.node_join = secret_file(os.path.join(cls.tmp, "node-join-token"), cls.node_token())
+        cls.start_registry()
         cls.node_log = Log(os.path.join(cls.tmp, "node.log"))
         cls.node = None
         cls.start_node()
@@ -352,11 +355,42 @@ class NodeTest(unittest.TestCase):
         return tok
 
     @classmethod
+    def start_registry(cls):
+        """docker-registry with htpasswd on the test side of the veth (not loopback for the node: it
+        needs --insecure-registries) and the node's configuration holding its credentials."""
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        cls.registry = None
+        cls.node_config = os.path.join(cls.tmp, "node.conf")
+        with open(cls.node_config, "w") as f:
+            f.write("[node]\n")
+        if not os.access(REGISTRY_BIN, os.X_OK):
+            return
+        d = os.path.join(cls.tmp, "registry")
+        os.mkdir(d)
+        cls.registry = "%s:%d" % (TEST_IP, ports(1)[0])
+        with open(os.path.join(d, "htpasswd"), "w") as f:
+            f.write("%s:%s\n" % (REG_USER, crypt.crypt(REG_PASS, crypt.mksalt(crypt.METHOD_BLOWFISH))))
+        with open(os.path.join(d, "config.yml"), "w") as f:
+            f.write("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s/data\n"
+                    "http:\n  addr: %s\nauth:\n  htpasswd:\n    realm: oakuk-test\n    path: %s/htpasswd\n"
+                    % (d, cls.registry, d))
+        spawn([REGISTRY_BIN, "serve", os.path.join(d, "config.yml")], stdout=subprocess.DEVNULL,
+              stderr=log_file(os.path.join(d, "registry.log")))
+        wait_until("registry", lambda: HTTP.get("http://%s/v2/" % cls.registry, timeout=2).status_code == 401)
+        cls.registry_pw = secret_file(os.path.join(cls.tmp, "registry-password"), REG_PASS)
+        with open(cls.node_config, "a") as f:
+            f.write("insecure_registries = %s\n\n[registry %s]\nusername = %s\npassword_file = %s\n"
+                    % (cls.registry, cls.registry, REG_USER, cls.registry_pw))
+
+    @classmethod
     def start_node(cls, *extra):
         cls.node = spawn(["nsenter", "--net=/run/netns/" + NS, "--", NODE_BIN, "--state-dir", cls.node_state,
                           "--cluster-url", cls.cluster_url, "--join-token", "@" + cls.node_join, "--name", "node-t",
                           "--allow-emulation", "--report-interval", "1", "--verbose", "--qemu-user", QEMU_USER,
-                          "--image-file-dirs", cls.file_dir, *extra],
+                          "--image-file-dirs", cls.file_dir, "--config", cls.node_config, *extra],
                          stdout=subprocess.DEVNULL, stderr=log_file(cls.node_log.path))
 
     @classmethod
@@ -742,6 +776,64 @@ class NodeTest(unittest.TestCase):
                 self.assertLess(time.time() - t0, 10)
                 self.remove_uk(t0, n)
 
+    def push_uk(self, repo_tag, *args):
+        """oakuk pkg --push of the multiboot test kernel (amd64) to the test registry; its digests."""
+        if not self.registry or not OAKUK:
+            self.skipTest("needs %s and the oakuk CLI" % REGISTRY_BIN)
+        p = subprocess.run([OAKUK, "pkg", "--kernel", str(GUESTS / "ukguest-0.16.3.kernel"), *args, "--push",
+                            "%s/%s" % (self.registry, repo_tag), "--insecure-registry", self.registry,
+                            "--username", REG_USER, "--password-file", self.registry_pw],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return dict(line.split(" ", 1) for line in p.stdout.splitlines())
+
+    def test_03i_oci_image_from_registry(self):
+        """A unikernel whose code is an OCI reference, without arch: pulled with the credentials of the
+        node's configuration over http (insecure_registries), the host's platform, the image's Cmd as
+        the arguments; by tag and pinned to the index's digest."""
+        d = self.push_uk("uk/hello:1", "--cmd", "from", "--cmd", "image")
+        refs = ["%s/uk/hello:1" % self.registry, "%s/uk/hello@%s" % (self.registry, d["index"])]
+        with self.cluster_held():
+            for k, ref in enumerate(refs):
+                job = self.uk_job(20 + k, [], one_shot=True, code=ref)
+                del job["arch"]
+                t0, n = self.run_uk(job)
+                done = self.watch.wait(t0, "job", lambda m: m["status"] in ("COMPLETED", "FAILED", "DEAD")
+                                       and m["instance"] == n, "COMPLETED", timeout=120)
+                self.assertEqual(done["status"], "COMPLETED", done["status_detail"])
+                self.assertIn('ukguest: argv: "from" "image"', done["status_detail"])
+                details = [m["status_detail"] for m in self.watch.since(t0, "job") if m["status"] == "CREATING"]
+                self.assertIn("fetching image " + ref, details)
+                self.remove_uk(t0, n)
+
+    def test_03j_oci_image_errors_name_the_reference(self):
+        """A tag the registry lacks, a platform the image lacks: FAILED, the detail naming the
+        reference and the reason; a registry the node has no credentials for is refused by it."""
+        self.push_uk("uk/amd64only:1")
+        cases = [("%s/uk/missing:1" % self.registry, "amd64", "not found"),
+                 ("%s/uk/amd64only:1" % self.registry, "arm64", "no kernel for arm64")]
+        with self.cluster_held():
+            for k, (ref, arch, why) in enumerate(cases):
+                job = self.uk_job(30 + k, [], code=ref, restart="never", arch=[arch])
+                t0, n = self.run_uk(job)
+                failed = self.watch.wait(t0, "job", lambda m: m["status"] == "FAILED" and m["instance"] == n,
+                                         "FAILED", timeout=60)
+                self.assertIn("image %s: " % ref, failed["status_detail"])
+                self.assertIn(why, failed["status_detail"].lower() if why == "not found" else failed["status_detail"])
+                self.remove_uk(t0, n)
+        # A [registry] group the node cannot use stops it at start, naming the group and the problem.
+        for body, want in (("username = x\n", "needs username and password_file"),
+                           ("username = x\npassword_file = /nonexistent/pw\n", "password_file")):
+            bad = os.path.join(self.tmp, "bad-node.conf")
+            with open(bad, "w") as f:
+                f.write("[registry %s]\n%s" % (self.registry, body))
+            p = subprocess.run([NODE_BIN, "--config", bad, "--state-dir", os.path.join(self.tmp, "bad-node"),
+                                "--cluster-url", self.cluster_url, "--name", "bad"], capture_output=True, text=True,
+                               timeout=30)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("config [registry %s]" % self.registry, p.stderr)
+            self.assertIn(want, p.stderr)
+
     def test_03c_multiboot_kernel_completes(self):
         """A one-shot multiboot guest that powers off: ready once RUNNING (no port), then COMPLETED with
         "exited cleanly" and a clean console tail; its Unikraft version (0.16.3) picked netdev.ip=."""
@@ -938,4 +1030,6 @@ class NodeTest(unittest.TestCase):
 if __name__ == "__main__":
     ROOT_BIN, CLUSTER_BIN, NODE_BIN = sys.argv[1:4]
     del sys.argv[1:4]
+    if len(sys.argv) > 1 and sys.argv[1].endswith("/oakuk"):
+        OAKUK = sys.argv.pop(1)
     unittest.main(verbosity=2)
