@@ -2,6 +2,7 @@
  * /metrics, and the router that also serves the cluster-facing routes (cluster-api.c). Handlers
  * check input, call the loop for changes and views.c for documents; they decide nothing. */
 #include "api.h"
+#include "resolve.h"
 
 #include "link.h"
 #include "pki.h"
@@ -250,21 +251,8 @@ static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean *
   return json_object_ref(doc);
 }
 
-static void h_app_create(Req *q) {
-  g_autoptr(JsonNode) check = od_http_read_json(q->msg);
-  if (check == NULL)
-    return;
-  g_autoptr(GBytes) bytes = soup_message_body_flatten(soup_server_message_get_request_body(q->msg));
-  gsize len = 0;
-  const char *data = g_bytes_get_data(bytes, &len);
-  oakuk_error *err = NULL;
-  oakuk_descriptor *d = oakuk_descriptor_parse(data, len, &err);
-  if (d == NULL) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor",
-                        oakuk_error_path(err) ? oakuk_error_path(err) : "", "%s", oakuk_error_message(err));
-    oakuk_error_free(err);
-    return;
-  }
+/* Registers the applications of d (validated) and replies. */
+static void create_applications(Req *q, oakuk_descriptor *d) {
   g_autoptr(GError) error = NULL;
   g_autoptr(JsonArray) created = json_array_new();
   gboolean conflict = FALSE;
@@ -277,7 +265,6 @@ static void h_app_create(Req *q) {
       json_array_add_object_element(created, doc);
   }
   ok = ok && store_commit(q->r->store, &error);
-  oakuk_descriptor_unref(d);
   if (!ok) {
     store_rollback(q->r->store);
     if (conflict)
@@ -296,6 +283,203 @@ static void h_app_create(Req *q) {
     json_object_set_array_member(o, "applications", json_array_ref(created));
     api_reply_object(q, SOUP_STATUS_CREATED, o);
   }
+}
+
+/* ---- unikernel OCI references, resolved before registration (docs/unikernels.md) ---- */
+
+typedef struct {
+  guint app, ms;   /* applications[app].microservices[ms] */
+  GPtrArray *arch; /* the arch[] given (char*), empty when absent */
+} OciService;
+
+typedef struct {
+  Root *r;
+  SoupServerMessage *msg;
+  char *user;
+  guint role;
+  gboolean compat;
+  JsonNode *body;
+  GPtrArray *services; /* OciService*, in the order of the references resolved */
+} AppCreate;
+
+static void oci_service_free(gpointer p) {
+  OciService *s = p;
+  g_ptr_array_unref(s->arch);
+  g_free(s);
+}
+
+static void app_create_free(AppCreate *a) {
+  g_free(a->user);
+  json_node_unref(a->body);
+  g_ptr_array_unref(a->services);
+  g_free(a);
+}
+
+/* The microservice object of s in the request's JSON, NULL when the body does not have that shape. */
+static JsonObject *oci_service_object(JsonNode *body, const OciService *s) {
+  JsonObject *root = JSON_NODE_HOLDS_OBJECT(body) ? json_node_get_object(body) : NULL;
+  JsonNode *apps = root ? json_object_get_member(root, "applications") : NULL;
+  if (!apps || !JSON_NODE_HOLDS_ARRAY(apps) || s->app >= json_array_get_length(json_node_get_array(apps)))
+    return NULL;
+  JsonNode *app = json_array_get_element(json_node_get_array(apps), s->app);
+  JsonNode *mss =
+      JSON_NODE_HOLDS_OBJECT(app) ? json_object_get_member(json_node_get_object(app), "microservices") : NULL;
+  if (!mss || !JSON_NODE_HOLDS_ARRAY(mss) || s->ms >= json_array_get_length(json_node_get_array(mss)))
+    return NULL;
+  JsonNode *ms = json_array_get_element(json_node_get_array(mss), s->ms);
+  return JSON_NODE_HOLDS_OBJECT(ms) ? json_node_get_object(ms) : NULL;
+}
+
+static gboolean res_has_arch(oakuk_oci_resolution *res, const char *arch) {
+  for (size_t k = 0; k < oakuk_oci_resolution_arch_count(res); k++)
+    if (strcmp(oakuk_oci_resolution_arch(res, k), arch) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+static char *res_platforms(oakuk_oci_resolution *res) {
+  GString *g = g_string_new(NULL);
+  for (size_t k = 0; k < oakuk_oci_resolution_platform_count(res); k++)
+    g_string_append_printf(g, "%s%s/%s", k ? ", " : "", oakuk_oci_resolution_platform_os(res, k),
+                           oakuk_oci_resolution_platform_architecture(res, k));
+  return g_string_free(g, FALSE);
+}
+
+/* Rewrites one microservice of the request with its resolution: code pinned to the digest, arch[]
+ * the image's platforms when it was absent. FALSE with the reply sent when the service cannot be
+ * registered as it is. */
+static gboolean apply_resolution(AppCreate *a, const OciService *s, const Resolved *res) {
+  g_autofree char *path = g_strdup_printf("applications[%u].microservices[%u]", s->app, s->ms);
+  JsonObject *mso = oci_service_object(a->body, s);
+  if (res->res == NULL) {
+    if (s->arch->len == 0) {
+      od_http_reply_error(a->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor", "",
+                          "%s.arch: required: the root "
+                          "cannot resolve code %s to the platforms of its image (%s); give arch (e.g. "
+                          "[\"amd64\"]) or make the registry reachable from the root",
+                          path, res->reference, res->error);
+      return FALSE;
+    }
+    od_log(G_LOG_LEVEL_WARNING, "resolve", "reference", res->reference, "msg", res->error, "action",
+           "registered with its arch and the reference unpinned: each node resolves it", NULL);
+    return TRUE;
+  }
+  if (oakuk_oci_resolution_arch_count(res->res) == 0) {
+    g_autofree char *has = res_platforms(res->res);
+    od_http_reply_error(a->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor", "",
+                        "%s.code: the image %s has no platform oakuk runs (it has: %s)", path, res->reference,
+                        has);
+    return FALSE;
+  }
+  for (guint k = 0; k < s->arch->len; k++)
+    if (!res_has_arch(res->res, s->arch->pdata[k])) {
+      g_autofree char *has = res_platforms(res->res);
+      od_http_reply_error(a->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor", "",
+                          "%s.arch: the image %s has no platform for %s (it has: %s)", path, res->reference,
+                          (const char *)s->arch->pdata[k], has);
+      return FALSE;
+    }
+  if (mso == NULL) {
+    od_http_reply_error(a->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor", "", "%s: not an object", path);
+    return FALSE;
+  }
+  const char *pinned = oakuk_oci_resolution_pinned(res->res);
+  JsonNode *code = json_object_get_member(mso, "code");
+  if (code && JSON_NODE_HOLDS_OBJECT(code))
+    json_object_set_string_member(json_node_get_object(code), "unikernel", pinned);
+  else
+    json_object_set_string_member(mso, "code", pinned);
+  if (s->arch->len == 0) {
+    JsonArray *arch = json_array_new();
+    for (size_t k = 0; k < oakuk_oci_resolution_arch_count(res->res); k++)
+      json_array_add_string_element(arch, oakuk_oci_resolution_arch(res->res, k));
+    json_object_set_array_member(mso, "arch", arch);
+  }
+  od_log(G_LOG_LEVEL_MESSAGE, "resolve", "reference", res->reference, "pinned", pinned, NULL);
+  return TRUE;
+}
+
+static void on_resolved(GPtrArray *resolved, gpointer data) {
+  AppCreate *a = data;
+  Req q = {.r = a->r, .msg = a->msg, .user = a->user, .role = a->role, .compat = a->compat};
+  gboolean ok = TRUE;
+  for (guint k = 0; ok && k < a->services->len; k++)
+    ok = apply_resolution(a, a->services->pdata[k], resolved->pdata[k]);
+  if (ok) {
+    g_autofree char *text = json_to_string(a->body, FALSE);
+    oakuk_error *err = NULL;
+    oakuk_descriptor *d = oakuk_descriptor_parse(text, strlen(text), &err);
+    if (d == NULL) {
+      od_http_reply_error(a->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor",
+                          oakuk_error_path(err) ? oakuk_error_path(err) : "", "%s", oakuk_error_message(err));
+      oakuk_error_free(err);
+    } else {
+      create_applications(&q, d);
+      oakuk_descriptor_unref(d);
+    }
+  }
+  api_release(a->msg);
+  app_create_free(a);
+}
+
+/* The unikernels of d whose code is an OCI reference; their references in *refs. */
+static GPtrArray *oci_services(oakuk_descriptor *d, GPtrArray *refs) {
+  GPtrArray *out = g_ptr_array_new_with_free_func(oci_service_free);
+  for (size_t i = 0; i < oakuk_descriptor_application_count(d); i++) {
+    oakuk_application *app = oakuk_descriptor_application(d, i);
+    for (size_t j = 0; j < oakuk_application_microservice_count(app); j++) {
+      oakuk_microservice *ms = oakuk_application_microservice(app, j);
+      if (!oakuk_microservice_code_is_oci(ms, OAKUK_VIRT_UNIKERNEL))
+        continue;
+      OciService *s = g_new0(OciService, 1);
+      s->app = (guint)i;
+      s->ms = (guint)j;
+      s->arch = g_ptr_array_new_with_free_func(g_free);
+      for (size_t k = 0; k < oakuk_microservice_arch_count(ms); k++)
+        g_ptr_array_add(s->arch, g_strdup(oakuk_microservice_arch(ms, k)));
+      g_ptr_array_add(out, s);
+      g_ptr_array_add(refs, g_strdup(oakuk_microservice_code(ms, OAKUK_VIRT_UNIKERNEL, 0)));
+    }
+  }
+  return out;
+}
+
+static void h_app_create(Req *q) {
+  g_autoptr(JsonNode) check = od_http_read_json(q->msg);
+  if (check == NULL)
+    return;
+  g_autoptr(GBytes) bytes = soup_message_body_flatten(soup_server_message_get_request_body(q->msg));
+  gsize len = 0;
+  const char *data = g_bytes_get_data(bytes, &len);
+  oakuk_error *err = NULL;
+  oakuk_descriptor *d = oakuk_descriptor_parse(data, len, &err);
+  if (d == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor",
+                        oakuk_error_path(err) ? oakuk_error_path(err) : "", "%s", oakuk_error_message(err));
+    oakuk_error_free(err);
+    return;
+  }
+  GPtrArray *refs = g_ptr_array_new_with_free_func(g_free);
+  GPtrArray *services = oci_services(d, refs);
+  if (services->len == 0) {
+    g_ptr_array_unref(refs);
+    g_ptr_array_unref(services);
+    create_applications(q, d);
+    oakuk_descriptor_unref(d);
+    return;
+  }
+  oakuk_descriptor_unref(d);
+  /* The registry is asked off the main loop; the request waits, the loop does not. */
+  AppCreate *a = g_new0(AppCreate, 1);
+  a->r = q->r;
+  a->msg = q->msg;
+  a->user = g_strdup(q->user);
+  a->role = q->role;
+  a->compat = q->compat;
+  a->body = json_node_ref(check);
+  a->services = services;
+  api_hold(q->msg);
+  resolve_references(refs, q->r->cfg.insecure_registries, on_resolved, a);
 }
 
 static StoreApplication *load_user_app(Req *q, const char *id) {

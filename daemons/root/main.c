@@ -67,7 +67,8 @@ static gboolean load_config(GKeyFile *kf, RootConfig *cfg, const char *state_dir
       !od_config_int(kf, "root", "cluster_prefix", 20, 16, 30, &prefix, error) ||
       !od_config_string(kf, "root", "policy", "most-free", &policy, error) ||
       !od_config_string(kf, "root", "node_pool", "10.18.0.0/15", &pool, error) ||
-      !od_config_string(kf, "root", "cluster_secret_file", NULL, &secret_file, error))
+      !od_config_string(kf, "root", "cluster_secret_file", NULL, &secret_file, error) ||
+      !od_config_string(kf, "root", "insecure_registries", NULL, &cfg->insecure_registries, error))
     return FALSE;
   cfg->cluster_timeout_ms = timeout_s * 1000;
   if (strcmp(policy, "most-free") == 0) {
@@ -157,6 +158,7 @@ static void root_free(Root *r) {
   g_free(r->ca_fingerprint);
   g_free(r->state_dir);
   g_free(r->cfg.cluster_secret_hash);
+  g_free(r->cfg.insecure_registries);
 }
 
 /* The TLS options: each from the command line, else from [root] in the config file. */

@@ -32,6 +32,7 @@ typedef struct {
   guint32 pool_base;         /* node pool (host order) split into per-cluster subnets */
   guint pool_prefix;
   guint cluster_prefix;
+  char *insecure_registries; /* resolving unikernel OCI references over plain http; NULL: loopback */
 } RootConfig;
 
 typedef struct {

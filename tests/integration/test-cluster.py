@@ -1183,6 +1183,27 @@ class ReconcileTest(unittest.TestCase):
         self.assertEqual((dep["virtualization"], dep["code"]), ("container", image))
         self.assertEqual(u.got("control/deploy", lambda m: m.get("instance_number") == 1), [])
 
+    def test_06b_oci_reference_passed_through(self):
+        """A unikernel whose code is an OCI reference the root pinned to a digest, with the arch[] it
+        read from the index (docs/unikernels.md, "OCI images"): the node gets that reference exactly,
+        for the architecture chosen here; a tag reference without arch[] runs on any unikernel arch."""
+        site = self.site("oci")
+        u = site.node("node-u", 1000, virtualization=("container", "unikernel"), unikernel=UNIKERNEL_CAPS)
+        pinned = "registry.example:5000/uk/app@sha256:" + "ab" * 32
+        r = site.deploy(job("ocipin", virtualization="unikernel", code=pinned, arch=["arm64", "amd64"]), 0,
+                        generation=1)
+        self.assertEqual((r.status_code, r.json()["node"]), (200, "node-u"), r.text)
+        dep = u.expect("control/deploy", lambda m: m.get("instance_number") == 0 and m.get("job_name") ==
+                       "rec.test.ocipin.test")
+        self.assertEqual((dep["placement"]["code"], dep["placement"]["arch"], dep["code"]), (pinned, "amd64", pinned))
+        tag = "registry.example:5000/uk/app:1"
+        untyped = job("ocitag", virtualization="unikernel", code=tag)
+        del untyped["arch"]
+        r = site.deploy(untyped, 0, generation=1)
+        self.assertEqual(r.status_code, 200, r.text)
+        dep = u.expect("control/deploy", lambda m: m.get("job_name") == "rec.test.ocitag.test")
+        self.assertEqual((dep["placement"]["code"], dep["placement"]["arch"]), (tag, "amd64"))
+
     def test_07_failed_moves_and_avoid_expires(self):
         """FAILED: the node is avoided for avoid_s and another one gets the instance; with none
         left the root hears FAILED; once the avoid entry expired the node is chosen again."""

@@ -34,7 +34,9 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edgelib import ports  # noqa: E402
 
-ROOT_BIN = None
+ROOT_BIN = OAKUK = None
+GUESTS = pathlib.Path(os.environ.get("OAKUK_GUESTS_DIR", "/nonexistent"))
+REGISTRY_BIN = "/usr/bin/docker-registry"
 FIXTURES = pathlib.Path(os.environ.get("OAKUK_FIXTURES", pathlib.Path(__file__).resolve().parents[1] / "fixtures"))
 SLA = (FIXTURES / "thesis" / "nginx-unikernel.json").read_bytes()
 AGGREGATE = (FIXTURES / "thesis" / "cluster-aggregate-listing-4.8.json").read_bytes()
@@ -1310,6 +1312,144 @@ class MigrationTest(unittest.TestCase):
         e.aggregate({"id": cid, "token": cred}, memory=7627)  # the credential survives the restart
 
 
+class OciResolveTest(unittest.TestCase):
+    """A unikernel whose code is an OCI reference (docs/unikernels.md, "OCI images"): the root resolves
+    it once at registration, off its main loop, stores it pinned to the index's digest with the
+    index's architectures as arch when arch is absent, and forwards the pinned reference, so moving
+    the tag changes nothing for the service; an unreachable registry without arch is a 400 saying
+    arch is required; an arch the image lacks is a 400 naming it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.reg = None
+        if not os.access(REGISTRY_BIN, os.X_OK) or not OAKUK or not (GUESTS / "arm64-kernel").exists() \
+                or not (GUESTS / "ukguest-0.16.3.kernel").exists():
+            return
+        cls.tmp = tempfile.mkdtemp(prefix="oakuk-root-oci-")
+        cls.addr = "127.0.0.1:%d" % ports(1)[0]
+        cfg = os.path.join(cls.tmp, "config.yml")
+        with open(cfg, "w") as f:
+            f.write("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s/data\n"
+                    "http:\n  addr: %s\n" % (cls.tmp, cls.addr))
+        cls.reg = subprocess.Popen([REGISTRY_BIN, "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", int(cls.addr.split(":")[1])), 1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.reg:
+            cls.reg.terminate()
+            cls.reg.wait(10)
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        if not self.reg:
+            self.skipTest("needs %s, the oakuk CLI and the test guests" % REGISTRY_BIN)
+
+    def push(self, ref, *kernels):
+        p = subprocess.run([OAKUK, "pkg", *sum((["--kernel", k] for k in kernels), []), "--push", ref],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return dict(line.split(" ", 1) for line in p.stdout.splitlines())
+
+    def uk_sla(self, name, code, arch=None):
+        doc = sla(name, code=code)
+        ms = doc["applications"][0]["microservices"][0]
+        del ms["arch"]
+        if arch is not None:
+            ms["arch"] = arch
+        return doc
+
+    def service(self, e, sid):
+        r = e.call("GET", "/api/v1/services/" + sid)
+        self.assertEqual(r.status, 200, r.body)
+        return r.json()
+
+    def test_pinned_at_registration_tag_move_changes_nothing(self):
+        ref = "%s/uk/app:1" % self.addr
+        first = self.push(ref, "amd64=%s" % (GUESTS / "ukguest-0.16.3.kernel"), "arm64=%s" % (GUESTS / "arm64-kernel"))
+        pinned = "%s/uk/app@%s" % (self.addr, first["index"])
+        e = Edge(self, "cluster_timeout_s=60\n")
+        c = e.register("c0")
+        e.aggregate(c)
+        sid = e.apply(self.uk_sla("ocinoarch", ref))
+        svc = self.service(e, sid)
+        self.assertEqual(svc["code"], pinned)
+        self.assertEqual(svc["arch"], ["amd64", "arm64"])
+        self.assertIn("event=resolve", e.root.log())
+        # with arch given, the reference is pinned and arch kept
+        sid2 = e.apply(self.uk_sla("ociarch", ref, ["amd64"]))
+        self.assertEqual((self.service(e, sid2)["code"], self.service(e, sid2)["arch"]), (pinned, ["amd64"]))
+        # the tag moves: new instances of the registered service still get the first image
+        moved = self.push(ref, str(GUESTS / "ukguest-0.16.3.kernel"))
+        self.assertNotEqual(moved["index"], first["index"])
+        e.deploy(sid)
+        job = job_of(c["fake"].wait_for("POST", "/api/service/%s/0" % sid))
+        self.assertEqual(job["code"], pinned)
+        self.assertEqual(job["arch"], ["amd64", "arm64"])
+        # and a service registered now gets the new one
+        sid3 = e.apply(self.uk_sla("ocimoved", ref))
+        svc = self.service(e, sid3)
+        self.assertEqual((svc["code"], svc["arch"]), ("%s/uk/app@%s" % (self.addr, moved["index"]), ["amd64"]))
+
+    def test_refusals_name_arch(self):
+        ref = "%s/uk/one:1" % self.addr
+        self.push(ref, str(GUESTS / "ukguest-0.16.3.kernel"))
+        e = Edge(self, "cluster_timeout_s=60\n")
+        r = e.call("POST", "/api/v1/applications", self.uk_sla("ocirv", ref, ["riscv64"]))
+        self.assertEqual(r.status, 400, r.body)
+        msg = r.json()["error"]["message"]
+        self.assertIn("applications[0].microservices[0].arch: the image %s has no platform for riscv64" % ref, msg)
+        self.assertIn("qemu/x86_64", msg)
+        gone = "127.0.0.1:%d/uk/app:1" % ports(1)[0]
+        r = e.call("POST", "/api/v1/applications", self.uk_sla("ocigone", gone))
+        self.assertEqual(r.status, 400, r.body)
+        msg = r.json()["error"]["message"]
+        self.assertIn("applications[0].microservices[0].arch: required", msg)
+        self.assertIn("cannot resolve code %s" % gone, msg)
+        # nothing was registered by the refusals
+        self.assertEqual(e.call("GET", "/api/v1/services").json(), [])
+        # with arch, an unreachable registry leaves the reference to the nodes
+        sid = e.apply(self.uk_sla("ocigonearch", gone, ["amd64"]))
+        self.assertEqual(self.service(e, sid)["code"], gone)
+
+    def test_slow_registry_does_not_block_the_loop(self):
+        """A registry that accepts connections and never answers holds the request that asked, not
+        the root: /healthz answers meanwhile, and the registration ends with the 400 after the
+        resolution's timeout."""
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        self.addCleanup(silent.close)
+        ref = "127.0.0.1:%d/uk/app:1" % silent.getsockname()[1]
+        e = Edge(self, "cluster_timeout_s=60\n")
+        result = {}
+
+        def register():
+            t = time.time()
+            result["r"] = request(e.root.base, "POST", "/api/v1/applications", self.uk_sla("ocislow", ref), e.token)
+            result["s"] = time.time() - t
+        th = threading.Thread(target=register)
+        th.start()
+        time.sleep(1)
+        for _ in range(5):
+            t = time.time()
+            self.assertEqual(e.call("GET", "/healthz").status, 200)
+            self.assertLess(time.time() - t, 1.0)
+            self.assertTrue(th.is_alive(), "the registration did not wait for the registry")
+            time.sleep(0.3)
+        th.join(30)
+        self.assertEqual(result["r"].status, 400, result["r"].body)
+        self.assertIn("arch: required", result["r"].json()["error"]["message"])
+
+
 if __name__ == "__main__":
     ROOT_BIN = sys.argv[1]
-    unittest.main(argv=[sys.argv[0], "-v"])
+    if len(sys.argv) > 2:
+        OAKUK = sys.argv[2]
+    unittest.main(argv=[sys.argv[0], "-v"] + sys.argv[3:])
