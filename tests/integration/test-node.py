@@ -834,6 +834,40 @@ class NodeTest(unittest.TestCase):
             self.assertIn("config [registry %s]" % self.registry, p.stderr)
             self.assertIn(want, p.stderr)
 
+    def test_03k_oci_two_arch_index(self):
+        """One two-architecture index (the Linux test guests packed by oakuk pkg --from-tar), deployed
+        without arch for amd64 and for arm64 (emulated): each instance runs its own platform's
+        manifest (qemu-system-x86_64 / qemu-system-aarch64) and answers over HTTP with the image's Cmd."""
+        if not (GUESTS / "guest-arm64-nofiles.tar.gz").exists():
+            self.skipTest("the arm64 test guest was not built")
+        if not self.registry or not OAKUK:
+            self.skipTest("needs %s and the oakuk CLI" % REGISTRY_BIN)
+        ref = "%s/uk/guests:1" % self.registry
+        p = subprocess.run([OAKUK, "pkg", "--from-tar", "amd64=%s" % (GUESTS / "guest-amd64-nofiles.tar.gz"),
+                            "--from-tar", "arm64=%s" % (GUESTS / "guest-arm64-nofiles.tar.gz"), "--cmd", "oci-two",
+                            "--push", ref, "--insecure-registry", self.registry, "--username", REG_USER,
+                            "--password-file", self.registry_pw], capture_output=True, text=True, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with self.cluster_held():
+            started = []
+            for k, (arch, qemu, memory) in enumerate((("amd64", b"qemu-system-x86_64", 128),
+                                                       ("arm64", b"qemu-system-aarch64", 256))):
+                job = self.uk_job(40 + k, [], code=ref, memory=memory,
+                                  placement={"virtualization": "unikernel", "arch": arch, "code": ref})
+                del job["arch"]
+                started.append((self.run_uk(job), job, qemu))
+            for (t0, n), job, qemu in started:
+                self.watch.wait(t0, "job", lambda m: m["status"] == "RUNNING" and m["instance"] == n, "RUNNING",
+                                timeout=180)
+                body = self.guest_http(job["instance_ip"], timeout=240)
+                self.assertIn("args: oci-two", body)
+                pids = qemu_pids("%s.instance.%d" % (JOB, n))
+                self.assertEqual(len(pids), 1)
+                argv0 = pathlib.Path("/proc/%d/cmdline" % pids[0]).read_bytes().split(b"\0")[0]
+                self.assertTrue(argv0.endswith(qemu), argv0)
+            for (t0, n), _, _ in started:
+                self.remove_uk(t0, n)
+
     def test_03c_multiboot_kernel_completes(self):
         """A one-shot multiboot guest that powers off: ready once RUNNING (no port), then COMPLETED with
         "exited cleanly" and a clean console tail; its Unikraft version (0.16.3) picked netdev.ip=."""
