@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define REGISTER_BACKOFF_MAX_S 16
@@ -50,15 +51,15 @@ gboolean node_publish(Node *n, const char *leaf, const char *text) {
 
 typedef struct {
   char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip, *virtualization,
-      *insecure_registries, *qemu_user, *image_file_dirs;
-  gboolean allow_emulation, stop_instances, leave, insecure;
+      *insecure_registries, *qemu_user, *image_file_dirs, *image_cache_max;
+  gboolean allow_emulation, stop_instances, leave, insecure, prune_images;
   gint report_interval;
 } Args;
 
 static void args_clear(Args *a) {
-  char **strs[] = {&a->state_dir, &a->cluster_url,    &a->join_token,     &a->join_token_file,
-                   &a->name,      &a->underlay_ip,    &a->virtualization, &a->insecure_registries,
-                   &a->qemu_user, &a->image_file_dirs};
+  char **strs[] = {&a->state_dir, &a->cluster_url,     &a->join_token,     &a->join_token_file,
+                   &a->name,      &a->underlay_ip,     &a->virtualization, &a->insecure_registries,
+                   &a->qemu_user, &a->image_file_dirs, &a->image_cache_max};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -183,6 +184,53 @@ const NodeRegistryAuth *node_registry_auth(Node *n, const char *reference) {
   return g_hash_table_lookup(n->registry_auth, "docker.io");
 }
 
+/* --image-cache-max (config image_cache_max): bytes ("512M", "20G"; K/M/G/T are powers of 1024),
+ * "N%" of the file system holding the state directory, or 0 for no limit. Default 20%. */
+static gboolean parse_cache_max(const char *spec, guint64 *bytes, guint *percent) {
+  *bytes = 0;
+  *percent = 0;
+  char *end = NULL;
+  guint64 v = g_ascii_strtoull(spec, &end, 10);
+  if (end == spec || v > G_MAXUINT32 * 1024ULL)
+    return FALSE;
+  if (strcmp(end, "%") == 0) {
+    if (v < 1 || v > 100)
+      return FALSE;
+    *percent = (guint)v;
+    return TRUE;
+  }
+  const char units[] = "KMGT";
+  const char *u = *end ? strchr(units, g_ascii_toupper(*end)) : NULL;
+  if (*end &&
+      (!u || (end[1] && g_ascii_strcasecmp(end + 1, "B") != 0 && g_ascii_strcasecmp(end + 1, "iB") != 0)))
+    return FALSE;
+  for (const char *k = units; u && k <= u; k++)
+    v *= 1024;
+  *bytes = v;
+  return TRUE;
+}
+
+static gboolean load_image_cache_max(Node *n, GKeyFile *kf, Args *a, GError **error) {
+  g_autofree char *conf = NULL;
+  if (a->image_cache_max == NULL && !od_config_string(kf, "node", "image_cache_max", "20%", &conf, error))
+    return FALSE;
+  const char *spec = a->image_cache_max ? a->image_cache_max : conf;
+  guint64 bytes;
+  guint pct;
+  if (!parse_cache_max(spec, &bytes, &pct)) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "--image-cache-max '%s' (or config image_cache_max): expected a size (512M, 20G), a share of "
+                "the disk (1%%..100%%) or 0 for no limit",
+                spec);
+    return FALSE;
+  }
+  g_free(n->image_cache_max);
+  n->image_cache_max = g_strdup(spec);
+  n->image_cache_max_bytes = bytes;
+  n->image_cache_max_percent = pct;
+  return TRUE;
+}
+
 static gboolean load_sandbox_settings(Node *n, GKeyFile *kf, Args *a, GError **error) {
   g_autofree char *user = NULL, *dirs = NULL;
   if ((a->qemu_user == NULL && !od_config_string(kf, "node", "qemu_user", NODE_QEMU_USER, &user, error)) ||
@@ -261,8 +309,11 @@ static gboolean load_settings(Node *n, Args *a, GError **error) {
     return FALSE;
   g_free(n->insecure_registries);
   n->insecure_registries = g_strdup(a->insecure_registries ? a->insecure_registries : insecure);
-  if (!load_sandbox_settings(n, kf, a, error) || !load_registry_auth(n, kf, error))
+  if (!load_sandbox_settings(n, kf, a, error) || !load_registry_auth(n, kf, error) ||
+      !load_image_cache_max(n, kf, a, error))
     return FALSE;
+  if (a->prune_images)
+    return TRUE; /* pruning needs no cluster */
   if (n->cluster_url == NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
                 "--cluster-url (or config [node] cluster_url) is required");
@@ -845,6 +896,57 @@ static gboolean ensure_qemu_user(const char *user, GError **error) {
   return TRUE;
 }
 
+/* The image cache, bounded by --image-cache-max (a share of the state directory's file system
+ * computed now). */
+static gboolean open_image_cache(Node *n, GError **error) {
+  g_autofree char *images = node_state_path(n, "images");
+  oakuk_image_cache_options io;
+  oakuk_image_cache_options_init(&io, OAKUK_IMAGE_CACHE_OPTIONS_VERSION);
+  io.file_allowed_dirs = n->image_file_dirs;
+  io.insecure_registries = n->insecure_registries;
+  io.max_cache_bytes = n->image_cache_max_bytes;
+  struct statvfs fs;
+  if (n->image_cache_max_percent > 0) {
+    if (statvfs(n->state_dir, &fs) != 0) {
+      g_set_error(error, OD_ERROR, OD_ERROR_IO, "--image-cache-max %s: size of %s: %s", n->image_cache_max,
+                  n->state_dir, g_strerror(errno));
+      return FALSE;
+    }
+    io.max_cache_bytes = (guint64)fs.f_blocks * fs.f_frsize / 100 * n->image_cache_max_percent;
+  }
+  oakuk_error *err = NULL;
+  n->images = oakuk_image_cache_new(images, &io, &err);
+  if (n->images == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "image cache %s: %s", images, oakuk_error_message(err));
+    oakuk_error_free(err);
+    return FALSE;
+  }
+  g_autofree char *max = g_strdup_printf("%" G_GUINT64_FORMAT, (guint64)io.max_cache_bytes);
+  od_log(G_LOG_LEVEL_INFO, "image-cache", "dir", images, "max_bytes", max, "msg",
+         "unused images are evicted above max_bytes, least recently used first", NULL);
+  return TRUE;
+}
+
+/* --prune-images: removes every image no instance of this process uses (none: the node is not
+ * running here) and the blobs they came from, says how much, and exits. */
+static int prune_images(Node *n) {
+  g_autoptr(GError) error = NULL;
+  if (!od_state_dir_prepare(n->state_dir, &error) || !open_image_cache(n, &error)) {
+    od_log(G_LOG_LEVEL_CRITICAL, "prune", "msg", error->message, NULL);
+    return 1;
+  }
+  guint64 freed = 0;
+  oakuk_error *err = NULL;
+  if (oakuk_image_cache_prune(&freed, n->images, 0, &err) != 0) {
+    od_log(G_LOG_LEVEL_CRITICAL, "prune", "msg", oakuk_error_message(err), NULL);
+    oakuk_error_free(err);
+    return 1;
+  }
+  printf("pruned %" G_GUINT64_FORMAT " bytes; the image cache holds %" G_GUINT64_FORMAT " bytes\n", freed,
+         (guint64)oakuk_image_cache_size(n->images));
+  return 0;
+}
+
 static gboolean make_runtimes(Node *n, GError **error) {
   oakuk_qemu_options qo;
   oakuk_qemu_options_init(&qo, OAKUK_QEMU_OPTIONS_VERSION);
@@ -883,17 +985,8 @@ static gboolean make_runtimes(Node *n, GError **error) {
     oakuk_runtime_set_status_callback(n->ctr_rt, insts_on_runtime_status, n);
     oakuk_runtime_set_ready_callback(n->ctr_rt, insts_on_runtime_ready, n);
   }
-  g_autofree char *images = node_state_path(n, "images");
-  oakuk_image_cache_options io;
-  oakuk_image_cache_options_init(&io, OAKUK_IMAGE_CACHE_OPTIONS_VERSION);
-  io.file_allowed_dirs = n->image_file_dirs;
-  io.insecure_registries = n->insecure_registries;
-  n->images = oakuk_image_cache_new(images, &io, &err);
-  if (n->images == NULL) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "image cache %s: %s", images, oakuk_error_message(err));
-    oakuk_error_free(err);
+  if (!open_image_cache(n, error))
     return FALSE;
-  }
   const char *accel = oakuk_accel_name(oakuk_qemu_caps_accel(n->caps));
   od_log(G_LOG_LEVEL_MESSAGE, "probe", "arch", oakuk_qemu_caps_host_arch(n->caps), "accel",
          accel ? accel : "none", "kvm", oakuk_qemu_caps_kvm(n->caps) ? "yes" : "no", "container",
@@ -942,7 +1035,7 @@ static void node_free(Node *n) {
                    &n->mqtt_password,       &n->subnet,
                    &n->insecure_registries, &n->qemu_user,
                    &n->image_file_dirs,     &n->ca_fingerprint,
-                   &n->registered_id};
+                   &n->registered_id,       &n->image_cache_max};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -951,6 +1044,8 @@ static int run(Node *n, Args *a) {
   g_autoptr(GError) error = NULL;
   if (!load_settings(n, a, &error))
     goto fail;
+  if (a->prune_images)
+    return prune_images(n);
   if (n->insecure)
     od_log(G_LOG_LEVEL_WARNING, "insecure", "msg",
            "--insecure: plain HTTP to the cluster and plain MQTT are allowed; whoever is on the path can "
@@ -1029,6 +1124,11 @@ int main(int argc, char **argv) {
        "Stop the instances on SIGTERM (default: they keep running and are re-adopted)", NULL},
       {"leave", 0, 0, G_OPTION_ARG_NONE, &a.leave,
        "On SIGTERM stop the instances and remove the node's bridge, VXLAN device and nftables table", NULL},
+      {"image-cache-max", 0, 0, G_OPTION_ARG_STRING, &a.image_cache_max,
+       "Most the image cache holds; unused images are evicted, least recently used first (default 20%)",
+       "SIZE|N%|0"},
+      {"prune-images", 0, 0, G_OPTION_ARG_NONE, &a.prune_images,
+       "Remove every cached image and blob (run it while the node is stopped) and exit", NULL},
       {"insecure", 0, 0, G_OPTION_ARG_NONE, &a.insecure,
        "Allow plain HTTP to the cluster and plain MQTT (warned at every start)", NULL},
       G_OPTION_ENTRY_NULL};

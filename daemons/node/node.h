@@ -95,6 +95,9 @@ struct Node {
   char *qemu_user;                           /* QEMU runs as this user; "" or NULL: as root */
   char *image_file_dirs;                     /* file:// images only from these ("DIR:DIR"); NULL: none */
   GHashTable *registry_auth;                 /* "host[:port]" -> NodeRegistryAuth*, from the config */
+  char *image_cache_max;                     /* --image-cache-max as given */
+  guint64 image_cache_max_bytes;             /* its size, or 0 */
+  guint image_cache_max_percent;             /* its share of the disk, or 0 */
   gboolean stop_instances;
   gboolean leave;    /* --leave: on stop, also remove the bridge, VXLAN device and nftables table */
   gboolean insecure; /* --insecure: plain HTTP to the cluster and plain MQTT allowed */

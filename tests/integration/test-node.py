@@ -19,6 +19,7 @@ import pathlib
 import pwd
 import queue
 import random
+import re
 import shutil
 import signal
 import socket
@@ -1059,6 +1060,24 @@ class NodeTest(unittest.TestCase):
         stop(self.node)
         self.assertEqual(self.node.returncode, 0)
         self.assertIn("oakuk-node stopped", self.node_log.text())
+
+    def test_07_prune_images_when_stopped(self):
+        """oakuk-node --prune-images empties the image cache the run filled (tarballs and OCI blobs) and
+        exits; a bad --image-cache-max stops the node at start naming the option."""
+        images = pathlib.Path(self.node_state, "images")
+        self.assertTrue(any(p.name != ".oci" for p in images.iterdir()), "the run cached no image")
+        p = subprocess.run([NODE_BIN, "--state-dir", self.node_state, "--prune-images"], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        m = re.match(r"pruned (\d+) bytes; the image cache holds (\d+) bytes", p.stdout)
+        self.assertIsNotNone(m, p.stdout)
+        self.assertGreater(int(m.group(1)), 0)
+        self.assertEqual(int(m.group(2)), 0)
+        for bad in ("12X", "0%", "101%"):
+            p = subprocess.run([NODE_BIN, "--state-dir", self.node_state, "--prune-images", "--image-cache-max", bad],
+                               capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("--image-cache-max '%s'" % bad, p.stderr)
 
 
 if __name__ == "__main__":
