@@ -351,6 +351,13 @@ static char *res_platforms(oakuk_oci_resolution *res) {
 static gboolean apply_resolution(AppCreate *a, const OciService *s, const Resolved *res) {
   g_autofree char *path = g_strdup_printf("applications[%u].microservices[%u]", s->app, s->ms);
   JsonObject *mso = oci_service_object(a->body, s);
+  if (res->res == NULL &&
+      (res->code == OAKUK_ENOTFOUND || res->code == OAKUK_EINVAL || res->code == OAKUK_EVERIFY)) {
+    /* The registry answered: the image is not there (or not an image). Nothing to leave to nodes. */
+    od_http_reply_error(a->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor", "", "%s.code: %s: %s", path,
+                        res->reference, res->error);
+    return FALSE;
+  }
   if (res->res == NULL) {
     if (s->arch->len == 0) {
       od_http_reply_error(a->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor", "",

@@ -1412,6 +1412,12 @@ class OciResolveTest(unittest.TestCase):
         msg = r.json()["error"]["message"]
         self.assertIn("applications[0].microservices[0].arch: required", msg)
         self.assertIn("cannot resolve code %s" % gone, msg)
+        # a tag the registry does not have: refused with or without arch, naming code
+        missing = "%s/uk/none:1" % self.addr
+        for arch in (None, ["amd64"]):
+            r = e.call("POST", "/api/v1/applications", self.uk_sla("ocinone", missing, arch))
+            self.assertEqual(r.status, 400, r.body)
+            self.assertIn("applications[0].microservices[0].code: %s: " % missing, r.json()["error"]["message"])
         # nothing was registered by the refusals
         self.assertEqual(e.call("GET", "/api/v1/services").json(), [])
         # with arch, an unreachable registry leaves the reference to the nodes
