@@ -265,6 +265,34 @@ static void cleanup(Inst *i, Then then) {
 
 /* ---- the deploy pipeline ---- */
 
+/* A container's code_sha256 (DESIGN §3) is the digest of what its reference names (an index or a
+ * manifest): the image is pulled by that digest, so the registry cannot hand over other bits. NULL
+ * with *problem when code names another digest, or is an oci-archive: (no registry digest to pull
+ * by). */
+static char *container_reference(const Inst *i, char **problem) {
+  if (i->code_sha256 == NULL || *i->code_sha256 == '\0')
+    return g_strdup(i->code);
+  if (g_str_has_prefix(i->code, "oci-archive:")) {
+    *problem = g_strdup_printf("code_sha256: cannot be checked for %s (an OCI layout tarball has no registry "
+                               "digest to pull by): publish it in a registry or leave code_sha256 out",
+                               i->code);
+    return NULL;
+  }
+  const char *slash = strrchr(i->code, '/');
+  const char *last = slash ? slash + 1 : i->code;
+  const char *at = strchr(last, '@');
+  if (at != NULL) {
+    if (g_str_has_prefix(at + 1, "sha256:") &&
+        g_ascii_strcasecmp(at + 1 + strlen("sha256:"), i->code_sha256) == 0)
+      return g_strdup(i->code);
+    *problem = g_strdup_printf("code_sha256 %s: code %s names another digest", i->code_sha256, i->code);
+    return NULL;
+  }
+  const char *colon = strchr(last, ':');
+  g_autofree char *repo = colon ? g_strndup(i->code, (gsize)(colon - i->code)) : g_strdup(i->code);
+  return g_strdup_printf("%s@sha256:%s", repo, i->code_sha256);
+}
+
 static oakuk_instance_spec *make_spec(Inst *i) {
   const oakuk_microservice *ms = i->ms;
   oakuk_instance_spec *s = oakuk_instance_spec_new(i->name);
@@ -280,7 +308,9 @@ static oakuk_instance_spec *make_spec(Inst *i) {
   oakuk_instance_spec_set_one_shot(s, oakuk_microservice_one_shot(ms));
   oakuk_net_instance_info *ni = i->ninfo;
   if (i->virt == OAKUK_VIRT_CONTAINER) {
-    oakuk_instance_spec_set_image(s, i->code);
+    g_autofree char *problem = NULL;
+    g_autofree char *ref = container_reference(i, &problem);
+    oakuk_instance_spec_set_image(s, ref ? ref : i->code); /* NULL: refused by precheck */
     const NodeRegistryAuth *ra = node_registry_auth(i->node, i->code);
     if (ra)
       oakuk_instance_spec_set_registry_auth(s, ra->username, ra->password);
@@ -430,6 +460,12 @@ static char *precheck(Inst *i) {
     return g_strdup("placement: this node does not offer unikernels (--virtualization)");
   if (i->code == NULL || *i->code == '\0')
     return g_strdup_printf("placement: the job has no %s code for %s", oakuk_virt_name(i->virt), i->arch);
+  if (i->virt == OAKUK_VIRT_CONTAINER) {
+    char *problem = NULL;
+    g_autofree char *ref = container_reference(i, &problem);
+    if (ref == NULL)
+      return problem;
+  }
   if (i->virt == OAKUK_VIRT_UNIKERNEL) {
     i->accel = oakuk_qemu_caps_accel_for_arch(n->caps, i->arch);
     if (i->accel == OAKUK_ACCEL_NONE)

@@ -835,6 +835,28 @@ class NodeTest(unittest.TestCase):
             self.assertIn("config [registry %s]" % self.registry, p.stderr)
             self.assertIn(want, p.stderr)
 
+    def test_03l_container_code_sha256_enforced(self):
+        """A container's code_sha256 is pulled by: a registry image under its tag but another digest
+        fails naming that digest; code naming another digest, or an oci-archive:, is refused before
+        anything is fetched."""
+        if not shutil.which("runc"):
+            self.skipTest("needs runc")
+        d = self.push_uk("uk/ctr:1")
+        wrong = "cc" * 32
+        cases = [("%s/uk/ctr:1" % self.registry, wrong, "sha256:" + wrong),
+                 ("%s/uk/ctr@%s" % (self.registry, d["index"]), wrong, "names another digest"),
+                 ("oci-archive:http://%s:1/x.tar" % TEST_IP, wrong, "cannot be checked")]
+        with self.cluster_held():
+            for k, (code, sha, why) in enumerate(cases):
+                job = self.uk_job(50 + k, [], code=code, code_sha256=sha, virtualization="container",
+                                  restart="never")
+                del job["emulation"]
+                t0, n = self.run_uk(job)
+                failed = self.watch.wait(t0, "job", lambda m: m["status"] in ("FAILED", "DEAD")
+                                         and m["instance"] == n, "FAILED", timeout=60)
+                self.assertIn(why, failed["status_detail"])
+                self.remove_uk(t0, n)
+
     def test_03k_oci_two_arch_index(self):
         """One two-architecture index (the Linux test guests packed by oakuk pkg --from-tar), deployed
         without arch for amd64 and for arm64 (emulated): each instance runs its own platform's
