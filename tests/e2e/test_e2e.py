@@ -305,6 +305,78 @@ class E2E(unittest.TestCase):
         self.assertEqual(r.status_code, 200, r.text)
         wait_until("www gone", lambda: self.instance("www") is None, timeout=30)
 
+    def test_03b_oci_two_arch_index(self):
+        """docs/unikernels.md "OCI images": `oakuk pkg` packs the amd64 and arm64 test guests as one
+        index and pushes it; a service with that reference and no arch is resolved by the root (pinned
+        to the index digest, arch = the index's) and runs the amd64 manifest under
+        qemu-system-x86_64; one asking for arm64 lands on n3, the only node that runs arm64 (emulated),
+        under qemu-system-aarch64; both answer on their service IPs from another node. Moving the tag
+        afterwards changes nothing a new instance runs."""
+        e = self.edge
+        ref = "127.0.0.1:5000/e2e/guests:1"
+
+        def pkg(cmd):
+            p = subprocess.run([e.cli_bin, "pkg", "--from-tar", "amd64=" + os.path.join(e.guests, "guest-amd64-nofiles.tar.gz"),
+                                "--from-tar", "arm64=" + os.path.join(e.guests, "guest-arm64-nofiles.tar.gz"),
+                                "--cmd", cmd, "--push", ref, "--insecure-registry", "127.0.0.1:5000"],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            return p.stdout
+        out = pkg("oci-e2e")
+        pinned = next(l.split()[1] for l in out.splitlines() if l.startswith("pinned "))
+        r = e.api("POST", "/api/v1/applications", json={
+            "sla_version": "v2.0", "customerID": "Admin", "applications": [{
+                "applicationID": "", "application_name": "oci", "application_namespace": e.marker,
+                "application_desc": "OCI unikernels", "microservices": [
+                    dict(ms("ociarm", "unikernel", ref, arch=["arm64"], memory=256, emulation="allow",
+                            unikernel={"flavor": "linux"}, port="18081:8080", addresses={"rr_ip": "10.30.0.31"}),
+                         microservice_namespace=e.marker),
+                    dict(ms("ociany", "unikernel", ref, memory=96, emulation="allow", unikernel={"flavor": "linux"},
+                            port="18080:8080", addresses={"rr_ip": "10.30.0.30"}), microservice_namespace=e.marker)]}]})
+        self.assertEqual(r.status_code, 201, r.text)
+        for sid in r.json()["applications"][0]["microservices"]:
+            doc = e.api("GET", "/api/v1/services/" + sid).json()
+            self.sid[doc["microservice_name"]] = sid
+        anydoc = e.api("GET", "/api/v1/services/" + self.sid["ociany"]).json()
+        self.assertEqual(anydoc["code"], pinned, anydoc)
+        self.assertEqual(sorted(anydoc["arch"]), ["amd64", "arm64"], anydoc)
+        # arm64 first: only n3 runs it, and each of n2 and n3 has one core left
+        self.deploy("ociarm")
+        self.wait_status("ociarm", "RUNNING", timeout=240, node="n3")
+        self.deploy("ociany")
+        self.wait_status("ociany", "RUNNING", timeout=240, node="n2")
+        for svc, qemu in (("ociarm", b"qemu-system-aarch64"), ("ociany", b"qemu-system-x86_64")):
+            pids = self.qemu_pids("oci.%s.%s.%s.instance.0" % (e.marker, svc, e.marker))
+            self.assertEqual(len(pids), 1, svc)
+            with open("/proc/%d/cmdline" % pids[0], "rb") as f:
+                self.assertTrue(f.read().split(b"\0")[0].endswith(qemu), svc)
+        client_ns = "/proc/%d/root/run/netns/%s.instance.0" % (self.nodes["n1"].pid, self.job("client"))
+        fetch = ("import sys, urllib.request; "
+                 "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
+
+        def answer(ip):
+            return wait_until("HTTP on %s:8080 from the client's namespace on n1" % ip, lambda: (
+                lambda p: p.stdout if p.returncode == 0 else None)(e2elib.sh(
+                    "nsenter", "--net=" + client_ns, sys.executable, "-c", fetch, "http://%s:8080/" % ip,
+                    check=False)), timeout=240)
+        for ip in ("10.30.0.31", "10.30.0.30"):
+            self.assertIn("args: oci-e2e", answer(ip))
+        # the tag moves: what the service runs does not
+        pkg("oci-moved")
+        r = e.api("DELETE", "/api/v1/services/%s/instances/0" % self.sid["ociany"])
+        self.assertEqual(r.status_code, 200, r.text)
+        wait_until("ociany.0 gone", lambda: self.instance("ociany") is None, timeout=60)
+        n = self.deploy("ociany")
+        self.wait_status("ociany", "RUNNING", n=n, timeout=240, node="n2")
+        body = answer("10.30.0.30")
+        self.assertIn("args: oci-e2e", body)
+        self.assertNotIn("oci-moved", body)
+        for svc, k in (("ociany", n), ("ociarm", 0)):
+            r = e.api("DELETE", "/api/v1/services/%s/instances/%d" % (self.sid[svc], k))
+            self.assertEqual(r.status_code, 200, r.text)
+        wait_until("OCI instances gone", lambda: self.instance("ociany", n) is None and self.instance("ociarm") is None,
+                   timeout=60)
+
     def test_04_thesis_flow_over_compat_api(self):
         e = self.edge
         with open(os.path.join(SOURCE, "tests", "fixtures", "thesis", "aggregation-container.json")) as f:
