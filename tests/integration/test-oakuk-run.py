@@ -360,6 +360,127 @@ class OciRun(RunBase):
         self.assert_nothing_left()
 
 
+def oci_archive(path, manifest_of):
+    """An OCI image layout tarball at path, written here from the published layouts (not by oakuk
+    pkg): manifest_of(blob) -> (manifest dict, platform dict or None), blob(bytes) storing a blob and
+    giving its descriptor fields; index.json names one image index holding the manifest."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+    blobs = {}
+
+    def blob(data):
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[d] = data
+        return {"digest": d, "size": len(data)}
+
+    def js(o):
+        return json.dumps(o, sort_keys=True).encode()
+    manifest, platform = manifest_of(blob, js)
+    m = dict(blob(js(manifest)), mediaType="application/vnd.oci.image.manifest.v1+json")
+    if platform:
+        m["platform"] = platform
+    index = blob(js({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                     "manifests": [m]}))
+    top = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        dict(index, mediaType="application/vnd.oci.image.index.v1+json",
+             annotations={"org.opencontainers.image.ref.name": "latest"})]}
+    with tarfile.open(path, "w") as t:
+        for name, data in [("oci-layout", js({"imageLayoutVersion": "1.0.0"})), ("index.json", js(top))] + [
+                ("blobs/sha256/" + d.split(":")[1], b) for d, b in blobs.items()]:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+
+
+def layer_tar(files):
+    """An uncompressed tar layer of {path: bytes}."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            ti.mode = 0o644
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class ThirdPartyLayoutRun(RunBase):
+    """`oakuk run` boots the multiboot test kernel packed as KraftKit packs a Unikraft image (an index
+    entry with platform qemu/x86_64, the kernel alone in an uncompressed layer at /unikraft/bin/kernel,
+    Cmd as the kernel arguments) and as urunc expects one (com.urunc.unikernel.* annotations on the
+    manifest, the kernel where .binary says, .cmdline as the arguments), both layouts written by this
+    test from their published descriptions, not by `oakuk pkg`."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="oakuk-itest-layouts-")
+        kernel = UKGUEST["0.16.3"].read_bytes() if UKGUEST["0.16.3"].exists() else None
+        cls.kraftkit = os.path.join(cls.tmp, "kraftkit.oci.tar")
+        cls.urunc = os.path.join(cls.tmp, "urunc.oci.tar")
+        if kernel is None:
+            return
+
+        def kraftkit(blob, js):
+            layer = layer_tar({"unikraft/bin/kernel": kernel})
+            ld = blob(layer)
+            plat = {"architecture": "x86_64", "os": "qemu", "os.version": "0.16.3"}
+            config = blob(js(dict(plat, config={"Cmd": ["kraft", "layout"]},
+                                  rootfs={"type": "layers", "diff_ids": [ld["digest"]]})))
+            return ({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                     "config": dict(config, mediaType="application/vnd.oci.image.config.v1+json", platform=plat),
+                     "layers": [dict(ld, mediaType="application/vnd.oci.image.layer.v1.tar",
+                                     annotations={"org.unikraft.kernel.image": "/unikraft/bin/kernel"})],
+                     "annotations": {"org.unikraft.kernel.version": "0.16.3",
+                                     "sh.kraftkit.version": "0.11.6"}}, plat)
+
+        def urunc(blob, js):
+            layer = layer_tar({"unikernel/kernel": kernel, "conf/app.conf": b"hello\n"})
+            ld = blob(layer)
+            config = blob(js({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["ignored"]},
+                              "rootfs": {"type": "layers", "diff_ids": [ld["digest"]]}}))
+            return ({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                     "config": dict(config, mediaType="application/vnd.oci.image.config.v1+json"),
+                     "layers": [dict(ld, mediaType="application/vnd.oci.image.layer.v1.tar")],
+                     "annotations": {"com.urunc.unikernel.unikernelType": "unikraft",
+                                     "com.urunc.unikernel.hypervisor": "qemu",
+                                     "com.urunc.unikernel.binary": "/unikernel/kernel",
+                                     "com.urunc.unikernel.cmdline": "urunc layout",
+                                     "com.urunc.unikernel.unikernelVersion": "0.16.3"}},
+                    {"architecture": "amd64", "os": "linux"})
+        oci_archive(cls.kraftkit, kraftkit)
+        oci_archive(cls.urunc, urunc)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        super().setUp()
+        if not UKGUEST["0.16.3"].exists():
+            self.skipTest("the multiboot test kernel was not built (tests/guests/meson.build)")
+
+    def boot(self, archive, want_argv):
+        r = self.start("--allow-emulation", "--arch", "amd64", "oci-archive:" + archive)
+        self.assertEqual(r.finish(180), 0, r.stderr())
+        out, err = r.stdout(), r.stderr()
+        self.assertIn("Telesto 0.16.3~oakuktest", out)  # the test kernel booted
+        ip = re.search(rf"oakuk: instance {self.name} at ([0-9.]+)", err).group(1)
+        self.assertIn(f"ukguest: netdev.ip={ip}/24:10.18.255.1", out)  # 0.16.3's convention
+        self.assertIn(f"ukguest: argv: {want_argv}", out)
+        self.assertIn(f"instance {self.name} DEAD: exited cleanly: the guest powered off", err)
+        self.assert_nothing_left()
+
+    def test_kraftkit_layout(self):
+        self.boot(self.kraftkit, '"kraft" "layout"')
+
+    def test_urunc_layout(self):
+        self.boot(self.urunc, '"urunc" "layout"')
+
+
 class UkGuestRun(RunBase):
     """`oakuk run` with the multiboot test kernel (a 32-bit ELF with a multiboot header, as Unikraft's
     x86 QEMU images): recognised, its Unikraft version detected from its content, its console clean."""
