@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-G_DEFINE_QUARK(oakuk-daemon-error-quark, od_error)
+G_DEFINE_QUARK(oakuk - daemon - error - quark, od_error)
 
 /* glibc's malloc, tuned for small long-running daemons:
  * - fixed mmap and trim thresholds: by default both grow after a large block is freed (up to 2× its
@@ -24,9 +24,10 @@ gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GO
                           OdCommonOptions *common, GKeyFile **config, GError **error) {
   od_malloc_tune();
   const GOptionEntry common_entries[] = {
-      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &common->config_path, "Configuration file (GKeyFile)", "FILE"},
-      {"log-format", 0, 0, G_OPTION_ARG_STRING, &common->log_format, "Log lines as 'text' (key=value) or 'json'",
-       "FORMAT"},
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &common->config_path, "Configuration file (GKeyFile)",
+       "FILE"},
+      {"log-format", 0, 0, G_OPTION_ARG_STRING, &common->log_format,
+       "Log lines as 'text' (key=value) or 'json'", "FORMAT"},
       {"verbose", 'v', 0, G_OPTION_ARG_NONE, &common->verbose, "Log debug messages too", NULL},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GOptionContext) ctx = g_option_context_new(NULL);
@@ -88,8 +89,9 @@ gboolean od_config_int(GKeyFile *kf, const char *group, const char *key, gint64 
   gint64 v = 0;
   g_autoptr(GError) local = NULL;
   if (text == NULL || !g_ascii_string_to_signed(g_strstrip(text), 10, min, max, &v, &local)) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config [%s] %s: '%s' is not an integer in [%" G_GINT64_FORMAT
-                ", %" G_GINT64_FORMAT "]", group, key, text ? text : "", min, max);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "config [%s] %s: '%s' is not an integer in [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT "]",
+                group, key, text ? text : "", min, max);
     return FALSE;
   }
   *out = v;
@@ -116,7 +118,8 @@ gboolean od_parse_listen(const char *text, char **addr, guint16 *port, GError **
   }
   g_autoptr(GInetAddress) ia = g_inet_address_new_from_string(host);
   if (ia == NULL) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "listen address '%s': '%s' is not an IP address", text, host);
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "listen address '%s': '%s' is not an IP address", text,
+                host);
     return FALSE;
   }
   *addr = g_steal_pointer(&host);
