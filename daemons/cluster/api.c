@@ -591,44 +591,45 @@ static void h_metrics(Req *q) {
   g_hash_table_iter_init(&it, c->reports);
   while (g_hash_table_iter_next(&it, &k, NULL))
     active += cluster_node_active(c, k);
-  g_string_append_printf(out, "# TYPE oakuk_cluster_nodes gauge\noakuk_cluster_nodes %" G_GINT64_FORMAT "\n",
-                         store_count(c->store, STORE_COUNT_NODES));
-  g_string_append_printf(out, "# TYPE oakuk_cluster_nodes_active gauge\noakuk_cluster_nodes_active %u\n",
-                         active);
-  g_string_append(out, "# TYPE oakuk_cluster_instances gauge\n");
+  od_metrics_build_info(out, "oakuk-cluster", OAKUK_CLUSTER_VERSION);
+  od_metrics_value(out, "oakuk_cluster_nodes", "gauge", "Nodes registered",
+                   store_count(c->store, STORE_COUNT_NODES));
+  od_metrics_value(out, "oakuk_cluster_nodes_active", "gauge", "Nodes that reported within the node timeout",
+                   active);
+  od_metrics_header(out, "oakuk_cluster_instances", "gauge", "Instances placed here, by status");
   g_autoptr(GPtrArray) counts = store_status_counts(c->store);
   for (guint j = 0; j < counts->len; j++) {
     g_auto(GStrv) kv = g_strsplit(counts->pdata[j], "\t", 2);
     g_string_append_printf(out, "oakuk_cluster_instances{status=\"%s\"} %s\n", kv[0], kv[1] ? kv[1] : "0");
   }
   const struct {
-    const char *name;
+    const char *name, *help;
     StoreCount what;
   } gauges[] = {
-      {"oakuk_cluster_instances_ready", STORE_COUNT_READY},
-      {"oakuk_cluster_deliveries_pending", STORE_COUNT_DELIVERIES},
-      {"oakuk_cluster_status_pending", STORE_COUNT_OUTBOX},
-      {"oakuk_cluster_old_copies_pending", STORE_COUNT_OLD_COPIES},
+      {"oakuk_cluster_instances_ready", "Instances that answer their readiness probe", STORE_COUNT_READY},
+      {"oakuk_cluster_deliveries_pending", "Deploy and delete messages not yet acknowledged by their node",
+       STORE_COUNT_DELIVERIES},
+      {"oakuk_cluster_status_pending", "Status changes not yet delivered to the root", STORE_COUNT_OUTBOX},
+      {"oakuk_cluster_old_copies_pending", "Copies of moved instances not yet removed from their old node",
+       STORE_COUNT_OLD_COPIES},
   };
   for (gsize j = 0; j < G_N_ELEMENTS(gauges); j++)
-    g_string_append_printf(out, "# TYPE %s gauge\n%s %" G_GINT64_FORMAT "\n", gauges[j].name, gauges[j].name,
-                           store_count(c->store, gauges[j].what));
-  g_string_append_printf(out, "# TYPE oakuk_cluster_mqtt_connected gauge\noakuk_cluster_mqtt_connected %d\n",
-                         c->mqtt_up ? 1 : 0);
+    od_metrics_value(out, gauges[j].name, "gauge", gauges[j].help, store_count(c->store, gauges[j].what));
+  od_metrics_value(out, "oakuk_cluster_mqtt_connected", "gauge", "1 while connected to the broker",
+                   c->mqtt_up ? 1 : 0);
   /* Without a label: malformed payloads (as before the rate limit, so older dashboards keep their
    * series); reason="rate": messages over a node's rate. */
+  od_metrics_header(out, "oakuk_cluster_mqtt_rejected_total", "counter",
+                    "MQTT messages from nodes refused: malformed (no label), or over the node's rate");
   g_string_append_printf(out,
-                         "# TYPE oakuk_cluster_mqtt_rejected_total counter\n"
                          "oakuk_cluster_mqtt_rejected_total %" G_GUINT64_FORMAT "\n"
                          "oakuk_cluster_mqtt_rejected_total{reason=\"rate\"} %" G_GUINT64_FORMAT "\n",
                          c->mqtt_rejected, c->mqtt_rate_rejected);
-  g_string_append_printf(out,
-                         "# TYPE oakuk_cluster_broker_restarts_total counter\n"
-                         "oakuk_cluster_broker_restarts_total %u\n",
-                         c->broker_restarts);
-  g_string_append_printf(out, "# TYPE oakuk_cluster_registered gauge\noakuk_cluster_registered %d\n",
-                         c->token != NULL);
-  od_http_reply_metrics(q->msg, out, "oakuk_cluster", c->http_counts);
+  od_metrics_value(out, "oakuk_cluster_broker_restarts_total", "counter",
+                   "Restarts of the cluster's mosquitto", c->broker_restarts);
+  od_metrics_value(out, "oakuk_cluster_registered", "gauge", "1 once the root registered this cluster",
+                   c->token != NULL);
+  od_http_reply_metrics(q->msg, out, "oakuk_cluster", c->http_counts, c->http_durations);
 }
 
 /* ---- routing ---- */
@@ -663,6 +664,7 @@ static void handle(SoupServer *server, SoupServerMessage *msg, const char *path,
       g_string_append_printf(allow, "%s%s", allow->len ? ", " : "", routes[i].method);
       continue;
     }
+    od_http_set_route(msg, routes[i].pattern);
     if (authenticate(&q, routes[i].auth))
       routes[i].fn(&q);
     return;
@@ -672,5 +674,10 @@ static void handle(SoupServer *server, SoupServerMessage *msg, const char *path,
 
 void cluster_api_register(Cluster *c) {
   soup_server_add_handler(c->server, NULL, handle, c, NULL);
-  od_http_count_requests(c->server, c->http_counts);
+  if (c->http_durations == NULL)
+    c->http_durations = od_histogram_new("oakuk_cluster_http_request_duration_seconds",
+                                         "Time from a request's first byte to the end of its response, by "
+                                         "method and route",
+                                         od_http_duration_bounds, od_http_duration_bounds_len);
+  od_http_count_requests(c->server, c->http_counts, c->http_durations);
 }

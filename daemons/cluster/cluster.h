@@ -99,7 +99,8 @@ typedef struct {
   gboolean status_inflight;
   guint status_pump_source; /* idle: send queued statuses at the end of this main-loop turn */
   gboolean aggregate_inflight;
-  GHashTable *http_counts; /* status code -> count */
+  GHashTable *http_counts;     /* status code -> count */
+  OdHistogram *http_durations; /* by method and route (cluster_api_register) */
   guint aggregate_source;
 } Cluster;
 

@@ -262,6 +262,7 @@ static void cluster_free(Cluster *c) {
   g_clear_pointer(&c->delete_sent, g_hash_table_unref);
   g_clear_pointer(&c->retry, g_hash_table_unref);
   g_clear_pointer(&c->http_counts, g_hash_table_unref);
+  g_clear_pointer(&c->http_durations, od_histogram_free);
   g_clear_pointer(&c->rate, g_hash_table_unref);
   g_clear_handle_id(&c->renew_source, g_source_remove);
   g_clear_object(&c->ca);

@@ -93,6 +93,30 @@ char *od_jwt_sign(const guint8 *key, gsize key_len, JsonObject *claims);
  * expiry", "token has expired", ...). */
 JsonObject *od_jwt_verify(const guint8 *key, gsize key_len, const char *token, gint64 now_s, GError **error);
 
+/* ---- metrics (common/metrics.c): Prometheus text format 0.0.4 ---- */
+
+/* "# HELP name help" and "# TYPE name type" lines. */
+void od_metrics_header(GString *out, const char *name, const char *type, const char *help);
+/* One sample without labels, after its HELP and TYPE lines. */
+void od_metrics_value(GString *out, const char *name, const char *type, const char *help, gint64 value);
+/* A label value with backslash, double quote and newline escaped. */
+char *od_metrics_label_escape(const char *value);
+/* oakuk_build_info{daemon="...",version="..."} 1, the same metric name in every daemon. */
+void od_metrics_build_info(GString *out, const char *daemon, const char *version);
+
+/* A histogram with fixed upper bounds (seconds), one series per label set. */
+typedef struct OdHistogram OdHistogram;
+OdHistogram *od_histogram_new(const char *name, const char *help, const double *bounds, gsize n_bounds);
+void od_histogram_free(OdHistogram *h);
+/* labels: "" or NULL, or the label pairs as written between the braces ('route="x",method="GET"'),
+ * their values escaped (od_metrics_label_escape). */
+void od_histogram_observe(OdHistogram *h, const char *labels, double value);
+/* Its HELP and TYPE lines, then every series: _bucket (cumulative, le="+Inf" last), _sum, _count. */
+void od_histogram_write(OdHistogram *h, GString *out);
+/* Bounds for HTTP request durations: 5 ms .. 10 s. */
+extern const double od_http_duration_bounds[];
+extern const gsize od_http_duration_bounds_len;
+
 /* ---- JSON over HTTP ---- */
 
 #define OD_HTTP_MAX_BODY (1024 * 1024)
@@ -128,11 +152,16 @@ gboolean od_path_match(char **seg, const char *pattern, const char **cap, guint 
  * comma-separated list), else 404, both with the error object. */
 void od_http_reply_no_route(SoupServerMessage *msg, const char *method, const char *path,
                             const char *allowed);
-/* Counts finished requests by status code into counts (guint code -> guint count), for /metrics. */
-void od_http_count_requests(SoupServer *server, GHashTable *counts);
+/* Counts finished requests by status code into counts (guint code -> guint count), and observes
+ * each request's duration (from its first byte to the end of its response) into durations by
+ * method and route class (od_http_set_route; route="none" when no route matched), for /metrics. */
+void od_http_count_requests(SoupServer *server, GHashTable *counts, OdHistogram *durations);
+/* The route pattern (static, e.g. "api/v1/services/<*>") that answers msg: its duration's label. */
+void od_http_set_route(SoupServerMessage *msg, const char *pattern);
 /* Replies to /metrics with the Prometheus text in out (taken) after appending the counter
- * <prefix>_http_requests_total{code="..."} from counts. */
-void od_http_reply_metrics(SoupServerMessage *msg, GString *out, const char *prefix, GHashTable *counts);
+ * <prefix>_http_requests_total{code="..."} from counts and the histogram durations (if any). */
+void od_http_reply_metrics(SoupServerMessage *msg, GString *out, const char *prefix, GHashTable *counts,
+                           OdHistogram *durations);
 
 /* ---- TLS and the PKI (common/tls.c) ---- */
 

@@ -444,27 +444,67 @@ void od_http_reply_no_route(SoupServerMessage *msg, const char *method, const ch
   od_http_reply_error(msg, SOUP_STATUS_NOT_FOUND, "not_found", path, "no endpoint %s %s", method, path);
 }
 
-static void count_request(SoupServer *server, SoupServerMessage *msg, gpointer data) {
-  GHashTable *counts = data;
-  gpointer code = GUINT_TO_POINTER(soup_server_message_get_status(msg));
-  g_hash_table_replace(counts, code,
-                       GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(counts, code)) + 1));
+static void note_start(SoupServer *server, SoupServerMessage *msg, gpointer data) {
+  gint64 *start = g_new(gint64, 1);
+  *start = g_get_monotonic_time();
+  g_object_set_data_full(G_OBJECT(msg), "od-started-us", start, g_free);
 }
 
-void od_http_count_requests(SoupServer *server, GHashTable *counts) {
-  g_signal_connect(server, "request-finished", G_CALLBACK(count_request), counts);
+void od_http_set_route(SoupServerMessage *msg, const char *pattern) {
+  g_object_set_data(G_OBJECT(msg), "od-route", (gpointer)pattern);
+}
+
+/* The label set of a request: its method and route pattern when a route answered it; a request no
+ * route matched is method="", route="none", so that no client can make up series. */
+static char *duration_labels(SoupServerMessage *msg) {
+  const char *route = g_object_get_data(G_OBJECT(msg), "od-route");
+  if (route == NULL)
+    return g_strdup("method=\"\",route=\"none\"");
+  g_autofree char *method = od_metrics_label_escape(soup_server_message_get_method(msg));
+  g_autofree char *pattern = od_metrics_label_escape(route);
+  return g_strdup_printf("method=\"%s\",route=\"/%s\"", method, pattern);
+}
+
+typedef struct {
+  GHashTable *counts;
+  OdHistogram *durations;
+} Counting;
+
+static void count_request(SoupServer *server, SoupServerMessage *msg, gpointer data) {
+  Counting *c = data;
+  gpointer code = GUINT_TO_POINTER(soup_server_message_get_status(msg));
+  g_hash_table_replace(c->counts, code,
+                       GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(c->counts, code)) + 1));
+  gint64 *start = g_object_get_data(G_OBJECT(msg), "od-started-us");
+  if (c->durations == NULL || start == NULL)
+    return;
+  g_autofree char *labels = duration_labels(msg);
+  od_histogram_observe(c->durations, labels, (double)(g_get_monotonic_time() - *start) / G_USEC_PER_SEC);
+}
+
+void od_http_count_requests(SoupServer *server, GHashTable *counts, OdHistogram *durations) {
+  Counting *c = g_new0(Counting, 1);
+  c->counts = counts;
+  c->durations = durations;
+  g_object_set_data_full(G_OBJECT(server), "od-counting", c, g_free);
+  g_signal_connect(server, "request-started", G_CALLBACK(note_start), NULL);
+  g_signal_connect(server, "request-finished", G_CALLBACK(count_request), c);
 }
 
 static gint compare_codes(gconstpointer a, gconstpointer b) {
   return (gint)GPOINTER_TO_UINT(a) - (gint)GPOINTER_TO_UINT(b);
 }
 
-void od_http_reply_metrics(SoupServerMessage *msg, GString *out, const char *prefix, GHashTable *counts) {
-  g_string_append_printf(out, "# TYPE %s_http_requests_total counter\n", prefix);
+void od_http_reply_metrics(SoupServerMessage *msg, GString *out, const char *prefix, GHashTable *counts,
+                           OdHistogram *durations) {
+  g_autofree char *name = g_strdup_printf("%s_http_requests_total", prefix);
+  od_metrics_header(out, name, "counter", "HTTP requests answered, by status code");
   g_autoptr(GList) codes = g_list_sort(g_hash_table_get_keys(counts), compare_codes);
   for (GList *l = codes; l != NULL; l = l->next)
-    g_string_append_printf(out, "%s_http_requests_total{code=\"%u\"} %u\n", prefix, GPOINTER_TO_UINT(l->data),
+    g_string_append_printf(out, "%s{code=\"%u\"} %u\n", name, GPOINTER_TO_UINT(l->data),
                            GPOINTER_TO_UINT(g_hash_table_lookup(counts, l->data)));
+  if (durations != NULL)
+    od_histogram_write(durations, out);
   soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
   gsize len = out->len;
   soup_server_message_set_response(msg, "text/plain; version=0.0.4", SOUP_MEMORY_TAKE,

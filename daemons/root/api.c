@@ -118,25 +118,23 @@ static void h_healthz(Req *q) {
 static void h_metrics(Req *q) {
   Store *s = q->r->store;
   GString *out = g_string_new(NULL);
-  g_string_append_printf(
-      out, "# TYPE oakuk_root_applications gauge\noakuk_root_applications %" G_GINT64_FORMAT "\n",
-      store_application_count(s));
-  g_string_append_printf(out, "# TYPE oakuk_root_services gauge\noakuk_root_services %" G_GINT64_FORMAT "\n",
-                         store_service_count(s));
-  g_string_append(out, "# TYPE oakuk_root_instances gauge\n");
+  od_metrics_build_info(out, "oakuk-root", OAKUK_ROOT_VERSION);
+  od_metrics_value(out, "oakuk_root_applications", "gauge", "Applications registered",
+                   store_application_count(s));
+  od_metrics_value(out, "oakuk_root_services", "gauge", "Services registered", store_service_count(s));
+  od_metrics_header(out, "oakuk_root_instances", "gauge", "Instances, by their last known status");
   g_autoptr(GPtrArray) counts = store_instance_status_counts(s);
   for (guint k = 0; k < counts->len; k++) {
     g_auto(GStrv) kv = g_strsplit(counts->pdata[k], "\t", 2);
     g_string_append_printf(out, "oakuk_root_instances{status=\"%s\"} %s\n", kv[0], kv[1]);
   }
-  g_string_append_printf(out, "# TYPE oakuk_root_clusters gauge\noakuk_root_clusters %" G_GINT64_FORMAT "\n",
-                         store_cluster_count(s));
-  g_string_append_printf(out, "# TYPE oakuk_root_clusters_active gauge\noakuk_root_clusters_active %u\n",
-                         loop_clusters_active(q->r->loop));
-  g_string_append_printf(
-      out, "# TYPE oakuk_root_forwards_pending gauge\noakuk_root_forwards_pending %" G_GINT64_FORMAT "\n",
-      store_instance_count_deploy_pending(s) + store_delete_count(s));
-  od_http_reply_metrics(q->msg, out, "oakuk_root", q->r->http_counts);
+  od_metrics_value(out, "oakuk_root_clusters", "gauge", "Clusters registered", store_cluster_count(s));
+  od_metrics_value(out, "oakuk_root_clusters_active", "gauge", "Clusters that sent an aggregate in time",
+                   loop_clusters_active(q->r->loop));
+  od_metrics_value(out, "oakuk_root_forwards_pending", "gauge",
+                   "Deploys and deletes not yet acknowledged by their cluster",
+                   store_instance_count_deploy_pending(s) + store_delete_count(s));
+  od_http_reply_metrics(q->msg, out, "oakuk_root", q->r->http_counts, q->r->http_durations);
 }
 
 /* ---- applications ---- */
@@ -1063,6 +1061,7 @@ static gboolean try_route(Root *r, const Route *route, SoupServerMessage *msg, c
     g_string_append_printf(allow, "%s%s", allow->len ? ", " : "", route->method);
     return FALSE;
   }
+  od_http_set_route(msg, route->pattern);
   if (api_authenticate(&q, route))
     route->fn(&q);
   g_free(q.user);
@@ -1097,6 +1096,11 @@ static void log_request(SoupServer *server, SoupServerMessage *msg, gpointer dat
 
 void root_api_register(Root *r) {
   soup_server_add_handler(r->server, NULL, handle, r, NULL);
-  od_http_count_requests(r->server, r->http_counts);
+  if (r->http_durations == NULL)
+    r->http_durations = od_histogram_new("oakuk_root_http_request_duration_seconds",
+                                         "Time from a request's first byte to the end of its response, by "
+                                         "method and route",
+                                         od_http_duration_bounds, od_http_duration_bounds_len);
+  od_http_count_requests(r->server, r->http_counts, r->http_durations);
   g_signal_connect(r->server, "request-finished", G_CALLBACK(log_request), NULL);
 }

@@ -150,6 +150,7 @@ static void root_free(Root *r) {
   g_clear_pointer(&r->loop, loop_free);
   g_clear_pointer(&r->store, store_free);
   g_clear_pointer(&r->http_counts, g_hash_table_unref);
+  g_clear_pointer(&r->http_durations, od_histogram_free);
   g_clear_object(&r->ca);
   g_free(r->ca_pem);
   if (r->ca_key_pem != NULL)

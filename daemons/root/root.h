@@ -49,7 +49,8 @@ typedef struct {
   Link *link;
   Guard *guard; /* login hashing off the main loop, failed logins per source (guard.c) */
   SoupServer *server;
-  GHashTable *http_counts; /* status code -> count */
+  GHashTable *http_counts;     /* status code -> count */
+  OdHistogram *http_durations; /* by method and route (root_api_register) */
 } Root;
 
 /* Wall clock in ms: aggregates, retries and scheduling all use it, and it survives restarts. */

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import random
+import re
 import select
 import signal
 import socket
@@ -213,6 +214,82 @@ def write_secret(path, text):
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(text + "\n")
     return path
+
+
+_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_SAMPLE = re.compile(r'^(%s)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*)\})? (\S+)$' % _METRIC_NAME)
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def parse_metrics(text):
+    """Parses Prometheus text format 0.0.4 strictly, as a scraper would, and returns {family: {"type",
+    "help", "samples": [(name, {label: value}, float)]}}. Raises AssertionError naming the line for: a
+    sample before its family's HELP and TYPE, a family declared twice or split, a malformed line or
+    value, a histogram whose buckets are not cumulative or whose le="+Inf" bucket is not its _count."""
+    families, order = {}, []
+    for no, line in enumerate(text.splitlines(), 1):
+        where = "line %d %r" % (no, line)
+        if line.startswith("#"):
+            m = re.match(r"^# (HELP|TYPE) (%s) (.*)$" % _METRIC_NAME, line)
+            if not m:
+                raise AssertionError("malformed comment at " + where)
+            kind, name, rest = m.groups()
+            fam = families.setdefault(name, {"type": None, "help": None, "samples": []})
+            if fam[kind.lower()] is not None or fam["samples"]:
+                raise AssertionError("%s of %s declared again or after its samples at %s" % (kind, name, where))
+            if kind == "TYPE" and rest not in ("counter", "gauge", "histogram", "summary", "untyped"):
+                raise AssertionError("unknown type at " + where)
+            fam[kind.lower()] = rest
+            if not order or order[-1] != name:
+                order.append(name)
+            continue
+        if not line.strip():
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            raise AssertionError("malformed sample at " + where)
+        name, labels, value = m.groups()
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            base = name[:-len(suffix)] if name.endswith(suffix) else None
+            if base and families.get(base, {}).get("type") == "histogram":
+                family = base
+        fam = families.get(family)
+        if fam is None or fam["type"] is None or fam["help"] is None:
+            raise AssertionError("sample without HELP and TYPE of %s before it at %s" % (family, where))
+        if order[-1] != family:
+            raise AssertionError("samples of %s are not together at %s" % (family, where))
+        try:
+            number = float(value)
+        except ValueError:
+            raise AssertionError("bad value at " + where) from None
+        fam["samples"].append((name, dict(_LABEL.findall(labels or "")), number))
+    for family, fam in families.items():
+        if fam["type"] != "histogram":
+            continue
+        series = {}
+        for name, labels, value in fam["samples"]:
+            key = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
+            series.setdefault(key, {"buckets": [], "count": None})
+            if name == family + "_bucket":
+                series[key]["buckets"].append((labels["le"], value))
+            elif name == family + "_count":
+                series[key]["count"] = value
+        for key, s in series.items():
+            values = [v for _, v in s["buckets"]]
+            if not s["buckets"] or s["buckets"][-1][0] != "+Inf" or values != sorted(values) or \
+                    values[-1] != s["count"]:
+                raise AssertionError("histogram %s%r: buckets %r, count %r" % (family, key, s["buckets"], s["count"]))
+    return families
+
+
+def metric_value(families, name, **labels):
+    """The value of the sample name with exactly these labels (None when there is none)."""
+    family = families.get(name) or next((f for n, f in families.items() if name.startswith(n + "_")), None)
+    for sample, ls, value in (family or {"samples": []})["samples"]:
+        if sample == name and ls == labels:
+            return value
+    return None
 
 
 def new_node_join_token(cluster_bin, state_dir, uses=1000, ttl=3600, extra=()):

@@ -25,6 +25,7 @@ import requests
 
 import warnings
 
+import edgelib  # noqa: E402
 from edgelib import (MOSQUITTO, PROCS, Ca, Daemon, FakeNode, MqttConn, cert_info, mqtt_env,  # noqa: E402
                      new_node_join_token, ports, read_text, report, served_certificate, stop, wait_until, write_secret)
 
@@ -686,6 +687,28 @@ class ClusterTest(unittest.TestCase):
         self.assertLess(listener, conf.index("use_username_as_clientid true"))
         self.assertIn("tls_version tlsv1.2", conf[listener:])
         self.assertIn("max_packet_size 1048576", conf)
+
+    def test_14_metrics_in_prometheus_text(self):
+        """/metrics parses as Prometheus text (HELP and TYPE before every family) with the build, the
+        old names (oakuk_cluster_mqtt_rejected_total with and without its label) and request durations
+        by method and route pattern: the root's deploys and the nodes' registrations."""
+        version = requests.get(self.cluster_url + "/healthz", timeout=5).json()["version"]
+        text = requests.get(self.cluster_url + "/metrics", timeout=5).text
+        m = edgelib.parse_metrics(text)
+        for family, fam in m.items():
+            self.assertTrue(fam["help"], family)
+        self.assertEqual(edgelib.metric_value(m, "oakuk_build_info", daemon="oakuk-cluster", version=version), 1)
+        self.assertEqual(m["oakuk_cluster_mqtt_rejected_total"]["type"], "counter")
+        self.assertGreaterEqual(edgelib.metric_value(m, "oakuk_cluster_mqtt_rejected_total"), 1)  # test_05
+        self.assertIsNotNone(edgelib.metric_value(m, "oakuk_cluster_mqtt_rejected_total", reason="rate"))
+        self.assertEqual(edgelib.metric_value(m, "oakuk_cluster_registered"), 1)
+        hist = "oakuk_cluster_http_request_duration_seconds"
+        self.assertEqual(m[hist]["type"], "histogram")
+        self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="POST", route="/api/service/*/*"), 1)
+        self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="POST",
+                                                     route="/api/node/register"), 2)
+        self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="GET", route="/healthz"), 1)
+        self.assertNotIn(self.sid, text)
 
 
 class FakeRoot:

@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import edgelib  # noqa: E402
 from edgelib import ports  # noqa: E402
 
 ROOT_BIN = OAKUK = None
@@ -643,6 +644,32 @@ class RootTest(unittest.TestCase):
         self.cluster.wait_for("DELETE", "/api/service/%s/3" % self.sid)
         self.assert_error(self.call("GET", "/api/service/" + self.sid, token=token), 404)
         self.assertEqual(self.call("GET", "/api/applications", token=token).json(), [])
+
+    def test_04b_metrics_in_prometheus_text(self):
+        """/metrics parses as Prometheus text (HELP and TYPE before every family), names the build,
+        and times requests by method and route pattern: ids in paths never become label values."""
+        token = self.login()
+        self.assertEqual(self.call("GET", "/api/v1/services/0123456789abcdef01234567", token=token).status, 404)
+        self.assertEqual(self.call("GET", "/no/such/route").status, 404)
+        version = self.call("GET", "/healthz").json()["version"]
+        r = self.call("GET", "/metrics")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["Content-Type"].startswith("text/plain; version=0.0.4"), r.headers)
+        m = edgelib.parse_metrics(r.body.decode())
+        for family, fam in m.items():
+            self.assertTrue(fam["help"], family)
+        self.assertEqual(edgelib.metric_value(m, "oakuk_build_info", daemon="oakuk-root", version=version), 1)
+        self.assertEqual(m["oakuk_root_applications"]["type"], "gauge")
+        self.assertEqual(m["oakuk_root_http_requests_total"]["type"], "counter")
+        hist = "oakuk_root_http_request_duration_seconds"
+        self.assertEqual(m[hist]["type"], "histogram")
+        self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="GET", route="/healthz"), 1)
+        self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="GET",
+                                                     route="/api/v1/services/*"), 1)
+        self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="POST", route="/api/auth/login"), 1)
+        self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="", route="none"), 1)
+        routes = {labels["route"] for name, labels, _ in m[hist]["samples"]}
+        self.assertFalse([x for x in routes if re.search(r"[0-9a-f]{24}|/no/such", x)], routes)
 
     def test_05_connections_are_not_leaked(self):
         """Connections that clients close, idle after a kept-alive response or at once, are freed:
