@@ -85,8 +85,35 @@ typedef struct {
   gboolean new_token, insecure;
 } Args;
 
-static gboolean load_settings(Cluster *c, Args *a, GError **error) {
+/* Every key [cluster] may hold (docs/cluster.md, "Configuration"); any other is refused at start. */
+static const char *const cluster_config_keys[] = {"state_dir",
+                                                  "listen",
+                                                  "root_url",
+                                                  "name",
+                                                  "location",
+                                                  "advertise_url",
+                                                  "join_token",
+                                                  "mqtt_port",
+                                                  "node_timeout_s",
+                                                  "aggregate_interval_s",
+                                                  "avoid_s",
+                                                  "policy",
+                                                  "external_broker",
+                                                  "external_password_file",
+                                                  "external_broker_pid_file",
+                                                  "mqtt_username",
+                                                  "mqtt_password",
+                                                  "mosquitto",
+                                                  "mqtt_advertise_host",
+                                                  "mqtt_host",
+                                                  "insecure",
+                                                  "renew_check_s",
+                                                  NULL};
+
+static gboolean load_settings(Cluster *c, Args *a, const char *config_path, GError **error) {
   GKeyFile *kf = c->config;
+  if (!od_config_check_keys(kf, config_path, "cluster", cluster_config_keys, error))
+    return FALSE;
   gint64 v = 0;
   g_autofree char *policy = NULL, *token = NULL, *pw_file = NULL;
 #define STR_SETTING(field, key, def)                                                                         \
@@ -300,9 +327,9 @@ static void args_clear(Args *a) {
     g_clear_pointer(strs[i], g_free);
 }
 
-static int run(Cluster *c, Args *a) {
+static int run(Cluster *c, Args *a, const char *config_path) {
   g_autoptr(GError) error = NULL;
-  if (!load_settings(c, a, &error) || !open_state(c, &error))
+  if (!load_settings(c, a, config_path, &error) || !open_state(c, &error))
     goto fail;
   if (a->new_token) {
     gint64 ttl = a->ttl != 0 ? a->ttl : 3600, uses = a->uses != 0 ? a->uses : 1;
@@ -394,6 +421,13 @@ int main(int argc, char **argv) {
     args_clear(&a);
     return 2;
   }
+  if (common.version) {
+    printf("oakuk-cluster %s\n", OAKUK_CLUSTER_VERSION);
+    args_clear(&a);
+    od_common_options_clear(&common);
+    g_clear_pointer(&c.config, g_key_file_unref);
+    return 0;
+  }
   od_log_init("oakuk-cluster", common.log_format, common.verbose);
   c.reports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_node_report_unref);
   c.reachable = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -404,7 +438,7 @@ int main(int argc, char **argv) {
   c.http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
   c.rate = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   c.reservations = oakuk_reservations_new();
-  int rc = run(&c, &a);
+  int rc = run(&c, &a, common.config_path);
   cluster_free(&c);
   args_clear(&a);
   od_common_options_clear(&common);

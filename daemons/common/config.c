@@ -29,6 +29,7 @@ gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GO
       {"log-format", 0, 0, G_OPTION_ARG_STRING, &common->log_format,
        "Log lines as 'text' (key=value) or 'json'", "FORMAT"},
       {"verbose", 'v', 0, G_OPTION_ARG_NONE, &common->verbose, "Log debug messages too", NULL},
+      {"version", 'V', 0, G_OPTION_ARG_NONE, &common->version, "Print the name and version and exit", NULL},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GOptionContext) ctx = g_option_context_new(NULL);
   g_option_context_set_summary(ctx, summary);
@@ -47,7 +48,7 @@ gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GO
     return FALSE;
   }
   g_autoptr(GKeyFile) kf = g_key_file_new();
-  if (common->config_path != NULL) {
+  if (common->config_path != NULL && !common->version) {
     g_autoptr(GError) local = NULL;
     if (!g_key_file_load_from_file(kf, common->config_path, G_KEY_FILE_NONE, &local)) {
       g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config %s: %s", common->config_path, local->message);
@@ -95,6 +96,30 @@ gboolean od_config_int(GKeyFile *kf, const char *group, const char *key, gint64 
     return FALSE;
   }
   *out = v;
+  return TRUE;
+}
+
+gboolean od_config_check_keys(GKeyFile *kf, const char *path, const char *group, const char *const *keys,
+                              GError **error) {
+  if (path == NULL)
+    return TRUE;
+  g_auto(GStrv) groups = g_key_file_get_groups(kf, NULL);
+  for (char **g = groups; *g; g++) {
+    if (strcmp(*g, group) != 0) {
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config %s: unknown group [%s] (the only group is [%s])",
+                  path, *g, group);
+      return FALSE;
+    }
+    g_auto(GStrv) present = g_key_file_get_keys(kf, group, NULL, NULL);
+    for (char **k = present; k && *k; k++) {
+      if (g_strv_contains(keys, *k))
+        continue;
+      g_autofree char *known = g_strjoinv(", ", (char **)keys);
+      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config %s: [%s] %s: unknown key (known keys: %s)", path,
+                  group, *k, known);
+      return FALSE;
+    }
+  }
   return TRUE;
 }
 

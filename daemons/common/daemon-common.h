@@ -27,11 +27,12 @@ typedef struct {
   char *config_path; /* --config FILE */
   char *log_format;  /* --log-format text|json (default text) */
   gboolean verbose;  /* --verbose: debug messages too */
+  gboolean version;  /* --version: the daemon prints its name and version and exits 0 */
 } OdCommonOptions;
 
 /* Parses argv with the daemon's own entries plus the common ones; on success loads the config file
- * (an empty key file when --config is absent). Called first by every daemon, it also tunes malloc
- * for a long-running process (config.c). */
+ * (an empty key file when --config is absent or --version is given). Called first by every daemon, it also
+ * tunes malloc for a long-running process (config.c). */
 gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GOptionEntry *entries,
                           OdCommonOptions *common, GKeyFile **config, GError **error);
 void od_common_options_clear(OdCommonOptions *common);
@@ -42,6 +43,12 @@ gboolean od_config_string(GKeyFile *kf, const char *group, const char *key, cons
                           GError **error);
 gboolean od_config_int(GKeyFile *kf, const char *group, const char *key, gint64 def, gint64 min, gint64 max,
                        gint64 *out, GError **error);
+
+/* Refuses a config file with a group other than group or a key in it that is not in keys (NULL
+ * terminated), naming the file, the group and the key: a misspelt key ("listn=") would otherwise
+ * leave its setting at the default without a word. path NULL: nothing was loaded, nothing to check. */
+gboolean od_config_check_keys(GKeyFile *kf, const char *path, const char *group, const char *const *keys,
+                              GError **error);
 
 /* Parses "ADDR:PORT" (ADDR may be a bracketed IPv6 literal). */
 gboolean od_parse_listen(const char *text, char **addr, guint16 *port, GError **error);

@@ -162,6 +162,26 @@ static void root_free(Root *r) {
   g_free(r->cfg.insecure_registries);
 }
 
+/* Every key [root] may hold (docs/api.md, "Configuration"); any other is refused at start. */
+static const char *const root_config_keys[] = {"state_dir",
+                                               "listen",
+                                               "ca_cert",
+                                               "ca_key",
+                                               "tls_cert",
+                                               "tls_key",
+                                               "tls_san",
+                                               "insecure",
+                                               "cluster_timeout_s",
+                                               "token_ttl_s",
+                                               "refresh_ttl_s",
+                                               "join_token_ttl_s",
+                                               "forward_max_attempts",
+                                               "cluster_prefix",
+                                               "policy",
+                                               "node_pool",
+                                               "cluster_secret_file",
+                                               NULL};
+
 /* The TLS options: each from the command line, else from [root] in the config file. */
 typedef struct {
   char *ca_cert, *ca_key, *tls_cert, *tls_key;
@@ -265,9 +285,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "oakuk-root: %s\n", error->message);
     return 2;
   }
+  if (common.version) {
+    printf("oakuk-root %s\n", OAKUK_ROOT_VERSION);
+    od_common_options_clear(&common);
+    return 0;
+  }
   od_log_init("oakuk-root", common.log_format, common.verbose);
   int rc = 1;
-  if ((state_dir == NULL &&
+  if (!od_config_check_keys(config, common.config_path, "root", root_config_keys, &error) ||
+      (state_dir == NULL &&
        !od_config_string(config, "root", "state_dir", "/var/lib/oakuk/root", &state_dir, &error)) ||
       (listen == NULL && !od_config_string(config, "root", "listen", "0.0.0.0:10000", &listen, &error)) ||
       !tls_config(config, &tls, &error))

@@ -710,6 +710,27 @@ class ClusterTest(unittest.TestCase):
         self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="GET", route="/healthz"), 1)
         self.assertNotIn(self.sid, text)
 
+    def test_15_version_and_unknown_config_refused(self):
+        """--version prints the name and version; a config file with a key or group the cluster does
+        not know stops it at start (exit 1) naming the file, the group and the key."""
+        p = subprocess.run([CLUSTER_BIN, "--version"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"^oakuk-cluster \d+\.\d+\.\d+\n$")
+        conf = os.path.join(self.tmp, "bad-cluster.conf")
+        state = os.path.join(self.tmp, "refused-state")
+        for text, want in [("[cluster]\nroot_url = %s\nlistn = 127.0.0.1:1\n" % self.root_url,
+                            "config %s: [cluster] listn: unknown key (known keys: state_dir, listen, " % conf),
+                           ("[cluster]\nroot_url = %s\n[node]\nlisten = 127.0.0.1:1\n" % self.root_url,
+                            "config %s: unknown group [node] (the only group is [cluster])" % conf)]:
+            with self.subTest(want=want):
+                with open(conf, "w") as f:
+                    f.write(text)
+                p = subprocess.run([CLUSTER_BIN, "--config", conf, "--state-dir", state], capture_output=True,
+                                   text=True, timeout=30)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn(want, p.stderr)
+                self.assertFalse(os.path.exists(state), "the cluster started before refusing its config")
+
 
 class FakeRoot:
     """Plays oakuk-root for one cluster, over HTTPS with its own CA (FAKE_CA, which the join token

@@ -671,6 +671,26 @@ class RootTest(unittest.TestCase):
         routes = {labels["route"] for name, labels, _ in m[hist]["samples"]}
         self.assertFalse([x for x in routes if re.search(r"[0-9a-f]{24}|/no/such", x)], routes)
 
+    def test_04c_version_and_unknown_config_refused(self):
+        """--version prints the name and version; a config file with a key or group the root does not
+        know stops it at start (exit 1) naming the file, the group and the key."""
+        p = subprocess.run([ROOT_BIN, "--version"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"^oakuk-root \d+\.\d+\.\d+\n$")
+        conf = os.path.join(self.tmp, "bad-root.conf")
+        state = os.path.join(self.tmp, "refused-state")
+        for text, want in [("[root]\nlistn = 127.0.0.1:1\n", "config %s: [root] listn: unknown key (known keys: "
+                            "state_dir, listen, " % conf),
+                           ("[root]\nlisten = 127.0.0.1:1\n[oakuk]\npolicy = best-fit\n",
+                            "config %s: unknown group [oakuk] (the only group is [root])" % conf)]:
+            with self.subTest(want=want):
+                pathlib.Path(conf).write_text(text)
+                p = subprocess.run([ROOT_BIN, "--config", conf, "--state-dir", state], capture_output=True,
+                                   text=True, timeout=30)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn(want, p.stderr)
+                self.assertFalse(os.path.exists(state), "the root started before refusing its config")
+
     def test_05_connections_are_not_leaked(self):
         """Connections that clients close, idle after a kept-alive response or at once, are freed:
         libsoup 3.2's own listener lost 0.3-1.9 kB of each (daemons/common/http.c)."""
