@@ -679,6 +679,11 @@ void insts_on_runtime_status(const char *instance, int32_t status, const char *d
       status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD || status == OAKUK_STATUS_COMPLETED;
   if (status == OAKUK_STATUS_RUNNING && i->running_since_us == 0)
     i->running_since_us = g_get_monotonic_time();
+  /* Once per deploy: a restart's RUNNING is not a deploy's, and a re-adopted one has no arrival. */
+  if (status == OAKUK_STATUS_RUNNING && i->received_us > 0 && !i->running_observed) {
+    i->running_observed = TRUE;
+    node_api_observe_deploy(n, i->virt, (double)(i->running_since_us - i->received_us) / G_USEC_PER_SEC);
+  }
   if (ended && (!clean || i->restart == OAKUK_RESTART_ALWAYS))
     fail(i, status, detail ? detail : "");
   else

@@ -51,15 +51,25 @@ gboolean node_publish(Node *n, const char *leaf, const char *text) {
 
 typedef struct {
   char *state_dir, *cluster_url, *join_token, *join_token_file, *name, *underlay_ip, *virtualization,
-      *insecure_registries, *qemu_user, *image_file_dirs, *image_cache_max;
+      *insecure_registries, *qemu_user, *image_file_dirs, *image_cache_max, *listen;
   gboolean allow_emulation, stop_instances, leave, insecure, prune_images;
   gint report_interval;
+  const char *config_path; /* borrowed from the common options */
 } Args;
+
+/* Every key [node] may hold (docs/node.md, "Configuration"); any other is refused at start. */
+static const char *const node_config_keys[] = {
+    "state_dir",      "cluster_url",         "join_token",      "join_token_file", "name",  "underlay_ip",
+    "listen",         "report_interval",     "allow_emulation", "stop_instances",  "leave", "insecure",
+    "virtualization", "insecure_registries", "qemu_user",       "image_file_dirs", NULL};
+
+/* The local /healthz and /metrics endpoint (api.c). */
+#define NODE_LISTEN_DEFAULT "127.0.0.1:10200"
 
 static void args_clear(Args *a) {
   char **strs[] = {&a->state_dir, &a->cluster_url,     &a->join_token,     &a->join_token_file,
                    &a->name,      &a->underlay_ip,     &a->virtualization, &a->insecure_registries,
-                   &a->qemu_user, &a->image_file_dirs, &a->image_cache_max};
+                   &a->qemu_user, &a->image_file_dirs, &a->image_cache_max, &a->listen};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -251,9 +261,27 @@ static gboolean load_sandbox_settings(Node *n, GKeyFile *kf, Args *a, GError **e
   return TRUE;
 }
 
+/* --listen ADDR:PORT (config listen, default NODE_LISTEN_DEFAULT) on loopback only, or "off". */
+static gboolean load_listen(Node *n, GKeyFile *kf, Args *a, GError **error) {
+  g_autofree char *conf = NULL;
+  if (a->listen == NULL && !od_config_string(kf, "node", "listen", NODE_LISTEN_DEFAULT, &conf, error))
+    return FALSE;
+  const char *text = a->listen ? a->listen : conf;
+  g_clear_pointer(&n->listen, g_free);
+  if (strcmp(text, "off") == 0)
+    return TRUE;
+  if (!node_api_check_listen(text, error))
+    return FALSE;
+  n->listen = g_strdup(text);
+  return TRUE;
+}
+
 static gboolean load_settings(Node *n, Args *a, GError **error) {
   GKeyFile *kf = n->config;
   g_autofree char *token_file = NULL;
+  if (!od_config_check_keys(kf, a->config_path, "node", node_config_keys, error) ||
+      !load_listen(n, kf, a, error))
+    return FALSE;
 #define STR_SETTING(field, arg, key, def)                                                                    \
   if (a->arg != NULL)                                                                                        \
     n->field = g_strdup(a->arg);                                                                             \
@@ -626,6 +654,8 @@ static void on_message(const char *topic, GBytes *payload, gpointer data) {
 static void on_state(gboolean connected, const char *reason, gpointer data) {
   Node *n = data;
   n->mqtt_up = connected;
+  /* The broker took the credentials: registered, even when the cluster was away at the start. */
+  n->registered |= connected;
   if (!connected) {
     od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "broker connection lost; reconnecting", "reason", reason,
            NULL);
@@ -790,6 +820,7 @@ static void on_registered(GObject *src, GAsyncResult *res, gpointer data) {
   g_autofree char *problem = NULL;
   if (body != NULL && status == SOUP_STATUS_CREATED) {
     if (apply_registration(n, msg, body, &error)) {
+      n->registered = TRUE;
       od_log(G_LOG_LEVEL_MESSAGE, "register", "node", n->id, "subnet", n->subnet, "broker",
              n->mqtt_tls ? "tls" : "plain", "msg", "registered", NULL);
       node_start(n);
@@ -1003,6 +1034,7 @@ static void node_free(Node *n) {
   if (n->register_source)
     g_source_remove(n->register_source);
   g_clear_pointer(&n->mqtt, od_mqtt_free);
+  node_api_stop(n);
   g_clear_pointer(&n->uk_rt, oakuk_runtime_unref);
   g_clear_pointer(&n->ctr_rt, oakuk_runtime_unref);
   if (n->insts && n->stop_instances)
@@ -1035,7 +1067,7 @@ static void node_free(Node *n) {
                    &n->mqtt_password,       &n->subnet,
                    &n->insecure_registries, &n->qemu_user,
                    &n->image_file_dirs,     &n->ca_fingerprint,
-                   &n->registered_id,       &n->image_cache_max};
+                   &n->registered_id,       &n->image_cache_max, &n->listen};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }
@@ -1080,6 +1112,10 @@ static int run(Node *n, Args *a) {
   /* Control-plane peers are reached directly: no system proxy lookup (which also keeps GIO's
    * proxy modules and libproxy out of the daemon). */
   soup_session_set_proxy_resolver(n->session, NULL);
+  if (!node_api_start(n, &error))
+    goto fail;
+  if (n->listen != NULL)
+    od_log(G_LOG_LEVEL_MESSAGE, "listen", "listen", n->listen, "msg", "serving /healthz and /metrics", NULL);
   g_unix_signal_add(SIGTERM, on_signal, n);
   g_unix_signal_add(SIGINT, on_signal, n);
   n->register_backoff_s = 1;
@@ -1131,6 +1167,10 @@ int main(int argc, char **argv) {
        "Remove every cached image and blob (run it while the node is stopped) and exit", NULL},
       {"insecure", 0, 0, G_OPTION_ARG_NONE, &a.insecure,
        "Allow plain HTTP to the cluster and plain MQTT (warned at every start)", NULL},
+      {"listen", 'l', 0, G_OPTION_ARG_STRING, &a.listen,
+       "Serve /healthz and /metrics here, a loopback address only (default " NODE_LISTEN_DEFAULT
+       "; off: none)",
+       "ADDR:PORT"},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
   if (!od_options_parse(&argc, &argv, "oakuk node: runs unikernels and containers for its cluster.", entries,
@@ -1139,6 +1179,14 @@ int main(int argc, char **argv) {
     args_clear(&a);
     return 2;
   }
+  if (common.version) {
+    printf("oakuk-node %s\n", OAKUK_NODE_VERSION);
+    args_clear(&a);
+    od_common_options_clear(&common);
+    g_clear_pointer(&n.config, g_key_file_unref);
+    return 0;
+  }
+  a.config_path = common.config_path;
   od_log_init("oakuk-node", common.log_format, common.verbose);
   int rc = run(&n, &a);
   node_free(&n);

@@ -54,18 +54,19 @@ typedef struct Inst {
   Phase phase;
   Then then; /* what follows the cleanup in flight */
   gboolean delete_requested;
-  gboolean runtime_owned;   /* the runtime knows this instance */
-  gboolean no_retry;        /* a failure that a restart here cannot mend (placement, image) */
-  gboolean restarting;      /* ended, and restarted here after a backoff (published as "restarting") */
-  guint restarts;           /* restarts since the instance last ran stably */
-  guint backoff_s;          /* the delay of the last restart */
-  gint64 running_since_us;  /* monotonic time it became RUNNING; 0 while not */
-  gint64 generation;        /* the cluster's generation of this placement (docs/reconcile.md) */
-  struct Inst *replacement; /* a deploy of a newer generation waiting for this one's cleanup */
-  gboolean ready;           /* RUNNING and answering its readiness probe */
-  gint64 ready_ms;          /* from the deploy's arrival here to ready; -1 when not known */
-  gint64 received_us;       /* monotonic time the deploy arrived here; 0 for restored ones */
-  int32_t status;           /* last status published (OAKUK_STATUS_*) */
+  gboolean runtime_owned;    /* the runtime knows this instance */
+  gboolean no_retry;         /* a failure that a restart here cannot mend (placement, image) */
+  gboolean restarting;       /* ended, and restarted here after a backoff (published as "restarting") */
+  guint restarts;            /* restarts since the instance last ran stably */
+  guint backoff_s;           /* the delay of the last restart */
+  gint64 running_since_us;   /* monotonic time it became RUNNING; 0 while not */
+  gint64 generation;         /* the cluster's generation of this placement (docs/reconcile.md) */
+  struct Inst *replacement;  /* a deploy of a newer generation waiting for this one's cleanup */
+  gboolean ready;            /* RUNNING and answering its readiness probe */
+  gint64 ready_ms;           /* from the deploy's arrival here to ready; -1 when not known */
+  gint64 received_us;        /* monotonic time the deploy arrived here; 0 for restored ones */
+  gboolean running_observed; /* its deploy-to-RUNNING time is in the node's histogram */
+  int32_t status;            /* last status published (OAKUK_STATUS_*) */
   char *detail;
   guint timer;
   gint64 last_progress_us;
@@ -102,6 +103,7 @@ struct Node {
   gboolean leave;    /* --leave: on stop, also remove the bridge, VXLAN device and nftables table */
   gboolean insecure; /* --insecure: plain HTTP to the cluster and plain MQTT allowed */
   gint64 report_interval_ms;
+  char *listen; /* --listen: the local /healthz and /metrics endpoint ("ADDR:PORT", loopback); NULL: off */
 
   /* trust (docs/security.md): the root CA, pinned by the join token's fingerprint at the first
    * contact and by <state>/pki/ca.crt from then on */
@@ -129,6 +131,13 @@ struct Node {
   oakuk_net *net;
   OdMqtt *mqtt;
   gboolean mqtt_up;
+  gboolean registered; /* the cluster accepted a registration, or the broker the stored credentials */
+
+  /* the local HTTP endpoint (api.c) */
+  SoupServer *server;
+  GHashTable *http_counts; /* status code -> count */
+  OdHistogram *http_durations;
+  OdHistogram *deploy_durations; /* from a deploy's arrival to RUNNING, by virtualization */
   guint report_source;
   GHashTable *insts;    /* name -> Inst* */
   GHashTable *services; /* rr_ip -> 1: service IPs we programmed */
@@ -140,6 +149,14 @@ struct Node {
 char *node_state_path(Node *n, const char *leaf);
 /* The credentials configured for the registry of an OCI reference; NULL: anonymous. */
 const NodeRegistryAuth *node_registry_auth(Node *n, const char *reference);
+
+/* api.c: /healthz and /metrics on n->listen (a loopback address; plain HTTP, no authentication). */
+/* Refuses a listen address that is not ADDR:PORT or not a loopback address (docs/node.md). */
+gboolean node_api_check_listen(const char *listen, GError **error);
+gboolean node_api_start(Node *n, GError **error);
+void node_api_stop(Node *n);
+/* An instance became RUNNING seconds after its deploy arrived. */
+void node_api_observe_deploy(Node *n, int32_t virt, double seconds);
 
 /* report.c: the node report (DESIGN §6) as JSON text. */
 char *node_report_json(Node *n);

@@ -498,6 +498,36 @@ class NodeTest(unittest.TestCase):
         finally:
             stop(p)
 
+    def test_00b_bad_configuration_refused(self):
+        """Unknown keys and groups in the config file and a listen address that is not loopback (the
+        endpoint is plain HTTP without authentication) stop the node at start (exit 1), naming the file,
+        group and key or the address; --version answers without reading anything."""
+        p = subprocess.run([NODE_BIN, "--version"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"^oakuk-node \d+\.\d+\.\d+\n$")
+        conf = os.path.join(self.tmp, "bad-node.conf")
+        common = ["--state-dir", os.path.join(self.tmp, "refused-state"), "--cluster-url", self.cluster_url,
+                  "--join-token", "@" + self.node_join]
+        cases = [("[node]\nlistn = 127.0.0.1:10200\n", [],
+                  "config %s: [node] listn: unknown key (known keys: state_dir, " % conf),
+                 ("[nod]\nlisten = 127.0.0.1:10200\n", [], "config %s: unknown group [nod]" % conf),
+                 ("[node]\nlisten = 0.0.0.0:10200\n", [], "--listen 0.0.0.0:10200: not a loopback address"),
+                 (None, ["--listen", "[::]:10200"], "--listen [::]:10200: not a loopback address"),
+                 (None, ["--listen", NODE_IP + ":10200"], "--listen %s:10200: not a loopback address" % NODE_IP),
+                 (None, ["--listen", "localhost:10200"], "'localhost' is not an IP address"),
+                 (None, ["--listen", "127.0.0.1"], "'127.0.0.1' is not ADDR:PORT")]
+        for text, args, want in cases:
+            with self.subTest(want=want):
+                extra = []
+                if text is not None:
+                    pathlib.Path(conf).write_text(text)
+                    extra = ["--config", conf]
+                p = subprocess.run([NODE_BIN, *common, *extra, *args], capture_output=True, text=True, timeout=30)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn(want, p.stderr)
+                self.assertIn("event=fatal", p.stderr)
+                self.assertNotIn(pathlib.Path(self.node_join).read_text().strip(), p.stderr)
+
     def test_01_register_and_report(self):
         ident = self.node_identity()
         self.assertEqual(ident["id"], "node-t")
@@ -581,6 +611,50 @@ class NodeTest(unittest.TestCase):
         nodes = HTTP.get(self.cluster_url + "/api/v1/nodes", timeout=5).json()
         self.assertEqual(next(n for n in nodes if n["id"] == "node-t")["ip"], NODE_IP)
 
+    def node_endpoint(self, path, method="GET", addr="127.0.0.1"):
+        """(curl's exit code, HTTP status, body) of a request to the node's endpoint, from its host."""
+        p = in_node_ns("curl", "-sS", "-X", method, "-o", "-", "-w", "\n%{http_code}",
+                       "http://%s:10200%s" % (addr, path))
+        body, _, code = p.stdout.rpartition("\n")
+        return p.returncode, int(code or 0), body
+
+    def node_metrics(self):
+        rc, code, body = self.node_endpoint("/metrics")
+        self.assertEqual((rc, code), (0, 200), body)
+        return edgelib.parse_metrics(body)
+
+    def test_01d_local_endpoint(self):
+        """The node serves /healthz and /metrics on 127.0.0.1:10200 of its host (by default), and on
+        no other address; the metrics parse as Prometheus text with HELP and TYPE lines."""
+        rc, code, body = self.node_endpoint("/healthz")
+        self.assertEqual((rc, code), (0, 200), body)
+        health = json.loads(body)
+        self.assertIs(health["registered"], True)
+        self.assertIs(health["mqtt_connected"], True)
+        self.assertIsInstance(health["instances"], int)
+        self.assertEqual(health["node"], "node-t")
+        self.assertEqual(self.node_endpoint("/healthz", method="POST")[1], 405)
+        self.assertEqual(self.node_endpoint("/api/v1/nodes")[1], 404)
+        # loopback only: the underlay address refuses the connection
+        rc, code, _ = self.node_endpoint("/healthz", addr=NODE_IP)
+        self.assertEqual((rc, code), (7, 0))
+        m = self.node_metrics()
+        for family, fam in m.items():
+            self.assertTrue(fam["help"], family)
+        self.assertEqual(edgelib.metric_value(m, "oakuk_build_info", daemon="oakuk-node",
+                                              version=health["version"]), 1)
+        self.assertEqual(edgelib.metric_value(m, "oakuk_node_registered"), 1)
+        self.assertEqual(edgelib.metric_value(m, "oakuk_node_mqtt_connected"), 1)
+        self.assertEqual(m["oakuk_node_deploy_to_running_seconds"]["type"], "histogram")
+        self.assertGreaterEqual(edgelib.metric_value(m, "oakuk_node_http_request_duration_seconds_count",
+                                                     method="GET", route="/healthz"), 1)
+        self.assertGreaterEqual(edgelib.metric_value(m, "oakuk_node_http_requests_total", code="405"), 1)
+        # the node's MQTT password and its join token are in no line it logged (--verbose)
+        log = self.node_log.text()
+        self.assertNotIn(self.node_identity()["mqtt_password"], log)
+        self.assertNotIn(pathlib.Path(self.node_join).read_text().strip().rsplit(".", 1)[1], log)
+        self.assertIn("event=listen listen=127.0.0.1:10200", log)
+
     def test_02_deploy_runs_guest(self):
         # the root places on clusters by their aggregates: wait until ours counts the node
         cid = HTTP.get(self.root_url + "/api/v1/clusters", headers=self.h, timeout=5).json()[0]["id"]
@@ -623,6 +697,15 @@ class NodeTest(unittest.TestCase):
         self.watch.wait(t1, "job", lambda m: m["status"] == "RUNNING" and m["instance"] == n, "re-published status")
         time.sleep(1)
         self.assertEqual(self.instance_state()["qemu"], st["qemu"])
+        # the deploy's time to RUNNING, observed once (not again for the idempotent repeat)
+        m = self.node_metrics()
+        self.assertEqual(edgelib.metric_value(m, "oakuk_node_deploy_to_running_seconds_count",
+                                              virtualization="unikernel"), 1)
+        took = edgelib.metric_value(m, "oakuk_node_deploy_to_running_seconds_sum", virtualization="unikernel")
+        self.assertTrue(0 < took < time.time() - t0, took)
+        self.assertEqual(edgelib.metric_value(m, "oakuk_node_instances", status="RUNNING"), 1)
+        rc, code, body = self.node_endpoint("/healthz")
+        self.assertEqual(json.loads(body)["instances"], 1)
 
     def test_03_malformed_payloads_are_ignored(self):
         self.assertIsNotNone(self.instance)
