@@ -672,6 +672,7 @@ class ClusterTest(unittest.TestCase):
         self.assertIn("node-join-token", log)  # the log says where the first one is
         for what, value in secrets_.items():
             self.assertNotIn(value, log, "%s in the cluster log" % what)
+            self.assertNotIn(value, self.root.text(), "%s in the root log" % what)
 
     def test_13_state_is_private(self):
         modes = {"": 0o700, "pki": 0o700, "mosquitto": 0o700, "pki/cluster.key": 0o600, "pki/ca.crt": 0o600,
