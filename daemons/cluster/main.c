@@ -83,6 +83,7 @@ typedef struct {
       *mqtt_host;
   gint mqtt_port, node_timeout, aggregate_interval, ttl, uses;
   gboolean new_token, insecure;
+  const char *config_path; /* borrowed from the common options */
 } Args;
 
 /* Every key [cluster] may hold (docs/cluster.md, "Configuration"); any other is refused at start. */
@@ -110,9 +111,9 @@ static const char *const cluster_config_keys[] = {"state_dir",
                                                   "renew_check_s",
                                                   NULL};
 
-static gboolean load_settings(Cluster *c, Args *a, const char *config_path, GError **error) {
+static gboolean load_settings(Cluster *c, Args *a, GError **error) {
   GKeyFile *kf = c->config;
-  if (!od_config_check_keys(kf, config_path, "cluster", cluster_config_keys, error))
+  if (!od_config_check_keys(kf, a->config_path, "cluster", cluster_config_keys, error))
     return FALSE;
   gint64 v = 0;
   g_autofree char *policy = NULL, *token = NULL, *pw_file = NULL;
@@ -327,9 +328,9 @@ static void args_clear(Args *a) {
     g_clear_pointer(strs[i], g_free);
 }
 
-static int run(Cluster *c, Args *a, const char *config_path) {
+static int run(Cluster *c, Args *a) {
   g_autoptr(GError) error = NULL;
-  if (!load_settings(c, a, config_path, &error) || !open_state(c, &error))
+  if (!load_settings(c, a, &error) || !open_state(c, &error))
     goto fail;
   if (a->new_token) {
     gint64 ttl = a->ttl != 0 ? a->ttl : 3600, uses = a->uses != 0 ? a->uses : 1;
@@ -438,7 +439,8 @@ int main(int argc, char **argv) {
   c.http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
   c.rate = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   c.reservations = oakuk_reservations_new();
-  int rc = run(&c, &a, common.config_path);
+  a.config_path = common.config_path;
+  int rc = run(&c, &a);
   cluster_free(&c);
   args_clear(&a);
   od_common_options_clear(&common);
