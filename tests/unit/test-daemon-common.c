@@ -1,5 +1,6 @@
 /* Pieces of daemons/common that guard secrets at rest and credentials: private state directories
- * and databases, mosquitto password lines, JWTs that always expire. */
+ * and databases, mosquitto password lines, JWTs that always expire; and what operators rely on:
+ * config files without unknown keys, Prometheus text that scrapers parse. */
 #include "daemon-common.h"
 
 #include <glib/gstdio.h>
@@ -105,10 +106,85 @@ static void test_jwt_needs_exp(void) {
   g_assert_cmpstr(err->message, ==, "token signature is invalid");
 }
 
+static GKeyFile *key_file(const char *text) {
+  GKeyFile *kf = g_key_file_new();
+  g_assert_true(g_key_file_load_from_data(kf, text, -1, G_KEY_FILE_NONE, NULL));
+  return kf;
+}
+
+static const char *const known_keys[] = {"listen", "state_dir", NULL};
+
+static void test_config_unknown_key(void) {
+  g_autoptr(GKeyFile) kf = key_file("[node]\nstate_dir = /x\nlistn = 127.0.0.1:1\n");
+  g_autoptr(GError) err = NULL;
+  g_assert_false(od_config_check_keys(kf, "/etc/oakuk/node.conf", "node", known_keys, &err));
+  g_assert_cmpstr(err->message, ==,
+                  "config /etc/oakuk/node.conf: [node] listn: unknown key (known keys: listen, state_dir)");
+}
+
+static void test_config_unknown_group(void) {
+  g_autoptr(GKeyFile) kf = key_file("[node]\nlisten = 127.0.0.1:1\n[nod]\nlisten = 127.0.0.1:2\n");
+  g_autoptr(GError) err = NULL;
+  g_assert_false(od_config_check_keys(kf, "n.conf", "node", known_keys, &err));
+  g_assert_cmpstr(err->message, ==, "config n.conf: unknown group [nod] (the only group is [node])");
+}
+
+static void test_config_known_keys(void) {
+  g_autoptr(GKeyFile) kf = key_file("# a comment\n[node]\nlisten = 127.0.0.1:1\n");
+  g_assert_true(od_config_check_keys(kf, "n.conf", "node", known_keys, NULL));
+  g_autoptr(GKeyFile) empty = g_key_file_new();
+  g_assert_true(od_config_check_keys(empty, NULL, "node", known_keys, NULL));
+}
+
+/* The exact text: cumulative buckets, +Inf equal to _count, series sorted by labels, one HELP and
+ * TYPE for all of them. */
+static void test_histogram_text(void) {
+  const double bounds[] = {0.1, 1};
+  OdHistogram *h = od_histogram_new("t_seconds", "Test\\time\nsecond line", bounds, G_N_ELEMENTS(bounds));
+  od_histogram_observe(h, "route=\"/b\"", 0.05);
+  od_histogram_observe(h, "route=\"/b\"", 0.5);
+  od_histogram_observe(h, "route=\"/b\"", 7);
+  od_histogram_observe(h, "route=\"/a\"", 1);
+  g_autoptr(GString) out = g_string_new(NULL);
+  od_histogram_write(h, out);
+  od_histogram_free(h);
+  g_assert_cmpstr(out->str, ==,
+                  "# HELP t_seconds Test\\\\time\\nsecond line\n"
+                  "# TYPE t_seconds histogram\n"
+                  "t_seconds_bucket{route=\"/a\",le=\"0.1\"} 0\n"
+                  "t_seconds_bucket{route=\"/a\",le=\"1\"} 1\n"
+                  "t_seconds_bucket{route=\"/a\",le=\"+Inf\"} 1\n"
+                  "t_seconds_sum{route=\"/a\"} 1\n"
+                  "t_seconds_count{route=\"/a\"} 1\n"
+                  "t_seconds_bucket{route=\"/b\",le=\"0.1\"} 1\n"
+                  "t_seconds_bucket{route=\"/b\",le=\"1\"} 2\n"
+                  "t_seconds_bucket{route=\"/b\",le=\"+Inf\"} 3\n"
+                  "t_seconds_sum{route=\"/b\"} 7.55\n"
+                  "t_seconds_count{route=\"/b\"} 3\n");
+}
+
+static void test_metrics_labels_and_build_info(void) {
+  g_autofree char *escaped = od_metrics_label_escape("a\"b\\c\nd");
+  g_assert_cmpstr(escaped, ==, "a\\\"b\\\\c\\nd");
+  g_autoptr(GString) out = g_string_new(NULL);
+  od_metrics_build_info(out, "oakuk-node", "1.2.3");
+  od_metrics_value(out, "x_total", "counter", "Things", 42);
+  g_assert_cmpstr(out->str, ==,
+                  "# HELP oakuk_build_info The daemon and its version; always 1\n"
+                  "# TYPE oakuk_build_info gauge\n"
+                  "oakuk_build_info{daemon=\"oakuk-node\",version=\"1.2.3\"} 1\n"
+                  "# HELP x_total Things\n# TYPE x_total counter\nx_total 42\n");
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/daemon-common/state-private", test_state_private);
   g_test_add_func("/daemon-common/mosquitto-password-line", test_mosquitto_password_line);
   g_test_add_func("/daemon-common/jwt-needs-exp", test_jwt_needs_exp);
+  g_test_add_func("/daemon-common/config/unknown-key", test_config_unknown_key);
+  g_test_add_func("/daemon-common/config/unknown-group", test_config_unknown_group);
+  g_test_add_func("/daemon-common/config/known-keys", test_config_known_keys);
+  g_test_add_func("/daemon-common/metrics/histogram-text", test_histogram_text);
+  g_test_add_func("/daemon-common/metrics/labels-and-build-info", test_metrics_labels_and_build_info);
   return g_test_run();
 }
