@@ -592,6 +592,7 @@ static void h_metrics(Req *q) {
   while (g_hash_table_iter_next(&it, &k, NULL))
     active += cluster_node_active(c, k);
   od_metrics_build_info(out, "oakuk-cluster", OAKUK_CLUSTER_VERSION);
+  od_metrics_process(out);
   od_metrics_value(out, "oakuk_cluster_nodes", "gauge", "Nodes registered",
                    store_count(c->store, STORE_COUNT_NODES));
   od_metrics_value(out, "oakuk_cluster_nodes_active", "gauge", "Nodes that reported within the node timeout",

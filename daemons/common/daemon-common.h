@@ -110,6 +110,10 @@ void od_metrics_value(GString *out, const char *name, const char *type, const ch
 char *od_metrics_label_escape(const char *value);
 /* oakuk_build_info{daemon="...",version="..."} 1, the same metric name in every daemon. */
 void od_metrics_build_info(GString *out, const char *daemon, const char *version);
+/* The process metrics of Prometheus' client libraries from /proc/self: process_cpu_seconds_total,
+ * process_resident_memory_bytes, process_virtual_memory_bytes, process_open_fds,
+ * process_start_time_seconds. */
+void od_metrics_process(GString *out);
 
 /* A histogram with fixed upper bounds (seconds), one series per label set. */
 typedef struct OdHistogram OdHistogram;

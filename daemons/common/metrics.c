@@ -1,7 +1,9 @@
 /* Prometheus text exposition (format 0.0.4): HELP and TYPE lines, build info, histograms. */
 #include "daemon-common.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Prometheus' default buckets: from a cached GET (milliseconds) to a request held for a slow
  * cluster (seconds). */
@@ -130,4 +132,48 @@ void od_histogram_write(OdHistogram *h, GString *out) {
   g_autoptr(GList) keys = g_list_sort(g_hash_table_get_keys(h->series), (GCompareFunc)strcmp);
   for (GList *l = keys; l != NULL; l = l->next)
     append_series(h, out, l->data, g_hash_table_lookup(h->series, l->data));
+}
+
+/* Seconds since the epoch at which the kernel booted ("btime" of /proc/stat); 0 if unknown. */
+static gint64 boot_time_s(void) {
+  g_autofree char *stat = NULL;
+  if (!g_file_get_contents("/proc/stat", &stat, NULL, NULL))
+    return 0;
+  const char *b = strstr(stat, "\nbtime ");
+  return b ? g_ascii_strtoll(b + 7, NULL, 10) : 0;
+}
+
+static guint open_fds(void) {
+  g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
+  guint n = 0;
+  while (dir != NULL && g_dir_read_name(dir) != NULL)
+    n++;
+  return n > 0 ? n - 1 : 0; /* not the one g_dir_open holds */
+}
+
+void od_metrics_process(GString *out) {
+  g_autofree char *stat = NULL;
+  const char *end = NULL;
+  if (!g_file_get_contents("/proc/self/stat", &stat, NULL, NULL) || (end = strrchr(stat, ')')) == NULL)
+    return;
+  /* The fields after the command name, from the state (field 3 of proc(5)) on. */
+  g_auto(GStrv) f = g_strsplit(end + 2, " ", 0);
+  if (g_strv_length(f) < 22)
+    return;
+  double tick = (double)sysconf(_SC_CLK_TCK);
+  double cpu = (g_ascii_strtod(f[11], NULL) + g_ascii_strtod(f[12], NULL)) / tick;
+  char buf[G_ASCII_DTOSTR_BUF_SIZE];
+  od_metrics_header(out, "process_cpu_seconds_total", "counter",
+                    "User and system CPU time spent, in seconds");
+  g_string_append_printf(out, "process_cpu_seconds_total %s\n",
+                         g_ascii_formatd(buf, sizeof buf, "%.2f", cpu));
+  od_metrics_value(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes",
+                   g_ascii_strtoll(f[21], NULL, 10) * sysconf(_SC_PAGESIZE));
+  od_metrics_value(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes",
+                   g_ascii_strtoll(f[20], NULL, 10));
+  od_metrics_value(out, "process_open_fds", "gauge", "Open file descriptors", open_fds());
+  od_metrics_header(out, "process_start_time_seconds", "gauge", "Start time of the process since the epoch");
+  double start = (double)boot_time_s() + g_ascii_strtod(f[19], NULL) / tick;
+  g_string_append_printf(out, "process_start_time_seconds %s\n",
+                         g_ascii_formatd(buf, sizeof buf, "%.2f", start));
 }

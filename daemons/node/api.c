@@ -69,6 +69,7 @@ static void append_instances(Node *n, GString *out) {
 static void reply_metrics(Node *n, SoupServerMessage *msg) {
   GString *out = g_string_new(NULL);
   od_metrics_build_info(out, "oakuk-node", OAKUK_NODE_VERSION);
+  od_metrics_process(out);
   od_metrics_value(out, "oakuk_node_registered", "gauge", "1 once the cluster accepted this node",
                    n->registered);
   od_metrics_value(out, "oakuk_node_mqtt_connected", "gauge", "1 while connected to the cluster's broker",

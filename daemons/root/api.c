@@ -119,6 +119,7 @@ static void h_metrics(Req *q) {
   Store *s = q->r->store;
   GString *out = g_string_new(NULL);
   od_metrics_build_info(out, "oakuk-root", OAKUK_ROOT_VERSION);
+  od_metrics_process(out);
   od_metrics_value(out, "oakuk_root_applications", "gauge", "Applications registered",
                    store_application_count(s));
   od_metrics_value(out, "oakuk_root_services", "gauge", "Services registered", store_service_count(s));

@@ -283,6 +283,22 @@ def parse_metrics(text):
     return families
 
 
+def check_process_metrics(test, families, pid):
+    """The process_* metrics describe the process pid: its resident memory (within 20%), open
+    descriptors and start time."""
+    with open("/proc/%d/statm" % pid) as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    test.assertAlmostEqual(metric_value(families, "process_resident_memory_bytes"), rss, delta=rss * 0.2)
+    test.assertGreaterEqual(metric_value(families, "process_open_fds"), 3)
+    test.assertEqual(families["process_cpu_seconds_total"]["type"], "counter")
+    with open("/proc/stat") as f:
+        btime = int(next(l for l in f if l.startswith("btime ")).split()[1])
+    with open("/proc/%d/stat" % pid) as f:
+        started = btime + int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    test.assertAlmostEqual(metric_value(families, "process_start_time_seconds"), started, delta=1)
+    test.assertLess(time.time() - started, 3600)
+
+
 def metric_value(families, name, **labels):
     """The value of the sample name with exactly these labels (None when there is none)."""
     family = families.get(name) or next((f for n, f in families.items() if name.startswith(n + "_")), None)

@@ -702,6 +702,7 @@ class ClusterTest(unittest.TestCase):
         for family, fam in m.items():
             self.assertTrue(fam["help"], family)
         self.assertEqual(edgelib.metric_value(m, "oakuk_build_info", daemon="oakuk-cluster", version=version), 1)
+        edgelib.check_process_metrics(self, m, self.cluster.proc.pid)
         self.assertEqual(m["oakuk_cluster_mqtt_rejected_total"]["type"], "counter")
         # both series, the unlabelled one (malformed payloads) and reason="rate" (counted since test_08's restart)
         self.assertIsNotNone(edgelib.metric_value(m, "oakuk_cluster_mqtt_rejected_total"))

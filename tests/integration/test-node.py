@@ -644,6 +644,7 @@ class NodeTest(unittest.TestCase):
         self.assertEqual(edgelib.metric_value(m, "oakuk_build_info", daemon="oakuk-node",
                                               version=health["version"]), 1)
         self.assertEqual(edgelib.metric_value(m, "oakuk_node_registered"), 1)
+        edgelib.check_process_metrics(self, m, self.node.pid)
         self.assertEqual(edgelib.metric_value(m, "oakuk_node_mqtt_connected"), 1)
         self.assertEqual(m["oakuk_node_deploy_to_running_seconds"]["type"], "histogram")
         self.assertGreaterEqual(edgelib.metric_value(m, "oakuk_node_http_request_duration_seconds_count",

@@ -659,6 +659,7 @@ class RootTest(unittest.TestCase):
         for family, fam in m.items():
             self.assertTrue(fam["help"], family)
         self.assertEqual(edgelib.metric_value(m, "oakuk_build_info", daemon="oakuk-root", version=version), 1)
+        edgelib.check_process_metrics(self, m, self.root.proc.pid)
         self.assertEqual(m["oakuk_root_applications"]["type"], "gauge")
         self.assertEqual(m["oakuk_root_http_requests_total"]["type"], "counter")
         hist = "oakuk_root_http_request_duration_seconds"

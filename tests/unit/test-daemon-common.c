@@ -176,6 +176,28 @@ static void test_metrics_labels_and_build_info(void) {
                   "# HELP x_total Things\n# TYPE x_total counter\nx_total 42\n");
 }
 
+/* Every process metric, each after its HELP and TYPE, with this process's values. */
+static void test_metrics_process(void) {
+  g_autoptr(GString) out = g_string_new(NULL);
+  od_metrics_process(out);
+  const char *names[] = {"process_cpu_seconds_total", "process_resident_memory_bytes",
+                         "process_virtual_memory_bytes", "process_open_fds", "process_start_time_seconds"};
+  for (gsize k = 0; k < G_N_ELEMENTS(names); k++) {
+    g_autofree char *type = g_strdup_printf("\n# TYPE %s ", names[k]);
+    g_autofree char *sample = g_strdup_printf("\n%s ", names[k]);
+    g_assert_nonnull(strstr(out->str, type));
+    g_assert_nonnull(strstr(out->str, sample));
+  }
+  const char *rss =
+      strstr(out->str, "\nprocess_resident_memory_bytes ") + strlen("\nprocess_resident_memory_bytes ");
+  g_assert_cmpint(g_ascii_strtoll(rss, NULL, 10), >, 1024 * 1024);
+  const char *start =
+      strstr(out->str, "\nprocess_start_time_seconds ") + strlen("\nprocess_start_time_seconds ");
+  double now = (double)g_get_real_time() / G_USEC_PER_SEC;
+  g_assert_cmpfloat(g_ascii_strtod(start, NULL), <=, now + 1);
+  g_assert_cmpfloat(g_ascii_strtod(start, NULL), >, now - 600);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/daemon-common/state-private", test_state_private);
@@ -186,5 +208,6 @@ int main(int argc, char **argv) {
   g_test_add_func("/daemon-common/config/known-keys", test_config_known_keys);
   g_test_add_func("/daemon-common/metrics/histogram-text", test_histogram_text);
   g_test_add_func("/daemon-common/metrics/labels-and-build-info", test_metrics_labels_and_build_info);
+  g_test_add_func("/daemon-common/metrics/process", test_metrics_process);
   return g_test_run();
 }
