@@ -113,7 +113,7 @@ static const char *const cluster_config_keys[] = {"state_dir",
 
 static gboolean load_settings(Cluster *c, Args *a, GError **error) {
   GKeyFile *kf = c->config;
-  if (!od_config_check_keys(kf, a->config_path, "cluster", cluster_config_keys, error))
+  if (!od_config_check_keys(kf, a->config_path, "cluster", cluster_config_keys, NULL, NULL, error))
     return FALSE;
   gint64 v = 0;
   g_autofree char *policy = NULL, *token = NULL, *pw_file = NULL;

@@ -100,23 +100,33 @@ gboolean od_config_int(GKeyFile *kf, const char *group, const char *key, gint64 
 }
 
 gboolean od_config_check_keys(GKeyFile *kf, const char *path, const char *group, const char *const *keys,
-                              GError **error) {
+                              const char *other_prefix, const char *const *other_keys, GError **error) {
   if (path == NULL)
     return TRUE;
   g_auto(GStrv) groups = g_key_file_get_groups(kf, NULL);
   for (char **g = groups; *g; g++) {
-    if (strcmp(*g, group) != 0) {
-      g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config %s: unknown group [%s] (the only group is [%s])",
-                  path, *g, group);
+    const char *const *allowed = NULL;
+    if (strcmp(*g, group) == 0)
+      allowed = keys;
+    else if (other_prefix != NULL && g_str_has_prefix(*g, other_prefix))
+      allowed = other_keys;
+    if (allowed == NULL) {
+      if (other_prefix != NULL)
+        g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                    "config %s: unknown group [%s] (the groups are [%s] and [%s...])", path, *g, group,
+                    other_prefix);
+      else
+        g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                    "config %s: unknown group [%s] (the only group is [%s])", path, *g, group);
       return FALSE;
     }
-    g_auto(GStrv) present = g_key_file_get_keys(kf, group, NULL, NULL);
+    g_auto(GStrv) present = g_key_file_get_keys(kf, *g, NULL, NULL);
     for (char **k = present; k && *k; k++) {
-      if (g_strv_contains(keys, *k))
+      if (g_strv_contains(allowed, *k))
         continue;
-      g_autofree char *known = g_strjoinv(", ", (char **)keys);
+      g_autofree char *known = g_strjoinv(", ", (char **)allowed);
       g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "config %s: [%s] %s: unknown key (known keys: %s)", path,
-                  group, *k, known);
+                  *g, *k, known);
       return FALSE;
     }
   }

@@ -44,11 +44,13 @@ gboolean od_config_string(GKeyFile *kf, const char *group, const char *key, cons
 gboolean od_config_int(GKeyFile *kf, const char *group, const char *key, gint64 def, gint64 min, gint64 max,
                        gint64 *out, GError **error);
 
-/* Refuses a config file with a group other than group or a key in it that is not in keys (NULL
- * terminated), naming the file, the group and the key: a misspelt key ("listn=") would otherwise
- * leave its setting at the default without a word. path NULL: nothing was loaded, nothing to check. */
+/* Refuses a config file with a group other than group (or, when other_prefix is not NULL, a group
+ * whose name starts with it, such as the node's "registry HOST"), or with a key that its group does
+ * not know (keys, other_keys: NULL terminated), naming the file, the group and the key: a misspelt
+ * key ("listn=") would otherwise leave its setting at the default without a word. path NULL:
+ * nothing was loaded, nothing to check. */
 gboolean od_config_check_keys(GKeyFile *kf, const char *path, const char *group, const char *const *keys,
-                              GError **error);
+                              const char *other_prefix, const char *const *other_keys, GError **error);
 
 /* Parses "ADDR:PORT" (ADDR may be a bracketed IPv6 literal). */
 gboolean od_parse_listen(const char *text, char **addr, guint16 *port, GError **error);

@@ -58,17 +58,34 @@ typedef struct {
 } Args;
 
 /* Every key [node] may hold (docs/node.md, "Configuration"); any other is refused at start. */
-static const char *const node_config_keys[] = {
-    "state_dir",      "cluster_url",         "join_token",      "join_token_file", "name",  "underlay_ip",
-    "listen",         "report_interval",     "allow_emulation", "stop_instances",  "leave", "insecure",
-    "virtualization", "insecure_registries", "qemu_user",       "image_file_dirs", NULL};
+static const char *const node_config_keys[] = {"state_dir",
+                                               "cluster_url",
+                                               "join_token",
+                                               "join_token_file",
+                                               "name",
+                                               "underlay_ip",
+                                               "listen",
+                                               "report_interval",
+                                               "allow_emulation",
+                                               "stop_instances",
+                                               "leave",
+                                               "insecure",
+                                               "virtualization",
+                                               "insecure_registries",
+                                               "qemu_user",
+                                               "image_file_dirs",
+                                               "image_cache_max",
+                                               NULL};
+
+/* Every key a [registry HOST[:PORT]] group may hold (docs/node.md, "Registries"). */
+static const char *const registry_config_keys[] = {"username", "password_file", NULL};
 
 /* The local /healthz and /metrics endpoint (api.c). */
 #define NODE_LISTEN_DEFAULT "127.0.0.1:10200"
 
 static void args_clear(Args *a) {
-  char **strs[] = {&a->state_dir, &a->cluster_url,     &a->join_token,     &a->join_token_file,
-                   &a->name,      &a->underlay_ip,     &a->virtualization, &a->insecure_registries,
+  char **strs[] = {&a->state_dir, &a->cluster_url,     &a->join_token,      &a->join_token_file,
+                   &a->name,      &a->underlay_ip,     &a->virtualization,  &a->insecure_registries,
                    &a->qemu_user, &a->image_file_dirs, &a->image_cache_max, &a->listen};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
@@ -279,7 +296,8 @@ static gboolean load_listen(Node *n, GKeyFile *kf, Args *a, GError **error) {
 static gboolean load_settings(Node *n, Args *a, GError **error) {
   GKeyFile *kf = n->config;
   g_autofree char *token_file = NULL;
-  if (!od_config_check_keys(kf, a->config_path, "node", node_config_keys, error) ||
+  if (!od_config_check_keys(kf, a->config_path, "node", node_config_keys, "registry ", registry_config_keys,
+                            error) ||
       !load_listen(n, kf, a, error))
     return FALSE;
 #define STR_SETTING(field, arg, key, def)                                                                    \
@@ -1060,14 +1078,23 @@ static void node_free(Node *n) {
   g_clear_object(&n->ca);
   g_clear_pointer(&n->loop, g_main_loop_unref);
   g_clear_pointer(&n->config, g_key_file_unref);
-  char **strs[] = {&n->state_dir,           &n->cluster_url,
-                   &n->join_token,          &n->name,
-                   &n->underlay_ip,         &n->id,
-                   &n->mqtt_host,           &n->mqtt_username,
-                   &n->mqtt_password,       &n->subnet,
-                   &n->insecure_registries, &n->qemu_user,
-                   &n->image_file_dirs,     &n->ca_fingerprint,
-                   &n->registered_id,       &n->image_cache_max, &n->listen};
+  char **strs[] = {&n->state_dir,
+                   &n->cluster_url,
+                   &n->join_token,
+                   &n->name,
+                   &n->underlay_ip,
+                   &n->id,
+                   &n->mqtt_host,
+                   &n->mqtt_username,
+                   &n->mqtt_password,
+                   &n->subnet,
+                   &n->insecure_registries,
+                   &n->qemu_user,
+                   &n->image_file_dirs,
+                   &n->ca_fingerprint,
+                   &n->registered_id,
+                   &n->image_cache_max,
+                   &n->listen};
   for (gsize k = 0; k < G_N_ELEMENTS(strs); k++)
     g_clear_pointer(strs[k], g_free);
 }

@@ -180,6 +180,7 @@ static const char *const root_config_keys[] = {"state_dir",
                                                "policy",
                                                "node_pool",
                                                "cluster_secret_file",
+                                               "insecure_registries",
                                                NULL};
 
 /* The TLS options: each from the command line, else from [root] in the config file. */
@@ -292,7 +293,7 @@ int main(int argc, char **argv) {
   }
   od_log_init("oakuk-root", common.log_format, common.verbose);
   int rc = 1;
-  if (!od_config_check_keys(config, common.config_path, "root", root_config_keys, &error) ||
+  if (!od_config_check_keys(config, common.config_path, "root", root_config_keys, NULL, NULL, &error) ||
       (state_dir == NULL &&
        !od_config_string(config, "root", "state_dir", "/var/lib/oakuk/root", &state_dir, &error)) ||
       (listen == NULL && !od_config_string(config, "root", "listen", "0.0.0.0:10000", &listen, &error)) ||

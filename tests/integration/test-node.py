@@ -44,6 +44,10 @@ REGISTRY_BIN = "/usr/bin/docker-registry"
 REG_USER, REG_PASS = "nodetest", "registry secret 42"
 HTTP = requests.Session()  # verify= the root's CA once it exists (setUpClass)
 HTTP.trust_env = False  # neither $REQUESTS_CA_BUNDLE (it would replace .verify) nor proxies
+# One connection per request: the root closes a kept-alive connection after 10 s without a request
+# (docs/security.md), and a POST sent on one just as it closes ends in RemoteDisconnected, which a
+# client must not retry (it is not idempotent).
+HTTP.headers["Connection"] = "close"
 CA = None  # the root's CA certificate (<root state>/pki/ca.crt)
 # Guest boots under TCG and daemons restarting: more patience than the control-plane tests.
 stop = functools.partial(edgelib.stop, timeout=20)

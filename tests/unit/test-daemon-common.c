@@ -117,7 +117,7 @@ static const char *const known_keys[] = {"listen", "state_dir", NULL};
 static void test_config_unknown_key(void) {
   g_autoptr(GKeyFile) kf = key_file("[node]\nstate_dir = /x\nlistn = 127.0.0.1:1\n");
   g_autoptr(GError) err = NULL;
-  g_assert_false(od_config_check_keys(kf, "/etc/oakuk/node.conf", "node", known_keys, &err));
+  g_assert_false(od_config_check_keys(kf, "/etc/oakuk/node.conf", "node", known_keys, NULL, NULL, &err));
   g_assert_cmpstr(err->message, ==,
                   "config /etc/oakuk/node.conf: [node] listn: unknown key (known keys: listen, state_dir)");
 }
@@ -125,15 +125,37 @@ static void test_config_unknown_key(void) {
 static void test_config_unknown_group(void) {
   g_autoptr(GKeyFile) kf = key_file("[node]\nlisten = 127.0.0.1:1\n[nod]\nlisten = 127.0.0.1:2\n");
   g_autoptr(GError) err = NULL;
-  g_assert_false(od_config_check_keys(kf, "n.conf", "node", known_keys, &err));
+  g_assert_false(od_config_check_keys(kf, "n.conf", "node", known_keys, NULL, NULL, &err));
   g_assert_cmpstr(err->message, ==, "config n.conf: unknown group [nod] (the only group is [node])");
+}
+
+/* The node's [registry HOST] groups: their own keys, checked as strictly; other groups still refused. */
+static void test_config_other_groups(void) {
+  static const char *const registry_keys[] = {"username", "password_file", NULL};
+  g_autoptr(GKeyFile) ok =
+      key_file("[node]\nlisten = 127.0.0.1:1\n[registry reg.example:5000]\nusername = u\n"
+               "password_file = /p\n");
+  g_assert_true(od_config_check_keys(ok, "n.conf", "node", known_keys, "registry ", registry_keys, NULL));
+  g_autoptr(GKeyFile) bad_key = key_file("[registry reg.example]\nusername = u\npassword = secret\n");
+  g_autoptr(GError) err = NULL;
+  g_assert_false(
+      od_config_check_keys(bad_key, "n.conf", "node", known_keys, "registry ", registry_keys, &err));
+  g_assert_cmpstr(
+      err->message, ==,
+      "config n.conf: [registry reg.example] password: unknown key (known keys: username, password_file)");
+  g_clear_error(&err);
+  g_autoptr(GKeyFile) bad_group = key_file("[registri x]\nusername = u\n");
+  g_assert_false(
+      od_config_check_keys(bad_group, "n.conf", "node", known_keys, "registry ", registry_keys, &err));
+  g_assert_cmpstr(err->message, ==,
+                  "config n.conf: unknown group [registri x] (the groups are [node] and [registry ...])");
 }
 
 static void test_config_known_keys(void) {
   g_autoptr(GKeyFile) kf = key_file("# a comment\n[node]\nlisten = 127.0.0.1:1\n");
-  g_assert_true(od_config_check_keys(kf, "n.conf", "node", known_keys, NULL));
+  g_assert_true(od_config_check_keys(kf, "n.conf", "node", known_keys, NULL, NULL, NULL));
   g_autoptr(GKeyFile) empty = g_key_file_new();
-  g_assert_true(od_config_check_keys(empty, NULL, "node", known_keys, NULL));
+  g_assert_true(od_config_check_keys(empty, NULL, "node", known_keys, NULL, NULL, NULL));
 }
 
 /* The exact text: cumulative buckets, +Inf equal to _count, series sorted by labels, one HELP and
@@ -206,6 +228,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/daemon-common/config/unknown-key", test_config_unknown_key);
   g_test_add_func("/daemon-common/config/unknown-group", test_config_unknown_group);
   g_test_add_func("/daemon-common/config/known-keys", test_config_known_keys);
+  g_test_add_func("/daemon-common/config/other-groups", test_config_other_groups);
   g_test_add_func("/daemon-common/metrics/histogram-text", test_histogram_text);
   g_test_add_func("/daemon-common/metrics/labels-and-build-info", test_metrics_labels_and_build_info);
   g_test_add_func("/daemon-common/metrics/process", test_metrics_process);
