@@ -179,6 +179,10 @@ gboolean oakuk_instance_name_is_valid(const char *name);
  * oakuk_instance_ready when every probe the instance has succeeded. */
 void oakuk_probe_start(OakukInstance *i);
 void oakuk_probe_stop(OakukInstance *i);
+/* The instance's process ended while it was RUNNING and not yet ready: reads the console one last
+ * time, and reports it ready (before its end) when that completes what it waited for — a guest that
+ * prints its ready text and powers off at once ends before the next probe tick. */
+void oakuk_probe_final(OakukInstance *i);
 void oakuk_instance_ready(OakukInstance *i);
 /* A RUNNING status with a detail (NULL clears it), from the probes. */
 void oakuk_instance_note(OakukInstance *i, const char *detail);

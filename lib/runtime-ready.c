@@ -213,6 +213,16 @@ static void schedule(struct OakukProbe *p) {
   g_source_attach(p->timer, p->i->context);
 }
 
+void oakuk_probe_final(OakukInstance *i) {
+  struct OakukProbe *p = i->probe;
+  if (!p || i->ready)
+    return;
+  if (i->ready_text)
+    read_console(p);
+  if (ready_done(p))
+    oakuk_instance_ready(i);
+}
+
 void oakuk_probe_start(OakukInstance *i) {
   oakuk_probe_stop(i);
   if (!tcp_wanted(i) && !i->ready_text) {

@@ -384,6 +384,8 @@ static void on_exited(OakukInstance *i, int wait_status) {
   if (i->state == OAKUK_INST_EXITED)
     return;
   gboolean ran = i->state == OAKUK_INST_RUNNING;
+  if (ran)
+    oakuk_probe_final(i); /* its ready text may be the last thing it printed */
   i->state = OAKUK_INST_EXITED;
   i->pid = 0;
   i->ready = FALSE;

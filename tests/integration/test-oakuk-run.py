@@ -508,6 +508,21 @@ class UkGuestRun(RunBase):
         self.assert_clean_console(r)
         self.assert_nothing_left()
 
+    def test_ready_text_then_power_off(self):
+        """A guest that prints its --ready-serial text and powers off at once ends before the next
+        probe tick: it is still reported ready (before its end), from one last look at its console."""
+        # console and messages on one pipe, as `oakuk run ... 2>&1 | less` has them
+        p = subprocess.run([*NSENTER, OAKUK, "run", "--state-dir", self.state, "--name", self.name,
+                            "--allow-emulation", "--ready-serial", "Hello from the oakuk test kernel",
+                            str(UKGUEST["0.16.3"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        ready = p.stdout.find(f"instance {self.name} ready ")
+        end = p.stdout.find(f"instance {self.name} DEAD: exited cleanly")
+        self.assertGreaterEqual(ready, 0, p.stdout)
+        self.assertGreater(end, ready, p.stdout)
+        self.assert_nothing_left()
+
     def test_old_convention_by_version(self):
         r = self.start("--allow-emulation", str(UKGUEST["0.15.0"]))
         self.assertEqual(r.finish(120), 0, r.stderr())
