@@ -660,13 +660,28 @@ class NodeTest(unittest.TestCase):
         self.assertNotIn(pathlib.Path(self.node_join).read_text().strip().rsplit(".", 1)[1], log)
         self.assertIn("event=listen listen=127.0.0.1:10200", log)
 
+    def post_instance(self):
+        """POST /api/service/<sid>/instance, sent again once when the root closed the connection
+        without an answer and no instance was made. oakuk-root sometimes closes a TLS connection
+        before reading its request when the connection arrives while its control loop is busy (an
+        open bug: about 1 in 50 connections opened right after an instance POST, never over plain
+        HTTP); such a request never reaches a handler, so sending it again makes no second instance."""
+        url = self.root_url + "/api/service/%s/instance" % self.sid
+        listing = self.root_url + "/api/v1/services/%s/instances" % self.sid
+        before = len(HTTP.get(listing, headers=self.h, timeout=5).json())
+        try:
+            return HTTP.post(url, headers=self.h, timeout=10)
+        except requests.exceptions.ConnectionError:
+            self.assertEqual(len(HTTP.get(listing, headers=self.h, timeout=5).json()), before)
+            return HTTP.post(url, headers=self.h, timeout=10)
+
     def test_02_deploy_runs_guest(self):
         # the root places on clusters by their aggregates: wait until ours counts the node
         cid = HTTP.get(self.root_url + "/api/v1/clusters", headers=self.h, timeout=5).json()[0]["id"]
         wait_until("node active at the root", lambda: HTTP.get(
             self.root_url + "/api/v1/clusters/" + cid, headers=self.h, timeout=5).json()["active_nodes"] == 1)
         t0 = time.time()
-        r = HTTP.post(self.root_url + "/api/service/%s/instance" % self.sid, headers=self.h, timeout=10)
+        r = self.post_instance()
         self.assertEqual(r.status_code, 200, r.text)
         n = r.json()["instance_number"]
         type(self).instance = "%s.instance.%d" % (JOB, n)
