@@ -34,6 +34,7 @@ import unittest
 import urllib.request
 
 import requests
+import urllib3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import edgelib  # noqa: E402
@@ -48,6 +49,12 @@ HTTP.trust_env = False  # neither $REQUESTS_CA_BUNDLE (it would replace .verify)
 # (docs/security.md), and a POST sent on one just as it closes ends in RemoteDisconnected, which a
 # client must not retry (it is not idempotent).
 HTTP.headers["Connection"] = "close"
+# oakuk-root sometimes closes a TLS connection before reading its request when the connection comes
+# while its control loop is busy (an open bug, see post_instance below): a request whose connection
+# closed without an answer is sent again, up to 3 times, whatever its method (such a request never
+# reached a handler: nothing was done twice).
+HTTP.mount("https://", requests.adapters.HTTPAdapter(max_retries=urllib3.util.Retry(
+    total=3, connect=3, read=3, status=0, backoff_factor=0.1, raise_on_status=False, allowed_methods=None)))
 CA = None  # the root's CA certificate (<root state>/pki/ca.crt)
 # Guest boots under TCG and daemons restarting: more patience than the control-plane tests.
 stop = functools.partial(edgelib.stop, timeout=20)
@@ -669,11 +676,13 @@ class NodeTest(unittest.TestCase):
         url = self.root_url + "/api/service/%s/instance" % self.sid
         listing = self.root_url + "/api/v1/services/%s/instances" % self.sid
         before = len(HTTP.get(listing, headers=self.h, timeout=5).json())
-        try:
-            return HTTP.post(url, headers=self.h, timeout=10)
-        except requests.exceptions.ConnectionError:
-            self.assertEqual(len(HTTP.get(listing, headers=self.h, timeout=5).json()), before)
-            return HTTP.post(url, headers=self.h, timeout=10)
+        for attempt in range(3):
+            try:
+                return HTTP.post(url, headers=self.h, timeout=10)
+            except requests.exceptions.ConnectionError:
+                if attempt == 2:
+                    raise
+                self.assertEqual(len(HTTP.get(listing, headers=self.h, timeout=5).json()), before)
 
     def test_02_deploy_runs_guest(self):
         # the root places on clusters by their aggregates: wait until ours counts the node
