@@ -35,7 +35,6 @@
 /* ---------------------------------------------------------------------------------------------- */
 /* JSON from outside, by type */
 
-
 /* The string members of o's object member key (annotations, Labels) added to t, the first value of
  * a key winning; at most ANNOTATIONS_MAX. */
 static void string_map_add(GHashTable *t, JsonObject *o, const char *key) {

@@ -7,6 +7,7 @@
 #define OAKUK_OAKUK_H
 
 #define OAKUK_INSIDE_OAKUK_H
+/* clang-format off: each header needs the ones above it */
 #include <oakuk/common.h>
 #include <oakuk/error.h>
 #include <oakuk/json.h>
@@ -21,6 +22,7 @@
 #include <oakuk/container.h>
 #include <oakuk/console.h>
 #include <oakuk/oci.h>
+/* clang-format on */
 #undef OAKUK_INSIDE_OAKUK_H
 
 #endif

@@ -14,8 +14,8 @@
 
 /* Exit statuses of the control-plane commands, beyond those of oakuk-cli.h. */
 #define OAKUK_CLI_INVALID 2 /* bad command line or invalid descriptor (same as OAKUK_CLI_USAGE) */
-#define OAKUK_CLI_AUTH 4 /* not logged in, the root refused the credentials, or its certificate was refused  \
-                          */
+/* not logged in, the root refused the credentials, or its certificate was refused */
+#define OAKUK_CLI_AUTH 4
 #define OAKUK_CLI_UNREACHABLE 5 /* the root could not be reached */
 #define OAKUK_CLI_NOT_FOUND 6   /* unknown service, instance, cluster or user */
 

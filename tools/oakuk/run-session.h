@@ -16,17 +16,17 @@ typedef struct {
   int32_t vcpus;
   char **ports; /* "HOST:GUEST[/tcp|udp]", NULL-terminated, may be NULL */
   bool allow_emulation;
-  const char *flavor;       /* "unikraft" | "linux" | NULL (the image's) */
-  const char *uk_version;   /* NULL = the image's */
-  const char *files_dir;    /* NULL = the image's files/ */
-  const char *state_dir;    /* NULL = /var/lib/oakuk/run (root) or $XDG_RUNTIME_DIR/oakuk/run */
-  const char *subnet;       /* the local bridge's subnet */
-  bool net_nat;             /* the thesis layout (virbr0 + DNAT in the netns) instead of direct */
-  char **args;              /* guest arguments (after "--"), NULL-terminated, may be NULL */
-  int32_t ready_port;       /* guest port probed for readiness; -1 = the guest side of the first TCP
-                             * port mapping (none without one); 0 = no TCP probe */
-  const char *ready_serial; /* console text that says ready; NULL = none */
-  int64_t ready_timeout_s;  /* stop the guest when it is not ready after this; 0 = wait for good */
+  const char *flavor;              /* "unikraft" | "linux" | NULL (the image's) */
+  const char *uk_version;          /* NULL = the image's */
+  const char *files_dir;           /* NULL = the image's files/ */
+  const char *state_dir;           /* NULL = /var/lib/oakuk/run (root) or $XDG_RUNTIME_DIR/oakuk/run */
+  const char *subnet;              /* the local bridge's subnet */
+  bool net_nat;                    /* the thesis layout (virbr0 + DNAT in the netns) instead of direct */
+  char **args;                     /* guest arguments (after "--"), NULL-terminated, may be NULL */
+  int32_t ready_port;              /* guest port probed for readiness; -1 = the guest side of the first TCP
+                                    * port mapping (none without one); 0 = no TCP probe */
+  const char *ready_serial;        /* console text that says ready; NULL = none */
+  int64_t ready_timeout_s;         /* stop the guest when it is not ready after this; 0 = wait for good */
   const char *insecure_registries; /* OCI registries reached over plain http; NULL = loopback only */
   const char *username, *password; /* OCI registry credentials; NULL = anonymous */
 } OakukRunOptions;
