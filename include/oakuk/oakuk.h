@@ -7,7 +7,8 @@
 #define OAKUK_OAKUK_H
 
 #define OAKUK_INSIDE_OAKUK_H
-/* clang-format off: each header needs the ones above it */
+/* Each header needs the ones above it: */
+/* clang-format off */
 #include <oakuk/common.h>
 #include <oakuk/error.h>
 #include <oakuk/json.h>
