@@ -6,8 +6,7 @@
 #include <string.h>
 
 /* Every phase of a request has a deadline: a client that sends nothing, sends its headers or body
- * a byte at a time, or does not read its response loses the connection instead of holding it. The
- * header deadline also bounds how long a kept-alive connection may sit idle. */
+ * a byte at a time, or does not read its response loses the connection instead of holding it. */
 #define HEADER_TIMEOUT_S 10
 #define BODY_TIMEOUT_S 30
 #define RESPONSE_TIMEOUT_S 30
@@ -181,12 +180,23 @@ static void wrote_headers(SoupServerMessage *msg, gpointer data) {
   deadline_arm(msg, "response", RESPONSE_TIMEOUT_S);
 }
 
-/* A kept-alive connection waits for its next request's headers. */
+/* Until the connection closes after the response. */
 static void finished(SoupServerMessage *msg, gpointer data) {
   deadline_arm(msg, "headers", HEADER_TIMEOUT_S);
 }
 
+/* Every response says "Connection: close", and the connection is closed after it. libsoup 3.2 keeps
+ * a connection open after a response only while the server has a listener of its own
+ * (request_finished in soup-server.c tests priv->listeners), and connections accepted here are
+ * handed over with soup_server_accept_iostream: it closed them after every response without saying
+ * so, and an HTTP/1.1 client that reused one (requests.Session, curl) had its next request cut off
+ * whenever the close had not reached it yet, a request lost before any handler saw it. Keeping
+ * connections alive with libsoup 3.2 is not an option either: a kept-alive connection that ends
+ * while idle (the client closes it, or the header deadline does) is never released, socket
+ * included (its next message has no completion callback until a byte arrives; fixed in 3.3).
+ * The cost is a connection, and with TLS a handshake, per request. */
 static void request_started(SoupServer *server, SoupServerMessage *msg, gpointer data) {
+  soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Connection", "close");
   deadline_arm(msg, "headers", HEADER_TIMEOUT_S);
   g_signal_connect(msg, "got-headers", G_CALLBACK(got_headers), NULL);
   g_signal_connect(msg, "got-body", G_CALLBACK(got_body), NULL);

@@ -228,6 +228,46 @@ class Hostile(unittest.TestCase):
         self.assertIn(b"<timeout>", results["half-body"][0])
         self.assert_alive()
 
+    def test_back_to_back_requests_on_one_session(self):
+        """A client that reuses its connection (requests.Session, curl) never has a request cut off:
+        every response says "Connection: close" and the connection is closed after it. libsoup 3.2
+        closed it without saying so, and a reused connection lost its next request now and then
+        (1 in 50 right after an instance POST, when the root's loop was busy)."""
+        cp = self.cp
+        app = requests.post(cp.root_url + "/api/v1/applications", headers=cp.headers, timeout=10, json={
+            "sla_version": "v2.0", "customerID": "Admin", "applications": [{
+                "applicationID": "", "application_name": "kalive", "application_namespace": "test",
+                "application_desc": "", "microservices": [{
+                    "microserviceID": "", "microservice_name": "c", "microservice_namespace": "test",
+                    "virtualization": "container", "cmd": ["sleep", "1"], "memory": 10, "vcpus": 1,
+                    "code": "127.0.0.1:5000/x:1"}]}]})
+        self.assertEqual(app.status_code, 201, app.text)
+        sid = app.json()["applications"][0]["microservices"][0]
+        for name, (url, pid, _) in self.targets.items():
+            session = requests.Session()
+            session.verify = CA_FILE
+            session.trust_env = False
+            # No retries: a request cut off fails the test.
+            session.mount("https://", requests.adapters.HTTPAdapter(max_retries=0))
+            failures = []
+            for k in range(1000):
+                try:
+                    if name == "root" and k % 4 == 3:
+                        # Keeps the root's loop busy for the next request (scheduling, the database).
+                        r = session.post(url + "/api/service/%s/instance" % sid, headers=cp.headers, timeout=10)
+                    elif name == "root" and k % 2:
+                        r = session.get(url + "/api/v1/clusters", headers=cp.headers, timeout=10)
+                    else:
+                        r = session.get(url + "/healthz", timeout=10)
+                    self.assertLess(r.status_code, 300, r.text)
+                    self.assertEqual(r.headers.get("Connection"), "close", (name, k, dict(r.headers)))
+                except requests.exceptions.ConnectionError as e:
+                    failures.append((k, str(e)[:200]))
+            session.close()
+            self.assertEqual(failures, [], name)
+        requests.delete(cp.root_url + "/api/v1/services/%s" % sid, headers=cp.headers, timeout=10)
+        self.assert_alive()
+
     def test_control_characters_round_trip(self):
         url = self.cp.root_url
         with open(os.path.join(os.environ["OAKUK_FIXTURES"], "thesis", "nginx-unikernel.json")) as f:

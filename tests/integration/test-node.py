@@ -34,7 +34,6 @@ import unittest
 import urllib.request
 
 import requests
-import urllib3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import edgelib  # noqa: E402
@@ -45,16 +44,6 @@ REGISTRY_BIN = "/usr/bin/docker-registry"
 REG_USER, REG_PASS = "nodetest", "registry secret 42"
 HTTP = requests.Session()  # verify= the root's CA once it exists (setUpClass)
 HTTP.trust_env = False  # neither $REQUESTS_CA_BUNDLE (it would replace .verify) nor proxies
-# One connection per request: the root closes a kept-alive connection after 10 s without a request
-# (docs/security.md), and a POST sent on one just as it closes ends in RemoteDisconnected, which a
-# client must not retry (it is not idempotent).
-HTTP.headers["Connection"] = "close"
-# oakuk-root sometimes closes a TLS connection before reading its request when the connection comes
-# while its control loop is busy (an open bug, see post_instance below): a request whose connection
-# closed without an answer is sent again, up to 3 times, whatever its method (such a request never
-# reached a handler: nothing was done twice).
-HTTP.mount("https://", requests.adapters.HTTPAdapter(max_retries=urllib3.util.Retry(
-    total=3, connect=3, read=3, status=0, backoff_factor=0.1, raise_on_status=False, allowed_methods=None)))
 CA = None  # the root's CA certificate (<root state>/pki/ca.crt)
 # Guest boots under TCG and daemons restarting: more patience than the control-plane tests.
 stop = functools.partial(edgelib.stop, timeout=20)
@@ -667,30 +656,13 @@ class NodeTest(unittest.TestCase):
         self.assertNotIn(pathlib.Path(self.node_join).read_text().strip().rsplit(".", 1)[1], log)
         self.assertIn("event=listen listen=127.0.0.1:10200", log)
 
-    def post_instance(self):
-        """POST /api/service/<sid>/instance, sent again once when the root closed the connection
-        without an answer and no instance was made. oakuk-root sometimes closes a TLS connection
-        before reading its request when the connection arrives while its control loop is busy (an
-        open bug: about 1 in 50 connections opened right after an instance POST, never over plain
-        HTTP); such a request never reaches a handler, so sending it again makes no second instance."""
-        url = self.root_url + "/api/service/%s/instance" % self.sid
-        listing = self.root_url + "/api/v1/services/%s/instances" % self.sid
-        before = len(HTTP.get(listing, headers=self.h, timeout=5).json())
-        for attempt in range(3):
-            try:
-                return HTTP.post(url, headers=self.h, timeout=10)
-            except requests.exceptions.ConnectionError:
-                if attempt == 2:
-                    raise
-                self.assertEqual(len(HTTP.get(listing, headers=self.h, timeout=5).json()), before)
-
     def test_02_deploy_runs_guest(self):
         # the root places on clusters by their aggregates: wait until ours counts the node
         cid = HTTP.get(self.root_url + "/api/v1/clusters", headers=self.h, timeout=5).json()[0]["id"]
         wait_until("node active at the root", lambda: HTTP.get(
             self.root_url + "/api/v1/clusters/" + cid, headers=self.h, timeout=5).json()["active_nodes"] == 1)
         t0 = time.time()
-        r = self.post_instance()
+        r = HTTP.post(self.root_url + "/api/service/%s/instance" % self.sid, headers=self.h, timeout=10)
         self.assertEqual(r.status_code, 200, r.text)
         n = r.json()["instance_number"]
         type(self).instance = "%s.instance.%d" % (JOB, n)
