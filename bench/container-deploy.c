@@ -33,8 +33,10 @@ static void wait_for(int32_t status) {
 
 static gboolean sh(const char *const *argv) {
   int st;
-  return g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL |
-                      G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL, &st, NULL) && g_spawn_check_wait_status(st, NULL);
+  return g_spawn_sync(NULL, (char **)argv, NULL,
+                      G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL,
+                      NULL, NULL, NULL, &st, NULL) &&
+         g_spawn_check_wait_status(st, NULL);
 }
 
 int main(void) {
@@ -43,20 +45,25 @@ int main(void) {
     return 0;
   }
   g_autofree char *work = g_dir_make_tmp("oakuk-bench-ctr-XXXXXX", NULL);
-  g_autoptr(GSocket) s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr(GSocket) s =
+      g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
   g_autoptr(GSocketAddress) a = g_inet_socket_address_new_from_string("127.0.0.1", 0);
   g_socket_bind(s, a, FALSE, NULL);
   g_autoptr(GSocketAddress) bound = g_socket_get_local_address(s, NULL);
-  g_autofree char *addr = g_strdup_printf("127.0.0.1:%u", g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound)));
+  g_autofree char *addr =
+      g_strdup_printf("127.0.0.1:%u", g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound)));
   g_socket_close(s, NULL);
   g_autofree char *cfg = g_build_filename(work, "registry.yml", NULL);
-  g_autofree char *yml = g_strdup_printf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
-                                         "%s/registry\nhttp:\n  addr: %s\n", work, addr);
+  g_autofree char *yml =
+      g_strdup_printf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
+                      "%s/registry\nhttp:\n  addr: %s\n",
+                      work, addr);
   g_file_set_contents(cfg, yml, -1, NULL);
   const char *rargv[] = {"/usr/bin/docker-registry", "serve", cfg, NULL};
   GPid reg = 0;
-  if (!g_spawn_async(NULL, (char **)rargv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL |
-                     G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &reg, NULL))
+  if (!g_spawn_async(NULL, (char **)rargv, NULL,
+                     G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL,
+                     NULL, NULL, &reg, NULL))
     return 1;
   g_usleep(1000000);
   g_autofree char *rootfs = g_build_filename(work, "tree", NULL);
@@ -68,7 +75,8 @@ int main(void) {
   g_autofree char *shl = g_build_filename(bin, "sleep", NULL);
   symlink("busybox", shl);
   oakuk_error *err = NULL;
-  int rc = oakuk_container_build_rootfs_image(rootfs, addr, "bench/busybox", "1", NULL, NULL, NULL, NULL, &err);
+  int rc =
+      oakuk_container_build_rootfs_image(rootfs, addr, "bench/busybox", "1", NULL, NULL, NULL, NULL, &err);
   if (rc) {
     fprintf(stderr, "container-deploy: push: %s\n", oakuk_error_message(err));
     kill(reg, SIGTERM);
@@ -96,7 +104,8 @@ int main(void) {
     if (r >= 0)
       ours += (double)(t1 - t0) / 1000.0;
     if (r == -1) { /* the reference uses the very same config.json, rootfs = the cached image */
-      g_autofree char *c = g_build_filename(state, "instances", "bench.ctr.instance.0", "bundle", "config.json", NULL);
+      g_autofree char *c =
+          g_build_filename(state, "instances", "bench.ctr.instance.0", "bundle", "config.json", NULL);
       g_autofree char *text = NULL;
       g_file_get_contents(c, &text, NULL, NULL);
       g_autofree char *refdir = g_path_get_dirname(refcfg);

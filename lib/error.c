@@ -11,7 +11,10 @@ struct oakuk_error {
   GPtrArray *item_messages; /* char*, may be NULL */
 };
 
+/* The quark's name is the macro argument's spelling. */
+/* clang-format off */
 G_DEFINE_QUARK(oakuk-error-quark, oakuk_error)
+/* clang-format on */
 
 oakuk_error *oakuk_error_new_literal(int32_t code, int32_t errnum, const char *path, const char *message) {
   oakuk_error *e = g_new0(oakuk_error, 1);

@@ -175,14 +175,16 @@ void oakuk_nft_add_nat_chain(OakukNft *t, const char *name, int hook, int prio) 
   nftnl_chain_set_s32(c, NFTNL_CHAIN_PRIO, prio);
   nftnl_chain_set_str(c, NFTNL_CHAIN_TYPE, "nat");
   nftnl_chain_set_u32(c, NFTNL_CHAIN_POLICY, NF_ACCEPT);
-  nftnl_chain_nlmsg_build_payload(msg(t, NFT_MSG_NEWCHAIN, NLM_F_CREATE, g_strdup_printf("add chain %s", name)), c);
+  nftnl_chain_nlmsg_build_payload(
+      msg(t, NFT_MSG_NEWCHAIN, NLM_F_CREATE, g_strdup_printf("add chain %s", name)), c);
   nftnl_chain_free(c);
   next(t);
 }
 
 void oakuk_nft_add_chain(OakukNft *t, const char *name) {
   struct nftnl_chain *c = chain_new(name);
-  nftnl_chain_nlmsg_build_payload(msg(t, NFT_MSG_NEWCHAIN, NLM_F_CREATE, g_strdup_printf("add chain %s", name)), c);
+  nftnl_chain_nlmsg_build_payload(
+      msg(t, NFT_MSG_NEWCHAIN, NLM_F_CREATE, g_strdup_printf("add chain %s", name)), c);
   nftnl_chain_free(c);
   next(t);
 }
@@ -204,8 +206,8 @@ void oakuk_nft_flush_chain(OakukNft *t, const char *name) {
 }
 
 /* A named map of the table, or an anonymous constant set/map bound to the next rule. */
-static struct nftnl_set *set_new(OakukNft *t, const char *name, guint32 flags, guint32 key_type, guint32 key_len,
-                                 guint32 data_type, guint32 data_len) {
+static struct nftnl_set *set_new(OakukNft *t, const char *name, guint32 flags, guint32 key_type,
+                                 guint32 key_len, guint32 data_type, guint32 data_len) {
   struct nftnl_set *s = nftnl_set_alloc();
   nftnl_set_set_str(s, NFTNL_SET_TABLE, TABLE);
   nftnl_set_set_str(s, NFTNL_SET_NAME, name);
@@ -319,7 +321,8 @@ void oakuk_nft_service_delete(OakukNft *t, guint32 ip) {
 #define REG9 NFT_REG32_01
 
 /* An expression with up to three u32 attributes (attr < 0: unused). */
-static void expr3(struct nftnl_rule *r, const char *name, int a1, guint32 v1, int a2, guint32 v2, int a3, guint32 v3) {
+static void expr3(struct nftnl_rule *r, const char *name, int a1, guint32 v1, int a2, guint32 v2, int a3,
+                  guint32 v3) {
   struct nftnl_expr *e = nftnl_expr_alloc(name);
   const int attr[] = {a1, a2, a3};
   const guint32 val[] = {v1, v2, v3};
@@ -424,8 +427,8 @@ static void rule_add(OakukNft *t, struct nftnl_rule *r, const char *chain) {
 }
 
 /* The node's rules; the maps must exist or be added in the same transaction (set ids 1 and 2). */
-void oakuk_nft_node_rules(OakukNft *t, const char *bridge, guint32 subnet, guint subnet_prefix, guint32 overlay,
-                          guint overlay_prefix, guint32 service, guint service_prefix) {
+void oakuk_nft_node_rules(OakukNft *t, const char *bridge, guint32 subnet, guint subnet_prefix,
+                          guint32 overlay, guint overlay_prefix, guint32 service, guint service_prefix) {
   static const char *const vchains[] = {"prerouting", "output"};
   for (guint i = 0; i < G_N_ELEMENTS(vchains); i++) {
     /* ip daddr vmap @services */
@@ -498,7 +501,8 @@ void oakuk_nft_instance_nat_rules(OakukNft *t, const char *eth, guint32 ip, guin
 void oakuk_nft_service_rule(OakukNft *t, const char *chain, guint port, const guint32 *backends, guint n) {
   struct nftnl_rule *r = rule_new(chain);
   if (port) {
-    struct nftnl_set *protos = set_new(t, "__set%d", NFT_SET_ANONYMOUS | NFT_SET_CONSTANT, TYPE_INET_PROTOCOL, 1, 0, 0);
+    struct nftnl_set *protos =
+        set_new(t, "__set%d", NFT_SET_ANONYMOUS | NFT_SET_CONSTANT, TYPE_INET_PROTOCOL, 1, 0, 0);
     nftnl_set_set_u32(protos, NFTNL_SET_DESC_SIZE, 2);
     for (guint i = 0; i < 2; i++) {
       guint8 p = i ? IPPROTO_UDP : IPPROTO_TCP;
@@ -515,8 +519,8 @@ void oakuk_nft_service_rule(OakukNft *t, const char *chain, guint port, const gu
     load(r, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, REG1);
     cmp(r, REG1, NFT_CMP_EQ, &p, 2);
   }
-  struct nftnl_set *map = set_new(t, "__map%d", NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP, TYPE_INTEGER, 4,
-                                  TYPE_IPADDR, 4);
+  struct nftnl_set *map = set_new(t, "__map%d", NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP,
+                                  TYPE_INTEGER, 4, TYPE_IPADDR, 4);
   nftnl_set_set_u32(map, NFTNL_SET_DESC_SIZE, n);
   /* For nft list: the keys are host-order integers (what numgen yields), the data big-endian. */
   struct nftnl_udata_buf *u = nftnl_udata_buf_alloc(64);
@@ -533,7 +537,8 @@ void oakuk_nft_service_rule(OakukNft *t, const char *chain, guint port, const gu
   }
   set_add(t, map, g_strdup_printf("add map for %s", chain));
   elems_add(t, map, NFT_MSG_NEWSETELEM, NLM_F_CREATE, g_strdup_printf("add backends for %s", chain));
-  expr3(r, "numgen", NFTNL_EXPR_NG_DREG, REG1, NFTNL_EXPR_NG_MODULUS, n, NFTNL_EXPR_NG_TYPE, NFT_NG_INCREMENTAL);
+  expr3(r, "numgen", NFTNL_EXPR_NG_DREG, REG1, NFTNL_EXPR_NG_MODULUS, n, NFTNL_EXPR_NG_TYPE,
+        NFT_NG_INCREMENTAL);
   lookup(r, REG1, REG1, "__map%d", nftnl_set_get_u32(map, NFTNL_SET_ID));
   nftnl_set_free(map);
   dnat(r, REG1, 0);
@@ -614,7 +619,8 @@ static int elems_cb(const struct nlmsghdr *h, void *data) {
   struct nftnl_set *set = nftnl_set_alloc();
   if (nftnl_set_elems_nlmsg_parse(h, set) == 0) {
     struct nftnl_set_elems_iter *it = nftnl_set_elems_iter_create(set);
-    for (struct nftnl_set_elem *e = it ? nftnl_set_elems_iter_next(it) : NULL; e; e = nftnl_set_elems_iter_next(it))
+    for (struct nftnl_set_elem *e = it ? nftnl_set_elems_iter_next(it) : NULL; e;
+         e = nftnl_set_elems_iter_next(it))
       s->each(e, s->data);
     if (it)
       nftnl_set_elems_iter_destroy(it);
@@ -624,7 +630,8 @@ static int elems_cb(const struct nlmsghdr *h, void *data) {
 }
 
 /* Each element of set `name` of the table; FALSE when the set cannot be read. */
-static gboolean scan_elems(const char *name, void (*each)(struct nftnl_set_elem *e, gpointer data), gpointer data) {
+static gboolean scan_elems(const char *name, void (*each)(struct nftnl_set_elem *e, gpointer data),
+                           gpointer data) {
   struct nftnl_set *s = nftnl_set_alloc();
   nftnl_set_set_str(s, NFTNL_SET_TABLE, TABLE);
   nftnl_set_set_str(s, NFTNL_SET_NAME, name);

@@ -118,8 +118,8 @@ void oakuk_nft_port_delete(OakukNft *t, gboolean udp, guint host);
 void oakuk_nft_service_add(OakukNft *t, guint32 ip, const char *chain); /* ip : jump chain */
 void oakuk_nft_service_delete(OakukNft *t, guint32 ip);
 /* The node's rules in prerouting, output and postrouting (net.c: nft_base). */
-void oakuk_nft_node_rules(OakukNft *t, const char *bridge, guint32 subnet, guint subnet_prefix, guint32 overlay,
-                          guint overlay_prefix, guint32 service, guint service_prefix);
+void oakuk_nft_node_rules(OakukNft *t, const char *bridge, guint32 subnet, guint subnet_prefix,
+                          guint32 overlay, guint overlay_prefix, guint32 service, guint service_prefix);
 /* A NAT-mode instance namespace's DNAT of ip to guest and masquerade of guest_net, on eth. */
 void oakuk_nft_instance_nat_rules(OakukNft *t, const char *eth, guint32 ip, guint32 guest, guint32 guest_net,
                                   guint guest_prefix);

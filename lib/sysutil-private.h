@@ -42,12 +42,13 @@ typedef struct {
   gboolean child;
 } OakukProcWatch;
 
-#define OAKUK_PROC_WATCH_INIT {NULL, -1, 0, 0, FALSE}
+#define OAKUK_PROC_WATCH_INIT                                                                                \
+  { NULL, -1, 0, 0, FALSE }
 
 void oakuk_proc_watch_child(OakukProcWatch *w, GPid pid, GMainContext *ctx, OakukExitFunc fn, gpointer data,
                             GDestroyNotify destroy);
-void oakuk_proc_watch_adopted(OakukProcWatch *w, GPid pid, guint64 start_time, GMainContext *ctx, OakukExitFunc fn,
-                              gpointer data, GDestroyNotify destroy);
+void oakuk_proc_watch_adopted(OakukProcWatch *w, GPid pid, guint64 start_time, GMainContext *ctx,
+                              OakukExitFunc fn, gpointer data, GDestroyNotify destroy);
 /* TRUE while a watch is attached and has not fired. */
 gboolean oakuk_proc_watch_active(const OakukProcWatch *w);
 /* Stops watching (fn will not run) and closes the pidfd. */

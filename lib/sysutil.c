@@ -7,11 +7,11 @@
 
 #include <errno.h>
 #include <glib-unix.h>
-#include <sys/syscall.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static gboolean remove_failed(GError **error, const char *path) {
@@ -154,8 +154,8 @@ void oakuk_proc_watch_child(OakukProcWatch *w, GPid pid, GMainContext *ctx, Oaku
   attach(w, g_child_watch_source_new(pid), G_SOURCE_FUNC(on_child), watcher_new(w, fn, data, destroy), ctx);
 }
 
-void oakuk_proc_watch_adopted(OakukProcWatch *w, GPid pid, guint64 start_time, GMainContext *ctx, OakukExitFunc fn,
-                              gpointer data, GDestroyNotify destroy) {
+void oakuk_proc_watch_adopted(OakukProcWatch *w, GPid pid, guint64 start_time, GMainContext *ctx,
+                              OakukExitFunc fn, gpointer data, GDestroyNotify destroy) {
   oakuk_proc_watch_clear(w);
   w->pid = pid;
   w->start_time = start_time;

@@ -62,7 +62,8 @@ done:
 }
 
 /* Places one service; prints its line; returns true when placed. */
-static bool place(const oakuk_microservice *ms, oakuk_node_report **nodes, size_t n, oakuk_reservations *res) {
+static bool place(const oakuk_microservice *ms, oakuk_node_report **nodes, size_t n,
+                  oakuk_reservations *res) {
   const char *name = oakuk_microservice_service_name(ms);
   if (name == NULL)
     name = oakuk_microservice_name(ms);

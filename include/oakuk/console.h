@@ -41,9 +41,11 @@ OAKUK_API int oakuk_console_tail(char **text_out, const char *path, uint32_t max
 
 /* What a console's end says about how its guest ended (OAKUK_CONSOLE_CRASH_*). */
 #define OAKUK_CONSOLE_CRASH_NONE 0
-#define OAKUK_CONSOLE_CRASH_UNIKRAFT 1 /* Unikraft's CRIT: lines, "Unhandled Trap", a failed assertion,
-                                        * an error of libukboot (a failed boot) */
-#define OAKUK_CONSOLE_CRASH_LINUX 2    /* "Kernel panic", an Oops or a BUG: line */
+/* Unikraft's CRIT: lines, "Unhandled Trap", a failed assertion, an error of libukboot (a failed
+ * boot) */
+#define OAKUK_CONSOLE_CRASH_UNIKRAFT 1
+/* "Kernel panic", an Oops or a BUG: line */
+#define OAKUK_CONSOLE_CRASH_LINUX 2
 
 /* Looks at the last 64 KiB of the console file at path for a crash. Returns OAKUK_CONSOLE_CRASH_*
  * (a missing file is CRASH_NONE) and, when a crash is found and line_out is non-NULL, the line

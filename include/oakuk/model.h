@@ -15,7 +15,7 @@ OAKUK_BEGIN_DECLS
 #define OAKUK_STATUS_DEAD 6
 #define OAKUK_STATUS_COMPLETED 7
 #define OAKUK_STATUS_UNDEPLOYED 8
-#define OAKUK_STATUS_NO_ACTIVE_CLUSTER 9   /* "NoActiveClusterWithCapacity" (root) */
+#define OAKUK_STATUS_NO_ACTIVE_CLUSTER 9    /* "NoActiveClusterWithCapacity" (root) */
 #define OAKUK_STATUS_NO_QUALIFIED_WORKER 10 /* "NO_QUALIFIED_WORKER_FOUND" (cluster) */
 #define OAKUK_STATUS_NO_WORKER_CAPACITY 11  /* "NO_WORKER_CAPACITY" (cluster) */
 
@@ -90,13 +90,16 @@ typedef struct oakuk_cluster_aggregate oakuk_cluster_aggregate;
  * GOARCH names). A missing active_nodes equals number_of_nodes. Same input limits and len
  * convention as oakuk_node_report_from_json. "memory" in a per-arch entry is the used-memory
  * percent, "memory_in_mb" the available MB. */
-OAKUK_API oakuk_cluster_aggregate *oakuk_cluster_aggregate_from_json(const char *json, size_t len, oakuk_error **error);
-OAKUK_API char *oakuk_cluster_aggregate_to_json(const oakuk_cluster_aggregate *agg, bool pretty, oakuk_error **error);
+OAKUK_API oakuk_cluster_aggregate *oakuk_cluster_aggregate_from_json(const char *json, size_t len,
+                                                                     oakuk_error **error);
+OAKUK_API char *oakuk_cluster_aggregate_to_json(const oakuk_cluster_aggregate *agg, bool pretty,
+                                                oakuk_error **error);
 OAKUK_API oakuk_cluster_aggregate *oakuk_cluster_aggregate_ref(oakuk_cluster_aggregate *agg);
 OAKUK_API void oakuk_cluster_aggregate_unref(oakuk_cluster_aggregate *agg);
 
 /* Identity is known to the receiver, not carried in the JSON. Used by constraints and results. */
-OAKUK_API void oakuk_cluster_aggregate_set_identity(oakuk_cluster_aggregate *agg, const char *id, const char *name);
+OAKUK_API void oakuk_cluster_aggregate_set_identity(oakuk_cluster_aggregate *agg, const char *id,
+                                                    const char *name);
 OAKUK_API const char *oakuk_cluster_aggregate_id(const oakuk_cluster_aggregate *agg);
 OAKUK_API const char *oakuk_cluster_aggregate_name(const oakuk_cluster_aggregate *agg);
 OAKUK_API int64_t oakuk_cluster_aggregate_received_at_ms(const oakuk_cluster_aggregate *agg);
@@ -105,7 +108,8 @@ OAKUK_API void oakuk_cluster_aggregate_set_received_at_ms(oakuk_cluster_aggregat
 OAKUK_API double oakuk_cluster_aggregate_cpu_percent(const oakuk_cluster_aggregate *agg);
 OAKUK_API double oakuk_cluster_aggregate_memory_percent(const oakuk_cluster_aggregate *agg);
 OAKUK_API int64_t oakuk_cluster_aggregate_cpu_cores(const oakuk_cluster_aggregate *agg);
-OAKUK_API int64_t oakuk_cluster_aggregate_memory_mb(const oakuk_cluster_aggregate *agg); /* cumulative_memory_in_mb */
+OAKUK_API int64_t
+oakuk_cluster_aggregate_memory_mb(const oakuk_cluster_aggregate *agg); /* cumulative_memory_in_mb */
 OAKUK_API int64_t oakuk_cluster_aggregate_number_of_nodes(const oakuk_cluster_aggregate *agg);
 OAKUK_API int64_t oakuk_cluster_aggregate_active_nodes(const oakuk_cluster_aggregate *agg);
 OAKUK_API bool oakuk_cluster_aggregate_has_virt(const oakuk_cluster_aggregate *agg, int32_t virt);

@@ -112,7 +112,8 @@ OAKUK_API const char *oakuk_instance_spec_mac(const oakuk_instance_spec *spec);
  * = the guest's ip (set_network); port 0 = no TCP probe (the default). serial: a text the console
  * must show (cleaned as by <oakuk/console.h>); NULL = none. With neither, an instance is ready
  * when it is RUNNING; with both, when both have succeeded. */
-OAKUK_API void oakuk_instance_spec_set_readiness_tcp(oakuk_instance_spec *spec, const char *address, int32_t port);
+OAKUK_API void oakuk_instance_spec_set_readiness_tcp(oakuk_instance_spec *spec, const char *address,
+                                                     int32_t port);
 OAKUK_API int32_t oakuk_instance_spec_readiness_tcp_port(const oakuk_instance_spec *spec);
 OAKUK_API const char *oakuk_instance_spec_readiness_tcp_address(const oakuk_instance_spec *spec);
 OAKUK_API void oakuk_instance_spec_set_readiness_serial(oakuk_instance_spec *spec, const char *text);

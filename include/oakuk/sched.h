@@ -13,14 +13,15 @@ OAKUK_BEGIN_DECLS
 #define OAKUK_SCHED_BEST_FIT 1  /* smallest sufficient free memory, then fewest free cores */
 
 typedef struct oakuk_sched_options {
-  unsigned int version;    /* OAKUK_SCHED_OPTIONS_VERSION */
-  int32_t policy;          /* OAKUK_SCHED_MOST_FREE (default) or OAKUK_SCHED_BEST_FIT */
-  int64_t now_ms;          /* caller's clock, same as received_at_ms; 0 disables timeouts */
-  int64_t timeout_ms;      /* a candidate older than this is inactive (default 10000) */
+  unsigned int version; /* OAKUK_SCHED_OPTIONS_VERSION */
+  int32_t policy;       /* OAKUK_SCHED_MOST_FREE (default) or OAKUK_SCHED_BEST_FIT */
+  int64_t now_ms;       /* caller's clock, same as received_at_ms; 0 disables timeouts */
+  int64_t timeout_ms;   /* a candidate older than this is inactive (default 10000) */
 } oakuk_sched_options;
 
 #define OAKUK_SCHED_OPTIONS_VERSION 1
-#define OAKUK_SCHED_OPTIONS_INIT {OAKUK_SCHED_OPTIONS_VERSION, OAKUK_SCHED_MOST_FREE, 0, 10000}
+#define OAKUK_SCHED_OPTIONS_INIT                                                                             \
+  { OAKUK_SCHED_OPTIONS_VERSION, OAKUK_SCHED_MOST_FREE, 0, 10000 }
 /* Fills opts with defaults; returns OAKUK_EINVAL for an unknown version. */
 OAKUK_API int oakuk_sched_options_init(oakuk_sched_options *opts, unsigned int version);
 
@@ -36,8 +37,8 @@ OAKUK_API void oakuk_reservations_add(oakuk_reservations *res, const char *key, 
 /* Drops a reservation (the report now reflects it, or the instance went away); false if unknown. */
 OAKUK_API bool oakuk_reservations_remove(oakuk_reservations *res, const char *key);
 /* Sum reserved on target. Either output may be NULL. */
-OAKUK_API void oakuk_reservations_total(const oakuk_reservations *res, const char *target_id,
-                                        int64_t *vcpus, int64_t *memory_mb);
+OAKUK_API void oakuk_reservations_total(const oakuk_reservations *res, const char *target_id, int64_t *vcpus,
+                                        int64_t *memory_mb);
 
 /* The result of a selection: the chosen target and variant, and an explanation of every candidate.
  * Present both when a target was chosen and when none was. */

@@ -810,8 +810,8 @@ static void test_invalid(void) {
   g_autofree const char **many = g_new0(const char *, OAKUK_NET_MAX_BACKENDS + 1);
   for (guint i = 0; i <= OAKUK_NET_MAX_BACKENDS; i++)
     many[i] = "10.18.3.2";
-  EXPECT_FAIL(oakuk_net_service_set(net, "10.30.0.1", 80, many, OAKUK_NET_MAX_BACKENDS + 1, &err_), OAKUK_EINVAL,
-              "at most");
+  EXPECT_FAIL(oakuk_net_service_set(net, "10.30.0.1", 80, many, OAKUK_NET_MAX_BACKENDS + 1, &err_),
+              OAKUK_EINVAL, "at most");
   EXPECT_FAIL(oakuk_net_peer_add(net, "192.168.77.2", "10.18.4.0/33", &err_), OAKUK_EINVAL, "node_subnet");
   EXPECT_FAIL(oakuk_net_peer_add(net, "192.168.77.2", "10.18.4.0/24", &err_), OAKUK_ENOTFOUND, "oakuk-vx");
   char *after = oakuk_net_list(net, NULL);

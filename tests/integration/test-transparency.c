@@ -20,13 +20,13 @@
 #include <unistd.h>
 
 #define GUEST_CMDLINE                                                                                        \
-  "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check i8042.noaux i8042.nokbd 8250.nr_uarts=1 "     \
+  "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check i8042.noaux i8042.nokbd 8250.nr_uarts=1 "        \
   "mitigations=off"
 #define GUEST_ARG "transparency-probe"
 
-static char *work;       /* scratch: registry, rootfs tree, runtime states */
-static char *host_ns;    /* the node host netns name */
-static char *subnet;     /* 10.18.<id>.0/24 */
+static char *work;        /* scratch: registry, rootfs tree, runtime states */
+static char *host_ns;     /* the node host netns name */
+static char *subnet;      /* 10.18.<id>.0/24 */
 static GPid registry_pid; /* also in <work>/registry/pid for the reaper */
 static char *registry_addr;
 
@@ -43,8 +43,8 @@ static GPtrArray *events; /* Event*, from both runtimes */
 static gboolean run_argv(const char *const *argv, char **out) {
   int status = 0;
   g_autofree char *err = NULL;
-  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | (out ? 0 : G_SPAWN_STDOUT_TO_DEV_NULL), NULL,
-                    NULL, out, &err, &status, NULL) ||
+  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | (out ? 0 : G_SPAWN_STDOUT_TO_DEV_NULL),
+                    NULL, NULL, out, &err, &status, NULL) ||
       !g_spawn_check_wait_status(status, NULL)) {
     g_test_message("%s ...: %s", argv[0], err ? err : "failed");
     return FALSE;
@@ -63,7 +63,8 @@ static gboolean runf(const char *fmt, ...) {
 }
 
 static guint16 free_port(void) {
-  g_autoptr(GSocket) s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  g_autoptr(GSocket) s =
+      g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
   g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
   g_autoptr(GSocketAddress) a = g_inet_socket_address_new(lo, 0);
   g_assert_true(g_socket_bind(s, a, FALSE, NULL));
@@ -170,16 +171,17 @@ static void registry_start(void) {
   g_assert_cmpint(g_mkdir_with_parents(dir, 0700), ==, 0);
   registry_addr = g_strdup_printf("127.0.0.1:%u", free_port());
   g_autofree char *yml = g_strdup_printf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-                                         "    rootdirectory: %s/data\nhttp:\n  addr: %s\n", dir, registry_addr);
+                                         "    rootdirectory: %s/data\nhttp:\n  addr: %s\n",
+                                         dir, registry_addr);
   g_autofree char *cfg = g_build_filename(dir, "config.yml", NULL);
   g_assert_true(g_file_set_contents(cfg, yml, -1, NULL));
   g_autofree char *logp = g_build_filename(dir, "registry.log", NULL);
   int logfd = open(logp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   const char *argv[] = {"/usr/bin/docker-registry", "serve", cfg, NULL};
   GError *err = NULL;
-  gboolean ok = g_spawn_async_with_pipes_and_fds(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL,
-                                                 NULL, NULL, -1, logfd, logfd, NULL, NULL, 0, &registry_pid, NULL,
-                                                 NULL, NULL, &err);
+  gboolean ok = g_spawn_async_with_pipes_and_fds(
+      NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL, NULL, NULL, -1, logfd, logfd,
+      NULL, NULL, 0, &registry_pid, NULL, NULL, NULL, &err);
   close(logfd);
   g_assert_no_error(err);
   g_assert_true(ok);
@@ -221,7 +223,8 @@ static char *push_busybox(void) {
   g_autofree char *idx = g_build_filename(root, "www", "index.html", NULL);
   g_assert_true(g_file_set_contents(idx, "served by the container\n", -1, NULL));
   oakuk_error *err = NULL;
-  if (oakuk_container_build_rootfs_image(root, registry_addr, "oakuk/busybox", "1", NULL, NULL, NULL, NULL, &err))
+  if (oakuk_container_build_rootfs_image(root, registry_addr, "oakuk/busybox", "1", NULL, NULL, NULL, NULL,
+                                         &err))
     g_error("push busybox: %s", oakuk_error_message(err));
   return g_strdup_printf("%s/oakuk/busybox:1", registry_addr);
 }
@@ -253,7 +256,8 @@ static Event *wait_status(const char *name, int32_t status, int timeout_s) {
         continue;
       if (e->status == status)
         return e;
-      if ((e->status == OAKUK_STATUS_FAILED || e->status == OAKUK_STATUS_DEAD) && status != OAKUK_STATUS_UNDEPLOYED)
+      if ((e->status == OAKUK_STATUS_FAILED || e->status == OAKUK_STATUS_DEAD) &&
+          status != OAKUK_STATUS_UNDEPLOYED)
         g_error("%s: %s while waiting for %s: %s", name, oakuk_instance_status_name(e->status),
                 oakuk_instance_status_name(status), e->detail);
     }
@@ -271,7 +275,8 @@ static void wait_file_contains(const char *path, const char *needle, int timeout
     if (g_file_get_contents(path, &text, NULL, NULL) && strstr(text, needle))
       return;
     if (g_get_monotonic_time() > end)
-      g_error("\"%s\" not in %s within %d s; it holds: %s", needle, path, timeout_s, text ? text : "(nothing)");
+      g_error("\"%s\" not in %s within %d s; it holds: %s", needle, path, timeout_s,
+              text ? text : "(nothing)");
     g_main_context_iteration(NULL, FALSE);
     g_usleep(50000);
   }
@@ -311,10 +316,10 @@ static oakuk_net_instance_info *net_instance(oakuk_net *net, const char *name, i
 }
 
 static void set_network(oakuk_instance_spec *s, const oakuk_net_instance_info *n) {
-  oakuk_instance_spec_set_network(s, oakuk_net_instance_info_netns_path(n), oakuk_net_instance_info_tap(n),
-                                  oakuk_net_instance_info_guest_ip(n),
-                                  (int32_t)oakuk_net_instance_info_guest_prefix(n),
-                                  oakuk_net_instance_info_guest_gateway(n), oakuk_net_instance_info_guest_mac(n));
+  oakuk_instance_spec_set_network(
+      s, oakuk_net_instance_info_netns_path(n), oakuk_net_instance_info_tap(n),
+      oakuk_net_instance_info_guest_ip(n), (int32_t)oakuk_net_instance_info_guest_prefix(n),
+      oakuk_net_instance_info_guest_gateway(n), oakuk_net_instance_info_guest_mac(n));
 }
 
 static void deploy(oakuk_runtime *rt, oakuk_instance_spec *s) {
@@ -336,7 +341,8 @@ static void test_unikernel_and_container(void) {
   g_autofree char *kernel = guests ? g_build_filename(guests, "amd64-kernel", NULL) : NULL;
   g_autofree char *initrd = guests ? g_build_filename(guests, "amd64-initrd", NULL) : NULL;
   g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
-  if (!kernel || !g_file_test(kernel, G_FILE_TEST_EXISTS) || !g_file_test(initrd, G_FILE_TEST_EXISTS) || !qemu) {
+  if (!kernel || !g_file_test(kernel, G_FILE_TEST_EXISTS) || !g_file_test(initrd, G_FILE_TEST_EXISTS) ||
+      !qemu) {
     g_test_skip("needs qemu-system-x86_64 and the amd64 test guest (OAKUK_GUESTS_DIR)");
     return;
   }

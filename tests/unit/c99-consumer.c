@@ -18,5 +18,8 @@ int main(void) {
   if (d != NULL || err == NULL || oakuk_error_code(err) != OAKUK_EINVAL)
     return 1;
   oakuk_error_free(err);
-  return opts.version == OAKUK_SCHED_OPTIONS_VERSION && strcmp(oakuk_virt_name(OAKUK_VIRT_UNIKERNEL), "unikernel") == 0 ? 0 : 1;
+  return opts.version == OAKUK_SCHED_OPTIONS_VERSION &&
+                 strcmp(oakuk_virt_name(OAKUK_VIRT_UNIKERNEL), "unikernel") == 0
+             ? 0
+             : 1;
 }

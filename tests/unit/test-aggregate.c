@@ -36,7 +36,8 @@ static oakuk_node_report *report_inline(const char *id, const char *arch, int64_
   return r;
 }
 
-static oakuk_cluster_aggregate *fold(oakuk_node_report *const *reports, size_t n, int64_t now, int64_t timeout) {
+static oakuk_cluster_aggregate *fold(oakuk_node_report *const *reports, size_t n, int64_t now,
+                                     int64_t timeout) {
   oakuk_error *e = NULL;
   oakuk_cluster_aggregate *agg = oakuk_aggregate_fold(reports, n, now, timeout, &e);
   g_assert_null(e);
@@ -54,8 +55,8 @@ typedef struct {
 
 static void assert_per_arch(const oakuk_cluster_aggregate *agg, const char *arch, PerArch want) {
   PerArch got = {-1, -1, -1, -1, -1};
-  g_assert_true(oakuk_cluster_aggregate_per_arch(agg, arch, &got.cpu_percent, &got.cpu_cores, &got.memory_percent,
-                                                 &got.memory_mb, &got.accel));
+  g_assert_true(oakuk_cluster_aggregate_per_arch(agg, arch, &got.cpu_percent, &got.cpu_cores,
+                                                 &got.memory_percent, &got.memory_mb, &got.accel));
   g_assert_cmpfloat_with_epsilon(got.cpu_percent, want.cpu_percent, EPS);
   g_assert_cmpint(got.cpu_cores, ==, want.cpu_cores);
   g_assert_cmpfloat_with_epsilon(got.memory_percent, want.memory_percent, EPS);
@@ -145,15 +146,17 @@ static void test_emulation(void) {
   g_autoptr(oakuk_node_report) n3 = report_fixture("arm64-kvm");
   oakuk_node_report *all[] = {n1, n2, n3, n4};
   g_autoptr(oakuk_cluster_aggregate) b = fold(all, 4, 0, 0);
-  assert_per_arch(b, "amd64", (PerArch){(10.0 + 20.0) / 2, 4 + 2, (50.0 + 40.0) / 2, 4096 + 1024, OAKUK_ACCEL_KVM});
-  assert_per_arch(b, "arm64", (PerArch){(5.0 + 20.0) / 2, 8 + 2, (70.0 + 40.0) / 2, 6144 + 1024, OAKUK_ACCEL_KVM});
+  assert_per_arch(b, "amd64",
+                  (PerArch){(10.0 + 20.0) / 2, 4 + 2, (50.0 + 40.0) / 2, 4096 + 1024, OAKUK_ACCEL_KVM});
+  assert_per_arch(b, "arm64",
+                  (PerArch){(5.0 + 20.0) / 2, 8 + 2, (70.0 + 40.0) / 2, 6144 + 1024, OAKUK_ACCEL_KVM});
   g_assert_cmpint(oakuk_cluster_aggregate_cpu_cores(b), ==, 16);
   g_assert_cmpint(oakuk_cluster_aggregate_memory_mb(b), ==, 13312);
 
   /* a node listing unikernel without any accel counts only where it emulates */
-  g_autoptr(oakuk_node_report) noacc =
-      report_inline("n5", "riscv64", 3, 300,
-                    "\"virtualization\":[\"unikernel\"],\"unikernel\":{\"emulated_archs\":[\"arm\",\"riscv64\"]}");
+  g_autoptr(oakuk_node_report) noacc = report_inline(
+      "n5", "riscv64", 3, 300,
+      "\"virtualization\":[\"unikernel\"],\"unikernel\":{\"emulated_archs\":[\"arm\",\"riscv64\"]}");
   oakuk_node_report *c_nodes[] = {noacc};
   g_autoptr(oakuk_cluster_aggregate) c = fold(c_nodes, 1, 0, 0);
   g_assert_cmpuint(oakuk_cluster_aggregate_per_arch_count(c), ==, 1);
