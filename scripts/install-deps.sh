@@ -13,7 +13,7 @@ build_pkgs=(
 run_pkgs=(
   qemu-system-x86 qemu-system-arm qemu-utils mosquitto mosquitto-clients runc nftables iproute2
   busybox-static linux-image-amd64 cpio gzip ca-certificates
-  python3-requests docker-registry curl iptables glib-networking
+  python3-requests docker-registry curl iptables glib-networking systemd
 )
 # The arm64 test guest (tests/guests) is built from Debian's arm64 kernel and busybox-static,
 # fetched with apt-get download: the arm64 architecture must be known to apt.

@@ -27,7 +27,9 @@ gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GO
       {"config", 'c', 0, G_OPTION_ARG_FILENAME, &common->config_path, "Configuration file (GKeyFile)",
        "FILE"},
       {"log-format", 0, 0, G_OPTION_ARG_STRING, &common->log_format,
-       "Log lines as 'text' (key=value) or 'json'", "FORMAT"},
+       "Log as 'text' (key=value lines), 'json' (lines) or 'journal' (systemd's journal; the default "
+       "when stderr is connected to it)",
+       "FORMAT"},
       {"verbose", 'v', 0, G_OPTION_ARG_NONE, &common->verbose, "Log debug messages too", NULL},
       {"version", 'V', 0, G_OPTION_ARG_NONE, &common->version, "Print the name and version and exit", NULL},
       G_OPTION_ENTRY_NULL};
@@ -42,8 +44,8 @@ gboolean od_options_parse(int *argc, char ***argv, const char *summary, const GO
     return FALSE;
   }
   if (common->log_format != NULL && strcmp(common->log_format, "text") != 0 &&
-      strcmp(common->log_format, "json") != 0) {
-    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--log-format: '%s' is neither 'text' nor 'json'",
+      strcmp(common->log_format, "json") != 0 && strcmp(common->log_format, "journal") != 0) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "--log-format: '%s' is not 'text', 'json' or 'journal'",
                 common->log_format);
     return FALSE;
   }

@@ -1,4 +1,6 @@
-/* Structured logging to stderr: one line per record, key=value pairs or a JSON object. */
+/* Structured logging: one line per record on stderr, key=value pairs or a JSON object; or, under
+ * systemd (stderr connected to the journal) or with --log-format journal, one journal entry per
+ * record through the journal's native protocol, with its priority and every key as a field. */
 #include "daemon-common.h"
 
 #include <stdio.h>
@@ -7,6 +9,7 @@
 
 static char *log_daemon;
 static gboolean log_json;
+static gboolean log_journal;
 static gboolean log_verbose;
 
 static const char *level_name(GLogLevelFlags level) {
@@ -56,8 +59,65 @@ static void append_kv(GString *out, const char *key, const char *value) {
   g_string_append_c(out, '"');
 }
 
+static const char *level_priority(GLogLevelFlags level) {
+  if (level & G_LOG_LEVEL_ERROR)
+    return "3";
+  if (level & G_LOG_LEVEL_CRITICAL)
+    return "2";
+  if (level & G_LOG_LEVEL_WARNING)
+    return "4";
+  if (level & G_LOG_LEVEL_MESSAGE)
+    return "5";
+  if (level & G_LOG_LEVEL_INFO)
+    return "6";
+  return "7";
+}
+
+/* A key as a journal field name: OAKUK_ and the key upper-cased, anything but letters and digits
+ * as '_' (journal field names are [A-Z0-9_], and the prefix keeps ours apart from the journal's
+ * own, such as MESSAGE or PRIORITY). */
+static char *journal_key(const char *key) {
+  char *k = g_strconcat("OAKUK_", key, NULL);
+  for (char *p = k + 6; *p; p++)
+    *p = g_ascii_isalnum(*p) ? g_ascii_toupper(*p) : '_';
+  return k;
+}
+
+/* One journal entry: MESSAGE is the record's text line without what the journal keeps itself
+ * (time, level, daemon), so `journalctl` shows every key; each key is also a field of its own
+ * (journalctl OAKUK_EVENT=deploy). Values go as they are: the journal's protocol is binary-safe. */
+static GLogWriterOutput write_journal(GLogLevelFlags level, const GLogField *fields, gsize n) {
+  g_autoptr(GString) line = g_string_new("");
+  g_autoptr(GArray) out = g_array_new(FALSE, FALSE, sizeof(GLogField));
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+  const char *message = "";
+  for (gsize i = 0; i < n; i++) {
+    if (strcmp(fields[i].key, "MESSAGE") == 0 && fields[i].length == -1) {
+      message = fields[i].value;
+      continue;
+    }
+    if (fields[i].length != -1 || g_ascii_isupper(fields[i].key[0]))
+      continue;
+    append_kv(line, fields[i].key, fields[i].value);
+    char *name = journal_key(fields[i].key);
+    g_ptr_array_add(names, name);
+    GLogField f = {name, fields[i].value, -1};
+    g_array_append_val(out, f);
+  }
+  append_kv(line, "msg", message);
+  GLogField head[] = {{"MESSAGE", line->str, -1},
+                      {"PRIORITY", level_priority(level), -1},
+                      {"SYSLOG_IDENTIFIER", log_daemon ? log_daemon : g_get_prgname(), -1},
+                      {"OAKUK_MSG", message, -1}};
+  g_array_prepend_vals(out, head, G_N_ELEMENTS(head));
+  return g_log_writer_journald(level, (GLogField *)out->data, out->len, NULL);
+}
+
 static GLogWriterOutput writer(GLogLevelFlags level, const GLogField *fields, gsize n, gpointer data) {
   if (!log_verbose && (level & G_LOG_LEVEL_DEBUG))
+    return G_LOG_WRITER_HANDLED;
+  /* A record the journal did not take goes to stderr: never lost. */
+  if (log_journal && write_journal(level, fields, n) == G_LOG_WRITER_HANDLED)
     return G_LOG_WRITER_HANDLED;
   g_autoptr(GDateTime) now = g_date_time_new_now_utc();
   g_autofree char *ts = g_date_time_format_iso8601(now);
@@ -89,6 +149,8 @@ void od_log_init(const char *daemon, const char *format, gboolean verbose) {
   g_free(log_daemon);
   log_daemon = g_strdup(daemon);
   log_json = format != NULL && strcmp(format, "json") == 0;
+  /* By default, the journal when stderr is connected to it (systemd sets $JOURNAL_STREAM). */
+  log_journal = format != NULL ? strcmp(format, "journal") == 0 : g_log_writer_is_journald(STDERR_FILENO);
   log_verbose = verbose;
   g_log_set_writer_func(writer, NULL, NULL);
 }
