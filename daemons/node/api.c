@@ -8,6 +8,9 @@
 /* Deploys take from a cached image's boot (a tenth of a second) to a large image's download
  * (minutes). */
 static const double deploy_bounds[] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+/* A phase can take a millisecond (a cached image, a network) or minutes (a download). */
+static const double phase_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                      1,     2.5,   5,    10,    30,   60,  300};
 
 gboolean node_api_check_listen(const char *listen, GError **error) {
   g_autofree char *addr = NULL;
@@ -76,6 +79,7 @@ static void reply_metrics(Node *n, SoupServerMessage *msg) {
                    n->mqtt_up);
   append_instances(n, out);
   od_histogram_write(n->deploy_durations, out);
+  od_histogram_write(n->phase_durations, out);
   od_http_reply_metrics(msg, out, "oakuk_node", n->http_counts, n->http_durations);
 }
 
@@ -113,6 +117,13 @@ gboolean node_api_start(Node *n, GError **error) {
                                          "Time from a deploy's arrival on this node (image fetch and network "
                                          "included) to RUNNING, by virtualization",
                                          deploy_bounds, G_N_ELEMENTS(deploy_bounds));
+  n->phase_durations =
+      od_histogram_new("oakuk_node_deploy_phase_seconds",
+                       "Each phase of a deploy on this node: image (fetch and unpack, or the "
+                       "cache's answer; unikernels), network, start (the runtime to RUNNING; "
+                       "a container's image included), ready (RUNNING to the readiness probe's "
+                       "first success)",
+                       phase_bounds, G_N_ELEMENTS(phase_bounds));
   if (n->listen == NULL)
     return TRUE;
   n->server = soup_server_new("server-header", "oakuk-node", NULL);
@@ -128,6 +139,7 @@ void node_api_stop(Node *n) {
   g_clear_pointer(&n->http_counts, g_hash_table_unref);
   g_clear_pointer(&n->http_durations, od_histogram_free);
   g_clear_pointer(&n->deploy_durations, od_histogram_free);
+  g_clear_pointer(&n->phase_durations, od_histogram_free);
 }
 
 void node_api_observe_deploy(Node *n, int32_t virt, double seconds) {
@@ -136,4 +148,13 @@ void node_api_observe_deploy(Node *n, int32_t virt, double seconds) {
   const char *name = oakuk_virt_name(virt);
   g_autofree char *labels = g_strdup_printf("virtualization=\"%s\"", name ? name : "unknown");
   od_histogram_observe(n->deploy_durations, labels, seconds);
+}
+
+void node_api_observe_phase(Node *n, int32_t virt, const char *phase, double seconds) {
+  if (n->phase_durations == NULL)
+    return;
+  const char *name = oakuk_virt_name(virt);
+  g_autofree char *labels =
+      g_strdup_printf("phase=\"%s\",virtualization=\"%s\"", phase, name ? name : "unknown");
+  od_histogram_observe(n->phase_durations, labels, seconds);
 }

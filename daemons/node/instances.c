@@ -116,6 +116,19 @@ void insts_republish(Node *n) {
 /* ---- the job ---- */
 
 /* Builds an instance from a deploy payload; NULL with *problem when the payload is not a job. */
+/* The end of one timed phase of a deploy and the start of the next: "image" (the fetch, unpacking
+ * included, or the cache's answer), "network", "start" (the runtime to RUNNING) and "ready" (RUNNING
+ * to the readiness probe's first success). Only a deploy's own phases are timed, and each once: a
+ * restart starts timing again from its own beginning, a re-adopted instance has none. */
+static void phase_done(Inst *i, const char *phase, const char *next) {
+  if (i->timing == NULL || strcmp(i->timing, phase) != 0)
+    return;
+  gint64 now = g_get_monotonic_time();
+  node_api_observe_phase(i->node, i->virt, phase, (double)(now - i->timing_since_us) / G_USEC_PER_SEC);
+  i->timing = next;
+  i->timing_since_us = now;
+}
+
 static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
   g_autoptr(NodeJob) j = node_job_parse(job, n->caps, problem);
   if (j == NULL)
@@ -390,6 +403,7 @@ static void on_net_setup(int status, oakuk_net_instance_info *info, oakuk_error 
     fail(i, OAKUK_STATUS_FAILED, d);
   } else {
     i->ninfo = oakuk_net_instance_info_ref(info);
+    phase_done(i, "network", "start");
     launch(i);
   }
   inst_unref(i);
@@ -443,6 +457,7 @@ static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
     fail(i, OAKUK_STATUS_FAILED, d);
   } else {
     i->image = oakuk_image_ref(image);
+    phase_done(i, "image", "network");
     set_status(i, OAKUK_STATUS_CREATING, "preparing the network");
     setup_net(i);
   }
@@ -482,6 +497,9 @@ static void start_deploy(Inst *i) {
   i->runtime_owned = FALSE;
   i->last_progress_us = 0;
   i->last_progress_pct = -100;
+  /* A container's image is the runtime's business: its deploy starts with the network. */
+  i->timing = i->virt == OAKUK_VIRT_CONTAINER ? "network" : "image";
+  i->timing_since_us = g_get_monotonic_time();
   g_autofree char *problem = precheck(i);
   if (problem != NULL) {
     i->phase = PHASE_FETCH;
@@ -679,6 +697,10 @@ void insts_on_runtime_status(const char *instance, int32_t status, const char *d
       status == OAKUK_STATUS_FAILED || status == OAKUK_STATUS_DEAD || status == OAKUK_STATUS_COMPLETED;
   if (status == OAKUK_STATUS_RUNNING && i->running_since_us == 0)
     i->running_since_us = g_get_monotonic_time();
+  if (status == OAKUK_STATUS_RUNNING)
+    phase_done(i, "start", "ready");
+  else if (ended)
+    i->timing = NULL;
   /* Once per deploy: a restart's RUNNING is not a deploy's, and a re-adopted one has no arrival. */
   if (status == OAKUK_STATUS_RUNNING && i->received_us > 0 && !i->running_observed) {
     i->running_observed = TRUE;
@@ -696,6 +718,7 @@ void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_d
   if (i == NULL || i->phase != PHASE_RUNTIME || i->status != OAKUK_STATUS_RUNNING)
     return;
   i->ready = TRUE;
+  phase_done(i, "ready", NULL);
   /* From the deploy's arrival here: the image fetch and the network count too. */
   i->ready_ms = i->received_us > 0 ? (g_get_monotonic_time() - i->received_us) / 1000 : -1;
   g_autofree char *ms = g_strdup_printf("%" G_GINT64_FORMAT, i->ready_ms);

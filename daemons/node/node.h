@@ -66,6 +66,8 @@ typedef struct Inst {
   gint64 ready_ms;           /* from the deploy's arrival here to ready; -1 when not known */
   gint64 received_us;        /* monotonic time the deploy arrived here; 0 for restored ones */
   gboolean running_observed; /* its deploy-to-RUNNING time is in the node's histogram */
+  const char *timing;        /* the deploy phase being timed (docs/node.md, metrics); NULL: none */
+  gint64 timing_since_us;    /* when it began */
   int32_t status;            /* last status published (OAKUK_STATUS_*) */
   char *detail;
   guint timer;
@@ -138,6 +140,7 @@ struct Node {
   GHashTable *http_counts; /* status code -> count */
   OdHistogram *http_durations;
   OdHistogram *deploy_durations; /* from a deploy's arrival to RUNNING, by virtualization */
+  OdHistogram *phase_durations;  /* each phase of a deploy, by phase and virtualization */
   guint report_source;
   GHashTable *insts;    /* name -> Inst* */
   GHashTable *services; /* rr_ip -> 1: service IPs we programmed */
@@ -157,6 +160,7 @@ gboolean node_api_start(Node *n, GError **error);
 void node_api_stop(Node *n);
 /* An instance became RUNNING seconds after its deploy arrived. */
 void node_api_observe_deploy(Node *n, int32_t virt, double seconds);
+void node_api_observe_phase(Node *n, int32_t virt, const char *phase, double seconds);
 
 /* report.c: the node report (DESIGN §6) as JSON text. */
 char *node_report_json(Node *n);

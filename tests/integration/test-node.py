@@ -704,6 +704,16 @@ class NodeTest(unittest.TestCase):
                                               virtualization="unikernel"), 1)
         took = edgelib.metric_value(m, "oakuk_node_deploy_to_running_seconds_sum", virtualization="unikernel")
         self.assertTrue(0 < took < time.time() - t0, took)
+        # ... and split into its phases, each observed once, which add up to it
+        phases = {}
+        for phase in ("image", "network", "start"):
+            self.assertEqual(edgelib.metric_value(m, "oakuk_node_deploy_phase_seconds_count", phase=phase,
+                                                  virtualization="unikernel"), 1, phase)
+            phases[phase] = edgelib.metric_value(m, "oakuk_node_deploy_phase_seconds_sum", phase=phase,
+                                                 virtualization="unikernel")
+            self.assertGreater(phases[phase], 0, phase)
+        self.assertLessEqual(sum(phases.values()), took)
+        self.assertGreater(sum(phases.values()), took * 0.9, (phases, took))
         self.assertEqual(edgelib.metric_value(m, "oakuk_node_instances", status="RUNNING"), 1)
         rc, code, body = self.node_endpoint("/healthz")
         self.assertEqual(json.loads(body)["instances"], 1)
