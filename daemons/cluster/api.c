@@ -630,6 +630,7 @@ static void h_metrics(Req *q) {
                    "Restarts of the cluster's mosquitto", c->broker_restarts);
   od_metrics_value(out, "oakuk_cluster_registered", "gauge", "1 once the root registered this cluster",
                    c->token != NULL);
+  od_mqtt_write_metrics(c->mqtt, out);
   od_http_reply_metrics(q->msg, out, "oakuk_cluster", c->http_counts, c->http_durations);
 }
 

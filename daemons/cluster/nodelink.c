@@ -362,7 +362,8 @@ void nodelink_start(Cluster *c) {
                      .client_id = client_id,
                      .username = c->mqtt_username,
                      .password = c->mqtt_password,
-                     .subscriptions = subs};
+                     .subscriptions = subs,
+                     .metrics_name = "oakuk_cluster_mqtt_message_duration_seconds"};
   g_autoptr(GError) error = NULL;
   c->mqtt = od_mqtt_new(&o, on_message, on_state, c, &error);
   if (c->mqtt == NULL) {

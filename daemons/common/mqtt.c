@@ -25,6 +25,7 @@ struct OdMqtt {
   OdMqttStateFunc on_state;
   gpointer user_data;
   guint retry_source;
+  OdHistogram *durations; /* NULL without metrics_name; used on the main context only */
 };
 
 typedef enum { EV_MESSAGE, EV_UP, EV_DOWN, EV_CONNECT_FAILED, EV_PUBLISHED } EventKind;
@@ -38,6 +39,7 @@ typedef struct {
   char *reason;
   OdMqttDoneFunc done;
   gpointer done_data;
+  gint64 arrived_us; /* EV_MESSAGE: monotonic time paho handed it over */
 } Event;
 
 typedef struct {
@@ -61,6 +63,7 @@ static void mqtt_unref(OdMqtt *m) {
   g_free(m->will_topic);
   g_free(m->will_payload);
   g_strfreev(m->subscriptions);
+  g_clear_pointer(&m->durations, od_histogram_free);
   g_free(m);
 }
 
@@ -96,6 +99,20 @@ static void subscribe_all(OdMqtt *m) {
     od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "subscribe failed", "code", MQTTAsync_strerror(rc), NULL);
 }
 
+/* The topic's last segment names the message's kind (job, information, deploy...); anything else
+ * than lower-case letters and '_' counts as "other", so that no peer can add label values. */
+static void observe(OdMqtt *m, const Event *e) {
+  if (m->durations == NULL)
+    return;
+  const char *kind = strrchr(e->topic, '/') ? strrchr(e->topic, '/') + 1 : e->topic;
+  gboolean plain = *kind != '\0' && strlen(kind) <= 32;
+  for (const char *p = kind; *p && plain; p++)
+    plain = g_ascii_islower(*p) || *p == '_';
+  g_autofree char *labels = g_strdup_printf("topic=\"%s\"", plain ? kind : "other");
+  od_histogram_observe(m->durations, labels,
+                       (double)(g_get_monotonic_time() - e->arrived_us) / G_USEC_PER_SEC);
+}
+
 /* Runs on the owner's context. */
 static gboolean dispatch(gpointer data) {
   Event *e = data;
@@ -103,7 +120,10 @@ static gboolean dispatch(gpointer data) {
   if (g_atomic_int_get(&m->closed))
     return G_SOURCE_REMOVE;
   switch (e->kind) {
-  case EV_MESSAGE: m->on_message(e->topic, e->payload, m->user_data); break;
+  case EV_MESSAGE:
+    m->on_message(e->topic, e->payload, m->user_data);
+    observe(m, e);
+    break;
   case EV_UP:
     subscribe_all(m);
     if (m->on_state)
@@ -136,6 +156,7 @@ static int on_arrived(void *context, char *topic, int topic_len, MQTTAsync_messa
   OdMqtt *m = context;
   Event *e = g_new0(Event, 1);
   e->kind = EV_MESSAGE;
+  e->arrived_us = g_get_monotonic_time();
   e->topic = topic_len > 0 ? g_strndup(topic, topic_len) : g_strdup(topic);
   e->payload = g_bytes_new(message->payload, message->payloadlen > 0 ? (gsize)message->payloadlen : 0);
   MQTTAsync_freeMessage(&message);
@@ -272,6 +293,12 @@ OdMqtt *od_mqtt_new(const OdMqttOptions *opts, OdMqttMessageFunc on_message, OdM
   m->on_message = on_message;
   m->on_state = on_state;
   m->user_data = user_data;
+  if (opts->metrics_name != NULL)
+    m->durations =
+        od_histogram_new(opts->metrics_name,
+                         "Time from an MQTT message's arrival to the end of its handling (the wait "
+                         "for the main loop included), by topic",
+                         od_http_duration_bounds, od_http_duration_bounds_len);
   const char *scheme = opts->ca_file ? "ssl" : "tcp";
   g_autofree char *uri = strchr(opts->host, ':')
                              ? g_strdup_printf("%s://[%s]:%u", scheme, opts->host, opts->port)
@@ -325,6 +352,11 @@ gboolean od_mqtt_publish(OdMqtt *m, const char *topic, const void *payload, gsiz
     return FALSE;
   }
   return TRUE;
+}
+
+void od_mqtt_write_metrics(OdMqtt *m, GString *out) {
+  if (m != NULL && m->durations != NULL)
+    od_histogram_write(m->durations, out);
 }
 
 void od_mqtt_free(OdMqtt *m) {

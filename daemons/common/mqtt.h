@@ -29,7 +29,8 @@ typedef struct {
   const char *will_payload;         /* last will payload ("" when NULL) */
   const char *const *subscriptions; /* NULL-terminated topic filters, QoS 1, renewed on every connect */
   guint keepalive_s;                /* 0: 10 s */
-  const char *ca_file; /* TLS against this CA (PEM file) with the host name checked; NULL: plain TCP */
+  const char *ca_file;      /* TLS against this CA (PEM file) with the host name checked; NULL: plain TCP */
+  const char *metrics_name; /* histogram of message handling (od_mqtt_write_metrics); NULL: none */
 } OdMqttOptions;
 
 /* Creates the client; nothing is sent until od_mqtt_start. The callbacks run on the thread-default
@@ -43,6 +44,10 @@ gboolean od_mqtt_is_connected(OdMqtt *m);
  * NULL) is called on the main context with the broker's acknowledgement or the failure. */
 gboolean od_mqtt_publish(OdMqtt *m, const char *topic, const void *payload, gsize len, gboolean retain,
                          OdMqttDoneFunc done, gpointer done_data, GError **error);
+/* Appends the histogram named by metrics_name in Prometheus text: per topic (its last segment),
+ * the time from a message's arrival (paho's thread) to the end of its handler on the main context,
+ * waiting for the loop included. Nothing without metrics_name. */
+void od_mqtt_write_metrics(OdMqtt *m, GString *out);
 /* Disconnects (waiting at most 1 s for in-flight messages) and frees. No callback runs after. */
 void od_mqtt_free(OdMqtt *m);
 

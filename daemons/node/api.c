@@ -80,6 +80,7 @@ static void reply_metrics(Node *n, SoupServerMessage *msg) {
   append_instances(n, out);
   od_histogram_write(n->deploy_durations, out);
   od_histogram_write(n->phase_durations, out);
+  od_mqtt_write_metrics(n->mqtt, out);
   od_http_reply_metrics(msg, out, "oakuk_node", n->http_counts, n->http_durations);
 }
 

@@ -703,7 +703,8 @@ static gboolean start_mqtt(Node *n, GError **error) {
                      .will_topic = will_topic,
                      .will_payload = will,
                      .subscriptions = subs,
-                     .ca_file = ca_file};
+                     .ca_file = ca_file,
+                     .metrics_name = "oakuk_node_mqtt_message_duration_seconds"};
   n->mqtt = od_mqtt_new(&o, on_message, on_state, n, error);
   if (n->mqtt == NULL)
     return FALSE;

@@ -716,6 +716,12 @@ class ClusterTest(unittest.TestCase):
         self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="", route="none"), 1)
         self.assertGreaterEqual(edgelib.metric_value(m, hist + "_count", method="GET", route="/healthz"), 1)
         self.assertNotIn(self.sid, text)
+        # MQTT handling by topic (its last segment): the nodes' reports since test_08's restart
+        mq = "oakuk_cluster_mqtt_message_duration_seconds"
+        self.assertEqual(m[mq]["type"], "histogram")
+        wait_until("a node report in the MQTT histogram", lambda: (edgelib.metric_value(edgelib.parse_metrics(
+            requests.get(self.cluster_url + "/metrics", timeout=5).text), mq + "_count", topic="information")
+            or 0) >= 1)
 
     def test_15_version_and_unknown_config_refused(self):
         """--version prints the name and version; a config file with a key or group the cluster does

@@ -715,6 +715,10 @@ class NodeTest(unittest.TestCase):
         self.assertLessEqual(sum(phases.values()), took)
         self.assertGreater(sum(phases.values()), took * 0.9, (phases, took))
         self.assertEqual(edgelib.metric_value(m, "oakuk_node_instances", status="RUNNING"), 1)
+        # MQTT handling by topic: the deploy and its repeat
+        self.assertEqual(m["oakuk_node_mqtt_message_duration_seconds"]["type"], "histogram")
+        self.assertGreaterEqual(edgelib.metric_value(m, "oakuk_node_mqtt_message_duration_seconds_count",
+                                                     topic="deploy"), 2)
         rc, code, body = self.node_endpoint("/healthz")
         self.assertEqual(json.loads(body)["instances"], 1)
 
