@@ -1,4 +1,4 @@
-/* Container runtime (DESIGN §10, §11): the runc backend of the instance lifecycle in runtime.c.
+/* Container runtime (docs/architecture.md §11, §13): the runc backend of the instance lifecycle in runtime.c.
  * Pull (oci.c), an overlay of the shared unpacked image as the bundle rootfs, config.json (OCI
  * runtime spec), `runc run --detach` in the caller's netns (see runc_start), exit codes through
  * PR_SET_CHILD_SUBREAPER, stop with `runc kill TERM`, the grace period, `runc kill KILL`, then
@@ -579,7 +579,8 @@ static gboolean mount_overlay(const char *lower, const char *dir, GError **error
   return TRUE;
 }
 
-/* Starts the container with `runc run --detach` (DESIGN §10 names `runc create` + `runc start`):
+/* Starts the container with `runc run --detach` (not `runc create` + `runc start`; see
+ * docs/design-deviations.md, "Container runtime"):
  * one runc process instead of two saves one Go runtime start (~25 ms of ~90 ms on the reference
  * node, bench/container-deploy), and nothing changes for exit codes: in both cases the container's
  * init is forked by runc, re-parented to us (PR_SET_CHILD_SUBREAPER) when runc exits, and stays

@@ -1,4 +1,4 @@
-/* Deployment descriptors (SLA): parse, validate, keep, serialize back (DESIGN §3).
+/* Deployment descriptors (SLA): parse, validate, keep, serialize back (docs/architecture.md §4).
  *
  * The parsed JSON tree is kept as it was (unknown keys included) so *_to_json round-trips every key
  * in its original order; typed copies of the known fields feed the getters. Validation collects every

@@ -1,6 +1,6 @@
-/* Image fetching, verification, safe unpacking and caching (DESIGN §8, §11): tarballs and bare
- * kernels over http(s)/file, OCI images through oci.c and oci-unikernel.c, revalidation, and the
- * cache's housekeeping (sizes, least-recently-used eviction of images no one uses, pruning). */
+/* Image fetching, verification, safe unpacking and caching (docs/architecture.md §10.2, §13): tarballs
+ * and bare kernels over http(s)/file, OCI images through oci.c and oci-unikernel.c, revalidation,
+ * and the cache's housekeeping (sizes, least-recently-used eviction of images no one uses, pruning). */
 #include "archive-safe.h"
 #include "oakuk-private.h"
 #include "oci-private.h"

@@ -1,4 +1,4 @@
-/* OCI image building (DESIGN §10): a directory packed into one gzip'd pax layer, and pushing it
+/* OCI image building (docs/architecture.md §11): a directory packed into one gzip'd pax layer, and pushing it
  * with its config and manifest. Kept apart from oci.c so that programs which only pull and run
  * images (oakuk-node) do not link libarchive's writers: one writer pulls in every archive format,
  * xar's among them, and with it libxml2, ICU and libstdc++. */

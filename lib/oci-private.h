@@ -1,4 +1,4 @@
-/* OCI images (DESIGN §10): references, the distribution API client (pull and push), layer
+/* OCI images (docs/architecture.md §11): references, the distribution API client (pull and push), layer
  * unpacking with whiteouts, the shared blob cache and image building. Used by container.c and
  * seen by the container tests. Not installed, not exported. */
 #ifndef OAKUK_OCI_PRIVATE_H

@@ -1,4 +1,4 @@
-/* OCI images (DESIGN §10): references, the distribution API over libsoup (anonymous, basic and
+/* OCI images (docs/architecture.md §11): references, the distribution API over libsoup (anonymous, basic and
  * bearer-token auth; pull and push), the content-addressed blob cache, layer unpacking with
  * whiteouts, and single-layer image building. Everything here blocks: callers run it in a thread. */
 #include "archive-safe.h"

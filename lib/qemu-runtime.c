@@ -1,4 +1,4 @@
-/* Unikernel runtime, part 2 (DESIGN §8, §11): the QEMU backend of the instance lifecycle in
+/* Unikernel runtime, part 2 (docs/architecture.md §10.1, §13): the QEMU backend of the instance lifecycle in
  * runtime.c. Each instance lives in <state_dir>/instances/<name>/ (serial.log, qmp.sock, qemu.log,
  * instance.json, files/), runs in its netns (setns before exec) and in its own cgroups, starts
  * paused and is driven over QMP.

@@ -1,4 +1,4 @@
-/* Unikernel runtime, part 1 (DESIGN §8): capability probe and the QEMU command builder.
+/* Unikernel runtime, part 1 (docs/architecture.md §10.1): capability probe and the QEMU command builder.
  * The instance lifecycle lives in qemu-runtime.c. */
 #include "qemu-private.h"
 

@@ -1,7 +1,8 @@
-/* The runtime interface (DESIGN §2): the runtime object and every instance's lifecycle, written
- * once for both runtimes: states, the stop sequence, how an end is judged, instance records and
- * adoption, statuses delivered in order on the owner's context. The backends (qemu-runtime.c,
- * container.c) plug in through OakukRuntimeClass; readiness probes live in runtime-ready.c. */
+/* The runtime interface (docs/architecture.md §3.2, §5.4): the runtime object and every instance's
+ * lifecycle, written once for both runtimes: states, the stop sequence, how an end is judged,
+ * instance records and adoption, statuses delivered in order on the owner's context. The backends
+ * (qemu-runtime.c, container.c) plug in through OakukRuntimeClass; readiness probes live in
+ * runtime-ready.c. */
 #include "runtime-private.h"
 
 #include <errno.h>

@@ -1,4 +1,4 @@
-/* Scheduling (DESIGN §5): node selection at cluster level, cluster selection at root level.
+/* Scheduling (docs/architecture.md §6): node selection at cluster level, cluster selection at root level.
  *
  * The decision is one pass over the candidates that keeps only the best option per variant; the
  * human explanation is formatted only when asked for (a cluster scheduling over thousands of nodes
@@ -342,7 +342,7 @@ static void pick_named(gssize *slot, bool *slot_native, size_t i, bool native) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Node checks (steps 1-3 of DESIGN §5) */
+ * Node checks (steps 1-3 of docs/architecture.md §6) */
 
 static bool node_direct_ok(const SchedCtx *ctx, const char *id, const char *host, GString *why) {
   if (ctx->has_direct_nodes) {

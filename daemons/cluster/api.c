@@ -357,7 +357,7 @@ static void h_node_register(Req *q) {
   JsonNode *caps = json_object_get_member(body, "capabilities");
   if (caps == NULL || !JSON_NODE_HOLDS_OBJECT(caps)) {
     od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "capabilities",
-                        "capabilities: a node report object (DESIGN §6) is required");
+                        "capabilities: a node report object (docs/architecture.md §7.1) is required");
     return;
   }
   g_autofree char *caps_text = od_json_to_string(caps, FALSE);

@@ -1,4 +1,4 @@
-/* oakuk-cluster: the cluster orchestrator (DESIGN §4-§7, §11; docs/cluster.md, docs/reconcile.md).
+/* oakuk-cluster: the cluster orchestrator (docs/architecture.md §9.4; docs/cluster.md, docs/reconcile.md).
  *
  * Read top-down: store.c owns cluster.db; loop.c owns every decision (what runs where, moves,
  * re-adoption, drains); the adapters only translate: api.c (HTTP from the root, nodes and users),

@@ -1,4 +1,4 @@
-/* The nodes' MQTT topics (DESIGN §7, docs/cluster.md, docs/reconcile.md): reports and status
+/* The nodes' MQTT topics (docs/architecture.md §8.4, docs/cluster.md, docs/reconcile.md): reports and status
  * events in, validated where they enter and handed to the loop as typed values; deploys and
  * deletes out (stored deliveries, published once a node can take them), and the retained service
  * and peer tables. Nothing here decides. */

@@ -70,7 +70,7 @@ static void record_remove(Inst *i) {
 
 /* ---- status events ---- */
 
-/* The instance status event (DESIGN §7, plus ready and ready_ms: docs/cluster.md). */
+/* The instance status event (docs/architecture.md §7.3; ready and ready_ms: docs/cluster.md). */
 static void publish_status(Node *n, const char *job_name, gint64 number, gint64 generation, int32_t status,
                            const char *detail, gboolean ready, gint64 ready_ms, gboolean restarting) {
   g_autoptr(JsonObject) o = json_object_new();
@@ -278,10 +278,10 @@ static void cleanup(Inst *i, Then then) {
 
 /* ---- the deploy pipeline ---- */
 
-/* A container's code_sha256 (DESIGN §3) is the digest of what its reference names (an index or a
- * manifest): the image is pulled by that digest, so the registry cannot hand over other bits. NULL
- * with *problem when code names another digest, or is an oci-archive: (no registry digest to pull
- * by). */
+/* A container's code_sha256 (docs/architecture.md §4.3) is the digest of what its reference names
+ * (an index or a manifest): the image is pulled by that digest, so the registry cannot hand over
+ * other bits. NULL with *problem when code names another digest, or is an oci-archive: (no
+ * registry digest to pull by). */
 static char *container_reference(const Inst *i, char **problem) {
   if (i->code_sha256 == NULL || *i->code_sha256 == '\0')
     return g_strdup(i->code);

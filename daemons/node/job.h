@@ -1,6 +1,6 @@
-/* oakuk-node: the deploy message (nodes/<id>/control/deploy, DESIGN §7) read and checked without the
- * node's runtime state, so that instances.c builds instances only from typed jobs and the parsing can be
- * fuzzed on its own (tests/fuzz/fuzz-deploy.c). */
+/* oakuk-node: the deploy message (nodes/<id>/control/deploy, docs/architecture.md §8.4) read and checked
+ * without the node's runtime state, so that instances.c builds instances only from typed jobs and the
+ * parsing can be fuzzed on its own (tests/fuzz/fuzz-deploy.c). */
 #ifndef OAKUK_NODE_JOB_H
 #define OAKUK_NODE_JOB_H
 

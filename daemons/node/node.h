@@ -1,4 +1,5 @@
-/* oakuk-node: runs instances (QEMU unikernels, runc containers) for its cluster (DESIGN §4, §6-§11). */
+/* oakuk-node: runs instances (QEMU unikernels, runc containers) for its cluster
+ * (docs/architecture.md §9.5). */
 #ifndef OAKUK_NODE_H
 #define OAKUK_NODE_H
 
@@ -162,7 +163,7 @@ void node_api_stop(Node *n);
 void node_api_observe_deploy(Node *n, int32_t virt, double seconds);
 void node_api_observe_phase(Node *n, int32_t virt, const char *phase, double seconds);
 
-/* report.c: the node report (DESIGN §6) as JSON text. */
+/* report.c: the node report (docs/architecture.md §7.1) as JSON text. */
 char *node_report_json(Node *n);
 
 /* instances.c */

@@ -1,4 +1,4 @@
-/* The node report (DESIGN §6): host resources minus what our instances hold, capabilities and
+/* The node report (docs/architecture.md §7.1): host resources minus what our instances hold, capabilities and
  * the instances with their use. */
 #include "node.h"
 

@@ -1,4 +1,4 @@
-/* oakuk-root: the root orchestrator (DESIGN §4, §5, §7, §11; docs/reconcile.md).
+/* oakuk-root: the root orchestrator (docs/architecture.md §9.3; docs/reconcile.md).
  *
  * Read top-down: store.c owns SQLite (schema, migrations, every statement); loop.c owns every
  * decision (placement, retries, refusals, partitions, moves, deletes); api.c (user API),

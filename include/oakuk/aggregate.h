@@ -5,7 +5,7 @@
 
 OAKUK_BEGIN_DECLS
 
-/* Folds node reports into a cluster aggregate (DESIGN §6).
+/* Folds node reports into a cluster aggregate (docs/architecture.md §7.2).
  *
  * A report counts as active when node_timeout_ms <= 0, its received_at is 0, or
  * now_ms - received_at_ms <= node_timeout_ms; inactive reports count nowhere except

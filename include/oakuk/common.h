@@ -35,7 +35,7 @@ OAKUK_API void oakuk_free(void *ptr);
 /* The library's version as "major.minor.micro"; static storage. */
 OAKUK_API const char *oakuk_version(void);
 
-/* Virtualization kinds (DESIGN §3). Passed as int32_t, never as enum parameters. */
+/* Virtualization kinds (docs/architecture.md §4.2). Passed as int32_t, never as enum parameters. */
 #define OAKUK_VIRT_NONE 0
 #define OAKUK_VIRT_CONTAINER 1
 #define OAKUK_VIRT_UNIKERNEL 2

@@ -6,9 +6,9 @@
 
 OAKUK_BEGIN_DECLS
 
-/* The container runtime (DESIGN §10): OCI images pulled over the distribution API (or read from an
- * `oci-archive:` layout tarball), verified by digest, unpacked into a shared per-image rootfs,
- * and run with runc in the network namespace prepared by the caller.
+/* The container runtime (docs/architecture.md §11): OCI images pulled over the distribution API (or
+ * read from an `oci-archive:` layout tarball), verified by digest, unpacked into a shared per-image
+ * rootfs, and run with runc in the network namespace prepared by the caller.
  *
  * State layout: <state_dir>/images/blobs/sha256/<hex> (content-addressed blobs shared by every
  * image), <state_dir>/images/unpacked/<manifest hex>/rootfs (the flattened layers),

@@ -5,7 +5,7 @@
 
 OAKUK_BEGIN_DECLS
 
-/* Deployment descriptors (SLA), Oakestra v2.0 compatible plus extensions (DESIGN §3).
+/* Deployment descriptors (SLA), Oakestra v2.0 compatible plus extensions (docs/architecture.md §4).
  *
  * A parsed document is an oakuk_descriptor holding applications, each holding microservices.
  * Objects are reference counted; getters return borrowed pointers valid while the owning

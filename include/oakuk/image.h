@@ -5,7 +5,7 @@
 
 OAKUK_BEGIN_DECLS
 
-/* Unikernel images (DESIGN §8, §11): fetch over http/https/file, verify sha256, unpack safely,
+/* Unikernel images (docs/architecture.md §10.2): fetch over http/https/file, verify sha256, unpack safely,
  * cache by URL + expected sha256.
  *
  * An image is an Oakestra tar or tar.gz holding `kernel`, optional `files/`, optional `initrd`

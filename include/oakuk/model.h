@@ -5,7 +5,7 @@
 
 OAKUK_BEGIN_DECLS
 
-/* Instance status (DESIGN §4). oakuk_instance_status_name gives the exact wire strings. */
+/* Instance status (docs/architecture.md §5.2). oakuk_instance_status_name gives the exact wire strings. */
 #define OAKUK_STATUS_REQUESTED 0
 #define OAKUK_STATUS_CLUSTER_SCHEDULED 1
 #define OAKUK_STATUS_NODE_SCHEDULED 2
@@ -26,7 +26,7 @@ OAKUK_API int32_t oakuk_instance_status_from_name(const char *name);
 /* "<service_name>.instance.<n>"; free with oakuk_free. NULL if service_name is NULL or n < 0. */
 OAKUK_API char *oakuk_instance_name(const char *service_name, int64_t n);
 
-/* A node report (DESIGN §6 keys): what a node publishes every report_interval.
+/* A node report (docs/architecture.md §7.1 keys): what a node publishes every report_interval.
  * "vcpus" is the number of cores the node still has free for placement and "memory" the MB it
  * still has available (not its totals: those are "memory_total" and the host's core count). */
 typedef struct oakuk_node_report oakuk_node_report;
@@ -80,7 +80,7 @@ OAKUK_API int64_t oakuk_node_report_instance_generation(const oakuk_node_report 
 OAKUK_API int64_t oakuk_node_report_received_at_ms(const oakuk_node_report *report);
 OAKUK_API void oakuk_node_report_set_received_at_ms(oakuk_node_report *report, int64_t ms);
 
-/* A cluster aggregate (DESIGN §6 keys, Oakestra-compatible), as the root receives it. */
+/* A cluster aggregate (docs/architecture.md §7.2 keys, Oakestra-compatible), as the root receives it. */
 typedef struct oakuk_cluster_aggregate oakuk_cluster_aggregate;
 
 /* Parses an aggregate; extra keys (Oakestra's gpu_cores, more, ...) are kept for to_json

@@ -5,7 +5,7 @@
 
 OAKUK_BEGIN_DECLS
 
-/* The node's network plumber (DESIGN §9): bridge, per-instance netns/veth/tap, port mappings,
+/* The node's network plumber (docs/architecture.md §12): bridge, per-instance netns/veth/tap, port mappings,
  * service IPs and VXLAN peers, made with netlink (libnl-route-3, and libnftnl for nftables) and
  * TUNSETIFF (no ip/iptables/nft processes). All kernel work runs on a thread the oakuk_net object
  * owns; the synchronous calls block until it is done, the _async ones call back on the caller's

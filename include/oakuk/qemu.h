@@ -6,7 +6,7 @@
 
 OAKUK_BEGIN_DECLS
 
-/* The unikernel runtime (DESIGN §8): capability probe, command builder, QEMU instances. */
+/* The unikernel runtime (docs/architecture.md §10.1): capability probe, command builder, QEMU instances. */
 
 /* Options of the probe and of the runtime. Initialise with OAKUK_QEMU_OPTIONS_INIT or
  * oakuk_qemu_options_init(). */
@@ -74,7 +74,7 @@ OAKUK_API char *oakuk_qemu_caps_to_json(const oakuk_qemu_caps *caps);
 
 /* ---- command builder ---- */
 
-/* Builds the QEMU argv for spec (DESIGN §8) with instance_dir as the per-instance directory
+/* Builds the QEMU argv for spec (docs/architecture.md §10.1) with instance_dir as the per-instance directory
  * (serial.log, qmp.sock, files/). qemu_binary NULL = "qemu-system-<arch>". Checks the kernel
  * exists and matches the spec's architecture, detects flavor/version when unset, refuses
  * arguments with spaces, quotes, backslashes or control characters. On success *argv_out is a

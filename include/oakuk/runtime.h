@@ -5,10 +5,10 @@
 
 OAKUK_BEGIN_DECLS
 
-/* The runtime interface (DESIGN §2, §8, §10): what the node asks of a unikernel (QEMU) or container
- * runtime. A runtime runs named instances described by an oakuk_instance_spec and reports their
- * status (OAKUK_STATUS_* from <oakuk/model.h>) through one callback, always invoked on the
- * GMainContext that was the thread-default context when the runtime was created. */
+/* The runtime interface (docs/architecture.md §5.4, §10, §11): what the node asks of a unikernel
+ * (QEMU) or container runtime. A runtime runs named instances described by an oakuk_instance_spec
+ * and reports their status (OAKUK_STATUS_* from <oakuk/model.h>) through one callback, always
+ * invoked on the GMainContext that was the thread-default context when the runtime was created. */
 
 /* ---- instance spec ---- */
 
@@ -16,7 +16,8 @@ OAKUK_BEGIN_DECLS
  * is copied by the setters; getters return borrowed strings (NULL when unset). */
 typedef struct oakuk_instance_spec oakuk_instance_spec;
 
-/* name: the instance name (DESIGN §4). Allowed characters: A-Z a-z 0-9 . _ - (checked at deploy).
+/* name: the instance name (docs/architecture.md §5.1). Allowed characters: A-Z a-z 0-9 . _ -
+ * (checked at deploy).
  * Defaults: virt OAKUK_VIRT_UNIKERNEL, memory 64 MB, 1 vcpu, arch = the host's, accel TCG,
  * not one-shot, graceful stop 0 s, flavor/version detected from the kernel. */
 OAKUK_API oakuk_instance_spec *oakuk_instance_spec_new(const char *name);

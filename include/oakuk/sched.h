@@ -7,7 +7,7 @@
 
 OAKUK_BEGIN_DECLS
 
-/* Scheduling (DESIGN §5): pure functions over reports/aggregates, no I/O. */
+/* Scheduling (docs/architecture.md §6): pure functions over reports/aggregates, no I/O. */
 
 #define OAKUK_SCHED_MOST_FREE 0 /* largest free memory, then free cores, then lowest cpu% */
 #define OAKUK_SCHED_BEST_FIT 1  /* smallest sufficient free memory, then fewest free cores */
