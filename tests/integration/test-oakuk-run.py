@@ -8,9 +8,13 @@ Also the refusals (wrong-arch bare kernel, no KVM, no QEMU) and a crashing guest
 a guest given the wrong convention (the runtime says so).
 
 The run happens inside a scratch network namespace acting as the node, so the bridge, nftables
-table and forwarding settings `oakuk run` makes never touch the machine's own network.
+table and forwarding settings `oakuk run` makes never touch the machine's own network. That
+namespace starts with net.ipv4.ip_forward=0, and every run must leave it so (it enables forwarding
+while it runs). Records of runs go to a scratch $OAKUK_RUN_DIR. Also: exit 2 for every class of bad
+argument, --detach with `oakuk ps` and `oakuk stop`, and the message without privileges.
 
 Usage: test-oakuk-run.py <path to oakuk>   (guests from $OAKUK_GUESTS_DIR); needs root."""
+import json
 import os
 import pathlib
 import re
@@ -33,6 +37,7 @@ KERNEL = GUESTS / "amd64-kernel"
 UKGUEST = {v: GUESTS / f"ukguest-{v}.kernel" for v in ("0.16.3", "0.15.0")}
 HOSTNS = f"oakuk-trun-{os.getpid()}"
 NSENTER = ["/usr/bin/nsenter", f"--net=/run/netns/{HOSTNS}", "--"]
+RUN_DIR = None  # $OAKUK_RUN_DIR of every command, made in __main__
 
 
 def sh(*argv):
@@ -53,6 +58,18 @@ def http_get(url):
     """GET from inside the node namespace; returns the body or None."""
     r = sh("curl", "-sf", "--max-time", "5", url)
     return r.stdout if r.returncode == 0 else None
+
+
+def ip_forward():
+    """net.ipv4.ip_forward of the node namespace."""
+    return sh("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip()
+
+
+def oakuk(*args, user=None, timeout=300):
+    """`oakuk ARGS` inside the node namespace (as user, when given), to its end."""
+    pre = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups"] if user else []
+    return subprocess.run([*NSENTER, *pre, OAKUK, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def pids_of(needle):
@@ -143,6 +160,8 @@ class RunBase(unittest.TestCase):
         for r in self.runs:
             r.kill()
             r.close()
+        if os.path.exists(os.path.join(RUN_DIR, self.name)):  # a detached one a failed test left
+            oakuk("stop", self.name)
         shutil.rmtree(self.state, ignore_errors=True)
 
     def start(self, *args, env=None):
@@ -162,8 +181,9 @@ class RunBase(unittest.TestCase):
         if port:
             self.assertIsNone(re.search(rf"\b{port}\b", ruleset), f"port {port} still mapped")
         self.assertEqual(pids_of(self.name), [], "QEMU still running")
-        inst = pathlib.Path(self.state, "instances", self.name)
-        self.assertFalse(inst.exists(), f"{inst} left behind")
+        for left in (pathlib.Path(self.state, "runs", self.name), pathlib.Path(RUN_DIR, self.name)):
+            self.assertFalse(left.exists(), f"{left} left behind")
+        self.assertEqual(ip_forward(), "0", "net.ipv4.ip_forward not put back")
         for cg in (f"/sys/fs/cgroup/oakuk/{self.name}", f"/sys/fs/cgroup/memory/oakuk/{self.name}"):
             self.assertFalse(os.path.exists(cg), f"cgroup {cg} left behind")
 
@@ -357,6 +377,257 @@ class OciRun(RunBase):
         r = self.start("--allow-emulation", ref)
         self.assertEqual(r.finish(60), 1, r.stderr())
         self.assertIn(f"image {ref}", r.stderr())
+        self.assert_nothing_left()
+
+
+class HostSettings(RunBase):
+    """net.ipv4.ip_forward (0 in the node namespace) is 1 while a run needs it and put back when the
+    last run ends: after a clean end, a crash, SIGTERM, and only after the second of two runs."""
+
+    def setUp(self):
+        super().setUp()
+        if not UKGUEST["0.16.3"].exists():
+            self.skipTest("the multiboot test kernel was not built (tests/guests/meson.build)")
+
+    def start_staying(self, name=None):
+        args = ["--allow-emulation", "--ready-serial", "ukguest: staying up", str(UKGUEST["0.16.3"]), "--", "stay"]
+        if name:
+            r = Run("--state-dir", self.state, "--name", name, *args)
+            self.runs.append(r)
+        else:
+            r = self.start(*args)
+        self.assertTrue(r.wait_for(lambda: re.search(r"instance \S+ ready \d+ ms", r.stderr()), 120), r.stderr())
+        return r
+
+    def test_clean_end(self):
+        self.assertEqual(ip_forward(), "0")
+        r = self.start("--allow-emulation", str(UKGUEST["0.16.3"]))
+        self.assertEqual(r.finish(120), 0, r.stderr())
+        self.assertIn("the guest powered off", r.stderr())
+        self.assert_nothing_left()
+
+    def test_crash(self):
+        r = self.start("--allow-emulation", str(UKGUEST["0.16.3"]), "--", "crash")
+        self.assertEqual(r.finish(120), 3, r.stderr())
+        self.assert_nothing_left()
+
+    def test_sigterm(self):
+        r = self.start_staying()
+        self.assertEqual(ip_forward(), "1", "the run did not enable forwarding")
+        r.p.send_signal(signal.SIGTERM)
+        self.assertEqual(r.finish(60), 0, r.stderr())
+        self.assertIn(f"stopping instance {self.name}", r.stderr())
+        self.assert_nothing_left()
+
+    def test_last_run_restores(self):
+        other = self.name + "-b"
+        a = self.start_staying()
+        b = self.start_staying(other)
+        a.p.send_signal(signal.SIGINT)
+        self.assertEqual(a.finish(60), 0, a.stderr())
+        self.assertEqual(ip_forward(), "1", "forwarding removed while another run needs it")
+        self.assertIn("oakuk0", links(), "bridge removed while another run uses it")
+        b.p.send_signal(signal.SIGINT)
+        self.assertEqual(b.finish(60), 0, b.stderr())
+        self.assertFalse(os.path.exists(f"/run/netns/{other}"))
+        self.assert_nothing_left()
+
+
+class BadArguments(RunBase):
+    """Every class of bad argument is exit 2 with a message naming it, before anything is made."""
+
+    def test_run_exit_2(self):
+        img = str(UKGUEST["0.16.3"])
+        pw = os.path.join(self.state, "missing-password")
+        cases = [
+            (["--bogus", img], "Unknown option"),
+            ([], "IMAGE is missing"),
+            ([img, "extra"], "exactly one IMAGE"),
+            (["--memory", "lots", img], "--memory"),
+            (["--memory", "8", img], "--memory"),
+            (["--vcpus", "0", img], "--vcpus"),
+            (["--ready-port", "70000", img], "--ready-port"),
+            (["--ready-timeout", "-1", img], "--ready-timeout"),
+            (["--ready-serial", "", img], "--ready-serial"),
+            (["--flavor", "windows", img], "--flavor"),
+            (["--net", "bridge", img], "--net"),
+            (["--arch", "x86", img], "--arch"),
+            (["--uk-version", "latest", img], "--uk-version"),
+            (["--files", "/nonexistent-oakuk-dir", img], "--files"),
+            (["--subnet", "10.18.255.1/24", img], "--subnet"),
+            (["--subnet", "banana", img], "--subnet"),
+            (["-p", "8080", img], "-p"),
+            (["-p", "1:70000", img], "-p"),
+            (["-p", "80:80/sctp", img], "-p"),
+            (["--insecure-registry", "a b", img], "--insecure-registry"),
+            (["--name", "bad name", img], "--name"),
+            (["--name", "x" * 65, img], "--name"),
+            (["--username", "u", img], "--username and --password-file"),
+            (["--username", "u", "--password-file", pw, img], "--password-file"),
+            ([img, "--", "two words"], "guest argument"),
+            (["/nonexistent-oakuk-image.tar.gz"], "image /nonexistent-oakuk-image.tar.gz"),
+            (["oci-archive:/nonexistent-oakuk.tar"], "no such file"),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                p = oakuk("run", "--state-dir", self.state, "--name", self.name, "--allow-emulation", *args)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn(want, p.stderr)
+        self.assert_nothing_left()
+
+    def test_ps_stop_exit_2(self):
+        for args in (["ps", "extra"], ["ps", "--bogus"], ["stop"], ["stop", "a", "b"], ["stop", "bad/name"],
+                     ["stop", "--bogus", "x"]):
+            with self.subTest(args=args):
+                p = oakuk(*args)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn(f"oakuk {args[0]}: ", p.stderr)
+
+
+class Detach(RunBase):
+    """`oakuk run --detach` returns once the guest is ready and leaves it running (its QEMU in a
+    session of its own, reached through its port mapping); `oakuk ps` lists it, `oakuk stop`
+    removes everything and puts the host settings back."""
+
+    def ps(self):
+        p = oakuk("ps", "--json")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return {i["name"]: i for i in json.loads(p.stdout)}
+
+    def test_detach_ps_stop(self):
+        port = ports(1)[0]
+        p = oakuk("run", "--detach", "--state-dir", self.state, "--name", self.name, "--allow-emulation",
+                  "-p", f"{port}:8080", str(IMAGE), "--", "detached")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, f"{self.name}\n")  # the name only: no console
+        # The CLI is gone; the guest is not.
+        qemu = pids_of(self.name)
+        self.assertEqual(len(qemu), 1, p.stderr)
+        self.assertNotEqual(os.getsid(qemu[0]), os.getsid(0), "QEMU shares the caller's session")
+        body = http_get(f"http://127.0.0.1:{port}/cgi-bin/index.cgi")
+        self.assertIsNotNone(body, "the detached guest does not answer on its port")
+        self.assertIn("args: detached", body)
+        ip = re.search(r"ip: ([0-9.]+)", body).group(1)
+        self.assertEqual(ip_forward(), "1")
+        listed = self.ps().get(self.name)
+        self.assertIsNotNone(listed, "oakuk ps does not list the instance")
+        self.assertEqual(listed["state"], "RUNNING")
+        self.assertEqual(listed["pid"], qemu[0])
+        self.assertEqual(listed["ip"], ip)
+        self.assertEqual(listed["image"], str(IMAGE))
+        self.assertTrue(listed["detached"])
+        self.assertEqual(listed["ports"], [f"{port}:8080"])
+        self.assertRegex(listed["started"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        table = oakuk("ps")
+        self.assertEqual(table.returncode, 0, table.stderr)
+        row = [line.split() for line in table.stdout.splitlines() if line.startswith(self.name + " ")]
+        self.assertEqual(len(row), 1, table.stdout)
+        self.assertEqual(row[0][2:5], ["RUNNING", ip, str(qemu[0])])
+        # Its name is taken while it exists.
+        again = oakuk("run", "--detach", "--state-dir", self.state, "--name", self.name, "--allow-emulation",
+                      str(IMAGE))
+        self.assertEqual(again.returncode, 1, again.stderr)
+        self.assertIn(f"an instance named {self.name} exists already (RUNNING", again.stderr)
+        stop = oakuk("stop", self.name)
+        self.assertEqual(stop.returncode, 0, stop.stderr)
+        self.assertEqual(stop.stdout, f"{self.name}\n")
+        self.assertNotIn(self.name, self.ps())
+        self.assert_nothing_left(port)
+
+    def test_detached_guest_ends_then_stop(self):
+        """A detached guest that powers off is listed DEAD until `oakuk stop` removes its leftovers."""
+        if not UKGUEST["0.16.3"].exists():
+            self.skipTest("the multiboot test kernel was not built")
+        p = oakuk("run", "--detach", "--state-dir", self.state, "--name", self.name, "--allow-emulation",
+                  str(UKGUEST["0.16.3"]))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, f"{self.name}\n")
+        state = None
+        for _ in range(600):
+            state = self.ps()[self.name]["state"]
+            if state == "DEAD":
+                break
+            time.sleep(0.1)
+        self.assertEqual(state, "DEAD")
+        self.assertTrue(os.path.exists(f"/run/netns/{self.name}"), "the network went before oakuk stop")
+        stop = oakuk("stop", self.name)
+        self.assertEqual(stop.returncode, 0, stop.stderr)
+        self.assert_nothing_left()
+
+    def test_detach_guest_dies_first(self):
+        if not UKGUEST["0.16.3"].exists():
+            self.skipTest("the multiboot test kernel was not built")
+        p = oakuk("run", "--detach", "--state-dir", self.state, "--name", self.name, "--allow-emulation",
+                  "--ready-serial", "never printed", str(UKGUEST["0.16.3"]), "--", "crash")
+        self.assertEqual(p.returncode, 3, p.stderr)
+        self.assertEqual(p.stdout, "")
+        self.assertIn(f"instance {self.name} crashed", p.stderr)
+        self.assert_nothing_left()
+
+    def test_detach_interrupted(self):
+        """Ctrl-C before the guest is ready: `run --detach` stops it, cleans up and fails (exit 1)."""
+        if not UKGUEST["0.16.3"].exists():
+            self.skipTest("the multiboot test kernel was not built")
+        r = self.start("--detach", "--allow-emulation", "--ready-serial", "never printed", "--ready-timeout", "0",
+                       str(UKGUEST["0.16.3"]), "--", "stay")
+        self.assertTrue(r.wait_for(lambda: f"instance {self.name} at " in r.stderr(), 120), r.stderr())
+        r.p.send_signal(signal.SIGINT)
+        self.assertEqual(r.finish(60), 1, r.stderr())
+        self.assertEqual(r.stdout(), "")
+        self.assertIn(f"stopping instance {self.name}", r.stderr())
+        self.assert_nothing_left()
+
+    def test_stop_foreground(self):
+        if not UKGUEST["0.16.3"].exists():
+            self.skipTest("the multiboot test kernel was not built")
+        r = self.start("--allow-emulation", "--ready-serial", "ukguest: staying up", str(UKGUEST["0.16.3"]),
+                       "--", "stay")
+        self.assertTrue(r.wait_for(lambda: f"instance {self.name} ready" in r.stderr(), 120), r.stderr())
+        self.assertFalse(self.ps()[self.name]["detached"])
+        stop = oakuk("stop", self.name)
+        self.assertEqual(stop.returncode, 0, stop.stderr)
+        self.assertEqual(r.finish(30), 0, r.stderr())
+        self.assertIn(f"stopping instance {self.name}", r.stderr())
+        self.assert_nothing_left()
+
+    def test_stop_after_cli_killed(self):
+        """A foreground `oakuk run` killed with SIGKILL cleans nothing: ps still lists its instance,
+        and `oakuk stop` adopts its QEMU, stops it and removes the rest."""
+        if not UKGUEST["0.16.3"].exists():
+            self.skipTest("the multiboot test kernel was not built")
+        r = self.start("--allow-emulation", "--ready-serial", "ukguest: staying up", str(UKGUEST["0.16.3"]),
+                       "--", "stay")
+        self.assertTrue(r.wait_for(lambda: f"instance {self.name} ready" in r.stderr(), 120), r.stderr())
+        r.p.kill()
+        r.finish(30)
+        self.assertEqual(len(pids_of(self.name)), 1)
+        listed = self.ps()[self.name]
+        self.assertEqual((listed["state"], listed["detached"]), ("RUNNING", False))
+        stop = oakuk("stop", self.name)
+        self.assertEqual(stop.returncode, 0, stop.stderr)
+        self.assert_nothing_left()
+
+    def test_stop_unknown(self):
+        p = oakuk("stop", "no-such-instance")
+        self.assertEqual(p.returncode, 6, p.stderr)
+        self.assertIn("no instance no-such-instance started by oakuk run", p.stderr)
+
+
+class Unprivileged(RunBase):
+    """Without root (nobody), run and stop say what they need and exit 4 before making anything;
+    ps, which only reads, works."""
+
+    def test_run_stop_ps(self):
+        img = str(UKGUEST["0.16.3"])
+        for args in (["run", "--allow-emulation", "--name", self.name, img],
+                     ["run", "--detach", "--allow-emulation", "--name", self.name, img], ["stop", self.name]):
+            with self.subTest(args=args):
+                p = oakuk(*args, user="nobody")
+                self.assertEqual(p.returncode, 4, p.stderr)
+                self.assertIn("needs root or CAP_NET_ADMIN", p.stderr)
+        p = oakuk("ps", user="nobody")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertTrue(p.stdout.startswith("NAME "), p.stdout)
         self.assert_nothing_left()
 
 
@@ -579,12 +850,18 @@ class UkGuestRun(RunBase):
 
 if __name__ == "__main__":
     OAKUK = sys.argv.pop(1)
+    RUN_DIR = tempfile.mkdtemp(prefix="oakuk-itest-rundir-")
+    os.chmod(RUN_DIR, 0o755)  # as oakuk makes /run/oakuk/run: oakuk ps reads it as any user
+    os.environ["OAKUK_RUN_DIR"] = RUN_DIR
     if os.getuid() == 0:
         subprocess.run(["ip", "netns", "add", HOSTNS], check=True)
         subprocess.run(["ip", "-n", HOSTNS, "link", "set", "lo", "up"], check=True)
+        # A new namespace may inherit the machine's forwarding: the node starts without it here.
+        subprocess.run([*NSENTER, "sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)
     try:
         prog = unittest.main(verbosity=2, exit=False)
     finally:
         if os.getuid() == 0:
             subprocess.run(["ip", "netns", "del", HOSTNS])
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
     sys.exit(0 if prog.result.wasSuccessful() else 1)

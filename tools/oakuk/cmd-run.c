@@ -2,7 +2,10 @@
 #include "client.h"
 #include "oakuk-cli.h"
 #include "run-session.h"
+#include "run-state.h"
 
+#include <arpa/inet.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,24 +14,117 @@ static const char summary[] =
     "REGISTRY/NAME:TAG or NAME@sha256:..., or oci-archive:PATH|URL, whose platform for --arch or\n"
     "this machine is run), gives it a network namespace on the local bridge, runs it with QEMU in\n"
     "the foreground and shows its console.\n"
-    "Ctrl-C stops the guest and removes everything the run made. ARGS after -- go to the guest.\n"
+    "Ctrl-C (or SIGTERM, or `oakuk stop NAME`) stops the guest and removes everything the run\n"
+    "made; the last run puts back the host settings the first changed (net.ipv4.ip_forward).\n"
+    "ARGS after -- go to the guest.\n"
     "\n"
     "The guest is ready when it answers on the guest side of the first TCP -p mapping (or\n"
     "--ready-port), and/or shows --ready-serial TEXT on its console.\n"
     "\n"
-    "Exit status: 0 when stopped by a signal or when the guest powered off cleanly, 1 on errors,\n"
-    "2 on a bad command line, 3 when the guest crashed, was killed or failed to start (its last\n"
-    "console lines are printed), 7 when it was not ready within --ready-timeout (it is stopped).";
+    "With --detach it prints the instance's name once the guest runs (is ready, with a probe) and\n"
+    "leaves it running; `oakuk ps` lists instances, `oakuk stop NAME` stops one.\n"
+    "\n"
+    "Exit status: 0 when stopped by a signal or when the guest powered off cleanly (--detach: when\n"
+    "it runs), 1 on errors, 2 on a bad command line or option value, 3 when the guest crashed, was\n"
+    "killed or failed to start (its last console lines are printed), 4 without root or\n"
+    "CAP_NET_ADMIN, 7 when it was not ready within --ready-timeout (it is stopped).";
 
-/* "--memory 128", positive, at most max. */
-static gboolean parse_positive(const char *opt, const char *text, int64_t max, int64_t *out) {
+/* "--memory 128", min..max. */
+static gboolean parse_number(const char *opt, const char *text, int64_t min, int64_t max, int64_t *out) {
   guint64 v = 0;
-  if (!text || !g_ascii_string_to_unsigned(text, 10, 1, (guint64)max, &v, NULL)) {
-    fprintf(stderr, "oakuk run: %s \"%s\": expected a number 1..%" G_GINT64_FORMAT "\n", opt,
-            text ? text : "", max);
+  if (!text || !g_ascii_string_to_unsigned(text, 10, (guint64)min, (guint64)max, &v, NULL)) {
+    fprintf(stderr, "oakuk run: %s \"%s\": expected a number %" G_GINT64_FORMAT "..%" G_GINT64_FORMAT "\n",
+            opt, text ? text : "", min, max);
     return FALSE;
   }
   *out = (int64_t)v;
+  return TRUE;
+}
+
+static gboolean usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static gboolean usage_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "oakuk run: %s\n", msg);
+  return FALSE;
+}
+
+/* "HOST:GUEST[/tcp|/udp]", ports 1..65535, as oakuk_net_port_map_add takes it. */
+static gboolean port_spec_ok(const char *spec) {
+  g_autoptr(GRegex) re = g_regex_new("^([0-9]{1,5}):([0-9]{1,5})(/(tcp|udp))?$", 0, 0, NULL);
+  g_autoptr(GMatchInfo) m = NULL;
+  if (!g_regex_match(re, spec, 0, &m))
+    return FALSE;
+  for (int g = 1; g <= 2; g++) {
+    g_autofree char *port = g_match_info_fetch(m, g);
+    guint64 v = g_ascii_strtoull(port, NULL, 10);
+    if (v < 1 || v > 65535)
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* "a.b.c.d/n" without host bits, n 8..30 (room for the bridge, an instance and broadcast). */
+static gboolean subnet_ok(const char *cidr) {
+  g_auto(GStrv) parts = g_strsplit(cidr, "/", -1);
+  struct in_addr a;
+  guint64 prefix = 0;
+  if (g_strv_length(parts) != 2 || inet_pton(AF_INET, parts[0], &a) != 1 ||
+      !g_ascii_string_to_unsigned(parts[1], 10, 8, 30, &prefix, NULL))
+    return FALSE;
+  guint32 mask = 0xffffffffu << (32 - prefix);
+  return (ntohl(a.s_addr) & ~mask) == 0;
+}
+
+/* "host[:port],...": registry host names or addresses, optional port. */
+static gboolean registries_ok(const char *list) {
+  g_autoptr(GRegex) re = g_regex_new("^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$", 0, 0, NULL);
+  g_auto(GStrv) items = g_strsplit(list, ",", -1);
+  if (!items[0])
+    return FALSE;
+  for (char **i = items; *i; i++)
+    if (!g_regex_match(re, *i, 0, NULL))
+      return FALSE;
+  return TRUE;
+}
+
+/* What the guest command line can carry: no spaces, quotes, backslashes or control characters. */
+static gboolean guest_arg_ok(const char *arg) {
+  if (!*arg)
+    return FALSE;
+  for (const unsigned char *p = (const unsigned char *)arg; *p; p++)
+    if (*p <= 0x20 || *p == 0x7f || *p == '"' || *p == '\'' || *p == '\\')
+      return FALSE;
+  return TRUE;
+}
+
+/* Every option value checked before anything is fetched or made: a bad one is exit 2. */
+static gboolean values_ok(const OakukRunOptions *o, const char *arch, const char *files, const char *subnet) {
+  if (o->name && !oakuk_run_name_is_valid(o->name))
+    return usage_error("--name \"%s\": use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with \".\"",
+                       o->name);
+  if (arch && strcmp(arch, "amd64") != 0 && strcmp(arch, "arm64") != 0)
+    return usage_error("--arch \"%s\": expected amd64 or arm64", arch);
+  if (o->uk_version && !g_regex_match_simple("^[0-9]+(\\.[0-9]+){0,2}$", o->uk_version, 0, 0))
+    return usage_error("--uk-version \"%s\": expected X.Y.Z", o->uk_version);
+  if (files && !g_file_test(files, G_FILE_TEST_IS_DIR))
+    return usage_error("--files %s: not a directory", files);
+  if (subnet && !subnet_ok(subnet))
+    return usage_error("--subnet \"%s\": expected an IPv4 network a.b.c.d/8..30 without host bits", subnet);
+  for (char **p = o->ports; p && *p; p++)
+    if (!port_spec_ok(*p))
+      return usage_error("-p \"%s\": expected HOST:GUEST[/tcp|/udp] with ports 1..65535", *p);
+  if (o->insecure_registries && !registries_ok(o->insecure_registries))
+    return usage_error("--insecure-registry \"%s\": expected HOST[:PORT],...", o->insecure_registries);
+  if (o->username && !*o->username)
+    return usage_error("--username: empty");
+  for (char **a = o->args; a && *a; a++)
+    if (!guest_arg_ok(*a))
+      return usage_error("guest argument \"%s\": empty or has a space, quote, backslash or control character "
+                         "(the guest command line cannot carry it)",
+                         *a);
   return TRUE;
 }
 
@@ -45,7 +141,7 @@ int oakuk_cmd_run(int argc, char **argv) {
                   *ready_port = NULL, *ready_serial = NULL, *ready_timeout = NULL, *insecure = NULL,
                   *username = NULL, *password_file = NULL;
   g_auto(GStrv) ports = NULL;
-  gboolean allow_emulation = FALSE;
+  gboolean allow_emulation = FALSE, detach = FALSE;
   GOptionEntry entries[] = {
       {"arch", 0, 0, G_OPTION_ARG_STRING, &arch, "Guest architecture (amd64, arm64; default: the kernel's)",
        "A"},
@@ -53,6 +149,8 @@ int oakuk_cmd_run(int argc, char **argv) {
       {"vcpus", 0, 0, G_OPTION_ARG_STRING, &vcpus, "Virtual CPUs (default 1)", "N"},
       {"port", 'p', 0, G_OPTION_ARG_STRING_ARRAY, &ports,
        "Map 127.0.0.1/node port HOST to the guest's GUEST (repeatable)", "HOST:GUEST[/tcp|udp]"},
+      {"detach", 'd', 0, G_OPTION_ARG_NONE, &detach,
+       "Print the name once the guest runs (is ready, with a probe) and leave it running", NULL},
       {"allow-emulation", 0, 0, G_OPTION_ARG_NONE, &allow_emulation,
        "Run under TCG when KVM is unusable or the guest is of another architecture", NULL},
       {"flavor", 0, 0, G_OPTION_ARG_STRING, &flavor, "unikraft or linux (default: detected)", "F"},
@@ -64,7 +162,8 @@ int oakuk_cmd_run(int argc, char **argv) {
        "Image cache and instance state (default /var/lib/oakuk/run, or $XDG_RUNTIME_DIR/oakuk/run)", "DIR"},
       {"subnet", 0, 0, G_OPTION_ARG_STRING, &subnet,
        "Subnet of the local bridge (default " OAKUK_RUN_DEFAULT_SUBNET ")", "CIDR"},
-      {"name", 0, 0, G_OPTION_ARG_STRING, &name, "Instance name (default run-<random>)", "NAME"},
+      {"name", 0, 0, G_OPTION_ARG_STRING, &name,
+       "Instance name, 1-64 of A-Z a-z 0-9 . _ - (default run-<random>)", "NAME"},
       {"net", 0, 0, G_OPTION_ARG_STRING, &net,
        "direct (the guest owns the instance IP, default) or nat (guest 192.168.1.2 behind DNAT)", "MODE"},
       {"ready-port", 0, 0, G_OPTION_ARG_STRING, &ready_port,
@@ -133,15 +232,18 @@ int oakuk_cmd_run(int argc, char **argv) {
       .insecure_registries = insecure,
       .username = username,
       .password = password,
+      .detach = detach,
   };
+  if (!values_ok(&o, arch, files, subnet))
+    return OAKUK_CLI_USAGE;
   int64_t v;
   if (memory) {
-    if (!parse_positive("--memory", memory, 1024 * 1024, &v))
+    if (!parse_number("--memory", memory, 16, 1024 * 1024, &v))
       return OAKUK_CLI_USAGE;
     o.memory_mb = v;
   }
   if (vcpus) {
-    if (!parse_positive("--vcpus", vcpus, 256, &v))
+    if (!parse_number("--vcpus", vcpus, 1, 256, &v))
       return OAKUK_CLI_USAGE;
     o.vcpus = (int32_t)v;
   }

@@ -1,5 +1,6 @@
 /* `oakuk`: dispatches to the subcommand named by the first argument. */
 #include "oakuk-cli.h"
+#include "run-session.h"
 
 #include <glib.h>
 #include <locale.h>
@@ -14,6 +15,8 @@ typedef struct {
 
 static const Command commands[] = {
     {"run", oakuk_cmd_run, "run a unikernel image on this machine, without a control plane"},
+    {"ps", oakuk_cmd_ps, "list the instances `oakuk run` started here (--json)"},
+    {"stop", oakuk_cmd_stop, "stop an instance `oakuk run` started (--detach or not)"},
     {"pkg", oakuk_cmd_pkg, "package unikernels as a multi-architecture OCI image (as kraft pkg)"},
     {"login", oakuk_cmd_login, "log in to the root and store the credentials"},
     {"apply", oakuk_cmd_apply, "validate and register an SLA descriptor"},

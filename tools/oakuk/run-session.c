@@ -3,6 +3,7 @@
 #include "run-session.h"
 
 #include "oakuk-cli.h"
+#include "run-state.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +13,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define CONSOLE_POLL_MS 100
@@ -20,14 +22,16 @@
 typedef struct {
   const OakukRunOptions *o;
   GMainLoop *loop;
-  char *name, *state_dir, *image_desc;
+  char *name, *state_dir, *runtime_dir;
   oakuk_image *image;
   oakuk_qemu_caps *caps;
   char *arch;
   int32_t accel;
   oakuk_net *net;
-  bool made_bridge;
+  bool have_record; /* <run dir>/NAME is this run's: its end releases the network and the host settings */
   bool have_instance_net;
+  bool detached; /* --detach succeeded: the instance and its network stay */
+  OakukRunRecord *rec;
   oakuk_net_instance_info *ninfo;
   oakuk_runtime *rt;
   bool deployed, stopping, undeployed, running;
@@ -143,6 +147,8 @@ static gboolean on_signal(gpointer data) {
     return G_SOURCE_CONTINUE;
   }
   say("stopping instance %s", r->name);
+  if (r->o->detach) /* it never ran on its own: that is a failure of `run --detach` */
+    r->status = OAKUK_CLI_FAILED;
   begin_stop(r);
   return G_SOURCE_CONTINUE;
 }
@@ -184,6 +190,34 @@ static gboolean on_ready_timeout(gpointer data) {
   return G_SOURCE_REMOVE;
 }
 
+/* --detach: the guest runs (and is ready): record so, print its name and leave it running. */
+static void detach_now(Run *r) {
+  if (r->detached || r->stopping)
+    return;
+  r->rec->detached = true;
+  g_autoptr(GError) err = NULL;
+  if (!oakuk_run_record_write(r->rec, &err)) {
+    fail(NULL, "record of instance %s: %s", r->name, err->message);
+    r->status = OAKUK_CLI_FAILED;
+    begin_stop(r);
+    return;
+  }
+  r->detached = true;
+  oakuk_runtime_set_keep_instances(r->rt, true);
+  say("instance %s runs detached; `oakuk stop %s` stops it", r->name, r->name);
+  printf("%s\n", r->name);
+  fflush(stdout);
+  quit(r);
+}
+
+static void record_running(Run *r) {
+  r->rec->pid = oakuk_runtime_instance_pid(r->rt, r->name);
+  r->rec->pid_start = oakuk_run_proc_start(r->rec->pid);
+  g_autoptr(GError) err = NULL;
+  if (!oakuk_run_record_write(r->rec, &err))
+    say("record of instance %s: %s", r->name, err->message);
+}
+
 static void on_ready(const char *instance, int64_t ready_ms, void *data) {
   Run *r = data;
   if (strcmp(instance, r->name) != 0 || r->stopping)
@@ -196,6 +230,8 @@ static void on_ready(const char *instance, int64_t ready_ms, void *data) {
   g_autofree char *what = ready_text(r);
   if (*what) /* without a probe, ready is RUNNING, said already */
     say("instance %s ready %" G_GINT64_FORMAT " ms after its start (%s)", r->name, ready_ms, what);
+  if (r->o->detach)
+    detach_now(r);
 }
 
 /* How the guest ended decides the exit status: 0 for a clean power-off, 3 for a crash or a kill. */
@@ -205,7 +241,8 @@ static void on_end(Run *r, int32_t status, const char *detail) {
                     : kind == OAKUK_EXIT_CRASH  ? "crashed"
                     : kind == OAKUK_EXIT_KILLED ? "was killed"
                                                 : "failed to start";
-  r->status = kind == OAKUK_EXIT_CLEAN ? OAKUK_CLI_OK : OAKUK_CLI_GUEST_DIED;
+  /* --detach promised a running guest: one that ended before is a failure, however it ended. */
+  r->status = kind == OAKUK_EXIT_CLEAN && !r->o->detach ? OAKUK_CLI_OK : OAKUK_CLI_GUEST_DIED;
   if (kind == OAKUK_EXIT_CLEAN) /* the detail says so: "exited cleanly: the guest powered off; ..." */
     say("instance %s %s: %s", r->name, oakuk_instance_status_name(status),
         detail ? detail : "exited cleanly");
@@ -231,6 +268,7 @@ static void on_status(const char *instance, int32_t status, const char *detail, 
       break;
     }
     r->running = true;
+    record_running(r);
     g_autofree char *ports = ports_text(r->o);
     g_autofree char *what = ready_text(r);
     say("instance %s at %s, %s%s%s", r->name, oakuk_net_instance_info_ip(r->ninfo), ports,
@@ -271,8 +309,18 @@ static int resolve_state_dir(Run *r) {
       return fail(NULL, "no --state-dir given, not root and XDG_RUNTIME_DIR unset");
     r->state_dir = g_build_filename(xdg, "oakuk", "run", NULL);
   }
-  if (g_mkdir_with_parents(r->state_dir, 0700) != 0)
-    return fail(NULL, "state dir %s: %s", r->state_dir, g_strerror(errno));
+  if (g_mkdir_with_parents(r->state_dir, 0700) != 0) {
+    fail(NULL, "%s %s: %s", r->o->state_dir ? "--state-dir" : "state dir", r->state_dir, g_strerror(errno));
+    return r->o->state_dir ? OAKUK_CLI_USAGE : OAKUK_CLI_FAILED;
+  }
+  /* One runtime state directory per run: another run's runtime never adopts (or releases) it. */
+  r->runtime_dir = g_build_filename(r->state_dir, "runs", r->name, NULL);
+  g_autofree char *qmp = g_build_filename(r->runtime_dir, "instances", r->name, "qmp.sock", NULL);
+  if (strlen(qmp) > 107) {
+    fail(NULL, "--name %s with --state-dir %s: the QMP socket path %s is longer than 107 bytes", r->name,
+         r->state_dir, qmp);
+    return OAKUK_CLI_USAGE;
+  }
   return OAKUK_CLI_OK;
 }
 
@@ -302,8 +350,10 @@ static int fetch_oci_image(Run *r) {
       local = g_filename_from_uri(rest, NULL, NULL);
     } else {
       local = g_canonicalize_filename(rest, NULL);
-      if (!g_file_test(local, G_FILE_TEST_IS_REGULAR))
-        return fail(NULL, "image %s: no such file %s", image, local);
+      if (!g_file_test(local, G_FILE_TEST_IS_REGULAR)) {
+        fail(NULL, "image %s: no such file %s", image, local);
+        return OAKUK_CLI_USAGE;
+      }
       g_autofree char *uri = g_filename_to_uri(local, NULL, NULL);
       reference = g_strconcat("oci-archive:", uri, NULL);
     }
@@ -330,8 +380,10 @@ static int fetch_image(Run *r) {
    * its registry, repository path, tag or digest. */
   if (oakuk_image_code_is_oci(image) && !g_file_test(image, G_FILE_TEST_EXISTS) && strpbrk(image, "/:@"))
     return fetch_oci_image(r);
-  if (r->o->username)
-    return fail(NULL, "--username goes with an OCI reference as IMAGE, not %s", image);
+  if (r->o->username) {
+    fail(NULL, "--username goes with an OCI reference as IMAGE, not %s", image);
+    return OAKUK_CLI_USAGE;
+  }
   g_autofree char *url = NULL;
   g_autofree char *local = NULL;
   if (strstr(image, "://")) {
@@ -339,8 +391,10 @@ static int fetch_image(Run *r) {
     local = g_filename_from_uri(image, NULL, NULL);
   } else {
     local = g_canonicalize_filename(image, NULL);
-    if (!g_file_test(local, G_FILE_TEST_IS_REGULAR))
-      return fail(NULL, "image %s: not a URL, an OCI reference or a file", image);
+    if (!g_file_test(local, G_FILE_TEST_IS_REGULAR)) {
+      fail(NULL, "image %s: not a URL, an OCI reference or a file", image);
+      return OAKUK_CLI_USAGE;
+    }
     url = g_filename_to_uri(local, NULL, NULL);
   }
   /* The library refuses file:// by default; the file the user named on the command line is theirs
@@ -396,31 +450,35 @@ static int choose_accel(Run *r) {
   return OAKUK_CLI_OK;
 }
 
-static gboolean json_bool(JsonObject *o, const char *key) {
-  return o && json_object_get_boolean_member_with_default(o, key, FALSE);
+static OakukRunRecord *new_record(Run *r) {
+  const OakukRunOptions *o = r->o;
+  OakukRunRecord *rec = g_new0(OakukRunRecord, 1);
+  rec->name = g_strdup(r->name);
+  rec->image = g_strdup(o->image);
+  rec->subnet = g_strdup(o->subnet);
+  rec->nat = o->net_nat;
+  rec->ports = o->ports ? g_strdupv(o->ports) : g_new0(char *, 1);
+  rec->runtime_dir = g_strdup(r->runtime_dir);
+  rec->netns = oakuk_run_netns_id();
+  g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+  rec->started = g_date_time_format(now, "%Y-%m-%dT%H:%M:%SZ");
+  rec->cli_pid = getpid();
+  rec->cli_start = oakuk_run_proc_start(rec->cli_pid);
+  return rec;
 }
 
-/* oakuk_net_list as a JSON object, or NULL. */
-static JsonNode *net_state(oakuk_net *net) {
-  oakuk_error *err = NULL;
-  char *text = oakuk_net_list(net, &err);
-  if (!text) {
-    fail(err, "list the network state");
-    return NULL;
+/* Under the run directory's lock: a name no other run has, the host settings as they are before
+ * any run changes them, this run's record, then the node's and the instance's network. */
+static int setup_network_locked(Run *r) {
+  g_autoptr(OakukRunRecord) other = oakuk_run_record_load(r->name, NULL);
+  if (other) {
+    const char *state = oakuk_run_record_state(other);
+    return fail(NULL, "an instance named %s exists already (%s, see oakuk ps): pick another --name%s",
+                r->name, state, strcmp(state, "DEAD") == 0 ? " or remove it with oakuk stop" : "");
   }
-  JsonNode *n = json_from_string(text, NULL);
-  oakuk_free(text);
-  if (n && !JSON_NODE_HOLDS_OBJECT(n))
-    g_clear_pointer(&n, json_node_unref);
-  return n;
-}
-
-static guint array_len(JsonObject *o, const char *key) {
-  JsonArray *a = o && json_object_has_member(o, key) ? json_object_get_array_member(o, key) : NULL;
-  return a ? json_array_get_length(a) : 0;
-}
-
-static int setup_network(Run *r) {
+  g_autofree char *nspath = g_build_filename("/run/netns", r->name, NULL);
+  if (g_file_test(nspath, G_FILE_TEST_EXISTS))
+    return fail(NULL, "network namespace %s exists already: pick another --name", nspath);
   oakuk_net_options no;
   oakuk_net_options_init(&no, OAKUK_NET_OPTIONS_VERSION);
   no.node_subnet = r->o->subnet;
@@ -428,11 +486,13 @@ static int setup_network(Run *r) {
   r->net = oakuk_net_new(&no, &err);
   if (!r->net)
     return fail(err, "network (--subnet %s)", r->o->subnet);
-  g_autoptr(JsonNode) before = net_state(r->net);
-  if (!before)
-    return OAKUK_CLI_FAILED;
-  /* Whether this run makes the bridge decides whether it removes it (with the table) at the end. */
-  r->made_bridge = !json_bool(json_node_get_object(before), "bridge");
+  g_autoptr(GError) gerr = NULL;
+  if (!oakuk_run_host_save(r->net, &gerr))
+    return fail(NULL, "save the host settings: %s", gerr->message);
+  r->rec = new_record(r);
+  if (!oakuk_run_record_create(r->rec, &gerr))
+    return fail(NULL, "record of instance %s: %s", r->name, gerr->message);
+  r->have_record = true;
   if (oakuk_net_setup_node(r->net, &err) != 0)
     return fail(err, "set up the node network (bridge, nftables table oakuk)");
   r->have_instance_net = true;
@@ -442,26 +502,33 @@ static int setup_network(Run *r) {
   for (char **p = r->o->ports; p && *p; p++)
     if (oakuk_net_port_map_add(r->net, r->name, *p, &err) != 0)
       return fail(err, "port mapping -p %s", *p);
+  r->rec->ip = g_strdup(oakuk_net_instance_info_ip(r->ninfo));
+  if (!oakuk_run_record_write(r->rec, &gerr))
+    return fail(NULL, "record of instance %s: %s", r->name, gerr->message);
   return OAKUK_CLI_OK;
 }
 
+static int setup_network(Run *r) {
+  g_autoptr(GError) err = NULL;
+  int lock = oakuk_run_lock(&err);
+  if (lock < 0)
+    return fail(NULL, "%s", err->message);
+  int rc = setup_network_locked(r);
+  close(lock);
+  return rc;
+}
+
+/* What the run made: its network and record; the bridge, table and host settings with the last run. */
 static void teardown_network(Run *r) {
-  if (!r->net)
+  if (!r->have_record || r->detached)
     return;
-  oakuk_error *err = NULL;
-  if (r->have_instance_net && oakuk_net_instance_teardown(r->net, r->name, &err) != 0)
-    fail(err, "remove the network of instance %s", r->name);
-  if (!r->made_bridge)
-    return;
-  g_autoptr(JsonNode) now = net_state(r->net);
-  JsonObject *o = now ? json_node_get_object(now) : NULL;
-  if (!o)
-    return;
-  /* Someone else started using the bridge meanwhile: leave it to them. */
-  if (array_len(o, "instances") || array_len(o, "ports") || array_len(o, "services") || array_len(o, "peers"))
-    return;
-  if (oakuk_net_teardown_node(r->net, &err) != 0)
-    fail(err, "remove the bridge and nftables table");
+  g_autoptr(GError) err = NULL;
+  int lock = oakuk_run_lock(&err);
+  if (lock < 0)
+    fail(NULL, "%s", err->message);
+  oakuk_run_release(r->net, r->name, r->have_instance_net, "oakuk run");
+  if (lock >= 0)
+    close(lock);
 }
 
 static oakuk_instance_spec *make_spec(Run *r) {
@@ -518,9 +585,9 @@ static int launch(Run *r) {
   oakuk_qemu_options qo = OAKUK_QEMU_OPTIONS_INIT;
   qo.allow_emulation = r->o->allow_emulation;
   oakuk_error *err = NULL;
-  r->rt = oakuk_qemu_runtime_new(r->state_dir, &qo, &err);
+  r->rt = oakuk_qemu_runtime_new(r->runtime_dir, &qo, &err);
   if (!r->rt)
-    return fail(err, "QEMU runtime in %s", r->state_dir);
+    return fail(err, "QEMU runtime in %s", r->runtime_dir);
   oakuk_runtime_set_status_callback(r->rt, on_status, r);
   oakuk_runtime_set_ready_callback(r->rt, on_ready, r);
   r->ready_port = r->o->ready_port >= 0 ? r->o->ready_port : first_tcp_guest_port(r->o->ports);
@@ -532,6 +599,8 @@ static int launch(Run *r) {
   r->deployed = true;
   say("starting %s: %s guest under %s, %" G_GINT64_FORMAT " MB, %d vcpu%s, image %s", r->name, r->arch,
       oakuk_accel_name(r->accel), r->o->memory_mb, r->o->vcpus, r->o->vcpus == 1 ? "" : "s", r->o->image);
+  if (r->o->detach) /* stdout is for the name; the console stays in the instance's serial.log */
+    return OAKUK_CLI_OK;
   char *console = oakuk_runtime_instance_console_path(r->rt, r->name);
   r->console_path = g_strdup(console);
   oakuk_free(console);
@@ -553,9 +622,16 @@ static void run_free(Run *r) {
   if (r->console_fd >= 0)
     close(r->console_fd);
   oakuk_console_free(r->cleaner);
-  /* Dropping the runtime kills an instance that did not stop in time and removes its files. */
+  /* Dropping the runtime kills an instance that did not stop in time and removes its files
+   * (unless detached: then it keeps running, with its files). */
   oakuk_runtime_unref(r->rt);
+  if (!r->detached && r->runtime_dir) {
+    g_autofree char *instances = g_build_filename(r->runtime_dir, "instances", NULL);
+    (void)rmdir(instances);
+    (void)rmdir(r->runtime_dir);
+  }
   teardown_network(r);
+  oakuk_run_record_free(r->rec);
   oakuk_net_instance_info_unref(r->ninfo);
   oakuk_net_unref(r->net);
   oakuk_qemu_caps_unref(r->caps);
@@ -563,12 +639,58 @@ static void run_free(Run *r) {
   g_main_loop_unref(r->loop);
   g_free(r->name);
   g_free(r->state_dir);
+  g_free(r->runtime_dir);
   g_free(r->arch);
   g_free(r->console_path);
   g_free(r->last_detail);
 }
 
+static volatile sig_atomic_t detach_child;
+
+static void forward_signal(int sig) {
+  if (detach_child > 0)
+    kill((pid_t)detach_child, sig);
+}
+
+/* --detach: the run happens in a child in a session of its own, so QEMU, which stays behind, gets
+ * no signal meant for the terminal or the script that ran `oakuk run`. The parent waits for the
+ * child (which returns once the guest runs) and passes Ctrl-C and SIGTERM on to it. Returns the
+ * parent's exit status, or -1 in the child. */
+static int detach_fork(void) {
+  fflush(NULL);
+  pid_t child = fork();
+  if (child < 0) {
+    fprintf(stderr, "oakuk run: --detach: fork: %s\n", g_strerror(errno));
+    return OAKUK_CLI_FAILED;
+  }
+  if (child == 0) {
+    (void)setsid();
+    return -1;
+  }
+  detach_child = child;
+  struct sigaction sa = {.sa_handler = forward_signal};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  int ws = 0;
+  while (waitpid(child, &ws, 0) < 0)
+    if (errno != EINTR)
+      return OAKUK_CLI_FAILED;
+  return WIFEXITED(ws) ? WEXITSTATUS(ws) : OAKUK_CLI_FAILED;
+}
+
 int oakuk_run_session(const OakukRunOptions *o) {
+  if (!oakuk_run_privileged()) {
+    fprintf(stderr, "oakuk run: needs root or CAP_NET_ADMIN (and CAP_SYS_ADMIN): it builds a network "
+                    "namespace, a bridge and nftables rules for the guest; run it as root (sudo)\n");
+    return OAKUK_RUN_NOT_PERMITTED;
+  }
+  /* Before any thread exists (GLib's signal and worker threads). */
+  if (o->detach) {
+    int rc = detach_fork();
+    if (rc >= 0)
+      return rc;
+  }
   Run r = {.o = o, .console_fd = -1, .status = OAKUK_CLI_OK};
   r.cleaner = oakuk_console_new();
   r.loop = g_main_loop_new(NULL, FALSE);
@@ -588,12 +710,16 @@ int oakuk_run_session(const OakukRunOptions *o) {
     rc = launch(&r);
   if (rc == OAKUK_CLI_OK) {
     g_main_loop_run(r.loop);
-    console_pump(&r);
-    char *rest = oakuk_console_finish(r.cleaner);
-    fputs(rest, stdout);
-    fflush(stdout);
-    oakuk_free(rest);
+    if (!o->detach) {
+      console_pump(&r);
+      char *rest = oakuk_console_finish(r.cleaner);
+      fputs(rest, stdout);
+      fflush(stdout);
+      oakuk_free(rest);
+    }
     rc = r.status;
+    if (o->detach && !r.detached && rc == OAKUK_CLI_OK)
+      rc = OAKUK_CLI_FAILED;
   }
   run_free(&r);
   return rc;

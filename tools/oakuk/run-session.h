@@ -29,13 +29,19 @@ typedef struct {
   int64_t ready_timeout_s;         /* stop the guest when it is not ready after this; 0 = wait for good */
   const char *insecure_registries; /* OCI registries reached over plain http; NULL = loopback only */
   const char *username, *password; /* OCI registry credentials; NULL = anonymous */
+  bool detach;                     /* return once the guest runs (is ready, with a probe), leave it running */
 } OakukRunOptions;
 
 #define OAKUK_RUN_DEFAULT_SUBNET "10.18.255.0/24"
 #define OAKUK_RUN_DEFAULT_MEMORY_MB 128
 #define OAKUK_RUN_DEFAULT_READY_TIMEOUT_S 120
 
-/* Runs until the guest ends or SIGINT/SIGTERM; returns the process exit status (OAKUK_CLI_*). */
+/* Runs until the guest ends or SIGINT/SIGTERM (with detach: until it runs or is ready); returns the
+ * process exit status (OAKUK_CLI_*, OAKUK_RUN_* of run-state.h). */
 int oakuk_run_session(const OakukRunOptions *o);
+
+/* `oakuk ps` (cmd-ps.c) and `oakuk stop` (cmd-stop.c): the instances `oakuk run` started. */
+int oakuk_cmd_ps(int argc, char **argv);
+int oakuk_cmd_stop(int argc, char **argv);
 
 #endif
