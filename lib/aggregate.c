@@ -74,6 +74,8 @@ static void fold_active(oakuk_cluster_aggregate *agg, GHashTable *sums, GHashTab
   agg->memory_percent += oakuk_node_report_memory_percent(r);
   agg->cpu_cores += oakuk_node_report_vcpus(r);
   agg->memory_mb += oakuk_node_report_memory_mb(r);
+  agg->gpus += oakuk_node_report_gpus(r);
+  agg->tpus += oakuk_node_report_tpus(r);
   agg->virt_container |= oakuk_node_report_has_virt(r, OAKUK_VIRT_CONTAINER);
   agg->virt_unikernel |= oakuk_node_report_has_virt(r, OAKUK_VIRT_UNIKERNEL);
   const char *arch = oakuk_node_report_architecture(r);

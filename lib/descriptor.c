@@ -69,12 +69,19 @@ struct oakuk_descriptor {
   JsonNode *root;
   char *sla_version, *customer_id;
   GPtrArray *apps;     /* oakuk_application*, owned */
-  GPtrArray *warnings; /* char* */
+  GPtrArray *warnings; /* Warning* */
 };
+
+/* A warning: the JSON path it is about, what is said about it, and both as "path: message". */
+typedef struct {
+  char *path;
+  char *message;
+  char *text;
+} Warning;
 
 typedef struct {
   OakukProblems problems;
-  GPtrArray *warnings; /* char* */
+  GPtrArray *warnings; /* Warning* */
 } Ctx;
 
 /* ---------------------------------------------------------------------------------------------
@@ -128,9 +135,32 @@ static bool node_is_number(JsonNode *n) {
          (json_node_get_value_type(n) == G_TYPE_INT64 || json_node_get_value_type(n) == G_TYPE_DOUBLE);
 }
 
+static void warning_free(gpointer p) {
+  Warning *w = p;
+  g_free(w->path);
+  g_free(w->message);
+  g_free(w->text);
+  g_free(w);
+}
+
 static void ctx_warn(Ctx *ctx, const char *path, const char *what) {
-  if (ctx->warnings)
-    g_ptr_array_add(ctx->warnings, g_strdup_printf("%s: %s", path, what));
+  if (ctx->warnings == NULL)
+    return;
+  Warning *w = g_new0(Warning, 1);
+  w->path = g_strdup(path);
+  w->message = g_strdup(what);
+  w->text = g_strdup_printf("%s: %s", path, what);
+  g_ptr_array_add(ctx->warnings, w);
+}
+
+static void G_GNUC_PRINTF(3, 4) ctx_warnf(Ctx *ctx, const char *path, const char *fmt, ...) {
+  if (ctx->warnings == NULL)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *what = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  ctx_warn(ctx, path, what);
 }
 
 static bool name_is_valid(const char *s) {
@@ -1024,6 +1054,9 @@ static void parse_constraints(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj,
     } else if (type == OAKUK_CONSTRAINT_CLUSTERS || type == OAKUK_CONSTRAINT_ARCH) {
       parse_allowed(ctx, c, o, cpath, type == OAKUK_CONSTRAINT_ARCH);
       warn_unknown_keys(ctx, o, cpath, allowed_keys, NULL);
+    } else {
+      ctx_warnf(ctx, cpath, "accepted but not acted on: %s constraints are kept but not scheduled on",
+                types[type]);
     }
     g_ptr_array_add(ms->constraints, c);
   }
@@ -1133,6 +1166,89 @@ static void parse_misc(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const 
   ms->target_node = g_strdup(get_string(ctx, obj, prefix, "target_node", false));
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Keys that are accepted but not acted on: each non-default value is a warning at its path, so
+ * nothing a user asks for is dropped silently. */
+
+static void warn_count(Ctx *ctx, const char *prefix, const char *key, int64_t v, const char *why) {
+  if (v == 0)
+    return;
+  g_autofree char *path = path_key(prefix, key);
+  ctx_warnf(ctx, path, "accepted but not acted on: %s", why);
+}
+
+static void warn_accelerator(Ctx *ctx, const char *prefix, const char *key, int64_t v, const char *what) {
+  if (v == 0)
+    return;
+  g_autofree char *path = path_key(prefix, key);
+  ctx_warnf(ctx, path,
+            "accepted but not acted on: no node reports %s (oakuk-node passes none to instances); the "
+            "scheduler places the service only on a node reporting at least %" G_GINT64_FORMAT
+            ", so it stays unplaced",
+            what, v);
+}
+
+static void warn_address(Ctx *ctx, const char *prefix, const char *key, const char *v, const char *why) {
+  if (v == NULL)
+    return;
+  g_autofree char *apath = path_key(prefix, "addresses");
+  g_autofree char *path = path_key(apath, key);
+  ctx_warnf(ctx, path, "accepted but not acted on: %s", why);
+}
+
+/* A service IP answers on one port (the first entry's guest port; docs/architecture.md §12):
+ * entries with another guest port are mapped on the node but not behind addresses.rr_ip. */
+static void warn_service_ports(Ctx *ctx, const oakuk_microservice *ms, const char *prefix) {
+  if (ms->rr_ip == NULL || ms->ports->len < 2)
+    return;
+  const Port *first = &g_array_index(ms->ports, Port, 0);
+  g_autoptr(GString) left = g_string_new(NULL);
+  for (guint i = 1; i < ms->ports->len; i++) {
+    const Port *p = &g_array_index(ms->ports, Port, i);
+    if (p->guest != first->guest)
+      g_string_append_printf(left, "%s%d:%d/%s", left->len ? ", " : "", p->host, p->guest,
+                             p->proto == OAKUK_PROTO_UDP ? "udp" : "tcp");
+  }
+  if (left->len == 0)
+    return;
+  g_autofree char *path = path_key(prefix, "port");
+  ctx_warnf(ctx, path,
+            "accepted but not acted on: addresses.rr_ip answers only on guest port %d (the first entry); "
+            "%s %s mapped on the node's host ports but not reachable through the service IP",
+            first->guest, left->str, strchr(left->str, ',') ? "are" : "is");
+}
+
+static void warn_nonempty_array(Ctx *ctx, JsonObject *obj, const char *prefix, const char *key,
+                                const char *why) {
+  JsonNode *n = json_object_get_member(obj, key);
+  if (n == NULL || !JSON_NODE_HOLDS_ARRAY(n) || json_array_get_length(json_node_get_array(n)) == 0)
+    return;
+  g_autofree char *path = path_key(prefix, key);
+  ctx_warnf(ctx, path, "accepted but not acted on: %s", why);
+}
+
+static void warn_not_acted_on(Ctx *ctx, const oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
+  if (ctx->warnings == NULL)
+    return;
+  warn_accelerator(ctx, prefix, "vgpus", ms->vgpus, "GPUs");
+  warn_accelerator(ctx, prefix, "vtpus", ms->vtpus, "TPUs");
+  warn_count(ctx, prefix, "bandwidth_in", ms->bw_in, "no bandwidth is reserved or limited");
+  warn_count(ctx, prefix, "bandwidth_out", ms->bw_out, "no bandwidth is reserved or limited");
+  warn_count(ctx, prefix, "storage", ms->storage, "no storage is reserved or limited");
+  if (ms->privileged) {
+    g_autofree char *path = path_key(prefix, "privileged");
+    ctx_warn(ctx, path, "accepted but not acted on: instances never run privileged");
+  }
+  warn_address(ctx, prefix, "closest_ip", ms->closest_ip,
+               "only addresses.rr_ip is programmed (no closest-instance service IP)");
+  warn_address(ctx, prefix, "rr_ip_v6", ms->rr_ip_v6, "service IPs are IPv4 only (addresses.rr_ip)");
+  warn_address(ctx, prefix, "closest_ip_v6", ms->closest_ip_v6,
+               "service IPs are IPv4 only (addresses.rr_ip)");
+  warn_service_ports(ctx, ms, prefix);
+  warn_nonempty_array(ctx, obj, prefix, "added_files", "no files are added to instances");
+  warn_nonempty_array(ctx, obj, prefix, "connectivity", "connectivity is not scheduled on");
+}
+
 static void ms_set_identity(oakuk_microservice *ms, const char *app, const char *appns) {
   g_free(ms->app_name);
   g_free(ms->app_ns);
@@ -1235,6 +1351,7 @@ static oakuk_microservice *ms_parse(Ctx *ctx, JsonObject *obj, const char *prefi
   parse_misc(ctx, ms, obj, prefix);
   parse_constraints(ctx, ms, obj, prefix);
   parse_extensions(ctx, ms, obj, prefix);
+  warn_not_acted_on(ctx, ms, obj, prefix);
   if (standalone)
     parse_job_identity(ctx, ms, obj);
   warn_unknown_keys(ctx, obj, prefix, ms_known_keys, standalone ? job_keys : NULL);
@@ -1396,7 +1513,7 @@ OAKUK_API oakuk_descriptor *oakuk_descriptor_parse(const char *json, size_t len,
   d->refcount = 1;
   d->root = root;
   d->apps = g_ptr_array_new_with_free_func(app_free);
-  d->warnings = g_ptr_array_new_with_free_func(g_free);
+  d->warnings = g_ptr_array_new_with_free_func(warning_free);
   ctx.warnings = d->warnings;
   descriptor_validate(&ctx, d);
   if (!oakuk_problems_finish(&ctx.problems, error)) {
@@ -1470,9 +1587,26 @@ OAKUK_API size_t oakuk_descriptor_warning_count(const oakuk_descriptor *descript
   return descriptor->warnings->len;
 }
 
+static const Warning *warning_at(const oakuk_descriptor *descriptor, size_t i) {
+  return i < descriptor->warnings->len ? g_ptr_array_index(descriptor->warnings, i) : NULL;
+}
+
 OAKUK_API const char *oakuk_descriptor_warning(const oakuk_descriptor *descriptor, size_t i) {
   g_return_val_if_fail(descriptor != NULL, NULL);
-  return i < descriptor->warnings->len ? g_ptr_array_index(descriptor->warnings, i) : NULL;
+  const Warning *w = warning_at(descriptor, i);
+  return w ? w->text : NULL;
+}
+
+OAKUK_API const char *oakuk_descriptor_warning_path(const oakuk_descriptor *descriptor, size_t i) {
+  g_return_val_if_fail(descriptor != NULL, NULL);
+  const Warning *w = warning_at(descriptor, i);
+  return w ? w->path : NULL;
+}
+
+OAKUK_API const char *oakuk_descriptor_warning_message(const oakuk_descriptor *descriptor, size_t i) {
+  g_return_val_if_fail(descriptor != NULL, NULL);
+  const Warning *w = warning_at(descriptor, i);
+  return w ? w->message : NULL;
 }
 
 OAKUK_API char *oakuk_descriptor_to_json(const oakuk_descriptor *descriptor, bool pretty,

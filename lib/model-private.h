@@ -31,6 +31,8 @@ struct oakuk_cluster_aggregate {
   int64_t memory_mb;
   int64_t number_of_nodes;
   int64_t active_nodes;
+  int64_t gpus; /* sum over the active nodes; 0 when the aggregate has none (older clusters) */
+  int64_t tpus;
   bool virt_container;
   bool virt_unikernel;
   GPtrArray *archs;    /* char*, distinct, in the order read or folded */

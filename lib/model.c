@@ -314,6 +314,8 @@ struct oakuk_node_report {
   int64_t memory_mb;
   int64_t memory_total_mb;
   double memory_percent;
+  int64_t gpus; /* accelerators the node offers; 0 when the report has none (older nodes) */
+  int64_t tpus;
   bool virt_container;
   bool virt_unikernel;
   bool has_unikernel_obj; /* "unikernel" was given: re-emitted by to_json */
@@ -404,6 +406,8 @@ static void read_node_report(JsonObject *o, oakuk_node_report *r, OakukProblems 
   read_count(o, "memory", NULL, true, &r->memory_mb, pr);
   read_count(o, "memory_total", NULL, false, &r->memory_total_mb, pr);
   read_number(o, "memory_percent", NULL, false, 0, 100, &r->memory_percent, pr);
+  read_count(o, "gpus", NULL, false, &r->gpus, pr);
+  read_count(o, "tpus", NULL, false, &r->tpus, pr);
   read_virtualization(o, &r->virt_container, &r->virt_unikernel, pr);
   read_unikernel(o, r, pr);
   read_instances(o, r, pr);
@@ -498,6 +502,8 @@ OAKUK_API char *oakuk_node_report_to_json(const oakuk_node_report *r, bool prett
   add_int_member(b, "memory", r->memory_mb);
   add_int_member(b, "memory_total", r->memory_total_mb);
   add_double_member(b, "memory_percent", r->memory_percent);
+  add_int_member(b, "gpus", r->gpus);
+  add_int_member(b, "tpus", r->tpus);
   add_virtualization(b, r->virt_container, r->virt_unikernel);
   if (r->has_unikernel_obj)
     add_unikernel(b, r);
@@ -541,6 +547,10 @@ OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_memory_mb, oakuk_node_report, mem
 OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_memory_total_mb, oakuk_node_report, memory_total_mb, 0)
 
 OAKUK_DEFINE_GETTER(double, oakuk_node_report_memory_percent, oakuk_node_report, memory_percent, 0)
+
+OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_gpus, oakuk_node_report, gpus, 0)
+
+OAKUK_DEFINE_GETTER(int64_t, oakuk_node_report_tpus, oakuk_node_report, tpus, 0)
 
 OAKUK_API bool oakuk_node_report_has_virt(const oakuk_node_report *r, int32_t virt) {
   g_return_val_if_fail(r != NULL, false);
@@ -722,6 +732,8 @@ static const char *const aggregate_keys[] = {"cpu_percent",
                                              "cumulative_memory_in_mb",
                                              "number_of_nodes",
                                              "active_nodes",
+                                             "gpus",
+                                             "tpus",
                                              "virtualization",
                                              "arch",
                                              "aggregation_per_architecture",
@@ -740,6 +752,8 @@ static void read_aggregate(JsonObject *o, oakuk_cluster_aggregate *agg, OakukPro
     oakuk_problems_add(pr, "active_nodes",
                        "%" G_GINT64_FORMAT " exceeds number_of_nodes (%" G_GINT64_FORMAT ")",
                        agg->active_nodes, agg->number_of_nodes);
+  read_count(o, "gpus", NULL, false, &agg->gpus, pr);
+  read_count(o, "tpus", NULL, false, &agg->tpus, pr);
   read_virtualization(o, &agg->virt_container, &agg->virt_unikernel, pr);
   JsonArray *archs = read_array(o, "arch", NULL, pr);
   if (archs)
@@ -796,6 +810,8 @@ OAKUK_API char *oakuk_cluster_aggregate_to_json(const oakuk_cluster_aggregate *a
   add_int_member(b, "cumulative_memory_in_mb", agg->memory_mb);
   add_int_member(b, "number_of_nodes", agg->number_of_nodes);
   add_int_member(b, "active_nodes", agg->active_nodes);
+  add_int_member(b, "gpus", agg->gpus);
+  add_int_member(b, "tpus", agg->tpus);
   add_virtualization(b, agg->virt_container, agg->virt_unikernel);
   add_string_array(b, "arch", agg->archs);
   add_per_arch(b, agg);
@@ -853,6 +869,10 @@ OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_number_of_nodes, oakuk_clus
                     number_of_nodes, 0)
 
 OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_active_nodes, oakuk_cluster_aggregate, active_nodes, 0)
+
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_gpus, oakuk_cluster_aggregate, gpus, 0)
+
+OAKUK_DEFINE_GETTER(int64_t, oakuk_cluster_aggregate_tpus, oakuk_cluster_aggregate, tpus, 0)
 
 OAKUK_API bool oakuk_cluster_aggregate_has_virt(const oakuk_cluster_aggregate *agg, int32_t virt) {
   g_return_val_if_fail(agg != NULL, false);

@@ -14,6 +14,7 @@
 
 enum { OPT_REJECTED = 0, OPT_NO_CAPACITY, OPT_FITS };
 enum { CAND_REJECTED = 0, CAND_INACTIVE, CAND_NO_CAPACITY, CAND_QUALIFIED };
+enum { ACCEL_UNCHECKED = 0, ACCEL_SHORT, ACCEL_MET };
 
 /* ---------------------------------------------------------------------------------------------
  * Reservations */
@@ -180,6 +181,8 @@ typedef struct {
   int32_t policy;
   int64_t need_vcpus;
   int64_t need_mem;
+  int64_t need_gpus;
+  int64_t need_tpus;
   size_t nvariants;
   int32_t variants[SCHED_MAX_VARIANTS];
   size_t narch;
@@ -199,6 +202,8 @@ static void ctx_init(SchedCtx *ctx, const oakuk_microservice *ms, bool cluster_l
   ctx->policy = policy;
   ctx->need_vcpus = oakuk_microservice_vcpus(ms);
   ctx->need_mem = oakuk_microservice_memory_mb(ms);
+  ctx->need_gpus = oakuk_microservice_vgpus(ms);
+  ctx->need_tpus = oakuk_microservice_vtpus(ms);
   size_t nv = oakuk_microservice_virt_count(ms);
   for (size_t i = 0; i < nv && ctx->nvariants < SCHED_MAX_VARIANTS; i++) {
     int32_t v = oakuk_microservice_virt(ms, i);
@@ -318,6 +323,7 @@ typedef struct {
   int64_t res_vcpus;
   int64_t res_mem;
   uint8_t outcome;
+  uint8_t accel_check; /* ACCEL_*: how the candidate met the GPUs/TPUs the service asks for */
   SchedOpt opt[SCHED_MAX_VARIANTS];
 } SchedCand;
 
@@ -461,12 +467,42 @@ static bool node_unikernel(const SchedCtx *ctx, const oakuk_node_report *node, c
   return true;
 }
 
+/* A service asking for GPUs or TPUs needs a candidate that reports as many (they are hardware,
+ * not shared out by reservations); who starts the reason ("reports", "its active nodes report"). */
+static bool accelerators_ok(const SchedCtx *ctx, int64_t gpus, int64_t tpus, const char *who, GString *why) {
+  const char *what = NULL;
+  int64_t need = 0, have = 0;
+  if (ctx->need_gpus > gpus) {
+    what = "GPU";
+    need = ctx->need_gpus;
+    have = gpus;
+  } else if (ctx->need_tpus > tpus) {
+    what = "TPU";
+    need = ctx->need_tpus;
+    have = tpus;
+  } else {
+    return true;
+  }
+  if (why)
+    g_string_append_printf(why,
+                           "%s %" G_GINT64_FORMAT " %s%s, the service asks for %" G_GINT64_FORMAT " (v%cpus)",
+                           who, have, what, have == 1 ? "" : "s", need, what[0] == 'G' ? 'g' : 't');
+  return false;
+}
+
 /* Runs steps 1-4 for a node; c->res_* must be filled. */
 static void eval_node(const SchedCtx *ctx, const oakuk_node_report *node, SchedCand *c, GString *why) {
   c->outcome = CAND_REJECTED;
+  c->accel_check = ACCEL_UNCHECKED;
   if ((ctx->has_direct_nodes || ctx->target_node != NULL) &&
       !node_direct_ok(ctx, oakuk_node_report_id(node), oakuk_node_report_host(node), why))
     return;
+  if ((ctx->need_gpus > 0 || ctx->need_tpus > 0) &&
+      !accelerators_ok(ctx, oakuk_node_report_gpus(node), oakuk_node_report_tpus(node), "reports", why)) {
+    c->accel_check = ACCEL_SHORT;
+    return;
+  }
+  c->accel_check = ACCEL_MET;
   const char *narch = oakuk_node_report_architecture(node);
   int64_t free_vcpus = oakuk_node_report_vcpus(node) - c->res_vcpus;
   int64_t free_mem = oakuk_node_report_memory_mb(node) - c->res_mem;
@@ -658,9 +694,17 @@ static bool cluster_unikernel(const SchedCtx *ctx, const oakuk_cluster_aggregate
 static void eval_cluster(const SchedCtx *ctx, const oakuk_cluster_aggregate *agg, SchedCand *c,
                          GString *why) {
   c->outcome = CAND_REJECTED;
+  c->accel_check = ACCEL_UNCHECKED;
   if ((ctx->has_clusters || ctx->has_direct_cluster) &&
       !cluster_constraints_ok(ctx, oakuk_cluster_aggregate_id(agg), oakuk_cluster_aggregate_name(agg), why))
     return;
+  if ((ctx->need_gpus > 0 || ctx->need_tpus > 0) &&
+      !accelerators_ok(ctx, oakuk_cluster_aggregate_gpus(agg), oakuk_cluster_aggregate_tpus(agg),
+                       "its active nodes report", why)) {
+    c->accel_check = ACCEL_SHORT;
+    return;
+  }
+  c->accel_check = ACCEL_MET;
   bool any_pass = false, any_fit = false;
   size_t start = why ? why->len : 0;
   for (size_t v = 0; v < ctx->nvariants; v++) {
@@ -1016,6 +1060,8 @@ typedef struct {
   SchedOpt best_opt[SCHED_MAX_VARIANTS]; /* its option */
   bool well_any[SCHED_MAX_VARIANTS];     /* some candidate runs the variant well */
   bool any_pass;                         /* some candidate passed steps 0-3 */
+  bool any_accel_short;                  /* some candidate checked lacked GPUs/TPUs */
+  bool any_accel_ok;                     /* some candidate checked had them */
 } Decision;
 
 /* One pass over the candidates (steps 0-4), keeping the best fitting one per variant. */
@@ -1042,9 +1088,12 @@ static void evaluate_all(oakuk_placement *p, const SchedCtx *ctx, const oakuk_re
         g_array_append_val(p->reserved, snap);
       }
     }
+    c.accel_check = ACCEL_UNCHECKED;
     cand_eval(p, ctx, i, received, &c, NULL);
     if (c.outcome == CAND_NO_CAPACITY || c.outcome == CAND_QUALIFIED)
       d->any_pass = true;
+    d->any_accel_short = d->any_accel_short || c.accel_check == ACCEL_SHORT;
+    d->any_accel_ok = d->any_accel_ok || c.accel_check == ACCEL_MET;
     if (c.outcome != CAND_QUALIFIED)
       continue;
     for (size_t v = 0; v < ctx->nvariants; v++) {
@@ -1083,7 +1132,18 @@ static void append_service_variants(GString *s, const SchedCtx *ctx) {
     g_string_append(s, "no known virtualization");
 }
 
-static int fail_placement(oakuk_placement *p, const SchedCtx *ctx, bool any_pass, oakuk_error **error) {
+/* When no candidate reports the accelerators the service asks for, that is the reason to give. */
+static void append_accelerator_reason(GString *s, const SchedCtx *ctx, const Decision *d, const char *what) {
+  if (!d->any_accel_short || d->any_accel_ok)
+    return;
+  bool gpu = ctx->need_gpus > 0;
+  int64_t need = gpu ? ctx->need_gpus : ctx->need_tpus;
+  g_string_append_printf(s, "; no %s reports the %" G_GINT64_FORMAT " %s%s the service asks for (%s)", what,
+                         need, gpu ? "GPU" : "TPU", need == 1 ? "" : "s", gpu ? "vgpus" : "vtpus");
+}
+
+static int fail_placement(oakuk_placement *p, const SchedCtx *ctx, const Decision *d, oakuk_error **error) {
+  bool any_pass = d->any_pass;
   p->status = p->cluster_level ? OAKUK_STATUS_NO_ACTIVE_CLUSTER
               : any_pass       ? OAKUK_STATUS_NO_WORKER_CAPACITY
                                : OAKUK_STATUS_NO_QUALIFIED_WORKER;
@@ -1098,6 +1158,7 @@ static int fail_placement(oakuk_placement *p, const SchedCtx *ctx, bool any_pass
     g_string_append_printf(s, "no %s can run ", what);
   append_service_variants(s, ctx);
   g_string_append_printf(s, " (%zu candidates rejected)", p->n);
+  append_accelerator_reason(s, ctx, d, what);
   oakuk_set_error(error, OAKUK_ENOCAPACITY, 0, NULL, "%s", s->str);
   g_string_free(s, TRUE);
   return OAKUK_ENOCAPACITY;
@@ -1139,7 +1200,7 @@ static int select_common(oakuk_placement **out, const oakuk_microservice *ms, bo
       reservations_add_locked(res, reserve_key, p->target, ctx.need_vcpus, ctx.need_mem);
     rc = OAKUK_OK;
   } else {
-    rc = fail_placement(p, &ctx, d.any_pass, error);
+    rc = fail_placement(p, &ctx, &d, error);
   }
   if (res)
     g_mutex_unlock(&res->lock);

@@ -104,6 +104,10 @@ char *node_report_json(Node *n) {
   json_object_set_double_member(
       o, "memory_percent",
       total_mb > 0 ? CLAMP(100.0 * (double)(total_mb - avail_mb) / (double)total_mb, 0, 100) : 0.0);
+  /* No runtime hands GPUs or TPUs to instances, so the node offers none, whatever the host has:
+   * a service asking for them is refused by the scheduler instead of landing here silently. */
+  json_object_set_int_member(o, "gpus", 0);
+  json_object_set_int_member(o, "tpus", 0);
   JsonArray *virt = json_array_new();
   if (n->ctr_rt != NULL)
     json_array_add_string_element(virt, "container");

@@ -250,6 +250,49 @@ static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean *
   return json_object_ref(doc);
 }
 
+/* Whether a warning at path is about applications[app] or about the whole document. */
+static gboolean warning_concerns(const char *path, gsize app) {
+  if (!g_str_has_prefix(path, "applications["))
+    return TRUE;
+  g_autofree char *prefix = g_strdup_printf("applications[%" G_GSIZE_FORMAT "]", app);
+  size_t n = strlen(prefix);
+  return strncmp(path, prefix, n) == 0 && (path[n] == '\0' || path[n] == '.' || path[n] == '[');
+}
+
+/* The descriptor's warnings as [{path, message}] (docs/api.md, "Warnings"): all of them, or with
+ * only_app those about applications[app] and the whole document. */
+static JsonArray *descriptor_warnings(oakuk_descriptor *d, gboolean only_app, gsize app) {
+  JsonArray *a = json_array_new();
+  for (size_t i = 0; i < oakuk_descriptor_warning_count(d); i++) {
+    const char *path = oakuk_descriptor_warning_path(d, i);
+    if (only_app && !warning_concerns(path, app))
+      continue;
+    JsonObject *w = json_object_new();
+    json_object_set_string_member(w, "path", path);
+    json_object_set_string_member(w, "message", oakuk_descriptor_warning_message(d, i));
+    json_array_add_object_element(a, w);
+  }
+  return a;
+}
+
+/* Oakestra's answer is the list of the user's applications: the ones this request created carry
+ * their warnings in an extra key (only when there are some), the list keeps its shape. */
+static void add_compat_warnings(JsonArray *all, JsonArray *created, oakuk_descriptor *d) {
+  for (guint k = 0; k < json_array_get_length(all); k++) {
+    JsonObject *doc = json_array_get_object_element(all, k);
+    for (guint i = 0; doc != NULL && i < json_array_get_length(created); i++) {
+      JsonObject *c = json_array_get_object_element(created, i);
+      if (g_strcmp0(api_str(doc, "applicationID"), api_str(c, "applicationID")) != 0)
+        continue;
+      JsonArray *w = descriptor_warnings(d, TRUE, i);
+      if (json_array_get_length(w) > 0)
+        json_object_set_array_member(doc, "warnings", w);
+      else
+        json_array_unref(w);
+    }
+  }
+}
+
 /* Registers the applications of d (validated) and replies. */
 static void create_applications(Req *q, oakuk_descriptor *d) {
   g_autoptr(GError) error = NULL;
@@ -273,13 +316,18 @@ static void create_applications(Req *q, oakuk_descriptor *d) {
     return;
   }
   od_log(G_LOG_LEVEL_MESSAGE, "application", "user", q->user, "msg", "applications registered", NULL);
+  for (size_t i = 0; i < oakuk_descriptor_warning_count(d); i++)
+    od_log(G_LOG_LEVEL_INFO, "application", "user", q->user, "path", oakuk_descriptor_warning_path(d, i),
+           "msg", oakuk_descriptor_warning_message(d, i), NULL);
   if (q->compat) {
     g_autoptr(JsonArray) all = user_applications(q);
+    add_compat_warnings(all, created, d);
     g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), all);
     od_http_reply_json_string(q->msg, SOUP_STATUS_OK, node);
   } else {
     g_autoptr(JsonObject) o = json_object_new();
     json_object_set_array_member(o, "applications", json_array_ref(created));
+    json_object_set_array_member(o, "warnings", descriptor_warnings(d, FALSE, 0));
     api_reply_object(q, SOUP_STATUS_CREATED, o);
   }
 }

@@ -10,7 +10,8 @@ OAKUK_BEGIN_DECLS
  * A report counts as active when node_timeout_ms <= 0, its received_at is 0, or
  * now_ms - received_at_ms <= node_timeout_ms; inactive reports count nowhere except
  * number_of_nodes. cpu_percent/memory_percent are averages over active nodes, cpu_cores and
- * cumulative_memory_in_mb are sums of available resources. aggregation_per_architecture counts
+ * cumulative_memory_in_mb are sums of available resources, gpus and tpus sums of the
+ * accelerators the active nodes report. aggregation_per_architecture counts
  * only unikernel-capable active nodes: each under its own arch (accel as reported) and under every
  * arch it emulates (accel "tcg"); an entry's accel is "kvm" if any of its nodes offers KVM.
  * jobs[] lists the instance names the active nodes report. Reports with duplicate ids: the one

@@ -55,9 +55,19 @@ OAKUK_API const char *oakuk_descriptor_sla_version(const oakuk_descriptor *descr
 OAKUK_API const char *oakuk_descriptor_customer_id(const oakuk_descriptor *descriptor);
 OAKUK_API size_t oakuk_descriptor_application_count(const oakuk_descriptor *descriptor);
 OAKUK_API oakuk_application *oakuk_descriptor_application(const oakuk_descriptor *descriptor, size_t i);
-/* Warnings ("applications[0].microservices[0].images: unknown key kept") found while parsing. */
+/* Warnings found while parsing, as "path: message"
+ * ("applications[0].microservices[0].images: unknown key kept"): unknown keys, and keys accepted
+ * but not acted on when they hold a non-default value ("...vgpus: accepted but not acted on: ...";
+ * vgpus, vtpus, bandwidth_in, bandwidth_out, storage, privileged, addresses.closest_ip,
+ * addresses.rr_ip_v6, addresses.closest_ip_v6, latency and geo constraints, port entries a service
+ * IP does not answer on, added_files, connectivity). */
 OAKUK_API size_t oakuk_descriptor_warning_count(const oakuk_descriptor *descriptor);
 OAKUK_API const char *oakuk_descriptor_warning(const oakuk_descriptor *descriptor, size_t i);
+/* The same warning in two parts: its JSON path ("applications[0].microservices[1].vgpus", "" for
+ * the document itself) and its message ("accepted but not acted on: ..."). NULL when i is out of
+ * range. Since ABI 0.4. */
+OAKUK_API const char *oakuk_descriptor_warning_path(const oakuk_descriptor *descriptor, size_t i);
+OAKUK_API const char *oakuk_descriptor_warning_message(const oakuk_descriptor *descriptor, size_t i);
 /* Serializes the document back to JSON (pretty when pretty is true); free with oakuk_free. */
 OAKUK_API char *oakuk_descriptor_to_json(const oakuk_descriptor *descriptor, bool pretty,
                                          oakuk_error **error);
@@ -148,7 +158,8 @@ OAKUK_API bool oakuk_microservice_privileged(const oakuk_microservice *ms);
 OAKUK_API const char *oakuk_microservice_target_node(const oakuk_microservice *ms);
 
 /* Constraints. For DIRECT: cluster (or NULL) and node names (split from "n1;n2").
- * For CLUSTERS and ARCH: the allowed list. LATENCY/GEO are kept but carry no typed fields. */
+ * For CLUSTERS and ARCH: the allowed list. LATENCY/GEO are kept but carry no typed fields and are
+ * not scheduled on (a warning at parse time). */
 OAKUK_API size_t oakuk_microservice_constraint_count(const oakuk_microservice *ms);
 OAKUK_API int32_t oakuk_microservice_constraint_type(const oakuk_microservice *ms, size_t i);
 OAKUK_API const char *oakuk_microservice_constraint_cluster(const oakuk_microservice *ms, size_t i);

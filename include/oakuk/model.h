@@ -37,10 +37,11 @@ typedef struct oakuk_node_report oakuk_node_report;
  * 64 levels are rejected. id must be a non-empty string, architecture a known GOARCH name,
  * vcpus/memory/memory_total/instances[].memory_mb non-negative integers (12.0 is accepted),
  * percentages finite and >= 0 (memory_percent at most 100), unikernel.accel "kvm" or "tcg",
- * emulated_archs known names, instances[].status a known status name. Every problem is listed
- * in the error with its path ("instances[2].status"); JSON null reads as "not given".
- * to_json writes exactly the DESIGN §6 keys ("container" for "docker"; "unikernel" only when
- * the input had it). */
+ * emulated_archs known names, instances[].status a known status name, gpus/tpus (optional,
+ * default 0) non-negative integers. Every problem is listed in the error with its path
+ * ("instances[2].status"); JSON null reads as "not given".
+ * to_json writes exactly the keys of docs/architecture.md §7.1 plus gpus and tpus ("container"
+ * for "docker"; "unikernel" only when the input had it). */
 OAKUK_API oakuk_node_report *oakuk_node_report_from_json(const char *json, size_t len, oakuk_error **error);
 OAKUK_API char *oakuk_node_report_to_json(const oakuk_node_report *report, bool pretty, oakuk_error **error);
 OAKUK_API oakuk_node_report *oakuk_node_report_ref(oakuk_node_report *report);
@@ -58,6 +59,11 @@ OAKUK_API int64_t oakuk_node_report_memory_mb(const oakuk_node_report *report);
 OAKUK_API int64_t oakuk_node_report_memory_total_mb(const oakuk_node_report *report);
 OAKUK_API double oakuk_node_report_memory_percent(const oakuk_node_report *report);
 OAKUK_API bool oakuk_node_report_has_virt(const oakuk_node_report *report, int32_t virt);
+/* Accelerators the node offers instances ("gpus", "tpus"; 0 when the report has no such key).
+ * The scheduler places a service asking for vgpus/vtpus only where enough are reported.
+ * Since ABI 0.4. */
+OAKUK_API int64_t oakuk_node_report_gpus(const oakuk_node_report *report);
+OAKUK_API int64_t oakuk_node_report_tpus(const oakuk_node_report *report);
 /* unikernel{}: accel for the node's own architecture (OAKUK_ACCEL_NONE when the node cannot run
  * unikernels), QEMU version, and the other architectures it can emulate under TCG. */
 OAKUK_API int32_t oakuk_node_report_unikernel_accel(const oakuk_node_report *report);
@@ -113,6 +119,10 @@ oakuk_cluster_aggregate_memory_mb(const oakuk_cluster_aggregate *agg); /* cumula
 OAKUK_API int64_t oakuk_cluster_aggregate_number_of_nodes(const oakuk_cluster_aggregate *agg);
 OAKUK_API int64_t oakuk_cluster_aggregate_active_nodes(const oakuk_cluster_aggregate *agg);
 OAKUK_API bool oakuk_cluster_aggregate_has_virt(const oakuk_cluster_aggregate *agg, int32_t virt);
+/* "gpus", "tpus": the sums over the cluster's active nodes (0 when absent: older clusters and
+ * Oakestra's aggregates, whose gpu_cores is kept as an extra key). Since ABI 0.4. */
+OAKUK_API int64_t oakuk_cluster_aggregate_gpus(const oakuk_cluster_aggregate *agg);
+OAKUK_API int64_t oakuk_cluster_aggregate_tpus(const oakuk_cluster_aggregate *agg);
 OAKUK_API size_t oakuk_cluster_aggregate_arch_count(const oakuk_cluster_aggregate *agg);
 OAKUK_API const char *oakuk_cluster_aggregate_arch(const oakuk_cluster_aggregate *agg, size_t i);
 /* aggregation_per_architecture: entries sorted by arch name. */

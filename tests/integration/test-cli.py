@@ -301,6 +301,38 @@ class CliTest(unittest.TestCase):
         self.node.status(WEB, 0, "CREATING", "downloading image: 40%")
         time.sleep(1.2)
         self.node.status(WEB, 0, "CREATING", "downloading image: 100%")
+    def test_04w_apply_prints_warnings(self):
+        """Keys accepted but not acted on come back from the root as warnings with their path,
+        printed on stderr one per line; stdout (and --json's document) keeps its shape."""
+        def delete_app(out):
+            m = re.search(r"application \S+ ([0-9a-f]{24})", out) or re.search(r'"id"\s*:\s*"([0-9a-f]{24})"', out)
+            self.assertIsNotNone(m, out)
+            edgelib.requests.delete(self.cp.root_url + "/api/v1/applications/" + m.group(1), headers=self.cp.headers,
+                                    timeout=5)
+        doc = json.loads(json.dumps(SLA))
+        app = doc["applications"][0]
+        app["application_name"] = "warned"
+        app["microservices"] = [dict(app["microservices"][0], vgpus=1, bandwidth_out=5)]
+        rc, out, err = self.oakuk("apply", self.sla_file(doc, "warned.json"))
+        self.assertEqual(rc, 0, err)
+        delete_app(out)
+        self.assertRegex(out, r"application warned\.test [0-9a-f]{24}\n")
+        self.assertNotIn("warning", out)
+        warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+        self.assertEqual(len(warnings), 2, err)
+        self.assertTrue(warnings[0].startswith("warning: applications[0].microservices[0].vgpus: accepted but not "
+                                               "acted on: no node reports GPUs"), err)
+        self.assertEqual(warnings[1], "warning: applications[0].microservices[0].bandwidth_out: accepted but not "
+                                      "acted on: no bandwidth is reserved or limited")
+        # the same keys at their defaults (vgpus: 0, ...) print nothing; --json keeps stdout a document
+        app["application_name"] = "quiet"
+        app["microservices"] = [dict(app["microservices"][0], vgpus=0, bandwidth_out=0)]
+        rc, out, err = self.oakuk("apply", "--json", self.sla_file(doc, "quiet.json"))
+        self.assertEqual(rc, 0, err)
+        delete_app(out)
+        self.assertEqual(json.loads(out)["applications"][0]["name"], "quiet")
+        self.assertNotIn("warning", err)
+
         time.sleep(1.2)
         self.node.instances.add(WEB + ".instance.0")
         # RUNNING says only that the runtime is up: the wait goes on until the node finds it ready

@@ -1216,6 +1216,71 @@ V1_SCHEMA = (
     "  attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0, last_error TEXT);")
 
 
+class WarningsTest(unittest.TestCase):
+    """Keys accepted but not acted on are warnings of the registration, with their JSON path
+    (docs/api.md "Warnings"), in both answers' shapes; a GPU request is refused, never placed."""
+
+    def test_registration_warnings_and_gpu_refusal(self):
+        e = Edge(self, "cluster_timeout_s=60\n")
+        c = e.register("c0")
+        e.aggregate(c, nodes=[node("n1")])  # a node of before the accelerator keys: no GPUs
+        ms = "applications[0].microservices[0]"
+        doc = sla("gpu", vgpus=1, privileged=True, bandwidth_in=0, storage=0, port="80:80;9443:443",
+                  addresses={"rr_ip": "10.30.30.31", "closest_ip": "10.30.30.32"},
+                  constraints=[{"type": "geo", "location": "48.1,11.6"}])
+        r = e.call("POST", "/api/v1/applications", doc)
+        self.assertEqual(r.status, 201, r.body)
+        answer = r.json()
+        self.assertEqual(len(answer["applications"]), 1)
+        warnings = answer["warnings"]
+        self.assertEqual([w["path"] for w in warnings],
+                         [ms + ".constraints[0]", ms + ".vgpus", ms + ".privileged", ms + ".addresses.closest_ip",
+                          ms + ".port"], warnings)
+        for w in warnings:
+            self.assertEqual(set(w), {"path", "message"}, w)
+            self.assertTrue(w["message"].startswith("accepted but not acted on: "), w)
+        self.assertIn("no node reports GPUs", warnings[1]["message"])
+        self.assertIn("9443:443/tcp", warnings[4]["message"])
+        self.assertIn("warnings", set(answer))
+        # defaults (vgpus: 0, ...) say nothing; the answer still has the key
+        r = e.call("POST", "/api/v1/applications", sla("plain"))
+        self.assertEqual(r.status, 201, r.body)
+        self.assertEqual(r.json()["warnings"], [])
+
+        # Oakestra's endpoint: still a JSON string of the user's applications; the one created now
+        # carries its warnings, the others do not
+        r = e.call("POST", "/api/application/", sla("compat", storage=10))
+        self.assertEqual(r.status, 200, r.body)
+        apps = json.loads(r.json())
+        self.assertIsInstance(apps, list)
+        by_name = {a["application_name"]: a for a in apps}
+        self.assertEqual(set(by_name), {"gpu", "plain", "compat"})
+        self.assertEqual(by_name["compat"]["warnings"],
+                         [{"path": ms + ".storage",
+                           "message": "accepted but not acted on: no storage is reserved or limited"}])
+        self.assertNotIn("warnings", by_name["gpu"])
+        self.assertNotIn("warnings", by_name["plain"])
+        # nothing stored: the documents read back have no warnings
+        r = e.call("GET", "/api/application/" + by_name["compat"]["applicationID"])
+        self.assertNotIn("warnings", r.json())
+
+        # the GPU service never lands on the GPU-less node: refused, with the reason
+        sid = answer["applications"][0]["microservices"][0]
+        inst = e.deploy(sid)
+        self.assertEqual(inst["status"], "NO_QUALIFIED_WORKER_FOUND", inst)
+        self.assertIn("cluster c0: its active nodes report 0 GPUs, the service asks for 1 (vgpus)",
+                      inst["status_detail"])
+        self.assertIn("cluster c0: node n1: reports 0 GPUs, the service asks for 1 (vgpus)", inst["status_detail"])
+        lines = e.call("GET", "/api/v1/services/%s/explain" % sid).json()["lines"]
+        self.assertIn("cluster c0: its active nodes report 0 GPUs, the service asks for 1 (vgpus)", lines)
+        time.sleep(1)
+        self.assertEqual(c["fake"].got("POST", "/api/service/%s/0" % sid), [], "a GPU service was sent on")
+        # the same service without GPUs is placed there
+        plain = e.call("GET", "/api/v1/applications/%s/services" % by_name["plain"]["applicationID"]).json()
+        inst = e.deploy(plain[0]["microserviceID"])
+        self.assertEqual((inst["status"], inst["cluster_id"]), ("CLUSTER_SCHEDULED", c["id"]), inst)
+
+
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

@@ -204,6 +204,26 @@ static void test_inactive(void) {
   g_assert_cmpint(oakuk_cluster_aggregate_cpu_cores(all), ==, 14);
 }
 
+/* gpus/tpus are sums over the active nodes; a report without them counts 0. */
+static void test_accelerators(void) {
+  g_autoptr(oakuk_node_report) n1 = report_fixture("amd64-container"); /* no gpus key */
+  g_autoptr(oakuk_node_report) n2 = oakuk_node_report_from_json(
+      "{\"id\":\"g1\",\"architecture\":\"amd64\",\"vcpus\":1,\"memory\":1,\"gpus\":2,\"tpus\":1}", (size_t)-1,
+      NULL);
+  g_autoptr(oakuk_node_report) n3 = oakuk_node_report_from_json(
+      "{\"id\":\"g2\",\"architecture\":\"amd64\",\"vcpus\":1,\"memory\":1,\"gpus\":3}", (size_t)-1, NULL);
+  oakuk_node_report_set_received_at_ms(n1, 1000);
+  oakuk_node_report_set_received_at_ms(n2, 1000);
+  oakuk_node_report_set_received_at_ms(n3, 1); /* inactive at 1000 with a 10 ms timeout */
+  oakuk_node_report *nodes[] = {n1, n2, n3};
+  g_autoptr(oakuk_cluster_aggregate) agg = fold(nodes, 3, 1000, 10);
+  g_assert_cmpint(oakuk_cluster_aggregate_gpus(agg), ==, 2);
+  g_assert_cmpint(oakuk_cluster_aggregate_tpus(agg), ==, 1);
+  g_autofree char *json = oakuk_cluster_aggregate_to_json(agg, false, NULL);
+  g_autoptr(oakuk_cluster_aggregate) back = oakuk_cluster_aggregate_from_json(json, strlen(json), NULL);
+  g_assert_cmpint(oakuk_cluster_aggregate_gpus(back), ==, 2);
+}
+
 static void test_empty(void) {
   g_autoptr(oakuk_cluster_aggregate) agg = fold(NULL, 0, 1000, 10000);
   g_assert_cmpint(oakuk_cluster_aggregate_number_of_nodes(agg), ==, 0);
@@ -217,8 +237,8 @@ static void test_empty(void) {
   g_autofree char *json = oakuk_cluster_aggregate_to_json(agg, false, NULL);
   g_assert_cmpstr(json, ==,
                   "{\"cpu_percent\":0.0,\"memory_percent\":0.0,\"cpu_cores\":0,\"cumulative_memory_in_mb\":0,"
-                  "\"number_of_nodes\":0,\"active_nodes\":0,\"virtualization\":[],\"arch\":[],"
-                  "\"aggregation_per_architecture\":{},\"jobs\":[]}");
+                  "\"number_of_nodes\":0,\"active_nodes\":0,\"gpus\":0,\"tpus\":0,\"virtualization\":[],"
+                  "\"arch\":[],\"aggregation_per_architecture\":{},\"jobs\":[]}");
   g_autoptr(oakuk_cluster_aggregate) back = oakuk_cluster_aggregate_from_json(json, strlen(json), NULL);
   g_assert_nonnull(back);
 }
@@ -268,6 +288,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/aggregate/emulation", test_emulation);
   g_test_add_func("/aggregate/inactive", test_inactive);
   g_test_add_func("/aggregate/empty", test_empty);
+  g_test_add_func("/aggregate/accelerators", test_accelerators);
   g_test_add_func("/aggregate/duplicate-ids", test_duplicate_ids);
   return g_test_run();
 }

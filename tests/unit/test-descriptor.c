@@ -351,9 +351,13 @@ static void test_extensions(void) {
   g_assert_cmpstr(oakuk_microservice_env(ms, 0), ==, "A_1=x y");
   g_assert_cmpint(oakuk_microservice_vgpus(ms), ==, 2);
   g_assert_cmpint(oakuk_microservice_storage(ms), ==, 100000000);
-  /* The unknown key inside unikernel{} is kept and warned about. */
-  g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 1);
+  /* The unknown key inside unikernel{} is kept and warned about, and so are the keys accepted but
+   * not acted on. */
+  g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 4);
   g_assert_cmpstr(oakuk_descriptor_warning(d, 0), ==, MS ".unikernel.colour: unknown key kept");
+  g_assert_cmpstr(oakuk_descriptor_warning_path(d, 1), ==, MS ".vgpus");
+  g_assert_cmpstr(oakuk_descriptor_warning_path(d, 2), ==, MS ".storage");
+  g_assert_cmpstr(oakuk_descriptor_warning_path(d, 3), ==, MS ".privileged");
   g_autofree char *out = oakuk_microservice_to_json(ms, false, NULL);
   g_assert_nonnull(strstr(out, "\"colour\":\"blue\""));
   oakuk_descriptor_unref(d);
@@ -451,8 +455,116 @@ static void test_constraints_accepted(void) {
   g_assert_cmpuint(oakuk_microservice_constraint_value_count(ms, 3), ==, 0);
   g_assert_null(oakuk_microservice_constraint_cluster(ms, 4));
   g_assert_cmpstr(oakuk_microservice_constraint_value(ms, 4, 0), ==, "n9");
+  /* The latency constraint is kept, and said not to be scheduled on. */
+  g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 1);
+  g_assert_cmpstr(oakuk_descriptor_warning_path(d, 0), ==, MS ".constraints[3]");
+  g_assert_cmpstr(oakuk_descriptor_warning_message(d, 0), ==,
+                  "accepted but not acted on: latency constraints are kept but not scheduled on");
+  oakuk_descriptor_unref(d);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Keys accepted but not acted on: a warning at their path when they hold a non-default value */
+
+/* Asserts that base with key = value parses with exactly one warning, at MS.path, whose message
+ * starts "accepted but not acted on: " and contains needle. */
+static void expect_warning(const char *base, const char *key, const char *value, const char *path,
+                           const char *needle) {
+  oakuk_descriptor *d = parse_ms_ok(base, key, value);
+  g_autofree char *full = g_strdup_printf(MS ".%s", path);
+  if (oakuk_descriptor_warning_count(d) != 1)
+    g_error("%s = %s: expected 1 warning, got %zu (first: %s)", key, value, oakuk_descriptor_warning_count(d),
+            oakuk_descriptor_warning(d, 0));
+  g_assert_cmpstr(oakuk_descriptor_warning_path(d, 0), ==, full);
+  const char *msg = oakuk_descriptor_warning_message(d, 0);
+  g_assert_true(g_str_has_prefix(msg, "accepted but not acted on: "));
+  if (strstr(msg, needle) == NULL)
+    g_error("warning \"%s\" does not mention \"%s\"", msg, needle);
+  g_autofree char *text = g_strdup_printf("%s: %s", full, msg);
+  g_assert_cmpstr(oakuk_descriptor_warning(d, 0), ==, text);
+  g_assert_null(oakuk_descriptor_warning_path(d, 1));
+  g_assert_null(oakuk_descriptor_warning_message(d, 1));
+  oakuk_descriptor_unref(d);
+}
+
+static void test_warn_not_acted_on(void) {
+  expect_warning(base_container, "vgpus", "1", "vgpus", "no node reports GPUs");
+  expect_warning(base_container, "vtpus", "2", "vtpus", "no node reports TPUs");
+  expect_warning(base_container, "bandwidth_in", "100", "bandwidth_in", "no bandwidth");
+  expect_warning(base_container, "bandwidth_out", "100", "bandwidth_out", "no bandwidth");
+  expect_warning(base_container, "storage", "512", "storage", "no storage");
+  expect_warning(base_container, "privileged", "true", "privileged", "never run privileged");
+  expect_warning(base_container, "addresses", "{\"rr_ip\": \"10.30.0.2\", \"closest_ip\": \"10.30.0.3\"}",
+                 "addresses.closest_ip", "only addresses.rr_ip");
+  expect_warning(base_container, "addresses", "{\"rr_ip_v6\": \"fdff:2000::55\"}", "addresses.rr_ip_v6",
+                 "IPv4 only");
+  expect_warning(base_container, "addresses", "{\"closest_ip_v6\": \"fdff:2000::56\"}",
+                 "addresses.closest_ip_v6", "IPv4 only");
+  expect_warning(base_container, "constraints", "[{\"type\": \"geo\", \"location\": \"48.1,11.6\"}]",
+                 "constraints[0]", "geo constraints");
+  expect_warning(base_container, "constraints",
+                 "[{\"type\": \"arch\", \"allowed\": [\"amd64\"]}, {\"type\": \"latency\"}]",
+                 "constraints[1]", "latency constraints");
+  expect_warning(base_container, "added_files", "[\"/etc/app.conf\"]", "added_files", "no files");
+  expect_warning(base_container, "connectivity", "[{\"target\": \"db\"}]", "connectivity", "connectivity");
+  /* With a service IP, entries after the first with another guest port are not behind it. */
+  expect_warning(base_container, "port", "\"8080:80; 53:5353/udp; 9443:443\"", "port",
+                 "answers only on guest port 80 (the first entry); 53:5353/udp, 9443:443/tcp are mapped");
+}
+
+/* Default values, absent keys, and what is honoured say nothing. */
+static void test_warn_defaults(void) {
+  oakuk_descriptor *d =
+      parse_ms_ok(base_container, NULL, NULL); /* port "8080:80" behind rr_ip: one entry, honoured */
   g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 0);
   oakuk_descriptor_unref(d);
+  static const char *const defaults[][2] = {
+      {"vgpus", "0"},
+      {"vtpus", "0"},
+      {"bandwidth_in", "0"},
+      {"bandwidth_out", "0"},
+      {"storage", "0"},
+      {"privileged", "false"},
+      {"added_files", "[]"},
+      {"connectivity", "[]"},
+      {"state", "\"\""},
+      {"addresses", "{}"},
+      /* A second entry with the first's guest port (udp next to tcp) is behind the service IP. */
+      {"port", "\"8080:80; 8080:80/udp\""},
+      /* A container's code_sha256 is enforced (the node pulls name@sha256:<digest>). */
+      {"code_sha256", "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\""},
+      {"constraints", "[{\"type\": \"arch\", \"allowed\": [\"amd64\"]}]"},
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS(defaults); i++) {
+    d = parse_ms_ok(base_container, defaults[i][0], defaults[i][1]);
+    if (oakuk_descriptor_warning_count(d) != 0)
+      g_error("%s = %s: unexpected warning %s", defaults[i][0], defaults[i][1],
+              oakuk_descriptor_warning(d, 0));
+    oakuk_descriptor_unref(d);
+  }
+  /* Without a service IP every port entry is a host port mapping, all of them honoured. */
+  g_autofree char *no_rr = doc_with(base_container, "addresses", NULL);
+  g_autoptr(JsonNode) n = json_from_string(no_rr, NULL);
+  JsonObject *ms = json_array_get_object_element(
+      json_object_get_array_member(
+          json_array_get_object_element(json_object_get_array_member(json_node_get_object(n), "applications"),
+                                        0),
+          "microservices"),
+      0);
+  json_object_set_string_member(ms, "port", "8080:80; 53:5353/udp; 9443:443");
+  g_autofree char *text = json_to_string(n, false);
+  d = parse_ok(text);
+  g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 0);
+  oakuk_descriptor_unref(d);
+  /* The standalone job (cluster, node) collects no warnings: they are the registration's. */
+  oakuk_error *e = NULL;
+  oakuk_microservice *job = oakuk_microservice_parse(
+      "{\"microservice_name\": \"a\", \"microservice_namespace\": \"b\", \"virtualization\": \"container\","
+      " \"code\": \"r/x:1\", \"memory\": 1, \"vcpus\": 1, \"vgpus\": 1, \"privileged\": true}",
+      (size_t)-1, &e);
+  g_assert_nonnull(job);
+  g_assert_cmpint(oakuk_microservice_vgpus(job), ==, 1);
+  oakuk_microservice_unref(job);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1121,6 +1233,8 @@ int main(int argc, char **argv) {
   g_test_add_func("/descriptor/defaults", test_defaults);
   g_test_add_func("/descriptor/extensions", test_extensions);
   g_test_add_func("/descriptor/readiness", test_readiness);
+  g_test_add_func("/descriptor/warnings/not-acted-on", test_warn_not_acted_on);
+  g_test_add_func("/descriptor/warnings/defaults", test_warn_defaults);
   g_test_add_func("/descriptor/reschedule-after", test_reschedule_after);
   g_test_add_func("/descriptor/virt-array", test_virt_array);
   g_test_add_func("/descriptor/accept/numbers", test_numbers_accepted);

@@ -213,8 +213,11 @@ static void test_report_to_json_keys(void) {
   JsonObject *o = parse_json_object(json, &keep);
   g_autofree char *keys = sorted_keys(o);
   g_assert_cmpstr(keys, ==,
-                  "architecture,cpu_percent,host,id,instances,ip,memory,memory_percent,memory_total,"
-                  "unikernel,vcpus,virtualization");
+                  "architecture,cpu_percent,gpus,host,id,instances,ip,memory,memory_percent,memory_total,"
+                  "tpus,unikernel,vcpus,virtualization");
+  /* A report from before the accelerator keys reads as offering none, and says so. */
+  g_assert_cmpint(json_object_get_int_member(o, "gpus"), ==, 0);
+  g_assert_cmpint(json_object_get_int_member(o, "tpus"), ==, 0);
   JsonObject *uk = json_object_get_object_member(o, "unikernel");
   g_autofree char *uk_keys = sorted_keys(uk);
   g_assert_cmpstr(uk_keys, ==, "accel,emulated_archs,qemu_version");
@@ -469,6 +472,43 @@ static void assert_thesis_values(const oakuk_cluster_aggregate *agg) {
   g_assert_cmpint(accel, ==, OAKUK_ACCEL_NONE); /* the listing carries no accel */
 }
 
+/* gpus/tpus: optional counts (older nodes send none: 0), read, written back, and checked. */
+static void test_report_accelerators(void) {
+  const char *base = "{\"id\":\"n\",\"architecture\":\"amd64\",\"vcpus\":1,\"memory\":1";
+  g_autofree char *old = g_strdup_printf("%s}", base);
+  g_autoptr(oakuk_node_report) r = oakuk_node_report_from_json(old, (size_t)-1, NULL);
+  g_assert_nonnull(r);
+  g_assert_cmpint(oakuk_node_report_gpus(r), ==, 0);
+  g_assert_cmpint(oakuk_node_report_tpus(r), ==, 0);
+  g_autofree char *with = g_strdup_printf("%s,\"gpus\":2,\"tpus\":null}", base);
+  g_autoptr(oakuk_node_report) g = oakuk_node_report_from_json(with, (size_t)-1, NULL);
+  g_assert_nonnull(g);
+  g_assert_cmpint(oakuk_node_report_gpus(g), ==, 2);
+  g_assert_cmpint(oakuk_node_report_tpus(g), ==, 0);
+  g_autofree char *json = oakuk_node_report_to_json(g, false, NULL);
+  g_assert_nonnull(strstr(json, "\"gpus\":2,\"tpus\":0"));
+  g_autofree char *bad = g_strdup_printf("%s,\"gpus\":-1,\"tpus\":\"many\"}", base);
+  oakuk_error *e = NULL;
+  g_assert_null(oakuk_node_report_from_json(bad, (size_t)-1, &e));
+  g_assert_cmpuint(oakuk_error_item_count(e), ==, 2);
+  g_assert_cmpstr(oakuk_error_item_path(e, 0), ==, "gpus");
+  g_assert_cmpstr(oakuk_error_item_path(e, 1), ==, "tpus");
+  oakuk_error_free(e);
+
+  /* Aggregates likewise: absent (Oakestra's, older clusters) is 0; gpu_cores stays an extra key. */
+  g_autoptr(oakuk_cluster_aggregate) agg = oakuk_cluster_aggregate_from_json(
+      "{\"cpu_cores\":1,\"cumulative_memory_in_mb\":1,\"number_of_nodes\":1,\"gpu_cores\":4}", (size_t)-1,
+      NULL);
+  g_assert_nonnull(agg);
+  g_assert_cmpint(oakuk_cluster_aggregate_gpus(agg), ==, 0);
+  g_assert_cmpint(oakuk_cluster_aggregate_tpus(agg), ==, 0);
+  g_autoptr(oakuk_cluster_aggregate) agg2 = oakuk_cluster_aggregate_from_json(
+      "{\"cpu_cores\":1,\"cumulative_memory_in_mb\":1,\"number_of_nodes\":1,\"gpus\":3,\"tpus\":1}",
+      (size_t)-1, NULL);
+  g_assert_cmpint(oakuk_cluster_aggregate_gpus(agg2), ==, 3);
+  g_assert_cmpint(oakuk_cluster_aggregate_tpus(agg2), ==, 1);
+}
+
 static void test_aggregate_thesis(void) {
   g_autoptr(oakuk_cluster_aggregate) agg = thesis_aggregate();
   assert_thesis_values(agg);
@@ -558,7 +598,7 @@ static void test_aggregate_per_arch(void) {
   g_assert_cmpstr(
       keys, ==,
       "active_nodes,aggregation_per_architecture,arch,cpu_cores,cpu_percent,cumulative_memory_in_mb,"
-      "jobs,memory_percent,number_of_nodes,virtualization");
+      "gpus,jobs,memory_percent,number_of_nodes,tpus,virtualization");
 }
 
 static void test_aggregate_identity(void) {
@@ -637,6 +677,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/model/report/round-trip", test_report_round_trip);
   g_test_add_func("/model/report/to-json-keys", test_report_to_json_keys);
   g_test_add_func("/model/report/accel", test_report_accel);
+  g_test_add_func("/model/report/accelerators", test_report_accelerators);
   g_test_add_func("/model/report/invalid", test_report_invalid);
   g_test_add_func("/model/report/problems-collected", test_report_problems_collected);
   g_test_add_func("/model/report/malformed", test_report_malformed);

@@ -306,6 +306,65 @@ static void test_container_checks(void) {
   nodes_clear(&ns);
 }
 
+/* A node report with accelerators: base JSON of node() plus "gpus"/"tpus". */
+static oakuk_node_report *node_with_accelerators(const char *id, int gpus, int tpus) {
+  g_autofree char *json = g_strdup_printf(
+      "{\"id\":\"%s\",\"architecture\":\"amd64\",\"vcpus\":8,\"memory\":8192,\"gpus\":%d,\"tpus\":%d,"
+      "\"virtualization\":[\"container\"]}",
+      id, gpus, tpus);
+  oakuk_error *e = NULL;
+  oakuk_node_report *r = oakuk_node_report_from_json(json, (size_t)-1, &e);
+  if (e)
+    g_error("node %s: %s", json, oakuk_error_message(e));
+  return r;
+}
+
+/* A service asking for GPUs or TPUs never lands on a node without them: every node reports none
+ * (oakuk-node, or a report from before the key), so none qualifies and the reason says why. */
+static void test_accelerators_refused(void) {
+  g_autoptr(oakuk_microservice) gpu = svc(CONTAINER ",\"vgpus\":1", 64, 1);
+  Nodes ns = {0};
+  nodes_add(&ns, node("big", "amd64", 64, 65536, 1.0, CTR_ONLY, NULL, NULL)); /* no "gpus" key */
+  nodes_add(&ns, node_with_accelerators("tpu", 0, 4));
+  oakuk_placement *p = NULL;
+  g_autoptr(oakuk_error) e = NULL;
+  g_assert_cmpint(oakuk_sched_select_node(&p, gpu, ns.nodes, ns.n, NULL, NULL, NULL, &e), ==,
+                  OAKUK_ENOCAPACITY);
+  g_assert_false(oakuk_placement_ok(p));
+  g_assert_cmpint(oakuk_placement_status(p), ==, OAKUK_STATUS_NO_QUALIFIED_WORKER);
+  assert_line(p, 0, "node big: reports 0 GPUs, the service asks for 1 (vgpus)");
+  assert_line(p, 1, "node tpu: reports 0 GPUs, the service asks for 1 (vgpus)");
+  g_assert_cmpstr(oakuk_error_message(e), ==,
+                  "NO_QUALIFIED_WORKER_FOUND: no node can run container (2 candidates rejected); no node "
+                  "reports the 1 GPU the service asks for (vgpus)");
+  oakuk_placement_unref(p);
+
+  /* A node left out by a constraint does not hide the reason of the others. */
+  g_autoptr(oakuk_microservice) pinned =
+      svc(CONTAINER ",\"vgpus\":1,\"constraints\":[{\"type\":\"direct\",\"node\":\"tpu\"}]", 64, 1);
+  g_autoptr(oakuk_error) e2 = NULL;
+  g_assert_cmpint(oakuk_sched_select_node(&p, pinned, ns.nodes, ns.n, NULL, NULL, NULL, &e2), ==,
+                  OAKUK_ENOCAPACITY);
+  assert_line(p, 0, "node big: excluded by direct constraint (allowed nodes: tpu)");
+  g_assert_nonnull(
+      strstr(oakuk_error_message(e2), "; no node reports the 1 GPU the service asks for (vgpus)"));
+  oakuk_placement_unref(p);
+
+  /* TPUs likewise; a node that reports enough takes the service. */
+  g_autoptr(oakuk_microservice) tpu = svc(CONTAINER ",\"vtpus\":2", 64, 1);
+  nodes_add(&ns, node_with_accelerators("one", 0, 1));
+  g_autoptr(oakuk_placement) q = pick(tpu, &ns, NULL, NULL, NULL);
+  g_assert_cmpstr(oakuk_placement_target(q), ==, "tpu");
+  assert_line(q, 0, "node big: reports 0 TPUs, the service asks for 2 (vtpus)");
+  assert_line(q, 2, "node one: reports 1 TPU, the service asks for 2 (vtpus)");
+
+  /* vgpus: 0 asks for nothing: the bigger node wins as before. */
+  g_autoptr(oakuk_microservice) none = svc(CONTAINER ",\"vgpus\":0,\"vtpus\":0", 64, 1);
+  g_autoptr(oakuk_placement) r = pick(none, &ns, NULL, NULL, NULL);
+  g_assert_cmpstr(oakuk_placement_target(r), ==, "big");
+  nodes_clear(&ns);
+}
+
 static void test_unikernel_arch_mismatch(void) {
   g_autoptr(oakuk_microservice) ms = svc(UK_AMD64, 64, 1);
   Nodes ns = {0};
@@ -742,6 +801,28 @@ static void test_cluster_constraints(void) {
   clusters_clear(&cs);
 }
 
+/* Root level: a cluster whose active nodes report no GPUs (its aggregate says 0, or nothing: an
+ * older cluster) does not get a service asking for them. */
+static void test_cluster_accelerators(void) {
+  Clusters cs = {{cluster("id-a", "a", AGG_CTR),
+                  cluster("id-g", "g",
+                          "{\"cpu_cores\":2,\"cumulative_memory_in_mb\":1000,\"number_of_nodes\":1,"
+                          "\"gpus\":2,\"virtualization\":[\"container\"],\"arch\":[\"amd64\"]}")},
+                 2};
+  g_autoptr(oakuk_microservice) gpu = svc(CONTAINER ",\"vgpus\":1", 64, 1);
+  g_autoptr(oakuk_placement) p = pick_cluster(gpu, &cs, NULL, NULL, NULL, NULL);
+  g_assert_cmpstr(oakuk_placement_target(p), ==, "id-g");
+  assert_line(p, 0, "cluster a: its active nodes report 0 GPUs, the service asks for 1 (vgpus)");
+  g_autoptr(oakuk_microservice) three = svc(CONTAINER ",\"vgpus\":3", 64, 1);
+  g_autoptr(oakuk_error) e = NULL;
+  g_autoptr(oakuk_placement) q = pick_cluster(three, &cs, NULL, NULL, NULL, &e);
+  g_assert_false(oakuk_placement_ok(q));
+  assert_line(q, 1, "cluster g: its active nodes report 2 GPUs, the service asks for 3 (vgpus)");
+  g_assert_nonnull(
+      strstr(oakuk_error_message(e), "no cluster reports the 3 GPUs the service asks for (vgpus)"));
+  clusters_clear(&cs);
+}
+
 static void test_cluster_inactive_and_reservations(void) {
   Clusters cs = {{cluster("id-a", "a", AGG_X86), cluster("id-b", "b", AGG_X86)}, 2};
   oakuk_cluster_aggregate_set_received_at_ms(cs.c[0], 1000);
@@ -835,6 +916,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/sched/node/arch-constraint", test_arch_constraint);
   g_test_add_func("/sched/node/no-nodes", test_no_nodes);
   g_test_add_func("/sched/container/checks", test_container_checks);
+  g_test_add_func("/sched/node/accelerators-refused", test_accelerators_refused);
   g_test_add_func("/sched/unikernel/arch-mismatch", test_unikernel_arch_mismatch);
   g_test_add_func("/sched/unikernel/emulation", test_emulation);
   g_test_add_func("/sched/unikernel/kvm-beats-tcg", test_kvm_beats_tcg);
@@ -850,6 +932,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/sched/cluster/per-arch", test_cluster_per_arch);
   g_test_add_func("/sched/cluster/emulation", test_cluster_emulation);
   g_test_add_func("/sched/cluster/constraints", test_cluster_constraints);
+  g_test_add_func("/sched/cluster/accelerators", test_cluster_accelerators);
   g_test_add_func("/sched/cluster/inactive-and-reservations", test_cluster_inactive_and_reservations);
   g_test_add_func("/sched/cluster/thesis-aggregate", test_cluster_thesis);
   return g_test_run();

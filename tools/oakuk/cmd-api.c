@@ -282,13 +282,14 @@ int oakuk_cmd_login(int argc, char **argv) {
 
 /* ---- apply ---- */
 
-/* Validates path locally; prints every problem as "path: message". */
-static int validate_descriptor(const char *path) {
+/* Validates path locally; prints every problem as "path: message". Its warnings ("path: message")
+ * go to warnings: printed when the root's answer does not carry its own. */
+static int validate_descriptor(const char *path, GPtrArray *warnings) {
   oakuk_error *err = NULL;
   oakuk_descriptor *d = oakuk_descriptor_parse_file(path, &err);
   if (d != NULL) {
     for (size_t i = 0; i < oakuk_descriptor_warning_count(d); i++)
-      fprintf(stderr, "oakuk apply: warning: %s\n", oakuk_descriptor_warning(d, i));
+      g_ptr_array_add(warnings, g_strdup(oakuk_descriptor_warning(d, i)));
     oakuk_descriptor_unref(d);
     return OAKUK_CLI_OK;
   }
@@ -310,6 +311,24 @@ static int validate_descriptor(const char *path) {
   return rc;
 }
 
+/* Prints the registration's warnings as "warning: PATH: MESSAGE" on stderr: the root's
+ * (answer.warnings, docs/api.md), or the local parse's when the answer has none (an older root). */
+static void print_apply_warnings(JsonNode *answer, GPtrArray *local) {
+  JsonObject *o = answer && JSON_NODE_HOLDS_OBJECT(answer) ? json_node_get_object(answer) : NULL;
+  JsonNode *wn = o ? json_object_get_member(o, "warnings") : NULL;
+  if (wn == NULL || !JSON_NODE_HOLDS_ARRAY(wn)) {
+    for (guint i = 0; i < local->len; i++)
+      fprintf(stderr, "warning: %s\n", (const char *)local->pdata[i]);
+    return;
+  }
+  JsonArray *wa = json_node_get_array(wn);
+  for (guint i = 0; i < json_array_get_length(wa); i++) {
+    JsonNode *e = json_array_get_element(wa, i);
+    JsonObject *w = JSON_NODE_HOLDS_OBJECT(e) ? json_node_get_object(e) : NULL;
+    fprintf(stderr, "warning: %s: %s\n", oak_str(w, "path", ""), oak_str(w, "message", ""));
+  }
+}
+
 int oakuk_cmd_apply(int argc, char **argv) {
   g_autofree char *url = NULL;
   gboolean json = FALSE;
@@ -322,7 +341,8 @@ int oakuk_cmd_apply(int argc, char **argv) {
     fprintf(stderr, "oakuk apply: exactly one descriptor file expected\n");
     return OAKUK_CLI_USAGE;
   }
-  int rc = validate_descriptor(argv[1]);
+  g_autoptr(GPtrArray) warnings = g_ptr_array_new_with_free_func(g_free);
+  int rc = validate_descriptor(argv[1], warnings);
   if (rc != OAKUK_CLI_OK)
     return rc;
   g_autoptr(OakClient) cl = oak_client_new("apply", url, json, TRUE, &rc);
@@ -335,6 +355,7 @@ int oakuk_cmd_apply(int argc, char **argv) {
     return OAKUK_CLI_FAILED;
   }
   g_autoptr(JsonNode) n = oak_request(cl, "POST", "/api/v1/applications", text, NULL, &rc);
+  print_apply_warnings(n, warnings);
   if (n == NULL)
     return rc;
   JsonArray *apps = JSON_NODE_HOLDS_OBJECT(n)
