@@ -14,6 +14,8 @@ run_pkgs=(
   qemu-system-x86 qemu-system-arm qemu-utils mosquitto mosquitto-clients runc nftables iproute2
   busybox-static linux-image-amd64 cpio gzip ca-certificates
   python3-requests docker-registry curl iptables glib-networking systemd
+  # the cli test parses `oakuk ... -o yaml`
+  python3-yaml
 )
 # The arm64 test guest (tests/guests) is built from Debian's arm64 kernel and busybox-static,
 # fetched with apt-get download: the arm64 architecture must be known to apt.

@@ -21,6 +21,8 @@ import termios
 import time
 import unittest
 
+import yaml
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import edgelib  # noqa: E402
 
@@ -48,6 +50,8 @@ SLA = {
              "arch": ["amd64"], "state": "", "port": "", "added_files": [],
              "constraints": [{"type": "direct", "node": "node-z"}]}]}]}
 WEB = "shop.test.web.test"
+# A status detail holding what YAML must quote: its indicators, a number, quotes, tabs, non-ASCII.
+TRICKY = 'yes: "quoted" \\ #not a comment\ttab - [a] {b} & *c ! | > % @ ` 0x1F é ✓ null ~'
 PASSWORD = "correct horse battery staple"  # for the users made here: 12 characters or more
 
 
@@ -68,6 +72,7 @@ class CliTest(unittest.TestCase):
         cls.creds = os.path.join(cls.tmp, "config", "oakuk", "credentials.json")
         cls.fp = fingerprint(cls.cp.ca_file)
         cls.port = int(cls.cp.root_url.rsplit(":", 1)[1])
+        cls.context_name = "127.0.0.1:%d" % cls.port
         cls.pwfile = edgelib.write_secret(os.path.join(cls.tmp, "user-password"), PASSWORD)
         edgelib.wait_until("aggregate with node-a at the root", lambda: any(
             n["id"] == "node-a" for c in edgelib.requests.get(cls.cp.root_url + "/api/v1/clusters",
@@ -164,11 +169,15 @@ class CliTest(unittest.TestCase):
         self.login()
         self.assertEqual(stat.S_IMODE(os.stat(self.creds).st_mode), 0o600)
         with open(self.creds) as f:
-            c = json.load(f)
+            config = json.load(f)
+        # one context, named after the root and made the current one
+        self.assertEqual(config["current"], self.context_name)
+        self.assertEqual(list(config["contexts"]), [self.context_name])
+        c = config["contexts"][self.context_name]
         self.assertEqual(c["url"], self.cp.root_url)
         self.assertEqual(c["username"], "Admin")
         self.assertTrue(c["token"] and c["refresh_token"])
-        self.assertNotIn(self.cp.admin_password, json.dumps(c))
+        self.assertNotIn(self.cp.admin_password, json.dumps(config))
         self.assertNotIn("insecure", c)
         # the root's CA is kept beside the credentials, private, and pinned from now on
         ca = self.stored_ca(self.env)
@@ -292,15 +301,6 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 1, err)
         self.assertIn("exists already", err)
 
-    def test_05_deploy_wait_running(self):
-        p = subprocess.Popen([OAKUK, "deploy", "web", "--wait", "--timeout", "60"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=self.env)
-        job = self.node.expect("control/deploy", lambda m: m["job_name"] == WEB and m["instance_number"] == 0)
-        self.assertEqual(job["instance_name"], WEB + ".instance.0")
-        time.sleep(1.2)
-        self.node.status(WEB, 0, "CREATING", "downloading image: 40%")
-        time.sleep(1.2)
-        self.node.status(WEB, 0, "CREATING", "downloading image: 100%")
     def test_04w_apply_prints_warnings(self):
         """Keys accepted but not acted on come back from the root as warnings with their path,
         printed on stderr one per line; stdout (and --json's document) keeps its shape."""
@@ -333,6 +333,15 @@ class CliTest(unittest.TestCase):
         self.assertEqual(json.loads(out)["applications"][0]["name"], "quiet")
         self.assertNotIn("warning", err)
 
+    def test_05_deploy_wait_running(self):
+        p = subprocess.Popen([OAKUK, "deploy", "web", "--wait", "--timeout", "60"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        job = self.node.expect("control/deploy", lambda m: m["job_name"] == WEB and m["instance_number"] == 0)
+        self.assertEqual(job["instance_name"], WEB + ".instance.0")
+        time.sleep(1.2)
+        self.node.status(WEB, 0, "CREATING", "downloading image: 40%")
+        time.sleep(1.2)
+        self.node.status(WEB, 0, "CREATING", "downloading image: 100%")
         time.sleep(1.2)
         self.node.instances.add(WEB + ".instance.0")
         # RUNNING says only that the runtime is up: the wait goes on until the node finds it ready
@@ -526,20 +535,22 @@ class CliTest(unittest.TestCase):
 
     def test_13_token_refresh(self):
         with open(self.creds) as f:
-            c = json.load(f)
-        c["token"] = c["token"][:-4] + "AAAA"  # a bad signature: the root answers 401
+            config = json.load(f)
+        c = config["contexts"][config["current"]]
+        bad = c["token"] = c["token"][:-4] + "AAAA"  # a bad signature: the root answers 401
         with open(self.creds, "w") as f:
-            json.dump(c, f)
+            json.dump(config, f)
         rc, out, err = self.oakuk("status")
         self.assertEqual(rc, 0, err)
         with open(self.creds) as f:
-            fresh = json.load(f)
-        self.assertNotEqual(fresh["token"], c["token"])
+            config = json.load(f)
+        fresh = config["contexts"][config["current"]]
+        self.assertNotEqual(fresh["token"], bad)
         self.assertEqual(stat.S_IMODE(os.stat(self.creds).st_mode), 0o600)
         # without a usable refresh token the user is told to log in again
         fresh["token"] = fresh["refresh_token"] = "garbage"
         with open(self.creds, "w") as f:
-            json.dump(fresh, f)
+            json.dump(config, f)
         rc, out, err = self.oakuk("status")
         self.assertEqual(rc, 4, err)
         self.assertIn("run oakuk login", err)
@@ -549,8 +560,10 @@ class CliTest(unittest.TestCase):
         dead = "https://127.0.0.1:%d" % edgelib.ports(1)[0]
         env = dict(self.env, XDG_CONFIG_HOME=os.path.join(self.tmp, "config-dead"), OAKUK_URL=dead)
         os.makedirs(os.path.join(self.tmp, "config-dead", "oakuk"))
+        # the credentials file of one root that older versions wrote: read as a context of its own
         with open(self.creds) as f:
-            c = json.load(f)
+            config = json.load(f)
+        c = config["contexts"][config["current"]]
         c["url"] = dead
         with open(os.path.join(self.tmp, "config-dead", "oakuk", "credentials.json"), "w") as f:
             json.dump(c, f)
@@ -559,6 +572,11 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("status", env=env)
         self.assertEqual(rc, 5, err)
         self.assertIn("cannot reach the root at " + dead, err)
+        # version: the client's all the same, the root's unknown, exit 5
+        rc, out, err = self.oakuk("version", env=env)
+        self.assertEqual(rc, 5, err)
+        self.assertIn("Client: oakuk ", out)
+        self.assertIn("Server: unknown (the root could not be reached)", out)
 
     def test_15_undeploy(self):
         rc, out, err = self.oakuk("undeploy", "web", "--wait", "--timeout", "30")
@@ -659,6 +677,406 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 6, err)
         rc, out, err = self.oakuk("user", "remove", "bob")
         self.assertEqual(rc, 0, err)
+
+    # ---- day-2 commands: scale, -o, version, contexts, completion, delete ----
+
+    def instances_of(self, job):
+        return sorted(i["instance_number"] for i in self.root_service(job)["instance_list"]
+                      if i["status"] != "UNDEPLOYED")
+
+    def test_18_scale_up(self):
+        for args, want in ((["web", "-1"], 'N "-1" is not a number of instances'),
+                           (["web", "x"], 'N "x" is not a number of instances'),
+                           (["web", "1001"], "from 0 to 1000"), (["web"], "SERVICE N expected"),
+                           (["web", "1", "--timeout", "0"], "--timeout must be positive")):
+            rc, out, err = self.oakuk("scale", *args)
+            self.assertEqual(rc, 2, (args, err))
+            self.assertIn(want, err)
+        rc, out, err = self.oakuk("scale", "nosuch", "1")
+        self.assertEqual(rc, 6, err)
+        self.assertIn('no service "nosuch"', err)
+        self.assertEqual(self.instances_of(WEB), [])
+        first = self.root_service(WEB)["next_instance_progressive_number"]
+        p = subprocess.Popen([OAKUK, "scale", "web", "2", "--wait", "--timeout", "60"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        nums = [first, first + 1]
+        for n in nums:
+            self.node.expect("control/deploy", lambda m: m["job_name"] == WEB and m["instance_number"] == n)
+        for n in nums:
+            self.node.instances.add(WEB + ".instance.%d" % n)
+        # as a node does, the status is reported again until the wait ends
+        deadline = time.time() + 60
+        while p.poll() is None and time.time() < deadline:
+            for n in nums:
+                self.node.status(WEB, n, "RUNNING", ready=True, ready_ms=100)
+            time.sleep(1)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, out + err)
+        self.assertIn("%s: 0 -> 2 instances: deployed instances %d, %d" % (WEB, min(nums), max(nums)), out)
+        self.assertTrue(out.rstrip().endswith("2/2 running and ready"), out)
+        self.assertEqual(self.instances_of(WEB), sorted(nums))
+        rc, out, err = self.oakuk("scale", WEB, "2")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, "%s has 2 instances already\n" % WEB)
+        # an instance that cannot be placed ends the wait: exit 1 with its status
+        rc, out, err = self.oakuk("scale", "huge", "1", "--wait", "--timeout", "30")
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("of shop.test.huge.test: NoActiveClusterWithCapacity", err)
+        # a detail holding what YAML must quote, for test_19
+        self.node.status(WEB, max(nums), "RUNNING", TRICKY, ready=True, ready_ms=100)
+        edgelib.wait_until("the tricky detail at the root", lambda: any(
+            i["status_detail"] == TRICKY for i in self.root_service(WEB)["instance_list"]))
+
+    def json_and_yaml(self, args, volatile=(), env=None):
+        """The output of args with -o json and with -o yaml, parsed, without the volatile keys;
+        asked again (up to 5 times) while they differ, as the data may change between the two."""
+        def strip(doc):
+            if isinstance(doc, dict):
+                return {k: strip(v) for k, v in doc.items() if k not in volatile}
+            if isinstance(doc, list):
+                return [strip(v) for v in doc]
+            return doc
+        for _ in range(5):
+            rc, out, err = self.oakuk(*(args + ["-o", "json"]), env=env)
+            self.assertEqual(rc, 0, err)
+            rc, text, err = self.oakuk(*(args + ["-o", "yaml"]), env=env)
+            self.assertEqual(rc, 0, err)
+            doc, ydoc = strip(json.loads(out)), strip(yaml.safe_load(text))
+            if doc == ydoc:
+                return doc, text
+            time.sleep(0.5)
+        self.assertEqual(ydoc, doc, text)
+
+    def test_19_output_formats(self):
+        # YAML: the same data as JSON, whatever the strings hold
+        rows, text = self.json_and_yaml(["status"])
+        self.assertIn(TRICKY, [r["status_detail"] for r in rows])
+        rc, out, err = self.oakuk("status", "--json")
+        self.assertEqual(json.loads(out), rows)
+        self.json_and_yaml(["nodes"], volatile=("last_seen_ms", "cpu_percent", "memory_percent"))
+        self.json_and_yaml(["clusters"], volatile=("aggregate_received_at_ms", "cpu_percent", "memory_percent",
+                                                    "nodes"))
+        self.json_and_yaml(["version"])
+        # user names YAML 1.1 would read as booleans, numbers or null
+        odd = ["yes", "No", "null", "1e3", "0x1F", "007", "1.5", "on", ".inf", "2026-12-05"]
+        for name in odd:
+            rc, out, err = self.oakuk("user", "create", name, "--role", "Application_Provider", "--password-file",
+                                      self.pwfile)
+            self.assertEqual(rc, 0, err)
+        try:
+            users, text = self.json_and_yaml(["user", "list"])
+            self.assertTrue(set(odd) <= {u["username"] for u in users}, text)
+            self.assertTrue(all(isinstance(u["username"], str) for u in yaml.safe_load(text)), text)
+        finally:
+            for name in odd:
+                self.oakuk("user", "remove", name)
+        # wide: more columns
+        rc, out, err = self.oakuk("status", "-o", "wide")
+        self.assertEqual(rc, 0, err)
+        lines = [l.split() for l in out.splitlines()]
+        self.assertEqual(lines[0], ["APP", "NAMESPACE", "SERVICE", "INSTANCE", "CLUSTER", "NODE", "VIRT", "ARCH",
+                                    "STATUS", "READY", "READY-MS", "SERVICE-ID", "DETAIL"])
+        web = next(l for l in lines if l[2] == "web")
+        self.assertEqual(web[:5], ["shop", "test", "web", web[3], "edge1"])
+        self.assertIn(self.root_service(WEB)["microserviceID"], web)
+        rc, out, err = self.oakuk("nodes", "-o", "wide")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out.split()[:5], ["CLUSTER", "CLUSTER-ID", "NODE", "HOST", "IP"])
+        self.assertIn("MEM%", out.splitlines()[0])
+        rc, out, err = self.oakuk("clusters", "-o", "wide")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("REGISTERED", out.splitlines()[0])
+        self.assertTrue(out.splitlines()[0].rstrip().endswith("URL"), out)
+        self.assertIn(self.cp.cluster_url, out)
+        rc, out, err = self.oakuk("user", "list", "-o", "wide")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out.split()[:2], ["USER", "ROLE"])
+        # bad formats and combinations: exit 2 before anything is asked
+        for args, want in ((["status", "-o", "xml"], '-o "xml": unknown output format (json, yaml or wide)'),
+                           (["nodes", "--json", "-o", "yaml"], "--json and -o yaml exclude each other"),
+                           (["clusters", "-o"], "Missing argument for -o"),
+                           (["user", "remove", "x", "-o", "json"], "-o goes with list only"),
+                           (["version", "-o", "table"], "unknown output format")):
+            rc, out, err = self.oakuk(*args)
+            self.assertEqual(rc, 2, (args, err))
+            self.assertIn(want, err)
+            self.assertEqual(out, "")
+        rc, out, err = self.oakuk("status", "-o", "json", "--json")
+        self.assertEqual(rc, 0, err)
+        # --watch -o json: one JSON object per line and round, nothing else
+        for fmt in (["-o", "json"], ["--json"]):
+            p = subprocess.Popen([OAKUK, "status", "--watch"] + fmt, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=self.env)
+            time.sleep(3.2)
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+            self.assertEqual(p.returncode, 0, err)
+            lines = out.splitlines()
+            self.assertGreaterEqual(len(lines), 2, out)
+            for line in lines:
+                doc = json.loads(line)
+                self.assertEqual(set(doc), {"time", "rows"})
+                self.assertIn(WEB, [r["job_name"] for r in doc["rows"]])
+        # --watch -o yaml: one YAML document per round
+        p = subprocess.Popen([OAKUK, "status", "--watch", "-o", "yaml"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        time.sleep(3.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0, err)
+        docs = list(yaml.safe_load_all(out))
+        self.assertGreaterEqual(len(docs), 2, out)
+        self.assertIn(TRICKY, [r["status_detail"] for r in docs[0]["rows"]])
+
+    def test_20_scale_down(self):
+        nums = self.instances_of(WEB)
+        self.assertEqual(len(nums), 2)
+        # both run and are ready: the newest goes
+        rc, out, err = self.oakuk("scale", "web", "1", "--json")
+        self.assertEqual(rc, 0, err)
+        doc = json.loads(out)
+        self.assertEqual((doc["job_name"], doc["from"], doc["to"], doc["deployed"], doc["undeployed"]),
+                         (WEB, 2, 1, [], [max(nums)]))
+        self.node.expect("control/delete", lambda m: m["job_name"] == WEB and m["instance_number"] == max(nums))
+        self.node.instances.discard(WEB + ".instance.%d" % max(nums))
+        p = subprocess.Popen([OAKUK, "scale", "web", "0", "--wait", "--timeout", "30"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        self.node.expect("control/delete", lambda m: m["job_name"] == WEB and m["instance_number"] == min(nums))
+        self.node.instances.discard(WEB + ".instance.%d" % min(nums))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, out + err)
+        self.assertIn("%s: 1 -> 0 instances: undeployed instance %d" % (WEB, min(nums)), out)
+        self.assertTrue(out.rstrip().endswith("0/0 running and ready"), out)
+        self.assertEqual(self.root_service(WEB)["instance_list"], [])
+
+    def test_21_version(self):
+        server = edgelib.requests.get(self.cp.root_url + "/healthz", timeout=5).json()["version"]
+        rc, out, err = self.oakuk("version")
+        self.assertEqual(rc, 0, err)
+        client = re.search(r"^Client: oakuk (\S+)$", out, re.M).group(1)
+        self.assertIn("Server: oakuk-root %s at %s\n" % (server, self.cp.root_url), out)
+        rc, out, err = self.oakuk("--version")
+        self.assertEqual(out, "oakuk %s\n" % client)
+        rc, out, err = self.oakuk("version", "-o", "json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out), {"client": {"version": client}, "server": {
+            "version": server, "url": self.cp.root_url, "context": self.context_name}})
+        rc, out, err = self.oakuk("version", "--client")
+        self.assertEqual((rc, out), (0, "Client: oakuk %s\n" % client))
+        # not logged in: the client's version, and the root's is unknown (exit 0)
+        env = self.config_env("config-none")
+        rc, out, err = self.oakuk("version", env=env)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, "Client: oakuk %s\nServer: unknown (not logged in to %s)\n" % (client, self.cp.root_url))
+        rc, out, err = self.oakuk("version", "--json", env=env)
+        self.assertEqual(json.loads(out)["server"], None)
+        rc, out, err = self.oakuk("version", "extra")
+        self.assertEqual(rc, 2, err)
+
+    def test_22_contexts(self):
+        env = self.config_env("config-ctx")
+        del env["OAKUK_URL"]
+        # the credentials file of one root that older versions wrote: a context named after the root
+        with open(self.creds) as f:
+            config = json.load(f)
+        old = dict(config["contexts"][config["current"]])
+        os.makedirs(os.path.join(env["XDG_CONFIG_HOME"], "oakuk"))
+        creds = os.path.join(env["XDG_CONFIG_HOME"], "oakuk", "credentials.json")
+        with open(creds, "w") as f:
+            json.dump(old, f)
+        shutil.copy(self.cp.ca_file, self.stored_ca(env))
+        rc, out, err = self.oakuk("context", "list", "-o", "json", env=env)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out), [{"name": self.context_name, "url": self.cp.root_url, "username": "Admin",
+                                            "current": True, "insecure": False}])
+        rc, out, err = self.oakuk("status", "-o", "json", env=env)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(WEB, [r["job_name"] for r in json.loads(out)])
+        # a second root, logged in to as context "lab2": it becomes the current one
+        port2 = edgelib.ports(1)[0]
+        state2 = os.path.join(self.tmp, "root2")
+        root2 = edgelib.Daemon([ROOT_BIN, "--state-dir", state2, "--listen", "127.0.0.1:%d" % port2],
+                               os.path.join(self.tmp, "root2.log"))
+        root2.start()
+        url2, ca2 = "https://127.0.0.1:%d" % port2, os.path.join(state2, "pki", "ca.crt")
+        try:
+            pw2 = edgelib.wait_until("root2's admin password",
+                                     lambda: edgelib.read_text(os.path.join(state2, "admin-password")), timeout=10)
+            edgelib.wait_until("root2 answers", lambda: edgelib.requests.get(url2 + "/healthz", verify=ca2, timeout=5).ok)
+            rc, out, err = self.oakuk("login", url2, "--context", "lab2", "--ca-file", ca2, "--password-stdin",
+                                      stdin=pw2 + "\n", env=env)
+            self.assertEqual(rc, 0, err)
+            self.assertIn("(context lab2, now the current one;", out)
+            self.check_contexts(env, url2)
+        finally:
+            root2.stop()
+        with open(creds) as f:
+            config = json.load(f)
+        self.assertEqual((config["current"], sorted(config["contexts"])), (self.context_name, sorted(["lab2", self.context_name])))
+        self.assertEqual(stat.S_IMODE(os.stat(creds).st_mode), 0o600)
+
+    def check_contexts(self, env, url2):
+        first = self.context_name
+        rc, out, err = self.oakuk("context", "current", env=env)
+        self.assertEqual((rc, out), (0, "lab2\n"), err)
+        rc, out, err = self.oakuk("context", "list", env=env)
+        self.assertEqual(rc, 0, err)
+        rows = [l.split() for l in out.splitlines()]
+        self.assertEqual(rows[0], ["CURRENT", "NAME", "URL", "USER"])
+        self.assertIn(["*", "lab2", url2, "Admin"], rows)
+        self.assertIn(["-", first, self.cp.root_url, "Admin"], rows)
+        rc, out, err = self.oakuk("context", "list", "-o", "name", env=env)
+        self.assertEqual(sorted(out.split()), sorted(["lab2", first]))
+        rc, out, err = self.oakuk("context", "list", "-o", "wide", env=dict(env, COLUMNS="500"))
+        self.assertIn(self.stored_ca(env), out)
+        # the current context's root: the second, which has no services
+        rc, out, err = self.oakuk("status", "-o", "json", env=env)
+        self.assertEqual((rc, json.loads(out)), (0, []), err)
+        # another one for a single command: --context before or after the command, or $OAKUK_CONTEXT
+        for args, e in ((["--context", first, "status", "-o", "json"], env),
+                        (["--context=" + first, "status", "-o", "json"], env),
+                        (["status", "--context", first, "-o", "json"], env),
+                        (["status", "-o", "json"], dict(env, OAKUK_CONTEXT=first))):
+            rc, out, err = self.oakuk(*args, env=e)
+            self.assertEqual(rc, 0, (args, err))
+            self.assertIn(WEB, [r["job_name"] for r in json.loads(out)], args)
+        rc, out, err = self.oakuk("context", "current", env=dict(env, OAKUK_CONTEXT=first))
+        self.assertEqual(out, first + "\n")
+        rc, out, err = self.oakuk("version", "-o", "json", "--context", "lab2", env=env)
+        self.assertEqual(json.loads(out)["server"]["url"], url2)
+        # unknown contexts and conflicts
+        for args, e, code, want in (
+                (["--context", "nosuch", "status"], env, 6, 'no context "nosuch"'),
+                (["status"], dict(env, OAKUK_CONTEXT="nosuch"), 6, 'no context "nosuch"'),
+                (["context", "use", "nosuch"], env, 6, 'no context "nosuch"'),
+                (["context", "current"], dict(env, OAKUK_CONTEXT="nosuch"), 6, 'no context "nosuch"'),
+                (["--context"], env, 2, "--context needs a NAME"),
+                (["context", "bogus"], env, 2, "expected list [-o FORMAT], use NAME, or current"),
+                (["context", "use"], env, 2, "expected list"),
+                (["context", "list", "-o", "xml"], env, 2, "unknown output format"),
+                (["status", "--context", "lab2", "--url", self.cp.root_url], env, 2, 'context "lab2" is for ' + url2),
+                (["login", "--context", "bad name", "--password-stdin"], env, 2, "a context name is 1 to 128")):
+            rc, out, err = self.oakuk(*args, env=e, stdin="x\n")
+            self.assertEqual(rc, code, (args, err))
+            self.assertIn(want, err)
+        # switching
+        rc, out, err = self.oakuk("context", "use", first, env=env)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, "switched to context %s (%s)\n" % (first, self.cp.root_url))
+        rc, out, err = self.oakuk("status", "-o", "json", env=env)
+        self.assertIn(WEB, [r["job_name"] for r in json.loads(out)])
+        # no file at all: no current context
+        rc, out, err = self.oakuk("context", "current", env=self.config_env("config-none"))
+        self.assertEqual(rc, 4, err)
+        self.assertIn("no current context (run oakuk login)", err)
+        rc, out, err = self.oakuk("context", "list", env=self.config_env("config-none"))
+        self.assertEqual((rc, out), (0, "CURRENT  NAME  URL  USER\n"))
+
+    def complete(self, script, lines, env=None):
+        """What the completion script offers for each command line (the cursor at its end)."""
+        driver = os.path.join(self.tmp, "complete-driver.sh")
+        with open(driver, "w") as f:
+            f.write('source "$1"\nshift\nfor line in "$@"; do\n'
+                    '  COMP_LINE=$line; COMP_POINT=${#line}; read -ra COMP_WORDS <<<"$line"\n'
+                    '  COMP_WORDS[0]=%s; COMP_CWORD=${#COMP_WORDS[@]}; COMPREPLY=()\n'
+                    '  _oakuk; printf "%%s\\n" "${COMPREPLY[*]}"\ndone\n' % OAKUK)
+        p = subprocess.run(["bash", driver, script] + lines, capture_output=True, text=True, timeout=60,
+                           env=env or self.env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stderr, "")
+        return [l.split() for l in p.stdout.splitlines()]
+
+    def test_23_completion(self):
+        rc, text, err = self.oakuk("completion", "bash")
+        self.assertEqual(rc, 0, err)
+        script = os.path.join(self.tmp, "oakuk.bash")
+        with open(script, "w") as f:
+            f.write(text)
+        p = subprocess.run(["bash", "-c", 'source "$1" && complete -p oakuk', "-", script], capture_output=True,
+                           text=True)
+        self.assertEqual(p.stdout, "complete -F _oakuk oakuk\n", p.stderr)
+        # every command of `oakuk --help`, and each one's options from its own --help
+        rc, out, err = self.oakuk("--help")
+        commands = re.findall(r"^  (\S+)", out.split("Commands:")[1], re.M)
+        self.assertTrue({"delete", "scale", "version", "context", "completion", "status"} <= set(commands))
+        lines = ["oakuk ", "oakuk sc", "oakuk st"] + ["oakuk %s -" % c for c in commands]
+        got = self.complete(script, lines)
+        self.assertEqual(got[0], commands + ["--context", "--help", "--version"])
+        self.assertEqual(got[1], ["scale"])
+        self.assertEqual(sorted(got[2]), sorted(c for c in commands if c.startswith("st")))
+        for cmd, offered in zip(commands, got[3:]):
+            rc, out, err = self.oakuk(cmd, "--help")
+            opts = set()
+            for short, long in re.findall(r"^\s+(?:(-\w), )?(--[\w-]+)", out, re.M):
+                opts |= {long} | ({short} if short else set())
+            self.assertTrue(opts <= set(offered), (cmd, opts - set(offered)))
+        cases = {
+            "oakuk status -o ": ["json", "yaml", "wide"],
+            "oakuk status --output=y": ["yaml"],
+            "oakuk context list -o ": ["json", "yaml", "wide", "name"],
+            "oakuk node ": ["drain", "undrain", "remove"],
+            "oakuk token ": ["create"],
+            "oakuk token create ": ["cluster", "node"],
+            "oakuk user ": ["create", "list", "remove"],
+            "oakuk delete ": ["app", "service"],
+            "oakuk delete s": ["service"],
+            "oakuk context ": ["list", "use", "current"],
+            "oakuk context use ": [self.context_name],
+            "oakuk context use 127": [self.context_name],
+            "oakuk context use 127.0.0.1:": [str(self.port)],  # bash inserts what follows the ':'
+            "oakuk --context ": [self.context_name],
+            "oakuk status --context ": [self.context_name],
+            "oakuk --context x sca": ["scale"],
+            "oakuk completion ": ["bash"],
+            "oakuk scale web ": [],
+        }
+        got = self.complete(script, list(cases))
+        for (line, want), offered in zip(cases.items(), got):
+            self.assertEqual(offered, want, line)
+        # files where a command takes one
+        got = self.complete(script, ["oakuk apply %s/sla" % self.tmp, "oakuk login --ca-file %s/other-c" % self.tmp])
+        self.assertEqual(got, [[os.path.join(self.tmp, "sla.json")], [os.path.join(self.tmp, "other-ca.crt")]])
+        for args in (["completion"], ["completion", "zsh"], ["completion", "bash", "x"]):
+            rc, out, err = self.oakuk(*args)
+            self.assertEqual(rc, 2, err)
+            self.assertIn("bash", err)
+
+    def test_24_delete(self):
+        for args, code, want in ((["service", "nosuch"], 6, 'no service "nosuch"'),
+                                 (["app", "nosuch"], 6, 'no application "nosuch"'),
+                                 (["thing", "x"], 2, "expected app or service"),
+                                 (["app"], 2, "expected app|service and one or more NAME|ID"),
+                                 # one unknown name: nothing is deleted
+                                 (["service", "pinned", "nosuch"], 6, 'no service "nosuch"')):
+            rc, out, err = self.oakuk("delete", *args)
+            self.assertEqual(rc, code, (args, err))
+            self.assertIn(want, err)
+            self.assertEqual(out, "")
+        pinned = self.root_service("shop.test.pinned.test")
+        rc, out, err = self.oakuk("delete", "svc", "pinned")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, "service shop.test.pinned.test (%s) deleted; its 1 instance is being undeployed\n"
+                         % pinned["microserviceID"])
+        jobs = [s["job_name"] for s in edgelib.requests.get(self.cp.root_url + "/api/v1/services",
+                                                              headers=self.cp.headers, timeout=5).json()]
+        self.assertNotIn("shop.test.pinned.test", jobs)
+        self.assertIn(WEB, jobs)
+        rc, out, err = self.oakuk("delete", "service", "pinned")
+        self.assertEqual(rc, 6, err)
+        app = edgelib.requests.get(self.cp.root_url + "/api/v1/applications", headers=self.cp.headers,
+                                   timeout=5).json()[0]
+        rc, out, err = self.oakuk("delete", "app", "shop.test", "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out), {"deleted": [{"kind": "application", "id": app["applicationID"],
+                                                        "name": "shop.test"}]})
+        for what in ("applications", "services"):
+            self.assertEqual(edgelib.requests.get(self.cp.root_url + "/api/v1/" + what, headers=self.cp.headers,
+                                                  timeout=5).json(), [])
+        rc, out, err = self.oakuk("status", "--json")
+        self.assertEqual((rc, json.loads(out)), (0, []))
+        rc, out, err = self.oakuk("delete", "app", "shop")
+        self.assertEqual(rc, 6, err)
+        self.assertIn('no application "shop"', err)
 
 
 if __name__ == "__main__":

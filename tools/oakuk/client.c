@@ -18,7 +18,8 @@ gboolean oak_parse(const char *name, const char *params, const char *summary, GO
   g_option_context_set_description(
       ctx, "Exit status: 0 success, 1 the operation failed, 2 bad command line or invalid\n"
            "descriptor, 4 not logged in / credentials or the root's certificate refused,\n"
-           "5 root unreachable, 6 unknown service, instance, cluster or user.");
+           "5 root unreachable, 6 unknown service, instance, cluster, user, application or\n"
+           "context.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   (*argv)[0] = prg;
   g_autoptr(GError) error = NULL;
@@ -98,6 +99,167 @@ void oak_print_json(JsonNode *node) {
   printf("%s\n", text);
 }
 
+/* ---- output formats ---- */
+
+gboolean oak_output_parse(const char *cmd, const char *text, gboolean json, OakOutput *out) {
+  static const struct {
+    const char *name;
+    OakOutput format;
+  } formats[] = {{"json", OAK_OUTPUT_JSON}, {"yaml", OAK_OUTPUT_YAML}, {"wide", OAK_OUTPUT_WIDE}};
+  *out = json ? OAK_OUTPUT_JSON : OAK_OUTPUT_TABLE;
+  if (text == NULL)
+    return TRUE;
+  for (size_t i = 0; i < G_N_ELEMENTS(formats); i++)
+    if (strcmp(text, formats[i].name) == 0) {
+      if (json && formats[i].format != OAK_OUTPUT_JSON) {
+        fprintf(stderr, "oakuk %s: --json and -o %s exclude each other\n", cmd, text);
+        return FALSE;
+      }
+      *out = formats[i].format;
+      return TRUE;
+    }
+  fprintf(stderr, "oakuk %s: -o \"%s\": unknown output format (json, yaml or wide)\n", cmd, text);
+  return FALSE;
+}
+
+/* A string YAML reads back as the same string without quotes: a word that starts with a letter
+ * and is none of YAML 1.1's booleans or null. Everything else is double-quoted. */
+static gboolean yaml_plain(const char *s) {
+  static const char *const reserved[] = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", NULL};
+  if (!g_ascii_isalpha(*s))
+    return FALSE;
+  for (const char *p = s; *p; p++)
+    if (!g_ascii_isalnum(*p) && !strchr("_./-", *p))
+      return FALSE;
+  for (const char *const *r = reserved; *r; r++)
+    if (g_ascii_strcasecmp(s, *r) == 0)
+      return FALSE;
+  return TRUE;
+}
+
+static void yaml_string(GString *out, const char *text) {
+  g_autofree char *valid = g_utf8_make_valid(text, -1);
+  if (yaml_plain(valid)) {
+    g_string_append(out, valid);
+    return;
+  }
+  g_string_append_c(out, '"');
+  for (const char *p = valid; *p; p = g_utf8_next_char(p)) {
+    gunichar c = g_utf8_get_char(p);
+    if (c == '"' || c == '\\')
+      g_string_append_printf(out, "\\%c", (char)c);
+    else if (c == '\n')
+      g_string_append(out, "\\n");
+    else if (c == '\t')
+      g_string_append(out, "\\t");
+    else if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x2028 || c == 0x2029 || c == 0xfeff ||
+             c == 0xfffe || c == 0xffff)
+      g_string_append_printf(out, "\\u%04x", c); /* not printable in YAML */
+    else
+      g_string_append_len(out, p, g_utf8_next_char(p) - p);
+  }
+  g_string_append_c(out, '"');
+}
+
+static void yaml_scalar(GString *out, JsonNode *n) {
+  if (JSON_NODE_HOLDS_NULL(n)) {
+    g_string_append(out, "null");
+    return;
+  }
+  GType t = json_node_get_value_type(n);
+  if (t == G_TYPE_STRING) {
+    yaml_string(out, json_node_get_string(n));
+  } else if (t == G_TYPE_BOOLEAN) {
+    g_string_append(out, json_node_get_boolean(n) ? "true" : "false");
+  } else if (t == G_TYPE_INT64) {
+    g_string_append_printf(out, "%" G_GINT64_FORMAT, json_node_get_int(n));
+  } else {
+    char buf[G_ASCII_DTOSTR_BUF_SIZE];
+    g_ascii_dtostr(buf, sizeof buf, json_node_get_double(n));
+    /* YAML 1.1 reads a number without '.' as an integer, or "1e+20" as a string. */
+    const char *e = strpbrk(buf, "eE");
+    if (strchr(buf, '.') != NULL)
+      g_string_append(out, buf);
+    else if (e != NULL)
+      g_string_append_printf(out, "%.*s.0%s", (int)(e - buf), buf, e);
+    else
+      g_string_append_printf(out, "%s.0", buf);
+  }
+}
+
+/* A non-empty list or object: written as a block below its key or after its dash. */
+static gboolean yaml_nested(JsonNode *n) {
+  return (JSON_NODE_HOLDS_ARRAY(n) && json_array_get_length(json_node_get_array(n)) > 0) ||
+         (JSON_NODE_HOLDS_OBJECT(n) && json_object_get_size(json_node_get_object(n)) > 0);
+}
+
+/* A scalar, or an empty list or object, on its key's or dash's line. */
+static void yaml_inline(GString *out, JsonNode *n) {
+  if (JSON_NODE_HOLDS_ARRAY(n))
+    g_string_append(out, "[]");
+  else if (JSON_NODE_HOLDS_OBJECT(n))
+    g_string_append(out, "{}");
+  else
+    yaml_scalar(out, n);
+  g_string_append_c(out, '\n');
+}
+
+static void yaml_block(GString *out, JsonNode *n, guint indent, gboolean first_inline);
+
+static void yaml_mapping(GString *out, JsonObject *o, guint indent, gboolean first_inline) {
+  g_autoptr(GList) keys = json_object_get_members(o);
+  for (GList *l = keys; l != NULL; l = l->next) {
+    if (l != keys || !first_inline)
+      g_string_append_printf(out, "%*s", (int)indent, "");
+    yaml_string(out, l->data);
+    g_string_append_c(out, ':');
+    JsonNode *v = json_object_get_member(o, l->data);
+    if (yaml_nested(v)) {
+      g_string_append_c(out, '\n');
+      yaml_block(out, v, JSON_NODE_HOLDS_OBJECT(v) ? indent + 2 : indent, FALSE);
+    } else {
+      g_string_append_c(out, ' ');
+      yaml_inline(out, v);
+    }
+  }
+}
+
+static void yaml_block(GString *out, JsonNode *n, guint indent, gboolean first_inline) {
+  if (JSON_NODE_HOLDS_OBJECT(n)) {
+    yaml_mapping(out, json_node_get_object(n), indent, first_inline);
+    return;
+  }
+  JsonArray *a = json_node_get_array(n);
+  for (guint i = 0; i < json_array_get_length(a); i++) {
+    if (i > 0 || !first_inline)
+      g_string_append_printf(out, "%*s", (int)indent, "");
+    g_string_append(out, "- ");
+    JsonNode *e = json_array_get_element(a, i);
+    if (yaml_nested(e))
+      yaml_block(out, e, indent + 2, TRUE);
+    else
+      yaml_inline(out, e);
+  }
+}
+
+char *oak_yaml_text(JsonNode *node) {
+  GString *out = g_string_new(NULL);
+  if (yaml_nested(node))
+    yaml_block(out, node, 0, FALSE);
+  else
+    yaml_inline(out, node);
+  return g_string_free(out, FALSE);
+}
+
+void oak_print_as(OakOutput format, JsonNode *node) {
+  if (format == OAK_OUTPUT_YAML) {
+    g_autofree char *text = oak_yaml_text(node);
+    fputs(text, stdout);
+  } else {
+    oak_print_json(node);
+  }
+}
+
 /* ---- credentials ---- */
 
 static char *strip_slashes(const char *url) {
@@ -108,64 +270,154 @@ static char *strip_slashes(const char *url) {
   return s;
 }
 
-static void load_credentials(OakClient *cl) {
+char *oak_context_option;
+
+const char *oak_context_selected(void) {
+  const char *env = g_getenv("OAKUK_CONTEXT");
+  return oak_context_option && *oak_context_option ? oak_context_option : env && *env ? env : NULL;
+}
+
+char *oak_context_default_name(const char *url) {
+  g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
+  const char *host = uri ? g_uri_get_host(uri) : NULL;
+  int port = uri ? g_uri_get_port(uri) : -1;
+  if (port <= 0)
+    port = g_strcmp0(uri ? g_uri_get_scheme(uri) : NULL, "http") == 0 ? 80 : 443;
+  if (host != NULL && strchr(host, ':') != NULL)
+    return g_strdup_printf("[%s]:%d", host, port);
+  return g_strdup_printf("%s:%d", host ? host : "unknown", port);
+}
+
+gboolean oak_context_name_valid(const char *name) {
+  if (!g_utf8_validate(name, -1, NULL) || *name == '\0' || g_utf8_strlen(name, -1) > 128)
+    return FALSE;
+  for (const char *p = name; *p; p = g_utf8_next_char(p))
+    if (!g_unichar_isprint(g_utf8_get_char(p)) || *p == ' ')
+      return FALSE;
+  return TRUE;
+}
+
+char *oak_config_path(void) {
+  return g_build_filename(g_get_user_config_dir(), "oakuk", "credentials.json", NULL);
+}
+
+static JsonObject *context_of(JsonObject *config, const char *name) {
+  JsonNode *all = name ? json_object_get_member(config, "contexts") : NULL;
+  JsonNode *n =
+      all && JSON_NODE_HOLDS_OBJECT(all) ? json_object_get_member(json_node_get_object(all), name) : NULL;
+  return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+JsonObject *oak_config_load(const char *path, const char *cmd) {
   g_autofree char *text = NULL;
   gsize len = 0;
-  if (!g_file_get_contents(cl->cred_path, &text, &len, NULL))
-    return;
+  g_autoptr(GError) error = NULL;
+  if (!g_file_get_contents(path, &text, &len, &error)) {
+    if (g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+      return json_object_new();
+    fprintf(stderr, "%s: %s\n", cmd, error->message);
+    return NULL;
+  }
   g_autoptr(JsonNode) root = oak_json_parse(text, len, NULL);
   if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root)) {
-    fprintf(stderr, "%s: %s is not a JSON object; ignored (run oakuk login again)\n", cl->cmd, cl->cred_path);
-    return;
+    fprintf(stderr, "%s: %s is not a JSON object; ignored (run oakuk login again)\n", cmd, path);
+    return json_object_new();
   }
   JsonObject *o = json_node_get_object(root);
-  g_autofree char *url = strip_slashes(oak_str(o, "url", ""));
-  if (strcmp(url, cl->url) != 0)
-    return; /* credentials of another root */
-  cl->token = g_strdup(oak_str(o, "token", NULL));
-  cl->refresh_token = g_strdup(oak_str(o, "refresh_token", NULL));
-  cl->username = g_strdup(oak_str(o, "username", NULL));
-  cl->insecure = oak_bool(o, "insecure", FALSE);
+  JsonNode *contexts = json_object_get_member(o, "contexts");
+  if (contexts != NULL && JSON_NODE_HOLDS_OBJECT(contexts))
+    return json_object_ref(o);
+  JsonObject *config = json_object_new();
+  const char *url = oak_str(o, "url", NULL);
+  if (url != NULL && *url) { /* the one-root file of older versions: a context named after its root */
+    g_autofree char *name = oak_context_default_name(url);
+    JsonObject *all = json_object_new();
+    json_object_set_object_member(all, name, json_object_ref(o));
+    json_object_set_object_member(config, "contexts", all);
+    json_object_set_string_member(config, "current", name);
+  }
+  return config;
 }
 
-static char *stored_url(const char *path) {
-  g_autofree char *text = NULL;
-  gsize len = 0;
-  if (!g_file_get_contents(path, &text, &len, NULL))
-    return NULL;
-  g_autoptr(JsonNode) root = oak_json_parse(text, len, NULL);
-  if (root == NULL || !JSON_NODE_HOLDS_OBJECT(root))
-    return NULL;
-  const char *url = oak_str(json_node_get_object(root), "url", NULL);
-  return url && *url ? g_strdup(url) : NULL;
-}
-
-gboolean oak_client_save(OakClient *cl, GError **error) {
-  g_autofree char *dir = g_path_get_dirname(cl->cred_path);
+gboolean oak_config_save(const char *path, JsonObject *config, GError **error) {
+  g_autofree char *dir = g_path_get_dirname(path);
   if (g_mkdir_with_parents(dir, 0700) != 0) {
     int e = errno;
     g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "create %s: %s", dir, g_strerror(e));
     return FALSE;
   }
-  g_autoptr(JsonBuilder) b = json_builder_new();
-  json_builder_begin_object(b);
-  json_builder_set_member_name(b, "url");
-  json_builder_add_string_value(b, cl->url);
-  json_builder_set_member_name(b, "username");
-  json_builder_add_string_value(b, cl->username ? cl->username : "");
-  json_builder_set_member_name(b, "token");
-  json_builder_add_string_value(b, cl->token ? cl->token : "");
-  json_builder_set_member_name(b, "refresh_token");
-  json_builder_add_string_value(b, cl->refresh_token ? cl->refresh_token : "");
-  if (cl->insecure) {
-    json_builder_set_member_name(b, "insecure");
-    json_builder_add_boolean_value(b, TRUE);
-  }
-  json_builder_end_object(b);
-  g_autoptr(JsonNode) root = json_builder_get_root(b);
+  g_autoptr(JsonNode) root = json_node_init_object(json_node_alloc(), config);
   g_autofree char *text = oak_json_text(root, TRUE);
   /* Written to a temporary file created 0600 and renamed: the tokens are never world-readable. */
-  return g_file_set_contents_full(cl->cred_path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error);
+  return g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error);
+}
+
+static gboolean same_url(JsonObject *ctx, const char *url) {
+  g_autofree char *u = strip_slashes(oak_str(ctx, "url", ""));
+  return strcmp(u, url) == 0;
+}
+
+/* The context holding credentials for url: the current one when it is for url, else the first. */
+static const char *context_for_url(JsonObject *config, const char *url) {
+  const char *current = oak_str(config, "current", NULL);
+  if (current && context_of(config, current) && same_url(context_of(config, current), url))
+    return current;
+  JsonNode *all = json_object_get_member(config, "contexts");
+  if (all == NULL || !JSON_NODE_HOLDS_OBJECT(all))
+    return NULL;
+  g_autoptr(GList) names = json_object_get_members(json_node_get_object(all));
+  for (GList *l = names; l != NULL; l = l->next)
+    if (context_of(config, l->data) && same_url(context_of(config, l->data), url))
+      return l->data;
+  return NULL;
+}
+
+static void load_credentials(OakClient *cl, JsonObject *ctx) {
+  if (ctx == NULL || !same_url(ctx, cl->url))
+    return; /* credentials of another root */
+  cl->token = g_strdup(oak_str(ctx, "token", NULL));
+  cl->refresh_token = g_strdup(oak_str(ctx, "refresh_token", NULL));
+  cl->username = g_strdup(oak_str(ctx, "username", NULL));
+  cl->insecure = oak_bool(ctx, "insecure", FALSE);
+}
+
+/* A name not taken by another root's context: base, else base-2, base-3 ... */
+static char *free_name(JsonObject *config, const char *base, const char *url) {
+  char *name = g_strdup(base);
+  for (int i = 2; context_of(config, name) && !same_url(context_of(config, name), url); i++) {
+    g_free(name);
+    name = g_strdup_printf("%s-%d", base, i);
+  }
+  return name;
+}
+
+gboolean oak_client_save(OakClient *cl, gboolean make_current, GError **error) {
+  /* Read again: another command may have changed another context meanwhile. */
+  g_autoptr(JsonObject) config = oak_config_load(cl->cred_path, cl->cmd);
+  if (config == NULL) {
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s cannot be read", cl->cred_path);
+    return FALSE;
+  }
+  if (cl->context == NULL) {
+    g_autofree char *base = oak_context_default_name(cl->url);
+    cl->context = free_name(config, base, cl->url);
+  }
+  JsonObject *ctx = json_object_new();
+  json_object_set_string_member(ctx, "url", cl->url);
+  json_object_set_string_member(ctx, "username", cl->username ? cl->username : "");
+  json_object_set_string_member(ctx, "token", cl->token ? cl->token : "");
+  json_object_set_string_member(ctx, "refresh_token", cl->refresh_token ? cl->refresh_token : "");
+  if (cl->insecure)
+    json_object_set_boolean_member(ctx, "insecure", TRUE);
+  JsonNode *all = json_object_get_member(config, "contexts");
+  if (all == NULL || !JSON_NODE_HOLDS_OBJECT(all)) {
+    json_object_set_object_member(config, "contexts", json_object_new());
+    all = json_object_get_member(config, "contexts");
+  }
+  json_object_set_object_member(json_node_get_object(all), cl->context, ctx);
+  if (make_current || oak_str(config, "current", NULL) == NULL)
+    json_object_set_string_member(config, "current", cl->context);
+  return oak_config_save(cl->cred_path, config, error);
 }
 
 static gboolean is_https(OakClient *cl) {
@@ -208,26 +460,69 @@ static gboolean load_trust(OakClient *cl, gboolean need_login, int *exit_code) {
   return TRUE;
 }
 
-OakClient *oak_client_new(const char *name, const char *url_option, gboolean json, gboolean need_login,
-                          int *exit_code) {
-  OakClient *cl = g_new0(OakClient, 1);
-  cl->cmd = g_strdup_printf("oakuk %s", name);
-  cl->json = json;
-  cl->cred_path = g_build_filename(g_get_user_config_dir(), "oakuk", "credentials.json", NULL);
-  g_autofree char *stored = stored_url(cl->cred_path);
+/* Picks the root and the context of its credentials: --url, else the selected context's URL, else
+ * $OAKUK_URL, else the current context's; credentials from the selected context, else from one made
+ * for that URL. A login may name a context that does not exist yet. */
+static gboolean choose_context(OakClient *cl, JsonObject *config, const char *url_option, int *exit_code) {
+  gboolean login = strcmp(cl->cmd, "oakuk login") == 0;
+  const char *sel = oak_context_selected();
+  JsonObject *ctx = context_of(config, sel);
+  if (sel != NULL && ctx == NULL && login && !oak_context_name_valid(sel)) {
+    fprintf(stderr, "%s: --context \"%s\": a context name is 1 to 128 printable characters without spaces\n",
+            cl->cmd, sel);
+    *exit_code = OAKUK_CLI_USAGE;
+    return FALSE;
+  }
+  if (sel != NULL && ctx == NULL && !login) {
+    fprintf(stderr,
+            "%s: no context \"%s\" (oakuk context list shows them; oakuk login --context %s makes it)\n",
+            cl->cmd, sel, sel);
+    *exit_code = OAKUK_CLI_NOT_FOUND;
+    return FALSE;
+  }
   const char *env = g_getenv("OAKUK_URL");
-  const char *url = url_option ? url_option : env && *env ? env : stored ? stored : OAKUK_CLI_DEFAULT_URL;
+  JsonObject *current = context_of(config, oak_str(config, "current", NULL));
+  const char *url = url_option    ? url_option
+                    : ctx         ? oak_str(ctx, "url", "")
+                    : env && *env ? env
+                    : current     ? oak_str(current, "url", "")
+                                  : OAKUK_CLI_DEFAULT_URL;
   g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
   if (uri == NULL ||
       (g_strcmp0(g_uri_get_scheme(uri), "http") != 0 && g_strcmp0(g_uri_get_scheme(uri), "https") != 0) ||
       g_uri_get_host(uri) == NULL || !*g_uri_get_host(uri)) {
     fprintf(stderr, "%s: --url \"%s\" is not an http(s) URL with a host\n", cl->cmd, url);
     *exit_code = OAKUK_CLI_USAGE;
+    return FALSE;
+  }
+  cl->url = strip_slashes(url);
+  if (ctx != NULL && !same_url(ctx, cl->url) && !login) {
+    fprintf(stderr, "%s: context \"%s\" is for %s, not %s (give one of --context and --url)\n", cl->cmd, sel,
+            oak_str(ctx, "url", ""), cl->url);
+    *exit_code = OAKUK_CLI_USAGE;
+    return FALSE;
+  }
+  cl->context = g_strdup(sel ? sel : context_for_url(config, cl->url));
+  load_credentials(cl, context_of(config, cl->context));
+  return TRUE;
+}
+
+OakClient *oak_client_new(const char *name, const char *url_option, gboolean json, gboolean need_login,
+                          int *exit_code) {
+  OakClient *cl = g_new0(OakClient, 1);
+  cl->cmd = g_strdup_printf("oakuk %s", name);
+  cl->json = json;
+  cl->cred_path = oak_config_path();
+  g_autoptr(JsonObject) config = oak_config_load(cl->cred_path, cl->cmd);
+  if (config == NULL) {
+    *exit_code = OAKUK_CLI_FAILED;
     oak_client_free(cl);
     return NULL;
   }
-  cl->url = strip_slashes(url);
-  load_credentials(cl);
+  if (!choose_context(cl, config, url_option, exit_code)) {
+    oak_client_free(cl);
+    return NULL;
+  }
   if (need_login && (cl->token == NULL || !*cl->token)) {
     fprintf(stderr, "%s: not logged in to %s (run: oakuk login %s)\n", cl->cmd, cl->url, cl->url);
     *exit_code = OAKUK_CLI_AUTH;
@@ -251,6 +546,7 @@ void oak_client_free(OakClient *cl) {
   g_free(cl->cmd);
   g_free(cl->url);
   g_free(cl->cred_path);
+  g_free(cl->context);
   g_free(cl->token);
   g_free(cl->refresh_token);
   g_free(cl->username);
@@ -343,7 +639,7 @@ static gboolean refresh(OakClient *cl) {
   cl->token = g_strdup(oak_str(o, "token", NULL));
   cl->refresh_token = g_strdup(oak_str(o, "refresh_token", cl->refresh_token));
   g_autoptr(GError) error = NULL;
-  if (!oak_client_save(cl, &error))
+  if (!oak_client_save(cl, FALSE, &error))
     fprintf(stderr, "%s: warning: refreshed token not saved: %s\n", cl->cmd, error->message);
   return TRUE;
 }

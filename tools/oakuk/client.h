@@ -17,7 +17,7 @@
 /* not logged in, the root refused the credentials, or its certificate was refused */
 #define OAKUK_CLI_AUTH 4
 #define OAKUK_CLI_UNREACHABLE 5 /* the root could not be reached */
-#define OAKUK_CLI_NOT_FOUND 6   /* unknown service, instance, cluster or user */
+#define OAKUK_CLI_NOT_FOUND 6   /* unknown service, instance, cluster, user, application or context */
 
 #define OAKUK_CLI_DEFAULT_URL "https://127.0.0.1:10000"
 
@@ -25,6 +25,7 @@ typedef struct {
   char *cmd;       /* "oakuk status": prefix of every message */
   char *url;       /* root base URL without trailing slash */
   char *cred_path; /* $XDG_CONFIG_HOME/oakuk/credentials.json */
+  char *context;   /* the context the credentials belong to (NULL: none yet; login names one) */
   char *token;     /* NULL until loaded */
   char *refresh_token;
   char *username;
@@ -38,13 +39,54 @@ typedef struct {
 
 /* Options every control-plane command takes; add them to a command's GOptionEntry list. */
 #define OAKUK_CLIENT_OPTIONS(url_var, json_var)                                                              \
-  {"url",      0,                                                                                            \
-   0,          G_OPTION_ARG_STRING,                                                                          \
-   &(url_var), "Root URL (default $OAKUK_URL, the URL of the last login, or " OAKUK_CLI_DEFAULT_URL ")",     \
-   "URL"},                                                                                                   \
+  {                                                                                                          \
+      "url",                                                                                                 \
+      0,                                                                                                     \
+      0,                                                                                                     \
+      G_OPTION_ARG_STRING,                                                                                   \
+      &(url_var),                                                                                            \
+      "Root URL (default $OAKUK_URL, the URL of the current context, or " OAKUK_CLI_DEFAULT_URL ")",         \
+      "URL"},                                                                                                \
+      {"context",                                                                                            \
+       0,                                                                                                    \
+       0,                                                                                                    \
+       G_OPTION_ARG_STRING,                                                                                  \
+       &oak_context_option,                                                                                  \
+       "Use the credentials and root of context NAME (default $OAKUK_CONTEXT, else the current one)",        \
+       "NAME"},                                                                                              \
   {                                                                                                          \
     "json", 0, 0, G_OPTION_ARG_NONE, &(json_var), "Print JSON instead of a table", NULL                      \
   }
+
+/* -o: how a list command prints what it got. */
+typedef enum { OAK_OUTPUT_TABLE, OAK_OUTPUT_WIDE, OAK_OUTPUT_JSON, OAK_OUTPUT_YAML } OakOutput;
+#define OAKUK_OUTPUT_OPTION(text_var)                                                                        \
+  {                                                                                                          \
+    "output", 'o', 0, G_OPTION_ARG_STRING, &(text_var),                                                      \
+        "Output format: json, yaml, or wide (a table with more columns)", "FORMAT"                           \
+  }
+/* The format of -o text (NULL: a table) and --json (the same as -o json); FALSE after printing
+ * why (bad usage). */
+gboolean oak_output_parse(const char *cmd, const char *text, gboolean json, OakOutput *out);
+/* node as YAML (block style; every string that could read as something else is double-quoted). */
+char *oak_yaml_text(JsonNode *node);
+/* Prints node as indented JSON or as YAML. */
+void oak_print_as(OakOutput format, JsonNode *node);
+
+/* The context selected for this command: --context, else $OAKUK_CONTEXT; NULL when neither. */
+const char *oak_context_selected(void);
+/* 1 to 128 printable characters, no spaces. */
+gboolean oak_context_name_valid(const char *name);
+/* The name a login gives a root's context when none is chosen: host:port of its URL. */
+char *oak_context_default_name(const char *url);
+/* The credentials file: {"current": NAME, "contexts": {NAME: {url, username, token, refresh_token,
+ * insecure?}}}; the file of one root that older versions wrote is read as one context named after
+ * that root. Returns an empty object when there is no file; NULL (after printing why) when it
+ * cannot be read. */
+JsonObject *oak_config_load(const char *path, const char *cmd);
+gboolean oak_config_save(const char *path, JsonObject *config, GError **error);
+/* $XDG_CONFIG_HOME/oakuk/credentials.json */
+char *oak_config_path(void);
 
 /* Parses argv with entries (ending with a NULL entry) and the usage string; on failure prints the
  * message and returns FALSE. *argc/argv then hold the positional arguments (argv[0] is the command). */
@@ -59,8 +101,10 @@ OakClient *oak_client_new(const char *name, const char *url_option, gboolean jso
 void oak_client_free(OakClient *cl);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(OakClient, oak_client_free)
 
-/* Writes token, refresh token, user, URL and the insecure mark to the credentials file (mode 0600). */
-gboolean oak_client_save(OakClient *cl, GError **error);
+/* Writes token, refresh token, user, URL and the insecure mark to the client's context in the
+ * credentials file (mode 0600), keeping the other contexts; make_current also makes it the current
+ * context. */
+gboolean oak_client_save(OakClient *cl, gboolean make_current, GError **error);
 
 /* Sends method path (e.g. "/api/v1/services") with an optional JSON body (body_text, or NULL) and
  * the bearer token; a 401 is retried once after refreshing the token. Returns the parsed answer

@@ -204,9 +204,9 @@ static int user_create(const char *name, const char *role, const char *pwfile, c
   return OAKUK_CLI_OK;
 }
 
-static int user_list(const char *url, gboolean json) {
+static int user_list(const char *url, OakOutput format) {
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("user list", url, json, TRUE, &rc);
+  g_autoptr(OakClient) cl = oak_client_new("user list", url, format == OAK_OUTPUT_JSON, TRUE, &rc);
   if (cl == NULL)
     return rc;
   g_autoptr(JsonNode) n = oak_request(cl, "GET", "/api/v1/users", NULL, NULL, &rc);
@@ -216,11 +216,11 @@ static int user_list(const char *url, gboolean json) {
     fprintf(stderr, "oakuk user list: GET /api/v1/users: expected a list\n");
     return OAKUK_CLI_FAILED;
   }
-  if (json) {
-    oak_print_json(n);
+  if (format == OAK_OUTPUT_JSON || format == OAK_OUTPUT_YAML) {
+    oak_print_as(format, n);
     return OAKUK_CLI_OK;
   }
-  const char *headers[] = {"USER", "ROLE", NULL};
+  const char *headers[] = {"USER", "ROLE", NULL}; /* wide: there is nothing more to show */
   g_autoptr(OakTable) t = oak_table_new(headers);
   JsonArray *list = json_node_get_array(n);
   for (guint i = 0; i < json_array_get_length(list); i++) {
@@ -252,10 +252,11 @@ static int user_remove(const char *name, const char *url, gboolean json) {
 }
 
 int oakuk_cmd_user(int argc, char **argv) {
-  g_autofree char *url = NULL, *role = NULL, *pwfile = NULL;
+  g_autofree char *url = NULL, *role = NULL, *pwfile = NULL, *output = NULL;
   gboolean json = FALSE;
   GOptionEntry entries[] = {
       OAKUK_CLIENT_OPTIONS(url, json),
+      {"output", 'o', 0, G_OPTION_ARG_STRING, &output, "list: output format json, yaml or wide", "FORMAT"},
       {"role", 0, 0, G_OPTION_ARG_STRING, &role,
        "create: Admin, Application_Provider or Infrastructure_Provider", "ROLE"},
       {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &pwfile,
@@ -268,6 +269,13 @@ int oakuk_cmd_user(int argc, char **argv) {
                  entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   const char *verb = argc >= 2 ? argv[1] : "";
+  OakOutput format;
+  if (output != NULL && strcmp(verb, "list") != 0) {
+    fprintf(stderr, "oakuk user %s: -o goes with list only (else use --json)\n", verb);
+    return OAKUK_CLI_USAGE;
+  }
+  if (!oak_output_parse("user", output, json, &format))
+    return OAKUK_CLI_USAGE;
   if (strcmp(verb, "create") == 0 && argc == 3)
     return user_create(argv[2], role, pwfile, url, json);
   if ((role != NULL || pwfile != NULL) && strcmp(verb, "create") != 0) {
@@ -275,7 +283,7 @@ int oakuk_cmd_user(int argc, char **argv) {
     return OAKUK_CLI_USAGE;
   }
   if (strcmp(verb, "list") == 0 && argc == 2)
-    return user_list(url, json);
+    return user_list(url, format);
   if (strcmp(verb, "remove") == 0 && argc == 3)
     return user_remove(argv[2], url, json);
   fprintf(stderr,

@@ -163,7 +163,8 @@ static void print_login(OakClient *cl, const char *username, gboolean json) {
   if (ca != NULL)
     fp = oak_tls_fingerprint(ca);
   if (!json) {
-    printf("logged in to %s as %s (credentials in %s)\n", cl->url, username, cl->cred_path);
+    printf("logged in to %s as %s (context %s, now the current one; credentials in %s)\n", cl->url, username,
+           cl->context, cl->cred_path);
     if (fp != NULL)
       printf("the root's CA %s is pinned in %s\n", fp, cl->ca_path);
     return;
@@ -171,6 +172,7 @@ static void print_login(OakClient *cl, const char *username, gboolean json) {
   g_autoptr(JsonObject) out = json_object_new();
   json_object_set_string_member(out, "url", cl->url);
   json_object_set_string_member(out, "username", username);
+  json_object_set_string_member(out, "context", cl->context);
   if (fp != NULL) {
     json_object_set_string_member(out, "ca_fingerprint", fp);
     json_object_set_string_member(out, "ca_file", cl->ca_path);
@@ -272,7 +274,7 @@ int oakuk_cmd_login(int argc, char **argv) {
   cl->username = g_strdup(username);
   cl->insecure = cl->ca_path == NULL;
   g_autoptr(GError) error = NULL;
-  if (!oak_client_save(cl, &error)) {
+  if (!oak_client_save(cl, TRUE, &error)) {
     fprintf(stderr, "oakuk login: store credentials: %s\n", error->message);
     return OAKUK_CLI_FAILED;
   }

@@ -90,10 +90,13 @@ static JsonArray *status_rows(OakClient *cl, int *rc) {
   return rows;
 }
 
-static void print_status(JsonArray *rows) {
+static void print_status(JsonArray *rows, gboolean wide) {
   static const char *const headers[] = {"APP",    "SERVICE", "INSTANCE", "NODE",   "VIRT", "ARCH",
                                         "STATUS", "READY",   "READY-MS", "DETAIL", NULL};
-  g_autoptr(OakTable) t = oak_table_new(headers);
+  static const char *const wide_headers[] = {"APP",      "NAMESPACE",  "SERVICE", "INSTANCE", "CLUSTER",
+                                             "NODE",     "VIRT",       "ARCH",    "STATUS",   "READY",
+                                             "READY-MS", "SERVICE-ID", "DETAIL",  NULL};
+  g_autoptr(OakTable) t = oak_table_new(wide ? wide_headers : headers);
   for (guint i = 0; i < json_array_get_length(rows); i++) {
     JsonObject *r = json_array_get_object_element(rows, i);
     JsonNode *inst = json_object_get_member(r, "instance");
@@ -114,47 +117,85 @@ static void print_status(JsonArray *rows) {
                            ready,
                            ready_ms,
                            oak_str(r, "status_detail", "")};
-    oak_table_add(t, cells);
+    const char *wide_cells[] = {oak_str(r, "app", ""),
+                                oak_str(r, "app_namespace", ""),
+                                oak_str(r, "service", ""),
+                                n,
+                                oak_str(r, "cluster", ""),
+                                oak_str(r, "node", ""),
+                                oak_str(r, "virtualization", ""),
+                                oak_str(r, "arch", ""),
+                                oak_str(r, "status", ""),
+                                ready,
+                                ready_ms,
+                                oak_str(r, "service_id", ""),
+                                oak_str(r, "status_detail", "")};
+    oak_table_add(t, wide ? wide_cells : cells);
   }
   oak_table_print(t, stdout);
 }
 
+/* One --watch round as a machine reads it: {"time", "rows"}, one JSON line or one YAML document. */
+static void print_watched(OakOutput format, JsonArray *rows) {
+  g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+  g_autofree char *stamp = g_date_time_format_iso8601(now);
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_string_member(o, "time", stamp);
+  json_object_set_array_member(o, "rows", json_array_ref(rows));
+  g_autoptr(JsonNode) n = json_node_init_object(json_node_alloc(), o);
+  if (format == OAK_OUTPUT_YAML) {
+    g_autofree char *text = oak_yaml_text(n);
+    printf("---\n%s", text);
+  } else {
+    g_autofree char *text = oak_json_text(n, FALSE);
+    printf("%s\n", text);
+  }
+}
+
 int oakuk_cmd_status(int argc, char **argv) {
-  g_autofree char *url = NULL;
+  g_autofree char *url = NULL, *output = NULL;
   gboolean json = FALSE, watch = FALSE;
   GOptionEntry entries[] = {
       OAKUK_CLIENT_OPTIONS(url, json),
-      {"watch", 'w', 0, G_OPTION_ARG_NONE, &watch, "Redraw every 2 s until interrupted", NULL},
+      OAKUK_OUTPUT_OPTION(output),
+      {"watch", 'w', 0, G_OPTION_ARG_NONE, &watch,
+       "Redraw every 2 s until interrupted (with -o json: one JSON line per round)", NULL},
       NO_ENTRY,
   };
   if (!oak_parse("status", "", "Show the applications, services and instances and where they run.", entries,
                  &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  OakOutput format;
+  if (!oak_output_parse("status", output, json, &format))
     return OAKUK_CLI_USAGE;
   if (argc != 1) {
     fprintf(stderr, "oakuk status: no positional arguments expected\n");
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("status", url, json, TRUE, &rc);
+  g_autoptr(OakClient) cl = oak_client_new("status", url, format == OAK_OUTPUT_JSON, TRUE, &rc);
   if (cl == NULL)
     return rc;
   if (watch)
     oak_catch_interrupts();
   gboolean tty = isatty(STDOUT_FILENO);
+  gboolean table = format == OAK_OUTPUT_TABLE || format == OAK_OUTPUT_WIDE;
   do {
     g_autoptr(JsonArray) rows = status_rows(cl, &rc);
     if (rows == NULL)
       return rc;
-    if (watch) {
-      g_autoptr(GDateTime) now = g_date_time_new_now_local();
-      g_autofree char *stamp = g_date_time_format(now, "%H:%M:%S");
-      printf("%sEvery 2s: oakuk status (%s)  %s\n\n", tty ? "\033[H\033[2J" : "", cl->url, stamp);
-    }
-    if (json) {
+    if (watch && !table) {
+      print_watched(format, rows);
+    } else if (!table) {
       g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), rows);
-      oak_print_json(n);
+      oak_print_as(format, n);
     } else {
-      print_status(rows);
+      if (watch) {
+        g_autoptr(GDateTime) now = g_date_time_new_now_local();
+        g_autofree char *stamp = g_date_time_format(now, "%H:%M:%S");
+        printf("%sEvery 2s: oakuk status (%s)  %s\n\n", tty ? "\033[H\033[2J" : "", cl->url, stamp);
+      }
+      print_status(rows, format == OAK_OUTPUT_WIDE);
     }
     fflush(stdout);
   } while (watch && oak_nap(2000));
@@ -175,32 +216,13 @@ static JsonArray *get_clusters(OakClient *cl, int *rc) {
   return json_array_ref(json_node_get_array(n));
 }
 
-int oakuk_cmd_clusters(int argc, char **argv) {
-  g_autofree char *url = NULL;
-  gboolean json = FALSE;
-  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
-  if (!oak_parse("clusters", "", "List the clusters registered with the root and their last aggregate.",
-                 entries, &argc, &argv))
-    return OAKUK_CLI_USAGE;
-  if (argc != 1) {
-    fprintf(stderr, "oakuk clusters: no positional arguments expected\n");
-    return OAKUK_CLI_USAGE;
-  }
-  int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("clusters", url, json, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonArray) list = get_clusters(cl, &rc);
-  if (list == NULL)
-    return rc;
-  if (json) {
-    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), json_array_ref(list));
-    oak_print_json(n);
-    return OAKUK_CLI_OK;
-  }
+static void print_clusters(JsonArray *list, gboolean wide) {
   static const char *const headers[] = {"ID",     "NAME", "LOCATION", "ACTIVE", "NODES",          "CPU%",
                                         "MEM-MB", "ARCH", "VIRT",     "SUBNET", "LAST-AGGREGATE", NULL};
-  g_autoptr(OakTable) t = oak_table_new(headers);
+  static const char *const wide_headers[] = {"ID",         "NAME",           "LOCATION", "ACTIVE", "NODES",
+                                             "CPU%",       "MEM-MB",         "ARCH",     "VIRT",   "SUBNET",
+                                             "REGISTERED", "LAST-AGGREGATE", "URL",      NULL};
+  g_autoptr(OakTable) t = oak_table_new(wide ? wide_headers : headers);
   for (guint i = 0; i < json_array_get_length(list); i++) {
     JsonObject *c = json_array_get_object_element(list, i);
     JsonNode *act = json_object_get_member(c, "active");
@@ -212,6 +234,7 @@ int oakuk_cmd_clusters(int argc, char **argv) {
     g_autofree char *arch = join_strings(c, "arch");
     g_autofree char *virt = join_strings(c, "virtualization");
     g_autofree char *last = ago(oak_int(c, "aggregate_received_at_ms", 0));
+    g_autofree char *registered = ago(oak_int(c, "registered_at_ms", 0));
     const char *cells[] = {oak_str(c, "id", ""),
                            oak_str(c, "cluster_name", ""),
                            oak_str(c, "cluster_location", ""),
@@ -223,25 +246,121 @@ int oakuk_cmd_clusters(int argc, char **argv) {
                            virt,
                            oak_str(c, "subnet", ""),
                            last};
-    oak_table_add(t, cells);
+    const char *wide_cells[] = {oak_str(c, "id", ""),
+                                oak_str(c, "cluster_name", ""),
+                                oak_str(c, "cluster_location", ""),
+                                active ? "yes" : "no",
+                                nodes,
+                                cpu,
+                                mem,
+                                arch,
+                                virt,
+                                oak_str(c, "subnet", ""),
+                                registered,
+                                last,
+                                oak_str(c, "url", "")};
+    oak_table_add(t, wide ? wide_cells : cells);
   }
   oak_table_print(t, stdout);
+}
+
+int oakuk_cmd_clusters(int argc, char **argv) {
+  g_autofree char *url = NULL, *output = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), OAKUK_OUTPUT_OPTION(output), NO_ENTRY};
+  if (!oak_parse("clusters", "", "List the clusters registered with the root and their last aggregate.",
+                 entries, &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  OakOutput format;
+  if (!oak_output_parse("clusters", output, json, &format))
+    return OAKUK_CLI_USAGE;
+  if (argc != 1) {
+    fprintf(stderr, "oakuk clusters: no positional arguments expected\n");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("clusters", url, format == OAK_OUTPUT_JSON, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonArray) list = get_clusters(cl, &rc);
+  if (list == NULL)
+    return rc;
+  if (format == OAK_OUTPUT_JSON || format == OAK_OUTPUT_YAML) {
+    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), list);
+    oak_print_as(format, n);
+    return OAKUK_CLI_OK;
+  }
+  print_clusters(list, format == OAK_OUTPUT_WIDE);
   return OAKUK_CLI_OK;
 }
 
+static void print_nodes(JsonArray *out, gboolean wide) {
+  static const char *const headers[] = {"CLUSTER",  "NODE",     "IP",     "ARCH",      "VIRT", "ACCEL",
+                                        "CPU-FREE", "MEM-FREE", "ACTIVE", "LAST-SEEN", NULL};
+  static const char *const wide_headers[] = {"CLUSTER", "CLUSTER-ID", "NODE",   "HOST",      "IP",
+                                             "ARCH",    "VIRT",       "ACCEL",  "CPU%",      "CPU-FREE",
+                                             "MEM%",    "MEM-FREE",   "ACTIVE", "LAST-SEEN", NULL};
+  g_autoptr(OakTable) t = oak_table_new(wide ? wide_headers : headers);
+  for (guint i = 0; i < json_array_get_length(out); i++) {
+    JsonObject *n = json_array_get_object_element(out, i);
+    JsonNode *act = json_object_get_member(n, "active");
+    gboolean active = act != NULL && JSON_NODE_HOLDS_VALUE(act) && json_node_get_boolean(act);
+    gint64 vcpus = oak_int(n, "vcpus", 0);
+    g_autofree char *cpu = g_strdup_printf(
+        "%.1f/%" G_GINT64_FORMAT, (double)vcpus * (100.0 - oak_num(n, "cpu_percent", 0)) / 100.0, vcpus);
+    g_autofree char *mem = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " MB",
+                                           oak_int(n, "memory", 0), oak_int(n, "memory_total", 0));
+    g_autofree char *cpu_pc = g_strdup_printf("%.1f", oak_num(n, "cpu_percent", 0));
+    g_autofree char *mem_pc = g_strdup_printf("%.1f", oak_num(n, "memory_percent", 0));
+    g_autofree char *virt = join_strings(n, "virtualization");
+    g_autofree char *last = ago(oak_int(n, "last_seen_ms", 0));
+    const char *state = active ? (oak_bool(n, "drained", FALSE) ? "drained" : "yes") : "no";
+    const char *accel = oak_str(object_member(n, "unikernel"), "accel", "");
+    const char *cells[] = {oak_str(n, "cluster_name", ""),
+                           oak_str(n, "id", ""),
+                           oak_str(n, "ip", ""),
+                           oak_str(n, "architecture", ""),
+                           virt,
+                           accel,
+                           cpu,
+                           mem,
+                           state,
+                           last};
+    const char *wide_cells[] = {oak_str(n, "cluster_name", ""),
+                                oak_str(n, "cluster_id", ""),
+                                oak_str(n, "id", ""),
+                                oak_str(n, "host", ""),
+                                oak_str(n, "ip", ""),
+                                oak_str(n, "architecture", ""),
+                                virt,
+                                accel,
+                                cpu_pc,
+                                cpu,
+                                mem_pc,
+                                mem,
+                                state,
+                                last};
+    oak_table_add(t, wide ? wide_cells : cells);
+  }
+  oak_table_print(t, stdout);
+}
+
 int oakuk_cmd_nodes(int argc, char **argv) {
-  g_autofree char *url = NULL;
+  g_autofree char *url = NULL, *output = NULL;
   gboolean json = FALSE;
-  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), OAKUK_OUTPUT_OPTION(output), NO_ENTRY};
   if (!oak_parse("nodes", "", "List the nodes of every cluster (as of each cluster's last aggregate).",
                  entries, &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  OakOutput format;
+  if (!oak_output_parse("nodes", output, json, &format))
     return OAKUK_CLI_USAGE;
   if (argc != 1) {
     fprintf(stderr, "oakuk nodes: no positional arguments expected\n");
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("nodes", url, json, TRUE, &rc);
+  g_autoptr(OakClient) cl = oak_client_new("nodes", url, format == OAK_OUTPUT_JSON, TRUE, &rc);
   if (cl == NULL)
     return rc;
   g_autoptr(JsonArray) list = get_clusters(cl, &rc);
@@ -264,38 +383,12 @@ int oakuk_cmd_nodes(int argc, char **argv) {
       json_array_add_object_element(out, copy);
     }
   }
-  if (json) {
-    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), json_array_ref(out));
-    oak_print_json(n);
+  if (format == OAK_OUTPUT_JSON || format == OAK_OUTPUT_YAML) {
+    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), out);
+    oak_print_as(format, n);
     return OAKUK_CLI_OK;
   }
-  static const char *const headers[] = {"CLUSTER",  "NODE",     "IP",     "ARCH",      "VIRT", "ACCEL",
-                                        "CPU-FREE", "MEM-FREE", "ACTIVE", "LAST-SEEN", NULL};
-  g_autoptr(OakTable) t = oak_table_new(headers);
-  for (guint i = 0; i < json_array_get_length(out); i++) {
-    JsonObject *n = json_array_get_object_element(out, i);
-    JsonNode *act = json_object_get_member(n, "active");
-    gboolean active = act != NULL && JSON_NODE_HOLDS_VALUE(act) && json_node_get_boolean(act);
-    gint64 vcpus = oak_int(n, "vcpus", 0);
-    g_autofree char *cpu = g_strdup_printf(
-        "%.1f/%" G_GINT64_FORMAT, (double)vcpus * (100.0 - oak_num(n, "cpu_percent", 0)) / 100.0, vcpus);
-    g_autofree char *mem = g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " MB",
-                                           oak_int(n, "memory", 0), oak_int(n, "memory_total", 0));
-    g_autofree char *virt = join_strings(n, "virtualization");
-    g_autofree char *last = ago(oak_int(n, "last_seen_ms", 0));
-    const char *cells[] = {oak_str(n, "cluster_name", ""),
-                           oak_str(n, "id", ""),
-                           oak_str(n, "ip", ""),
-                           oak_str(n, "architecture", ""),
-                           virt,
-                           oak_str(object_member(n, "unikernel"), "accel", ""),
-                           cpu,
-                           mem,
-                           active ? (oak_bool(n, "drained", FALSE) ? "drained" : "yes") : "no",
-                           last};
-    oak_table_add(t, cells);
-  }
-  oak_table_print(t, stdout);
+  print_nodes(out, format == OAK_OUTPUT_WIDE);
   return OAKUK_CLI_OK;
 }
 

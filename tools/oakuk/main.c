@@ -30,7 +30,16 @@ static const Command commands[] = {
     {"clusters", oakuk_cmd_clusters, "clusters registered with the root"},
     {"token", oakuk_cmd_token, "create a join token for a cluster or a node"},
     {"user", oakuk_cmd_user, "create, list or remove the root's users"},
+    {"delete", oakuk_cmd_delete, "delete applications or services with their instances"},
+    {"scale", oakuk_cmd_scale, "bring a service to N instances (--wait: until they run)"},
+    {"version", oakuk_cmd_version, "the client's version and the root's"},
+    {"context", oakuk_cmd_context, "list, show or switch the roots logged in to"},
+    {"completion", oakuk_cmd_completion, "print a bash completion script"},
 };
+
+const char *oakuk_cli_command_name(size_t i) {
+  return i < G_N_ELEMENTS(commands) ? commands[i].name : NULL;
+}
 
 static void usage(FILE *to) {
   fprintf(to, "Usage: oakuk COMMAND [OPTIONS...]\n\nCommands:\n");
@@ -41,6 +50,18 @@ static void usage(FILE *to) {
 
 int main(int argc, char **argv) {
   setlocale(LC_ALL, "");
+  /* oakuk --context NAME COMMAND ...: as COMMAND --context NAME, for this one command. */
+  while (argc >= 2 && (strcmp(argv[1], "--context") == 0 || strncmp(argv[1], "--context=", 10) == 0)) {
+    gboolean joined = argv[1][9] == '=';
+    if (!joined && argc < 3) {
+      fprintf(stderr, "oakuk: --context needs a NAME\n");
+      return OAKUK_CLI_USAGE;
+    }
+    oak_context_option = g_strdup(joined ? argv[1] + 10 : argv[2]);
+    argv[joined ? 1 : 2] = argv[0];
+    argv += joined ? 1 : 2;
+    argc -= joined ? 1 : 2;
+  }
   if (argc < 2) {
     usage(stderr);
     return OAKUK_CLI_USAGE;

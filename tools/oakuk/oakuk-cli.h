@@ -2,6 +2,8 @@
 #ifndef OAKUK_CLI_H
 #define OAKUK_CLI_H
 
+#include <stddef.h>
+
 /* Exit statuses of every subcommand. */
 #define OAKUK_CLI_OK 0
 #define OAKUK_CLI_FAILED 1     /* the operation failed (message on stderr) */
@@ -30,5 +32,16 @@ int oakuk_cmd_clusters(int argc, char **argv);
 /* Administration (cmd-admin.c): join tokens and users. */
 int oakuk_cmd_token(int argc, char **argv);
 int oakuk_cmd_user(int argc, char **argv);
+/* Day-2 commands (cmd-ops.c): delete, scale, version, context, completion. */
+int oakuk_cmd_delete(int argc, char **argv);
+int oakuk_cmd_scale(int argc, char **argv);
+int oakuk_cmd_version(int argc, char **argv);
+int oakuk_cmd_context(int argc, char **argv);
+int oakuk_cmd_completion(int argc, char **argv);
+
+/* --context NAME, before the command (main.c) or among its options (client.c); NULL when absent. */
+extern char *oak_context_option;
+/* The name of the i-th command of main.c's table; NULL past the last. */
+const char *oakuk_cli_command_name(size_t i);
 
 #endif
