@@ -1,6 +1,9 @@
 """Error conversion and the base class of every wrapped library object."""
 
+from __future__ import annotations
+
 import ctypes
+from typing import Callable, NoReturn, Optional, Sequence, TypeVar, Union
 
 from ._lib import lib, text
 
@@ -16,7 +19,9 @@ class OakukError(Exception):
     None; items: every problem found, as a list of (path, message) ("" is the document itself).
     """
 
-    def __init__(self, code, message, path=None, items=None, errno=0):
+    def __init__(self, code: int, message: str, path: Optional[str] = None,
+                 items: Optional[Sequence[tuple[str, str]]] = None, errno: int = 0) -> None:
+        """An error with code (OAKUK_E*), message, path, items and errno (see the class)."""
         super().__init__(message)
         self.code = code
         self.code_name = text(lib.oakuk_status_name(code))
@@ -25,11 +30,11 @@ class OakukError(Exception):
         self.items = list(items or [])
         self.errno = errno
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "%s: %s" % (self.code_name, self.message)
 
 
-def error_from_ptr(err):
+def error_from_ptr(err: int) -> OakukError:
     """Builds an OakukError from an oakuk_error * and frees the C object."""
     try:
         n = lib.oakuk_error_item_count(err)
@@ -41,7 +46,7 @@ def error_from_ptr(err):
         lib.oakuk_error_free(err)
 
 
-def raise_error(err, code=None, what="call"):
+def raise_error(err: ctypes.c_void_p, code: Optional[int] = None, what: str = "call") -> NoReturn:
     """Raises the error a failed call left in err (a c_void_p); frees it."""
     if err.value:
         raise error_from_ptr(err.value)
@@ -52,7 +57,7 @@ def raise_error(err, code=None, what="call"):
 VIRT_NAMES = {1: "container", 2: "unikernel"}
 
 
-def virt_code(virt):
+def virt_code(virt: Union[str, int]) -> int:
     """"container"/"docker"/"unikernel" or an OAKUK_VIRT_* int -> int."""
     if isinstance(virt, int):
         return virt
@@ -62,12 +67,17 @@ def virt_code(virt):
     return code
 
 
-def virt_name(code):
+def virt_name(code: int) -> Optional[str]:
+    """OAKUK_VIRT_* -> "container", "unikernel" or None."""
     return text(lib.oakuk_virt_name(code))
 
 
-def accel_name(code):
+def accel_name(code: int) -> Optional[str]:
+    """OAKUK_ACCEL_* -> "kvm", "tcg" or None."""
     return text(lib.oakuk_accel_name(code))
+
+
+_H = TypeVar("_H", bound="Handle")
 
 
 class Handle:
@@ -77,11 +87,12 @@ class Handle:
     kept on the class so __del__ still finds them while the interpreter shuts down.
     """
 
-    _unref_fn = None
-    _ref_fn = None
-    _ptr = None
+    _unref_fn: Optional[Callable[..., None]] = None
+    _ref_fn: Optional[Callable[..., int]] = None
+    _ptr: Optional[ctypes.c_void_p] = None
 
-    def __init__(self, ptr, owned=True):
+    def __init__(self, ptr: Optional[int], owned: bool = True) -> None:
+        """Takes ptr's reference (owned) or a new one (borrowed: owned=False)."""
         if not ptr:
             raise ValueError("%s: NULL handle" % type(self).__name__)
         if not owned:
@@ -89,16 +100,16 @@ class Handle:
         self._ptr = ctypes.c_void_p(ptr)
 
     @classmethod
-    def _wrap(cls, ptr, owned=True):
+    def _wrap(cls: type[_H], ptr: Optional[int], owned: bool = True) -> _H:
         obj = cls.__new__(cls)
         Handle.__init__(obj, ptr, owned)
         return obj
 
     @property
-    def _as_parameter_(self):
+    def _as_parameter_(self) -> Optional[ctypes.c_void_p]:
         return self._ptr
 
-    def __del__(self):
+    def __del__(self) -> None:
         ptr = self.__dict__.get("_ptr")
         unref = type(self)._unref_fn
         if ptr is None or unref is None:
@@ -109,9 +120,13 @@ class Handle:
         except Exception:  # the interpreter is shutting down; the process frees everything
             pass
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Handle) and type(other) is type(self) and \
-            self._ptr.value == other._ptr.value
+            _address(self) == _address(other)
 
-    def __hash__(self):
-        return hash((type(self), self._ptr.value))
+    def __hash__(self) -> int:
+        return hash((type(self), _address(self)))
+
+
+def _address(handle: Handle) -> Optional[int]:
+    return None if handle._ptr is None else handle._ptr.value

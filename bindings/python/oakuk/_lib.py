@@ -1,5 +1,7 @@
 """Loads liboakuk and declares the C prototypes the binding uses (ctypes, stdlib only)."""
 
+from __future__ import annotations
+
 import ctypes
 import ctypes.util
 import os
@@ -7,22 +9,29 @@ import os
 from ctypes import (POINTER, byref, c_bool, c_char_p, c_double, c_int, c_int32, c_int64,
                     c_size_t, c_uint, c_void_p)
 
-__all__ = ["lib", "byref", "c_void_p", "take_string", "text", "to_bytes", "json_bytes"]
+__all__ = ["lib", "glib", "library_path", "byref", "c_void_p", "take_string", "text", "to_bytes",
+           "json_bytes", "fs_bytes", "STATUS_CB", "READY_CB", "PROGRESS_CB"]
 
 
-def _load():
-    """OAKUK_LIBRARY (a path) wins; otherwise the linker's search path, then the soname."""
+SONAME = "liboakuk.so.0"
+
+
+def _load() -> ctypes.CDLL:
+    """OAKUK_LIBRARY (a path) wins; otherwise the soname through the dynamic linker's search
+    (ld.so.cache, LD_LIBRARY_PATH), then what ctypes.util.find_library("oakuk") finds, when it is
+    the same ABI (liboakuk.so.0)."""
     explicit = os.environ.get("OAKUK_LIBRARY")
     if explicit:
         candidates = [("OAKUK_LIBRARY=" + explicit, explicit)]
     else:
-        candidates = []
+        candidates = [(SONAME, SONAME)]
         found = ctypes.util.find_library("oakuk")
-        if found:
-            candidates.append(('ctypes.util.find_library("oakuk") -> ' + found, found))
-        else:
+        if found is None:
             candidates.append(('ctypes.util.find_library("oakuk") found nothing', None))
-        candidates.append(("liboakuk.so.0", "liboakuk.so.0"))
+        elif os.path.basename(found) != SONAME:
+            candidates.append(('ctypes.util.find_library("oakuk") -> %s, not %s' % (found, SONAME), None))
+        elif found != SONAME:
+            candidates.append(('ctypes.util.find_library("oakuk") -> ' + found, found))
     failures = []
     for label, name in candidates:
         if name is None:
@@ -33,7 +42,7 @@ def _load():
         except OSError as exc:
             failures.append("%s: %s" % (label, exc))
     raise ImportError("cannot load liboakuk; tried: " + "; ".join(failures) +
-                      " (set OAKUK_LIBRARY to the path of liboakuk.so.0)")
+                      " (install liboakuk, or set OAKUK_LIBRARY to the path of liboakuk.so.0)")
 
 
 lib = _load()
@@ -218,6 +227,180 @@ _PROTOTYPES = {
                                         c_char_p, _vp, _err]),
     "oakuk_sched_select_cluster": (c_int, [POINTER(c_void_p), _vp, POINTER(c_void_p), c_size_t, _vp,
                                            c_char_p, _vp, _err]),
+    # runtime: instance spec
+    "oakuk_instance_spec_new": (_vp, [c_char_p]),
+    "oakuk_instance_spec_ref": (_vp, [_vp]),
+    "oakuk_instance_spec_unref": (None, [_vp]),
+    "oakuk_instance_spec_name": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_virt": (None, [_vp, c_int32]),
+    "oakuk_instance_spec_virt": (c_int32, [_vp]),
+    "oakuk_instance_spec_set_kernel": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_kernel": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_initrd": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_initrd": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_files_dir": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_files_dir": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_bundle": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_bundle": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_rootfs": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_rootfs": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_image": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_image": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_registry_auth": (None, [_vp, c_char_p, c_char_p]),
+    "oakuk_instance_spec_registry_username": (c_char_p, [_vp]),
+    "oakuk_instance_spec_registry_password": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_readonly_rootfs": (None, [_vp, c_bool]),
+    "oakuk_instance_spec_readonly_rootfs": (c_bool, [_vp]),
+    "oakuk_instance_spec_set_workdir": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_workdir": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_memory_mb": (None, [_vp, c_int64]),
+    "oakuk_instance_spec_memory_mb": (c_int64, [_vp]),
+    "oakuk_instance_spec_set_vcpus": (None, [_vp, c_int32]),
+    "oakuk_instance_spec_vcpus": (c_int32, [_vp]),
+    "oakuk_instance_spec_set_arch": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_arch": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_accel": (None, [_vp, c_int32]),
+    "oakuk_instance_spec_accel": (c_int32, [_vp]),
+    "oakuk_instance_spec_add_arg": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_arg_count": (c_size_t, [_vp]),
+    "oakuk_instance_spec_arg": (c_char_p, [_vp, c_size_t]),
+    "oakuk_instance_spec_add_env": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_env_count": (c_size_t, [_vp]),
+    "oakuk_instance_spec_env": (c_char_p, [_vp, c_size_t]),
+    "oakuk_instance_spec_set_one_shot": (None, [_vp, c_bool]),
+    "oakuk_instance_spec_one_shot": (c_bool, [_vp]),
+    "oakuk_instance_spec_set_graceful_stop_s": (None, [_vp, c_int32]),
+    "oakuk_instance_spec_graceful_stop_s": (c_int32, [_vp]),
+    "oakuk_instance_spec_set_flavor": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_flavor": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_version": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_version": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_cmdline_extra": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_cmdline_extra": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_network": (None, [_vp, c_char_p, c_char_p, c_char_p, c_int32, c_char_p,
+                                               c_char_p]),
+    "oakuk_instance_spec_netns_path": (c_char_p, [_vp]),
+    "oakuk_instance_spec_tap_name": (c_char_p, [_vp]),
+    "oakuk_instance_spec_ip": (c_char_p, [_vp]),
+    "oakuk_instance_spec_prefix": (c_int32, [_vp]),
+    "oakuk_instance_spec_gateway": (c_char_p, [_vp]),
+    "oakuk_instance_spec_mac": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_readiness_tcp": (None, [_vp, c_char_p, c_int32]),
+    "oakuk_instance_spec_readiness_tcp_port": (c_int32, [_vp]),
+    "oakuk_instance_spec_readiness_tcp_address": (c_char_p, [_vp]),
+    "oakuk_instance_spec_set_readiness_serial": (None, [_vp, c_char_p]),
+    "oakuk_instance_spec_readiness_serial": (c_char_p, [_vp]),
+    # runtime
+    "oakuk_runtime_ref": (_vp, [_vp]),
+    "oakuk_runtime_unref": (None, [_vp]),
+    "oakuk_runtime_set_keep_instances": (None, [_vp, c_bool]),
+    "oakuk_runtime_virt": (c_int32, [_vp]),
+    "oakuk_runtime_set_status_callback": (None, [_vp, _vp, _vp]),
+    "oakuk_runtime_set_ready_callback": (None, [_vp, _vp, _vp]),
+    "oakuk_runtime_deploy": (c_int, [_vp, _vp, _err]),
+    "oakuk_runtime_undeploy": (c_int, [_vp, c_char_p, _err]),
+    "oakuk_runtime_stats": (c_int, [_vp, c_char_p, POINTER(c_double), POINTER(c_int64), _err]),
+    "oakuk_runtime_cgroup_memory_kb": (c_int, [_vp, c_char_p, POINTER(c_int64), _err]),
+    "oakuk_runtime_adopt": (c_int, [_vp, _err]),
+    "oakuk_runtime_instance_count": (c_size_t, [_vp]),
+    "oakuk_runtime_instance_name": (c_char_p, [_vp, c_size_t]),
+    "oakuk_runtime_instance_status": (c_int32, [_vp, c_char_p]),
+    "oakuk_runtime_instance_pid": (c_int64, [_vp, c_char_p]),
+    "oakuk_runtime_instance_ready": (c_bool, [_vp, c_char_p]),
+    "oakuk_runtime_instance_ready_ms": (c_int64, [_vp, c_char_p]),
+    "oakuk_runtime_instance_exit": (c_int32, [_vp, c_char_p]),
+    "oakuk_runtime_instance_console_path": (_vp, [_vp, c_char_p]),
+    # qemu
+    "oakuk_qemu_options_init": (c_int, [_vp, c_uint]),
+    "oakuk_qemu_probe": (c_int, [POINTER(c_void_p), _vp, _err]),
+    "oakuk_qemu_caps_ref": (_vp, [_vp]),
+    "oakuk_qemu_caps_unref": (None, [_vp]),
+    "oakuk_qemu_caps_host_arch": (c_char_p, [_vp]),
+    "oakuk_qemu_caps_kvm": (c_bool, [_vp]),
+    "oakuk_qemu_caps_kvm_reason": (c_char_p, [_vp]),
+    "oakuk_qemu_caps_qemu_path": (c_char_p, [_vp, c_char_p]),
+    "oakuk_qemu_caps_qemu_version": (c_char_p, [_vp, c_char_p]),
+    "oakuk_qemu_caps_accel_for_arch": (c_int32, [_vp, c_char_p]),
+    "oakuk_qemu_caps_accel": (c_int32, [_vp]),
+    "oakuk_qemu_caps_emulated_arch_count": (c_size_t, [_vp]),
+    "oakuk_qemu_caps_emulated_arch": (c_char_p, [_vp, c_size_t]),
+    "oakuk_qemu_caps_to_json": (_vp, [_vp]),
+    "oakuk_qemu_build_argv": (c_int, [POINTER(POINTER(c_char_p)), POINTER(c_size_t), _vp, c_char_p,
+                                      c_char_p, _err]),
+    "oakuk_qemu_argv_free": (None, [POINTER(c_char_p)]),
+    "oakuk_qemu_runtime_new": (_vp, [c_char_p, _vp, _err]),
+    # image
+    "oakuk_image_cache_options_init": (c_int, [_vp, c_uint]),
+    "oakuk_image_ref": (_vp, [_vp]),
+    "oakuk_image_unref": (None, [_vp]),
+    "oakuk_image_dir": (c_char_p, [_vp]),
+    "oakuk_image_kernel": (c_char_p, [_vp]),
+    "oakuk_image_initrd": (c_char_p, [_vp]),
+    "oakuk_image_files_dir": (c_char_p, [_vp]),
+    "oakuk_image_flavor": (c_char_p, [_vp]),
+    "oakuk_image_version": (c_char_p, [_vp]),
+    "oakuk_image_cmdline_style": (c_char_p, [_vp]),
+    "oakuk_image_cmdline_extra": (c_char_p, [_vp]),
+    "oakuk_image_arch": (c_char_p, [_vp]),
+    "oakuk_image_sha256": (c_char_p, [_vp]),
+    "oakuk_image_url": (c_char_p, [_vp]),
+    "oakuk_image_digest": (c_char_p, [_vp]),
+    "oakuk_image_arg_count": (c_size_t, [_vp]),
+    "oakuk_image_arg": (c_char_p, [_vp, c_size_t]),
+    "oakuk_image_env_count": (c_size_t, [_vp]),
+    "oakuk_image_env": (c_char_p, [_vp, c_size_t]),
+    "oakuk_image_cache_new": (_vp, [c_char_p, _vp, _err]),
+    "oakuk_image_cache_ref": (_vp, [_vp]),
+    "oakuk_image_cache_unref": (None, [_vp]),
+    "oakuk_image_cache_dir": (c_char_p, [_vp]),
+    "oakuk_image_cache_fetch_sync": (_vp, [_vp, c_char_p, c_char_p, _vp, _vp, _err]),
+    "oakuk_image_cache_fetch_oci_sync": (_vp, [_vp, c_char_p, c_char_p, c_char_p, c_char_p, _vp, _vp,
+                                               _err]),
+    "oakuk_image_code_is_oci": (c_bool, [c_char_p]),
+    "oakuk_image_cache_size": (ctypes.c_uint64, [_vp]),
+    "oakuk_image_cache_prune": (c_int, [POINTER(ctypes.c_uint64), _vp, ctypes.c_uint64, _err]),
+    "oakuk_image_kernel_arch": (c_char_p, [c_char_p, _err]),
+    "oakuk_image_kernel_format": (c_char_p, [c_char_p, _err]),
+    "oakuk_image_kernel_unikraft_version": (c_int, [POINTER(c_char_p), POINTER(c_void_p), c_char_p, _err]),
+    # console
+    "oakuk_console_new": (_vp, []),
+    "oakuk_console_free": (None, [_vp]),
+    "oakuk_console_feed": (_vp, [_vp, c_char_p, c_size_t]),
+    "oakuk_console_finish": (_vp, [_vp]),
+    "oakuk_console_tail": (c_int, [POINTER(c_void_p), c_char_p, ctypes.c_uint32, ctypes.c_uint64,
+                                   ctypes.c_uint32, _err]),
+    "oakuk_console_crash": (c_int32, [POINTER(c_void_p), c_char_p]),
+    "oakuk_console_line_crash": (c_int32, [c_char_p]),
+    # net
+    "oakuk_net_options_init": (c_int, [_vp, c_uint]),
+    "oakuk_net_new": (_vp, [_vp, _err]),
+    "oakuk_net_ref": (_vp, [_vp]),
+    "oakuk_net_unref": (None, [_vp]),
+    "oakuk_net_setup_node": (c_int, [_vp, _err]),
+    "oakuk_net_teardown_node": (c_int, [_vp, _err]),
+    "oakuk_net_instance_setup": (c_int, [_vp, c_char_p, c_char_p, c_int32, POINTER(c_void_p), _err]),
+    "oakuk_net_instance_teardown": (c_int, [_vp, c_char_p, _err]),
+    "oakuk_net_instance_info_ref": (_vp, [_vp]),
+    "oakuk_net_instance_info_unref": (None, [_vp]),
+    "oakuk_net_instance_info_name": (c_char_p, [_vp]),
+    "oakuk_net_instance_info_mode": (c_int32, [_vp]),
+    "oakuk_net_instance_info_netns_path": (c_char_p, [_vp]),
+    "oakuk_net_instance_info_host_ifname": (c_char_p, [_vp]),
+    "oakuk_net_instance_info_ip": (c_char_p, [_vp]),
+    "oakuk_net_instance_info_tap": (c_char_p, [_vp]),
+    "oakuk_net_instance_info_guest_ip": (c_char_p, [_vp]),
+    "oakuk_net_instance_info_guest_prefix": (ctypes.c_uint32, [_vp]),
+    "oakuk_net_instance_info_guest_gateway": (c_char_p, [_vp]),
+    "oakuk_net_instance_info_guest_mac": (c_char_p, [_vp]),
+    "oakuk_net_port_map_add": (c_int, [_vp, c_char_p, c_char_p, _err]),
+    "oakuk_net_port_map_remove": (c_int, [_vp, c_char_p, c_char_p, _err]),
+    "oakuk_net_service_set": (c_int, [_vp, c_char_p, ctypes.c_uint32, POINTER(c_char_p), c_size_t, _err]),
+    "oakuk_net_service_remove": (c_int, [_vp, c_char_p, _err]),
+    "oakuk_net_peer_add": (c_int, [_vp, c_char_p, c_char_p, _err]),
+    "oakuk_net_peer_remove": (c_int, [_vp, c_char_p, c_char_p, _err]),
+    "oakuk_net_reconcile": (c_int, [_vp, POINTER(c_char_p), c_size_t, POINTER(c_char_p), c_size_t,
+                                    POINTER(c_char_p), c_size_t, _err]),
+    "oakuk_net_list": (_vp, [_vp, _err]),
 }
 
 for _name, (_restype, _argtypes) in _PROTOTYPES.items():
@@ -259,3 +442,51 @@ def take_string(ptr):
         return ctypes.string_at(ptr).decode("utf-8", "replace")
     finally:
         lib.oakuk_free(ptr)
+
+
+def fs_bytes(value, what="path"):
+    """A path (str, bytes or os.PathLike) as bytes for the C API; None stays None."""
+    if value is None:
+        return None
+    try:
+        return os.fsencode(value)
+    except TypeError:
+        raise TypeError("%s must be a path (str, bytes or os.PathLike), not %s"
+                        % (what, type(value).__name__)) from None
+
+
+def library_path():
+    """The file the loaded liboakuk came from (resolved through /proc/self/maps when it was
+    loaded by soname)."""
+    name = lib._name
+    if os.path.isabs(name):
+        return os.path.realpath(name)
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and os.path.basename(fields[5].strip()).startswith(SONAME):
+                    return fields[5].strip()
+    except OSError:
+        pass
+    return name
+
+
+# Callback types of <oakuk/runtime.h> and <oakuk/image.h>.
+STATUS_CB = ctypes.CFUNCTYPE(None, c_char_p, c_int32, c_char_p, c_void_p)
+READY_CB = ctypes.CFUNCTYPE(None, c_char_p, c_int64, c_void_p)
+PROGRESS_CB = ctypes.CFUNCTYPE(None, c_int64, c_int64, c_void_p)
+
+
+def _load_glib():
+    """GLib, which liboakuk links: its callbacks (runtime statuses, readiness) are delivered on a
+    GMainContext, and the C API has no call of its own that runs one."""
+    g = ctypes.CDLL("libglib-2.0.so.0")
+    g.g_main_context_iteration.restype = c_int
+    g.g_main_context_iteration.argtypes = [c_void_p, c_int]
+    g.g_main_context_pending.restype = c_int
+    g.g_main_context_pending.argtypes = [c_void_p]
+    return g
+
+
+glib = _load_glib()

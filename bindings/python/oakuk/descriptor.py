@@ -1,7 +1,10 @@
 """Deployment descriptors (SLA): Descriptor, Application, Microservice."""
 
+from __future__ import annotations
+
 import json
 import os
+from typing import Any, Callable, Optional, Union
 
 from ._base import Handle, raise_error, virt_code, virt_name
 from ._lib import byref, c_void_p, lib, take_string, text, to_bytes
@@ -15,11 +18,11 @@ _UKNET = {0: "direct", 1: "nat"}
 _PROTO = {0: "tcp", 1: "udp"}
 
 
-def _list(count_fn, item_fn, obj):
+def _list(count_fn: Callable[..., int], item_fn: Callable[..., Any], obj: Handle) -> list[str]:
     return [text(item_fn(obj, i)) for i in range(count_fn(obj))]
 
 
-def _to_json(fn, obj, pretty):
+def _to_json(fn: Callable[..., Any], obj: Handle, pretty: bool) -> str:
     err = c_void_p()
     ptr = fn(obj, bool(pretty), byref(err))
     if not ptr:
@@ -27,7 +30,7 @@ def _to_json(fn, obj, pretty):
     return take_string(ptr)
 
 
-def _set_id(fn, obj, value):
+def _set_id(fn: Callable[..., int], obj: Handle, value: str) -> None:
     err = c_void_p()
     rc = fn(obj, to_bytes(value, "id"), byref(err))
     if rc != 0:
@@ -41,7 +44,7 @@ class Descriptor(Handle):
     _ref_fn = lib.oakuk_descriptor_ref
 
     @classmethod
-    def parse(cls, document):
+    def parse(cls, document: Union[str, bytes]) -> Descriptor:
         """Parses str or bytes; raises OakukError (OAKUK_EINVAL with every problem in .items)."""
         data = to_bytes(document, "document")
         err = c_void_p()
@@ -51,7 +54,9 @@ class Descriptor(Handle):
         return cls._wrap(ptr)
 
     @classmethod
-    def parse_file(cls, path):
+    def parse_file(cls, path: Union[str, bytes, "os.PathLike[str]"]) -> Descriptor:
+        """Reads and parses the file at path; raises OakukError (OAKUK_EIO naming the file,
+        OAKUK_EINVAL with every problem)."""
         err = c_void_p()
         ptr = lib.oakuk_descriptor_parse_file(os.fsencode(path), byref(err))
         if not ptr:
@@ -59,31 +64,36 @@ class Descriptor(Handle):
         return cls._wrap(ptr)
 
     @property
-    def sla_version(self):
+    def sla_version(self) -> Optional[str]:
+        """The document's sla_version."""
         return text(lib.oakuk_descriptor_sla_version(self))
 
     @property
-    def customer_id(self):
+    def customer_id(self) -> Optional[str]:
+        """The document's customerID."""
         return text(lib.oakuk_descriptor_customer_id(self))
 
     @property
-    def applications(self):
+    def applications(self) -> list[Application]:
+        """The applications, in document order."""
         return [Application._wrap(lib.oakuk_descriptor_application(self, i), owned=False)
                 for i in range(lib.oakuk_descriptor_application_count(self))]
 
     @property
-    def microservices(self):
+    def microservices(self) -> list[Microservice]:
         """Every microservice of every application, in document order."""
         return [ms for app in self.applications for ms in app.microservices]
 
     @property
-    def warnings(self):
+    def warnings(self) -> list[str]:
+        """What parsing accepted but noted (unknown keys, ...)."""
         return _list(lib.oakuk_descriptor_warning_count, lib.oakuk_descriptor_warning, self)
 
-    def to_json(self, pretty=False):
+    def to_json(self, pretty: bool = False) -> str:
+        """The object as a JSON document (indented with pretty)."""
         return _to_json(lib.oakuk_descriptor_to_json, self, pretty)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<oakuk.Descriptor %d application(s)>" % lib.oakuk_descriptor_application_count(self)
 
 
@@ -94,33 +104,40 @@ class Application(Handle):
     _ref_fn = lib.oakuk_application_ref
 
     @property
-    def id(self):
+    def id(self) -> Optional[str]:
+        """The applicationID, or None."""
         return text(lib.oakuk_application_id(self))
 
-    def set_id(self, value):
+    def set_id(self, value: str) -> None:
+        """Sets the applicationID (serialized by to_json)."""
         _set_id(lib.oakuk_application_set_id, self, value)
 
     @property
-    def name(self):
+    def name(self) -> Optional[str]:
+        """application_name"""
         return text(lib.oakuk_application_name(self))
 
     @property
-    def namespace(self):
+    def namespace(self) -> Optional[str]:
+        """application_namespace"""
         return text(lib.oakuk_application_namespace(self))
 
     @property
-    def desc(self):
+    def desc(self) -> Optional[str]:
+        """application_desc"""
         return text(lib.oakuk_application_desc(self))
 
     @property
-    def microservices(self):
+    def microservices(self) -> list[Microservice]:
+        """The application's microservices, in document order."""
         return [Microservice._wrap(lib.oakuk_application_microservice(self, i), owned=False)
                 for i in range(lib.oakuk_application_microservice_count(self))]
 
-    def to_json(self, pretty=False):
+    def to_json(self, pretty: bool = False) -> str:
+        """The object as a JSON document (indented with pretty)."""
         return _to_json(lib.oakuk_application_to_json, self, pretty)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<oakuk.Application %s.%s>" % (self.name, self.namespace)
 
 
@@ -131,7 +148,7 @@ class Microservice(Handle):
     _ref_fn = lib.oakuk_microservice_ref
 
     @classmethod
-    def parse(cls, document):
+    def parse(cls, document: Union[str, bytes, dict]) -> Microservice:
         """Parses one microservice object (str, bytes or dict); error paths are relative to it."""
         if isinstance(document, dict):
             document = json.dumps(document)
@@ -142,81 +159,161 @@ class Microservice(Handle):
             raise_error(err, what="oakuk_microservice_parse")
         return cls._wrap(ptr)
 
-    def to_json(self, pretty=False):
+    def to_json(self, pretty: bool = False) -> str:
+        """The object as a JSON document (indented with pretty)."""
         return _to_json(lib.oakuk_microservice_to_json, self, pretty)
 
     @property
-    def id(self):
+    def id(self) -> Optional[str]:
+        """The microserviceID, or None."""
         return text(lib.oakuk_microservice_id(self))
 
-    def set_id(self, value):
+    def set_id(self, value: str) -> None:
+        """Sets the microserviceID (serialized by to_json)."""
         _set_id(lib.oakuk_microservice_set_id, self, value)
 
-    name = property(lambda self: text(lib.oakuk_microservice_name(self)))
-    namespace = property(lambda self: text(lib.oakuk_microservice_namespace(self)))
-    app_name = property(lambda self: text(lib.oakuk_microservice_app_name(self)))
-    app_namespace = property(lambda self: text(lib.oakuk_microservice_app_namespace(self)))
-    service_name = property(lambda self: text(lib.oakuk_microservice_service_name(self)),
-                            doc="<app>.<appns>.<svc>.<svcns>, or None when the application is unknown")
+    @property
+    def name(self) -> Optional[str]:
+        """microservice_name"""
+        return text(lib.oakuk_microservice_name(self))
 
     @property
-    def virtualizations(self):
+    def namespace(self) -> Optional[str]:
+        """microservice_namespace"""
+        return text(lib.oakuk_microservice_namespace(self))
+
+    @property
+    def app_name(self) -> Optional[str]:
+        """app_name"""
+        return text(lib.oakuk_microservice_app_name(self))
+
+    @property
+    def app_namespace(self) -> Optional[str]:
+        """app_ns"""
+        return text(lib.oakuk_microservice_app_namespace(self))
+
+    @property
+    def service_name(self) -> Optional[str]:
+        """<app>.<appns>.<svc>.<svcns>, or None when the application is unknown."""
+        return text(lib.oakuk_microservice_service_name(self))
+
+    @property
+    def virtualizations(self) -> list[str]:
         """Variants in order of preference: "container" / "unikernel"."""
         return [virt_name(lib.oakuk_microservice_virt(self, i))
                 for i in range(lib.oakuk_microservice_virt_count(self))]
 
-    def has_virt(self, virt):
+    def has_virt(self, virt: Union[str, int]) -> bool:
+        """Whether the service has a variant for virt ("container"/"docker"/"unikernel")."""
         return bool(lib.oakuk_microservice_has_virt(self, virt_code(virt)))
 
     @property
-    def arch(self):
+    def arch(self) -> list[str]:
+        """The architectures the service is built for ([] = any)."""
         return _list(lib.oakuk_microservice_arch_count, lib.oakuk_microservice_arch, self)
 
-    def code(self, virt, arch_index=0):
+    def code(self, virt: Union[str, int], arch_index: int = 0) -> Optional[str]:
         """Unikernel URL for arch[arch_index] (or the unikernel's one OCI reference, whatever
         arch_index), or the container reference; None if absent."""
         return text(lib.oakuk_microservice_code(self, virt_code(virt), arch_index))
 
-    def code_is_oci(self, virt):
+    def code_is_oci(self, virt: Union[str, int]) -> bool:
         """Whether the variant's code is an OCI reference (a unikernel's may be; a container's is)."""
         return bool(lib.oakuk_microservice_code_is_oci(self, virt_code(virt)))
 
-    def code_sha256(self, virt, arch_index=0):
+    def code_sha256(self, virt: Union[str, int], arch_index: int = 0) -> Optional[str]:
+        """The expected sha256 of code(virt, arch_index), or None."""
         return text(lib.oakuk_microservice_code_sha256(self, virt_code(virt), arch_index))
 
-    memory_mb = property(lambda self: lib.oakuk_microservice_memory_mb(self))
-    vcpus = property(lambda self: lib.oakuk_microservice_vcpus(self))
-    vgpus = property(lambda self: lib.oakuk_microservice_vgpus(self))
-    vtpus = property(lambda self: lib.oakuk_microservice_vtpus(self))
-    bandwidth_in = property(lambda self: lib.oakuk_microservice_bandwidth_in(self))
-    bandwidth_out = property(lambda self: lib.oakuk_microservice_bandwidth_out(self))
-    storage = property(lambda self: lib.oakuk_microservice_storage(self))
+    @property
+    def memory_mb(self) -> int:
+        """Memory in MB."""
+        return lib.oakuk_microservice_memory_mb(self)
 
     @property
-    def cmd(self):
+    def vcpus(self) -> int:
+        """Virtual CPUs."""
+        return lib.oakuk_microservice_vcpus(self)
+
+    @property
+    def vgpus(self) -> int:
+        """Virtual GPUs."""
+        return lib.oakuk_microservice_vgpus(self)
+
+    @property
+    def vtpus(self) -> int:
+        """Virtual TPUs."""
+        return lib.oakuk_microservice_vtpus(self)
+
+    @property
+    def bandwidth_in(self) -> int:
+        """bandwidth_in"""
+        return lib.oakuk_microservice_bandwidth_in(self)
+
+    @property
+    def bandwidth_out(self) -> int:
+        """bandwidth_out"""
+        return lib.oakuk_microservice_bandwidth_out(self)
+
+    @property
+    def storage(self) -> int:
+        """storage"""
+        return lib.oakuk_microservice_storage(self)
+
+    @property
+    def cmd(self) -> list[str]:
+        """The command (container) or arguments (unikernel)."""
         return _list(lib.oakuk_microservice_cmd_count, lib.oakuk_microservice_cmd, self)
 
     @property
-    def environment(self):
+    def environment(self) -> list[str]:
+        """Environment entries "KEY=VALUE"."""
         return _list(lib.oakuk_microservice_env_count, lib.oakuk_microservice_env, self)
 
     @property
-    def ports(self):
+    def ports(self) -> list[tuple[int, int, str]]:
         """[(host, guest, "tcp"|"udp"), ...]"""
         return [(lib.oakuk_microservice_port_host(self, i), lib.oakuk_microservice_port_guest(self, i),
                  _PROTO.get(lib.oakuk_microservice_port_proto(self, i), "tcp"))
                 for i in range(lib.oakuk_microservice_port_count(self))]
 
-    rr_ip = property(lambda self: text(lib.oakuk_microservice_rr_ip(self)))
-    rr_ip_v6 = property(lambda self: text(lib.oakuk_microservice_rr_ip_v6(self)))
-    closest_ip = property(lambda self: text(lib.oakuk_microservice_closest_ip(self)))
-    closest_ip_v6 = property(lambda self: text(lib.oakuk_microservice_closest_ip_v6(self)))
-    one_shot = property(lambda self: bool(lib.oakuk_microservice_one_shot(self)))
-    privileged = property(lambda self: bool(lib.oakuk_microservice_privileged(self)))
-    target_node = property(lambda self: text(lib.oakuk_microservice_target_node(self)))
+    @property
+    def rr_ip(self) -> Optional[str]:
+        """The round-robin service IP (IPv4), or None."""
+        return text(lib.oakuk_microservice_rr_ip(self))
 
     @property
-    def constraints(self):
+    def rr_ip_v6(self) -> Optional[str]:
+        """The round-robin service IP (IPv6), or None."""
+        return text(lib.oakuk_microservice_rr_ip_v6(self))
+
+    @property
+    def closest_ip(self) -> Optional[str]:
+        """The closest-instance service IP (IPv4), or None."""
+        return text(lib.oakuk_microservice_closest_ip(self))
+
+    @property
+    def closest_ip_v6(self) -> Optional[str]:
+        """The closest-instance service IP (IPv6), or None."""
+        return text(lib.oakuk_microservice_closest_ip_v6(self))
+
+    @property
+    def one_shot(self) -> bool:
+        """Whether the service runs once (COMPLETED when it exits cleanly)."""
+        return bool(lib.oakuk_microservice_one_shot(self))
+
+    @property
+    def privileged(self) -> bool:
+        """privileged"""
+        return bool(lib.oakuk_microservice_privileged(self))
+
+    @property
+    def target_node(self) -> Optional[str]:
+        """The node the service is pinned to, or None."""
+        return text(lib.oakuk_microservice_target_node(self))
+
+    @property
+    def constraints(self) -> list[dict[str, Any]]:
         """[{"type": "direct", "cluster": str|None, "nodes": [...]},
             {"type": "clusters"|"arch", "allowed": [...]}, {"type": "latency"|"geo"}, ...]"""
         out = []
@@ -233,13 +330,18 @@ class Microservice(Handle):
             out.append(entry)
         return out
 
-    emulation = property(lambda self: _EMULATION.get(lib.oakuk_microservice_emulation(self)),
-                         doc='"forbid" or "allow"')
-    restart = property(lambda self: _RESTART.get(lib.oakuk_microservice_restart(self)),
-                       doc='"never", "on-failure" or "always"')
+    @property
+    def emulation(self) -> Optional[str]:
+        """'forbid' or 'allow': whether the service may run emulated (TCG)."""
+        return _EMULATION.get(lib.oakuk_microservice_emulation(self))
 
     @property
-    def unikernel(self):
+    def restart(self) -> Optional[str]:
+        """'never', 'on-failure' or 'always'."""
+        return _RESTART.get(lib.oakuk_microservice_restart(self))
+
+    @property
+    def unikernel(self) -> dict[str, Any]:
         """{"flavor": str|None, "version": str|None, "net": "direct"|"nat", "graceful_stop_s": int}"""
         return {"flavor": text(lib.oakuk_microservice_uk_flavor(self)),
                 "version": text(lib.oakuk_microservice_uk_version(self)),
@@ -247,14 +349,16 @@ class Microservice(Handle):
                 "graceful_stop_s": lib.oakuk_microservice_uk_graceful_stop_s(self)}
 
     @property
-    def readiness(self):
+    def readiness(self) -> dict[str, Any]:
         """{"tcp": guest port probed (0: none), "serial": console text or None}"""
         return {"tcp": lib.oakuk_microservice_readiness_tcp(self),
                 "serial": text(lib.oakuk_microservice_readiness_serial(self))}
 
-    reschedule_after_s = property(lambda self: lib.oakuk_microservice_reschedule_after_s(self),
-                                  doc="seconds a silent node or cluster keeps the instances (docs/reconcile.md)")
+    @property
+    def reschedule_after_s(self) -> int:
+        """seconds a silent node or cluster keeps the instances (docs/reconcile.md)"""
+        return lib.oakuk_microservice_reschedule_after_s(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<oakuk.Microservice %s>" % (self.service_name or self.name)
 
