@@ -14,6 +14,8 @@ run_pkgs=(
   qemu-system-x86 qemu-system-arm qemu-utils mosquitto mosquitto-clients runc nftables iproute2
   busybox-static linux-image-amd64 cpio gzip ca-certificates
   python3-requests docker-registry curl iptables glib-networking systemd
+  # the install suite: man pages formatted with groff/man, a second CA made with openssl
+  groff-base man-db openssl
   # the cli test parses `oakuk ... -o yaml`
   python3-yaml
 )

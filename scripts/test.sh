@@ -10,7 +10,7 @@ if [ ! -f "$builddir/build.ninja" ]; then
 fi
 ninja -C "$builddir"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(unit python integration e2e chaos)
+[ ${#suites[@]} -gt 0 ] || suites=(unit python integration e2e chaos install)
 args=()
 for s in "${suites[@]}"; do args+=(--suite "$s"); done
 meson test -C "$builddir" --print-errorlogs --num-processes 2 "${args[@]}"

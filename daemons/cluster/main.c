@@ -1,5 +1,6 @@
 /* oakuk-cluster: options, state directory, node join tokens; wires the store, the loop and the
  * adapters (HTTP server, node topics, root link, broker) together, and handles signals. */
+#include "join.h"
 #include "loop.h"
 
 #include <errno.h>
@@ -376,10 +377,25 @@ fail:
   return 1;
 }
 
+/* `oakuk-cluster join ROOT_URL TOKEN` (docs/deploy.md): the config it writes is read by load_settings. */
+static const char *const cluster_stale_token_keys[] = {NULL};
+static const OdJoinKind cluster_join = {.program = "oakuk-cluster",
+                                        .group = "cluster",
+                                        .url_key = "root_url",
+                                        .url_name = "ROOT_URL",
+                                        .token_key = "join_token",
+                                        .token_key_at = TRUE,
+                                        .stale_keys = cluster_stale_token_keys,
+                                        .default_state_dir = "/var/lib/oakuk/cluster",
+                                        .config_name = "cluster.conf",
+                                        .system_user = TRUE};
+
 int main(int argc, char **argv) {
   Args a = {0};
   OdCommonOptions common = {0};
   Cluster c = {0};
+  if (argc > 1 && strcmp(argv[1], "join") == 0)
+    return od_join_main(&cluster_join, argc - 1, argv + 1);
   const GOptionEntry entries[] = {
       {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir,
        "State directory (default /var/lib/oakuk/cluster)", "DIR"},
@@ -416,8 +432,11 @@ int main(int argc, char **argv) {
       {"uses", 0, 0, G_OPTION_ARG_INT, &a.uses, "With --new-join-token: nodes it registers (default 1)", "N"},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
-  if (!od_options_parse(&argc, &argv, "oakuk cluster orchestrator: runs the broker and picks nodes.", entries,
-                        &common, &c.config, &error)) {
+  if (!od_options_parse(&argc, &argv,
+                        "oakuk cluster orchestrator: runs the broker and picks nodes.\n\n"
+                        "First start on a new machine: oakuk-cluster join ROOT_URL TOKEN (see oakuk-cluster "
+                        "join --help).",
+                        entries, &common, &c.config, &error)) {
     fprintf(stderr, "oakuk-cluster: %s\n", error->message);
     args_clear(&a);
     return 2;

@@ -1,5 +1,6 @@
 /* oakuk-node: options, state (node.json), registration with the cluster, the node's network and
  * runtimes, MQTT topics, periodic reports and signals. */
+#include "join.h"
 #include "logs.h"
 #include "node.h"
 
@@ -1156,10 +1157,26 @@ fail:
   return 1;
 }
 
+/* `oakuk-node join CLUSTER_URL TOKEN` (docs/deploy.md): the config it writes is read by load_settings;
+ * join_token would win over join_token_file, so an old one goes. */
+static const char *const node_stale_token_keys[] = {"join_token", NULL};
+static const OdJoinKind node_join = {.program = "oakuk-node",
+                                     .group = "node",
+                                     .url_key = "cluster_url",
+                                     .url_name = "CLUSTER_URL",
+                                     .token_key = "join_token_file",
+                                     .token_key_at = FALSE,
+                                     .stale_keys = node_stale_token_keys,
+                                     .default_state_dir = "/var/lib/oakuk/node",
+                                     .config_name = "node.conf",
+                                     .system_user = FALSE};
+
 int main(int argc, char **argv) {
   Args a = {0};
   OdCommonOptions common = {0};
   Node n = {0};
+  if (argc > 1 && strcmp(argv[1], "join") == 0)
+    return od_join_main(&node_join, argc - 1, argv + 1);
   const GOptionEntry entries[] = {
       {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &a.state_dir,
        "State directory: images/, instances/, jobs/, node.json (default /var/lib/oakuk/node)", "DIR"},
@@ -1201,8 +1218,12 @@ int main(int argc, char **argv) {
        "ADDR:PORT"},
       G_OPTION_ENTRY_NULL};
   g_autoptr(GError) error = NULL;
-  if (!od_options_parse(&argc, &argv, "oakuk node: runs unikernels and containers for its cluster.", entries,
-                        &common, &n.config, &error)) {
+  if (!od_options_parse(
+          &argc, &argv,
+          "oakuk node: runs unikernels and containers for its cluster.\n\n"
+          "First start on a new machine: oakuk-node join CLUSTER_URL TOKEN (see oakuk-node join "
+          "--help).",
+          entries, &common, &n.config, &error)) {
     fprintf(stderr, "oakuk-node: %s\n", error->message);
     args_clear(&a);
     return 2;
