@@ -6,7 +6,7 @@ what=${1:-all}
 updated=
 build_pkgs=(
   meson ninja-build pkg-config gcc clang clang-format libclang-rt-14-dev binutils
-  libglib2.0-dev libjson-glib-dev libsoup-3.0-dev libpaho-mqtt-dev libarchive-dev
+  libglib2.0-dev libjson-glib-dev libsoup-3.0-dev libarchive-dev
   libnl-3-dev libnl-route-3-dev libnftnl-dev libmnl-dev libsqlite3-dev libacl1-dev libgnutls28-dev
   python3
 )

@@ -12,8 +12,8 @@ G_DEFINE_QUARK(oakuk - daemon - error - quark, od_error)
  * - fixed mmap and trim thresholds: by default both grow after a large block is freed (up to 2× its
  *   size), after which a burst of work (an image download, a JSON listing) leaves megabytes in an
  *   arena that are never given back;
- * - at most two arenas instead of one per thread that ever allocated (paho's, GLib's workers, the
- *   plumbing thread): each keeps its own free memory and none is busy enough to need its own. */
+ * - at most two arenas instead of one per thread that ever allocated (GLib's workers, the plumbing
+ *   thread): each keeps its own free memory and none is busy enough to need its own. */
 static void od_malloc_tune(void) {
   mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   mallopt(M_TRIM_THRESHOLD, 128 * 1024);

@@ -1,7 +1,6 @@
-/* MQTT glue shared by the daemons (oakuk-cluster, oakuk-node): a paho.mqtt.c async client whose
- * callbacks run on the GMainContext that created it. paho calls back on its own threads; those
- * callbacks only take ownership of what paho hands over and g_main_context_invoke_full it here.
- * Internal to the daemons; not part of liboakuk's ABI. */
+/* MQTT glue shared by the daemons (oakuk-cluster, oakuk-node): an MQTT 3.1.1 client on GIO (TLS
+ * through GIO's backend, the GnuTLS the daemons' HTTPS uses) whose connection, timers and callbacks
+ * all live on the GMainContext that created it. Internal to the daemons; not part of liboakuk's ABI. */
 #ifndef OAKUK_DAEMON_MQTT_H
 #define OAKUK_DAEMON_MQTT_H
 
@@ -45,11 +44,14 @@ gboolean od_mqtt_is_connected(OdMqtt *m);
 gboolean od_mqtt_publish(OdMqtt *m, const char *topic, const void *payload, gsize len, gboolean retain,
                          OdMqttDoneFunc done, gpointer done_data, GError **error);
 /* Appends the histogram named by metrics_name in Prometheus text: per topic (its last segment),
- * the time from a message's arrival (paho's thread) to the end of its handler on the main context,
+ * the time from a message's arrival (its last bytes read) to the end of its handler,
  * waiting for the loop included. Nothing without metrics_name. */
 void od_mqtt_write_metrics(OdMqtt *m, GString *out);
 /* Disconnects (waiting at most 1 s for in-flight messages) and frees. No callback runs after. */
 void od_mqtt_free(OdMqtt *m);
+/* tests/fuzz only: what a broker sends (data, cut into pieces of the sizes in cuts) to a client
+ * that is connecting; no socket, nothing sent. */
+void od_mqtt_feed_for_fuzzing(const guint8 *data, gsize len, const gsize *cuts, gsize n_cuts);
 
 G_END_DECLS
 

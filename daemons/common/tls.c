@@ -1,7 +1,7 @@
 /* The daemons' PKI with GnuTLS: a CA, keys, certificate requests and the certificates the CA
  * signs, SHA-256 fingerprints, and the check of a peer's chain against a pinned CA. Certificates
  * are ECDSA P-256 with SHA-256; keys are written as PKCS#8, which GIO, GnuTLS and OpenSSL (the
- * broker, paho) all read. */
+ * broker) all read. */
 #include "daemon-common.h"
 
 #include <arpa/inet.h>

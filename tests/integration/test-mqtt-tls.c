@@ -1,4 +1,4 @@
-/* MQTT over TLS as the daemons speak it (daemons/common/mqtt.c, paho with OpenSSL) against a real
+/* MQTT over TLS as the daemons speak it (daemons/common/mqtt.c, on GIO and GnuTLS) against a real
  * mosquitto configured as oakuk-cluster configures it: a TLS listener with a certificate from our
  * CA, a password file written with od_mosquitto_password_line, client ids bound to user names, and a
  * packet size limit. */
