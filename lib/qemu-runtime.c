@@ -58,6 +58,7 @@ typedef struct {
   gint64 qmp_deadline;
   GSource *qmp_timer;
   GSource *handshake_timer; /* fails a QEMU that never lets its guest run */
+  GSource *drain_timer;     /* bounds the wait for QMP's last lines after QEMU was reaped */
   guint64 last_ticks;
   gint64 last_time_us;
 } QemuData;
@@ -343,7 +344,7 @@ static void qmp_close(OakukInstance *i) {
   if (!d)
     return;
   g_cancellable_cancel(d->cancel);
-  GSource **timers[] = {&d->qmp_timer, &d->handshake_timer};
+  GSource **timers[] = {&d->qmp_timer, &d->handshake_timer, &d->drain_timer};
   for (size_t k = 0; k < G_N_ELEMENTS(timers); k++) {
     if (*timers[k]) {
       g_source_destroy(*timers[k]);
@@ -441,6 +442,8 @@ static void qmp_on_line(GObject *src, GAsyncResult *res, gpointer data) {
   }
   if (!line) { /* QEMU closed QMP: it is exiting; the exit watch reports it */
     g_debug("instance %s: QMP closed%s%s", i->name, err ? ": " : "", err ? err->message : "");
+    if (i->draining)
+      oakuk_instance_drained(i); /* everything it said is read */
     oakuk_instance_unref(i);
     return;
   }
@@ -459,6 +462,29 @@ static void qmp_read_next(OakukInstance *i) {
     return;
   g_data_input_stream_read_line_async(d->in, G_PRIORITY_DEFAULT, d->cancel, qmp_on_line,
                                       oakuk_instance_ref(i));
+}
+
+static gboolean drain_timed_out(gpointer data) {
+  OakukInstance *i = data;
+  QemuData *d = qd(i);
+  g_clear_pointer(&d->drain_timer, g_source_unref);
+  oakuk_instance_drained(i);
+  return G_SOURCE_REMOVE;
+}
+
+/* QEMU was reaped, and its last QMP lines (the SHUTDOWN event and its reason, which tells a
+ * guest's reset or panic from a power-off) may not be read yet: the child watch and the socket
+ * are separate sources, and under load the exit can come first. The read in flight goes on until
+ * QMP's end of file (QEMU's socket closed with it), 500 ms at most. */
+static gboolean q_drain(OakukInstance *i) {
+  QemuData *d = qd(i);
+  if (d == NULL || d->in == NULL)
+    return FALSE;
+  d->drain_timer = g_timeout_source_new(500);
+  g_source_set_callback(d->drain_timer, drain_timed_out, oakuk_instance_ref(i),
+                        (GDestroyNotify)oakuk_instance_unref);
+  g_source_attach(d->drain_timer, i->context);
+  return TRUE;
 }
 
 static gboolean qmp_retry(gpointer data) {
@@ -847,12 +873,13 @@ static gboolean q_signal(OakukInstance *i, OakukStopPhase phase) {
   switch (phase) {
   case OAKUK_STOP_GRACEFUL: return i->grace_s > 0 && qmp_send(i, "system_powerdown");
   case OAKUK_STOP_QUIT:
-    if (!qmp_send(i, "quit"))
+    if (!qmp_send(i, "quit") && i->pid > 0)
       kill(i->pid, SIGTERM);
     return TRUE;
   case OAKUK_STOP_KILL:
     g_debug("instance %s: still alive after quit, SIGKILL", i->name);
-    kill(i->pid, SIGKILL);
+    if (i->pid > 0)
+      kill(i->pid, SIGKILL);
     return TRUE;
   }
   return FALSE;
@@ -936,6 +963,7 @@ static const OakukRuntimeClass qemu_class = {
     .spawn = q_spawn,
     .started = q_started,
     .signal = q_signal,
+    .drain = q_drain,
     .exited = qmp_close,
     .release = q_release,
     .extra_detail = q_extra_detail,

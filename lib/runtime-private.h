@@ -84,6 +84,8 @@ struct OakukInstance {
   char *shutdown_reason;
   gboolean panicked;
   gboolean ended_unwatched; /* found ended at adoption: how it ended is unknown */
+  gboolean draining;        /* reaped; the backend reads its last words before the end is judged */
+  int drain_status;         /* the wait status meanwhile */
   int32_t exit_kind;
   char *end_detail; /* the end's status and detail, reported once its release is done */
   int32_t end_status;
@@ -118,6 +120,10 @@ struct OakukRuntimeClass {
   gboolean (*started)(OakukInstance *i);
   /* One stop phase: TRUE when the backend acted on it. */
   gboolean (*signal)(OakukInstance *i, OakukStopPhase phase);
+  /* The process is gone, reaped: TRUE when the backend still has to read what it said before it
+   * went (QEMU's SHUTDOWN reason may be on its way through QMP when the exit is seen), and calls
+   * oakuk_instance_drained once it has, or soon. May be NULL. */
+  gboolean (*drain)(OakukInstance *i);
   /* The process is gone: drop connections to it. May be NULL. */
   void (*exited)(OakukInstance *i);
   /* (thread) Releases what the instance holds outside its directory; with remove, the directory
@@ -161,6 +167,8 @@ oakuk_runtime *oakuk_runtime_alloc(const OakukRuntimeClass *klass, void *impl, c
 
 /* For backends: the process counts as RUNNING from now on (QEMU after QMP's handshake). */
 void oakuk_instance_running(OakukInstance *i);
+/* The backend read what the reaped process said last (drain): its end is judged now. */
+void oakuk_instance_drained(OakukInstance *i);
 /* For backends: the start failed after the process was made; kills it (the exit is then reported
  * as FAILED, with why). */
 void oakuk_instance_fail(OakukInstance *i, const char *why);

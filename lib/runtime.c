@@ -382,8 +382,15 @@ static void start_release(OakukInstance *i) {
 
 /* wait_status: from waitpid, or -1 when unknown (a process we did not spawn). */
 static void on_exited(OakukInstance *i, int wait_status) {
-  if (i->state == OAKUK_INST_EXITED)
+  if (i->state == OAKUK_INST_EXITED || (i->draining && wait_status != i->drain_status))
     return;
+  if (!i->draining && i->klass->drain != NULL) {
+    i->draining = TRUE;
+    i->drain_status = wait_status;
+    i->pid = 0; /* reaped: its number may be another process's soon */
+    if (i->klass->drain(i))
+      return;
+  }
   gboolean ran = i->state == OAKUK_INST_RUNNING;
   if (ran)
     oakuk_probe_final(i); /* its ready text may be the last thing it printed */
@@ -410,6 +417,11 @@ static void on_exited(OakukInstance *i, int wait_status) {
 
 static void exited_cb(int wait_status, gpointer data) {
   on_exited(data, wait_status);
+}
+
+void oakuk_instance_drained(OakukInstance *i) {
+  if (i->draining && i->state != OAKUK_INST_EXITED)
+    on_exited(i, i->drain_status);
 }
 
 void oakuk_instance_running(OakukInstance *i) {
@@ -484,6 +496,8 @@ static gboolean stop_next(gpointer data) {
 /* Runs the next stop phase the backend acts on, and arms the wait before the one after. */
 static void stop_step(OakukInstance *i) {
   clear_timer(i);
+  if (i->draining)
+    return; /* already gone: its end is being judged */
   while (i->state == OAKUK_INST_STOPPING && i->stop_phase <= OAKUK_STOP_KILL) {
     OakukStopPhase phase = (OakukStopPhase)i->stop_phase++;
     if (!i->klass->signal(i, phase))
