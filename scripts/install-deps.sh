@@ -16,8 +16,8 @@ run_pkgs=(
   python3-requests docker-registry curl iptables glib-networking systemd
   # the install suite: man pages formatted with groff/man, a second CA made with openssl
   groff-base man-db openssl
-  # the cli test parses `oakuk ... -o yaml`
-  python3-yaml
+  # the cli test parses `oakuk ... -o yaml`; /metrics are read with Prometheus' own parser too
+  python3-yaml python3-prometheus-client
 )
 # The arm64 test guest (tests/guests) is built from Debian's arm64 kernel and busybox-static,
 # fetched with apt-get download: the arm64 architecture must be known to apt.

@@ -22,6 +22,12 @@ import time
 
 import requests
 from cryptography import x509
+try:
+    from prometheus_client import parser as prometheus_parser
+except ImportError:  # a Python of its own (pyenv) beside Debian's python3-prometheus-client
+    import sys
+    sys.path.append("/usr/lib/python3/dist-packages")
+    from prometheus_client import parser as prometheus_parser
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -264,6 +270,13 @@ def parse_metrics(text):
         except ValueError:
             raise AssertionError("bad value at " + where) from None
         fam["samples"].append((name, dict(_LABEL.findall(labels or "")), number))
+    # ... and as Prometheus' own Python client reads it: the same families, the same samples.
+    theirs = {f.name: f for f in prometheus_parser.text_string_to_metric_families(text)}
+    for family, fam in families.items():
+        name = family[:-len("_total")] if fam["type"] == "counter" and family.endswith("_total") else family
+        if name not in theirs or theirs[name].type != fam["type"] or \
+                len(theirs[name].samples) != len(fam["samples"]):
+            raise AssertionError("prometheus_client reads %s otherwise: %r" % (family, theirs.get(name)))
     for family, fam in families.items():
         if fam["type"] != "histogram":
             continue
