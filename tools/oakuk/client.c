@@ -99,6 +99,13 @@ void oak_print_json(JsonNode *node) {
   printf("%s\n", text);
 }
 
+void oak_print_json_list(const char *key, JsonArray *list) {
+  g_autoptr(JsonObject) o = json_object_new();
+  json_object_set_array_member(o, key, json_array_ref(list));
+  g_autoptr(JsonNode) n = json_node_init_object(json_node_alloc(), o);
+  oak_print_json(n);
+}
+
 /* ---- output formats ---- */
 
 gboolean oak_output_parse(const char *cmd, const char *text, gboolean json, OakOutput *out) {

@@ -132,6 +132,8 @@ double oak_num(JsonObject *o, const char *key, double def);
 gboolean oak_bool(JsonObject *o, const char *key, gboolean def);
 const char *oak_service_id(JsonObject *service);
 void oak_print_json(JsonNode *node);
+/* Prints {"key": list} as oak_print_json does. */
+void oak_print_json_list(const char *key, JsonArray *list);
 /* Serializes node as valid JSON whatever its strings hold (control characters escaped). */
 char *oak_json_text(JsonNode *node, gboolean pretty);
 /* The strict check (oakuk_json_check), then json-glib: the root, or NULL with error set. */

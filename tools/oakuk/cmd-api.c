@@ -391,12 +391,8 @@ int oakuk_cmd_apply(int argc, char **argv) {
     json_object_set_array_member(entry, "services", list);
     json_array_add_object_element(out, entry);
   }
-  if (json) {
-    g_autoptr(JsonObject) o = json_object_new();
-    json_object_set_array_member(o, "applications", json_array_ref(out));
-    g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), o);
-    oak_print_json(node);
-  }
+  if (json)
+    oak_print_json_list("applications", out);
   return OAKUK_CLI_OK;
 }
 

@@ -156,12 +156,8 @@ int oakuk_cmd_delete(int argc, char **argv) {
     json_object_set_string_member(o, "name", d->name);
     json_array_add_object_element(done, o);
   }
-  if (json) {
-    g_autoptr(JsonObject) o = json_object_new();
-    json_object_set_array_member(o, "deleted", json_array_ref(done));
-    g_autoptr(JsonNode) n = json_node_init_object(json_node_alloc(), o);
-    oak_print_json(n);
-  }
+  if (json)
+    oak_print_json_list("deleted", done);
   return OAKUK_CLI_OK;
 }
 

@@ -12,14 +12,6 @@ static char *console_path(const OakukRunRecord *r) {
   return r->runtime_dir ? g_build_filename(r->runtime_dir, "instances", r->name, "serial.log", NULL) : NULL;
 }
 
-static void add_str(JsonBuilder *b, const char *key, const char *value) {
-  json_builder_set_member_name(b, key);
-  if (value)
-    json_builder_add_string_value(b, value);
-  else
-    json_builder_add_null_value(b);
-}
-
 static void print_json(GPtrArray *all) {
   g_autoptr(JsonBuilder) b = json_builder_new();
   json_builder_begin_array(b);
@@ -28,13 +20,13 @@ static void print_json(GPtrArray *all) {
     const char *state = oakuk_run_record_state(r);
     g_autofree char *console = console_path(r);
     json_builder_begin_object(b);
-    add_str(b, "name", r->name);
-    add_str(b, "image", r->image);
-    add_str(b, "state", state);
-    add_str(b, "ip", r->ip);
+    oakuk_run_json_add_str(b, "name", r->name);
+    oakuk_run_json_add_str(b, "image", r->image);
+    oakuk_run_json_add_str(b, "state", state);
+    oakuk_run_json_add_str(b, "ip", r->ip);
     json_builder_set_member_name(b, "pid");
     json_builder_add_int_value(b, strcmp(state, "RUNNING") == 0 ? r->pid : 0);
-    add_str(b, "started", r->started);
+    oakuk_run_json_add_str(b, "started", r->started);
     json_builder_set_member_name(b, "detached");
     json_builder_add_boolean_value(b, r->detached);
     json_builder_set_member_name(b, "ports");
@@ -42,7 +34,7 @@ static void print_json(GPtrArray *all) {
     for (char **p = r->ports; *p; p++)
       json_builder_add_string_value(b, *p);
     json_builder_end_array(b);
-    add_str(b, "console", console);
+    oakuk_run_json_add_str(b, "console", console);
     json_builder_end_object(b);
   }
   json_builder_end_array(b);

@@ -264,25 +264,31 @@ static void print_clusters(JsonArray *list, gboolean wide) {
   oak_table_print(t, stdout);
 }
 
-int oakuk_cmd_clusters(int argc, char **argv) {
+/* The clusters and their last aggregates, for `oakuk clusters` and `oakuk nodes` (options:
+ * the client's and -o, no positional argument). NULL with *rc set on failure. */
+static JsonArray *cluster_list_command(const char *name, const char *summary, int argc, char **argv,
+                                       OakOutput *format, int *rc) {
   g_autofree char *url = NULL, *output = NULL;
   gboolean json = FALSE;
   GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), OAKUK_OUTPUT_OPTION(output), NO_ENTRY};
-  if (!oak_parse("clusters", "", "List the clusters registered with the root and their last aggregate.",
-                 entries, &argc, &argv))
-    return OAKUK_CLI_USAGE;
-  OakOutput format;
-  if (!oak_output_parse("clusters", output, json, &format))
-    return OAKUK_CLI_USAGE;
+  *rc = OAKUK_CLI_USAGE;
+  if (!oak_parse(name, "", summary, entries, &argc, &argv) || !oak_output_parse(name, output, json, format))
+    return NULL;
   if (argc != 1) {
-    fprintf(stderr, "oakuk clusters: no positional arguments expected\n");
-    return OAKUK_CLI_USAGE;
+    fprintf(stderr, "oakuk %s: no positional arguments expected\n", name);
+    return NULL;
   }
-  int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("clusters", url, format == OAK_OUTPUT_JSON, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonArray) list = get_clusters(cl, &rc);
+  *rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new(name, url, *format == OAK_OUTPUT_JSON, TRUE, rc);
+  return cl ? get_clusters(cl, rc) : NULL;
+}
+
+int oakuk_cmd_clusters(int argc, char **argv) {
+  OakOutput format;
+  int rc;
+  g_autoptr(JsonArray) list =
+      cluster_list_command("clusters", "List the clusters registered with the root and their last aggregate.",
+                           argc, argv, &format, &rc);
   if (list == NULL)
     return rc;
   if (format == OAK_OUTPUT_JSON || format == OAK_OUTPUT_YAML) {
@@ -346,24 +352,11 @@ static void print_nodes(JsonArray *out, gboolean wide) {
 }
 
 int oakuk_cmd_nodes(int argc, char **argv) {
-  g_autofree char *url = NULL, *output = NULL;
-  gboolean json = FALSE;
-  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), OAKUK_OUTPUT_OPTION(output), NO_ENTRY};
-  if (!oak_parse("nodes", "", "List the nodes of every cluster (as of each cluster's last aggregate).",
-                 entries, &argc, &argv))
-    return OAKUK_CLI_USAGE;
   OakOutput format;
-  if (!oak_output_parse("nodes", output, json, &format))
-    return OAKUK_CLI_USAGE;
-  if (argc != 1) {
-    fprintf(stderr, "oakuk nodes: no positional arguments expected\n");
-    return OAKUK_CLI_USAGE;
-  }
-  int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("nodes", url, format == OAK_OUTPUT_JSON, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonArray) list = get_clusters(cl, &rc);
+  int rc;
+  g_autoptr(JsonArray) list =
+      cluster_list_command("nodes", "List the nodes of every cluster (as of each cluster's last aggregate).",
+                           argc, argv, &format, &rc);
   if (list == NULL)
     return rc;
   g_autoptr(JsonArray) out = json_array_new();

@@ -98,7 +98,7 @@ static char *record_path(const char *name) {
   return g_build_filename(oakuk_run_dir(), name, "run.json", NULL);
 }
 
-static void add_str(JsonBuilder *b, const char *key, const char *value) {
+void oakuk_run_json_add_str(JsonBuilder *b, const char *key, const char *value) {
   json_builder_set_member_name(b, key);
   if (value)
     json_builder_add_string_value(b, value);
@@ -119,19 +119,19 @@ static void add_bool(JsonBuilder *b, const char *key, bool value) {
 bool oakuk_run_record_write(const OakukRunRecord *r, GError **error) {
   g_autoptr(JsonBuilder) b = json_builder_new();
   json_builder_begin_object(b);
-  add_str(b, "name", r->name);
-  add_str(b, "image", r->image);
-  add_str(b, "ip", r->ip);
-  add_str(b, "subnet", r->subnet);
+  oakuk_run_json_add_str(b, "name", r->name);
+  oakuk_run_json_add_str(b, "image", r->image);
+  oakuk_run_json_add_str(b, "ip", r->ip);
+  oakuk_run_json_add_str(b, "subnet", r->subnet);
   add_bool(b, "nat", r->nat);
   json_builder_set_member_name(b, "ports");
   json_builder_begin_array(b);
   for (char **p = r->ports; p && *p; p++)
     json_builder_add_string_value(b, *p);
   json_builder_end_array(b);
-  add_str(b, "runtime_dir", r->runtime_dir);
-  add_str(b, "netns", r->netns);
-  add_str(b, "started", r->started);
+  oakuk_run_json_add_str(b, "runtime_dir", r->runtime_dir);
+  oakuk_run_json_add_str(b, "netns", r->netns);
+  oakuk_run_json_add_str(b, "started", r->started);
   add_bool(b, "detached", r->detached);
   add_int(b, "cli_pid", r->cli_pid);
   add_int(b, "cli_start", (int64_t)r->cli_start);
@@ -322,7 +322,7 @@ static JsonNode *host_snapshot(bool bridge_exists) {
   const char *bridge = default_bridge();
   g_autoptr(JsonBuilder) b = json_builder_new();
   json_builder_begin_object(b);
-  add_str(b, "bridge", bridge);
+  oakuk_run_json_add_str(b, "bridge", bridge);
   add_bool(b, "made_bridge", !bridge_exists);
   json_builder_set_member_name(b, "sysctl");
   json_builder_begin_object(b);
@@ -331,7 +331,7 @@ static JsonNode *host_snapshot(bool bridge_exists) {
   for (size_t i = 0; i < G_N_ELEMENTS(sysctls); i++) {
     g_autofree char *v = sysctls[i] ? read_setting(sysctls[i]) : NULL;
     if (v)
-      add_str(b, sysctls[i], v);
+      oakuk_run_json_add_str(b, sysctls[i], v);
   }
   json_builder_end_object(b);
   json_builder_set_member_name(b, "cgroup_dirs");

@@ -6,6 +6,7 @@
 #define OAKUK_RUN_STATE_H
 
 #include <glib.h>
+#include <json-glib/json-glib.h>
 #include <oakuk/oakuk.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -74,5 +75,8 @@ bool oakuk_run_host_save(oakuk_net *net, GError **error);
  * bridge and table if a run made them and puts the saved host settings back. Problems are printed
  * prefixed with prog. */
 void oakuk_run_release(oakuk_net *net, const char *name, bool have_net, const char *prog);
+
+/* Sets member key of the object being built to value, or to null when value is NULL. */
+void oakuk_run_json_add_str(JsonBuilder *b, const char *key, const char *value);
 
 #endif
