@@ -299,24 +299,61 @@ class Edge:
         self.token = wait_until("root login", lambda: requests.post(self.root_url + "/api/auth/login", timeout=5, json={
             "username": "Admin", "password": self.admin_password}).json()["token"])
         self.h = {"Authorization": "Bearer " + self.token}
+        # The operator's CLI, logged in as the admin: it makes the join tokens (docs/deploy.md).
+        self.cli("login", self.root_url, "--password-stdin",
+                 *(["--insecure"] if self.insecure else ["--ca-file", self.ca_file]), stdin=self.admin_password + "\n")
+
+    def cli(self, *args, stdin=None):
+        """oakuk ARGS as an operator runs it (its credentials in tmp/cli-config); its stdout."""
+        env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(self.tmp, "cli-config"))
+        p = subprocess.run([self.cli_bin] + list(args), env=env, input=stdin, capture_output=True, text=True,
+                           timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError("oakuk %s: exit %d: %s" % (" ".join(args), p.returncode, p.stderr.strip()))
+        return p.stdout.strip()
+
+    def join(self, what, url, token, state, name):
+        """`oakuk-cluster join` or `oakuk-node join` URL @TOKEN-FILE --no-start, as docs/deploy.md
+        has it: the state directory and the configuration (its path returned), which the daemon
+        then starts with (--config)."""
+        binary = self.cluster_bin if what == "cluster" else self.node_bin
+        token_file = write_secret(os.path.join(self.tmp, "%s-join-token-%s" % (what, name)), token)
+        conf = os.path.join(self.tmp, "%s-%s.conf" % (what, name))
+        argv = [binary, "join", url, "@" + token_file, "--no-start", "--state-dir", state, "--config", conf,
+                "--name", name] + (["--insecure"] if self.insecure else [])
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError("%s: exit %d: %s" % (" ".join(argv), p.returncode, p.stderr.strip()))
+        return conf
+
+    def node_token(self, cluster):
+        """A node join token of cluster (its name), from `oakuk token create node` (many nodes).
+        The root asks the cluster for it once the cluster's first aggregate is in (until then
+        the command says to try again, and it is tried again)."""
+        def create():
+            try:
+                return self.cli("token", "create", "node", "--cluster", cluster, "--uses", "1000", "--ttl", "1h")
+            except RuntimeError as e:
+                if "try again" not in str(e):
+                    raise
+                return None
+        return wait_until("a node join token of cluster %s" % cluster, create, timeout=30)
 
     def start_cluster(self, ip, port=10100, mqtt_port=10883, node_timeout=5, extra=()):
-        r = requests.post(self.root_url + "/api/v1/clusters/tokens", headers=self.h, timeout=5)
-        r.raise_for_status()
+        state = os.path.join(self.tmp, "cluster")
+        conf = self.join("cluster", self.root_url, self.cli("token", "create", "cluster"), state, "edge1")
         self.cluster_port, self.mqtt_port = port, mqtt_port
         self.cluster_url = "%s://%s:%d" % (self.scheme, ip, port)
         self.cluster_ip = ip
         self.node_timeout = node_timeout
-        self.cluster_args = [self.cluster_bin, "--state-dir", os.path.join(self.tmp, "cluster"), "--listen",
-                             "%s:%d" % (ip, port), "--root-url", self.root_url, "--name", "edge1", "--location",
-                             "e2e", "--mqtt-port", str(mqtt_port), "--node-timeout", str(node_timeout),
-                             "--aggregate-interval", "1"] + (["--insecure"] if self.insecure else []) + list(extra)
-        join_file = write_secret(os.path.join(self.tmp, "cluster-join-token"), r.json()["token"])
-        self.cluster = Daemon(self, "cluster", self.cluster_args + ["--join-token", "@" + join_file]).start()
+        self.cluster_args = [self.cluster_bin, "--config", conf, "--state-dir", state, "--listen",
+                             "%s:%d" % (ip, port), "--location", "e2e", "--mqtt-port", str(mqtt_port),
+                             "--node-timeout", str(node_timeout), "--aggregate-interval", "1"] + \
+            (["--insecure"] if self.insecure else []) + list(extra)
+        self.cluster = Daemon(self, "cluster", self.cluster_args).start()
         wait_until("cluster registered and connected", lambda: (lambda j: j["registered"] and j["mqtt_connected"])(
             requests.get(self.cluster_url + "/healthz", timeout=5).json()))
-        self.node_join_token = new_node_join_token(self.cluster_bin, os.path.join(self.tmp, "cluster"),
-                                                   extra=["--insecure"] if self.insecure else [])
+        self.node_join_token = self.node_token("edge1")
 
     def restart_cluster(self):
         self.cluster.stop()
@@ -353,12 +390,11 @@ class Edge:
 
     # ---- nodes ----
     def node_argv(self, name, ip, extra=(), cluster=None):
+        """The node's command line, after `oakuk-node join` wrote its configuration and state."""
         url, token = (cluster.url, cluster.join_token) if cluster else (self.cluster_url, self.node_join_token)
-        token_file = write_secret(os.path.join(self.tmp, "node-join-token-" + name), token)
-        return [self.node_bin, "--state-dir", self.node_state(name), "--cluster-url", url, "--join-token-file",
-                token_file,
-                "--name", name, "--underlay-ip", ip, "--report-interval", "1"] + \
-            (["--insecure"] if self.insecure else []) + list(extra)
+        conf = self.join("node", url, token, self.node_state(name), name)
+        return [self.node_bin, "--config", conf, "--state-dir", self.node_state(name), "--underlay-ip", ip,
+                "--report-interval", "1"] + (["--insecure"] if self.insecure else []) + list(extra)
 
     def node_state(self, name):
         return os.path.join(self.tmp, "node-" + name)
@@ -672,24 +708,21 @@ class Cluster:
         self.url = "%s://%s:%d" % (edge.scheme, self.ip, port)
         self.mqtt_port, self.node_timeout = mqtt_port, node_timeout
         self.state = os.path.join(edge.tmp, "cluster-" + name)
-        root_url = "%s://%s:%d" % (edge.scheme, edge.hosts[edge.here][1], edge.root_port)
-        self.args = [edge.cluster_bin, "--state-dir", self.state, "--listen", "%s:%d" % (self.ip, port),
-                     "--root-url", root_url, "--name", name, "--location", edge.tag, "--mqtt-port", str(mqtt_port),
+        self.root_url = "%s://%s:%d" % (edge.scheme, edge.hosts[edge.here][1], edge.root_port)
+        self.conf = os.path.join(edge.tmp, "cluster-%s.conf" % name)
+        self.args = [edge.cluster_bin, "--config", self.conf, "--state-dir", self.state, "--listen",
+                     "%s:%d" % (self.ip, port), "--location", edge.tag, "--mqtt-port", str(mqtt_port),
                      "--node-timeout", str(node_timeout), "--aggregate-interval", str(aggregate_interval)] + \
             (["--insecure"] if edge.insecure else []) + list(extra)
         self.daemon = None
         self._id = None
 
     def start(self):
-        r = self.edge.api("POST", "/api/v1/clusters/tokens")
-        r.raise_for_status()
-        join_file = write_secret(os.path.join(self.edge.tmp, "cluster-join-token-" + self.name), r.json()["token"])
-        self.daemon = Daemon(self.edge, "cluster-" + self.name, self.args + ["--join-token", "@" + join_file],
-                             netns=self.ns).start()
+        self.edge.join("cluster", self.root_url, self.edge.cli("token", "create", "cluster"), self.state, self.name)
+        self.daemon = Daemon(self.edge, "cluster-" + self.name, self.args, netns=self.ns).start()
         wait_until("cluster %s registered and connected" % self.name, lambda: (
             lambda j: j["registered"] and j["mqtt_connected"])(self.healthz()), timeout=30)
-        self.join_token = new_node_join_token(self.edge.cluster_bin, self.state,
-                                              extra=["--insecure"] if self.edge.insecure else [])
+        self.join_token = self.edge.node_token(self.name)
         return self
 
     def start_again(self, wait=True):
