@@ -65,10 +65,9 @@ def ip_forward():
     return sh("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip()
 
 
-def oakuk(*args, user=None, timeout=300):
-    """`oakuk ARGS` inside the node namespace (as user, when given), to its end."""
-    pre = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups"] if user else []
-    return subprocess.run([*NSENTER, *pre, OAKUK, *args], capture_output=True, text=True, timeout=timeout,
+def oakuk(*args, timeout=300):
+    """`oakuk ARGS` inside the node namespace, to its end."""
+    return subprocess.run([*NSENTER, OAKUK, *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
@@ -615,17 +614,35 @@ class Detach(RunBase):
 
 class Unprivileged(RunBase):
     """Without root (nobody), run and stop say what they need and exit 4 before making anything;
-    ps, which only reads, works."""
+    ps, which only reads, works. nobody runs a copy of oakuk, its library and the image in a
+    directory it can read: a checkout may lie below one only root can enter (CI clones into a
+    0700 temporary directory)."""
+
+    def setUp(self):
+        super().setUp()
+        self.copy = tempfile.mkdtemp(prefix="oakuk-itest-nobody-")
+        self.addCleanup(shutil.rmtree, self.copy, ignore_errors=True)
+        os.chmod(self.copy, 0o755)
+        lib = os.path.join(os.path.dirname(OAKUK), "..", "..", "lib", "liboakuk.so.0")
+        for src in (OAKUK, lib, str(UKGUEST["0.16.3"])):
+            shutil.copy(src, self.copy)
+        self.bin = os.path.join(self.copy, os.path.basename(OAKUK))
+
+    def nobody(self, *args):
+        pre = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env",
+               "LD_LIBRARY_PATH=" + self.copy]
+        return subprocess.run([*NSENTER, *pre, self.bin, *args], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
 
     def test_run_stop_ps(self):
-        img = str(UKGUEST["0.16.3"])
+        img = os.path.join(self.copy, UKGUEST["0.16.3"].name)
         for args in (["run", "--allow-emulation", "--name", self.name, img],
                      ["run", "--detach", "--allow-emulation", "--name", self.name, img], ["stop", self.name]):
             with self.subTest(args=args):
-                p = oakuk(*args, user="nobody")
+                p = self.nobody(*args)
                 self.assertEqual(p.returncode, 4, p.stderr)
                 self.assertIn("needs root or CAP_NET_ADMIN", p.stderr)
-        p = oakuk("ps", user="nobody")
+        p = self.nobody("ps")
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertTrue(p.stdout.startswith("NAME "), p.stdout)
         self.assert_nothing_left()
