@@ -914,6 +914,22 @@ class CliTest(unittest.TestCase):
             config = json.load(f)
         self.assertEqual((config["current"], sorted(config["contexts"])), (self.context_name, sorted(["lab2", self.context_name])))
         self.assertEqual(stat.S_IMODE(os.stat(creds).st_mode), 0o600)
+        # forgetting: another one, then the current one (no current context left), then an unknown one
+        rc, out, err = self.oakuk("context", "remove", "lab2", env=env)
+        self.assertEqual((rc, out), (0, "removed context lab2\n"), err)
+        rc, out, err = self.oakuk("context", "list", "-o", "name", env=env)
+        self.assertEqual(out, self.context_name + "\n")
+        rc, out, err = self.oakuk("context", "remove", self.context_name, env=env)
+        self.assertEqual((rc, out), (0, "removed context %s (there is no current context now)\n" % self.context_name), err)
+        rc, out, err = self.oakuk("context", "current", env=env)
+        self.assertEqual(rc, 4, err)
+        rc, out, err = self.oakuk("status", env=env)
+        self.assertEqual(rc, 4, err)  # not logged in any more
+        rc, out, err = self.oakuk("context", "remove", "lab2", env=env)
+        self.assertEqual(rc, 6, err)
+        self.assertIn('no context "lab2"', err)
+        rc, out, err = self.oakuk("context", "remove", env=env)
+        self.assertEqual(rc, 2, err)
 
     def check_contexts(self, env, url2):
         first = self.context_name
@@ -951,7 +967,7 @@ class CliTest(unittest.TestCase):
                 (["context", "use", "nosuch"], env, 6, 'no context "nosuch"'),
                 (["context", "current"], dict(env, OAKUK_CONTEXT="nosuch"), 6, 'no context "nosuch"'),
                 (["--context"], env, 2, "--context needs a NAME"),
-                (["context", "bogus"], env, 2, "expected list [-o FORMAT], use NAME, or current"),
+                (["context", "bogus"], env, 2, "expected list [-o FORMAT], use NAME, current, or remove NAME"),
                 (["context", "use"], env, 2, "expected list"),
                 (["context", "list", "-o", "xml"], env, 2, "unknown output format"),
                 (["status", "--context", "lab2", "--url", self.cp.root_url], env, 2, 'context "lab2" is for ' + url2),
@@ -1020,7 +1036,7 @@ class CliTest(unittest.TestCase):
             "oakuk user ": ["create", "list", "remove"],
             "oakuk delete ": ["app", "service"],
             "oakuk delete s": ["service"],
-            "oakuk context ": ["list", "use", "current"],
+            "oakuk context ": ["list", "use", "current", "remove"],
             "oakuk context use ": [self.context_name],
             "oakuk context use 127": [self.context_name],
             "oakuk context use 127.0.0.1:": [str(self.port)],  # bash inserts what follows the ':'

@@ -521,6 +521,27 @@ static int context_use(JsonObject *config, const char *path, const char *name) {
   return OAKUK_CLI_OK;
 }
 
+/* Forgets a context and its credentials; the root's pinned CA stays (as ssh's known hosts do), so
+ * a later login there still checks the root is the same. */
+static int context_remove(JsonObject *config, const char *path, const char *name) {
+  JsonObject *all = contexts_of(config);
+  if (all == NULL || !json_object_has_member(all, name)) {
+    fprintf(stderr, "oakuk context remove: no context \"%s\" (oakuk context list shows them)\n", name);
+    return OAKUK_CLI_NOT_FOUND;
+  }
+  json_object_remove_member(all, name);
+  gboolean was_current = g_strcmp0(oak_str(config, "current", NULL), name) == 0;
+  if (was_current)
+    json_object_remove_member(config, "current");
+  g_autoptr(GError) error = NULL;
+  if (!oak_config_save(path, config, &error)) {
+    fprintf(stderr, "oakuk context remove: %s\n", error->message);
+    return OAKUK_CLI_FAILED;
+  }
+  printf("removed context %s%s\n", name, was_current ? " (there is no current context now)" : "");
+  return OAKUK_CLI_OK;
+}
+
 int oakuk_cmd_context(int argc, char **argv) {
   g_autofree char *output = NULL;
   GOptionEntry entries[] = {
@@ -531,18 +552,18 @@ int oakuk_cmd_context(int argc, char **argv) {
       NO_ENTRY,
   };
   if (!oak_parse(
-          "context", "list | use NAME | current",
+          "context", "list | use NAME | current | remove NAME",
           "The roots logged in to, one context each (oakuk login names it host:port or --context NAME): "
-          "list them, make one the current one, or print the current one's name ($OAKUK_CONTEXT or "
-          "--context choose one for a single command).",
+          "list them, make one the current one, print the current one's name ($OAKUK_CONTEXT or "
+          "--context choose one for a single command), or forget one and its credentials.",
           entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
   const char *verb = argc >= 2 ? argv[1] : "";
   gboolean ok = (strcmp(verb, "list") == 0 && argc == 2) || (strcmp(verb, "use") == 0 && argc == 3) ||
-                (strcmp(verb, "current") == 0 && argc == 2);
+                (strcmp(verb, "current") == 0 && argc == 2) || (strcmp(verb, "remove") == 0 && argc == 3);
   if (!ok || (output != NULL && strcmp(verb, "list") != 0)) {
     fprintf(stderr, "oakuk context: %s\n",
-            ok ? "-o goes with list only" : "expected list [-o FORMAT], use NAME, or current");
+            ok ? "-o goes with list only" : "expected list [-o FORMAT], use NAME, current, or remove NAME");
     return OAKUK_CLI_USAGE;
   }
   g_autofree char *path = oak_config_path();
@@ -553,6 +574,8 @@ int oakuk_cmd_context(int argc, char **argv) {
     return context_list(config, output);
   if (strcmp(verb, "use") == 0)
     return context_use(config, path, argv[2]);
+  if (strcmp(verb, "remove") == 0)
+    return context_remove(config, path, argv[2]);
   const char *sel = oak_context_selected();
   const char *name = sel ? sel : oak_str(config, "current", NULL);
   JsonObject *all = contexts_of(config);

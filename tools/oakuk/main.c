@@ -33,7 +33,7 @@ static const Command commands[] = {
     {"delete", oakuk_cmd_delete, "delete applications or services with their instances"},
     {"scale", oakuk_cmd_scale, "bring a service to N instances (--wait: until they run)"},
     {"version", oakuk_cmd_version, "the client's version and the root's"},
-    {"context", oakuk_cmd_context, "list, show or switch the roots logged in to"},
+    {"context", oakuk_cmd_context, "list, show, switch or forget the roots logged in to"},
     {"completion", oakuk_cmd_completion, "print a bash completion script"},
 };
 
@@ -44,7 +44,7 @@ const char *oakuk_cli_command_name(size_t i) {
 static void usage(FILE *to) {
   fprintf(to, "Usage: oakuk COMMAND [OPTIONS...]\n\nCommands:\n");
   for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
-    fprintf(to, "  %-8s %s\n", commands[i].name, commands[i].summary);
+    fprintf(to, "  %-10s %s\n", commands[i].name, commands[i].summary);
   fprintf(to, "\n`oakuk COMMAND --help` describes a command's options.\n");
 }
 
