@@ -496,7 +496,6 @@ static void on_tcp(GObject *source, GAsyncResult *res, gpointer data) {
     return;
   }
   GSocket *sock = g_socket_connection_get_socket(conn);
-  g_socket_set_timeout(sock, 0);
   m->sock = g_object_ref(sock);
   /* Each packet goes out at once: without it, a publish that follows a packet the broker has not
    * acknowledged yet waits for the broker's delayed ACK, 40 ms. */
@@ -533,7 +532,6 @@ static void do_connect(OdMqtt *m) {
   m->cancel = g_cancellable_new();
   m->timer = add_timeout(m, CONNECT_TIMEOUT_S, connect_timed_out);
   g_autoptr(GSocketClient) client = g_socket_client_new();
-  g_socket_client_set_timeout(client, CONNECT_TIMEOUT_S);
   g_autofree char *hostport = strchr(m->host, ':') ? g_strdup_printf("[%s]:%u", m->host, m->port)
                                                    : g_strdup_printf("%s:%u", m->host, m->port);
   g_socket_client_connect_to_host_async(client, hostport, m->port, m->cancel, on_tcp, mqtt_ref(m));

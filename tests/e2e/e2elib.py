@@ -25,7 +25,7 @@ import time
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from edgelib import wait_until, read_text, write_secret, new_node_join_token  # noqa: E402,F401  (one polling helper for every test suite)
+from edgelib import wait_until, read_text, write_secret  # noqa: E402,F401  (one polling helper for every test suite)
 
 CLONE_NEWNET = 0x40000000
 UNDERLAY = "172.31.251"   # <UNDERLAY>.0/24: the test underlay
