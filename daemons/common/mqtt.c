@@ -532,6 +532,7 @@ static void do_connect(OdMqtt *m) {
   m->cancel = g_cancellable_new();
   m->timer = add_timeout(m, CONNECT_TIMEOUT_S, connect_timed_out);
   g_autoptr(GSocketClient) client = g_socket_client_new();
+  g_socket_client_set_enable_proxy(client, FALSE); /* the broker is reached directly, as in tls.c */
   g_autofree char *hostport = strchr(m->host, ':') ? g_strdup_printf("[%s]:%u", m->host, m->port)
                                                    : g_strdup_printf("%s:%u", m->host, m->port);
   g_socket_client_connect_to_host_async(client, hostport, m->port, m->cancel, on_tcp, mqtt_ref(m));

@@ -433,6 +433,9 @@ SoupSession *od_tls_session_new(void) {
   od_tls_no_system_trust();
   SoupSession *s = soup_session_new();
   soup_session_set_tls_database(s, NULL);
+  /* The control plane talks to its peers directly, never through a proxy from the environment or
+   * desktop settings (GIO's lookup would also load libproxy and libstdc++, 2 MB, for good). */
+  soup_session_set_proxy_resolver(s, NULL);
   return s;
 }
 
