@@ -159,9 +159,10 @@ static JsonArray *user_applications(Req *q) {
   return out;
 }
 
-/* Builds and stores the service document of one microservice. */
-static gboolean insert_service(Req *q, oakuk_microservice *ms, const char *app_id, const char *app_name,
-                               const char *app_ns, GError **error) {
+/* The service document (*doc) and the microservice as liboakuk serialized it (*ms_json) of one
+ * microservice of application app_id. */
+static gboolean service_docs(oakuk_microservice *ms, const char *app_id, const char *app_name,
+                             const char *app_ns, char **doc_out, char **ms_out, GError **error) {
   oakuk_error *err = NULL;
   char *text = oakuk_microservice_to_json(ms, FALSE, &err);
   if (text == NULL) {
@@ -192,13 +193,24 @@ static gboolean insert_service(Req *q, oakuk_microservice *ms, const char *app_i
   json_object_set_string_member(doc, "service_ns", oakuk_microservice_namespace(ms));
   if (api_str(doc, "image") == NULL)
     json_object_set_string_member(doc, "image", api_str(doc, "code") ? api_str(doc, "code") : "");
-  g_autofree char *doc_json = view_object_text(doc);
-  StoreService sv = {.id = (char *)sid,
+  *doc_out = view_object_text(doc);
+  *ms_out = g_steal_pointer(&ms_json);
+  return TRUE;
+}
+
+/* Builds and stores the service document of one microservice. */
+static gboolean insert_service(Req *q, oakuk_microservice *ms, const char *app_id, const char *app_name,
+                               const char *app_ns, GError **error) {
+  g_autofree char *doc_json = NULL, *ms_json = NULL;
+  if (!service_docs(ms, app_id, app_name, app_ns, &doc_json, &ms_json, error))
+    return FALSE;
+  StoreService sv = {.id = (char *)oakuk_microservice_id(ms),
                      .app_id = (char *)app_id,
                      .user = q->user,
                      .doc = doc_json,
                      .ms = ms_json,
-                     .status = (char *)"REQUESTED"};
+                     .status = (char *)"REQUESTED",
+                     .revision = 1};
   return store_service_insert(q->r->store, &sv, error);
 }
 
@@ -208,10 +220,107 @@ static JsonObject *lib_error(oakuk_error *err, GError **error) {
   return NULL;
 }
 
-/* Registers one application and its services; sets *conflict when the name is taken. */
-static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean *conflict, GError **error) {
+/* What an apply did with one service (docs/api.md "Applying a descriptor"). */
+static void add_change(JsonArray *changes, const char *sid, const char *name, const char *job_name,
+                       const char *change, gint64 revision, gint64 previous) {
+  JsonObject *c = json_object_new();
+  json_object_set_string_member(c, "id", sid);
+  json_object_set_string_member(c, "microservice_name", name ? name : "");
+  json_object_set_string_member(c, "job_name", job_name);
+  json_object_set_string_member(c, "change", change);
+  json_object_set_int_member(c, "revision", revision);
+  if (previous > 0)
+    json_object_set_int_member(c, "previous_revision", previous);
+  json_array_add_object_element(changes, c);
+}
+
+static StoreService *find_job(GPtrArray *services, const char *job_name) {
+  for (guint k = 0; k < services->len; k++) {
+    StoreService *sv = services->pdata[k];
+    g_autoptr(JsonObject) doc = view_parse_object(sv->doc);
+    if (g_strcmp0(doc ? api_str(doc, "job_name") : NULL, job_name) == 0)
+      return sv;
+  }
+  return NULL;
+}
+
+/* Applies app to the user's stored application app_id: a service of the same name whose spec
+ * differs gets it as its next revision (its instances keep theirs until they are replaced), a new
+ * one is created, and a stored one the descriptor lacks is kept as it is and reported. */
+static JsonObject *update_application(Req *q, oakuk_application *app, const char *app_id, GError **error) {
+  const char *name = oakuk_application_name(app), *ns = oakuk_application_namespace(app);
+  Store *st = q->r->store;
+  g_autoptr(StoreApplication) row = store_application_get(st, app_id);
+  if (row == NULL) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "application %s: not found", app_id);
+    return NULL;
+  }
+  oakuk_error *err = NULL;
+  if (oakuk_application_set_id(app, app_id, &err) != 0)
+    return lib_error(err, error);
+  g_autoptr(JsonObject) doc = view_application(row);
+  g_autoptr(GPtrArray) stored = store_services_of_app(st, app_id);
+  g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
+  g_autoptr(JsonArray) changes = json_array_new();
+  JsonArray *ids = json_array_new();
+  json_object_set_array_member(doc, "microservices", ids);
+  for (size_t i = 0; i < oakuk_application_microservice_count(app); i++) {
+    oakuk_microservice *ms = oakuk_application_microservice(app, i);
+    g_autofree char *job_name = g_strdup_printf("%s.%s.%s.%s", name, ns, oakuk_microservice_name(ms),
+                                                oakuk_microservice_namespace(ms));
+    StoreService *sv = find_job(stored, job_name);
+    g_autofree char *sid = sv ? g_strdup(sv->id) : od_object_id();
+    if (oakuk_microservice_set_id(ms, sid, &err) != 0)
+      return lib_error(err, error);
+    g_autofree char *sdoc = NULL, *sms = NULL;
+    if (!service_docs(ms, app_id, name, ns, &sdoc, &sms, error))
+      return NULL;
+    if (sv == NULL) {
+      if (!insert_service(q, ms, app_id, name, ns, error))
+        return NULL;
+      add_change(changes, sid, oakuk_microservice_name(ms), job_name, "created", 1, 0);
+    } else if (strcmp(sms, sv->ms) == 0) {
+      add_change(changes, sid, oakuk_microservice_name(ms), job_name, "unchanged", sv->revision, 0);
+    } else {
+      gint64 rev = store_service_revision_max(st, sid) + 1;
+      if (!store_service_set_spec(st, sid, rev, sdoc, sms, error))
+        return NULL;
+      add_change(changes, sid, oakuk_microservice_name(ms), job_name, "updated", rev, sv->revision);
+      g_autofree char *r_new = g_strdup_printf("%" G_GINT64_FORMAT, rev);
+      od_log(G_LOG_LEVEL_MESSAGE, "apply", "service", sid, "revision", r_new, "msg",
+             "new spec stored; its instances keep theirs until replaced", NULL);
+    }
+    g_hash_table_add(seen, sv ? sv->id : g_strdup(sid));
+    json_array_add_string_element(ids, sid);
+  }
+  for (guint k = 0; k < stored->len; k++) {
+    StoreService *sv = stored->pdata[k];
+    if (g_hash_table_contains(seen, sv->id))
+      continue;
+    g_autoptr(JsonObject) sd = view_parse_object(sv->doc);
+    json_array_add_string_element(ids, sv->id);
+    add_change(changes, sv->id, sd ? api_str(sd, "microservice_name") : NULL,
+               sd ? api_str(sd, "job_name") : "", "kept", sv->revision, 0);
+  }
+  json_object_set_string_member(doc, "application_desc",
+                                oakuk_application_desc(app) ? oakuk_application_desc(app) : "");
+  g_autofree char *text = view_object_text(doc);
+  if (!store_application_set_doc(st, app_id, text, error))
+    return NULL;
+  JsonObject *out = view_parse_object(text);
+  json_object_set_string_member(out, "change", "applied");
+  json_object_set_array_member(out, "services", json_array_ref(changes));
+  return out;
+}
+
+/* Registers one application and its services; sets *conflict when the name is taken. With update,
+ * a taken name is applied to (update_application) instead. */
+static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean update, gboolean *conflict,
+                                      GError **error) {
   const char *name = oakuk_application_name(app), *ns = oakuk_application_namespace(app);
   g_autofree char *taken = store_application_find(q->r->store, q->user, name, ns);
+  if (taken != NULL && update)
+    return update_application(q, app, taken, error);
   if (taken != NULL) {
     *conflict = TRUE;
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "application %s.%s exists already (id %s)", name, ns,
@@ -244,10 +353,23 @@ static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean *
       .id = app_id, .user = q->user, .name = (char *)name, .namespace_ = (char *)ns, .doc = text};
   if (!store_application_insert(q->r->store, &row, root_now_ms(), error))
     return NULL;
-  for (size_t i = 0; i < oakuk_application_microservice_count(app); i++)
-    if (!insert_service(q, oakuk_application_microservice(app, i), app_id, name, ns, error))
+  g_autoptr(JsonArray) changes = json_array_new();
+  for (size_t i = 0; i < oakuk_application_microservice_count(app); i++) {
+    oakuk_microservice *ms = oakuk_application_microservice(app, i);
+    if (!insert_service(q, ms, app_id, name, ns, error))
       return NULL;
-  return json_object_ref(doc);
+    g_autofree char *job_name = g_strdup_printf("%s.%s.%s.%s", name, ns, oakuk_microservice_name(ms),
+                                                oakuk_microservice_namespace(ms));
+    add_change(changes, oakuk_microservice_id(ms), oakuk_microservice_name(ms), job_name, "created", 1, 0);
+  }
+  JsonObject *out = json_object_ref(doc);
+  if (update) {
+    out = view_parse_object(text);
+    json_object_unref(doc);
+    json_object_set_string_member(out, "change", "created");
+    json_object_set_array_member(out, "services", json_array_ref(changes));
+  }
+  return out;
 }
 
 /* Whether a warning at path is about applications[app] or about the whole document. */
@@ -293,14 +415,14 @@ static void add_compat_warnings(JsonArray *all, JsonArray *created, oakuk_descri
   }
 }
 
-/* Registers the applications of d (validated) and replies. */
-static void create_applications(Req *q, oakuk_descriptor *d) {
+/* Registers the applications of d (validated), or with update applies them, and replies. */
+static void create_applications(Req *q, oakuk_descriptor *d, gboolean update) {
   g_autoptr(GError) error = NULL;
   g_autoptr(JsonArray) created = json_array_new();
   gboolean conflict = FALSE;
   gboolean ok = store_begin(q->r->store, &error);
   for (size_t i = 0; ok && i < oakuk_descriptor_application_count(d); i++) {
-    JsonObject *doc = insert_application(q, oakuk_descriptor_application(d, i), &conflict, &error);
+    JsonObject *doc = insert_application(q, oakuk_descriptor_application(d, i), update, &conflict, &error);
     if (doc == NULL)
       ok = FALSE;
     else
@@ -328,7 +450,7 @@ static void create_applications(Req *q, oakuk_descriptor *d) {
     g_autoptr(JsonObject) o = json_object_new();
     json_object_set_array_member(o, "applications", json_array_ref(created));
     json_object_set_array_member(o, "warnings", descriptor_warnings(d, FALSE, 0));
-    api_reply_object(q, SOUP_STATUS_CREATED, o);
+    api_reply_object(q, update ? SOUP_STATUS_OK : SOUP_STATUS_CREATED, o);
   }
 }
 
@@ -344,7 +466,7 @@ typedef struct {
   SoupServerMessage *msg;
   char *user;
   guint role;
-  gboolean compat;
+  gboolean compat, update;
   JsonNode *body;
   GPtrArray *services; /* OciService*, in the order of the references resolved */
 } AppCreate;
@@ -468,7 +590,7 @@ static void on_resolved(GPtrArray *resolved, gpointer data) {
                           oakuk_error_path(err) ? oakuk_error_path(err) : "", "%s", oakuk_error_message(err));
       oakuk_error_free(err);
     } else {
-      create_applications(&q, d);
+      create_applications(&q, d, a->update);
       oakuk_descriptor_unref(d);
     }
   }
@@ -498,7 +620,7 @@ static GPtrArray *oci_services(oakuk_descriptor *d, GPtrArray *refs) {
   return out;
 }
 
-static void h_app_create(Req *q) {
+static void app_create(Req *q, gboolean update) {
   g_autoptr(JsonNode) check = od_http_read_json(q->msg);
   if (check == NULL)
     return;
@@ -518,7 +640,7 @@ static void h_app_create(Req *q) {
   if (services->len == 0) {
     g_ptr_array_unref(refs);
     g_ptr_array_unref(services);
-    create_applications(q, d);
+    create_applications(q, d, update);
     oakuk_descriptor_unref(d);
     return;
   }
@@ -530,10 +652,19 @@ static void h_app_create(Req *q) {
   a->user = g_strdup(q->user);
   a->role = q->role;
   a->compat = q->compat;
+  a->update = update;
   a->body = json_node_ref(check);
   a->services = services;
   api_hold(q->msg);
   resolve_references(refs, q->r->cfg.insecure_registries, on_resolved, a);
+}
+
+static void h_app_create(Req *q) {
+  app_create(q, FALSE);
+}
+
+static void h_app_apply(Req *q) {
+  app_create(q, TRUE);
 }
 
 static StoreApplication *load_user_app(Req *q, const char *id) {
@@ -673,6 +804,53 @@ static void h_svc_delete(Req *q) {
   }
   g_autofree char *m = g_strdup_printf("service %s deleted", q->cap[0]);
   api_reply_message(q, SOUP_STATUS_OK, m);
+}
+
+/* Makes a kept revision the current spec again ({"revision": N}, docs/api.md "Rolling back"): the
+ * instances that run it are current again, those of the abandoned revision are replaced by the
+ * next apply or rollout. */
+static void h_svc_rollback(Req *q) {
+  g_autoptr(StoreService) sv = load_user_service(q, q->cap[0]);
+  if (sv == NULL)
+    return;
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  if (body == NULL)
+    return;
+  JsonNode *n = json_object_get_member(body, "revision");
+  if (n == NULL || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64 ||
+      json_node_get_int(n) < 1) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "revision",
+                        "revision: a revision number (an integer from 1) is required");
+    return;
+  }
+  gint64 rev = json_node_get_int(n);
+  g_autofree char *doc = NULL, *ms = NULL;
+  if (rev != sv->revision && !store_service_spec(q->r->store, sv->id, rev, &doc, &ms)) {
+    g_autoptr(GArray) kept = store_service_revisions(q->r->store, sv->id);
+    g_autoptr(GString) list = g_string_new(NULL);
+    for (guint k = 0; k < kept->len; k++)
+      g_string_append_printf(list, "%s%" G_GINT64_FORMAT, k ? ", " : "", g_array_index(kept, gint64, k));
+    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", "revision",
+                        "revision %" G_GINT64_FORMAT " of service %s is not kept (current %" G_GINT64_FORMAT
+                        "; kept: %s)",
+                        rev, sv->id, sv->revision, list->len ? list->str : "none");
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  if (rev != sv->revision && (!store_begin(q->r->store, &error) ||
+                              !store_service_set_spec(q->r->store, sv->id, rev, doc, ms, &error) ||
+                              !store_commit(q->r->store, &error))) {
+    store_rollback(q->r->store);
+    api_reply_internal(q, error);
+    return;
+  }
+  g_autofree char *from = g_strdup_printf("%" G_GINT64_FORMAT, sv->revision);
+  g_autofree char *to = g_strdup_printf("%" G_GINT64_FORMAT, rev);
+  od_log(G_LOG_LEVEL_MESSAGE, "rollback", "service", sv->id, "from", from, "to", to, "msg",
+         "a kept revision is the current spec again", NULL);
+  g_autoptr(StoreService) now = store_service_get(q->r->store, sv->id);
+  g_autoptr(JsonObject) out = view_service(q->r, now, TRUE, FALSE);
+  api_reply_object(q, SOUP_STATUS_OK, out);
 }
 
 /* ---- requests passed on to clusters (`oakuk explain`, `oakuk logs`, drains) ---- */
@@ -1080,6 +1258,7 @@ static const Route routes[] = {
     {"GET", "api/clusters/active", AUTH_USER, h_clusters_active, TRUE, ROLES_ALL},
     {"GET", "api/v1/applications", AUTH_USER, h_app_list, FALSE, ROLES_ALL},
     {"POST", "api/v1/applications", AUTH_USER, h_app_create, FALSE, ROLES_APPS},
+    {"PUT", "api/v1/applications", AUTH_USER, h_app_apply, FALSE, ROLES_APPS},
     {"GET", "api/v1/applications/*", AUTH_USER, h_app_get, FALSE, ROLES_ALL},
     {"PUT", "api/v1/applications/*", AUTH_USER, h_app_put, FALSE, ROLES_APPS},
     {"DELETE", "api/v1/applications/*", AUTH_USER, h_app_delete, FALSE, ROLES_APPS},
@@ -1087,6 +1266,7 @@ static const Route routes[] = {
     {"GET", "api/v1/services", AUTH_USER, h_svc_list_all, FALSE, ROLES_ALL},
     {"GET", "api/v1/services/*", AUTH_USER, h_svc_get, FALSE, ROLES_ALL},
     {"DELETE", "api/v1/services/*", AUTH_USER, h_svc_delete, FALSE, ROLES_APPS},
+    {"POST", "api/v1/services/*/rollback", AUTH_USER, h_svc_rollback, FALSE, ROLES_APPS},
     {"GET", "api/v1/services/*/explain", AUTH_USER, h_explain, FALSE, ROLES_ALL},
     {"GET", "api/v1/services/*/instances", AUTH_USER, h_inst_list, FALSE, ROLES_ALL},
     {"POST", "api/v1/services/*/instances", AUTH_USER, h_inst_create, FALSE, ROLES_APPS},

@@ -72,25 +72,37 @@ static StoreService *ctx_service(Ctx *c, const char *sid) {
   return sv;
 }
 
-static oakuk_microservice *ctx_ms(Ctx *c, const char *sid) {
-  oakuk_microservice *ms = g_hash_table_lookup(c->ms, sid);
-  StoreService *sv = ms == NULL ? ctx_service(c, sid) : NULL;
-  if (sv != NULL) {
-    oakuk_error *err = NULL;
-    ms = oakuk_microservice_parse(sv->ms, (size_t)-1, &err);
-    if (ms == NULL) {
-      od_log(G_LOG_LEVEL_WARNING, "schedule", "service", sid, "msg", oakuk_error_message(err), NULL);
-      oakuk_error_free(err);
-      return NULL;
-    }
-    g_hash_table_insert(c->ms, g_strdup(sid), ms);
+/* The microservice of revision of sid (0: the current one), parsed once per context. */
+static oakuk_microservice *ctx_ms(Ctx *c, const char *sid, gint64 revision) {
+  StoreService *sv = ctx_service(c, sid);
+  if (sv == NULL)
+    return NULL;
+  if (revision <= 0)
+    revision = sv->revision;
+  g_autofree char *key = g_strdup_printf("%s#%" G_GINT64_FORMAT, sid, revision);
+  oakuk_microservice *ms = g_hash_table_lookup(c->ms, key);
+  if (ms != NULL)
+    return ms;
+  g_autofree char *kept = NULL;
+  if (revision != sv->revision && !store_service_spec(c->l->store, sid, revision, NULL, &kept)) {
+    od_log(G_LOG_LEVEL_WARNING, "schedule", "service", sid, "msg",
+           "the revision an instance runs is not stored", NULL);
+    return NULL;
   }
+  oakuk_error *err = NULL;
+  ms = oakuk_microservice_parse(kept ? kept : sv->ms, (size_t)-1, &err);
+  if (ms == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "schedule", "service", sid, "msg", oakuk_error_message(err), NULL);
+    oakuk_error_free(err);
+    return NULL;
+  }
+  g_hash_table_insert(c->ms, g_steal_pointer(&key), ms);
   return ms;
 }
 
 /* "<job_name>.instance.<n>": the reservation key and the name in logs. */
 static char *instance_name(Ctx *c, const char *sid, gint64 n) {
-  oakuk_microservice *ms = ctx_ms(c, sid);
+  oakuk_microservice *ms = ctx_ms(c, sid, 0); /* every revision has the same name */
   char *lib = ms ? oakuk_instance_name(oakuk_microservice_service_name(ms), n) : NULL;
   char *name = lib ? g_strdup(lib) : g_strdup_printf("%s.instance.%" G_GINT64_FORMAT, sid, n);
   od_oakuk_free(lib);
@@ -374,7 +386,7 @@ static void placed_clear(Placed *p) {
  * with status CLUSTER_SCHEDULED. The explanation is stored for `oakuk explain`. */
 static gboolean place(Ctx *c, StoreInstance *i, const char *avoid, Placed *out, GError **error) {
   memset(out, 0, sizeof *out);
-  oakuk_microservice *ms = ctx_ms(c, i->service_id);
+  oakuk_microservice *ms = ctx_ms(c, i->service_id, i->revision);
   if (ms == NULL) {
     g_set_error(error, OD_ERROR, OD_ERROR_INVALID, "service %s: its stored microservice does not parse",
                 i->service_id);
@@ -435,7 +447,7 @@ static gboolean place_unplaced(Ctx *c, StoreInstance *i, GError **error) {
 }
 
 static gboolean restart_never(Ctx *c, const StoreInstance *i) {
-  oakuk_microservice *ms = ctx_ms(c, i->service_id);
+  oakuk_microservice *ms = ctx_ms(c, i->service_id, i->revision);
   return ms != NULL && oakuk_microservice_restart(ms) == OAKUK_RESTART_NEVER;
 }
 
@@ -443,7 +455,7 @@ static gboolean restart_never(Ctx *c, const StoreInstance *i) {
  * timeout) gets a copy elsewhere; the silent cluster keeps a pending DELETE of its generation. A
  * service with restart "never" is not started again elsewhere: it stays. */
 static gboolean try_move(Ctx *c, StoreInstance *i, ClusterView *from, GError **error) {
-  oakuk_microservice *ms = ctx_ms(c, i->service_id);
+  oakuk_microservice *ms = ctx_ms(c, i->service_id, i->revision);
   gint64 after =
       MAX(ms ? oakuk_microservice_reschedule_after_s(ms) * 1000 : 60000, c->l->r->cfg.cluster_timeout_ms);
   gint64 silent = c->now - from->received_at;
@@ -787,7 +799,9 @@ static void send_deploys(Loop *l, gint64 now) {
     g_autoptr(StoreCluster) cl = store_cluster_get(l->store, i->cluster_id);
     if (sv == NULL || cl == NULL)
       continue;
-    g_autofree char *job = view_job(l->r, sv, i->number, i->generation);
+    g_autofree char *job = view_job(l->r, sv, i->revision, i->number, i->generation);
+    if (job == NULL)
+      continue;
     Call *call = call_new(l, i->cluster_id, i->service_id, i->number);
     call->generation = i->generation;
     g_autofree char *bearer = pki_cluster_bearer(l->r, cl);
@@ -1015,7 +1029,9 @@ static gboolean create_fn(Ctx *c, gpointer data, GError **error) {
   gint64 n = 0;
   if (!store_service_take_number(c->l->store, a->sid, &n, error))
     return FALSE;
+  StoreService *sv = ctx_service(c, a->sid);
   StoreInstance *i = store_instance_new(a->sid, n);
+  i->revision = sv ? sv->revision : 1; /* new instances run the current spec */
   /* ready_ms is measured from this moment, also across moves and restarts of the instance */
   i->requested_at = c->now;
   a->out = i;
@@ -1249,7 +1265,7 @@ gboolean loop_status_report(Loop *l, const char *cid, const LoopObservation *obs
 /* Whether the aggregate shows what the instance needs: a node (of those the cluster listed as
  * active) that node selection accepts, or without a node list, room in the cluster's totals. */
 static gboolean shows_room(Ctx *c, ClusterView *cv, const StoreRefusal *r) {
-  oakuk_microservice *ms = ctx_ms(c, r->service_id);
+  oakuk_microservice *ms = ctx_ms(c, r->service_id, 0);
   if (ms == NULL || r->kind == REFUSAL_FAILED || r->since >= cv->received_at)
     return FALSE;
   oakuk_placement *p = NULL;
@@ -1392,7 +1408,7 @@ void loop_start(Loop *l) {
     g_autoptr(GPtrArray) held = store_instances_on_cluster(l->store, ((ClusterView *)v)->id);
     for (guint k = 0; k < held->len; k++) {
       StoreInstance *i = held->pdata[k];
-      oakuk_microservice *ms = ctx_ms(&c, i->service_id);
+      oakuk_microservice *ms = ctx_ms(&c, i->service_id, i->revision);
       if (i->deleting || !status_in_flight(i->status) || ms == NULL)
         continue;
       g_autofree char *key = instance_name(&c, i->service_id, i->number);

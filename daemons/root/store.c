@@ -396,7 +396,8 @@ void store_service_free(StoreService *sv) {
   g_free(sv);
 }
 
-#define SERVICE_COLUMNS "SELECT id, app_id, user, doc, ms, explain, next_instance, status FROM services"
+#define SERVICE_COLUMNS                                                                                      \
+  "SELECT id, app_id, user, doc, ms, explain, next_instance, status, revision FROM services"
 
 static StoreService *service_row(sqlite3_stmt *st) {
   StoreService *sv = g_new0(StoreService, 1);
@@ -408,6 +409,7 @@ static StoreService *service_row(sqlite3_stmt *st) {
   sv->explain = col_str(st, 5);
   sv->next_instance = sqlite3_column_int64(st, 6);
   sv->status = col_str(st, 7);
+  sv->revision = sqlite3_column_int64(st, 8);
   return sv;
 }
 
@@ -458,8 +460,8 @@ GPtrArray *store_services_all(Store *s) {
 
 gboolean store_service_insert(Store *s, const StoreService *sv, GError **error) {
   sqlite3_stmt *st = stmt(s,
-                          "INSERT INTO services (id, app_id, user, doc, ms, explain, next_instance, status)"
-                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                          "INSERT INTO services (id, app_id, user, doc, ms, explain, next_instance, status,"
+                          " revision) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                           error);
   if (st == NULL)
     return FALSE;
@@ -471,6 +473,7 @@ gboolean store_service_insert(Store *s, const StoreService *sv, GError **error) 
   bind_text(st, 6, sv->explain ? sv->explain : "");
   sqlite3_bind_int64(st, 7, sv->next_instance);
   bind_text(st, 8, sv->status ? sv->status : "REQUESTED");
+  sqlite3_bind_int64(st, 9, sv->revision > 0 ? sv->revision : 1);
   return run(s, st, error);
 }
 
@@ -517,6 +520,97 @@ gboolean store_service_delete(Store *s, const char *id, GError **error) {
   return run(s, st, error);
 }
 
+/* Revisions that no instance runs any more, other than the current one, are dropped. */
+static gboolean revisions_prune(Store *s, const char *id, GError **error) {
+  sqlite3_stmt *st = stmt(s,
+                          "DELETE FROM service_revisions WHERE service_id = ?1 AND revision NOT IN"
+                          " (SELECT revision FROM instances WHERE service_id = ?1)",
+                          error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, id);
+  return run(s, st, error);
+}
+
+gboolean store_service_spec(Store *s, const char *id, gint64 revision, char **doc, char **ms) {
+  sqlite3_stmt *st = stmt(s,
+                          "SELECT doc, ms FROM services WHERE id = ?1 AND revision = ?2 UNION ALL"
+                          " SELECT doc, ms FROM service_revisions WHERE service_id = ?1 AND revision = ?2",
+                          NULL);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, id);
+  sqlite3_bind_int64(st, 2, revision);
+  gboolean found = sqlite3_step(st) == SQLITE_ROW;
+  if (found) {
+    if (doc != NULL)
+      *doc = col_str(st, 0);
+    if (ms != NULL)
+      *ms = col_str(st, 1);
+  }
+  sqlite3_reset(st);
+  return found;
+}
+
+gint64 store_service_revision_max(Store *s, const char *id) {
+  sqlite3_stmt *st = stmt(s,
+                          "SELECT MAX(r) FROM (SELECT revision_seq AS r FROM services WHERE id = ?1 UNION ALL"
+                          " SELECT revision FROM service_revisions WHERE service_id = ?1 UNION ALL"
+                          " SELECT revision FROM instances WHERE service_id = ?1)",
+                          NULL);
+  if (st == NULL)
+    return 0;
+  bind_text(st, 1, id);
+  return first_int(st, 0);
+}
+
+GArray *store_service_revisions(Store *s, const char *id) {
+  GArray *out = g_array_new(FALSE, FALSE, sizeof(gint64));
+  sqlite3_stmt *st =
+      stmt(s, "SELECT revision FROM service_revisions WHERE service_id = ?1 ORDER BY revision", NULL);
+  if (st == NULL)
+    return out;
+  bind_text(st, 1, id);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    gint64 r = sqlite3_column_int64(st, 0);
+    g_array_append_val(out, r);
+  }
+  sqlite3_reset(st);
+  return out;
+}
+
+gboolean store_service_set_spec(Store *s, const char *id, gint64 revision, const char *doc, const char *ms,
+                                GError **error) {
+  /* The current spec is kept as a revision while instances run it (or a rollback may want it). */
+  sqlite3_stmt *st = stmt(s,
+                          "INSERT OR REPLACE INTO service_revisions (service_id, revision, doc, ms)"
+                          " SELECT id, revision, doc, ms FROM services WHERE id = ?1",
+                          error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, id);
+  if (!run(s, st, error))
+    return FALSE;
+  st = stmt(s,
+            "UPDATE services SET doc = ?2, ms = ?3, revision = ?4, revision_seq = MAX(revision_seq, ?4)"
+            " WHERE id = ?1",
+            error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, id);
+  bind_text(st, 2, doc);
+  bind_text(st, 3, ms);
+  sqlite3_bind_int64(st, 4, revision);
+  if (!run(s, st, error))
+    return FALSE;
+  st = stmt(s, "DELETE FROM service_revisions WHERE service_id = ?1 AND revision = ?2", error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, id);
+  sqlite3_bind_int64(st, 2, revision);
+  return run(s, st, error) && revisions_prune(s, id, error);
+}
+
 gint64 store_service_count(Store *s) {
   return first_int(stmt(s, "SELECT COUNT(*) FROM services", NULL), 0);
 }
@@ -560,7 +654,7 @@ void store_instance_free(StoreInstance *i) {
   "service_id, number, desired, generation, cluster_id, assigned_at, status, status_detail, note, node,"     \
   " publicip, cpu, memory, ready, ready_ms, node_ready_ms, requested_at, placement, next_try_at,"            \
   " backoff_ms, moved_from, moved_generation, moved_at, deploy_pending, deploy_attempts, deploy_next_at,"    \
-  " deploy_done_at, deploy_error, extra"
+  " deploy_done_at, deploy_error, extra, revision"
 #define INSTANCE_SELECT "SELECT " INSTANCE_COLUMNS " FROM instances"
 
 static StoreInstance *instance_row(sqlite3_stmt *st) {
@@ -594,6 +688,7 @@ static StoreInstance *instance_row(sqlite3_stmt *st) {
   i->deploy_done_at = sqlite3_column_int64(st, 26);
   i->deploy_error = col_str(st, 27);
   i->extra = col_dup(st, 28);
+  i->revision = sqlite3_column_int64(st, 29);
   return i;
 }
 
@@ -623,7 +718,7 @@ gboolean store_instance_put(Store *s, const StoreInstance *i, GError **error) {
   sqlite3_stmt *st = stmt(
       s,
       "INSERT INTO instances (" INSTANCE_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-      " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
+      " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
       " ON CONFLICT (service_id, number) DO UPDATE SET desired = excluded.desired,"
       " generation = excluded.generation, cluster_id = excluded.cluster_id,"
       " assigned_at = excluded.assigned_at, status = excluded.status, status_detail = excluded.status_detail,"
@@ -635,7 +730,7 @@ gboolean store_instance_put(Store *s, const StoreInstance *i, GError **error) {
       " moved_at = excluded.moved_at, deploy_pending = excluded.deploy_pending,"
       " deploy_attempts = excluded.deploy_attempts, deploy_next_at = excluded.deploy_next_at,"
       " deploy_done_at = excluded.deploy_done_at, deploy_error = excluded.deploy_error,"
-      " extra = excluded.extra",
+      " extra = excluded.extra, revision = excluded.revision",
       error);
   if (st == NULL)
     return FALSE;
@@ -668,6 +763,7 @@ gboolean store_instance_put(Store *s, const StoreInstance *i, GError **error) {
   sqlite3_bind_int64(st, 27, i->deploy_done_at);
   bind_text(st, 28, i->deploy_error ? i->deploy_error : "");
   bind_text(st, 29, i->extra);
+  sqlite3_bind_int64(st, 30, i->revision > 0 ? i->revision : 1);
   return run(s, st, error);
 }
 
@@ -1297,12 +1393,20 @@ static gboolean migrate_forwards(Store *s, gint64 now_ms, GError **error) {
 }
 
 /* Version 1 -> 2: instance_list entries leave the service documents for the instances table. */
+/* instances.revision (version 4), added here already when version 1 is migrated: its instances
+ * are written with this version's statements. */
+static gboolean instances_add_revision(Store *s, GError **error) {
+  g_autoptr(sqlite3_stmt) has = od_db_prepare(s->db, "SELECT revision FROM instances LIMIT 0", NULL);
+  return has != NULL ||
+         od_db_exec(s->db, "ALTER TABLE instances ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;", error);
+}
+
 static gboolean migrate_1_to_2(Store *s, gint64 now_ms, GError **error) {
   if (!od_db_exec(s->db,
                   "ALTER TABLE services ADD COLUMN next_instance INTEGER NOT NULL DEFAULT 0;"
                   "ALTER TABLE services ADD COLUMN status TEXT NOT NULL DEFAULT 'REQUESTED';",
                   error) ||
-      !od_db_exec(s->db, instances_v2, error))
+      !od_db_exec(s->db, instances_v2, error) || !instances_add_revision(s, error))
     return FALSE;
   g_autoptr(GPtrArray) ids = g_ptr_array_new_with_free_func(g_free);
   g_autoptr(GPtrArray) docs = g_ptr_array_new_with_free_func(g_free);
@@ -1337,6 +1441,20 @@ static gboolean migrate_2_to_3(Store *s, GError **error) {
                     error);
 }
 
+/* Version 3 -> 4: services get revisions. The current spec stays in services (doc, ms) with its
+ * number (revision_seq: the highest number given, never reused); each instance records the revision it runs (every existing one: 1, the only one there
+ * was), and earlier specs still run by an instance are kept in service_revisions. */
+static gboolean migrate_3_to_4(Store *s, GError **error) {
+  return instances_add_revision(s, error) &&
+         od_db_exec(s->db,
+                    "ALTER TABLE services ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;"
+                    "ALTER TABLE services ADD COLUMN revision_seq INTEGER NOT NULL DEFAULT 1;"
+                    "CREATE TABLE service_revisions (service_id TEXT NOT NULL REFERENCES services(id)"
+                    "  ON DELETE CASCADE, revision INTEGER NOT NULL, doc TEXT NOT NULL, ms TEXT NOT NULL,"
+                    "  PRIMARY KEY (service_id, revision));",
+                    error);
+}
+
 static gboolean set_version(Store *s, gint64 v, GError **error) {
   g_autofree char *sql = g_strdup_printf("PRAGMA user_version = %" G_GINT64_FORMAT, v);
   return od_db_exec(s->db, sql, error);
@@ -1368,7 +1486,11 @@ static gboolean migrate(Store *s, gint64 now_ms, GError **error) {
            "users get roles, join tokens uses, clusters credentials (registered clusters keep their token "
            "until they register again)",
            NULL);
-  ok = ok && migrate_2_to_3(s, error);
+  ok = ok && (v >= 3 || migrate_2_to_3(s, error));
+  if (ok && v == 3)
+    od_log(G_LOG_LEVEL_MESSAGE, "migrate", "from", "3", "to", "4", "msg",
+           "services get revisions (every existing instance runs revision 1)", NULL);
+  ok = ok && migrate_3_to_4(s, error);
   if (!ok || !set_version(s, STORE_SCHEMA_VERSION, error) || !store_commit(s, error)) {
     store_rollback(s);
     return FALSE;

@@ -11,8 +11,8 @@ G_BEGIN_DECLS
 /* Schema version kept in PRAGMA user_version: 1 was the schema without a version (instances as
  * instance_list inside the service documents, a forwards table); 2 keeps instances in their own
  * table with desired and observed state; 3 adds users' roles, join tokens' uses and clusters'
- * credentials. */
-#define STORE_SCHEMA_VERSION 3
+ * credentials; 4 adds service revisions (the spec each instance runs, for rolling updates). */
+#define STORE_SCHEMA_VERSION 4
 
 typedef struct Store Store;
 
@@ -62,7 +62,8 @@ typedef struct {
   char *ms;      /* the microservice as liboakuk serialized it (JSON) */
   char *explain; /* the last cluster selection, one line per cluster */
   gint64 next_instance;
-  char *status; /* the status of the latest instance event */
+  char *status;    /* the status of the latest instance event */
+  gint64 revision; /* of doc and ms, from 1; raised by each change of the spec */
 } StoreService;
 
 void store_application_free(StoreApplication *a);
@@ -93,6 +94,17 @@ gboolean store_service_set_status(Store *s, const char *id, const char *status, 
 /* Returns the number the next instance gets and counts it as taken. */
 gboolean store_service_take_number(Store *s, const char *id, gint64 *n, GError **error);
 gboolean store_service_delete(Store *s, const char *id, GError **error);
+/* The spec (doc and ms, either may be NULL) of revision of service id: the current one or one kept
+ * for the instances that still run it. FALSE when there is no such revision. */
+gboolean store_service_spec(Store *s, const char *id, gint64 revision, char **doc, char **ms);
+/* The highest revision the service ever had (numbers are never given twice). */
+gint64 store_service_revision_max(Store *s, const char *id);
+/* The kept (non-current) revisions of service id, ascending (gint64). */
+GArray *store_service_revisions(Store *s, const char *id);
+/* Makes doc and ms, as revision, the current spec of service id. The former current one is kept
+ * while instances run it; revision's kept copy, if any, is dropped (it is current again). */
+gboolean store_service_set_spec(Store *s, const char *id, gint64 revision, const char *doc, const char *ms,
+                                GError **error);
 
 /* ---- instances: desired and observed state ---- */
 
@@ -120,7 +132,8 @@ typedef struct {
   gboolean deploy_pending;
   gint64 deploy_attempts, deploy_next_at, deploy_done_at;
   char *deploy_error;
-  char *extra; /* keys of a migrated instance entry this version does not know (JSON), or NULL */
+  char *extra;     /* keys of a migrated instance entry this version does not know (JSON), or NULL */
+  gint64 revision; /* the service revision it runs (the spec its deploys carry) */
 } StoreInstance;
 
 StoreInstance *store_instance_new(const char *service_id, gint64 number);

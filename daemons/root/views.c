@@ -37,6 +37,7 @@ JsonObject *view_instance(Root *r, const StoreInstance *i) {
   g_autofree char *detail = loop_instance_detail(r->loop, i);
   json_object_set_string_member(o, "status_detail", detail);
   json_object_set_int_member(o, "generation", i->generation);
+  json_object_set_int_member(o, "revision", i->revision > 0 ? i->revision : 1);
   if (i->requested_at >= 0)
     json_object_set_int_member(o, "requested_at", i->requested_at);
   json_object_set_boolean_member(o, "ready", i->ready);
@@ -66,6 +67,7 @@ JsonObject *view_service(Root *r, const StoreService *sv, gboolean with_instance
     o = json_object_new();
   json_object_set_int_member(o, "next_instance_progressive_number", sv->next_instance);
   json_object_set_string_member(o, "status", sv->status);
+  json_object_set_int_member(o, "revision", sv->revision);
   if (!with_instances)
     return o;
   JsonArray *list = json_array_new();
@@ -79,8 +81,17 @@ JsonObject *view_service(Root *r, const StoreService *sv, gboolean with_instance
   return o;
 }
 
-char *view_job(Root *r, const StoreService *sv, gint64 n, gint64 generation) {
-  g_autoptr(JsonObject) job = view_service(r, sv, FALSE, FALSE);
+char *view_job(Root *r, const StoreService *sv, gint64 revision, gint64 n, gint64 generation) {
+  StoreService at = *sv;
+  g_autofree char *kept = NULL;
+  if (revision != sv->revision) {
+    if (!store_service_spec(r->store, sv->id, revision, &kept, NULL))
+      return NULL;
+    at.doc = kept;
+    at.revision = revision;
+  }
+  g_autoptr(JsonObject) job = view_service(r, &at, FALSE, FALSE);
+  json_object_remove_member(job, "revision"); /* the root's bookkeeping: not a key of a job */
   json_object_set_int_member(job, "instance_number", n);
   json_object_set_int_member(job, "generation", generation);
   return view_object_text(job);

@@ -16,9 +16,10 @@ JsonObject *view_service(Root *r, const StoreService *sv, gboolean with_instance
 JsonObject *view_instance(Root *r, const StoreInstance *i);
 JsonObject *view_application(const StoreApplication *a);
 JsonObject *view_cluster(Root *r, const StoreCluster *c);
-/* The job sent to a cluster: the service document without instance_list, plus instance_number
- * and generation (docs/reconcile.md "Messages"). */
-char *view_job(Root *r, const StoreService *sv, gint64 n, gint64 generation);
+/* The job sent to a cluster: the service document of the revision instance n runs, without
+ * instance_list, plus instance_number and generation (docs/reconcile.md "Messages"); NULL when
+ * that revision is not stored. */
+char *view_job(Root *r, const StoreService *sv, gint64 revision, gint64 n, gint64 generation);
 /* Parses stored JSON text into an object (a new reference), or NULL. */
 JsonObject *view_parse_object(const char *text);
 char *view_object_text(JsonObject *o);

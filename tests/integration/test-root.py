@@ -907,6 +907,27 @@ class PartitionTest(unittest.TestCase):
         self.assertEqual(len(x["fake"].got("DELETE", "/api/service/%s/0" % sid)), 1)
         self.assertEqual(len(x["fake"].got("POST", "/api/service/%s/0" % sid)), 1)
 
+    def test_moved_instance_keeps_its_revision(self):
+        """A service changed by PUT /api/v1/applications: its running instance keeps the spec it was
+        created with, also when it moves to another cluster; new instances get the new one."""
+        e, sid = self.e, self.sid
+        r = e.call("PUT", "/api/v1/applications", sla(reschedule_after_s=self.RESCHEDULE_S, memory=500))
+        self.assertEqual(r.status, 200, r.body)
+        change = r.json()["applications"][0]["services"][0]
+        self.assertEqual((change["id"], change["change"], change["revision"], change["previous_revision"]),
+                         (sid, "updated", 2, 1))
+        self.assertEqual(e.instance(sid, 0)["revision"], 1)
+        self.move()
+        job = job_of(self.y["fake"].wait_for("POST", "/api/service/%s/0" % sid))
+        self.assertEqual((job["generation"], job["memory"]), (2, 1000))
+        self.assertNotIn("revision", job)
+        new = e.deploy(sid)
+        self.assertEqual(new["revision"], 2)
+        c = self.x if new["cluster_id"] == self.x["id"] else self.y
+        job = job_of(c["fake"].wait_for("POST", "/api/service/%s/%d" % (sid, new["instance_number"])))
+        self.assertEqual(job["memory"], 500)
+        self.assertEqual(e.call("GET", "/api/v1/services/" + sid).json()["memory"], 500)
+
     def test_back_before_the_moved_copy_runs(self):
         e, sid, x, y = self.e, self.sid, self.x, self.y
         self.move()
@@ -1290,6 +1311,114 @@ def jwt(secret, claims):
     return signing + "." + b64url(hmac.new(secret, signing.encode(), hashlib.sha256).digest())
 
 
+V3_SCHEMA = (  # root.db of schema version 3 (before service revisions), as that version created it
+    "CREATE TABLE users (name TEXT PRIMARY KEY, password TEXT NOT NULL);"
+    "CREATE TABLE applications (id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL,  namespace "
+    "TEXT NOT NULL, doc TEXT NOT NULL, created INTEGER NOT NULL);"
+    "CREATE TABLE services (id TEXT PRIMARY KEY,  app_id TEXT NOT NULL REFERENCES applications(id) ON "
+    "DELETE CASCADE, user TEXT NOT NULL,  doc TEXT NOT NULL, ms TEXT NOT NULL, explain TEXT NOT NULL "
+    "DEFAULT '', seq INTEGER NOT NULL DEFAULT 0,  next_instance INTEGER NOT NULL DEFAULT 0, status TEXT "
+    "NOT NULL DEFAULT 'REQUESTED');"
+    "CREATE TABLE clusters (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, location TEXT NOT NULL,  url "
+    "TEXT NOT NULL, token TEXT NOT NULL, subnet_index INTEGER NOT NULL UNIQUE, subnet TEXT NOT NULL,  "
+    "aggregate TEXT, received_at INTEGER NOT NULL DEFAULT 0, registered_at INTEGER NOT NULL);"
+    "CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);"
+    "CREATE TABLE instances (service_id TEXT NOT NULL REFERENCES services(id) ON DELETE CASCADE,  number "
+    "INTEGER NOT NULL, desired TEXT NOT NULL DEFAULT 'run' CHECK (desired IN ('run', 'delete')),  "
+    "generation INTEGER NOT NULL DEFAULT 0, cluster_id TEXT NOT NULL DEFAULT '',  assigned_at INTEGER NOT"
+    " NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'REQUESTED',  status_detail TEXT NOT NULL DEFAULT '', "
+    "note TEXT NOT NULL DEFAULT '', node TEXT NOT NULL DEFAULT '',  publicip TEXT NOT NULL DEFAULT '', "
+    "cpu REAL NOT NULL DEFAULT 0, memory REAL NOT NULL DEFAULT 0,  ready INTEGER NOT NULL DEFAULT 0, "
+    "ready_ms INTEGER, node_ready_ms INTEGER, requested_at INTEGER,  placement TEXT, next_try_at INTEGER "
+    "NOT NULL DEFAULT 0, backoff_ms INTEGER NOT NULL DEFAULT 0,  moved_from TEXT NOT NULL DEFAULT '', "
+    "moved_generation INTEGER NOT NULL DEFAULT 0,  moved_at INTEGER NOT NULL DEFAULT 0, deploy_pending "
+    "INTEGER NOT NULL DEFAULT 0,  deploy_attempts INTEGER NOT NULL DEFAULT 0, deploy_next_at INTEGER NOT "
+    "NULL DEFAULT 0,  deploy_done_at INTEGER NOT NULL DEFAULT 0, deploy_error TEXT NOT NULL DEFAULT '', "
+    "extra TEXT,  PRIMARY KEY (service_id, number));"
+    "CREATE INDEX instances_cluster ON instances(cluster_id);"
+    "CREATE TABLE refusals (service_id TEXT NOT NULL, number INTEGER NOT NULL, cluster_id TEXT NOT NULL,"
+    "  kind INTEGER NOT NULL, reason TEXT NOT NULL, since INTEGER NOT NULL, until INTEGER NOT NULL,  "
+    "PRIMARY KEY (service_id, number, cluster_id),  FOREIGN KEY (service_id, number) REFERENCES "
+    "instances(service_id, number) ON DELETE CASCADE);"
+    "CREATE TABLE deletes (id INTEGER PRIMARY KEY AUTOINCREMENT, cluster_id TEXT NOT NULL,  service_id "
+    "TEXT NOT NULL, number INTEGER NOT NULL, generation INTEGER NOT NULL,  attempts INTEGER NOT NULL "
+    "DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0,  last_error TEXT NOT NULL DEFAULT '', created_at "
+    "INTEGER NOT NULL,  last_deploy_at INTEGER NOT NULL DEFAULT 0, UNIQUE (cluster_id, service_id, "
+    "number, generation));"
+    "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'Admin';"
+    "ALTER TABLE join_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE clusters ADD COLUMN cred_salt TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE clusters ADD COLUMN cred_hash TEXT NOT NULL DEFAULT '';"
+)
+
+
+class RevisionTest(unittest.TestCase):
+    """PUT /api/v1/applications applies a descriptor (docs/api.md "Applying a descriptor"): new
+    applications and services are created, a changed service gets its next revision, an unchanged
+    one stays, one missing from the file is kept; POST .../rollback makes a kept revision current."""
+
+    def test_apply_and_rollback(self):
+        e = Edge(self, "")
+        c = e.register("c0")
+        e.aggregate(c)
+        r = e.call("PUT", "/api/v1/applications", sla())
+        self.assertEqual(r.status, 200, r.body)
+        app = r.json()["applications"][0]
+        self.assertEqual(app["change"], "created")
+        [svc] = app["services"]
+        sid = svc["id"]
+        self.assertEqual((svc["change"], svc["revision"], svc["job_name"], svc["microservice_name"]),
+                         ("created", 1, "testing.test.testaggr.test", "testaggr"))
+        self.assertEqual(app["microservices"], [sid])
+        e.deploy(sid)
+        c["fake"].wait_for("POST", "/api/service/%s/0" % sid)
+        # the same file again: nothing changes
+        r = e.call("PUT", "/api/v1/applications", sla())
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual([(s["id"], s["change"], s["revision"]) for s in r.json()["applications"][0]["services"]],
+                         [(sid, "unchanged", 1)])
+        # a changed image: revision 2, the instance keeps 1
+        r = e.call("PUT", "/api/v1/applications", sla(code="http://files.invalid/v2.tar.gz"))
+        self.assertEqual(r.json()["applications"][0]["services"][0]["change"], "updated")
+        doc = e.call("GET", "/api/v1/services/" + sid).json()
+        self.assertEqual((doc["revision"], doc["code"], doc["instance_list"][0]["revision"]),
+                         (2, "http://files.invalid/v2.tar.gz", 1))
+        # invalid documents change nothing and name the field
+        bad = sla(code="http://files.invalid/v3.tar.gz", memory=-1)
+        r = e.call("PUT", "/api/v1/applications", bad)
+        self.assertEqual(r.status, 400, r.body)
+        self.assertIn("applications[0].microservices[0].memory", r.body.decode())
+        self.assertEqual(e.call("GET", "/api/v1/services/" + sid).json()["revision"], 2)
+        # a service added, the old one left out of the file: kept and reported, not deleted
+        other = sla()
+        other["applications"][0]["microservices"][0].update(microservice_name="extra")
+        r = e.call("PUT", "/api/v1/applications", other)
+        self.assertEqual(r.status, 200, r.body)
+        changes = {s["microservice_name"]: s for s in r.json()["applications"][0]["services"]}
+        self.assertEqual((changes["extra"]["change"], changes["testaggr"]["change"], changes["testaggr"]["id"]),
+                         ("created", "kept", sid))
+        self.assertEqual(len(e.call("GET", "/api/v1/applications/%s/services" % app["applicationID"]).json()), 2)
+        # rollback: to the kept revision 1; bad requests name the field or the revisions there are
+        path = "/api/v1/services/%s/rollback" % sid
+        for body, status, text in (({}, 400, "revision"), ({"revision": "1"}, 400, "revision"),
+                                   ({"revision": 0}, 400, "revision"),
+                                   ({"revision": 7}, 409, "revision 7 of service %s is not kept (current 2; kept: 1)" % sid)):
+            r = e.call("POST", path, body)
+            self.assertEqual(r.status, status, r.body)
+            self.assertIn(text, r.body.decode())
+        self.assertEqual(e.call("POST", "/api/v1/services/%s/rollback" % ("0" * 24), {"revision": 1}).status, 404)
+        r = e.call("POST", path, {"revision": 1})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual((r.json()["revision"], r.json()["code"]), (1, sla()["applications"][0]["microservices"][0]["code"]))
+        # revision 2 ran on no instance: it is not kept; the next change is revision 3
+        self.assertEqual(e.call("POST", path, {"revision": 2}).status, 409)
+        r = e.call("PUT", "/api/v1/applications", sla(memory=300))
+        self.assertEqual([(s["change"], s["revision"]) for s in r.json()["applications"][0]["services"]
+                          if s["id"] == sid], [("updated", 3)])
+        # the compatible API is untouched: a second POST of the same application is still a conflict
+        self.assertEqual(e.call("POST", "/api/v1/applications", sla()).status, 409)
+
+
 class MigrationTest(unittest.TestCase):
     """A root.db of the schema before versions (instances inside the service documents, a forwards
     table) is upgraded on start: applications, services, instances, refusals, clusters and their
@@ -1359,7 +1488,7 @@ class MigrationTest(unittest.TestCase):
         self.assertNotIn(password, p.stdout + p.stderr)
         self.assertIn(pw_file, p.stderr)  # the log says where it is
         db = sqlite3.connect(os.path.join(state, "root.db"))
-        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 3)
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 4)
         self.assertEqual(db.execute("SELECT role FROM users WHERE name = 'Admin'").fetchone()[0], "Admin")
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertTrue({"instances", "refusals", "deletes"} <= tables, tables)
@@ -1416,13 +1545,63 @@ class MigrationTest(unittest.TestCase):
         self.assertEqual(db.execute("SELECT token FROM clusters").fetchone()[0], "")
         self.assertNotIn(cred.split(".")[2], json.dumps(db.execute("SELECT * FROM clusters").fetchall()))
         db.close()
-        # a second start finds version 3 and changes nothing
+        # every instance runs revision 1 of its service
+        self.assertEqual({i["revision"] for i in listed.values()} | {svc["revision"]}, {1})
+        # a second start finds version 4 and changes nothing
         e.root.stop()
         e.root.start(["--config", e.conf])
         self.assertNotIn("event=migrate", e.root.log())
         e.login(password)
         self.assertEqual(e.instance(sid, 0)["generation"], 1)
         e.aggregate({"id": cid, "token": cred}, memory=7627)  # the credential survives the restart
+
+    def test_v3_database_upgraded(self):
+        """Version 3 (before revisions): services and instances get revision 1, and the instance's
+        deploy carries that spec after the service changed."""
+        tmp = tempfile.mkdtemp(prefix="oakuk-root-migrate3-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        state = os.path.join(tmp, "state")
+        os.makedirs(state, mode=0o700)
+        app_id, sid = "6a00000000000000000000a3", "6a00000000000000000000b3"
+        ms = json.loads(SLA)["applications"][0]["microservices"][0]
+        ms.update(microserviceID=sid, app_name="testing", app_ns="test", job_name="testing.test.testaggr.test")
+        doc = dict(ms, _id={"$oid": sid}, applicationID=app_id, service_name="testaggr", service_ns="test",
+                   image=ms["code"])
+        app = {"_id": {"$oid": app_id}, "applicationID": app_id, "application_name": "testing",
+               "application_namespace": "test", "application_desc": "Testing", "userId": "Admin",
+               "microservices": [sid]}
+        now = int(time.time() * 1000)
+        db = sqlite3.connect(os.path.join(state, "root.db"))
+        db.executescript(V3_SCHEMA)
+        db.execute("PRAGMA user_version = 3")
+        db.execute("INSERT INTO users VALUES ('Admin', 'pbkdf2-sha256$1$00$00', 'Admin')")
+        db.execute("INSERT INTO applications VALUES (?, 'Admin', 'testing', 'test', ?, ?)",
+                   (app_id, json.dumps(app), now))
+        db.execute("INSERT INTO services (id, app_id, user, doc, ms, next_instance) VALUES (?, ?, 'Admin', ?, ?, 1)",
+                   (sid, app_id, json.dumps(doc), json.dumps(ms)))
+        db.execute("INSERT INTO instances (service_id, number, requested_at) VALUES (?, 0, ?)", (sid, now))
+        db.commit()
+        db.close()
+        p = subprocess.run([ROOT_BIN, "--state-dir", state, "--reset-admin"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("event=migrate from=3 to=4", p.stderr)
+        with open(os.path.join(state, "admin-password")) as f:
+            password = f.read().strip()
+        db = sqlite3.connect(os.path.join(state, "root.db"))
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], 4)
+        self.assertEqual(db.execute("SELECT revision FROM services").fetchall(), [(1,)])
+        self.assertEqual(db.execute("SELECT revision FROM instances").fetchall(), [(1,)])
+        db.close()
+        e = Edge(self, "", state=state)
+        e.login(password)
+        r = e.call("PUT", "/api/v1/applications", sla(memory=700))
+        self.assertEqual([(s["id"], s["change"], s["revision"]) for s in r.json()["applications"][0]["services"]],
+                         [(sid, "updated", 2)])
+        c = e.register("c0")
+        e.aggregate(c)
+        job = job_of(c["fake"].wait_for("POST", "/api/service/%s/0" % sid))
+        self.assertEqual((job["memory"], e.instance(sid, 0)["revision"]), (1000, 1))
 
 
 class OciResolveTest(unittest.TestCase):
