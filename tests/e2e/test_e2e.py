@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -650,6 +651,98 @@ class E2E(unittest.TestCase):
         r = e.api("DELETE", "/api/v1/services/%s/instances/%d" % (self.sid["late"], n))
         self.assertIn(r.status_code, (200, 202, 204), r.text)
         wait_until("late gone", lambda: self.instance("late", n) is None, timeout=30)
+
+    def test_07b_apply_rolls_a_unikernel_to_a_new_image(self):
+        """oakuk apply of a changed descriptor (docs/cli.md "apply"): a Unikraft-format unikernel
+        service rolls from the 0.15.0 test kernel to the 0.16.3 one with a ready instance at every
+        moment (sampled as fast as the API answers); then a change to an image that does not exist fails on its
+        node, is rolled back, and the old instance never stops being ready. Runs while n2 and n3
+        each have one core free (the old and the new instance need one each)."""
+        e = self.edge
+        env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(e.tmp, "cli-config"))
+        job = "roll.%s.ukroll.%s" % (e.marker, e.marker)
+
+        def sla_file(code):
+            svc = ms("ukroll", "unikernel", FILES + "/" + code, arch=["amd64"], memory=32, cmd=["stay"],
+                     emulation="allow", readiness={"serial": "Hello from the oakuk test kernel"},
+                     microservice_namespace=e.marker)
+            doc = {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+                "applicationID": "", "application_name": "roll", "application_namespace": e.marker,
+                "application_desc": "rolling update", "microservices": [svc]}]}
+            path = os.path.join(e.tmp, "roll-%s.json" % code.split(".tar")[0])
+            with open(path, "w") as f:
+                json.dump(doc, f)
+            return path
+
+        def apply(code, *args):
+            return subprocess.run([e.cli_bin, "apply", sla_file(code), "--timeout", "120", *args], env=env,
+                                  capture_output=True, text=True, timeout=400)
+
+        def instances():
+            return e.api("GET", "/api/v1/services/%s/instances" % sid).json()
+
+        p = apply("ukguest-0.15.0.tar.gz")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        sid = re.search(r"service %s ([0-9a-f]{24}): created" % re.escape(job), p.stdout).group(1)
+        r = e.api("POST", "/api/v1/services/%s/instances" % sid)
+        self.assertEqual(r.status_code, 201, r.text)
+        wait_until("instance 0 ready", lambda: any(i["ready"] for i in instances()), timeout=120, interval=0.3)
+        samples, errors, stop = [], [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    got = instances()
+                    samples.append((time.time(), sorted(i["instance_number"] for i in got if i["ready"])))
+                except Exception as err:  # noqa: BLE001 -- reported below
+                    errors.append(repr(err))
+                time.sleep(0.02)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            t0 = time.time()
+            p = apply("ukguest-0.16.3.tar.gz")
+            rolled = time.time() - t0
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertIn("updated to revision 2 (was 1)", p.stdout)
+            self.assertRegex(p.stdout, r"instance 1 ready after [\d.]+ s; instance 0 deleted")
+            new = self.wait_until_only(instances, 1)
+            self.assertEqual((new["revision"], new["ready"]), (2, True), new)
+            log = e.api("GET", "/api/v1/services/%s/instances/1/logs" % sid).json()
+            self.assertIn("0.16.3", json.dumps(log))
+            # an image that is not there: the node fails it, the rollout deletes it and rolls back
+            p = apply("ukguest-missing.tar.gz")
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            self.assertIn("the rollout to revision 3 failed: instance 2: FAILED", p.stderr)
+            self.assertIn("rolled back: revision 2 is current again", p.stdout)
+            self.assertEqual(e.api("GET", "/api/v1/services/" + sid).json()["revision"], 2)
+        finally:
+            stop.set()
+            sampler.join(timeout=10)
+        self.assertEqual(errors, [])
+        self.assertGreater(len(samples), 5)
+        empty = [t for t, ready in samples if not ready]
+        self.assertEqual(empty, [], "moments with no ready instance during the rollout")
+        # and exactly, from the nodes' own logs: instance 0 was stopped after instance 1 was ready
+        logs = "".join(open(os.path.join(e.tmp, "node-%s.log" % n), errors="replace").read() for n in ("n2", "n3"))
+
+        def when(event, n):
+            m = re.search(r"time=(\S+) .*event=%s instance=%s\.instance\.%d " % (event, re.escape(job), n), logs)
+            self.assertIsNotNone(m, "no event=%s of instance %d in the nodes' logs" % (event, n))
+            return m.group(1)
+        self.assertLess(when("ready", 1), when("delete", 0))
+        self.assertEqual(self.wait_until_only(instances, 1)["ready"], True)
+        print("rolled a unikernel to a new image in %.1f s (%d samples, never without a ready instance)"
+              % (rolled, len(samples)), file=sys.stderr)
+        # its cores are given back for test_08
+        r = e.api("DELETE", "/api/v1/applications/" + e.api("GET", "/api/v1/services/" + sid).json()["applicationID"])
+        self.assertEqual(r.status_code, 200, r.text)
+        wait_until("the rolled service's QEMU gone", lambda: not self.qemu_pids(job + ".instance.1"), timeout=60)
+
+    def wait_until_only(self, instances, n):
+        """Waits until instance n is the only one the service lists (the others' removal confirmed)."""
+        return wait_until("only instance %d left" % n, lambda: (lambda lst: lst[0] if [i["instance_number"] for i in lst]
+                                                                == [n] else None)(instances()), timeout=60)
 
     def test_08_node_killed_unikernel_moves(self):
         e = self.edge

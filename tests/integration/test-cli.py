@@ -293,13 +293,17 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("apply", self.sla_file(SLA, "sla.json"))
         self.assertEqual(rc, 0, err)
         web = self.root_service(WEB)
-        self.assertRegex(out, r"application shop\.test [0-9a-f]{24}\n")
-        self.assertIn("service %s %s" % (WEB, web["microserviceID"]), out)
+        self.assertRegex(out, r"application shop\.test [0-9a-f]{24}: created\n")
+        self.assertIn("service %s %s: created\n" % (WEB, web["microserviceID"]), out)
         self.assertIn("service shop.test.huge.test ", out)
-        # Same application again: the root's conflict, exit 1.
+        # Same application again: nothing changes (its services are unchanged, nothing is deployed)
         rc, out, err = self.oakuk("apply", "--json", self.sla_file(SLA, "sla.json"))
-        self.assertEqual(rc, 1, err)
-        self.assertIn("exists already", err)
+        self.assertEqual(rc, 0, err)
+        app = json.loads(out)["applications"][0]
+        self.assertEqual((app["name"], app["change"]), ("shop", "applied"))
+        self.assertEqual({s["job_name"]: (s["change"], s["revision"]) for s in app["services"]},
+                         {WEB: ("unchanged", 1), "shop.test.huge.test": ("unchanged", 1),
+                          "shop.test.pinned.test": ("unchanged", 1)})
 
     def test_04w_apply_prints_warnings(self):
         """Keys accepted but not acted on come back from the root as warnings with their path,
@@ -316,7 +320,7 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("apply", self.sla_file(doc, "warned.json"))
         self.assertEqual(rc, 0, err)
         delete_app(out)
-        self.assertRegex(out, r"application warned\.test [0-9a-f]{24}\n")
+        self.assertRegex(out, r"application warned\.test [0-9a-f]{24}: created\n")
         self.assertNotIn("warning", out)
         warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
         self.assertEqual(len(warnings), 2, err)
@@ -1093,6 +1097,113 @@ class CliTest(unittest.TestCase):
         rc, out, err = self.oakuk("delete", "app", "shop")
         self.assertEqual(rc, 6, err)
         self.assertIn('no application "shop"', err)
+
+
+    def test_25_apply_rolls_out(self):
+        """apply of a changed descriptor: the service gets its next revision and its instance is
+        replaced, the new one deployed with the new image and the old one deleted only once the new
+        one is ready; a replacement that fails, or is not ready within --timeout, is deleted and
+        the service rolled back; --no-rollout only stores the spec and the next apply finishes."""
+        job = "roll.test.svc.test"
+        img = ["127.0.0.1:5000/roll/svc:%d" % v for v in range(4)]
+
+        def doc(code, name):
+            d = json.loads(json.dumps(SLA))
+            app = d["applications"][0]
+            app["application_name"] = "roll"
+            app["microservices"] = [dict(app["microservices"][0], microservice_name="svc", code=code, port="")]
+            return self.sla_file(d, name)
+
+        def deployed(n, code):
+            m = self.node.expect("control/deploy", lambda m: m["job_name"] == job and m["instance_number"] == n)
+            self.assertEqual(m["code"], code)
+            self.node.instances.add("%s.instance.%d" % (job, n))
+
+        def deleted(n):
+            self.node.expect("control/delete", lambda m: m["job_name"] == job and m["instance_number"] == n)
+            self.node.instances.discard("%s.instance.%d" % (job, n))
+
+        def apply(*args):
+            return subprocess.Popen([OAKUK, "apply", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=self.env, start_new_session=True)
+
+        def revisions():
+            s = self.root_service(job)
+            return s["revision"], sorted((i["instance_number"], i["revision"]) for i in s["instance_list"]
+                                         if i["status"] != "UNDEPLOYED")
+
+        rc, out, err = self.oakuk("apply", doc(img[1], "roll1.json"))
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^application roll\.test [0-9a-f]{24}: created\n"
+                              r"  service roll\.test\.svc\.test [0-9a-f]{24}: created\n$")
+        rc, out, err = self.oakuk("deploy", job)
+        self.assertEqual(rc, 0, err)
+        deployed(0, img[1])
+        self.node.status(job, 0, "RUNNING", ready=True)
+        edgelib.wait_until("instance 0 ready at the root", lambda: self.root_service(job)["instance_list"][0]["ready"])
+        # the same file: unchanged, nothing rolls
+        rc, out, err = self.oakuk("apply", doc(img[1], "roll1.json"))
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"  service roll\.test\.svc\.test [0-9a-f]{24}: unchanged \(revision 1\)\n$")
+        # a new image: instance 1 replaces 0, which is deleted only after 1 is ready
+        p = apply(doc(img[2], "roll2.json"), "--timeout", "60")
+        deployed(1, img[2])
+        self.node.status(job, 1, "RUNNING", ready=False)
+        time.sleep(2)
+        self.assertFalse([m for t, m in self.node.seen if t.endswith("control/delete") and
+                          json.loads(m)["job_name"] == job], "an instance was deleted before its replacement was ready")
+        self.assertIsNone(p.poll())
+        self.node.status(job, 1, "RUNNING", ready=True)
+        deleted(0)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, out + err)
+        self.assertIn(": updated to revision 2 (was 1)\n", out)
+        self.assertIn("  %s: instance 1 (revision 2) deployed to replace instance 0 (revision 1)\n" % job, out)
+        self.assertRegex(out, r"  %s: instance 1 ready after \d+\.\d s; instance 0 deleted\n" % re.escape(job))
+        self.assertEqual(revisions(), (2, [(1, 2)]))
+        # the replacement fails: it is deleted, revision 2 is current again, instance 1 stays
+        p = apply(doc(img[3], "roll3.json"), "--json")
+        deployed(2, img[3])
+        self.node.status(job, 2, "FAILED", "image: manifest unknown")
+        deleted(2)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 1, out + err)
+        self.assertIn("oakuk apply: %s: the rollout to revision 3 failed: instance 2: FAILED: image: manifest unknown"
+                      % job, err)
+        [svc] = json.loads(out)["applications"][0]["services"]
+        self.assertEqual((svc["change"], svc["revision"], svc["rollout"]["rolled_back_to"], svc["rollout"]["replaced"],
+                          svc["rollout"]["rolled_back"]), ("updated", 3, 2, [], []))
+        self.assertEqual(revisions(), (2, [(1, 2)]))
+        # not ready within --timeout: the same
+        p = apply(doc(img[3], "roll3.json"), "--timeout", "3")
+        deployed(3, img[3])
+        self.node.status(job, 3, "RUNNING", "probe: connection refused", ready=False)
+        deleted(3)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 1, out + err)
+        self.assertIn("instance 3: not ready after 3 s (--timeout): RUNNING (not ready): probe: connection refused", err)
+        self.assertIn("  %s: rolled back: revision 2 is current again\n" % job, out)
+        self.assertEqual(revisions(), (2, [(1, 2)]))
+        # --no-rollout stores the spec only; the next apply of the same file finishes the rollout
+        rc, out, err = self.oakuk("apply", "--no-rollout", doc(img[3], "roll3.json"))
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r": updated to revision 5 \(was 2\)\n$")
+        self.assertEqual(revisions(), (5, [(1, 2)]))
+        p = apply(doc(img[3], "roll3.json"))
+        deployed(4, img[3])
+        self.node.status(job, 4, "RUNNING", ready=True)
+        deleted(1)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, out + err)
+        self.assertIn(": unchanged (revision 5)\n", out)
+        self.assertIn("instance 4 (revision 5) deployed to replace instance 1 (revision 2)", out)
+        self.assertEqual(revisions(), (5, [(4, 5)]))
+        for args, want in ((["--timeout", "0"], "--timeout must be positive"), (["--timeout", "x"], "--timeout")):
+            rc, out, err = self.oakuk("apply", *args, doc(img[3], "roll3.json"))
+            self.assertEqual(rc, 2, err)
+            self.assertIn(want, err)
+        rc, out, err = self.oakuk("delete", "app", "roll.test")
+        self.assertEqual(rc, 0, err)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,20 @@ const char *oak_service_id(JsonObject *service) {
   return oak_str(service, "microserviceID", "");
 }
 
+JsonObject *oak_object_of(JsonNode *n) {
+  return n != NULL && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+JsonArray *oak_array_member(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  return n != NULL && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+}
+
+gboolean oak_instance_up(JsonObject *in) {
+  int32_t s = oakuk_instance_status_from_name(oak_str(in, "status", ""));
+  return (s == OAKUK_STATUS_RUNNING && oak_bool(in, "ready", FALSE)) || s == OAKUK_STATUS_COMPLETED;
+}
+
 char *oak_json_text(JsonNode *node, gboolean pretty) {
   g_autoptr(JsonGenerator) gen = json_generator_new();
   json_generator_set_pretty(gen, pretty);

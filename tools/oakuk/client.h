@@ -131,6 +131,19 @@ gint64 oak_int(JsonObject *o, const char *key, gint64 def);
 double oak_num(JsonObject *o, const char *key, double def);
 gboolean oak_bool(JsonObject *o, const char *key, gboolean def);
 const char *oak_service_id(JsonObject *service);
+/* n's object, or NULL when n is not one. */
+JsonObject *oak_object_of(JsonNode *n);
+/* o's member key when it is an array, else NULL. */
+JsonArray *oak_array_member(JsonObject *o, const char *key);
+/* An instance entry that is running and found ready by its node (RUNNING alone says only that QEMU
+ * or runc is up), or a one-shot one that completed: done waiting. */
+gboolean oak_instance_up(JsonObject *in);
+/* Replaces the instances of service sid that run another revision than its current one, one at a
+ * time, each only after its replacement is running and ready; on failure rolls the service back
+ * to the revision the instance being replaced ran (rollout.c, docs/cli.md "apply"). Progress goes
+ * to stdout (not with cl->json); report gets {replaced: [{old, new}], rolled_back_to?, error?}.
+ * OAKUK_CLI_OK when every instance runs the current revision. */
+int oak_rollout(OakClient *cl, const char *sid, const char *job_name, gint64 timeout_s, JsonObject *report);
 void oak_print_json(JsonNode *node);
 /* Prints {"key": list} as oak_print_json does. */
 void oak_print_json_list(const char *key, JsonArray *list);

@@ -331,16 +331,44 @@ static void print_apply_warnings(JsonNode *answer, GPtrArray *local) {
   }
 }
 
+/* One service line of apply: "  service JOB ID: what happened". */
+static void print_change(JsonObject *c) {
+  const char *change = oak_str(c, "change", "?");
+  printf("  service %s %s: ", oak_str(c, "job_name", ""), oak_str(c, "id", ""));
+  if (strcmp(change, "updated") == 0)
+    printf("updated to revision %" G_GINT64_FORMAT " (was %" G_GINT64_FORMAT ")\n", oak_int(c, "revision", 0),
+           oak_int(c, "previous_revision", 0));
+  else if (strcmp(change, "unchanged") == 0)
+    printf("unchanged (revision %" G_GINT64_FORMAT ")\n", oak_int(c, "revision", 0));
+  else if (strcmp(change, "kept") == 0)
+    printf("kept: not in the file (`oakuk delete service %s` removes it)\n", oak_str(c, "job_name", ""));
+  else
+    printf("%s\n", change);
+}
+
 int oakuk_cmd_apply(int argc, char **argv) {
   g_autofree char *url = NULL;
-  gboolean json = FALSE;
-  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
-  if (!oak_parse("apply", "SLA.json",
-                 "Register the applications of an SLA descriptor (validated locally first).", entries, &argc,
-                 &argv))
+  gboolean json = FALSE, no_rollout = FALSE;
+  gint timeout = 300;
+  GOptionEntry entries[] = {
+      OAKUK_CLIENT_OPTIONS(url, json),
+      {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout,
+       "Roll back when a new instance is not running and ready after S seconds (default 300)", "S"},
+      {"no-rollout", 0, 0, G_OPTION_ARG_NONE, &no_rollout,
+       "Only store the changed services; their instances keep running the revision they run", NULL},
+      NO_ENTRY,
+  };
+  if (!oak_parse(
+          "apply", "SLA.json",
+          "Create or update the applications of an SLA descriptor (validated locally first). A changed "
+          "service gets a new revision and its instances are replaced one at a time, each after its "
+          "replacement is running and ready; a replacement that fails or is not ready in time rolls the "
+          "service back.",
+          entries, &argc, &argv))
     return OAKUK_CLI_USAGE;
-  if (argc != 2) {
-    fprintf(stderr, "oakuk apply: exactly one descriptor file expected\n");
+  if (argc != 2 || timeout <= 0) {
+    fprintf(stderr, "oakuk apply: %s\n",
+            argc != 2 ? "exactly one descriptor file expected" : "--timeout must be positive");
     return OAKUK_CLI_USAGE;
   }
   g_autoptr(GPtrArray) warnings = g_ptr_array_new_with_free_func(g_free);
@@ -356,44 +384,52 @@ int oakuk_cmd_apply(int argc, char **argv) {
     fprintf(stderr, "oakuk apply: %s\n", error->message);
     return OAKUK_CLI_FAILED;
   }
-  g_autoptr(JsonNode) n = oak_request(cl, "POST", "/api/v1/applications", text, NULL, &rc);
+  g_autoptr(JsonNode) n = oak_request(cl, "PUT", "/api/v1/applications", text, NULL, &rc);
   print_apply_warnings(n, warnings);
   if (n == NULL)
     return rc;
-  JsonArray *apps = JSON_NODE_HOLDS_OBJECT(n)
-                        ? json_object_get_array_member(json_node_get_object(n), "applications")
-                        : NULL;
+  JsonArray *apps = oak_array_member(oak_object_of(n), "applications");
   g_autoptr(JsonArray) out = json_array_new();
+  rc = OAKUK_CLI_OK;
   for (guint i = 0; apps != NULL && i < json_array_get_length(apps); i++) {
     JsonObject *app = json_array_get_object_element(apps, i);
-    const char *aid = oak_str(app, "applicationID", "");
-    g_autofree char *path = g_strdup_printf("/api/v1/applications/%s/services", aid);
-    g_autoptr(JsonNode) svcs = oak_request(cl, "GET", path, NULL, NULL, &rc);
-    if (svcs == NULL || !JSON_NODE_HOLDS_ARRAY(svcs))
-      return svcs == NULL ? rc : OAKUK_CLI_FAILED;
     JsonObject *entry = json_object_new();
-    json_object_set_string_member(entry, "id", aid);
+    json_object_set_string_member(entry, "id", oak_str(app, "applicationID", ""));
     json_object_set_string_member(entry, "name", oak_str(app, "application_name", ""));
     json_object_set_string_member(entry, "namespace", oak_str(app, "application_namespace", ""));
-    JsonArray *list = json_array_new();
-    if (!json)
-      printf("application %s.%s %s\n", oak_str(app, "application_name", ""),
-             oak_str(app, "application_namespace", ""), aid);
-    for (guint j = 0; j < json_array_get_length(json_node_get_array(svcs)); j++) {
-      JsonObject *s = json_array_get_object_element(json_node_get_array(svcs), j);
-      JsonObject *se = json_object_new();
-      json_object_set_string_member(se, "id", oak_service_id(s));
-      json_object_set_string_member(se, "job_name", oak_str(s, "job_name", ""));
-      json_array_add_object_element(list, se);
-      if (!json)
-        printf("  service %s %s\n", oak_str(s, "job_name", ""), oak_service_id(s));
-    }
-    json_object_set_array_member(entry, "services", list);
+    json_object_set_string_member(entry, "change", oak_str(app, "change", ""));
     json_array_add_object_element(out, entry);
+    if (!json)
+      printf("application %s.%s %s: %s\n", oak_str(app, "application_name", ""),
+             oak_str(app, "application_namespace", ""), oak_str(app, "applicationID", ""),
+             oak_str(app, "change", ""));
+    JsonArray *changes = oak_array_member(app, "services");
+    JsonArray *list = json_array_new();
+    json_object_set_array_member(entry, "services", list);
+    for (guint j = 0; changes != NULL && j < json_array_get_length(changes); j++) {
+      JsonObject *c = json_array_get_object_element(changes, j);
+      json_array_add_object_element(list, json_object_ref(c));
+      if (!json) {
+        print_change(c);
+        fflush(stdout);
+      }
+    }
+    /* Rollouts after every line is printed: services that are not new and in the file (an unchanged
+     * one too: a rollout an earlier apply left unfinished goes on). */
+    for (guint j = 0; !no_rollout && changes != NULL && j < json_array_get_length(changes); j++) {
+      JsonObject *c = json_array_get_object_element(changes, j);
+      const char *change = oak_str(c, "change", "");
+      if (strcmp(change, "updated") != 0 && strcmp(change, "unchanged") != 0)
+        continue;
+      JsonObject *report = json_object_new();
+      json_object_set_object_member(c, "rollout", report);
+      if (oak_rollout(cl, oak_str(c, "id", ""), oak_str(c, "job_name", ""), timeout, report) != OAKUK_CLI_OK)
+        rc = OAKUK_CLI_FAILED;
+    }
   }
   if (json)
     oak_print_json_list("applications", out);
-  return OAKUK_CLI_OK;
+  return rc;
 }
 
 /* ---- explain ---- */
@@ -404,11 +440,6 @@ static void print_lines(JsonArray *lines, const char *indent) {
     if (JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING)
       printf("%s%s\n", indent, json_node_get_string(e));
   }
-}
-
-static JsonArray *array_member(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n != NULL && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
 }
 
 /* Prints the root's cluster-level explanation and each cluster's node-level one. */
@@ -424,11 +455,11 @@ static int print_explanation(OakClient *cl, JsonObject *service, gboolean json) 
   }
   JsonObject *o = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
   printf("%s: cluster selection at the root:\n", oak_str(service, "job_name", "?"));
-  JsonArray *lines = array_member(o, "lines");
+  JsonArray *lines = oak_array_member(o, "lines");
   if (lines == NULL || json_array_get_length(lines) == 0)
     printf("  (no scheduling has happened yet)\n");
   print_lines(lines, "  ");
-  JsonArray *insts = array_member(o, "instances");
+  JsonArray *insts = oak_array_member(o, "instances");
   for (guint i = 0; insts != NULL && i < json_array_get_length(insts); i++) {
     JsonObject *in = json_array_get_object_element(insts, i);
     const char *detail = oak_str(in, "status_detail", "");
@@ -443,7 +474,7 @@ static int print_explanation(OakClient *cl, JsonObject *service, gboolean json) 
                oak_str(json_node_get_object(rf), l->data, ""));
     }
   }
-  JsonArray *cls = array_member(o, "clusters");
+  JsonArray *cls = oak_array_member(o, "clusters");
   for (guint i = 0; cls != NULL && i < json_array_get_length(cls); i++) {
     JsonObject *c = json_array_get_object_element(cls, i);
     if (oak_str(c, "error", NULL) != NULL) {
@@ -453,7 +484,7 @@ static int print_explanation(OakClient *cl, JsonObject *service, gboolean json) 
     }
     printf("cluster %s: node selection for instance %" G_GINT64_FORMAT ":\n", oak_str(c, "cluster_name", "?"),
            oak_int(c, "instance", 0));
-    print_lines(array_member(c, "lines"), "  ");
+    print_lines(oak_array_member(c, "lines"), "  ");
   }
   return OAKUK_CLI_OK;
 }
@@ -488,13 +519,6 @@ static gboolean status_failed(const char *status) {
 
 static gboolean status_running(JsonObject *in) {
   return oakuk_instance_status_from_name(oak_str(in, "status", "")) == OAKUK_STATUS_RUNNING;
-}
-
-/* Done waiting: the instance runs and its node found it ready (RUNNING alone says only that QEMU
- * or runc is up), or a one-shot instance completed. */
-static gboolean instance_done(JsonObject *in) {
-  return (status_running(in) && oak_bool(in, "ready", FALSE)) ||
-         oakuk_instance_status_from_name(oak_str(in, "status", "")) == OAKUK_STATUS_COMPLETED;
 }
 
 /* What a progress line says after the status: the readiness of a running instance, then the detail. */
@@ -572,7 +596,7 @@ static int wait_instance(OakClient *cl, JsonObject *service, gint64 n, gint64 ti
     }
     g_free(last);
     last = g_steal_pointer(&now);
-    if (instance_done(in)) {
+    if (oak_instance_up(in)) {
       print_instance(cl, in);
       return OAKUK_CLI_OK;
     }
@@ -792,7 +816,7 @@ int oakuk_cmd_logs(int argc, char **argv) {
     JsonObject *o = JSON_NODE_HOLDS_OBJECT(a) ? json_node_get_object(a) : NULL;
     if (nums->len > 1)
       printf("==> %s (node %s) <==\n", oak_str(o, "instance", "?"), oak_str(o, "node", "?"));
-    print_lines(array_member(o, "lines"), "");
+    print_lines(oak_array_member(o, "lines"), "");
   }
   return result;
 }

@@ -11,15 +11,6 @@
   { NULL, 0, 0, 0, NULL, NULL, NULL }
 #define SCALE_MAX 1000
 
-static JsonObject *object_of(JsonNode *n) {
-  return n != NULL && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
-}
-
-static JsonArray *array_member(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n != NULL && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
-}
-
 /* ---- delete ---- */
 
 /* Finds an application by id, name.namespace or unique name: a new reference, or NULL after
@@ -83,7 +74,7 @@ static gboolean resolve_doomed(OakClient *cl, gboolean app, const char *what, GA
     d.id = g_strdup(oak_str(a, "applicationID", ""));
     d.name =
         g_strdup_printf("%s.%s", oak_str(a, "application_name", ""), oak_str(a, "application_namespace", ""));
-    JsonArray *svcs = array_member(a, "microservices");
+    JsonArray *svcs = oak_array_member(a, "microservices");
     d.parts = svcs ? json_array_get_length(svcs) : 0;
   } else {
     g_autoptr(JsonObject) s = oak_find_service(cl, what, rc);
@@ -91,7 +82,7 @@ static gboolean resolve_doomed(OakClient *cl, gboolean app, const char *what, GA
       return FALSE;
     d.id = g_strdup(oak_service_id(s));
     d.name = g_strdup(oak_str(s, "job_name", ""));
-    JsonArray *insts = array_member(s, "instance_list");
+    JsonArray *insts = oak_array_member(s, "instance_list");
     for (guint i = 0; insts != NULL && i < json_array_get_length(insts); i++)
       if (g_strcmp0(oak_str(json_array_get_object_element(insts, i), "status", ""), "UNDEPLOYED") != 0)
         d.parts++;
@@ -167,12 +158,6 @@ static gboolean removed(JsonObject *in) {
   return g_strcmp0(oak_str(in, "status", ""), "UNDEPLOYED") == 0;
 }
 
-/* Running and found ready by its node, or a one-shot instance that completed (as deploy --wait). */
-static gboolean instance_up(JsonObject *in) {
-  int32_t s = oakuk_instance_status_from_name(oak_str(in, "status", ""));
-  return (s == OAKUK_STATUS_RUNNING && oak_bool(in, "ready", FALSE)) || s == OAKUK_STATUS_COMPLETED;
-}
-
 static gboolean instance_failed(JsonObject *in) {
   int32_t s = oakuk_instance_status_from_name(oak_str(in, "status", ""));
   return s == OAKUK_STATUS_FAILED || s == OAKUK_STATUS_DEAD || s == OAKUK_STATUS_NO_ACTIVE_CLUSTER ||
@@ -182,8 +167,8 @@ static gboolean instance_failed(JsonObject *in) {
 /* Which instances go first: those not up, then the newest (as a ReplicaSet scales down). */
 static gint removal_order(gconstpointer a, gconstpointer b) {
   JsonObject *x = *(JsonObject *const *)a, *y = *(JsonObject *const *)b;
-  if (instance_up(x) != instance_up(y))
-    return instance_up(x) ? 1 : -1;
+  if (oak_instance_up(x) != oak_instance_up(y))
+    return oak_instance_up(x) ? 1 : -1;
   gint64 nx = oak_int(x, "instance_number", 0), ny = oak_int(y, "instance_number", 0);
   return nx < ny ? 1 : nx > ny ? -1 : 0;
 }
@@ -199,7 +184,7 @@ static gboolean parse_count(const char *text, gint64 *n) {
 static int scale_to(OakClient *cl, JsonObject *service, gint64 want, GArray *added, GArray *dropped) {
   int rc = OAKUK_CLI_FAILED;
   const char *sid = oak_service_id(service);
-  JsonArray *list = array_member(service, "instance_list");
+  JsonArray *list = oak_array_member(service, "instance_list");
   g_autoptr(GPtrArray) live = g_ptr_array_new();
   for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
     JsonObject *in = json_array_get_object_element(list, i);
@@ -211,7 +196,7 @@ static int scale_to(OakClient *cl, JsonObject *service, gint64 want, GArray *add
     g_autoptr(JsonNode) n = oak_request(cl, "POST", path, "{}", NULL, &rc);
     if (n == NULL)
       return rc;
-    gint64 num = oak_int(object_of(n), "instance_number", -1);
+    gint64 num = oak_int(oak_object_of(n), "instance_number", -1);
     g_array_append_val(added, num);
   }
   g_ptr_array_sort(live, removal_order);
@@ -254,9 +239,9 @@ static int scale_wait(OakClient *cl, JsonObject *service, gint64 want, gint64 ti
         continue;
       }
       live++;
-      up += instance_up(in);
+      up += oak_instance_up(in);
       const char *status = oak_str(in, "status", "?");
-      if (!instance_up(in))
+      if (!oak_instance_up(in))
         g_string_append_printf(pending, "%s%" G_GINT64_FORMAT " %s%s", pending->len ? ", " : "; ",
                                oak_int(in, "instance_number", 0), status,
                                strcmp(status, "RUNNING") == 0 ? " (not ready)" : "");
@@ -391,7 +376,7 @@ static char *server_version(OakClient *cl, char **why, int *rc) {
     return NULL;
   }
   g_autoptr(JsonNode) n = oak_request_anon(cl, "GET", "/healthz", NULL, NULL, rc);
-  const char *v = oak_str(object_of(n), "version", NULL);
+  const char *v = oak_str(oak_object_of(n), "version", NULL);
   if (n != NULL && v == NULL) {
     fprintf(stderr, "oakuk version: the root's /healthz has no version\n");
     *rc = OAKUK_CLI_FAILED;
@@ -456,7 +441,7 @@ int oakuk_cmd_version(int argc, char **argv) {
 
 static JsonObject *contexts_of(JsonObject *config) {
   JsonNode *n = json_object_get_member(config, "contexts");
-  return object_of(n);
+  return oak_object_of(n);
 }
 
 static int context_list(JsonObject *config, const char *output) {
@@ -470,7 +455,7 @@ static int context_list(JsonObject *config, const char *output) {
   keys = g_list_sort(keys, (GCompareFunc)strcmp);
   g_autoptr(JsonArray) rows = json_array_new();
   for (GList *l = keys; l != NULL; l = l->next) {
-    JsonObject *c = object_of(json_object_get_member(all, l->data));
+    JsonObject *c = oak_object_of(json_object_get_member(all, l->data));
     JsonObject *r = json_object_new();
     json_object_set_string_member(r, "name", l->data);
     json_object_set_string_member(r, "url", oak_str(c, "url", ""));
@@ -506,7 +491,7 @@ static int context_list(JsonObject *config, const char *output) {
 
 static int context_use(JsonObject *config, const char *path, const char *name) {
   JsonObject *all = contexts_of(config);
-  JsonObject *c = all ? object_of(json_object_get_member(all, name)) : NULL;
+  JsonObject *c = all ? oak_object_of(json_object_get_member(all, name)) : NULL;
   if (c == NULL) {
     fprintf(stderr, "oakuk context use: no context \"%s\" (oakuk context list shows them)\n", name);
     return OAKUK_CLI_NOT_FOUND;

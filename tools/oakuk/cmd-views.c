@@ -9,11 +9,6 @@
 #define NO_ENTRY                                                                                             \
   { NULL, 0, 0, 0, NULL, NULL, NULL }
 
-static JsonArray *array_member(JsonObject *o, const char *key) {
-  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
-  return n != NULL && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
-}
-
 static JsonObject *object_member(JsonObject *o, const char *key) {
   JsonNode *n = o ? json_object_get_member(o, key) : NULL;
   return n != NULL && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
@@ -23,7 +18,7 @@ static JsonObject *object_member(JsonObject *o, const char *key) {
 static char *join_strings(JsonObject *o, const char *key) {
   if (oak_str(o, key, NULL) != NULL)
     return g_strdup(oak_str(o, key, NULL));
-  JsonArray *a = array_member(o, key);
+  JsonArray *a = oak_array_member(o, key);
   g_autoptr(GString) s = g_string_new(NULL);
   for (guint i = 0; a != NULL && i < json_array_get_length(a); i++) {
     JsonNode *e = json_array_get_element(a, i);
@@ -81,7 +76,7 @@ static JsonArray *status_rows(OakClient *cl, int *rc) {
   JsonArray *list = json_node_get_array(all);
   for (guint i = 0; i < json_array_get_length(list); i++) {
     JsonObject *s = json_array_get_object_element(list, i);
-    JsonArray *insts = array_member(s, "instance_list");
+    JsonArray *insts = oak_array_member(s, "instance_list");
     if (insts == NULL || json_array_get_length(insts) == 0)
       add_row(rows, s, NULL);
     for (guint j = 0; insts != NULL && j < json_array_get_length(insts); j++)
@@ -362,7 +357,7 @@ int oakuk_cmd_nodes(int argc, char **argv) {
   g_autoptr(JsonArray) out = json_array_new();
   for (guint i = 0; i < json_array_get_length(list); i++) {
     JsonObject *c = json_array_get_object_element(list, i);
-    JsonArray *nodes = array_member(c, "nodes");
+    JsonArray *nodes = oak_array_member(c, "nodes");
     for (guint j = 0; nodes != NULL && j < json_array_get_length(nodes); j++) {
       JsonObject *n = json_array_get_object_element(nodes, j);
       if (n == NULL)

@@ -19,7 +19,7 @@ static const Command commands[] = {
     {"stop", oakuk_cmd_stop, "stop an instance `oakuk run` started (--detach or not)"},
     {"pkg", oakuk_cmd_pkg, "package unikernels as a multi-architecture OCI image (as kraft pkg)"},
     {"login", oakuk_cmd_login, "log in to the root and store the credentials"},
-    {"apply", oakuk_cmd_apply, "validate and register an SLA descriptor"},
+    {"apply", oakuk_cmd_apply, "create or update applications from an SLA descriptor (rolling update)"},
     {"deploy", oakuk_cmd_deploy, "deploy an instance of a service (--wait: until it runs)"},
     {"undeploy", oakuk_cmd_undeploy, "remove one or all instances of a service"},
     {"status", oakuk_cmd_status, "applications, services and instances (--watch)"},
