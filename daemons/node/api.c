@@ -120,10 +120,10 @@ gboolean node_api_start(Node *n, GError **error) {
                                          deploy_bounds, G_N_ELEMENTS(deploy_bounds));
   n->phase_durations =
       od_histogram_new("oakuk_node_deploy_phase_seconds",
-                       "Each phase of a deploy on this node: image (fetch and unpack, or the "
-                       "cache's answer; unikernels), network, start (the runtime to RUNNING; "
-                       "a container's image included), ready (RUNNING to the readiness probe's "
-                       "first success)",
+                       "Each phase of a deploy on this node: fetch (the image's download, or "
+                       "the cache's answer; unikernels), unpack (what was downloaded, unpacked and "
+                       "checked), network, boot (the runtime to RUNNING; a container's image "
+                       "included), ready (RUNNING to the readiness probe's first success)",
                        phase_bounds, G_N_ELEMENTS(phase_bounds));
   if (n->listen == NULL)
     return TRUE;

@@ -116,17 +116,21 @@ void insts_republish(Node *n) {
 /* ---- the job ---- */
 
 /* Builds an instance from a deploy payload; NULL with *problem when the payload is not a job. */
-/* The end of one timed phase of a deploy and the start of the next: "image" (the fetch, unpacking
- * included, or the cache's answer), "network", "start" (the runtime to RUNNING) and "ready" (RUNNING
- * to the readiness probe's first success). Only a deploy's own phases are timed, and each once: a
- * restart starts timing again from its own beginning, a re-adopted instance has none. */
-static void phase_done(Inst *i, const char *phase, const char *next) {
+/* The end, at at_us, of one timed phase of a deploy and the start of the next: "fetch" (the download,
+ * or the cache's answer when nothing was downloaded), "unpack" (unpacking and checking what was
+ * downloaded), "network", "boot" (the runtime to RUNNING) and "ready" (RUNNING to the readiness
+ * probe's first success). Only a deploy's own phases are timed, and each once: a restart starts
+ * timing again from its own beginning, a re-adopted instance has none. */
+static void phase_done_at(Inst *i, const char *phase, const char *next, gint64 at_us) {
   if (i->timing == NULL || strcmp(i->timing, phase) != 0)
     return;
-  gint64 now = g_get_monotonic_time();
-  node_api_observe_phase(i->node, i->virt, phase, (double)(now - i->timing_since_us) / G_USEC_PER_SEC);
+  node_api_observe_phase(i->node, i->virt, phase, (double)(at_us - i->timing_since_us) / G_USEC_PER_SEC);
   i->timing = next;
-  i->timing_since_us = now;
+  i->timing_since_us = at_us;
+}
+
+static void phase_done(Inst *i, const char *phase, const char *next) {
+  phase_done_at(i, phase, next, g_get_monotonic_time());
 }
 
 static Inst *inst_from_job(Node *n, JsonObject *job, char **problem) {
@@ -403,7 +407,7 @@ static void on_net_setup(int status, oakuk_net_instance_info *info, oakuk_error 
     fail(i, OAKUK_STATUS_FAILED, d);
   } else {
     i->ninfo = oakuk_net_instance_info_ref(info);
-    phase_done(i, "network", "start");
+    phase_done(i, "network", "boot");
     launch(i);
   }
   inst_unref(i);
@@ -422,6 +426,8 @@ static void on_progress(int64_t bytes, int64_t total, void *data) {
   if (i->gone || i->phase != PHASE_FETCH)
     return;
   gint64 now = g_get_monotonic_time();
+  /* The image library reports the end of every download: the last report ends the fetch phase. */
+  i->downloaded_us = now;
   int pct = total > 0 ? (int)(bytes * 100 / total) : -1;
   /* At most one event a second, or on every 10% step. */
   if (now - i->last_progress_us < G_USEC_PER_SEC && (pct < 0 || pct - i->last_progress_pct < 10))
@@ -457,7 +463,9 @@ static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
     fail(i, OAKUK_STATUS_FAILED, d);
   } else {
     i->image = oakuk_image_ref(image);
-    phase_done(i, "image", "network");
+    if (i->downloaded_us > 0)
+      phase_done_at(i, "fetch", "unpack", i->downloaded_us);
+    phase_done(i, i->downloaded_us > 0 ? "unpack" : "fetch", "network");
     set_status(i, OAKUK_STATUS_CREATING, "preparing the network");
     setup_net(i);
   }
@@ -497,8 +505,9 @@ static void start_deploy(Inst *i) {
   i->runtime_owned = FALSE;
   i->last_progress_us = 0;
   i->last_progress_pct = -100;
+  i->downloaded_us = 0;
   /* A container's image is the runtime's business: its deploy starts with the network. */
-  i->timing = i->virt == OAKUK_VIRT_CONTAINER ? "network" : "image";
+  i->timing = i->virt == OAKUK_VIRT_CONTAINER ? "network" : "fetch";
   i->timing_since_us = g_get_monotonic_time();
   g_autofree char *problem = precheck(i);
   if (problem != NULL) {
@@ -698,7 +707,7 @@ void insts_on_runtime_status(const char *instance, int32_t status, const char *d
   if (status == OAKUK_STATUS_RUNNING && i->running_since_us == 0)
     i->running_since_us = g_get_monotonic_time();
   if (status == OAKUK_STATUS_RUNNING)
-    phase_done(i, "start", "ready");
+    phase_done(i, "boot", "ready");
   else if (ended)
     i->timing = NULL;
   /* Once per deploy: a restart's RUNNING is not a deploy's, and a re-adopted one has no arrival. */

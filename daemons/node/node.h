@@ -69,6 +69,7 @@ typedef struct Inst {
   gboolean running_observed; /* its deploy-to-RUNNING time is in the node's histogram */
   const char *timing;        /* the deploy phase being timed (docs/node.md, metrics); NULL: none */
   gint64 timing_since_us;    /* when it began */
+  gint64 downloaded_us;      /* the image library's last download report of this deploy; 0: none */
   int32_t status;            /* last status published (OAKUK_STATUS_*) */
   char *detail;
   guint timer;

@@ -706,7 +706,7 @@ class NodeTest(unittest.TestCase):
         self.assertTrue(0 < took < time.time() - t0, took)
         # ... and split into its phases, each observed once, which add up to it
         phases = {}
-        for phase in ("image", "network", "start"):
+        for phase in ("fetch", "unpack", "network", "boot"):
             self.assertEqual(edgelib.metric_value(m, "oakuk_node_deploy_phase_seconds_count", phase=phase,
                                                   virtualization="unikernel"), 1, phase)
             phases[phase] = edgelib.metric_value(m, "oakuk_node_deploy_phase_seconds_sum", phase=phase,
