@@ -488,6 +488,18 @@ static void add_nodes(Cluster *c, JsonObject *agg, GHashTable *drained) {
   json_object_set_array_member(agg, "nodes", nodes);
 }
 
+/* The instance's CPU (% of one core) and memory (MB resident) as its node last reported them, as
+ * "cpu" and "memory" (the root's instance keys; `oakuk top`). Nothing when its node did not. */
+static void add_usage(Cluster *c, JsonObject *o, const StoreInstance *i) {
+  oakuk_node_report *rep = i->node && *i->node ? g_hash_table_lookup(c->reports, i->node) : NULL;
+  for (size_t k = 0; rep != NULL && k < oakuk_node_report_instance_count(rep); k++)
+    if (g_strcmp0(oakuk_node_report_instance_name(rep, k), i->name) == 0) {
+      json_object_set_double_member(o, "cpu", oakuk_node_report_instance_cpu_percent(rep, k));
+      json_object_set_double_member(o, "memory", (double)oakuk_node_report_instance_memory_mb(rep, k));
+      return;
+    }
+}
+
 static void add_instances(Cluster *c, JsonObject *agg) {
   JsonArray *a = json_array_new();
   g_autoptr(GPtrArray) list = store_instance_list(c->store);
@@ -501,6 +513,7 @@ static void add_instances(Cluster *c, JsonObject *agg) {
     json_object_set_string_member(o, "status_detail", i->detail);
     json_object_set_string_member(o, "node", i->node);
     json_object_set_boolean_member(o, "ready", i->ready);
+    add_usage(c, o, i);
     json_array_add_object_element(a, o);
   }
   json_object_set_array_member(agg, "instances", a);

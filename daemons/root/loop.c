@@ -14,6 +14,7 @@ typedef struct {
   char *id, *name;
   LoopAggregate *agg; /* NULL until the first aggregate */
   gint64 received_at; /* after a root restart at least the start: one full timeout of grace */
+  GHashTable *usage;  /* "job_id/n" -> double[2], CPU % and memory MB as last reported; not stored */
 } ClusterView;
 
 struct Loop {
@@ -47,6 +48,8 @@ void loop_aggregate_free(LoopAggregate *a) {
 }
 
 static void view_free(ClusterView *v) {
+  if (v->usage != NULL)
+    g_hash_table_unref(v->usage);
   g_free(v->id);
   g_free(v->name);
   loop_aggregate_free(v->agg);
@@ -617,7 +620,7 @@ static gboolean unchanged(const StoreInstance *i, const LoopObservation *o) {
   return !i->deploy_pending && g_strcmp0(i->status, oakuk_instance_status_name(o->status)) == 0 &&
          i->ready == ready && (o->status_detail == NULL || strcmp(i->status_detail, o->status_detail) == 0) &&
          (o->node == NULL || strcmp(i->node, o->node) == 0) &&
-         (o->publicip == NULL || strcmp(i->publicip, o->publicip) == 0) && !o->has_cpu && !o->has_memory &&
+         (o->publicip == NULL || strcmp(i->publicip, o->publicip) == 0) &&
          (*i->note == '\0' || *i->moved_from != '\0');
 }
 
@@ -735,8 +738,35 @@ static gboolean came_back(Ctx *c, StoreInstance *i, const char *cid, const LoopO
 }
 
 /* One entry of a status report or of an aggregate's instances list. */
+/* CPU and memory change with every report: they are kept in memory (loop_instance_usage), and in
+ * the store only with a change that is stored anyway. */
+static void note_usage(Ctx *c, const char *cid, const LoopObservation *o) {
+  ClusterView *cv = view_of(c->l, cid);
+  if (cv == NULL || !(o->has_cpu || o->has_memory))
+    return;
+  if (cv->usage == NULL)
+    cv->usage = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  double *u = g_new(double, 2);
+  u[0] = o->has_cpu ? o->cpu : 0;
+  u[1] = o->has_memory ? o->memory : 0;
+  g_hash_table_replace(cv->usage, g_strdup_printf("%s/%" G_GINT64_FORMAT, o->job_id, o->instance), u);
+}
+
+gboolean loop_instance_usage(Loop *l, const char *cid, const char *sid, gint64 n, double *cpu,
+                             double *memory) {
+  ClusterView *cv = view_of(l, cid);
+  g_autofree char *key = g_strdup_printf("%s/%" G_GINT64_FORMAT, sid, n);
+  double *u = cv && cv->usage ? g_hash_table_lookup(cv->usage, key) : NULL;
+  if (u == NULL)
+    return FALSE;
+  *cpu = u[0];
+  *memory = u[1];
+  return TRUE;
+}
+
 static gboolean observe(Ctx *c, const char *cid, const LoopObservation *o, gboolean full_state,
                         GError **error) {
+  note_usage(c, cid, o);
   g_autofree char *sid = store_service_resolve(c->l->store, o->job_id);
   g_autoptr(StoreInstance) i = sid ? store_instance_get(c->l->store, sid, o->instance) : NULL;
   if (i != NULL && !i->deleting && strcmp(i->cluster_id, cid) == 0) {
@@ -1344,6 +1374,8 @@ static gboolean aggregate_fn(Ctx *c, gpointer data, GError **error) {
         !store_refusal_drop(c->l->store, r->service_id, r->number, r->cluster_id, error))
       return FALSE;
   }
+  if (rp->full_state && cv->usage != NULL)
+    g_hash_table_remove_all(cv->usage); /* instances it no longer holds have none */
   if (rp->full_state && !reconcile(c, rp, error))
     return FALSE;
   /* New capacity: every unplaced instance is tried at once (in the pass this kicks). */

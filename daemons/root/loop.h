@@ -77,6 +77,10 @@ gboolean loop_cluster_register(Loop *l, const char *id, const char *name, const 
                                const char *url, const char *cred_salt, const char *cred_hash,
                                const char *consumed_join_hash, char **subnet, gboolean *exhausted,
                                GError **error);
+/* The CPU (% of one core) and memory (MB) of instance n of sid on cluster cid as its cluster last
+ * reported them; FALSE when it did not. */
+gboolean loop_instance_usage(Loop *l, const char *cid, const char *sid, gint64 n, double *cpu,
+                             double *memory);
 gboolean loop_status_report(Loop *l, const char *cluster_id, const LoopObservation *obs, guint n,
                             GError **error);
 /* agg is taken. instances[0..n_instances) is the cluster's full state; n_instances < 0 when the

@@ -31,8 +31,11 @@ JsonObject *view_instance(Root *r, const StoreInstance *i) {
   json_object_set_string_member(o, "cluster_name", cl ? cl->name : "");
   json_object_set_string_member(o, "node_id", i->node);
   json_object_set_string_member(o, "publicip", i->publicip);
-  json_object_set_double_member(o, "cpu", i->cpu);
-  json_object_set_double_member(o, "memory", i->memory);
+  double cpu = i->cpu, memory = i->memory;
+  if (*i->cluster_id && !i->deleting)
+    loop_instance_usage(r->loop, i->cluster_id, i->service_id, i->number, &cpu, &memory);
+  json_object_set_double_member(o, "cpu", cpu);
+  json_object_set_double_member(o, "memory", memory);
   json_object_set_string_member(o, "status", i->status);
   g_autofree char *detail = loop_instance_detail(r->loop, i);
   json_object_set_string_member(o, "status_detail", detail);
