@@ -1206,6 +1206,109 @@ class CliTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
 
 
+    def read_lines(self, p, n, timeout=15):
+        """The next n lines p writes on stdout (bytes read as they come, not waiting for its end)."""
+        buf, deadline = getattr(p, "_buf", b""), time.time() + timeout
+        while buf.count(b"\n") < n:
+            left = deadline - time.time()
+            self.assertGreater(left, 0, "only %r from %s" % (buf, p.args))
+            if select.select([p.stdout], [], [], left)[0]:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                self.assertTrue(chunk, "%s ended after %r" % (p.args, buf))
+                buf += chunk
+        lines = buf.split(b"\n")
+        p._buf = b"\n".join(lines[n:])
+        return [line.decode() for line in lines[:n]]
+
+    def test_26_describe_top_watch_and_logs_follow(self):
+        job = "views.test.v.test"
+        name = job + ".instance.0"
+        d = json.loads(json.dumps(SLA))
+        app = d["applications"][0]
+        app["application_name"] = "views"
+        app["microservices"] = [dict(app["microservices"][0], microservice_name="v", port="")]
+        rc, out, err = self.oakuk("apply", self.sla_file(d, "views.json"))
+        self.assertEqual(rc, 0, err)
+        rc, out, err = self.oakuk("deploy", job)
+        self.assertEqual(rc, 0, err)
+        self.node.expect("control/deploy", lambda m: m["job_name"] == job and m["instance_number"] == 0)
+        self.node.instances.add(name)
+        self.node.status(job, 0, "RUNNING", ready=True)
+        edgelib.wait_until("the instance's usage at the root", lambda: (lambda i: i["ready"] and i["memory"] == 10)(
+            self.root_service(job)["instance_list"][0]), timeout=20)
+        # describe: the spec with its revision, the instances, the placement
+        rc, out, err = self.oakuk("describe", "v")
+        self.assertEqual(rc, 0, err)
+        for want in ("Service:         %s\n" % job, "Revision:        1\n",
+                     "Code:            docker.io/library/nginx:latest\n", "Memory (MB):     100\n",
+                     "views.test.v.test: cluster selection at the root:\n"):
+            self.assertIn(want, out)
+        self.assertRegex(out, r"\nINSTANCE +REV +CLUSTER +NODE +STATUS +READY +CPU% +MEM-MB +DETAIL *\n"
+                              r"0 +1 +edge1 +node-a +RUNNING +yes +1\.0 +10\.0")
+        rc, out, err = self.oakuk("describe", "--json", job)
+        self.assertEqual(rc, 0, err)
+        doc = json.loads(out)
+        self.assertEqual((doc["service"]["job_name"], doc["service"]["revision"], doc["explain"]["job_name"]),
+                         (job, 1, job))
+        self.assertEqual(self.oakuk("describe", "nosuch")[0], 6)
+        self.assertEqual(self.oakuk("describe")[0], 2)
+        # top: nodes and instances, busiest first
+        rc, out, err = self.oakuk("top")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"CLUSTER +NODE +CPU% +MEM% +MEM-TOTAL +ACTIVE *\nedge1 +node-a +25\.0 +10\.0 +8192 MB +yes")
+        self.assertRegex(out, r"\nSERVICE +INSTANCE +NODE +STATUS +CPU% +MEM-MB *\n")
+        self.assertRegex(out, r"\n%s +0 +node-a +RUNNING +1\.0 +10\.0" % re.escape(job))
+        rc, out, err = self.oakuk("top", "-o", "json")
+        rows = json.loads(out)
+        self.assertEqual([r["kind"] for r in rows][0], "node")
+        self.assertIn({"kind": "instance", "service": job, "instance": 0, "node": "node-a", "status": "RUNNING",
+                       "cpu_percent": 1.0, "memory_mb": 10.0}, rows)
+        # --watch on the lists: with -o json one {"time", "rows"} line per round, every 2 s
+        for cmd, rounds in (("nodes", 2), ("clusters", 1), ("top", 1)):
+            p = subprocess.Popen([OAKUK, cmd, "--watch", "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=self.env, start_new_session=True)
+            t0 = time.time()
+            lines = self.read_lines(p, rounds)
+            if rounds == 2:
+                self.assertGreater(time.time() - t0, 1.5)
+            p.send_signal(signal.SIGINT)
+            self.assertEqual(p.wait(timeout=10), 0)
+            p.stdout.close()
+            p.stderr.close()
+            for line in lines:
+                o = json.loads(line)
+                self.assertEqual(sorted(o), ["rows", "time"])
+                self.assertTrue(o["rows"], cmd)
+            if cmd == "nodes":
+                self.assertEqual(o["rows"][0]["id"], "node-a")
+        self.assertEqual(self.oakuk("nodes", "--watch", "extra")[0], 2)
+        # logs -f: what is there, then only what comes after it (a line equal to an old one included)
+        self.node.logs[name] = ["one", "two"]
+        p = subprocess.Popen([OAKUK, "logs", "-f", "v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+                             start_new_session=True)
+        self.assertEqual(self.read_lines(p, 2), ["one", "two"])
+        self.node.logs[name] += ["three", "two"]
+        self.assertEqual(self.read_lines(p, 2), ["three", "two"])
+        # a log that does not continue the last answer (started again): shown, and said so
+        self.node.logs[name] = ["fresh"]
+        self.assertEqual(self.read_lines(p, 1), ["fresh"])
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        self.assertEqual((p.returncode, out), (0, b""), err)
+        self.assertIn("oakuk logs: %s: its log does not continue the last answer" % name, err.decode())
+        # with --json: one object per line
+        p = subprocess.Popen([OAKUK, "logs", "-f", "--json", "v", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=self.env, start_new_session=True)
+        self.assertEqual(json.loads(self.read_lines(p, 1)[0]), {"instance": name, "node": "node-a", "line": "fresh"})
+        self.node.logs[name] += ["next"]
+        self.assertEqual(json.loads(self.read_lines(p, 1)[0])["line"], "next")
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0)
+        rc, out, err = self.oakuk("delete", "app", "views.test")
+        self.assertEqual(rc, 0, err)
+
+
 if __name__ == "__main__":
     OAKUK, ROOT_BIN, CLUSTER_BIN = sys.argv[1:4]
     del sys.argv[1:4]

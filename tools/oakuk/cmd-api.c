@@ -489,6 +489,116 @@ static int print_explanation(OakClient *cl, JsonObject *service, gboolean json) 
   return OAKUK_CLI_OK;
 }
 
+/* ---- describe ---- */
+
+/* A descriptor value as text: strings as they are, anything else as compact JSON. */
+static char *value_text(JsonObject *o, const char *key) {
+  JsonNode *n = o ? json_object_get_member(o, key) : NULL;
+  if (n == NULL || JSON_NODE_HOLDS_NULL(n))
+    return NULL;
+  if (JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING)
+    return *json_node_get_string(n) ? g_strdup(json_node_get_string(n)) : NULL;
+  return oak_json_text(n, FALSE);
+}
+
+static void print_service_fields(JsonObject *s) {
+  static const struct {
+    const char *label, *key;
+  } fields[] = {{"Virtualization", "virtualization"},
+                {"Arch", "arch"},
+                {"Code", "code"},
+                {"Cmd", "cmd"},
+                {"Memory (MB)", "memory"},
+                {"vCPUs", "vcpus"},
+                {"Port", "port"},
+                {"Addresses", "addresses"},
+                {"Restart", "restart"},
+                {"Emulation", "emulation"},
+                {"Unikernel", "unikernel"},
+                {"Readiness", "readiness"},
+                {"Constraints", "constraints"}};
+  printf("%-16s %s\n", "Service:", oak_str(s, "job_name", "?"));
+  printf("%-16s %s\n", "ID:", oak_service_id(s));
+  printf("%-16s %s.%s (%s)\n", "Application:", oak_str(s, "app_name", "?"), oak_str(s, "app_ns", "?"),
+         oak_str(s, "applicationID", "?"));
+  printf("%-16s %" G_GINT64_FORMAT "\n", "Revision:", oak_int(s, "revision", 1));
+  for (gsize k = 0; k < G_N_ELEMENTS(fields); k++) {
+    g_autofree char *v = value_text(s, fields[k].key);
+    if (v != NULL && strcmp(v, "[]") != 0 && strcmp(v, "{}") != 0) {
+      g_autofree char *label = g_strdup_printf("%s:", fields[k].label);
+      printf("%-16s %s\n", label, v);
+    }
+  }
+}
+
+static void print_instance_table(JsonObject *s) {
+  static const char *const headers[] = {"INSTANCE", "REV",  "CLUSTER", "NODE",   "STATUS",
+                                        "READY",    "CPU%", "MEM-MB",  "DETAIL", NULL};
+  JsonArray *insts = oak_array_member(s, "instance_list");
+  printf("\nInstances:%s\n", insts == NULL || json_array_get_length(insts) == 0 ? " none" : "");
+  if (insts == NULL || json_array_get_length(insts) == 0)
+    return;
+  g_autoptr(OakTable) t = oak_table_new(headers);
+  for (guint i = 0; i < json_array_get_length(insts); i++) {
+    JsonObject *in = json_array_get_object_element(insts, i);
+    g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, oak_int(in, "instance_number", 0));
+    g_autofree char *rev = g_strdup_printf("%" G_GINT64_FORMAT, oak_int(in, "revision", 1));
+    g_autofree char *cpu = g_strdup_printf("%.1f", oak_num(in, "cpu", 0));
+    g_autofree char *mem = g_strdup_printf("%.1f", oak_num(in, "memory", 0));
+    const char *cells[] = {n,
+                           rev,
+                           oak_str(in, "cluster_name", ""),
+                           oak_str(in, "node_id", ""),
+                           oak_str(in, "status", ""),
+                           oak_bool(in, "ready", FALSE) ? "yes" : "no",
+                           cpu,
+                           mem,
+                           oak_str(in, "status_detail", "")};
+    oak_table_add(t, cells);
+  }
+  oak_table_print(t, stdout);
+}
+
+int oakuk_cmd_describe(int argc, char **argv) {
+  g_autofree char *url = NULL;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), NO_ENTRY};
+  if (!oak_parse(
+          "describe", "SERVICE",
+          "Show a service in full: its spec and revision, its instances (revision, where, status, readiness, "
+          "CPU and memory) and why the scheduler placed or refused them.",
+          entries, &argc, &argv))
+    return OAKUK_CLI_USAGE;
+  if (argc != 2) {
+    fprintf(stderr, "oakuk describe: exactly one SERVICE expected\n");
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new("describe", url, json, TRUE, &rc);
+  if (cl == NULL)
+    return rc;
+  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  if (service == NULL)
+    return rc;
+  if (json) {
+    g_autofree char *path = g_strdup_printf("/api/v1/services/%s/explain", oak_service_id(service));
+    g_autoptr(JsonNode) explain = oak_request(cl, "GET", path, NULL, NULL, &rc);
+    if (explain == NULL)
+      return rc;
+    g_autoptr(JsonObject) o = json_object_new();
+    json_object_set_object_member(o, "service", json_object_ref(service));
+    json_object_set_member(o, "explain", json_node_ref(explain));
+    g_autoptr(JsonNode) n = json_node_init_object(json_node_alloc(), o);
+    oak_print_json(n);
+    return OAKUK_CLI_OK;
+  }
+  print_service_fields(service);
+  print_instance_table(service);
+  printf("\n");
+  fflush(stdout);
+  return print_explanation(cl, service, FALSE);
+}
+
 int oakuk_cmd_explain(int argc, char **argv) {
   g_autofree char *url = NULL;
   gboolean json = FALSE;
@@ -766,13 +876,127 @@ int oakuk_cmd_undeploy(int argc, char **argv) {
 
 /* ---- logs ---- */
 
+/* Line i of a log answer ("" when it is not a string). */
+static const char *line_at(JsonArray *lines, guint i) {
+  JsonNode *e = json_array_get_element(lines, i);
+  return JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING ? json_node_get_string(e)
+                                                                                  : "";
+}
+
+/* Where the new lines of now begin, now and before being the tails of one log, before taken
+ * earlier: now is taken to continue before at the smallest shift that makes them agree (a log that
+ * repeats itself can hide lines behind that choice). *gap when they do not overlap at all. */
+static guint new_lines_from(JsonArray *before, JsonArray *now, gboolean *gap) {
+  guint nb = before ? json_array_get_length(before) : 0, nn = json_array_get_length(now);
+  *gap = FALSE;
+  for (guint d = 0; d < nb; d++) {
+    guint overlap = nb - d, k = 0;
+    if (overlap > nn)
+      continue;
+    while (k < overlap && strcmp(line_at(before, d + k), line_at(now, k)) == 0)
+      k++;
+    if (k == overlap)
+      return overlap;
+  }
+  *gap = nb > 0 && nn > 0;
+  return 0;
+}
+
+typedef struct {
+  gint64 number;
+  char *path, *name, *node;
+  JsonArray *seen; /* the last answer's lines */
+} Followed;
+
+static void followed_clear(gpointer p) {
+  Followed *f = p;
+  g_free(f->path);
+  g_free(f->name);
+  g_free(f->node);
+  if (f->seen)
+    json_array_unref(f->seen);
+}
+
+/* Prints a log line: plain, prefixed with its instance when several are shown, or as an NDJSON
+ * object with --json. */
+static void print_log_line(OakClient *cl, const Followed *f, const char *line, gboolean prefix) {
+  if (cl->json) {
+    g_autoptr(JsonObject) o = json_object_new();
+    json_object_set_string_member(o, "instance", f->name ? f->name : "");
+    json_object_set_string_member(o, "node", f->node ? f->node : "");
+    json_object_set_string_member(o, "line", line);
+    g_autoptr(JsonNode) n = json_node_init_object(json_node_alloc(), o);
+    g_autofree char *text = oak_json_text(n, FALSE);
+    printf("%s\n", text);
+  } else if (prefix) {
+    printf("[%s] %s\n", f->name ? f->name : "?", line);
+  } else {
+    printf("%s\n", line);
+  }
+}
+
+/* One poll of f: prints what is new since the last one. FALSE when the root gave no answer. */
+static gboolean follow_once(OakClient *cl, Followed *f, gboolean prefix, int *rc) {
+  g_autoptr(JsonNode) a = oak_request(cl, "GET", f->path, NULL, NULL, rc);
+  JsonObject *o = oak_object_of(a);
+  JsonArray *lines = oak_array_member(o, "lines");
+  if (lines == NULL)
+    return FALSE;
+  if (f->name == NULL) {
+    f->name = g_strdup(oak_str(o, "instance", "?"));
+    f->node = g_strdup(oak_str(o, "node", ""));
+  }
+  gboolean gap = FALSE;
+  guint from = new_lines_from(f->seen, lines, &gap);
+  if (gap)
+    fprintf(stderr,
+            "oakuk logs: %s: its log does not continue the last answer (more new lines than --lines in a "
+            "second, or it started again): lines may be missing\n",
+            f->name);
+  for (guint i = from; i < json_array_get_length(lines); i++)
+    print_log_line(cl, f, line_at(lines, i), prefix);
+  fflush(stdout);
+  if (f->seen)
+    json_array_unref(f->seen);
+  f->seen = json_array_ref(lines);
+  return TRUE;
+}
+
+/* -f: polls every instance's log every second until interrupted or none answers any more. */
+static int follow(OakClient *cl, GArray *followed) {
+  oak_catch_interrupts();
+  int result = OAKUK_CLI_OK;
+  guint live = followed->len;
+  gboolean prefix = followed->len > 1;
+  while (live > 0) {
+    for (guint i = 0; i < followed->len; i++) {
+      Followed *f = &g_array_index(followed, Followed, i);
+      int rc = OAKUK_CLI_FAILED;
+      if (f->path != NULL && !follow_once(cl, f, prefix, &rc)) {
+        fprintf(stderr, "oakuk logs: instance %" G_GINT64_FORMAT ": no longer followed\n", f->number);
+        g_clear_pointer(&f->path, g_free);
+        live--;
+        result = rc;
+      }
+    }
+    if (!oak_nap(1000))
+      break;
+  }
+  return result;
+}
+
 int oakuk_cmd_logs(int argc, char **argv) {
   g_autofree char *url = NULL;
-  gboolean json = FALSE;
+  gboolean json = FALSE, follow_on = FALSE;
   gint lines = 100;
   GOptionEntry entries[] = {
       OAKUK_CLIENT_OPTIONS(url, json),
       {"lines", 'n', 0, G_OPTION_ARG_INT, &lines, "Last N lines (default 100, at most 10000)", "N"},
+      {"follow", 'f', 0, G_OPTION_ARG_NONE, &follow_on,
+       "Then keep printing new lines (asked every second) until interrupted; with several instances each "
+       "line "
+       "is prefixed with its instance, with --json one JSON object per line",
+       NULL},
       NO_ENTRY,
   };
   if (!oak_parse("logs", "SERVICE [INSTANCE]",
@@ -797,6 +1021,17 @@ int oakuk_cmd_logs(int argc, char **argv) {
   if (nums->len == 0) {
     fprintf(stderr, "oakuk logs: %s has no instances\n", oak_str(service, "job_name", "?"));
     return OAKUK_CLI_NOT_FOUND;
+  }
+  if (follow_on) {
+    g_autoptr(GArray) followed = g_array_new(FALSE, TRUE, sizeof(Followed));
+    g_array_set_clear_func(followed, followed_clear);
+    for (guint i = 0; i < nums->len; i++) {
+      Followed f = {.number = g_array_index(nums, gint64, i)};
+      f.path = g_strdup_printf("/api/v1/services/%s/instances/%" G_GINT64_FORMAT "/logs?lines=%d",
+                               oak_service_id(service), f.number, lines);
+      g_array_append_val(followed, f);
+    }
+    return follow(cl, followed);
   }
   int result = OAKUK_CLI_OK;
   for (guint i = 0; i < nums->len; i++) {

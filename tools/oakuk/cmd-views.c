@@ -147,36 +147,20 @@ static void print_watched(OakOutput format, JsonArray *rows) {
   }
 }
 
-int oakuk_cmd_status(int argc, char **argv) {
-  g_autofree char *url = NULL, *output = NULL;
-  gboolean json = FALSE, watch = FALSE;
-  GOptionEntry entries[] = {
-      OAKUK_CLIENT_OPTIONS(url, json),
-      OAKUK_OUTPUT_OPTION(output),
-      {"watch", 'w', 0, G_OPTION_ARG_NONE, &watch,
-       "Redraw every 2 s until interrupted (with -o json: one JSON line per round)", NULL},
-      NO_ENTRY,
-  };
-  if (!oak_parse("status", "", "Show the applications, services and instances and where they run.", entries,
-                 &argc, &argv))
-    return OAKUK_CLI_USAGE;
-  OakOutput format;
-  if (!oak_output_parse("status", output, json, &format))
-    return OAKUK_CLI_USAGE;
-  if (argc != 1) {
-    fprintf(stderr, "oakuk status: no positional arguments expected\n");
-    return OAKUK_CLI_USAGE;
-  }
-  int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("status", url, format == OAK_OUTPUT_JSON, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
+typedef JsonArray *(*RowsFn)(OakClient *cl, int *rc);
+typedef void (*PrintFn)(JsonArray *rows, gboolean wide);
+
+/* Shows the rows once, or with watch every 2 s until interrupted: a table redrawn under a title
+ * line, or with -o json|yaml one document per round (print_watched). */
+static int show_rows(OakClient *cl, const char *name, OakOutput format, gboolean watch, RowsFn rows_fn,
+                     PrintFn print) {
   if (watch)
     oak_catch_interrupts();
   gboolean tty = isatty(STDOUT_FILENO);
   gboolean table = format == OAK_OUTPUT_TABLE || format == OAK_OUTPUT_WIDE;
   do {
-    g_autoptr(JsonArray) rows = status_rows(cl, &rc);
+    int rc = OAKUK_CLI_FAILED;
+    g_autoptr(JsonArray) rows = rows_fn(cl, &rc);
     if (rows == NULL)
       return rc;
     if (watch && !table) {
@@ -188,13 +172,42 @@ int oakuk_cmd_status(int argc, char **argv) {
       if (watch) {
         g_autoptr(GDateTime) now = g_date_time_new_now_local();
         g_autofree char *stamp = g_date_time_format(now, "%H:%M:%S");
-        printf("%sEvery 2s: oakuk status (%s)  %s\n\n", tty ? "\033[H\033[2J" : "", cl->url, stamp);
+        printf("%sEvery 2s: oakuk %s (%s)  %s\n\n", tty ? "\033[H\033[2J" : "", name, cl->url, stamp);
       }
-      print_status(rows, format == OAK_OUTPUT_WIDE);
+      print(rows, format == OAK_OUTPUT_WIDE);
     }
     fflush(stdout);
   } while (watch && oak_nap(2000));
   return OAKUK_CLI_OK;
+}
+
+/* A list command: the client's options, -o and --watch, no positional argument. */
+static int list_command(const char *name, const char *summary, int argc, char **argv, RowsFn rows_fn,
+                        PrintFn print) {
+  g_autofree char *url = NULL, *output = NULL;
+  gboolean json = FALSE, watch = FALSE;
+  GOptionEntry entries[] = {
+      OAKUK_CLIENT_OPTIONS(url, json),
+      OAKUK_OUTPUT_OPTION(output),
+      {"watch", 'w', 0, G_OPTION_ARG_NONE, &watch,
+       "Redraw every 2 s until interrupted (with -o json: one JSON line per round)", NULL},
+      NO_ENTRY,
+  };
+  OakOutput format;
+  if (!oak_parse(name, "", summary, entries, &argc, &argv) || !oak_output_parse(name, output, json, &format))
+    return OAKUK_CLI_USAGE;
+  if (argc != 1) {
+    fprintf(stderr, "oakuk %s: no positional arguments expected\n", name);
+    return OAKUK_CLI_USAGE;
+  }
+  int rc = OAKUK_CLI_FAILED;
+  g_autoptr(OakClient) cl = oak_client_new(name, url, format == OAK_OUTPUT_JSON, TRUE, &rc);
+  return cl ? show_rows(cl, name, format, watch, rows_fn, print) : rc;
+}
+
+int oakuk_cmd_status(int argc, char **argv) {
+  return list_command("status", "Show the applications, services and instances and where they run.", argc,
+                      argv, status_rows, print_status);
 }
 
 /* ---- clusters and nodes ---- */
@@ -259,40 +272,34 @@ static void print_clusters(JsonArray *list, gboolean wide) {
   oak_table_print(t, stdout);
 }
 
-/* The clusters and their last aggregates, for `oakuk clusters` and `oakuk nodes` (options:
- * the client's and -o, no positional argument). NULL with *rc set on failure. */
-static JsonArray *cluster_list_command(const char *name, const char *summary, int argc, char **argv,
-                                       OakOutput *format, int *rc) {
-  g_autofree char *url = NULL, *output = NULL;
-  gboolean json = FALSE;
-  GOptionEntry entries[] = {OAKUK_CLIENT_OPTIONS(url, json), OAKUK_OUTPUT_OPTION(output), NO_ENTRY};
-  *rc = OAKUK_CLI_USAGE;
-  if (!oak_parse(name, "", summary, entries, &argc, &argv) || !oak_output_parse(name, output, json, format))
-    return NULL;
-  if (argc != 1) {
-    fprintf(stderr, "oakuk %s: no positional arguments expected\n", name);
-    return NULL;
-  }
-  *rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new(name, url, *format == OAK_OUTPUT_JSON, TRUE, rc);
-  return cl ? get_clusters(cl, rc) : NULL;
+int oakuk_cmd_clusters(int argc, char **argv) {
+  return list_command("clusters", "List the clusters registered with the root and their last aggregate.",
+                      argc, argv, get_clusters, print_clusters);
 }
 
-int oakuk_cmd_clusters(int argc, char **argv) {
-  OakOutput format;
-  int rc;
-  g_autoptr(JsonArray) list =
-      cluster_list_command("clusters", "List the clusters registered with the root and their last aggregate.",
-                           argc, argv, &format, &rc);
+/* Every cluster's nodes, each with cluster_id and cluster_name. */
+static JsonArray *node_rows(OakClient *cl, int *rc) {
+  g_autoptr(JsonArray) list = get_clusters(cl, rc);
   if (list == NULL)
-    return rc;
-  if (format == OAK_OUTPUT_JSON || format == OAK_OUTPUT_YAML) {
-    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), list);
-    oak_print_as(format, n);
-    return OAKUK_CLI_OK;
+    return NULL;
+  JsonArray *out = json_array_new();
+  for (guint i = 0; i < json_array_get_length(list); i++) {
+    JsonObject *c = json_array_get_object_element(list, i);
+    JsonArray *nodes = oak_array_member(c, "nodes");
+    for (guint j = 0; nodes != NULL && j < json_array_get_length(nodes); j++) {
+      JsonObject *n = json_array_get_object_element(nodes, j);
+      if (n == NULL)
+        continue;
+      JsonObject *copy = json_object_new();
+      g_autoptr(GList) keys = json_object_get_members(n);
+      for (GList *l = keys; l != NULL; l = l->next)
+        json_object_set_member(copy, l->data, json_node_copy(json_object_get_member(n, l->data)));
+      json_object_set_string_member(copy, "cluster_id", oak_str(c, "id", ""));
+      json_object_set_string_member(copy, "cluster_name", oak_str(c, "cluster_name", ""));
+      json_array_add_object_element(out, copy);
+    }
   }
-  print_clusters(list, format == OAK_OUTPUT_WIDE);
-  return OAKUK_CLI_OK;
+  return out;
 }
 
 static void print_nodes(JsonArray *out, gboolean wide) {
@@ -347,37 +354,105 @@ static void print_nodes(JsonArray *out, gboolean wide) {
 }
 
 int oakuk_cmd_nodes(int argc, char **argv) {
-  OakOutput format;
-  int rc;
-  g_autoptr(JsonArray) list =
-      cluster_list_command("nodes", "List the nodes of every cluster (as of each cluster's last aggregate).",
-                           argc, argv, &format, &rc);
-  if (list == NULL)
-    return rc;
-  g_autoptr(JsonArray) out = json_array_new();
-  for (guint i = 0; i < json_array_get_length(list); i++) {
-    JsonObject *c = json_array_get_object_element(list, i);
-    JsonArray *nodes = oak_array_member(c, "nodes");
-    for (guint j = 0; nodes != NULL && j < json_array_get_length(nodes); j++) {
-      JsonObject *n = json_array_get_object_element(nodes, j);
-      if (n == NULL)
-        continue;
-      JsonObject *copy = json_object_new();
-      g_autoptr(GList) keys = json_object_get_members(n);
-      for (GList *l = keys; l != NULL; l = l->next)
-        json_object_set_member(copy, l->data, json_node_copy(json_object_get_member(n, l->data)));
-      json_object_set_string_member(copy, "cluster_id", oak_str(c, "id", ""));
-      json_object_set_string_member(copy, "cluster_name", oak_str(c, "cluster_name", ""));
-      json_array_add_object_element(out, copy);
+  return list_command("nodes", "List the nodes of every cluster (as of each cluster's last aggregate).", argc,
+                      argv, node_rows, print_nodes);
+}
+
+/* ---- top ---- */
+
+static gint by_cpu(gconstpointer a, gconstpointer b) {
+  double x = oak_num(*(JsonObject *const *)a, "cpu_percent", 0),
+         y = oak_num(*(JsonObject *const *)b, "cpu_percent", 0);
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Nodes, then instances, each busiest first: {"kind": "node"|"instance", ...}. */
+static JsonArray *top_rows(OakClient *cl, int *rc) {
+  g_autoptr(JsonArray) nodes = node_rows(cl, rc);
+  if (nodes == NULL)
+    return NULL;
+  g_autoptr(JsonNode) all = oak_request(cl, "GET", "/api/v1/services", NULL, NULL, rc);
+  if (all == NULL || !JSON_NODE_HOLDS_ARRAY(all))
+    return NULL;
+  g_autoptr(GPtrArray) node_list = g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+  g_autoptr(GPtrArray) inst_list = g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+  for (guint i = 0; i < json_array_get_length(nodes); i++) {
+    JsonObject *n = json_array_get_object_element(nodes, i);
+    JsonObject *r = json_object_new();
+    json_object_set_string_member(r, "kind", "node");
+    json_object_set_string_member(r, "cluster", oak_str(n, "cluster_name", ""));
+    json_object_set_string_member(r, "node", oak_str(n, "id", ""));
+    json_object_set_double_member(r, "cpu_percent", oak_num(n, "cpu_percent", 0));
+    json_object_set_double_member(r, "memory_percent", oak_num(n, "memory_percent", 0));
+    json_object_set_int_member(r, "memory_total_mb", oak_int(n, "memory_total", 0));
+    json_object_set_boolean_member(r, "active", oak_bool(n, "active", FALSE));
+    g_ptr_array_add(node_list, r);
+  }
+  JsonArray *svcs = json_node_get_array(all);
+  for (guint i = 0; i < json_array_get_length(svcs); i++) {
+    JsonObject *s = json_array_get_object_element(svcs, i);
+    JsonArray *insts = oak_array_member(s, "instance_list");
+    for (guint j = 0; insts != NULL && j < json_array_get_length(insts); j++) {
+      JsonObject *in = json_array_get_object_element(insts, j);
+      JsonObject *r = json_object_new();
+      json_object_set_string_member(r, "kind", "instance");
+      json_object_set_string_member(r, "service", oak_str(s, "job_name", ""));
+      json_object_set_int_member(r, "instance", oak_int(in, "instance_number", 0));
+      json_object_set_string_member(r, "node", oak_str(in, "node_id", ""));
+      json_object_set_string_member(r, "status", oak_str(in, "status", ""));
+      json_object_set_double_member(r, "cpu_percent", oak_num(in, "cpu", 0));
+      json_object_set_double_member(r, "memory_mb", oak_num(in, "memory", 0));
+      g_ptr_array_add(inst_list, r);
     }
   }
-  if (format == OAK_OUTPUT_JSON || format == OAK_OUTPUT_YAML) {
-    g_autoptr(JsonNode) n = json_node_init_array(json_node_alloc(), out);
-    oak_print_as(format, n);
-    return OAKUK_CLI_OK;
+  g_ptr_array_sort(node_list, by_cpu);
+  g_ptr_array_sort(inst_list, by_cpu);
+  JsonArray *out = json_array_new();
+  for (guint i = 0; i < node_list->len; i++)
+    json_array_add_object_element(out, json_object_ref(node_list->pdata[i]));
+  for (guint i = 0; i < inst_list->len; i++)
+    json_array_add_object_element(out, json_object_ref(inst_list->pdata[i]));
+  return out;
+}
+
+static void print_top(JsonArray *rows, gboolean wide) {
+  static const char *const node_headers[] = {"CLUSTER", "NODE", "CPU%", "MEM%", "MEM-TOTAL", "ACTIVE", NULL};
+  static const char *const inst_headers[] = {"SERVICE", "INSTANCE", "NODE", "STATUS", "CPU%", "MEM-MB", NULL};
+  g_autoptr(OakTable) nt = oak_table_new(node_headers);
+  g_autoptr(OakTable) it = oak_table_new(inst_headers);
+  (void)wide;
+  for (guint i = 0; i < json_array_get_length(rows); i++) {
+    JsonObject *r = json_array_get_object_element(rows, i);
+    g_autofree char *cpu = g_strdup_printf("%.1f", oak_num(r, "cpu_percent", 0));
+    if (strcmp(oak_str(r, "kind", ""), "node") == 0) {
+      g_autofree char *mem = g_strdup_printf("%.1f", oak_num(r, "memory_percent", 0));
+      g_autofree char *total = g_strdup_printf("%" G_GINT64_FORMAT " MB", oak_int(r, "memory_total_mb", 0));
+      const char *cells[] = {oak_str(r, "cluster", ""),
+                             oak_str(r, "node", ""),
+                             cpu,
+                             mem,
+                             total,
+                             oak_bool(r, "active", FALSE) ? "yes" : "no"};
+      oak_table_add(nt, cells);
+    } else {
+      g_autofree char *n = g_strdup_printf("%" G_GINT64_FORMAT, oak_int(r, "instance", 0));
+      g_autofree char *mem = g_strdup_printf("%.1f", oak_num(r, "memory_mb", 0));
+      const char *cells[] = {oak_str(r, "service", ""), n,   oak_str(r, "node", ""),
+                             oak_str(r, "status", ""),  cpu, mem};
+      oak_table_add(it, cells);
+    }
   }
-  print_nodes(out, format == OAK_OUTPUT_WIDE);
-  return OAKUK_CLI_OK;
+  oak_table_print(nt, stdout);
+  printf("\n");
+  oak_table_print(it, stdout);
+}
+
+int oakuk_cmd_top(int argc, char **argv) {
+  return list_command(
+      "top",
+      "Show CPU and memory of every node and instance, busiest first (as the nodes last reported "
+      "them: instances' CPU in % of one core, memory their resident set).",
+      argc, argv, top_rows, print_top);
 }
 
 /* `oakuk node drain|undrain|remove NODE` (docs/reconcile.md, "Drain and removal"). */

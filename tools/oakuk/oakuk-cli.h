@@ -27,6 +27,8 @@ int oakuk_cmd_status(int argc, char **argv);
 int oakuk_cmd_logs(int argc, char **argv);
 int oakuk_cmd_explain(int argc, char **argv);
 int oakuk_cmd_nodes(int argc, char **argv);
+int oakuk_cmd_top(int argc, char **argv);
+int oakuk_cmd_describe(int argc, char **argv);
 int oakuk_cmd_node(int argc, char **argv);
 int oakuk_cmd_clusters(int argc, char **argv);
 /* Administration (cmd-admin.c): join tokens and users. */
