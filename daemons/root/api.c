@@ -1237,6 +1237,80 @@ static void h_node_remove(Req *q) {
   node_request(q, "DELETE", FALSE);
 }
 
+/* ---- the API description and its page (docs/api.md "API description") ---- */
+
+#define RESOURCE_PREFIX "/org/oakuk/root/"
+/* The page's own script and style only: no inline script, nothing from another origin. */
+#define PAGE_CSP                                                                                             \
+  "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "            \
+  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+static void reply_resource(Req *q, const char *name, const char *type) {
+  g_autofree char *path = g_strconcat(RESOURCE_PREFIX, name, NULL);
+  g_autoptr(GBytes) data = g_resources_lookup_data(path, G_RESOURCE_LOOKUP_FLAGS_NONE, NULL);
+  if (data == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", "", "no such file");
+    return;
+  }
+  SoupMessageHeaders *h = soup_server_message_get_response_headers(q->msg);
+  soup_message_headers_replace(h, "Content-Security-Policy", PAGE_CSP);
+  soup_message_headers_replace(h, "X-Content-Type-Options", "nosniff");
+  soup_message_headers_replace(h, "Referrer-Policy", "no-referrer");
+  soup_message_headers_replace(h, "Cache-Control", "no-cache");
+  gsize len = 0;
+  const char *bytes = g_bytes_get_data(data, &len);
+  soup_server_message_set_status(q->msg, SOUP_STATUS_OK, NULL);
+  soup_server_message_set_response(q->msg, type, SOUP_MEMORY_COPY, bytes, len);
+}
+
+static JsonArray *registered_routes(void);
+
+/* "GET /api/v1/services/{}" for a route's method and pattern. */
+static char *route_text(const Route *r) {
+  g_auto(GStrv) segs = g_strsplit(r->pattern, "/", -1);
+  g_autoptr(GString) out = g_string_new(r->method);
+  g_string_append_c(out, ' ');
+  for (char **s = segs; *s; s++)
+    g_string_append_printf(out, "/%s", strcmp(*s, "*") == 0 ? "{}" : *s);
+  return g_string_free(g_steal_pointer(&out), FALSE);
+}
+
+/* The OpenAPI document compiled in, with this root's version and, as x-oakuk-routes, every route
+ * it registers (tests/integration/test-root.py checks the two against each other). */
+static void h_openapi(Req *q) {
+  g_autoptr(GBytes) data =
+      g_resources_lookup_data(RESOURCE_PREFIX "openapi.json", G_RESOURCE_LOOKUP_FLAGS_NONE, NULL);
+  gsize len = 0;
+  const char *text = data ? g_bytes_get_data(data, &len) : NULL;
+  g_autoptr(JsonNode) doc = text ? od_json_parse(text, (gssize)len, NULL) : NULL;
+  JsonObject *o = doc && JSON_NODE_HOLDS_OBJECT(doc) ? json_node_get_object(doc) : NULL;
+  JsonNode *info = o ? json_object_get_member(o, "info") : NULL;
+  if (info == NULL || !JSON_NODE_HOLDS_OBJECT(info)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_INTERNAL_SERVER_ERROR, "internal", "",
+                        "the API description is broken");
+    return;
+  }
+  json_object_set_string_member(json_node_get_object(info), "version", OAKUK_ROOT_VERSION);
+  json_object_set_array_member(o, "x-oakuk-routes", registered_routes());
+  od_http_reply_json(q->msg, SOUP_STATUS_OK, doc);
+}
+
+static void h_docs(Req *q) {
+  reply_resource(q, "docs.html", "text/html; charset=utf-8");
+}
+
+static void h_docs_file(Req *q) {
+  static const struct {
+    const char *name, *type;
+  } files[] = {{"docs.js", "text/javascript; charset=utf-8"}, {"docs.css", "text/css; charset=utf-8"}};
+  for (gsize k = 0; k < G_N_ELEMENTS(files); k++)
+    if (strcmp(q->cap[0], files[k].name) == 0) {
+      reply_resource(q, files[k].name, files[k].type);
+      return;
+    }
+  od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", "", "no such file");
+}
+
 /* ---- routing ---- */
 
 /* Roles: reads are everyone's, applications are changed by Admins and Application_Providers,
@@ -1244,6 +1318,9 @@ static void h_node_remove(Req *q) {
 static const Route routes[] = {
     {"GET", "healthz", AUTH_NONE, h_healthz, FALSE, 0},
     {"GET", "metrics", AUTH_NONE, h_metrics, FALSE, 0},
+    {"GET", "api/openapi.json", AUTH_NONE, h_openapi, FALSE, 0},
+    {"GET", "api/docs", AUTH_NONE, h_docs, FALSE, 0},
+    {"GET", "api/docs/*", AUTH_NONE, h_docs_file, FALSE, 0},
     {"POST", "api/application", AUTH_USER, h_app_create, TRUE, ROLES_APPS},
     {"GET", "api/application/*", AUTH_USER, h_app_get, TRUE, ROLES_ALL},
     {"PUT", "api/application/*", AUTH_USER, h_app_put, TRUE, ROLES_APPS},
@@ -1279,6 +1356,22 @@ static const Route routes[] = {
     {"DELETE", "api/v1/nodes/*/drain", AUTH_USER, h_node_undrain, FALSE, ROLES_INFRA},
     {"DELETE", "api/v1/nodes/*", AUTH_USER, h_node_remove, FALSE, ROLES_INFRA},
 };
+
+static JsonArray *registered_routes(void) {
+  JsonArray *all = json_array_new();
+  const struct {
+    const Route *table;
+    gsize n;
+  } tables[] = {{routes, G_N_ELEMENTS(routes)},
+                {root_auth_routes, root_auth_route_count},
+                {root_cluster_routes, root_cluster_route_count}};
+  for (gsize t = 0; t < G_N_ELEMENTS(tables); t++)
+    for (gsize k = 0; k < tables[t].n; k++) {
+      g_autofree char *r = route_text(&tables[t].table[k]);
+      json_array_add_string_element(all, r);
+    }
+  return all;
+}
 
 /* Tries one route; TRUE when it answered the request. */
 static gboolean try_route(Root *r, const Route *route, SoupServerMessage *msg, const char *method,

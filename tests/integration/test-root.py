@@ -1419,6 +1419,69 @@ class RevisionTest(unittest.TestCase):
         self.assertEqual(e.call("POST", "/api/v1/applications", sla()).status, 409)
 
 
+class ApiDescriptionTest(unittest.TestCase):
+    """GET /api/openapi.json (docs/api.md "API description") is kept true: every route the root
+    registers is documented and every documented operation is one of its routes (it answers with
+    something other than "no endpoint" or 405), every operation that needs a token answers 401
+    without one, and every schema it refers to exists. /api/docs renders it with the root's own
+    script and style only, under a CSP that forbids inline script and other origins."""
+
+    def test_document_matches_the_routes(self):
+        e = Edge(self, "")
+        base = e.root.base
+        r = request(base, "GET", "/api/openapi.json")  # no token needed
+        self.assertEqual(r.status, 200, r.body)
+        doc = r.json()
+        self.assertEqual(doc["openapi"], "3.0.3")
+        self.assertEqual(doc["info"]["version"], request(base, "GET", "/healthz").json()["version"])
+        documented = {}
+        for path, item in doc["paths"].items():
+            for method, op in item.items():
+                documented["%s %s" % (method.upper(), re.sub(r"\{[^}]+\}", "{}", path))] = op
+        routes = set(doc["x-oakuk-routes"])
+        self.assertEqual(len(routes), len(doc["x-oakuk-routes"]), "a route registered twice")
+        self.assertEqual(set(documented) - routes, set(), "documented but not routes of the root")
+        self.assertEqual(routes - set(documented), set(), "routes of the root that are not documented")
+        text = json.dumps(doc)
+        for name in set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text)):
+            self.assertIn(name, doc["components"]["schemas"], name)
+        for entry, op in sorted(documented.items()):
+            method, path = entry.split(" ", 1)
+            concrete = path.replace("{}", "6a00000000000000000000ff")
+            if concrete.endswith("/instances/6a00000000000000000000ff") or "/instances/6a" in concrete:
+                concrete = concrete.replace("/instances/6a00000000000000000000ff", "/instances/7")
+            if concrete.startswith("/api/docs/"):
+                concrete = "/api/docs/docs.css"
+            r = request(base, method, concrete, token=e.token)
+            self.assertNotEqual(r.status, 405, (entry, r.body))
+            self.assertFalse(r.status == 404 and b"no endpoint" in r.body, (entry, r.body))
+            if op["security"]:
+                r = request(base, method, concrete)
+                self.assertEqual(r.status, 401, (entry, r.body))
+            else:
+                self.assertNotEqual(r.status, 401, (entry, r.body))
+        # the page: its own script and style, no inline script, nothing from elsewhere
+        r = request(base, "GET", "/api/docs")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["Content-Type"].startswith("text/html"), r.headers["Content-Type"])
+        csp = r.headers["Content-Security-Policy"]
+        self.assertIn("default-src 'none'", csp)
+        self.assertIn("script-src 'self'", csp)
+        self.assertNotIn("unsafe-inline", csp)
+        self.assertEqual(r.headers["X-Content-Type-Options"], "nosniff")
+        html = r.body.decode()
+        self.assertIn('<script src="/api/docs/docs.js" defer></script>', html)
+        self.assertEqual(re.findall(r"<script>|<script [^>]*>[^<]+</script>|\son[a-z]+=", html), [])
+        for name, kind in (("docs.js", "text/javascript"), ("docs.css", "text/css")):
+            r = request(base, "GET", "/api/docs/" + name)
+            self.assertEqual(r.status, 200)
+            self.assertTrue(r.headers["Content-Type"].startswith(kind), r.headers["Content-Type"])
+            html += r.body.decode()
+        self.assertEqual(re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html), [])
+        self.assertEqual(request(base, "GET", "/api/docs/openapi.json").status, 404)
+        self.assertEqual(request(base, "GET", "/api/docs/../../etc/passwd").status, 404)
+
+
 class MigrationTest(unittest.TestCase):
     """A root.db of the schema before versions (instances inside the service documents, a forwards
     table) is upgraded on start: applications, services, instances, refusals, clusters and their
