@@ -1357,19 +1357,25 @@ static const Route routes[] = {
     {"DELETE", "api/v1/nodes/*", AUTH_USER, h_node_remove, FALSE, ROLES_INFRA},
 };
 
+/* Route i of the root (the user API's, then logins, users and tokens, then the clusters'); NULL
+ * past the last. */
+static const Route *route_at(gsize i) {
+  if (i < G_N_ELEMENTS(routes))
+    return &routes[i];
+  i -= G_N_ELEMENTS(routes);
+  if (i < root_auth_route_count)
+    return &root_auth_routes[i];
+  i -= root_auth_route_count;
+  return i < root_cluster_route_count ? &root_cluster_routes[i] : NULL;
+}
+
 static JsonArray *registered_routes(void) {
   JsonArray *all = json_array_new();
-  const struct {
-    const Route *table;
-    gsize n;
-  } tables[] = {{routes, G_N_ELEMENTS(routes)},
-                {root_auth_routes, root_auth_route_count},
-                {root_cluster_routes, root_cluster_route_count}};
-  for (gsize t = 0; t < G_N_ELEMENTS(tables); t++)
-    for (gsize k = 0; k < tables[t].n; k++) {
-      g_autofree char *r = route_text(&tables[t].table[k]);
-      json_array_add_string_element(all, r);
-    }
+  const Route *r;
+  for (gsize i = 0; (r = route_at(i)) != NULL; i++) {
+    g_autofree char *text = route_text(r);
+    json_array_add_string_element(all, text);
+  }
   return all;
 }
 
@@ -1390,20 +1396,67 @@ static gboolean try_route(Root *r, const Route *route, SoupServerMessage *msg, c
   return TRUE;
 }
 
+/* ---- CORS (docs/api.md "CORS") ---- */
+
+static gboolean cors_allowed(Root *r, const char *origin) {
+  return r->cfg.cors_any ||
+         (r->cfg.cors_origins && g_strv_contains((const char *const *)r->cfg.cors_origins, origin));
+}
+
+/* The methods of the routes path matches, "GET, POST" (empty when none does). */
+static void route_methods(char **seg, GString *allow) {
+  const char *cap[3];
+  const Route *r;
+  for (gsize i = 0; (r = route_at(i)) != NULL; i++)
+    if (od_path_match(seg, r->pattern, cap, G_N_ELEMENTS(cap)) && !strstr(allow->str, r->method))
+      g_string_append_printf(allow, "%s%s", allow->len ? ", " : "", r->method);
+}
+
+/* A request from a page of another origin: the CORS headers when the origin is allowed, and the
+ * answer to a preflight (OPTIONS). TRUE when the request is answered. */
+static gboolean cors(Root *r, SoupServerMessage *msg, const char *method, const char *path, char **seg) {
+  SoupMessageHeaders *in = soup_server_message_get_request_headers(msg);
+  const char *origin = soup_message_headers_get_one(in, "Origin");
+  if (origin == NULL)
+    return FALSE;
+  SoupMessageHeaders *out = soup_server_message_get_response_headers(msg);
+  gboolean allowed = cors_allowed(r, origin);
+  if (allowed) {
+    soup_message_headers_replace(out, "Access-Control-Allow-Origin", r->cfg.cors_any ? "*" : origin);
+    soup_message_headers_append(out, "Vary", "Origin");
+  }
+  if (strcmp(method, "OPTIONS") != 0)
+    return FALSE;
+  if (!allowed) {
+    od_http_reply_error(msg, SOUP_STATUS_FORBIDDEN, "cors_origin", "",
+                        "origin %s may not call this API from a page (it is not in [root] cors_origins)",
+                        origin);
+    return TRUE;
+  }
+  g_autoptr(GString) methods = g_string_new(NULL);
+  route_methods(seg, methods);
+  if (methods->len == 0) {
+    od_http_reply_no_route(msg, method, path, NULL);
+    return TRUE;
+  }
+  soup_message_headers_replace(out, "Access-Control-Allow-Methods", methods->str);
+  soup_message_headers_replace(out, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+  soup_message_headers_replace(out, "Access-Control-Max-Age", "600");
+  soup_server_message_set_status(msg, SOUP_STATUS_NO_CONTENT, NULL);
+  return TRUE;
+}
+
 static void handle(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
                    gpointer data) {
   Root *r = data;
   const char *method = soup_server_message_get_method(msg);
   g_auto(GStrv) seg = od_path_split(path);
+  if (cors(r, msg, method, path, seg))
+    return;
   g_autoptr(GString) allow = g_string_new(NULL);
-  for (gsize i = 0; i < G_N_ELEMENTS(routes); i++)
-    if (try_route(r, &routes[i], msg, method, path, seg, allow))
-      return;
-  for (gsize i = 0; i < root_auth_route_count; i++)
-    if (try_route(r, &root_auth_routes[i], msg, method, path, seg, allow))
-      return;
-  for (gsize i = 0; i < root_cluster_route_count; i++)
-    if (try_route(r, &root_cluster_routes[i], msg, method, path, seg, allow))
+  const Route *route;
+  for (gsize i = 0; (route = route_at(i)) != NULL; i++)
+    if (try_route(r, route, msg, method, path, seg, allow))
       return;
   od_http_reply_no_route(msg, method, path, allow->str);
 }

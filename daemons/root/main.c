@@ -55,6 +55,46 @@ static gboolean load_cluster_secret(RootConfig *cfg, const char *state_dir, char
   return TRUE;
 }
 
+/* [root] cors_origins: "*" alone, or origins (scheme://host[:port], http or https, nothing after)
+ * separated by commas or spaces. */
+static gboolean load_cors(GKeyFile *kf, RootConfig *cfg, GError **error) {
+  g_autofree char *text = NULL;
+  if (!od_config_string(kf, "root", "cors_origins", NULL, &text, error))
+    return FALSE;
+  g_auto(GStrv) parts = g_regex_split_simple("[\\s,]+", text ? g_strstrip(text) : "", 0, 0);
+  g_autoptr(GPtrArray) out = g_ptr_array_new_with_free_func(g_free);
+  for (char **p = parts; *p; p++) {
+    if (**p == '\0')
+      continue;
+    if (strcmp(*p, "*") == 0) {
+      cfg->cors_any = TRUE;
+      continue;
+    }
+    g_autoptr(GUri) uri = g_uri_parse(*p, G_URI_FLAGS_NONE, NULL);
+    const char *scheme = uri ? g_uri_get_scheme(uri) : NULL;
+    if (uri == NULL || (g_strcmp0(scheme, "http") != 0 && g_strcmp0(scheme, "https") != 0) ||
+        g_uri_get_host(uri) == NULL || *g_uri_get_host(uri) == '\0' || *g_uri_get_path(uri) != '\0' ||
+        g_uri_get_query(uri) != NULL || g_uri_get_fragment(uri) != NULL || g_uri_get_userinfo(uri) != NULL) {
+      g_set_error(
+          error, OD_ERROR, OD_ERROR_INVALID,
+          "config [root] cors_origins: '%s' is not an origin (http[s]://host[:port], nothing after) or *",
+          *p);
+      return FALSE;
+    }
+    g_ptr_array_add(out, g_strdup(*p));
+  }
+  if (cfg->cors_any && out->len > 0) {
+    g_set_error(error, OD_ERROR, OD_ERROR_INVALID,
+                "config [root] cors_origins: * stands alone (it allows every origin)");
+    return FALSE;
+  }
+  if (out->len > 0) {
+    g_ptr_array_add(out, NULL);
+    cfg->cors_origins = (char **)g_ptr_array_free(g_steal_pointer(&out), FALSE);
+  }
+  return TRUE;
+}
+
 static gboolean load_config(GKeyFile *kf, RootConfig *cfg, const char *state_dir, GError **error) {
   gint64 timeout_s, prefix;
   g_autofree char *policy = NULL, *pool = NULL;
@@ -68,7 +108,8 @@ static gboolean load_config(GKeyFile *kf, RootConfig *cfg, const char *state_dir
       !od_config_string(kf, "root", "policy", "most-free", &policy, error) ||
       !od_config_string(kf, "root", "node_pool", "10.18.0.0/15", &pool, error) ||
       !od_config_string(kf, "root", "cluster_secret_file", NULL, &secret_file, error) ||
-      !od_config_string(kf, "root", "insecure_registries", NULL, &cfg->insecure_registries, error))
+      !od_config_string(kf, "root", "insecure_registries", NULL, &cfg->insecure_registries, error) ||
+      !load_cors(kf, cfg, error))
     return FALSE;
   cfg->cluster_timeout_ms = timeout_s * 1000;
   if (strcmp(policy, "most-free") == 0) {
@@ -160,6 +201,7 @@ static void root_free(Root *r) {
   g_free(r->state_dir);
   g_free(r->cfg.cluster_secret_hash);
   g_free(r->cfg.insecure_registries);
+  g_strfreev(r->cfg.cors_origins);
 }
 
 /* Every key [root] may hold (docs/api.md, "Configuration"); any other is refused at start. */
@@ -181,6 +223,7 @@ static const char *const root_config_keys[] = {"state_dir",
                                                "node_pool",
                                                "cluster_secret_file",
                                                "insecure_registries",
+                                               "cors_origins",
                                                NULL};
 
 /* The TLS options: each from the command line, else from [root] in the config file. */

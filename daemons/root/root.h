@@ -33,6 +33,8 @@ typedef struct {
   guint pool_prefix;
   guint cluster_prefix;
   char *insecure_registries; /* resolving unikernel OCI references over plain http; NULL: loopback */
+  char **cors_origins;       /* origins whose pages may call the API (docs/api.md "CORS"); NULL: none */
+  gboolean cors_any;         /* cors_origins is "*" */
 } RootConfig;
 
 typedef struct {

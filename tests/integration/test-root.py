@@ -1482,6 +1482,84 @@ class ApiDescriptionTest(unittest.TestCase):
         self.assertEqual(request(base, "GET", "/api/docs/../../etc/passwd").status, 404)
 
 
+def cors_request(base, method, path, origin, headers=None, token=None):
+    """request() with an Origin header (and others): what a browser sends from a page of origin."""
+    req = urllib.request.Request(base + path, method=method)
+    if origin:
+        req.add_header("Origin", origin)
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=15, context=TRUST.get(base)) as r:
+            return Response(r.status, r.read(), r.headers)
+    except urllib.error.HTTPError as e:
+        return Response(e.code, e.read(), e.headers)
+
+
+class CorsTest(unittest.TestCase):
+    """[root] cors_origins (docs/api.md "CORS"): pages of the listed origins may call the API
+    (preflights answered with the route's methods, answers carrying Access-Control-Allow-Origin),
+    any other origin is refused at the preflight and gets no CORS header; `*` only when configured;
+    a value that is not an origin stops the root at start."""
+
+    def test_listed_origins(self):
+        e = Edge(self, "cors_origins = http://dash.test:3000, https://ops.test\n")
+        base, dash = e.root.base, "http://dash.test:3000"
+        pre = {"Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "authorization, content-type"}
+        r = cors_request(base, "OPTIONS", "/api/v1/applications", dash, pre)
+        self.assertEqual(r.status, 204, r.body)
+        self.assertEqual(r.headers["Access-Control-Allow-Origin"], dash)
+        self.assertEqual(r.headers["Access-Control-Allow-Methods"], "GET, POST, PUT")
+        self.assertEqual(r.headers["Access-Control-Allow-Headers"], "Authorization, Content-Type")
+        self.assertEqual(r.headers["Vary"], "Origin")
+        r = cors_request(base, "OPTIONS", "/api/application/", "https://ops.test", pre)  # Oakestra's path
+        self.assertEqual((r.status, r.headers["Access-Control-Allow-Methods"]), (204, "POST"))
+        r = cors_request(base, "GET", "/api/v1/applications", dash, token=e.token)
+        self.assertEqual((r.status, r.headers["Access-Control-Allow-Origin"]), (200, dash))
+        r = cors_request(base, "GET", "/api/v1/applications", dash)  # the page may read the 401
+        self.assertEqual((r.status, r.headers["Access-Control-Allow-Origin"]), (401, dash))
+        # another origin: refused at the preflight, no CORS header on answers
+        r = cors_request(base, "OPTIONS", "/api/v1/applications", "http://evil.test", pre)
+        self.assertEqual(r.status, 403)
+        self.assertIn("origin http://evil.test may not call this API from a page (it is not in [root] cors_origins)",
+                      r.json()["error"]["message"])
+        self.assertIsNone(r.headers["Access-Control-Allow-Origin"])
+        r = cors_request(base, "GET", "/api/v1/applications", "http://dash.test:3001", token=e.token)
+        self.assertEqual(r.status, 200)
+        self.assertIsNone(r.headers["Access-Control-Allow-Origin"])
+        self.assertEqual(cors_request(base, "OPTIONS", "/api/v1/nothing", dash, pre).status, 404)
+        # OPTIONS without an Origin is no preflight: as any other method the route does not have
+        r = cors_request(base, "OPTIONS", "/api/v1/applications", None)
+        self.assertEqual((r.status, r.headers["Allow"]), (405, "GET, POST, PUT"))
+
+    def test_any_none_and_bad_values(self):
+        e = Edge(self, "cors_origins = *\n")
+        r = cors_request(e.root.base, "GET", "/healthz", "http://anything.test")
+        self.assertEqual(r.headers["Access-Control-Allow-Origin"], "*")
+        e.root.stop()
+        e = Edge(self, "")  # the default: no origin at all
+        r = cors_request(e.root.base, "OPTIONS", "/api/v1/applications", "http://dash.test:3000",
+                         {"Access-Control-Request-Method": "GET"})
+        self.assertEqual(r.status, 403)
+        self.assertIsNone(cors_request(e.root.base, "GET", "/healthz", "http://dash.test:3000").headers[
+            "Access-Control-Allow-Origin"])
+        tmp = tempfile.mkdtemp(prefix="oakuk-root-cors-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        conf = os.path.join(tmp, "root.conf")
+        for value, want in (("ftp://x.test", "'ftp://x.test' is not an origin"),
+                            ("http://x.test/app", "'http://x.test/app' is not an origin"),
+                            ("http://user@x.test", "'http://user@x.test' is not an origin"),
+                            ("*, http://x.test", "* stands alone")):
+            with self.subTest(value=value):
+                pathlib.Path(conf).write_text("[root]\ncors_origins = %s\n" % value)
+                p = subprocess.run([ROOT_BIN, "--config", conf, "--state-dir", os.path.join(tmp, "state")],
+                                   capture_output=True, text=True, timeout=30)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn("config [root] cors_origins: " + want, p.stderr)
+
+
 class MigrationTest(unittest.TestCase):
     """A root.db of the schema before versions (instances inside the service documents, a forwards
     table) is upgraded on start: applications, services, instances, refusals, clusters and their
