@@ -630,7 +630,8 @@ static void app_create(Req *q, gboolean update) {
   oakuk_error *err = NULL;
   oakuk_descriptor *d = oakuk_descriptor_parse(data, len, &err);
   if (d == NULL) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor",
+    /* Oakestra answers an SLA its schema refuses with 422 on its path; ours: 400. */
+    od_http_reply_error(q->msg, q->compat ? 422 : SOUP_STATUS_BAD_REQUEST, "invalid_descriptor",
                         oakuk_error_path(err) ? oakuk_error_path(err) : "", "%s", oakuk_error_message(err));
     oakuk_error_free(err);
     return;
@@ -661,6 +662,113 @@ static void app_create(Req *q, gboolean update) {
 
 static void h_app_create(Req *q) {
   app_create(q, FALSE);
+}
+
+/* Oakestra's POST /api/service/: the services of applications[0] of an SLA are added to the user's
+ * application applications[0].applicationID. Oakestra's answer: 200 {job_id (the last service
+ * created), deployed_services [{service_name, status}], failed_services [{service_name, status,
+ * message}]}; 400 for an invalid SLA or an application that is not the user's, as Oakestra. */
+static void h_svc_add(Req *q) {
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  if (body == NULL)
+    return;
+  JsonNode *apps = json_object_get_member(body, "applications");
+  JsonObject *app0 =
+      apps && JSON_NODE_HOLDS_ARRAY(apps) && json_array_get_length(json_node_get_array(apps)) == 1
+          ? json_array_get_object_element(json_node_get_array(apps), 0)
+          : NULL;
+  const char *app_id = app0 ? api_str(app0, "applicationID") : NULL;
+  if (app_id == NULL || *app_id == '\0') {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "applications[0].applicationID",
+                        "applications: exactly one application with the applicationID of the application the "
+                        "services are added to");
+    return;
+  }
+  g_autoptr(StoreApplication) row = store_application_get(q->r->store, app_id);
+  if (row == NULL || !may_see(q, row->user)) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "not_found", "applications[0].applicationID",
+                        "applications[0].applicationID: no application %s", app_id);
+    return;
+  }
+  /* Validated as a descriptor of that application: its stored name and namespace. */
+  json_object_set_string_member(app0, "application_name", row->name);
+  json_object_set_string_member(app0, "application_namespace", row->namespace_);
+  g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), body);
+  g_autofree char *text = od_json_to_string(node, FALSE);
+  oakuk_error *err = NULL;
+  oakuk_descriptor *d = oakuk_descriptor_parse(text, strlen(text), &err);
+  if (d == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor",
+                        oakuk_error_path(err) ? oakuk_error_path(err) : "", "%s", oakuk_error_message(err));
+    oakuk_error_free(err);
+    return;
+  }
+  g_autoptr(GPtrArray) refs = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GPtrArray) oci = oci_services(d, refs);
+  if (oci->len > 0) {
+    oakuk_descriptor_unref(d);
+    od_http_reply_error(
+        q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_descriptor", "applications[0].microservices",
+        "a unikernel whose code is an OCI reference (%s) is added with PUT /api/v1/applications "
+        "(its reference is resolved there)",
+        (const char *)refs->pdata[0]);
+    return;
+  }
+  oakuk_application *app = oakuk_descriptor_application(d, 0);
+  g_autoptr(GPtrArray) stored = store_services_of_app(q->r->store, app_id);
+  g_autoptr(JsonObject) doc = view_application(row);
+  JsonNode *idn = json_object_get_member(doc, "microservices");
+  JsonArray *ids = idn && JSON_NODE_HOLDS_ARRAY(idn) ? json_node_get_array(idn) : NULL;
+  if (ids == NULL) {
+    ids = json_array_new();
+    json_object_set_array_member(doc, "microservices", ids);
+  }
+  g_autoptr(JsonArray) deployed = json_array_new(), failed = json_array_new();
+  g_autofree char *last = NULL;
+  g_autoptr(GError) error = NULL;
+  gboolean ok = store_begin(q->r->store, &error);
+  for (size_t i = 0; ok && i < oakuk_application_microservice_count(app); i++) {
+    oakuk_microservice *ms = oakuk_application_microservice(app, i);
+    g_autofree char *job_name =
+        g_strdup_printf("%s.%s.%s.%s", row->name, row->namespace_, oakuk_microservice_name(ms),
+                        oakuk_microservice_namespace(ms));
+    JsonObject *entry = json_object_new();
+    json_object_set_string_member(entry, "service_name", oakuk_microservice_name(ms));
+    if (find_job(stored, job_name) != NULL) {
+      json_object_set_int_member(entry, "status", SOUP_STATUS_CONFLICT);
+      g_autofree char *m =
+          g_strdup_printf("service %s exists already (PUT /api/v1/applications changes it)", job_name);
+      json_object_set_string_member(entry, "message", m);
+      json_array_add_object_element(failed, entry);
+      continue;
+    }
+    g_autofree char *sid = od_object_id();
+    ok = oakuk_microservice_set_id(ms, sid, &err) == 0 &&
+         insert_service(q, ms, app_id, row->name, row->namespace_, &error);
+    if (err != NULL) {
+      g_set_error(&error, OD_ERROR, OD_ERROR_INVALID, "%s", oakuk_error_message(err));
+      g_clear_pointer(&err, oakuk_error_free);
+    }
+    json_object_set_int_member(entry, "status", SOUP_STATUS_OK);
+    json_array_add_object_element(deployed, entry);
+    json_array_add_string_element(ids, sid);
+    g_free(last);
+    last = g_steal_pointer(&sid);
+  }
+  g_autofree char *app_text = view_object_text(doc);
+  ok = ok && store_application_set_doc(q->r->store, app_id, app_text, &error) &&
+       store_commit(q->r->store, &error);
+  oakuk_descriptor_unref(d);
+  if (!ok) {
+    store_rollback(q->r->store);
+    api_reply_internal(q, error);
+    return;
+  }
+  g_autoptr(JsonObject) out = json_object_new();
+  json_object_set_string_member(out, "job_id", last ? last : "");
+  json_object_set_array_member(out, "deployed_services", json_array_ref(deployed));
+  json_object_set_array_member(out, "failed_services", json_array_ref(failed));
+  api_reply_object(q, SOUP_STATUS_OK, out);
 }
 
 static void h_app_apply(Req *q) {
@@ -1319,6 +1427,7 @@ static const Route routes[] = {
     {"GET", "healthz", AUTH_NONE, h_healthz, FALSE, 0},
     {"GET", "metrics", AUTH_NONE, h_metrics, FALSE, 0},
     {"GET", "api/openapi.json", AUTH_NONE, h_openapi, FALSE, 0},
+    {"GET", "docs/openapi.json", AUTH_NONE, h_openapi, FALSE, 0}, /* where Oakestra serves its own */
     {"GET", "api/docs", AUTH_NONE, h_docs, FALSE, 0},
     {"GET", "api/docs/*", AUTH_NONE, h_docs_file, FALSE, 0},
     {"POST", "api/application", AUTH_USER, h_app_create, TRUE, ROLES_APPS},
@@ -1329,6 +1438,8 @@ static const Route routes[] = {
     {"GET", "api/service/*", AUTH_USER, h_svc_get, TRUE, ROLES_ALL},
     {"DELETE", "api/service/*", AUTH_USER, h_svc_delete, TRUE, ROLES_APPS},
     {"GET", "api/services/*", AUTH_USER, h_svc_list_app, TRUE, ROLES_ALL},
+    {"GET", "api/services", AUTH_USER, h_svc_list_all, TRUE, ROLES_ALL},
+    {"POST", "api/service", AUTH_USER, h_svc_add, TRUE, ROLES_APPS},
     {"POST", "api/service/*/instance", AUTH_USER, h_inst_create, TRUE, ROLES_APPS},
     {"DELETE", "api/service/*/instance/*", AUTH_USER, h_inst_delete, TRUE, ROLES_APPS},
     {"GET", "api/clusters", AUTH_USER, h_clusters, TRUE, ROLES_ALL},

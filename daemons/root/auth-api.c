@@ -60,7 +60,16 @@ static char *issue_token(Root *r, const char *user, const char *role, const char
   json_object_set_string_member(claims, "sub", user);
   json_object_set_string_member(claims, "typ", typ);
   json_object_set_string_member(claims, "role", role);
+  /* What Oakestra's dashboard reads (docs/api.md "Tokens"): roles as a list, the organization (one
+   * here: "root", whose SLA customerID is the user's own id) and the user's name. */
+  JsonArray *roles = json_array_new();
+  json_array_add_string_element(roles, role);
+  json_object_set_array_member(claims, "roles", roles);
+  json_object_set_string_member(claims, "organization", "root");
+  json_object_set_string_member(claims, "user", user);
+  json_object_set_string_member(claims, "type", typ);
   json_object_set_int_member(claims, "iat", now);
+  json_object_set_int_member(claims, "nbf", now);
   json_object_set_int_member(claims, "exp", now + ttl_s);
   json_object_set_string_member(claims, "jti", jti);
   return od_jwt_sign(r->secret, sizeof r->secret, claims);

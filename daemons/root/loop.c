@@ -14,7 +14,8 @@ typedef struct {
   char *id, *name;
   LoopAggregate *agg; /* NULL until the first aggregate */
   gint64 received_at; /* after a root restart at least the start: one full timeout of grace */
-  GHashTable *usage;  /* "job_id/n" -> double[2], CPU % and memory MB as last reported; not stored */
+  GHashTable *usage;  /* "job_id/n" -> LoopUsage*, as reported; not stored */
+  guint usage_round;  /* raised by each full-state aggregate: entries it did not renew go */
 } ClusterView;
 
 struct Loop {
@@ -641,10 +642,7 @@ static gboolean apply(Ctx *c, StoreInstance *i, const char *cid, const LoopObser
     replace(&i->node, o->node);
   if (o->publicip != NULL)
     replace(&i->publicip, o->publicip);
-  if (o->has_cpu)
-    i->cpu = o->cpu;
-  if (o->has_memory)
-    i->memory = o->memory;
+  /* cpu and memory are kept in memory (note_usage): the stored ones are those of a migrated entry */
   if (*i->moved_from == '\0') /* settled: the remark about a move or a kept copy has served */
     replace(&i->note, "");
   if (i->deploy_pending) { /* the cluster has this generation: no need to send it again */
@@ -746,22 +744,33 @@ static void note_usage(Ctx *c, const char *cid, const LoopObservation *o) {
     return;
   if (cv->usage == NULL)
     cv->usage = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  double *u = g_new(double, 2);
-  u[0] = o->has_cpu ? o->cpu : 0;
-  u[1] = o->has_memory ? o->memory : 0;
-  g_hash_table_replace(cv->usage, g_strdup_printf("%s/%" G_GINT64_FORMAT, o->job_id, o->instance), u);
+  g_autofree char *key = g_strdup_printf("%s/%" G_GINT64_FORMAT, o->job_id, o->instance);
+  LoopUsage *u = g_hash_table_lookup(cv->usage, key);
+  if (u == NULL) {
+    u = g_new0(LoopUsage, 1);
+    g_hash_table_insert(cv->usage, g_steal_pointer(&key), u);
+  }
+  u->round = cv->usage_round;
+  u->cpu = o->has_cpu ? o->cpu : 0;
+  u->memory = o->has_memory ? o->memory : 0;
+  LoopUsageSample *s = &u->samples[(u->first + u->count) % LOOP_USAGE_SAMPLES];
+  if (u->count == LOOP_USAGE_SAMPLES)
+    u->first = (u->first + 1) % LOOP_USAGE_SAMPLES;
+  else
+    u->count++;
+  s->cpu = u->cpu;
+  s->memory = u->memory;
+  s->at_ms = g_get_real_time() / 1000;
 }
 
-gboolean loop_instance_usage(Loop *l, const char *cid, const char *sid, gint64 n, double *cpu,
-                             double *memory) {
+const LoopUsage *loop_instance_usage(Loop *l, const char *cid, const char *sid, gint64 n) {
   ClusterView *cv = view_of(l, cid);
   g_autofree char *key = g_strdup_printf("%s/%" G_GINT64_FORMAT, sid, n);
-  double *u = cv && cv->usage ? g_hash_table_lookup(cv->usage, key) : NULL;
-  if (u == NULL)
-    return FALSE;
-  *cpu = u[0];
-  *memory = u[1];
-  return TRUE;
+  return cv && cv->usage ? g_hash_table_lookup(cv->usage, key) : NULL;
+}
+
+static gboolean usage_stale(gpointer key, gpointer value, gpointer round) {
+  return ((LoopUsage *)value)->round != GPOINTER_TO_UINT(round);
 }
 
 static gboolean observe(Ctx *c, const char *cid, const LoopObservation *o, gboolean full_state,
@@ -1374,10 +1383,12 @@ static gboolean aggregate_fn(Ctx *c, gpointer data, GError **error) {
         !store_refusal_drop(c->l->store, r->service_id, r->number, r->cluster_id, error))
       return FALSE;
   }
-  if (rp->full_state && cv->usage != NULL)
-    g_hash_table_remove_all(cv->usage); /* instances it no longer holds have none */
+  if (rp->full_state)
+    cv->usage_round++;
   if (rp->full_state && !reconcile(c, rp, error))
     return FALSE;
+  if (rp->full_state && cv->usage != NULL) /* instances it no longer holds have none */
+    g_hash_table_foreach_remove(cv->usage, usage_stale, GUINT_TO_POINTER(cv->usage_round));
   /* New capacity: every unplaced instance is tried at once (in the pass this kicks). */
   c->l->placement_due = TRUE;
   return TRUE;

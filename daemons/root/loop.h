@@ -77,10 +77,21 @@ gboolean loop_cluster_register(Loop *l, const char *id, const char *name, const 
                                const char *url, const char *cred_salt, const char *cred_hash,
                                const char *consumed_join_hash, char **subnet, gboolean *exhausted,
                                GError **error);
-/* The CPU (% of one core) and memory (MB) of instance n of sid on cluster cid as its cluster last
- * reported them; FALSE when it did not. */
-gboolean loop_instance_usage(Loop *l, const char *cid, const char *sid, gint64 n, double *cpu,
-                             double *memory);
+/* What the cluster cid reported of instance n of sid: CPU (% of one core) and memory (MB resident)
+ * now, and the last LOOP_USAGE_SAMPLES reports (oldest first, from first), in memory only. */
+#define LOOP_USAGE_SAMPLES 100
+typedef struct {
+  double cpu, memory;
+  gint64 at_ms; /* wall clock */
+} LoopUsageSample;
+typedef struct {
+  double cpu, memory;
+  guint first, count;
+  LoopUsageSample samples[LOOP_USAGE_SAMPLES];
+  guint round;
+} LoopUsage;
+/* NULL when the cluster reported none. */
+const LoopUsage *loop_instance_usage(Loop *l, const char *cid, const char *sid, gint64 n);
 gboolean loop_status_report(Loop *l, const char *cluster_id, const LoopObservation *obs, guint n,
                             GError **error);
 /* agg is taken. instances[0..n_instances) is the cluster's full state; n_instances < 0 when the

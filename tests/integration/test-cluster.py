@@ -400,7 +400,7 @@ class ClusterTest(unittest.TestCase):
         time.sleep(1)
         here = self.cluster_instance(name)
         self.assertEqual((here["status"], here["ready"], here["ready_ms"]), ("RUNNING", True, 850), here)
-        usage = ("cpu", "memory")  # the node's last report: they change with every report
+        usage = ("cpu", "memory", "cpu_percent", "memory_percent", "cpu_history", "memory_history")  # each report
         self.assertEqual({k: v for k, v in self.native_instance(n).items() if k not in usage},
                          {k: v for k, v in inst.items() if k not in usage})
         # leaving RUNNING resets readiness, here and at the root (DEAD: the cluster only reports it; a
@@ -1102,8 +1102,8 @@ class ReconcileTest(unittest.TestCase):
         self.assertEqual(len(a.got("control/deploy", lambda m: True)), 1)
         self.assertEqual((site.instance(name)["generation"], site.instance(name)["node_generation"]), (6, 1))
         # the aggregate lists every instance, with its generation
-        entry = wait_until("instances in the aggregate", lambda: next(
-            (e for e in site.root.aggregates[-1].get("instances", []) if e["generation"] == 6), None))
+        entry = wait_until("instances in the aggregate, with their usage", lambda: next(
+            (e for e in site.root.aggregates[-1].get("instances", []) if e["generation"] == 6 and "cpu" in e), None))
         # (with the CPU and memory its node last reported for it: edgelib.report's 1 % and 10 MB)
         self.assertEqual(entry, {"job_id": "svc-web", "instance": 0, "generation": 6, "status": "RUNNING",
                                  "status_detail": "", "node": "node-a", "ready": False, "cpu": 1.0, "memory": 10.0})
@@ -1649,7 +1649,8 @@ class SecurityTest(unittest.TestCase):
         allowed = 100 + 20 * (elapsed + 1)
         dropped = wait_until("drops counted", lambda: (lambda n: n if n >= 401 - allowed else None)(
             site.metric("oakuk_cluster_mqtt_rejected_total", '{reason="rate"}')), timeout=10)
-        self.assertLessEqual(dropped, 401 - 100)
+        # the node's own reports (one a second, also during the flood) draw from the same bucket
+        self.assertLessEqual(dropped, 401 - 100 + elapsed + 2)
         self.assertEqual(site.metric("oakuk_cluster_mqtt_rejected_total"), 0)  # none was malformed
         lines = site.cluster.text().count("reason=rate")
         self.assertGreaterEqual(lines, 1)

@@ -589,7 +589,9 @@ class RootTest(unittest.TestCase):
         # A descriptor that fails validation names the field.
         bad = json.loads(SLA)
         bad["applications"][0]["microservices"][0]["arch"] = ["amd64", "arm64"]
-        err = self.assert_error(self.call("POST", "/api/application", bad, token=token), 400)
+        err = self.assert_error(self.call("POST", "/api/application", bad, token=token), 422)  # Oakestra's code
+        self.assertIn("arch", err["path"] + err["message"])
+        err = self.assert_error(self.call("POST", "/api/v1/applications", bad, token=token), 400)
         self.assertIn("arch", err["path"] + err["message"])
         bad_agg = json.loads(AGGREGATE)
         bad_agg["cpu_cores"] = "many"
@@ -1558,6 +1560,91 @@ class CorsTest(unittest.TestCase):
                                    capture_output=True, text=True, timeout=30)
                 self.assertEqual(p.returncode, 1, p.stderr)
                 self.assertIn("config [root] cors_origins: " + want, p.stderr)
+
+
+def jwt_claims(token):
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+class OakestraCompatTest(unittest.TestCase):
+    """What Oakestra's dashboard and `oak` CLIs read (docs/api.md "Oakestra-compatible endpoints"):
+    token claims, the cluster keys `oak clusters info` indexes, instances' reporting keys,
+    POST /api/service/ adding services to an application, GET /api/services/, 422 for an SLA the
+    schema refuses, /docs/openapi.json."""
+
+    def test_claims_clusters_services_and_instances(self):
+        e = Edge(self, "")
+        r = request(e.root.base, "POST", "/api/auth/login", {"username": "Admin", "password": e.password})
+        access, refresh = jwt_claims(r.json()["token"]), jwt_claims(r.json()["refresh_token"])
+        for claims, kind in ((access, "access"), (refresh, "refresh")):
+            self.assertEqual((claims["sub"], claims["user"], claims["roles"], claims["organization"], claims["type"]),
+                             ("Admin", "Admin", ["Admin"], "root", kind))
+            self.assertGreater(claims["exp"], time.time())
+        self.assertEqual(request(e.root.base, "GET", "/docs/openapi.json").json()["paths"].keys(),
+                         request(e.root.base, "GET", "/api/openapi.json").json()["paths"].keys())
+        # the cluster document: every key `oak clusters info` indexes, with the Go CLI's types
+        c = e.register("c0")
+        e.aggregate(c, memory=5000, cores=6)
+        [doc] = e.call("GET", "/api/clusters").json()
+        self.assertEqual((doc["_id"], doc["cluster_name"], doc["cluster_location"], doc["active"]),
+                         (c["id"], "c0", "lab", True))
+        for key, kind in (("active_nodes", int), ("aggregated_cpu_percent", float), ("memory_in_mb", int),
+                          ("total_cpu_cores", int), ("total_gpu_cores", int), ("vcpus", int), ("vgpus", int),
+                          ("memory", int), ("cpu_percent", float), ("memory_percent", float),
+                          ("last_modified_timestamp", float), ("ip", str), ("port", str),
+                          ("virtualization", list), ("supported_addons", list)):
+            self.assertIsInstance(doc[key], kind, key)
+        self.assertEqual((doc["memory_in_mb"], doc["total_cpu_cores"], doc["ip"]), (5000, 6, "127.0.0.1"))
+        self.assertEqual(doc["port"], c["fake"].url.rsplit(":", 1)[1])
+        self.assertLess(abs(doc["last_modified_timestamp"] - time.time()), 10)
+        # an SLA the schema refuses: 422 on Oakestra's path, 400 on ours
+        bad = sla("badone", memory=-1)
+        self.assertEqual(e.call("POST", "/api/application/", bad).status, 422)
+        self.assertEqual(e.call("POST", "/api/v1/applications", bad).status, 400)
+        # POST /api/service/: services added to an existing application
+        r = e.call("POST", "/api/application/", sla("shop"))
+        self.assertEqual(r.status, 200, r.body)
+        app = next(a for a in json.loads(r.json()) if a["application_name"] == "shop")
+        extra = sla("ignored", microservice_name="extra")
+        extra["applications"][0]["applicationID"] = app["applicationID"]
+        r = e.call("POST", "/api/service/", extra)
+        self.assertEqual(r.status, 200, r.body)
+        out = r.json()
+        self.assertEqual((out["deployed_services"], out["failed_services"]),
+                         ([{"service_name": "extra", "status": 200}], []))
+        added = json.loads(e.call("GET", "/api/service/" + out["job_id"]).json())
+        self.assertEqual((added["job_name"], added["applicationID"]), ("shop.test.extra.test", app["applicationID"]))
+        self.assertIn(out["job_id"], e.call("GET", "/api/application/" + app["applicationID"]).json()["microservices"])
+        r = e.call("POST", "/api/service/", extra)  # again: that service exists
+        self.assertEqual((r.status, r.json()["deployed_services"], r.json()["failed_services"][0]["status"]),
+                         (200, [], 409))
+        for body, field in ((dict(extra, applications=[dict(extra["applications"][0], applicationID="6a" + "0" * 22)]),
+                             "no application 6a"),
+                            (dict(extra, applications=[]), "exactly one application")):
+            r = e.call("POST", "/api/service/", body)
+            self.assertEqual(r.status, 400, r.body)
+            self.assertIn(field, r.json()["error"]["message"])
+        self.assertEqual(sorted(s["job_name"] for s in e.call("GET", "/api/services/").json()),
+                         ["shop.test.extra.test", "shop.test.testaggr.test"])
+        # an instance's reporting keys, from what its cluster reported
+        sid = out["job_id"]
+        n = e.deploy(sid)["instance_number"]
+        c["fake"].wait_for("POST", "/api/service/%s/%d" % (sid, n))
+        for cpu, mem in ((12.5, 40), (20.0, 42)):
+            e.aggregate(c, instances=[{"job_id": sid, "instance": n, "generation": 1, "status": "RUNNING",
+                                       "status_detail": "", "node": "n1", "ready": True, "cpu": cpu, "memory": mem}])
+        inst = json.loads(e.call("GET", "/api/service/" + sid).json())["instance_list"][0]
+        self.assertEqual((inst["cpu"], inst["memory"], inst["cpu_percent"], inst["memory_percent"], inst["worker_id"]),
+                         (20.0, 42.0, "20.000000", str(42 * 1024 * 1024), "n1"))
+        self.assertEqual([h["value"] for h in inst["cpu_history"]], ["12.500000", "20.000000"])
+        self.assertEqual([h["value"] for h in inst["memory_history"]], [str(40 * 1024 * 1024), str(42 * 1024 * 1024)])
+        for h in inst["cpu_history"]:
+            self.assertRegex(h["timestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}$")
+        # the cluster no longer lists it: no usage any more
+        e.aggregate(c, instances=[])
+        inst = e.instance(sid, n)
+        self.assertEqual((inst["cpu_history"], inst["cpu"]), ([], 0.0))
 
 
 class MigrationTest(unittest.TestCase):
