@@ -808,6 +808,19 @@ static void h_app_list(Req *q) {
   reply_array(q, SOUP_STATUS_OK, out);
 }
 
+/* Oakestra's GET /api/applications/<userId>: the applications of the user of that id (its own
+ * only, 401 otherwise, as Oakestra answers). */
+static void h_app_list_user(Req *q) {
+  g_autofree char *own = api_user_oid(q->user);
+  if (strcmp(q->cap[0], own) != 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", "",
+                        "%s is not the id of user %s (GET /api/user/%s has it)", q->cap[0], q->user, q->user);
+    return;
+  }
+  g_autoptr(JsonArray) own_apps = user_applications(q);
+  reply_array(q, SOUP_STATUS_OK, own_apps);
+}
+
 static void h_app_get(Req *q) {
   g_autoptr(StoreApplication) app = load_user_app(q, q->cap[0]);
   if (app == NULL)
@@ -1435,6 +1448,7 @@ static const Route routes[] = {
     {"PUT", "api/application/*", AUTH_USER, h_app_put, TRUE, ROLES_APPS},
     {"DELETE", "api/application/*", AUTH_USER, h_app_delete, TRUE, ROLES_APPS},
     {"GET", "api/applications", AUTH_USER, h_app_list, TRUE, ROLES_ALL},
+    {"GET", "api/applications/*", AUTH_USER, h_app_list_user, TRUE, ROLES_ALL},
     {"GET", "api/service/*", AUTH_USER, h_svc_get, TRUE, ROLES_ALL},
     {"DELETE", "api/service/*", AUTH_USER, h_svc_delete, TRUE, ROLES_APPS},
     {"GET", "api/services/*", AUTH_USER, h_svc_list_app, TRUE, ROLES_ALL},

@@ -49,6 +49,8 @@ extern const gsize root_auth_route_count;
 /* "Admin", "Application_Provider", "Infrastructure_Provider"; a role from its name, 0 if none. */
 const char *api_role_name(guint role);
 guint api_role_parse(const char *name);
+/* A user's id in Oakestra's documents: 24 hex digits derived from the name (users have no other). */
+char *api_user_oid(const char *name);
 /* Checks the request's credentials against route (401/403 replied here); TRUE to go on. */
 gboolean api_authenticate(Req *q, const Route *route);
 /* The id of the registered cluster whose credential (or JWT of before schema version 3) bearer is;

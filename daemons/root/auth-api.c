@@ -325,6 +325,97 @@ static JsonObject *user_object(const char *name, const char *role) {
   return o;
 }
 
+char *api_user_oid(const char *name) {
+  g_autofree char *salted = g_strconcat("oakuk-user:", name, NULL);
+  g_autofree char *hex = od_sha256_hex(salted);
+  return g_strndup(hex, 24);
+}
+
+/* A user as Oakestra's documents have it (docs/api.md "Oakestra-compatible endpoints"): its id,
+ * name and roles; email and creation time are not kept (""), the password hash never shown. */
+static JsonObject *user_doc(const char *name, const char *role) {
+  JsonObject *o = json_object_new(), *id = json_object_new();
+  g_autofree char *oid = api_user_oid(name);
+  json_object_set_string_member(id, "$oid", oid);
+  json_object_set_object_member(o, "_id", id);
+  json_object_set_string_member(o, "name", name);
+  json_object_set_string_member(o, "email", "");
+  json_object_set_string_member(o, "created_at", "");
+  JsonArray *roles = json_array_new();
+  json_array_add_string_element(roles, role);
+  json_object_set_array_member(o, "roles", roles);
+  return o;
+}
+
+/* Oakestra answers a user's own documents only to that user: 403 otherwise. */
+static gboolean is_self(Req *q) {
+  if (g_strcmp0(q->cap[0], q->user) == 0)
+    return TRUE;
+  od_http_reply_error(q->msg, SOUP_STATUS_FORBIDDEN, "forbidden", "", "only user %s may read this",
+                      q->cap[0]);
+  return FALSE;
+}
+
+static void h_user_doc(Req *q) {
+  if (!is_self(q))
+    return;
+  g_autoptr(StoreUser) u = store_user_get(q->r->store, q->user);
+  if (u == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", "", "no user %s", q->cap[0]);
+    return;
+  }
+  g_autoptr(JsonObject) o = user_doc(u->name, u->role);
+  api_reply_object(q, SOUP_STATUS_OK, o);
+}
+
+static void h_permission(Req *q) {
+  if (!is_self(q))
+    return;
+  g_autoptr(JsonObject) o = json_object_new();
+  JsonArray *roles = json_array_new();
+  json_array_add_string_element(roles, api_role_name(q->role));
+  json_object_set_array_member(o, "roles", roles);
+  api_reply_object(q, SOUP_STATUS_OK, o);
+}
+
+/* GET /api/users/ and /api/users/<organization>: every user of the one organization, "root". */
+static void h_users_compat(Req *q) {
+  g_autoptr(JsonArray) out = json_array_new();
+  g_autoptr(GPtrArray) all = store_users_all(q->r->store);
+  gboolean root = q->cap[0] == NULL || strcmp(q->cap[0], "root") == 0;
+  for (guint k = 0; root && k < all->len; k++) {
+    StoreUser *u = all->pdata[k];
+    json_array_add_object_element(out, user_doc(u->name, u->role));
+  }
+  g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), out);
+  od_http_reply_json(q->msg, SOUP_STATUS_OK, node);
+}
+
+/* GET /api/organization/: the one organization there is, every user a member with its role. */
+static void h_organizations(Req *q) {
+  g_autoptr(JsonArray) out = json_array_new();
+  JsonObject *org = json_object_new(), *id = json_object_new();
+  json_object_set_string_member(id, "$oid", "root");
+  json_object_set_object_member(org, "_id", id);
+  json_object_set_string_member(org, "name", "root");
+  JsonArray *members = json_array_new();
+  g_autoptr(GPtrArray) all = store_users_all(q->r->store);
+  for (guint k = 0; k < all->len; k++) {
+    StoreUser *u = all->pdata[k];
+    JsonObject *m = json_object_new();
+    g_autofree char *oid = api_user_oid(u->name);
+    json_object_set_string_member(m, "user_id", oid);
+    JsonArray *roles = json_array_new();
+    json_array_add_string_element(roles, u->role);
+    json_object_set_array_member(m, "roles", roles);
+    json_array_add_object_element(members, m);
+  }
+  json_object_set_array_member(org, "member", members);
+  json_array_add_object_element(out, org);
+  g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), out);
+  od_http_reply_json(q->msg, SOUP_STATUS_OK, node);
+}
+
 static void h_users(Req *q) {
   g_autoptr(JsonArray) out = json_array_new();
   g_autoptr(GPtrArray) all = store_users_all(q->r->store);
@@ -583,5 +674,11 @@ const Route root_auth_routes[] = {
     {"DELETE", "api/v1/users/*", AUTH_USER, h_user_delete, FALSE, ROLE_ADMIN},
     {"POST", "api/v1/tokens", AUTH_USER, h_tokens, FALSE, ROLES_INFRA},
     {"POST", "api/v1/clusters/tokens", AUTH_USER, h_cluster_tokens, FALSE, ROLES_INFRA},
+    /* Oakestra's user, permission and organization reads (its dashboard's login and navbar) */
+    {"GET", "api/user/*", AUTH_USER, h_user_doc, TRUE, ROLES_ALL},
+    {"GET", "api/permission/*", AUTH_USER, h_permission, TRUE, ROLES_ALL},
+    {"GET", "api/users", AUTH_USER, h_users_compat, TRUE, ROLE_ADMIN},
+    {"GET", "api/users/*", AUTH_USER, h_users_compat, TRUE, ROLE_ADMIN},
+    {"GET", "api/organization", AUTH_USER, h_organizations, TRUE, ROLE_ADMIN},
 };
 const gsize root_auth_route_count = G_N_ELEMENTS(root_auth_routes);

@@ -1647,6 +1647,45 @@ class OakestraCompatTest(unittest.TestCase):
         self.assertEqual((inst["cpu_history"], inst["cpu"]), ([], 0.0))
 
 
+class OakestraUsersTest(unittest.TestCase):
+    """The reads of Oakestra's dashboard login and navbar: GET /api/user/<name> (its own), the
+    user's id that GET /api/applications/<userId> takes, /api/permission/<name>, /api/users/ and
+    /api/organization/ (Admin; one organization, root)."""
+
+    def test_reads(self):
+        e = Edge(self, "")
+        pw = "correct horse battery staple"
+        r = e.call("POST", "/api/v1/users", {"username": "alice", "password": pw, "role": "Application_Provider"})
+        self.assertEqual(r.status, 201, r.body)
+        e.wait("alice can log in", lambda: request(e.root.base, "POST", "/api/auth/login",
+                                                     {"username": "alice", "password": pw}).status == 200)
+        alice = request(e.root.base, "POST", "/api/auth/login", {"username": "alice", "password": pw}).json()["token"]
+        me = e.call("GET", "/api/user/Admin").json()
+        self.assertRegex(me["_id"]["$oid"], r"^[0-9a-f]{24}$")
+        self.assertEqual((me["name"], me["roles"]), ("Admin", ["Admin"]))
+        self.assertNotIn("password", me)
+        self.assertEqual(e.call("GET", "/api/user/alice").status, 403)  # only one's own
+        her = e.call("GET", "/api/user/alice", token=alice).json()
+        self.assertEqual((her["roles"], her["_id"] != me["_id"]), (["Application_Provider"], True))
+        self.assertEqual(e.call("GET", "/api/permission/alice", token=alice).json(), {"roles": ["Application_Provider"]})
+        self.assertEqual(e.call("GET", "/api/permission/Admin", token=alice).status, 403)
+        # Admins list users and the organization
+        self.assertEqual(e.call("GET", "/api/users/", token=alice).status, 403)
+        users = {u["name"]: u for u in e.call("GET", "/api/users/").json()}
+        self.assertEqual((users["alice"]["roles"], users["Admin"]["_id"]), (["Application_Provider"], me["_id"]))
+        self.assertEqual(len(e.call("GET", "/api/users/root").json()), 2)
+        self.assertEqual(e.call("GET", "/api/users/6a0000000000000000000001").json(), [])
+        [org] = e.call("GET", "/api/organization/").json()
+        self.assertEqual((org["_id"], org["name"]), ({"$oid": "root"}, "root"))
+        self.assertEqual(sorted(m["user_id"] for m in org["member"]), sorted([me["_id"]["$oid"], her["_id"]["$oid"]]))
+        # the applications of a user, by its id: its own only
+        self.assertEqual(e.call("POST", "/api/application/", sla("hers"), token=alice).status, 200)
+        apps = e.call("GET", "/api/applications/" + her["_id"]["$oid"], token=alice).json()
+        self.assertEqual([a["application_name"] for a in apps], ["hers"])
+        self.assertEqual(e.call("GET", "/api/applications/" + her["_id"]["$oid"]).status, 401)
+        self.assertEqual(e.call("GET", "/api/applications/" + me["_id"]["$oid"]).json(), [])
+
+
 class MigrationTest(unittest.TestCase):
     """A root.db of the schema before versions (instances inside the service documents, a forwards
     table) is upgraded on start: applications, services, instances, refusals, clusters and their
