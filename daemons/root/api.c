@@ -1504,6 +1504,28 @@ static JsonArray *registered_routes(void) {
   return all;
 }
 
+void api_compat_error_shape(SoupServerMessage *msg) {
+  guint status = soup_server_message_get_status(msg);
+  if (status < 400)
+    return;
+  SoupMessageBody *body = soup_server_message_get_response_body(msg);
+  g_autoptr(GBytes) bytes = soup_message_body_flatten(body);
+  gsize len = 0;
+  const char *data = g_bytes_get_data(bytes, &len);
+  g_autoptr(JsonNode) n = len ? od_json_parse(data, (gssize)len, NULL) : NULL;
+  JsonObject *o = n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+  JsonNode *e = o ? json_object_get_member(o, "error") : NULL;
+  if (e == NULL || !JSON_NODE_HOLDS_OBJECT(e) || json_object_has_member(o, "status"))
+    return;
+  json_object_set_int_member(o, "code", status);
+  json_object_set_string_member(o, "status", soup_status_get_phrase(status));
+  const char *message = api_str(json_node_get_object(e), "message");
+  json_object_set_string_member(o, "message", message ? message : "");
+  g_autofree char *text = od_json_to_string(n, FALSE);
+  soup_message_body_truncate(body);
+  soup_message_body_append(body, SOUP_MEMORY_COPY, text, strlen(text));
+}
+
 /* Tries one route; TRUE when it answered the request. */
 static gboolean try_route(Root *r, const Route *route, SoupServerMessage *msg, const char *method,
                           const char *path, char **seg, GString *allow) {
@@ -1517,6 +1539,8 @@ static gboolean try_route(Root *r, const Route *route, SoupServerMessage *msg, c
   od_http_set_route(msg, route->pattern);
   if (api_authenticate(&q, route))
     route->fn(&q);
+  if (route->compat)
+    api_compat_error_shape(msg); /* nothing while the answer is still to come */
   g_free(q.user);
   return TRUE;
 }

@@ -51,6 +51,9 @@ const char *api_role_name(guint role);
 guint api_role_parse(const char *name);
 /* A user's id in Oakestra's documents: 24 hex digits derived from the name (users have no other). */
 char *api_user_oid(const char *name);
+/* Rewrites an error answer of an Oakestra-compatible route to also carry Oakestra's keys: {"code":
+ * status, "status": reason, "message", "error": {our code, message, path}}. */
+void api_compat_error_shape(SoupServerMessage *msg);
 /* Checks the request's credentials against route (401/403 replied here); TRUE to go on. */
 gboolean api_authenticate(Req *q, const Route *route);
 /* The id of the registered cluster whose credential (or JWT of before schema version 3) bearer is;

@@ -378,17 +378,21 @@ static void h_permission(Req *q) {
   api_reply_object(q, SOUP_STATUS_OK, o);
 }
 
-/* GET /api/users/ and /api/users/<organization>: every user of the one organization, "root". */
-static void h_users_compat(Req *q) {
+/* Every user's document (none unless any). */
+static void reply_user_docs(Req *q, gboolean any) {
   g_autoptr(JsonArray) out = json_array_new();
   g_autoptr(GPtrArray) all = store_users_all(q->r->store);
-  gboolean root = q->cap[0] == NULL || strcmp(q->cap[0], "root") == 0;
-  for (guint k = 0; root && k < all->len; k++) {
+  for (guint k = 0; any && k < all->len; k++) {
     StoreUser *u = all->pdata[k];
     json_array_add_object_element(out, user_doc(u->name, u->role));
   }
   g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), out);
   od_http_reply_json(q->msg, SOUP_STATUS_OK, node);
+}
+
+/* GET /api/users/ and /api/users/<organization>: every user of the one organization, "root". */
+static void h_users_compat(Req *q) {
+  reply_user_docs(q, q->cap[0] == NULL || strcmp(q->cap[0], "root") == 0);
 }
 
 /* GET /api/organization/: the one organization there is, every user a member with its role. */
@@ -431,6 +435,7 @@ typedef struct {
   Root *r;
   SoupServerMessage *msg;
   char *path, *by, *name, *role, *password, *hash;
+  gboolean compat; /* POST /api/auth/register: Oakestra's answer and field names */
 } NewUser;
 
 static void new_user_work(gpointer data) {
@@ -463,23 +468,24 @@ static void new_user_done(gpointer data) {
   } else {
     od_log(G_LOG_LEVEL_MESSAGE, "user", "user", n->name, "role", n->role, "by", n->by, "msg", "user created",
            NULL);
-    g_autoptr(JsonObject) o = user_object(n->name, n->role);
+    g_autoptr(JsonObject) o = n->compat ? user_doc(n->name, n->role) : user_object(n->name, n->role);
     g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), o);
-    od_http_reply_json(n->msg, SOUP_STATUS_CREATED, node);
+    od_http_reply_json(n->msg, n->compat ? SOUP_STATUS_OK : SOUP_STATUS_CREATED, node);
   }
+  if (n->compat)
+    api_compat_error_shape(n->msg);
   api_release(n->msg);
   new_user_free(n);
 }
 
-static void h_user_create(Req *q) {
-  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
-  const char *name, *password, *role;
-  if (body == NULL || !api_require_string(q, body, "username", &name) ||
-      !api_require_string(q, body, "password", &password) || !api_require_string(q, body, "role", &role))
-    return;
+/* Checks and creates a user (its password hashed on the login workers). The fields are named
+ * name_key and role_key in errors (the native API's or Oakestra's). */
+static void create_user(Req *q, const char *name, const char *password, const char *role,
+                        const char *name_key, const char *role_key) {
   if (!valid_user_name(name)) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "username",
-                        "username: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.'", name);
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", name_key,
+                        "%s: '%s' must be 1-64 characters of letters, digits, '-', '_' or '.'", name_key,
+                        name);
     return;
   }
   glong len = g_utf8_strlen(password, -1);
@@ -490,12 +496,13 @@ static void h_user_create(Req *q) {
     return;
   }
   if (api_role_parse(role) == 0) {
-    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "role",
-                        "role: '%s' is none of Admin, Application_Provider, Infrastructure_Provider", role);
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", role_key,
+                        "%s: '%s' is none of Admin, Application_Provider, Infrastructure_Provider", role_key,
+                        role);
     return;
   }
   if (store_user_exists(q->r->store, name)) {
-    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", "username", "username: user %s exists",
+    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", name_key, "%s: user %s exists", name_key,
                         name);
     return;
   }
@@ -507,6 +514,7 @@ static void h_user_create(Req *q) {
   n->name = g_strdup(name);
   n->role = g_strdup(role);
   n->password = g_strdup(password);
+  n->compat = q->compat;
   if (!guard_run(q->r->guard, new_user_work, new_user_done, n)) {
     new_user_free(n);
     reply_busy(q->msg, q->path);
@@ -515,28 +523,229 @@ static void h_user_create(Req *q) {
   api_hold(q->msg);
 }
 
-static void h_user_delete(Req *q) {
-  const char *name = q->cap[0];
+static void h_user_create(Req *q) {
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  const char *name, *password, *role;
+  if (body == NULL || !api_require_string(q, body, "username", &name) ||
+      !api_require_string(q, body, "password", &password) || !api_require_string(q, body, "role", &role))
+    return;
+  create_user(q, name, password, role, "username", "role");
+}
+
+/* The one role of Oakestra's roles[] (users here have one); NULL with the reply sent otherwise. */
+static const char *one_role(Req *q, JsonObject *body) {
+  JsonNode *n = json_object_get_member(body, "roles");
+  JsonArray *a = n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+  JsonNode *e = a && json_array_get_length(a) == 1 ? json_array_get_element(a, 0) : NULL;
+  if (e == NULL || !JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_STRING) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "roles",
+                        "roles: a list of exactly one role is required (a user has one role here: Admin, "
+                        "Application_Provider or Infrastructure_Provider)");
+    return NULL;
+  }
+  return json_node_get_string(e);
+}
+
+/* Oakestra's POST /api/auth/register {name, password, roles, email?, created_at?} (Admin): email and
+ * created_at are not kept (docs/api.md). */
+static void h_register(Req *q) {
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  const char *name, *password, *role;
+  if (body == NULL || !api_require_string(q, body, "name", &name) ||
+      !api_require_string(q, body, "password", &password) || (role = one_role(q, body)) == NULL)
+    return;
+  create_user(q, name, password, role, "name", "roles");
+}
+
+/* Removes user name (never the last Admin); FALSE with the reply sent when it did not. */
+static gboolean delete_user(Req *q, const char *name) {
   g_autoptr(StoreUser) u = store_user_get(q->r->store, name);
   if (u == NULL) {
     od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path, "user %s not found", name);
-    return;
+    return FALSE;
   }
   if (strcmp(u->role, "Admin") == 0 && store_user_count_role(q->r->store, "Admin") <= 1) {
     od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", q->path,
                         "user %s is the last Admin: create another Admin first", name);
-    return;
+    return FALSE;
   }
   g_autoptr(GError) error = NULL;
   if (!store_begin(q->r->store, &error) || !store_user_delete(q->r->store, name, &error) ||
       !store_commit(q->r->store, &error)) {
     store_rollback(q->r->store);
     api_reply_internal(q, error);
-    return;
+    return FALSE;
   }
   od_log(G_LOG_LEVEL_MESSAGE, "user", "user", name, "by", q->user, "msg", "user removed", NULL);
-  g_autofree char *m = g_strdup_printf("user %s removed; its tokens no longer work", name);
+  return TRUE;
+}
+
+static void h_user_delete(Req *q) {
+  if (!delete_user(q, q->cap[0]))
+    return;
+  g_autofree char *m = g_strdup_printf("user %s removed; its tokens no longer work", q->cap[0]);
   api_reply_message(q, SOUP_STATUS_OK, m);
+}
+
+/* Oakestra's DELETE /api/user/<name> (Admin): the remaining users. */
+static void h_user_delete_compat(Req *q) {
+  if (delete_user(q, q->cap[0]))
+    reply_user_docs(q, TRUE);
+}
+
+/* A password set on the login workers: Oakestra's PUT /api/user/<name> (Admin, no old password)
+ * and its change by the user, POST /api/user/<name> {oldPassword, newPassword}. */
+typedef struct {
+  Root *r;
+  SoupServerMessage *msg;
+  char *path, *name, *old, *new_, *stored, *hash;
+  gboolean check_old, old_ok;
+} SetPassword;
+
+static void set_password_free(SetPassword *p) {
+  g_free(p->path);
+  g_free(p->name);
+  wipe(p->old);
+  wipe(p->new_);
+  g_free(p->stored);
+  g_free(p->hash);
+  g_free(p);
+}
+
+static void set_password_work(gpointer data) {
+  SetPassword *p = data;
+  p->old_ok = !p->check_old || od_password_verify(p->stored, p->old);
+  if (p->old_ok)
+    p->hash = od_password_hash(p->new_);
+}
+
+static void set_password_done(gpointer data) {
+  SetPassword *p = data;
+  Store *s = p->r->store;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *now = store_user_password(s, p->name);
+  if (!p->old_ok) {
+    od_http_reply_error(p->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "oldPassword",
+                        "Old password is not valid!");
+  } else if (now == NULL || g_strcmp0(now, p->stored) != 0) { /* removed or changed meanwhile */
+    od_http_reply_error(p->msg, SOUP_STATUS_CONFLICT, "conflict", "", "user %s changed meanwhile: try again",
+                        p->name);
+  } else if (!store_begin(s, &error) || !store_user_set_password(s, p->name, p->hash, &error) ||
+             !store_commit(s, &error)) {
+    store_rollback(s);
+    Req q = {.r = p->r, .msg = p->msg, .path = p->path};
+    api_reply_internal(&q, error);
+  } else {
+    od_log(G_LOG_LEVEL_MESSAGE, "user", "user", p->name, "msg", "password changed", NULL);
+    g_autoptr(JsonObject) o = json_object_new();
+    api_reply_object(&(Req){.r = p->r, .msg = p->msg}, SOUP_STATUS_OK, o);
+  }
+  api_compat_error_shape(p->msg);
+  api_release(p->msg);
+  set_password_free(p);
+}
+
+static void set_password(Req *q, const char *name, const char *old, const char *new_, const char *new_key) {
+  glong len = g_utf8_strlen(new_, -1);
+  if (len < PASSWORD_MIN || strlen(new_) > PASSWORD_MAX) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", new_key,
+                        "%s: %d to %d characters are required, it has %ld", new_key, PASSWORD_MIN,
+                        PASSWORD_MAX, len);
+    return;
+  }
+  if (old != NULL && strcmp(old, new_) == 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", new_key,
+                        "Old password can't be the new password!");
+    return;
+  }
+  SetPassword *p = g_new0(SetPassword, 1);
+  p->r = q->r;
+  p->msg = q->msg;
+  p->path = g_strdup(q->path);
+  p->name = g_strdup(name);
+  p->old = g_strdup(old);
+  p->new_ = g_strdup(new_);
+  p->check_old = old != NULL;
+  p->stored = store_user_password(q->r->store, name);
+  if (p->stored == NULL) {
+    set_password_free(p);
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", "", "User does not exists");
+    return;
+  }
+  if (!guard_run(q->r->guard, set_password_work, set_password_done, p)) {
+    set_password_free(p);
+    reply_busy(q->msg, q->path);
+    return;
+  }
+  api_hold(q->msg);
+}
+
+/* Oakestra's POST /api/user/<name>: the user changes its own password. */
+static void h_password_change(Req *q) {
+  if (!is_self(q))
+    return;
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  const char *old, *new_;
+  if (body == NULL || !api_require_string(q, body, "oldPassword", &old) ||
+      !api_require_string(q, body, "newPassword", &new_))
+    return;
+  set_password(q, q->user, old, new_, "newPassword");
+}
+
+/* Oakestra's PUT /api/user/<name> (Admin): roles (one) and a non-empty password change; name must
+ * be the path's; email, created_at and _id are not kept. Answers "ok", as Oakestra. */
+static void h_user_put(Req *q) {
+  g_autoptr(JsonObject) body = api_body_object(q, FALSE);
+  if (body == NULL)
+    return;
+  g_autoptr(StoreUser) u = store_user_get(q->r->store, q->cap[0]);
+  if (u == NULL) {
+    od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", "", "user %s not found", q->cap[0]);
+    return;
+  }
+  const char *name = api_str(body, "name");
+  if (json_object_get_member(body, "name") != NULL && g_strcmp0(name, u->name) != 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "name",
+                        "name: renaming a user is not supported (create another one)");
+    return;
+  }
+  const char *role = json_object_get_member(body, "roles") ? one_role(q, body) : u->role;
+  if (role == NULL)
+    return;
+  if (api_role_parse(role) == 0) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "roles",
+                        "roles: '%s' is none of Admin, Application_Provider, Infrastructure_Provider", role);
+    return;
+  }
+  if (strcmp(u->role, "Admin") == 0 && strcmp(role, "Admin") != 0 &&
+      store_user_count_role(q->r->store, "Admin") <= 1) {
+    od_http_reply_error(q->msg, SOUP_STATUS_CONFLICT, "conflict", "roles",
+                        "user %s is the last Admin: create another Admin first", u->name);
+    return;
+  }
+  const char *password = api_str(body, "password");
+  if (password != NULL && *password != '\0' && g_utf8_strlen(password, -1) < PASSWORD_MIN) {
+    od_http_reply_error(q->msg, SOUP_STATUS_BAD_REQUEST, "invalid_field", "password",
+                        "password: %d to %d characters are required", PASSWORD_MIN, PASSWORD_MAX);
+    return;
+  }
+  g_autoptr(GError) error = NULL;
+  if (strcmp(role, u->role) != 0 &&
+      (!store_begin(q->r->store, &error) || !store_user_set_role(q->r->store, u->name, role, &error) ||
+       !store_commit(q->r->store, &error))) {
+    store_rollback(q->r->store);
+    api_reply_internal(q, error);
+    return;
+  }
+  if (strcmp(role, u->role) != 0)
+    od_log(G_LOG_LEVEL_MESSAGE, "user", "user", u->name, "role", role, "by", q->user, "msg", "role changed",
+           NULL);
+  if (password != NULL && *password != '\0') {
+    set_password(q, u->name, NULL, password, "password"); /* answers {} when done */
+    return;
+  }
+  g_autoptr(JsonNode) ok = json_node_init_string(json_node_alloc(), "ok");
+  od_http_reply_json(q->msg, SOUP_STATUS_OK, ok);
 }
 
 /* ---- join tokens ---- */
@@ -680,5 +889,9 @@ const Route root_auth_routes[] = {
     {"GET", "api/users", AUTH_USER, h_users_compat, TRUE, ROLE_ADMIN},
     {"GET", "api/users/*", AUTH_USER, h_users_compat, TRUE, ROLE_ADMIN},
     {"GET", "api/organization", AUTH_USER, h_organizations, TRUE, ROLE_ADMIN},
+    {"POST", "api/auth/register", AUTH_USER, h_register, TRUE, ROLE_ADMIN},
+    {"PUT", "api/user/*", AUTH_USER, h_user_put, TRUE, ROLE_ADMIN},
+    {"DELETE", "api/user/*", AUTH_USER, h_user_delete_compat, TRUE, ROLE_ADMIN},
+    {"POST", "api/user/*", AUTH_USER, h_password_change, TRUE, ROLES_ALL},
 };
 const gsize root_auth_route_count = G_N_ELEMENTS(root_auth_routes);

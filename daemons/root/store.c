@@ -216,6 +216,15 @@ gboolean store_user_insert(Store *s, const char *name, const char *hash, const c
   return run(s, st, error);
 }
 
+gboolean store_user_set_role(Store *s, const char *name, const char *role, GError **error) {
+  sqlite3_stmt *st = stmt(s, "UPDATE users SET role = ?2 WHERE name = ?1", error);
+  if (st == NULL)
+    return FALSE;
+  bind_text(st, 1, name);
+  bind_text(st, 2, role);
+  return run(s, st, error);
+}
+
 gboolean store_user_delete(Store *s, const char *name, GError **error) {
   sqlite3_stmt *st = stmt(s, "DELETE FROM users WHERE name = ?1", error);
   if (st == NULL)

@@ -41,6 +41,7 @@ gboolean store_user_exists(Store *s, const char *name);
 /* Sets the password of name, creating it as an Admin when it does not exist. */
 gboolean store_user_set_password(Store *s, const char *name, const char *hash, GError **error);
 gboolean store_user_insert(Store *s, const char *name, const char *hash, const char *role, GError **error);
+gboolean store_user_set_role(Store *s, const char *name, const char *role, GError **error);
 gboolean store_user_delete(Store *s, const char *name, GError **error);
 gint64 store_user_count_role(Store *s, const char *role);
 /* Join tokens by the SHA-256 of their secret: valid until expires_at_s while uses are left. */

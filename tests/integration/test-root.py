@@ -1686,6 +1686,60 @@ class OakestraUsersTest(unittest.TestCase):
         self.assertEqual(e.call("GET", "/api/applications/" + me["_id"]["$oid"]).json(), [])
 
 
+    def test_writes_and_error_shape(self):
+        """POST /api/auth/register, PUT, DELETE and POST (password change) /api/user/<name>, and
+        Oakestra's error keys {code, status, message} beside ours on its paths."""
+        e = Edge(self, "")
+        base = e.root.base
+        pw, pw2, pw3 = "first password here", "second password here", "third password here"
+        bob = {"name": "bob", "password": pw, "email": "bob@example.test", "created_at": "05/12/2026 10:00",
+               "roles": ["Infrastructure_Provider"], "_id": ""}
+        r = e.call("POST", "/api/auth/register", bob)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual((r.json()["name"], r.json()["roles"], r.json()["email"]), ("bob", ["Infrastructure_Provider"], ""))
+        r = e.call("POST", "/api/auth/register", bob)
+        self.assertEqual(r.status, 409)
+        self.assertEqual((r.json()["code"], r.json()["status"]), (409, "Conflict"))
+        self.assertIn("user bob exists", r.json()["message"])
+        self.assertEqual(r.json()["error"]["code"], "conflict")  # ours stays
+        r = e.call("POST", "/api/auth/register", dict(bob, name="carl", roles=["Admin", "Application_Provider"]))
+        self.assertEqual(r.status, 400)
+        self.assertIn("roles: a list of exactly one role", r.json()["message"])
+
+        def login(password):
+            return request(base, "POST", "/api/auth/login", {"username": "bob", "password": password})
+        token = login(pw).json()["token"]
+        for body, want in (({"oldPassword": "wrong password!!", "newPassword": pw2}, "Old password is not valid!"),
+                           ({"oldPassword": pw, "newPassword": pw}, "Old password can't be the new password!"),
+                           ({"oldPassword": pw, "newPassword": "short"}, "newPassword: 12 to 1024 characters")):
+            r = e.call("POST", "/api/user/bob", body, token=token)
+            self.assertEqual(r.status, 400, r.body)
+            self.assertIn(want, r.json()["message"])
+        self.assertEqual(e.call("POST", "/api/user/bob", {"oldPassword": pw, "newPassword": pw2}).status, 403)
+        r = e.call("POST", "/api/user/bob", {"oldPassword": pw, "newPassword": pw2}, token=token)
+        self.assertEqual((r.status, r.json()), (200, {}))
+        self.assertEqual((login(pw).status, login(pw2).status), (401, 200))
+        # an Admin changes its role and password; renaming and taking the last Admin's role are refused
+        r = e.call("PUT", "/api/user/bob", {"name": "bob", "email": "x", "roles": ["Application_Provider"]})
+        self.assertEqual((r.status, r.json()), (200, "ok"))
+        self.assertEqual(e.call("PUT", "/api/user/bob", {"password": pw3}).json(), {})
+        self.assertEqual(login(pw3).status, 200)
+        users = {u["name"]: u["roles"] for u in e.call("GET", "/api/users/").json()}
+        self.assertEqual(users["bob"], ["Application_Provider"])
+        self.assertEqual(e.call("PUT", "/api/user/bob", {"name": "robert"}).status, 400)
+        self.assertEqual(e.call("PUT", "/api/user/Admin", {"roles": ["Application_Provider"]}).status, 409)
+        self.assertEqual(e.call("PUT", "/api/user/bob", {"roles": ["Admin"]}, token=login(pw3).json()["token"]).status,
+                         403)
+        r = e.call("DELETE", "/api/user/bob")
+        self.assertEqual([u["name"] for u in r.json()], ["Admin"])
+        r = e.call("DELETE", "/api/user/bob")
+        self.assertEqual((r.status, r.json()["code"], r.json()["status"]), (404, 404, "Not Found"))
+        self.assertEqual(login(pw3).status, 401)
+        r = request(base, "GET", "/api/applications/")  # no token, on Oakestra's path
+        self.assertEqual((r.status, r.json()["code"], r.json()["status"]), (401, 401, "Unauthorized"))
+        self.assertNotIn("status", request(base, "GET", "/api/v1/applications").json())  # ours: only "error"
+
+
 class MigrationTest(unittest.TestCase):
     """A root.db of the schema before versions (instances inside the service documents, a forwards
     table) is upgraded on start: applications, services, instances, refusals, clusters and their
