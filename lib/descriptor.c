@@ -1148,7 +1148,15 @@ static void parse_extensions(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, 
 
 static void parse_resources(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
   get_int(ctx, obj, prefix, "memory", true, 1, 1048576, " (MB)", &ms->memory);
-  get_int(ctx, obj, prefix, "vcpus", true, 1, 1024, "", &ms->vcpus);
+  get_int(ctx, obj, prefix, "vcpus", true, 0, 1024, "", &ms->vcpus);
+  if (ms->vcpus == 0 && json_object_has_member(obj, "vcpus")) {
+    /* Oakestra's own SLAs ask for 0: accepted, and said what it becomes. */
+    ms->vcpus = 1;
+    g_autofree char *path = path_key(prefix, "vcpus");
+    ctx_warn(ctx, path,
+             "0 is taken as 1: every instance runs on at least one core (QEMU gets one vCPU), and the "
+             "scheduler reserves it");
+  }
   get_int(ctx, obj, prefix, "vgpus", false, 0, 64, "", &ms->vgpus);
   get_int(ctx, obj, prefix, "vtpus", false, 0, 64, "", &ms->vtpus);
   get_int(ctx, obj, prefix, "bandwidth_in", false, 0, 100000000, "", &ms->bw_in);

@@ -512,6 +512,17 @@ static void test_warn_not_acted_on(void) {
                  "answers only on guest port 80 (the first entry); 53:5353/udp, 9443:443/tcp are mapped");
 }
 
+/* vcpus 0 (Oakestra's test SLAs): accepted as 1, with a warning at its path. */
+static void test_vcpus_zero(void) {
+  oakuk_descriptor *d = parse_ms_ok(base_container, "vcpus", "0");
+  g_assert_cmpuint(oakuk_descriptor_warning_count(d), ==, 1);
+  g_assert_cmpstr(oakuk_descriptor_warning_path(d, 0), ==, MS ".vcpus");
+  g_assert_true(g_str_has_prefix(oakuk_descriptor_warning_message(d, 0), "0 is taken as 1: "));
+  oakuk_application *app = oakuk_descriptor_application(d, 0);
+  g_assert_cmpint(oakuk_microservice_vcpus(oakuk_application_microservice(app, 0)), ==, 1);
+  oakuk_descriptor_unref(d);
+}
+
 /* Default values, absent keys, and what is honoured say nothing. */
 static void test_warn_defaults(void) {
   oakuk_descriptor *d =
@@ -701,7 +712,8 @@ static void test_reject_resources(void) {
   expect_ms(base_container, "memory", "0", "memory", "got 0");
   expect_ms(base_container, "memory", NULL, "memory", "required");
   expect_ms(base_container, "vcpus", "\"2\"", "vcpus", "got a string");
-  expect_ms(base_container, "vcpus", "1025", "vcpus", "between 1 and 1024");
+  expect_ms(base_container, "vcpus", "1025", "vcpus", "between 0 and 1024");
+  expect_ms(base_container, "vcpus", "-1", "vcpus", "between 0 and 1024");
   expect_ms(base_container, "vcpus", NULL, "vcpus", "required");
   expect_ms(base_container, "vgpus", "65", "vgpus", "between 0 and 64");
   expect_ms(base_container, "vtpus", "-1", "vtpus", "between 0 and 64");
@@ -1235,6 +1247,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/descriptor/readiness", test_readiness);
   g_test_add_func("/descriptor/warnings/not-acted-on", test_warn_not_acted_on);
   g_test_add_func("/descriptor/warnings/defaults", test_warn_defaults);
+  g_test_add_func("/descriptor/warnings/vcpus-zero", test_vcpus_zero);
   g_test_add_func("/descriptor/reschedule-after", test_reschedule_after);
   g_test_add_func("/descriptor/virt-array", test_virt_array);
   g_test_add_func("/descriptor/accept/numbers", test_numbers_accepted);
