@@ -735,9 +735,8 @@ static gboolean came_back(Ctx *c, StoreInstance *i, const char *cid, const LoopO
          store_instance_put(c->l->store, i, error);
 }
 
-/* One entry of a status report or of an aggregate's instances list. */
-/* CPU and memory change with every report: they are kept in memory (loop_instance_usage), and in
- * the store only with a change that is stored anyway. */
+/* CPU and memory change with every report: they are kept in memory only (loop_instance_usage),
+ * with the last LOOP_USAGE_SAMPLES reports, by the cluster's job_id (the root's service id). */
 static void note_usage(Ctx *c, const char *cid, const LoopObservation *o) {
   ClusterView *cv = view_of(c->l, cid);
   if (cv == NULL || !(o->has_cpu || o->has_memory))
@@ -773,6 +772,7 @@ static gboolean usage_stale(gpointer key, gpointer value, gpointer round) {
   return ((LoopUsage *)value)->round != GPOINTER_TO_UINT(round);
 }
 
+/* One entry of a status report or of an aggregate's instances list. */
 static gboolean observe(Ctx *c, const char *cid, const LoopObservation *o, gboolean full_state,
                         GError **error) {
   note_usage(c, cid, o);
