@@ -734,6 +734,8 @@ class E2E(unittest.TestCase):
         self.assertGreater(len(samples), 5)
         empty = [t for t, ready in samples if not ready]
         self.assertEqual(empty, [], "moments with no ready instance during the rollout")
+        seen = {n for t, ready in samples for n in ready}  # it watched the change itself
+        self.assertTrue({0, 1} <= seen, seen)
         # and exactly, from the nodes' own logs: instance 0 was stopped after instance 1 was ready
         logs = "".join(open(os.path.join(e.tmp, "node-%s.log" % n), errors="replace").read() for n in ("n2", "n3"))
 
