@@ -18,6 +18,8 @@ run_pkgs=(
   groff-base man-db openssl
   # the cli test parses `oakuk ... -o yaml`; /metrics are read with Prometheus' own parser too
   python3-yaml python3-prometheus-client
+  # the root's web pages are tested in a real browser: headless Chromium driven by selenium
+  chromium chromium-driver python3-selenium
 )
 # The arm64 test guest (tests/guests) is built from Debian's arm64 kernel and busybox-static,
 # fetched with apt-get download: the arm64 architecture must be known to apt.

@@ -1423,7 +1423,9 @@ static void h_docs(Req *q) {
 static void h_docs_file(Req *q) {
   static const struct {
     const char *name, *type;
-  } files[] = {{"docs.js", "text/javascript; charset=utf-8"}, {"docs.css", "text/css; charset=utf-8"}};
+  } files[] = {{"docs.js", "text/javascript; charset=utf-8"},
+               {"docs.css", "text/css; charset=utf-8"},
+               {"favicon.svg", "image/svg+xml"}};
   for (gsize k = 0; k < G_N_ELEMENTS(files); k++)
     if (strcmp(q->cap[0], files[k].name) == 0) {
       reply_resource(q, files[k].name, files[k].type);
