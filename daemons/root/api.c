@@ -30,6 +30,17 @@ static void reply_array(Req *q, guint status, JsonArray *a) {
   od_http_reply_json(q->msg, status, node);
 }
 
+/* A list of applications or services: on Oakestra's paths a JSON string holding it, as Oakestra
+ * answers them (its clients call json.loads(r.json())); on ours the list. */
+static void reply_list(Req *q, JsonArray *a) {
+  if (!q->compat) {
+    reply_array(q, SOUP_STATUS_OK, a);
+    return;
+  }
+  g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), a);
+  od_http_reply_json_string(q->msg, SOUP_STATUS_OK, node);
+}
+
 void api_reply_message(Req *q, guint status, const char *message) {
   g_autoptr(JsonObject) o = json_object_new();
   json_object_set_string_member(o, "message", message);
@@ -798,14 +809,14 @@ static StoreService *load_user_service(Req *q, const char *id) {
 static void h_app_list(Req *q) {
   if (!sees_all(q)) {
     g_autoptr(JsonArray) own = user_applications(q);
-    reply_array(q, SOUP_STATUS_OK, own);
+    reply_list(q, own);
     return;
   }
   g_autoptr(JsonArray) out = json_array_new();
   g_autoptr(GPtrArray) apps = store_applications_all(q->r->store);
   for (guint k = 0; k < apps->len; k++)
     json_array_add_object_element(out, view_application(apps->pdata[k]));
-  reply_array(q, SOUP_STATUS_OK, out);
+  reply_list(q, out);
 }
 
 /* Oakestra's GET /api/applications/<userId>: the applications of the user of that id (its own
@@ -818,7 +829,7 @@ static void h_app_list_user(Req *q) {
     return;
   }
   g_autoptr(JsonArray) own_apps = user_applications(q);
-  reply_array(q, SOUP_STATUS_OK, own_apps);
+  reply_list(q, own_apps);
 }
 
 static void h_app_get(Req *q) {
@@ -897,7 +908,7 @@ static void reply_services(Req *q, GPtrArray *services) {
   g_autoptr(JsonArray) out = json_array_new();
   for (guint k = 0; k < services->len; k++)
     json_array_add_object_element(out, view_service(q->r, services->pdata[k], TRUE, q->compat));
-  reply_array(q, SOUP_STATUS_OK, out);
+  reply_list(q, out);
 }
 
 static void h_svc_list_app(Req *q) {

@@ -417,7 +417,7 @@ static void h_organizations(Req *q) {
   json_object_set_array_member(org, "member", members);
   json_array_add_object_element(out, org);
   g_autoptr(JsonNode) node = json_node_init_array(json_node_alloc(), out);
-  od_http_reply_json(q->msg, SOUP_STATUS_OK, node);
+  od_http_reply_json_string(q->msg, SOUP_STATUS_OK, node); /* a JSON string holding it, as Oakestra */
 }
 
 static void h_users(Req *q) {

@@ -546,7 +546,7 @@ class RootTest(unittest.TestCase):
             self.assertEqual(r.status, 200, r.body)
             # The very next compatible GET no longer lists it (Oakestra, the thesis's Appendix A)...
             self.assertEqual(self.service(token, sid)["instance_list"], [])
-            listed = self.call("GET", "/api/services/" + app["applicationID"], token=token).json()
+            listed = json.loads(self.call("GET", "/api/services/" + app["applicationID"], token=token).json())
             self.assertEqual([s["instance_list"] for s in listed], [[]])
             # ...while the native API shows it terminating.
             for entry in (now(), self.instance(self.call("GET", "/api/v1/services/" + sid, token=token).json(), n),
@@ -579,7 +579,7 @@ class RootTest(unittest.TestCase):
             ("POST", "/api/v1/services/%s/instances" % sid, token), ("POST", "/api/v1/clusters/tokens", token),
             ("POST", "/api/v1/clusters/register", join), ("POST", "/api/information/" + cid, ctok),
             ("POST", "/api/v1/clusters/%s/information" % cid, ctok), ("POST", "/api/v1/clusters/%s/status" % cid, ctok),
-            ("PUT", "/api/application/" + json.loads(before[0])[0]["applicationID"], token),
+            ("PUT", "/api/application/" + json.loads(json.loads(before[0]))[0]["applicationID"], token),
         ]
         for method, path, tok in posts:
             with self.subTest(path=path):
@@ -645,7 +645,7 @@ class RootTest(unittest.TestCase):
         self.assertEqual(self.call("DELETE", "/api/application/" + app_id, token=token).status, 200)
         self.cluster.wait_for("DELETE", "/api/service/%s/3" % self.sid)
         self.assert_error(self.call("GET", "/api/service/" + self.sid, token=token), 404)
-        self.assertEqual(self.call("GET", "/api/applications", token=token).json(), [])
+        self.assertEqual(json.loads(self.call("GET", "/api/applications", token=token).json()), [])
 
     def test_04b_metrics_in_prometheus_text(self):
         """/metrics parses as Prometheus text (HELP and TYPE before every family), names the build,
@@ -1625,7 +1625,7 @@ class OakestraCompatTest(unittest.TestCase):
             r = e.call("POST", "/api/service/", body)
             self.assertEqual(r.status, 400, r.body)
             self.assertIn(field, r.json()["error"]["message"])
-        self.assertEqual(sorted(s["job_name"] for s in e.call("GET", "/api/services/").json()),
+        self.assertEqual(sorted(s["job_name"] for s in json.loads(e.call("GET", "/api/services/").json())),
                          ["shop.test.extra.test", "shop.test.testaggr.test"])
         # an instance's reporting keys, from what its cluster reported
         sid = out["job_id"]
@@ -1675,15 +1675,15 @@ class OakestraUsersTest(unittest.TestCase):
         self.assertEqual((users["alice"]["roles"], users["Admin"]["_id"]), (["Application_Provider"], me["_id"]))
         self.assertEqual(len(e.call("GET", "/api/users/root").json()), 2)
         self.assertEqual(e.call("GET", "/api/users/6a0000000000000000000001").json(), [])
-        [org] = e.call("GET", "/api/organization/").json()
+        [org] = json.loads(e.call("GET", "/api/organization/").json())  # a JSON string, as Oakestra
         self.assertEqual((org["_id"], org["name"]), ({"$oid": "root"}, "root"))
         self.assertEqual(sorted(m["user_id"] for m in org["member"]), sorted([me["_id"]["$oid"], her["_id"]["$oid"]]))
         # the applications of a user, by its id: its own only
         self.assertEqual(e.call("POST", "/api/application/", sla("hers"), token=alice).status, 200)
-        apps = e.call("GET", "/api/applications/" + her["_id"]["$oid"], token=alice).json()
+        apps = json.loads(e.call("GET", "/api/applications/" + her["_id"]["$oid"], token=alice).json())
         self.assertEqual([a["application_name"] for a in apps], ["hers"])
         self.assertEqual(e.call("GET", "/api/applications/" + her["_id"]["$oid"]).status, 401)
-        self.assertEqual(e.call("GET", "/api/applications/" + me["_id"]["$oid"]).json(), [])
+        self.assertEqual(json.loads(e.call("GET", "/api/applications/" + me["_id"]["$oid"]).json()), [])
 
 
     def test_writes_and_error_shape(self):
