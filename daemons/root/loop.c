@@ -736,14 +736,15 @@ static gboolean came_back(Ctx *c, StoreInstance *i, const char *cid, const LoopO
 }
 
 /* CPU and memory change with every report: they are kept in memory only (loop_instance_usage),
- * with the last LOOP_USAGE_SAMPLES reports, by the cluster's job_id (the root's service id). */
-static void note_usage(Ctx *c, const char *cid, const LoopObservation *o) {
+ * with the last LOOP_USAGE_SAMPLES reports, by service id (sid: the job_id resolved, which an
+ * Oakestra-format cluster may give as a job name). */
+static void note_usage(Ctx *c, const char *cid, const char *sid, const LoopObservation *o) {
   ClusterView *cv = view_of(c->l, cid);
-  if (cv == NULL || !(o->has_cpu || o->has_memory))
+  if (cv == NULL || sid == NULL || !(o->has_cpu || o->has_memory))
     return;
   if (cv->usage == NULL)
     cv->usage = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  g_autofree char *key = g_strdup_printf("%s/%" G_GINT64_FORMAT, o->job_id, o->instance);
+  g_autofree char *key = g_strdup_printf("%s/%" G_GINT64_FORMAT, sid, o->instance);
   LoopUsage *u = g_hash_table_lookup(cv->usage, key);
   if (u == NULL) {
     u = g_new0(LoopUsage, 1);
@@ -775,8 +776,8 @@ static gboolean usage_stale(gpointer key, gpointer value, gpointer round) {
 /* One entry of a status report or of an aggregate's instances list. */
 static gboolean observe(Ctx *c, const char *cid, const LoopObservation *o, gboolean full_state,
                         GError **error) {
-  note_usage(c, cid, o);
   g_autofree char *sid = store_service_resolve(c->l->store, o->job_id);
+  note_usage(c, cid, sid, o);
   g_autoptr(StoreInstance) i = sid ? store_instance_get(c->l->store, sid, o->instance) : NULL;
   if (i != NULL && !i->deleting && strcmp(i->cluster_id, cid) == 0) {
     if (o->generation == 0 || o->generation == i->generation)

@@ -1641,6 +1641,12 @@ class OakestraCompatTest(unittest.TestCase):
         self.assertEqual([h["value"] for h in inst["memory_history"]], [str(40 * 1024 * 1024), str(42 * 1024 * 1024)])
         for h in inst["cpu_history"]:
             self.assertRegex(h["timestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}$")
+        # an Oakestra-format cluster names the job by its job_name: the same instance
+        e.aggregate(c, instances=[{"job_id": "shop.test.extra.test", "instance": n, "generation": 1,
+                                   "status": "RUNNING", "status_detail": "", "node": "n1", "ready": True,
+                                   "cpu": 30.0, "memory": 44}])
+        inst = e.instance(sid, n)
+        self.assertEqual((inst["cpu"], len(inst["cpu_history"])), (30.0, 3))
         # the cluster no longer lists it: no usage any more
         e.aggregate(c, instances=[])
         inst = e.instance(sid, n)
