@@ -170,6 +170,12 @@ static JsonArray *user_applications(Req *q) {
   return out;
 }
 
+/* A service's job name, app.appns.svc.svcns: what clusters and nodes name its instances by. */
+static char *job_name_of(const char *app_name, const char *app_ns, oakuk_microservice *ms) {
+  return g_strdup_printf("%s.%s.%s.%s", app_name, app_ns, oakuk_microservice_name(ms),
+                         oakuk_microservice_namespace(ms));
+}
+
 /* The service document (*doc) and the microservice as liboakuk serialized it (*ms_json) of one
  * microservice of application app_id. */
 static gboolean service_docs(oakuk_microservice *ms, const char *app_id, const char *app_name,
@@ -188,8 +194,7 @@ static gboolean service_docs(oakuk_microservice *ms, const char *app_id, const c
     return FALSE;
   }
   const char *sid = oakuk_microservice_id(ms);
-  g_autofree char *job_name = g_strdup_printf("%s.%s.%s.%s", app_name, app_ns, oakuk_microservice_name(ms),
-                                              oakuk_microservice_namespace(ms));
+  g_autofree char *job_name = job_name_of(app_name, app_ns, ms);
   json_object_set_string_member(msobj, "microserviceID", sid);
   json_object_set_string_member(msobj, "app_name", app_name);
   json_object_set_string_member(msobj, "app_ns", app_ns);
@@ -277,8 +282,7 @@ static JsonObject *update_application(Req *q, oakuk_application *app, const char
   json_object_set_array_member(doc, "microservices", ids);
   for (size_t i = 0; i < oakuk_application_microservice_count(app); i++) {
     oakuk_microservice *ms = oakuk_application_microservice(app, i);
-    g_autofree char *job_name = g_strdup_printf("%s.%s.%s.%s", name, ns, oakuk_microservice_name(ms),
-                                                oakuk_microservice_namespace(ms));
+    g_autofree char *job_name = job_name_of(name, ns, ms);
     StoreService *sv = find_job(stored, job_name);
     g_autofree char *sid = sv ? g_strdup(sv->id) : od_object_id();
     if (oakuk_microservice_set_id(ms, sid, &err) != 0)
@@ -369,8 +373,7 @@ static JsonObject *insert_application(Req *q, oakuk_application *app, gboolean u
     oakuk_microservice *ms = oakuk_application_microservice(app, i);
     if (!insert_service(q, ms, app_id, name, ns, error))
       return NULL;
-    g_autofree char *job_name = g_strdup_printf("%s.%s.%s.%s", name, ns, oakuk_microservice_name(ms),
-                                                oakuk_microservice_namespace(ms));
+    g_autofree char *job_name = job_name_of(name, ns, ms);
     add_change(changes, oakuk_microservice_id(ms), oakuk_microservice_name(ms), job_name, "created", 1, 0);
   }
   JsonObject *out = json_object_ref(doc);
@@ -740,9 +743,7 @@ static void h_svc_add(Req *q) {
   gboolean ok = store_begin(q->r->store, &error);
   for (size_t i = 0; ok && i < oakuk_application_microservice_count(app); i++) {
     oakuk_microservice *ms = oakuk_application_microservice(app, i);
-    g_autofree char *job_name =
-        g_strdup_printf("%s.%s.%s.%s", row->name, row->namespace_, oakuk_microservice_name(ms),
-                        oakuk_microservice_namespace(ms));
+    g_autofree char *job_name = job_name_of(row->name, row->namespace_, ms);
     JsonObject *entry = json_object_new();
     json_object_set_string_member(entry, "service_name", oakuk_microservice_name(ms));
     if (find_job(stored, job_name) != NULL) {

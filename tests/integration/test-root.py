@@ -69,13 +69,15 @@ class Response:
         return json.loads(self.body)
 
 
-def request(base, method, path, body=None, token=None, raw=False):
+def request(base, method, path, body=None, token=None, raw=False, headers=None):
     data = None
     if body is not None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
     if token:
         req.add_header("Authorization", "Bearer " + token)
     try:
@@ -1486,18 +1488,7 @@ class ApiDescriptionTest(unittest.TestCase):
 
 def cors_request(base, method, path, origin, headers=None, token=None):
     """request() with an Origin header (and others): what a browser sends from a page of origin."""
-    req = urllib.request.Request(base + path, method=method)
-    if origin:
-        req.add_header("Origin", origin)
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with urllib.request.urlopen(req, timeout=15, context=TRUST.get(base)) as r:
-            return Response(r.status, r.read(), r.headers)
-    except urllib.error.HTTPError as e:
-        return Response(e.code, e.read(), e.headers)
+    return request(base, method, path, token=token, headers=dict(headers or {}, **({"Origin": origin} if origin else {})))
 
 
 class CorsTest(unittest.TestCase):

@@ -81,6 +81,30 @@ JsonArray *oak_array_member(JsonObject *o, const char *key) {
   return n != NULL && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
 }
 
+gboolean oak_instance_leaving(JsonObject *in) {
+  return g_strcmp0(oak_str(in, "status", ""), "UNDEPLOYED") == 0;
+}
+
+JsonObject *oak_fetch_instance(OakClient *cl, const char *sid, gint64 n, int *rc) {
+  g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances", sid);
+  g_autoptr(JsonNode) list = oak_request(cl, "GET", path, NULL, NULL, rc);
+  if (list == NULL || !JSON_NODE_HOLDS_ARRAY(list))
+    return NULL;
+  for (guint i = 0; i < json_array_get_length(json_node_get_array(list)); i++) {
+    JsonObject *in = json_array_get_object_element(json_node_get_array(list), i);
+    if (in != NULL && oak_int(in, "instance_number", -1) == n)
+      return json_object_ref(in);
+  }
+  *rc = 0;
+  return NULL;
+}
+
+JsonObject *oak_client_service(const char *cmd, const char *url, gboolean json, const char *what,
+                               OakClient **client, int *exit_code) {
+  *client = oak_client_new(cmd, url, json, TRUE, exit_code);
+  return *client ? oak_find_service(*client, what, exit_code) : NULL;
+}
+
 gboolean oak_instance_up(JsonObject *in) {
   int32_t s = oakuk_instance_status_from_name(oak_str(in, "status", ""));
   return (s == OAKUK_STATUS_RUNNING && oak_bool(in, "ready", FALSE)) || s == OAKUK_STATUS_COMPLETED;

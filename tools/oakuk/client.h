@@ -135,6 +135,15 @@ const char *oak_service_id(JsonObject *service);
 JsonObject *oak_object_of(JsonNode *n);
 /* o's member key when it is an array, else NULL. */
 JsonArray *oak_array_member(JsonObject *o, const char *key);
+/* An instance entry being removed (UNDEPLOYED until its cluster confirms). */
+gboolean oak_instance_leaving(JsonObject *in);
+/* The instance_list entry n of service sid now (a new reference); NULL with *rc 0 when it is gone,
+ * NULL with *rc set when the root did not answer. */
+JsonObject *oak_fetch_instance(OakClient *cl, const char *sid, gint64 n, int *rc);
+/* The client of command cmd (logged in) and the service what names (id, job name or unique name);
+ * NULL with *exit_code set when either fails (*client may then still be set). */
+JsonObject *oak_client_service(const char *cmd, const char *url, gboolean json, const char *what,
+                               OakClient **client, int *exit_code);
 /* An instance entry that is running and found ready by its node (RUNNING alone says only that QEMU
  * or runc is up), or a one-shot one that completed: done waiting. */
 gboolean oak_instance_up(JsonObject *in);

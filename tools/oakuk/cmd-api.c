@@ -574,10 +574,8 @@ int oakuk_cmd_describe(int argc, char **argv) {
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("describe", url, json, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  g_autoptr(OakClient) cl = NULL;
+  g_autoptr(JsonObject) service = oak_client_service("describe", url, json, argv[1], &cl, &rc);
   if (service == NULL)
     return rc;
   if (json) {
@@ -611,10 +609,8 @@ int oakuk_cmd_explain(int argc, char **argv) {
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("explain", url, json, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  g_autoptr(OakClient) cl = NULL;
+  g_autoptr(JsonObject) service = oak_client_service("explain", url, json, argv[1], &cl, &rc);
   return service ? print_explanation(cl, service, json) : rc;
 }
 
@@ -646,21 +642,6 @@ static char *progress_note(JsonObject *in) {
   return *detail ? g_strdup_printf("%s; %s", ready, detail) : g_steal_pointer(&ready);
 }
 
-/* The instance_list entry n of the service now (a new reference), or NULL when it is gone. */
-static JsonObject *fetch_instance(OakClient *cl, const char *sid, gint64 n, int *rc) {
-  g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances", sid);
-  g_autoptr(JsonNode) list = oak_request(cl, "GET", path, NULL, NULL, rc);
-  if (list == NULL || !JSON_NODE_HOLDS_ARRAY(list))
-    return NULL;
-  for (guint i = 0; i < json_array_get_length(json_node_get_array(list)); i++) {
-    JsonObject *in = json_array_get_object_element(json_node_get_array(list), i);
-    if (in != NULL && oak_int(in, "instance_number", -1) == n)
-      return json_object_ref(in);
-  }
-  *rc = 0;
-  return NULL;
-}
-
 static void print_instance(OakClient *cl, JsonObject *in) {
   g_autoptr(JsonNode) node = json_node_init_object(json_node_alloc(), in);
   if (cl->json)
@@ -686,7 +667,7 @@ static int wait_instance(OakClient *cl, JsonObject *service, gint64 n, gint64 ti
   const char *sid = oak_service_id(service);
   while (TRUE) {
     int rc = OAKUK_CLI_FAILED;
-    g_autoptr(JsonObject) in = fetch_instance(cl, sid, n, &rc);
+    g_autoptr(JsonObject) in = oak_fetch_instance(cl, sid, n, &rc);
     if (in == NULL && rc != 0)
       return rc;
     double t = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
@@ -748,10 +729,8 @@ int oakuk_cmd_deploy(int argc, char **argv) {
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("deploy", url, json, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  g_autoptr(OakClient) cl = NULL;
+  g_autoptr(JsonObject) service = oak_client_service("deploy", url, json, argv[1], &cl, &rc);
   if (service == NULL)
     return rc;
   g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances", oak_service_id(service));
@@ -830,10 +809,8 @@ int oakuk_cmd_undeploy(int argc, char **argv) {
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("undeploy", url, json, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  g_autoptr(OakClient) cl = NULL;
+  g_autoptr(JsonObject) service = oak_client_service("undeploy", url, json, argv[1], &cl, &rc);
   if (service == NULL)
     return rc;
   g_autoptr(GArray) nums = pick_instances("undeploy", service, argc == 3 ? argv[2] : NULL, &rc);
@@ -857,7 +834,7 @@ int oakuk_cmd_undeploy(int argc, char **argv) {
   for (guint i = 0; wait && i < nums->len; i++) {
     gint64 n = g_array_index(nums, gint64, i);
     while (TRUE) {
-      g_autoptr(JsonObject) in = fetch_instance(cl, sid, n, &rc);
+      g_autoptr(JsonObject) in = oak_fetch_instance(cl, sid, n, &rc);
       if (in == NULL && rc != 0)
         return rc;
       if (in == NULL)
@@ -1009,10 +986,8 @@ int oakuk_cmd_logs(int argc, char **argv) {
     return OAKUK_CLI_USAGE;
   }
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("logs", url, json, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  g_autoptr(OakClient) cl = NULL;
+  g_autoptr(JsonObject) service = oak_client_service("logs", url, json, argv[1], &cl, &rc);
   if (service == NULL)
     return rc;
   g_autoptr(GArray) nums = pick_instances("logs", service, argc == 3 ? argv[2] : NULL, &rc);

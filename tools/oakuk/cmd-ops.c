@@ -154,10 +154,6 @@ int oakuk_cmd_delete(int argc, char **argv) {
 
 /* ---- scale ---- */
 
-static gboolean removed(JsonObject *in) {
-  return g_strcmp0(oak_str(in, "status", ""), "UNDEPLOYED") == 0;
-}
-
 static gboolean instance_failed(JsonObject *in) {
   int32_t s = oakuk_instance_status_from_name(oak_str(in, "status", ""));
   return s == OAKUK_STATUS_FAILED || s == OAKUK_STATUS_DEAD || s == OAKUK_STATUS_NO_ACTIVE_CLUSTER ||
@@ -188,7 +184,7 @@ static int scale_to(OakClient *cl, JsonObject *service, gint64 want, GArray *add
   g_autoptr(GPtrArray) live = g_ptr_array_new();
   for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
     JsonObject *in = json_array_get_object_element(list, i);
-    if (in != NULL && !removed(in))
+    if (in != NULL && !oak_instance_leaving(in))
       g_ptr_array_add(live, in);
   }
   g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances", sid);
@@ -234,7 +230,7 @@ static int scale_wait(OakClient *cl, JsonObject *service, gint64 want, gint64 ti
     g_autoptr(GString) pending = g_string_new(NULL); /* "; 3 CREATING, 4 RUNNING (not ready)" */
     for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
       JsonObject *in = json_array_get_object_element(list, i);
-      if (removed(in)) {
+      if (oak_instance_leaving(in)) {
         leaving++;
         continue;
       }
@@ -342,10 +338,8 @@ int oakuk_cmd_scale(int argc, char **argv) {
   if (!parse_count(argv[2], &want))
     return OAKUK_CLI_USAGE;
   int rc = OAKUK_CLI_FAILED;
-  g_autoptr(OakClient) cl = oak_client_new("scale", url, json, TRUE, &rc);
-  if (cl == NULL)
-    return rc;
-  g_autoptr(JsonObject) service = oak_find_service(cl, argv[1], &rc);
+  g_autoptr(OakClient) cl = NULL;
+  g_autoptr(JsonObject) service = oak_client_service("scale", url, json, argv[1], &cl, &rc);
   if (service == NULL)
     return rc;
   g_autoptr(GArray) added = g_array_new(FALSE, FALSE, sizeof(gint64));

@@ -25,10 +25,6 @@ static JsonObject *get_service(OakClient *cl, const char *sid, int *rc) {
   return o ? json_object_ref(o) : NULL;
 }
 
-static gboolean leaving(JsonObject *in) {
-  return g_strcmp0(oak_str(in, "status", ""), "UNDEPLOYED") == 0;
-}
-
 /* The live instances of service that run another revision than current, by number. */
 static GArray *behind(JsonObject *service, gint64 current) {
   GArray *out = g_array_new(FALSE, FALSE, sizeof(Behind));
@@ -36,7 +32,7 @@ static GArray *behind(JsonObject *service, gint64 current) {
   for (guint i = 0; list != NULL && i < json_array_get_length(list); i++) {
     JsonObject *in = json_array_get_object_element(list, i);
     Behind b = {oak_int(in, "instance_number", -1), oak_int(in, "revision", 1)};
-    if (in != NULL && !leaving(in) && b.number >= 0 && b.revision != current)
+    if (in != NULL && !oak_instance_leaving(in) && b.number >= 0 && b.revision != current)
       g_array_append_val(out, b);
   }
   return out;
@@ -78,21 +74,13 @@ static char *describe(JsonObject *in) {
 /* Polls instance n of sid until it is up; NULL then, else why it will not be (a new string). */
 static char *wait_up(OakClient *cl, const char *sid, gint64 n, gint64 timeout_s, double *took) {
   gint64 start = g_get_monotonic_time();
-  g_autofree char *path = g_strdup_printf("/api/v1/services/%s/instances", sid);
   while (TRUE) {
     int rc = OAKUK_CLI_FAILED;
-    g_autoptr(JsonNode) list = oak_request(cl, "GET", path, NULL, NULL, &rc);
-    if (list == NULL)
+    g_autoptr(JsonObject) in = oak_fetch_instance(cl, sid, n, &rc);
+    if (in == NULL && rc != 0)
       return g_strdup("the root did not answer");
-    JsonObject *in = NULL;
-    for (guint i = 0; JSON_NODE_HOLDS_ARRAY(list) && i < json_array_get_length(json_node_get_array(list));
-         i++) {
-      JsonObject *e = json_array_get_object_element(json_node_get_array(list), i);
-      if (oak_int(e, "instance_number", -1) == n)
-        in = e;
-    }
     *took = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
-    if (in == NULL || leaving(in))
+    if (in == NULL || oak_instance_leaving(in))
       return g_strdup_printf("instance %" G_GINT64_FORMAT " was removed by someone else", n);
     if (oak_instance_up(in))
       return NULL;
