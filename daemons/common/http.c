@@ -176,7 +176,13 @@ static void got_body(SoupServerMessage *msg, gpointer data) {
   deadline_arm(msg, "handler", 0);
 }
 
+/* A response has RESPONSE_TIMEOUT_S from its headers and again from every piece of body written:
+ * a long one that goes on (an event stream) is not cut, one the client stops reading is. */
 static void wrote_headers(SoupServerMessage *msg, gpointer data) {
+  deadline_arm(msg, "response", RESPONSE_TIMEOUT_S);
+}
+
+static void wrote_body_data(SoupServerMessage *msg, guint size, gpointer data) {
   deadline_arm(msg, "response", RESPONSE_TIMEOUT_S);
 }
 
@@ -201,6 +207,7 @@ static void request_started(SoupServer *server, SoupServerMessage *msg, gpointer
   g_signal_connect(msg, "got-headers", G_CALLBACK(got_headers), NULL);
   g_signal_connect(msg, "got-body", G_CALLBACK(got_body), NULL);
   g_signal_connect(msg, "wrote-headers", G_CALLBACK(wrote_headers), NULL);
+  g_signal_connect(msg, "wrote-body-data", G_CALLBACK(wrote_body_data), NULL);
   g_signal_connect(msg, "finished", G_CALLBACK(finished), NULL);
   g_signal_connect(msg, "disconnected", G_CALLBACK(finished), NULL);
 }

@@ -2,6 +2,7 @@
  * /metrics, and the router that also serves the cluster-facing routes (cluster-api.c). Handlers
  * check input, call the loop for changes and views.c for documents; they decide nothing. */
 #include "api.h"
+#include "events.h"
 #include "resolve.h"
 
 #include "link.h"
@@ -634,6 +635,33 @@ static GPtrArray *oci_services(oakuk_descriptor *d, GPtrArray *refs) {
   return out;
 }
 
+/* 400 invalid_descriptor (Oakestra's 422 on its paths) naming the first problem, with every
+ * problem the parser found as problems: [{path, message}] (docs/api.md "Errors"). */
+static void reply_invalid_descriptor(Req *q, const oakuk_error *err) {
+  guint status = q->compat ? 422 : SOUP_STATUS_BAD_REQUEST;
+  JsonArray *problems = json_array_new();
+  for (size_t k = 0; k < oakuk_error_item_count(err); k++) {
+    JsonObject *p = json_object_new();
+    json_object_set_string_member(p, "path", oakuk_error_item_path(err, k));
+    json_object_set_string_member(p, "message", oakuk_error_item_message(err, k));
+    json_array_add_object_element(problems, p);
+  }
+  if (json_array_get_length(problems) == 0) {
+    JsonObject *p = json_object_new();
+    json_object_set_string_member(p, "path", oakuk_error_path(err) ? oakuk_error_path(err) : "");
+    json_object_set_string_member(p, "message", oakuk_error_message(err));
+    json_array_add_object_element(problems, p);
+  }
+  g_autoptr(JsonObject) o = json_object_new();
+  JsonObject *e = json_object_new();
+  json_object_set_string_member(e, "code", "invalid_descriptor");
+  json_object_set_string_member(e, "message", oakuk_error_message(err));
+  json_object_set_string_member(e, "path", oakuk_error_path(err) ? oakuk_error_path(err) : "");
+  json_object_set_array_member(e, "problems", problems);
+  json_object_set_object_member(o, "error", e);
+  api_reply_object(q, status, o);
+}
+
 static void app_create(Req *q, gboolean update) {
   g_autoptr(JsonNode) check = od_http_read_json(q->msg);
   if (check == NULL)
@@ -645,8 +673,7 @@ static void app_create(Req *q, gboolean update) {
   oakuk_descriptor *d = oakuk_descriptor_parse(data, len, &err);
   if (d == NULL) {
     /* Oakestra answers an SLA its schema refuses with 422 on its path; ours: 400. */
-    od_http_reply_error(q->msg, q->compat ? 422 : SOUP_STATUS_BAD_REQUEST, "invalid_descriptor",
-                        oakuk_error_path(err) ? oakuk_error_path(err) : "", "%s", oakuk_error_message(err));
+    reply_invalid_descriptor(q, err);
     oakuk_error_free(err);
     return;
   }
@@ -1370,6 +1397,12 @@ static void h_node_remove(Req *q) {
   node_request(q, "DELETE", FALSE);
 }
 
+/* ---- live views (events.c) ---- */
+
+static void h_events(Req *q) {
+  events_open(q->r, q->msg, q->user, q->role, sees_all(q), q->token_exp - root_now_ms() / 1000);
+}
+
 /* ---- the API description and its page (docs/api.md "API description") ---- */
 
 #define RESOURCE_PREFIX "/org/oakuk/root/"
@@ -1405,6 +1438,8 @@ static char *route_text(const Route *r) {
   g_string_append_c(out, ' ');
   for (char **s = segs; *s; s++)
     g_string_append_printf(out, "/%s", strcmp(*s, "*") == 0 ? "{}" : *s);
+  if (segs[0] == NULL)
+    g_string_append_c(out, '/');
   return g_string_free(g_steal_pointer(&out), FALSE);
 }
 
@@ -1432,18 +1467,35 @@ static void h_docs(Req *q) {
   reply_resource(q, "docs.html", "text/html; charset=utf-8");
 }
 
-static void h_docs_file(Req *q) {
+/* One of the files a page loads (name as the request has it): only those listed, nothing else of
+ * the resources. */
+static void reply_page_file(Req *q, const char *name) {
   static const struct {
     const char *name, *type;
   } files[] = {{"docs.js", "text/javascript; charset=utf-8"},
                {"docs.css", "text/css; charset=utf-8"},
+               {"dashboard.js", "text/javascript; charset=utf-8"},
+               {"dashboard.css", "text/css; charset=utf-8"},
                {"favicon.svg", "image/svg+xml"}};
   for (gsize k = 0; k < G_N_ELEMENTS(files); k++)
-    if (strcmp(q->cap[0], files[k].name) == 0) {
+    if (strcmp(name, files[k].name) == 0) {
       reply_resource(q, files[k].name, files[k].type);
       return;
     }
-  od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", "", "no such file");
+  od_http_reply_error(q->msg, SOUP_STATUS_NOT_FOUND, "not_found", q->path, "no such file: %s", name);
+}
+
+static void h_docs_file(Req *q) {
+  reply_page_file(q, q->cap[0]);
+}
+
+/* The dashboard (docs/dashboard.md): one page, its script and style, same origin as the API. */
+static void h_dashboard(Req *q) {
+  reply_resource(q, "dashboard.html", "text/html; charset=utf-8");
+}
+
+static void h_ui_file(Req *q) {
+  reply_page_file(q, q->cap[0]);
 }
 
 /* ---- routing ---- */
@@ -1457,6 +1509,8 @@ static const Route routes[] = {
     {"GET", "docs/openapi.json", AUTH_NONE, h_openapi, FALSE, 0}, /* where Oakestra serves its own */
     {"GET", "api/docs", AUTH_NONE, h_docs, FALSE, 0},
     {"GET", "api/docs/*", AUTH_NONE, h_docs_file, FALSE, 0},
+    {"GET", "", AUTH_NONE, h_dashboard, FALSE, 0},
+    {"GET", "ui/*", AUTH_NONE, h_ui_file, FALSE, 0},
     {"POST", "api/application", AUTH_USER, h_app_create, TRUE, ROLES_APPS},
     {"GET", "api/application/*", AUTH_USER, h_app_get, TRUE, ROLES_ALL},
     {"PUT", "api/application/*", AUTH_USER, h_app_put, TRUE, ROLES_APPS},
@@ -1488,6 +1542,7 @@ static const Route routes[] = {
     {"POST", "api/v1/services/*/instances", AUTH_USER, h_inst_create, FALSE, ROLES_APPS},
     {"DELETE", "api/v1/services/*/instances/*", AUTH_USER, h_inst_delete, FALSE, ROLES_APPS},
     {"GET", "api/v1/services/*/instances/*/logs", AUTH_USER, h_inst_logs, FALSE, ROLES_APPS},
+    {"GET", "api/v1/events", AUTH_USER, h_events, FALSE, ROLES_ALL},
     {"GET", "api/v1/clusters", AUTH_USER, h_clusters, FALSE, ROLES_ALL},
     {"GET", "api/v1/clusters/*", AUTH_USER, h_cluster_get, FALSE, ROLES_ALL},
     {"DELETE", "api/v1/clusters/*", AUTH_USER, h_cluster_delete, FALSE, ROLES_INFRA},

@@ -23,6 +23,7 @@ typedef struct {
   const char *cap[3];
   char *user; /* AUTH_USER: the user and its role */
   guint role;
+  gint64 token_exp; /* AUTH_USER: when the access token expires (s since the epoch) */
   gboolean compat;
 } Req;
 

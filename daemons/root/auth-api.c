@@ -76,7 +76,7 @@ static char *issue_token(Root *r, const char *user, const char *role, const char
 }
 
 /* The user of a valid JWT of kind typ whose user still exists, or NULL with why. */
-static StoreUser *verify_token(Root *r, const char *token, const char *typ, char **why) {
+static StoreUser *verify_token(Root *r, const char *token, const char *typ, gint64 *exp, char **why) {
   g_autoptr(GError) error = NULL;
   g_autoptr(JsonObject) claims =
       od_jwt_verify(r->secret, sizeof r->secret, token, root_now_ms() / 1000, &error);
@@ -88,6 +88,8 @@ static StoreUser *verify_token(Root *r, const char *token, const char *typ, char
     *why = g_strdup_printf("token is not a%s %s token", typ[0] == 'a' ? "n" : "", typ);
     return NULL;
   }
+  if (exp != NULL)
+    *exp = json_object_get_int_member_with_default(claims, "exp", 0);
   /* The role is the stored one: a user removed or demoted loses access at once. */
   StoreUser *u = store_user_get(r->store, api_str(claims, "sub"));
   if (u == NULL)
@@ -118,7 +120,7 @@ char *api_cluster_of_bearer(Root *r, const char *bearer) {
 
 static gboolean authenticate_user(Req *q, const Route *route, const char *token) {
   g_autofree char *why = NULL;
-  g_autoptr(StoreUser) u = verify_token(q->r, token, "access", &why);
+  g_autoptr(StoreUser) u = verify_token(q->r, token, "access", &q->token_exp, &why);
   if (u == NULL) {
     od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s", why);
     return FALSE;
@@ -298,7 +300,7 @@ static void h_refresh(Req *q) {
     return;
   }
   g_autofree char *why = NULL;
-  g_autoptr(StoreUser) u = verify_token(q->r, token, "refresh", &why);
+  g_autoptr(StoreUser) u = verify_token(q->r, token, "refresh", NULL, &why);
   if (u == NULL) {
     od_http_reply_error(q->msg, SOUP_STATUS_UNAUTHORIZED, "unauthorized", q->path, "%s", why);
     return;

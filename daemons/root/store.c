@@ -1109,6 +1109,10 @@ GPtrArray *store_clusters_with_jwt(Store *s) {
   return clusters_query(s, CLUSTER_SELECT " WHERE token != '' ORDER BY rowid", NULL);
 }
 
+gint64 store_changes(Store *s) {
+  return sqlite3_total_changes64(s->db);
+}
+
 gint64 store_cluster_count(Store *s) {
   return first_int(stmt(s, "SELECT COUNT(*) FROM clusters", NULL), 0);
 }

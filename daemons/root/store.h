@@ -247,6 +247,10 @@ gboolean store_cluster_delete(Store *s, const char *id, GError **error);
 gint64 store_application_count(Store *s);
 gint64 store_service_count(Store *s);
 
+/* Rows changed since the store was opened (every INSERT, UPDATE and DELETE): a cheap change
+ * counter for the dashboard's event streams (events.c). */
+gint64 store_changes(Store *s);
+
 G_END_DECLS
 
 #endif

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import http.server
+import http.client
 import json
 import os
 import pathlib
@@ -29,6 +30,7 @@ import threading
 import time
 import unittest
 import urllib.error
+import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +87,53 @@ def request(base, method, path, body=None, token=None, raw=False, headers=None):
             return Response(r.status, r.read(), r.headers)
     except urllib.error.HTTPError as e:
         return Response(e.code, e.read(), e.headers)
+
+
+class EventStream:
+    """GET /api/v1/events read as it comes: next_event() is the next (name, data) of the stream
+    (comments are counted in keepalives), or None at its end."""
+
+    def __init__(self, base, token, timeout=10):
+        u = urllib.parse.urlsplit(base)
+        ctx = TRUST.get(base)
+        self.conn = (http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=timeout) if ctx else
+                     http.client.HTTPConnection(u.hostname, u.port, timeout=timeout))
+        self.conn.request("GET", "/api/v1/events", headers={"Authorization": "Bearer " + token} if token else {})
+        self.resp = self.conn.getresponse()
+        self.status, self.headers = self.resp.status, self.resp.headers
+        self.keepalives = 0
+
+    def next_event(self):
+        name, data = "message", []
+        while True:
+            line = self.resp.readline()
+            if not line:
+                return None
+            line = line.decode().rstrip("\n")
+            if line == "":
+                if data:
+                    return name, "\n".join(data)
+                name = "message"
+                continue
+            if line.startswith(":"):
+                self.keepalives += 1
+            elif line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+
+    def until(self, name, pred=lambda data: True):
+        """The data of the first event called name whose JSON satisfies pred."""
+        while True:
+            ev = self.next_event()
+            if ev is None:
+                raise AssertionError("the stream ended before a %s event" % name)
+            if ev[0] == name and pred(json.loads(ev[1])):
+                return json.loads(ev[1])
+
+    def close(self):
+        self.resp.close()  # the socket stays open while the response holds it
+        self.conn.close()
 
 
 class FakeCluster:
@@ -1456,6 +1505,12 @@ class ApiDescriptionTest(unittest.TestCase):
                 concrete = concrete.replace("/instances/6a00000000000000000000ff", "/instances/7")
             if concrete.startswith("/api/docs/"):
                 concrete = "/api/docs/docs.css"
+            if entry == "GET /api/v1/events":  # a stream: its status and first event
+                ev = EventStream(base, e.token)
+                self.assertEqual((ev.status, ev.next_event()[0]), (200, "applications"))
+                ev.close()
+                self.assertEqual(EventStream(base, None).status, 401)
+                continue
             r = request(base, method, concrete, token=e.token)
             self.assertNotEqual(r.status, 405, (entry, r.body))
             self.assertFalse(r.status == 404 and b"no endpoint" in r.body, (entry, r.body))
@@ -1642,6 +1697,83 @@ class OakestraCompatTest(unittest.TestCase):
         e.aggregate(c, instances=[])
         inst = e.instance(sid, n)
         self.assertEqual((inst["cpu_history"], inst["cpu"]), ([], 0.0))
+
+
+class EventsTest(unittest.TestCase):
+    """GET /api/v1/events (docs/api.md "Events"): the three topics first, then each as it changes
+    (a registration, an instance, an aggregate), only what the user may see, keep-alives past the
+    response deadline, the end when the user is removed, 503 past 32 streams."""
+
+    def test_stream(self):
+        e = Edge(self, "token_ttl_s = 60\n")
+        c = e.register("c1")
+        e.aggregate(c, memory=4000)
+        ttl = EventStream(e.root.base, e.token, timeout=90)  # kept open until its token's time is over
+        self.addCleanup(ttl.close)
+        ev = EventStream(e.root.base, e.token, timeout=30)
+        self.addCleanup(ev.close)
+        self.assertEqual(ev.status, 200)
+        self.assertTrue(ev.headers["Content-Type"].startswith("text/event-stream"))
+        self.assertEqual(ev.headers["Cache-Control"], "no-store")
+        first = [ev.next_event() for _ in range(3)]
+        self.assertEqual([n for n, _ in first], ["applications", "services", "clusters"])
+        self.assertEqual((json.loads(first[0][1]), json.loads(first[1][1])), ([], []))
+        self.assertEqual([x["cluster_name"] for x in json.loads(first[2][1])], ["c1"])
+        # a registration: applications and services, within the tick
+        started = time.monotonic()
+        r = e.call("POST", "/api/v1/applications", json.loads(SLA))
+        self.assertEqual(r.status, 201, r.body)
+        sid = r.json()["applications"][0]["microservices"][0]
+        apps = ev.until("applications", lambda d: len(d) == 1)
+        self.assertEqual(apps[0]["application_name"], "testing")
+        svcs = ev.until("services", lambda d: len(d) == 1)
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual(svcs[0]["microserviceID"], sid)
+        # an instance placed on the cluster: its status as the cluster reports it
+        n = e.call("POST", "/api/v1/services/%s/instances" % sid).json()["instance_number"]
+        inst = ev.until("services", lambda d: d[0]["instance_list"] and
+                        d[0]["instance_list"][0]["status"] == "CLUSTER_SCHEDULED")[0]["instance_list"][0]
+        self.assertEqual(inst["instance_number"], n)
+        self.assertNotIn("cpu_history", inst)  # the histories stay out of the stream
+        # Alice sees her own applications only; nobody's else
+        pw = "correct horse battery staple"
+        self.assertEqual(e.call("POST", "/api/v1/users", {"username": "alice", "password": pw,
+                                                          "role": "Application_Provider"}).status, 201)
+        e.wait("alice can log in", lambda: request(e.root.base, "POST", "/api/auth/login",
+                                                     {"username": "alice", "password": pw}).status == 200)
+        alice = request(e.root.base, "POST", "/api/auth/login", {"username": "alice", "password": pw}).json()["token"]
+        mine = EventStream(e.root.base, alice)
+        self.addCleanup(mine.close)
+        self.assertEqual([mine.next_event() for _ in range(2)], [("applications", "[]"), ("services", "[]")])
+        # past the 30 s response deadline, with keep-alives every 15 s, the stream stays
+        time.sleep(32)
+        e.call("DELETE", "/api/v1/services/%s/instances/%d" % (sid, n))
+        ev.until("services", lambda d: d[0]["instance_list"] == [] or d[0]["instance_list"][0]["status"] != "CLUSTER_SCHEDULED")
+        self.assertGreaterEqual(ev.keepalives, 1)
+        # alice removed: her stream ends at once, saying why
+        self.assertEqual(e.call("DELETE", "/api/v1/users/alice").status, 200)
+        self.assertEqual(mine.until("end"), {"reason": "the user no longer exists"})
+        self.assertIsNone(mine.next_event())
+        # the first stream ends with its token (60 s after the login)
+        end = ttl.until("end")
+        self.assertIn("time is over", end["reason"])
+        self.assertIsNone(ttl.next_event())
+        self.assertIsNone(ev.until("end") and ev.next_event())  # the same token's
+        # at most 32 streams at once
+        e.login()
+        many = [EventStream(e.root.base, e.token) for _ in range(32)]
+        for m in many:
+            self.addCleanup(m.close)
+        self.assertEqual([m.status for m in many], [200] * 32)
+        extra = EventStream(e.root.base, e.token)
+        self.assertEqual(extra.status, 503)
+        self.assertEqual(json.loads(extra.resp.read())["error"]["code"], "busy")
+        self.assertEqual(extra.headers["Retry-After"], "5")
+        # a stream its client closed is let go at its next write (a keep-alive within 15 s): then a
+        # new one opens
+        many[0].close()
+        e.wait("a stream slot free again", lambda: EventStream(e.root.base, e.token).status == 200, timeout=20,
+               interval=1)
 
 
 class OakestraUsersTest(unittest.TestCase):
