@@ -52,7 +52,8 @@ class E2E(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         e = cls.edge = e2elib.Edge(BUILD)
-        e.extra_markers = ["testing.test.testaggr.test"]  # the thesis descriptor's instances
+        # the thesis descriptor's instances, and the dashboard's container (test_04c)
+        e.extra_markers = ["testing.test.testaggr.test", "testing.test.aggr.test"]
         e.underlay()
         e.host("ctl", 1)
         for i, n in ((11, "n1"), (12, "n2"), (13, "n3")):
@@ -512,6 +513,119 @@ class E2E(unittest.TestCase):
         wait_until("its QEMU gone", lambda: not self.qemu_pids(name), timeout=30)
         self.assertEqual(service()["instance_list"], [])
         requests.delete(url + "/api/application/" + app["applicationID"], headers=h, timeout=10)
+
+    def test_04c_dashboard(self):
+        """The dashboard (docs/dashboard.md) in headless Chromium against this edge: log in; register
+        the thesis descriptor (its nginx unikernel and its aggregation container) with a mistake and
+        see it at its path; fix and register; deploy the unikernel and the container and see both
+        RUNNING and ready without a reload; explain a placement; scale the container to 2; open the
+        unikernel's console; undeploy; delete the application; log out. Screenshots of each step in
+        meson-logs/e2e-dashboard/."""
+        import browserlib
+        from browserlib import By, wait
+        e = self.edge
+        with open(os.path.join(SOURCE, "tests", "fixtures", "thesis", "nginx-unikernel.json")) as f:
+            sla = json.load(f)
+        with open(os.path.join(SOURCE, "tests", "fixtures", "thesis", "aggregation-container.json")) as f:
+            aggr = json.load(f)["applications"][0]["microservices"][0]
+        uk = sla["applications"][0]["microservices"][0]
+        # only what the fixtures README allows: local images, no lab addresses, TCG
+        uk["code"], uk["emulation"] = FILES + "/guest-amd64-nofiles.tar.gz", "allow"
+        aggr.update(microservice_name="aggr", code=IMAGE, cmd=["sleep", "3600"], arch=["amd64"],
+                    addresses={"rr_ip": "10.30.30.31"})
+        sla["applications"][0]["microservices"].append(aggr)
+        bad = json.loads(json.dumps(sla))
+        bad["applications"][0]["microservices"][0]["arch"] = ["amd46"]
+        bad_path = os.path.join(e.tmp, "thesis-with-a-mistake.json")
+        with open(bad_path, "w") as f:
+            json.dump(bad, f, indent=2)
+        wait_until("a free amd64 unikernel core and 2 cores in the root's aggregate", lambda: (lambda c: c[
+            "aggregation_per_architecture"]["amd64"]["cpu_cores"] >= 1 and c["cpu_cores"] >= 2)(
+            e.api("GET", "/api/v1/clusters/" + self.cid).json()), timeout=30)
+        b = browserlib.chromium(1280, 1000)
+        d = browserlib.Dashboard(b, e.root_url, os.path.join(BUILD, "meson-logs", "e2e-dashboard"))
+        app_id = None
+        try:
+            d.open()
+            d.login("Admin", e.admin_password)
+            d.logged_in()
+            d.shot("logged-in")
+            d.view("register")
+            d.upload(bad_path)
+            self.assertIn("refused (1 problem)", d.register())
+            self.assertEqual([p for p, _ in d.problems()], ["applications[0].microservices[0].arch[0]"])
+            self.assertIn('unknown architecture "amd46"', d.problems()[0][1])
+            d.shot("mistake-at-its-path")
+            d.set_descriptor(sla)
+            self.assertIn("registered: testing.test.", d.register())
+            d.shot("registered")
+            app_id = next(a["applicationID"] for a in e.api("GET", "/api/v1/applications").json()
+                          if a["application_name"] == "testing")
+            d.view("apps")
+            wait("both services listed", lambda: d.card("testaggr.test") and d.card("aggr.test"), timeout=10)
+            d.press("testaggr.test", "button.deploy")
+            d.press("aggr.test", "button.deploy")
+
+            def ready(name, count):
+                rows = d.instances(name)
+                bad = [r for r in rows if r["Status"] in ("FAILED", "DEAD", "NO_QUALIFIED_WORKER_FOUND")]
+                if bad:
+                    raise AssertionError("%s: %s" % (name, bad))
+                good = [r for r in rows if r["Status"] == "RUNNING" and r["Ready"] == "yes"]
+                return rows if len(good) == count == len(rows) else None
+            seen = lambda: (d.instances("testaggr.test"), d.instances("aggr.test"))  # noqa: E731
+            wait("the container RUNNING and ready", lambda: ready("aggr.test", 1), timeout=60, seen=seen)
+            d.shot("container-ready", card="aggr.test")
+            uk_row = wait("the unikernel RUNNING and ready", lambda: ready("testaggr.test", 1), timeout=240,
+                          interval=0.5, seen=seen)[0]
+            self.assertEqual((uk_row["Virtualization"], uk_row["Arch"], uk_row["Accel"]), ("unikernel", "amd64", "TCG"))
+            self.assertIn(uk_row["Node"], ("n2", "n3"))
+            c_row = d.instances("aggr.test")[0]
+            self.assertEqual((c_row["Virtualization"], c_row["Accel"]), ("container", "—"))
+            self.assertRegex(uk_row["Memory"], r"^\d+(\.\d)? MB$")
+            d.shot("both-ready", card="testaggr.test")
+            d.press("testaggr.test", "button.explain")
+            text = wait("the explanation", lambda: d.card("testaggr.test").find_element(
+                By.CSS_SELECTOR, "pre.explanation").text, timeout=15)
+            self.assertIn("Instance 0: RUNNING on %s" % uk_row["Node"], text)
+            self.assertIn("Nodes of cluster", text)
+            d.shot("explained", card="testaggr.test")
+            d.scale("aggr.test", 2)
+            wait("two containers RUNNING and ready", lambda: ready("aggr.test", 2), timeout=60, seen=seen)
+            d.shot("scaled-to-2", card="aggr.test")
+            d.row_button("testaggr.test", 0, "button.console")
+            api_lines = e.api("GET", "/api/v1/services/%s/instances/0/logs" % next(
+                s["microserviceID"] for s in e.api("GET", "/api/v1/services").json()
+                if s["job_name"] == "testing.test.testaggr.test")).json()["lines"]
+            self.assertTrue(api_lines)
+            wait("the console shows the guest's output", lambda: api_lines[0] in d.text("#console-text"), timeout=15)
+            self.assertIn("node " + uk_row["Node"], d.text("#console-status"))
+            d.shot("console")
+            d.find("#console-close").click()
+            d.scale("aggr.test", 0)
+            d.row_button("testaggr.test", 0, "button.undeploy")
+            wait("every instance gone", lambda: d.instances("aggr.test") == [] and d.instances("testaggr.test") == [],
+                 timeout=90, seen=seen)
+            d.shot("undeployed", card="testaggr.test")
+            d.view("infra")
+            nodes = wait("the nodes listed", lambda: [r.text for r in b.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")]
+                         if len(b.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")) == 3 else None)
+            self.assertTrue(any(r.startswith("n2 ") and "TCG" in r for r in nodes), nodes)
+            d.shot("clusters-and-nodes")
+            d.view("apps")
+            d.find("section.app[data-app='%s'] button.delete-app" % app_id).click()
+            b.switch_to.alert.accept()
+            wait("the application gone", lambda: not b.find_elements(By.CSS_SELECTOR, "section.app[data-app='%s']" % app_id),
+                 timeout=15)
+            app_id = None
+            d.find("#logout").click()
+            wait("the login form", lambda: d.find("#login-view").is_displayed())
+            d.shot("logged-out")
+            self.assertEqual(d.console_problems(expected_statuses=(400,)), [])
+        finally:
+            b.quit()
+            if app_id:
+                e.api("DELETE", "/api/v1/applications/" + app_id)
 
     def test_05_security(self):
         e = self.edge

@@ -14,6 +14,7 @@ except ImportError:  # a Python of its own (pyenv) beside Debian's python3-selen
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -51,8 +52,10 @@ class Dashboard:
         self.shots = 0
         os.makedirs(log_dir, exist_ok=True)
 
-    def shot(self, name):
-        """Writes NN-name.png to the log directory."""
+    def shot(self, name, card=None):
+        """Writes NN-name.png to the log directory, with the service card card in view."""
+        if card is not None:
+            self.b.execute_script("arguments[0].scrollIntoView({block: 'start'})", self.card(card))
         self.shots += 1
         path = os.path.join(self.log_dir, "%02d-%s.png" % (self.shots, name))
         assert self.b.save_screenshot(path), path
@@ -72,15 +75,14 @@ class Dashboard:
         self.find("#login-user").clear()
         self.find("#login-user").send_keys(user)
         self.find("#login-password").clear()
-        self.find("#login-password").send_keys(password)
-        self.find("#login-form button[type=submit]").click()
+        self.find("#login-password").send_keys(password + Keys.ENTER)  # by keyboard
 
     def logged_in(self):
         return wait("the applications view", lambda: self.find("#apps-view").is_displayed()
                     and self.text("#live") == "live")
 
     def view(self, name):
-        self.find("#nav [data-view=%s]" % name).click()
+        self.find("#nav [data-view=%s]" % name).send_keys(Keys.ENTER)  # by keyboard
         wait("view " + name, lambda: self.find("#%s-view" % name).is_displayed())
 
     def set_descriptor(self, doc):
