@@ -365,8 +365,59 @@ static oakuk_instance_spec *make_spec(Inst *i) {
   return s;
 }
 
+/* An instance of this node being removed that maps host port `port`/proto. The cluster confirms a
+ * delete as it sends it, so the next instance of a service with a host port can arrive here while
+ * the old one's QEMU or container is still stopping: it waits for the port (docs/node.md). */
+static Inst *leaving_holder(Inst *i, int32_t port, int32_t proto) {
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, i->node->insts);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    Inst *o = v;
+    if (o == i || o->phase != PHASE_CLEANUP || !o->delete_requested || o->ms == NULL)
+      continue;
+    for (size_t k = 0; k < oakuk_microservice_port_count(o->ms); k++)
+      if (oakuk_microservice_port_host(o->ms, k) == port && oakuk_microservice_port_proto(o->ms, k) == proto)
+        return o;
+  }
+  return NULL;
+}
+
+#define PORT_WAIT_S 60
+
+static void launch(Inst *i);
+
+static gboolean on_port_wait(gpointer data) {
+  Inst *i = data;
+  i->timer = 0;
+  if (!i->gone && i->phase == PHASE_PORT_WAIT)
+    launch(i);
+  return G_SOURCE_REMOVE;
+}
+
 static void launch(Inst *i) {
   const oakuk_microservice *ms = i->ms;
+  for (size_t k = 0; k < oakuk_microservice_port_count(ms); k++) {
+    Inst *holder =
+        leaving_holder(i, oakuk_microservice_port_host(ms, k), oakuk_microservice_port_proto(ms, k));
+    if (holder == NULL)
+      continue;
+    gint64 now = g_get_monotonic_time();
+    if (i->phase != PHASE_PORT_WAIT) {
+      i->port_wait_until_us = now + PORT_WAIT_S * G_USEC_PER_SEC;
+      g_autofree char *d = g_strdup_printf("waiting for instance %s, being removed, to release host port %d",
+                                           holder->name, oakuk_microservice_port_host(ms, k));
+      od_log(G_LOG_LEVEL_MESSAGE, "deploy", "instance", i->name, "msg", d, NULL);
+      set_status(i, OAKUK_STATUS_CREATING, d);
+    }
+    if (now < i->port_wait_until_us) {
+      i->phase = PHASE_PORT_WAIT;
+      i->timer =
+          g_timeout_add_full(G_PRIORITY_DEFAULT, 50, on_port_wait, inst_ref(i), (GDestroyNotify)inst_unref);
+      return;
+    }
+    break; /* waited long enough: the mapping below fails and says by whom */
+  }
   for (size_t k = 0; k < oakuk_microservice_port_count(ms); k++) {
     g_autofree char *spec =
         g_strdup_printf("%d:%d/%s", oakuk_microservice_port_host(ms, k), oakuk_microservice_port_guest(ms, k),

@@ -18,12 +18,13 @@ G_BEGIN_DECLS
 #define NODE_STABLE_S 60
 
 typedef enum {
-  PHASE_FETCH,   /* image download in flight */
-  PHASE_NET,     /* network setup in flight */
-  PHASE_RUNTIME, /* handed to the runtime (CREATING .. RUNNING, or ended) */
-  PHASE_CLEANUP, /* runtime undeploy and/or network teardown in flight */
-  PHASE_BACKOFF, /* waiting to be deployed again */
-  PHASE_FAILED,  /* gave up: nothing left but the record */
+  PHASE_FETCH,     /* image download in flight */
+  PHASE_NET,       /* network setup in flight */
+  PHASE_PORT_WAIT, /* network ready; a host port is still held by an instance being removed */
+  PHASE_RUNTIME,   /* handed to the runtime (CREATING .. RUNNING, or ended) */
+  PHASE_CLEANUP,   /* runtime undeploy and/or network teardown in flight */
+  PHASE_BACKOFF,   /* waiting to be deployed again */
+  PHASE_FAILED,    /* gave up: nothing left but the record */
 } Phase;
 
 typedef enum { THEN_RETRY, THEN_FAILED, THEN_DELETE } Then;
@@ -55,6 +56,7 @@ typedef struct Inst {
   Phase phase;
   Then then; /* what follows the cleanup in flight */
   gboolean delete_requested;
+  gint64 port_wait_until_us; /* PHASE_PORT_WAIT: monotonic time it stops waiting */
   gboolean runtime_owned;    /* the runtime knows this instance */
   gboolean no_retry;         /* a failure that a restart here cannot mend (placement, image) */
   gboolean restarting;       /* ended, and restarted here after a backoff (published as "restarting") */

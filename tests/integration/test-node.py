@@ -667,6 +667,7 @@ class NodeTest(unittest.TestCase):
         n = r.json()["instance_number"]
         type(self).instance = "%s.instance.%d" % (JOB, n)
         deploy = self.watch.wait(t0, "control/deploy", lambda m: m.get("instance_number") == n, "deploy message")
+        type(self).deploy_msg = deploy
         ip = deploy["instance_ip"]
         type(self).ip = ip
         self.watch.wait(t0, "job", lambda m: m["status"] == "CREATING" and m["instance"] == n, "CREATING")
@@ -1175,6 +1176,51 @@ class NodeTest(unittest.TestCase):
         t1 = time.time()
         self.assertEqual(self.watch.publish("control/delete", json.dumps({"job_name": JOB, "instance_number": n})), 0)
         self.watch.wait(t1, "job", lambda m: m["status"] == "UNDEPLOYED" and m["instance"] == n, "UNDEPLOYED again")
+
+    def test_05b_host_port_waits_for_the_instance_being_removed(self):
+        """The cluster confirms a delete as it sends it, so the next instance of a service with a
+        host port can arrive while the old one is still stopping: it waits for the port (up to 60 s)
+        instead of failing with "already mapped" (docs/node.md, Deploy step 3). Before, the next
+        instance FAILED whenever it came within the old QEMU's stop."""
+        sla = self.sla()
+        ms = sla["applications"][0]["microservices"][0]
+        sla["applications"][0]["application_name"] = "porty"
+        ms["port"] = "18090:8080"
+        r = HTTP.post(self.root_url + "/api/v1/applications", headers=self.h, timeout=10, json=sla)
+        self.assertEqual(r.status_code, 201, r.text)
+        app = r.json()["applications"][0]
+        sid = app["microservices"][0]
+        job = "porty.test.web.test"
+
+        def deploy():
+            r = HTTP.post(self.root_url + "/api/v1/services/%s/instances" % sid, headers=self.h, timeout=10)
+            self.assertEqual(r.status_code, 201, r.text)
+            return r.json()["instance_number"]
+
+        def end_of(t, n):
+            return self.watch.wait(t, "job", lambda m: m["job_name"] == job and m["instance"] == n and m["status"] in (
+                "RUNNING", "FAILED"), "instance %d RUNNING" % n, timeout=120)
+        try:
+            t0 = time.time()
+            first = deploy()
+            self.assertEqual(end_of(t0, first)["status"], "RUNNING")
+            # undeploy and deploy again at once: the new one lands here while the old QEMU stops
+            t1 = time.time()
+            r = HTTP.delete(self.root_url + "/api/v1/services/%s/instances/%d" % (sid, first), headers=self.h,
+                            timeout=10)
+            self.assertEqual(r.status_code, 200, r.text)
+            second = deploy()
+            end = end_of(t1, second)
+            self.assertEqual(end["status"], "RUNNING", end)
+            waits = [m["status_detail"] for m in self.watch.since(t1, "job") if m["job_name"] == job and
+                     m["instance"] == second and "being removed" in m["status_detail"]]
+            for d in waits:
+                self.assertEqual(d, "waiting for instance %s.instance.%d, being removed, to release host port 18090" % (
+                    job, first))
+        finally:
+            HTTP.delete(self.root_url + "/api/v1/applications/" + app["applicationID"], headers=self.h, timeout=10)
+        wait_until("the application's instances gone", lambda: not [d for d in os.listdir("/run/netns")
+                                                                      if d.startswith(job)], timeout=60)
 
     def test_06_sigterm_exits_cleanly(self):
         stop(self.node)

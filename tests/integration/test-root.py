@@ -331,6 +331,10 @@ class RootTest(unittest.TestCase):
     def assert_error(self, r, status):
         self.assertEqual(r.status, status, r.body)
         err = r.json()["error"]
+        if err["code"] == "invalid_descriptor":  # every problem, the first of them named as path
+            self.assertEqual((err["problems"][0]["path"], len(err["message"]) > 0), (err["path"], True), err)
+            self.assertTrue(all(p["message"] and isinstance(p["path"], str) for p in err["problems"]), err)
+            err = {k: v for k, v in err.items() if k != "problems"}
         self.assertEqual(set(err), {"code", "message", "path"}, err)
         self.assertTrue(err["message"])
         return err
