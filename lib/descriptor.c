@@ -49,7 +49,7 @@ struct oakuk_microservice {
   bool one_shot, privileged;
   char *target_node;
   GPtrArray *constraints; /* Constraint* */
-  int32_t emulation, restart, uk_net;
+  int32_t emulation, restart, uk_net, network;
   char *uk_flavor, *uk_version;
   int64_t uk_graceful;
   int64_t ready_tcp; /* -1: not given (the first TCP port's guest side) */
@@ -397,6 +397,7 @@ static const char *const ms_known_keys[] = {"microserviceID",
                                             "code_sha256",
                                             "emulation",
                                             "restart",
+                                            "network",
                                             "unikernel",
                                             "readiness",
                                             "reschedule_after_s",
@@ -1131,6 +1132,32 @@ static void parse_readiness(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, c
   warn_unknown_keys(ctx, r, path, known, NULL);
 }
 
+/* network: "none": nothing that needs a network may be asked for. */
+static void check_no_network(Ctx *ctx, const oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
+  static const char why[] =
+      "needs a network, and network is \"none\" (the instance has no network interface)";
+  if (ms->ports->len > 0) {
+    g_autofree char *path = path_key(prefix, "port");
+    oakuk_problems_add(&ctx->problems, path, "a port mapping %s", why);
+  }
+  if (ms->rr_ip != NULL) {
+    g_autofree char *path = path_key(prefix, "addresses.rr_ip");
+    oakuk_problems_add(&ctx->problems, path, "a service IP %s", why);
+  }
+  if (ms->ready_tcp > 0) {
+    g_autofree char *path = path_key(prefix, "readiness.tcp");
+    oakuk_problems_add(&ctx->problems, path, "a TCP readiness probe %s; use readiness.serial", why);
+  }
+  JsonObject *u = json_object_get_member(obj, "unikernel") &&
+                          JSON_NODE_HOLDS_OBJECT(json_object_get_member(obj, "unikernel"))
+                      ? json_object_get_object_member(obj, "unikernel")
+                      : NULL;
+  if (u != NULL && json_object_has_member(u, "net")) {
+    g_autofree char *path = path_key(prefix, "unikernel.net");
+    oakuk_problems_add(&ctx->problems, path, "a unikernel network layout %s", why);
+  }
+}
+
 static void parse_extensions(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
   static const char *const emulations[] = {"forbid", "allow", NULL};
   static const char *const restarts[] = {"never", "on-failure", "always", NULL};
@@ -1141,6 +1168,11 @@ static void parse_extensions(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, 
   ms->restart = v < 0 ? OAKUK_RESTART_ON_FAILURE : v;
   parse_unikernel_ext(ctx, ms, obj, prefix);
   parse_readiness(ctx, ms, obj, prefix);
+  static const char *const networks[] = {"overlay", "none", NULL};
+  v = get_choice(ctx, obj, prefix, "network", networks, "overlay, none", OAKUK_NETWORK_OVERLAY);
+  ms->network = v < 0 ? OAKUK_NETWORK_OVERLAY : v;
+  if (ms->network == OAKUK_NETWORK_NONE)
+    check_no_network(ctx, ms, obj, prefix);
   ms->reschedule_after_s = OAKUK_RESCHEDULE_AFTER_S_DEFAULT;
   if (json_object_has_member(obj, "reschedule_after_s"))
     get_int(ctx, obj, prefix, "reschedule_after_s", false, 0, 86400, " (seconds)", &ms->reschedule_after_s);
@@ -1780,6 +1812,7 @@ MS_GETTER(int32_t, restart, ms->restart, OAKUK_RESTART_ON_FAILURE)
 MS_GETTER(const char *, uk_flavor, ms->uk_flavor, NULL)
 MS_GETTER(const char *, uk_version, ms->uk_version, NULL)
 MS_GETTER(int32_t, uk_net, ms->uk_net, OAKUK_UKNET_DIRECT)
+MS_GETTER(int32_t, network, ms->network, OAKUK_NETWORK_OVERLAY)
 MS_GETTER(int64_t, uk_graceful_stop_s, ms->uk_graceful, 0)
 
 OAKUK_API int32_t oakuk_microservice_virt(const oakuk_microservice *ms, size_t i) {

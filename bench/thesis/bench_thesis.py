@@ -287,6 +287,16 @@ class Bench:
             "nginx": svc("nginx", "container", "127.0.0.1:5000/bench/nginx:1", 18083, "10.30.49.3",
                          cmd=["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]),
         }
+        # the same two without a network (the thesis's deployments without the overlay): no port,
+        # no service IP; the test guest says on its console when it is up
+        uk_none = dict(self.services["unikernel"], microservice_name="uknonet", network="none")
+        ctr_none = dict(self.services["container"], microservice_name="ctrnonet", network="none")
+        for m in (uk_none, ctr_none):
+            del m["port"], m["addresses"]
+        if self.args.unikernel_image is None:
+            uk_none["readiness"] = {"serial": "oakuk-guest: ready"}
+        self.services["unikernel, no network"] = uk_none
+        self.services["container, no network"] = ctr_none
         client = {"microserviceID": "", "microservice_name": "client", "microservice_namespace": mk,
                   "virtualization": "container", "cmd": ["sleep", "100000"], "memory": 16, "vcpus": 1,
                   "code": "127.0.0.1:5000/bench/busybox:1", "arch": ["amd64"], "restart": "never"}
@@ -335,12 +345,19 @@ class Bench:
         self.e.api("DELETE", "/api/v1/services/%s/instances/%d" % (sid, n)).raise_for_status()
         self.wait_until("%s instance %d gone" % (name, n), lambda: self.instance(name, n) is None, timeout=120,
                         interval=0.1)
+        # the root forgets it when the cluster sent the delete; the next deploy must not find the
+        # node still stopping this one (its time would count in the next one's)
+        job = self.instance_name(name, n)
+        self.wait_until("%s instance %d gone from the node" % (name, n), lambda: job not in self.e.runtime_units()
+                        and job not in self.e.node_view("n1")["netns"], timeout=60, interval=0.05)
 
     # ---- 1. startup ----
     def startup(self):
-        """Interleaved runs of the unikernel and the container: request -> RUNNING (the root's log)
-        and -> ready (the root's ready_ms), and the node's phases from its metrics."""
-        kinds = {"unikernel": "unikernel", "container": "container"}
+        """Interleaved runs of the unikernel and the container, each with and without a network:
+        request -> RUNNING (the root's log) and -> ready (the root's ready_ms), and the node's phases
+        from its metrics."""
+        kinds = {"unikernel": "unikernel", "container": "container", "unikernel, no network": "unikernel",
+                 "container, no network": "container"}
         for name in kinds:  # warm-up: the node caches the images
             n, _ = self.deploy(name)
             self.undeploy(name, n)

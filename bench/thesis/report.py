@@ -34,7 +34,7 @@ def startup_bars(ax, runs):
                     ecolor="black", capsize=6)
         running = med([r["to_running_ms"] for r in runs[kind]])
         ax.plot([x - 0.3, x + 0.3], [running, running], color="black", linestyle="--", linewidth=1)
-    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_xticks(range(len(kinds)), [k.replace(", ", "\n") for k in kinds], fontsize=8)
     ax.set_ylabel("ms from the deploy request")
 
 
@@ -42,7 +42,7 @@ def startup_figure(res, out):
     """Stacked medians of the phases, to ready; the dashed line is RUNNING. The right panel is
     the same up to the slowest RUNNING, where the shorter phases can be seen."""
     runs = res["startup"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
     startup_bars(a, runs)
     a.set_title("deploy request -> ready (bars; whiskers min..max)")
     startup_bars(b, runs)
@@ -170,8 +170,9 @@ def write(res, out, report="report.md", figures=""):
     lines += ["", "The node's phases are its `oakuk_node_deploy_phase_seconds` histogram, read before and "
               "after each deploy; the control plane is the rest of request -> RUNNING (the root's log "
               "line): the API, the root's and the cluster's placement, the MQTT hops and the status "
-              "report back. Without a network (the thesis's deployments without the overlay) is not "
-              "measured: oakuk has no deployment without a network yet.", ""]
+              "report back. \"no network\" is the descriptor's `network: \"none\"`: no namespace plumbing, "
+              "no interface, no port or service IP (the thesis's deployments without the overlay); the "
+              "test guest's readiness is then its console line, a container's is RUNNING.", ""]
     tp = res["throughput"]
     lines += ["## 2. Throughput (Fig. 5.5)", "", link("throughput"), "",
               "wrk, 1 thread, 16 connections, %d s per line; from the node's host namespace (instance IP), "

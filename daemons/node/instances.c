@@ -354,13 +354,15 @@ static oakuk_instance_spec *make_spec(Inst *i) {
       oakuk_instance_spec_set_version(s, oakuk_image_version(i->image));
     oakuk_instance_spec_set_cmdline_extra(s, oakuk_image_cmdline_extra(i->image));
   }
-  oakuk_instance_spec_set_network(
-      s, oakuk_net_instance_info_netns_path(ni), oakuk_net_instance_info_tap(ni),
-      oakuk_net_instance_info_guest_ip(ni), (int32_t)oakuk_net_instance_info_guest_prefix(ni),
-      oakuk_net_instance_info_guest_gateway(ni), oakuk_net_instance_info_guest_mac(ni));
-  /* The runtime probes the instance's IP on the guest port (the service port, by default). */
-  oakuk_instance_spec_set_readiness_tcp(s, oakuk_net_instance_info_ip(ni),
-                                        oakuk_microservice_readiness_tcp(ms));
+  if (ni != NULL) { /* none for network: "none": no namespace of ours, no interface, no TCP probe */
+    oakuk_instance_spec_set_network(
+        s, oakuk_net_instance_info_netns_path(ni), oakuk_net_instance_info_tap(ni),
+        oakuk_net_instance_info_guest_ip(ni), (int32_t)oakuk_net_instance_info_guest_prefix(ni),
+        oakuk_net_instance_info_guest_gateway(ni), oakuk_net_instance_info_guest_mac(ni));
+    /* The runtime probes the instance's IP on the guest port (the service port, by default). */
+    oakuk_instance_spec_set_readiness_tcp(s, oakuk_net_instance_info_ip(ni),
+                                          oakuk_microservice_readiness_tcp(ms));
+  }
   oakuk_instance_spec_set_readiness_serial(s, oakuk_microservice_readiness_serial(ms));
   return s;
 }
@@ -465,6 +467,13 @@ static void on_net_setup(int status, oakuk_net_instance_info *info, oakuk_error 
 }
 
 static void setup_net(Inst *i) {
+  if (oakuk_microservice_network(i->ms) == OAKUK_NETWORK_NONE) {
+    /* No network (docs/unikernels.md "network"): QEMU gets no NIC, runc a namespace of its own
+     * with loopback only. */
+    phase_done(i, "network", "boot");
+    launch(i);
+    return;
+  }
   i->phase = PHASE_NET;
   int32_t mode = i->virt == OAKUK_VIRT_CONTAINER                       ? OAKUK_NET_CONTAINER
                  : oakuk_microservice_uk_net(i->ms) == OAKUK_UKNET_NAT ? OAKUK_NET_UK_NAT

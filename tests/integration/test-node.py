@@ -1222,6 +1222,43 @@ class NodeTest(unittest.TestCase):
         wait_until("the application's instances gone", lambda: not [d for d in os.listdir("/run/netns")
                                                                       if d.startswith(job)], timeout=60)
 
+    def test_05c_no_network(self):
+        """network: "none" (docs/unikernels.md): the guest boots without a NIC and without a
+        namespace of its own, and is ready by its console line."""
+        sla = self.sla()
+        ms = sla["applications"][0]["microservices"][0]
+        sla["applications"][0]["application_name"] = "nonet"
+        ms.update(network="none", readiness={"serial": "oakuk-guest: ready"})
+        del ms["port"]
+        r = HTTP.post(self.root_url + "/api/v1/applications", headers=self.h, timeout=10, json=sla)
+        self.assertEqual(r.status_code, 201, r.text)
+        app = r.json()["applications"][0]
+        sid = app["microservices"][0]
+        job = "nonet.test.web.test"
+        try:
+            r = HTTP.post(self.root_url + "/api/v1/services/%s/instances" % sid, headers=self.h, timeout=10)
+            self.assertEqual(r.status_code, 201, r.text)
+            n = r.json()["instance_number"]
+            name = "%s.instance.%d" % (job, n)
+
+            def ready():
+                lst = HTTP.get(self.root_url + "/api/v1/services/%s/instances" % sid, headers=self.h, timeout=5).json()
+                i = lst[0] if lst else None
+                if i and i["status"] in ("FAILED", "DEAD"):
+                    raise AssertionError(i)
+                return i if i and i["status"] == "RUNNING" and i["ready"] else None
+            wait_until("the instance without a network RUNNING and ready", ready, timeout=120)
+            self.assertNotIn(name, os.listdir("/run/netns"))
+            [pid] = qemu_pids(name)
+            argv = pathlib.Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")
+            self.assertNotIn(b"-netdev", argv)
+            self.assertFalse(any(a.startswith(b"virtio-net") for a in argv), argv)
+            serial = pathlib.Path(self.node_state, "instances", name, "serial.log")
+            self.assertIn("oakuk-guest: ready ip=none", serial.read_text(errors="replace"))
+        finally:
+            HTTP.delete(self.root_url + "/api/v1/applications/" + app["applicationID"], headers=self.h, timeout=10)
+        wait_until("its QEMU gone", lambda: not qemu_pids(name), timeout=60)
+
     def test_06_sigterm_exits_cleanly(self):
         stop(self.node)
         self.assertEqual(self.node.returncode, 0)

@@ -847,6 +847,48 @@ static void test_multiple_problems(void) {
   oakuk_error_free(e);
 }
 
+/* network: "none" (docs/unikernels.md): the default is the overlay; "none" refuses, each at its
+ * path, what needs a network; any other value names the two. */
+static void test_network_none(void) {
+  oakuk_descriptor *d = parse_ms_ok(base_unikernel, NULL, NULL);
+  g_assert_cmpint(oakuk_microservice_network(first_ms(d)), ==, OAKUK_NETWORK_OVERLAY);
+  oakuk_descriptor_unref(d);
+  oakuk_descriptor *n = parse_ms_ok(base_unikernel, "network", "\"none\"");
+  g_assert_cmpint(oakuk_microservice_network(first_ms(n)), ==, OAKUK_NETWORK_NONE);
+  char *text = oakuk_descriptor_to_json(n, false, NULL);
+  g_assert_nonnull(strstr(text, "\"network\":\"none\""));
+  oakuk_free(text);
+  oakuk_descriptor_unref(n);
+  g_autoptr(JsonNode) plain = json_from_string(base_container, NULL);
+  json_object_remove_member(json_node_get_object(plain), "port");
+  json_object_remove_member(json_node_get_object(plain), "addresses");
+  g_autofree char *plain_text = json_to_string(plain, false);
+  oakuk_descriptor *c = parse_ms_ok(plain_text, "network", "\"none\"");
+  g_assert_cmpint(oakuk_microservice_network(first_ms(c)), ==, OAKUK_NETWORK_NONE);
+  g_assert_cmpuint(oakuk_descriptor_warning_count(c), ==, 0);
+  oakuk_descriptor_unref(c);
+  expect_ms(base_unikernel, "network", "\"host\"", "network", "overlay, none");
+  expect_ms(base_unikernel, "network", "0", "network", "string");
+  /* what needs a network, each at its path */
+  g_autoptr(JsonNode) ms = json_from_string(base_container, NULL);
+  JsonObject *o = json_node_get_object(ms);
+  json_object_set_string_member(o, "network", "none");
+  json_object_set_string_member(o, "port", "8080:80");
+  json_object_set_member(o, "addresses", json_from_string("{\"rr_ip\": \"10.30.0.9\"}", NULL));
+  json_object_set_member(o, "readiness", json_from_string("{\"tcp\": 80}", NULL));
+  json_object_set_member(o, "unikernel", json_from_string("{\"net\": \"nat\"}", NULL));
+  g_autofree char *base = json_to_string(ms, false);
+  g_autofree char *doc = doc_with(base, NULL, NULL);
+  oakuk_error *e = parse_fail(doc);
+  g_assert_cmpuint(oakuk_error_item_count(e), ==, 4);
+  g_assert_cmpstr(oakuk_error_item_path(e, 0), ==, MS ".port");
+  g_assert_cmpstr(oakuk_error_item_path(e, 1), ==, MS ".addresses.rr_ip");
+  g_assert_cmpstr(oakuk_error_item_path(e, 2), ==, MS ".readiness.tcp");
+  g_assert_cmpstr(oakuk_error_item_path(e, 3), ==, MS ".unikernel.net");
+  g_assert_nonnull(strstr(oakuk_error_item_message(e, 0), "network is \"none\""));
+  oakuk_error_free(e);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Limits and malformed input */
 
@@ -1275,6 +1317,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/descriptor/reject/types", test_reject_types);
   g_test_add_func("/descriptor/reject/fixtures", test_invalid_fixtures);
   g_test_add_func("/descriptor/multiple-problems", test_multiple_problems);
+  g_test_add_func("/descriptor/network-none", test_network_none);
   g_test_add_func("/descriptor/limits/size", test_limit_size);
   g_test_add_func("/descriptor/limits/depth", test_limit_depth);
   g_test_add_func("/descriptor/limits/many-ports", test_limit_many_ports);
