@@ -205,7 +205,8 @@ def write(res, out, report="report.md", figures=""):
     lines += ["", "## 4. CPU (Fig. 5.3)", "", link("cpu"), "",
               "A client in the node's host namespace asks for `/` at a fixed rate through the instance IP. "
               "The service is QEMU's process (a unikernel) or the container's cgroup; the node is this "
-              "whole machine less the client's own CPU. % of one core.", "",
+              "whole machine less the client's own CPU (so anything else running on it shows there too). "
+              "% of one core.", "",
               "| service | rate asked | answered/s | service CPU % | node CPU % |", "|---|---|---|---|---|"]
     for s in SERVICES:
         c = cpu[s]
