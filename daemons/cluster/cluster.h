@@ -66,6 +66,7 @@ typedef struct {
   GPid broker_pid;
   guint broker_watch;
   guint broker_restart_source;
+  guint broker_reload_source; /* the trailing reload after password changes (broker_reload) */
   guint broker_restarts;
   gint64 broker_started_ms;
   gboolean stopping;
