@@ -104,7 +104,7 @@ static gboolean load_config(GKeyFile *kf, RootConfig *cfg, const char *state_dir
       !od_config_int(kf, "root", "refresh_ttl_s", 7 * 86400, 60, 365 * 86400, &cfg->refresh_ttl_s, error) ||
       !od_config_int(kf, "root", "join_token_ttl_s", 3600, 60, 365 * 86400, &cfg->join_token_ttl_s, error) ||
       !od_config_int(kf, "root", "forward_max_attempts", 10, 1, 1000, &cfg->forward_max_attempts, error) ||
-      !od_config_int(kf, "root", "cluster_prefix", 20, 16, 30, &prefix, error) ||
+      !od_config_int(kf, "root", "cluster_prefix", 20, 8, 30, &prefix, error) ||
       !od_config_string(kf, "root", "policy", "most-free", &policy, error) ||
       !od_config_string(kf, "root", "node_pool", "10.18.0.0/15", &pool, error) ||
       !od_config_string(kf, "root", "cluster_secret_file", NULL, &secret_file, error) ||

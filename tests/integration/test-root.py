@@ -740,7 +740,12 @@ class RootTest(unittest.TestCase):
         for text, want in [("[root]\nlistn = 127.0.0.1:1\n", "config %s: [root] listn: unknown key (known keys: "
                             "state_dir, listen, " % conf),
                            ("[root]\nlisten = 127.0.0.1:1\n[oakuk]\npolicy = best-fit\n",
-                            "config %s: unknown group [oakuk] (the only group is [root])" % conf)]:
+                            "config %s: unknown group [oakuk] (the only group is [root])" % conf),
+                           # a share of the node pool: prefix 8..30, never larger than the pool
+                           ("[root]\ncluster_prefix = 7\n", "cluster_prefix"),
+                           ("[root]\nnode_pool = 10.18.0.0/15\ncluster_prefix = 14\n",
+                            "node_pool '10.18.0.0/15' / cluster_prefix 14: need an IPv4 CIDR whose prefix is at most "
+                            "the cluster prefix")]:
             with self.subTest(want=want):
                 pathlib.Path(conf).write_text(text)
                 p = subprocess.run([ROOT_BIN, "--config", conf, "--state-dir", state], capture_output=True,
