@@ -20,8 +20,8 @@ run_pkgs=(
   python3-yaml python3-prometheus-client
   # the root's web pages are tested in a real browser: headless Chromium driven by selenium
   chromium chromium-driver python3-selenium
-  # bench-thesis (bench/thesis, its short mode is a test): wrk and the figures
-  wrk python3-matplotlib
+  # bench-thesis (bench/thesis, its short mode is a test): wrk and the figures; bench/scale's nodes
+  wrk python3-matplotlib python3-paho-mqtt
 )
 # The arm64 test guest (tests/guests) is built from Debian's arm64 kernel and busybox-static,
 # fetched with apt-get download: the arm64 architecture must be known to apt.
