@@ -81,6 +81,9 @@ typedef struct {
   GHashTable *inflight;       /* delivery id (gint64 as string) -> its publish's context */
   guint64 mqtt_rejected;
   gboolean net_dirty;
+  char *net_peers_sent, *net_services_sent; /* the tables last published on this broker connection */
+  gint64 net_next_us;                       /* monotonic time the tables may go out again */
+  guint net_timer;                          /* a publication waiting for net_next_us */
 
   /* observed nodes (loop.c) */
   GHashTable *reports;              /* node id -> oakuk_node_report* (received_at: monotonic ms) */

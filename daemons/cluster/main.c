@@ -275,6 +275,9 @@ static void cluster_free(Cluster *c) {
   g_clear_handle_id(&c->status_pump_source, g_source_remove);
   g_clear_handle_id(&c->aggregate_source, g_source_remove);
   g_clear_handle_id(&c->register_source, g_source_remove);
+  g_clear_handle_id(&c->net_timer, g_source_remove);
+  g_clear_pointer(&c->net_peers_sent, g_free);
+  g_clear_pointer(&c->net_services_sent, g_free);
   if (c->inflight != NULL)
     nodelink_stop(c);
   broker_stop(c);

@@ -141,26 +141,57 @@ void nodelink_pump(Cluster *c) {
 
 /* ---- network tables ---- */
 
-/* Both tables go to every registered node, retained, so a node (re)connecting gets the latest. */
+/* The shortest time between two publications of the tables (changes in between are coalesced). */
+#define NET_MIN_INTERVAL_MS 250
+
+static gboolean net_timer_done(gpointer data) {
+  Cluster *c = data;
+  c->net_timer = 0;
+  nodelink_publish_net(c);
+  return G_SOURCE_REMOVE;
+}
+
+/* Both tables go to every registered node, retained, so a node (re)connecting gets the latest. A
+ * table goes out only when its text differs from the last one published on this broker connection:
+ * every placement and status change marks the tables dirty, and sending N nodes the N-entry peer
+ * table each time grew the cluster to 1.3 GB and deploys to 12 s at 1,000 nodes (bench/scale).
+ * At most one publication per NET_MIN_INTERVAL_MS. */
 void nodelink_publish_net(Cluster *c) {
   if (!c->net_dirty || c->mqtt == NULL || !c->mqtt_up)
     return;
+  gint64 now = g_get_monotonic_time();
+  if (now < c->net_next_us) {
+    if (c->net_timer == 0)
+      c->net_timer = g_timeout_add((guint)((c->net_next_us - now) / 1000) + 1, net_timer_done, c);
+    return;
+  }
   g_autoptr(JsonNode) peers = json_node_new(JSON_NODE_ARRAY);
   g_autoptr(JsonNode) services = json_node_new(JSON_NODE_ARRAY);
   json_node_take_array(peers, store_peers_table(c->store));
   json_node_take_array(services, store_services_table(c->store));
   g_autofree char *pt = od_json_to_string(peers, FALSE);
   g_autofree char *stext = od_json_to_string(services, FALSE);
+  gboolean new_peers = g_strcmp0(pt, c->net_peers_sent) != 0;
+  gboolean new_services = g_strcmp0(stext, c->net_services_sent) != 0;
+  c->net_dirty = FALSE;
+  if (!new_peers && !new_services)
+    return;
   g_autoptr(GPtrArray) nodes = store_node_list(c->store);
   for (guint k = 0; k < nodes->len; k++) {
     const char *node = ((StoreNode *)nodes->pdata[k])->id;
     g_autofree char *t1 = g_strdup_printf("nodes/%s/net/peers", node);
     g_autofree char *t2 = g_strdup_printf("nodes/%s/net/services", node);
-    if (!od_mqtt_publish(c->mqtt, t1, pt, strlen(pt), TRUE, NULL, NULL, NULL) ||
-        !od_mqtt_publish(c->mqtt, t2, stext, strlen(stext), TRUE, NULL, NULL, NULL))
+    if ((new_peers && !od_mqtt_publish(c->mqtt, t1, pt, strlen(pt), TRUE, NULL, NULL, NULL)) ||
+        (new_services && !od_mqtt_publish(c->mqtt, t2, stext, strlen(stext), TRUE, NULL, NULL, NULL))) {
+      c->net_dirty = TRUE; /* tried again on the next pass */
       return;
+    }
   }
-  c->net_dirty = FALSE;
+  g_free(c->net_peers_sent);
+  c->net_peers_sent = g_steal_pointer(&pt);
+  g_free(c->net_services_sent);
+  c->net_services_sent = g_steal_pointer(&stext);
+  c->net_next_us = now + NET_MIN_INTERVAL_MS * 1000;
 }
 
 void nodelink_forget(Cluster *c, const char *node) {
@@ -344,6 +375,9 @@ static void on_state(gboolean connected, const char *reason, gpointer data) {
     g_hash_table_remove_all(c->reachable);
     g_hash_table_remove_all(c->inflight);
     c->net_dirty = TRUE;
+    /* A new connection may be to a new broker, which has no retained tables: all go out again. */
+    g_clear_pointer(&c->net_peers_sent, g_free);
+    g_clear_pointer(&c->net_services_sent, g_free);
     od_log(G_LOG_LEVEL_MESSAGE, "mqtt", "msg", "connected to the broker", NULL);
   } else {
     od_log(G_LOG_LEVEL_WARNING, "mqtt", "msg", "broker connection lost; reconnecting", "reason", reason,

@@ -330,6 +330,7 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual(svc[0]["instances"][0]["node"], "node-a")
         peers = self.b.expect("net/peers", lambda m: len(m) == 2)
         self.assertEqual(sorted(p["subnet"] for p in peers), ["10.18.0.0/24", "10.18.1.0/24"])
+        peer_tables = len(self.b.got("net/peers", lambda m: True))
         explain = requests.get(self.cluster_url + "/api/v1/services/%s/explain" % JOB, timeout=5).json()
         self.assertTrue(any("node-b" in l for l in explain["lines"]), explain)
         # idempotent: the same deploy again changes nothing and sends nothing
@@ -349,6 +350,11 @@ class ClusterTest(unittest.TestCase):
         # the native API drops it once the cluster confirmed the removal
         wait_until("instance gone at the root", lambda: self.native_instance(n) is None)
         self.assertEqual(len(before) - 1, len(self.cluster_instances()))
+        # the services table went out again without the instance; the peer table, unchanged by any
+        # of this, did not (a table goes out only when it changed: bench/scale, docs/cluster.md)
+        self.a.expect("net/services", lambda m: not any(s["rr_ip"] == "10.30.1.1" and s["instances"] for s in m))
+        time.sleep(0.6)
+        self.assertEqual(len(self.b.got("net/peers", lambda m: True)), peer_tables)
 
     def test_04b_readiness_reported_and_forwarded(self):
         """The node's ready/ready_ms on nodes/<id>/job: stored per instance by the cluster, shown in
@@ -1740,6 +1746,27 @@ class SecurityTest(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 15)
 
 
+# The tables of oakuk-cluster before generations (schema version 1, with the ready columns).
+CURRENT_TABLES = """
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, created INTEGER NOT NULL);
+CREATE TABLE nodes (id TEXT PRIMARY KEY, cred_hash TEXT NOT NULL, subnet_index INTEGER NOT NULL
+  UNIQUE, subnet TEXT NOT NULL, ip TEXT NOT NULL DEFAULT '', report TEXT, registered_at INTEGER NOT NULL);
+CREATE TABLE instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT NULL,
+  instance INTEGER NOT NULL, node TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', job TEXT NOT NULL, restart INTEGER NOT NULL,
+  failures INTEGER NOT NULL DEFAULT 0, avoid TEXT NOT NULL DEFAULT '[]',
+  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER, UNIQUE (job_id, instance));
+CREATE TABLE explanations (job_id TEXT PRIMARY KEY, job_name TEXT NOT NULL,
+  instance INTEGER NOT NULL, lines TEXT NOT NULL);
+CREATE TABLE deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL,
+  instance TEXT NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE TABLE status_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
+  instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL,
+  ready INTEGER NOT NULL DEFAULT 0, ready_ms INTEGER);
+"""
+
+
 # The two tables as oakuk-cluster made them before instances had readiness.
 OLD_TABLES = """
 CREATE TABLE instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TEXT NOT NULL,
@@ -1749,7 +1776,6 @@ CREATE TABLE instances (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_name TE
 CREATE TABLE status_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
   instance INTEGER NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, node TEXT NOT NULL);
 """
-
 
 
 if __name__ == "__main__":
