@@ -171,8 +171,9 @@ def write(res, out, report="report.md", figures=""):
               "after each deploy; the control plane is the rest of request -> RUNNING (the root's log "
               "line): the API, the root's and the cluster's placement, the MQTT hops and the status "
               "report back. \"no network\" is the descriptor's `network: \"none\"`: no namespace plumbing, "
-              "no interface, no port or service IP (the thesis's deployments without the overlay); the "
-              "test guest's readiness is then its console line, a container's is RUNNING.", ""]
+              "no interface, no port or service IP (the thesis's deployments without the overlay). "
+              "Without a network there is no TCP probe: the test guest is ready at its console line, "
+              "a container and a unikernel passed with `--unikernel-image` at RUNNING.", ""]
     tp = res["throughput"]
     lines += ["## 2. Throughput (Fig. 5.5)", "", link("throughput"), "",
               "wrk, 1 thread, 16 connections, %d s per line; from the node's host namespace (instance IP), "
