@@ -49,7 +49,7 @@ struct oakuk_microservice {
   bool one_shot, privileged;
   char *target_node;
   GPtrArray *constraints; /* Constraint* */
-  int32_t emulation, restart, uk_net, network;
+  int32_t emulation, restart, uk_net, network, uk_start;
   char *uk_flavor, *uk_version;
   int64_t uk_graceful;
   int64_t ready_tcp; /* -1: not given (the first TCP port's guest side) */
@@ -1079,10 +1079,12 @@ static bool version_is_valid(const char *s) {
 }
 
 static void parse_unikernel_ext(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
-  static const char *const known[] = {"flavor", "version", "net", "graceful_stop_s", NULL};
+  static const char *const known[] = {"flavor", "version", "net", "graceful_stop_s", "start", NULL};
   static const char *const flavors[] = {"unikraft", "linux", NULL};
   static const char *const nets[] = {"direct", "nat", NULL};
+  static const char *const starts[] = {"boot", "snapshot", NULL};
   ms->uk_net = OAKUK_UKNET_DIRECT;
+  ms->uk_start = OAKUK_UKSTART_BOOT;
   JsonObject *u = get_object(ctx, obj, prefix, "unikernel");
   if (u == NULL)
     return;
@@ -1099,8 +1101,20 @@ static void parse_unikernel_ext(Ctx *ctx, oakuk_microservice *ms, JsonObject *ob
   } else if (version) {
     ms->uk_version = g_strdup(version);
   }
-  int net = get_choice(ctx, u, path, "net", nets, "direct, nat", OAKUK_UKNET_DIRECT);
+  int start = get_choice(ctx, u, path, "start", starts, "boot, snapshot", OAKUK_UKSTART_BOOT);
+  ms->uk_start = start < 0 ? OAKUK_UKSTART_BOOT : start;
+  /* Snapshot start restores every instance from one saved guest: the guest's address must be
+   * the same in each, which the NAT layout gives (and is the default with it). */
+  int net = get_choice(ctx, u, path, "net", nets, "direct, nat",
+                       ms->uk_start == OAKUK_UKSTART_SNAPSHOT ? OAKUK_UKNET_NAT : OAKUK_UKNET_DIRECT);
   ms->uk_net = net < 0 ? OAKUK_UKNET_DIRECT : net;
+  if (ms->uk_start == OAKUK_UKSTART_SNAPSHOT && net == OAKUK_UKNET_DIRECT) {
+    g_autofree char *npath = path_key(path, "net");
+    oakuk_problems_add(
+        &ctx->problems, npath,
+        "start \"snapshot\" needs net \"nat\" (its default): every instance is restored from one "
+        "saved guest, so each must have the guest at the same address");
+  }
   get_int(ctx, u, path, "graceful_stop_s", false, 0, 3600, " (seconds)", &ms->uk_graceful);
   warn_unknown_keys(ctx, u, path, known, NULL);
 }
@@ -1173,6 +1187,14 @@ static void parse_extensions(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, 
   ms->network = v < 0 ? OAKUK_NETWORK_OVERLAY : v;
   if (ms->network == OAKUK_NETWORK_NONE)
     check_no_network(ctx, ms, obj, prefix);
+  if (ms->uk_start == OAKUK_UKSTART_SNAPSHOT && oakuk_microservice_readiness_tcp(ms) <= 0 &&
+      ms->ready_serial == NULL) {
+    g_autofree char *path = path_key(prefix, "unikernel.start");
+    oakuk_problems_add(
+        &ctx->problems, path,
+        "\"snapshot\" needs a readiness probe (readiness.tcp, a TCP port, or readiness.serial): "
+        "the snapshot is taken when the guest is ready");
+  }
   ms->reschedule_after_s = OAKUK_RESCHEDULE_AFTER_S_DEFAULT;
   if (json_object_has_member(obj, "reschedule_after_s"))
     get_int(ctx, obj, prefix, "reschedule_after_s", false, 0, 86400, " (seconds)", &ms->reschedule_after_s);
@@ -1335,6 +1357,7 @@ static oakuk_microservice *ms_new(void) {
   ms->emulation = OAKUK_EMULATION_FORBID;
   ms->restart = OAKUK_RESTART_ON_FAILURE;
   ms->uk_net = OAKUK_UKNET_DIRECT;
+  ms->uk_start = OAKUK_UKSTART_BOOT;
   ms->ready_tcp = -1;
   ms->reschedule_after_s = OAKUK_RESCHEDULE_AFTER_S_DEFAULT;
   return ms;
@@ -1812,6 +1835,7 @@ MS_GETTER(int32_t, restart, ms->restart, OAKUK_RESTART_ON_FAILURE)
 MS_GETTER(const char *, uk_flavor, ms->uk_flavor, NULL)
 MS_GETTER(const char *, uk_version, ms->uk_version, NULL)
 MS_GETTER(int32_t, uk_net, ms->uk_net, OAKUK_UKNET_DIRECT)
+MS_GETTER(int32_t, uk_start, ms->uk_start, OAKUK_UKSTART_BOOT)
 MS_GETTER(int32_t, network, ms->network, OAKUK_NETWORK_OVERLAY)
 MS_GETTER(int64_t, uk_graceful_stop_s, ms->uk_graceful, 0)
 

@@ -51,6 +51,8 @@ OAKUK_API void oakuk_instance_spec_unref(oakuk_instance_spec *s) {
   g_free(s->workdir);
   g_free(s->readiness_serial);
   g_free(s->readiness_address);
+  g_free(s->snapshot_dir);
+  g_free(s->snapshot_scope);
   g_free(s);
 }
 
@@ -88,6 +90,8 @@ oakuk_instance_spec *oakuk_instance_spec_copy(const oakuk_instance_spec *s) {
   c->workdir = g_strdup(s->workdir);
   c->readiness_serial = g_strdup(s->readiness_serial);
   c->readiness_address = g_strdup(s->readiness_address);
+  c->snapshot_dir = g_strdup(s->snapshot_dir);
+  c->snapshot_scope = g_strdup(s->snapshot_scope);
   return c;
 }
 
@@ -216,3 +220,16 @@ OAKUK_API void oakuk_instance_spec_set_readiness_tcp(oakuk_instance_spec *spec, 
 OAKUK_DEFINE_GETTER(int32_t, oakuk_instance_spec_readiness_tcp_port, oakuk_instance_spec, readiness_tcp, 0)
 OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_readiness_tcp_address, oakuk_instance_spec,
                     readiness_address, NULL)
+
+OAKUK_API void oakuk_instance_spec_set_snapshot(oakuk_instance_spec *spec, const char *dir,
+                                                const char *scope) {
+  g_return_if_fail(spec != NULL);
+  g_free(spec->snapshot_dir);
+  g_free(spec->snapshot_scope);
+  spec->snapshot_dir = g_strdup(dir);
+  spec->snapshot_scope = g_strdup(dir ? scope : NULL);
+}
+
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_snapshot_dir, oakuk_instance_spec, snapshot_dir, NULL)
+OAKUK_DEFINE_GETTER(const char *, oakuk_instance_spec_snapshot_scope, oakuk_instance_spec, snapshot_scope,
+                    NULL)

@@ -22,9 +22,14 @@ gboolean oakuk_net_parse_port_spec(const char *spec, guint *host, guint *guest, 
                                    GError **error);
 /* "oakuk-" + 6 hex digits of SHA-256(name). */
 char *oakuk_net_host_ifname(const char *name);
-/* eth0's MAC (02:6f:6b:…) and the NAT guest's MAC (52:54:00:…), both from SHA-256(name). */
+/* eth0's MAC (02:6f:6b:…), from SHA-256(name). */
 char *oakuk_net_eth_mac(const char *name);
-char *oakuk_net_guest_mac(const char *name);
+/* The NAT layout's guest and gateway (virbr0) MACs: the same in every instance namespace, as
+ * the guest's address is, so one saved guest (snapshot start) finds its ARP cache right wherever
+ * it is restored. */
+#define OAKUK_NET_NAT_GUEST_MAC "52:54:00:c0:a8:02"
+#define OAKUK_NET_NAT_GATEWAY_MAC                                                                            \
+  { 0x0e, 0x6e, 0xc0, 0xa8, 0x01, 0x01 }
 /* oakuk-vx's MAC from the node's underlay IP: 0e:6b:a:b:c:d, so peers can derive it. */
 void oakuk_net_vx_mac(guint32 underlay, guint8 mac[6]);
 /* The node bridge's MAC from the node subnet: 0e:62:a:b:c:d. Set explicitly, it no longer follows

@@ -106,12 +106,6 @@ char *oakuk_net_eth_mac(const char *name) {
   return g_strdup_printf("02:6f:6b:%02x:%02x:%02x", d[3], d[4], d[5]);
 }
 
-char *oakuk_net_guest_mac(const char *name) {
-  guint8 d[32];
-  name_digest(name, d);
-  return g_strdup_printf("52:54:00:%02x:%02x:%02x", d[3], d[4], d[5]);
-}
-
 /* 0e:KIND:a:b:c:d, locally administered unicast */
 static void mac_of_ip(guint8 kind, guint32 ip, guint8 mac[6]) {
   mac[0] = 0x0e;

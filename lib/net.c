@@ -185,7 +185,7 @@ static oakuk_net_instance_info *info_new(oakuk_net *net, const Inst *inst) {
     info->guest_ip = oakuk_net_ip_str(NAT_GUEST_IP);
     info->guest_prefix = 30;
     info->guest_gateway = oakuk_net_ip_str(NAT_BRIDGE_IP);
-    info->guest_mac = oakuk_net_guest_mac(inst->name);
+    info->guest_mac = g_strdup(OAKUK_NET_NAT_GUEST_MAC);
   } else {
     info->tap = inst->mode == OAKUK_NET_UK_DIRECT ? g_strdup(OAKUK_NET_TAP) : NULL;
     info->guest_ip = oakuk_net_ip_str(inst->ip);
@@ -518,8 +518,10 @@ static gboolean setup_inside(gpointer data, GError **error) {
     return FALSE;
   if (inst->mode == OAKUK_NET_UK_NAT) {
     int br;
+    static const guint8 gateway_mac[6] = OAKUK_NET_NAT_GATEWAY_MAC;
     if (!oakuk_net_bridge_add(in->sk, OAKUK_NET_NAT_BRIDGE, error) ||
         (br = oakuk_net_ifindex(in->sk, OAKUK_NET_NAT_BRIDGE)) <= 0 ||
+        !oakuk_net_link_set_mac(in->sk, br, gateway_mac, error) ||
         !oakuk_net_addr_add(in->sk, br, NAT_BRIDGE_IP, 30, OAKUK_NET_NAT_BRIDGE, error) ||
         !oakuk_net_link_up(in->sk, in->tap, NULL, br, error) ||
         !oakuk_net_sysctl("/proc/sys/net/ipv4/ip_forward", "1", error) ||

@@ -39,13 +39,15 @@ int64_t oakuk_qemu_memory_limit_mb(int64_t guest_mb, int32_t accel);
 
 /* The descriptors the runtime opens and passes, with the numbers QEMU sees them under: QEMU then
  * opens nothing by path that its (unprivileged) user could not. */
-#define OAKUK_QEMU_FD_KERNEL 3 /* read-only: -kernel /proc/self/fd/3 */
-#define OAKUK_QEMU_FD_INITRD 4 /* read-only: -initrd /proc/self/fd/4 */
-#define OAKUK_QEMU_FD_SERIAL 5 /* serial.log, write-only: -add-fd fd=5,set=1 -serial file:/dev/fdset/1 */
-#define OAKUK_QEMU_FD_QMP 6    /* qmp.sock, bound and listening: -chardev socket,fd=6,server=on */
-#define OAKUK_QEMU_FD_TAP 7    /* the tap, attached in the instance's netns: -netdev tap,fd=7 */
-#define OAKUK_QEMU_FD_VHOST 8  /* /dev/vhost-net (KVM): vhostfd=8 */
-#define OAKUK_QEMU_FD_FILES 9  /* the files/ copy, a directory: -fsdev local,path=/proc/self/fd/9 */
+#define OAKUK_QEMU_FD_KERNEL 3    /* read-only: -kernel /proc/self/fd/3 */
+#define OAKUK_QEMU_FD_INITRD 4    /* read-only: -initrd /proc/self/fd/4 */
+#define OAKUK_QEMU_FD_SERIAL 5    /* serial.log, write-only: -add-fd fd=5,set=1 -serial file:/dev/fdset/1 */
+#define OAKUK_QEMU_FD_QMP 6       /* qmp.sock, bound and listening: -chardev socket,fd=6,server=on */
+#define OAKUK_QEMU_FD_TAP 7       /* the tap, attached in the instance's netns: -netdev tap,fd=7 */
+#define OAKUK_QEMU_FD_VHOST 8     /* /dev/vhost-net (KVM): vhostfd=8 */
+#define OAKUK_QEMU_FD_FILES 9     /* the files/ copy, a directory: -fsdev local,path=/proc/self/fd/9 */
+#define OAKUK_QEMU_FD_SNAPSHOT 10 /* a snapshot to restore, read-only: -incoming fd:10 */
+#define OAKUK_QEMU_FD_LAST OAKUK_QEMU_FD_SNAPSHOT
 
 /* The command builder for the runtime: with paused, QEMU starts with -S (the runtime lets the
  * guest run once QMP listens, so no event of a quick guest is missed); with pass_fds, the

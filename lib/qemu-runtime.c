@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <gio/gunixfdmessage.h>
 #include <gio/gunixsocketaddress.h>
 #include <glib/gstdio.h>
 #include <grp.h>
@@ -46,6 +47,19 @@ typedef struct {
   char *cpu; /* v1 cpu controller directory */
 } Cgroup;
 
+/* Snapshot start (oakuk_instance_spec_set_snapshot), in order. */
+typedef enum {
+  SNAP_NONE,    /* no snapshot start, or done with it */
+  SNAP_RESTORE, /* QEMU restores the snapshot (-incoming): RUNNING once the guest resumes */
+  SNAP_SAVE,    /* booted: saved at the first readiness */
+  SNAP_SAVING,  /* paused and being saved */
+  SNAP_CONT,    /* saved (or not), the guest is let run again */
+} SnapMode;
+
+#define SNAP_FDNAME "oakuk-snapshot"
+#define SNAP_POLL_MS 2      /* query-migrate while saving */
+#define SNAP_SAVE_MAX_S 120 /* a save still going after this is cancelled */
+
 typedef struct {
   GPtrArray *argv;
   Cgroup cg;
@@ -61,6 +75,12 @@ typedef struct {
   GSource *drain_timer;     /* bounds the wait for QMP's last lines after QEMU was reaped */
   guint64 last_ticks;
   gint64 last_time_us;
+  SnapMode snap;
+  char *snap_path;      /* the snapshot */
+  char *snap_tmp;       /* while saving: the file QEMU writes, renamed to snap_path when complete */
+  int snap_fd;          /* while saving: ours of snap_tmp, -1 otherwise */
+  gint64 snap_deadline; /* while saving */
+  GSource *snap_timer;  /* the next query-migrate */
 } QemuData;
 
 static QemuData *qd(OakukInstance *i) {
@@ -80,6 +100,10 @@ static void data_free(void *data) {
   oakuk_qemu_user_clear(&d->user);
   cgroup_clear(&d->cg);
   g_clear_object(&d->cancel);
+  if (d->snap_fd >= 0)
+    close(d->snap_fd);
+  g_free(d->snap_path);
+  g_free(d->snap_tmp);
   g_free(d);
 }
 
@@ -88,6 +112,7 @@ static gboolean cgroup_paths(Cgroup *cg, const char *name, GError **error);
 static void q_init(OakukInstance *i) {
   QemuData *d = g_new0(QemuData, 1);
   d->cancel = g_cancellable_new();
+  d->snap_fd = -1;
   cgroup_paths(&d->cg, i->name, NULL);
   i->data = d;
 }
@@ -325,18 +350,36 @@ static int64_t cgroup_memory_bytes(const Cgroup *cg) {
 
 static void qmp_connect(OakukInstance *i);
 
-static gboolean qmp_send(OakukInstance *i, const char *command) {
+/* Sends one command: id names its answer; arguments is a JSON object's text or NULL; fd >= 0 goes
+ * along in the same message (SCM_RIGHTS), for getfd. */
+static gboolean qmp_send_full(OakukInstance *i, const char *id, const char *command, const char *arguments,
+                              int fd) {
   QemuData *d = qd(i);
   if (!d->conn)
     return FALSE;
-  g_autofree char *line = g_strdup_printf("{\"execute\": \"%s\", \"id\": \"%s\"}\n", command, command);
-  GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(d->conn));
+  g_autofree char *line = g_strdup_printf("{\"execute\": \"%s\", \"id\": \"%s\"%s%s}\n", command, id,
+                                          arguments ? ", \"arguments\": " : "", arguments ? arguments : "");
   g_autoptr(GError) err = NULL;
-  if (!g_output_stream_write_all(out, line, strlen(line), NULL, NULL, &err)) {
-    g_debug("instance %s: QMP %s: %s", i->name, command, err->message);
-    return FALSE;
+  gboolean ok;
+  if (fd >= 0) {
+    g_autoptr(GSocketControlMessage) msg = g_unix_fd_message_new();
+    GOutputVector v = {line, strlen(line)};
+    ok = g_unix_fd_message_append_fd(G_UNIX_FD_MESSAGE(msg), fd, &err) &&
+         g_socket_send_message(g_socket_connection_get_socket(d->conn), NULL, &v, 1, &msg, 1,
+                               G_SOCKET_MSG_NONE, NULL, &err) == (gssize)v.size;
+    if (ok == FALSE && err == NULL)
+      g_set_error(&err, G_IO_ERROR, G_IO_ERROR_FAILED, "short write");
+  } else {
+    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(d->conn));
+    ok = g_output_stream_write_all(out, line, strlen(line), NULL, NULL, &err);
   }
-  return TRUE;
+  if (!ok)
+    g_debug("instance %s: QMP %s: %s", i->name, command, err->message);
+  return ok;
+}
+
+static gboolean qmp_send(OakukInstance *i, const char *command) {
+  return qmp_send_full(i, command, command, NULL, -1);
 }
 
 static void qmp_close(OakukInstance *i) {
@@ -344,7 +387,7 @@ static void qmp_close(OakukInstance *i) {
   if (!d)
     return;
   g_cancellable_cancel(d->cancel);
-  GSource **timers[] = {&d->qmp_timer, &d->handshake_timer, &d->drain_timer};
+  GSource **timers[] = {&d->qmp_timer, &d->handshake_timer, &d->drain_timer, &d->snap_timer};
   for (size_t k = 0; k < G_N_ELEMENTS(timers); k++) {
     if (*timers[k]) {
       g_source_destroy(*timers[k]);
@@ -386,9 +429,20 @@ void oakuk_qmp_message_parse(JsonObject *o, OakukQmpMessage *out) {
   }
 }
 
+static void qmp_guest_runs(OakukInstance *i);
+
 static void qmp_on_event(OakukInstance *i, const OakukQmpMessage *m) {
   g_debug("instance %s: QMP event %s", i->name, m->event ? m->event : "?");
-  if (g_strcmp0(m->event, "SHUTDOWN") == 0) {
+  if (g_strcmp0(m->event, "RESUME") == 0 && qd(i)->snap == SNAP_RESTORE) {
+    /* The snapshot is loaded (QEMU resumes a restored guest only then; "cont" before that only
+     * asks it to). What the guest printed and configured before it was saved is on the
+     * template's console, not this one: its serial readiness was met then. */
+    qd(i)->snap = SNAP_NONE;
+    i->start_kind = OAKUK_START_RESTORED;
+    g_clear_pointer(&i->ready_text, g_free);
+    g_clear_pointer(&i->uk_address, g_free);
+    qmp_guest_runs(i);
+  } else if (g_strcmp0(m->event, "SHUTDOWN") == 0) {
     g_free(i->shutdown_reason);
     i->shutdown_reason = g_strdup(m->shutdown_reason ? m->shutdown_reason : "");
   } else if (g_strcmp0(m->event, "GUEST_PANICKED") == 0) {
@@ -396,14 +450,30 @@ static void qmp_on_event(OakukInstance *i, const OakukQmpMessage *m) {
   }
 }
 
+static void snap_on_reply(OakukInstance *i, const OakukQmpMessage *m, JsonObject *o);
+
 /* The handshake: qmp_capabilities, then "cont" for a guest that starts paused, both sent as soon as
  * the socket connects (QEMU reads them after its greeting, in order): one round trip, not three. */
 static void qmp_on_message(OakukInstance *i, JsonObject *o) {
   QemuData *d = qd(i);
   OakukQmpMessage m;
   oakuk_qmp_message_parse(o, &m);
+  if (m.kind == OAKUK_QMP_EVENT && g_strcmp0(m.event, "MIGRATION") == 0 && d->snap == SNAP_RESTORE) {
+    JsonNode *dn = json_object_get_member(o, "data");
+    const char *status =
+        dn && JSON_NODE_HOLDS_OBJECT(dn) ? qmp_str(json_node_get_object(dn), "status") : NULL;
+    g_debug("instance %s: snapshot load %s", i->name, status ? status : "?");
+    if (g_strcmp0(status, "completed") == 0 && !qmp_send_full(i, "snap-resume", "cont", NULL, -1))
+      oakuk_instance_fail(i, "QMP: could not let the restored guest run (cont)");
+    return;
+  }
   if (m.kind == OAKUK_QMP_EVENT) {
     qmp_on_event(i, &m);
+    return;
+  }
+  if (m.id != NULL && g_str_has_prefix(m.id, "snap-") &&
+      (m.kind == OAKUK_QMP_RETURN || m.kind == OAKUK_QMP_ERROR)) {
+    snap_on_reply(i, &m, o);
     return;
   }
   if (m.kind == OAKUK_QMP_ERROR) {
@@ -412,20 +482,24 @@ static void qmp_on_message(OakukInstance *i, JsonObject *o) {
   }
   if (m.kind != OAKUK_QMP_RETURN || m.id == NULL)
     return;
-  gboolean running = FALSE;
-  if (strcmp(m.id, "qmp_capabilities") == 0 && d->adopted) {
-    running = TRUE;
-  } else if (strcmp(m.id, "cont") == 0) {
+  if (strcmp(m.id, "qmp_capabilities") == 0 && d->adopted)
+    qmp_guest_runs(i);
+  else if (strcmp(m.id, "cont") == 0 && d->snap != SNAP_RESTORE)
+    qmp_guest_runs(i);
+}
+
+/* The guest runs: RUNNING. */
+static void qmp_guest_runs(OakukInstance *i) {
+  QemuData *d = qd(i);
+  if (!d->adopted) {
     oakuk_proc_stat(i->pid, NULL, &d->last_ticks, NULL);
     d->last_time_us = g_get_monotonic_time();
-    running = TRUE;
   }
-  if (running && d->handshake_timer) {
+  if (d->handshake_timer) {
     g_source_destroy(d->handshake_timer);
     g_clear_pointer(&d->handshake_timer, g_source_unref);
   }
-  if (running)
-    oakuk_instance_running(i);
+  oakuk_instance_running(i);
 }
 
 static void qmp_read_next(OakukInstance *i);
@@ -523,8 +597,16 @@ static void qmp_on_connected(GObject *src, GAsyncResult *res, gpointer data) {
   d->conn = conn;
   d->in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(conn)));
   g_data_input_stream_set_newline_type(d->in, G_DATA_STREAM_NEWLINE_TYPE_ANY);
-  if (!qmp_send(i, "qmp_capabilities") || (!d->adopted && !qmp_send(i, "cont")))
+  if (d->snap == SNAP_RESTORE) {
+    g_autofree char *uri = g_strdup_printf("{\"uri\": \"fd:%d\"}", OAKUK_QEMU_FD_SNAPSHOT);
+    if (!qmp_send(i, "qmp_capabilities") ||
+        !qmp_send_full(i, "snap-events", "migrate-set-capabilities",
+                       "{\"capabilities\": [{\"capability\": \"events\", \"state\": true}]}", -1) ||
+        !qmp_send_full(i, "snap-incoming", "migrate-incoming", uri, -1))
+      oakuk_instance_fail(i, "QMP: could not ask QEMU to load the snapshot");
+  } else if (!qmp_send(i, "qmp_capabilities") || (!d->adopted && !qmp_send(i, "cont"))) {
     oakuk_instance_fail(i, "QMP: could not negotiate and let the guest run (cont)");
+  }
   qmp_read_next(i);
   oakuk_instance_unref(i);
 }
@@ -536,6 +618,238 @@ static void qmp_connect(OakukInstance *i) {
   g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(path);
   g_socket_client_connect_async(c, G_SOCKET_CONNECTABLE(addr), d->cancel, qmp_on_connected,
                                 oakuk_instance_ref(i));
+}
+
+static char *q_extra_detail(OakukInstance *i);
+static gboolean q_spawn(OakukInstance *i, GError **error);
+
+/* ---- snapshot start (docs/unikernels.md "Snapshot start") ---- */
+
+/* The snapshot's name: everything that goes into the guest. The argv holds no path of the
+ * instance (descriptors come by number) but its -name; the kernel and initrd are named by path
+ * and identified by their file's identity, since -kernel gives their descriptor's number. */
+static char *snap_key(const oakuk_instance_spec *s, GPtrArray *argv, const char *qemu_version,
+                      GError **error) {
+  g_autoptr(GChecksum) c = g_checksum_new(G_CHECKSUM_SHA256);
+#define SNAP_ADD(str) g_checksum_update(c, (const guchar *)(str), (gssize)strlen(str) + 1)
+  SNAP_ADD("oakuk snapshot 1");
+  SNAP_ADD(s->snapshot_scope ? s->snapshot_scope : "");
+  SNAP_ADD(qemu_version ? qemu_version : "");
+  for (guint k = 0; k + 1 < argv->len; k++)
+    if (k == 0 || strcmp(argv->pdata[k - 1], "-name") != 0)
+      SNAP_ADD((const char *)argv->pdata[k]);
+  const char *files[] = {s->kernel, s->initrd};
+  for (size_t k = 0; k < G_N_ELEMENTS(files); k++) {
+    struct stat st;
+    if (!files[k])
+      continue;
+    if (stat(files[k], &st) != 0)
+      return set_io_error(error, errno, "instance %s: snapshot start: %s", s->name, files[k]), NULL;
+    g_autofree char *id =
+        g_strdup_printf("%s %ju %ju %jd %jd.%09ld", files[k], (uintmax_t)st.st_dev, (uintmax_t)st.st_ino,
+                        (intmax_t)st.st_size, (intmax_t)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    SNAP_ADD(id);
+  }
+#undef SNAP_ADD
+  return g_strdup(g_checksum_get_string(c));
+}
+
+/* At deploy: restore when the snapshot exists, else boot and save it at the first readiness. */
+static gboolean snap_choose(OakukInstance *i, const char *qemu_version, GError **error) {
+  QemuData *d = qd(i);
+  const oakuk_instance_spec *s = i->spec;
+  if (s->files_dir)
+    return g_set_error(error, OAKUK_ERROR, -OAKUK_EINVAL,
+                       "instance %s: snapshot start: the image shares files/ with the guest over 9p, which "
+                       "QEMU cannot save (a migration blocker); boot it instead",
+                       s->name),
+           FALSE;
+  if (s->readiness_tcp <= 0 && !s->readiness_serial)
+    return g_set_error(
+               error, OAKUK_ERROR, -OAKUK_EINVAL,
+               "instance %s: snapshot start needs a readiness probe (a TCP port or a serial text): the "
+               "snapshot is taken when the guest is ready",
+               s->name),
+           FALSE;
+  g_autofree char *key = snap_key(s, d->argv, qemu_version, error);
+  if (!key)
+    return FALSE;
+  if (g_mkdir_with_parents(s->snapshot_dir, 0700) != 0)
+    return set_io_error(error, errno, "instance %s: snapshot directory %s", s->name, s->snapshot_dir);
+  g_free(d->snap_path);
+  d->snap_path = g_strdup_printf("%s/%s.snap", s->snapshot_dir, key);
+  if (g_file_test(d->snap_path, G_FILE_TEST_IS_REGULAR)) {
+    d->snap = SNAP_RESTORE;
+    /* "defer": loaded once QMP asked for migration events (a restored guest is let run only
+     * when its load completed: "cont" before that is lost, since QEMU takes the saved guest's
+     * state, paused, at the end of the load). */
+    g_ptr_array_insert(d->argv, (gint)d->argv->len - 1, g_strdup("-incoming"));
+    g_ptr_array_insert(d->argv, (gint)d->argv->len - 1, g_strdup("defer"));
+  } else {
+    d->snap = SNAP_SAVE;
+  }
+  return TRUE;
+}
+
+static void snap_tmp_drop(QemuData *d) {
+  if (d->snap_fd >= 0)
+    close(d->snap_fd);
+  d->snap_fd = -1;
+  if (d->snap_tmp)
+    unlink(d->snap_tmp);
+  g_clear_pointer(&d->snap_tmp, g_free);
+}
+
+/* The save ended (why NULL: saved): the guest runs again; ready once QEMU confirms. */
+static void snap_end(OakukInstance *i, const char *why) {
+  QemuData *d = qd(i);
+  if (why) {
+    g_message("instance %s: snapshot %s not saved: %s", i->name, d->snap_path, why);
+    snap_tmp_drop(d);
+    g_free(i->start_note);
+    i->start_note = g_strdup_printf("snapshot not saved: %s", why);
+  } else if (i->start_kind == OAKUK_START_BOOT) {
+    i->start_kind = OAKUK_START_BOOT_SAVED; /* (a failed restore stays said) */
+  }
+  d->snap = SNAP_CONT;
+  if (!qmp_send_full(i, "snap-cont", "cont", NULL, -1))
+    oakuk_instance_fail(i, "QMP: could not let the guest run again after saving its snapshot");
+}
+
+static gboolean snap_poll(gpointer data) {
+  OakukInstance *i = data;
+  QemuData *d = qd(i);
+  g_clear_pointer(&d->snap_timer, g_source_unref);
+  if (g_get_monotonic_time() > d->snap_deadline) {
+    qmp_send_full(i, "snap-cancel", "migrate_cancel", NULL, -1);
+    snap_end(i, "the save took longer than " G_STRINGIFY(SNAP_SAVE_MAX_S) " s");
+  } else if (!qmp_send_full(i, "snap-query", "query-migrate", NULL, -1)) {
+    snap_end(i, "QMP query-migrate could not be sent");
+  }
+  return G_SOURCE_REMOVE;
+}
+
+static const char *qmp_error_desc(JsonObject *o) {
+  JsonNode *n = json_object_get_member(o, "error");
+  return n && JSON_NODE_HOLDS_OBJECT(n) ? qmp_str(json_node_get_object(n), "desc") : NULL;
+}
+
+/* stop -> getfd -> migrate -> query-migrate until completed -> rename -> cont -> ready. */
+static void snap_on_reply(OakukInstance *i, const OakukQmpMessage *m, JsonObject *o) {
+  QemuData *d = qd(i);
+  if (d->snap == SNAP_RESTORE) {
+    /* A load that fails ends QEMU: the exit brings the cold boot (q_retry). */
+    if (m->kind == OAKUK_QMP_ERROR) {
+      const char *desc = qmp_error_desc(o);
+      g_autofree char *why = g_strdup_printf("QMP %s: %s", m->id + strlen("snap-"), desc ? desc : "failed");
+      oakuk_instance_fail(i, why);
+    }
+    return;
+  }
+  if (strcmp(m->id, "snap-cancel") == 0)
+    return;
+  if (strcmp(m->id, "snap-cont") == 0) {
+    d->snap = SNAP_NONE;
+    if (m->kind == OAKUK_QMP_ERROR)
+      oakuk_instance_fail(i, "QMP: the guest did not run again after its snapshot (cont failed)");
+    else
+      oakuk_instance_ready(i);
+    return;
+  }
+  if (d->snap != SNAP_SAVING)
+    return;
+  if (m->kind == OAKUK_QMP_ERROR) {
+    const char *desc = qmp_error_desc(o);
+    g_autofree char *why = g_strdup_printf("QMP %s: %s", m->id + strlen("snap-"), desc ? desc : "failed");
+    snap_end(i, why);
+    return;
+  }
+  if (strcmp(m->id, "snap-stop") == 0) {
+    if (!qmp_send_full(i, "snap-getfd", "getfd", "{\"fdname\": \"" SNAP_FDNAME "\"}", d->snap_fd))
+      snap_end(i, "QMP getfd could not be sent");
+  } else if (strcmp(m->id, "snap-getfd") == 0) {
+    if (!qmp_send_full(i, "snap-migrate", "migrate", "{\"uri\": \"fd:" SNAP_FDNAME "\"}", -1))
+      snap_end(i, "QMP migrate could not be sent");
+  } else if (strcmp(m->id, "snap-migrate") == 0 || strcmp(m->id, "snap-query") == 0) {
+    JsonNode *rn = json_object_get_member(o, "return");
+    JsonObject *r = rn && JSON_NODE_HOLDS_OBJECT(rn) ? json_node_get_object(rn) : NULL;
+    const char *status = qmp_str(r, "status");
+    if (g_strcmp0(status, "completed") == 0) {
+      close(d->snap_fd);
+      d->snap_fd = -1;
+      if (rename(d->snap_tmp, d->snap_path) != 0) {
+        g_autofree char *why = g_strdup_printf("rename %s: %s", d->snap_tmp, g_strerror(errno));
+        snap_end(i, why);
+        return;
+      }
+      g_clear_pointer(&d->snap_tmp, g_free);
+      g_message("instance %s: snapshot saved as %s", i->name, d->snap_path);
+      snap_end(i, NULL);
+    } else if (g_strcmp0(status, "failed") == 0 || g_strcmp0(status, "cancelled") == 0) {
+      const char *desc = qmp_str(r, "error-desc");
+      snap_end(i, desc ? desc : status);
+    } else {
+      d->snap_timer = g_timeout_source_new(SNAP_POLL_MS);
+      g_source_set_callback(d->snap_timer, snap_poll, oakuk_instance_ref(i),
+                            (GDestroyNotify)oakuk_instance_unref);
+      g_source_attach(d->snap_timer, i->context);
+    }
+  }
+}
+
+/* The first readiness of an instance that saves the snapshot: pause and save it first. */
+static gboolean q_before_ready(OakukInstance *i) {
+  QemuData *d = qd(i);
+  if (d->snap == SNAP_SAVING || d->snap == SNAP_CONT)
+    return TRUE;
+  if (d->snap != SNAP_SAVE)
+    return FALSE;
+  d->snap_tmp = g_strdup_printf("%s.%s.tmp", d->snap_path, i->name);
+  d->snap_fd = open(d->snap_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (d->snap_fd < 0) {
+    g_warning("instance %s: snapshot not saved: create %s: %s", i->name, d->snap_tmp, g_strerror(errno));
+    g_clear_pointer(&d->snap_tmp, g_free);
+    d->snap = SNAP_NONE;
+    return FALSE;
+  }
+  d->snap = SNAP_SAVING;
+  d->snap_deadline = g_get_monotonic_time() + SNAP_SAVE_MAX_S * G_USEC_PER_SEC;
+  if (!qmp_send_full(i, "snap-stop", "stop", NULL, -1)) {
+    snap_tmp_drop(d);
+    d->snap = SNAP_NONE;
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* A restore that ended before its guest ran: remove the snapshot and boot cold (saving anew). */
+static gboolean q_retry(OakukInstance *i, int wait_status) {
+  QemuData *d = qd(i);
+  if (d->snap != SNAP_RESTORE)
+    return FALSE;
+  g_autofree char *qemu = q_extra_detail(i);
+  g_autofree char *why = g_strdup_printf("restore from snapshot %s failed (%s); booted cold", d->snap_path,
+                                         qemu ? qemu : "QEMU ended");
+  g_message("instance %s: %s", i->name, why);
+  if (unlink(d->snap_path) != 0 && errno != ENOENT)
+    g_warning("instance %s: remove %s: %s", i->name, d->snap_path, g_strerror(errno));
+  for (guint k = 0; k + 1 < d->argv->len; k++)
+    if (strcmp(d->argv->pdata[k], "-incoming") == 0) {
+      g_ptr_array_remove_range(d->argv, k, 2);
+      break;
+    }
+  d->snap = SNAP_SAVE;
+  i->start_kind = OAKUK_START_RESTORE_FAILED;
+  g_free(i->start_note);
+  i->start_note = g_steal_pointer(&why);
+  g_object_unref(d->cancel);
+  d->cancel = g_cancellable_new();
+  g_autoptr(GError) err = NULL;
+  if (!q_spawn(i, &err)) {
+    g_warning("instance %s: cold boot after the failed restore: %s", i->name, err->message);
+    return FALSE;
+  }
+  return TRUE;
 }
 
 /* ---- handlers ---- */
@@ -578,6 +892,8 @@ static gboolean q_check(OakukInstance *i, GError **error) {
   if (!argv)
     return FALSE;
   d->argv = argv;
+  if (spec->snapshot_dir && !snap_choose(i, oakuk_qemu_caps_qemu_version(q->caps, arch), error))
+    return FALSE;
   if (!d->cg.v2 && !d->cg.mem && !cgroup_paths(&d->cg, i->name, error))
     return FALSE;
   i->grace_s = spec->graceful_stop_s > 0 ? (guint)spec->graceful_stop_s : 0;
@@ -647,12 +963,12 @@ static void close_setup(ChildSetup *c) {
     close(c->netns);
 }
 
-/* The child's setup runs after GLib has put QEMU's descriptors in place (OAKUK_QEMU_FD_*, 3..9):
+/* The child's setup runs after GLib has put QEMU's descriptors in place (OAKUK_QEMU_FD_*, 3..10):
  * the descriptors it still uses must be above them. */
 static int above_qemu_fds(int fd) {
-  if (fd < 0 || fd > OAKUK_QEMU_FD_FILES)
+  if (fd < 0 || fd > OAKUK_QEMU_FD_LAST)
     return fd;
-  int high = fcntl(fd, F_DUPFD_CLOEXEC, OAKUK_QEMU_FD_FILES + 1);
+  int high = fcntl(fd, F_DUPFD_CLOEXEC, OAKUK_QEMU_FD_LAST + 1);
   int e = errno;
   close(fd);
   errno = e;
@@ -699,8 +1015,8 @@ static gboolean open_setup(OakukInstance *i, ChildSetup *c, GArray *groups, GErr
 /* ---- descriptors QEMU gets instead of paths ---- */
 
 typedef struct {
-  int src[8];
-  int dst[8];
+  int src[OAKUK_QEMU_FD_LAST];
+  int dst[OAKUK_QEMU_FD_LAST];
   int n;
 } FdMap;
 
@@ -806,7 +1122,9 @@ static gboolean open_fds(OakukInstance *i, FdMap *m, int netns, GError **error) 
        fdmap_open(m, OAKUK_QEMU_FD_FILES, files, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, "files", error)) &&
       (!s->netns_path || fdmap_tap(m, netns, s->tap_name, error)) &&
       (!s->netns_path || s->accel != OAKUK_ACCEL_KVM ||
-       fdmap_open(m, OAKUK_QEMU_FD_VHOST, "/dev/vhost-net", O_RDWR, 0, "vhost-net", error));
+       fdmap_open(m, OAKUK_QEMU_FD_VHOST, "/dev/vhost-net", O_RDWR, 0, "vhost-net", error)) &&
+      (qd(i)->snap != SNAP_RESTORE ||
+       fdmap_open(m, OAKUK_QEMU_FD_SNAPSHOT, qd(i)->snap_path, O_RDONLY, 0, "snapshot", error));
   if (!ok)
     fdmap_close(m);
   return ok;
@@ -887,6 +1205,7 @@ static gboolean q_signal(OakukInstance *i, OakukStopPhase phase) {
 
 static void q_release(OakukInstance *i, gboolean remove) {
   cgroup_remove(&qd(i)->cg);
+  snap_tmp_drop(qd(i)); /* a save QEMU did not finish */
   g_autoptr(GError) err = NULL;
   if (remove && !oakuk_rm_rf(i->dir, &err))
     g_warning("instance %s: %s", i->name, err->message);
@@ -962,6 +1281,8 @@ static const OakukRuntimeClass qemu_class = {
     .prepare = q_prepare,
     .spawn = q_spawn,
     .started = q_started,
+    .retry = q_retry,
+    .before_ready = q_before_ready,
     .signal = q_signal,
     .drain = q_drain,
     .exited = qmp_close,

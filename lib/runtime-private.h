@@ -33,6 +33,7 @@ struct oakuk_instance_spec {
   bool readonly_rootfs;
   int32_t readiness_tcp;
   char *readiness_address, *readiness_serial;
+  char *snapshot_dir, *snapshot_scope;
 };
 
 /* A deep copy (refcount 1). */
@@ -97,7 +98,9 @@ struct OakukInstance {
   gboolean ready;
   gint64 ready_ms;
   struct OakukProbe *probe;
-  void *data; /* the backend's */
+  int32_t start_kind; /* OAKUK_START_* */
+  char *start_note;   /* RUNNING's first detail (a snapshot restore that failed), or NULL */
+  void *data;         /* the backend's */
 };
 
 /* The handlers a backend provides. Those marked (thread) run in a worker thread and must touch
@@ -124,6 +127,13 @@ struct OakukRuntimeClass {
    * went (QEMU's SHUTDOWN reason may be on its way through QMP when the exit is seen), and calls
    * oakuk_instance_drained once it has, or soon. May be NULL. */
   gboolean (*drain)(OakukInstance *i);
+  /* The process ended before it counted as RUNNING (wait_status as for judge): TRUE when the
+   * backend started another one in its place (a failed snapshot restore, booted cold), which the
+   * runtime then watches as it did the first. May be NULL. */
+  gboolean (*retry)(OakukInstance *i, int wait_status);
+  /* The instance's probes all succeeded: TRUE when the backend first has work to do (saving a
+   * snapshot) and calls oakuk_instance_ready again once it is done. May be NULL. */
+  gboolean (*before_ready)(OakukInstance *i);
   /* The process is gone: drop connections to it. May be NULL. */
   void (*exited)(OakukInstance *i);
   /* (thread) Releases what the instance holds outside its directory; with remove, the directory

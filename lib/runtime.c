@@ -105,6 +105,7 @@ void oakuk_instance_unref(OakukInstance *i) {
   g_free(i->ready_ip);
   g_free(i->uk_address);
   g_free(i->uk_version);
+  g_free(i->start_note);
   g_main_context_unref(i->context);
   g_free(i);
 }
@@ -380,6 +381,8 @@ static void start_release(OakukInstance *i) {
 
 /* ---- the process's end ---- */
 
+static void watch(OakukInstance *i, gboolean child);
+
 /* wait_status: from waitpid, or -1 when unknown (a process we did not spawn). */
 static void on_exited(OakukInstance *i, int wait_status) {
   if (i->state == OAKUK_INST_EXITED || (i->draining && wait_status != i->drain_status))
@@ -390,6 +393,23 @@ static void on_exited(OakukInstance *i, int wait_status) {
     i->pid = 0; /* reaped: its number may be another process's soon */
     if (i->klass->drain(i))
       return;
+  }
+  if (i->state == OAKUK_INST_STARTING && !i->undeploy && i->klass->retry != NULL) {
+    if (i->klass->exited)
+      i->klass->exited(i);
+    if (i->klass->retry(i, wait_status)) {
+      i->draining = FALSE;
+      g_clear_pointer(&i->fail_reason, g_free);
+      oakuk_proc_watch_clear(&i->watch);
+      oakuk_proc_stat(i->pid, NULL, NULL, &i->start_time);
+      watch(i, TRUE);
+      g_autoptr(GError) err = NULL;
+      if (!write_record(i, &err))
+        g_warning("instance %s: %s", i->name, err->message);
+      if (i->klass->started(i))
+        oakuk_instance_running(i);
+      return;
+    }
   }
   gboolean ran = i->state == OAKUK_INST_RUNNING;
   if (ran)
@@ -428,7 +448,7 @@ void oakuk_instance_running(OakukInstance *i) {
   if (i->state != OAKUK_INST_STARTING)
     return; /* stopping, or gone meanwhile */
   i->state = OAKUK_INST_RUNNING;
-  emit(i, OAKUK_STATUS_RUNNING, NULL);
+  emit(i, OAKUK_STATUS_RUNNING, i->start_note);
   oakuk_probe_start(i);
 }
 
@@ -442,6 +462,8 @@ void oakuk_instance_fail(OakukInstance *i, const char *why) {
 
 void oakuk_instance_ready(OakukInstance *i) {
   if (i->state != OAKUK_INST_RUNNING || i->ready)
+    return;
+  if (i->klass->before_ready != NULL && i->klass->before_ready(i))
     return;
   i->ready = TRUE;
   i->ready_ms = i->deploy_us > 0 ? (g_get_monotonic_time() - i->deploy_us) / 1000 : -1;
@@ -912,6 +934,12 @@ OAKUK_API int64_t oakuk_runtime_instance_ready_ms(const oakuk_runtime *rt, const
   g_return_val_if_fail(rt != NULL && name != NULL, -1);
   OakukInstance *i = lookup(rt, name);
   return i && i->ready ? i->ready_ms : -1;
+}
+
+OAKUK_API int32_t oakuk_runtime_instance_start(const oakuk_runtime *rt, const char *name) {
+  g_return_val_if_fail(rt != NULL && name != NULL, OAKUK_START_BOOT);
+  OakukInstance *i = lookup(rt, name);
+  return i ? i->start_kind : OAKUK_START_BOOT;
 }
 
 OAKUK_API int32_t oakuk_runtime_instance_exit(const oakuk_runtime *rt, const char *name) {

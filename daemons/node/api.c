@@ -78,6 +78,14 @@ static void reply_metrics(Node *n, SoupServerMessage *msg) {
   od_metrics_value(out, "oakuk_node_mqtt_connected", "gauge", "1 while connected to the cluster's broker",
                    n->mqtt_up);
   append_instances(n, out);
+  static const char *const starts[] = {"boot", "boot_saved", "restored", "restore_failed"};
+  od_metrics_header(
+      out, "oakuk_node_unikernel_starts_total", "counter",
+      "unikernel instances ready, by how they started: booted; booted and saved as the snapshot of "
+      "their service; restored from it; or booted after a failed restore");
+  for (size_t k = 0; k < G_N_ELEMENTS(starts); k++)
+    g_string_append_printf(out, "oakuk_node_unikernel_starts_total{start=\"%s\"} %" G_GUINT64_FORMAT "\n",
+                           starts[k], n->uk_starts[k]);
   od_histogram_write(n->deploy_durations, out);
   od_histogram_write(n->phase_durations, out);
   od_mqtt_write_metrics(n->mqtt, out);

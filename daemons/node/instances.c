@@ -353,6 +353,11 @@ static oakuk_instance_spec *make_spec(Inst *i) {
     else if (g_strcmp0(flavor, "unikraft") == 0 && oakuk_image_version(i->image))
       oakuk_instance_spec_set_version(s, oakuk_image_version(i->image));
     oakuk_instance_spec_set_cmdline_extra(s, oakuk_image_cmdline_extra(i->image));
+    /* Snapshots live with their image (removed with it) and belong to one service. */
+    if (oakuk_microservice_uk_start(ms) == OAKUK_UKSTART_SNAPSHOT) {
+      g_autofree char *dir = g_build_filename(oakuk_image_dir(i->image), "snapshots", NULL);
+      oakuk_instance_spec_set_snapshot(s, dir, i->job_name);
+    }
   }
   if (ni != NULL) { /* none for network: "none": no namespace of ours, no interface, no TCP probe */
     oakuk_instance_spec_set_network(
@@ -515,6 +520,13 @@ static void on_fetched(oakuk_image *image, oakuk_error *error, void *data) {
     i->no_retry = oakuk_error_code(error) == OAKUK_EPERM ||
                   oakuk_error_code(error) == OAKUK_EUNSUPPORTED; /* an OCI image without our platform */
     g_autofree char *d = g_strdup_printf("image %s: %s", i->code, oakuk_error_message(error));
+    fail(i, OAKUK_STATUS_FAILED, d);
+  } else if (oakuk_microservice_uk_start(i->ms) == OAKUK_UKSTART_SNAPSHOT && oakuk_image_files_dir(image)) {
+    i->no_retry = TRUE;
+    g_autofree char *d =
+        g_strdup_printf("unikernel.start \"snapshot\": image %s shares files/ with the guest "
+                        "over 9p, which QEMU cannot save; use start \"boot\"",
+                        i->code);
     fail(i, OAKUK_STATUS_FAILED, d);
   } else if (g_strcmp0(karch, i->arch) != 0) {
     i->no_retry = TRUE; /* the same image will not change its architecture */
@@ -792,7 +804,14 @@ void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_d
   i->ready_ms = i->received_us > 0 ? (g_get_monotonic_time() - i->received_us) / 1000 : -1;
   g_autofree char *ms = g_strdup_printf("%" G_GINT64_FORMAT, i->ready_ms);
   g_autofree char *rms = g_strdup_printf("%" G_GINT64_FORMAT, ready_ms);
-  od_log(G_LOG_LEVEL_MESSAGE, "ready", "instance", i->name, "ready_ms", ms, "runtime_ready_ms", rms, NULL);
+  static const char *const starts[] = {"booted", "booted, saved as the service's snapshot",
+                                       "restored from the service's snapshot", "restore failed, booted"};
+  int32_t start = i->virt == OAKUK_VIRT_UNIKERNEL ? oakuk_runtime_instance_start(runtime_of(i), i->name) : -1;
+  if (start >= 0 && start < (int32_t)G_N_ELEMENTS(n->uk_starts))
+    n->uk_starts[start]++;
+  const char *how = start >= 0 && start < (int32_t)G_N_ELEMENTS(starts) ? starts[start] : NULL;
+  od_log(G_LOG_LEVEL_MESSAGE, "ready", "instance", i->name, "ready_ms", ms, "runtime_ready_ms", rms,
+         how ? "start" : NULL, how, NULL);
   publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, TRUE, i->ready_ms, FALSE);
 }
 

@@ -145,6 +145,7 @@ struct Node {
   OdHistogram *http_durations;
   OdHistogram *deploy_durations; /* from a deploy's arrival to RUNNING, by virtualization */
   OdHistogram *phase_durations;  /* each phase of a deploy, by phase and virtualization */
+  guint64 uk_starts[4];          /* unikernel instances ready, by how they started (OAKUK_START_*) */
   guint report_source;
   GHashTable *insts;    /* name -> Inst* */
   GHashTable *services; /* rr_ip -> 1: service IPs we programmed */

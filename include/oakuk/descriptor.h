@@ -32,6 +32,11 @@ typedef struct oakuk_microservice oakuk_microservice;
 #define OAKUK_UKNET_DIRECT 0
 #define OAKUK_UKNET_NAT 1
 
+/* How a unikernel's instances start (extension "unikernel.start"): booted, or restored from a
+ * snapshot of the service's first instance (docs/unikernels.md "Snapshot start"). */
+#define OAKUK_UKSTART_BOOT 0
+#define OAKUK_UKSTART_SNAPSHOT 1
+
 /* Instance networking (extension "network"): the overlay (an instance IP, service IPs, port
  * mappings), or none: the instance has no network interface at all (loopback only for a container). */
 #define OAKUK_NETWORK_OVERLAY 0
@@ -179,6 +184,8 @@ OAKUK_API int32_t oakuk_microservice_restart(const oakuk_microservice *ms);
 OAKUK_API const char *oakuk_microservice_uk_flavor(const oakuk_microservice *ms);
 OAKUK_API const char *oakuk_microservice_uk_version(const oakuk_microservice *ms);
 OAKUK_API int32_t oakuk_microservice_uk_net(const oakuk_microservice *ms);
+/* unikernel.start: OAKUK_UKSTART_*. */
+OAKUK_API int32_t oakuk_microservice_uk_start(const oakuk_microservice *ms);
 /* OAKUK_NETWORK_OVERLAY (the default) or OAKUK_NETWORK_NONE. */
 OAKUK_API int32_t oakuk_microservice_network(const oakuk_microservice *ms);
 OAKUK_API int64_t oakuk_microservice_uk_graceful_stop_s(const oakuk_microservice *ms);

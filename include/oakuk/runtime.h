@@ -120,6 +120,21 @@ OAKUK_API const char *oakuk_instance_spec_readiness_tcp_address(const oakuk_inst
 OAKUK_API void oakuk_instance_spec_set_readiness_serial(oakuk_instance_spec *spec, const char *text);
 OAKUK_API const char *oakuk_instance_spec_readiness_serial(const oakuk_instance_spec *spec);
 
+/* Snapshot start (unikernels; docs/unikernels.md "Snapshot start"): the instance is restored from
+ * a snapshot in dir, keyed by everything that goes into the guest (QEMU and its arguments, the
+ * kernel and initrd files, memory, vCPUs, accelerator, kernel command line, NIC) and by scope
+ * (e.g. the service: instances of one scope never restore another's). When there is none yet, the
+ * instance boots, is paused at its first readiness and saved there (mode 0600), and runs on. A
+ * restore that fails boots cold, removes the bad snapshot and says so in RUNNING's detail. Every
+ * instance restored from one snapshot shares the guest's memory, random state included: opt in
+ * only for guests where that is acceptable. Needs instances that are alike on the network (the
+ * NAT layout); refused at deploy for a spec with files_dir (QEMU cannot migrate a 9p share).
+ * dir NULL: the instance boots (the default). */
+OAKUK_API void oakuk_instance_spec_set_snapshot(oakuk_instance_spec *spec, const char *dir,
+                                                const char *scope);
+OAKUK_API const char *oakuk_instance_spec_snapshot_dir(const oakuk_instance_spec *spec);
+OAKUK_API const char *oakuk_instance_spec_snapshot_scope(const oakuk_instance_spec *spec);
+
 /* ---- runtime ---- */
 
 typedef struct oakuk_runtime oakuk_runtime;
@@ -188,6 +203,12 @@ OAKUK_API int64_t oakuk_runtime_instance_pid(const oakuk_runtime *rt, const char
  * or adopted). Readiness ends with RUNNING. */
 OAKUK_API bool oakuk_runtime_instance_ready(const oakuk_runtime *rt, const char *name);
 OAKUK_API int64_t oakuk_runtime_instance_ready_ms(const oakuk_runtime *rt, const char *name);
+/* How the instance started (oakuk_runtime_instance_start). */
+#define OAKUK_START_BOOT 0           /* booted (no snapshot start, or not yet RUNNING) */
+#define OAKUK_START_BOOT_SAVED 1     /* booted, and saved the snapshot at its first readiness */
+#define OAKUK_START_RESTORED 2       /* restored from a snapshot */
+#define OAKUK_START_RESTORE_FAILED 3 /* the restore failed: booted cold instead */
+OAKUK_API int32_t oakuk_runtime_instance_start(const oakuk_runtime *rt, const char *name);
 /* How the instance's process ended: OAKUK_EXIT_*; OAKUK_EXIT_NONE for unknown names. */
 OAKUK_API int32_t oakuk_runtime_instance_exit(const oakuk_runtime *rt, const char *name);
 /* Path of the instance's console (a unikernel's serial log, a container's output), which the

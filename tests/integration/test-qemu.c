@@ -189,7 +189,9 @@ static void wait_serial(Fx *f, const char *name, const char *needle, int timeout
   guint t = g_timeout_add(100, tick, NULL);
   for (;;) {
     g_autofree char *text = NULL;
-    if (g_file_get_contents(log, &text, NULL, NULL) && strstr(text, needle))
+    gsize len = 0;
+    /* memmem: the multiboot test kernel writes NULs (its banner) */
+    if (g_file_get_contents(log, &text, &len, NULL) && memmem(text, len, needle, strlen(needle)))
       break;
     if (g_get_monotonic_time() > end)
       g_error("%s: \"%s\" not in %s within %d s; log: %s", name, needle, log, timeout_s,
@@ -611,6 +613,235 @@ static void test_ukguest(Fx *f, gconstpointer data) {
   g_assert_nonnull(strstr(text, "ukguest: powering off"));
 }
 
+/* ---- snapshot start ---- */
+
+/* Runs the main context until the instance is ready; its ms from deploy to ready. */
+static gint64 wait_ready(Fx *f, const char *name, int timeout_s) {
+  gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_USEC_PER_SEC;
+  guint t = g_timeout_add(5, tick, NULL);
+  while (!oakuk_runtime_instance_ready(f->rt, name) && g_get_monotonic_time() < end &&
+         !find_event(f, name, OAKUK_STATUS_FAILED))
+    g_main_context_iteration(NULL, TRUE);
+  g_source_remove(t);
+  if (!oakuk_runtime_instance_ready(f->rt, name))
+    g_error("%s: not ready within %d s", name, timeout_s);
+  return oakuk_runtime_instance_ready_ms(f->rt, name);
+}
+
+static void undeploy_wait(Fx *f, const char *name) {
+  g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
+  wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 20);
+  g_autofree char *dir = instance_dir(f, name);
+  g_assert_false(g_file_test(dir, G_FILE_TEST_EXISTS));
+}
+
+/* The snapshot files in dir: *.snap, and anything else (a save's leftovers). */
+static guint snap_files(const char *dir, char **snap, guint *others) {
+  guint n = 0;
+  *others = 0;
+  GDir *d = g_dir_open(dir, 0, NULL);
+  for (const char *e; d && (e = g_dir_read_name(d));) {
+    if (g_str_has_suffix(e, ".snap")) {
+      n++;
+      g_free(*snap);
+      *snap = g_build_filename(dir, e, NULL);
+    } else {
+      (*others)++;
+    }
+  }
+  if (d)
+    g_dir_close(d);
+  return n;
+}
+
+static char *ukguest_kernel(void) {
+  char *kernel = g_strdup_printf("%s/ukguest-0.16.3.kernel", guests_dir());
+  if (g_file_test(kernel, G_FILE_TEST_EXISTS))
+    return kernel;
+  g_free(kernel);
+  g_test_skip("needs the multiboot test kernel (tests/guests/ukguest, gcc -m32)");
+  return NULL;
+}
+
+/* The multiboot test kernel counting ticks (with the RTC's time) on its console, ready when it
+ * says it ticks, with snapshot start in dir for scope "svc-a". */
+static oakuk_instance_spec *ticks_spec(const char *name, const char *kernel, const char *dir) {
+  oakuk_instance_spec *s = oakuk_instance_spec_new(name);
+  oakuk_instance_spec_set_arch(s, "amd64");
+  oakuk_instance_spec_set_accel(s, OAKUK_ACCEL_TCG);
+  oakuk_instance_spec_set_kernel(s, kernel);
+  oakuk_instance_spec_set_memory_mb(s, 32);
+  oakuk_instance_spec_add_arg(s, "ticks");
+  oakuk_instance_spec_set_readiness_serial(s, "ukguest: ticking");
+  oakuk_instance_spec_set_snapshot(s, dir, "svc-a");
+  return s;
+}
+
+/* The console's first tick after a restore: its number, and its RTC time against this host's. */
+static void check_ticks(Fx *f, const char *name) {
+  wait_serial(f, name, "ukguest: tick ", 20);
+  g_autofree char *dir = instance_dir(f, name);
+  g_autofree char *log = g_build_filename(dir, "serial.log", NULL);
+  g_autofree char *text = NULL;
+  gsize len = 0;
+  g_assert_true(g_file_get_contents(log, &text, &len, NULL));
+  for (gsize k = 0; k < len; k++)
+    if (text[k] == '\0')
+      text[k] = ' ';
+  /* A restored guest prints no banner: it carries on where the template was saved. */
+  g_assert_null(strstr(text, "oakuk test kernel"));
+  unsigned n = 0, m = 0, sec = 0;
+  const char *line = strstr(text, "ukguest: tick ");
+  g_assert_cmpint(sscanf(line, "ukguest: tick %u at %u:%u", &n, &m, &sec), ==, 3);
+  g_assert_cmpuint(n, >=, 1);
+  gint64 now = g_get_real_time() / G_USEC_PER_SEC % 3600;
+  gint64 diff = ((gint64)(m * 60 + sec) - now + 3600 + 1800) % 3600 - 1800;
+  g_test_message("%s: first tick %u at %u:%02u, host %02d:%02d (%+d s)", name, n, m, sec, (int)(now / 60),
+                 (int)(now % 60), (int)diff);
+  g_assert_cmpint(diff, >=, -5);
+  g_assert_cmpint(diff, <=, 5);
+}
+
+/* The bound the tests hold a restore to: not a measurement (bench/warm-start measures), but what
+ * tells a restore that works from one that answers late (the 23 s seen by hand, issue 17). */
+#define RESTORE_BOUND_S 10
+
+static void test_snapshot_ukguest(Fx *f, gconstpointer data) {
+  g_autofree char *kernel = f->rt ? ukguest_kernel() : NULL;
+  if (!kernel)
+    return;
+  g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
+  g_autofree char *first = iname("snap-first");
+  oakuk_instance_spec *s = ticks_spec(first, kernel, dir);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  gint64 cold_ms = wait_ready(f, first, 60);
+  g_assert_cmpint(oakuk_runtime_instance_start(f->rt, first), ==, OAKUK_START_BOOT_SAVED);
+  g_autofree char *snap = NULL;
+  guint others = 0;
+  g_assert_cmpuint(snap_files(dir, &snap, &others), ==, 1);
+  g_assert_cmpuint(others, ==, 0);
+  struct stat st;
+  g_assert_cmpint(stat(snap, &st), ==, 0);
+  g_assert_cmpuint(st.st_mode & 0777, ==, 0600);
+  g_assert_cmpuint(st.st_uid, ==, 0);
+  /* The template runs on after its save. */
+  wait_serial(f, first, "ukguest: tick 2 ", 20);
+  undeploy_wait(f, first);
+
+  gint64 worst = 0;
+  for (int k = 0; k < 20; k++) {
+    g_autofree char *what = g_strdup_printf("snap-%d", k);
+    g_autofree char *name = iname(what);
+    s = ticks_spec(name, kernel, dir);
+    deploy(f, f->rt, s);
+    oakuk_instance_spec_unref(s);
+    gint64 ms = wait_ready(f, name, RESTORE_BOUND_S);
+    worst = MAX(worst, ms);
+    g_assert_cmpint(oakuk_runtime_instance_start(f->rt, name), ==, OAKUK_START_RESTORED);
+    if (k < 2)
+      check_ticks(f, name);
+    undeploy_wait(f, name);
+  }
+  g_test_message("cold boot and save: ready in %" G_GINT64_FORMAT
+                 " ms; 20 restores: at most %" G_GINT64_FORMAT " ms",
+                 cold_ms, worst);
+  g_assert_cmpuint(snap_files(dir, &snap, &others), ==, 1);
+  g_assert_cmpuint(others, ==, 0);
+
+  /* Another scope, or other arguments, is another snapshot. */
+  g_autofree char *other = iname("snap-other");
+  s = ticks_spec(other, kernel, dir);
+  oakuk_instance_spec_set_snapshot(s, dir, "svc-b");
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  wait_ready(f, other, 60);
+  g_assert_cmpint(oakuk_runtime_instance_start(f->rt, other), ==, OAKUK_START_BOOT_SAVED);
+  undeploy_wait(f, other);
+  g_assert_cmpuint(snap_files(dir, &snap, &others), ==, 2);
+}
+
+/* A snapshot that is not one: QEMU refuses it, the instance boots cold instead, says so, and
+ * saves a good snapshot in its place. */
+static void test_snapshot_corrupt(Fx *f, gconstpointer data) {
+  g_autofree char *kernel = f->rt ? ukguest_kernel() : NULL;
+  if (!kernel)
+    return;
+  g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
+  g_autofree char *first = iname("corrupt-first");
+  oakuk_instance_spec *s = ticks_spec(first, kernel, dir);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  wait_ready(f, first, 60);
+  undeploy_wait(f, first);
+  g_autofree char *snap = NULL;
+  guint others = 0;
+  g_assert_cmpuint(snap_files(dir, &snap, &others), ==, 1);
+  /* Damage it: its start, then (second round) its end. */
+  for (int round = 0; round < 2; round++) {
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    g_assert_true(g_file_get_contents(snap, &text, &len, NULL));
+    if (round == 0)
+      memset(text, 'x', 64);
+    else
+      len /= 2;
+    g_assert_true(g_file_set_contents(snap, text, (gssize)len, NULL));
+    g_assert_cmpint(chmod(snap, 0600), ==, 0);
+    g_autofree char *what = g_strdup_printf("corrupt-%d", round);
+    g_autofree char *name = iname(what);
+    s = ticks_spec(name, kernel, dir);
+    deploy(f, f->rt, s);
+    oakuk_instance_spec_unref(s);
+    wait_ready(f, name, 60);
+    g_assert_cmpint(oakuk_runtime_instance_start(f->rt, name), ==, OAKUK_START_RESTORE_FAILED);
+    Event *run = find_event(f, name, OAKUK_STATUS_RUNNING);
+    const char *detail = run && run->detail ? run->detail : "";
+    g_assert_nonnull(strstr(detail, "restore from snapshot"));
+    g_assert_nonnull(strstr(detail, "booted cold"));
+    g_assert_null(find_event(f, name, OAKUK_STATUS_FAILED));
+    wait_serial(f, name, "ukguest: tick 1 ", 20);
+    undeploy_wait(f, name);
+    /* The cold boot saved a good one. */
+    g_autofree char *again = g_strdup_printf("corrupt-%d-again", round);
+    g_autofree char *aname = iname(again);
+    s = ticks_spec(aname, kernel, dir);
+    deploy(f, f->rt, s);
+    oakuk_instance_spec_unref(s);
+    wait_ready(f, aname, RESTORE_BOUND_S);
+    g_assert_cmpint(oakuk_runtime_instance_start(f->rt, aname), ==, OAKUK_START_RESTORED);
+    undeploy_wait(f, aname);
+  }
+}
+
+/* What snapshot start refuses, at deploy, naming why. */
+static void test_snapshot_refused(Fx *f, gconstpointer data) {
+  g_autofree char *kernel = f->rt ? ukguest_kernel() : NULL;
+  if (!kernel)
+    return;
+  g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
+  g_autofree char *files = g_build_filename(f->state, "files-src", NULL);
+  g_mkdir(files, 0700);
+  g_autofree char *name = iname("refused");
+  oakuk_error *err = NULL;
+  oakuk_instance_spec *s = ticks_spec(name, kernel, dir);
+  oakuk_instance_spec_set_files_dir(s, files);
+  g_assert_cmpint(oakuk_runtime_deploy(f->rt, s, &err), ==, OAKUK_EINVAL);
+  g_test_message("%s", oakuk_error_message(err));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "9p"));
+  oakuk_error_free(err);
+  err = NULL;
+  oakuk_instance_spec_set_files_dir(s, NULL);
+  oakuk_instance_spec_set_readiness_serial(s, NULL);
+  g_assert_cmpint(oakuk_runtime_deploy(f->rt, s, &err), ==, OAKUK_EINVAL);
+  g_test_message("%s", oakuk_error_message(err));
+  g_assert_nonnull(strstr(oakuk_error_message(err), "readiness probe"));
+  oakuk_error_free(err);
+  oakuk_instance_spec_unref(s);
+  g_assert_cmpuint(oakuk_runtime_instance_count(f->rt), ==, 0);
+  g_assert_false(g_file_test(dir, G_FILE_TEST_EXISTS));
+}
+
 static void test_arm64(Fx *f, gconstpointer data) {
   if (!f->rt)
     return;
@@ -693,5 +924,8 @@ int main(int argc, char **argv) {
   T("/qemu/net/http-9p", test_network_http);
   T("/qemu/sandbox/ukguest-0.16.3", test_ukguest);
   T("/qemu/arm64/boot", test_arm64);
+  T("/qemu/snapshot/ukguest", test_snapshot_ukguest);
+  T("/qemu/snapshot/corrupt", test_snapshot_corrupt);
+  T("/qemu/snapshot/refused", test_snapshot_refused);
   return g_test_run();
 }

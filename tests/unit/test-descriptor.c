@@ -889,6 +889,38 @@ static void test_network_none(void) {
   oakuk_error_free(e);
 }
 
+/* unikernel.start (docs/unikernels.md "Snapshot start"): boot by default; "snapshot" takes the NAT
+ * layout by default, refuses "direct", and needs a readiness probe. */
+static void test_uk_start(void) {
+  oakuk_descriptor *d = parse_ms_ok(base_unikernel, NULL, NULL);
+  g_assert_cmpint(oakuk_microservice_uk_start(first_ms(d)), ==, OAKUK_UKSTART_BOOT);
+  oakuk_descriptor_unref(d);
+  g_autoptr(JsonNode) ms = json_from_string(base_unikernel, NULL);
+  json_object_set_string_member(json_node_get_object(ms), "port", "8080:80");
+  g_autofree char *with_port = json_to_string(ms, false);
+  d = parse_ms_ok(with_port, "unikernel", "{\"start\": \"snapshot\"}");
+  g_assert_cmpint(oakuk_microservice_uk_start(first_ms(d)), ==, OAKUK_UKSTART_SNAPSHOT);
+  g_assert_cmpint(oakuk_microservice_uk_net(first_ms(d)), ==, OAKUK_UKNET_NAT);
+  oakuk_descriptor_unref(d);
+  d = parse_ms_ok(with_port, "unikernel", "{\"start\": \"boot\"}");
+  g_assert_cmpint(oakuk_microservice_uk_start(first_ms(d)), ==, OAKUK_UKSTART_BOOT);
+  g_assert_cmpint(oakuk_microservice_uk_net(first_ms(d)), ==, OAKUK_UKNET_DIRECT);
+  oakuk_descriptor_unref(d);
+  expect_ms(with_port, "unikernel", "{\"start\": \"snapshot\", \"net\": \"direct\"}", "unikernel.net",
+            "needs net \"nat\"");
+  expect_ms(with_port, "unikernel", "{\"start\": \"warm\"}", "unikernel.start", "boot, snapshot");
+  expect_ms(with_port, "unikernel", "{\"start\": 1}", "unikernel.start", "string");
+  /* no probe: neither a TCP port nor a serial text */
+  expect_ms(base_unikernel, "unikernel", "{\"start\": \"snapshot\"}", "unikernel.start", "readiness probe");
+  g_autoptr(JsonNode) serial = json_from_string(base_unikernel, NULL);
+  json_object_set_member(json_node_get_object(serial), "readiness",
+                         json_from_string("{\"serial\": \"listening\"}", NULL));
+  g_autofree char *with_serial = json_to_string(serial, false);
+  d = parse_ms_ok(with_serial, "unikernel", "{\"start\": \"snapshot\"}");
+  g_assert_cmpint(oakuk_microservice_uk_start(first_ms(d)), ==, OAKUK_UKSTART_SNAPSHOT);
+  oakuk_descriptor_unref(d);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Limits and malformed input */
 
@@ -1318,6 +1350,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/descriptor/reject/fixtures", test_invalid_fixtures);
   g_test_add_func("/descriptor/multiple-problems", test_multiple_problems);
   g_test_add_func("/descriptor/network-none", test_network_none);
+  g_test_add_func("/descriptor/uk-start", test_uk_start);
   g_test_add_func("/descriptor/limits/size", test_limit_size);
   g_test_add_func("/descriptor/limits/depth", test_limit_depth);
   g_test_add_func("/descriptor/limits/many-ports", test_limit_many_ports);

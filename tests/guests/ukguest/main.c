@@ -407,6 +407,15 @@ static __attribute__((noreturn)) void act(char **args, u32 n) {
     } else if (str_eq(args[i], "stay")) {
       kprintf("ukguest: staying up\n");
       halt_forever();
+    } else if (str_eq(args[i], "ticks")) {
+      /* A guest whose state shows on its console: a counter and the RTC's time, every second
+       * (a snapshot restore must carry on from both). */
+      kprintf("ukguest: ticking\n");
+      for (u32 n = 1, t = rtc_now();; n++) {
+        for (u32 last = t; t == last; t = rtc_now())
+          __asm__ volatile("pause");
+        kprintf("ukguest: tick %u at %u:%u%u\n", n, t / 60, (t % 60) / 10, t % 10);
+      }
     } else if (str_eq(args[i], "crash")) {
       crash();
     } else if (str_eq(args[i], "reset")) {
