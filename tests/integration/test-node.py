@@ -1259,6 +1259,90 @@ class NodeTest(unittest.TestCase):
             HTTP.delete(self.root_url + "/api/v1/applications/" + app["applicationID"], headers=self.h, timeout=10)
         wait_until("its QEMU gone", lambda: not qemu_pids(name), timeout=60)
 
+    def test_05d_snapshot_start(self):
+        """unikernel.start "snapshot" (docs/unikernels.md "Snapshot start"): the service's first
+        instance boots and is saved when ready; the next ones are restored from it, each in its own
+        NAT namespace, and answer as the booted one does: the same responses, an outward TCP
+        connection, the RTC's time; the snapshot is the service's, 0600, kept with the image."""
+        nofiles = GUESTS / "guest-amd64-nofiles.tar.gz"
+        sla = self.sla()
+        ms = sla["applications"][0]["microservices"][0]
+        sla["applications"][0]["application_name"] = "snap"
+        ms.update(code="http://%s:%d/%s" % (TEST_IP, self.httpd.server_address[1], nofiles.name),
+                  code_sha256=hashlib.sha256(nofiles.read_bytes()).hexdigest(),
+                  unikernel={"start": "snapshot"}, readiness={"tcp": 8080})
+        r = HTTP.post(self.root_url + "/api/v1/applications", headers=self.h, timeout=10, json=sla)
+        self.assertEqual(r.status_code, 201, r.text)
+        app = r.json()["applications"][0]
+        sid = app["microservices"][0]
+        job = "snap.test.web.test"
+        try:
+            def deploy_ready(t0):
+                r = HTTP.post(self.root_url + "/api/v1/services/%s/instances" % sid, headers=self.h, timeout=10)
+                self.assertEqual(r.status_code, 201, r.text)
+                n = r.json()["instance_number"]
+                dep = self.watch.wait(t0, "control/deploy", lambda m: m.get("job_name") == job and
+                                      m.get("instance_number") == n, "deploy message")
+
+                def ready():
+                    lst = HTTP.get(self.root_url + "/api/v1/services/%s/instances" % sid, headers=self.h,
+                                   timeout=5).json()
+                    i = next((i for i in lst if i["instance_number"] == n), None)
+                    if i and i["status"] in ("FAILED", "DEAD"):
+                        raise AssertionError(i)
+                    return i if i and i["status"] == "RUNNING" and i["ready"] else None
+                wait_until("instance %d RUNNING and ready" % n, ready, timeout=120)
+                return "%s.instance.%d" % (job, n), dep["instance_ip"]
+
+            first, ip1 = deploy_ready(time.time())
+            self.assertRegex(self.node_log.text(), r'"?ready"?.*%s.*start[=:" ]+"?booted, saved' % re.escape(first))
+            snaps = list(pathlib.Path(self.node_state, "images").glob("*/snapshots/*"))
+            self.assertEqual(len(snaps), 1, snaps)
+            self.assertTrue(snaps[0].name.endswith(".snap"), snaps)
+            st = snaps[0].stat()
+            self.assertEqual((st.st_mode & 0o777, st.st_uid), (0o600, 0))
+            body1 = self.guest_http(ip1)
+            second, ip2 = deploy_ready(time.time())
+            self.assertRegex(self.node_log.text(), r'"?ready"?.*%s.*start[=:" ]+"?restored' % re.escape(second))
+            # the same answer (the guest's address is the NAT layout's, the same in both)
+            body2 = self.guest_http(ip2, timeout=10)
+            self.assertEqual(body1, body2)
+            self.assertIn("ip: 192.168.1.2", body2)
+            self.assertIn("args: hello", body2)
+            # each in its own namespace, with the same guest MAC and gateway MAC
+            for name in (first, second):
+                argv = pathlib.Path("/proc/%d/cmdline" % qemu_pids(name)[0]).read_bytes().split(b"\0")
+                self.assertTrue(any(b"mac=52:54:00:c0:a8:02" in a for a in argv), argv)
+                link = subprocess.run(["ip", "-n", name, "-o", "link", "show", "virbr0"], capture_output=True,
+                                      text=True).stdout
+                self.assertIn("0e:6e:c0:a8:01:01", link)
+            # an outward connection from the restored guest (SNAT to its instance IP, then the node's
+            # masquerade) to the test's HTTP server, outside the node
+            kernel = GUESTS / "ukguest-0.16.3.kernel"
+            url = "http://%s:8080/cgi-bin/fetch.cgi?%s:%d/%s" % (ip2, TEST_IP, self.httpd.server_address[1],
+                                                                 kernel.name)
+            code = ("import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(%r, timeout=10)"
+                    ".read().decode())" % url)
+            out = wait_until("the restored guest's outward GET", lambda: (lambda p: p.stdout if "status: HTTP/1.0 200"
+                             in p.stdout else None)(in_node_ns(sys.executable, "-c", code)), timeout=30, interval=1)
+            self.assertGreater(int(re.search(r"fetched (\d+) bytes", out).group(1)), kernel.stat().st_size, out)
+            # the RTC follows the host's clock (the system clock carries on from the save: docs)
+            code = ("import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(%r, timeout=10)"
+                    ".read().decode())" % ("http://%s:8080/cgi-bin/time.cgi" % ip2))
+            times = dict(l.split(": ", 1) for l in in_node_ns(sys.executable, "-c", code).stdout.splitlines() if ": " in l)
+            self.assertLess(abs(int(times["rtc"]) - time.time()), 5, times)
+            m = self.node_metrics()
+            self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_starts_total", start="boot_saved"), 1)
+            self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_starts_total", start="restored"), 1)
+        finally:
+            HTTP.delete(self.root_url + "/api/v1/applications/" + app["applicationID"], headers=self.h, timeout=10)
+        wait_until("their QEMUs gone", lambda: not qemu_pids(job, prefix=True), timeout=60)
+        wait_until("their namespaces gone", lambda: not [e for e in os.listdir("/run/netns") if e.startswith(job)],
+                   timeout=30)
+        # nothing of a save is left beside the snapshot
+        self.assertEqual([p.name for p in pathlib.Path(self.node_state, "images").glob("*/snapshots/*")],
+                         [snaps[0].name])
+
     def test_06_sigterm_exits_cleanly(self):
         stop(self.node)
         self.assertEqual(self.node.returncode, 0)
