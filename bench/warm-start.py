@@ -110,15 +110,18 @@ class WarmStart(bench_thesis.Bench):
             log("warm-up %s, %s: ready after %d ms" % (key[0], key[1], inst["ready_ms"]))
             self.undeploy(key, n)
         self.samples = {key: [] for key in self.services}
+        self.phases = {}
         for k in range(self.args.runs):
             for key in self.services:
                 virt = "container" if key[0] == "container" else "unikernel"
                 before = bench_thesis.metrics(self.e, "n1")
                 n, inst = self.deploy(key)
                 after = bench_thesis.metrics(self.e, "n1")
-                node_ms = sum(after.get((p, virt), (0, 0))[0] - before.get((p, virt), (0, 0))[0]
-                              for p in PHASES) * 1000
+                phases = {p: (after.get((p, virt), (0, 0))[0] - before.get((p, virt), (0, 0))[0]) * 1000
+                          for p in PHASES}
+                node_ms = sum(phases.values())
                 self.samples[key].append((inst["ready_ms"], node_ms))
+                self.phases.setdefault(key, []).append(phases)
                 log("run %d %s, %s: ready after %d ms (node %.0f ms)" % (k + 1, key[0], key[1], inst["ready_ms"],
                                                                          node_ms))
                 self.undeploy(key, n)
@@ -137,6 +140,11 @@ class WarmStart(bench_thesis.Bench):
                                                           statistics.median(node)))
         print("  %-34s %10s" % ("linux, pooled restore", "not built"))
         print("  %-34s %10s" % ("multiboot, pooled restore", "not built"))
+        print("warm-start: the node's part by phase (medians, ms):")
+        print("  %-34s" % "" + "".join("%9s" % p for p in PHASES))
+        for key, runs in self.phases.items():
+            print("  %-34s" % ("%s, %s" % key) + "".join("%9.1f" % statistics.median(r[p] for r in runs)
+                                                          for p in PHASES))
         ctr = med[("container", "busybox")]
         for guest in ("linux", "multiboot"):
             cold, snap = med[(guest, "cold boot")], med[(guest, "snapshot restore")]

@@ -494,15 +494,32 @@ static char *http_get(const char *ip, guint16 port, const char *path) {
   return g_string_free(resp, FALSE);
 }
 
-static void test_network_http(Fx *f, gconstpointer data) {
-  if (!f->rt)
-    return;
+/* A scratch netns with bridge br0 (tap0 and the peer of a veth whose other end, here, has
+ * host_ip/24), the guest at guest_ip behind tap0. */
+typedef struct {
+  char *ns, *nspath, *veth, *peer, *host_ip, *guest_ip;
+} ScratchNet;
+
+static void scratch_net_down(ScratchNet *n) {
+  net_cleanup(n->ns, n->veth);
+  g_free(n->ns);
+  g_free(n->nspath);
+  g_free(n->veth);
+  g_free(n->peer);
+  g_free(n->host_ip);
+  g_free(n->guest_ip);
+}
+
+/* tag: two letters naming the namespace and links; net: the second octet of 10.net.X.0/24. */
+static void scratch_net_up(ScratchNet *n, const char *tag, int net) {
   int id = (int)getpid() % 200 + 20;
-  g_autofree char *ns = g_strdup_printf("oakuk-qt%d", (int)getpid());
-  g_autofree char *veth = g_strdup_printf("qtv%d", (int)getpid());
-  g_autofree char *peer = g_strdup_printf("qtp%d", (int)getpid());
-  g_autofree char *host_ip = g_strdup_printf("10.213.%d.1", id);
-  g_autofree char *guest_ip = g_strdup_printf("10.213.%d.2", id);
+  n->ns = g_strdup_printf("oakuk-%s%d", tag, (int)getpid());
+  n->nspath = g_strdup_printf("/run/netns/%s", n->ns);
+  n->veth = g_strdup_printf("%sv%d", tag, (int)getpid());
+  n->peer = g_strdup_printf("%sp%d", tag, (int)getpid());
+  n->host_ip = g_strdup_printf("10.%d.%d.1", net, id);
+  n->guest_ip = g_strdup_printf("10.%d.%d.2", net, id);
+  const char *ns = n->ns, *veth = n->veth, *peer = n->peer, *host_ip = n->host_ip;
   const char *cmds[] = {
       "ip netns add NS",
       "ip link add VETH type veth peer name PEER",
@@ -529,6 +546,14 @@ static void test_network_http(Fx *f, gconstpointer data) {
       g_error("network setup failed at: %s", c);
     }
   }
+}
+
+static void test_network_http(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  ScratchNet net;
+  scratch_net_up(&net, "qt", 213);
+  const char *guest_ip = net.guest_ip, *host_ip = net.host_ip, *nspath = net.nspath;
   /* Readable by root only: the guest reads it (9p, security_model=none, as QEMU's user) only
    * because the runtime gives the per-instance copy to that user. */
   g_autofree char *files = g_build_filename(f->state, "files-src", NULL);
@@ -538,7 +563,6 @@ static void test_network_http(Fx *f, gconstpointer data) {
   g_assert_cmpint(g_chmod(hello, 0600), ==, 0);
 
   g_autofree char *name = iname("net");
-  g_autofree char *nspath = g_strdup_printf("/run/netns/%s", ns);
   oakuk_instance_spec *s = guest_spec(f, name);
   oakuk_instance_spec_set_network(s, nspath, "tap0", guest_ip, 24, host_ip, "52:54:00:12:34:77");
   oakuk_instance_spec_set_files_dir(s, files);
@@ -559,10 +583,10 @@ static void test_network_http(Fx *f, gconstpointer data) {
   gboolean ok = out != NULL;
   g_assert_cmpint(oakuk_runtime_undeploy(f->rt, name, NULL), ==, 0);
   wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
-  net_cleanup(ns, veth);
+  g_autofree char *want_ip = g_strdup_printf("ip: %s", guest_ip);
+  scratch_net_down(&net);
   g_assert_true(ok);
   g_test_message("guest answered: %s", out);
-  g_autofree char *want_ip = g_strdup_printf("ip: %s", guest_ip);
   g_assert_nonnull(strstr(out, want_ip));
   g_assert_nonnull(strstr(out, "args: web"));
   g_assert_nonnull(strstr(out, "hello.txt: greetings-from-9p"));
@@ -842,6 +866,61 @@ static void test_snapshot_refused(Fx *f, gconstpointer data) {
   g_assert_false(g_file_test(dir, G_FILE_TEST_EXISTS));
 }
 
+/* The test guest's answer in an HTTP response (from its first line on, after the headers). */
+static const char *http_body(const char *resp) {
+  const char *b = resp ? strstr(resp, "oakuk-guest\n") : NULL;
+  return b ? b : "";
+}
+
+/* The Linux test guest on a tap in a scratch netns, ready when port 8080 answers: saved once, then
+ * restored 20 times in a row, each answering as the booted one did. */
+static void test_snapshot_linux(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  ScratchNet net;
+  scratch_net_up(&net, "qs", 214);
+  const char *guest_ip = net.guest_ip, *host_ip = net.host_ip, *nspath = net.nspath;
+  g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
+  g_autofree char *first_body = NULL;
+  gint64 cold_ms = 0, worst = 0;
+  gboolean ok = TRUE;
+  for (int k = -1; k < 20 && ok; k++) {
+    g_autofree char *what = g_strdup_printf("lx-%d", k + 1);
+    g_autofree char *name = iname(what);
+    oakuk_instance_spec *s = guest_spec(f, name);
+    oakuk_instance_spec_set_network(s, nspath, "tap0", guest_ip, 24, host_ip, "52:54:00:12:34:78");
+    oakuk_instance_spec_add_arg(s, "web");
+    oakuk_instance_spec_set_readiness_tcp(s, NULL, 8080);
+    oakuk_instance_spec_set_snapshot(s, dir, "svc-lx");
+    deploy(f, f->rt, s);
+    oakuk_instance_spec_unref(s);
+    gint64 ms = wait_ready(f, name, k < 0 ? 120 : RESTORE_BOUND_S);
+    int32_t start = oakuk_runtime_instance_start(f->rt, name);
+    g_autofree char *resp = http_get(guest_ip, 8080, "/cgi-bin/index.cgi");
+    if (k < 0) {
+      cold_ms = ms;
+      ok = start == OAKUK_START_BOOT_SAVED && resp != NULL;
+      first_body = g_strdup(http_body(resp));
+    } else {
+      worst = MAX(worst, ms);
+      ok = start == OAKUK_START_RESTORED && resp != NULL && g_strcmp0(http_body(resp), first_body) == 0;
+    }
+    if (!ok)
+      g_test_message("%s: start %d, answer %s", name, start, resp ? resp : "(none)");
+    undeploy_wait(f, name);
+  }
+  scratch_net_down(&net);
+  g_assert_true(ok);
+  g_test_message("cold boot and save: ready in %" G_GINT64_FORMAT
+                 " ms; 20 restores: at most %" G_GINT64_FORMAT " ms; each answered: %s",
+                 cold_ms, worst, first_body);
+  g_assert_nonnull(strstr(first_body, "args: web"));
+  g_autofree char *snap = NULL;
+  guint others = 0;
+  g_assert_cmpuint(snap_files(dir, &snap, &others), ==, 1);
+  g_assert_cmpuint(others, ==, 0);
+}
+
 static void test_arm64(Fx *f, gconstpointer data) {
   if (!f->rt)
     return;
@@ -911,6 +990,39 @@ static void make_qemu_user(void) {
   qemu_user = g_steal_pointer(&name);
 }
 
+/* An arm64 guest (the virt machine, TCG) saved and restored the same way. */
+static void test_snapshot_arm64(Fx *f, gconstpointer data) {
+  if (!f->rt)
+    return;
+  g_autofree char *q = g_find_program_in_path("qemu-system-aarch64");
+  g_autofree char *kernel = NULL, *initrd = NULL;
+  if (!q || !guest_paths("arm64", &kernel, &initrd)) {
+    g_test_skip("needs qemu-system-aarch64 and the arm64 test guest");
+    return;
+  }
+  g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
+  for (int k = 0; k < 3; k++) {
+    g_autofree char *what = g_strdup_printf("arm-snap-%d", k);
+    g_autofree char *name = iname(what);
+    oakuk_instance_spec *s = oakuk_instance_spec_new(name);
+    oakuk_instance_spec_set_arch(s, "arm64");
+    oakuk_instance_spec_set_kernel(s, kernel);
+    oakuk_instance_spec_set_initrd(s, initrd);
+    oakuk_instance_spec_set_memory_mb(s, 128);
+    oakuk_instance_spec_set_cmdline_extra(s, "console=ttyAMA0 quiet panic=-1");
+    oakuk_instance_spec_add_arg(s, "arm");
+    oakuk_instance_spec_set_readiness_serial(s, "oakuk-guest: ready ip=none files=no args=arm");
+    oakuk_instance_spec_set_snapshot(s, dir, "svc-arm");
+    deploy(f, f->rt, s);
+    oakuk_instance_spec_unref(s);
+    gint64 ms = wait_ready(f, name, k == 0 ? 240 : RESTORE_BOUND_S);
+    int32_t start = oakuk_runtime_instance_start(f->rt, name);
+    g_test_message("%s: start %d, ready in %" G_GINT64_FORMAT " ms", name, start, ms);
+    g_assert_cmpint(start, ==, k == 0 ? OAKUK_START_BOOT_SAVED : OAKUK_START_RESTORED);
+    undeploy_wait(f, name);
+  }
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   make_qemu_user();
@@ -926,6 +1038,8 @@ int main(int argc, char **argv) {
   T("/qemu/arm64/boot", test_arm64);
   T("/qemu/snapshot/ukguest", test_snapshot_ukguest);
   T("/qemu/snapshot/corrupt", test_snapshot_corrupt);
+  T("/qemu/snapshot/linux", test_snapshot_linux);
+  T("/qemu/snapshot/arm64", test_snapshot_arm64);
   T("/qemu/snapshot/refused", test_snapshot_refused);
   return g_test_run();
 }
