@@ -5,8 +5,9 @@ oakuk-node, for the same service started four ways, in one run, interleaved:
   cold boot         unikernel.start "boot": QEMU boots the kernel;
   snapshot restore  unikernel.start "snapshot": QEMU loads the service's snapshot (saved by the
                     warm-up deploy, which booted) and lets it run;
-  pooled restore    a pre-started QEMU per template (unikernel.warm_pool): not built yet, so its
-                    line says so instead of a number;
+  pooled restore    unikernel.warm_pool 1: a QEMU the node started ahead (after the warm-up,
+                    whose instance saved the snapshot) takes the deploy; the pool lingers 60 s
+                    after a service's last instance, so it is there for every run;
   busybox container busybox httpd with runc, the reference.
 
 for the amd64 Linux test guest (busybox httpd, ready when port 8080 answers) and the multiboot test
@@ -89,6 +90,11 @@ class WarmStart(bench_thesis.Bench):
                                             unikernel={"net": "nat"}, **multiboot),
             ("multiboot", "snapshot restore"): svc("mbsnap", "unikernel", base + "ukguest-0.16.3.tar.gz",
                                                    unikernel={"start": "snapshot"}, **multiboot),
+            ("linux", "pooled restore"): svc("lxpool", "unikernel", base + "guest-amd64-nofiles.tar.gz",
+                                             unikernel={"flavor": "linux", "start": "snapshot", "warm_pool": 1},
+                                             **linux),
+            ("multiboot", "pooled restore"): svc("mbpool", "unikernel", base + "ukguest-0.16.3.tar.gz",
+                                                 unikernel={"start": "snapshot", "warm_pool": 1}, **multiboot),
             ("container", "busybox"): svc("ctr", "container", "127.0.0.1:5000/bench/busybox:1",
                                           cmd=["httpd", "-f", "-p", "80", "-h", "/www"], readiness={"tcp": 80}),
         }
@@ -138,8 +144,6 @@ class WarmStart(bench_thesis.Bench):
             med[key] = statistics.median(total)
             print("  %-34s %10.0f %7.0f..%-6.0f %12.0f" % ("%s, %s" % key, med[key], min(total), max(total),
                                                           statistics.median(node)))
-        print("  %-34s %10s" % ("linux, pooled restore", "not built"))
-        print("  %-34s %10s" % ("multiboot, pooled restore", "not built"))
         print("warm-start: the node's part by phase (medians, ms):")
         print("  %-34s" % "" + "".join("%9s" % p for p in PHASES))
         for key, runs in self.phases.items():
@@ -147,16 +151,17 @@ class WarmStart(bench_thesis.Bench):
                                                           for p in PHASES))
         ctr = med[("container", "busybox")]
         for guest in ("linux", "multiboot"):
-            cold, snap = med[(guest, "cold boot")], med[(guest, "snapshot restore")]
-            print("warm-start: %s: ours (snapshot restore) %.0f ms, reference (cold boot) %.0f ms, ratio %.1fx;"
-                  " container %.0f ms, restore/container %.2f" % (guest, snap, cold, cold / snap, ctr, snap / ctr))
+            cold = med[(guest, "cold boot")]
+            for how in ("snapshot restore", "pooled restore"):
+                ours = med[(guest, how)]
+                print("warm-start: %s: ours (%s) %.0f ms, reference (cold boot) %.0f ms, ratio %.1fx; container "
+                      "%.0f ms, ours/container %.2f" % (guest, how, ours, cold, cold / ours, ctr, ours / ctr))
         lx = med[("linux", "cold boot")] / med[("linux", "snapshot restore")]
         print("warm-start: goal 'Linux guest restore >= 20x faster than its cold boot': %.1fx, %s"
               % (lx, "met" if lx >= 20 else "NOT met"))
-        mb = med[("multiboot", "snapshot restore")]
-        print("warm-start: goal 'pooled restore of the multiboot guest <= the container': pooled restore not "
-              "built; snapshot restore %.0f ms vs container %.0f ms, %s" % (mb, ctr, "already within" if mb <= ctr
-                                                                          else "not within"))
+        mb = med[("multiboot", "pooled restore")]
+        print("warm-start: goal 'pooled restore of the multiboot guest <= the container': %.0f ms vs %.0f ms, %s"
+              % (mb, ctr, "met" if mb <= ctr else "NOT met"))
 
 
 def main():

@@ -50,6 +50,7 @@ struct oakuk_microservice {
   char *target_node;
   GPtrArray *constraints; /* Constraint* */
   int32_t emulation, restart, uk_net, network, uk_start;
+  int64_t uk_warm_pool;
   char *uk_flavor, *uk_version;
   int64_t uk_graceful;
   int64_t ready_tcp; /* -1: not given (the first TCP port's guest side) */
@@ -1079,7 +1080,8 @@ static bool version_is_valid(const char *s) {
 }
 
 static void parse_unikernel_ext(Ctx *ctx, oakuk_microservice *ms, JsonObject *obj, const char *prefix) {
-  static const char *const known[] = {"flavor", "version", "net", "graceful_stop_s", "start", NULL};
+  static const char *const known[] = {"flavor", "version",   "net", "graceful_stop_s",
+                                      "start",  "warm_pool", NULL};
   static const char *const flavors[] = {"unikraft", "linux", NULL};
   static const char *const nets[] = {"direct", "nat", NULL};
   static const char *const starts[] = {"boot", "snapshot", NULL};
@@ -1116,6 +1118,15 @@ static void parse_unikernel_ext(Ctx *ctx, oakuk_microservice *ms, JsonObject *ob
         "saved guest, so each must have the guest at the same address");
   }
   get_int(ctx, u, path, "graceful_stop_s", false, 0, 3600, " (seconds)", &ms->uk_graceful);
+  if (json_object_has_member(u, "warm_pool")) {
+    get_int(ctx, u, path, "warm_pool", false, 0, OAKUK_UK_WARM_POOL_MAX, " (QEMUs kept started per node)",
+            &ms->uk_warm_pool);
+    if (ms->uk_warm_pool > 0 && ms->uk_start != OAKUK_UKSTART_SNAPSHOT) {
+      g_autofree char *wpath = path_key(path, "warm_pool");
+      oakuk_problems_add(&ctx->problems, wpath,
+                         "needs start \"snapshot\": pooled QEMUs wait to restore the service's snapshot");
+    }
+  }
   warn_unknown_keys(ctx, u, path, known, NULL);
 }
 
@@ -1836,6 +1847,7 @@ MS_GETTER(const char *, uk_flavor, ms->uk_flavor, NULL)
 MS_GETTER(const char *, uk_version, ms->uk_version, NULL)
 MS_GETTER(int32_t, uk_net, ms->uk_net, OAKUK_UKNET_DIRECT)
 MS_GETTER(int32_t, uk_start, ms->uk_start, OAKUK_UKSTART_BOOT)
+MS_GETTER(int32_t, uk_warm_pool, (int32_t)ms->uk_warm_pool, 0)
 MS_GETTER(int32_t, network, ms->network, OAKUK_NETWORK_OVERLAY)
 MS_GETTER(int64_t, uk_graceful_stop_s, ms->uk_graceful, 0)
 

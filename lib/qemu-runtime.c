@@ -9,6 +9,7 @@
  * user's identity itself, after joining the cgroups and the netns, and the runtime opens what
  * QEMU needs beforehand and passes descriptors (the kernel, initrd and files/ by /proc/self/fd,
  * the serial log by -add-fd, the QMP socket listening, the tap attached in the netns, vhost-net). */
+#include "net-private.h"
 #include "qemu-private.h"
 
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include <grp.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <netlink/route/link.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -38,7 +40,9 @@
 
 typedef struct {
   oakuk_qemu_caps *caps;
-  char *run_as; /* NULL: QEMU keeps the runtime's uid */
+  char *run_as;     /* NULL: QEMU keeps the runtime's uid */
+  GPtrArray *pools; /* Pool* (oakuk_runtime_pool_set) */
+  guint64 pool_seq;
 } QemuRuntime;
 
 typedef struct {
@@ -81,6 +85,11 @@ typedef struct {
   int snap_fd;          /* while saving: ours of snap_tmp, -1 otherwise */
   gint64 snap_deadline; /* while saving */
   GSource *snap_timer;  /* the next query-migrate */
+  /* The pool (oakuk_runtime_pool_set). */
+  gboolean pool_entry;          /* this is a pooled QEMU, not an instance */
+  char *pool_tap;               /* a pooled QEMU's tap, in the runtime's network namespace */
+  struct OakukInstance *pooled; /* an instance's: the pooled QEMU it takes over (check -> prepare) */
+  gboolean from_pool;           /* an instance's: it took one over */
 } QemuData;
 
 static QemuData *qd(OakukInstance *i) {
@@ -93,8 +102,15 @@ static void cgroup_clear(Cgroup *cg) {
   g_clear_pointer(&cg->cpu, g_free);
 }
 
+static void pool_entry_release(OakukInstance *p, gboolean kill_it);
+
 static void data_free(void *data) {
   QemuData *d = data;
+  if (d->pooled) { /* taken over by an instance that never got to prepare */
+    pool_entry_release(d->pooled, TRUE);
+    oakuk_instance_unref(d->pooled);
+  }
+  g_free(d->pool_tap);
   if (d->argv)
     g_ptr_array_unref(d->argv);
   oakuk_qemu_user_clear(&d->user);
@@ -438,7 +454,7 @@ static void qmp_on_event(OakukInstance *i, const OakukQmpMessage *m) {
      * asks it to). What the guest printed and configured before it was saved is on the
      * template's console, not this one: its serial readiness was met then. */
     qd(i)->snap = SNAP_NONE;
-    i->start_kind = OAKUK_START_RESTORED;
+    i->start_kind = qd(i)->from_pool ? OAKUK_START_POOLED : OAKUK_START_RESTORED;
     g_clear_pointer(&i->ready_text, g_free);
     g_clear_pointer(&i->uk_address, g_free);
     qmp_guest_runs(i);
@@ -622,6 +638,8 @@ static void qmp_connect(OakukInstance *i) {
 
 static char *q_extra_detail(OakukInstance *i);
 static gboolean q_spawn(OakukInstance *i, GError **error);
+static OakukInstance *pool_claim(oakuk_runtime *rt, const char *snap_path);
+static gboolean pool_take_over(OakukInstance *i);
 
 /* ---- snapshot start (docs/unikernels.md "Snapshot start") ---- */
 
@@ -894,6 +912,8 @@ static gboolean q_check(OakukInstance *i, GError **error) {
   d->argv = argv;
   if (spec->snapshot_dir && !snap_choose(i, oakuk_qemu_caps_qemu_version(q->caps, arch), error))
     return FALSE;
+  if (d->snap == SNAP_RESTORE && !d->pool_entry && spec->netns_path)
+    d->pooled = pool_claim(i->rt, d->snap_path);
   if (!d->cg.v2 && !d->cg.mem && !cgroup_paths(&d->cg, i->name, error))
     return FALSE;
   i->grace_s = spec->graceful_stop_s > 0 ? (guint)spec->graceful_stop_s : 0;
@@ -907,6 +927,8 @@ static gboolean q_check(OakukInstance *i, GError **error) {
 
 static gboolean q_prepare(OakukInstance *i, GError **error) {
   QemuData *d = qd(i);
+  if (d->pooled && pool_take_over(i))
+    return TRUE;
   g_autofree char *files = g_build_filename(i->dir, "files", NULL);
   if (!oakuk_rm_rf(i->dir, error))
     return FALSE;
@@ -1225,13 +1247,32 @@ static char *q_extra_detail(OakukInstance *i) {
 }
 
 static void q_record(OakukInstance *i, JsonBuilder *b) {
+  QemuData *d = qd(i);
   g_autofree char *sock = g_build_filename(i->dir, "qmp.sock", NULL);
   json_builder_set_member_name(b, "qmp_socket");
   json_builder_add_string_value(b, sock);
+  /* A QEMU taken from the pool keeps the pool's cgroups: their names are not the instance's. */
+  const char *keys[] = {"cgroup_v2", "cgroup_memory", "cgroup_cpu"};
+  const char *dirs[] = {d->cg.v2, d->cg.mem, d->cg.cpu};
+  for (size_t k = 0; k < G_N_ELEMENTS(keys); k++) {
+    if (dirs[k]) {
+      json_builder_set_member_name(b, keys[k]);
+      json_builder_add_string_value(b, dirs[k]);
+    }
+  }
 }
 
 static GPid q_adopt(OakukInstance *i, JsonObject *record) {
-  qd(i)->adopted = TRUE;
+  QemuData *d = qd(i);
+  d->adopted = TRUE;
+  const char *mem = json_object_get_string_member_with_default(record, "cgroup_memory", NULL);
+  const char *v2 = json_object_get_string_member_with_default(record, "cgroup_v2", NULL);
+  if (mem || v2) {
+    cgroup_clear(&d->cg);
+    d->cg.v2 = g_strdup(v2);
+    d->cg.mem = g_strdup(mem);
+    d->cg.cpu = g_strdup(json_object_get_string_member_with_default(record, "cgroup_cpu", NULL));
+  }
   return (GPid)json_object_get_int_member_with_default(record, "pid", 0);
 }
 
@@ -1266,6 +1307,8 @@ static gboolean q_cgroup_memory(OakukInstance *i, int64_t *kb, GError **error) {
 
 static void q_finalize(oakuk_runtime *rt) {
   QemuRuntime *q = rt->impl;
+  if (q->pools)
+    g_ptr_array_unref(q->pools); /* their QEMUs end with the runtime */
   oakuk_qemu_caps_unref(q->caps);
   g_free(q->run_as);
   g_free(q);
@@ -1296,6 +1339,372 @@ static const OakukRuntimeClass qemu_class = {
     .finalize = q_finalize,
 };
 
+/* ---- the pool (oakuk_runtime_pool_set; docs/unikernels.md "Pool") ---- */
+
+#define POOL_MAX 64
+#define POOL_PREFIX ".pool-"
+
+typedef struct {
+  char *snap_path;           /* the key */
+  oakuk_instance_spec *spec; /* the template, on "/proc/self/ns/net" and tap0 */
+  int32_t want;
+  GPtrArray *entries; /* OakukInstance* (detached), each a QEMU waiting, oldest first */
+  oakuk_runtime *rt;
+  GSource *refill; /* topping the pool up after a take-over */
+} Pool;
+
+static void pool_entry_free(gpointer data) {
+  pool_entry_release(data, TRUE);
+  oakuk_instance_unref(data);
+}
+
+static void pool_free(gpointer data) {
+  Pool *pool = data;
+  if (pool->refill) {
+    g_source_destroy(pool->refill);
+    g_source_unref(pool->refill);
+  }
+  g_ptr_array_unref(pool->entries);
+  oakuk_instance_spec_unref(pool->spec);
+  g_free(pool->snap_path);
+  g_free(pool);
+}
+
+static gboolean tap_delete(const char *name, GError **error) {
+  struct nl_sock *sk = oakuk_net_nl_open(error);
+  if (!sk)
+    return FALSE;
+  gboolean ok = oakuk_net_link_del(sk, name, error);
+  nl_socket_free(sk);
+  return ok;
+}
+
+/* Ends a pooled QEMU (kill_it) and removes its directory, cgroups and tap. */
+static void pool_entry_release(OakukInstance *p, gboolean kill_it) {
+  QemuData *d = qd(p);
+  oakuk_proc_watch_clear(&p->watch);
+  if (kill_it && p->pid > 0)
+    oakuk_proc_kill_wait(p->pid, TRUE);
+  p->pid = 0;
+  cgroup_remove(&d->cg);
+  cgroup_clear(&d->cg);
+  g_autoptr(GError) err = NULL;
+  if (!oakuk_rm_rf(p->dir, &err))
+    g_warning("pool: %s", err->message);
+  if (d->pool_tap && !tap_delete(d->pool_tap, &err))
+    g_warning("pool: %s", err->message);
+  g_clear_pointer(&d->pool_tap, g_free);
+}
+
+static Pool *pool_find(QemuRuntime *q, const char *snap_path) {
+  for (guint k = 0; q->pools && k < q->pools->len; k++) {
+    Pool *pool = q->pools->pdata[k];
+    if (strcmp(pool->snap_path, snap_path) == 0)
+      return pool;
+  }
+  return NULL;
+}
+
+/* A pooled QEMU ended by itself: it leaves the pool (which the next pool_set tops up). */
+static void pool_entry_exited(int wait_status, gpointer data) {
+  OakukInstance *p = data;
+  QemuRuntime *q = p->rt ? p->rt->impl : NULL;
+  g_message("pool: a pooled QEMU (pid %d) ended by itself (wait status %d)", (int)p->pid, wait_status);
+  p->pid = 0;
+  for (guint k = 0; q && q->pools && k < q->pools->len; k++)
+    if (g_ptr_array_remove(((Pool *)q->pools->pdata[k])->entries, p))
+      return; /* (pool_entry_free released it) */
+}
+
+static OakukInstance *pool_detached(oakuk_runtime *rt, const oakuk_instance_spec *tmpl, const char *name,
+                                    const char *tap) {
+  OakukInstance *p = oakuk_instance_new_detached(rt, name);
+  QemuData *d = qd(p);
+  d->pool_entry = TRUE;
+  p->spec = oakuk_instance_spec_copy(tmpl);
+  g_free(p->spec->name);
+  /* QEMU's -name: a valid instance name (the directory, ".pool-N", is one no instance can have) */
+  p->spec->name = g_strdup(name + 1);
+  oakuk_instance_spec_set_network(p->spec, "/proc/self/ns/net", tap, tmpl->ip, tmpl->prefix, tmpl->gateway,
+                                  tmpl->mac);
+  d->pool_tap = g_strdup(tap);
+  return p;
+}
+
+/* Starts one QEMU for pool: a tap of its own in the runtime's namespace, paused before the load. */
+static gboolean pool_spawn_one(Pool *pool, GError **error) {
+  QemuRuntime *q = pool->rt->impl;
+  guint64 seq = ++q->pool_seq;
+  g_autofree char *name = g_strdup_printf(POOL_PREFIX "%" G_GUINT64_FORMAT, seq);
+  g_autofree char *tap = g_strdup_printf("ukp%d-%" G_GUINT64_FORMAT, (int)getpid() % 10000, seq % 1000000);
+  OakukInstance *p = pool_detached(pool->rt, pool->spec, name, tap);
+  QemuData *d = qd(p);
+  gboolean ok = oakuk_net_tap_create(tap, error) > 0;
+  if (!ok)
+    g_clear_pointer(&d->pool_tap, g_free); /* not ours to delete */
+  ok = ok && q_check(p, error);
+  if (ok && d->snap != SNAP_RESTORE)
+    ok = FALSE,
+    g_set_error(error, OAKUK_ERROR, -OAKUK_ENOTFOUND, "pool: snapshot %s is gone", pool->snap_path);
+  ok = ok && q_prepare(p, error) && q_spawn(p, error);
+  if (!ok) {
+    pool_entry_release(p, TRUE);
+    oakuk_instance_unref(p);
+    return FALSE;
+  }
+  guint64 start = 0;
+  oakuk_proc_stat(p->pid, NULL, NULL, &start);
+  /* For a runtime after a crash: what to end (pool_clean_leftovers). */
+  g_autofree char *rec = g_build_filename(p->dir, "pool.json", NULL);
+  g_autofree char *text = g_strdup_printf(
+      "{\"pid\": %d, \"start_time\": %" G_GUINT64_FORMAT ", \"tap\": \"%s\"}\n", (int)p->pid, start, tap);
+  g_file_set_contents(rec, text, -1, NULL);
+  oakuk_proc_watch_child(&p->watch, p->pid, p->context, pool_entry_exited, p, NULL);
+  g_ptr_array_add(pool->entries, p);
+  return TRUE;
+}
+
+static gboolean pool_fill(Pool *pool, GError **error) {
+  while ((int32_t)pool->entries->len < pool->want)
+    if (!pool_spawn_one(pool, error))
+      return FALSE;
+  while ((int32_t)pool->entries->len > pool->want)
+    g_ptr_array_remove_index(pool->entries, pool->entries->len - 1);
+  return TRUE;
+}
+
+static gboolean pool_refill(gpointer data) {
+  Pool *pool = data;
+  g_clear_pointer(&pool->refill, g_source_unref);
+  g_autoptr(GError) err = NULL;
+  if (!pool_fill(pool, &err))
+    g_warning("pool for %s: %s", pool->snap_path, err->message);
+  return G_SOURCE_REMOVE;
+}
+
+/* At deploy (q_check): a waiting QEMU of the snapshot's pool for the instance, or NULL. */
+static OakukInstance *pool_claim(oakuk_runtime *rt, const char *snap_path) {
+  Pool *pool = rt ? pool_find(rt->impl, snap_path) : NULL;
+  if (!pool || pool->entries->len == 0)
+    return NULL;
+  OakukInstance *p = g_ptr_array_steal_index(pool->entries, 0);
+  oakuk_proc_watch_clear(&p->watch);
+  if (!pool->refill) {
+    pool->refill = g_idle_source_new();
+    g_source_set_callback(pool->refill, pool_refill, pool, NULL);
+    g_source_attach(pool->refill, rt->context);
+  }
+  return p;
+}
+
+typedef struct {
+  const char *pool_tap, *netns_path, *tap;
+  GError *error;
+} Swap;
+
+/* A thread of its own (setns): the pooled QEMU's tap moves from the runtime's namespace into the
+ * instance's and takes the place of its tap on its bridge. The instance's tap is removed only once
+ * the pooled one is in: a failure leaves the instance as its network plumber made it. */
+static gpointer swap_thread(gpointer data) {
+  Swap *w = data;
+  struct nl_sock *host = oakuk_net_nl_open(&w->error), *inst = NULL;
+  int fd = open(w->netns_path, O_RDONLY | O_CLOEXEC);
+  int idx = host ? oakuk_net_ifindex(host, w->pool_tap) : 0;
+  struct rtnl_link *old = NULL, *o = NULL, *c = NULL;
+  int master = 0, r;
+  if (!host)
+    goto out;
+  if (fd < 0 || idx <= 0) {
+    oakuk_net_fail_errno(&w->error, fd < 0 ? errno : ENODEV, "take %s into %s", w->pool_tap, w->netns_path);
+    goto out;
+  }
+  if (!oakuk_net_enter_ns(fd, w->netns_path, &w->error) || !(inst = oakuk_net_nl_open(&w->error)))
+    goto out;
+  if (rtnl_link_get_kernel(inst, 0, w->tap, &old) >= 0)
+    master = rtnl_link_get_master(old);
+  if (master <= 0) {
+    g_set_error(&w->error, OAKUK_ERROR, -OAKUK_EINVAL,
+                "the instance's %s is on no bridge (a pooled QEMU takes its place only in the NAT layout)",
+                w->tap);
+    goto out;
+  }
+  o = rtnl_link_alloc();
+  c = rtnl_link_alloc();
+  rtnl_link_set_ifindex(o, idx);
+  rtnl_link_set_ns_fd(c, fd);
+  if ((r = rtnl_link_change(host, o, c, 0)) < 0) {
+    oakuk_net_fail_nl(&w->error, r, "move %s into %s", w->pool_tap, w->netns_path);
+    goto out;
+  }
+  int moved = oakuk_net_ifindex(inst, w->pool_tap);
+  rtnl_link_put(c);
+  c = rtnl_link_alloc();
+  rtnl_link_set_ifindex(o, moved);
+  rtnl_link_set_name(c, w->tap);
+  if (!oakuk_net_link_del(inst, w->tap, &w->error))
+    goto out;
+  if ((r = rtnl_link_change(inst, o, c, 0)) < 0) {
+    oakuk_net_fail_nl(&w->error, r, "rename %s to %s", w->pool_tap, w->tap);
+    goto out;
+  }
+  oakuk_net_link_up(inst, moved, NULL, master, &w->error);
+out:
+  if (old)
+    rtnl_link_put(old);
+  if (o)
+    rtnl_link_put(o);
+  if (c)
+    rtnl_link_put(c);
+  if (inst)
+    nl_socket_free(inst);
+  if (host)
+    nl_socket_free(host);
+  if (fd >= 0)
+    close(fd);
+  return NULL;
+}
+
+/* (thread: prepare) The instance takes over its pooled QEMU: directory, tap, cgroups, process.
+ * FALSE when it cannot (the pooled QEMU is then ended, and the instance starts its own). */
+static gboolean pool_take_over(OakukInstance *i) {
+  QemuData *d = qd(i);
+  OakukInstance *p = g_steal_pointer(&d->pooled);
+  QemuData *pd = qd(p);
+  g_autoptr(GError) err = NULL;
+  Swap w = {pd->pool_tap, i->spec->netns_path, i->spec->tap_name, NULL};
+  if (!oakuk_rm_rf(i->dir, &err) || rename(p->dir, i->dir) != 0) {
+    if (!err)
+      set_io_error(&err, errno, "move %s to %s", p->dir, i->dir);
+  } else {
+    g_free(p->dir);
+    p->dir = g_strdup(i->dir);
+    g_thread_join(g_thread_new("oakuk-pool-tap", swap_thread, &w));
+    err = w.error;
+  }
+  if (err) {
+    g_message("instance %s: the pooled QEMU could not be taken over (%s): starting one", i->name,
+              err->message);
+    pool_entry_release(p, TRUE);
+    oakuk_instance_unref(p);
+    return FALSE;
+  }
+  g_clear_pointer(&pd->pool_tap, g_free); /* the instance's tap0 now, removed with its namespace */
+  cgroup_clear(&d->cg);
+  d->cg = pd->cg;
+  memset(&pd->cg, 0, sizeof pd->cg);
+  g_autofree char *rec = g_build_filename(i->dir, "pool.json", NULL);
+  unlink(rec);
+  i->pid = p->pid;
+  p->pid = 0;
+  d->from_pool = TRUE;
+  oakuk_instance_unref(p);
+  return TRUE;
+}
+
+/* At runtime creation: pooled QEMUs a crashed runtime left (they are never adopted). */
+static void pool_clean_leftovers(const char *instances_dir) {
+  GDir *dir = g_dir_open(instances_dir, 0, NULL);
+  for (const char *e; dir && (e = g_dir_read_name(dir));) {
+    if (!g_str_has_prefix(e, POOL_PREFIX))
+      continue;
+    g_autofree char *path = g_build_filename(instances_dir, e, NULL);
+    g_autofree char *rec = g_build_filename(path, "pool.json", NULL);
+    g_autoptr(JsonNode) n = NULL;
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    if (g_file_get_contents(rec, &text, &len, NULL))
+      n = oakuk_json_parse(text, len, NULL);
+    JsonObject *o = n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+    GPid pid = o ? (GPid)json_object_get_int_member_with_default(o, "pid", 0) : 0;
+    guint64 want = o ? (guint64)json_object_get_int_member_with_default(o, "start_time", 0) : 0, start = 0;
+    if (pid > 0 && oakuk_proc_stat(pid, NULL, NULL, &start) && start == want)
+      kill(pid, SIGKILL);
+    const char *tap = o ? json_object_get_string_member_with_default(o, "tap", NULL) : NULL;
+    g_autoptr(GError) err = NULL;
+    if (tap && !tap_delete(tap, &err))
+      g_warning("pool leftovers: %s", err->message);
+    Cgroup cg = {0};
+    if (cgroup_paths(&cg, e, NULL))
+      cgroup_remove(&cg);
+    cgroup_clear(&cg);
+    oakuk_rm_rf(path, NULL);
+  }
+  if (dir)
+    g_dir_close(dir);
+}
+
+OAKUK_API int oakuk_runtime_pool_set(oakuk_runtime *rt, const oakuk_instance_spec *spec, int32_t n,
+                                     oakuk_error **error) {
+  g_return_val_if_fail(rt != NULL && spec != NULL, OAKUK_EINVAL);
+  if (rt->klass != &qemu_class)
+    return oakuk_set_error(error, OAKUK_EINVAL, 0, NULL, "pool: only the unikernel runtime has one");
+  if (!spec->snapshot_dir)
+    return oakuk_set_error(error, OAKUK_EINVAL, 0, "snapshot", "pool for %s: needs snapshot start",
+                           spec->name);
+  if (n < 0 || n > POOL_MAX)
+    return oakuk_set_error(error, OAKUK_EINVAL, 0, "n", "pool for %s: %d QEMUs is outside 0..%d", spec->name,
+                           n, POOL_MAX);
+  QemuRuntime *q = rt->impl;
+  oakuk_instance_spec *tmpl = oakuk_instance_spec_copy(spec);
+  oakuk_instance_spec_set_network(tmpl, "/proc/self/ns/net", "tap0", spec->ip, spec->prefix, spec->gateway,
+                                  spec->mac);
+  /* The key, as an instance of spec would have it. */
+  OakukInstance *probe = pool_detached(rt, tmpl, POOL_PREFIX "key", "tap0");
+  GError *err = NULL;
+  gboolean ok = q_check(probe, &err);
+  g_autofree char *key = g_strdup(qd(probe)->snap_path);
+  gboolean exists = qd(probe)->snap == SNAP_RESTORE;
+  g_clear_pointer(&qd(probe)->pool_tap, g_free);
+  oakuk_instance_unref(probe);
+  if (!ok) {
+    oakuk_instance_spec_unref(tmpl);
+    return oakuk_propagate_gerror(error, err);
+  }
+  Pool *pool = pool_find(q, key);
+  if (n > 0 && !exists) {
+    oakuk_instance_spec_unref(tmpl);
+    return oakuk_set_error(error, OAKUK_ENOTFOUND, 0, "snapshot",
+                           "pool for %s: no snapshot yet (an instance saves it at its first readiness)",
+                           spec->name);
+  }
+  if (!pool && n == 0) {
+    oakuk_instance_spec_unref(tmpl);
+    return 0;
+  }
+  if (!pool) {
+    pool = g_new0(Pool, 1);
+    pool->snap_path = g_strdup(key);
+    pool->entries = g_ptr_array_new_with_free_func(pool_entry_free);
+    pool->rt = rt;
+    if (!q->pools)
+      q->pools = g_ptr_array_new_with_free_func(pool_free);
+    g_ptr_array_add(q->pools, pool);
+  }
+  if (pool->spec)
+    oakuk_instance_spec_unref(pool->spec);
+  pool->spec = tmpl;
+  pool->want = n;
+  ok = pool_fill(pool, &err);
+  if (n == 0)
+    g_ptr_array_remove(q->pools, pool);
+  return ok ? 0 : oakuk_propagate_gerror(error, err);
+}
+
+OAKUK_API int32_t oakuk_runtime_pool_count(const oakuk_runtime *rt, int64_t *memory_mb) {
+  g_return_val_if_fail(rt != NULL, 0);
+  int32_t count = 0;
+  int64_t mb = 0;
+  QemuRuntime *q = rt->klass == &qemu_class ? rt->impl : NULL;
+  for (guint k = 0; q && q->pools && k < q->pools->len; k++) {
+    Pool *pool = q->pools->pdata[k];
+    count += (int32_t)pool->entries->len;
+    mb += (int64_t)pool->entries->len * pool->spec->memory_mb;
+  }
+  if (memory_mb)
+    *memory_mb = mb;
+  return count;
+}
+
 OAKUK_API oakuk_runtime *oakuk_qemu_runtime_new(const char *state_dir, const oakuk_qemu_options *opts,
                                                 oakuk_error **error) {
   g_return_val_if_fail(state_dir != NULL, NULL);
@@ -1321,6 +1730,7 @@ OAKUK_API oakuk_runtime *oakuk_qemu_runtime_new(const char *state_dir, const oak
   q->caps = caps;
   q->run_as = g_strdup(run_as);
   g_autofree char *dir = g_build_filename(state_dir, "instances", NULL);
+  pool_clean_leftovers(dir);
   GError *err = NULL;
   oakuk_runtime *rt = oakuk_runtime_alloc(&qemu_class, q, dir, &err);
   if (!rt) {

@@ -184,6 +184,9 @@ void oakuk_instance_drained(OakukInstance *i);
 void oakuk_instance_fail(OakukInstance *i, const char *why);
 /* For backends: a CREATING status with a progress detail (may be called from any thread). */
 void oakuk_instance_progress(OakukInstance *i, const char *detail);
+/* A new instance object of rt that is not one of its instances (not listed, no statuses): the
+ * QEMU backend's pooled processes. */
+OakukInstance *oakuk_instance_new_detached(oakuk_runtime *rt, const char *name);
 OakukInstance *oakuk_instance_ref(OakukInstance *i);
 void oakuk_instance_unref(OakukInstance *i);
 /* The instance's console file (free with g_free). */

@@ -125,6 +125,10 @@ static OakukInstance *instance_new(oakuk_runtime *rt, const char *name) {
   return i;
 }
 
+OakukInstance *oakuk_instance_new_detached(oakuk_runtime *rt, const char *name) {
+  return instance_new(rt, name);
+}
+
 static gint cmp_names(gconstpointer a, gconstpointer b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }

@@ -78,14 +78,21 @@ static void reply_metrics(Node *n, SoupServerMessage *msg) {
   od_metrics_value(out, "oakuk_node_mqtt_connected", "gauge", "1 while connected to the cluster's broker",
                    n->mqtt_up);
   append_instances(n, out);
-  static const char *const starts[] = {"boot", "boot_saved", "restored", "restore_failed"};
+  static const char *const starts[] = {"boot", "boot_saved", "restored", "restore_failed", "pooled"};
   od_metrics_header(
       out, "oakuk_node_unikernel_starts_total", "counter",
       "unikernel instances ready, by how they started: booted; booted and saved as the snapshot of "
-      "their service; restored from it; or booted after a failed restore");
+      "their service; restored from it; booted after a failed restore; restored by a pooled QEMU");
   for (size_t k = 0; k < G_N_ELEMENTS(starts); k++)
     g_string_append_printf(out, "oakuk_node_unikernel_starts_total{start=\"%s\"} %" G_GUINT64_FORMAT "\n",
                            starts[k], n->uk_starts[k]);
+  int64_t pool_mb = 0;
+  int32_t pooled = n->uk_rt ? oakuk_runtime_pool_count(n->uk_rt, &pool_mb) : 0;
+  od_metrics_value(out, "oakuk_node_unikernel_pooled", "gauge",
+                   "QEMUs started ahead for snapshot services (unikernel.warm_pool)", pooled);
+  od_metrics_value(out, "oakuk_node_unikernel_pooled_memory_mb", "gauge",
+                   "the guest memory pooled QEMUs hold ready, counted as used in the node's reports",
+                   pool_mb);
   od_histogram_write(n->deploy_durations, out);
   od_histogram_write(n->phase_durations, out);
   od_mqtt_write_metrics(n->mqtt, out);

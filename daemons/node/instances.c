@@ -39,8 +39,54 @@ void inst_unref(Inst *i) {
   g_free(i);
 }
 
+/* unikernel.warm_pool (docs/unikernels.md "Pool"): the runtime's pool for a service, kept while
+ * the node runs instances of it and for POOL_LINGER_S after its last one left. */
+#define POOL_LINGER_S 60
+
+typedef struct {
+  Node *node;
+  char *job_name;
+  oakuk_instance_spec *spec; /* an instance's: the template */
+  guint linger;
+} NodePool;
+
+static void node_pool_free(gpointer data) {
+  NodePool *p = data;
+  if (p->linger)
+    g_source_remove(p->linger);
+  if (p->node->uk_rt)
+    oakuk_runtime_pool_set(p->node->uk_rt, p->spec, 0, NULL);
+  oakuk_instance_spec_unref(p->spec);
+  g_free(p->job_name);
+  g_free(p);
+}
+
 void insts_init(Node *n) {
   n->insts = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)inst_unref);
+  n->pools = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, node_pool_free);
+}
+
+static gboolean pool_linger_done(gpointer data) {
+  NodePool *p = data;
+  p->linger = 0;
+  od_log(G_LOG_LEVEL_MESSAGE, "pool", "job", p->job_name, "msg",
+         "no instance of the service for " G_STRINGIFY(POOL_LINGER_S) " s: its pooled QEMUs stopped", NULL);
+  g_hash_table_remove(p->node->pools, p->job_name);
+  return G_SOURCE_REMOVE;
+}
+
+/* An instance left: the service's pool lingers when it was the last one here. */
+static void pool_on_instance_gone(Node *n, const char *job_name) {
+  NodePool *p = g_hash_table_lookup(n->pools, job_name);
+  if (p == NULL || p->linger)
+    return;
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, n->insts);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    if (strcmp(((Inst *)v)->job_name, job_name) == 0 && !((Inst *)v)->gone)
+      return;
+  p->linger = g_timeout_add_seconds(POOL_LINGER_S, pool_linger_done, p);
 }
 
 /* ---- records ---- */
@@ -228,7 +274,9 @@ static void cleanup_done(Inst *i) {
     }
     record_remove(i);
     set_status(i, OAKUK_STATUS_UNDEPLOYED, "");
+    g_autofree char *job = g_strdup(i->job_name);
     g_hash_table_remove(n->insts, i->name);
+    pool_on_instance_gone(n, job);
     break;
   }
 }
@@ -793,6 +841,31 @@ void insts_on_runtime_status(const char *instance, int32_t status, const char *d
     set_status(i, status, detail);
 }
 
+/* The service's snapshot exists (an instance of it is ready): its pool is (re)filled from this
+ * instance's spec. */
+static void pool_keep(Node *n, Inst *i) {
+  NodePool *p = g_hash_table_lookup(n->pools, i->job_name);
+  if (p == NULL) {
+    p = g_new0(NodePool, 1);
+    p->node = n;
+    p->job_name = g_strdup(i->job_name);
+    g_hash_table_replace(n->pools, p->job_name, p);
+  }
+  if (p->linger) {
+    g_source_remove(p->linger);
+    p->linger = 0;
+  }
+  if (p->spec)
+    oakuk_instance_spec_unref(p->spec);
+  p->spec = make_spec(i);
+  oakuk_error *err = NULL;
+  int32_t want = oakuk_microservice_uk_warm_pool(i->ms);
+  if (oakuk_runtime_pool_set(n->uk_rt, p->spec, want, &err) != 0) {
+    od_log(G_LOG_LEVEL_WARNING, "pool", "job", i->job_name, "msg", oakuk_error_message(err), NULL);
+    oakuk_error_free(err);
+  }
+}
+
 void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_data) {
   Node *n = user_data;
   Inst *i = g_hash_table_lookup(n->insts, instance);
@@ -805,11 +878,14 @@ void insts_on_runtime_ready(const char *instance, int64_t ready_ms, void *user_d
   g_autofree char *ms = g_strdup_printf("%" G_GINT64_FORMAT, i->ready_ms);
   g_autofree char *rms = g_strdup_printf("%" G_GINT64_FORMAT, ready_ms);
   static const char *const starts[] = {"booted", "booted, saved as the service's snapshot",
-                                       "restored from the service's snapshot", "restore failed, booted"};
+                                       "restored from the service's snapshot", "restore failed, booted",
+                                       "restored by a pooled QEMU"};
   int32_t start = i->virt == OAKUK_VIRT_UNIKERNEL ? oakuk_runtime_instance_start(runtime_of(i), i->name) : -1;
   if (start >= 0 && start < (int32_t)G_N_ELEMENTS(n->uk_starts))
     n->uk_starts[start]++;
   const char *how = start >= 0 && start < (int32_t)G_N_ELEMENTS(starts) ? starts[start] : NULL;
+  if (start > OAKUK_START_BOOT && oakuk_microservice_uk_warm_pool(i->ms) > 0)
+    pool_keep(n, i);
   od_log(G_LOG_LEVEL_MESSAGE, "ready", "instance", i->name, "ready_ms", ms, "runtime_ready_ms", rms,
          how ? "start" : NULL, how, NULL);
   publish_status(n, i->job_name, i->number, i->generation, i->status, i->detail, TRUE, i->ready_ms, FALSE);

@@ -1055,6 +1055,7 @@ static void node_free(Node *n) {
     g_source_remove(n->register_source);
   g_clear_pointer(&n->mqtt, od_mqtt_free);
   node_api_stop(n);
+  g_clear_pointer(&n->pools, g_hash_table_unref); /* pooled QEMUs: never kept over a restart */
   g_clear_pointer(&n->uk_rt, oakuk_runtime_unref);
   g_clear_pointer(&n->ctr_rt, oakuk_runtime_unref);
   if (n->insts && n->stop_instances)

@@ -145,9 +145,10 @@ struct Node {
   OdHistogram *http_durations;
   OdHistogram *deploy_durations; /* from a deploy's arrival to RUNNING, by virtualization */
   OdHistogram *phase_durations;  /* each phase of a deploy, by phase and virtualization */
-  guint64 uk_starts[4];          /* unikernel instances ready, by how they started (OAKUK_START_*) */
+  guint64 uk_starts[5];          /* unikernel instances ready, by how they started (OAKUK_START_*) */
   guint report_source;
   GHashTable *insts;    /* name -> Inst* */
+  GHashTable *pools;    /* job name -> NodePool*: unikernel.warm_pool (instances.c) */
   GHashTable *services; /* rr_ip -> 1: service IPs we programmed */
   GHashTable *peers;    /* underlay ip -> subnet: peers we programmed */
   guint64 prev_cpu_total, prev_cpu_idle;

@@ -98,6 +98,11 @@ char *node_report_json(Node *n) {
   json_object_set_string_member(o, "architecture", oakuk_qemu_caps_host_arch(n->caps));
   json_object_set_double_member(o, "cpu_percent", cpu_percent(n));
   JsonArray *insts = instances_array(n, &used_vcpus, &used_mb);
+  /* Pooled QEMUs (unikernel.warm_pool) hold their guests' memory ready: it is not free. */
+  int64_t pool_mb = 0;
+  if (n->uk_rt)
+    oakuk_runtime_pool_count(n->uk_rt, &pool_mb);
+  used_mb += pool_mb;
   json_object_set_int_member(o, "vcpus", MAX((gint64)(cores > 0 ? cores : 1) - used_vcpus, 0));
   json_object_set_int_member(o, "memory", MAX(avail_mb - used_mb, 0));
   json_object_set_int_member(o, "memory_total", total_mb);

@@ -36,6 +36,8 @@ typedef struct oakuk_microservice oakuk_microservice;
  * snapshot of the service's first instance (docs/unikernels.md "Snapshot start"). */
 #define OAKUK_UKSTART_BOOT 0
 #define OAKUK_UKSTART_SNAPSHOT 1
+/* The largest unikernel.warm_pool: QEMUs a node keeps started per snapshot service. */
+#define OAKUK_UK_WARM_POOL_MAX 16
 
 /* Instance networking (extension "network"): the overlay (an instance IP, service IPs, port
  * mappings), or none: the instance has no network interface at all (loopback only for a container). */
@@ -186,6 +188,9 @@ OAKUK_API const char *oakuk_microservice_uk_version(const oakuk_microservice *ms
 OAKUK_API int32_t oakuk_microservice_uk_net(const oakuk_microservice *ms);
 /* unikernel.start: OAKUK_UKSTART_*. */
 OAKUK_API int32_t oakuk_microservice_uk_start(const oakuk_microservice *ms);
+/* unikernel.warm_pool: 0..OAKUK_UK_WARM_POOL_MAX QEMUs each node running the service keeps started
+ * for its next instances (needs start "snapshot"); 0 by default. */
+OAKUK_API int32_t oakuk_microservice_uk_warm_pool(const oakuk_microservice *ms);
 /* OAKUK_NETWORK_OVERLAY (the default) or OAKUK_NETWORK_NONE. */
 OAKUK_API int32_t oakuk_microservice_network(const oakuk_microservice *ms);
 OAKUK_API int64_t oakuk_microservice_uk_graceful_stop_s(const oakuk_microservice *ms);

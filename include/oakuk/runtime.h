@@ -208,7 +208,22 @@ OAKUK_API int64_t oakuk_runtime_instance_ready_ms(const oakuk_runtime *rt, const
 #define OAKUK_START_BOOT_SAVED 1     /* booted, and saved the snapshot at its first readiness */
 #define OAKUK_START_RESTORED 2       /* restored from a snapshot */
 #define OAKUK_START_RESTORE_FAILED 3 /* the restore failed: booted cold instead */
+#define OAKUK_START_POOLED 4         /* restored by a QEMU of the pool (oakuk_runtime_pool_set) */
 OAKUK_API int32_t oakuk_runtime_instance_start(const oakuk_runtime *rt, const char *name);
+
+/* Snapshot start's pool (unikernels; docs/unikernels.md "Pool"): keeps n QEMUs started for
+ * instances like spec (same snapshot: spec's snapshot must exist, saved by an instance before), each
+ * paused before loading it (-incoming defer), its NIC on a tap of its own in the runtime's network
+ * namespace. A deploy with the same snapshot then takes one instead of starting QEMU: its tap
+ * replaces the instance's tap on the instance's bridge (the NAT layout's virbr0; an instance whose
+ * tap is on no bridge gets a QEMU of its own), and the pool starts another. n 0 stops and removes
+ * the pool's QEMUs; they also end with the runtime (they are not instances: not listed, never
+ * adopted). n is 0..64. OAKUK_EINVAL for a spec without snapshot start, OAKUK_ENOTFOUND when its
+ * snapshot does not exist yet. */
+OAKUK_API int oakuk_runtime_pool_set(oakuk_runtime *rt, const oakuk_instance_spec *spec, int32_t n,
+                                     oakuk_error **error);
+/* The pooled QEMUs now, and the guest memory they hold ready (MB, summed); 0 for a container runtime. */
+OAKUK_API int32_t oakuk_runtime_pool_count(const oakuk_runtime *rt, int64_t *memory_mb);
 /* How the instance's process ended: OAKUK_EXIT_*; OAKUK_EXIT_NONE for unknown names. */
 OAKUK_API int32_t oakuk_runtime_instance_exit(const oakuk_runtime *rt, const char *name);
 /* Path of the instance's console (a unikernel's serial log, a container's output), which the

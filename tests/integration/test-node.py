@@ -1271,13 +1271,17 @@ class NodeTest(unittest.TestCase):
         ms.update(code="http://%s:%d/%s" % (TEST_IP, self.httpd.server_address[1], nofiles.name),
                   code_sha256=hashlib.sha256(nofiles.read_bytes()).hexdigest(),
                   unikernel={"start": "snapshot"}, readiness={"tcp": 8080})
+        # the same with a pool of one QEMU started ahead (unikernel.warm_pool)
+        sla["applications"][0]["microservices"].append(dict(ms, microservice_name="webp", unikernel={
+            "start": "snapshot", "warm_pool": 1}))
         r = HTTP.post(self.root_url + "/api/v1/applications", headers=self.h, timeout=10, json=sla)
         self.assertEqual(r.status_code, 201, r.text)
         app = r.json()["applications"][0]
-        sid = app["microservices"][0]
-        job = "snap.test.web.test"
+        sid, sidp = app["microservices"]
+        job, jobp = "snap.test.web.test", "snap.test.webp.test"
+        pid = 0
         try:
-            def deploy_ready(t0):
+            def deploy_ready(t0, sid=sid, job=job):
                 r = HTTP.post(self.root_url + "/api/v1/services/%s/instances" % sid, headers=self.h, timeout=10)
                 self.assertEqual(r.status_code, 201, r.text)
                 n = r.json()["instance_number"]
@@ -1334,14 +1338,50 @@ class NodeTest(unittest.TestCase):
             m = self.node_metrics()
             self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_starts_total", start="boot_saved"), 1)
             self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_starts_total", start="restored"), 1)
+            self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_pooled"), 0)
+
+            # warm_pool: once the first instance saved the snapshot, a QEMU waits for the next one
+            # (web's two instances go first: this node has two cores)
+            for name in (first, second):
+                n = int(name.rsplit(".", 1)[1])
+                r = HTTP.delete(self.root_url + "/api/v1/services/%s/instances/%d" % (sid, n), headers=self.h,
+                                timeout=10)
+                self.assertIn(r.status_code, (200, 202, 204), r.text)
+            wait_until("web's instances gone", lambda: not qemu_pids(job, prefix=True), timeout=60)
+            firstp, ip3 = deploy_ready(time.time(), sidp, jobp)
+            m = wait_until("a pooled QEMU", lambda: (lambda m: m if edgelib.metric_value(
+                m, "oakuk_node_unikernel_pooled") == 1 else None)(self.node_metrics()), timeout=30)
+            self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_pooled_memory_mb"), 128)
+            # ... counted as used in the node's report: the instance and the pooled QEMU, 128 MB each
+            rep = self.report_with(time.time(), lambda r: True, "a report")
+            avail = int(re.search(r"MemAvailable:\s+(\d+)", pathlib.Path("/proc/meminfo").read_text()).group(1)) // 1024
+            self.assertLessEqual(rep["memory"], avail - 2 * 128 + 64, (rep["memory"], avail))
+            secondp, ip4 = deploy_ready(time.time(), sidp, jobp)
+            self.assertRegex(self.node_log.text(),
+                             r'"?ready"?.*%s.*start[=:" ]+"?restored by a pooled QEMU' % re.escape(secondp))
+            self.assertEqual(self.guest_http(ip4, timeout=10), body1)
+            # its QEMU (started as "pool-N") is the instance's, its tap the instance's tap0 on virbr0
+            pid = json.loads(pathlib.Path(self.node_state, "instances", secondp, "instance.json").read_text())["pid"]
+            argv = pathlib.Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")
+            self.assertTrue(argv[argv.index(b"-name") + 1].startswith(b"pool-"), argv)
+            link = subprocess.run(["ip", "-n", secondp, "-o", "link", "show", "tap0"], capture_output=True,
+                                  text=True).stdout
+            self.assertIn("master virbr0", link)
+            self.assertFalse([l for l in in_node_ns("ip", "-o", "link").stdout.splitlines() if "ukp" in l and
+                              "tap0" in l])
+            m = wait_until("the pool refilled", lambda: (lambda m: m if edgelib.metric_value(
+                m, "oakuk_node_unikernel_pooled") == 1 else None)(self.node_metrics()), timeout=30)
+            self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_starts_total", start="pooled"), 1)
         finally:
             HTTP.delete(self.root_url + "/api/v1/applications/" + app["applicationID"], headers=self.h, timeout=10)
-        wait_until("their QEMUs gone", lambda: not qemu_pids(job, prefix=True), timeout=60)
+        wait_until("their QEMUs gone", lambda: not qemu_pids(job, prefix=True) and not qemu_pids(jobp, prefix=True)
+                   and not os.path.exists("/proc/%d" % pid), timeout=60)
         wait_until("their namespaces gone", lambda: not [e for e in os.listdir("/run/netns") if e.startswith(job)],
                    timeout=30)
-        # nothing of a save is left beside the snapshot
-        self.assertEqual([p.name for p in pathlib.Path(self.node_state, "images").glob("*/snapshots/*")],
-                         [snaps[0].name])
+        # nothing of a save is left beside the snapshots (one per service)
+        self.assertEqual(len(list(pathlib.Path(self.node_state, "images").glob("*/snapshots/*.snap"))), 2)
+        self.assertEqual([p.name for p in pathlib.Path(self.node_state, "images").glob("*/snapshots/*")
+                          if not p.name.endswith(".snap")], [])
 
     def test_06_sigterm_exits_cleanly(self):
         stop(self.node)

@@ -1023,6 +1023,95 @@ static void test_snapshot_arm64(Fx *f, gconstpointer data) {
   }
 }
 
+/* Taps named like the pool's in this (the runtime's) namespace. */
+static guint pool_taps(void) {
+  guint n = 0;
+  GDir *d = g_dir_open("/sys/class/net", 0, NULL);
+  g_autofree char *prefix = g_strdup_printf("ukp%d-", (int)getpid() % 10000);
+  for (const char *e; d && (e = g_dir_read_name(d));)
+    n += g_str_has_prefix(e, prefix);
+  if (d)
+    g_dir_close(d);
+  return n;
+}
+
+/* The pool: QEMUs started ahead for a snapshot; a deploy takes one (its tap replaces the
+ * instance's on the bridge), the pool starts another; n 0 ends them and removes their taps. */
+static void test_snapshot_pool(Fx *f, gconstpointer data) {
+  g_autofree char *kernel = f->rt ? ukguest_kernel() : NULL;
+  if (!kernel)
+    return;
+  ScratchNet net;
+  scratch_net_up(&net, "qp", 215);
+  g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
+  oakuk_error *err = NULL;
+  oakuk_instance_spec *tmpl = NULL;
+  gint64 worst = 0;
+  for (int k = 0; k < 6; k++) {
+    g_autofree char *what = g_strdup_printf("pool-%d", k);
+    g_autofree char *name = iname(what);
+    oakuk_instance_spec *s = ticks_spec(name, kernel, dir);
+    oakuk_instance_spec_set_network(s, net.nspath, "tap0", net.guest_ip, 24, net.host_ip,
+                                    "52:54:00:12:34:79");
+    if (k == 0) {
+      /* no snapshot yet: no pool */
+      g_assert_cmpint(oakuk_runtime_pool_set(f->rt, s, 2, &err), ==, OAKUK_ENOTFOUND);
+      g_test_message("%s", oakuk_error_message(err));
+      oakuk_error_free(err);
+      err = NULL;
+    }
+    deploy(f, f->rt, s);
+    gint64 ms = wait_ready(f, name, k == 0 ? 60 : RESTORE_BOUND_S);
+    int32_t start = oakuk_runtime_instance_start(f->rt, name);
+    g_test_message("%s: start %d, ready in %" G_GINT64_FORMAT " ms", name, start, ms);
+    if (k == 0) {
+      g_assert_cmpint(start, ==, OAKUK_START_BOOT_SAVED);
+      g_assert_cmpint(oakuk_runtime_pool_set(f->rt, s, 2, &err), ==, 0);
+      tmpl = oakuk_instance_spec_ref(s);
+      int64_t mb = 0;
+      g_assert_cmpint(oakuk_runtime_pool_count(f->rt, &mb), ==, 2);
+      g_assert_cmpint(mb, ==, 64);
+      g_assert_cmpuint(pool_taps(), ==, 2);
+    } else {
+      g_assert_cmpint(start, ==, OAKUK_START_POOLED);
+      worst = MAX(worst, ms);
+      if (k == 1)
+        check_ticks(f, name);
+      /* the pooled QEMU's tap took tap0's place on the bridge */
+      g_autofree char *cmd = g_strdup_printf("ip -n %s -o link show tap0", net.ns);
+      g_autofree char *out = NULL;
+      g_assert_true(g_spawn_command_line_sync(cmd, &out, NULL, NULL, NULL));
+      g_assert_nonnull(strstr(out, "master br0"));
+    }
+    oakuk_instance_spec_unref(s);
+    undeploy_wait(f, name);
+    /* the pool starts another in place of the one taken */
+    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (oakuk_runtime_pool_count(f->rt, NULL) < 2 && g_get_monotonic_time() < end)
+      g_main_context_iteration(NULL, FALSE);
+    g_assert_cmpint(oakuk_runtime_pool_count(f->rt, NULL), ==, 2);
+  }
+  g_test_message("5 deploys from the pool: ready in at most %" G_GINT64_FORMAT " ms", worst);
+  g_assert_cmpint(oakuk_runtime_pool_set(f->rt, tmpl, 0, &err), ==, 0);
+  g_assert_cmpint(oakuk_runtime_pool_count(f->rt, NULL), ==, 0);
+  g_assert_cmpuint(pool_taps(), ==, 0);
+  g_autofree char *instances = g_build_filename(f->state, "instances", NULL);
+  GDir *d = g_dir_open(instances, 0, NULL);
+  for (const char *e; d && (e = g_dir_read_name(d));)
+    g_assert_false(g_str_has_prefix(e, ".pool-"));
+  if (d)
+    g_dir_close(d);
+  /* what a pool refuses */
+  g_assert_cmpint(oakuk_runtime_pool_set(f->rt, tmpl, 65, &err), ==, OAKUK_EINVAL);
+  oakuk_error_free(err);
+  err = NULL;
+  oakuk_instance_spec_set_snapshot(tmpl, NULL, NULL);
+  g_assert_cmpint(oakuk_runtime_pool_set(f->rt, tmpl, 1, &err), ==, OAKUK_EINVAL);
+  oakuk_error_free(err);
+  oakuk_instance_spec_unref(tmpl);
+  scratch_net_down(&net);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   make_qemu_user();
@@ -1040,6 +1129,7 @@ int main(int argc, char **argv) {
   T("/qemu/snapshot/corrupt", test_snapshot_corrupt);
   T("/qemu/snapshot/linux", test_snapshot_linux);
   T("/qemu/snapshot/arm64", test_snapshot_arm64);
+  T("/qemu/snapshot/pool", test_snapshot_pool);
   T("/qemu/snapshot/refused", test_snapshot_refused);
   return g_test_run();
 }

@@ -918,7 +918,17 @@ static void test_uk_start(void) {
   g_autofree char *with_serial = json_to_string(serial, false);
   d = parse_ms_ok(with_serial, "unikernel", "{\"start\": \"snapshot\"}");
   g_assert_cmpint(oakuk_microservice_uk_start(first_ms(d)), ==, OAKUK_UKSTART_SNAPSHOT);
+  g_assert_cmpint(oakuk_microservice_uk_warm_pool(first_ms(d)), ==, 0);
   oakuk_descriptor_unref(d);
+  /* warm_pool: with snapshot start only, 0..16 */
+  d = parse_ms_ok(with_port, "unikernel", "{\"start\": \"snapshot\", \"warm_pool\": 2}");
+  g_assert_cmpint(oakuk_microservice_uk_warm_pool(first_ms(d)), ==, 2);
+  oakuk_descriptor_unref(d);
+  expect_ms(with_port, "unikernel", "{\"warm_pool\": 2}", "unikernel.warm_pool", "needs start \"snapshot\"");
+  expect_ms(with_port, "unikernel", "{\"start\": \"snapshot\", \"warm_pool\": 17}", "unikernel.warm_pool",
+            "0");
+  expect_ms(with_port, "unikernel", "{\"start\": \"snapshot\", \"warm_pool\": \"2\"}", "unikernel.warm_pool",
+            "integer");
 }
 
 /* ---------------------------------------------------------------------------------------------
