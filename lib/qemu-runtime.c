@@ -90,6 +90,8 @@ typedef struct {
   char *pool_tap;               /* a pooled QEMU's tap, in the runtime's network namespace */
   struct OakukInstance *pooled; /* an instance's: the pooled QEMU it takes over (check -> prepare) */
   gboolean from_pool;           /* an instance's: it took one over */
+  gboolean swap_done;           /* ... and its tap is in the instance's namespace (pool_swap_done) */
+  gboolean load_done;           /* the snapshot is loaded: the guest may run once swap_done */
 } QemuData;
 
 static QemuData *qd(OakukInstance *i) {
@@ -479,8 +481,12 @@ static void qmp_on_message(OakukInstance *i, JsonObject *o) {
     const char *status =
         dn && JSON_NODE_HOLDS_OBJECT(dn) ? qmp_str(json_node_get_object(dn), "status") : NULL;
     g_debug("instance %s: snapshot load %s", i->name, status ? status : "?");
-    if (g_strcmp0(status, "completed") == 0 && !qmp_send_full(i, "snap-resume", "cont", NULL, -1))
-      oakuk_instance_fail(i, "QMP: could not let the restored guest run (cont)");
+    if (g_strcmp0(status, "completed") == 0) {
+      d->load_done = TRUE;
+      /* A pooled QEMU's guest runs once its tap is the instance's (pool_swap_done). */
+      if ((!d->from_pool || d->swap_done) && !qmp_send_full(i, "snap-resume", "cont", NULL, -1))
+        oakuk_instance_fail(i, "QMP: could not let the restored guest run (cont)");
+    }
     return;
   }
   if (m.kind == OAKUK_QMP_EVENT) {
@@ -1343,12 +1349,14 @@ static const OakukRuntimeClass qemu_class = {
 
 #define POOL_MAX 64
 #define POOL_PREFIX ".pool-"
+#define POOL_REFILL_MS 250
 
 typedef struct {
   char *snap_path;           /* the key */
   oakuk_instance_spec *spec; /* the template, on "/proc/self/ns/net" and tap0 */
   int32_t want;
   GPtrArray *entries; /* OakukInstance* (detached), each a QEMU waiting, oldest first */
+  int32_t pending;    /* QEMUs starting */
   oakuk_runtime *rt;
   GSource *refill; /* topping the pool up after a take-over */
 } Pool;
@@ -1431,54 +1439,85 @@ static OakukInstance *pool_detached(oakuk_runtime *rt, const oakuk_instance_spec
   return p;
 }
 
-/* Starts one QEMU for pool: a tap of its own in the runtime's namespace, paused before the load. */
-static gboolean pool_spawn_one(Pool *pool, GError **error) {
-  QemuRuntime *q = pool->rt->impl;
-  guint64 seq = ++q->pool_seq;
-  g_autofree char *name = g_strdup_printf(POOL_PREFIX "%" G_GUINT64_FORMAT, seq);
-  g_autofree char *tap = g_strdup_printf("ukp%d-%" G_GUINT64_FORMAT, (int)getpid() % 10000, seq % 1000000);
-  OakukInstance *p = pool_detached(pool->rt, pool->spec, name, tap);
+/* (thread) Starts one QEMU for a pool: a tap of its own in the runtime's namespace, paused before
+ * the load; its check was done on the runtime's context. */
+static void pool_spawn_thread(GTask *task, gpointer src, gpointer data, GCancellable *cancel) {
+  OakukInstance *p = data;
   QemuData *d = qd(p);
-  gboolean ok = oakuk_net_tap_create(tap, error) > 0;
-  if (!ok)
+  GError *err = NULL;
+  if (oakuk_net_tap_create(d->pool_tap, &err) <= 0) {
     g_clear_pointer(&d->pool_tap, g_free); /* not ours to delete */
-  ok = ok && q_check(p, error);
-  if (ok && d->snap != SNAP_RESTORE)
-    ok = FALSE,
-    g_set_error(error, OAKUK_ERROR, -OAKUK_ENOTFOUND, "pool: snapshot %s is gone", pool->snap_path);
-  ok = ok && q_prepare(p, error) && q_spawn(p, error);
-  if (!ok) {
-    pool_entry_release(p, TRUE);
-    oakuk_instance_unref(p);
-    return FALSE;
+    g_task_return_error(task, err);
+    return;
+  }
+  if (!q_prepare(p, &err) || !q_spawn(p, &err)) {
+    g_task_return_error(task, err);
+    return;
   }
   guint64 start = 0;
   oakuk_proc_stat(p->pid, NULL, NULL, &start);
   /* For a runtime after a crash: what to end (pool_clean_leftovers). */
   g_autofree char *rec = g_build_filename(p->dir, "pool.json", NULL);
-  g_autofree char *text = g_strdup_printf(
-      "{\"pid\": %d, \"start_time\": %" G_GUINT64_FORMAT ", \"tap\": \"%s\"}\n", (int)p->pid, start, tap);
+  g_autofree char *text =
+      g_strdup_printf("{\"pid\": %d, \"start_time\": %" G_GUINT64_FORMAT ", \"tap\": \"%s\"}\n", (int)p->pid,
+                      start, d->pool_tap);
   g_file_set_contents(rec, text, -1, NULL);
-  oakuk_proc_watch_child(&p->watch, p->pid, p->context, pool_entry_exited, p, NULL);
-  g_ptr_array_add(pool->entries, p);
-  return TRUE;
+  g_task_return_boolean(task, TRUE);
 }
 
-static gboolean pool_fill(Pool *pool, GError **error) {
-  while ((int32_t)pool->entries->len < pool->want)
-    if (!pool_spawn_one(pool, error))
-      return FALSE;
+static void pool_fill(Pool *pool);
+
+static void pool_spawned(GObject *src, GAsyncResult *res, gpointer data) {
+  OakukInstance *p = g_task_get_task_data(G_TASK(res));
+  oakuk_runtime *rt = data;
+  g_autoptr(GError) err = NULL;
+  gboolean ok = g_task_propagate_boolean(G_TASK(res), &err);
+  Pool *pool = pool_find(rt->impl, qd(p)->snap_path);
+  if (pool)
+    pool->pending--;
+  if (!ok)
+    g_message("pool: a QEMU for %s could not start: %s", qd(p)->snap_path, err->message);
+  if (ok && pool && (int32_t)pool->entries->len < pool->want) {
+    oakuk_proc_watch_child(&p->watch, p->pid, p->context, pool_entry_exited, p, NULL);
+    g_ptr_array_add(pool->entries, oakuk_instance_ref(p));
+  } else {
+    pool_entry_release(p, TRUE); /* a failed start, or a pool that shrank or went meanwhile */
+  }
+  if (pool && pool->want == 0 && pool->pending == 0)
+    g_ptr_array_remove(((QemuRuntime *)rt->impl)->pools, pool);
+  oakuk_runtime_unref(rt);
+}
+
+/* Starts what the pool lacks (in threads: a QEMU's start waits for its cgroup join), or ends what
+ * it has too many of. */
+static void pool_fill(Pool *pool) {
+  QemuRuntime *q = pool->rt->impl;
   while ((int32_t)pool->entries->len > pool->want)
     g_ptr_array_remove_index(pool->entries, pool->entries->len - 1);
-  return TRUE;
+  while ((int32_t)pool->entries->len + pool->pending < pool->want) {
+    guint64 seq = ++q->pool_seq;
+    g_autofree char *name = g_strdup_printf(POOL_PREFIX "%" G_GUINT64_FORMAT, seq);
+    g_autofree char *tap = g_strdup_printf("ukp%d-%" G_GUINT64_FORMAT, (int)getpid() % 10000, seq % 1000000);
+    OakukInstance *p = pool_detached(pool->rt, pool->spec, name, tap);
+    g_autoptr(GError) err = NULL;
+    if (!q_check(p, &err) || qd(p)->snap != SNAP_RESTORE) {
+      g_message("pool: a QEMU for %s cannot start: %s", pool->snap_path, err ? err->message : "no snapshot");
+      g_clear_pointer(&qd(p)->pool_tap, g_free);
+      oakuk_instance_unref(p);
+      return;
+    }
+    pool->pending++;
+    GTask *task = g_task_new(NULL, NULL, pool_spawned, oakuk_runtime_ref(pool->rt));
+    g_task_set_task_data(task, p, (GDestroyNotify)oakuk_instance_unref);
+    g_task_run_in_thread(task, pool_spawn_thread);
+    g_object_unref(task);
+  }
 }
 
 static gboolean pool_refill(gpointer data) {
   Pool *pool = data;
   g_clear_pointer(&pool->refill, g_source_unref);
-  g_autoptr(GError) err = NULL;
-  if (!pool_fill(pool, &err))
-    g_warning("pool for %s: %s", pool->snap_path, err->message);
+  pool_fill(pool);
   return G_SOURCE_REMOVE;
 }
 
@@ -1490,7 +1529,8 @@ static OakukInstance *pool_claim(oakuk_runtime *rt, const char *snap_path) {
   OakukInstance *p = g_ptr_array_steal_index(pool->entries, 0);
   oakuk_proc_watch_clear(&p->watch);
   if (!pool->refill) {
-    pool->refill = g_idle_source_new();
+    /* After the deploy that took it has had the machine for its load. */
+    pool->refill = g_timeout_source_new(POOL_REFILL_MS);
     g_source_set_callback(pool->refill, pool_refill, pool, NULL);
     g_source_attach(pool->refill, rt->context);
   }
@@ -1498,20 +1538,61 @@ static OakukInstance *pool_claim(oakuk_runtime *rt, const char *snap_path) {
 }
 
 typedef struct {
-  const char *pool_tap, *netns_path, *tap;
+  OakukInstance *i;
+  char *pool_tap, *netns_path, *tap;
   GError *error;
 } Swap;
 
-/* A thread of its own (setns): the pooled QEMU's tap moves from the runtime's namespace into the
- * instance's and takes the place of its tap on its bridge. The instance's tap is removed only once
- * the pooled one is in: a failure leaves the instance as its network plumber made it. */
+static void swap_free(Swap *w) {
+  oakuk_instance_unref(w->i);
+  g_free(w->pool_tap);
+  g_free(w->netns_path);
+  g_free(w->tap);
+  if (w->error)
+    g_error_free(w->error);
+  g_free(w);
+}
+
+/* On the runtime's context: the tap is the instance's; the guest runs if its load is done. */
+static gboolean pool_swap_done(gpointer data) {
+  Swap *w = data;
+  OakukInstance *i = w->i;
+  QemuData *d = qd(i);
+  d->swap_done = TRUE;
+  if (i->state == OAKUK_INST_STARTING || i->state == OAKUK_INST_RUNNING) {
+    if (w->error) {
+      g_autofree char *why = g_strdup_printf("the pooled QEMU's tap: %s", w->error->message);
+      oakuk_instance_fail(i, why);
+    } else if (d->load_done && !qmp_send_full(i, "snap-resume", "cont", NULL, -1)) {
+      oakuk_instance_fail(i, "QMP: could not let the restored guest run (cont)");
+    }
+  }
+  swap_free(w);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean link_change(struct nl_sock *sk, int ifindex, struct rtnl_link *c, const char *what,
+                            GError **error) {
+  struct rtnl_link *o = rtnl_link_alloc();
+  rtnl_link_set_ifindex(o, ifindex);
+  int r = rtnl_link_change(sk, o, c, 0);
+  rtnl_link_put(o);
+  rtnl_link_put(c);
+  return r < 0 ? oakuk_net_fail_nl(error, r, "%s", what) : TRUE;
+}
+
+/* A thread of its own (setns), alongside the snapshot's load: the pooled QEMU's tap moves from the
+ * runtime's namespace into the instance's and takes the place of its tap on its bridge. The
+ * instance's tap is retired (down, off the bridge, renamed; it goes with the namespace) rather than
+ * deleted, and only once the pooled one is in: deleting a link waits for an RCU grace period. */
 static gpointer swap_thread(gpointer data) {
   Swap *w = data;
   struct nl_sock *host = oakuk_net_nl_open(&w->error), *inst = NULL;
   int fd = open(w->netns_path, O_RDONLY | O_CLOEXEC);
   int idx = host ? oakuk_net_ifindex(host, w->pool_tap) : 0;
-  struct rtnl_link *old = NULL, *o = NULL, *c = NULL;
-  int master = 0, r;
+  struct rtnl_link *old = NULL, *c;
+  int master = 0, old_idx = 0, moved = 0;
+  char retired[IFNAMSIZ];
   if (!host)
     goto out;
   if (fd < 0 || idx <= 0) {
@@ -1520,75 +1601,68 @@ static gpointer swap_thread(gpointer data) {
   }
   if (!oakuk_net_enter_ns(fd, w->netns_path, &w->error) || !(inst = oakuk_net_nl_open(&w->error)))
     goto out;
-  if (rtnl_link_get_kernel(inst, 0, w->tap, &old) >= 0)
+  if (rtnl_link_get_kernel(inst, 0, w->tap, &old) >= 0) {
     master = rtnl_link_get_master(old);
+    old_idx = rtnl_link_get_ifindex(old);
+  }
   if (master <= 0) {
     g_set_error(&w->error, OAKUK_ERROR, -OAKUK_EINVAL,
                 "the instance's %s is on no bridge (a pooled QEMU takes its place only in the NAT layout)",
                 w->tap);
     goto out;
   }
-  o = rtnl_link_alloc();
   c = rtnl_link_alloc();
-  rtnl_link_set_ifindex(o, idx);
   rtnl_link_set_ns_fd(c, fd);
-  if ((r = rtnl_link_change(host, o, c, 0)) < 0) {
-    oakuk_net_fail_nl(&w->error, r, "move %s into %s", w->pool_tap, w->netns_path);
+  if (!link_change(host, idx, c, "move the pooled tap into the instance's namespace", &w->error))
     goto out;
-  }
-  int moved = oakuk_net_ifindex(inst, w->pool_tap);
-  rtnl_link_put(c);
+  moved = oakuk_net_ifindex(inst, w->pool_tap);
+  g_snprintf(retired, sizeof retired, "%.6s-o%d", w->tap, old_idx);
   c = rtnl_link_alloc();
-  rtnl_link_set_ifindex(o, moved);
+  rtnl_link_unset_flags(c, IFF_UP);
+  rtnl_link_set_master(c, 0);
+  rtnl_link_set_name(c, retired);
+  if (!link_change(inst, old_idx, c, "retire the instance's tap", &w->error))
+    goto out;
+  c = rtnl_link_alloc();
   rtnl_link_set_name(c, w->tap);
-  if (!oakuk_net_link_del(inst, w->tap, &w->error))
+  if (!link_change(inst, moved, c, "rename the pooled tap", &w->error))
     goto out;
-  if ((r = rtnl_link_change(inst, o, c, 0)) < 0) {
-    oakuk_net_fail_nl(&w->error, r, "rename %s to %s", w->pool_tap, w->tap);
-    goto out;
-  }
   oakuk_net_link_up(inst, moved, NULL, master, &w->error);
 out:
   if (old)
     rtnl_link_put(old);
-  if (o)
-    rtnl_link_put(o);
-  if (c)
-    rtnl_link_put(c);
   if (inst)
     nl_socket_free(inst);
   if (host)
     nl_socket_free(host);
   if (fd >= 0)
     close(fd);
+  g_main_context_invoke(w->i->context, pool_swap_done, w);
   return NULL;
 }
 
-/* (thread: prepare) The instance takes over its pooled QEMU: directory, tap, cgroups, process.
- * FALSE when it cannot (the pooled QEMU is then ended, and the instance starts its own). */
+/* (thread: prepare) The instance takes over its pooled QEMU: directory, cgroups, process; its tap
+ * follows in a thread of its own while the snapshot loads. FALSE when it cannot (the pooled QEMU
+ * is then ended, and the instance starts its own). */
 static gboolean pool_take_over(OakukInstance *i) {
   QemuData *d = qd(i);
   OakukInstance *p = g_steal_pointer(&d->pooled);
   QemuData *pd = qd(p);
   g_autoptr(GError) err = NULL;
-  Swap w = {pd->pool_tap, i->spec->netns_path, i->spec->tap_name, NULL};
   if (!oakuk_rm_rf(i->dir, &err) || rename(p->dir, i->dir) != 0) {
     if (!err)
       set_io_error(&err, errno, "move %s to %s", p->dir, i->dir);
-  } else {
-    g_free(p->dir);
-    p->dir = g_strdup(i->dir);
-    g_thread_join(g_thread_new("oakuk-pool-tap", swap_thread, &w));
-    err = w.error;
-  }
-  if (err) {
     g_message("instance %s: the pooled QEMU could not be taken over (%s): starting one", i->name,
               err->message);
     pool_entry_release(p, TRUE);
     oakuk_instance_unref(p);
     return FALSE;
   }
-  g_clear_pointer(&pd->pool_tap, g_free); /* the instance's tap0 now, removed with its namespace */
+  Swap *w = g_new0(Swap, 1);
+  w->i = oakuk_instance_ref(i);
+  w->pool_tap = g_steal_pointer(&pd->pool_tap); /* the instance's tap0 soon, removed with its namespace */
+  w->netns_path = g_strdup(i->spec->netns_path);
+  w->tap = g_strdup(i->spec->tap_name);
   cgroup_clear(&d->cg);
   d->cg = pd->cg;
   memset(&pd->cg, 0, sizeof pd->cg);
@@ -1598,6 +1672,7 @@ static gboolean pool_take_over(OakukInstance *i) {
   p->pid = 0;
   d->from_pool = TRUE;
   oakuk_instance_unref(p);
+  g_thread_unref(g_thread_new("oakuk-pool-tap", swap_thread, w));
   return TRUE;
 }
 
@@ -1684,10 +1759,10 @@ OAKUK_API int oakuk_runtime_pool_set(oakuk_runtime *rt, const oakuk_instance_spe
     oakuk_instance_spec_unref(pool->spec);
   pool->spec = tmpl;
   pool->want = n;
-  ok = pool_fill(pool, &err);
-  if (n == 0)
+  pool_fill(pool);
+  if (n == 0 && pool->pending == 0)
     g_ptr_array_remove(q->pools, pool);
-  return ok ? 0 : oakuk_propagate_gerror(error, err);
+  return 0;
 }
 
 OAKUK_API int32_t oakuk_runtime_pool_count(const oakuk_runtime *rt, int64_t *memory_mb) {

@@ -1288,14 +1288,21 @@ class NodeTest(unittest.TestCase):
                 dep = self.watch.wait(t0, "control/deploy", lambda m: m.get("job_name") == job and
                                       m.get("instance_number") == n, "deploy message")
 
+                seen = []
+
                 def ready():
                     lst = HTTP.get(self.root_url + "/api/v1/services/%s/instances" % sid, headers=self.h,
                                    timeout=5).json()
                     i = next((i for i in lst if i["instance_number"] == n), None)
+                    seen[:] = [i]
                     if i and i["status"] in ("FAILED", "DEAD"):
                         raise AssertionError(i)
                     return i if i and i["status"] == "RUNNING" and i["ready"] else None
-                wait_until("instance %d RUNNING and ready" % n, ready, timeout=120)
+                try:
+                    wait_until("instance %d RUNNING and ready" % n, ready, timeout=120)
+                except AssertionError:
+                    log = [l for l in self.node_log.text().splitlines() if "%s.instance.%d" % (job, n) in l]
+                    raise AssertionError("%s instance %d: %r; node log: %s" % (job, n, seen, "\n".join(log[-15:])))
                 return "%s.instance.%d" % (job, n), dep["instance_ip"]
 
             first, ip1 = deploy_ready(time.time())
@@ -1376,8 +1383,8 @@ class NodeTest(unittest.TestCase):
             HTTP.delete(self.root_url + "/api/v1/applications/" + app["applicationID"], headers=self.h, timeout=10)
         wait_until("their QEMUs gone", lambda: not qemu_pids(job, prefix=True) and not qemu_pids(jobp, prefix=True)
                    and not os.path.exists("/proc/%d" % pid), timeout=60)
-        wait_until("their namespaces gone", lambda: not [e for e in os.listdir("/run/netns") if e.startswith(job)],
-                   timeout=30)
+        wait_until("their namespaces gone", lambda: not [e for e in os.listdir("/run/netns")
+                                                         if e.startswith(job) or e.startswith(jobp)], timeout=30)
         # nothing of a save is left beside the snapshots (one per service)
         self.assertEqual(len(list(pathlib.Path(self.node_state, "images").glob("*/snapshots/*.snap"))), 2)
         self.assertEqual([p.name for p in pathlib.Path(self.node_state, "images").glob("*/snapshots/*")
