@@ -429,7 +429,11 @@ static Inst *leaving_holder(Inst *i, int32_t port, int32_t proto) {
   g_hash_table_iter_init(&it, i->node->insts);
   while (g_hash_table_iter_next(&it, NULL, &v)) {
     Inst *o = v;
-    if (o == i || o->phase != PHASE_CLEANUP || !o->delete_requested || o->ms == NULL)
+    /* Also an instance of the same service not (yet) being removed: the cluster places a service's
+     * next instance on a host port only once it has sent the delete of the one holding it, and the
+     * delete (control/delete) may arrive after the deploy (control/deploy). */
+    gboolean leaving = o->phase == PHASE_CLEANUP && o->delete_requested;
+    if (o == i || o->ms == NULL || o->gone || (!leaving && g_strcmp0(o->job_name, i->job_name) != 0))
       continue;
     for (size_t k = 0; k < oakuk_microservice_port_count(o->ms); k++)
       if (oakuk_microservice_port_host(o->ms, k) == port && oakuk_microservice_port_proto(o->ms, k) == proto)
