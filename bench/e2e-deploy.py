@@ -14,9 +14,15 @@ request and the root's RUNNING is the control plane (API, cluster's placement, t
 status report to the root).
 The whole run is done twice, with TLS on every hop (the default) and with --insecure on every
 daemon, to price TLS. After the deploys of each, the idle RSS (and PSS, anonymous) and CPU of each daemon
-over 10 s, from /proc. Needs root.
+over 10 s, from /proc, against two floors measured the same way at the same time (bench/rss-floor.c):
+  rss-floor      the libraries the daemons are built on, alone (GLib/GIO, glib-networking's GnuTLS,
+                 libsoup 3, json-glib, SQLite): a key made, a database written, one HTTPS request served
+                 and one made, then idle;
+  rss-floor-tls  GIO's TLS streams and json-glib only (no libsoup, no SQLite): the least any daemon with
+                 TLS on GIO needs.
+Needs root.
 
-Usage: e2e-deploy.py <build root> <unikernel-deploy binary>"""
+Usage: e2e-deploy.py <build root> <unikernel-deploy binary> <rss-floor> <rss-floor-tls>"""
 import datetime
 import os
 import re
@@ -141,26 +147,57 @@ def measure(e, node, ctl_ip, label):
     return ours
 
 
+def start_floor(binary):
+    """A floor program (bench/rss-floor.c), once it has made its exchange and idles."""
+    p = subprocess.Popen([binary], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if line.strip() != "ready":
+        p.kill()
+        raise SystemExit("e2e-deploy: %s: %s" % (binary, (line + p.stderr.read()).strip()[-500:]))
+    return p
+
+
 def idle_figures(e, node, label):
-    """Idle (nothing deployed) RSS, PSS, anonymous memory and CPU of each daemon over 10 s."""
-    time.sleep(2)
-    daemons = [("oakuk-root", e.root.pid), ("oakuk-cluster", e.cluster.pid), ("oakuk-node", node.pid),
-               ("mosquitto", e.broker_pid())]
-    hz = os.sysconf("SC_CLK_TCK")
-    before = {n: cpu_ticks(p) for n, p in daemons}
-    t0 = time.monotonic()
-    time.sleep(10)
-    wall = time.monotonic() - t0
-    for n, p in daemons:
-        cpu = (cpu_ticks(p) - before[n]) / hz / wall * 100
-        m = memory_kb(p)
-        print("idle %s (%s): rss %d kB (pss %d kB, anonymous %d kB), cpu %.2f%%%s" % (
-            n, label, m.get("Rss", 0), m.get("Pss", 0), m.get("Anonymous", 0), cpu,
-            " (the cluster's broker)" if n == "mosquitto" else ""))
+    """Idle (nothing deployed) RSS, PSS, anonymous memory and CPU of each daemon over 10 s, and the
+    same of the two floors, then each daemon's RSS against them and against the 10 MB target."""
+    floors = [(os.path.basename(b), start_floor(b)) for b in FLOORS]
+    try:
+        time.sleep(2)
+        daemons = [("oakuk-root", e.root.pid), ("oakuk-cluster", e.cluster.pid), ("oakuk-node", node.pid),
+                   ("mosquitto", e.broker_pid())] + [(n, p.pid) for n, p in floors]
+        hz = os.sysconf("SC_CLK_TCK")
+        before = {n: cpu_ticks(p) for n, p in daemons}
+        t0 = time.monotonic()
+        time.sleep(10)
+        wall = time.monotonic() - t0
+        rss = {}
+        for n, p in daemons:
+            cpu = (cpu_ticks(p) - before[n]) / hz / wall * 100
+            m = memory_kb(p)
+            rss[n] = m.get("Rss", 0)
+            print("idle %s (%s): rss %d kB (pss %d kB, anonymous %d kB), cpu %.2f%%%s" % (
+                n, label, m.get("Rss", 0), m.get("Pss", 0), m.get("Anonymous", 0), cpu,
+                " (the cluster's broker)" if n == "mosquitto" else
+                " (floor: the libraries alone)" if n.startswith("rss-floor") else ""))
+    finally:
+        for _, p in floors:
+            p.kill()
+            p.wait()
+    floor, floor_tls = rss[floors[0][0]], rss[floors[1][0]]
+    for n in ("oakuk-root", "oakuk-cluster", "oakuk-node"):
+        print("idle-rss %s (%s): ours %d kB, reference %d kB (rss-floor), ratio %.2f; rss-floor-tls %d kB; "
+              "target 10240 kB: %s" % (n, label, rss[n], floor, rss[n] / floor, floor_tls,
+                                       "met" if rss[n] <= 10240 else "NOT met"))
+
+
+FLOORS = []
 
 
 def main():
     build, uk_bench = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    FLOORS.extend(os.path.abspath(a) for a in sys.argv[3:5])
+    if len(FLOORS) != 2:
+        raise SystemExit("usage: e2e-deploy.py <build root> <unikernel-deploy> <rss-floor> <rss-floor-tls>")
     tls = deploys(build, insecure=False)
     plain = deploys(build, insecure=True)
     # the runtime alone, same machine, same run
