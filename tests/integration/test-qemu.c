@@ -701,6 +701,20 @@ static oakuk_instance_spec *ticks_spec(const char *name, const char *kernel, con
   return s;
 }
 
+/* Deploys the ticking test kernel as iname(what) with snapshot start in dir for scope "svc-a",
+ * waits until it is ready (within bound_s) and returns its name; *ms: how long that took. */
+static char *deploy_ticks(Fx *f, const char *what, const char *kernel, const char *dir, int bound_s,
+                          gint64 *ms) {
+  char *name = iname(what);
+  oakuk_instance_spec *s = ticks_spec(name, kernel, dir);
+  deploy(f, f->rt, s);
+  oakuk_instance_spec_unref(s);
+  gint64 took = wait_ready(f, name, bound_s);
+  if (ms)
+    *ms = took;
+  return name;
+}
+
 /* The console's first tick after a restore: its number, and its RTC time against this host's. */
 static void check_ticks(Fx *f, const char *name) {
   /* the first tick line whole: the second one has begun */
@@ -743,11 +757,8 @@ static void test_snapshot_ukguest(Fx *f, gconstpointer data) {
   if (!kernel)
     return;
   g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
-  g_autofree char *first = iname("snap-first");
-  oakuk_instance_spec *s = ticks_spec(first, kernel, dir);
-  deploy(f, f->rt, s);
-  oakuk_instance_spec_unref(s);
-  gint64 cold_ms = wait_ready(f, first, 60);
+  gint64 cold_ms = 0;
+  g_autofree char *first = deploy_ticks(f, "snap-first", kernel, dir, 60, &cold_ms);
   g_assert_cmpint(oakuk_runtime_instance_start(f->rt, first), ==, OAKUK_START_BOOT_SAVED);
   g_autofree char *snap = NULL;
   guint others = 0;
@@ -764,11 +775,8 @@ static void test_snapshot_ukguest(Fx *f, gconstpointer data) {
   gint64 worst = 0;
   for (int k = 0; k < 20; k++) {
     g_autofree char *what = g_strdup_printf("snap-%d", k);
-    g_autofree char *name = iname(what);
-    s = ticks_spec(name, kernel, dir);
-    deploy(f, f->rt, s);
-    oakuk_instance_spec_unref(s);
-    gint64 ms = wait_ready(f, name, RESTORE_BOUND_S);
+    gint64 ms = 0;
+    g_autofree char *name = deploy_ticks(f, what, kernel, dir, RESTORE_BOUND_S, &ms);
     worst = MAX(worst, ms);
     g_assert_cmpint(oakuk_runtime_instance_start(f->rt, name), ==, OAKUK_START_RESTORED);
     if (k < 2)
@@ -783,7 +791,7 @@ static void test_snapshot_ukguest(Fx *f, gconstpointer data) {
 
   /* Another scope, or other arguments, is another snapshot. */
   g_autofree char *other = iname("snap-other");
-  s = ticks_spec(other, kernel, dir);
+  oakuk_instance_spec *s = ticks_spec(other, kernel, dir);
   oakuk_instance_spec_set_snapshot(s, dir, "svc-b");
   deploy(f, f->rt, s);
   oakuk_instance_spec_unref(s);
@@ -800,11 +808,7 @@ static void test_snapshot_corrupt(Fx *f, gconstpointer data) {
   if (!kernel)
     return;
   g_autofree char *dir = g_build_filename(f->state, "snapshots", NULL);
-  g_autofree char *first = iname("corrupt-first");
-  oakuk_instance_spec *s = ticks_spec(first, kernel, dir);
-  deploy(f, f->rt, s);
-  oakuk_instance_spec_unref(s);
-  wait_ready(f, first, 60);
+  g_autofree char *first = deploy_ticks(f, "corrupt-first", kernel, dir, 60, NULL);
   undeploy_wait(f, first);
   g_autofree char *snap = NULL;
   guint others = 0;
@@ -821,11 +825,7 @@ static void test_snapshot_corrupt(Fx *f, gconstpointer data) {
     g_assert_true(g_file_set_contents(snap, text, (gssize)len, NULL));
     g_assert_cmpint(chmod(snap, 0600), ==, 0);
     g_autofree char *what = g_strdup_printf("corrupt-%d", round);
-    g_autofree char *name = iname(what);
-    s = ticks_spec(name, kernel, dir);
-    deploy(f, f->rt, s);
-    oakuk_instance_spec_unref(s);
-    wait_ready(f, name, 60);
+    g_autofree char *name = deploy_ticks(f, what, kernel, dir, 60, NULL);
     g_assert_cmpint(oakuk_runtime_instance_start(f->rt, name), ==, OAKUK_START_RESTORE_FAILED);
     Event *run = find_event(f, name, OAKUK_STATUS_RUNNING);
     const char *detail = run && run->detail ? run->detail : "";
@@ -836,11 +836,7 @@ static void test_snapshot_corrupt(Fx *f, gconstpointer data) {
     undeploy_wait(f, name);
     /* The cold boot saved a good one. */
     g_autofree char *again = g_strdup_printf("corrupt-%d-again", round);
-    g_autofree char *aname = iname(again);
-    s = ticks_spec(aname, kernel, dir);
-    deploy(f, f->rt, s);
-    oakuk_instance_spec_unref(s);
-    wait_ready(f, aname, RESTORE_BOUND_S);
+    g_autofree char *aname = deploy_ticks(f, again, kernel, dir, RESTORE_BOUND_S, NULL);
     g_assert_cmpint(oakuk_runtime_instance_start(f->rt, aname), ==, OAKUK_START_RESTORED);
     undeploy_wait(f, aname);
   }
@@ -929,6 +925,18 @@ static void test_snapshot_linux(Fx *f, gconstpointer data) {
   g_assert_cmpuint(others, ==, 0);
 }
 
+/* The arm64 test guest (virt machine, TCG) with argument "arm". */
+static oakuk_instance_spec *arm64_spec(const char *name, const char *kernel, const char *initrd) {
+  oakuk_instance_spec *s = oakuk_instance_spec_new(name);
+  oakuk_instance_spec_set_arch(s, "arm64");
+  oakuk_instance_spec_set_kernel(s, kernel);
+  oakuk_instance_spec_set_initrd(s, initrd);
+  oakuk_instance_spec_set_memory_mb(s, 128);
+  oakuk_instance_spec_set_cmdline_extra(s, "console=ttyAMA0 quiet panic=-1");
+  oakuk_instance_spec_add_arg(s, "arm");
+  return s;
+}
+
 static void test_arm64(Fx *f, gconstpointer data) {
   if (!f->rt)
     return;
@@ -939,13 +947,7 @@ static void test_arm64(Fx *f, gconstpointer data) {
     return;
   }
   g_autofree char *name = iname("arm64");
-  oakuk_instance_spec *s = oakuk_instance_spec_new(name);
-  oakuk_instance_spec_set_arch(s, "arm64");
-  oakuk_instance_spec_set_kernel(s, kernel);
-  oakuk_instance_spec_set_initrd(s, initrd);
-  oakuk_instance_spec_set_memory_mb(s, 128);
-  oakuk_instance_spec_set_cmdline_extra(s, "console=ttyAMA0 quiet panic=-1");
-  oakuk_instance_spec_add_arg(s, "arm");
+  oakuk_instance_spec *s = arm64_spec(name, kernel, initrd);
   /* An amd64 kernel for an arm64 guest is refused before QEMU starts. */
   oakuk_instance_spec_set_kernel(s, f->kernel);
   oakuk_error *err = NULL;
@@ -1012,13 +1014,7 @@ static void test_snapshot_arm64(Fx *f, gconstpointer data) {
   for (int k = 0; k < 3; k++) {
     g_autofree char *what = g_strdup_printf("arm-snap-%d", k);
     g_autofree char *name = iname(what);
-    oakuk_instance_spec *s = oakuk_instance_spec_new(name);
-    oakuk_instance_spec_set_arch(s, "arm64");
-    oakuk_instance_spec_set_kernel(s, kernel);
-    oakuk_instance_spec_set_initrd(s, initrd);
-    oakuk_instance_spec_set_memory_mb(s, 128);
-    oakuk_instance_spec_set_cmdline_extra(s, "console=ttyAMA0 quiet panic=-1");
-    oakuk_instance_spec_add_arg(s, "arm");
+    oakuk_instance_spec *s = arm64_spec(name, kernel, initrd);
     oakuk_instance_spec_set_readiness_serial(s, "oakuk-guest: ready ip=none files=no args=arm");
     oakuk_instance_spec_set_snapshot(s, dir, "svc-arm");
     deploy(f, f->rt, s);
@@ -1041,6 +1037,14 @@ static guint pool_taps(void) {
   if (d)
     g_dir_close(d);
   return n;
+}
+
+/* Waits (10 s at most) until the runtime's pool holds n QEMUs, and asserts it does. */
+static void wait_pool(Fx *f, int32_t n) {
+  gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+  while (oakuk_runtime_pool_count(f->rt, NULL) < n && g_get_monotonic_time() < end)
+    g_main_context_iteration(NULL, FALSE);
+  g_assert_cmpint(oakuk_runtime_pool_count(f->rt, NULL), ==, n);
 }
 
 /* The pool: QEMUs started ahead for a snapshot; a deploy takes one (its tap replaces the
@@ -1077,9 +1081,7 @@ static void test_snapshot_pool(Fx *f, gconstpointer data) {
       g_assert_cmpint(oakuk_runtime_pool_set(f->rt, s, 2, &err), ==, 0);
       tmpl = oakuk_instance_spec_ref(s);
       int64_t mb = 0;
-      gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-      while (oakuk_runtime_pool_count(f->rt, NULL) < 2 && g_get_monotonic_time() < end)
-        g_main_context_iteration(NULL, FALSE);
+      wait_pool(f, 2);
       g_assert_cmpint(oakuk_runtime_pool_count(f->rt, &mb), ==, 2);
       g_assert_cmpint(mb, ==, 64);
       g_assert_cmpuint(pool_taps(), ==, 2);
@@ -1097,10 +1099,7 @@ static void test_snapshot_pool(Fx *f, gconstpointer data) {
     oakuk_instance_spec_unref(s);
     undeploy_wait(f, name);
     /* the pool starts another in place of the one taken */
-    gint64 end = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-    while (oakuk_runtime_pool_count(f->rt, NULL) < 2 && g_get_monotonic_time() < end)
-      g_main_context_iteration(NULL, FALSE);
-    g_assert_cmpint(oakuk_runtime_pool_count(f->rt, NULL), ==, 2);
+    wait_pool(f, 2);
   }
   g_test_message("5 deploys from the pool: ready in at most %" G_GINT64_FORMAT " ms", worst);
   g_assert_cmpint(oakuk_runtime_pool_set(f->rt, tmpl, 0, &err), ==, 0);
