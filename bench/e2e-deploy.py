@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
 import e2elib  # noqa: E402
-from e2elib import UNDERLAY, wait_until  # noqa: E402
+from e2elib import wait_until  # noqa: E402
 
 RUNS = 15
 LOG_LINE = re.compile(r'^time=(\S+) .*? event=(deploy|status) instance=(\S+)(?: .*?status=(\S+))?')

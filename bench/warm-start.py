@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "thesis"))
@@ -40,34 +39,15 @@ def log(msg):
 
 class WarmStart(bench_thesis.Bench):
     def up(self):
-        import e2elib
-        from e2elib import wait_until
-        self.wait_until = wait_until
-        e = self.e = e2elib.Edge(self.args.build, tag="ws%d" % (os.getpid() % 100000), underlay=PREFIX)
-        e.underlay()
-        self.ctl_ip = e.host("ctl", 1)[1]
-        e.host("n1", 11)
-        e.enter("ctl")
-        files = os.path.join(e.tmp, "files")
-        os.makedirs(files)
+        e = self.edge_start("ws", PREFIX)
+        files = {}
         for name in ("guest-amd64-nofiles.tar.gz", "ukguest-0.16.3.tar.gz"):
-            if not os.path.exists(os.path.join(e.guests, name)):
-                raise SystemExit("warm-start: %s/%s is missing (build the test guests)" % (e.guests, name))
-            os.symlink(os.path.join(e.guests, name), os.path.join(files, name))
-        e.file_server(files, self.ctl_ip, 8000)
-        e.registry("127.0.0.1", 5000, store=os.path.join(e.tmp, "registry-data"), name="registry-ctl")
-        e.registry("127.0.0.1", 5000, store=os.path.join(e.tmp, "registry-data"), name="registry-n1",
-                   netns=e.hosts["n1"][0])
-        rootfs = e2elib.make_busybox_rootfs(os.path.join(e.tmp, "busybox-rootfs"))
-        e2elib.push_rootfs_image(e.lib_path, rootfs, "127.0.0.1:5000", "bench/busybox", "1")
-        e.start_root()
-        e.start_cluster(self.ctl_ip)
-        self.node = e.start_node("n1", "n1", ["--allow-emulation", "--stop-instances"])
-        e.wait_nodes(["n1"])
-        wait_until("the node in the root's aggregate",
-                   lambda: e.api("GET", "/api/v1/clusters").json()[0]["active_nodes"] == 1, timeout=30)
-        node = e.api("GET", "/api/v1/clusters").json()[0]["nodes"][0]
-        self.accel = (node.get("unikernel") or {}).get("accel", "none")
+            files[name] = os.path.join(e.guests, name)
+            if not os.path.exists(files[name]):
+                raise SystemExit("warm-start: %s is missing (build the test guests)" % files[name])
+        self.serve_files(files)
+        self.registries()
+        self.accel = self.daemons_up()
 
     def register(self):
         mk = self.e.marker

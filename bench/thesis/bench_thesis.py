@@ -34,7 +34,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -217,21 +216,56 @@ class Bench:
         self.results = {}
 
     # ---- the edge ----
-    def up(self):
-        self.debs = nginx_debs(os.path.join(self.args.build, "bench-thesis", "debs"))  # before any namespace
+    def edge_start(self, tag, prefix=PREFIX):
+        """The edge's hosts: namespaces ctl (entered: root and cluster run there) and n1 (the node)
+        on the underlay prefix.0/24."""
         import e2elib
         from e2elib import wait_until
         self.wait_until = wait_until
-        e = self.e = e2elib.Edge(self.args.build, tag="bt%d" % (os.getpid() % 100000), underlay=PREFIX)
+        e = self.e = e2elib.Edge(self.args.build, tag="%s%d" % (tag, os.getpid() % 100000), underlay=prefix)
         e.underlay()
         self.ctl_ip = e.host("ctl", 1)[1]
         self.node_ip = e.host("n1", 11)[1]
         e.enter("ctl")
-        files = os.path.join(e.tmp, "files")
-        os.makedirs(files)
-        for name in os.listdir(e.guests):
-            if name.endswith(".tar.gz"):
-                os.symlink(os.path.join(e.guests, name), os.path.join(files, name))
+        return e
+
+    def serve_files(self, files):
+        """An HTTP file server on ctl:8000 of files, {name: path}."""
+        d = os.path.join(self.e.tmp, "files")
+        os.makedirs(d)
+        for name, path in files.items():
+            os.symlink(path, os.path.join(d, name))
+        self.e.file_server(d, self.ctl_ip, 8000)
+
+    def registries(self):
+        """A docker-registry on 127.0.0.1:5000 in ctl and in n1, sharing one store, holding the busybox
+        image (bench/busybox:1)."""
+        import e2elib
+        e = self.e
+        store = os.path.join(e.tmp, "registry-data")
+        e.registry("127.0.0.1", 5000, store=store, name="registry-ctl")
+        e.registry("127.0.0.1", 5000, store=store, name="registry-n1", netns=e.hosts["n1"][0])
+        rootfs = e2elib.make_busybox_rootfs(os.path.join(e.tmp, "busybox-rootfs"))
+        e2elib.push_rootfs_image(e.lib_path, rootfs, "127.0.0.1:5000", "bench/busybox", "1")
+
+    def daemons_up(self):
+        """Root and cluster in ctl, node n1 (emulation allowed); returns the node's accelerator once it
+        is in the root's aggregate."""
+        e = self.e
+        e.start_root()
+        e.start_cluster(self.ctl_ip)
+        self.node = e.start_node("n1", "n1", ["--allow-emulation", "--stop-instances"])
+        e.wait_nodes(["n1"])
+        self.wait_until("the node in the root's aggregate",
+                        lambda: e.api("GET", "/api/v1/clusters").json()[0]["active_nodes"] == 1, timeout=30)
+        node = e.api("GET", "/api/v1/clusters").json()[0]["nodes"][0]
+        return (node.get("unikernel") or {}).get("accel", "none")
+
+    def up(self):
+        self.debs = nginx_debs(os.path.join(self.args.build, "bench-thesis", "debs"))  # before any namespace
+        import e2elib
+        e = self.edge_start("bt")
+        files = {name: os.path.join(e.guests, name) for name in os.listdir(e.guests) if name.endswith(".tar.gz")}
         self.uk_file = None
         uk = self.args.unikernel_image
         if uk is None:
@@ -240,29 +274,18 @@ class Bench:
             self.uk_label = "the amd64 Linux test guest (busybox httpd)"
         elif os.path.exists(uk):
             self.uk_file = os.path.abspath(uk)
-            os.symlink(self.uk_file, os.path.join(files, "unikernel.tar.gz"))
+            files["unikernel.tar.gz"] = self.uk_file
             self.uk_code = "http://%s:8000/unikernel.tar.gz" % self.ctl_ip
             self.uk_label = os.path.basename(uk)
         else:
             self.uk_code, self.uk_label = uk, uk
-        e.file_server(files, self.ctl_ip, 8000)
-        store = os.path.join(e.tmp, "registry-data")
-        e.registry("127.0.0.1", 5000, store=store, name="registry-ctl")
-        e.registry("127.0.0.1", 5000, store=store, name="registry-n1", netns=e.hosts["n1"][0])
-        rootfs = e2elib.make_busybox_rootfs(os.path.join(e.tmp, "busybox-rootfs"))
-        e2elib.push_rootfs_image(e.lib_path, rootfs, "127.0.0.1:5000", "bench/busybox", "1")
+        self.serve_files(files)
+        self.registries()
         e2elib.push_rootfs_image(e.lib_path, nginx_rootfs(os.path.join(e.tmp, "nginx-rootfs"), e.tmp, self.debs),
                                  "127.0.0.1:5000", "bench/nginx", "1")
         self.ctr_code = self.args.container_image or "127.0.0.1:5000/bench/busybox:1"
         self.ctr_label = self.args.container_image or "busybox httpd (busybox-static)"
-        e.start_root()
-        e.start_cluster(self.ctl_ip)
-        self.node = e.start_node("n1", "n1", ["--allow-emulation", "--stop-instances"])
-        e.wait_nodes(["n1"])
-        wait_until("the node in the root's aggregate",
-                   lambda: e.api("GET", "/api/v1/clusters").json()[0]["active_nodes"] == 1, timeout=30)
-        node = e.api("GET", "/api/v1/clusters").json()[0]["nodes"][0]
-        self.results["accel"] = (node.get("unikernel") or {}).get("accel", "none")
+        self.results["accel"] = self.daemons_up()
 
     def down(self):
         if getattr(self, "e", None):
