@@ -87,6 +87,8 @@ typedef struct {
 
   /* observed nodes (loop.c) */
   GHashTable *reports;              /* node id -> oakuk_node_report* (received_at: monotonic ms) */
+  GHashTable *reports_unsaved;      /* node id -> 1: its report is newer than the store's */
+  gint64 reports_saved_ms;          /* monotonic ms of the last save of reports */
   GHashTable *silent;               /* node id -> 1: found silent, its instances told so */
   GHashTable *delete_sent;          /* "node/instance" -> gint64* monotonic ms of the last extra delete */
   GHashTable *retry;                /* instance -> Retry*: a move off a silent node that found no node */

@@ -13,6 +13,9 @@
 #include <string.h>
 
 #define LOOP_INTERVAL_MS 1000
+/* How often the nodes' last reports are saved (and at a stop): not at each report, which cost one
+ * synced SQLite commit per report (docs/cluster.md). */
+#define REPORT_SAVE_MS 10000
 #define EXTRA_DELETE_COOLDOWN_MS 10000
 #define RETRY_MAX_MS 30000
 
@@ -573,6 +576,7 @@ guint loop_node_remove(Cluster *c, const char *id, GError **error) {
     return SOUP_STATUS_INTERNAL_SERVER_ERROR;
   }
   g_hash_table_remove(c->reports, id);
+  g_hash_table_remove(c->reports_unsaved, id);
   g_hash_table_remove(c->reachable, id);
   g_hash_table_remove(c->silent, id);
   nodelink_forget(c, id);
@@ -685,11 +689,32 @@ static void remember_report(Cluster *c, const char *node, oakuk_node_report *rep
     c->net_dirty = TRUE;
     store_node_set_ip(c->store, node, ip ? ip : "", NULL);
   }
-  char *json = oakuk_node_report_to_json(rep, FALSE, NULL);
-  if (json != NULL)
-    store_node_set_report(c->store, node, json, NULL);
-  od_oakuk_free(json);
   g_hash_table_replace(c->reports, g_strdup(node), rep);
+  g_hash_table_add(c->reports_unsaved, g_strdup(node));
+}
+
+/* The reports received since the last save, saved as the nodes' last reports (loop_start reads
+ * them after a restart). */
+static void save_reports(Cluster *c) {
+  c->reports_saved_ms = cluster_now_ms();
+  if (g_hash_table_size(c->reports_unsaved) == 0)
+    return;
+  g_autoptr(GHashTable) texts = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
+  GHashTableIter it;
+  gpointer k;
+  g_hash_table_iter_init(&it, c->reports_unsaved);
+  while (g_hash_table_iter_next(&it, &k, NULL)) {
+    oakuk_node_report *rep = g_hash_table_lookup(c->reports, k);
+    char *json = rep ? oakuk_node_report_to_json(rep, FALSE, NULL) : NULL;
+    if (json != NULL)
+      g_hash_table_insert(texts, k, g_strdup(json));
+    od_oakuk_free(json);
+  }
+  g_autoptr(GError) error = NULL;
+  if (store_node_reports_save(c->store, texts, &error))
+    g_hash_table_remove_all(c->reports_unsaved);
+  else
+    od_log(G_LOG_LEVEL_WARNING, "store", "msg", error->message, "what", "the nodes' last reports", NULL);
 }
 
 void loop_node_report(Cluster *c, const char *node, oakuk_node_report *rep) {
@@ -994,6 +1019,8 @@ static void run_once(Cluster *c) {
 
 static gboolean on_timer(gpointer data) {
   Cluster *c = data;
+  if (cluster_now_ms() - c->reports_saved_ms >= REPORT_SAVE_MS)
+    save_reports(c);
   store_avoid_expire(c->store, cluster_wall_ms(), NULL);
   prune_delete_stamps(c);
   run_once(c);
@@ -1055,10 +1082,13 @@ void loop_start(Cluster *c) {
       oakuk_reservations_add(c->reservations, i->name, i->node, i->vcpus, i->memory_mb);
   }
   c->net_dirty = TRUE;
+  c->reports_saved_ms = now;
   c->loop_timer = g_timeout_add(LOOP_INTERVAL_MS, on_timer, c);
 }
 
 void loop_stop(Cluster *c) {
+  if (c->loop_timer != 0)
+    save_reports(c);
   g_clear_handle_id(&c->loop_timer, g_source_remove);
   g_clear_handle_id(&c->loop_idle, g_source_remove);
 }

@@ -269,6 +269,21 @@ static gboolean on_signal(gpointer data) {
   return G_SOURCE_CONTINUE;
 }
 
+/* The cluster's in-memory tables, empty (cluster_free frees them). */
+static void cluster_tables_new(Cluster *c) {
+  c->reports =
+      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_node_report_unref);
+  c->reports_unsaved = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  c->reachable = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  c->silent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  c->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  c->delete_sent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  c->retry = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  c->http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
+  c->rate = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  c->reservations = oakuk_reservations_new();
+}
+
 static void cluster_free(Cluster *c) {
   c->stopping = TRUE;
   loop_stop(c);
@@ -288,6 +303,7 @@ static void cluster_free(Cluster *c) {
     soup_session_abort(c->session);
   g_clear_object(&c->session);
   g_clear_pointer(&c->reports, g_hash_table_unref);
+  g_clear_pointer(&c->reports_unsaved, g_hash_table_unref);
   g_clear_pointer(&c->reachable, g_hash_table_unref);
   g_clear_pointer(&c->silent, g_hash_table_unref);
   g_clear_pointer(&c->inflight, g_hash_table_unref);
@@ -452,15 +468,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   od_log_init("oakuk-cluster", common.log_format, common.verbose);
-  c.reports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_node_report_unref);
-  c.reachable = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  c.silent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  c.inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  c.delete_sent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  c.retry = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  c.http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
-  c.rate = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  c.reservations = oakuk_reservations_new();
+  cluster_tables_new(&c);
   a.config_path = common.config_path;
   int rc = run(&c, &a);
   cluster_free(&c);

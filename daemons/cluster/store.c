@@ -400,8 +400,26 @@ gboolean store_node_set_ip(Store *s, const char *id, const char *ip, GError **er
   return run(s, error, "UPDATE nodes SET ip = ?2 WHERE id = ?1", "ss", id, ip);
 }
 
-gboolean store_node_set_report(Store *s, const char *id, const char *report_json, GError **error) {
-  return run(s, error, "UPDATE nodes SET report = ?2 WHERE id = ?1", "ss", id, report_json);
+gboolean store_node_reports_save(Store *s, GHashTable *reports, GError **error) {
+  /* One transaction for all, committed with synchronous=NORMAL: in WAL mode that commit is atomic
+   * but reaches the disk only with the next durable (FULL) commit or checkpoint, so a power failure
+   * can take the last save, never leave half of one. Reports are soft state: the next ones come
+   * within seconds. */
+  if (g_hash_table_size(reports) == 0)
+    return TRUE;
+  if (!od_db_exec(s->db, "PRAGMA synchronous=NORMAL", error))
+    return FALSE;
+  gboolean ok = store_begin(s, error);
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init(&it, reports);
+  while (ok && g_hash_table_iter_next(&it, &k, &v))
+    ok = run(s, error, "UPDATE nodes SET report = ?2 WHERE id = ?1", "ss", (const char *)k, (const char *)v);
+  ok = ok && store_commit(s, error);
+  if (!ok)
+    store_rollback(s);
+  /* durable again for every other commit (a failure here leaves the connection unusable anyway) */
+  return od_db_exec(s->db, "PRAGMA synchronous=FULL", ok ? error : NULL) && ok;
 }
 
 gboolean store_node_set_drained(Store *s, const char *id, gboolean drained, GError **error) {

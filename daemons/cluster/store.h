@@ -124,7 +124,9 @@ gboolean store_node_subnet_index_used(Store *s, gint64 index);
 gboolean store_node_register(Store *s, const char *id, const char *cred_hash, gint64 subnet_index,
                              const char *subnet, const char *ip, gint64 now_ms, GError **error);
 gboolean store_node_set_ip(Store *s, const char *id, const char *ip, GError **error);
-gboolean store_node_set_report(Store *s, const char *id, const char *report_json, GError **error);
+/* Saves reports (node id -> report JSON) as the nodes' last reports, in one transaction that is not
+ * synced to disk at its commit (reports are soft state; store.c says what that risks). */
+gboolean store_node_reports_save(Store *s, GHashTable *reports, GError **error);
 gboolean store_node_set_drained(Store *s, const char *id, gboolean drained, GError **error);
 /* The last report of every node that sent one: id -> report JSON. */
 GHashTable *store_node_reports(Store *s);

@@ -70,16 +70,7 @@ static void setup(void) {
             .insecure = TRUE};
   Cluster *c = &cluster;
   c->config = g_key_file_new();
-  c->reports =
-      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)oakuk_node_report_unref);
-  c->reachable = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  c->silent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  c->inflight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  c->delete_sent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  c->retry = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  c->http_counts = g_hash_table_new(g_direct_hash, g_direct_equal);
-  c->rate = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  c->reservations = oakuk_reservations_new();
+  cluster_tables_new(c);
   if (!load_settings(c, &a, &error) || !open_state(c, &error))
     fail("state", error);
   atexit(teardown);
