@@ -227,9 +227,11 @@ static void on_information(Cluster *c, const char *node, const char *topic, GByt
     return;
   }
   loop_node_report(c, node, rep);
-  if (g_hash_table_add(c->reachable, g_strdup(node)))
+  /* what waited for the node to be reachable goes now; later deliveries go when they are made */
+  if (g_hash_table_add(c->reachable, g_strdup(node))) {
     od_log(G_LOG_LEVEL_INFO, "node", "node", node, "msg", "node is reachable", NULL);
-  nodelink_pump(c);
+    nodelink_pump(c);
+  }
 }
 
 /* A non-negative integer member, or absent (then absent_value); FALSE when present otherwise. */

@@ -289,6 +289,10 @@ void store_close(Store *s) {
   g_free(s);
 }
 
+gint64 store_total_changes(Store *s) {
+  return sqlite3_total_changes64(s->db);
+}
+
 gint64 store_schema_version(Store *s) {
   return user_version(s);
 }

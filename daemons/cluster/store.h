@@ -96,6 +96,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreNode, store_node_free)
 Store *store_open(const char *path, gint64 now_ms, gint64 avoid_ms, GError **error);
 void store_close(Store *s);
 gint64 store_schema_version(Store *s);
+/* Rows changed since the store was opened (to tell whether a transaction changed anything). */
+gint64 store_total_changes(Store *s);
 
 gboolean store_begin(Store *s, GError **error);
 gboolean store_commit(Store *s, GError **error);
