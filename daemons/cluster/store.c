@@ -9,7 +9,15 @@
 
 struct Store {
   sqlite3 *db;
+  GHashTable *stmts; /* SQL text (a literal, by address) -> prepared statement (od_db_stmt) */
 };
+
+/* A statement of the cache, reset when its holder is done with it (no read stays open). */
+typedef sqlite3_stmt StoreStmt;
+static void stmt_done(StoreStmt *st) {
+  sqlite3_reset(st);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreStmt, stmt_done)
 
 /* ---- schema ---- */
 
@@ -114,7 +122,7 @@ static const char migrate_v2_v3[] =
 /* Binds args by types: 's' text (NULL binds NULL), 'i' integer, 'n' integer or NULL when < 0,
  * 'b' boolean. (daemon-common's od_db_run binds text only.) */
 static sqlite3_stmt *prepare_v(Store *s, GError **error, const char *sql, const char *types, va_list ap) {
-  sqlite3_stmt *st = od_db_prepare(s->db, sql, error);
+  sqlite3_stmt *st = od_db_stmt(s->db, s->stmts, sql, error);
   if (st == NULL)
     return NULL;
   for (int i = 0; types != NULL && types[i] != '\0'; i++) {
@@ -154,7 +162,7 @@ static sqlite3_stmt *query(Store *s, const char *sql, const char *types, ...) {
 static gboolean run(Store *s, GError **error, const char *sql, const char *types, ...) {
   va_list ap;
   va_start(ap, types);
-  g_autoptr(sqlite3_stmt) st = prepare_v(s, error, sql, types, ap);
+  g_autoptr(StoreStmt) st = prepare_v(s, error, sql, types, ap);
   va_end(ap);
   if (st == NULL)
     return FALSE;
@@ -178,7 +186,7 @@ static gint64 col_int_or(sqlite3_stmt *st, int i, gint64 none) {
 static gint64 query_int(Store *s, gint64 none, const char *sql, const char *types, ...) {
   va_list ap;
   va_start(ap, types);
-  g_autoptr(sqlite3_stmt) st = prepare_v(s, NULL, sql, types, ap);
+  g_autoptr(StoreStmt) st = prepare_v(s, NULL, sql, types, ap);
   va_end(ap);
   return st != NULL && sqlite3_step(st) == SQLITE_ROW ? col_int_or(st, 0, none) : none;
 }
@@ -273,6 +281,7 @@ static gboolean migrate(Store *s, gint64 now_ms, gint64 avoid_ms, GError **error
 
 Store *store_open(const char *path, gint64 now_ms, gint64 avoid_ms, GError **error) {
   Store *s = g_new0(Store, 1);
+  s->stmts = od_db_stmt_cache_new();
   s->db = od_db_open(path, error);
   if (s->db == NULL || !migrate(s, now_ms, avoid_ms, error)) {
     store_close(s);
@@ -284,6 +293,7 @@ Store *store_open(const char *path, gint64 now_ms, gint64 avoid_ms, GError **err
 void store_close(Store *s) {
   if (s == NULL)
     return;
+  g_hash_table_unref(s->stmts); /* its statements first: a database with statements does not close */
   if (s->db != NULL)
     sqlite3_close(s->db);
   g_free(s);
@@ -313,7 +323,7 @@ void store_rollback(Store *s) {
 /* ---- kv, join tokens ---- */
 
 char *store_kv_get(Store *s, const char *key) {
-  g_autoptr(sqlite3_stmt) st = query(s, "SELECT value FROM kv WHERE key = ?1", "s", key);
+  g_autoptr(StoreStmt) st = query(s, "SELECT value FROM kv WHERE key = ?1", "s", key);
   return st != NULL && sqlite3_step(st) == SQLITE_ROW ? col_text(st, 0) : NULL;
 }
 
@@ -370,18 +380,18 @@ static StoreNode *node_row(sqlite3_stmt *st) {
 }
 
 char *store_node_cred_hash(Store *s, const char *id) {
-  g_autoptr(sqlite3_stmt) st = query(s, "SELECT cred_hash FROM nodes WHERE id = ?1", "s", id);
+  g_autoptr(StoreStmt) st = query(s, "SELECT cred_hash FROM nodes WHERE id = ?1", "s", id);
   return st != NULL && sqlite3_step(st) == SQLITE_ROW ? col_text(st, 0) : NULL;
 }
 
 StoreNode *store_node_get(Store *s, const char *id) {
-  g_autoptr(sqlite3_stmt) st = query(s, "SELECT " NODE_COLUMNS " FROM nodes WHERE id = ?1", "s", id);
+  g_autoptr(StoreStmt) st = query(s, "SELECT " NODE_COLUMNS " FROM nodes WHERE id = ?1", "s", id);
   return st != NULL && sqlite3_step(st) == SQLITE_ROW ? node_row(st) : NULL;
 }
 
 GPtrArray *store_node_list(Store *s) {
   GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)store_node_free);
-  g_autoptr(sqlite3_stmt) st = query(s, "SELECT " NODE_COLUMNS " FROM nodes ORDER BY id", NULL);
+  g_autoptr(StoreStmt) st = query(s, "SELECT " NODE_COLUMNS " FROM nodes ORDER BY id", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW)
     g_ptr_array_add(a, node_row(st));
   return a;
@@ -432,7 +442,7 @@ gboolean store_node_set_drained(Store *s, const char *id, gboolean drained, GErr
 
 GHashTable *store_node_reports(Store *s) {
   GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  g_autoptr(sqlite3_stmt) st = query(s, "SELECT id, report FROM nodes WHERE report IS NOT NULL", NULL);
+  g_autoptr(StoreStmt) st = query(s, "SELECT id, report FROM nodes WHERE report IS NOT NULL", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW)
     g_hash_table_replace(h, col_text(st, 0), col_text(st, 1));
   return h;
@@ -495,13 +505,12 @@ static StoreInstance *instance_row(sqlite3_stmt *st) {
 }
 
 StoreInstance *store_instance_get(Store *s, const char *name) {
-  g_autoptr(sqlite3_stmt) st =
-      query(s, "SELECT " INSTANCE_COLUMNS " FROM instances WHERE name = ?1", "s", name);
+  g_autoptr(StoreStmt) st = query(s, "SELECT " INSTANCE_COLUMNS " FROM instances WHERE name = ?1", "s", name);
   return st != NULL && sqlite3_step(st) == SQLITE_ROW ? instance_row(st) : NULL;
 }
 
 StoreInstance *store_instance_find(Store *s, const char *job_id, gint64 number, gboolean by_name) {
-  g_autoptr(sqlite3_stmt) st =
+  g_autoptr(StoreStmt) st =
       query(s,
             "SELECT " INSTANCE_COLUMNS " FROM instances WHERE (job_id = ?1 OR (?3 AND job_name = ?1))"
             " AND instance = ?2 ORDER BY job_id = ?1 DESC LIMIT 1",
@@ -511,7 +520,7 @@ StoreInstance *store_instance_find(Store *s, const char *job_id, gint64 number, 
 
 GPtrArray *store_instance_list(Store *s) {
   GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)store_instance_free);
-  g_autoptr(sqlite3_stmt) st = query(s, "SELECT " INSTANCE_COLUMNS " FROM instances ORDER BY name", NULL);
+  g_autoptr(StoreStmt) st = query(s, "SELECT " INSTANCE_COLUMNS " FROM instances ORDER BY name", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW)
     g_ptr_array_add(a, instance_row(st));
   return a;
@@ -601,14 +610,14 @@ gboolean store_old_copy_put(Store *s, const StoreOldCopy *o, GError **error) {
 }
 
 StoreOldCopy *store_old_copy_get(Store *s, const char *name, const char *node) {
-  g_autoptr(sqlite3_stmt) st =
+  g_autoptr(StoreStmt) st =
       query(s, "SELECT " OLD_COPY_COLUMNS " FROM old_copies WHERE name = ?1 AND node = ?2", "ss", name, node);
   return st != NULL && sqlite3_step(st) == SQLITE_ROW ? old_copy_row(st) : NULL;
 }
 
 GPtrArray *store_old_copy_list(Store *s, const char *name_or_null) {
   GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)store_old_copy_free);
-  g_autoptr(sqlite3_stmt) st = query(
+  g_autoptr(StoreStmt) st = query(
       s, "SELECT " OLD_COPY_COLUMNS " FROM old_copies WHERE ?1 IS NULL OR name = ?1 ORDER BY name, node", "s",
       name_or_null);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW)
@@ -633,7 +642,7 @@ gboolean store_avoid_add(Store *s, const char *name, const char *node, gint64 un
 
 GHashTable *store_avoid_get(Store *s, const char *name, gint64 now_ms) {
   GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  g_autoptr(sqlite3_stmt) st =
+  g_autoptr(StoreStmt) st =
       query(s, "SELECT node, until_ms FROM avoid WHERE name = ?1 AND until_ms > ?2", "si", name, now_ms);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     gint64 *until = g_new(gint64, 1);
@@ -676,7 +685,7 @@ gboolean store_delivery_add(Store *s, const char *node, const char *instance, co
 
 GPtrArray *store_delivery_list(Store *s) {
   GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)store_delivery_free);
-  g_autoptr(sqlite3_stmt) st =
+  g_autoptr(StoreStmt) st =
       query(s, "SELECT id, node, instance, topic, payload FROM deliveries ORDER BY id", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     StoreDelivery *d = g_new0(StoreDelivery, 1);
@@ -729,10 +738,10 @@ gboolean store_outbox_add(Store *s, const StoreStatus *e, GError **error) {
 
 GPtrArray *store_outbox_batch(Store *s, guint limit) {
   GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)store_status_free);
-  g_autoptr(sqlite3_stmt) st = query(s,
-                                     "SELECT id, job_id, instance, generation, status, detail, node, ready,"
-                                     " ready_ms FROM status_outbox ORDER BY id LIMIT ?1",
-                                     "i", (gint64)limit);
+  g_autoptr(StoreStmt) st = query(s,
+                                  "SELECT id, job_id, instance, generation, status, detail, node, ready,"
+                                  " ready_ms FROM status_outbox ORDER BY id LIMIT ?1",
+                                  "i", (gint64)limit);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     StoreStatus *e = g_new0(StoreStatus, 1);
     e->id = sqlite3_column_int64(st, 0);
@@ -764,7 +773,7 @@ gboolean store_explanation_set(Store *s, const char *job_id, const char *job_nam
 }
 
 JsonObject *store_explanation_get(Store *s, const char *key) {
-  g_autoptr(sqlite3_stmt) st = query(
+  g_autoptr(StoreStmt) st = query(
       s, "SELECT job_id, job_name, instance, lines FROM explanations WHERE job_id = ?1 OR job_name = ?1", "s",
       key);
   if (st == NULL || sqlite3_step(st) != SQLITE_ROW)
@@ -782,7 +791,7 @@ JsonObject *store_explanation_get(Store *s, const char *key) {
 
 JsonArray *store_peers_table(Store *s) {
   JsonArray *a = json_array_new();
-  g_autoptr(sqlite3_stmt) st = query(s, "SELECT id, ip, subnet FROM nodes ORDER BY id", NULL);
+  g_autoptr(StoreStmt) st = query(s, "SELECT id, ip, subnet FROM nodes ORDER BY id", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW) {
     JsonObject *o = json_object_new();
     json_object_set_string_member(o, "id", (const char *)sqlite3_column_text(st, 0));
@@ -796,7 +805,7 @@ JsonArray *store_peers_table(Store *s) {
 /* One entry per service that has addresses.rr_ip, listing its RUNNING instances. */
 JsonArray *store_services_table(Store *s) {
   JsonArray *a = json_array_new();
-  g_autoptr(sqlite3_stmt) st =
+  g_autoptr(StoreStmt) st =
       query(s,
             "SELECT i.job_name, json_extract(i.job, '$.addresses.rr_ip'), json_extract(i.job, '$.port'),"
             " i.instance, i.ip, i.node, n.ip, n.subnet FROM instances i JOIN nodes n ON n.id = i.node"
@@ -839,7 +848,7 @@ gint64 store_count(Store *s, StoreCount what) {
 
 GPtrArray *store_status_counts(Store *s) {
   GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
-  g_autoptr(sqlite3_stmt) st =
+  g_autoptr(StoreStmt) st =
       query(s, "SELECT status, COUNT(*) FROM instances GROUP BY status ORDER BY status", NULL);
   while (st != NULL && sqlite3_step(st) == SQLITE_ROW)
     g_ptr_array_add(a, g_strdup_printf("%s\t%" G_GINT64_FORMAT, sqlite3_column_text(st, 0),

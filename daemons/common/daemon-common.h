@@ -228,6 +228,13 @@ gboolean od_db_exec(sqlite3 *db, const char *sql, GError **error);
 /* The integer a "SELECT COUNT(*) ..." without parameters answers; 0 on any failure. */
 gint64 od_db_count(sqlite3 *db, const char *sql);
 sqlite3_stmt *od_db_prepare(sqlite3 *db, const char *sql, GError **error);
+/* A cache of prepared statements: SQL text (a literal, by address) -> statement, finalized with the
+ * table (free it before closing the database). */
+GHashTable *od_db_stmt_cache_new(void);
+/* The prepared statement of sql from cache (prepared on its first use), reset and unbound. A caller
+ * steps it to its end or resets it before anything else uses the same literal, so that no statement
+ * keeps a read open or is reset under another's feet. */
+sqlite3_stmt *od_db_stmt(sqlite3 *db, GHashTable *cache, const char *sql, GError **error);
 /* Binds the text values (the list ends with NULL) to ?1..?n and steps once; TRUE for
  * SQLITE_ROW/SQLITE_DONE, an error naming sqlite's message otherwise. */
 gboolean od_db_run(sqlite3 *db, GError **error, const char *sql, ...) G_GNUC_NULL_TERMINATED;

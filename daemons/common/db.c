@@ -80,6 +80,29 @@ sqlite3_stmt *od_db_prepare(sqlite3 *db, const char *sql, GError **error) {
   return st;
 }
 
+static void stmt_finalize(gpointer st) {
+  sqlite3_finalize(st);
+}
+
+GHashTable *od_db_stmt_cache_new(void) {
+  return g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, stmt_finalize);
+}
+
+sqlite3_stmt *od_db_stmt(sqlite3 *db, GHashTable *cache, const char *sql, GError **error) {
+  sqlite3_stmt *st = g_hash_table_lookup(cache, sql);
+  if (st != NULL) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+  }
+  if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+    g_set_error(error, OD_ERROR, OD_ERROR_IO, "sqlite: %s (in \"%s\")", sqlite3_errmsg(db), sql);
+    return NULL;
+  }
+  g_hash_table_insert(cache, (gpointer)sql, st);
+  return st;
+}
+
 static void bind_va(sqlite3_stmt *st, va_list ap) {
   int i = 1;
   int n = sqlite3_bind_parameter_count(st);

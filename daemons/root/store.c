@@ -52,25 +52,15 @@ static const char instances_v2[] =
 
 /* ---- statements ---- */
 
-static void stmt_finalize(gpointer st) {
-  sqlite3_finalize(st);
-}
-
 /* The prepared statement of sql, reset and unbound; kept for the store's lifetime. Every caller
  * steps it to its end or resets it before returning, so no statement keeps a read open. */
 static sqlite3_stmt *stmt(Store *s, const char *sql, GError **error) {
-  sqlite3_stmt *st = g_hash_table_lookup(s->stmts, sql);
-  if (st != NULL) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return st;
+  g_autoptr(GError) local = NULL;
+  sqlite3_stmt *st = od_db_stmt(s->db, s->stmts, sql, &local);
+  if (st == NULL) {
+    od_log(G_LOG_LEVEL_WARNING, "store", "msg", local->message, NULL);
+    g_propagate_error(error, g_steal_pointer(&local));
   }
-  if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
-    g_set_error(error, OD_ERROR, OD_ERROR_IO, "sqlite: %s (in \"%s\")", sqlite3_errmsg(s->db), sql);
-    od_log(G_LOG_LEVEL_WARNING, "store", "msg", sqlite3_errmsg(s->db), "sql", sql, NULL);
-    return NULL;
-  }
-  g_hash_table_insert(s->stmts, (gpointer)sql, st);
   return st;
 }
 
@@ -1517,7 +1507,7 @@ Store *store_open(const char *path, gint64 now_ms, GError **error) {
     return NULL;
   Store *s = g_new0(Store, 1);
   s->db = db;
-  s->stmts = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, stmt_finalize);
+  s->stmts = od_db_stmt_cache_new();
   if (!migrate(s, now_ms, error)) {
     g_prefix_error(error, "%s: ", path);
     store_free(s);
