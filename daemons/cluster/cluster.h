@@ -81,9 +81,12 @@ typedef struct {
   GHashTable *inflight;       /* delivery id (gint64 as string) -> its publish's context */
   guint64 mqtt_rejected;
   gboolean net_dirty;
-  char *net_peers_sent, *net_services_sent; /* the tables last published on this broker connection */
-  gint64 net_next_us;                       /* monotonic time the tables may go out again */
-  guint net_timer;                          /* a publication waiting for net_next_us */
+  char *net_peers_sent, *net_services_sent;     /* the tables last published on this broker connection */
+  gint64 net_next_us;                           /* monotonic time the tables may go out again */
+  guint net_timer;                              /* a publication waiting for net_next_us or for room */
+  GPtrArray *net_round_nodes;                   /* of node ids: those a publication still goes to */
+  guint net_round_next;                         /* the next one */
+  gboolean net_round_peers, net_round_services; /* which tables it carries */
 
   /* observed nodes (loop.c) */
   GHashTable *reports;              /* node id -> oakuk_node_report* (received_at: monotonic ms) */

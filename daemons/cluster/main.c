@@ -291,6 +291,7 @@ static void cluster_free(Cluster *c) {
   g_clear_handle_id(&c->aggregate_source, g_source_remove);
   g_clear_handle_id(&c->register_source, g_source_remove);
   g_clear_handle_id(&c->net_timer, g_source_remove);
+  g_clear_pointer(&c->net_round_nodes, g_ptr_array_unref);
   g_clear_pointer(&c->net_peers_sent, g_free);
   g_clear_pointer(&c->net_services_sent, g_free);
   if (c->inflight != NULL)

@@ -143,6 +143,12 @@ void nodelink_pump(Cluster *c) {
 
 /* The shortest time between two publications of the tables (changes in between are coalesced). */
 #define NET_MIN_INTERVAL_MS 250
+/* A publication goes out node by node while the MQTT client holds less than this, unwritten: the
+ * tables of all nodes queued at once (N nodes x an N-entry peer table) took the cluster to 477 MB
+ * at 1,000 nodes (bench/scale). */
+#define NET_QUEUE_MAX (1024 * 1024)
+/* How soon a paced publication looks again at the queue. */
+#define NET_PACE_MS 5
 
 static gboolean net_timer_done(gpointer data) {
   Cluster *c = data;
@@ -151,20 +157,42 @@ static gboolean net_timer_done(gpointer data) {
   return G_SOURCE_REMOVE;
 }
 
-/* Both tables go to every registered node, retained, so a node (re)connecting gets the latest. A
- * table goes out only when its text differs from the last one published on this broker connection:
- * every placement and status change marks the tables dirty, and sending N nodes the N-entry peer
- * table each time grew the cluster to 1.3 GB and deploys to 12 s at 1,000 nodes (bench/scale).
- * At most one publication per NET_MIN_INTERVAL_MS. */
-void nodelink_publish_net(Cluster *c) {
-  if (!c->net_dirty || c->mqtt == NULL || !c->mqtt_up)
-    return;
-  gint64 now = g_get_monotonic_time();
-  if (now < c->net_next_us) {
-    if (c->net_timer == 0)
-      c->net_timer = g_timeout_add((guint)((c->net_next_us - now) / 1000) + 1, net_timer_done, c);
-    return;
+static void net_round_clear(Cluster *c) {
+  g_clear_pointer(&c->net_round_nodes, g_ptr_array_unref);
+  c->net_round_next = 0;
+  c->net_round_peers = c->net_round_services = FALSE;
+}
+
+/* Sends the current round's tables to its nodes from net_round_next on, while the client's queue
+ * has room; TRUE when the round is done (or there is none), FALSE when it waits for room or failed
+ * (then every table goes out again on the next pass). */
+static gboolean net_round_continue(Cluster *c) {
+  if (c->net_round_nodes == NULL)
+    return TRUE;
+  while (c->net_round_next < c->net_round_nodes->len) {
+    if (od_mqtt_queued_bytes(c->mqtt) >= NET_QUEUE_MAX)
+      return FALSE;
+    const char *node = c->net_round_nodes->pdata[c->net_round_next];
+    g_autofree char *t1 = g_strdup_printf("nodes/%s/net/peers", node);
+    g_autofree char *t2 = g_strdup_printf("nodes/%s/net/services", node);
+    const char *pt = c->net_peers_sent, *st = c->net_services_sent;
+    if ((c->net_round_peers && !od_mqtt_publish(c->mqtt, t1, pt, strlen(pt), TRUE, NULL, NULL, NULL)) ||
+        (c->net_round_services && !od_mqtt_publish(c->mqtt, t2, st, strlen(st), TRUE, NULL, NULL, NULL))) {
+      net_round_clear(c);
+      g_clear_pointer(&c->net_peers_sent, g_free);
+      g_clear_pointer(&c->net_services_sent, g_free);
+      c->net_dirty = TRUE; /* tried again, whole, on the next pass */
+      return FALSE;
+    }
+    c->net_round_next++;
   }
+  net_round_clear(c);
+  return TRUE;
+}
+
+/* A new round when the tables differ from the last published ones: to every registered node, with
+ * the tables that changed and those the round it replaces had still to send. */
+static void net_round_start(Cluster *c, gint64 now) {
   g_autoptr(JsonNode) peers = json_node_new(JSON_NODE_ARRAY);
   g_autoptr(JsonNode) services = json_node_new(JSON_NODE_ARRAY);
   json_node_take_array(peers, store_peers_table(c->store));
@@ -176,22 +204,51 @@ void nodelink_publish_net(Cluster *c) {
   c->net_dirty = FALSE;
   if (!new_peers && !new_services)
     return;
+  gboolean peers_due = new_peers || (c->net_round_nodes != NULL && c->net_round_peers);
+  gboolean services_due = new_services || (c->net_round_nodes != NULL && c->net_round_services);
+  /* The nodes the replaced round had not reached yet come first. */
+  g_autofree char *resume = c->net_round_nodes != NULL && c->net_round_next < c->net_round_nodes->len
+                                ? g_strdup(c->net_round_nodes->pdata[c->net_round_next])
+                                : NULL;
+  net_round_clear(c);
   g_autoptr(GPtrArray) nodes = store_node_list(c->store);
-  for (guint k = 0; k < nodes->len; k++) {
-    const char *node = ((StoreNode *)nodes->pdata[k])->id;
-    g_autofree char *t1 = g_strdup_printf("nodes/%s/net/peers", node);
-    g_autofree char *t2 = g_strdup_printf("nodes/%s/net/services", node);
-    if ((new_peers && !od_mqtt_publish(c->mqtt, t1, pt, strlen(pt), TRUE, NULL, NULL, NULL)) ||
-        (new_services && !od_mqtt_publish(c->mqtt, t2, stext, strlen(stext), TRUE, NULL, NULL, NULL))) {
-      c->net_dirty = TRUE; /* tried again on the next pass */
-      return;
-    }
-  }
+  guint first = 0;
+  for (guint k = 0; resume != NULL && k < nodes->len; k++)
+    if (strcmp(((StoreNode *)nodes->pdata[k])->id, resume) == 0)
+      first = k;
+  c->net_round_nodes = g_ptr_array_new_full(nodes->len, g_free);
+  for (guint k = 0; k < nodes->len; k++)
+    g_ptr_array_add(c->net_round_nodes, g_strdup(((StoreNode *)nodes->pdata[(first + k) % nodes->len])->id));
+  c->net_round_peers = peers_due;
+  c->net_round_services = services_due;
   g_free(c->net_peers_sent);
   c->net_peers_sent = g_steal_pointer(&pt);
   g_free(c->net_services_sent);
   c->net_services_sent = g_steal_pointer(&stext);
   c->net_next_us = now + NET_MIN_INTERVAL_MS * 1000;
+}
+
+/* Both tables go to every registered node, retained, so a node (re)connecting gets the latest. A
+ * table goes out only when its text differs from the last one published on this broker connection:
+ * every placement and status change marks the tables dirty, and sending N nodes the N-entry peer
+ * table each time grew the cluster to 1.3 GB and deploys to 12 s at 1,000 nodes (bench/scale).
+ * A publication starts at most once per NET_MIN_INTERVAL_MS and goes out node by node, paced by
+ * the MQTT client's queue (NET_QUEUE_MAX); a change meanwhile starts it again, for every node, with
+ * the new tables. */
+void nodelink_publish_net(Cluster *c) {
+  g_clear_handle_id(&c->net_timer, g_source_remove);
+  if (c->mqtt == NULL || !c->mqtt_up)
+    return;
+  gint64 now = g_get_monotonic_time();
+  if (c->net_dirty && now >= c->net_next_us)
+    net_round_start(c, now);
+  guint delay = 0;
+  if (!net_round_continue(c) && c->net_round_nodes != NULL)
+    delay = NET_PACE_MS; /* waits for room in the queue */
+  else if (c->net_dirty)
+    delay = now < c->net_next_us ? (guint)((c->net_next_us - now) / 1000) + 1 : 1;
+  if (delay > 0)
+    c->net_timer = g_timeout_add(delay, net_timer_done, c);
 }
 
 void nodelink_forget(Cluster *c, const char *node) {
@@ -378,6 +435,7 @@ static void on_state(gboolean connected, const char *reason, gpointer data) {
     g_hash_table_remove_all(c->inflight);
     c->net_dirty = TRUE;
     /* A new connection may be to a new broker, which has no retained tables: all go out again. */
+    net_round_clear(c);
     g_clear_pointer(&c->net_peers_sent, g_free);
     g_clear_pointer(&c->net_services_sent, g_free);
     od_log(G_LOG_LEVEL_MESSAGE, "mqtt", "msg", "connected to the broker", NULL);

@@ -57,7 +57,8 @@ struct OdMqtt {
   GSocket *sock; /* the stream's socket */
   GByteArray *in;
   guint8 buf[16384];
-  GQueue out; /* GBytes, the first one being written while writing */
+  GQueue out;      /* GBytes, the first one being written while writing */
+  gsize out_bytes; /* their size */
   gboolean writing;
   GHashTable *inflight; /* packet id -> Pending: publishes waiting for their PUBACK */
   guint16 next_id;
@@ -139,8 +140,17 @@ static void do_connect(OdMqtt *m);
 static gboolean retry_connect(gpointer data);
 
 static void send_packet(OdMqtt *m, guint8 first, GByteArray *body) {
-  g_queue_push_tail(&m->out, packet(first, body));
+  GBytes *b = packet(first, body);
+  m->out_bytes += g_bytes_get_size(b);
+  g_queue_push_tail(&m->out, b);
   start_write(m);
+}
+
+/* Drops the packet at the head of the queue (written, or the connection ended). */
+static void out_pop(OdMqtt *m) {
+  GBytes *b = g_queue_pop_head(&m->out);
+  m->out_bytes -= g_bytes_get_size(b);
+  g_bytes_unref(b);
 }
 
 static void written(GObject *source, GAsyncResult *res, gpointer data) {
@@ -150,7 +160,7 @@ static void written(GObject *source, GAsyncResult *res, gpointer data) {
   if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED) && m->stream != NULL &&
       G_OUTPUT_STREAM(source) == g_io_stream_get_output_stream(m->stream)) {
     m->writing = FALSE;
-    g_bytes_unref(g_queue_pop_head(&m->out));
+    out_pop(m);
     if (ok)
       start_write(m);
     else
@@ -201,6 +211,7 @@ static void lost(OdMqtt *m, const char *reason) {
   g_clear_object(&m->sock);
   g_clear_pointer(&m->in, g_byte_array_unref);
   g_queue_clear_full(&m->out, (GDestroyNotify)g_bytes_unref);
+  m->out_bytes = 0;
   mqtt_ref(m);
   fail_pending(m, reason);
   if (m->closed) {
@@ -586,6 +597,10 @@ void od_mqtt_start(OdMqtt *m) {
 
 gboolean od_mqtt_is_connected(OdMqtt *m) {
   return m->connected;
+}
+
+gsize od_mqtt_queued_bytes(OdMqtt *m) {
+  return m->out_bytes;
 }
 
 gboolean od_mqtt_publish(OdMqtt *m, const char *topic, const void *payload, gsize len, gboolean retain,

@@ -39,6 +39,8 @@ OdMqtt *od_mqtt_new(const OdMqttOptions *opts, OdMqttMessageFunc on_message, OdM
 /* Connects, and keeps reconnecting (1 s .. 8 s apart) until od_mqtt_free. */
 void od_mqtt_start(OdMqtt *m);
 gboolean od_mqtt_is_connected(OdMqtt *m);
+/* Bytes of packets waiting to be written to the broker (publishers pace themselves with it). */
+gsize od_mqtt_queued_bytes(OdMqtt *m);
 /* Publishes with QoS 1. Fails at once (FALSE, error) when not connected; otherwise done (may be
  * NULL) is called on the main context with the broker's acknowledgement or the failure. */
 gboolean od_mqtt_publish(OdMqtt *m, const char *topic, const void *payload, gsize len, gboolean retain,
