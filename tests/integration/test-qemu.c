@@ -963,8 +963,9 @@ static void test_arm64(Fx *f, gconstpointer data) {
   wait_status(f, name, OAKUK_STATUS_UNDEPLOYED, 15);
 }
 
-/* Removes the test's user once this process ends, however it ends (a separate process waiting
- * for the end of a pipe only this process holds). */
+/* Ends the QEMUs left running as the test's user (an aborted test skips its teardown, and a pooled
+ * or restored guest spins a core for good), then removes the user, once this process ends, however
+ * it ends (a separate process waiting for the end of a pipe only this process holds). */
 static void start_user_reaper(const char *user) {
   int fds[2];
   g_assert_cmpint(pipe2(fds, O_CLOEXEC), ==, 0);
@@ -979,6 +980,16 @@ static void start_user_reaper(const char *user) {
   char b;
   while (read(fds[0], &b, 1) < 0 && errno == EINTR)
     ;
+  struct passwd *pw = getpwnam(user);
+  GDir *d = pw ? g_dir_open("/proc", 0, NULL) : NULL;
+  for (const char *e; d && (e = g_dir_read_name(d));) {
+    struct stat st;
+    g_autofree char *path = g_strdup_printf("/proc/%s", e);
+    if (g_ascii_isdigit(e[0]) && stat(path, &st) == 0 && st.st_uid == pw->pw_uid)
+      kill((pid_t)atoi(e), SIGKILL);
+  }
+  if (d)
+    g_dir_close(d);
   g_autofree char *cmd = g_strdup_printf("userdel --force %s", user);
   run(cmd);
   _exit(0);
