@@ -1118,14 +1118,12 @@ static void parse_unikernel_ext(Ctx *ctx, oakuk_microservice *ms, JsonObject *ob
         "saved guest, so each must have the guest at the same address");
   }
   get_int(ctx, u, path, "graceful_stop_s", false, 0, 3600, " (seconds)", &ms->uk_graceful);
-  if (json_object_has_member(u, "warm_pool")) {
-    get_int(ctx, u, path, "warm_pool", false, 0, OAKUK_UK_WARM_POOL_MAX, " (QEMUs kept started per node)",
-            &ms->uk_warm_pool);
-    if (ms->uk_warm_pool > 0 && ms->uk_start != OAKUK_UKSTART_SNAPSHOT) {
-      g_autofree char *wpath = path_key(path, "warm_pool");
-      oakuk_problems_add(&ctx->problems, wpath,
-                         "needs start \"snapshot\": pooled QEMUs wait to restore the service's snapshot");
-    }
+  get_int(ctx, u, path, "warm_pool", false, 0, OAKUK_UK_WARM_POOL_MAX, " (QEMUs kept started per node)",
+          &ms->uk_warm_pool);
+  if (ms->uk_warm_pool > 0 && ms->uk_start != OAKUK_UKSTART_SNAPSHOT) {
+    g_autofree char *wpath = path_key(path, "warm_pool");
+    oakuk_problems_add(&ctx->problems, wpath,
+                       "needs start \"snapshot\": pooled QEMUs wait to restore the service's snapshot");
   }
   warn_unknown_keys(ctx, u, path, known, NULL);
 }

@@ -190,16 +190,23 @@ int oakuk_net_ifindex(struct nl_sock *sk, const char *name) {
   return idx;
 }
 
+int oakuk_net_link_change(struct nl_sock *sk, int ifindex, struct rtnl_link *change) {
+  struct rtnl_link *o = rtnl_link_alloc();
+  rtnl_link_set_ifindex(o, ifindex);
+  int r = rtnl_link_change(sk, o, change, 0);
+  rtnl_link_put(o);
+  rtnl_link_put(change);
+  return r;
+}
+
 gboolean oakuk_net_link_up(struct nl_sock *sk, int ifindex, const char *alias, int master, GError **error) {
   struct rtnl_link *l = rtnl_link_alloc();
-  rtnl_link_set_ifindex(l, ifindex);
   rtnl_link_set_flags(l, IFF_UP);
   if (alias)
     rtnl_link_set_ifalias(l, alias);
   if (master > 0)
     rtnl_link_set_master(l, master);
-  int r = rtnl_link_change(sk, l, l, 0);
-  rtnl_link_put(l);
+  int r = oakuk_net_link_change(sk, ifindex, l);
   if (r < 0)
     return oakuk_net_fail_nl(error, r, "set link %d up", ifindex);
   return TRUE;
@@ -239,11 +246,9 @@ gboolean oakuk_net_link_del(struct nl_sock *sk, const char *name, GError **error
 gboolean oakuk_net_link_set_mac(struct nl_sock *sk, int ifindex, const guint8 mac[6], GError **error) {
   struct rtnl_link *l = rtnl_link_alloc();
   struct nl_addr *a = nl_addr_build(AF_LLC, mac, 6);
-  rtnl_link_set_ifindex(l, ifindex);
   rtnl_link_set_addr(l, a);
-  int r = rtnl_link_change(sk, l, l, 0);
   nl_addr_put(a);
-  rtnl_link_put(l);
+  int r = oakuk_net_link_change(sk, ifindex, l);
   if (r < 0)
     return oakuk_net_fail_nl(error, r, "set the MAC of link %d", ifindex);
   return TRUE;

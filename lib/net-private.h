@@ -74,6 +74,10 @@ int oakuk_net_ns_open(const char *name);
 gboolean oakuk_net_sysctl(const char *path, const char *value, GError **error);
 
 int oakuk_net_ifindex(struct nl_sock *sk, const char *name);
+struct rtnl_link;
+/* Applies change (an rtnl_link with only what changes set; taken) to link ifindex: the netlink
+ * result, < 0 on failure. */
+int oakuk_net_link_change(struct nl_sock *sk, int ifindex, struct rtnl_link *change);
 gboolean oakuk_net_link_up(struct nl_sock *sk, int ifindex, const char *alias, int master, GError **error);
 gboolean oakuk_net_link_set_mac(struct nl_sock *sk, int ifindex, const guint8 mac[6], GError **error);
 /* IFLA_IFALIAS of link name, NULL when it has none or does not exist. */

@@ -1424,6 +1424,12 @@ static void pool_entry_exited(int wait_status, gpointer data) {
       return; /* (pool_entry_free released it) */
 }
 
+/* A pool asked to hold nothing and starting nothing goes. */
+static void pool_drop_if_idle(QemuRuntime *q, Pool *pool) {
+  if (pool->want == 0 && pool->pending == 0)
+    g_ptr_array_remove(q->pools, pool);
+}
+
 static OakukInstance *pool_detached(oakuk_runtime *rt, const oakuk_instance_spec *tmpl, const char *name,
                                     const char *tap) {
   OakukInstance *p = oakuk_instance_new_detached(rt, name);
@@ -1483,8 +1489,8 @@ static void pool_spawned(GObject *src, GAsyncResult *res, gpointer data) {
   } else {
     pool_entry_release(p, TRUE); /* a failed start, or a pool that shrank or went meanwhile */
   }
-  if (pool && pool->want == 0 && pool->pending == 0)
-    g_ptr_array_remove(((QemuRuntime *)rt->impl)->pools, pool);
+  if (pool)
+    pool_drop_if_idle(rt->impl, pool);
   oakuk_runtime_unref(rt);
 }
 
@@ -1573,11 +1579,7 @@ static gboolean pool_swap_done(gpointer data) {
 
 static gboolean link_change(struct nl_sock *sk, int ifindex, struct rtnl_link *c, const char *what,
                             GError **error) {
-  struct rtnl_link *o = rtnl_link_alloc();
-  rtnl_link_set_ifindex(o, ifindex);
-  int r = rtnl_link_change(sk, o, c, 0);
-  rtnl_link_put(o);
-  rtnl_link_put(c);
+  int r = oakuk_net_link_change(sk, ifindex, c);
   return r < 0 ? oakuk_net_fail_nl(error, r, "%s", what) : TRUE;
 }
 
@@ -1720,7 +1722,7 @@ OAKUK_API int oakuk_runtime_pool_set(oakuk_runtime *rt, const oakuk_instance_spe
     return oakuk_set_error(error, OAKUK_EINVAL, 0, "n", "pool for %s: %d QEMUs is outside 0..%d", spec->name,
                            n, POOL_MAX);
   QemuRuntime *q = rt->impl;
-  oakuk_instance_spec *tmpl = oakuk_instance_spec_copy(spec);
+  g_autoptr(oakuk_instance_spec) tmpl = oakuk_instance_spec_copy(spec);
   oakuk_instance_spec_set_network(tmpl, "/proc/self/ns/net", "tap0", spec->ip, spec->prefix, spec->gateway,
                                   spec->mac);
   /* The key, as an instance of spec would have it. */
@@ -1731,21 +1733,15 @@ OAKUK_API int oakuk_runtime_pool_set(oakuk_runtime *rt, const oakuk_instance_spe
   gboolean exists = qd(probe)->snap == SNAP_RESTORE;
   g_clear_pointer(&qd(probe)->pool_tap, g_free);
   oakuk_instance_unref(probe);
-  if (!ok) {
-    oakuk_instance_spec_unref(tmpl);
+  if (!ok)
     return oakuk_propagate_gerror(error, err);
-  }
   Pool *pool = pool_find(q, key);
-  if (n > 0 && !exists) {
-    oakuk_instance_spec_unref(tmpl);
+  if (n > 0 && !exists)
     return oakuk_set_error(error, OAKUK_ENOTFOUND, 0, "snapshot",
                            "pool for %s: no snapshot yet (an instance saves it at its first readiness)",
                            spec->name);
-  }
-  if (!pool && n == 0) {
-    oakuk_instance_spec_unref(tmpl);
+  if (!pool && n == 0)
     return 0;
-  }
   if (!pool) {
     pool = g_new0(Pool, 1);
     pool->snap_path = g_strdup(key);
@@ -1757,11 +1753,10 @@ OAKUK_API int oakuk_runtime_pool_set(oakuk_runtime *rt, const oakuk_instance_spe
   }
   if (pool->spec)
     oakuk_instance_spec_unref(pool->spec);
-  pool->spec = tmpl;
+  pool->spec = g_steal_pointer(&tmpl);
   pool->want = n;
   pool_fill(pool);
-  if (n == 0 && pool->pending == 0)
-    g_ptr_array_remove(q->pools, pool);
+  pool_drop_if_idle(q, pool);
   return 0;
 }
 

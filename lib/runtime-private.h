@@ -38,6 +38,7 @@ struct oakuk_instance_spec {
 
 /* A deep copy (refcount 1). */
 oakuk_instance_spec *oakuk_instance_spec_copy(const oakuk_instance_spec *spec);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(oakuk_instance_spec, oakuk_instance_spec_unref)
 
 /* Where an instance is in its life. A deploy starts PREPARING; the process exists from STARTING
  * on; STOPPING is an undeploy of a live process; EXITED means its end has been reported (or the

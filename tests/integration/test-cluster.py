@@ -211,6 +211,15 @@ class ClusterTest(unittest.TestCase):
         wait_until("both nodes active at the root", lambda: requests.get(
             self.root_url + "/api/v1/clusters/" + self.cid, headers=self.h, timeout=5).json()["active_nodes"] == 2)
 
+    def stored_memory(self, node):
+        """The memory of node's last report as the cluster's store holds it."""
+        db = sqlite3.connect(os.path.join(self.tmp, "cluster", "cluster.db"))
+        try:
+            row = db.execute("SELECT report FROM nodes WHERE id = ?", (node,)).fetchone()
+            return json.loads(row[0])["memory"] if row and row[0] else None
+        finally:
+            db.close()
+
     # ---- tests, in order ----
     def test_01_registration(self):
         clusters = requests.get(self.root_url + "/api/v1/clusters", headers=self.h, timeout=5).json()
@@ -523,15 +532,6 @@ class ClusterTest(unittest.TestCase):
         # the old copy is forgotten once A no longer reports it
         wait_until("old copy gone", lambda: self.cluster_instance("%s.instance.%d" % (JOB, n))["old_copies"] == [])
         self.__class__.moved = n
-
-    def stored_memory(self, node):
-        """The memory of node's last report as the cluster's store holds it."""
-        db = sqlite3.connect(os.path.join(self.tmp, "cluster", "cluster.db"))
-        try:
-            row = db.execute("SELECT report FROM nodes WHERE id = ?", (node,)).fetchone()
-            return json.loads(row[0])["memory"] if row and row[0] else None
-        finally:
-            db.close()
 
     def test_08_cluster_restart_keeps_state(self):
         # The nodes' last reports are saved every 10 s, not at each report (one synced commit per

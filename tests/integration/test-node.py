@@ -1356,8 +1356,12 @@ class NodeTest(unittest.TestCase):
                 self.assertIn(r.status_code, (200, 202, 204), r.text)
             wait_until("web's instances gone", lambda: not qemu_pids(job, prefix=True), timeout=60)
             firstp, ip3 = deploy_ready(time.time(), sidp, jobp)
-            m = wait_until("a pooled QEMU", lambda: (lambda m: m if edgelib.metric_value(
-                m, "oakuk_node_unikernel_pooled") == 1 else None)(self.node_metrics()), timeout=30)
+
+            def one_pooled():
+                """The node's metrics once they count one pooled QEMU."""
+                m = self.node_metrics()
+                return m if edgelib.metric_value(m, "oakuk_node_unikernel_pooled") == 1 else None
+            m = wait_until("a pooled QEMU", one_pooled, timeout=30)
             self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_pooled_memory_mb"), 128)
             # ... counted as used in the node's report: the instance and the pooled QEMU, 128 MB each
             rep = self.report_with(time.time(), lambda r: True, "a report")
@@ -1376,8 +1380,7 @@ class NodeTest(unittest.TestCase):
             self.assertIn("master virbr0", link)
             self.assertFalse([l for l in in_node_ns("ip", "-o", "link").stdout.splitlines() if "ukp" in l and
                               "tap0" in l])
-            m = wait_until("the pool refilled", lambda: (lambda m: m if edgelib.metric_value(
-                m, "oakuk_node_unikernel_pooled") == 1 else None)(self.node_metrics()), timeout=30)
+            m = wait_until("the pool refilled", one_pooled, timeout=30)
             self.assertEqual(edgelib.metric_value(m, "oakuk_node_unikernel_starts_total", start="pooled"), 1)
         finally:
             HTTP.delete(self.root_url + "/api/v1/applications/" + app["applicationID"], headers=self.h, timeout=10)
