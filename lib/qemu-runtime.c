@@ -1093,7 +1093,13 @@ static gpointer tap_thread(gpointer data) {
   memset(&ifr, 0, sizeof ifr);
   g_strlcpy(ifr.ifr_name, t->name, IFNAMSIZ);
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-  if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+  /* EBUSY: the tap is still attached to the descriptor that created it (oakuk_net_tap_create),
+   * which a process forked meanwhile by another thread (a QEMU or runc of a parallel start) holds
+   * until its exec; that takes milliseconds. */
+  int r;
+  for (int tries = 0; (r = ioctl(fd, TUNSETIFF, &ifr)) != 0 && errno == EBUSY && tries < 200; tries++)
+    g_usleep(5000);
+  if (r != 0) {
     t->err = errno;
     t->what = "attach to the tap (TUNSETIFF)";
     close(fd);
